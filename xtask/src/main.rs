@@ -1,0 +1,41 @@
+//! `cargo xtask`: project automation for ward (tidy checks; stress and bench arrive with their issues).
+
+mod tidy;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("tidy") => match tidy::check(&workspace_root()) {
+            Ok(problems) if problems.is_empty() => {
+                println!("tidy: ok");
+                ExitCode::SUCCESS
+            }
+            Ok(problems) => {
+                for p in &problems {
+                    eprintln!("tidy: {p}");
+                }
+                eprintln!("tidy: {} problem(s)", problems.len());
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("tidy: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!("usage: cargo xtask tidy");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The workspace root: xtask lives one level below it.
+pub(crate) fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_path_buf()
+}

@@ -1,0 +1,245 @@
+//! Tidy checks: repository-wide rules that the compiler and clippy do not enforce.
+//!
+//! They run as ordinary tests (`cargo test -p xtask`) and as `cargo xtask tidy`.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// One broken rule at one place.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub(crate) path: PathBuf,
+    pub(crate) line: Option<usize>,
+    pub(crate) rule: &'static str,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.path.display(), line, self.rule),
+            None => write!(f, "{}: {}", self.path.display(), self.rule),
+        }
+    }
+}
+
+const NO_MODULE_DOC: &str = "file does not start with a `//!` line saying what lives here";
+const NO_README: &str = "workspace member has no README.md";
+const NO_WORKSPACE_LINTS: &str =
+    "workspace member does not inherit lints (`[lints] workspace = true`)";
+const IGNORED_TEST: &str = "#[ignore]d test: fix the flake or delete the test";
+
+/// Macros that mark unfinished or debugging code, forbidden outside tests. The needles are
+/// split so that this file does not trip its own check.
+const FORBIDDEN_MACROS: [(&str, &str); 3] = [
+    (concat!("dbg", "!("), "dbg! left in non-test code"),
+    (
+        concat!("todo", "!("),
+        "todo! in non-test code: finish it or return an error",
+    ),
+    (
+        concat!("unimplemented", "!("),
+        "unimplemented! in non-test code: finish it or return an error",
+    ),
+];
+const IGNORE_ATTRIBUTE: &str = concat!("#[", "ignore");
+
+/// Runs every check on the workspace at `root` and returns what is wrong.
+pub(crate) fn check(root: &Path) -> Result<Vec<Problem>> {
+    let mut problems = Vec::new();
+    for member in members(root)? {
+        check_member(&root.join(&member), &mut problems)?;
+    }
+    let mut files = Vec::new();
+    rust_files(root, &mut files)?;
+    files.sort();
+    for file in files {
+        let text =
+            fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let rel = file.strip_prefix(root).unwrap_or(&file).to_path_buf();
+        check_source(&rel, &text, &mut problems);
+    }
+    Ok(problems)
+}
+
+/// The `members` list of the root manifest.
+fn members(root: &Path) -> Result<Vec<String>> {
+    let manifest = root.join("Cargo.toml");
+    let text =
+        fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let value: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", manifest.display()))?;
+    let members = value
+        .get("workspace")
+        .and_then(|w| w.get("members"))
+        .and_then(|m| m.as_array())
+        .context("root Cargo.toml has no [workspace] members list")?;
+    Ok(members
+        .iter()
+        .filter_map(|m| m.as_str().map(str::to_owned))
+        .collect())
+}
+
+fn check_member(dir: &Path, problems: &mut Vec<Problem>) -> Result<()> {
+    if !dir.join("README.md").is_file() {
+        problems.push(Problem {
+            path: dir.to_path_buf(),
+            line: None,
+            rule: NO_README,
+        });
+    }
+    let manifest = dir.join("Cargo.toml");
+    let text =
+        fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let value: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", manifest.display()))?;
+    let inherits = value
+        .get("lints")
+        .and_then(|l| l.get("workspace"))
+        .and_then(toml::Value::as_bool)
+        == Some(true);
+    if !inherits {
+        problems.push(Problem {
+            path: manifest,
+            line: None,
+            rule: NO_WORKSPACE_LINTS,
+        });
+    }
+    Ok(())
+}
+
+/// Every `.rs` file under `dir`, skipping build output and hidden directories.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name == "target" {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            rust_files(&path, out)?;
+        } else if name.ends_with(".rs") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Source rules for one file; `path` is only used in the reports.
+pub(crate) fn check_source(path: &Path, text: &str, problems: &mut Vec<Problem>) {
+    let report = |line, rule| Problem {
+        path: path.to_path_buf(),
+        line,
+        rule,
+    };
+    if !text.trim_start().starts_with("//!") {
+        problems.push(report(Some(1), NO_MODULE_DOC));
+    }
+    let test_file = is_test_path(path);
+    // Once a `#[cfg(test)]` appears, the rest of the file is test code (ward keeps test modules last).
+    let mut in_test = test_file;
+    for (i, line) in text.lines().enumerate() {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            continue;
+        }
+        if code.starts_with("#[cfg(test)]") {
+            in_test = true;
+        }
+        if code.starts_with(IGNORE_ATTRIBUTE) {
+            problems.push(report(Some(i + 1), IGNORED_TEST));
+        }
+        if !in_test {
+            for (needle, rule) in FORBIDDEN_MACROS {
+                if code.contains(needle) {
+                    problems.push(report(Some(i + 1), rule));
+                }
+            }
+        }
+    }
+}
+
+/// Integration tests, benches and the end-to-end suite are test code as a whole.
+fn is_test_path(path: &Path) -> bool {
+    path.components()
+        .any(|c| matches!(c.as_os_str().to_str(), Some("tests" | "benches")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_in(path: &str, text: &str) -> Vec<&'static str> {
+        let mut problems = Vec::new();
+        check_source(Path::new(path), text, &mut problems);
+        problems.into_iter().map(|p| p.rule).collect()
+    }
+
+    #[test]
+    fn the_workspace_is_tidy() {
+        let problems = check(&crate::workspace_root()).unwrap();
+        let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(problems.is_empty(), "tidy problems:\n{}", listed.join("\n"));
+    }
+
+    #[test]
+    fn a_file_without_module_doc_is_reported() {
+        assert_eq!(
+            problems_in("crates/x/src/lib.rs", "// plain comment\nfn f() {}\n"),
+            [NO_MODULE_DOC]
+        );
+        assert_eq!(
+            problems_in("crates/x/src/lib.rs", "//! Says what lives here.\n"),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn debugging_macros_are_reported_outside_tests_only() {
+        let src =
+            "//! m\nfn f() { dbg!(1); todo!() }\n#[cfg(test)]\nmod t { fn g() { dbg!(2); } }\n";
+        assert_eq!(
+            problems_in("crates/x/src/lib.rs", src),
+            [FORBIDDEN_MACROS[0].1, FORBIDDEN_MACROS[1].1]
+        );
+        assert_eq!(
+            problems_in("crates/x/tests/it.rs", "//! t\nfn g() { dbg!(1); }\n"),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn ignored_tests_are_reported_everywhere() {
+        let src = format!("//! t\n#[test]\n{IGNORE_ATTRIBUTE}]\nfn flaky() {{}}\n");
+        assert_eq!(problems_in("crates/x/tests/it.rs", &src), [IGNORED_TEST]);
+    }
+
+    #[test]
+    fn a_member_without_readme_or_lints_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(
+            root.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"a\", \"b\"]\n",
+        )
+        .unwrap();
+        for (name, lints) in [("a", "[lints]\nworkspace = true\n"), ("b", "")] {
+            fs::create_dir_all(root.join(name).join("src")).unwrap();
+            fs::write(
+                root.join(name).join("Cargo.toml"),
+                format!("[package]\nname = \"{name}\"\n{lints}"),
+            )
+            .unwrap();
+            fs::write(root.join(name).join("src/lib.rs"), "//! ok\n").unwrap();
+        }
+        fs::write(root.join("a/README.md"), "# a\n").unwrap();
+        let rules: Vec<_> = check(root).unwrap().into_iter().map(|p| p.rule).collect();
+        assert_eq!(rules, [NO_README, NO_WORKSPACE_LINTS]);
+    }
+}
