@@ -6,8 +6,104 @@
 //!
 //! # What it deliberately does not do
 //! It has no command-line parsing; the `ward` binary owns that.
-//!
-//! # Status
-//! Not implemented yet: this crate is an empty shell until its issue lands.
 
 #![warn(missing_docs)]
+
+pub mod config;
+pub mod control;
+pub mod jobs;
+pub mod launch;
+pub mod logging;
+pub mod state;
+
+use std::path::PathBuf;
+
+pub use config::{Config, ConfigError};
+pub use launch::Launch;
+
+/// Everything that can go wrong in the daemon's own machinery.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The state directory cannot be used.
+    #[error("state directory {}: {reason}", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A keeper already runs for this state directory.
+    #[error("ward is already running for {} (keeper pid {pid})", state_dir.display())]
+    AlreadyRunning {
+        /// The running keeper's pid.
+        pid: u32,
+        /// The state directory.
+        state_dir: PathBuf,
+    },
+    /// A control-socket exchange went wrong.
+    #[error("control protocol: {0}")]
+    Protocol(String),
+    /// An I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether the error is the user's input (config, flags): the CLI exits 2 for those.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Config(_))
+    }
+}
+
+/// How a subcommand ended, for the CLI's exit code.
+#[derive(Debug)]
+pub enum Outcome {
+    /// It did what was asked.
+    Success,
+    /// `status`: ward is not running (LSB exit 3).
+    NotRunning,
+    /// It failed.
+    Failed(Error),
+}
+
+impl From<Result<(), Error>> for Outcome {
+    fn from(result: Result<(), Error>) -> Outcome {
+        match result {
+            Ok(()) => Outcome::Success,
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+}
+
+/// `ward check`: validates the configuration and prints a summary of it.
+pub fn check(launch: &Launch) -> Outcome {
+    let result = launch.config().map(|config| {
+        let source = config
+            .source
+            .as_ref()
+            .map_or_else(|| "<command line>".into(), |s| s.display().to_string());
+        println!("{source}: ok");
+        for root in &config.roots {
+            println!("  watch   {}", root.display());
+        }
+        for trigger in &config.triggers {
+            let globs = if trigger.globs.is_empty() {
+                "every file".to_owned()
+            } else {
+                trigger.globs.join(", ")
+            };
+            println!("  trigger {} ({globs})", trigger.name);
+        }
+    });
+    result.into()
+}

@@ -1,0 +1,452 @@
+//! The daemon's configuration: the TOML file format, its defaults, and validation with precise errors.
+//!
+//! Every error names the file and, where the problem is at one place in it, the line and column.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where in a config file a problem is, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file (or `<command line>` for flags).
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem is at one place.
+    pub position: Option<(usize, usize)>,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                line,
+                col,
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validated configuration with every path made absolute and every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the configuration came from (`None` for command-line flags only).
+    pub source: Option<PathBuf>,
+    /// Roots to watch, absolute.
+    pub roots: Vec<PathBuf>,
+    /// Ignore globs (gitignore syntax), applied before watching.
+    pub ignore: Vec<String>,
+    /// Name of the per-directory ignore file (gitignore syntax).
+    pub ignore_file: String,
+    /// Quiet window per path.
+    pub debounce: Duration,
+    /// Longest a path that never goes quiet waits before it is emitted.
+    pub max_wait: Duration,
+    /// Job-running threads.
+    pub workers: usize,
+    /// Jobs that may wait in the queue.
+    pub queue_capacity: usize,
+    /// Extra attempts for a failed job.
+    pub retries: u32,
+    /// Deadline of one job.
+    pub job_timeout: Duration,
+    /// Grace between SIGTERM and SIGKILL when stopping a child.
+    pub stop_grace: Duration,
+    /// How long `ward stop` lets queued jobs drain.
+    pub drain_timeout: Duration,
+    /// Interval of the heartbeat log line.
+    pub heartbeat_log: Duration,
+    /// Rotate the log file past this size.
+    pub log_max_bytes: u64,
+    /// Crash reports kept.
+    pub keep_reports: usize,
+    /// What runs on a change, first match wins.
+    pub triggers: Vec<Trigger>,
+}
+
+/// A mapping from path globs to the handler that processes matching changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    /// Name used in logs and reports.
+    pub name: String,
+    /// Globs matched against the path relative to its watch root; empty means every file.
+    pub globs: Vec<String>,
+    /// What to run.
+    pub handler: Handler,
+}
+
+/// How a trigger processes one change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handler {
+    /// Run `argv` once per changed path, without a shell.
+    Exec {
+        /// Program and arguments; a whole argument `{path}` becomes the path.
+        argv: Vec<String>,
+    },
+    /// Send each change to a persistent process speaking JSON lines.
+    Worker {
+        /// Program and arguments of the worker process.
+        argv: Vec<String>,
+        /// Recycle the worker after this many jobs (0: never).
+        recycle_after: u64,
+        /// Recycle the worker when its RSS passes this many bytes (0: never).
+        max_rss_bytes: u64,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    watch: WatchSection,
+    #[serde(default)]
+    jobs: JobsSection,
+    #[serde(default)]
+    log: LogSection,
+    #[serde(default, rename = "trigger")]
+    triggers: Vec<TriggerSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchSection {
+    roots: Option<Vec<PathBuf>>,
+    #[serde(default)]
+    ignore: Vec<String>,
+    ignore_file: Option<String>,
+    debounce_ms: Option<u64>,
+    max_wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsSection {
+    workers: Option<usize>,
+    queue_capacity: Option<usize>,
+    retries: Option<u32>,
+    timeout_s: Option<f64>,
+    stop_grace_s: Option<f64>,
+    drain_timeout_s: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogSection {
+    heartbeat_s: Option<f64>,
+    max_size_mb: Option<u64>,
+    keep_reports: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerSection {
+    name: Option<String>,
+    #[serde(default)]
+    glob: Vec<String>,
+    exec: Option<Vec<String>>,
+    worker: Option<Vec<String>>,
+    recycle_after: Option<u64>,
+    max_rss_mb: Option<u64>,
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`; relative roots are relative to its directory.
+    ///
+    /// # Errors
+    /// If the file cannot be read, is not valid TOML, has unknown keys or values out of range.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            position: None,
+            message: format!("cannot read config: {e}"),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        Self::parse(&text, path, &base)
+    }
+
+    /// Parses config `text` as if read from `file`, resolving relative roots against `base`.
+    ///
+    /// # Errors
+    /// As [`Config::load`], without the read.
+    pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let error = |position, message: String| ConfigError {
+            file: file.to_path_buf(),
+            position,
+            message,
+        };
+        let parsed: File = toml::from_str(text).map_err(|e| {
+            let position = e.span().map(|span| line_col(text, span.start));
+            error(position, e.message().trim().to_owned())
+        })?;
+        let base = absolute(base)
+            .map_err(|e| error(None, format!("cannot resolve {}: {e}", base.display())))?;
+        let mut config = Config::defaults(base.clone());
+        config.source = Some(file.to_path_buf());
+        let at = |key: &str| find_key(text, key);
+        if let Some(roots) = parsed.watch.roots {
+            if roots.is_empty() {
+                return Err(error(
+                    at("roots"),
+                    "watch.roots is empty: name at least one directory".into(),
+                ));
+            }
+            config.roots = roots.into_iter().map(|r| base.join(r)).collect();
+        }
+        config.ignore = parsed.watch.ignore;
+        if let Some(name) = parsed.watch.ignore_file {
+            if name.is_empty() || name.contains('/') {
+                return Err(error(
+                    at("ignore_file"),
+                    format!("ignore_file {name:?} must be a plain file name"),
+                ));
+            }
+            config.ignore_file = name;
+        }
+        if let Some(ms) = parsed.watch.debounce_ms {
+            config.debounce = Duration::from_millis(ms);
+        }
+        if let Some(ms) = parsed.watch.max_wait_ms {
+            config.max_wait = Duration::from_millis(ms);
+        }
+        if config.max_wait < config.debounce {
+            return Err(error(
+                at("max_wait_ms"),
+                "watch.max_wait_ms is shorter than watch.debounce_ms".into(),
+            ));
+        }
+        let jobs = parsed.jobs;
+        if let Some(n) = jobs.workers {
+            if !(1..=256).contains(&n) {
+                return Err(error(
+                    at("workers"),
+                    format!("jobs.workers = {n}: must be between 1 and 256"),
+                ));
+            }
+            config.workers = n;
+        }
+        if let Some(n) = jobs.queue_capacity {
+            if n == 0 {
+                return Err(error(
+                    at("queue_capacity"),
+                    "jobs.queue_capacity must be at least 1".into(),
+                ));
+            }
+            config.queue_capacity = n;
+        }
+        config.retries = jobs.retries.unwrap_or(config.retries);
+        let seconds = |value: Option<f64>, key: &str, default: Duration| match value {
+            None => Ok(default),
+            Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+            Some(s) => Err(error(
+                at(key),
+                format!("{key} = {s}: must be a positive number of seconds"),
+            )),
+        };
+        config.job_timeout = seconds(jobs.timeout_s, "timeout_s", config.job_timeout)?;
+        config.stop_grace = seconds(jobs.stop_grace_s, "stop_grace_s", config.stop_grace)?;
+        config.drain_timeout = seconds(
+            jobs.drain_timeout_s,
+            "drain_timeout_s",
+            config.drain_timeout,
+        )?;
+        config.heartbeat_log =
+            seconds(parsed.log.heartbeat_s, "heartbeat_s", config.heartbeat_log)?;
+        if let Some(mb) = parsed.log.max_size_mb {
+            config.log_max_bytes = mb.max(1) * 1024 * 1024;
+        }
+        config.keep_reports = parsed.log.keep_reports.unwrap_or(config.keep_reports);
+        config.triggers = Vec::with_capacity(parsed.triggers.len());
+        for (i, t) in parsed.triggers.into_iter().enumerate() {
+            let name = t.name.unwrap_or_else(|| format!("trigger{}", i + 1));
+            let handler = match (t.exec, t.worker) {
+                (Some(argv), None) if !argv.is_empty() && !argv[0].is_empty() => {
+                    Handler::Exec { argv }
+                }
+                (None, Some(argv)) if !argv.is_empty() && !argv[0].is_empty() => Handler::Worker {
+                    argv,
+                    recycle_after: t.recycle_after.unwrap_or(0),
+                    max_rss_bytes: t.max_rss_mb.unwrap_or(0) * 1024 * 1024,
+                },
+                (Some(_), Some(_)) => {
+                    return Err(error(
+                        at("worker"),
+                        format!("trigger {name:?} has both exec and worker: pick one"),
+                    ));
+                }
+                (None, None) => {
+                    return Err(error(
+                        at("[[trigger]]"),
+                        format!("trigger {name:?} has neither exec nor worker"),
+                    ));
+                }
+                _ => {
+                    return Err(error(
+                        None,
+                        format!("trigger {name:?}: the command is empty"),
+                    ));
+                }
+            };
+            for glob in &t.glob {
+                if let Err(e) = check_glob(glob) {
+                    return Err(error(
+                        at(glob),
+                        format!("trigger {name:?}: bad glob {glob:?}: {e}"),
+                    ));
+                }
+            }
+            config.triggers.push(Trigger {
+                name,
+                globs: t.glob,
+                handler,
+            });
+        }
+        Ok(config)
+    }
+
+    /// The configuration used when no file is given: watch `base`, no triggers.
+    pub fn defaults(base: PathBuf) -> Config {
+        Config {
+            source: None,
+            roots: vec![base],
+            ignore: Vec::new(),
+            ignore_file: ".wardignore".into(),
+            debounce: Duration::from_millis(50),
+            max_wait: Duration::from_secs(1),
+            workers: 2,
+            queue_capacity: 1024,
+            retries: 2,
+            job_timeout: Duration::from_secs(300),
+            stop_grace: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+            heartbeat_log: Duration::from_secs(60),
+            log_max_bytes: 10 * 1024 * 1024,
+            keep_reports: 50,
+            triggers: Vec::new(),
+        }
+    }
+}
+
+/// Checks a glob the way triggers will compile it, so a bad one is refused at load time.
+fn check_glob(glob: &str) -> Result<(), String> {
+    globset::Glob::new(glob)
+        .map(drop)
+        .map_err(|e| e.kind().to_string())
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+/// Position of the first occurrence of `needle` at the start of a key or value, for errors that
+/// toml's span cannot give (they come from validation after parsing).
+fn find_key(text: &str, needle: &str) -> Option<(usize, usize)> {
+    text.find(needle).map(|offset| line_col(text, offset))
+}
+
+fn absolute(path: &Path) -> std::io::Result<PathBuf> {
+    if path.is_absolute() {
+        Ok(path.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("ward.toml"), Path::new("/base"))
+    }
+
+    #[test]
+    fn a_full_config_is_read_with_defaults_filled_in() {
+        let config = parse(
+            r#"
+[watch]
+roots = ["src", "/abs"]
+ignore = ["*.tmp"]
+debounce_ms = 20
+
+[jobs]
+workers = 4
+
+[[trigger]]
+name = "count"
+glob = ["**/*.txt"]
+exec = ["wc", "-l", "{path}"]
+
+[[trigger]]
+worker = ["python3", "worker.py"]
+recycle_after = 100
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.roots,
+            [PathBuf::from("/base/src"), PathBuf::from("/abs")]
+        );
+        assert_eq!(config.debounce, Duration::from_millis(20));
+        assert_eq!(config.max_wait, Duration::from_secs(1));
+        assert_eq!(config.workers, 4);
+        assert_eq!(config.triggers.len(), 2);
+        assert_eq!(config.triggers[1].name, "trigger2");
+        assert!(matches!(
+            config.triggers[1].handler,
+            Handler::Worker {
+                recycle_after: 100,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn syntax_and_type_errors_name_line_and_column() {
+        let err = parse("[watch]\ndebounce_ms = \"fast\"\n").unwrap_err();
+        assert_eq!(err.position, Some((2, 15)), "{err}");
+        assert!(err.to_string().starts_with("ward.toml:2:15: "), "{err}");
+        let err = parse("[watch]\nroots = [\n").unwrap_err();
+        assert!(err.position.is_some(), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_not_ignored() {
+        let err = parse("[jobs]\nworkerz = 3\n").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
+        assert!(err.message.contains("workerz"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_their_place() {
+        let err = parse("[jobs]\nworkers = 0\n").unwrap_err();
+        assert_eq!(err.position, Some((2, 1)), "{err}");
+        let err = parse("[[trigger]]\nexec = [\"a\"]\nworker = [\"b\"]\n").unwrap_err();
+        assert!(err.message.contains("both exec and worker"), "{err}");
+        let err = parse("[[trigger]]\nglob = [\"a/[b\"]\nexec = [\"a\"]\n").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
+        let err = parse("[watch]\ndebounce_ms = 500\nmax_wait_ms = 100\n").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
+    }
+}

@@ -1,0 +1,289 @@
+//! Jobs: which trigger handles a changed path, and how a job is put to its handler (the exec
+//! command line and environment, and the JSON-lines worker protocol).
+//!
+//! Paths travel as `OsStr` from the watcher to the job's argv and environment, so a name with
+//! spaces, newlines, `$(...)` or bytes that are not UTF-8 reaches the job exactly as it is on
+//! disk, and nothing is ever interpolated into a shell string.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde_json::{Value, json};
+
+use crate::config::{ConfigError, Trigger};
+
+/// What happened to a path, as a job sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// The file appeared.
+    Created,
+    /// Its content or metadata changed.
+    Modified,
+    /// It is gone.
+    Removed,
+    /// It was renamed from `old_path`.
+    Renamed,
+}
+
+impl Event {
+    /// The name used in `WARD_EVENT` and the worker protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Created => "created",
+            Event::Modified => "modified",
+            Event::Removed => "removed",
+            Event::Renamed => "renamed",
+        }
+    }
+}
+
+/// One unit of work: a changed path and the trigger that handles it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Index of the trigger in the configuration.
+    pub trigger: usize,
+    /// The changed path (absolute).
+    pub path: PathBuf,
+    /// What happened to it.
+    pub event: Event,
+    /// The previous path of a rename.
+    pub old_path: Option<PathBuf>,
+}
+
+/// The configured triggers, compiled: the first whose globs match a path handles it.
+#[derive(Debug)]
+pub struct Triggers {
+    triggers: Vec<(Trigger, Option<GlobSet>)>,
+}
+
+impl Triggers {
+    /// Compiles the triggers' globs.
+    ///
+    /// # Errors
+    /// If a glob does not compile (the config loader already refuses those, so this is a bug guard).
+    pub fn new(triggers: &[Trigger]) -> Result<Triggers, ConfigError> {
+        let mut compiled = Vec::with_capacity(triggers.len());
+        for t in triggers {
+            let set = if t.globs.is_empty() {
+                None
+            } else {
+                let mut builder = GlobSetBuilder::new();
+                for g in &t.globs {
+                    let glob = Glob::new(g).map_err(|e| ConfigError {
+                        file: "<config>".into(),
+                        position: None,
+                        message: format!("trigger {:?}: bad glob {g:?}: {e}", t.name),
+                    })?;
+                    builder.add(glob);
+                }
+                Some(builder.build().map_err(|e| ConfigError {
+                    file: "<config>".into(),
+                    position: None,
+                    message: format!("trigger {:?}: {e}", t.name),
+                })?)
+            };
+            compiled.push((t.clone(), set));
+        }
+        Ok(Triggers { triggers: compiled })
+    }
+
+    /// The index of the trigger that handles `path` (relative to its watch root `root`).
+    pub fn find(&self, root: &Path, path: &Path) -> Option<usize> {
+        let relative = path.strip_prefix(root).unwrap_or(path);
+        self.triggers.iter().position(|(_, set)| match set {
+            None => true,
+            // A glob without a slash matches the file name anywhere, as in .gitignore.
+            Some(set) => {
+                set.is_match(relative)
+                    || relative.file_name().is_some_and(|name| set.is_match(name))
+            }
+        })
+    }
+
+    /// The trigger at `index`.
+    ///
+    /// # Panics
+    /// If `index` did not come from [`Triggers::find`] on this set.
+    pub fn get(&self, index: usize) -> &Trigger {
+        &self.triggers[index].0
+    }
+
+    /// How many triggers there are.
+    pub fn len(&self) -> usize {
+        self.triggers.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.triggers.is_empty()
+    }
+}
+
+/// The argv of an exec trigger for `job`: every argument that is exactly `{path}` becomes the path.
+pub fn exec_argv(argv: &[String], job: &Job) -> Vec<OsString> {
+    argv.iter()
+        .map(|arg| {
+            if arg == "{path}" {
+                job.path.clone().into_os_string()
+            } else {
+                OsString::from(arg)
+            }
+        })
+        .collect()
+}
+
+/// The environment a job's process gets on top of ward's own.
+pub fn job_env(job: &Job) -> Vec<(&'static str, OsString)> {
+    let mut env = vec![
+        ("WARD_PATH", job.path.clone().into_os_string()),
+        ("WARD_EVENT", job.event.as_str().into()),
+    ];
+    if let Some(old) = &job.old_path {
+        env.push(("WARD_OLD_PATH", old.clone().into_os_string()));
+    }
+    env
+}
+
+/// The worker-protocol request for `job`, as one JSON line (with its newline).
+///
+/// `path` and `old_path` are strings; a path that is not valid UTF-8 is given lossily there and
+/// exactly, as hex of its bytes, in `path_hex` / `old_path_hex`.
+pub fn worker_request(id: u64, job: &Job) -> Vec<u8> {
+    let mut request = json!({ "id": id, "event": job.event.as_str() });
+    put_path(&mut request, "path", &job.path);
+    if let Some(old) = &job.old_path {
+        put_path(&mut request, "old_path", old);
+    }
+    let mut line = serde_json::to_vec(&request).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+fn put_path(request: &mut Value, key: &str, path: &Path) {
+    let os: &OsStr = path.as_os_str();
+    request[key] = Value::String(os.to_string_lossy().into_owned());
+    if os.to_str().is_none() {
+        let hex: String = os.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        request[format!("{key}_hex")] = Value::String(hex);
+    }
+}
+
+/// A worker's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The job succeeded.
+    Ok,
+    /// The worker says the job failed, with its reason.
+    Failed(String),
+}
+
+/// Parses a worker's reply line to request `id`.
+///
+/// # Errors
+/// A description of what is wrong with the line: not JSON, another id, no `ok` boolean.
+pub fn parse_reply(line: &[u8], id: u64) -> Result<Reply, String> {
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| format!("reply is not JSON: {e}"))?;
+    match value.get("id").and_then(Value::as_u64) {
+        Some(got) if got == id => {}
+        Some(got) => return Err(format!("reply is for id {got}, expected {id}")),
+        None => return Err("reply has no numeric \"id\"".into()),
+    }
+    match value.get("ok").and_then(Value::as_bool) {
+        Some(true) => Ok(Reply::Ok),
+        Some(false) => {
+            let error = value
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("worker reported failure");
+            Ok(Reply::Failed(error.to_owned()))
+        }
+        None => Err("reply has no boolean \"ok\"".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Handler;
+
+    fn trigger(name: &str, globs: &[&str]) -> Trigger {
+        Trigger {
+            name: name.into(),
+            globs: globs.iter().map(|g| (*g).to_owned()).collect(),
+            handler: Handler::Exec {
+                argv: vec!["true".into()],
+            },
+        }
+    }
+
+    #[test]
+    fn the_first_matching_trigger_wins_and_bare_globs_match_names_anywhere() {
+        let t = Triggers::new(&[
+            trigger("docs", &["docs/**"]),
+            trigger("text", &["*.txt"]),
+            trigger("all", &[]),
+        ])
+        .unwrap();
+        let root = Path::new("/r");
+        assert_eq!(t.find(root, Path::new("/r/docs/a.txt")), Some(0));
+        assert_eq!(t.find(root, Path::new("/r/src/deep/b.txt")), Some(1));
+        assert_eq!(t.find(root, Path::new("/r/src/c.rs")), Some(2));
+        let only_text = Triggers::new(&[trigger("text", &["*.txt"])]).unwrap();
+        assert_eq!(only_text.find(root, Path::new("/r/c.rs")), None);
+    }
+
+    #[test]
+    fn path_placeholder_is_replaced_only_as_a_whole_argument() {
+        let job = Job {
+            trigger: 0,
+            path: "/r/a b$(x).txt".into(),
+            event: Event::Modified,
+            old_path: None,
+        };
+        let argv = exec_argv(&["wc".into(), "{path}".into(), "x{path}".into()], &job);
+        assert_eq!(
+            argv,
+            [
+                OsString::from("wc"),
+                OsString::from("/r/a b$(x).txt"),
+                OsString::from("x{path}")
+            ]
+        );
+    }
+
+    #[test]
+    fn non_utf8_paths_travel_exactly_as_hex() {
+        let path = PathBuf::from(OsStr::from_bytes(b"/r/caf\xe9.txt"));
+        let job = Job {
+            trigger: 0,
+            path,
+            event: Event::Renamed,
+            old_path: Some("/r/old".into()),
+        };
+        let request: Value = serde_json::from_slice(&worker_request(7, &job)).unwrap();
+        assert_eq!(request["id"], 7);
+        assert_eq!(request["event"], "renamed");
+        assert_eq!(request["path_hex"], "2f722f636166e92e747874");
+        assert_eq!(request["old_path"], "/r/old");
+        assert!(request.get("old_path_hex").is_none());
+    }
+
+    #[test]
+    fn replies_are_checked_for_id_and_ok() {
+        assert_eq!(parse_reply(br#"{"id":3,"ok":true}"#, 3), Ok(Reply::Ok));
+        assert_eq!(
+            parse_reply(br#"{"id":3,"ok":false,"error":"bad"}"#, 3),
+            Ok(Reply::Failed("bad".into()))
+        );
+        assert!(
+            parse_reply(br#"{"id":4,"ok":true}"#, 3)
+                .unwrap_err()
+                .contains("id 4")
+        );
+        assert!(parse_reply(b"garbage", 3).unwrap_err().contains("not JSON"));
+        assert!(parse_reply(br#"{"id":3}"#, 3).unwrap_err().contains("ok"));
+    }
+}
