@@ -14,6 +14,7 @@ pub mod control;
 pub mod jobs;
 pub mod launch;
 pub mod logging;
+pub mod sd_notify;
 pub mod state;
 
 use std::path::PathBuf;
