@@ -1,14 +1,103 @@
-//! Restart policy as a pure state machine, and supervision of child processes.
+//! Restart policy as a pure state machine, and supervision of child processes that never leaves
+//! an orphan.
 //!
-//! `ward-supervisor` decides when a dead child is restarted (exponential backoff, reset after a
-//! stable run, give-up by intensity) and runs children so that none is ever orphaned: each in its
-//! own process group with a parent-death signal, stopped with SIGTERM then SIGKILL, every exit
-//! classified with its peak memory and run time.
+//! `ward-supervisor` decides when a dead child is restarted ([`RestartPolicy`]: exponential
+//! backoff, reset after a stable run, give-up by intensity) and runs children so that none is
+//! ever orphaned ([`Child`], [`Supervisor`]): each in its own process group with a parent-death
+//! signal, stopped with SIGTERM then SIGKILL, every exit classified with its peak memory and run
+//! time ([`Exit`]), optionally watched by a heartbeat watchdog.
+//!
+//! ```
+//! use std::time::Duration;
+//! use ward_supervisor::{ChildSpec, EventKind, RestartPolicy, Supervisor, Termination};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (supervisor, events) = Supervisor::with_channel()?;
+//! // A child that fails: restarted twice, then the policy gives up.
+//! let mut policy = RestartPolicy::immediate();
+//! policy.intensity = Some(ward_supervisor::Intensity { max_restarts: 2, window: Duration::from_secs(60) });
+//! supervisor.add(ChildSpec::new("sh").args(["-c", "exit 3"]), policy)?;
+//! let mut exits = 0;
+//! loop {
+//!     match events.recv_timeout(Duration::from_secs(10))?.kind {
+//!         EventKind::Exited(exit) => {
+//!             assert_eq!(exit.termination, Termination::Exited { code: 3 });
+//!             exits += 1;
+//!         }
+//!         EventKind::GaveUp(_) => break,
+//!         _ => {}
+//!     }
+//! }
+//! assert_eq!(exits, 3);
+//! supervisor.shutdown()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Theory of operation
+//! - **Spawning.** [`Child::spawn`] uses `std::process::Command` with a `pre_exec` hook that
+//!   makes only async-signal-safe system calls: `prctl(PR_SET_PDEATHSIG, SIGKILL)` then a
+//!   `getppid()` check (the parent may have died before the `prctl`), joining the memory cgroup,
+//!   `setrlimit`, and marking every descriptor above stderr close-on-exec except those passed
+//!   with [`ChildSpec::pass_fd`] (so even a descriptor some library leaked without `O_CLOEXEC`
+//!   stays out). The child leads a process group of its own.
+//! - **The parent-death signal is per thread.** Linux sends it when the *thread* that forked the
+//!   child exits. A [`Supervisor`] spawns every child from its own long-lived thread; if you use
+//!   [`Child`] directly, spawn from a thread that outlives the child.
+//! - **Reaping.** A reaper thread per child waits with `waitid(WNOWAIT)`, so the exited child
+//!   stays a zombie that pins its pid and group id; it then SIGKILLs what the child left in its
+//!   group (see [`ChildSpec::kill_group_on_exit`]) and reaps it with `wait4` for the rusage.
+//!   Signals are only ever sent while the child is unreaped, so they never hit a recycled pid.
+//! - **Output.** Captured stdout/stderr are read by a reader thread into a bounded queue; a
+//!   separate thread feeds the sink. The child never waits for the sink: when the queue is full,
+//!   lines are dropped and counted ([`Line::dropped_before`]).
+//! - **Liveness.** With a [`Watchdog`], the child writes to the descriptor named by
+//!   [`HEARTBEAT_FD_ENV`] ([`Heartbeat`] does it); silence longer than the timeout earns a
+//!   SIGABRT, then SIGKILL to the group after the grace, and the [`Exit`] says `hung`.
+//!
+//! # Known problems
+//! - A descendant that leaves the child's process group (`setsid`, `setpgid`) escapes the group
+//!   kill; only its memory cgroup (if any) still holds it.
+//! - Descendants orphaned by the child are reparented to init (or the nearest subreaper), which
+//!   reaps them; where init does not reap, they stay zombies (dead, but listed in `/proc`).
+//! - Only Linux is implemented. Elsewhere the crate builds, the policy works, and spawning
+//!   returns [`Error::Unsupported`].
 //!
 //! # What it deliberately does not do
-//! It does not decide *why* a child died beyond the wait status; that verdict is `ward-crashdiag`'s.
-//!
-//! # Status
-//! Not implemented yet: this crate is an empty shell until its issue lands.
+//! It does not decide *why* a child died beyond the wait status; that verdict is
+//! `ward-crashdiag`'s, from the evidence in [`Exit`] (signal, core dump, peak RSS, the memory
+//! cgroup's OOM counter).
 
 #![warn(missing_docs)]
+
+mod child;
+mod error;
+mod exit;
+mod heartbeat;
+mod policy;
+mod spec;
+mod supervisor;
+mod sys;
+
+pub use child::Child;
+pub use error::{Error, Result};
+pub use exit::{CgroupEvidence, Exit, Termination, signal_name};
+pub use heartbeat::Heartbeat;
+pub use policy::{
+    Backoff, Clock, Decision, FailureRule, GiveUp, Intensity, ManualClock, RestartMode,
+    RestartPolicy, RestartTracker, StopReason, SystemClock,
+};
+pub use spec::{
+    ChildSpec, HEARTBEAT_FD_ENV, Input, Line, Output, OutputSink, ResourceLimits, Stream, Watchdog,
+};
+pub use supervisor::{ChildId, ChildState, ChildStatus, Event, EventKind, Supervisor};
+
+/// Where a memory-limited child's cgroup would be created (the parent directory), or why none
+/// can be: lets a caller check its configuration before spawning anything.
+///
+/// # Errors
+/// [`Error::NoMemoryCgroup`] when neither cgroup v2 (with the memory controller delegated) nor a
+/// cgroup v1 memory hierarchy is available, [`Error::Unsupported`] off Linux.
+pub fn probe_memory_cgroup() -> Result<std::path::PathBuf> {
+    sys::probe_memory_cgroup()
+}

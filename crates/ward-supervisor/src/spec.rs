@@ -1,0 +1,265 @@
+//! What to run: [`ChildSpec`] (program, arguments, environment, descriptors, limits, output sink,
+//! watchdog) and its small parts. Nothing here touches a process.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which of the child's output streams a [`Line`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of a child's output, without its line terminator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Line {
+    /// The child that wrote it.
+    pub pid: u32,
+    /// Which stream.
+    pub stream: Stream,
+    /// The text (invalid UTF-8 replaced); a line longer than 16 KiB arrives in several pieces.
+    pub text: String,
+    /// Lines lost just before this one because the sink fell behind (the child is never made to
+    /// wait for the sink; lines are dropped instead).
+    pub dropped_before: u64,
+}
+
+/// Receives captured output, on a thread of its own per child. It may be slow without ever
+/// blocking the child: lines that cannot be queued are counted in [`Line::dropped_before`].
+pub type OutputSink = Arc<dyn Fn(&Line) + Send + Sync>;
+
+/// The child's standard input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Input {
+    /// `/dev/null` (the default).
+    #[default]
+    Null,
+    /// A pipe; take its write end with [`Child::take_stdin`](crate::Child::take_stdin) (for
+    /// JSON-lines workers).
+    Piped,
+    /// This process's own stdin.
+    Inherit,
+}
+
+/// Where the child's stdout and stderr go.
+#[derive(Clone, Default)]
+pub enum Output {
+    /// This process's own stdout and stderr (the default).
+    #[default]
+    Inherit,
+    /// `/dev/null`.
+    Null,
+    /// Pipes read line by line into the sink.
+    Capture(OutputSink),
+}
+
+impl fmt::Debug for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Output::Inherit => f.write_str("Inherit"),
+            Output::Null => f.write_str("Null"),
+            Output::Capture(_) => f.write_str("Capture(..)"),
+        }
+    }
+}
+
+/// Resource limits set with `setrlimit` in the child before exec (soft and hard alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResourceLimits {
+    /// `RLIMIT_AS`, in bytes. A Rust child that hits it aborts (SIGABRT) on allocation failure.
+    pub address_space: Option<u64>,
+    /// `RLIMIT_NOFILE`.
+    pub open_files: Option<u64>,
+    /// `RLIMIT_CORE`, in bytes (0 disables core dumps).
+    pub core_size: Option<u64>,
+}
+
+/// The heartbeat watchdog: the child writes to the descriptor named in [`HEARTBEAT_FD_ENV`] (see
+/// [`Heartbeat`](crate::Heartbeat)); after `timeout` without a write it gets SIGABRT, so its crash
+/// handler can dump state, and `abort_grace` later its whole group gets SIGKILL. Its [`Exit`]
+/// says `hung`.
+///
+/// [`Exit`]: crate::Exit
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watchdog {
+    /// Silence allowed, counted from spawn and then from each heartbeat.
+    pub timeout: Duration,
+    /// Time between SIGABRT and SIGKILL.
+    pub abort_grace: Duration,
+}
+
+/// The environment variable telling a child which descriptor to write its heartbeats to.
+pub const HEARTBEAT_FD_ENV: &str = "WARD_HEARTBEAT_FD";
+
+/// A child to run: program, arguments, environment and everything about how it is contained.
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    pub(crate) name: String,
+    pub(crate) program: OsString,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) env_clear: bool,
+    pub(crate) env: Vec<(OsString, Option<OsString>)>,
+    pub(crate) cwd: Option<PathBuf>,
+    pub(crate) stdin: Input,
+    pub(crate) output: Output,
+    pub(crate) pass_fds: Vec<Arc<OwnedFd>>,
+    pub(crate) limits: ResourceLimits,
+    pub(crate) memory_max: Option<u64>,
+    pub(crate) watchdog: Option<Watchdog>,
+    pub(crate) stop_grace: Duration,
+    pub(crate) kill_group_on_exit: bool,
+}
+
+impl ChildSpec {
+    /// Runs `program` (looked up in `PATH` if it has no slash), named after it.
+    pub fn new(program: impl AsRef<OsStr>) -> ChildSpec {
+        let program = program.as_ref().to_owned();
+        ChildSpec {
+            name: program.to_string_lossy().into_owned(),
+            program,
+            args: Vec::new(),
+            env_clear: false,
+            env: Vec::new(),
+            cwd: None,
+            stdin: Input::Null,
+            output: Output::Inherit,
+            pass_fds: Vec::new(),
+            limits: ResourceLimits::default(),
+            memory_max: None,
+            watchdog: None,
+            stop_grace: Duration::from_secs(5),
+            kill_group_on_exit: true,
+        }
+    }
+
+    /// The name used in events and logs.
+    pub fn name(mut self, name: impl Into<String>) -> ChildSpec {
+        self.name = name.into();
+        self
+    }
+
+    /// Adds one argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> ChildSpec {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> ChildSpec
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> ChildSpec {
+        self.env
+            .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
+        self
+    }
+
+    /// Removes an environment variable.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> ChildSpec {
+        self.env.push((key.as_ref().to_owned(), None));
+        self
+    }
+
+    /// Starts from an empty environment instead of this process's.
+    pub fn env_clear(mut self) -> ChildSpec {
+        self.env_clear = true;
+        self.env.clear();
+        self
+    }
+
+    /// The working directory.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> ChildSpec {
+        self.cwd = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// Standard input (default `/dev/null`).
+    pub fn stdin(mut self, input: Input) -> ChildSpec {
+        self.stdin = input;
+        self
+    }
+
+    /// Standard output and error (default: inherited).
+    pub fn output(mut self, output: Output) -> ChildSpec {
+        self.output = output;
+        self
+    }
+
+    /// Captures stdout and stderr line by line into `sink`.
+    pub fn capture(self, sink: impl Fn(&Line) + Send + Sync + 'static) -> ChildSpec {
+        self.output(Output::Capture(Arc::new(sink)))
+    }
+
+    /// Gives the child this descriptor, at the same number. Every other descriptor above stderr
+    /// is closed on exec, whether or not it was opened close-on-exec.
+    pub fn pass_fd(mut self, fd: impl Into<OwnedFd>) -> ChildSpec {
+        self.pass_fds.push(Arc::new(fd.into()));
+        self
+    }
+
+    /// The descriptor numbers passed with [`pass_fd`](Self::pass_fd).
+    pub fn passed_fds(&self) -> Vec<i32> {
+        self.pass_fds.iter().map(|fd| fd.as_raw_fd()).collect()
+    }
+
+    /// Resource limits.
+    pub fn limits(mut self, limits: ResourceLimits) -> ChildSpec {
+        self.limits = limits;
+        self
+    }
+
+    /// Runs the child in a memory cgroup of its own limited to `bytes` (cgroup v2 `memory.max`,
+    /// or v1 `memory.limit_in_bytes`). Spawning fails with [`Error::NoMemoryCgroup`] where no
+    /// memory cgroup can be created: the limit is never silently ignored.
+    ///
+    /// [`Error::NoMemoryCgroup`]: crate::Error::NoMemoryCgroup
+    pub fn memory_max(mut self, bytes: u64) -> ChildSpec {
+        self.memory_max = Some(bytes);
+        self
+    }
+
+    /// Enables the heartbeat watchdog.
+    pub fn watchdog(mut self, watchdog: Watchdog) -> ChildSpec {
+        self.watchdog = Some(watchdog);
+        self
+    }
+
+    /// Time between SIGTERM and SIGKILL when the child is stopped (default 5 s).
+    pub fn stop_grace(mut self, grace: Duration) -> ChildSpec {
+        self.stop_grace = grace;
+        self
+    }
+
+    /// Whether the child's whole process group is killed when the child itself exits (default
+    /// true, like systemd's `KillMode=control-group`): what it left running would be orphans.
+    pub fn kill_group_on_exit(mut self, kill: bool) -> ChildSpec {
+        self.kill_group_on_exit = kill;
+        self
+    }
+
+    /// The name used in events and logs.
+    pub fn get_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The stop grace.
+    pub fn get_stop_grace(&self) -> Duration {
+        self.stop_grace
+    }
+}

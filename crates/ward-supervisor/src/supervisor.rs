@@ -1,0 +1,573 @@
+//! The [`Supervisor`]: one long-lived thread that spawns, watches, restarts and stops any number
+//! of children, each under its own [`RestartPolicy`], and reports what happens as [`Event`]s.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::child::Child;
+use crate::{
+    ChildSpec, Decision, Error, Exit, GiveUp, RestartPolicy, RestartTracker, Result, StopReason,
+    SystemClock, Termination,
+};
+
+/// Identifies a child within its supervisor.
+pub type ChildId = u64;
+
+/// Where a supervised child is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChildState {
+    /// Running, but not yet for the policy's stable-run time (`reset_after`).
+    Starting,
+    /// Running for at least the stable-run time (or the policy has none).
+    Running,
+    /// Dead, waiting out the backoff before the next start.
+    BackingOff,
+    /// Dead for good: stopped on request, or the policy does not restart after this exit.
+    Stopped,
+    /// Dead for good: restarts came faster than the policy's intensity allows.
+    GaveUp,
+}
+
+/// A snapshot of one supervised child.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ChildStatus {
+    /// Its id.
+    pub id: ChildId,
+    /// Its name (from [`ChildSpec::name`]).
+    pub name: String,
+    /// Where it is.
+    pub state: ChildState,
+    /// The current process id, while one runs.
+    pub pid: Option<u32>,
+    /// Restarts so far (spawns after the first).
+    pub restarts: u32,
+    /// How the last run ended.
+    pub last_exit: Option<Exit>,
+}
+
+/// Something that happened to a supervised child.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Event {
+    /// Which child.
+    pub child: ChildId,
+    /// Its name.
+    pub name: String,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A process was started.
+    Started {
+        /// Its process id.
+        pid: u32,
+    },
+    /// A process ended, with its classification.
+    Exited(Exit),
+    /// The policy said to restart; the next start comes after this delay.
+    Restarting {
+        /// The backoff delay.
+        after: Duration,
+        /// Consecutive restarts since the policy's last reset, this one included.
+        attempt: u32,
+    },
+    /// A restart failed to spawn (it counts as a failed run with exit code 127).
+    SpawnFailed(String),
+    /// The policy gave up.
+    GaveUp(GiveUp),
+    /// The child will not run again.
+    Stopped(StopReason),
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (#{}): ", self.name, self.child)?;
+        match &self.kind {
+            EventKind::Started { pid } => write!(f, "started, pid {pid}"),
+            EventKind::Exited(exit) => write!(f, "{exit}"),
+            EventKind::Restarting { after, attempt } => {
+                write!(f, "restarting in {after:?} (attempt {attempt})")
+            }
+            EventKind::SpawnFailed(err) => write!(f, "spawn failed: {err}"),
+            EventKind::GaveUp(why) => write!(f, "{why}"),
+            EventKind::Stopped(why) => write!(f, "stopped: {why}"),
+        }
+    }
+}
+
+enum Msg {
+    Add(Box<(ChildSpec, RestartPolicy)>, Sender<Result<ChildId>>),
+    Stop(ChildId, Sender<Result<()>>),
+    Status(Sender<Vec<ChildStatus>>),
+    Shutdown(Sender<()>),
+    Exited(ChildId, u64),
+}
+
+/// Supervises children on a thread of its own.
+///
+/// All children are spawned by that one thread, which lives until [`shutdown`](Self::shutdown)
+/// (or drop): Linux sends the parent-death signal when the *thread* that forked a child exits,
+/// so a child spawned from a short-lived thread would be killed with it.
+///
+/// Dropping the supervisor shuts it down: every child gets SIGTERM, then SIGKILL after its stop
+/// grace, and is reaped before the thread is joined.
+#[derive(Debug)]
+pub struct Supervisor {
+    commands: Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Msg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Msg::Add(..) => "Add",
+            Msg::Stop(..) => "Stop",
+            Msg::Status(..) => "Status",
+            Msg::Shutdown(..) => "Shutdown",
+            Msg::Exited(..) => "Exited",
+        })
+    }
+}
+
+impl Supervisor {
+    /// Starts the supervisor thread; `on_event` is called on it for every [`Event`] (keep it
+    /// quick: it delays restarts).
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the thread cannot be started.
+    pub fn new(on_event: impl FnMut(&Event) + Send + 'static) -> Result<Supervisor> {
+        let (commands, inbox) = crossbeam_channel::unbounded();
+        let own = commands.clone();
+        let thread = thread::Builder::new()
+            .name("ward-supervisor".into())
+            .spawn(move || {
+                Runner {
+                    inbox,
+                    own,
+                    on_event: Box::new(on_event),
+                    slots: BTreeMap::new(),
+                    next_id: 1,
+                }
+                .run()
+            })
+            .map_err(|source| Error::Os {
+                what: "spawning the supervisor thread",
+                source,
+            })?;
+        Ok(Supervisor {
+            commands,
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts a supervisor whose events arrive on the returned (unbounded) channel.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_channel() -> Result<(Supervisor, Receiver<Event>)> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let supervisor = Supervisor::new(move |event| {
+            // The receiver may have been dropped: then nobody wants events.
+            let _ignored = tx.send(event.clone());
+        })?;
+        Ok((supervisor, rx))
+    }
+
+    /// Spawns a child and supervises it under `policy`.
+    ///
+    /// # Errors
+    /// The spawn error if the first start fails (the child is then not supervised);
+    /// [`Error::SupervisorGone`] if the supervisor thread has stopped.
+    pub fn add(&self, spec: ChildSpec, policy: RestartPolicy) -> Result<ChildId> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::Add(Box::new((spec, policy)), tx))?;
+        rx.recv().map_err(|_| Error::SupervisorGone)?
+    }
+
+    /// Stops a child for good (SIGTERM, its stop grace, SIGKILL) and waits until it is reaped.
+    /// The child's status stays queryable, as [`ChildState::Stopped`].
+    ///
+    /// # Errors
+    /// [`Error::NoSuchChild`], [`Error::SupervisorGone`], or a signal error.
+    pub fn stop_child(&self, id: ChildId) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::Stop(id, tx))?;
+        rx.recv().map_err(|_| Error::SupervisorGone)?
+    }
+
+    /// A snapshot of every child.
+    ///
+    /// # Errors
+    /// [`Error::SupervisorGone`] if the supervisor thread has stopped.
+    pub fn statuses(&self) -> Result<Vec<ChildStatus>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::Status(tx))?;
+        rx.recv().map_err(|_| Error::SupervisorGone)
+    }
+
+    /// A snapshot of one child.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchChild`] or [`Error::SupervisorGone`].
+    pub fn status(&self, id: ChildId) -> Result<ChildStatus> {
+        self.statuses()?
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or(Error::NoSuchChild(id))
+    }
+
+    /// Stops every child (in parallel: SIGTERM to all, then SIGKILL to each after its grace),
+    /// reaps them all and joins the supervisor thread.
+    ///
+    /// # Errors
+    /// [`Error::SupervisorGone`] if the thread had already died (it panicked).
+    pub fn shutdown(mut self) -> Result<()> {
+        self.shutdown_inner()
+    }
+
+    fn shutdown_inner(&mut self) -> Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let sent = self.commands.send(Msg::Shutdown(tx)).is_ok() && rx.recv().is_ok();
+        let joined = thread.join().is_ok();
+        if sent && joined {
+            Ok(())
+        } else {
+            Err(Error::SupervisorGone)
+        }
+    }
+
+    fn send(&self, msg: Msg) -> Result<()> {
+        self.commands.send(msg).map_err(|_| Error::SupervisorGone)
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Err(err) = self.shutdown_inner() {
+            log::error!("supervisor shutdown: {err}");
+        }
+    }
+}
+
+struct Slot {
+    spec: ChildSpec,
+    tracker: RestartTracker<SystemClock>,
+    child: Option<Child>,
+    /// Bumped at each spawn, so a late exit notice of an earlier run is recognised.
+    generation: u64,
+    state: ChildState,
+    restarts: u32,
+    restart_at: Option<Instant>,
+    /// When a requested stop escalates to SIGKILL.
+    kill_at: Option<Instant>,
+    stopping: Vec<Sender<Result<()>>>,
+    last_exit: Option<Exit>,
+}
+
+struct Runner {
+    inbox: Receiver<Msg>,
+    /// For the reaper threads' exit notices.
+    own: Sender<Msg>,
+    on_event: Box<dyn FnMut(&Event) + Send>,
+    slots: BTreeMap<ChildId, Slot>,
+    next_id: ChildId,
+}
+
+impl Runner {
+    fn run(mut self) {
+        loop {
+            let deadline = self
+                .slots
+                .values()
+                .flat_map(|s| [s.restart_at, s.kill_at])
+                .flatten()
+                .min();
+            let msg = match deadline {
+                Some(deadline) => self.inbox.recv_deadline(deadline),
+                None => self
+                    .inbox
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match msg {
+                Ok(Msg::Add(job, reply)) => {
+                    let (spec, policy) = *job;
+                    let result = self.add(spec, policy);
+                    // The caller may have given up waiting; nothing else to do then.
+                    let _ignored = reply.send(result);
+                }
+                Ok(Msg::Stop(id, reply)) => self.request_stop(id, reply),
+                Ok(Msg::Status(reply)) => {
+                    let _ignored = reply.send(self.statuses());
+                }
+                Ok(Msg::Exited(id, generation)) => self.exited(id, generation),
+                Ok(Msg::Shutdown(reply)) => {
+                    self.stop_all();
+                    let _ignored = reply.send(());
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => self.due(),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.stop_all();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, child: ChildId, kind: EventKind) {
+        let name = self
+            .slots
+            .get(&child)
+            .map(|s| s.spec.get_name().to_owned())
+            .unwrap_or_default();
+        let event = Event { child, name, kind };
+        log::debug!("{event}");
+        let on_event = &mut self.on_event;
+        if panic::catch_unwind(AssertUnwindSafe(|| on_event(&event))).is_err() {
+            log::error!("the supervisor's event callback panicked on: {event}");
+        }
+    }
+
+    fn add(&mut self, spec: ChildSpec, policy: RestartPolicy) -> Result<ChildId> {
+        let id = self.next_id;
+        let seed = id ^ u64::from(std::process::id()) << 32;
+        let slot = Slot {
+            spec,
+            tracker: RestartTracker::new(policy, SystemClock).with_seed(seed),
+            child: None,
+            generation: 0,
+            state: ChildState::Starting,
+            restarts: 0,
+            restart_at: None,
+            kill_at: None,
+            stopping: Vec::new(),
+            last_exit: None,
+        };
+        let child = self.spawn(id, &slot.spec, 1)?;
+        self.next_id += 1;
+        let pid = child.id();
+        self.slots.insert(
+            id,
+            Slot {
+                child: Some(child),
+                generation: 1,
+                ..slot
+            },
+        );
+        self.emit(id, EventKind::Started { pid });
+        Ok(id)
+    }
+
+    fn spawn(&self, id: ChildId, spec: &ChildSpec, generation: u64) -> Result<Child> {
+        let notify = self.own.clone();
+        Child::spawn_notify(
+            spec,
+            Some(Box::new(move |_exit: &Exit| {
+                // The supervisor may be gone (shutting down): then nobody needs the notice.
+                let _ignored = notify.send(Msg::Exited(id, generation));
+            })),
+        )
+    }
+
+    fn exited(&mut self, id: ChildId, generation: u64) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if slot.generation != generation {
+            return;
+        }
+        let Some(old) = slot.child.take() else { return };
+        let Some(exit) = old.try_wait() else {
+            // Cannot happen: the notice is sent after the reap. Keep the child rather than lose it.
+            log::error!("exit notice for child {id} before its reap");
+            slot.child = Some(old);
+            return;
+        };
+        slot.last_exit = Some(exit.clone());
+        slot.kill_at = None;
+        let decision = if slot.stopping.is_empty() {
+            slot.tracker.next(&exit)
+        } else {
+            Decision::Stop(StopReason::Requested)
+        };
+        self.emit(id, EventKind::Exited(exit));
+        self.decide(id, decision);
+        // Dropped after the replacement is spawned: joining its threads must not delay it.
+        drop(old);
+    }
+
+    fn decide(&mut self, id: ChildId, decision: Decision) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        match decision {
+            Decision::Restart { after, attempt } => {
+                slot.state = ChildState::BackingOff;
+                slot.restart_at = Some(Instant::now() + after);
+                self.emit(id, EventKind::Restarting { after, attempt });
+                if after.is_zero() {
+                    self.restart(id);
+                }
+            }
+            Decision::GiveUp(why) => {
+                slot.state = ChildState::GaveUp;
+                self.emit(id, EventKind::GaveUp(why));
+            }
+            Decision::Stop(why) => {
+                slot.state = ChildState::Stopped;
+                for waiter in slot.stopping.drain(..) {
+                    let _ignored = waiter.send(Ok(()));
+                }
+                self.emit(id, EventKind::Stopped(why));
+            }
+        }
+    }
+
+    fn restart(&mut self, id: ChildId) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        slot.restart_at = None;
+        let generation = slot.generation + 1;
+        match self.spawn(id, &self.slots[&id].spec, generation) {
+            Ok(child) => {
+                let pid = child.id();
+                let slot = self.slots.get_mut(&id).expect("slot checked above");
+                slot.generation = generation;
+                slot.child = Some(child);
+                slot.state = ChildState::Starting;
+                slot.restarts += 1;
+                self.emit(id, EventKind::Started { pid });
+            }
+            Err(err) => {
+                self.emit(id, EventKind::SpawnFailed(err.to_string()));
+                let failed = Exit::new(Termination::Exited { code: 127 }, Duration::ZERO);
+                let slot = self.slots.get_mut(&id).expect("slot checked above");
+                slot.restarts += 1;
+                let decision = slot.tracker.next(&failed);
+                self.decide(id, decision);
+            }
+        }
+    }
+
+    /// Restarts whose backoff is over, stops whose grace is over.
+    fn due(&mut self) {
+        let now = Instant::now();
+        let ids: Vec<ChildId> = self.slots.keys().copied().collect();
+        for id in ids {
+            let slot = &self.slots[&id];
+            if slot.restart_at.is_some_and(|at| at <= now) {
+                self.restart(id);
+            }
+            let slot = self.slots.get_mut(&id).expect("ids are from the map");
+            if slot.kill_at.is_some_and(|at| at <= now) {
+                slot.kill_at = None;
+                if let Some(child) = &slot.child
+                    && let Err(err) = child.signal_group(libc::SIGKILL)
+                {
+                    log::error!("stopping child {id}: {err}");
+                }
+            }
+        }
+    }
+
+    fn request_stop(&mut self, id: ChildId, reply: Sender<Result<()>>) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            let _ignored = reply.send(Err(Error::NoSuchChild(id)));
+            return;
+        };
+        let Some(child) = &slot.child else {
+            // Backing off, stopped or gave up: nothing runs.
+            slot.restart_at = None;
+            let was = slot.state;
+            slot.state = match was {
+                ChildState::GaveUp => ChildState::GaveUp,
+                _ => ChildState::Stopped,
+            };
+            let _ignored = reply.send(Ok(()));
+            if was == ChildState::BackingOff {
+                self.emit(id, EventKind::Stopped(StopReason::Requested));
+            }
+            return;
+        };
+        if let Err(err) = child.begin_stop() {
+            let _ignored = reply.send(Err(err));
+            return;
+        }
+        slot.kill_at = Some(Instant::now() + slot.spec.get_stop_grace());
+        slot.stopping.push(reply);
+    }
+
+    fn statuses(&self) -> Vec<ChildStatus> {
+        let now = Instant::now();
+        self.slots
+            .iter()
+            .map(|(&id, slot)| {
+                let pid = slot.child.as_ref().map(Child::id);
+                let state = match (slot.state, &slot.child) {
+                    (ChildState::Starting, Some(child)) => {
+                        let stable = slot.tracker.policy().reset_after.unwrap_or(Duration::ZERO);
+                        if now.duration_since(child.started_at()) >= stable {
+                            ChildState::Running
+                        } else {
+                            ChildState::Starting
+                        }
+                    }
+                    (state, _) => state,
+                };
+                ChildStatus {
+                    id,
+                    name: slot.spec.get_name().to_owned(),
+                    state,
+                    pid,
+                    restarts: slot.restarts,
+                    last_exit: slot.last_exit.clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn stop_all(&mut self) {
+        let mut stopping = Vec::new();
+        for (&id, slot) in &mut self.slots {
+            slot.restart_at = None;
+            if let Some(child) = slot.child.take() {
+                if let Err(err) = child.begin_stop() {
+                    log::error!("stopping child {id}: {err}");
+                }
+                stopping.push((id, child, Instant::now() + slot.spec.get_stop_grace()));
+            }
+        }
+        for (id, child, deadline) in stopping {
+            match child.finish_stop(deadline) {
+                Ok(exit) => {
+                    if let Some(slot) = self.slots.get_mut(&id) {
+                        slot.last_exit = Some(exit.clone());
+                        slot.state = ChildState::Stopped;
+                        for waiter in slot.stopping.drain(..) {
+                            let _ignored = waiter.send(Ok(()));
+                        }
+                    }
+                    self.emit(id, EventKind::Exited(exit));
+                    self.emit(id, EventKind::Stopped(StopReason::Requested));
+                }
+                Err(err) => log::error!("stopping child {id}: {err}"),
+            }
+            drop(child);
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Linux: the fork-to-exec hook (parent-death signal, resource limits, descriptor hygiene,
+//! joining a memory cgroup) and memory cgroups (v2 `memory.max`, v1 `memory.limit_in_bytes`).
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{CgroupEvidence, Error, ResourceLimits, Result};
+
+/// `CLOSE_RANGE_CLOEXEC` from `<linux/close_range.h>` (not in the libc crate).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+/// When `close_range` is missing (kernels before 5.11), descriptors up to this are marked by hand.
+const FALLBACK_FD_SCAN: libc::c_int = 65_536;
+
+/// Sets up the child between fork and exec. Everything in the hook is async-signal-safe: plain
+/// system calls on data prepared here, before the fork.
+pub(crate) fn install_pre_exec(
+    cmd: &mut Command,
+    mut keep_fds: Vec<RawFd>,
+    limits: ResourceLimits,
+    cgroup: Option<&Cgroup>,
+) -> Result<()> {
+    keep_fds.retain(|&fd| fd > 2);
+    keep_fds.sort_unstable();
+    keep_fds.dedup();
+    let cgroup_procs = match cgroup {
+        Some(cgroup) => {
+            let path = cgroup.dir.join("cgroup.procs");
+            Some(CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+                Error::Config(format!(
+                    "cgroup path {} contains a NUL byte",
+                    path.display()
+                ))
+            })?)
+        }
+        None => None,
+    };
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    let hook = move || -> io::Result<()> {
+        // SAFETY: only async-signal-safe system calls below, on memory allocated before the fork
+        // and never freed or reallocated here.
+        unsafe { child_setup(parent, &keep_fds, &limits, cgroup_procs.as_ref()) }
+    };
+    // SAFETY: the hook runs in the forked child and only makes async-signal-safe calls; see
+    // `child_setup`.
+    unsafe { cmd.pre_exec(hook) };
+    Ok(())
+}
+
+/// The body of the pre-exec hook.
+///
+/// # Safety
+/// Must run in a freshly forked child, where only async-signal-safe calls are allowed: it makes
+/// only raw system calls and does not allocate.
+unsafe fn child_setup(
+    parent: libc::pid_t,
+    keep_fds: &[RawFd],
+    limits: &ResourceLimits,
+    cgroup_procs: Option<&CString>,
+) -> io::Result<()> {
+    // SAFETY: each call below is a plain system call on valid arguments: NUL-terminated paths
+    // and buffers that outlive the calls.
+    unsafe {
+        // Die with the parent. Linux delivers this when the *thread* that forked us exits, which
+        // is why spawning must happen on a long-lived thread (see the crate docs).
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The parent may have died between fork and prctl: then no signal will ever come.
+        if libc::getppid() != parent {
+            libc::_exit(111);
+        }
+        if let Some(procs) = cgroup_procs {
+            // Writing "0" moves the writing process itself (v1 and v2 alike).
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if written != 1 {
+                return Err(err);
+            }
+        }
+        set_limit(libc::RLIMIT_AS, limits.address_space)?;
+        set_limit(libc::RLIMIT_NOFILE, limits.open_files)?;
+        set_limit(libc::RLIMIT_CORE, limits.core_size)?;
+        cloexec_all_but(keep_fds);
+        for &fd in keep_fds {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
+/// # Safety
+/// Async-signal-safe; callable between fork and exec.
+unsafe fn set_limit(resource: Resource, value: Option<u64>) -> io::Result<()> {
+    let Some(value) = value else { return Ok(()) };
+    let limit = libc::rlimit {
+        rlim_cur: value as libc::rlim_t,
+        rlim_max: value as libc::rlim_t,
+    };
+    // SAFETY: `limit` is a valid rlimit for the duration of the call.
+    if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Marks every descriptor above stderr close-on-exec except `keep` (sorted, all > 2): whatever
+/// this process leaked (a library's descriptor opened without `O_CLOEXEC`) stays out of the child.
+///
+/// # Safety
+/// Async-signal-safe; callable between fork and exec.
+unsafe fn cloexec_all_but(keep: &[RawFd]) {
+    let mut first: libc::c_uint = 3;
+    for &fd in keep.iter().chain(std::iter::once(&-1)) {
+        let last = if fd < 0 {
+            libc::c_uint::MAX
+        } else {
+            fd as libc::c_uint - 1
+        };
+        if first <= last {
+            // SAFETY: close_range with the CLOEXEC flag only changes descriptor flags.
+            let done =
+                unsafe { libc::syscall(libc::SYS_close_range, first, last, CLOSE_RANGE_CLOEXEC) }
+                    == 0;
+            if !done {
+                let stop = (last as u64).min(FALLBACK_FD_SCAN as u64) as libc::c_int;
+                for each in first as libc::c_int..=stop {
+                    // SAFETY: fcntl on a descriptor that may not exist just fails with EBADF.
+                    unsafe {
+                        let flags = libc::fcntl(each, libc::F_GETFD);
+                        if flags >= 0 {
+                            libc::fcntl(each, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                        }
+                    }
+                }
+            }
+        }
+        if fd >= 0 {
+            first = fd as libc::c_uint + 1;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CgroupVersion {
+    V1,
+    V2,
+}
+
+/// A memory cgroup made for one child. Removed by [`Cgroup::remove`] once the child is gone.
+#[derive(Debug)]
+pub(crate) struct Cgroup {
+    dir: PathBuf,
+    version: CgroupVersion,
+    limit: u64,
+}
+
+impl Cgroup {
+    pub(crate) fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads the counters ward-crashdiag needs to tell an OOM kill from another SIGKILL.
+    pub(crate) fn evidence(&self) -> CgroupEvidence {
+        let (events, key, peak) = match self.version {
+            CgroupVersion::V2 => ("memory.events", "oom_kill", "memory.peak"),
+            CgroupVersion::V1 => (
+                "memory.oom_control",
+                "oom_kill",
+                "memory.max_usage_in_bytes",
+            ),
+        };
+        let oom_kills = fs::read_to_string(self.dir.join(events))
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|line| {
+                    let (name, value) = line.split_once(' ')?;
+                    (name == key).then(|| value.trim().parse().ok())?
+                })
+            });
+        let peak_bytes = fs::read_to_string(self.dir.join(peak))
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        CgroupEvidence {
+            path: self.dir.clone(),
+            limit_bytes: self.limit,
+            oom_kills,
+            peak_bytes,
+        }
+    }
+
+    /// Removes the directory; a cgroup still holding a process (one that escaped its process
+    /// group) cannot be removed, which is logged.
+    pub(crate) fn remove(&self) {
+        if let Err(err) = fs::remove_dir(&self.dir) {
+            log::warn!("cannot remove memory cgroup {}: {err}", self.dir.display());
+        }
+    }
+}
+
+/// Where new memory cgroups go: the directory of our own memory cgroup, v2 first.
+fn memory_cgroup_parent() -> Result<(PathBuf, CgroupVersion)> {
+    let own = fs::read_to_string("/proc/self/cgroup").map_err(|source| Error::Cgroup {
+        path: "/proc/self/cgroup".into(),
+        source,
+    })?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|source| Error::Cgroup {
+        path: "/proc/self/mountinfo".into(),
+        source,
+    })?;
+    let mut reasons = Vec::new();
+    // cgroup v2: "0::/path", mounted with fstype cgroup2.
+    let v2_mount = mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split(' ').next()? == "cgroup2")
+            .then(|| left.split(' ').nth(4).map(PathBuf::from))?
+    });
+    let v2_path = own.lines().find_map(|line| line.strip_prefix("0::"));
+    match (v2_mount, v2_path) {
+        (Some(mount), Some(path)) => {
+            let dir = mount.join(path.trim_start_matches('/'));
+            let control =
+                fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+            if control.split_whitespace().any(|c| c == "memory") {
+                return Ok((dir, CgroupVersion::V2));
+            }
+            reasons.push(format!(
+                "cgroup v2 at {} does not delegate the memory controller to sub-groups",
+                dir.display()
+            ));
+        }
+        _ => reasons.push("no cgroup v2 hierarchy".to_owned()),
+    }
+    // cgroup v1: "N:memory:/path" (controllers may be co-mounted, "N:cpu,memory:/path").
+    let v1_mount = mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut fields = right.split(' ');
+        let fstype = fields.next()?;
+        let options = fields.nth(1)?;
+        (fstype == "cgroup" && options.split(',').any(|o| o == "memory"))
+            .then(|| left.split(' ').nth(4).map(PathBuf::from))?
+    });
+    let v1_path = own.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then_some(path)
+    });
+    match v1_mount {
+        Some(mount) => {
+            let nested = v1_path.map(|path| mount.join(path.trim_start_matches('/')));
+            // Inside a cgroup namespace our path may not exist under the mount: use its root.
+            let dir = nested.filter(|dir| dir.is_dir()).unwrap_or(mount);
+            return Ok((dir, CgroupVersion::V1));
+        }
+        None => reasons.push("no cgroup v1 memory hierarchy".to_owned()),
+    }
+    Err(Error::NoMemoryCgroup {
+        reason: reasons.join("; "),
+    })
+}
+
+pub(crate) fn probe_memory_cgroup() -> Result<PathBuf> {
+    memory_cgroup_parent().map(|(dir, _)| dir)
+}
+
+/// Creates a fresh memory cgroup limited to `limit` bytes.
+pub(crate) fn create_memory_cgroup(limit: u64) -> Result<Cgroup> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let (parent, version) = memory_cgroup_parent()?;
+    let name = format!(
+        "ward-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let dir = parent.join(name);
+    fs::create_dir(&dir).map_err(|source| Error::Cgroup {
+        path: dir.clone(),
+        source,
+    })?;
+    let cgroup = Cgroup {
+        dir,
+        version,
+        limit,
+    };
+    let file = match version {
+        CgroupVersion::V2 => "memory.max",
+        CgroupVersion::V1 => "memory.limit_in_bytes",
+    };
+    let path = cgroup.dir.join(file);
+    if let Err(source) = fs::write(&path, limit.to_string()) {
+        cgroup.remove();
+        return Err(Error::Cgroup { path, source });
+    }
+    if version == CgroupVersion::V2 {
+        // No swap either, or the limit only slows the child down instead of stopping it.
+        let swap = cgroup.dir.join("memory.swap.max");
+        if swap.exists()
+            && let Err(err) = fs::write(&swap, "0")
+        {
+            log::warn!("cannot disable swap in {}: {err}", swap.display());
+        }
+    }
+    Ok(cgroup)
+}

@@ -1,0 +1,40 @@
+//! The fallback for platforms other than Linux: everything builds, spawning says why it cannot.
+
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{CgroupEvidence, Error, ResourceLimits, Result};
+
+const WHY: &str = "no PR_SET_PDEATHSIG";
+
+/// See the Linux version.
+#[derive(Debug)]
+pub(crate) struct Cgroup;
+
+impl Cgroup {
+    pub(crate) fn path(&self) -> &Path {
+        Path::new("")
+    }
+    pub(crate) fn evidence(&self) -> CgroupEvidence {
+        unreachable!("no cgroup is ever created on this platform")
+    }
+    pub(crate) fn remove(&self) {}
+}
+
+pub(crate) fn create_memory_cgroup(_limit: u64) -> Result<Cgroup> {
+    Err(Error::Unsupported(WHY))
+}
+
+pub(crate) fn probe_memory_cgroup() -> Result<PathBuf> {
+    Err(Error::Unsupported(WHY))
+}
+
+pub(crate) fn install_pre_exec(
+    _cmd: &mut Command,
+    _keep_fds: Vec<RawFd>,
+    _limits: ResourceLimits,
+    _cgroup: Option<&Cgroup>,
+) -> Result<()> {
+    Err(Error::Unsupported(WHY))
+}
