@@ -1,15 +1,90 @@
 //! Crash capture inside every ward process, and the post-mortem that explains each death.
 //!
-//! `ward-crashdiag` installs a chained panic hook, an async-signal-safe fatal-signal handler in
-//! the spirit of Python's faulthandler, and a heartbeat file; after a death, its collector weighs
-//! the evidence (wait status, crash record, heartbeat, logs, cgroup and kernel OOM counters) and
-//! writes a report naming the cause: graceful stop, exit code, panic, native crash, OOM kill,
-//! allocation failure, outside signal, hang, or vanished.
+//! `ward-crashdiag` has two halves. Inside a process, [`install`] sets up a chained panic hook, an
+//! async-signal-safe fatal-signal handler in the spirit of Python's faulthandler, and a heartbeat
+//! file. After a death, its parent fills in an [`Evidence`] (wait status, rusage, whether it asked
+//! for the stop, OOM counters before and after) and [`report_death`] weighs it together with what
+//! the dead process left on disk (crash record, heartbeat, log tail, kernel log) and writes a
+//! [`CrashReport`] naming the [`Cause`]: graceful stop, exit code, panic, native crash, stack
+//! overflow, OOM kill, allocation failure, outside signal, hang, or vanished, each with the
+//! evidence it rests on and a [`Confidence`].
 //!
-//! # What it deliberately does not do
-//! It does not restart anything (that is `ward-supervisor`) and never writes core dumps.
+//! ```
+//! use std::time::Duration;
+//! use ward_crashdiag::{collect, Cause, Confidence, Evidence, WaitOutcome};
 //!
-//! # Status
-//! Not implemented yet: this crate is an empty shell until its issue lands.
+//! let crash_dir = tempfile::tempdir()?;
+//! let mut evidence = Evidence::new(4242, "worker", crash_dir.path());
+//! evidence.wait_status = Some(WaitOutcome::Exited { code: 3 });
+//! evidence.run_time = Some(Duration::from_secs(5));
+//!
+//! let report = collect(&evidence);
+//! assert_eq!(report.verdict.cause, Cause::Exited { code: 3 });
+//! assert_eq!(report.verdict.confidence, Confidence::High);
+//! assert!(report.to_text().contains("exited with code 3"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Crate features
+//! None. Linux only: the signal handler, `/proc` and cgroup readers have no portable
+//! equivalent; on other systems [`install`] returns [`Error::Unsupported`].
+//!
+//! # Theory of operation
+//! - **Crash record.** [`install`] opens `<crash dir>/<pid>.record` (see [`record_path`]) and
+//!   keeps the descriptor for the life of the process. The panic hook rewrites it with the latest
+//!   panic; the signal handler appends to it with `write(2)` only. The collector parses it
+//!   ([`CrashRecord`]) and deletes it once a report holds its content.
+//! - **Signal handler.** Runs on an alternate stack (64 KiB for the installing thread; other
+//!   threads use the one the Rust runtime gives them), formats with no allocation and no locks,
+//!   writes signal, fault address, pid, thread id, the executable's load base and raw return
+//!   addresses to the record and to stderr, chains to the previous handler (so Rust's own
+//!   "has overflowed its stack" report still appears), then restores the default action and
+//!   re-raises, so the parent sees the true signal and a core is dumped where enabled.
+//! - **Heartbeat.** A thread owned by the [`CaptureGuard`] rewrites a small fixed-size JSON file
+//!   ([`Heartbeat`]) every interval with wall and monotonic time, pid and sequence, and logs a
+//!   heartbeat line at a slower interval. One wakeup per interval; `examples/bench.rs` measures it.
+//! - **Verdict.** Kernel and cgroup evidence outrank exit codes: SIGKILL alone never means OOM
+//!   (as in Kubernetes), and an OOM kill is named only from a cgroup `oom_kill` rise, a kernel
+//!   log line about the pid, or (with low confidence) a system-wide `/proc/vmstat` rise.
+//!
+//! # Known problems
+//! - glibc's `backtrace()` is not on the async-signal-safe list: its first call loads libgcc,
+//!   which [`install`] does ahead of time. It still takes the dynamic loader's lock while
+//!   unwinding, so a crash while another thread is inside `dlopen` could hang; the parent's
+//!   watchdog then reports a hang rather than a native crash.
+//! - Addresses are not symbolized in the process. The report gives the executable's load base
+//!   and an `addr2line -e <exe> <offsets>` line that symbolizes them; [`symbolize`] runs it
+//!   when `addr2line` is installed and the executable is unchanged.
+//! - Threads other than the one that called [`install`] run the handler on the Rust runtime's
+//!   alternate stack (a few KiB); the handler keeps its own frame small, and a backtrace of at
+//!   most 64 frames, for that reason.
 
 #![warn(missing_docs)]
+
+mod capture;
+mod diagnose;
+mod error;
+mod evidence;
+mod heartbeat;
+mod hook;
+mod record;
+mod report;
+mod signal;
+mod time;
+mod verdict;
+
+pub use capture::{CaptureConfig, CaptureGuard, HeartbeatConfig, install, record_path};
+pub use diagnose::{PostMortem, PostMortemInput, pidfile_is_stale, post_mortem};
+pub use error::{Error, Result};
+pub use evidence::{
+    Evidence, OomCounters, WaitOutcome, kernel_lines_about, memory_cgroup_of, read_cgroup_oom_kill,
+    read_vmstat_oom_kill,
+};
+pub use heartbeat::{Clock, Heartbeat, HeartbeatState, SystemClock, read_heartbeat};
+pub use hook::{HookOutcome, OnCrashHook};
+pub use record::{CrashRecord, PanicEntry, RecordEntry, SignalEntry};
+pub use report::{
+    CrashReport, ReportOptions, ReportSummary, WrittenReport, collect, list_reports, read_report,
+    report_death, symbolize, write_report,
+};
+pub use verdict::{Cause, Confidence, Verdict};
