@@ -5,11 +5,74 @@
 //! with the same key coalesce so a file changed many times while queued is processed once; a
 //! panicking job is caught and reported, never taking a worker with it.
 //!
-//! # What it deliberately does not do
-//! It cannot kill a stuck thread: jobs that must be killable run in child processes, which
-//! `ward-server` builds from this pool and `ward-supervisor`.
+//! ```
+//! use std::sync::mpsc;
+//! use ward_queue::{Event, Pool};
 //!
-//! # Status
-//! Not implemented yet: this crate is an empty shell until its issue lands.
+//! let (events, outcomes) = mpsc::channel();
+//! let pool: Pool<u32> = Pool::builder()
+//!     .workers(2)
+//!     .capacity(16)
+//!     .on_event(move |event| events.send(event).unwrap())
+//!     .build(|n: &u32| {
+//!         if *n == 3 {
+//!             panic!("three is unlucky");
+//!         }
+//!         Ok(())
+//!     })
+//!     .unwrap();
+//! for n in 0..5 {
+//!     pool.submit(n).unwrap();
+//! }
+//! assert!(pool.shutdown(std::time::Duration::from_secs(10)).is_empty());
+//! let mut completed = 0;
+//! let mut dead = Vec::new();
+//! for event in outcomes.try_iter() {
+//!     match event {
+//!         Event::Completed { .. } => completed += 1,
+//!         Event::Dead { job, failures, .. } => dead.push((job, failures[0].to_string())),
+//!         _ => {}
+//!     }
+//! }
+//! assert_eq!(completed, 4);
+//! assert_eq!(dead, [(3, "panicked: three is unlucky".to_owned())]);
+//! ```
+//!
+//! # Crate features
+//! None.
+//!
+//! # Theory of operation
+//! The queue is a crossbeam bounded channel. An unkeyed job travels through it as itself; a
+//! keyed job waits in a key table (one waiting job per key, latest wins) and a token naming its
+//! key travels through the queue. A job whose key is running is not queued at all: the worker
+//! running the key runs it next, which is how two jobs of one key never run at once and the last
+//! one submitted always runs after its submission. A failed attempt goes to the overseer
+//! thread's retry heap with its backoff and comes back through the queue when due; a keyed job
+//! keeps its key meanwhile, and a newer job of that key supersedes the retry.
+//!
+//! Every accepted job ends in exactly one [`Event::Completed`], [`Event::Dead`] or
+//! [`Event::Dropped`], or is returned by [`Pool::shutdown`].
+//!
+//! # Known problems
+//! A thread cannot be killed. A job that runs past the timeout is reported
+//! ([`Event::TimedOut`]) and its worker replaced, so the pool keeps its capacity, but the stuck
+//! thread runs on until the handler returns, keeps the job's key, and is left running (not
+//! joined) if the pool shuts down first. Jobs that must be killable run in supervised child
+//! processes, which `ward-server` builds from this pool and `ward-supervisor`.
+//!
+//! `CallerRuns` runs jobs in the submitter's thread, where no timeout applies.
 
 #![warn(missing_docs)]
+
+mod error;
+mod event;
+mod keys;
+mod metrics;
+mod pool;
+mod retry;
+
+pub use error::Error;
+pub use event::{DropReason, Event, Failure, JobError, JobId};
+pub use metrics::{Latency, Metrics};
+pub use pool::{Builder, Policy, Pool};
+pub use retry::RetryPolicy;

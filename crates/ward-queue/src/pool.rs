@@ -1,0 +1,1270 @@
+//! The pool itself: [`Builder`], [`Pool`] and [`Policy`], the submit paths, the worker threads and
+//! the overseer thread that sends due retries and replaces workers stuck past the job timeout.
+//!
+//! Where a job can be, so that none is lost: in the queue (a crossbeam bounded channel), waiting
+//! in the key table, in the overseer's retry heap, running, or (after shutdown stopped the
+//! workers) in the stash. `Pool::close` empties all of them after every pool thread has stopped.
+
+use std::any::Any;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+
+use crate::keys::{Admit, KeyTable};
+use crate::metrics::{IntakeStats, Latency, Metrics, Stats, empty_counts};
+use crate::retry::{RetryPolicy, mix};
+use crate::{DropReason, Error, Event, Failure, JobError, JobId};
+
+/// How long a blocked submitter or a paused-intake waiter sleeps at most before looking again;
+/// wake-ups normally come sooner, this only bounds a missed one.
+const WAIT_SLICE: Duration = Duration::from_millis(2);
+/// How long a due retry waits before the overseer tries again when the queue is full.
+const RETRY_REQUEUE: Duration = Duration::from_millis(2);
+/// One job in `SAMPLE_EVERY` has its wait and run latency measured (a power of two).
+const SAMPLE_EVERY: u64 = 16;
+
+/// What a submit does when the queue is full (or intake paused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Policy {
+    /// Wait for room (or for intake to resume), at most `timeout` if given, then fail with
+    /// [`Error::Timeout`].
+    Block {
+        /// The longest wait; `None` waits as long as it takes.
+        timeout: Option<Duration>,
+    },
+    /// Fail at once with [`Error::Full`] (or [`Error::Paused`]), the job inside.
+    Reject,
+    /// Evict the oldest queued job, reported as [`Event::Dropped`] with
+    /// [`DropReason::Evicted`], and queue the new one. While intake is paused it rejects with
+    /// [`Error::Paused`] instead, since evicting would not relieve the pressure.
+    DropOldest,
+    /// Run the job in the submitting thread, which slows the submitter down to the pool's pace.
+    /// Such runs have no timeout (only pool workers can be replaced).
+    CallerRuns,
+}
+
+impl Default for Policy {
+    /// `Block` without a timeout.
+    fn default() -> Self {
+        Policy::Block { timeout: None }
+    }
+}
+
+type Handler<J> = Box<dyn Fn(&J) -> Result<(), JobError> + Send + Sync>;
+type Listener<J> = Box<dyn Fn(Event<J>) + Send + Sync>;
+
+/// A job with its bookkeeping.
+pub(crate) struct Task<J> {
+    id: JobId,
+    job: J,
+    attempts: u32,
+    failures: Vec<Failure>,
+    /// Set on sampled jobs only: when it was submitted.
+    enqueued: Option<Instant>,
+}
+
+/// What travels through the queue.
+enum Envelope<J, K> {
+    /// An unkeyed job (first attempt or retry).
+    Job(Task<J>),
+    /// A token: the job waiting for this key in the key table is ready to run.
+    Key(K),
+    /// A due retry of a keyed job; the key has stayed running since the failed attempt.
+    Retry(Task<J>, K),
+}
+
+impl<J, K> Envelope<J, K> {
+    fn into_parts(self) -> Option<(Task<J>, Option<K>)> {
+        match self {
+            Envelope::Job(task) => Some((task, None)),
+            Envelope::Retry(task, key) => Some((task, Some(key))),
+            Envelope::Key(_) => None,
+        }
+    }
+
+    /// The task of an envelope built as `Envelope::Job` on the unkeyed submit path.
+    fn into_unkeyed(self) -> Task<J> {
+        match self {
+            Envelope::Job(task) => task,
+            // The unkeyed path only ever builds `Job`, and gets back what it sent.
+            Envelope::Key(_) | Envelope::Retry(..) => {
+                unreachable!("the unkeyed submit path got back an envelope it did not send")
+            }
+        }
+    }
+}
+
+/// A retry waiting for its time, in the overseer's heap (earliest first).
+struct Delayed<J, K> {
+    due: Instant,
+    seq: u64,
+    task: Task<J>,
+    key: Option<K>,
+}
+
+impl<J, K> PartialEq for Delayed<J, K> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+impl<J, K> Eq for Delayed<J, K> {}
+impl<J, K> PartialOrd for Delayed<J, K> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<J, K> Ord for Delayed<J, K> {
+    // Reversed: `BinaryHeap` is a max-heap and the earliest retry must come out first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.due, other.seq).cmp(&(self.due, self.seq))
+    }
+}
+
+struct Timer<J, K> {
+    heap: BinaryHeap<Delayed<J, K>>,
+    seq: u64,
+    /// Taken away when shutdown starts: retries are then kept for `close` to return.
+    tx: Option<Sender<Envelope<J, K>>>,
+    /// Set once `close` has emptied the heap: a retry scheduled later is dropped and reported.
+    sealed: bool,
+    quit: bool,
+}
+
+enum Schedule<J> {
+    Scheduled,
+    BacklogFull(Task<J>),
+    Sealed(Task<J>),
+}
+
+/// One running attempt of a supervised worker, for the overseer's timeout check.
+struct Running {
+    id: JobId,
+    attempt: u32,
+    started: Instant,
+    /// Set by the overseer when it gives up on the attempt.
+    abandoned: Option<Duration>,
+}
+
+/// What a worker shares with the overseer and the metrics.
+struct WorkerCell {
+    stats: Stats,
+    current: Mutex<Option<Running>>,
+    /// The overseer replaced this worker: it exits once its current job returns.
+    abandoned: AtomicBool,
+}
+
+impl WorkerCell {
+    fn new() -> Self {
+        WorkerCell {
+            stats: Stats::new(),
+            current: Mutex::new(None),
+            abandoned: AtomicBool::new(false),
+        }
+    }
+}
+
+struct Crew {
+    workers: Vec<(Arc<WorkerCell>, JoinHandle<()>)>,
+    /// Workers given up on after a timeout; joined at shutdown if their job has returned.
+    abandoned: Vec<(Arc<WorkerCell>, JoinHandle<()>)>,
+    /// Workers not yet exited, abandoned ones excluded.
+    live: usize,
+    spawned: usize,
+}
+
+struct Config {
+    workers: usize,
+    capacity: usize,
+    policy: Policy,
+    retry: RetryPolicy,
+    timeout: Option<Duration>,
+    name: String,
+}
+
+struct Shared<J, K> {
+    config: Config,
+    handler: Handler<J>,
+    listener: Listener<J>,
+    /// The queue's sender; `None` once shutdown has started. Submitters hold the read lock while
+    /// they put a job in, so that `close` (the writer) knows no job can land after it looked.
+    intake: RwLock<Option<Sender<Envelope<J, K>>>>,
+    rx: Receiver<Envelope<J, K>>,
+    paused: AtomicBool,
+    /// Blocked submitters wait here for room, resume or close.
+    gate: Mutex<()>,
+    gate_cv: Condvar,
+    space_waiters: AtomicUsize,
+    keys: Mutex<KeyTable<K, Task<J>>>,
+    timer: Mutex<Timer<J, K>>,
+    timer_cv: Condvar,
+    /// Jobs workers received after `stop`, kept for `close` to return.
+    stash: Mutex<Vec<Task<J>>>,
+    /// Workers stop taking jobs (shutdown's deadline has passed).
+    stop: AtomicBool,
+    crew: Mutex<Crew>,
+    crew_cv: Condvar,
+    next_id: AtomicU64,
+    seed: u64,
+    intake_stats: IntakeStats,
+    /// Stats of jobs run by submitters under `CallerRuns`.
+    caller: WorkerCell,
+}
+
+/// Configures and starts a [`Pool`]; from [`Pool::builder`].
+pub struct Builder<J, K = String> {
+    config: Config,
+    listener: Option<Listener<J>>,
+    _key: PhantomData<fn() -> K>,
+}
+
+impl<J, K> fmt::Debug for Builder<J, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("workers", &self.config.workers)
+            .field("capacity", &self.config.capacity)
+            .field("policy", &self.config.policy)
+            .field("retry", &self.config.retry)
+            .field("timeout", &self.config.timeout)
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<J, K> Builder<J, K>
+where
+    J: Send + 'static,
+    K: Eq + Hash + Clone + Send + 'static,
+{
+    /// Number of worker threads (default 2).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.config.workers = workers;
+        self
+    }
+
+    /// How many jobs the queue holds before the submit policy applies (default 1024). The pool
+    /// holds at most this many queued jobs, plus one deferred job per running key, plus this many
+    /// jobs waiting for a retry.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.config.capacity = capacity;
+        self
+    }
+
+    /// What a submit does when the queue is full (default: block without timeout).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.config.policy = policy;
+        self
+    }
+
+    /// How failed jobs are retried (default: never).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.config.retry = retry;
+        self
+    }
+
+    /// The longest one attempt may run on a worker before it is reported as timed out and the
+    /// worker replaced (default: no limit). The stuck thread itself cannot be killed: see the
+    /// crate docs.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = Some(timeout);
+        self
+    }
+
+    /// Prefix of the pool's thread names (default `ward-queue`).
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Where outcomes go. The callback runs on whichever thread produced the event (a worker, a
+    /// submitter, the overseer, or the thread dropping the pool), so it should be quick: sending
+    /// into a channel is the usual choice. A panic in it is caught and logged. Without one,
+    /// failures are logged and other events discarded.
+    pub fn on_event(mut self, listener: impl Fn(Event<J>) + Send + Sync + 'static) -> Self {
+        self.listener = Some(Box::new(listener));
+        self
+    }
+
+    /// Starts the pool's threads; every job runs through `handler`. A job is handed to the
+    /// handler by reference so that it can be retried, and given back in its final event.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for zero workers or zero capacity; [`Error::Spawn`] if a thread cannot
+    /// be started (the threads already started are stopped and joined first).
+    pub fn build<H>(self, handler: H) -> Result<Pool<J, K>, Error<J>>
+    where
+        H: Fn(&J) -> Result<(), JobError> + Send + Sync + 'static,
+    {
+        let config = self.config;
+        if config.workers == 0 {
+            return Err(Error::Config("a pool needs at least one worker"));
+        }
+        if config.capacity == 0 {
+            return Err(Error::Config("a pool needs a capacity of at least one job"));
+        }
+        let (tx, rx) = crossbeam_channel::bounded(config.capacity);
+        let seed = mix(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64));
+        let workers = config.workers;
+        let shared = Arc::new(Shared {
+            handler: Box::new(handler),
+            listener: self.listener.unwrap_or_else(|| Box::new(log_event)),
+            intake: RwLock::new(Some(tx.clone())),
+            rx,
+            paused: AtomicBool::new(false),
+            gate: Mutex::new(()),
+            gate_cv: Condvar::new(),
+            space_waiters: AtomicUsize::new(0),
+            keys: Mutex::new(KeyTable::new()),
+            timer: Mutex::new(Timer {
+                heap: BinaryHeap::new(),
+                seq: 0,
+                tx: Some(tx),
+                sealed: false,
+                quit: false,
+            }),
+            timer_cv: Condvar::new(),
+            stash: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            crew: Mutex::new(Crew {
+                workers: Vec::new(),
+                abandoned: Vec::new(),
+                live: 0,
+                spawned: 0,
+            }),
+            crew_cv: Condvar::new(),
+            next_id: AtomicU64::new(0),
+            seed,
+            intake_stats: IntakeStats::default(),
+            caller: WorkerCell::new(),
+            config,
+        });
+        let mut pool = Pool {
+            overseer: None,
+            closed: false,
+            shared,
+        };
+        let started = (0..workers)
+            .try_for_each(|_| spawn_worker(&pool.shared))
+            .and_then(|()| {
+                let shared = Arc::clone(&pool.shared);
+                thread::Builder::new()
+                    .name(format!("{}-overseer", pool.shared.config.name))
+                    .spawn(move || overseer_main(&shared))
+            });
+        match started {
+            Ok(overseer) => {
+                pool.overseer = Some(overseer);
+                Ok(pool)
+            }
+            Err(err) => {
+                pool.close(Duration::ZERO);
+                Err(Error::Spawn(err))
+            }
+        }
+    }
+}
+
+/// A bounded pool of worker threads running jobs of type `J`, optionally keyed by `K`.
+///
+/// See the [crate docs](crate) for the guarantees and an example.
+pub struct Pool<J, K = String>
+where
+    J: Send + 'static,
+    K: Eq + Hash + Clone + Send + 'static,
+{
+    // `Drop` calls `close`, which stops and joins the overseer and every worker before any field
+    // is dropped; `shared` comes last so that nothing the threads used goes away before them.
+    overseer: Option<JoinHandle<()>>,
+    closed: bool,
+    shared: Arc<Shared<J, K>>,
+}
+
+impl<J, K> fmt::Debug for Pool<J, K>
+where
+    J: Send + 'static,
+    K: Eq + Hash + Clone + Send + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.shared.config.name)
+            .field("workers", &self.shared.config.workers)
+            .field("capacity", &self.shared.config.capacity)
+            .field("policy", &self.shared.config.policy)
+            .field("paused", &self.is_paused())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<J, K> Pool<J, K>
+where
+    J: Send + 'static,
+    K: Eq + Hash + Clone + Send + 'static,
+{
+    /// A builder with the defaults: 2 workers, capacity 1024, `Policy::Block` without timeout,
+    /// no retries, no job timeout.
+    pub fn builder() -> Builder<J, K> {
+        Builder {
+            config: Config {
+                workers: 2,
+                capacity: 1024,
+                policy: Policy::default(),
+                retry: RetryPolicy::default(),
+                timeout: None,
+                name: "ward-queue".to_owned(),
+            },
+            listener: None,
+            _key: PhantomData,
+        }
+    }
+
+    /// Queues `job`, applying the pool's [`Policy`] if the queue is full or intake paused.
+    ///
+    /// # Errors
+    /// The job comes back inside the error: [`Error::Full`] (reject), [`Error::Timeout`] (block
+    /// with a timeout), [`Error::Paused`] (intake paused under reject or drop-oldest),
+    /// [`Error::Closed`] (shutting down).
+    pub fn submit(&self, job: J) -> Result<JobId, Error<J>> {
+        let task = self.shared.new_task(job);
+        let id = task.id;
+        self.shared.submit_unkeyed(task).map(|()| id)
+    }
+
+    /// Queues `job` under `key`: it replaces a job of that key still waiting (latest wins; the
+    /// replaced one is reported as [`DropReason::Coalesced`]), and waits for a running job of
+    /// that key to end before it runs. Two jobs of one key never run at once, and the last one
+    /// submitted for a key runs after its submission. Replacing or waiting behind a running
+    /// key needs no room in the queue, so it succeeds even when the queue is full or paused.
+    ///
+    /// # Errors
+    /// As [`Pool::submit`].
+    pub fn submit_keyed(&self, key: K, job: J) -> Result<JobId, Error<J>> {
+        let task = self.shared.new_task(job);
+        let id = task.id;
+        self.shared.submit_keyed(key, task).map(|()| id)
+    }
+
+    /// Pauses intake: submitters feel backpressure per the policy (block waits, reject and
+    /// drop-oldest get [`Error::Paused`], caller-runs runs the job itself). Workers keep
+    /// draining the queue.
+    pub fn pause(&self) {
+        self.shared.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Resumes intake and wakes blocked submitters.
+    pub fn resume(&self) {
+        self.shared.paused.store(false, Ordering::SeqCst);
+        self.shared.wake_gate();
+    }
+
+    /// Whether intake is paused.
+    pub fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::SeqCst)
+    }
+
+    /// A snapshot of counters and latencies; a few atomic loads and two short locks.
+    pub fn metrics(&self) -> Metrics {
+        let shared = &self.shared;
+        let mut metrics = Metrics::default();
+        let mut wait = empty_counts();
+        let mut run = empty_counts();
+        let mut add = |stats: &Stats| {
+            let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+            metrics.running += stats.running.load(Ordering::Relaxed);
+            metrics.completed += load(&stats.completed);
+            metrics.failed += load(&stats.failed);
+            metrics.panicked += load(&stats.panicked);
+            metrics.retried += load(&stats.retried);
+            metrics.dead += load(&stats.dead);
+            stats.wait.add_to(&mut wait);
+            stats.run.add_to(&mut run);
+        };
+        {
+            let crew = shared.crew.lock();
+            for (cell, _) in crew.workers.iter().chain(&crew.abandoned) {
+                add(&cell.stats);
+            }
+        }
+        add(&shared.caller.stats);
+        let queued =
+            shared.rx.len() + shared.keys.lock().deferred() + shared.timer.lock().heap.len();
+        let intake = &shared.intake_stats;
+        Metrics {
+            queued,
+            coalesced: intake.coalesced.load(Ordering::Relaxed),
+            rejected: intake.rejected.load(Ordering::Relaxed),
+            dropped: intake.dropped.load(Ordering::Relaxed),
+            timed_out: intake.timed_out.load(Ordering::Relaxed),
+            wait: Latency::from_counts(&wait),
+            run: Latency::from_counts(&run),
+            ..metrics
+        }
+    }
+
+    /// Stops intake, lets the workers drain the queue until it is empty or `grace` has passed,
+    /// then stops them and returns, in submission order, every job that did not start: still
+    /// queued, waiting on a key, or waiting for a retry. Jobs already running when the grace
+    /// ends are let finish (a thread cannot be interrupted) and report their outcome as events
+    /// before this returns; threads stuck past the job timeout are not waited for.
+    pub fn shutdown(mut self, grace: Duration) -> Vec<J> {
+        self.close(grace).into_iter().map(|task| task.job).collect()
+    }
+
+    /// The shutdown sequence, shared by `shutdown`, `Drop` and a failed `build`.
+    fn close(&mut self, grace: Duration) -> Vec<Task<J>> {
+        self.closed = true;
+        let shared = &self.shared;
+        let end = Instant::now().checked_add(grace);
+        // 1. No more submits: the write lock waits out submitters mid-send; dropping the only
+        //    other sender (the overseer's) lets idle workers see the queue disconnect once empty.
+        *shared.intake.write() = None;
+        shared.wake_gate();
+        shared.timer.lock().tx = None;
+        // 2. Drain until the workers ran out of jobs, or the grace is over.
+        {
+            let mut crew = shared.crew.lock();
+            while crew.live > 0 {
+                match end {
+                    Some(end) => {
+                        if shared.crew_cv.wait_until(&mut crew, end).timed_out() {
+                            break;
+                        }
+                    }
+                    None => shared.crew_cv.wait(&mut crew),
+                }
+            }
+        }
+        // 3. Stop: workers finish the job in hand and stash what they receive after it. The
+        //    overseer goes first so that it starts no replacement worker behind our back.
+        shared.stop.store(true, Ordering::SeqCst);
+        shared.timer.lock().quit = true;
+        shared.timer_cv.notify_all();
+        if let Some(overseer) = self.overseer.take() {
+            if overseer.join().is_err() {
+                log::error!("ward-queue: the overseer thread panicked");
+            }
+        }
+        let (workers, abandoned) = {
+            let mut crew = shared.crew.lock();
+            (
+                std::mem::take(&mut crew.workers),
+                std::mem::take(&mut crew.abandoned),
+            )
+        };
+        for (_, worker) in workers {
+            if worker.join().is_err() {
+                log::error!("ward-queue: a worker thread panicked outside a job");
+            }
+        }
+        for (_, worker) in abandoned {
+            if worker.is_finished() {
+                let _ = worker.join();
+            } else {
+                log::warn!(
+                    "ward-queue: a worker is still stuck in a timed-out job; its thread is left \
+                     running (a thread cannot be killed)"
+                );
+            }
+        }
+        // 4. Every pool thread has stopped (bar stuck ones): collect what did not run.
+        let mut left = std::mem::take(&mut *shared.stash.lock());
+        left.extend(
+            shared
+                .rx
+                .try_iter()
+                .filter_map(Envelope::into_parts)
+                .map(|(task, _)| task),
+        );
+        left.extend(shared.keys.lock().drain());
+        {
+            let mut timer = shared.timer.lock();
+            timer.sealed = true;
+            left.extend(timer.heap.drain().map(|delayed| delayed.task));
+        }
+        left.sort_by_key(|task| task.id);
+        left
+    }
+}
+
+impl<J, K> Drop for Pool<J, K>
+where
+    J: Send + 'static,
+    K: Eq + Hash + Clone + Send + 'static,
+{
+    /// Stops intake and the workers at once (running jobs finish), joins the threads, and
+    /// reports every job that did not run as [`DropReason::Shutdown`].
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        for task in self.close(Duration::ZERO) {
+            self.shared.drop_task(task, DropReason::Shutdown);
+        }
+    }
+}
+
+impl<J, K> Shared<J, K>
+where
+    J: Send + 'static,
+    K: Eq + Hash + Clone + Send + 'static,
+{
+    fn new_task(&self, job: J) -> Task<J> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Task {
+            id: JobId(id),
+            job,
+            attempts: 0,
+            failures: Vec::new(),
+            enqueued: (id % SAMPLE_EVERY == 0).then(Instant::now),
+        }
+    }
+
+    fn reject(&self, error: fn(J) -> Error<J>, task: Task<J>) -> Result<(), Error<J>> {
+        self.intake_stats.rejected.fetch_add(1, Ordering::Relaxed);
+        Err(error(task.job))
+    }
+
+    fn submit_unkeyed(&self, task: Task<J>) -> Result<(), Error<J>> {
+        let mut envelope = Envelope::Job(task);
+        let mut until = None;
+        loop {
+            let intake = self.intake.read();
+            let Some(tx) = intake.as_ref() else {
+                return Err(Error::Closed(envelope.into_unkeyed().job));
+            };
+            let paused = self.paused.load(Ordering::SeqCst);
+            if !paused {
+                match tx.try_send(envelope) {
+                    Ok(()) => return Ok(()),
+                    Err(TrySendError::Full(back)) => envelope = back,
+                    Err(TrySendError::Disconnected(back)) => {
+                        return Err(Error::Closed(back.into_unkeyed().job));
+                    }
+                }
+            }
+            match self.config.policy {
+                Policy::Reject if paused => {
+                    return self.reject(Error::Paused, envelope.into_unkeyed());
+                }
+                Policy::DropOldest if paused => {
+                    return self.reject(Error::Paused, envelope.into_unkeyed());
+                }
+                Policy::Reject => return self.reject(Error::Full, envelope.into_unkeyed()),
+                Policy::DropOldest => self.evict_oldest(tx),
+                Policy::CallerRuns => {
+                    drop(intake);
+                    self.run_in_caller(envelope.into_unkeyed());
+                    return Ok(());
+                }
+                Policy::Block { timeout } => {
+                    let until = *until.get_or_insert_with(|| deadline_after(timeout));
+                    if paused {
+                        drop(intake);
+                        if !self.wait_gate(until, false) {
+                            return self.reject(Error::Timeout, envelope.into_unkeyed());
+                        }
+                        continue;
+                    }
+                    let slice = Instant::now() + WAIT_SLICE * 5;
+                    let limit = until.map_or(slice, |until: Instant| until.min(slice));
+                    match tx.send_deadline(envelope, limit) {
+                        Ok(()) => return Ok(()),
+                        Err(SendTimeoutError::Timeout(back)) => envelope = back,
+                        Err(SendTimeoutError::Disconnected(back)) => {
+                            return Err(Error::Closed(back.into_unkeyed().job));
+                        }
+                    }
+                    if until.is_some_and(|until| Instant::now() >= until) {
+                        return self.reject(Error::Timeout, envelope.into_unkeyed());
+                    }
+                }
+            }
+        }
+    }
+
+    fn submit_keyed(&self, key: K, mut task: Task<J>) -> Result<(), Error<J>> {
+        let mut until = None;
+        loop {
+            let intake = self.intake.read();
+            let Some(tx) = intake.as_ref() else {
+                return Err(Error::Closed(task.job));
+            };
+            let paused = self.paused.load(Ordering::SeqCst);
+            let mut keys = self.keys.lock();
+            match keys.admit(&key, task) {
+                Admit::Coalesced(old) => {
+                    drop(keys);
+                    drop(intake);
+                    self.drop_task(old, DropReason::Coalesced);
+                    return Ok(());
+                }
+                Admit::Deferred => return Ok(()),
+                Admit::Idle(back) => task = back,
+            }
+            if !paused {
+                // Sent under the key-table lock (never blocking) so that the worker receiving
+                // the token finds the job recorded.
+                match tx.try_send(Envelope::Key(key.clone())) {
+                    Ok(()) => {
+                        keys.queue(key, task);
+                        return Ok(());
+                    }
+                    Err(TrySendError::Full(_)) => {}
+                    Err(TrySendError::Disconnected(_)) => return Err(Error::Closed(task.job)),
+                }
+            }
+            drop(keys);
+            match self.config.policy {
+                Policy::Reject | Policy::DropOldest if paused => {
+                    return self.reject(Error::Paused, task);
+                }
+                Policy::Reject => return self.reject(Error::Full, task),
+                Policy::DropOldest => self.evict_oldest(tx),
+                Policy::CallerRuns => {
+                    drop(intake);
+                    if self.keys.lock().claim(&key) {
+                        self.run_keyed(&self.caller, false, key, task);
+                        return Ok(());
+                    }
+                    // Someone queued this key meanwhile: admit again, which now coalesces.
+                }
+                Policy::Block { timeout } => {
+                    drop(intake);
+                    let until = *until.get_or_insert_with(|| deadline_after(timeout));
+                    if !self.wait_gate(until, !paused) {
+                        return self.reject(Error::Timeout, task);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for room, resume or close, a slice at a time; false once `until` has passed.
+    fn wait_gate(&self, until: Option<Instant>, for_space: bool) -> bool {
+        if for_space {
+            self.space_waiters.fetch_add(1, Ordering::SeqCst);
+        }
+        {
+            let mut gate = self.gate.lock();
+            let slice = Instant::now() + WAIT_SLICE;
+            let limit = until.map_or(slice, |until| until.min(slice));
+            self.gate_cv.wait_until(&mut gate, limit);
+        }
+        if for_space {
+            self.space_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+        until.is_none_or(|until| Instant::now() < until)
+    }
+
+    fn wake_gate(&self) {
+        let _gate = self.gate.lock();
+        self.gate_cv.notify_all();
+    }
+
+    /// Makes room under `DropOldest`: takes the oldest queued item out and reports its job.
+    fn evict_oldest(&self, tx: &Sender<Envelope<J, K>>) {
+        let Ok(oldest) = self.rx.try_recv() else {
+            return; // The workers emptied it meanwhile.
+        };
+        match oldest {
+            Envelope::Job(task) => self.drop_task(task, DropReason::Evicted),
+            Envelope::Key(key) => {
+                let evicted = self.keys.lock().evict_token(&key);
+                if let Some(task) = evicted {
+                    self.drop_task(task, DropReason::Evicted);
+                }
+            }
+            Envelope::Retry(task, key) => {
+                self.drop_task(task, DropReason::Evicted);
+                let mut keys = self.keys.lock();
+                if let Some(next) = keys.release(&key, false) {
+                    // The key was held by the evicted retry and a newer job waits on it: that
+                    // job now needs a token of its own. Record it first, then send without the
+                    // lock; a full queue drains, since workers never wait on a submitter.
+                    keys.release(&key, true);
+                    keys.queue(key.clone(), next);
+                    drop(keys);
+                    if tx.send(Envelope::Key(key)).is_err() {
+                        log::error!("ward-queue: queue disconnected while requeueing a key");
+                    }
+                }
+            }
+        }
+    }
+
+    fn run_in_caller(&self, mut task: Task<J>) {
+        let result = self.attempt(&self.caller, false, &mut task);
+        self.settle(&self.caller, task, result, None);
+    }
+
+    /// Runs `task` of `key` (already marked running), then each job deferred to this key, until
+    /// the key is released or held by a scheduled retry.
+    fn run_keyed(&self, cell: &WorkerCell, supervised: bool, key: K, mut task: Task<J>) {
+        loop {
+            let result = self.attempt(cell, supervised, &mut task);
+            if self.settle(cell, task, result, Some(&key)) {
+                return;
+            }
+            let next = self
+                .keys
+                .lock()
+                .release(&key, self.stop.load(Ordering::SeqCst));
+            match next {
+                Some(next) => task = next,
+                None => return,
+            }
+        }
+    }
+
+    /// One attempt: runs the handler inside `catch_unwind`, under the overseer's watch if
+    /// `supervised` and a timeout is set.
+    fn attempt(
+        &self,
+        cell: &WorkerCell,
+        supervised: bool,
+        task: &mut Task<J>,
+    ) -> Result<(), Failure> {
+        task.attempts += 1;
+        let timeout = self
+            .config
+            .timeout
+            .filter(|_| supervised && !cell.abandoned.load(Ordering::Acquire));
+        let sampled = task.enqueued.is_some();
+        let started = (sampled || timeout.is_some()).then(Instant::now);
+        if let (Some(enqueued), Some(started)) = (task.enqueued.take(), started) {
+            cell.stats
+                .wait
+                .record(started.saturating_duration_since(enqueued));
+        }
+        if let (Some(_), Some(started)) = (timeout, started) {
+            *cell.current.lock() = Some(Running {
+                id: task.id,
+                attempt: task.attempts,
+                started,
+                abandoned: None,
+            });
+        }
+        cell.stats.running.fetch_add(1, Ordering::Relaxed);
+        let outcome = catch_unwind(AssertUnwindSafe(|| (self.handler)(&task.job)));
+        cell.stats.running.fetch_sub(1, Ordering::Relaxed);
+        let timed_out = match timeout {
+            Some(_) => cell
+                .current
+                .lock()
+                .take()
+                .and_then(|running| running.abandoned),
+            None => None,
+        };
+        if let (true, Some(started)) = (sampled, started) {
+            cell.stats.run.record(started.elapsed());
+        }
+        if let Some(after) = timed_out {
+            return Err(Failure::TimedOut(after));
+        }
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(Failure::Error(Arc::from(error))),
+            Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
+        }
+    }
+
+    /// Reports an attempt's outcome and schedules a retry if one is due. True if a retry was
+    /// scheduled (a keyed job then keeps its key).
+    fn settle(
+        &self,
+        cell: &WorkerCell,
+        mut task: Task<J>,
+        result: Result<(), Failure>,
+        key: Option<&K>,
+    ) -> bool {
+        let stats = &cell.stats;
+        let failure = match result {
+            Ok(()) => {
+                stats.completed.fetch_add(1, Ordering::Relaxed);
+                self.emit(Event::Completed {
+                    id: task.id,
+                    job: task.job,
+                    attempts: task.attempts,
+                });
+                return false;
+            }
+            Err(failure) => failure,
+        };
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+        if matches!(failure, Failure::Panic(_)) {
+            stats.panicked.fetch_add(1, Ordering::Relaxed);
+        }
+        task.failures.push(failure.clone());
+        if task.attempts < self.config.retry.max_attempts() {
+            let random = mix(self.seed ^ task.id.0.rotate_left(20) ^ u64::from(task.attempts));
+            let delay = self.config.retry.delay(task.attempts, random);
+            stats.retried.fetch_add(1, Ordering::Relaxed);
+            self.emit(Event::Retrying {
+                id: task.id,
+                attempt: task.attempts,
+                failure,
+                delay,
+            });
+            match self.schedule(task, key.cloned(), delay) {
+                Schedule::Scheduled => return true,
+                Schedule::Sealed(task) => {
+                    self.drop_task(task, DropReason::Shutdown);
+                    return false;
+                }
+                Schedule::BacklogFull(back) => {
+                    log::warn!(
+                        "ward-queue: {} retries already wait; {} goes to the dead letters",
+                        self.config.capacity,
+                        back.id
+                    );
+                    task = back;
+                }
+            }
+        }
+        stats.dead.fetch_add(1, Ordering::Relaxed);
+        self.emit(Event::Dead {
+            id: task.id,
+            job: task.job,
+            failures: task.failures,
+        });
+        false
+    }
+
+    fn schedule(&self, task: Task<J>, key: Option<K>, delay: Duration) -> Schedule<J> {
+        let mut timer = self.timer.lock();
+        if timer.sealed {
+            return Schedule::Sealed(task);
+        }
+        if timer.heap.len() >= self.config.capacity {
+            return Schedule::BacklogFull(task);
+        }
+        timer.seq += 1;
+        let seq = timer.seq;
+        timer.heap.push(Delayed {
+            due: Instant::now() + delay,
+            seq,
+            task,
+            key,
+        });
+        self.timer_cv.notify_all();
+        Schedule::Scheduled
+    }
+
+    fn drop_task(&self, task: Task<J>, reason: DropReason) {
+        let counter = match reason {
+            DropReason::Coalesced => &self.intake_stats.coalesced,
+            _ => &self.intake_stats.dropped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.emit(Event::Dropped {
+            id: task.id,
+            job: task.job,
+            reason,
+        });
+    }
+
+    fn emit(&self, event: Event<J>) {
+        if catch_unwind(AssertUnwindSafe(|| (self.listener)(event))).is_err() {
+            log::error!("ward-queue: the event callback panicked; that event is lost");
+        }
+    }
+}
+
+fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|timeout| Instant::now().checked_add(timeout))
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+fn log_event<J>(event: Event<J>) {
+    match event {
+        Event::Dead { id, failures, .. } => match failures.last() {
+            Some(last) => log::warn!(
+                "ward-queue: {id} is dead after {} attempts: {last}",
+                failures.len()
+            ),
+            None => log::warn!("ward-queue: {id} is dead"),
+        },
+        Event::TimedOut { id, after, .. } => {
+            log::warn!("ward-queue: {id} timed out after {after:?}")
+        }
+        Event::Retrying {
+            id, failure, delay, ..
+        } => {
+            log::info!("ward-queue: {id} failed ({failure}); retrying in {delay:?}");
+        }
+        Event::Dropped { id, reason, .. } => log::debug!("ward-queue: {id} dropped: {reason:?}"),
+        Event::Completed { .. } => {}
+    }
+}
+
+/// Starts one worker and counts it live.
+fn spawn_worker<J, K>(shared: &Arc<Shared<J, K>>) -> std::io::Result<()>
+where
+    J: Send + 'static,
+    K: Eq + Hash + Clone + Send + 'static,
+{
+    let mut crew = shared.crew.lock();
+    spawn_into(shared, &mut crew)
+}
+
+fn spawn_into<J, K>(
+    shared: &Arc<Shared<J, K>>,
+    crew: &mut MutexGuard<'_, Crew>,
+) -> std::io::Result<()>
+where
+    J: Send + 'static,
+    K: Eq + Hash + Clone + Send + 'static,
+{
+    let cell = Arc::new(WorkerCell::new());
+    let name = format!("{}-{}", shared.config.name, crew.spawned);
+    let handle = {
+        let shared = Arc::clone(shared);
+        let cell = Arc::clone(&cell);
+        thread::Builder::new()
+            .name(name)
+            .spawn(move || worker_main(&shared, &cell))?
+    };
+    crew.spawned += 1;
+    crew.live += 1;
+    crew.workers.push((cell, handle));
+    Ok(())
+}
+
+fn worker_main<J, K>(shared: &Shared<J, K>, cell: &WorkerCell)
+where
+    J: Send + 'static,
+    K: Eq + Hash + Clone + Send + 'static,
+{
+    /// Counts the worker out however it leaves, so that shutdown's drain wait cannot hang.
+    struct Exit<'a, J, K> {
+        shared: &'a Shared<J, K>,
+        cell: &'a WorkerCell,
+    }
+    impl<J, K> Drop for Exit<'_, J, K> {
+        fn drop(&mut self) {
+            // An abandoned worker was already counted out by the overseer.
+            if !self.cell.abandoned.load(Ordering::Acquire) {
+                self.shared.crew.lock().live -= 1;
+                self.shared.crew_cv.notify_all();
+            }
+        }
+    }
+    let _exit = Exit { shared, cell };
+    while let Ok(envelope) = shared.rx.recv() {
+        if shared.space_waiters.load(Ordering::Relaxed) != 0 {
+            shared.wake_gate();
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            if let Some((task, _)) = envelope.into_parts() {
+                shared.stash.lock().push(task);
+            }
+            break;
+        }
+        match envelope {
+            Envelope::Job(mut task) => {
+                let result = shared.attempt(cell, true, &mut task);
+                shared.settle(cell, task, result, None);
+            }
+            Envelope::Key(key) => {
+                let ready = shared.keys.lock().take_for_token(&key);
+                if let Some(task) = ready {
+                    shared.run_keyed(cell, true, key, task);
+                }
+            }
+            Envelope::Retry(retry, key) => {
+                let newer = shared.keys.lock().take_superseding(&key);
+                let task = match newer {
+                    Some(newer) => {
+                        shared.drop_task(retry, DropReason::Superseded);
+                        newer
+                    }
+                    None => retry,
+                };
+                shared.run_keyed(cell, true, key, task);
+            }
+        }
+        if cell.abandoned.load(Ordering::Acquire) {
+            break;
+        }
+    }
+}
+
+/// The overseer: sends retries when they come due and replaces workers stuck past the timeout.
+fn overseer_main<J, K>(shared: &Arc<Shared<J, K>>)
+where
+    J: Send + 'static,
+    K: Eq + Hash + Clone + Send + 'static,
+{
+    let mut timer = shared.timer.lock();
+    while !timer.quit {
+        let now = Instant::now();
+        send_due_retries(&mut timer, now);
+        let mut next = timer.heap.peek().map(|delayed| delayed.due);
+        if let Some(timeout) = shared.config.timeout {
+            MutexGuard::unlocked(&mut timer, || replace_overdue_workers(shared, now, timeout));
+            let tick = (timeout / 4).clamp(Duration::from_millis(1), Duration::from_millis(100));
+            next = Some(next.map_or(now + tick, |due| due.min(now + tick)));
+        }
+        if timer.quit {
+            break;
+        }
+        match next {
+            Some(next) => {
+                shared.timer_cv.wait_until(&mut timer, next);
+            }
+            None => shared.timer_cv.wait(&mut timer),
+        }
+    }
+}
+
+fn send_due_retries<J, K>(timer: &mut Timer<J, K>, now: Instant) {
+    let Timer { heap, seq, tx, .. } = timer;
+    let Some(tx) = tx.as_ref() else {
+        return; // Shutting down: retries stay for `close` to return.
+    };
+    while heap.peek().is_some_and(|delayed| delayed.due <= now) {
+        let Some(delayed) = heap.pop() else { break };
+        let envelope = match delayed.key {
+            Some(key) => Envelope::Retry(delayed.task, key),
+            None => Envelope::Job(delayed.task),
+        };
+        if let Err(full) = tx.try_send(envelope) {
+            // Queue full: try again shortly rather than block the timeout checks.
+            if let Some((task, key)) = full.into_inner().into_parts() {
+                *seq += 1;
+                heap.push(Delayed {
+                    due: now + RETRY_REQUEUE,
+                    seq: *seq,
+                    task,
+                    key,
+                });
+            }
+            break;
+        }
+    }
+}
+
+fn replace_overdue_workers<J, K>(shared: &Arc<Shared<J, K>>, now: Instant, timeout: Duration)
+where
+    J: Send + 'static,
+    K: Eq + Hash + Clone + Send + 'static,
+{
+    let mut overdue = Vec::new();
+    {
+        let mut crew = shared.crew.lock();
+        let mut i = 0;
+        while i < crew.workers.len() {
+            let expired = {
+                let cell = &crew.workers[i].0;
+                let mut current = cell.current.lock();
+                match current.as_mut() {
+                    Some(running)
+                        if running.abandoned.is_none()
+                            && running_for(running.started, now) >= timeout =>
+                    {
+                        let after = running_for(running.started, now);
+                        running.abandoned = Some(after);
+                        cell.abandoned.store(true, Ordering::Release);
+                        Some((running.id, running.attempt, after))
+                    }
+                    _ => None,
+                }
+            };
+            let Some(expired) = expired else {
+                i += 1;
+                continue;
+            };
+            let worker = crew.workers.swap_remove(i);
+            crew.abandoned.push(worker);
+            crew.live -= 1;
+            overdue.push(expired);
+            if let Err(err) = spawn_into(shared, &mut crew) {
+                log::error!(
+                    "ward-queue: cannot replace a timed-out worker, capacity shrinks: {err}"
+                );
+            }
+        }
+        shared.crew_cv.notify_all();
+    }
+    for (id, attempt, after) in overdue {
+        shared
+            .intake_stats
+            .timed_out
+            .fetch_add(1, Ordering::Relaxed);
+        shared.emit(Event::TimedOut { id, attempt, after });
+    }
+}
+
+/// How long an attempt started at `started` has run at `now`: a pure function of the two
+/// instants, so the timeout rule is tested without sleeping.
+fn running_for(started: Instant, now: Instant) -> Duration {
+    now.saturating_duration_since(started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_come_out_of_the_heap_earliest_first() {
+        let t0 = Instant::now();
+        let mut heap = BinaryHeap::new();
+        for (seq, ms) in [(1, 30), (2, 10), (3, 20), (4, 10)] {
+            heap.push(Delayed::<u32, ()> {
+                due: t0 + Duration::from_millis(ms),
+                seq,
+                task: Task {
+                    id: JobId(seq),
+                    job: 0,
+                    attempts: 1,
+                    failures: Vec::new(),
+                    enqueued: None,
+                },
+                key: None,
+            });
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| heap.pop().map(|d| d.seq)).collect();
+        assert_eq!(order, [2, 4, 3, 1]);
+    }
+
+    #[test]
+    fn an_attempt_is_overdue_only_once_it_has_run_the_whole_timeout() {
+        let started = Instant::now();
+        let timeout = Duration::from_millis(50);
+        assert!(running_for(started, started + Duration::from_millis(49)) < timeout);
+        assert!(running_for(started, started + timeout) >= timeout);
+        assert_eq!(running_for(started + timeout, started), Duration::ZERO);
+    }
+
+    #[test]
+    fn panic_messages_are_recovered_from_both_payload_kinds() {
+        let s: Box<dyn Any + Send> = Box::new("static");
+        let owned: Box<dyn Any + Send> = Box::new(String::from("owned"));
+        let other: Box<dyn Any + Send> = Box::new(7_u8);
+        assert_eq!(panic_message(s.as_ref()), "static");
+        assert_eq!(panic_message(owned.as_ref()), "owned");
+        assert_eq!(
+            panic_message(other.as_ref()),
+            "panic with a non-string payload"
+        );
+    }
+}
