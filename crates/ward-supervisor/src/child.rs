@@ -586,6 +586,7 @@ impl Reader {
         loop {
             let now = Instant::now();
             if drain_until.is_some_and(|until| now >= until) {
+                self.final_drain(&mut buf);
                 break;
             }
             // Watchdog: silence → SIGABRT to the child, grace → SIGKILL to the group.
@@ -675,6 +676,30 @@ impl Reader {
         }
         for i in 0..2 {
             self.flush_partial(i);
+        }
+    }
+
+    /// Reads what is already in the pipes without waiting for more: a descendant that escaped
+    /// the group may hold them open, but output written before the exit must not be lost just
+    /// because this thread was scheduled late.
+    fn final_drain(&mut self, buf: &mut [u8]) {
+        // Bounded, since such a descendant may also keep writing.
+        for _ in 0..64 {
+            let mut fds: Vec<libc::pollfd> = self
+                .streams
+                .iter()
+                .map(|s| pollfd(s.as_ref().map_or(-1, |(fd, _, _)| fd.as_raw_fd())))
+                .collect();
+            // SAFETY: `fds` is a valid array of pollfd of the given length.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+            if ready <= 0 {
+                return;
+            }
+            for (i, fd) in fds.iter().enumerate() {
+                if fd.revents != 0 {
+                    self.read_stream(i, buf);
+                }
+            }
         }
     }
 

@@ -446,3 +446,260 @@ impl<C: Clock> RestartTracker<C> {
         delay.mul_f64(1.0 + jitter * (2.0 * unit - 1.0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Termination;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn code(code: i32, ran: Duration) -> Exit {
+        Exit::new(Termination::Exited { code }, ran)
+    }
+
+    fn signal(signal: i32, ran: Duration) -> Exit {
+        Exit::new(
+            Termination::Signaled {
+                signal,
+                core_dumped: false,
+            },
+            ran,
+        )
+    }
+
+    fn restart(after: Duration, attempt: u32) -> Decision {
+        Decision::Restart { after, attempt }
+    }
+
+    fn give_up(restarts: u32, max_restarts: u32, window: Duration) -> Decision {
+        Decision::GiveUp(GiveUp {
+            restarts,
+            intensity: Intensity {
+                max_restarts,
+                window,
+            },
+        })
+    }
+
+    /// Feeds the exits in order; between two, the clock moves by the decided delay plus the next
+    /// run's length, as it would for a real child.
+    fn check(name: &str, policy: RestartPolicy, steps: &[(Exit, Decision)]) {
+        let clock = ManualClock::new(Instant::now());
+        let mut tracker = RestartTracker::new(policy, clock.clone());
+        let mut delay = Duration::ZERO;
+        for (i, (exit, expected)) in steps.iter().enumerate() {
+            clock.advance(delay + exit.run_time);
+            let decision = tracker.next(exit);
+            assert_eq!(&decision, expected, "{name}: step {i} ({exit})");
+            delay = match decision {
+                Decision::Restart { after, .. } => after,
+                _ => Duration::ZERO,
+            };
+        }
+    }
+
+    #[test]
+    fn presets_reproduce_their_anchors() {
+        let crash = || code(1, Duration::ZERO);
+        let cases: Vec<(&str, RestartPolicy, Vec<(Exit, Decision)>)> = vec![
+            (
+                "systemd: 100 ms each time, the 5th restart within 10 s is refused",
+                RestartPolicy::systemd(),
+                vec![
+                    (crash(), restart(ms(100), 1)),
+                    (crash(), restart(ms(100), 2)),
+                    (crash(), restart(ms(100), 3)),
+                    (crash(), restart(ms(100), 4)),
+                    (crash(), give_up(4, 4, secs(10))),
+                ],
+            ),
+            (
+                "systemd: crashes 3 s apart never hit the start limit",
+                RestartPolicy::systemd(),
+                (0..8)
+                    .map(|i| (code(1, secs(3)), restart(ms(100), i + 1)))
+                    .collect(),
+            ),
+            (
+                "systemd: on-failure counts code 0 and SIGTERM as clean",
+                RestartPolicy::systemd(),
+                vec![(code(0, secs(1)), Decision::Stop(StopReason::Succeeded))],
+            ),
+            (
+                "systemd: SIGTERM is clean",
+                RestartPolicy::systemd(),
+                vec![(
+                    signal(libc::SIGTERM, secs(1)),
+                    Decision::Stop(StopReason::Succeeded),
+                )],
+            ),
+            (
+                "systemd: SIGKILL, SIGSEGV and a hang are failures",
+                RestartPolicy::systemd(),
+                vec![
+                    (signal(libc::SIGKILL, secs(5)), restart(ms(100), 1)),
+                    (signal(libc::SIGSEGV, secs(5)), restart(ms(100), 2)),
+                    (code(0, secs(5)).with_hung(true), restart(ms(100), 3)),
+                ],
+            ),
+            (
+                "kubernetes: 10 s doubling to 300 s, restarts clean exits too",
+                RestartPolicy::kubernetes(),
+                vec![
+                    (crash(), restart(secs(10), 1)),
+                    (crash(), restart(secs(20), 2)),
+                    (code(0, Duration::ZERO), restart(secs(40), 3)),
+                    (crash(), restart(secs(80), 4)),
+                    (crash(), restart(secs(160), 5)),
+                    (crash(), restart(secs(300), 6)),
+                    (crash(), restart(secs(300), 7)),
+                    // 10 minutes clean: back to 10 s.
+                    (code(1, secs(600)), restart(secs(10), 1)),
+                    (code(1, secs(599)), restart(secs(20), 2)),
+                ],
+            ),
+            (
+                "pm2: ×1.5 from 100 ms to 15 s, reset after 30 s up",
+                RestartPolicy::pm2(),
+                vec![
+                    (crash(), restart(ms(100), 1)),
+                    (crash(), restart(ms(150), 2)),
+                    (crash(), restart(ms(225), 3)),
+                    (crash(), restart(Duration::from_micros(337_500), 4)),
+                    (
+                        code(0, secs(29)),
+                        restart(Duration::from_micros(506_250), 5),
+                    ),
+                    (code(0, secs(30)), restart(ms(100), 1)),
+                ],
+            ),
+            (
+                "never: the first exit is final",
+                RestartPolicy::never(),
+                vec![(crash(), Decision::Stop(StopReason::Never))],
+            ),
+            (
+                "a requested stop is never restarted",
+                RestartPolicy::immediate(),
+                vec![(
+                    Exit {
+                        stop_requested: true,
+                        ..crash()
+                    },
+                    Decision::Stop(StopReason::Requested),
+                )],
+            ),
+            (
+                "intensity counts restarts in a sliding window",
+                RestartPolicy {
+                    intensity: Some(Intensity {
+                        max_restarts: 2,
+                        window: secs(10),
+                    }),
+                    ..RestartPolicy::immediate()
+                },
+                vec![
+                    (code(1, secs(1)), restart(Duration::ZERO, 1)),
+                    (code(1, secs(1)), restart(Duration::ZERO, 2)),
+                    (code(1, secs(1)), give_up(2, 2, secs(10))),
+                ],
+            ),
+            (
+                "old restarts leave the window",
+                RestartPolicy {
+                    intensity: Some(Intensity {
+                        max_restarts: 2,
+                        window: secs(10),
+                    }),
+                    ..RestartPolicy::immediate()
+                },
+                vec![
+                    (code(1, secs(1)), restart(Duration::ZERO, 1)),
+                    (code(1, secs(1)), restart(Duration::ZERO, 2)),
+                    (code(1, secs(9)), restart(Duration::ZERO, 3)),
+                    (code(1, secs(9)), restart(Duration::ZERO, 4)),
+                ],
+            ),
+            (
+                "on-failure with custom success codes and signals",
+                RestartPolicy {
+                    mode: RestartMode::OnFailure,
+                    failure: FailureRule {
+                        success_codes: vec![0, 3],
+                        success_signals: vec![libc::SIGUSR1],
+                    },
+                    ..RestartPolicy::immediate()
+                },
+                vec![
+                    (code(2, secs(1)), restart(Duration::ZERO, 1)),
+                    (
+                        signal(libc::SIGUSR1, secs(1)),
+                        Decision::Stop(StopReason::Succeeded),
+                    ),
+                    (code(3, secs(1)), Decision::Stop(StopReason::Succeeded)),
+                ],
+            ),
+        ];
+        for (name, policy, steps) in cases {
+            check(name, policy, &steps);
+        }
+    }
+
+    #[test]
+    fn backoff_saturates_at_its_max() {
+        let backoff = Backoff {
+            initial: ms(100),
+            factor: 2.0,
+            max: secs(30),
+            jitter: 0.0,
+        };
+        let table = [
+            (0, ms(100)),
+            (1, ms(200)),
+            (8, Duration::from_millis(25_600)),
+            (9, secs(30)),
+            (10_000, secs(30)),
+            (u32::MAX, secs(30)),
+        ];
+        for (attempt, expected) in table {
+            assert_eq!(backoff.delay(attempt), expected, "attempt {attempt}");
+        }
+        // A factor below 1 (or NaN) would shrink delays: it is treated as constant.
+        let odd = Backoff {
+            factor: f64::NAN,
+            ..backoff
+        };
+        assert_eq!(odd.delay(5), ms(100));
+    }
+
+    #[test]
+    fn jitter_spreads_delays_within_its_bounds() {
+        let policy = RestartPolicy {
+            backoff: Backoff {
+                jitter: 0.5,
+                ..Backoff::constant(secs(1))
+            },
+            ..RestartPolicy::immediate()
+        };
+        let mut tracker = RestartTracker::new(policy, ManualClock::new(Instant::now()));
+        let delays: Vec<Duration> = (0..200)
+            .map(|_| match tracker.next(&code(1, secs(1))) {
+                Decision::Restart { after, .. } => after,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(delays.iter().all(|d| *d >= ms(500) && *d <= ms(1500)));
+        let low = delays.iter().filter(|d| **d < secs(1)).count();
+        assert!(
+            (40..160).contains(&low),
+            "spread both ways: {low} of 200 below 1 s"
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! Test support: the helper modes this test binary runs when it re-executes itself as a child,
+//! and `/proc` helpers to find descendants and tell whether a process is dead.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ward_supervisor::{ChildSpec, Heartbeat, ResourceLimits};
+
+/// Names the helper mode; set only in children.
+pub const HELPER_ENV: &str = "WARD_SUPERVISOR_TEST_HELPER";
+/// The test that runs the helper when `HELPER_ENV` is set.
+pub const HELPER_TEST: &str = "helper_exits_with_the_code_it_is_given";
+
+/// A spec that re-runs this test binary in helper `mode`, without core dumps, in `dir`.
+pub fn helper(mode: &str, dir: &Path) -> ChildSpec {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    ChildSpec::new(exe)
+        .name(mode)
+        .args([
+            HELPER_TEST,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(HELPER_ENV, mode)
+        .current_dir(dir)
+        .limits(ResourceLimits {
+            core_size: Some(0),
+            ..ResourceLimits::default()
+        })
+        .output(ward_supervisor::Output::Null)
+}
+
+/// Runs helper `mode` and never returns.
+pub fn run_helper(mode: &str) -> ! {
+    let (name, arg) = mode.split_once(':').unwrap_or((mode, ""));
+    match name {
+        "exit" => std::process::exit(arg.parse().expect("exit:N")),
+        "panic" => panic!("helper asked to panic"),
+        "abort" => std::process::abort(),
+        "segv" => {
+            // SAFETY: not safe at all, on purpose: the helper exists to die of SIGSEGV.
+            unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
+            unreachable!("a null write faults")
+        }
+        "hang" => sleep_forever(),
+        "ignore-term" => {
+            // SAFETY: setting a signal disposition to SIG_IGN has no memory-safety requirement.
+            unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+            println!("ready");
+            sleep_forever()
+        }
+        "ignore-abort" => {
+            // SAFETY: as above.
+            unsafe { libc::signal(libc::SIGABRT, libc::SIG_IGN) };
+            sleep_forever()
+        }
+        "alloc" => {
+            // Touch every page so the memory is really charged; stop at 2 GiB in case no limit
+            // applies, so a broken limit fails the test instead of the machine.
+            let mut blocks = Vec::new();
+            for _ in 0..2048 {
+                blocks.push(vec![1u8; 1 << 20]);
+            }
+            std::process::exit(0)
+        }
+        "heartbeat" => {
+            // Beats `arg` times every 10 ms (forever if arg is empty), then goes silent.
+            let beat = Heartbeat::from_env().expect("a heartbeat descriptor is passed");
+            let count: u64 = arg.parse().unwrap_or(u64::MAX);
+            for _ in 0..count {
+                beat.beat().expect("heartbeat write");
+                thread::sleep(Duration::from_millis(10));
+            }
+            sleep_forever()
+        }
+        "beat-then-exit" => {
+            // Beats every 10 ms for `arg` ms, then exits 0.
+            let beat = Heartbeat::from_env().expect("a heartbeat descriptor is passed");
+            let until = Instant::now() + Duration::from_millis(arg.parse().expect("ms"));
+            while Instant::now() < until {
+                beat.beat().expect("heartbeat write");
+                thread::sleep(Duration::from_millis(10));
+            }
+            std::process::exit(0)
+        }
+        "supervise" => {
+            // An intermediate supervisor: spawns `sleep` (from this long-lived main thread),
+            // writes its pid to the file `arg`, then waits to be killed.
+            let child = ward_supervisor::Child::spawn(&ChildSpec::new("sleep").arg("1000"))
+                .expect("spawn the grandchild");
+            let tmp = format!("{arg}.tmp");
+            fs::write(&tmp, child.id().to_string()).expect("write pid");
+            fs::rename(&tmp, arg).expect("publish pid");
+            let _ = child.wait();
+            std::process::exit(0)
+        }
+        other => panic!("unknown helper mode {other:?}"),
+    }
+}
+
+fn sleep_forever() -> ! {
+    loop {
+        thread::sleep(Duration::from_secs(1000));
+    }
+}
+
+/// Polls `condition` every 5 ms until it holds or `within` has passed.
+pub fn poll(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The state letter and parent pid of `pid`, from `/proc/<pid>/stat`.
+fn stat(pid: u32) -> Option<(char, u32)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: split after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Gone, or a zombie (dead; this machine's init does not reap orphans).
+pub fn is_dead(pid: u32) -> bool {
+    matches!(stat(pid), None | Some(('Z' | 'X', _)))
+}
+
+/// Every live descendant of `root`.
+pub fn live_descendants(root: u32) -> BTreeSet<u32> {
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some((state, ppid)) = stat(pid)
+            && state != 'Z'
+        {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut found = BTreeSet::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for &child in children.get(&pid).map(Vec::as_slice).unwrap_or(&[]) {
+            if found.insert(child) {
+                stack.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// The open descriptor numbers of `pid`.
+pub fn open_fds(pid: u32) -> BTreeSet<i32> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/<pid>/fd")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The command line of `pid`, arguments separated by spaces (empty once it is gone).
+pub fn cmdline(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
+        .unwrap_or_default()
+}
