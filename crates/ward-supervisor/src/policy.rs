@@ -488,6 +488,9 @@ mod tests {
         })
     }
 
+    /// One scenario: a name, a policy, and each exit with the decision it must get.
+    type Case = (&'static str, RestartPolicy, Vec<(Exit, Decision)>);
+
     /// Feeds the exits in order; between two, the clock moves by the decided delay plus the next
     /// run's length, as it would for a real child.
     fn check(name: &str, policy: RestartPolicy, steps: &[(Exit, Decision)]) {
@@ -508,7 +511,7 @@ mod tests {
     #[test]
     fn presets_reproduce_their_anchors() {
         let crash = || code(1, Duration::ZERO);
-        let cases: Vec<(&str, RestartPolicy, Vec<(Exit, Decision)>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "systemd: 100 ms each time, the 5th restart within 10 s is refused",
                 RestartPolicy::systemd(),
