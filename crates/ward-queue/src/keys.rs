@@ -139,11 +139,12 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     /// releases the key. With `stop` set the deferred job is left for shutdown to collect.
     pub(crate) fn release(&mut self, key: &K, stop: bool) -> Option<T> {
         let slot = self.slots.get_mut(key)?;
-        if !stop && !slot.queued {
-            if let Some(job) = slot.waiting.take() {
-                self.deferred -= 1;
-                return Some(job);
-            }
+        if !stop
+            && !slot.queued
+            && let Some(job) = slot.waiting.take()
+        {
+            self.deferred -= 1;
+            return Some(job);
         }
         slot.running = false;
         if slot.waiting.is_some() && !slot.queued {
@@ -178,10 +179,12 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     }
 
     fn remove_if_idle(&mut self, key: &K) {
-        if let Some(slot) = self.slots.get(key) {
-            if !slot.running && slot.waiting.is_none() && !slot.queued {
-                self.slots.remove(key);
-            }
+        if let Some(slot) = self.slots.get(key)
+            && !slot.running
+            && slot.waiting.is_none()
+            && !slot.queued
+        {
+            self.slots.remove(key);
         }
     }
 

@@ -549,10 +549,10 @@ where
         shared.stop.store(true, Ordering::SeqCst);
         shared.timer.lock().quit = true;
         shared.timer_cv.notify_all();
-        if let Some(overseer) = self.overseer.take() {
-            if overseer.join().is_err() {
-                log::error!("ward-queue: the overseer thread panicked");
-            }
+        if let Some(overseer) = self.overseer.take()
+            && overseer.join().is_err()
+        {
+            log::error!("ward-queue: the overseer thread panicked");
         }
         let (workers, abandoned) = {
             let mut crew = shared.crew.lock();
@@ -625,7 +625,7 @@ where
             job,
             attempts: 0,
             failures: Vec::new(),
-            enqueued: (id % SAMPLE_EVERY == 0).then(Instant::now),
+            enqueued: (id & (SAMPLE_EVERY - 1) == 0).then(Instant::now),
         }
     }
 
