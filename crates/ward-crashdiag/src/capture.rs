@@ -133,8 +133,9 @@ pub fn install(config: CaptureConfig) -> Result<CaptureGuard> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
-        .append(true)
-        .custom_flags(libc::O_CLOEXEC)
+        .write(true)
+        // std refuses truncate with append, but O_APPEND after O_TRUNC is what we want.
+        .custom_flags(libc::O_CLOEXEC | libc::O_APPEND)
         .open(&path)
         .map_err(|e| Error::io("creating crash record", &path, e))?;
     let fd = file.as_raw_fd();

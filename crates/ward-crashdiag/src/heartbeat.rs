@@ -90,8 +90,9 @@ impl Heartbeat {
     }
 }
 
-/// The current boot's id, or an empty string where the kernel does not say.
-pub(crate) fn boot_id() -> String {
+/// The current boot's id (`/proc/sys/kernel/random/boot_id`), or an empty string where the
+/// kernel does not say; the second argument of [`Heartbeat::age`].
+pub fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()

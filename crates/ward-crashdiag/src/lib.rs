@@ -80,7 +80,7 @@ pub use evidence::{
     Evidence, OomCounters, WaitOutcome, kernel_lines_about, memory_cgroup_of, read_cgroup_oom_kill,
     read_vmstat_oom_kill,
 };
-pub use heartbeat::{Clock, Heartbeat, HeartbeatState, SystemClock, read_heartbeat};
+pub use heartbeat::{Clock, Heartbeat, HeartbeatState, SystemClock, boot_id, read_heartbeat};
 pub use hook::{HookOutcome, OnCrashHook};
 pub use record::{CrashRecord, PanicEntry, RecordEntry, SignalEntry};
 pub use report::{

@@ -1,0 +1,135 @@
+//! The child side: install crash capture, then die in the way the mode names.
+
+use std::hint::black_box;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::Duration;
+
+use ward_crashdiag::{CaptureConfig, install};
+
+use super::{ALLOCATOR_STALLED, BEAT, DIR_VAR, STALL_NEXT_ALLOCATION, heartbeat_path};
+
+/// Runs the child in `mode`; never returns normally for a mode that dies.
+pub fn run(mode: &str) {
+    let dir = PathBuf::from(std::env::var_os(DIR_VAR).expect("child needs its directory"));
+    let guard = install(CaptureConfig::new("worker", &dir).heartbeat(
+        heartbeat_path(&dir),
+        BEAT,
+        Some(Duration::from_secs(1)),
+    ))
+    .expect("installing crash capture");
+    match mode {
+        "panic" => panic!("deliberate panic from the test child"),
+        "segfault" => segfault(),
+        "abort" => std::process::abort(),
+        "stack_overflow" => {
+            black_box(recurse(black_box(1)));
+        }
+        "rlimit_as" => exhaust_address_space(),
+        "idle" => idle(),
+        "hang" => {
+            // Let the heartbeat beat a few times, then freeze the whole process, as a process
+            // stuck in the kernel would be.
+            thread::sleep(BEAT * 3);
+            // SAFETY: raise has no memory preconditions.
+            unsafe { libc::raise(libc::SIGSTOP) };
+            idle();
+        }
+        "oom" => {
+            wait_for_go();
+            touch_memory(1 << 30);
+            // Still alive past the cgroup limit: the test fails on this exit code.
+            std::process::exit(3);
+        }
+        "crash_in_allocator" => crash_while_allocator_is_held(),
+        "graceful" => {
+            drop(guard);
+            std::process::exit(0);
+        }
+        other => panic!("unknown child mode {other}"),
+    }
+    drop(guard);
+}
+
+fn idle() -> ! {
+    loop {
+        thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn wait_for_go() {
+    let mut byte = [0u8; 1];
+    std::io::stdin()
+        .read_exact(&mut byte)
+        .expect("reading the go byte");
+}
+
+#[inline(never)]
+fn segfault() {
+    // SAFETY: not safe at all: a deliberate invalid write, below the lowest address Linux maps.
+    unsafe { std::ptr::write_volatile(black_box(0x1000 as *mut u8), 1) };
+}
+
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    let frame = black_box([n; 64]);
+    if n == u64::MAX {
+        return 0;
+    }
+    recurse(n + 1).wrapping_add(frame[0])
+}
+
+/// Caps the address space a little above what is mapped now, then asks for a gigabyte.
+fn exhaust_address_space() {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading status");
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmSize");
+    let limit = (vm_kib + 64 * 1024) * 1024;
+    let rlim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: `rlim` is a valid rlimit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlim) }, 0);
+    let v = vec![1u8; 1 << 30];
+    black_box(v);
+}
+
+/// Allocates and writes `bytes` in 1 MiB pieces, so every page is really charged.
+fn touch_memory(bytes: usize) {
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..bytes / (1 << 20) {
+        kept.push(vec![0x5a; 1 << 20]);
+        black_box(&kept);
+    }
+}
+
+/// Two threads churn the allocator, a third takes its lock and never lets go; then this thread
+/// segfaults. A handler that allocated would wait for the lock forever.
+fn crash_while_allocator_is_held() {
+    // The handles are kept, not dropped: from the stall on, this thread must not touch the heap.
+    let churn: Vec<_> = (0..2)
+        .map(|_| {
+            thread::spawn(|| {
+                loop {
+                    let v: Vec<u64> = (0..black_box(64)).collect();
+                    black_box(v);
+                }
+            })
+        })
+        .collect();
+    let staller = thread::spawn(|| {
+        STALL_NEXT_ALLOCATION.store(true, Ordering::SeqCst);
+        black_box(Box::new(1u64));
+    });
+    while !ALLOCATOR_STALLED.load(Ordering::SeqCst) {
+        std::hint::spin_loop();
+    }
+    segfault();
+    black_box((churn, staller));
+}
