@@ -44,6 +44,7 @@ impl Batch {
 
 /// One element of a [`Batch`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Item {
     /// A coalesced change of one path.
     Change(Change),
@@ -127,9 +128,6 @@ pub enum RescanReason {
     KernelOverflow,
     /// The watcher's own event buffer was full: events were dropped before being coalesced.
     EventBufferFull,
-    /// A directory was moved within the watched tree; events inside it during the move may have
-    /// been lost while its watches were re-installed.
-    DirectoryMoved,
     /// A root appeared (it was missing at start, or came back after it disappeared).
     RootAppeared,
     /// A root switched to polling (out of inotify watches); events were lost during the switch.
@@ -145,7 +143,6 @@ impl RescanReason {
             RescanReason::PendingCap => "pending-cap",
             RescanReason::KernelOverflow => "kernel-overflow",
             RescanReason::EventBufferFull => "event-buffer-full",
-            RescanReason::DirectoryMoved => "directory-moved",
             RescanReason::RootAppeared => "root-appeared",
             RescanReason::BackendChanged => "backend-changed",
             RescanReason::IgnoreRulesChanged => "ignore-rules-changed",

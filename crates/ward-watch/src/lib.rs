@@ -4,6 +4,12 @@
 mod batch;
 mod error;
 mod pending;
+mod rules;
+mod snapshot;
+mod watcher;
 
 pub use batch::{Batch, Change, ChangeKind, Item, Rescan, RescanReason};
 pub use error::Error;
+pub use rules::IgnoreRules;
+pub use snapshot::Snapshot;
+pub use watcher::{Backend, WatchStats, Watcher, WatcherBuilder};

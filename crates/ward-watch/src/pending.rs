@@ -229,12 +229,6 @@ impl Pending {
         self.take_seqs(seqs)
     }
 
-    /// Takes every pending entry, due or not.
-    pub(crate) fn take_all(&mut self) -> Vec<Item> {
-        let seqs: Vec<u64> = self.order.keys().copied().collect();
-        self.take_seqs(seqs)
-    }
-
     fn take_seqs(&mut self, seqs: Vec<u64>) -> Vec<Item> {
         let mut items = Vec::with_capacity(seqs.len());
         for seq in seqs {

@@ -1,0 +1,277 @@
+//! The snapshot-and-diff helper: what a consumer keeps of the tree, kept in step with delivered
+//! changes, and the walk that turns a [`Rescan`](crate::Rescan) into concrete changes.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::{Batch, Change, ChangeKind, IgnoreRules, Item};
+
+/// What a snapshot remembers of one path: enough to tell a modified file from an unchanged one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Meta {
+    is_dir: bool,
+    len: u64,
+    mtime: Option<SystemTime>,
+    inode: u64,
+}
+
+impl Meta {
+    fn of(m: &fs::Metadata) -> Meta {
+        if m.is_dir() {
+            // A directory's own size and times change with its entries, which are reported themselves.
+            return Meta { is_dir: true, len: 0, mtime: None, inode: 0 };
+        }
+        Meta { is_dir: false, len: m.len(), mtime: m.modified().ok(), inode: inode(m) }
+    }
+}
+
+#[cfg(unix)]
+fn inode(m: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.ino()
+}
+
+#[cfg(not(unix))]
+fn inode(_: &fs::Metadata) -> u64 {
+    0
+}
+
+/// A consumer's picture of the watched tree, kept in step with delivered changes, that turns each
+/// [`Rescan`](crate::Rescan) into the concrete changes between the picture and the disk.
+///
+/// Feed every batch to [`Snapshot::apply_batch`] (or each change to [`Snapshot::apply`] and each
+/// rescan to [`Snapshot::rescan`]) and the snapshot converges to the disk, whatever the watcher had
+/// to collapse. It walks with the watcher's [`IgnoreRules`], never follows symlinks, and holds one
+/// small entry per path: its memory is the consumer's, proportional to the tree.
+#[derive(Debug)]
+pub struct Snapshot {
+    rules: Arc<IgnoreRules>,
+    entries: BTreeMap<PathBuf, Meta>,
+}
+
+impl Snapshot {
+    /// An empty snapshot using `rules` (take them from [`Watcher::ignore_rules`](crate::Watcher::ignore_rules)).
+    pub fn new(rules: Arc<IgnoreRules>) -> Self {
+        Snapshot { rules, entries: BTreeMap::new() }
+    }
+
+    /// A snapshot of every root of `rules`, as on disk now.
+    pub fn of_roots(rules: Arc<IgnoreRules>) -> Self {
+        let mut s = Snapshot::new(rules);
+        let roots = s.rules.roots().to_vec();
+        for root in roots {
+            s.rescan(&root);
+        }
+        s
+    }
+
+    /// How many paths the snapshot holds (roots included).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the snapshot holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether the snapshot holds `path`.
+    pub fn contains(&self, path: &Path) -> bool {
+        self.entries.contains_key(path)
+    }
+
+    /// Every path in the snapshot, in order (a directory before its contents).
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.entries.keys().map(PathBuf::as_path)
+    }
+
+    /// Applies every item of `batch` in order and returns the concrete changes: the batch's own
+    /// changes, and each rescan resolved into the changes it hid.
+    pub fn apply_batch(&mut self, batch: &Batch) -> Vec<Change> {
+        let mut out = Vec::new();
+        for item in &batch.items {
+            match item {
+                Item::Change(c) => {
+                    self.apply(c);
+                    out.push(c.clone());
+                }
+                Item::Rescan(r) => out.extend(self.rescan(&r.path)),
+                Item::Error(_) => {}
+            }
+        }
+        out
+    }
+
+    /// Brings the snapshot in step with one delivered change.
+    pub fn apply(&mut self, change: &Change) {
+        match &change.kind {
+            ChangeKind::Removed => self.remove_subtree(&change.path),
+            ChangeKind::Renamed { from } => {
+                let moved = self.take_subtree(from);
+                self.remove_subtree(&change.path);
+                for (p, m) in moved {
+                    let rest = p.strip_prefix(from).map(Path::to_path_buf).unwrap_or_default();
+                    let to = if rest.as_os_str().is_empty() { change.path.clone() } else { change.path.join(rest) };
+                    self.entries.insert(to, m);
+                }
+                self.refresh(&change.path);
+            }
+            ChangeKind::Created | ChangeKind::Modified => self.refresh(&change.path),
+        }
+    }
+
+    /// Compares `path`'s subtree (itself included) with the disk, updates the snapshot, and returns
+    /// the differences: `Removed` for the topmost path of each vanished subtree, `Created` for each
+    /// new path (a directory before its contents), `Modified` for each file whose size, time or
+    /// inode changed. A path whose kind changed (file ↔ directory) is removed then created.
+    pub fn rescan(&mut self, path: &Path) -> Vec<Change> {
+        let mut disk = BTreeMap::new();
+        if let Ok(m) = fs::symlink_metadata(path) {
+            if !self.rules.is_ignored(path, m.is_dir()) && self.rules.root_of(path).is_some() {
+                disk.insert(path.to_path_buf(), Meta::of(&m));
+                if m.is_dir() {
+                    walk(&self.rules, path, |_| true, |p, m| {
+                        disk.insert(p.to_path_buf(), Meta::of(m));
+                    });
+                }
+            }
+        }
+        let old = self.take_subtree(path);
+        let mut changes = Vec::new();
+        let mut removed_dir: Option<PathBuf> = None;
+        for (p, m) in &old {
+            if removed_dir.as_ref().is_some_and(|d| p.starts_with(d)) {
+                continue;
+            }
+            match disk.get(p) {
+                None => {
+                    changes.push(Change::new(p.clone(), ChangeKind::Removed, m.is_dir));
+                    if m.is_dir {
+                        removed_dir = Some(p.clone());
+                    }
+                }
+                Some(d) if d.is_dir != m.is_dir => {
+                    changes.push(Change::new(p.clone(), ChangeKind::Removed, m.is_dir));
+                    if m.is_dir {
+                        removed_dir = Some(p.clone());
+                    }
+                }
+                Some(d) if d != m => changes.push(Change::new(p.clone(), ChangeKind::Modified, false)),
+                Some(_) => {}
+            }
+        }
+        for (p, d) in &disk {
+            let known = old.get(p).is_some_and(|m| m.is_dir == d.is_dir);
+            if !known {
+                changes.push(Change::new(p.clone(), ChangeKind::Created, d.is_dir));
+            }
+        }
+        self.entries.extend(disk);
+        changes
+    }
+
+    fn refresh(&mut self, path: &Path) {
+        match fs::symlink_metadata(path) {
+            Ok(m) if !self.rules.is_ignored(path, m.is_dir()) => {
+                let meta = Meta::of(&m);
+                if let Some(old) = self.entries.insert(path.to_path_buf(), meta) {
+                    if old.is_dir && !meta.is_dir {
+                        self.remove_children(path);
+                    }
+                }
+            }
+            // Gone (or ignored) by now: a later change says so; until then, mirror the disk.
+            _ => self.remove_subtree(path),
+        }
+    }
+
+    fn remove_subtree(&mut self, path: &Path) {
+        self.take_subtree(path);
+    }
+
+    fn remove_children(&mut self, dir: &Path) {
+        let keys = self.child_keys(dir);
+        for k in keys {
+            self.entries.remove(&k);
+        }
+    }
+
+    fn take_subtree(&mut self, path: &Path) -> BTreeMap<PathBuf, Meta> {
+        let mut out = BTreeMap::new();
+        for k in self.child_keys(path) {
+            if let Some(m) = self.entries.remove(&k) {
+                out.insert(k, m);
+            }
+        }
+        if let Some(m) = self.entries.remove(path) {
+            out.insert(path.to_path_buf(), m);
+        }
+        out
+    }
+
+    fn child_keys(&self, dir: &Path) -> Vec<PathBuf> {
+        self.entries
+            .range::<Path, _>((Bound::Excluded(dir), Bound::Unbounded))
+            .map(|(p, _)| p)
+            .take_while(|p| p.starts_with(dir))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Walks the directory `top` depth-first without following symlinks, skipping ignored paths and
+/// loading ignore files on the way. `enter` is called for each directory (top included) before it
+/// is listed, and may refuse it; `visit` is called for each entry below `top`.
+pub(crate) fn walk(
+    rules: &IgnoreRules,
+    top: &Path,
+    mut enter: impl FnMut(&Path) -> bool,
+    mut visit: impl FnMut(&Path, &fs::Metadata),
+) {
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if !enter(&dir) {
+            continue;
+        }
+        if let Err(e) = rules.load_dir(&dir) {
+            log::warn!("{e}");
+        }
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                log_walk_error(&dir, &e);
+                continue;
+            }
+        };
+        for entry in entries {
+            let (path, meta) = match entry.and_then(|e| Ok((e.path(), e.metadata()?))) {
+                Ok(x) => x,
+                Err(e) => {
+                    log_walk_error(&dir, &e);
+                    continue;
+                }
+            };
+            if rules.is_ignored(&path, meta.is_dir()) {
+                continue;
+            }
+            visit(&path, &meta);
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+}
+
+fn log_walk_error(dir: &Path, e: &io::Error) {
+    if e.kind() == io::ErrorKind::NotFound {
+        // Removed while walked: its removal is an event of its own.
+        log::debug!("walking {}: {e}", dir.display());
+    } else {
+        log::warn!("cannot list {}: {e}", dir.display());
+    }
+}

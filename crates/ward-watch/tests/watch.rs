@@ -1,0 +1,361 @@
+//! Integration tests of the watcher on real files and inotify, in temporary directories.
+
+#[path = "watch/support.rs"]
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::{Consumer, builder, disk_paths, ms, write};
+use ward_watch::{Backend, ChangeKind, RescanReason, Snapshot, Watcher};
+
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir(&root).unwrap();
+    (dir, root)
+}
+
+#[test]
+fn create_then_modify_is_created() {
+    let (_t, root) = setup();
+    let mut c = Consumer::new(builder(&root).build().unwrap());
+    let f = root.join("f");
+    write(&f, "one");
+    fs::write(&f, "two").unwrap();
+    c.sentinel(&root);
+    assert_eq!(c.kinds(&f), vec![ChangeKind::Created]);
+}
+
+#[test]
+fn create_then_remove_is_nothing() {
+    let (_t, root) = setup();
+    let mut c = Consumer::new(builder(&root).build().unwrap());
+    let f = root.join("f");
+    write(&f, "one");
+    fs::remove_file(&f).unwrap();
+    c.sentinel(&root);
+    assert_eq!(c.mentions(&f), vec![]);
+}
+
+#[test]
+fn modify_then_remove_is_removed() {
+    let (_t, root) = setup();
+    let f = root.join("f");
+    write(&f, "old");
+    let mut c = Consumer::new(builder(&root).build().unwrap());
+    fs::write(&f, "new").unwrap();
+    fs::remove_file(&f).unwrap();
+    c.sentinel(&root);
+    assert_eq!(c.kinds(&f), vec![ChangeKind::Removed]);
+}
+
+#[test]
+fn rename_chain_collapses_into_one_rename() {
+    let (_t, root) = setup();
+    let (a, b, z) = (root.join("a"), root.join("b"), root.join("z"));
+    write(&a, "a");
+    let mut c = Consumer::new(builder(&root).build().unwrap());
+    fs::rename(&a, &b).unwrap();
+    fs::rename(&b, &z).unwrap();
+    c.sentinel(&root);
+    assert_eq!(c.mentions(&a), vec![ward_watch::Change::new(&z, ChangeKind::Renamed { from: a.clone() }, false)]);
+    assert_eq!(c.mentions(&b), vec![]);
+    assert!(c.converged());
+}
+
+#[test]
+fn removing_a_directory_cancels_its_childrens_changes() {
+    let (_t, root) = setup();
+    let d = root.join("d");
+    write(d.join("x"), "x");
+    let mut c = Consumer::new(builder(&root).build().unwrap());
+    fs::write(d.join("x"), "changed").unwrap();
+    write(d.join("y"), "new");
+    write(d.join("sub/z"), "new");
+    fs::remove_dir_all(&d).unwrap();
+    c.sentinel(&root);
+    let under_d: Vec<_> = c.changes.iter().filter(|ch| ch.path.starts_with(&d)).cloned().collect();
+    assert_eq!(under_d, vec![ward_watch::Change::new(&d, ChangeKind::Removed, true)]);
+    assert!(c.converged());
+}
+
+#[test]
+fn an_atomic_save_is_a_modification_of_the_target() {
+    let (_t, root) = setup();
+    let target = root.join("notes.txt");
+    write(&target, "v1");
+    let mut c = Consumer::new(builder(&root).build().unwrap());
+    let tmp = root.join(".notes.txt.tmp123");
+    write(&tmp, "v2");
+    fs::rename(&tmp, &target).unwrap();
+    c.sentinel(&root);
+    assert_eq!(c.kinds(&target), vec![ChangeKind::Modified]);
+    assert_eq!(c.mentions(&tmp), vec![]);
+    assert!(c.converged());
+}
+
+#[test]
+fn a_file_written_continuously_is_still_emitted_within_the_maximum_wait() {
+    let (_t, root) = setup();
+    let w = Watcher::builder().root(&root).quiet(ms(200)).max_wait(ms(600)).build().unwrap();
+    let mut c = Consumer::new(w);
+    let f = root.join("log");
+    write(&f, "");
+    // Never quiet for 200 ms: written every 20 ms until the watcher reports it.
+    let deadline = std::time::Instant::now() + support::DEADLINE;
+    let mut n = 0;
+    while c.kinds(&f).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never reported while being written");
+        n += 1;
+        fs::write(&f, format!("{n}")).unwrap();
+        c.pump(ms(20));
+    }
+}
+
+#[test]
+fn nested_directories_created_quickly_are_all_seen() {
+    let (_t, root) = setup();
+    let mut c = Consumer::new(Watcher::builder().root(&root).build().unwrap());
+    let mut expected = vec![];
+    for i in 0..30 {
+        let deep = root.join(format!("r{i}/a/b/c"));
+        fs::create_dir_all(&deep).unwrap();
+        for j in 0..5 {
+            let f = deep.join(format!("f{j}"));
+            write(&f, "x");
+            expected.push(f);
+        }
+    }
+    c.until("every file in the new directories", |c| expected.iter().all(|f| c.snapshot.contains(f)));
+    for f in &expected {
+        let seen = c.changes.iter().any(|ch| &ch.path == f) || c.resolved.iter().any(|ch| &ch.path == f);
+        assert!(seen, "{} never reported", f.display());
+    }
+}
+
+#[test]
+fn ignored_directories_get_no_watch_and_report_nothing() {
+    let (_t, root) = setup();
+    write(root.join(".wardignore"), "build/\n*.tmp\n");
+    write(root.join("build/out/deep/x"), "x");
+    write(root.join("node_modules/pkg/y"), "y");
+    write(root.join("src/lib.rs"), "z");
+    let w = builder(&root).ignore_glob("node_modules").build().unwrap();
+    // root and src: nothing under build/ or node_modules/.
+    assert_eq!(w.stats().watches, 2);
+    let mut c = Consumer::new(w);
+    write(root.join("build/out/deep/new"), "x");
+    write(root.join("node_modules/pkg/new"), "x");
+    write(root.join("src/scratch.tmp"), "x");
+    fs::create_dir(root.join("build/fresh")).unwrap();
+    write(root.join("src/main.rs"), "x");
+    c.sentinel(&root);
+    let paths: Vec<_> = c.changes.iter().map(|ch| ch.path.clone()).collect();
+    assert!(paths.contains(&root.join("src/main.rs")));
+    for p in &paths {
+        assert!(!p.starts_with(root.join("build")) && !p.starts_with(root.join("node_modules")), "{}", p.display());
+        assert!(p.extension().is_none_or(|e| e != "tmp"), "{}", p.display());
+    }
+    assert_eq!(c.watcher.stats().watches, 2);
+    assert!(!c.snapshot.contains(&root.join("build")));
+}
+
+#[test]
+fn new_directories_made_while_the_consumer_is_away_are_watched() {
+    let (_t, root) = setup();
+    let mut c = Consumer::new(Watcher::builder().root(&root).quiet(ms(20)).build().unwrap());
+    fs::create_dir_all(root.join("a/b")).unwrap();
+    c.until("a/b", |c| c.snapshot.contains(&root.join("a/b")));
+    assert_eq!(c.watcher.stats().watches, 3);
+    write(root.join("a/b/late"), "x");
+    c.until("a/b/late", |c| c.kinds(&root.join("a/b/late")) == vec![ChangeKind::Created]);
+}
+
+#[test]
+fn a_moved_directory_is_a_rename_and_stays_watched() {
+    let (_t, root) = setup();
+    write(root.join("d/sub/x"), "x");
+    let mut c = Consumer::new(builder(&root).quiet(ms(50)).build().unwrap());
+    fs::rename(root.join("d"), root.join("e")).unwrap();
+    c.until("the rename", |c| c.kinds(&root.join("e")) == vec![ChangeKind::Renamed { from: root.join("d") }]);
+    write(root.join("e/sub/y"), "y");
+    c.until("a file in the moved directory", |c| !c.kinds(&root.join("e/sub/y")).is_empty());
+    assert!(c.mentions(&root.join("d/sub/y")).is_empty());
+    assert!(c.converged());
+}
+
+#[test]
+fn a_flood_with_no_consumer_ends_in_a_rescan_and_convergence() {
+    let (_t, root) = setup();
+    let w = Watcher::builder()
+        .root(&root)
+        .quiet(ms(10))
+        .pending_cap(200)
+        .channel_capacity(1)
+        .event_buffer(256)
+        .build()
+        .unwrap();
+    // Nobody consumes while 5,000 files land in 10 directories.
+    let mut c = Consumer::new(w);
+    for d in 0..10 {
+        for i in 0..500 {
+            write(root.join(format!("d{d}/f{i}")), "x");
+        }
+    }
+    let stats = c.watcher.stats();
+    assert!(stats.peak_pending <= 200, "{stats:?}");
+    c.until("convergence", |c| c.converged());
+    assert!(!c.rescans.is_empty(), "a flood past the cap must end in a rescan");
+    assert!(c.watcher.stats().peak_pending <= 200);
+    assert_eq!(c.snapshot.paths().count(), disk_paths(&root).len() + 1);
+}
+
+#[test]
+fn a_burst_of_50k_files_with_a_slow_consumer_is_fully_accounted_for() {
+    let (_t, root) = setup();
+    const CAP: usize = 2_000;
+    let w = Watcher::builder().root(&root).pending_cap(CAP).channel_capacity(2).build().unwrap();
+    let c = Consumer::new(w);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let expected: Vec<PathBuf> =
+        (0..50_000).map(|i| root.join(format!("d{}/f{i}", i % 50))).collect();
+    // The consumer is slow: it sleeps after every batch.
+    let consumer = {
+        let expected = expected.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut c = c;
+            c.until("every file of the burst", |c| {
+                std::thread::sleep(ms(5));
+                done.load(std::sync::atomic::Ordering::Acquire) && expected.iter().all(|f| c.snapshot.contains(f))
+            });
+            c
+        })
+    };
+    for d in 0..50 {
+        fs::create_dir(root.join(format!("d{d}"))).unwrap();
+    }
+    for f in &expected {
+        fs::write(f, "x").unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let c = consumer.join().unwrap();
+    let stats = c.watcher.stats();
+    assert!(stats.peak_pending <= CAP, "{stats:?}");
+    for f in &expected {
+        let reported = c.changes.iter().any(|ch| &ch.path == f) || c.resolved.iter().any(|ch| &ch.path == f);
+        assert!(reported, "{} never reported", f.display());
+    }
+    assert!(c.converged());
+}
+
+#[test]
+fn a_missing_root_is_reported_then_watched_when_it_appears() {
+    let (t, _) = setup();
+    let late = t.path().join("late");
+    let mut c = Consumer::new(Watcher::builder().root(&late).quiet(ms(20)).max_wait(ms(200)).build().unwrap());
+    c.until("the missing root error", |c| c.errors.iter().any(|e| e.contains("does not exist")));
+    write(late.join("f"), "x");
+    c.until("the root's rescan", |c| c.rescans.iter().any(|r| r.path == late && r.reason == RescanReason::RootAppeared));
+    assert!(c.snapshot.contains(&late.join("f")));
+    write(late.join("g"), "x");
+    c.until("a change in the appeared root", |c| !c.kinds(&late.join("g")).is_empty());
+}
+
+#[test]
+fn a_root_that_disappears_is_reported() {
+    let (_t, root) = setup();
+    write(root.join("f"), "x");
+    let mut c = Consumer::new(Watcher::builder().root(&root).quiet(ms(20)).build().unwrap());
+    fs::remove_dir_all(&root).unwrap();
+    c.until("the root gone error", |c| c.errors.iter().any(|e| e.contains("disappeared")));
+    c.until("the root removed", |c| c.kinds(&root).contains(&ChangeKind::Removed));
+}
+
+#[test]
+fn running_out_of_inotify_watches_names_the_sysctl_and_falls_back_to_polling() {
+    let (_t, root) = setup();
+    for d in ["a", "b", "c", "d/e"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let w = Watcher::builder()
+        .root(&root)
+        .quiet(ms(20))
+        .native_watch_limit(2)
+        .poll_fallback(true, ms(50))
+        .build()
+        .unwrap();
+    let mut c = Consumer::new(w);
+    c.until("the out-of-watches error", |c| !c.errors.is_empty());
+    let e = &c.errors[0];
+    assert!(e.contains("fs.inotify.max_user_watches") && e.contains("6 directories"), "{e}");
+    write(root.join("d/e/f"), "x");
+    c.until("a change seen by polling", |c| c.snapshot.contains(&root.join("d/e/f")));
+}
+
+#[test]
+fn polling_backend_reports_changes() {
+    let (_t, root) = setup();
+    let mut c = Consumer::new(Watcher::builder().root(&root).backend(Backend::Poll(ms(50))).quiet(ms(20)).build().unwrap());
+    write(root.join("sub/f"), "x");
+    c.until("the file", |c| c.snapshot.contains(&root.join("sub/f")));
+    fs::remove_dir_all(root.join("sub")).unwrap();
+    c.until("the removal", |c| !c.snapshot.contains(&root.join("sub")));
+    assert!(c.converged());
+}
+
+#[cfg(unix)]
+#[test]
+fn non_utf8_names_are_carried_exactly_and_symlinks_are_not_followed() {
+    use std::os::unix::ffi::OsStrExt;
+    let (_t, root) = setup();
+    fs::create_dir(root.join("d")).unwrap();
+    // A loop: following it would never end.
+    std::os::unix::fs::symlink(&root, root.join("d/loop")).unwrap();
+    let w = Watcher::builder().root(&root).quiet(ms(20)).build().unwrap();
+    assert_eq!(w.stats().watches, 2);
+    let mut c = Consumer::new(w);
+    let odd = root.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    write(&odd, "x");
+    c.until("the non-UTF-8 name", |c| c.kinds(&odd) == vec![ChangeKind::Created]);
+    assert!(c.snapshot.contains(&root.join("d/loop")));
+    assert!(!c.snapshot.contains(&root.join("d/loop/d")));
+}
+
+#[test]
+fn dropping_the_watcher_stops_its_thread_and_disconnects_the_channel() {
+    let (_t, root) = setup();
+    let w = Watcher::builder().root(&root).build().unwrap();
+    let rx = w.batches().clone();
+    drop(w);
+    assert!(matches!(rx.recv_timeout(Duration::from_secs(10)), Err(crossbeam_channel::RecvTimeoutError::Disconnected)));
+}
+
+#[test]
+fn a_snapshot_rescan_reports_the_differences_with_the_disk() {
+    let (_t, root) = setup();
+    write(root.join("keep"), "k");
+    write(root.join("change"), "c");
+    write(root.join("gone/x"), "x");
+    let rules = std::sync::Arc::new(ward_watch::IgnoreRules::new(vec![root.clone()], &[], None).unwrap());
+    let mut s = Snapshot::of_roots(rules);
+    fs::write(root.join("change"), "changed").unwrap();
+    fs::remove_dir_all(root.join("gone")).unwrap();
+    write(root.join("new/y"), "y");
+    let mut got: Vec<(String, PathBuf)> = s.rescan(&root).into_iter().map(|c| (c.kind.name().to_string(), c.path)).collect();
+    got.sort();
+    let p = |s: &str| root.join(s);
+    assert_eq!(
+        got,
+        vec![
+            ("created".into(), p("new")),
+            ("created".into(), p("new/y")),
+            ("modified".into(), p("change")),
+            ("removed".into(), p("gone")),
+        ]
+    );
+    assert!(s.rescan(&root).is_empty(), "a second rescan finds nothing new");
+    let _ = Path::new("");
+}
