@@ -131,6 +131,8 @@ pub(crate) struct IntakeStats {
     pub(crate) rejected: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) timed_out: AtomicU64,
+    /// Submissions refused because the pool was closing (not a metric: shutdown's bookkeeping).
+    pub(crate) closed: AtomicU64,
 }
 
 /// A snapshot of the pool's state and history, from [`Pool::metrics`](crate::Pool::metrics).

@@ -177,8 +177,6 @@ struct Crew {
     workers: Vec<(Arc<WorkerCell>, JoinHandle<()>)>,
     /// Workers given up on after a timeout; joined at shutdown if their job has returned.
     abandoned: Vec<(Arc<WorkerCell>, JoinHandle<()>)>,
-    /// Workers not yet exited, abandoned ones excluded.
-    live: usize,
     spawned: usize,
 }
 
@@ -212,7 +210,6 @@ struct Shared<J, K> {
     /// Workers stop taking jobs (shutdown's deadline has passed).
     stop: AtomicBool,
     crew: Mutex<Crew>,
-    crew_cv: Condvar,
     next_id: AtomicU64,
     seed: u64,
     intake_stats: IntakeStats,
@@ -339,10 +336,8 @@ where
             crew: Mutex::new(Crew {
                 workers: Vec::new(),
                 abandoned: Vec::new(),
-                live: 0,
                 spawned: 0,
             }),
-            crew_cv: Condvar::new(),
             next_id: AtomicU64::new(0),
             seed,
             intake_stats: IntakeStats::default(),
@@ -520,34 +515,43 @@ where
         self.close(grace).into_iter().map(|task| task.job).collect()
     }
 
+    /// Accepted jobs without a final outcome yet (queued, waiting, retrying or running).
+    fn outstanding(&self) -> u64 {
+        let shared = &self.shared;
+        let issued = shared.next_id.load(Ordering::SeqCst);
+        let refused = shared.intake_stats.rejected.load(Ordering::SeqCst)
+            + shared.intake_stats.closed.load(Ordering::SeqCst);
+        let m = self.metrics();
+        let settled = m.completed + m.dead + m.dropped + m.coalesced;
+        issued.saturating_sub(refused).saturating_sub(settled)
+    }
+
     /// The shutdown sequence, shared by `shutdown`, `Drop` and a failed `build`.
     fn close(&mut self, grace: Duration) -> Vec<Task<J>> {
         self.closed = true;
         let shared = &self.shared;
         let end = Instant::now().checked_add(grace);
-        // 1. No more submits: the write lock waits out submitters mid-send; dropping the only
-        //    other sender (the overseer's) lets idle workers see the queue disconnect once empty.
+        // 1. No more submits: the write lock waits out submitters mid-send.
         *shared.intake.write() = None;
         shared.wake_gate();
-        shared.timer.lock().tx = None;
-        // 2. Drain until the workers ran out of jobs, or the grace is over.
-        {
-            let mut crew = shared.crew.lock();
-            while crew.live > 0 {
-                match end {
-                    Some(end) => {
-                        if shared.crew_cv.wait_until(&mut crew, end).timed_out() {
-                            break;
-                        }
-                    }
-                    None => shared.crew_cv.wait(&mut crew),
-                }
-            }
+        // 2. Drain: workers run what is queued, the overseer still sends retries that come due,
+        //    until no accepted job lacks an outcome or the grace is over.
+        while self.outstanding() > 0 && end.is_none_or(|end| Instant::now() < end) {
+            let mut timer = shared.timer.lock();
+            let slice = Instant::now() + WAIT_SLICE / 2;
+            shared
+                .timer_cv
+                .wait_until(&mut timer, end.map_or(slice, |end| end.min(slice)));
         }
-        // 3. Stop: workers finish the job in hand and stash what they receive after it. The
-        //    overseer goes first so that it starts no replacement worker behind our back.
+        // 3. Stop: workers finish the job in hand and stash what they receive after it; with
+        //    the overseer's sender gone too, idle workers see the queue disconnect and exit.
+        //    The overseer is joined first so that it starts no replacement worker behind us.
         shared.stop.store(true, Ordering::SeqCst);
-        shared.timer.lock().quit = true;
+        {
+            let mut timer = shared.timer.lock();
+            timer.tx = None;
+            timer.quit = true;
+        }
         shared.timer_cv.notify_all();
         if let Some(overseer) = self.overseer.take()
             && overseer.join().is_err()
@@ -634,13 +638,18 @@ where
         Err(error(task.job))
     }
 
+    fn refuse_closed(&self, job: J) -> Result<(), Error<J>> {
+        self.intake_stats.closed.fetch_add(1, Ordering::SeqCst);
+        Err(Error::Closed(job))
+    }
+
     fn submit_unkeyed(&self, task: Task<J>) -> Result<(), Error<J>> {
         let mut envelope = Envelope::Job(task);
         let mut until = None;
         loop {
             let intake = self.intake.read();
             let Some(tx) = intake.as_ref() else {
-                return Err(Error::Closed(envelope.into_unkeyed().job));
+                return self.refuse_closed(envelope.into_unkeyed().job);
             };
             let paused = self.paused.load(Ordering::SeqCst);
             if !paused {
@@ -648,7 +657,7 @@ where
                     Ok(()) => return Ok(()),
                     Err(TrySendError::Full(back)) => envelope = back,
                     Err(TrySendError::Disconnected(back)) => {
-                        return Err(Error::Closed(back.into_unkeyed().job));
+                        return self.refuse_closed(back.into_unkeyed().job);
                     }
                 }
             }
@@ -681,7 +690,7 @@ where
                         Ok(()) => return Ok(()),
                         Err(SendTimeoutError::Timeout(back)) => envelope = back,
                         Err(SendTimeoutError::Disconnected(back)) => {
-                            return Err(Error::Closed(back.into_unkeyed().job));
+                            return self.refuse_closed(back.into_unkeyed().job);
                         }
                     }
                     if until.is_some_and(|until| Instant::now() >= until) {
@@ -697,7 +706,7 @@ where
         loop {
             let intake = self.intake.read();
             let Some(tx) = intake.as_ref() else {
-                return Err(Error::Closed(task.job));
+                return self.refuse_closed(task.job);
             };
             let paused = self.paused.load(Ordering::SeqCst);
             let mut keys = self.keys.lock();
@@ -720,7 +729,7 @@ where
                         return Ok(());
                     }
                     Err(TrySendError::Full(_)) => {}
-                    Err(TrySendError::Disconnected(_)) => return Err(Error::Closed(task.job)),
+                    Err(TrySendError::Disconnected(_)) => return self.refuse_closed(task.job),
                 }
             }
             drop(keys);
@@ -1016,7 +1025,7 @@ fn log_event<J>(event: Event<J>) {
     }
 }
 
-/// Starts one worker and counts it live.
+/// Starts one worker.
 fn spawn_worker<J, K>(shared: &Arc<Shared<J, K>>) -> std::io::Result<()>
 where
     J: Send + 'static,
@@ -1044,7 +1053,6 @@ where
             .spawn(move || worker_main(&shared, &cell))?
     };
     crew.spawned += 1;
-    crew.live += 1;
     crew.workers.push((cell, handle));
     Ok(())
 }
@@ -1054,21 +1062,6 @@ where
     J: Send + 'static,
     K: Eq + Hash + Clone + Send + 'static,
 {
-    /// Counts the worker out however it leaves, so that shutdown's drain wait cannot hang.
-    struct Exit<'a, J, K> {
-        shared: &'a Shared<J, K>,
-        cell: &'a WorkerCell,
-    }
-    impl<J, K> Drop for Exit<'_, J, K> {
-        fn drop(&mut self) {
-            // An abandoned worker was already counted out by the overseer.
-            if !self.cell.abandoned.load(Ordering::Acquire) {
-                self.shared.crew.lock().live -= 1;
-                self.shared.crew_cv.notify_all();
-            }
-        }
-    }
-    let _exit = Exit { shared, cell };
     while let Ok(envelope) = shared.rx.recv() {
         if shared.space_waiters.load(Ordering::Relaxed) != 0 {
             shared.wake_gate();
@@ -1195,7 +1188,6 @@ where
             };
             let worker = crew.workers.swap_remove(i);
             crew.abandoned.push(worker);
-            crew.live -= 1;
             overdue.push(expired);
             if let Err(err) = spawn_into(shared, &mut crew) {
                 log::error!(
@@ -1203,7 +1195,6 @@ where
                 );
             }
         }
-        shared.crew_cv.notify_all();
     }
     for (id, attempt, after) in overdue {
         shared
