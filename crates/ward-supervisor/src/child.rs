@@ -3,11 +3,12 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 use std::process::{ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -116,6 +117,8 @@ pub struct Child {
     started: Instant,
     stdin: Option<ChildStdin>,
     cgroup: Option<Arc<Cgroup>>,
+    /// Output lines dropped because the sink fell behind, in total.
+    dropped_lines: Arc<AtomicU64>,
     reaper: Option<JoinHandle<()>>,
     reader: Option<JoinHandle<()>>,
     delivery: Option<JoinHandle<()>>,
@@ -175,6 +178,7 @@ impl Child {
             started,
             stdin,
             cgroup: cgroup.clone(),
+            dropped_lines: Arc::new(AtomicU64::new(0)),
             reaper: None,
             reader: None,
             delivery: None,
@@ -186,7 +190,7 @@ impl Child {
         let watchdog = spec.watchdog.zip(heartbeat);
         let needs_reader = stdout.is_some() || stderr.is_some() || watchdog.is_some();
         // The reaper wakes the reader through this pipe once the child is gone.
-        let wake = if needs_reader { pipe().ok() } else { None };
+        let wake = if needs_reader { sys::pipe().ok() } else { None };
         let (wake_read, wake_write) = match wake {
             Some((r, w)) => (Some(r), Some(w)),
             None => (None, None),
@@ -252,6 +256,7 @@ impl Child {
                 watchdog,
                 wake: wake_read,
                 dropped: 0,
+                dropped_total: Arc::clone(&child.dropped_lines),
             };
             match thread::Builder::new()
                 .name(format!("ward-read-{}", shared.pid))
@@ -283,6 +288,12 @@ impl Child {
     /// its OOM counters there while this handle lives.
     pub fn cgroup_path(&self) -> Option<&Path> {
         self.cgroup.as_deref().map(Cgroup::path)
+    }
+
+    /// Output lines dropped so far because the sink fell behind (the child is never made to
+    /// wait). Lines dropped after the last one queued are counted here only.
+    pub fn dropped_lines(&self) -> u64 {
+        self.dropped_lines.load(Ordering::Relaxed)
     }
 
     /// Sends `signal` to the child's whole process group (nothing once it has been reaped).
@@ -445,7 +456,7 @@ fn spawn_process(
     // writer, so the pipe reports EOF when the child (and what it passed the fd to) is gone.
     let mut _child_end = None;
     if spec.watchdog.is_some() {
-        let (read, write) = pipe()?;
+        let (read, write) = sys::pipe()?;
         cmd.env(HEARTBEAT_FD_ENV, write.as_raw_fd().to_string());
         keep.push(write.as_raw_fd());
         heartbeat = Some(read);
@@ -457,17 +468,6 @@ fn spawn_process(
         source,
     })?;
     Ok((process, heartbeat))
-}
-
-/// A close-on-exec pipe: (read end, write end).
-pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::os("pipe2"));
-    }
-    // SAFETY: pipe2 succeeded, so both are fresh descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The reaper thread: waits for the child to exit *without* reaping it (so its pid and group id
@@ -536,8 +536,7 @@ fn reap(
         termination,
         hung: state.hung,
         stop_requested: state.stop_requested,
-        // ru_maxrss is in KiB on Linux.
-        max_rss_bytes: (usage.ru_maxrss.max(0) as u64).saturating_mul(1024),
+        max_rss_bytes: (usage.ru_maxrss.max(0) as u64).saturating_mul(sys::MAXRSS_UNIT),
         run_time: started.elapsed(),
         memory_cgroup: cgroup.map(|cgroup| cgroup.evidence()),
     };
@@ -572,7 +571,9 @@ struct Reader {
     streams: [Option<(OwnedFd, Stream, Vec<u8>)>; 2],
     watchdog: Option<(Watchdog, OwnedFd)>,
     wake: OwnedFd,
+    /// Dropped since the last line that was queued.
     dropped: u64,
+    dropped_total: Arc<AtomicU64>,
 }
 
 impl Reader {
@@ -677,6 +678,13 @@ impl Reader {
         for i in 0..2 {
             self.flush_partial(i);
         }
+        let dropped = self.dropped_total.load(Ordering::Relaxed);
+        if dropped > 0 {
+            log::warn!(
+                "child {}: {dropped} output lines dropped, the sink was too slow",
+                self.shared.pid
+            );
+        }
     }
 
     /// Reads what is already in the pipes without waiting for more: a descendant that escaped
@@ -752,7 +760,10 @@ impl Reader {
         };
         match self.lines.try_send(line) {
             Ok(()) => self.dropped = 0,
-            Err(TrySendError::Full(_)) => self.dropped += 1,
+            Err(TrySendError::Full(_)) => {
+                self.dropped += 1;
+                self.dropped_total.fetch_add(1, Ordering::Relaxed);
+            }
             // No sink thread: output is read only so the child never blocks on a full pipe.
             Err(TrySendError::Disconnected(_)) => {}
         }

@@ -66,6 +66,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    // Only the Linux platform code makes system calls that fail this way.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn os(what: &'static str) -> Error {
         Error::Os {
             what,

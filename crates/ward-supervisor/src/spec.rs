@@ -28,7 +28,8 @@ pub struct Line {
     /// The text (invalid UTF-8 replaced); a line longer than 16 KiB arrives in several pieces.
     pub text: String,
     /// Lines lost just before this one because the sink fell behind (the child is never made to
-    /// wait for the sink; lines are dropped instead).
+    /// wait for the sink; lines are dropped instead). Losses after the last delivered line are
+    /// only in [`Child::dropped_lines`](crate::Child::dropped_lines) and the log.
     pub dropped_before: u64,
 }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
+use std::process::ChildStdin;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,7 @@ enum Msg {
     Add(Box<(ChildSpec, RestartPolicy)>, Sender<Result<ChildId>>),
     Stop(ChildId, Sender<Result<()>>),
     Status(Sender<Vec<ChildStatus>>),
+    TakeStdin(ChildId, Sender<Result<Option<(u32, ChildStdin)>>>),
     Shutdown(Sender<()>),
     Exited(ChildId, u64),
 }
@@ -133,6 +135,7 @@ impl fmt::Debug for Msg {
             Msg::Add(..) => "Add",
             Msg::Stop(..) => "Stop",
             Msg::Status(..) => "Status",
+            Msg::TakeStdin(..) => "TakeStdin",
             Msg::Shutdown(..) => "Shutdown",
             Msg::Exited(..) => "Exited",
         })
@@ -202,6 +205,18 @@ impl Supervisor {
     pub fn stop_child(&self, id: ChildId) -> Result<()> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(Msg::Stop(id, tx))?;
+        rx.recv().map_err(|_| Error::SupervisorGone)?
+    }
+
+    /// Takes the stdin pipe of the child's current run (spawned with
+    /// [`Input::Piped`](crate::Input::Piped)), with the pid it belongs to. Each run has its own
+    /// pipe: take it again after every [`EventKind::Started`].
+    ///
+    /// # Errors
+    /// [`Error::NoSuchChild`] or [`Error::SupervisorGone`].
+    pub fn take_stdin(&self, id: ChildId) -> Result<Option<(u32, ChildStdin)>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::TakeStdin(id, tx))?;
         rx.recv().map_err(|_| Error::SupervisorGone)?
     }
 
@@ -312,6 +327,16 @@ impl Runner {
                 Ok(Msg::Stop(id, reply)) => self.request_stop(id, reply),
                 Ok(Msg::Status(reply)) => {
                     let _ignored = reply.send(self.statuses());
+                }
+                Ok(Msg::TakeStdin(id, reply)) => {
+                    let stdin = match self.slots.get_mut(&id) {
+                        Some(slot) => Ok(slot
+                            .child
+                            .as_mut()
+                            .and_then(|child| Some((child.id(), child.take_stdin()?)))),
+                        None => Err(Error::NoSuchChild(id)),
+                    };
+                    let _ignored = reply.send(stdin);
                 }
                 Ok(Msg::Exited(id, generation)) => self.exited(id, generation),
                 Ok(Msg::Shutdown(reply)) => {

@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,20 @@ use crate::{CgroupEvidence, Error, ResourceLimits, Result};
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 /// When `close_range` is missing (kernels before 5.11), descriptors up to this are marked by hand.
 const FALLBACK_FD_SCAN: libc::c_int = 65_536;
+
+/// `ru_maxrss` is in KiB on Linux.
+pub(crate) const MAXRSS_UNIT: u64 = 1024;
+
+/// A close-on-exec pipe: (read end, write end).
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::os("pipe2"));
+    }
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
 
 /// Sets up the child between fork and exec. Everything in the hook is async-signal-safe: plain
 /// system calls on data prepared here, before the fork.

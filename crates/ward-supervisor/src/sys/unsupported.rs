@@ -1,12 +1,19 @@
 //! The fallback for platforms other than Linux: everything builds, spawning says why it cannot.
 
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::{CgroupEvidence, Error, ResourceLimits, Result};
 
 const WHY: &str = "no PR_SET_PDEATHSIG";
+
+/// Never used: nothing is ever spawned here.
+pub(crate) const MAXRSS_UNIT: u64 = 1;
+
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    Err(Error::Unsupported(WHY))
+}
 
 /// See the Linux version.
 #[derive(Debug)]
