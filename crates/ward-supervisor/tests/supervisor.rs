@@ -77,7 +77,7 @@ fn a_core_dump_is_reported() {
     // SAFETY: `limit` is valid for writes.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut limit) }, 0);
     let spec = helper("abort", dir.path()).limits(ResourceLimits {
-        core_size: Some(limit.rlim_max as u64),
+        core_size: Some(limit.rlim_max),
         ..ResourceLimits::default()
     });
     let exit = run(&spec);
