@@ -170,10 +170,11 @@ pub fn collect(evidence: &Evidence) -> CrashReport {
         None => Vec::new(),
     };
     // Kernel lines only from this process's lifetime, so a reused pid's old lines do not count.
+    // The kernel's clock and CLOCK_MONOTONIC may differ slightly: allow a second.
     let since = heartbeat
         .as_ref()
         .filter(|hb| hb.boot_id == boot_id())
-        .map(|hb| Duration::from_millis(hb.started_mono_ms))
+        .map(|hb| Duration::from_millis(hb.started_mono_ms).saturating_sub(Duration::from_secs(1)))
         .or_else(|| {
             let run = evidence.run_time?;
             Some(time::monotonic_now().saturating_sub(run + Duration::from_secs(1)))

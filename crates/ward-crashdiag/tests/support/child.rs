@@ -14,6 +14,14 @@ use super::{ALLOCATOR_STALLED, BEAT, DIR_VAR, STALL_NEXT_ALLOCATION, heartbeat_p
 /// Runs the child in `mode`; never returns normally for a mode that dies.
 pub fn run(mode: &str) {
     let dir = PathBuf::from(std::env::var_os(DIR_VAR).expect("child needs its directory"));
+    // The deaths below would otherwise drop core files into the crate directory on machines
+    // with cores enabled.
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `no_core` is a valid rlimit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) }, 0);
     let guard = install(CaptureConfig::new("worker", &dir).heartbeat(
         heartbeat_path(&dir),
         BEAT,
