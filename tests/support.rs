@@ -47,3 +47,176 @@ pub fn ward() -> Command {
     cmd.env_remove("RUST_LOG");
     cmd
 }
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`.
+///
+/// # Panics
+/// If the condition does not hold in time.
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` is alive: it exists and is not a zombie. (A dying process's command line
+/// reads empty before its descriptors are closed, so [`processes_mentioning`] alone can miss it.)
+pub fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Pids and command lines of the live processes (zombies excluded) whose command line contains
+/// `needle`: ward's own processes carry the state directory in theirs, and jobs the tree's paths.
+pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
+    let needle = needle.as_os_str().as_encoded_bytes();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+            .unwrap_or(true);
+        if !zombie && cmdline.windows(needle.len()).any(|w| w == needle) {
+            found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+/// A temporary ward setup: `tree/` is watched, `out/` holds the jobs' ledger, `state/` is the
+/// state directory, `ward.toml` the config. Dropping it kills anything still running for it, so
+/// a failed test leaves no daemon behind.
+#[derive(Debug)]
+pub struct Fixture {
+    /// The temporary directory holding everything.
+    pub dir: tempfile::TempDir,
+    /// The watched tree.
+    pub tree: PathBuf,
+    /// Where the jobs write their ledger.
+    pub ledger: PathBuf,
+    /// The state directory.
+    pub state: PathBuf,
+    /// The config file.
+    pub config: PathBuf,
+}
+
+impl Fixture {
+    /// A fixture whose config is `[watch] roots = ["tree"]` plus `extra` (TOML), with the ledger
+    /// path available to `extra` as `{ledger}` and the program `job` as `{job}`.
+    ///
+    /// # Panics
+    /// If the temporary files cannot be written.
+    pub fn new(job: &str, extra: &str) -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("ward-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::create_dir_all(dir.path().join("out")).unwrap();
+        let ledger = dir.path().join("out/ledger");
+        let state = dir.path().join("state");
+        let config = dir.path().join("ward.toml");
+        let text = format!(
+            "[watch]\nroots = [\"tree\"]\ndebounce_ms = 20\n\n[jobs]\nstop_grace_s = 2\ndrain_timeout_s = 5\n\n{}",
+            extra
+                .replace("{ledger}", ledger.to_str().unwrap())
+                .replace("{job}", job)
+        );
+        std::fs::write(&config, text).unwrap();
+        Fixture {
+            dir,
+            tree,
+            ledger,
+            state,
+            config,
+        }
+    }
+
+    /// `ward` with this fixture's `--config` and `--state-dir`, then `args`.
+    pub fn ward(&self, args: &[&str]) -> Command {
+        let mut cmd = ward();
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args);
+        cmd
+    }
+
+    /// Runs `ward ARGS` to completion and returns its output.
+    ///
+    /// # Panics
+    /// If the binary cannot be run.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.ward(args).output().expect("running ward")
+    }
+
+    /// `ward status --json`, parsed, and its exit code.
+    ///
+    /// # Panics
+    /// If the output is not JSON.
+    pub fn status(&self) -> (Option<i32>, serde_json::Value) {
+        let out = self.run(&["status", "--json"]);
+        let value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json printed no JSON ({e}): {out:?}"));
+        (out.status.code(), value)
+    }
+
+    /// The ledger's entries: (event, raw path bytes).
+    pub fn ledger_entries(&self) -> Vec<(String, Vec<u8>)> {
+        let Ok(bytes) = std::fs::read(&self.ledger) else {
+            return Vec::new();
+        };
+        bytes
+            .split(|&b| b == 0)
+            .filter(|e| !e.is_empty())
+            .map(|entry| {
+                let tab = entry
+                    .iter()
+                    .position(|&b| b == b'\t')
+                    .expect("ledger entry has a tab");
+                (
+                    String::from_utf8_lossy(&entry[..tab]).into_owned(),
+                    entry[tab + 1..].to_vec(),
+                )
+            })
+            .collect()
+    }
+
+    /// Live processes that belong to this fixture.
+    pub fn processes(&self) -> Vec<(u32, String)> {
+        processes_mentioning(self.dir.path())
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for (pid, _) in self.processes() {
+            // SAFETY: kill with a pid read from /proc; at worst the process is already gone.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}

@@ -9,16 +9,22 @@
 
 #![warn(missing_docs)]
 
+pub mod commands;
 pub mod config;
 pub mod control;
+mod deaths;
+mod dispatch;
 pub mod jobs;
+mod keeper;
 pub mod launch;
 pub mod logging;
 pub mod sd_notify;
+mod server;
 pub mod state;
 
 use std::path::PathBuf;
 
+pub use commands::{check, diagnose, restart, run_foreground, server_main, start, status, stop};
 pub use config::{Config, ConfigError};
 pub use launch::Launch;
 
@@ -45,6 +51,26 @@ pub enum Error {
         /// The state directory.
         state_dir: PathBuf,
     },
+    /// Crash capture could not be installed.
+    #[error("crash capture: {0}")]
+    Capture(String),
+    /// A process could not be started.
+    #[error("cannot start {what}: {reason}")]
+    Spawn {
+        /// Which process.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The keeper's restart policy gave up on the server.
+    #[error("gave up: {0}")]
+    GaveUp(String),
+    /// The daemon did not become ready, or did not stop, in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// ward is not running for this state directory.
+    #[error("ward is not running for {}", .0.display())]
+    NotRunning(PathBuf),
     /// A control-socket exchange went wrong.
     #[error("control protocol: {0}")]
     Protocol(String),
@@ -84,27 +110,4 @@ impl From<Result<(), Error>> for Outcome {
             Err(e) => Outcome::Failed(e),
         }
     }
-}
-
-/// `ward check`: validates the configuration and prints a summary of it.
-pub fn check(launch: &Launch) -> Outcome {
-    let result = launch.config().map(|config| {
-        let source = config
-            .source
-            .as_ref()
-            .map_or_else(|| "<command line>".into(), |s| s.display().to_string());
-        println!("{source}: ok");
-        for root in &config.roots {
-            println!("  watch   {}", root.display());
-        }
-        for trigger in &config.triggers {
-            let globs = if trigger.globs.is_empty() {
-                "every file".to_owned()
-            } else {
-                trigger.globs.join(", ")
-            };
-            println!("  trigger {} ({globs})", trigger.name);
-        }
-    });
-    result.into()
 }

@@ -50,7 +50,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let listener = UnixDatagram::bind(&path).unwrap();
-        listener.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        listener
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         notify_to(path.to_str().unwrap(), "READY=1").unwrap();
         let mut buf = [0u8; 64];
         let n = listener.recv(&mut buf).unwrap();

@@ -2,17 +2,127 @@
 //!
 //! Nothing here knows how ward works; it only translates a command line into calls and exit codes.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
+use ward_server::{Launch, Outcome};
 
 /// Watch file trees, run jobs on changes, never die silently.
 #[derive(Debug, Parser)]
-#[command(name = "ward", version, about)]
-struct Cli {}
+#[command(name = "ward", version, about, propagate_version = true)]
+struct Cli {
+    /// Config file (TOML). Default: none; quick flags describe the job instead.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// State directory (pidfile, socket, log, crash reports). Default: `.ward` beside the config
+    /// file, else in the current directory.
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run in the foreground (logs also on stderr; Ctrl-C or SIGTERM stops gracefully).
+    Run(Quick),
+    /// Start as a daemon; returns once it is ready, printing its pid and state directory.
+    Start(Quick),
+    /// Stop the daemon gracefully and wait until every process of it has exited.
+    Stop {
+        /// Seconds to wait for the whole tree to exit.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// Stop the daemon if it runs, then start it.
+    Restart(Quick),
+    /// Show whether the daemon runs (exit 0) or not (exit 3), and why not.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print crash reports, and the post-mortem of a daemon that vanished.
+    Diagnose {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the config file and exit (2 with file:line:column on an error).
+    Check,
+    /// Internal: the server process, started by the keeper.
+    #[command(name = "__server", hide = true)]
+    Server(Quick),
+}
+
+/// Flags that describe a job without a config file.
+#[derive(Debug, Args, Clone, Default)]
+struct Quick {
+    /// Directory to watch (repeatable).
+    #[arg(long, short = 'w', value_name = "DIR")]
+    watch: Vec<PathBuf>,
+    /// Ignore paths matching this gitignore-style glob (repeatable).
+    #[arg(long, short = 'i', value_name = "GLOB")]
+    ignore: Vec<String>,
+    /// Jobs that run at once.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Quiet window per path, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    debounce: Option<u64>,
+    /// Command run for every changed file (as argv, never through a shell); `{path}` is replaced.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn launch(cli_config: Option<PathBuf>, state_dir: Option<PathBuf>, quick: Quick) -> Launch {
+    Launch {
+        config_file: cli_config,
+        state_dir,
+        watch: quick.watch,
+        ignore: quick.ignore,
+        workers: quick.workers,
+        debounce_ms: quick.debounce,
+        command: quick.command,
+    }
+}
 
 /// Runs the `ward` command line and returns its exit code.
 pub fn run() -> ExitCode {
-    let _cli = Cli::parse();
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let (config, state_dir) = (cli.config, cli.state_dir);
+    let outcome = match cli.command {
+        Command::Run(q) => ward_server::run_foreground(&launch(config, state_dir, q)),
+        Command::Start(q) => ward_server::start(&launch(config, state_dir, q)),
+        Command::Restart(q) => ward_server::restart(&launch(config, state_dir, q)),
+        Command::Server(q) => ward_server::server_main(&launch(config, state_dir, q)),
+        Command::Stop { timeout } => ward_server::stop(
+            &launch(config, state_dir, Quick::default()),
+            seconds(timeout),
+        ),
+        Command::Status { json } => {
+            ward_server::status(&launch(config, state_dir, Quick::default()), json)
+        }
+        Command::Diagnose { json } => {
+            ward_server::diagnose(&launch(config, state_dir, Quick::default()), json)
+        }
+        Command::Check => ward_server::check(&launch(config, state_dir, Quick::default())),
+    };
+    exit_code(outcome)
+}
+
+fn seconds(s: f64) -> std::time::Duration {
+    std::time::Duration::try_from_secs_f64(s).unwrap_or(std::time::Duration::from_secs(30))
+}
+
+fn exit_code(outcome: Outcome) -> ExitCode {
+    match outcome {
+        Outcome::Success => ExitCode::SUCCESS,
+        Outcome::NotRunning => ExitCode::from(3),
+        Outcome::Failed(e) => {
+            eprintln!("ward: {e}");
+            ExitCode::from(if e.is_usage() { 2 } else { 1 })
+        }
+    }
 }

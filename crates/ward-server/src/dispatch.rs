@@ -1,0 +1,393 @@
+//! Running one job: an exec trigger's command, or a request to a persistent JSON-lines worker.
+//!
+//! Every process a job starts is a `ward_supervisor::Child` (own process group, parent-death
+//! signal, reaped by its handle), its output is captured into the log, and every death other than
+//! a clean exit is turned into a crash report naming the cause.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use parking_lot::Mutex;
+use ward_supervisor::{Child, ChildSpec, Exit, Input, Stream};
+
+use crate::Config;
+use crate::config::Handler;
+use crate::deaths::{self, Reported};
+use crate::jobs::{self, Job, Reply, Triggers};
+use crate::state::StateDir;
+
+/// Lines of a job's output kept for its crash report.
+const TAIL_LINES: usize = 40;
+/// Replies a worker may have written ahead of being asked; more is a protocol violation.
+const REPLY_BACKLOG: usize = 16;
+
+/// Why a job did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The command or the worker said it failed.
+    #[error("{0}")]
+    Failed(String),
+    /// The process died; `cause` is the crash report's verdict.
+    #[error("{what} died: {cause}{}", report.as_ref().map(|r| format!(" (report {r})")).unwrap_or_default())]
+    Died {
+        /// Which process.
+        what: String,
+        /// The verdict.
+        cause: String,
+        /// Where the report is.
+        report: Option<String>,
+    },
+    /// It ran past its deadline and was stopped.
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    /// It could not be started.
+    #[error("cannot start: {0}")]
+    Spawn(String),
+    /// A worker broke the protocol; it has been replaced.
+    #[error("worker protocol: {0}")]
+    Protocol(String),
+}
+
+/// The last lines a process wrote, for its crash report.
+#[derive(Debug, Default)]
+struct Tail(Mutex<VecDeque<String>>);
+
+impl Tail {
+    fn push(&self, line: &str) {
+        let mut lines = self.0.lock();
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line.to_owned());
+    }
+
+    fn text(&self) -> String {
+        let lines = self.0.lock();
+        lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Runs jobs for the server: owns the idle persistent workers of each trigger.
+#[derive(Debug)]
+pub struct Dispatcher {
+    triggers: Triggers,
+    config: Config,
+    state: StateDir,
+    idle: Mutex<Vec<Vec<Worker>>>,
+    next_worker: std::sync::atomic::AtomicU64,
+}
+
+impl Dispatcher {
+    /// A dispatcher for `config`'s triggers.
+    ///
+    /// # Errors
+    /// If a trigger's globs do not compile.
+    pub fn new(config: Config, state: StateDir) -> Result<Dispatcher, crate::ConfigError> {
+        let triggers = Triggers::new(&config.triggers)?;
+        let idle = Mutex::new((0..triggers.len()).map(|_| Vec::new()).collect());
+        Ok(Dispatcher {
+            triggers,
+            config,
+            state,
+            idle,
+            next_worker: 0.into(),
+        })
+    }
+
+    /// The compiled triggers.
+    pub fn triggers(&self) -> &Triggers {
+        &self.triggers
+    }
+
+    /// Persistent workers idle right now.
+    pub fn idle_workers(&self) -> usize {
+        self.idle.lock().iter().map(Vec::len).sum()
+    }
+
+    /// Runs `job` to completion on the calling thread (a pool thread, which lives as long as the
+    /// processes it spawns need their parent-death signal tied to it).
+    ///
+    /// # Errors
+    /// Why the job did not succeed.
+    pub fn run(&self, job: &Job) -> Result<(), JobError> {
+        match &self.triggers.get(job.trigger).handler {
+            Handler::Exec { argv } => self.run_exec(argv, job),
+            Handler::Worker {
+                argv,
+                recycle_after,
+                max_rss_bytes,
+            } => self.run_on_worker(argv, *recycle_after, *max_rss_bytes, job),
+        }
+    }
+
+    fn run_exec(&self, argv: &[String], job: &Job) -> Result<(), JobError> {
+        let name = &self.triggers.get(job.trigger).name;
+        let argv = jobs::exec_argv(argv, job);
+        let tail = Arc::new(Tail::default());
+        let mut spec = ChildSpec::new(&argv[0])
+            .name(name.clone())
+            .args(&argv[1..])
+            .stop_grace(self.config.stop_grace);
+        for (key, value) in jobs::job_env(job) {
+            spec = spec.env(key, value);
+        }
+        let spec = {
+            let (tail, name) = (Arc::clone(&tail), name.clone());
+            spec.capture(move |line| {
+                tail.push(&line.text);
+                log::info!("job {name} [{}]: {}", line.pid, line.text);
+            })
+        };
+        let child = Child::spawn(&spec)
+            .map_err(|e| JobError::Spawn(format!("{}: {e}", argv[0].to_string_lossy())))?;
+        let exit = match child.wait_timeout(self.config.job_timeout) {
+            Some(exit) => exit,
+            None => {
+                log::warn!(
+                    "job {name} on {} timed out after {:?}; stopping it",
+                    job.path.display(),
+                    self.config.job_timeout
+                );
+                if let Err(e) = child.stop(self.config.stop_grace) {
+                    log::error!("stopping timed-out job {name}: {e}");
+                }
+                return Err(JobError::TimedOut(self.config.job_timeout));
+            }
+        };
+        drop(child); // joins the capture threads, so the tail is complete
+        if exit.is_clean() {
+            return Ok(());
+        }
+        let what = format!("job {name} on {}", job.path.display());
+        Err(self.died(&what, &exit, &tail.text()))
+    }
+
+    fn died(&self, what: &str, exit: &Exit, tail: &str) -> JobError {
+        let Reported { cause, path } =
+            deaths::report(&self.state, &self.config, what, exit, Some(tail), None).unwrap_or_else(
+                || Reported {
+                    cause: exit.termination.to_string(),
+                    path: None,
+                },
+            );
+        JobError::Died {
+            what: what.to_owned(),
+            cause,
+            report: path.map(|p| p.display().to_string()),
+        }
+    }
+
+    fn run_on_worker(
+        &self,
+        argv: &[String],
+        recycle_after: u64,
+        max_rss: u64,
+        job: &Job,
+    ) -> Result<(), JobError> {
+        let checked_out = self.idle.lock()[job.trigger].pop();
+        let mut worker = match checked_out {
+            Some(w) => w,
+            None => self.spawn_worker(argv, job.trigger)?,
+        };
+        match worker.request(job, self.config.job_timeout) {
+            Ok(reply) => {
+                worker.jobs_done += 1;
+                let worn = recycle_after > 0 && worker.jobs_done >= recycle_after;
+                let fat = max_rss > 0 && worker.rss() > max_rss;
+                if worn || fat {
+                    log::info!(
+                        "recycling worker {} after {} jobs (rss {} bytes)",
+                        worker.label,
+                        worker.jobs_done,
+                        worker.rss()
+                    );
+                    worker.retire(self.config.stop_grace);
+                } else {
+                    self.idle.lock()[job.trigger].push(worker);
+                }
+                match reply {
+                    Reply::Ok => Ok(()),
+                    Reply::Failed(error) => Err(JobError::Failed(error)),
+                }
+            }
+            Err(WorkerTrouble::Died(exit)) => {
+                let what = format!("worker {} during {}", worker.label, job.path.display());
+                Err(self.died(&what, &exit, &worker.tail.text()))
+            }
+            Err(WorkerTrouble::Protocol(problem)) => {
+                log::warn!(
+                    "worker {} broke the protocol ({problem}); replacing it",
+                    worker.label
+                );
+                worker.retire(self.config.stop_grace);
+                Err(JobError::Protocol(problem))
+            }
+            Err(WorkerTrouble::TimedOut) => {
+                log::warn!(
+                    "worker {} gave no reply within {:?}; replacing it",
+                    worker.label,
+                    self.config.job_timeout
+                );
+                worker.retire(self.config.stop_grace);
+                Err(JobError::TimedOut(self.config.job_timeout))
+            }
+        }
+    }
+
+    fn spawn_worker(&self, argv: &[String], trigger: usize) -> Result<Worker, JobError> {
+        let number = self
+            .next_worker
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let name = &self.triggers.get(trigger).name;
+        let label = format!("{name}#{number}");
+        let (reply_tx, replies) = crossbeam_channel::bounded(REPLY_BACKLOG);
+        let tail = Arc::new(Tail::default());
+        let spec = {
+            let (tail, label) = (Arc::clone(&tail), label.clone());
+            ChildSpec::new(&argv[0])
+                .name(label.clone())
+                .args(&argv[1..])
+                .stdin(Input::Piped)
+                .stop_grace(self.config.stop_grace)
+                .capture(move |line| match line.stream {
+                    Stream::Stdout => {
+                        if reply_tx.try_send(line.text.clone()).is_err() {
+                            log::warn!("worker {label} wrote more replies than it was asked for; dropping one");
+                        }
+                    }
+                    Stream::Stderr => {
+                        tail.push(&line.text);
+                        log::info!("worker {label} [{}]: {}", line.pid, line.text);
+                    }
+                })
+        };
+        let mut child =
+            Child::spawn(&spec).map_err(|e| JobError::Spawn(format!("worker {label}: {e}")))?;
+        let stdin = child
+            .take_stdin()
+            .ok_or_else(|| JobError::Spawn(format!("worker {label}: no stdin pipe")))?;
+        log::info!("worker {label} started (pid {})", child.id());
+        Ok(Worker {
+            label,
+            child,
+            stdin,
+            replies,
+            tail,
+            jobs_done: 0,
+            next_id: 0,
+        })
+    }
+
+    /// Stops every idle worker (TERM, then KILL after the grace), in parallel.
+    pub fn stop_workers(&self) {
+        let workers: Vec<Worker> = self
+            .idle
+            .lock()
+            .iter_mut()
+            .flat_map(std::mem::take)
+            .collect();
+        if workers.is_empty() {
+            return;
+        }
+        log::info!("stopping {} worker(s)", workers.len());
+        let deadline = Instant::now() + self.config.stop_grace;
+        for w in &workers {
+            if let Err(e) = w.child.begin_stop() {
+                log::warn!("stopping worker {}: {e}", w.label);
+            }
+        }
+        for w in workers {
+            match w.child.finish_stop(deadline) {
+                Ok(exit) => log::info!("worker {} exited: {}", w.label, exit.termination),
+                Err(e) => log::error!("worker {} did not stop: {e}", w.label),
+            }
+        }
+    }
+}
+
+enum WorkerTrouble {
+    Died(Exit),
+    Protocol(String),
+    TimedOut,
+}
+
+/// One persistent worker process and its side of the protocol.
+#[derive(Debug)]
+struct Worker {
+    label: String,
+    child: Child,
+    stdin: std::process::ChildStdin,
+    replies: Receiver<String>,
+    tail: Arc<Tail>,
+    jobs_done: u64,
+    next_id: u64,
+}
+
+impl Worker {
+    fn request(&mut self, job: &Job, timeout: Duration) -> Result<Reply, WorkerTrouble> {
+        self.next_id += 1;
+        let id = self.next_id;
+        // A reply left over from before this request is a protocol violation too.
+        if let Ok(stale) = self.replies.try_recv() {
+            return Err(WorkerTrouble::Protocol(format!(
+                "unrequested reply {stale:?}"
+            )));
+        }
+        if self
+            .stdin
+            .write_all(&jobs::worker_request(id, job))
+            .and_then(|()| self.stdin.flush())
+            .is_err()
+        {
+            // A broken pipe means the worker is gone: wait for its exit to say why.
+            return Err(WorkerTrouble::Died(self.child.wait()));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Short slices so a worker that dies without replying is noticed promptly.
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            match self.replies.recv_timeout(slice) {
+                Ok(line) => {
+                    return jobs::parse_reply(line.as_bytes(), id).map_err(WorkerTrouble::Protocol);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(exit) = self.child.try_wait() {
+                        return Err(WorkerTrouble::Died(exit));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(WorkerTrouble::TimedOut);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(WorkerTrouble::Died(self.child.wait()));
+                }
+            }
+        }
+    }
+
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+
+    fn retire(self, grace: Duration) {
+        if let Err(e) = self.child.stop(grace) {
+            log::error!("stopping worker {}: {e}", self.label);
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The keeper: the small, long-lived root of the process tree.
+//!
+//! It holds the pidfile lock for its whole life, owns the log file, and supervises the server
+//! process with a restart policy. Every death of the server is turned into a crash report here.
+//! It does as little as possible so that it almost never dies itself; if it is killed anyway, the
+//! server's parent-death signal takes the tree down and the next start explains the death from
+//! what was left on disk.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, select};
+use parking_lot::Mutex;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use ward_crashdiag::OomCounters;
+use ward_supervisor::{
+    Backoff, ChildSpec, Decision, Exit, Intensity, RestartPolicy, RestartTracker, Stream,
+    SystemClock,
+};
+
+use crate::deaths;
+use crate::launch::Launch;
+use crate::logging::{self, LogFile, Sink};
+use crate::state::{KeeperState, Pidfile, PidfileState, StateDir, names, unix_now};
+use crate::{Config, Error, sd_notify};
+
+/// The line a server prints on its stdout once its watches are installed and its socket listens.
+pub(crate) const READY_LINE: &str = "WARD-READY";
+
+enum Event {
+    Signal(i32),
+    ServerReady(u32),
+    ServerExited(Exit),
+}
+
+/// Runs the keeper until it is told to stop or its policy gives up. `foreground` echoes the log
+/// to stderr (`ward run`).
+///
+/// # Errors
+/// If the pidfile is held by another keeper, or the log, crash directory or first server cannot be
+/// set up. Once the server has run, deaths are reported and survived, not returned.
+pub fn keeper_main(
+    launch: &Launch,
+    state: &StateDir,
+    config: &Config,
+    foreground: bool,
+) -> Result<(), Error> {
+    let vanished = match Pidfile::inspect(state)? {
+        PidfileState::Stale(_) => deaths::post_mortem_of_vanished(state, config),
+        _ => None,
+    };
+    let pidfile = Pidfile::acquire(state)?;
+    let log_path = state.join(names::LOG);
+    let log = LogFile::open(&log_path, config.log_max_bytes).map_err(|e| Error::Io {
+        context: format!("opening log {}", log_path.display()),
+        source: e,
+    })?;
+    let log = Arc::new(Mutex::new(log));
+    logging::init(
+        "keeper",
+        Sink::File {
+            file: Arc::clone(&log),
+            echo: foreground,
+        },
+    );
+    let _capture = deaths::install_capture("keeper", state, config)?;
+    log::info!(
+        "keeper started for {} (pid {})",
+        state.path().display(),
+        std::process::id()
+    );
+    if let Some(explained) = vanished {
+        log::warn!("{explained}");
+    }
+
+    let (tx, rx) = crossbeam_channel::bounded::<Event>(64);
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| Error::Io {
+            context: "installing signal handlers".into(),
+            source: e,
+        })?;
+    let signal_handle = signals.handle();
+    let signal_thread = {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("ward-signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    if tx.send(Event::Signal(signal)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::Io {
+                context: "starting signal thread".into(),
+                source: e,
+            })?
+    };
+
+    let mut keeper = Keeper {
+        launch,
+        state,
+        config,
+        log,
+        echo: foreground,
+        tx,
+        status: KeeperState {
+            keeper_pid: std::process::id(),
+            started_at: unix_now(),
+            state: "starting".into(),
+            ..KeeperState::default()
+        },
+        tracker: RestartTracker::new(server_policy(), SystemClock),
+    };
+    let result = keeper.supervise(&rx);
+
+    signal_handle.close();
+    if signal_thread.join().is_err() {
+        log::error!("signal thread panicked");
+    }
+    let _ = sd_notify::notify("STOPPING=1");
+    match &result {
+        Ok(()) => log::info!("keeper exiting after a graceful stop"),
+        Err(e) => log::error!("keeper exiting: {e}"),
+    }
+    pidfile.release();
+    result
+}
+
+/// The server's restart policy: on failure, 100 ms doubling to 30 s, reset after a minute up,
+/// give up after 5 restarts within a minute (systemd's intensity, Kubernetes' backoff shape).
+fn server_policy() -> RestartPolicy {
+    let mut policy = RestartPolicy::systemd();
+    policy.backoff = Backoff {
+        initial: Duration::from_millis(100),
+        factor: 2.0,
+        max: Duration::from_secs(30),
+        jitter: 0.1,
+    };
+    policy.reset_after = Some(Duration::from_secs(60));
+    policy.intensity = Some(Intensity {
+        max_restarts: 5,
+        window: Duration::from_secs(60),
+    });
+    policy
+}
+
+struct Keeper<'a> {
+    launch: &'a Launch,
+    state: &'a StateDir,
+    config: &'a Config,
+    log: Arc<Mutex<LogFile>>,
+    echo: bool,
+    tx: Sender<Event>,
+    status: KeeperState,
+    tracker: RestartTracker<SystemClock>,
+}
+
+impl Keeper<'_> {
+    fn set_state(&mut self, state: &str) {
+        self.status.state = state.into();
+        if let Err(e) = self.status.write(self.state) {
+            log::warn!("cannot record keeper state: {e}");
+        }
+    }
+
+    fn spawn_server(&self) -> Result<ward_supervisor::Child, Error> {
+        let exe = std::env::current_exe().map_err(|e| Error::Io {
+            context: "locating the ward binary".into(),
+            source: e,
+        })?;
+        let (log, echo, tx) = (Arc::clone(&self.log), self.echo, self.tx.clone());
+        let spec = ChildSpec::new(exe)
+            .name("server")
+            .args(self.launch.server_args(self.state.path()))
+            .stop_grace(self.config.drain_timeout + self.config.stop_grace + Duration::from_secs(2))
+            .capture(move |line| {
+                if line.stream == Stream::Stdout && line.text == READY_LINE {
+                    let _ = tx.send(Event::ServerReady(line.pid));
+                } else {
+                    logging::append_captured(&log, echo, line.pid, "server", line.text.as_bytes());
+                }
+            });
+        ward_supervisor::Child::spawn(&spec).map_err(|e| Error::Spawn {
+            what: "server".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn supervise(&mut self, rx: &Receiver<Event>) -> Result<(), Error> {
+        let watchdog = sd_notify::watchdog_interval().map(crossbeam_channel::tick);
+        loop {
+            let oom_before = OomCounters::read(None);
+            let child = Arc::new(self.spawn_server()?);
+            let pid = child.id();
+            self.status.server_pid = Some(pid);
+            self.set_state("starting");
+            log::info!("server started (pid {pid})");
+            let waiter = {
+                let (child, tx) = (Arc::clone(&child), self.tx.clone());
+                std::thread::Builder::new()
+                    .name("ward-server-wait".into())
+                    .spawn(move || {
+                        let _ = tx.send(Event::ServerExited(child.wait()));
+                    })
+                    .map_err(|e| Error::Io {
+                        context: "starting server waiter".into(),
+                        source: e,
+                    })?
+            };
+            let exit = loop {
+                let never = crossbeam_channel::never();
+                let tick = watchdog.as_ref().unwrap_or(&never);
+                let event = select! {
+                    recv(rx) -> event => event.expect("the keeper holds a sender"),
+                    recv(tick) -> _ => {
+                        if self.status.state == "running" {
+                            let _ = sd_notify::notify("WATCHDOG=1");
+                        }
+                        continue;
+                    }
+                };
+                match event {
+                    Event::ServerReady(ready_pid) if ready_pid == pid => {
+                        self.set_state("running");
+                        log::info!("server ready (pid {pid})");
+                        if let Err(e) = sd_notify::notify("READY=1") {
+                            log::warn!("cannot notify systemd: {e}");
+                        }
+                    }
+                    Event::ServerReady(_) => {}
+                    Event::Signal(SIGHUP) => {
+                        log::info!("received SIGHUP: asking the server to reload its config");
+                        if let Err(e) = child.signal(SIGHUP) {
+                            log::warn!("cannot forward SIGHUP to server: {e}");
+                        }
+                    }
+                    Event::Signal(signal) => {
+                        log::info!("received signal {signal}: stopping the server, then exiting");
+                        self.set_state("stopping");
+                        let _ = sd_notify::notify("STOPPING=1");
+                        let exit = child.stop(self.config.drain_timeout + self.config.stop_grace);
+                        let _ = waiter.join();
+                        // The waiter's exit event is still queued; the stop's result is the same.
+                        let _ = rx.try_recv();
+                        match exit {
+                            Ok(exit) if exit.is_clean() => log::info!("server stopped cleanly"),
+                            Ok(exit) => {
+                                log::warn!("server did not stop cleanly: {}", exit.termination);
+                                deaths::report(
+                                    self.state,
+                                    self.config,
+                                    "server",
+                                    &exit,
+                                    None,
+                                    Some(oom_before),
+                                );
+                            }
+                            Err(e) => log::error!("stopping the server: {e}"),
+                        }
+                        self.status.server_pid = None;
+                        self.set_state("stopped");
+                        return Ok(());
+                    }
+                    Event::ServerExited(exit) => break exit,
+                }
+            };
+            let _ = waiter.join();
+            self.status.server_pid = None;
+            let report = deaths::report(
+                self.state,
+                self.config,
+                "server",
+                &exit,
+                None,
+                Some(oom_before),
+            );
+            self.status.last_cause = report.as_ref().map(|r| r.cause.clone());
+            self.status.last_report = report.and_then(|r| r.path);
+            match self.tracker.next(&exit) {
+                Decision::Restart { after, attempt } => {
+                    self.status.restarts += 1;
+                    log::warn!(
+                        "server died ({}); restart {attempt} in {after:?}",
+                        exit.termination
+                    );
+                    self.set_state("backing-off");
+                    let deadline = Instant::now() + after;
+                    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                        match rx.recv_timeout(left) {
+                            Ok(Event::Signal(SIGHUP))
+                            | Ok(Event::ServerReady(_))
+                            | Ok(Event::ServerExited(_)) => {}
+                            Ok(Event::Signal(signal)) => {
+                                log::info!("received signal {signal} while backing off: exiting");
+                                self.set_state("stopped");
+                                return Ok(());
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Decision::GiveUp(give_up) => {
+                    self.set_state("gave-up");
+                    return Err(Error::GaveUp(format!("server keeps dying: {give_up}")));
+                }
+                Decision::Stop(reason) => {
+                    log::info!(
+                        "server exited ({}); not restarting: {reason:?}",
+                        exit.termination
+                    );
+                    self.set_state("stopped");
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

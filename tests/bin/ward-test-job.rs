@@ -1,0 +1,85 @@
+//! A job program for the end-to-end tests: records what ward hands it, or dies in a chosen way.
+//!
+//! `ward-test-job record LEDGER` appends `EVENT\tPATH\0` (the path's raw bytes, exactly as ward
+//! passed them in `WARD_PATH`) to LEDGER; `panic`, `segv`, `abort` and `exit N` die as named.
+//! `ward-test-job worker LEDGER` is a persistent worker speaking ward's JSON-lines protocol: it
+//! records `worker-EVENT\tPATH\0`, and for a path ending in `.die` aborts mid-job, for `.garbage`
+//! replies with something that is not JSON.
+
+use std::io::{BufRead, Write};
+use std::os::unix::ffi::OsStrExt;
+
+fn append(ledger: &str, entry: &[u8]) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ledger)
+        .expect("open ledger");
+    // One write per entry: O_APPEND keeps concurrent jobs' entries whole.
+    file.write_all(entry).expect("write ledger");
+}
+
+fn worker(ledger: &str) {
+    let stdout = std::io::stdout();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.expect("read request");
+        let request: serde_json::Value = serde_json::from_str(&line).expect("request is JSON");
+        let path = request["path"]
+            .as_str()
+            .expect("request has a path")
+            .to_owned();
+        if path.ends_with(".die") {
+            std::process::abort();
+        }
+        let mut out = stdout.lock();
+        if path.ends_with(".garbage") {
+            writeln!(out, "this is not json").unwrap();
+            out.flush().unwrap();
+            continue;
+        }
+        let mut entry = format!(
+            "worker-{}\t{path}",
+            request["event"].as_str().unwrap_or("?")
+        )
+        .into_bytes();
+        entry.push(0);
+        append(ledger, &entry);
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "id": request["id"], "ok": true })
+        )
+        .unwrap();
+        out.flush().unwrap();
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("record") => {
+            let ledger = args.get(1).expect("record needs a ledger path");
+            let path = std::env::var_os("WARD_PATH").expect("WARD_PATH is set");
+            let event = std::env::var("WARD_EVENT").expect("WARD_EVENT is set");
+            let mut entry = format!("{event}\t").into_bytes();
+            entry.extend_from_slice(path.as_bytes());
+            entry.push(0);
+            append(ledger, &entry);
+        }
+        Some("worker") => worker(args.get(1).expect("worker needs a ledger path")),
+        Some("panic") => panic!("ward-test-job was asked to panic"),
+        Some("segv") => {
+            // SAFETY: not safe at all, on purpose: a write through a null pointer, so that the
+            // process dies of a real SIGSEGV rather than one sent by kill.
+            unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
+        }
+        Some("abort") => std::process::abort(),
+        Some("exit") => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1)),
+        _ => {
+            eprintln!(
+                "usage: ward-test-job record LEDGER | worker LEDGER | panic | segv | abort | exit N"
+            );
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! End-to-end tests of the daemon's life: start, jobs, stop, crashes, and what is left behind.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ward_e2e::{Fixture, is_alive, wait_for};
+
+const LONG: Duration = Duration::from_secs(30);
+/// The job program built with these tests (see `bin/ward-test-job.rs`).
+const JOB: &str = env!("CARGO_BIN_EXE_ward-test-job");
+
+fn record_all() -> &'static str {
+    "[[trigger]]\nname = \"record\"\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n"
+}
+
+fn start(f: &Fixture) {
+    let out = f.run(&["start"]);
+    assert!(
+        out.status.success(),
+        "ward start failed: {out:?}\nlog:\n{}",
+        log_of(f)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("started"), "{stdout}");
+}
+
+fn stop(f: &Fixture) {
+    let out = f.run(&["stop"]);
+    assert!(
+        out.status.success(),
+        "ward stop failed: {out:?}\nlog:\n{}",
+        log_of(f)
+    );
+}
+
+fn log_of(f: &Fixture) -> String {
+    std::fs::read_to_string(f.state.join("ward.log")).unwrap_or_default()
+}
+
+fn pid_of(status: &serde_json::Value, key: &str) -> u32 {
+    status[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status has no {key}: {status}")) as u32
+}
+
+fn kill(pid: u32, signal: i32) {
+    // SAFETY: kill with a pid of a process this test started (through ward).
+    assert_eq!(
+        unsafe { libc::kill(pid as libc::pid_t, signal) },
+        0,
+        "kill {pid} with {signal}"
+    );
+}
+
+fn has_path(f: &Fixture, name: &str) -> bool {
+    let want = f.tree.join(name);
+    f.ledger_entries()
+        .iter()
+        .any(|(_, path)| path == want.as_os_str().as_bytes())
+}
+
+#[test]
+fn start_runs_jobs_and_stop_leaves_nothing_behind() {
+    let f = Fixture::new(JOB, record_all());
+    start(&f);
+    let (code, status) = f.status();
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["state"], "running", "{status}");
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        std::fs::write(f.tree.join(name), name).unwrap();
+    }
+    wait_for("three jobs in the ledger", LONG, || {
+        ["a.txt", "b.txt", "c.txt"].iter().all(|n| has_path(&f, n))
+    });
+    assert!(f.state.join("ward.sock").exists());
+    stop(&f);
+    assert!(
+        f.processes().is_empty(),
+        "left running: {:?}",
+        f.processes()
+    );
+    assert!(!f.state.join("ward.pid").exists(), "pidfile left behind");
+    assert!(!f.state.join("ward.sock").exists(), "socket left behind");
+    let (code, status) = f.status();
+    assert_eq!(code, Some(3), "{status}");
+    let log = log_of(&f);
+    for step in [
+        "stop watching",
+        "drain",
+        "server loop ended",
+        "keeper exiting",
+    ] {
+        assert!(log.contains(step), "log lacks {step:?}:\n{log}");
+    }
+}
+
+#[test]
+fn a_second_start_is_refused_and_says_why() {
+    let f = Fixture::new(JOB, record_all());
+    start(&f);
+    let out = f.run(&["start"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{out:?}"
+    );
+    stop(&f);
+}
+
+#[test]
+fn a_killed_server_is_restarted_and_diagnosed_as_killed_by_sigkill() {
+    let f = Fixture::new(JOB, record_all());
+    start(&f);
+    let (_, status) = f.status();
+    let first = pid_of(&status, "server_pid");
+    kill(first, libc::SIGKILL);
+    wait_for("a new server", LONG, || {
+        let (_, s) = f.status();
+        s["state"] == "running" && s["server_pid"].as_u64().is_some_and(|p| p as u32 != first)
+    });
+    let (_, status) = f.status();
+    assert_eq!(status["restarts"], 1, "{status}");
+    let out = f.run(&["diagnose", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = reports.to_string();
+    assert!(
+        text.contains(&first.to_string()) && text.contains("SIGKILL"),
+        "{text}"
+    );
+    // Jobs still run after the restart.
+    std::fs::write(f.tree.join("after.txt"), "x").unwrap();
+    wait_for("a job after the restart", LONG, || {
+        has_path(&f, "after.txt")
+    });
+    stop(&f);
+    assert!(
+        f.processes().is_empty(),
+        "left running: {:?}",
+        f.processes()
+    );
+}
+
+#[test]
+fn a_killed_keeper_takes_the_tree_down_and_the_next_start_works() {
+    let f = Fixture::new(JOB, record_all());
+    start(&f);
+    let (_, status) = f.status();
+    let (keeper, server) = (pid_of(&status, "pid"), pid_of(&status, "server_pid"));
+    kill(keeper, libc::SIGKILL);
+    wait_for("no process left after SIGKILL of the keeper", LONG, || {
+        !is_alive(keeper) && !is_alive(server) && f.processes().is_empty()
+    });
+    let (code, status) = f.status();
+    assert_eq!(code, Some(3), "{status}");
+    let why = status["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&keeper.to_string()),
+        "status does not say why: {status}"
+    );
+    start(&f);
+    std::fs::write(f.tree.join("again.txt"), "x").unwrap();
+    wait_for("a job after the new start", LONG, || {
+        has_path(&f, "again.txt")
+    });
+    stop(&f);
+}
+
+#[test]
+fn crashing_jobs_get_reports_with_their_cause_and_other_jobs_run() {
+    let f = Fixture::new(
+        JOB,
+        concat!(
+            "[[trigger]]\nname = \"segv\"\nglob = [\"*.segv\"]\nexec = [\"{job}\", \"segv\"]\n",
+            "[[trigger]]\nname = \"panic\"\nglob = [\"*.panic\"]\nexec = [\"{job}\", \"panic\"]\n",
+            "[[trigger]]\nname = \"fail\"\nglob = [\"*.fail\"]\nexec = [\"{job}\", \"exit\", \"1\"]\n",
+            "[[trigger]]\nname = \"record\"\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n",
+        ),
+    );
+    start(&f);
+    for name in ["x.segv", "x.panic", "x.fail", "fine.txt"] {
+        std::fs::write(f.tree.join(name), name).unwrap();
+    }
+    wait_for("the healthy job", LONG, || has_path(&f, "fine.txt"));
+    let causes = |f: &Fixture| {
+        let out = f.run(&["diagnose", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+    wait_for("reports of the three failed jobs", LONG, || {
+        let text = causes(&f);
+        text.contains("x.segv") && text.contains("x.panic") && text.contains("x.fail")
+    });
+    let text = causes(&f);
+    assert!(text.contains("SIGSEGV"), "{text}");
+    assert!(text.contains("panic"), "{text}");
+    assert!(
+        text.contains("exited with code 1") || text.contains("\"code\":1"),
+        "{text}"
+    );
+    let (_, status) = f.status();
+    assert_eq!(status["state"], "running", "{status}");
+    stop(&f);
+}
+
+#[test]
+fn hostile_file_names_reach_the_job_intact_and_run_nothing() {
+    let f = Fixture::new(JOB, record_all());
+    start(&f);
+    let names: Vec<&[u8]> = vec![
+        b"with space.txt",
+        b"new\nline.txt",
+        b"$(touch pwned).txt",
+        b"`touch pwned2`",
+        b"caf\xe9.txt",
+    ];
+    for name in &names {
+        std::fs::write(f.tree.join(OsStr::from_bytes(name)), "x").unwrap();
+    }
+    wait_for("every hostile name in the ledger", LONG, || {
+        names.iter().all(|n| {
+            let want = f.tree.join(OsStr::from_bytes(n));
+            f.ledger_entries()
+                .iter()
+                .any(|(_, p)| p == want.as_os_str().as_bytes())
+        })
+    });
+    stop(&f);
+    for leftover in ["pwned", "pwned2"] {
+        assert!(
+            !f.tree.join(leftover).exists() && !PathBuf::from(leftover).exists(),
+            "a name was run as code"
+        );
+    }
+}
+
+#[test]
+fn a_malformed_config_is_exit_2_with_file_and_line() {
+    let f = Fixture::new(JOB, "[[trigger]]\nexec = [\"true\"]\nbogus = 1\n");
+    let out = f.run(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("{}:", f.config.display());
+    assert!(
+        stderr.contains(&expected) && stderr.contains("bogus"),
+        "{stderr}"
+    );
+    let line = stderr
+        .split(&expected)
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_default();
+    assert!(line.parse::<u32>().is_ok(), "no line number in {stderr}");
+    let out = f.run(&["start"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "start with a bad config: {out:?}"
+    );
+    assert!(f.processes().is_empty());
+}
+
+#[test]
+fn garbage_on_the_control_socket_gets_an_error_reply_and_the_server_lives() {
+    let f = Fixture::new(JOB, record_all());
+    start(&f);
+    let stream = UnixStream::connect(f.state.join("ward.sock")).unwrap();
+    stream.set_read_timeout(Some(LONG)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut huge = vec![b'x'; 200_000];
+    huge.push(b'\n');
+    for garbage in [
+        &b"not json\n"[..],
+        b"{\"cmd\":42}\n",
+        b"{\"cmd\":\"launch-missiles\"}\n",
+        &huge,
+        b"\xff\xfe\n",
+    ] {
+        writer.write_all(garbage).unwrap();
+        let mut reply = String::new();
+        reader.read_line(&mut reply).unwrap();
+        let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["ok"], false, "{reply}");
+        assert!(
+            reply["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{reply}"
+        );
+    }
+    writer.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    let mut reply = String::new();
+    reader.read_line(&mut reply).unwrap();
+    assert!(reply.contains("\"ok\":true"), "{reply}");
+    let (code, _) = f.status();
+    assert_eq!(code, Some(0));
+    stop(&f);
+}
+
+#[test]
+fn a_persistent_worker_runs_jobs_and_is_replaced_when_it_dies_or_babbles() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"w\"\nworker = [\"{job}\", \"worker\", \"{ledger}\"]\nrecycle_after = 3\n",
+    );
+    start(&f);
+    let worker_saw = |f: &Fixture, name: &str| {
+        let want = f.tree.join(name);
+        f.ledger_entries()
+            .iter()
+            .any(|(event, p)| event.starts_with("worker-") && p == want.as_os_str().as_bytes())
+    };
+    for name in ["a.txt", "b.txt"] {
+        std::fs::write(f.tree.join(name), name).unwrap();
+    }
+    wait_for("two jobs through the worker", LONG, || {
+        worker_saw(&f, "a.txt") && worker_saw(&f, "b.txt")
+    });
+    std::fs::write(f.tree.join("x.die"), "x").unwrap();
+    wait_for("a report of the worker that died mid-job", LONG, || {
+        let out = f.run(&["diagnose", "--json"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("x.die") && text.contains("SIGABRT")
+    });
+    std::fs::write(f.tree.join("y.garbage"), "x").unwrap();
+    wait_for("the protocol violation in the log", LONG, || {
+        log_of(&f).contains("broke the protocol")
+    });
+    for name in ["c.txt", "d.txt", "e.txt", "f.txt"] {
+        std::fs::write(f.tree.join(name), name).unwrap();
+    }
+    wait_for("jobs after the replacements", LONG, || {
+        ["c.txt", "d.txt", "e.txt", "f.txt"]
+            .iter()
+            .all(|n| worker_saw(&f, n))
+    });
+    assert!(
+        log_of(&f).contains("recycling worker"),
+        "no recycling after 3 jobs:\n{}",
+        log_of(&f)
+    );
+    stop(&f);
+    assert!(
+        f.processes().is_empty(),
+        "left running: {:?}",
+        f.processes()
+    );
+}
