@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::heartbeat::read_heartbeat;
+use crate::heartbeat::{read_heartbeat, start_ticks};
 use crate::report::{CrashReport, ReportSummary, collect, list_reports};
 use crate::{Evidence, time};
 
@@ -94,7 +94,7 @@ pub fn post_mortem(input: &PostMortemInput) -> Result<PostMortem> {
         .as_deref()
         .and_then(|p| read_heartbeat(p).ok())
         .filter(|hb| hb.pid == pid);
-    if is_alive(pid, heartbeat.as_ref().map(|hb| hb.started_mono_ms)) {
+    if is_alive(pid, heartbeat.as_ref().and_then(|hb| hb.start_ticks)) {
         return Ok(PostMortem::StillRunning { pid });
     }
     if let Some(existing) = list_reports(&input.crash_dir)?
@@ -115,29 +115,21 @@ pub fn post_mortem(input: &PostMortemInput) -> Result<PostMortem> {
     Ok(PostMortem::Reconstructed(Box::new(report)))
 }
 
-/// Whether `pid` runs, and (when the heartbeat says when its writer started) is not a newer
-/// process that reused the pid.
-fn is_alive(pid: u32, started_mono_ms: Option<u64>) -> bool {
-    let stat_path = PathBuf::from(format!("/proc/{pid}/stat"));
-    let Ok(stat) = fs::read_to_string(&stat_path) else {
+/// Whether `pid` runs (and is not a zombie), and, when the heartbeat recorded its writer's
+/// start time, is that same process rather than a later one that reused the pid.
+fn is_alive(pid: u32, expected_start_ticks: Option<u64>) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    // A zombie is dead; it only waits for its parent.
-    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    if state == Some("Z") {
+        // A zombie is dead; it only waits for its parent.
         return false;
     }
-    let Some(started) = started_mono_ms else {
-        return true;
-    };
-    // Field 22 of stat (index 19 after the comm) is the start time in clock ticks since boot.
-    let ticks: Option<u64> = fields.get(19).and_then(|t| t.parse().ok());
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    match ticks {
-        // The running process started after the heartbeat's writer: the pid was reused.
-        Some(t) => t * 1000 / hz <= started + 2_000,
+    match expected_start_ticks {
+        Some(expected) => start_ticks(pid) == Some(expected),
         None => true,
     }
 }
@@ -174,10 +166,11 @@ mod tests {
     }
 
     #[test]
-    fn a_pid_started_after_the_heartbeat_is_a_reuse() {
-        // We started long after monotonic time 0.
-        assert!(!is_alive(std::process::id(), Some(0)));
-        assert!(is_alive(std::process::id(), Some(u64::MAX / 2)));
+    fn a_pid_with_another_start_time_is_a_reuse() {
+        let me = std::process::id();
+        let mine = start_ticks(me).unwrap();
+        assert!(is_alive(me, Some(mine)));
+        assert!(!is_alive(me, Some(mine + 1)));
     }
 
     #[test]

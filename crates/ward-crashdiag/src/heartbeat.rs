@@ -70,6 +70,10 @@ pub struct Heartbeat {
     pub started_wall_ms: u64,
     /// `CLOCK_MONOTONIC` when the heartbeat started, milliseconds.
     pub started_mono_ms: u64,
+    /// The process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22): with
+    /// `pid`, it tells this process from a later one that reused the pid.
+    #[serde(default)]
+    pub start_ticks: Option<u64>,
     /// Running, or stopped by an orderly shutdown.
     pub state: HeartbeatState,
 }
@@ -96,6 +100,16 @@ pub fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
+}
+
+/// The start time of process `pid` in clock ticks since boot, from `/proc/<pid>/stat`; `None`
+/// if it is gone (or `/proc` is missing).
+pub(crate) fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields resume after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the name: state is field 3, so field 22 is the 20th.
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Reads the heartbeat file at `path`.
@@ -178,7 +192,8 @@ impl<C: Clock> Beater<C> {
         let wall = clock.wall();
         let beat = Heartbeat {
             pid: std::process::id(),
-            role: role.to_owned(),
+            // Bounded so that a beat always fits its fixed-size record.
+            role: role.chars().take(64).collect(),
             seq: 0,
             wall_ms: wall.as_millis() as u64,
             mono_ms: mono.as_millis() as u64,
@@ -186,6 +201,7 @@ impl<C: Clock> Beater<C> {
             interval_ms: interval.as_millis() as u64,
             started_wall_ms: wall.as_millis() as u64,
             started_mono_ms: mono.as_millis() as u64,
+            start_ticks: start_ticks(std::process::id()),
             state: HeartbeatState::Running,
         };
         Ok(Beater {
@@ -365,6 +381,21 @@ mod tests {
             read_heartbeat(&path).unwrap().state,
             HeartbeatState::Stopped
         );
+    }
+
+    #[test]
+    fn the_largest_beat_still_fits_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hb");
+        let clock = FakeClock::default();
+        clock.advance(u64::MAX / 4);
+        let role = "r".repeat(10_000);
+        let mut beater = Beater::create(&path, &role, Duration::from_secs(1), None, clock).unwrap();
+        beater.beat.seq = u64::MAX - 1;
+        beater.beat.start_ticks = Some(u64::MAX);
+        beater.beat(HeartbeatState::Stopped).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), RECORD_LEN as u64);
+        assert_eq!(read_heartbeat(&path).unwrap().seq, u64::MAX);
     }
 
     #[test]

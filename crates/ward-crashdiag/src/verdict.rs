@@ -540,6 +540,7 @@ mod tests {
             interval_ms: 1_000,
             started_wall_ms: 0,
             started_mono_ms: 0,
+            start_ticks: None,
             state,
         }
     }

@@ -145,6 +145,28 @@ fn segfault_is_a_native_crash_with_address_and_backtrace() {
 }
 
 #[test]
+fn a_segfault_in_a_spawned_thread_is_recorded_from_the_runtimes_alternate_stack() {
+    let (dir, pid, death) = die("segfault_in_thread");
+    assert_killed_by(&death, libc::SIGSEGV);
+    let report = collect(&evidence(pid, dir.path(), &death));
+    let Cause::NativeCrash {
+        address, frames, ..
+    } = &report.verdict.cause
+    else {
+        panic!("expected a native crash: {:#?}", report.verdict);
+    };
+    assert_eq!(address.as_deref(), Some("0x1000"));
+    assert!(!frames.is_empty());
+    let record = report.crash_record.as_ref().unwrap();
+    let signal = record.signals().next().unwrap();
+    assert!(signal.complete, "{signal:#?}");
+    assert_ne!(
+        signal.tid, pid,
+        "the crashing thread is not the main thread"
+    );
+}
+
+#[test]
 fn abort_is_a_native_crash_and_runs_the_on_crash_hook() {
     let (dir, pid, death) = die("abort");
     assert_killed_by(&death, libc::SIGABRT);

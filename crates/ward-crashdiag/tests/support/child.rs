@@ -31,6 +31,16 @@ pub fn run(mode: &str) {
     match mode {
         "panic" => panic!("deliberate panic from the test child"),
         "segfault" => segfault(),
+        "segfault_in_thread" => {
+            // A thread std spawned: the handler runs on the runtime's small alternate stack.
+            let crasher = thread::Builder::new()
+                .name("crasher".into())
+                .spawn(segfault)
+                .expect("spawning");
+            // Never returns: the segfault kills the process.
+            let _ = crasher.join();
+            idle();
+        }
         "abort" => std::process::abort(),
         "stack_overflow" => {
             black_box(recurse(black_box(1)));
