@@ -510,6 +510,9 @@ fn reap(
         if let Err(err) = shared.signal(&state, libc::SIGKILL, true) {
             log::error!("killing what child {pid} left in its group: {err}");
         }
+        if let Some(cgroup) = &cgroup {
+            cgroup.kill_all();
+        }
     }
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value to be overwritten by wait4.

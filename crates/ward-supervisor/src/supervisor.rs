@@ -8,7 +8,7 @@ use std::process::ChildStdin;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::child::Child;
 use crate::{
@@ -310,7 +310,15 @@ impl Runner {
                 .flat_map(|s| [s.restart_at, s.kill_at])
                 .flatten()
                 .min();
+            // A deadline already past (a restart with no backoff that keeps failing to spawn)
+            // must not starve the inbox: take what is there without waiting, then do the work.
             let msg = match deadline {
+                Some(deadline) if deadline <= Instant::now() => {
+                    self.inbox.try_recv().map_err(|err| match err {
+                        TryRecvError::Empty => RecvTimeoutError::Timeout,
+                        TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                    })
+                }
                 Some(deadline) => self.inbox.recv_deadline(deadline),
                 None => self
                     .inbox
@@ -344,12 +352,13 @@ impl Runner {
                     let _ignored = reply.send(());
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => self.due(),
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.stop_all();
                     return;
                 }
             }
+            self.due();
         }
     }
 
@@ -442,11 +451,11 @@ impl Runner {
         match decision {
             Decision::Restart { after, attempt } => {
                 slot.state = ChildState::BackingOff;
+                // Restarted by `due` at the end of this turn of the loop when there is no delay:
+                // never recursively from here, where a spawn failing forever would recurse
+                // forever.
                 slot.restart_at = Some(Instant::now() + after);
                 self.emit(id, EventKind::Restarting { after, attempt });
-                if after.is_zero() {
-                    self.restart(id);
-                }
             }
             Decision::GiveUp(why) => {
                 slot.state = ChildState::GaveUp;
@@ -492,6 +501,15 @@ impl Runner {
     /// Restarts whose backoff is over, stops whose grace is over.
     fn due(&mut self) {
         let now = Instant::now();
+        let any_due = self
+            .slots
+            .values()
+            .flat_map(|s| [s.restart_at, s.kill_at])
+            .flatten()
+            .any(|at| at <= now);
+        if !any_due {
+            return;
+        }
         let ids: Vec<ChildId> = self.slots.keys().copied().collect();
         for id in ids {
             let slot = &self.slots[&id];
@@ -568,14 +586,21 @@ impl Runner {
 
     fn stop_all(&mut self) {
         let mut stopping = Vec::new();
+        let mut backing_off = Vec::new();
         for (&id, slot) in &mut self.slots {
-            slot.restart_at = None;
+            if slot.restart_at.take().is_some() {
+                slot.state = ChildState::Stopped;
+                backing_off.push(id);
+            }
             if let Some(child) = slot.child.take() {
                 if let Err(err) = child.begin_stop() {
                     log::error!("stopping child {id}: {err}");
                 }
                 stopping.push((id, child, Instant::now() + slot.spec.get_stop_grace()));
             }
+        }
+        for id in backing_off {
+            self.emit(id, EventKind::Stopped(StopReason::Requested));
         }
         for (id, child, deadline) in stopping {
             match child.finish_stop(deadline) {

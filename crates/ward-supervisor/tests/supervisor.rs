@@ -470,6 +470,30 @@ fn supervisor_gives_up_after_the_intensity() {
 }
 
 #[test]
+fn a_program_that_vanishes_is_retried_without_recursing() {
+    // The script deletes itself: the first start works, every restart fails to spawn. With no
+    // backoff and no intensity, the supervisor must keep trying without recursing and stay
+    // responsive to the shutdown.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("vanish.sh");
+    std::fs::write(&script, "#!/bin/sh\nrm \"$0\"\nexit 1\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (supervisor, events) = Supervisor::with_channel().unwrap();
+    let id = supervisor
+        .add(ChildSpec::new(&script), RestartPolicy::immediate())
+        .unwrap();
+    let mut failures = 0;
+    while failures < 1000 {
+        if let EventKind::SpawnFailed(why) = next_event(&events).kind {
+            assert!(why.contains("vanish.sh"), "{why}");
+            failures += 1;
+        }
+    }
+    assert!(supervisor.status(id).unwrap().restarts >= 1000);
+    supervisor.shutdown().unwrap();
+}
+
+#[test]
 fn supervisor_does_not_restart_a_clean_exit_on_failure_mode() {
     let (supervisor, events) = Supervisor::with_channel().unwrap();
     let policy = RestartPolicy {

@@ -222,6 +222,34 @@ impl Cgroup {
         }
     }
 
+    /// SIGKILLs every process in the cgroup, including any that left the child's process group
+    /// (`setsid`): the cgroup is the one container they cannot leave.
+    pub(crate) fn kill_all(&self) {
+        let kill_file = self.dir.join("cgroup.kill");
+        if self.version == CgroupVersion::V2 && kill_file.exists() {
+            if let Err(err) = fs::write(&kill_file, "1") {
+                log::warn!("cannot kill the cgroup {}: {err}", self.dir.display());
+            }
+            return;
+        }
+        let procs = self.dir.join("cgroup.procs");
+        let Ok(text) = fs::read_to_string(&procs) else {
+            log::warn!("cannot read {}", procs.display());
+            return;
+        };
+        let own = std::process::id();
+        for pid in text
+            .lines()
+            .filter_map(|line| line.trim().parse::<u32>().ok())
+        {
+            if pid != own {
+                // SAFETY: kill has no memory-safety preconditions. The pid was just listed as a
+                // member of a cgroup only our child's descendants can be in.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+
     /// Removes the directory; a cgroup still holding a process (one that escaped its process
     /// group) cannot be removed, which is logged.
     pub(crate) fn remove(&self) {
