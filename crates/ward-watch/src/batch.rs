@@ -69,7 +69,11 @@ pub struct Change {
 impl Change {
     /// A change of `kind` at `path`.
     pub fn new(path: impl Into<PathBuf>, kind: ChangeKind, is_dir: bool) -> Self {
-        Change { path: path.into(), kind, is_dir }
+        Change {
+            path: path.into(),
+            kind,
+            is_dir,
+        }
     }
 }
 

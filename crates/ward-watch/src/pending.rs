@@ -69,7 +69,12 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    pub(crate) fn new(quiet: Duration, max_wait: Duration, cap: usize, roots: Vec<PathBuf>) -> Self {
+    pub(crate) fn new(
+        quiet: Duration,
+        max_wait: Duration,
+        cap: usize,
+        roots: Vec<PathBuf>,
+    ) -> Self {
         Pending {
             entries: BTreeMap::new(),
             order: BTreeMap::new(),
@@ -115,14 +120,19 @@ impl Pending {
             (Op::Create, Some(State::Removed)) => Some(State::Replaced),
             (Op::Create, Some(s)) => Some(s),
             (Op::Modify, None) => Some(State::Modified),
-            (Op::Modify, Some(State::Renamed { from, .. })) => Some(State::Renamed { from, modified: true }),
+            (Op::Modify, Some(State::Renamed { from, .. })) => Some(State::Renamed {
+                from,
+                modified: true,
+            }),
             (Op::Modify, Some(s)) => Some(s),
             (Op::Remove, old) => {
                 if is_dir {
                     self.cancel_children(path, now);
                 }
                 match old {
-                    None | Some(State::Modified | State::Removed | State::Replaced) => Some(State::Removed),
+                    None | Some(State::Modified | State::Removed | State::Replaced) => {
+                        Some(State::Removed)
+                    }
                     Some(State::Created) => None,
                     Some(State::Renamed { from, .. }) => {
                         self.remove_entry(path);
@@ -155,7 +165,10 @@ impl Pending {
         }
         let src = self.remove_entry(from);
         let dst = self.remove_entry(to);
-        if let Some(State::Renamed { from: overwritten, .. }) = dst.as_ref().map(|e| &e.state) {
+        if let Some(State::Renamed {
+            from: overwritten, ..
+        }) = dst.as_ref().map(|e| &e.state)
+        {
             // The content that had moved to `to` is gone: its origin is simply removed.
             let overwritten = overwritten.clone();
             self.earlier_removal(&overwritten, is_dir, now);
@@ -165,14 +178,29 @@ impl Pending {
         // A chain keeps the sequence number of its first rename: that is when the origin vanished.
         let mut keep_seq = None;
         let state = match src.map(|e| (e.state, e.seq)) {
-            None | Some((State::Removed, _)) => State::Renamed { from: from.to_path_buf(), modified: false },
-            Some((State::Modified, _)) => State::Renamed { from: from.to_path_buf(), modified: true },
-            Some((State::Renamed { from: origin, modified }, seq)) => {
+            None | Some((State::Removed, _)) => State::Renamed {
+                from: from.to_path_buf(),
+                modified: false,
+            },
+            Some((State::Modified, _)) => State::Renamed {
+                from: from.to_path_buf(),
+                modified: true,
+            },
+            Some((
+                State::Renamed {
+                    from: origin,
+                    modified,
+                },
+                seq,
+            )) => {
                 keep_seq = Some(seq);
                 if origin == to {
                     State::Modified
                 } else {
-                    State::Renamed { from: origin, modified }
+                    State::Renamed {
+                        from: origin,
+                        modified,
+                    }
                 }
             }
             Some((s @ (State::Created | State::Replaced), _)) => {
@@ -192,7 +220,16 @@ impl Pending {
         if let State::Renamed { from: origin, .. } = &state {
             self.origins.insert(origin.clone(), to.to_path_buf());
         }
-        self.insert(to, Entry { state, is_dir, seq, first, last: now });
+        self.insert(
+            to,
+            Entry {
+                state,
+                is_dir,
+                seq,
+                first,
+                last: now,
+            },
+        );
         if is_dir {
             self.rekey_children(from, to, now);
         }
@@ -209,20 +246,35 @@ impl Pending {
             dropped.push((path.to_path_buf(), e));
         }
         for (_, e) in dropped {
-            if let State::Renamed { from, .. } = e.state {
-                if !from.starts_with(path) {
-                    self.earlier_removal(&from, e.is_dir, now);
-                }
+            if let State::Renamed { from, .. } = e.state
+                && !from.starts_with(path)
+            {
+                self.earlier_removal(&from, e.is_dir, now);
             }
         }
         let seq = self.take_seq();
-        self.insert(path, Entry { state: State::Rescan(reason), is_dir: true, seq, first: now, last: now });
+        self.insert(
+            path,
+            Entry {
+                state: State::Rescan(reason),
+                is_dir: true,
+                seq,
+                first: now,
+                last: now,
+            },
+        );
         self.enforce_cap(now);
     }
 
     /// Takes every entry due at `now`, with every entry that must be applied before them.
     pub(crate) fn take_due(&mut self, now: Instant) -> Vec<Item> {
-        let Some(max_seq) = self.due.iter().take_while(|(t, _)| *t <= now).map(|(_, s)| *s).max() else {
+        let Some(max_seq) = self
+            .due
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, s)| *s)
+            .max()
+        else {
             return Vec::new();
         };
         let seqs: Vec<u64> = self.order.range(..=max_seq).map(|(s, _)| *s).collect();
@@ -233,9 +285,17 @@ impl Pending {
         let mut items = Vec::with_capacity(seqs.len());
         for seq in seqs {
             let path = self.order[&seq].clone();
-            let Some(entry) = self.remove_entry(&path) else { continue };
+            let Some(entry) = self.remove_entry(&path) else {
+                continue;
+            };
             let is_dir = entry.is_dir;
-            let change = |kind| Item::Change(Change { path: path.clone(), kind, is_dir });
+            let change = |kind| {
+                Item::Change(Change {
+                    path: path.clone(),
+                    kind,
+                    is_dir,
+                })
+            };
             match entry.state {
                 State::Created => items.push(change(ChangeKind::Created)),
                 State::Modified => items.push(change(ChangeKind::Modified)),
@@ -251,7 +311,10 @@ impl Pending {
                         items.push(change(ChangeKind::Modified));
                     }
                 }
-                State::Rescan(reason) => items.push(Item::Rescan(Rescan { path: path.clone(), reason })),
+                State::Rescan(reason) => items.push(Item::Rescan(Rescan {
+                    path: path.clone(),
+                    reason,
+                })),
             }
         }
         items
@@ -264,7 +327,15 @@ impl Pending {
         }
         let covering = path
             .ancestors()
-            .find(|a| matches!(self.entries.get(*a), Some(Entry { state: State::Rescan(_), .. })))
+            .find(|a| {
+                matches!(
+                    self.entries.get(*a),
+                    Some(Entry {
+                        state: State::Rescan(_),
+                        ..
+                    })
+                )
+            })
             .map(Path::to_path_buf);
         match covering {
             Some(r) => {
@@ -278,7 +349,11 @@ impl Pending {
     /// The content that had been moved away from `origin` is gone: `origin` is removed, before
     /// whatever is pending at it now.
     fn earlier_removal(&mut self, origin: &Path, is_dir: bool, now: Instant) {
-        if self.origins.get(origin).is_some_and(|p| !self.entries.contains_key(p)) {
+        if self
+            .origins
+            .get(origin)
+            .is_some_and(|p| !self.entries.contains_key(p))
+        {
             self.origins.remove(origin);
         }
         if self.absorbed(origin, now) {
@@ -295,10 +370,10 @@ impl Pending {
     /// A directory was removed: what was pending inside it no longer matters.
     fn cancel_children(&mut self, dir: &Path, now: Instant) {
         for (_, e) in self.remove_subtree(dir) {
-            if let State::Renamed { from, .. } = e.state {
-                if !from.starts_with(dir) {
-                    self.earlier_removal(&from, e.is_dir, now);
-                }
+            if let State::Renamed { from, .. } = e.state
+                && !from.starts_with(dir)
+            {
+                self.earlier_removal(&from, e.is_dir, now);
             }
         }
     }
@@ -325,8 +400,14 @@ impl Pending {
     /// Keeps memory bounded: past the cap, the busiest subtree becomes one rescan.
     fn enforce_cap(&mut self, now: Instant) {
         while self.entries.len() > self.cap {
-            let Some(target) = self.busiest_subtree() else { return };
-            log::debug!("pending cap {} reached: {} becomes a rescan", self.cap, target.display());
+            let Some(target) = self.busiest_subtree() else {
+                return;
+            };
+            log::debug!(
+                "pending cap {} reached: {} becomes a rescan",
+                self.cap,
+                target.display()
+            );
             self.collapses += 1;
             self.rescan(&target, RescanReason::PendingCap, now);
         }
@@ -336,7 +417,11 @@ impl Pending {
     fn busiest_subtree(&self) -> Option<PathBuf> {
         let mut counts: HashMap<&Path, usize> = HashMap::new();
         for path in self.entries.keys() {
-            let root = self.roots.iter().filter(|r| path.starts_with(r)).max_by_key(|r| r.as_os_str().len());
+            let root = self
+                .roots
+                .iter()
+                .filter(|r| path.starts_with(r))
+                .max_by_key(|r| r.as_os_str().len());
             for a in path.ancestors().skip(1) {
                 if root.is_some_and(|r| !a.starts_with(r)) || a.as_os_str().is_empty() {
                     break;
@@ -353,7 +438,12 @@ impl Pending {
             .filter(|(_, n)| **n >= half)
             .max_by_key(|(p, n)| (p.components().count(), **n))
             .map(|(p, _)| p.to_path_buf());
-        deepest_busy.or_else(|| counts.iter().max_by_key(|(_, n)| **n).map(|(p, _)| p.to_path_buf()))
+        deepest_busy.or_else(|| {
+            counts
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(p, _)| p.to_path_buf())
+        })
     }
 
     /// Sets the state of `path`, creating its entry (with a new sequence number) if needed.
@@ -369,7 +459,16 @@ impl Pending {
             self.due.insert((new_due, seq));
         } else {
             let seq = seq.unwrap_or_else(|| self.take_seq());
-            self.insert(path, Entry { state, is_dir, seq, first: now, last: now });
+            self.insert(
+                path,
+                Entry {
+                    state,
+                    is_dir,
+                    seq,
+                    first: now,
+                    last: now,
+                },
+            );
         }
     }
 
@@ -390,20 +489,26 @@ impl Pending {
 
     fn insert(&mut self, path: &Path, entry: Entry) {
         if let Some(old) = self.remove_entry(path) {
-            log::trace!("replacing pending entry {:?} at {}", old.state, path.display());
+            log::trace!(
+                "replacing pending entry {:?} at {}",
+                old.state,
+                path.display()
+            );
         }
         if matches!(entry.state, State::Rescan(_)) {
             self.rescans += 1;
         }
         self.order.insert(entry.seq, path.to_path_buf());
-        self.due.insert((due_of(&entry, self.quiet, self.max_wait), entry.seq));
+        self.due
+            .insert((due_of(&entry, self.quiet, self.max_wait), entry.seq));
         self.entries.insert(path.to_path_buf(), entry);
     }
 
     fn remove_entry(&mut self, path: &Path) -> Option<Entry> {
         let e = self.entries.remove(path)?;
         self.order.remove(&e.seq);
-        self.due.remove(&(due_of(&e, self.quiet, self.max_wait), e.seq));
+        self.due
+            .remove(&(due_of(&e, self.quiet, self.max_wait), e.seq));
         match &e.state {
             State::Rescan(_) => self.rescans -= 1,
             State::Renamed { from, .. } if self.origins.get(from).is_some_and(|p| p == path) => {

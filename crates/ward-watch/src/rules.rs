@@ -33,13 +33,28 @@ impl IgnoreRules {
     ///
     /// # Errors
     /// [`Error::Glob`] if a glob does not parse.
-    pub fn new(roots: Vec<PathBuf>, globs: &[String], file_name: Option<OsString>) -> Result<Self, Error> {
+    pub fn new(
+        roots: Vec<PathBuf>,
+        globs: &[String],
+        file_name: Option<OsString>,
+    ) -> Result<Self, Error> {
         let mut set = GlobSetBuilder::new();
         for g in globs {
-            set.add(Glob::new(g).map_err(|source| Error::Glob { glob: g.clone(), source })?);
+            set.add(Glob::new(g).map_err(|source| Error::Glob {
+                glob: g.clone(),
+                source,
+            })?);
         }
-        let globs = set.build().map_err(|source| Error::Glob { glob: globs.join(", "), source })?;
-        Ok(IgnoreRules { roots, globs, file_name, files: RwLock::new(HashMap::new()) })
+        let globs = set.build().map_err(|source| Error::Glob {
+            glob: globs.join(", "),
+            source,
+        })?;
+        Ok(IgnoreRules {
+            roots,
+            globs,
+            file_name,
+            files: RwLock::new(HashMap::new()),
+        })
     }
 
     /// The roots these rules apply to.
@@ -58,14 +73,20 @@ impl IgnoreRules {
 
     /// Whether `path` is the ignore file of its directory.
     pub fn is_ignore_file(&self, path: &Path) -> bool {
-        self.file_name.as_deref().is_some_and(|n| path.file_name() == Some(n))
+        self.file_name
+            .as_deref()
+            .is_some_and(|n| path.file_name() == Some(n))
     }
 
     /// Whether `path` (a directory if `is_dir`) is ignored. A root is never ignored, and a path
     /// outside every root always is.
     pub fn is_ignored(&self, path: &Path, is_dir: bool) -> bool {
-        let Some(root) = self.root_of(path) else { return true };
-        let Ok(rel) = path.strip_prefix(root) else { return true };
+        let Some(root) = self.root_of(path) else {
+            return true;
+        };
+        let Ok(rel) = path.strip_prefix(root) else {
+            return true;
+        };
         if rel.as_os_str().is_empty() {
             return false;
         }
@@ -100,7 +121,9 @@ impl IgnoreRules {
     /// [`Error::IgnoreFile`] if the file exists but part of it cannot be read or parsed; the lines
     /// that parsed still apply.
     pub fn load_dir(&self, dir: &Path) -> Result<bool, Error> {
-        let Some(name) = &self.file_name else { return Ok(false) };
+        let Some(name) = &self.file_name else {
+            return Ok(false);
+        };
         let path = dir.join(name);
         let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
         if !path.is_file() {
@@ -108,7 +131,10 @@ impl IgnoreRules {
         }
         let mut builder = GitignoreBuilder::new(dir);
         let partial = builder.add(&path);
-        let gi = builder.build().map_err(|source| Error::IgnoreFile { path: path.clone(), source })?;
+        let gi = builder.build().map_err(|source| Error::IgnoreFile {
+            path: path.clone(),
+            source,
+        })?;
         files.insert(dir.to_path_buf(), gi);
         match partial {
             Some(source) => Err(Error::IgnoreFile { path, source }),

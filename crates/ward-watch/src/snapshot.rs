@@ -24,9 +24,19 @@ impl Meta {
     fn of(m: &fs::Metadata) -> Meta {
         if m.is_dir() {
             // A directory's own size and times change with its entries, which are reported themselves.
-            return Meta { is_dir: true, len: 0, mtime: None, inode: 0 };
+            return Meta {
+                is_dir: true,
+                len: 0,
+                mtime: None,
+                inode: 0,
+            };
         }
-        Meta { is_dir: false, len: m.len(), mtime: m.modified().ok(), inode: inode(m) }
+        Meta {
+            is_dir: false,
+            len: m.len(),
+            mtime: m.modified().ok(),
+            inode: inode(m),
+        }
     }
 }
 
@@ -57,7 +67,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// An empty snapshot using `rules` (take them from [`Watcher::ignore_rules`](crate::Watcher::ignore_rules)).
     pub fn new(rules: Arc<IgnoreRules>) -> Self {
-        Snapshot { rules, entries: BTreeMap::new() }
+        Snapshot {
+            rules,
+            entries: BTreeMap::new(),
+        }
     }
 
     /// A snapshot of every root of `rules`, as on disk now.
@@ -115,8 +128,15 @@ impl Snapshot {
                 let moved = self.take_subtree(from);
                 self.remove_subtree(&change.path);
                 for (p, m) in moved {
-                    let rest = p.strip_prefix(from).map(Path::to_path_buf).unwrap_or_default();
-                    let to = if rest.as_os_str().is_empty() { change.path.clone() } else { change.path.join(rest) };
+                    let rest = p
+                        .strip_prefix(from)
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default();
+                    let to = if rest.as_os_str().is_empty() {
+                        change.path.clone()
+                    } else {
+                        change.path.join(rest)
+                    };
                     self.entries.insert(to, m);
                 }
                 self.refresh(&change.path);
@@ -131,14 +151,20 @@ impl Snapshot {
     /// inode changed. A path whose kind changed (file ↔ directory) is removed then created.
     pub fn rescan(&mut self, path: &Path) -> Vec<Change> {
         let mut disk = BTreeMap::new();
-        if let Ok(m) = fs::symlink_metadata(path) {
-            if !self.rules.is_ignored(path, m.is_dir()) && self.rules.root_of(path).is_some() {
-                disk.insert(path.to_path_buf(), Meta::of(&m));
-                if m.is_dir() {
-                    walk(&self.rules, path, |_| true, |p, m| {
+        if let Ok(m) = fs::symlink_metadata(path)
+            && !self.rules.is_ignored(path, m.is_dir())
+            && self.rules.root_of(path).is_some()
+        {
+            disk.insert(path.to_path_buf(), Meta::of(&m));
+            if m.is_dir() {
+                walk(
+                    &self.rules,
+                    path,
+                    |_| true,
+                    |p, m| {
                         disk.insert(p.to_path_buf(), Meta::of(m));
-                    });
-                }
+                    },
+                );
             }
         }
         let old = self.take_subtree(path);
@@ -161,7 +187,9 @@ impl Snapshot {
                         removed_dir = Some(p.clone());
                     }
                 }
-                Some(d) if d != m => changes.push(Change::new(p.clone(), ChangeKind::Modified, false)),
+                Some(d) if d != m => {
+                    changes.push(Change::new(p.clone(), ChangeKind::Modified, false))
+                }
                 Some(_) => {}
             }
         }
@@ -179,10 +207,11 @@ impl Snapshot {
         match fs::symlink_metadata(path) {
             Ok(m) if !self.rules.is_ignored(path, m.is_dir()) => {
                 let meta = Meta::of(&m);
-                if let Some(old) = self.entries.insert(path.to_path_buf(), meta) {
-                    if old.is_dir && !meta.is_dir {
-                        self.remove_children(path);
-                    }
+                if let Some(old) = self.entries.insert(path.to_path_buf(), meta)
+                    && old.is_dir
+                    && !meta.is_dir
+                {
+                    self.remove_children(path);
                 }
             }
             // Gone (or ignored) by now: a later change says so; until then, mirror the disk.

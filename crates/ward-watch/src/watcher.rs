@@ -190,7 +190,11 @@ impl WatcherBuilder {
             .iter()
             .map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()))
             .collect();
-        let rules = Arc::new(IgnoreRules::new(roots.clone(), &self.ignore_globs, self.ignore_file.clone())?);
+        let rules = Arc::new(IgnoreRules::new(
+            roots.clone(),
+            &self.ignore_globs,
+            self.ignore_file.clone(),
+        )?);
         let (raw_tx, raw_rx) = crossbeam_channel::bounded(self.event_buffer);
         let (out_tx, out_rx) = crossbeam_channel::bounded(self.channel_capacity);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
@@ -207,9 +211,20 @@ impl WatcherBuilder {
                 native_limit: self.native_watch_limit,
                 polled_roots: HashSet::new(),
                 poll_interval: self.poll_interval,
-                handler: Handler { tx: raw_tx, lost: lost.clone(), stats: stats.clone() },
+                handler: Handler {
+                    tx: raw_tx,
+                    lost: lost.clone(),
+                    stats: stats.clone(),
+                },
             },
-            roots: roots.iter().map(|p| RootState { path: p.clone(), present: true, reported_limit: false }).collect(),
+            roots: roots
+                .iter()
+                .map(|p| RootState {
+                    path: p.clone(),
+                    present: true,
+                    reported_limit: false,
+                })
+                .collect(),
             rules: rules.clone(),
             lost,
             held_from: None,
@@ -226,7 +241,13 @@ impl WatcherBuilder {
             .map_err(Error::Spawn)?;
         // The thread says when its initial watches are in place (or it died trying).
         let _ = ready_rx.recv();
-        Ok(Watcher { batches: out_rx, rules, stats, stop: Some(stop_tx), thread: Some(thread) })
+        Ok(Watcher {
+            batches: out_rx,
+            rules,
+            stats,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -277,10 +298,10 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                log::error!("the ward-watch thread panicked");
-            }
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            log::error!("the ward-watch thread panicked");
         }
     }
 }
@@ -326,7 +347,11 @@ struct Handler {
 
 impl Handler {
     fn handle(&self, ev: notify::Result<Event>) {
-        if let Ok(Event { kind: EventKind::Access(_), .. }) = ev {
+        if let Ok(Event {
+            kind: EventKind::Access(_),
+            ..
+        }) = ev
+        {
             // Opens and closes change nothing; keep them out of the buffer.
             return;
         }
@@ -384,7 +409,9 @@ impl Watches {
             let w = self.native.as_mut().expect("checked above");
             match w.watch(dir, RecursiveMode::NonRecursive) {
                 Ok(()) => self.native_count += 1,
-                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => return Err(WatchFailure::Limit),
+                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                    return Err(WatchFailure::Limit);
+                }
                 Err(e) if is_enospc(&e) => return Err(WatchFailure::Limit),
                 Err(e) => return Err(WatchFailure::Other(e)),
             }
@@ -392,11 +419,13 @@ impl Watches {
             if self.poll.is_none() {
                 let h = self.handler.clone();
                 let config = notify::Config::default().with_poll_interval(self.poll_interval);
-                let w = PollWatcher::new(move |ev| h.handle(ev), config).map_err(WatchFailure::Other)?;
+                let w = PollWatcher::new(move |ev| h.handle(ev), config)
+                    .map_err(WatchFailure::Other)?;
                 self.poll = Some(w);
             }
             let w = self.poll.as_mut().expect("created above");
-            w.watch(dir, RecursiveMode::NonRecursive).map_err(WatchFailure::Other)?;
+            w.watch(dir, RecursiveMode::NonRecursive)
+                .map_err(WatchFailure::Other)?;
         }
         self.watched.insert(dir.to_path_buf(), native);
         Ok(())
@@ -404,14 +433,22 @@ impl Watches {
 
     /// Stops watching `dir` and everything under it.
     fn forget_subtree(&mut self, dir: &Path) {
-        let keys: Vec<PathBuf> = self.watched.range::<Path, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded)).map(|(p, _)| p).take_while(|p| p.starts_with(dir)).cloned().collect();
+        let keys: Vec<PathBuf> = self
+            .watched
+            .range::<Path, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
+            .map(|(p, _)| p)
+            .take_while(|p| p.starts_with(dir))
+            .cloned()
+            .collect();
         for k in keys {
             self.unwatch(&k);
         }
     }
 
     fn unwatch(&mut self, dir: &Path) {
-        let Some(native) = self.watched.remove(dir) else { return };
+        let Some(native) = self.watched.remove(dir) else {
+            return;
+        };
         let result = if native {
             self.native_count -= 1;
             self.native.as_mut().map(|w| w.unwatch(dir))
@@ -427,7 +464,10 @@ impl Watches {
 
 impl std::fmt::Debug for Watches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watches").field("watched", &self.watched.len()).field("native", &self.native_count).finish()
+        f.debug_struct("Watches")
+            .field("watched", &self.watched.len())
+            .field("native", &self.native_count)
+            .finish()
     }
 }
 
@@ -479,13 +519,20 @@ impl Worker {
             if self.roots.iter().any(|r| !r.present) {
                 deadlines.push(self.next_root_check);
             }
-            let timeout = deadlines.into_iter().min().map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(now));
+            let timeout = deadlines
+                .into_iter()
+                .min()
+                .map_or(Duration::from_secs(3600), |d| {
+                    d.saturating_duration_since(now)
+                });
 
             let mut sel = Select::new();
             let i_raw = sel.recv(&raw);
             let i_stop = sel.recv(&stop);
             let i_out = has_output.then(|| sel.send(&out));
-            let Ok(op) = sel.select_timeout(timeout) else { continue };
+            let Ok(op) = sel.select_timeout(timeout) else {
+                continue;
+            };
             match op.index() {
                 i if i == i_raw => {
                     let Ok(ev) = op.recv(&raw) else { return };
@@ -520,8 +567,12 @@ impl Worker {
         let n = self.pending.len();
         self.stats.pending.store(n, Ordering::Relaxed);
         self.stats.peak_pending.fetch_max(n, Ordering::Relaxed);
-        self.stats.collapses.store(self.pending.collapses(), Ordering::Relaxed);
-        self.stats.watches.store(self.watches.watched.len(), Ordering::Relaxed);
+        self.stats
+            .collapses
+            .store(self.pending.collapses(), Ordering::Relaxed);
+        self.stats
+            .watches
+            .store(self.watches.watched.len(), Ordering::Relaxed);
     }
 
     fn take_batch(&mut self, now: Instant) -> Batch {
@@ -567,7 +618,9 @@ impl Worker {
     /// so that nothing created in it is missed; with `record`, everything found is recorded as
     /// created. Returns the directories it watched.
     fn watch_tree(&mut self, top: &Path, record: bool, now: Instant) -> HashSet<PathBuf> {
-        let Some(root) = self.rules.root_of(top).map(Path::to_path_buf) else { return HashSet::new() };
+        let Some(root) = self.rules.root_of(top).map(Path::to_path_buf) else {
+            return HashSet::new();
+        };
         let mut limit_hit = false;
         let mut failures = Vec::new();
         let mut seen = HashSet::new();
@@ -590,7 +643,10 @@ impl Worker {
                     if !matches!(&e.kind, notify::ErrorKind::PathNotFound)
                         && !matches!(&e.kind, notify::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::NotFound)
                     {
-                        failures.push(Error::Watch { path: dir.to_path_buf(), source: e });
+                        failures.push(Error::Watch {
+                            path: dir.to_path_buf(),
+                            source: e,
+                        });
                     }
                     // Still listed: what is in it now is reported, even if later changes cannot be.
                     true
@@ -613,19 +669,31 @@ impl Worker {
 
     /// The kernel refused a watch under `root`: say so with numbers, and poll it if allowed.
     fn out_of_watches(&mut self, root: &Path, now: Instant) {
-        let Some(i) = self.roots.iter().position(|r| r.path == root) else { return };
+        let Some(i) = self.roots.iter().position(|r| r.path == root) else {
+            return;
+        };
         if self.watches.polled_roots.contains(root) {
             return;
         }
         let mut needed = 0;
-        walk(&self.rules.clone(), root, |_| {
-            needed += 1;
-            true
-        }, |_, _| {});
+        walk(
+            &self.rules.clone(),
+            root,
+            |_| {
+                needed += 1;
+                true
+            },
+            |_, _| {},
+        );
         let polling = self.poll_fallback;
         if !self.roots[i].reported_limit || polling {
             self.roots[i].reported_limit = true;
-            self.notice(Error::TooManyWatches { root: root.to_path_buf(), needed, limit: max_user_watches(), polling });
+            self.notice(Error::TooManyWatches {
+                root: root.to_path_buf(),
+                needed,
+                limit: max_user_watches(),
+                polling,
+            });
         }
         if polling {
             self.watches.forget_subtree(root);
@@ -639,7 +707,12 @@ impl Worker {
     fn overflow(&mut self, reason: RescanReason) {
         let now = Instant::now();
         self.held_from = None;
-        let roots: Vec<PathBuf> = self.roots.iter().filter(|r| r.present).map(|r| r.path.clone()).collect();
+        let roots: Vec<PathBuf> = self
+            .roots
+            .iter()
+            .filter(|r| r.present)
+            .map(|r| r.path.clone())
+            .collect();
         for root in roots {
             self.pending.rescan(&root, reason, now);
             self.resync(&root, now);
@@ -680,7 +753,9 @@ impl Worker {
     }
 
     fn root_gone(&mut self, root: &Path, now: Instant) {
-        let Some(i) = self.roots.iter().position(|r| r.path == root) else { return };
+        let Some(i) = self.roots.iter().position(|r| r.path == root) else {
+            return;
+        };
         if !self.roots[i].present {
             return;
         }
@@ -689,7 +764,9 @@ impl Worker {
         self.watches.forget_subtree(root);
         self.rules.forget_subtree(root);
         self.pending.record(root, Op::Remove, true, now);
-        self.notice(Error::RootGone { path: root.to_path_buf() });
+        self.notice(Error::RootGone {
+            path: root.to_path_buf(),
+        });
     }
 
     fn is_root(&self, path: &Path) -> bool {
@@ -706,14 +783,13 @@ impl Worker {
             log::warn!("ward-watch: the kernel's event queue overflowed; rescanning the roots");
             return self.overflow(RescanReason::KernelOverflow);
         }
-        if let EventKind::Modify(ModifyKind::Name(RenameMode::To)) = ev.kind {
-            if let (Some((from, tracker, _)), Some(to)) = (&self.held_from, ev.paths.first()) {
-                if ev.tracker() == Some(*tracker) {
-                    let (from, to) = (from.clone(), to.clone());
-                    self.held_from = None;
-                    return self.renamed(&from, &to, now);
-                }
-            }
+        if let EventKind::Modify(ModifyKind::Name(RenameMode::To)) = ev.kind
+            && let (Some((from, tracker, _)), Some(to)) = (&self.held_from, ev.paths.first())
+            && ev.tracker() == Some(*tracker)
+        {
+            let (from, to) = (from.clone(), to.clone());
+            self.held_from = None;
+            return self.renamed(&from, &to, now);
         }
         self.flush_held_from(now, true);
         for path in &ev.paths {
@@ -733,7 +809,9 @@ impl Worker {
                     None if self.is_root(path) => self.root_gone(path, now),
                     None => {}
                 },
-                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => self.created(path, is_dir_now(path), now),
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                    self.created(path, is_dir_now(path), now)
+                }
                 EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {}
                 EventKind::Modify(ModifyKind::Name(_)) => {
                     if path.symlink_metadata().is_ok() {
@@ -744,7 +822,8 @@ impl Worker {
                 }
                 EventKind::Modify(_) => self.modified(path, now),
                 EventKind::Remove(kind) => {
-                    let is_dir = kind == RemoveKind::Folder || self.watches.watched.contains_key(path);
+                    let is_dir =
+                        kind == RemoveKind::Folder || self.watches.watched.contains_key(path);
                     self.removed(path, is_dir, now);
                 }
                 EventKind::Access(_) | EventKind::Any | EventKind::Other => {}
@@ -754,13 +833,13 @@ impl Worker {
 
     /// A rename's first half that found no second half is a move out of the watched tree.
     fn flush_held_from(&mut self, now: Instant, force: bool) {
-        if let Some((from, _, t)) = &self.held_from {
-            if force || now >= *t + RENAME_PAIRING {
-                let from = from.clone();
-                self.held_from = None;
-                let is_dir = self.watches.watched.contains_key(&from);
-                self.removed(&from, is_dir, now);
-            }
+        if let Some((from, _, t)) = &self.held_from
+            && (force || now >= *t + RENAME_PAIRING)
+        {
+            let from = from.clone();
+            self.held_from = None;
+            let is_dir = self.watches.watched.contains_key(&from);
+            self.removed(&from, is_dir, now);
         }
     }
 
@@ -810,7 +889,10 @@ impl Worker {
 
     fn renamed(&mut self, from: &Path, to: &Path, now: Instant) {
         let is_dir = self.watches.watched.contains_key(from) || is_dir_now(to);
-        match (self.rules.is_ignored(from, is_dir), self.rules.is_ignored(to, is_dir)) {
+        match (
+            self.rules.is_ignored(from, is_dir),
+            self.rules.is_ignored(to, is_dir),
+        ) {
             (true, true) => return,
             (true, false) => return self.created(to, is_dir, now),
             (false, true) => return self.removed(from, is_dir, now),
@@ -842,7 +924,8 @@ impl Worker {
         }
         let dir = dir.to_path_buf();
         self.resync(&dir, now);
-        self.pending.rescan(&dir, RescanReason::IgnoreRulesChanged, now);
+        self.pending
+            .rescan(&dir, RescanReason::IgnoreRulesChanged, now);
     }
 }
 
@@ -852,7 +935,11 @@ fn is_dir_now(path: &Path) -> bool {
 
 #[cfg(target_os = "linux")]
 fn max_user_watches() -> Option<u64> {
-    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches").ok()?.trim().parse().ok()
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -6,7 +6,10 @@ const QUIET: Duration = Duration::from_millis(50);
 const MAX_WAIT: Duration = Duration::from_secs(1);
 
 fn pending(cap: usize) -> (Pending, Instant) {
-    (Pending::new(QUIET, MAX_WAIT, cap, vec![PathBuf::from("/r")]), Instant::now())
+    (
+        Pending::new(QUIET, MAX_WAIT, cap, vec![PathBuf::from("/r")]),
+        Instant::now(),
+    )
 }
 
 fn ms(n: u64) -> Duration {
@@ -18,19 +21,26 @@ fn changes(items: &[Item]) -> Vec<(String, String)> {
         .iter()
         .map(|i| match i {
             Item::Change(c) => match &c.kind {
-                ChangeKind::Renamed { from } => {
-                    (format!("renamed {}", from.display()), c.path.display().to_string())
-                }
+                ChangeKind::Renamed { from } => (
+                    format!("renamed {}", from.display()),
+                    c.path.display().to_string(),
+                ),
                 k => (k.name().to_string(), c.path.display().to_string()),
             },
-            Item::Rescan(r) => (format!("rescan {}", r.reason.name()), r.path.display().to_string()),
+            Item::Rescan(r) => (
+                format!("rescan {}", r.reason.name()),
+                r.path.display().to_string(),
+            ),
             Item::Error(e) => ("error".to_string(), e.to_string()),
         })
         .collect()
 }
 
 fn expect(items: &[Item], want: &[(&str, &str)]) {
-    let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     assert_eq!(changes(items), want);
 }
 
@@ -63,21 +73,68 @@ fn run(events: &[Ev]) -> Vec<Item> {
     items
 }
 
+/// A rule's name, its events, and the changes it must come out as.
+type Case = (&'static str, Vec<Ev>, Vec<(&'static str, &'static str)>);
+
 #[test]
 fn coalescing_rules() {
     use Ev::*;
-    let cases: Vec<(&str, Vec<Ev>, Vec<(&str, &str)>)> = vec![
-        ("create+modify is created", vec![C("/r/a"), M("/r/a"), M("/r/a")], vec![("created", "/r/a")]),
-        ("create+remove is nothing", vec![C("/r/a"), M("/r/a"), R("/r/a")], vec![]),
-        ("modify+remove is removed", vec![M("/r/a"), R("/r/a")], vec![("removed", "/r/a")]),
-        ("remove+create is modified", vec![R("/r/a"), C("/r/a"), M("/r/a")], vec![("modified", "/r/a")]),
-        ("a rename", vec![Mv("/r/a", "/r/b")], vec![("renamed /r/a", "/r/b")]),
-        ("rename chain collapses", vec![Mv("/r/a", "/r/b"), Mv("/r/b", "/r/c")], vec![("renamed /r/a", "/r/c")]),
-        ("rename there and back is modified", vec![Mv("/r/a", "/r/b"), Mv("/r/b", "/r/a")], vec![("modified", "/r/a")]),
-        ("modify then rename", vec![M("/r/a"), Mv("/r/a", "/r/b")], vec![("renamed /r/a", "/r/b"), ("modified", "/r/b")]),
-        ("rename then modify", vec![Mv("/r/a", "/r/b"), M("/r/b")], vec![("renamed /r/a", "/r/b"), ("modified", "/r/b")]),
-        ("rename then remove is removed origin", vec![Mv("/r/a", "/r/b"), R("/r/b")], vec![("removed", "/r/a")]),
-        ("a new file renamed onto an untouched path is modified", vec![C("/r/a"), Mv("/r/a", "/r/b")], vec![("modified", "/r/b")]),
+    let cases: Vec<Case> = vec![
+        (
+            "create+modify is created",
+            vec![C("/r/a"), M("/r/a"), M("/r/a")],
+            vec![("created", "/r/a")],
+        ),
+        (
+            "create+remove is nothing",
+            vec![C("/r/a"), M("/r/a"), R("/r/a")],
+            vec![],
+        ),
+        (
+            "modify+remove is removed",
+            vec![M("/r/a"), R("/r/a")],
+            vec![("removed", "/r/a")],
+        ),
+        (
+            "remove+create is modified",
+            vec![R("/r/a"), C("/r/a"), M("/r/a")],
+            vec![("modified", "/r/a")],
+        ),
+        (
+            "a rename",
+            vec![Mv("/r/a", "/r/b")],
+            vec![("renamed /r/a", "/r/b")],
+        ),
+        (
+            "rename chain collapses",
+            vec![Mv("/r/a", "/r/b"), Mv("/r/b", "/r/c")],
+            vec![("renamed /r/a", "/r/c")],
+        ),
+        (
+            "rename there and back is modified",
+            vec![Mv("/r/a", "/r/b"), Mv("/r/b", "/r/a")],
+            vec![("modified", "/r/a")],
+        ),
+        (
+            "modify then rename",
+            vec![M("/r/a"), Mv("/r/a", "/r/b")],
+            vec![("renamed /r/a", "/r/b"), ("modified", "/r/b")],
+        ),
+        (
+            "rename then modify",
+            vec![Mv("/r/a", "/r/b"), M("/r/b")],
+            vec![("renamed /r/a", "/r/b"), ("modified", "/r/b")],
+        ),
+        (
+            "rename then remove is removed origin",
+            vec![Mv("/r/a", "/r/b"), R("/r/b")],
+            vec![("removed", "/r/a")],
+        ),
+        (
+            "a new file renamed onto an untouched path is modified",
+            vec![C("/r/a"), Mv("/r/a", "/r/b")],
+            vec![("modified", "/r/b")],
+        ),
         (
             "atomic save is a modification",
             vec![C("/r/.a.swp"), M("/r/.a.swp"), Mv("/r/.a.swp", "/r/a")],
@@ -95,19 +152,37 @@ fn coalescing_rules() {
         ),
         (
             "removing a directory cancels its children",
-            vec![M("/r/d/x"), C("/r/d/y"), Cd("/r/d/e"), C("/r/d/e/z"), Rd("/r/d")],
+            vec![
+                M("/r/d/x"),
+                C("/r/d/y"),
+                Cd("/r/d/e"),
+                C("/r/d/e/z"),
+                Rd("/r/d"),
+            ],
             vec![("removed", "/r/d")],
         ),
-        ("create then remove a directory with content is nothing", vec![Cd("/r/d"), C("/r/d/x"), Rd("/r/d")], vec![]),
+        (
+            "create then remove a directory with content is nothing",
+            vec![Cd("/r/d"), C("/r/d/x"), Rd("/r/d")],
+            vec![],
+        ),
         (
             "a directory removed and created again",
             vec![Rd("/r/d"), Cd("/r/d"), C("/r/d/x")],
-            vec![("removed", "/r/d"), ("created", "/r/d"), ("created", "/r/d/x")],
+            vec![
+                ("removed", "/r/d"),
+                ("created", "/r/d"),
+                ("created", "/r/d/x"),
+            ],
         ),
         (
             "renamed directory takes its pending children along, after it",
             vec![C("/r/d/x"), Mv("/r/d/y", "/r/d/z"), Mvd("/r/d", "/r/e")],
-            vec![("renamed /r/d", "/r/e"), ("created", "/r/e/x"), ("renamed /r/e/y", "/r/e/z")],
+            vec![
+                ("renamed /r/d", "/r/e"),
+                ("created", "/r/e/x"),
+                ("renamed /r/e/y", "/r/e/z"),
+            ],
         ),
         (
             "moved into a directory that is then removed: the origin is removed",
@@ -122,7 +197,10 @@ fn coalescing_rules() {
     ];
     for (name, events, want) in cases {
         let items = run(&events);
-        let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         let mut got = changes(&items);
         // Independent paths may come in either order; the rules are about what comes out.
         if !name.contains("order") && !name.contains("after") && !name.contains("again") {
@@ -143,7 +221,10 @@ fn a_path_is_due_after_its_quiet_window() {
     assert_eq!(p.next_due(), Some(t0 + QUIET));
     assert!(p.take_due(t0 + QUIET - ms(1)).is_empty());
     p.record(Path::new("/r/a"), Op::Modify, false, t0 + ms(30));
-    assert!(p.take_due(t0 + QUIET).is_empty(), "a new event restarts the quiet window");
+    assert!(
+        p.take_due(t0 + QUIET).is_empty(),
+        "a new event restarts the quiet window"
+    );
     expect(&p.take_due(t0 + ms(30) + QUIET), &[("created", "/r/a")]);
     assert_eq!(p.next_due(), None);
 }
@@ -160,7 +241,11 @@ fn a_path_that_never_goes_quiet_is_emitted_after_the_maximum_wait() {
     }
     assert!(emitted.len() >= 2, "emitted {} times in 3 s", emitted.len());
     for pair in emitted.windows(2) {
-        assert!(pair[1] - pair[0] <= MAX_WAIT + ms(10), "gap {:?}", pair[1] - pair[0]);
+        assert!(
+            pair[1] - pair[0] <= MAX_WAIT + ms(10),
+            "gap {:?}",
+            pair[1] - pair[0]
+        );
     }
     assert!(emitted[0] - t0 <= MAX_WAIT + ms(10));
 }
@@ -172,7 +257,10 @@ fn an_earlier_entry_goes_out_with_a_later_due_one() {
     p.record(Path::new("/r/d/x"), Op::Create, false, t0 + ms(1));
     // The directory keeps changing, but its child is quiet: the child may not overtake it.
     p.record(Path::new("/r/d"), Op::Modify, true, t0 + ms(40));
-    expect(&p.take_due(t0 + ms(52)), &[("created", "/r/d"), ("created", "/r/d/x")]);
+    expect(
+        &p.take_due(t0 + ms(52)),
+        &[("created", "/r/d"), ("created", "/r/d/x")],
+    );
 }
 
 #[test]
@@ -180,12 +268,23 @@ fn the_cap_collapses_the_busiest_subtree_into_a_rescan() {
     let (mut p, t0) = pending(100);
     p.record(Path::new("/r/quiet"), Op::Modify, false, t0);
     for i in 0..1000 {
-        p.record(&PathBuf::from(format!("/r/busy/sub/f{i}")), Op::Create, false, t0 + ms(1));
+        p.record(
+            &PathBuf::from(format!("/r/busy/sub/f{i}")),
+            Op::Create,
+            false,
+            t0 + ms(1),
+        );
         assert!(p.len() <= 100, "pending set over the cap: {}", p.len());
     }
     p.record(Path::new("/r/busy/sub/late"), Op::Modify, false, t0 + ms(2));
     let items = p.take_due(t0 + ms(10_000));
-    expect(&items, &[("modified", "/r/quiet"), ("rescan pending-cap", "/r/busy/sub")]);
+    expect(
+        &items,
+        &[
+            ("modified", "/r/quiet"),
+            ("rescan pending-cap", "/r/busy/sub"),
+        ],
+    );
     assert!(p.collapses() >= 1);
 }
 
@@ -201,7 +300,11 @@ fn a_rescan_absorbs_later_events_in_its_subtree_and_covers_its_root() {
     p.record_rename(Path::new("/r/a"), Path::new("/r/d/a"), false, t0 + ms(3));
     expect(
         &p.take_due(t0 + ms(10_000)),
-        &[("created", "/r/other"), ("rescan kernel-overflow", "/r/d"), ("removed", "/r/a")],
+        &[
+            ("created", "/r/other"),
+            ("rescan kernel-overflow", "/r/d"),
+            ("removed", "/r/a"),
+        ],
     );
 }
 
@@ -210,5 +313,8 @@ fn a_rescan_of_a_parent_replaces_pending_rescans_inside_it() {
     let (mut p, t0) = pending(100);
     p.rescan(Path::new("/r/a/b"), RescanReason::PendingCap, t0);
     p.rescan(Path::new("/r/a"), RescanReason::KernelOverflow, t0);
-    expect(&p.take_due(t0 + ms(10_000)), &[("rescan kernel-overflow", "/r/a")]);
+    expect(
+        &p.take_due(t0 + ms(10_000)),
+        &[("rescan kernel-overflow", "/r/a")],
+    );
 }

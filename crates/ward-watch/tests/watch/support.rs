@@ -15,7 +15,11 @@ pub fn ms(n: u64) -> Duration {
 
 /// A builder with a long quiet window, so that a test's few syscalls always fall in one window.
 pub fn builder(root: &Path) -> WatcherBuilder {
-    Watcher::builder().root(root).ignore_file(".wardignore").quiet(ms(300)).max_wait(Duration::from_secs(10))
+    Watcher::builder()
+        .root(root)
+        .ignore_file(".wardignore")
+        .quiet(ms(300))
+        .max_wait(Duration::from_secs(10))
 }
 
 pub fn write(path: impl AsRef<Path>, content: &str) {
@@ -41,12 +45,22 @@ pub struct Consumer {
 impl Consumer {
     pub fn new(watcher: Watcher) -> Self {
         let snapshot = Snapshot::of_roots(watcher.ignore_rules());
-        Consumer { watcher, changes: vec![], rescans: vec![], errors: vec![], resolved: vec![], snapshot, sentinels: 0 }
+        Consumer {
+            watcher,
+            changes: vec![],
+            rescans: vec![],
+            errors: vec![],
+            resolved: vec![],
+            snapshot,
+            sentinels: 0,
+        }
     }
 
     /// Receives and applies one batch, if one comes within `timeout`.
     pub fn pump(&mut self, timeout: Duration) -> bool {
-        let Ok(batch) = self.watcher.batches().recv_timeout(timeout) else { return false };
+        let Ok(batch) = self.watcher.batches().recv_timeout(timeout) else {
+            return false;
+        };
         for item in batch.items {
             match item {
                 Item::Change(c) => {
@@ -68,7 +82,12 @@ impl Consumer {
     pub fn until(&mut self, what: &str, mut cond: impl FnMut(&Consumer) -> bool) {
         let deadline = Instant::now() + DEADLINE;
         while !cond(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; changes: {:#?}; rescans: {:?}", self.changes, self.rescans);
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; changes: {:#?}; rescans: {:?}",
+                self.changes,
+                self.rescans
+            );
             self.pump(ms(20));
         }
     }
@@ -79,19 +98,27 @@ impl Consumer {
         self.sentinels += 1;
         let path = dir.join(format!("sentinel-{}", self.sentinels));
         write(&path, "s");
-        self.until("the sentinel", |c| c.changes.iter().any(|ch| ch.path == path) || c.rescans.iter().any(|r| r.covers(&path)));
+        self.until("the sentinel", |c| {
+            c.changes.iter().any(|ch| ch.path == path) || c.rescans.iter().any(|r| r.covers(&path))
+        });
     }
 
     /// The kinds of change delivered for `path`, in order.
     pub fn kinds(&self, path: &Path) -> Vec<ChangeKind> {
-        self.changes.iter().filter(|c| c.path == path).map(|c| c.kind.clone()).collect()
+        self.changes
+            .iter()
+            .filter(|c| c.path == path)
+            .map(|c| c.kind.clone())
+            .collect()
     }
 
     /// Every change that mentions `path` (as its path or a rename's origin).
     pub fn mentions(&self, path: &Path) -> Vec<Change> {
         self.changes
             .iter()
-            .filter(|c| c.path == path || matches!(&c.kind, ChangeKind::Renamed { from } if from == path))
+            .filter(|c| {
+                c.path == path || matches!(&c.kind, ChangeKind::Renamed { from } if from == path)
+            })
             .cloned()
             .collect()
     }
