@@ -45,7 +45,15 @@ pub fn run(mode: &str) {
         "stack_overflow" => {
             black_box(recurse(black_box(1)));
         }
-        "rlimit_as" => exhaust_address_space(),
+        "rlimit_as" => {
+            // The heartbeat thread must be running (its stacks mapped) before the cap, or its
+            // own start-up is what fails.
+            let path = heartbeat_path(&dir);
+            super::poll(Duration::from_secs(20), "the second beat", || {
+                ward_crashdiag::read_heartbeat(&path).is_ok_and(|b| b.seq >= 2)
+            });
+            exhaust_address_space();
+        }
         "idle" => idle(),
         "hang" => {
             // Let the heartbeat beat a few times, then freeze the whole process, as a process
