@@ -411,9 +411,12 @@ pub fn symbolize(report: &CrashReport) -> Result<Vec<String>> {
         .map_err(|e| Error::io("running", "addr2line", e))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut stdout = child.stdout.take().expect("stdout was piped");
-    // The output is small; read it on this thread and bound the wait afterwards.
-    let mut out = String::new();
-    let read = stdout.read_to_string(&mut out);
+    // Read on another thread so that the wait below stays bounded; killing the child closes
+    // the pipe and ends the read.
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).map(|_| out)
+    });
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => break,
@@ -425,6 +428,7 @@ pub fn symbolize(report: &CrashReport) -> Result<Vec<String>> {
             }
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             Ok(None) => {
+                // kill fails only if it just exited; wait reaps it either way.
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(Error::Sys {
@@ -435,7 +439,13 @@ pub fn symbolize(report: &CrashReport) -> Result<Vec<String>> {
             Err(e) => return Err(Error::io("waiting for", "addr2line", e)),
         }
     }
-    read.map_err(|e| Error::io("reading output of", "addr2line", e))?;
+    let out = reader
+        .join()
+        .map_err(|_| Error::Sys {
+            call: "addr2line",
+            source: std::io::Error::other("the output reader panicked"),
+        })?
+        .map_err(|e| Error::io("reading output of", "addr2line", e))?;
     Ok(out.lines().map(str::to_owned).collect())
 }
 
