@@ -135,6 +135,19 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         job
     }
 
+    /// Takes back the queued job of `key` whose token could not be sent, if it is still the one
+    /// waiting (`is_ours`); a newer job that replaced it stays.
+    pub(crate) fn withdraw(&mut self, key: &K, is_ours: impl Fn(&T) -> bool) -> Option<T> {
+        let slot = self.slots.get_mut(key)?;
+        if !slot.queued || !slot.waiting.as_ref().is_some_and(is_ours) {
+            return None;
+        }
+        slot.queued = false;
+        let job = slot.waiting.take();
+        self.remove_if_idle(key);
+        job
+    }
+
     /// A run of `key` ended. Returns the deferred job to run next (the key stays running), or
     /// releases the key. With `stop` set the deferred job is left for shutdown to collect.
     pub(crate) fn release(&mut self, key: &K, stop: bool) -> Option<T> {
@@ -256,6 +269,22 @@ mod tests {
         assert_eq!(t.len(), 0);
         assert_eq!(t.take_for_token(&"a"), None, "a stale token finds nothing");
         assert_eq!(t.evict_token(&"b"), None);
+    }
+
+    #[test]
+    fn withdrawing_takes_back_only_the_submitters_own_job() {
+        let mut t = table();
+        t.queue("a", 1);
+        assert_eq!(t.withdraw(&"a", |&j| j == 1), Some(1));
+        assert_eq!(t.len(), 0);
+        t.queue("a", 2);
+        assert_eq!(t.admit(&"a", 3), Admit::Coalesced(2));
+        assert_eq!(
+            t.withdraw(&"a", |&j| j == 2),
+            None,
+            "job 3 replaced it and stays"
+        );
+        assert_eq!(t.take_for_token(&"a"), Some(3));
     }
 
     #[test]

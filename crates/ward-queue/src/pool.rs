@@ -12,7 +12,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -198,10 +198,9 @@ struct Shared<J, K> {
     intake: RwLock<Option<Sender<Envelope<J, K>>>>,
     rx: Receiver<Envelope<J, K>>,
     paused: AtomicBool,
-    /// Blocked submitters wait here for room, resume or close.
+    /// Submitters blocked by a pause wait here for resume or close.
     gate: Mutex<()>,
     gate_cv: Condvar,
-    space_waiters: AtomicUsize,
     keys: Mutex<KeyTable<K, Task<J>>>,
     timer: Mutex<Timer<J, K>>,
     timer_cv: Condvar,
@@ -321,7 +320,6 @@ where
             paused: AtomicBool::new(false),
             gate: Mutex::new(()),
             gate_cv: Condvar::new(),
-            space_waiters: AtomicUsize::new(0),
             keys: Mutex::new(KeyTable::new()),
             timer: Mutex::new(Timer {
                 heap: BinaryHeap::new(),
@@ -679,7 +677,7 @@ where
                     let until = *until.get_or_insert_with(|| deadline_after(timeout));
                     if paused {
                         drop(intake);
-                        if !self.wait_gate(until, false) {
+                        if !self.wait_gate(until) {
                             return self.reject(Error::Timeout, envelope.into_unkeyed());
                         }
                         continue;
@@ -731,6 +729,16 @@ where
                     Err(TrySendError::Full(_)) => {}
                     Err(TrySendError::Disconnected(_)) => return self.refuse_closed(task.job),
                 }
+                if let Policy::Block { timeout } = self.config.policy {
+                    // Record the job as queued now and wait for room for its token outside
+                    // the lock. No worker can take the job before the token is sent; a newer
+                    // job of this key replaces it meanwhile and counts on this token.
+                    let id = task.id;
+                    keys.queue(key.clone(), task);
+                    drop(keys);
+                    let until = *until.get_or_insert_with(|| deadline_after(timeout));
+                    return self.send_token(tx, key, id, until);
+                }
             }
             drop(keys);
             match self.config.policy {
@@ -748,9 +756,10 @@ where
                     // Someone queued this key meanwhile: admit again, which now coalesces.
                 }
                 Policy::Block { timeout } => {
+                    // Only reached while paused.
                     drop(intake);
                     let until = *until.get_or_insert_with(|| deadline_after(timeout));
-                    if !self.wait_gate(until, !paused) {
+                    if !self.wait_gate(until) {
                         return self.reject(Error::Timeout, task);
                     }
                 }
@@ -758,19 +767,45 @@ where
         }
     }
 
-    /// Waits for room, resume or close, a slice at a time; false once `until` has passed.
-    fn wait_gate(&self, until: Option<Instant>, for_space: bool) -> bool {
-        if for_space {
-            self.space_waiters.fetch_add(1, Ordering::SeqCst);
+    /// Sends the token of job `id`, already recorded as queued under `key`, waiting for room a
+    /// slice at a time. At `until` the job is withdrawn and refused, unless a newer job of the
+    /// key has replaced it: that one was accepted and is owed this token, so the wait goes on.
+    fn send_token(
+        &self,
+        tx: &Sender<Envelope<J, K>>,
+        key: K,
+        id: JobId,
+        mut until: Option<Instant>,
+    ) -> Result<(), Error<J>> {
+        let is_ours = |task: &Task<J>| task.id == id;
+        loop {
+            let slice = Instant::now() + WAIT_SLICE * 5;
+            let limit = until.map_or(slice, |until| until.min(slice));
+            match tx.send_deadline(Envelope::Key(key.clone()), limit) {
+                Ok(()) => return Ok(()),
+                Err(SendTimeoutError::Timeout(_)) => {}
+                Err(SendTimeoutError::Disconnected(_)) => {
+                    let withdrawn = self.keys.lock().withdraw(&key, is_ours);
+                    return withdrawn.map_or(Ok(()), |task| self.refuse_closed(task.job));
+                }
+            }
+            if until.is_some_and(|until| Instant::now() >= until) {
+                let withdrawn = self.keys.lock().withdraw(&key, is_ours);
+                match withdrawn {
+                    Some(task) => return self.reject(Error::Timeout, task),
+                    None => until = None,
+                }
+            }
         }
+    }
+
+    /// Waits for resume or close, a slice at a time; false once `until` has passed.
+    fn wait_gate(&self, until: Option<Instant>) -> bool {
         {
             let mut gate = self.gate.lock();
             let slice = Instant::now() + WAIT_SLICE;
             let limit = until.map_or(slice, |until| until.min(slice));
             self.gate_cv.wait_until(&mut gate, limit);
-        }
-        if for_space {
-            self.space_waiters.fetch_sub(1, Ordering::SeqCst);
         }
         until.is_none_or(|until| Instant::now() < until)
     }
@@ -1063,9 +1098,6 @@ where
     K: Eq + Hash + Clone + Send + 'static,
 {
     while let Ok(envelope) = shared.rx.recv() {
-        if shared.space_waiters.load(Ordering::Relaxed) != 0 {
-            shared.wake_gate();
-        }
         if shared.stop.load(Ordering::SeqCst) {
             if let Some((task, _)) = envelope.into_parts() {
                 shared.stash.lock().push(task);

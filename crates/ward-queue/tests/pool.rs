@@ -192,6 +192,24 @@ fn block_waits_for_room_or_gives_up_at_its_timeout() {
 }
 
 #[test]
+fn a_keyed_submit_that_times_out_is_withdrawn_and_never_runs() {
+    let (gate, started, outcomes) = (Gate::default(), Arc::default(), Outcomes::default());
+    let block = Policy::Block {
+        timeout: Some(Duration::from_millis(50)),
+    };
+    let pool = blocking_pool(1, 1, block, &gate, &started, &outcomes);
+    fill(&pool, &started, 1..2);
+    match pool.submit_keyed(5, 2) {
+        Err(Error::Timeout(job)) => assert_eq!(job, 2),
+        other => panic!("expected Timeout(2), got {other:?}"),
+    }
+    assert_eq!(pool.metrics().queued, 1, "job 2 was taken back");
+    gate.open();
+    assert!(pool.shutdown(PATIENCE).is_empty());
+    assert_eq!(outcomes.completed(), [1, BLOCKER]);
+}
+
+#[test]
 fn drop_oldest_evicts_and_reports_the_oldest_queued_job() {
     let (gate, started, outcomes) = (Gate::default(), Arc::default(), Outcomes::default());
     let pool = blocking_pool(1, 2, Policy::DropOldest, &gate, &started, &outcomes);
