@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::evidence::{OomCounters, WaitOutcome, kernel_lines_about};
 use crate::heartbeat::{Heartbeat, SystemClock, boot_id, read_heartbeat};
 use crate::hook::{HookOutcome, OnCrashHook};
-use crate::record::CrashRecord;
+use crate::record::{CrashRecord, SignalEntry};
 use crate::verdict::{Findings, Verdict, classify};
 use crate::{Evidence, time};
 
@@ -62,6 +62,10 @@ pub struct CrashReport {
     pub oom_after: Option<OomCounters>,
     /// How to symbolize the raw addresses of a native crash.
     pub symbolize_hint: Option<String>,
+    /// The frames inside the executable, symbolized by `addr2line` when the report was made
+    /// (empty if it is not installed; the reason is in `notes`).
+    #[serde(default)]
+    pub symbolized_frames: Vec<String>,
     /// What could not be read while gathering, and why.
     pub notes: Vec<String>,
 }
@@ -200,6 +204,13 @@ pub fn collect(evidence: &Evidence) -> CrashReport {
         (!offsets.is_empty())
             .then(|| format!("addr2line -C -f -i -e {} {}", s.exe, offsets.join(" ")))
     });
+    let symbolized_frames = match crash_record.as_ref().and_then(|r| r.signals().next()) {
+        Some(signal) => symbolize_entry(signal).unwrap_or_else(|e| {
+            notes.push(format!("symbolizing: {e}"));
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
     let stderr_tail = evidence
         .stderr_tail
         .as_deref()
@@ -222,6 +233,7 @@ pub fn collect(evidence: &Evidence) -> CrashReport {
         oom_before: evidence.oom_before,
         oom_after: evidence.oom_after,
         symbolize_hint,
+        symbolized_frames,
         notes,
     }
 }
@@ -390,13 +402,17 @@ pub fn read_report(path: &Path) -> Result<CrashReport> {
 /// [`Error::Io`] if `addr2line` cannot be started, [`Error::Sys`] if it fails or takes more
 /// than ten seconds.
 pub fn symbolize(report: &CrashReport) -> Result<Vec<String>> {
-    let Some(signal) = report
+    match report
         .crash_record
         .as_ref()
         .and_then(|r| r.signals().next())
-    else {
-        return Ok(Vec::new());
-    };
+    {
+        Some(signal) => symbolize_entry(signal),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn symbolize_entry(signal: &SignalEntry) -> Result<Vec<String>> {
     let offsets = signal.exe_offsets();
     if offsets.is_empty() {
         return Ok(Vec::new());
@@ -502,6 +518,12 @@ impl CrashReport {
             let _ = writeln!(t, "  executable {} loaded at {}", s.exe, s.exe_base);
             for f in &s.frames {
                 let _ = writeln!(t, "  {f}");
+            }
+        }
+        if !self.symbolized_frames.is_empty() {
+            let _ = writeln!(t, "\nsymbolized (addr2line, innermost first):");
+            for line in self.symbolized_frames.iter().take(40) {
+                let _ = writeln!(t, "  {line}");
             }
         }
         if let Some(hint) = &self.symbolize_hint {

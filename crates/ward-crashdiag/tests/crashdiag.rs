@@ -139,7 +139,10 @@ fn segfault_is_a_native_crash_with_address_and_backtrace() {
             .starts_with("addr2line")
     );
     match symbolize(report) {
-        Ok(lines) => assert!(lines.iter().any(|l| l.contains("segfault")), "{lines:#?}"),
+        Ok(lines) => {
+            assert!(lines.iter().any(|l| l.contains("segfault")), "{lines:#?}");
+            assert_eq!(lines, report.symbolized_frames, "the report holds them too");
+        }
         Err(e) => eprintln!("symbolization skipped: {e}"),
     }
 }
