@@ -52,9 +52,15 @@
 //!   which [`install`] does ahead of time. It still takes the dynamic loader's lock while
 //!   unwinding, so a crash while another thread is inside `dlopen` could hang; the parent's
 //!   watchdog then reports a hang rather than a native crash.
-//! - Addresses are not symbolized in the process. The report gives the executable's load base
-//!   and an `addr2line -e <exe> <offsets>` line that symbolizes them; [`symbolize`] runs it
-//!   when `addr2line` is installed and the executable is unchanged.
+//! - Addresses are not symbolized in the process. The collector runs `addr2line` (binutils) on
+//!   the frames inside the executable when it makes the report ([`symbolize`]), which is right
+//!   only while the executable on disk is the one that crashed; without `addr2line` the report
+//!   keeps the load base and an `addr2line -e <exe> <offsets>` line to run later. Frames in
+//!   shared libraries stay raw.
+//! - After the [`CaptureGuard`] is dropped, an empty crash record is deleted but its descriptor
+//!   stays open: a crash during the rest of the shutdown reaches stderr only.
+//! - Without a run time or a heartbeat, kernel log lines are matched by pid alone, so a line
+//!   about an earlier process with the same pid could be taken for this one's.
 //! - Threads other than the one that called [`install`] run the handler on the Rust runtime's
 //!   alternate stack (a few KiB); the handler keeps its own frame small, and a backtrace of at
 //!   most 64 frames, for that reason.
