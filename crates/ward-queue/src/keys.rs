@@ -9,6 +9,7 @@
 //! a newer submit replaces it.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::Hash;
 
 struct Slot<T> {
@@ -20,16 +21,17 @@ struct Slot<T> {
     queued: bool,
 }
 
-/// What [`KeyTable::admit`] did with a job.
+/// What [`KeyTable::offer`] did with a job.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Admit<T> {
+pub(crate) enum Offer<K, T> {
     /// It replaced this older waiting job.
     Coalesced(T),
     /// Its key is running; the runner will take it when its run ends.
     Deferred,
-    /// Its key is idle: the caller must queue a token and then call [`KeyTable::queue`], or run
-    /// it after [`KeyTable::claim`].
-    Idle(T),
+    /// Its key was idle and its token went into the queue.
+    Queued,
+    /// Its key is idle but there was no room for a token: the job and key come back.
+    Full(K, T),
 }
 
 pub(crate) struct KeyTable<K, T> {
@@ -50,22 +52,53 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         self.deferred
     }
 
-    pub(crate) fn admit(&mut self, key: &K, job: T) -> Admit<T> {
-        let Some(slot) = self.slots.get_mut(key) else {
-            return Admit::Idle(job);
-        };
-        if let Some(waiting) = slot.waiting.as_mut() {
-            return Admit::Coalesced(std::mem::replace(waiting, job));
+    /// Offers `job` for `key` with one hash lookup: it replaces the waiting job, waits for
+    /// the running key, or, if the key is idle and `send_token` manages to queue a token (it is
+    /// called under the caller's lock and must not block), waits for that token.
+    pub(crate) fn offer(
+        &mut self,
+        key: K,
+        job: T,
+        send_token: impl FnOnce(&K) -> bool,
+    ) -> Offer<K, T> {
+        match self.slots.entry(key) {
+            Entry::Occupied(mut entry) => {
+                let slot = entry.get_mut();
+                if let Some(waiting) = slot.waiting.as_mut() {
+                    return Offer::Coalesced(std::mem::replace(waiting, job));
+                }
+                if slot.running {
+                    slot.waiting = Some(job);
+                    self.deferred += 1;
+                    return Offer::Deferred;
+                }
+                // An idle, empty slot is normally removed at once; treat it as absent.
+                if send_token(entry.key()) {
+                    let slot = entry.get_mut();
+                    slot.waiting = Some(job);
+                    slot.queued = true;
+                    Offer::Queued
+                } else {
+                    let (key, _) = entry.remove_entry();
+                    Offer::Full(key, job)
+                }
+            }
+            Entry::Vacant(entry) => {
+                if send_token(entry.key()) {
+                    entry.insert(Slot {
+                        running: false,
+                        waiting: Some(job),
+                        queued: true,
+                    });
+                    Offer::Queued
+                } else {
+                    Offer::Full(entry.into_key(), job)
+                }
+            }
         }
-        if slot.running {
-            slot.waiting = Some(job);
-            self.deferred += 1;
-            return Admit::Deferred;
-        }
-        Admit::Idle(job)
     }
 
-    /// Records `job` as waiting for the token just queued for `key` (idle, per `admit`).
+    /// Records `job` as queued for idle `key` (per `offer`) before its token is sent.
     pub(crate) fn queue(&mut self, key: K, job: T) {
         let slot = self.slots.entry(key).or_insert(Slot {
             running: false,
@@ -77,7 +110,7 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     }
 
     /// Marks an idle key as running for a caller that runs its job itself; false if it is not
-    /// idle (then `admit` again).
+    /// idle (then `offer` again).
     pub(crate) fn claim(&mut self, key: &K) -> bool {
         match self.slots.get_mut(key) {
             None => {
@@ -163,8 +196,9 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         if slot.waiting.is_some() && !slot.queued {
             // Left for shutdown; no longer waits on a runner.
             self.deferred -= 1;
+        } else if slot.waiting.is_none() && !slot.queued {
+            self.slots.remove(key);
         }
-        self.remove_if_idle(key);
         None
     }
 
@@ -202,6 +236,11 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     }
 
     #[cfg(test)]
+    fn admit(&mut self, key: &K, job: T) -> Offer<K, T> {
+        self.offer(key.clone(), job, |_| false)
+    }
+
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.slots.len()
     }
@@ -216,11 +255,24 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_key_queues_its_token_only_if_there_is_room() {
+        let mut t = table();
+        assert_eq!(t.offer("a", 1, |_| true), Offer::Queued);
+        assert_eq!(
+            t.offer("a", 2, |_| panic!("no second token")),
+            Offer::Coalesced(1)
+        );
+        assert_eq!(t.offer("b", 3, |_| false), Offer::Full("b", 3));
+        assert_eq!(t.len(), 1, "a full offer leaves no slot behind");
+        assert_eq!(t.take_for_token(&"a"), Some(2));
+    }
+
+    #[test]
     fn an_idle_key_queues_then_runs_when_its_token_arrives() {
         let mut t = table();
-        assert_eq!(t.admit(&"a", 1), Admit::Idle(1));
+        assert_eq!(t.admit(&"a", 1), Offer::Full("a", 1));
         t.queue("a", 1);
-        assert_eq!(t.admit(&"a", 2), Admit::Coalesced(1));
+        assert_eq!(t.admit(&"a", 2), Offer::Coalesced(1));
         assert_eq!(t.take_for_token(&"a"), Some(2));
         assert_eq!(t.release(&"a", false), None);
         assert_eq!(t.len(), 0, "an idle key leaves no slot behind");
@@ -231,8 +283,8 @@ mod tests {
         let mut t = table();
         t.queue("a", 1);
         assert_eq!(t.take_for_token(&"a"), Some(1));
-        assert_eq!(t.admit(&"a", 2), Admit::Deferred);
-        assert_eq!(t.admit(&"a", 3), Admit::Coalesced(2));
+        assert_eq!(t.admit(&"a", 2), Offer::Deferred);
+        assert_eq!(t.admit(&"a", 3), Offer::Coalesced(2));
         assert_eq!(t.deferred(), 1);
         assert_eq!(
             t.release(&"a", false),
@@ -240,7 +292,7 @@ mod tests {
             "the runner takes the latest"
         );
         assert_eq!(t.deferred(), 0);
-        assert_eq!(t.admit(&"a", 4), Admit::Deferred, "still running job 3");
+        assert_eq!(t.admit(&"a", 4), Offer::Deferred, "still running job 3");
         assert_eq!(t.release(&"a", false), Some(4));
         assert_eq!(t.release(&"a", false), None);
         assert_eq!(t.len(), 0);
@@ -251,7 +303,7 @@ mod tests {
         let mut t = table();
         assert!(t.claim(&"a"));
         assert!(!t.claim(&"a"));
-        assert_eq!(t.admit(&"a", 1), Admit::Deferred);
+        assert_eq!(t.admit(&"a", 1), Offer::Deferred);
         assert_eq!(t.release(&"a", true), None);
         assert_eq!(t.deferred(), 0);
         t.queue("b", 2);
@@ -278,7 +330,7 @@ mod tests {
         assert_eq!(t.withdraw(&"a", |&j| j == 1), Some(1));
         assert_eq!(t.len(), 0);
         t.queue("a", 2);
-        assert_eq!(t.admit(&"a", 3), Admit::Coalesced(2));
+        assert_eq!(t.admit(&"a", 3), Offer::Coalesced(2));
         assert_eq!(
             t.withdraw(&"a", |&j| j == 2),
             None,
@@ -293,7 +345,7 @@ mod tests {
         t.queue("a", 1);
         assert_eq!(t.take_for_token(&"a"), Some(1));
         // Job 1 failed and waits for its retry, still holding the key.
-        assert_eq!(t.admit(&"a", 2), Admit::Deferred);
+        assert_eq!(t.admit(&"a", 2), Offer::Deferred);
         assert_eq!(t.take_superseding(&"a"), Some(2));
         assert_eq!(t.take_superseding(&"a"), None);
         assert_eq!(t.release(&"a", false), None);

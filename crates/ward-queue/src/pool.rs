@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
-use crate::keys::{Admit, KeyTable};
+use crate::keys::{KeyTable, Offer};
 use crate::metrics::{IntakeStats, Latency, Metrics, Stats, empty_counts};
 use crate::retry::{RetryPolicy, mix};
 use crate::{DropReason, Error, Event, Failure, JobError, JobId};
@@ -161,14 +161,39 @@ struct WorkerCell {
     current: Mutex<Option<Running>>,
     /// The overseer replaced this worker: it exits once its current job returns.
     abandoned: AtomicBool,
+    /// Only one thread ever updates `stats` (a worker's own cell, not the callers' shared one),
+    /// so counting needs no locked instruction on the hot path.
+    exclusive: bool,
 }
 
 impl WorkerCell {
-    fn new() -> Self {
+    fn new(exclusive: bool) -> Self {
         WorkerCell {
             stats: Stats::new(),
             current: Mutex::new(None),
             abandoned: AtomicBool::new(false),
+            exclusive,
+        }
+    }
+
+    fn count(&self, counter: &AtomicU64) {
+        if self.exclusive {
+            counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        } else {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn set_running(&self, running: bool) {
+        let gauge = &self.stats.running;
+        match (self.exclusive, running) {
+            (true, _) => gauge.store(usize::from(running), Ordering::Relaxed),
+            (false, true) => {
+                gauge.fetch_add(1, Ordering::Relaxed);
+            }
+            (false, false) => {
+                gauge.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -339,7 +364,7 @@ where
             next_id: AtomicU64::new(0),
             seed,
             intake_stats: IntakeStats::default(),
-            caller: WorkerCell::new(),
+            caller: WorkerCell::new(false),
             config,
         });
         let mut pool = Pool {
@@ -699,7 +724,7 @@ where
         }
     }
 
-    fn submit_keyed(&self, key: K, mut task: Task<J>) -> Result<(), Error<J>> {
+    fn submit_keyed(&self, mut key: K, mut task: Task<J>) -> Result<(), Error<J>> {
         let mut until = None;
         loop {
             let intake = self.intake.read();
@@ -708,37 +733,28 @@ where
             };
             let paused = self.paused.load(Ordering::SeqCst);
             let mut keys = self.keys.lock();
-            match keys.admit(&key, task) {
-                Admit::Coalesced(old) => {
+            // The token is sent under the key-table lock (never blocking) so that the worker
+            // receiving it finds the job recorded.
+            let send_token = |key: &K| !paused && tx.try_send(Envelope::Key(key.clone())).is_ok();
+            match keys.offer(key, task, send_token) {
+                Offer::Coalesced(old) => {
                     drop(keys);
                     drop(intake);
                     self.drop_task(old, DropReason::Coalesced);
                     return Ok(());
                 }
-                Admit::Deferred => return Ok(()),
-                Admit::Idle(back) => task = back,
+                Offer::Deferred | Offer::Queued => return Ok(()),
+                Offer::Full(back_key, back_task) => (key, task) = (back_key, back_task),
             }
-            if !paused {
-                // Sent under the key-table lock (never blocking) so that the worker receiving
-                // the token finds the job recorded.
-                match tx.try_send(Envelope::Key(key.clone())) {
-                    Ok(()) => {
-                        keys.queue(key, task);
-                        return Ok(());
-                    }
-                    Err(TrySendError::Full(_)) => {}
-                    Err(TrySendError::Disconnected(_)) => return self.refuse_closed(task.job),
-                }
-                if let Policy::Block { timeout } = self.config.policy {
-                    // Record the job as queued now and wait for room for its token outside
-                    // the lock. No worker can take the job before the token is sent; a newer
-                    // job of this key replaces it meanwhile and counts on this token.
-                    let id = task.id;
-                    keys.queue(key.clone(), task);
-                    drop(keys);
-                    let until = *until.get_or_insert_with(|| deadline_after(timeout));
-                    return self.send_token(tx, key, id, until);
-                }
+            if let (Policy::Block { timeout }, false) = (self.config.policy, paused) {
+                // Record the job as queued now and wait for room for its token outside the
+                // lock. No worker can take the job before the token is sent; a newer job of
+                // this key replaces it meanwhile and counts on this token.
+                let id = task.id;
+                keys.queue(key.clone(), task);
+                drop(keys);
+                let until = *until.get_or_insert_with(|| deadline_after(timeout));
+                return self.send_token(tx, key, id, until);
             }
             drop(keys);
             match self.config.policy {
@@ -898,9 +914,9 @@ where
                 abandoned: None,
             });
         }
-        cell.stats.running.fetch_add(1, Ordering::Relaxed);
+        cell.set_running(true);
         let outcome = catch_unwind(AssertUnwindSafe(|| (self.handler)(&task.job)));
-        cell.stats.running.fetch_sub(1, Ordering::Relaxed);
+        cell.set_running(false);
         let timed_out = match timeout {
             Some(_) => cell
                 .current
@@ -934,7 +950,7 @@ where
         let stats = &cell.stats;
         let failure = match result {
             Ok(()) => {
-                stats.completed.fetch_add(1, Ordering::Relaxed);
+                cell.count(&stats.completed);
                 self.emit(Event::Completed {
                     id: task.id,
                     job: task.job,
@@ -944,15 +960,15 @@ where
             }
             Err(failure) => failure,
         };
-        stats.failed.fetch_add(1, Ordering::Relaxed);
+        cell.count(&stats.failed);
         if matches!(failure, Failure::Panic(_)) {
-            stats.panicked.fetch_add(1, Ordering::Relaxed);
+            cell.count(&stats.panicked);
         }
         task.failures.push(failure.clone());
         if task.attempts < self.config.retry.max_attempts() {
             let random = mix(self.seed ^ task.id.0.rotate_left(20) ^ u64::from(task.attempts));
             let delay = self.config.retry.delay(task.attempts, random);
-            stats.retried.fetch_add(1, Ordering::Relaxed);
+            cell.count(&stats.retried);
             self.emit(Event::Retrying {
                 id: task.id,
                 attempt: task.attempts,
@@ -975,7 +991,7 @@ where
                 }
             }
         }
-        stats.dead.fetch_add(1, Ordering::Relaxed);
+        cell.count(&stats.dead);
         self.emit(Event::Dead {
             id: task.id,
             job: task.job,
@@ -1078,7 +1094,7 @@ where
     J: Send + 'static,
     K: Eq + Hash + Clone + Send + 'static,
 {
-    let cell = Arc::new(WorkerCell::new());
+    let cell = Arc::new(WorkerCell::new(true));
     let name = format!("{}-{}", shared.config.name, crew.spawned);
     let handle = {
         let shared = Arc::clone(shared);
