@@ -350,3 +350,154 @@ fn a_persistent_worker_runs_jobs_and_is_replaced_when_it_dies_or_babbles() {
         f.processes()
     );
 }
+
+#[test]
+fn a_file_changed_many_times_while_queued_is_processed_once_with_its_final_content() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"gated\"\nexec = [\"{job}\", \"gated\", \"{ledger}\", \"{ledger}.gate\"]\n",
+    );
+    // One job at a time, so the target waits in the queue behind the blocker.
+    std::fs::write(
+        &f.config,
+        std::fs::read_to_string(&f.config)
+            .unwrap()
+            .replace("[jobs]\n", "[jobs]\nworkers = 1\n"),
+    )
+    .unwrap();
+    start(&f);
+    std::fs::write(f.tree.join("blocker"), "b").unwrap();
+    wait_for("the blocker to start", LONG, || {
+        f.status().1["queue"]["running"] == 1
+    });
+    // Each write waits until the watcher has delivered the previous one, so each version reaches
+    // the queue on its own and is coalesced there, not in the watcher.
+    let batches = |f: &Fixture| f.status().1["watch"]["batches"].as_u64().unwrap_or(0);
+    for version in 0..30 {
+        let before = batches(&f);
+        std::fs::write(f.tree.join("target"), format!("v{version}")).unwrap();
+        wait_for("the watcher to deliver the write", LONG, || {
+            batches(&f) > before
+        });
+    }
+    std::fs::write(f.dir.path().join("out/ledger.gate"), "").unwrap();
+    wait_for("the target's job", LONG, || has_path(&f, "target"));
+    stop(&f);
+    let want = f.tree.join("target");
+    let runs: Vec<String> = f
+        .ledger_entries()
+        .into_iter()
+        .filter(|(_, p)| p == want.as_os_str().as_bytes())
+        .map(|(event, _)| event)
+        .collect();
+    assert_eq!(
+        runs,
+        ["gated-v29"],
+        "the target ran more than once, or not with its final content"
+    );
+    let out = f.run(&["diagnose", "--json"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "[]",
+        "no job failed"
+    );
+}
+
+#[test]
+fn ward_run_in_the_foreground_with_quick_flags_stops_gracefully_on_sigint() {
+    let f = Fixture::new(JOB, "");
+    let mut child = ward_e2e::ward()
+        .arg("--state-dir")
+        .arg(&f.state)
+        .arg("run")
+        .arg("--watch")
+        .arg(&f.tree)
+        .args(["--debounce", "10", "--workers", "1", "--"])
+        .args([JOB, "record"])
+        .arg(&f.ledger)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the server to be ready", LONG, || {
+        log_of(&f).contains("server ready")
+    });
+    std::fs::write(f.tree.join("quick.txt"), "x").unwrap();
+    wait_for("the quick-flag command to run", LONG, || {
+        has_path(&f, "quick.txt")
+    });
+    kill(child.id(), libc::SIGINT);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "ward run after SIGINT: {status:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("server loop ended"),
+        "the log is echoed on stderr:\n{stderr}"
+    );
+    assert!(
+        f.processes().is_empty(),
+        "left running: {:?}",
+        f.processes()
+    );
+}
+
+#[test]
+fn sighup_reloads_the_triggers_without_a_restart() {
+    let f = Fixture::new(JOB, record_all());
+    start(&f);
+    let (_, before) = f.status();
+    let second = f.dir.path().join("out/second");
+    let config = std::fs::read_to_string(&f.config).unwrap();
+    let reloaded = config.replace(f.ledger.to_str().unwrap(), second.to_str().unwrap());
+    std::fs::write(&f.config, reloaded).unwrap();
+    kill(pid_of(&before, "pid"), libc::SIGHUP);
+    wait_for("the reload in the log", LONG, || {
+        log_of(&f).contains("trigger(s) now active")
+    });
+    std::fs::write(f.tree.join("late.txt"), "x").unwrap();
+    wait_for("the reloaded trigger to run", LONG, || second.exists());
+    let (_, after) = f.status();
+    assert_eq!(
+        before["server_pid"], after["server_pid"],
+        "the server was restarted, not reloaded"
+    );
+    // A broken config is refused and the running one kept.
+    std::fs::write(&f.config, "[[trigger]]\nexec = 5\n").unwrap();
+    kill(pid_of(&before, "pid"), libc::SIGHUP);
+    wait_for("the refusal in the log", LONG, || {
+        log_of(&f).contains("reload refused")
+    });
+    let (code, _) = f.status();
+    assert_eq!(code, Some(0));
+    stop(&f);
+}
+
+#[test]
+fn restart_replaces_the_whole_tree() {
+    let f = Fixture::new(JOB, record_all());
+    start(&f);
+    let (_, before) = f.status();
+    let out = f.run(&["restart"]);
+    assert!(out.status.success(), "{out:?}");
+    let (code, after) = f.status();
+    assert_eq!(code, Some(0), "{after}");
+    assert_ne!(before["pid"], after["pid"]);
+    assert!(!is_alive(pid_of(&before, "pid")) && !is_alive(pid_of(&before, "server_pid")));
+    stop(&f);
+}
+
+#[test]
+fn a_state_dir_open_to_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new(JOB, record_all());
+    std::fs::create_dir_all(&f.state).unwrap();
+    std::fs::set_permissions(&f.state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = f.run(&["start"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("state directory") && stderr.contains("chmod 700"),
+        "{stderr}"
+    );
+    assert!(f.processes().is_empty());
+}

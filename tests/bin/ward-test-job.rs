@@ -2,6 +2,7 @@
 //!
 //! `ward-test-job record LEDGER` appends `EVENT\tPATH\0` (the path's raw bytes, exactly as ward
 //! passed them in `WARD_PATH`) to LEDGER; `panic`, `segv`, `abort` and `exit N` die as named.
+//! `ward-test-job gated LEDGER GATE` waits for the file GATE, then records `gated-CONTENT`.
 //! `ward-test-job worker LEDGER` is a persistent worker speaking ward's JSON-lines protocol: it
 //! records `worker-EVENT\tPATH\0`, and for a path ending in `.die` aborts mid-job, for `.garbage`
 //! replies with something that is not JSON.
@@ -66,6 +67,23 @@ fn main() {
             entry.push(0);
             append(ledger, &entry);
         }
+        Some("gated") => {
+            // `gated LEDGER GATE`: waits (at most a minute) until the file GATE exists, then records
+            // `gated-CONTENT` with the file's content as read then, so a test can hold a job
+            // running and tell which version of the file the job saw.
+            let ledger = args.get(1).expect("gated needs a ledger path");
+            let gate = std::path::Path::new(args.get(2).expect("gated needs a gate path"));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !gate.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let path = std::env::var_os("WARD_PATH").expect("WARD_PATH is set");
+            let content = std::fs::read_to_string(&path).unwrap_or_default();
+            let mut entry = format!("gated-{}\t", content.trim()).into_bytes();
+            entry.extend_from_slice(path.as_bytes());
+            entry.push(0);
+            append(ledger, &entry);
+        }
         Some("worker") => worker(args.get(1).expect("worker needs a ledger path")),
         Some("panic") => panic!("ward-test-job was asked to panic"),
         Some("segv") => {
@@ -77,7 +95,7 @@ fn main() {
         Some("exit") => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1)),
         _ => {
             eprintln!(
-                "usage: ward-test-job record LEDGER | worker LEDGER | panic | segv | abort | exit N"
+                "usage: ward-test-job record LEDGER | gated LEDGER GATE | worker LEDGER | panic | segv | abort | exit N"
             );
             std::process::exit(2);
         }
