@@ -49,11 +49,8 @@ fn pid_of(status: &serde_json::Value, key: &str) -> u32 {
 
 fn kill(pid: u32, signal: i32) {
     // SAFETY: kill with a pid of a process this test started (through ward).
-    assert_eq!(
-        unsafe { libc::kill(pid as libc::pid_t, signal) },
-        0,
-        "kill {pid} with {signal}"
-    );
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill {pid} with {signal}");
 }
 
 fn has_path(f: &Fixture, name: &str) -> bool {
