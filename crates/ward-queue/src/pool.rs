@@ -63,14 +63,55 @@ impl Default for Policy {
 type Handler<J> = Box<dyn Fn(&J) -> Result<(), JobError> + Send + Sync>;
 type Listener<J> = Box<dyn Fn(Event<J>) + Send + Sync>;
 
-/// A job with its bookkeeping.
+/// A job with its bookkeeping, kept small because it is copied through the queue: what most
+/// jobs never need lives behind one optional box.
 pub(crate) struct Task<J> {
     id: JobId,
     job: J,
-    attempts: u32,
-    failures: Vec<Failure>,
-    /// Set on sampled jobs only: when it was submitted.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Default)]
+struct Extra {
+    /// When a sampled job was submitted, until its first attempt starts.
     enqueued: Option<Instant>,
+    /// One per failed attempt, oldest first.
+    failures: Vec<Failure>,
+}
+
+impl<J> Task<J> {
+    fn new(id: JobId, job: J, enqueued: Option<Instant>) -> Self {
+        let extra = enqueued.map(|enqueued| {
+            Box::new(Extra {
+                enqueued: Some(enqueued),
+                failures: Vec::new(),
+            })
+        });
+        Task { id, job, extra }
+    }
+
+    /// How many attempts have failed; the running attempt is this plus one.
+    fn failed_attempts(&self) -> u32 {
+        self.extra.as_ref().map_or(0, |extra| {
+            u32::try_from(extra.failures.len()).unwrap_or(u32::MAX)
+        })
+    }
+
+    fn take_enqueued(&mut self) -> Option<Instant> {
+        self.extra.as_mut().and_then(|extra| extra.enqueued.take())
+    }
+
+    fn push_failure(&mut self, failure: Failure) {
+        self.extra
+            .get_or_insert_with(Box::default)
+            .failures
+            .push(failure);
+    }
+
+    fn into_failures(self) -> (JobId, J, Vec<Failure>) {
+        let failures = self.extra.map(|extra| extra.failures).unwrap_or_default();
+        (self.id, self.job, failures)
+    }
 }
 
 /// What travels through the queue.
@@ -79,15 +120,19 @@ enum Envelope<J, K> {
     Job(Task<J>),
     /// A token: the job waiting for this key in the key table is ready to run.
     Key(K),
-    /// A due retry of a keyed job; the key has stayed running since the failed attempt.
-    Retry(Task<J>, K),
+    /// A due retry of a keyed job; the key has stayed running since the failed attempt. Boxed:
+    /// rare, and it would make every slot of the queue bigger.
+    Retry(Box<(Task<J>, K)>),
 }
 
 impl<J, K> Envelope<J, K> {
     fn into_parts(self) -> Option<(Task<J>, Option<K>)> {
         match self {
             Envelope::Job(task) => Some((task, None)),
-            Envelope::Retry(task, key) => Some((task, Some(key))),
+            Envelope::Retry(retry) => {
+                let (task, key) = *retry;
+                Some((task, Some(key)))
+            }
             Envelope::Key(_) => None,
         }
     }
@@ -647,13 +692,8 @@ where
 {
     fn new_task(&self, job: J) -> Task<J> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Task {
-            id: JobId(id),
-            job,
-            attempts: 0,
-            failures: Vec::new(),
-            enqueued: (id & (SAMPLE_EVERY - 1) == 0).then(Instant::now),
-        }
+        let sampled = id & (SAMPLE_EVERY - 1) == 0;
+        Task::new(JobId(id), job, sampled.then(Instant::now))
     }
 
     fn reject(&self, error: fn(J) -> Error<J>, task: Task<J>) -> Result<(), Error<J>> {
@@ -844,7 +884,8 @@ where
                     self.drop_task(task, DropReason::Evicted);
                 }
             }
-            Envelope::Retry(task, key) => {
+            Envelope::Retry(retry) => {
+                let (task, key) = *retry;
                 self.drop_task(task, DropReason::Evicted);
                 let mut keys = self.keys.lock();
                 if let Some(next) = keys.release(&key, false) {
@@ -894,14 +935,15 @@ where
         supervised: bool,
         task: &mut Task<J>,
     ) -> Result<(), Failure> {
-        task.attempts += 1;
+        let attempt = task.failed_attempts() + 1;
         let timeout = self
             .config
             .timeout
             .filter(|_| supervised && !cell.abandoned.load(Ordering::Acquire));
-        let sampled = task.enqueued.is_some();
+        let enqueued = task.take_enqueued();
+        let sampled = enqueued.is_some();
         let started = (sampled || timeout.is_some()).then(Instant::now);
-        if let (Some(enqueued), Some(started)) = (task.enqueued.take(), started) {
+        if let (Some(enqueued), Some(started)) = (enqueued, started) {
             cell.stats
                 .wait
                 .record(started.saturating_duration_since(enqueued));
@@ -909,7 +951,7 @@ where
         if let (Some(_), Some(started)) = (timeout, started) {
             *cell.current.lock() = Some(Running {
                 id: task.id,
-                attempt: task.attempts,
+                attempt,
                 started,
                 abandoned: None,
             });
@@ -951,10 +993,11 @@ where
         let failure = match result {
             Ok(()) => {
                 cell.count(&stats.completed);
+                let attempts = task.failed_attempts() + 1;
                 self.emit(Event::Completed {
                     id: task.id,
                     job: task.job,
-                    attempts: task.attempts,
+                    attempts,
                 });
                 return false;
             }
@@ -964,14 +1007,15 @@ where
         if matches!(failure, Failure::Panic(_)) {
             cell.count(&stats.panicked);
         }
-        task.failures.push(failure.clone());
-        if task.attempts < self.config.retry.max_attempts() {
-            let random = mix(self.seed ^ task.id.0.rotate_left(20) ^ u64::from(task.attempts));
-            let delay = self.config.retry.delay(task.attempts, random);
+        task.push_failure(failure.clone());
+        let attempt = task.failed_attempts();
+        if attempt < self.config.retry.max_attempts() {
+            let random = mix(self.seed ^ task.id.0.rotate_left(20) ^ u64::from(attempt));
+            let delay = self.config.retry.delay(attempt, random);
             cell.count(&stats.retried);
             self.emit(Event::Retrying {
                 id: task.id,
-                attempt: task.attempts,
+                attempt,
                 failure,
                 delay,
             });
@@ -992,11 +1036,8 @@ where
             }
         }
         cell.count(&stats.dead);
-        self.emit(Event::Dead {
-            id: task.id,
-            job: task.job,
-            failures: task.failures,
-        });
+        let (id, job, failures) = task.into_failures();
+        self.emit(Event::Dead { id, job, failures });
         false
     }
 
@@ -1131,7 +1172,8 @@ where
                     shared.run_keyed(cell, true, key, task);
                 }
             }
-            Envelope::Retry(retry, key) => {
+            Envelope::Retry(retry) => {
+                let (retry, key) = *retry;
                 let newer = shared.keys.lock().take_superseding(&key);
                 let task = match newer {
                     Some(newer) => {
@@ -1185,7 +1227,7 @@ fn send_due_retries<J, K>(timer: &mut Timer<J, K>, now: Instant) {
     while heap.peek().is_some_and(|delayed| delayed.due <= now) {
         let Some(delayed) = heap.pop() else { break };
         let envelope = match delayed.key {
-            Some(key) => Envelope::Retry(delayed.task, key),
+            Some(key) => Envelope::Retry(Box::new((delayed.task, key))),
             None => Envelope::Job(delayed.task),
         };
         if let Err(full) = tx.try_send(envelope) {
@@ -1271,18 +1313,19 @@ mod tests {
             heap.push(Delayed::<u32, ()> {
                 due: t0 + Duration::from_millis(ms),
                 seq,
-                task: Task {
-                    id: JobId(seq),
-                    job: 0,
-                    attempts: 1,
-                    failures: Vec::new(),
-                    enqueued: None,
-                },
+                task: Task::new(JobId(seq), 0, None),
                 key: None,
             });
         }
         let order: Vec<u64> = std::iter::from_fn(|| heap.pop().map(|d| d.seq)).collect();
         assert_eq!(order, [2, 4, 3, 1]);
+    }
+
+    #[test]
+    fn queue_slots_stay_small() {
+        // One word for the job number, one for the job, one for the optional extras, one tag.
+        assert!(size_of::<Envelope<u64, u64>>() <= 32);
+        assert!(size_of::<Envelope<u64, String>>() <= 32);
     }
 
     #[test]
