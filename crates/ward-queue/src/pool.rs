@@ -37,7 +37,9 @@ const SAMPLE_EVERY: u64 = 16;
 #[non_exhaustive]
 pub enum Policy {
     /// Wait for room (or for intake to resume), at most `timeout` if given, then fail with
-    /// [`Error::Timeout`].
+    /// [`Error::Timeout`]. One exception: a keyed job already replaced by a newer job of its key
+    /// while its submitter waited has been accepted (and reported coalesced), so that submit
+    /// keeps waiting past the timeout to queue the newer job's token, then returns `Ok`.
     Block {
         /// The longest wait; `None` waits as long as it takes.
         timeout: Option<Duration>,
@@ -574,11 +576,16 @@ where
         }
     }
 
-    /// Stops intake, lets the workers drain the queue until it is empty or `grace` has passed,
-    /// then stops them and returns, in submission order, every job that did not start: still
-    /// queued, waiting on a key, or waiting for a retry. Jobs already running when the grace
-    /// ends are let finish (a thread cannot be interrupted) and report their outcome as events
-    /// before this returns; threads stuck past the job timeout are not waited for.
+    /// Stops intake (later submits get [`Error::Closed`]), lets the pool work until every
+    /// accepted job has an outcome or `grace` has passed (retries that come due meanwhile are
+    /// run), then stops the workers and returns, in submission order, every job that did not
+    /// reach an outcome: still queued, waiting on a key, or waiting for a retry. Each accepted
+    /// job is thus either reported by exactly one final event or returned here, never both.
+    ///
+    /// Jobs already running when the grace ends are let finish (a thread cannot be
+    /// interrupted) and report their outcome as events before this returns; a thread stuck past
+    /// the job timeout is not waited for, and its job's outcome comes later as an event if ever.
+    /// Every other pool thread has been joined when this returns.
     pub fn shutdown(mut self, grace: Duration) -> Vec<J> {
         self.close(grace).into_iter().map(|task| task.job).collect()
     }
