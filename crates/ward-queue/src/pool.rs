@@ -184,13 +184,15 @@ struct Timer<J, K> {
     tx: Option<Sender<Envelope<J, K>>>,
     /// Set once `close` has emptied the heap: a retry scheduled later is dropped and reported.
     sealed: bool,
+    /// Places taken by retries about to be pushed.
+    reserved: usize,
     quit: bool,
 }
 
-enum Schedule<J> {
+enum Schedule {
     Scheduled,
-    BacklogFull(Task<J>),
-    Sealed(Task<J>),
+    BacklogFull,
+    Sealed,
 }
 
 /// One running attempt of a supervised worker, for the overseer's timeout check.
@@ -398,6 +400,7 @@ where
                 seq: 0,
                 tx: Some(tx),
                 sealed: false,
+                reserved: 0,
                 quit: false,
             }),
             timer_cv: Condvar::new(),
@@ -739,7 +742,14 @@ where
                     return self.reject(Error::Paused, envelope.into_unkeyed());
                 }
                 Policy::Reject => return self.reject(Error::Full, envelope.into_unkeyed()),
-                Policy::DropOldest => self.evict_oldest(tx),
+                Policy::DropOldest => {
+                    let evicted = self.evict_oldest(tx);
+                    // Reported without the intake lock: the callback may submit.
+                    drop(intake);
+                    if let Some(task) = evicted {
+                        self.drop_task(task, DropReason::Evicted);
+                    }
+                }
                 Policy::CallerRuns => {
                     drop(intake);
                     self.run_in_caller(envelope.into_unkeyed());
@@ -809,7 +819,14 @@ where
                     return self.reject(Error::Paused, task);
                 }
                 Policy::Reject => return self.reject(Error::Full, task),
-                Policy::DropOldest => self.evict_oldest(tx),
+                Policy::DropOldest => {
+                    let evicted = self.evict_oldest(tx);
+                    // Reported without the intake lock: the callback may submit.
+                    drop(intake);
+                    if let Some(task) = evicted {
+                        self.drop_task(task, DropReason::Evicted);
+                    }
+                }
                 Policy::CallerRuns => {
                     drop(intake);
                     if self.keys.lock().claim(&key) {
@@ -878,22 +895,17 @@ where
         self.gate_cv.notify_all();
     }
 
-    /// Makes room under `DropOldest`: takes the oldest queued item out and reports its job.
-    fn evict_oldest(&self, tx: &Sender<Envelope<J, K>>) {
+    /// Makes room under `DropOldest`: takes the oldest queued item out and returns its job, for
+    /// the caller to report once it has let go of the intake lock.
+    fn evict_oldest(&self, tx: &Sender<Envelope<J, K>>) -> Option<Task<J>> {
         let Ok(oldest) = self.rx.try_recv() else {
-            return; // The workers emptied it meanwhile.
+            return None; // The workers emptied it meanwhile.
         };
         match oldest {
-            Envelope::Job(task) => self.drop_task(task, DropReason::Evicted),
-            Envelope::Key(key) => {
-                let evicted = self.keys.lock().evict_token(&key);
-                if let Some(task) = evicted {
-                    self.drop_task(task, DropReason::Evicted);
-                }
-            }
+            Envelope::Job(task) => Some(task),
+            Envelope::Key(key) => self.keys.lock().evict_token(&key),
             Envelope::Retry(retry) => {
                 let (task, key) = *retry;
-                self.drop_task(task, DropReason::Evicted);
                 let mut keys = self.keys.lock();
                 if let Some(next) = keys.release(&key, false) {
                     // The key was held by the evicted retry and a newer job waits on it: that
@@ -906,6 +918,7 @@ where
                         log::error!("ward-queue: queue disconnected while requeueing a key");
                     }
                 }
+                Some(task)
             }
         }
     }
@@ -1019,27 +1032,28 @@ where
         if attempt < self.config.retry.max_attempts() {
             let random = mix(self.seed ^ task.id.0.rotate_left(20) ^ u64::from(attempt));
             let delay = self.config.retry.delay(attempt, random);
-            cell.count(&stats.retried);
-            self.emit(Event::Retrying {
-                id: task.id,
-                attempt,
-                failure,
-                delay,
-            });
-            match self.schedule(task, key.cloned(), delay) {
-                Schedule::Scheduled => return true,
-                Schedule::Sealed(task) => {
+            // Reserve the retry's place first, so that `Retrying` is only reported for a retry
+            // that will happen, and before that retry can possibly run.
+            match self.reserve_retry() {
+                Schedule::Scheduled => {
+                    cell.count(&stats.retried);
+                    self.emit(Event::Retrying {
+                        id: task.id,
+                        attempt,
+                        failure,
+                        delay,
+                    });
+                    return self.schedule(task, key.cloned(), delay);
+                }
+                Schedule::Sealed => {
                     self.drop_task(task, DropReason::Shutdown);
                     return false;
                 }
-                Schedule::BacklogFull(back) => {
-                    log::warn!(
-                        "ward-queue: {} retries already wait; {} goes to the dead letters",
-                        self.config.capacity,
-                        back.id
-                    );
-                    task = back;
-                }
+                Schedule::BacklogFull => log::warn!(
+                    "ward-queue: {} retries already wait; {} goes to the dead letters",
+                    self.config.capacity,
+                    task.id
+                ),
             }
         }
         cell.count(&stats.dead);
@@ -1048,13 +1062,28 @@ where
         false
     }
 
-    fn schedule(&self, task: Task<J>, key: Option<K>, delay: Duration) -> Schedule<J> {
+    /// Takes a place in the retry backlog (at most `capacity` retries wait at once).
+    fn reserve_retry(&self) -> Schedule {
         let mut timer = self.timer.lock();
         if timer.sealed {
-            return Schedule::Sealed(task);
+            Schedule::Sealed
+        } else if timer.heap.len() + timer.reserved >= self.config.capacity {
+            Schedule::BacklogFull
+        } else {
+            timer.reserved += 1;
+            Schedule::Scheduled
         }
-        if timer.heap.len() >= self.config.capacity {
-            return Schedule::BacklogFull(task);
+    }
+
+    /// Puts a retry with a reserved place into the heap. True if it is there (a keyed job then
+    /// keeps its key); false if shutdown sealed the heap meanwhile and the job was reported.
+    fn schedule(&self, task: Task<J>, key: Option<K>, delay: Duration) -> bool {
+        let mut timer = self.timer.lock();
+        timer.reserved -= 1;
+        if timer.sealed {
+            drop(timer);
+            self.drop_task(task, DropReason::Shutdown);
+            return false;
         }
         timer.seq += 1;
         let seq = timer.seq;
@@ -1065,7 +1094,7 @@ where
             key,
         });
         self.timer_cv.notify_all();
-        Schedule::Scheduled
+        true
     }
 
     fn drop_task(&self, task: Task<J>, reason: DropReason) {
