@@ -15,6 +15,9 @@ pub(crate) enum Op {
     Create,
     Modify,
     Remove,
+    /// A file moved onto the path from where the watcher does not look (an ignored temporary
+    /// file): the path's content was replaced, whether or not it existed before.
+    Replace,
 }
 
 /// The coalesced state of one pending path, relative to what the consumer last saw.
@@ -125,6 +128,15 @@ impl Pending {
                 modified: true,
             }),
             (Op::Modify, Some(s)) => Some(s),
+            (Op::Replace, None | Some(State::Modified)) => Some(State::Modified),
+            (Op::Replace, Some(State::Removed | State::Replaced)) => Some(State::Replaced),
+            (Op::Replace, Some(State::Created)) => Some(State::Created),
+            (Op::Replace, Some(State::Renamed { from, .. })) => {
+                self.remove_entry(path);
+                self.earlier_removal(&from, is_dir, now);
+                Some(State::Modified)
+            }
+            (Op::Replace, Some(s @ State::Rescan(_))) => Some(s),
             (Op::Remove, old) => {
                 if is_dir {
                     self.cancel_children(path, now);

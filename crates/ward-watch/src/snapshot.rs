@@ -21,15 +21,17 @@ struct Meta {
 }
 
 impl Meta {
+    /// A directory's own size and times change with its entries, which are reported themselves.
+    const DIR: Meta = Meta {
+        is_dir: true,
+        len: 0,
+        mtime: None,
+        inode: 0,
+    };
+
     fn of(m: &fs::Metadata) -> Meta {
         if m.is_dir() {
-            // A directory's own size and times change with its entries, which are reported themselves.
-            return Meta {
-                is_dir: true,
-                len: 0,
-                mtime: None,
-                inode: 0,
-            };
+            return Meta::DIR;
         }
         Meta {
             is_dir: false,
@@ -161,8 +163,17 @@ impl Snapshot {
                     &self.rules,
                     path,
                     |_| true,
-                    |p, m| {
-                        disk.insert(p.to_path_buf(), Meta::of(m));
+                    |p, is_dir| {
+                        let meta = if is_dir {
+                            Meta::DIR
+                        } else {
+                            match fs::symlink_metadata(p) {
+                                Ok(m) => Meta::of(&m),
+                                // Gone since it was listed.
+                                Err(_) => return,
+                            }
+                        };
+                        disk.insert(p.to_path_buf(), meta);
                     },
                 );
             }
@@ -255,12 +266,13 @@ impl Snapshot {
 
 /// Walks the directory `top` depth-first without following symlinks, skipping ignored paths and
 /// loading ignore files on the way. `enter` is called for each directory (top included) before it
-/// is listed, and may refuse it; `visit` is called for each entry below `top`.
+/// is listed, and may refuse it; `visit` is called for each entry below `top`, with whether it is
+/// a directory (from the directory listing: no `stat` per entry).
 pub(crate) fn walk(
     rules: &IgnoreRules,
     top: &Path,
     mut enter: impl FnMut(&Path) -> bool,
-    mut visit: impl FnMut(&Path, &fs::Metadata),
+    mut visit: impl FnMut(&Path, bool),
 ) {
     let mut stack = vec![top.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -278,18 +290,19 @@ pub(crate) fn walk(
             }
         };
         for entry in entries {
-            let (path, meta) = match entry.and_then(|e| Ok((e.path(), e.metadata()?))) {
+            let (path, kind) = match entry.and_then(|e| Ok((e.path(), e.file_type()?))) {
                 Ok(x) => x,
                 Err(e) => {
                     log_walk_error(&dir, &e);
                     continue;
                 }
             };
-            if rules.is_ignored(&path, meta.is_dir()) {
+            let is_dir = kind.is_dir();
+            if rules.is_ignored(&path, is_dir) {
                 continue;
             }
-            visit(&path, &meta);
-            if meta.is_dir() {
+            visit(&path, is_dir);
+            if is_dir {
                 stack.push(path);
             }
         }

@@ -229,6 +229,7 @@ impl WatcherBuilder {
             lost,
             held_from: None,
             notices: Vec::new(),
+            resync_roots: false,
             poll_fallback: self.poll_fallback,
             next_root_check: Instant::now(),
             root_check_every: self.max_wait.max(Duration::from_millis(100)),
@@ -486,6 +487,8 @@ struct Worker {
     /// The first half of a rename, waiting for its second.
     held_from: Option<(PathBuf, usize, Instant)>,
     notices: Vec<Error>,
+    /// Events were lost: the roots' watches must be checked before the next delivery.
+    resync_roots: bool,
     poll_fallback: bool,
     next_root_check: Instant,
     root_check_every: Duration,
@@ -576,6 +579,19 @@ impl Worker {
     }
 
     fn take_batch(&mut self, now: Instant) -> Batch {
+        if std::mem::take(&mut self.resync_roots) {
+            // Directories whose creation was among the lost events get their watches now, before
+            // the consumer walks them for the rescan.
+            let roots: Vec<PathBuf> = self
+                .roots
+                .iter()
+                .filter(|r| r.present)
+                .map(|r| r.path.clone())
+                .collect();
+            for root in roots {
+                self.resync(&root, now);
+            }
+        }
         let mut items: Vec<Item> = self.notices.drain(..).map(Item::Error).collect();
         items.extend(self.pending.take_due(now));
         Batch { items }
@@ -652,9 +668,9 @@ impl Worker {
                     true
                 }
             },
-            |path, meta| {
+            |path, is_dir| {
                 if record {
-                    pending.record(path, Op::Create, meta.is_dir(), now);
+                    pending.record(path, Op::Create, is_dir, now);
                 }
             },
         );
@@ -703,7 +719,8 @@ impl Worker {
         }
     }
 
-    /// Events were lost: every root is rescanned and its watches checked against the disk.
+    /// Events were lost: every root is rescanned, and its watches are checked against the disk
+    /// before that rescan is delivered (once per delivery, however long the storm lasts).
     fn overflow(&mut self, reason: RescanReason) {
         let now = Instant::now();
         self.held_from = None;
@@ -715,8 +732,8 @@ impl Worker {
             .collect();
         for root in roots {
             self.pending.rescan(&root, reason, now);
-            self.resync(&root, now);
         }
+        self.resync_roots = true;
     }
 
     /// Brings the watches under `dir` in line with the disk and the rules.
@@ -859,8 +876,20 @@ impl Worker {
         }
     }
 
+    /// New content was moved onto `path` from a place the watcher does not see.
+    fn replaced(&mut self, path: &Path, now: Instant) {
+        if self.rules.is_ignore_file(path) {
+            self.ignore_file_changed(path, now);
+        }
+        self.pending.record(path, Op::Replace, false, now);
+    }
+
     fn modified(&mut self, path: &Path, now: Instant) {
-        let is_dir = self.watches.watched.contains_key(path);
+        let mut is_dir = self.watches.watched.contains_key(path);
+        // An ignored directory has no watch, so only the disk can say a rule like `build/` applies.
+        if !is_dir && self.rules.is_ignored(path, true) && !self.rules.is_ignored(path, false) {
+            is_dir = is_dir_now(path);
+        }
         if self.rules.is_ignored(path, is_dir) || self.is_root(path) {
             return;
         }
@@ -894,6 +923,8 @@ impl Worker {
             self.rules.is_ignored(to, is_dir),
         ) {
             (true, true) => return,
+            // Typically an editor's temporary file (ignored) renamed over its target.
+            (true, false) if !is_dir => return self.replaced(to, now),
             (true, false) => return self.created(to, is_dir, now),
             (false, true) => return self.removed(from, is_dir, now),
             (false, false) => {}

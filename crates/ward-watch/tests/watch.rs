@@ -112,6 +112,21 @@ fn an_atomic_save_is_a_modification_of_the_target() {
 }
 
 #[test]
+fn an_atomic_save_through_an_ignored_temporary_file_is_a_modification() {
+    let (_t, root) = setup();
+    write(root.join(".wardignore"), "*.tmp\n");
+    let target = root.join("notes.txt");
+    write(&target, "v1");
+    let mut c = Consumer::new(builder(&root).build().unwrap());
+    let tmp = root.join("notes.txt.tmp");
+    write(&tmp, "v2");
+    fs::rename(&tmp, &target).unwrap();
+    c.sentinel(&root);
+    assert_eq!(c.kinds(&target), vec![ChangeKind::Modified]);
+    assert_eq!(c.mentions(&tmp), vec![]);
+}
+
+#[test]
 fn a_file_written_continuously_is_still_emitted_within_the_maximum_wait() {
     let (_t, root) = setup();
     let w = Watcher::builder()
@@ -271,19 +286,25 @@ fn a_burst_of_50k_files_with_a_slow_consumer_is_fully_accounted_for() {
         .build()
         .unwrap();
     let c = Consumer::new(w);
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let expected: Vec<PathBuf> = (0..50_000)
         .map(|i| root.join(format!("d{}/f{i}", i % 50)))
         .collect();
-    // The consumer is slow: it sleeps after every batch.
+    // The consumer is away for the first half of the burst, so the pending set must reach its
+    // cap, then slow: it sleeps between batches.
     let consumer = {
         let expected = expected.clone();
-        let done = done.clone();
+        let written = written.clone();
         std::thread::spawn(move || {
             let mut c = c;
+            let deadline = std::time::Instant::now() + support::DEADLINE;
+            while written.load(std::sync::atomic::Ordering::Acquire) < 25_000 {
+                assert!(std::time::Instant::now() < deadline, "the writer is stuck");
+                std::thread::sleep(ms(5));
+            }
             c.until("every file of the burst", |c| {
                 std::thread::sleep(ms(5));
-                done.load(std::sync::atomic::Ordering::Acquire)
+                written.load(std::sync::atomic::Ordering::Acquire) == expected.len()
                     && expected.iter().all(|f| c.snapshot.contains(f))
             });
             c
@@ -292,13 +313,18 @@ fn a_burst_of_50k_files_with_a_slow_consumer_is_fully_accounted_for() {
     for d in 0..50 {
         fs::create_dir(root.join(format!("d{d}"))).unwrap();
     }
-    for f in &expected {
+    for (i, f) in expected.iter().enumerate() {
         fs::write(f, "x").unwrap();
+        written.store(i + 1, std::sync::atomic::Ordering::Release);
     }
-    done.store(true, std::sync::atomic::Ordering::Release);
     let c = consumer.join().unwrap();
     let stats = c.watcher.stats();
     assert!(stats.peak_pending <= CAP, "{stats:?}");
+    assert!(
+        stats.collapses > 0,
+        "the burst never reached the cap: {stats:?}"
+    );
+    assert!(!c.rescans.is_empty());
     let reported: std::collections::HashSet<&PathBuf> = c
         .changes
         .iter()

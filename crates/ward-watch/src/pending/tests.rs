@@ -52,6 +52,8 @@ enum Ev {
     Rd(&'static str),
     Mv(&'static str, &'static str),
     Mvd(&'static str, &'static str),
+    /// A file moved in from an ignored path.
+    Rp(&'static str),
 }
 
 fn run(events: &[Ev]) -> Vec<Item> {
@@ -66,6 +68,7 @@ fn run(events: &[Ev]) -> Vec<Item> {
             Ev::Rd(x) => p.record(Path::new(x), Op::Remove, true, now),
             Ev::Mv(a, b) => p.record_rename(Path::new(a), Path::new(b), false, now),
             Ev::Mvd(a, b) => p.record_rename(Path::new(a), Path::new(b), true, now),
+            Ev::Rp(x) => p.record(Path::new(x), Op::Replace, false, now),
         }
     }
     let items = p.take_due(t0 + ms(10_000));
@@ -139,6 +142,21 @@ fn coalescing_rules() {
             "atomic save is a modification",
             vec![C("/r/.a.swp"), M("/r/.a.swp"), Mv("/r/.a.swp", "/r/a")],
             vec![("modified", "/r/a")],
+        ),
+        (
+            "an atomic save through an ignored temporary file is a modification",
+            vec![Rp("/r/a")],
+            vec![("modified", "/r/a")],
+        ),
+        (
+            "a new file then an atomic save over it is created",
+            vec![C("/r/a"), Rp("/r/a")],
+            vec![("created", "/r/a")],
+        ),
+        (
+            "an atomic save over a renamed file removes its origin",
+            vec![Mv("/r/a", "/r/b"), Rp("/r/b")],
+            vec![("removed", "/r/a"), ("modified", "/r/b")],
         ),
         (
             "backup-style save (rename away, write new, delete backup) is a modification",
