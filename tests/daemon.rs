@@ -498,3 +498,62 @@ fn a_state_dir_open_to_others_is_refused() {
     );
     assert!(f.processes().is_empty());
 }
+
+#[test]
+fn a_state_dir_inside_the_watched_tree_triggers_no_jobs() {
+    let f = Fixture::new(
+        JOB,
+        concat!(
+            "[[trigger]]\nname = \"fail\"\nglob = [\"*.fail\"]\nexec = [\"{job}\", \"exit\", \"3\"]\n",
+            "[[trigger]]\nname = \"record\"\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n",
+        ),
+    );
+    let state = f.tree.join(".ward");
+    let ward = |args: &[&str]| {
+        ward_e2e::ward()
+            .arg("--config")
+            .arg(&f.config)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(ward(&["start"]).status.success());
+    // A failing job writes a crash report (and log lines) into the state dir.
+    std::fs::write(f.tree.join("x.fail"), "x").unwrap();
+    wait_for("a crash report in the state dir", LONG, || {
+        std::fs::read_dir(state.join("crashes")).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "json"))
+        })
+    });
+    std::fs::write(f.tree.join("sentinel.txt"), "x").unwrap();
+    wait_for("the sentinel's job", LONG, || has_path(&f, "sentinel.txt"));
+    assert!(ward(&["stop"]).status.success());
+    let own: Vec<_> = f
+        .ledger_entries()
+        .into_iter()
+        .filter(|(_, p)| p.starts_with(state.as_os_str().as_bytes()))
+        .collect();
+    assert!(own.is_empty(), "jobs ran on ward's own state: {own:?}");
+}
+
+#[test]
+fn an_idle_worker_is_stopped_with_sigterm_not_killed_with_its_job_thread() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nworker = [\"{job}\", \"worker\", \"{ledger}\"]\n",
+    );
+    start(&f);
+    std::fs::write(f.tree.join("one.txt"), "1").unwrap();
+    wait_for("the worker's job", LONG, || has_path(&f, "one.txt"));
+    stop(&f);
+    // The pool joins its job threads while draining; a worker forked by one of them would die
+    // of its parent-death signal (SIGKILL) then, before the server could stop it gracefully.
+    let log = log_of(&f);
+    assert!(
+        log.contains("exited: killed by signal 15 (SIGTERM)"),
+        "worker not stopped gracefully:\n{log}"
+    );
+}

@@ -42,9 +42,12 @@ impl std::error::Error for ConfigError {}
 pub struct Config {
     /// Where the configuration came from (`None` for command-line flags only).
     pub source: Option<PathBuf>,
+    /// The config file's directory (else the current one): relative roots are resolved against
+    /// it, and jobs and workers run in it.
+    pub base: PathBuf,
     /// Roots to watch, absolute.
     pub roots: Vec<PathBuf>,
-    /// Ignore globs (gitignore syntax), applied before watching.
+    /// Ignore globs, matched against paths relative to their root, applied before watching.
     pub ignore: Vec<String>,
     /// Name of the per-directory ignore file (gitignore syntax).
     pub ignore_file: String,
@@ -205,7 +208,10 @@ impl Config {
                     "watch.roots is empty: name at least one directory".into(),
                 ));
             }
-            config.roots = roots.into_iter().map(|r| base.join(r)).collect();
+            config.roots = roots
+                .into_iter()
+                .map(|r| normalize(&base.join(r)))
+                .collect();
         }
         config.ignore = parsed.watch.ignore;
         if let Some(name) = parsed.watch.ignore_file {
@@ -322,7 +328,8 @@ impl Config {
     pub fn defaults(base: PathBuf) -> Config {
         Config {
             source: None,
-            roots: vec![base],
+            roots: vec![normalize(&base)],
+            base,
             ignore: Vec::new(),
             ignore_file: ".wardignore".into(),
             debounce: Duration::from_millis(50),
@@ -363,6 +370,24 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// toml's span cannot give (they come from validation after parsing).
 fn find_key(text: &str, needle: &str) -> Option<(usize, usize)> {
     text.find(needle).map(|offset| line_col(text, offset))
+}
+
+/// `path` without `.` and `..` components and with symlinks resolved when it exists, so that
+/// the watcher's paths and the roots compare equal.
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| {
+        let mut out = PathBuf::new();
+        for part in path.components() {
+            match part {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    })
 }
 
 fn absolute(path: &Path) -> std::io::Result<PathBuf> {

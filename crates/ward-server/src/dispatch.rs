@@ -74,6 +74,63 @@ impl Tail {
     }
 }
 
+/// A spawn request for the [`Spawner`]'s thread, with where to send the child.
+type SpawnRequest = (
+    ChildSpec,
+    crossbeam_channel::Sender<ward_supervisor::Result<Child>>,
+);
+
+/// A thread that only spawns persistent workers. Linux sends a child's parent-death signal when
+/// the *thread* that forked it exits; a worker outlives the job thread that first needed it (the
+/// pool joins its threads while draining), so workers are forked here, by a thread that lives as
+/// long as the dispatcher, and stop only when told to.
+#[derive(Debug)]
+struct Spawner {
+    // Dropped (closing the channel) before the thread is joined in `Drop`.
+    requests: Option<crossbeam_channel::Sender<SpawnRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Spawner {
+    fn start() -> std::io::Result<Spawner> {
+        let (tx, rx) = crossbeam_channel::bounded::<SpawnRequest>(1);
+        let thread = std::thread::Builder::new()
+            .name("ward-spawner".into())
+            .spawn(move || {
+                for (spec, reply) in rx {
+                    // The requester may have given up; the child is then dropped, which reaps it.
+                    let _ = reply.send(Child::spawn(&spec));
+                }
+            })?;
+        Ok(Spawner {
+            requests: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn spawn(&self, spec: ChildSpec) -> Result<Child, String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let requests = self.requests.as_ref().ok_or("the spawner is stopped")?;
+        requests
+            .send((spec, tx))
+            .map_err(|_| "the spawner thread is gone".to_owned())?;
+        rx.recv()
+            .map_err(|_| "the spawner thread is gone".to_owned())?
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        drop(self.requests.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("the worker spawner thread panicked");
+        }
+    }
+}
+
 /// Runs jobs for the server: owns the idle persistent workers of each trigger.
 #[derive(Debug)]
 pub struct Dispatcher {
@@ -82,22 +139,29 @@ pub struct Dispatcher {
     state: StateDir,
     idle: Mutex<Vec<Vec<Worker>>>,
     next_worker: std::sync::atomic::AtomicU64,
+    // Last: its thread is the parent of every worker in `idle`, so it must outlive them.
+    spawner: Spawner,
 }
 
 impl Dispatcher {
     /// A dispatcher for `config`'s triggers.
     ///
     /// # Errors
-    /// If a trigger's globs do not compile.
-    pub fn new(config: Config, state: StateDir) -> Result<Dispatcher, crate::ConfigError> {
+    /// If a trigger's globs do not compile, or the spawner thread cannot be started.
+    pub fn new(config: Config, state: StateDir) -> Result<Dispatcher, crate::Error> {
         let triggers = Triggers::new(&config.triggers)?;
         let idle = Mutex::new((0..triggers.len()).map(|_| Vec::new()).collect());
+        let spawner = Spawner::start().map_err(|e| crate::Error::Io {
+            context: "starting the worker spawner thread".into(),
+            source: e,
+        })?;
         Ok(Dispatcher {
             triggers,
             config,
             state,
             idle,
             next_worker: 0.into(),
+            spawner,
         })
     }
 
@@ -255,6 +319,7 @@ impl Dispatcher {
             ChildSpec::new(&argv[0])
                 .name(label.clone())
                 .args(&argv[1..])
+                .current_dir(&self.config.base)
                 .stdin(Input::Piped)
                 .stop_grace(self.config.stop_grace)
                 .capture(move |line| match line.stream {
@@ -269,8 +334,10 @@ impl Dispatcher {
                     }
                 })
         };
-        let mut child =
-            Child::spawn(&spec).map_err(|e| JobError::Spawn(format!("worker {label}: {e}")))?;
+        let mut child = self
+            .spawner
+            .spawn(spec)
+            .map_err(|e| JobError::Spawn(format!("worker {label}: {e}")))?;
         let stdin = child
             .take_stdin()
             .ok_or_else(|| JobError::Spawn(format!("worker {label}: no stdin pipe")))?;

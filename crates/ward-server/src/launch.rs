@@ -77,7 +77,11 @@ impl Launch {
             message,
         };
         if !self.watch.is_empty() {
-            config.roots = self.watch.iter().map(|w| cwd.join(w)).collect();
+            config.roots = self
+                .watch
+                .iter()
+                .map(|w| crate::config::normalize(&cwd.join(w)))
+                .collect();
         }
         config.ignore.extend(self.ignore.iter().cloned());
         if let Some(n) = self.workers {

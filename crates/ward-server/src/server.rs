@@ -65,7 +65,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         state.clone(),
     )?)));
     let pool = build_pool(&config, Arc::clone(&dispatcher))?;
-    let watcher = build_watcher(&config)?;
+    let watcher = build_watcher(&config, &state)?;
     let mut snapshot = Snapshot::of_roots(watcher.ignore_rules());
     // The control thread asks the main loop for figures instead of sharing its state: nothing
     // is computed, and nothing wakes up, unless somebody asks.
@@ -208,7 +208,7 @@ fn log_outcome(event: QueueEvent<Job>) {
     }
 }
 
-fn build_watcher(config: &Config) -> Result<Watcher, Error> {
+fn build_watcher(config: &Config, state: &StateDir) -> Result<Watcher, Error> {
     let mut builder = Watcher::builder()
         .roots(config.roots.iter().cloned())
         .ignore_file(config.ignore_file.clone())
@@ -216,6 +216,13 @@ fn build_watcher(config: &Config) -> Result<Watcher, Error> {
         .max_wait(config.max_wait);
     for glob in &config.ignore {
         builder = builder.ignore_glob(glob.clone());
+    }
+    // ward's own state (log, crash reports, socket) changes as jobs run: watching it would make
+    // every job trigger more jobs.
+    for root in &config.roots {
+        if let Ok(inside) = state.path().strip_prefix(root) {
+            builder = builder.ignore_glob(globset::escape(&inside.to_string_lossy()));
+        }
     }
     builder
         .build()
