@@ -67,11 +67,18 @@ fn raw_crossbeam_values() -> Duration {
     start.elapsed()
 }
 
-fn ward(keyed: bool) -> Duration {
-    let pool: Pool<u64, u64> = Pool::builder()
+fn ward(keyed: bool, events: bool) -> Duration {
+    let mut builder = Pool::builder()
         .workers(WORKERS)
         .capacity(CAPACITY)
-        .policy(Policy::Block { timeout: None })
+        .policy(Policy::Block { timeout: None });
+    if events {
+        // What the daemon does: every outcome reaches the owner.
+        builder = builder.on_event(|event| {
+            black_box(event);
+        });
+    }
+    let pool: Pool<u64, u64> = builder
         .build(|job: &u64| {
             black_box(job);
             Ok(())
@@ -220,6 +227,7 @@ fn main() {
         "raw crossbeam bounded (u64 values)",
         "ward-queue unkeyed",
         "ward-queue keyed (distinct keys)",
+        "ward-queue unkeyed + event callback",
         "rayon spawn (unbounded)",
         "threadpool execute (unbounded)",
     ];
@@ -227,10 +235,11 @@ fn main() {
     for _ in 0..ROUNDS {
         runs[0].push(raw_crossbeam_boxed());
         runs[1].push(raw_crossbeam_values());
-        runs[2].push(ward(false));
-        runs[3].push(ward(true));
-        runs[4].push(rayon_spawn());
-        runs[5].push(threadpool_execute());
+        runs[2].push(ward(false, false));
+        runs[3].push(ward(true, false));
+        runs[4].push(ward(false, true));
+        runs[5].push(rayon_spawn());
+        runs[6].push(threadpool_execute());
     }
     let medians: Vec<Duration> = runs.into_iter().map(median).collect();
     let reference = rate(medians[0]);

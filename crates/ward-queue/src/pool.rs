@@ -17,7 +17,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
-use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::keys::{KeyTable, Offer};
 use crate::metrics::{IntakeStats, Latency, Metrics, Stats, empty_counts};
@@ -30,7 +30,7 @@ const WAIT_SLICE: Duration = Duration::from_millis(2);
 /// How long a due retry waits before the overseer tries again when the queue is full.
 const RETRY_REQUEUE: Duration = Duration::from_millis(2);
 /// One job in `SAMPLE_EVERY` has its wait and run latency measured (a power of two).
-const SAMPLE_EVERY: u64 = 16;
+const SAMPLE_EVERY: u64 = 64;
 
 /// What a submit does when the queue is full (or intake paused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,10 +266,8 @@ struct Config {
 struct Shared<J, K> {
     config: Config,
     handler: Handler<J>,
-    listener: Listener<J>,
-    /// The queue's sender; `None` once shutdown has started. Submitters hold the read lock while
-    /// they put a job in, so that `close` (the writer) knows no job can land after it looked.
-    intake: RwLock<Option<Sender<Envelope<J, K>>>>,
+    /// `None`: failures are logged, the rest discarded (and `Completed` not even built).
+    listener: Option<Listener<J>>,
     rx: Receiver<Envelope<J, K>>,
     paused: AtomicBool,
     /// Submitters blocked by a pause wait here for resume or close.
@@ -388,8 +386,7 @@ where
         let workers = config.workers;
         let shared = Arc::new(Shared {
             handler: Box::new(handler),
-            listener: self.listener.unwrap_or_else(|| Box::new(log_event)),
-            intake: RwLock::new(Some(tx.clone())),
+            listener: self.listener,
             rx,
             paused: AtomicBool::new(false),
             gate: Mutex::new(()),
@@ -398,7 +395,7 @@ where
             timer: Mutex::new(Timer {
                 heap: BinaryHeap::new(),
                 seq: 0,
-                tx: Some(tx),
+                tx: Some(tx.clone()),
                 sealed: false,
                 reserved: 0,
                 quit: false,
@@ -418,6 +415,7 @@ where
             config,
         });
         let mut pool = Pool {
+            tx: Some(tx),
             overseer: None,
             closed: false,
             shared,
@@ -453,6 +451,11 @@ where
 {
     // `Drop` calls `close`, which stops and joins the overseer and every worker before any field
     // is dropped; `shared` comes last so that nothing the threads used goes away before them.
+    /// The queue's sender. Submits borrow the pool and `close` needs it exclusively, so no
+    /// submit can be under way when `close` drops this: the borrow checker closes intake, with
+    /// no lock on the submit path. Without it (and the overseer's clone) the queue disconnects
+    /// once empty, which is how idle workers learn to exit.
+    tx: Option<Sender<Envelope<J, K>>>,
     overseer: Option<JoinHandle<()>>,
     closed: bool,
     shared: Arc<Shared<J, K>>,
@@ -505,7 +508,9 @@ where
     pub fn submit(&self, job: J) -> Result<JobId, Error<J>> {
         let task = self.shared.new_task(job);
         let id = task.id;
-        self.shared.submit_unkeyed(task).map(|()| id)
+        self.shared
+            .submit_unkeyed(self.tx.as_ref(), task)
+            .map(|()| id)
     }
 
     /// Queues `job` under `key`: it replaces a job of that key still waiting (latest wins; the
@@ -519,7 +524,9 @@ where
     pub fn submit_keyed(&self, key: K, job: J) -> Result<JobId, Error<J>> {
         let task = self.shared.new_task(job);
         let id = task.id;
-        self.shared.submit_keyed(key, task).map(|()| id)
+        self.shared
+            .submit_keyed(self.tx.as_ref(), key, task)
+            .map(|()| id)
     }
 
     /// Pauses intake: submitters feel backpressure per the policy (block waits, reject and
@@ -609,9 +616,8 @@ where
         self.closed = true;
         let shared = &self.shared;
         let end = Instant::now().checked_add(grace);
-        // 1. No more submits: the write lock waits out submitters mid-send.
-        *shared.intake.write() = None;
-        shared.wake_gate();
+        // 1. No more submits (none can be under way: this borrows the pool exclusively).
+        self.tx = None;
         // 2. Drain: workers run what is queued, the overseer still sends retries that come due,
         //    until no accepted job lacks an outcome or the grace is over.
         while self.outstanding() > 0 && end.is_none_or(|end| Instant::now() < end) {
@@ -716,14 +722,17 @@ where
         Err(Error::Closed(job))
     }
 
-    fn submit_unkeyed(&self, task: Task<J>) -> Result<(), Error<J>> {
+    fn submit_unkeyed(
+        &self,
+        tx: Option<&Sender<Envelope<J, K>>>,
+        task: Task<J>,
+    ) -> Result<(), Error<J>> {
+        let Some(tx) = tx else {
+            return self.refuse_closed(task.job);
+        };
         let mut envelope = Envelope::Job(task);
         let mut until = None;
         loop {
-            let intake = self.intake.read();
-            let Some(tx) = intake.as_ref() else {
-                return self.refuse_closed(envelope.into_unkeyed().job);
-            };
             let paused = self.paused.load(Ordering::SeqCst);
             if !paused {
                 match tx.try_send(envelope) {
@@ -744,50 +753,47 @@ where
                 Policy::Reject => return self.reject(Error::Full, envelope.into_unkeyed()),
                 Policy::DropOldest => {
                     let evicted = self.evict_oldest(tx);
-                    // Reported without the intake lock: the callback may submit.
-                    drop(intake);
                     if let Some(task) = evicted {
                         self.drop_task(task, DropReason::Evicted);
                     }
                 }
                 Policy::CallerRuns => {
-                    drop(intake);
                     self.run_in_caller(envelope.into_unkeyed());
                     return Ok(());
                 }
                 Policy::Block { timeout } => {
                     let until = *until.get_or_insert_with(|| deadline_after(timeout));
                     if paused {
-                        drop(intake);
                         if !self.wait_gate(until) {
                             return self.reject(Error::Timeout, envelope.into_unkeyed());
                         }
                         continue;
                     }
-                    let slice = Instant::now() + WAIT_SLICE * 5;
-                    let limit = until.map_or(slice, |until: Instant| until.min(slice));
-                    match tx.send_deadline(envelope, limit) {
-                        Ok(()) => return Ok(()),
-                        Err(SendTimeoutError::Timeout(back)) => envelope = back,
-                        Err(SendTimeoutError::Disconnected(back)) => {
-                            return self.refuse_closed(back.into_unkeyed().job);
+                    return match send_until(tx, envelope, until) {
+                        Ok(()) => Ok(()),
+                        Err(SendTimeoutError::Timeout(back)) => {
+                            self.reject(Error::Timeout, back.into_unkeyed())
                         }
-                    }
-                    if until.is_some_and(|until| Instant::now() >= until) {
-                        return self.reject(Error::Timeout, envelope.into_unkeyed());
-                    }
+                        Err(SendTimeoutError::Disconnected(back)) => {
+                            self.refuse_closed(back.into_unkeyed().job)
+                        }
+                    };
                 }
             }
         }
     }
 
-    fn submit_keyed(&self, mut key: K, mut task: Task<J>) -> Result<(), Error<J>> {
+    fn submit_keyed(
+        &self,
+        tx: Option<&Sender<Envelope<J, K>>>,
+        mut key: K,
+        mut task: Task<J>,
+    ) -> Result<(), Error<J>> {
+        let Some(tx) = tx else {
+            return self.refuse_closed(task.job);
+        };
         let mut until = None;
         loop {
-            let intake = self.intake.read();
-            let Some(tx) = intake.as_ref() else {
-                return self.refuse_closed(task.job);
-            };
             let paused = self.paused.load(Ordering::SeqCst);
             let mut keys = self.keys.lock();
             // The token is sent under the key-table lock (never blocking) so that the worker
@@ -796,7 +802,6 @@ where
             match keys.offer(key, task, send_token) {
                 Offer::Coalesced(old) => {
                     drop(keys);
-                    drop(intake);
                     self.drop_task(old, DropReason::Coalesced);
                     return Ok(());
                 }
@@ -821,14 +826,11 @@ where
                 Policy::Reject => return self.reject(Error::Full, task),
                 Policy::DropOldest => {
                     let evicted = self.evict_oldest(tx);
-                    // Reported without the intake lock: the callback may submit.
-                    drop(intake);
                     if let Some(task) = evicted {
                         self.drop_task(task, DropReason::Evicted);
                     }
                 }
                 Policy::CallerRuns => {
-                    drop(intake);
                     if self.keys.lock().claim(&key) {
                         self.run_keyed(&self.caller, false, key, task);
                         return Ok(());
@@ -837,7 +839,6 @@ where
                 }
                 Policy::Block { timeout } => {
                     // Only reached while paused.
-                    drop(intake);
                     let until = *until.get_or_insert_with(|| deadline_after(timeout));
                     if !self.wait_gate(until) {
                         return self.reject(Error::Timeout, task);
@@ -859,21 +860,18 @@ where
     ) -> Result<(), Error<J>> {
         let is_ours = |task: &Task<J>| task.id == id;
         loop {
-            let slice = Instant::now() + WAIT_SLICE * 5;
-            let limit = until.map_or(slice, |until| until.min(slice));
-            match tx.send_deadline(Envelope::Key(key.clone()), limit) {
+            match send_until(tx, Envelope::Key(key.clone()), until) {
                 Ok(()) => return Ok(()),
-                Err(SendTimeoutError::Timeout(_)) => {}
+                Err(SendTimeoutError::Timeout(_)) => {
+                    let withdrawn = self.keys.lock().withdraw(&key, is_ours);
+                    match withdrawn {
+                        Some(task) => return self.reject(Error::Timeout, task),
+                        None => until = None,
+                    }
+                }
                 Err(SendTimeoutError::Disconnected(_)) => {
                     let withdrawn = self.keys.lock().withdraw(&key, is_ours);
                     return withdrawn.map_or(Ok(()), |task| self.refuse_closed(task.job));
-                }
-            }
-            if until.is_some_and(|until| Instant::now() >= until) {
-                let withdrawn = self.keys.lock().withdraw(&key, is_ours);
-                match withdrawn {
-                    Some(task) => return self.reject(Error::Timeout, task),
-                    None => until = None,
                 }
             }
         }
@@ -896,7 +894,7 @@ where
     }
 
     /// Makes room under `DropOldest`: takes the oldest queued item out and returns its job, for
-    /// the caller to report once it has let go of the intake lock.
+    /// the caller to report.
     fn evict_oldest(&self, tx: &Sender<Envelope<J, K>>) -> Option<Task<J>> {
         let Ok(oldest) = self.rx.try_recv() else {
             return None; // The workers emptied it meanwhile.
@@ -1013,12 +1011,14 @@ where
         let failure = match result {
             Ok(()) => {
                 cell.count(&stats.completed);
-                let attempts = task.failed_attempts() + 1;
-                self.emit(Event::Completed {
-                    id: task.id,
-                    job: task.job,
-                    attempts,
-                });
+                if self.listener.is_some() {
+                    let attempts = task.failed_attempts() + 1;
+                    self.emit(Event::Completed {
+                        id: task.id,
+                        job: task.job,
+                        attempts,
+                    });
+                }
                 return false;
             }
             Err(failure) => failure,
@@ -1111,9 +1111,28 @@ where
     }
 
     fn emit(&self, event: Event<J>) {
-        if catch_unwind(AssertUnwindSafe(|| (self.listener)(event))).is_err() {
+        let Some(listener) = &self.listener else {
+            log_event(event);
+            return;
+        };
+        if catch_unwind(AssertUnwindSafe(|| listener(event))).is_err() {
             log::error!("ward-queue: the event callback panicked; that event is lost");
         }
+    }
+}
+
+/// A blocking send, bounded by `until` if given. Nothing can close the queue meanwhile (closing
+/// needs the pool exclusively), so waiting in one piece is safe.
+fn send_until<T>(
+    tx: &Sender<T>,
+    item: T,
+    until: Option<Instant>,
+) -> Result<(), SendTimeoutError<T>> {
+    match until {
+        Some(until) => tx.send_deadline(item, until),
+        None => tx
+            .send(item)
+            .map_err(|err| SendTimeoutError::Disconnected(err.into_inner())),
     }
 }
 

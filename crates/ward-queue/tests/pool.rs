@@ -777,20 +777,21 @@ fn metrics_show_queue_running_and_latencies() {
     let (gate, started, outcomes) = (Gate::default(), Arc::default(), Outcomes::default());
     let pool = blocking_pool(
         1,
-        64,
+        256,
         Policy::Block { timeout: None },
         &gate,
         &started,
         &outcomes,
     );
-    fill(&pool, &started, 0..40);
+    fill(&pool, &started, 0..129);
     let busy = pool.metrics();
-    assert_eq!((busy.running, busy.queued, busy.completed), (1, 40, 0));
+    assert_eq!((busy.running, busy.queued, busy.completed), (1, 129, 0));
     gate.open();
-    wait_for("the queue to drain", || pool.metrics().completed == 41);
+    wait_for("the queue to drain", || pool.metrics().completed == 130);
     let done = pool.metrics();
     assert_eq!((done.running, done.queued), (0, 0));
-    // Jobs 0, 16 and 32 are sampled; each waited behind the blocker.
+    // One job in 64 is sampled: the blocker (job number 0), then 64 and 128, which waited
+    // behind it.
     assert_eq!(done.wait.samples, 3);
     assert!(done.wait.max >= done.wait.p50 && done.wait.p50 > Duration::ZERO);
     assert!(done.run.samples >= 3);
