@@ -25,6 +25,14 @@ fn signaled(signal: i32) -> Termination {
     }
 }
 
+/// A shell leaving sleeps in the background, its output not the harness's: if a test failed to
+/// kill them, they would otherwise hold the harness's stdout open and hang the whole run.
+fn background_sleeps(script: &str) -> ChildSpec {
+    ChildSpec::new("sh")
+        .args(["-c", script])
+        .output(ward_supervisor::Output::Null)
+}
+
 fn run(spec: &ChildSpec) -> ward_supervisor::Exit {
     let child = Child::spawn(spec).expect("spawn");
     child.wait_timeout(LONG).expect("the child exits")
@@ -141,6 +149,42 @@ fn memory_max_provokes_sigkill_from_the_cgroup_oom_killer() {
 }
 
 #[test]
+fn a_descendant_that_left_the_group_dies_with_the_memory_cgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ChildSpec::new("sh")
+        .args([
+            "-c",
+            "setsid sleep 1000 & echo $! > escaped.tmp; mv escaped.tmp escaped; sleep 0.1; exit 0",
+        ])
+        .current_dir(dir.path())
+        // Not the harness's stdout: an escapee holding it would hang the test run.
+        .output(ward_supervisor::Output::Null)
+        .memory_max(256 << 20);
+    if ward_supervisor::probe_memory_cgroup().is_err() {
+        let err = Child::spawn(&spec).expect_err("no memory cgroup: the limit is refused");
+        assert!(matches!(err, Error::NoMemoryCgroup { .. }), "{err}");
+        return;
+    }
+    let child = Child::spawn(&spec).unwrap();
+    let exit = child.wait_timeout(LONG).expect("the shell exits");
+    assert_eq!(exit.termination, Termination::Exited { code: 0 });
+    let pidfile = dir.path().join("escaped");
+    assert!(poll(LONG, || pidfile.exists()));
+    let escaped: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let died = poll(LONG, || is_dead(escaped));
+    if !died {
+        // Do not leave it behind even when the test fails.
+        // SAFETY: kill has no memory-safety preconditions; the pid is our escaped descendant.
+        unsafe { libc::kill(escaped as libc::pid_t, libc::SIGKILL) };
+    }
+    assert!(died, "the setsid sleep {escaped} outlived its cgroup");
+}
+
+#[test]
 fn stop_sends_sigterm_first() {
     let child = Child::spawn(&ChildSpec::new("sleep").arg("1000")).unwrap();
     let exit = child.stop(LONG).unwrap();
@@ -170,8 +214,7 @@ fn stop_sends_sigkill_after_the_grace_when_sigterm_is_ignored() {
 
 #[test]
 fn stop_kills_the_whole_process_group() {
-    let child =
-        Child::spawn(&ChildSpec::new("sh").args(["-c", "sleep 1000 & sleep 1000 & wait"])).unwrap();
+    let child = Child::spawn(&background_sleeps("sleep 1000 & sleep 1000 & wait")).unwrap();
     let mut grandchildren = BTreeSet::new();
     assert!(poll(LONG, || {
         grandchildren = live_descendants(child.id());
@@ -186,12 +229,10 @@ fn a_child_exiting_takes_its_group_with_it() {
     let dir = tempfile::tempdir().unwrap();
     // The shell leaves two sleeps behind in its group and exits once told to.
     let child = Child::spawn(
-        &ChildSpec::new("sh")
-            .args([
-                "-c",
-                "sleep 1000 & sleep 1000 & while [ ! -e go ]; do sleep 0.01; done; exit 4",
-            ])
-            .current_dir(dir.path()),
+        &background_sleeps(
+            "sleep 1000 & sleep 1000 & while [ ! -e go ]; do sleep 0.01; done; exit 4",
+        )
+        .current_dir(dir.path()),
     )
     .unwrap();
     let mut left = BTreeSet::new();
@@ -578,8 +619,7 @@ fn stopping_a_supervisor_of_20_children_leaves_no_descendant() {
     let (supervisor, _events) = Supervisor::with_channel().unwrap();
     let mut pids = Vec::new();
     for i in 0..20 {
-        let spec = ChildSpec::new("sh")
-            .args(["-c", "sleep 1000 & sleep 1000 & wait"])
+        let spec = background_sleeps("sleep 1000 & sleep 1000 & wait")
             .name(format!("child-{i}"))
             .stop_grace(Duration::from_secs(5));
         let id = supervisor.add(spec, RestartPolicy::default()).unwrap();
