@@ -107,7 +107,9 @@ pub fn signal_name(signal: i32) -> Option<&'static str> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CgroupEvidence {
-    /// The cgroup directory (removed when the [`Child`](crate::Child) handle is dropped).
+    /// The cgroup directory. It is removed when the [`Child`](crate::Child) handle is dropped:
+    /// under a [`Supervisor`](crate::Supervisor), right after the `Exited` event, so read what
+    /// you need from here rather than from the directory.
     pub path: PathBuf,
     /// The limit that was set, in bytes.
     pub limit_bytes: u64,

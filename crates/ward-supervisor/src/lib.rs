@@ -34,6 +34,17 @@
 //! # }
 //! ```
 //!
+//! # Crate features
+//! None. Linux is the supported platform; see *Known problems* for the others.
+//!
+//! # Which piece to use
+//! - [`RestartTracker`] alone, to drive restarts of something else (it only needs [`Exit`]s).
+//! - [`Child`] to run one process with full control (spawn, signal, [`Child::stop`], wait).
+//! - [`Supervisor`] to keep N children running under their [`RestartPolicy`], with [`Event`]s
+//!   on a callback or a channel. Its callbacks run on its own threads: an event callback or an
+//!   output sink must not call the `Supervisor` and wait for the answer (that would deadlock);
+//!   hand the event to another thread instead.
+//!
 //! # Theory of operation
 //! - **Spawning.** [`Child::spawn`] uses `std::process::Command` with a `pre_exec` hook that
 //!   makes only async-signal-safe system calls: `prctl(PR_SET_PDEATHSIG, SIGKILL)` then a
@@ -51,6 +62,11 @@
 //! - **Output.** Captured stdout/stderr are read by a reader thread into a bounded queue; a
 //!   separate thread feeds the sink. The child never waits for the sink: when the queue is full,
 //!   lines are dropped and counted ([`Line::dropped_before`]).
+//! - **Memory cgroup.** [`ChildSpec::memory_max`] creates a cgroup per run under this
+//!   process's own memory cgroup (v2 if the memory controller is delegated there, else v1), the
+//!   child moves itself in before exec, and the cgroup's OOM counter is read into the [`Exit`]
+//!   when the child is reaped. When the child exits, every process left in its cgroup is killed
+//!   too, even one that left the process group.
 //! - **Liveness.** With a [`Watchdog`], the child writes to the descriptor named by
 //!   [`HEARTBEAT_FD_ENV`] ([`Heartbeat`] does it); silence longer than the timeout earns a
 //!   SIGABRT, then SIGKILL to the group after the grace, and the [`Exit`] says `hung`.
@@ -78,6 +94,7 @@ mod policy;
 mod spec;
 mod supervisor;
 mod sys;
+mod tail;
 
 pub use child::Child;
 pub use error::{Error, Result};
@@ -91,6 +108,7 @@ pub use spec::{
     ChildSpec, HEARTBEAT_FD_ENV, Input, Line, Output, OutputSink, ResourceLimits, Stream, Watchdog,
 };
 pub use supervisor::{ChildId, ChildState, ChildStatus, Event, EventKind, Supervisor};
+pub use tail::OutputTail;
 
 /// Where a memory-limited child's cgroup would be created (the parent directory), or why none
 /// can be: lets a caller check its configuration before spawning anything.

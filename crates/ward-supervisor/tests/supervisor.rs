@@ -53,6 +53,16 @@ fn helper_exits_with_the_code_it_is_given() {
 }
 
 #[test]
+fn handles_can_be_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Supervisor>();
+    send_sync::<Child>();
+    send_sync::<Event>();
+    send_sync::<ChildSpec>();
+    send_sync::<Error>();
+}
+
+#[test]
 fn a_panic_is_exit_code_101() {
     let dir = tempfile::tempdir().unwrap();
     let exit = run(&helper("panic", dir.path()));
