@@ -160,6 +160,7 @@ impl Supervisor {
                     on_event: Box::new(on_event),
                     slots: BTreeMap::new(),
                     next_id: 1,
+                    retired: Vec::new(),
                 }
                 .run()
             })
@@ -299,6 +300,8 @@ struct Runner {
     on_event: Box<dyn FnMut(&Event) + Send>,
     slots: BTreeMap<ChildId, Slot>,
     next_id: ChildId,
+    /// Handles of exited runs, dropped (threads joined) after restarts are done.
+    retired: Vec<Child>,
 }
 
 impl Runner {
@@ -359,6 +362,7 @@ impl Runner {
                 }
             }
             self.due();
+            self.retired.clear();
         }
     }
 
@@ -440,8 +444,9 @@ impl Runner {
         };
         self.emit(id, EventKind::Exited(exit));
         self.decide(id, decision);
-        // Dropped after the replacement is spawned: joining its threads must not delay it.
-        drop(old);
+        // Dropped once the replacement is spawned: joining its threads (the reader may drain
+        // for a moment, the sink may be slow) must not delay the restart.
+        self.retired.push(old);
     }
 
     fn decide(&mut self, id: ChildId, decision: Decision) {
