@@ -141,6 +141,18 @@ impl Child {
             .map(sys::create_memory_cgroup)
             .transpose()?
             .map(Arc::new);
+        // The reaper wakes the reader through this pipe once the child is gone; made before the
+        // spawn so that failing to make it fails the spawn instead of losing output.
+        let needs_reader = matches!(spec.output, Output::Capture(_)) || spec.watchdog.is_some();
+        let wake = match needs_reader.then(sys::pipe).transpose() {
+            Ok(wake) => wake,
+            Err(err) => {
+                if let Some(cgroup) = &cgroup {
+                    cgroup.remove();
+                }
+                return Err(err);
+            }
+        };
         let spawned = spawn_process(spec, cgroup.as_deref());
         let (process, heartbeat) = match spawned {
             Ok(spawned) => spawned,
@@ -151,13 +163,16 @@ impl Child {
                 return Err(err);
             }
         };
-        Ok(Child::adopt(spec, process, heartbeat, cgroup, on_exit))
+        Ok(Child::adopt(
+            spec, process, heartbeat, wake, cgroup, on_exit,
+        ))
     }
 
     fn adopt(
         spec: &ChildSpec,
         mut process: std::process::Child,
         heartbeat: Option<OwnedFd>,
+        wake: Option<(OwnedFd, OwnedFd)>,
         cgroup: Option<Arc<Cgroup>>,
         on_exit: Option<OnExit>,
     ) -> Child {
@@ -188,19 +203,10 @@ impl Child {
             Output::Inherit | Output::Null => None,
         };
         let watchdog = spec.watchdog.zip(heartbeat);
-        let needs_reader = stdout.is_some() || stderr.is_some() || watchdog.is_some();
-        // The reaper wakes the reader through this pipe once the child is gone.
-        let wake = if needs_reader { sys::pipe().ok() } else { None };
         let (wake_read, wake_write) = match wake {
             Some((r, w)) => (Some(r), Some(w)),
             None => (None, None),
         };
-        if needs_reader && wake_read.is_none() {
-            log::error!(
-                "child {}: cannot create a wake pipe; output not captured",
-                shared.pid
-            );
-        }
 
         let reaper_shared = Arc::clone(&shared);
         let kill_group = spec.kill_group_on_exit;
