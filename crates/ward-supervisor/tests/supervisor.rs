@@ -625,6 +625,28 @@ fn supervisor_hands_out_the_stdin_of_a_json_lines_worker() {
 }
 
 #[test]
+fn supervisor_stop_escalates_to_sigkill_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ready_tx, ready) = crossbeam_channel::unbounded();
+    let spec = helper("ignore-term", dir.path())
+        .stop_grace(Duration::from_millis(200))
+        .capture(move |line: &Line| {
+            let _ = ready_tx.send(line.text.clone());
+        });
+    let (supervisor, _events) = Supervisor::with_channel().unwrap();
+    let id = supervisor.add(spec, RestartPolicy::immediate()).unwrap();
+    while ready.recv_timeout(LONG).expect("the helper says ready") != "ready" {}
+    supervisor.stop_child(id).unwrap();
+    let status = supervisor.status(id).unwrap();
+    assert_eq!(status.state, ChildState::Stopped);
+    let exit = status.last_exit.unwrap();
+    assert_eq!(exit.termination, signaled(libc::SIGKILL));
+    assert!(exit.stop_requested);
+    assert_eq!(status.restarts, 0);
+    supervisor.shutdown().unwrap();
+}
+
+#[test]
 fn stopping_a_supervisor_of_20_children_leaves_no_descendant() {
     let (supervisor, _events) = Supervisor::with_channel().unwrap();
     let mut pids = Vec::new();
