@@ -3,21 +3,30 @@
 //! one mutex and never blocks while holding it.
 //!
 //! A key's waiting job reaches a worker in one of two ways. If the key was idle, a token naming
-//! the key goes through the queue and the worker that receives it takes the job (`queued`). If
-//! the key was running, nothing is queued: the worker running the key takes the job itself when
-//! its run ends (the job is *deferred*). Either way there is at most one waiting job per key, and
-//! a newer submit replaces it.
+//! the key's slot goes through the queue and the worker that receives it takes the job
+//! (`queued`). If the key was running, nothing is queued: the worker running the key takes the
+//! job itself when its run ends (the job is *deferred*). Either way there is at most one waiting
+//! job per key, and a newer submit replaces it.
+//!
+//! Keys are hashed once per submit: the slot found (or made) gets a number, and tokens, retries
+//! and runners refer to the slot by that number. A slot is freed, and its key forgotten, once
+//! its key is idle with nothing waiting; no token or retry can refer to it then, so a number is
+//! never reused while something still holds it.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
 
-struct Slot<T> {
+/// The number of a key's slot, valid while the key is running, queued or waiting.
+pub(crate) type SlotId = usize;
+
+struct Slot<K, T> {
+    key: K,
     /// A job of this key is running, or is between attempts (a retry holds its key).
     running: bool,
     /// The next job of this key: latest wins.
     waiting: Option<T>,
-    /// A token for `waiting` is in the queue. Only ever set while `running` is false.
+    /// A token for `waiting` is in the queue (or about to be). Only set while `running` is false.
     queued: bool,
 }
 
@@ -35,14 +44,18 @@ pub(crate) enum Offer<K, T> {
 }
 
 pub(crate) struct KeyTable<K, T> {
-    slots: HashMap<K, Slot<T>>,
+    index: HashMap<K, SlotId>,
+    slots: Vec<Option<Slot<K, T>>>,
+    free: Vec<SlotId>,
     deferred: usize,
 }
 
 impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     pub(crate) fn new() -> Self {
         KeyTable {
-            slots: HashMap::new(),
+            index: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             deferred: 0,
         }
     }
@@ -52,18 +65,23 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         self.deferred
     }
 
-    /// Offers `job` for `key` with one hash lookup: it replaces the waiting job, waits for
-    /// the running key, or, if the key is idle and `send_token` manages to queue a token (it is
-    /// called under the caller's lock and must not block), waits for that token.
+    /// Offers `job` for `key`: it replaces the waiting job, waits for the running key, or, if
+    /// the key is idle and `send_token` manages to queue a token for the slot number it is given
+    /// (it is called under the caller's lock and must not block), waits for that token.
     pub(crate) fn offer(
         &mut self,
         key: K,
         job: T,
-        send_token: impl FnOnce(&K) -> bool,
+        send_token: impl FnOnce(SlotId) -> bool,
     ) -> Offer<K, T> {
-        match self.slots.entry(key) {
-            Entry::Occupied(mut entry) => {
-                let slot = entry.get_mut();
+        match self.index.entry(key) {
+            Entry::Occupied(entry) => {
+                let id = *entry.get();
+                let Some(slot) = self.slots[id].as_mut() else {
+                    // The index and the slots always agree; repair rather than lose the job.
+                    let (key, _) = entry.remove_entry();
+                    return Offer::Full(key, job);
+                };
                 if let Some(waiting) = slot.waiting.as_mut() {
                     return Offer::Coalesced(std::mem::replace(waiting, job));
                 }
@@ -72,69 +90,67 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
                     self.deferred += 1;
                     return Offer::Deferred;
                 }
-                // An idle, empty slot is normally removed at once; treat it as absent.
-                if send_token(entry.key()) {
-                    let slot = entry.get_mut();
+                // An idle, empty slot is freed at once; should one exist, treat it as new.
+                if send_token(id) {
                     slot.waiting = Some(job);
                     slot.queued = true;
                     Offer::Queued
                 } else {
                     let (key, _) = entry.remove_entry();
+                    self.slots[id] = None;
+                    self.free.push(id);
                     Offer::Full(key, job)
                 }
             }
             Entry::Vacant(entry) => {
-                if send_token(entry.key()) {
-                    entry.insert(Slot {
+                let id = self.free.last().copied().unwrap_or(self.slots.len());
+                if !send_token(id) {
+                    return Offer::Full(entry.into_key(), job);
+                }
+                let key = entry.key().clone();
+                entry.insert(id);
+                self.put(
+                    id,
+                    Slot {
+                        key,
                         running: false,
                         waiting: Some(job),
                         queued: true,
-                    });
-                    Offer::Queued
-                } else {
-                    Offer::Full(entry.into_key(), job)
-                }
-            }
-        }
-    }
-
-    /// Records `job` as queued for idle `key` (per `offer`) before its token is sent.
-    pub(crate) fn queue(&mut self, key: K, job: T) {
-        let slot = self.slots.entry(key).or_insert(Slot {
-            running: false,
-            waiting: None,
-            queued: false,
-        });
-        slot.waiting = Some(job);
-        slot.queued = true;
-    }
-
-    /// Marks an idle key as running for a caller that runs its job itself; false if it is not
-    /// idle (then `offer` again).
-    pub(crate) fn claim(&mut self, key: &K) -> bool {
-        match self.slots.get_mut(key) {
-            None => {
-                self.slots.insert(
-                    key.clone(),
-                    Slot {
-                        running: true,
-                        waiting: None,
-                        queued: false,
                     },
                 );
-                true
+                Offer::Queued
             }
-            Some(slot) if !slot.running && slot.waiting.is_none() => {
-                slot.running = true;
-                true
-            }
-            Some(_) => false,
         }
     }
 
-    /// A worker received `key`'s token: the job to run now, the key then running.
-    pub(crate) fn take_for_token(&mut self, key: &K) -> Option<T> {
-        let slot = self.slots.get_mut(key)?;
+    /// Records `job` as queued for an idle `key` (per `offer`) whose token the caller will send
+    /// next, outside the lock; returns the slot the token must name.
+    pub(crate) fn queue(&mut self, key: K, job: T) -> SlotId {
+        let id = self.make_slot(key, false);
+        if let Some(slot) = self.slots[id].as_mut() {
+            slot.waiting = Some(job);
+            slot.queued = true;
+        }
+        id
+    }
+
+    /// Marks an idle key as running for a caller that runs its job itself; `None` if it is not
+    /// idle (then `offer` again).
+    pub(crate) fn claim(&mut self, key: &K) -> Option<SlotId> {
+        if let Some(&id) = self.index.get(key) {
+            let slot = self.slots[id].as_mut()?;
+            if slot.running || slot.waiting.is_some() {
+                return None;
+            }
+            slot.running = true;
+            return Some(id);
+        }
+        Some(self.make_slot(key.clone(), true))
+    }
+
+    /// A worker received slot `id`'s token: the job to run now, the key then running.
+    pub(crate) fn take_for_token(&mut self, id: SlotId) -> Option<T> {
+        let slot = self.slots.get_mut(id)?.as_mut()?;
         if !slot.queued {
             log::error!("ward-queue: a key token arrived that no job was waiting for");
             return None;
@@ -151,40 +167,40 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         if job.is_some() {
             slot.running = true;
         } else {
-            self.slots.remove(key);
+            self.free_if_idle(id);
         }
         job
     }
 
-    /// A submitter evicted `key`'s token from the queue: the job it stood for.
-    pub(crate) fn evict_token(&mut self, key: &K) -> Option<T> {
-        let slot = self.slots.get_mut(key)?;
+    /// A submitter evicted slot `id`'s token from the queue: the job it stood for.
+    pub(crate) fn evict_token(&mut self, id: SlotId) -> Option<T> {
+        let slot = self.slots.get_mut(id)?.as_mut()?;
         if !slot.queued {
             return None;
         }
         slot.queued = false;
         let job = slot.waiting.take();
-        self.remove_if_idle(key);
+        self.free_if_idle(id);
         job
     }
 
-    /// Takes back the queued job of `key` whose token could not be sent, if it is still the one
-    /// waiting (`is_ours`); a newer job that replaced it stays.
-    pub(crate) fn withdraw(&mut self, key: &K, is_ours: impl Fn(&T) -> bool) -> Option<T> {
-        let slot = self.slots.get_mut(key)?;
+    /// Takes back the queued job of slot `id` whose token could not be sent, if it is still the
+    /// one waiting (`is_ours`); a newer job that replaced it stays.
+    pub(crate) fn withdraw(&mut self, id: SlotId, is_ours: impl Fn(&T) -> bool) -> Option<T> {
+        let slot = self.slots.get_mut(id)?.as_mut()?;
         if !slot.queued || !slot.waiting.as_ref().is_some_and(is_ours) {
             return None;
         }
         slot.queued = false;
         let job = slot.waiting.take();
-        self.remove_if_idle(key);
+        self.free_if_idle(id);
         job
     }
 
-    /// A run of `key` ended. Returns the deferred job to run next (the key stays running), or
-    /// releases the key. With `stop` set the deferred job is left for shutdown to collect.
-    pub(crate) fn release(&mut self, key: &K, stop: bool) -> Option<T> {
-        let slot = self.slots.get_mut(key)?;
+    /// A run of slot `id`'s key ended. Returns the deferred job to run next (the key stays
+    /// running), or releases the key. With `stop` set the deferred job is left for the drain.
+    pub(crate) fn release(&mut self, id: SlotId, stop: bool) -> Option<T> {
+        let slot = self.slots.get_mut(id)?.as_mut()?;
         if !stop
             && !slot.queued
             && let Some(job) = slot.waiting.take()
@@ -194,18 +210,27 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         }
         slot.running = false;
         if slot.waiting.is_some() && !slot.queued {
-            // Left for shutdown; no longer waits on a runner.
+            // Left for the drain; no longer waits on a runner.
             self.deferred -= 1;
-        } else if slot.waiting.is_none() && !slot.queued {
-            self.slots.remove(key);
         }
+        self.free_if_idle(id);
         None
     }
 
-    /// A retry of `key` came due: the newer deferred job that supersedes it, if any (the key stays
-    /// running either way).
-    pub(crate) fn take_superseding(&mut self, key: &K) -> Option<T> {
-        let slot = self.slots.get_mut(key)?;
+    /// Hands slot `id`, whose key a job held until now, to `job` with a token about to be sent:
+    /// for a deferred job whose runner went away (its retry was evicted).
+    pub(crate) fn requeue(&mut self, id: SlotId, job: T) {
+        if let Some(slot) = self.slots.get_mut(id).and_then(Option::as_mut) {
+            slot.running = false;
+            slot.waiting = Some(job);
+            slot.queued = true;
+        }
+    }
+
+    /// A retry of slot `id`'s key came due: the newer deferred job that supersedes it, if any
+    /// (the key stays running either way).
+    pub(crate) fn take_superseding(&mut self, id: SlotId) -> Option<T> {
+        let slot = self.slots.get_mut(id)?.as_mut()?;
         if slot.queued {
             return None;
         }
@@ -219,30 +244,53 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     /// Takes every waiting job out, leaving an empty table.
     pub(crate) fn drain(&mut self) -> Vec<T> {
         self.deferred = 0;
+        self.index.clear();
+        self.free.clear();
         self.slots
-            .drain()
-            .filter_map(|(_, slot)| slot.waiting)
+            .drain(..)
+            .flatten()
+            .filter_map(|slot| slot.waiting)
             .collect()
     }
 
-    fn remove_if_idle(&mut self, key: &K) {
-        if let Some(slot) = self.slots.get(key)
-            && !slot.running
-            && slot.waiting.is_none()
-            && !slot.queued
-        {
-            self.slots.remove(key);
+    fn make_slot(&mut self, key: K, running: bool) -> SlotId {
+        let id = self.free.last().copied().unwrap_or(self.slots.len());
+        self.index.insert(key.clone(), id);
+        self.put(
+            id,
+            Slot {
+                key,
+                running,
+                waiting: None,
+                queued: false,
+            },
+        );
+        id
+    }
+
+    /// Stores `slot` at `id`, which is the last free number or the next new one.
+    fn put(&mut self, id: SlotId, slot: Slot<K, T>) {
+        if self.free.last() == Some(&id) {
+            self.free.pop();
+            self.slots[id] = Some(slot);
+        } else {
+            self.slots.push(Some(slot));
+        }
+    }
+
+    fn free_if_idle(&mut self, id: SlotId) {
+        let idle = self.slots[id]
+            .as_ref()
+            .is_some_and(|slot| !slot.running && slot.waiting.is_none() && !slot.queued);
+        if idle && let Some(slot) = self.slots[id].take() {
+            self.index.remove(&slot.key);
+            self.free.push(id);
         }
     }
 
     #[cfg(test)]
-    fn admit(&mut self, key: &K, job: T) -> Offer<K, T> {
-        self.offer(key.clone(), job, |_| false)
-    }
-
-    #[cfg(test)]
     fn len(&self) -> usize {
-        self.slots.len()
+        self.index.len()
     }
 }
 
@@ -254,59 +302,70 @@ mod tests {
         KeyTable::new()
     }
 
+    /// Offers with room for a token; returns the slot the token named.
+    fn queue_with_room(t: &mut KeyTable<&'static str, u32>, key: &'static str, job: u32) -> SlotId {
+        let mut named = None;
+        let offer = t.offer(key, job, |id| {
+            named = Some(id);
+            true
+        });
+        assert_eq!(offer, Offer::Queued);
+        named.unwrap()
+    }
+
     #[test]
     fn an_idle_key_queues_its_token_only_if_there_is_room() {
         let mut t = table();
-        assert_eq!(t.offer("a", 1, |_| true), Offer::Queued);
+        let a = queue_with_room(&mut t, "a", 1);
         assert_eq!(
             t.offer("a", 2, |_| panic!("no second token")),
             Offer::Coalesced(1)
         );
         assert_eq!(t.offer("b", 3, |_| false), Offer::Full("b", 3));
         assert_eq!(t.len(), 1, "a full offer leaves no slot behind");
-        assert_eq!(t.take_for_token(&"a"), Some(2));
+        assert_eq!(t.take_for_token(a), Some(2));
     }
 
     #[test]
     fn an_idle_key_queues_then_runs_when_its_token_arrives() {
         let mut t = table();
-        assert_eq!(t.admit(&"a", 1), Offer::Full("a", 1));
-        t.queue("a", 1);
-        assert_eq!(t.admit(&"a", 2), Offer::Coalesced(1));
-        assert_eq!(t.take_for_token(&"a"), Some(2));
-        assert_eq!(t.release(&"a", false), None);
+        let a = queue_with_room(&mut t, "a", 1);
+        assert_eq!(t.take_for_token(a), Some(1));
+        assert_eq!(t.release(a, false), None);
         assert_eq!(t.len(), 0, "an idle key leaves no slot behind");
+        let b = queue_with_room(&mut t, "b", 2);
+        assert_eq!(b, a, "the freed number is reused");
     }
 
     #[test]
     fn a_job_for_a_running_key_is_deferred_to_the_runner_and_coalesces() {
         let mut t = table();
-        t.queue("a", 1);
-        assert_eq!(t.take_for_token(&"a"), Some(1));
-        assert_eq!(t.admit(&"a", 2), Offer::Deferred);
-        assert_eq!(t.admit(&"a", 3), Offer::Coalesced(2));
+        let a = queue_with_room(&mut t, "a", 1);
+        assert_eq!(t.take_for_token(a), Some(1));
+        assert_eq!(t.offer("a", 2, |_| true), Offer::Deferred);
+        assert_eq!(t.offer("a", 3, |_| true), Offer::Coalesced(2));
         assert_eq!(t.deferred(), 1);
-        assert_eq!(
-            t.release(&"a", false),
-            Some(3),
-            "the runner takes the latest"
-        );
+        assert_eq!(t.release(a, false), Some(3), "the runner takes the latest");
         assert_eq!(t.deferred(), 0);
-        assert_eq!(t.admit(&"a", 4), Offer::Deferred, "still running job 3");
-        assert_eq!(t.release(&"a", false), Some(4));
-        assert_eq!(t.release(&"a", false), None);
+        assert_eq!(
+            t.offer("a", 4, |_| true),
+            Offer::Deferred,
+            "still running job 3"
+        );
+        assert_eq!(t.release(a, false), Some(4));
+        assert_eq!(t.release(a, false), None);
         assert_eq!(t.len(), 0);
     }
 
     #[test]
     fn stop_leaves_deferred_jobs_for_the_drain() {
         let mut t = table();
-        assert!(t.claim(&"a"));
-        assert!(!t.claim(&"a"));
-        assert_eq!(t.admit(&"a", 1), Offer::Deferred);
-        assert_eq!(t.release(&"a", true), None);
+        let a = t.claim(&"a").unwrap();
+        assert_eq!(t.claim(&"a"), None);
+        assert_eq!(t.offer("a", 1, |_| true), Offer::Deferred);
+        assert_eq!(t.release(a, true), None);
         assert_eq!(t.deferred(), 0);
-        t.queue("b", 2);
+        queue_with_room(&mut t, "b", 2);
         let mut left = t.drain();
         left.sort();
         assert_eq!(left, [1, 2]);
@@ -316,39 +375,57 @@ mod tests {
     #[test]
     fn evicting_a_token_gives_back_its_job_and_frees_the_key() {
         let mut t = table();
-        t.queue("a", 1);
-        assert_eq!(t.evict_token(&"a"), Some(1));
+        let a = queue_with_room(&mut t, "a", 1);
+        assert_eq!(t.evict_token(a), Some(1));
         assert_eq!(t.len(), 0);
-        assert_eq!(t.take_for_token(&"a"), None, "a stale token finds nothing");
-        assert_eq!(t.evict_token(&"b"), None);
+        assert_eq!(t.take_for_token(a), None, "a stale token finds nothing");
+        assert_eq!(t.evict_token(7), None);
     }
 
     #[test]
     fn withdrawing_takes_back_only_the_submitters_own_job() {
         let mut t = table();
-        t.queue("a", 1);
-        assert_eq!(t.withdraw(&"a", |&j| j == 1), Some(1));
+        let a = t.queue("a", 1);
+        assert_eq!(t.withdraw(a, |&j| j == 1), Some(1));
         assert_eq!(t.len(), 0);
-        t.queue("a", 2);
-        assert_eq!(t.admit(&"a", 3), Offer::Coalesced(2));
+        let a = t.queue("a", 2);
         assert_eq!(
-            t.withdraw(&"a", |&j| j == 2),
+            t.offer("a", 3, |_| panic!("already queued")),
+            Offer::Coalesced(2)
+        );
+        assert_eq!(
+            t.withdraw(a, |&j| j == 2),
             None,
             "job 3 replaced it and stays"
         );
-        assert_eq!(t.take_for_token(&"a"), Some(3));
+        assert_eq!(t.take_for_token(a), Some(3));
     }
 
     #[test]
     fn a_newer_job_supersedes_a_pending_retry() {
         let mut t = table();
-        t.queue("a", 1);
-        assert_eq!(t.take_for_token(&"a"), Some(1));
+        let a = queue_with_room(&mut t, "a", 1);
+        assert_eq!(t.take_for_token(a), Some(1));
         // Job 1 failed and waits for its retry, still holding the key.
-        assert_eq!(t.admit(&"a", 2), Offer::Deferred);
-        assert_eq!(t.take_superseding(&"a"), Some(2));
-        assert_eq!(t.take_superseding(&"a"), None);
-        assert_eq!(t.release(&"a", false), None);
+        assert_eq!(t.offer("a", 2, |_| true), Offer::Deferred);
+        assert_eq!(t.take_superseding(a), Some(2));
+        assert_eq!(t.take_superseding(a), None);
+        assert_eq!(t.release(a, false), None);
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_deferred_job_whose_runner_went_away_is_requeued() {
+        let mut t = table();
+        let a = t.claim(&"a").unwrap();
+        assert_eq!(t.offer("a", 1, |_| true), Offer::Deferred);
+        // The evicted retry's key passes to job 1, which gets a token of its own.
+        assert_eq!(t.release(a, false), Some(1));
+        t.requeue(a, 1);
+        assert_eq!(
+            t.offer("a", 2, |_| panic!("already queued")),
+            Offer::Coalesced(1)
+        );
+        assert_eq!(t.take_for_token(a), Some(2));
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::keys::{KeyTable, Offer};
+use crate::keys::{KeyTable, Offer, SlotId};
 use crate::metrics::{IntakeStats, Latency, Metrics, Stats, empty_counts};
 use crate::retry::{RetryPolicy, mix};
 use crate::{DropReason, Error, Event, Failure, JobError, JobId};
@@ -177,11 +177,11 @@ impl<J, K> Ord for Delayed<J, K> {
     }
 }
 
-struct Timer<J, K> {
-    heap: BinaryHeap<Delayed<J, K>>,
+struct Timer<J> {
+    heap: BinaryHeap<Delayed<J, SlotId>>,
     seq: u64,
     /// Taken away when shutdown starts: retries are then kept for `close` to return.
-    tx: Option<Sender<Envelope<J, K>>>,
+    tx: Option<Sender<Envelope<J, SlotId>>>,
     /// Set once `close` has emptied the heap: a retry scheduled later is dropped and reported.
     sealed: bool,
     /// Places taken by retries about to be pushed.
@@ -268,13 +268,13 @@ struct Shared<J, K> {
     handler: Handler<J>,
     /// `None`: failures are logged, the rest discarded (and `Completed` not even built).
     listener: Option<Listener<J>>,
-    rx: Receiver<Envelope<J, K>>,
+    rx: Receiver<Envelope<J, SlotId>>,
     paused: AtomicBool,
     /// Submitters blocked by a pause wait here for resume or close.
     gate: Mutex<()>,
     gate_cv: Condvar,
     keys: Mutex<KeyTable<K, Task<J>>>,
-    timer: Mutex<Timer<J, K>>,
+    timer: Mutex<Timer<J>>,
     timer_cv: Condvar,
     /// Jobs workers received after `stop`, kept for `close` to return.
     stash: Mutex<Vec<Task<J>>>,
@@ -455,7 +455,7 @@ where
     /// submit can be under way when `close` drops this: the borrow checker closes intake, with
     /// no lock on the submit path. Without it (and the overseer's clone) the queue disconnects
     /// once empty, which is how idle workers learn to exit.
-    tx: Option<Sender<Envelope<J, K>>>,
+    tx: Option<Sender<Envelope<J, SlotId>>>,
     overseer: Option<JoinHandle<()>>,
     closed: bool,
     shared: Arc<Shared<J, K>>,
@@ -724,7 +724,7 @@ where
 
     fn submit_unkeyed(
         &self,
-        tx: Option<&Sender<Envelope<J, K>>>,
+        tx: Option<&Sender<Envelope<J, SlotId>>>,
         task: Task<J>,
     ) -> Result<(), Error<J>> {
         let Some(tx) = tx else {
@@ -785,7 +785,7 @@ where
 
     fn submit_keyed(
         &self,
-        tx: Option<&Sender<Envelope<J, K>>>,
+        tx: Option<&Sender<Envelope<J, SlotId>>>,
         mut key: K,
         mut task: Task<J>,
     ) -> Result<(), Error<J>> {
@@ -798,7 +798,7 @@ where
             let mut keys = self.keys.lock();
             // The token is sent under the key-table lock (never blocking) so that the worker
             // receiving it finds the job recorded.
-            let send_token = |key: &K| !paused && tx.try_send(Envelope::Key(key.clone())).is_ok();
+            let send_token = |slot| !paused && tx.try_send(Envelope::Key(slot)).is_ok();
             match keys.offer(key, task, send_token) {
                 Offer::Coalesced(old) => {
                     drop(keys);
@@ -813,10 +813,10 @@ where
                 // lock. No worker can take the job before the token is sent; a newer job of
                 // this key replaces it meanwhile and counts on this token.
                 let id = task.id;
-                keys.queue(key.clone(), task);
+                let slot = keys.queue(key, task);
                 drop(keys);
                 let until = *until.get_or_insert_with(|| deadline_after(timeout));
-                return self.send_token(tx, key, id, until);
+                return self.send_token(tx, slot, id, until);
             }
             drop(keys);
             match self.config.policy {
@@ -831,8 +831,9 @@ where
                     }
                 }
                 Policy::CallerRuns => {
-                    if self.keys.lock().claim(&key) {
-                        self.run_keyed(&self.caller, false, key, task);
+                    let claimed = self.keys.lock().claim(&key);
+                    if let Some(slot) = claimed {
+                        self.run_keyed(&self.caller, false, slot, task);
                         return Ok(());
                     }
                     // Someone queued this key meanwhile: admit again, which now coalesces.
@@ -853,24 +854,24 @@ where
     /// key has replaced it: that one was accepted and is owed this token, so the wait goes on.
     fn send_token(
         &self,
-        tx: &Sender<Envelope<J, K>>,
-        key: K,
+        tx: &Sender<Envelope<J, SlotId>>,
+        slot: SlotId,
         id: JobId,
         mut until: Option<Instant>,
     ) -> Result<(), Error<J>> {
         let is_ours = |task: &Task<J>| task.id == id;
         loop {
-            match send_until(tx, Envelope::Key(key.clone()), until) {
+            match send_until(tx, Envelope::Key(slot), until) {
                 Ok(()) => return Ok(()),
                 Err(SendTimeoutError::Timeout(_)) => {
-                    let withdrawn = self.keys.lock().withdraw(&key, is_ours);
+                    let withdrawn = self.keys.lock().withdraw(slot, is_ours);
                     match withdrawn {
                         Some(task) => return self.reject(Error::Timeout, task),
                         None => until = None,
                     }
                 }
                 Err(SendTimeoutError::Disconnected(_)) => {
-                    let withdrawn = self.keys.lock().withdraw(&key, is_ours);
+                    let withdrawn = self.keys.lock().withdraw(slot, is_ours);
                     return withdrawn.map_or(Ok(()), |task| self.refuse_closed(task.job));
                 }
             }
@@ -895,24 +896,23 @@ where
 
     /// Makes room under `DropOldest`: takes the oldest queued item out and returns its job, for
     /// the caller to report.
-    fn evict_oldest(&self, tx: &Sender<Envelope<J, K>>) -> Option<Task<J>> {
+    fn evict_oldest(&self, tx: &Sender<Envelope<J, SlotId>>) -> Option<Task<J>> {
         let Ok(oldest) = self.rx.try_recv() else {
             return None; // The workers emptied it meanwhile.
         };
         match oldest {
             Envelope::Job(task) => Some(task),
-            Envelope::Key(key) => self.keys.lock().evict_token(&key),
+            Envelope::Key(slot) => self.keys.lock().evict_token(slot),
             Envelope::Retry(retry) => {
-                let (task, key) = *retry;
+                let (task, slot) = *retry;
                 let mut keys = self.keys.lock();
-                if let Some(next) = keys.release(&key, false) {
+                if let Some(next) = keys.release(slot, false) {
                     // The key was held by the evicted retry and a newer job waits on it: that
                     // job now needs a token of its own. Record it first, then send without the
                     // lock; a full queue drains, since workers never wait on a submitter.
-                    keys.release(&key, true);
-                    keys.queue(key.clone(), next);
+                    keys.requeue(slot, next);
                     drop(keys);
-                    if tx.send(Envelope::Key(key)).is_err() {
+                    if tx.send(Envelope::Key(slot)).is_err() {
                         log::error!("ward-queue: queue disconnected while requeueing a key");
                     }
                 }
@@ -928,16 +928,16 @@ where
 
     /// Runs `task` of `key` (already marked running), then each job deferred to this key, until
     /// the key is released or held by a scheduled retry.
-    fn run_keyed(&self, cell: &WorkerCell, supervised: bool, key: K, mut task: Task<J>) {
+    fn run_keyed(&self, cell: &WorkerCell, supervised: bool, slot: SlotId, mut task: Task<J>) {
         loop {
             let result = self.attempt(cell, supervised, &mut task);
-            if self.settle(cell, task, result, Some(&key)) {
+            if self.settle(cell, task, result, Some(slot)) {
                 return;
             }
             let next = self
                 .keys
                 .lock()
-                .release(&key, self.stop.load(Ordering::SeqCst));
+                .release(slot, self.stop.load(Ordering::SeqCst));
             match next {
                 Some(next) => task = next,
                 None => return,
@@ -1005,7 +1005,7 @@ where
         cell: &WorkerCell,
         mut task: Task<J>,
         result: Result<(), Failure>,
-        key: Option<&K>,
+        slot: Option<SlotId>,
     ) -> bool {
         let stats = &cell.stats;
         let failure = match result {
@@ -1043,7 +1043,7 @@ where
                         failure,
                         delay,
                     });
-                    return self.schedule(task, key.cloned(), delay);
+                    return self.schedule(task, slot, delay);
                 }
                 Schedule::Sealed => {
                     self.drop_task(task, DropReason::Shutdown);
@@ -1077,7 +1077,7 @@ where
 
     /// Puts a retry with a reserved place into the heap. True if it is there (a keyed job then
     /// keeps its key); false if shutdown sealed the heap meanwhile and the job was reported.
-    fn schedule(&self, task: Task<J>, key: Option<K>, delay: Duration) -> bool {
+    fn schedule(&self, task: Task<J>, slot: Option<SlotId>, delay: Duration) -> bool {
         let mut timer = self.timer.lock();
         timer.reserved -= 1;
         if timer.sealed {
@@ -1091,7 +1091,7 @@ where
             due: Instant::now() + delay,
             seq,
             task,
-            key,
+            key: slot,
         });
         self.timer_cv.notify_all();
         true
@@ -1221,15 +1221,15 @@ where
                 let result = shared.attempt(cell, true, &mut task);
                 shared.settle(cell, task, result, None);
             }
-            Envelope::Key(key) => {
-                let ready = shared.keys.lock().take_for_token(&key);
+            Envelope::Key(slot) => {
+                let ready = shared.keys.lock().take_for_token(slot);
                 if let Some(task) = ready {
-                    shared.run_keyed(cell, true, key, task);
+                    shared.run_keyed(cell, true, slot, task);
                 }
             }
             Envelope::Retry(retry) => {
-                let (retry, key) = *retry;
-                let newer = shared.keys.lock().take_superseding(&key);
+                let (retry, slot) = *retry;
+                let newer = shared.keys.lock().take_superseding(slot);
                 let task = match newer {
                     Some(newer) => {
                         shared.drop_task(retry, DropReason::Superseded);
@@ -1237,7 +1237,7 @@ where
                     }
                     None => retry,
                 };
-                shared.run_keyed(cell, true, key, task);
+                shared.run_keyed(cell, true, slot, task);
             }
         }
         if cell.abandoned.load(Ordering::Acquire) {
@@ -1274,7 +1274,7 @@ where
     }
 }
 
-fn send_due_retries<J, K>(timer: &mut Timer<J, K>, now: Instant) {
+fn send_due_retries<J>(timer: &mut Timer<J>, now: Instant) {
     let Timer { heap, seq, tx, .. } = timer;
     let Some(tx) = tx.as_ref() else {
         return; // Shutting down: retries stay for `close` to return.
