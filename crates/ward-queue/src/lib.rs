@@ -44,7 +44,7 @@
 //! # Theory of operation
 //! The queue is a crossbeam bounded channel. An unkeyed job travels through it as itself; a
 //! keyed job waits in a key table (one waiting job per key, latest wins) and a token naming its
-//! key travels through the queue. A job whose key is running is not queued at all: the worker
+//! key's slot travels through the queue. A job whose key is running is not queued at all: the worker
 //! running the key runs it next, which is how two jobs of one key never run at once and the last
 //! one submitted always runs after its submission. A failed attempt goes to the overseer
 //! thread's retry heap with its backoff and comes back through the queue when due; a keyed job
@@ -52,6 +52,15 @@
 //!
 //! Every accepted job ends in exactly one [`Event::Completed`], [`Event::Dead`] or
 //! [`Event::Dropped`], or is returned by [`Pool::shutdown`].
+//!
+//! Submitting borrows the pool and shutting down consumes it, so no submit can race the
+//! shutdown and the submit path takes no lock for it. To submit from several threads, share an
+//! `Arc<Pool>` and take the pool back with `Arc::into_inner` to shut it down.
+//!
+//! The pool owns its threads: `shutdown` and `Drop` stop and join the workers and the overseer.
+//! Events are delivered on the thread that produced them, so the callback should be quick (a
+//! channel send); a handler that submits to its own pool under `Policy::Block` can deadlock it
+//! when the queue is full, as with any bounded pool.
 //!
 //! # Known problems
 //! A thread cannot be killed. A job that runs past the timeout is reported

@@ -24,8 +24,8 @@ use crate::metrics::{IntakeStats, Latency, Metrics, Stats, empty_counts};
 use crate::retry::{RetryPolicy, mix};
 use crate::{DropReason, Error, Event, Failure, JobError, JobId};
 
-/// How long a blocked submitter or a paused-intake waiter sleeps at most before looking again;
-/// wake-ups normally come sooner, this only bounds a missed one.
+/// How long a submitter waiting out a pause, or shutdown waiting for the drain, sleeps at most
+/// before looking again; `resume` wakes the former sooner.
 const WAIT_SLICE: Duration = Duration::from_millis(2);
 /// How long a due retry waits before the overseer tries again when the queue is full.
 const RETRY_REQUEUE: Duration = Duration::from_millis(2);
@@ -849,9 +849,9 @@ where
         }
     }
 
-    /// Sends the token of job `id`, already recorded as queued under `key`, waiting for room a
-    /// slice at a time. At `until` the job is withdrawn and refused, unless a newer job of the
-    /// key has replaced it: that one was accepted and is owed this token, so the wait goes on.
+    /// Sends the token of job `id`, already recorded as queued in `slot`, waiting for room. At
+    /// `until` the job is withdrawn and refused, unless a newer job of the key has replaced it:
+    /// that one was accepted and is owed this token, so the wait goes on.
     fn send_token(
         &self,
         tx: &Sender<Envelope<J, SlotId>>,
@@ -878,7 +878,7 @@ where
         }
     }
 
-    /// Waits for resume or close, a slice at a time; false once `until` has passed.
+    /// Waits for resume, a slice at a time; false once `until` has passed.
     fn wait_gate(&self, until: Option<Instant>) -> bool {
         {
             let mut gate = self.gate.lock();
