@@ -680,6 +680,39 @@ fn failed_attempts_are_retried_and_the_last_failure_goes_to_the_dead_letters() {
 }
 
 #[test]
+fn a_full_retry_backlog_sends_failures_to_the_dead_letters_and_shutdown_returns_pending_retries() {
+    let outcomes = Outcomes::default();
+    let pool: Pool<u32, u32> = Pool::builder()
+        .workers(1)
+        .capacity(1)
+        .retry(
+            RetryPolicy::attempts(2)
+                .base_delay(Duration::from_secs(600))
+                .jitter(false),
+        )
+        .on_event(outcomes.listener())
+        .build(|_: &u32| Err("always fails".into()))
+        .unwrap();
+    pool.submit(1).unwrap();
+    wait_for("job 1's retry to be scheduled", || {
+        outcomes.count(|s| matches!(s, Seen::Retrying(..))) == 1
+    });
+    // The backlog (capacity 1) is full: job 2 goes straight to the dead letters, unretried.
+    pool.submit(2).unwrap();
+    wait_for("job 2's dead letter", || {
+        outcomes.count(|s| matches!(s, Seen::Dead(2, _))) == 1
+    });
+    assert_eq!(pool.metrics().queued, 1, "job 1 waits for its retry");
+    // Job 1's retry is ten minutes away: shutdown gives it back instead of waiting.
+    assert_eq!(pool.shutdown(Duration::ZERO), [1]);
+    assert_eq!(outcomes.count(|s| matches!(s, Seen::Retrying(..))), 1);
+    assert_eq!(
+        outcomes.all().last(),
+        Some(&Seen::Dead(2, vec!["error: always fails".to_owned()]))
+    );
+}
+
+#[test]
 fn a_job_waiting_for_its_retry_does_not_hold_a_worker() {
     let outcomes = Outcomes::default();
     let failed_once = Arc::new(AtomicBool::new(false));
