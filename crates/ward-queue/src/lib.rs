@@ -65,8 +65,9 @@
 //! # Known problems
 //! A thread cannot be killed. A job that runs past the timeout is reported
 //! ([`Event::TimedOut`]) and its worker replaced, so the pool keeps its capacity, but the stuck
-//! thread runs on until the handler returns, keeps the job's key, and is left running (not
-//! joined) if the pool shuts down first. Jobs that must be killable run in supervised child
+//! thread runs on until the handler returns, keeps the job's key (jobs of that key wait for it,
+//! then run on that thread before it exits), and is left running (not joined) if the pool shuts
+//! down first. Jobs that must be killable run in supervised child
 //! processes, which `ward-server` builds from this pool and `ward-supervisor`.
 //!
 //! `CallerRuns` runs jobs in the submitter's thread, where no timeout applies.

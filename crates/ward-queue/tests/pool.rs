@@ -524,6 +524,49 @@ fn shutdown_with_enough_grace_drains_everything_and_later_submits_are_refused() 
 }
 
 #[test]
+fn several_producers_share_the_pool_and_hand_it_back_for_shutdown() {
+    fn is_send_sync<T: Send + Sync>() {}
+    // A job needs to be `Send` only.
+    is_send_sync::<Pool<std::cell::Cell<u8>, String>>();
+    let outcomes = Outcomes::default();
+    let pool: Arc<Pool<u32, u32>> = Arc::new(
+        Pool::builder()
+            .workers(2)
+            .capacity(16)
+            .on_event(outcomes.listener())
+            .build(|_: &u32| Ok(()))
+            .unwrap(),
+    );
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let pool = Arc::clone(&pool);
+            thread::spawn(move || {
+                for n in 0..250 {
+                    let job = p * 1000 + n;
+                    if n % 2 == 0 {
+                        pool.submit(job).unwrap();
+                    } else {
+                        pool.submit_keyed(job % 8, job).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.join().unwrap();
+    }
+    let pool = Arc::into_inner(pool).expect("every producer is done with the pool");
+    assert!(pool.shutdown(PATIENCE).is_empty());
+    let finals = outcomes.count(|s| matches!(s, Seen::Completed(..) | Seen::Dropped(..)));
+    assert_eq!(finals, 1000, "every job has exactly one final outcome");
+    assert_eq!(
+        outcomes.completed().len()
+            + outcomes.count(|s| matches!(s, Seen::Dropped(_, DropReason::Coalesced))),
+        1000
+    );
+}
+
+#[test]
 fn dropping_the_pool_reports_unrun_jobs_and_joins_every_thread() {
     let (gate, started, outcomes) = (
         Gate::default(),
