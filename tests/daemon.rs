@@ -304,7 +304,18 @@ fn a_persistent_worker_runs_jobs_and_is_replaced_when_it_dies_or_babbles() {
         JOB,
         "[[trigger]]\nname = \"w\"\nworker = [\"{job}\", \"worker\", \"{ledger}\"]\nrecycle_after = 3\n",
     );
+    // One job thread, so that which worker ran what is deterministic.
+    let config = std::fs::read_to_string(&f.config).unwrap();
+    std::fs::write(
+        &f.config,
+        config.replace("[jobs]\n", "[jobs]\nworkers = 1\n"),
+    )
+    .unwrap();
     start(&f);
+    let gave_up_on = |f: &Fixture, name: &str| {
+        let line = format!("{} failed after 3 attempt(s)", f.tree.join(name).display());
+        log_of(f).contains(&line)
+    };
     let worker_saw = |f: &Fixture, name: &str| {
         let want = f.tree.join(name);
         f.ledger_entries()
@@ -323,9 +334,15 @@ fn a_persistent_worker_runs_jobs_and_is_replaced_when_it_dies_or_babbles() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.contains("x.die") && text.contains("SIGABRT")
     });
+    wait_for("the last retry of the dying job", LONG, || {
+        gave_up_on(&f, "x.die")
+    });
     std::fs::write(f.tree.join("y.garbage"), "x").unwrap();
     wait_for("the protocol violation in the log", LONG, || {
         log_of(&f).contains("broke the protocol")
+    });
+    wait_for("the last retry of the babbling job", LONG, || {
+        gave_up_on(&f, "y.garbage")
     });
     for name in ["c.txt", "d.txt", "e.txt", "f.txt"] {
         std::fs::write(f.tree.join(name), name).unwrap();

@@ -4,14 +4,12 @@
 //! signal, reaped by its handle), its output is captured into the log, and every death other than
 //! a clean exit is turned into a crash report naming the cause.
 
-use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
-use ward_supervisor::{Child, ChildSpec, Exit, Input, Stream};
+use ward_supervisor::{Child, ChildSpec, Exit, Input, OutputTail, Stream};
 
 use crate::Config;
 use crate::config::Handler;
@@ -51,27 +49,13 @@ pub enum JobError {
     Protocol(String),
 }
 
-/// The last lines a process wrote, for its crash report.
-#[derive(Debug, Default)]
-struct Tail(Mutex<VecDeque<String>>);
-
-impl Tail {
-    fn push(&self, line: &str) {
-        let mut lines = self.0.lock();
-        if lines.len() == TAIL_LINES {
-            lines.pop_front();
-        }
-        lines.push_back(line.to_owned());
-    }
-
-    fn text(&self) -> String {
-        let lines = self.0.lock();
-        lines
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
+/// The text of the last lines a process wrote, for its crash report.
+fn tail_text(tail: &OutputTail) -> String {
+    tail.lines()
+        .iter()
+        .map(|l| l.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A spawn request for the [`Spawner`]'s thread, with where to send the child.
@@ -194,7 +178,7 @@ impl Dispatcher {
     fn run_exec(&self, argv: &[String], job: &Job) -> Result<(), JobError> {
         let name = &self.triggers.get(job.trigger).name;
         let argv = jobs::exec_argv(argv, job);
-        let tail = Arc::new(Tail::default());
+        let tail = OutputTail::new(TAIL_LINES);
         let mut spec = ChildSpec::new(&argv[0])
             .name(name.clone())
             .args(&argv[1..])
@@ -203,9 +187,9 @@ impl Dispatcher {
             spec = spec.env(key, value);
         }
         let spec = {
-            let (tail, name) = (Arc::clone(&tail), name.clone());
+            let (tail, name) = (tail.clone(), name.clone());
             spec.capture(move |line| {
-                tail.push(&line.text);
+                tail.push(line);
                 log::info!("job {name} [{}]: {}", line.pid, line.text);
             })
         };
@@ -230,7 +214,7 @@ impl Dispatcher {
             return Ok(());
         }
         let what = format!("job {name} on {}", job.path.display());
-        Err(self.died(&what, &exit, &tail.text()))
+        Err(self.died(&what, &exit, &tail_text(&tail)))
     }
 
     fn died(&self, what: &str, exit: &Exit, tail: &str) -> JobError {
@@ -283,7 +267,7 @@ impl Dispatcher {
             }
             Err(WorkerTrouble::Died(exit)) => {
                 let what = format!("worker {} during {}", worker.label, job.path.display());
-                Err(self.died(&what, &exit, &worker.tail.text()))
+                Err(self.died(&what, &exit, &tail_text(&worker.tail)))
             }
             Err(WorkerTrouble::Protocol(problem)) => {
                 log::warn!(
@@ -313,9 +297,9 @@ impl Dispatcher {
         let name = &self.triggers.get(trigger).name;
         let label = format!("{name}#{number}");
         let (reply_tx, replies) = crossbeam_channel::bounded(REPLY_BACKLOG);
-        let tail = Arc::new(Tail::default());
+        let tail = OutputTail::new(TAIL_LINES);
         let spec = {
-            let (tail, label) = (Arc::clone(&tail), label.clone());
+            let (tail, label) = (tail.clone(), label.clone());
             ChildSpec::new(&argv[0])
                 .name(label.clone())
                 .args(&argv[1..])
@@ -329,7 +313,7 @@ impl Dispatcher {
                         }
                     }
                     Stream::Stderr => {
-                        tail.push(&line.text);
+                        tail.push(line);
                         log::info!("worker {label} [{}]: {}", line.pid, line.text);
                     }
                 })
@@ -393,7 +377,7 @@ struct Worker {
     child: Child,
     stdin: std::process::ChildStdin,
     replies: Receiver<String>,
-    tail: Arc<Tail>,
+    tail: OutputTail,
     jobs_done: u64,
     next_id: u64,
 }
