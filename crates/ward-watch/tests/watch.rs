@@ -499,3 +499,46 @@ fn a_snapshot_rescan_reports_the_differences_with_the_disk() {
     );
     let _ = Path::new("");
 }
+
+#[test]
+fn moves_across_the_roots_edge_are_creations_and_removals() {
+    let (t, root) = setup();
+    let outside = t.path().join("outside");
+    write(&outside, "o");
+    write(root.join("leaving"), "l");
+    let mut c = Consumer::new(builder(&root).quiet(ms(50)).build().unwrap());
+    fs::rename(&outside, root.join("arrived")).unwrap();
+    fs::rename(root.join("leaving"), t.path().join("left")).unwrap();
+    c.until("both moves", |c| {
+        !c.kinds(&root.join("arrived")).is_empty() && !c.kinds(&root.join("leaving")).is_empty()
+    });
+    assert_eq!(c.kinds(&root.join("arrived")), vec![ChangeKind::Created]);
+    assert_eq!(c.kinds(&root.join("leaving")), vec![ChangeKind::Removed]);
+    assert!(c.converged());
+}
+
+#[test]
+fn editing_the_ignore_file_rescans_and_applies_the_new_rules() {
+    let (_t, root) = setup();
+    write(root.join("gen/old"), "x");
+    let mut c = Consumer::new(builder(&root).quiet(ms(50)).build().unwrap());
+    assert_eq!(c.watcher.stats().watches, 2);
+    write(root.join(".wardignore"), "gen/\n");
+    c.until("the rules' rescan", |c| {
+        c.rescans
+            .iter()
+            .any(|r| r.reason == RescanReason::IgnoreRulesChanged)
+    });
+    assert_eq!(
+        c.watcher.stats().watches,
+        1,
+        "the newly ignored directory lost its watch"
+    );
+    assert!(
+        !c.snapshot.contains(&root.join("gen")),
+        "the rescan drops the newly ignored paths"
+    );
+    write(root.join("gen/new"), "x");
+    c.sentinel(&root);
+    assert!(c.mentions(&root.join("gen/new")).is_empty());
+}
