@@ -200,9 +200,34 @@ impl WatcherBuilder {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<()>(1);
         let stats = Arc::new(Counters::default());
+        let worker = self.worker(&roots, rules.clone(), raw_tx, stats.clone());
+        let backend = self.backend;
+        let thread = std::thread::Builder::new()
+            .name("ward-watch".into())
+            .spawn(move || worker.run(backend, raw_rx, out_tx, stop_rx, ready_tx))
+            .map_err(Error::Spawn)?;
+        // The thread says when its initial watches are in place (or it died trying).
+        let _ = ready_rx.recv();
+        Ok(Watcher {
+            batches: out_rx,
+            rules,
+            stats,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The watcher's thread state, before its backends start.
+    fn worker(
+        &self,
+        roots: &[PathBuf],
+        rules: Arc<IgnoreRules>,
+        raw_tx: Sender<notify::Result<Event>>,
+        stats: Arc<Counters>,
+    ) -> Worker {
         let lost = Arc::new(AtomicBool::new(false));
-        let worker = Worker {
-            pending: Pending::new(self.quiet, self.max_wait, self.pending_cap, roots.clone()),
+        Worker {
+            pending: Pending::new(self.quiet, self.max_wait, self.pending_cap, roots.to_vec()),
             watches: Watches {
                 native: None,
                 poll: None,
@@ -225,7 +250,7 @@ impl WatcherBuilder {
                     reported_limit: false,
                 })
                 .collect(),
-            rules: rules.clone(),
+            rules,
             lost,
             held_from: None,
             notices: Vec::new(),
@@ -233,22 +258,8 @@ impl WatcherBuilder {
             poll_fallback: self.poll_fallback,
             next_root_check: Instant::now(),
             root_check_every: self.max_wait.max(Duration::from_millis(100)),
-            stats: stats.clone(),
-        };
-        let backend = self.backend;
-        let thread = std::thread::Builder::new()
-            .name("ward-watch".into())
-            .spawn(move || worker.run(backend, raw_rx, out_tx, stop_rx, ready_tx))
-            .map_err(Error::Spawn)?;
-        // The thread says when its initial watches are in place (or it died trying).
-        let _ = ready_rx.recv();
-        Ok(Watcher {
-            batches: out_rx,
-            rules,
             stats,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
+        }
     }
 }
 
@@ -977,3 +988,6 @@ fn max_user_watches() -> Option<u64> {
 fn max_user_watches() -> Option<u64> {
     None
 }
+
+#[cfg(test)]
+mod tests;
