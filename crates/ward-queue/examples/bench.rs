@@ -17,7 +17,7 @@ use ward_queue::{Policy, Pool};
 const JOBS: u64 = 1_000_000;
 const WORKERS: usize = 2;
 const CAPACITY: usize = 1024;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const PINGS: usize = 20_000;
 
 type Boxed = Box<dyn FnOnce() + Send>;
