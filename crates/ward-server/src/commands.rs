@@ -244,7 +244,7 @@ fn status_report(launch: &Launch) -> Result<Value, Error> {
                 STATUS_TIMEOUT,
             ) {
                 Ok(Value::Object(server)) => {
-                    for key in ["queue", "watch", "workers_idle"] {
+                    for key in ["queue", "watch", "manifest", "workers_idle"] {
                         if let Some(v) = server.get(key) {
                             report[key] = v.clone();
                         }
@@ -338,6 +338,9 @@ fn print_status(report: &Value) {
             "  jobs       {} queued, {} running, {} completed, {} failed, {} coalesced",
             q["queued"], q["running"], q["completed"], q["failed"], q["coalesced"]
         );
+    }
+    if let Some(m) = report.get("manifest") {
+        println!("  manifest   {} paths, sequence {}", m["paths"], m["seq"]);
     }
     if let Some(w) = report.get("watch") {
         println!(
@@ -454,4 +457,74 @@ pub fn check(launch: &Launch) -> Outcome {
         }
     });
     result.into()
+}
+
+/// One `ward changes` line: `{"seq","path","event"}`, with `path_hex` for a path that is not UTF-8.
+pub(crate) fn change_json(change: &crate::manifest::ChangeEntry) -> Value {
+    let mut v = json!({ "seq": change.seq, "path": change.path.to_string_lossy(), "event": change.event.as_str() });
+    if change.path.to_str().is_none() {
+        v["path_hex"] = json!(crate::jobs::hex(change.path.as_os_str()));
+    }
+    v
+}
+
+/// `ward changes --since SEQ`: the paths changed after `SEQ`, one JSON line each, oldest first,
+/// each with its latest change, like watchman's since-queries. Asks the running server, or reads
+/// the manifest itself when ward is stopped.
+pub fn changes(launch: &Launch, since: u64) -> Outcome {
+    changes_since(launch, since).into()
+}
+
+fn changes_since(launch: &Launch, mut since: u64) -> Result<(), Error> {
+    use std::io::Write;
+    let Some(state) = existing_state_dir(launch)? else {
+        return Ok(());
+    };
+    let mut out = std::io::stdout().lock();
+    let mut print = |v: &Value| {
+        writeln!(out, "{v}").map_err(|e| Error::Io {
+            context: "writing to stdout".into(),
+            source: e,
+        })
+    };
+    if let PidfileState::Running(_) = Pidfile::inspect(&state)? {
+        loop {
+            let reply = control::request(
+                &state.join(names::SOCKET),
+                &json!({ "cmd": "changes", "since": since }),
+                STATUS_TIMEOUT,
+            )?;
+            if reply["ok"] != true {
+                return Err(Error::Protocol(
+                    reply["error"]
+                        .as_str()
+                        .unwrap_or("changes refused")
+                        .to_owned(),
+                ));
+            }
+            let page = reply["changes"].as_array().cloned().unwrap_or_default();
+            for change in &page {
+                print(change)?;
+                since = since.max(change["seq"].as_u64().unwrap_or(since));
+            }
+            if page.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+    let path = state.join(names::MANIFEST);
+    if !path.exists() {
+        return Ok(());
+    }
+    let (manifest, _) = crate::manifest::Manifest::open(&path)?;
+    loop {
+        let page = manifest.changes_since(since, 10_000)?;
+        for change in &page {
+            print(&change_json(change))?;
+            since = change.seq;
+        }
+        if page.is_empty() {
+            return Ok(());
+        }
+    }
 }

@@ -165,9 +165,13 @@ fn put_path(request: &mut Value, key: &str, path: &Path) {
     let os: &OsStr = path.as_os_str();
     request[key] = Value::String(os.to_string_lossy().into_owned());
     if os.to_str().is_none() {
-        let hex: String = os.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        request[format!("{key}_hex")] = Value::String(hex);
+        request[format!("{key}_hex")] = Value::String(hex(os));
     }
+}
+
+/// The bytes of `os` in lower-case hex: how a path that is not UTF-8 travels in JSON, exactly.
+pub(crate) fn hex(os: &OsStr) -> String {
+    os.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A worker's answer to one request.

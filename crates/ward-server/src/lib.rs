@@ -18,13 +18,17 @@ pub mod jobs;
 mod keeper;
 pub mod launch;
 pub mod logging;
+pub mod manifest;
 pub mod sd_notify;
 mod server;
 pub mod state;
+mod tracker;
 
 use std::path::PathBuf;
 
-pub use commands::{check, diagnose, restart, run_foreground, server_main, start, status, stop};
+pub use commands::{
+    changes, check, diagnose, restart, run_foreground, server_main, start, status, stop,
+};
 pub use config::{Config, ConfigError};
 pub use launch::Launch;
 
@@ -71,6 +75,9 @@ pub enum Error {
     /// ward is not running for this state directory.
     #[error("ward is not running for {}", .0.display())]
     NotRunning(PathBuf),
+    /// The manifest store failed.
+    #[error("manifest: {0}")]
+    Store(String),
     /// A control-socket exchange went wrong.
     #[error("control protocol: {0}")]
     Protocol(String),

@@ -5,6 +5,7 @@
 //! place and its socket listens, and on SIGTERM stops in the order the log shows: stop watching,
 //! stop intake and drain, stop workers, end the loop.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,17 +15,19 @@ use crossbeam_channel::select;
 use parking_lot::RwLock;
 use serde_json::{Value, json};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use ward_queue::{Event as QueueEvent, JobError, Policy, Pool, RetryPolicy};
-use ward_watch::{ChangeKind, Item, Snapshot, Watcher};
+use ward_queue::{Error as QueueError, Event as QueueEvent, JobError, Policy, Pool, RetryPolicy};
+use ward_watch::{Batch, ChangeKind, Item, Watcher};
 
 use crate::config::Config;
 use crate::control::ControlSocket;
 use crate::dispatch::Dispatcher;
-use crate::jobs::{Event, Job};
+use crate::jobs::{Event, Job, Triggers};
 use crate::keeper::READY_LINE;
 use crate::launch::Launch;
 use crate::logging::{self, Sink};
+use crate::manifest::{FileMeta, Update};
 use crate::state::{StateDir, names};
+use crate::tracker::Tracker;
 use crate::{Error, deaths};
 
 /// Runs the server until SIGTERM/SIGINT (or a `stop` request), then stops gracefully.
@@ -64,16 +67,21 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         config.clone(),
         state.clone(),
     )?)));
-    let pool = build_pool(&config, Arc::clone(&dispatcher))?;
+    // Each accepted job ends in one `Finished` (or none if it is coalesced away); while the loop is
+    // busy at most the queue plus the running jobs can finish, so this never fills in practice,
+    // and a lost `Finished` only means the job is redone after a restart.
+    let (done_tx, done) =
+        crossbeam_channel::bounded::<Update>(config.queue_capacity + config.workers + 64);
+    let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx)?;
+    // Watching starts before the manifest walk, so no change slips between them.
     let watcher = build_watcher(&config, &state)?;
-    let mut snapshot = Snapshot::of_roots(watcher.ignore_rules());
-    // The control thread asks the main loop for figures instead of sharing its state: nothing
-    // is computed, and nothing wakes up, unless somebody asks.
-    let (status_tx, status_requests) =
-        crossbeam_channel::bounded::<crossbeam_channel::Sender<Value>>(1);
+    let mut tracker = Tracker::open(&state, watcher.ignore_rules())?;
+    // The control thread hands requests to this loop instead of sharing its state: nothing is
+    // computed, and nothing wakes up, unless somebody asks.
+    let (request_tx, requests) = crossbeam_channel::bounded::<Request>(1);
     let socket = ControlSocket::bind(
         &state.join(names::SOCKET),
-        Arc::new(move |cmd: &str, _request: &Value| control(cmd, &status_tx)),
+        Arc::new(move |cmd: &str, request: &Value| control(cmd, request, &request_tx)),
     )?;
     announce_ready();
     log::info!(
@@ -82,33 +90,51 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         config.triggers.len(),
         config.workers
     );
+    let mut backlog = Backlog::default();
+    match tracker.startup_jobs(&config.roots, dispatcher.read().triggers()) {
+        Ok(jobs) => {
+            for job in jobs {
+                tracker.queued(&job);
+                backlog.push(job);
+            }
+        }
+        Err(e) => {
+            log::error!("startup reconciliation failed; only new changes will be processed: {e}")
+        }
+    }
 
     let mut config = config;
     let result = loop {
+        backlog.submit(&pool);
+        tracker.flush(false);
+        let flush_timer = tracker
+            .next_flush()
+            .map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         select! {
-            recv(status_requests) -> reply => {
-                if let Ok(reply) = reply {
-                    let mut status = pool_status(&pool, &watcher, &snapshot, &dispatcher.read());
-                    status["server_pid"] = json!(std::process::id());
-                    status["uptime_s"] = json!(started.elapsed().as_secs());
+            recv(requests) -> request => {
+                if let Ok(request) = request {
+                    let answer = answer(&request, &pool, &watcher, &tracker, &backlog, &dispatcher.read(), started);
                     // The asker may have given up waiting; nothing to do then.
-                    let _ = reply.try_send(status);
+                    let _ = request.reply.try_send(answer);
                 }
             }
             recv(watcher.batches()) -> batch => {
                 let Ok(batch) = batch else { break Err(Error::Protocol("the watcher stopped unexpectedly".into())) };
-                for item in &batch.items {
-                    if let Item::Error(e) = item {
-                        log::warn!("watcher: {e}");
-                    }
-                }
-                for change in snapshot.apply_batch(&batch) {
-                    if change.is_dir {
-                        continue;
-                    }
-                    submit(&pool, &dispatcher.read(), &config, change.path, &change.kind);
+                let triggers = Arc::clone(&dispatcher.read());
+                for job in jobs_of_batch(&batch, &mut tracker, triggers.triggers()) {
+                    tracker.queued(&job);
+                    backlog.push(job);
                 }
             }
+            recv(done) -> update => {
+                if let Ok(update) = update {
+                    tracker.finished(update);
+                }
+                for update in done.try_iter() {
+                    tracker.finished(update);
+                }
+            }
+            recv(flush_timer) -> _ => {}
             recv(signals) -> signal => match signal {
                 Ok(SIGHUP) => config = reload(launch, &state, config, &dispatcher),
                 Ok(signal) => {
@@ -127,7 +153,11 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         config.drain_timeout
     );
     let left = pool.shutdown(config.drain_timeout);
-    if left.is_empty() {
+    for update in done.try_iter() {
+        tracker.finished(update);
+    }
+    let not_run = left.len() + backlog.len();
+    if not_run == 0 {
         log::info!("drained: every queued job ran");
     } else {
         let sample: Vec<String> = left
@@ -136,11 +166,11 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             .map(|j| j.path.display().to_string())
             .collect();
         log::warn!(
-            "{} queued job(s) did not run before the drain timeout: {}",
-            left.len(),
+            "{not_run} queued job(s) did not run before the drain timeout (kept in the manifest for the next start): {}",
             sample.join(", ")
         );
     }
+    tracker.flush(true);
     dispatcher.read().stop_workers();
     drop(socket);
     signal_handle.close();
@@ -149,6 +179,102 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     }
     log::info!("server loop ended after {:?}", started.elapsed());
     result
+}
+
+/// Jobs waiting for room in the pool's queue, one per path (the latest wins), in arrival order.
+/// Bounded by the number of paths under the roots; it lets the loop keep answering signals and
+/// requests while a large reconciliation or burst drains.
+#[derive(Debug, Default)]
+struct Backlog {
+    order: VecDeque<PathBuf>,
+    jobs: HashMap<PathBuf, Job>,
+}
+
+impl Backlog {
+    fn push(&mut self, job: Job) {
+        if self.jobs.insert(job.path.clone(), job.clone()).is_none() {
+            self.order.push_back(job.path);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Hands jobs to the pool until its queue is full.
+    fn submit(&mut self, pool: &Pool<Job, PathBuf>) {
+        while let Some(path) = self.order.pop_front() {
+            let Some(job) = self.jobs.remove(&path) else {
+                continue;
+            };
+            match pool.submit_keyed(path.clone(), job) {
+                Ok(_) => {}
+                Err(e) => {
+                    let full = matches!(e, QueueError::Full(_) | QueueError::Paused(_));
+                    let Some(job) = e.into_job() else { return };
+                    if !full {
+                        log::error!(
+                            "cannot queue the job for {}: the pool is closed",
+                            path.display()
+                        );
+                    }
+                    self.jobs.insert(path.clone(), job);
+                    self.order.push_front(path);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The jobs a batch of watcher items asks for. A directory change or a rescan goes through the
+/// manifest diff of its subtree; a file change becomes one job.
+fn jobs_of_batch(batch: &Batch, tracker: &mut Tracker, triggers: &Triggers) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    let subtree = |path: &Path, tracker: &mut Tracker, jobs: &mut Vec<Job>| match tracker
+        .subtree_jobs(path, triggers)
+    {
+        Ok(found) => jobs.extend(found),
+        Err(e) => log::error!("cannot compare {} with the manifest: {e}", path.display()),
+    };
+    for item in &batch.items {
+        match item {
+            Item::Error(e) => log::warn!("watcher: {e}"),
+            Item::Rescan(rescan) => {
+                log::info!(
+                    "rescanning {} ({})",
+                    rescan.path.display(),
+                    rescan.reason.name()
+                );
+                subtree(&rescan.path, tracker, &mut jobs);
+            }
+            Item::Change(change) if change.is_dir => {
+                subtree(&change.path, tracker, &mut jobs);
+                if let ChangeKind::Renamed { from } = &change.kind {
+                    subtree(from, tracker, &mut jobs);
+                }
+            }
+            Item::Change(change) => {
+                let Some(trigger) = tracker.trigger_for(&change.path, triggers) else {
+                    continue;
+                };
+                let (event, old_path) = match &change.kind {
+                    ChangeKind::Created => (Event::Created, None),
+                    ChangeKind::Modified => (Event::Modified, None),
+                    ChangeKind::Removed => (Event::Removed, None),
+                    ChangeKind::Renamed { from } => (Event::Renamed, Some(from.clone())),
+                };
+                jobs.push(Job {
+                    trigger,
+                    path: change.path.clone(),
+                    event,
+                    old_path,
+                });
+            }
+            _ => {}
+        }
+    }
+    jobs
 }
 
 fn announce_ready() {
@@ -161,22 +287,72 @@ fn announce_ready() {
 fn build_pool(
     config: &Config,
     dispatcher: Arc<RwLock<Arc<Dispatcher>>>,
+    done: crossbeam_channel::Sender<Update>,
 ) -> Result<Pool<Job, PathBuf>, Error> {
+    let finished = done.clone();
     Pool::builder()
         .workers(config.workers)
         .capacity(config.queue_capacity)
-        .policy(Policy::Block { timeout: None })
+        // The loop keeps what does not fit in its backlog: it must never block on the pool.
+        .policy(Policy::Reject)
         .retry(RetryPolicy::attempts(config.retries + 1))
         // The dispatcher stops a job's process at its deadline; this is the backstop for a
         // thread stuck anyway.
         .timeout(config.job_timeout + config.stop_grace * 2 + std::time::Duration::from_secs(5))
         .thread_name("ward-job")
-        .on_event(log_outcome)
+        .on_event(move |event: QueueEvent<Job>| {
+            if let QueueEvent::Dead { job, .. } = &event {
+                send_done(
+                    &done,
+                    Update::Finished {
+                        path: job.path.clone(),
+                        ok: false,
+                        processed: None,
+                    },
+                );
+            }
+            log_outcome(event);
+        })
         .build(move |job: &Job| {
+            // The version this attempt processes; recorded as processed only if it succeeds.
+            let version = if job.event == Event::Removed {
+                None
+            } else {
+                FileMeta::read(&job.path)
+            };
             let current = Arc::clone(&dispatcher.read());
-            current.run(job).map_err(|e| Box::new(e) as JobError)
+            current.run(job).map_err(|e| Box::new(e) as JobError)?;
+            send_done(
+                &finished,
+                Update::Finished {
+                    path: job.path.clone(),
+                    ok: true,
+                    processed: version,
+                },
+            );
+            if let Some(old) = &job.old_path {
+                send_done(
+                    &finished,
+                    Update::Finished {
+                        path: old.clone(),
+                        ok: true,
+                        processed: None,
+                    },
+                );
+            }
+            Ok(())
         })
         .map_err(|e| Error::Protocol(format!("starting the worker pool: {e}")))
+}
+
+fn send_done(done: &crossbeam_channel::Sender<Update>, update: Update) {
+    if let Err(e) = done.try_send(update) {
+        let why = e.to_string();
+        log::warn!(
+            "outcome of {} not recorded (it will be redone after a restart): {why}",
+            e.into_inner().path().display()
+        );
+    }
 }
 
 fn log_outcome(event: QueueEvent<Job>) {
@@ -229,43 +405,6 @@ fn build_watcher(config: &Config, state: &StateDir) -> Result<Watcher, Error> {
         .map_err(|e| Error::Protocol(format!("starting the watcher: {e}")))
 }
 
-/// Queues the job for one changed path, keyed by the path so that a file changed many times while
-/// queued is processed once, with its final content.
-fn submit(
-    pool: &Pool<Job, PathBuf>,
-    dispatcher: &Dispatcher,
-    config: &Config,
-    path: PathBuf,
-    kind: &ChangeKind,
-) {
-    let root = config
-        .roots
-        .iter()
-        .filter(|r| path.starts_with(r))
-        .max_by_key(|r| r.as_os_str().len());
-    let Some(trigger) = dispatcher
-        .triggers()
-        .find(root.map_or(Path::new(""), PathBuf::as_path), &path)
-    else {
-        return;
-    };
-    let (event, old_path) = match kind {
-        ChangeKind::Created => (Event::Created, None),
-        ChangeKind::Modified => (Event::Modified, None),
-        ChangeKind::Removed => (Event::Removed, None),
-        ChangeKind::Renamed { from } => (Event::Renamed, Some(from.clone())),
-    };
-    let job = Job {
-        trigger,
-        path: path.clone(),
-        event,
-        old_path,
-    };
-    if let Err(e) = pool.submit_keyed(path.clone(), job) {
-        log::error!("cannot queue the job for {}: {e}", path.display());
-    }
-}
-
 fn reload(
     launch: &Launch,
     state: &StateDir,
@@ -310,44 +449,79 @@ fn reload(
     }
 }
 
-fn pool_status(
-    pool: &Pool<Job, PathBuf>,
-    watcher: &Watcher,
-    snapshot: &Snapshot,
-    dispatcher: &Dispatcher,
-) -> Value {
-    let m = pool.metrics();
-    let w = watcher.stats();
-    json!({
-        "queue": {
-            "queued": m.queued, "running": m.running, "completed": m.completed, "failed": m.failed,
-            "retried": m.retried, "coalesced": m.coalesced, "rejected": m.rejected, "dead": m.dead,
-            "paused": pool.is_paused(),
-        },
-        "watch": {
-            "events": w.events, "pending": w.pending, "peak_pending": w.peak_pending, "watches": w.watches,
-            "batches": w.batches, "dropped_events": w.dropped_events, "known_paths": snapshot.len(),
-        },
-        "workers_idle": dispatcher.idle_workers(),
-    })
+/// A control request the main loop answers.
+struct Request {
+    cmd: String,
+    args: Value,
+    reply: crossbeam_channel::Sender<Result<Value, String>>,
 }
 
-/// How long the control thread waits for the main loop's figures.
-const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Longest page of `changes` one request returns.
+const CHANGES_PAGE: usize = 10_000;
+
+fn answer(
+    request: &Request,
+    pool: &Pool<Job, PathBuf>,
+    watcher: &Watcher,
+    tracker: &Tracker,
+    backlog: &Backlog,
+    dispatcher: &Dispatcher,
+    started: Instant,
+) -> Result<Value, String> {
+    match request.cmd.as_str() {
+        "status" | "metrics" => {
+            let m = pool.metrics();
+            let w = watcher.stats();
+            let (paths, seq) = tracker.stats();
+            Ok(json!({
+                "server_pid": std::process::id(),
+                "uptime_s": started.elapsed().as_secs(),
+                "queue": {
+                    "queued": m.queued, "running": m.running, "completed": m.completed, "failed": m.failed,
+                    "retried": m.retried, "coalesced": m.coalesced, "rejected": m.rejected, "dead": m.dead,
+                    "paused": pool.is_paused(), "backlog": backlog.len(),
+                },
+                "watch": {
+                    "events": w.events, "pending": w.pending, "peak_pending": w.peak_pending, "watches": w.watches,
+                    "batches": w.batches, "dropped_events": w.dropped_events,
+                },
+                "manifest": { "paths": paths, "seq": seq },
+                "workers_idle": dispatcher.idle_workers(),
+            }))
+        }
+        "changes" => {
+            let since = request
+                .args
+                .get("since")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let limit = request
+                .args
+                .get("limit")
+                .and_then(Value::as_u64)
+                .map_or(CHANGES_PAGE, |l| (l as usize).min(CHANGES_PAGE));
+            let changes = tracker
+                .changes_since(since, limit)
+                .map_err(|e| e.to_string())?;
+            Ok(
+                json!({ "seq": tracker.stats().1, "changes": changes.iter().map(crate::commands::change_json).collect::<Vec<_>>() }),
+            )
+        }
+        other => Err(format!(
+            "unknown command {other:?}: try status, metrics, changes, stop or reload"
+        )),
+    }
+}
+
+/// How long the control thread waits for the main loop's answer.
+const REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn control(
     cmd: &str,
-    main_loop: &crossbeam_channel::Sender<crossbeam_channel::Sender<Value>>,
+    args: &Value,
+    main_loop: &crossbeam_channel::Sender<Request>,
 ) -> Result<Value, String> {
     match cmd {
-        "status" | "metrics" => {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            main_loop
-                .send_timeout(tx, STATUS_WAIT)
-                .map_err(|_| "the server's main loop is busy".to_owned())?;
-            rx.recv_timeout(STATUS_WAIT)
-                .map_err(|_| "the server's main loop did not answer in time".to_owned())
-        }
         "stop" => {
             // The keeper owns the tree; it stops the server, which drains first.
             // SAFETY: getppid and kill have no memory-safety preconditions.
@@ -367,9 +541,19 @@ fn control(
                 Err("cannot signal the server".into())
             }
         }
-        other => Err(format!(
-            "unknown command {other:?}: try status, metrics, stop or reload"
-        )),
+        cmd => {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let request = Request {
+                cmd: cmd.to_owned(),
+                args: args.clone(),
+                reply: tx,
+            };
+            main_loop
+                .send_timeout(request, REQUEST_WAIT)
+                .map_err(|_| "the server's main loop is busy".to_owned())?;
+            rx.recv_timeout(REQUEST_WAIT)
+                .map_err(|_| "the server's main loop did not answer in time".to_owned())?
+        }
     }
 }
 

@@ -22,6 +22,8 @@ pub mod names {
     pub const LOG: &str = "ward.log";
     /// The keeper's view of the tree, rewritten on each change (JSON).
     pub const KEEPER_STATE: &str = "keeper.json";
+    /// The manifest of processed files (redb).
+    pub const MANIFEST: &str = "manifest.redb";
     /// Crash reports.
     pub const CRASH_DIR: &str = "crashes";
     /// Heartbeat files of the ward processes.

@@ -51,6 +51,12 @@ enum Command {
     },
     /// Validate the config file and exit (2 with file:line:column on an error).
     Check,
+    /// Print the paths changed since sequence number SEQ as JSON lines (0: everything known).
+    Changes {
+        /// The sequence number of the last change already seen (from a previous line's `seq`).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
     /// Internal: the server process, started by the keeper.
     #[command(name = "__server", hide = true)]
     Server(Quick),
@@ -108,6 +114,9 @@ pub fn run() -> ExitCode {
             ward_server::diagnose(&launch(config, state_dir, Quick::default()), json)
         }
         Command::Check => ward_server::check(&launch(config, state_dir, Quick::default())),
+        Command::Changes { since } => {
+            ward_server::changes(&launch(config, state_dir, Quick::default()), since)
+        }
     };
     exit_code(outcome)
 }

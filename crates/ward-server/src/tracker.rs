@@ -1,0 +1,255 @@
+//! The server's bookkeeping of changes and jobs against the [`Manifest`]: what to run at startup,
+//! what a rescan or a directory change means, and the grouped, retried writes of every queued and
+//! finished job.
+//!
+//! One mechanism decides what needs processing, whatever the occasion (first start, restart after
+//! a crash, start after a stop, a watcher `Rescan`, a directory created, removed or renamed): walk
+//! the subtree with the watcher's ignore rules, compare it with the manifest, and queue exactly
+//! what was created, modified or removed since its last successful processing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ward_watch::{IgnoreRules, Snapshot};
+
+use crate::Error;
+use crate::jobs::{Event, Job, Triggers};
+use crate::manifest::{ChangeEntry, FileMeta, Manifest, Opened, Update, reconcile};
+use crate::state::{StateDir, names};
+
+/// Writes wait at most this long to be grouped into one commit.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Retry delay while the store cannot be written (a full disk).
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// Above this many unflushed updates, they are compacted to the last ones per path.
+const COMPACT_ABOVE: usize = 100_000;
+
+/// The manifest and the updates not yet committed to it.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    manifest: Manifest,
+    rules: Arc<IgnoreRules>,
+    unflushed: Vec<Update>,
+    next_flush: Option<Instant>,
+    failing: bool,
+}
+
+impl Tracker {
+    /// Opens the manifest in `state`, rebuilding it (with a log line saying so) when damaged.
+    ///
+    /// # Errors
+    /// If no usable store can be opened or created.
+    pub(crate) fn open(state: &StateDir, rules: Arc<IgnoreRules>) -> Result<Tracker, Error> {
+        let path = state.join(names::MANIFEST);
+        let (manifest, opened) = Manifest::open(&path)?;
+        match opened {
+            Opened::Existing => {
+                log::info!(
+                    "manifest: {} path(s), sequence {}",
+                    manifest.paths()?,
+                    manifest.seq()
+                );
+            }
+            Opened::Fresh => log::info!("manifest: none yet, so every file will be processed once"),
+            Opened::Rebuilt { moved_to, reason } => log::error!(
+                "manifest was damaged ({reason}); moved it to {} and rebuilt it: every file will be processed once",
+                moved_to.display()
+            ),
+        }
+        Ok(Tracker {
+            manifest,
+            rules,
+            unflushed: Vec::new(),
+            next_flush: None,
+            failing: false,
+        })
+    }
+
+    /// The jobs a new server starts with: every change since the last successful processing under
+    /// `roots`, and the jobs that were queued or running when the previous server ended.
+    pub(crate) fn startup_jobs(
+        &mut self,
+        roots: &[PathBuf],
+        triggers: &Triggers,
+    ) -> Result<Vec<Job>, Error> {
+        let started = Instant::now();
+        let mut jobs = Vec::new();
+        for root in roots {
+            jobs.extend(self.subtree_jobs(root, triggers)?);
+        }
+        let mut seen: std::collections::HashSet<PathBuf> =
+            jobs.iter().map(|j| j.path.clone()).collect();
+        for (path, event, old_path) in self.manifest.pending()? {
+            if seen.contains(&path) {
+                continue;
+            }
+            let Some(trigger) = self.trigger_for(&path, triggers) else {
+                continue;
+            };
+            let event = if path.symlink_metadata().is_err() {
+                Event::Removed
+            } else {
+                event
+            };
+            seen.insert(path.clone());
+            jobs.push(Job {
+                trigger,
+                path,
+                event,
+                old_path,
+            });
+        }
+        log::info!(
+            "reconciled with the manifest in {:?}: {} job(s) to run",
+            started.elapsed(),
+            jobs.len()
+        );
+        Ok(jobs)
+    }
+
+    /// The jobs that bring `path`'s subtree (itself included) in step with the manifest.
+    pub(crate) fn subtree_jobs(
+        &mut self,
+        path: &Path,
+        triggers: &Triggers,
+    ) -> Result<Vec<Job>, Error> {
+        let mut walk = Snapshot::new(Arc::clone(&self.rules));
+        let mut on_disk = HashMap::new();
+        for change in walk.rescan(path) {
+            if change.is_dir || self.trigger_for(&change.path, triggers).is_none() {
+                continue;
+            }
+            if let Some(meta) = FileMeta::read(&change.path) {
+                on_disk.insert(change.path, meta);
+            }
+        }
+        let records: HashMap<_, _> = self
+            .manifest
+            .records_under(path)?
+            .into_iter()
+            .filter(|(p, _)| self.trigger_for(p, triggers).is_some())
+            .collect();
+        Ok(reconcile(&records, &on_disk)
+            .into_iter()
+            .filter_map(|r| {
+                let trigger = self.trigger_for(&r.path, triggers)?;
+                Some(Job {
+                    trigger,
+                    path: r.path,
+                    event: r.event,
+                    old_path: None,
+                })
+            })
+            .collect())
+    }
+
+    /// The trigger that handles `path`, if it lies in a root, is not ignored, and one matches.
+    pub(crate) fn trigger_for(&self, path: &Path, triggers: &Triggers) -> Option<usize> {
+        let root = self.rules.root_of(path)?;
+        if self.rules.is_ignored(path, false) {
+            return None;
+        }
+        triggers.find(root, path)
+    }
+
+    /// Records that `job` was queued.
+    pub(crate) fn queued(&mut self, job: &Job) {
+        self.push(Update::Queued {
+            path: job.path.clone(),
+            event: job.event,
+            old_path: job.old_path.clone(),
+        });
+    }
+
+    /// Records a finished job.
+    pub(crate) fn finished(&mut self, update: Update) {
+        self.push(update);
+    }
+
+    fn push(&mut self, update: Update) {
+        self.unflushed.push(update);
+        if self.next_flush.is_none() {
+            self.next_flush = Some(Instant::now() + FLUSH_EVERY);
+        }
+        if self.unflushed.len() > COMPACT_ABOVE {
+            self.compact();
+        }
+    }
+
+    /// When the next flush is due, if anything waits to be written.
+    pub(crate) fn next_flush(&self) -> Option<Instant> {
+        self.next_flush
+    }
+
+    /// Commits what waits, if its time has come (`force` at shutdown). A failure is logged once per
+    /// failing streak and retried later; nothing is dropped.
+    pub(crate) fn flush(&mut self, force: bool) {
+        let due = self
+            .next_flush
+            .is_some_and(|at| force || Instant::now() >= at);
+        if !due {
+            return;
+        }
+        match self.manifest.apply(&self.unflushed) {
+            Ok(()) => {
+                if self.failing {
+                    log::info!(
+                        "manifest writable again: {} update(s) recorded",
+                        self.unflushed.len()
+                    );
+                    self.failing = false;
+                }
+                self.unflushed.clear();
+                self.next_flush = None;
+            }
+            Err(e) => {
+                if !self.failing {
+                    log::error!(
+                        "cannot record {} update(s) in the manifest, keeping them and retrying every {RETRY_EVERY:?}: {e}",
+                        self.unflushed.len()
+                    );
+                    self.failing = true;
+                }
+                self.next_flush = Some(Instant::now() + RETRY_EVERY);
+            }
+        }
+    }
+
+    /// Keeps, per path, its last `Queued` and last `Finished` update in their order: what the
+    /// manifest would hold after applying them all, with a sequence number per kept change.
+    fn compact(&mut self) {
+        let mut last: HashMap<(PathBuf, bool), usize> = HashMap::new();
+        for (i, update) in self.unflushed.iter().enumerate() {
+            last.insert(
+                (
+                    update.path().to_path_buf(),
+                    matches!(update, Update::Queued { .. }),
+                ),
+                i,
+            );
+        }
+        let mut keep: Vec<usize> = last.into_values().collect();
+        keep.sort_unstable();
+        let mut kept = Vec::with_capacity(keep.len());
+        for i in keep {
+            kept.push(self.unflushed[i].clone());
+        }
+        self.unflushed = kept;
+    }
+
+    /// Paths known and the current sequence number, for `ward status`.
+    pub(crate) fn stats(&self) -> (u64, u64) {
+        (self.manifest.paths().unwrap_or(0), self.manifest.seq())
+    }
+
+    /// For `ward changes --since`.
+    pub(crate) fn changes_since(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeEntry>, Error> {
+        self.manifest.changes_since(since, limit)
+    }
+}
