@@ -149,7 +149,9 @@ fn dispatch_latencies(
     for n in 1..=PINGS {
         submit(Instant::now());
         while done.load(Ordering::Acquire) < n {
-            std::hint::spin_loop();
+            // Yield rather than spin: on two shared cores a spinning producer can keep the
+            // worker it just woke off the CPU, and that would be measured as dispatch time.
+            thread::yield_now();
         }
         samples.push(last.load(Ordering::Acquire));
     }
