@@ -17,30 +17,6 @@ fn record_all() -> &'static str {
     "[[trigger]]\nname = \"record\"\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n"
 }
 
-fn start(f: &Fixture) {
-    let out = f.run(&["start"]);
-    assert!(
-        out.status.success(),
-        "ward start failed: {out:?}\nlog:\n{}",
-        log_of(f)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("started"), "{stdout}");
-}
-
-fn stop(f: &Fixture) {
-    let out = f.run(&["stop"]);
-    assert!(
-        out.status.success(),
-        "ward stop failed: {out:?}\nlog:\n{}",
-        log_of(f)
-    );
-}
-
-fn log_of(f: &Fixture) -> String {
-    std::fs::read_to_string(f.state.join("ward.log")).unwrap_or_default()
-}
-
 fn pid_of(status: &serde_json::Value, key: &str) -> u32 {
     status[key]
         .as_u64()
@@ -53,17 +29,10 @@ fn kill(pid: u32, signal: i32) {
     assert_eq!(rc, 0, "kill {pid} with {signal}");
 }
 
-fn has_path(f: &Fixture, name: &str) -> bool {
-    let want = f.tree.join(name);
-    f.ledger_entries()
-        .iter()
-        .any(|(_, path)| path == want.as_os_str().as_bytes())
-}
-
 #[test]
 fn start_runs_jobs_and_stop_leaves_nothing_behind() {
     let f = Fixture::new(JOB, record_all());
-    start(&f);
+    f.start();
     let (code, status) = f.status();
     assert_eq!(code, Some(0), "{status}");
     assert_eq!(status["state"], "running", "{status}");
@@ -71,10 +40,10 @@ fn start_runs_jobs_and_stop_leaves_nothing_behind() {
         std::fs::write(f.tree.join(name), name).unwrap();
     }
     wait_for("three jobs in the ledger", LONG, || {
-        ["a.txt", "b.txt", "c.txt"].iter().all(|n| has_path(&f, n))
+        ["a.txt", "b.txt", "c.txt"].iter().all(|n| f.saw(n))
     });
     assert!(f.state.join("ward.sock").exists());
-    stop(&f);
+    f.stop();
     assert!(
         f.processes().is_empty(),
         "left running: {:?}",
@@ -84,7 +53,7 @@ fn start_runs_jobs_and_stop_leaves_nothing_behind() {
     assert!(!f.state.join("ward.sock").exists(), "socket left behind");
     let (code, status) = f.status();
     assert_eq!(code, Some(3), "{status}");
-    let log = log_of(&f);
+    let log = f.log();
     for step in [
         "stop watching",
         "drain",
@@ -98,20 +67,20 @@ fn start_runs_jobs_and_stop_leaves_nothing_behind() {
 #[test]
 fn a_second_start_is_refused_and_says_why() {
     let f = Fixture::new(JOB, record_all());
-    start(&f);
+    f.start();
     let out = f.run(&["start"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("already running"),
         "{out:?}"
     );
-    stop(&f);
+    f.stop();
 }
 
 #[test]
 fn a_killed_server_is_restarted_and_diagnosed_as_killed_by_sigkill() {
     let f = Fixture::new(JOB, record_all());
-    start(&f);
+    f.start();
     let (_, status) = f.status();
     let first = pid_of(&status, "server_pid");
     kill(first, libc::SIGKILL);
@@ -131,10 +100,8 @@ fn a_killed_server_is_restarted_and_diagnosed_as_killed_by_sigkill() {
     );
     // Jobs still run after the restart.
     std::fs::write(f.tree.join("after.txt"), "x").unwrap();
-    wait_for("a job after the restart", LONG, || {
-        has_path(&f, "after.txt")
-    });
-    stop(&f);
+    wait_for("a job after the restart", LONG, || f.saw("after.txt"));
+    f.stop();
     assert!(
         f.processes().is_empty(),
         "left running: {:?}",
@@ -145,7 +112,7 @@ fn a_killed_server_is_restarted_and_diagnosed_as_killed_by_sigkill() {
 #[test]
 fn a_killed_keeper_takes_the_tree_down_and_the_next_start_works() {
     let f = Fixture::new(JOB, record_all());
-    start(&f);
+    f.start();
     let (_, status) = f.status();
     let (keeper, server) = (pid_of(&status, "pid"), pid_of(&status, "server_pid"));
     kill(keeper, libc::SIGKILL);
@@ -159,12 +126,10 @@ fn a_killed_keeper_takes_the_tree_down_and_the_next_start_works() {
         why.contains(&keeper.to_string()),
         "status does not say why: {status}"
     );
-    start(&f);
+    f.start();
     std::fs::write(f.tree.join("again.txt"), "x").unwrap();
-    wait_for("a job after the new start", LONG, || {
-        has_path(&f, "again.txt")
-    });
-    stop(&f);
+    wait_for("a job after the new start", LONG, || f.saw("again.txt"));
+    f.stop();
 }
 
 #[test]
@@ -178,11 +143,11 @@ fn crashing_jobs_get_reports_with_their_cause_and_other_jobs_run() {
             "[[trigger]]\nname = \"record\"\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n",
         ),
     );
-    start(&f);
+    f.start();
     for name in ["x.segv", "x.panic", "x.fail", "fine.txt"] {
         std::fs::write(f.tree.join(name), name).unwrap();
     }
-    wait_for("the healthy job", LONG, || has_path(&f, "fine.txt"));
+    wait_for("the healthy job", LONG, || f.saw("fine.txt"));
     let causes = |f: &Fixture| {
         let out = f.run(&["diagnose", "--json"]);
         serde_json::from_slice::<serde_json::Value>(&out.stdout)
@@ -202,13 +167,13 @@ fn crashing_jobs_get_reports_with_their_cause_and_other_jobs_run() {
     );
     let (_, status) = f.status();
     assert_eq!(status["state"], "running", "{status}");
-    stop(&f);
+    f.stop();
 }
 
 #[test]
 fn hostile_file_names_reach_the_job_intact_and_run_nothing() {
     let f = Fixture::new(JOB, record_all());
-    start(&f);
+    f.start();
     let names: Vec<&[u8]> = vec![
         b"with space.txt",
         b"new\nline.txt",
@@ -227,7 +192,7 @@ fn hostile_file_names_reach_the_job_intact_and_run_nothing() {
                 .any(|(_, p)| p == want.as_os_str().as_bytes())
         })
     });
-    stop(&f);
+    f.stop();
     for leftover in ["pwned", "pwned2"] {
         assert!(
             !f.tree.join(leftover).exists() && !PathBuf::from(leftover).exists(),
@@ -265,7 +230,7 @@ fn a_malformed_config_is_exit_2_with_file_and_line() {
 #[test]
 fn garbage_on_the_control_socket_gets_an_error_reply_and_the_server_lives() {
     let f = Fixture::new(JOB, record_all());
-    start(&f);
+    f.start();
     let stream = UnixStream::connect(f.state.join("ward.sock")).unwrap();
     stream.set_read_timeout(Some(LONG)).unwrap();
     let mut writer = stream.try_clone().unwrap();
@@ -295,7 +260,7 @@ fn garbage_on_the_control_socket_gets_an_error_reply_and_the_server_lives() {
     assert!(reply.contains("\"ok\":true"), "{reply}");
     let (code, _) = f.status();
     assert_eq!(code, Some(0));
-    stop(&f);
+    f.stop();
 }
 
 #[test]
@@ -311,10 +276,10 @@ fn a_persistent_worker_runs_jobs_and_is_replaced_when_it_dies_or_babbles() {
         config.replace("[jobs]\n", "[jobs]\nworkers = 1\n"),
     )
     .unwrap();
-    start(&f);
+    f.start();
     let gave_up_on = |f: &Fixture, name: &str| {
         let line = format!("{} failed after 3 attempt(s)", f.tree.join(name).display());
-        log_of(f).contains(&line)
+        f.log().contains(&line)
     };
     let worker_saw = |f: &Fixture, name: &str| {
         let want = f.tree.join(name);
@@ -339,7 +304,7 @@ fn a_persistent_worker_runs_jobs_and_is_replaced_when_it_dies_or_babbles() {
     });
     std::fs::write(f.tree.join("y.garbage"), "x").unwrap();
     wait_for("the protocol violation in the log", LONG, || {
-        log_of(&f).contains("broke the protocol")
+        f.log().contains("broke the protocol")
     });
     wait_for("the last retry of the babbling job", LONG, || {
         gave_up_on(&f, "y.garbage")
@@ -353,11 +318,11 @@ fn a_persistent_worker_runs_jobs_and_is_replaced_when_it_dies_or_babbles() {
             .all(|n| worker_saw(&f, n))
     });
     assert!(
-        log_of(&f).contains("recycling worker"),
+        f.log().contains("recycling worker"),
         "no recycling after 3 jobs:\n{}",
-        log_of(&f)
+        f.log()
     );
-    stop(&f);
+    f.stop();
     assert!(
         f.processes().is_empty(),
         "left running: {:?}",
@@ -379,7 +344,7 @@ fn a_file_changed_many_times_while_queued_is_processed_once_with_its_final_conte
             .replace("[jobs]\n", "[jobs]\nworkers = 1\n"),
     )
     .unwrap();
-    start(&f);
+    f.start();
     std::fs::write(f.tree.join("blocker"), "b").unwrap();
     wait_for("the blocker to start", LONG, || {
         f.status().1["queue"]["running"] == 1
@@ -395,8 +360,8 @@ fn a_file_changed_many_times_while_queued_is_processed_once_with_its_final_conte
         });
     }
     std::fs::write(f.dir.path().join("out/ledger.gate"), "").unwrap();
-    wait_for("the target's job", LONG, || has_path(&f, "target"));
-    stop(&f);
+    wait_for("the target's job", LONG, || f.saw("target"));
+    f.stop();
     let want = f.tree.join("target");
     let runs: Vec<String> = f
         .ledger_entries()
@@ -433,12 +398,10 @@ fn ward_run_in_the_foreground_with_quick_flags_stops_gracefully_on_sigint() {
         .spawn()
         .unwrap();
     wait_for("the server to be ready", LONG, || {
-        log_of(&f).contains("server ready")
+        f.log().contains("server ready")
     });
     std::fs::write(f.tree.join("quick.txt"), "x").unwrap();
-    wait_for("the quick-flag command to run", LONG, || {
-        has_path(&f, "quick.txt")
-    });
+    wait_for("the quick-flag command to run", LONG, || f.saw("quick.txt"));
     kill(child.id(), libc::SIGINT);
     let status = child.wait().unwrap();
     assert!(status.success(), "ward run after SIGINT: {status:?}");
@@ -458,7 +421,7 @@ fn ward_run_in_the_foreground_with_quick_flags_stops_gracefully_on_sigint() {
 #[test]
 fn sighup_reloads_the_triggers_without_a_restart() {
     let f = Fixture::new(JOB, record_all());
-    start(&f);
+    f.start();
     let (_, before) = f.status();
     let second = f.dir.path().join("out/second");
     let config = std::fs::read_to_string(&f.config).unwrap();
@@ -466,7 +429,7 @@ fn sighup_reloads_the_triggers_without_a_restart() {
     std::fs::write(&f.config, reloaded).unwrap();
     kill(pid_of(&before, "pid"), libc::SIGHUP);
     wait_for("the reload in the log", LONG, || {
-        log_of(&f).contains("trigger(s) now active")
+        f.log().contains("trigger(s) now active")
     });
     std::fs::write(f.tree.join("late.txt"), "x").unwrap();
     wait_for("the reloaded trigger to run", LONG, || second.exists());
@@ -479,17 +442,17 @@ fn sighup_reloads_the_triggers_without_a_restart() {
     std::fs::write(&f.config, "[[trigger]]\nexec = 5\n").unwrap();
     kill(pid_of(&before, "pid"), libc::SIGHUP);
     wait_for("the refusal in the log", LONG, || {
-        log_of(&f).contains("reload refused")
+        f.log().contains("reload refused")
     });
     let (code, _) = f.status();
     assert_eq!(code, Some(0));
-    stop(&f);
+    f.stop();
 }
 
 #[test]
 fn restart_replaces_the_whole_tree() {
     let f = Fixture::new(JOB, record_all());
-    start(&f);
+    f.start();
     let (_, before) = f.status();
     let out = f.run(&["restart"]);
     assert!(out.status.success(), "{out:?}");
@@ -497,7 +460,7 @@ fn restart_replaces_the_whole_tree() {
     assert_eq!(code, Some(0), "{after}");
     assert_ne!(before["pid"], after["pid"]);
     assert!(!is_alive(pid_of(&before, "pid")) && !is_alive(pid_of(&before, "server_pid")));
-    stop(&f);
+    f.stop();
 }
 
 #[test]
@@ -546,7 +509,7 @@ fn a_state_dir_inside_the_watched_tree_triggers_no_jobs() {
         })
     });
     std::fs::write(f.tree.join("sentinel.txt"), "x").unwrap();
-    wait_for("the sentinel's job", LONG, || has_path(&f, "sentinel.txt"));
+    wait_for("the sentinel's job", LONG, || f.saw("sentinel.txt"));
     assert!(ward(&["stop"]).status.success());
     let own: Vec<_> = f
         .ledger_entries()
@@ -562,13 +525,13 @@ fn an_idle_worker_is_stopped_with_sigterm_not_killed_with_its_job_thread() {
         JOB,
         "[[trigger]]\nworker = [\"{job}\", \"worker\", \"{ledger}\"]\n",
     );
-    start(&f);
+    f.start();
     std::fs::write(f.tree.join("one.txt"), "1").unwrap();
-    wait_for("the worker's job", LONG, || has_path(&f, "one.txt"));
-    stop(&f);
+    wait_for("the worker's job", LONG, || f.saw("one.txt"));
+    f.stop();
     // The pool joins its job threads while draining; a worker forked by one of them would die
     // of its parent-death signal (SIGKILL) then, before the server could stop it gracefully.
-    let log = log_of(&f);
+    let log = f.log();
     assert!(
         log.contains("exited: killed by signal 15 (SIGTERM)"),
         "worker not stopped gracefully:\n{log}"

@@ -1,5 +1,6 @@
 //! Shared setup for the end-to-end tests: finds (building if needed) the real `ward` binary.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -204,6 +205,65 @@ impl Fixture {
                 )
             })
             .collect()
+    }
+
+    /// `ward start`, asserting it succeeds and says so.
+    ///
+    /// # Panics
+    /// If the daemon does not start.
+    pub fn start(&self) {
+        let out = self.run(&["start"]);
+        assert!(
+            out.status.success(),
+            "ward start failed: {out:?}\nlog:\n{}",
+            self.log()
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("started"),
+            "{out:?}"
+        );
+    }
+
+    /// `ward stop`, asserting it succeeds.
+    ///
+    /// # Panics
+    /// If the daemon does not stop cleanly.
+    pub fn stop(&self) {
+        let out = self.run(&["stop"]);
+        assert!(
+            out.status.success(),
+            "ward stop failed: {out:?}\nlog:\n{}",
+            self.log()
+        );
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.join("ward.log")).unwrap_or_default()
+    }
+
+    /// Whether the ledger has an entry for `tree/NAME`.
+    pub fn saw(&self, name: &str) -> bool {
+        let want = self.tree.join(name);
+        self.ledger_entries()
+            .iter()
+            .any(|(_, path)| path == want.as_os_str().as_bytes())
+    }
+
+    /// Waits until the running server has nothing queued, running or waiting in its backlog.
+    ///
+    /// # Panics
+    /// If that does not happen within a minute.
+    pub fn wait_idle(&self) {
+        wait_for(
+            "the server to be idle",
+            std::time::Duration::from_secs(60),
+            || {
+                let (code, s) = self.status();
+                let q = &s["queue"];
+                code == Some(0) && q["queued"] == 0 && q["running"] == 0 && q["backlog"] == 0
+            },
+        );
     }
 
     /// Live processes that belong to this fixture.

@@ -4,7 +4,7 @@
 //! passed them in `WARD_PATH`) to LEDGER; `panic`, `segv`, `abort` and `exit N` die as named.
 //! `ward-test-job gated LEDGER GATE` waits for the file GATE, then records `gated-CONTENT`.
 //! `ward-test-job worker LEDGER` is a persistent worker speaking ward's JSON-lines protocol: it
-//! records `worker-EVENT\tPATH\0`, and for a path ending in `.die` aborts mid-job, for `.garbage`
+//! records `worker-EVENT:CONTENT\tPATH\0`, and for a path ending in `.die` aborts mid-job, for `.garbage`
 //! replies with something that is not JSON.
 
 use std::io::{BufRead, Write};
@@ -38,11 +38,10 @@ fn worker(ledger: &str) {
             out.flush().unwrap();
             continue;
         }
-        let mut entry = format!(
-            "worker-{}\t{path}",
-            request["event"].as_str().unwrap_or("?")
-        )
-        .into_bytes();
+        // The content as the job saw it, so a test can check it processed the final version.
+        let content = std::fs::read_to_string(&path).unwrap_or_default();
+        let event = request["event"].as_str().unwrap_or("?");
+        let mut entry = format!("worker-{event}:{}\t{path}", content.trim()).into_bytes();
         entry.push(0);
         append(ledger, &entry);
         writeln!(

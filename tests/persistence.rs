@@ -1,0 +1,233 @@
+//! End-to-end tests of what survives stops, crashes and restarts: the manifest and startup
+//! reconciliation (nothing lost, nothing redone without a change), and `ward changes --since`.
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+use ward_e2e::{Fixture, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+/// The job program built with these tests (see `bin/ward-test-job.rs`).
+const JOB: &str = env!("CARGO_BIN_EXE_ward-test-job");
+
+fn recorder() -> Fixture {
+    Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"record\"\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n",
+    )
+}
+
+/// Ledger entries for files of the tree, by name, in order.
+fn runs(f: &Fixture) -> Vec<(String, String)> {
+    let root = f.tree.as_os_str().as_bytes();
+    f.ledger_entries()
+        .into_iter()
+        .filter_map(|(event, path)| {
+            let name = path.strip_prefix(root)?.strip_prefix(b"/")?;
+            Some((event, String::from_utf8_lossy(name).into_owned()))
+        })
+        .collect()
+}
+
+fn changes(f: &Fixture, since: u64) -> Vec<serde_json::Value> {
+    let out = f.run(&["changes", "--since", &since.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn changes_made_while_stopped_are_processed_exactly_once_at_the_next_start() {
+    let f = recorder();
+    for name in ["a", "b", "c"] {
+        std::fs::write(f.tree.join(name), "1").unwrap();
+    }
+    // The first start processes what is already there, once.
+    f.start();
+    f.wait_idle();
+    let mut first = runs(&f);
+    first.sort();
+    assert_eq!(
+        first,
+        [
+            ("created".into(), "a".into()),
+            ("created".into(), "b".into()),
+            ("created".into(), "c".into())
+        ]
+    );
+    f.stop();
+
+    std::fs::write(f.tree.join("a"), "22").unwrap();
+    std::fs::remove_file(f.tree.join("b")).unwrap();
+    std::fs::write(f.tree.join("d"), "1").unwrap();
+    f.start();
+    f.wait_idle();
+    let mut second: Vec<_> = runs(&f).split_off(3);
+    second.sort();
+    assert_eq!(
+        second,
+        [
+            ("created".into(), "d".into()),
+            ("modified".into(), "a".into()),
+            ("removed".into(), "b".into())
+        ],
+        "exactly what changed while ward was stopped"
+    );
+
+    // A restart with nothing changed runs nothing.
+    f.stop();
+    f.start();
+    f.wait_idle();
+    assert_eq!(
+        runs(&f).len(),
+        6,
+        "a restart without changes ran jobs: {:?}",
+        runs(&f)
+    );
+    let (_, status) = f.status();
+    assert!(
+        status["manifest"]["paths"].as_u64().unwrap() >= 4,
+        "{status}"
+    );
+    f.stop();
+}
+
+#[test]
+fn changes_since_lists_each_path_once_across_restarts() {
+    let f = recorder();
+    f.start();
+    std::fs::write(f.tree.join("one"), "1").unwrap();
+    wait_for("one processed", LONG, || f.saw("one"));
+    let all = changes(&f, 0);
+    let seq = all.last().expect("a change")["seq"].as_u64().unwrap();
+    f.stop();
+    std::fs::write(f.tree.join("two"), "2").unwrap();
+    std::fs::remove_file(f.tree.join("one")).unwrap();
+    f.start();
+    f.wait_idle();
+    let later: Vec<_> = changes(&f, seq)
+        .into_iter()
+        .map(|c| {
+            (
+                c["path"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+                c["event"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut later = later;
+    later.sort();
+    assert_eq!(
+        later,
+        [
+            ("one".to_owned(), "removed".to_owned()),
+            ("two".to_owned(), "created".to_owned())
+        ]
+    );
+    f.stop();
+    // Stopped: the manifest is read directly.
+    assert_eq!(changes(&f, seq).len(), 2);
+}
+
+#[test]
+fn a_server_killed_mid_burst_loses_no_file_final_content() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"w\"\nworker = [\"{job}\", \"worker\", \"{ledger}\"]\n",
+    );
+    f.start();
+    let (_, status) = f.status();
+    let server = status["server_pid"].as_u64().unwrap() as i32;
+    const FILES: usize = 20_000;
+    let mut killed = false;
+    for i in 0..FILES {
+        let dir = f.tree.join(format!("d{}", i % 50));
+        if i < 50 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::write(dir.join(format!("f{i}")), format!("v{i}")).unwrap();
+        if i == FILES / 2 {
+            // SAFETY: kill with the pid of the server this test started (through ward).
+            assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+            killed = true;
+        }
+    }
+    assert!(killed);
+    wait_for("the keeper to restart the server", LONG, || {
+        let (_, s) = f.status();
+        s["state"] == "running" && s["server_pid"].as_u64().is_some_and(|p| p as i32 != server)
+    });
+    f.wait_idle();
+    // Every file's final content is in the ledger.
+    let mut seen: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
+    for (event, path) in f.ledger_entries() {
+        seen.entry(path).or_default().push(event);
+    }
+    let mut lost = Vec::new();
+    for i in 0..FILES {
+        let path = f.tree.join(format!("d{}", i % 50)).join(format!("f{i}"));
+        let want = format!("v{i}");
+        let ok = seen.get(path.as_os_str().as_bytes()).is_some_and(|events| {
+            events
+                .iter()
+                .any(|e| e.rsplit(':').next() == Some(want.as_str()))
+        });
+        if !ok {
+            lost.push(path);
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {FILES} files never processed with their final content, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let out = f.run(&["diagnose", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("SIGKILL"),
+        "the kill is diagnosed"
+    );
+    f.stop();
+}
+
+#[test]
+fn a_corrupt_manifest_is_moved_aside_and_rebuilt_by_a_full_scan() {
+    let f = recorder();
+    for name in ["a", "b"] {
+        std::fs::write(f.tree.join(name), "1").unwrap();
+    }
+    f.start();
+    f.wait_idle();
+    f.stop();
+    let manifest = f.state.join("manifest.redb");
+    let len = std::fs::metadata(&manifest).unwrap().len() as usize;
+    std::fs::write(&manifest, vec![0x5a; len.max(4096)]).unwrap();
+    f.start();
+    f.wait_idle();
+    assert!(f.log().contains("manifest was damaged"), "{}", f.log());
+    let moved = std::fs::read_dir(&f.state).unwrap().flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with("manifest.redb.corrupt-")
+    });
+    assert!(moved, "the damaged store was not kept aside");
+    let mut again = runs(&f).split_off(2);
+    again.sort();
+    assert_eq!(
+        again,
+        [
+            ("created".into(), "a".into()),
+            ("created".into(), "b".into())
+        ],
+        "every file once more"
+    );
+    f.stop();
+}
