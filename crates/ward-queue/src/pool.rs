@@ -656,7 +656,9 @@ where
         }
         for (_, worker) in abandoned {
             if worker.is_finished() {
-                let _ = worker.join();
+                if worker.join().is_err() {
+                    log::error!("ward-queue: a replaced worker thread panicked outside a job");
+                }
             } else {
                 log::warn!(
                     "ward-queue: a worker is still stuck in a timed-out job; its thread is left \

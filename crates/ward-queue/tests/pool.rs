@@ -353,13 +353,12 @@ fn a_thousand_jobs_with_many_panics_on_two_workers_all_reported_none_lost() {
             Ok(())
         })
         .unwrap();
-    let quiet = silence_panics();
+    quiet_intended_panics();
     for job in 0..1000 {
         pool.submit(job).unwrap();
     }
     wait_for("all outcomes", || outcomes.all().len() == 1000);
     let metrics = pool.metrics();
-    drop(quiet);
     assert!(pool.shutdown(PATIENCE).is_empty());
     let expected_done: Vec<u32> = (0..1000).filter(|j| j % 3 != 0).collect();
     assert_eq!(outcomes.completed(), expected_done);
@@ -397,12 +396,11 @@ fn both_workers_survive_panics() {
             })
             .unwrap()
     };
-    let quiet = silence_panics();
+    quiet_intended_panics();
     for job in 0..100 {
         pool.submit(job).unwrap();
     }
     wait_for("the panics", || outcomes.all().len() == 100);
-    drop(quiet);
     pool.submit(100).unwrap();
     pool.submit(101).unwrap();
     wait_for("two jobs that need two live workers", || {
@@ -411,22 +409,19 @@ fn both_workers_survive_panics() {
     assert!(pool.shutdown(PATIENCE).is_empty());
 }
 
-/// Replaces the panic hook with a silent one while alive, so intended panics do not flood the
-/// output; the previous hook is restored on drop.
-fn silence_panics() -> impl Drop {
-    struct Restore;
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let _ = std::panic::take_hook();
-        }
-    }
-    std::panic::set_hook(Box::new(|info| {
-        let message = info.to_string();
-        if !message.contains("on purpose") && !message.contains("boom") {
-            eprintln!("{message}");
-        }
-    }));
-    Restore
+/// Keeps the panics the tests cause on purpose (their messages say "on purpose" or "boom") out
+/// of the output. Installed once and chained: every other panic goes to the previous hook.
+fn quiet_intended_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info.to_string();
+            if !message.contains("on purpose") && !message.contains("boom") {
+                previous(info);
+            }
+        }));
+    });
 }
 
 #[test]
@@ -890,11 +885,10 @@ fn a_panicking_event_callback_costs_neither_the_worker_nor_later_jobs() {
             .build(|_: &u32| Ok(()))
             .unwrap()
     };
-    let quiet = silence_panics();
+    quiet_intended_panics();
     pool.submit(0).unwrap();
     pool.submit(1).unwrap();
     wait_for("job 1", || completed.load(Ordering::SeqCst) == 1);
-    drop(quiet);
     assert_eq!(pool.metrics().completed, 2);
     assert!(pool.shutdown(PATIENCE).is_empty());
 }
