@@ -231,3 +231,92 @@ fn a_corrupt_manifest_is_moved_aside_and_rebuilt_by_a_full_scan() {
     );
     f.stop();
 }
+
+/// A tmpfs mounted over the fixture's state directory, unmounted (lazily) when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Mounts a `size`-byte tmpfs at `at`, or says why it cannot (not root, no mount rights).
+    fn mount(at: &std::path::Path, size: u64) -> Result<SmallDisk, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(SmallDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_reported_and_survived_and_nothing_recorded_is_lost() {
+    let f = recorder();
+    // Needs root (or mount rights) for a small tmpfs; elsewhere this says why and checks nothing.
+    let disk = match SmallDisk::mount(&f.state, 4 << 20) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("skipped: a full disk needs a small filesystem to fill: {why}");
+            return;
+        }
+    };
+    f.start();
+    std::fs::write(f.tree.join("before"), "1").unwrap();
+    wait_for("a job before the disk fills", LONG, || f.saw("before"));
+    f.wait_idle();
+    // Fill the state directory's filesystem.
+    let filler = f.state.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
+    drop(file);
+    for name in ["x1", "x2", "x3"] {
+        std::fs::write(f.tree.join(name), "1").unwrap();
+    }
+    wait_for(
+        "the jobs to run although nothing can be recorded",
+        LONG,
+        || ["x1", "x2", "x3"].iter().all(|n| f.saw(n)),
+    );
+    wait_for("status to report the write error", LONG, || {
+        let (code, s) = f.status();
+        code == Some(0) && s["manifest"]["write_error"].is_string()
+    });
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("the manifest to catch up", LONG, || {
+        let (_, s) = f.status();
+        s["manifest"]["write_error"].is_null() && s["manifest"]["unrecorded"] == 0
+    });
+    f.stop();
+    // What was recorded after the disk came back is not redone.
+    f.start();
+    f.wait_idle();
+    assert_eq!(
+        runs(&f).len(),
+        4,
+        "jobs redone after the restart: {:?}",
+        runs(&f)
+    );
+    f.stop();
+    drop(disk);
+}

@@ -341,6 +341,12 @@ fn print_status(report: &Value) {
     }
     if let Some(m) = report.get("manifest") {
         println!("  manifest   {} paths, sequence {}", m["paths"], m["seq"]);
+        if let Some(e) = m["write_error"].as_str() {
+            println!(
+                "  manifest   {} update(s) not yet recorded: {e}",
+                m["unrecorded"]
+            );
+        }
     }
     if let Some(w) = report.get("watch") {
         println!(

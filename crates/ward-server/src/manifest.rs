@@ -148,7 +148,10 @@ pub enum Opened {
 /// The open manifest.
 #[derive(Debug)]
 pub struct Manifest {
-    db: Database,
+    /// `None` after a failed write until [`Manifest::reopen`] succeeds: redb refuses further use of
+    /// a database that saw an I/O error until it is opened again.
+    db: Option<Database>,
+    path: PathBuf,
     seq: u64,
 }
 
@@ -211,7 +214,11 @@ impl Manifest {
                     .map_or(0, |v| v.value())
             };
             txn.commit().map_err(|e| e.to_string())?;
-            Ok(Manifest { db, seq })
+            Ok(Manifest {
+                db: Some(db),
+                path: path.to_path_buf(),
+                seq,
+            })
         });
         opened.unwrap_or_else(|_| {
             Err(format!(
@@ -219,6 +226,23 @@ impl Manifest {
                 path.display()
             ))
         })
+    }
+
+    fn db(&self) -> Result<&Database, Error> {
+        self.db.as_ref().ok_or_else(|| {
+            Error::Store("the store is closed after a write error; reopening it".into())
+        })
+    }
+
+    /// Closes and opens the store again, as redb requires after an I/O error (a full disk).
+    ///
+    /// # Errors
+    /// If it cannot be opened yet; call again later.
+    pub fn reopen(&mut self) -> Result<(), Error> {
+        self.db = None;
+        let fresh = Self::try_open(&self.path).map_err(Error::Store)?;
+        self.db = fresh.db;
+        Ok(())
     }
 
     /// The current sequence number (that of the latest change).
@@ -232,7 +256,7 @@ impl Manifest {
     /// If the store cannot be read.
     pub fn paths(&self) -> Result<u64, Error> {
         let txn = self
-            .db
+            .db()?
             .begin_read()
             .map_err(|e| store_error("reading", e))?;
         let files = txn
@@ -247,7 +271,7 @@ impl Manifest {
     /// If the store cannot be read.
     pub fn records(&self) -> Result<HashMap<PathBuf, Record>, Error> {
         let txn = self
-            .db
+            .db()?
             .begin_read()
             .map_err(|e| store_error("reading", e))?;
         let files = txn
@@ -270,7 +294,7 @@ impl Manifest {
     /// If the store cannot be read.
     pub fn records_under(&self, prefix: &Path) -> Result<Vec<(PathBuf, Record)>, Error> {
         let txn = self
-            .db
+            .db()?
             .begin_read()
             .map_err(|e| store_error("reading", e))?;
         let files = txn
@@ -303,7 +327,7 @@ impl Manifest {
     /// If the store cannot be read.
     pub fn pending(&self) -> Result<Vec<(PathBuf, Event, Option<PathBuf>)>, Error> {
         let txn = self
-            .db
+            .db()?
             .begin_read()
             .map_err(|e| store_error("reading", e))?;
         let pending = txn
@@ -328,7 +352,7 @@ impl Manifest {
     /// If the store cannot be read.
     pub fn changes_since(&self, since: u64, limit: usize) -> Result<Vec<ChangeEntry>, Error> {
         let txn = self
-            .db
+            .db()?
             .begin_read()
             .map_err(|e| store_error("reading", e))?;
         let by_seq = txn
@@ -371,7 +395,7 @@ impl Manifest {
             return Ok(());
         }
         let txn = self
-            .db
+            .db()?
             .begin_write()
             .map_err(|e| store_error("writing", e))?;
         let mut seq = self.seq;

@@ -473,6 +473,7 @@ fn answer(
             let m = pool.metrics();
             let w = watcher.stats();
             let (paths, seq) = tracker.stats();
+            let (unrecorded, write_error) = tracker.backlog();
             Ok(json!({
                 "server_pid": std::process::id(),
                 "uptime_s": started.elapsed().as_secs(),
@@ -485,7 +486,7 @@ fn answer(
                     "events": w.events, "pending": w.pending, "peak_pending": w.peak_pending, "watches": w.watches,
                     "batches": w.batches, "dropped_events": w.dropped_events,
                 },
-                "manifest": { "paths": paths, "seq": seq },
+                "manifest": { "paths": paths, "seq": seq, "unrecorded": unrecorded, "write_error": write_error },
                 "workers_idle": dispatcher.idle_workers(),
             }))
         }

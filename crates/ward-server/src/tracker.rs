@@ -33,7 +33,8 @@ pub(crate) struct Tracker {
     rules: Arc<IgnoreRules>,
     unflushed: Vec<Update>,
     next_flush: Option<Instant>,
-    failing: bool,
+    /// The last write error while writes fail, for `ward status`.
+    failing: Option<String>,
 }
 
 impl Tracker {
@@ -63,7 +64,7 @@ impl Tracker {
             rules,
             unflushed: Vec::new(),
             next_flush: None,
-            failing: false,
+            failing: None,
         })
     }
 
@@ -194,23 +195,25 @@ impl Tracker {
         }
         match self.manifest.apply(&self.unflushed) {
             Ok(()) => {
-                if self.failing {
+                if self.failing.take().is_some() {
                     log::info!(
                         "manifest writable again: {} update(s) recorded",
                         self.unflushed.len()
                     );
-                    self.failing = false;
                 }
                 self.unflushed.clear();
                 self.next_flush = None;
             }
             Err(e) => {
-                if !self.failing {
+                if self.failing.is_none() {
                     log::error!(
                         "cannot record {} update(s) in the manifest, keeping them and retrying every {RETRY_EVERY:?}: {e}",
                         self.unflushed.len()
                     );
-                    self.failing = true;
+                }
+                self.failing = Some(e.to_string());
+                if let Err(e) = self.manifest.reopen() {
+                    log::debug!("reopening the manifest after a failed write: {e}");
                 }
                 self.next_flush = Some(Instant::now() + RETRY_EVERY);
             }
@@ -242,6 +245,11 @@ impl Tracker {
     /// Paths known and the current sequence number, for `ward status`.
     pub(crate) fn stats(&self) -> (u64, u64) {
         (self.manifest.paths().unwrap_or(0), self.manifest.seq())
+    }
+
+    /// Updates waiting to be written, and the error that keeps them waiting, if any.
+    pub(crate) fn backlog(&self) -> (usize, Option<&str>) {
+        (self.unflushed.len(), self.failing.as_deref())
     }
 
     /// For `ward changes --since`.
