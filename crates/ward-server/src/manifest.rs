@@ -23,8 +23,10 @@ use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use ward_watch::IgnoreRules;
 
 use crate::Error;
 use crate::jobs::Event;
@@ -556,6 +558,38 @@ fn decode_record(b: &[u8]) -> Option<Record> {
         event,
         seq,
     })
+}
+
+/// The files of `path`'s subtree (itself included) as on disk now, walked with `rules` (the
+/// watcher's ignore rules), keeping those `include` accepts: the disk side of [`reconcile`].
+pub fn scan(
+    rules: &Arc<IgnoreRules>,
+    path: &Path,
+    include: impl Fn(&Path) -> bool,
+) -> HashMap<PathBuf, FileMeta> {
+    let mut on_disk = HashMap::new();
+    let mut consider = |p: &Path| {
+        if include(p)
+            && let Some(meta) = FileMeta::read(p)
+        {
+            on_disk.insert(p.to_path_buf(), meta);
+        }
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => ward_watch::walk(
+            rules,
+            path,
+            |_| true,
+            |p, is_dir| {
+                if !is_dir {
+                    consider(p);
+                }
+            },
+        ),
+        Ok(_) if rules.root_of(path).is_some() && !rules.is_ignored(path, false) => consider(path),
+        _ => {}
+    }
+    on_disk
 }
 
 /// What startup reconciliation decided for one path.

@@ -113,7 +113,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         select! {
             recv(requests) -> request => {
                 if let Ok(request) = request {
-                    let answer = answer(&request, &pool, &watcher, &tracker, &backlog, &dispatcher.read(), started);
+                    let answer = answer(&request, &pool, &watcher, &mut tracker, &backlog, &dispatcher.read(), started);
                     // The asker may have given up waiting; nothing to do then.
                     let _ = request.reply.try_send(answer);
                 }
@@ -463,7 +463,7 @@ fn answer(
     request: &Request,
     pool: &Pool<Job, PathBuf>,
     watcher: &Watcher,
-    tracker: &Tracker,
+    tracker: &mut Tracker,
     backlog: &Backlog,
     dispatcher: &Dispatcher,
     started: Instant,
@@ -491,6 +491,8 @@ fn answer(
             }))
         }
         "changes" => {
+            // A since-query must see every change already seen, written or not.
+            tracker.flush(true);
             let since = request
                 .args
                 .get("since")

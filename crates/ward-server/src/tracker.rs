@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ward_watch::{IgnoreRules, Snapshot};
+use ward_watch::IgnoreRules;
 
 use crate::Error;
 use crate::jobs::{Event, Job, Triggers};
-use crate::manifest::{ChangeEntry, FileMeta, Manifest, Opened, Update, reconcile};
+use crate::manifest::{ChangeEntry, Manifest, Opened, Update, reconcile, scan};
 use crate::state::{StateDir, names};
 
 /// Writes wait at most this long to be grouped into one commit.
@@ -116,16 +116,9 @@ impl Tracker {
         path: &Path,
         triggers: &Triggers,
     ) -> Result<Vec<Job>, Error> {
-        let mut walk = Snapshot::new(Arc::clone(&self.rules));
-        let mut on_disk = HashMap::new();
-        for change in walk.rescan(path) {
-            if change.is_dir || self.trigger_for(&change.path, triggers).is_none() {
-                continue;
-            }
-            if let Some(meta) = FileMeta::read(&change.path) {
-                on_disk.insert(change.path, meta);
-            }
-        }
+        let on_disk = scan(&self.rules, path, |p| {
+            self.trigger_for(p, triggers).is_some()
+        });
         let records: HashMap<_, _> = self
             .manifest
             .records_under(path)?

@@ -268,7 +268,10 @@ impl Snapshot {
 /// loading ignore files on the way. `enter` is called for each directory (top included) before it
 /// is listed, and may refuse it; `visit` is called for each entry below `top`, with whether it is
 /// a directory (from the directory listing: no `stat` per entry).
-pub(crate) fn walk(
+///
+/// This is the walk [`Snapshot`] and the watcher use, for consumers that keep their own picture of
+/// the tree (ward's manifest) and must see exactly the same paths.
+pub fn walk(
     rules: &IgnoreRules,
     top: &Path,
     mut enter: impl FnMut(&Path) -> bool,
