@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation for ward: tidy checks and benchmarks.
 
 mod bench;
+mod stress;
 mod tidy;
 
 use std::path::PathBuf;
@@ -27,8 +28,11 @@ fn main() -> ExitCode {
             }
         },
         Some("bench") => bench::run(&args[1..]),
+        Some("stress") => stress::main(&args[1..], &workspace_root()),
         _ => {
-            eprintln!("usage: cargo xtask tidy | cargo xtask bench [--only NAME]");
+            eprintln!(
+                "usage: cargo xtask tidy | cargo xtask stress [--quick] [...] | cargo xtask bench [--only NAME]"
+            );
             ExitCode::from(2)
         }
     }

@@ -1,0 +1,243 @@
+//! The faults `cargo xtask stress` can inject, their names for `--faults`, and the seeded
+//! schedule that places them (with the bursts) on the run's timeline.
+
+use super::ledger::Directive;
+use super::workload::Rng;
+
+/// One kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// SIGKILL a worker in the middle of a job.
+    KillWorker,
+    /// SIGKILL the server; the keeper restarts it.
+    KillServer,
+    /// SIGSTOP the server for seconds while files are written, so the kernel's queue overflows.
+    StopServer,
+    /// A job that dies as the directive says, once through the worker and once through exec.
+    Crash(Directive),
+    /// A job that grows its worker past the trigger's `max_rss_mb`: ward must recycle it.
+    MemLimit,
+    /// Every job thread busy and far more files than the queue holds.
+    FullQueue,
+    /// SIGKILL the keeper (the tree follows it), then `ward start`.
+    KillKeeper,
+}
+
+/// The code a job told to exit exits with.
+pub const EXIT_CODE: i32 = 3;
+
+/// Every fault, in the order `--faults` lists them.
+pub const ALL: [FaultKind; 12] = [
+    FaultKind::KillWorker,
+    FaultKind::KillServer,
+    FaultKind::StopServer,
+    FaultKind::Crash(Directive::Panic),
+    FaultKind::Crash(Directive::Segv),
+    FaultKind::Crash(Directive::Abort),
+    FaultKind::Crash(Directive::Hog),
+    FaultKind::Crash(Directive::Hang),
+    FaultKind::Crash(Directive::Exit(EXIT_CODE)),
+    FaultKind::MemLimit,
+    FaultKind::FullQueue,
+    FaultKind::KillKeeper,
+];
+
+impl FaultKind {
+    /// Its name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillWorker => "kill-worker",
+            FaultKind::KillServer => "kill-server",
+            FaultKind::StopServer => "stop-server",
+            FaultKind::Crash(Directive::Panic) => "panic",
+            FaultKind::Crash(Directive::Segv) => "segv",
+            FaultKind::Crash(Directive::Abort) => "abort",
+            FaultKind::Crash(Directive::Hog) => "hog",
+            FaultKind::Crash(Directive::Hang) => "hang",
+            FaultKind::Crash(Directive::Exit(_)) => "exit",
+            FaultKind::Crash(_) => "crash",
+            FaultKind::MemLimit => "mem-limit",
+            FaultKind::FullQueue => "full-queue",
+            FaultKind::KillKeeper => "kill-keeper",
+        }
+    }
+
+    /// Whether it takes the server (and its watches) away for a while: changes made meanwhile
+    /// are only seen again if ward reconciles on start.
+    pub fn takes_ward_down(self) -> bool {
+        matches!(
+            self,
+            FaultKind::KillServer | FaultKind::KillKeeper | FaultKind::StopServer
+        )
+    }
+
+    /// The causes a crash report may give for the death this fault causes.
+    pub fn expected_causes(self) -> Vec<String> {
+        let causes: &[&str] = match self {
+            FaultKind::Crash(Directive::Panic) => &["panic"],
+            FaultKind::Crash(Directive::Segv) => &["native_crash SIGSEGV"],
+            FaultKind::Crash(Directive::Abort) => &["native_crash SIGABRT"],
+            FaultKind::Crash(Directive::Hog) => &["allocation_failure"],
+            FaultKind::Crash(Directive::Hang) => &["hung"],
+            FaultKind::Crash(Directive::Exit(_)) => &["exited 3"],
+            FaultKind::KillWorker | FaultKind::KillServer => &["killed_by_signal SIGKILL"],
+            // Nobody alive saw the keeper die: the next start reconstructs it from what it left.
+            FaultKind::KillKeeper => &["vanished", "killed_by_signal SIGKILL"],
+            _ => &[],
+        };
+        causes.iter().map(|c| (*c).to_owned()).collect()
+    }
+}
+
+/// Parses `--faults`: `all`, `none`, or names separated by commas.
+///
+/// # Errors
+/// An unknown name, with the known ones.
+pub fn parse_list(list: &str) -> Result<Vec<FaultKind>, String> {
+    match list {
+        "all" => return Ok(ALL.to_vec()),
+        "none" | "" => return Ok(Vec::new()),
+        _ => {}
+    }
+    let mut kinds = Vec::new();
+    for name in list.split(',').map(str::trim) {
+        let Some(kind) = ALL.iter().find(|k| k.name() == name) else {
+            let names: Vec<&str> = ALL.iter().map(|k| k.name()).collect();
+            return Err(format!(
+                "no fault named {name:?}; there are: {} (or all, none)",
+                names.join(", ")
+            ));
+        };
+        if !kinds.contains(kind) {
+            kinds.push(*kind);
+        }
+    }
+    Ok(kinds)
+}
+
+/// What happens at one point of the timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Many files at once.
+    Burst,
+    /// Half the burst's directories removed at once.
+    BurstDelete,
+    /// A fault.
+    Fault(FaultKind),
+}
+
+/// The timeline of a run of `run_s` seconds: the burst early, its deletion mid-run, and the
+/// faults in rounds (each round every chosen kind once, in a seeded order) spread over the run
+/// between a warm-up and a quiet tail. Within a round the faults that take the tree down come
+/// last, so the longest life of one server, which the memory verdict judges, comes first.
+pub fn schedule(kinds: &[FaultKind], run_s: f64, quick: bool, seed: u64) -> Vec<(f64, Step)> {
+    let mut rng = Rng::new(seed, 4);
+    let (warmup, tail, interval) = if quick {
+        (4.0, 8.0, 3.0)
+    } else {
+        (20.0, 30.0, 20.0)
+    };
+    let mut steps = vec![
+        (if quick { 2.0 } else { run_s * 0.1 }, Step::Burst),
+        (run_s * if quick { 0.45 } else { 0.6 }, Step::BurstDelete),
+    ];
+    if !kinds.is_empty() {
+        let span = (run_s - warmup - tail).max(1.0);
+        // A quick run has every fault once; a longer one as many rounds as the interval allows.
+        let slots = if quick {
+            kinds.len()
+        } else {
+            kinds.len().max((span / interval) as usize)
+        };
+        let mut order = Vec::with_capacity(slots);
+        while order.len() < slots {
+            let mut round = kinds.to_vec();
+            rng.shuffle(&mut round);
+            round.sort_by_key(|k| matches!(k, FaultKind::KillServer | FaultKind::KillKeeper));
+            order.extend(round);
+        }
+        order.truncate(slots);
+        let gap = span / slots as f64;
+        for (i, kind) in order.into_iter().enumerate() {
+            let at = warmup + gap * (i as f64 + 0.3 * rng.unit());
+            steps.push((at, Step::Fault(kind)));
+        }
+    }
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_names_parse_back_and_unknown_ones_are_refused() {
+        assert_eq!(parse_list("all").unwrap(), ALL);
+        assert!(parse_list("none").unwrap().is_empty());
+        assert_eq!(
+            parse_list("segv, kill-server,segv").unwrap(),
+            [FaultKind::Crash(Directive::Segv), FaultKind::KillServer]
+        );
+        let err = parse_list("kill-everything").unwrap_err();
+        assert!(
+            err.contains("kill-everything") && err.contains("stop-server"),
+            "{err}"
+        );
+        for kind in ALL {
+            assert_eq!(parse_list(kind.name()).unwrap(), [kind]);
+            if !matches!(
+                kind,
+                FaultKind::StopServer | FaultKind::MemLimit | FaultKind::FullQueue
+            ) {
+                assert!(
+                    !kind.expected_causes().is_empty(),
+                    "{kind:?} kills something"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_quick_schedule_has_every_fault_once_inside_the_run_and_is_reproducible() {
+        let steps = schedule(&ALL, 55.0, true, 7);
+        let faults: Vec<FaultKind> = steps
+            .iter()
+            .filter_map(|(_, s)| match s {
+                Step::Fault(k) => Some(*k),
+                _ => None,
+            })
+            .collect();
+        let mut sorted = faults.clone();
+        sorted.sort();
+        let mut all = ALL.to_vec();
+        all.sort();
+        assert_eq!(sorted, all);
+        assert!(steps.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(steps.iter().all(|(t, _)| *t >= 2.0 && *t <= 55.0 - 8.0));
+        assert_eq!(faults[10..].len(), 2);
+        assert!(
+            faults[10..]
+                .iter()
+                .all(|k| matches!(k, FaultKind::KillServer | FaultKind::KillKeeper))
+        );
+        assert_eq!(schedule(&ALL, 55.0, true, 7), steps);
+        assert_ne!(schedule(&ALL, 55.0, true, 8), steps);
+    }
+
+    #[test]
+    fn a_long_schedule_repeats_the_rounds_and_never_lists_a_fault_not_asked_for() {
+        let kinds = [FaultKind::KillWorker, FaultKind::StopServer];
+        let steps = schedule(&kinds, 3600.0, false, 1);
+        let faults = steps
+            .iter()
+            .filter(|(_, s)| matches!(s, Step::Fault(_)))
+            .count();
+        assert_eq!(faults, ((3600.0 - 50.0) / 20.0) as usize);
+        assert!(steps.iter().all(|(_, s)| match s {
+            Step::Fault(k) => kinds.contains(k),
+            _ => true,
+        }));
+        assert_eq!(schedule(&[], 600.0, false, 1).len(), 2, "bursts only");
+    }
+}

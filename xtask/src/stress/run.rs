@@ -1,0 +1,1340 @@
+//! One stress run: sets up ward in a temporary directory, runs the workloads and the schedule of
+//! faults against `ward start`, samples memory, then settles, checks, stops and sweeps.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use super::check::{self, ExpectedDeath, Line, Report, RssSample, Window};
+use super::daemon::{self, Ward, signal, wait_until};
+use super::faults::{self, FaultKind, Step};
+use super::ledger::{self, Directive, Entry, Phase};
+use super::workload::{self, WriteLog, Writers, lock, now_ms};
+use super::{Options, plot};
+
+/// Set by Ctrl-C: every loop of the run checks it and goes to the orderly end.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The trigger's worker memory limit (`max_rss_mb`), and how far a `grow` job passes it.
+const MAX_RSS_MB: u64 = 128;
+const GROW_MB: u64 = 192;
+/// The address-space limit of the stress workers, which a `hog` runs into.
+const WORKER_AS_MB: u64 = 512;
+/// The job timeout: a `hang` costs three of them.
+const JOB_TIMEOUT_S: u64 = 3;
+const WORKERS: usize = 3;
+const QUEUE_CAPACITY: usize = 256;
+/// A change this long before a fault may still have been pending when it hit.
+const PENDING_MS: u64 = 5000;
+
+/// Removes the temporary directory's processes on every way out, panics included.
+struct Sweeper {
+    dir: PathBuf,
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        let left = daemon::sweep(&self.dir);
+        if !left.is_empty() {
+            eprintln!("stress: killed {} process(es) left running", left.len());
+        }
+    }
+}
+
+/// What the sampler thread gathers.
+#[derive(Debug, Default)]
+struct Samples {
+    keeper: Mutex<Vec<RssSample>>,
+    server: Mutex<Vec<RssSample>>,
+    status: Mutex<Option<Value>>,
+    status_failures: AtomicU64,
+    peak_queued: AtomicU64,
+    phase: Mutex<String>,
+}
+
+/// The crash reports in the state directory, read incrementally.
+#[derive(Debug, Default)]
+struct Reports {
+    seen: HashSet<String>,
+    list: Vec<Report>,
+    unreadable: Vec<String>,
+}
+
+impl Reports {
+    fn refresh(&mut self, state: &Path) {
+        let Ok(dir) = std::fs::read_dir(state.join("crashes")) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("crash-") && name.ends_with(".json")) || self.seen.contains(&name)
+            {
+                continue;
+            }
+            // A report being written may not parse yet; it is read again next time.
+            let Ok(text) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<Value>(&text) else {
+                continue;
+            };
+            self.seen.insert(name.clone());
+            match (v["pid"].as_u64(), v["role"].as_str()) {
+                (Some(pid), Some(role)) => self.list.push(Report {
+                    file: name,
+                    pid: pid as u32,
+                    role: role.to_owned(),
+                    cause: check::cause_label(&v["verdict"]["cause"]),
+                }),
+                _ => self.unreadable.push(name),
+            }
+        }
+    }
+
+    fn about(&self, needle: &str) -> usize {
+        self.list.iter().filter(|r| r.role.contains(needle)).count()
+    }
+}
+
+/// The ledger, read incrementally.
+#[derive(Debug)]
+struct LedgerTail {
+    path: PathBuf,
+    offset: usize,
+    entries: Vec<Entry>,
+    malformed: usize,
+}
+
+impl LedgerTail {
+    fn refresh(&mut self) {
+        let Ok(bytes) = std::fs::read(&self.path) else {
+            return;
+        };
+        if bytes.len() <= self.offset {
+            return;
+        }
+        let (entries, used, malformed) = ledger::parse(&bytes[self.offset..]);
+        self.offset += used;
+        self.entries.extend(entries);
+        self.malformed += malformed;
+    }
+
+    fn find(&self, path: &str, hash: u64, phase: Phase) -> Option<&Entry> {
+        self.entries
+            .iter()
+            .find(|e| e.phase == phase && e.path == path && e.hash == Some(hash))
+    }
+}
+
+/// One injected fault and what came of it.
+#[derive(Debug, Clone)]
+struct Injected {
+    label: String,
+    kind: FaultKind,
+    at_s: f64,
+    start_ms: u64,
+    end_ms: u64,
+    expected: Vec<ExpectedDeath>,
+    /// What went wrong injecting it, or with what ward did right after.
+    problems: Vec<String>,
+    /// What it did, in words.
+    note: String,
+}
+
+/// Files that ask for a death, removed once their reports are in (or a deadline passes), so that
+/// a restarted server does not run them again and the tree ends without them.
+#[derive(Debug)]
+struct PendingRemoval {
+    files: Vec<PathBuf>,
+    deadline: Instant,
+}
+
+/// Everything one run holds.
+struct Run<'a> {
+    opts: &'a Options,
+    ward: Ward,
+    tree: PathBuf,
+    log: Arc<WriteLog>,
+    ledger: LedgerTail,
+    reports: Reports,
+    samples: Arc<Samples>,
+    injected: Vec<Injected>,
+    pending: Vec<PendingRemoval>,
+    counts: BTreeMap<&'static str, usize>,
+    started: Instant,
+    restarts_before: u64,
+    expected_restarts: u64,
+    burst: Option<Burst>,
+}
+
+#[derive(Debug, Clone)]
+struct Burst {
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+    written_ms: (u64, u64),
+}
+
+/// Runs the stress against the `ward` binary and the worker given; whether every check passed.
+///
+/// # Errors
+/// If the run cannot be set up (a temp dir, `ward start`), or its report cannot be written.
+pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result<bool> {
+    let dir =
+        std::env::temp_dir().join(format!("ward-stress-{}-{}", std::process::id(), opts.seed));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _sweeper = Sweeper { dir: dir.clone() };
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(&tree)?;
+    std::fs::create_dir_all(dir.join("out"))?;
+    let ledger_path = dir.join("out/ledger");
+    let config = dir.join("ward.toml");
+    std::fs::write(&config, config_text(worker_bin, &ledger_path))?;
+    let ward = Ward {
+        bin: ward_bin.to_path_buf(),
+        config,
+        state: dir.join("state"),
+    };
+    println!("stress: ward in {} (seed {})", dir.display(), opts.seed);
+    let mut run = Run {
+        opts,
+        ward: ward.clone(),
+        tree: tree.clone(),
+        log: Arc::new(WriteLog::default()),
+        ledger: LedgerTail {
+            path: ledger_path,
+            offset: 0,
+            entries: Vec::new(),
+            malformed: 0,
+        },
+        reports: Reports::default(),
+        samples: Arc::new(Samples::default()),
+        injected: Vec::new(),
+        pending: Vec::new(),
+        counts: BTreeMap::new(),
+        started: Instant::now(),
+        restarts_before: 0,
+        expected_restarts: 0,
+        burst: None,
+    };
+    ward.start()?;
+    run.started = Instant::now();
+
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (ward, samples, stop, started) = (
+            ward.clone(),
+            Arc::clone(&run.samples),
+            Arc::clone(&sampling),
+            run.started,
+        );
+        let total = opts.duration.as_secs_f64();
+        std::thread::spawn(move || sample(&ward, &samples, &stop, started, total))
+    };
+    let writers = Writers {
+        tree: tree.clone(),
+        log: Arc::clone(&run.log),
+        stop: Arc::new(AtomicBool::new(false)),
+        rate: opts.rate,
+        seed: opts.seed,
+        errors: Arc::default(),
+    };
+    let threads: Vec<_> = [Writers::steady, Writers::editor, Writers::churn]
+        .into_iter()
+        .map(|body| {
+            let w = writers.clone();
+            std::thread::spawn(move || body(&w))
+        })
+        .collect();
+
+    let steps = faults::schedule(
+        &opts.faults,
+        opts.duration.as_secs_f64(),
+        opts.quick,
+        opts.seed,
+    );
+    let mut next = 0;
+    while !INTERRUPTED.load(Ordering::Relaxed) {
+        let now = run.started.elapsed().as_secs_f64();
+        run.tidy_pending(false);
+        if let Some(&(at, step)) = steps.get(next) {
+            if now >= at {
+                next += 1;
+                run.step(step);
+                continue;
+            }
+        } else if now >= opts.duration.as_secs_f64() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    set_phase(&run.samples, "settling");
+    writers.stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    run.tidy_pending(true);
+    let settle = Instant::now();
+    let settled = run.settle(if opts.quick { 20 } else { 120 });
+    let settle_s = settle.elapsed().as_secs_f64();
+    let run_s = run.started.elapsed().as_secs_f64();
+    run.ledger.refresh();
+    run.reports.refresh(&ward.state);
+    run.restarts_before += ward.restarts();
+    let final_files = walk(&tree);
+    let status = ward.status();
+    sampling.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    eprintln!();
+
+    // The orderly end: continue anything stopped, `ward stop`, then look for what is left.
+    if let Some(server) = ward.server_pid() {
+        signal(server, libc::SIGCONT);
+    }
+    let stopped = ward.run(&["stop", "--timeout", "30"], Duration::from_secs(60));
+    let left = {
+        let mut left = Vec::new();
+        wait_until(Duration::from_secs(5), || {
+            left = daemon::processes_mentioning(&dir);
+            left.is_empty()
+        });
+        left
+    };
+    let stale: Vec<&str> = ["ward.pid", "ward.sock"]
+        .into_iter()
+        .filter(|f| ward.state.join(f).exists())
+        .collect();
+
+    let writer_errors = lock(&writers.errors).clone();
+    let lines = run.verdict(&Verdict {
+        final_files: &final_files,
+        settled,
+        settle_s,
+        run_s,
+        status: status.as_ref(),
+        stopped: &stopped,
+        left: &left,
+        stale: &stale,
+        writer_errors: &writer_errors,
+    });
+    let all_pass = lines.iter().all(|l| l.pass);
+    println!("\n{}", check::table(&lines, 12));
+    run.write_outputs(&lines, &dir)?;
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        println!("stress: interrupted; the verdict covers the part that ran");
+    }
+    if opts.keep {
+        println!("stress: kept {}", dir.display());
+    } else if let Err(e) = std::fs::remove_dir_all(&dir) {
+        println!("stress: could not remove {}: {e}", dir.display());
+    }
+    Ok(all_pass && !INTERRUPTED.load(Ordering::Relaxed))
+}
+
+fn config_text(worker: &Path, ledger: &Path) -> String {
+    let (w, l) = (worker.display(), ledger.display());
+    format!(
+        r#"# Written by `cargo xtask stress`.
+[watch]
+roots = ["tree"]
+debounce_ms = 50
+max_wait_ms = 1000
+
+[jobs]
+workers = {WORKERS}
+queue_capacity = {QUEUE_CAPACITY}
+retries = 2
+timeout_s = {JOB_TIMEOUT_S}
+stop_grace_s = 2
+drain_timeout_s = 10
+
+[log]
+heartbeat_s = 30
+# Every injected death is looked for among the reports: keep them all.
+keep_reports = 1000000
+
+[[trigger]]
+name = "exec"
+glob = ["exec/**"]
+exec = ["{w}", "exec", "{l}", "{WORKER_AS_MB}"]
+
+[[trigger]]
+name = "stress"
+worker = ["{w}", "worker", "{l}", "{WORKER_AS_MB}"]
+max_rss_mb = {MAX_RSS_MB}
+"#
+    )
+}
+
+fn set_phase(samples: &Samples, phase: &str) {
+    *lock(&samples.phase) = phase.to_owned();
+}
+
+/// Every second: the keeper's and the server's RSS (pids from the state files, so it works while
+/// the server is stopped); every other second `ward status`; and the progress line.
+fn sample(ward: &Ward, samples: &Samples, stop: &AtomicBool, started: Instant, total: f64) {
+    let mut tick = 0u64;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    while !stop.load(Ordering::Relaxed) {
+        let t_s = started.elapsed().as_secs_f64();
+        let read = |pid: Option<u32>| {
+            pid.and_then(|pid| daemon::rss_kib(pid).map(|rss_kib| RssSample { t_s, pid, rss_kib }))
+        };
+        if let Some(s) = read(ward.keeper_pid()) {
+            lock(&samples.keeper).push(s);
+        }
+        if let Some(s) = read(ward.server_pid()) {
+            lock(&samples.server).push(s);
+        }
+        if tick.is_multiple_of(2) {
+            match ward.status() {
+                Some(v) if v["state"] == "running" => {
+                    let queued = v["queue"]["queued"].as_u64().unwrap_or(0);
+                    samples.peak_queued.fetch_max(queued, Ordering::Relaxed);
+                    *lock(&samples.status) = Some(v);
+                }
+                _ => {
+                    samples.status_failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let line = progress_line(samples, t_s, total);
+        if tty {
+            eprint!("\r{line:<110}");
+        } else if tick.is_multiple_of(10) {
+            eprintln!("{line}");
+        }
+        tick += 1;
+        let next = started + Duration::from_secs(tick);
+        while Instant::now() < next && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn progress_line(samples: &Samples, t_s: f64, total: f64) -> String {
+    let status = lock(&samples.status).clone().unwrap_or(Value::Null);
+    let q = &status["queue"];
+    let mib = |v: Option<&RssSample>| v.map_or(0.0, |s| s.rss_kib as f64 / 1024.0);
+    format!(
+        "[{t_s:>5.0}s/{total:.0}s] jobs {} done, {} failed, {} queued | rss keeper {:.1} MiB, server {:.1} MiB | {}",
+        q["completed"].as_u64().unwrap_or(0),
+        q["failed"].as_u64().unwrap_or(0),
+        q["queued"].as_u64().unwrap_or(0),
+        mib(lock(&samples.keeper).last()),
+        mib(lock(&samples.server).last()),
+        lock(&samples.phase),
+    )
+}
+
+/// Every regular file under `dir` with its content hash.
+fn walk(dir: &Path) -> BTreeMap<String, u64> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(e.path());
+            } else if kind.is_file()
+                && let Ok(bytes) = std::fs::read(e.path())
+            {
+                files.insert(
+                    e.path().to_string_lossy().into_owned(),
+                    ledger::content_hash(&bytes),
+                );
+            }
+        }
+    }
+    files
+}
+
+/// What the verdict needs besides the run's own state.
+struct Verdict<'a> {
+    final_files: &'a BTreeMap<String, u64>,
+    settled: bool,
+    settle_s: f64,
+    run_s: f64,
+    status: Option<&'a Value>,
+    stopped: &'a anyhow::Result<daemon::Ran>,
+    left: &'a [(u32, String)],
+    stale: &'a [&'a str],
+    writer_errors: &'a [String],
+}
+
+impl Run<'_> {
+    fn elapsed_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn step(&mut self, step: Step) {
+        match step {
+            Step::Burst => self.burst(),
+            Step::BurstDelete => self.burst_delete(),
+            Step::Fault(kind) => {
+                let n = {
+                    let c = self.counts.entry(kind.name()).or_insert(0);
+                    *c += 1;
+                    *c
+                };
+                let label = format!("{} #{n}", kind.name());
+                set_phase(&self.samples, &format!("fault {label}"));
+                let at_s = self.elapsed_s();
+                let mut f = Injected {
+                    label,
+                    kind,
+                    at_s,
+                    start_ms: now_ms(),
+                    end_ms: now_ms(),
+                    expected: Vec::new(),
+                    problems: Vec::new(),
+                    note: String::new(),
+                };
+                self.inject(&mut f, n);
+                if f.end_ms < f.start_ms {
+                    f.end_ms = f.start_ms;
+                }
+                self.injected.push(f);
+                set_phase(&self.samples, "running");
+            }
+        }
+    }
+
+    fn burst(&mut self) {
+        let count = if self.opts.quick { 2_000 } else { 50_000 };
+        set_phase(&self.samples, &format!("burst of {count} files"));
+        let dir = self.tree.join("burst");
+        let from = now_ms();
+        match workload::burst(&self.log, &dir, count, "burst") {
+            Ok(files) => {
+                self.burst = Some(Burst {
+                    dir,
+                    files,
+                    written_ms: (from, now_ms()),
+                });
+            }
+            Err(e) => eprintln!("\nstress: burst failed: {e}"),
+        }
+        set_phase(&self.samples, "running");
+    }
+
+    fn burst_delete(&mut self) {
+        let Some(burst) = &self.burst else { return };
+        set_phase(&self.samples, "deleting half the burst");
+        let Ok(entries) = std::fs::read_dir(&burst.dir) else {
+            return;
+        };
+        let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        dirs.sort();
+        for d in dirs.iter().step_by(2) {
+            let gone: Vec<PathBuf> = burst
+                .files
+                .iter()
+                .filter(|f| f.starts_with(d))
+                .cloned()
+                .collect();
+            if let Err(e) = self.log.remove_tree(d, &gone, "burst") {
+                eprintln!("\nstress: removing {}: {e}", d.display());
+            }
+        }
+        set_phase(&self.samples, "running");
+    }
+
+    fn fault_file(&self, kind: &str, n: usize, exec: bool) -> PathBuf {
+        let base = if exec {
+            self.tree.join("exec/faults")
+        } else {
+            self.tree.join("faults")
+        };
+        base.join(format!("{kind}-{n}.txt"))
+    }
+
+    fn write_directive(&self, path: &Path, directive: Directive, n: usize) -> Option<u64> {
+        let content = format!("{}fault {n} seq {}\n", directive.line(), self.log.seq());
+        match self.log.write(path, content.as_bytes(), "fault") {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("\nstress: writing {}: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) for a ledger entry of `phase` for this content.
+    fn await_entry(
+        &mut self,
+        path: &Path,
+        hash: u64,
+        phase: Phase,
+        limit: Duration,
+    ) -> Option<Entry> {
+        let path = path.to_string_lossy().into_owned();
+        let mut found = None;
+        wait_until(limit, || {
+            self.ledger.refresh();
+            found = self.ledger.find(&path, hash, phase).cloned();
+            found.is_some() || INTERRUPTED.load(Ordering::Relaxed)
+        });
+        found
+    }
+
+    fn inject(&mut self, f: &mut Injected, n: usize) {
+        let causes = f.kind.expected_causes();
+        match f.kind {
+            FaultKind::KillWorker => {
+                let path = self.fault_file("kill-worker", n, false);
+                let Some(hash) = self.write_directive(&path, Directive::Sleep(2000), n) else {
+                    f.problems.push("could not write its file".into());
+                    return;
+                };
+                let Some(entry) =
+                    self.await_entry(&path, hash, Phase::Start, Duration::from_secs(20))
+                else {
+                    f.problems.push(format!(
+                        "no worker started the job on {} within 20 s",
+                        path.display()
+                    ));
+                    return;
+                };
+                f.start_ms = now_ms();
+                if !signal(entry.pid, libc::SIGKILL) {
+                    f.problems
+                        .push(format!("worker pid {} was gone before SIGKILL", entry.pid));
+                }
+                f.end_ms = now_ms();
+                f.note = format!("SIGKILL worker pid {} during a job", entry.pid);
+                f.expected.push(ExpectedDeath {
+                    fault: f.label.clone(),
+                    role_contains: path.to_string_lossy().into_owned(),
+                    pid: Some(entry.pid),
+                    causes,
+                });
+            }
+            FaultKind::KillServer => {
+                let Some(server) = self.ward.server_pid() else {
+                    f.problems.push("no server pid in keeper.json".into());
+                    return;
+                };
+                f.start_ms = now_ms();
+                signal(server, libc::SIGKILL);
+                self.expected_restarts += 1;
+                let back = wait_until(Duration::from_secs(30), || {
+                    self.ward.server_pid().is_some_and(|p| p != server)
+                });
+                f.end_ms = now_ms();
+                if !back {
+                    f.problems.push("no new server within 30 s".into());
+                }
+                f.note = format!(
+                    "SIGKILL server pid {server}; a new one was ready after {:.2} s",
+                    (f.end_ms - f.start_ms) as f64 / 1000.0
+                );
+                f.expected.push(ExpectedDeath {
+                    fault: f.label.clone(),
+                    role_contains: "server".into(),
+                    pid: Some(server),
+                    causes,
+                });
+            }
+            FaultKind::StopServer => {
+                let Some(server) = self.ward.server_pid() else {
+                    f.problems.push("no server pid in keeper.json".into());
+                    return;
+                };
+                let hold = if self.opts.quick { 3.0 } else { 8.0 };
+                let count = if self.opts.quick { 6_000 } else { 20_000 };
+                f.start_ms = now_ms();
+                signal(server, libc::SIGSTOP);
+                let began = Instant::now();
+                let dir = self.tree.join(format!("overflow-{n}"));
+                if let Err(e) = workload::burst(&self.log, &dir, count, "overflow") {
+                    f.problems.push(format!("writing the overflow files: {e}"));
+                }
+                while began.elapsed().as_secs_f64() < hold {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                signal(server, libc::SIGCONT);
+                f.end_ms = now_ms();
+                // Answering a status request again means its main loop is running again.
+                let answers = wait_until(Duration::from_secs(15), || {
+                    self.ward.status().is_some_and(|s| s["state"] == "running")
+                });
+                if !answers {
+                    f.problems
+                        .push("no status answer within 15 s of SIGCONT".into());
+                }
+                if self.ward.server_pid() != Some(server) {
+                    f.problems.push(format!(
+                        "server pid {server} did not survive SIGSTOP/SIGCONT"
+                    ));
+                }
+                f.note = format!(
+                    "SIGSTOP server pid {server} for {:.1} s while {count} files were written",
+                    began.elapsed().as_secs_f64()
+                );
+            }
+            FaultKind::Crash(directive) => {
+                let mut files = Vec::new();
+                for exec in [false, true] {
+                    let path = self.fault_file(f.kind.name(), n, exec);
+                    if self.write_directive(&path, directive, n).is_some() {
+                        f.expected.push(ExpectedDeath {
+                            fault: format!(
+                                "{} ({})",
+                                f.label,
+                                if exec { "exec" } else { "worker" }
+                            ),
+                            role_contains: path.to_string_lossy().into_owned(),
+                            pid: None,
+                            causes: causes.clone(),
+                        });
+                        files.push(path);
+                    }
+                }
+                f.note = format!(
+                    "{} job through the worker and through exec",
+                    directive.name()
+                );
+                // Three attempts of a hang take three timeouts; everything else dies at once.
+                let limit = (1 + 2) * (JOB_TIMEOUT_S + 2) + 10;
+                self.pending.push(PendingRemoval {
+                    files,
+                    deadline: Instant::now() + Duration::from_secs(limit),
+                });
+            }
+            FaultKind::MemLimit => {
+                let path = self.fault_file("mem-limit", n, false);
+                let Some(hash) = self.write_directive(&path, Directive::Grow(GROW_MB), n) else {
+                    f.problems.push("could not write its file".into());
+                    return;
+                };
+                let Some(done) =
+                    self.await_entry(&path, hash, Phase::Done, Duration::from_secs(20))
+                else {
+                    f.problems
+                        .push(format!("the {GROW_MB} MiB job did not finish within 20 s"));
+                    return;
+                };
+                let gone = wait_until(Duration::from_secs(10), || !daemon::is_alive(done.pid));
+                f.end_ms = now_ms();
+                f.note = format!(
+                    "worker pid {} grew by {GROW_MB} MiB past max_rss_mb = {MAX_RSS_MB}: {}",
+                    done.pid,
+                    if gone {
+                        "recycled"
+                    } else {
+                        "still running 10 s later"
+                    }
+                );
+                if !gone {
+                    f.problems.push(f.note.clone());
+                }
+            }
+            FaultKind::FullQueue => {
+                let server = self.ward.server_pid();
+                for k in 0..WORKERS {
+                    let path = self.tree.join(format!("full-{n}/blocker-{k}.txt"));
+                    self.write_directive(&path, Directive::Sleep(3000), n);
+                }
+                let count = QUEUE_CAPACITY * 4;
+                if let Err(e) = workload::burst(
+                    &self.log,
+                    &self.tree.join(format!("full-{n}/files")),
+                    count,
+                    "full-queue",
+                ) {
+                    f.problems.push(format!("writing the files: {e}"));
+                }
+                f.end_ms = now_ms();
+                if self.ward.server_pid() != server {
+                    f.problems
+                        .push("the server changed while its queue was full".into());
+                }
+                f.note = format!(
+                    "{WORKERS} job threads busy 3 s, then {count} files for a queue of {QUEUE_CAPACITY}"
+                );
+            }
+            FaultKind::KillKeeper => {
+                let (Some(keeper), Some(server)) = (self.ward.keeper_pid(), self.ward.server_pid())
+                else {
+                    f.problems.push("no keeper or server pid".into());
+                    return;
+                };
+                let tree = {
+                    let mut t = daemon::descendants(keeper);
+                    t.sort_unstable();
+                    t
+                };
+                self.restarts_before += self.ward.restarts();
+                f.start_ms = now_ms();
+                signal(keeper, libc::SIGKILL);
+                let gone = wait_until(Duration::from_secs(10), || {
+                    !daemon::is_alive(keeper) && tree.iter().all(|p| !daemon::is_alive(*p))
+                });
+                if !gone {
+                    let left: Vec<u32> = tree
+                        .iter()
+                        .copied()
+                        .filter(|p| daemon::is_alive(*p))
+                        .collect();
+                    f.problems.push(format!(
+                        "orphans: {left:?} of the killed keeper's tree still alive 10 s later"
+                    ));
+                    for p in left {
+                        signal(p, libc::SIGKILL);
+                    }
+                }
+                if let Err(e) = self.ward.start() {
+                    f.problems.push(format!("ward start after the kill: {e:#}"));
+                }
+                f.end_ms = now_ms();
+                f.note = format!(
+                    "SIGKILL keeper pid {keeper} (server {server}, {} process(es) under it); started again after {:.2} s",
+                    tree.len(),
+                    (f.end_ms - f.start_ms) as f64 / 1000.0
+                );
+                f.expected.push(ExpectedDeath {
+                    fault: f.label.clone(),
+                    role_contains: "keeper".into(),
+                    pid: Some(keeper),
+                    causes,
+                });
+            }
+        }
+    }
+
+    /// Removes the death-asking files whose reports are in, or whose deadline passed (`all`:
+    /// waits for each deadline in turn, for the end of the run).
+    fn tidy_pending(&mut self, all: bool) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.reports.refresh(&self.ward.state);
+        let mut keep = Vec::new();
+        for p in std::mem::take(&mut self.pending) {
+            let mut reported = || {
+                self.reports.refresh(&self.ward.state);
+                p.files
+                    .iter()
+                    .all(|f| self.reports.about(&f.to_string_lossy()) > 0)
+            };
+            let ready = if all {
+                let left = p.deadline.saturating_duration_since(Instant::now());
+                wait_until(left, || reported() || INTERRUPTED.load(Ordering::Relaxed))
+            } else {
+                reported() || Instant::now() >= p.deadline
+            };
+            if ready || all {
+                for f in &p.files {
+                    if let Err(e) = self.log.remove(f, "fault") {
+                        eprintln!("\nstress: removing {}: {e}", f.display());
+                    }
+                }
+            } else {
+                keep.push(p);
+            }
+        }
+        self.pending = keep;
+    }
+
+    /// Waits until ward is idle: nothing queued, running, retrying or pending in the watcher,
+    /// and the ledger unchanged, twice a second apart.
+    fn settle(&mut self, limit_s: u64) -> bool {
+        let mut quiet_since: Option<(Instant, usize)> = None;
+        wait_until(Duration::from_secs(limit_s), || {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                return true;
+            }
+            let Some(s) = self.ward.status() else {
+                quiet_since = None;
+                return false;
+            };
+            let n = |v: &Value| v.as_u64().unwrap_or(0);
+            let idle = s["state"] == "running"
+                && n(&s["queue"]["queued"]) + n(&s["queue"]["running"]) + n(&s["queue"]["backlog"])
+                    == 0
+                && n(&s["watch"]["pending"]) == 0;
+            self.ledger.refresh();
+            let len = self.ledger.offset;
+            match (idle, quiet_since) {
+                (false, _) => {
+                    quiet_since = None;
+                    false
+                }
+                (true, Some((since, l))) if l == len => since.elapsed() >= Duration::from_secs(1),
+                (true, _) => {
+                    quiet_since = Some((Instant::now(), len));
+                    false
+                }
+            }
+        }) && !INTERRUPTED.load(Ordering::Relaxed)
+    }
+
+    fn verdict(&self, v: &Verdict<'_>) -> Vec<Line> {
+        let writes = self.log.snapshot();
+        let entries = &self.ledger.entries;
+        let mut lines = Vec::new();
+
+        // No change lost, each loss blamed on the window it fell into.
+        let windows: Vec<(usize, Window)> = self
+            .injected
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.kind.takes_ward_down())
+            .map(|(i, f)| {
+                (
+                    i,
+                    Window {
+                        label: f.label.clone(),
+                        start_ms: f.start_ms,
+                        end_ms: f.end_ms,
+                    },
+                )
+            })
+            .collect();
+        let plain: Vec<Window> = windows.iter().map(|(_, w)| w.clone()).collect();
+        let lost = check::lost_changes(v.final_files, entries, &writes, &plain, PENDING_MS);
+        let deleted = {
+            let mut paths: HashSet<&str> = writes.iter().map(|w| w.path.as_str()).collect();
+            paths.retain(|p| !v.final_files.contains_key(*p));
+            paths.len()
+        };
+        let mut details = Vec::new();
+        let mut groups: BTreeMap<Option<usize>, Vec<&check::Lost>> = BTreeMap::new();
+        for l in &lost {
+            groups.entry(l.window).or_default().push(l);
+        }
+        for (window, group) in &groups {
+            let head = match window {
+                Some(w) => {
+                    let f = &self.injected[windows[*w].0];
+                    format!(
+                        "{} at +{:.1}s (ward away {:.2}s): {} lost",
+                        f.label,
+                        f.at_s,
+                        (f.end_ms - f.start_ms) as f64 / 1000.0,
+                        group.len()
+                    )
+                }
+                None => format!(
+                    "outside every fault window (a ward bug): {} lost",
+                    group.len()
+                ),
+            };
+            details.push(head);
+            for l in group.iter().take(8) {
+                let when = l
+                    .last_change_ms
+                    .map(|t| format!(", last change at +{:.2}s", self.since_start(t)))
+                    .unwrap_or_default();
+                details.push(format!(
+                    "  {} ({}{when})",
+                    self.short(&l.path),
+                    l.kind.describe()
+                ));
+            }
+            if group.len() > 8 {
+                details.push(format!("  ... {} more", group.len() - 8));
+            }
+        }
+        lines.push(Line::new(
+            "no change lost",
+            lost.is_empty(),
+            format!(
+                "{} files on disk, {} deleted, {} changes made; {} lost",
+                v.final_files.len(),
+                deleted,
+                writes.len(),
+                lost.len()
+            ),
+            details,
+        ));
+
+        // Every injected death reported, with the expected cause.
+        let expected: Vec<ExpectedDeath> = self
+            .injected
+            .iter()
+            .flat_map(|f| f.expected.clone())
+            .collect();
+        let (outcomes, unexplained) = check::match_deaths(&expected, &self.reports.list);
+        let mut details = Vec::new();
+        let mut ok = 0;
+        for (e, o) in expected.iter().zip(&outcomes) {
+            match o {
+                check::DeathOutcome::Reported(_) => ok += 1,
+                check::DeathOutcome::Missing => details.push(format!(
+                    "{}: no report names {}{} (expected {})",
+                    e.fault,
+                    self.short(&e.role_contains),
+                    e.pid.map(|p| format!(" pid {p}")).unwrap_or_default(),
+                    e.causes.join(" or ")
+                )),
+                check::DeathOutcome::WrongCause(found) => details.push(format!(
+                    "{}: reported as {} (expected {})",
+                    e.fault,
+                    found.join(", "),
+                    e.causes.join(" or ")
+                )),
+            }
+        }
+        let by_cause = {
+            let mut m: BTreeMap<&str, usize> = BTreeMap::new();
+            for r in &self.reports.list {
+                *m.entry(r.cause.as_str()).or_default() += 1;
+            }
+            m.iter()
+                .map(|(c, n)| format!("{n} {c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        lines.push(Line::new(
+            "every injected death reported",
+            ok == expected.len(),
+            format!(
+                "{ok}/{} with the expected cause; {} reports: {by_cause}",
+                expected.len(),
+                self.reports.list.len()
+            ),
+            details,
+        ));
+        lines.push(Line::new(
+            "no unexplained death",
+            unexplained.is_empty() && self.reports.unreadable.is_empty(),
+            format!(
+                "{} report(s) not caused by a fault",
+                unexplained.len() + self.reports.unreadable.len()
+            ),
+            unexplained
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}: {} pid {} died: {}",
+                        r.file,
+                        self.short(&r.role),
+                        r.pid,
+                        r.cause
+                    )
+                })
+                .chain(
+                    self.reports
+                        .unreadable
+                        .iter()
+                        .map(|f| format!("{f}: no pid or role")),
+                )
+                .collect(),
+        ));
+
+        // Faults went in as planned, and ward did right by each at once.
+        let problems: Vec<String> = self
+            .injected
+            .iter()
+            .flat_map(|f| f.problems.iter().map(move |p| format!("{}: {p}", f.label)))
+            .collect();
+        let kinds: HashSet<FaultKind> = self.injected.iter().map(|f| f.kind).collect();
+        let missing: Vec<&str> = self
+            .opts
+            .faults
+            .iter()
+            .filter(|k| !kinds.contains(k))
+            .map(|k| k.name())
+            .collect();
+        let mut details = problems.clone();
+        if !missing.is_empty() {
+            details.push(format!(
+                "never injected (run too short or interrupted): {}",
+                missing.join(", ")
+            ));
+        }
+        lines.push(Line::new(
+            "faults injected and survived",
+            problems.is_empty() && missing.is_empty(),
+            format!(
+                "{} injected ({} kinds of {} asked for)",
+                self.injected.len(),
+                kinds.len(),
+                self.opts.faults.len()
+            ),
+            details,
+        ));
+
+        // Memory.
+        for (role, samples) in [
+            ("keeper", &self.samples.keeper),
+            ("server", &self.samples.server),
+        ] {
+            let samples = lock(samples).clone();
+            let warmup = if self.opts.quick { 5.0 } else { 30.0 };
+            let line = match check::rss_figures(&samples, warmup) {
+                Some(r) => {
+                    let judged = if r.judged_s >= check::MIN_JUDGED_S {
+                        format!(
+                            "slope {:+.2} MiB/min, growth {:+.1} MiB over {:.0} s of one pid",
+                            r.slope_kib_per_min / 1024.0,
+                            r.growth_kib as f64 / 1024.0,
+                            r.judged_s
+                        )
+                    } else {
+                        format!(
+                            "growth not judged: longest life of one pid {:.0} s",
+                            r.judged_s
+                        )
+                    };
+                    Line::new(
+                        &format!("{role} RSS: no sustained growth"),
+                        !r.sustained && r.judged_s >= check::MIN_JUDGED_S,
+                        format!(
+                            "peak {:.1} MiB, {judged} ({} samples)",
+                            r.peak_kib as f64 / 1024.0,
+                            samples.len()
+                        ),
+                        vec![format!(
+                            "see rss.svg; the {role}'s memory rose steadily or could not be judged"
+                        )],
+                    )
+                }
+                None => Line::new(
+                    &format!("{role} RSS: no sustained growth"),
+                    false,
+                    "no sample".into(),
+                    Vec::new(),
+                ),
+            };
+            lines.push(line);
+        }
+
+        // Latency and throughput.
+        let lat = check::latencies(&writes, entries);
+        let mut everything: Vec<u64> = lat.iter().map(|(_, ms)| *ms).collect();
+        everything.sort_unstable();
+        let mut single: Vec<u64> = lat
+            .iter()
+            .filter(|(w, _)| matches!(*w, "steady" | "edit" | "churn"))
+            .map(|(_, ms)| *ms)
+            .collect();
+        single.sort_unstable();
+        let pct =
+            |v: &[u64], q| check::percentile(v, q).map_or("-".to_owned(), |ms| format!("{ms} ms"));
+        let p50 = check::percentile(&single, 0.5);
+        lines.push(Line::new(
+            "latency write→job start: p50 ≤ 1 s",
+            p50.is_some_and(|ms| ms <= 1000),
+            format!(
+                "single changes p50 {}, p99 {} (n={}); all p50 {}, p99 {} (n={})",
+                pct(&single, 0.5),
+                pct(&single, 0.99),
+                single.len(),
+                pct(&everything, 0.5),
+                pct(&everything, 0.99),
+                everything.len()
+            ),
+            vec!["single changes: the steady, editor and churn workloads; all: bursts and fault files too".into()],
+        ));
+        let done = entries.iter().filter(|e| e.phase == Phase::Done).count();
+        let burst = self.burst.as_ref().map(|b| {
+            let want: HashSet<String> = b
+                .files
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            let mut seen = HashSet::new();
+            let mut last = b.written_ms.1;
+            for e in entries.iter().filter(|e| e.phase == Phase::Done) {
+                if want.contains(&e.path) && seen.insert(e.path.as_str()) {
+                    last = last.max(e.t_ms);
+                }
+            }
+            let secs = (last.saturating_sub(b.written_ms.0)) as f64 / 1000.0;
+            (b.files.len(), seen.len(), secs)
+        });
+        let (burst_ok, burst_text) = match burst {
+            Some((n, seen, secs)) => {
+                let rate = seen as f64 / secs.max(0.001);
+                (
+                    seen == n && rate >= 50.0,
+                    format!("burst of {n}: {seen} processed in {secs:.1} s ({rate:.0}/s)"),
+                )
+            }
+            None => (false, "no burst ran".into()),
+        };
+        lines.push(Line::new(
+            "throughput: the burst drains at ≥ 50 jobs/s",
+            burst_ok,
+            format!(
+                "{done} jobs done in {:.0} s ({:.1}/s); {burst_text}",
+                v.run_s,
+                done as f64 / v.run_s.max(1.0)
+            ),
+            vec![burst_text.clone()],
+        ));
+
+        let restarts = self.restarts_before;
+        lines.push(Line::new(
+            "restarts: one per server kill",
+            restarts == self.expected_restarts,
+            format!("{restarts} server restart(s) for {} server kill(s)", self.expected_restarts),
+            vec![format!(
+                "the keeper restarted the server {restarts} time(s); the harness killed it {} time(s)",
+                self.expected_restarts
+            )],
+        ));
+
+        let final_queue = v
+            .status
+            .map(|s| s["queue"].to_string())
+            .unwrap_or_else(|| "no status".into());
+        lines.push(Line::new(
+            "settled after the run",
+            v.settled,
+            format!(
+                "{} in {:.1} s; peak queued seen {}, status unanswered {} time(s)",
+                if v.settled { "idle" } else { "still busy" },
+                v.settle_s,
+                self.samples.peak_queued.load(Ordering::Relaxed),
+                self.samples.status_failures.load(Ordering::Relaxed)
+            ),
+            vec![format!("queue at the end: {final_queue}")],
+        ));
+
+        let stop_ok = matches!(v.stopped, Ok(r) if r.code == Some(0));
+        let stop_text = match v.stopped {
+            Ok(r) => format!(
+                "ward stop: exit {:?}{} {}",
+                r.code,
+                if r.timed_out { " (timed out)" } else { "" },
+                r.stderr.trim()
+            ),
+            Err(e) => format!("ward stop: {e:#}"),
+        };
+        lines.push(Line::new(
+            "no orphan process after stop",
+            v.left.is_empty() && stop_ok,
+            format!("{} left; {stop_text}", v.left.len()),
+            v.left
+                .iter()
+                .map(|(p, c)| format!("pid {p}: {c}"))
+                .chain([stop_text.clone()])
+                .collect(),
+        ));
+        lines.push(Line::new(
+            "no stale pidfile",
+            v.stale.is_empty(),
+            if v.stale.is_empty() {
+                "ward.pid and ward.sock removed".into()
+            } else {
+                format!("left: {}", v.stale.join(", "))
+            },
+            Vec::new(),
+        ));
+        if !v.writer_errors.is_empty() || self.ledger.malformed > 0 {
+            let mut details = v.writer_errors.to_vec();
+            if self.ledger.malformed > 0 {
+                details.push(format!(
+                    "{} malformed ledger entries",
+                    self.ledger.malformed
+                ));
+            }
+            lines.push(Line::new(
+                "harness: workloads ran cleanly",
+                false,
+                format!("{} problem(s)", details.len()),
+                details,
+            ));
+        }
+        lines
+    }
+
+    fn since_start(&self, t_ms: u64) -> f64 {
+        let start_ms = now_ms().saturating_sub(self.started.elapsed().as_millis() as u64);
+        (t_ms as f64 - start_ms as f64) / 1000.0
+    }
+
+    fn short(&self, path: &str) -> String {
+        let root = self.tree.to_string_lossy();
+        path.replace(root.as_ref(), "tree")
+    }
+
+    fn write_outputs(&self, lines: &[Line], dir: &Path) -> anyhow::Result<()> {
+        let out = &self.opts.out;
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let writes = self.log.snapshot();
+        let lat = check::latencies(&writes, &self.ledger.entries);
+        let keeper = lock(&self.samples.keeper).clone();
+        let server = lock(&self.samples.server).clone();
+        let windows: Vec<(f64, f64, String)> = self
+            .injected
+            .iter()
+            .map(|f| {
+                let start = self.since_start(f.start_ms);
+                (
+                    start,
+                    start + (f.end_ms - f.start_ms) as f64 / 1000.0,
+                    f.label.clone(),
+                )
+            })
+            .collect();
+        let svg = plot::svg(
+            &keeper,
+            &server,
+            &windows,
+            &lat.iter().map(|(_, ms)| *ms).collect::<Vec<_>>(),
+        );
+        std::fs::write(out.join("stress.svg"), svg)?;
+        let rss = |s: &[RssSample]| -> Vec<Value> {
+            s.iter()
+                .map(|s| json!([(s.t_s * 10.0).round() / 10.0, s.pid, s.rss_kib]))
+                .collect()
+        };
+        let report = json!({
+            "options": {
+                "quick": self.opts.quick,
+                "duration_s": self.opts.duration.as_secs_f64(),
+                "rate": self.opts.rate,
+                "faults": self.opts.faults.iter().map(|k| k.name()).collect::<Vec<_>>(),
+                "seed": self.opts.seed,
+            },
+            "pass": lines.iter().all(|l| l.pass),
+            "verdict": lines.iter().map(|l| json!({
+                "check": l.check, "pass": l.pass, "figure": l.figure, "details": l.details,
+            })).collect::<Vec<_>>(),
+            "faults": self.injected.iter().map(|f| json!({
+                "label": f.label, "at_s": (f.at_s * 10.0).round() / 10.0,
+                "ward_away_ms": f.end_ms - f.start_ms, "note": f.note, "problems": f.problems,
+                "expected_deaths": f.expected.iter().map(|e| json!({
+                    "role_contains": e.role_contains, "pid": e.pid, "causes": e.causes,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "reports": self.reports.list.iter().map(|r| json!({
+                "file": r.file, "pid": r.pid, "role": r.role, "cause": r.cause,
+            })).collect::<Vec<_>>(),
+            "changes_made": writes.len(),
+            "ledger_entries": self.ledger.entries.len(),
+            "latency_ms": lat.iter().map(|(w, ms)| json!([w, ms])).collect::<Vec<_>>(),
+            "rss_kib": { "columns": ["t_s", "pid", "rss_kib"], "keeper": rss(&keeper), "server": rss(&server) },
+        });
+        std::fs::write(out.join("stress.json"), serde_json::to_vec_pretty(&report)?)?;
+        // ward's own account, for whoever reads a FAIL.
+        let log = self.ward.state.join("ward.log");
+        if log.exists() {
+            std::fs::copy(&log, out.join("ward.log"))?;
+        }
+        println!(
+            "stress: report {}, plot {}, ward's log {}{}",
+            out.join("stress.json").display(),
+            out.join("stress.svg").display(),
+            out.join("ward.log").display(),
+            if self.opts.keep {
+                String::new()
+            } else {
+                format!(" ({} is removed)", dir.display())
+            }
+        );
+        Ok(())
+    }
+}
