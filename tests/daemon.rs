@@ -537,3 +537,67 @@ fn an_idle_worker_is_stopped_with_sigterm_not_killed_with_its_job_thread() {
         "worker not stopped gracefully:\n{log}"
     );
 }
+
+#[test]
+fn a_jobs_own_children_do_not_outlive_a_killed_server() {
+    // The job's shell starts `sleep` in the background and waits: when the server is SIGKILLed the
+    // shell dies of its parent-death signal, and `sleep`, which has none, is orphaned.
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nexec = [\"sh\", \"-c\", \"sleep 300 & echo $! > \\\"$0\\\"; wait\", \"{ledger}.orphan\"]\n",
+    );
+    f.start();
+    std::fs::write(f.tree.join("go"), "x").unwrap();
+    let marker = f.dir.path().join("out/ledger.orphan");
+    let mut orphan = 0;
+    wait_for("the job's background child", LONG, || {
+        orphan = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        orphan != 0 && is_alive(orphan)
+    });
+    let (_, status) = f.status();
+    kill(pid_of(&status, "server_pid"), libc::SIGKILL);
+    wait_for("the orphaned child to be killed", LONG, || {
+        !is_alive(orphan)
+    });
+    assert!(
+        f.log()
+            .contains(&format!("killed orphaned process {orphan}")),
+        "{}",
+        f.log()
+    );
+    f.stop();
+}
+
+#[test]
+fn a_job_still_running_at_the_drain_deadline_is_stopped_and_kept_for_the_next_start() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nexec = [\"{job}\", \"gated\", \"{ledger}\", \"{ledger}.gate\"]\n",
+    );
+    let config = std::fs::read_to_string(&f.config).unwrap();
+    std::fs::write(
+        &f.config,
+        config.replace("drain_timeout_s = 5", "drain_timeout_s = 1"),
+    )
+    .unwrap();
+    f.start();
+    std::fs::write(f.tree.join("slow"), "v1").unwrap();
+    wait_for("the job to run", LONG, || {
+        f.status().1["queue"]["running"] == 1
+    });
+    f.stop();
+    let log = f.log();
+    assert!(
+        log.contains("ward is stopping") && log.contains("server stopped cleanly"),
+        "{log}"
+    );
+    assert!(!f.saw("slow"));
+    // The job that was stopped runs again at the next start.
+    std::fs::write(f.dir.path().join("out/ledger.gate"), "").unwrap();
+    f.start();
+    wait_for("the kept job", LONG, || f.saw("slow"));
+    f.stop();
+}

@@ -44,6 +44,10 @@ pub enum JobError {
     /// It could not be started.
     #[error("cannot start: {0}")]
     Spawn(String),
+    /// ward is stopping and the drain deadline passed while it ran; it was stopped and will run
+    /// again at the next start.
+    #[error("stopped: ward is shutting down")]
+    Stopped,
     /// A worker broke the protocol; it has been replaced.
     #[error("worker protocol: {0}")]
     Protocol(String),
@@ -123,6 +127,8 @@ pub struct Dispatcher {
     state: StateDir,
     idle: Mutex<Vec<Vec<Worker>>>,
     next_worker: std::sync::atomic::AtomicU64,
+    /// Set when ward stops: running jobs past it are stopped.
+    stop_at: Mutex<Option<Instant>>,
     // Last: its thread is the parent of every worker in `idle`, so it must outlive them.
     spawner: Spawner,
 }
@@ -145,6 +151,7 @@ impl Dispatcher {
             state,
             idle,
             next_worker: 0.into(),
+            stop_at: Mutex::new(None),
             spawner,
         })
     }
@@ -195,18 +202,31 @@ impl Dispatcher {
         };
         let child = Child::spawn(&spec)
             .map_err(|e| JobError::Spawn(format!("{}: {e}", argv[0].to_string_lossy())))?;
-        let exit = match child.wait_timeout(self.config.job_timeout) {
-            Some(exit) => exit,
-            None => {
-                log::warn!(
-                    "job {name} on {} timed out after {:?}; stopping it",
-                    job.path.display(),
-                    self.config.job_timeout
-                );
+        let timeout_at = Instant::now() + self.config.job_timeout;
+        let exit = loop {
+            // Slices, so that a shutdown's deadline set while the job runs is seen.
+            let slice = timeout_at
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            if let Some(exit) = child.wait_timeout(slice) {
+                break exit;
+            }
+            let stopping = self.stop_at.lock().is_some_and(|at| Instant::now() >= at);
+            if stopping || Instant::now() >= timeout_at {
+                let why = if stopping {
+                    "ward is stopping"
+                } else {
+                    "it timed out"
+                };
+                log::warn!("stopping job {name} on {}: {why}", job.path.display());
                 if let Err(e) = child.stop(self.config.stop_grace) {
-                    log::error!("stopping timed-out job {name}: {e}");
+                    log::error!("stopping job {name}: {e}");
                 }
-                return Err(JobError::TimedOut(self.config.job_timeout));
+                return Err(if stopping {
+                    JobError::Stopped
+                } else {
+                    JobError::TimedOut(self.config.job_timeout)
+                });
             }
         };
         drop(child); // joins the capture threads, so the tail is complete
@@ -244,7 +264,7 @@ impl Dispatcher {
             Some(w) => w,
             None => self.spawn_worker(argv, job.trigger)?,
         };
-        match worker.request(job, self.config.job_timeout) {
+        match worker.request(job, self.config.job_timeout, &self.stop_at) {
             Ok(reply) => {
                 worker.jobs_done += 1;
                 let worn = recycle_after > 0 && worker.jobs_done >= recycle_after;
@@ -285,6 +305,11 @@ impl Dispatcher {
                 );
                 worker.retire(self.config.stop_grace);
                 Err(JobError::TimedOut(self.config.job_timeout))
+            }
+            Err(WorkerTrouble::Stopped) => {
+                log::warn!("stopping worker {} mid-job: ward is stopping", worker.label);
+                worker.retire(self.config.stop_grace);
+                Err(JobError::Stopped)
             }
         }
     }
@@ -337,6 +362,12 @@ impl Dispatcher {
         })
     }
 
+    /// Jobs still running at `at` are stopped (TERM, then KILL after the grace): the end of the
+    /// drain when ward stops.
+    pub fn stop_running_at(&self, at: Instant) {
+        *self.stop_at.lock() = Some(at);
+    }
+
     /// Stops every idle worker (TERM, then KILL after the grace), in parallel.
     pub fn stop_workers(&self) {
         let workers: Vec<Worker> = self
@@ -368,6 +399,7 @@ enum WorkerTrouble {
     Died(Exit),
     Protocol(String),
     TimedOut,
+    Stopped,
 }
 
 /// One persistent worker process and its side of the protocol.
@@ -383,7 +415,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn request(&mut self, job: &Job, timeout: Duration) -> Result<Reply, WorkerTrouble> {
+    fn request(
+        &mut self,
+        job: &Job,
+        timeout: Duration,
+        stop_at: &Mutex<Option<Instant>>,
+    ) -> Result<Reply, WorkerTrouble> {
         self.next_id += 1;
         let id = self.next_id;
         // A reply left over from before this request is a protocol violation too.
@@ -417,6 +454,9 @@ impl Worker {
                     }
                     if Instant::now() >= deadline {
                         return Err(WorkerTrouble::TimedOut);
+                    }
+                    if stop_at.lock().is_some_and(|at| Instant::now() >= at) {
+                        return Err(WorkerTrouble::Stopped);
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {

@@ -18,11 +18,11 @@ use ward_supervisor::{
     SystemClock,
 };
 
-use crate::deaths;
 use crate::launch::Launch;
 use crate::logging::{self, LogFile, Sink};
 use crate::state::{KeeperState, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Config, Error, sd_notify};
+use crate::{deaths, orphans};
 
 /// The line a server prints on its stdout once its watches are installed and its socket listens.
 pub(crate) const READY_LINE: &str = "WARD-READY";
@@ -71,6 +71,11 @@ pub fn keeper_main(
     );
     if let Some(explained) = vanished {
         log::warn!("{explained}");
+    }
+    if let Err(e) = orphans::become_subreaper() {
+        log::warn!(
+            "cannot become the subreaper of the tree; a dead job's own children may outlive it: {e}"
+        );
     }
 
     let (tx, rx) = crossbeam_channel::bounded::<Event>(64);
@@ -259,6 +264,7 @@ impl Keeper<'_> {
                             Err(e) => log::error!("stopping the server: {e}"),
                         }
                         self.status.server_pid = None;
+                        orphans::sweep();
                         self.set_state("stopped");
                         return Ok(());
                     }
@@ -267,6 +273,7 @@ impl Keeper<'_> {
             };
             let _ = waiter.join();
             self.status.server_pid = None;
+            orphans::sweep();
             let report = deaths::report(
                 self.state,
                 self.config,

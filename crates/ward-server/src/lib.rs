@@ -19,6 +19,7 @@ mod keeper;
 pub mod launch;
 pub mod logging;
 pub mod manifest;
+mod orphans;
 pub mod sd_notify;
 mod server;
 pub mod state;

@@ -152,6 +152,9 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         "stop intake; drain the queue for up to {:?}",
         config.drain_timeout
     );
+    dispatcher
+        .read()
+        .stop_running_at(Instant::now() + config.drain_timeout);
     let left = pool.shutdown(config.drain_timeout);
     for update in done.try_iter() {
         tracker.finished(update);
