@@ -249,7 +249,7 @@ pub struct RssFigures {
     pub peak_kib: u64,
     /// Least-squares slope over the judged stretch, KiB per minute.
     pub slope_kib_per_min: f64,
-    /// Median of the judged stretch's last third minus that of its first third.
+    /// Median of the judged stretch's last quarter minus that of its first quarter.
     pub growth_kib: i64,
     /// Length of the judged stretch: the longest life of one pid, after its warm-up.
     pub judged_s: f64,
@@ -262,8 +262,9 @@ pub const MIN_JUDGED_S: f64 = 20.0;
 
 /// Peak and growth of one role's memory. The stretch judged is the longest life of one pid
 /// (a restarted process starts afresh), without its first `warmup_s`. Growth is sustained when
-/// the slope passes 1 MiB/min and the last third's median exceeds the first third's by more
-/// than 8 MiB and 25 %: a burst's one-off step or allocator noise is not a leak.
+/// the median of each quarter of the stretch is above the one before (a rise that goes on, where
+/// a burst's one-off step or allocator noise lifts one quarter only), the slope passes 1 MiB/min,
+/// and the last quarter exceeds the first by more than 8 MiB and 25 %.
 pub fn rss_figures(samples: &[RssSample], warmup_s: f64) -> Option<RssFigures> {
     let peak_kib = samples.iter().map(|s| s.rss_kib).max()?;
     let mut segments: Vec<&[RssSample]> = Vec::new();
@@ -281,7 +282,8 @@ pub fn rss_figures(samples: &[RssSample], warmup_s: f64) -> Option<RssFigures> {
     let from = longest[0].t_s + warmup_s;
     let judged: Vec<RssSample> = longest.iter().copied().filter(|s| s.t_s >= from).collect();
     let judged_s = span(&judged);
-    let (slope, growth) = if judged.len() >= 6 && judged_s > 0.0 {
+    let (mut slope, mut growth, mut rising) = (0.0, 0, false);
+    if judged.len() >= 8 && judged_s > 0.0 {
         let n = judged.len() as f64;
         let mean_t = judged.iter().map(|s| s.t_s).sum::<f64>() / n;
         let mean_r = judged.iter().map(|s| s.rss_kib as f64).sum::<f64>() / n;
@@ -290,24 +292,24 @@ pub fn rss_figures(samples: &[RssSample], warmup_s: f64) -> Option<RssFigures> {
             .map(|s| (s.t_s - mean_t) * (s.rss_kib as f64 - mean_r))
             .sum();
         let var: f64 = judged.iter().map(|s| (s.t_s - mean_t).powi(2)).sum();
-        let slope = if var > 0.0 { cov / var * 60.0 } else { 0.0 };
-        let third = judged.len() / 3;
-        let first = median(judged[..third].iter().map(|s| s.rss_kib).collect());
-        let last = median(
-            judged[judged.len() - third..]
-                .iter()
-                .map(|s| s.rss_kib)
-                .collect(),
-        );
-        (slope, last as i64 - first as i64)
-    } else {
-        (0.0, 0)
-    };
-    let first_third = judged.first().map_or(0, |s| s.rss_kib).max(1) as f64;
-    let sustained = judged_s >= MIN_JUDGED_S
-        && slope > 1024.0
-        && growth > 8 * 1024
-        && growth as f64 > 0.25 * first_third;
+        slope = if var > 0.0 { cov / var * 60.0 } else { 0.0 };
+        let quarter = judged.len() / 4;
+        let medians: Vec<u64> = (0..4)
+            .map(|q| {
+                median(
+                    judged[q * quarter..(q + 1) * quarter]
+                        .iter()
+                        .map(|s| s.rss_kib)
+                        .collect(),
+                )
+            })
+            .collect();
+        growth = medians[3] as i64 - medians[0] as i64;
+        rising = medians.windows(2).all(|w| w[1] > w[0])
+            && growth > 8 * 1024
+            && growth as f64 > 0.25 * medians[0] as f64;
+    }
+    let sustained = judged_s >= MIN_JUDGED_S && slope > 1024.0 && rising;
     Some(RssFigures {
         peak_kib,
         slope_kib_per_min: slope,
@@ -663,6 +665,11 @@ mod tests {
         let f = rss_figures(&restarted, 5.0).unwrap();
         assert!(!f.sustained, "{f:?}");
         assert_eq!(f.peak_kib, 20_000 + 29 * 2000);
+        // Two bursts grow the tree twice: steps, not a leak.
+        let steps = series(1, 0.0, 120, |t| {
+            20_000.0 + if t > 40.0 { 10_000.0 } else { 0.0 } + if t > 70.0 { 10_000.0 } else { 0.0 }
+        });
+        assert!(!rss_figures(&steps, 10.0).unwrap().sustained);
         let short = series(1, 0.0, 15, |t| 20_000.0 + t * 5000.0);
         assert!(
             !rss_figures(&short, 0.0).unwrap().sustained,

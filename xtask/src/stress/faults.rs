@@ -62,13 +62,23 @@ impl FaultKind {
         }
     }
 
-    /// Whether it takes the server (and its watches) away for a while: changes made meanwhile
-    /// are only seen again if ward reconciles on start.
-    pub fn takes_ward_down(self) -> bool {
+    /// Whether it keeps ward from seeing or processing changes for a while, so that a loss
+    /// around it is blamed on it: the verdict gives each loss the window it fell into.
+    pub fn has_window(self) -> bool {
         matches!(
             self,
-            FaultKind::KillServer | FaultKind::KillKeeper | FaultKind::StopServer
+            FaultKind::KillServer
+                | FaultKind::KillKeeper
+                | FaultKind::StopServer
+                | FaultKind::FullQueue
         )
+    }
+
+    /// Whether ward's server is gone during its window: what changes then is only seen again if
+    /// ward reconciles with the disk on start (persisted state, issue 8). Otherwise ward keeps
+    /// running through the window and promises to lose nothing.
+    pub fn server_gone(self) -> bool {
+        matches!(self, FaultKind::KillServer | FaultKind::KillKeeper)
     }
 
     /// The causes a crash report may give for the death this fault causes.

@@ -165,6 +165,9 @@ struct Run<'a> {
     samples: Arc<Samples>,
     injected: Vec<Injected>,
     pending: Vec<PendingRemoval>,
+    /// Directories a fault filled, removed (with a record of each file) once their deadline
+    /// passes, so that the tree and the server's memory stay bounded in a long run.
+    removals: Vec<(PathBuf, Instant)>,
     counts: BTreeMap<&'static str, usize>,
     started: Instant,
     restarts_before: u64,
@@ -215,6 +218,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         samples: Arc::new(Samples::default()),
         injected: Vec::new(),
         pending: Vec::new(),
+        removals: Vec::new(),
         counts: BTreeMap::new(),
         started: Instant::now(),
         restarts_before: 0,
@@ -649,7 +653,9 @@ impl Run<'_> {
                     return;
                 };
                 let hold = if self.opts.quick { 3.0 } else { 8.0 };
-                let count = if self.opts.quick { 6_000 } else { 20_000 };
+                // Past the kernel's queue (`max_queued_events`, 16384 by default), counting the
+                // events the kernel merges.
+                let count = if self.opts.quick { 12_000 } else { 30_000 };
                 f.start_ms = now_ms();
                 signal(server, libc::SIGSTOP);
                 let began = Instant::now();
@@ -679,6 +685,8 @@ impl Run<'_> {
                     "SIGSTOP server pid {server} for {:.1} s while {count} files were written",
                     began.elapsed().as_secs_f64()
                 );
+                self.removals
+                    .push((dir, Instant::now() + Duration::from_secs(10)));
             }
             FaultKind::Crash(directive) => {
                 let mut files = Vec::new();
@@ -752,14 +760,31 @@ impl Run<'_> {
                 ) {
                     f.problems.push(format!("writing the files: {e}"));
                 }
+                // The window lasts until the queue has drained: until then intake is blocked.
+                let drained = wait_until(Duration::from_secs(60), || {
+                    self.ward.status().is_some_and(|s| {
+                        s["state"] == "running"
+                            && s["queue"]["queued"] == 0
+                            && s["queue"]["running"] == 0
+                    }) || INTERRUPTED.load(Ordering::Relaxed)
+                });
                 f.end_ms = now_ms();
+                if !drained {
+                    f.problems
+                        .push("the queue had not drained 60 s later".into());
+                }
                 if self.ward.server_pid() != server {
                     f.problems
                         .push("the server changed while its queue was full".into());
                 }
                 f.note = format!(
-                    "{WORKERS} job threads busy 3 s, then {count} files for a queue of {QUEUE_CAPACITY}"
+                    "{WORKERS} job threads busy 3 s, then {count} files for a queue of {QUEUE_CAPACITY}; drained after {:.1} s",
+                    (f.end_ms - f.start_ms) as f64 / 1000.0
                 );
+                self.removals.push((
+                    self.tree.join(format!("full-{n}")),
+                    Instant::now() + Duration::from_secs(10),
+                ));
             }
             FaultKind::KillKeeper => {
                 let (Some(keeper), Some(server)) = (self.ward.keeper_pid(), self.ward.server_pid())
@@ -810,9 +835,21 @@ impl Run<'_> {
         }
     }
 
-    /// Removes the death-asking files whose reports are in, or whose deadline passed (`all`:
-    /// waits for each deadline in turn, for the end of the run).
+    /// Removes the directories faults filled once their time has come, and the death-asking
+    /// files whose reports are in or whose deadline passed (`all`: everything now, waiting for
+    /// each death-asking file's reports up to its deadline, for the end of the run).
     fn tidy_pending(&mut self, all: bool) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.removals)
+            .into_iter()
+            .partition(|(_, at)| all || *at <= now);
+        self.removals = later;
+        for (dir, _) in due {
+            let files: Vec<PathBuf> = walk(&dir).into_keys().map(PathBuf::from).collect();
+            if let Err(e) = self.log.remove_tree(&dir, &files, "fault") {
+                eprintln!("\nstress: removing {}: {e}", dir.display());
+            }
+        }
         if self.pending.is_empty() {
             return;
         }
@@ -887,7 +924,7 @@ impl Run<'_> {
             .injected
             .iter()
             .enumerate()
-            .filter(|(_, f)| f.kind.takes_ward_down())
+            .filter(|(_, f)| f.kind.has_window())
             .map(|(i, f)| {
                 (
                     i,
@@ -915,8 +952,13 @@ impl Run<'_> {
             let head = match window {
                 Some(w) => {
                     let f = &self.injected[windows[*w].0];
+                    let why = if f.kind.server_gone() {
+                        "the server was down: no reconciliation on start (issue 8)?"
+                    } else {
+                        "ward kept running: a ward bug (\"nothing lost while running\")"
+                    };
                     format!(
-                        "{} at +{:.1}s (ward away {:.2}s): {} lost",
+                        "{} at +{:.1}s (window {:.2}s), {why}: {} lost",
                         f.label,
                         f.at_s,
                         (f.end_ms - f.start_ms) as f64 / 1000.0,
@@ -1046,6 +1088,14 @@ impl Run<'_> {
             .map(|k| k.name())
             .collect();
         let mut details = problems.clone();
+        let overflows = self.log_lines_with("the kernel's event queue overflowed");
+        let stops = self.counts.get("stop-server").copied().unwrap_or(0);
+        if stops > 0 && overflows == 0 {
+            details.push(format!(
+                "stop-server: {stops} SIGSTOP(s), but the kernel's event queue never overflowed: \
+                 the fault did not test the overflow path"
+            ));
+        }
         if !missing.is_empty() {
             details.push(format!(
                 "never injected (run too short or interrupted): {}",
@@ -1054,9 +1104,9 @@ impl Run<'_> {
         }
         lines.push(Line::new(
             "faults injected and survived",
-            problems.is_empty() && missing.is_empty(),
+            details.is_empty(),
             format!(
-                "{} injected ({} kinds of {} asked for)",
+                "{} injected ({} kinds of {} asked for); kernel queue overflows logged: {overflows}",
                 self.injected.len(),
                 kinds.len(),
                 self.opts.faults.len()
@@ -1248,6 +1298,20 @@ impl Run<'_> {
             ));
         }
         lines
+    }
+
+    /// Lines of ward's log (rotated files included) that contain `needle`.
+    fn log_lines_with(&self, needle: &str) -> usize {
+        ["ward.log", "ward.log.1", "ward.log.2", "ward.log.3"]
+            .iter()
+            .filter_map(|f| std::fs::read(self.ward.state.join(f)).ok())
+            .map(|bytes| {
+                String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .count()
+            })
+            .sum()
     }
 
     fn since_start(&self, t_ms: u64) -> f64 {
