@@ -175,6 +175,8 @@ pub struct Report {
     pub role: String,
     /// [`cause_label`] of its verdict.
     pub cause: String,
+    /// The verdict's confidence: `low`, `medium`, `high`.
+    pub confidence: String,
 }
 
 /// A report's cause as one comparable label: the kind, plus the signal for signal deaths and
@@ -195,7 +197,7 @@ pub fn cause_label(cause: &serde_json::Value) -> String {
 pub enum DeathOutcome {
     /// A report names it with an expected cause (the report's file).
     Reported(String),
-    /// Reports name it, with other causes.
+    /// Reports name it, with other causes (each with its confidence).
     WrongCause(Vec<String>),
     /// No report names it.
     Missing,
@@ -219,7 +221,11 @@ pub fn match_deaths(
             } else if mine.is_empty() {
                 DeathOutcome::Missing
             } else {
-                DeathOutcome::WrongCause(mine.iter().map(|r| r.cause.clone()).collect())
+                DeathOutcome::WrongCause(
+                    mine.iter()
+                        .map(|r| format!("{} ({} confidence)", r.cause, r.confidence))
+                        .collect(),
+                )
             }
         })
         .collect();
@@ -305,7 +311,10 @@ pub fn rss_figures(samples: &[RssSample], warmup_s: f64) -> Option<RssFigures> {
             })
             .collect();
         growth = medians[3] as i64 - medians[0] as i64;
-        rising = medians.windows(2).all(|w| w[1] > w[0])
+        // Each quarter above the one before by a margin, so that allocator noise on a plateau
+        // does not count as a rise.
+        let margin = (medians[0] / 50).max(512);
+        rising = medians.windows(2).all(|w| w[1] > w[0] + margin)
             && growth > 8 * 1024
             && growth as f64 > 0.25 * medians[0] as f64;
     }
@@ -560,6 +569,7 @@ mod tests {
             pid,
             role: role.into(),
             cause: cause.into(),
+            confidence: "high".into(),
         }
     }
 
@@ -604,7 +614,7 @@ mod tests {
                 DeathOutcome::Reported("crash-10.json".into()),
                 DeathOutcome::Reported("crash-20.json".into()),
                 DeathOutcome::Missing,
-                DeathOutcome::WrongCause(vec!["exited 4".into()]),
+                DeathOutcome::WrongCause(vec!["exited 4 (high confidence)".into()]),
             ]
         );
         assert_eq!(unexplained, [reports[1].clone()]);

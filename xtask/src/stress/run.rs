@@ -90,6 +90,10 @@ impl Reports {
                     pid: pid as u32,
                     role: role.to_owned(),
                     cause: check::cause_label(&v["verdict"]["cause"]),
+                    confidence: v["verdict"]["confidence"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_owned(),
                 }),
                 _ => self.unreadable.push(name),
             }
@@ -332,7 +336,19 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         println!("stress: interrupted; the verdict covers the part that ran");
     }
     if opts.keep {
-        println!("stress: kept {}", dir.display());
+        let mut tsv = String::new();
+        for w in run.log.snapshot() {
+            let what = match w.kind {
+                check::OpKind::Wrote(h) => format!("wrote {h:016x}"),
+                check::OpKind::Removed => "removed".to_owned(),
+            };
+            tsv.push_str(&format!("{}\t{}\t{what}\t{}\n", w.t_ms, w.workload, w.path));
+        }
+        std::fs::write(dir.join("out/writes.tsv"), tsv)?;
+        println!(
+            "stress: kept {} (out/ledger is the workers' account, out/writes.tsv the harness's)",
+            dir.display()
+        );
     } else if let Err(e) = std::fs::remove_dir_all(&dir) {
         println!("stress: could not remove {}: {e}", dir.display());
     }
@@ -655,11 +671,32 @@ impl Run<'_> {
                 let hold = if self.opts.quick { 3.0 } else { 8.0 };
                 // Past the kernel's queue (`max_queued_events`, 16384 by default), counting the
                 // events the kernel merges.
-                let count = if self.opts.quick { 12_000 } else { 30_000 };
+                let count: usize = if self.opts.quick { 12_000 } else { 30_000 };
+                // The directories exist and are watched first: a directory created while the
+                // server is stopped has no watch yet, so files written into it raise no events.
+                let dir = self.tree.join(format!("overflow-{n}"));
+                let mut seeds = Vec::new();
+                for d in 0..count.div_ceil(500) {
+                    let seed = dir.join(format!("d{d:03}/seed.txt"));
+                    let content = format!("seed {}\n", self.log.seq());
+                    match self.log.write(&seed, content.as_bytes(), "overflow") {
+                        Ok(hash) => seeds.push((seed, hash)),
+                        Err(e) => f.problems.push(format!("writing {}: {e}", seed.display())),
+                    }
+                }
+                for (seed, hash) in &seeds {
+                    if self
+                        .await_entry(seed, *hash, Phase::Done, Duration::from_secs(20))
+                        .is_none()
+                    {
+                        f.problems
+                            .push(format!("{} not processed within 20 s", seed.display()));
+                        break;
+                    }
+                }
                 f.start_ms = now_ms();
                 signal(server, libc::SIGSTOP);
                 let began = Instant::now();
-                let dir = self.tree.join(format!("overflow-{n}"));
                 if let Err(e) = workload::burst(&self.log, &dir, count, "overflow") {
                     f.problems.push(format!("writing the overflow files: {e}"));
                 }
