@@ -476,6 +476,14 @@ fn walk(dir: &Path) -> BTreeMap<String, u64> {
     files
 }
 
+/// Whether a `ward status` says the server has nothing queued, running, retrying or pending.
+fn idle(s: &Value) -> bool {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    s["state"] == "running"
+        && n(&s["queue"]["queued"]) + n(&s["queue"]["running"]) + n(&s["queue"]["backlog"]) == 0
+        && n(&s["watch"]["pending"]) == 0
+}
+
 /// What the verdict needs besides the run's own state.
 struct Verdict<'a> {
     final_files: &'a BTreeMap<String, u64>,
@@ -704,23 +712,21 @@ impl Run<'_> {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 signal(server, libc::SIGCONT);
-                f.end_ms = now_ms();
-                // Answering a status request again means its main loop is running again.
-                let answers = wait_until(Duration::from_secs(15), || {
-                    self.ward.status().is_some_and(|s| s["state"] == "running")
-                });
-                if !answers {
-                    f.problems
-                        .push("no status answer within 15 s of SIGCONT".into());
+                let held = began.elapsed().as_secs_f64();
+                // The window lasts until ward has caught up (its rescan run, its queue empty):
+                // a change lost meanwhile is the fault's.
+                if !self.await_idle(Duration::from_secs(60)) {
+                    f.problems.push("not caught up 60 s after SIGCONT".into());
                 }
+                f.end_ms = now_ms();
                 if self.ward.server_pid() != Some(server) {
                     f.problems.push(format!(
                         "server pid {server} did not survive SIGSTOP/SIGCONT"
                     ));
                 }
                 f.note = format!(
-                    "SIGSTOP server pid {server} for {:.1} s while {count} files were written",
-                    began.elapsed().as_secs_f64()
+                    "SIGSTOP server pid {server} for {held:.1} s while {count} files were written; caught up {:.1} s after SIGCONT",
+                    began.elapsed().as_secs_f64() - held
                 );
                 self.removals
                     .push((dir, Instant::now() + Duration::from_secs(10)));
@@ -798,13 +804,7 @@ impl Run<'_> {
                     f.problems.push(format!("writing the files: {e}"));
                 }
                 // The window lasts until the queue has drained: until then intake is blocked.
-                let drained = wait_until(Duration::from_secs(60), || {
-                    self.ward.status().is_some_and(|s| {
-                        s["state"] == "running"
-                            && s["queue"]["queued"] == 0
-                            && s["queue"]["running"] == 0
-                    }) || INTERRUPTED.load(Ordering::Relaxed)
-                });
+                let drained = self.await_idle(Duration::from_secs(60));
                 f.end_ms = now_ms();
                 if !drained {
                     f.problems
@@ -918,6 +918,15 @@ impl Run<'_> {
         self.pending = keep;
     }
 
+    /// Waits (at most `limit`) until ward answers and has nothing queued, running, retrying or
+    /// pending in its watcher; the other workloads keep writing, so this is a moment, not a
+    /// lasting calm.
+    fn await_idle(&self, limit: Duration) -> bool {
+        wait_until(limit, || {
+            INTERRUPTED.load(Ordering::Relaxed) || self.ward.status().is_some_and(|s| idle(&s))
+        })
+    }
+
     /// Waits until ward is idle: nothing queued, running, retrying or pending in the watcher,
     /// and the ledger unchanged, twice a second apart.
     fn settle(&mut self, limit_s: u64) -> bool {
@@ -930,11 +939,7 @@ impl Run<'_> {
                 quiet_since = None;
                 return false;
             };
-            let n = |v: &Value| v.as_u64().unwrap_or(0);
-            let idle = s["state"] == "running"
-                && n(&s["queue"]["queued"]) + n(&s["queue"]["running"]) + n(&s["queue"]["backlog"])
-                    == 0
-                && n(&s["watch"]["pending"]) == 0;
+            let idle = idle(&s);
             self.ledger.refresh();
             let len = self.ledger.offset;
             match (idle, quiet_since) {
