@@ -270,12 +270,7 @@ fn a_persistent_worker_runs_jobs_and_is_replaced_when_it_dies_or_babbles() {
         "[[trigger]]\nname = \"w\"\nworker = [\"{job}\", \"worker\", \"{ledger}\"]\nrecycle_after = 3\n",
     );
     // One job thread, so that which worker ran what is deterministic.
-    let config = std::fs::read_to_string(&f.config).unwrap();
-    std::fs::write(
-        &f.config,
-        config.replace("[jobs]\n", "[jobs]\nworkers = 1\n"),
-    )
-    .unwrap();
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 1\n");
     f.start();
     let gave_up_on = |f: &Fixture, name: &str| {
         let line = format!("{} failed after 3 attempt(s)", f.tree.join(name).display());
@@ -337,13 +332,7 @@ fn a_file_changed_many_times_while_queued_is_processed_once_with_its_final_conte
         "[[trigger]]\nname = \"gated\"\nexec = [\"{job}\", \"gated\", \"{ledger}\", \"{ledger}.gate\"]\n",
     );
     // One job at a time, so the target waits in the queue behind the blocker.
-    std::fs::write(
-        &f.config,
-        std::fs::read_to_string(&f.config)
-            .unwrap()
-            .replace("[jobs]\n", "[jobs]\nworkers = 1\n"),
-    )
-    .unwrap();
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 1\n");
     f.start();
     std::fs::write(f.tree.join("blocker"), "b").unwrap();
     wait_for("the blocker to start", LONG, || {
@@ -424,9 +413,7 @@ fn sighup_reloads_the_triggers_without_a_restart() {
     f.start();
     let (_, before) = f.status();
     let second = f.dir.path().join("out/second");
-    let config = std::fs::read_to_string(&f.config).unwrap();
-    let reloaded = config.replace(f.ledger.to_str().unwrap(), second.to_str().unwrap());
-    std::fs::write(&f.config, reloaded).unwrap();
+    f.edit_config(f.ledger.to_str().unwrap(), second.to_str().unwrap());
     kill(pid_of(&before, "pid"), libc::SIGHUP);
     wait_for("the reload in the log", LONG, || {
         f.log().contains("trigger(s) now active")
@@ -577,12 +564,7 @@ fn a_job_still_running_at_the_drain_deadline_is_stopped_and_kept_for_the_next_st
         JOB,
         "[[trigger]]\nexec = [\"{job}\", \"gated\", \"{ledger}\", \"{ledger}.gate\"]\n",
     );
-    let config = std::fs::read_to_string(&f.config).unwrap();
-    std::fs::write(
-        &f.config,
-        config.replace("drain_timeout_s = 5", "drain_timeout_s = 1"),
-    )
-    .unwrap();
+    f.edit_config("drain_timeout_s = 5", "drain_timeout_s = 1");
     f.start();
     std::fs::write(f.tree.join("slow"), "v1").unwrap();
     wait_for("the job to run", LONG, || {

@@ -156,6 +156,19 @@ impl Fixture {
         }
     }
 
+    /// Rewrites the config file, replacing `from` with `to` (which must be there).
+    ///
+    /// # Panics
+    /// If `from` is not in the config, or the file cannot be rewritten.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        assert!(
+            config.contains(from),
+            "{from:?} is not in the config:\n{config}"
+        );
+        std::fs::write(&self.config, config.replace(from, to)).unwrap();
+    }
+
     /// `ward` with this fixture's `--config` and `--state-dir`, then `args`.
     pub fn ward(&self, args: &[&str]) -> Command {
         let mut cmd = ward();

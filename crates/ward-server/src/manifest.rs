@@ -17,6 +17,10 @@
 //! at most the unflushed group is missing, and startup reconciliation redoes it: a file whose
 //! metadata differs from its last successful version is processed again.
 
+// redb's error type is large (160 bytes); it lives only inside the read closures and is turned
+// into one small `Error::Store` right there, so boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::Metadata;
@@ -247,6 +251,18 @@ impl Manifest {
         Ok(())
     }
 
+    /// Runs `read` in a read transaction; whatever redb error it meets becomes one [`Error::Store`].
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, Error> {
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(|e| store_error("reading", e))?;
+        read(&txn).map_err(|e| store_error("reading", e))
+    }
+
     /// The current sequence number (that of the latest change).
     pub fn seq(&self) -> u64 {
         self.seq
@@ -257,14 +273,7 @@ impl Manifest {
     /// # Errors
     /// If the store cannot be read.
     pub fn paths(&self) -> Result<u64, Error> {
-        let txn = self
-            .db()?
-            .begin_read()
-            .map_err(|e| store_error("reading", e))?;
-        let files = txn
-            .open_table(FILES)
-            .map_err(|e| store_error("reading", e))?;
-        files.len().map_err(|e| store_error("reading", e))
+        self.read(|txn| Ok(txn.open_table(FILES)?.len()?))
     }
 
     /// Every record, for startup reconciliation (one small entry per path).
@@ -272,21 +281,16 @@ impl Manifest {
     /// # Errors
     /// If the store cannot be read.
     pub fn records(&self) -> Result<HashMap<PathBuf, Record>, Error> {
-        let txn = self
-            .db()?
-            .begin_read()
-            .map_err(|e| store_error("reading", e))?;
-        let files = txn
-            .open_table(FILES)
-            .map_err(|e| store_error("reading", e))?;
-        let mut out = HashMap::new();
-        for entry in files.iter().map_err(|e| store_error("reading", e))? {
-            let (key, value) = entry.map_err(|e| store_error("reading", e))?;
-            if let Some(record) = decode_record(value.value()) {
-                out.insert(path_of(key.value()), record);
+        self.read(|txn| {
+            let mut out = HashMap::new();
+            for entry in txn.open_table(FILES)?.iter()? {
+                let (key, value) = entry?;
+                if let Some(record) = decode_record(value.value()) {
+                    out.insert(path_of(key.value()), record);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The records of `prefix` and every path below it (a range scan: paths sort by their bytes,
@@ -295,32 +299,24 @@ impl Manifest {
     /// # Errors
     /// If the store cannot be read.
     pub fn records_under(&self, prefix: &Path) -> Result<Vec<(PathBuf, Record)>, Error> {
-        let txn = self
-            .db()?
-            .begin_read()
-            .map_err(|e| store_error("reading", e))?;
-        let files = txn
-            .open_table(FILES)
-            .map_err(|e| store_error("reading", e))?;
         let start = prefix.as_os_str().as_bytes();
-        let mut out = Vec::new();
-        for entry in files
-            .range(start..)
-            .map_err(|e| store_error("reading", e))?
-        {
-            let (key, value) = entry.map_err(|e| store_error("reading", e))?;
-            let path = path_of(key.value());
-            // `/a/b` is followed by `/a/b c` before `/a/b/x`; stop only past the prefix's bytes.
-            if !key.value().starts_with(start) {
-                break;
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for entry in txn.open_table(FILES)?.range(start..)? {
+                let (key, value) = entry?;
+                // `/a/b` is followed by `/a/b c` before `/a/b/x`; stop only past the prefix's bytes.
+                if !key.value().starts_with(start) {
+                    break;
+                }
+                let path = path_of(key.value());
+                if path.starts_with(prefix)
+                    && let Some(record) = decode_record(value.value())
+                {
+                    out.push((path, record));
+                }
             }
-            if path.starts_with(prefix)
-                && let Some(record) = decode_record(value.value())
-            {
-                out.push((path, record));
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Jobs that were queued or running when the previous server ended.
@@ -328,24 +324,18 @@ impl Manifest {
     /// # Errors
     /// If the store cannot be read.
     pub fn pending(&self) -> Result<Vec<(PathBuf, Event, Option<PathBuf>)>, Error> {
-        let txn = self
-            .db()?
-            .begin_read()
-            .map_err(|e| store_error("reading", e))?;
-        let pending = txn
-            .open_table(PENDING)
-            .map_err(|e| store_error("reading", e))?;
-        let mut out = Vec::new();
-        for entry in pending.iter().map_err(|e| store_error("reading", e))? {
-            let (key, value) = entry.map_err(|e| store_error("reading", e))?;
-            let value = value.value();
-            let Some((&event, old)) = value.split_first() else {
-                continue;
-            };
-            let old_path = (!old.is_empty()).then(|| path_of(old));
-            out.push((path_of(key.value()), decode_event(event), old_path));
-        }
-        Ok(out)
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for entry in txn.open_table(PENDING)?.iter()? {
+                let (key, value) = entry?;
+                let Some((&event, old)) = value.value().split_first() else {
+                    continue;
+                };
+                let old_path = (!old.is_empty()).then(|| path_of(old));
+                out.push((path_of(key.value()), decode_event(event), old_path));
+            }
+            Ok(out)
+        })
     }
 
     /// Up to `limit` paths changed after `since`, oldest first, each with its latest change.
@@ -353,38 +343,29 @@ impl Manifest {
     /// # Errors
     /// If the store cannot be read.
     pub fn changes_since(&self, since: u64, limit: usize) -> Result<Vec<ChangeEntry>, Error> {
-        let txn = self
-            .db()?
-            .begin_read()
-            .map_err(|e| store_error("reading", e))?;
-        let by_seq = txn
-            .open_table(BY_SEQ)
-            .map_err(|e| store_error("reading", e))?;
-        let files = txn
-            .open_table(FILES)
-            .map_err(|e| store_error("reading", e))?;
-        let mut out = Vec::new();
-        for entry in by_seq
-            .range(since.saturating_add(1)..)
-            .map_err(|e| store_error("reading", e))?
-        {
-            if out.len() >= limit {
-                break;
+        self.read(|txn| {
+            let by_seq = txn.open_table(BY_SEQ)?;
+            let files = txn.open_table(FILES)?;
+            let mut out = Vec::new();
+            for entry in by_seq.range(since.saturating_add(1)..)? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (seq, path) = entry?;
+                let Some(record) = files
+                    .get(path.value())?
+                    .and_then(|r| decode_record(r.value()))
+                else {
+                    continue;
+                };
+                out.push(ChangeEntry {
+                    seq: seq.value(),
+                    path: path_of(path.value()),
+                    event: record.event,
+                });
             }
-            let (seq, path) = entry.map_err(|e| store_error("reading", e))?;
-            let record = files
-                .get(path.value())
-                .map_err(|e| store_error("reading", e))?;
-            let Some(record) = record.and_then(|r| decode_record(r.value())) else {
-                continue;
-            };
-            out.push(ChangeEntry {
-                seq: seq.value(),
-                path: path_of(path.value()),
-                event: record.event,
-            });
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Records `updates` in one transaction (one fsync). On failure nothing of it is recorded and
