@@ -110,6 +110,13 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         let flush_timer = tracker
             .next_flush()
             .map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+        // A slot freed by an attempt that failed into a retry sends no event; poll for room while
+        // jobs wait, and only then.
+        let backlog_timer = if backlog.len() == 0 {
+            crossbeam_channel::never()
+        } else {
+            crossbeam_channel::after(BACKLOG_POLL)
+        };
         select! {
             recv(requests) -> request => {
                 if let Ok(request) = request {
@@ -135,6 +142,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                 }
             }
             recv(flush_timer) -> _ => {}
+            recv(backlog_timer) -> _ => {}
             recv(signals) -> signal => match signal {
                 Ok(SIGHUP) => config = reload(launch, &state, config, &dispatcher),
                 Ok(signal) => {
@@ -183,6 +191,9 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     log::info!("server loop ended after {:?}", started.elapsed());
     result
 }
+
+/// How often the loop retries its backlog while the pool's queue is full.
+const BACKLOG_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Jobs waiting for room in the pool's queue, one per path (the latest wins), in arrival order.
 /// Bounded by the number of paths under the roots; it lets the loop keep answering signals and
