@@ -269,6 +269,9 @@ impl Writers {
         let mut model = Churn::default();
         let roots = [self.tree.join("churn"), self.tree.join("exec/churn")];
         for root in &roots {
+            if let Err(e) = std::fs::create_dir_all(root) {
+                self.note("churn: creating its root", &e);
+            }
             model.dirs.push(root.clone());
         }
         while self.pause(0.1 / self.rate * (0.5 + rng.unit())) {
