@@ -2,6 +2,7 @@
 //! faults against `ward start`, samples memory, then settles, checks, stops and sweeps.
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,13 +117,17 @@ struct LedgerTail {
 
 impl LedgerTail {
     fn refresh(&mut self) {
-        let Ok(bytes) = std::fs::read(&self.path) else {
-            return;
-        };
-        if bytes.len() <= self.offset {
+        use std::io::{Seek, SeekFrom};
+        // Only what was appended since the last read: the ledger of a long run is large.
+        let mut bytes = Vec::new();
+        let read = std::fs::File::open(&self.path).and_then(|mut f| {
+            f.seek(SeekFrom::Start(self.offset as u64))?;
+            f.read_to_end(&mut bytes)
+        });
+        if read.is_err() || bytes.is_empty() {
             return;
         }
-        let (entries, used, malformed) = ledger::parse(&bytes[self.offset..]);
+        let (entries, used, malformed) = ledger::parse(&bytes);
         self.offset += used;
         self.entries.extend(entries);
         self.malformed += malformed;
@@ -474,6 +479,30 @@ fn walk(dir: &Path) -> BTreeMap<String, u64> {
         }
     }
     files
+}
+
+/// Per workload: how many, p50, p99, max, and the log2-bucket histogram the plot draws.
+fn latency_summary(lat: &[(&'static str, u64)]) -> Value {
+    let mut by: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for (w, ms) in lat {
+        by.entry(w).or_default().push(*ms);
+        by.entry("all").or_default().push(*ms);
+    }
+    let mut out = serde_json::Map::new();
+    for (w, mut v) in by {
+        v.sort_unstable();
+        out.insert(
+            w.to_owned(),
+            json!({
+                "n": v.len(),
+                "p50": check::percentile(&v, 0.5),
+                "p99": check::percentile(&v, 0.99),
+                "max": v.last(),
+                "log2_buckets": plot::buckets(&v),
+            }),
+        );
+    }
+    Value::Object(out)
 }
 
 /// Whether a `ward status` says the server has nothing queued, running, retrying or pending.
@@ -1421,7 +1450,7 @@ impl Run<'_> {
             })).collect::<Vec<_>>(),
             "changes_made": writes.len(),
             "ledger_entries": self.ledger.entries.len(),
-            "latency_ms": lat.iter().map(|(w, ms)| json!([w, ms])).collect::<Vec<_>>(),
+            "latency_ms": latency_summary(&lat),
             "rss_kib": { "columns": ["t_s", "pid", "rss_kib"], "keeper": rss(&keeper), "server": rss(&server) },
         });
         std::fs::write(out.join("stress.json"), serde_json::to_vec_pretty(&report)?)?;
