@@ -196,6 +196,7 @@ struct Burst {
 /// # Errors
 /// If the run cannot be set up (a temp dir, `ward start`), or its report cannot be written.
 pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result<bool> {
+    sweep_abandoned();
     let dir =
         std::env::temp_dir().join(format!("ward-stress-{}-{}", std::process::id(), opts.seed));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -358,6 +359,36 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         println!("stress: could not remove {}: {e}", dir.display());
     }
     Ok(all_pass && !INTERRUPTED.load(Ordering::Relaxed))
+}
+
+/// Cleans up after runs that could not (a harness killed with SIGKILL): the temporary directory
+/// of a run whose harness is gone, and any process still mentioning it.
+fn sweep_abandoned() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("ward-stress-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if daemon::is_alive(pid) {
+            continue;
+        }
+        let left = daemon::sweep(&entry.path());
+        if !left.is_empty() {
+            println!(
+                "stress: killed {} process(es) an earlier, killed run left in {}",
+                left.len(),
+                entry.path().display()
+            );
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
+    }
 }
 
 fn config_text(worker: &Path, ledger: &Path) -> String {
