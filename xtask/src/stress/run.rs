@@ -18,7 +18,7 @@ use super::ledger::{self, Directive, Entry, Phase};
 use super::workload::{self, WriteLog, Writers, lock, now_ms};
 use super::{Options, plot};
 
-/// Set by Ctrl-C: every loop of the run checks it and goes to the orderly end.
+/// Set by Ctrl-C, SIGTERM or SIGHUP: every loop of the run checks it and goes to the orderly end.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// The trigger's worker memory limit (`max_rss_mb`), and how far a `grow` job passes it.
