@@ -1,12 +1,30 @@
-//! `cargo xtask bench`: runs each crate's benchmark example in release, one after the other.
+//! `cargo xtask bench`: ward against what people would use instead, side by side, in one run.
+//!
+//! Two kinds of parts. Each crate's own benchmark example (`watch`, `queue`, `supervisor`,
+//! `crashdiag`, `server`) runs in release and prints its own tables; the figures of `queue` and
+//! `supervisor` are also collected into the summary. The cross-tool comparisons (`latency`,
+//! `burst`, `dispatch`, `startup`, `idle`, in `compare`) drive the real `ward` daemon and its
+//! alternatives: watchexec, notify-debouncer-full, plain spawns and pipes. At the end one table
+//! shows every figure beside its anchor from the same run; `--json FILE` writes it as JSON.
 
-use std::process::{Command, ExitCode};
+mod compare;
+mod procs;
+mod report;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
 
 use crate::workspace_root;
+use compare::Tools;
+use report::Row;
 
-/// The benchmarks `cargo xtask bench` knows: each is an example named `bench` in a crate, built in
-/// release, that measures the crate and its baseline in the same process and prints both.
-const BENCHES: [(&str, &str); 5] = [
+/// Each crate's benchmark example, by part name and package.
+const CRATE_BENCHES: [(&str, &str); 5] = [
     ("watch", "ward-watch"),
     ("queue", "ward-queue"),
     ("supervisor", "ward-supervisor"),
@@ -14,50 +32,131 @@ const BENCHES: [(&str, &str); 5] = [
     ("server", "ward-server"),
 ];
 
-/// Runs every benchmark (or the one `--only NAME` picks), each in release, one after the other so
-/// that they do not compete for the machine's cores.
+/// The comparisons that drive the `ward` binary.
+const COMPARISONS: [&str; 5] = ["latency", "burst", "dispatch", "startup", "idle"];
+
+/// The order of a full run: comparisons and the crate benches they lean on, then the rest.
+const ORDER: [&str; 10] = [
+    "latency",
+    "burst",
+    "queue",
+    "dispatch",
+    "supervisor",
+    "startup",
+    "idle",
+    "watch",
+    "crashdiag",
+    "server",
+];
+
+const USAGE: &str = "usage: cargo xtask bench [--only NAME] [--json FILE] [--quick] [--idle-secs N] [--no-install]\n\
+parts: latency, burst, queue, dispatch, supervisor, startup, idle, watch, crashdiag, server";
+
+#[derive(Debug)]
+struct Options {
+    only: Option<String>,
+    json: Option<PathBuf>,
+    quick: bool,
+    idle_secs: Option<u64>,
+    install: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        only: None,
+        json: None,
+        quick: false,
+        idle_secs: None,
+        install: true,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().cloned().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--only" => options.only = Some(value()?),
+            "--json" => options.json = Some(PathBuf::from(value()?)),
+            "--quick" => options.quick = true,
+            "--no-install" => options.install = false,
+            "--idle-secs" => {
+                let v = value()?;
+                options.idle_secs = Some(v.parse().map_err(|_| format!("bad --idle-secs {v}"))?);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if let Some(only) = &options.only
+        && !ORDER.contains(&only.as_str())
+    {
+        return Err(format!("no part named {only:?}"));
+    }
+    Ok(options)
+}
+
 pub(crate) fn run(args: &[String]) -> ExitCode {
-    let only = match args {
-        [] => None,
-        [flag, name] if flag == "--only" => Some(name.as_str()),
-        _ => {
-            eprintln!("usage: cargo xtask bench [--only NAME]");
+    let options = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
-    let chosen: Vec<_> = BENCHES
+    let started = Instant::now();
+    let parts: Vec<&str> = ORDER
         .iter()
-        .filter(|(name, _)| only.is_none_or(|o| o == *name))
+        .copied()
+        .filter(|p| options.only.as_deref().is_none_or(|o| o == *p))
         .collect();
-    if chosen.is_empty() {
-        let names: Vec<_> = BENCHES.iter().map(|(name, _)| *name).collect();
-        eprintln!(
-            "bench: no benchmark named {:?}; there are: {}",
-            only.unwrap_or(""),
-            names.join(", ")
-        );
-        return ExitCode::from(2);
+    let mut tools = None;
+    if parts.iter().any(|p| COMPARISONS.contains(p)) {
+        match prepare(&options) {
+            Ok(t) => tools = Some(t),
+            Err(e) => {
+                eprintln!("bench: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut rows = Vec::new();
     let mut failed = Vec::new();
-    for (name, package) in chosen {
-        println!("==== bench {name} ({package}) ====");
-        let status = Command::new(&cargo)
-            .current_dir(workspace_root())
-            .args([
-                "run",
-                "--release",
-                "--quiet",
-                "--package",
-                package,
-                "--example",
-                "bench",
-            ])
-            .status();
-        match status {
-            Ok(s) if s.success() => {}
-            Ok(s) => failed.push(format!("{name}: {s}")),
-            Err(e) => failed.push(format!("{name}: could not run cargo: {e}")),
+    for part in &parts {
+        println!("==== bench {part} ====");
+        let result = match (*part, &tools) {
+            ("latency", Some(t)) => compare::latency(t, &mut rows),
+            ("burst", Some(t)) => compare::burst(t, &mut rows),
+            ("dispatch", Some(t)) => compare::dispatch(t, &mut rows),
+            ("startup", Some(t)) => {
+                compare::startup(t, &mut rows).and_then(|()| compare::server_restart(t, &mut rows))
+            }
+            ("idle", Some(t)) => compare::idle(t, &mut rows),
+            (name, _) => crate_bench(name, &mut rows),
+        };
+        if let Err(e) = result {
+            eprintln!("bench {part}: {e:#}");
+            failed.push(format!("{part}: {e:#}"));
+        }
+    }
+    if let Some(t) = &tools {
+        let _ = std::fs::remove_dir_all(&t.scratch);
+    }
+    let command = format!("cargo xtask bench {}", args.join(" "));
+    println!("\n==== summary: `{}` ====\n", command.trim_end());
+    print!("{}", report::table(&rows));
+    println!("(took {:.0} s)", started.elapsed().as_secs_f64());
+    if let Some(path) = &options.json {
+        let doc = json!({
+            "command": command.trim_end(),
+            "unix_time": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "watchexec": tools.as_ref().and_then(|t| t.watchexec.as_ref()).map(|w| version(w)),
+            "seconds": started.elapsed().as_secs_f64(),
+            "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+            "failed": failed,
+        });
+        if let Err(e) = std::fs::write(path, format!("{doc:#}\n")) {
+            eprintln!("bench: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
         }
     }
     if failed.is_empty() {
@@ -65,5 +164,263 @@ pub(crate) fn run(args: &[String]) -> ExitCode {
     } else {
         eprintln!("bench: failed: {}", failed.join("; "));
         ExitCode::FAILURE
+    }
+}
+
+fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// Builds `ward` and the probe in release, finds (or installs) watchexec, makes a scratch dir.
+fn prepare(options: &Options) -> Result<Tools> {
+    println!("bench: building ward and ward-bench-probe in release ...");
+    let status = Command::new(cargo())
+        .current_dir(workspace_root())
+        .args(["build", "--release", "--quiet", "-p", "ward", "-p", "xtask"])
+        .args(["--bin", "ward", "--bin", "ward-bench-probe"])
+        .status()?;
+    if !status.success() {
+        bail!("building ward and ward-bench-probe failed: {status}");
+    }
+    let release = target_dir().join("release");
+    let scratch_base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let scratch = scratch_base.join(format!("ward-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let watchexec = find_watchexec(options.install);
+    match &watchexec {
+        Some(w) => println!("bench: comparing with {}", version(w)),
+        None => println!("bench: watchexec is not available; its comparisons are skipped"),
+    }
+    Ok(Tools {
+        ward: release.join("ward"),
+        probe: release.join("ward-bench-probe"),
+        watchexec,
+        scratch,
+        quick: options.quick,
+        idle_secs: options
+            .idle_secs
+            .unwrap_or(if options.quick { 10 } else { 60 }),
+    })
+}
+
+/// watchexec on the PATH, else in the cache under `target/bench-tools`, else installed there
+/// with `cargo install` (once: a build of several minutes).
+fn find_watchexec(install: bool) -> Option<PathBuf> {
+    let works = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works(Path::new("watchexec")) {
+        return Some(PathBuf::from("watchexec"));
+    }
+    let root = workspace_root().join("target/bench-tools");
+    let cached = root.join("bin/watchexec");
+    if works(&cached) {
+        return Some(cached);
+    }
+    if !install {
+        return None;
+    }
+    println!(
+        "bench: installing watchexec-cli into {} (once; this takes minutes) ...",
+        root.display()
+    );
+    let status = Command::new(cargo())
+        .args(["install", "watchexec-cli", "--locked", "--root"])
+        .arg(&root)
+        .status();
+    match status {
+        Ok(s) if s.success() && works(&cached) => Some(cached),
+        Ok(s) => {
+            eprintln!("bench: cargo install watchexec-cli failed: {s}");
+            None
+        }
+        Err(e) => {
+            eprintln!("bench: could not run cargo install: {e}");
+            None
+        }
+    }
+}
+
+fn version(program: &Path) -> String {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Runs a crate's benchmark example in release, echoing its output, and collects the figures
+/// the summary quotes.
+fn crate_bench(name: &str, rows: &mut Vec<Row>) -> Result<()> {
+    let package = CRATE_BENCHES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, p)| *p)
+        .context("unknown part")?;
+    let mut child = Command::new(cargo())
+        .current_dir(workspace_root())
+        .args(["run", "--release", "--quiet", "--package", package])
+        .args(["--example", "bench"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo")?;
+    let mut output = Vec::new();
+    for line in BufReader::new(child.stdout.take().context("no stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        output.push(line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{package}'s bench failed: {status}");
+    }
+    match name {
+        "queue" => queue_rows(&output, rows),
+        "supervisor" => supervisor_rows(&output, rows),
+        "watch" => rows.push(Row::new(
+            "watch",
+            "ward-watch vs notify-debouncer-full in process: its own tables above",
+            "",
+        )),
+        "crashdiag" => rows.push(Row::new(
+            "crashdiag",
+            "heartbeat's idle cost in process: its own table above",
+            "",
+        )),
+        _ => rows.push(Row::new(
+            "server",
+            "manifest reconciliation vs plain walks: its own table above",
+            "",
+        )),
+    }
+    Ok(())
+}
+
+/// The numbers after `name` on the line of `output` that starts with it.
+fn figures_after<'a>(output: &'a [String], name: &str) -> Option<Vec<&'a str>> {
+    let line = output.iter().find(|l| l.starts_with(name))?;
+    Some(line[name.len()..].split_whitespace().collect())
+}
+
+/// ward-queue's throughput table: `name  time  M jobs/s  ratio`.
+fn queue_rows(output: &[String], rows: &mut Vec<Row>) {
+    let rate = |name: &str| -> f64 {
+        figures_after(output, name)
+            .and_then(|f| f.get(1)?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let raw = rate("raw crossbeam bounded (boxed jobs)");
+    let unkeyed = rate("ward-queue unkeyed ");
+    let keyed = rate("ward-queue keyed (distinct keys)");
+    rows.push(
+        Row::new("queue", "no-op jobs, unkeyed, 2 workers", "M jobs/s")
+            .ward(vec![unkeyed])
+            .anchor("raw crossbeam bounded (boxed)", vec![raw])
+            .target("≥ 0.8×", unkeyed >= 0.8 * raw),
+    );
+    rows.push(
+        Row::new(
+            "queue",
+            "no-op jobs, keyed (distinct keys), 2 workers",
+            "M jobs/s",
+        )
+        .ward(vec![keyed])
+        .anchor("raw crossbeam bounded (boxed)", vec![raw]),
+    );
+    for anchor in ["rayon spawn (unbounded)", "threadpool execute (unbounded)"] {
+        rows.push(
+            Row::new("queue", "no-op jobs, unkeyed, 2 workers", "M jobs/s")
+                .ward(vec![unkeyed])
+                .anchor(anchor, vec![rate(anchor)]),
+        );
+    }
+}
+
+/// A `Debug`-printed duration (`1.234ms`, `812.345µs`, `1.2s`) in milliseconds.
+fn debug_duration_ms(text: &str) -> Option<f64> {
+    let units = [("ns", 1e-6), ("µs", 1e-3), ("ms", 1.0), ("s", 1e3)];
+    units.iter().find_map(|(suffix, scale)| {
+        text.strip_suffix(suffix)?
+            .parse::<f64>()
+            .ok()
+            .map(|v| v * scale)
+    })
+}
+
+/// ward-supervisor's table: `name  median  p99  max  ratio`.
+fn supervisor_rows(output: &[String], rows: &mut Vec<Row>) {
+    let median = |name: &str| -> f64 {
+        figures_after(output, name)
+            .and_then(|f| debug_duration_ms(f.first()?))
+            .unwrap_or(f64::NAN)
+    };
+    let ward = median("ward Supervisor, zero backoff");
+    rows.push(
+        Row::new(
+            "supervision",
+            "child SIGKILL → replacement running (median)",
+            "ms",
+        )
+        .ward(vec![ward])
+        .anchor(
+            "std spawn+kill+wait",
+            vec![median("baseline std spawn+kill+wait")],
+        )
+        .target("≤ 5 ms", ward <= 5.0),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_reject() {
+        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let o = parse(&args("--only idle --idle-secs 5 --json out.json --quick")).unwrap();
+        assert_eq!(o.only.as_deref(), Some("idle"));
+        assert_eq!(o.idle_secs, Some(5));
+        assert!(o.quick && o.install);
+        assert!(parse(&args("--only nope")).is_err());
+        assert!(parse(&args("--idle-secs")).is_err());
+        assert!(parse(&args("--frobnicate")).is_err());
+    }
+
+    #[test]
+    fn crate_bench_figures_are_collected() {
+        let out: Vec<String> = [
+            "raw crossbeam bounded (boxed jobs)          120ms       8.33        1.00x",
+            "ward-queue unkeyed                          130ms       7.69        0.92x",
+            "ward-queue keyed (distinct keys)            300ms       3.33        0.40x",
+            "ward Supervisor, zero backoff             1.234ms    2.5ms",
+            "baseline std spawn+kill+wait            812.5µs    1ms",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut rows = Vec::new();
+        queue_rows(&out, &mut rows);
+        supervisor_rows(&out, &mut rows);
+        assert_eq!(rows[0].ward, vec![7.69]);
+        assert_eq!(rows[0].anchor.as_ref().unwrap().1, vec![8.33]);
+        assert_eq!(rows[1].ward, vec![3.33]);
+        let sup = rows.last().unwrap();
+        assert_eq!(sup.ward, vec![1.234]);
+        assert_eq!(sup.anchor.as_ref().unwrap().1, vec![0.8125]);
     }
 }

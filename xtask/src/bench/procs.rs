@@ -1,0 +1,175 @@
+//! What the comparisons need from the outside of processes: the monotonic clock, `/proc` figures
+//! (CPU time, context switches summed over threads, RSS, children), and a log file read as it
+//! grows. Nothing here starts or stops a process.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `ward-bench-probe` stamps with.
+pub(crate) fn now_ns() -> u64 {
+    // SAFETY: a zeroed timespec is valid; clock_gettime only writes through the valid pointer.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid out pointer and CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in MB.
+pub(crate) fn status_mb(pid: u32, field: &str) -> Option<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+}
+
+/// CPU seconds (user + system, all threads) and context switches (voluntary + involuntary, summed
+/// over the live threads in `/proc/PID/task`) of a process so far.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Usage {
+    pub cpu_s: f64,
+    pub switches: u64,
+}
+
+pub(crate) fn usage(pid: u32) -> Option<Usage> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut switches = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                switches += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Some(Usage {
+        cpu_s: ticks as f64 / hz,
+        switches,
+    })
+}
+
+/// The children of a process, over all its threads.
+pub(crate) fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// The command line of a process, its arguments joined by spaces.
+pub(crate) fn cmdline(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+pub(crate) fn is_alive(pid: u32) -> bool {
+    // Zombies count as gone: their parent only has to reap them.
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .and_then(|i| s[i + 2..].chars().next())
+                .map(|c| c != 'Z')
+        })
+        .unwrap_or(false)
+}
+
+/// A log file appended to by other processes, read line by line as it grows.
+#[derive(Debug)]
+pub(crate) struct LogTail {
+    path: PathBuf,
+    offset: u64,
+    partial: String,
+}
+
+impl LogTail {
+    pub(crate) fn new(path: &Path) -> LogTail {
+        LogTail {
+            path: path.to_path_buf(),
+            offset: 0,
+            partial: String::new(),
+        }
+    }
+
+    /// The complete lines appended since the last call.
+    pub(crate) fn lines(&mut self) -> Vec<String> {
+        let Ok(mut file) = fs::File::open(&self.path) else {
+            return Vec::new();
+        };
+        if file.seek(SeekFrom::Start(self.offset)).is_err() {
+            return Vec::new();
+        }
+        let mut bytes = Vec::new();
+        if file.read_to_end(&mut bytes).is_err() {
+            return Vec::new();
+        }
+        self.offset += bytes.len() as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&bytes));
+        let Some(end) = self.partial.rfind('\n') else {
+            return Vec::new();
+        };
+        let complete: String = self.partial.drain(..=end).collect();
+        complete.lines().map(str::to_owned).collect()
+    }
+}
+
+/// The index `i` of a path whose file name is `f{i}`.
+pub(crate) fn file_index(path: &str) -> Option<usize> {
+    path.rsplit('/').next()?.strip_prefix('f')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_tail_returns_only_complete_lines_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut tail = LogTail::new(&path);
+        assert!(tail.lines().is_empty());
+        fs::write(&path, "1 a\n2 b").unwrap();
+        assert_eq!(tail.lines(), vec!["1 a"]);
+        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut f, b"c\n3 d\n").unwrap();
+        assert_eq!(tail.lines(), vec!["2 bc", "3 d"]);
+        assert!(tail.lines().is_empty());
+    }
+
+    #[test]
+    fn file_index_reads_the_last_component() {
+        assert_eq!(file_index("/x/d3/f123"), Some(123));
+        assert_eq!(file_index("f7"), Some(7));
+        assert_eq!(file_index("/x/f/g"), None);
+    }
+
+    #[test]
+    fn usage_of_this_process_is_readable() {
+        let u = usage(std::process::id()).unwrap();
+        assert!(u.switches > 0);
+        assert!(status_mb(std::process::id(), "VmRSS").unwrap() > 0.0);
+    }
+}
