@@ -25,7 +25,7 @@ pub(crate) fn status_mb(pid: u32, field: &str) -> Option<f64> {
         .map(|kb| kb / 1024.0)
 }
 
-/// CPU seconds (user + system, all threads) and context switches (voluntary + involuntary, summed
+/// CPU seconds (all threads: schedstat's time on the CPU, else user + system ticks) and context switches (voluntary + involuntary, summed
 /// over the live threads in `/proc/PID/task`) of a process so far.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Usage {
@@ -43,7 +43,13 @@ pub(crate) fn usage(pid: u32) -> Option<Usage> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut switches = 0;
+    // Nanoseconds on the CPU per live thread, where the kernel keeps them: finer than ticks.
+    let mut on_cpu_ns = Some(0u64);
     for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let ns = fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        on_cpu_ns = on_cpu_ns.zip(ns).map(|(a, b)| a + b);
         let Ok(status) = fs::read_to_string(task.path().join("status")) else {
             continue;
         };
@@ -57,7 +63,7 @@ pub(crate) fn usage(pid: u32) -> Option<Usage> {
         }
     }
     Some(Usage {
-        cpu_s: ticks as f64 / hz,
+        cpu_s: on_cpu_ns.map_or(ticks as f64 / hz, |ns| ns as f64 / 1e9),
         switches,
     })
 }
