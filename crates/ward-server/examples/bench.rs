@@ -81,13 +81,15 @@ fn main() {
         reconciliation,
         ratio(reconciliation, walk)
     );
+    // A file's change can only be seen in its metadata, so reconciliation cannot skip the stat
+    // that a readdir-only walk skips: both comparisons are printed.
+    let verdict = |r: f64| if r <= 2.0 { "met" } else { "NOT met" };
     println!(
-        "target: reconciliation <= 2x a plain walk: {}",
-        if ratio(reconciliation, walk) <= 2.0 {
-            "met"
-        } else {
-            "NOT met"
-        }
+        "target: reconciliation <= 2x a plain walk: {} against readdir only ({:.2}x); {} against a walk that stats ({:.2}x)",
+        verdict(ratio(reconciliation, walk)),
+        ratio(reconciliation, walk),
+        verdict(ratio(reconciliation, walk_stat)),
+        ratio(reconciliation, walk_stat)
     );
 
     // Writes during a burst: the server groups a flush's updates into one commit.
