@@ -49,7 +49,7 @@ const ORDER: [&str; 10] = [
     "server",
 ];
 
-const USAGE: &str = "usage: cargo xtask bench [--only NAME] [--json FILE] [--quick] [--idle-secs N] [--no-install]\n\
+const USAGE: &str = "usage: cargo xtask bench [--only NAME] [--json FILE] [--quick] [--idle-secs N] [--no-install] [--keep-scratch]\n\
 parts: latency, burst, queue, dispatch, supervisor, startup, idle, watch, crashdiag, server";
 
 #[derive(Debug)]
@@ -59,6 +59,7 @@ struct Options {
     quick: bool,
     idle_secs: Option<u64>,
     install: bool,
+    keep: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -68,6 +69,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         quick: false,
         idle_secs: None,
         install: true,
+        keep: false,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -77,6 +79,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--json" => options.json = Some(PathBuf::from(value()?)),
             "--quick" => options.quick = true,
             "--no-install" => options.install = false,
+            "--keep-scratch" => options.keep = true,
             "--idle-secs" => {
                 let v = value()?;
                 options.idle_secs = Some(v.parse().map_err(|_| format!("bad --idle-secs {v}"))?);
@@ -136,7 +139,11 @@ pub(crate) fn run(args: &[String]) -> ExitCode {
         }
     }
     if let Some(t) = &tools {
-        let _ = std::fs::remove_dir_all(&t.scratch);
+        if options.keep {
+            println!("bench: scratch trees kept in {}", t.scratch.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&t.scratch);
+        }
     }
     let command = format!("cargo xtask bench {}", args.join(" "));
     println!("\n==== summary: `{}` ====\n", command.trim_end());

@@ -122,11 +122,13 @@ impl Drop for Ward {
 struct Owned(Child);
 
 impl Owned {
-    fn spawn(cmd: &mut Command) -> Result<Owned> {
+    /// Starts `cmd` with its output in `dir/output` (kept for a look when a figure is odd).
+    fn spawn(cmd: &mut Command, dir: &Path) -> Result<Owned> {
+        let output = fs::File::create(dir.join("output"))?;
         Ok(Owned(
             cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stdout(output.try_clone()?)
+                .stderr(output)
                 .spawn()?,
         ))
     }
@@ -223,21 +225,30 @@ fn ward_latency(tools: &Tools, window_ms: u64) -> Result<Vec<f64>> {
 fn debouncer_latency(tools: &Tools, window_ms: u64) -> Result<Vec<f64>> {
     let dir = tools.dir(&format!("latency-debouncer-{window_ms}"))?;
     let log = dir.join("stamps");
-    let _probe = Owned::spawn(Command::new(&tools.probe).args([
-        "debouncer",
-        dir.join("tree").to_str().unwrap_or_default(),
-        &window_ms.to_string(),
-        "--",
-        tools.probe(),
-        "stamp",
-        log.to_str().unwrap_or_default(),
-    ]))?;
+    let _probe = Owned::spawn(
+        Command::new(&tools.probe).args([
+            "debouncer",
+            dir.join("tree").to_str().unwrap_or_default(),
+            &window_ms.to_string(),
+            "--",
+            tools.probe(),
+            "stamp",
+            log.to_str().unwrap_or_default(),
+        ]),
+        &dir,
+    )?;
     sleep(Duration::from_millis(300));
     latency_samples(&dir.join("tree"), &log)
 }
 
 /// watchexec running the stamp job, without a shell, not at startup, queueing runs while busy.
-fn watchexec_command(watchexec: &Path, tree: &Path, window_ms: u64, job: &[&str]) -> Command {
+fn watchexec_command(
+    watchexec: &Path,
+    tree: &Path,
+    window_ms: u64,
+    extra: &[&str],
+    job: &[&str],
+) -> Command {
     let mut cmd = Command::new(watchexec);
     cmd.arg("--watch")
         .arg(tree)
@@ -247,13 +258,11 @@ fn watchexec_command(watchexec: &Path, tree: &Path, window_ms: u64, job: &[&str]
             "--postpone",
             "--shell=none",
             "--on-busy-update=queue",
-            "--no-vcs-ignore",
-            "--no-project-ignore",
-            "--no-global-ignore",
             "--no-discover-ignore",
             "--quiet",
-            "--",
         ])
+        .args(extra)
+        .arg("--")
         .args(job)
         .current_dir(tree);
     cmd
@@ -263,12 +272,16 @@ fn watchexec_latency(tools: &Tools, watchexec: &Path, window_ms: u64) -> Result<
     let dir = tools.dir(&format!("latency-watchexec-{window_ms}"))?;
     let log = dir.join("stamps");
     let tree = dir.join("tree");
-    let _w = Owned::spawn(&mut watchexec_command(
-        watchexec,
-        &tree,
-        window_ms,
-        &[tools.probe(), "stamp", log.to_str().unwrap_or_default()],
-    ))?;
+    let _w = Owned::spawn(
+        &mut watchexec_command(
+            watchexec,
+            &tree,
+            window_ms,
+            &[],
+            &[tools.probe(), "stamp", log.to_str().unwrap_or_default()],
+        ),
+        &dir,
+    )?;
     sleep(Duration::from_millis(500));
     latency_samples(&tree, &log)
 }
@@ -358,8 +371,8 @@ fn burst_files(tree: &Path, log: &Path, n: usize, limit: Duration) -> Result<(f6
         let now = account(&mut tail);
         if now > last {
             last_progress = Instant::now();
-        } else if last_progress.elapsed() > Duration::from_secs(30) {
-            eprintln!("burst: no progress for 30 s at {now}/{n}; giving up");
+        } else if last_progress.elapsed() > Duration::from_secs(10) {
+            eprintln!("burst: no progress for 10 s at {now}/{n}; giving up");
             break;
         }
         last = now;
@@ -469,10 +482,12 @@ fn watchexec_burst(
     let log = dir.join("events-log");
     make_dirs(&tree)?;
     let job = [tools.probe(), "events", log.to_str().unwrap_or_default()];
-    let mut cmd = watchexec_command(watchexec, &tree, 50, &job);
     // Each run gets the batch's events as JSON lines on its stdin.
-    cmd.arg("--emit-events-to=json-stdio");
-    let w = Owned::spawn(&mut cmd)?;
+    let extra = ["--emit-events-to=json-stdio"];
+    let w = Owned::spawn(
+        &mut watchexec_command(watchexec, &tree, 50, &extra, &job),
+        &dir,
+    )?;
     sleep(Duration::from_millis(500));
     let (_, done_s, share) = burst_files(&tree, &log, n, limit)?;
     let peak = procs::status_mb(w.pid(), "VmHWM").unwrap_or(f64::NAN);
@@ -777,28 +792,36 @@ pub(crate) fn idle(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
         .find(|&p| procs::cmdline(p).contains(&probe_name))
         .context("no idle worker among the server's children")?;
 
-    let other = tools.dir("idle-others")?;
+    let other = tools.dir("idle-debouncer")?;
     let stamp_log = other.join("stamps");
-    let debouncer = Owned::spawn(Command::new(&tools.probe).args([
-        "debouncer",
-        other.join("tree").to_str().unwrap_or_default(),
-        "50",
-        "--",
-        tools.probe(),
-        "stamp",
-        stamp_log.to_str().unwrap_or_default(),
-    ]))?;
+    let debouncer = Owned::spawn(
+        Command::new(&tools.probe).args([
+            "debouncer",
+            other.join("tree").to_str().unwrap_or_default(),
+            "50",
+            "--",
+            tools.probe(),
+            "stamp",
+            stamp_log.to_str().unwrap_or_default(),
+        ]),
+        &other,
+    )?;
+    let other = tools.dir("idle-watchexec")?;
     let watchexec = match &tools.watchexec {
-        Some(w) => Some(Owned::spawn(&mut watchexec_command(
-            w,
-            &other.join("tree"),
-            50,
-            &[
-                tools.probe(),
-                "stamp",
-                stamp_log.to_str().unwrap_or_default(),
-            ],
-        ))?),
+        Some(w) => Some(Owned::spawn(
+            &mut watchexec_command(
+                w,
+                &other.join("tree"),
+                50,
+                &[],
+                &[
+                    tools.probe(),
+                    "stamp",
+                    stamp_log.to_str().unwrap_or_default(),
+                ],
+            ),
+            &other,
+        )?),
         None => None,
     };
     // Let start-up settle before measuring.
