@@ -28,6 +28,9 @@ const GROW_MB: u64 = 192;
 const WORKER_AS_MB: u64 = 512;
 /// The job timeout: a `hang` costs three of them.
 const JOB_TIMEOUT_S: u64 = 3;
+/// How long a job holds its thread to fill the queue, or a worker for `kill-worker`: well inside
+/// the timeout, so that only the faults meant to time out do.
+const BLOCKER_MS: u64 = 2000;
 const WORKERS: usize = 3;
 const QUEUE_CAPACITY: usize = 256;
 /// A change this long before a fault may still have been pending when it hit.
@@ -678,7 +681,8 @@ impl Run<'_> {
         match f.kind {
             FaultKind::KillWorker => {
                 let path = self.fault_file("kill-worker", n, false);
-                let Some(hash) = self.write_directive(&path, Directive::Sleep(2000), n) else {
+                let Some(hash) = self.write_directive(&path, Directive::Sleep(BLOCKER_MS), n)
+                else {
                     f.problems.push("could not write its file".into());
                     return;
                 };
@@ -852,7 +856,7 @@ impl Run<'_> {
                 let server = self.ward.server_pid();
                 for k in 0..WORKERS {
                     let path = self.tree.join(format!("full-{n}/blocker-{k}.txt"));
-                    self.write_directive(&path, Directive::Sleep(3000), n);
+                    self.write_directive(&path, Directive::Sleep(BLOCKER_MS), n);
                 }
                 let count = QUEUE_CAPACITY * 4;
                 if let Err(e) = workload::burst(
@@ -875,7 +879,7 @@ impl Run<'_> {
                         .push("the server changed while its queue was full".into());
                 }
                 f.note = format!(
-                    "{WORKERS} job threads busy 3 s, then {count} files for a queue of {QUEUE_CAPACITY}; drained after {:.1} s",
+                    "{WORKERS} job threads busy {BLOCKER_MS} ms, then {count} files for a queue of {QUEUE_CAPACITY}; drained after {:.1} s",
                     (f.end_ms - f.start_ms) as f64 / 1000.0
                 );
                 self.removals.push((
