@@ -112,7 +112,21 @@ pub(crate) fn run(args: &[String]) -> ExitCode {
     let mut tools = None;
     if parts.iter().any(|p| COMPARISONS.contains(p)) {
         match prepare(&options) {
-            Ok(t) => tools = Some(t),
+            Ok(t) => {
+                let scratch = t.scratch.clone();
+                // The daemons run in their own sessions: a Ctrl-C must stop them on the way out.
+                if let Err(e) = ctrlc::set_handler(move || {
+                    compare::interrupted();
+                    let _ = std::fs::remove_dir_all(&scratch);
+                    eprintln!("bench: interrupted; the daemons it started are stopped");
+                    std::process::exit(130);
+                }) {
+                    eprintln!(
+                        "bench: cannot handle Ctrl-C ({e}); an interrupted run may leave daemons"
+                    );
+                }
+                tools = Some(t);
+            }
             Err(e) => {
                 eprintln!("bench: {e:#}");
                 return ExitCode::FAILURE;

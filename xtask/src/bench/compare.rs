@@ -8,6 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,36 @@ impl Tools {
     }
 }
 
+/// What an interrupted bench must clean up: the daemons it started (ward binary, scenario dir) and
+/// the pids of the tools it runs. Daemons are in their own session, so a Ctrl-C does not reach
+/// them; `interrupted` stops them.
+static RUNNING: Mutex<Running> = Mutex::new(Running {
+    daemons: Vec::new(),
+    pids: Vec::new(),
+});
+
+#[derive(Debug, Clone)]
+struct Running {
+    daemons: Vec<(PathBuf, PathBuf)>,
+    pids: Vec<u32>,
+}
+
+/// Stops every daemon and tool the bench still runs (from the Ctrl-C / SIGTERM handler).
+pub(crate) fn interrupted() {
+    let Running { daemons, pids } = match RUNNING.lock() {
+        Ok(running) => running.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    for pid in pids {
+        // SAFETY: kill has no memory-safety preconditions; the pid is a child this bench started
+        // and has not reaped yet (it leaves the list before it is reaped).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    for (bin, dir) in daemons {
+        let _ = Ward { bin, dir }.stop();
+    }
+}
+
 /// A `ward` daemon in a scratch directory (`ward.toml`, `tree/`, `state/`), stopped on drop.
 #[derive(Debug)]
 struct Ward {
@@ -55,6 +86,11 @@ impl Ward {
     fn new(tools: &Tools, dir: &Path, body: &str) -> Result<Ward> {
         let config = format!("[watch]\nroots = [\"tree\"]\n{body}");
         fs::write(dir.join("ward.toml"), config)?;
+        if let Ok(mut running) = RUNNING.lock() {
+            running
+                .daemons
+                .push((tools.ward.clone(), dir.to_path_buf()));
+        }
         Ok(Ward {
             bin: tools.ward.clone(),
             dir: dir.to_path_buf(),
@@ -114,6 +150,9 @@ impl Drop for Ward {
     fn drop(&mut self) {
         // Harmless when it already stopped ("not running").
         let _ = self.cmd(&["stop", "--timeout", "30"]).output();
+        if let Ok(mut running) = RUNNING.lock() {
+            running.daemons.retain(|(_, dir)| *dir != self.dir);
+        }
     }
 }
 
@@ -125,12 +164,15 @@ impl Owned {
     /// Starts `cmd` with its output in `dir/output` (kept for a look when a figure is odd).
     fn spawn(cmd: &mut Command, dir: &Path) -> Result<Owned> {
         let output = fs::File::create(dir.join("output"))?;
-        Ok(Owned(
-            cmd.stdin(Stdio::null())
-                .stdout(output.try_clone()?)
-                .stderr(output)
-                .spawn()?,
-        ))
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output)
+            .spawn()?;
+        if let Ok(mut running) = RUNNING.lock() {
+            running.pids.push(child.id());
+        }
+        Ok(Owned(child))
     }
 
     fn pid(&self) -> u32 {
@@ -141,6 +183,9 @@ impl Owned {
 impl Drop for Owned {
     fn drop(&mut self) {
         let _ = self.0.kill();
+        if let Ok(mut running) = RUNNING.lock() {
+            running.pids.retain(|&pid| pid != self.0.id());
+        }
         let _ = self.0.wait();
     }
 }
@@ -602,7 +647,7 @@ pub(crate) fn dispatch(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
     let ward_worker = median_gap_us(&log)?;
     println!("dispatch: raw pipe round trips ...");
     let raw_log = dir.join("raw-log");
-    let status = Command::new(&tools.probe)
+    let out = Command::new(&tools.probe)
         .args([
             "pipe-client",
             &worker_jobs.to_string(),
@@ -611,10 +656,17 @@ pub(crate) fn dispatch(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
             "worker",
             raw_log.to_str().unwrap_or_default(),
         ])
-        .status()?;
-    if !status.success() {
-        bail!("pipe-client failed: {status}");
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "pipe-client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
+    println!(
+        "dispatch: raw pipe client: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
     let raw_worker = median_gap_us(&raw_log)?;
     rows.push(
         Row::new(
