@@ -1475,7 +1475,7 @@ impl Run<'_> {
             })).collect::<Vec<_>>(),
             "faults": self.injected.iter().map(|f| json!({
                 "label": f.label, "at_s": (f.at_s * 10.0).round() / 10.0,
-                "ward_away_ms": f.end_ms - f.start_ms, "note": f.note, "problems": f.problems,
+                "window_ms": f.end_ms - f.start_ms, "note": f.note, "problems": f.problems,
                 "expected_deaths": f.expected.iter().map(|e| json!({
                     "role_contains": e.role_contains, "pid": e.pid, "causes": e.causes,
                 })).collect::<Vec<_>>(),
