@@ -897,10 +897,10 @@ pub(crate) fn idle(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
         let rss = procs::status_mb(*pid, "VmRSS").unwrap_or(f64::NAN);
         let anon = procs::status_mb(*pid, "RssAnon").unwrap_or(f64::NAN);
         let (cpu_ms, wakeups) = match (before, after) {
-            (Some(b), Some(a)) => (
-                (a.cpu_s - b.cpu_s) * 1e3,
-                (a.switches - b.switches) as f64 / elapsed,
-            ),
+            (Some(b), Some(a)) => {
+                let (cpu_s, switches) = a.since(&b);
+                (cpu_s * 1e3, switches as f64 / elapsed)
+            }
             _ => (f64::NAN, f64::NAN),
         };
         figures.push((name.clone(), cpu_ms, wakeups, rss, anon));

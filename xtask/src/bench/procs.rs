@@ -2,6 +2,7 @@
 //! (CPU time, context switches summed over threads, RSS, children), and a log file read as it
 //! grows. Nothing here starts or stops a process.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -25,12 +26,36 @@ pub(crate) fn status_mb(pid: u32, field: &str) -> Option<f64> {
         .map(|kb| kb / 1024.0)
 }
 
-/// CPU seconds (all threads: schedstat's time on the CPU, else user + system ticks) and context switches (voluntary + involuntary, summed
-/// over the live threads in `/proc/PID/task`) of a process so far.
-#[derive(Clone, Copy, Debug)]
+/// CPU time and context switches (voluntary + involuntary) of a process, per live thread, so that
+/// a difference counts threads that started or ended in between right: a new thread from zero,
+/// an ended one with what it had at the first reading (its last moments are lost, which for idle
+/// processes is nothing).
+#[derive(Clone, Debug)]
 pub(crate) struct Usage {
-    pub cpu_s: f64,
-    pub switches: u64,
+    /// utime + stime of the whole process, in seconds (clock ticks: coarse).
+    ticks_s: f64,
+    /// Per thread id: nanoseconds on the CPU (schedstat, when the kernel keeps it) and switches.
+    threads: BTreeMap<u32, (Option<u64>, u64)>,
+}
+
+impl Usage {
+    /// (CPU seconds, context switches) from `before` to `self`.
+    pub(crate) fn since(&self, before: &Usage) -> (f64, u64) {
+        let mut cpu_ns = Some(0u64);
+        let mut switches = 0;
+        for (tid, (ns, sw)) in &self.threads {
+            let (ns0, sw0) = before.threads.get(tid).copied().unwrap_or((Some(0), 0));
+            switches += sw.saturating_sub(sw0);
+            cpu_ns = match (cpu_ns, ns, ns0) {
+                (Some(total), Some(ns), Some(ns0)) => Some(total + ns.saturating_sub(ns0)),
+                _ => None,
+            };
+        }
+        let cpu_s = cpu_ns.map_or((self.ticks_s - before.ticks_s).max(0.0), |ns| {
+            ns as f64 / 1e9
+        });
+        (cpu_s, switches)
+    }
 }
 
 pub(crate) fn usage(pid: u32) -> Option<Usage> {
@@ -42,17 +67,22 @@ pub(crate) fn usage(pid: u32) -> Option<Usage> {
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut switches = 0;
-    // Nanoseconds on the CPU per live thread, where the kernel keeps them: finer than ticks.
-    let mut on_cpu_ns = Some(0u64);
+    let mut threads = BTreeMap::new();
     for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
         let ns = fs::read_to_string(task.path().join("schedstat"))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
-        on_cpu_ns = on_cpu_ns.zip(ns).map(|(a, b)| a + b);
         let Ok(status) = fs::read_to_string(task.path().join("status")) else {
             continue;
         };
+        let mut switches = 0;
         for line in status.lines() {
             if let Some(v) = line
                 .strip_prefix("voluntary_ctxt_switches:")
@@ -61,10 +91,11 @@ pub(crate) fn usage(pid: u32) -> Option<Usage> {
                 switches += v.trim().parse::<u64>().unwrap_or(0);
             }
         }
+        threads.insert(tid, (ns, switches));
     }
     Some(Usage {
-        cpu_s: on_cpu_ns.map_or(ticks as f64 / hz, |ns| ns as f64 / 1e9),
-        switches,
+        ticks_s: ticks as f64 / hz,
+        threads,
     })
 }
 
@@ -174,8 +205,15 @@ mod tests {
 
     #[test]
     fn usage_of_this_process_is_readable() {
-        let u = usage(std::process::id()).unwrap();
-        assert!(u.switches > 0);
+        let before = usage(std::process::id()).unwrap();
+        // A thread that starts and ends in between must not make the difference negative.
+        std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(5)))
+            .join()
+            .unwrap();
+        let after = usage(std::process::id()).unwrap();
+        let (cpu_s, _) = after.since(&before);
+        assert!(cpu_s >= 0.0);
+        assert!(after.threads.values().map(|t| t.1).sum::<u64>() > 0);
         assert!(status_mb(std::process::id(), "VmRSS").unwrap() > 0.0);
     }
 }
