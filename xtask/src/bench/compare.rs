@@ -416,8 +416,8 @@ fn burst_files(tree: &Path, log: &Path, n: usize, limit: Duration) -> Result<(f6
         let now = account(&mut tail);
         if now > last {
             last_progress = Instant::now();
-        } else if last_progress.elapsed() > Duration::from_secs(10) {
-            eprintln!("burst: no progress for 10 s at {now}/{n}; giving up");
+        } else if last_progress.elapsed() > Duration::from_secs(30) {
+            eprintln!("burst: no progress for 30 s at {now}/{n}; giving up");
             break;
         }
         last = now;
