@@ -354,6 +354,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
             tsv.push_str(&format!("{}\t{}\t{what}\t{}\n", w.t_ms, w.workload, w.path));
         }
         std::fs::write(dir.join("out/writes.tsv"), tsv)?;
+        std::fs::write(dir.join(KEPT), "kept by cargo xtask stress --keep\n")?;
         println!(
             "stress: kept {} (out/ledger is the workers' account, out/writes.tsv the harness's)",
             dir.display()
@@ -364,8 +365,12 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     Ok(all_pass && !INTERRUPTED.load(Ordering::Relaxed))
 }
 
-/// Cleans up after runs that could not (a harness killed with SIGKILL): the temporary directory
-/// of a run whose harness is gone, and any process still mentioning it.
+/// What marks a temporary directory kept with `--keep`: it is left for whoever asked for it.
+const KEPT: &str = "KEPT";
+
+/// Cleans up after runs that could not (a harness killed with SIGKILL): any process still
+/// mentioning the temporary directory of a run whose harness is gone, and the directory itself
+/// unless it was kept on purpose.
 fn sweep_abandoned() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
@@ -390,7 +395,9 @@ fn sweep_abandoned() {
                 entry.path().display()
             );
         }
-        let _ = std::fs::remove_dir_all(entry.path());
+        if !entry.path().join(KEPT).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
