@@ -44,8 +44,9 @@
 //!   ([`Heartbeat`]) every interval with wall and monotonic time, pid and sequence, and logs a
 //!   heartbeat line at a slower interval. One wakeup per interval; `examples/bench.rs` measures it.
 //! - **Verdict.** Kernel and cgroup evidence outrank exit codes: SIGKILL alone never means OOM
-//!   (as in Kubernetes), and an OOM kill is named only from a cgroup `oom_kill` rise, a kernel
-//!   log line about the pid, or (with low confidence) a system-wide `/proc/vmstat` rise.
+//!   (as in Kubernetes), and an OOM kill is named only from a cgroup `oom_kill` rise or a kernel
+//!   log line about the pid; a system-wide `/proc/vmstat` rise alone only lowers the confidence
+//!   that the kill came from outside.
 //!
 //! # Known problems
 //! - glibc's `backtrace()` is not on the async-signal-safe list: its first call loads libgcc,
