@@ -583,3 +583,27 @@ fn a_job_still_running_at_the_drain_deadline_is_stopped_and_kept_for_the_next_st
     wait_for("the kept job", LONG, || f.saw("slow"));
     f.stop();
 }
+
+#[test]
+fn a_job_past_its_timeout_is_stopped_and_reported_as_hung() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nexec = [\"{job}\", \"gated\", \"{ledger}\", \"{ledger}.gate\"]\n",
+    );
+    f.edit_config("[jobs]\n", "[jobs]\ntimeout_s = 1\nretries = 0\n");
+    f.start();
+    std::fs::write(f.tree.join("stuck"), "x").unwrap();
+    wait_for("a report of the hung job", LONG, || {
+        let out = f.run(&["diagnose", "--json"]);
+        let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        reports.as_array().is_some_and(|all| {
+            all.iter().any(|r| {
+                r["role"]
+                    .as_str()
+                    .is_some_and(|role| role.contains("stuck"))
+                    && r["verdict"]["cause"]["kind"] == "hung"
+            })
+        })
+    });
+    f.stop();
+}

@@ -320,3 +320,55 @@ fn a_full_disk_is_reported_and_survived_and_nothing_recorded_is_lost() {
     f.stop();
     drop(disk);
 }
+
+#[test]
+fn files_queued_in_a_directory_removed_before_their_jobs_ran_get_their_removal() {
+    // One job thread held by a gated blocker, so the files' jobs wait in the queue while their
+    // directory is removed.
+    let f = Fixture::new(
+        JOB,
+        concat!(
+            "[[trigger]]\nname = \"blocker\"\nglob = [\"blocker\"]\nexec = [\"{job}\", \"gated\", \"{ledger}\", \"{ledger}.gate\"]\n",
+            "[[trigger]]\nname = \"record\"\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n",
+        ),
+    );
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 1\n");
+    f.start();
+    std::fs::write(f.tree.join("blocker"), "b").unwrap();
+    wait_for("the blocker to run", LONG, || {
+        f.status().1["queue"]["running"] == 1
+    });
+    let dir = f.tree.join("a/b/c");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["f1", "f2", "f3"] {
+        std::fs::write(dir.join(name), "1").unwrap();
+    }
+    wait_for("the three jobs queued", LONG, || {
+        let q = &f.status().1["queue"];
+        q["queued"].as_u64().unwrap_or(0) + q["backlog"].as_u64().unwrap_or(0) >= 3
+    });
+    std::fs::remove_dir_all(f.tree.join("a/b")).unwrap();
+    // Wait until the removal reached the server: its diff queues the removals.
+    wait_for("the removal seen", LONG, || {
+        let out = f.run(&["changes", "--since", "0"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("\"removed\""))
+            .count()
+            >= 3
+    });
+    std::fs::write(f.dir.path().join("out/ledger.gate"), "").unwrap();
+    f.wait_idle();
+    for name in ["f1", "f2", "f3"] {
+        let last = runs(&f)
+            .into_iter()
+            .rfind(|(_, n)| n == &format!("a/b/c/{name}"));
+        assert_eq!(
+            last.map(|(e, _)| e),
+            Some("removed".to_owned()),
+            "{name}: {:?}",
+            runs(&f)
+        );
+    }
+    f.stop();
+}

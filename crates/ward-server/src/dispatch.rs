@@ -219,13 +219,24 @@ impl Dispatcher {
                     "it timed out"
                 };
                 log::warn!("stopping job {name} on {}: {why}", job.path.display());
-                if let Err(e) = child.stop(self.config.stop_grace) {
-                    log::error!("stopping job {name}: {e}");
-                }
-                return Err(if stopping {
-                    JobError::Stopped
-                } else {
-                    JobError::TimedOut(self.config.job_timeout)
+                let stopped = child.stop(self.config.stop_grace);
+                drop(child);
+                return Err(match stopped {
+                    Err(e) => {
+                        log::error!("stopping job {name}: {e}");
+                        JobError::TimedOut(self.config.job_timeout)
+                    }
+                    Ok(_) if stopping => JobError::Stopped,
+                    // Past its deadline it is hung, not stopped on request: report it as such.
+                    Ok(mut exit) => {
+                        exit.hung = true;
+                        let what = format!(
+                            "job {name} on {} (timed out after {:?})",
+                            job.path.display(),
+                            self.config.job_timeout
+                        );
+                        self.died(&what, &exit, &tail_text(&tail))
+                    }
                 });
             }
         };
@@ -303,8 +314,21 @@ impl Dispatcher {
                     worker.label,
                     self.config.job_timeout
                 );
-                worker.retire(self.config.stop_grace);
-                Err(JobError::TimedOut(self.config.job_timeout))
+                let tail = tail_text(&worker.tail);
+                let what = format!(
+                    "worker {} during {} (no reply within {:?})",
+                    worker.label,
+                    job.path.display(),
+                    self.config.job_timeout
+                );
+                match worker.retire(self.config.stop_grace) {
+                    // Past its deadline it is hung, not stopped on request: report it as such.
+                    Some(mut exit) => {
+                        exit.hung = true;
+                        Err(self.died(&what, &exit, &tail))
+                    }
+                    None => Err(JobError::TimedOut(self.config.job_timeout)),
+                }
             }
             Err(WorkerTrouble::Stopped) => {
                 log::warn!("stopping worker {} mid-job: ward is stopping", worker.label);
@@ -476,9 +500,11 @@ impl Worker {
             .map_or(0, |kib| kib * 1024)
     }
 
-    fn retire(self, grace: Duration) {
-        if let Err(e) = self.child.stop(grace) {
-            log::error!("stopping worker {}: {e}", self.label);
-        }
+    /// Stops the worker (TERM, then KILL after `grace`); its exit, if it could be stopped.
+    fn retire(self, grace: Duration) -> Option<Exit> {
+        self.child
+            .stop(grace)
+            .inspect_err(|e| log::error!("stopping worker {}: {e}", self.label))
+            .ok()
     }
 }

@@ -452,6 +452,13 @@ impl Manifest {
                         Record {
                             processed: if *ok { *processed } else { old.processed },
                             last_ok: *ok,
+                            // A job that succeeded on a path that is gone has processed its
+                            // removal (the old path of a rename, a file deleted before its job).
+                            event: if *ok && processed.is_none() {
+                                Event::Removed
+                            } else {
+                                old.event
+                            },
                             ..old
                         }
                     }
@@ -584,7 +591,8 @@ pub struct Reconciled {
 
 /// Compares the files on disk (`on_disk`: path → current metadata) with the manifest's records
 /// and returns exactly the paths created, modified or removed since their last successful
-/// processing, oldest path first for stable output.
+/// processing (a path seen but never processed that is now gone counts as removed), in path
+/// order for stable output.
 pub fn reconcile(
     records: &HashMap<PathBuf, Record>,
     on_disk: &HashMap<PathBuf, FileMeta>,
@@ -604,7 +612,11 @@ pub fn reconcile(
         }
     }
     for (path, record) in records {
-        if record.processed.is_some() && !on_disk.contains_key(path) {
+        // Gone, and either processed in some version or seen and not yet processed (its job
+        // queued, running or failed): a consumer may know of it, so its removal is due. Only a
+        // processed removal (a tombstone) needs nothing.
+        let known = record.processed.is_some() || record.event != Event::Removed;
+        if known && !on_disk.contains_key(path) {
             out.push(Reconciled {
                 path: path.clone(),
                 event: Event::Removed,
@@ -723,7 +735,12 @@ mod tests {
         records.insert(PathBuf::from("/changed"), rec(Some(meta(1))));
         records.insert(PathBuf::from("/gone"), rec(Some(meta(1))));
         records.insert(PathBuf::from("/never-done"), rec(None));
-        records.insert(PathBuf::from("/tombstone"), rec(None));
+        records.insert(PathBuf::from("/queued-then-gone"), rec(None));
+        let tombstone = Record {
+            event: Event::Removed,
+            ..rec(None)
+        };
+        records.insert(PathBuf::from("/tombstone"), tombstone);
         let on_disk: HashMap<_, _> = [
             ("/same", meta(1)),
             ("/changed", meta(2)),
@@ -744,6 +761,7 @@ mod tests {
                 ("/gone".into(), Event::Removed),
                 ("/never-done".into(), Event::Created),
                 ("/new".into(), Event::Created),
+                ("/queued-then-gone".into(), Event::Removed),
             ]
         );
     }

@@ -116,6 +116,8 @@ impl Tracker {
         path: &Path,
         triggers: &Triggers,
     ) -> Result<Vec<Job>, Error> {
+        // The diff must see every change already queued, written or not.
+        self.flush(true);
         let on_disk = scan(&self.rules, path, |p| {
             self.trigger_for(p, triggers).is_some()
         });
