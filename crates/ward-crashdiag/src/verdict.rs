@@ -209,7 +209,7 @@ pub(crate) fn classify(f: &Findings<'_>) -> Verdict {
         _ => said.push("no crash record".into()),
     }
     let stderr = ev.stderr_tail.as_deref().unwrap_or("");
-    let log_text = f.log_tail.join("\n");
+    let log_text = own_log_lines(f.log_tail, ev.pid);
     let alloc = allocation_failure(stderr).or_else(|| allocation_failure(&log_text));
     let overflow = stack_overflow(stderr).or_else(|| stack_overflow(&log_text));
     if let Some(hb) = f.heartbeat {
@@ -430,6 +430,24 @@ pub(crate) fn classify(f: &Findings<'_>) -> Verdict {
     verdict(Cause::Unknown { missing }, Confidence::Low, said, None)
 }
 
+/// The lines of a log tail that may speak of process `pid`: the lines a logger stamped with that
+/// pid (`... [PID role] ...`, ward's format), and raw lines no logger stamped (what the process
+/// wrote straight to its stderr, such as Rust's "memory allocation of N bytes failed"). Lines
+/// stamped with another pid are other processes' evidence: a job's allocation failure logged by
+/// the server must not explain the keeper's death.
+fn own_log_lines(tail: &[String], pid: u32) -> String {
+    let own = format!("[{pid} ");
+    let stamped = |l: &str| {
+        let b = l.as_bytes();
+        b.len() > 24 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && l.contains(" [")
+    };
+    tail.iter()
+        .filter(|l| l.contains(&own) || !stamped(l))
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl Cause {
     /// A short machine name: `oom_kill`, `panic`, `native_crash`...
     pub fn kind(&self) -> &'static str {
@@ -506,6 +524,22 @@ mod tests {
             core_dumped: false,
         })
     }
+    #[test]
+    fn another_process_s_stamped_log_lines_are_not_evidence() {
+        let tail = [
+            "2026-11-23T12:00:00.000Z INFO  [20 server] job hog [30]: memory allocation of 8 bytes failed".to_owned(),
+            "2026-11-23T12:00:01.000Z INFO  [10 keeper] heartbeat".to_owned(),
+            "memory allocation of 16 bytes failed".to_owned(),
+        ];
+        let own = own_log_lines(&tail, 10);
+        assert!(!own.contains("8 bytes"), "{own}");
+        assert!(
+            own.contains("[10 keeper]") && own.contains("16 bytes"),
+            "{own}"
+        );
+        assert!(own_log_lines(&tail, 20).contains("8 bytes"));
+    }
+
     fn counters(cgroup: Option<u64>, vmstat: Option<u64>) -> Option<OomCounters> {
         Some(OomCounters {
             cgroup_oom_kill: cgroup,
