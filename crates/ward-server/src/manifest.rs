@@ -41,6 +41,9 @@ const BY_SEQ: TableDefinition<u64, &[u8]> = TableDefinition::new("by_seq");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SEQ_KEY: &str = "seq";
 const RECORD_VERSION: u8 = 1;
+/// redb's page cache. Its default (1 GiB) would let the server's memory grow with every page of
+/// the manifest it ever touched; a long-running process needs a bound.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The identity and metadata of one version of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,8 +204,10 @@ impl Manifest {
         // redb panics on some kinds of damage instead of returning an error; either way the store
         // is unusable and gets rebuilt.
         let opened = std::panic::catch_unwind(|| -> Result<Manifest, String> {
-            let mut db =
-                Database::create(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+            let mut db = redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(path)
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
             if !db
                 .check_integrity()
                 .map_err(|e| format!("checking {}: {e}", path.display()))?
