@@ -33,6 +33,14 @@ pub(crate) struct Tracker {
     rules: Arc<IgnoreRules>,
     unflushed: Vec<Update>,
     next_flush: Option<Instant>,
+    /// Compact the unflushed updates when they pass this many: `COMPACT_ABOVE`, or twice what the
+    /// last compaction left, so that compacting stays amortized O(1) per update even when more
+    /// distinct paths wait than `COMPACT_ABOVE` (a first start on a large tree).
+    compact_at: usize,
+    /// The least `compact_at` can be (`COMPACT_ABOVE`; smaller in tests).
+    compact_floor: usize,
+    /// Compactions so far (tests check they stay few).
+    compactions: u64,
     /// The last write error while writes fail, for `ward status`.
     failing: Option<String>,
 }
@@ -63,6 +71,9 @@ impl Tracker {
             manifest,
             rules,
             unflushed: Vec::new(),
+            compact_at: COMPACT_ABOVE,
+            compact_floor: COMPACT_ABOVE,
+            compactions: 0,
             next_flush: None,
             failing: None,
         })
@@ -169,8 +180,10 @@ impl Tracker {
         if self.next_flush.is_none() {
             self.next_flush = Some(Instant::now() + FLUSH_EVERY);
         }
-        if self.unflushed.len() > COMPACT_ABOVE {
+        if self.unflushed.len() > self.compact_at {
             self.compact();
+            self.compactions += 1;
+            self.compact_at = self.compact_floor.max(2 * self.unflushed.len());
         }
     }
 
@@ -197,6 +210,7 @@ impl Tracker {
                     );
                 }
                 self.unflushed.clear();
+                self.compact_at = self.compact_floor;
                 self.next_flush = None;
             }
             Err(e) => {
@@ -254,5 +268,46 @@ impl Tracker {
         limit: usize,
     ) -> Result<Vec<ChangeEntry>, Error> {
         self.manifest.changes_since(since, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_distinct_waiting_paths_are_compacted_a_logarithmic_number_of_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let root = dir.path().to_path_buf();
+        let rules = Arc::new(IgnoreRules::new(vec![root.clone()], &[], None).unwrap());
+        let mut tracker = Tracker::open(&state, rules).unwrap();
+        tracker.compact_floor = 1_000;
+        tracker.compact_at = 1_000;
+        // Ten times more distinct paths than the threshold, none flushed (a first start on a
+        // large tree): compacting after every push past the threshold would be quadratic.
+        let paths = 10_000;
+        for i in 0..paths {
+            let path = root.join(format!("f{i}"));
+            tracker.queued(&Job {
+                trigger: 0,
+                path,
+                event: Event::Created,
+                old_path: None,
+            });
+        }
+        assert!(
+            tracker.compactions <= 5,
+            "{} compactions for {paths} paths",
+            tracker.compactions
+        );
+        assert_eq!(
+            tracker.backlog().0,
+            paths,
+            "compaction dropped updates of distinct paths"
+        );
+        tracker.flush(true);
+        assert_eq!(tracker.backlog().0, 0);
+        assert_eq!(tracker.stats().0, paths as u64);
     }
 }
