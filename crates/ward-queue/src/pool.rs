@@ -1260,9 +1260,13 @@ where
         send_due_retries(&mut timer, now);
         let mut next = timer.heap.peek().map(|delayed| delayed.due);
         if let Some(timeout) = shared.config.timeout {
-            MutexGuard::unlocked(&mut timer, || replace_overdue_workers(shared, now, timeout));
-            let tick = (timeout / 4).clamp(Duration::from_millis(1), Duration::from_millis(100));
-            next = Some(next.map_or(now + tick, |due| due.min(now + tick)));
+            // Wake at the earliest running attempt's deadline; with none running, one timeout
+            // from now: an attempt that starts meanwhile cannot be overdue before then. An idle
+            // pool thus wakes once per timeout, not on a fixed tick.
+            let deadline =
+                MutexGuard::unlocked(&mut timer, || replace_overdue_workers(shared, now, timeout));
+            let check = deadline.unwrap_or(now + timeout);
+            next = Some(next.map_or(check, |due| due.min(check)));
         }
         if timer.quit {
             break;
@@ -1303,12 +1307,19 @@ fn send_due_retries<J>(timer: &mut Timer<J>, now: Instant) {
     }
 }
 
-fn replace_overdue_workers<J, K>(shared: &Arc<Shared<J, K>>, now: Instant, timeout: Duration)
+/// Replaces the workers whose attempt ran past `timeout`, and returns the earliest deadline of
+/// the attempts still within it.
+fn replace_overdue_workers<J, K>(
+    shared: &Arc<Shared<J, K>>,
+    now: Instant,
+    timeout: Duration,
+) -> Option<Instant>
 where
     J: Send + 'static,
     K: Eq + Hash + Clone + Send + 'static,
 {
     let mut overdue = Vec::new();
+    let mut earliest: Option<Instant> = None;
     {
         let mut crew = shared.crew.lock();
         let mut i = 0;
@@ -1325,6 +1336,11 @@ where
                         running.abandoned = Some(after);
                         cell.abandoned.store(true, Ordering::Release);
                         Some((running.id, running.attempt, after))
+                    }
+                    Some(running) if running.abandoned.is_none() => {
+                        let due = running.started + timeout;
+                        earliest = Some(earliest.map_or(due, |e| e.min(due)));
+                        None
                     }
                     _ => None,
                 }
@@ -1350,6 +1366,7 @@ where
             .fetch_add(1, Ordering::Relaxed);
         shared.emit(Event::TimedOut { id, attempt, after });
     }
+    earliest
 }
 
 /// How long an attempt started at `started` has run at `now`: a pure function of the two
