@@ -607,3 +607,47 @@ fn a_job_past_its_timeout_is_stopped_and_reported_as_hung() {
     });
     f.stop();
 }
+
+#[test]
+fn a_file_renamed_while_its_job_waits_is_not_left_looking_present() {
+    // One job thread held by a gated blocker: the new file's job waits while it is renamed, and
+    // the rename's job runs under the new path's key, unordered with the old path's.
+    let f = Fixture::new(
+        JOB,
+        concat!(
+            "[[trigger]]\nname = \"blocker\"\nglob = [\"blocker\"]\nexec = [\"{job}\", \"gated\", \"{ledger}\", \"{ledger}.gate\"]\n",
+            "[[trigger]]\nname = \"record\"\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n",
+        ),
+    );
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 1\n");
+    f.start();
+    std::fs::write(f.tree.join("blocker"), "b").unwrap();
+    wait_for("the blocker to run", LONG, || {
+        f.status().1["queue"]["running"] == 1
+    });
+    std::fs::write(f.tree.join("old"), "1").unwrap();
+    wait_for("the new file's job queued", LONG, || {
+        let q = &f.status().1["queue"];
+        q["queued"].as_u64().unwrap_or(0) + q["backlog"].as_u64().unwrap_or(0) >= 1
+    });
+    std::fs::rename(f.tree.join("old"), f.tree.join("new")).unwrap();
+    wait_for("the rename seen", LONG, || {
+        let out = f.run(&["changes", "--since", "0"]);
+        String::from_utf8_lossy(&out.stdout).contains("\"renamed\"")
+    });
+    std::fs::write(f.dir.path().join("out/ledger.gate"), "").unwrap();
+    f.wait_idle();
+    let old = f.tree.join("old");
+    let last_for_old = f
+        .ledger_entries()
+        .into_iter()
+        .rfind(|(_, p)| p == old.as_os_str().as_bytes());
+    assert_eq!(
+        last_for_old.map(|(e, _)| e),
+        Some("removed".to_owned()),
+        "the old path's last job must say it is gone: {:?}",
+        f.ledger_entries()
+    );
+    assert!(f.saw("new"));
+    f.stop();
+}

@@ -278,6 +278,21 @@ fn jobs_of_batch(batch: &Batch, tracker: &mut Tracker, triggers: &Triggers) -> V
                     ChangeKind::Removed => (Event::Removed, None),
                     ChangeKind::Renamed { from } => (Event::Renamed, Some(from.clone())),
                 };
+                // A job still queued or running for the old path of a rename runs under that
+                // path's key, so nothing orders it before the rename's job: it could run last and
+                // leave its consumer believing the old path exists. A removal under the same key
+                // is ordered after it.
+                if let Some(from) = &old_path
+                    && tracker.in_flight(from)
+                    && let Some(trigger) = tracker.trigger_for(from, triggers)
+                {
+                    jobs.push(Job {
+                        trigger,
+                        path: from.clone(),
+                        event: Event::Removed,
+                        old_path: None,
+                    });
+                }
                 jobs.push(Job {
                     trigger,
                     path: change.path.clone(),

@@ -7,7 +7,7 @@
 //! the subtree with the watcher's ignore rules, compare it with the manifest, and queue exactly
 //! what was created, modified or removed since its last successful processing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +41,8 @@ pub(crate) struct Tracker {
     compact_floor: usize,
     /// Compactions so far (tests check they stay few).
     compactions: u64,
+    /// Paths with a job queued or running, from `queued` until its `Finished`.
+    in_flight: HashSet<PathBuf>,
     /// The last write error while writes fail, for `ward status`.
     failing: Option<String>,
 }
@@ -71,6 +73,7 @@ impl Tracker {
             manifest,
             rules,
             unflushed: Vec::new(),
+            in_flight: HashSet::new(),
             compact_at: COMPACT_ABOVE,
             compact_floor: COMPACT_ABOVE,
             compactions: 0,
@@ -91,8 +94,7 @@ impl Tracker {
         for root in roots {
             jobs.extend(self.subtree_jobs(root, triggers)?);
         }
-        let mut seen: std::collections::HashSet<PathBuf> =
-            jobs.iter().map(|j| j.path.clone()).collect();
+        let mut seen: HashSet<PathBuf> = jobs.iter().map(|j| j.path.clone()).collect();
         for (path, event, old_path) in self.manifest.pending()? {
             if seen.contains(&path) {
                 continue;
@@ -161,8 +163,14 @@ impl Tracker {
         triggers.find(root, path)
     }
 
+    /// Whether a job for `path` is queued or running.
+    pub(crate) fn in_flight(&self, path: &Path) -> bool {
+        self.in_flight.contains(path)
+    }
+
     /// Records that `job` was queued.
     pub(crate) fn queued(&mut self, job: &Job) {
+        self.in_flight.insert(job.path.clone());
         self.push(Update::Queued {
             path: job.path.clone(),
             event: job.event,
@@ -172,6 +180,7 @@ impl Tracker {
 
     /// Records a finished job.
     pub(crate) fn finished(&mut self, update: Update) {
+        self.in_flight.remove(update.path());
         self.push(update);
     }
 
