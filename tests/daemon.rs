@@ -610,21 +610,8 @@ fn a_job_past_its_timeout_is_stopped_and_reported_as_hung() {
 
 #[test]
 fn a_file_renamed_while_its_job_waits_is_not_left_looking_present() {
-    // One job thread held by a gated blocker: the new file's job waits while it is renamed, and
-    // the rename's job runs under the new path's key, unordered with the old path's.
-    let f = Fixture::new(
-        JOB,
-        concat!(
-            "[[trigger]]\nname = \"blocker\"\nglob = [\"blocker\"]\nexec = [\"{job}\", \"gated\", \"{ledger}\", \"{ledger}.gate\"]\n",
-            "[[trigger]]\nname = \"record\"\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n",
-        ),
-    );
-    f.edit_config("[jobs]\n", "[jobs]\nworkers = 1\n");
-    f.start();
-    std::fs::write(f.tree.join("blocker"), "b").unwrap();
-    wait_for("the blocker to run", LONG, || {
-        f.status().1["queue"]["running"] == 1
-    });
+    // The one job thread is held, so jobs wait in the queue while files change under them.
+    let f = Fixture::held(JOB);
     std::fs::write(f.tree.join("old"), "1").unwrap();
     wait_for("the new file's job queued", LONG, || {
         let q = &f.status().1["queue"];
@@ -635,7 +622,7 @@ fn a_file_renamed_while_its_job_waits_is_not_left_looking_present() {
         let out = f.run(&["changes", "--since", "0"]);
         String::from_utf8_lossy(&out.stdout).contains("\"renamed\"")
     });
-    std::fs::write(f.dir.path().join("out/ledger.gate"), "").unwrap();
+    f.release();
     f.wait_idle();
     let old = f.tree.join("old");
     let last_for_old = f

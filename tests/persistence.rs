@@ -323,21 +323,8 @@ fn a_full_disk_is_reported_and_survived_and_nothing_recorded_is_lost() {
 
 #[test]
 fn files_queued_in_a_directory_removed_before_their_jobs_ran_get_their_removal() {
-    // One job thread held by a gated blocker, so the files' jobs wait in the queue while their
-    // directory is removed.
-    let f = Fixture::new(
-        JOB,
-        concat!(
-            "[[trigger]]\nname = \"blocker\"\nglob = [\"blocker\"]\nexec = [\"{job}\", \"gated\", \"{ledger}\", \"{ledger}.gate\"]\n",
-            "[[trigger]]\nname = \"record\"\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n",
-        ),
-    );
-    f.edit_config("[jobs]\n", "[jobs]\nworkers = 1\n");
-    f.start();
-    std::fs::write(f.tree.join("blocker"), "b").unwrap();
-    wait_for("the blocker to run", LONG, || {
-        f.status().1["queue"]["running"] == 1
-    });
+    // The one job thread is held, so jobs wait in the queue while files change under them.
+    let f = Fixture::held(JOB);
     let dir = f.tree.join("a/b/c");
     std::fs::create_dir_all(&dir).unwrap();
     for name in ["f1", "f2", "f3"] {
@@ -357,7 +344,7 @@ fn files_queued_in_a_directory_removed_before_their_jobs_ran_get_their_removal()
             .count()
             >= 3
     });
-    std::fs::write(f.dir.path().join("out/ledger.gate"), "").unwrap();
+    f.release();
     f.wait_idle();
     for name in ["f1", "f2", "f3"] {
         let last = runs(&f)

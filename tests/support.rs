@@ -156,6 +156,40 @@ impl Fixture {
         }
     }
 
+    /// A started fixture with one job thread, held busy by a job on `tree/blocker` that waits for
+    /// the gate file (see [`Fixture::release`]); every other file is recorded by `job record`. Jobs
+    /// queued meanwhile wait, so a test can change files under them.
+    ///
+    /// # Panics
+    /// If the daemon does not start or the blocker does not run.
+    pub fn held(job: &str) -> Fixture {
+        let f = Fixture::new(
+            job,
+            concat!(
+                "[[trigger]]\nname = \"blocker\"\nglob = [\"blocker\"]\n",
+                "exec = [\"{job}\", \"gated\", \"{ledger}\", \"{ledger}.gate\"]\n",
+                "[[trigger]]\nname = \"record\"\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n",
+            ),
+        );
+        f.edit_config("[jobs]\n", "[jobs]\nworkers = 1\n");
+        f.start();
+        std::fs::write(f.tree.join("blocker"), "b").unwrap();
+        wait_for(
+            "the blocker to run",
+            std::time::Duration::from_secs(60),
+            || f.status().1["queue"]["running"] == 1,
+        );
+        f
+    }
+
+    /// Opens the gate that `gated` jobs wait for.
+    ///
+    /// # Panics
+    /// If the gate file cannot be written.
+    pub fn release(&self) {
+        std::fs::write(self.dir.path().join("out/ledger.gate"), "").unwrap();
+    }
+
     /// Rewrites the config file, replacing `from` with `to` (which must be there).
     ///
     /// # Panics
