@@ -129,7 +129,6 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                 let Ok(batch) = batch else { break Err(Error::Protocol("the watcher stopped unexpectedly".into())) };
                 let triggers = Arc::clone(&dispatcher.read());
                 for job in jobs_of_batch(&batch, &mut tracker, triggers.triggers()) {
-                    tracker.queued(&job);
                     backlog.push(job);
                 }
             }
@@ -245,10 +244,20 @@ impl Backlog {
 /// manifest diff of its subtree; a file change becomes one job.
 fn jobs_of_batch(batch: &Batch, tracker: &mut Tracker, triggers: &Triggers) -> Vec<Job> {
     let mut jobs = Vec::new();
+    // Each job is recorded as queued as soon as it is made, so that a later item of the same
+    // batch (a directory removed right after a file in it was created) diffs against it.
+    let add = |job: Job, tracker: &mut Tracker, jobs: &mut Vec<Job>| {
+        tracker.queued(&job);
+        jobs.push(job);
+    };
     let subtree = |path: &Path, tracker: &mut Tracker, jobs: &mut Vec<Job>| match tracker
         .subtree_jobs(path, triggers)
     {
-        Ok(found) => jobs.extend(found),
+        Ok(found) => {
+            for job in found {
+                add(job, tracker, jobs);
+            }
+        }
         Err(e) => log::error!("cannot compare {} with the manifest: {e}", path.display()),
     };
     for item in &batch.items {
@@ -286,19 +295,21 @@ fn jobs_of_batch(batch: &Batch, tracker: &mut Tracker, triggers: &Triggers) -> V
                     && tracker.in_flight(from)
                     && let Some(trigger) = tracker.trigger_for(from, triggers)
                 {
-                    jobs.push(Job {
+                    let removal = Job {
                         trigger,
                         path: from.clone(),
                         event: Event::Removed,
                         old_path: None,
-                    });
+                    };
+                    add(removal, tracker, &mut jobs);
                 }
-                jobs.push(Job {
+                let job = Job {
                     trigger,
                     path: change.path.clone(),
                     event,
                     old_path,
-                });
+                };
+                add(job, tracker, &mut jobs);
             }
             _ => {}
         }
@@ -595,4 +606,48 @@ fn list(paths: &[PathBuf]) -> String {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Handler, Trigger};
+    use ward_watch::{Change, IgnoreRules};
+
+    #[test]
+    fn a_directory_removed_in_the_batch_that_created_a_file_in_it_removes_the_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let root = dir.path().join("tree");
+        std::fs::create_dir_all(&root).unwrap();
+        let rules = Arc::new(IgnoreRules::new(vec![root.clone()], &[], None).unwrap());
+        let mut tracker = Tracker::open(&state, rules).unwrap();
+        let trigger = Trigger {
+            name: "t".into(),
+            globs: Vec::new(),
+            handler: Handler::Exec {
+                argv: vec!["true".into()],
+            },
+        };
+        let triggers = Triggers::new(&[trigger]).unwrap();
+        // The file's creation and its directory's removal, delivered together; neither exists now.
+        let file = root.join("d/f");
+        let batch = Batch {
+            items: vec![
+                Item::Change(Change::new(root.join("d"), ChangeKind::Created, true)),
+                Item::Change(Change::new(file.clone(), ChangeKind::Created, false)),
+                Item::Change(Change::new(root.join("d"), ChangeKind::Removed, true)),
+            ],
+        };
+        let jobs: Vec<_> = jobs_of_batch(&batch, &mut tracker, &triggers)
+            .into_iter()
+            .filter(|j| j.path == file)
+            .map(|j| j.event)
+            .collect();
+        assert_eq!(
+            jobs,
+            [Event::Created, Event::Removed],
+            "the file's last job must be its removal"
+        );
+    }
 }
