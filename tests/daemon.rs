@@ -44,11 +44,7 @@ fn start_runs_jobs_and_stop_leaves_nothing_behind() {
     });
     assert!(f.state.join("ward.sock").exists());
     f.stop();
-    assert!(
-        f.processes().is_empty(),
-        "left running: {:?}",
-        f.processes()
-    );
+    f.assert_nothing_left();
     assert!(!f.state.join("ward.pid").exists(), "pidfile left behind");
     assert!(!f.state.join("ward.sock").exists(), "socket left behind");
     let (code, status) = f.status();
@@ -102,11 +98,7 @@ fn a_killed_server_is_restarted_and_diagnosed_as_killed_by_sigkill() {
     std::fs::write(f.tree.join("after.txt"), "x").unwrap();
     wait_for("a job after the restart", LONG, || f.saw("after.txt"));
     f.stop();
-    assert!(
-        f.processes().is_empty(),
-        "left running: {:?}",
-        f.processes()
-    );
+    f.assert_nothing_left();
 }
 
 #[test]
@@ -224,7 +216,7 @@ fn a_malformed_config_is_exit_2_with_file_and_line() {
         Some(2),
         "start with a bad config: {out:?}"
     );
-    assert!(f.processes().is_empty());
+    f.assert_nothing_left();
 }
 
 #[test]
@@ -318,11 +310,7 @@ fn a_persistent_worker_runs_jobs_and_is_replaced_when_it_dies_or_babbles() {
         f.log()
     );
     f.stop();
-    assert!(
-        f.processes().is_empty(),
-        "left running: {:?}",
-        f.processes()
-    );
+    f.assert_nothing_left();
 }
 
 #[test]
@@ -400,11 +388,7 @@ fn ward_run_in_the_foreground_with_quick_flags_stops_gracefully_on_sigint() {
         stderr.contains("server loop ended"),
         "the log is echoed on stderr:\n{stderr}"
     );
-    assert!(
-        f.processes().is_empty(),
-        "left running: {:?}",
-        f.processes()
-    );
+    f.assert_nothing_left();
 }
 
 #[test]
@@ -463,7 +447,7 @@ fn a_state_dir_open_to_others_is_refused() {
         stderr.contains("state directory") && stderr.contains("chmod 700"),
         "{stderr}"
     );
-    assert!(f.processes().is_empty());
+    f.assert_nothing_left();
 }
 
 #[test]

@@ -313,6 +313,15 @@ impl Fixture {
         );
     }
 
+    /// Asserts that no process of this fixture is alive (after a stop, or after the tree died).
+    ///
+    /// # Panics
+    /// If one is.
+    pub fn assert_nothing_left(&self) {
+        let left = self.processes();
+        assert!(left.is_empty(), "left running: {left:?}");
+    }
+
     /// Live processes that belong to this fixture.
     pub fn processes(&self) -> Vec<(u32, String)> {
         processes_mentioning(self.dir.path())
