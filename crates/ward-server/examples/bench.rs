@@ -1,5 +1,7 @@
 //! Benchmark of the manifest: startup reconciliation of an unchanged 100k-file tree against plain
-//! directory walks of the same tree, and grouped manifest writes against one commit per update.
+//! directory walks of the same tree (readdir only, and readdir with a stat of every file: the
+//! latter is what the <= 2x target of issue #8 is judged against), and grouped manifest writes
+//! against one commit per update.
 //!
 //! `cargo xtask bench --only server` (= `cargo run --release -p ward-server --example bench`).
 
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ward_server::jobs::Event;
-use ward_server::manifest::{FileMeta, Manifest, Update, reconcile, scan};
+use ward_server::manifest::{FileMeta, Manifest, Update};
 use ward_watch::IgnoreRules;
 
 const FILES: usize = 100_000;
@@ -42,54 +44,79 @@ fn main() {
     let mut manifest = Manifest::open(&dir.path().join("manifest.redb"))
         .expect("manifest")
         .0;
-    let recorded: Vec<Update> = scan(&rules, &root, |_| true)
-        .into_iter()
-        .map(|(path, meta)| Update::Finished {
-            path,
-            ok: true,
-            processed: Some(meta),
-        })
-        .collect();
+    // Recorded as the server records a job's success: the metadata of a stat by path.
+    let mut recorded = Vec::new();
+    ward_watch::walk(
+        &rules,
+        &root,
+        |_| true,
+        |path, is_dir| {
+            if !is_dir {
+                recorded.push(Update::Finished {
+                    path: path.to_path_buf(),
+                    ok: true,
+                    processed: FileMeta::read(path),
+                });
+            }
+        },
+    );
     manifest.apply(&recorded).expect("record the tree");
 
-    let walk = best(|| plain_walk(&root, false));
-    let walk_stat = best(|| plain_walk(&root, true));
-    let mut changed = 0;
-    let reconciliation = best(|| {
-        let on_disk = scan(&rules, &root, |_| true);
-        let records = manifest.records().expect("records");
-        changed = reconcile(&records, &on_disk).len();
-        on_disk.len()
-    });
-    assert_eq!(changed, 0, "an unchanged tree must need no job");
+    // The three measured alternately, round by round, so that load from elsewhere on the machine
+    // falls on all of them alike.
+    let (mut walk, mut walk_stat, mut reconciliation) =
+        (Duration::MAX, Duration::MAX, Duration::MAX);
+    for _ in 0..ROUNDS {
+        walk = walk.min(timed(|| plain_walk(&root, false)));
+        walk_stat = walk_stat.min(timed(|| plain_walk(&root, true)));
+        reconciliation = reconciliation.min(timed(|| {
+            // The server's filter: in a root, not ignored (every file has a trigger here). It is
+            // asked only about paths that need a job: none in an unchanged tree.
+            let changed = manifest
+                .reconcile(&rules, &root, |p| {
+                    rules.root_of(p).is_some() && !rules.is_ignored(p, false)
+                })
+                .expect("reconcile");
+            assert!(
+                changed.is_empty(),
+                "an unchanged tree must need no job: {changed:?}"
+            );
+            FILES
+        }));
+    }
+    let ratio_walk = ratio(reconciliation, walk);
+    let ratio_stat = ratio(reconciliation, walk_stat);
     println!();
     println!("startup reconciliation, unchanged tree of {FILES} files (best of {ROUNDS})");
-    println!("{:<44} {:>10} {:>8}", "", "time", "ratio");
     println!(
-        "{:<44} {:>10.1?} {:>7.2}x",
-        "plain walk (readdir only)", walk, 1.0
+        "{:<48} {:>10} {:>12} {:>12}",
+        "", "time", "/ readdir", "/ stat walk"
     );
     println!(
-        "{:<44} {:>10.1?} {:>7.2}x",
-        "plain walk + stat of every file",
+        "{:<48} {:>10.1?} {:>11.2}x {:>12}",
+        "plain walk: readdir only", walk, 1.0, ""
+    );
+    println!(
+        "{:<48} {:>10.1?} {:>11.2}x {:>11.2}x",
+        "plain walk: readdir + lstat of every file",
         walk_stat,
-        ratio(walk_stat, walk)
+        ratio(walk_stat, walk),
+        1.0
     );
     println!(
-        "{:<44} {:>10.1?} {:>7.2}x",
-        "ward: walk + stat + manifest + diff",
-        reconciliation,
-        ratio(reconciliation, walk)
+        "{:<48} {:>10.1?} {:>11.2}x {:>11.2}x",
+        "ward: Manifest::reconcile (walk, stat, merge)", reconciliation, ratio_walk, ratio_stat
     );
-    // A file's change can only be seen in its metadata, so reconciliation cannot skip the stat
-    // that a readdir-only walk skips: both comparisons are printed.
-    let verdict = |r: f64| if r <= 2.0 { "met" } else { "NOT met" };
+    // A file's change shows only in its metadata, so a reconciliation cannot skip the stat per
+    // file that a readdir-only walk skips: the walk that stats is the least one can do, and the
+    // target is judged against it. The readdir-only ratio is printed for what it says about the
+    // stat's share, not as a target.
+    let verdict = if ratio_stat <= 2.0 { "met" } else { "NOT met" };
     println!(
-        "target: reconciliation <= 2x a plain walk: {} against readdir only ({:.2}x); {} against a walk that stats ({:.2}x)",
-        verdict(ratio(reconciliation, walk)),
-        ratio(reconciliation, walk),
-        verdict(ratio(reconciliation, walk_stat)),
-        ratio(reconciliation, walk_stat)
+        "target (issue #8): reconciliation <= 2x the plain walk that stats every file: {verdict} ({ratio_stat:.2}x); against readdir only it is {ratio_walk:.2}x (not the target: it never sees a file's metadata)"
+    );
+    println!(
+        "(the plain walks run in one thread; ward walks in a second thread while the first reads the manifest and merges)"
     );
 
     // Writes during a burst: the server groups a flush's updates into one commit.
@@ -133,7 +160,9 @@ fn main() {
     println!("{:<44} {:>10.1}x", "grouped / single", grouped / single);
 }
 
-/// Walks `root` recursively, reading every directory (and stat-ing every file when `stat`).
+/// Walks `root` recursively, reading every directory, and when `stat`, stat-ing every file the
+/// cheapest way std offers (`DirEntry::metadata`: an `lstat` relative to the open directory, not a
+/// lookup of the full path).
 fn plain_walk(root: &Path, stat: bool) -> usize {
     let mut files = 0;
     let mut dirs = vec![root.to_path_buf()];
@@ -144,7 +173,7 @@ fn plain_walk(root: &Path, stat: bool) -> usize {
                 dirs.push(entry.path());
             } else {
                 if stat {
-                    std::hint::black_box(FileMeta::read(&entry.path()));
+                    std::hint::black_box(FileMeta::of(&entry.metadata().expect("stat")));
                 }
                 files += 1;
             }
@@ -153,15 +182,10 @@ fn plain_walk(root: &Path, stat: bool) -> usize {
     files
 }
 
-fn best(mut run: impl FnMut() -> usize) -> Duration {
-    (0..ROUNDS)
-        .map(|_| {
-            let t = Instant::now();
-            std::hint::black_box(run());
-            t.elapsed()
-        })
-        .min()
-        .expect("rounds")
+fn timed(run: impl FnOnce() -> usize) -> Duration {
+    let t = Instant::now();
+    std::hint::black_box(run());
+    t.elapsed()
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {

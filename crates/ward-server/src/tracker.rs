@@ -16,7 +16,7 @@ use ward_watch::IgnoreRules;
 
 use crate::Error;
 use crate::jobs::{Event, Job, Triggers};
-use crate::manifest::{ChangeEntry, Manifest, Opened, Update, reconcile, scan};
+use crate::manifest::{ChangeEntry, Manifest, Opened, Update};
 use crate::state::{StateDir, names};
 
 /// Writes wait at most this long to be grouped into one commit.
@@ -131,16 +131,10 @@ impl Tracker {
     ) -> Result<Vec<Job>, Error> {
         // The diff must see every change already queued, written or not.
         self.flush(true);
-        let on_disk = scan(&self.rules, path, |p| {
+        let changed = self.manifest.reconcile(&self.rules, path, |p| {
             self.trigger_for(p, triggers).is_some()
-        });
-        let records: HashMap<_, _> = self
-            .manifest
-            .records_under(path)?
-            .into_iter()
-            .filter(|(p, _)| self.trigger_for(p, triggers).is_some())
-            .collect();
-        Ok(reconcile(&records, &on_disk)
+        })?;
+        Ok(changed
             .into_iter()
             .filter_map(|r| {
                 let trigger = self.trigger_for(&r.path, triggers)?;

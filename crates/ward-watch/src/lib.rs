@@ -111,5 +111,5 @@ mod watcher;
 pub use batch::{Batch, Change, ChangeKind, Item, Rescan, RescanReason};
 pub use error::Error;
 pub use rules::IgnoreRules;
-pub use snapshot::{Snapshot, walk};
+pub use snapshot::{Snapshot, walk, walk_files};
 pub use watcher::{Backend, WatchStats, Watcher, WatcherBuilder};

@@ -2,7 +2,7 @@
 //! that both see the same tree.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -114,6 +114,43 @@ impl IgnoreRules {
         false
     }
 
+    /// The rules as they apply to the entries of the directory `dir`, looked up once for all of
+    /// them: a walk asks about every entry, and most directories have no ignore file.
+    pub(crate) fn in_dir(&self, dir: &Path) -> DirRules<'_> {
+        let root = self.root_of(dir);
+        let rel = root
+            .and_then(|r| dir.strip_prefix(r).ok())
+            .map(Path::to_path_buf);
+        let mut with_files = Vec::new();
+        if let Some(root) = root
+            && self.file_name.is_some()
+        {
+            let files = self.files.read().unwrap_or_else(|e| e.into_inner());
+            if !files.is_empty() {
+                for ancestor in dir.ancestors() {
+                    if files.contains_key(ancestor) {
+                        with_files.push(ancestor.to_path_buf());
+                    }
+                    if ancestor == root {
+                        break;
+                    }
+                }
+            }
+        }
+        let roots_inside = self
+            .roots
+            .iter()
+            .filter(|r| r.parent() == Some(dir))
+            .filter_map(|r| r.file_name().map(OsStr::to_os_string))
+            .collect();
+        DirRules {
+            rules: self,
+            rel,
+            with_files,
+            roots_inside,
+        }
+    }
+
     /// Reads (or re-reads) the ignore file of `dir`, if there is one. Returns whether `dir` has
     /// (or just lost) an ignore file.
     ///
@@ -148,5 +185,132 @@ impl IgnoreRules {
             let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
             files.retain(|d, _| !d.starts_with(dir));
         }
+    }
+}
+
+/// [`IgnoreRules`] for the entries of one directory: [`IgnoreRules::is_ignored`] with what does
+/// not change from entry to entry (the root, the directories that have an ignore file) looked up
+/// once.
+#[derive(Debug)]
+pub(crate) struct DirRules<'a> {
+    rules: &'a IgnoreRules,
+    /// The directory relative to its root; `None` outside every root.
+    rel: Option<PathBuf>,
+    /// The directory and its ancestors up to its root that have an ignore file, deepest first.
+    with_files: Vec<PathBuf>,
+    /// The names of the entries that are roots themselves (never ignored; their subtrees go by
+    /// their own rules).
+    roots_inside: Vec<OsString>,
+}
+
+impl DirRules<'_> {
+    /// Whether the entry `name` of the directory, at `path`, is ignored: the same answer as
+    /// [`IgnoreRules::is_ignored`]`(path, is_dir)`.
+    pub(crate) fn is_ignored(&self, path: &Path, name: &OsStr, is_dir: bool) -> bool {
+        if self.roots_inside.iter().any(|r| r == name) {
+            return false;
+        }
+        let Some(rel) = &self.rel else {
+            return true;
+        };
+        if !self.rules.globs.is_empty() && self.rules.globs.is_match(rel.join(name)) {
+            return true;
+        }
+        if self.with_files.is_empty() {
+            return false;
+        }
+        let files = self.rules.files.read().unwrap_or_else(|e| e.into_inner());
+        for dir in &self.with_files {
+            if let Some(gi) = files.get(dir) {
+                let m = gi.matched(path, is_dir);
+                if m.is_ignore() {
+                    return true;
+                }
+                if m.is_whitelist() {
+                    return false;
+                }
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `DirRules` is a shortcut: it must answer as `is_ignored` does, entry by entry.
+    #[test]
+    fn rules_for_a_directory_answer_as_the_rules_do_for_each_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top");
+        let nested = top.join("sub/nested-root");
+        for d in ["sub/deeper/more", "sub/nested-root/inner", "build", "other"] {
+            std::fs::create_dir_all(top.join(d)).unwrap();
+        }
+        std::fs::write(top.join(".wardignore"), "*.log\nbuild/\n!keep.log\n").unwrap();
+        std::fs::write(top.join("sub/.wardignore"), "deeper/more/\n*.o\n!x.log\n").unwrap();
+        std::fs::write(top.join("sub/nested-root/.wardignore"), "*.tmp\n").unwrap();
+        let rules = IgnoreRules::new(
+            vec![top.clone(), nested.clone()],
+            &["**/*.bak".into(), "other/skip".into()],
+            Some(".wardignore".into()),
+        )
+        .unwrap();
+        for d in [&top, &top.join("sub"), &nested] {
+            rules.load_dir(d).unwrap();
+        }
+        let dirs = [
+            top.clone(),
+            top.join("sub"),
+            top.join("sub/deeper"),
+            top.join("sub/deeper/more"),
+            nested.clone(),
+            nested.join("inner"),
+            top.join("other"),
+            top.join("build"),
+            dir.path().to_path_buf(),
+        ];
+        let names = [
+            "a",
+            "a.log",
+            "keep.log",
+            "x.log",
+            "b.o",
+            "c.bak",
+            "d.tmp",
+            "build",
+            "more",
+            "skip",
+            "sub",
+            "nested-root",
+            "top",
+            "inner",
+        ];
+        let mut checked = 0;
+        for d in &dirs {
+            let in_dir = rules.in_dir(d);
+            for name in names {
+                for is_dir in [false, true] {
+                    let path = d.join(name);
+                    assert_eq!(
+                        in_dir.is_ignored(&path, OsStr::new(name), is_dir),
+                        rules.is_ignored(&path, is_dir),
+                        "{} (directory: {is_dir})",
+                        path.display()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        // The table holds both answers, so the comparison can fail either way.
+        let ignored = |p: &str, is_dir| rules.is_ignored(&top.join(p), is_dir);
+        assert!(
+            ignored("sub/x.o", false) && !ignored("sub/x.log", false) && ignored("a.log", false)
+        );
+        assert!(
+            !ignored("sub/nested-root/a.log", false) && ignored("sub/nested-root/d.tmp", false)
+        );
+        assert_eq!(checked, dirs.len() * names.len() * 2);
     }
 }

@@ -2,6 +2,7 @@
 //! changes, and the walk that turns a [`Rescan`](crate::Rescan) into concrete changes.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::ops::Bound;
@@ -310,6 +311,118 @@ pub fn walk(
             }
         }
     }
+}
+
+/// Walks the directory `top` like [`walk`] (the same paths: ignore rules and ignore files applied
+/// the same way, symlinks not followed) but visits only the entries that are not directories, in
+/// the byte order of their paths, each with its metadata.
+///
+/// The order is that of a sorted map keyed by the paths' bytes (`a-b` < `a.b` < `a/b` < `a0`),
+/// so a consumer can merge the walk with such a map in one pass, without collecting either side.
+/// Each file is stat-ed (without following a symlink) relative to its directory as it is listed,
+/// which is cheaper than a `stat` of its full path; one that vanishes in between is skipped.
+/// `keep` turns the metadata into what `visit` needs: a directory's listing waits, sorted, while
+/// its subdirectories are walked, and what it holds per file should be small.
+pub fn walk_files<T>(
+    rules: &IgnoreRules,
+    top: &Path,
+    mut keep: impl FnMut(&fs::Metadata) -> T,
+    mut visit: impl FnMut(&Path, T),
+) {
+    let mut path = top.to_path_buf();
+    // The listings of `path` and its ancestors below `top`: what is left of each, in reverse order.
+    let mut listings = vec![list_sorted(rules, &mut path, &mut keep)];
+    while let Some(listing) = listings.last_mut() {
+        match listing.pop() {
+            Some((name, Some(kept))) => {
+                path.push(&name);
+                visit(&path, kept);
+                path.pop();
+            }
+            Some((name, None)) => {
+                path.push(&name);
+                let inner = list_sorted(rules, &mut path, &mut keep);
+                listings.push(inner);
+            }
+            None => {
+                listings.pop();
+                if !listings.is_empty() {
+                    path.pop();
+                }
+            }
+        }
+    }
+}
+
+/// One directory's entries that are not ignored, in the reverse byte order of their paths (to be
+/// popped), files with what `keep` made of their metadata, directories with `None`.
+fn list_sorted<T>(
+    rules: &IgnoreRules,
+    dir: &mut PathBuf,
+    keep: &mut impl FnMut(&fs::Metadata) -> T,
+) -> Vec<(OsString, Option<T>)> {
+    if let Err(e) = rules.load_dir(dir) {
+        log::warn!("{e}");
+    }
+    let entries = match fs::read_dir(&*dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            log_walk_error(dir, &e);
+            return Vec::new();
+        }
+    };
+    let rules = rules.in_dir(dir);
+    let mut listing = Vec::new();
+    for entry in entries {
+        let (entry, kind) = match entry.and_then(|e| {
+            let kind = e.file_type()?;
+            Ok((e, kind))
+        }) {
+            Ok(x) => x,
+            Err(e) => {
+                log_walk_error(dir, &e);
+                continue;
+            }
+        };
+        let name = entry.file_name();
+        let is_dir = kind.is_dir();
+        dir.push(&name);
+        let ignored = rules.is_ignored(dir, &name, is_dir);
+        dir.pop();
+        if ignored {
+            continue;
+        }
+        if is_dir {
+            listing.push((name, None));
+        } else if let Ok(meta) = entry.metadata() {
+            listing.push((name, Some(keep(&meta))));
+        }
+        // Otherwise it is gone since it was listed (its removal is an event of its own), or cannot
+        // be stat-ed: skipped, as a stat of its path would be.
+    }
+    listing.sort_unstable_by(|(a, a_kept), (b, b_kept)| {
+        path_order(
+            b.as_encoded_bytes(),
+            b_kept.is_none(),
+            a.as_encoded_bytes(),
+            a_kept.is_none(),
+        )
+    });
+    listing
+}
+
+/// The order of two siblings' paths and their subtrees' paths, by bytes: a directory's subtree
+/// sorts as its name followed by `/` (no name holds a `/`, so one comparison decides for the whole
+/// subtree).
+fn path_order(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> std::cmp::Ordering {
+    let common = a.len().min(b.len());
+    let after = |name: &[u8], dir: bool| match name.get(common) {
+        Some(&byte) => Some(byte),
+        None => dir.then_some(b'/'),
+    };
+    a[..common]
+        .cmp(&b[..common])
+        .then_with(|| after(a, a_dir).cmp(&after(b, b_dir)))
 }
 
 fn log_walk_error(dir: &Path, e: &io::Error) {

@@ -542,3 +542,98 @@ fn editing_the_ignore_file_rescans_and_applies_the_new_rules() {
     c.sentinel(&root);
     assert!(c.mentions(&root.join("gen/new")).is_empty());
 }
+
+#[cfg(unix)]
+#[test]
+fn walk_files_visits_the_files_walk_visits_in_the_byte_order_of_their_paths() {
+    use std::os::unix::ffi::OsStrExt;
+    let (_t, root) = setup();
+    // Names whose byte order differs from their component order (' ' < '-' < '.' < '/' < '0'),
+    // a file and a directory of the same prefix, non-UTF-8 and unicode names, a symlink to a
+    // directory (a file, not followed), an ignored directory and ignored files.
+    for rel in [
+        "a/b",
+        "a/c/d",
+        "a b",
+        "a-b",
+        "a.b",
+        "a0",
+        "a-/x",
+        "é/ü",
+        "日本/語",
+        "keep.log",
+        "ig/x",
+        "sub/y.tmp",
+        "sub/z",
+    ] {
+        write(root.join(rel), "x");
+    }
+    write(root.join(std::ffi::OsStr::from_bytes(b"bad\xff/x")), "x");
+    fs::create_dir_all(root.join("empty/deeper")).unwrap();
+    std::os::unix::fs::symlink(root.join("a"), root.join("link")).unwrap();
+    write(root.join(".wardignore"), "ig/\n*.tmp\n");
+    let rules =
+        ward_watch::IgnoreRules::new(vec![root.clone()], &[], Some(".wardignore".into())).unwrap();
+
+    let mut walked = Vec::new();
+    ward_watch::walk(
+        &rules,
+        &root,
+        |_| true,
+        |p, is_dir| {
+            if !is_dir {
+                walked.push(p.to_path_buf());
+            }
+        },
+    );
+    let mut visited = Vec::new();
+    ward_watch::walk_files(
+        &rules,
+        &root,
+        |m| m.len(),
+        |p, len| {
+            assert_eq!(
+                len,
+                fs::symlink_metadata(p).unwrap().len(),
+                "{}",
+                p.display()
+            );
+            visited.push(p.to_path_buf());
+        },
+    );
+
+    let bytes = |p: &PathBuf| p.as_os_str().as_bytes().to_vec();
+    let mut in_byte_order = visited.clone();
+    in_byte_order.sort_by_key(bytes);
+    assert_eq!(visited, in_byte_order, "not in byte order");
+    walked.sort_by_key(bytes);
+    assert_eq!(visited, walked, "not the files walk visits");
+    let rel: Vec<_> = visited
+        .iter()
+        .map(|p| {
+            p.strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        rel,
+        [
+            ".wardignore",
+            "a b",
+            "a-/x",
+            "a-b",
+            "a.b",
+            "a/b",
+            "a/c/d",
+            "a0",
+            "bad\u{fffd}/x",
+            "keep.log",
+            "link",
+            "sub/z",
+            "é/ü",
+            "日本/語",
+        ]
+    );
+}
