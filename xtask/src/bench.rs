@@ -326,11 +326,7 @@ fn crate_bench(name: &str, rows: &mut Vec<Row>) -> Result<()> {
             "heartbeat's idle cost in process: its own table above",
             "",
         )),
-        _ => rows.push(Row::new(
-            "server",
-            "manifest reconciliation vs plain walks: its own table above",
-            "",
-        )),
+        _ => server_rows(&output, rows),
     }
     Ok(())
 }
@@ -409,6 +405,30 @@ fn supervisor_rows(output: &[String], rows: &mut Vec<Row>) {
     );
 }
 
+/// ward-server's reconciliation table: `name  time  ratio  ratio`. The target is judged against
+/// the walk that stats every file (the least a reconciliation can do); the readdir-only walk is
+/// shown beside it without one.
+fn server_rows(output: &[String], rows: &mut Vec<Row>) {
+    let time = |name: &str| -> f64 {
+        figures_after(output, name)
+            .and_then(|f| debug_duration_ms(f.first()?))
+            .unwrap_or(f64::NAN)
+    };
+    let ward = time("ward reconcile: walk in a 2nd thread (server)");
+    let stat_walk = time("plain walk: readdir + lstat of every file");
+    let measure = "reconcile an unchanged 100k-file tree";
+    rows.push(
+        Row::new("server", measure, "ms")
+            .ward(vec![ward])
+            .anchor("plain walk + lstat per file", vec![stat_walk])
+            .target("≤ 2×", ward <= 2.0 * stat_walk),
+    );
+    rows.push(Row::new("server", measure, "ms").ward(vec![ward]).anchor(
+        "plain walk, readdir only",
+        vec![time("plain walk: readdir only")],
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,6 +453,9 @@ mod tests {
             "ward-queue keyed (distinct keys)            300ms       3.33        0.40x",
             "ward Supervisor, zero backoff             1.234ms    2.5ms",
             "baseline std spawn+kill+wait            812.5µs    1ms",
+            "plain walk: readdir only                             35.7ms        1.00x        0.21x",
+            "plain walk: readdir + lstat of every file           167.0ms        4.68x        1.00x",
+            "ward reconcile: walk in a 2nd thread (server)       195.2ms        5.47x        1.17x",
         ]
         .map(String::from)
         .to_vec();
@@ -445,5 +468,14 @@ mod tests {
         let sup = rows.last().unwrap();
         assert_eq!(sup.ward, vec![1.234]);
         assert_eq!(sup.anchor.as_ref().unwrap().1, vec![0.8125]);
+        server_rows(&out, &mut rows);
+        let [.., stat, readdir] = rows.as_slice() else {
+            panic!("no server rows")
+        };
+        assert_eq!(stat.ward, vec![195.2]);
+        assert_eq!(stat.anchor.as_ref().unwrap().1, vec![167.0]);
+        assert!(stat.target.as_ref().unwrap().1);
+        assert_eq!(readdir.anchor.as_ref().unwrap().1, vec![35.7]);
+        assert!(readdir.target.is_none());
     }
 }

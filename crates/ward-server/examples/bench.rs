@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ward_server::jobs::Event;
-use ward_server::manifest::{FileMeta, Manifest, Update};
+use ward_server::manifest::{FileMeta, Manifest, Threads, Update};
 use ward_watch::IgnoreRules;
 
 const FILES: usize = 100_000;
@@ -62,61 +62,68 @@ fn main() {
     );
     manifest.apply(&recorded).expect("record the tree");
 
-    // The three measured alternately, round by round, so that load from elsewhere on the machine
-    // falls on all of them alike.
-    let (mut walk, mut walk_stat, mut reconciliation) =
-        (Duration::MAX, Duration::MAX, Duration::MAX);
+    // The server's filter: in a root, not ignored (every file has a trigger here). It is asked
+    // only about paths that need a job: none in an unchanged tree.
+    let reconcile = |threads| {
+        let changed = manifest
+            .reconcile_with(threads, &rules, &root, |p| {
+                rules.root_of(p).is_some() && !rules.is_ignored(p, false)
+            })
+            .expect("reconcile");
+        assert!(
+            changed.is_empty(),
+            "an unchanged tree must need no job: {changed:?}"
+        );
+        FILES
+    };
+    // Measured alternately, round by round, so that load from elsewhere on the machine falls on
+    // all of them alike.
+    let mut best = [Duration::MAX; 4];
     for _ in 0..ROUNDS {
-        walk = walk.min(timed(|| plain_walk(&root, false)));
-        walk_stat = walk_stat.min(timed(|| plain_walk(&root, true)));
-        reconciliation = reconciliation.min(timed(|| {
-            // The server's filter: in a root, not ignored (every file has a trigger here). It is
-            // asked only about paths that need a job: none in an unchanged tree.
-            let changed = manifest
-                .reconcile(&rules, &root, |p| {
-                    rules.root_of(p).is_some() && !rules.is_ignored(p, false)
-                })
-                .expect("reconcile");
-            assert!(
-                changed.is_empty(),
-                "an unchanged tree must need no job: {changed:?}"
-            );
-            FILES
-        }));
+        let times = [
+            timed(|| plain_walk(&root, false)),
+            timed(|| plain_walk(&root, true)),
+            timed(|| reconcile(Threads::Two)),
+            timed(|| reconcile(Threads::One)),
+        ];
+        for (best, t) in best.iter_mut().zip(times) {
+            *best = (*best).min(t);
+        }
     }
-    let ratio_walk = ratio(reconciliation, walk);
-    let ratio_stat = ratio(reconciliation, walk_stat);
+    let [walk, walk_stat, two_threads, one_thread] = best;
     println!();
     println!("startup reconciliation, unchanged tree of {FILES} files (best of {ROUNDS})");
     println!(
         "{:<48} {:>10} {:>12} {:>12}",
         "", "time", "/ readdir", "/ stat walk"
     );
-    println!(
-        "{:<48} {:>10.1?} {:>11.2}x {:>12}",
-        "plain walk: readdir only", walk, 1.0, ""
-    );
-    println!(
-        "{:<48} {:>10.1?} {:>11.2}x {:>11.2}x",
-        "plain walk: readdir + lstat of every file",
-        walk_stat,
-        ratio(walk_stat, walk),
-        1.0
-    );
-    println!(
-        "{:<48} {:>10.1?} {:>11.2}x {:>11.2}x",
-        "ward: Manifest::reconcile (walk, stat, merge)", reconciliation, ratio_walk, ratio_stat
-    );
+    for (name, time) in [
+        ("plain walk: readdir only", walk),
+        ("plain walk: readdir + lstat of every file", walk_stat),
+        ("ward reconcile: walk in a 2nd thread (server)", two_threads),
+        ("ward reconcile: all in one thread", one_thread),
+    ] {
+        println!(
+            "{:<48} {:>10.1?} {:>11.2}x {:>11.2}x",
+            name,
+            time,
+            ratio(time, walk),
+            ratio(time, walk_stat)
+        );
+    }
     // A file's change shows only in its metadata, so a reconciliation cannot skip the stat per
     // file that a readdir-only walk skips: the walk that stats is the least one can do, and the
     // target is judged against it. The readdir-only ratio is printed for what it says about the
     // stat's share, not as a target.
-    let verdict = if ratio_stat <= 2.0 { "met" } else { "NOT met" };
+    let judged = ratio(two_threads, walk_stat);
+    let verdict = if judged <= 2.0 { "met" } else { "NOT met" };
     println!(
-        "target (issue #8): reconciliation <= 2x the plain walk that stats every file: {verdict} ({ratio_stat:.2}x); against readdir only it is {ratio_walk:.2}x (not the target: it never sees a file's metadata)"
+        "target (issue #8): reconciliation <= 2x the plain walk that stats every file: {verdict} ({judged:.2}x; {:.2}x in one thread); against readdir only it is {:.2}x (not the target: such a walk never sees a file's metadata)",
+        ratio(one_thread, walk_stat),
+        ratio(two_threads, walk)
     );
     println!(
-        "(the plain walks run in one thread; ward walks in a second thread while the first reads the manifest and merges)"
+        "(the plain walks run in one thread, stat-ing relative to the open directory; ward stats the same way)"
     );
 
     // Writes during a burst: the server groups a flush's updates into one commit.

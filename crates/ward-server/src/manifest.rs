@@ -16,6 +16,11 @@
 //! Writes are grouped by the server (one commit per flush, not one fsync per file). After a crash
 //! at most the unflushed group is missing, and startup reconciliation redoes it: a file whose
 //! metadata differs from its last successful version is processed again.
+//!
+//! [`Manifest::reconcile`] is that comparison, for a root at startup and for a subtree on a
+//! rescan or a directory change. Keys are paths' bytes, so `files` is sorted the way
+//! [`ward_watch::walk_files`] walks: the diff is one merge of the two streams, with no map of
+//! either side, and its cost stays close to that of the walk and its `stat` per file.
 
 // redb's error type is large (160 bytes); it lives only inside the read closures and is turned
 // into one small `Error::Store` right there, so boxing it would buy nothing.

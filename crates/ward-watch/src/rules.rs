@@ -204,9 +204,9 @@ pub(crate) struct DirRules<'a> {
 }
 
 impl DirRules<'_> {
-    /// Whether the entry `name` of the directory, at `path`, is ignored: the same answer as
-    /// [`IgnoreRules::is_ignored`]`(path, is_dir)`.
-    pub(crate) fn is_ignored(&self, path: &Path, name: &OsStr, is_dir: bool) -> bool {
+    /// Whether the entry `name` of the directory `dir` (the one these rules are for) is ignored:
+    /// the same answer as [`IgnoreRules::is_ignored`]`(dir.join(name), is_dir)`.
+    pub(crate) fn is_ignored(&self, dir: &Path, name: &OsStr, is_dir: bool) -> bool {
         if self.roots_inside.iter().any(|r| r == name) {
             return false;
         }
@@ -219,10 +219,11 @@ impl DirRules<'_> {
         if self.with_files.is_empty() {
             return false;
         }
+        let path = dir.join(name);
         let files = self.rules.files.read().unwrap_or_else(|e| e.into_inner());
-        for dir in &self.with_files {
-            if let Some(gi) = files.get(dir) {
-                let m = gi.matched(path, is_dir);
+        for with_file in &self.with_files {
+            if let Some(gi) = files.get(with_file) {
+                let m = gi.matched(&path, is_dir);
                 if m.is_ignore() {
                     return true;
                 }
@@ -294,7 +295,7 @@ mod tests {
                 for is_dir in [false, true] {
                     let path = d.join(name);
                     assert_eq!(
-                        in_dir.is_ignored(&path, OsStr::new(name), is_dir),
+                        in_dir.is_ignored(d, OsStr::new(name), is_dir),
                         rules.is_ignored(&path, is_dir),
                         "{} (directory: {is_dir})",
                         path.display()

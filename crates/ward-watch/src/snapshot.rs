@@ -331,7 +331,7 @@ pub fn walk_files<T>(
 ) {
     let mut path = top.to_path_buf();
     // The listings of `path` and its ancestors below `top`: what is left of each, in reverse order.
-    let mut listings = vec![list_sorted(rules, &mut path, &mut keep)];
+    let mut listings = vec![list_sorted(rules, &path, &mut keep)];
     while let Some(listing) = listings.last_mut() {
         match listing.pop() {
             Some((name, Some(kept))) => {
@@ -341,7 +341,7 @@ pub fn walk_files<T>(
             }
             Some((name, None)) => {
                 path.push(&name);
-                let inner = list_sorted(rules, &mut path, &mut keep);
+                let inner = list_sorted(rules, &path, &mut keep);
                 listings.push(inner);
             }
             None => {
@@ -358,13 +358,13 @@ pub fn walk_files<T>(
 /// popped), files with what `keep` made of their metadata, directories with `None`.
 fn list_sorted<T>(
     rules: &IgnoreRules,
-    dir: &mut PathBuf,
+    dir: &Path,
     keep: &mut impl FnMut(&fs::Metadata) -> T,
 ) -> Vec<(OsString, Option<T>)> {
     if let Err(e) = rules.load_dir(dir) {
         log::warn!("{e}");
     }
-    let entries = match fs::read_dir(&*dir) {
+    let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
             log_walk_error(dir, &e);
@@ -386,10 +386,7 @@ fn list_sorted<T>(
         };
         let name = entry.file_name();
         let is_dir = kind.is_dir();
-        dir.push(&name);
-        let ignored = rules.is_ignored(dir, &name, is_dir);
-        dir.pop();
-        if ignored {
+        if rules.is_ignored(dir, &name, is_dir) {
             continue;
         }
         if is_dir {
