@@ -1,11 +1,11 @@
 //! `cargo xtask bench`: ward against what people would use instead, side by side, in one run.
 //!
 //! Two kinds of parts. Each crate's own benchmark example (`watch`, `queue`, `supervisor`,
-//! `crashdiag`, `server`) runs in release and prints its own tables; the figures of `queue` and
-//! `supervisor` are also collected into the summary. The cross-tool comparisons (`latency`,
-//! `burst`, `dispatch`, `startup`, `idle`, in `compare`) drive the real `ward` daemon and its
-//! alternatives: watchexec, notify-debouncer-full, plain spawns and pipes. At the end one table
-//! shows every figure beside its anchor from the same run; `--json FILE` writes it as JSON.
+//! `crashdiag`, `server`) runs in release and prints its own tables; the figures of `queue`,
+//! `supervisor` and `server` are also collected into the summary. The cross-tool comparisons
+//! (`latency`, `burst`, `dispatch`, `startup`, `idle`, in `compare`) drive the real `ward` daemon
+//! and its alternatives: watchexec, notify-debouncer-full, plain spawns and pipes. At the end one
+//! table shows every figure beside its anchor from the same run; `--json FILE` writes it as JSON.
 
 mod compare;
 mod procs;
