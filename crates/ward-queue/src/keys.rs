@@ -13,15 +13,17 @@
 //! its key is idle with nothing waiting; no token or retry can refer to it then, so a number is
 //! never reused while something still holds it.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// The number of a key's slot, valid while the key is running, queued or waiting.
 pub(crate) type SlotId = usize;
 
 struct Slot<K, T> {
     key: K,
+    /// `key`'s hash, kept so that freeing the slot finds its index entry without hashing again.
+    hash: u64,
     /// A job of this key is running, or is between attempts (a retry holds its key).
     running: bool,
     /// The next job of this key: latest wins.
@@ -44,7 +46,11 @@ pub(crate) enum Offer<K, T> {
 }
 
 pub(crate) struct KeyTable<K, T> {
-    index: HashMap<K, SlotId>,
+    /// A fast keyed hash (foldhash, seeded per table): every keyed job hashes its key once, under
+    /// the lock the workers also take.
+    hasher: DefaultHashBuilder,
+    /// Slot numbers by their key's hash. The key itself is kept once, in its slot.
+    index: HashTable<SlotId>,
     slots: Vec<Option<Slot<K, T>>>,
     free: Vec<SlotId>,
     deferred: usize,
@@ -53,7 +59,8 @@ pub(crate) struct KeyTable<K, T> {
 impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     pub(crate) fn new() -> Self {
         KeyTable {
-            index: HashMap::new(),
+            hasher: DefaultHashBuilder::default(),
+            index: HashTable::new(),
             slots: Vec::new(),
             free: Vec::new(),
             deferred: 0,
@@ -74,52 +81,43 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         job: T,
         send_token: impl FnOnce(SlotId) -> bool,
     ) -> Offer<K, T> {
-        match self.index.entry(key) {
-            Entry::Occupied(entry) => {
-                let id = *entry.get();
-                let Some(slot) = self.slots[id].as_mut() else {
-                    // The index and the slots always agree; repair rather than lose the job.
-                    let (key, _) = entry.remove_entry();
-                    return Offer::Full(key, job);
-                };
-                if let Some(waiting) = slot.waiting.as_mut() {
-                    return Offer::Coalesced(std::mem::replace(waiting, job));
-                }
-                if slot.running {
-                    slot.waiting = Some(job);
-                    self.deferred += 1;
-                    return Offer::Deferred;
-                }
-                // An idle, empty slot is freed at once; should one exist, treat it as new.
-                if send_token(id) {
-                    slot.waiting = Some(job);
-                    slot.queued = true;
-                    Offer::Queued
-                } else {
-                    let (key, _) = entry.remove_entry();
-                    self.slots[id] = None;
-                    self.free.push(id);
-                    Offer::Full(key, job)
-                }
+        let hash = self.hasher.hash_one(&key);
+        let Some(id) = self.find(hash, &key) else {
+            let id = self.next_id();
+            if !send_token(id) {
+                return Offer::Full(key, job);
             }
-            Entry::Vacant(entry) => {
-                let id = self.free.last().copied().unwrap_or(self.slots.len());
-                if !send_token(id) {
-                    return Offer::Full(entry.into_key(), job);
-                }
-                let key = entry.key().clone();
-                entry.insert(id);
-                self.put(
-                    id,
-                    Slot {
-                        key,
-                        running: false,
-                        waiting: Some(job),
-                        queued: true,
-                    },
-                );
-                Offer::Queued
-            }
+            self.put(
+                id,
+                Slot {
+                    key,
+                    hash,
+                    running: false,
+                    waiting: Some(job),
+                    queued: true,
+                },
+            );
+            return Offer::Queued;
+        };
+        let Some(slot) = self.slots[id].as_mut() else {
+            return Offer::Full(key, job); // `find` only returns live slots.
+        };
+        if let Some(waiting) = slot.waiting.as_mut() {
+            return Offer::Coalesced(std::mem::replace(waiting, job));
+        }
+        if slot.running {
+            slot.waiting = Some(job);
+            self.deferred += 1;
+            return Offer::Deferred;
+        }
+        // An idle, empty slot is freed at once; should one exist, treat it as new.
+        if send_token(id) {
+            slot.waiting = Some(job);
+            slot.queued = true;
+            Offer::Queued
+        } else {
+            self.free_if_idle(id);
+            Offer::Full(key, job)
         }
     }
 
@@ -137,7 +135,8 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     /// Marks an idle key as running for a caller that runs its job itself; `None` if it is not
     /// idle (then `offer` again).
     pub(crate) fn claim(&mut self, key: &K) -> Option<SlotId> {
-        if let Some(&id) = self.index.get(key) {
+        let hash = self.hasher.hash_one(key);
+        if let Some(id) = self.find(hash, key) {
             let slot = self.slots[id].as_mut()?;
             if slot.running || slot.waiting.is_some() {
                 return None;
@@ -253,13 +252,29 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
             .collect()
     }
 
+    /// The live slot holding `key`, whose hash is `hash`.
+    fn find(&self, hash: u64, key: &K) -> Option<SlotId> {
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&id| {
+                slots[id].as_ref().is_some_and(|slot| slot.key == *key)
+            })
+            .copied()
+    }
+
+    /// The number the next new slot gets: the last one freed, or a new one.
+    fn next_id(&self) -> SlotId {
+        self.free.last().copied().unwrap_or(self.slots.len())
+    }
+
     fn make_slot(&mut self, key: K, running: bool) -> SlotId {
-        let id = self.free.last().copied().unwrap_or(self.slots.len());
-        self.index.insert(key.clone(), id);
+        let hash = self.hasher.hash_one(&key);
+        let id = self.next_id();
         self.put(
             id,
             Slot {
                 key,
+                hash,
                 running,
                 waiting: None,
                 queued: false,
@@ -268,14 +283,19 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         id
     }
 
-    /// Stores `slot` at `id`, which is the last free number or the next new one.
+    /// Stores `slot` at `id`, which is the last free number or the next new one, and indexes it.
     fn put(&mut self, id: SlotId, slot: Slot<K, T>) {
+        let hash = slot.hash;
         if self.free.last() == Some(&id) {
             self.free.pop();
             self.slots[id] = Some(slot);
         } else {
             self.slots.push(Some(slot));
         }
+        let Self { index, slots, .. } = self;
+        index.insert_unique(hash, id, |&other| {
+            slots[other].as_ref().map_or(0, |slot| slot.hash)
+        });
     }
 
     fn free_if_idle(&mut self, id: SlotId) {
@@ -283,7 +303,9 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
             .as_ref()
             .is_some_and(|slot| !slot.running && slot.waiting.is_none() && !slot.queued);
         if idle && let Some(slot) = self.slots[id].take() {
-            self.index.remove(&slot.key);
+            if let Ok(entry) = self.index.find_entry(slot.hash, |&other| other == id) {
+                entry.remove();
+            }
             self.free.push(id);
         }
     }
@@ -412,6 +434,36 @@ mod tests {
         assert_eq!(t.take_superseding(a), None);
         assert_eq!(t.release(a, false), None);
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn keys_stay_found_while_the_index_grows_and_shrinks() {
+        let mut t: KeyTable<String, u32> = KeyTable::new();
+        let mut slots = Vec::new();
+        for n in 0..1000 {
+            let mut named = None;
+            let offer = t.offer(n.to_string(), n, |id| {
+                named = Some(id);
+                true
+            });
+            assert_eq!(offer, Offer::Queued);
+            slots.push(named.unwrap());
+        }
+        // Run and release every even key: their slots are freed and their index entries go.
+        for n in (0..1000).step_by(2) {
+            assert_eq!(t.take_for_token(slots[n]), Some(n as u32));
+            assert_eq!(t.release(slots[n], false), None);
+        }
+        assert_eq!(t.len(), 500);
+        for n in 0..1000_u32 {
+            let offer = t.offer(n.to_string(), n + 1000, |_| true);
+            if n % 2 == 0 {
+                assert_eq!(offer, Offer::Queued, "key {n} was freed");
+            } else {
+                assert_eq!(offer, Offer::Coalesced(n), "key {n} still waits");
+            }
+        }
+        assert_eq!(t.len(), 1000);
     }
 
     #[test]
