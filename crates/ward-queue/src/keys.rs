@@ -216,6 +216,20 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         None
     }
 
+    /// A run of slot `id`'s key ended: releases the key, unless a job is deferred to it. Then
+    /// the key stays running and false comes back; the runner takes that job with `release`.
+    pub(crate) fn release_unless_deferred(&mut self, id: SlotId) -> bool {
+        let deferred = self
+            .slots
+            .get(id)
+            .and_then(Option::as_ref)
+            .is_some_and(|slot| slot.waiting.is_some() && !slot.queued);
+        if !deferred {
+            self.release(id, false);
+        }
+        !deferred
+    }
+
     /// Hands slot `id`, whose key a job held until now, to `job` with a token about to be sent:
     /// for a deferred job whose runner went away (its retry was evicted).
     pub(crate) fn requeue(&mut self, id: SlotId, job: T) {

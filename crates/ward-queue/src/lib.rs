@@ -44,11 +44,14 @@
 //! # Theory of operation
 //! The queue is a crossbeam bounded channel. An unkeyed job travels through it as itself; a
 //! keyed job waits in a key table (one waiting job per key, latest wins) and a token naming its
-//! key's slot travels through the queue. A job whose key is running is not queued at all: the worker
-//! running the key runs it next, which is how two jobs of one key never run at once and the last
-//! one submitted always runs after its submission. A failed attempt goes to the overseer
-//! thread's retry heap with its backoff and comes back through the queue when due; a keyed job
-//! keeps its key meanwhile, and a newer job of that key supersedes the retry.
+//! key's slot travels through the queue. A job whose key is running is not queued at all: the
+//! worker running the key runs it once that run ends (after at most one job of another key that
+//! it had already taken from the queue, so that a busy key cannot hold the queue up). That is how
+//! two jobs of one key never run at once and the last one submitted always runs after its
+//! submission. A worker releases a key and takes its next job from the table under one lock. A
+//! failed attempt goes to the overseer thread's retry heap with its backoff and comes back
+//! through the queue when due; a keyed job keeps its key meanwhile, and a newer job of that key
+//! supersedes the retry.
 //!
 //! Every accepted job ends in exactly one [`Event::Completed`], [`Event::Dead`] or
 //! [`Event::Dropped`], or is returned by [`Pool::shutdown`].

@@ -340,6 +340,31 @@ fn a_job_for_a_running_key_waits_and_the_latest_waiting_one_wins() {
 }
 
 #[test]
+fn a_queued_job_does_not_wait_behind_the_jobs_deferred_to_a_busy_key() {
+    let (gate, started, outcomes) = (Gate::default(), Arc::default(), Outcomes::default());
+    let pool = blocking_pool(1, 4, Policy::Reject, &gate, &started, &outcomes);
+    pool.submit_keyed(9, BLOCKER).unwrap();
+    wait_for("the blocker to start", || {
+        started.load(Ordering::SeqCst) == 1
+    });
+    pool.submit_keyed(9, 1).unwrap(); // Deferred to the worker running key 9.
+    pool.submit_keyed(8, 2).unwrap(); // Queued.
+    gate.open();
+    assert!(pool.shutdown(PATIENCE).is_empty());
+    // The only worker took job 2 from the queue as key 9's run ended, and runs it before
+    // job 1: a key resubmitted while it runs cannot keep the queue waiting behind it.
+    let order: Vec<u32> = outcomes
+        .all()
+        .into_iter()
+        .filter_map(|s| match s {
+            Seen::Completed(job, _) => Some(job),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, [BLOCKER, 2, 1]);
+}
+
+#[test]
 fn a_thousand_jobs_with_many_panics_on_two_workers_all_reported_none_lost() {
     let outcomes = Outcomes::default();
     let pool: Pool<u32, u32> = Pool::builder()
