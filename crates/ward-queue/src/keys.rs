@@ -39,7 +39,8 @@ pub(crate) enum Offer<K, T> {
     Coalesced(T),
     /// Its key is running; the runner will take it when its run ends.
     Deferred,
-    /// Its key was idle and its token went into the queue.
+    /// Its key was idle and it waits for its token, which `send_token` sent (or took on to
+    /// send once the lock is released).
     Queued,
     /// Its key is idle but there was no room for a token: the job and key come back.
     Full(K, T),
@@ -73,8 +74,9 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     }
 
     /// Offers `job` for `key`: it replaces the waiting job, waits for the running key, or, if
-    /// the key is idle and `send_token` manages to queue a token for the slot number it is given
-    /// (it is called under the caller's lock and must not block), waits for that token.
+    /// the key is idle and `send_token` accepts the slot number it is given (it is called under
+    /// the caller's lock and must not block: it queues a token for the slot, or takes on to
+    /// queue one after the lock), waits for that token.
     pub(crate) fn offer(
         &mut self,
         key: K,
@@ -119,17 +121,6 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
             self.free_if_idle(id);
             Offer::Full(key, job)
         }
-    }
-
-    /// Records `job` as queued for an idle `key` (per `offer`) whose token the caller will send
-    /// next, outside the lock; returns the slot the token must name.
-    pub(crate) fn queue(&mut self, key: K, job: T) -> SlotId {
-        let id = self.make_slot(key, false);
-        if let Some(slot) = self.slots[id].as_mut() {
-            slot.waiting = Some(job);
-            slot.queued = true;
-        }
-        id
     }
 
     /// Marks an idle key as running for a caller that runs its job itself; `None` if it is not
@@ -421,10 +412,10 @@ mod tests {
     #[test]
     fn withdrawing_takes_back_only_the_submitters_own_job() {
         let mut t = table();
-        let a = t.queue("a", 1);
+        let a = queue_with_room(&mut t, "a", 1);
         assert_eq!(t.withdraw(a, |&j| j == 1), Some(1));
         assert_eq!(t.len(), 0);
-        let a = t.queue("a", 2);
+        let a = queue_with_room(&mut t, "a", 2);
         assert_eq!(
             t.offer("a", 3, |_| panic!("already queued")),
             Offer::Coalesced(2)

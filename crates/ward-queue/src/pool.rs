@@ -818,30 +818,43 @@ where
         let mut until = None;
         loop {
             let paused = self.paused.load(Ordering::SeqCst);
+            let id = task.id;
+            let mut unsent = None;
             let mut keys = self.keys.lock();
-            // The token is sent under the key-table lock (never blocking) so that the worker
-            // receiving it finds the job recorded.
-            let send_token = |slot| !paused && try_send(tx, Envelope::Key(slot)).is_ok();
-            match keys.offer(key, task, send_token) {
+            let offer = if let (Policy::Block { .. }, false) = (self.config.policy, paused) {
+                // Record the job as queued and send its token after the lock, waiting for room
+                // if need be. No worker can take the job before the token is sent; a newer job
+                // of this key replaces it meanwhile and counts on this token.
+                keys.offer(key, task, |slot| {
+                    unsent = Some(slot);
+                    true
+                })
+            } else {
+                // The other policies decide by whether the token fits, so it is sent (never
+                // blocking) under the lock, where the worker receiving it finds the job recorded.
+                keys.offer(key, task, |slot| {
+                    !paused && try_send(tx, Envelope::Key(slot)).is_ok()
+                })
+            };
+            drop(keys);
+            match offer {
                 Offer::Coalesced(old) => {
-                    drop(keys);
                     self.drop_task(old, DropReason::Coalesced);
                     return Ok(());
                 }
-                Offer::Deferred | Offer::Queued => return Ok(()),
+                Offer::Deferred => return Ok(()),
+                Offer::Queued => {
+                    return match (unsent, self.config.policy) {
+                        (Some(slot), Policy::Block { timeout }) => {
+                            self.send_token(tx, slot, id, || {
+                                *until.get_or_insert_with(|| deadline_after(timeout))
+                            })
+                        }
+                        _ => Ok(()),
+                    };
+                }
                 Offer::Full(back_key, back_task) => (key, task) = (back_key, back_task),
             }
-            if let (Policy::Block { timeout }, false) = (self.config.policy, paused) {
-                // Record the job as queued now and wait for room for its token outside the
-                // lock. No worker can take the job before the token is sent; a newer job of
-                // this key replaces it meanwhile and counts on this token.
-                let id = task.id;
-                let slot = keys.queue(key, task);
-                drop(keys);
-                let until = *until.get_or_insert_with(|| deadline_after(timeout));
-                return self.send_token(tx, slot, id, until);
-            }
-            drop(keys);
             match self.config.policy {
                 Policy::Reject | Policy::DropOldest if paused => {
                     return self.reject(Error::Paused, task);
@@ -872,17 +885,23 @@ where
         }
     }
 
-    /// Sends the token of job `id`, already recorded as queued in `slot`, waiting for room. At
-    /// `until` the job is withdrawn and refused, unless a newer job of the key has replaced it:
-    /// that one was accepted and is owed this token, so the wait goes on.
+    /// Sends the token of job `id`, already recorded as queued in `slot`, waiting for room if
+    /// the queue is full. At the deadline (`until`, asked only then) the job is withdrawn and
+    /// refused, unless a newer job of the key has replaced it: that one was accepted and is owed
+    /// this token, so the wait goes on.
     fn send_token(
         &self,
         tx: &Sender<Queued<J>>,
         slot: SlotId,
         id: JobId,
-        mut until: Option<Instant>,
+        until: impl FnOnce() -> Option<Instant>,
     ) -> Result<(), Error<J>> {
         let is_ours = |task: &Task<J>| task.id == id;
+        let mut until = match try_send(tx, Envelope::Key(slot)) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(_)) => until(),
+            Err(TrySendError::Disconnected(_)) => None, // The send below says so at once.
+        };
         loop {
             match send_until(tx, Envelope::Key(slot), until) {
                 Ok(()) => return Ok(()),
