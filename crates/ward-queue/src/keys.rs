@@ -47,8 +47,8 @@ pub(crate) enum Offer<K, T> {
 }
 
 pub(crate) struct KeyTable<K, T> {
-    /// A fast keyed hash (foldhash, seeded per table): every keyed job hashes its key once, under
-    /// the lock the workers also take.
+    /// A fast keyed hash (foldhash, seeded per table): every keyed job hashes its key once,
+    /// before its submitter takes the lock the workers also take.
     hasher: DefaultHashBuilder,
     /// Slot numbers by their key's hash. The key itself is kept once, in its slot.
     index: HashTable<SlotId>,
@@ -73,17 +73,27 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         self.deferred
     }
 
-    /// Offers `job` for `key`: it replaces the waiting job, waits for the running key, or, if
-    /// the key is idle and `send_token` accepts the slot number it is given (it is called under
-    /// the caller's lock and must not block: it queues a token for the slot, or takes on to
-    /// queue one after the lock), waits for that token.
-    pub(crate) fn offer(
+    /// The table's hasher, for callers that hash a key before they take the table's lock.
+    pub(crate) fn hasher(&self) -> DefaultHashBuilder {
+        self.hasher.clone()
+    }
+
+    #[cfg(test)]
+    fn offer(&mut self, key: K, job: T, send_token: impl FnOnce(SlotId) -> bool) -> Offer<K, T> {
+        self.offer_hashed(self.hasher.hash_one(&key), key, job, send_token)
+    }
+
+    /// Offers `job` for `key`, whose hash (by `hasher`) is `hash`: it replaces the waiting job,
+    /// waits for the running key, or, if the key is idle and `send_token` accepts the slot
+    /// number it is given (it is called under the caller's lock and must not block: it queues a
+    /// token for the slot, or takes on to queue one after the lock), waits for that token.
+    pub(crate) fn offer_hashed(
         &mut self,
+        hash: u64,
         key: K,
         job: T,
         send_token: impl FnOnce(SlotId) -> bool,
     ) -> Offer<K, T> {
-        let hash = self.hasher.hash_one(&key);
         let Some(id) = self.find(hash, &key) else {
             let id = self.next_id();
             if !send_token(id) {

@@ -8,16 +8,17 @@
 use std::any::Any;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TryRecvError, TrySendError};
+use hashbrown::DefaultHashBuilder;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::keys::{KeyTable, Offer, SlotId};
@@ -28,6 +29,11 @@ use crate::{DropReason, Error, Event, Failure, JobError, JobId};
 /// How long a submitter waiting out a pause, or shutdown waiting for the drain, sleeps at most
 /// before looking again; `resume` wakes the former sooner.
 const WAIT_SLICE: Duration = Duration::from_millis(2);
+/// How long a submitter under `Block` waits for a full queue to drain to half before it takes
+/// the first slot that frees instead.
+const ROOM_SLICE: Duration = Duration::from_millis(2);
+/// How many times that submitter yields to the workers before it parks.
+const ROOM_YIELDS: u32 = 64;
 /// How long a due retry waits before the overseer tries again when the queue is full.
 const RETRY_REQUEUE: Duration = Duration::from_millis(2);
 /// One job in `SAMPLE_EVERY` has its wait and run latency measured (a power of two).
@@ -38,7 +44,9 @@ const SAMPLE_EVERY: u64 = 64;
 #[non_exhaustive]
 pub enum Policy {
     /// Wait for room (or for intake to resume), at most `timeout` if given, then fail with
-    /// [`Error::Timeout`]. One exception: a keyed job already replaced by a newer job of its key
+    /// [`Error::Timeout`]. A submitter that finds the queue full first gives the workers up to
+    /// 2 ms to drain it to half, then takes the first slot that frees: a producer faster than
+    /// its workers thus fills the queue by halves rather than waking once per job. One exception: a keyed job already replaced by a newer job of its key
     /// while its submitter waited has been accepted (and reported coalesced), so that submit
     /// keeps waiting past the timeout to queue the newer job's token, then returns `Ok`.
     Block {
@@ -294,7 +302,14 @@ struct Shared<J, K> {
     /// Submitters blocked by a pause wait here for resume or close.
     gate: Mutex<()>,
     gate_cv: Condvar,
+    /// Submitters under `Block` waiting in `wait_for_room`; the workers wake them through
+    /// `room_cv` once the queue is down to half.
+    room_waiters: AtomicUsize,
+    room: Mutex<()>,
+    room_cv: Condvar,
     keys: Padded<Mutex<KeyTable<K, Task<J>>>>,
+    /// The key table's hasher: a key is hashed before the lock is taken.
+    key_hasher: DefaultHashBuilder,
     timer: Mutex<Timer<J>>,
     timer_cv: Condvar,
     /// Jobs workers received after `stop`, kept for `close` to return.
@@ -405,6 +420,7 @@ where
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64));
         let workers = config.workers;
+        let keys = KeyTable::new();
         let shared = Arc::new(Shared {
             handler: Box::new(handler),
             listener: self.listener,
@@ -412,7 +428,11 @@ where
             paused: AtomicBool::new(false),
             gate: Mutex::new(()),
             gate_cv: Condvar::new(),
-            keys: Padded(Mutex::new(KeyTable::new())),
+            room_waiters: AtomicUsize::new(0),
+            room: Mutex::new(()),
+            room_cv: Condvar::new(),
+            key_hasher: keys.hasher(),
+            keys: Padded(Mutex::new(keys)),
             timer: Mutex::new(Timer {
                 heap: BinaryHeap::new(),
                 seq: 0,
@@ -792,6 +812,9 @@ where
                         }
                         continue;
                     }
+                    if self.wait_for_room(until) {
+                        continue;
+                    }
                     return match send_until(tx, envelope, until) {
                         Ok(()) => Ok(()),
                         Err(SendTimeoutError::Timeout(back)) => {
@@ -820,19 +843,20 @@ where
             let paused = self.paused.load(Ordering::SeqCst);
             let id = task.id;
             let mut unsent = None;
+            let hash = self.key_hasher.hash_one(&key);
             let mut keys = self.keys.lock();
             let offer = if let (Policy::Block { .. }, false) = (self.config.policy, paused) {
                 // Record the job as queued and send its token after the lock, waiting for room
                 // if need be. No worker can take the job before the token is sent; a newer job
                 // of this key replaces it meanwhile and counts on this token.
-                keys.offer(key, task, |slot| {
+                keys.offer_hashed(hash, key, task, |slot| {
                     unsent = Some(slot);
                     true
                 })
             } else {
                 // The other policies decide by whether the token fits, so it is sent (never
                 // blocking) under the lock, where the worker receiving it finds the job recorded.
-                keys.offer(key, task, |slot| {
+                keys.offer_hashed(hash, key, task, |slot| {
                     !paused && try_send(tx, Envelope::Key(slot)).is_ok()
                 })
             };
@@ -902,6 +926,9 @@ where
             Err(TrySendError::Full(_)) => until(),
             Err(TrySendError::Disconnected(_)) => None, // The send below says so at once.
         };
+        if self.wait_for_room(until) && try_send(tx, Envelope::Key(slot)).is_ok() {
+            return Ok(());
+        }
         loop {
             match send_until(tx, Envelope::Key(slot), until) {
                 Ok(()) => return Ok(()),
@@ -934,6 +961,50 @@ where
     fn wake_gate(&self) {
         let _gate = self.gate.lock();
         self.gate_cv.notify_all();
+    }
+
+    /// Waits for the workers to drain a full queue to half its capacity, at most `ROOM_SLICE`
+    /// and until `until`; true if it got there. A submitter faster than its workers that took
+    /// each slot as it freed would be woken once per job, and its sends would fight the workers
+    /// for the queue's cache lines on every job; filling half the queue at a time costs one
+    /// wake-up per half. Past the slice the caller takes the next free slot as before, so a
+    /// submit under slow jobs returns at most one slice later than a slot frees.
+    fn wait_for_room(&self, until: Option<Instant>) -> bool {
+        let half = self.config.capacity / 2;
+        let end = Instant::now() + ROOM_SLICE;
+        let end = until.map_or(end, |until| until.min(end));
+        // Fast workers drain half a queue in microseconds, quicker than a parked thread wakes
+        // up: yield to them a while before parking, so that they never run dry meanwhile.
+        for _ in 0..ROOM_YIELDS {
+            if self.rx.len() <= half {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            thread::yield_now();
+        }
+        let mut room = self.room.lock();
+        self.room_waiters.fetch_add(1, Ordering::SeqCst);
+        // Counted as waiting before looking: a worker that drains the queue to half after this
+        // look sees the count and wakes us (it takes `room` first, so not before we wait).
+        while self.rx.len() > half {
+            if self.room_cv.wait_until(&mut room, end).timed_out() {
+                break;
+            }
+        }
+        self.room_waiters.fetch_sub(1, Ordering::SeqCst);
+        self.rx.len() <= half
+    }
+
+    /// Called by a worker after it took an envelope: wakes submitters waiting for room once the
+    /// queue is down to half. A single atomic load when nobody waits.
+    fn wake_room(&self) {
+        if self.room_waiters.load(Ordering::SeqCst) > 0 && self.rx.len() <= self.config.capacity / 2
+        {
+            let _room = self.room.lock();
+            self.room_cv.notify_all();
+        }
     }
 
     /// Makes room under `DropOldest`: takes the oldest queued item out and returns its job, for
@@ -1319,6 +1390,9 @@ where
         } else {
             try_recv(&shared.rx)
         };
+        if envelope.is_some() {
+            shared.wake_room();
+        }
         if envelope.is_none() && held.is_empty() {
             break; // Replaced after a timeout, with nothing of its keys left to run.
         }
