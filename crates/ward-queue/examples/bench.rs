@@ -18,7 +18,11 @@ const JOBS: u64 = 1_000_000;
 const WORKERS: usize = 2;
 const CAPACITY: usize = 1024;
 const ROUNDS: usize = 5;
-const PINGS: usize = 20_000;
+const PINGS: usize = 10_000;
+/// Dispatch latency is measured in this many interleaved rounds (raw, unkeyed, keyed each time),
+/// and the p99 overhead is the median of the rounds' overheads: on a small shared machine one
+/// scheduler hiccup in one window would otherwise decide the figure.
+const PING_ROUNDS: usize = 7;
 
 type Boxed = Box<dyn FnOnce() + Send>;
 
@@ -268,12 +272,26 @@ fn main() {
         verdict(keyed >= 0.5)
     );
 
-    // Warm up the ping-pong paths once, then measure.
-    let raw = dispatch_raw();
-    let unkeyed = dispatch_ward(false);
-    let keyed = dispatch_ward(true);
+    let mut raw = Vec::new();
+    let mut unkeyed = Vec::new();
+    let mut keyed = Vec::new();
+    let mut overheads = Vec::new();
+    for _ in 0..PING_ROUNDS {
+        let round = [dispatch_raw(), dispatch_ward(false), dispatch_ward(true)];
+        let [r, u, k] = round.each_ref().map(|samples| percentile(samples, 0.99));
+        overheads.push(u.max(k).saturating_sub(r));
+        raw.extend_from_slice(&round[0]);
+        unkeyed.extend_from_slice(&round[1]);
+        keyed.extend_from_slice(&round[2]);
+    }
+    for samples in [&mut raw, &mut unkeyed, &mut keyed] {
+        samples.sort_unstable();
+    }
     println!();
-    println!("dispatch latency, submit -> job start, idle workers, {PINGS} sequential jobs");
+    println!(
+        "dispatch latency, submit -> job start, idle workers, {PINGS} sequential jobs x \
+         {PING_ROUNDS} interleaved rounds"
+    );
     println!(
         "{:<38} {:>10} {:>10} {:>14}",
         "", "p50", "p99", "p99 overhead"
@@ -293,11 +311,17 @@ fn main() {
             overhead.as_secs_f64() * 1e6
         );
     }
-    let worst = percentile(&unkeyed, 0.99)
-        .max(percentile(&keyed, 0.99))
-        .saturating_sub(raw_p99);
+    let per_round: Vec<String> = overheads
+        .iter()
+        .map(|o| format!("{:.1}", o.as_secs_f64() * 1e6))
+        .collect();
     println!(
-        "target: p99 dispatch overhead <= 10us: {:.1}us {}",
+        "p99 overhead per round (worse of unkeyed and keyed minus raw, us): {}",
+        per_round.join(" ")
+    );
+    let worst = median(overheads);
+    println!(
+        "target: p99 dispatch overhead <= 10us (median of rounds): {:.1}us {}",
         worst.as_secs_f64() * 1e6,
         verdict(worst <= Duration::from_micros(10))
     );
