@@ -54,6 +54,7 @@ fn main() {
             if !is_dir {
                 recorded.push(Update::Finished {
                     path: path.to_path_buf(),
+                    event: Event::Created,
                     ok: true,
                     processed: FileMeta::read(path),
                 });

@@ -114,6 +114,9 @@ pub enum Update {
     Finished {
         /// The path.
         path: PathBuf,
+        /// What the job told its consumer: only a `Removed` job (or the old path of a rename)
+        /// processes a removal, even if the file was already gone when another job ran.
+        event: Event,
         /// Whether it succeeded.
         ok: bool,
         /// The version it processed, when it succeeded and the file exists.
@@ -408,8 +411,22 @@ impl Manifest {
                             seq,
                         }
                     }
-                    Update::Finished { ok, processed, .. } => {
-                        pending.remove(key).map_err(|e| store_error("writing", e))?;
+                    Update::Finished {
+                        event,
+                        ok,
+                        processed,
+                        ..
+                    } => {
+                        // Only the job the pending entry names is done: a later one queued for
+                        // the path while this one ran (a removal after a modification) stays.
+                        let names_this_job = pending
+                            .get(key)
+                            .map_err(|e| store_error("writing", e))?
+                            .is_some_and(|job| job.value().first() == Some(&encode_event(*event)));
+                        if names_this_job {
+                            pending.remove(key).map_err(|e| store_error("writing", e))?;
+                        }
+                        let removal_done = *ok && *event == Event::Removed;
                         let Some(old) = old else {
                             // Finished without a recorded change: record it as seen now.
                             seq += 1;
@@ -419,7 +436,7 @@ impl Manifest {
                             let event = if processed.is_some() {
                                 Event::Created
                             } else {
-                                Event::Removed
+                                *event
                             };
                             let record = Record {
                                 processed: *processed,
@@ -432,12 +449,17 @@ impl Manifest {
                                 .map_err(|e| store_error("writing", e))?;
                             continue;
                         };
+                        // A job other than a removal that found its file gone processed
+                        // nothing: the version its consumer last saw stays recorded, so a diff
+                        // still owes that consumer the removal.
                         Record {
-                            processed: if *ok { *processed } else { old.processed },
+                            processed: match processed {
+                                _ if removal_done => None,
+                                Some(version) if *ok => Some(*version),
+                                _ => old.processed,
+                            },
                             last_ok: *ok,
-                            // A job that succeeded on a path that is gone has processed its
-                            // removal (the old path of a rename, a file deleted before its job).
-                            event: if *ok && processed.is_none() {
+                            event: if removal_done {
                                 Event::Removed
                             } else {
                                 old.event
@@ -819,12 +841,58 @@ mod tests {
         }
     }
 
-    fn finished(path: &str, processed: Option<FileMeta>) -> Update {
+    fn finished(path: &str, event: Event, processed: Option<FileMeta>) -> Update {
         Update::Finished {
             path: path.into(),
+            event,
             ok: true,
             processed,
         }
+    }
+
+    /// A manifest in a temporary directory, with an empty tree: every path it records is gone.
+    fn manifest_of_a_vanished_tree() -> (tempfile::TempDir, Manifest, IgnoreRules, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        std::fs::create_dir(&root).unwrap();
+        let rules = IgnoreRules::new(vec![root.clone()], &[], None).unwrap();
+        let (m, _) = Manifest::open(&dir.path().join("m.redb")).unwrap();
+        (dir, m, rules, root)
+    }
+
+    #[test]
+    fn a_job_that_finds_its_file_gone_does_not_count_as_its_removal() {
+        let (_dir, mut m, rules, root) = manifest_of_a_vanished_tree();
+        let a = root.join("a");
+        let a = a.to_str().unwrap();
+        m.apply(&[queued(a, Event::Created)]).unwrap();
+        m.apply(&[finished(a, Event::Created, Some(meta(1)))])
+            .unwrap();
+        // Modified, then deleted before the job read it: the job ran on nothing.
+        m.apply(&[queued(a, Event::Modified)]).unwrap();
+        m.apply(&[finished(a, Event::Modified, None)]).unwrap();
+        let removal = Reconciled {
+            path: a.into(),
+            event: Event::Removed,
+        };
+        let diff = |m: &Manifest| m.reconcile(&rules, &root, |_| true).unwrap();
+        assert_eq!(diff(&m), [removal]);
+        m.apply(&[queued(a, Event::Removed)]).unwrap();
+        m.apply(&[finished(a, Event::Removed, None)]).unwrap();
+        assert_eq!(diff(&m), []);
+    }
+
+    #[test]
+    fn a_job_finishing_keeps_the_later_one_queued_for_its_path_pending() {
+        let (_dir, mut m, _, root) = manifest_of_a_vanished_tree();
+        let a = root.join("a");
+        let a = a.to_str().unwrap();
+        m.apply(&[queued(a, Event::Modified)]).unwrap();
+        m.apply(&[queued(a, Event::Removed)]).unwrap();
+        m.apply(&[finished(a, Event::Modified, None)]).unwrap();
+        assert_eq!(m.pending().unwrap(), [(a.into(), Event::Removed, None)]);
+        m.apply(&[finished(a, Event::Removed, None)]).unwrap();
+        assert_eq!(m.pending().unwrap(), []);
     }
 
     #[test]
@@ -839,7 +907,8 @@ mod tests {
                 queued("/r/b", Event::Created),
             ])
             .unwrap();
-            m.apply(&[finished("/r/a", Some(meta(5)))]).unwrap();
+            m.apply(&[finished("/r/a", Event::Created, Some(meta(5)))])
+                .unwrap();
         }
         let (m, opened) = Manifest::open(&path).unwrap();
         assert_eq!(opened, Opened::Existing);
@@ -1148,8 +1217,15 @@ mod tests {
                 event: Event::Created,
                 old_path: None,
             };
-            let finished = |ok, processed| Update::Finished {
+            let finished = |ok: bool, processed: Option<FileMeta>| Update::Finished {
                 path: path.clone(),
+                // A success on nothing is a processed removal (a tombstone); the rest ran jobs
+                // of its creation.
+                event: if ok && processed.is_none() {
+                    Event::Removed
+                } else {
+                    Event::Created
+                },
                 ok,
                 processed,
             };
@@ -1297,6 +1373,7 @@ mod tests {
             if i % 13 != 0 {
                 updates.push(Update::Finished {
                     path: path.clone(),
+                    event: Event::Created,
                     ok: true,
                     processed: Some(now),
                 });

@@ -346,6 +346,7 @@ fn build_pool(
                     &done,
                     Update::Finished {
                         path: job.path.clone(),
+                        event: job.event,
                         ok: false,
                         processed: None,
                     },
@@ -366,6 +367,7 @@ fn build_pool(
                 &finished,
                 Update::Finished {
                     path: job.path.clone(),
+                    event: job.event,
                     ok: true,
                     processed: version,
                 },
@@ -375,6 +377,8 @@ fn build_pool(
                     &finished,
                     Update::Finished {
                         path: old.clone(),
+                        // A rename tells the consumer its old path is gone.
+                        event: Event::Removed,
                         ok: true,
                         processed: None,
                     },
