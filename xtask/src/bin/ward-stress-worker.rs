@@ -88,8 +88,12 @@ fn act(directive: Directive) {
         Directive::Hog => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
-                // Touched, so the pages are real; black_box, so the optimizer keeps them.
-                hoard.push(std::hint::black_box(vec![1u8; 16 << 20]));
+                // Zeroed, so the kernel maps the pages without their being touched: RLIMIT_AS
+                // counts address space, so the limit is hit within microseconds however loaded
+                // the machine (touching 512 MiB took over the 3 s job timeout on a busy 2-core
+                // machine, and the hog was reported as hung). Resident growth is the mem-limit
+                // fault's part. black_box, so the optimizer keeps the allocations.
+                hoard.push(std::hint::black_box(vec![0u8; 16 << 20]));
             }
         }
         Directive::Hang => loop {
