@@ -246,12 +246,15 @@ pub struct RssSample {
     pub pid: u32,
     /// Its resident set, KiB.
     pub rss_kib: u64,
+    /// The highest its resident set has been since it started (`VmHWM`), KiB: a peak between
+    /// two readings is not missed.
+    pub hwm_kib: u64,
 }
 
 /// Memory figures of one role (keeper or server).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RssFigures {
-    /// Highest reading of any of its processes.
+    /// Highest resident set of any of its processes, high-water marks (`VmHWM`) included.
     pub peak_kib: u64,
     /// Least-squares slope over the judged stretch, KiB per minute.
     pub slope_kib_per_min: f64,
@@ -272,7 +275,7 @@ pub const MIN_JUDGED_S: f64 = 20.0;
 /// a burst's one-off step or allocator noise lifts one quarter only), the slope passes 1 MiB/min,
 /// and the last quarter exceeds the first by more than 8 MiB and 25 %.
 pub fn rss_figures(samples: &[RssSample], warmup_s: f64) -> Option<RssFigures> {
-    let peak_kib = samples.iter().map(|s| s.rss_kib).max()?;
+    let peak_kib = samples.iter().map(|s| s.rss_kib.max(s.hwm_kib)).max()?;
     let mut segments: Vec<&[RssSample]> = Vec::new();
     let mut start = 0;
     for i in 1..=samples.len() {
@@ -647,6 +650,7 @@ mod tests {
                     t_s: t,
                     pid,
                     rss_kib: kib(t) as u64,
+                    hwm_kib: 0,
                 }
             })
             .collect()

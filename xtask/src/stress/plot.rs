@@ -202,7 +202,12 @@ mod tests {
 
     #[test]
     fn the_plot_is_one_svg_document_with_escaped_labels() {
-        let rss = |pid, t_s, rss_kib| RssSample { t_s, pid, rss_kib };
+        let rss = |pid, t_s, rss_kib| RssSample {
+            t_s,
+            pid,
+            rss_kib,
+            hwm_kib: rss_kib,
+        };
         let text = svg(
             &[rss(1, 0.0, 3000), rss(1, 1.0, 3100)],
             &[rss(2, 0.0, 20_000), rss(3, 1.0, 21_000)],

@@ -453,7 +453,14 @@ fn sample(ward: &Ward, samples: &Samples, stop: &AtomicBool, started: Instant, t
     while !stop.load(Ordering::Relaxed) {
         let t_s = started.elapsed().as_secs_f64();
         let read = |pid: Option<u32>| {
-            pid.and_then(|pid| daemon::rss_kib(pid).map(|rss_kib| RssSample { t_s, pid, rss_kib }))
+            pid.and_then(|pid| {
+                daemon::rss_kib(pid).map(|(rss_kib, hwm_kib)| RssSample {
+                    t_s,
+                    pid,
+                    rss_kib,
+                    hwm_kib,
+                })
+            })
         };
         if let Some(s) = read(ward.keeper_pid()) {
             lock(&samples.keeper).push(s);
@@ -1250,11 +1257,13 @@ impl Run<'_> {
                         QUICK_SERVER_CAP_MIB
                     };
                     let peak_mib = r.peak_kib as f64 / 1024.0;
+                    let within = peak_mib <= cap_mib;
+                    let sign = if within { '≤' } else { '>' };
                     Line::new(
                         &format!("{role} RSS: bounded (quick run)"),
-                        peak_mib <= cap_mib,
+                        within,
                         format!(
-                            "peak {peak_mib:.1} MiB ≤ {cap_mib} MiB; slope {:+.2} MiB/min over {:.0} s, judged only in runs of minutes",
+                            "peak {peak_mib:.1} MiB {sign} {cap_mib} MiB; slope {:+.2} MiB/min over {:.0} s, judged only in runs of minutes",
                             r.slope_kib_per_min / 1024.0,
                             r.judged_s
                         ),
