@@ -1,13 +1,13 @@
 //! A running child: spawning it in its own process group, the threads that reap it, read its
 //! output and watch its heartbeat, signalling it, and stopping it with SIGTERM then SIGKILL.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::ChildStdin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::spec::{HEARTBEAT_FD_ENV, Input, Line, Output, OutputSink, Stream, Watchdog};
-use crate::sys::{self, Cgroup};
+use crate::spec::{HEARTBEAT_FD_ENV, Line, Output, OutputSink, Stream, Watchdog};
+use crate::sys::{self, Cgroup, Spawned};
 use crate::{ChildSpec, Error, Exit, Result, Termination};
 
 /// Lines queued between the reader and a slow sink before new lines are dropped.
@@ -170,7 +170,7 @@ impl Child {
 
     fn adopt(
         spec: &ChildSpec,
-        mut process: std::process::Child,
+        process: Spawned,
         heartbeat: Option<OwnedFd>,
         wake: Option<(OwnedFd, OwnedFd)>,
         cgroup: Option<Arc<Cgroup>>,
@@ -178,15 +178,12 @@ impl Child {
     ) -> Child {
         let started = Instant::now();
         let shared = Arc::new(Shared {
-            pid: process.id() as libc::pid_t,
+            pid: process.pid,
             state: Mutex::new(State::default()),
             exited: Condvar::new(),
         });
-        let stdin = process.stdin.take();
-        let stdout = process.stdout.take().map(OwnedFd::from);
-        let stderr = process.stderr.take().map(OwnedFd::from);
-        // The std handle is dropped without waiting: reaping is ours, with wait4's rusage.
-        drop(process);
+        let stdin = process.stdin.map(ChildStdin::from);
+        let (stdout, stderr) = (process.stdout, process.stderr);
 
         let mut child = Child {
             shared: Arc::clone(&shared),
@@ -424,55 +421,25 @@ impl Drop for Child {
     }
 }
 
-/// Builds and spawns the process; returns it with the parent's end of the heartbeat pipe.
-fn spawn_process(
-    spec: &ChildSpec,
-    cgroup: Option<&Cgroup>,
-) -> Result<(std::process::Child, Option<OwnedFd>)> {
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args);
-    if spec.env_clear {
-        cmd.env_clear();
-    }
-    for (key, value) in &spec.env {
-        match value {
-            Some(value) => cmd.env(key, value),
-            None => cmd.env_remove(key),
-        };
-    }
-    if let Some(dir) = &spec.cwd {
-        cmd.current_dir(dir);
-    }
-    cmd.stdin(match spec.stdin {
-        Input::Null => Stdio::null(),
-        Input::Piped => Stdio::piped(),
-        Input::Inherit => Stdio::inherit(),
-    });
-    let (out, err) = match spec.output {
-        Output::Inherit => (Stdio::inherit(), Stdio::inherit()),
-        Output::Null => (Stdio::null(), Stdio::null()),
-        Output::Capture(_) => (Stdio::piped(), Stdio::piped()),
-    };
-    cmd.stdout(out).stderr(err);
-    cmd.process_group(0);
-
+/// Spawns the process; returns it with the parent's end of the heartbeat pipe.
+fn spawn_process(spec: &ChildSpec, cgroup: Option<&Cgroup>) -> Result<(Spawned, Option<OwnedFd>)> {
     let mut keep: Vec<RawFd> = spec.pass_fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let mut extra_env = Vec::new();
     let mut heartbeat = None;
     // The child's end lives only until spawn returns: dropping it then leaves the child the only
     // writer, so the pipe reports EOF when the child (and what it passed the fd to) is gone.
     let mut _child_end = None;
     if spec.watchdog.is_some() {
         let (read, write) = sys::pipe()?;
-        cmd.env(HEARTBEAT_FD_ENV, write.as_raw_fd().to_string());
+        extra_env.push((
+            OsString::from(HEARTBEAT_FD_ENV),
+            OsString::from(write.as_raw_fd().to_string()),
+        ));
         keep.push(write.as_raw_fd());
         heartbeat = Some(read);
         _child_end = Some(write);
     }
-    sys::install_pre_exec(&mut cmd, keep, spec.limits, cgroup)?;
-    let process = cmd.spawn().map_err(|source| Error::Spawn {
-        program: spec.program.to_string_lossy().into_owned(),
-        source,
-    })?;
+    let process = sys::spawn(spec, &extra_env, keep, cgroup)?;
     Ok((process, heartbeat))
 }
 

@@ -4,12 +4,14 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{helper, is_dead, live_descendants, open_fds, poll};
+use support::{helper, is_dead, live_descendants, open_fds, poll, proc_limit, status_field};
 use ward_supervisor::{
     Backoff, Child, ChildSpec, ChildState, Error, Event, EventKind, Input, Intensity, Line,
     ResourceLimits, RestartMode, RestartPolicy, StopReason, Stream, Supervisor, Termination,
@@ -436,6 +438,266 @@ fn spawning_a_missing_program_fails_clearly() {
     assert!(matches!(err, Error::Spawn { .. }), "{err}");
 }
 
+/// Runs `spec` to its exit, capturing its stdout; returns the exit code and the lines.
+fn stdout_of(spec: ChildSpec) -> (Termination, Vec<String>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    let child = Child::spawn(&spec.capture(move |line: &Line| {
+        if line.stream == Stream::Stdout {
+            sink.lock().unwrap().push(line.text.clone());
+        }
+    }))
+    .expect("spawn");
+    let exit = child.wait_timeout(LONG).expect("the child exits");
+    drop(child); // joins the reader and the sink thread
+    let lines = lines.lock().unwrap().clone();
+    (exit.termination, lines)
+}
+
+fn write_script(path: &Path, text: &str, mode: u32) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Exit code of helper `spawn-fails:<program>`: 0 when the spawn failed naming the program and
+/// left no child behind, not even a zombie.
+fn spawn_fails_cleanly(program: &str) -> Termination {
+    let dir = tempfile::tempdir().unwrap();
+    run(&helper(&format!("spawn-fails:{program}"), dir.path())).termination
+}
+
+#[test]
+fn a_program_not_found_fails_naming_it_and_leaves_no_zombie() {
+    for program in ["ward-test-no-such-program", "/nonexistent/ward-test"] {
+        let err = Child::spawn(&ChildSpec::new(program)).unwrap_err();
+        let Error::Spawn {
+            program: named,
+            source,
+        } = &err
+        else {
+            panic!("not a spawn error: {err}");
+        };
+        assert_eq!(named, program);
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{err}");
+        assert!(err.to_string().contains(program), "{err}");
+        assert_eq!(
+            spawn_fails_cleanly(program),
+            Termination::Exited { code: 0 },
+            "{program}"
+        );
+    }
+}
+
+#[test]
+fn a_program_not_executable_fails_naming_it_and_leaves_no_zombie() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("not-executable");
+    write_script(&script, "#!/bin/sh\nexit 0\n", 0o644);
+    let program = script.to_str().unwrap();
+    let err = Child::spawn(&ChildSpec::new(program)).unwrap_err();
+    assert!(
+        matches!(&err, Error::Spawn { program: p, .. } if p == program),
+        "{err}"
+    );
+    let Error::Spawn { source, .. } = &err else {
+        unreachable!()
+    };
+    assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains(program), "{err}");
+    assert_eq!(
+        spawn_fails_cleanly(program),
+        Termination::Exited { code: 0 }
+    );
+
+    // Through PATH, as execvp: a non-executable match is EACCES, not "not found".
+    let err = Child::spawn(
+        &ChildSpec::new("not-executable")
+            .env("PATH", format!("/nonexistent:{}", dir.path().display())),
+    )
+    .unwrap_err();
+    let Error::Spawn { source, .. } = &err else {
+        panic!("not a spawn error: {err}");
+    };
+    assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+}
+
+#[test]
+fn a_failed_setup_step_is_named_in_the_error() {
+    let err =
+        Child::spawn(&ChildSpec::new("true").current_dir("/nonexistent/ward-test")).unwrap_err();
+    assert!(matches!(err, Error::Spawn { .. }), "{err}");
+    assert!(
+        err.to_string().contains("chdir to /nonexistent/ward-test"),
+        "{err}"
+    );
+    // No hard limit on open files can be infinite.
+    let err = Child::spawn(&ChildSpec::new("true").limits(ResourceLimits {
+        open_files: Some(u64::MAX),
+        ..ResourceLimits::default()
+    }))
+    .unwrap_err();
+    assert!(err.to_string().contains("RLIMIT_NOFILE"), "{err}");
+}
+
+#[test]
+fn the_program_is_looked_up_in_the_childs_path() {
+    let dir = tempfile::tempdir().unwrap();
+    write_script(
+        &dir.path().join("ward-test-tool"),
+        "#!/bin/sh\necho found\n",
+        0o755,
+    );
+    // A script without `#!` runs with /bin/sh, as execvp does.
+    write_script(&dir.path().join("ward-test-bare"), "echo bare\n", 0o755);
+    let path = format!("/nonexistent:{}", dir.path().display());
+    let (end, lines) = stdout_of(ChildSpec::new("ward-test-tool").env("PATH", &path));
+    assert_eq!(
+        (end, lines),
+        (Termination::Exited { code: 0 }, vec!["found".to_owned()])
+    );
+    let (end, lines) = stdout_of(ChildSpec::new("ward-test-bare").env("PATH", &path));
+    assert_eq!(
+        (end, lines),
+        (Termination::Exited { code: 0 }, vec!["bare".to_owned()])
+    );
+}
+
+#[test]
+fn environment_changes_and_cwd_reach_the_child() {
+    let dir = tempfile::tempdir().unwrap();
+    // A variable of this process, to see it inherited, and gone after env_clear.
+    let (key, value) = std::env::vars()
+        .find(|(k, v)| k != "PATH" && !k.starts_with("WARD") && !v.contains('\n') && !v.is_empty())
+        .expect("the test runs with some environment");
+    let script = format!(
+        "echo \"foo=${{FOO-unset}}\"; echo \"gone=${{GONE-unset}}\"; echo \"inherited=${{{key}-unset}}\"; pwd"
+    );
+    let cwd = dir.path().canonicalize().unwrap().display().to_string();
+    let (end, lines) = stdout_of(
+        ChildSpec::new("sh")
+            .args(["-c", &script])
+            .env("FOO", "first")
+            .env("GONE", "x")
+            .env_remove("GONE")
+            .env("FOO", "bar")
+            .current_dir(dir.path()),
+    );
+    assert_eq!(end, Termination::Exited { code: 0 });
+    assert_eq!(
+        lines,
+        [
+            "foo=bar".to_owned(),
+            "gone=unset".to_owned(),
+            format!("inherited={value}"),
+            cwd.clone(),
+        ]
+    );
+    // From an empty environment: no PATH either, so `sh` is found in execvp's default path.
+    let (end, lines) = stdout_of(
+        ChildSpec::new("sh")
+            .args(["-c", &script])
+            .env_clear()
+            .env("FOO", "only")
+            .current_dir(dir.path()),
+    );
+    assert_eq!(end, Termination::Exited { code: 0 });
+    assert_eq!(
+        lines,
+        [
+            "foo=only".to_owned(),
+            "gone=unset".to_owned(),
+            "inherited=unset".to_owned(),
+            cwd,
+        ]
+    );
+}
+
+#[test]
+fn the_child_starts_with_no_blocked_signal_and_sigpipe_default() {
+    // The mask is per thread: block signals in a thread of our own, and spawn from it (the child
+    // must not outlive it, the parent-death signal is tied to it).
+    let (blocked, ignored) = std::thread::spawn(|| {
+        // SAFETY: an all-zero sigset_t is valid to fill; the calls only change this thread's mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1, libc::SIGCHLD] {
+                libc::sigaddset(&mut set, signal);
+            }
+            assert_eq!(
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()),
+                0
+            );
+        }
+        let child = Child::spawn(&ChildSpec::new("sleep").arg("1000")).unwrap();
+        let pid = child.id();
+        // Right after the clone, /proc may still show the pre-exec state; wait for the exec.
+        assert!(poll(LONG, || support::cmdline(pid).starts_with("sleep")));
+        let fields = (status_field(pid, "SigBlk"), status_field(pid, "SigIgn"));
+        child.stop(LONG).unwrap();
+        fields
+    })
+    .join()
+    .unwrap();
+    assert_eq!(blocked.as_deref(), Some("0000000000000000"));
+    // This process ignores SIGPIPE (Rust's runtime does); the child must not.
+    let ignored = u64::from_str_radix(&ignored.expect("SigIgn"), 16).unwrap();
+    assert_eq!(
+        ignored & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "SigIgn {ignored:x}"
+    );
+}
+
+#[test]
+fn limits_and_passed_descriptors_apply_in_the_child() {
+    let child = Child::spawn(&ChildSpec::new("sleep").arg("1000").limits(ResourceLimits {
+        address_space: Some(1 << 30),
+        open_files: Some(64),
+        core_size: Some(0),
+    }))
+    .unwrap();
+    let pid = child.id();
+    assert!(poll(LONG, || support::cmdline(pid).starts_with("sleep")));
+    let (size, files) = ("1073741824".to_owned(), "64".to_owned());
+    assert_eq!(
+        proc_limit(pid, "Max address space"),
+        Some((size.clone(), size))
+    );
+    assert_eq!(
+        proc_limit(pid, "Max open files"),
+        Some((files.clone(), files))
+    );
+    assert_eq!(
+        proc_limit(pid, "Max core file size"),
+        Some(("0".into(), "0".into()))
+    );
+    child.stop(LONG).unwrap();
+
+    // A passed descriptor is open and usable at its own number.
+    let (mut read, write) = std::io::pipe().unwrap();
+    let write: OwnedFd = write.into();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&write);
+    let exit = run(&ChildSpec::new("sh")
+        .args(["-c", &format!("echo passed >&{fd}")])
+        .pass_fd(write));
+    assert_eq!(exit.termination, Termination::Exited { code: 0 });
+    let mut text = String::new();
+    read.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "passed\n");
+}
+
+#[test]
+fn the_child_dies_when_the_thread_that_spawned_it_exits() {
+    let child = std::thread::spawn(|| Child::spawn(&ChildSpec::new("sleep").arg("1000")).unwrap())
+        .join()
+        .unwrap();
+    let exit = child
+        .wait_timeout(LONG)
+        .expect("the parent-death signal kills it");
+    assert_eq!(exit.termination, signaled(libc::SIGKILL));
+}
+
 fn next_event(events: &crossbeam_channel::Receiver<Event>) -> Event {
     events.recv_timeout(LONG).expect("an event")
 }
@@ -528,7 +790,7 @@ fn a_program_that_vanishes_is_retried_without_recursing() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("vanish.sh");
     std::fs::write(&script, "#!/bin/sh\nrm \"$0\"\nexit 1\n").unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (supervisor, events) = Supervisor::with_channel().unwrap();
     let id = supervisor
         .add(ChildSpec::new(&script), RestartPolicy::immediate())

@@ -1,17 +1,17 @@
-//! Linux: the fork-to-exec hook (parent-death signal, resource limits, descriptor hygiene,
-//! joining a memory cgroup) and memory cgroups (v2 `memory.max`, v1 `memory.limit_in_bytes`).
+//! Linux: spawning (in `spawn`: clone with vfork semantics, then parent-death signal, resource
+//! limits, descriptor hygiene, joining a memory cgroup, exec) and memory cgroups (v2
+//! `memory.max`, v1 `memory.limit_in_bytes`).
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{CgroupEvidence, Error, ResourceLimits, Result};
+use crate::{CgroupEvidence, Error, Result};
+
+mod spawn;
+pub(crate) use spawn::spawn;
 
 /// `CLOSE_RANGE_CLOEXEC` from `<linux/close_range.h>` (not in the libc crate).
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
@@ -32,98 +32,13 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Sets up the child between fork and exec. Everything in the hook is async-signal-safe: plain
-/// system calls on data prepared here, before the fork.
-pub(crate) fn install_pre_exec(
-    cmd: &mut Command,
-    mut keep_fds: Vec<RawFd>,
-    limits: ResourceLimits,
-    cgroup: Option<&Cgroup>,
-) -> Result<()> {
-    keep_fds.retain(|&fd| fd > 2);
-    keep_fds.sort_unstable();
-    keep_fds.dedup();
-    let cgroup_procs = match cgroup {
-        Some(cgroup) => {
-            let path = cgroup.dir.join("cgroup.procs");
-            Some(CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-                Error::Config(format!(
-                    "cgroup path {} contains a NUL byte",
-                    path.display()
-                ))
-            })?)
-        }
-        None => None,
-    };
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
-    let hook = move || -> io::Result<()> {
-        // SAFETY: only async-signal-safe system calls below, on memory allocated before the fork
-        // and never freed or reallocated here.
-        unsafe { child_setup(parent, &keep_fds, &limits, cgroup_procs.as_ref()) }
-    };
-    // SAFETY: the hook runs in the forked child and only makes async-signal-safe calls; see
-    // `child_setup`.
-    unsafe { cmd.pre_exec(hook) };
-    Ok(())
-}
-
-/// The body of the pre-exec hook.
-///
-/// # Safety
-/// Must run in a freshly forked child, where only async-signal-safe calls are allowed: it makes
-/// only raw system calls and does not allocate.
-unsafe fn child_setup(
-    parent: libc::pid_t,
-    keep_fds: &[RawFd],
-    limits: &ResourceLimits,
-    cgroup_procs: Option<&CString>,
-) -> io::Result<()> {
-    // SAFETY: each call below is a plain system call on valid arguments: NUL-terminated paths
-    // and buffers that outlive the calls.
-    unsafe {
-        // Die with the parent. Linux delivers this when the *thread* that forked us exits, which
-        // is why spawning must happen on a long-lived thread (see the crate docs).
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // The parent may have died between fork and prctl: then no signal will ever come.
-        if libc::getppid() != parent {
-            libc::_exit(111);
-        }
-        if let Some(procs) = cgroup_procs {
-            // Writing "0" moves the writing process itself (v1 and v2 alike).
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let err = io::Error::last_os_error();
-            libc::close(fd);
-            if written != 1 {
-                return Err(err);
-            }
-        }
-        set_limit(libc::RLIMIT_AS, limits.address_space)?;
-        set_limit(libc::RLIMIT_NOFILE, limits.open_files)?;
-        set_limit(libc::RLIMIT_CORE, limits.core_size)?;
-        cloexec_all_but(keep_fds);
-        for &fd in keep_fds {
-            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(target_env = "gnu")]
 type Resource = libc::__rlimit_resource_t;
 #[cfg(not(target_env = "gnu"))]
 type Resource = libc::c_int;
 
 /// # Safety
-/// Async-signal-safe; callable between fork and exec.
+/// Async-signal-safe; callable between clone and exec.
 unsafe fn set_limit(resource: Resource, value: Option<u64>) -> io::Result<()> {
     let Some(value) = value else { return Ok(()) };
     let limit = libc::rlimit {
@@ -141,7 +56,7 @@ unsafe fn set_limit(resource: Resource, value: Option<u64>) -> io::Result<()> {
 /// this process leaked (a library's descriptor opened without `O_CLOEXEC`) stays out of the child.
 ///
 /// # Safety
-/// Async-signal-safe; callable between fork and exec.
+/// Async-signal-safe; callable between clone and exec.
 unsafe fn cloexec_all_but(keep: &[RawFd]) {
     let mut first: libc::c_uint = 3;
     for &fd in keep.iter().chain(std::iter::once(&-1)) {

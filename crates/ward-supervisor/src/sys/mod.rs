@@ -1,5 +1,8 @@
-//! Platform code: what runs in the child between fork and exec, and memory cgroups. Linux is
-//! implemented; every other platform builds and answers [`Error::Unsupported`](crate::Error).
+//! Platform code: starting a child (everything between clone and exec), and memory cgroups.
+//! Linux is implemented; every other platform builds and answers
+//! [`Error::Unsupported`](crate::Error).
+
+use std::os::fd::OwnedFd;
 
 #[cfg(target_os = "linux")]
 mod linux;
@@ -10,3 +13,13 @@ pub(crate) use linux::*;
 mod unsupported;
 #[cfg(not(target_os = "linux"))]
 pub(crate) use unsupported::*;
+
+/// A started child: its pid (also its process group id) and the parent's ends of the pipes the
+/// spec asked for. Reaping it is the caller's job.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) pid: libc::pid_t,
+    pub(crate) stdin: Option<OwnedFd>,
+    pub(crate) stdout: Option<OwnedFd>,
+    pub(crate) stderr: Option<OwnedFd>,
+}

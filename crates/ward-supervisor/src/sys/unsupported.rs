@@ -1,10 +1,11 @@
 //! The fallback for platforms other than Linux: everything builds, spawning says why it cannot.
 
+use std::ffi::OsString;
 use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::{CgroupEvidence, Error, ResourceLimits, Result};
+use super::Spawned;
+use crate::{CgroupEvidence, ChildSpec, Error, Result};
 
 const WHY: &str = "no PR_SET_PDEATHSIG";
 
@@ -38,11 +39,11 @@ pub(crate) fn probe_memory_cgroup() -> Result<PathBuf> {
     Err(Error::Unsupported(WHY))
 }
 
-pub(crate) fn install_pre_exec(
-    _cmd: &mut Command,
+pub(crate) fn spawn(
+    _spec: &ChildSpec,
+    _extra_env: &[(OsString, OsString)],
     _keep_fds: Vec<RawFd>,
-    _limits: ResourceLimits,
     _cgroup: Option<&Cgroup>,
-) -> Result<()> {
+) -> Result<Spawned> {
     Err(Error::Unsupported(WHY))
 }

@@ -99,6 +99,17 @@ pub fn run_helper(mode: &str) -> ! {
             let _ = child.wait();
             std::process::exit(0)
         }
+        "spawn-fails" => {
+            // Spawns `arg`, which must fail; then this process must have no child at all, not
+            // even a zombie: the failed child was reaped before `spawn` returned.
+            match ward_supervisor::Child::spawn(&ChildSpec::new(arg)) {
+                Ok(_) => std::process::exit(2),
+                Err(ward_supervisor::Error::Spawn { program, .. }) if program == arg => {}
+                Err(_) => std::process::exit(3),
+            }
+            let children = children_of(std::process::id());
+            std::process::exit(if children.is_empty() { 0 } else { 4 })
+        }
         other => panic!("unknown helper mode {other:?}"),
     }
 }
@@ -139,6 +150,16 @@ pub fn is_dead(pid: u32) -> bool {
     matches!(stat(pid), None | Some(('Z' | 'X', _)))
 }
 
+/// Every child of `parent`, zombies included.
+pub fn children_of(parent: u32) -> BTreeSet<u32> {
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat(pid).is_some_and(|(_, ppid)| ppid == parent))
+        .collect()
+}
+
 /// Every live descendant of `root`.
 pub fn live_descendants(root: u32) -> BTreeSet<u32> {
     let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
@@ -175,6 +196,24 @@ pub fn open_fds(pid: u32) -> BTreeSet<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect()
+}
+
+/// The value of `field` in `/proc/<pid>/status` (e.g. `SigBlk`), trimmed.
+pub fn status_field(pid: u32, field: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (name == field).then(|| value.trim().to_owned())
+    })
+}
+
+/// The soft and hard values of the limit named `name` in `/proc/<pid>/limits`
+/// (e.g. `Max open files`).
+pub fn proc_limit(pid: u32, name: &str) -> Option<(String, String)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|line| line.starts_with(name))?;
+    let mut values = line[name.len()..].split_whitespace();
+    Some((values.next()?.to_owned(), values.next()?.to_owned()))
 }
 
 /// The command line of `pid`, arguments separated by spaces (empty once it is gone).

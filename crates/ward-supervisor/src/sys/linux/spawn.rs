@@ -1,0 +1,719 @@
+//! Starting a child with `clone(CLONE_VM | CLONE_VFORK)`: everything that allocates happens in
+//! the parent beforehand; the child, which runs on the parent's memory until it execs, only makes
+//! system calls and writes the step that failed into an atomic the parent reads afterwards.
+//!
+//! A `pre_exec` hook would make std fall back to `fork`, whose page-table copy, copy-on-write
+//! faults and teardown at exec cost more than the rest of a short job put together.
+
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString, OsStr, OsString, c_char, c_int, c_void};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::ptr;
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, Ordering};
+
+use crate::spec::{Input, Output};
+use crate::sys::Spawned;
+use crate::{ChildSpec, Error, ResourceLimits, Result};
+
+use super::{Cgroup, pipe};
+
+/// The child's stack; it runs only the setup below, which needs a few KiB.
+const STACK_SIZE: usize = 64 * 1024;
+
+/// Where `execvp` looks when the child has no `PATH`.
+#[cfg(target_env = "gnu")]
+const DEFAULT_PATH: &[u8] = b"/bin:/usr/bin";
+#[cfg(not(target_env = "gnu"))]
+const DEFAULT_PATH: &[u8] = b"/usr/local/bin:/bin:/usr/bin";
+
+/// glibc's `execvp` runs a file the kernel will not execute (`ENOEXEC`: a script without `#!`)
+/// with `/bin/sh`, as POSIX asks; musl's does not.
+const SCRIPT_FALLBACK: bool = cfg!(target_env = "gnu");
+const SHELL: &CStr = c"/bin/sh";
+
+/// `NAME_MAX` and `PATH_MAX` as glibc's `execvp` checks them.
+const NAME_MAX: usize = 255;
+const PATH_MAX: usize = 4096;
+
+/// The step of the child's setup that failed; `Unset` while none has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Step {
+    Unset = 0,
+    SignalHandlers,
+    ProcessGroup,
+    Stdio,
+    Cwd,
+    ParentDeathSignal,
+    Cgroup,
+    AddressSpaceLimit,
+    OpenFilesLimit,
+    CoreSizeLimit,
+    PassedFds,
+    SignalMask,
+    Exec,
+}
+
+impl Step {
+    const ALL: [Step; 13] = [
+        Step::Unset,
+        Step::SignalHandlers,
+        Step::ProcessGroup,
+        Step::Stdio,
+        Step::Cwd,
+        Step::ParentDeathSignal,
+        Step::Cgroup,
+        Step::AddressSpaceLimit,
+        Step::OpenFilesLimit,
+        Step::CoreSizeLimit,
+        Step::PassedFds,
+        Step::SignalMask,
+        Step::Exec,
+    ];
+
+    fn what(self) -> &'static str {
+        match self {
+            Step::Unset => "no step",
+            Step::SignalHandlers => "resetting signal handlers",
+            Step::ProcessGroup => "setpgid",
+            Step::Stdio => "dup2 of stdin/stdout/stderr",
+            Step::Cwd => "chdir",
+            Step::ParentDeathSignal => "prctl(PR_SET_PDEATHSIG)",
+            Step::Cgroup => "joining the memory cgroup",
+            Step::AddressSpaceLimit => "setrlimit(RLIMIT_AS)",
+            Step::OpenFilesLimit => "setrlimit(RLIMIT_NOFILE)",
+            Step::CoreSizeLimit => "setrlimit(RLIMIT_CORE)",
+            Step::PassedFds => "keeping the passed descriptors open",
+            Step::SignalMask => "clearing the signal mask",
+            Step::Exec => "exec",
+        }
+    }
+}
+
+/// What the child reports when a step fails: which, and its errno.
+#[derive(Debug)]
+struct Failure {
+    step: AtomicU8,
+    errno: AtomicI32,
+}
+
+/// The program and its arguments and environment as `execve` takes them, and the paths
+/// `execvp` would try in order.
+#[derive(Debug)]
+struct ExecPlan {
+    /// Owns what `argv` points to.
+    _args: Vec<CString>,
+    /// Owns what `envp` points to.
+    _env: Vec<CString>,
+    argv: Vec<*const c_char>,
+    envp: Vec<*const c_char>,
+    /// Full paths to try, in `PATH` order (just the program if it has a slash).
+    candidates: Vec<CString>,
+    /// The errno when there is no candidate at all (empty program, name too long).
+    no_candidate: c_int,
+    /// `["/bin/sh", <candidate>, argv[1..], NULL]` for a file the kernel will not execute; the
+    /// child fills in slot 1.
+    script_argv: Vec<AtomicPtr<c_char>>,
+}
+
+/// Everything the child reads between clone and exec, prepared by the parent. The child writes
+/// only to `failure` and `exec.script_argv`, both atomics.
+#[derive(Debug)]
+struct ChildPlan<'a> {
+    parent: libc::pid_t,
+    /// The descriptor to put at 0, 1 and 2 (all above 2), or -1 to leave it inherited.
+    stdio: [RawFd; 3],
+    cwd: Option<&'a CStr>,
+    /// Sorted, all above 2.
+    keep_fds: &'a [RawFd],
+    limits: ResourceLimits,
+    cgroup_procs: Option<&'a CStr>,
+    max_signal: c_int,
+    exec: &'a ExecPlan,
+    failure: Failure,
+}
+
+/// Starts the child described by `spec` (plus `extra_env`), keeping `keep_fds` open in it, in
+/// `cgroup` if given. See the crate docs for what the child gets.
+pub(crate) fn spawn(
+    spec: &ChildSpec,
+    extra_env: &[(OsString, OsString)],
+    mut keep_fds: Vec<RawFd>,
+    cgroup: Option<&Cgroup>,
+) -> Result<Spawned> {
+    keep_fds.retain(|&fd| fd > 2);
+    keep_fds.sort_unstable();
+    keep_fds.dedup();
+    let cgroup_procs = match cgroup {
+        Some(cgroup) => {
+            let path = cgroup.path().join("cgroup.procs");
+            Some(CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+                Error::Config(format!(
+                    "cgroup path {} contains a NUL byte",
+                    path.display()
+                ))
+            })?)
+        }
+        None => None,
+    };
+    let failed = |source: io::Error| Error::Spawn {
+        program: spec.program.to_string_lossy().into_owned(),
+        source,
+    };
+    let exec = exec_plan(spec, extra_env).map_err(failed)?;
+    let cwd = spec
+        .cwd
+        .as_ref()
+        .map(|dir| c_string(dir.as_os_str()))
+        .transpose()
+        .map_err(failed)?;
+    let stdio = Stdio::new(spec).map_err(failed)?;
+    let stack = ChildStack::new().map_err(failed)?;
+    let plan = ChildPlan {
+        // SAFETY: getpid has no preconditions.
+        parent: unsafe { libc::getpid() },
+        stdio: stdio.child_fds(),
+        cwd: cwd.as_deref(),
+        keep_fds: &keep_fds,
+        limits: spec.limits,
+        cgroup_procs: cgroup_procs.as_deref(),
+        max_signal: libc::SIGRTMAX(),
+        exec: &exec,
+        failure: Failure {
+            step: AtomicU8::new(Step::Unset as u8),
+            errno: AtomicI32::new(0),
+        },
+    };
+
+    // SAFETY: `plan` and `stack` outlive the child's use of them: CLONE_VFORK suspends this
+    // thread until the child has exec'd or exited, and both are dropped only after that.
+    let pid = unsafe { clone_vfork(&plan, &stack) }.map_err(failed)?;
+
+    let step = plan.failure.step.load(Ordering::Relaxed);
+    if step != Step::Unset as u8 {
+        let errno = plan.failure.errno.load(Ordering::Relaxed);
+        reap_failed(pid);
+        let step = Step::ALL
+            .get(usize::from(step))
+            .copied()
+            .unwrap_or(Step::Unset);
+        let os = io::Error::from_raw_os_error(errno);
+        let what = match (step, &spec.cwd) {
+            (Step::Cwd, Some(dir)) => format!("chdir to {}: {os}", dir.display()),
+            (Step::Exec, _) => os.to_string(),
+            _ => format!("{}: {os}", step.what()),
+        };
+        return Err(failed(io::Error::new(os.kind(), what)));
+    }
+    // The child has exec'd: its ends of the pipes (`stdio.child`) are closed here on return.
+    let [stdin, stdout, stderr] = stdio.parent;
+    Ok(Spawned {
+        pid,
+        stdin,
+        stdout,
+        stderr,
+    })
+}
+
+/// Clones the child with all signals blocked in this thread (so that no handler of ours ever
+/// runs in the child, on our memory), and restores the mask once the child has exec'd or exited.
+///
+/// # Safety
+/// `plan` and `stack` must stay valid until this returns (they do: the thread is suspended until
+/// then, and both are borrowed for the whole call).
+unsafe fn clone_vfork(plan: &ChildPlan<'_>, stack: &ChildStack) -> io::Result<libc::pid_t> {
+    // SAFETY: an all-zero sigset_t is a valid value for sigfillset/pthread_sigmask to overwrite.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both sets are valid for the calls; sigfillset cannot fail on a valid pointer.
+    let rc = unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old)
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: `child_main` only makes async-signal-safe system calls on `plan`, which lives on
+    // this suspended thread's stack frame; the child runs on `stack`, a separate mapping with a
+    // guard page; CLONE_VM | CLONE_VFORK keeps this thread suspended until the child execs or
+    // exits, so nothing else touches what the child uses. SIGCHLD makes it an ordinary child for
+    // wait4/waitid.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            ptr::from_ref(plan).cast_mut().cast(),
+        )
+    };
+    let clone_err = io::Error::last_os_error();
+    // SAFETY: `old` is the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
+    if pid < 0 {
+        return Err(clone_err);
+    }
+    Ok(pid)
+}
+
+/// Reaps a child that reported a failed setup step (it has exited already, or is about to).
+fn reap_failed(pid: libc::pid_t) {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is valid for writes; `pid` is our unreaped child.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            return;
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            log::error!("reaping child {pid} after its failed start: {err}");
+            return;
+        }
+    }
+}
+
+/// The child's entry point: sets itself up, execs, and reports the step that failed if any.
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `&ChildPlan` that `clone_vfork` passed; the parent thread is
+    // suspended and keeps it alive until this child execs or exits.
+    let plan = unsafe { &*arg.cast_const().cast::<ChildPlan<'_>>() };
+    // SAFETY: this is the child of clone(CLONE_VM | CLONE_VFORK), with every signal blocked;
+    // that is what `child_exec` expects.
+    let (step, errno) = unsafe { child_exec(plan) };
+    plan.failure.errno.store(errno, Ordering::Relaxed);
+    plan.failure.step.store(step as u8, Ordering::Relaxed);
+    // SAFETY: _exit ends this process only, without atexit handlers or stdio flushes, which
+    // belong to the parent.
+    unsafe { libc::_exit(127) }
+}
+
+/// The child's setup and exec. Returns only on failure, with the step and its errno.
+///
+/// # Safety
+/// Must run in the child of `clone(CLONE_VM | CLONE_VFORK)` with every signal blocked: it shares
+/// the parent's memory, so it only makes async-signal-safe system calls on memory the parent
+/// prepared, never allocates, takes no lock, and cannot panic.
+unsafe fn child_exec(plan: &ChildPlan<'_>) -> (Step, c_int) {
+    // SAFETY: every call below is a plain system call (through its libc wrapper) on valid
+    // arguments: NUL-terminated strings, pointer arrays ending in NULL, and structs that outlive
+    // the calls, all prepared by the parent.
+    unsafe {
+        // Handlers are the parent's code on the parent's memory: none may run here. Ignored
+        // signals stay ignored across exec, as with fork.
+        for signal in 1..=plan.max_signal {
+            if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+                continue;
+            }
+            let mut current: libc::sigaction = std::mem::zeroed();
+            // glibc refuses its internal signals (SIGCANCEL, SIGSETXID); they are only ever sent
+            // to the parent's threads.
+            if libc::sigaction(signal, ptr::null(), &mut current) != 0 {
+                continue;
+            }
+            if current.sa_sigaction == libc::SIG_DFL || current.sa_sigaction == libc::SIG_IGN {
+                continue;
+            }
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            if libc::sigaction(signal, &default, ptr::null_mut()) != 0 {
+                return (Step::SignalHandlers, errno());
+            }
+        }
+        // Before exec, so the parent can signal the group as soon as it has the pid.
+        if libc::setpgid(0, 0) != 0 {
+            return (Step::ProcessGroup, errno());
+        }
+        for (target, &source) in (0..).zip(plan.stdio.iter()) {
+            // dup2 clears close-on-exec on the copy; the parent made every source > 2.
+            if source >= 0 && libc::dup2(source, target) < 0 {
+                return (Step::Stdio, errno());
+            }
+        }
+        if let Some(dir) = plan.cwd
+            && libc::chdir(dir.as_ptr()) != 0
+        {
+            return (Step::Cwd, errno());
+        }
+        if let Err(step) = child_setup(plan) {
+            return (step, errno());
+        }
+        // Reset what the parent set: std ignores SIGPIPE, signal libraries block signals.
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        if libc::sigaction(libc::SIGPIPE, &default, ptr::null_mut()) != 0 {
+            return (Step::SignalHandlers, errno());
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        let rc = libc::pthread_sigmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
+        if rc != 0 {
+            return (Step::SignalMask, rc);
+        }
+        (Step::Exec, exec(plan.exec))
+    }
+}
+
+/// The containment steps: parent-death signal, memory cgroup, resource limits, descriptors.
+///
+/// # Safety
+/// As [`child_exec`]; on failure errno says why.
+unsafe fn child_setup(plan: &ChildPlan<'_>) -> Result<(), Step> {
+    // SAFETY: plain system calls on valid arguments, as in `child_exec`.
+    unsafe {
+        // Die with the parent. Linux delivers this when the *thread* that cloned us exits, which
+        // is why spawning must happen on a long-lived thread (see the crate docs).
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            return Err(Step::ParentDeathSignal);
+        }
+        // The parent may have died between clone and prctl: then no signal will ever come.
+        if libc::getppid() != plan.parent {
+            libc::_exit(111);
+        }
+        if let Some(procs) = plan.cgroup_procs {
+            // Writing "0" moves the writing process itself (v1 and v2 alike).
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(Step::Cgroup);
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let saved = errno();
+            libc::close(fd);
+            if written != 1 {
+                *libc::__errno_location() = saved;
+                return Err(Step::Cgroup);
+            }
+        }
+        super::set_limit(libc::RLIMIT_AS, plan.limits.address_space)
+            .map_err(|_| Step::AddressSpaceLimit)?;
+        super::set_limit(libc::RLIMIT_NOFILE, plan.limits.open_files)
+            .map_err(|_| Step::OpenFilesLimit)?;
+        super::set_limit(libc::RLIMIT_CORE, plan.limits.core_size)
+            .map_err(|_| Step::CoreSizeLimit)?;
+        super::cloexec_all_but(plan.keep_fds);
+        for &fd in plan.keep_fds {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(Step::PassedFds);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `execvp` on prepared paths: tries each candidate in turn, skipping those that do not exist,
+/// and returns the errno `execvp` would have (`EACCES` if some candidate was not executable).
+///
+/// # Safety
+/// As [`child_exec`].
+unsafe fn exec(plan: &ExecPlan) -> c_int {
+    let mut got_eacces = false;
+    let mut last = plan.no_candidate;
+    for candidate in &plan.candidates {
+        // SAFETY: NUL-terminated path, NULL-terminated arrays of NUL-terminated strings, owned
+        // by the parent's `ExecPlan`.
+        let mut err = unsafe {
+            libc::execve(candidate.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+            errno()
+        };
+        if SCRIPT_FALLBACK
+            && err == libc::ENOEXEC
+            && let Some(slot) = plan.script_argv.get(1)
+        {
+            slot.store(candidate.as_ptr().cast_mut(), Ordering::Relaxed);
+            // SAFETY: as above; `AtomicPtr<c_char>` has the layout of `*mut c_char`, and the
+            // array ends in NULL.
+            err = unsafe {
+                libc::execve(
+                    SHELL.as_ptr(),
+                    plan.script_argv.as_ptr().cast(),
+                    plan.envp.as_ptr(),
+                );
+                errno()
+            };
+        }
+        match err {
+            libc::EACCES => got_eacces = true,
+            libc::ENOENT | libc::ESTALE | libc::ENOTDIR | libc::ENODEV | libc::ETIMEDOUT => {}
+            other => return other,
+        }
+        last = err;
+    }
+    if got_eacces { libc::EACCES } else { last }
+}
+
+fn errno() -> c_int {
+    // SAFETY: __errno_location returns this thread's errno, always valid to read.
+    unsafe { *libc::__errno_location() }
+}
+
+fn c_string(text: &OsStr) -> io::Result<CString> {
+    CString::new(text.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{:?} contains a NUL byte", text),
+        )
+    })
+}
+
+/// A NULL-terminated array of pointers into `strings`.
+fn pointers(strings: &[CString]) -> Vec<*const c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect()
+}
+
+/// Builds argv, the environment (this process's unless cleared, then the spec's changes in
+/// order) and the `PATH` candidates, all before the clone.
+fn exec_plan(spec: &ChildSpec, extra_env: &[(OsString, OsString)]) -> io::Result<ExecPlan> {
+    let mut env: BTreeMap<OsString, OsString> = if spec.env_clear {
+        BTreeMap::new()
+    } else {
+        std::env::vars_os().collect()
+    };
+    for (key, value) in &spec.env {
+        match value {
+            Some(value) => env.insert(key.clone(), value.clone()),
+            None => env.remove(key),
+        };
+    }
+    for (key, value) in extra_env {
+        env.insert(key.clone(), value.clone());
+    }
+    // Looked up in the child's PATH, as std does when the environment is changed.
+    let (candidates, no_candidate) = path_candidates(
+        spec.program.as_bytes(),
+        env.get(OsStr::new("PATH")).map(|p| p.as_bytes()),
+    )?;
+    let args = std::iter::once(&spec.program)
+        .chain(&spec.args)
+        .map(|arg| c_string(arg))
+        .collect::<io::Result<Vec<_>>>()?;
+    let env = env
+        .into_iter()
+        .map(|(key, value)| {
+            let mut pair = key.into_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(value.as_bytes());
+            c_string(OsStr::from_bytes(&pair))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let argv = pointers(&args);
+    let envp = pointers(&env);
+    let script_argv = [SHELL.as_ptr(), ptr::null()]
+        .into_iter()
+        .chain(argv.iter().skip(1).copied())
+        .map(|p| AtomicPtr::new(p.cast_mut()))
+        .collect();
+    Ok(ExecPlan {
+        _args: args,
+        _env: env,
+        argv,
+        envp,
+        candidates,
+        no_candidate,
+        script_argv,
+    })
+}
+
+/// The paths `execvp` tries for `program` with this `PATH`, or the errno it fails with before
+/// trying any.
+fn path_candidates(program: &[u8], path: Option<&[u8]>) -> io::Result<(Vec<CString>, c_int)> {
+    let nul = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the program or PATH contains a NUL byte",
+        )
+    };
+    if program.is_empty() {
+        return Ok((Vec::new(), libc::ENOENT));
+    }
+    if program.contains(&b'/') {
+        return Ok((vec![CString::new(program).map_err(|_| nul())?], 0));
+    }
+    let path = path.unwrap_or(DEFAULT_PATH);
+    let file_len = program.len().min(NAME_MAX) + 1;
+    let path_len = path.len().min(PATH_MAX - 1) + 1;
+    if file_len > NAME_MAX || path_len + file_len + 1 > PATH_MAX {
+        return Ok((Vec::new(), libc::ENAMETOOLONG));
+    }
+    let candidates = path
+        .split(|&b| b == b':')
+        .map(|dir| {
+            // An empty entry is the current directory: the bare name.
+            let mut full = Vec::with_capacity(dir.len() + 1 + program.len());
+            if !dir.is_empty() {
+                full.extend_from_slice(dir);
+                full.push(b'/');
+            }
+            full.extend_from_slice(program);
+            CString::new(full).map_err(|_| nul())
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok((candidates, libc::ENOENT))
+}
+
+/// The descriptors for the child's stdin, stdout and stderr, made before the clone.
+#[derive(Debug)]
+struct Stdio {
+    /// What goes to 0, 1, 2 in the child (`None`: inherited). Closed here once the child has
+    /// exec'd; close-on-exec, so the child keeps only its dup2 copies.
+    child: [Option<OwnedFd>; 3],
+    /// Our ends of the pipes.
+    parent: [Option<OwnedFd>; 3],
+}
+
+impl Stdio {
+    fn new(spec: &ChildSpec) -> io::Result<Stdio> {
+        let mut stdio = Stdio {
+            child: [None, None, None],
+            parent: [None, None, None],
+        };
+        match spec.stdin {
+            Input::Null => stdio.child[0] = Some(dev_null(libc::O_RDONLY)?),
+            Input::Piped => {
+                let (read, write) = pipe().map_err(into_io)?;
+                stdio.child[0] = Some(read);
+                stdio.parent[0] = Some(write);
+            }
+            Input::Inherit => {}
+        }
+        match spec.output {
+            Output::Inherit => {}
+            Output::Null => {
+                let null = dev_null(libc::O_WRONLY)?;
+                stdio.child[2] = Some(null.try_clone()?);
+                stdio.child[1] = Some(null);
+            }
+            Output::Capture(_) => {
+                for i in 1..3 {
+                    let (read, write) = pipe().map_err(into_io)?;
+                    stdio.child[i] = Some(write);
+                    stdio.parent[i] = Some(read);
+                }
+            }
+        }
+        // If this process runs with 0, 1 or 2 closed, a new descriptor can land there, and the
+        // child's dup2 onto that number would clobber it before it is used.
+        for fd in &mut stdio.child {
+            if let Some(owned) = fd.take() {
+                *fd = Some(above_stdio(owned)?);
+            }
+        }
+        Ok(stdio)
+    }
+
+    fn child_fds(&self) -> [RawFd; 3] {
+        self.child
+            .each_ref()
+            .map(|fd| fd.as_ref().map_or(-1, AsRawFd::as_raw_fd))
+    }
+}
+
+fn into_io(err: Error) -> io::Error {
+    match err {
+        Error::Os { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+fn dev_null(mode: c_int) -> io::Result<OwnedFd> {
+    // SAFETY: a NUL-terminated path and valid flags.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), mode | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open succeeded, so `fd` is a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fd`, moved above stderr if it is 0, 1 or 2 (close-on-exec either way).
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on an open descriptor we own.
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl succeeded, so `copy` is a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
+/// The child's stack: an anonymous mapping with a guard page below it, so an overflow faults
+/// instead of writing over the parent's memory.
+#[derive(Debug)]
+struct ChildStack {
+    base: *mut c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    fn new() -> io::Result<ChildStack> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let len = STACK_SIZE + page;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len };
+        // Stacks grow down on every architecture this builds for.
+        // SAFETY: the first page of the mapping we just made.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The initial stack pointer: the end of the mapping, page-aligned and so 16-byte aligned.
+    fn top(&self) -> *mut c_void {
+        self.base.wrapping_byte_add(self.len)
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, no longer used: the child has exec'd or exited.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(candidates: &[CString]) -> Vec<&str> {
+        candidates.iter().map(|c| c.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn path_lookup_follows_execvp() {
+        let (found, _) = path_candidates(b"ls", Some(b"/a:/b/c::/d")).unwrap();
+        assert_eq!(strings(&found), ["/a/ls", "/b/c/ls", "ls", "/d/ls"]);
+        let (found, _) = path_candidates(b"./x", Some(b"/a")).unwrap();
+        assert_eq!(strings(&found), ["./x"]);
+        let (found, errno) = path_candidates(b"", Some(b"/a")).unwrap();
+        assert!(found.is_empty());
+        assert_eq!(errno, libc::ENOENT);
+        let (found, errno) = path_candidates(&[b'x'; 300], None).unwrap();
+        assert!(found.is_empty());
+        assert_eq!(errno, libc::ENAMETOOLONG);
+        let (found, _) = path_candidates(b"ls", None).unwrap();
+        assert_eq!(found.len(), DEFAULT_PATH.split(|&b| b == b':').count());
+    }
+}
