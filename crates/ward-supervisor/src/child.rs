@@ -282,7 +282,7 @@ impl Child {
         self.started
     }
 
-    /// The write end of the child's stdin, if [`Input::Piped`] was asked for (once).
+    /// The write end of the child's stdin, if [`Input::Piped`](crate::Input::Piped) was asked for (once).
     pub fn take_stdin(&mut self) -> Option<ChildStdin> {
         self.stdin.take()
     }
