@@ -46,13 +46,24 @@
 //!   hand the event to another thread instead.
 //!
 //! # Theory of operation
-//! - **Spawning.** [`Child::spawn`] uses `std::process::Command` with a `pre_exec` hook that
-//!   makes only async-signal-safe system calls: `prctl(PR_SET_PDEATHSIG, SIGKILL)` then a
-//!   `getppid()` check (the parent may have died before the `prctl`), joining the memory cgroup,
-//!   `setrlimit`, and marking every descriptor above stderr close-on-exec except those passed
-//!   with [`ChildSpec::pass_fd`] (so even a descriptor some library leaked without `O_CLOEXEC`
-//!   stays out). The child leads a process group of its own.
-//! - **The parent-death signal is per thread.** Linux sends it when the *thread* that forked the
+//! - **Spawning.** [`Child::spawn`] does not use `std::process::Command`: any `pre_exec` hook
+//!   makes std `fork`, and copying the page tables, the copy-on-write faults and tearing the copy
+//!   down at exec cost more than a short job itself. It clones the child with
+//!   `CLONE_VM | CLONE_VFORK` (as `posix_spawn` does), after preparing everything that allocates:
+//!   argv, the environment (this process's, or empty with [`ChildSpec::env_clear`], then the
+//!   spec's changes), the paths `execvp` would try (in the *child's* `PATH`, as std does), the
+//!   working directory and the stdio descriptors. The calling thread blocks every signal around
+//!   the clone and is suspended until the child execs or exits. The child, on the parent's memory
+//!   and its own small stack, makes only async-signal-safe system calls: it resets every handled
+//!   signal to its default (so no handler of this process runs in it), leads a process group of
+//!   its own, puts its stdio in place, changes directory, sets
+//!   `prctl(PR_SET_PDEATHSIG, SIGKILL)` then checks `getppid()` (the parent may have died before
+//!   the `prctl`), joins the memory cgroup, applies `setrlimit`, marks every descriptor above
+//!   stderr close-on-exec except those passed with [`ChildSpec::pass_fd`] (so even a descriptor
+//!   some library leaked without `O_CLOEXEC` stays out), clears its signal mask, sets SIGPIPE
+//!   back to default, and execs. A step that fails is written to memory the parent reads once it
+//!   resumes; the parent reaps the child and returns [`Error::Spawn`] naming the step.
+//! - **The parent-death signal is per thread.** Linux sends it when the *thread* that cloned the
 //!   child exits. A [`Supervisor`] spawns every child from its own long-lived thread; if you use
 //!   [`Child`] directly, spawn from a thread that outlives the child.
 //! - **Reaping.** A reaper thread per child waits with `waitid(WNOWAIT)`, so the exited child

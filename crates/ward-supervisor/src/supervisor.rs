@@ -118,7 +118,7 @@ enum Msg {
 /// Supervises children on a thread of its own.
 ///
 /// All children are spawned by that one thread, which lives until [`shutdown`](Self::shutdown)
-/// (or drop): Linux sends the parent-death signal when the *thread* that forked a child exits,
+/// (or drop): Linux sends the parent-death signal when the *thread* that spawned a child exits,
 /// so a child spawned from a short-lived thread would be killed with it.
 ///
 /// Dropping the supervisor shuts it down: every child gets SIGTERM, then SIGKILL after its stop
