@@ -40,10 +40,11 @@ pub(crate) fn probe_memory_cgroup() -> Result<PathBuf> {
 }
 
 pub(crate) fn spawn(
-    _spec: &ChildSpec,
+    spec: &ChildSpec,
     _extra_env: &[(OsString, OsString)],
     _keep_fds: Vec<RawFd>,
     _cgroup: Option<&Cgroup>,
 ) -> Result<Spawned> {
+    log::debug!("cannot spawn {:?} on this platform: {WHY}", spec.program);
     Err(Error::Unsupported(WHY))
 }
