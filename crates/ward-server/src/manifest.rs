@@ -583,14 +583,37 @@ impl Manifest {
         &self,
         rules: &IgnoreRules,
         path: &Path,
-        include: impl FnMut(&Path) -> bool,
+        mut include: impl FnMut(&Path) -> bool,
     ) -> Result<Vec<Reconciled>, Error> {
-        let threads = if self.paths()? >= THREADED_ABOVE {
+        let threads = self.threads()?;
+        let (out, _) = self.merge(threads, rules, path, usize::MAX, |p, _| include(p))?;
+        Ok(out)
+    }
+
+    /// [`Manifest::reconcile`] that keeps at most `limit` of the paths `include` accepts (it is
+    /// shown each path with the change it needs) and says whether it left some out: a caller
+    /// with room for a few thousand jobs compares a large subtree again later instead of
+    /// holding a result per file of it.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn reconcile_some(
+        &self,
+        rules: &IgnoreRules,
+        path: &Path,
+        limit: usize,
+        include: impl FnMut(&Path, Event) -> bool,
+    ) -> Result<(Vec<Reconciled>, bool), Error> {
+        let threads = self.threads()?;
+        self.merge(threads, rules, path, limit, include)
+    }
+
+    fn threads(&self) -> Result<Threads, Error> {
+        Ok(if self.paths()? >= THREADED_ABOVE {
             Threads::Two
         } else {
             Threads::One
-        };
-        self.reconcile_with(threads, rules, path, include)
+        })
     }
 
     /// [`Manifest::reconcile`] with the walk in the calling thread or in a second one, whatever
@@ -603,8 +626,20 @@ impl Manifest {
         threads: Threads,
         rules: &IgnoreRules,
         path: &Path,
-        include: impl FnMut(&Path) -> bool,
+        mut include: impl FnMut(&Path) -> bool,
     ) -> Result<Vec<Reconciled>, Error> {
+        let (out, _) = self.merge(threads, rules, path, usize::MAX, |p, _| include(p))?;
+        Ok(out)
+    }
+
+    fn merge(
+        &self,
+        threads: Threads,
+        rules: &IgnoreRules,
+        path: &Path,
+        limit: usize,
+        include: impl FnMut(&Path, Event) -> bool,
+    ) -> Result<(Vec<Reconciled>, bool), Error> {
         let prefix = path.as_os_str().as_bytes();
         self.read(|txn| {
             let files = txn.open_table(FILES)?;
@@ -616,7 +651,7 @@ impl Manifest {
                     .as_ref()
                     .map_or(true, |(k, _)| k.value().starts_with(prefix))
             });
-            let mut diff = Diff::new(path, records, include);
+            let mut diff = Diff::new(path, records, limit, include);
             match threads {
                 Threads::One => {
                     let mut failed = Ok(());
@@ -666,7 +701,7 @@ fn merge_walked_in_a_thread<I, G, F>(
 where
     I: Iterator<Item = Result<(G, G), redb::StorageError>>,
     G: Bytes,
-    F: FnMut(&Path) -> bool,
+    F: FnMut(&Path, Event) -> bool,
 {
     std::thread::scope(|scope| {
         let (tx, rx) = crossbeam_channel::bounded::<Walked>(4);
@@ -735,20 +770,39 @@ struct Diff<'a, I: Iterator, F> {
     records: std::iter::Peekable<I>,
     include: F,
     out: Vec<Reconciled>,
+    /// How many results `out` may hold; `left_out` says whether more were found.
+    limit: usize,
+    left_out: bool,
 }
 
 impl<'a, I, G, F> Diff<'a, I, F>
 where
     I: Iterator<Item = Result<(G, G), redb::StorageError>>,
     G: Bytes,
-    F: FnMut(&Path) -> bool,
+    F: FnMut(&Path, Event) -> bool,
 {
-    fn new(prefix: &'a Path, records: I, include: F) -> Self {
+    fn new(prefix: &'a Path, records: I, limit: usize, include: F) -> Self {
         Diff {
             prefix,
             records: records.peekable(),
             include,
             out: Vec::new(),
+            limit,
+            left_out: false,
+        }
+    }
+
+    fn keep(&mut self, path: &Path, event: Event) {
+        if !(self.include)(path, event) {
+            return;
+        }
+        if self.out.len() < self.limit {
+            self.out.push(Reconciled {
+                path: path.to_path_buf(),
+                event,
+            });
+        } else {
+            self.left_out = true;
         }
     }
 
@@ -778,12 +832,7 @@ where
             Some(done) if done != meta => Event::Modified,
             Some(_) => return Ok(()),
         };
-        if (self.include)(path) {
-            self.out.push(Reconciled {
-                path: path.to_path_buf(),
-                event,
-            });
-        }
+        self.keep(path, event);
         Ok(())
     }
 
@@ -801,21 +850,18 @@ where
         // queued, running or failed): a consumer may know of it, so its removal is due. Only a
         // processed removal (a tombstone) needs nothing.
         let known = record.processed.is_some() || record.event != Event::Removed;
-        if known && (self.include)(path) {
-            self.out.push(Reconciled {
-                path: path.to_path_buf(),
-                event: Event::Removed,
-            });
+        if known {
+            self.keep(path, Event::Removed);
         }
     }
 
     /// The walk is over: every record left is of a path gone.
-    fn finish(mut self) -> Result<Vec<Reconciled>, redb::StorageError> {
+    fn finish(mut self) -> Result<(Vec<Reconciled>, bool), redb::StorageError> {
         while let Some(entry) = self.records.next() {
             let (k, value) = entry?;
             self.gone(k.bytes(), value.bytes());
         }
-        Ok(self.out)
+        Ok((self.out, self.left_out))
     }
 }
 

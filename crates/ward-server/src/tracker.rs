@@ -82,23 +82,12 @@ impl Tracker {
         })
     }
 
-    /// The jobs a new server starts with: every change since the last successful processing under
-    /// `roots`, and the jobs that were queued or running when the previous server ended.
-    pub(crate) fn startup_jobs(
-        &mut self,
-        roots: &[PathBuf],
-        triggers: &Triggers,
-    ) -> Result<Vec<Job>, Error> {
+    /// The jobs that were queued or running when the previous server ended (a removal where the
+    /// file is gone now). The server then compares every root with the manifest.
+    pub(crate) fn pending_jobs(&mut self, triggers: &Triggers) -> Result<Vec<Job>, Error> {
         let started = Instant::now();
         let mut jobs = Vec::new();
-        for root in roots {
-            jobs.extend(self.subtree_jobs(root, triggers)?);
-        }
-        let mut seen: HashSet<PathBuf> = jobs.iter().map(|j| j.path.clone()).collect();
         for (path, event, old_path) in self.manifest.pending()? {
-            if seen.contains(&path) {
-                continue;
-            }
             let Some(trigger) = self.trigger_for(&path, triggers) else {
                 continue;
             };
@@ -107,7 +96,6 @@ impl Tracker {
             } else {
                 event
             };
-            seen.insert(path.clone());
             jobs.push(Job {
                 trigger,
                 path,
@@ -116,9 +104,9 @@ impl Tracker {
             });
         }
         log::info!(
-            "reconciled with the manifest in {:?}: {} job(s) to run",
-            started.elapsed(),
-            jobs.len()
+            "{} job(s) left queued by the previous server (read in {:?}); the roots are compared with the manifest next",
+            jobs.len(),
+            started.elapsed()
         );
         Ok(jobs)
     }
@@ -146,6 +134,38 @@ impl Tracker {
                 })
             })
             .collect())
+    }
+
+    /// At most `limit` jobs of `path`'s subtree diff, leaving out creations and modifications of
+    /// paths whose job is already queued or running (that job reads the file as it is when it
+    /// runs); removals always come, to follow whatever still runs on their path. The flag says
+    /// whether jobs were left out for lack of room: then the caller compares again later.
+    pub(crate) fn fresh_subtree_jobs(
+        &mut self,
+        path: &Path,
+        triggers: &Triggers,
+        limit: usize,
+    ) -> Result<(Vec<Job>, bool), Error> {
+        self.flush(true);
+        let (changed, left_out) =
+            self.manifest
+                .reconcile_some(&self.rules, path, limit, |p, event| {
+                    (event == Event::Removed || !self.in_flight.contains(p))
+                        && self.trigger_for(p, triggers).is_some()
+                })?;
+        let jobs = changed
+            .into_iter()
+            .filter_map(|r| {
+                let trigger = self.trigger_for(&r.path, triggers)?;
+                Some(Job {
+                    trigger,
+                    path: r.path,
+                    event: r.event,
+                    old_path: None,
+                })
+            })
+            .collect();
+        Ok((jobs, left_out))
     }
 
     /// The trigger that handles `path`, if it lies in a root, is not ignored, and one matches.
