@@ -1,9 +1,9 @@
-//! A running child: spawning it in its own process group, the threads that reap it, read its
-//! output and watch its heartbeat, signalling it, and stopping it with SIGTERM then SIGKILL.
+//! A running child: spawning it in its own process group, the thread that reaps it, reads its
+//! output and watches its heartbeat (plus one that feeds its output sink, once it writes),
+//! signalling it, and stopping it with SIGTERM then SIGKILL.
 
 use std::ffi::OsString;
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
@@ -26,10 +26,12 @@ const MAX_LINE: usize = 16 * 1024;
 /// After the child is reaped, output still buffered in the pipes is read for at most this long
 /// (a descendant that escaped the group could keep a pipe open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+/// Without a pidfd (kernels before 5.3), how often the watcher checks whether the child exited.
+const EXIT_CHECK: Duration = Duration::from_millis(10);
 /// How long a SIGKILLed child may take to be reaped before we report it as unkillable.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// Called on the reaper thread once the child is reaped.
+/// Called on the child's watcher thread once the child is reaped.
 pub(crate) type OnExit = Box<dyn FnOnce(&Exit) + Send>;
 
 #[derive(Debug, Default)]
@@ -119,9 +121,9 @@ pub struct Child {
     cgroup: Option<Arc<Cgroup>>,
     /// Output lines dropped because the sink fell behind, in total.
     dropped_lines: Arc<AtomicU64>,
-    reaper: Option<JoinHandle<()>>,
-    reader: Option<JoinHandle<()>>,
-    delivery: Option<JoinHandle<()>>,
+    /// The thread that reaps the child and reads its output; it owns and joins the thread that
+    /// feeds the sink, if one was needed.
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl Child {
@@ -141,18 +143,6 @@ impl Child {
             .map(sys::create_memory_cgroup)
             .transpose()?
             .map(Arc::new);
-        // The reaper wakes the reader through this pipe once the child is gone; made before the
-        // spawn so that failing to make it fails the spawn instead of losing output.
-        let needs_reader = matches!(spec.output, Output::Capture(_)) || spec.watchdog.is_some();
-        let wake = match needs_reader.then(sys::pipe).transpose() {
-            Ok(wake) => wake,
-            Err(err) => {
-                if let Some(cgroup) = &cgroup {
-                    cgroup.remove();
-                }
-                return Err(err);
-            }
-        };
         let spawned = spawn_process(spec, cgroup.as_deref());
         let (process, heartbeat) = match spawned {
             Ok(spawned) => spawned,
@@ -163,16 +153,13 @@ impl Child {
                 return Err(err);
             }
         };
-        Ok(Child::adopt(
-            spec, process, heartbeat, wake, cgroup, on_exit,
-        ))
+        Ok(Child::adopt(spec, process, heartbeat, cgroup, on_exit))
     }
 
     fn adopt(
         spec: &ChildSpec,
         process: Spawned,
         heartbeat: Option<OwnedFd>,
-        wake: Option<(OwnedFd, OwnedFd)>,
         cgroup: Option<Arc<Cgroup>>,
         on_exit: Option<OnExit>,
     ) -> Child {
@@ -182,49 +169,51 @@ impl Child {
             state: Mutex::new(State::default()),
             exited: Condvar::new(),
         });
-        let stdin = process.stdin.map(ChildStdin::from);
-        let (stdout, stderr) = (process.stdout, process.stderr);
-
+        let dropped_lines = Arc::new(AtomicU64::new(0));
         let mut child = Child {
             shared: Arc::clone(&shared),
             started,
-            stdin,
+            stdin: process.stdin.map(ChildStdin::from),
             cgroup: cgroup.clone(),
-            dropped_lines: Arc::new(AtomicU64::new(0)),
-            reaper: None,
-            reader: None,
-            delivery: None,
+            dropped_lines: Arc::clone(&dropped_lines),
+            watcher: None,
         };
         let sink = match &spec.output {
             Output::Capture(sink) => Some(Arc::clone(sink)),
             Output::Inherit | Output::Null => None,
         };
-        let watchdog = spec.watchdog.zip(heartbeat);
-        let (wake_read, wake_write) = match wake {
-            Some((r, w)) => (Some(r), Some(w)),
-            None => (None, None),
+        let watcher = Watcher {
+            shared: Arc::clone(&shared),
+            started,
+            exit_fd: sys::pidfd_open(process.pid),
+            kill_group: spec.kill_group_on_exit,
+            cgroup,
+            on_exit,
+            streams: [
+                process.stdout.map(|fd| (fd, Stream::Stdout, Vec::new())),
+                process.stderr.map(|fd| (fd, Stream::Stderr, Vec::new())),
+            ],
+            watchdog: spec.watchdog.zip(heartbeat),
+            lines: Lines {
+                pid: process.pid as u32,
+                sink,
+                delivery: None,
+                dropped: 0,
+                dropped_total: dropped_lines,
+            },
         };
-
-        let reaper_shared = Arc::clone(&shared);
-        let kill_group = spec.kill_group_on_exit;
-        let reaper = thread::Builder::new()
-            .name(format!("ward-reap-{}", shared.pid))
-            .spawn(move || {
-                reap(
-                    &reaper_shared,
-                    started,
-                    kill_group,
-                    cgroup,
-                    wake_write,
-                    on_exit,
-                )
-            });
-        match reaper {
-            Ok(handle) => child.reaper = Some(handle),
+        // The watcher moves into the thread only if the thread starts; `spawn` hands the closure
+        // back on failure only by dropping it, so keep what the fallback needs outside it.
+        let (kill_group, fallback_cgroup) = (watcher.kill_group, watcher.cgroup.clone());
+        match thread::Builder::new()
+            .name(format!("ward-child-{}", shared.pid))
+            .spawn(move || watcher.run())
+        {
+            Ok(handle) => child.watcher = Some(handle),
             Err(err) => {
-                // Without a reaper the child would become a zombie: kill and reap it right here.
+                // Without its watcher the child would become a zombie: kill and reap it here.
                 log::error!(
-                    "child {}: cannot start the reaper thread: {err}",
+                    "child {}: cannot start its watcher thread: {err}",
                     shared.pid
                 );
                 let state = shared.lock();
@@ -232,41 +221,7 @@ impl Child {
                     log::error!("child {}: {err}", shared.pid);
                 }
                 drop(state);
-                reap(&shared, started, kill_group, None, None, None);
-                return child;
-            }
-        }
-
-        if let Some(wake_read) = wake_read {
-            let (tx, rx) = crossbeam_channel::bounded::<Line>(LINE_QUEUE);
-            if let Some(sink) = sink {
-                match thread::Builder::new()
-                    .name(format!("ward-sink-{}", shared.pid))
-                    .spawn(move || deliver(&rx, &sink))
-                {
-                    Ok(handle) => child.delivery = Some(handle),
-                    Err(err) => log::error!("child {}: no output thread: {err}", shared.pid),
-                }
-            }
-            let reader_shared = Arc::clone(&shared);
-            let reader = Reader {
-                shared: reader_shared,
-                lines: tx,
-                streams: [
-                    stdout.map(|fd| (fd, Stream::Stdout, Vec::new())),
-                    stderr.map(|fd| (fd, Stream::Stderr, Vec::new())),
-                ],
-                watchdog,
-                wake: wake_read,
-                dropped: 0,
-                dropped_total: Arc::clone(&child.dropped_lines),
-            };
-            match thread::Builder::new()
-                .name(format!("ward-read-{}", shared.pid))
-                .spawn(move || reader.run(started))
-            {
-                Ok(handle) => child.reader = Some(handle),
-                Err(err) => log::error!("child {}: no reader thread: {err}", shared.pid),
+                reap(&shared, started, kill_group, fallback_cgroup, None);
             }
         }
         child
@@ -405,15 +360,11 @@ impl Drop for Child {
                 }
             },
         };
-        if reaped {
-            for handle in [self.reaper.take(), self.reader.take(), self.delivery.take()]
-                .into_iter()
-                .flatten()
-            {
-                if handle.join().is_err() {
-                    log::error!("a thread of child {} panicked", self.id());
-                }
-            }
+        if reaped
+            && let Some(handle) = self.watcher.take()
+            && handle.join().is_err()
+        {
+            log::error!("a thread of child {} panicked", self.id());
         }
         if let Some(cgroup) = &self.cgroup {
             cgroup.remove();
@@ -443,39 +394,43 @@ fn spawn_process(spec: &ChildSpec, cgroup: Option<&Cgroup>) -> Result<(Spawned, 
     Ok((process, heartbeat))
 }
 
-/// The reaper thread: waits for the child to exit *without* reaping it (so its pid and group id
-/// stay ours), kills what it left in its group, then reaps it with `wait4` for the rusage.
+/// Whether our child `pid` has exited (it stays a zombie: `WNOWAIT`). An error other than
+/// `EINTR` (`ECHILD`: someone else reaped it) counts as exited, so that [`reap`] reports it.
+fn has_exited(pid: libc::pid_t) -> bool {
+    // SAFETY: an all-zero siginfo_t is a valid value to be overwritten by waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is valid for writes; the pid is our unreaped child.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EINTR) {
+            return false;
+        }
+        log::error!("waitid on child {pid}: {err}");
+        return true;
+    }
+    // SAFETY: waitid filled `info` in; with WNOHANG and no exited child, si_pid stays 0.
+    unsafe { info.si_pid() != 0 }
+}
+
+/// Reaps the child once it has exited (or, called right after a SIGKILL, waits for that): kills
+/// what it left in its group while its pid still pins the group id, then reaps it with `wait4`
+/// for the rusage, publishes the [`Exit`] and calls `on_exit`.
 fn reap(
     shared: &Shared,
     started: Instant,
     kill_group: bool,
     cgroup: Option<Arc<Cgroup>>,
-    wake: Option<OwnedFd>,
     on_exit: Option<OnExit>,
 ) {
     let pid = shared.pid;
-    loop {
-        // SAFETY: an all-zero siginfo_t is a valid value to be overwritten by waitid.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `info` is valid for writes; the pid is our unreaped child.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            // Fall through to wait4, which blocks as well; nothing better to do.
-            log::error!("waitid on child {pid}: {err}");
-            break;
-        }
-    }
     let mut state = shared.lock();
     if kill_group {
         // The leader is a zombie now, which keeps its group id from being reused: whatever it
@@ -519,13 +474,76 @@ fn reap(
     state.exit = Some(exit.clone());
     drop(state);
     shared.exited.notify_all();
-    if let Some(wake) = wake
-        && let Err(err) = File::from(wake).write_all(b"x")
-    {
-        log::error!("waking the reader of child {pid}: {err}");
-    }
     if let Some(on_exit) = on_exit {
         on_exit(&exit);
+    }
+}
+
+/// Where a child's output lines go: a bounded queue to a thread that calls the sink, started
+/// with the first line, so a job that writes nothing costs no thread for it.
+struct Lines {
+    pid: u32,
+    /// `None`: nothing wants the lines (or the delivery thread could not start); output is
+    /// still read, so that the child never blocks on a full pipe.
+    sink: Option<OutputSink>,
+    delivery: Option<(Sender<Line>, JoinHandle<()>)>,
+    /// Dropped since the last line that was queued.
+    dropped: u64,
+    dropped_total: Arc<AtomicU64>,
+}
+
+impl Lines {
+    fn emit(&mut self, stream: Stream, bytes: &[u8]) {
+        let Some(sink) = &self.sink else { return };
+        if self.delivery.is_none() {
+            let (tx, rx) = crossbeam_channel::bounded::<Line>(LINE_QUEUE);
+            let sink = Arc::clone(sink);
+            match thread::Builder::new()
+                .name(format!("ward-sink-{}", self.pid))
+                .spawn(move || deliver(&rx, &sink))
+            {
+                Ok(handle) => self.delivery = Some((tx, handle)),
+                Err(err) => {
+                    log::error!("child {}: no output thread: {err}", self.pid);
+                    self.sink = None;
+                    return;
+                }
+            }
+        }
+        let Some((lines, _)) = &self.delivery else {
+            return;
+        };
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let line = Line {
+            pid: self.pid,
+            stream,
+            text: String::from_utf8_lossy(bytes).into_owned(),
+            dropped_before: self.dropped,
+        };
+        match lines.try_send(line) {
+            Ok(()) => self.dropped = 0,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped += 1;
+                self.dropped_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Closes the queue and waits until the sink has had every queued line.
+    fn finish(&mut self) {
+        if let Some((lines, handle)) = self.delivery.take() {
+            drop(lines);
+            if handle.join().is_err() {
+                log::error!("the output thread of child {} panicked", self.pid);
+            }
+        }
+        let dropped = self.dropped_total.load(Ordering::Relaxed);
+        if dropped > 0 {
+            log::warn!(
+                "child {}: {dropped} output lines dropped, the sink was too slow",
+                self.pid
+            );
+        }
     }
 }
 
@@ -538,28 +556,36 @@ fn deliver(lines: &Receiver<Line>, sink: &OutputSink) {
     }
 }
 
-/// The reader thread: reads stdout and stderr into lines, drains heartbeats and enforces the
-/// watchdog, until the child is reaped and its pipes are drained.
-struct Reader {
+/// The one thread per child: waits in a single `poll` for the child's exit (its pidfd), its
+/// stdout and stderr and its heartbeats; enforces the watchdog; reaps the child as soon as it
+/// exits; then drains what is left in the pipes and ends.
+struct Watcher {
     shared: Arc<Shared>,
-    lines: Sender<Line>,
+    started: Instant,
+    /// Readable once the child has exited; `None` without pidfds (then checked every
+    /// [`EXIT_CHECK`]).
+    exit_fd: Option<OwnedFd>,
+    kill_group: bool,
+    cgroup: Option<Arc<Cgroup>>,
+    on_exit: Option<OnExit>,
     /// Open streams with their partial line.
     streams: [Option<(OwnedFd, Stream, Vec<u8>)>; 2],
     watchdog: Option<(Watchdog, OwnedFd)>,
-    wake: OwnedFd,
-    /// Dropped since the last line that was queued.
-    dropped: u64,
-    dropped_total: Arc<AtomicU64>,
+    lines: Lines,
 }
 
-impl Reader {
-    fn run(mut self, started: Instant) {
-        let mut last_beat = started;
+impl Watcher {
+    fn run(mut self) {
+        let mut last_beat = self.started;
         let mut aborted_at: Option<Instant> = None;
         let mut killed = false;
         let mut heartbeat_open = self.watchdog.is_some();
+        // Set once the child is reaped: until then, output still in the pipes is read.
         let mut drain_until: Option<Instant> = None;
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = Vec::new();
+        if heartbeat_open || self.streams.iter().any(Option::is_some) {
+            buf.resize(64 * 1024, 0);
+        }
         loop {
             let now = Instant::now();
             if drain_until.is_some_and(|until| now >= until) {
@@ -599,38 +625,47 @@ impl Reader {
                     timeout = Some(last_beat + dog.timeout - now);
                 }
             }
-
-            let mut fds = Vec::with_capacity(4);
-            fds.push(pollfd(if drain_until.is_some() {
-                -1
-            } else {
-                self.wake.as_raw_fd()
-            }));
-            for stream in &self.streams {
-                fds.push(pollfd(
-                    stream.as_ref().map_or(-1, |(fd, _, _)| fd.as_raw_fd()),
-                ));
+            let running = drain_until.is_none();
+            if running && self.exit_fd.is_none() {
+                timeout = Some(timeout.map_or(EXIT_CHECK, |t| t.min(EXIT_CHECK)));
             }
-            let beat_fd = match &self.watchdog {
-                Some((_, fd)) if heartbeat_open => fd.as_raw_fd(),
+
+            let exit_fd = match &self.exit_fd {
+                Some(fd) if running => fd.as_raw_fd(),
                 _ => -1,
             };
-            fds.push(pollfd(beat_fd));
-            if fds.iter().all(|p| p.fd < 0) {
-                break;
-            }
+            let beat_fd = match &self.watchdog {
+                Some((_, fd)) if heartbeat_open && running => fd.as_raw_fd(),
+                _ => -1,
+            };
+            let [out, err] = self
+                .streams
+                .each_ref()
+                .map(|s| s.as_ref().map_or(-1, |(fd, _, _)| fd.as_raw_fd()));
+            let mut fds = [exit_fd, out, err, beat_fd].map(pollfd);
             let millis = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32 + 1);
-            // SAFETY: `fds` is a valid array of pollfd of the given length.
+            // SAFETY: `fds` is a valid array of pollfd of the given length (negative descriptors
+            // are ignored by poll).
             let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
             if ready < 0 {
                 let err = io::Error::last_os_error();
                 if err.raw_os_error() == Some(libc::EINTR) {
                     continue;
                 }
-                log::error!("poll on child {} output: {err}", self.shared.pid);
+                log::error!("poll on child {}: {err}", self.shared.pid);
+                if running {
+                    // Reaping must not be skipped: wait4 blocks until the child exits.
+                    self.reap();
+                }
                 break;
             }
-            if fds[0].revents != 0 {
+            // Reap before reading: the exit is published as soon as it happens, and the group
+            // kill closes the pipes a descendant may still hold.
+            if running
+                && (fds[0].revents != 0 || self.exit_fd.is_none())
+                && has_exited(self.shared.pid)
+            {
+                self.reap();
                 drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
             }
             for i in 0..2 {
@@ -654,13 +689,17 @@ impl Reader {
         for i in 0..2 {
             self.flush_partial(i);
         }
-        let dropped = self.dropped_total.load(Ordering::Relaxed);
-        if dropped > 0 {
-            log::warn!(
-                "child {}: {dropped} output lines dropped, the sink was too slow",
-                self.shared.pid
-            );
-        }
+        self.lines.finish();
+    }
+
+    fn reap(&mut self) {
+        reap(
+            &self.shared,
+            self.started,
+            self.kill_group,
+            self.cgroup.take(),
+            self.on_exit.take(),
+        );
     }
 
     /// Reads what is already in the pipes without waiting for more: a descendant that escaped
@@ -669,11 +708,10 @@ impl Reader {
     fn final_drain(&mut self, buf: &mut [u8]) {
         // Bounded, since such a descendant may also keep writing.
         for _ in 0..64 {
-            let mut fds: Vec<libc::pollfd> = self
+            let mut fds = self
                 .streams
-                .iter()
-                .map(|s| pollfd(s.as_ref().map_or(-1, |(fd, _, _)| fd.as_raw_fd())))
-                .collect();
+                .each_ref()
+                .map(|s| pollfd(s.as_ref().map_or(-1, |(fd, _, _)| fd.as_raw_fd())));
             // SAFETY: `fds` is a valid array of pollfd of the given length.
             let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
             if ready <= 0 {
@@ -697,21 +735,20 @@ impl Reader {
                 self.streams[i] = None;
             }
             Ok(n) => {
-                let mut emitted = Vec::new();
-                if let Some((_, stream, partial)) = &mut self.streams[i] {
-                    partial.extend_from_slice(&buf[..n]);
-                    let mut start = 0;
-                    while let Some(pos) = partial[start..].iter().position(|&b| b == b'\n') {
-                        emitted.push((*stream, partial[start..start + pos].to_vec()));
-                        start += pos + 1;
-                    }
-                    partial.drain(..start);
-                    while partial.len() >= MAX_LINE {
-                        emitted.push((*stream, partial.drain(..MAX_LINE).collect()));
-                    }
+                let Some((_, stream, partial)) = &mut self.streams[i] else {
+                    return;
+                };
+                let stream = *stream;
+                partial.extend_from_slice(&buf[..n]);
+                let mut start = 0;
+                while let Some(pos) = partial[start..].iter().position(|&b| b == b'\n') {
+                    self.lines.emit(stream, &partial[start..start + pos]);
+                    start += pos + 1;
                 }
-                for (stream, bytes) in emitted {
-                    self.emit(stream, &bytes);
+                partial.drain(..start);
+                while partial.len() >= MAX_LINE {
+                    self.lines.emit(stream, &partial[..MAX_LINE]);
+                    partial.drain(..MAX_LINE);
                 }
             }
         }
@@ -721,27 +758,8 @@ impl Reader {
         if let Some((_, stream, partial)) = &mut self.streams[i]
             && !partial.is_empty()
         {
-            let (stream, bytes) = (*stream, std::mem::take(partial));
-            self.emit(stream, &bytes);
-        }
-    }
-
-    fn emit(&mut self, stream: Stream, bytes: &[u8]) {
-        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-        let line = Line {
-            pid: self.shared.pid as u32,
-            stream,
-            text: String::from_utf8_lossy(bytes).into_owned(),
-            dropped_before: self.dropped,
-        };
-        match self.lines.try_send(line) {
-            Ok(()) => self.dropped = 0,
-            Err(TrySendError::Full(_)) => {
-                self.dropped += 1;
-                self.dropped_total.fetch_add(1, Ordering::Relaxed);
-            }
-            // No sink thread: output is read only so the child never blocks on a full pipe.
-            Err(TrySendError::Disconnected(_)) => {}
+            self.lines.emit(*stream, partial);
+            partial.clear();
         }
     }
 }

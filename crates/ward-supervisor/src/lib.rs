@@ -66,13 +66,18 @@
 //! - **The parent-death signal is per thread.** Linux sends it when the *thread* that cloned the
 //!   child exits. A [`Supervisor`] spawns every child from its own long-lived thread; if you use
 //!   [`Child`] directly, spawn from a thread that outlives the child.
-//! - **Reaping.** A reaper thread per child waits with `waitid(WNOWAIT)`, so the exited child
-//!   stays a zombie that pins its pid and group id; it then SIGKILLs what the child left in its
-//!   group (see [`ChildSpec::kill_group_on_exit`]) and reaps it with `wait4` for the rusage.
-//!   Signals are only ever sent while the child is unreaped, so they never hit a recycled pid.
-//! - **Output.** Captured stdout/stderr are read by a reader thread into a bounded queue; a
-//!   separate thread feeds the sink. The child never waits for the sink: when the queue is full,
-//!   lines are dropped and counted ([`Line::dropped_before`]).
+//! - **Reaping.** One watcher thread per child waits in a single `poll` for the child's exit
+//!   (a pidfd; before Linux 5.3, `waitid(WNOHANG | WNOWAIT)` every 10 ms), its output pipes
+//!   and its heartbeats. The exited child stays a zombie that pins its pid and group id until
+//!   the watcher has SIGKILLed what it left in its group (see [`ChildSpec::kill_group_on_exit`]);
+//!   then it is reaped with `wait4` for the rusage. Signals are only ever sent while the child
+//!   is unreaped, so they never hit a recycled pid.
+//! - **Output.** The watcher reads captured stdout/stderr into lines and queues them (bounded)
+//!   for a second thread that calls the sink, started with the first line, so a child that
+//!   writes nothing costs one thread in all. The child never waits for the sink: when the queue
+//!   is full, lines are dropped and counted ([`Line::dropped_before`]). After the exit, output
+//!   still in the pipes is read for at most 200 ms (a descendant that left the group may hold
+//!   them open). Dropping the [`Child`] joins both threads.
 //! - **Memory cgroup.** [`ChildSpec::memory_max`] creates a cgroup per run under this
 //!   process's own memory cgroup (v2 if the memory controller is delegated there, else v1), the
 //!   child moves itself in before exec, and the cgroup's OOM counter is read into the [`Exit`]

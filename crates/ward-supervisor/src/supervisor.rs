@@ -295,7 +295,7 @@ struct Slot {
 
 struct Runner {
     inbox: Receiver<Msg>,
-    /// For the reaper threads' exit notices.
+    /// For the children's watcher threads' exit notices.
     own: Sender<Msg>,
     on_event: Box<dyn FnMut(&Event) + Send>,
     slots: BTreeMap<ChildId, Slot>,

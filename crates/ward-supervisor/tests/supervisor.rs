@@ -306,7 +306,7 @@ fn output_is_captured_line_by_line() {
         .capture(move |line: &Line| sink.lock().unwrap().push((line.stream, line.text.clone())));
     let child = Child::spawn(&spec).unwrap();
     child.wait_timeout(LONG).unwrap();
-    drop(child); // joins the reader and the sink thread
+    drop(child); // joins the watcher and the sink thread
     let mut lines = lines.lock().unwrap().clone();
     lines.sort();
     assert_eq!(
@@ -353,6 +353,107 @@ fn a_stuck_sink_never_blocks_the_child() {
         delivered >= 1024,
         "the queue was delivered after the sink was unblocked"
     );
+}
+
+/// The lines each sink received, by child.
+type Seen = Arc<Mutex<Vec<(Stream, String)>>>;
+
+fn collecting(spec: ChildSpec) -> (ChildSpec, Seen) {
+    let seen: Seen = Arc::default();
+    let sink = Arc::clone(&seen);
+    let spec = spec
+        .capture(move |line: &Line| sink.lock().unwrap().push((line.stream, line.text.clone())));
+    (spec, seen)
+}
+
+#[test]
+fn many_concurrent_children_are_all_reaped_with_their_own_status_and_output() {
+    let children: Vec<_> = (0..40)
+        .map(|i| {
+            let script = format!("seq 1 300; echo err{i} >&2; exit {}", i % 7);
+            let (spec, seen) = collecting(ChildSpec::new("sh").args(["-c", &script]));
+            (i, Child::spawn(&spec).unwrap(), seen)
+        })
+        .collect();
+    let expected: Vec<String> = (1..=300).map(|n| n.to_string()).collect();
+    for (i, child, seen) in children {
+        let exit = child.wait_timeout(LONG).expect("every child is reaped");
+        assert_eq!(exit.termination, Termination::Exited { code: i % 7 });
+        assert_eq!(exit.pid, child.id());
+        drop(child); // joins its threads: every line has reached the sink
+        let seen = seen.lock().unwrap();
+        let stdout: Vec<String> = seen
+            .iter()
+            .filter(|(stream, _)| *stream == Stream::Stdout)
+            .map(|(_, text)| text.clone())
+            .collect();
+        assert_eq!(stdout, expected, "child {i}: stdout complete and in order");
+        assert!(seen.contains(&(Stream::Stderr, format!("err{i}"))));
+    }
+}
+
+#[test]
+fn a_child_that_closes_stdout_early_is_still_read_and_reaped() {
+    let (spec, seen) = collecting(ChildSpec::new("sh").args([
+        "-c",
+        "echo early; exec 1>&-; sleep 0.1; echo late >&2; exit 5",
+    ]));
+    let child = Child::spawn(&spec).unwrap();
+    let exit = child.wait_timeout(LONG).expect("the child is reaped");
+    assert_eq!(exit.termination, Termination::Exited { code: 5 });
+    drop(child);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            (Stream::Stdout, "early".to_owned()),
+            (Stream::Stderr, "late".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn a_grandchild_holding_the_pipe_dies_with_the_group() {
+    let (spec, seen) = collecting(ChildSpec::new("sh").args(["-c", "sleep 1000 & echo $!"]));
+    let child = Child::spawn(&spec).unwrap();
+    let exit = child.wait_timeout(LONG).expect("the leader exits at once");
+    assert_eq!(exit.termination, Termination::Exited { code: 0 });
+    drop(child); // returns although the grandchild had the pipes: the group kill closed them
+    let grandchild: u32 = seen.lock().unwrap()[0].1.parse().unwrap();
+    assert!(poll(LONG, || is_dead(grandchild)));
+}
+
+#[test]
+fn a_descendant_that_escaped_the_group_cannot_hold_the_drop_forever() {
+    // setsid takes the sleep out of the group, so nothing kills it and it keeps the pipes open:
+    // the drain after the exit is bounded, and output written before the exit is kept.
+    let (spec, seen) =
+        collecting(ChildSpec::new("sh").args(["-c", "setsid sleep 1000 & echo $!; echo bye >&2"]));
+    let child = Child::spawn(&spec).unwrap();
+    let exit = child.wait_timeout(LONG).expect("the leader exits at once");
+    assert_eq!(exit.termination, Termination::Exited { code: 0 });
+    drop(child);
+    let seen = seen.lock().unwrap().clone();
+    let escaped: i32 = seen
+        .iter()
+        .find(|(stream, _)| *stream == Stream::Stdout)
+        .expect("the pid line")
+        .1
+        .parse()
+        .unwrap();
+    assert!(
+        seen.contains(&(Stream::Stderr, "bye".to_owned())),
+        "{seen:?}"
+    );
+    // SAFETY: kill has no memory-safety preconditions; the pid was just printed by its parent
+    // and is not reaped by anyone in this process.
+    unsafe { libc::kill(escaped, libc::SIGKILL) };
+}
+
+#[test]
+fn a_child_costs_one_thread_plus_one_once_it_writes_and_none_after_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let exit = run(&helper("threads", dir.path()));
+    assert_eq!(exit.termination, Termination::Exited { code: 0 });
 }
 
 #[test]
@@ -449,7 +550,7 @@ fn stdout_of(spec: ChildSpec) -> (Termination, Vec<String>) {
     }))
     .expect("spawn");
     let exit = child.wait_timeout(LONG).expect("the child exits");
-    drop(child); // joins the reader and the sink thread
+    drop(child); // joins the watcher and the sink thread
     let lines = lines.lock().unwrap().clone();
     (exit.termination, lines)
 }

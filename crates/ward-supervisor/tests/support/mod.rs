@@ -110,7 +110,61 @@ pub fn run_helper(mode: &str) -> ! {
             let children = children_of(std::process::id());
             std::process::exit(if children.is_empty() { 0 } else { 4 })
         }
+        "threads" => {
+            // A silent child costs exactly one thread while it runs, one that writes costs a
+            // second for its sink, and none is left once the handles are dropped. Counted in a
+            // process of its own, where no other test starts threads meanwhile.
+            let before = threads();
+            let silent =
+                ward_supervisor::Child::spawn(&ChildSpec::new("sleep").arg("1000").capture(|_| {}))
+                    .expect("spawn sleep");
+            check(threads() == before + 1, 10);
+            let talker = ward_supervisor::Child::spawn(
+                &ChildSpec::new("sh")
+                    .args(["-c", "echo hello; exec sleep 1000"])
+                    .capture(|_| {}),
+            )
+            .expect("spawn sh");
+            check(
+                poll(Duration::from_secs(20), || threads() == before + 3),
+                11,
+            );
+            drop(silent);
+            drop(talker);
+            let many: Vec<_> = (0..20)
+                .map(|i| {
+                    ward_supervisor::Child::spawn(
+                        &ChildSpec::new("sh")
+                            .args(["-c", &format!("echo {i}; exit {i}")])
+                            .capture(|_| {}),
+                    )
+                    .expect("spawn sh")
+                })
+                .collect();
+            for child in &many {
+                child.wait_timeout(Duration::from_secs(20)).expect("exits");
+            }
+            drop(many);
+            // Joined, not just finished: the count is back right after the drops.
+            check(threads() == before, 12);
+            check(children_of(std::process::id()).is_empty(), 13);
+            std::process::exit(0)
+        }
         other => panic!("unknown helper mode {other:?}"),
+    }
+}
+
+/// The threads of this process.
+fn threads() -> usize {
+    fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .count()
+}
+
+/// Exits with `code` unless `ok`.
+fn check(ok: bool, code: i32) {
+    if !ok {
+        std::process::exit(code);
     }
 }
 
