@@ -457,6 +457,13 @@ fn a_child_costs_one_thread_plus_one_once_it_writes_and_none_after_drop() {
 }
 
 #[test]
+fn repeated_spawns_leave_no_descriptor_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let exit = run(&helper("fds", dir.path()));
+    assert_eq!(exit.termination, Termination::Exited { code: 0 });
+}
+
+#[test]
 fn stdin_can_be_piped() {
     let (tx, rx) = crossbeam_channel::unbounded();
     let spec = ChildSpec::new("sh")

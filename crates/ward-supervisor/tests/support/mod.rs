@@ -150,6 +150,37 @@ pub fn run_helper(mode: &str) -> ! {
             check(children_of(std::process::id()).is_empty(), 13);
             std::process::exit(0)
         }
+        "fds" => {
+            // Spawns reuse this thread's child stack and the shared /dev/null: after the first
+            // (which makes them), each spawn leaves the descriptor table as it found it.
+            let null = || {
+                ChildSpec::new("sh")
+                    .args(["-c", "[ -r /dev/stdin ] && echo x >&2 && exit 3"])
+                    .output(ward_supervisor::Output::Null)
+            };
+            let run = |spec: &ChildSpec| {
+                ward_supervisor::Child::spawn(spec)
+                    .expect("spawn")
+                    .wait_timeout(Duration::from_secs(20))
+                    .expect("exits")
+                    .termination
+            };
+            let three = ward_supervisor::Termination::Exited { code: 3 };
+            check(run(&null()) == three, 20);
+            let before = open_fds(std::process::id());
+            for i in 0..50 {
+                let spec = if i % 2 == 0 {
+                    null()
+                } else {
+                    ChildSpec::new("sh")
+                        .args(["-c", "echo out; echo err >&2; exit 3"])
+                        .capture(|_| {})
+                };
+                check(run(&spec) == three, 21);
+            }
+            check(open_fds(std::process::id()) == before, 22);
+            std::process::exit(0)
+        }
         other => panic!("unknown helper mode {other:?}"),
     }
 }

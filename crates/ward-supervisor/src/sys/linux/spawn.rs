@@ -5,12 +5,14 @@
 //! A `pre_exec` hook would make std fall back to `fork`, whose page-table copy, copy-on-write
 //! faults and teardown at exec cost more than the rest of a short job put together.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr, OsString, c_char, c_int, c_void};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::ptr;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, Ordering};
 
 use crate::spec::{Input, Output};
@@ -170,7 +172,10 @@ pub(crate) fn spawn(
         .transpose()
         .map_err(failed)?;
     let stdio = Stdio::new(spec).map_err(failed)?;
-    let stack = ChildStack::new().map_err(failed)?;
+    let stack = match CHILD_STACK.take() {
+        Some(stack) => stack,
+        None => ChildStack::new().map_err(failed)?,
+    };
     let plan = ChildPlan {
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
@@ -188,8 +193,12 @@ pub(crate) fn spawn(
     };
 
     // SAFETY: `plan` and `stack` outlive the child's use of them: CLONE_VFORK suspends this
-    // thread until the child has exec'd or exited, and both are dropped only after that.
-    let pid = unsafe { clone_vfork(&plan, &stack) }.map_err(failed)?;
+    // thread until the child has exec'd or exited, and only then is `plan` dropped and `stack`
+    // handed to the next spawn.
+    let cloned = unsafe { clone_vfork(&plan, &stack) };
+    // The child has exec'd or exited (or was never made): the stack is free for the next spawn.
+    CHILD_STACK.set(Some(stack));
+    let pid = cloned.map_err(failed)?;
 
     let step = plan.failure.step.load(Ordering::Relaxed);
     if step != Step::Unset as u8 {
@@ -556,12 +565,20 @@ fn path_candidates(program: &[u8], path: Option<&[u8]>) -> io::Result<(Vec<CStri
     Ok((candidates, libc::ENOENT))
 }
 
+/// What the child gets at 0, 1 or 2: its end of a pipe, or this process's shared `/dev/null`.
+#[derive(Debug)]
+enum ChildEnd {
+    /// Closed here once the child has exec'd.
+    Pipe(OwnedFd),
+    Null(BorrowedFd<'static>),
+}
+
 /// The descriptors for the child's stdin, stdout and stderr, made before the clone.
 #[derive(Debug)]
 struct Stdio {
-    /// What goes to 0, 1, 2 in the child (`None`: inherited). Closed here once the child has
-    /// exec'd; close-on-exec, so the child keeps only its dup2 copies.
-    child: [Option<OwnedFd>; 3],
+    /// What goes to 0, 1, 2 in the child (`None`: inherited). All close-on-exec, so the child
+    /// keeps only its dup2 copies.
+    child: [Option<ChildEnd>; 3],
     /// Our ends of the pipes.
     parent: [Option<OwnedFd>; 3],
 }
@@ -573,10 +590,10 @@ impl Stdio {
             parent: [None, None, None],
         };
         match spec.stdin {
-            Input::Null => stdio.child[0] = Some(dev_null(libc::O_RDONLY)?),
+            Input::Null => stdio.child[0] = Some(ChildEnd::Null(dev_null(false)?)),
             Input::Piped => {
                 let (read, write) = pipe().map_err(into_io)?;
-                stdio.child[0] = Some(read);
+                stdio.child[0] = Some(ChildEnd::Pipe(above_stdio(read)?));
                 stdio.parent[0] = Some(write);
             }
             Input::Inherit => {}
@@ -584,32 +601,27 @@ impl Stdio {
         match spec.output {
             Output::Inherit => {}
             Output::Null => {
-                let null = dev_null(libc::O_WRONLY)?;
-                stdio.child[2] = Some(null.try_clone()?);
-                stdio.child[1] = Some(null);
+                let null = dev_null(true)?;
+                stdio.child[1] = Some(ChildEnd::Null(null));
+                stdio.child[2] = Some(ChildEnd::Null(null));
             }
             Output::Capture(_) => {
                 for i in 1..3 {
                     let (read, write) = pipe().map_err(into_io)?;
-                    stdio.child[i] = Some(write);
+                    stdio.child[i] = Some(ChildEnd::Pipe(above_stdio(write)?));
                     stdio.parent[i] = Some(read);
                 }
-            }
-        }
-        // If this process runs with 0, 1 or 2 closed, a new descriptor can land there, and the
-        // child's dup2 onto that number would clobber it before it is used.
-        for fd in &mut stdio.child {
-            if let Some(owned) = fd.take() {
-                *fd = Some(above_stdio(owned)?);
             }
         }
         Ok(stdio)
     }
 
     fn child_fds(&self) -> [RawFd; 3] {
-        self.child
-            .each_ref()
-            .map(|fd| fd.as_ref().map_or(-1, AsRawFd::as_raw_fd))
+        self.child.each_ref().map(|end| match end {
+            None => -1,
+            Some(ChildEnd::Pipe(fd)) => fd.as_raw_fd(),
+            Some(ChildEnd::Null(fd)) => fd.as_raw_fd(),
+        })
     }
 }
 
@@ -620,17 +632,34 @@ fn into_io(err: Error) -> io::Error {
     }
 }
 
-fn dev_null(mode: c_int) -> io::Result<OwnedFd> {
+/// `/dev/null` for reading or for writing, opened once per process (above stderr, close-on-exec)
+/// and shared by every spawn after: opening it for each child was a path lookup per job.
+/// Nothing in this process closes descriptors it does not own, so the shared one stays valid.
+fn dev_null(write: bool) -> io::Result<BorrowedFd<'static>> {
+    static NULL: [OnceLock<OwnedFd>; 2] = [OnceLock::new(), OnceLock::new()];
+    let cell = &NULL[usize::from(write)];
+    if let Some(fd) = cell.get() {
+        return Ok(fd.as_fd());
+    }
+    let mode = if write {
+        libc::O_WRONLY
+    } else {
+        libc::O_RDONLY
+    };
     // SAFETY: a NUL-terminated path and valid flags.
     let fd = unsafe { libc::open(c"/dev/null".as_ptr(), mode | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: open succeeded, so `fd` is a fresh descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = above_stdio(unsafe { OwnedFd::from_raw_fd(fd) })?;
+    // Another thread may have won the race: then ours is closed and theirs used.
+    Ok(cell.get_or_init(|| fd).as_fd())
 }
 
-/// `fd`, moved above stderr if it is 0, 1 or 2 (close-on-exec either way).
+/// `fd`, moved above stderr if it is 0, 1 or 2 (close-on-exec either way): if this process runs
+/// with 0, 1 or 2 closed, a new descriptor can land there, and the child's dup2 onto that number
+/// would clobber it before it is used.
 fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
@@ -642,6 +671,14 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     }
     // SAFETY: fcntl succeeded, so `copy` is a fresh descriptor nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
+thread_local! {
+    /// The child stack this thread used last, kept for its next spawn: mapping, guarding,
+    /// faulting in and unmapping a fresh one cost several system calls per job. One per thread
+    /// is enough, since the clone suspends the thread until the child no longer uses it; it is
+    /// unmapped when the thread exits.
+    static CHILD_STACK: Cell<Option<ChildStack>> = const { Cell::new(None) };
 }
 
 /// The child's stack: an anonymous mapping with a guard page below it, so an overflow faults
