@@ -457,6 +457,23 @@ fn a_child_costs_one_thread_plus_one_once_it_writes_and_none_after_drop() {
 }
 
 #[test]
+fn a_child_nobody_waits_for_is_reaped_by_its_watcher() {
+    let child = Child::spawn(&ChildSpec::new("sh").args(["-c", "exit 6"])).unwrap();
+    // Only try_wait, which never reaps: the exit can come only from the watcher thread.
+    let mut exit = None;
+    assert!(poll(LONG, || {
+        exit = child.try_wait();
+        exit.is_some()
+    }));
+    assert_eq!(exit.unwrap().termination, Termination::Exited { code: 6 });
+    assert!(
+        support::children_of(std::process::id())
+            .iter()
+            .all(|&pid| pid != child.id())
+    );
+}
+
+#[test]
 fn repeated_spawns_leave_no_descriptor_behind() {
     let dir = tempfile::tempdir().unwrap();
     let exit = run(&helper("fds", dir.path()));
