@@ -54,10 +54,10 @@
 //!   spec's changes), the paths `execvp` would try (in the *child's* `PATH`, as std does), the
 //!   working directory and the stdio descriptors (`/dev/null` is opened once per process; the
 //!   child's small stack is mapped once per spawning thread and reused). The calling thread
-//!   blocks every signal around the clone and is suspended until the child execs or exits. The child, on the parent's memory
-//!   and its own small stack, makes only async-signal-safe system calls: it resets every handled
-//!   signal to its default (so no handler of this process runs in it), leads a process group of
-//!   its own, puts its stdio in place, changes directory, sets
+//!   blocks every signal around the clone and is suspended until the child execs or exits. The
+//!   child, on the parent's memory and its own small stack, makes only async-signal-safe system
+//!   calls: it resets every handled signal to its default (so no handler of this process runs in
+//!   it), leads a process group of its own, puts its stdio in place, changes directory, sets
 //!   `prctl(PR_SET_PDEATHSIG, SIGKILL)` then checks `getppid()` (the parent may have died before
 //!   the `prctl`), joins the memory cgroup, applies `setrlimit`, marks every descriptor above
 //!   stderr close-on-exec except those passed with [`ChildSpec::pass_fd`] (so even a descriptor
