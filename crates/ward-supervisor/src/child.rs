@@ -3,7 +3,6 @@
 //! signalling it, and stopping it with SIGTERM then SIGKILL.
 
 use std::ffi::OsString;
-use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
@@ -32,8 +31,7 @@ const EXIT_CHECK: Duration = Duration::from_millis(10);
 /// How long a SIGKILLed child may take to be reaped before we report it as unkillable.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// Called once the child is reaped, on the thread that reaped it: its watcher, or a thread
-/// waiting for it in [`Child::wait`] and the like.
+/// Called on the child's watcher thread once the child is reaped.
 pub(crate) type OnExit = Box<dyn FnOnce(&Exit) + Send>;
 
 #[derive(Debug, Default)]
@@ -44,35 +42,11 @@ struct State {
     exit: Option<Exit>,
     hung: bool,
     stop_requested: bool,
-    /// What the reap needs; taken by the thread that reaps.
-    reaping: Option<Reaping>,
-}
-
-/// What reaping the child takes besides its pid.
-struct Reaping {
-    started: Instant,
-    kill_group: bool,
-    cgroup: Option<Arc<Cgroup>>,
-    on_exit: Option<OnExit>,
-}
-
-impl fmt::Debug for Reaping {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reaping")
-            .field("started", &self.started)
-            .field("kill_group", &self.kill_group)
-            .field("cgroup", &self.cgroup)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug)]
 struct Shared {
     pid: libc::pid_t,
-    /// A pidfd, readable once the child has exited: the watcher polls it with the child's
-    /// output, and a thread waiting for the exit polls it too and reaps the child itself, so
-    /// that it need not wait for the watcher to be scheduled first. `None` without pidfds.
-    exit_fd: Option<OwnedFd>,
     state: Mutex<State>,
     exited: Condvar,
 }
@@ -80,76 +54,6 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Reaps the child if it has exited (with `block`: waits for it to exit, for use right after
-    /// a SIGKILL): kills what it left in its group while its pid still pins the group id, then
-    /// reaps it with `wait4` for the rusage, publishes the [`Exit`] and calls `on_exit`. Whichever
-    /// thread comes first does it, under the lock; returns whether the child is reaped.
-    fn reap(&self, block: bool) -> bool {
-        let pid = self.pid;
-        let mut state = self.lock();
-        if state.reaped {
-            return true;
-        }
-        if !block && !has_exited(pid) {
-            return false;
-        }
-        let Reaping {
-            started,
-            kill_group,
-            cgroup,
-            on_exit,
-        } = state
-            .reaping
-            .take()
-            .expect("an unreaped child has what its reap needs");
-        if kill_group {
-            // The leader is a zombie now, which keeps its group id from being reused: whatever
-            // it left running in its group is killed before it is reaped.
-            if let Err(err) = self.signal(&state, libc::SIGKILL, true) {
-                log::error!("killing what child {pid} left in its group: {err}");
-            }
-            if let Some(cgroup) = &cgroup {
-                cgroup.kill_all();
-            }
-        }
-        let mut status = 0;
-        // SAFETY: an all-zero rusage is a valid value to be overwritten by wait4.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let termination = loop {
-            // SAFETY: `status` and `usage` are valid for writes; the pid is our child.
-            let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-            if rc == pid {
-                break Termination::from_raw(status);
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EINTR) {
-                // ECHILD: someone else reaped it (a SIGCHLD set to SIG_IGN, a stray waitpid(-1)).
-                log::error!("wait4 on child {pid}: {err}; its exit status is lost");
-                break Termination::Signaled {
-                    signal: 0,
-                    core_dumped: false,
-                };
-            }
-        };
-        state.reaped = true;
-        let exit = Exit {
-            pid: pid as u32,
-            termination,
-            hung: state.hung,
-            stop_requested: state.stop_requested,
-            max_rss_bytes: (usage.ru_maxrss.max(0) as u64).saturating_mul(sys::MAXRSS_UNIT),
-            run_time: started.elapsed(),
-            memory_cgroup: cgroup.map(|cgroup| cgroup.evidence()),
-        };
-        state.exit = Some(exit.clone());
-        drop(state);
-        self.exited.notify_all();
-        if let Some(on_exit) = on_exit {
-            on_exit(&exit);
-        }
-        true
     }
 
     /// Signals the child's group (or just the child) unless it has been reaped already.
@@ -173,36 +77,6 @@ impl Shared {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Option<Exit> {
-        if let Some(exit_fd) = &self.exit_fd {
-            loop {
-                if let Some(exit) = &self.lock().exit {
-                    return Some(exit.clone());
-                }
-                let millis = match deadline {
-                    None => -1,
-                    Some(deadline) => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            return None;
-                        }
-                        left.as_millis().min(i32::MAX as u128) as i32 + 1
-                    }
-                };
-                let mut fds = [pollfd(exit_fd.as_raw_fd())];
-                // SAFETY: `fds` is a valid array of one pollfd.
-                let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, millis) };
-                if ready > 0 {
-                    // Exited: reap it here unless the watcher has (or is at it: then this
-                    // waits for the lock and finds the exit published).
-                    self.reap(false);
-                } else if ready < 0
-                    && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted
-                {
-                    // Not expected with a valid pidfd; the watcher still reaps, so wait for it.
-                    break;
-                }
-            }
-        }
         let mut state = self.lock();
         loop {
             if let Some(exit) = &state.exit {
@@ -292,16 +166,7 @@ impl Child {
         let started = Instant::now();
         let shared = Arc::new(Shared {
             pid: process.pid,
-            exit_fd: sys::pidfd_open(process.pid),
-            state: Mutex::new(State {
-                reaping: Some(Reaping {
-                    started,
-                    kill_group: spec.kill_group_on_exit,
-                    cgroup: cgroup.clone(),
-                    on_exit,
-                }),
-                ..State::default()
-            }),
+            state: Mutex::new(State::default()),
             exited: Condvar::new(),
         });
         let dropped_lines = Arc::new(AtomicU64::new(0));
@@ -309,7 +174,7 @@ impl Child {
             shared: Arc::clone(&shared),
             started,
             stdin: process.stdin.map(ChildStdin::from),
-            cgroup,
+            cgroup: cgroup.clone(),
             dropped_lines: Arc::clone(&dropped_lines),
             watcher: None,
         };
@@ -320,6 +185,10 @@ impl Child {
         let watcher = Watcher {
             shared: Arc::clone(&shared),
             started,
+            exit_fd: sys::pidfd_open(process.pid),
+            kill_group: spec.kill_group_on_exit,
+            cgroup,
+            on_exit,
             streams: [
                 process.stdout.map(|fd| (fd, Stream::Stdout, Vec::new())),
                 process.stderr.map(|fd| (fd, Stream::Stderr, Vec::new())),
@@ -333,6 +202,9 @@ impl Child {
                 dropped_total: dropped_lines,
             },
         };
+        // The watcher moves into the thread only if the thread starts; `spawn` hands the closure
+        // back on failure only by dropping it, so keep what the fallback needs outside it.
+        let (kill_group, fallback_cgroup) = (watcher.kill_group, watcher.cgroup.clone());
         match thread::Builder::new()
             .name(format!("ward-child-{}", shared.pid))
             .spawn(move || watcher.run())
@@ -349,7 +221,7 @@ impl Child {
                     log::error!("child {}: {err}", shared.pid);
                 }
                 drop(state);
-                shared.reap(true);
+                reap(&shared, started, kill_group, fallback_cgroup, None);
             }
         }
         child
@@ -523,7 +395,7 @@ fn spawn_process(spec: &ChildSpec, cgroup: Option<&Cgroup>) -> Result<(Spawned, 
 }
 
 /// Whether our child `pid` has exited (it stays a zombie: `WNOWAIT`). An error other than
-/// `EINTR` (`ECHILD`: someone else reaped it) counts as exited, so that the reap reports it.
+/// `EINTR` (`ECHILD`: someone else reaped it) counts as exited, so that [`reap`] reports it.
 fn has_exited(pid: libc::pid_t) -> bool {
     // SAFETY: an all-zero siginfo_t is a valid value to be overwritten by waitid.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -546,6 +418,65 @@ fn has_exited(pid: libc::pid_t) -> bool {
     }
     // SAFETY: waitid filled `info` in; with WNOHANG and no exited child, si_pid stays 0.
     unsafe { info.si_pid() != 0 }
+}
+
+/// Reaps the child once it has exited (or, called right after a SIGKILL, waits for that): kills
+/// what it left in its group while its pid still pins the group id, then reaps it with `wait4`
+/// for the rusage, publishes the [`Exit`] and calls `on_exit`.
+fn reap(
+    shared: &Shared,
+    started: Instant,
+    kill_group: bool,
+    cgroup: Option<Arc<Cgroup>>,
+    on_exit: Option<OnExit>,
+) {
+    let pid = shared.pid;
+    let mut state = shared.lock();
+    if kill_group {
+        // The leader is a zombie now, which keeps its group id from being reused: whatever it
+        // left running in its group is killed before it is reaped.
+        if let Err(err) = shared.signal(&state, libc::SIGKILL, true) {
+            log::error!("killing what child {pid} left in its group: {err}");
+        }
+        if let Some(cgroup) = &cgroup {
+            cgroup.kill_all();
+        }
+    }
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value to be overwritten by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let termination = loop {
+        // SAFETY: `status` and `usage` are valid for writes; the pid is our child.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if rc == pid {
+            break Termination::from_raw(status);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            // ECHILD: someone else reaped it (a SIGCHLD set to SIG_IGN, a stray waitpid(-1)).
+            log::error!("wait4 on child {pid}: {err}; its exit status is lost");
+            break Termination::Signaled {
+                signal: 0,
+                core_dumped: false,
+            };
+        }
+    };
+    state.reaped = true;
+    let exit = Exit {
+        pid: pid as u32,
+        termination,
+        hung: state.hung,
+        stop_requested: state.stop_requested,
+        max_rss_bytes: (usage.ru_maxrss.max(0) as u64).saturating_mul(sys::MAXRSS_UNIT),
+        run_time: started.elapsed(),
+        memory_cgroup: cgroup.map(|cgroup| cgroup.evidence()),
+    };
+    state.exit = Some(exit.clone());
+    drop(state);
+    shared.exited.notify_all();
+    if let Some(on_exit) = on_exit {
+        on_exit(&exit);
+    }
 }
 
 /// Where a child's output lines go: a bounded queue to a thread that calls the sink, started
@@ -631,6 +562,12 @@ fn deliver(lines: &Receiver<Line>, sink: &OutputSink) {
 struct Watcher {
     shared: Arc<Shared>,
     started: Instant,
+    /// Readable once the child has exited; `None` without pidfds (then checked every
+    /// [`EXIT_CHECK`]).
+    exit_fd: Option<OwnedFd>,
+    kill_group: bool,
+    cgroup: Option<Arc<Cgroup>>,
+    on_exit: Option<OnExit>,
     /// Open streams with their partial line.
     streams: [Option<(OwnedFd, Stream, Vec<u8>)>; 2],
     watchdog: Option<(Watchdog, OwnedFd)>,
@@ -689,11 +626,11 @@ impl Watcher {
                 }
             }
             let running = drain_until.is_none();
-            if running && self.shared.exit_fd.is_none() {
+            if running && self.exit_fd.is_none() {
                 timeout = Some(timeout.map_or(EXIT_CHECK, |t| t.min(EXIT_CHECK)));
             }
 
-            let exit_fd = match &self.shared.exit_fd {
+            let exit_fd = match &self.exit_fd {
                 Some(fd) if running => fd.as_raw_fd(),
                 _ => -1,
             };
@@ -718,16 +655,17 @@ impl Watcher {
                 log::error!("poll on child {}: {err}", self.shared.pid);
                 if running {
                     // Reaping must not be skipped: wait4 blocks until the child exits.
-                    self.shared.reap(true);
+                    self.reap();
                 }
                 break;
             }
             // Reap before reading: the exit is published as soon as it happens, and the group
             // kill closes the pipes a descendant may still hold.
             if running
-                && (fds[0].revents != 0 || self.shared.exit_fd.is_none())
-                && self.shared.reap(false)
+                && (fds[0].revents != 0 || self.exit_fd.is_none())
+                && has_exited(self.shared.pid)
             {
+                self.reap();
                 drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
             }
             for i in 0..2 {
@@ -752,6 +690,16 @@ impl Watcher {
             self.flush_partial(i);
         }
         self.lines.finish();
+    }
+
+    fn reap(&mut self) {
+        reap(
+            &self.shared,
+            self.started,
+            self.kill_group,
+            self.cgroup.take(),
+            self.on_exit.take(),
+        );
     }
 
     /// Reads what is already in the pipes without waiting for more: a descendant that escaped

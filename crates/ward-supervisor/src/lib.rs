@@ -71,10 +71,8 @@
 //!   (a pidfd; before Linux 5.3, `waitid(WNOHANG | WNOWAIT)` every 10 ms), its output pipes
 //!   and its heartbeats. The exited child stays a zombie that pins its pid and group id until
 //!   the watcher has SIGKILLed what it left in its group (see [`ChildSpec::kill_group_on_exit`]);
-//!   then it is reaped with `wait4` for the rusage. A thread in [`Child::wait`] (or
-//!   `wait_timeout`, `stop`) polls the pidfd too and does the same reap itself if it gets there
-//!   first, under the same lock, so the waiter is not delayed by scheduling the watcher.
-//!   Signals are only ever sent while the child is unreaped, so they never hit a recycled pid.
+//!   then it is reaped with `wait4` for the rusage. Signals are only ever sent while the child
+//!   is unreaped, so they never hit a recycled pid.
 //! - **Output.** The watcher reads captured stdout/stderr into lines and queues them (bounded)
 //!   for a second thread that calls the sink, started with the first line, so a child that
 //!   writes nothing costs one thread in all. The child never waits for the sink: when the queue
