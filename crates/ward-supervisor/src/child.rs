@@ -202,8 +202,8 @@ impl Child {
                 dropped_total: dropped_lines,
             },
         };
-        // The watcher moves into the thread only if the thread starts; `spawn` hands the closure
-        // back on failure only by dropping it, so keep what the fallback needs outside it.
+        // If the thread cannot start, the closure is dropped with the watcher in it: keep what
+        // the fallback reap below needs outside it.
         let (kill_group, fallback_cgroup) = (watcher.kill_group, watcher.cgroup.clone());
         match thread::Builder::new()
             .name(format!("ward-child-{}", shared.pid))
