@@ -786,7 +786,7 @@ mod tests {
         };
         backlog.rescan(root.join("d1"));
         backlog.rescan(root.clone()); // covers d1: one rescan left
-        assert_eq!(backlog.rescans, [root.clone()]);
+        assert_eq!(backlog.rescans, std::slice::from_ref(&root));
 
         let mut ran = Vec::new();
         for _round in 0..10 {
