@@ -723,14 +723,18 @@ mod tests {
     use crate::config::{Handler, Trigger};
     use ward_watch::{Change, IgnoreRules};
 
-    #[test]
-    fn a_directory_removed_in_the_batch_that_created_a_file_in_it_removes_the_file_too() {
+    /// A temporary directory with an empty watched root, `tree`, in it.
+    fn tree() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(&dir.path().join("state")).unwrap();
         let root = dir.path().join("tree");
         std::fs::create_dir_all(&root).unwrap();
-        let rules = Arc::new(IgnoreRules::new(vec![root.clone()], &[], None).unwrap());
-        let mut tracker = Tracker::open(&state, rules).unwrap();
+        (dir, root)
+    }
+
+    /// A tracker with its state beside `root`, and one trigger for every file.
+    fn tracker_of(dir: &tempfile::TempDir, root: &Path) -> (Tracker, Triggers) {
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let rules = Arc::new(IgnoreRules::new(vec![root.to_path_buf()], &[], None).unwrap());
         let trigger = Trigger {
             name: "t".into(),
             globs: Vec::new(),
@@ -738,7 +742,16 @@ mod tests {
                 argv: vec!["true".into()],
             },
         };
-        let triggers = Triggers::new(&[trigger]).unwrap();
+        (
+            Tracker::open(&state, rules).unwrap(),
+            Triggers::new(&[trigger]).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_directory_removed_in_the_batch_that_created_a_file_in_it_removes_the_file_too() {
+        let (dir, root) = tree();
+        let (mut tracker, triggers) = tracker_of(&dir, &root);
         // The file's creation and its directory's removal, delivered together; neither exists now.
         let file = root.join("d/f");
         let batch = Batch {
@@ -762,24 +775,13 @@ mod tests {
 
     #[test]
     fn a_rescan_larger_than_the_backlog_queues_each_file_once_as_room_allows() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(&dir.path().join("state")).unwrap();
-        let root = dir.path().join("tree");
+        let (dir, root) = tree();
         for i in 0..25 {
             let sub = root.join(format!("d{}", i % 3));
             std::fs::create_dir_all(&sub).unwrap();
             std::fs::write(sub.join(format!("f{i}")), "x").unwrap();
         }
-        let rules = Arc::new(IgnoreRules::new(vec![root.clone()], &[], None).unwrap());
-        let mut tracker = Tracker::open(&state, rules).unwrap();
-        let trigger = Trigger {
-            name: "t".into(),
-            globs: Vec::new(),
-            handler: Handler::Exec {
-                argv: vec!["true".into()],
-            },
-        };
-        let triggers = Triggers::new(&[trigger]).unwrap();
+        let (mut tracker, triggers) = tracker_of(&dir, &root);
         let mut backlog = Backlog {
             high: 10,
             ..Backlog::default()

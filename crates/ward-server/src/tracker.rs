@@ -16,7 +16,7 @@ use ward_watch::IgnoreRules;
 
 use crate::Error;
 use crate::jobs::{Event, Job, Triggers};
-use crate::manifest::{ChangeEntry, Manifest, Opened, Update};
+use crate::manifest::{ChangeEntry, Manifest, Opened, Reconciled, Update};
 use crate::state::{StateDir, names};
 
 /// Writes wait at most this long to be grouped into one commit.
@@ -122,18 +122,7 @@ impl Tracker {
         let changed = self.manifest.reconcile(&self.rules, path, |p| {
             self.trigger_for(p, triggers).is_some()
         })?;
-        Ok(changed
-            .into_iter()
-            .filter_map(|r| {
-                let trigger = self.trigger_for(&r.path, triggers)?;
-                Some(Job {
-                    trigger,
-                    path: r.path,
-                    event: r.event,
-                    old_path: None,
-                })
-            })
-            .collect())
+        Ok(self.jobs_of(changed, triggers))
     }
 
     /// At most `limit` jobs of `path`'s subtree diff, leaving out creations and modifications of
@@ -153,7 +142,11 @@ impl Tracker {
                     (event == Event::Removed || !self.in_flight.contains(p))
                         && self.trigger_for(p, triggers).is_some()
                 })?;
-        let jobs = changed
+        Ok((self.jobs_of(changed, triggers), left_out))
+    }
+
+    fn jobs_of(&self, changed: Vec<Reconciled>, triggers: &Triggers) -> Vec<Job> {
+        changed
             .into_iter()
             .filter_map(|r| {
                 let trigger = self.trigger_for(&r.path, triggers)?;
@@ -164,8 +157,7 @@ impl Tracker {
                     old_path: None,
                 })
             })
-            .collect();
-        Ok((jobs, left_out))
+            .collect()
     }
 
     /// The trigger that handles `path`, if it lies in a root, is not ignored, and one matches.
