@@ -68,11 +68,11 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         config.clone(),
         state.clone(),
     )?)));
-    // Each accepted job ends in one `Finished` (or none if it is coalesced away); while the loop is
-    // busy at most the queue plus the running jobs can finish, so this never fills in practice,
-    // and a lost `Finished` only means the job is redone after a restart.
-    let (done_tx, done) =
-        crossbeam_channel::bounded::<Update>(config.queue_capacity + config.workers + 64);
+    // Each accepted job ends in one `Finished` (two for a rename), and only jobs this loop handed
+    // to the pool finish, so what waits here is bounded by what the pool holds. A bounded channel
+    // dropped outcomes while the loop compared a large subtree (the stress harness saw 226 in one
+    // run), which left their paths looking in flight and their jobs pending until a restart.
+    let (done_tx, done) = crossbeam_channel::unbounded::<Update>();
     let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx)?;
     // Watching starts before the manifest walk, so no change slips between them.
     let watcher = build_watcher(&config, &state)?;
