@@ -229,6 +229,10 @@ struct Backlog {
     rescans: Vec<PathBuf>,
     /// The high-water mark ([`BACKLOG_HIGH`]; smaller in tests).
     high: usize,
+    /// The first rescan did not fit: it is compared again only once the backlog is empty, so
+    /// that its earlier rounds have reached the pool (and are skipped as in flight) instead of
+    /// being found, and replaced in the backlog, by a comparison at every turn of the loop.
+    partial: bool,
 }
 
 impl Default for Backlog {
@@ -238,6 +242,7 @@ impl Default for Backlog {
             jobs: HashMap::new(),
             rescans: Vec::new(),
             high: BACKLOG_HIGH,
+            partial: false,
         }
     }
 }
@@ -253,14 +258,17 @@ impl Backlog {
     }
 
     /// Makes the jobs of pending rescans while the backlog is under its high-water mark. A
-    /// rescan whose jobs do not all fit stays, and is compared again when there is room: what
-    /// its earlier rounds queued is in flight or done by then, so it is not queued twice (a
+    /// rescan whose jobs do not all fit stays, and is compared again once the backlog is empty:
+    /// what its earlier rounds queued is in flight or done by then, so it is not queued twice (a
     /// removal always is: it must follow whatever job still runs on the path).
     fn refill(&mut self, tracker: &mut Tracker, triggers: &Triggers) {
-        // From half full only: a comparison walks the whole subtree, too dear to add a few jobs.
-        if self.jobs.len() > self.high / 2 {
+        // From half full only (empty after a partial round): a comparison walks the whole
+        // subtree, too dear to add a few jobs.
+        let limit = if self.partial { 0 } else { self.high / 2 };
+        if self.jobs.len() > limit {
             return;
         }
+        self.partial = false;
         while self.jobs.len() < self.high
             && let Some(path) = self.rescans.first().cloned()
         {
@@ -280,6 +288,7 @@ impl Backlog {
             if !left_out {
                 self.rescans.remove(0);
             } else {
+                self.partial = true;
                 log::info!(
                     "rescan of {} continues when the backlog has room",
                     path.display()
@@ -792,12 +801,20 @@ mod tests {
 
         let mut ran = Vec::new();
         for _round in 0..10 {
+            let (before, was_partial) = (backlog.len(), backlog.partial);
             backlog.refill(&mut tracker, &triggers);
+            if was_partial && before > 0 {
+                assert_eq!(
+                    backlog.len(),
+                    before,
+                    "a partial rescan waits for an empty backlog"
+                );
+            }
             assert!(backlog.len() <= 10, "{} jobs held", backlog.len());
             if backlog.len() == 0 {
                 break;
             }
-            // Run six of them: the backlog drops under half, so the next refill tops it up.
+            // Run six of them: after a partial round the next refill waits for the rest to go.
             for _ in 0..6 {
                 let Some(path) = backlog.order.pop_front() else {
                     break;
