@@ -605,6 +605,9 @@ impl Worker {
         }
         let mut items: Vec<Item> = self.notices.drain(..).map(Item::Error).collect();
         items.extend(self.pending.take_due(now));
+        for item in &items {
+            log::trace!("delivering {item:?}");
+        }
         Batch { items }
     }
 

@@ -45,7 +45,6 @@ impl Ward {
             .arg(&self.state)
             .args(args)
             .env_remove("RUST_LOG")
-            .env_remove("WARD_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
