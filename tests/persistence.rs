@@ -359,3 +359,42 @@ fn files_queued_in_a_directory_removed_before_their_jobs_ran_get_their_removal()
     }
     f.stop();
 }
+
+#[test]
+fn a_file_renamed_then_modified_while_its_job_waits_is_still_reported_gone_at_its_old_path() {
+    let f = Fixture::holdable(JOB);
+    let (old, new) = (f.tree.join("old"), f.tree.join("new"));
+    std::fs::write(&old, "1").unwrap();
+    wait_for("the file processed", LONG, || f.saw("old"));
+    f.hold();
+    std::fs::rename(&old, &new).unwrap();
+    let seq_of = |name: &std::path::Path| {
+        changes(&f, 0)
+            .iter()
+            .find(|c| c["path"] == name.to_str().unwrap())
+            .and_then(|c| c["seq"].as_u64())
+    };
+    wait_for("the rename queued", LONG, || seq_of(&new).is_some());
+    let renamed_at = seq_of(&new).unwrap();
+    // A second job for `new` while the rename's waits: the pool keeps only the latest per path.
+    std::fs::write(&new, "2").unwrap();
+    wait_for("the modification queued", LONG, || {
+        seq_of(&new).is_some_and(|seq| seq > renamed_at)
+    });
+    f.release();
+    f.wait_idle();
+    let last = |name: &std::path::Path| {
+        changes(&f, 0)
+            .into_iter()
+            .find(|c| c["path"] == name.to_str().unwrap())
+            .map(|c| c["event"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(
+        last(&old).as_deref(),
+        Some("removed"),
+        "the consumer was never told `old` is gone; ran: {:?}",
+        f.ledger_entries()
+    );
+    assert_eq!(last(&new).as_deref(), Some("renamed"));
+    f.stop();
+}

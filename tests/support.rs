@@ -163,6 +163,16 @@ impl Fixture {
     /// # Panics
     /// If the daemon does not start or the blocker does not run.
     pub fn held(job: &str) -> Fixture {
+        let f = Fixture::holdable(job);
+        f.hold();
+        f
+    }
+
+    /// [`Fixture::held`] not held yet: files are processed as they change until [`Fixture::hold`].
+    ///
+    /// # Panics
+    /// If the daemon does not start.
+    pub fn holdable(job: &str) -> Fixture {
         let f = Fixture::new(
             job,
             concat!(
@@ -173,13 +183,20 @@ impl Fixture {
         );
         f.edit_config("[jobs]\n", "[jobs]\nworkers = 1\n");
         f.start();
-        std::fs::write(f.tree.join("blocker"), "b").unwrap();
+        f
+    }
+
+    /// Holds the job thread of a [`Fixture::holdable`] with the blocker's job.
+    ///
+    /// # Panics
+    /// If the blocker does not run.
+    pub fn hold(&self) {
+        std::fs::write(self.tree.join("blocker"), "b").unwrap();
         wait_for(
             "the blocker to run",
             std::time::Duration::from_secs(60),
-            || f.status().1["queue"]["running"] == 1,
+            || self.status().1["queue"]["running"] == 1,
         );
-        f
     }
 
     /// Opens the gate that `gated` jobs wait for.

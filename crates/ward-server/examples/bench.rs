@@ -57,6 +57,7 @@ fn main() {
                     event: Event::Created,
                     ok: true,
                     processed: FileMeta::read(path),
+                    old_path: None,
                 });
             }
         },

@@ -121,6 +121,9 @@ pub enum Update {
         ok: bool,
         /// The version it processed, when it succeeded and the file exists.
         processed: Option<FileMeta>,
+        /// The old path of a rename's job. Its removal is recorded by an update of its own; this
+        /// tells which rename finished when several were queued for the path.
+        old_path: Option<PathBuf>,
     },
 }
 
@@ -893,6 +896,7 @@ mod tests {
             event,
             ok: true,
             processed,
+            old_path: None,
         }
     }
 
@@ -1274,6 +1278,7 @@ mod tests {
                 },
                 ok,
                 processed,
+                old_path: None,
             };
             let updates = match known {
                 Done => vec![finished(true, Some(now))],
@@ -1422,6 +1427,7 @@ mod tests {
                     event: Event::Created,
                     ok: true,
                     processed: Some(now),
+                    old_path: None,
                 });
             }
             if i % 11 == 0 {

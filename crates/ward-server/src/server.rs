@@ -95,8 +95,9 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     match tracker.pending_jobs(dispatcher.read().triggers()) {
         Ok(jobs) => {
             for job in jobs {
-                tracker.queued(&job);
-                backlog.push(job);
+                for job in tracker.queue(job, dispatcher.read().triggers()) {
+                    backlog.push(job);
+                }
             }
         }
         Err(e) => log::error!("cannot read the jobs the previous server left queued: {e}"),
@@ -282,8 +283,9 @@ impl Backlog {
                 }
             };
             for job in jobs {
-                tracker.queued(&job);
-                self.push(job);
+                for job in tracker.queue(job, triggers) {
+                    self.push(job);
+                }
             }
             if !left_out {
                 self.rescans.remove(0);
@@ -347,8 +349,7 @@ fn jobs_of_batch(
     // Each job is recorded as queued as soon as it is made, so that a later item of the same
     // batch (a directory removed right after a file in it was created) diffs against it.
     let add = |job: Job, tracker: &mut Tracker, jobs: &mut Vec<Job>| {
-        tracker.queued(&job);
-        jobs.push(job);
+        jobs.extend(tracker.queue(job, triggers));
     };
     let subtree = |path: &Path, tracker: &mut Tracker, jobs: &mut Vec<Job>| match tracker
         .subtree_jobs(path, triggers)
@@ -449,6 +450,7 @@ fn build_pool(
                         event: job.event,
                         ok: false,
                         processed: None,
+                        old_path: job.old_path.clone(),
                     },
                 );
             }
@@ -470,6 +472,7 @@ fn build_pool(
                     event: job.event,
                     ok: true,
                     processed: version,
+                    old_path: job.old_path.clone(),
                 },
             );
             if let Some(old) = &job.old_path {
@@ -481,6 +484,7 @@ fn build_pool(
                         event: Event::Removed,
                         ok: true,
                         processed: None,
+                        old_path: None,
                     },
                 );
             }
@@ -729,8 +733,8 @@ fn list(paths: &[PathBuf]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Handler, Trigger};
-    use ward_watch::{Change, IgnoreRules};
+    use crate::tracker::tests::tracker_of;
+    use ward_watch::Change;
 
     /// A temporary directory with an empty watched root, `tree`, in it.
     fn tree() -> (tempfile::TempDir, PathBuf) {
@@ -738,23 +742,6 @@ mod tests {
         let root = dir.path().join("tree");
         std::fs::create_dir_all(&root).unwrap();
         (dir, root)
-    }
-
-    /// A tracker with its state beside `root`, and one trigger for every file.
-    fn tracker_of(dir: &tempfile::TempDir, root: &Path) -> (Tracker, Triggers) {
-        let state = StateDir::open(&dir.path().join("state")).unwrap();
-        let rules = Arc::new(IgnoreRules::new(vec![root.to_path_buf()], &[], None).unwrap());
-        let trigger = Trigger {
-            name: "t".into(),
-            globs: Vec::new(),
-            handler: Handler::Exec {
-                argv: vec!["true".into()],
-            },
-        };
-        (
-            Tracker::open(&state, rules).unwrap(),
-            Triggers::new(&[trigger]).unwrap(),
-        )
     }
 
     #[test]
@@ -779,6 +766,39 @@ mod tests {
             jobs,
             [Event::Created, Event::Removed],
             "the file's last job must be its removal"
+        );
+    }
+
+    #[test]
+    fn a_file_renamed_then_modified_in_one_batch_is_one_rename_job() {
+        let (dir, root) = tree();
+        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let (from, to) = (root.join("a"), root.join("b"));
+        // What the watcher delivers for `mv a b; echo x >> b` within one window.
+        let batch = Batch {
+            items: vec![
+                Item::Change(Change::new(
+                    to.clone(),
+                    ChangeKind::Renamed { from: from.clone() },
+                    false,
+                )),
+                Item::Change(Change::new(to.clone(), ChangeKind::Modified, false)),
+            ],
+        };
+        let mut backlog = Backlog::default();
+        for job in jobs_of_batch(&batch, &mut tracker, &triggers, &mut backlog) {
+            backlog.push(job);
+        }
+        let waiting: Vec<_> = backlog.jobs.values().cloned().collect();
+        assert_eq!(
+            waiting,
+            [Job {
+                trigger: 0,
+                path: to,
+                event: Event::Renamed,
+                old_path: Some(from),
+            }],
+            "the modification must not drop the rename, the only job that tells `a` is gone"
         );
     }
 
@@ -825,6 +845,7 @@ mod tests {
                     event: job.event,
                     ok: true,
                     processed: FileMeta::read(&job.path),
+                    old_path: job.old_path.clone(),
                 });
                 ran.push(job.path);
             }

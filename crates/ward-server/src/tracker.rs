@@ -41,8 +41,10 @@ pub(crate) struct Tracker {
     compact_floor: usize,
     /// Compactions so far (tests check they stay few).
     compactions: u64,
-    /// Paths with a job queued or running, from `queued` until its `Finished`.
+    /// Paths with a job queued or running, from `queue` until its `Finished`.
     in_flight: HashSet<PathBuf>,
+    /// The old path of each path whose latest queued job is a rename that has not finished.
+    renamed_from: HashMap<PathBuf, PathBuf>,
     /// The last write error while writes fail, for `ward status`.
     failing: Option<String>,
 }
@@ -74,6 +76,7 @@ impl Tracker {
             rules,
             unflushed: Vec::new(),
             in_flight: HashSet::new(),
+            renamed_from: HashMap::new(),
             compact_at: COMPACT_ABOVE,
             compact_floor: COMPACT_ABOVE,
             compactions: 0,
@@ -174,18 +177,62 @@ impl Tracker {
         self.in_flight.contains(path)
     }
 
-    /// Records that `job` was queued.
-    pub(crate) fn queued(&mut self, job: &Job) {
-        self.in_flight.insert(job.path.clone());
-        self.push(Update::Queued {
-            path: job.path.clone(),
-            event: job.event,
-            old_path: job.old_path.clone(),
-        });
+    /// Records `job` as queued and returns what to queue for it: `job`, or `job` and the removals
+    /// of rename origins it would otherwise lose.
+    ///
+    /// The backlog and the pool keep one job per path, the latest. A rename's job is the only one
+    /// that tells the consumer its old path is gone, so a job replacing it while it waits (the
+    /// renamed file then modified, removed or renamed over) must carry that on: a creation or
+    /// modification becomes the rename (which reads the file as it is when it runs), and anything
+    /// else comes with a removal of the old path under that path's own key.
+    pub(crate) fn queue(&mut self, job: Job, triggers: &Triggers) -> Vec<Job> {
+        let mut out = Vec::with_capacity(1);
+        let mut next = Some(job);
+        while let Some(mut job) = next.take() {
+            let origin = self.renamed_from.remove(&job.path);
+            match (job.event, origin) {
+                (Event::Created | Event::Modified, Some(origin)) => {
+                    job.event = Event::Renamed;
+                    job.old_path = Some(origin);
+                }
+                (_, Some(origin)) if job.old_path.as_ref() != Some(&origin) => {
+                    next = self.trigger_for(&origin, triggers).map(|trigger| Job {
+                        trigger,
+                        path: origin,
+                        event: Event::Removed,
+                        old_path: None,
+                    });
+                }
+                _ => {}
+            }
+            if let (Event::Renamed, Some(origin)) = (job.event, &job.old_path) {
+                self.renamed_from.insert(job.path.clone(), origin.clone());
+            }
+            log::trace!("queued {:?} {}", job.event, job.path.display());
+            self.in_flight.insert(job.path.clone());
+            self.push(Update::Queued {
+                path: job.path.clone(),
+                event: job.event,
+                old_path: job.old_path.clone(),
+            });
+            out.push(job);
+        }
+        out
     }
 
     /// Records a finished job.
     pub(crate) fn finished(&mut self, update: Update) {
+        log::trace!("finished {update:?}");
+        if let Update::Finished {
+            path,
+            old_path: Some(origin),
+            ..
+        } = &update
+            && self.renamed_from.get(path) == Some(origin)
+        {
+            // Its old path's removal was told (or failed: a restart's comparison owes it then).
+            self.renamed_from.remove(path);
+        }
         self.in_flight.remove(update.path());
         self.push(update);
     }
@@ -287,29 +334,117 @@ impl Tracker {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::config::{Handler, Trigger};
+
+    /// A tracker with its state beside `root`, and one trigger for every file.
+    pub(crate) fn tracker_of(dir: &tempfile::TempDir, root: &Path) -> (Tracker, Triggers) {
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let rules = Arc::new(IgnoreRules::new(vec![root.to_path_buf()], &[], None).unwrap());
+        let trigger = Trigger {
+            name: "t".into(),
+            globs: Vec::new(),
+            handler: Handler::Exec {
+                argv: vec!["true".into()],
+            },
+        };
+        (
+            Tracker::open(&state, rules).unwrap(),
+            Triggers::new(&[trigger]).unwrap(),
+        )
+    }
+
+    fn job(path: &Path, event: Event, old_path: Option<&Path>) -> Job {
+        Job {
+            trigger: 0,
+            path: path.to_path_buf(),
+            event,
+            old_path: old_path.map(Path::to_path_buf),
+        }
+    }
+
+    fn done(job: &Job) -> Update {
+        Update::Finished {
+            path: job.path.clone(),
+            event: job.event,
+            ok: true,
+            processed: None,
+            old_path: job.old_path.clone(),
+        }
+    }
+
+    #[test]
+    fn a_job_replacing_a_waiting_rename_still_tells_its_old_path_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let (a, b, p) = (root.join("a"), root.join("b"), root.join("p"));
+        let renamed = |from: &Path| job(&p, Event::Renamed, Some(from));
+
+        // `a` moved to `p`, then `p` modified before the rename's job ran: the backlog and the
+        // pool keep only the later job, so it must be the rename.
+        assert_eq!(tracker.queue(renamed(&a), &triggers), [renamed(&a)]);
+        assert_eq!(
+            tracker.queue(job(&p, Event::Modified, None), &triggers),
+            [renamed(&a)]
+        );
+        // Then `b` moved over `p`: the new rename, and `a`'s removal under its own key.
+        assert_eq!(
+            tracker.queue(renamed(&b), &triggers),
+            [renamed(&b), job(&a, Event::Removed, None)]
+        );
+        // Then `p` removed: `b` is gone too.
+        assert_eq!(
+            tracker.queue(job(&p, Event::Removed, None), &triggers),
+            [job(&p, Event::Removed, None), job(&b, Event::Removed, None)]
+        );
+        // Nothing is owed any more.
+        assert_eq!(
+            tracker.queue(job(&p, Event::Created, None), &triggers),
+            [job(&p, Event::Created, None)]
+        );
+    }
+
+    #[test]
+    fn only_the_rename_that_finished_stops_being_carried_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let (a, b, p) = (root.join("a"), root.join("b"), root.join("p"));
+        let first = job(&p, Event::Renamed, Some(&a));
+        let second = job(&p, Event::Renamed, Some(&b));
+        tracker.queue(first.clone(), &triggers);
+        // `b` moved over `p` while the first rename's job ran.
+        tracker.queue(second.clone(), &triggers);
+        tracker.finished(done(&first));
+        assert_eq!(
+            tracker.queue(job(&p, Event::Modified, None), &triggers),
+            std::slice::from_ref(&second),
+            "the second rename still waits: a modification must not drop it"
+        );
+        tracker.finished(done(&second));
+        assert_eq!(
+            tracker.queue(job(&p, Event::Modified, None), &triggers),
+            [job(&p, Event::Modified, None)]
+        );
+    }
 
     #[test]
     fn many_distinct_waiting_paths_are_compacted_a_logarithmic_number_of_times() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(&dir.path().join("state")).unwrap();
         let root = dir.path().to_path_buf();
-        let rules = Arc::new(IgnoreRules::new(vec![root.clone()], &[], None).unwrap());
-        let mut tracker = Tracker::open(&state, rules).unwrap();
+        let (mut tracker, triggers) = tracker_of(&dir, &root);
         tracker.compact_floor = 1_000;
         tracker.compact_at = 1_000;
         // Ten times more distinct paths than the threshold, none flushed (a first start on a
         // large tree): compacting after every push past the threshold would be quadratic.
         let paths = 10_000;
         for i in 0..paths {
-            let path = root.join(format!("f{i}"));
-            tracker.queued(&Job {
-                trigger: 0,
-                path,
-                event: Event::Created,
-                old_path: None,
-            });
+            tracker.queue(
+                job(&root.join(format!("f{i}")), Event::Created, None),
+                &triggers,
+            );
         }
         assert!(
             tracker.compactions <= 5,
