@@ -7,7 +7,7 @@
 //! the subtree with the watcher's ignore rules, compare it with the manifest, and queue exactly
 //! what was created, modified or removed since its last successful processing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,10 +41,10 @@ pub(crate) struct Tracker {
     compact_floor: usize,
     /// Compactions so far (tests check they stay few).
     compactions: u64,
-    /// Paths with a job queued or running, from `queue` until its `Finished`.
-    in_flight: HashSet<PathBuf>,
-    /// The old path of each path whose latest queued job is a rename that has not finished.
-    renamed_from: HashMap<PathBuf, PathBuf>,
+    /// Paths with a job queued or running: the event and old path of the latest job queued for
+    /// each, from `queue` until that job's `Finished` (the earlier ones are replaced by it, or
+    /// finish before it).
+    in_flight: HashMap<PathBuf, (Event, Option<PathBuf>)>,
     /// The last write error while writes fail, for `ward status`.
     failing: Option<String>,
 }
@@ -75,8 +75,7 @@ impl Tracker {
             manifest,
             rules,
             unflushed: Vec::new(),
-            in_flight: HashSet::new(),
-            renamed_from: HashMap::new(),
+            in_flight: HashMap::new(),
             compact_at: COMPACT_ABOVE,
             compact_floor: COMPACT_ABOVE,
             compactions: 0,
@@ -142,7 +141,7 @@ impl Tracker {
         let (changed, left_out) =
             self.manifest
                 .reconcile_some(&self.rules, path, limit, |p, event| {
-                    (event == Event::Removed || !self.in_flight.contains(p))
+                    (event == Event::Removed || !self.in_flight.contains_key(p))
                         && self.trigger_for(p, triggers).is_some()
                 })?;
         Ok((self.jobs_of(changed, triggers), left_out))
@@ -174,7 +173,7 @@ impl Tracker {
 
     /// Whether a job for `path` is queued or running.
     pub(crate) fn in_flight(&self, path: &Path) -> bool {
-        self.in_flight.contains(path)
+        self.in_flight.contains_key(path)
     }
 
     /// Records `job` as queued and returns what to queue for it: `job`, or `job` and the removals
@@ -189,7 +188,10 @@ impl Tracker {
         let mut out = Vec::with_capacity(1);
         let mut next = Some(job);
         while let Some(mut job) = next.take() {
-            let origin = self.renamed_from.remove(&job.path);
+            let origin = match self.in_flight.get(&job.path) {
+                Some((Event::Renamed, Some(origin))) => Some(origin.clone()),
+                _ => None,
+            };
             match (job.event, origin) {
                 (Event::Created | Event::Modified, Some(origin)) => {
                     job.event = Event::Renamed;
@@ -205,11 +207,9 @@ impl Tracker {
                 }
                 _ => {}
             }
-            if let (Event::Renamed, Some(origin)) = (job.event, &job.old_path) {
-                self.renamed_from.insert(job.path.clone(), origin.clone());
-            }
             log::trace!("queued {:?} {}", job.event, job.path.display());
-            self.in_flight.insert(job.path.clone());
+            self.in_flight
+                .insert(job.path.clone(), (job.event, job.old_path.clone()));
             self.push(Update::Queued {
                 path: job.path.clone(),
                 event: job.event,
@@ -225,15 +225,19 @@ impl Tracker {
         log::trace!("finished {update:?}");
         if let Update::Finished {
             path,
-            old_path: Some(origin),
+            event,
+            old_path,
             ..
         } = &update
-            && self.renamed_from.get(path) == Some(origin)
+            && self
+                .in_flight
+                .get(path)
+                .is_some_and(|(e, o)| e == event && o == old_path)
         {
-            // Its old path's removal was told (or failed: a restart's comparison owes it then).
-            self.renamed_from.remove(path);
+            // The latest job for the path is done (a rename's old path told gone, or failed:
+            // a restart's comparison owes that then). An earlier one leaves the path in flight.
+            self.in_flight.remove(path);
         }
-        self.in_flight.remove(update.path());
         self.push(update);
     }
 
@@ -428,6 +432,27 @@ pub(crate) mod tests {
             tracker.queue(job(&p, Event::Modified, None), &triggers),
             [job(&p, Event::Modified, None)]
         );
+    }
+
+    #[test]
+    fn a_path_stays_in_flight_until_its_latest_job_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let p = root.join("p");
+        let (created, modified) = (
+            job(&p, Event::Created, None),
+            job(&p, Event::Modified, None),
+        );
+        tracker.queue(created.clone(), &triggers);
+        tracker.queue(modified.clone(), &triggers);
+        tracker.finished(done(&created));
+        assert!(
+            tracker.in_flight(&p),
+            "the modification's job still waits after the creation's finished"
+        );
+        tracker.finished(done(&modified));
+        assert!(!tracker.in_flight(&p));
     }
 
     #[test]
