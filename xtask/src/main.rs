@@ -29,14 +29,19 @@ fn main() -> ExitCode {
         },
         Some("bench") => bench::run(&args[1..]),
         Some("stress") => stress::main(&args[1..], &workspace_root()),
+        Some("--help" | "-h" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
         _ => {
-            eprintln!(
-                "usage: cargo xtask tidy | cargo xtask stress [--quick] [...] | cargo xtask bench [--only NAME]"
-            );
+            eprintln!("{USAGE}");
             ExitCode::from(2)
         }
     }
 }
+
+const USAGE: &str = "usage: cargo xtask tidy | cargo xtask stress [--quick] [...] | cargo xtask bench [--only NAME] [...]
+  (cargo xtask stress --help and cargo xtask bench --help list their options)";
 
 /// The workspace root: xtask lives one level below it.
 pub(crate) fn workspace_root() -> PathBuf {

@@ -29,7 +29,9 @@ const USAGE: &str = "usage: cargo xtask stress [--quick] [--duration D] [--rate 
                  segv, abort, hog, hang, exit, mem-limit, full-queue, kill-keeper
   --seed N       the schedule's and the workloads' seed (default: from the clock, printed)
   --out DIR      where the report goes (default target/stress)
-  --keep         keep the temporary directory (tree, ledger, state) for inspection";
+  --keep         keep the temporary directory (tree, ledger, state) for inspection
+WARD_LOG goes to ward as it is: WARD_LOG=info,ward_watch=trace,ward_server=trace logs every change
+delivered and every job queued and finished (in ward.log, beside the report).";
 
 /// What the command line asked for.
 #[derive(Debug, Clone)]
@@ -119,6 +121,10 @@ fn parse(args: &[String], root: &Path) -> Result<Options, String> {
 
 /// `cargo xtask stress ARGS`.
 pub fn main(args: &[String], root: &Path) -> ExitCode {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let opts = match parse(args, root) {
         Ok(o) => o,
         Err(e) => {
