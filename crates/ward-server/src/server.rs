@@ -104,7 +104,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     }
     // Startup reconciliation: every root is diffed against the manifest, as room allows.
     for root in &config.roots {
-        backlog.rescan(root.clone());
+        backlog.rescan(root.clone(), &tracker);
     }
 
     let mut config = config;
@@ -218,9 +218,13 @@ const BACKLOG_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 /// here) instead of one job per file of the tree.
 const BACKLOG_HIGH: usize = 8192;
 
+/// Past this many subtrees waiting for a comparison, they are replaced by their roots: a storm of
+/// directory changes waits in bounded memory, and a comparison covers it all at once.
+const RESCANS_MAX: usize = 1024;
+
 /// Jobs waiting for room in the pool's queue, one per path (the latest wins), in arrival order,
-/// and the subtrees still to compare with the manifest (rescans and startup reconciliation),
-/// whose jobs are made as room allows. It lets the loop keep answering signals and requests
+/// and the subtrees still to compare with the manifest (rescans, directory changes and startup
+/// reconciliation), whose jobs are made as room allows. It lets the loop keep answering signals and requests
 /// while a large reconciliation or burst drains.
 #[derive(Debug)]
 struct Backlog {
@@ -250,12 +254,27 @@ impl Default for Backlog {
 
 impl Backlog {
     /// Queues a comparison of `path`'s subtree with the manifest, unless one already covers it.
-    fn rescan(&mut self, path: PathBuf) {
+    /// Past [`RESCANS_MAX`] waiting, every one is replaced by its watch root.
+    fn rescan(&mut self, path: PathBuf, tracker: &Tracker) {
         if self.rescans.iter().any(|r| path.starts_with(r)) {
             return;
         }
         self.rescans.retain(|r| !r.starts_with(&path));
         self.rescans.push(path);
+        if self.rescans.len() > RESCANS_MAX {
+            let mut roots: Vec<PathBuf> = Vec::new();
+            for r in std::mem::take(&mut self.rescans) {
+                let root = tracker.root_of(&r).map_or(r.clone(), Path::to_path_buf);
+                if !roots.contains(&root) {
+                    roots.push(root);
+                }
+            }
+            log::info!(
+                "more than {RESCANS_MAX} subtrees changed: comparing {} with the manifest instead",
+                list(&roots)
+            );
+            self.rescans = roots;
+        }
     }
 
     /// Makes the jobs of pending rescans while the backlog is under its high-water mark. A
@@ -336,9 +355,9 @@ impl Backlog {
     }
 }
 
-/// The jobs a batch of watcher items asks for. A directory change goes through the manifest diff
-/// of its subtree at once; a rescan joins the backlog's rescans, compared as room allows; a file
-/// change becomes one job.
+/// The jobs a batch of watcher items asks for. A rescan or a directory change joins the backlog's
+/// rescans, whose comparisons with the manifest make jobs as room allows; a file change becomes
+/// one job.
 fn jobs_of_batch(
     batch: &Batch,
     tracker: &mut Tracker,
@@ -346,20 +365,10 @@ fn jobs_of_batch(
     backlog: &mut Backlog,
 ) -> Vec<Job> {
     let mut jobs = Vec::new();
-    // Each job is recorded as queued as soon as it is made, so that a later item of the same
-    // batch (a directory removed right after a file in it was created) diffs against it.
+    // Each job is recorded as queued as soon as it is made, so that the comparison of a directory
+    // changed in the same batch (removed right after a file in it was created) sees it.
     let add = |job: Job, tracker: &mut Tracker, jobs: &mut Vec<Job>| {
         jobs.extend(tracker.queue(job, triggers));
-    };
-    let subtree = |path: &Path, tracker: &mut Tracker, jobs: &mut Vec<Job>| match tracker
-        .subtree_jobs(path, triggers)
-    {
-        Ok(found) => {
-            for job in found {
-                add(job, tracker, jobs);
-            }
-        }
-        Err(e) => log::error!("cannot compare {} with the manifest: {e}", path.display()),
     };
     for item in &batch.items {
         match item {
@@ -370,12 +379,12 @@ fn jobs_of_batch(
                     rescan.path.display(),
                     rescan.reason.name()
                 );
-                backlog.rescan(rescan.path.clone());
+                backlog.rescan(rescan.path.clone(), tracker);
             }
             Item::Change(change) if change.is_dir => {
-                subtree(&change.path, tracker, &mut jobs);
+                backlog.rescan(change.path.clone(), tracker);
                 if let ChangeKind::Renamed { from } = &change.kind {
-                    subtree(from, tracker, &mut jobs);
+                    backlog.rescan(from.clone(), tracker);
                 }
             }
             Item::Change(change) => {
@@ -757,16 +766,39 @@ mod tests {
                 Item::Change(Change::new(root.join("d"), ChangeKind::Removed, true)),
             ],
         };
-        let jobs: Vec<_> = jobs_of_batch(&batch, &mut tracker, &triggers, &mut Backlog::default())
-            .into_iter()
-            .filter(|j| j.path == file)
-            .map(|j| j.event)
-            .collect();
+        let mut backlog = Backlog::default();
+        let jobs = jobs_of_batch(&batch, &mut tracker, &triggers, &mut backlog);
         assert_eq!(
-            jobs,
-            [Event::Created, Event::Removed],
+            jobs.iter().map(|j| (&j.path, j.event)).collect::<Vec<_>>(),
+            [(&file, Event::Created)]
+        );
+        for job in jobs {
+            backlog.push(job);
+        }
+        assert_eq!(
+            backlog.rescans,
+            [root.join("d")],
+            "the directory waits for room"
+        );
+        backlog.refill(&mut tracker, &triggers);
+        assert_eq!(
+            backlog.jobs.get(&file).map(|j| j.event),
+            Some(Event::Removed),
             "the file's last job must be its removal"
         );
+    }
+
+    #[test]
+    fn a_storm_of_directory_changes_waits_as_one_comparison_of_the_root() {
+        let (dir, root) = tree();
+        let (tracker, _) = tracker_of(&dir, &root);
+        let mut backlog = Backlog::default();
+        for i in 0..RESCANS_MAX {
+            backlog.rescan(root.join(format!("d{i}")), &tracker);
+        }
+        assert_eq!(backlog.rescans.len(), RESCANS_MAX);
+        backlog.rescan(root.join("one-more"), &tracker);
+        assert_eq!(backlog.rescans, [root]);
     }
 
     #[test]
@@ -815,8 +847,8 @@ mod tests {
             high: 10,
             ..Backlog::default()
         };
-        backlog.rescan(root.join("d1"));
-        backlog.rescan(root.clone()); // covers d1: one rescan left
+        backlog.rescan(root.join("d1"), &tracker);
+        backlog.rescan(root.clone(), &tracker); // covers d1: one rescan left
         assert_eq!(backlog.rescans, std::slice::from_ref(&root));
 
         let mut ran = Vec::new();

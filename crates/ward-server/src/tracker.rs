@@ -113,20 +113,6 @@ impl Tracker {
         Ok(jobs)
     }
 
-    /// The jobs that bring `path`'s subtree (itself included) in step with the manifest.
-    pub(crate) fn subtree_jobs(
-        &mut self,
-        path: &Path,
-        triggers: &Triggers,
-    ) -> Result<Vec<Job>, Error> {
-        // The diff must see every change already queued, written or not.
-        self.flush(true);
-        let changed = self.manifest.reconcile(&self.rules, path, |p| {
-            self.trigger_for(p, triggers).is_some()
-        })?;
-        Ok(self.jobs_of(changed, triggers))
-    }
-
     /// At most `limit` jobs of `path`'s subtree diff, leaving out creations and modifications of
     /// paths whose job is already queued or running (that job reads the file as it is when it
     /// runs); removals always come, to follow whatever still runs on their path. The flag says
@@ -160,6 +146,11 @@ impl Tracker {
                 })
             })
             .collect()
+    }
+
+    /// The watch root `path` lies in, if any.
+    pub(crate) fn root_of(&self, path: &Path) -> Option<&Path> {
+        self.rules.root_of(path)
     }
 
     /// The trigger that handles `path`, if it lies in a root, is not ignored, and one matches.
