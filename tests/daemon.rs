@@ -622,3 +622,34 @@ fn a_file_renamed_while_its_job_waits_is_not_left_looking_present() {
     assert!(f.saw("new"));
     f.stop();
 }
+
+#[test]
+fn start_right_after_the_keeper_is_killed_waits_for_its_last_thread_to_let_go() {
+    use std::os::unix::fs::DirBuilderExt;
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n",
+    );
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&f.state)
+        .unwrap();
+    ward_e2e::ward_bin(); // built now, not while the lock is held
+    // A keeper SIGKILLed a moment ago: its main thread is a zombie, another thread still exits,
+    // and the pidfile's lock goes only with that one.
+    let mut dying = std::process::Command::new(JOB)
+        .arg("hold-lock")
+        .arg(f.state.join("ward.pid"))
+        .arg("1500")
+        .spawn()
+        .unwrap();
+    wait_for("its main thread to end", LONG, || !is_alive(dying.id()));
+    assert!(
+        std::fs::read_dir(format!("/proc/{}/task", dying.id()))
+            .is_ok_and(|threads| threads.count() == 2),
+        "the lock holder ended before ward was started: the test proves nothing"
+    );
+    f.start();
+    assert!(dying.wait().unwrap().success());
+    f.stop();
+}

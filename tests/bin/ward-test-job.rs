@@ -54,6 +54,37 @@ fn worker(ledger: &str) {
     }
 }
 
+/// `hold-lock FILE MS`: locks FILE as a keeper locks its pidfile and writes its pid in it, then
+/// ends its main thread while another thread keeps the process, and with it the lock, for MS
+/// milliseconds more: what a keeper killed a moment ago looks like.
+fn hold_lock(args: &[String]) -> ! {
+    use std::os::fd::AsRawFd;
+    let (Some(path), Some(ms)) = (args.first(), args.get(1).and_then(|m| m.parse().ok())) else {
+        eprintln!("usage: ward-test-job hold-lock FILE MS");
+        std::process::exit(2);
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .expect("open the lock file");
+    // SAFETY: flock on a descriptor this process owns; no memory is passed.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(locked, 0, "lock {path}");
+    writeln!(file, "{}", std::process::id()).expect("write the pid");
+    std::thread::spawn(move || {
+        let _file = file;
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        std::process::exit(0);
+    });
+    // SAFETY: the raw `exit` ends only the calling thread, without unwinding (which
+    // `pthread_exit` would do, through Rust's `main`); the other thread owns everything it uses
+    // and ends the process.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    unreachable!("SYS_exit returned")
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -91,10 +122,11 @@ fn main() {
             unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
         }
         Some("abort") => std::process::abort(),
+        Some("hold-lock") => hold_lock(&args[1..]),
         Some("exit") => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1)),
         _ => {
             eprintln!(
-                "usage: ward-test-job record LEDGER | gated LEDGER GATE | worker LEDGER | panic | segv | abort | exit N"
+                "usage: ward-test-job record LEDGER | gated LEDGER GATE | worker LEDGER | panic | segv | abort | exit N | hold-lock FILE MS"
             );
             std::process::exit(2);
         }

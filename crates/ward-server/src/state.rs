@@ -9,6 +9,7 @@ use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::Error;
 
@@ -172,10 +173,23 @@ impl Pidfile {
             }
         };
         let pid = read_pid(&mut file);
-        let locked_by_other = !try_lock(&file).map_err(|e| Error::Io {
-            context: format!("locking {}", path.display()),
-            source: e,
-        })?;
+        let lock = || {
+            try_lock(&file).map_err(|e| Error::Io {
+                context: format!("locking {}", path.display()),
+                source: e,
+            })
+        };
+        let mut locked_by_other = !lock()?;
+        // A keeper killed a moment ago holds the lock until its last thread has exited, while its
+        // main thread already shows as a zombie: `kill -9` then `ward start` must not find it
+        // running. The wait is bounded.
+        if locked_by_other && pid.is_some_and(exiting) {
+            let deadline = Instant::now() + EXITING_KEEPER_WAIT;
+            while locked_by_other && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+                locked_by_other = !lock()?;
+            }
+        }
         // Our probe lock, if we got it, goes away when `file` is dropped here.
         Ok(match (locked_by_other, pid) {
             (true, pid) => PidfileState::Running(pid.unwrap_or(0)),
@@ -192,6 +206,20 @@ impl Pidfile {
         if let Err(e) = fs::remove_file(&self.path) {
             log::warn!("cannot remove pidfile {}: {e}", self.path.display());
         }
+    }
+}
+
+/// How long [`Pidfile::inspect`] waits for the lock of a keeper whose process is exiting.
+const EXITING_KEEPER_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether `pid` is gone or a zombie (its other threads may still be exiting), as far as
+/// `/proc` tells; without `/proc`, never.
+fn exiting(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with(['Z', 'X'])),
+        Err(_) => Path::new("/proc/self/stat").exists(),
     }
 }
 
