@@ -1,6 +1,6 @@
-//! A running child: spawning it in its own process group, the thread that reaps it, reads its
-//! output and watches its heartbeat (plus one that feeds its output sink, once it writes),
-//! signalling it, and stopping it with SIGTERM then SIGKILL.
+//! A running child: spawning it in its own process group, handing it to the [`Reaper`] that
+//! reaps it, reads its output and watches its heartbeat (plus the thread that feeds its output
+//! sink, once it writes), signalling it, and stopping it with SIGTERM then SIGKILL.
 
 use std::ffi::OsString;
 use std::io;
@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::spec::{HEARTBEAT_FD_ENV, Line, Output, OutputSink, Stream, Watchdog};
+use crate::reaper::{Reaper, Watch};
+use crate::spec::{HEARTBEAT_FD_ENV, Line, Output, OutputSink, Stream};
 use crate::sys::{self, Cgroup, Spawned};
 use crate::{ChildSpec, Error, Exit, Result, Termination};
 
@@ -23,41 +24,45 @@ use crate::{ChildSpec, Error, Exit, Result, Termination};
 const LINE_QUEUE: usize = 1024;
 /// Longer lines are delivered in pieces of this size, so one endless line cannot grow memory.
 const MAX_LINE: usize = 16 * 1024;
-/// After the child is reaped, output still buffered in the pipes is read for at most this long
-/// (a descendant that escaped the group could keep a pipe open forever).
-const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
-/// Without a pidfd (kernels before 5.3), how often the watcher checks whether the child exited.
-const EXIT_CHECK: Duration = Duration::from_millis(10);
 /// How long a SIGKILLed child may take to be reaped before we report it as unkillable.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// Called on the child's watcher thread once the child is reaped.
+/// How long a dropped handle waits for the reaper to finish reading what the reaped child wrote
+/// (its drain is bounded by 200 ms; this only guards against a reaper that died).
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
+
+/// Called on the reaper's thread once the child is reaped.
 pub(crate) type OnExit = Box<dyn FnOnce(&Exit) + Send>;
 
 #[derive(Debug, Default)]
-struct State {
+pub(crate) struct State {
     /// Set under the lock right after `wait4` reaped the child: from then on its pid may belong
     /// to another process, so no signal is sent to it.
-    reaped: bool,
+    pub(crate) reaped: bool,
     exit: Option<Exit>,
-    hung: bool,
-    stop_requested: bool,
+    pub(crate) hung: bool,
+    pub(crate) stop_requested: bool,
+    /// Set by the reaper once it is done with the child: reaped, and its pipes drained.
+    pub(crate) drained: bool,
+    /// Handed over by the reaper with `drained`: the handle's drop joins their sink thread.
+    pub(crate) lines: Option<Lines>,
 }
 
 #[derive(Debug)]
-struct Shared {
-    pid: libc::pid_t,
+pub(crate) struct Shared {
+    pub(crate) pid: libc::pid_t,
     state: Mutex<State>,
-    exited: Condvar,
+    /// Notified when the child is reaped, and when the reaper is done with it.
+    pub(crate) exited: Condvar,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Signals the child's group (or just the child) unless it has been reaped already.
-    fn signal(&self, state: &State, signal: i32, group: bool) -> Result<()> {
+    pub(crate) fn signal(&self, state: &State, signal: i32, group: bool) -> Result<()> {
         if state.reaped {
             return Ok(());
         }
@@ -108,7 +113,7 @@ impl Shared {
 /// A running (or finished, not yet dropped) child process.
 ///
 /// Dropping it kills the child's group if the child is still running, waits for the reap and
-/// joins its threads: a `Child` never leaves a zombie or an orphan behind.
+/// for its output to be delivered: a `Child` never leaves a zombie or an orphan behind.
 ///
 /// The parent-death signal is tied to the thread that called [`Child::spawn`]: Linux sends it
 /// when that *thread* exits, not the process. Spawn from a thread that lives as long as the child
@@ -121,9 +126,9 @@ pub struct Child {
     cgroup: Option<Arc<Cgroup>>,
     /// Output lines dropped because the sink fell behind, in total.
     dropped_lines: Arc<AtomicU64>,
-    /// The thread that reaps the child and reads its output; it owns and joins the thread that
-    /// feeds the sink, if one was needed.
-    watcher: Option<JoinHandle<()>>,
+    /// The reaper made for this child alone by [`Child::spawn`]; `None` when the child was
+    /// spawned through a shared [`Reaper`]. Dropped last, once the reaper is done with the child.
+    own_reaper: Option<Reaper>,
 }
 
 impl Child {
@@ -134,10 +139,17 @@ impl Child {
     /// [`Error::NoMemoryCgroup`] / [`Error::Cgroup`] if a memory limit was asked for and cannot be
     /// set up, [`Error::Unsupported`] off Linux, [`Error::Os`] if a pipe or thread cannot be made.
     pub fn spawn(spec: &ChildSpec) -> Result<Child> {
-        Child::spawn_notify(spec, None)
+        let reaper = Reaper::new()?;
+        let mut child = Child::spawn_in(spec, &reaper, None)?;
+        child.own_reaper = Some(reaper);
+        Ok(child)
     }
 
-    pub(crate) fn spawn_notify(spec: &ChildSpec, on_exit: Option<OnExit>) -> Result<Child> {
+    pub(crate) fn spawn_in(
+        spec: &ChildSpec,
+        reaper: &Reaper,
+        on_exit: Option<OnExit>,
+    ) -> Result<Child> {
         let cgroup = spec
             .memory_max
             .map(sys::create_memory_cgroup)
@@ -153,7 +165,9 @@ impl Child {
                 return Err(err);
             }
         };
-        Ok(Child::adopt(spec, process, heartbeat, cgroup, on_exit))
+        Ok(Child::adopt(
+            spec, process, heartbeat, cgroup, on_exit, reaper,
+        ))
     }
 
     fn adopt(
@@ -162,6 +176,7 @@ impl Child {
         heartbeat: Option<OwnedFd>,
         cgroup: Option<Arc<Cgroup>>,
         on_exit: Option<OnExit>,
+        reaper: &Reaper,
     ) -> Child {
         let started = Instant::now();
         let shared = Arc::new(Shared {
@@ -170,59 +185,50 @@ impl Child {
             exited: Condvar::new(),
         });
         let dropped_lines = Arc::new(AtomicU64::new(0));
-        let mut child = Child {
+        let child = Child {
             shared: Arc::clone(&shared),
             started,
             stdin: process.stdin.map(ChildStdin::from),
             cgroup: cgroup.clone(),
             dropped_lines: Arc::clone(&dropped_lines),
-            watcher: None,
+            own_reaper: None,
         };
         let sink = match &spec.output {
             Output::Capture(sink) => Some(Arc::clone(sink)),
             Output::Inherit | Output::Null => None,
         };
-        let watcher = Watcher {
-            shared: Arc::clone(&shared),
+        let watch = Watch::new(
+            Arc::clone(&shared),
             started,
-            exit_fd: sys::pidfd_open(process.pid),
-            kill_group: spec.kill_group_on_exit,
+            spec.kill_group_on_exit,
             cgroup,
             on_exit,
-            streams: [
-                process.stdout.map(|fd| (fd, Stream::Stdout, Vec::new())),
-                process.stderr.map(|fd| (fd, Stream::Stderr, Vec::new())),
+            [
+                process.stdout.map(|fd| (fd, Stream::Stdout)),
+                process.stderr.map(|fd| (fd, Stream::Stderr)),
             ],
-            watchdog: spec.watchdog.zip(heartbeat),
-            lines: Lines {
+            spec.watchdog.zip(heartbeat),
+            Lines {
                 pid: process.pid as u32,
                 sink,
                 delivery: None,
                 dropped: 0,
                 dropped_total: dropped_lines,
             },
-        };
-        // If the thread cannot start, the closure is dropped with the watcher in it: keep what
-        // the fallback reap below needs outside it.
-        let (kill_group, fallback_cgroup) = (watcher.kill_group, watcher.cgroup.clone());
-        match thread::Builder::new()
-            .name(format!("ward-child-{}", shared.pid))
-            .spawn(move || watcher.run())
-        {
-            Ok(handle) => child.watcher = Some(handle),
-            Err(err) => {
-                // Without its watcher the child would become a zombie: kill and reap it here.
-                log::error!(
-                    "child {}: cannot start its watcher thread: {err}",
-                    shared.pid
-                );
-                let state = shared.lock();
-                if let Err(err) = shared.signal(&state, libc::SIGKILL, true) {
-                    log::error!("child {}: {err}", shared.pid);
-                }
-                drop(state);
-                reap(&shared, started, kill_group, fallback_cgroup, None);
+        );
+        if let Err(mut watch) = reaper.watch(watch) {
+            // Nothing would reap the child: kill and reap it here.
+            log::error!("child {}: its reaper has stopped", shared.pid);
+            let state = shared.lock();
+            if let Err(err) = shared.signal(&state, libc::SIGKILL, true) {
+                log::error!("child {}: {err}", shared.pid);
             }
+            drop(state);
+            let exit = reap(&shared, started, watch.kill_group, watch.cgroup.take());
+            if let Some(on_exit) = watch.on_exit.take() {
+                on_exit(&exit);
+            }
+            shared.lock().drained = true;
         }
         child
     }
@@ -352,23 +358,40 @@ impl Drop for Child {
             None => match self.kill_and_wait() {
                 Ok(_) => true,
                 Err(err) => {
-                    log::error!(
-                        "dropping child {}: {err}; leaving its threads behind",
-                        self.id()
-                    );
+                    log::error!("dropping child {}: {err}", self.id());
                     false
                 }
             },
         };
-        if reaped
-            && let Some(handle) = self.watcher.take()
-            && handle.join().is_err()
-        {
-            log::error!("a thread of child {} panicked", self.id());
+        if reaped {
+            // The reaper drains the pipes for a bounded time after the reap; once it is done,
+            // the lines it read are delivered by the sink thread, which is joined here.
+            let deadline = Instant::now() + DRAIN_WAIT;
+            let mut state = self.shared.lock();
+            while !state.drained {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    log::error!("child {}: its reaper never finished with it", self.id());
+                    break;
+                }
+                state = self
+                    .shared
+                    .exited
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            let lines = state.lines.take();
+            drop(state);
+            if let Some(mut lines) = lines {
+                lines.finish();
+            }
         }
         if let Some(cgroup) = &self.cgroup {
             cgroup.remove();
         }
+        // Last: its thread is joined here, and it SIGKILLs whatever it still watches.
+        drop(self.own_reaper.take());
     }
 }
 
@@ -396,7 +419,7 @@ fn spawn_process(spec: &ChildSpec, cgroup: Option<&Cgroup>) -> Result<(Spawned, 
 
 /// Whether our child `pid` has exited (it stays a zombie: `WNOWAIT`). An error other than
 /// `EINTR` (`ECHILD`: someone else reaped it) counts as exited, so that [`reap`] reports it.
-fn has_exited(pid: libc::pid_t) -> bool {
+pub(crate) fn has_exited(pid: libc::pid_t) -> bool {
     // SAFETY: an all-zero siginfo_t is a valid value to be overwritten by waitid.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: `info` is valid for writes; the pid is our unreaped child.
@@ -422,14 +445,13 @@ fn has_exited(pid: libc::pid_t) -> bool {
 
 /// Reaps the child once it has exited (or, called right after a SIGKILL, waits for that): kills
 /// what it left in its group while its pid still pins the group id, then reaps it with `wait4`
-/// for the rusage, publishes the [`Exit`] and calls `on_exit`.
-fn reap(
+/// for the rusage, publishes the [`Exit`] and returns it.
+pub(crate) fn reap(
     shared: &Shared,
     started: Instant,
     kill_group: bool,
     cgroup: Option<Arc<Cgroup>>,
-    on_exit: Option<OnExit>,
-) {
+) -> Exit {
     let pid = shared.pid;
     let mut state = shared.lock();
     if kill_group {
@@ -474,14 +496,12 @@ fn reap(
     state.exit = Some(exit.clone());
     drop(state);
     shared.exited.notify_all();
-    if let Some(on_exit) = on_exit {
-        on_exit(&exit);
-    }
+    exit
 }
 
 /// Where a child's output lines go: a bounded queue to a thread that calls the sink, started
 /// with the first line, so a job that writes nothing costs no thread for it.
-struct Lines {
+pub(crate) struct Lines {
     pid: u32,
     /// `None`: nothing wants the lines (or the delivery thread could not start); output is
     /// still read, so that the child never blocks on a full pipe.
@@ -492,8 +512,35 @@ struct Lines {
     dropped_total: Arc<AtomicU64>,
 }
 
+impl std::fmt::Debug for Lines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lines")
+            .field("pid", &self.pid)
+            .field("sink", &self.sink.is_some())
+            .field("delivering", &self.delivery.is_some())
+            .field("dropped", &self.dropped)
+            .finish()
+    }
+}
+
 impl Lines {
-    fn emit(&mut self, stream: Stream, bytes: &[u8]) {
+    /// Appends `bytes` read from `stream` to its `partial` line and emits every line completed
+    /// (and pieces of [`MAX_LINE`] bytes of one too long).
+    pub(crate) fn split(&mut self, stream: Stream, partial: &mut Vec<u8>, bytes: &[u8]) {
+        partial.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(pos) = partial[start..].iter().position(|&b| b == b'\n') {
+            self.emit(stream, &partial[start..start + pos]);
+            start += pos + 1;
+        }
+        partial.drain(..start);
+        while partial.len() >= MAX_LINE {
+            self.emit(stream, &partial[..MAX_LINE]);
+            partial.drain(..MAX_LINE);
+        }
+    }
+
+    pub(crate) fn emit(&mut self, stream: Stream, bytes: &[u8]) {
         let Some(sink) = &self.sink else { return };
         if self.delivery.is_none() {
             let (tx, rx) = crossbeam_channel::bounded::<Line>(LINE_QUEUE);
@@ -556,223 +603,7 @@ fn deliver(lines: &Receiver<Line>, sink: &OutputSink) {
     }
 }
 
-/// The one thread per child: waits in a single `poll` for the child's exit (its pidfd), its
-/// stdout and stderr and its heartbeats; enforces the watchdog; reaps the child as soon as it
-/// exits; then drains what is left in the pipes and ends.
-struct Watcher {
-    shared: Arc<Shared>,
-    started: Instant,
-    /// Readable once the child has exited; `None` without pidfds (then checked every
-    /// [`EXIT_CHECK`]).
-    exit_fd: Option<OwnedFd>,
-    kill_group: bool,
-    cgroup: Option<Arc<Cgroup>>,
-    on_exit: Option<OnExit>,
-    /// Open streams with their partial line.
-    streams: [Option<(OwnedFd, Stream, Vec<u8>)>; 2],
-    watchdog: Option<(Watchdog, OwnedFd)>,
-    lines: Lines,
-}
-
-impl Watcher {
-    fn run(mut self) {
-        let mut last_beat = self.started;
-        let mut aborted_at: Option<Instant> = None;
-        let mut killed = false;
-        let mut heartbeat_open = self.watchdog.is_some();
-        // Set once the child is reaped: until then, output still in the pipes is read.
-        let mut drain_until: Option<Instant> = None;
-        let mut buf = Vec::new();
-        if heartbeat_open || self.streams.iter().any(Option::is_some) {
-            buf.resize(64 * 1024, 0);
-        }
-        loop {
-            let now = Instant::now();
-            if drain_until.is_some_and(|until| now >= until) {
-                self.final_drain(&mut buf);
-                break;
-            }
-            // Watchdog: silence → SIGABRT to the child, grace → SIGKILL to the group.
-            let mut timeout: Option<Duration> = drain_until.map(|until| until - now);
-            if let (Some((dog, _)), None) = (&self.watchdog, drain_until) {
-                let dog = *dog;
-                if let Some(at) = aborted_at {
-                    if !killed && now >= at + dog.abort_grace {
-                        let state = self.shared.lock();
-                        if let Err(err) = self.shared.signal(&state, libc::SIGKILL, true) {
-                            log::error!("watchdog kill of child {}: {err}", self.shared.pid);
-                        }
-                        killed = true;
-                    } else if !killed {
-                        timeout = Some(at + dog.abort_grace - now);
-                    }
-                } else if now >= last_beat + dog.timeout {
-                    let mut state = self.shared.lock();
-                    if !state.reaped {
-                        state.hung = true;
-                        log::warn!(
-                            "child {} sent no heartbeat for {:?}: SIGABRT",
-                            self.shared.pid,
-                            dog.timeout
-                        );
-                    }
-                    if let Err(err) = self.shared.signal(&state, libc::SIGABRT, false) {
-                        log::error!("watchdog abort of child {}: {err}", self.shared.pid);
-                    }
-                    aborted_at = Some(now);
-                    timeout = Some(dog.abort_grace);
-                } else {
-                    timeout = Some(last_beat + dog.timeout - now);
-                }
-            }
-            let running = drain_until.is_none();
-            if running && self.exit_fd.is_none() {
-                timeout = Some(timeout.map_or(EXIT_CHECK, |t| t.min(EXIT_CHECK)));
-            }
-
-            let exit_fd = match &self.exit_fd {
-                Some(fd) if running => fd.as_raw_fd(),
-                _ => -1,
-            };
-            let beat_fd = match &self.watchdog {
-                Some((_, fd)) if heartbeat_open && running => fd.as_raw_fd(),
-                _ => -1,
-            };
-            let [out, err] = self
-                .streams
-                .each_ref()
-                .map(|s| s.as_ref().map_or(-1, |(fd, _, _)| fd.as_raw_fd()));
-            let mut fds = [exit_fd, out, err, beat_fd].map(pollfd);
-            let millis = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32 + 1);
-            // SAFETY: `fds` is a valid array of pollfd of the given length (negative descriptors
-            // are ignored by poll).
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
-            if ready < 0 {
-                let err = io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                log::error!("poll on child {}: {err}", self.shared.pid);
-                if running {
-                    // Reaping must not be skipped: wait4 blocks until the child exits.
-                    self.reap();
-                }
-                break;
-            }
-            // Reap before reading: the exit is published as soon as it happens, and the group
-            // kill closes the pipes a descendant may still hold.
-            if running
-                && (fds[0].revents != 0 || self.exit_fd.is_none())
-                && has_exited(self.shared.pid)
-            {
-                self.reap();
-                drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
-            }
-            for i in 0..2 {
-                if fds[i + 1].revents != 0 {
-                    self.read_stream(i, &mut buf);
-                }
-            }
-            if fds[3].revents != 0
-                && let Some((_, fd)) = &self.watchdog
-            {
-                match read_fd(fd.as_raw_fd(), &mut buf) {
-                    // EOF: nothing will write heartbeats any more; silence runs its course.
-                    Ok(0) | Err(_) => heartbeat_open = false,
-                    Ok(_) => last_beat = Instant::now(),
-                }
-            }
-            if drain_until.is_some() && self.streams.iter().all(Option::is_none) {
-                break;
-            }
-        }
-        for i in 0..2 {
-            self.flush_partial(i);
-        }
-        self.lines.finish();
-    }
-
-    fn reap(&mut self) {
-        reap(
-            &self.shared,
-            self.started,
-            self.kill_group,
-            self.cgroup.take(),
-            self.on_exit.take(),
-        );
-    }
-
-    /// Reads what is already in the pipes without waiting for more: a descendant that escaped
-    /// the group may hold them open, but output written before the exit must not be lost just
-    /// because this thread was scheduled late.
-    fn final_drain(&mut self, buf: &mut [u8]) {
-        // Bounded, since such a descendant may also keep writing.
-        for _ in 0..64 {
-            let mut fds = self
-                .streams
-                .each_ref()
-                .map(|s| pollfd(s.as_ref().map_or(-1, |(fd, _, _)| fd.as_raw_fd())));
-            // SAFETY: `fds` is a valid array of pollfd of the given length.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
-            if ready <= 0 {
-                return;
-            }
-            for (i, fd) in fds.iter().enumerate() {
-                if fd.revents != 0 {
-                    self.read_stream(i, buf);
-                }
-            }
-        }
-    }
-
-    fn read_stream(&mut self, i: usize, buf: &mut [u8]) {
-        let Some((fd, _, _)) = &self.streams[i] else {
-            return;
-        };
-        match read_fd(fd.as_raw_fd(), buf) {
-            Ok(0) | Err(_) => {
-                self.flush_partial(i);
-                self.streams[i] = None;
-            }
-            Ok(n) => {
-                let Some((_, stream, partial)) = &mut self.streams[i] else {
-                    return;
-                };
-                let stream = *stream;
-                partial.extend_from_slice(&buf[..n]);
-                let mut start = 0;
-                while let Some(pos) = partial[start..].iter().position(|&b| b == b'\n') {
-                    self.lines.emit(stream, &partial[start..start + pos]);
-                    start += pos + 1;
-                }
-                partial.drain(..start);
-                while partial.len() >= MAX_LINE {
-                    self.lines.emit(stream, &partial[..MAX_LINE]);
-                    partial.drain(..MAX_LINE);
-                }
-            }
-        }
-    }
-
-    fn flush_partial(&mut self, i: usize) {
-        if let Some((_, stream, partial)) = &mut self.streams[i]
-            && !partial.is_empty()
-        {
-            self.lines.emit(*stream, partial);
-            partial.clear();
-        }
-    }
-}
-
-fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
-}
-
-fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is valid for writes of its length; `fd` is an open descriptor we own.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };

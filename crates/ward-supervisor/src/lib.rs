@@ -108,6 +108,7 @@ mod error;
 mod exit;
 mod heartbeat;
 mod policy;
+mod reaper;
 mod spec;
 mod supervisor;
 mod sys;
@@ -121,6 +122,7 @@ pub use policy::{
     Backoff, Clock, Decision, FailureRule, GiveUp, Intensity, ManualClock, RestartMode,
     RestartPolicy, RestartTracker, StopReason, SystemClock,
 };
+pub use reaper::Reaper;
 pub use spec::{
     ChildSpec, HEARTBEAT_FD_ENV, Input, Line, Output, OutputSink, ResourceLimits, Stream, Watchdog,
 };

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::child::Child;
+use crate::reaper::Reaper;
 use crate::{
     ChildSpec, Decision, Error, Exit, GiveUp, RestartPolicy, RestartTracker, Result, StopReason,
     SystemClock, Termination,
@@ -151,6 +152,7 @@ impl Supervisor {
     pub fn new(on_event: impl FnMut(&Event) + Send + 'static) -> Result<Supervisor> {
         let (commands, inbox) = crossbeam_channel::unbounded();
         let own = commands.clone();
+        let reaper = Reaper::new()?;
         let thread = thread::Builder::new()
             .name("ward-supervisor".into())
             .spawn(move || {
@@ -161,6 +163,7 @@ impl Supervisor {
                     slots: BTreeMap::new(),
                     next_id: 1,
                     retired: Vec::new(),
+                    reaper,
                 }
                 .run()
             })
@@ -295,13 +298,16 @@ struct Slot {
 
 struct Runner {
     inbox: Receiver<Msg>,
-    /// For the children's watcher threads' exit notices.
+    /// For the reaper's exit notices.
     own: Sender<Msg>,
     on_event: Box<dyn FnMut(&Event) + Send>,
     slots: BTreeMap<ChildId, Slot>,
     next_id: ChildId,
-    /// Handles of exited runs, dropped (threads joined) after restarts are done.
+    /// Handles of exited runs, dropped (sink threads joined) after restarts are done.
     retired: Vec<Child>,
+    /// Watches and reaps every child. Last: the children above are dropped (stopped, reaped)
+    /// before it, whose drop would SIGKILL what still runs.
+    reaper: Reaper,
 }
 
 impl Runner {
@@ -412,7 +418,7 @@ impl Runner {
 
     fn spawn(&self, id: ChildId, spec: &ChildSpec, generation: u64) -> Result<Child> {
         let notify = self.own.clone();
-        Child::spawn_notify(
+        self.reaper.spawn_notify(
             spec,
             Some(Box::new(move |_exit: &Exit| {
                 // The supervisor may be gone (shutting down): then nobody needs the notice.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use support::{helper, is_dead, live_descendants, open_fds, poll, proc_limit, status_field};
 use ward_supervisor::{
-    Backoff, Child, ChildSpec, ChildState, Error, Event, EventKind, Input, Intensity, Line,
+    Backoff, Child, ChildSpec, ChildState, Error, Event, EventKind, Input, Intensity, Line, Reaper,
     ResourceLimits, RestartMode, RestartPolicy, StopReason, Stream, Supervisor, Termination,
     Watchdog,
 };
@@ -474,6 +474,101 @@ fn a_child_nobody_waits_for_is_reaped_by_its_watcher() {
 }
 
 #[test]
+fn a_shared_reaper_reaps_children_nobody_waits_for() {
+    let reaper = Reaper::new().unwrap();
+    let children: Vec<_> = (0..8)
+        .map(|code| {
+            let spec = ChildSpec::new("sh").args(["-c", &format!("exit {code}")]);
+            (code, reaper.spawn(&spec).unwrap())
+        })
+        .collect();
+    // Only try_wait, which never reaps: every exit must come from the reaper's thread.
+    for (code, child) in &children {
+        let mut exit = None;
+        assert!(poll(LONG, || {
+            exit = child.try_wait();
+            exit.is_some()
+        }));
+        assert_eq!(
+            exit.unwrap().termination,
+            Termination::Exited { code: *code }
+        );
+    }
+    let left = support::children_of(std::process::id());
+    assert!(
+        children
+            .iter()
+            .all(|(_, child)| !left.contains(&child.id()))
+    );
+    assert!(poll(LONG, || reaper.watched() == 0));
+}
+
+#[test]
+fn dropping_the_reaper_kills_and_reaps_what_it_still_watches() {
+    let reaper = Reaper::new().unwrap();
+    let child = reaper
+        .spawn(&background_sleeps("sleep 1000 & sleep 1000 & wait"))
+        .unwrap();
+    let mut grandchildren = BTreeSet::new();
+    assert!(poll(LONG, || {
+        grandchildren = live_descendants(child.id());
+        grandchildren.len() == 2
+    }));
+    drop(reaper);
+    // Reaped by the reaper before its thread was joined: the exit is there without waiting.
+    let exit = child
+        .try_wait()
+        .expect("reaped when the reaper was dropped");
+    assert_eq!(exit.termination, signaled(libc::SIGKILL));
+    assert!(exit.stop_requested);
+    assert!(!support::children_of(std::process::id()).contains(&child.id()));
+    assert!(poll(LONG, || grandchildren.iter().all(|&pid| is_dead(pid))));
+}
+
+#[test]
+fn a_shared_reaper_keeps_each_childs_output_and_timeouts_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let reaper = Reaper::new().unwrap();
+    let (talk, seen) = collecting(ChildSpec::new("sh").args(["-c", "echo one; echo two >&2"]));
+    let talker = reaper.spawn(&talk).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let stubborn = reaper
+        .spawn(
+            &helper("ignore-term", dir.path()).capture(move |line: &Line| {
+                let _ = tx.send(line.text.clone());
+            }),
+        )
+        .unwrap();
+    while rx.recv_timeout(LONG).expect("the helper says ready") != "ready" {}
+    // SIGTERM ignored: the grace runs out and SIGKILL goes to the group.
+    let exit = stubborn.stop(Duration::from_millis(100)).unwrap();
+    assert_eq!(exit.termination, signaled(libc::SIGKILL));
+    assert!(exit.stop_requested);
+    let exit = talker.wait_timeout(LONG).unwrap();
+    assert_eq!(exit.termination, Termination::Exited { code: 0 });
+    drop(talker); // waits for the reaper to drain its pipes and joins the sink thread
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.contains(&(Stream::Stdout, "one".to_owned())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&(Stream::Stderr, "two".to_owned())),
+        "{seen:?}"
+    );
+    drop(stubborn);
+    assert!(poll(LONG, || reaper.watched() == 0));
+}
+
+#[test]
+fn spawning_through_a_reaper_starts_no_thread_and_its_drop_joins_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let exit = run(&helper("reaper-threads", dir.path()));
+    assert_eq!(exit.termination, Termination::Exited { code: 0 });
+}
+
+#[test]
 fn repeated_spawns_leave_no_descriptor_behind() {
     let dir = tempfile::tempdir().unwrap();
     let exit = run(&helper("fds", dir.path()));
@@ -799,12 +894,13 @@ fn limits_and_passed_descriptors_apply_in_the_child() {
     );
     child.stop(LONG).unwrap();
 
-    // A passed descriptor is open and usable at its own number.
+    // A passed descriptor is open and usable at its own number (through /dev/fd: dash's `>&N`
+    // takes single digits only, and the number depends on what the test process has open).
     let (mut read, write) = std::io::pipe().unwrap();
     let write: OwnedFd = write.into();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&write);
     let exit = run(&ChildSpec::new("sh")
-        .args(["-c", &format!("echo passed >&{fd}")])
+        .args(["-c", &format!("echo passed >/dev/fd/{fd}")])
         .pass_fd(write));
     assert_eq!(exit.termination, Termination::Exited { code: 0 });
     let mut text = String::new();

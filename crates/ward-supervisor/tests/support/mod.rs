@@ -150,6 +150,40 @@ pub fn run_helper(mode: &str) -> ! {
             check(children_of(std::process::id()).is_empty(), 13);
             std::process::exit(0)
         }
+        "reaper-threads" => {
+            // One reaper is one thread, whatever the number of children it watches, and its
+            // drop joins it. Counted in a process of its own, as "threads" is.
+            let before = threads();
+            let reaper = ward_supervisor::Reaper::new().expect("reaper");
+            check(threads() == before + 1, 30);
+            let many: Vec<_> = (0..20)
+                .map(|i| {
+                    reaper
+                        .spawn(&ChildSpec::new("sh").args(["-c", &format!("exit {i}")]))
+                        .expect("spawn sh")
+                })
+                .collect();
+            check(threads() == before + 1, 31);
+            for (i, child) in many.iter().enumerate() {
+                let exit = child.wait_timeout(Duration::from_secs(20)).expect("exits");
+                let code = ward_supervisor::Termination::Exited { code: i as i32 };
+                check(exit.termination == code, 32);
+            }
+            drop(many);
+            check(poll(Duration::from_secs(20), || reaper.watched() == 0), 33);
+            check(children_of(std::process::id()).is_empty(), 34);
+            let sleeper = reaper
+                .spawn(&ChildSpec::new("sleep").arg("1000"))
+                .expect("spawn sleep");
+            drop(reaper);
+            check(threads() == before, 35);
+            check(sleeper.try_wait().is_some(), 36);
+            check(children_of(std::process::id()).is_empty(), 37);
+            drop(sleeper);
+            // A handle outliving its reaper drops cleanly, and spawning needs a live reaper.
+            check(threads() == before, 38);
+            std::process::exit(0)
+        }
         "fds" => {
             // Spawns reuse this thread's child stack and the shared /dev/null: after the first
             // (which makes them), each spawn leaves the descriptor table as it found it.

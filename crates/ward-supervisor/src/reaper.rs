@@ -1,0 +1,649 @@
+//! The [`Reaper`]: one thread that watches any number of children in a single `epoll` set (each
+//! child's exit through its pidfd, its output pipes, its heartbeats), reaps each as soon as it
+//! exits, and reads its output into lines. Spawning through a reaper starts no thread; what
+//! spawning is, and the [`Child`] handle, live in `child`.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::child::{self, Child, Lines, OnExit, Shared};
+use crate::spec::{Stream, Watchdog};
+use crate::sys::{self, Cgroup};
+use crate::{ChildSpec, Error, Exit, Result};
+
+/// After the child is reaped, output still buffered in the pipes is read for at most this long
+/// (a descendant that escaped the group could keep a pipe open forever).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+/// Without a pidfd (kernels before 5.3), how often the reaper checks whether a child exited.
+const EXIT_CHECK: Duration = Duration::from_millis(10);
+/// Once the reaper is dropped, how long its SIGKILLed children may take to be reaped before it
+/// gives up on them and ends anyway.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+/// The epoll token of the wake-up eventfd; children's tokens are `id << 2 | what`.
+const WAKE: u64 = u64::MAX;
+/// What a child's descriptor is, in the low two bits of its epoll token.
+const EXIT: u64 = 0;
+const STDOUT: u64 = 1;
+const STDERR: u64 = 2;
+const BEAT: u64 = 3;
+
+/// Watches and reaps children on one thread of its own.
+///
+/// [`Reaper::spawn`] starts a child whose exit, output and heartbeats this reaper's thread
+/// watches, together with every other child it has: spawning one starts no thread (a child that
+/// writes output still gets one that feeds its sink). [`Child::spawn`] makes a reaper for each
+/// child; a caller that runs many short children (a job dispatcher, a [`Supervisor`]) keeps one.
+///
+/// Dropping the reaper SIGKILLs the group of every child still running (the [`Exit`] says
+/// `stop_requested`), reaps them and joins the thread: drop the [`Child`] handles first to stop
+/// children gently.
+///
+/// [`Supervisor`]: crate::Supervisor
+#[derive(Debug)]
+pub struct Reaper {
+    inner: Arc<Inner>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    epoll: OwnedFd,
+    /// An eventfd in the epoll set: written to wake the thread (a new deadline, the stop).
+    wake: OwnedFd,
+    watched: Mutex<Watched>,
+}
+
+#[derive(Debug, Default)]
+struct Watched {
+    children: HashMap<u64, Watch>,
+    next_id: u64,
+    /// Set by the drop: kill what runs, reap it, end.
+    stopping: bool,
+    /// Cleared when the thread ends (even by a panic): nothing could reap a child added then.
+    running: bool,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Watched> {
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a valid buffer to our eventfd. It can only fail when the
+        // counter is about to overflow, and then the thread has a wake-up pending anyway.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    fn control(&self, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: `event` is valid for the call; both descriptors are open.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn forget(&self, fd: &OwnedFd) {
+        if let Err(err) = self.control(libc::EPOLL_CTL_DEL, fd.as_raw_fd(), 0) {
+            log::error!(
+                "removing descriptor {} from the reaper: {err}",
+                fd.as_raw_fd()
+            );
+        }
+    }
+}
+
+impl Reaper {
+    /// Starts the reaper's thread.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the epoll set, its eventfd or the thread cannot be made.
+    pub fn new() -> Result<Reaper> {
+        // SAFETY: epoll_create1 takes flags and returns a new descriptor or -1.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(Error::os("epoll_create1"));
+        }
+        // SAFETY: epoll_create1 succeeded: a fresh descriptor nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if wake < 0 {
+            return Err(Error::os("eventfd"));
+        }
+        // SAFETY: eventfd succeeded: a fresh descriptor nothing else owns.
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let inner = Arc::new(Inner {
+            epoll,
+            wake,
+            watched: Mutex::new(Watched {
+                running: true,
+                ..Watched::default()
+            }),
+        });
+        inner
+            .control(libc::EPOLL_CTL_ADD, inner.wake.as_raw_fd(), WAKE)
+            .map_err(|source| Error::Os {
+                what: "epoll_ctl",
+                source,
+            })?;
+        let thread = {
+            let inner = Arc::clone(&inner);
+            thread::Builder::new()
+                .name("ward-reaper".into())
+                .spawn(move || {
+                    let _running = Running(&inner);
+                    run(&inner);
+                })
+                .map_err(|source| Error::Os {
+                    what: "spawning the reaper thread",
+                    source,
+                })?
+        };
+        Ok(Reaper {
+            inner,
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts the child described by `spec`, watched by this reaper.
+    ///
+    /// As with [`Child::spawn`], the parent-death signal is tied to the *calling* thread.
+    ///
+    /// # Errors
+    /// As [`Child::spawn`].
+    pub fn spawn(&self, spec: &ChildSpec) -> Result<Child> {
+        Child::spawn_in(spec, self, None)
+    }
+
+    pub(crate) fn spawn_notify(&self, spec: &ChildSpec, on_exit: Option<OnExit>) -> Result<Child> {
+        Child::spawn_in(spec, self, on_exit)
+    }
+
+    /// Children this reaper is watching right now (running, or exited with output still being
+    /// drained).
+    pub fn watched(&self) -> usize {
+        self.inner.lock().children.len()
+    }
+
+    /// Hands a freshly spawned child to the thread; gives it back if the thread has ended.
+    pub(crate) fn watch(&self, mut watch: Watch) -> std::result::Result<(), Box<Watch>> {
+        let inner = &self.inner;
+        let mut watched = inner.lock();
+        if !watched.running || watched.stopping {
+            return Err(Box::new(watch));
+        }
+        let id = watched.next_id;
+        watched.next_id += 1;
+        // Registered in the set under the lock, so that no event arrives for an unknown child.
+        let mut added: Vec<RawFd> = Vec::new();
+        let mut result = Ok(());
+        for (fd, what) in watch.descriptors() {
+            result = inner.control(libc::EPOLL_CTL_ADD, fd, id << 2 | what);
+            if result.is_err() {
+                break;
+            }
+            added.push(fd);
+        }
+        if let Err(err) = result {
+            log::error!("child {}: cannot watch it: {err}", watch.shared.pid);
+            for fd in added {
+                let _ = inner.control(libc::EPOLL_CTL_DEL, fd, 0);
+            }
+            return Err(Box::new(watch));
+        }
+        let wake = watch.deadline(Instant::now()).is_some();
+        watch.id = id;
+        watched.children.insert(id, watch);
+        drop(watched);
+        if wake {
+            // The thread may be waiting with a longer timeout than this child's first deadline.
+            inner.wake();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.inner.lock().stopping = true;
+        self.inner.wake();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("the reaper thread panicked");
+        }
+    }
+}
+
+/// Marks the reaper as ended when its thread returns or unwinds.
+struct Running<'a>(&'a Inner);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut watched = self.0.lock();
+        watched.running = false;
+        if !watched.children.is_empty() {
+            log::error!(
+                "the reaper ends with {} child(ren) it could not reap",
+                watched.children.len()
+            );
+        }
+    }
+}
+
+fn run(inner: &Inner) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    let mut give_up_at: Option<Instant> = None;
+    let mut exited: Vec<(OnExit, Exit)> = Vec::new();
+    loop {
+        let timeout = {
+            let watched = inner.lock();
+            let now = Instant::now();
+            watched
+                .children
+                .values()
+                .filter_map(|watch| watch.deadline(now))
+                .chain(give_up_at)
+                .min()
+                .map_or(-1, |at| {
+                    let left = at.saturating_duration_since(now);
+                    // Rounded up: waking a little late is fine, spinning before a deadline is not.
+                    left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1
+                })
+        };
+        // SAFETY: `events` is valid for writes of its length.
+        let ready = unsafe {
+            libc::epoll_wait(
+                inner.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                timeout,
+            )
+        };
+        let ready = if ready < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                log::error!("epoll_wait in the reaper: {err}");
+                // Not a busy loop: the next wait has the same bounded timeout.
+                thread::sleep(EXIT_CHECK);
+            }
+            &[][..]
+        } else {
+            &events[..ready as usize]
+        };
+
+        let mut watched = inner.lock();
+        // Exits first: the exit is published as soon as it happens, and the group kill closes
+        // the pipes a descendant may still hold, before their output is read.
+        for pass in [Pass::Exits, Pass::Rest] {
+            for event in ready {
+                let token = event.u64;
+                if token == WAKE {
+                    if pass == Pass::Exits {
+                        drain_eventfd(&inner.wake);
+                    }
+                    continue;
+                }
+                let (id, what) = (token >> 2, token & 3);
+                if (what == EXIT) != (pass == Pass::Exits) {
+                    continue;
+                }
+                // Events of a child finished earlier in this batch are stale.
+                let Some(watch) = watched.children.get_mut(&id) else {
+                    continue;
+                };
+                match what {
+                    EXIT => watch.exit_ready(inner, &mut exited),
+                    STDOUT => watch.read_stream(inner, 0, &mut buf),
+                    STDERR => watch.read_stream(inner, 1, &mut buf),
+                    _ => watch.read_heartbeat(inner, &mut buf),
+                }
+            }
+        }
+        let now = Instant::now();
+        for watch in watched.children.values_mut() {
+            watch.tick(inner, now, &mut exited, &mut buf);
+        }
+        if watched.stopping && give_up_at.is_none() {
+            give_up_at = Some(now + STOP_WAIT);
+            for watch in watched.children.values() {
+                watch.kill_for_stop();
+            }
+        }
+        watched.children.retain(|_, watch| {
+            if !watch.finished() {
+                return true;
+            }
+            watch.hand_over();
+            false
+        });
+        let stop = watched.stopping
+            && (watched.children.is_empty() || give_up_at.is_some_and(|at| now >= at));
+        drop(watched);
+        // Outside the lock: a callback may spawn through this reaper.
+        for (on_exit, exit) in exited.drain(..) {
+            if panic::catch_unwind(AssertUnwindSafe(|| on_exit(&exit))).is_err() {
+                log::error!("the exit callback of child {} panicked", exit.pid);
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Exits,
+    Rest,
+}
+
+fn drain_eventfd(fd: &OwnedFd) {
+    let mut value = [0u8; 8];
+    // SAFETY: reads 8 bytes into a valid buffer from our nonblocking eventfd.
+    unsafe { libc::read(fd.as_raw_fd(), value.as_mut_ptr().cast(), value.len()) };
+}
+
+/// One child as the reaper sees it: its exit, its streams with their partial lines, its
+/// heartbeat and the watchdog's progress.
+pub(crate) struct Watch {
+    id: u64,
+    pub(crate) shared: Arc<Shared>,
+    started: Instant,
+    /// Readable once the child has exited; `None` without pidfds (then checked every
+    /// [`EXIT_CHECK`]).
+    exit_fd: Option<OwnedFd>,
+    pub(crate) kill_group: bool,
+    pub(crate) cgroup: Option<Arc<Cgroup>>,
+    pub(crate) on_exit: Option<OnExit>,
+    /// Open streams with their partial line.
+    streams: [Option<(OwnedFd, Stream, Vec<u8>)>; 2],
+    watchdog: Option<Watchdog>,
+    /// The parent's end of the heartbeat pipe, while it is open and the child runs.
+    heartbeat: Option<OwnedFd>,
+    lines: Option<Lines>,
+    last_beat: Instant,
+    aborted_at: Option<Instant>,
+    killed: bool,
+    /// Set once the child is reaped: until then, output still in the pipes is read.
+    drain_until: Option<Instant>,
+    /// Set once nothing is left to watch.
+    done: bool,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("pid", &self.shared.pid)
+            .field("running", &self.running())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watch {
+    #[allow(clippy::too_many_arguments)] // One per part of a freshly spawned child.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        started: Instant,
+        kill_group: bool,
+        cgroup: Option<Arc<Cgroup>>,
+        on_exit: Option<OnExit>,
+        streams: [Option<(OwnedFd, Stream)>; 2],
+        watchdog: Option<(Watchdog, OwnedFd)>,
+        lines: Lines,
+    ) -> Watch {
+        let (watchdog, heartbeat) = watchdog.unzip();
+        Watch {
+            id: 0,
+            exit_fd: sys::pidfd_open(shared.pid),
+            shared,
+            started,
+            kill_group,
+            cgroup,
+            on_exit,
+            streams: streams.map(|s| s.map(|(fd, stream)| (fd, stream, Vec::new()))),
+            watchdog,
+            heartbeat,
+            lines: Some(lines),
+            last_beat: started,
+            aborted_at: None,
+            killed: false,
+            drain_until: None,
+            done: false,
+        }
+    }
+
+    fn descriptors(&self) -> Vec<(RawFd, u64)> {
+        let mut fds = Vec::with_capacity(4);
+        if let Some(fd) = &self.exit_fd {
+            fds.push((fd.as_raw_fd(), EXIT));
+        }
+        for (i, what) in [STDOUT, STDERR].into_iter().enumerate() {
+            if let Some((fd, _, _)) = &self.streams[i] {
+                fds.push((fd.as_raw_fd(), what));
+            }
+        }
+        if let Some(fd) = &self.heartbeat {
+            fds.push((fd.as_raw_fd(), BEAT));
+        }
+        fds
+    }
+
+    fn running(&self) -> bool {
+        self.drain_until.is_none()
+    }
+
+    /// When [`tick`](Self::tick) has something to do next.
+    fn deadline(&self, now: Instant) -> Option<Instant> {
+        if self.done {
+            return None;
+        }
+        if let Some(until) = self.drain_until {
+            return Some(until);
+        }
+        let mut at = self.exit_fd.is_none().then(|| now + EXIT_CHECK);
+        if let Some(dog) = &self.watchdog {
+            let next = match self.aborted_at {
+                Some(_) if self.killed => None,
+                Some(aborted) => Some(aborted + dog.abort_grace),
+                None => Some(self.last_beat + dog.timeout),
+            };
+            at = at.into_iter().chain(next).min();
+        }
+        at
+    }
+
+    /// The pidfd is readable: reap the child.
+    fn exit_ready(&mut self, inner: &Inner, exited: &mut Vec<(OnExit, Exit)>) {
+        if self.running() && child::has_exited(self.shared.pid) {
+            self.reap(inner, exited);
+        }
+    }
+
+    fn reap(&mut self, inner: &Inner, exited: &mut Vec<(OnExit, Exit)>) {
+        let exit = child::reap(
+            &self.shared,
+            self.started,
+            self.kill_group,
+            self.cgroup.take(),
+        );
+        if let Some(on_exit) = self.on_exit.take() {
+            exited.push((on_exit, exit));
+        }
+        // Readable for good now, and nothing will beat any more: out of the set.
+        if let Some(fd) = self.exit_fd.take() {
+            inner.forget(&fd);
+        }
+        if let Some(fd) = self.heartbeat.take() {
+            inner.forget(&fd);
+        }
+        self.drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+        self.done = self.streams.iter().all(Option::is_none);
+    }
+
+    /// Watchdog, exit checks without a pidfd, and the end of the drain.
+    fn tick(
+        &mut self,
+        inner: &Inner,
+        now: Instant,
+        exited: &mut Vec<(OnExit, Exit)>,
+        buf: &mut [u8],
+    ) {
+        if self.done {
+            return;
+        }
+        if let Some(until) = self.drain_until {
+            if now >= until {
+                self.final_drain(inner, buf);
+                self.done = true;
+            }
+            return;
+        }
+        if self.exit_fd.is_none() && child::has_exited(self.shared.pid) {
+            self.reap(inner, exited);
+            return;
+        }
+        // Watchdog: silence → SIGABRT to the child, grace → SIGKILL to the group.
+        let Some(dog) = self.watchdog else {
+            return;
+        };
+        match self.aborted_at {
+            Some(at) if !self.killed && now >= at + dog.abort_grace => {
+                let state = self.shared.lock();
+                if let Err(err) = self.shared.signal(&state, libc::SIGKILL, true) {
+                    log::error!("watchdog kill of child {}: {err}", self.shared.pid);
+                }
+                self.killed = true;
+            }
+            Some(_) => {}
+            None if now >= self.last_beat + dog.timeout => {
+                let mut state = self.shared.lock();
+                if !state.reaped {
+                    state.hung = true;
+                    log::warn!(
+                        "child {} sent no heartbeat for {:?}: SIGABRT",
+                        self.shared.pid,
+                        dog.timeout
+                    );
+                }
+                if let Err(err) = self.shared.signal(&state, libc::SIGABRT, false) {
+                    log::error!("watchdog abort of child {}: {err}", self.shared.pid);
+                }
+                self.aborted_at = Some(now);
+            }
+            None => {}
+        }
+    }
+
+    /// The reaper is being dropped: SIGKILL the group of a child still running.
+    fn kill_for_stop(&self) {
+        let mut state = self.shared.lock();
+        if state.reaped {
+            return;
+        }
+        state.stop_requested = true;
+        if let Err(err) = self.shared.signal(&state, libc::SIGKILL, true) {
+            log::error!("stopping child {}: {err}", self.shared.pid);
+        }
+    }
+
+    fn read_heartbeat(&mut self, inner: &Inner, buf: &mut [u8]) {
+        let Some(fd) = &self.heartbeat else {
+            return;
+        };
+        match child::read_fd(fd.as_raw_fd(), buf) {
+            // EOF: nothing will write heartbeats any more; silence runs its course.
+            Ok(0) | Err(_) => {
+                if let Some(fd) = self.heartbeat.take() {
+                    inner.forget(&fd);
+                }
+            }
+            Ok(_) => self.last_beat = Instant::now(),
+        }
+    }
+
+    /// Reads what is already in the pipes without waiting for more: a descendant that escaped
+    /// the group may hold them open, but output written before the exit must not be lost just
+    /// because the reaper got to it late.
+    fn final_drain(&mut self, inner: &Inner, buf: &mut [u8]) {
+        // Bounded, since such a descendant may also keep writing.
+        for _ in 0..64 {
+            let mut fds = self.streams.each_ref().map(|s| libc::pollfd {
+                fd: s.as_ref().map_or(-1, |(fd, _, _)| fd.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            // SAFETY: `fds` is a valid array of pollfd of the given length (negative descriptors
+            // are ignored by poll).
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+            if ready <= 0 {
+                break;
+            }
+            for (i, fd) in fds.iter().enumerate() {
+                if fd.revents != 0 {
+                    self.read_stream(inner, i, buf);
+                }
+            }
+        }
+        for i in 0..2 {
+            self.close_stream(inner, i);
+        }
+    }
+
+    fn read_stream(&mut self, inner: &Inner, i: usize, buf: &mut [u8]) {
+        let Some((fd, _, _)) = &self.streams[i] else {
+            return;
+        };
+        match child::read_fd(fd.as_raw_fd(), buf) {
+            Ok(0) | Err(_) => self.close_stream(inner, i),
+            Ok(n) => {
+                let (Some((_, stream, partial)), Some(lines)) =
+                    (&mut self.streams[i], &mut self.lines)
+                else {
+                    return;
+                };
+                lines.split(*stream, partial, &buf[..n]);
+            }
+        }
+        if !self.running() && self.streams.iter().all(Option::is_none) {
+            self.done = true;
+        }
+    }
+
+    fn close_stream(&mut self, inner: &Inner, i: usize) {
+        if let Some((fd, stream, partial)) = self.streams[i].take() {
+            if let Some(lines) = &mut self.lines
+                && !partial.is_empty()
+            {
+                lines.emit(stream, &partial);
+            }
+            inner.forget(&fd);
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+
+    /// Gives the lines (and the thread that feeds the sink) to the [`Child`], whose drop joins it,
+    /// and tells it the reaper is done with it.
+    fn hand_over(&mut self) {
+        let mut state = self.shared.lock();
+        state.lines = self.lines.take();
+        state.drained = true;
+        drop(state);
+        self.shared.exited.notify_all();
+    }
+}
