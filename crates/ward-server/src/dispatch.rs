@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
-use ward_supervisor::{Child, ChildSpec, Exit, Input, OutputTail, Stream};
+use ward_supervisor::{Child, ChildSpec, Exit, Input, OutputTail, Reaper, Stream};
 
 use crate::Config;
 use crate::config::Handler;
@@ -129,6 +129,9 @@ pub struct Dispatcher {
     next_worker: std::sync::atomic::AtomicU64,
     /// Set when ward stops: running jobs past it are stopped.
     stop_at: Mutex<Option<Instant>>,
+    /// Watches and reaps every exec job's process on one thread, so that a job starts none.
+    /// Each job's `Child` lives only inside `run`, so none outlives it.
+    reaper: Reaper,
     // Last: its thread is the parent of every worker in `idle`, so it must outlive them.
     spawner: Spawner,
 }
@@ -137,13 +140,17 @@ impl Dispatcher {
     /// A dispatcher for `config`'s triggers.
     ///
     /// # Errors
-    /// If a trigger's globs do not compile, or the spawner thread cannot be started.
+    /// If a trigger's globs do not compile, or the spawner or reaper thread cannot be started.
     pub fn new(config: Config, state: StateDir) -> Result<Dispatcher, crate::Error> {
         let triggers = Triggers::new(&config.triggers)?;
         let idle = Mutex::new((0..triggers.len()).map(|_| Vec::new()).collect());
         let spawner = Spawner::start().map_err(|e| crate::Error::Io {
             context: "starting the worker spawner thread".into(),
             source: e,
+        })?;
+        let reaper = Reaper::new().map_err(|e| crate::Error::Spawn {
+            what: "the job reaper thread".into(),
+            reason: e.to_string(),
         })?;
         Ok(Dispatcher {
             triggers,
@@ -152,6 +159,7 @@ impl Dispatcher {
             idle,
             next_worker: 0.into(),
             stop_at: Mutex::new(None),
+            reaper,
             spawner,
         })
     }
@@ -200,7 +208,9 @@ impl Dispatcher {
                 log::info!("job {name} [{}]: {}", line.pid, line.text);
             })
         };
-        let child = Child::spawn(&spec)
+        let child = self
+            .reaper
+            .spawn(&spec)
             .map_err(|e| JobError::Spawn(format!("{}: {e}", argv[0].to_string_lossy())))?;
         let timeout_at = Instant::now() + self.config.job_timeout;
         let exit = loop {
@@ -240,7 +250,7 @@ impl Dispatcher {
                 });
             }
         };
-        drop(child); // joins the capture threads, so the tail is complete
+        drop(child); // waits for the output to be read and joins the sink thread: the tail is complete
         if exit.is_clean() {
             return Ok(());
         }
