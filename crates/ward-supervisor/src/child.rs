@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
-use std::process::ChildStdin;
+use std::process::{ChildStdin, ChildStdout};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -123,6 +123,8 @@ pub struct Child {
     shared: Arc<Shared>,
     started: Instant,
     stdin: Option<ChildStdin>,
+    /// The read end of stdout, when the spec asked for it piped to the caller.
+    stdout: Option<ChildStdout>,
     cgroup: Option<Arc<Cgroup>>,
     /// Output lines dropped because the sink fell behind, in total.
     dropped_lines: Arc<AtomicU64>,
@@ -185,10 +187,16 @@ impl Child {
             exited: Condvar::new(),
         });
         let dropped_lines = Arc::new(AtomicU64::new(0));
+        let (stdout, read_stdout) = if spec.stdout_piped {
+            (process.stdout.map(ChildStdout::from), None)
+        } else {
+            (None, process.stdout)
+        };
         let child = Child {
             shared: Arc::clone(&shared),
             started,
             stdin: process.stdin.map(ChildStdin::from),
+            stdout,
             cgroup: cgroup.clone(),
             dropped_lines: Arc::clone(&dropped_lines),
             own_reaper: None,
@@ -204,7 +212,7 @@ impl Child {
             cgroup,
             on_exit,
             [
-                process.stdout.map(|fd| (fd, Stream::Stdout)),
+                read_stdout.map(|fd| (fd, Stream::Stdout)),
                 process.stderr.map(|fd| (fd, Stream::Stderr)),
             ],
             spec.watchdog.zip(heartbeat),
@@ -246,6 +254,12 @@ impl Child {
     /// The write end of the child's stdin, if [`Input::Piped`](crate::Input::Piped) was asked for (once).
     pub fn take_stdin(&mut self) -> Option<ChildStdin> {
         self.stdin.take()
+    }
+
+    /// The read end of the child's stdout, if [`ChildSpec::stdout_piped`] was asked for (once).
+    /// Read it: the child blocks once the pipe is full.
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.stdout.take()
     }
 
     /// The child's memory cgroup directory, if it runs under a memory limit: the caller can read

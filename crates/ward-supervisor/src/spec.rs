@@ -111,6 +111,7 @@ pub struct ChildSpec {
     pub(crate) cwd: Option<PathBuf>,
     pub(crate) stdin: Input,
     pub(crate) output: Output,
+    pub(crate) stdout_piped: bool,
     pub(crate) pass_fds: Vec<Arc<OwnedFd>>,
     pub(crate) limits: ResourceLimits,
     pub(crate) memory_max: Option<u64>,
@@ -132,6 +133,7 @@ impl ChildSpec {
             cwd: None,
             stdin: Input::Null,
             output: Output::Inherit,
+            stdout_piped: false,
             pass_fds: Vec::new(),
             limits: ResourceLimits::default(),
             memory_max: None,
@@ -205,6 +207,16 @@ impl ChildSpec {
     /// Captures stdout and stderr line by line into `sink`.
     pub fn capture(self, sink: impl Fn(&Line) + Send + Sync + 'static) -> ChildSpec {
         self.output(Output::Capture(Arc::new(sink)))
+    }
+
+    /// Standard output goes to a pipe whose read end the caller takes with
+    /// [`Child::take_stdout`](crate::Child::take_stdout) and reads itself (stderr still goes
+    /// where [`output`](Self::output) says): a request/reply worker's answers then reach the
+    /// thread waiting for them without passing through the reaper and a sink. Unlike captured
+    /// output, a child whose pipe nobody reads blocks once the pipe is full.
+    pub fn stdout_piped(mut self) -> ChildSpec {
+        self.stdout_piped = true;
+        self
     }
 
     /// Gives the child this descriptor, at the same number. Every other descriptor above stderr

@@ -596,6 +596,28 @@ fn stdin_can_be_piped() {
 }
 
 #[test]
+fn piped_stdout_goes_to_the_caller_and_stderr_to_the_sink() {
+    let (spec, seen) = collecting(
+        ChildSpec::new("sh")
+            .args(["-c", "read line; echo \"got $line\"; echo note >&2"])
+            .stdin(Input::Piped)
+            .stdout_piped(),
+    );
+    let mut child = Child::spawn(&spec).unwrap();
+    let mut stdin = child.take_stdin().unwrap();
+    let mut stdout = child.take_stdout().expect("stdout is piped");
+    assert!(child.take_stdout().is_none());
+    stdin.write_all(b"ping\n").unwrap();
+    let mut text = String::new();
+    stdout.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "got ping\n");
+    let exit = child.wait_timeout(LONG).unwrap();
+    assert_eq!(exit.termination, Termination::Exited { code: 0 });
+    drop(child);
+    assert_eq!(*seen.lock().unwrap(), [(Stream::Stderr, "note".to_owned())]);
+}
+
+#[test]
 fn a_silent_child_gets_sigabrt_and_is_classified_hung() {
     let dir = tempfile::tempdir().unwrap();
     let spec = helper("heartbeat:5", dir.path()).watchdog(Watchdog {

@@ -613,6 +613,11 @@ impl Stdio {
                 }
             }
         }
+        if spec.stdout_piped && stdio.parent[1].is_none() {
+            let (read, write) = pipe().map_err(into_io)?;
+            stdio.child[1] = Some(ChildEnd::Pipe(above_stdio(write)?));
+            stdio.parent[1] = Some(read);
+        }
         Ok(stdio)
     }
 
