@@ -4,12 +4,13 @@
 //! signal, reaped by its handle), its output is captured into the log, and every death other than
 //! a clean exit is turned into a crash report naming the cause.
 
-use std::io::Write;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::process::ChildStdout;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
-use ward_supervisor::{Child, ChildSpec, Exit, Input, OutputTail, Reaper, Stream};
+use ward_supervisor::{Child, ChildSpec, Exit, Input, OutputTail, Reaper};
 
 use crate::Config;
 use crate::config::Handler;
@@ -19,8 +20,8 @@ use crate::state::StateDir;
 
 /// Lines of a job's output kept for its crash report.
 const TAIL_LINES: usize = 40;
-/// Replies a worker may have written ahead of being asked; more is a protocol violation.
-const REPLY_BACKLOG: usize = 16;
+/// The longest reply line a worker may write; a longer one is a protocol violation.
+const MAX_REPLY: usize = 1 << 20;
 
 /// Why a job did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,7 +81,7 @@ struct Spawner {
 }
 
 impl Spawner {
-    fn start() -> std::io::Result<Spawner> {
+    fn start() -> io::Result<Spawner> {
         let (tx, rx) = crossbeam_channel::bounded::<SpawnRequest>(1);
         let thread = std::thread::Builder::new()
             .name("ward-spawner".into())
@@ -355,8 +356,9 @@ impl Dispatcher {
             + 1;
         let name = &self.triggers.get(trigger).name;
         let label = format!("{name}#{number}");
-        let (reply_tx, replies) = crossbeam_channel::bounded(REPLY_BACKLOG);
         let tail = OutputTail::new(TAIL_LINES);
+        // Replies are read from stdout by the job thread itself: through the child's reaper and
+        // an output sink they would cost two more thread wake-ups per request.
         let spec = {
             let (tail, label) = (tail.clone(), label.clone());
             ChildSpec::new(&argv[0])
@@ -364,17 +366,11 @@ impl Dispatcher {
                 .args(&argv[1..])
                 .current_dir(&self.config.base)
                 .stdin(Input::Piped)
+                .stdout_piped()
                 .stop_grace(self.config.stop_grace)
-                .capture(move |line| match line.stream {
-                    Stream::Stdout => {
-                        if reply_tx.try_send(line.text.clone()).is_err() {
-                            log::warn!("worker {label} wrote more replies than it was asked for; dropping one");
-                        }
-                    }
-                    Stream::Stderr => {
-                        tail.push(line);
-                        log::info!("worker {label} [{}]: {}", line.pid, line.text);
-                    }
+                .capture(move |line| {
+                    tail.push(line);
+                    log::info!("worker {label} [{}]: {}", line.pid, line.text);
                 })
         };
         let mut child = self
@@ -384,12 +380,15 @@ impl Dispatcher {
         let stdin = child
             .take_stdin()
             .ok_or_else(|| JobError::Spawn(format!("worker {label}: no stdin pipe")))?;
+        let stdout = child
+            .take_stdout()
+            .ok_or_else(|| JobError::Spawn(format!("worker {label}: no stdout pipe")))?;
         log::info!("worker {label} started (pid {})", child.id());
         Ok(Worker {
             label,
             child,
             stdin,
-            replies,
+            replies: Replies::new(stdout),
             tail,
             jobs_done: 0,
             next_id: 0,
@@ -429,6 +428,80 @@ impl Dispatcher {
     }
 }
 
+/// How long a worker whose stdout closed may take to exit before it counts as alive.
+const STDOUT_CLOSED_WAIT: Duration = Duration::from_secs(1);
+
+/// Why no more replies can be read.
+enum StdoutTrouble {
+    /// EOF, or a read error.
+    Closed(Option<io::Error>),
+    TooLong,
+}
+
+/// A worker's stdout read as reply lines, on the thread waiting for the reply.
+#[derive(Debug)]
+struct Replies {
+    stdout: ChildStdout,
+    /// Bytes read past the last complete line.
+    pending: Vec<u8>,
+}
+
+impl Replies {
+    fn new(stdout: ChildStdout) -> Replies {
+        Replies {
+            stdout,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The next reply line, waiting at most `timeout` for it (`None`: none yet).
+    fn next(&mut self, timeout: Duration) -> Result<Option<String>, StdoutTrouble> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                let line = line.strip_suffix(b"\n").unwrap_or(&line);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                return Ok(Some(String::from_utf8_lossy(line).into_owned()));
+            }
+            if self.pending.len() > MAX_REPLY {
+                return Err(StdoutTrouble::TooLong);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fd = libc::pollfd {
+                fd: self.stdout.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let millis = if left.is_zero() {
+                0
+            } else {
+                // Rounded up, so a short wait is a wait and not a spin.
+                left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1
+            };
+            // SAFETY: one valid pollfd for a descriptor this worker owns.
+            let ready = unsafe { libc::poll(&mut fd, 1, millis) };
+            if ready < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(StdoutTrouble::Closed(Some(err)));
+            }
+            if ready == 0 {
+                return Ok(None);
+            }
+            match self.stdout.read(&mut buf) {
+                Ok(0) => return Err(StdoutTrouble::Closed(None)),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(StdoutTrouble::Closed(Some(err))),
+            }
+        }
+    }
+}
+
 enum WorkerTrouble {
     Died(Exit),
     Protocol(String),
@@ -442,7 +515,7 @@ struct Worker {
     label: String,
     child: Child,
     stdin: std::process::ChildStdin,
-    replies: Receiver<String>,
+    replies: Replies,
     tail: OutputTail,
     jobs_done: u64,
     next_id: u64,
@@ -458,10 +531,14 @@ impl Worker {
         self.next_id += 1;
         let id = self.next_id;
         // A reply left over from before this request is a protocol violation too.
-        if let Ok(stale) = self.replies.try_recv() {
-            return Err(WorkerTrouble::Protocol(format!(
-                "unrequested reply {stale:?}"
-            )));
+        match self.replies.next(Duration::ZERO) {
+            Ok(Some(stale)) => {
+                return Err(WorkerTrouble::Protocol(format!(
+                    "unrequested reply {stale:?}"
+                )));
+            }
+            Ok(None) => {}
+            Err(trouble) => return Err(self.stdout_trouble(trouble)),
         }
         if self
             .stdin
@@ -478,11 +555,11 @@ impl Worker {
             let slice = deadline
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
-            match self.replies.recv_timeout(slice) {
-                Ok(line) => {
+            match self.replies.next(slice) {
+                Ok(Some(line)) => {
                     return jobs::parse_reply(line.as_bytes(), id).map_err(WorkerTrouble::Protocol);
                 }
-                Err(RecvTimeoutError::Timeout) => {
+                Ok(None) => {
                     if let Some(exit) = self.child.try_wait() {
                         return Err(WorkerTrouble::Died(exit));
                     }
@@ -493,10 +570,25 @@ impl Worker {
                         return Err(WorkerTrouble::Stopped);
                     }
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(WorkerTrouble::Died(self.child.wait()));
-                }
+                Err(trouble) => return Err(self.stdout_trouble(trouble)),
             }
+        }
+    }
+
+    /// What a closed or broken stdout means: the worker died (its exit says how), or it closed
+    /// its stdout and lives on, which breaks the protocol.
+    fn stdout_trouble(&self, trouble: StdoutTrouble) -> WorkerTrouble {
+        match trouble {
+            StdoutTrouble::TooLong => {
+                WorkerTrouble::Protocol(format!("a reply longer than {MAX_REPLY} bytes"))
+            }
+            StdoutTrouble::Closed(err) => match self.child.wait_timeout(STDOUT_CLOSED_WAIT) {
+                Some(exit) => WorkerTrouble::Died(exit),
+                None => WorkerTrouble::Protocol(match err {
+                    Some(err) => format!("reading its stdout: {err}"),
+                    None => "it closed its stdout".to_owned(),
+                }),
+            },
         }
     }
 
