@@ -593,9 +593,10 @@ fn wait_lines(log: &Path, n: usize, limit: Duration) -> Result<()> {
     }
 }
 
-/// Rounds of each dispatch measurement, interleaved: the machine's load moves, and each figure is
-/// the median of its rounds' medians.
-const DISPATCH_ROUNDS: usize = 3;
+/// Rounds of each dispatch measurement. Each round measures ward and its anchor back to back, in
+/// alternating order, so that a change of the machine's load (other builds and benchmarks share
+/// its two cores) hits both alike; each figure is the median of its rounds' medians.
+const DISPATCH_ROUNDS: usize = 7;
 
 /// Exec: one worker and a backlog of jobs; the gap between consecutive job starts is the cost of
 /// one job (spawn, run, exit, reap, bookkeeping). Returns the median gap in µs.
@@ -662,14 +663,17 @@ fn ward_worker_round(tools: &Tools, jobs: usize, round: usize) -> Result<f64> {
     median_gap_us(&log)
 }
 
-/// The same worker, fed one request at a time over a raw pipe by a release-built client.
-fn raw_pipe_round(tools: &Tools, jobs: usize, round: usize) -> Result<f64> {
+/// The same worker, fed one request at a time over a raw pipe by a release-built client: the
+/// same number of requests, each the same bytes ward sends for the same file of `ward_tree`
+/// (only the path is in the request; the file need not exist).
+fn raw_pipe_round(tools: &Tools, jobs: usize, round: usize, ward_tree: &Path) -> Result<f64> {
     let dir = tools.dir(&format!("dispatch-pipe-{round}"))?;
     let log = dir.join("worker-log");
     let out = Command::new(&tools.probe)
         .args([
             "pipe-client",
             &jobs.to_string(),
+            ward_tree.to_str().unwrap_or_default(),
             "--",
             tools.probe(),
             "worker",
@@ -699,15 +703,32 @@ pub(crate) fn dispatch(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
     let mut figures: [Vec<f64>; 4] = Default::default();
     for round in 0..DISPATCH_ROUNDS {
         println!(
-            "dispatch: round {}/{DISPATCH_ROUNDS}: ward exec ({exec_jobs} jobs), plain spawns, ward worker ({worker_jobs} jobs), raw pipe ...",
+            "dispatch: round {}/{DISPATCH_ROUNDS}: ward exec ({exec_jobs} jobs) and plain spawns, ward worker ({worker_jobs} jobs) and raw pipe ...",
             round + 1
         );
-        figures[0].push(ward_exec_round(tools, exec_jobs, round)?);
-        figures[1].push(plain_exec_round(tools, exec_jobs, round)?);
-        figures[2].push(ward_worker_round(tools, worker_jobs, round)?);
-        figures[3].push(raw_pipe_round(tools, worker_jobs, round)?);
+        // The worker round's tree, whose paths the raw pipe's requests name too.
+        let ward_tree = tools.scratch.join(format!("dispatch-worker-{round}/tree"));
+        if round % 2 == 0 {
+            figures[0].push(ward_exec_round(tools, exec_jobs, round)?);
+            figures[1].push(plain_exec_round(tools, exec_jobs, round)?);
+            figures[2].push(ward_worker_round(tools, worker_jobs, round)?);
+            figures[3].push(raw_pipe_round(tools, worker_jobs, round, &ward_tree)?);
+        } else {
+            figures[1].push(plain_exec_round(tools, exec_jobs, round)?);
+            figures[0].push(ward_exec_round(tools, exec_jobs, round)?);
+            figures[3].push(raw_pipe_round(tools, worker_jobs, round, &ward_tree)?);
+            figures[2].push(ward_worker_round(tools, worker_jobs, round)?);
+        }
     }
     println!("dispatch: per-round medians (µs): {figures:.1?}");
+    let ratios = |ward: &[f64], anchor: &[f64]| {
+        median(ward.iter().zip(anchor).map(|(w, a)| w / a).collect())
+    };
+    println!(
+        "dispatch: median of per-round ratios: exec {:.2}×, worker {:.2}×",
+        ratios(&figures[0], &figures[1]),
+        ratios(&figures[2], &figures[3])
+    );
     let [ward_exec, plain_exec, ward_worker, raw_worker] = figures.map(median);
     rows.push(
         Row::new(

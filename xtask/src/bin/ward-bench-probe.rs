@@ -10,8 +10,9 @@
 //!   an MS window and runs CMD (waited for) once per delivered batch, as a small tool would.
 //! - `spawn-loop N -- CMD...`: runs CMD N times one after the other, each waited for (the plain
 //!   fork+exec anchor of ward's exec dispatch, one worker).
-//! - `pipe-client N -- CMD...`: starts CMD as a persistent JSON-lines worker and sends it N
-//!   requests one at a time (the raw pipe anchor of ward's worker dispatch).
+//! - `pipe-client N TREE -- CMD...`: starts CMD as a persistent JSON-lines worker and sends it N
+//!   requests one at a time, each the very bytes ward would send for a file `TREE/f<i>` just
+//!   created (the raw pipe anchor of ward's worker dispatch).
 //! - `events LOG`: the job of watchexec's burst: reads the batch's events as JSON lines on stdin
 //!   (`--emit-events-to=json-stdio`) and appends `<ns> <path> <path>...` to LOG.
 //! - `walk DIR`: prints the files under DIR and the nanoseconds a plain recursive walk took.
@@ -49,7 +50,7 @@ fn main() -> ExitCode {
         ["worker", log] => worker(Path::new(log)),
         ["debouncer", dir, ms, "--", cmd @ ..] => debouncer(Path::new(dir), ms, cmd),
         ["spawn-loop", n, "--", cmd @ ..] => spawn_loop(n, cmd),
-        ["pipe-client", n, "--", cmd @ ..] => pipe_client(n, cmd),
+        ["pipe-client", n, tree, "--", cmd @ ..] => pipe_client(n, tree, cmd),
         ["events", log] => events(started, Path::new(log)),
         ["walk", dir] => walk(Path::new(dir)),
         _ => {
@@ -162,7 +163,7 @@ fn spawn_loop(n: &str, cmd: &[&str]) -> Result {
     Ok(())
 }
 
-fn pipe_client(n: &str, cmd: &[&str]) -> Result {
+fn pipe_client(n: &str, tree: &str, cmd: &[&str]) -> Result {
     let n: u64 = n.parse()?;
     let mut child = command(cmd)?
         .stdin(Stdio::piped())
@@ -172,11 +173,17 @@ fn pipe_client(n: &str, cmd: &[&str]) -> Result {
     let mut from = BufReader::new(child.stdout.take().ok_or("no stdout")?);
     let mut reply = String::new();
     let mut samples = Vec::with_capacity(n as usize);
-    for id in 0..n {
+    // Ids from 1, as a fresh ward worker gets them.
+    for id in 1..=n {
+        // Built as ward builds it (sorted keys, one line), so both send the same bytes.
+        let mut request = serde_json::to_vec(&serde_json::json!({
+            "id": id,
+            "event": "created",
+            "path": format!("{tree}/f{}", id - 1),
+        }))?;
+        request.push(b'\n');
         let sent = now_ns();
-        to.write_all(
-            format!("{{\"id\":{id},\"path\":\"/pipe/f{id}\",\"event\":\"modified\"}}\n").as_bytes(),
-        )?;
+        to.write_all(&request)?;
         to.flush()?;
         reply.clear();
         from.read_line(&mut reply)?;
