@@ -40,6 +40,8 @@
 //! # Which piece to use
 //! - [`RestartTracker`] alone, to drive restarts of something else (it only needs [`Exit`]s).
 //! - [`Child`] to run one process with full control (spawn, signal, [`Child::stop`], wait).
+//! - [`Reaper`] to run many short ones that way: children spawned through one reaper are all
+//!   watched by its one thread, so a spawn starts no thread.
 //! - [`Supervisor`] to keep N children running under their [`RestartPolicy`], with [`Event`]s
 //!   on a callback or a channel. Its callbacks run on its own threads: an event callback or an
 //!   output sink must not call the `Supervisor` and wait for the answer (that would deadlock);
@@ -67,18 +69,24 @@
 //! - **The parent-death signal is per thread.** Linux sends it when the *thread* that cloned the
 //!   child exits. A [`Supervisor`] spawns every child from its own long-lived thread; if you use
 //!   [`Child`] directly, spawn from a thread that outlives the child.
-//! - **Reaping.** One watcher thread per child waits in a single `poll` for the child's exit
-//!   (a pidfd; before Linux 5.3, `waitid(WNOHANG | WNOWAIT)` every 10 ms), its output pipes
-//!   and its heartbeats. The exited child stays a zombie that pins its pid and group id until
-//!   the watcher has SIGKILLed what it left in its group (see [`ChildSpec::kill_group_on_exit`]);
+//! - **Reaping.** A [`Reaper`]'s thread waits in one `epoll` set for the exit of each of its
+//!   children (a pidfd; before Linux 5.3, `waitid(WNOHANG | WNOWAIT)` every 10 ms), their output
+//!   pipes and their heartbeats. [`Child::spawn`] makes a reaper for the one child; a
+//!   [`Supervisor`] keeps one for all of its children; [`Reaper::spawn`] shares one, so that
+//!   spawning a job creates no thread and none has to be scheduled and joined before the job
+//!   counts as done. The exited child stays a zombie that pins its pid and group id until the
+//!   reaper has SIGKILLed what it left in its group (see [`ChildSpec::kill_group_on_exit`]);
 //!   then it is reaped with `wait4` for the rusage. Signals are only ever sent while the child
-//!   is unreaped, so they never hit a recycled pid.
-//! - **Output.** The watcher reads captured stdout/stderr into lines and queues them (bounded)
-//!   for a second thread that calls the sink, started with the first line, so a child that
-//!   writes nothing costs one thread in all. The child never waits for the sink: when the queue
-//!   is full, lines are dropped and counted ([`Line::dropped_before`]). After the exit, output
-//!   still in the pipes is read for at most 200 ms (a descendant that left the group may hold
-//!   them open). Dropping the [`Child`] joins both threads.
+//!   is unreaped, so they never hit a recycled pid. Dropping a reaper SIGKILLs the groups of
+//!   the children it still watches, reaps them and joins its thread.
+//! - **Output.** The reaper reads captured stdout/stderr into lines and queues them (bounded)
+//!   for a thread per child that calls the sink, started with the first line, so a child that
+//!   writes nothing costs no thread of its own. The child never waits for the sink: when the
+//!   queue is full, lines are dropped and counted ([`Line::dropped_before`]). After the exit,
+//!   output still in the pipes is read for at most 200 ms (a descendant that left the group may
+//!   hold them open). Dropping the [`Child`] waits for that and joins the sink's thread.
+//!   [`ChildSpec::stdout_piped`] hands stdout to the caller instead, for a request/reply worker
+//!   whose answers should reach the waiting thread directly.
 //! - **Memory cgroup.** [`ChildSpec::memory_max`] creates a cgroup per run under this
 //!   process's own memory cgroup (v2 if the memory controller is delegated there, else v1), the
 //!   child moves itself in before exec, and the cgroup's OOM counter is read into the [`Exit`]
