@@ -10,9 +10,10 @@
 //!   an MS window and runs CMD (waited for) once per delivered batch, as a small tool would.
 //! - `spawn-loop N -- CMD...`: runs CMD N times one after the other, each waited for (the plain
 //!   fork+exec anchor of ward's exec dispatch, one worker).
-//! - `pipe-client N TREE -- CMD...`: starts CMD as a persistent JSON-lines worker and sends it N
-//!   requests one at a time, each the very bytes ward would send for a file `TREE/f<i>` just
-//!   created (the raw pipe anchor of ward's worker dispatch).
+//! - `pipe-client N TREE [--same-cpu] -- CMD...`: starts CMD as a persistent JSON-lines worker
+//!   and sends it N requests one at a time, each the very bytes ward would send for a file
+//!   `TREE/f<i>` just created (the raw pipe anchor of ward's worker dispatch). With `--same-cpu`
+//!   the client and the worker run on the CPU the client started on.
 //! - `events LOG`: the job of watchexec's burst: reads the batch's events as JSON lines on stdin
 //!   (`--emit-events-to=json-stdio`) and appends `<ns> <path> <path>...` to LOG.
 //! - `walk DIR`: prints the files under DIR and the nanoseconds a plain recursive walk took.
@@ -50,7 +51,8 @@ fn main() -> ExitCode {
         ["worker", log] => worker(Path::new(log)),
         ["debouncer", dir, ms, "--", cmd @ ..] => debouncer(Path::new(dir), ms, cmd),
         ["spawn-loop", n, "--", cmd @ ..] => spawn_loop(n, cmd),
-        ["pipe-client", n, tree, "--", cmd @ ..] => pipe_client(n, tree, cmd),
+        ["pipe-client", n, tree, "--", cmd @ ..] => pipe_client(n, tree, false, cmd),
+        ["pipe-client", n, tree, "--same-cpu", "--", cmd @ ..] => pipe_client(n, tree, true, cmd),
         ["events", log] => events(started, Path::new(log)),
         ["walk", dir] => walk(Path::new(dir)),
         _ => {
@@ -163,8 +165,12 @@ fn spawn_loop(n: &str, cmd: &[&str]) -> Result {
     Ok(())
 }
 
-fn pipe_client(n: &str, tree: &str, cmd: &[&str]) -> Result {
+fn pipe_client(n: &str, tree: &str, same_cpu: bool, cmd: &[&str]) -> Result {
     let n: u64 = n.parse()?;
+    if same_cpu {
+        // Before the spawn, so the worker inherits the affinity.
+        stay_on_this_cpu()?;
+    }
     let mut child = command(cmd)?
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -197,6 +203,24 @@ fn pipe_client(n: &str, tree: &str, cmd: &[&str]) -> Result {
     child.wait()?;
     samples.sort_unstable();
     println!("round_trip_p50_ns {}", samples[samples.len() / 2]);
+    Ok(())
+}
+
+/// Binds this process to the CPU it runs on now.
+fn stay_on_this_cpu() -> Result {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is a CPU number the kernel gave, below CPU_SETSIZE; the write stays in `set`.
+    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    if unsafe { libc::sched_setaffinity(0, size_of_val(&set), &set) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
     Ok(())
 }
 
