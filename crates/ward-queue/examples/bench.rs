@@ -5,6 +5,14 @@
 //! Every pool gets the same two worker threads and one producer; memory stays bounded because
 //! ward-queue and the raw channel hold at most `CAPACITY` jobs (rayon and threadpool queue without
 //! bound, which is one of the differences measured: their producer never waits).
+//!
+//! Throughput is compared in pairs: each round runs the raw channel and every pool back to back,
+//! and a pool's figure is the median over the rounds of its speed relative to the raw channel in
+//! the same round. On a small shared machine the load drifts from one second to the next (the
+//! raw channel alone has taken anything from 40 to 190 ms per million jobs); a ratio of two
+//! medians taken seconds apart measures that drift, a ratio within one round mostly cancels it.
+//! The order within a round alternates, so that neither side always runs first, and a first
+//! round warms up threads and allocator and is not counted.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -17,7 +25,7 @@ use ward_queue::{Policy, Pool};
 const JOBS: u64 = 1_000_000;
 const WORKERS: usize = 2;
 const CAPACITY: usize = 1024;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 const PINGS: usize = 10_000;
 /// Dispatch latency is measured in this many interleaved rounds (raw, unkeyed, keyed each time),
 /// and the p99 overhead is the median of the rounds' overheads: on a small shared machine one
@@ -134,9 +142,18 @@ fn threadpool_execute() -> Duration {
     start.elapsed()
 }
 
-fn median(mut runs: Vec<Duration>) -> Duration {
-    runs.sort();
+fn median<T: PartialOrd + Copy>(mut runs: Vec<T>) -> T {
+    runs.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     runs[runs.len() / 2]
+}
+
+/// The smallest and largest of `values`, for the spread.
+fn range(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 fn rate(d: Duration) -> f64 {
@@ -225,7 +242,7 @@ fn main() {
     let started = Instant::now();
     println!(
         "ward-queue bench: {JOBS} no-op jobs, 1 producer, {WORKERS} workers, capacity {CAPACITY}, \
-         median of {ROUNDS} interleaved rounds; {} CPUs",
+         {ROUNDS} paired rounds after one warm-up; {} CPUs",
         thread::available_parallelism().map_or(0, |n| n.get())
     );
     let names = [
@@ -237,35 +254,71 @@ fn main() {
         "rayon spawn (unbounded)",
         "threadpool execute (unbounded)",
     ];
+    let variants: [fn() -> Duration; 7] = [
+        raw_crossbeam_boxed,
+        raw_crossbeam_values,
+        || ward(false, false),
+        || ward(true, false),
+        || ward(false, true),
+        rayon_spawn,
+        threadpool_execute,
+    ];
+    // One uncounted round: thread stacks, allocator arenas and caches warm up.
+    variants.iter().for_each(|run| {
+        run();
+    });
     let mut runs: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
-    for _ in 0..ROUNDS {
-        runs[0].push(raw_crossbeam_boxed());
-        runs[1].push(raw_crossbeam_values());
-        runs[2].push(ward(false, false));
-        runs[3].push(ward(true, false));
-        runs[4].push(ward(false, true));
-        runs[5].push(rayon_spawn());
-        runs[6].push(threadpool_execute());
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for round in 0..ROUNDS {
+        let mut times = [Duration::ZERO; 7];
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            times[i] = variants[i]();
+        }
+        for (i, time) in times.iter().enumerate() {
+            runs[i].push(*time);
+            ratios[i].push(times[0].as_secs_f64() / time.as_secs_f64());
+        }
     }
-    let medians: Vec<Duration> = runs.into_iter().map(median).collect();
-    let reference = rate(medians[0]);
+    let per_round = |i: usize| -> String {
+        let shown: Vec<String> = ratios[i].iter().map(|r| format!("{r:.2}")).collect();
+        shown.join(" ")
+    };
     println!();
     println!(
-        "{:<38} {:>10} {:>10} {:>12}",
-        "throughput", "time", "M jobs/s", "vs raw boxed"
+        "{:<38} {:>10} {:>10} {:>12} {:>12}",
+        "throughput", "time", "M jobs/s", "vs raw boxed", "round range"
     );
-    for (name, time) in names.iter().zip(&medians) {
+    for (i, name) in names.iter().enumerate() {
+        let time = median(runs[i].clone());
+        let (lo, hi) = range(&ratios[i]);
         println!(
-            "{name:<38} {:>8.0}ms {:>10.2} {:>11.2}x",
+            "{name:<38} {:>8.0}ms {:>10.2} {:>11.2}x {:>5.2}-{:<5.2}",
             time.as_secs_f64() * 1e3,
-            rate(*time),
-            rate(*time) / reference
+            rate(time),
+            median(ratios[i].clone()),
+            lo,
+            hi
         );
     }
-    let unkeyed = rate(medians[2]) / reference;
-    let keyed = rate(medians[3]) / reference;
     println!(
-        "targets: unkeyed >= 0.80x raw: {:.2}x {}; keyed >= 0.50x raw: {:.2}x {}",
+        "raw boxed ms per round: {}",
+        runs[0]
+            .iter()
+            .map(|t| format!("{:.0}", t.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("unkeyed vs raw per round: {}", per_round(2));
+    println!("keyed vs raw per round:   {}", per_round(3));
+    let unkeyed = median(ratios[2].clone());
+    let keyed = median(ratios[3].clone());
+    println!(
+        "targets (median of per-round ratios): unkeyed >= 0.80x raw: {:.2}x {}; \
+         keyed >= 0.50x raw: {:.2}x {}",
         unkeyed,
         verdict(unkeyed >= 0.8),
         keyed,
