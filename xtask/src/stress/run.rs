@@ -785,6 +785,8 @@ impl Run<'_> {
                         break;
                     }
                 }
+                const OVERFLOWED: &str = "the kernel's event queue overflowed";
+                let overflows = self.log_lines_with(OVERFLOWED);
                 f.start_ms = now_ms();
                 signal(server, libc::SIGSTOP);
                 let began = Instant::now();
@@ -796,6 +798,15 @@ impl Run<'_> {
                 }
                 signal(server, libc::SIGCONT);
                 let held = began.elapsed().as_secs_f64();
+                // Until the server has read the overflow, it looks idle: wait for it first, so
+                // that "caught up" means its rescan ran, and a fault injected next does not kill
+                // it before it could say so.
+                if !wait_until(Duration::from_secs(20), || {
+                    self.log_lines_with(OVERFLOWED) > overflows
+                }) {
+                    f.problems
+                        .push("no kernel queue overflow logged within 20 s of SIGCONT".into());
+                }
                 // The window lasts until ward has caught up (its rescan run, its queue empty):
                 // a change lost meanwhile is the fault's.
                 if !self.await_idle(Duration::from_secs(60)) {
