@@ -33,7 +33,9 @@
 //!
 //! # Coalescing rules
 //! Changes are kept per path until the path has been quiet for the quiet window (default 50 ms),
-//! or for at most the maximum wait (default 1 s) if it never goes quiet. Within that time:
+//! or for at most the maximum wait (default 1 s) if it never goes quiet. Both count from when
+//! notify's thread received the events, not from when the watcher's thread got to them, so a busy
+//! watcher does not stretch the window. Within that time:
 //!
 //! | events at a path | delivered |
 //! |---|---|

@@ -35,6 +35,10 @@ const DRAIN: usize = 4096;
 /// Errors waiting for delivery beyond this are logged and dropped, so they too stay bounded.
 const MAX_NOTICES: usize = 256;
 
+/// A raw event and when notify's thread received it: a path's quiet window starts then, not when
+/// the watcher's thread gets to it.
+type Raw = (Instant, notify::Result<Event>);
+
 /// Configures and starts a [`Watcher`].
 ///
 /// ```no_run
@@ -222,7 +226,7 @@ impl WatcherBuilder {
         &self,
         roots: &[PathBuf],
         rules: Arc<IgnoreRules>,
-        raw_tx: Sender<notify::Result<Event>>,
+        raw_tx: Sender<Raw>,
         stats: Arc<Counters>,
     ) -> Worker {
         let lost = Arc::new(AtomicBool::new(false));
@@ -253,6 +257,7 @@ impl WatcherBuilder {
             rules,
             lost,
             held_from: None,
+            clock: Instant::now(),
             notices: Vec::new(),
             resync_roots: false,
             poll_fallback: self.poll_fallback,
@@ -352,7 +357,7 @@ struct Counters {
 /// What runs on notify's thread: a non-blocking push, nothing else.
 #[derive(Clone, Debug)]
 struct Handler {
-    tx: Sender<notify::Result<Event>>,
+    tx: Sender<Raw>,
     lost: Arc<AtomicBool>,
     stats: Arc<Counters>,
 }
@@ -368,7 +373,7 @@ impl Handler {
             return;
         }
         self.stats.events.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(ev) {
+        match self.tx.try_send((Instant::now(), ev)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -497,6 +502,9 @@ struct Worker {
     lost: Arc<AtomicBool>,
     /// The first half of a rename, waiting for its second.
     held_from: Option<(PathBuf, usize, Instant)>,
+    /// The latest time given to the pending set: it never goes back, although events from two
+    /// backends, or received before the loop last looked at the clock, can be older.
+    clock: Instant,
     notices: Vec<Error>,
     /// Events were lost: the roots' watches must be checked before the next delivery.
     resync_roots: bool,
@@ -510,7 +518,7 @@ impl Worker {
     fn run(
         mut self,
         backend: Backend,
-        raw: Receiver<notify::Result<Event>>,
+        raw: Receiver<Raw>,
         out: Sender<Batch>,
         stop: Receiver<()>,
         ready: Sender<()>,
@@ -519,7 +527,7 @@ impl Worker {
         let _ = ready.send(());
         drop(ready);
         loop {
-            let now = Instant::now();
+            let now = self.now(Instant::now());
             self.flush_held_from(now, false);
             self.check_roots(now);
             let has_output = !self.notices.is_empty() || self.pending.has_due(now);
@@ -549,10 +557,10 @@ impl Worker {
             };
             match op.index() {
                 i if i == i_raw => {
-                    let Ok(ev) = op.recv(&raw) else { return };
-                    self.handle(ev);
-                    for ev in raw.try_iter().take(DRAIN) {
-                        self.handle(ev);
+                    let Ok((at, ev)) = op.recv(&raw) else { return };
+                    self.handle(ev, at);
+                    for (at, ev) in raw.try_iter().take(DRAIN) {
+                        self.handle(ev, at);
                     }
                 }
                 i if i == i_stop => {
@@ -561,7 +569,8 @@ impl Worker {
                 }
                 _ => {
                     debug_assert_eq!(Some(op.index()), i_out);
-                    let batch = self.take_batch(Instant::now());
+                    let now = self.now(Instant::now());
+                    let batch = self.take_batch(now);
                     if op.send(&out, batch).is_err() {
                         // Nobody listens any more; the owner will stop us.
                         log::debug!("ward-watch: batch receiver dropped");
@@ -575,6 +584,12 @@ impl Worker {
             }
             self.update_stats();
         }
+    }
+
+    /// `at`, or the latest time already used if that is later.
+    fn now(&mut self, at: Instant) -> Instant {
+        self.clock = self.clock.max(at);
+        self.clock
     }
 
     fn update_stats(&self) {
@@ -736,7 +751,7 @@ impl Worker {
     /// Events were lost: every root is rescanned, and its watches are checked against the disk
     /// before that rescan is delivered (once per delivery, however long the storm lasts).
     fn overflow(&mut self, reason: RescanReason) {
-        let now = Instant::now();
+        let now = self.now(Instant::now());
         self.held_from = None;
         let roots: Vec<PathBuf> = self
             .roots
@@ -804,8 +819,9 @@ impl Worker {
         self.roots.iter().any(|r| r.path == path)
     }
 
-    fn handle(&mut self, ev: notify::Result<Event>) {
-        let now = Instant::now();
+    /// Handles one raw event, received by notify's thread at `at`.
+    fn handle(&mut self, ev: notify::Result<Event>, at: Instant) {
+        let now = self.now(at);
         let ev = match ev {
             Ok(ev) => ev,
             Err(e) => return self.notice(Error::Backend(e)),
