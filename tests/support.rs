@@ -24,7 +24,8 @@ pub fn ward_bin() -> &'static Path {
         let target_dir = profile_dir.parent().expect("target directory");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "--package", "ward", "--bin", "ward"]);
+        // Both binaries: `ward start` and `ward run` exec the keeper's own.
+        build.args(["build", "--quiet", "--package", "ward", "--bins"]);
         build.arg("--target-dir").arg(target_dir);
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");

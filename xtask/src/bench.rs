@@ -211,7 +211,14 @@ fn prepare(options: &Options) -> Result<Tools> {
     let status = Command::new(cargo())
         .current_dir(workspace_root())
         .args(["build", "--release", "--quiet", "-p", "ward", "-p", "xtask"])
-        .args(["--bin", "ward", "--bin", "ward-bench-probe"])
+        .args([
+            "--bin",
+            "ward",
+            "--bin",
+            "ward-keeper",
+            "--bin",
+            "ward-bench-probe",
+        ])
         .status()?;
     if !status.success() {
         bail!("building ward and ward-bench-probe failed: {status}");

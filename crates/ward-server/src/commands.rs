@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use ward_crashdiag::{PostMortem, PostMortemInput};
 
 use crate::deaths::heartbeat_file;
-use crate::keeper::keeper_main;
+use crate::keeper::{KEEPER_BIN, KeeperArgs, ServerCommand, keeper_main};
 use crate::state::{KeeperState, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Error, Launch, Outcome, control};
 
@@ -21,9 +21,40 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn run_foreground(launch: &Launch) -> Outcome {
     let result = launch.config().and_then(|config| {
         let state = launch.open_state_dir()?;
-        keeper_main(launch, &state, &config, true)
+        become_keeper(launch, &state, &config, true)
     });
     result.into()
+}
+
+/// Turns this process into the keeper: execs the lean `ward-keeper` beside this binary (see the
+/// `keeper` module for why), or, if there is none or it cannot be run, runs the keeper here.
+fn become_keeper(
+    launch: &Launch,
+    state: &StateDir,
+    config: &crate::Config,
+    foreground: bool,
+) -> Result<(), Error> {
+    use std::os::unix::process::CommandExt;
+
+    let exe = std::env::current_exe().map_err(|e| Error::Io {
+        context: "locating the ward binary".into(),
+        source: e,
+    })?;
+    let lean = exe.with_file_name(KEEPER_BIN);
+    let server = ServerCommand {
+        args: launch.server_args(state.path()),
+        exe,
+    };
+    if lean.is_file() {
+        let args = KeeperArgs::new(state, config, server.clone(), foreground).to_args();
+        // Returns only if the exec failed.
+        let e = std::process::Command::new(&lean).args(args).exec();
+        eprintln!(
+            "ward: cannot run {} ({e}); the keeper runs in the ward process",
+            lean.display()
+        );
+    }
+    keeper_main(state, config, &server, foreground)
 }
 
 /// `ward __server`: the server process.
@@ -83,7 +114,7 @@ fn start_daemon(launch: &Launch) -> Result<(), Error> {
             reason: e.to_string(),
         }),
         daemonize::Outcome::Child(Ok(_)) => {
-            let code = match keeper_main(launch, &state, &config, false) {
+            let code = match become_keeper(launch, &state, &config, false) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("ward keeper: {e}");

@@ -5,7 +5,16 @@
 //! It does as little as possible so that it almost never dies itself; if it is killed anyway, the
 //! server's parent-death signal takes the tree down and the next start explains the death from
 //! what was left on disk.
+//!
+//! Its resident memory is mostly the pages of code it ever ran, and the kernel maps code around
+//! each page touched (64 KiB at a time): in the `ward` binary the keeper's functions lie among the
+//! server's and the command line's, and its pages count 2.5 MB. So `ward start` and `ward run`
+//! exec [`KEEPER_BIN`], a binary beside `ward` that links only the keeper, with what it needs on
+//! its command line ([`KeeperArgs`]): it parses no config file. Without that binary the keeper
+//! runs in the `ward` process, as before.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +27,6 @@ use ward_supervisor::{
     SystemClock,
 };
 
-use crate::launch::Launch;
 use crate::logging::{self, LogFile, Sink};
 use crate::state::{KeeperState, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Config, Error, sd_notify};
@@ -26,6 +34,156 @@ use crate::{deaths, orphans};
 
 /// The line a server prints on its stdout once its watches are installed and its socket listens.
 pub(crate) const READY_LINE: &str = "WARD-READY";
+
+/// The file name of the keeper's own binary, looked for beside the `ward` binary.
+pub const KEEPER_BIN: &str = "ward-keeper";
+
+/// The command that starts the server: the `ward` binary and its `__server` arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServerCommand {
+    pub exe: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+/// Everything a keeper needs, as the `ward-keeper` binary receives it on its command line: the
+/// state directory, the server's command, and the few settings of the config the keeper uses.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct KeeperArgs {
+    pub state_dir: PathBuf,
+    pub foreground: bool,
+    pub server: ServerCommand,
+    pub log_max_bytes: u64,
+    pub drain_timeout: Duration,
+    pub stop_grace: Duration,
+    pub heartbeat_log: Duration,
+    pub keep_reports: usize,
+}
+
+impl KeeperArgs {
+    pub(crate) fn new(
+        state: &StateDir,
+        config: &Config,
+        server: ServerCommand,
+        foreground: bool,
+    ) -> Self {
+        KeeperArgs {
+            state_dir: state.path().to_path_buf(),
+            foreground,
+            server,
+            log_max_bytes: config.log_max_bytes,
+            drain_timeout: config.drain_timeout,
+            stop_grace: config.stop_grace,
+            heartbeat_log: config.heartbeat_log,
+            keep_reports: config.keep_reports,
+        }
+    }
+
+    /// The arguments of `ward-keeper`; [`KeeperArgs::parse`] reads them back.
+    pub(crate) fn to_args(&self) -> Vec<OsString> {
+        let nanos = |d: Duration| OsString::from(d.as_nanos().to_string());
+        let mut args: Vec<OsString> = vec![
+            "--state-dir".into(),
+            self.state_dir.clone().into(),
+            "--server".into(),
+            self.server.exe.clone().into(),
+            "--log-max-bytes".into(),
+            self.log_max_bytes.to_string().into(),
+            "--drain-ns".into(),
+            nanos(self.drain_timeout),
+            "--grace-ns".into(),
+            nanos(self.stop_grace),
+            "--heartbeat-log-ns".into(),
+            nanos(self.heartbeat_log),
+            "--keep-reports".into(),
+            self.keep_reports.to_string().into(),
+        ];
+        if self.foreground {
+            args.push("--foreground".into());
+        }
+        args.push("--".into());
+        args.extend(self.server.args.iter().cloned());
+        args
+    }
+
+    /// Reads the arguments [`KeeperArgs::to_args`] wrote (without the program name).
+    pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Self, String> {
+        let mut args = args.into_iter();
+        let (mut state_dir, mut exe, mut foreground) = (None, None, false);
+        let mut numbers = [None; 5];
+        let names = [
+            "--log-max-bytes",
+            "--drain-ns",
+            "--grace-ns",
+            "--heartbeat-log-ns",
+            "--keep-reports",
+        ];
+        while let Some(arg) = args.next() {
+            let flag = arg.to_string_lossy().into_owned();
+            if flag == "--" {
+                break;
+            }
+            if flag == "--foreground" {
+                foreground = true;
+                continue;
+            }
+            let value = args.next().ok_or(format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--state-dir" => state_dir = Some(PathBuf::from(value)),
+                "--server" => exe = Some(PathBuf::from(value)),
+                _ => {
+                    let i = names
+                        .iter()
+                        .position(|n| *n == flag)
+                        .ok_or(format!("unknown argument {flag}"))?;
+                    let n: u64 = value
+                        .to_str()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or(format!("{flag}: not a number: {}", value.to_string_lossy()))?;
+                    numbers[i] = Some(n);
+                }
+            }
+        }
+        let number = |i: usize| numbers[i].ok_or(format!("{} is missing", names[i]));
+        Ok(KeeperArgs {
+            state_dir: state_dir.ok_or("--state-dir is missing")?,
+            foreground,
+            server: ServerCommand {
+                exe: exe.ok_or("--server is missing")?,
+                args: args.collect(),
+            },
+            log_max_bytes: number(0)?,
+            drain_timeout: Duration::from_nanos(number(1)?),
+            stop_grace: Duration::from_nanos(number(2)?),
+            heartbeat_log: Duration::from_nanos(number(3)?),
+            keep_reports: usize::try_from(number(4)?).map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// The config the keeper runs with: defaults, but for the settings it was given.
+    fn config(&self) -> Config {
+        Config {
+            log_max_bytes: self.log_max_bytes,
+            drain_timeout: self.drain_timeout,
+            stop_grace: self.stop_grace,
+            heartbeat_log: self.heartbeat_log,
+            keep_reports: self.keep_reports,
+            ..Config::defaults(self.state_dir.clone())
+        }
+    }
+}
+
+/// The `ward-keeper` binary: runs the keeper from the arguments `ward start` or `ward run` gave it.
+///
+/// # Errors
+/// Bad arguments, or what the keeper returns (see `ward start`).
+pub fn keeper_process(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
+    let args = KeeperArgs::parse(args).map_err(|e| Error::Spawn {
+        what: "keeper".into(),
+        reason: format!("bad arguments: {e}"),
+    })?;
+    let state = StateDir::open(&args.state_dir)?;
+    keeper_main(&state, &args.config(), &args.server, args.foreground)
+}
 
 enum Event {
     Signal(i32),
@@ -39,10 +197,10 @@ enum Event {
 /// # Errors
 /// If the pidfile is held by another keeper, or the log, crash directory or first server cannot be
 /// set up. Once the server has run, deaths are reported and survived, not returned.
-pub fn keeper_main(
-    launch: &Launch,
+pub(crate) fn keeper_main(
     state: &StateDir,
     config: &Config,
+    server: &ServerCommand,
     foreground: bool,
 ) -> Result<(), Error> {
     let vanished = match Pidfile::inspect(state)? {
@@ -103,7 +261,7 @@ pub fn keeper_main(
     };
 
     let mut keeper = Keeper {
-        launch,
+        server,
         state,
         config,
         log,
@@ -151,7 +309,7 @@ fn server_policy() -> RestartPolicy {
 }
 
 struct Keeper<'a> {
-    launch: &'a Launch,
+    server: &'a ServerCommand,
     state: &'a StateDir,
     config: &'a Config,
     log: Arc<Mutex<LogFile>>,
@@ -170,14 +328,10 @@ impl Keeper<'_> {
     }
 
     fn spawn_server(&self) -> Result<ward_supervisor::Child, Error> {
-        let exe = std::env::current_exe().map_err(|e| Error::Io {
-            context: "locating the ward binary".into(),
-            source: e,
-        })?;
         let (log, echo, tx) = (Arc::clone(&self.log), self.echo, self.tx.clone());
-        let spec = ChildSpec::new(exe)
+        let spec = ChildSpec::new(&self.server.exe)
             .name("server")
-            .args(self.launch.server_args(self.state.path()))
+            .args(&self.server.args)
             .stop_grace(self.config.drain_timeout + self.config.stop_grace + Duration::from_secs(2))
             .capture(move |line| {
                 if line.stream == Stream::Stdout && line.text == READY_LINE {
@@ -321,5 +475,45 @@ impl Keeper<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeper_args_read_back_what_they_wrote() {
+        let args = KeeperArgs {
+            state_dir: "/state dir".into(),
+            foreground: true,
+            server: ServerCommand {
+                exe: "/bin/ward".into(),
+                args: vec!["__server".into(), "--".into(), "--foreground".into()],
+            },
+            log_max_bytes: 10 << 20,
+            drain_timeout: Duration::from_millis(10_500),
+            stop_grace: Duration::from_nanos(1),
+            heartbeat_log: Duration::from_secs(3600),
+            keep_reports: 50,
+        };
+        assert_eq!(KeeperArgs::parse(args.to_args()), Ok(args.clone()));
+        let background = KeeperArgs {
+            foreground: false,
+            ..args
+        };
+        assert_eq!(KeeperArgs::parse(background.to_args()), Ok(background));
+    }
+
+    #[test]
+    fn keeper_args_refuse_what_is_missing_or_unknown() {
+        let missing = ["--state-dir", "/s", "--server", "/w", "--"].map(OsString::from);
+        assert!(
+            KeeperArgs::parse(missing)
+                .unwrap_err()
+                .contains("--log-max-bytes")
+        );
+        let unknown = ["--colour", "red"].map(OsString::from);
+        assert!(KeeperArgs::parse(unknown).unwrap_err().contains("--colour"));
     }
 }

@@ -31,6 +31,7 @@ pub use commands::{
     changes, check, diagnose, restart, run_foreground, server_main, start, status, stop,
 };
 pub use config::{Config, ConfigError};
+pub use keeper::{KEEPER_BIN, keeper_process};
 pub use launch::Launch;
 
 /// Everything that can go wrong in the daemon's own machinery.

@@ -195,6 +195,8 @@ fn build(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
             "ward",
             "--bin",
             "ward",
+            "--bin",
+            "ward-keeper",
             "--package",
             "xtask",
             "--bin",
