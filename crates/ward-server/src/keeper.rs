@@ -38,6 +38,9 @@ pub(crate) const READY_LINE: &str = "WARD-READY";
 /// The file name of the keeper's own binary, looked for beside the `ward` binary.
 pub const KEEPER_BIN: &str = "ward-keeper";
 
+/// The version `ward` and `ward-keeper` must share: the keeper's arguments are theirs alone.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The command that starts the server: the `ward` binary and its `__server` arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ServerCommand {
@@ -82,6 +85,9 @@ impl KeeperArgs {
     pub(crate) fn to_args(&self) -> Vec<OsString> {
         let nanos = |d: Duration| OsString::from(d.as_nanos().to_string());
         let mut args: Vec<OsString> = vec![
+            // First, so that a keeper of another version says so before anything else fails.
+            "--version".into(),
+            VERSION.into(),
             "--state-dir".into(),
             self.state_dir.clone().into(),
             "--server".into(),
@@ -128,6 +134,13 @@ impl KeeperArgs {
             }
             let value = args.next().ok_or(format!("{flag} needs a value"))?;
             match flag.as_str() {
+                "--version" if value != VERSION => {
+                    return Err(format!(
+                        "this ward-keeper is version {VERSION} but was started by ward {}: install both from one build",
+                        value.to_string_lossy()
+                    ));
+                }
+                "--version" => {}
                 "--state-dir" => state_dir = Some(PathBuf::from(value)),
                 "--server" => exe = Some(PathBuf::from(value)),
                 _ => {
@@ -515,5 +528,12 @@ mod tests {
         );
         let unknown = ["--colour", "red"].map(OsString::from);
         assert!(KeeperArgs::parse(unknown).unwrap_err().contains("--colour"));
+    }
+
+    #[test]
+    fn a_keeper_of_another_version_says_so_first() {
+        let args = ["--version", "0.0.1-other", "--from-the-future", "x"].map(OsString::from);
+        let e = KeeperArgs::parse(args).unwrap_err();
+        assert!(e.contains("0.0.1-other") && e.contains(VERSION), "{e}");
     }
 }
