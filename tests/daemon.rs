@@ -653,3 +653,43 @@ fn start_right_after_the_keeper_is_killed_waits_for_its_last_thread_to_let_go() 
     assert!(dying.wait().unwrap().success());
     f.stop();
 }
+
+#[test]
+fn the_keeper_runs_as_ward_keeper_and_inside_ward_when_that_binary_is_missing() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n",
+    );
+    let keeper_exe = |f: &Fixture| {
+        let pid = f.status().1["pid"].as_u64().expect("keeper pid");
+        std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+    };
+    f.start();
+    assert_eq!(
+        keeper_exe(&f).file_name(),
+        Some(OsStr::new("ward-keeper")),
+        "the lean keeper binary beside ward must be used"
+    );
+    f.stop();
+
+    // A `ward` copied alone: the keeper runs in the ward process, and still works.
+    let alone = f.dir.path().join("bin/ward");
+    std::fs::create_dir_all(alone.parent().unwrap()).unwrap();
+    std::fs::copy(ward_e2e::ward_bin(), &alone).unwrap();
+    let ward_alone = |args: &[&str]| {
+        std::process::Command::new(&alone)
+            .arg("--config")
+            .arg(&f.config)
+            .arg("--state-dir")
+            .arg(&f.state)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ward_alone(&["start"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(keeper_exe(&f), alone);
+    std::fs::write(f.tree.join("seen"), "x").unwrap();
+    wait_for("the file processed", LONG, || f.saw("seen"));
+    assert!(ward_alone(&["stop"]).status.success());
+}
