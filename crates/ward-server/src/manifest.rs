@@ -29,6 +29,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::Metadata;
+use std::ops::{Bound, ControlFlow};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -589,14 +590,15 @@ impl Manifest {
         mut include: impl FnMut(&Path) -> bool,
     ) -> Result<Vec<Reconciled>, Error> {
         let threads = self.threads()?;
-        let (out, _) = self.merge(threads, rules, path, usize::MAX, |p, _| include(p))?;
+        let (out, _) = self.merge(threads, rules, path, None, usize::MAX, |p, _| include(p))?;
         Ok(out)
     }
 
-    /// [`Manifest::reconcile`] that keeps at most `limit` of the paths `include` accepts (it is
-    /// shown each path with the change it needs) and says whether it left some out: a caller
-    /// with room for a few thousand jobs compares a large subtree again later instead of
-    /// holding a result per file of it.
+    /// [`Manifest::reconcile`] of the paths that sort after `after` (all of them without it),
+    /// which stops at `limit` of the paths `include` accepts (it is shown each path with the
+    /// change it needs) and then returns the last one kept, to resume after: a caller with room
+    /// for a few thousand jobs compares a large subtree a part at a time, without walking what
+    /// it has compared again or holding a result per file. A `limit` of 0 counts as 1.
     ///
     /// # Errors
     /// If the store cannot be read.
@@ -604,11 +606,12 @@ impl Manifest {
         &self,
         rules: &IgnoreRules,
         path: &Path,
+        after: Option<&Path>,
         limit: usize,
         include: impl FnMut(&Path, Event) -> bool,
-    ) -> Result<(Vec<Reconciled>, bool), Error> {
+    ) -> Result<(Vec<Reconciled>, Option<PathBuf>), Error> {
         let threads = self.threads()?;
-        self.merge(threads, rules, path, limit, include)
+        self.merge(threads, rules, path, after, limit.max(1), include)
     }
 
     fn threads(&self) -> Result<Threads, Error> {
@@ -631,7 +634,7 @@ impl Manifest {
         path: &Path,
         mut include: impl FnMut(&Path) -> bool,
     ) -> Result<Vec<Reconciled>, Error> {
-        let (out, _) = self.merge(threads, rules, path, usize::MAX, |p, _| include(p))?;
+        let (out, _) = self.merge(threads, rules, path, None, usize::MAX, |p, _| include(p))?;
         Ok(out)
     }
 
@@ -640,32 +643,42 @@ impl Manifest {
         threads: Threads,
         rules: &IgnoreRules,
         path: &Path,
+        after: Option<&Path>,
         limit: usize,
         include: impl FnMut(&Path, Event) -> bool,
-    ) -> Result<(Vec<Reconciled>, bool), Error> {
+    ) -> Result<(Vec<Reconciled>, Option<PathBuf>), Error> {
         let prefix = path.as_os_str().as_bytes();
+        let start = match after {
+            Some(after) => Bound::Excluded(after.as_os_str().as_bytes()),
+            None => Bound::Included(prefix),
+        };
         self.read(|txn| {
             let files = txn.open_table(FILES)?;
             // Paths sort by their bytes, so a subtree is contiguous once its root is; `/a/b` is
             // followed by `/a/b c` before `/a/b/x`, which the merge skips. An error goes through,
             // to the merge, which returns it.
-            let records = files.range(prefix..)?.take_while(|entry| {
-                entry
-                    .as_ref()
-                    .map_or(true, |(k, _)| k.value().starts_with(prefix))
-            });
+            let records = files
+                .range::<&[u8]>((start, Bound::Unbounded))?
+                .take_while(|entry| {
+                    entry
+                        .as_ref()
+                        .map_or(true, |(k, _)| k.value().starts_with(prefix))
+                });
             let mut diff = Diff::new(path, records, limit, include);
             match threads {
                 Threads::One => {
                     let mut failed = Ok(());
-                    on_disk(rules, path, |p, meta| {
-                        if failed.is_ok() {
-                            failed = diff.file(p, meta);
+                    on_disk(rules, path, after, |p, meta| {
+                        failed = diff.file(p, meta);
+                        if failed.is_err() || diff.full {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
                         }
                     });
                     failed?;
                 }
-                Threads::Two => merge_walked_in_a_thread(rules, path, &mut diff)?,
+                Threads::Two => merge_walked_in_a_thread(rules, path, after, &mut diff)?,
             }
             Ok(diff.finish()?)
         })
@@ -699,6 +712,7 @@ struct Walked {
 fn merge_walked_in_a_thread<I, G, F>(
     rules: &IgnoreRules,
     path: &Path,
+    after: Option<&Path>,
     diff: &mut Diff<'_, I, F>,
 ) -> Result<(), redb::StorageError>
 where
@@ -712,30 +726,39 @@ where
             .name("ward-reconcile".into())
             .spawn_scoped(scope, move || {
                 let mut chunk = Walked::default();
-                on_disk(rules, path, |p, meta| {
+                on_disk(rules, path, after, |p, meta| {
                     chunk.bytes.extend_from_slice(p.as_os_str().as_bytes());
                     chunk.files.push((chunk.bytes.len(), meta));
-                    if chunk.files.len() == CHUNK {
-                        // The merge has failed and left if this fails; the walk ends in vain.
-                        let _ = tx.send(std::mem::take(&mut chunk));
+                    if chunk.files.len() == CHUNK && tx.send(std::mem::take(&mut chunk)).is_err() {
+                        // The merge is done (full, or failed): the rest of the walk is not needed.
+                        return ControlFlow::Break(());
                     }
+                    ControlFlow::Continue(())
                 });
+                // Nobody listens if the merge is done; then there is nothing to send.
                 let _ = tx.send(chunk);
             });
         if let Err(e) = walker {
             log::warn!("reconciling without a walking thread: {e}");
             let mut failed = Ok(());
-            on_disk(rules, path, |p, meta| {
-                if failed.is_ok() {
-                    failed = diff.file(p, meta);
+            on_disk(rules, path, after, |p, meta| {
+                failed = diff.file(p, meta);
+                if failed.is_err() || diff.full {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
                 }
             });
             return failed;
         }
+        // Leaving the loop drops the receiver, which stops the walk at its next chunk.
         for chunk in rx {
             let mut start = 0;
             for &(end, meta) in &chunk.files {
                 diff.file(Path::new(OsStr::from_bytes(&chunk.bytes[start..end])), meta)?;
+                if diff.full {
+                    return Ok(());
+                }
                 start = end;
             }
         }
@@ -743,13 +766,24 @@ where
     })
 }
 
-/// The files of `path`'s subtree (itself included) as on disk now, in the byte order of their
-/// paths, walked with `rules`.
-fn on_disk(rules: &IgnoreRules, path: &Path, mut visit: impl FnMut(&Path, FileMeta)) {
+/// The files of `path`'s subtree (itself included) that sort after `after`, as on disk now, in
+/// the byte order of their paths, walked with `rules`, until `visit` breaks.
+fn on_disk(
+    rules: &IgnoreRules,
+    path: &Path,
+    after: Option<&Path>,
+    mut visit: impl FnMut(&Path, FileMeta) -> ControlFlow<()>,
+) {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => ward_watch::walk_files(rules, path, FileMeta::of, visit),
-        Ok(m) if rules.root_of(path).is_some() && !rules.is_ignored(path, false) => {
-            visit(path, FileMeta::of(&m))
+        Ok(m) if m.is_dir() => {
+            ward_watch::walk_files_after(rules, path, after, FileMeta::of, visit)
+        }
+        Ok(m)
+            if rules.root_of(path).is_some()
+                && !rules.is_ignored(path, false)
+                && after.is_none_or(|a| path.as_os_str().as_bytes() > a.as_os_str().as_bytes()) =>
+        {
+            let _ = visit(path, FileMeta::of(&m));
         }
         _ => {}
     }
@@ -773,9 +807,10 @@ struct Diff<'a, I: Iterator, F> {
     records: std::iter::Peekable<I>,
     include: F,
     out: Vec<Reconciled>,
-    /// How many results `out` may hold; `left_out` says whether more were found.
+    /// How many results `out` may hold; `full` says that one more was found, and that the merge
+    /// stops there (the walk and the records, read no further, are compared later).
     limit: usize,
-    left_out: bool,
+    full: bool,
 }
 
 impl<'a, I, G, F> Diff<'a, I, F>
@@ -791,12 +826,12 @@ where
             include,
             out: Vec::new(),
             limit,
-            left_out: false,
+            full: false,
         }
     }
 
     fn keep(&mut self, path: &Path, event: Event) {
-        if !(self.include)(path, event) {
+        if self.full || !(self.include)(path, event) {
             return;
         }
         if self.out.len() < self.limit {
@@ -805,7 +840,7 @@ where
                 event,
             });
         } else {
-            self.left_out = true;
+            self.full = true;
         }
     }
 
@@ -813,6 +848,9 @@ where
     fn file(&mut self, path: &Path, meta: FileMeta) -> Result<(), redb::StorageError> {
         let key = path.as_os_str().as_bytes();
         let processed = loop {
+            if self.full {
+                return Ok(());
+            }
             let order = match self.records.peek() {
                 None => break None,
                 Some(Ok((k, _))) => k.bytes().cmp(key),
@@ -858,13 +896,21 @@ where
         }
     }
 
-    /// The walk is over: every record left is of a path gone.
-    fn finish(mut self) -> Result<(Vec<Reconciled>, bool), redb::StorageError> {
-        while let Some(entry) = self.records.next() {
+    /// The walk is over (or the results full): every record left is of a path gone. Returns the
+    /// results and, when full, the last one's path, to resume after.
+    fn finish(mut self) -> Result<(Vec<Reconciled>, Option<PathBuf>), redb::StorageError> {
+        while !self.full
+            && let Some(entry) = self.records.next()
+        {
             let (k, value) = entry?;
             self.gone(k.bytes(), value.bytes());
         }
-        Ok((self.out, self.left_out))
+        let resume = if self.full {
+            self.out.last().map(|r| r.path.clone())
+        } else {
+            None
+        };
+        Ok((self.out, resume))
     }
 }
 
@@ -1446,6 +1492,60 @@ mod tests {
                 .map(|r| (r.path, r.event))
                 .collect();
             assert_eq!(got, expect, "{threads:?}");
+        }
+        // In parts (the manifest is large enough for the walking thread), resuming each after
+        // the last path of the one before: the same, each path once, and no part above its limit.
+        assert_eq!(manifest.threads().unwrap(), Threads::Two);
+        assert_eq!(in_parts(&manifest, &rules, &root, 97), expect);
+    }
+
+    /// [`Manifest::reconcile_some`] called until done, resuming each time where it stopped.
+    fn in_parts(
+        manifest: &Manifest,
+        rules: &IgnoreRules,
+        subtree: &Path,
+        limit: usize,
+    ) -> Vec<(PathBuf, Event)> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let (part, resume) = manifest
+                .reconcile_some(rules, subtree, after.as_deref(), limit, |p, _| {
+                    handled(rules)(p)
+                })
+                .unwrap();
+            assert!(
+                part.len() <= limit,
+                "{} results for a limit of {limit}",
+                part.len()
+            );
+            all.extend(part.into_iter().map(|r| (r.path, r.event)));
+            match resume {
+                Some(resume) => after = Some(resume),
+                None => return all,
+            }
+        }
+    }
+
+    #[test]
+    fn reconciliation_in_parts_finds_what_one_pass_finds() {
+        for case in CASES {
+            let dir = tempfile::tempdir().unwrap();
+            let (root, rules, manifest) = set_up(dir.path(), case);
+            let subtree = if case.subtree.is_empty() {
+                root.clone()
+            } else {
+                root.join(os(case.subtree))
+            };
+            let expect = reconcile_by_hash_maps(&manifest, &rules, &subtree);
+            for limit in [1, 2, 3, 1000] {
+                assert_eq!(
+                    in_parts(&manifest, &rules, &subtree, limit),
+                    expect,
+                    "{} (limit {limit})",
+                    case.name
+                );
+            }
         }
     }
 }

@@ -230,14 +230,11 @@ const RESCANS_MAX: usize = 1024;
 struct Backlog {
     order: VecDeque<PathBuf>,
     jobs: HashMap<PathBuf, Job>,
-    /// Disjoint subtrees, oldest first.
-    rescans: Vec<PathBuf>,
+    /// Subtrees to compare with the manifest, oldest first, each with the path its comparison
+    /// resumes after, once it has been compared in part.
+    rescans: Vec<(PathBuf, Option<PathBuf>)>,
     /// The high-water mark ([`BACKLOG_HIGH`]; smaller in tests).
     high: usize,
-    /// The first rescan did not fit: it is compared again only once the backlog is empty, so
-    /// that its earlier rounds have reached the pool (and are skipped as in flight) instead of
-    /// being found, and replaced in the backlog, by a comparison at every turn of the loop.
-    partial: bool,
 }
 
 impl Default for Backlog {
@@ -247,23 +244,27 @@ impl Default for Backlog {
             jobs: HashMap::new(),
             rescans: Vec::new(),
             high: BACKLOG_HIGH,
-            partial: false,
         }
     }
 }
 
 impl Backlog {
-    /// Queues a comparison of `path`'s subtree with the manifest, unless one already covers it.
-    /// Past [`RESCANS_MAX`] waiting, every one is replaced by its watch root.
+    /// Queues a comparison of `path`'s subtree with the manifest, unless a waiting one covers it
+    /// and has not yet passed it. Past [`RESCANS_MAX`] waiting, every one is replaced by its
+    /// watch root.
     fn rescan(&mut self, path: PathBuf, tracker: &Tracker) {
-        if self.rescans.iter().any(|r| path.starts_with(r)) {
+        let bytes = |p: &Path| p.as_os_str().as_encoded_bytes().to_vec();
+        let covered = self.rescans.iter().any(|(r, after)| {
+            path.starts_with(r) && after.as_deref().is_none_or(|a| bytes(&path) > bytes(a))
+        });
+        if covered {
             return;
         }
-        self.rescans.retain(|r| !r.starts_with(&path));
-        self.rescans.push(path);
+        self.rescans.retain(|(r, _)| !r.starts_with(&path));
+        self.rescans.push((path, None));
         if self.rescans.len() > RESCANS_MAX {
             let mut roots: Vec<PathBuf> = Vec::new();
-            for r in std::mem::take(&mut self.rescans) {
+            for (r, _) in std::mem::take(&mut self.rescans) {
                 let root = tracker.root_of(&r).map_or(r.clone(), Path::to_path_buf);
                 if !roots.contains(&root) {
                     roots.push(root);
@@ -273,27 +274,24 @@ impl Backlog {
                 "more than {RESCANS_MAX} subtrees changed: comparing {} with the manifest instead",
                 list(&roots)
             );
-            self.rescans = roots;
+            self.rescans = roots.into_iter().map(|r| (r, None)).collect();
         }
     }
 
-    /// Makes the jobs of pending rescans while the backlog is under its high-water mark. A
-    /// rescan whose jobs do not all fit stays, and is compared again once the backlog is empty:
-    /// what its earlier rounds queued is in flight or done by then, so it is not queued twice (a
-    /// removal always is: it must follow whatever job still runs on the path).
+    /// Makes the jobs of waiting rescans while the backlog is under its high-water mark. A
+    /// comparison stops when its jobs fill the room, and the next round resumes after its last
+    /// job's path.
     fn refill(&mut self, tracker: &mut Tracker, triggers: &Triggers) {
-        // From half full only (empty after a partial round): a comparison walks the whole
-        // subtree, too dear to add a few jobs.
-        let limit = if self.partial { 0 } else { self.high / 2 };
-        if self.jobs.len() > limit {
+        // From half full only: a few jobs at a time would cost a comparison's setup each.
+        if self.jobs.len() > self.high / 2 {
             return;
         }
-        self.partial = false;
         while self.jobs.len() < self.high
-            && let Some(path) = self.rescans.first().cloned()
+            && let Some((path, after)) = self.rescans.first().cloned()
         {
             let room = self.high - self.jobs.len();
-            let (jobs, left_out) = match tracker.fresh_subtree_jobs(&path, triggers, room) {
+            let (jobs, resume) = match tracker.subtree_jobs(&path, after.as_deref(), triggers, room)
+            {
                 Ok(found) => found,
                 Err(e) => {
                     log::error!("cannot compare {} with the manifest: {e}", path.display());
@@ -306,15 +304,20 @@ impl Backlog {
                     self.push(job);
                 }
             }
-            if !left_out {
-                self.rescans.remove(0);
-            } else {
-                self.partial = true;
-                log::info!(
-                    "rescan of {} continues when the backlog has room",
-                    path.display()
-                );
-                break;
+            match resume {
+                None => {
+                    self.rescans.remove(0);
+                }
+                Some(resume) => {
+                    if after.is_none() {
+                        log::info!(
+                            "rescan of {} continues as the backlog has room",
+                            path.display()
+                        );
+                    }
+                    self.rescans[0].1 = Some(resume);
+                    break;
+                }
             }
         }
     }
@@ -777,7 +780,7 @@ mod tests {
         }
         assert_eq!(
             backlog.rescans,
-            [root.join("d")],
+            [(root.join("d"), None)],
             "the directory waits for room"
         );
         backlog.refill(&mut tracker, &triggers);
@@ -798,7 +801,34 @@ mod tests {
         }
         assert_eq!(backlog.rescans.len(), RESCANS_MAX);
         backlog.rescan(root.join("one-more"), &tracker);
-        assert_eq!(backlog.rescans, [root]);
+        assert_eq!(backlog.rescans, [(root, None)]);
+    }
+
+    #[test]
+    fn a_directory_changed_behind_a_resumed_rescan_is_compared_again() {
+        let (dir, root) = tree();
+        let (tracker, _) = tracker_of(&dir, &root);
+        let mut backlog = Backlog {
+            rescans: vec![(root.clone(), Some(root.join("d1/f5")))],
+            ..Backlog::default()
+        };
+        backlog.rescan(root.join("d2"), &tracker);
+        assert_eq!(
+            backlog.rescans.len(),
+            1,
+            "d2 lies ahead of the rescan: covered"
+        );
+        backlog.rescan(root.join("d0"), &tracker);
+        backlog.rescan(root.join("d1"), &tracker);
+        assert_eq!(
+            backlog.rescans,
+            [
+                (root.clone(), Some(root.join("d1/f5"))),
+                (root.join("d0"), None),
+                (root.join("d1"), None),
+            ],
+            "what the rescan has passed is compared again"
+        );
     }
 
     #[test]
@@ -849,24 +879,16 @@ mod tests {
         };
         backlog.rescan(root.join("d1"), &tracker);
         backlog.rescan(root.clone(), &tracker); // covers d1: one rescan left
-        assert_eq!(backlog.rescans, std::slice::from_ref(&root));
+        assert_eq!(backlog.rescans, [(root.clone(), None)]);
 
         let mut ran = Vec::new();
         for _round in 0..10 {
-            let (before, was_partial) = (backlog.len(), backlog.partial);
             backlog.refill(&mut tracker, &triggers);
-            if was_partial && before > 0 {
-                assert_eq!(
-                    backlog.len(),
-                    before,
-                    "a partial rescan waits for an empty backlog"
-                );
-            }
             assert!(backlog.len() <= 10, "{} jobs held", backlog.len());
             if backlog.len() == 0 {
                 break;
             }
-            // Run six of them: after a partial round the next refill waits for the rest to go.
+            // Run six of them: the next round resumes after the last path it queued.
             for _ in 0..6 {
                 let Some(path) = backlog.order.pop_front() else {
                     break;

@@ -113,24 +113,25 @@ impl Tracker {
         Ok(jobs)
     }
 
-    /// At most `limit` jobs of `path`'s subtree diff, leaving out creations and modifications of
-    /// paths whose job is already queued or running (that job reads the file as it is when it
-    /// runs); removals always come, to follow whatever still runs on their path. The flag says
-    /// whether jobs were left out for lack of room: then the caller compares again later.
-    pub(crate) fn fresh_subtree_jobs(
+    /// At most `limit` jobs of `path`'s subtree diff, from the paths that sort after `after` on,
+    /// leaving out creations and modifications of paths whose job is already queued or running
+    /// (that job reads the file as it is when it runs); removals always come, to follow whatever
+    /// still runs on their path. When the jobs filled `limit`, also the path to resume after.
+    pub(crate) fn subtree_jobs(
         &mut self,
         path: &Path,
+        after: Option<&Path>,
         triggers: &Triggers,
         limit: usize,
-    ) -> Result<(Vec<Job>, bool), Error> {
+    ) -> Result<(Vec<Job>, Option<PathBuf>), Error> {
         self.flush(true);
-        let (changed, left_out) =
+        let (changed, resume) =
             self.manifest
-                .reconcile_some(&self.rules, path, limit, |p, event| {
+                .reconcile_some(&self.rules, path, after, limit, |p, event| {
                     (event == Event::Removed || !self.in_flight.contains_key(p))
                         && self.trigger_for(p, triggers).is_some()
                 })?;
-        Ok((self.jobs_of(changed, triggers), left_out))
+        Ok((self.jobs_of(changed, triggers), resume))
     }
 
     fn jobs_of(&self, changed: Vec<Reconciled>, triggers: &Triggers) -> Vec<Job> {

@@ -113,5 +113,5 @@ mod watcher;
 pub use batch::{Batch, Change, ChangeKind, Item, Rescan, RescanReason};
 pub use error::Error;
 pub use rules::IgnoreRules;
-pub use snapshot::{Snapshot, walk, walk_files};
+pub use snapshot::{Snapshot, walk, walk_files, walk_files_after};
 pub use watcher::{Backend, WatchStats, Watcher, WatcherBuilder};

@@ -2,10 +2,10 @@
 //! changes, and the walk that turns a [`Rescan`](crate::Rescan) into concrete changes.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -326,22 +326,42 @@ pub fn walk(
 pub fn walk_files<T>(
     rules: &IgnoreRules,
     top: &Path,
-    mut keep: impl FnMut(&fs::Metadata) -> T,
+    keep: impl FnMut(&fs::Metadata) -> T,
     mut visit: impl FnMut(&Path, T),
 ) {
+    walk_files_after(rules, top, None, keep, |path, kept| {
+        visit(path, kept);
+        ControlFlow::Continue(())
+    });
+}
+
+/// [`walk_files`] from the first file whose path sorts after `after` (the whole walk without it),
+/// until `visit` breaks: a consumer that stopped at a file resumes after it. What sorts before
+/// `after` is neither stat-ed nor listed, except the directories on the way to it.
+pub fn walk_files_after<T>(
+    rules: &IgnoreRules,
+    top: &Path,
+    after: Option<&Path>,
+    mut keep: impl FnMut(&fs::Metadata) -> T,
+    mut visit: impl FnMut(&Path, T) -> ControlFlow<()>,
+) {
+    let after = after.map(|a| a.as_os_str().as_encoded_bytes());
     let mut path = top.to_path_buf();
     // The listings of `path` and its ancestors below `top`: what is left of each, in reverse order.
-    let mut listings = vec![list_sorted(rules, &path, &mut keep)];
+    let mut listings = vec![list_sorted(rules, &path, after, &mut keep)];
     while let Some(listing) = listings.last_mut() {
         match listing.pop() {
             Some((name, Some(kept))) => {
                 path.push(&name);
-                visit(&path, kept);
+                let flow = visit(&path, kept);
                 path.pop();
+                if flow.is_break() {
+                    return;
+                }
             }
             Some((name, None)) => {
                 path.push(&name);
-                let inner = list_sorted(rules, &path, &mut keep);
+                let inner = list_sorted(rules, &path, after, &mut keep);
                 listings.push(inner);
             }
             None => {
@@ -354,11 +374,25 @@ pub fn walk_files<T>(
     }
 }
 
+/// Whether the entry `name` of `dir`, or for a directory some path below it, sorts after `after`.
+fn reaches_past(dir: &Path, name: &OsStr, is_dir: bool, after: &[u8]) -> bool {
+    let full = dir.join(name);
+    let full = full.as_os_str().as_encoded_bytes();
+    if !is_dir {
+        return full > after;
+    }
+    // Every path below sorts as `full/...`: all after `after`, or, if `after` lies below, some.
+    let mut below = full.to_vec();
+    below.push(b'/');
+    below.as_slice() > after || after.starts_with(&below)
+}
+
 /// One directory's entries that are not ignored, in the reverse byte order of their paths (to be
 /// popped), files with what `keep` made of their metadata, directories with `None`.
 fn list_sorted<T>(
     rules: &IgnoreRules,
     dir: &Path,
+    after: Option<&[u8]>,
     keep: &mut impl FnMut(&fs::Metadata) -> T,
 ) -> Vec<(OsString, Option<T>)> {
     if let Err(e) = rules.load_dir(dir) {
@@ -386,7 +420,9 @@ fn list_sorted<T>(
         };
         let name = entry.file_name();
         let is_dir = kind.is_dir();
-        if rules.is_ignored(dir, &name, is_dir) {
+        if rules.is_ignored(dir, &name, is_dir)
+            || after.is_some_and(|after| !reaches_past(dir, &name, is_dir, after))
+        {
             continue;
         }
         if is_dir {

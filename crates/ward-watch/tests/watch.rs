@@ -636,4 +636,43 @@ fn walk_files_visits_the_files_walk_visits_in_the_byte_order_of_their_paths() {
             "日本/語",
         ]
     );
+
+    // Resuming after any path, a file or not, gives exactly the rest of the walk; a break stops it.
+    let mut afters = visited.clone();
+    afters.extend(["a", "a/c", "a/bz", "a.a", "bad", "zzz", "0"].map(|r| root.join(r)));
+    for after in &afters {
+        let mut rest = Vec::new();
+        ward_watch::walk_files_after(
+            &rules,
+            &root,
+            Some(after),
+            |_| (),
+            |p, ()| {
+                rest.push(p.to_path_buf());
+                std::ops::ControlFlow::Continue(())
+            },
+        );
+        let expected: Vec<_> = visited
+            .iter()
+            .filter(|p| bytes(p) > bytes(after))
+            .cloned()
+            .collect();
+        assert_eq!(rest, expected, "after {}", after.display());
+    }
+    let mut first_three = Vec::new();
+    ward_watch::walk_files_after(
+        &rules,
+        &root,
+        None,
+        |_| (),
+        |p, ()| {
+            first_three.push(p.to_path_buf());
+            if first_three.len() == 3 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        },
+    );
+    assert_eq!(first_three, visited[..3]);
 }
