@@ -13,16 +13,27 @@
 //! medians taken seconds apart measures that drift, a ratio within one round mostly cancels it.
 //! The order within a round alternates, so that neither side always runs first, and a first
 //! round warms up threads and allocator and is not counted.
+//!
+//! For instruction counts, `WARD_BENCH_PROFILE=<contender>` runs one contender once and exits
+//! (`raw`, `raw-values`, `unkeyed`, `keyed`, `events`), and `WARD_BENCH_JOBS` sets the job count:
+//! `WARD_BENCH_PROFILE=keyed WARD_BENCH_JOBS=100000 valgrind --tool=callgrind
+//! --separate-threads=yes target/release/examples/bench` gives the producer thread's cost per job.
 
 use std::hint::black_box;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ward_queue::{Policy, Pool};
 
-const JOBS: u64 = 1_000_000;
+/// Jobs per run: 1M, or `WARD_BENCH_JOBS`.
+static JOBS: LazyLock<u64> = LazyLock::new(|| {
+    std::env::var("WARD_BENCH_JOBS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000)
+});
 const WORKERS: usize = 2;
 const CAPACITY: usize = 1024;
 const ROUNDS: usize = 9;
@@ -47,7 +58,7 @@ fn raw_crossbeam_boxed() -> Duration {
         })
         .collect();
     let start = Instant::now();
-    for i in 0..JOBS {
+    for i in 0..*JOBS {
         tx.send(Box::new(move || {
             black_box(i);
         }))
@@ -71,7 +82,7 @@ fn raw_crossbeam_values() -> Duration {
         })
         .collect();
     let start = Instant::now();
-    for i in 0..JOBS {
+    for i in 0..*JOBS {
         tx.send(i).unwrap();
     }
     drop(tx);
@@ -97,7 +108,7 @@ fn ward(keyed: bool, events: bool) -> Duration {
         })
         .unwrap();
     let start = Instant::now();
-    for i in 0..JOBS {
+    for i in 0..*JOBS {
         if keyed {
             // Distinct keys: the full key-table path for every job, no coalescing to flatter it.
             pool.submit_keyed(i, i).unwrap();
@@ -117,14 +128,14 @@ fn rayon_spawn() -> Duration {
         .unwrap();
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    for i in 0..JOBS {
+    for i in 0..*JOBS {
         let done = Arc::clone(&done);
         pool.spawn(move || {
             black_box(i);
             done.fetch_add(1, Ordering::Relaxed);
         });
     }
-    while done.load(Ordering::Relaxed) < JOBS {
+    while done.load(Ordering::Relaxed) < *JOBS {
         thread::yield_now();
     }
     start.elapsed()
@@ -133,7 +144,7 @@ fn rayon_spawn() -> Duration {
 fn threadpool_execute() -> Duration {
     let pool = threadpool::ThreadPool::new(WORKERS);
     let start = Instant::now();
-    for i in 0..JOBS {
+    for i in 0..*JOBS {
         pool.execute(move || {
             black_box(i);
         });
@@ -157,7 +168,7 @@ fn range(values: &[f64]) -> (f64, f64) {
 }
 
 fn rate(d: Duration) -> f64 {
-    JOBS as f64 / d.as_secs_f64() / 1e6
+    *JOBS as f64 / d.as_secs_f64() / 1e6
 }
 
 /// Latency from submit to the job's start with idle workers, one job at a time: `PINGS` samples.
@@ -239,10 +250,15 @@ fn dispatch_ward(keyed: bool) -> Vec<u64> {
 }
 
 fn main() {
+    if let Ok(only) = std::env::var("WARD_BENCH_PROFILE") {
+        profile(&only);
+        return;
+    }
     let started = Instant::now();
     println!(
-        "ward-queue bench: {JOBS} no-op jobs, 1 producer, {WORKERS} workers, capacity {CAPACITY}, \
+        "ward-queue bench: {} no-op jobs, 1 producer, {WORKERS} workers, capacity {CAPACITY}, \
          {ROUNDS} paired rounds after one warm-up; {} CPUs",
+        *JOBS,
         thread::available_parallelism().map_or(0, |n| n.get())
     );
     let names = [
@@ -379,6 +395,23 @@ fn main() {
         verdict(worst <= Duration::from_micros(10))
     );
     println!("(bench took {:.1}s)", started.elapsed().as_secs_f64());
+}
+
+/// One run of one contender, for a profiler: no warm-up, no rounds.
+fn profile(only: &str) {
+    let run: fn() -> Duration = match only {
+        "raw" => raw_crossbeam_boxed,
+        "raw-values" => raw_crossbeam_values,
+        "unkeyed" => || ward(false, false),
+        "keyed" => || ward(true, false),
+        "events" => || ward(false, true),
+        other => {
+            eprintln!("WARD_BENCH_PROFILE: unknown contender {other:?}");
+            std::process::exit(2);
+        }
+    };
+    let time = run();
+    println!("{only}: {} jobs in {:.1} ms", *JOBS, time.as_secs_f64() * 1e3);
 }
 
 fn verdict(met: bool) -> &'static str {
