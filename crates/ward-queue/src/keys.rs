@@ -15,6 +15,7 @@
 
 use std::hash::{BuildHasher, Hash};
 
+use hashbrown::hash_table::Entry;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// The number of a key's slot, valid while the key is running, queued or waiting.
@@ -94,43 +95,65 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         job: T,
         send_token: impl FnOnce(SlotId) -> bool,
     ) -> Offer<K, T> {
-        let Some(id) = self.find(hash, &key) else {
-            let id = self.next_id();
-            if !send_token(id) {
-                return Offer::Full(key, job);
+        let Self {
+            index,
+            slots,
+            free,
+            deferred,
+            ..
+        } = self;
+        // One probe finds the key or the place its index entry goes.
+        let entry = index.entry(
+            hash,
+            |&id| slots[id].as_ref().is_some_and(|slot| slot.key == key),
+            |&id| slots[id].as_ref().map_or(0, |slot| slot.hash),
+        );
+        let entry = match entry {
+            Entry::Vacant(entry) => entry,
+            Entry::Occupied(entry) => {
+                let id = *entry.get();
+                return match slots[id].as_mut() {
+                    Some(slot) => {
+                        if let Some(waiting) = slot.waiting.as_mut() {
+                            Offer::Coalesced(std::mem::replace(waiting, job))
+                        } else if slot.running {
+                            slot.waiting = Some(job);
+                            *deferred += 1;
+                            Offer::Deferred
+                        } else if send_token(id) {
+                            // An idle, empty slot is freed at once; should one exist, treat it
+                            // as new.
+                            slot.waiting = Some(job);
+                            slot.queued = true;
+                            Offer::Queued
+                        } else {
+                            self.free_if_idle(id);
+                            Offer::Full(key, job)
+                        }
+                    }
+                    None => Offer::Full(key, job), // The index only names live slots.
+                };
             }
-            self.put(
-                id,
-                Slot {
-                    key,
-                    hash,
-                    running: false,
-                    waiting: Some(job),
-                    queued: true,
-                },
-            );
-            return Offer::Queued;
         };
-        let Some(slot) = self.slots[id].as_mut() else {
-            return Offer::Full(key, job); // `find` only returns live slots.
-        };
-        if let Some(waiting) = slot.waiting.as_mut() {
-            return Offer::Coalesced(std::mem::replace(waiting, job));
+        let id = free.last().copied().unwrap_or(slots.len());
+        if !send_token(id) {
+            return Offer::Full(key, job);
         }
-        if slot.running {
-            slot.waiting = Some(job);
-            self.deferred += 1;
-            return Offer::Deferred;
-        }
-        // An idle, empty slot is freed at once; should one exist, treat it as new.
-        if send_token(id) {
-            slot.waiting = Some(job);
-            slot.queued = true;
-            Offer::Queued
+        entry.insert(id);
+        let slot = Some(Slot {
+            key,
+            hash,
+            running: false,
+            waiting: Some(job),
+            queued: true,
+        });
+        if id < slots.len() {
+            free.pop();
+            slots[id] = slot;
         } else {
-            self.free_if_idle(id);
-            Offer::Full(key, job)
+            slots.push(slot);
         }
+        Offer::Queued
     }
 
     /// Marks an idle key as running for a caller that runs its job itself; `None` if it is not
