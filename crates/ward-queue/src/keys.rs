@@ -242,16 +242,25 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
 
     /// A run of slot `id`'s key ended: releases the key, unless a job is deferred to it. Then
     /// the key stays running and false comes back; the runner takes that job with `release`.
+    /// Looks the slot up once: every keyed job on a worker ends here.
     pub(crate) fn release_unless_deferred(&mut self, id: SlotId) -> bool {
-        let deferred = self
-            .slots
-            .get(id)
-            .and_then(Option::as_ref)
-            .is_some_and(|slot| slot.waiting.is_some() && !slot.queued);
-        if !deferred {
-            self.release(id, false);
+        let Some(slot) = self.slots.get_mut(id).and_then(Option::as_mut) else {
+            return true;
+        };
+        match (&slot.waiting, slot.queued) {
+            (Some(_), false) => false,
+            (Some(_), true) => {
+                slot.running = false;
+                true
+            }
+            (None, queued) => {
+                slot.running = false;
+                if !queued {
+                    self.free(id);
+                }
+                true
+            }
         }
-        !deferred
     }
 
     /// Hands slot `id`, whose key a job held until now, to `job` with a token about to be sent:
@@ -340,7 +349,14 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         let idle = self.slots[id]
             .as_ref()
             .is_some_and(|slot| !slot.running && slot.waiting.is_none() && !slot.queued);
-        if idle && let Some(slot) = self.slots[id].take() {
+        if idle {
+            self.free(id);
+        }
+    }
+
+    /// Frees slot `id`, which is idle, and forgets its key.
+    fn free(&mut self, id: SlotId) {
+        if let Some(slot) = self.slots[id].take() {
             if let Ok(entry) = self.index.find_entry(slot.hash, |&other| other == id) {
                 entry.remove();
             }

@@ -6,7 +6,7 @@
 //! workers) in the stash. `Pool::close` empties all of them after every pool thread has stopped.
 
 use std::any::Any;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
@@ -1060,10 +1060,10 @@ where
 
     /// A worker that saw `stop` keeps what it received for `close` and lets go of its keys,
     /// leaving the jobs deferred to them for the drain.
-    fn stop_worker(&self, envelope: Option<Envelope<J, SlotId>>, held: VecDeque<SlotId>) {
+    fn stop_worker(&self, envelope: Option<Envelope<J, SlotId>>, mut held: Held) {
         if !held.is_empty() {
             let mut keys = self.keys.lock();
-            for slot in held {
+            while let Some(slot) = held.pop_front() {
                 keys.release(slot, true);
             }
         }
@@ -1334,6 +1334,52 @@ fn log_event<J>(event: Event<J>) {
     }
 }
 
+/// The keys a worker holds: their run on it ended and they are still marked running, oldest
+/// first. A worker holds at most two (see `worker_main`), so they live inline: this is touched
+/// on every keyed job.
+#[derive(Default)]
+struct Held {
+    slots: [SlotId; 2],
+    len: usize,
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// # Panics
+    /// If two keys are held already, which `worker_main` never lets happen.
+    fn push_back(&mut self, slot: SlotId) {
+        self.slots[self.len] = slot;
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) -> Option<SlotId> {
+        let first = self.slots[..self.len].first().copied()?;
+        self.slots[0] = self.slots[1];
+        self.len -= 1;
+        Some(first)
+    }
+
+    /// Keeps the keys `keep` says to, in their order.
+    fn retain(&mut self, mut keep: impl FnMut(SlotId) -> bool) {
+        let mut kept = 0;
+        for i in 0..self.len {
+            let slot = self.slots[i];
+            if keep(slot) {
+                self.slots[kept] = slot;
+                kept += 1;
+            }
+        }
+        self.len = kept;
+    }
+}
+
 /// Starts one worker.
 fn spawn_worker<J, K>(shared: &Arc<Shared<J, K>>) -> std::io::Result<()>
 where
@@ -1378,7 +1424,7 @@ where
     // job: the envelope in hand runs first. At most two keys are held, since no envelope is
     // taken while two are; their deferred jobs then take turns, so neither an envelope nor a
     // busy key waits behind the other for more than one run.
-    let mut held: VecDeque<SlotId> = VecDeque::with_capacity(2);
+    let mut held = Held::default();
     loop {
         let envelope = if held.len() >= 2 || cell.abandoned.load(Ordering::Acquire) {
             None
@@ -1406,7 +1452,7 @@ where
             Some(Envelope::Job(task)) if held.is_empty() => Some((None, task)),
             envelope => {
                 let mut keys = shared.keys.lock();
-                held.retain(|&slot| !keys.release_unless_deferred(slot));
+                held.retain(|slot| !keys.release_unless_deferred(slot));
                 match envelope {
                     Some(Envelope::Job(task)) => Some((None, task)),
                     Some(Envelope::Key(slot)) => {
