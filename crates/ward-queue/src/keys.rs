@@ -172,6 +172,7 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     }
 
     /// A worker received slot `id`'s token: the job to run now, the key then running.
+    #[inline]
     pub(crate) fn take_for_token(&mut self, id: SlotId) -> Option<T> {
         let slot = self.slots.get_mut(id)?.as_mut()?;
         if !slot.queued {
@@ -243,6 +244,7 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     /// A run of slot `id`'s key ended: releases the key, unless a job is deferred to it. Then
     /// the key stays running and false comes back; the runner takes that job with `release`.
     /// Looks the slot up once: every keyed job on a worker ends here.
+    #[inline]
     pub(crate) fn release_unless_deferred(&mut self, id: SlotId) -> bool {
         let Some(slot) = self.slots.get_mut(id).and_then(Option::as_mut) else {
             return true;

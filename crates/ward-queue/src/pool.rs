@@ -241,6 +241,7 @@ impl WorkerCell {
         }
     }
 
+    #[inline]
     fn count(&self, counter: &AtomicU64) {
         if self.exclusive {
             counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
@@ -249,6 +250,7 @@ impl WorkerCell {
         }
     }
 
+    #[inline]
     fn set_running(&self, running: bool) {
         let gauge = &self.stats.running;
         match (self.exclusive, running) {
@@ -1074,7 +1076,30 @@ where
 
     /// One attempt: runs the handler inside `catch_unwind`, under the overseer's watch if
     /// `supervised` and a timeout is set.
+    #[inline]
     fn attempt(
+        &self,
+        cell: &WorkerCell,
+        supervised: bool,
+        task: &mut Task<J>,
+    ) -> Result<(), Failure> {
+        // Most attempts are first attempts, not sampled, without a timeout: those only run the
+        // handler, in code small enough to inline into the worker's loop.
+        if self.config.timeout.is_none() && task.extra.is_none() {
+            cell.set_running(true);
+            let outcome = catch_unwind(AssertUnwindSafe(|| (self.handler)(&task.job)));
+            cell.set_running(false);
+            return match outcome {
+                Ok(Ok(())) => Ok(()),
+                outcome => Err(failure_of(outcome)),
+            };
+        }
+        self.attempt_watched(cell, supervised, task)
+    }
+
+    /// `attempt` for an attempt that is timed, sampled or a retry.
+    #[inline(never)]
+    fn attempt_watched(
         &self,
         cell: &WorkerCell,
         supervised: bool,
@@ -1120,14 +1145,31 @@ where
         }
         match outcome {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(Failure::Error(Arc::from(error))),
-            Err(payload) => Err(Failure::Panic(panic_message(payload.as_ref()))),
+            outcome => Err(failure_of(outcome)),
         }
     }
 
     /// Reports an attempt's outcome and schedules a retry if one is due. True if a retry was
     /// scheduled (a keyed job then keeps its key).
+    #[inline]
     fn settle(
+        &self,
+        cell: &WorkerCell,
+        task: Task<J>,
+        result: Result<(), Failure>,
+        slot: Option<SlotId>,
+    ) -> bool {
+        // A success nobody listens to is only counted.
+        if result.is_ok() && self.listener.is_none() {
+            cell.count(&cell.stats.completed);
+            return false;
+        }
+        self.settle_reported(cell, task, result, slot)
+    }
+
+    /// `settle` for an outcome that is reported.
+    #[inline(never)]
+    fn settle_reported(
         &self,
         cell: &WorkerCell,
         mut task: Task<J>,
@@ -1300,6 +1342,17 @@ fn try_recv<J>(rx: &Receiver<Queued<J>>) -> Option<Envelope<J, SlotId>> {
 
 fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
     timeout.and_then(|timeout| Instant::now().checked_add(timeout))
+}
+
+/// The failure of an attempt that did not return `Ok`.
+#[cold]
+fn failure_of(outcome: thread::Result<Result<(), JobError>>) -> Failure {
+    match outcome {
+        Ok(Err(error)) => Failure::Error(Arc::from(error)),
+        Err(payload) => Failure::Panic(panic_message(payload.as_ref())),
+        // Not called for a success; should it be, it is the error-free failure it describes.
+        Ok(Ok(())) => Failure::Panic("the job succeeded".to_owned()),
+    }
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
