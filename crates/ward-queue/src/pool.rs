@@ -751,6 +751,7 @@ where
     J: Send + 'static,
     K: Eq + Hash + Clone + Send + 'static,
 {
+    #[inline]
     fn new_task(&self, job: J) -> Task<J> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sampled = id & (SAMPLE_EVERY - 1) == 0;
@@ -1091,7 +1092,8 @@ where
             cell.set_running(false);
             return match outcome {
                 Ok(Ok(())) => Ok(()),
-                outcome => Err(failure_of(outcome)),
+                Ok(Err(error)) => Err(failure_of(Ok(Err(error)))),
+                Err(payload) => Err(failure_of(Err(payload))),
             };
         }
         self.attempt_watched(cell, supervised, task)
@@ -1151,7 +1153,7 @@ where
 
     /// Reports an attempt's outcome and schedules a retry if one is due. True if a retry was
     /// scheduled (a keyed job then keeps its key).
-    #[inline]
+    #[inline(always)]
     fn settle(
         &self,
         cell: &WorkerCell,
