@@ -88,6 +88,7 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     /// waits for the running key, or, if the key is idle and `send_token` accepts the slot
     /// number it is given (it is called under the caller's lock and must not block: it queues a
     /// token for the slot, or takes on to queue one after the lock), waits for that token.
+    #[inline]
     pub(crate) fn offer_hashed(
         &mut self,
         hash: u64,
