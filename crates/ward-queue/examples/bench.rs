@@ -15,9 +15,12 @@
 //! round warms up threads and allocator and is not counted.
 //!
 //! For instruction counts, `WARD_BENCH_PROFILE=<contender>` runs one contender once and exits
-//! (`raw`, `raw-values`, `unkeyed`, `keyed`, `events`), and `WARD_BENCH_JOBS` sets the job count:
+//! (`raw`, `raw-values`, `unkeyed`, `keyed`, `events`; a comma-separated list runs each in turn,
+//! `WARD_BENCH_REPS` times over), and `WARD_BENCH_JOBS` sets the job count:
 //! `WARD_BENCH_PROFILE=keyed WARD_BENCH_JOBS=100000 valgrind --tool=callgrind
-//! --separate-threads=yes target/release/examples/bench` gives the producer thread's cost per job.
+//! --separate-threads=yes target/release/examples/bench` counts each thread's instructions
+//! (thread 1 is the producer); the difference between runs of two job counts, divided by the
+//! difference in jobs, is the cost per job without the setup.
 
 use std::hint::black_box;
 use std::sync::{Arc, LazyLock};
@@ -251,7 +254,13 @@ fn dispatch_ward(keyed: bool) -> Vec<u64> {
 
 fn main() {
     if let Ok(only) = std::env::var("WARD_BENCH_PROFILE") {
-        profile(&only);
+        let reps: usize = std::env::var("WARD_BENCH_REPS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        for _ in 0..reps {
+            only.split(',').for_each(profile);
+        }
         return;
     }
     let started = Instant::now();
@@ -397,7 +406,7 @@ fn main() {
     println!("(bench took {:.1}s)", started.elapsed().as_secs_f64());
 }
 
-/// One run of one contender, for a profiler: no warm-up, no rounds.
+/// One run of one contender, for a profiler: no warm-up, no pairing.
 fn profile(only: &str) {
     let run: fn() -> Duration = match only {
         "raw" => raw_crossbeam_boxed,
