@@ -23,8 +23,8 @@
 //! difference in jobs, is the cost per job without the setup.
 
 use std::hint::black_box;
-use std::sync::{Arc, LazyLock};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -420,7 +420,11 @@ fn profile(only: &str) {
         }
     };
     let time = run();
-    println!("{only}: {} jobs in {:.1} ms", *JOBS, time.as_secs_f64() * 1e3);
+    println!(
+        "{only}: {} jobs in {:.1} ms",
+        *JOBS,
+        time.as_secs_f64() * 1e3
+    );
 }
 
 fn verdict(met: bool) -> &'static str {
