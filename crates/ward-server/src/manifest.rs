@@ -666,18 +666,7 @@ impl Manifest {
                 });
             let mut diff = Diff::new(path, records, limit, include);
             match threads {
-                Threads::One => {
-                    let mut failed = Ok(());
-                    on_disk(rules, path, after, |p, meta| {
-                        failed = diff.file(p, meta);
-                        if failed.is_err() || diff.full {
-                            ControlFlow::Break(())
-                        } else {
-                            ControlFlow::Continue(())
-                        }
-                    });
-                    failed?;
-                }
+                Threads::One => merge_walked_here(rules, path, after, &mut diff)?,
                 Threads::Two => merge_walked_in_a_thread(rules, path, after, &mut diff)?,
             }
             Ok(diff.finish()?)
@@ -706,6 +695,30 @@ const CHUNK: usize = 1024;
 struct Walked {
     bytes: Vec<u8>,
     files: Vec<(usize, FileMeta)>,
+}
+
+/// Walks `path` in this thread, merging each file into `diff` as it is found.
+fn merge_walked_here<I, G, F>(
+    rules: &IgnoreRules,
+    path: &Path,
+    after: Option<&Path>,
+    diff: &mut Diff<'_, I, F>,
+) -> Result<(), redb::StorageError>
+where
+    I: Iterator<Item = Result<(G, G), redb::StorageError>>,
+    G: Bytes,
+    F: FnMut(&Path, Event) -> bool,
+{
+    let mut failed = Ok(());
+    on_disk(rules, path, after, |p, meta| {
+        failed = diff.file(p, meta);
+        if failed.is_err() || diff.full {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    failed
 }
 
 /// Walks `path` in a scoped thread and merges what it hands over into `diff`.
@@ -740,16 +753,7 @@ where
             });
         if let Err(e) = walker {
             log::warn!("reconciling without a walking thread: {e}");
-            let mut failed = Ok(());
-            on_disk(rules, path, after, |p, meta| {
-                failed = diff.file(p, meta);
-                if failed.is_err() || diff.full {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            });
-            return failed;
+            return merge_walked_here(rules, path, after, diff);
         }
         // Leaving the loop drops the receiver, which stops the walk at its next chunk.
         for chunk in rx {
