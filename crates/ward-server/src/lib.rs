@@ -20,6 +20,7 @@ pub mod launch;
 pub mod logging;
 pub mod manifest;
 mod orphans;
+mod outcomes;
 pub mod sd_notify;
 mod server;
 pub mod state;

@@ -26,6 +26,7 @@ use crate::keeper::READY_LINE;
 use crate::launch::Launch;
 use crate::logging::{self, Sink};
 use crate::manifest::{FileMeta, Update};
+use crate::outcomes::{self, OutcomeSender};
 use crate::state::{StateDir, names};
 use crate::tracker::Tracker;
 use crate::{Error, deaths};
@@ -68,11 +69,9 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         config.clone(),
         state.clone(),
     )?)));
-    // Each accepted job ends in one `Finished` (two for a rename), and only jobs this loop handed
-    // to the pool finish, so what waits here is bounded by what the pool holds. A bounded channel
-    // dropped outcomes while the loop compared a large subtree (the stress harness saw 226 in one
-    // run), which left their paths looking in flight and their jobs pending until a restart.
-    let (done_tx, done) = crossbeam_channel::unbounded::<Update>();
+    // Outcomes gather for a moment before the loop takes them, instead of waking it once per job;
+    // the doorbell rings at least twice per queue's worth, so the queue is refilled in time.
+    let (done_tx, done) = outcomes::channel(config.queue_capacity / 2);
     let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx)?;
     // Watching starts before the manifest walk, so no change slips between them.
     let watcher = build_watcher(&config, &state)?;
@@ -108,7 +107,19 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     }
 
     let mut config = config;
+    // Take the outcomes waiting at the next turn of the loop: false only while they gather after
+    // the doorbell rang, until `gather_until`.
+    let mut take_outcomes = true;
+    let mut gather_until: Option<Instant> = None;
     let result = loop {
+        if take_outcomes {
+            // First, so that whatever the loop does next sees every job finished so far as such.
+            for update in done.take() {
+                tracker.finished(update);
+            }
+            gather_until = None;
+        }
+        take_outcomes = true;
         backlog.submit(&pool);
         backlog.refill(&mut tracker, dispatcher.read().triggers());
         backlog.submit(&pool);
@@ -116,6 +127,8 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         let flush_timer = tracker
             .next_flush()
             .map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+        let gather_timer =
+            gather_until.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         // A slot freed by an attempt that failed into a retry sends no event; poll for room while
         // jobs wait, and only then.
         let backlog_timer = if backlog.len() == 0 {
@@ -145,14 +158,15 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                     backlog.push(job);
                 }
             }
-            recv(done) -> update => {
-                if let Ok(update) = update {
-                    tracker.finished(update);
-                }
-                for update in done.try_iter() {
-                    tracker.finished(update);
+            recv(done.bell()) -> _ => {
+                // The first outcome since the last take: let more gather, unless enough wait
+                // that the pool's queue needs refilling.
+                if !done.many_waiting() {
+                    take_outcomes = false;
+                    gather_until.get_or_insert_with(|| Instant::now() + outcomes::GATHER_FOR);
                 }
             }
+            recv(gather_timer) -> _ => {}
             recv(flush_timer) -> _ => {}
             recv(backlog_timer) -> _ => {}
             recv(signals) -> signal => match signal {
@@ -176,7 +190,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         .read()
         .stop_running_at(Instant::now() + config.drain_timeout);
     let left = pool.shutdown(config.drain_timeout);
-    for update in done.try_iter() {
+    for update in done.take() {
         tracker.finished(update);
     }
     let not_run = left.len() + backlog.len();
@@ -440,7 +454,7 @@ fn announce_ready() {
 fn build_pool(
     config: &Config,
     dispatcher: Arc<RwLock<Arc<Dispatcher>>>,
-    done: crossbeam_channel::Sender<Update>,
+    done: OutcomeSender,
 ) -> Result<Pool<Job, PathBuf>, Error> {
     let finished = done.clone();
     Pool::builder()
@@ -519,12 +533,11 @@ fn limit_malloc_arenas() {
     }
 }
 
-fn send_done(done: &crossbeam_channel::Sender<Update>, update: Update) {
-    if let Err(e) = done.try_send(update) {
-        let why = e.to_string();
+fn send_done(done: &OutcomeSender, update: Update) {
+    if let Err(update) = done.send(update) {
         log::warn!(
-            "outcome of {} not recorded (it will be redone after a restart): {why}",
-            e.into_inner().path().display()
+            "outcome of {} not recorded (it will be redone after a restart): the server is ending",
+            update.path().display()
         );
     }
 }
