@@ -361,6 +361,11 @@ impl Manifest {
     /// Records `updates` in one transaction (one fsync). On failure nothing of it is recorded and
     /// the caller keeps the updates to try again.
     ///
+    /// The updates are applied in order to what the store holds, but each path's entries are
+    /// read once and written once per call, however many updates name it: a job's queueing and
+    /// its outcome usually land in the same group, and its pending entry then never reaches the
+    /// store.
+    ///
     /// # Errors
     /// If the store cannot be written (a full disk, an I/O error).
     pub fn apply(&mut self, updates: &[Update]) -> Result<(), Error> {
@@ -382,99 +387,67 @@ impl Manifest {
             let mut by_seq = txn
                 .open_table(BY_SEQ)
                 .map_err(|e| store_error("writing", e))?;
+            let mut touched: HashMap<&[u8], Touched> = HashMap::with_capacity(updates.len());
             for update in updates {
                 let key = update.path().as_os_str().as_bytes();
-                let old = files
-                    .get(key)
-                    .map_err(|e| store_error("writing", e))?
-                    .and_then(|v| decode_record(v.value()));
-                let record = match update {
-                    Update::Queued {
-                        event, old_path, ..
-                    } => {
-                        seq += 1;
-                        if let Some(old) = &old {
-                            by_seq
-                                .remove(old.seq)
-                                .map_err(|e| store_error("writing", e))?;
-                        }
-                        by_seq
-                            .insert(seq, key)
-                            .map_err(|e| store_error("writing", e))?;
-                        let mut job = vec![encode_event(*event)];
-                        if let Some(old_path) = old_path {
-                            job.extend_from_slice(old_path.as_os_str().as_bytes());
-                        }
-                        pending
-                            .insert(key, job.as_slice())
-                            .map_err(|e| store_error("writing", e))?;
-                        Record {
-                            processed: old.as_ref().and_then(|o| o.processed),
-                            last_ok: old.as_ref().is_none_or(|o| o.last_ok),
-                            event: *event,
-                            seq,
-                        }
-                    }
-                    Update::Finished {
-                        event,
-                        ok,
-                        processed,
-                        ..
-                    } => {
-                        // Only the job the pending entry names is done: a later one queued for
-                        // the path while this one ran (a removal after a modification) stays.
-                        let names_this_job = pending
+                let path = match touched.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let stored = files
                             .get(key)
                             .map_err(|e| store_error("writing", e))?
-                            .is_some_and(|job| job.value().first() == Some(&encode_event(*event)));
-                        if names_this_job {
-                            pending.remove(key).map_err(|e| store_error("writing", e))?;
-                        }
-                        let removal_done = *ok && *event == Event::Removed;
-                        let Some(old) = old else {
-                            // Finished without a recorded change: record it as seen now.
-                            seq += 1;
-                            by_seq
-                                .insert(seq, key)
-                                .map_err(|e| store_error("writing", e))?;
-                            let event = if processed.is_some() {
-                                Event::Created
-                            } else {
-                                *event
-                            };
-                            let record = Record {
-                                processed: *processed,
-                                last_ok: *ok,
-                                event,
-                                seq,
-                            };
-                            files
-                                .insert(key, encode_record(&record).as_slice())
-                                .map_err(|e| store_error("writing", e))?;
-                            continue;
-                        };
-                        // A job other than a removal that found its file gone processed
-                        // nothing: the version its consumer last saw stays recorded, so a diff
-                        // still owes that consumer the removal.
-                        Record {
-                            processed: match processed {
-                                _ if removal_done => None,
-                                Some(version) if *ok => Some(*version),
-                                _ => old.processed,
-                            },
-                            last_ok: *ok,
-                            event: if removal_done {
-                                Event::Removed
-                            } else {
-                                old.event
-                            },
-                            ..old
-                        }
+                            .and_then(|v| decode_record(v.value()));
+                        e.insert(Touched {
+                            stored_seq: stored.as_ref().map(|r| r.seq),
+                            record: stored,
+                            pending: None,
+                        })
                     }
                 };
+                path.apply(update, &mut seq, || {
+                    Ok(pending
+                        .get(key)
+                        .map_err(|e| store_error("writing", e))?
+                        .map(|job| job.value().to_vec()))
+                })?;
+            }
+            // In key order: neighbours in the B-trees are written one after the other.
+            let mut touched: Vec<(&[u8], Touched)> = touched.into_iter().collect();
+            touched.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (key, path) in touched {
+                let Some(record) = path.record else {
+                    continue;
+                };
+                if path.stored_seq != Some(record.seq) {
+                    if let Some(stored) = path.stored_seq {
+                        by_seq
+                            .remove(stored)
+                            .map_err(|e| store_error("writing", e))?;
+                    }
+                    by_seq
+                        .insert(record.seq, key)
+                        .map_err(|e| store_error("writing", e))?;
+                }
                 files
                     .insert(key, encode_record(&record).as_slice())
                     .map_err(|e| store_error("writing", e))?;
+                match path.pending {
+                    Some(PendingJob {
+                        job: Some(job),
+                        changed: true,
+                    }) => {
+                        pending
+                            .insert(key, job.as_slice())
+                            .map_err(|e| store_error("writing", e))?;
+                    }
+                    Some(PendingJob {
+                        job: None,
+                        changed: true,
+                    }) => {
+                        pending.remove(key).map_err(|e| store_error("writing", e))?;
+                    }
+                    _ => {}
+                }
             }
             let mut meta = txn
                 .open_table(META)
@@ -484,6 +457,119 @@ impl Manifest {
         }
         txn.commit().map_err(|e| store_error("committing", e))?;
         self.seq = seq;
+        Ok(())
+    }
+}
+
+/// One path's entries while [`Manifest::apply`] folds its updates: read once, written once.
+#[derive(Debug)]
+struct Touched {
+    /// The sequence number of the record in the store, whose `by_seq` entry a new one replaces.
+    stored_seq: Option<u64>,
+    /// The record as the updates so far leave it.
+    record: Option<Record>,
+    /// The pending job as the updates so far leave it; `None` until an update needs it.
+    pending: Option<PendingJob>,
+}
+
+/// A path's entry in `pending`: the job's event byte and the old path of a rename.
+#[derive(Debug)]
+struct PendingJob {
+    job: Option<Vec<u8>>,
+    /// Whether it differs from the store's.
+    changed: bool,
+}
+
+impl Touched {
+    /// Applies one update, numbering a new change with the next `seq`; `stored_pending` reads the
+    /// store's pending entry, when it is needed and not known yet.
+    fn apply(
+        &mut self,
+        update: &Update,
+        seq: &mut u64,
+        stored_pending: impl FnOnce() -> Result<Option<Vec<u8>>, Error>,
+    ) -> Result<(), Error> {
+        let old = self.record.take();
+        let record = match update {
+            Update::Queued {
+                event, old_path, ..
+            } => {
+                *seq += 1;
+                let mut job = vec![encode_event(*event)];
+                if let Some(old_path) = old_path {
+                    job.extend_from_slice(old_path.as_os_str().as_bytes());
+                }
+                self.pending = Some(PendingJob {
+                    job: Some(job),
+                    changed: true,
+                });
+                Record {
+                    processed: old.as_ref().and_then(|o| o.processed),
+                    last_ok: old.as_ref().is_none_or(|o| o.last_ok),
+                    event: *event,
+                    seq: *seq,
+                }
+            }
+            Update::Finished {
+                event,
+                ok,
+                processed,
+                ..
+            } => {
+                if self.pending.is_none() {
+                    self.pending = Some(PendingJob {
+                        job: stored_pending()?,
+                        changed: false,
+                    });
+                }
+                // Only the job the pending entry names is done: a later one queued for the path
+                // while this one ran (a removal after a modification) stays.
+                if let Some(entry) = &mut self.pending
+                    && entry
+                        .job
+                        .as_ref()
+                        .is_some_and(|job| job.first() == Some(&encode_event(*event)))
+                {
+                    entry.job = None;
+                    entry.changed = true;
+                }
+                let removal_done = *ok && *event == Event::Removed;
+                match old {
+                    // Finished without a recorded change: record it as seen now.
+                    None => {
+                        *seq += 1;
+                        Record {
+                            processed: *processed,
+                            last_ok: *ok,
+                            event: if processed.is_some() {
+                                Event::Created
+                            } else {
+                                *event
+                            },
+                            seq: *seq,
+                        }
+                    }
+                    // A job other than a removal that found its file gone processed nothing:
+                    // the version its consumer last saw stays recorded, so a diff still owes
+                    // that consumer the removal.
+                    Some(old) => Record {
+                        processed: match processed {
+                            _ if removal_done => None,
+                            Some(version) if *ok => Some(*version),
+                            _ => old.processed,
+                        },
+                        last_ok: *ok,
+                        event: if removal_done {
+                            Event::Removed
+                        } else {
+                            old.event
+                        },
+                        ..old
+                    },
+                }
+            }
+        };
+        self.record = Some(record);
         Ok(())
     }
 }
@@ -1046,6 +1132,94 @@ mod tests {
         );
         assert_eq!(m.changes_since(3, 100).unwrap().len(), 1);
         assert_eq!(m.changes_since(0, 1).unwrap().len(), 1);
+    }
+
+    /// Everything a reader can see of the store: the sequence number, the records, the pending
+    /// jobs and the since-index.
+    #[derive(Debug, PartialEq)]
+    struct Contents {
+        seq: u64,
+        records: Vec<(PathBuf, Record)>,
+        pending: Vec<(PathBuf, Event, Option<PathBuf>)>,
+        changes: Vec<ChangeEntry>,
+    }
+
+    fn contents(m: &Manifest) -> Contents {
+        let mut records: Vec<_> = m.records().unwrap().into_iter().collect();
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut pending = m.pending().unwrap();
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        Contents {
+            seq: m.seq(),
+            records,
+            pending,
+            changes: m.changes_since(0, usize::MAX).unwrap(),
+        }
+    }
+
+    /// `apply` folds each path's updates of a group into one read and one write per table: the
+    /// store must end up exactly as if every update had been applied on its own, whatever the
+    /// mix of paths, queueings and outcomes (including outcomes of jobs queued in an earlier
+    /// group, or never queued).
+    #[test]
+    fn a_group_of_updates_leaves_the_store_as_applying_them_one_by_one_does() {
+        // Hundreds of commits, each synced: in memory where there is such a file system.
+        let dir = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % n
+        };
+        let events = [
+            Event::Created,
+            Event::Modified,
+            Event::Removed,
+            Event::Renamed,
+        ];
+        for case in 0..8 {
+            let (mut grouped, _) =
+                Manifest::open(&dir.path().join(format!("g{case}.redb"))).unwrap();
+            let (mut single, _) =
+                Manifest::open(&dir.path().join(format!("s{case}.redb"))).unwrap();
+            for _group in 0..6 {
+                let updates: Vec<Update> = (0..next(30))
+                    .map(|_| {
+                        let path = PathBuf::from(format!("/r/{}", next(5)));
+                        let event = events[next(4) as usize];
+                        let old_path = (event == Event::Renamed)
+                            .then(|| PathBuf::from(format!("/r/o{}", next(3))));
+                        if next(2) == 0 {
+                            Update::Queued {
+                                path,
+                                event,
+                                old_path,
+                            }
+                        } else {
+                            Update::Finished {
+                                path,
+                                event,
+                                ok: next(4) != 0,
+                                processed: (next(3) != 0).then(|| meta(next(100))),
+                                old_path,
+                            }
+                        }
+                    })
+                    .collect();
+                grouped.apply(&updates).unwrap();
+                for update in &updates {
+                    single.apply(std::slice::from_ref(update)).unwrap();
+                }
+                assert_eq!(
+                    contents(&grouped),
+                    contents(&single),
+                    "case {case}: after {updates:?}"
+                );
+            }
+        }
     }
 
     #[test]
