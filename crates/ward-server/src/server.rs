@@ -26,7 +26,7 @@ use crate::keeper::READY_LINE;
 use crate::launch::Launch;
 use crate::logging::{self, Sink};
 use crate::manifest::{FileMeta, Update};
-use crate::outcomes::{self, OutcomeSender};
+use crate::outcomes::{self, OutcomeSender, Outcomes};
 use crate::state::{StateDir, names};
 use crate::tracker::Tracker;
 use crate::{Error, deaths};
@@ -114,9 +114,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     let result = loop {
         if take_outcomes {
             // First, so that whatever the loop does next sees every job finished so far as such.
-            for update in done.take() {
-                tracker.finished(update);
-            }
+            record_outcomes(&done, &mut tracker);
             gather_until = None;
         }
         take_outcomes = true;
@@ -146,6 +144,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         select! {
             recv(requests) -> request => {
                 if let Ok(request) = request {
+                    record_outcomes(&done, &mut tracker);
                     let answer = answer(&request, &pool, &watcher, &mut tracker, &backlog, &dispatcher.read(), started);
                     // The asker may have given up waiting; nothing to do then.
                     let _ = request.reply.try_send(answer);
@@ -153,6 +152,8 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             }
             recv(batches) -> batch => {
                 let Ok(batch) = batch else { break Err(Error::Protocol("the watcher stopped unexpectedly".into())) };
+                // A path whose job has finished is no longer in flight for the batch's changes.
+                record_outcomes(&done, &mut tracker);
                 let triggers = Arc::clone(&dispatcher.read());
                 for job in jobs_of_batch(&batch, &mut tracker, triggers.triggers(), &mut backlog) {
                     backlog.push(job);
@@ -190,9 +191,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         .read()
         .stop_running_at(Instant::now() + config.drain_timeout);
     let left = pool.shutdown(config.drain_timeout);
-    for update in done.take() {
-        tracker.finished(update);
-    }
+    record_outcomes(&done, &mut tracker);
     let not_run = left.len() + backlog.len();
     if !backlog.rescans.is_empty() {
         log::info!(
@@ -530,6 +529,13 @@ fn limit_malloc_arenas() {
         if unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) } != 1 {
             log::warn!("could not limit malloc arenas; memory after bursts may stay higher");
         }
+    }
+}
+
+/// Records every outcome waiting.
+fn record_outcomes(done: &Outcomes, tracker: &mut Tracker) {
+    for update in done.take() {
+        tracker.finished(update);
     }
 }
 
