@@ -5,12 +5,13 @@
 //! spaces, newlines, `$(...)` or bytes that are not UTF-8 reaches the job exactly as it is on
 //! disk, and nothing is ever interpolated into a shell string.
 
+use std::borrow::Cow;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::config::{ConfigError, Trigger};
 
@@ -151,21 +152,51 @@ pub fn job_env(job: &Job) -> Vec<(&'static str, OsString)> {
 /// `path` and `old_path` are strings; a path that is not valid UTF-8 is given lossily there and
 /// exactly, as hex of its bytes, in `path_hex` / `old_path_hex`.
 pub fn worker_request(id: u64, job: &Job) -> Vec<u8> {
-    let mut request = json!({ "id": id, "event": job.event.as_str() });
-    put_path(&mut request, "path", &job.path);
-    if let Some(old) = &job.old_path {
-        put_path(&mut request, "old_path", old);
-    }
-    let mut line = serde_json::to_vec(&request).unwrap_or_default();
+    let (path, path_hex) = text_of(&job.path);
+    let (old_path, old_path_hex) = match &job.old_path {
+        Some(old) => {
+            let (text, hex) = text_of(old);
+            (Some(text), hex)
+        }
+        None => (None, None),
+    };
+    let request = Request {
+        event: job.event.as_str(),
+        id,
+        old_path,
+        old_path_hex,
+        path,
+        path_hex,
+    };
+    let mut line = Vec::with_capacity(64 + job.path.as_os_str().len());
+    // Serializing borrowed strings and an integer into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut line, &request);
     line.push(b'\n');
     line
 }
 
-fn put_path(request: &mut Value, key: &str, path: &Path) {
+/// One request line. Built per job on the way to the worker, so it borrows what it can instead
+/// of building a map; its fields are in the keys' byte order, the order a JSON map gives them,
+/// so the line is the same as a map's.
+#[derive(serde::Serialize)]
+struct Request<'a> {
+    event: &'a str,
+    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_path: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_path_hex: Option<String>,
+    path: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_hex: Option<String>,
+}
+
+/// A path as the protocol's string, and its bytes in hex when that string is lossy.
+fn text_of(path: &Path) -> (Cow<'_, str>, Option<String>) {
     let os: &OsStr = path.as_os_str();
-    request[key] = Value::String(os.to_string_lossy().into_owned());
-    if os.to_str().is_none() {
-        request[format!("{key}_hex")] = Value::String(hex(os));
+    match os.to_str() {
+        Some(text) => (Cow::Borrowed(text), None),
+        None => (os.to_string_lossy(), Some(hex(os))),
     }
 }
 
@@ -273,6 +304,57 @@ mod tests {
         assert_eq!(request["path_hex"], "2f722f636166e92e747874");
         assert_eq!(request["old_path"], "/r/old");
         assert!(request.get("old_path_hex").is_none());
+    }
+
+    /// The request as a JSON map of its keys gives it: what workers have been sent all along.
+    fn request_as_a_map(id: u64, job: &Job) -> Vec<u8> {
+        let mut request = serde_json::json!({ "id": id, "event": job.event.as_str() });
+        for (key, path) in [
+            ("path", Some(&job.path)),
+            ("old_path", job.old_path.as_ref()),
+        ] {
+            let Some(path) = path else { continue };
+            let os = path.as_os_str();
+            request[key] = Value::String(os.to_string_lossy().into_owned());
+            if os.to_str().is_none() {
+                request[format!("{key}_hex")] = Value::String(hex(os));
+            }
+        }
+        let mut line = serde_json::to_vec(&request).unwrap();
+        line.push(b'\n');
+        line
+    }
+
+    #[test]
+    fn a_request_line_is_byte_for_byte_the_map_it_always_was() {
+        let odd = PathBuf::from(OsStr::from_bytes(b"/r/caf\xe9 \"q\"\\.txt"));
+        let plain = PathBuf::from("/r/a b/\u{e9}t\u{e9}\n.txt");
+        for (path, old_path) in [
+            (plain.clone(), None),
+            (odd.clone(), None),
+            (plain.clone(), Some(odd.clone())),
+            (odd.clone(), Some(plain.clone())),
+            (odd.clone(), Some(odd.clone())),
+        ] {
+            for event in [
+                Event::Created,
+                Event::Modified,
+                Event::Removed,
+                Event::Renamed,
+            ] {
+                let job = Job {
+                    trigger: 0,
+                    path: path.clone(),
+                    event,
+                    old_path: old_path.clone(),
+                };
+                assert_eq!(
+                    worker_request(u64::MAX, &job),
+                    request_as_a_map(u64::MAX, &job),
+                    "{job:?}"
+                );
+            }
+        }
     }
 
     #[test]
