@@ -112,7 +112,9 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     let mut take_outcomes = true;
     let mut gather_until: Option<Instant> = None;
     let result = loop {
-        if take_outcomes {
+        // A comparison skips the paths in flight, so it must not run with finished jobs' outcomes
+        // still gathering: a path changed after its job read it would be skipped, and lost.
+        if take_outcomes || backlog.compares_next() {
             // First, so that whatever the loop does next sees every job finished so far as such.
             record_outcomes(&done, &mut tracker);
             gather_until = None;
@@ -295,8 +297,7 @@ impl Backlog {
     /// comparison stops when its jobs fill the room, and the next round resumes after its last
     /// job's path.
     fn refill(&mut self, tracker: &mut Tracker, triggers: &Triggers) {
-        // From half full only: a few jobs at a time would cost a comparison's setup each.
-        if self.jobs.len() > self.high / 2 {
+        if !self.compares_next() {
             return;
         }
         while self.jobs.len() < self.high
@@ -333,6 +334,12 @@ impl Backlog {
                 }
             }
         }
+    }
+
+    /// Whether the next `refill` compares a subtree with the manifest: one waits, and the backlog
+    /// is at most half full (a few jobs at a time would cost a comparison's setup each).
+    fn compares_next(&self) -> bool {
+        !self.rescans.is_empty() && self.jobs.len() <= self.high / 2
     }
 
     fn push(&mut self, job: Job) {
