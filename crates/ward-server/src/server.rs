@@ -112,8 +112,8 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     let mut take_outcomes = true;
     let mut gather_until: Option<Instant> = None;
     let result = loop {
-        // A comparison skips the paths in flight, so it must not run with finished jobs' outcomes
-        // still gathering: a path changed after its job read it would be skipped, and lost.
+        // A comparison must see the finished jobs' outcomes: without them it would queue their
+        // paths again.
         if take_outcomes || backlog.compares_next() {
             // First, so that whatever the loop does next sees every job finished so far as such.
             record_outcomes(&done, &mut tracker);

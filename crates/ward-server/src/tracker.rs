@@ -114,9 +114,12 @@ impl Tracker {
     }
 
     /// At most `limit` jobs of `path`'s subtree diff, from the paths that sort after `after` on,
-    /// leaving out creations and modifications of paths whose job is already queued or running
-    /// (that job reads the file as it is when it runs); removals always come, to follow whatever
-    /// still runs on their path. When the jobs filled `limit`, also the path to resume after.
+    /// and, when the jobs filled `limit`, the path to resume after.
+    ///
+    /// A path with a job queued or running still gets one: that job may have read the file
+    /// before the change the comparison found (whose event was lost: that is why it compares),
+    /// and would record the older version as processed. The backlog and the pool coalesce the
+    /// two while the first waits; only a running one is followed by a second run.
     pub(crate) fn subtree_jobs(
         &mut self,
         path: &Path,
@@ -127,9 +130,8 @@ impl Tracker {
         self.flush(true);
         let (changed, resume) =
             self.manifest
-                .reconcile_some(&self.rules, path, after, limit, |p, event| {
-                    (event == Event::Removed || !self.in_flight.contains_key(p))
-                        && self.trigger_for(p, triggers).is_some()
+                .reconcile_some(&self.rules, path, after, limit, |p, _| {
+                    self.trigger_for(p, triggers).is_some()
                 })?;
         Ok((self.jobs_of(changed, triggers), resume))
     }
@@ -423,6 +425,25 @@ pub(crate) mod tests {
         assert_eq!(
             tracker.queue(job(&p, Event::Modified, None), &triggers),
             [job(&p, Event::Modified, None)]
+        );
+    }
+
+    #[test]
+    fn a_comparison_queues_a_changed_file_even_while_a_job_for_it_is_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        std::fs::create_dir_all(&root).unwrap();
+        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let p = root.join("p");
+        std::fs::write(&p, "1").unwrap();
+        // A job for `p` is running and has read version 1; version 2 follows, its event lost.
+        tracker.queue(job(&p, Event::Created, None), &triggers);
+        std::fs::write(&p, "22").unwrap();
+        let (jobs, _) = tracker.subtree_jobs(&root, None, &triggers, 10).unwrap();
+        assert_eq!(
+            jobs.iter().map(|j| &j.path).collect::<Vec<_>>(),
+            [&p],
+            "the running job may record version 1 as processed: version 2 needs a job"
         );
     }
 
