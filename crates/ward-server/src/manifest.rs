@@ -47,8 +47,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SEQ_KEY: &str = "seq";
 const RECORD_VERSION: u8 = 1;
 /// redb's page cache. Its default (1 GiB) would let the server's memory grow with every page of
-/// the manifest it ever touched; a long-running process needs a bound.
-const CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// the manifest it ever touched; a long-running process needs a bound. At 32 MiB a 200k-file
+/// burst peaked at 63 MB of the server's 64 MB budget; at 16 MiB it peaks at 47 MB, for about 30 %
+/// more time to process it (`cargo xtask bench --only burst`).
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The identity and metadata of one version of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
