@@ -182,8 +182,11 @@ impl Tracker {
         let mut out = Vec::with_capacity(1);
         let mut next = Some(job);
         while let Some(mut job) = next.take() {
+            // An old path that exists again has a job of its own, and is not gone.
             let origin = match self.in_flight.get(&job.path) {
-                Some((Event::Renamed, Some(origin))) => Some(origin.clone()),
+                Some((Event::Renamed, Some(origin))) if origin.symlink_metadata().is_err() => {
+                    Some(origin.clone())
+                }
                 _ => None,
             };
             match (job.event, origin) {
@@ -401,6 +404,21 @@ pub(crate) mod tests {
         assert_eq!(
             tracker.queue(job(&p, Event::Created, None), &triggers),
             [job(&p, Event::Created, None)]
+        );
+    }
+
+    #[test]
+    fn an_old_path_that_exists_again_is_not_reported_gone_by_a_later_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let (a, p) = (root.join("a"), root.join("p"));
+        tracker.queue(job(&p, Event::Renamed, Some(&a)), &triggers);
+        // `a` was created again before the rename's job ran: it is there, with a job of its own.
+        std::fs::write(&a, "new").unwrap();
+        assert_eq!(
+            tracker.queue(job(&p, Event::Removed, None), &triggers),
+            [job(&p, Event::Removed, None)]
         );
     }
 
