@@ -156,7 +156,9 @@ impl Pidfile {
         Ok(Pidfile { file, path })
     }
 
-    /// Reads the pidfile's state without taking it.
+    /// Reads the pidfile's state without taking it. A keeper whose process is exiting (gone or a
+    /// zombie, its other threads still ending) is waited for, up to 2 s, before it counts as
+    /// running.
     ///
     /// # Errors
     /// I/O errors other than the file not existing.
