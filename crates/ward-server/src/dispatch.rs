@@ -204,7 +204,8 @@ impl Dispatcher {
         }
         let spec = {
             let (tail, name) = (tail.clone(), name.clone());
-            spec.capture(move |line| {
+            // One pipe: the log shows stdout and stderr in the order the job wrote them.
+            spec.capture_merged(move |line| {
                 tail.push(line);
                 log::info!("job {name} [{}]: {}", line.pid, line.text);
             })

@@ -237,6 +237,7 @@ impl Child {
                 on_exit(&exit);
             }
             shared.lock().drained = true;
+            shared.exited.notify_all();
         }
         child
     }
@@ -459,7 +460,9 @@ pub(crate) fn has_exited(pid: libc::pid_t) -> bool {
 
 /// Reaps the child once it has exited (or, called right after a SIGKILL, waits for that): kills
 /// what it left in its group while its pid still pins the group id, then reaps it with `wait4`
-/// for the rusage, publishes the [`Exit`] and returns it.
+/// for the rusage, records the [`Exit`] and returns it. The caller wakes the waiters on
+/// `shared.exited`: the reaper does so only once it has also read what is left in the pipes, so
+/// that a waiting job thread wakes once, not twice.
 pub(crate) fn reap(
     shared: &Shared,
     started: Instant,
@@ -508,8 +511,6 @@ pub(crate) fn reap(
         memory_cgroup: cgroup.map(|cgroup| cgroup.evidence()),
     };
     state.exit = Some(exit.clone());
-    drop(state);
-    shared.exited.notify_all();
     exit
 }
 

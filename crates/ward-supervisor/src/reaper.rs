@@ -304,7 +304,7 @@ fn run(inner: &Inner) {
                     continue;
                 };
                 match what {
-                    EXIT => watch.exit_ready(inner, &mut exited),
+                    EXIT => watch.exit_ready(inner, &mut exited, &mut buf),
                     STDOUT => watch.read_stream(inner, 0, &mut buf),
                     STDERR => watch.read_stream(inner, 1, &mut buf),
                     _ => watch.read_heartbeat(inner, &mut buf),
@@ -466,13 +466,13 @@ impl Watch {
     }
 
     /// The pidfd is readable: reap the child.
-    fn exit_ready(&mut self, inner: &Inner, exited: &mut Vec<(OnExit, Exit)>) {
+    fn exit_ready(&mut self, inner: &Inner, exited: &mut Vec<(OnExit, Exit)>, buf: &mut [u8]) {
         if self.running() && child::has_exited(self.shared.pid) {
-            self.reap(inner, exited);
+            self.reap(inner, exited, buf);
         }
     }
 
-    fn reap(&mut self, inner: &Inner, exited: &mut Vec<(OnExit, Exit)>) {
+    fn reap(&mut self, inner: &Inner, exited: &mut Vec<(OnExit, Exit)>, buf: &mut [u8]) {
         let exit = child::reap(
             &self.shared,
             self.started,
@@ -490,7 +490,14 @@ impl Watch {
             inner.forget(&fd);
         }
         self.drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+        // Usually the pipes have nothing left but their end: read it now, so that the child is
+        // done in this same pass and its waiters wake once, to both the exit and the output.
+        self.drain_ready(inner, buf);
         self.done = self.streams.iter().all(Option::is_none);
+        if !self.done {
+            // Something still holds a pipe open: publish the exit now, the output once drained.
+            self.shared.exited.notify_all();
+        }
     }
 
     /// Watchdog, exit checks without a pidfd, and the end of the drain.
@@ -512,7 +519,7 @@ impl Watch {
             return;
         }
         if self.exit_fd.is_none() && child::has_exited(self.shared.pid) {
-            self.reap(inner, exited);
+            self.reap(inner, exited, buf);
             return;
         }
         // Watchdog: silence → SIGABRT to the child, grace → SIGKILL to the group.
@@ -578,8 +585,19 @@ impl Watch {
     /// the group may hold them open, but output written before the exit must not be lost just
     /// because the reaper got to it late.
     fn final_drain(&mut self, inner: &Inner, buf: &mut [u8]) {
-        // Bounded, since such a descendant may also keep writing.
+        self.drain_ready(inner, buf);
+        for i in 0..2 {
+            self.close_stream(inner, i);
+        }
+    }
+
+    /// Reads what the pipes hold right now, and their ends, without waiting.
+    fn drain_ready(&mut self, inner: &Inner, buf: &mut [u8]) {
+        // Bounded, since a descendant may keep writing.
         for _ in 0..64 {
+            if self.streams.iter().all(Option::is_none) {
+                break;
+            }
             let mut fds = self.streams.each_ref().map(|s| libc::pollfd {
                 fd: s.as_ref().map_or(-1, |(fd, _, _)| fd.as_raw_fd()),
                 events: libc::POLLIN,
@@ -596,9 +614,6 @@ impl Watch {
                     self.read_stream(inner, i, buf);
                 }
             }
-        }
-        for i in 0..2 {
-            self.close_stream(inner, i);
         }
     }
 

@@ -112,6 +112,8 @@ pub struct ChildSpec {
     pub(crate) stdin: Input,
     pub(crate) output: Output,
     pub(crate) stdout_piped: bool,
+    /// With [`Output::Capture`]: stderr goes into stdout's pipe.
+    pub(crate) merge_stderr: bool,
     pub(crate) pass_fds: Vec<Arc<OwnedFd>>,
     pub(crate) limits: ResourceLimits,
     pub(crate) memory_max: Option<u64>,
@@ -134,6 +136,7 @@ impl ChildSpec {
             stdin: Input::Null,
             output: Output::Inherit,
             stdout_piped: false,
+            merge_stderr: false,
             pass_fds: Vec::new(),
             limits: ResourceLimits::default(),
             memory_max: None,
@@ -207,6 +210,16 @@ impl ChildSpec {
     /// Captures stdout and stderr line by line into `sink`.
     pub fn capture(self, sink: impl Fn(&Line) + Send + Sync + 'static) -> ChildSpec {
         self.output(Output::Capture(Arc::new(sink)))
+    }
+
+    /// Captures stdout and stderr line by line into `sink` through one pipe, as `2>&1` does:
+    /// the lines keep the order the child wrote them in, and all come as [`Stream::Stdout`].
+    /// One pipe also costs each spawn less than two.
+    ///
+    /// [`Stream::Stdout`]: crate::Stream::Stdout
+    pub fn capture_merged(mut self, sink: impl Fn(&Line) + Send + Sync + 'static) -> ChildSpec {
+        self.merge_stderr = true;
+        self.capture(sink)
     }
 
     /// Standard output goes to a pipe whose read end the caller takes with

@@ -31,7 +31,8 @@ impl OutputTail {
     pub fn new(capacity: usize) -> OutputTail {
         let capacity = capacity.max(1);
         OutputTail {
-            lines: Arc::new(Mutex::new(VecDeque::with_capacity(capacity))),
+            // Grown as lines come: most jobs write none.
+            lines: Arc::new(Mutex::new(VecDeque::new())),
             capacity,
         }
     }

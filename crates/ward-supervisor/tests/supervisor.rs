@@ -321,6 +321,26 @@ fn output_is_captured_line_by_line() {
 }
 
 #[test]
+fn merged_output_keeps_the_order_stdout_and_stderr_were_written_in() {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    // Each line written after the previous one was: over two pipes, their order would be lost.
+    let spec = ChildSpec::new("sh")
+        .args([
+            "-c",
+            "echo 1; echo 2 >&2; echo 3; echo 4 >&2; echo 5 >&2; echo 6",
+        ])
+        .capture_merged(move |line: &Line| {
+            sink.lock().unwrap().push((line.stream, line.text.clone()))
+        });
+    let child = Child::spawn(&spec).unwrap();
+    assert!(child.wait_timeout(LONG).unwrap().is_clean());
+    drop(child); // joins the watcher and the sink thread
+    let expected: Vec<_> = (1..=6).map(|i| (Stream::Stdout, i.to_string())).collect();
+    assert_eq!(*lines.lock().unwrap(), expected);
+}
+
+#[test]
 fn a_stuck_sink_never_blocks_the_child() {
     let gate = Arc::new(Mutex::new(()));
     let held = gate.lock().unwrap();

@@ -571,6 +571,8 @@ enum ChildEnd {
     /// Closed here once the child has exec'd.
     Pipe(OwnedFd),
     Null(BorrowedFd<'static>),
+    /// Stderr only: whatever stdout gets.
+    SameAsStdout,
 }
 
 /// The descriptors for the child's stdin, stdout and stderr, made before the clone.
@@ -605,6 +607,12 @@ impl Stdio {
                 stdio.child[1] = Some(ChildEnd::Null(null));
                 stdio.child[2] = Some(ChildEnd::Null(null));
             }
+            Output::Capture(_) if spec.merge_stderr => {
+                let (read, write) = pipe().map_err(into_io)?;
+                stdio.child[1] = Some(ChildEnd::Pipe(above_stdio(write)?));
+                stdio.child[2] = Some(ChildEnd::SameAsStdout);
+                stdio.parent[1] = Some(read);
+            }
             Output::Capture(_) => {
                 for i in 1..3 {
                     let (read, write) = pipe().map_err(into_io)?;
@@ -622,11 +630,16 @@ impl Stdio {
     }
 
     fn child_fds(&self) -> [RawFd; 3] {
-        self.child.each_ref().map(|end| match end {
-            None => -1,
+        let fd = |end: &Option<ChildEnd>| match end {
+            None | Some(ChildEnd::SameAsStdout) => -1,
             Some(ChildEnd::Pipe(fd)) => fd.as_raw_fd(),
             Some(ChildEnd::Null(fd)) => fd.as_raw_fd(),
-        })
+        };
+        let mut fds = self.child.each_ref().map(fd);
+        if matches!(self.child[2], Some(ChildEnd::SameAsStdout)) {
+            fds[2] = fds[1];
+        }
+        fds
     }
 }
 
