@@ -693,3 +693,28 @@ fn the_keeper_runs_as_ward_keeper_and_inside_ward_when_that_binary_is_missing() 
     wait_for("the file processed", LONG, || f.saw("seen"));
     assert!(ward_alone(&["stop"]).status.success());
 }
+
+#[test]
+fn removing_a_watched_directory_logs_its_files_gone_and_no_warning() {
+    let f = Fixture::new(JOB, record_all());
+    std::fs::create_dir_all(f.tree.join("sub/deeper")).unwrap();
+    f.start();
+    std::fs::write(f.tree.join("sub/deeper/file"), "x").unwrap();
+    wait_for("the file's job", LONG, || f.saw("sub/deeper/file"));
+    std::fs::remove_dir_all(f.tree.join("sub")).unwrap();
+    let gone = f.tree.join("sub/deeper/file");
+    wait_for("the file's removal job", LONG, || {
+        f.ledger_entries()
+            .iter()
+            .any(|(e, p)| e == "removed" && p == gone.as_os_str().as_bytes())
+    });
+    f.stop();
+    // The kernel drops a deleted directory's watch itself; that notify then fails to remove it
+    // is nothing a user should be warned about on every `rm -r`.
+    let log = f.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(warnings.is_empty(), "warnings in the log: {warnings:#?}");
+}

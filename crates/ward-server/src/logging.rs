@@ -124,11 +124,16 @@ impl Write for SinkWriter {
 }
 
 /// Installs the process's logger: `WARD_LOG` (env_logger syntax) filters, `info` by default.
+///
+/// notify's inotify backend logs only that it could not remove the watch of a deleted
+/// directory, which the kernel had removed already: a warning on every `rm -r`, with nothing
+/// to act on. It logs errors only, unless `WARD_LOG` names `notify::inotify`.
 pub fn init(role: &str, sink: Sink) {
     let role = role.to_owned();
     let pid = std::process::id();
     let result = env_logger::Builder::new()
         .filter_level(log::LevelFilter::Info)
+        .filter_module("notify::inotify", log::LevelFilter::Error)
         .parse_env("WARD_LOG")
         .format(move |buf, record| {
             writeln!(
