@@ -10,7 +10,7 @@ use std::process::ChildStdout;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use ward_supervisor::{Child, ChildSpec, Exit, Input, OutputTail, Reaper};
+use ward_supervisor::{Child, ChildSpec, Exit, Input, OutputTail};
 
 use crate::Config;
 use crate::config::Handler;
@@ -130,9 +130,6 @@ pub struct Dispatcher {
     next_worker: std::sync::atomic::AtomicU64,
     /// Set when ward stops: running jobs past it are stopped.
     stop_at: Mutex<Option<Instant>>,
-    /// Watches and reaps every exec job's process on one thread, so that a job starts none.
-    /// Each job's `Child` lives only inside `run`, so none outlives it.
-    reaper: Reaper,
     // Last: its thread is the parent of every worker in `idle`, so it must outlive them.
     spawner: Spawner,
 }
@@ -141,17 +138,13 @@ impl Dispatcher {
     /// A dispatcher for `config`'s triggers.
     ///
     /// # Errors
-    /// If a trigger's globs do not compile, or the spawner or reaper thread cannot be started.
+    /// If a trigger's globs do not compile, or the spawner thread cannot be started.
     pub fn new(config: Config, state: StateDir) -> Result<Dispatcher, crate::Error> {
         let triggers = Triggers::new(&config.triggers)?;
         let idle = Mutex::new((0..triggers.len()).map(|_| Vec::new()).collect());
         let spawner = Spawner::start().map_err(|e| crate::Error::Io {
             context: "starting the worker spawner thread".into(),
             source: e,
-        })?;
-        let reaper = Reaper::new().map_err(|e| crate::Error::Spawn {
-            what: "the job reaper thread".into(),
-            reason: e.to_string(),
         })?;
         Ok(Dispatcher {
             triggers,
@@ -160,7 +153,6 @@ impl Dispatcher {
             idle,
             next_worker: 0.into(),
             stop_at: Mutex::new(None),
-            reaper,
             spawner,
         })
     }
@@ -210,9 +202,9 @@ impl Dispatcher {
                 log::info!("job {name} [{}]: {}", line.pid, line.text);
             })
         };
-        let child = self
-            .reaper
-            .spawn(&spec)
+        // The job thread waits for the job from start to end, so it reaps it too: the exit wakes
+        // this thread, not a reaper thread that would then wake it.
+        let child = Child::spawn_inline(&spec)
             .map_err(|e| JobError::Spawn(format!("{}: {e}", argv[0].to_string_lossy())))?;
         let timeout_at = Instant::now() + self.config.job_timeout;
         let exit = loop {

@@ -46,6 +46,8 @@ pub(crate) struct State {
     pub(crate) drained: bool,
     /// Handed over by the reaper with `drained`: the handle's drop joins their sink thread.
     pub(crate) lines: Option<Lines>,
+    /// Threads waiting on `exited` for another to turn an inline reaper.
+    waiting_for_driver: usize,
 }
 
 #[derive(Debug)]
@@ -80,34 +82,6 @@ impl Shared {
         }
         Ok(())
     }
-
-    fn wait_until(&self, deadline: Option<Instant>) -> Option<Exit> {
-        let mut state = self.lock();
-        loop {
-            if let Some(exit) = &state.exit {
-                return Some(exit.clone());
-            }
-            match deadline {
-                None => {
-                    state = self
-                        .exited
-                        .wait(state)
-                        .unwrap_or_else(PoisonError::into_inner)
-                }
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    state = self
-                        .exited
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                }
-            }
-        }
-    }
 }
 
 /// A running (or finished, not yet dropped) child process.
@@ -128,8 +102,9 @@ pub struct Child {
     cgroup: Option<Arc<Cgroup>>,
     /// Output lines dropped because the sink fell behind, in total.
     dropped_lines: Arc<AtomicU64>,
-    /// The reaper made for this child alone by [`Child::spawn`]; `None` when the child was
-    /// spawned through a shared [`Reaper`]. Dropped last, once the reaper is done with the child.
+    /// The reaper made for this child alone by [`Child::spawn`] or [`Child::spawn_inline`];
+    /// `None` when the child was spawned through a shared [`Reaper`]. Dropped last, once the
+    /// reaper is done with the child.
     own_reaper: Option<Reaper>,
 }
 
@@ -142,6 +117,24 @@ impl Child {
     /// set up, [`Error::Unsupported`] off Linux, [`Error::Os`] if a pipe or thread cannot be made.
     pub fn spawn(spec: &ChildSpec) -> Result<Child> {
         let reaper = Reaper::new()?;
+        let mut child = Child::spawn_in(spec, &reaper, None)?;
+        child.own_reaper = Some(reaper);
+        Ok(child)
+    }
+
+    /// Starts the child described by `spec` with no thread to watch it: the threads that wait
+    /// for it ([`wait`](Self::wait), [`wait_timeout`](Self::wait_timeout), [`stop`](Self::stop),
+    /// the drop) reap it, read its output and run its watchdog while they wait.
+    ///
+    /// For a caller that waits for the child from its start to its end, as a job runner does:
+    /// the child's exit wakes the waiting thread itself, not a reaper thread that then wakes it.
+    /// While nobody waits, nothing reads the child's output, so a child that fills its pipe
+    /// (64 KiB) blocks until someone waits again, and its watchdog does not run.
+    ///
+    /// # Errors
+    /// As [`Child::spawn`].
+    pub fn spawn_inline(spec: &ChildSpec) -> Result<Child> {
+        let reaper = Reaper::inline()?;
         let mut child = Child::spawn_in(spec, &reaper, None)?;
         child.own_reaper = Some(reaper);
         Ok(child)
@@ -300,7 +293,7 @@ impl Child {
 
     /// Waits for the child to exit.
     pub fn wait(&self) -> Exit {
-        match self.shared.wait_until(None) {
+        match self.wait_until(None) {
             Some(exit) => exit,
             None => unreachable!("waiting without a deadline returns only with an exit"),
         }
@@ -308,7 +301,73 @@ impl Child {
 
     /// Waits at most `timeout` for the child to exit.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Exit> {
-        self.shared.wait_until(Some(Instant::now() + timeout))
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Option<Exit> {
+        let mut exit = None;
+        self.wait_for(deadline, |state| {
+            exit.clone_from(&state.exit);
+            exit.is_some()
+        });
+        exit
+    }
+
+    /// Waits until `done` holds of the state (true) or `deadline` passes (false). The reaper's
+    /// thread changes the state; an inline reaper is turned here, by one waiting thread at a
+    /// time, while the others wait for it as they would for a reaper's thread.
+    fn wait_for(&self, deadline: Option<Instant>, mut done: impl FnMut(&State) -> bool) -> bool {
+        let inline = self.own_reaper.as_ref().filter(|reaper| reaper.is_inline());
+        let mut state = self.shared.lock();
+        let mut drove = false;
+        loop {
+            let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+            let result = if done(&state) {
+                Some(true)
+            } else if left.is_some_and(|left| left.is_zero()) {
+                Some(false)
+            } else {
+                None
+            };
+            if let Some(result) = result {
+                if drove && state.waiting_for_driver > 0 {
+                    // A thread found the loop taken and waits: it takes the loop over.
+                    self.shared.exited.notify_all();
+                }
+                return result;
+            }
+            if let Some(reaper) = inline
+                && let Some(mut turns) = reaper.try_drive()
+            {
+                drop(state);
+                reaper.turn(&mut turns, deadline);
+                drop(turns);
+                drove = true;
+                state = self.shared.lock();
+                continue;
+            }
+            let driven = inline.is_some();
+            if driven {
+                state.waiting_for_driver += 1;
+            }
+            state = match left {
+                None => self
+                    .shared
+                    .exited
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(left) => {
+                    self.shared
+                        .exited
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+            if driven {
+                state.waiting_for_driver -= 1;
+            }
+        }
     }
 
     /// Stops the child: SIGTERM to its group, up to `grace` for it to exit, then SIGKILL to the
@@ -341,7 +400,7 @@ impl Child {
     /// # Errors
     /// As [`stop`](Self::stop).
     pub fn finish_stop(&self, deadline: Instant) -> Result<Exit> {
-        if let Some(exit) = self.shared.wait_until(Some(deadline)) {
+        if let Some(exit) = self.wait_until(Some(deadline)) {
             return Ok(exit);
         }
         self.kill_and_wait()
@@ -355,8 +414,7 @@ impl Child {
             }
             self.shared.signal(&state, libc::SIGKILL, true)?;
         }
-        self.shared
-            .wait_until(Some(Instant::now() + KILL_WAIT))
+        self.wait_until(Some(Instant::now() + KILL_WAIT))
             .ok_or(Error::Unkillable {
                 pid: self.id(),
                 waited: KILL_WAIT,
@@ -381,23 +439,10 @@ impl Drop for Child {
         if reaped {
             // The reaper drains the pipes for a bounded time after the reap; once it is done,
             // the lines it read are delivered by the sink thread, which is joined here.
-            let deadline = Instant::now() + DRAIN_WAIT;
-            let mut state = self.shared.lock();
-            while !state.drained {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    log::error!("child {}: its reaper never finished with it", self.id());
-                    break;
-                }
-                state = self
-                    .shared
-                    .exited
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
+            if !self.wait_for(Some(Instant::now() + DRAIN_WAIT), |state| state.drained) {
+                log::error!("child {}: its reaper never finished with it", self.id());
             }
-            let lines = state.lines.take();
-            drop(state);
+            let lines = self.shared.lock().lines.take();
             if let Some(mut lines) = lines {
                 lines.finish();
             }

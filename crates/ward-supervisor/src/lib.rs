@@ -42,6 +42,8 @@
 //! - [`Child`] to run one process with full control (spawn, signal, [`Child::stop`], wait).
 //! - [`Reaper`] to run many short ones that way: children spawned through one reaper are all
 //!   watched by its one thread, so a spawn starts no thread.
+//! - [`Child::spawn_inline`] when the spawning thread waits for the child from start to end: no
+//!   reaper thread at all, the waiting thread reaps it and reads its output.
 //! - [`Supervisor`] to keep N children running under their [`RestartPolicy`], with [`Event`]s
 //!   on a callback or a channel. Its callbacks run on its own threads: an event callback or an
 //!   output sink must not call the `Supervisor` and wait for the answer (that would deadlock);
@@ -74,7 +76,9 @@
 //!   pipes and their heartbeats. [`Child::spawn`] makes a reaper for the one child; a
 //!   [`Supervisor`] keeps one for all of its children; [`Reaper::spawn`] shares one, so that
 //!   spawning a job creates no thread and none has to be scheduled and joined before the job
-//!   counts as done. The exited child stays a zombie that pins its pid and group id until the
+//!   counts as done. [`Child::spawn_inline`] makes a reaper without a thread, whose loop the
+//!   threads waiting for the child turn, one at a time: the exit then wakes the waiting thread
+//!   itself instead of a reaper thread that would wake it in turn. The exited child stays a zombie that pins its pid and group id until the
 //!   reaper has SIGKILLed what it left in its group (see [`ChildSpec::kill_group_on_exit`]);
 //!   then it is reaped with `wait4` for the rusage. Signals are only ever sent while the child
 //!   is unreaped, so they never hit a recycled pid. Dropping a reaper SIGKILLs the groups of

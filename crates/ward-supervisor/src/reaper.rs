@@ -47,14 +47,18 @@ const BEAT: u64 = 3;
 #[derive(Debug)]
 pub struct Reaper {
     inner: Arc<Inner>,
+    /// The thread that turns the loop; `None` for an inline reaper.
     thread: Option<JoinHandle<()>>,
+    /// An inline reaper's scratch space: whichever thread holds it turns the loop.
+    inline: Option<Mutex<Turns>>,
 }
 
 #[derive(Debug)]
 struct Inner {
     epoll: OwnedFd,
     /// An eventfd in the epoll set: written to wake the thread (a new deadline, the stop).
-    wake: OwnedFd,
+    /// An inline reaper has none: the thread that waits turns the loop and knows the deadlines.
+    wake: Option<OwnedFd>,
     watched: Mutex<Watched>,
 }
 
@@ -69,15 +73,54 @@ struct Watched {
 }
 
 impl Inner {
+    fn new(threaded: bool) -> Result<Arc<Inner>> {
+        // SAFETY: epoll_create1 takes flags and returns a new descriptor or -1.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(Error::os("epoll_create1"));
+        }
+        // SAFETY: epoll_create1 succeeded: a fresh descriptor nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        let wake = if threaded {
+            // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.
+            let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if wake < 0 {
+                return Err(Error::os("eventfd"));
+            }
+            // SAFETY: eventfd succeeded: a fresh descriptor nothing else owns.
+            Some(unsafe { OwnedFd::from_raw_fd(wake) })
+        } else {
+            None
+        };
+        let inner = Arc::new(Inner {
+            epoll,
+            wake,
+            watched: Mutex::new(Watched {
+                running: true,
+                ..Watched::default()
+            }),
+        });
+        if let Some(wake) = &inner.wake {
+            inner
+                .control(libc::EPOLL_CTL_ADD, wake.as_raw_fd(), WAKE)
+                .map_err(|source| Error::Os {
+                    what: "epoll_ctl",
+                    source,
+                })?;
+        }
+        Ok(inner)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Watched> {
         self.watched.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn wake(&self) {
+        let Some(wake) = &self.wake else { return };
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from a valid buffer to our eventfd. It can only fail when the
         // counter is about to overflow, and then the thread has a wake-up pending anyway.
-        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        unsafe { libc::write(wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 
     fn control(&self, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
@@ -108,41 +151,15 @@ impl Reaper {
     /// # Errors
     /// [`Error::Os`] if the epoll set, its eventfd or the thread cannot be made.
     pub fn new() -> Result<Reaper> {
-        // SAFETY: epoll_create1 takes flags and returns a new descriptor or -1.
-        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epoll < 0 {
-            return Err(Error::os("epoll_create1"));
-        }
-        // SAFETY: epoll_create1 succeeded: a fresh descriptor nothing else owns.
-        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-        // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.
-        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if wake < 0 {
-            return Err(Error::os("eventfd"));
-        }
-        // SAFETY: eventfd succeeded: a fresh descriptor nothing else owns.
-        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
-        let inner = Arc::new(Inner {
-            epoll,
-            wake,
-            watched: Mutex::new(Watched {
-                running: true,
-                ..Watched::default()
-            }),
-        });
-        inner
-            .control(libc::EPOLL_CTL_ADD, inner.wake.as_raw_fd(), WAKE)
-            .map_err(|source| Error::Os {
-                what: "epoll_ctl",
-                source,
-            })?;
+        let inner = Inner::new(true)?;
         let thread = {
             let inner = Arc::clone(&inner);
             thread::Builder::new()
                 .name("ward-reaper".into())
                 .spawn(move || {
                     let _running = Running(&inner);
-                    run(&inner);
+                    let mut turns = Turns::new(64 * 1024, 64);
+                    while !turn(&inner, &mut turns, None) {}
                 })
                 .map_err(|source| Error::Os {
                     what: "spawning the reaper thread",
@@ -152,7 +169,33 @@ impl Reaper {
         Ok(Reaper {
             inner,
             thread: Some(thread),
+            inline: None,
         })
+    }
+
+    /// A reaper without a thread: the threads that wait for its children turn its loop while
+    /// they wait (see [`Child::spawn_inline`]).
+    pub(crate) fn inline() -> Result<Reaper> {
+        Ok(Reaper {
+            inner: Inner::new(false)?,
+            thread: None,
+            inline: Some(Mutex::new(Turns::new(16 * 1024, 8))),
+        })
+    }
+
+    /// An inline reaper's loop, if no other thread is turning it right now.
+    pub(crate) fn try_drive(&self) -> Option<MutexGuard<'_, Turns>> {
+        self.inline.as_ref()?.try_lock().ok()
+    }
+
+    /// One turn of an inline reaper's loop, waiting at most until `until` for something to do.
+    pub(crate) fn turn(&self, turns: &mut Turns, until: Option<Instant>) {
+        turn(&self.inner, turns, until);
+    }
+
+    /// Whether the threads that wait turn this reaper's loop.
+    pub(crate) fn is_inline(&self) -> bool {
+        self.inline.is_some()
     }
 
     /// Starts the child described by `spec`, watched by this reaper.
@@ -222,6 +265,11 @@ impl Drop for Reaper {
         {
             log::error!("the reaper thread panicked");
         }
+        if let Some(turns) = &mut self.inline {
+            let turns = turns.get_mut().unwrap_or_else(PoisonError::into_inner);
+            while !turn(&self.inner, turns, None) {}
+            drop(Running(&self.inner));
+        }
     }
 }
 
@@ -241,106 +289,145 @@ impl Drop for Running<'_> {
     }
 }
 
-fn run(inner: &Inner) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
-    let mut give_up_at: Option<Instant> = None;
-    let mut exited: Vec<(OnExit, Exit)> = Vec::new();
-    loop {
-        let timeout = {
-            let watched = inner.lock();
-            let now = Instant::now();
-            watched
-                .children
-                .values()
-                .filter_map(|watch| watch.deadline(now))
-                .chain(give_up_at)
-                .min()
-                .map_or(-1, |at| {
-                    let left = at.saturating_duration_since(now);
-                    // Rounded up: waking a little late is fine, spinning before a deadline is not.
-                    left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1
-                })
-        };
-        // SAFETY: `events` is valid for writes of its length.
-        let ready = unsafe {
-            libc::epoll_wait(
-                inner.epoll.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as libc::c_int,
-                timeout,
-            )
-        };
-        let ready = if ready < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EINTR) {
-                log::error!("epoll_wait in the reaper: {err}");
-                // Not a busy loop: the next wait has the same bounded timeout.
-                thread::sleep(EXIT_CHECK);
-            }
-            &[][..]
-        } else {
-            &events[..ready as usize]
-        };
+/// Scratch space of a reaper's loop.
+pub(crate) struct Turns {
+    buf: Vec<u8>,
+    events: Vec<libc::epoll_event>,
+    exited: Vec<(OnExit, Exit)>,
+    /// Once the reaper is dropped: when it stops waiting for children that will not die.
+    give_up_at: Option<Instant>,
+}
 
-        let mut watched = inner.lock();
-        // Exits first: the exit is published as soon as it happens, and the group kill closes
-        // the pipes a descendant may still hold, before their output is read.
-        for pass in [Pass::Exits, Pass::Rest] {
-            for event in ready {
-                let token = event.u64;
-                if token == WAKE {
-                    if pass == Pass::Exits {
-                        drain_eventfd(&inner.wake);
-                    }
-                    continue;
-                }
-                let (id, what) = (token >> 2, token & 3);
-                if (what == EXIT) != (pass == Pass::Exits) {
-                    continue;
-                }
-                // Events of a child finished earlier in this batch are stale.
-                let Some(watch) = watched.children.get_mut(&id) else {
-                    continue;
-                };
-                match what {
-                    EXIT => watch.exit_ready(inner, &mut exited, &mut buf),
-                    STDOUT => watch.read_stream(inner, 0, &mut buf),
-                    STDERR => watch.read_stream(inner, 1, &mut buf),
-                    _ => watch.read_heartbeat(inner, &mut buf),
-                }
-            }
-        }
-        let now = Instant::now();
-        for watch in watched.children.values_mut() {
-            watch.tick(inner, now, &mut exited, &mut buf);
-        }
-        if watched.stopping && give_up_at.is_none() {
-            give_up_at = Some(now + STOP_WAIT);
-            for watch in watched.children.values() {
-                watch.kill_for_stop();
-            }
-        }
-        watched.children.retain(|_, watch| {
-            if !watch.finished() {
-                return true;
-            }
-            watch.hand_over();
-            false
-        });
-        let stop = watched.stopping
-            && (watched.children.is_empty() || give_up_at.is_some_and(|at| now >= at));
-        drop(watched);
-        // Outside the lock: a callback may spawn through this reaper.
-        for (on_exit, exit) in exited.drain(..) {
-            if panic::catch_unwind(AssertUnwindSafe(|| on_exit(&exit))).is_err() {
-                log::error!("the exit callback of child {} panicked", exit.pid);
-            }
-        }
-        if stop {
-            return;
+impl std::fmt::Debug for Turns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turns")
+            .field("exited", &self.exited.len())
+            .field("give_up_at", &self.give_up_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Turns {
+    fn new(buf: usize, events: usize) -> Turns {
+        Turns {
+            buf: vec![0; buf],
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; events],
+            exited: Vec::new(),
+            give_up_at: None,
         }
     }
+}
+
+/// One turn of the loop: waits (at most until `until`) for exits, output, heartbeats and
+/// deadlines, and handles them. Returns whether the reaper is done: dropped, and every child
+/// reaped or given up on.
+fn turn(inner: &Inner, turns: &mut Turns, until: Option<Instant>) -> bool {
+    let Turns {
+        buf,
+        events,
+        exited,
+        give_up_at,
+    } = turns;
+    let timeout = {
+        let watched = inner.lock();
+        let now = Instant::now();
+        // Dropped: kill what runs at once, or end at once if nothing does.
+        let stop_now = watched.stopping && (give_up_at.is_none() || watched.children.is_empty());
+        watched
+            .children
+            .values()
+            .filter_map(|watch| watch.deadline(now))
+            .chain(*give_up_at)
+            .chain(until)
+            .chain(stop_now.then_some(now))
+            .min()
+            .map_or(-1, |at| {
+                let left = at.saturating_duration_since(now);
+                if left.is_zero() {
+                    return 0;
+                }
+                // Rounded up: waking a little late is fine, spinning before a deadline is not.
+                left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1
+            })
+    };
+    // SAFETY: `events` is valid for writes of its length.
+    let ready = unsafe {
+        libc::epoll_wait(
+            inner.epoll.as_raw_fd(),
+            events.as_mut_ptr(),
+            events.len() as libc::c_int,
+            timeout,
+        )
+    };
+    let ready = if ready < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            log::error!("epoll_wait in the reaper: {err}");
+            // Not a busy loop: the next wait has the same bounded timeout.
+            thread::sleep(EXIT_CHECK);
+        }
+        &[][..]
+    } else {
+        &events[..ready as usize]
+    };
+
+    let mut watched = inner.lock();
+    // Exits first: the exit is published as soon as it happens, and the group kill closes
+    // the pipes a descendant may still hold, before their output is read.
+    for pass in [Pass::Exits, Pass::Rest] {
+        for event in ready {
+            let token = event.u64;
+            if token == WAKE {
+                if pass == Pass::Exits
+                    && let Some(wake) = &inner.wake
+                {
+                    drain_eventfd(wake);
+                }
+                continue;
+            }
+            let (id, what) = (token >> 2, token & 3);
+            if (what == EXIT) != (pass == Pass::Exits) {
+                continue;
+            }
+            // Events of a child finished earlier in this batch are stale.
+            let Some(watch) = watched.children.get_mut(&id) else {
+                continue;
+            };
+            match what {
+                EXIT => watch.exit_ready(inner, exited, buf),
+                STDOUT => watch.read_stream(inner, 0, buf),
+                STDERR => watch.read_stream(inner, 1, buf),
+                _ => watch.read_heartbeat(inner, buf),
+            }
+        }
+    }
+    let now = Instant::now();
+    for watch in watched.children.values_mut() {
+        watch.tick(inner, now, exited, buf);
+    }
+    if watched.stopping && give_up_at.is_none() {
+        *give_up_at = Some(now + STOP_WAIT);
+        for watch in watched.children.values() {
+            watch.kill_for_stop();
+        }
+    }
+    watched.children.retain(|_, watch| {
+        if !watch.finished() {
+            return true;
+        }
+        watch.hand_over();
+        false
+    });
+    let stop =
+        watched.stopping && (watched.children.is_empty() || give_up_at.is_some_and(|at| now >= at));
+    drop(watched);
+    // Outside the lock: a callback may spawn through this reaper.
+    for (on_exit, exit) in exited.drain(..) {
+        if panic::catch_unwind(AssertUnwindSafe(|| on_exit(&exit))).is_err() {
+            log::error!("the exit callback of child {} panicked", exit.pid);
+        }
+    }
+    stop
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -589,6 +589,78 @@ fn spawning_through_a_reaper_starts_no_thread_and_its_drop_joins_one() {
 }
 
 #[test]
+fn an_inline_child_is_reaped_by_whoever_waits_and_starts_no_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let exit = run(&helper("inline-threads", dir.path()));
+    assert_eq!(exit.termination, Termination::Exited { code: 0 });
+}
+
+#[test]
+fn an_inline_child_waited_for_by_two_threads_wakes_both() {
+    let (spec, seen) =
+        collecting(ChildSpec::new("sh").args(["-c", "read line; echo got $line; exit 9"]));
+    let mut child = Child::spawn_inline(&spec.stdin(Input::Piped)).unwrap();
+    let mut stdin = child.take_stdin().unwrap();
+    let child = Arc::new(child);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let waiter = {
+        let child = Arc::clone(&child);
+        std::thread::spawn(move || tx.send(child.wait()).unwrap())
+    };
+    // Short waits here, each turning the reaper or waiting for the other thread to: whichever
+    // returns first hands the reaper over, and the child exits only after the last of them.
+    for _ in 0..20 {
+        assert!(child.wait_timeout(Duration::from_millis(2)).is_none());
+    }
+    stdin.write_all(b"x\n").unwrap();
+    drop(stdin);
+    let exit = rx
+        .recv_timeout(LONG)
+        .expect("the other waiter sees the exit");
+    assert_eq!(exit.termination, Termination::Exited { code: 9 });
+    assert_eq!(child.wait_timeout(LONG), Some(exit));
+    waiter.join().unwrap();
+    drop(Arc::into_inner(child).unwrap());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(Stream::Stdout, "got x".to_owned())]
+    );
+}
+
+#[test]
+fn an_inline_child_is_stopped_and_its_group_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let stubborn = Child::spawn_inline(&helper("ignore-term", dir.path()).capture(
+        move |line: &Line| {
+            let _ = tx.send(line.text.clone());
+        },
+    ))
+    .unwrap();
+    // Its output is read only while someone waits.
+    let mut ready = false;
+    assert!(poll(LONG, || {
+        stubborn.wait_timeout(Duration::from_millis(10));
+        ready = ready || rx.try_iter().any(|text| text == "ready");
+        ready
+    }));
+    let exit = stubborn.stop(Duration::from_millis(100)).unwrap();
+    assert_eq!(exit.termination, signaled(libc::SIGKILL));
+    assert!(exit.stop_requested);
+    let sleeper =
+        Child::spawn_inline(&background_sleeps("sleep 1000 & sleep 1000 & wait")).unwrap();
+    let mut grandchildren = BTreeSet::new();
+    assert!(poll(LONG, || {
+        grandchildren = live_descendants(sleeper.id());
+        grandchildren.len() == 2
+    }));
+    let pid = sleeper.id();
+    drop(sleeper); // kills the group and reaps the leader: no zombie, no orphan
+    assert!(!support::children_of(std::process::id()).contains(&pid));
+    assert!(poll(LONG, || grandchildren.iter().all(|&pid| is_dead(pid))));
+}
+
+#[test]
 fn repeated_spawns_leave_no_descriptor_behind() {
     let dir = tempfile::tempdir().unwrap();
     let exit = run(&helper("fds", dir.path()));

@@ -184,23 +184,61 @@ pub fn run_helper(mode: &str) -> ! {
             check(threads() == before, 38);
             std::process::exit(0)
         }
+        "inline-threads" => {
+            // An inline child costs no thread while it runs: whoever waits reaps it. One that
+            // writes costs a thread for its sink once its output is read, none after the drop.
+            let before = threads();
+            let silent = ward_supervisor::Child::spawn_inline(
+                &ChildSpec::new("sleep").arg("1000").capture(|_| {}),
+            )
+            .expect("spawn sleep");
+            check(threads() == before, 40);
+            check(silent.wait_timeout(Duration::from_millis(20)).is_none(), 41);
+            check(threads() == before, 42);
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let talker = ward_supervisor::Child::spawn_inline(
+                &ChildSpec::new("sh")
+                    .args(["-c", "echo hello; exit 4"])
+                    .capture(move |line| {
+                        let _ = tx.send(line.text.clone());
+                    }),
+            )
+            .expect("spawn sh");
+            let exit = talker.wait_timeout(Duration::from_secs(20)).expect("exits");
+            check(
+                exit.termination == ward_supervisor::Termination::Exited { code: 4 },
+                43,
+            );
+            drop(talker);
+            check(rx.try_iter().collect::<Vec<_>>() == ["hello"], 44);
+            drop(silent);
+            check(threads() == before, 45);
+            check(children_of(std::process::id()).is_empty(), 46);
+            std::process::exit(0)
+        }
         "fds" => {
             // Spawns reuse this thread's child stack and the shared /dev/null: after the first
-            // (which makes them), each spawn leaves the descriptor table as it found it.
+            // (which makes them), each spawn, inline or not, leaves the descriptor table as it
+            // found it.
             let null = || {
                 ChildSpec::new("sh")
                     .args(["-c", "[ -r /dev/stdin ] && echo x >&2 && exit 3"])
                     .output(ward_supervisor::Output::Null)
             };
-            let run = |spec: &ChildSpec| {
-                ward_supervisor::Child::spawn(spec)
+            let run = |spec: &ChildSpec, inline: bool| {
+                let child = if inline {
+                    ward_supervisor::Child::spawn_inline(spec)
+                } else {
+                    ward_supervisor::Child::spawn(spec)
+                };
+                child
                     .expect("spawn")
                     .wait_timeout(Duration::from_secs(20))
                     .expect("exits")
                     .termination
             };
             let three = ward_supervisor::Termination::Exited { code: 3 };
-            check(run(&null()) == three, 20);
+            check(run(&null(), false) == three, 20);
             let before = open_fds(std::process::id());
             for i in 0..50 {
                 let spec = if i % 2 == 0 {
@@ -210,7 +248,7 @@ pub fn run_helper(mode: &str) -> ! {
                         .args(["-c", "echo out; echo err >&2; exit 3"])
                         .capture(|_| {})
                 };
-                check(run(&spec) == three, 21);
+                check(run(&spec, i % 4 < 2) == three, 21);
             }
             check(open_fds(std::process::id()) == before, 22);
             std::process::exit(0)
