@@ -204,6 +204,7 @@ impl Child {
             spec.kill_group_on_exit,
             cgroup,
             on_exit,
+            process.pidfd,
             [
                 read_stdout.map(|fd| (fd, Stream::Stdout)),
                 process.stderr.map(|fd| (fd, Stream::Stderr)),

@@ -72,8 +72,8 @@
 //!   child exits. A [`Supervisor`] spawns every child from its own long-lived thread; if you use
 //!   [`Child`] directly, spawn from a thread that outlives the child.
 //! - **Reaping.** A [`Reaper`]'s thread waits in one `epoll` set for the exit of each of its
-//!   children (a pidfd; before Linux 5.3, `waitid(WNOHANG | WNOWAIT)` every 10 ms), their output
-//!   pipes and their heartbeats. [`Child::spawn`] makes a reaper for the one child; a
+//!   children (a pidfd from `clone(CLONE_PIDFD)`; before Linux 5.2, `waitid(WNOHANG |
+//!   WNOWAIT)` every 10 ms), their output pipes and their heartbeats. [`Child::spawn`] makes a reaper for the one child; a
 //!   [`Supervisor`] keeps one for all of its children; [`Reaper::spawn`] shares one, so that
 //!   spawning a job creates no thread and none has to be scheduled and joined before the job
 //!   counts as done. [`Child::spawn_inline`] makes a reaper without a thread, whose loop the

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use crate::child::{self, Child, Lines, OnExit, Shared};
 use crate::spec::{Stream, Watchdog};
-use crate::sys::{self, Cgroup};
+use crate::sys::Cgroup;
 use crate::{ChildSpec, Error, Exit, Result};
 
 /// After the child is reaped, output still buffered in the pipes is read for at most this long
 /// (a descendant that escaped the group could keep a pipe open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
-/// Without a pidfd (kernels before 5.3), how often the reaper checks whether a child exited.
+/// Without a pidfd (kernels before 5.2), how often the reaper checks whether a child exited.
 const EXIT_CHECK: Duration = Duration::from_millis(10);
 /// Once the reaper is dropped, how long its SIGKILLed children may take to be reaped before it
 /// gives up on them and ends anyway.
@@ -487,6 +487,7 @@ impl Watch {
         kill_group: bool,
         cgroup: Option<Arc<Cgroup>>,
         on_exit: Option<OnExit>,
+        exit_fd: Option<OwnedFd>,
         streams: [Option<(OwnedFd, Stream)>; 2],
         watchdog: Option<(Watchdog, OwnedFd)>,
         lines: Lines,
@@ -494,7 +495,7 @@ impl Watch {
         let (watchdog, heartbeat) = watchdog.unzip();
         Watch {
             id: 0,
-            exit_fd: sys::pidfd_open(shared.pid),
+            exit_fd,
             shared,
             started,
             kill_group,

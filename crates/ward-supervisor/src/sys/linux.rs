@@ -32,22 +32,6 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// A pidfd for our child `pid` (close-on-exec), which polls readable once the child has exited:
-/// one descriptor lets a thread wait for the exit and the child's output in the same `poll`.
-/// `None` where the kernel has no `pidfd_open` (before 5.3); the caller then checks for the
-/// exit with `waitid(WNOHANG)` on a short timeout instead.
-pub(crate) fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        log::debug!("pidfd_open({pid}): {}", io::Error::last_os_error());
-        return None;
-    }
-    // SAFETY: the syscall succeeded, so `fd` is a fresh descriptor that nothing else owns
-    // (pidfds are close-on-exec).
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 #[cfg(target_env = "gnu")]
 type Resource = libc::__rlimit_resource_t;
 #[cfg(not(target_env = "gnu"))]

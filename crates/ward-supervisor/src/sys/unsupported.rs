@@ -16,11 +16,6 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Err(Error::Unsupported(WHY))
 }
 
-/// Never called: nothing is ever spawned here.
-pub(crate) fn pidfd_open(_pid: libc::pid_t) -> Option<OwnedFd> {
-    None
-}
-
 /// See the Linux version.
 #[derive(Debug)]
 pub(crate) struct Cgroup;

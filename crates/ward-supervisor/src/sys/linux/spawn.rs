@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::ptr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, Ordering};
 
 use crate::spec::{Input, Output};
 use crate::sys::Spawned;
@@ -198,11 +198,12 @@ pub(crate) fn spawn(
     let cloned = unsafe { clone_vfork(&plan, &stack) };
     // The child has exec'd or exited (or was never made): the stack is free for the next spawn.
     CHILD_STACK.set(Some(stack));
-    let pid = cloned.map_err(failed)?;
+    let (pid, pidfd) = cloned.map_err(failed)?;
 
     let step = plan.failure.step.load(Ordering::Relaxed);
     if step != Step::Unset as u8 {
         let errno = plan.failure.errno.load(Ordering::Relaxed);
+        drop(pidfd);
         reap_failed(pid);
         let step = Step::ALL
             .get(usize::from(step))
@@ -220,19 +221,27 @@ pub(crate) fn spawn(
     let [stdin, stdout, stderr] = stdio.parent;
     Ok(Spawned {
         pid,
+        pidfd,
         stdin,
         stdout,
         stderr,
     })
 }
 
+/// Whether `clone` takes `CLONE_PIDFD` (Linux 5.2 and later); cleared at its first refusal.
+static CLONE_PIDFD_WORKS: AtomicBool = AtomicBool::new(true);
+
 /// Clones the child with all signals blocked in this thread (so that no handler of ours ever
 /// runs in the child, on our memory), and restores the mask once the child has exec'd or exited.
+/// Returns its pid and, where the kernel makes one, its pidfd.
 ///
 /// # Safety
 /// `plan` and `stack` must stay valid until this returns (they do: the thread is suspended until
 /// then, and both are borrowed for the whole call).
-unsafe fn clone_vfork(plan: &ChildPlan<'_>, stack: &ChildStack) -> io::Result<libc::pid_t> {
+unsafe fn clone_vfork(
+    plan: &ChildPlan<'_>,
+    stack: &ChildStack,
+) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
     // SAFETY: an all-zero sigset_t is a valid value for sigfillset/pthread_sigmask to overwrite.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -245,26 +254,46 @@ unsafe fn clone_vfork(plan: &ChildPlan<'_>, stack: &ChildStack) -> io::Result<li
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
-    // SAFETY: `child_main` only makes async-signal-safe system calls on `plan`, which lives on
-    // this suspended thread's stack frame; the child runs on `stack`, a separate mapping with a
-    // guard page; CLONE_VM | CLONE_VFORK keeps this thread suspended until the child execs or
-    // exits, so nothing else touches what the child uses. SIGCHLD makes it an ordinary child for
-    // wait4/waitid.
-    let pid = unsafe {
-        libc::clone(
-            child_main,
-            stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            ptr::from_ref(plan).cast_mut().cast(),
-        )
+    // With CLONE_PIDFD the kernel writes the child's pidfd (close-on-exec) where the parent-tid
+    // argument points: the reaper waits on it for the exit.
+    let clone = |flags: c_int, pidfd: &mut c_int| {
+        // SAFETY: `child_main` only makes async-signal-safe system calls on `plan`, which lives
+        // on this suspended thread's stack frame; the child runs on `stack`, a separate mapping
+        // with a guard page; CLONE_VM | CLONE_VFORK keeps this thread suspended until the child
+        // execs or exits, so nothing else touches what the child uses. SIGCHLD makes it an
+        // ordinary child for wait4/waitid. `pidfd` is valid for the kernel's write.
+        unsafe {
+            libc::clone(
+                child_main,
+                stack.top(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD | flags,
+                ptr::from_ref(plan).cast_mut().cast(),
+                ptr::from_mut(pidfd),
+            )
+        }
     };
+    let mut pidfd: c_int = -1;
+    let mut pid = -1;
+    if CLONE_PIDFD_WORKS.load(Ordering::Relaxed) {
+        pid = clone(libc::CLONE_PIDFD, &mut pidfd);
+        if pid < 0 && errno() == libc::EINVAL {
+            log::debug!("clone refuses CLONE_PIDFD: children's exits will be polled");
+            CLONE_PIDFD_WORKS.store(false, Ordering::Relaxed);
+        }
+    }
+    if !CLONE_PIDFD_WORKS.load(Ordering::Relaxed) {
+        pidfd = -1;
+        pid = clone(0, &mut pidfd);
+    }
     let clone_err = io::Error::last_os_error();
     // SAFETY: `old` is the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
     if pid < 0 {
         return Err(clone_err);
     }
-    Ok(pid)
+    // SAFETY: a descriptor the kernel just made for us, which nothing else owns.
+    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+    Ok((pid, pidfd))
 }
 
 /// Reaps a child that reported a failed setup step (it has exited already, or is about to).
@@ -770,5 +799,41 @@ mod tests {
         assert_eq!(errno, libc::ENAMETOOLONG);
         let (found, _) = path_candidates(b"ls", None).unwrap();
         assert_eq!(found.len(), DEFAULT_PATH.split(|&b| b == b':').count());
+    }
+
+    #[test]
+    fn the_child_comes_with_a_pidfd_that_polls_readable_at_its_exit() {
+        let spec = ChildSpec::new("sh")
+            .args(["-c", "read x"])
+            .stdin(Input::Piped)
+            .output(Output::Null);
+        let spawned = spawn(&spec, &[], Vec::new(), None).unwrap();
+        let pidfd = spawned
+            .pidfd
+            .expect("Linux 5.2 or later makes a pidfd at the clone");
+        let fdinfo =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).unwrap();
+        assert!(
+            fdinfo
+                .lines()
+                .any(|l| l == format!("Pid:\t{}", spawned.pid)),
+            "the pidfd is the child's: {fdinfo}"
+        );
+        // SAFETY: F_GETFD on a descriptor we own.
+        let flags = unsafe { libc::fcntl(pidfd.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC, "close-on-exec");
+        let mut poll = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        assert_eq!(ready, 0, "running: not readable");
+        drop(spawned.stdin); // EOF: `read` returns and the shell exits
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut poll, 1, 20_000) };
+        assert_eq!(ready, 1, "readable at the exit");
+        reap_failed(spawned.pid); // reaps it, failed or not
     }
 }
