@@ -46,8 +46,8 @@ pub(crate) struct State {
     pub(crate) drained: bool,
     /// Handed over by the reaper with `drained`: the handle's drop joins their sink thread.
     pub(crate) lines: Option<Lines>,
-    /// Threads waiting on `exited` for another to turn an inline reaper.
-    waiting_for_driver: usize,
+    /// Threads waiting on `exited`: nobody needs a wake-up (a futex call) without them.
+    waiters: usize,
 }
 
 #[derive(Debug)]
@@ -61,6 +61,15 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the threads waiting for a change of the state, if any.
+    pub(crate) fn notify(&self, state: MutexGuard<'_, State>) {
+        let waiting = state.waiters > 0;
+        drop(state);
+        if waiting {
+            self.exited.notify_all();
+        }
     }
 
     /// Signals the child's group (or just the child) unless it has been reaped already.
@@ -230,8 +239,9 @@ impl Child {
             if let Some(on_exit) = watch.on_exit.take() {
                 on_exit(&exit);
             }
-            shared.lock().drained = true;
-            shared.exited.notify_all();
+            let mut state = shared.lock();
+            state.drained = true;
+            shared.notify(state);
         }
         child
     }
@@ -331,7 +341,7 @@ impl Child {
                 None
             };
             if let Some(result) = result {
-                if drove && state.waiting_for_driver > 0 {
+                if drove && state.waiters > 0 {
                     // A thread found the loop taken and waits: it takes the loop over.
                     self.shared.exited.notify_all();
                 }
@@ -347,10 +357,7 @@ impl Child {
                 state = self.shared.lock();
                 continue;
             }
-            let driven = inline.is_some();
-            if driven {
-                state.waiting_for_driver += 1;
-            }
+            state.waiters += 1;
             state = match left {
                 None => self
                     .shared
@@ -365,9 +372,7 @@ impl Child {
                         .0
                 }
             };
-            if driven {
-                state.waiting_for_driver -= 1;
-            }
+            state.waiters -= 1;
         }
     }
 

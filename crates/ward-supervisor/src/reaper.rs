@@ -1,6 +1,7 @@
 //! The [`Reaper`]: one thread that watches any number of children in a single `epoll` set (each
 //! child's exit through its pidfd, its output pipes, its heartbeats), reaps each as soon as it
-//! exits, and reads its output into lines. Spawning through a reaper starts no thread; what
+//! exits, and reads its output into lines. An inline reaper has no thread and watches one child,
+//! whose descriptors the thread waiting for it `poll`s. Spawning through a reaper starts no thread; what
 //! spawning is, and the [`Child`] handle, live in `child`.
 
 use std::collections::HashMap;
@@ -55,10 +56,10 @@ pub struct Reaper {
 
 #[derive(Debug)]
 struct Inner {
-    epoll: OwnedFd,
-    /// An eventfd in the epoll set: written to wake the thread (a new deadline, the stop).
-    /// An inline reaper has none: the thread that waits turns the loop and knows the deadlines.
-    wake: Option<OwnedFd>,
+    /// The set the thread waits in, and an eventfd in it, written to wake the thread (a new
+    /// deadline, the stop). An inline reaper has neither: it watches one child, whose few
+    /// descriptors the turning thread `poll`s, and that thread knows the deadlines.
+    epoll: Option<(OwnedFd, OwnedFd)>,
     watched: Mutex<Watched>,
 }
 
@@ -74,33 +75,32 @@ struct Watched {
 
 impl Inner {
     fn new(threaded: bool) -> Result<Arc<Inner>> {
-        // SAFETY: epoll_create1 takes flags and returns a new descriptor or -1.
-        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epoll < 0 {
-            return Err(Error::os("epoll_create1"));
-        }
-        // SAFETY: epoll_create1 succeeded: a fresh descriptor nothing else owns.
-        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-        let wake = if threaded {
+        let epoll = if threaded {
+            // SAFETY: epoll_create1 takes flags and returns a new descriptor or -1.
+            let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+            if epoll < 0 {
+                return Err(Error::os("epoll_create1"));
+            }
+            // SAFETY: epoll_create1 succeeded: a fresh descriptor nothing else owns.
+            let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
             // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.
             let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
             if wake < 0 {
                 return Err(Error::os("eventfd"));
             }
             // SAFETY: eventfd succeeded: a fresh descriptor nothing else owns.
-            Some(unsafe { OwnedFd::from_raw_fd(wake) })
+            Some((epoll, unsafe { OwnedFd::from_raw_fd(wake) }))
         } else {
             None
         };
         let inner = Arc::new(Inner {
             epoll,
-            wake,
             watched: Mutex::new(Watched {
                 running: true,
                 ..Watched::default()
             }),
         });
-        if let Some(wake) = &inner.wake {
+        if let Some((_, wake)) = &inner.epoll {
             inner
                 .control(libc::EPOLL_CTL_ADD, wake.as_raw_fd(), WAKE)
                 .map_err(|source| Error::Os {
@@ -116,20 +116,24 @@ impl Inner {
     }
 
     fn wake(&self) {
-        let Some(wake) = &self.wake else { return };
+        let Some((_, wake)) = &self.epoll else { return };
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from a valid buffer to our eventfd. It can only fail when the
         // counter is about to overflow, and then the thread has a wake-up pending anyway.
         unsafe { libc::write(wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 
+    /// Adds a descriptor to the epoll set or takes one out (nothing to do inline).
     fn control(&self, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
+        let Some((epoll, _)) = &self.epoll else {
+            return Ok(());
+        };
         let mut event = libc::epoll_event {
             events: libc::EPOLLIN as u32,
             u64: token,
         };
         // SAFETY: `event` is valid for the call; both descriptors are open.
-        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) } != 0 {
+        if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd, &mut event) } != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -173,7 +177,7 @@ impl Reaper {
         })
     }
 
-    /// A reaper without a thread: the threads that wait for its children turn its loop while
+    /// A reaper without a thread for one child: the threads that wait for it turn its loop while
     /// they wait (see [`Child::spawn_inline`]).
     pub(crate) fn inline() -> Result<Reaper> {
         Ok(Reaper {
@@ -227,15 +231,21 @@ impl Reaper {
         }
         let id = watched.next_id;
         watched.next_id += 1;
+        watch.id = id;
         // Registered in the set under the lock, so that no event arrives for an unknown child.
+        // An inline reaper has no set: its one child's descriptors are polled at each turn.
+        let mut fds = Vec::new();
+        if inner.epoll.is_some() {
+            watch.descriptors(&mut fds);
+        }
         let mut added: Vec<RawFd> = Vec::new();
         let mut result = Ok(());
-        for (fd, what) in watch.descriptors() {
-            result = inner.control(libc::EPOLL_CTL_ADD, fd, id << 2 | what);
+        for (fd, token) in fds {
+            result = inner.control(libc::EPOLL_CTL_ADD, fd.fd, token);
             if result.is_err() {
                 break;
             }
-            added.push(fd);
+            added.push(fd.fd);
         }
         if let Err(err) = result {
             log::error!("child {}: cannot watch it: {err}", watch.shared.pid);
@@ -245,7 +255,6 @@ impl Reaper {
             return Err(Box::new(watch));
         }
         let wake = watch.deadline(Instant::now()).is_some();
-        watch.id = id;
         watched.children.insert(id, watch);
         drop(watched);
         if wake {
@@ -292,7 +301,10 @@ impl Drop for Running<'_> {
 /// Scratch space of a reaper's loop.
 pub(crate) struct Turns {
     buf: Vec<u8>,
+    /// What is ready, as epoll reports it (an inline reaper's `poll` results are copied here).
     events: Vec<libc::epoll_event>,
+    /// Inline: the descriptors to `poll`, with their tokens.
+    polled: Vec<(libc::pollfd, u64)>,
     exited: Vec<(OnExit, Exit)>,
     /// Once the reaper is dropped: when it stops waiting for children that will not die.
     give_up_at: Option<Instant>,
@@ -312,6 +324,7 @@ impl Turns {
         Turns {
             buf: vec![0; buf],
             events: vec![libc::epoll_event { events: 0, u64: 0 }; events],
+            polled: Vec::new(),
             exited: Vec::new(),
             give_up_at: None,
         }
@@ -325,11 +338,18 @@ fn turn(inner: &Inner, turns: &mut Turns, until: Option<Instant>) -> bool {
     let Turns {
         buf,
         events,
+        polled,
         exited,
         give_up_at,
     } = turns;
     let timeout = {
         let watched = inner.lock();
+        if inner.epoll.is_none() {
+            polled.clear();
+            for watch in watched.children.values() {
+                watch.descriptors(polled);
+            }
+        }
         let now = Instant::now();
         // Dropped: kill what runs at once, or end at once if nothing does.
         let stop_now = watched.stopping && (give_up_at.is_none() || watched.children.is_empty());
@@ -350,19 +370,22 @@ fn turn(inner: &Inner, turns: &mut Turns, until: Option<Instant>) -> bool {
                 left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1
             })
     };
-    // SAFETY: `events` is valid for writes of its length.
-    let ready = unsafe {
-        libc::epoll_wait(
-            inner.epoll.as_raw_fd(),
-            events.as_mut_ptr(),
-            events.len() as libc::c_int,
-            timeout,
-        )
+    let ready = match &inner.epoll {
+        // SAFETY: `events` is valid for writes of its length.
+        Some((epoll, _)) => unsafe {
+            libc::epoll_wait(
+                epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                timeout,
+            )
+        },
+        None => poll(polled, events, timeout),
     };
     let ready = if ready < 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EINTR) {
-            log::error!("epoll_wait in the reaper: {err}");
+            log::error!("waiting for children in the reaper: {err}");
             // Not a busy loop: the next wait has the same bounded timeout.
             thread::sleep(EXIT_CHECK);
         }
@@ -379,7 +402,7 @@ fn turn(inner: &Inner, turns: &mut Turns, until: Option<Instant>) -> bool {
             let token = event.u64;
             if token == WAKE {
                 if pass == Pass::Exits
-                    && let Some(wake) = &inner.wake
+                    && let Some((_, wake)) = &inner.epoll
                 {
                     drain_eventfd(wake);
                 }
@@ -428,6 +451,40 @@ fn turn(inner: &Inner, turns: &mut Turns, until: Option<Instant>) -> bool {
         }
     }
     stop
+}
+
+/// An inline reaper's wait: `poll` on the descriptors of `polled`, whose ready ones are written
+/// to `events` as epoll would have reported them. Returns their number, or -1 with errno set.
+fn poll(
+    polled: &mut [(libc::pollfd, u64)],
+    events: &mut Vec<libc::epoll_event>,
+    timeout: libc::c_int,
+) -> libc::c_int {
+    debug_assert!(polled.len() <= 4, "an inline reaper watches one child");
+    let mut fds: [libc::pollfd; 4] = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; 4];
+    let n = polled.len().min(fds.len());
+    for (slot, (fd, _)) in fds.iter_mut().zip(polled.iter()) {
+        *slot = *fd;
+    }
+    // SAFETY: `fds` is valid for reads and writes of `n` entries.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, timeout) };
+    if ready <= 0 {
+        return ready;
+    }
+    events.clear();
+    for (fd, (_, token)) in fds[..n].iter().zip(polled.iter()) {
+        if fd.revents != 0 {
+            events.push(libc::epoll_event {
+                events: fd.revents as u32,
+                u64: *token,
+            });
+        }
+    }
+    events.len() as libc::c_int
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -513,20 +570,22 @@ impl Watch {
         }
     }
 
-    fn descriptors(&self) -> Vec<(RawFd, u64)> {
-        let mut fds = Vec::with_capacity(4);
-        if let Some(fd) = &self.exit_fd {
-            fds.push((fd.as_raw_fd(), EXIT));
+    /// The descriptors to wait on (at most four), each with its token.
+    fn descriptors(&self, out: &mut Vec<(libc::pollfd, u64)>) {
+        let fds = [
+            self.exit_fd.as_ref().map(|fd| (fd, EXIT)),
+            self.streams[0].as_ref().map(|(fd, _, _)| (fd, STDOUT)),
+            self.streams[1].as_ref().map(|(fd, _, _)| (fd, STDERR)),
+            self.heartbeat.as_ref().map(|fd| (fd, BEAT)),
+        ];
+        for (fd, what) in fds.into_iter().flatten() {
+            let pollfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            out.push((pollfd, self.id << 2 | what));
         }
-        for (i, what) in [STDOUT, STDERR].into_iter().enumerate() {
-            if let Some((fd, _, _)) = &self.streams[i] {
-                fds.push((fd.as_raw_fd(), what));
-            }
-        }
-        if let Some(fd) = &self.heartbeat {
-            fds.push((fd.as_raw_fd(), BEAT));
-        }
-        fds
     }
 
     fn running(&self) -> bool {
@@ -584,7 +643,7 @@ impl Watch {
         self.done = self.streams.iter().all(Option::is_none);
         if !self.done {
             // Something still holds a pipe open: publish the exit now, the output once drained.
-            self.shared.exited.notify_all();
+            self.shared.notify(self.shared.lock());
         }
     }
 
@@ -746,7 +805,6 @@ impl Watch {
         let mut state = self.shared.lock();
         state.lines = self.lines.take();
         state.drained = true;
-        drop(state);
-        self.shared.exited.notify_all();
+        self.shared.notify(state);
     }
 }

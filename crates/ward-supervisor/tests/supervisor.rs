@@ -40,6 +40,19 @@ fn run(spec: &ChildSpec) -> ward_supervisor::Exit {
     child.wait_timeout(LONG).expect("the child exits")
 }
 
+/// Runs `spec` with a reaper thread and inline, and checks that both exit the same way.
+fn run_both_ways(spec: &ChildSpec) -> ward_supervisor::Exit {
+    let exit = run(spec);
+    let child = Child::spawn_inline(spec).expect("spawn inline");
+    let inline = child.wait_timeout(LONG).expect("the inline child exits");
+    assert_eq!(
+        (&inline.termination, inline.hung, inline.stop_requested),
+        (&exit.termination, exit.hung, exit.stop_requested),
+        "inline: {inline}, with a reaper thread: {exit}"
+    );
+    exit
+}
+
 /// Also the entry point of the helper modes: a child re-running this binary lands here.
 #[test]
 fn helper_exits_with_the_code_it_is_given() {
@@ -716,7 +729,7 @@ fn a_silent_child_gets_sigabrt_and_is_classified_hung() {
         timeout: Duration::from_millis(300),
         abort_grace: LONG,
     });
-    let exit = run(&spec);
+    let exit = run_both_ways(&spec);
     assert_eq!(exit.termination, signaled(libc::SIGABRT), "{exit}");
     assert!(exit.hung);
 }
@@ -728,7 +741,7 @@ fn a_child_ignoring_sigabrt_gets_sigkill_after_the_grace() {
         timeout: Duration::from_millis(200),
         abort_grace: Duration::from_millis(200),
     });
-    let exit = run(&spec);
+    let exit = run_both_ways(&spec);
     assert_eq!(exit.termination, signaled(libc::SIGKILL), "{exit}");
     assert!(exit.hung);
 }
@@ -742,7 +755,7 @@ fn a_beating_child_is_left_alone() {
         timeout: Duration::from_secs(1),
         abort_grace: LONG,
     });
-    let exit = run(&spec);
+    let exit = run_both_ways(&spec);
     assert_eq!(exit.termination, Termination::Exited { code: 0 }, "{exit}");
     assert!(!exit.hung);
 }
