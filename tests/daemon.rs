@@ -61,6 +61,32 @@ fn start_runs_jobs_and_stop_leaves_nothing_behind() {
 }
 
 #[test]
+fn an_exec_job_gets_the_environment_ward_was_started_with_and_its_own_variables() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"env\"\nexec = [\"{job}\", \"env\", \"{ledger}\", \"WARD_E2E_MARK\"]\n",
+    );
+    let out = f
+        .ward(&["start"])
+        .env("WARD_E2E_MARK", "given-to-start")
+        .output()
+        .expect("running ward start");
+    assert!(out.status.success(), "{out:?}\nlog:\n{}", f.log());
+    std::fs::write(f.tree.join("a.txt"), "a").unwrap();
+    wait_for("the job on a.txt", LONG, || f.saw("a.txt"));
+    let path = f.tree.join("a.txt");
+    assert_eq!(
+        f.ledger_entries(),
+        [(
+            "env-given-to-start".to_owned(),
+            path.as_os_str().as_bytes().to_vec()
+        )]
+    );
+    f.stop();
+    f.assert_nothing_left();
+}
+
+#[test]
 fn a_second_start_is_refused_and_says_why() {
     let f = Fixture::new(JOB, record_all());
     f.start();

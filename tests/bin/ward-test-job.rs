@@ -97,6 +97,17 @@ fn main() {
             entry.push(0);
             append(ledger, &entry);
         }
+        Some("env") => {
+            // `env LEDGER NAME`: records `env-VALUE` (or `env-unset`) for the variable NAME.
+            let ledger = args.get(1).expect("env needs a ledger path");
+            let name = args.get(2).expect("env needs a variable name");
+            let value = std::env::var(name).unwrap_or_else(|_| "unset".to_owned());
+            let path = std::env::var_os("WARD_PATH").expect("WARD_PATH is set");
+            let mut entry = format!("env-{value}\t").into_bytes();
+            entry.extend_from_slice(path.as_bytes());
+            entry.push(0);
+            append(ledger, &entry);
+        }
         Some("gated") => {
             // `gated LEDGER GATE`: waits (at most a minute) until the file GATE exists, then records
             // `gated-CONTENT` with the file's content as read then, so a test can hold a job

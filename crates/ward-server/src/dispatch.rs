@@ -10,7 +10,7 @@ use std::process::ChildStdout;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use ward_supervisor::{Child, ChildSpec, Exit, Input, OutputTail};
+use ward_supervisor::{Child, ChildSpec, Environment, Exit, Input, OutputTail};
 
 use crate::Config;
 use crate::config::Handler;
@@ -130,6 +130,8 @@ pub struct Dispatcher {
     next_worker: std::sync::atomic::AtomicU64,
     /// Set when ward stops: running jobs past it are stopped.
     stop_at: Mutex<Option<Instant>>,
+    /// The server's environment, captured once: an exec job copies only its `WARD_*` variables.
+    env: Environment,
     // Last: its thread is the parent of every worker in `idle`, so it must outlive them.
     spawner: Spawner,
 }
@@ -153,6 +155,7 @@ impl Dispatcher {
             idle,
             next_worker: 0.into(),
             stop_at: Mutex::new(None),
+            env: Environment::current(),
             spawner,
         })
     }
@@ -190,6 +193,7 @@ impl Dispatcher {
         let mut spec = ChildSpec::new(&argv[0])
             .name(name.clone())
             .args(&argv[1..])
+            .env_base(&self.env)
             .stop_grace(self.config.stop_grace);
         for (key, value) in jobs::job_env(job) {
             spec = spec.env(key, value);

@@ -54,7 +54,8 @@
 //!   makes std `fork`, and copying the page tables, the copy-on-write faults and tearing the copy
 //!   down at exec cost more than a short job itself. It clones the child with
 //!   `CLONE_VM | CLONE_VFORK` (as `posix_spawn` does), after preparing everything that allocates:
-//!   argv, the environment (this process's, or empty with [`ChildSpec::env_clear`], then the
+//!   argv, the environment (this process's, an [`Environment`] captured earlier with
+//!   [`ChildSpec::env_base`], or empty with [`ChildSpec::env_clear`], then the
 //!   spec's changes), the paths `execvp` would try (in the *child's* `PATH`, as std does), the
 //!   working directory and the stdio descriptors (`/dev/null` is opened once per process; the
 //!   child's small stack is mapped once per spawning thread and reused). The calling thread
@@ -136,7 +137,8 @@ pub use policy::{
 };
 pub use reaper::Reaper;
 pub use spec::{
-    ChildSpec, HEARTBEAT_FD_ENV, Input, Line, Output, OutputSink, ResourceLimits, Stream, Watchdog,
+    ChildSpec, Environment, HEARTBEAT_FD_ENV, Input, Line, Output, OutputSink, ResourceLimits,
+    Stream, Watchdog,
 };
 pub use supervisor::{ChildId, ChildState, ChildStatus, Event, EventKind, Supervisor};
 pub use tail::OutputTail;

@@ -1,9 +1,10 @@
 //! What to run: [`ChildSpec`] (program, arguments, environment, descriptors, limits, output sink,
 //! watchdog) and its small parts. Nothing here touches a process.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,13 +101,49 @@ pub struct Watchdog {
 /// The environment variable telling a child which descriptor to write its heartbeats to.
 pub const HEARTBEAT_FD_ENV: &str = "WARD_HEARTBEAT_FD";
 
+/// An environment captured once to start many children from ([`ChildSpec::env_base`]): each
+/// spawn then copies only the variables its spec changes, not the whole environment.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `KEY=VALUE` each, as `execve` takes them; no key twice.
+    pub(crate) vars: Arc<[CString]>,
+}
+
+impl Environment {
+    /// This process's environment as it is now (a later `set_var` is not seen in it).
+    pub fn current() -> Environment {
+        let vars = std::env::vars_os()
+            .filter_map(|(key, value)| {
+                let mut pair = key.into_vec();
+                pair.push(b'=');
+                pair.extend_from_slice(value.as_bytes());
+                // The environment holds C strings: no NUL can be inside one.
+                CString::new(pair).ok()
+            })
+            .collect();
+        Environment { vars }
+    }
+
+    /// The number of variables.
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+
+    /// Whether it has no variable.
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+}
+
 /// A child to run: program, arguments, environment and everything about how it is contained.
 #[derive(Debug, Clone)]
 pub struct ChildSpec {
     pub(crate) name: String,
     pub(crate) program: OsString,
     pub(crate) args: Vec<OsString>,
-    pub(crate) env_clear: bool,
+    /// What the environment starts from: `None` for this process's at the spawn.
+    pub(crate) env_base: Option<Environment>,
+    /// Changes to it, in order.
     pub(crate) env: Vec<(OsString, Option<OsString>)>,
     pub(crate) cwd: Option<PathBuf>,
     pub(crate) stdin: Input,
@@ -130,7 +167,7 @@ impl ChildSpec {
             name: program.to_string_lossy().into_owned(),
             program,
             args: Vec::new(),
-            env_clear: false,
+            env_base: None,
             env: Vec::new(),
             cwd: None,
             stdin: Input::Null,
@@ -184,8 +221,16 @@ impl ChildSpec {
 
     /// Starts from an empty environment instead of this process's.
     pub fn env_clear(mut self) -> ChildSpec {
-        self.env_clear = true;
+        self.env_base = Some(Environment::default());
         self.env.clear();
+        self
+    }
+
+    /// Starts from `base` instead of this process's environment at the spawn; the changes made
+    /// with [`env`](Self::env) and [`env_remove`](Self::env_remove), before or after, apply on
+    /// top. For many spawns with the same environment: each copies only what it changes.
+    pub fn env_base(mut self, base: &Environment) -> ChildSpec {
+        self.env_base = Some(base.clone());
         self
     }
 

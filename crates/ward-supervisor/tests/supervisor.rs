@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use support::{helper, is_dead, live_descendants, open_fds, poll, proc_limit, status_field};
 use ward_supervisor::{
-    Backoff, Child, ChildSpec, ChildState, Error, Event, EventKind, Input, Intensity, Line, Reaper,
-    ResourceLimits, RestartMode, RestartPolicy, StopReason, Stream, Supervisor, Termination,
-    Watchdog,
+    Backoff, Child, ChildSpec, ChildState, Environment, Error, Event, EventKind, Input, Intensity,
+    Line, Reaper, ResourceLimits, RestartMode, RestartPolicy, StopReason, Stream, Supervisor,
+    Termination, Watchdog,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -956,6 +956,74 @@ fn environment_changes_and_cwd_reach_the_child() {
             "inherited=unset".to_owned(),
             cwd,
         ]
+    );
+}
+
+#[test]
+fn a_captured_environment_is_the_base_and_the_specs_changes_apply_on_top() {
+    let dir = tempfile::tempdir().unwrap();
+    write_script(
+        &dir.path().join("ward-test-tool"),
+        "#!/bin/sh\necho found\n",
+        0o755,
+    );
+    let base = Environment::current();
+    assert_eq!(base.len(), std::env::vars_os().count());
+    let (key, value) = std::env::vars()
+        .find(|(k, v)| k != "PATH" && !k.starts_with("WARD") && !v.contains('\n') && !v.is_empty())
+        .expect("the test runs with some environment");
+    let (other, _) = std::env::vars()
+        .find(|(k, _)| k != "PATH" && *k != key)
+        .expect("two variables at least");
+    // `env` lists each variable once: a changed one is not also there with its base value.
+    let script = format!(
+        "echo \"inherited=${{{key}-unset}}\"; echo \"removed=${{{other}-unset}}\"; env | grep -c '^{key}='; ward-test-tool"
+    );
+    // Found in the changed PATH, not the base's.
+    let path = format!("/nonexistent:{}:/usr/bin:/bin", dir.path().display());
+    let (end, lines) = stdout_of(
+        ChildSpec::new("ward-test-tool")
+            .env_base(&base)
+            .env("PATH", &path),
+    );
+    assert_eq!(
+        (end, lines),
+        (Termination::Exited { code: 0 }, vec!["found".to_owned()])
+    );
+    let (end, lines) = stdout_of(
+        ChildSpec::new("sh")
+            .args(["-c", &script])
+            .env_base(&base)
+            .env(&key, "changed")
+            .env_remove(&other)
+            .env("PATH", &path),
+    );
+    assert_eq!(end, Termination::Exited { code: 0 }, "{lines:?}");
+    assert_eq!(
+        lines,
+        [
+            "inherited=changed".to_owned(),
+            "removed=unset".to_owned(),
+            "1".to_owned(),
+            "found".to_owned(),
+        ]
+    );
+    // Unchanged, the base reaches the child as it was captured.
+    let (end, lines) = stdout_of(
+        ChildSpec::new("sh")
+            .args(["-c", &format!("echo \"${{{key}-unset}}\"")])
+            .env_base(&base),
+    );
+    assert_eq!((end, lines), (Termination::Exited { code: 0 }, vec![value]));
+    // An empty base: nothing inherited, and execvp's default path finds `sh`.
+    let (end, lines) = stdout_of(
+        ChildSpec::new("sh")
+            .args(["-c", &format!("echo \"${{{key}-unset}}\"")])
+            .env_base(&Environment::default()),
+    );
+    assert_eq!(
+        (end, lines),
+        (Termination::Exited { code: 0 }, vec!["unset".to_owned()])
     );
 }
 

@@ -6,16 +6,15 @@
 //! faults and teardown at exec cost more than the rest of a short job put together.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr, OsString, c_char, c_int, c_void};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::ptr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, Ordering};
 
-use crate::spec::{Input, Output};
+use crate::spec::{Environment, Input, Output};
 use crate::sys::Spawned;
 use crate::{ChildSpec, Error, ResourceLimits, Result};
 
@@ -107,8 +106,8 @@ struct Failure {
 struct ExecPlan {
     /// Owns what `argv` points to.
     _args: Vec<CString>,
-    /// Owns what `envp` points to.
-    _env: Vec<CString>,
+    /// Owns what `envp` points to: the base's variables and the changed ones.
+    _env: (Environment, Vec<CString>),
     argv: Vec<*const c_char>,
     envp: Vec<*const c_char>,
     /// Full paths to try, in `PATH` order (just the program if it has a slash).
@@ -504,43 +503,71 @@ fn pointers(strings: &[CString]) -> Vec<*const c_char> {
         .collect()
 }
 
-/// Builds argv, the environment (this process's unless cleared, then the spec's changes in
-/// order) and the `PATH` candidates, all before the clone.
+/// Builds argv, the environment (the spec's base, or this process's, then the spec's changes
+/// and `extra_env`, the last change of a variable winning) and the `PATH` candidates, all before
+/// the clone.
 fn exec_plan(spec: &ChildSpec, extra_env: &[(OsString, OsString)]) -> io::Result<ExecPlan> {
-    let mut env: BTreeMap<OsString, OsString> = if spec.env_clear {
-        BTreeMap::new()
-    } else {
-        std::env::vars_os().collect()
+    let base = match &spec.env_base {
+        Some(base) => base.clone(),
+        None => Environment::current(),
     };
-    for (key, value) in &spec.env {
-        match value {
-            Some(value) => env.insert(key.clone(), value.clone()),
-            None => env.remove(key),
-        };
+    let changes: Vec<(&[u8], Option<&[u8]>)> = spec
+        .env
+        .iter()
+        .map(|(key, value)| (key.as_bytes(), value.as_ref().map(|v| v.as_bytes())))
+        .chain(
+            extra_env
+                .iter()
+                .map(|(key, value)| (key.as_bytes(), Some(value.as_bytes()))),
+        )
+        .collect();
+    let changed = |key: &[u8]| changes.iter().any(|(k, _)| *k == key);
+    // Each changed variable once, at its last change; the removed ones not at all.
+    let mut set: Vec<(&[u8], &[u8])> = Vec::with_capacity(changes.len());
+    for (at, (key, value)) in changes.iter().enumerate() {
+        if let Some(value) = value
+            && !changes[at + 1..].iter().any(|(k, _)| k == key)
+        {
+            set.push((key, value));
+        }
     }
-    for (key, value) in extra_env {
-        env.insert(key.clone(), value.clone());
-    }
+    let env = set
+        .iter()
+        .map(|(key, value)| {
+            let mut pair = key.to_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(value);
+            c_string(OsStr::from_bytes(&pair))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let kept: Vec<&CStr> = base
+        .vars
+        .iter()
+        .map(CString::as_c_str)
+        .filter(|var| !changed(var_key(var.to_bytes())))
+        .collect();
     // Looked up in the child's PATH, as std does when the environment is changed.
-    let (candidates, no_candidate) = path_candidates(
-        spec.program.as_bytes(),
-        env.get(OsStr::new("PATH")).map(|p| p.as_bytes()),
-    )?;
+    let path = match set.iter().find(|(key, _)| *key == b"PATH") {
+        Some((_, value)) => Some(*value),
+        None if changed(b"PATH") => None,
+        None => kept
+            .iter()
+            .map(|var| var.to_bytes())
+            .find(|var| var_key(var) == b"PATH")
+            .map(|var| &var[b"PATH=".len()..]),
+    };
+    let (candidates, no_candidate) = path_candidates(spec.program.as_bytes(), path)?;
     let args = std::iter::once(&spec.program)
         .chain(&spec.args)
         .map(|arg| c_string(arg))
         .collect::<io::Result<Vec<_>>>()?;
-    let env = env
-        .into_iter()
-        .map(|(key, value)| {
-            let mut pair = key.into_vec();
-            pair.push(b'=');
-            pair.extend_from_slice(value.as_bytes());
-            c_string(OsStr::from_bytes(&pair))
-        })
-        .collect::<io::Result<Vec<_>>>()?;
     let argv = pointers(&args);
-    let envp = pointers(&env);
+    let envp = kept
+        .iter()
+        .map(|var| var.as_ptr())
+        .chain(env.iter().map(|var| var.as_ptr()))
+        .chain(std::iter::once(ptr::null()))
+        .collect();
     let script_argv = [SHELL.as_ptr(), ptr::null()]
         .into_iter()
         .chain(argv.iter().skip(1).copied())
@@ -548,13 +575,21 @@ fn exec_plan(spec: &ChildSpec, extra_env: &[(OsString, OsString)]) -> io::Result
         .collect();
     Ok(ExecPlan {
         _args: args,
-        _env: env,
+        _env: (base, env),
         argv,
         envp,
         candidates,
         no_candidate,
         script_argv,
     })
+}
+
+/// The name of a `KEY=VALUE` variable (a leading `=` belongs to the name, as in std).
+fn var_key(var: &[u8]) -> &[u8] {
+    match var.iter().skip(1).position(|&b| b == b'=') {
+        Some(at) => &var[..at + 1],
+        None => var,
+    }
 }
 
 /// The paths `execvp` tries for `program` with this `PATH`, or the errno it fails with before
