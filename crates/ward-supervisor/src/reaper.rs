@@ -183,7 +183,8 @@ impl Reaper {
         Ok(Reaper {
             inner: Inner::new(false)?,
             thread: None,
-            inline: Some(Mutex::new(Turns::new(16 * 1024, 8))),
+            // One child, usually quiet: a small buffer, quick to allocate for each child.
+            inline: Some(Mutex::new(Turns::new(4 * 1024, 8))),
         })
     }
 

@@ -401,14 +401,21 @@ fn collecting(spec: ChildSpec) -> (ChildSpec, Seen) {
 
 #[test]
 fn many_concurrent_children_are_all_reaped_with_their_own_status_and_output() {
+    // Every other child inline: its output (21 KB, several reads; fewer lines than the sink's
+    // queue holds, so none is dropped) waits in its pipe until it is waited for.
     let children: Vec<_> = (0..40)
         .map(|i| {
-            let script = format!("seq 1 300; echo err{i} >&2; exit {}", i % 7);
+            let script = format!("seq -f %020g 1 1000; echo err{i} >&2; exit {}", i % 7);
             let (spec, seen) = collecting(ChildSpec::new("sh").args(["-c", &script]));
-            (i, Child::spawn(&spec).unwrap(), seen)
+            let child = if i % 2 == 0 {
+                Child::spawn(&spec)
+            } else {
+                Child::spawn_inline(&spec)
+            };
+            (i, child.unwrap(), seen)
         })
         .collect();
-    let expected: Vec<String> = (1..=300).map(|n| n.to_string()).collect();
+    let expected: Vec<String> = (1..=1000).map(|n| format!("{n:020}")).collect();
     for (i, child, seen) in children {
         let exit = child.wait_timeout(LONG).expect("every child is reaped");
         assert_eq!(exit.termination, Termination::Exited { code: i % 7 });
