@@ -54,7 +54,8 @@ pub(crate) struct State {
 pub(crate) struct Shared {
     pub(crate) pid: libc::pid_t,
     state: Mutex<State>,
-    /// Notified when the child is reaped, and when the reaper is done with it.
+    /// Notified when the child is reaped, when the reaper is done with it, and when a thread that
+    /// turned an inline reaper stops doing so.
     pub(crate) exited: Condvar,
 }
 
@@ -139,6 +140,7 @@ impl Child {
     /// the child's exit wakes the waiting thread itself, not a reaper thread that then wakes it.
     /// While nobody waits, nothing reads the child's output, so a child that fills its pipe
     /// (64 KiB) blocks until someone waits again, and its watchdog does not run.
+    /// [`try_wait`](Self::try_wait) looks without waiting, and reaps the child if it has exited.
     ///
     /// # Errors
     /// As [`Child::spawn`].
@@ -299,7 +301,8 @@ impl Child {
 
     /// The exit, if the child has been reaped.
     pub fn try_wait(&self) -> Option<Exit> {
-        self.shared.lock().exit.clone()
+        // Not waiting: a deadline already reached (an inline reaper still takes one quick turn).
+        self.wait_until(Some(Instant::now()))
     }
 
     /// Waits for the child to exit.
@@ -333,9 +336,10 @@ impl Child {
         let mut drove = false;
         loop {
             let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+            let expired = left.is_some_and(|left| left.is_zero());
             let result = if done(&state) {
                 Some(true)
-            } else if left.is_some_and(|left| left.is_zero()) {
+            } else if expired && (drove || inline.is_none()) {
                 Some(false)
             } else {
                 None
@@ -347,6 +351,8 @@ impl Child {
                 }
                 return result;
             }
+            // An inline reaper gets at least one turn, without waiting once the deadline is
+            // past: `try_wait` sees an exit that happened while nobody waited.
             if let Some(reaper) = inline
                 && let Some(mut turns) = reaper.try_drive()
             {
@@ -356,6 +362,9 @@ impl Child {
                 drove = true;
                 state = self.shared.lock();
                 continue;
+            }
+            if expired {
+                return false;
             }
             state.waiters += 1;
             state = match left {
@@ -393,6 +402,9 @@ impl Child {
     /// # Errors
     /// [`Error::Os`] if the signal cannot be sent.
     pub fn begin_stop(&self) -> Result<()> {
+        // An inline child that exited while nobody waited is reaped first: its exit was not
+        // asked for.
+        self.try_wait();
         let mut state = self.shared.lock();
         if !state.reaped {
             state.stop_requested = true;
@@ -413,6 +425,7 @@ impl Child {
     }
 
     fn kill_and_wait(&self) -> Result<Exit> {
+        self.try_wait();
         {
             let mut state = self.shared.lock();
             if !state.reaped {
@@ -456,7 +469,8 @@ impl Drop for Child {
         if let Some(cgroup) = &self.cgroup {
             cgroup.remove();
         }
-        // Last: its thread is joined here, and it SIGKILLs whatever it still watches.
+        // Last: it SIGKILLs whatever it still watches and reaps it, and a reaper's thread is
+        // joined here.
         drop(self.own_reaper.take());
     }
 }

@@ -73,17 +73,17 @@
 //!   child exits. A [`Supervisor`] spawns every child from its own long-lived thread; if you use
 //!   [`Child`] directly, spawn from a thread that outlives the child.
 //! - **Reaping.** A [`Reaper`]'s thread waits in one `epoll` set for the exit of each of its
-//!   children (a pidfd from `clone(CLONE_PIDFD)`; before Linux 5.2, `waitid(WNOHANG |
-//!   WNOWAIT)` every 10 ms), their output pipes and their heartbeats. [`Child::spawn`] makes a reaper for the one child; a
-//!   [`Supervisor`] keeps one for all of its children; [`Reaper::spawn`] shares one, so that
-//!   spawning a job creates no thread and none has to be scheduled and joined before the job
-//!   counts as done. [`Child::spawn_inline`] makes a reaper without a thread, whose loop the
+//!   children (a pidfd from `clone(CLONE_PIDFD)`; before Linux 5.3, `waitid(WNOHANG | WNOWAIT)`
+//!   every 10 ms), their output pipes and their heartbeats. [`Child::spawn`] makes a reaper for the
+//!   one child; a [`Supervisor`] keeps one for all of its children; [`Reaper::spawn`] shares one,
+//!   so that spawning a job creates no thread and none has to be scheduled and joined before the
+//!   job counts as done. [`Child::spawn_inline`] makes a reaper without a thread, whose loop the
 //!   threads waiting for the child turn, one at a time: the exit then wakes the waiting thread
-//!   itself instead of a reaper thread that would wake it in turn. The exited child stays a zombie that pins its pid and group id until the
-//!   reaper has SIGKILLed what it left in its group (see [`ChildSpec::kill_group_on_exit`]);
-//!   then it is reaped with `wait4` for the rusage. Signals are only ever sent while the child
-//!   is unreaped, so they never hit a recycled pid. Dropping a reaper SIGKILLs the groups of
-//!   the children it still watches, reaps them and joins its thread.
+//!   itself instead of a reaper thread that would wake it in turn. The exited child stays a zombie
+//!   that pins its pid and group id until the reaper has SIGKILLed what it left in its group (see
+//!   [`ChildSpec::kill_group_on_exit`]); then it is reaped with `wait4` for the rusage. Signals are
+//!   only ever sent while the child is unreaped, so they never hit a recycled pid. Dropping a
+//!   reaper SIGKILLs the groups of the children it still watches, reaps them and joins its thread.
 //! - **Output.** The reaper reads captured stdout/stderr into lines and queues them (bounded)
 //!   for a thread per child that calls the sink, started with the first line, so a child that
 //!   writes nothing costs no thread of its own. The child never waits for the sink: when the

@@ -1,14 +1,14 @@
 //! The [`Reaper`]: one thread that watches any number of children in a single `epoll` set (each
 //! child's exit through its pidfd, its output pipes, its heartbeats), reaps each as soon as it
 //! exits, and reads its output into lines. An inline reaper has no thread and watches one child,
-//! whose descriptors the thread waiting for it `poll`s. Spawning through a reaper starts no thread; what
-//! spawning is, and the [`Child`] handle, live in `child`.
+//! whose descriptors the thread waiting for it `poll`s. Spawning through a reaper starts no thread;
+//! what spawning is, and the [`Child`] handle, live in `child`.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use crate::{ChildSpec, Error, Exit, Result};
 /// After the child is reaped, output still buffered in the pipes is read for at most this long
 /// (a descendant that escaped the group could keep a pipe open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
-/// Without a pidfd (kernels before 5.2), how often the reaper checks whether a child exited.
+/// Without a pidfd (kernels before 5.3), how often the reaper checks whether a child exited.
 const EXIT_CHECK: Duration = Duration::from_millis(10);
 /// Once the reaper is dropped, how long its SIGKILLed children may take to be reaped before it
 /// gives up on them and ends anyway.
@@ -190,7 +190,13 @@ impl Reaper {
 
     /// An inline reaper's loop, if no other thread is turning it right now.
     pub(crate) fn try_drive(&self) -> Option<MutexGuard<'_, Turns>> {
-        self.inline.as_ref()?.try_lock().ok()
+        match self.inline.as_ref()?.try_lock() {
+            Ok(turns) => Some(turns),
+            // A turn that panicked (in a sink or a callback, on a waiting thread) must not leave
+            // the child with nobody to reap it: its scratch space is still sound.
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// One turn of an inline reaper's loop, waiting at most until `until` for something to do.

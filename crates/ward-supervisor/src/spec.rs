@@ -1,6 +1,7 @@
 //! What to run: [`ChildSpec`] (program, arguments, environment, descriptors, limits, output sink,
 //! watchdog) and its small parts. Nothing here touches a process.
 
+use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -103,16 +104,37 @@ pub const HEARTBEAT_FD_ENV: &str = "WARD_HEARTBEAT_FD";
 
 /// An environment captured once to start many children from ([`ChildSpec::env_base`]): each
 /// spawn then copies only the variables its spec changes, not the whole environment.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Environment {
     /// `KEY=VALUE` each, as `execve` takes them; no key twice.
     pub(crate) vars: Arc<[CString]>,
 }
 
+/// The names only: values may be secrets, and a spec is logged with `{:?}`.
+impl fmt::Debug for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = self.vars.iter().map(|var| {
+            let bytes = var.to_bytes();
+            let end = bytes
+                .iter()
+                .skip(1)
+                .position(|&b| b == b'=')
+                .map_or(bytes.len(), |at| at + 1);
+            String::from_utf8_lossy(&bytes[..end]).into_owned()
+        });
+        f.debug_struct("Environment")
+            .field("names", &names.collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 impl Environment {
-    /// This process's environment as it is now (a later `set_var` is not seen in it).
+    /// This process's environment as it is now (a later `set_var` is not seen in it). A name
+    /// the process's environment has twice keeps its last value.
     pub fn current() -> Environment {
-        let vars = std::env::vars_os()
+        let vars: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+        let vars = vars
+            .into_iter()
             .filter_map(|(key, value)| {
                 let mut pair = key.into_vec();
                 pair.push(b'=');
@@ -332,5 +354,24 @@ impl ChildSpec {
     /// The stop grace.
     pub fn get_stop_grace(&self) -> Duration {
         self.stop_grace
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_environment_shows_its_names_but_never_its_values() {
+        let env = Environment {
+            vars: Arc::from([
+                CString::new("API_TOKEN=hunter2").unwrap(),
+                CString::new("=C:=weird").unwrap(),
+            ]),
+        };
+        let shown = format!("{:?}", ChildSpec::new("true").env_base(&env));
+        assert!(shown.contains("\"API_TOKEN\""), "{shown}");
+        assert!(shown.contains("\"=C:\""), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

@@ -648,6 +648,34 @@ fn an_inline_child_waited_for_by_two_threads_wakes_both() {
 }
 
 #[test]
+fn an_inline_child_that_exited_while_nobody_waited_is_seen_by_try_wait_and_not_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("sleep.pid");
+    // Its group is left alone at its exit: the background sleep must survive the drop too.
+    let script = format!("sleep 1000 & echo $! > {}", pidfile.display());
+    let child = Child::spawn_inline(&background_sleeps(&script).kill_group_on_exit(false)).unwrap();
+    let leader = child.id();
+    // Nobody waits: the leader exits and stays a zombie until the child is looked at.
+    assert!(poll(LONG, || is_dead(leader)));
+    let exit = child.try_wait().expect("try_wait reaps the exited child");
+    assert_eq!(exit.termination, Termination::Exited { code: 0 });
+    assert!(!exit.stop_requested, "{exit:?}");
+    drop(child);
+    let sleep: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !is_dead(sleep as u32),
+        "the drop killed the group of an exited child"
+    );
+    // SAFETY: kill has no memory-safety preconditions; the sleep is not ours to reap (its
+    // parent, the shell, is gone) and is alive, so its pid is still its own.
+    unsafe { libc::kill(sleep, libc::SIGKILL) };
+}
+
+#[test]
 fn an_inline_child_is_stopped_and_its_group_killed() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();

@@ -20,7 +20,8 @@ pub(crate) use unsupported::*;
 pub(crate) struct Spawned {
     pub(crate) pid: libc::pid_t,
     /// Polls readable once the child has exited (close-on-exec); `None` on kernels without
-    /// pidfds (before 5.2), where the caller checks for the exit with `waitid(WNOHANG)` instead.
+    /// pollable pidfds (before 5.3), where the caller checks for the exit with `waitid(WNOHANG)`
+    /// instead.
     pub(crate) pidfd: Option<OwnedFd>,
     pub(crate) stdin: Option<OwnedFd>,
     pub(crate) stdout: Option<OwnedFd>,

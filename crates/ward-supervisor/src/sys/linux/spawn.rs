@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::ptr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, Ordering};
 
 use crate::spec::{Environment, Input, Output};
 use crate::sys::Spawned;
@@ -227,8 +227,23 @@ pub(crate) fn spawn(
     })
 }
 
-/// Whether `clone` takes `CLONE_PIDFD` (Linux 5.2 and later); cleared at its first refusal.
-static CLONE_PIDFD_WORKS: AtomicBool = AtomicBool::new(true);
+/// Whether children get a pidfd to wait on: `clone` makes one from Linux 5.2, but it can be
+/// polled only from 5.3, which brought `pidfd_open`; so that is what is probed, once.
+fn pidfds_pollable() -> bool {
+    static POLLABLE: OnceLock<bool> = OnceLock::new();
+    *POLLABLE.get_or_init(|| {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+        if fd < 0 {
+            let err = io::Error::last_os_error();
+            log::debug!("no pidfd_open ({err}): children's exits will be polled");
+            return err.raw_os_error() != Some(libc::ENOSYS);
+        }
+        // SAFETY: a descriptor just made for us, closed once here.
+        drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        true
+    })
+}
 
 /// Clones the child with all signals blocked in this thread (so that no handler of ours ever
 /// runs in the child, on our memory), and restores the mask once the child has exec'd or exited.
@@ -241,6 +256,7 @@ unsafe fn clone_vfork(
     plan: &ChildPlan<'_>,
     stack: &ChildStack,
 ) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
+    let pidfds = pidfds_pollable();
     // SAFETY: an all-zero sigset_t is a valid value for sigfillset/pthread_sigmask to overwrite.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -272,18 +288,7 @@ unsafe fn clone_vfork(
         }
     };
     let mut pidfd: c_int = -1;
-    let mut pid = -1;
-    if CLONE_PIDFD_WORKS.load(Ordering::Relaxed) {
-        pid = clone(libc::CLONE_PIDFD, &mut pidfd);
-        if pid < 0 && errno() == libc::EINVAL {
-            log::debug!("clone refuses CLONE_PIDFD: children's exits will be polled");
-            CLONE_PIDFD_WORKS.store(false, Ordering::Relaxed);
-        }
-    }
-    if !CLONE_PIDFD_WORKS.load(Ordering::Relaxed) {
-        pidfd = -1;
-        pid = clone(0, &mut pidfd);
-    }
+    let pid = clone(if pidfds { libc::CLONE_PIDFD } else { 0 }, &mut pidfd);
     let clone_err = io::Error::last_os_error();
     // SAFETY: `old` is the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
@@ -845,7 +850,7 @@ mod tests {
         let spawned = spawn(&spec, &[], Vec::new(), None).unwrap();
         let pidfd = spawned
             .pidfd
-            .expect("Linux 5.2 or later makes a pidfd at the clone");
+            .expect("Linux 5.3 or later makes a pidfd at the clone");
         let fdinfo =
             std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).unwrap();
         assert!(
