@@ -424,8 +424,9 @@ impl Child {
         self.kill_and_wait()
     }
 
+    /// Called only right after a look at the child (`finish_stop`'s wait, the drop's
+    /// `try_wait`), so an inline child's exit is known here if it happened.
     fn kill_and_wait(&self) -> Result<Exit> {
-        self.try_wait();
         {
             let mut state = self.shared.lock();
             if !state.reaped {
