@@ -1,6 +1,7 @@
 //! The cross-tool comparisons: the real `ward` daemon (release build) against what people would
 //! use instead, each pair measured in the same run. The job program is `ward-bench-probe` for
-//! every tool, so "job started" means the same thing everywhere.
+//! every tool, so "job started" means the same thing everywhere (statically linked where it can
+//! be: see `build_probe`).
 //!
 //! Scratch trees live in `/dev/shm` when there is one, so that writing 200k files measures the
 //! watchers and not the disk.
