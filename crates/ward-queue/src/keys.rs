@@ -1,6 +1,6 @@
 //! The per-key state machine behind keyed submits: which key is running, which job waits for it,
-//! and whether that job has a token in the queue. Pure data, no threads: the pool holds it under
-//! one mutex and never blocks while holding it.
+//! and whether that job has a token in the queue. Pure data, no threads: the pool holds each
+//! table under a mutex and never blocks while holding it.
 //!
 //! A key's waiting job reaches a worker in one of two ways. If the key was idle, a token naming
 //! the key's slot goes through the queue and the worker that receives it takes the job
@@ -12,6 +12,11 @@
 //! and runners refer to the slot by that number. A slot is freed, and its key forgotten, once
 //! its key is idle with nothing waiting; no token or retry can refer to it then, so a number is
 //! never reused while something still holds it.
+//!
+//! The pool splits its keys over several tables by key hash, each under its own lock, so that a
+//! submitter and the workers seldom wait for each other. A table is one *shard* of `2^shift`:
+//! its slot numbers carry the shard in their low `shift` bits, so a token or a retry names its
+//! table as well as its slot.
 
 use std::hash::{BuildHasher, Hash};
 
@@ -51,32 +56,56 @@ pub(crate) struct KeyTable<K, T> {
     /// A fast keyed hash (foldhash, seeded per table): every keyed job hashes its key once,
     /// before its submitter takes the lock the workers also take.
     hasher: DefaultHashBuilder,
-    /// Slot numbers by their key's hash. The key itself is kept once, in its slot.
-    index: HashTable<SlotId>,
+    /// Local slot numbers by their key's hash. The key itself is kept once, in its slot.
+    index: HashTable<usize>,
+    /// By local number: a slot's number without its shard bits.
     slots: Vec<Option<Slot<K, T>>>,
-    free: Vec<SlotId>,
+    free: Vec<usize>,
     deferred: usize,
+    /// This table's shard, and the number of bits the shard takes in a slot number.
+    shard: usize,
+    shift: u32,
 }
 
 impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
+    /// A table on its own: slot numbers are local numbers.
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
+        Self::shard(DefaultHashBuilder::default(), 0, 0)
+    }
+
+    /// Shard `shard` of `2^shift` tables that share `hasher`.
+    pub(crate) fn shard(hasher: DefaultHashBuilder, shard: usize, shift: u32) -> Self {
+        debug_assert!(shard < 1 << shift);
         KeyTable {
-            hasher: DefaultHashBuilder::default(),
+            hasher,
             index: HashTable::new(),
             slots: Vec::new(),
             free: Vec::new(),
             deferred: 0,
+            shard,
+            shift,
         }
+    }
+
+    /// The slot number of this table's local number `at`.
+    fn id(&self, at: usize) -> SlotId {
+        at << self.shift | self.shard
+    }
+
+    /// The local number of slot `id`, one of this table's.
+    fn at(&self, id: SlotId) -> usize {
+        debug_assert_eq!(
+            id & ((1 << self.shift) - 1),
+            self.shard,
+            "slot of another shard"
+        );
+        id >> self.shift
     }
 
     /// Jobs waiting without a token (their key is running).
     pub(crate) fn deferred(&self) -> usize {
         self.deferred
-    }
-
-    /// The table's hasher, for callers that hash a key before they take the table's lock.
-    pub(crate) fn hasher(&self) -> DefaultHashBuilder {
-        self.hasher.clone()
     }
 
     #[cfg(test)]
@@ -96,6 +125,7 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         job: T,
         send_token: impl FnOnce(SlotId) -> bool,
     ) -> Offer<K, T> {
+        let (shard, shift) = (self.shard, self.shift);
         let Self {
             index,
             slots,
@@ -112,8 +142,8 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         let entry = match entry {
             Entry::Vacant(entry) => entry,
             Entry::Occupied(entry) => {
-                let id = *entry.get();
-                return match slots[id].as_mut() {
+                let at = *entry.get();
+                return match slots[at].as_mut() {
                     Some(slot) => {
                         if let Some(waiting) = slot.waiting.as_mut() {
                             Offer::Coalesced(std::mem::replace(waiting, job))
@@ -121,14 +151,14 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
                             slot.waiting = Some(job);
                             *deferred += 1;
                             Offer::Deferred
-                        } else if send_token(id) {
+                        } else if send_token(at << shift | shard) {
                             // An idle, empty slot is freed at once; should one exist, treat it
                             // as new.
                             slot.waiting = Some(job);
                             slot.queued = true;
                             Offer::Queued
                         } else {
-                            self.free_if_idle(id);
+                            self.free_if_idle(at);
                             Offer::Full(key, job)
                         }
                     }
@@ -136,11 +166,11 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
                 };
             }
         };
-        let id = free.last().copied().unwrap_or(slots.len());
-        if !send_token(id) {
+        let at = free.last().copied().unwrap_or(slots.len());
+        if !send_token(at << shift | shard) {
             return Offer::Full(key, job);
         }
-        entry.insert(id);
+        entry.insert(at);
         let slot = Some(Slot {
             key,
             hash,
@@ -148,9 +178,9 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
             waiting: Some(job),
             queued: true,
         });
-        if id < slots.len() {
+        if at < slots.len() {
             free.pop();
-            slots[id] = slot;
+            slots[at] = slot;
         } else {
             slots.push(slot);
         }
@@ -161,20 +191,22 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     /// idle (then `offer` again).
     pub(crate) fn claim(&mut self, key: &K) -> Option<SlotId> {
         let hash = self.hasher.hash_one(key);
-        if let Some(id) = self.find(hash, key) {
-            let slot = self.slots[id].as_mut()?;
+        if let Some(at) = self.find(hash, key) {
+            let slot = self.slots[at].as_mut()?;
             if slot.running || slot.waiting.is_some() {
                 return None;
             }
             slot.running = true;
-            return Some(id);
+            return Some(self.id(at));
         }
-        Some(self.make_slot(key.clone(), true))
+        let at = self.make_slot(key.clone(), true);
+        Some(self.id(at))
     }
 
     /// A worker received slot `id`'s token: the job to run now, the key then running.
     #[inline]
     pub(crate) fn take_for_token(&mut self, id: SlotId) -> Option<T> {
+        let id = self.at(id);
         let slot = self.slots.get_mut(id)?.as_mut()?;
         if !slot.queued {
             log::error!("ward-queue: a key token arrived that no job was waiting for");
@@ -199,6 +231,7 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
 
     /// A submitter evicted slot `id`'s token from the queue: the job it stood for.
     pub(crate) fn evict_token(&mut self, id: SlotId) -> Option<T> {
+        let id = self.at(id);
         let slot = self.slots.get_mut(id)?.as_mut()?;
         if !slot.queued {
             return None;
@@ -212,6 +245,7 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     /// Takes back the queued job of slot `id` whose token could not be sent, if it is still the
     /// one waiting (`is_ours`); a newer job that replaced it stays.
     pub(crate) fn withdraw(&mut self, id: SlotId, is_ours: impl Fn(&T) -> bool) -> Option<T> {
+        let id = self.at(id);
         let slot = self.slots.get_mut(id)?.as_mut()?;
         if !slot.queued || !slot.waiting.as_ref().is_some_and(is_ours) {
             return None;
@@ -225,6 +259,7 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     /// A run of slot `id`'s key ended. Returns the deferred job to run next (the key stays
     /// running), or releases the key. With `stop` set the deferred job is left for the drain.
     pub(crate) fn release(&mut self, id: SlotId, stop: bool) -> Option<T> {
+        let id = self.at(id);
         let slot = self.slots.get_mut(id)?.as_mut()?;
         if !stop
             && !slot.queued
@@ -247,6 +282,7 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     /// Looks the slot up once: every keyed job on a worker ends here.
     #[inline]
     pub(crate) fn release_unless_deferred(&mut self, id: SlotId) -> bool {
+        let id = self.at(id);
         let Some(slot) = self.slots.get_mut(id).and_then(Option::as_mut) else {
             return true;
         };
@@ -269,6 +305,7 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     /// Hands slot `id`, whose key a job held until now, to `job` with a token about to be sent:
     /// for a deferred job whose runner went away (its retry was evicted).
     pub(crate) fn requeue(&mut self, id: SlotId, job: T) {
+        let id = self.at(id);
         if let Some(slot) = self.slots.get_mut(id).and_then(Option::as_mut) {
             slot.running = false;
             slot.waiting = Some(job);
@@ -279,6 +316,7 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
     /// A retry of slot `id`'s key came due: the newer deferred job that supersedes it, if any
     /// (the key stays running either way).
     pub(crate) fn take_superseding(&mut self, id: SlotId) -> Option<T> {
+        let id = self.at(id);
         let slot = self.slots.get_mut(id)?.as_mut()?;
         if slot.queued {
             return None;
@@ -302,8 +340,8 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
             .collect()
     }
 
-    /// The live slot holding `key`, whose hash is `hash`.
-    fn find(&self, hash: u64, key: &K) -> Option<SlotId> {
+    /// The local number of the live slot holding `key`, whose hash is `hash`.
+    fn find(&self, hash: u64, key: &K) -> Option<usize> {
         let slots = &self.slots;
         self.index
             .find(hash, |&id| {
@@ -312,12 +350,12 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
             .copied()
     }
 
-    /// The number the next new slot gets: the last one freed, or a new one.
-    fn next_id(&self) -> SlotId {
+    /// The local number the next new slot gets: the last one freed, or a new one.
+    fn next_id(&self) -> usize {
         self.free.last().copied().unwrap_or(self.slots.len())
     }
 
-    fn make_slot(&mut self, key: K, running: bool) -> SlotId {
+    fn make_slot(&mut self, key: K, running: bool) -> usize {
         let hash = self.hasher.hash_one(&key);
         let id = self.next_id();
         self.put(
@@ -333,8 +371,8 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         id
     }
 
-    /// Stores `slot` at `id`, which is the last free number or the next new one, and indexes it.
-    fn put(&mut self, id: SlotId, slot: Slot<K, T>) {
+    /// Stores `slot` at local number `id`, the last free one or the next new one, and indexes it.
+    fn put(&mut self, id: usize, slot: Slot<K, T>) {
         let hash = slot.hash;
         if self.free.last() == Some(&id) {
             self.free.pop();
@@ -348,7 +386,7 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         });
     }
 
-    fn free_if_idle(&mut self, id: SlotId) {
+    fn free_if_idle(&mut self, id: usize) {
         let idle = self.slots[id]
             .as_ref()
             .is_some_and(|slot| !slot.running && slot.waiting.is_none() && !slot.queued);
@@ -357,8 +395,8 @@ impl<K: Eq + Hash + Clone, T> KeyTable<K, T> {
         }
     }
 
-    /// Frees slot `id`, which is idle, and forgets its key.
-    fn free(&mut self, id: SlotId) {
+    /// Frees the slot at local number `id`, which is idle, and forgets its key.
+    fn free(&mut self, id: usize) {
         if let Some(slot) = self.slots[id].take() {
             if let Ok(entry) = self.index.find_entry(slot.hash, |&other| other == id) {
                 entry.remove();
@@ -521,6 +559,39 @@ mod tests {
             }
         }
         assert_eq!(t.len(), 1000);
+    }
+
+    #[test]
+    fn a_shards_slot_numbers_carry_the_shard_and_find_their_slot() {
+        let mut t: KeyTable<u32, u32> = KeyTable::shard(DefaultHashBuilder::default(), 5, 3);
+        let mut slots = Vec::new();
+        for n in 0..100 {
+            let mut named = None;
+            let offer = t.offer(n, n, |id| {
+                named = Some(id);
+                true
+            });
+            assert_eq!(offer, Offer::Queued);
+            let id = named.unwrap();
+            assert_eq!(id & 0b111, 5, "slot {id} does not name shard 5");
+            assert!(!slots.contains(&id), "two keys got slot {id}");
+            slots.push(id);
+        }
+        // A claimed key's number works the same way.
+        let claimed = t.claim(&1000).unwrap();
+        assert_eq!(claimed & 0b111, 5);
+        assert_eq!(
+            t.offer(1000, 7, |_| panic!("the key runs")),
+            Offer::Deferred
+        );
+        assert_eq!(t.release(claimed, false), Some(7));
+        assert_eq!(t.release(claimed, false), None);
+        // Each token's number finds its own key's job, then its slot is freed.
+        for (n, &id) in slots.iter().enumerate() {
+            assert_eq!(t.take_for_token(id), Some(n as u32));
+            assert_eq!(t.release(id, false), None);
+        }
+        assert_eq!(t.len(), 0);
     }
 
     #[test]

@@ -48,10 +48,10 @@
 //! worker running the key runs it once that run ends (after at most one job of another key that
 //! it had already taken from the queue, so that a busy key cannot hold the queue up). That is how
 //! two jobs of one key never run at once and the last one submitted always runs after its
-//! submission. A worker releases a key and takes its next job from the table under one lock. A
-//! failed attempt goes to the overseer thread's retry heap with its backoff and comes back
-//! through the queue when due; a keyed job keeps its key meanwhile, and a newer job of that key
-//! supersedes the retry.
+//! submission. The key table is split by key hash into sixteen tables, each under its own lock,
+//! so the submitter and the workers seldom wait for one another's lock. A failed attempt goes to
+//! the overseer thread's retry heap with its backoff and comes back through the queue when due;
+//! a keyed job keeps its key meanwhile, and a newer job of that key supersedes the retry.
 //!
 //! Every accepted job ends in exactly one [`Event::Completed`], [`Event::Dead`] or
 //! [`Event::Dropped`], or is returned by [`Pool::shutdown`].

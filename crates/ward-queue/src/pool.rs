@@ -278,6 +278,94 @@ impl<T> std::ops::Deref for Padded<T> {
     }
 }
 
+/// How many tables the keys are split over (a power of two): enough that the submitter and
+/// two workers, each locking one per keyed job, seldom meet at the same lock.
+const KEY_SHARD_BITS: u32 = 4;
+
+/// The key table, split by key hash into tables with locks of their own. With one table, the
+/// waits at its lock were the largest cost of a keyed job (`examples/bench.rs`).
+struct KeyShards<K, T> {
+    hasher: DefaultHashBuilder,
+    shards: Box<[Shard<K, T>]>,
+}
+
+/// One of the tables, on cache lines of its own.
+type Shard<K, T> = Padded<Mutex<KeyTable<K, T>>>;
+
+impl<K: Eq + Hash + Clone, T> KeyShards<K, T> {
+    fn new() -> Self {
+        let hasher = DefaultHashBuilder::default();
+        let shards = (0..1 << KEY_SHARD_BITS)
+            .map(|shard| {
+                Padded(Mutex::new(KeyTable::shard(
+                    hasher.clone(),
+                    shard,
+                    KEY_SHARD_BITS,
+                )))
+            })
+            .collect();
+        KeyShards { hasher, shards }
+    }
+
+    /// `key`'s hash, for `by_hash`; computed before any lock is taken.
+    fn hash(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The table of keys with this hash. Bits 32 and up choose it: the tables' own probing
+    /// uses the low bits and the top seven.
+    fn by_hash(&self, hash: u64) -> &Mutex<KeyTable<K, T>> {
+        &self.shards[(hash >> 32) as usize & ((1 << KEY_SHARD_BITS) - 1)]
+    }
+
+    /// The table of slot `slot`: a slot number carries its table in its low bits.
+    fn by_slot(&self, slot: SlotId) -> &Mutex<KeyTable<K, T>> {
+        &self.shards[slot & ((1 << KEY_SHARD_BITS) - 1)]
+    }
+
+    /// Keeps the last table it locked locked, for a worker touching several slots in a row.
+    fn locker(&self) -> Locker<'_, K, T> {
+        Locker {
+            keys: self,
+            held: None,
+        }
+    }
+
+    /// Jobs waiting without a token, over every table.
+    fn deferred(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().deferred())
+            .sum()
+    }
+
+    /// Takes every waiting job out of every table.
+    fn drain(&self) -> Vec<T> {
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.lock().drain())
+            .collect()
+    }
+}
+
+/// See [`KeyShards::locker`].
+struct Locker<'a, K, T> {
+    keys: &'a KeyShards<K, T>,
+    held: Option<(usize, MutexGuard<'a, KeyTable<K, T>>)>,
+}
+
+impl<K: Eq + Hash + Clone, T> Locker<'_, K, T> {
+    /// The table of `slot`, locked; the one locked before is unlocked if it is another.
+    fn lock(&mut self, slot: SlotId) -> &mut KeyTable<K, T> {
+        let shard = slot & ((1 << KEY_SHARD_BITS) - 1);
+        if self.held.as_ref().is_some_and(|(held, _)| *held != shard) {
+            self.held = None; // Unlocked before the next is locked: no two at once.
+        }
+        let keys = self.keys;
+        &mut self.held.get_or_insert_with(|| (shard, keys.by_slot(slot).lock())).1
+    }
+}
+
 struct Crew {
     workers: Vec<(Arc<WorkerCell>, JoinHandle<()>)>,
     /// Workers given up on after a timeout; joined at shutdown if their job has returned.
@@ -309,9 +397,7 @@ struct Shared<J, K> {
     room_waiters: AtomicUsize,
     room: Mutex<()>,
     room_cv: Condvar,
-    keys: Padded<Mutex<KeyTable<K, Task<J>>>>,
-    /// The key table's hasher: a key is hashed before the lock is taken.
-    key_hasher: DefaultHashBuilder,
+    keys: KeyShards<K, Task<J>>,
     timer: Mutex<Timer<J>>,
     timer_cv: Condvar,
     /// Jobs workers received after `stop`, kept for `close` to return.
@@ -422,7 +508,6 @@ where
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64));
         let workers = config.workers;
-        let keys = KeyTable::new();
         let shared = Arc::new(Shared {
             handler: Box::new(handler),
             listener: self.listener,
@@ -433,8 +518,7 @@ where
             room_waiters: AtomicUsize::new(0),
             room: Mutex::new(()),
             room_cv: Condvar::new(),
-            key_hasher: keys.hasher(),
-            keys: Padded(Mutex::new(keys)),
+            keys: KeyShards::new(),
             timer: Mutex::new(Timer {
                 heap: BinaryHeap::new(),
                 seq: 0,
@@ -614,8 +698,7 @@ where
             }
         }
         add(&shared.caller.stats);
-        let queued =
-            shared.rx.len() + shared.keys.lock().deferred() + shared.timer.lock().heap.len();
+        let queued = shared.rx.len() + shared.keys.deferred() + shared.timer.lock().heap.len();
         let intake = &shared.intake_stats;
         Metrics {
             queued,
@@ -718,7 +801,7 @@ where
                 .filter_map(|queued| ManuallyDrop::into_inner(queued).into_parts())
                 .map(|(task, _)| task),
         );
-        left.extend(shared.keys.lock().drain());
+        left.extend(shared.keys.drain());
         {
             let mut timer = shared.timer.lock();
             timer.sealed = true;
@@ -846,8 +929,8 @@ where
             let paused = self.paused.load(Ordering::SeqCst);
             let id = task.id;
             let mut unsent = None;
-            let hash = self.key_hasher.hash_one(&key);
-            let mut keys = self.keys.lock();
+            let hash = self.keys.hash(&key);
+            let mut keys = self.keys.by_hash(hash).lock();
             let offer = if let (Policy::Block { .. }, false) = (self.config.policy, paused) {
                 // Record the job as queued and send its token after the lock, waiting for room
                 // if need be. No worker can take the job before the token is sent; a newer job
@@ -894,7 +977,7 @@ where
                     }
                 }
                 Policy::CallerRuns => {
-                    let claimed = self.keys.lock().claim(&key);
+                    let claimed = self.keys.by_hash(self.keys.hash(&key)).lock().claim(&key);
                     if let Some(slot) = claimed {
                         self.run_keyed(&self.caller, false, slot, task);
                         return Ok(());
@@ -936,14 +1019,14 @@ where
             match send_until(tx, Envelope::Key(slot), until) {
                 Ok(()) => return Ok(()),
                 Err(SendTimeoutError::Timeout(_)) => {
-                    let withdrawn = self.keys.lock().withdraw(slot, is_ours);
+                    let withdrawn = self.keys.by_slot(slot).lock().withdraw(slot, is_ours);
                     match withdrawn {
                         Some(task) => return self.reject(Error::Timeout, task),
                         None => until = None,
                     }
                 }
                 Err(SendTimeoutError::Disconnected(_)) => {
-                    let withdrawn = self.keys.lock().withdraw(slot, is_ours);
+                    let withdrawn = self.keys.by_slot(slot).lock().withdraw(slot, is_ours);
                     return withdrawn.map_or(Ok(()), |task| self.refuse_closed(task.job));
                 }
             }
@@ -1018,10 +1101,10 @@ where
         };
         match oldest {
             Envelope::Job(task) => Some(task),
-            Envelope::Key(slot) => self.keys.lock().evict_token(slot),
+            Envelope::Key(slot) => self.keys.by_slot(slot).lock().evict_token(slot),
             Envelope::Retry(retry) => {
                 let (task, slot) = *retry;
-                let mut keys = self.keys.lock();
+                let mut keys = self.keys.by_slot(slot).lock();
                 if let Some(next) = keys.release(slot, false) {
                     // The key was held by the evicted retry and a newer job waits on it: that
                     // job now needs a token of its own. Record it first, then send without the
@@ -1052,6 +1135,7 @@ where
             }
             let next = self
                 .keys
+                .by_slot(slot)
                 .lock()
                 .release(slot, self.stop.load(Ordering::SeqCst));
             match next {
@@ -1064,11 +1148,8 @@ where
     /// A worker that saw `stop` keeps what it received for `close` and lets go of its keys,
     /// leaving the jobs deferred to them for the drain.
     fn stop_worker(&self, envelope: Option<Envelope<J, SlotId>>, mut held: Held) {
-        if !held.is_empty() {
-            let mut keys = self.keys.lock();
-            while let Some(slot) = held.pop_front() {
-                keys.release(slot, true);
-            }
+        while let Some(slot) = held.pop_front() {
+            self.keys.by_slot(slot).lock().release(slot, true);
         }
         if let Some((task, _)) = envelope.and_then(Envelope::into_parts) {
             self.stash.lock().push(task);
@@ -1473,8 +1554,9 @@ where
     K: Eq + Hash + Clone + Send + 'static,
 {
     // Keys whose run on this worker ended and that are still marked running, oldest first.
-    // Releasing a key and taking the next envelope's job happen under one lock, so a keyed job
-    // costs the workers one acquisition of the key-table lock, not two. A held key with a job
+    // A key is released when the worker has its next envelope: then, with the key's table
+    // already locked if the envelope's slot is in the same shard, it is one acquisition of a
+    // key-table lock per keyed job, not two, as with a single table. A held key with a job
     // deferred to it stays held, and its job stays in the table, until this worker runs that
     // job: the envelope in hand runs first. At most two keys are held, since no envelope is
     // taken while two are; their deferred jobs then take turns, so neither an envelope nor a
@@ -1506,16 +1588,17 @@ where
             // An unkeyed job with no key to release needs no lock.
             Some(Envelope::Job(task)) if held.is_empty() => Some((None, task)),
             envelope => {
-                let mut keys = shared.keys.lock();
-                held.retain(|slot| !keys.release_unless_deferred(slot));
+                let mut keys = shared.keys.locker();
+                held.retain(|slot| !keys.lock(slot).release_unless_deferred(slot));
                 match envelope {
                     Some(Envelope::Job(task)) => Some((None, task)),
-                    Some(Envelope::Key(slot)) => {
-                        keys.take_for_token(slot).map(|task| (Some(slot), task))
-                    }
+                    Some(Envelope::Key(slot)) => keys
+                        .lock(slot)
+                        .take_for_token(slot)
+                        .map(|task| (Some(slot), task)),
                     Some(Envelope::Retry(retry)) => {
                         let (retry, slot) = *retry;
-                        match keys.take_superseding(slot) {
+                        match keys.lock(slot).take_superseding(slot) {
                             Some(newer) => {
                                 superseded = Some(retry);
                                 Some((Some(slot), newer))
@@ -1524,9 +1607,11 @@ where
                         }
                     }
                     // Run the oldest held key's deferred job; the key stays running.
-                    None => held
-                        .pop_front()
-                        .and_then(|slot| keys.release(slot, false).map(|task| (Some(slot), task))),
+                    None => held.pop_front().and_then(|slot| {
+                        keys.lock(slot)
+                            .release(slot, false)
+                            .map(|task| (Some(slot), task))
+                    }),
                 }
             }
         };
