@@ -362,7 +362,10 @@ impl<K: Eq + Hash + Clone, T> Locker<'_, K, T> {
             self.held = None; // Unlocked before the next is locked: no two at once.
         }
         let keys = self.keys;
-        &mut self.held.get_or_insert_with(|| (shard, keys.by_slot(slot).lock())).1
+        &mut self
+            .held
+            .get_or_insert_with(|| (shard, keys.by_slot(slot).lock()))
+            .1
     }
 }
 
