@@ -53,8 +53,9 @@ pub(crate) enum Offer<K, T> {
 }
 
 pub(crate) struct KeyTable<K, T> {
-    /// A fast keyed hash (foldhash, seeded per table): every keyed job hashes its key once,
-    /// before its submitter takes the lock the workers also take.
+    /// A fast keyed hash (foldhash, seeded per pool): every keyed job hashes its key once,
+    /// before its submitter takes the lock the workers also take. A pool's tables share one
+    /// seed, since the hash also chooses the key's table.
     hasher: DefaultHashBuilder,
     /// Local slot numbers by their key's hash. The key itself is kept once, in its slot.
     index: HashTable<usize>,

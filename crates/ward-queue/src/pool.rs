@@ -677,7 +677,8 @@ where
         self.shared.paused.load(Ordering::SeqCst)
     }
 
-    /// A snapshot of counters and latencies; a few atomic loads and two short locks.
+    /// A snapshot of counters and latencies: atomic loads and short locks, one of them per key
+    /// table.
     pub fn metrics(&self) -> Metrics {
         let shared = &self.shared;
         let mut metrics = Metrics::default();
@@ -1557,13 +1558,12 @@ where
     K: Eq + Hash + Clone + Send + 'static,
 {
     // Keys whose run on this worker ended and that are still marked running, oldest first.
-    // A key is released when the worker has its next envelope: then, with the key's table
-    // already locked if the envelope's slot is in the same shard, it is one acquisition of a
-    // key-table lock per keyed job, not two, as with a single table. A held key with a job
-    // deferred to it stays held, and its job stays in the table, until this worker runs that
-    // job: the envelope in hand runs first. At most two keys are held, since no envelope is
-    // taken while two are; their deferred jobs then take turns, so neither an envelope nor a
-    // busy key waits behind the other for more than one run.
+    // A key is released when the worker has its next envelope, and the table locked for that
+    // stays locked if the envelope's slot is in it too. A held key with a job deferred to it
+    // stays held, and its job stays in the table, until this worker runs that job: the
+    // envelope in hand runs first. At most two keys are held, since no envelope is taken while
+    // two are; their deferred jobs then take turns, so neither an envelope nor a busy key waits
+    // behind the other for more than one run.
     let mut held = Held::default();
     loop {
         let envelope = if held.len() >= 2 || cell.abandoned.load(Ordering::Acquire) {
