@@ -157,6 +157,23 @@ impl Environment {
     }
 }
 
+/// A spec's changes to its environment, in order: a name and its new value, or `None` to remove
+/// it.
+#[derive(Clone, Default)]
+pub(crate) struct EnvChanges(pub(crate) Vec<(OsString, Option<OsString>)>);
+
+/// The names only, as with [`Environment`]: a job's `env` may hold secrets.
+impl fmt::Debug for EnvChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, value)| {
+                let change = if value.is_some() { "set" } else { "removed" };
+                (name, change)
+            }))
+            .finish()
+    }
+}
+
 /// A child to run: program, arguments, environment and everything about how it is contained.
 #[derive(Debug, Clone)]
 pub struct ChildSpec {
@@ -166,7 +183,7 @@ pub struct ChildSpec {
     /// What the environment starts from: `None` for this process's at the spawn.
     pub(crate) env_base: Option<Environment>,
     /// Changes to it, in order.
-    pub(crate) env: Vec<(OsString, Option<OsString>)>,
+    pub(crate) env: EnvChanges,
     pub(crate) cwd: Option<PathBuf>,
     pub(crate) stdin: Input,
     pub(crate) output: Output,
@@ -190,7 +207,7 @@ impl ChildSpec {
             program,
             args: Vec::new(),
             env_base: None,
-            env: Vec::new(),
+            env: EnvChanges::default(),
             cwd: None,
             stdin: Input::Null,
             output: Output::Inherit,
@@ -231,20 +248,21 @@ impl ChildSpec {
     /// Sets an environment variable.
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> ChildSpec {
         self.env
+            .0
             .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
         self
     }
 
     /// Removes an environment variable.
     pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> ChildSpec {
-        self.env.push((key.as_ref().to_owned(), None));
+        self.env.0.push((key.as_ref().to_owned(), None));
         self
     }
 
     /// Starts from an empty environment instead of this process's.
     pub fn env_clear(mut self) -> ChildSpec {
         self.env_base = Some(Environment::default());
-        self.env.clear();
+        self.env.0.clear();
         self
     }
 
@@ -372,6 +390,17 @@ mod tests {
         let shown = format!("{:?}", ChildSpec::new("true").env_base(&env));
         assert!(shown.contains("\"API_TOKEN\""), "{shown}");
         assert!(shown.contains("\"=C:\""), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn a_specs_own_environment_changes_show_their_names_but_never_their_values() {
+        let spec = ChildSpec::new("true")
+            .env("API_TOKEN", "hunter2")
+            .env_remove("HOME");
+        let shown = format!("{spec:?}");
+        assert!(shown.contains("(\"API_TOKEN\", \"set\")"), "{shown}");
+        assert!(shown.contains("(\"HOME\", \"removed\")"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

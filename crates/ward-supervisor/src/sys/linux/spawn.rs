@@ -518,6 +518,7 @@ fn exec_plan(spec: &ChildSpec, extra_env: &[(OsString, OsString)]) -> io::Result
     };
     let changes: Vec<(&[u8], Option<&[u8]>)> = spec
         .env
+        .0
         .iter()
         .map(|(key, value)| (key.as_bytes(), value.as_ref().map(|v| v.as_bytes())))
         .chain(
