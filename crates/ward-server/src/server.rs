@@ -123,10 +123,6 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         backlog.submit(&pool);
         backlog.refill(&mut tracker, dispatcher.read().triggers());
         backlog.submit(&pool);
-        tracker.flush(false);
-        let flush_timer = tracker
-            .next_flush()
-            .map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         let gather_timer =
             gather_until.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         // A slot freed by an attempt that failed into a retry sends no event; poll for room while
@@ -170,7 +166,6 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                 }
             }
             recv(gather_timer) -> _ => {}
-            recv(flush_timer) -> _ => {}
             recv(backlog_timer) -> _ => {}
             recv(signals) -> signal => match signal {
                 Ok(SIGHUP) => config = reload(launch, &state, config, &dispatcher),
@@ -214,7 +209,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             sample.join(", ")
         );
     }
-    tracker.flush(true);
+    tracker.flush();
     dispatcher.read().stop_workers();
     drop(socket);
     signal_handle.close();
@@ -692,7 +687,7 @@ fn answer(
         }
         "changes" => {
             // A since-query must see every change already seen, written or not.
-            tracker.flush(true);
+            tracker.flush();
             let since = request
                 .args
                 .get("since")

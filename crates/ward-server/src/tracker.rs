@@ -2,16 +2,25 @@
 //! what a rescan or a directory change means, and the grouped, retried writes of every queued and
 //! finished job.
 //!
+//! The writes are the manifest writer thread's (`ward-manifest`): the server's loop only adds
+//! updates to a list, and the writer commits what gathered once the oldest has waited
+//! `FLUSH_EVERY`. A commit waits for the disk (`fdatasync`), and on a slow disk that is long; the
+//! loop never waits for it, except where it must read what it wrote: a comparison with the
+//! manifest, a since-query and the end of the server ([`Tracker::flush`]).
+//!
 //! One mechanism decides what needs processing, whatever the occasion (first start, restart after
 //! a crash, start after a stop, a watcher `Rescan`, a directory created, removed or renamed): walk
 //! the subtree with the watcher's ignore rules, compare it with the manifest, and queue exactly
 //! what was created, modified or removed since its last successful processing.
 
 use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use ward_watch::IgnoreRules;
 
 use crate::Error;
@@ -29,10 +38,34 @@ const COMPACT_ABOVE: usize = 100_000;
 /// The manifest and the updates not yet committed to it.
 #[derive(Debug)]
 pub(crate) struct Tracker {
-    manifest: Manifest,
+    /// Read here, written by the writer thread.
+    manifest: Arc<Mutex<Manifest>>,
     rules: Arc<IgnoreRules>,
-    unflushed: Vec<Update>,
-    next_flush: Option<Instant>,
+    writes: Arc<Writes>,
+    writer: Option<JoinHandle<()>>,
+    /// Paths with a job queued or running: the event and old path of the latest job queued for
+    /// each, from `queue` until that job's `Finished` (the earlier ones are replaced by it, or
+    /// finish before it).
+    in_flight: HashMap<PathBuf, (Event, Option<PathBuf>)>,
+}
+
+/// What the tracker and its writer thread share: the updates not yet committed.
+#[derive(Debug)]
+struct Writes {
+    state: Mutex<Unflushed>,
+    /// The writer waits here for updates or a `flush`, and `flush` for the writer's answer.
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct Unflushed {
+    updates: Vec<Update>,
+    /// When the writer commits `updates`: `FLUSH_EVERY` after the oldest, or a retry's time.
+    due: Option<Instant>,
+    /// How many updates the writer is committing now.
+    writing: usize,
+    /// `FLUSH_EVERY`; shorter or longer in tests.
+    flush_every: Duration,
     /// Compact the unflushed updates when they pass this many: `COMPACT_ABOVE`, or twice what the
     /// last compaction left, so that compacting stays amortized O(1) per update even when more
     /// distinct paths wait than `COMPACT_ABOVE` (a first start on a large tree).
@@ -41,12 +74,14 @@ pub(crate) struct Tracker {
     compact_floor: usize,
     /// Compactions so far (tests check they stay few).
     compactions: u64,
-    /// Paths with a job queued or running: the event and old path of the latest job queued for
-    /// each, from `queue` until that job's `Finished` (the earlier ones are replaced by it, or
-    /// finish before it).
-    in_flight: HashMap<PathBuf, (Event, Option<PathBuf>)>,
+    /// `flush` calls so far, and the last of them the writer has answered: an answer follows an
+    /// attempt to commit everything added before the call.
+    asked: u64,
+    answered: u64,
     /// The last write error while writes fail, for `ward status`.
     failing: Option<String>,
+    /// The tracker is dropped: one last attempt, then the writer ends.
+    quit: bool,
 }
 
 impl Tracker {
@@ -71,16 +106,39 @@ impl Tracker {
                 moved_to.display()
             ),
         }
+        let manifest = Arc::new(Mutex::new(manifest));
+        let writes = Arc::new(Writes {
+            state: Mutex::new(Unflushed {
+                updates: Vec::new(),
+                due: None,
+                writing: 0,
+                flush_every: FLUSH_EVERY,
+                compact_at: COMPACT_ABOVE,
+                compact_floor: COMPACT_ABOVE,
+                compactions: 0,
+                asked: 0,
+                answered: 0,
+                failing: None,
+                quit: false,
+            }),
+            changed: Condvar::new(),
+        });
+        let writer = {
+            let (manifest, writes) = (Arc::clone(&manifest), Arc::clone(&writes));
+            std::thread::Builder::new()
+                .name("ward-manifest".into())
+                .spawn(move || writer_main(&writes, &manifest))
+                .map_err(|e| Error::Io {
+                    context: "starting the manifest writer thread".into(),
+                    source: e,
+                })?
+        };
         Ok(Tracker {
             manifest,
             rules,
-            unflushed: Vec::new(),
+            writes,
+            writer: Some(writer),
             in_flight: HashMap::new(),
-            compact_at: COMPACT_ABOVE,
-            compact_floor: COMPACT_ABOVE,
-            compactions: 0,
-            next_flush: None,
-            failing: None,
         })
     }
 
@@ -89,7 +147,8 @@ impl Tracker {
     pub(crate) fn pending_jobs(&mut self, triggers: &Triggers) -> Result<Vec<Job>, Error> {
         let started = Instant::now();
         let mut jobs = Vec::new();
-        for (path, event, old_path) in self.manifest.pending()? {
+        let pending = self.manifest.lock().pending()?;
+        for (path, event, old_path) in pending {
             let Some(trigger) = self.trigger_for(&path, triggers) else {
                 continue;
             };
@@ -127,9 +186,10 @@ impl Tracker {
         triggers: &Triggers,
         limit: usize,
     ) -> Result<(Vec<Job>, Option<PathBuf>), Error> {
-        self.flush(true);
+        self.flush();
         let (changed, resume) =
             self.manifest
+                .lock()
                 .reconcile_some(&self.rules, path, after, limit, |p, _| {
                     self.trigger_for(p, triggers).is_some()
                 })?;
@@ -239,89 +299,42 @@ impl Tracker {
     }
 
     fn push(&mut self, update: Update) {
-        self.unflushed.push(update);
-        if self.next_flush.is_none() {
-            self.next_flush = Some(Instant::now() + FLUSH_EVERY);
+        let mut state = self.writes.state.lock();
+        state.updates.push(update);
+        if state.due.is_none() {
+            state.due = Some(Instant::now() + state.flush_every);
+            self.writes.changed.notify_all();
         }
-        if self.unflushed.len() > self.compact_at {
-            self.compact();
-            self.compactions += 1;
-            self.compact_at = self.compact_floor.max(2 * self.unflushed.len());
-        }
-    }
-
-    /// When the next flush is due, if anything waits to be written.
-    pub(crate) fn next_flush(&self) -> Option<Instant> {
-        self.next_flush
-    }
-
-    /// Commits what waits, if its time has come (`force` at shutdown). A failure is logged once per
-    /// failing streak and retried later; nothing is dropped.
-    pub(crate) fn flush(&mut self, force: bool) {
-        let due = self
-            .next_flush
-            .is_some_and(|at| force || Instant::now() >= at);
-        if !due {
-            return;
-        }
-        match self.manifest.apply(&self.unflushed) {
-            Ok(()) => {
-                if self.failing.take().is_some() {
-                    log::info!(
-                        "manifest writable again: {} update(s) recorded",
-                        self.unflushed.len()
-                    );
-                }
-                self.unflushed.clear();
-                self.compact_at = self.compact_floor;
-                self.next_flush = None;
-            }
-            Err(e) => {
-                if self.failing.is_none() {
-                    log::error!(
-                        "cannot record {} update(s) in the manifest, keeping them and retrying every {RETRY_EVERY:?}: {e}",
-                        self.unflushed.len()
-                    );
-                }
-                self.failing = Some(e.to_string());
-                if let Err(e) = self.manifest.reopen() {
-                    log::debug!("reopening the manifest after a failed write: {e}");
-                }
-                self.next_flush = Some(Instant::now() + RETRY_EVERY);
-            }
+        if state.updates.len() > state.compact_at {
+            compact(&mut state.updates);
+            state.compactions += 1;
+            state.compact_at = state.compact_floor.max(2 * state.updates.len());
         }
     }
 
-    /// Keeps, per path, its last `Queued` and last `Finished` update in their order: what the
-    /// manifest would hold after applying them all, with a sequence number per kept change.
-    fn compact(&mut self) {
-        let mut last: HashMap<(PathBuf, bool), usize> = HashMap::new();
-        for (i, update) in self.unflushed.iter().enumerate() {
-            last.insert(
-                (
-                    update.path().to_path_buf(),
-                    matches!(update, Update::Queued { .. }),
-                ),
-                i,
-            );
+    /// Returns once the writer has tried to commit every update added so far: what must read
+    /// the manifest as the loop knows it calls this first. A failure is logged by the writer and
+    /// retried later; nothing is dropped.
+    pub(crate) fn flush(&self) {
+        let mut state = self.writes.state.lock();
+        state.asked += 1;
+        let ticket = state.asked;
+        self.writes.changed.notify_all();
+        while state.answered < ticket {
+            self.writes.changed.wait(&mut state);
         }
-        let mut keep: Vec<usize> = last.into_values().collect();
-        keep.sort_unstable();
-        let mut kept = Vec::with_capacity(keep.len());
-        for i in keep {
-            kept.push(self.unflushed[i].clone());
-        }
-        self.unflushed = kept;
     }
 
     /// Paths known and the current sequence number, for `ward status`.
     pub(crate) fn stats(&self) -> (u64, u64) {
-        (self.manifest.paths().unwrap_or(0), self.manifest.seq())
+        let manifest = self.manifest.lock();
+        (manifest.paths().unwrap_or(0), manifest.seq())
     }
 
     /// Updates waiting to be written, and the error that keeps them waiting, if any.
-    pub(crate) fn backlog(&self) -> (usize, Option<&str>) {
-        (self.unflushed.len(), self.failing.as_deref())
+    pub(crate) fn backlog(&self) -> (usize, Option<String>) {
+        let state = self.writes.state.lock();
+        (state.updates.len() + state.writing, state.failing.clone())
     }
 
     /// For `ward changes --since`.
@@ -330,8 +343,122 @@ impl Tracker {
         since: u64,
         limit: usize,
     ) -> Result<Vec<ChangeEntry>, Error> {
-        self.manifest.changes_since(since, limit)
+        self.manifest.lock().changes_since(since, limit)
     }
+}
+
+/// The writer thread ends after one last attempt to commit what waits.
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.writes.state.lock().quit = true;
+        self.writes.changed.notify_all();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            log::error!("the manifest writer thread panicked");
+        }
+    }
+}
+
+/// The writer thread: commits the updates once the oldest is due, or at once when `flush` asks,
+/// and answers `flush` after each attempt. A failed commit keeps its updates, ahead of the newer
+/// ones, for a retry after `RETRY_EVERY`.
+fn writer_main(writes: &Writes, manifest: &Mutex<Manifest>) {
+    let mut state = writes.state.lock();
+    loop {
+        let asked = state.asked;
+        let due = state.quit
+            || asked > state.answered
+            || state.due.is_some_and(|at| Instant::now() >= at);
+        if !due {
+            match state.due {
+                Some(at) => {
+                    writes.changed.wait_until(&mut state, at);
+                }
+                None => writes.changed.wait(&mut state),
+            }
+            continue;
+        }
+        if !state.updates.is_empty() {
+            write(&mut state, manifest);
+        }
+        state.answered = asked;
+        writes.changed.notify_all();
+        if state.quit {
+            if !state.updates.is_empty() {
+                log::error!(
+                    "{} update(s) could not be recorded in the manifest before the server ended; the next start's comparison redoes their jobs",
+                    state.updates.len()
+                );
+            }
+            return;
+        }
+    }
+}
+
+/// One attempt to commit what waits in `state`, whose lock is released meanwhile.
+fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>) {
+    let batch = std::mem::take(&mut state.updates);
+    state.writing = batch.len();
+    state.due = None;
+    state.compact_at = state.compact_floor;
+    let result = MutexGuard::unlocked(state, || {
+        // redb panics on some kinds of damage: that is a failed write, not a lost writer.
+        catch_unwind(AssertUnwindSafe(|| manifest.lock().apply(&batch))).unwrap_or_else(|_| {
+            Err(Error::Store(
+                "the store panicked while writing (damaged?)".into(),
+            ))
+        })
+    });
+    state.writing = 0;
+    match result {
+        Ok(()) => {
+            if state.failing.take().is_some() {
+                log::info!(
+                    "manifest writable again: {} update(s) recorded",
+                    batch.len()
+                );
+            }
+        }
+        Err(e) => {
+            if state.failing.is_none() {
+                log::error!(
+                    "cannot record {} update(s) in the manifest, keeping them and retrying every {RETRY_EVERY:?}: {e}",
+                    batch.len()
+                );
+            }
+            state.failing = Some(e.to_string());
+            let newer = std::mem::replace(&mut state.updates, batch);
+            state.updates.extend(newer);
+            state.due = Some(Instant::now() + RETRY_EVERY);
+            let reopened = MutexGuard::unlocked(state, || manifest.lock().reopen());
+            if let Err(e) = reopened {
+                log::debug!("reopening the manifest after a failed write: {e}");
+            }
+        }
+    }
+}
+
+/// Keeps, per path, its last `Queued` and last `Finished` update in their order: what the
+/// manifest would hold after applying them all, with a sequence number per kept change.
+fn compact(updates: &mut Vec<Update>) {
+    let mut last: HashMap<(PathBuf, bool), usize> = HashMap::new();
+    for (i, update) in updates.iter().enumerate() {
+        last.insert(
+            (
+                update.path().to_path_buf(),
+                matches!(update, Update::Queued { .. }),
+            ),
+            i,
+        );
+    }
+    let mut keep: Vec<usize> = last.into_values().collect();
+    keep.sort_unstable();
+    let mut kept = Vec::with_capacity(keep.len());
+    for i in keep {
+        kept.push(updates[i].clone());
+    }
+    *updates = kept;
 }
 
 #[cfg(test)]
@@ -491,8 +618,13 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let (mut tracker, triggers) = tracker_of(&dir, &root);
-        tracker.compact_floor = 1_000;
-        tracker.compact_at = 1_000;
+        {
+            let mut state = tracker.writes.state.lock();
+            state.compact_floor = 1_000;
+            state.compact_at = 1_000;
+            // Nothing is written until `flush` below.
+            state.flush_every = Duration::from_secs(3600);
+        }
         // Ten times more distinct paths than the threshold, none flushed (a first start on a
         // large tree): compacting after every push past the threshold would be quadratic.
         let paths = 10_000;
@@ -502,18 +634,74 @@ pub(crate) mod tests {
                 &triggers,
             );
         }
+        let compactions = tracker.writes.state.lock().compactions;
         assert!(
-            tracker.compactions <= 5,
-            "{} compactions for {paths} paths",
-            tracker.compactions
+            compactions <= 5,
+            "{compactions} compactions for {paths} paths"
         );
         assert_eq!(
             tracker.backlog().0,
             paths,
             "compaction dropped updates of distinct paths"
         );
-        tracker.flush(true);
+        tracker.flush();
         assert_eq!(tracker.backlog().0, 0);
         assert_eq!(tracker.stats().0, paths as u64);
+    }
+
+    /// Polls `condition` every millisecond for at most 10 s.
+    fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_writer_thread_commits_while_the_loop_goes_on_adding() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        tracker.writes.state.lock().flush_every = Duration::from_millis(1);
+        let queue_and_finish = |tracker: &mut Tracker, name: &str| {
+            let job = job(&root.join(name), Event::Created, None);
+            tracker.queue(job.clone(), &triggers);
+            tracker.finished(done(&job));
+        };
+        // A commit that takes as long as the test wants: the store is busy until `busy` goes.
+        let busy = Arc::clone(&tracker.manifest);
+        let busy = busy.lock();
+        for i in 0..10 {
+            queue_and_finish(&mut tracker, &format!("a{i}"));
+        }
+        wait_for("the writer to take the first updates", || {
+            tracker.writes.state.lock().writing == 20
+        });
+        // The loop adds more and reads its backlog while the commit waits for the store.
+        for i in 0..5 {
+            queue_and_finish(&mut tracker, &format!("b{i}"));
+        }
+        assert_eq!(tracker.backlog(), (30, None));
+        drop(busy);
+        // Nobody calls `flush`: the writer commits both groups on its own.
+        wait_for("every update to be committed", || tracker.backlog().0 == 0);
+        assert_eq!(tracker.stats().0, 15);
+    }
+
+    #[test]
+    fn flush_returns_after_the_commit_of_everything_added_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        // Only `flush` can make the writer commit.
+        tracker.writes.state.lock().flush_every = Duration::from_secs(3600);
+        let a = job(&root.join("a"), Event::Created, None);
+        tracker.queue(a.clone(), &triggers);
+        tracker.finished(done(&a));
+        assert_eq!(tracker.backlog().0, 2);
+        tracker.flush();
+        assert_eq!(tracker.backlog(), (0, None));
+        assert_eq!(tracker.stats().0, 1);
     }
 }
