@@ -32,6 +32,8 @@ use crate::state::{StateDir, names};
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Retry delay while the store cannot be written (a full disk).
 const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// How often `flush`, waiting for the writer, checks that the writer thread still runs.
+const WRITER_CHECK: Duration = Duration::from_secs(1);
 /// Above this many unflushed updates, they are compacted to the last ones per path.
 const COMPACT_ABOVE: usize = 100_000;
 
@@ -310,6 +312,11 @@ impl Tracker {
             state.compactions += 1;
             state.compact_at = state.compact_floor.max(2 * state.updates.len());
         }
+        // Far behind a commit that takes long (a slow disk): wait for it to end, so that what
+        // waits stays within `COMPACT_ABOVE` updates plus the commit's own.
+        while state.writing > 0 && state.updates.len() > state.compact_floor {
+            self.writes.changed.wait(&mut state);
+        }
     }
 
     /// Returns once the writer has tried to commit every update added so far: what must read
@@ -317,11 +324,21 @@ impl Tracker {
     /// retried later; nothing is dropped.
     pub(crate) fn flush(&self) {
         let mut state = self.writes.state.lock();
+        if state.updates.is_empty() && state.writing == 0 {
+            return; // Everything added so far is committed.
+        }
         state.asked += 1;
         let ticket = state.asked;
         self.writes.changed.notify_all();
         while state.answered < ticket {
-            self.writes.changed.wait(&mut state);
+            self.writes.changed.wait_for(&mut state, WRITER_CHECK);
+            if self.writer.as_ref().is_none_or(JoinHandle::is_finished) {
+                log::error!(
+                    "the manifest writer thread has ended: {} update(s) are not recorded",
+                    state.updates.len() + state.writing
+                );
+                return;
+            }
         }
     }
 
@@ -401,7 +418,6 @@ fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>) {
     let batch = std::mem::take(&mut state.updates);
     state.writing = batch.len();
     state.due = None;
-    state.compact_at = state.compact_floor;
     let result = MutexGuard::unlocked(state, || {
         // redb panics on some kinds of damage: that is a failed write, not a lost writer.
         catch_unwind(AssertUnwindSafe(|| manifest.lock().apply(&batch))).unwrap_or_else(|_| {
@@ -413,6 +429,8 @@ fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>) {
     state.writing = 0;
     match result {
         Ok(()) => {
+            // What waits now came after the batch: compaction starts over with it.
+            state.compact_at = state.compact_floor.max(2 * state.updates.len());
             if state.failing.take().is_some() {
                 log::info!(
                     "manifest writable again: {} update(s) recorded",
@@ -663,7 +681,8 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let (mut tracker, triggers) = tracker_of(&dir, &root);
-        tracker.writes.state.lock().flush_every = Duration::from_millis(1);
+        // Nothing is due until the test says so.
+        tracker.writes.state.lock().flush_every = Duration::from_secs(3600);
         let queue_and_finish = |tracker: &mut Tracker, name: &str| {
             let job = job(&root.join(name), Event::Created, None);
             tracker.queue(job.clone(), &triggers);
@@ -675,6 +694,12 @@ pub(crate) mod tests {
         for i in 0..10 {
             queue_and_finish(&mut tracker, &format!("a{i}"));
         }
+        {
+            let mut state = tracker.writes.state.lock();
+            state.flush_every = Duration::from_millis(1);
+            state.due = Some(Instant::now());
+        }
+        tracker.writes.changed.notify_all();
         wait_for("the writer to take the first updates", || {
             tracker.writes.state.lock().writing == 20
         });
@@ -687,6 +712,58 @@ pub(crate) mod tests {
         // Nobody calls `flush`: the writer commits both groups on its own.
         wait_for("every update to be committed", || tracker.backlog().0 == 0);
         assert_eq!(tracker.stats().0, 15);
+    }
+
+    #[test]
+    fn far_behind_a_slow_commit_the_loop_waits_for_it_instead_of_piling_up_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        {
+            let mut state = tracker.writes.state.lock();
+            state.compact_floor = 10;
+            state.compact_at = 10;
+            state.flush_every = Duration::from_secs(3600);
+        }
+        let (manifest, writes) = (Arc::clone(&tracker.manifest), Arc::clone(&tracker.writes));
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Declared before `busy`, so that a failing test lets the store go before it drops the
+        // tracker (whose writer waits for the store).
+        let pushing;
+        // A commit that takes as long as the test wants, holding one update.
+        let busy = manifest.lock();
+        tracker.queue(job(&root.join("first"), Event::Created, None), &triggers);
+        writes.state.lock().due = Some(Instant::now());
+        writes.changed.notify_all();
+        wait_for("the writer to take the first update", || {
+            writes.state.lock().writing == 1
+        });
+        pushing = {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                // Distinct paths: compaction cannot shrink them.
+                for i in 0..100 {
+                    let job = job(&root.join(format!("f{i}")), Event::Created, None);
+                    tracker.queue(job, &triggers);
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                tracker
+            })
+        };
+        wait_for("the updates to reach the bound", || {
+            writes.state.lock().updates.len() >= 11
+        });
+        let waiting = writes.state.lock().updates.len();
+        let pushed = done.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            waiting == 11 && pushed <= 11,
+            "{waiting} updates piled up behind the commit ({pushed} pushes returned)"
+        );
+        drop(busy);
+        let tracker = pushing.join().unwrap();
+        tracker.flush();
+        assert_eq!(tracker.stats().0, 101);
+        assert_eq!(tracker.backlog(), (0, None));
     }
 
     #[test]
