@@ -82,6 +82,9 @@ struct Unflushed {
     answered: u64,
     /// The last write error while writes fail, for `ward status`.
     failing: Option<String>,
+    /// Paths known and the sequence number after the last commit, for `ward status`, which so
+    /// need not wait for a commit in progress.
+    committed: (u64, u64),
     /// The tracker is dropped: one last attempt, then the writer ends.
     quit: bool,
 }
@@ -108,6 +111,7 @@ impl Tracker {
                 moved_to.display()
             ),
         }
+        let committed = (manifest.paths()?, manifest.seq());
         let manifest = Arc::new(Mutex::new(manifest));
         let writes = Arc::new(Writes {
             state: Mutex::new(Unflushed {
@@ -121,6 +125,7 @@ impl Tracker {
                 asked: 0,
                 answered: 0,
                 failing: None,
+                committed,
                 quit: false,
             }),
             changed: Condvar::new(),
@@ -342,10 +347,9 @@ impl Tracker {
         }
     }
 
-    /// Paths known and the current sequence number, for `ward status`.
+    /// Paths known and the sequence number as of the last commit, for `ward status`.
     pub(crate) fn stats(&self) -> (u64, u64) {
-        let manifest = self.manifest.lock();
-        (manifest.paths().unwrap_or(0), manifest.seq())
+        self.writes.state.lock().committed
     }
 
     /// Updates waiting to be written, and the error that keeps them waiting, if any.
@@ -420,7 +424,13 @@ fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>) {
     state.due = None;
     let result = MutexGuard::unlocked(state, || {
         // redb panics on some kinds of damage: that is a failed write, not a lost writer.
-        catch_unwind(AssertUnwindSafe(|| manifest.lock().apply(&batch))).unwrap_or_else(|_| {
+        catch_unwind(AssertUnwindSafe(|| {
+            let mut manifest = manifest.lock();
+            manifest.apply(&batch)?;
+            // Committed: a count that cannot be read must not make it look failed.
+            Ok((manifest.paths().ok(), manifest.seq()))
+        }))
+        .unwrap_or_else(|_| {
             Err(Error::Store(
                 "the store panicked while writing (damaged?)".into(),
             ))
@@ -428,7 +438,8 @@ fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>) {
     });
     state.writing = 0;
     match result {
-        Ok(()) => {
+        Ok((paths, seq)) => {
+            state.committed = (paths.unwrap_or(state.committed.0), seq);
             // What waits now came after the batch: compaction starts over with it.
             state.compact_at = state.compact_floor.max(2 * state.updates.len());
             if state.failing.take().is_some() {
@@ -703,11 +714,12 @@ pub(crate) mod tests {
         wait_for("the writer to take the first updates", || {
             tracker.writes.state.lock().writing == 20
         });
-        // The loop adds more and reads its backlog while the commit waits for the store.
+        // The loop adds more and reads its backlog and stats while the commit waits for the store.
         for i in 0..5 {
             queue_and_finish(&mut tracker, &format!("b{i}"));
         }
         assert_eq!(tracker.backlog(), (30, None));
+        assert_eq!(tracker.stats(), (0, 0), "`ward status` waits for no commit");
         drop(busy);
         // Nobody calls `flush`: the writer commits both groups on its own.
         wait_for("every update to be committed", || tracker.backlog().0 == 0);
