@@ -428,7 +428,13 @@ fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>) {
             let mut manifest = manifest.lock();
             manifest.apply(&batch)?;
             // Committed: a count that cannot be read must not make it look failed.
-            Ok((manifest.paths().ok(), manifest.seq()))
+            let paths = manifest
+                .paths()
+                .inspect_err(|e| {
+                    log::warn!("cannot count the manifest's paths after a commit; `ward status` shows the last count: {e}");
+                })
+                .ok();
+            Ok((paths, manifest.seq()))
         }))
         .unwrap_or_else(|_| {
             Err(Error::Store(
@@ -642,18 +648,22 @@ pub(crate) mod tests {
         assert!(!tracker.in_flight(&p));
     }
 
+    /// Compacts past `updates` waiting, and commits only when asked (`flush`, or a `due` set
+    /// by the test).
+    fn compact_above(tracker: &Tracker, updates: usize) {
+        let mut state = tracker.writes.state.lock();
+        state.compact_floor = updates;
+        state.compact_at = updates;
+        state.flush_every = Duration::from_secs(3600);
+    }
+
     #[test]
     fn many_distinct_waiting_paths_are_compacted_a_logarithmic_number_of_times() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let (mut tracker, triggers) = tracker_of(&dir, &root);
-        {
-            let mut state = tracker.writes.state.lock();
-            state.compact_floor = 1_000;
-            state.compact_at = 1_000;
-            // Nothing is written until `flush` below.
-            state.flush_every = Duration::from_secs(3600);
-        }
+        // Nothing is written until `flush` below.
+        compact_above(&tracker, 1_000);
         // Ten times more distinct paths than the threshold, none flushed (a first start on a
         // large tree): compacting after every push past the threshold would be quadratic.
         let paths = 10_000;
@@ -731,12 +741,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let (mut tracker, triggers) = tracker_of(&dir, &root);
-        {
-            let mut state = tracker.writes.state.lock();
-            state.compact_floor = 10;
-            state.compact_at = 10;
-            state.flush_every = Duration::from_secs(3600);
-        }
+        compact_above(&tracker, 10);
         let (manifest, writes) = (Arc::clone(&tracker.manifest), Arc::clone(&tracker.writes));
         let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // Declared before `busy`, so that a failing test lets the store go before it drops the
