@@ -446,6 +446,92 @@ fn sighup_reloads_the_triggers_without_a_restart() {
     f.stop();
 }
 
+/// Regression: a queued job kept an index into the trigger list, which a reload replaced: jobs ran
+/// another trigger's command, or panicked on an index past the new list's end.
+#[test]
+fn a_reload_with_jobs_queued_runs_each_with_the_trigger_that_matched_it() {
+    let trigger = |name: &str, glob: &str| {
+        format!(
+            "[[trigger]]\nname = \"{name}\"\nglob = [\"{glob}\"]\nexec = [\"{{job}}\", \"record\", \"{{ledger}}.{name}\"]\n"
+        )
+    };
+    let blocker = concat!(
+        "[[trigger]]\nname = \"blocker\"\nglob = [\"blocker\"]\n",
+        "exec = [\"{job}\", \"gated\", \"{ledger}\", \"{ledger}.gate\"]\n",
+    );
+    let slow = trigger("slow", "*.a");
+    let config = [
+        blocker.to_owned(),
+        slow.clone(),
+        trigger("bee", "*.b"),
+        trigger("cee", "*.c"),
+    ]
+    .concat();
+    let f = Fixture::new(JOB, &config);
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 1\n");
+    f.start();
+    f.hold();
+    for i in 0..20 {
+        for ext in ["a", "b", "c"] {
+            std::fs::write(f.tree.join(format!("f{i}.{ext}")), "x").unwrap();
+        }
+    }
+    wait_for("60 jobs queued behind the blocker", LONG, || {
+        let q = &f.status().1["queue"];
+        q["queued"].as_u64().unwrap_or(0) + q["backlog"].as_u64().unwrap_or(0) == 60
+    });
+    // `slow` is deleted: `bee` and `cee` move up a place.
+    f.edit_config(
+        &slow
+            .replace("{job}", JOB)
+            .replace("{ledger}", f.ledger.to_str().unwrap()),
+        "",
+    );
+    let (_, status) = f.status();
+    kill(pid_of(&status, "pid"), libc::SIGHUP);
+    wait_for("the reload in the log", LONG, || {
+        f.log().contains("trigger(s) now active")
+    });
+    // After the reload, `*.a` matches nothing and `*.c` is still `cee`'s.
+    std::fs::write(f.tree.join("late.a"), "x").unwrap();
+    std::fs::write(f.tree.join("late.c"), "x").unwrap();
+    f.release();
+    f.wait_idle();
+    let ran = |name: &str| -> Vec<String> {
+        let bytes = std::fs::read(format!("{}.{name}", f.ledger.display())).unwrap_or_default();
+        let mut names: Vec<String> = bytes
+            .split(|&b| b == 0)
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let path = &e[e.iter().position(|&b| b == b'\t').unwrap() + 1..];
+                let path = std::path::Path::new(OsStr::from_bytes(path));
+                path.file_name().unwrap().to_string_lossy().into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let expected = |ext: &str, late: bool| -> Vec<String> {
+        let mut names: Vec<String> = (0..20).map(|i| format!("f{i}.{ext}")).collect();
+        if late {
+            names.push(format!("late.{ext}"));
+        }
+        names.sort();
+        names
+    };
+    assert_eq!(
+        ran("slow"),
+        expected("a", false),
+        "queued before the reload: slow's jobs"
+    );
+    assert_eq!(ran("bee"), expected("b", false));
+    assert_eq!(ran("cee"), expected("c", true));
+    let log = f.log();
+    assert!(!log.contains("panicked"), "a job panicked:\n{log}");
+    assert!(!log.contains("failed after"), "a job failed:\n{log}");
+    f.stop();
+}
+
 #[test]
 fn restart_replaces_the_whole_tree() {
     let f = Fixture::new(JOB, record_all());

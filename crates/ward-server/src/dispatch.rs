@@ -142,7 +142,22 @@ impl Dispatcher {
     /// # Errors
     /// If a trigger's globs do not compile, or the spawner thread cannot be started.
     pub fn new(config: Config, state: StateDir) -> Result<Dispatcher, crate::Error> {
-        let triggers = Triggers::new(&config.triggers)?;
+        Dispatcher::reloaded(config, state, None)
+    }
+
+    /// A dispatcher for `config`'s triggers that replaces `previous` (a reload): the triggers
+    /// whose configuration did not change are taken over, so that their queued jobs are still
+    /// theirs; jobs queued for a trigger the reload removed or changed run with the trigger as it
+    /// was when they were queued.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::new`].
+    pub fn reloaded(
+        config: Config,
+        state: StateDir,
+        previous: Option<&Dispatcher>,
+    ) -> Result<Dispatcher, crate::Error> {
+        let triggers = Triggers::reloaded(&config.triggers, previous.map(|p| &p.triggers))?;
         let idle = Mutex::new((0..triggers.len()).map(|_| Vec::new()).collect());
         let spawner = Spawner::start().map_err(|e| crate::Error::Io {
             context: "starting the worker spawner thread".into(),
@@ -176,7 +191,7 @@ impl Dispatcher {
     /// # Errors
     /// Why the job did not succeed.
     pub fn run(&self, job: &Job) -> Result<(), JobError> {
-        match &self.triggers.get(job.trigger).handler {
+        match job.trigger.handler() {
             Handler::Exec { argv } => self.run_exec(argv, job),
             Handler::Worker {
                 argv,
@@ -187,11 +202,11 @@ impl Dispatcher {
     }
 
     fn run_exec(&self, argv: &[String], job: &Job) -> Result<(), JobError> {
-        let name = &self.triggers.get(job.trigger).name;
+        let name = job.trigger.name();
         let argv = jobs::exec_argv(argv, job);
         let tail = OutputTail::new(TAIL_LINES);
         let mut spec = ChildSpec::new(&argv[0])
-            .name(name.clone())
+            .name(name)
             .args(&argv[1..])
             .env_base(&self.env)
             .stop_grace(self.config.stop_grace);
@@ -199,7 +214,7 @@ impl Dispatcher {
             spec = spec.env(key, value);
         }
         let spec = {
-            let (tail, name) = (tail.clone(), name.clone());
+            let (tail, name) = (tail.clone(), name.to_owned());
             // One pipe: the log shows stdout and stderr in the order the job wrote them.
             spec.capture_merged(move |line| {
                 tail.push(line);
@@ -278,26 +293,37 @@ impl Dispatcher {
         max_rss: u64,
         job: &Job,
     ) -> Result<(), JobError> {
-        let checked_out = self.idle.lock()[job.trigger].pop();
+        // A job queued before a reload for a trigger the reload removed or changed has no idle
+        // list here: it gets a worker of its own, retired after it.
+        let slot = self.triggers.position(&job.trigger);
+        let checked_out = slot.and_then(|slot| self.idle.lock()[slot].pop());
         let mut worker = match checked_out {
             Some(w) => w,
-            None => self.spawn_worker(argv, job.trigger)?,
+            None => self.spawn_worker(argv, job.trigger.name())?,
         };
         match worker.request(job, self.config.job_timeout, &self.stop_at) {
             Ok(reply) => {
                 worker.jobs_done += 1;
                 let worn = recycle_after > 0 && worker.jobs_done >= recycle_after;
                 let fat = max_rss > 0 && worker.rss() > max_rss;
-                if worn || fat {
-                    log::info!(
-                        "recycling worker {} after {} jobs (rss {} bytes)",
-                        worker.label,
-                        worker.jobs_done,
-                        worker.rss()
-                    );
-                    worker.retire(self.config.stop_grace);
-                } else {
-                    self.idle.lock()[job.trigger].push(worker);
+                match slot {
+                    Some(slot) if !worn && !fat => self.idle.lock()[slot].push(worker),
+                    Some(_) => {
+                        log::info!(
+                            "recycling worker {} after {} jobs (rss {} bytes)",
+                            worker.label,
+                            worker.jobs_done,
+                            worker.rss()
+                        );
+                        worker.retire(self.config.stop_grace);
+                    }
+                    None => {
+                        log::info!(
+                            "retiring worker {}: a reload replaced its trigger",
+                            worker.label
+                        );
+                        worker.retire(self.config.stop_grace);
+                    }
                 }
                 match reply {
                     Reply::Ok => Ok(()),
@@ -346,12 +372,11 @@ impl Dispatcher {
         }
     }
 
-    fn spawn_worker(&self, argv: &[String], trigger: usize) -> Result<Worker, JobError> {
+    fn spawn_worker(&self, argv: &[String], name: &str) -> Result<Worker, JobError> {
         let number = self
             .next_worker
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        let name = &self.triggers.get(trigger).name;
         let label = format!("{name}#{number}");
         let tail = OutputTail::new(TAIL_LINES);
         // Replies are read from stdout by the job thread itself: through the child's reaper and

@@ -9,11 +9,12 @@ use std::borrow::Cow;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::Value;
 
-use crate::config::{ConfigError, Trigger};
+use crate::config::{ConfigError, Handler, Trigger};
 
 /// What happened to a path, as a job sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,10 +42,13 @@ impl Event {
 }
 
 /// One unit of work: a changed path and the trigger that handles it.
+///
+/// The job holds its trigger, not a position in the configuration: a job queued before a reload
+/// runs with the trigger that matched it then, whatever the reload removed, changed or reordered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
-    /// Index of the trigger in the configuration.
-    pub trigger: usize,
+    /// The trigger that matched the path when the job was made.
+    pub trigger: Arc<CompiledTrigger>,
     /// The changed path (absolute).
     pub path: PathBuf,
     /// What happened to it.
@@ -53,10 +57,81 @@ pub struct Job {
     pub old_path: Option<PathBuf>,
 }
 
+/// One configured trigger with its globs compiled.
+#[derive(Debug)]
+pub struct CompiledTrigger {
+    config: Trigger,
+    globs: Option<GlobSet>,
+}
+
+/// Two compiled triggers are equal when their configurations are: the globs are compiled from it.
+impl PartialEq for CompiledTrigger {
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config
+    }
+}
+
+impl Eq for CompiledTrigger {}
+
+impl CompiledTrigger {
+    /// Compiles `trigger`'s globs.
+    ///
+    /// # Errors
+    /// If a glob does not compile (the config loader already refuses those, so this is a bug guard).
+    pub fn new(trigger: &Trigger) -> Result<CompiledTrigger, ConfigError> {
+        let refused = |message: String| ConfigError {
+            file: "<config>".into(),
+            position: None,
+            message,
+        };
+        let globs = if trigger.globs.is_empty() {
+            None
+        } else {
+            let mut builder = GlobSetBuilder::new();
+            for g in &trigger.globs {
+                let glob = Glob::new(g).map_err(|e| {
+                    refused(format!("trigger {:?}: bad glob {g:?}: {e}", trigger.name))
+                })?;
+                builder.add(glob);
+            }
+            let set = builder
+                .build()
+                .map_err(|e| refused(format!("trigger {:?}: {e}", trigger.name)))?;
+            Some(set)
+        };
+        Ok(CompiledTrigger {
+            config: trigger.clone(),
+            globs,
+        })
+    }
+
+    /// The trigger's name, for logs and reports.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// What it runs.
+    pub fn handler(&self) -> &Handler {
+        &self.config.handler
+    }
+
+    /// Whether it handles `relative`, a path relative to its watch root.
+    fn matches(&self, relative: &Path) -> bool {
+        match &self.globs {
+            None => true,
+            // A glob without a slash matches the file name anywhere, as in .gitignore.
+            Some(set) => {
+                set.is_match(relative)
+                    || relative.file_name().is_some_and(|name| set.is_match(name))
+            }
+        }
+    }
+}
+
 /// The configured triggers, compiled: the first whose globs match a path handles it.
 #[derive(Debug)]
 pub struct Triggers {
-    triggers: Vec<(Trigger, Option<GlobSet>)>,
+    triggers: Vec<Arc<CompiledTrigger>>,
 }
 
 impl Triggers {
@@ -65,50 +140,40 @@ impl Triggers {
     /// # Errors
     /// If a glob does not compile (the config loader already refuses those, so this is a bug guard).
     pub fn new(triggers: &[Trigger]) -> Result<Triggers, ConfigError> {
+        Triggers::reloaded(triggers, None)
+    }
+
+    /// Compiles `triggers`, taking over from `previous` each trigger whose configuration did not
+    /// change: the jobs queued for it keep running with the trigger of the running set, and its
+    /// idle workers are found under it.
+    ///
+    /// # Errors
+    /// As [`Triggers::new`].
+    pub fn reloaded(
+        triggers: &[Trigger],
+        previous: Option<&Triggers>,
+    ) -> Result<Triggers, ConfigError> {
         let mut compiled = Vec::with_capacity(triggers.len());
         for t in triggers {
-            let set = if t.globs.is_empty() {
-                None
-            } else {
-                let mut builder = GlobSetBuilder::new();
-                for g in &t.globs {
-                    let glob = Glob::new(g).map_err(|e| ConfigError {
-                        file: "<config>".into(),
-                        position: None,
-                        message: format!("trigger {:?}: bad glob {g:?}: {e}", t.name),
-                    })?;
-                    builder.add(glob);
-                }
-                Some(builder.build().map_err(|e| ConfigError {
-                    file: "<config>".into(),
-                    position: None,
-                    message: format!("trigger {:?}: {e}", t.name),
-                })?)
-            };
-            compiled.push((t.clone(), set));
+            let kept = previous.and_then(|p| p.triggers.iter().find(|c| c.config == *t));
+            compiled.push(match kept {
+                Some(same) => Arc::clone(same),
+                None => Arc::new(CompiledTrigger::new(t)?),
+            });
         }
         Ok(Triggers { triggers: compiled })
     }
 
-    /// The index of the trigger that handles `path` (relative to its watch root `root`).
-    pub fn find(&self, root: &Path, path: &Path) -> Option<usize> {
+    /// The trigger that handles `path` (relative to its watch root `root`).
+    pub fn find(&self, root: &Path, path: &Path) -> Option<&Arc<CompiledTrigger>> {
         let relative = path.strip_prefix(root).unwrap_or(path);
-        self.triggers.iter().position(|(_, set)| match set {
-            None => true,
-            // A glob without a slash matches the file name anywhere, as in .gitignore.
-            Some(set) => {
-                set.is_match(relative)
-                    || relative.file_name().is_some_and(|name| set.is_match(name))
-            }
-        })
+        self.triggers.iter().find(|t| t.matches(relative))
     }
 
-    /// The trigger at `index`.
-    ///
-    /// # Panics
-    /// If `index` did not come from [`Triggers::find`] on this set.
-    pub fn get(&self, index: usize) -> &Trigger {
-        &self.triggers[index].0
+    /// Where `trigger` is in this set, if it belongs to it (and not to a configuration a reload
+    /// replaced).
+    pub fn position(&self, trigger: &Arc<CompiledTrigger>) -> Option<usize> {
+        self.triggers.iter().position(|t| Arc::ptr_eq(t, trigger))
     }
 
     /// How many triggers there are.
@@ -242,7 +307,6 @@ pub fn parse_reply(line: &[u8], id: u64) -> Result<Reply, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Handler;
 
     fn trigger(name: &str, globs: &[&str]) -> Trigger {
         Trigger {
@@ -263,17 +327,64 @@ mod tests {
         ])
         .unwrap();
         let root = Path::new("/r");
-        assert_eq!(t.find(root, Path::new("/r/docs/a.txt")), Some(0));
-        assert_eq!(t.find(root, Path::new("/r/src/deep/b.txt")), Some(1));
-        assert_eq!(t.find(root, Path::new("/r/src/c.rs")), Some(2));
+        let name = |path: &str| t.find(root, Path::new(path)).map(|t| t.name().to_owned());
+        assert_eq!(name("/r/docs/a.txt").as_deref(), Some("docs"));
+        assert_eq!(name("/r/src/deep/b.txt").as_deref(), Some("text"));
+        assert_eq!(name("/r/src/c.rs").as_deref(), Some("all"));
         let only_text = Triggers::new(&[trigger("text", &["*.txt"])]).unwrap();
-        assert_eq!(only_text.find(root, Path::new("/r/c.rs")), None);
+        assert!(only_text.find(root, Path::new("/r/c.rs")).is_none());
+    }
+
+    #[test]
+    fn a_reload_keeps_unchanged_triggers_and_a_job_keeps_the_trigger_that_matched_it() {
+        let before = Triggers::new(&[
+            trigger("slow", &["*.a"]),
+            trigger("bee", &["*.b"]),
+            trigger("cee", &["*.c"]),
+        ])
+        .unwrap();
+        let root = Path::new("/r");
+        let queued: Vec<Arc<CompiledTrigger>> = ["/r/x.a", "/r/x.b", "/r/x.c"]
+            .iter()
+            .map(|p| Arc::clone(before.find(root, Path::new(p)).unwrap()))
+            .collect();
+        // `slow` deleted, the others reordered, `cee` changed.
+        let mut cee = trigger("cee", &["*.c"]);
+        cee.handler = Handler::Exec {
+            argv: vec!["false".into()],
+        };
+        let after = Triggers::reloaded(&[cee, trigger("bee", &["*.b"])], Some(&before)).unwrap();
+        drop(before);
+        let names: Vec<&str> = queued.iter().map(|t| t.name()).collect();
+        assert_eq!(
+            names,
+            ["slow", "bee", "cee"],
+            "a queued job's trigger never changes"
+        );
+        assert_eq!(after.position(&queued[0]), None, "slow is gone");
+        assert_eq!(
+            after.position(&queued[1]),
+            Some(1),
+            "bee is the same trigger"
+        );
+        assert_eq!(after.position(&queued[2]), None, "cee is a new trigger");
+        assert_eq!(
+            queued[2].handler(),
+            &Handler::Exec {
+                argv: vec!["true".into()]
+            }
+        );
+        assert!(after.find(root, Path::new("/r/y.a")).is_none());
+    }
+
+    fn any_trigger() -> Arc<CompiledTrigger> {
+        Arc::new(CompiledTrigger::new(&trigger("all", &[])).unwrap())
     }
 
     #[test]
     fn path_placeholder_is_replaced_only_as_a_whole_argument() {
         let job = Job {
-            trigger: 0,
+            trigger: any_trigger(),
             path: "/r/a b$(x).txt".into(),
             event: Event::Modified,
             old_path: None,
@@ -293,7 +404,7 @@ mod tests {
     fn non_utf8_paths_travel_exactly_as_hex() {
         let path = PathBuf::from(OsStr::from_bytes(b"/r/caf\xe9.txt"));
         let job = Job {
-            trigger: 0,
+            trigger: any_trigger(),
             path,
             event: Event::Renamed,
             old_path: Some("/r/old".into()),
@@ -343,7 +454,7 @@ mod tests {
                 Event::Renamed,
             ] {
                 let job = Job {
-                    trigger: 0,
+                    trigger: any_trigger(),
                     path: path.clone(),
                     event,
                     old_path: old_path.clone(),

@@ -409,6 +409,7 @@ fn jobs_of_batch(
                 let Some(trigger) = tracker.trigger_for(&change.path, triggers) else {
                     continue;
                 };
+                let trigger = Arc::clone(trigger);
                 let (event, old_path) = match &change.kind {
                     ChangeKind::Created => (Event::Created, None),
                     ChangeKind::Modified => (Event::Modified, None),
@@ -424,7 +425,7 @@ fn jobs_of_batch(
                     && let Some(trigger) = tracker.trigger_for(from, triggers)
                 {
                     let removal = Job {
-                        trigger,
+                        trigger: Arc::clone(trigger),
                         path: from.clone(),
                         event: Event::Removed,
                         old_path: None,
@@ -614,7 +615,7 @@ fn reload(
             return old;
         }
     };
-    let fresh = match Dispatcher::new(new.clone(), state.clone()) {
+    let fresh = match Dispatcher::reloaded(new.clone(), state.clone(), Some(&dispatcher.read())) {
         Ok(d) => Arc::new(d),
         Err(e) => {
             log::error!("reload refused, keeping the running configuration: {e}");
@@ -632,7 +633,12 @@ fn reload(
     }
     let previous = std::mem::replace(&mut *dispatcher.write(), fresh);
     previous.stop_workers();
-    log::info!("reload: {} trigger(s) now active", new.triggers.len());
+    // Queued jobs keep the trigger that matched them: a removed or changed trigger still runs
+    // its queued jobs as it was configured when they were queued.
+    log::info!(
+        "reload: {} trigger(s) now active; jobs already queued run with the trigger that matched them",
+        new.triggers.len()
+    );
     // Settings that need a restart stay as they run.
     Config {
         roots: old.roots,
@@ -875,12 +881,7 @@ mod tests {
         let waiting: Vec<_> = backlog.jobs.values().cloned().collect();
         assert_eq!(
             waiting,
-            [Job {
-                trigger: 0,
-                path: to,
-                event: Event::Renamed,
-                old_path: Some(from),
-            }],
+            [crate::tracker::tests::job(&to, Event::Renamed, Some(&from))],
             "the modification must not drop the rename, the only job that tells `a` is gone"
         );
     }

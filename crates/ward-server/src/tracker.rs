@@ -24,7 +24,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use ward_watch::IgnoreRules;
 
 use crate::Error;
-use crate::jobs::{Event, Job, Triggers};
+use crate::jobs::{CompiledTrigger, Event, Job, Triggers};
 use crate::manifest::{ChangeEntry, Manifest, Opened, Reconciled, Update};
 use crate::state::{StateDir, names};
 
@@ -165,7 +165,7 @@ impl Tracker {
                 event
             };
             jobs.push(Job {
-                trigger,
+                trigger: Arc::clone(trigger),
                 path,
                 event,
                 old_path,
@@ -209,7 +209,7 @@ impl Tracker {
             .filter_map(|r| {
                 let trigger = self.trigger_for(&r.path, triggers)?;
                 Some(Job {
-                    trigger,
+                    trigger: Arc::clone(trigger),
                     path: r.path,
                     event: r.event,
                     old_path: None,
@@ -224,7 +224,11 @@ impl Tracker {
     }
 
     /// The trigger that handles `path`, if it lies in a root, is not ignored, and one matches.
-    pub(crate) fn trigger_for(&self, path: &Path, triggers: &Triggers) -> Option<usize> {
+    pub(crate) fn trigger_for<'t>(
+        &self,
+        path: &Path,
+        triggers: &'t Triggers,
+    ) -> Option<&'t Arc<CompiledTrigger>> {
         let root = self.rules.root_of(path)?;
         if self.rules.is_ignored(path, false) {
             return None;
@@ -263,7 +267,7 @@ impl Tracker {
                 }
                 (_, Some(origin)) if job.old_path.as_ref() != Some(&origin) => {
                     next = self.trigger_for(&origin, triggers).map(|trigger| Job {
-                        trigger,
+                        trigger: Arc::clone(trigger),
                         path: origin,
                         event: Event::Removed,
                         old_path: None,
@@ -501,26 +505,31 @@ pub(crate) mod tests {
     use super::*;
     use crate::config::{Handler, Trigger};
 
-    /// A tracker with its state beside `root`, and one trigger for every file.
-    pub(crate) fn tracker_of(dir: &tempfile::TempDir, root: &Path) -> (Tracker, Triggers) {
-        let state = StateDir::open(&dir.path().join("state")).unwrap();
-        let rules = Arc::new(IgnoreRules::new(vec![root.to_path_buf()], &[], None).unwrap());
-        let trigger = Trigger {
+    /// The one trigger of [`tracker_of`]: every file.
+    fn every_file() -> Trigger {
+        Trigger {
             name: "t".into(),
             globs: Vec::new(),
             handler: Handler::Exec {
                 argv: vec!["true".into()],
             },
-        };
+        }
+    }
+
+    /// A tracker with its state beside `root`, and one trigger for every file.
+    pub(crate) fn tracker_of(dir: &tempfile::TempDir, root: &Path) -> (Tracker, Triggers) {
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let rules = Arc::new(IgnoreRules::new(vec![root.to_path_buf()], &[], None).unwrap());
         (
             Tracker::open(&state, rules).unwrap(),
-            Triggers::new(&[trigger]).unwrap(),
+            Triggers::new(&[every_file()]).unwrap(),
         )
     }
 
-    fn job(path: &Path, event: Event, old_path: Option<&Path>) -> Job {
+    /// A job of [`tracker_of`]'s trigger.
+    pub(crate) fn job(path: &Path, event: Event, old_path: Option<&Path>) -> Job {
         Job {
-            trigger: 0,
+            trigger: Arc::new(CompiledTrigger::new(&every_file()).unwrap()),
             path: path.to_path_buf(),
             event,
             old_path: old_path.map(Path::to_path_buf),
