@@ -92,6 +92,6 @@ pub use hook::{HookOutcome, OnCrashHook};
 pub use record::{CrashRecord, PanicEntry, RecordEntry, SignalEntry};
 pub use report::{
     CrashReport, ReportOptions, ReportSummary, WrittenReport, collect, list_reports, read_report,
-    report_death, symbolize, write_report,
+    report_death, symbolize, write_death, write_report,
 };
 pub use verdict::{Cause, Confidence, Verdict};

@@ -274,8 +274,24 @@ fn tail_lines(path: &Path) -> Result<Vec<String>> {
 /// [`Error::Io`] or [`Error::Serialize`] if the report cannot be written; the hook's failure is
 /// not an error but its [`HookOutcome`].
 pub fn report_death(evidence: &Evidence, options: &ReportOptions) -> Result<WrittenReport> {
-    let report = collect(evidence);
-    let paths = write_report(&report, &evidence.crash_dir, options.keep)?;
+    write_death(collect(evidence), evidence, options).map_err(|(_, e)| e)
+}
+
+/// [`report_death`] for a report already collected from `evidence`: writes it, deletes the
+/// crash record it consumed, prunes old reports and runs the on-crash hook.
+///
+/// # Errors
+/// As [`report_death`], with the report given back, so that a caller can keep it and try again
+/// (a full disk) instead of losing it.
+pub fn write_death(
+    report: CrashReport,
+    evidence: &Evidence,
+    options: &ReportOptions,
+) -> std::result::Result<WrittenReport, (Box<CrashReport>, Error)> {
+    let paths = match write_report(&report, &evidence.crash_dir, options.keep) {
+        Ok(paths) => paths,
+        Err(e) => return Err((Box::new(report), e)),
+    };
     let record = record_path(&evidence.crash_dir, evidence.pid);
     // Its content is in the report now; a later process with this pid starts clean.
     if report.crash_record.is_some()
@@ -326,8 +342,17 @@ pub fn write_report(report: &CrashReport, dir: &Path, keep: usize) -> Result<Rep
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes).map_err(|e| Error::io("writing", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))
+    let written = fs::write(&tmp, bytes)
+        .map_err(|e| Error::io("writing", &tmp, e))
+        .and_then(|()| {
+            fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))
+        });
+    if written.is_err() {
+        // A full disk leaves a partial (often empty) temporary file: it holds nothing a reader
+        // could use, and a later attempt writes the whole report again.
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn prune(dir: &Path, keep: usize) -> Result<()> {
@@ -598,6 +623,32 @@ mod tests {
         assert_eq!(pids, vec![104, 103, 102]);
         let files = fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(files, 6, "three json and three text files");
+    }
+
+    /// Regression: on a full disk a report was lost and left behind as an empty `.tmp`.
+    #[test]
+    fn a_report_that_cannot_be_written_leaves_no_temporary_file_and_is_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let lost = report(12, 3_000);
+        // A non-empty directory where the text file goes: the rename into place fails.
+        let stamp = time::file_stamp(lost.written_wall_ms);
+        let blocked = dir.path().join(format!("{PREFIX}{stamp}-12.txt"));
+        fs::create_dir_all(blocked.join("in-the-way")).unwrap();
+        let mut evidence = Evidence::new(12, "worker", dir.path());
+        evidence.wait_status = Some(WaitOutcome::Exited { code: 2 });
+        let (back, _) = write_death(lost.clone(), &evidence, &ReportOptions::new(10)).unwrap_err();
+        assert_eq!(*back, lost, "the report comes back whole");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.to_string_lossy().ends_with(".tmp")),
+            "{names:?}"
+        );
+        fs::remove_dir_all(&blocked).unwrap();
+        let written = write_death(*back, &evidence, &ReportOptions::new(10)).unwrap();
+        assert_eq!(read_report(&written.paths.json).unwrap(), lost);
     }
 
     #[test]
