@@ -532,6 +532,99 @@ fn a_reload_with_jobs_queued_runs_each_with_the_trigger_that_matched_it() {
     f.stop();
 }
 
+/// A tmpfs mounted for a test, detached when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (mount's syntax) with mode 0700 on `at`; `None` when not root.
+    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mount -t tmpfs on {}: {status}",
+            at.display()
+        );
+        Some(Tmpfs(at.to_path_buf()))
+    }
+
+    /// Writes zeros into `name` until the file system is full.
+    fn fill(&self, name: &str) {
+        let mut file = std::fs::File::create(self.0.join(name)).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        loop {
+            if let Err(e) = file.write_all(&block) {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let path = std::ffi::CString::new(self.0.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C string; a lazy unmount detaches even while files are open.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Regression: on a full state disk the keeper's write of a job's output into the log failed,
+/// printing that failure panicked with the log's lock held, and the panic hook's own log line
+/// waited for that lock forever: the keeper never restarted a killed server again, while
+/// `ward status` said it was running.
+#[test]
+fn a_full_state_disk_is_survived_and_a_killed_server_still_restarted() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"chatty\"\nexec = [\"seq\", \"1\", \"500\"]\n",
+    );
+    let Some(disk) = Tmpfs::mount(&f.state, "2m") else {
+        return;
+    };
+    f.start();
+    f.wait_idle();
+    disk.fill("filler");
+    for i in 0..5 {
+        std::fs::write(f.tree.join(format!("f{i}")), "x").unwrap();
+    }
+    wait_for("the jobs to run on the full disk", LONG, || {
+        f.status().1["queue"]["completed"].as_u64() >= Some(5)
+    });
+    std::fs::remove_file(f.state.join("filler")).unwrap();
+    let (_, before) = f.status();
+    kill(pid_of(&before, "server_pid"), libc::SIGKILL);
+    wait_for("a new server", LONG, || {
+        let (code, now) = f.status();
+        code == Some(0)
+            && now["server_pid"]
+                .as_u64()
+                .is_some_and(|p| p != before["server_pid"])
+    });
+    std::fs::write(f.tree.join("after"), "x").unwrap();
+    wait_for("the lost lines said in the log", LONG, || {
+        f.log().contains("log line(s) could not be written")
+    });
+    f.stop();
+    f.assert_nothing_left();
+    drop(disk);
+}
+
 #[test]
 fn restart_replaces_the_whole_tree() {
     let f = Fixture::new(JOB, record_all());

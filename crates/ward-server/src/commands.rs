@@ -1,6 +1,7 @@
 //! The subcommands, as the `ward` binary calls them: each takes a [`Launch`] and returns an
 //! [`Outcome`] for the exit code. Human output goes to stdout; errors are returned, not printed.
 
+use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -117,14 +118,16 @@ fn start_daemon(launch: &Launch) -> Result<(), Error> {
             let code = match become_keeper(launch, &state, &config, false) {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("ward keeper: {e}");
+                    // stderr is the log file here: on a full disk this write fails, which
+                    // must not turn into a panic.
+                    let _ = writeln!(std::io::stderr(), "ward keeper: {e}");
                     1
                 }
             };
             std::process::exit(code)
         }
         daemonize::Outcome::Child(Err(e)) => {
-            eprintln!("ward: daemonizing failed: {e}");
+            let _ = writeln!(std::io::stderr(), "ward: daemonizing failed: {e}");
             std::process::exit(1)
         }
     }

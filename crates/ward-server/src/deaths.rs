@@ -2,12 +2,13 @@
 //! report for every death a ward process witnesses (the server's, a job's, a worker's) or finds
 //! traces of (a keeper that vanished).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ward_crashdiag::{
-    CaptureConfig, CaptureGuard, Evidence, OomCounters, PostMortem, PostMortemInput, ReportOptions,
-    WaitOutcome,
+    CaptureConfig, CaptureGuard, CrashReport, Evidence, OomCounters, PostMortem, PostMortemInput,
+    ReportOptions, WaitOutcome,
 };
 use ward_supervisor::{Exit, Termination};
 
@@ -88,7 +89,9 @@ pub(crate) fn report(
     evidence.oom_after = oom_before.map(|_| OomCounters::read(cgroup.as_deref()));
     evidence.memory_cgroup = cgroup;
     evidence.oom_before = oom_before;
-    match ward_crashdiag::report_death(&evidence, &ReportOptions::new(config.keep_reports)) {
+    let report = ward_crashdiag::collect(&evidence);
+    let options = ReportOptions::new(config.keep_reports);
+    match ward_crashdiag::write_death(report, &evidence, &options) {
         Ok(written) => {
             let cause = written.report.verdict.cause.describe();
             log::warn!(
@@ -101,15 +104,66 @@ pub(crate) fn report(
                 path: Some(written.paths.json),
             })
         }
-        Err(e) => {
-            let cause = exit.termination.to_string();
+        Err((report, e)) => {
+            let cause = report.verdict.cause.describe();
             log::error!(
-                "{what} (pid {}) died ({cause}); its crash report could not be written: {e}",
+                "{what} (pid {}) {cause}; its crash report cannot be written yet ({e}): it is kept and written once there is room",
                 exit.pid
             );
+            keep_unwritten(report, evidence);
             Some(Reported { cause, path: None })
         }
     }
+}
+
+/// Crash reports that could not be written (a full disk), oldest first, with the evidence their
+/// writing needs: kept in memory and written by [`write_unwritten`] once there is room, instead
+/// of lost.
+static UNWRITTEN: parking_lot::Mutex<VecDeque<(Box<CrashReport>, Evidence)>> =
+    parking_lot::const_mutex(VecDeque::new());
+
+/// Unwritten reports kept at most; past it the oldest is dropped, and said so.
+const UNWRITTEN_MAX: usize = 32;
+
+fn keep_unwritten(report: Box<CrashReport>, evidence: Evidence) {
+    let mut unwritten = UNWRITTEN.lock();
+    if unwritten.len() == UNWRITTEN_MAX
+        && let Some((dropped, _)) = unwritten.pop_front()
+    {
+        log::error!(
+            "dropping the unwritten crash report of {} (pid {}): more than {UNWRITTEN_MAX} wait for room",
+            dropped.role,
+            dropped.pid
+        );
+    }
+    unwritten.push_back((report, evidence));
+}
+
+/// How many crash reports wait to be written.
+pub(crate) fn unwritten() -> usize {
+    UNWRITTEN.lock().len()
+}
+
+/// Writes the crash reports that could not be written before, oldest first, stopping at the
+/// first that still cannot be; returns how many still wait.
+pub(crate) fn write_unwritten(config: &Config) -> usize {
+    let mut unwritten = UNWRITTEN.lock();
+    let options = ReportOptions::new(config.keep_reports);
+    while let Some((report, evidence)) = unwritten.pop_front() {
+        match ward_crashdiag::write_death(*report, &evidence, &options) {
+            Ok(written) => log::info!(
+                "crash report of {} (pid {}) written now: {}",
+                written.report.role,
+                written.report.pid,
+                written.paths.text.display()
+            ),
+            Err((report, _)) => {
+                unwritten.push_front((report, evidence));
+                break;
+            }
+        }
+    }
+    unwritten.len()
 }
 
 /// Reconstructs the death of a keeper that left a stale pidfile and no report, before the new

@@ -286,6 +286,7 @@ pub(crate) fn keeper_main(
             state: "starting".into(),
             ..KeeperState::default()
         },
+        status_owed: false,
         tracker: RestartTracker::new(server_policy(), SystemClock),
     };
     let result = keeper.supervise(&rx);
@@ -329,15 +330,53 @@ struct Keeper<'a> {
     echo: bool,
     tx: Sender<Event>,
     status: KeeperState,
+    /// `keeper.json` could not be written with `status`.
+    status_owed: bool,
     tracker: RestartTracker<SystemClock>,
 }
+
+/// How often a write that failed (a full disk) is retried; only while one is owed, so an idle
+/// keeper with nothing owed never wakes for it.
+const OWED_RETRY: Duration = Duration::from_secs(1);
 
 impl Keeper<'_> {
     fn set_state(&mut self, state: &str) {
         self.status.state = state.into();
-        if let Err(e) = self.status.write(self.state) {
-            log::warn!("cannot record keeper state: {e}");
+        self.write_status();
+    }
+
+    /// Writes `keeper.json`; one that cannot be written (a full disk) is owed, and written by
+    /// [`Keeper::write_owed`] once there is room, so that `ward status` never reads a stale state
+    /// for longer than that.
+    fn write_status(&mut self) {
+        match self.status.write(self.state) {
+            Ok(()) => {
+                if std::mem::take(&mut self.status_owed) {
+                    log::info!("keeper state recorded again ({})", self.status.state);
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.status_owed, true) {
+                    log::warn!(
+                        "cannot record keeper state ({}); retrying every {OWED_RETRY:?}: {e}",
+                        self.status.state
+                    );
+                }
+            }
         }
+    }
+
+    /// Whether a write is owed: the keeper state or a crash report that could not be written.
+    fn owes_writes(&self) -> bool {
+        self.status_owed || deaths::unwritten() > 0
+    }
+
+    /// Retries the writes owed.
+    fn write_owed(&mut self) {
+        if self.status_owed {
+            self.write_status();
+        }
+        deaths::write_unwritten(self.config);
     }
 
     fn spawn_server(&self) -> Result<ward_supervisor::Child, Error> {
@@ -383,12 +422,21 @@ impl Keeper<'_> {
             let exit = loop {
                 let never = crossbeam_channel::never();
                 let tick = watchdog.as_ref().unwrap_or(&never);
+                let retry = if self.owes_writes() {
+                    crossbeam_channel::after(OWED_RETRY)
+                } else {
+                    crossbeam_channel::never()
+                };
                 let event = select! {
                     recv(rx) -> event => event.expect("the keeper holds a sender"),
                     recv(tick) -> _ => {
                         if self.status.state == "running" {
                             let _ = sd_notify::notify("WATCHDOG=1");
                         }
+                        continue;
+                    }
+                    recv(retry) -> _ => {
+                        self.write_owed();
                         continue;
                     }
                 };

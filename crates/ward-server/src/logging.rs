@@ -5,6 +5,12 @@
 //! logger, such as a crash handler's dump, are wrapped with the writer's pid and role), so the
 //! file has a single writer and size-based rotation is safe: past `max_bytes` the file moves to
 //! `ward.log.1` (the older one to `.2`, `.3`; three are kept).
+//!
+//! No logging path may panic or wait for itself: a log write that fails (a full disk) is counted
+//! and said in the log once writes succeed again; nothing is printed while the log file's lock is
+//! held; and a record logged from inside the logger on the same thread (a panic hook's, when
+//! something in the logger panicked) goes to standard error instead of waiting for the locks that
+//! thread already holds.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -24,6 +30,11 @@ pub struct LogFile {
     file: File,
     written: u64,
     max_bytes: u64,
+    /// Lines that could not be written since the last one that could, and why the last failed.
+    lost: u64,
+    last_error: Option<io::Error>,
+    /// Lines lost since the file was opened.
+    lost_total: u64,
 }
 
 impl LogFile {
@@ -39,23 +50,62 @@ impl LogFile {
             file,
             written,
             max_bytes,
+            lost: 0,
+            last_error: None,
+            lost_total: 0,
         })
     }
 
     /// Appends one line (a newline is added when missing), rotating first if the file is full.
+    /// A line that cannot be written is counted; the next line that can be is preceded by one
+    /// saying how many were lost and why.
     ///
     /// # Errors
-    /// If the write fails.
+    /// If the write fails (the line is then counted as lost).
     pub fn append(&mut self, line: &[u8]) -> io::Result<()> {
+        let result = self.try_append(line);
+        if let Err(e) = &result {
+            self.lost += 1;
+            self.lost_total += 1;
+            self.last_error = Some(io::Error::new(e.kind(), e.to_string()));
+        }
+        result
+    }
+
+    /// Lines that could not be written since the file was opened.
+    pub fn lost_lines(&self) -> u64 {
+        self.lost_total
+    }
+
+    fn try_append(&mut self, line: &[u8]) -> io::Result<()> {
         if self.written >= self.max_bytes {
             self.rotate()?;
         }
-        self.file.write_all(line)?;
-        self.written += line.len() as u64;
-        if !line.ends_with(b"\n") {
-            self.file.write_all(b"\n")?;
-            self.written += 1;
+        if self.lost > 0 {
+            let why = self
+                .last_error
+                .as_ref()
+                .map_or_else(String::new, |e| format!(": {e}"));
+            let note = format!(
+                "{} WARN  [{} log] {} log line(s) could not be written{why}\n",
+                humantime_now(),
+                std::process::id(),
+                self.lost
+            );
+            self.write_whole(note.as_bytes())?;
+            self.lost = 0;
+            self.last_error = None;
         }
+        self.write_whole(line)?;
+        if !line.ends_with(b"\n") {
+            self.write_whole(b"\n")?;
+        }
+        Ok(())
+    }
+
+    fn write_whole(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.written += bytes.len() as u64;
         Ok(())
     }
 
@@ -112,7 +162,8 @@ impl Write for SinkWriter {
                     // A closed terminal must not stop the log file from being written.
                     let _ = io::stderr().write_all(buf);
                 }
-                file.lock().append(buf)?;
+                // A failed write is counted by the file and said there once writes succeed.
+                let _ = file.lock().append(buf);
             }
         }
         Ok(buf.len())
@@ -131,7 +182,7 @@ impl Write for SinkWriter {
 pub fn init(role: &str, sink: Sink) {
     let role = role.to_owned();
     let pid = std::process::id();
-    let result = env_logger::Builder::new()
+    let logger = env_logger::Builder::new()
         .filter_level(log::LevelFilter::Info)
         .filter_module("notify::inotify", log::LevelFilter::Error)
         .parse_env("WARD_LOG")
@@ -145,9 +196,63 @@ pub fn init(role: &str, sink: Sink) {
             )
         })
         .target(env_logger::Target::Pipe(Box::new(SinkWriter(sink))))
-        .try_init();
-    if let Err(e) = result {
-        eprintln!("ward: logger already installed: {e}");
+        .build();
+    let max_level = logger.filter();
+    match log::set_boxed_logger(Box::new(Reentrant(logger))) {
+        Ok(()) => log::set_max_level(max_level),
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "ward: logger already installed: {e}");
+        }
+    }
+}
+
+thread_local! {
+    /// Set while this thread is inside the logger.
+    static LOGGING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The logger, guarded against itself: a record logged while the same thread is already inside
+/// the logger (a panic hook's record, when a write panicked with env_logger's and the log file's
+/// locks held) would wait forever for those locks. It goes to standard error instead.
+struct Reentrant(env_logger::Logger);
+
+/// Clears [`LOGGING`] when the outer call ends, by return or by unwinding.
+struct Inside;
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        LOGGING.with(|l| l.set(false));
+    }
+}
+
+impl log::Log for Reentrant {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.0.matches(record) {
+            return;
+        }
+        // `try_with`: a thread being torn down has no thread-locals left; it logs to stderr.
+        let nested = LOGGING.try_with(|l| l.replace(true)).unwrap_or(true);
+        if nested {
+            let _ = writeln!(
+                io::stderr(),
+                "{} {:<5} [{}] (logged from inside the logger) {}",
+                humantime_now(),
+                record.level(),
+                std::process::id(),
+                record.args()
+            );
+            return;
+        }
+        let _inside = Inside;
+        self.0.log(record);
+    }
+
+    fn flush(&self) {
+        self.0.flush();
     }
 }
 
@@ -167,9 +272,12 @@ pub fn append_captured(file: &Mutex<LogFile>, echo: bool, pid: u32, role: &str, 
     if echo {
         let _ = io::stderr().write_all(&out);
     }
-    if let Err(e) = file.lock().append(&out) {
-        eprintln!("ward: cannot write log file: {e}");
-    }
+    // A failed write is counted by the file and said there once writes succeed; printing it here
+    // could only fail the same way (under `ward start` stderr is the log file). Marked as inside
+    // the logger: a record logged on this thread meanwhile must not wait for the lock it holds.
+    let outer = LOGGING.try_with(|l| !l.replace(true)).unwrap_or(false);
+    let _inside = outer.then_some(Inside);
+    let _ = file.lock().append(&out);
 }
 
 /// A ward log line starts with an RFC 3339 timestamp such as `2026-11-23T11:40:00.123Z`.
@@ -222,6 +330,94 @@ mod tests {
         assert!(last.lines().count() >= 3, "{last}");
         assert!(rotated(&path, 3).exists());
         assert!(!rotated(&path, 4).exists());
+    }
+
+    /// Regression: on a full disk a failed log write was printed to stderr, which is the same
+    /// full disk under `ward start`, and the print panicked with the log's lock held.
+    #[test]
+    fn failed_log_writes_are_counted_survived_and_said_once_writes_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ward.log");
+        let mut log = LogFile::open(&path, 1 << 20).unwrap();
+        // /dev/full fails every write with ENOSPC, as a full disk does.
+        log.file = open_append(Path::new("/dev/full")).unwrap();
+        let log = Mutex::new(log);
+        for i in 0..3 {
+            append_captured(&log, false, 42, "server", format!("lost {i}").as_bytes());
+        }
+        assert_eq!(log.lock().lost_lines(), 3);
+        log.lock().file = open_append(&path).unwrap();
+        append_captured(&log, false, 42, "server", b"kept");
+        let text = fs::read_to_string(&path).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains("3 log line(s) could not be written: No space left on device"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].ends_with("kept"), "{}", lines[1]);
+    }
+
+    /// A writer that logs through the logger it belongs to, as a panic hook does when something
+    /// in the logger panics with its locks held.
+    struct LogsFromInside {
+        logger: Arc<std::sync::OnceLock<Reentrant>>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for LogsFromInside {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut written = self.written.lock();
+            if let Some(logger) = self.logger.get() {
+                log::Log::log(
+                    logger,
+                    &log::Record::builder()
+                        .args(format_args!("from inside"))
+                        .level(log::Level::Error)
+                        .build(),
+                );
+            }
+            written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_record_logged_from_inside_the_logger_does_not_wait_for_its_locks() {
+        let cell = Arc::new(std::sync::OnceLock::new());
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let writer = LogsFromInside {
+            logger: Arc::clone(&cell),
+            written: Arc::clone(&written),
+        };
+        let logger = env_logger::Builder::new()
+            .filter_level(log::LevelFilter::Info)
+            .target(env_logger::Target::Pipe(Box::new(writer)))
+            .build();
+        assert!(cell.set(Reentrant(logger)).is_ok());
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let logging = std::thread::spawn(move || {
+            log::Log::log(
+                cell.get().unwrap(),
+                &log::Record::builder()
+                    .args(format_args!("outer"))
+                    .level(log::Level::Info)
+                    .build(),
+            );
+            let _ = done_tx.send(());
+        });
+        assert!(
+            done.recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok(),
+            "the nested record waited for the locks its own thread held"
+        );
+        logging.join().unwrap();
+        assert!(String::from_utf8_lossy(&written.lock()).contains("outer"));
     }
 
     #[test]

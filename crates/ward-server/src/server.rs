@@ -134,6 +134,12 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         };
         // Past the high-water mark the loop stops taking batches: the watcher keeps what follows
         // in its own bounded pending set, which turns into rescans when it overflows.
+        // Crash reports a full disk kept from being written are retried while any wait.
+        let unwritten_timer = if deaths::unwritten() > 0 {
+            crossbeam_channel::after(UNWRITTEN_RETRY)
+        } else {
+            crossbeam_channel::never()
+        };
         let batches = if backlog.len() < backlog.high {
             watcher.batches().clone()
         } else {
@@ -167,6 +173,9 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             }
             recv(gather_timer) -> _ => {}
             recv(backlog_timer) -> _ => {}
+            recv(unwritten_timer) -> _ => {
+                deaths::write_unwritten(&config);
+            }
             recv(signals) -> signal => match signal {
                 Ok(SIGHUP) => config = reload(launch, &state, config, &dispatcher),
                 Ok(signal) => {
@@ -211,6 +220,10 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     }
     tracker.flush();
     dispatcher.read().stop_workers();
+    let unwritten = deaths::write_unwritten(&config);
+    if unwritten > 0 {
+        log::error!("{unwritten} crash report(s) could not be written before the server ended");
+    }
     drop(socket);
     signal_handle.close();
     if signal_thread.join().is_err() {
@@ -219,6 +232,9 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     log::info!("server loop ended after {:?}", started.elapsed());
     result
 }
+
+/// How often crash reports that could not be written are retried, while any wait.
+const UNWRITTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often the loop retries its backlog while the pool's queue is full.
 const BACKLOG_POLL: std::time::Duration = std::time::Duration::from_millis(20);
