@@ -6,6 +6,7 @@
 //! the crash reports and /proc say against what it did ([`check`]), prints the verdict table,
 //! and writes `stress.json`, `stress.svg` and ward's log into `--out`.
 
+mod changes;
 mod check;
 mod daemon;
 mod faults;

@@ -16,7 +16,7 @@ use super::daemon::{self, Ward, signal, wait_until};
 use super::faults::{self, FaultKind, Step};
 use super::ledger::{self, Directive, Entry, Phase};
 use super::workload::{self, WriteLog, Writers, lock, now_ms};
-use super::{Options, plot};
+use super::{Options, changes, plot};
 
 /// Set by Ctrl-C, SIGTERM or SIGHUP: every loop of the run checks it and goes to the orderly end.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -309,6 +309,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     run.restarts_before += ward.restarts();
     let final_files = walk(&tree);
     let status = ward.status();
+    let reported = changes::fetch(&ward, 0, Duration::from_secs(60));
     sampling.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     eprintln!();
@@ -332,7 +333,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         .collect();
 
     let writer_errors = lock(&writers.errors).clone();
-    let lines = run.verdict(&Verdict {
+    let mut lines = run.verdict(&Verdict {
         final_files: &final_files,
         settled,
         settle_s,
@@ -343,6 +344,10 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         stale: &stale,
         writer_errors: &writer_errors,
     });
+    let root = format!("{}/", tree.display());
+    lines.push(changes::line(&reported, &final_files, &root, |t| {
+        run.short(t)
+    }));
     let all_pass = lines.iter().all(|l| l.pass);
     println!("\n{}", check::table(&lines, 12));
     run.write_outputs(&lines, &dir)?;
