@@ -1,10 +1,12 @@
 //! `ward-stress-worker`: the job program of `cargo xtask stress`. It records each job in the
 //! stress ledger and misbehaves as the file's first line asks (see `stress/ledger.rs`).
 //!
-//! `ward-stress-worker worker LEDGER MAX_MEMORY_MB` speaks ward's JSON-lines worker protocol;
-//! `ward-stress-worker exec LEDGER MAX_MEMORY_MB` handles the one job ward's environment names.
-//! Either way the process limits its address space to MAX_MEMORY_MB first, so that a `hog` fails
-//! an allocation instead of taking the machine's memory.
+//! `ward-stress-worker worker LEDGER MAX_MEMORY_MB [TRIGGER]` speaks ward's JSON-lines worker
+//! protocol; `ward-stress-worker exec LEDGER MAX_MEMORY_MB [TRIGGER]` handles the one job ward's
+//! environment names. Either way the process limits its address space to MAX_MEMORY_MB first, so
+//! that a `hog` fails an allocation instead of taking the machine's memory. TRIGGER is the name of
+//! the trigger whose command line this is, written into each entry: ward tells a job nothing of
+//! its trigger, and the reload fault judges which one ran each path.
 
 // The harness uses more of the ledger module than the worker does.
 #[allow(dead_code)]
@@ -47,7 +49,7 @@ fn append(ledger: &mut File, entry: &Entry) {
 }
 
 /// Handles one change: records its start, acts on the directive, records its end.
-fn handle(ledger: &mut File, event: &str, path: &str, old_path: Option<&str>) {
+fn handle(ledger: &mut File, trigger: &str, event: &str, path: &str, old_path: Option<&str>) {
     let t_ms = now_ms();
     let content = if event == "removed" {
         None
@@ -65,6 +67,7 @@ fn handle(ledger: &mut File, event: &str, path: &str, old_path: Option<&str>) {
         event: event.to_owned(),
         hash: content.as_deref().map(ledger::content_hash),
         directive: directive.name(),
+        trigger: trigger.to_owned(),
         path: path.to_owned(),
         old_path: old_path.map(str::to_owned),
     };
@@ -120,7 +123,7 @@ fn open_ledger(path: &str) -> File {
         })
 }
 
-fn worker(ledger: &mut File) {
+fn worker(ledger: &mut File, trigger: &str) {
     let stdout = std::io::stdout();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { return };
@@ -130,7 +133,7 @@ fn worker(ledger: &mut File) {
         };
         let path = request["path"].as_str().unwrap_or_default();
         let event = request["event"].as_str().unwrap_or("?");
-        handle(ledger, event, path, request["old_path"].as_str());
+        handle(ledger, trigger, event, path, request["old_path"].as_str());
         let mut out = stdout.lock();
         let reply = serde_json::json!({ "id": request["id"], "ok": true });
         if writeln!(out, "{reply}").and_then(|()| out.flush()).is_err() {
@@ -141,26 +144,39 @@ fn worker(ledger: &mut File) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mode, ledger, mib) = match args.as_slice() {
-        [mode, ledger, mib] => (mode.as_str(), ledger, mib.parse::<u64>().ok()),
-        _ => ("", &String::new(), None),
+    const USAGE: &str = "usage: ward-stress-worker worker|exec LEDGER MAX_MEMORY_MB [TRIGGER]";
+    let (mode, ledger, mib, trigger) = match args.as_slice() {
+        [mode, ledger, mib] => (mode.as_str(), ledger, mib.parse::<u64>().ok(), "-"),
+        [mode, ledger, mib, trigger] if !trigger.contains(['\t', '\0']) && !trigger.is_empty() => (
+            mode.as_str(),
+            ledger,
+            mib.parse::<u64>().ok(),
+            trigger.as_str(),
+        ),
+        _ => ("", &String::new(), None, "-"),
     };
     let Some(mib) = mib.filter(|&m| m > 0) else {
-        eprintln!("usage: ward-stress-worker worker|exec LEDGER MAX_MEMORY_MB");
+        eprintln!("{USAGE}");
         std::process::exit(2);
     };
     limit_address_space(mib);
     let mut ledger = open_ledger(ledger);
     match mode {
-        "worker" => worker(&mut ledger),
+        "worker" => worker(&mut ledger, trigger),
         "exec" => {
             let var = |name| std::env::var(name).ok();
             let path = var("WARD_PATH").unwrap_or_default();
             let event = var("WARD_EVENT").unwrap_or_else(|| "?".into());
-            handle(&mut ledger, &event, &path, var("WARD_OLD_PATH").as_deref());
+            handle(
+                &mut ledger,
+                trigger,
+                &event,
+                &path,
+                var("WARD_OLD_PATH").as_deref(),
+            );
         }
         _ => {
-            eprintln!("usage: ward-stress-worker worker|exec LEDGER MAX_MEMORY_MB");
+            eprintln!("{USAGE}");
             std::process::exit(2);
         }
     }

@@ -428,6 +428,7 @@ mod tests {
             event: event.into(),
             hash,
             directive: "-".into(),
+            trigger: "stress".into(),
             path: path.into(),
             old_path: None,
         }

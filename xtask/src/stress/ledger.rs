@@ -124,6 +124,8 @@ pub struct Entry {
     pub hash: Option<u64>,
     /// The directive's name (`-` for none).
     pub directive: String,
+    /// The trigger that ran the job, as its command line names it (`-` when it does not).
+    pub trigger: String,
     /// The path ward gave.
     pub path: String,
     /// The old path of a rename.
@@ -143,11 +145,12 @@ impl Entry {
             .hash
             .map_or_else(|| "-".to_owned(), |h| format!("{h:016x}"));
         let mut out = format!(
-            "{phase}\t{}\t{}\t{}\t{hash}\t{}\t{}\t{}",
+            "{phase}\t{}\t{}\t{}\t{hash}\t{}\t{}\t{}\t{}",
             self.t_ms,
             self.pid,
             self.event,
             self.directive,
+            self.trigger,
             self.path,
             self.old_path.as_deref().unwrap_or("")
         )
@@ -173,6 +176,7 @@ impl Entry {
             h => Some(u64::from_str_radix(h, 16).ok()?),
         };
         let directive = f.next()?.to_owned();
+        let trigger = f.next()?.to_owned();
         let path = f.next()?.to_owned();
         let old_path = Some(f.next()?).filter(|p| !p.is_empty()).map(str::to_owned);
         if f.next().is_some() {
@@ -185,6 +189,7 @@ impl Entry {
             event,
             hash,
             directive,
+            trigger,
             path,
             old_path,
         })
@@ -259,6 +264,7 @@ mod tests {
             event: "renamed".into(),
             hash: Some(0xdead_beef),
             directive: "sleep 10".into(),
+            trigger: "reload-g1-any".into(),
             path: "/t/tree/new name".into(),
             old_path: Some("/t/tree/old".into()),
         };

@@ -8,6 +8,7 @@
 
 mod changes;
 mod check;
+mod config;
 mod daemon;
 mod faults;
 mod ledger;

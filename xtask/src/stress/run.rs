@@ -12,6 +12,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::check::{self, ExpectedDeath, Line, Report, RssSample, Window};
+use super::config::{ConfigFile, JOB_TIMEOUT_S, MAX_RSS_MB, QUEUE_CAPACITY, WORKERS};
 use super::daemon::{self, Ward, signal, wait_until};
 use super::faults::{self, FaultKind, Step};
 use super::ledger::{self, Directive, Entry, Phase};
@@ -21,23 +22,16 @@ use super::{Options, changes, plot};
 /// Set by Ctrl-C, SIGTERM or SIGHUP: every loop of the run checks it and goes to the orderly end.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// The trigger's worker memory limit (`max_rss_mb`), and how far a `grow` job passes it.
-const MAX_RSS_MB: u64 = 128;
+/// How far a `grow` job passes the trigger's worker memory limit (`max_rss_mb`).
 const GROW_MB: u64 = 192;
-/// The address-space limit of the stress workers, which a `hog` runs into.
-const WORKER_AS_MB: u64 = 512;
-/// The job timeout: a `hang` costs three of them.
-const JOB_TIMEOUT_S: u64 = 3;
 /// How long a job holds its thread to fill the queue, or a worker for `kill-worker`: well inside
 /// the timeout, so that only the faults meant to time out do.
 const BLOCKER_MS: u64 = 2000;
-const WORKERS: usize = 3;
 /// A quick run's memory bounds: the keeper holds no per-file state; the server's includes the
 /// manifest's 32 MiB cache and per-directory watches, and 64 MiB is what the 200k-file burst of
 /// `cargo xtask bench` must stay under.
 const QUICK_KEEPER_CAP_MIB: f64 = 8.0;
 const QUICK_SERVER_CAP_MIB: f64 = 64.0;
-const QUEUE_CAPACITY: usize = 256;
 /// A change this long before a fault may still have been pending when it hit.
 const PENDING_MS: u64 = 5000;
 
@@ -213,11 +207,15 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     std::fs::create_dir_all(&tree)?;
     std::fs::create_dir_all(dir.join("out"))?;
     let ledger_path = dir.join("out/ledger");
-    let config = dir.join("ward.toml");
-    std::fs::write(&config, config_text(worker_bin, &ledger_path))?;
+    let config = ConfigFile {
+        path: dir.join("ward.toml"),
+        worker: worker_bin.to_path_buf(),
+        ledger: ledger_path.clone(),
+    };
+    config.write()?;
     let ward = Ward {
         bin: ward_bin.to_path_buf(),
-        config,
+        config: config.path.clone(),
         state: dir.join("state"),
     };
     println!("stress: ward in {} (seed {})", dir.display(), opts.seed);
@@ -409,41 +407,6 @@ fn sweep_abandoned() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-}
-
-fn config_text(worker: &Path, ledger: &Path) -> String {
-    let (w, l) = (worker.display(), ledger.display());
-    format!(
-        r#"# Written by `cargo xtask stress`.
-[watch]
-roots = ["tree"]
-debounce_ms = 50
-max_wait_ms = 1000
-
-[jobs]
-workers = {WORKERS}
-queue_capacity = {QUEUE_CAPACITY}
-retries = 2
-timeout_s = {JOB_TIMEOUT_S}
-stop_grace_s = 2
-drain_timeout_s = 10
-
-[log]
-heartbeat_s = 30
-# Every injected death is looked for among the reports: keep them all.
-keep_reports = 1000000
-
-[[trigger]]
-name = "exec"
-glob = ["exec/**"]
-exec = ["{w}", "exec", "{l}", "{WORKER_AS_MB}"]
-
-[[trigger]]
-name = "stress"
-worker = ["{w}", "worker", "{l}", "{WORKER_AS_MB}"]
-max_rss_mb = {MAX_RSS_MB}
-"#
-    )
 }
 
 fn set_phase(samples: &Samples, phase: &str) {
