@@ -1,7 +1,8 @@
-//! The ward config the harness writes: its settings and its triggers, each of which names itself
-//! on the job's command line, so that the ledger says which one ran a job.
+//! The ward config the harness writes: its settings, its triggers (each names itself on the job's
+//! command line, so the ledger says which one ran a job), and the generations of triggers the
+//! `reload` fault steps through. What the config says a path goes to is [`trigger_for`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The trigger's worker memory limit (`max_rss_mb`).
 pub const MAX_RSS_MB: u64 = 128;
@@ -13,6 +14,10 @@ pub const JOB_TIMEOUT_S: u64 = 3;
 pub const WORKERS: usize = 3;
 /// Jobs that may wait in ward's queue.
 pub const QUEUE_CAPACITY: usize = 256;
+
+/// The directories (children of the tree) whose names start with this go to the reload
+/// fault's triggers.
+pub const RELOAD_PREFIX: &str = "reload-";
 
 /// The config file of one ward setup.
 #[derive(Debug, Clone)]
@@ -26,21 +31,36 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    /// Writes the config in place of the file, whole (a reload must never read half of it).
+    /// Writes the config of reload generation `generation` in place of the file, whole (a
+    /// reload must never read half of it).
     ///
     /// # Errors
     /// If it cannot be written.
-    pub fn write(&self) -> std::io::Result<()> {
+    pub fn write(&self, generation: u32) -> std::io::Result<()> {
         let tmp = self.path.with_extension("toml.new");
-        std::fs::write(&tmp, self.text())?;
+        std::fs::write(&tmp, self.text(generation))?;
         std::fs::rename(&tmp, &self.path)
     }
 
-    /// The config text.
-    pub fn text(&self) -> String {
+    /// The config text of reload generation `generation`.
+    pub fn text(&self, generation: u32) -> String {
         let (w, l) = (self.worker.display(), self.ledger.display());
+        let reload = reload_triggers(generation)
+            .iter()
+            .map(|(name, glob, exec)| {
+                let (key, mode) = if *exec {
+                    ("exec", "exec")
+                } else {
+                    ("worker", "worker")
+                };
+                format!(
+                    "[[trigger]]\nname = \"{name}\"\nglob = [\"{glob}\"]\n{key} = [\"{w}\", \"{mode}\", \"{l}\", \"{WORKER_AS_MB}\", \"{name}\"]\n"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
         format!(
-            r#"# Written by `cargo xtask stress`.
+            r#"# Written by `cargo xtask stress` (reload generation {generation}).
 [watch]
 roots = ["tree"]
 debounce_ms = 50
@@ -64,6 +84,7 @@ name = "exec"
 glob = ["exec/**"]
 exec = ["{w}", "exec", "{l}", "{WORKER_AS_MB}", "exec"]
 
+{reload}
 [[trigger]]
 name = "stress"
 worker = ["{w}", "worker", "{l}", "{WORKER_AS_MB}", "stress"]
@@ -73,28 +94,105 @@ max_rss_mb = {MAX_RSS_MB}
     }
 }
 
+/// The reload fault's triggers in generation `generation`: (name, glob, whether exec rather than
+/// a worker). Each generation renames both (a trigger removed and another added), and odd ones
+/// put the catch-all first, so that it takes the `.txt` files its twin takes in even ones.
+fn reload_triggers(generation: u32) -> [(String, String, bool); 2] {
+    let txt = (
+        format!("reload-g{generation}-txt"),
+        format!("{RELOAD_PREFIX}*/**/*.txt"),
+        false,
+    );
+    let any = (
+        format!("reload-g{generation}-any"),
+        format!("{RELOAD_PREFIX}*/**"),
+        true,
+    );
+    if generation.is_multiple_of(2) {
+        [txt, any]
+    } else {
+        [any, txt]
+    }
+}
+
+/// The trigger the config of `generation` gives `relative`, a file's path relative to the tree.
+pub fn trigger_for(relative: &Path, generation: u32) -> String {
+    let first = relative
+        .components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nested = relative.components().count() > 1;
+    if first == "exec" && nested {
+        "exec".into()
+    } else if first.starts_with(RELOAD_PREFIX) && nested {
+        let txt = relative.extension().is_some_and(|e| e == "txt");
+        if txt && generation.is_multiple_of(2) {
+            format!("reload-g{generation}-txt")
+        } else {
+            format!("reload-g{generation}-any")
+        }
+    } else {
+        "stress".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn each_trigger_names_itself_last_on_its_command_line() {
+    fn the_trigger_of_a_path_follows_the_generation_in_the_reload_directories_only() {
+        let t = |p: &str, g| trigger_for(Path::new(p), g);
+        assert_eq!(t("exec/churn/f-1.txt", 0), "exec");
+        assert_eq!(t("exec", 0), "stress", "a file named exec is no directory");
+        assert_eq!(t("steady/s-01.txt", 3), "stress");
+        assert_eq!(t("reload-1/files/a-1.txt", 0), "reload-g0-txt");
+        assert_eq!(t("reload-1/files/a-2.dat", 0), "reload-g0-any");
+        assert_eq!(t("reload-1/files/a-1.txt", 1), "reload-g1-any");
+        assert_eq!(t("reload-1/a-1.txt", 2), "reload-g2-txt");
+    }
+
+    #[test]
+    fn each_generation_renames_the_reload_triggers_and_odd_ones_reorder_them() {
         let config = ConfigFile {
             path: "/r/ward.toml".into(),
             worker: "/r/w".into(),
             ledger: "/r/ledger".into(),
         };
-        let value: toml::Value = toml::from_str(&config.text()).expect("valid TOML");
-        let triggers = value["trigger"].as_array().unwrap();
-        let names: Vec<&str> = triggers
-            .iter()
-            .map(|t| t["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names, ["exec", "stress"]);
-        for t in triggers {
-            let argv = t.get("exec").or_else(|| t.get("worker")).unwrap();
-            let last = argv.as_array().unwrap().last().unwrap().as_str().unwrap();
-            assert_eq!(last, t["name"].as_str().unwrap());
+        for g in 0..4 {
+            let text = config.text(g);
+            let value: toml::Value = toml::from_str(&text).expect("valid TOML");
+            let names: Vec<&str> = value["trigger"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap())
+                .collect();
+            let (first, second) = if g % 2 == 0 {
+                ("txt", "any")
+            } else {
+                ("any", "txt")
+            };
+            assert_eq!(
+                names,
+                [
+                    "exec".to_owned(),
+                    format!("reload-g{g}-{first}"),
+                    format!("reload-g{g}-{second}"),
+                    "stress".into()
+                ]
+            );
+            // Each names itself last on its command line, where the worker takes it from.
+            for t in value["trigger"].as_array().unwrap() {
+                let argv = t.get("exec").or_else(|| t.get("worker")).unwrap();
+                let name = t["name"].as_str().unwrap();
+                let named = argv.as_array().unwrap().iter().any(|a| {
+                    a.as_str()
+                        .is_some_and(|a| a == name || a.ends_with(&format!(" {name}")))
+                });
+                assert!(named, "{name}: {argv}");
+            }
         }
     }
 }

@@ -38,7 +38,8 @@ impl Ward {
     /// # Errors
     /// If it cannot be spawned.
     pub fn run(&self, args: &[&str], limit: Duration) -> anyhow::Result<Ran> {
-        let mut child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        command
             .arg("--config")
             .arg(&self.config)
             .arg("--state-dir")
@@ -47,7 +48,8 @@ impl Ward {
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
             .spawn()
             .with_context(|| format!("running {} {}", self.bin.display(), args.join(" ")))?;
         // Read in threads: a chatty command must not block on a full pipe while we wait.
@@ -152,6 +154,37 @@ impl Ward {
             .and_then(|k| k["restarts"].as_u64())
             .unwrap_or(0)
     }
+
+    /// Waits (at most `limit`) until ward answers and has nothing queued, running, retrying or
+    /// pending in its watcher; the other workloads keep writing, so this is a moment, not a
+    /// lasting calm.
+    pub fn await_idle(&self, limit: Duration) -> bool {
+        wait_until(limit, || {
+            super::scene::interrupted() || self.status().is_some_and(|s| idle(&s))
+        })
+    }
+
+    /// Lines of ward's log (rotated files included) that contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> usize {
+        ["ward.log", "ward.log.1", "ward.log.2", "ward.log.3"]
+            .iter()
+            .filter_map(|f| std::fs::read(self.state.join(f)).ok())
+            .map(|bytes| {
+                String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .count()
+            })
+            .sum()
+    }
+}
+
+/// Whether a `ward status` says the server has nothing queued, running, retrying or pending.
+pub fn idle(s: &serde_json::Value) -> bool {
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    s["state"] == "running"
+        && n(&s["queue"]["queued"]) + n(&s["queue"]["running"]) + n(&s["queue"]["backlog"]) == 0
+        && n(&s["watch"]["pending"]) == 0
 }
 
 /// Polls `condition` every 50 ms until it holds or `limit` passes; whether it held.

@@ -1,7 +1,13 @@
 //! The faults `cargo xtask stress` can inject, their names for `--faults`, and the seeded
-//! schedule that places them (with the bursts) on the run's timeline.
+//! schedule that places them (with the bursts) on the run's timeline. The faults judged by a
+//! verdict line of their own are injected and judged in the modules below ([`Findings`]); the
+//! others by `run.rs`.
 
-use super::ledger::Directive;
+mod reload;
+
+use super::check::{ExpectedDeath, Line};
+use super::ledger::{Directive, Entry};
+use super::scene::Scene;
 use super::workload::Rng;
 
 /// One kind of fault.
@@ -21,13 +27,16 @@ pub enum FaultKind {
     FullQueue,
     /// SIGKILL the keeper (the tree follows it), then `ward start`.
     KillKeeper,
+    /// The config's triggers renamed and reordered and the keeper sent SIGHUP, while a full
+    /// queue waits: queued jobs keep the trigger that matched them, later ones get the new.
+    Reload,
 }
 
 /// The code a job told to exit exits with.
 pub const EXIT_CODE: i32 = 3;
 
 /// Every fault, in the order `--faults` lists them.
-pub const ALL: [FaultKind; 12] = [
+pub const ALL: [FaultKind; 13] = [
     FaultKind::KillWorker,
     FaultKind::KillServer,
     FaultKind::StopServer,
@@ -40,6 +49,7 @@ pub const ALL: [FaultKind; 12] = [
     FaultKind::MemLimit,
     FaultKind::FullQueue,
     FaultKind::KillKeeper,
+    FaultKind::Reload,
 ];
 
 impl FaultKind {
@@ -59,6 +69,7 @@ impl FaultKind {
             FaultKind::MemLimit => "mem-limit",
             FaultKind::FullQueue => "full-queue",
             FaultKind::KillKeeper => "kill-keeper",
+            FaultKind::Reload => "reload",
         }
     }
 
@@ -71,6 +82,7 @@ impl FaultKind {
                 | FaultKind::KillKeeper
                 | FaultKind::StopServer
                 | FaultKind::FullQueue
+                | FaultKind::Reload
         )
     }
 
@@ -123,6 +135,73 @@ pub fn parse_list(list: &str) -> Result<Vec<FaultKind>, String> {
         }
     }
     Ok(kinds)
+}
+
+/// One injected fault and what came of it.
+#[derive(Debug, Clone)]
+pub struct Injected {
+    /// `kind #n`.
+    pub label: String,
+    /// What it was.
+    pub kind: FaultKind,
+    /// When, in seconds since the run started.
+    pub at_s: f64,
+    /// Its window, milliseconds since the epoch (see [`FaultKind::has_window`]).
+    pub start_ms: u64,
+    /// The window's end.
+    pub end_ms: u64,
+    /// The deaths it caused, each to be reported.
+    pub expected: Vec<ExpectedDeath>,
+    /// What went wrong injecting it, or with what ward did right after.
+    pub problems: Vec<String>,
+    /// What it did, in words.
+    pub note: String,
+}
+
+/// What the faults with a verdict line of their own found, kept for that line.
+#[derive(Debug, Default)]
+pub struct Findings {
+    reload: Vec<reload::Record>,
+}
+
+impl Findings {
+    /// Injects `f` if its kind is one of these (`n`: its number among its kind); false if not.
+    pub fn inject(&mut self, scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> bool {
+        match f.kind {
+            FaultKind::Reload => self.reload.push(reload::inject(scene, f, n)),
+            _ => return false,
+        }
+        true
+    }
+
+    /// The verdict line of each of these kinds in `asked`, judged against the whole ledger
+    /// (`tree`: the watched tree, which `entries` name paths in).
+    pub fn lines(
+        &self,
+        asked: &[FaultKind],
+        entries: &[Entry],
+        tree: &std::path::Path,
+    ) -> Vec<Line> {
+        let mut lines = Vec::new();
+        for kind in asked {
+            lines.push(match kind {
+                FaultKind::Reload => reload::line(&self.reload, entries, tree),
+                _ => continue,
+            });
+        }
+        lines
+    }
+}
+
+/// The line of a fault asked for but never injected (the run was cut short): no evidence is no
+/// pass.
+fn not_injected(check: &str) -> Line {
+    Line::new(
+        check,
+        false,
+        "never injected".into(),
+        vec!["the run ended (or was interrupted) before this fault's turn".into()],
+    )
 }
 
 /// What happens at one point of the timeline.
@@ -198,7 +277,10 @@ mod tests {
             assert_eq!(parse_list(kind.name()).unwrap(), [kind]);
             if !matches!(
                 kind,
-                FaultKind::StopServer | FaultKind::MemLimit | FaultKind::FullQueue
+                FaultKind::StopServer
+                    | FaultKind::MemLimit
+                    | FaultKind::FullQueue
+                    | FaultKind::Reload
             ) {
                 assert!(
                     !kind.expected_causes().is_empty(),
@@ -225,9 +307,10 @@ mod tests {
         assert_eq!(sorted, all);
         assert!(steps.windows(2).all(|w| w[0].0 <= w[1].0));
         assert!(steps.iter().all(|(t, _)| *t >= 2.0 && *t <= 55.0 - 8.0));
-        assert_eq!(faults[10..].len(), 2);
+        let tail = ALL.len() - 2;
+        assert_eq!(faults[tail..].len(), 2);
         assert!(
-            faults[10..]
+            faults[tail..]
                 .iter()
                 .all(|k| matches!(k, FaultKind::KillServer | FaultKind::KillKeeper))
         );

@@ -14,6 +14,7 @@ mod faults;
 mod ledger;
 mod plot;
 mod run;
+mod scene;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ const USAGE: &str = "usage: cargo xtask stress [--quick] [--duration D] [--rate 
   --duration D   how long workloads and faults run: 600, 90s, 10m, 1h (default 10m; quick 55s)
   --rate R       multiplies the workloads' rates (default 1: the seed's 3 jobs per 40 s)
   --faults LIST  all (default), none, or some of: kill-worker, kill-server, stop-server, panic,
-                 segv, abort, hog, hang, exit, mem-limit, full-queue, kill-keeper
+                 segv, abort, hog, hang, exit, mem-limit, full-queue, kill-keeper, reload
   --seed N       the schedule's and the workloads' seed (default: from the clock, printed)
   --out DIR      where the report goes (default target/stress)
   --keep         keep the temporary directory (tree, ledger, state) for inspection

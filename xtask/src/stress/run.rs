@@ -2,7 +2,6 @@
 //! faults against `ward start`, samples memory, then settles, checks, stops and sweeps.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,8 +13,9 @@ use serde_json::{Value, json};
 use super::check::{self, ExpectedDeath, Line, Report, RssSample, Window};
 use super::config::{ConfigFile, JOB_TIMEOUT_S, MAX_RSS_MB, QUEUE_CAPACITY, WORKERS};
 use super::daemon::{self, Ward, signal, wait_until};
-use super::faults::{self, FaultKind, Step};
+use super::faults::{self, FaultKind, Findings, Injected, Step};
 use super::ledger::{self, Directive, Entry, Phase};
+use super::scene::{LedgerTail, Scene};
 use super::workload::{self, WriteLog, Writers, lock, now_ms};
 use super::{Options, changes, plot};
 
@@ -26,7 +26,7 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 const GROW_MB: u64 = 192;
 /// How long a job holds its thread to fill the queue, or a worker for `kill-worker`: well inside
 /// the timeout, so that only the faults meant to time out do.
-const BLOCKER_MS: u64 = 2000;
+pub const BLOCKER_MS: u64 = 2000;
 /// A quick run's memory bounds: the keeper holds no per-file state; the server's includes the
 /// manifest's 32 MiB cache and per-directory watches, and 64 MiB is what the 200k-file burst of
 /// `cargo xtask bench` must stay under.
@@ -108,55 +108,6 @@ impl Reports {
     }
 }
 
-/// The ledger, read incrementally.
-#[derive(Debug)]
-struct LedgerTail {
-    path: PathBuf,
-    offset: usize,
-    entries: Vec<Entry>,
-    malformed: usize,
-}
-
-impl LedgerTail {
-    fn refresh(&mut self) {
-        use std::io::{Seek, SeekFrom};
-        // Only what was appended since the last read: the ledger of a long run is large.
-        let mut bytes = Vec::new();
-        let read = std::fs::File::open(&self.path).and_then(|mut f| {
-            f.seek(SeekFrom::Start(self.offset as u64))?;
-            f.read_to_end(&mut bytes)
-        });
-        if read.is_err() || bytes.is_empty() {
-            return;
-        }
-        let (entries, used, malformed) = ledger::parse(&bytes);
-        self.offset += used;
-        self.entries.extend(entries);
-        self.malformed += malformed;
-    }
-
-    fn find(&self, path: &str, hash: u64, phase: Phase) -> Option<&Entry> {
-        self.entries
-            .iter()
-            .find(|e| e.phase == phase && e.path == path && e.hash == Some(hash))
-    }
-}
-
-/// One injected fault and what came of it.
-#[derive(Debug, Clone)]
-struct Injected {
-    label: String,
-    kind: FaultKind,
-    at_s: f64,
-    start_ms: u64,
-    end_ms: u64,
-    expected: Vec<ExpectedDeath>,
-    /// What went wrong injecting it, or with what ward did right after.
-    problems: Vec<String>,
-    /// What it did, in words.
-    note: String,
-}
-
 /// Files that ask for a death, removed once their reports are in (or a deadline passes), so that
 /// a restarted server does not run them again and the tree ends without them.
 #[derive(Debug)]
@@ -169,6 +120,7 @@ struct PendingRemoval {
 struct Run<'a> {
     opts: &'a Options,
     ward: Ward,
+    config: ConfigFile,
     tree: PathBuf,
     log: Arc<WriteLog>,
     ledger: LedgerTail,
@@ -184,6 +136,8 @@ struct Run<'a> {
     restarts_before: u64,
     expected_restarts: u64,
     burst: Option<Burst>,
+    /// What the faults with a verdict line of their own found.
+    findings: Findings,
 }
 
 #[derive(Debug, Clone)]
@@ -212,7 +166,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         worker: worker_bin.to_path_buf(),
         ledger: ledger_path.clone(),
     };
-    config.write()?;
+    config.write(0)?;
     let ward = Ward {
         bin: ward_bin.to_path_buf(),
         config: config.path.clone(),
@@ -222,14 +176,10 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     let mut run = Run {
         opts,
         ward: ward.clone(),
+        config,
         tree: tree.clone(),
         log: Arc::new(WriteLog::default()),
-        ledger: LedgerTail {
-            path: ledger_path,
-            offset: 0,
-            entries: Vec::new(),
-            malformed: 0,
-        },
+        ledger: LedgerTail::new(ledger_path),
         reports: Reports::default(),
         samples: Arc::new(Samples::default()),
         injected: Vec::new(),
@@ -240,6 +190,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         restarts_before: 0,
         expected_restarts: 0,
         burst: None,
+        findings: Findings::default(),
     };
     ward.start()?;
     run.started = Instant::now();
@@ -342,6 +293,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         stale: &stale,
         writer_errors: &writer_errors,
     });
+    lines.extend(run.findings.lines(&opts.faults, &run.ledger.entries, &tree));
     let root = format!("{}/", tree.display());
     lines.push(changes::line(&reported, &final_files, &root, |t| {
         run.short(t)
@@ -526,14 +478,6 @@ fn latency_summary(lat: &[(&'static str, u64)]) -> Value {
     Value::Object(out)
 }
 
-/// Whether a `ward status` says the server has nothing queued, running, retrying or pending.
-fn idle(s: &Value) -> bool {
-    let n = |v: &Value| v.as_u64().unwrap_or(0);
-    s["state"] == "running"
-        && n(&s["queue"]["queued"]) + n(&s["queue"]["running"]) + n(&s["queue"]["backlog"]) == 0
-        && n(&s["watch"]["pending"]) == 0
-}
-
 /// What the verdict needs besides the run's own state.
 struct Verdict<'a> {
     final_files: &'a BTreeMap<String, u64>,
@@ -575,7 +519,17 @@ impl Run<'_> {
                     problems: Vec::new(),
                     note: String::new(),
                 };
-                self.inject(&mut f, n);
+                let mut scene = Scene {
+                    ward: &self.ward,
+                    config: &self.config,
+                    tree: &self.tree,
+                    log: &self.log,
+                    ledger: &mut self.ledger,
+                    removals: &mut self.removals,
+                };
+                if !self.findings.inject(&mut scene, &mut f, n) {
+                    self.inject(&mut f, n);
+                }
                 if f.end_ms < f.start_ms {
                     f.end_ms = f.start_ms;
                 }
@@ -653,14 +607,7 @@ impl Run<'_> {
         phase: Phase,
         limit: Duration,
     ) -> Option<Entry> {
-        let path = path.to_string_lossy().into_owned();
-        let mut found = None;
-        wait_until(limit, || {
-            self.ledger.refresh();
-            found = self.ledger.find(&path, hash, phase).cloned();
-            found.is_some() || INTERRUPTED.load(Ordering::Relaxed)
-        });
-        found
+        self.ledger.await_entry(path, hash, phase, limit)
     }
 
     fn inject(&mut self, f: &mut Injected, n: usize) {
@@ -931,6 +878,8 @@ impl Run<'_> {
                     causes,
                 });
             }
+            // The others have a verdict line of their own: `step` hands them to `Findings`.
+            _ => unreachable!("{} is injected by faults::Findings", f.label),
         }
     }
 
@@ -980,13 +929,8 @@ impl Run<'_> {
         self.pending = keep;
     }
 
-    /// Waits (at most `limit`) until ward answers and has nothing queued, running, retrying or
-    /// pending in its watcher; the other workloads keep writing, so this is a moment, not a
-    /// lasting calm.
     fn await_idle(&self, limit: Duration) -> bool {
-        wait_until(limit, || {
-            INTERRUPTED.load(Ordering::Relaxed) || self.ward.status().is_some_and(|s| idle(&s))
-        })
+        self.ward.await_idle(limit)
     }
 
     /// Waits until ward is idle: nothing queued, running, retrying or pending in the watcher,
@@ -1001,7 +945,7 @@ impl Run<'_> {
                 quiet_since = None;
                 return false;
             };
-            let idle = idle(&s);
+            let idle = daemon::idle(&s);
             self.ledger.refresh();
             let len = self.ledger.offset;
             match (idle, quiet_since) {
@@ -1429,16 +1373,7 @@ impl Run<'_> {
 
     /// Lines of ward's log (rotated files included) that contain `needle`.
     fn log_lines_with(&self, needle: &str) -> usize {
-        ["ward.log", "ward.log.1", "ward.log.2", "ward.log.3"]
-            .iter()
-            .filter_map(|f| std::fs::read(self.ward.state.join(f)).ok())
-            .map(|bytes| {
-                String::from_utf8_lossy(&bytes)
-                    .lines()
-                    .filter(|l| l.contains(needle))
-                    .count()
-            })
-            .sum()
+        self.ward.log_lines_with(needle)
     }
 
     fn since_start(&self, t_ms: u64) -> f64 {
