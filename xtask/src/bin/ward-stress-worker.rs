@@ -104,6 +104,16 @@ fn act(directive: Directive) {
         },
         Directive::Exit(code) => std::process::exit(code),
         Directive::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+        Directive::Say(lines) => {
+            let mut err = std::io::stderr().lock();
+            for i in 1..=lines {
+                // ward may be unable to keep them (a full disk): that is what they test.
+                let _ = writeln!(
+                    err,
+                    "ward-stress-worker: line {i} of {lines} asked for, to be kept in ward's log"
+                );
+            }
+        }
         Directive::Grow(mib) => {
             let kept = std::hint::black_box(vec![1u8; (mib as usize) << 20]);
             // Kept for the process's life: ward is to notice the RSS and recycle the worker.

@@ -3,7 +3,12 @@
 //! verdict line of their own are injected and judged in the modules below ([`Findings`]); the
 //! others by `run.rs`.
 
+mod disk_full;
 mod reload;
+
+pub use disk_full::prepare as prepare_state_disk;
+
+use std::collections::BTreeMap;
 
 use super::check::{ExpectedDeath, Line};
 use super::ledger::{Directive, Entry};
@@ -30,13 +35,16 @@ pub enum FaultKind {
     /// The config's triggers renamed and reordered and the keeper sent SIGHUP, while a full
     /// queue waits: queued jobs keep the trigger that matched them, later ones get the new.
     Reload,
+    /// The state directory's filesystem (a tmpfs of its own for the run) filled for seconds
+    /// while files change, then freed.
+    StateDiskFull,
 }
 
 /// The code a job told to exit exits with.
 pub const EXIT_CODE: i32 = 3;
 
 /// Every fault, in the order `--faults` lists them.
-pub const ALL: [FaultKind; 13] = [
+pub const ALL: [FaultKind; 14] = [
     FaultKind::KillWorker,
     FaultKind::KillServer,
     FaultKind::StopServer,
@@ -50,6 +58,7 @@ pub const ALL: [FaultKind; 13] = [
     FaultKind::FullQueue,
     FaultKind::KillKeeper,
     FaultKind::Reload,
+    FaultKind::StateDiskFull,
 ];
 
 impl FaultKind {
@@ -70,6 +79,7 @@ impl FaultKind {
             FaultKind::FullQueue => "full-queue",
             FaultKind::KillKeeper => "kill-keeper",
             FaultKind::Reload => "reload",
+            FaultKind::StateDiskFull => "state-disk-full",
         }
     }
 
@@ -83,6 +93,7 @@ impl FaultKind {
                 | FaultKind::StopServer
                 | FaultKind::FullQueue
                 | FaultKind::Reload
+                | FaultKind::StateDiskFull
         )
     }
 
@@ -162,6 +173,7 @@ pub struct Injected {
 #[derive(Debug, Default)]
 pub struct Findings {
     reload: Vec<reload::Record>,
+    disk_full: Vec<disk_full::Record>,
 }
 
 impl Findings {
@@ -169,23 +181,27 @@ impl Findings {
     pub fn inject(&mut self, scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> bool {
         match f.kind {
             FaultKind::Reload => self.reload.push(reload::inject(scene, f, n)),
+            FaultKind::StateDiskFull => self.disk_full.push(disk_full::inject(scene, f, n)),
             _ => return false,
         }
         true
     }
 
     /// The verdict line of each of these kinds in `asked`, judged against the whole ledger
-    /// (`tree`: the watched tree, which `entries` name paths in).
+    /// (`tree`: the watched tree, which `entries` name paths in) and the changes lost in each
+    /// fault's window (`losses`, by the fault's label).
     pub fn lines(
         &self,
         asked: &[FaultKind],
         entries: &[Entry],
         tree: &std::path::Path,
+        losses: &BTreeMap<String, Vec<String>>,
     ) -> Vec<Line> {
         let mut lines = Vec::new();
         for kind in asked {
             lines.push(match kind {
                 FaultKind::Reload => reload::line(&self.reload, entries, tree),
+                FaultKind::StateDiskFull => disk_full::line(&self.disk_full, entries, losses),
                 _ => continue,
             });
         }
@@ -281,6 +297,7 @@ mod tests {
                     | FaultKind::MemLimit
                     | FaultKind::FullQueue
                     | FaultKind::Reload
+                    | FaultKind::StateDiskFull
             ) {
                 assert!(
                     !kind.expected_causes().is_empty(),

@@ -39,6 +39,8 @@ pub enum Directive {
     Sleep(u64),
     /// Allocate and touch this many MiB, keep them, carry on.
     Grow(u64),
+    /// Write this many lines to stderr (which ward keeps in its log), then carry on.
+    Say(u64),
 }
 
 impl Directive {
@@ -62,6 +64,7 @@ impl Directive {
             Some("exit") => Directive::Exit(words.next().and_then(|n| n.parse().ok()).unwrap_or(1)),
             Some("sleep") => number(words.next()).map_or(Directive::Plain, Directive::Sleep),
             Some("grow") => number(words.next()).map_or(Directive::Plain, Directive::Grow),
+            Some("say") => number(words.next()).map_or(Directive::Plain, Directive::Say),
             _ => Directive::Plain,
         }
     }
@@ -91,6 +94,7 @@ impl Directive {
             Directive::Exit(code) => format!("exit {code}"),
             Directive::Sleep(ms) => format!("sleep {ms}"),
             Directive::Grow(mib) => format!("grow {mib}"),
+            Directive::Say(lines) => format!("say {lines}"),
         }
     }
 
@@ -242,6 +246,7 @@ mod tests {
             Directive::Exit(7),
             Directive::Sleep(1500),
             Directive::Grow(192),
+            Directive::Say(100),
         ] {
             let content = format!("{}seq 12\n", d.line());
             assert_eq!(Directive::parse(content.as_bytes()), d, "{content:?}");

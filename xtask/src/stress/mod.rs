@@ -11,6 +11,7 @@ mod check;
 mod config;
 mod daemon;
 mod faults;
+mod host;
 mod ledger;
 mod plot;
 mod run;
@@ -29,7 +30,8 @@ const USAGE: &str = "usage: cargo xtask stress [--quick] [--duration D] [--rate 
   --duration D   how long workloads and faults run: 600, 90s, 10m, 1h (default 10m; quick 55s)
   --rate R       multiplies the workloads' rates (default 1: the seed's 3 jobs per 40 s)
   --faults LIST  all (default), none, or some of: kill-worker, kill-server, stop-server, panic,
-                 segv, abort, hog, hang, exit, mem-limit, full-queue, kill-keeper, reload
+                 segv, abort, hog, hang, exit, mem-limit, full-queue, kill-keeper, reload,
+                 state-disk-full (which mounts a tmpfs for the state directory: root only)
   --seed N       the schedule's and the workloads' seed (default: from the clock, printed)
   --out DIR      where the report goes (default target/stress)
   --keep         keep the temporary directory (tree, ledger, state) for inspection

@@ -17,7 +17,7 @@ use super::faults::{self, FaultKind, Findings, Injected, Step};
 use super::ledger::{self, Directive, Entry, Phase};
 use super::scene::{LedgerTail, Scene};
 use super::workload::{self, WriteLog, Writers, lock, now_ms};
-use super::{Options, changes, plot};
+use super::{Options, changes, host, plot};
 
 /// Set by Ctrl-C, SIGTERM or SIGHUP: every loop of the run checks it and goes to the orderly end.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -35,18 +35,36 @@ const QUICK_SERVER_CAP_MIB: f64 = 64.0;
 /// A change this long before a fault may still have been pending when it hit.
 const PENDING_MS: u64 = 5000;
 
-/// Removes the temporary directory's processes on every way out, panics included.
+/// Releases what the run took on every way out, panics included: the temporary directory's
+/// processes, then its mounts.
 struct Sweeper {
     dir: PathBuf,
 }
 
 impl Drop for Sweeper {
     fn drop(&mut self) {
-        let left = daemon::sweep(&self.dir);
+        let left = release(&self.dir);
         if !left.is_empty() {
-            eprintln!("stress: killed {} process(es) left running", left.len());
+            eprintln!("stress: {left}");
         }
     }
+}
+
+/// Stops what the run in `dir` started and took: its processes (which a mount could be busy
+/// with), then its mounts (deepest first). What it did, in words (empty if there was nothing
+/// left).
+fn release(dir: &Path) -> String {
+    let mut done = Vec::new();
+    let left = daemon::sweep(dir);
+    if !left.is_empty() {
+        done.push(format!("killed {} process(es) left running", left.len()));
+    }
+    let (unmounted, failed) = host::release_mounts(dir);
+    if !unmounted.is_empty() {
+        done.push(format!("unmounted {} mount(s)", unmounted.len()));
+    }
+    done.extend(failed.into_iter().map(|f| format!("could not unmount {f}")));
+    done.join("; ")
 }
 
 /// What the sampler thread gathers.
@@ -172,6 +190,9 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         config: config.path.clone(),
         state: dir.join("state"),
     };
+    if opts.faults.contains(&FaultKind::StateDiskFull) {
+        faults::prepare_state_disk(&ward.state, opts.quick)?;
+    }
     println!("stress: ward in {} (seed {})", dir.display(), opts.seed);
     let mut run = Run {
         opts,
@@ -293,7 +314,11 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         stale: &stale,
         writer_errors: &writer_errors,
     });
-    lines.extend(run.findings.lines(&opts.faults, &run.ledger.entries, &tree));
+    let losses = run.losses_by_fault(&final_files);
+    lines.extend(
+        run.findings
+            .lines(&opts.faults, &run.ledger.entries, &tree, &losses),
+    );
     let root = format!("{}/", tree.display());
     lines.push(changes::line(&reported, &final_files, &root, |t| {
         run.short(t)
@@ -314,11 +339,22 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
             tsv.push_str(&format!("{}\t{}\t{what}\t{}\n", w.t_ms, w.workload, w.path));
         }
         std::fs::write(dir.join("out/writes.tsv"), tsv)?;
+        // A state directory on a tmpfs of its own goes with its unmount: keep a copy.
+        if host::is_mount_point(&ward.state) {
+            copy_tree(&ward.state, &dir.join("out/state"))?;
+        }
         std::fs::write(dir.join(KEPT), "kept by cargo xtask stress --keep\n")?;
         println!(
             "stress: kept {} (out/ledger is the workers' account, out/writes.tsv the harness's)",
             dir.display()
         );
+    }
+    let released = release(&dir);
+    if !released.is_empty() {
+        println!("stress: at the end, {released}");
+    }
+    if opts.keep {
+        // Kept for whoever asked.
     } else if let Err(e) = std::fs::remove_dir_all(&dir) {
         println!("stress: could not remove {}: {e}", dir.display());
     }
@@ -328,9 +364,24 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
 /// What marks a temporary directory kept with `--keep`: it is left for whoever asked for it.
 const KEPT: &str = "KEPT";
 
+/// Copies the directory `from` to `to`, files and directories only.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Cleans up after runs that could not (a harness killed with SIGKILL): any process still
-/// mentioning the temporary directory of a run whose harness is gone, and the directory itself
-/// unless it was kept on purpose.
+/// mentioning the temporary directory of a run whose harness is gone, its mounts, and the
+/// directory itself unless it was kept on purpose.
 fn sweep_abandoned() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
@@ -347,11 +398,10 @@ fn sweep_abandoned() {
         if daemon::is_alive(pid) {
             continue;
         }
-        let left = daemon::sweep(&entry.path());
-        if !left.is_empty() {
+        let released = release(&entry.path());
+        if !released.is_empty() {
             println!(
-                "stress: killed {} process(es) an earlier, killed run left in {}",
-                left.len(),
+                "stress: an earlier, killed run in {}: {released}",
                 entry.path().display()
             );
         }
@@ -492,6 +542,45 @@ struct Verdict<'a> {
 }
 
 impl Run<'_> {
+    /// The changes lost in each fault's window (see [`check::lost_changes`]), by its label.
+    fn losses_by_fault(
+        &self,
+        final_files: &BTreeMap<String, u64>,
+    ) -> BTreeMap<String, Vec<String>> {
+        let faults: Vec<&Injected> = self
+            .injected
+            .iter()
+            .filter(|f| f.kind.has_window())
+            .collect();
+        let windows: Vec<Window> = faults
+            .iter()
+            .map(|f| Window {
+                label: f.label.clone(),
+                start_ms: f.start_ms,
+                end_ms: f.end_ms,
+            })
+            .collect();
+        let writes = self.log.snapshot();
+        let lost = check::lost_changes(
+            final_files,
+            &self.ledger.entries,
+            &writes,
+            &windows,
+            PENDING_MS,
+        );
+        let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for l in lost {
+            if let Some(w) = l.window {
+                by.entry(faults[w].label.clone()).or_default().push(format!(
+                    "{} ({})",
+                    self.short(&l.path),
+                    l.kind.describe()
+                ));
+            }
+        }
+        by
+    }
+
     fn elapsed_s(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
@@ -520,6 +609,7 @@ impl Run<'_> {
                     note: String::new(),
                 };
                 let mut scene = Scene {
+                    opts: self.opts,
                     ward: &self.ward,
                     config: &self.config,
                     tree: &self.tree,

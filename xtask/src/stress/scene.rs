@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::Options;
 use super::config::ConfigFile;
 use super::daemon::{Ward, wait_until};
 use super::ledger::{self, Entry, Phase};
@@ -107,6 +108,8 @@ impl LedgerTail {
 
 /// What one injection may use of the run.
 pub struct Scene<'a> {
+    /// The command line.
+    pub opts: &'a Options,
     /// ward under test.
     pub ward: &'a Ward,
     /// Its config file.
