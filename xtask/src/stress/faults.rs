@@ -4,6 +4,7 @@
 //! others by `run.rs`.
 
 mod disk_full;
+mod mount;
 mod reload;
 
 pub use disk_full::prepare as prepare_state_disk;
@@ -38,13 +39,15 @@ pub enum FaultKind {
     /// The state directory's filesystem (a tmpfs of its own for the run) filled for seconds
     /// while files change, then freed.
     StateDiskFull,
+    /// A tmpfs and a bind mount inside the tree, written into, then unmounted.
+    Mount,
 }
 
 /// The code a job told to exit exits with.
 pub const EXIT_CODE: i32 = 3;
 
 /// Every fault, in the order `--faults` lists them.
-pub const ALL: [FaultKind; 14] = [
+pub const ALL: [FaultKind; 15] = [
     FaultKind::KillWorker,
     FaultKind::KillServer,
     FaultKind::StopServer,
@@ -59,6 +62,7 @@ pub const ALL: [FaultKind; 14] = [
     FaultKind::KillKeeper,
     FaultKind::Reload,
     FaultKind::StateDiskFull,
+    FaultKind::Mount,
 ];
 
 impl FaultKind {
@@ -80,6 +84,7 @@ impl FaultKind {
             FaultKind::KillKeeper => "kill-keeper",
             FaultKind::Reload => "reload",
             FaultKind::StateDiskFull => "state-disk-full",
+            FaultKind::Mount => "mount",
         }
     }
 
@@ -94,6 +99,7 @@ impl FaultKind {
                 | FaultKind::FullQueue
                 | FaultKind::Reload
                 | FaultKind::StateDiskFull
+                | FaultKind::Mount
         )
     }
 
@@ -174,6 +180,7 @@ pub struct Injected {
 pub struct Findings {
     reload: Vec<reload::Record>,
     disk_full: Vec<disk_full::Record>,
+    mount: Vec<mount::Record>,
 }
 
 impl Findings {
@@ -182,6 +189,7 @@ impl Findings {
         match f.kind {
             FaultKind::Reload => self.reload.push(reload::inject(scene, f, n)),
             FaultKind::StateDiskFull => self.disk_full.push(disk_full::inject(scene, f, n)),
+            FaultKind::Mount => self.mount.push(mount::inject(scene, f, n)),
             _ => return false,
         }
         true
@@ -202,6 +210,7 @@ impl Findings {
             lines.push(match kind {
                 FaultKind::Reload => reload::line(&self.reload, entries, tree),
                 FaultKind::StateDiskFull => disk_full::line(&self.disk_full, entries, losses),
+                FaultKind::Mount => mount::line(&self.mount),
                 _ => continue,
             });
         }
@@ -298,6 +307,7 @@ mod tests {
                     | FaultKind::FullQueue
                     | FaultKind::Reload
                     | FaultKind::StateDiskFull
+                    | FaultKind::Mount
             ) {
                 assert!(
                     !kind.expected_causes().is_empty(),

@@ -1,5 +1,5 @@
 //! What a stress run takes from the machine besides processes: mounts (the state directory's
-//! tmpfs); and their release, on every way out and after a run that was killed before it could
+//! tmpfs, the mounts inside the tree); and their release, on every way out and after a run that was killed before it could
 //! release them. Processes are `daemon.rs`'s.
 
 use std::ffi::CString;
@@ -31,6 +31,29 @@ pub fn mount_tmpfs(target: &Path, size_mib: u64, mode: u32) -> io::Result<()> {
             c"tmpfs".as_ptr(),
             libc::MS_NOSUID | libc::MS_NODEV,
             options.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Bind-mounts the directory `source` on `target` (`mount --bind`).
+///
+/// # Errors
+/// If mount(2) fails.
+pub fn bind(source: &Path, target: &Path) -> io::Result<()> {
+    let (source_c, target_c) = (c_path(source)?, c_path(target)?);
+    // SAFETY: as in `mount_tmpfs`; a bind mount reads no type and no data.
+    let rc = unsafe {
+        libc::mount(
+            source_c.as_ptr(),
+            target_c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
         )
     };
     if rc == 0 {

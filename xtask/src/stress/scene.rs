@@ -114,6 +114,8 @@ pub struct Scene<'a> {
     pub ward: &'a Ward,
     /// Its config file.
     pub config: &'a ConfigFile,
+    /// The run's temporary directory (the tree, the state and the ledger are inside).
+    pub dir: &'a Path,
     /// The watched tree.
     pub tree: &'a Path,
     /// Every change the harness makes to the tree is recorded here.

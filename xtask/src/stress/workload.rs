@@ -159,6 +159,17 @@ impl WriteLog {
         Ok(())
     }
 
+    /// Records that `path` appeared in the tree with content `hash` without a write there (a
+    /// mount brought it in).
+    pub fn appeared(&self, path: &Path, hash: u64, workload: &'static str) {
+        self.record(path, OpKind::Wrote(hash), workload);
+    }
+
+    /// Records that `path` left the tree without a removal (an unmount took it away).
+    pub fn vanished(&self, path: &Path, workload: &'static str) {
+        self.record(path, OpKind::Removed, workload);
+    }
+
     /// Every change so far.
     pub fn snapshot(&self) -> Vec<WriteOp> {
         lock(&self.ops).clone()
