@@ -2,6 +2,7 @@
 //! state directory, /proc readings, signals, and the sweep that leaves no process behind.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +18,8 @@ pub struct Ward {
     pub config: PathBuf,
     /// The state directory.
     pub state: PathBuf,
+    /// The user (uid, gid) its commands run as, when not the harness's own.
+    pub user: Option<(u32, u32)>,
 }
 
 /// What a bounded command did.
@@ -49,6 +52,14 @@ impl Ward {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some((uid, gid)) = self.user {
+            // std drops the supplementary groups too when it changes the uid; the harness's
+            // home is not the user's to read.
+            command.uid(uid).gid(gid);
+            if let Some(home) = self.config.parent() {
+                command.env("HOME", home);
+            }
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("running {} {}", self.bin.display(), args.join(" ")))?;

@@ -3,6 +3,7 @@
 //! verdict line of their own are injected and judged in the modules below ([`Findings`]); the
 //! others by `run.rs`.
 
+mod chmod;
 mod disk_full;
 mod mount;
 mod reload;
@@ -41,13 +42,16 @@ pub enum FaultKind {
     StateDiskFull,
     /// A tmpfs and a bind mount inside the tree, written into, then unmounted.
     Mount,
+    /// A directory made unreadable (mode 000) while files are added under it, then readable
+    /// again, in a small ward of its own that runs as a throwaway user when the harness is root.
+    Chmod,
 }
 
 /// The code a job told to exit exits with.
 pub const EXIT_CODE: i32 = 3;
 
 /// Every fault, in the order `--faults` lists them.
-pub const ALL: [FaultKind; 15] = [
+pub const ALL: [FaultKind; 16] = [
     FaultKind::KillWorker,
     FaultKind::KillServer,
     FaultKind::StopServer,
@@ -63,6 +67,7 @@ pub const ALL: [FaultKind; 15] = [
     FaultKind::Reload,
     FaultKind::StateDiskFull,
     FaultKind::Mount,
+    FaultKind::Chmod,
 ];
 
 impl FaultKind {
@@ -85,6 +90,7 @@ impl FaultKind {
             FaultKind::Reload => "reload",
             FaultKind::StateDiskFull => "state-disk-full",
             FaultKind::Mount => "mount",
+            FaultKind::Chmod => "chmod",
         }
     }
 
@@ -181,6 +187,7 @@ pub struct Findings {
     reload: Vec<reload::Record>,
     disk_full: Vec<disk_full::Record>,
     mount: Vec<mount::Record>,
+    chmod: Vec<chmod::Record>,
 }
 
 impl Findings {
@@ -190,6 +197,7 @@ impl Findings {
             FaultKind::Reload => self.reload.push(reload::inject(scene, f, n)),
             FaultKind::StateDiskFull => self.disk_full.push(disk_full::inject(scene, f, n)),
             FaultKind::Mount => self.mount.push(mount::inject(scene, f, n)),
+            FaultKind::Chmod => self.chmod.push(chmod::inject(scene, f, n)),
             _ => return false,
         }
         true
@@ -211,6 +219,7 @@ impl Findings {
                 FaultKind::Reload => reload::line(&self.reload, entries, tree),
                 FaultKind::StateDiskFull => disk_full::line(&self.disk_full, entries, losses),
                 FaultKind::Mount => mount::line(&self.mount),
+                FaultKind::Chmod => chmod::line(&self.chmod),
                 _ => continue,
             });
         }
@@ -308,6 +317,7 @@ mod tests {
                     | FaultKind::Reload
                     | FaultKind::StateDiskFull
                     | FaultKind::Mount
+                    | FaultKind::Chmod
             ) {
                 assert!(
                     !kind.expected_causes().is_empty(),

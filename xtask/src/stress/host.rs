@@ -1,12 +1,15 @@
 //! What a stress run takes from the machine besides processes: mounts (the state directory's
-//! tmpfs, the mounts inside the tree); and their release, on every way out and after a run that was killed before it could
-//! release them. Processes are `daemon.rs`'s.
+//! tmpfs, the mounts inside the tree) and a throwaway user; and their release, on every way out
+//! and after a run that was killed before it could release them. Processes are `daemon.rs`'s.
 
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use anyhow::{Context, bail};
 
 use super::daemon::wait_until;
 
@@ -155,6 +158,130 @@ pub fn release_mounts(dir: &Path) -> (Vec<PathBuf>, Vec<String>) {
     (done, failed)
 }
 
+/// The throwaway user of the harness whose pid is `pid`: its name says whose it is, so that a
+/// later run removes it if that harness was killed before it could.
+pub fn user_name(pid: u32) -> String {
+    format!("ward-stress-{pid}")
+}
+
+/// The harness pid a throwaway user's name carries.
+pub fn user_owner(name: &str) -> Option<u32> {
+    name.strip_prefix("ward-stress-")?.parse().ok()
+}
+
+/// A user account: name, uid, gid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Its login name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+}
+
+/// The accounts of an `/etc/passwd` text.
+pub fn users(passwd: &str) -> Vec<User> {
+    passwd
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split(':');
+            let name = f.next()?.to_owned();
+            let uid = f.nth(1)?.parse().ok()?;
+            let gid = f.next()?.parse().ok()?;
+            Some(User { name, uid, gid })
+        })
+        .collect()
+}
+
+fn find_user(name: &str) -> Option<User> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    users(&passwd).into_iter().find(|u| u.name == name)
+}
+
+fn quiet(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Creates this harness's throwaway system user (no home, no login), or returns it if it exists.
+///
+/// # Errors
+/// If `useradd` fails or the account cannot be read back.
+pub fn create_user() -> anyhow::Result<User> {
+    let name = user_name(std::process::id());
+    if let Some(user) = find_user(&name) {
+        return Ok(user);
+    }
+    quiet(
+        "useradd",
+        &[
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--user-group",
+            &name,
+        ],
+    )?;
+    find_user(&name).with_context(|| format!("{name} is not in /etc/passwd after useradd"))
+}
+
+/// Removes the throwaway user of the harness `pid`, if there is one (its processes must be gone).
+///
+/// # Errors
+/// If `userdel` fails.
+pub fn remove_user(pid: u32) -> anyhow::Result<bool> {
+    let name = user_name(pid);
+    if find_user(&name).is_none() {
+        return Ok(false);
+    }
+    quiet("userdel", &[&name])?;
+    Ok(true)
+}
+
+/// The throwaway users of harnesses that are gone: a run killed with SIGKILL left them.
+pub fn abandoned_users(alive: impl Fn(u32) -> bool) -> Vec<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    users(&passwd)
+        .iter()
+        .filter_map(|u| user_owner(&u.name))
+        .filter(|&pid| !alive(pid))
+        .collect()
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Gives `path` and everything under it to `uid`:`gid` (symlinks are not followed).
+///
+/// # Errors
+/// The first chown that fails.
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if path.symlink_metadata()?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +305,26 @@ mod tests {
             ]
         );
         assert!(mounts_under(info, Path::new("/nowhere")).is_empty());
+    }
+
+    #[test]
+    fn throwaway_users_are_found_by_the_pid_in_their_name() {
+        let passwd = "\
+root:x:0:0:root:/root:/bin/bash
+ward-stress-4242:x:998:998::/nonexistent:/usr/sbin/nologin
+ward-stress-nope:x:997:997::/:/bin/false
+";
+        let all = users(passwd);
+        assert_eq!(
+            all[1],
+            User {
+                name: "ward-stress-4242".into(),
+                uid: 998,
+                gid: 998
+            }
+        );
+        let owners: Vec<u32> = all.iter().filter_map(|u| user_owner(&u.name)).collect();
+        assert_eq!(owners, [4242]);
+        assert_eq!(user_owner(&user_name(17)), Some(17));
     }
 }

@@ -36,24 +36,24 @@ const QUICK_SERVER_CAP_MIB: f64 = 64.0;
 const PENDING_MS: u64 = 5000;
 
 /// Releases what the run took on every way out, panics included: the temporary directory's
-/// processes, then its mounts.
+/// processes, then its mounts, then the run's throwaway user.
 struct Sweeper {
     dir: PathBuf,
 }
 
 impl Drop for Sweeper {
     fn drop(&mut self) {
-        let left = release(&self.dir);
+        let left = release(&self.dir, std::process::id());
         if !left.is_empty() {
             eprintln!("stress: {left}");
         }
     }
 }
 
-/// Stops what the run in `dir` started and took: its processes (which a mount could be busy
-/// with), then its mounts (deepest first). What it did, in words (empty if there was nothing
-/// left).
-fn release(dir: &Path) -> String {
+/// Stops what the run of harness `pid` in `dir` started and took: its processes (those mounts
+/// and the user could be busy with), its mounts (deepest first), its user. What it did, in words
+/// (empty if there was nothing left).
+fn release(dir: &Path, pid: u32) -> String {
     let mut done = Vec::new();
     let left = daemon::sweep(dir);
     if !left.is_empty() {
@@ -64,6 +64,14 @@ fn release(dir: &Path) -> String {
         done.push(format!("unmounted {} mount(s)", unmounted.len()));
     }
     done.extend(failed.into_iter().map(|f| format!("could not unmount {f}")));
+    match host::remove_user(pid) {
+        Ok(true) => done.push(format!("removed the user {}", host::user_name(pid))),
+        Ok(false) => {}
+        Err(e) => done.push(format!(
+            "could not remove the user {}: {e:#}",
+            host::user_name(pid)
+        )),
+    }
     done.join("; ")
 }
 
@@ -172,6 +180,7 @@ struct Burst {
 /// If the run cannot be set up (a temp dir, `ward start`), or its report cannot be written.
 pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result<bool> {
     sweep_abandoned();
+    sweep_abandoned_users();
     let dir =
         std::env::temp_dir().join(format!("ward-stress-{}-{}", std::process::id(), opts.seed));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -190,6 +199,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         bin: ward_bin.to_path_buf(),
         config: config.path.clone(),
         state: dir.join("state"),
+        user: None,
     };
     if opts.faults.contains(&FaultKind::StateDiskFull) {
         faults::prepare_state_disk(&ward.state, opts.quick)?;
@@ -351,7 +361,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
             dir.display()
         );
     }
-    let released = release(&dir);
+    let released = release(&dir, std::process::id());
     if !released.is_empty() {
         println!("stress: at the end, {released}");
     }
@@ -382,8 +392,8 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// Cleans up after runs that could not (a harness killed with SIGKILL): any process still
-/// mentioning the temporary directory of a run whose harness is gone, its mounts, and the
-/// directory itself unless it was kept on purpose.
+/// mentioning the temporary directory of a run whose harness is gone, its mounts, its user, and
+/// the directory itself unless it was kept on purpose.
 fn sweep_abandoned() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
@@ -400,7 +410,7 @@ fn sweep_abandoned() {
         if daemon::is_alive(pid) {
             continue;
         }
-        let released = release(&entry.path());
+        let released = release(&entry.path(), pid);
         if !released.is_empty() {
             println!(
                 "stress: an earlier, killed run in {}: {released}",
@@ -409,6 +419,18 @@ fn sweep_abandoned() {
         }
         if !entry.path().join(KEPT).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Removes the throwaway users of killed runs whose directory is gone (after
+/// [`sweep_abandoned`], which stops what they ran).
+fn sweep_abandoned_users() {
+    for pid in host::abandoned_users(daemon::is_alive) {
+        let name = host::user_name(pid);
+        match host::remove_user(pid) {
+            Ok(_) => println!("stress: removed the user {name} an earlier, killed run left"),
+            Err(e) => println!("stress: an earlier, killed run's user is left: {e:#}"),
         }
     }
 }
