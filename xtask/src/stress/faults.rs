@@ -7,6 +7,7 @@ mod chmod;
 mod disk_full;
 mod mount;
 mod reload;
+mod socket;
 
 pub use disk_full::prepare as prepare_state_disk;
 
@@ -45,13 +46,15 @@ pub enum FaultKind {
     /// A directory made unreadable (mode 000) while files are added under it, then readable
     /// again, in a small ward of its own that runs as a throwaway user when the harness is root.
     Chmod,
+    /// Idle and slow clients held on the control socket while `ward status` must answer.
+    SocketIdle,
 }
 
 /// The code a job told to exit exits with.
 pub const EXIT_CODE: i32 = 3;
 
 /// Every fault, in the order `--faults` lists them.
-pub const ALL: [FaultKind; 16] = [
+pub const ALL: [FaultKind; 17] = [
     FaultKind::KillWorker,
     FaultKind::KillServer,
     FaultKind::StopServer,
@@ -68,6 +71,7 @@ pub const ALL: [FaultKind; 16] = [
     FaultKind::StateDiskFull,
     FaultKind::Mount,
     FaultKind::Chmod,
+    FaultKind::SocketIdle,
 ];
 
 impl FaultKind {
@@ -91,6 +95,7 @@ impl FaultKind {
             FaultKind::StateDiskFull => "state-disk-full",
             FaultKind::Mount => "mount",
             FaultKind::Chmod => "chmod",
+            FaultKind::SocketIdle => "socket-idle",
         }
     }
 
@@ -188,6 +193,7 @@ pub struct Findings {
     disk_full: Vec<disk_full::Record>,
     mount: Vec<mount::Record>,
     chmod: Vec<chmod::Record>,
+    socket: Vec<socket::Record>,
 }
 
 impl Findings {
@@ -198,6 +204,7 @@ impl Findings {
             FaultKind::StateDiskFull => self.disk_full.push(disk_full::inject(scene, f, n)),
             FaultKind::Mount => self.mount.push(mount::inject(scene, f, n)),
             FaultKind::Chmod => self.chmod.push(chmod::inject(scene, f, n)),
+            FaultKind::SocketIdle => self.socket.push(socket::inject(scene, f, n)),
             _ => return false,
         }
         true
@@ -220,6 +227,7 @@ impl Findings {
                 FaultKind::StateDiskFull => disk_full::line(&self.disk_full, entries, losses),
                 FaultKind::Mount => mount::line(&self.mount),
                 FaultKind::Chmod => chmod::line(&self.chmod),
+                FaultKind::SocketIdle => socket::line(&self.socket),
                 _ => continue,
             });
         }
@@ -318,6 +326,7 @@ mod tests {
                     | FaultKind::StateDiskFull
                     | FaultKind::Mount
                     | FaultKind::Chmod
+                    | FaultKind::SocketIdle
             ) {
                 assert!(
                     !kind.expected_causes().is_empty(),
