@@ -15,9 +15,13 @@ pub const WORKERS: usize = 3;
 /// Jobs that may wait in ward's queue.
 pub const QUEUE_CAPACITY: usize = 256;
 
-/// The directories (children of the tree) whose names start with this go to the reload
-/// fault's triggers.
+/// The directories (children of the tree) whose names start with these go to the orphans'
+/// trigger and to the reload fault's triggers.
+pub const ORPHANS_PREFIX: &str = "orphans-";
 pub const RELOAD_PREFIX: &str = "reload-";
+
+/// How long a job of the orphans' trigger leaves its background child running.
+pub const ORPHAN_SLEEP: &str = "0.3";
 
 /// The config file of one ward setup.
 #[derive(Debug, Clone)]
@@ -84,6 +88,13 @@ name = "exec"
 glob = ["exec/**"]
 exec = ["{w}", "exec", "{l}", "{WORKER_AS_MB}", "exec"]
 
+# A job that leaves a child behind: the job's process becomes the stress worker, and the
+# `sleep` it started outlives it, re-parented to ward's keeper.
+[[trigger]]
+name = "orphans"
+glob = ["{ORPHANS_PREFIX}*/**"]
+exec = ["/bin/sh", "-c", "sleep {ORPHAN_SLEEP} >/dev/null 2>&1 & exec \"$0\" exec \"$1\" {WORKER_AS_MB} orphans", "{w}", "{l}"]
+
 {reload}
 [[trigger]]
 name = "stress"
@@ -125,6 +136,8 @@ pub fn trigger_for(relative: &Path, generation: u32) -> String {
     let nested = relative.components().count() > 1;
     if first == "exec" && nested {
         "exec".into()
+    } else if first.starts_with(ORPHANS_PREFIX) && nested {
+        "orphans".into()
     } else if first.starts_with(RELOAD_PREFIX) && nested {
         let txt = relative.extension().is_some_and(|e| e == "txt");
         if txt && generation.is_multiple_of(2) {
@@ -146,6 +159,7 @@ mod tests {
         let t = |p: &str, g| trigger_for(Path::new(p), g);
         assert_eq!(t("exec/churn/f-1.txt", 0), "exec");
         assert_eq!(t("exec", 0), "stress", "a file named exec is no directory");
+        assert_eq!(t("orphans-2/d000/f-1.txt", 5), "orphans");
         assert_eq!(t("steady/s-01.txt", 3), "stress");
         assert_eq!(t("reload-1/files/a-1.txt", 0), "reload-g0-txt");
         assert_eq!(t("reload-1/files/a-2.dat", 0), "reload-g0-any");
@@ -178,6 +192,7 @@ mod tests {
                 names,
                 [
                     "exec".to_owned(),
+                    "orphans".into(),
                     format!("reload-g{g}-{first}"),
                     format!("reload-g{g}-{second}"),
                     "stress".into()

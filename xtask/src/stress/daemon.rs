@@ -246,6 +246,18 @@ fn all_pids() -> Vec<u32> {
         .collect()
 }
 
+/// The zombies whose parent is `pid`: children it has not reaped.
+pub fn zombies_of(pid: u32) -> usize {
+    let parent = pid.to_string();
+    all_pids()
+        .into_iter()
+        .filter(|&p| {
+            stat_fields(p)
+                .is_some_and(|f| f.first().is_some_and(|s| s == "Z") && f.get(1) == Some(&parent))
+        })
+        .count()
+}
+
 /// Every live descendant of `pid`.
 pub fn descendants(pid: u32) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = all_pids()

@@ -6,6 +6,7 @@
 mod chmod;
 mod disk_full;
 mod mount;
+mod orphans;
 mod reload;
 mod socket;
 
@@ -48,13 +49,15 @@ pub enum FaultKind {
     Chmod,
     /// Idle and slow clients held on the control socket while `ward status` must answer.
     SocketIdle,
+    /// Jobs that leave a child behind: re-parented to the keeper, it must be reaped.
+    Orphans,
 }
 
 /// The code a job told to exit exits with.
 pub const EXIT_CODE: i32 = 3;
 
 /// Every fault, in the order `--faults` lists them.
-pub const ALL: [FaultKind; 17] = [
+pub const ALL: [FaultKind; 18] = [
     FaultKind::KillWorker,
     FaultKind::KillServer,
     FaultKind::StopServer,
@@ -72,6 +75,7 @@ pub const ALL: [FaultKind; 17] = [
     FaultKind::Mount,
     FaultKind::Chmod,
     FaultKind::SocketIdle,
+    FaultKind::Orphans,
 ];
 
 impl FaultKind {
@@ -96,6 +100,7 @@ impl FaultKind {
             FaultKind::Mount => "mount",
             FaultKind::Chmod => "chmod",
             FaultKind::SocketIdle => "socket-idle",
+            FaultKind::Orphans => "orphans",
         }
     }
 
@@ -194,6 +199,7 @@ pub struct Findings {
     mount: Vec<mount::Record>,
     chmod: Vec<chmod::Record>,
     socket: Vec<socket::Record>,
+    orphans: Vec<orphans::Record>,
 }
 
 impl Findings {
@@ -205,6 +211,7 @@ impl Findings {
             FaultKind::Mount => self.mount.push(mount::inject(scene, f, n)),
             FaultKind::Chmod => self.chmod.push(chmod::inject(scene, f, n)),
             FaultKind::SocketIdle => self.socket.push(socket::inject(scene, f, n)),
+            FaultKind::Orphans => self.orphans.push(orphans::inject(scene, f, n)),
             _ => return false,
         }
         true
@@ -228,6 +235,7 @@ impl Findings {
                 FaultKind::Mount => mount::line(&self.mount),
                 FaultKind::Chmod => chmod::line(&self.chmod),
                 FaultKind::SocketIdle => socket::line(&self.socket),
+                FaultKind::Orphans => orphans::line(&self.orphans),
                 _ => continue,
             });
         }
@@ -327,6 +335,7 @@ mod tests {
                     | FaultKind::Mount
                     | FaultKind::Chmod
                     | FaultKind::SocketIdle
+                    | FaultKind::Orphans
             ) {
                 assert!(
                     !kind.expected_causes().is_empty(),

@@ -31,9 +31,9 @@ const USAGE: &str = "usage: cargo xtask stress [--quick] [--duration D] [--rate 
   --rate R       multiplies the workloads' rates (default 1: the seed's 3 jobs per 40 s)
   --faults LIST  all (default), none, or some of: kill-worker, kill-server, stop-server, panic,
                  segv, abort, hog, hang, exit, mem-limit, full-queue, kill-keeper, reload,
-                 state-disk-full, mount, chmod, socket-idle (state-disk-full and mount mount
-                 tmpfs and so need root; as root, chmod runs a ward of its own as a throwaway
-                 user, removed at the end)
+                 state-disk-full, mount, chmod, socket-idle, orphans (state-disk-full and mount
+                 mount tmpfs and so need root; as root, chmod runs a ward of its own as a
+                 throwaway user, removed at the end)
   --seed N       the schedule's and the workloads' seed (default: from the clock, printed)
   --out DIR      where the report goes (default target/stress)
   --keep         keep the temporary directory (tree, ledger, state) for inspection
