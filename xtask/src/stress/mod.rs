@@ -26,8 +26,8 @@ use std::time::Duration;
 use faults::FaultKind;
 
 const USAGE: &str = "usage: cargo xtask stress [--quick] [--duration D] [--rate R] [--faults LIST] [--seed N] [--out DIR] [--keep]
-  --quick        a short run (under 90 s after the build) with every fault once
-  --duration D   how long workloads and faults run: 600, 90s, 10m, 1h (default 10m; quick 55s)
+  --quick        a short run (about two minutes after the build) with every fault once
+  --duration D   how long workloads and faults run: 600, 90s, 10m, 1h (default 10m; quick 75s)
   --rate R       multiplies the workloads' rates (default 1: the seed's 3 jobs per 40 s)
   --faults LIST  all (default), none, or some of: kill-worker, kill-server, stop-server, panic,
                  segv, abort, hog, hang, exit, mem-limit, full-queue, kill-keeper, reload,
@@ -113,7 +113,7 @@ fn parse(args: &[String], root: &Path) -> Result<Options, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let duration = duration.unwrap_or(Duration::from_secs(if quick { 55 } else { 600 }));
+    let duration = duration.unwrap_or(Duration::from_secs(if quick { 75 } else { 600 }));
     let seed = seed.unwrap_or_else(|| workload::now_ms() % 1_000_000);
     Ok(Options {
         quick,
@@ -238,7 +238,7 @@ mod tests {
         let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let root = Path::new("/w");
         let quick = parse(&args(&["--quick", "--seed", "5"]), root).unwrap();
-        assert_eq!(quick.duration, Duration::from_secs(55));
+        assert_eq!(quick.duration, Duration::from_secs(75));
         assert_eq!((quick.seed, quick.faults.len()), (5, faults::ALL.len()));
         assert_eq!(quick.out, Path::new("/w/target/stress"));
         let full = parse(

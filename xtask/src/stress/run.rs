@@ -32,6 +32,8 @@ pub const BLOCKER_MS: u64 = 2000;
 /// `cargo xtask bench` must stay under.
 const QUICK_KEEPER_CAP_MIB: f64 = 8.0;
 const QUICK_SERVER_CAP_MIB: f64 = 64.0;
+/// The least time between the end of one step of the schedule and the start of the next.
+const STEP_GAP_S: f64 = 2.0;
 /// A change this long before a fault may still have been pending when it hit.
 const PENDING_MS: u64 = 5000;
 
@@ -262,13 +264,16 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         opts.seed,
     );
     let mut next = 0;
+    // A step that overran its slot delays the next ones, which must not then pile up.
+    let mut calm_until = 0.0;
     while !INTERRUPTED.load(Ordering::Relaxed) {
         let now = run.started.elapsed().as_secs_f64();
         run.tidy_pending(false);
         if let Some(&(at, step)) = steps.get(next) {
-            if now >= at {
+            if now >= at.max(calm_until) {
                 next += 1;
                 run.step(step);
+                calm_until = run.elapsed_s() + STEP_GAP_S;
                 continue;
             }
         } else if now >= opts.duration.as_secs_f64() {
