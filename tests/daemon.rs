@@ -625,6 +625,35 @@ fn a_full_state_disk_is_survived_and_a_killed_server_still_restarted() {
     drop(disk);
 }
 
+/// Regression: changes inside a file system mounted in the tree got no job, and after `umount`
+/// its files were never reported gone.
+#[test]
+fn a_file_system_mounted_in_the_tree_gets_jobs_and_its_unmount_removals() {
+    let f = Fixture::new(JOB, record_all());
+    std::fs::create_dir(f.tree.join("mnt")).unwrap();
+    f.start();
+    let Some(disk) = Tmpfs::mount(&f.tree.join("mnt"), "1m") else {
+        return;
+    };
+    std::fs::write(f.tree.join("mnt/inside"), "x").unwrap();
+    let inside = f.tree.join("mnt/inside");
+    let events_of = |path: &std::path::Path| -> Vec<String> {
+        f.ledger_entries()
+            .into_iter()
+            .filter(|(_, p)| p == path.as_os_str().as_bytes())
+            .map(|(event, _)| event)
+            .collect()
+    };
+    wait_for("a job for the file in the mount", LONG, || {
+        !events_of(&inside).is_empty()
+    });
+    drop(disk);
+    wait_for("its removal after the unmount", LONG, || {
+        events_of(&inside).last().is_some_and(|e| e == "removed")
+    });
+    f.stop();
+}
+
 #[test]
 fn restart_replaces_the_whole_tree() {
     let f = Fixture::new(JOB, record_all());

@@ -387,6 +387,18 @@ fn print_status(report: &Value) {
             "  watching   {} directories, {} paths pending",
             w["watches"], w["pending"]
         );
+        if w["polled_roots"].as_u64().is_some_and(|n| n > 0) {
+            println!(
+                "  watching   {} root(s) by polling: the inotify watch limit was reached (see the log)",
+                w["polled_roots"]
+            );
+        }
+        if w["failed_watches"].as_u64().is_some_and(|n| n > 0) {
+            println!(
+                "  watching   {} directory watch(es) failed (unreadable?); each is retried when its permissions change",
+                w["failed_watches"]
+            );
+        }
     }
     if let Some(e) = report["server_error"].as_str() {
         println!("  server     not answering: {e}");

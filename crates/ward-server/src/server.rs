@@ -702,6 +702,7 @@ fn answer(
                 "watch": {
                     "events": w.events, "pending": w.pending, "peak_pending": w.peak_pending, "watches": w.watches,
                     "batches": w.batches, "dropped_events": w.dropped_events,
+                    "failed_watches": w.failed_watches, "polled_roots": w.polled_roots,
                 },
                 "manifest": { "paths": paths, "seq": seq, "unrecorded": unrecorded, "write_error": write_error },
                 "workers_idle": dispatcher.idle_workers(),

@@ -105,6 +105,7 @@
 
 mod batch;
 mod error;
+mod mounts;
 mod pending;
 mod rules;
 mod snapshot;
