@@ -952,3 +952,62 @@ fn removing_a_watched_directory_logs_its_files_gone_and_no_warning() {
         .collect();
     assert!(warnings.is_empty(), "warnings in the log: {warnings:#?}");
 }
+
+/// The pids of `parent`'s children that have exited and not been reaped (zombies), from /proc.
+fn zombie_children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // After the parenthesised command name (which may contain spaces): state, ppid.
+            let mut fields = stat.rsplit_once(") ")?.1.split_whitespace();
+            let state = fields.next()?;
+            let ppid: u32 = fields.next()?.parse().ok()?;
+            (ppid == parent && state == "Z").then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn background_children_of_jobs_are_reaped_as_they_exit_not_left_as_zombies() {
+    // Each job's shell leaves `sleep` running in the background and exits. The sleep is orphaned
+    // to the keeper, the tree's subreaper, which must reap it once it exits while the server runs:
+    // left to the next death of the server, such zombies pile up until the machine has no pids.
+    const FILES: usize = 50;
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nexec = [\"sh\", \"-c\", \"sleep 0.1 & echo x >> \\\"$0\\\"\", \"{ledger}.done\"]\n",
+    );
+    f.start();
+    for i in 0..FILES {
+        std::fs::write(f.tree.join(format!("f{i}")), "x").unwrap();
+    }
+    let done = f.dir.path().join("out/ledger.done");
+    wait_for("every file's job", LONG, || {
+        std::fs::read_to_string(&done).is_ok_and(|s| s.lines().count() >= FILES)
+    });
+    f.wait_idle();
+    let keeper = pid_of(&f.status().1, "pid");
+    let deadline = std::time::Instant::now() + LONG;
+    let mut zombies = zombie_children(keeper);
+    while !zombies.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        zombies = zombie_children(keeper);
+    }
+    assert!(
+        zombies.is_empty(),
+        "{} zombies still under the keeper (pid {keeper}) after {LONG:?}: {zombies:?}",
+        zombies.len()
+    );
+    assert!(
+        f.status().1["server_pid"]
+            .as_u64()
+            .is_some_and(|p| is_alive(p as u32))
+    );
+    f.stop();
+    f.assert_nothing_left();
+}

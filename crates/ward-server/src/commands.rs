@@ -521,8 +521,10 @@ pub(crate) fn change_json(change: &crate::manifest::ChangeEntry) -> Value {
 }
 
 /// `ward changes --since SEQ`: the paths changed after `SEQ`, one JSON line each, oldest first,
-/// each with its latest change, like watchman's since-queries. Asks the running server, or reads
-/// the manifest itself when ward is stopped.
+/// each with its latest change, like watchman's since-queries. A rename is two changes numbered
+/// apart: the old path's `removed`, then the new path's `renamed`; so a client that has read up
+/// to the old path's last change learns that it is gone. Asks the running server, or reads the
+/// manifest itself when ward is stopped.
 pub fn changes(launch: &Launch, since: u64) -> Outcome {
     changes_since(launch, since).into()
 }
