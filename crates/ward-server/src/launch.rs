@@ -91,6 +91,12 @@ impl Launch {
             config.workers = n;
         }
         if let Some(ms) = self.debounce_ms {
+            if ms > 60_000 {
+                return Err(flag_error(format!(
+                    "--debounce {ms}: must be between 0 and 60000 (milliseconds)"
+                ))
+                .into());
+            }
             config.debounce = Duration::from_millis(ms);
             config.max_wait = config.max_wait.max(config.debounce);
         }
