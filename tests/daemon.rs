@@ -684,6 +684,34 @@ fn a_state_dir_open_to_others_is_refused() {
     f.assert_nothing_left();
 }
 
+/// Regression: a 0755 state directory was accepted as it was, `ward start` made `ward.log` 0644
+/// (job output readable by others), and symlinks planted as `ward.pid` or `ward.log` were followed.
+#[test]
+fn state_files_are_private_and_planted_symlinks_are_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let f = Fixture::new(JOB, record_all());
+    std::fs::create_dir_all(&f.state).unwrap();
+    std::fs::set_permissions(&f.state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    f.start();
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().mode() & 0o777;
+    assert_eq!(mode(&f.state), 0o700);
+    for name in ["ward.log", "ward.pid", "keeper.json"] {
+        assert_eq!(mode(&f.state.join(name)), 0o600, "{name}");
+    }
+    f.stop();
+    let elsewhere = f.dir.path().join("elsewhere");
+    for name in ["ward.pid", "ward.log"] {
+        let planted = f.state.join(name);
+        let _ = std::fs::remove_file(&planted);
+        std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
+        let out = f.run(&["start"]);
+        assert!(!out.status.success(), "{name}: {out:?}");
+        assert!(!elsewhere.exists(), "{name} was followed");
+        std::fs::remove_file(&planted).unwrap();
+    }
+    f.assert_nothing_left();
+}
+
 #[test]
 fn a_state_dir_inside_the_watched_tree_triggers_no_jobs() {
     let f = Fixture::new(

@@ -87,14 +87,14 @@ fn start_daemon(launch: &Launch) -> Result<(), Error> {
     })?;
     let log_path = state.join(names::LOG);
     // The daemon's stderr: what bypasses the logger (a crash handler's dump) still lands in the log.
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| Error::Io {
-            context: format!("opening {}", log_path.display()),
-            source: e,
-        })?;
+    let stderr = crate::state::open_private(
+        std::fs::OpenOptions::new().create(true).append(true),
+        &log_path,
+    )
+    .map_err(|e| Error::Io {
+        context: format!("opening {}", log_path.display()),
+        source: e,
+    })?;
     let requested = unix_now();
     let daemon = daemonize::Daemonize::new()
         .working_directory(&cwd)
