@@ -282,6 +282,55 @@ fn garbage_on_the_control_socket_gets_an_error_reply_and_the_server_lives() {
 }
 
 #[test]
+fn stop_is_clean_while_a_slow_client_dribbles_on_the_control_socket() {
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let f = Fixture::new(JOB, record_all());
+    f.start();
+    // A slow-loris client: one byte a second of a request that never ends, connecting again
+    // whenever it is cut off, until the socket is gone.
+    let socket = f.state.join("ward.sock");
+    let done = Arc::new(AtomicBool::new(false));
+    let dribbling = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (done, dribbling) = (Arc::clone(&done), Arc::clone(&dribbling));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let Ok(mut stream) = UnixStream::connect(&socket) else {
+                    return;
+                };
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(1)))
+                    .unwrap();
+                let mut buf = [0; 256];
+                loop {
+                    if stream.write_all(b" ").is_err() {
+                        break;
+                    }
+                    dribbling.store(true, Ordering::Relaxed);
+                    // The pause between bytes is a wait for the server to cut the client off.
+                    match stream.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        _ => break,
+                    }
+                }
+            }
+        })
+    };
+    wait_for("the slow client's first byte", LONG, || {
+        dribbling.load(Ordering::Relaxed)
+    });
+    f.stop();
+    done.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    let log = f.log();
+    assert!(log.contains("server stopped cleanly"), "{log}");
+    assert!(!log.contains("did not stop cleanly"), "{log}");
+    f.assert_nothing_left();
+}
+
+#[test]
 fn a_persistent_worker_runs_jobs_and_is_replaced_when_it_dies_or_babbles() {
     let f = Fixture::new(
         JOB,
