@@ -211,6 +211,14 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     }
     tracker.flush();
     dispatcher.read().stop_workers();
+    // Requests still waiting for the loop are refused now and later ones fail at once, so the
+    // control threads the socket joins are not waiting out `REQUEST_WAIT` for an answer.
+    for request in requests.try_iter() {
+        let _ = request
+            .reply
+            .try_send(Err("the server is stopping".to_owned()));
+    }
+    drop(requests);
     drop(socket);
     signal_handle.close();
     if signal_thread.join().is_err() {
