@@ -420,7 +420,16 @@ fn answer(line: &[u8], handler: &Handler) -> Value {
     let Some(cmd) = request.get("cmd").and_then(Value::as_str) else {
         return error_reply("request has no \"cmd\" string".into());
     };
-    match handler(cmd, &request) {
+    // A panic answering one request must not end the connection's thread unanswered; the panic
+    // hook has recorded it by the time it is caught.
+    let answered =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(cmd, &request)))
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the server failed answering {cmd:?} (a panic; see the log)"
+                ))
+            });
+    match answered {
         Ok(Value::Object(mut map)) => {
             map.insert("ok".into(), Value::Bool(true));
             Value::Object(map)
@@ -478,6 +487,7 @@ mod tests {
         let path = dir.path().join("ward.sock");
         let handler = |cmd: &str, _: &Value| match cmd {
             "status" => Ok(json!({ "status": "fine" })),
+            "panic" => panic!("asked to"),
             other => Err(format!("unknown command {other:?}")),
         };
         let socket = ControlSocket::bind_with(&path, Arc::new(handler), limits).unwrap();
@@ -672,6 +682,21 @@ mod tests {
         client.shutdown(Shutdown::Write).unwrap();
         assert!(read_line(&client).unwrap().contains("\"ok\":true"));
         assert!(closed_by_server(&client));
+    }
+
+    #[test]
+    fn a_request_whose_answer_panics_gets_an_error_and_the_connection_stays_usable() {
+        let (_dir, path, _socket) = serve();
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.write_all(b"{\"cmd\":\"panic\"}\n").unwrap();
+        let reply: Value = serde_json::from_str(&read_line(&client).unwrap()).unwrap();
+        assert_eq!(reply["ok"], false, "{reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("panic"),
+            "{reply}"
+        );
+        client.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+        assert!(read_line(&client).unwrap().contains("\"ok\":true"));
     }
 
     #[test]
