@@ -281,6 +281,112 @@ fn garbage_on_the_control_socket_gets_an_error_reply_and_the_server_lives() {
     f.stop();
 }
 
+/// Sends `request` as one line on `stream` and returns the parsed reply.
+fn ask(stream: &UnixStream, request: &str) -> serde_json::Value {
+    (&*stream)
+        .write_all(format!("{request}\n").as_bytes())
+        .unwrap();
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply to {request} ({e}): {reply:?}"))
+}
+
+#[test]
+fn changes_refuses_a_since_or_limit_that_is_not_a_non_negative_integer() {
+    let f = Fixture::new(JOB, record_all());
+    f.start();
+    std::fs::write(f.tree.join("a.txt"), "a").unwrap();
+    wait_for("a.txt recorded", LONG, || f.saw("a.txt"));
+    let stream = UnixStream::connect(f.state.join("ward.sock")).unwrap();
+    stream.set_read_timeout(Some(LONG)).unwrap();
+    for (field, value) in [
+        ("since", "-1"),
+        ("since", "\"x\""),
+        ("since", "1e308"),
+        ("since", "1.5"),
+        ("limit", "-5"),
+        ("limit", "\"10\""),
+    ] {
+        let reply = ask(
+            &stream,
+            &format!("{{\"cmd\":\"changes\",\"{field}\":{value}}}"),
+        );
+        assert_eq!(reply["ok"], false, "{field}={value}: {reply}");
+        // The value as JSON prints it (1e308 comes back as 1e+308).
+        let shown: serde_json::Value = serde_json::from_str(value).unwrap();
+        assert_eq!(
+            reply["error"],
+            format!("\"{field}\" must be a non-negative integer, got {shown}"),
+            "{reply}"
+        );
+    }
+    // A missing `since` is 0: everything known.
+    let reply = ask(&stream, "{\"cmd\":\"changes\"}");
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(
+        reply["changes"].as_array().map(Vec::len),
+        Some(1),
+        "{reply}"
+    );
+    // The command line's `--since` still gets through.
+    let out = f.run(&["changes", "--since", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("a.txt"),
+        "{out:?}"
+    );
+    f.stop();
+}
+
+#[test]
+fn stop_is_clean_while_a_slow_client_dribbles_on_the_control_socket() {
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let f = Fixture::new(JOB, record_all());
+    f.start();
+    // A slow-loris client: one byte a second of a request that never ends, connecting again
+    // whenever it is cut off, until the socket is gone.
+    let socket = f.state.join("ward.sock");
+    let done = Arc::new(AtomicBool::new(false));
+    let dribbling = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (done, dribbling) = (Arc::clone(&done), Arc::clone(&dribbling));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let Ok(mut stream) = UnixStream::connect(&socket) else {
+                    return;
+                };
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(1)))
+                    .unwrap();
+                let mut buf = [0; 256];
+                loop {
+                    if stream.write_all(b" ").is_err() {
+                        break;
+                    }
+                    dribbling.store(true, Ordering::Relaxed);
+                    // The pause between bytes is a wait for the server to cut the client off.
+                    match stream.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        _ => break,
+                    }
+                }
+            }
+        })
+    };
+    wait_for("the slow client's first byte", LONG, || {
+        dribbling.load(Ordering::Relaxed)
+    });
+    f.stop();
+    done.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    let log = f.log();
+    assert!(log.contains("server stopped cleanly"), "{log}");
+    assert!(!log.contains("did not stop cleanly"), "{log}");
+    f.assert_nothing_left();
+}
+
 #[test]
 fn a_persistent_worker_runs_jobs_and_is_replaced_when_it_dies_or_babbles() {
     let f = Fixture::new(

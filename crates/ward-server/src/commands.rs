@@ -272,23 +272,12 @@ fn status_report(launch: &Launch) -> Result<Value, Error> {
                 report["last_cause"] = json!(k.last_cause);
                 report["last_report"] = json!(k.last_report);
             }
-            match control::request(
+            let reply = control::request(
                 &state.join(names::SOCKET),
                 &json!({ "cmd": "status" }),
                 STATUS_TIMEOUT,
-            ) {
-                Ok(Value::Object(server)) => {
-                    for key in ["queue", "watch", "manifest", "workers_idle"] {
-                        if let Some(v) = server.get(key) {
-                            report[key] = v.clone();
-                        }
-                    }
-                    report["server_uptime_s"] =
-                        server.get("uptime_s").cloned().unwrap_or(Value::Null);
-                }
-                Ok(_) => report["server_error"] = json!("unexpected reply"),
-                Err(e) => report["server_error"] = json!(e.to_string()),
-            }
+            );
+            add_server_status(&mut report, reply);
             Ok(report)
         }
         PidfileState::Stale(pid) => {
@@ -340,6 +329,29 @@ fn vanished(state: &StateDir, pid: u32) -> Option<String> {
             log::debug!("post-mortem of keeper {pid}: {e}");
             None
         }
+    }
+}
+
+/// Adds the server's answer to a status request to `report`, or why there is none: an error
+/// reply (the socket full, the loop busy) is said as such, not dropped.
+fn add_server_status(report: &mut Value, reply: Result<Value, Error>) {
+    match reply {
+        Ok(Value::Object(server)) if server.get("ok") == Some(&Value::Bool(true)) => {
+            for key in ["queue", "watch", "manifest", "workers_idle"] {
+                if let Some(v) = server.get(key) {
+                    report[key] = v.clone();
+                }
+            }
+            report["server_uptime_s"] = server.get("uptime_s").cloned().unwrap_or(Value::Null);
+        }
+        Ok(Value::Object(server)) => {
+            report["server_error"] = match server.get("error") {
+                Some(Value::String(e)) => json!(e),
+                _ => json!("refused without a reason"),
+            };
+        }
+        Ok(_) => report["server_error"] = json!("unexpected reply"),
+        Err(e) => report["server_error"] = json!(e.to_string()),
     }
 }
 
@@ -580,5 +592,28 @@ fn changes_since(launch: &Launch, mut since: u64) -> Result<(), Error> {
         if page.is_empty() {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_says_why_the_server_refused_to_answer() {
+        let mut report = json!({ "state": "running" });
+        let refused = json!({ "ok": false, "error": "too many control connections (32 open)" });
+        add_server_status(&mut report, Ok(refused));
+        assert_eq!(
+            report,
+            json!({ "state": "running", "server_error": "too many control connections (32 open)" })
+        );
+        let mut report = json!({ "state": "running" });
+        let answered = json!({ "ok": true, "uptime_s": 3, "queue": { "queued": 0 } });
+        add_server_status(&mut report, Ok(answered));
+        assert_eq!(
+            report,
+            json!({ "state": "running", "server_uptime_s": 3, "queue": { "queued": 0 } })
+        );
     }
 }
