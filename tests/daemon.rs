@@ -760,6 +760,33 @@ fn a_file_system_mounted_in_the_tree_gets_jobs_and_its_unmount_removals() {
     f.stop();
 }
 
+/// Regression: a root missing when the keeper restarted the server made the server exit at
+/// once, five times in a few seconds, and the keeper gave up.
+#[test]
+fn a_server_restarted_while_a_root_is_missing_waits_for_it() {
+    let f = Fixture::new(JOB, record_all());
+    f.start();
+    let away = f.dir.path().join("tree.away");
+    std::fs::rename(&f.tree, &away).unwrap();
+    let (_, before) = f.status();
+    kill(pid_of(&before, "server_pid"), libc::SIGKILL);
+    wait_for("a new server, waiting for its root", LONG, || {
+        let (code, now) = f.status();
+        code == Some(0)
+            && now["state"] == "running"
+            && now["server_pid"]
+                .as_u64()
+                .is_some_and(|p| p != before["server_pid"])
+    });
+    std::fs::rename(&away, &f.tree).unwrap();
+    std::fs::write(f.tree.join("back"), "x").unwrap();
+    wait_for("a job once the root is back", LONG, || f.saw("back"));
+    let (code, status) = f.status();
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["restarts"], 1, "{status}");
+    f.stop();
+}
+
 #[test]
 fn restart_replaces_the_whole_tree() {
     let f = Fixture::new(JOB, record_all());

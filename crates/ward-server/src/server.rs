@@ -39,7 +39,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     logging::init("server", Sink::Stderr);
     limit_malloc_arenas();
     let state = launch.open_state_dir()?;
-    let config = launch.config()?;
+    let config = launch.config_with_missing_roots()?;
     let _capture = deaths::install_capture("server", &state, &config)?;
     let started = Instant::now();
     log::info!("server starting: watching {}", list(&config.roots));
@@ -632,7 +632,7 @@ fn reload(
     dispatcher: &RwLock<Arc<Dispatcher>>,
 ) -> Config {
     log::info!("received SIGHUP: reloading the configuration");
-    let new = match launch.config() {
+    let new = match launch.config_with_missing_roots() {
         Ok(new) => new,
         Err(e) => {
             log::error!("reload refused, keeping the running configuration: {e}");
