@@ -787,6 +787,33 @@ fn a_server_restarted_while_a_root_is_missing_waits_for_it() {
     f.stop();
 }
 
+/// Regression: one job printing megabytes rotated the whole log history away, ward's own lines
+/// (the ones that explain a death) with it.
+#[test]
+fn a_job_flooding_its_output_keeps_to_its_share_of_the_log() {
+    let f = Fixture::new(
+        JOB,
+        concat!(
+            "[log]\nmax_size_mb = 1\n\n[[trigger]]\nname = \"flood\"\n",
+            "exec = [\"sh\", \"-c\", \"head -c 6000000 /dev/zero | tr '\\\\0' x | fold -w 100\"]\n",
+        ),
+    );
+    f.start();
+    std::fs::write(f.tree.join("go"), "x").unwrap();
+    wait_for("the flood's held-back lines said", LONG, || {
+        f.log().contains("not logged")
+    });
+    f.stop();
+    let mut history = String::new();
+    for name in ["ward.log.3", "ward.log.2", "ward.log.1", "ward.log"] {
+        history.push_str(&std::fs::read_to_string(f.state.join(name)).unwrap_or_default());
+    }
+    assert!(
+        history.contains("keeper started"),
+        "ward's first lines were rotated away"
+    );
+}
+
 #[test]
 fn restart_replaces_the_whole_tree() {
     let f = Fixture::new(JOB, record_all());
