@@ -191,7 +191,10 @@ fn install_panic_hook(role: String) {
             Backtrace::force_capture().to_string()
         } else {
             let frames = signal::raw_frames();
-            format!("raw return addresses (not named, to keep memory): {}", frames.join(" "))
+            format!(
+                "raw return addresses (not named, to keep memory): {}",
+                frames.join(" ")
+            )
         };
         log::error!(
             "{role} pid={} thread '{thread}' panicked at {location}: {message}\n{backtrace}",
