@@ -281,6 +281,112 @@ fn garbage_on_the_control_socket_gets_an_error_reply_and_the_server_lives() {
     f.stop();
 }
 
+/// Sends `request` as one line on `stream` and returns the parsed reply.
+fn ask(stream: &UnixStream, request: &str) -> serde_json::Value {
+    (&*stream)
+        .write_all(format!("{request}\n").as_bytes())
+        .unwrap();
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply to {request} ({e}): {reply:?}"))
+}
+
+#[test]
+fn changes_refuses_a_since_or_limit_that_is_not_a_non_negative_integer() {
+    let f = Fixture::new(JOB, record_all());
+    f.start();
+    std::fs::write(f.tree.join("a.txt"), "a").unwrap();
+    wait_for("a.txt recorded", LONG, || f.saw("a.txt"));
+    let stream = UnixStream::connect(f.state.join("ward.sock")).unwrap();
+    stream.set_read_timeout(Some(LONG)).unwrap();
+    for (field, value) in [
+        ("since", "-1"),
+        ("since", "\"x\""),
+        ("since", "1e308"),
+        ("since", "1.5"),
+        ("limit", "-5"),
+        ("limit", "\"10\""),
+    ] {
+        let reply = ask(
+            &stream,
+            &format!("{{\"cmd\":\"changes\",\"{field}\":{value}}}"),
+        );
+        assert_eq!(reply["ok"], false, "{field}={value}: {reply}");
+        // The value as JSON prints it (1e308 comes back as 1e+308).
+        let shown: serde_json::Value = serde_json::from_str(value).unwrap();
+        assert_eq!(
+            reply["error"],
+            format!("\"{field}\" must be a non-negative integer, got {shown}"),
+            "{reply}"
+        );
+    }
+    // A missing `since` is 0: everything known.
+    let reply = ask(&stream, "{\"cmd\":\"changes\"}");
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(
+        reply["changes"].as_array().map(Vec::len),
+        Some(1),
+        "{reply}"
+    );
+    // The command line's `--since` still gets through.
+    let out = f.run(&["changes", "--since", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("a.txt"),
+        "{out:?}"
+    );
+    f.stop();
+}
+
+#[test]
+fn stop_is_clean_while_a_slow_client_dribbles_on_the_control_socket() {
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let f = Fixture::new(JOB, record_all());
+    f.start();
+    // A slow-loris client: one byte a second of a request that never ends, connecting again
+    // whenever it is cut off, until the socket is gone.
+    let socket = f.state.join("ward.sock");
+    let done = Arc::new(AtomicBool::new(false));
+    let dribbling = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (done, dribbling) = (Arc::clone(&done), Arc::clone(&dribbling));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let Ok(mut stream) = UnixStream::connect(&socket) else {
+                    return;
+                };
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(1)))
+                    .unwrap();
+                let mut buf = [0; 256];
+                loop {
+                    if stream.write_all(b" ").is_err() {
+                        break;
+                    }
+                    dribbling.store(true, Ordering::Relaxed);
+                    // The pause between bytes is a wait for the server to cut the client off.
+                    match stream.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        _ => break,
+                    }
+                }
+            }
+        })
+    };
+    wait_for("the slow client's first byte", LONG, || {
+        dribbling.load(Ordering::Relaxed)
+    });
+    f.stop();
+    done.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    let log = f.log();
+    assert!(log.contains("server stopped cleanly"), "{log}");
+    assert!(!log.contains("did not stop cleanly"), "{log}");
+    f.assert_nothing_left();
+}
+
 #[test]
 fn a_persistent_worker_runs_jobs_and_is_replaced_when_it_dies_or_babbles() {
     let f = Fixture::new(
@@ -625,6 +731,89 @@ fn a_full_state_disk_is_survived_and_a_killed_server_still_restarted() {
     drop(disk);
 }
 
+/// Regression: changes inside a file system mounted in the tree got no job, and after `umount`
+/// its files were never reported gone.
+#[test]
+fn a_file_system_mounted_in_the_tree_gets_jobs_and_its_unmount_removals() {
+    let f = Fixture::new(JOB, record_all());
+    std::fs::create_dir(f.tree.join("mnt")).unwrap();
+    f.start();
+    let Some(disk) = Tmpfs::mount(&f.tree.join("mnt"), "1m") else {
+        return;
+    };
+    std::fs::write(f.tree.join("mnt/inside"), "x").unwrap();
+    let inside = f.tree.join("mnt/inside");
+    let events_of = |path: &std::path::Path| -> Vec<String> {
+        f.ledger_entries()
+            .into_iter()
+            .filter(|(_, p)| p == path.as_os_str().as_bytes())
+            .map(|(event, _)| event)
+            .collect()
+    };
+    wait_for("a job for the file in the mount", LONG, || {
+        !events_of(&inside).is_empty()
+    });
+    drop(disk);
+    wait_for("its removal after the unmount", LONG, || {
+        events_of(&inside).last().is_some_and(|e| e == "removed")
+    });
+    f.stop();
+}
+
+/// Regression: a root missing when the keeper restarted the server made the server exit at
+/// once, five times in a few seconds, and the keeper gave up.
+#[test]
+fn a_server_restarted_while_a_root_is_missing_waits_for_it() {
+    let f = Fixture::new(JOB, record_all());
+    f.start();
+    let away = f.dir.path().join("tree.away");
+    std::fs::rename(&f.tree, &away).unwrap();
+    let (_, before) = f.status();
+    kill(pid_of(&before, "server_pid"), libc::SIGKILL);
+    wait_for("a new server, waiting for its root", LONG, || {
+        let (code, now) = f.status();
+        code == Some(0)
+            && now["state"] == "running"
+            && now["server_pid"]
+                .as_u64()
+                .is_some_and(|p| p != before["server_pid"])
+    });
+    std::fs::rename(&away, &f.tree).unwrap();
+    std::fs::write(f.tree.join("back"), "x").unwrap();
+    wait_for("a job once the root is back", LONG, || f.saw("back"));
+    let (code, status) = f.status();
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["restarts"], 1, "{status}");
+    f.stop();
+}
+
+/// Regression: one job printing megabytes rotated the whole log history away, ward's own lines
+/// (the ones that explain a death) with it.
+#[test]
+fn a_job_flooding_its_output_keeps_to_its_share_of_the_log() {
+    let f = Fixture::new(
+        JOB,
+        concat!(
+            "[log]\nmax_size_mb = 1\n\n[[trigger]]\nname = \"flood\"\n",
+            "exec = [\"sh\", \"-c\", \"head -c 6000000 /dev/zero | tr '\\\\0' x | fold -w 100\"]\n",
+        ),
+    );
+    f.start();
+    std::fs::write(f.tree.join("go"), "x").unwrap();
+    wait_for("the flood's held-back lines said", LONG, || {
+        f.log().contains("not logged")
+    });
+    f.stop();
+    let mut history = String::new();
+    for name in ["ward.log.3", "ward.log.2", "ward.log.1", "ward.log"] {
+        history.push_str(&std::fs::read_to_string(f.state.join(name)).unwrap_or_default());
+    }
+    assert!(
+        history.contains("keeper started"),
+        "ward's first lines were rotated away"
+    );
+}
+
 #[test]
 fn restart_replaces_the_whole_tree() {
     let f = Fixture::new(JOB, record_all());
@@ -652,6 +841,34 @@ fn a_state_dir_open_to_others_is_refused() {
         stderr.contains("state directory") && stderr.contains("chmod 700"),
         "{stderr}"
     );
+    f.assert_nothing_left();
+}
+
+/// Regression: a 0755 state directory was accepted as it was, `ward start` made `ward.log` 0644
+/// (job output readable by others), and symlinks planted as `ward.pid` or `ward.log` were followed.
+#[test]
+fn state_files_are_private_and_planted_symlinks_are_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let f = Fixture::new(JOB, record_all());
+    std::fs::create_dir_all(&f.state).unwrap();
+    std::fs::set_permissions(&f.state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    f.start();
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().mode() & 0o777;
+    assert_eq!(mode(&f.state), 0o700);
+    for name in ["ward.log", "ward.pid", "keeper.json"] {
+        assert_eq!(mode(&f.state.join(name)), 0o600, "{name}");
+    }
+    f.stop();
+    let elsewhere = f.dir.path().join("elsewhere");
+    for name in ["ward.pid", "ward.log"] {
+        let planted = f.state.join(name);
+        let _ = std::fs::remove_file(&planted);
+        std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
+        let out = f.run(&["start"]);
+        assert!(!out.status.success(), "{name}: {out:?}");
+        assert!(!elsewhere.exists(), "{name} was followed");
+        std::fs::remove_file(&planted).unwrap();
+    }
     f.assert_nothing_left();
 }
 
@@ -922,4 +1139,63 @@ fn removing_a_watched_directory_logs_its_files_gone_and_no_warning() {
         .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
         .collect();
     assert!(warnings.is_empty(), "warnings in the log: {warnings:#?}");
+}
+
+/// The pids of `parent`'s children that have exited and not been reaped (zombies), from /proc.
+fn zombie_children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // After the parenthesised command name (which may contain spaces): state, ppid.
+            let mut fields = stat.rsplit_once(") ")?.1.split_whitespace();
+            let state = fields.next()?;
+            let ppid: u32 = fields.next()?.parse().ok()?;
+            (ppid == parent && state == "Z").then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn background_children_of_jobs_are_reaped_as_they_exit_not_left_as_zombies() {
+    // Each job's shell leaves `sleep` running in the background and exits. The sleep is orphaned
+    // to the keeper, the tree's subreaper, which must reap it once it exits while the server runs:
+    // left to the next death of the server, such zombies pile up until the machine has no pids.
+    const FILES: usize = 50;
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nexec = [\"sh\", \"-c\", \"sleep 0.1 & echo x >> \\\"$0\\\"\", \"{ledger}.done\"]\n",
+    );
+    f.start();
+    for i in 0..FILES {
+        std::fs::write(f.tree.join(format!("f{i}")), "x").unwrap();
+    }
+    let done = f.dir.path().join("out/ledger.done");
+    wait_for("every file's job", LONG, || {
+        std::fs::read_to_string(&done).is_ok_and(|s| s.lines().count() >= FILES)
+    });
+    f.wait_idle();
+    let keeper = pid_of(&f.status().1, "pid");
+    let deadline = std::time::Instant::now() + LONG;
+    let mut zombies = zombie_children(keeper);
+    while !zombies.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        zombies = zombie_children(keeper);
+    }
+    assert!(
+        zombies.is_empty(),
+        "{} zombies still under the keeper (pid {keeper}) after {LONG:?}: {zombies:?}",
+        zombies.len()
+    );
+    assert!(
+        f.status().1["server_pid"]
+            .as_u64()
+            .is_some_and(|p| is_alive(p as u32))
+    );
+    f.stop();
+    f.assert_nothing_left();
 }

@@ -398,3 +398,41 @@ fn a_file_renamed_then_modified_while_its_job_waits_is_still_reported_gone_at_it
     assert_eq!(last(&new).as_deref(), Some("renamed"));
     f.stop();
 }
+
+#[test]
+fn a_since_query_after_a_files_creation_tells_its_rename_away_as_a_removal() {
+    let f = recorder();
+    f.start();
+    let (old, new) = (f.tree.join("old"), f.tree.join("new"));
+    std::fs::write(&old, "hi\n").unwrap();
+    wait_for("old processed", LONG, || f.saw("old"));
+    f.wait_idle();
+    // A client that has read everything up to the creation of `old`.
+    let read_up_to = changes(&f, 0)
+        .iter()
+        .find(|c| c["path"] == old.to_str().unwrap())
+        .and_then(|c| c["seq"].as_u64())
+        .expect("old's change");
+    std::fs::rename(&old, &new).unwrap();
+    wait_for("the rename processed", LONG, || f.saw("new"));
+    f.wait_idle();
+    let told = |f: &Fixture| -> Vec<(String, String)> {
+        changes(f, read_up_to)
+            .into_iter()
+            .map(|c| {
+                (
+                    c["path"].as_str().unwrap().to_owned(),
+                    c["event"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let expected = [
+        (old.to_str().unwrap().to_owned(), "removed".to_owned()),
+        (new.to_str().unwrap().to_owned(), "renamed".to_owned()),
+    ];
+    assert_eq!(told(&f), expected, "a client reading after {read_up_to}");
+    f.stop();
+    // Stopped: the manifest, read directly, tells the same.
+    assert_eq!(told(&f), expected);
+}

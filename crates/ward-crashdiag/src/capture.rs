@@ -181,15 +181,28 @@ fn install_panic_hook(role: String) {
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
             .unwrap_or_default();
-        let backtrace = Backtrace::force_capture().to_string();
+        // SAFETY: gettid takes no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+        // Naming frames loads the executable's debug info into memory for good (tens of MB,
+        // never returned). A panic off the main thread is caught (a pool's job) or ends only its
+        // thread, so it keeps raw addresses, which `addr2line` names later if ever needed; the
+        // main thread's panic ends the process and is worth the names.
+        let backtrace = if tid == std::process::id() {
+            Backtrace::force_capture().to_string()
+        } else {
+            let frames = signal::raw_frames();
+            format!(
+                "raw return addresses (not named, to keep memory): {}",
+                frames.join(" ")
+            )
+        };
         log::error!(
             "{role} pid={} thread '{thread}' panicked at {location}: {message}\n{backtrace}",
             std::process::id()
         );
         let entry = PanicEntry {
             pid: std::process::id(),
-            // SAFETY: gettid takes no arguments and cannot fail.
-            tid: unsafe { libc::syscall(libc::SYS_gettid) } as u32,
+            tid,
             thread,
             count,
             wall_ms: time::wall_ms_now(),

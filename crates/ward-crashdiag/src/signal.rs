@@ -50,11 +50,16 @@ fn static_name(signal: i32) -> Option<&'static str> {
 }
 
 #[cfg(target_os = "linux")]
-pub(crate) use linux::install;
+pub(crate) use linux::{install, raw_frames};
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn install(_record_fd: i32) -> Result<()> {
     Err(Error::Unsupported("the fatal-signal handler"))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn raw_frames() -> Vec<String> {
+    Vec::new()
 }
 
 #[cfg(target_os = "linux")]
@@ -128,6 +133,25 @@ mod linux {
             }
         }
         Ok(())
+    }
+
+    /// The calling thread's return addresses, innermost first, as hex: a backtrace that costs a
+    /// walk of the stack and nothing more (no debug info is loaded to name them).
+    pub(crate) fn raw_frames() -> Vec<String> {
+        #[cfg(target_env = "gnu")]
+        {
+            let mut frames = [ptr::null_mut::<c_void>(); 64];
+            // SAFETY: the buffer holds 64 pointers and we pass 64.
+            let n = unsafe { backtrace(frames.as_mut_ptr(), frames.len() as libc::c_int) };
+            frames[..n.max(0) as usize]
+                .iter()
+                .map(|&ip| format!("{:#x}", ip as usize))
+                .collect()
+        }
+        #[cfg(not(target_env = "gnu"))]
+        {
+            Vec::new()
+        }
     }
 
     /// glibc loads libgcc on the first `backtrace` call, which allocates: do it now, outside

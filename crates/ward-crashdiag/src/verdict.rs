@@ -17,6 +17,9 @@ use crate::signal::signal_name;
 pub enum Cause {
     /// It stopped because it was asked to (or shut down in an orderly way on its own).
     GracefulStop,
+    /// It was asked to stop, did not within its grace period, and was killed (SIGKILL): not a
+    /// graceful stop, and worth a look at what it was doing.
+    StopTimedOut,
     /// It exited with this code, not asked to and without a panic.
     Exited {
         /// The exit code.
@@ -267,8 +270,8 @@ pub(crate) fn classify(f: &Findings<'_>) -> Verdict {
                 signal: libc::SIGKILL,
                 ..
             }) => {
-                let why = "it did not stop in time and was killed".to_owned();
-                return verdict(Cause::GracefulStop, Confidence::Medium, said, Some(why));
+                let why = "it was asked to stop, did not in time, and was killed".to_owned();
+                return verdict(Cause::StopTimedOut, Confidence::High, said, Some(why));
             }
             _ => {}
         }
@@ -453,6 +456,7 @@ impl Cause {
     pub fn kind(&self) -> &'static str {
         match self {
             Cause::GracefulStop => "graceful_stop",
+            Cause::StopTimedOut => "stop_timed_out",
             Cause::Exited { .. } => "exited",
             Cause::Panic { .. } => "panic",
             Cause::NativeCrash { .. } => "native_crash",
@@ -470,6 +474,10 @@ impl Cause {
     pub fn describe(&self) -> String {
         match self {
             Cause::GracefulStop => "stopped gracefully".into(),
+            Cause::StopTimedOut => {
+                "did not stop within its grace period after being asked to, and was killed (SIGKILL)"
+                    .into()
+            }
             Cause::Exited { code } => format!("exited with code {code}"),
             Cause::Panic {
                 message,
@@ -636,12 +644,13 @@ mod tests {
                 expect_kind: "graceful_stop",
                 ..Case::default()
             },
+            // Regression: a server SIGKILLed because a client held up its stop was reported as
+            // stopped gracefully.
             Case {
                 name: "SIGKILL after a stop request",
                 status: signaled(libc::SIGKILL),
                 stop_requested: true,
-                expect_kind: "graceful_stop",
-                expect_confidence: Confidence::Medium,
+                expect_kind: "stop_timed_out",
                 ..Case::default()
             },
             Case {

@@ -89,6 +89,21 @@ fn panic_is_recorded_and_the_previous_hook_still_runs() {
     assert_eq!(panic.pid, pid);
 }
 
+/// Regression: every caught panic built a named backtrace, which loads the executable's debug
+/// info into memory for good (about 80 MB in the server).
+#[test]
+fn a_panic_off_the_main_thread_keeps_raw_addresses() {
+    let (dir, pid, death) = die("panic_in_thread");
+    assert_eq!(death.status, WaitOutcome::Exited { code: 3 });
+    let report = collect(&evidence(pid, dir.path(), &death));
+    let panic = report.crash_record.as_ref().unwrap().last_panic().unwrap();
+    assert_eq!(panic.message, "deliberate panic in a thread");
+    assert_eq!(panic.thread, "panicker");
+    let frames = panic.backtrace.join("\n");
+    assert!(frames.starts_with("raw return addresses"), "{frames}");
+    assert!(frames.contains("0x"), "{frames}");
+}
+
 #[test]
 fn segfault_is_a_native_crash_with_address_and_backtrace() {
     let (dir, pid, death) = die("segfault");

@@ -87,14 +87,14 @@ fn start_daemon(launch: &Launch) -> Result<(), Error> {
     })?;
     let log_path = state.join(names::LOG);
     // The daemon's stderr: what bypasses the logger (a crash handler's dump) still lands in the log.
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| Error::Io {
-            context: format!("opening {}", log_path.display()),
-            source: e,
-        })?;
+    let stderr = crate::state::open_private(
+        std::fs::OpenOptions::new().create(true).append(true),
+        &log_path,
+    )
+    .map_err(|e| Error::Io {
+        context: format!("opening {}", log_path.display()),
+        source: e,
+    })?;
     let requested = unix_now();
     let daemon = daemonize::Daemonize::new()
         .working_directory(&cwd)
@@ -272,23 +272,12 @@ fn status_report(launch: &Launch) -> Result<Value, Error> {
                 report["last_cause"] = json!(k.last_cause);
                 report["last_report"] = json!(k.last_report);
             }
-            match control::request(
+            let reply = control::request(
                 &state.join(names::SOCKET),
                 &json!({ "cmd": "status" }),
                 STATUS_TIMEOUT,
-            ) {
-                Ok(Value::Object(server)) => {
-                    for key in ["queue", "watch", "manifest", "workers_idle"] {
-                        if let Some(v) = server.get(key) {
-                            report[key] = v.clone();
-                        }
-                    }
-                    report["server_uptime_s"] =
-                        server.get("uptime_s").cloned().unwrap_or(Value::Null);
-                }
-                Ok(_) => report["server_error"] = json!("unexpected reply"),
-                Err(e) => report["server_error"] = json!(e.to_string()),
-            }
+            );
+            add_server_status(&mut report, reply);
             Ok(report)
         }
         PidfileState::Stale(pid) => {
@@ -343,6 +332,29 @@ fn vanished(state: &StateDir, pid: u32) -> Option<String> {
     }
 }
 
+/// Adds the server's answer to a status request to `report`, or why there is none: an error
+/// reply (the socket full, the loop busy) is said as such, not dropped.
+fn add_server_status(report: &mut Value, reply: Result<Value, Error>) {
+    match reply {
+        Ok(Value::Object(server)) if server.get("ok") == Some(&Value::Bool(true)) => {
+            for key in ["queue", "watch", "manifest", "workers_idle"] {
+                if let Some(v) = server.get(key) {
+                    report[key] = v.clone();
+                }
+            }
+            report["server_uptime_s"] = server.get("uptime_s").cloned().unwrap_or(Value::Null);
+        }
+        Ok(Value::Object(server)) => {
+            report["server_error"] = match server.get("error") {
+                Some(Value::String(e)) => json!(e),
+                _ => json!("refused without a reason"),
+            };
+        }
+        Ok(_) => report["server_error"] = json!("unexpected reply"),
+        Err(e) => report["server_error"] = json!(e.to_string()),
+    }
+}
+
 fn print_status(report: &Value) {
     let state = report["state"].as_str().unwrap_or("unknown");
     if state == "not-running" {
@@ -387,6 +399,18 @@ fn print_status(report: &Value) {
             "  watching   {} directories, {} paths pending",
             w["watches"], w["pending"]
         );
+        if w["polled_roots"].as_u64().is_some_and(|n| n > 0) {
+            println!(
+                "  watching   {} root(s) by polling: the inotify watch limit was reached (see the log)",
+                w["polled_roots"]
+            );
+        }
+        if w["failed_watches"].as_u64().is_some_and(|n| n > 0) {
+            println!(
+                "  watching   {} directory watch(es) failed (unreadable?); each is retried when its permissions change",
+                w["failed_watches"]
+            );
+        }
     }
     if let Some(e) = report["server_error"].as_str() {
         println!("  server     not answering: {e}");
@@ -509,8 +533,10 @@ pub(crate) fn change_json(change: &crate::manifest::ChangeEntry) -> Value {
 }
 
 /// `ward changes --since SEQ`: the paths changed after `SEQ`, one JSON line each, oldest first,
-/// each with its latest change, like watchman's since-queries. Asks the running server, or reads
-/// the manifest itself when ward is stopped.
+/// each with its latest change, like watchman's since-queries. A rename is two changes numbered
+/// apart: the old path's `removed`, then the new path's `renamed`; so a client that has read up
+/// to the old path's last change learns that it is gone. Asks the running server, or reads the
+/// manifest itself when ward is stopped.
 pub fn changes(launch: &Launch, since: u64) -> Outcome {
     changes_since(launch, since).into()
 }
@@ -566,5 +592,28 @@ fn changes_since(launch: &Launch, mut since: u64) -> Result<(), Error> {
         if page.is_empty() {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_says_why_the_server_refused_to_answer() {
+        let mut report = json!({ "state": "running" });
+        let refused = json!({ "ok": false, "error": "too many control connections (32 open)" });
+        add_server_status(&mut report, Ok(refused));
+        assert_eq!(
+            report,
+            json!({ "state": "running", "server_error": "too many control connections (32 open)" })
+        );
+        let mut report = json!({ "state": "running" });
+        let answered = json!({ "ok": true, "uptime_s": 3, "queue": { "queued": 0 } });
+        add_server_status(&mut report, Ok(answered));
+        assert_eq!(
+            report,
+            json!({ "state": "running", "server_uptime_s": 3, "queue": { "queued": 0 } })
+        );
     }
 }

@@ -223,11 +223,27 @@ impl Config {
             }
             config.ignore_file = name;
         }
+        // Every number has a range checked here: a value that passes `ward check` must not make
+        // the server fail at start (a queue of 10^11 slots aborted on allocation, five times).
+        let within = |value: u64, key: &str, range: std::ops::RangeInclusive<u64>| {
+            if range.contains(&value) {
+                Ok(value)
+            } else {
+                Err(error(
+                    at(key),
+                    format!(
+                        "{key} = {value}: must be between {} and {}",
+                        range.start(),
+                        range.end()
+                    ),
+                ))
+            }
+        };
         if let Some(ms) = parsed.watch.debounce_ms {
-            config.debounce = Duration::from_millis(ms);
+            config.debounce = Duration::from_millis(within(ms, "debounce_ms", 0..=60_000)?);
         }
         if let Some(ms) = parsed.watch.max_wait_ms {
-            config.max_wait = Duration::from_millis(ms);
+            config.max_wait = Duration::from_millis(within(ms, "max_wait_ms", 0..=3_600_000)?);
         }
         if config.max_wait < config.debounce {
             return Err(error(
@@ -246,36 +262,40 @@ impl Config {
             config.workers = n;
         }
         if let Some(n) = jobs.queue_capacity {
-            if n == 0 {
-                return Err(error(
-                    at("queue_capacity"),
-                    "jobs.queue_capacity must be at least 1".into(),
-                ));
-            }
-            config.queue_capacity = n;
+            config.queue_capacity = within(n as u64, "queue_capacity", 1..=1_000_000)? as usize;
         }
-        config.retries = jobs.retries.unwrap_or(config.retries);
-        let seconds = |value: Option<f64>, key: &str, default: Duration| match value {
+        if let Some(n) = jobs.retries {
+            config.retries = within(u64::from(n), "retries", 0..=100)? as u32;
+        }
+        let seconds = |value: Option<f64>, key: &str, max: f64, default: Duration| match value {
             None => Ok(default),
-            Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+            Some(s) if s.is_finite() && s > 0.0 && s <= max => Ok(Duration::from_secs_f64(s)),
             Some(s) => Err(error(
                 at(key),
-                format!("{key} = {s}: must be a positive number of seconds"),
+                format!("{key} = {s}: must be a number of seconds above 0 and at most {max}"),
             )),
         };
-        config.job_timeout = seconds(jobs.timeout_s, "timeout_s", config.job_timeout)?;
-        config.stop_grace = seconds(jobs.stop_grace_s, "stop_grace_s", config.stop_grace)?;
+        const DAY: f64 = 86_400.0;
+        config.job_timeout = seconds(jobs.timeout_s, "timeout_s", 7.0 * DAY, config.job_timeout)?;
+        config.stop_grace = seconds(jobs.stop_grace_s, "stop_grace_s", 3600.0, config.stop_grace)?;
         config.drain_timeout = seconds(
             jobs.drain_timeout_s,
             "drain_timeout_s",
+            DAY,
             config.drain_timeout,
         )?;
-        config.heartbeat_log =
-            seconds(parsed.log.heartbeat_s, "heartbeat_s", config.heartbeat_log)?;
+        config.heartbeat_log = seconds(
+            parsed.log.heartbeat_s,
+            "heartbeat_s",
+            DAY,
+            config.heartbeat_log,
+        )?;
         if let Some(mb) = parsed.log.max_size_mb {
-            config.log_max_bytes = mb.max(1) * 1024 * 1024;
+            config.log_max_bytes = within(mb, "max_size_mb", 1..=1_000_000)? * 1024 * 1024;
         }
-        config.keep_reports = parsed.log.keep_reports.unwrap_or(config.keep_reports);
+        if let Some(n) = parsed.log.keep_reports {
+            config.keep_reports = within(n as u64, "keep_reports", 1..=100_000)? as usize;
+        }
         config.triggers = Vec::with_capacity(parsed.triggers.len());
         for (i, t) in parsed.triggers.into_iter().enumerate() {
             let name = t.name.unwrap_or_else(|| format!("trigger{}", i + 1));
@@ -286,7 +306,9 @@ impl Config {
                 (None, Some(argv)) if !argv.is_empty() && !argv[0].is_empty() => Handler::Worker {
                     argv,
                     recycle_after: t.recycle_after.unwrap_or(0),
-                    max_rss_bytes: t.max_rss_mb.unwrap_or(0) * 1024 * 1024,
+                    max_rss_bytes: within(t.max_rss_mb.unwrap_or(0), "max_rss_mb", 0..=1 << 30)?
+                        * 1024
+                        * 1024,
                 },
                 (Some(_), Some(_)) => {
                     return Err(error(
@@ -473,5 +495,34 @@ recycle_after = 100
         assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
         let err = parse("[watch]\ndebounce_ms = 500\nmax_wait_ms = 100\n").unwrap_err();
         assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
+    }
+
+    /// Regression: `queue_capacity = 100000000000` passed `ward check`, then the server aborted
+    /// on allocation at every start until the keeper gave up.
+    #[test]
+    fn every_number_out_of_its_range_is_refused_at_load() {
+        for (text, key) in [
+            ("[jobs]\nqueue_capacity = 100000000000\n", "queue_capacity"),
+            ("[jobs]\nretries = 1000000\n", "retries"),
+            ("[jobs]\ntimeout_s = 1e12\n", "timeout_s"),
+            ("[jobs]\nstop_grace_s = 86400\n", "stop_grace_s"),
+            ("[watch]\ndebounce_ms = 86400000\n", "debounce_ms"),
+            ("[log]\nmax_size_mb = 18446744073709551615\n", "max_size_mb"),
+            ("[log]\nmax_size_mb = 0\n", "max_size_mb"),
+            ("[log]\nkeep_reports = 0\n", "keep_reports"),
+            (
+                "[[trigger]]\nworker = [\"w\"]\nmax_rss_mb = 18446744073709551615\n",
+                "max_rss_mb",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(
+                err.message.starts_with(&format!("{key} = ")) && err.message.contains("must be"),
+                "{text}: {err}"
+            );
+            assert!(err.position.is_some(), "{text}: {err}");
+        }
+        let fine = parse("[jobs]\nqueue_capacity = 1000000\nretries = 100\n").unwrap();
+        assert_eq!(fine.queue_capacity, 1_000_000);
     }
 }

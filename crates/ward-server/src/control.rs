@@ -2,10 +2,25 @@
 //!
 //! One request per line, one reply per request: `{"cmd":"status"}` → `{"ok":true,...}`. A malformed,
 //! unknown or oversized request gets `{"ok":false,"error":"..."}` and the connection stays usable;
-//! nothing a client sends can hurt the server. Connections are served one at a time by one thread:
-//! requests are tiny, and a bound on threads is worth more than concurrency here.
+//! nothing a client sends can hurt the server or hold up another client.
+//!
+//! # Theory of operation
+//! One thread accepts connections (a blocking `accept`: an idle server does not wake up for
+//! nobody) and each connection is served by a thread of its own, so an idle or slow client delays
+//! nobody else. What a client can hold is bounded (`Limits::DEFAULT` has the figures): the
+//! connections open at once (one more is told so in an error line and closed), the time a
+//! connection may sit idle between requests, and the time a request line has to arrive whole
+//! from its first byte, however steadily it trickles in (its reply must be taken as quickly).
+//! The socket owns the accepting thread, which owns the connections' threads: dropping
+//! [`ControlSocket`] shuts every connection down, which ends their blocking reads and writes at
+//! once, and joins every thread.
+//!
+//! It deliberately does not multiplex connections on one thread: requests are small and rare, and
+//! a bounded number of threads blocked in `read` is simpler than a poll loop that must also keep
+//! each client's partial request, pending reply and deadlines.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -13,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -21,14 +36,33 @@ use crate::Error;
 
 /// Longest request line accepted; longer ones are answered with an error and skipped.
 pub const MAX_REQUEST: usize = 64 * 1024;
-/// A client that sends nothing for this long is disconnected.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Answers one parsed request; returns the reply object (without `ok`, which is added).
 pub type Handler = dyn Fn(&str, &Value) -> Result<Value, String> + Send + Sync;
 
-/// A listening control socket and the thread that serves it; dropping it stops the thread,
-/// joins it and removes the socket file.
+/// What the control socket lets its clients hold.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Connections open at once; one more is refused with an error line.
+    connections: usize,
+    /// A connection with no request under way is closed after this long.
+    idle: Duration,
+    /// A request line must be complete this long after its first byte, and a reply taken by
+    /// the client within as long.
+    request: Duration,
+}
+
+impl Limits {
+    /// Requests are a line of JSON from a local client, answered in well under a second.
+    const DEFAULT: Limits = Limits {
+        connections: 32,
+        idle: Duration::from_secs(5),
+        request: Duration::from_secs(5),
+    };
+}
+
+/// A listening control socket and the thread that serves it; dropping it stops every thread of
+/// the socket, joins them and removes the socket file.
 #[derive(Debug)]
 pub struct ControlSocket {
     path: PathBuf,
@@ -36,6 +70,7 @@ pub struct ControlSocket {
     /// The listening socket's descriptor, owned by the thread; `Drop` shuts it down to wake the
     /// thread's blocking `accept` (valid until the thread is joined).
     listener_fd: RawFd,
+    /// The accepting thread, which owns the connections' threads and joins them as it ends.
     thread: Option<JoinHandle<()>>,
 }
 
@@ -45,6 +80,14 @@ impl ControlSocket {
     /// # Errors
     /// If the socket cannot be bound.
     pub fn bind(path: &Path, handler: Arc<Handler>) -> Result<ControlSocket, Error> {
+        ControlSocket::bind_with(path, handler, Limits::DEFAULT)
+    }
+
+    fn bind_with(
+        path: &Path,
+        handler: Arc<Handler>,
+        limits: Limits,
+    ) -> Result<ControlSocket, Error> {
         let io = |e: io::Error| Error::Io {
             context: format!("control socket {}", path.display()),
             source: e,
@@ -63,7 +106,7 @@ impl ControlSocket {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("ward-control".into())
-                .spawn(move || serve(&listener, &stop, &*handler))
+                .spawn(move || serve(&listener, &stop, &handler, limits))
                 .map_err(io)?
         };
         Ok(ControlSocket {
@@ -82,6 +125,7 @@ impl Drop for ControlSocket {
         // SAFETY: the descriptor is the listener's, which the thread keeps open until it is
         // joined just below; shutdown touches no memory.
         unsafe { libc::shutdown(self.listener_fd, libc::SHUT_RDWR) };
+        // The accepting thread shuts its connections down and joins them before it ends.
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
@@ -95,64 +139,276 @@ impl Drop for ControlSocket {
     }
 }
 
-fn serve(listener: &UnixListener, stop: &AtomicBool, handler: &Handler) {
+/// The accepting thread's loop: it owns the connections it accepted, and ends them all when the
+/// socket is dropped.
+fn serve(listener: &UnixListener, stop: &Arc<AtomicBool>, handler: &Arc<Handler>, limits: Limits) {
+    let mut connections: Vec<Connection> = Vec::with_capacity(limits.connections);
+    // Connections refused since the bound was last hit, while a burst lasts (see `refuse`).
+    let mut refused: Option<u64> = None;
+    // Failed accepts in a row: the first is logged, and the count once one succeeds.
+    let mut failed: u64 = 0;
     // A blocking accept: an idle server must not wake up for nobody. `Drop` wakes it.
     while !stop.load(Ordering::Acquire) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = serve_connection(stream, stop, handler) {
-                    log::debug!("control connection ended: {e}");
-                }
-            }
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
             Err(_) if stop.load(Ordering::Acquire) => break,
             Err(e) => {
-                log::warn!("control socket accept failed: {e}");
+                if failed == 0 {
+                    log::warn!("control socket accept failed: {e}");
+                }
+                failed += 1;
+                // Out of descriptors, most likely: give the open connections time to end.
                 std::thread::sleep(Duration::from_millis(200));
+                continue;
             }
+        };
+        if failed > 0 {
+            log::info!("control socket accepting again after {failed} failed accept(s)");
+            failed = 0;
+        }
+        // Finished connections are reaped here, at the next accept: until then at most the bound
+        // of them wait, each with a descriptor and its thread's stack. Dropping one joins its
+        // thread, which is done already.
+        connections.retain(|c| !c.is_finished());
+        let open = connections.len();
+        if open >= limits.connections {
+            refuse(stream, open, &mut refused);
+            continue;
+        }
+        // A burst ends once the open connections are down to half the bound, so that clients
+        // churning at the bound make one warning, not one per slot freed.
+        if let Some(count) = refused
+            && open <= limits.connections / 2
+        {
+            log::info!(
+                "control socket: {count} connection(s) refused while {} were open",
+                limits.connections
+            );
+            refused = None;
+        }
+        match Connection::spawn(stream, stop, handler, limits) {
+            Ok(connection) => connections.push(connection),
+            Err(e) => log::warn!("cannot serve a control connection: {e}"),
+        }
+    }
+    // Shut every connection down first, so that their threads end together, then join them.
+    for connection in &connections {
+        connection.shut_down();
+    }
+    drop(connections);
+}
+
+/// Tells a client past the bound why it is turned away, and closes its connection; the first
+/// refusal of a burst is logged, the others are counted in `refused`.
+fn refuse(stream: UnixStream, open: usize, refused: &mut Option<u64>) {
+    let error = format!("too many control connections ({open} open)");
+    let mut line = error_reply(error.clone()).to_string().into_bytes();
+    line.push(b'\n');
+    // A new connection's send buffer is empty, so this line fits; never wait for the client.
+    let _ = stream
+        .set_nonblocking(true)
+        .and_then(|()| (&stream).write_all(&line));
+    match refused {
+        Some(count) => *count += 1,
+        None => {
+            log::warn!("control socket: {error}; refusing new connections until some close");
+            *refused = Some(1);
         }
     }
 }
 
-fn serve_connection(stream: UnixStream, stop: &AtomicBool, handler: &Handler) -> io::Result<()> {
-    stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
-    stream.set_write_timeout(Some(IDLE_TIMEOUT))?;
-    let mut writer = stream.try_clone()?;
+/// A connection being served and the thread serving it; dropping it shuts the connection down
+/// and joins the thread.
+struct Connection {
+    /// A second handle on the connection's socket: shutting it down ends the thread's blocking
+    /// read or write at once.
+    socket: UnixStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Connection {
+    /// Serves `stream` on a thread of its own.
+    fn spawn(
+        stream: UnixStream,
+        stop: &Arc<AtomicBool>,
+        handler: &Arc<Handler>,
+        limits: Limits,
+    ) -> io::Result<Connection> {
+        let socket = stream.try_clone()?;
+        let (stop, handler) = (Arc::clone(stop), Arc::clone(handler));
+        let thread = std::thread::Builder::new()
+            .name("ward-control-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve_connection(&stream, &stop, &*handler, limits) {
+                    log::debug!("control connection ended: {e}");
+                }
+                // The client sees the end now, not when the accepting thread drops the socket's
+                // other handle.
+                let _ = stream.shutdown(Shutdown::Both);
+            })?;
+        Ok(Connection {
+            socket,
+            thread: Some(thread),
+        })
+    }
+
+    fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Ends the connection; its thread then finishes the request it is answering, if any.
+    fn shut_down(&self) {
+        // It fails only if the client is gone already, which is as good.
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shut_down();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("control connection thread panicked");
+        }
+    }
+}
+
+/// What a connection's next request line turned out to be.
+#[derive(Debug, PartialEq)]
+enum Incoming {
+    /// A complete line (without its newline), or what came before the client closed its end.
+    Line,
+    /// A line longer than [`MAX_REQUEST`], read through its end and discarded.
+    TooLong,
+    /// The client closed its end between requests.
+    Closed,
+    /// No request began within the idle timeout.
+    Idle,
+    /// A request began but was not complete by its deadline.
+    Late,
+}
+
+fn serve_connection(
+    stream: &UnixStream,
+    stop: &AtomicBool,
+    handler: &Handler,
+    limits: Limits,
+) -> io::Result<()> {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     while !stop.load(Ordering::Acquire) {
-        line.clear();
-        let n = (&mut reader)
-            .take(MAX_REQUEST as u64 + 1)
-            .read_until(b'\n', &mut line)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let reply = if line.len() > MAX_REQUEST && !line.ends_with(b"\n") {
-            skip_line(&mut reader)?;
-            error_reply(format!("request longer than {MAX_REQUEST} bytes"))
-        } else {
-            answer(&line, handler)
+        let reply = match read_request(&mut reader, &mut line, limits)? {
+            Incoming::Line => answer(&line, handler),
+            Incoming::TooLong => error_reply(format!("request longer than {MAX_REQUEST} bytes")),
+            Incoming::Closed | Incoming::Idle => return Ok(()),
+            Incoming::Late => {
+                let error = format!("request not complete within {:?}", limits.request);
+                return write_reply(stream, &error_reply(error), limits.request);
+            }
         };
-        let mut out = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
-        out.push(b'\n');
-        writer.write_all(&out)?;
+        write_reply(stream, &reply, limits.request)?;
     }
     Ok(())
 }
 
-/// Reads and discards the rest of an oversized line.
-fn skip_line(reader: &mut impl BufRead) -> io::Result<()> {
+/// Writes `reply` as one line, which the client must take within `limit`, however steadily it
+/// reads: a client that does not read its replies holds a connection no longer than one that
+/// does not finish its requests.
+fn write_reply(mut stream: &UnixStream, reply: &Value, limit: Duration) -> io::Result<()> {
+    let mut out = serde_json::to_vec(reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+    out.push(b'\n');
+    let deadline = Instant::now() + limit;
+    let mut rest = &out[..];
+    while !rest.is_empty() {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("reply not taken within {limit:?}"),
+            ));
+        }
+        stream.set_write_timeout(Some(wait))?;
+        match stream.write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the next request line into `line` (cleared first, at most [`MAX_REQUEST`] bytes kept).
+///
+/// Until its first byte the connection is idle and waits up to `limits.idle`; from that byte on,
+/// the line must be complete within `limits.request`, whatever the pace of what follows.
+fn read_request(
+    reader: &mut BufReader<&UnixStream>,
+    line: &mut Vec<u8>,
+    limits: Limits,
+) -> io::Result<Incoming> {
+    line.clear();
+    let mut deadline: Option<Instant> = None;
+    let mut too_long = false;
     loop {
-        let buf = reader.fill_buf()?;
+        // Only a read of the socket waits; each gets what is left of the current bound.
+        if reader.buffer().is_empty() {
+            let wait = match deadline {
+                None => limits.idle,
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            };
+            if wait.is_zero() {
+                return Ok(Incoming::Late);
+            }
+            reader.get_ref().set_read_timeout(Some(wait))?;
+        }
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(if deadline.is_some() {
+                    Incoming::Late
+                } else {
+                    Incoming::Idle
+                });
+            }
+            Err(e) => return Err(e),
+        };
         if buf.is_empty() {
-            return Ok(());
+            // The client closed its end: what it sent before is a request of its own.
+            return Ok(match deadline {
+                None => Incoming::Closed,
+                Some(_) if too_long => Incoming::TooLong,
+                Some(_) => Incoming::Line,
+            });
         }
-        if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            reader.consume(nl + 1);
-            return Ok(());
+        deadline.get_or_insert_with(|| Instant::now() + limits.request);
+        let (content, used, complete) = match buf.iter().position(|&b| b == b'\n') {
+            Some(nl) => (&buf[..nl], nl + 1, true),
+            None => (buf, buf.len(), false),
+        };
+        // Past the bound the rest of the line is read and dropped, never kept.
+        if !too_long && line.len() + content.len() > MAX_REQUEST {
+            too_long = true;
+            line.clear();
         }
-        let len = buf.len();
-        reader.consume(len);
+        if !too_long {
+            line.extend_from_slice(content);
+        }
+        reader.consume(used);
+        if complete {
+            return Ok(if too_long {
+                Incoming::TooLong
+            } else {
+                Incoming::Line
+            });
+        }
     }
 }
 
@@ -164,7 +420,16 @@ fn answer(line: &[u8], handler: &Handler) -> Value {
     let Some(cmd) = request.get("cmd").and_then(Value::as_str) else {
         return error_reply("request has no \"cmd\" string".into());
     };
-    match handler(cmd, &request) {
+    // A panic answering one request must not end the connection's thread unanswered; the panic
+    // hook has recorded it by the time it is caught.
+    let answered =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(cmd, &request)))
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the server failed answering {cmd:?} (a panic; see the log)"
+                ))
+            });
+    match answered {
         Ok(Value::Object(mut map)) => {
             map.insert("ok".into(), Value::Bool(true));
             Value::Object(map)
@@ -200,4 +465,252 @@ pub fn request(path: &Path, request: &Value, timeout: Duration) -> Result<Value,
         .map_err(io)?;
     serde_json::from_slice(&reply)
         .map_err(|e| Error::Protocol(format!("reply from {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    /// Long enough for a loaded machine to answer a status request, and shorter than the idle
+    /// timeout: an answer within it was not held up behind an idle client.
+    const ANSWER_WITHIN: Duration = Duration::from_secs(3);
+
+    /// A control socket in a temporary directory that answers `status` with `{"status":"fine"}`.
+    fn serve() -> (tempfile::TempDir, PathBuf, ControlSocket) {
+        serve_with(Limits::DEFAULT)
+    }
+
+    fn serve_with(limits: Limits) -> (tempfile::TempDir, PathBuf, ControlSocket) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ward.sock");
+        let handler = |cmd: &str, _: &Value| match cmd {
+            "status" => Ok(json!({ "status": "fine" })),
+            "panic" => panic!("asked to"),
+            other => Err(format!("unknown command {other:?}")),
+        };
+        let socket = ControlSocket::bind_with(&path, Arc::new(handler), limits).unwrap();
+        (dir, path, socket)
+    }
+
+    /// A status request on a new connection; its reply, or why there was none in time.
+    fn status(path: &Path) -> Result<Value, Error> {
+        request(path, &json!({ "cmd": "status" }), ANSWER_WITHIN)
+    }
+
+    fn assert_answered(path: &Path) {
+        match status(path) {
+            Ok(reply) => assert_eq!(reply, json!({ "ok": true, "status": "fine" })),
+            Err(e) => panic!("status not answered within {ANSWER_WITHIN:?}: {e}"),
+        }
+    }
+
+    /// Reads one line from `stream`, waiting at most [`ANSWER_WITHIN`]; empty at end of stream.
+    fn read_line(stream: &UnixStream) -> io::Result<String> {
+        stream.set_read_timeout(Some(ANSWER_WITHIN))?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line)?;
+        Ok(line)
+    }
+
+    /// Waits up to [`ANSWER_WITHIN`] for the server to close `stream`: true if it did.
+    fn closed_by_server(stream: &UnixStream) -> bool {
+        stream.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
+        let mut buf = [0; 256];
+        // An error line may come first; the end of the stream follows it.
+        loop {
+            match (&*stream).read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn twenty_idle_clients_do_not_delay_a_status_request() {
+        let (_dir, path, _socket) = serve();
+        let idle: Vec<UnixStream> = (0..20)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        assert_answered(&path);
+        drop(idle);
+    }
+
+    #[test]
+    fn a_slow_loris_client_is_cut_off_and_never_blocks_others() {
+        let (_dir, path, _socket) = serve();
+        let request = b"{\"cmd\":\"status\"}\n";
+        let mut slow = UnixStream::connect(&path).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0; 256];
+        // One byte every 2 s (the pause is a wait for the server to close the connection),
+        // which would take half a minute to finish the request.
+        for (sent, byte) in request.iter().enumerate() {
+            assert!(
+                sent + 1 < request.len(),
+                "the whole request went through: the slow client was never cut off"
+            );
+            if slow.write_all(&[*byte]).is_err() {
+                break;
+            }
+            assert_answered(&path);
+            match slow.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let reply: Value = serde_json::from_slice(&buf[..n]).unwrap();
+                    assert_eq!(reply["error"], "request not complete within 5s", "{reply}");
+                    assert!(
+                        closed_by_server(&slow),
+                        "cut off, but the connection stays open"
+                    );
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("reading the slow client's socket: {e}"),
+            }
+        }
+        assert_answered(&path);
+    }
+
+    #[test]
+    fn connections_past_the_bound_are_refused_with_an_error_line() {
+        // Held connections must stay open however slow the machine is today.
+        let (_dir, path, _socket) = serve_with(Limits {
+            idle: Duration::from_secs(600),
+            ..Limits::DEFAULT
+        });
+        let held: Vec<UnixStream> = (0..32)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let refused = UnixStream::connect(&path).unwrap();
+        let line = read_line(&refused).unwrap();
+        let reply: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("no JSON error line ({e}): {line:?}"));
+        assert_eq!(
+            reply,
+            json!({ "ok": false, "error": "too many control connections (32 open)" })
+        );
+        assert!(
+            closed_by_server(&refused),
+            "a refused connection stays open"
+        );
+        // The connections already open are still served.
+        let mut held = held;
+        let mut first = held.remove(0);
+        first.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+        assert!(read_line(&first).unwrap().contains("\"ok\":true"));
+        // Once some close, a new connection is served again.
+        drop(held);
+        let deadline = Instant::now() + ANSWER_WITHIN;
+        while !status(&path).is_ok_and(|reply| reply["ok"] == true) {
+            assert!(
+                Instant::now() < deadline,
+                "no connection served after some closed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn dropping_the_socket_with_idle_clients_connected_returns_promptly() {
+        let (_dir, path, socket) = serve();
+        // One idle client that was surely accepted (it was answered), more that may not be, and
+        // one in the middle of a request.
+        let mut answered = UnixStream::connect(&path).unwrap();
+        answered.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+        assert!(read_line(&answered).unwrap().contains("\"ok\":true"));
+        let mut idle: Vec<UnixStream> = (0..5)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let mut partial = UnixStream::connect(&path).unwrap();
+        partial.write_all(b"{\"cmd\":").unwrap();
+        idle.push(partial);
+        let (dropped_tx, dropped) = mpsc::channel();
+        std::thread::spawn(move || {
+            drop(socket);
+            let _ = dropped_tx.send(());
+        });
+        dropped.recv_timeout(ANSWER_WITHIN).unwrap_or_else(|_| {
+            panic!("dropping the socket took more than {ANSWER_WITHIN:?} with idle clients")
+        });
+        assert!(!path.exists(), "socket file left behind");
+        assert!(closed_by_server(&answered), "a client left connected");
+        drop(idle);
+    }
+
+    #[test]
+    fn an_idle_connection_is_closed_after_its_idle_timeout() {
+        let (_dir, path, _socket) = serve_with(Limits {
+            idle: Duration::from_millis(100),
+            ..Limits::DEFAULT
+        });
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+        assert!(read_line(&client).unwrap().contains("\"ok\":true"));
+        assert!(closed_by_server(&client), "an idle client kept open");
+    }
+
+    #[test]
+    fn garbage_gets_error_lines_and_the_connection_stays_usable() {
+        let (_dir, path, _socket) = serve();
+        let mut client = UnixStream::connect(&path).unwrap();
+        let mut huge = vec![b'x'; 200_000];
+        huge.push(b'\n');
+        for (garbage, error) in [
+            (&b"not json\n"[..], "malformed request"),
+            (b"{\"cmd\":42}\n", "request has no \"cmd\" string"),
+            (b"{\"cmd\":\"launch\"}\n", "unknown command \"launch\""),
+            (&huge, "request longer than 65536 bytes"),
+            (b"\xff\xfe\n", "malformed request"),
+        ] {
+            client.write_all(garbage).unwrap();
+            let reply: Value = serde_json::from_str(&read_line(&client).unwrap()).unwrap();
+            assert_eq!(reply["ok"], false, "{reply}");
+            assert!(
+                reply["error"].as_str().unwrap().starts_with(error),
+                "{reply}"
+            );
+        }
+        // A request in pieces is one request; one cut short by the client's end is answered.
+        client.write_all(b"{\"cmd\":").unwrap();
+        client.write_all(b"\"status\"}\n").unwrap();
+        assert!(read_line(&client).unwrap().contains("\"ok\":true"));
+        client.write_all(b"{\"cmd\":\"status\"}").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        assert!(read_line(&client).unwrap().contains("\"ok\":true"));
+        assert!(closed_by_server(&client));
+    }
+
+    #[test]
+    fn a_request_whose_answer_panics_gets_an_error_and_the_connection_stays_usable() {
+        let (_dir, path, _socket) = serve();
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.write_all(b"{\"cmd\":\"panic\"}\n").unwrap();
+        let reply: Value = serde_json::from_str(&read_line(&client).unwrap()).unwrap();
+        assert_eq!(reply["ok"], false, "{reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("panic"),
+            "{reply}"
+        );
+        client.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+        assert!(read_line(&client).unwrap().contains("\"ok\":true"));
+    }
+
+    #[test]
+    fn a_reply_the_client_does_not_take_ends_the_connection_in_time() {
+        let (server, _client) = UnixStream::pair().unwrap();
+        let (written_tx, written) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Far more than a socket buffer holds.
+            let reply = json!({ "changes": "x".repeat(16 * 1024 * 1024) });
+            let _ = written_tx.send(write_reply(&server, &reply, Duration::from_millis(100)));
+        });
+        let result = written
+            .recv_timeout(ANSWER_WITHIN)
+            .expect("writing a reply nobody reads never gave up");
+        assert!(result.is_err(), "a reply nobody reads was written whole");
+    }
 }

@@ -16,6 +16,7 @@ use crate::Config;
 use crate::config::Handler;
 use crate::deaths::{self, Reported};
 use crate::jobs::{self, Job, Reply, Triggers};
+use crate::output::{JOB_SHARE, LogShare};
 use crate::state::StateDir;
 
 /// Lines of a job's output kept for its crash report.
@@ -213,12 +214,15 @@ impl Dispatcher {
         for (key, value) in jobs::job_env(job) {
             spec = spec.env(key, value);
         }
+        let share = LogShare::new(JOB_SHARE);
         let spec = {
-            let (tail, name) = (tail.clone(), name.to_owned());
+            let (tail, name, share) = (tail.clone(), name.to_owned(), share.clone());
             // One pipe: the log shows stdout and stderr in the order the job wrote them.
             spec.capture_merged(move |line| {
                 tail.push(line);
-                log::info!("job {name} [{}]: {}", line.pid, line.text);
+                if share.admit(&line.text) {
+                    log::info!("job {name} [{}]: {}", line.pid, line.text);
+                }
             })
         };
         // The job thread waits for the job from start to end, so it reaps it too: the exit wakes
@@ -244,6 +248,9 @@ impl Dispatcher {
                 log::warn!("stopping job {name} on {}: {why}", job.path.display());
                 let stopped = child.stop(self.config.stop_grace);
                 drop(child);
+                if let Some(held) = share.take_held(0) {
+                    log::warn!("job {name} on {}: {held}", job.path.display());
+                }
                 return Err(match stopped {
                     Err(e) => {
                         log::error!("stopping job {name}: {e}");
@@ -264,6 +271,9 @@ impl Dispatcher {
             }
         };
         drop(child); // waits for the output to be read and joins the sink thread: the tail is complete
+        if let Some(held) = share.take_held(0) {
+            log::warn!("job {name} on {}: {held}", job.path.display());
+        }
         if exit.is_clean() {
             return Ok(());
         }
@@ -301,7 +311,17 @@ impl Dispatcher {
             Some(w) => w,
             None => self.spawn_worker(argv, job.trigger.name())?,
         };
-        match worker.request(job, self.config.job_timeout, &self.stop_at) {
+        let result = worker.request(job, self.config.job_timeout, &self.stop_at);
+        // Its stderr is read by another thread: lines of this request may still come, and count
+        // against the next one's share.
+        if let Some(held) = worker.share.take_held(JOB_SHARE) {
+            log::warn!(
+                "worker {} during {}: {held}",
+                worker.label,
+                job.path.display()
+            );
+        }
+        match result {
             Ok(reply) => {
                 worker.jobs_done += 1;
                 let worn = recycle_after > 0 && worker.jobs_done >= recycle_after;
@@ -379,10 +399,11 @@ impl Dispatcher {
             + 1;
         let label = format!("{name}#{number}");
         let tail = OutputTail::new(TAIL_LINES);
+        let share = LogShare::new(JOB_SHARE);
         // Replies are read from stdout by the job thread itself: through the child's reaper and
         // an output sink they would cost two more thread wake-ups per request.
         let spec = {
-            let (tail, label) = (tail.clone(), label.clone());
+            let (tail, label, share) = (tail.clone(), label.clone(), share.clone());
             ChildSpec::new(&argv[0])
                 .name(label.clone())
                 .args(&argv[1..])
@@ -392,7 +413,9 @@ impl Dispatcher {
                 .stop_grace(self.config.stop_grace)
                 .capture(move |line| {
                     tail.push(line);
-                    log::info!("worker {label} [{}]: {}", line.pid, line.text);
+                    if share.admit(&line.text) {
+                        log::info!("worker {label} [{}]: {}", line.pid, line.text);
+                    }
                 })
         };
         let mut child = self
@@ -412,6 +435,7 @@ impl Dispatcher {
             stdin,
             replies: Replies::new(stdout),
             tail,
+            share,
             jobs_done: 0,
             next_id: 0,
         })
@@ -539,6 +563,8 @@ struct Worker {
     stdin: std::process::ChildStdin,
     replies: Replies,
     tail: OutputTail,
+    /// Its share of the log, renewed at each request.
+    share: LogShare,
     jobs_done: u64,
     next_id: u64,
 }

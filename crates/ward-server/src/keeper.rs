@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
 use parking_lot::Mutex;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use ward_crashdiag::OomCounters;
 use ward_supervisor::{
     Backoff, ChildSpec, Decision, Exit, Intensity, RestartPolicy, RestartTracker, Stream,
@@ -250,18 +250,25 @@ pub(crate) fn keeper_main(
     }
 
     let (tx, rx) = crossbeam_channel::bounded::<Event>(64);
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| Error::Io {
+    // SIGCHLD rings a doorbell that holds one ring: however many children exit meanwhile, the
+    // loop wakes once and reaps them all, and the signal thread never waits for the loop.
+    let (exited_tx, exited) = crossbeam_channel::bounded::<()>(1);
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
+        .map_err(|e| Error::Io {
             context: "installing signal handlers".into(),
             source: e,
         })?;
     let signal_handle = signals.handle();
     let signal_thread = {
-        let tx = tx.clone();
+        let (tx, exited_tx) = (tx.clone(), exited_tx.clone());
         std::thread::Builder::new()
             .name("ward-signals".into())
             .spawn(move || {
                 for signal in signals.forever() {
+                    if signal == SIGCHLD {
+                        let _ = exited_tx.try_send(());
+                        continue;
+                    }
                     if tx.send(Event::Signal(signal)).is_err() {
                         break;
                     }
@@ -280,6 +287,9 @@ pub(crate) fn keeper_main(
         log,
         echo: foreground,
         tx,
+        exited,
+        exited_tx,
+        adopted: orphans::Adopted::default(),
         status: KeeperState {
             keeper_pid: std::process::id(),
             started_at: unix_now(),
@@ -329,6 +339,10 @@ struct Keeper<'a> {
     log: Arc<Mutex<LogFile>>,
     echo: bool,
     tx: Sender<Event>,
+    /// Rung on SIGCHLD (and by the loop itself when a round of reaping left more to do).
+    exited: Receiver<()>,
+    exited_tx: Sender<()>,
+    adopted: orphans::Adopted,
     status: KeeperState,
     /// `keeper.json` could not be written with `status`.
     status_owed: bool,
@@ -379,6 +393,19 @@ impl Keeper<'_> {
         deaths::write_unwritten(self.config);
     }
 
+    /// Reaps the children that exited but for the server `pid`: orphans that jobs left behind.
+    fn reap_exited_orphans(&mut self, server: u32) {
+        if self.adopted.reap_exited(Some(server)) == orphans::Round::More {
+            let _ = self.exited_tx.try_send(());
+        }
+    }
+
+    /// Kills and reaps every child; call it only once the server has been reaped.
+    fn sweep_orphans(&mut self) {
+        self.adopted.report(Instant::now());
+        orphans::sweep();
+    }
+
     fn spawn_server(&self) -> Result<ward_supervisor::Child, Error> {
         let (log, echo, tx) = (Arc::clone(&self.log), self.echo, self.tx.clone());
         let spec = ChildSpec::new(&self.server.exe)
@@ -400,6 +427,7 @@ impl Keeper<'_> {
 
     fn supervise(&mut self, rx: &Receiver<Event>) -> Result<(), Error> {
         let watchdog = sd_notify::watchdog_interval().map(crossbeam_channel::tick);
+        let exited = self.exited.clone();
         loop {
             let oom_before = OomCounters::read(None);
             let child = Arc::new(self.spawn_server()?);
@@ -429,6 +457,10 @@ impl Keeper<'_> {
                 };
                 let event = select! {
                     recv(rx) -> event => event.expect("the keeper holds a sender"),
+                    recv(exited) -> _ => {
+                        self.reap_exited_orphans(pid);
+                        continue;
+                    }
                     recv(tick) -> _ => {
                         if self.status.state == "running" {
                             let _ = sd_notify::notify("WATCHDOG=1");
@@ -479,7 +511,7 @@ impl Keeper<'_> {
                             Err(e) => log::error!("stopping the server: {e}"),
                         }
                         self.status.server_pid = None;
-                        orphans::sweep();
+                        self.sweep_orphans();
                         self.set_state("stopped");
                         return Ok(());
                     }
@@ -488,7 +520,7 @@ impl Keeper<'_> {
             };
             let _ = waiter.join();
             self.status.server_pid = None;
-            orphans::sweep();
+            self.sweep_orphans();
             let report = deaths::report(
                 self.state,
                 self.config,

@@ -58,11 +58,38 @@ impl Launch {
         StateDir::open(&self.state_dir_path()?)
     }
 
-    /// Loads the config file (if any) and applies the quick flags on top.
+    /// Loads the config file (if any) and applies the quick flags on top; every watch root must
+    /// be a directory (what `ward start`, `ward run` and `ward check` want: a typo is said at once).
     ///
     /// # Errors
     /// [`Error::Config`] naming the file (or `<command line>`) and the problem.
     pub fn config(&self) -> Result<Config, Error> {
+        let config = self.config_with_missing_roots()?;
+        for root in &config.roots {
+            if !root.is_dir() {
+                let source = config
+                    .source
+                    .clone()
+                    .unwrap_or_else(|| "<command line>".into());
+                let message = format!("watch root {} is not a directory", root.display());
+                return Err(ConfigError {
+                    file: source,
+                    position: None,
+                    message,
+                }
+                .into());
+            }
+        }
+        Ok(config)
+    }
+
+    /// [`Launch::config`] where a root may be missing: the server restarted by the keeper, or
+    /// reloading, waits for a root that went away (the watcher says so and watches it when it
+    /// comes back) instead of exiting until the keeper gives up.
+    ///
+    /// # Errors
+    /// As [`Launch::config`], but for the roots.
+    pub fn config_with_missing_roots(&self) -> Result<Config, Error> {
         let cwd = std::env::current_dir().map_err(|e| Error::Io {
             context: "current directory".into(),
             source: e,
@@ -91,6 +118,12 @@ impl Launch {
             config.workers = n;
         }
         if let Some(ms) = self.debounce_ms {
+            if ms > 60_000 {
+                return Err(flag_error(format!(
+                    "--debounce {ms}: must be between 0 and 60000 (milliseconds)"
+                ))
+                .into());
+            }
             config.debounce = Duration::from_millis(ms);
             config.max_wait = config.max_wait.max(config.debounce);
         }
@@ -118,21 +151,6 @@ impl Launch {
                 None => flag_error(message.into()),
             }
             .into());
-        }
-        for root in &config.roots {
-            if !root.is_dir() {
-                let source = config
-                    .source
-                    .clone()
-                    .unwrap_or_else(|| "<command line>".into());
-                let message = format!("watch root {} is not a directory", root.display());
-                return Err(ConfigError {
-                    file: source,
-                    position: None,
-                    message,
-                }
-                .into());
-            }
         }
         Ok(config)
     }

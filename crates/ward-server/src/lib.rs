@@ -21,6 +21,7 @@ pub mod logging;
 pub mod manifest;
 mod orphans;
 mod outcomes;
+mod output;
 pub mod sd_notify;
 mod server;
 pub mod state;

@@ -14,7 +14,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -130,11 +129,7 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
+    crate::state::open_private(OpenOptions::new().create(true).append(true), path)
 }
 
 /// Where a process's own log records go.
@@ -340,7 +335,7 @@ mod tests {
         let path = dir.path().join("ward.log");
         let mut log = LogFile::open(&path, 1 << 20).unwrap();
         // /dev/full fails every write with ENOSPC, as a full disk does.
-        log.file = open_append(Path::new("/dev/full")).unwrap();
+        log.file = OpenOptions::new().append(true).open("/dev/full").unwrap();
         let log = Mutex::new(log);
         for i in 0..3 {
             append_captured(&log, false, 42, "server", format!("lost {i}").as_bytes());

@@ -7,7 +7,8 @@
 //!
 //! - `files`: path → the metadata (size, mtime and ctime in ns, inode, device) of the version last
 //!   processed successfully, the outcome of the last attempt, the last change seen and its sequence
-//!   number. A removed path keeps a tombstone so that `ward changes --since` reports its removal.
+//!   number. A removed path keeps a tombstone so that `ward changes --since` reports its removal;
+//!   a path renamed away gets its removal as a change of its own when the rename is queued.
 //! - `pending`: path → the job queued or running for it, until its outcome is recorded.
 //! - `by_seq`: sequence number → path, one entry per path (its latest change), so a since-query is
 //!   a range scan bounded by the number of paths, not by history.
@@ -366,7 +367,8 @@ impl Manifest {
     /// The updates are applied in order to what the store holds, but each path's entries are
     /// read once and written once per call, however many updates name it: a job's queueing and
     /// its outcome usually land in the same group, and its pending entry then never reaches the
-    /// store.
+    /// store. A rename's queueing is also a change of its old path: its removal, numbered just
+    /// before the rename.
     ///
     /// # Errors
     /// If the store cannot be written (a full disk, an I/O error).
@@ -391,21 +393,18 @@ impl Manifest {
                 .map_err(|e| store_error("writing", e))?;
             let mut touched: HashMap<&[u8], Touched> = HashMap::with_capacity(updates.len());
             for update in updates {
+                // A rename tells its old path's removal first, under a number of its own: a
+                // since-query after the old path's last change must learn that it is gone.
+                if let Update::Queued {
+                    old_path: Some(old_path),
+                    ..
+                } = update
+                {
+                    touch(&mut touched, &files, old_path.as_os_str().as_bytes())?
+                        .renamed_away(&mut seq);
+                }
                 let key = update.path().as_os_str().as_bytes();
-                let path = match touched.entry(key) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        let stored = files
-                            .get(key)
-                            .map_err(|e| store_error("writing", e))?
-                            .and_then(|v| decode_record(v.value()));
-                        e.insert(Touched {
-                            stored_seq: stored.as_ref().map(|r| r.seq),
-                            record: stored,
-                            pending: None,
-                        })
-                    }
-                };
+                let path = touch(&mut touched, &files, key)?;
                 path.apply(update, &mut seq, || {
                     Ok(pending
                         .get(key)
@@ -463,6 +462,28 @@ impl Manifest {
     }
 }
 
+/// `key`'s entries in `touched`, read from `files` the first time a group's update names it.
+fn touch<'t, 'k>(
+    touched: &'t mut HashMap<&'k [u8], Touched>,
+    files: &redb::Table<&'static [u8], &'static [u8]>,
+    key: &'k [u8],
+) -> Result<&'t mut Touched, Error> {
+    Ok(match touched.entry(key) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let stored = files
+                .get(key)
+                .map_err(|e| store_error("writing", e))?
+                .and_then(|v| decode_record(v.value()));
+            e.insert(Touched {
+                stored_seq: stored.as_ref().map(|r| r.seq),
+                record: stored,
+                pending: None,
+            })
+        }
+    })
+}
+
 /// One path's entries while [`Manifest::apply`] folds its updates: read once, written once.
 #[derive(Debug)]
 struct Touched {
@@ -483,6 +504,21 @@ struct PendingJob {
 }
 
 impl Touched {
+    /// The path was renamed away (a rename to another path was queued): its last change is now
+    /// its removal, numbered with the next `seq`. The version last processed stays, and so does
+    /// its pending job: the removal is processed only by the rename's job (its outcome for this
+    /// path), so until then a diff still owes it.
+    fn renamed_away(&mut self, seq: &mut u64) {
+        *seq += 1;
+        let old = self.record.take();
+        self.record = Some(Record {
+            processed: old.as_ref().and_then(|o| o.processed),
+            last_ok: old.as_ref().is_none_or(|o| o.last_ok),
+            event: Event::Removed,
+            seq: *seq,
+        });
+    }
+
     /// Applies one update, numbering a new change with the next `seq`; `stored_pending` reads the
     /// store's pending entry, when it is needed and not known yet.
     fn apply(
@@ -1084,6 +1120,65 @@ mod tests {
     }
 
     #[test]
+    fn a_rename_files_its_old_paths_removal_under_a_new_sequence_number() {
+        let (_dir, mut m, rules, root) = manifest_of_a_vanished_tree();
+        let (old, new) = (root.join("old"), root.join("new"));
+        let (old_str, new_str) = (old.to_str().unwrap(), new.to_str().unwrap());
+        m.apply(&[queued(old_str, Event::Created)]).unwrap();
+        m.apply(&[finished(old_str, Event::Created, Some(meta(1)))])
+            .unwrap();
+        // A client has read everything up to here, `old` included.
+        let read_up_to = m.seq();
+        m.apply(&[Update::Queued {
+            path: new.clone(),
+            event: Event::Renamed,
+            old_path: Some(old.clone()),
+        }])
+        .unwrap();
+        let since = |m: &Manifest| -> Vec<(u64, PathBuf, Event)> {
+            m.changes_since(read_up_to, 100)
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.seq, c.path, c.event))
+                .collect()
+        };
+        let told = [
+            (read_up_to + 1, old.clone(), Event::Removed),
+            (read_up_to + 2, new.clone(), Event::Renamed),
+        ];
+        assert_eq!(since(&m), told);
+        // Told, not yet processed: until the rename's job has run, the old path's removal is
+        // still owed (only that job makes its tombstone).
+        let owed = |m: &Manifest| {
+            m.reconcile(&rules, &root, |p| p == old)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.event)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(owed(&m), [Event::Removed]);
+        assert_eq!(m.records().unwrap()[&old].processed, Some(meta(1)));
+        // The rename's job tells its consumer; its outcome keeps both sequence numbers.
+        m.apply(&[
+            Update::Finished {
+                path: new.clone(),
+                event: Event::Renamed,
+                ok: true,
+                processed: Some(meta(1)),
+                old_path: Some(old.clone()),
+            },
+            finished(old_str, Event::Removed, None),
+        ])
+        .unwrap();
+        assert_eq!(since(&m), told);
+        assert_eq!(owed(&m), []);
+        assert_eq!(
+            m.records().unwrap()[Path::new(new_str)].event,
+            Event::Renamed
+        );
+    }
+
+    #[test]
     fn records_survive_reopening_with_their_sequence() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("manifest.redb");
@@ -1192,8 +1287,10 @@ mod tests {
                     .map(|_| {
                         let path = PathBuf::from(format!("/r/{}", next(5)));
                         let event = events[next(4) as usize];
+                        // Old paths among the paths too: a rename's removal of its old path
+                        // folds into that path's other updates of the group.
                         let old_path = (event == Event::Renamed)
-                            .then(|| PathBuf::from(format!("/r/o{}", next(3))));
+                            .then(|| PathBuf::from(format!("/r/{}", next(7))));
                         if next(2) == 0 {
                             Update::Queued {
                                 path,

@@ -39,7 +39,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     logging::init("server", Sink::Stderr);
     limit_malloc_arenas();
     let state = launch.open_state_dir()?;
-    let config = launch.config()?;
+    let config = launch.config_with_missing_roots()?;
     let _capture = deaths::install_capture("server", &state, &config)?;
     let started = Instant::now();
     log::info!("server starting: watching {}", list(&config.roots));
@@ -224,6 +224,14 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     if unwritten > 0 {
         log::error!("{unwritten} crash report(s) could not be written before the server ended");
     }
+    // Requests still waiting for the loop are refused now and later ones fail at once, so the
+    // control threads the socket joins are not waiting out `REQUEST_WAIT` for an answer.
+    for request in requests.try_iter() {
+        let _ = request
+            .reply
+            .try_send(Err("the server is stopping".to_owned()));
+    }
+    drop(requests);
     drop(socket);
     signal_handle.close();
     if signal_thread.join().is_err() {
@@ -624,7 +632,7 @@ fn reload(
     dispatcher: &RwLock<Arc<Dispatcher>>,
 ) -> Config {
     log::info!("received SIGHUP: reloading the configuration");
-    let new = match launch.config() {
+    let new = match launch.config_with_missing_roots() {
         Ok(new) => new,
         Err(e) => {
             log::error!("reload refused, keeping the running configuration: {e}");
@@ -702,24 +710,18 @@ fn answer(
                 "watch": {
                     "events": w.events, "pending": w.pending, "peak_pending": w.peak_pending, "watches": w.watches,
                     "batches": w.batches, "dropped_events": w.dropped_events,
+                    "failed_watches": w.failed_watches, "polled_roots": w.polled_roots,
                 },
                 "manifest": { "paths": paths, "seq": seq, "unrecorded": unrecorded, "write_error": write_error },
                 "workers_idle": dispatcher.idle_workers(),
             }))
         }
         "changes" => {
+            let since = count_arg(&request.args, "since")?.unwrap_or(0);
+            let limit = count_arg(&request.args, "limit")?
+                .map_or(CHANGES_PAGE, |l| l.min(CHANGES_PAGE as u64) as usize);
             // A since-query must see every change already seen, written or not.
             tracker.flush();
-            let since = request
-                .args
-                .get("since")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            let limit = request
-                .args
-                .get("limit")
-                .and_then(Value::as_u64)
-                .map_or(CHANGES_PAGE, |l| (l as usize).min(CHANGES_PAGE));
             let changes = tracker
                 .changes_since(since, limit)
                 .map_err(|e| e.to_string())?;
@@ -730,6 +732,18 @@ fn answer(
         other => Err(format!(
             "unknown command {other:?}: try status, metrics, changes, stop or reload"
         )),
+    }
+}
+
+/// The request's `field`, if given: a count or sequence number, so a non-negative integer. Anything
+/// else is refused rather than read as 0, which would answer a question nobody asked.
+fn count_arg(args: &Value, field: &str) -> Result<Option<u64>, String> {
+    match args.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("{field:?} must be a non-negative integer, got {value}")),
     }
 }
 
@@ -797,6 +811,46 @@ mod tests {
         let root = dir.path().join("tree");
         std::fs::create_dir_all(&root).unwrap();
         (dir, root)
+    }
+
+    #[test]
+    fn changes_since_and_limit_must_be_non_negative_integers() {
+        for (args, want) in [
+            (json!({}), Ok(None)),
+            (json!({ "since": null }), Ok(None)),
+            (json!({ "since": 0 }), Ok(Some(0))),
+            (json!({ "since": u64::MAX }), Ok(Some(u64::MAX))),
+            (
+                json!({ "since": -1 }),
+                Err("\"since\" must be a non-negative integer, got -1"),
+            ),
+            (
+                json!({ "since": "x" }),
+                Err("\"since\" must be a non-negative integer, got \"x\""),
+            ),
+            (
+                json!({ "since": 1e308 }),
+                Err("\"since\" must be a non-negative integer, got 1e+308"),
+            ),
+            (
+                json!({ "since": 3.0 }),
+                Err("\"since\" must be a non-negative integer, got 3.0"),
+            ),
+            (
+                json!({ "since": [1] }),
+                Err("\"since\" must be a non-negative integer, got [1]"),
+            ),
+        ] {
+            assert_eq!(
+                count_arg(&args, "since"),
+                want.map_err(str::to_owned),
+                "{args}"
+            );
+        }
+        assert_eq!(
+            count_arg(&json!({ "limit": -5 }), "limit"),
+            Err("\"limit\" must be a non-negative integer, got -5".to_owned())
+        );
     }
 
     #[test]

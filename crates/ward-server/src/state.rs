@@ -81,6 +81,11 @@ impl StateDir {
                 "mode {mode:o} lets group or others write to it; use chmod 700"
             ));
         }
+        // Readable by others, it would show them job output (the log) and the tree's paths (the
+        // manifest): it is ours, so it is closed as ward would have made it.
+        if mode & 0o077 != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
         let path = fs::canonicalize(path).map_err(io)?;
         for sub in [names::CRASH_DIR, names::HEARTBEAT_DIR] {
             fs::DirBuilder::new()
@@ -133,15 +138,16 @@ impl Pidfile {
             source: e,
         };
         // std opens with O_CLOEXEC, so no child inherits the descriptor and with it the lock.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            // Not truncated before the lock is ours: it may hold a running keeper's pid.
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io)?;
+        let mut file = open_private(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                // Not truncated before the lock is ours: it may hold a running keeper's pid.
+                .truncate(false),
+            &path,
+        )
+        .map_err(io)?;
         if !try_lock(&file).map_err(io)? {
             let pid = read_pid(&mut file).unwrap_or(0);
             return Err(Error::AlreadyRunning {
@@ -164,7 +170,7 @@ impl Pidfile {
     /// I/O errors other than the file not existing.
     pub fn inspect(state: &StateDir) -> Result<PidfileState, Error> {
         let path = state.join(names::PIDFILE);
-        let mut file = match OpenOptions::new().read(true).write(true).open(&path) {
+        let mut file = match open_private(OpenOptions::new().read(true).write(true), &path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PidfileState::Absent),
             Err(e) => {
@@ -285,9 +291,36 @@ impl KeeperState {
             source: e,
         };
         let text = serde_json::to_vec_pretty(self).map_err(|e| Error::Protocol(e.to_string()))?;
-        fs::write(&tmp, text).map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)
+        let written = open_private(
+            OpenOptions::new().write(true).create(true).truncate(true),
+            &tmp,
+        )
+        .and_then(|mut file| file.write_all(&text))
+        .and_then(|()| fs::rename(&tmp, &path));
+        if written.is_err() {
+            // A full disk leaves a partial file; the next write starts over.
+            let _ = fs::remove_file(&tmp);
+        }
+        written.map_err(io)
     }
+}
+
+/// Opens a file of the state directory as `options` say, never through a symlink (one planted
+/// as `ward.pid` or `ward.log` would make ward write wherever it points), created with mode 0600
+/// and closed to 0600 if it was made wider before.
+///
+/// # Errors
+/// The open's, `ELOOP` for a symlink, or the mode change's.
+pub(crate) fn open_private(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    let file = options
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 /// Seconds since the Unix epoch, now.

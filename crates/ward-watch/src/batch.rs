@@ -138,6 +138,10 @@ pub enum RescanReason {
     BackendChanged,
     /// An ignore file changed: paths may have become ignored or visible.
     IgnoreRulesChanged,
+    /// A file system was mounted or unmounted here: what the watches saw is hidden or uncovered.
+    MountsChanged,
+    /// A directory that could not be watched (unreadable) had its permissions changed.
+    PermissionsChanged,
 }
 
 impl RescanReason {
@@ -150,6 +154,8 @@ impl RescanReason {
             RescanReason::RootAppeared => "root-appeared",
             RescanReason::BackendChanged => "backend-changed",
             RescanReason::IgnoreRulesChanged => "ignore-rules-changed",
+            RescanReason::MountsChanged => "mounts-changed",
+            RescanReason::PermissionsChanged => "permissions-changed",
         }
     }
 }

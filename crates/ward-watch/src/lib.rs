@@ -73,9 +73,16 @@
 //!   ([`RescanReason::KernelOverflow`]); the watches are checked against the disk before it is
 //!   delivered.
 //!
+//! - A file system mounted or unmounted inside a root hides or uncovers what the watches there
+//!   saw: the mount point is watched anew and rescanned ([`RescanReason::MountsChanged`]).
+//! - A directory that could not be watched (unreadable) is counted
+//!   ([`WatchStats::failed_watches`]) and, when its permissions change, watched and rescanned
+//!   ([`RescanReason::PermissionsChanged`]).
+//!
 //! # Theory of operation
-//! Two threads: notify's (inotify, or polling), whose callback only pushes into the bounded
-//! event buffer, and the watcher's own, which owns the pending set and the backends. Watches
+//! Three threads: notify's (inotify, or polling), whose callback only pushes into the bounded
+//! event buffer; `ward-mounts`, asleep in `poll(2)` on `/proc/self/mountinfo` until the mount
+//! table changes; and the watcher's own, which owns the pending set and the backends. Watches
 //! are non-recursive and installed by the watcher's thread itself: the ignore rules
 //! ([`IgnoreRules`]: globs and gitignore-style ignore files such as `.wardignore`) are applied
 //! before a directory is watched, so an ignored directory never costs a watch. A new directory
@@ -96,6 +103,7 @@
 //! - A directory renamed with more entries than the cap becomes `Removed` at its old path and a
 //!   `Rescan` of its new one, not a `Renamed`.
 //! - A directory's own metadata changes (`chmod`) are delivered as `Modified` directories.
+//! - Mounts are followed in the watcher's own mount namespace, on Linux only.
 //! - notify's threads are told to stop when the watcher is dropped but notify does not join them.
 //!
 //! # What it deliberately does not do
@@ -105,6 +113,7 @@
 
 mod batch;
 mod error;
+mod mounts;
 mod pending;
 mod rules;
 mod snapshot;

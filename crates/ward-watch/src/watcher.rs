@@ -1,7 +1,7 @@
 //! The watcher: its builder, the handle that owns its thread, and that thread, which turns notify
 //! events into pending changes, installs and removes watches, and delivers batches.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
 use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
 use notify::{Event, EventKind, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher as _};
 
+use crate::mounts::{self, MountWatch};
 use crate::pending::{Op, Pending};
 use crate::snapshot::walk;
 use crate::{Batch, Error, IgnoreRules, Item, RescanReason};
@@ -263,6 +264,7 @@ impl WatcherBuilder {
             poll_fallback: self.poll_fallback,
             next_root_check: Instant::now(),
             root_check_every: self.max_wait.max(Duration::from_millis(100)),
+            mounts: BTreeSet::new(),
             stats,
         }
     }
@@ -308,6 +310,8 @@ impl Watcher {
             collapses: c.collapses.load(Ordering::Relaxed),
             watches: c.watches.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
+            failed_watches: c.failed_watches.load(Ordering::Relaxed),
+            polled_roots: c.polled_roots.load(Ordering::Relaxed),
         }
     }
 }
@@ -341,6 +345,11 @@ pub struct WatchStats {
     pub watches: usize,
     /// Batches delivered.
     pub batches: u64,
+    /// Directories that could not be watched (an unreadable one, say), ever; each is watched
+    /// once its permissions change.
+    pub failed_watches: u64,
+    /// Roots polled instead of watched natively (the watch limit was reached).
+    pub polled_roots: usize,
 }
 
 #[derive(Debug, Default)]
@@ -352,6 +361,8 @@ struct Counters {
     collapses: AtomicU64,
     watches: AtomicUsize,
     batches: AtomicU64,
+    failed_watches: AtomicU64,
+    polled_roots: AtomicUsize,
 }
 
 /// What runs on notify's thread: a non-blocking push, nothing else.
@@ -511,6 +522,9 @@ struct Worker {
     poll_fallback: bool,
     next_root_check: Instant,
     root_check_every: Duration,
+    /// The mount points of the process's namespace as last read: a change inside a root means
+    /// watches that no longer see what is at their paths.
+    mounts: BTreeSet<PathBuf>,
     stats: Arc<Counters>,
 }
 
@@ -524,6 +538,19 @@ impl Worker {
         ready: Sender<()>,
     ) {
         precise_timers();
+        // Started before the roots are walked, so that no mount is missed between the two.
+        let (_mount_watch, mount_changes) = match MountWatch::start() {
+            Ok((watch, now, changes)) => {
+                self.mounts = now;
+                (Some(watch), changes)
+            }
+            Err(e) => {
+                log::warn!(
+                    "ward-watch: file systems mounted inside the roots after start are not followed: {e}"
+                );
+                (None, crossbeam_channel::never())
+            }
+        };
         self.start(backend);
         let _ = ready.send(());
         drop(ready);
@@ -552,6 +579,7 @@ impl Worker {
             let mut sel = Select::new();
             let i_raw = sel.recv(&raw);
             let i_stop = sel.recv(&stop);
+            let i_mounts = sel.recv(&mount_changes);
             let i_out = has_output.then(|| sel.send(&out));
             let Ok(op) = sel.select_timeout(timeout) else {
                 continue;
@@ -567,6 +595,11 @@ impl Worker {
                 i if i == i_stop => {
                     let _ = op.recv(&stop);
                     return;
+                }
+                i if i == i_mounts => {
+                    let _ = op.recv(&mount_changes);
+                    let now = self.now(Instant::now());
+                    self.mounts_changed(now);
                 }
                 _ => {
                     debug_assert_eq!(Some(op.index()), i_out);
@@ -603,6 +636,9 @@ impl Worker {
         self.stats
             .watches
             .store(self.watches.watched.len(), Ordering::Relaxed);
+        self.stats
+            .polled_roots
+            .store(self.watches.polled_roots.len(), Ordering::Relaxed);
     }
 
     fn take_batch(&mut self, now: Instant) -> Batch {
@@ -668,6 +704,7 @@ impl Worker {
             return HashSet::new();
         };
         let mut limit_hit = false;
+        let mut failed_watches = 0;
         let mut failures = Vec::new();
         let mut seen = HashSet::new();
         let rules = self.rules.clone();
@@ -689,6 +726,8 @@ impl Worker {
                     if !matches!(&e.kind, notify::ErrorKind::PathNotFound)
                         && !matches!(&e.kind, notify::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::NotFound)
                     {
+                        // Watched later, when its permissions change (see `metadata_changed`).
+                        failed_watches += 1;
                         failures.push(Error::Watch {
                             path: dir.to_path_buf(),
                             source: e,
@@ -704,6 +743,9 @@ impl Worker {
                 }
             },
         );
+        self.stats
+            .failed_watches
+            .fetch_add(failed_watches, Ordering::Relaxed);
         for f in failures {
             self.notice(f);
         }
@@ -868,6 +910,7 @@ impl Worker {
                         self.removed(path, self.watches.watched.contains_key(path), now);
                     }
                 }
+                EventKind::Modify(ModifyKind::Metadata(_)) => self.metadata_changed(path, now),
                 EventKind::Modify(_) => self.modified(path, now),
                 EventKind::Remove(kind) => {
                     let is_dir =
@@ -928,6 +971,54 @@ impl Worker {
             self.ignore_file_changed(path, now);
         }
         self.pending.record(path, Op::Modify, is_dir, now);
+    }
+
+    /// A path's metadata changed. A directory whose permissions changed may have become
+    /// readable: one that had no watch (it could not be read when it was found) is watched and
+    /// listed now, and one that had is compared again with what lies under it.
+    fn metadata_changed(&mut self, path: &Path, now: Instant) {
+        let watched = self.watches.watched.contains_key(path);
+        if watched && !self.is_root(path) {
+            // Its subdirectories that could not be watched may be readable now.
+            self.resync(path, now);
+        } else if !watched && is_dir_now(path) && !self.rules.is_ignored(path, true) {
+            self.watch_tree(path, false, now);
+            self.pending
+                .rescan(path, RescanReason::PermissionsChanged, now);
+            return;
+        }
+        self.modified(path, now);
+    }
+
+    /// The mount table changed: each mount point inside a root that appeared or disappeared
+    /// hides or uncovers what the watches there saw, so its subtree is watched anew and rescanned.
+    fn mounts_changed(&mut self, now: Instant) {
+        let after = match mounts::current() {
+            Ok(after) => after,
+            Err(e) => {
+                log::warn!("ward-watch: reading the mount table: {e}");
+                return;
+            }
+        };
+        let roots: Vec<PathBuf> = self.roots.iter().map(|r| r.path.clone()).collect();
+        let changed = mounts::changed_under(&self.mounts, &after, &roots);
+        self.mounts = after;
+        for point in changed {
+            if self.rules.is_ignored(&point, true) {
+                continue;
+            }
+            log::info!(
+                "ward-watch: a file system was mounted or unmounted at {}; rescanning it",
+                point.display()
+            );
+            self.watches.forget_subtree(&point);
+            self.rules.forget_subtree(&point);
+            if is_dir_now(&point) {
+                self.watch_tree(&point, false, now);
+            }
+            self.pending
+                .rescan(&point, RescanReason::MountsChanged, now);
+        }
     }
 
     fn removed(&mut self, path: &Path, is_dir: bool, now: Instant) {
@@ -1012,13 +1103,19 @@ fn is_dir_now(path: &Path) -> bool {
     path.symlink_metadata().is_ok_and(|m| m.is_dir())
 }
 
+/// The inotify watch limit that applies: the system's, or the user namespace's own where that is
+/// lower (a container's).
 #[cfg(target_os = "linux")]
 fn max_user_watches() -> Option<u64> {
-    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    let read =
+        |path: &str| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    match (
+        read("/proc/sys/fs/inotify/max_user_watches"),
+        read("/proc/sys/user/max_inotify_watches"),
+    ) {
+        (Some(system), Some(namespace)) => Some(system.min(namespace)),
+        (one, other) => one.or(other),
+    }
 }
 
 #[cfg(not(target_os = "linux"))]

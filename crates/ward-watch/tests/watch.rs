@@ -676,3 +676,116 @@ fn walk_files_visits_the_files_walk_visits_in_the_byte_order_of_their_paths() {
     );
     assert_eq!(first_three, visited[..3]);
 }
+
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn has(c: &Consumer, path: &Path) -> bool {
+    c.snapshot.paths().any(|p| p == path)
+}
+
+/// Detaches a test's mount if the test fails before it unmounts.
+struct Unmount(Option<PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if let Some(point) = &self.0 {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(point)
+                .status();
+        }
+    }
+}
+
+/// Regression: a file system mounted on a watched directory hid it from its watch, so nothing
+/// written in the mount was seen; after `umount`, neither the mount's files going away nor new
+/// files in that directory were.
+#[test]
+fn a_file_system_mounted_inside_a_root_is_followed_in_and_out() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let (_t, root) = setup();
+    let mnt = root.join("mnt");
+    write(mnt.join("underneath"), "u");
+    let mut c = Consumer::new(builder(&root).quiet(ms(20)).build().unwrap());
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mount.success(), "mount: {mount}");
+    let mut mounted = Unmount(Some(mnt.clone()));
+    let inside = mnt.join("inside");
+    write(&inside, "i");
+    c.until("the file written inside the mount", |c| has(c, &inside));
+    let umount = std::process::Command::new("umount")
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(umount.success(), "umount: {umount}");
+    mounted.0 = None;
+    let later = mnt.join("later");
+    write(&later, "l");
+    c.until("the unmount's effect and a file written after it", |c| {
+        has(c, &later) && !has(c, &inside) && has(c, &mnt.join("underneath"))
+    });
+    assert!(c.converged(), "the snapshot matches the disk");
+    assert!(
+        c.rescans
+            .iter()
+            .any(|r| r.path == mnt && r.reason == RescanReason::MountsChanged),
+        "{:?}",
+        c.rescans
+    );
+}
+
+/// Regression: a directory unreadable when the watcher found it got no watch, and when it was
+/// made readable its files were never seen, while the directory itself was reported as a
+/// modified file. Root reads every directory, so as root this test runs itself as `nobody`.
+#[test]
+fn an_unreadable_directory_made_readable_is_watched_and_listed() {
+    const NAME: &str = "an_unreadable_directory_made_readable_is_watched_and_listed";
+    if is_root() {
+        use std::os::unix::process::CommandExt;
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture"])
+            .uid(65534)
+            .gid(65534)
+            .env("TMPDIR", "/tmp")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "as nobody: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let (_t, root) = setup();
+    let locked = root.join("locked");
+    write(locked.join("before"), "b");
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+    let mut c = Consumer::new(builder(&root).quiet(ms(20)).build().unwrap());
+    assert_eq!(c.watcher.stats().failed_watches, 1);
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
+    c.until("the directory listed once readable", |c| {
+        has(c, &locked.join("before"))
+    });
+    let after = locked.join("after");
+    write(&after, "a");
+    c.until("a file written in it afterwards", |c| has(c, &after));
+    assert!(
+        c.changes.iter().all(|ch| ch.path != locked || ch.is_dir),
+        "the directory was reported as a file: {:#?}",
+        c.changes
+    );
+}

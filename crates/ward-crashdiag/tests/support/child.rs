@@ -42,6 +42,16 @@ pub fn run(mode: &str) {
             idle();
         }
         "abort" => std::process::abort(),
+        "panic_in_thread" => {
+            // A panic that ends only its thread, as a caught job's does: the process lives on.
+            let panicked = thread::Builder::new()
+                .name("panicker".into())
+                .spawn(|| panic!("deliberate panic in a thread"))
+                .expect("spawning")
+                .join();
+            assert!(panicked.is_err());
+            std::process::exit(3);
+        }
         "stack_overflow" => {
             black_box(recurse(black_box(1)));
         }
