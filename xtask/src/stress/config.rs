@@ -80,8 +80,8 @@ drain_timeout_s = 10
 
 [log]
 heartbeat_s = 30
-# Every injected death is looked for among the reports: keep them all.
-keep_reports = 1000000
+# Every injected death is looked for among the reports: keep them all (ward's most).
+keep_reports = 100000
 
 [[trigger]]
 name = "exec"
