@@ -1,14 +1,17 @@
 //! `ward changes --since N` read from outside: the JSON lines it prints, and the verdict that
-//! after the run its account of every path ends where the disk ended. Parsing and the comparison
-//! are pure; [`fetch`] asks ward.
+//! after the run its account of every path ends where the disk ended, and that a client which
+//! had read up to a point mid-run hears of every path it knew that changed since. Parsing and the
+//! comparisons are pure; [`fetch`] and [`mark`] ask ward.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::check::Line;
+use super::check::{Line, WriteOp};
 use super::daemon::Ward;
+use super::ledger::{Entry, Phase};
+use super::workload::now_ms;
 
 /// One line of `ward changes`: a path with its latest change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +87,44 @@ pub fn fetch(ward: &Ward, since: u64, limit: Duration) -> Result<Vec<Change>, St
     }
 }
 
+/// A point a client has read up to: ward's sequence number as of its last commit, and the wall
+/// clock (milliseconds since the epoch) once ward had answered. A change the harness makes after
+/// that moment is numbered after it.
+///
+/// `None` if ward did not answer.
+pub fn mark(ward: &Ward) -> Option<(u64, u64)> {
+    let seq = ward.status()?["manifest"]["seq"].as_u64()?;
+    Some((seq, now_ms()))
+}
+
+/// The paths a client that had read up to the mark `at_ms` knew (a job had started on them
+/// before it) and that the harness changed after it, but that the since-query from the mark
+/// (`listed`) does not list: a client never learns that they changed. A rename away is a change
+/// of the old path.
+pub fn unlisted_since(
+    listed: &[Change],
+    at_ms: u64,
+    writes: &[WriteOp],
+    entries: &[Entry],
+) -> Vec<String> {
+    let listed: HashSet<&str> = listed.iter().map(|c| c.path.as_str()).collect();
+    let known: HashSet<&str> = entries
+        .iter()
+        .filter(|e| e.phase == Phase::Start && e.t_ms < at_ms)
+        .map(|e| e.path.as_str())
+        .collect();
+    let changed: BTreeSet<&str> = writes
+        .iter()
+        .filter(|w| w.t_ms > at_ms)
+        .map(|w| w.path.as_str())
+        .collect();
+    changed
+        .into_iter()
+        .filter(|p| known.contains(p) && !listed.contains(p))
+        .map(|p| format!("{p}: changed after the mark, not listed since it"))
+        .collect()
+}
+
 /// Where ward's account and the disk disagree, in words, for paths under `root` (`files`: the
 /// regular files on disk; `is_dir`: whether a path is a directory on disk).
 ///
@@ -143,25 +184,51 @@ pub fn disagreements(
     out
 }
 
-/// The verdict line: `fetched` is what `ward changes --since 0` gave after the run settled.
+/// What the run read of ward's since-queries after it settled.
+#[derive(Debug)]
+pub struct Reading {
+    /// `ward changes --since 0`.
+    pub all: Result<Vec<Change>, String>,
+    /// The mark taken mid-run (sequence number, wall clock) and `ward changes --since` it.
+    pub since_mark: Option<(u64, u64, Result<Vec<Change>, String>)>,
+}
+
+/// The verdict line (`files`: the regular files on disk; `root`: the tree, with a trailing
+/// slash; `writes` and `entries`: the record of changes and the ledger).
 pub fn line(
-    fetched: &Result<Vec<Change>, String>,
+    reading: &Reading,
     files: &BTreeMap<String, u64>,
+    writes: &[WriteOp],
+    entries: &[Entry],
     root: &str,
     short: impl Fn(&str) -> String,
 ) -> Line {
-    let check = "changes --since 0 agrees with the disk";
-    let changes = match fetched {
+    let check = "changes --since agrees with the disk";
+    let all = match &reading.all {
         Ok(c) => c,
         Err(e) => return Line::new(check, false, "no answer".into(), vec![e.clone()]),
     };
-    let wrong = disagreements(changes, files, |p| std::path::Path::new(p).is_dir(), root);
+    let mut wrong = disagreements(all, files, |p| std::path::Path::new(p).is_dir(), root);
+    let since = match &reading.since_mark {
+        Some((seq, at_ms, Ok(listed))) => {
+            wrong.extend(unlisted_since(listed, *at_ms, writes, entries));
+            format!("{} since seq {seq} (marked mid-run)", listed.len())
+        }
+        Some((seq, _, Err(e))) => {
+            wrong.push(format!("ward changes --since {seq}: {e}"));
+            format!("none since seq {seq}")
+        }
+        None => {
+            wrong.push("ward never answered the mid-run mark's status".into());
+            "no mid-run mark".into()
+        }
+    };
     Line::new(
         check,
         wrong.is_empty(),
         format!(
-            "{} path(s) reported, {} file(s) on disk; {} disagreement(s)",
-            changes.len(),
+            "{} path(s) reported since 0, {since}, {} file(s) on disk; {} disagreement(s)",
+            all.len(),
             files.len(),
             wrong.len()
         ),
@@ -237,5 +304,46 @@ not json
         assert!(wrong.contains(&"/t/kept: on disk, last reported removed (seq 4)".to_owned()));
         assert!(wrong.contains(&"/t/dir: a directory, last reported modified (seq 6)".to_owned()));
         assert!(wrong.contains(&"/t/new: on disk, never reported".to_owned()));
+    }
+
+    #[test]
+    fn a_client_hears_of_every_path_it_knew_that_changed_after_its_mark() {
+        let start = |t_ms, path: &str| Entry {
+            phase: Phase::Start,
+            t_ms,
+            pid: 1,
+            event: "created".into(),
+            hash: Some(1),
+            directive: "-".into(),
+            trigger: "stress".into(),
+            path: path.into(),
+            old_path: None,
+        };
+        let op = |t_ms, path: &str| WriteOp {
+            t_ms,
+            path: path.into(),
+            kind: super::super::check::OpKind::Removed,
+            workload: "churn",
+        };
+        let entries = [
+            start(10, "/t/old"),
+            start(10, "/t/kept"),
+            start(60, "/t/late"),
+        ];
+        // /t/old was renamed away after the mark, /t/kept changed before it, /t/late and
+        // /t/unseen were not known at the mark.
+        let writes = [
+            op(5, "/t/kept"),
+            op(70, "/t/old"),
+            op(70, "/t/late"),
+            op(70, "/t/unseen"),
+        ];
+        assert_eq!(
+            unlisted_since(&[], 50, &writes, &entries),
+            ["/t/old: changed after the mark, not listed since it"]
+        );
+        assert!(
+            unlisted_since(&[change(9, "/t/old", "removed")], 50, &writes, &entries).is_empty()
+        );
     }
 }

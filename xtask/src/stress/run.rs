@@ -266,9 +266,14 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     let mut next = 0;
     // A step that overran its slot delays the next ones, which must not then pile up.
     let mut calm_until = 0.0;
+    // What a since-query client has read up to, mid-run: it must hear of what changes after.
+    let mut mark = None;
     while !INTERRUPTED.load(Ordering::Relaxed) {
         let now = run.started.elapsed().as_secs_f64();
         run.tidy_pending(false);
+        if mark.is_none() && now >= opts.duration.as_secs_f64() * 0.4 {
+            mark = changes::mark(&ward);
+        }
         if let Some(&(at, step)) = steps.get(next) {
             if now >= at.max(calm_until) {
                 next += 1;
@@ -296,7 +301,16 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     run.restarts_before += ward.restarts();
     let final_files = walk(&tree);
     let status = ward.status();
-    let reported = changes::fetch(&ward, 0, Duration::from_secs(60));
+    let reading = changes::Reading {
+        all: changes::fetch(&ward, 0, Duration::from_secs(60)),
+        since_mark: mark.map(|(seq, at_ms)| {
+            (
+                seq,
+                at_ms,
+                changes::fetch(&ward, seq, Duration::from_secs(60)),
+            )
+        }),
+    };
     sampling.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     eprintln!();
@@ -337,9 +351,14 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
             .lines(&opts.faults, &run.ledger.entries, &tree, &losses),
     );
     let root = format!("{}/", tree.display());
-    lines.push(changes::line(&reported, &final_files, &root, |t| {
-        run.short(t)
-    }));
+    lines.push(changes::line(
+        &reading,
+        &final_files,
+        &run.log.snapshot(),
+        &run.ledger.entries,
+        &root,
+        |t| run.short(t),
+    ));
     let all_pass = lines.iter().all(|l| l.pass);
     println!("\n{}", check::table(&lines, 12));
     run.write_outputs(&lines, &dir)?;
