@@ -43,6 +43,47 @@ pub fn mount_tmpfs(target: &Path, size_mib: u64, mode: u32) -> io::Result<()> {
     }
 }
 
+/// Resizes the tmpfs mounted on `target` to `size_kib` KiB (`mount -o remount,size=`); it cannot
+/// shrink below what its files use.
+///
+/// # Errors
+/// If mount(2) refuses.
+pub fn resize_tmpfs(target: &Path, size_kib: u64) -> io::Result<()> {
+    let target_c = c_path(target)?;
+    let options =
+        CString::new(format!("size={size_kib}k")).map_err(|_| io::Error::other("mount options"))?;
+    // SAFETY: as in `mount_tmpfs`; a remount reads no source.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target_c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV,
+            options.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Bytes in use on the filesystem that holds `path`.
+///
+/// # Errors
+/// If statvfs(2) fails.
+pub fn used_bytes(path: &Path) -> io::Result<u64> {
+    let path_c = c_path(path)?;
+    // SAFETY: statvfs is plain data, for which all zeroes is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct we own, which statvfs fills.
+    if unsafe { libc::statvfs(path_c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_blocks - st.f_bfree) * st.f_frsize)
+}
+
 /// Bind-mounts the directory `source` on `target` (`mount --bind`).
 ///
 /// # Errors

@@ -25,11 +25,16 @@ const SAY_LINES: u64 = 100;
 /// The filler's name in the state directory.
 const FILLER: &str = "stress-filler";
 
-/// The state directory's tmpfs, MiB: room for a run's manifest, log and reports (a quick run
-/// needs a fraction of the smaller one; `du` the state directory of a `--keep` run to see).
+/// The state directory's tmpfs, MiB: room for a run's manifest, log and reports, which a long
+/// run's manifest needs most of (`du` the state directory of a `--keep` run to see). It costs
+/// only what is stored: the fault shrinks it before filling it.
 fn size_mib(quick: bool) -> u64 {
-    if quick { 64 } else { 512 }
+    if quick { 256 } else { 2048 }
 }
+
+/// The room the fault leaves on the state tmpfs and then fills: the filler's size, whatever the
+/// tmpfs's.
+const FILLER_MIB: u64 = 16;
 
 /// Mounts the tmpfs on `state` (created here, mode 0700 as ward wants its state directory),
 /// before ward starts; the run's sweeper unmounts it.
@@ -97,9 +102,17 @@ pub fn inject(scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> Record {
         lost_said: false,
         problems: Vec::new(),
     };
-    let filler = scene.ward.state.join(FILLER);
+    let state = &scene.ward.state;
+    let filler = state.join(FILLER);
     let said = scene.ward.log_lines_with(LOST_LINES);
     f.start_ms = now_ms();
+    let shrunk = host::used_bytes(state)
+        .and_then(|used| host::resize_tmpfs(state, used / 1024 + FILLER_MIB * 1024));
+    if let Err(e) = &shrunk {
+        record.problems.push(format!(
+            "shrinking the state tmpfs before filling it: {e} (so all of it is filled)"
+        ));
+    }
     let filled = fill(&filler);
     if let Err(e) = &filled {
         record
@@ -155,6 +168,13 @@ pub fn inject(scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> Record {
             .problems
             .push(format!("freeing {}: {e}", filler.display()));
     }
+    if shrunk.is_ok()
+        && let Err(e) = host::resize_tmpfs(state, size_mib(scene.opts.quick) * 1024)
+    {
+        record
+            .problems
+            .push(format!("growing the state tmpfs back: {e}"));
+    }
     let freed = Instant::now();
     record.caught_up = wait_until(Duration::from_secs(30), || {
         interrupted()
@@ -174,7 +194,7 @@ pub fn inject(scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> Record {
         interrupted() || scene.ward.log_lines_with(LOST_LINES) > said
     });
     f.note = format!(
-        "state tmpfs filled ({}) for {:.1} s while {} files were written; status answered {}/{}; manifest {} {caught_up_s:.1} s after the space came back",
+        "state tmpfs shrunk to what it held plus {FILLER_MIB} MiB and filled ({}) for {:.1} s while {} files were written; status answered {}/{}; manifest {} {caught_up_s:.1} s after the space came back",
         filled.map_or_else(
             |e| format!("failed: {e}"),
             |b| format!("{} MiB filler", b >> 20)
