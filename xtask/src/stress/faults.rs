@@ -126,6 +126,11 @@ impl FaultKind {
         matches!(self, FaultKind::KillServer | FaultKind::KillKeeper)
     }
 
+    /// Whether it mounts file systems, which only root may.
+    pub fn needs_root(self) -> bool {
+        matches!(self, FaultKind::StateDiskFull | FaultKind::Mount)
+    }
+
     /// The causes a crash report may give for the death this fault causes.
     pub fn expected_causes(self) -> Vec<String> {
         let causes: &[&str] = match self {

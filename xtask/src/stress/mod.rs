@@ -32,8 +32,8 @@ const USAGE: &str = "usage: cargo xtask stress [--quick] [--duration D] [--rate 
   --faults LIST  all (default), none, or some of: kill-worker, kill-server, stop-server, panic,
                  segv, abort, hog, hang, exit, mem-limit, full-queue, kill-keeper, reload,
                  state-disk-full, mount, chmod, socket-idle, orphans (state-disk-full and mount
-                 mount tmpfs and so need root; as root, chmod runs a ward of its own as a
-                 throwaway user, removed at the end)
+                 mount file systems: without root, all leaves them out; as root, chmod runs a
+                 ward of its own as a throwaway user, removed at the end)
   --seed N       the schedule's and the workloads' seed (default: from the clock, printed)
   --out DIR      where the report goes (default target/stress)
   --keep         keep the temporary directory (tree, ledger, state) for inspection
@@ -132,13 +132,34 @@ pub fn main(args: &[String], root: &Path) -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
-    let opts = match parse(args, root) {
+    let mut opts = match parse(args, root) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("stress: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
+    if !host::is_root() && opts.faults.iter().any(|k| k.needs_root()) {
+        let names: Vec<&str> = opts
+            .faults
+            .iter()
+            .filter(|k| k.needs_root())
+            .map(|k| k.name())
+            .collect();
+        // Asked for by name, they are refused; left out of the default list, said so.
+        if args.iter().any(|a| a == "--faults") {
+            eprintln!(
+                "stress: {} need root: they mount file systems",
+                names.join(" and ")
+            );
+            return ExitCode::from(2);
+        }
+        println!(
+            "stress: not root, so leaving out {}, which mount file systems",
+            names.join(" and ")
+        );
+        opts.faults.retain(|k| !k.needs_root());
+    }
     let (ward, worker) = match build(root) {
         Ok(bins) => bins,
         Err(e) => {
