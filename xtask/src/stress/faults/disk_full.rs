@@ -190,6 +190,16 @@ pub fn inject(scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> Record {
             .push("not caught up 60 s after the space came back".into());
     }
     f.end_ms = now_ms();
+    // ward says what its log lost with the next line it writes, which a quiet ward may not
+    // write for long: a job that talks once gives it one.
+    let nudge = dir.join("after-say.txt");
+    let content = format!("{}seq {}\n", Directive::Say(1).line(), scene.log.seq());
+    match scene.log.write(&nudge, content.as_bytes(), "disk-full") {
+        Ok(hash) => record.written.push((nudge, hash)),
+        Err(e) => record
+            .problems
+            .push(format!("writing {}: {e}", nudge.display())),
+    }
     record.lost_said = wait_until(Duration::from_secs(10), || {
         interrupted() || scene.ward.log_lines_with(LOST_LINES) > said
     });
@@ -268,7 +278,9 @@ pub fn line(
             ));
         }
         if !r.lost_said {
-            details.push(format!("{l}: the log never said \"{LOST_LINES}\""));
+            details.push(format!(
+                "{l}: the log did not say \"{LOST_LINES}\" within 10 s of a job's line after the space came back"
+            ));
         }
         if !r.write_error_seen {
             details.push(format!(
