@@ -436,3 +436,31 @@ fn a_since_query_after_a_files_creation_tells_its_rename_away_as_a_removal() {
     // Stopped: the manifest, read directly, tells the same.
     assert_eq!(told(&f), expected);
 }
+
+/// Regression: a job that ran within the manifest's group-commit delay before the server was
+/// killed left no trace: its queueing was not written yet, so a removal of its file while the
+/// server was down was never told.
+#[test]
+fn a_file_processed_just_before_a_kill_and_removed_while_down_is_told_gone() {
+    let f = recorder();
+    f.start();
+    f.wait_idle();
+    let path = f.tree.join("short-lived");
+    std::fs::write(&path, "x").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !f.saw("short-lived") {
+        assert!(std::time::Instant::now() < deadline, "the job never ran");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (_, status) = f.status();
+    let server = status["server_pid"].as_u64().unwrap() as libc::pid_t;
+    // SAFETY: kill with the pid of the server this test started.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+    std::fs::remove_file(&path).unwrap();
+    wait_for("the removal told", Duration::from_secs(30), || {
+        f.ledger_entries()
+            .iter()
+            .any(|(event, p)| event == "removed" && p == path.as_os_str().as_bytes())
+    });
+    f.stop();
+}

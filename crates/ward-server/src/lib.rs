@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 mod deaths;
 mod dispatch;
+mod intents;
 pub mod jobs;
 mod keeper;
 pub mod launch;

@@ -295,6 +295,19 @@ impl Manifest {
         self.read(|txn| Ok(txn.open_table(FILES)?.len()?))
     }
 
+    /// Whether the manifest has a record of `path` (a tombstone counts).
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn knows(&self, path: &Path) -> Result<bool, Error> {
+        self.read(|txn| {
+            Ok(txn
+                .open_table(FILES)?
+                .get(path.as_os_str().as_bytes())?
+                .is_some())
+        })
+    }
+
     /// Every record, collected (tests and diagnostics; reconciliation streams them instead).
     ///
     /// # Errors

@@ -21,6 +21,7 @@ use ward_watch::{Batch, ChangeKind, Item, Watcher};
 use crate::config::Config;
 use crate::control::ControlSocket;
 use crate::dispatch::Dispatcher;
+use crate::intents::Intents;
 use crate::jobs::{Event, Job, Triggers};
 use crate::keeper::READY_LINE;
 use crate::launch::Launch;
@@ -72,10 +73,10 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     // Outcomes gather for a moment before the loop takes them, instead of waking it once per job;
     // the doorbell rings at least twice per queue's worth, so the queue is refilled in time.
     let (done_tx, done) = outcomes::channel(config.queue_capacity / 2);
-    let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx)?;
     // Watching starts before the manifest walk, so no change slips between them.
     let watcher = build_watcher(&config, &state)?;
     let mut tracker = Tracker::open(&state, watcher.ignore_rules())?;
+    let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx, tracker.intents())?;
     // The control thread hands requests to this loop instead of sharing its state: nothing is
     // computed, and nothing wakes up, unless somebody asks.
     let (request_tx, requests) = crossbeam_channel::bounded::<Request>(1);
@@ -100,6 +101,9 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             }
         }
         Err(e) => log::error!("cannot read the jobs the previous server left queued: {e}"),
+    }
+    for job in tracker.untold_removals(dispatcher.read().triggers()) {
+        backlog.push(job);
     }
     // Startup reconciliation: every root is diffed against the manifest, as room allows.
     for root in &config.roots {
@@ -481,6 +485,7 @@ fn build_pool(
     config: &Config,
     dispatcher: Arc<RwLock<Arc<Dispatcher>>>,
     done: OutcomeSender,
+    intents: Arc<Intents>,
 ) -> Result<Pool<Job, PathBuf>, Error> {
     let finished = done.clone();
     Pool::builder()
@@ -515,6 +520,9 @@ fn build_pool(
             } else {
                 FileMeta::read(&job.path)
             };
+            // Before the job can tell its consumer anything: if the server is killed before the
+            // manifest holds the job's queueing, the next start still knows of the path.
+            intents.record(&job.path);
             let current = Arc::clone(&dispatcher.read());
             current.run(job).map_err(|e| Box::new(e) as JobError)?;
             send_done(

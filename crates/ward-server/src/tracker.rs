@@ -24,6 +24,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use ward_watch::IgnoreRules;
 
 use crate::Error;
+use crate::intents::Intents;
 use crate::jobs::{CompiledTrigger, Event, Job, Triggers};
 use crate::manifest::{ChangeEntry, Manifest, Opened, Reconciled, Update};
 use crate::state::{StateDir, names};
@@ -49,6 +50,10 @@ pub(crate) struct Tracker {
     /// each, from `queue` until that job's `Finished` (the earlier ones are replaced by it, or
     /// finish before it).
     in_flight: HashMap<PathBuf, (Event, Option<PathBuf>)>,
+    /// Paths of jobs that started, until the manifest holds their queueing.
+    intents: Arc<Intents>,
+    /// What the intent journal held at the start, until [`Tracker::untold_removals`] takes it.
+    left_intents: Vec<PathBuf>,
 }
 
 /// What the tracker and its writer thread share: the updates not yet committed.
@@ -112,6 +117,11 @@ impl Tracker {
             ),
         }
         let committed = (manifest.paths()?, manifest.seq());
+        let (intents, left_intents) = Intents::open(state).map_err(|e| Error::Io {
+            context: format!("reading the intent journal in {}", state.path().display()),
+            source: e,
+        })?;
+        let intents = Arc::new(intents);
         let manifest = Arc::new(Mutex::new(manifest));
         let writes = Arc::new(Writes {
             state: Mutex::new(Unflushed {
@@ -131,10 +141,14 @@ impl Tracker {
             changed: Condvar::new(),
         });
         let writer = {
-            let (manifest, writes) = (Arc::clone(&manifest), Arc::clone(&writes));
+            let (manifest, writes, intents) = (
+                Arc::clone(&manifest),
+                Arc::clone(&writes),
+                Arc::clone(&intents),
+            );
             std::thread::Builder::new()
                 .name("ward-manifest".into())
-                .spawn(move || writer_main(&writes, &manifest))
+                .spawn(move || writer_main(&writes, &manifest, &intents))
                 .map_err(|e| Error::Io {
                     context: "starting the manifest writer thread".into(),
                     source: e,
@@ -146,7 +160,61 @@ impl Tracker {
             writes,
             writer: Some(writer),
             in_flight: HashMap::new(),
+            intents,
+            left_intents,
         })
+    }
+
+    /// The intent journal, for the job threads: each records its path before its job runs.
+    pub(crate) fn intents(&self) -> Arc<Intents> {
+        Arc::clone(&self.intents)
+    }
+
+    /// The removals owed for jobs an earlier server ran but was killed before recording: each
+    /// path of the intent journal it left that is gone and unknown to the manifest (a known path
+    /// is the comparison's to settle). They are recorded as queued, and the journal renewed.
+    pub(crate) fn untold_removals(&mut self, triggers: &Triggers) -> Vec<Job> {
+        let mut left = std::mem::take(&mut self.left_intents);
+        left.sort();
+        left.dedup();
+        let mut owed = Vec::new();
+        for path in left {
+            if path.symlink_metadata().is_ok() {
+                continue;
+            }
+            match self.manifest.lock().knows(&path) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    log::error!(
+                        "cannot tell whether {} is known; its removal is told to be safe: {e}",
+                        path.display()
+                    );
+                }
+            }
+            let Some(trigger) = self.trigger_for(&path, triggers) else {
+                continue;
+            };
+            owed.push(Job {
+                trigger: Arc::clone(trigger),
+                path,
+                event: Event::Removed,
+                old_path: None,
+            });
+        }
+        if !owed.is_empty() {
+            log::info!(
+                "{} file(s) processed just before the previous server was killed are gone: telling their removal",
+                owed.len()
+            );
+        }
+        let mut jobs = Vec::with_capacity(owed.len());
+        for job in owed {
+            jobs.extend(self.queue(job, triggers));
+        }
+        let paths: Vec<PathBuf> = jobs.iter().map(|j| j.path.clone()).collect();
+        self.intents.restored(&paths);
+        jobs
     }
 
     /// The jobs that were queued or running when the previous server ended (a removal where the
@@ -388,7 +456,7 @@ impl Drop for Tracker {
 /// The writer thread: commits the updates once the oldest is due, or at once when `flush` asks,
 /// and answers `flush` after each attempt. A failed commit keeps its updates, ahead of the newer
 /// ones, for a retry after `RETRY_EVERY`.
-fn writer_main(writes: &Writes, manifest: &Mutex<Manifest>) {
+fn writer_main(writes: &Writes, manifest: &Mutex<Manifest>, intents: &Intents) {
     let mut state = writes.state.lock();
     loop {
         let asked = state.asked;
@@ -405,7 +473,7 @@ fn writer_main(writes: &Writes, manifest: &Mutex<Manifest>) {
             continue;
         }
         if !state.updates.is_empty() {
-            write(&mut state, manifest);
+            write(&mut state, manifest, intents);
         }
         state.answered = asked;
         writes.changed.notify_all();
@@ -422,7 +490,9 @@ fn writer_main(writes: &Writes, manifest: &Mutex<Manifest>) {
 }
 
 /// One attempt to commit what waits in `state`, whose lock is released meanwhile.
-fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>) {
+fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>, intents: &Intents) {
+    // Sealed first: every path in the sealed files was queued before the batch is taken.
+    let sealed = intents.seal();
     let batch = std::mem::take(&mut state.updates);
     state.writing = batch.len();
     state.due = None;
@@ -449,6 +519,7 @@ fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>) {
     state.writing = 0;
     match result {
         Ok((paths, seq)) => {
+            intents.delete_through(sealed);
             state.committed = (paths.unwrap_or(state.committed.0), seq);
             // What waits now came after the batch: compaction starts over with it.
             state.compact_at = state.compact_floor.max(2 * state.updates.len());
