@@ -888,7 +888,10 @@ impl Worker {
                     let is_dir = match kind {
                         CreateKind::Folder => true,
                         CreateKind::File => false,
-                        _ => is_dir_now(path),
+                        _ => match seen(path) {
+                            Seen::Hidden => continue,
+                            seen => seen == Seen::Dir,
+                        },
                     };
                     self.created(path, is_dir, now);
                 }
@@ -899,17 +902,16 @@ impl Worker {
                     None if self.is_root(path) => self.root_gone(path, now),
                     None => {}
                 },
-                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
-                    self.created(path, is_dir_now(path), now)
-                }
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => match seen(path) {
+                    Seen::Hidden => {}
+                    seen => self.created(path, seen == Seen::Dir, now),
+                },
                 EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {}
-                EventKind::Modify(ModifyKind::Name(_)) => {
-                    if path.symlink_metadata().is_ok() {
-                        self.created(path, is_dir_now(path), now);
-                    } else {
-                        self.removed(path, self.watches.watched.contains_key(path), now);
-                    }
-                }
+                EventKind::Modify(ModifyKind::Name(_)) => match seen(path) {
+                    Seen::Hidden => {}
+                    Seen::Gone => self.removed(path, self.watches.watched.contains_key(path), now),
+                    seen => self.created(path, seen == Seen::Dir, now),
+                },
                 EventKind::Modify(ModifyKind::Metadata(_)) => self.metadata_changed(path, now),
                 EventKind::Modify(_) => self.modified(path, now),
                 EventKind::Remove(kind) => {
@@ -981,11 +983,19 @@ impl Worker {
         if watched && !self.is_root(path) {
             // Its subdirectories that could not be watched may be readable now.
             self.resync(path, now);
-        } else if !watched && is_dir_now(path) && !self.rules.is_ignored(path, true) {
-            self.watch_tree(path, false, now);
-            self.pending
-                .rescan(path, RescanReason::PermissionsChanged, now);
-            return;
+        } else if !watched {
+            match seen(path) {
+                Seen::Dir if !self.rules.is_ignored(path, true) => {
+                    self.watch_tree(path, false, now);
+                    self.pending
+                        .rescan(path, RescanReason::PermissionsChanged, now);
+                    return;
+                }
+                // In a directory that cannot be searched: not even its kind is known. That
+                // directory's own permission change rescans it.
+                Seen::Hidden => return,
+                _ => {}
+            }
         }
         self.modified(path, now);
     }
@@ -1101,6 +1111,27 @@ fn precise_timers() {}
 
 fn is_dir_now(path: &Path) -> bool {
     path.symlink_metadata().is_ok_and(|m| m.is_dir())
+}
+
+/// What the disk says a path is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    Dir,
+    /// A file, a symlink, anything but a directory.
+    Other,
+    Gone,
+    /// It cannot be looked at: a directory above it is not searchable (`EACCES`). Neither its
+    /// kind nor whether it exists is known, so no change is made of it.
+    Hidden,
+}
+
+fn seen(path: &Path) -> Seen {
+    match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => Seen::Dir,
+        Ok(_) => Seen::Other,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Seen::Hidden,
+        Err(_) => Seen::Gone,
+    }
 }
 
 /// The inotify watch limit that applies: the system's, or the user namespace's own where that is
