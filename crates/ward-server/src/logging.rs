@@ -85,8 +85,9 @@ impl LogFile {
                 .last_error
                 .as_ref()
                 .map_or_else(String::new, |e| format!(": {e}"));
+            // The failed write may have left half a line: the note starts a line of its own.
             let note = format!(
-                "{} WARN  [{} log] {} log line(s) could not be written{why}\n",
+                "\n{} WARN  [{} log] {} log line(s) could not be written{why}\n",
                 humantime_now(),
                 std::process::id(),
                 self.lost
@@ -344,7 +345,7 @@ mod tests {
         log.lock().file = open_append(&path).unwrap();
         append_captured(&log, false, 42, "server", b"kept");
         let text = fs::read_to_string(&path).unwrap();
-        let lines: Vec<_> = text.lines().collect();
+        let lines: Vec<_> = text.lines().filter(|l| !l.is_empty()).collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(
             lines[0].contains("3 log line(s) could not be written: No space left on device"),
