@@ -638,6 +638,125 @@ fn a_reload_with_jobs_queued_runs_each_with_the_trigger_that_matched_it() {
     f.stop();
 }
 
+/// Every trigger moves in a reload while 50 jobs of each wait: each queued path is still handled by
+/// a trigger whose globs match it, and so is each path changed after the reload.
+#[test]
+fn a_reload_that_reorders_every_trigger_runs_each_queued_path_by_a_trigger_that_matches_it() {
+    let exts = ["a", "b", "c", "d"];
+    let trigger = |ext: &str| {
+        format!(
+            "[[trigger]]\nname = \"t{ext}\"\nglob = [\"*.{ext}\"]\nexec = [\"{{job}}\", \"record\", \"{{ledger}}.{ext}\"]\n"
+        )
+    };
+    let blocker = concat!(
+        "[[trigger]]\nname = \"blocker\"\nglob = [\"blocker\"]\n",
+        "exec = [\"{job}\", \"gated\", \"{ledger}\", \"{ledger}.gate\"]\n",
+    );
+    let in_order: String = exts.iter().map(|e| trigger(e)).collect();
+    let f = Fixture::new(JOB, &format!("{blocker}{in_order}"));
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 1\n");
+    f.start();
+    f.hold();
+    for i in 0..50 {
+        for ext in exts {
+            std::fs::write(f.tree.join(format!("f{i}.{ext}")), "x").unwrap();
+        }
+    }
+    wait_for("200 jobs queued behind the blocker", LONG, || {
+        let q = &f.status().1["queue"];
+        q["queued"].as_u64().unwrap_or(0) + q["backlog"].as_u64().unwrap_or(0) == 200
+    });
+    // Every trigger changes place: d, c, b, a, then the blocker last.
+    let fill = |text: String| {
+        text.replace("{job}", JOB)
+            .replace("{ledger}", f.ledger.to_str().unwrap())
+    };
+    let reversed: String = exts.iter().rev().map(|e| trigger(e)).collect();
+    f.edit_config(
+        &fill(format!("{blocker}{in_order}")),
+        &fill(format!("{reversed}{blocker}")),
+    );
+    let (_, status) = f.status();
+    kill(pid_of(&status, "pid"), libc::SIGHUP);
+    wait_for("the reload in the log", LONG, || {
+        f.log().contains("trigger(s) now active")
+    });
+    for ext in exts {
+        std::fs::write(f.tree.join(format!("late.{ext}")), "x").unwrap();
+    }
+    f.release();
+    f.wait_idle();
+    for ext in exts {
+        let bytes = std::fs::read(format!("{}.{ext}", f.ledger.display())).unwrap_or_default();
+        let mut ran: Vec<String> = bytes
+            .split(|&b| b == 0)
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let path = &e[e.iter().position(|&b| b == b'\t').unwrap() + 1..];
+                let path = std::path::Path::new(OsStr::from_bytes(path));
+                path.file_name().unwrap().to_string_lossy().into_owned()
+            })
+            .collect();
+        ran.sort();
+        let mut expected: Vec<String> = (0..50).map(|i| format!("f{i}.{ext}")).collect();
+        expected.push(format!("late.{ext}"));
+        expected.sort();
+        assert_eq!(
+            ran, expected,
+            "trigger t{ext} ran paths its glob does not match, or missed some"
+        );
+    }
+    let log = f.log();
+    assert!(!log.contains("panicked"), "a job panicked:\n{log}");
+    assert!(!log.contains("failed after"), "a job failed:\n{log}");
+    f.stop();
+}
+
+/// The configuration crosses to the server whole, once per start or reload: a server the keeper
+/// restarts after a crash runs what was last loaded, not what the file has said since.
+#[test]
+fn a_server_restarted_after_a_crash_runs_the_configuration_last_loaded() {
+    let ledger_of = |name: &str| format!("\"{{ledger}}.{name}\"]");
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"record\"\nexec = [\"{job}\", \"record\", \"{ledger}.started\"]\n",
+    );
+    let fill = |text: String| text.replace("{ledger}", f.ledger.to_str().unwrap());
+    f.start();
+    f.edit_config(&fill(ledger_of("started")), &fill(ledger_of("reloaded")));
+    let (_, status) = f.status();
+    kill(pid_of(&status, "pid"), libc::SIGHUP);
+    wait_for("the reload in the log", LONG, || {
+        f.log().contains("trigger(s) now active")
+    });
+    // Edited again, without a reload: not what ward runs.
+    f.edit_config(
+        &fill(ledger_of("reloaded")),
+        &fill(ledger_of("never-loaded")),
+    );
+    let first = pid_of(&status, "server_pid");
+    kill(first, libc::SIGKILL);
+    wait_for("a new server", LONG, || {
+        let (_, s) = f.status();
+        s["state"] == "running" && s["server_pid"].as_u64().is_some_and(|p| p as u32 != first)
+    });
+    std::fs::write(f.tree.join("after.txt"), "x").unwrap();
+    let reloaded = PathBuf::from(format!("{}.reloaded", f.ledger.display()));
+    wait_for("the job after the restart", LONG, || {
+        std::fs::read(&reloaded).is_ok_and(|b| b.windows(9).any(|w| w == b"after.txt"))
+    });
+    f.wait_idle();
+    for other in ["started", "never-loaded"] {
+        let path = format!("{}.{other}", f.ledger.display());
+        let ran = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            !ran.windows(9).any(|w| w == b"after.txt"),
+            "after.txt ran with the {other} configuration"
+        );
+    }
+    f.stop();
+}
+
 /// A tmpfs mounted for a test, detached when dropped.
 struct Tmpfs(PathBuf);
 

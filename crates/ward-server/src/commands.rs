@@ -2,15 +2,21 @@
 //! [`Outcome`] for the exit code. Human output goes to stdout; errors are returned, not printed.
 
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use ward_crashdiag::{PostMortem, PostMortemInput};
 
 use crate::deaths::heartbeat_file;
-use crate::keeper::{KEEPER_BIN, KeeperArgs, ServerCommand, keeper_main};
-use crate::state::{KeeperState, Pidfile, PidfileState, StateDir, names, unix_now};
+use crate::handover::Handover;
+use crate::keeper::{KEEPER_BIN, keeper_main};
+use crate::protocol::{
+    ChangeLine, ChangesPage, ManifestStatus, QueueStatus, Request, ServerStatus, WatchStatus,
+};
+use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Error, Launch, Outcome, control};
 
 /// How long `ward start` waits for the server to be ready.
@@ -22,7 +28,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn run_foreground(launch: &Launch) -> Outcome {
     let result = launch.config().and_then(|config| {
         let state = launch.open_state_dir()?;
-        become_keeper(launch, &state, &config, true)
+        become_keeper(launch, &state, config, true)
     });
     result.into()
 }
@@ -32,30 +38,24 @@ pub fn run_foreground(launch: &Launch) -> Outcome {
 fn become_keeper(
     launch: &Launch,
     state: &StateDir,
-    config: &crate::Config,
+    config: crate::Config,
     foreground: bool,
 ) -> Result<(), Error> {
     use std::os::unix::process::CommandExt;
 
-    let exe = std::env::current_exe().map_err(|e| Error::Io {
-        context: "locating the ward binary".into(),
-        source: e,
-    })?;
-    let lean = exe.with_file_name(KEEPER_BIN);
-    let server = ServerCommand {
-        args: launch.server_args(state.path()),
-        exe,
-    };
+    let handover = Handover::new(launch, config, foreground)?;
+    let lean = handover.server_exe.with_file_name(KEEPER_BIN);
     if lean.is_file() {
-        let args = KeeperArgs::new(state, config, server.clone(), foreground).to_args();
+        let offer = handover.offer(state)?;
         // Returns only if the exec failed.
-        let e = std::process::Command::new(&lean).args(args).exec();
-        eprintln!(
-            "ward: cannot run {} ({e}); the keeper runs in the ward process",
+        let e = std::process::Command::new(&lean).arg(&offer).exec();
+        let _ = std::fs::remove_file(&offer);
+        log::warn!(
+            "cannot run {} ({e}); the keeper runs in the ward process",
             lean.display()
         );
     }
-    keeper_main(state, config, &server, foreground)
+    keeper_main(state, &handover)
 }
 
 /// `ward __server`: the server process.
@@ -81,20 +81,14 @@ fn start_daemon(launch: &Launch) -> Result<(), Error> {
             state_dir: state.path().to_path_buf(),
         });
     }
-    let cwd = std::env::current_dir().map_err(|e| Error::Io {
-        context: "current directory".into(),
-        source: e,
-    })?;
+    let cwd = std::env::current_dir().map_err(|e| Error::io("current directory", e))?;
     let log_path = state.join(names::LOG);
     // The daemon's stderr: what bypasses the logger (a crash handler's dump) still lands in the log.
     let stderr = crate::state::open_private(
         std::fs::OpenOptions::new().create(true).append(true),
         &log_path,
     )
-    .map_err(|e| Error::Io {
-        context: format!("opening {}", log_path.display()),
-        source: e,
-    })?;
+    .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
     let requested = unix_now();
     let daemon = daemonize::Daemonize::new()
         .working_directory(&cwd)
@@ -110,12 +104,9 @@ fn start_daemon(launch: &Launch) -> Result<(), Error> {
             );
             Ok(())
         }
-        daemonize::Outcome::Parent(Err(e)) => Err(Error::Spawn {
-            what: "daemon".into(),
-            reason: e.to_string(),
-        }),
+        daemonize::Outcome::Parent(Err(e)) => Err(Error::from(e)),
         daemonize::Outcome::Child(Ok(_)) => {
-            let code = match become_keeper(launch, &state, &config, false) {
+            let code = match become_keeper(launch, &state, config, false) {
                 Ok(()) => 0,
                 Err(e) => {
                     // stderr is the log file here: on a full disk this write fails, which
@@ -143,21 +134,18 @@ fn wait_ready(state: &StateDir, requested: u64) -> Result<(u32, u32), Error> {
         match (&pidfile, &keeper) {
             (PidfileState::Running(pid), Some(k)) if k.keeper_pid == *pid => {
                 seen_running = true;
-                if let ("running", Some(server)) = (k.state.as_str(), k.server_pid) {
+                if let (Phase::Running, Some(server)) = (k.state, k.server_pid) {
                     return Ok((*pid, server));
                 }
             }
             (PidfileState::Running(_), _) => seen_running = true,
             _ if seen_running => {
-                let why = keeper
+                let cause = keeper
                     .and_then(|k| k.last_cause)
                     .unwrap_or_else(|| "no cause recorded".into());
-                return Err(Error::Spawn {
-                    what: "ward".into(),
-                    reason: format!(
-                        "the daemon exited before it was ready ({why}); see {}",
-                        state.join(names::LOG).display()
-                    ),
+                return Err(Error::NotReady {
+                    cause,
+                    log: state.join(names::LOG),
                 });
             }
             _ => {}
@@ -236,47 +224,99 @@ pub fn status(launch: &Launch, as_json: bool) -> Outcome {
         Ok(r) => r,
         Err(e) => return Outcome::Failed(e),
     };
-    let running = report["state"] != "not-running";
     if as_json {
-        println!("{report}");
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
         print_status(&report);
     }
-    if running {
-        Outcome::Success
-    } else {
+    if report.state == NOT_RUNNING {
         Outcome::NotRunning
+    } else {
+        Outcome::Success
     }
 }
 
-fn status_report(launch: &Launch) -> Result<Value, Error> {
+/// What `ward status` reports of a daemon that is not running.
+const NOT_RUNNING: &str = "not-running";
+
+/// What `ward status` reports; `--json` prints it as it is.
+#[derive(Debug, Default, PartialEq, Serialize)]
+struct StatusReport {
+    /// The keeper's phase (`running`, `backing-off`, ...), or `not-running`.
+    state: &'static str,
+    state_dir: PathBuf,
+    /// Why it is not running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// The keeper's pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_pid: Option<u32>,
+    /// Seconds since the keeper started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uptime_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restarts: Option<u32>,
+    last_cause: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_report: Option<PathBuf>,
+    /// The server's own account, when it answered.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    server: Option<ServerPart>,
+    /// Why the server did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_error: Option<String>,
+}
+
+/// The server's answer as `ward status` shows it: its uptime renamed beside the keeper's.
+#[derive(Debug, PartialEq, Serialize)]
+struct ServerPart {
+    server_uptime_s: u64,
+    queue: QueueStatus,
+    watch: WatchStatus,
+    manifest: ManifestStatus,
+    workers_idle: usize,
+}
+
+fn status_report(launch: &Launch) -> Result<StatusReport, Error> {
     let path = launch.state_dir_path()?;
     let Some(state) = existing_state_dir(launch)? else {
-        return Ok(json!({
-            "state": "not-running",
-            "state_dir": path,
-            "reason": format!("never started here: no state directory {}", path.display()),
-        }));
+        return Ok(StatusReport {
+            state: NOT_RUNNING,
+            reason: Some(format!(
+                "never started here: no state directory {}",
+                path.display()
+            )),
+            state_dir: path,
+            ..StatusReport::default()
+        });
     };
     let keeper = KeeperState::read(&state);
+    let not_running = |reason: String| StatusReport {
+        state: NOT_RUNNING,
+        state_dir: state.path().to_path_buf(),
+        reason: Some(reason),
+        last_cause: keeper.as_ref().and_then(|k| k.last_cause.clone()),
+        ..StatusReport::default()
+    };
     match Pidfile::inspect(&state)? {
         PidfileState::Running(pid) => {
-            let mut report = json!({ "state": "running", "pid": pid, "state_dir": state.path() });
+            let mut report = StatusReport {
+                state: Phase::Running.as_str(),
+                state_dir: state.path().to_path_buf(),
+                pid: Some(pid),
+                ..StatusReport::default()
+            };
             if let Some(k) = keeper.filter(|k| k.keeper_pid == pid) {
-                if k.state != "running" {
-                    report["state"] = json!(k.state);
-                }
-                report["server_pid"] = json!(k.server_pid);
-                report["uptime_s"] = json!(unix_now().saturating_sub(k.started_at));
-                report["restarts"] = json!(k.restarts);
-                report["last_cause"] = json!(k.last_cause);
-                report["last_report"] = json!(k.last_report);
+                report.state = k.state.as_str();
+                report.server_pid = k.server_pid;
+                report.uptime_s = Some(unix_now().saturating_sub(k.started_at));
+                report.restarts = Some(k.restarts);
+                report.last_cause = k.last_cause;
+                report.last_report = k.last_report;
             }
-            let reply = control::request(
-                &state.join(names::SOCKET),
-                &json!({ "cmd": "status" }),
-                STATUS_TIMEOUT,
-            );
+            let reply = control::ask(&state.join(names::SOCKET), &Request::Status, STATUS_TIMEOUT);
             add_server_status(&mut report, reply);
             Ok(report)
         }
@@ -287,13 +327,11 @@ fn status_report(launch: &Launch) -> Result<Value, Error> {
                 }
                 None => format!("the keeper (pid {pid}) died without stopping cleanly"),
             };
-            Ok(
-                json!({ "state": "not-running", "state_dir": state.path(), "reason": explained, "last_cause": keeper.and_then(|k| k.last_cause) }),
-            )
+            Ok(not_running(explained))
         }
         PidfileState::Absent => {
             let reason = match &keeper {
-                Some(k) if k.state == "gave-up" => {
+                Some(k) if k.state == Phase::GaveUp => {
                     format!(
                         "gave up restarting the server; last cause: {}",
                         k.last_cause.as_deref().unwrap_or("unknown")
@@ -305,9 +343,7 @@ fn status_report(launch: &Launch) -> Result<Value, Error> {
                 ),
                 None => "not started".into(),
             };
-            Ok(
-                json!({ "state": "not-running", "state_dir": state.path(), "reason": reason, "last_cause": keeper.and_then(|k| k.last_cause) }),
-            )
+            Ok(not_running(reason))
         }
     }
 }
@@ -334,85 +370,79 @@ fn vanished(state: &StateDir, pid: u32) -> Option<String> {
 
 /// Adds the server's answer to a status request to `report`, or why there is none: an error
 /// reply (the socket full, the loop busy) is said as such, not dropped.
-fn add_server_status(report: &mut Value, reply: Result<Value, Error>) {
+fn add_server_status(report: &mut StatusReport, reply: Result<ServerStatus, Error>) {
     match reply {
-        Ok(Value::Object(server)) if server.get("ok") == Some(&Value::Bool(true)) => {
-            for key in ["queue", "watch", "manifest", "workers_idle"] {
-                if let Some(v) = server.get(key) {
-                    report[key] = v.clone();
-                }
-            }
-            report["server_uptime_s"] = server.get("uptime_s").cloned().unwrap_or(Value::Null);
+        Ok(server) => {
+            report.server = Some(ServerPart {
+                server_uptime_s: server.uptime_s,
+                queue: server.queue,
+                watch: server.watch,
+                manifest: server.manifest,
+                workers_idle: server.workers_idle,
+            });
         }
-        Ok(Value::Object(server)) => {
-            report["server_error"] = match server.get("error") {
-                Some(Value::String(e)) => json!(e),
-                _ => json!("refused without a reason"),
-            };
-        }
-        Ok(_) => report["server_error"] = json!("unexpected reply"),
-        Err(e) => report["server_error"] = json!(e.to_string()),
+        Err(Error::Refused(reason)) => report.server_error = Some(reason),
+        Err(e) => report.server_error = Some(e.to_string()),
     }
 }
 
-fn print_status(report: &Value) {
-    let state = report["state"].as_str().unwrap_or("unknown");
-    if state == "not-running" {
+fn print_status(report: &StatusReport) {
+    let shown = |n: Option<u64>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
+    if report.state == NOT_RUNNING {
         println!(
             "ward is not running: {}",
-            report["reason"].as_str().unwrap_or("unknown")
+            report.reason.as_deref().unwrap_or("unknown")
         );
         return;
     }
     println!(
-        "ward is {state}: keeper pid {}, server pid {}",
-        report["pid"], report["server_pid"]
+        "ward is {}: keeper pid {}, server pid {}",
+        report.state,
+        shown(report.pid.map(u64::from)),
+        shown(report.server_pid.map(u64::from))
     );
-    println!(
-        "  state dir  {}",
-        report["state_dir"].as_str().unwrap_or("")
-    );
+    println!("  state dir  {}", report.state_dir.display());
     println!(
         "  uptime     {} s, {} restart(s)",
-        report["uptime_s"], report["restarts"]
+        shown(report.uptime_s),
+        shown(report.restarts.map(u64::from))
     );
-    if let Some(cause) = report["last_cause"].as_str() {
+    if let Some(cause) = &report.last_cause {
         println!("  last death {cause}");
     }
-    if let Some(q) = report.get("queue") {
+    if let Some(server) = &report.server {
+        let q = &server.queue;
         println!(
             "  jobs       {} queued, {} running, {} completed, {} failed, {} coalesced",
-            q["queued"], q["running"], q["completed"], q["failed"], q["coalesced"]
+            q.queued, q.running, q.completed, q.failed, q.coalesced
         );
-    }
-    if let Some(m) = report.get("manifest") {
-        println!("  manifest   {} paths, sequence {}", m["paths"], m["seq"]);
-        if let Some(e) = m["write_error"].as_str() {
+        let m = &server.manifest;
+        println!("  manifest   {} paths, sequence {}", m.paths, m.seq);
+        if let Some(e) = &m.write_error {
             println!(
                 "  manifest   {} update(s) not yet recorded: {e}",
-                m["unrecorded"]
+                m.unrecorded
             );
         }
-    }
-    if let Some(w) = report.get("watch") {
+        let w = &server.watch;
         println!(
             "  watching   {} directories, {} paths pending",
-            w["watches"], w["pending"]
+            w.watches, w.pending
         );
-        if w["polled_roots"].as_u64().is_some_and(|n| n > 0) {
+        if w.polled_roots > 0 {
             println!(
                 "  watching   {} root(s) by polling: the inotify watch limit was reached (see the log)",
-                w["polled_roots"]
+                w.polled_roots
             );
         }
-        if w["failed_watches"].as_u64().is_some_and(|n| n > 0) {
+        if w.failed_watches > 0 {
             println!(
                 "  watching   {} directory watch(es) failed (unreadable?); each is retried when its permissions change",
-                w["failed_watches"]
+                w.failed_watches
             );
         }
     }
-    if let Some(e) = report["server_error"].as_str() {
+    if let Some(e) = &report.server_error {
         println!("  server     not answering: {e}");
     }
 }
@@ -444,9 +474,7 @@ fn diagnose_reports(launch: &Launch, as_json: bool) -> Result<(), Error> {
             log::debug!("{explained}");
         }
     }
-    let crash_error =
-        |e: ward_crashdiag::Error| Error::Protocol(format!("reading crash reports: {e}"));
-    let summaries = ward_crashdiag::list_reports(&crash_dir).map_err(crash_error)?;
+    let summaries = ward_crashdiag::list_reports(&crash_dir)?;
     let mut reports = Vec::new();
     for summary in &summaries {
         match ward_crashdiag::read_report(&summary.json) {
@@ -493,10 +521,10 @@ fn send(pid: u32, signal: i32) -> Result<(), Error> {
     if unsafe { libc::kill(pid as libc::pid_t, signal) } == 0 {
         Ok(())
     } else {
-        Err(Error::Io {
-            context: format!("signalling keeper pid {pid}"),
-            source: std::io::Error::last_os_error(),
-        })
+        Err(Error::io(
+            format!("signalling keeper pid {pid}"),
+            std::io::Error::last_os_error(),
+        ))
     }
 }
 
@@ -523,15 +551,6 @@ pub fn check(launch: &Launch) -> Outcome {
     result.into()
 }
 
-/// One `ward changes` line: `{"seq","path","event"}`, with `path_hex` for a path that is not UTF-8.
-pub(crate) fn change_json(change: &crate::manifest::ChangeEntry) -> Value {
-    let mut v = json!({ "seq": change.seq, "path": change.path.to_string_lossy(), "event": change.event.as_str() });
-    if change.path.to_str().is_none() {
-        v["path_hex"] = json!(crate::jobs::hex(change.path.as_os_str()));
-    }
-    v
-}
-
 /// `ward changes --since SEQ`: the paths changed after `SEQ`, one JSON line each, oldest first,
 /// each with its latest change, like watchman's since-queries. A rename is two changes numbered
 /// apart: the old path's `removed`, then the new path's `renamed`; so a client that has read up
@@ -547,33 +566,23 @@ fn changes_since(launch: &Launch, mut since: u64) -> Result<(), Error> {
         return Ok(());
     };
     let mut out = std::io::stdout().lock();
-    let mut print = |v: &Value| {
-        writeln!(out, "{v}").map_err(|e| Error::Io {
-            context: "writing to stdout".into(),
-            source: e,
-        })
+    let mut print = |line: &ChangeLine| {
+        let text = serde_json::to_string(line).unwrap_or_default();
+        writeln!(out, "{text}").map_err(|e| Error::io("writing to stdout", e))
     };
     if let PidfileState::Running(_) = Pidfile::inspect(&state)? {
         loop {
-            let reply = control::request(
-                &state.join(names::SOCKET),
-                &json!({ "cmd": "changes", "since": since }),
-                STATUS_TIMEOUT,
-            )?;
-            if reply["ok"] != true {
-                return Err(Error::Protocol(
-                    reply["error"]
-                        .as_str()
-                        .unwrap_or("changes refused")
-                        .to_owned(),
-                ));
-            }
-            let page = reply["changes"].as_array().cloned().unwrap_or_default();
-            for change in &page {
+            let request = Request::Changes {
+                since: Some(since),
+                limit: None,
+            };
+            let page: ChangesPage =
+                control::ask(&state.join(names::SOCKET), &request, STATUS_TIMEOUT)?;
+            for change in &page.changes {
                 print(change)?;
-                since = since.max(change["seq"].as_u64().unwrap_or(since));
+                since = since.max(change.seq);
             }
-            if page.is_empty() {
+            if page.changes.is_empty() {
                 return Ok(());
             }
         }
@@ -586,7 +595,7 @@ fn changes_since(launch: &Launch, mut since: u64) -> Result<(), Error> {
     loop {
         let page = manifest.changes_since(since, 10_000)?;
         for change in &page {
-            print(&change_json(change))?;
+            print(&ChangeLine::of(change))?;
             since = change.seq;
         }
         if page.is_empty() {
@@ -601,19 +610,20 @@ mod tests {
 
     #[test]
     fn status_says_why_the_server_refused_to_answer() {
-        let mut report = json!({ "state": "running" });
-        let refused = json!({ "ok": false, "error": "too many control connections (32 open)" });
-        add_server_status(&mut report, Ok(refused));
+        let mut report = StatusReport::default();
+        let refused = Err(Error::Refused(
+            "too many control connections (32 open)".into(),
+        ));
+        add_server_status(&mut report, refused);
         assert_eq!(
-            report,
-            json!({ "state": "running", "server_error": "too many control connections (32 open)" })
+            report.server_error.as_deref(),
+            Some("too many control connections (32 open)")
         );
-        let mut report = json!({ "state": "running" });
-        let answered = json!({ "ok": true, "uptime_s": 3, "queue": { "queued": 0 } });
-        add_server_status(&mut report, Ok(answered));
+        assert_eq!(report.server, None);
+        let json = serde_json::to_value(&report).unwrap();
         assert_eq!(
-            report,
-            json!({ "state": "running", "server_uptime_s": 3, "queue": { "queued": 0 } })
+            json["server_error"],
+            "too many control connections (32 open)"
         );
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where in a config file a problem is, and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,8 +37,44 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// What errors about command-line flags name as their file.
+const COMMAND_LINE: &str = "<command line>";
+
+/// Settings given as flags (`ward run --watch DIR -- cmd`): they take precedence over the file's
+/// and are validated by the same code, under the flag's name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flags {
+    /// `--watch DIR`, repeatable: replaces the file's roots (relative to the current directory).
+    pub watch: Vec<PathBuf>,
+    /// `--ignore GLOB`, repeatable: added to the file's ignores.
+    pub ignore: Vec<String>,
+    /// `--workers N`: `jobs.workers`.
+    pub workers: Option<usize>,
+    /// `--debounce MS`: `watch.debounce_ms`.
+    pub debounce_ms: Option<u64>,
+    /// `-- COMMAND ARGS...`: an exec trigger for every file, tried before the file's triggers.
+    pub command: Vec<String>,
+}
+
+impl Flags {
+    /// Puts the flags' numbers into the file's sections; returns the keys they set, each with
+    /// its flag.
+    fn overlay(&self, file: &mut File) -> Vec<(&'static str, &'static str)> {
+        let mut flagged = Vec::new();
+        if let Some(n) = self.workers {
+            file.jobs.workers = Some(n);
+            flagged.push(("workers", "--workers"));
+        }
+        if let Some(ms) = self.debounce_ms {
+            file.watch.debounce_ms = Some(ms);
+            flagged.push(("debounce_ms", "--debounce"));
+        }
+        flagged
+    }
+}
+
 /// A validated configuration with every path made absolute and every default filled in.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     /// Where the configuration came from (`None` for command-line flags only).
     pub source: Option<PathBuf>,
@@ -78,7 +114,7 @@ pub struct Config {
 }
 
 /// A mapping from path globs to the handler that processes matching changes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trigger {
     /// Name used in logs and reports.
     pub name: String,
@@ -89,7 +125,7 @@ pub struct Trigger {
 }
 
 /// How a trigger processes one change.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Handler {
     /// Run `argv` once per changed path, without a shell.
     Exec {
@@ -168,18 +204,30 @@ impl Config {
     /// # Errors
     /// If the file cannot be read, is not valid TOML, has unknown keys or values out of range.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
+        Config::resolve(Some(path), &Flags::default(), Path::new("."))
+    }
+
+    /// The configuration a command line asks for: the file at `file` (if any) with `flags` on
+    /// top, validated once, whichever of the two a setting came from. Relative roots of the file
+    /// are relative to its directory, those of the flags to `cwd`.
+    ///
+    /// # Errors
+    /// As [`Config::load`]; a flag's bad value is reported against `<command line>` and the flag.
+    pub fn resolve(file: Option<&Path>, flags: &Flags, cwd: &Path) -> Result<Config, ConfigError> {
+        let Some(path) = file else {
+            return Config::parse_with("", None, cwd, flags, cwd);
+        };
+        let path = cwd.join(path);
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+            file: path.clone(),
             position: None,
             message: format!("cannot read config: {e}"),
         })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            base
+        let base = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
         };
-        Self::parse(&text, path, &base)
+        Config::parse_with(&text, Some(&path), &base, flags, cwd)
     }
 
     /// Parses config `text` as if read from `file`, resolving relative roots against `base`.
@@ -187,21 +235,50 @@ impl Config {
     /// # Errors
     /// As [`Config::load`], without the read.
     pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with(text, Some(file), base, &Flags::default(), base)
+    }
+
+    fn parse_with(
+        text: &str,
+        file: Option<&Path>,
+        base: &Path,
+        flags: &Flags,
+        cwd: &Path,
+    ) -> Result<Config, ConfigError> {
+        let command_line = Path::new(COMMAND_LINE);
         let error = |position, message: String| ConfigError {
-            file: file.to_path_buf(),
+            file: file.unwrap_or(command_line).to_path_buf(),
             position,
             message,
         };
-        let parsed: File = toml::from_str(text).map_err(|e| {
+        let mut parsed: File = toml::from_str(text).map_err(|e| {
             let position = e.span().map(|span| line_col(text, span.start));
             error(position, e.message().trim().to_owned())
         })?;
+        // The flags' values go through the same checks as the file's; an error names the flag.
+        let flagged = flags.overlay(&mut parsed);
+        let flag_of = |key: &str| flagged.iter().find(|(k, _)| *k == key).map(|(_, f)| *f);
         let base = absolute(base)
             .map_err(|e| error(None, format!("cannot resolve {}: {e}", base.display())))?;
         let mut config = Config::defaults(base.clone());
-        config.source = Some(file.to_path_buf());
+        config.source = file.map(Path::to_path_buf);
         let at = |key: &str| find_key(text, key);
-        if let Some(roots) = parsed.watch.roots {
+        // An error about `key`: at its place in the file, or against the flag that set it.
+        let refuse = |key: &str, value: &dyn fmt::Display, problem: &str| match flag_of(key) {
+            Some(flag) => ConfigError {
+                file: command_line.to_path_buf(),
+                position: None,
+                message: format!("{flag} {value}: {problem}"),
+            },
+            None => error(at(key), format!("{key} = {value}: {problem}")),
+        };
+        if !flags.watch.is_empty() {
+            config.roots = flags
+                .watch
+                .iter()
+                .map(|w| normalize(&cwd.join(w)))
+                .collect();
+        } else if let Some(roots) = parsed.watch.roots {
             if roots.is_empty() {
                 return Err(error(
                     at("roots"),
@@ -229,37 +306,31 @@ impl Config {
             if range.contains(&value) {
                 Ok(value)
             } else {
-                Err(error(
-                    at(key),
-                    format!(
-                        "{key} = {value}: must be between {} and {}",
-                        range.start(),
-                        range.end()
-                    ),
-                ))
+                let problem = format!("must be between {} and {}", range.start(), range.end());
+                Err(refuse(key, &value, &problem))
             }
         };
         if let Some(ms) = parsed.watch.debounce_ms {
             config.debounce = Duration::from_millis(within(ms, "debounce_ms", 0..=60_000)?);
         }
-        if let Some(ms) = parsed.watch.max_wait_ms {
-            config.max_wait = Duration::from_millis(within(ms, "max_wait_ms", 0..=3_600_000)?);
-        }
+        // Unless it is given, the longest wait follows a debounce longer than its default.
+        config.max_wait = match parsed.watch.max_wait_ms {
+            Some(ms) => Duration::from_millis(within(ms, "max_wait_ms", 0..=3_600_000)?),
+            None => config.max_wait.max(config.debounce),
+        };
         if config.max_wait < config.debounce {
+            let debounce = match flag_of("debounce_ms") {
+                Some(flag) => format!("{flag} {}", config.debounce.as_millis()),
+                None => "watch.debounce_ms".into(),
+            };
             return Err(error(
                 at("max_wait_ms"),
-                "watch.max_wait_ms is shorter than watch.debounce_ms".into(),
+                format!("watch.max_wait_ms is shorter than {debounce}"),
             ));
         }
         let jobs = parsed.jobs;
         if let Some(n) = jobs.workers {
-            if !(1..=256).contains(&n) {
-                return Err(error(
-                    at("workers"),
-                    format!("jobs.workers = {n}: must be between 1 and 256"),
-                ));
-            }
-            config.workers = n;
+            config.workers = within(n as u64, "workers", 1..=256)? as usize;
         }
         if let Some(n) = jobs.queue_capacity {
             config.queue_capacity = within(n as u64, "queue_capacity", 1..=1_000_000)? as usize;
@@ -296,7 +367,17 @@ impl Config {
         if let Some(n) = parsed.log.keep_reports {
             config.keep_reports = within(n as u64, "keep_reports", 1..=100_000)? as usize;
         }
-        config.triggers = Vec::with_capacity(parsed.triggers.len());
+        config.ignore.extend(flags.ignore.iter().cloned());
+        config.triggers = Vec::with_capacity(parsed.triggers.len() + 1);
+        if !flags.command.is_empty() {
+            config.triggers.push(Trigger {
+                name: "command".into(),
+                globs: Vec::new(),
+                handler: Handler::Exec {
+                    argv: flags.command.clone(),
+                },
+            });
+        }
         for (i, t) in parsed.triggers.into_iter().enumerate() {
             let name = t.name.unwrap_or_else(|| format!("trigger{}", i + 1));
             let handler = match (t.exec, t.worker) {
@@ -342,6 +423,13 @@ impl Config {
                 globs: t.glob,
                 handler,
             });
+        }
+        if config.triggers.is_empty() {
+            return Err(error(
+                None,
+                "nothing to run: give a command after `--`, or [[trigger]] sections in a config file"
+                    .into(),
+            ));
         }
         Ok(config)
     }
@@ -522,7 +610,84 @@ recycle_after = 100
             );
             assert!(err.position.is_some(), "{text}: {err}");
         }
-        let fine = parse("[jobs]\nqueue_capacity = 1000000\nretries = 100\n").unwrap();
+        let fine =
+            parse("[jobs]\nqueue_capacity = 1000000\nretries = 100\n[[trigger]]\nexec = [\"a\"]\n")
+                .unwrap();
         assert_eq!(fine.queue_capacity, 1_000_000);
+    }
+
+    /// A flag's value goes through the file's checks and, when refused, is named as the flag.
+    #[test]
+    fn flags_are_checked_by_the_same_rules_as_the_file_and_named_as_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ward.toml");
+        let resolve = |text: &str, flags: &Flags| {
+            std::fs::write(&file, text).unwrap();
+            Config::resolve(Some(&file), flags, dir.path())
+        };
+        let trigger = "[[trigger]]\nexec = [\"a\"]\n";
+        let workers = |n| Flags {
+            workers: Some(n),
+            ..Flags::default()
+        };
+        let err = resolve(trigger, &workers(0)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "<command line>: --workers 0: must be between 1 and 256"
+        );
+        let err = resolve(
+            &format!("[jobs]\nworkers = 0\n{trigger}"),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.message, "workers = 0: must be between 1 and 256");
+        assert_eq!(err.position, Some((2, 1)));
+        assert_eq!(resolve(trigger, &workers(256)).unwrap().workers, 256);
+
+        // max_wait follows a longer debounce unless it is given; given shorter, it is refused,
+        // whether the debounce came from the file or a flag.
+        let debounce = Flags {
+            debounce_ms: Some(2000),
+            ..Flags::default()
+        };
+        let config = resolve(trigger, &debounce).unwrap();
+        assert_eq!(config.max_wait, Duration::from_secs(2));
+        let config = resolve(
+            &format!("[watch]\ndebounce_ms = 3000\n{trigger}"),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(config.max_wait, Duration::from_secs(3));
+        let err =
+            resolve(&format!("[watch]\nmax_wait_ms = 100\n{trigger}"), &debounce).unwrap_err();
+        assert_eq!(
+            err.message, "watch.max_wait_ms is shorter than --debounce 2000",
+            "{err}"
+        );
+        let err = resolve(
+            trigger,
+            &Flags {
+                debounce_ms: Some(70_000),
+                ..Flags::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.message, "--debounce 70000: must be between 0 and 60000");
+
+        // No file: the flags alone, and a command is needed.
+        let err = Config::resolve(None, &Flags::default(), dir.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("<command line>: nothing to run"),
+            "{err}"
+        );
+        let command = Flags {
+            command: vec!["true".into()],
+            watch: vec!["sub".into()],
+            ..Flags::default()
+        };
+        let config = Config::resolve(None, &command, dir.path()).unwrap();
+        assert_eq!(config.roots, [dir.path().join("sub")]);
+        assert_eq!(config.triggers[0].name, "command");
     }
 }

@@ -1,8 +1,9 @@
-//! The control socket: JSON lines over a Unix socket in the state directory.
+//! The control socket's transport: JSON lines over a Unix socket in the state directory.
 //!
-//! One request per line, one reply per request: `{"cmd":"status"}` → `{"ok":true,...}`. A malformed,
-//! unknown or oversized request gets `{"ok":false,"error":"..."}` and the connection stays usable;
-//! nothing a client sends can hurt the server or hold up another client.
+//! One request per line, one reply per request: `{"cmd":"status"}` → `{"ok":true,...}`; the
+//! requests and replies are the types of [`crate::protocol`]. A malformed, unknown or oversized
+//! request gets `{"ok":false,"error":"..."}` and the connection stays usable; nothing a client
+//! sends can hurt the server or hold up another client.
 //!
 //! # Theory of operation
 //! One thread accepts connections (a blocking `accept`: an idle server does not wake up for
@@ -30,15 +31,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::protocol::{self, Reply, Request};
 
 /// Longest request line accepted; longer ones are answered with an error and skipped.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
-/// Answers one parsed request; returns the reply object (without `ok`, which is added).
-pub type Handler = dyn Fn(&str, &Value) -> Result<Value, String> + Send + Sync;
+/// Answers one request: its reply, or why it is refused.
+pub type Handler = dyn Fn(Request) -> Result<Reply, String> + Send + Sync;
 
 /// What the control socket lets its clients hold.
 #[derive(Debug, Clone, Copy)]
@@ -88,10 +90,7 @@ impl ControlSocket {
         handler: Arc<Handler>,
         limits: Limits,
     ) -> Result<ControlSocket, Error> {
-        let io = |e: io::Error| Error::Io {
-            context: format!("control socket {}", path.display()),
-            source: e,
-        };
+        let io = |e: io::Error| Error::io(format!("control socket {}", path.display()), e);
         // Only one server runs per state dir (the keeper's pidfile lock says so), so a socket
         // file that exists here was left by a dead one.
         match std::fs::remove_file(path) {
@@ -202,8 +201,7 @@ fn serve(listener: &UnixListener, stop: &Arc<AtomicBool>, handler: &Arc<Handler>
 /// refusal of a burst is logged, the others are counted in `refused`.
 fn refuse(stream: UnixStream, open: usize, refused: &mut Option<u64>) {
     let error = format!("too many control connections ({open} open)");
-    let mut line = error_reply(error.clone()).to_string().into_bytes();
-    line.push(b'\n');
+    let line = protocol::refusal_line(error.clone());
     // A new connection's send buffer is empty, so this line fits; never wait for the client.
     let _ = stream
         .set_nonblocking(true)
@@ -300,11 +298,13 @@ fn serve_connection(
     while !stop.load(Ordering::Acquire) {
         let reply = match read_request(&mut reader, &mut line, limits)? {
             Incoming::Line => answer(&line, handler),
-            Incoming::TooLong => error_reply(format!("request longer than {MAX_REQUEST} bytes")),
+            Incoming::TooLong => {
+                protocol::refusal_line(format!("request longer than {MAX_REQUEST} bytes"))
+            }
             Incoming::Closed | Incoming::Idle => return Ok(()),
             Incoming::Late => {
                 let error = format!("request not complete within {:?}", limits.request);
-                return write_reply(stream, &error_reply(error), limits.request);
+                return write_reply(stream, &protocol::refusal_line(error), limits.request);
             }
         };
         write_reply(stream, &reply, limits.request)?;
@@ -312,14 +312,12 @@ fn serve_connection(
     Ok(())
 }
 
-/// Writes `reply` as one line, which the client must take within `limit`, however steadily it
+/// Writes the `reply` line, which the client must take within `limit`, however steadily it
 /// reads: a client that does not read its replies holds a connection no longer than one that
 /// does not finish its requests.
-fn write_reply(mut stream: &UnixStream, reply: &Value, limit: Duration) -> io::Result<()> {
-    let mut out = serde_json::to_vec(reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
-    out.push(b'\n');
+fn write_reply(mut stream: &UnixStream, out: &[u8], limit: Duration) -> io::Result<()> {
     let deadline = Instant::now() + limit;
-    let mut rest = &out[..];
+    let mut rest = out;
     while !rest.is_empty() {
         let wait = deadline.saturating_duration_since(Instant::now());
         if wait.is_zero() {
@@ -412,64 +410,58 @@ fn read_request(
     }
 }
 
-fn answer(line: &[u8], handler: &Handler) -> Value {
-    let request: Value = match serde_json::from_slice(line) {
-        Ok(v) => v,
-        Err(e) => return error_reply(format!("malformed request: {e}")),
-    };
-    let Some(cmd) = request.get("cmd").and_then(Value::as_str) else {
-        return error_reply("request has no \"cmd\" string".into());
+fn answer(line: &[u8], handler: &Handler) -> Vec<u8> {
+    let request = match Request::from_line(line) {
+        Ok(request) => request,
+        Err(e) => return protocol::refusal_line(e),
     };
     // A panic answering one request must not end the connection's thread unanswered; the panic
     // hook has recorded it by the time it is caught.
-    let answered =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(cmd, &request)))
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "the server failed answering {cmd:?} (a panic; see the log)"
-                ))
-            });
-    match answered {
-        Ok(Value::Object(mut map)) => {
-            map.insert("ok".into(), Value::Bool(true));
-            Value::Object(map)
-        }
-        Ok(other) => json!({ "ok": true, "result": other }),
-        Err(e) => error_reply(e),
-    }
+    let what = format!("{request:?}");
+    let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(request)))
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the server failed answering {what} (a panic; see the log)"
+            ))
+        });
+    protocol::reply_line(&answered)
 }
 
-fn error_reply(error: String) -> Value {
-    json!({ "ok": false, "error": error })
-}
-
-/// Sends one request to the control socket at `path` and returns the reply.
+/// Sends `request` to the control socket at `path` and reads its reply as `R`, the request's
+/// reply type ([`protocol::ServerStatus`] for `status`, and so on).
 ///
 /// # Errors
-/// If the socket cannot be reached, the reply does not come within `timeout`, or it is not JSON.
-pub fn request(path: &Path, request: &Value, timeout: Duration) -> Result<Value, Error> {
-    let io = |e: io::Error| Error::Io {
-        context: format!("control socket {}", path.display()),
-        source: e,
-    };
+/// [`Error::Io`] if the socket cannot be reached or the reply does not come within `timeout`;
+/// [`Error::Refused`] with the server's reason; [`Error::Control`] for a reply that is not `R`.
+pub fn ask<R: DeserializeOwned>(
+    path: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<R, Error> {
+    let io = |e: io::Error| Error::io(format!("control socket {}", path.display()), e);
     let mut stream = UnixStream::connect(path).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let mut line = serde_json::to_vec(request).map_err(|e| Error::Protocol(e.to_string()))?;
-    line.push(b'\n');
-    stream.write_all(&line).map_err(io)?;
+    stream.write_all(&request.to_line()).map_err(io)?;
     let mut reply = Vec::new();
     BufReader::new(stream)
         .take(16 * 1024 * 1024)
         .read_until(b'\n', &mut reply)
         .map_err(io)?;
-    serde_json::from_slice(&reply)
-        .map_err(|e| Error::Protocol(format!("reply from {}: {e}", path.display())))
+    protocol::read_reply(&reply).map_err(|e| match e {
+        protocol::ReplyError::Refused(reason) => Error::Refused(reason),
+        malformed => Error::Control {
+            socket: path.to_path_buf(),
+            problem: malformed.to_string(),
+        },
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Accepted;
+    use serde_json::{Value, json};
     use std::sync::mpsc;
     use std::time::Instant;
 
@@ -485,23 +477,24 @@ mod tests {
     fn serve_with(limits: Limits) -> (tempfile::TempDir, PathBuf, ControlSocket) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ward.sock");
-        let handler = |cmd: &str, _: &Value| match cmd {
-            "status" => Ok(json!({ "status": "fine" })),
-            "panic" => panic!("asked to"),
-            other => Err(format!("unknown command {other:?}")),
+        // Status is answered, reload panics, the rest is refused.
+        let handler = |request: Request| match request {
+            Request::Status => Ok(Reply::Accepted(Accepted {})),
+            Request::Reload => panic!("asked to"),
+            other => Err(format!("not here: {other:?}")),
         };
         let socket = ControlSocket::bind_with(&path, Arc::new(handler), limits).unwrap();
         (dir, path, socket)
     }
 
     /// A status request on a new connection; its reply, or why there was none in time.
-    fn status(path: &Path) -> Result<Value, Error> {
-        request(path, &json!({ "cmd": "status" }), ANSWER_WITHIN)
+    fn status(path: &Path) -> Result<Accepted, Error> {
+        ask(path, &Request::Status, ANSWER_WITHIN)
     }
 
     fn assert_answered(path: &Path) {
         match status(path) {
-            Ok(reply) => assert_eq!(reply, json!({ "ok": true, "status": "fine" })),
+            Ok(reply) => assert_eq!(reply, Accepted {}),
             Err(e) => panic!("status not answered within {ANSWER_WITHIN:?}: {e}"),
         }
     }
@@ -591,7 +584,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("no JSON error line ({e}): {line:?}"));
         assert_eq!(
             reply,
-            json!({ "ok": false, "error": "too many control connections (32 open)" })
+            json!({ "v": 1, "ok": false, "error": "too many control connections (32 open)" })
         );
         assert!(
             closed_by_server(&refused),
@@ -605,7 +598,7 @@ mod tests {
         // Once some close, a new connection is served again.
         drop(held);
         let deadline = Instant::now() + ANSWER_WITHIN;
-        while !status(&path).is_ok_and(|reply| reply["ok"] == true) {
+        while status(&path).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "no connection served after some closed"
@@ -688,7 +681,7 @@ mod tests {
     fn a_request_whose_answer_panics_gets_an_error_and_the_connection_stays_usable() {
         let (_dir, path, _socket) = serve();
         let mut client = UnixStream::connect(&path).unwrap();
-        client.write_all(b"{\"cmd\":\"panic\"}\n").unwrap();
+        client.write_all(b"{\"cmd\":\"reload\"}\n").unwrap();
         let reply: Value = serde_json::from_str(&read_line(&client).unwrap()).unwrap();
         assert_eq!(reply["ok"], false, "{reply}");
         assert!(
@@ -705,7 +698,7 @@ mod tests {
         let (written_tx, written) = mpsc::channel();
         std::thread::spawn(move || {
             // Far more than a socket buffer holds.
-            let reply = json!({ "changes": "x".repeat(16 * 1024 * 1024) });
+            let reply = vec![b'x'; 16 * 1024 * 1024];
             let _ = written_tx.send(write_reply(&server, &reply, Duration::from_millis(100)));
         });
         let result = written

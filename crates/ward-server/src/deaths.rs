@@ -39,7 +39,7 @@ pub(crate) fn install_capture(
         HEARTBEAT,
         Some(config.heartbeat_log),
     );
-    ward_crashdiag::install(capture).map_err(|e| Error::Capture(e.to_string()))
+    ward_crashdiag::install(capture).map_err(Error::from)
 }
 
 /// A written report, in short.

@@ -160,10 +160,8 @@ impl Dispatcher {
     ) -> Result<Dispatcher, crate::Error> {
         let triggers = Triggers::reloaded(&config.triggers, previous.map(|p| &p.triggers))?;
         let idle = Mutex::new((0..triggers.len()).map(|_| Vec::new()).collect());
-        let spawner = Spawner::start().map_err(|e| crate::Error::Io {
-            context: "starting the worker spawner thread".into(),
-            source: e,
-        })?;
+        let spawner = Spawner::start()
+            .map_err(|e| crate::Error::io("starting the worker spawner thread", e))?;
         Ok(Dispatcher {
             triggers,
             config,

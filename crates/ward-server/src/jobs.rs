@@ -17,7 +17,8 @@ use serde_json::Value;
 use crate::config::{ConfigError, Handler, Trigger};
 
 /// What happened to a path, as a job sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Event {
     /// The file appeared.
     Created,

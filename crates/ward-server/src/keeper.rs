@@ -8,13 +8,13 @@
 //!
 //! Its resident memory is mostly the pages of code it ever ran, and the kernel maps code around
 //! each page touched (64 KiB at a time): in the `ward` binary the keeper's functions lie among the
-//! server's and the command line's, and its pages count 2.5 MB. So `ward start` and `ward run`
-//! exec [`KEEPER_BIN`], a binary beside `ward` that links only the keeper, with what it needs on
-//! its command line ([`KeeperArgs`]): it parses no config file. Without that binary the keeper
-//! runs in the `ward` process, as before.
+//! server's and the command line's. So `ward start` and `ward run` exec [`KEEPER_BIN`], a binary
+//! beside `ward` that links only the keeper, which reads the configuration the command line
+//! resolved (the `handover`): it parses no config file. Without that binary the keeper runs in
+//! the `ward` process, as before.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,9 @@ use ward_supervisor::{
     SystemClock,
 };
 
+use crate::handover::Handover;
 use crate::logging::{self, LogFile, Sink};
-use crate::state::{KeeperState, Pidfile, PidfileState, StateDir, names, unix_now};
+use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Config, Error, sd_notify};
 use crate::{deaths, orphans};
 
@@ -38,9 +39,6 @@ pub(crate) const READY_LINE: &str = "WARD-READY";
 /// The file name of the keeper's own binary, looked for beside the `ward` binary.
 pub const KEEPER_BIN: &str = "ward-keeper";
 
-/// The version `ward` and `ward-keeper` must share: the keeper's arguments are theirs alone.
-const VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// The command that starts the server: the `ward` binary and its `__server` arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ServerCommand {
@@ -48,154 +46,32 @@ pub(crate) struct ServerCommand {
     pub args: Vec<OsString>,
 }
 
-/// Everything a keeper needs, as the `ward-keeper` binary receives it on its command line: the
-/// state directory, the server's command, and the few settings of the config the keeper uses.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct KeeperArgs {
-    pub state_dir: PathBuf,
-    pub foreground: bool,
-    pub server: ServerCommand,
-    pub log_max_bytes: u64,
-    pub drain_timeout: Duration,
-    pub stop_grace: Duration,
-    pub heartbeat_log: Duration,
-    pub keep_reports: usize,
-}
-
-impl KeeperArgs {
-    pub(crate) fn new(
-        state: &StateDir,
-        config: &Config,
-        server: ServerCommand,
-        foreground: bool,
-    ) -> Self {
-        KeeperArgs {
-            state_dir: state.path().to_path_buf(),
-            foreground,
-            server,
-            log_max_bytes: config.log_max_bytes,
-            drain_timeout: config.drain_timeout,
-            stop_grace: config.stop_grace,
-            heartbeat_log: config.heartbeat_log,
-            keep_reports: config.keep_reports,
-        }
-    }
-
-    /// The arguments of `ward-keeper`; [`KeeperArgs::parse`] reads them back.
-    pub(crate) fn to_args(&self) -> Vec<OsString> {
-        let nanos = |d: Duration| OsString::from(d.as_nanos().to_string());
-        let mut args: Vec<OsString> = vec![
-            // First, so that a keeper of another version says so before anything else fails.
-            "--version".into(),
-            VERSION.into(),
-            "--state-dir".into(),
-            self.state_dir.clone().into(),
-            "--server".into(),
-            self.server.exe.clone().into(),
-            "--log-max-bytes".into(),
-            self.log_max_bytes.to_string().into(),
-            "--drain-ns".into(),
-            nanos(self.drain_timeout),
-            "--grace-ns".into(),
-            nanos(self.stop_grace),
-            "--heartbeat-log-ns".into(),
-            nanos(self.heartbeat_log),
-            "--keep-reports".into(),
-            self.keep_reports.to_string().into(),
-        ];
-        if self.foreground {
-            args.push("--foreground".into());
-        }
-        args.push("--".into());
-        args.extend(self.server.args.iter().cloned());
-        args
-    }
-
-    /// Reads the arguments [`KeeperArgs::to_args`] wrote (without the program name).
-    pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Self, String> {
-        let mut args = args.into_iter();
-        let (mut state_dir, mut exe, mut foreground) = (None, None, false);
-        let mut numbers = [None; 5];
-        let names = [
-            "--log-max-bytes",
-            "--drain-ns",
-            "--grace-ns",
-            "--heartbeat-log-ns",
-            "--keep-reports",
-        ];
-        while let Some(arg) = args.next() {
-            let flag = arg.to_string_lossy().into_owned();
-            if flag == "--" {
-                break;
-            }
-            if flag == "--foreground" {
-                foreground = true;
-                continue;
-            }
-            let value = args.next().ok_or(format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--version" if value != VERSION => {
-                    return Err(format!(
-                        "this ward-keeper is version {VERSION} but was started by ward {}: install both from one build",
-                        value.to_string_lossy()
-                    ));
-                }
-                "--version" => {}
-                "--state-dir" => state_dir = Some(PathBuf::from(value)),
-                "--server" => exe = Some(PathBuf::from(value)),
-                _ => {
-                    let i = names
-                        .iter()
-                        .position(|n| *n == flag)
-                        .ok_or(format!("unknown argument {flag}"))?;
-                    let n: u64 = value
-                        .to_str()
-                        .and_then(|v| v.parse().ok())
-                        .ok_or(format!("{flag}: not a number: {}", value.to_string_lossy()))?;
-                    numbers[i] = Some(n);
-                }
-            }
-        }
-        let number = |i: usize| numbers[i].ok_or(format!("{} is missing", names[i]));
-        Ok(KeeperArgs {
-            state_dir: state_dir.ok_or("--state-dir is missing")?,
-            foreground,
-            server: ServerCommand {
-                exe: exe.ok_or("--server is missing")?,
-                args: args.collect(),
-            },
-            log_max_bytes: number(0)?,
-            drain_timeout: Duration::from_nanos(number(1)?),
-            stop_grace: Duration::from_nanos(number(2)?),
-            heartbeat_log: Duration::from_nanos(number(3)?),
-            keep_reports: usize::try_from(number(4)?).map_err(|e| e.to_string())?,
-        })
-    }
-
-    /// The config the keeper runs with: defaults, but for the settings it was given.
-    fn config(&self) -> Config {
-        Config {
-            log_max_bytes: self.log_max_bytes,
-            drain_timeout: self.drain_timeout,
-            stop_grace: self.stop_grace,
-            heartbeat_log: self.heartbeat_log,
-            keep_reports: self.keep_reports,
-            ..Config::defaults(self.state_dir.clone())
+impl ServerCommand {
+    /// `ward __server --state-dir DIR`: the server finds the rest in the handover there.
+    fn new(exe: &Path, state: &StateDir) -> ServerCommand {
+        ServerCommand {
+            exe: exe.to_path_buf(),
+            args: vec!["__server".into(), "--state-dir".into(), state.path().into()],
         }
     }
 }
 
-/// The `ward-keeper` binary: runs the keeper from the arguments `ward start` or `ward run` gave it.
+/// The `ward-keeper` binary: runs the keeper with the handover `ward start` or `ward run` offered
+/// it, whose path is its only argument.
 ///
 /// # Errors
-/// Bad arguments, or what the keeper returns (see `ward start`).
+/// Bad arguments, an unreadable handover, or what the keeper returns (see `ward start`).
 pub fn keeper_process(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
-    let args = KeeperArgs::parse(args).map_err(|e| Error::Spawn {
-        what: "keeper".into(),
-        reason: format!("bad arguments: {e}"),
-    })?;
-    let state = StateDir::open(&args.state_dir)?;
-    keeper_main(&state, &args.config(), &args.server, args.foreground)
+    let mut args = args.into_iter();
+    let (Some(offer), None) = (args.next(), args.next()) else {
+        return Err(Error::Handover {
+            path: "<arguments>".into(),
+            problem: "ward-keeper takes one argument, the handover file `ward start` offers".into(),
+        });
+    };
+    let handover = Handover::take(Path::new(&offer))?;
+    let state = handover.launch.open_state_dir()?;
+    keeper_main(&state, &handover)
 }
 
 enum Event {
@@ -210,22 +86,19 @@ enum Event {
 /// # Errors
 /// If the pidfile is held by another keeper, or the log, crash directory or first server cannot be
 /// set up. Once the server has run, deaths are reported and survived, not returned.
-pub(crate) fn keeper_main(
-    state: &StateDir,
-    config: &Config,
-    server: &ServerCommand,
-    foreground: bool,
-) -> Result<(), Error> {
+pub(crate) fn keeper_main(state: &StateDir, handover: &Handover) -> Result<(), Error> {
+    let (config, foreground) = (&handover.config, handover.foreground);
+    let server = &ServerCommand::new(&handover.server_exe, state);
     let vanished = match Pidfile::inspect(state)? {
         PidfileState::Stale(_) => deaths::post_mortem_of_vanished(state, config),
         _ => None,
     };
     let pidfile = Pidfile::acquire(state)?;
+    // Only the keeper holding the lock may say what the daemon runs.
+    handover.record(state)?;
     let log_path = state.join(names::LOG);
-    let log = LogFile::open(&log_path, config.log_max_bytes).map_err(|e| Error::Io {
-        context: format!("opening log {}", log_path.display()),
-        source: e,
-    })?;
+    let log = LogFile::open(&log_path, config.log_max_bytes)
+        .map_err(|e| Error::io(format!("opening log {}", log_path.display()), e))?;
     let log = Arc::new(Mutex::new(log));
     logging::init(
         "keeper",
@@ -254,10 +127,7 @@ pub(crate) fn keeper_main(
     // loop wakes once and reaps them all, and the signal thread never waits for the loop.
     let (exited_tx, exited) = crossbeam_channel::bounded::<()>(1);
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
-        .map_err(|e| Error::Io {
-            context: "installing signal handlers".into(),
-            source: e,
-        })?;
+        .map_err(|e| Error::io("installing signal handlers", e))?;
     let signal_handle = signals.handle();
     let signal_thread = {
         let (tx, exited_tx) = (tx.clone(), exited_tx.clone());
@@ -274,10 +144,7 @@ pub(crate) fn keeper_main(
                     }
                 }
             })
-            .map_err(|e| Error::Io {
-                context: "starting signal thread".into(),
-                source: e,
-            })?
+            .map_err(|e| Error::io("starting signal thread", e))?
     };
 
     let mut keeper = Keeper {
@@ -293,7 +160,7 @@ pub(crate) fn keeper_main(
         status: KeeperState {
             keeper_pid: std::process::id(),
             started_at: unix_now(),
-            state: "starting".into(),
+            state: Phase::Starting,
             ..KeeperState::default()
         },
         status_owed: false,
@@ -354,8 +221,8 @@ struct Keeper<'a> {
 const OWED_RETRY: Duration = Duration::from_secs(1);
 
 impl Keeper<'_> {
-    fn set_state(&mut self, state: &str) {
-        self.status.state = state.into();
+    fn set_state(&mut self, state: Phase) {
+        self.status.state = state;
         self.write_status();
     }
 
@@ -419,9 +286,9 @@ impl Keeper<'_> {
                     logging::append_captured(&log, echo, line.pid, "server", line.text.as_bytes());
                 }
             });
-        ward_supervisor::Child::spawn(&spec).map_err(|e| Error::Spawn {
-            what: "server".into(),
-            reason: e.to_string(),
+        ward_supervisor::Child::spawn(&spec).map_err(|source| Error::Supervisor {
+            what: "server",
+            source,
         })
     }
 
@@ -433,7 +300,7 @@ impl Keeper<'_> {
             let child = Arc::new(self.spawn_server()?);
             let pid = child.id();
             self.status.server_pid = Some(pid);
-            self.set_state("starting");
+            self.set_state(Phase::Starting);
             log::info!("server started (pid {pid})");
             let waiter = {
                 let (child, tx) = (Arc::clone(&child), self.tx.clone());
@@ -442,10 +309,7 @@ impl Keeper<'_> {
                     .spawn(move || {
                         let _ = tx.send(Event::ServerExited(child.wait()));
                     })
-                    .map_err(|e| Error::Io {
-                        context: "starting server waiter".into(),
-                        source: e,
-                    })?
+                    .map_err(|e| Error::io("starting server waiter", e))?
             };
             let exit = loop {
                 let never = crossbeam_channel::never();
@@ -462,7 +326,7 @@ impl Keeper<'_> {
                         continue;
                     }
                     recv(tick) -> _ => {
-                        if self.status.state == "running" {
+                        if self.status.state == Phase::Running {
                             let _ = sd_notify::notify("WATCHDOG=1");
                         }
                         continue;
@@ -474,7 +338,7 @@ impl Keeper<'_> {
                 };
                 match event {
                     Event::ServerReady(ready_pid) if ready_pid == pid => {
-                        self.set_state("running");
+                        self.set_state(Phase::Running);
                         log::info!("server ready (pid {pid})");
                         if let Err(e) = sd_notify::notify("READY=1") {
                             log::warn!("cannot notify systemd: {e}");
@@ -489,7 +353,7 @@ impl Keeper<'_> {
                     }
                     Event::Signal(signal) => {
                         log::info!("received signal {signal}: stopping the server, then exiting");
-                        self.set_state("stopping");
+                        self.set_state(Phase::Stopping);
                         let _ = sd_notify::notify("STOPPING=1");
                         let exit = child.stop(self.config.drain_timeout + self.config.stop_grace);
                         let _ = waiter.join();
@@ -512,7 +376,7 @@ impl Keeper<'_> {
                         }
                         self.status.server_pid = None;
                         self.sweep_orphans();
-                        self.set_state("stopped");
+                        self.set_state(Phase::Stopped);
                         return Ok(());
                     }
                     Event::ServerExited(exit) => break exit,
@@ -538,7 +402,7 @@ impl Keeper<'_> {
                         "server died ({}); restart {attempt} in {after:?}",
                         exit.termination
                     );
-                    self.set_state("backing-off");
+                    self.set_state(Phase::BackingOff);
                     let deadline = Instant::now() + after;
                     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
                         match rx.recv_timeout(left) {
@@ -547,7 +411,7 @@ impl Keeper<'_> {
                             | Ok(Event::ServerExited(_)) => {}
                             Ok(Event::Signal(signal)) => {
                                 log::info!("received signal {signal} while backing off: exiting");
-                                self.set_state("stopped");
+                                self.set_state(Phase::Stopped);
                                 return Ok(());
                             }
                             Err(_) => break,
@@ -555,7 +419,7 @@ impl Keeper<'_> {
                     }
                 }
                 Decision::GiveUp(give_up) => {
-                    self.set_state("gave-up");
+                    self.set_state(Phase::GaveUp);
                     return Err(Error::GaveUp(format!("server keeps dying: {give_up}")));
                 }
                 Decision::Stop(reason) => {
@@ -563,57 +427,10 @@ impl Keeper<'_> {
                         "server exited ({}); not restarting: {reason:?}",
                         exit.termination
                     );
-                    self.set_state("stopped");
+                    self.set_state(Phase::Stopped);
                     return Ok(());
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keeper_args_read_back_what_they_wrote() {
-        let args = KeeperArgs {
-            state_dir: "/state dir".into(),
-            foreground: true,
-            server: ServerCommand {
-                exe: "/bin/ward".into(),
-                args: vec!["__server".into(), "--".into(), "--foreground".into()],
-            },
-            log_max_bytes: 10 << 20,
-            drain_timeout: Duration::from_millis(10_500),
-            stop_grace: Duration::from_nanos(1),
-            heartbeat_log: Duration::from_secs(3600),
-            keep_reports: 50,
-        };
-        assert_eq!(KeeperArgs::parse(args.to_args()), Ok(args.clone()));
-        let background = KeeperArgs {
-            foreground: false,
-            ..args
-        };
-        assert_eq!(KeeperArgs::parse(background.to_args()), Ok(background));
-    }
-
-    #[test]
-    fn keeper_args_refuse_what_is_missing_or_unknown() {
-        let missing = ["--state-dir", "/s", "--server", "/w", "--"].map(OsString::from);
-        assert!(
-            KeeperArgs::parse(missing)
-                .unwrap_err()
-                .contains("--log-max-bytes")
-        );
-        let unknown = ["--colour", "red"].map(OsString::from);
-        assert!(KeeperArgs::parse(unknown).unwrap_err().contains("--colour"));
-    }
-
-    #[test]
-    fn a_keeper_of_another_version_says_so_first() {
-        let args = ["--version", "0.0.1-other", "--from-the-future", "x"].map(OsString::from);
-        let e = KeeperArgs::parse(args).unwrap_err();
-        assert!(e.contains("0.0.1-other") && e.contains(VERSION), "{e}");
     }
 }

@@ -29,6 +29,8 @@ pub mod names {
     pub const CRASH_DIR: &str = "crashes";
     /// Heartbeat files of the ward processes.
     pub const HEARTBEAT_DIR: &str = "heartbeat";
+    /// What the command line handed to the running daemon (JSON).
+    pub const HANDOVER: &str = "launch.json";
 }
 
 /// A state directory that exists, belongs to this user and is closed to everyone else.
@@ -133,10 +135,7 @@ impl Pidfile {
     /// [`Error::AlreadyRunning`] if another keeper holds it; I/O errors otherwise.
     pub fn acquire(state: &StateDir) -> Result<Pidfile, Error> {
         let path = state.join(names::PIDFILE);
-        let io = |e: io::Error| Error::Io {
-            context: format!("pidfile {}", path.display()),
-            source: e,
-        };
+        let io = |e: io::Error| Error::io(format!("pidfile {}", path.display()), e);
         // std opens with O_CLOEXEC, so no child inherits the descriptor and with it the lock.
         let mut file = open_private(
             OpenOptions::new()
@@ -174,19 +173,12 @@ impl Pidfile {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PidfileState::Absent),
             Err(e) => {
-                return Err(Error::Io {
-                    context: format!("pidfile {}", path.display()),
-                    source: e,
-                });
+                return Err(Error::io(format!("pidfile {}", path.display()), e));
             }
         };
         let pid = read_pid(&mut file);
-        let lock = || {
-            try_lock(&file).map_err(|e| Error::Io {
-                context: format!("locking {}", path.display()),
-                source: e,
-            })
-        };
+        let lock =
+            || try_lock(&file).map_err(|e| Error::io(format!("locking {}", path.display()), e));
         let mut locked_by_other = !lock()?;
         // A keeper killed a moment ago holds the lock until its last thread has exited, while its
         // main thread already shows as a zombie: `kill -9` then `ward start` must not find it
@@ -260,8 +252,8 @@ pub struct KeeperState {
     pub keeper_pid: u32,
     /// When the keeper started (seconds since the Unix epoch).
     pub started_at: u64,
-    /// `starting`, `running`, `backing-off`, `stopping`, `stopped` or `gave-up`.
-    pub state: String,
+    /// Where the keeper is in its life.
+    pub state: Phase,
     /// The current server's pid, while one runs.
     pub server_pid: Option<u32>,
     /// Server restarts since the keeper started.
@@ -270,6 +262,45 @@ pub struct KeeperState {
     pub last_cause: Option<String>,
     /// Path of the last crash report, if any.
     pub last_report: Option<PathBuf>,
+}
+
+/// Where a keeper is in its life, as `keeper.json` records it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Starting the server.
+    #[default]
+    Starting,
+    /// The server is ready.
+    Running,
+    /// Waiting out the backoff before restarting the server.
+    BackingOff,
+    /// Stopping the server on request.
+    Stopping,
+    /// Stopped; the keeper has ended or is ending.
+    Stopped,
+    /// The restart policy gave up on the server; the keeper has ended.
+    GaveUp,
+}
+
+impl Phase {
+    /// The phase as `keeper.json` and `ward status` name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::BackingOff => "backing-off",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::GaveUp => "gave-up",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl KeeperState {
@@ -286,11 +317,9 @@ impl KeeperState {
     pub fn write(&self, state: &StateDir) -> Result<(), Error> {
         let path = state.join(names::KEEPER_STATE);
         let tmp = state.join(".keeper.json.tmp");
-        let io = |e: io::Error| Error::Io {
-            context: format!("writing {}", path.display()),
-            source: e,
-        };
-        let text = serde_json::to_vec_pretty(self).map_err(|e| Error::Protocol(e.to_string()))?;
+        let io = |e: io::Error| Error::io(format!("writing {}", path.display()), e);
+        // A struct of numbers, strings and paths always serializes.
+        let text = serde_json::to_vec_pretty(self).unwrap_or_default();
         let written = open_private(
             OpenOptions::new().write(true).create(true).truncate(true),
             &tmp,

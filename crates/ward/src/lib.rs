@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use ward_server::config::Flags;
 use ward_server::{Launch, Outcome};
 
 /// Watch file trees, run jobs on changes, never die silently.
@@ -57,9 +58,10 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         since: u64,
     },
-    /// Internal: the server process, started by the keeper.
+    /// Internal: the server process, started by the keeper, which reads what `ward start`
+    /// resolved from the state directory.
     #[command(name = "__server", hide = true)]
-    Server(Quick),
+    Server,
 }
 
 /// Flags that describe a job without a config file.
@@ -86,11 +88,13 @@ fn launch(cli_config: Option<PathBuf>, state_dir: Option<PathBuf>, quick: Quick)
     Launch {
         config_file: cli_config,
         state_dir,
-        watch: quick.watch,
-        ignore: quick.ignore,
-        workers: quick.workers,
-        debounce_ms: quick.debounce,
-        command: quick.command,
+        flags: Flags {
+            watch: quick.watch,
+            ignore: quick.ignore,
+            workers: quick.workers,
+            debounce_ms: quick.debounce,
+            command: quick.command,
+        },
     }
 }
 
@@ -102,7 +106,7 @@ pub fn run() -> ExitCode {
         Command::Run(q) => ward_server::run_foreground(&launch(config, state_dir, q)),
         Command::Start(q) => ward_server::start(&launch(config, state_dir, q)),
         Command::Restart(q) => ward_server::restart(&launch(config, state_dir, q)),
-        Command::Server(q) => ward_server::server_main(&launch(config, state_dir, q)),
+        Command::Server => ward_server::server_main(&launch(config, state_dir, Quick::default())),
         Command::Stop { timeout } => ward_server::stop(
             &launch(config, state_dir, Quick::default()),
             seconds(timeout),

@@ -1,0 +1,432 @@
+//! The control socket's protocol: every request a client may send and every reply it gets, as
+//! the types both ends use. `PROTOCOL.md` at the repository root describes the wire form for
+//! programs written in other languages.
+//!
+//! A request is one line of JSON, `{"v":1,"cmd":"changes","since":41}`; its reply is one line,
+//! `{"v":1,"ok":true,...}` with the fields of the command's reply type, or
+//! `{"v":1,"ok":false,"error":"..."}`. The transport (threads, limits, deadlines) is in `control`;
+//! what each command does is in the server's `answers`.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::jobs::Event;
+
+/// The protocol version this build speaks. A request without `v` is read as version 1; a request
+/// of a newer version is refused, so that a client learns it is talking to an older server.
+pub const VERSION: u64 = 1;
+
+/// A request to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    /// The server's counters: [`ServerStatus`].
+    Status,
+    /// The paths changed after a sequence number, oldest first: [`ChangesPage`].
+    Changes {
+        /// The last sequence number already seen; none or 0 for everything known.
+        #[serde(
+            default,
+            deserialize_with = "since",
+            skip_serializing_if = "Option::is_none"
+        )]
+        since: Option<u64>,
+        /// Most changes in the reply (the server caps it at [`CHANGES_PAGE`]).
+        #[serde(
+            default,
+            deserialize_with = "limit",
+            skip_serializing_if = "Option::is_none"
+        )]
+        limit: Option<u64>,
+    },
+    /// Stop gracefully (the keeper stops the server, which drains first): [`Accepted`].
+    Stop,
+    /// Read the configuration again, as SIGHUP does: [`Accepted`].
+    Reload,
+}
+
+/// Longest page of changes one request returns.
+pub const CHANGES_PAGE: usize = 10_000;
+
+impl Request {
+    /// The commands a client may send, as `cmd` names them.
+    pub const COMMANDS: [&str; 4] = ["status", "changes", "stop", "reload"];
+
+    /// The request as one line of the wire form, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = versioned(self);
+        line.push(b'\n');
+        line
+    }
+
+    /// Reads one request line (without its newline).
+    ///
+    /// # Errors
+    /// The message to send back: not JSON, no `cmd`, an unknown command, a newer protocol
+    /// version, or a field of the wrong type (named, with the value given).
+    pub fn from_line(line: &[u8]) -> Result<Request, String> {
+        let value: Value =
+            serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+        let Value::Object(mut fields) = value else {
+            return Err("a request must be a JSON object".into());
+        };
+        check_version(fields.remove("v"))?;
+        let Some(cmd) = fields.get("cmd").and_then(Value::as_str) else {
+            return Err("request has no \"cmd\" string".into());
+        };
+        if !Request::COMMANDS.contains(&cmd) {
+            return Err(format!(
+                "unknown command {cmd:?}: try {}",
+                Request::COMMANDS.join(", ")
+            ));
+        }
+        serde_json::from_value(Value::Object(fields)).map_err(|e| e.to_string())
+    }
+}
+
+fn check_version(v: Option<Value>) -> Result<(), String> {
+    match v {
+        None => Ok(()),
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=VERSION).contains(&n) => Ok(()),
+            Some(n) if n > VERSION => Err(format!(
+                "protocol version {n} is newer than this server's ({VERSION})"
+            )),
+            _ => Err(format!("\"v\" must be a protocol version from 1, got {v}")),
+        },
+    }
+}
+
+/// `value` serialized with the protocol version added (`value` must serialize to an object).
+fn versioned(value: &impl Serialize) -> Vec<u8> {
+    let mut object = match serde_json::to_value(value) {
+        Ok(Value::Object(map)) => map,
+        // Every request and reply type is a struct or a tagged enum: an object.
+        _ => Map::new(),
+    };
+    object.insert("v".into(), VERSION.into());
+    serde_json::to_vec(&Value::Object(object)).unwrap_or_default()
+}
+
+fn since<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    count(d, "since")
+}
+
+fn limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    count(d, "limit")
+}
+
+/// A count or sequence number, so a non-negative integer: anything else is refused rather than
+/// read as 0, which would answer a question nobody asked.
+fn count<'de, D: Deserializer<'de>>(d: D, field: &str) -> Result<Option<u64>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        value => value.as_u64().map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{field:?} must be a non-negative integer, got {value}"
+            ))
+        }),
+    }
+}
+
+/// What the server answers to a request, one variant per reply type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// To [`Request::Status`].
+    Status(ServerStatus),
+    /// To [`Request::Changes`].
+    Changes(ChangesPage),
+    /// To [`Request::Stop`] and [`Request::Reload`].
+    Accepted(Accepted),
+}
+
+/// The line that answers a request: `ok` and the version added to the reply's fields, or the
+/// error that refused it. Newline included.
+pub fn reply_line(answer: &Result<Reply, String>) -> Vec<u8> {
+    let mut line = match answer {
+        Ok(reply) => {
+            let mut object = match serde_json::to_value(reply) {
+                Ok(Value::Object(map)) => map,
+                // Every reply type is a struct: an object.
+                _ => Map::new(),
+            };
+            object.insert("ok".into(), true.into());
+            object.insert("v".into(), VERSION.into());
+            serde_json::to_vec(&Value::Object(object)).unwrap_or_default()
+        }
+        Err(error) => versioned(&Refusal {
+            ok: false,
+            error: error.clone(),
+        }),
+    };
+    line.push(b'\n');
+    line
+}
+
+/// The line that refuses a request with `error`. Newline included.
+pub fn refusal_line(error: String) -> Vec<u8> {
+    reply_line(&Err(error))
+}
+
+/// The reply to a request the server refused or could not answer.
+#[derive(Debug, Serialize)]
+struct Refusal {
+    ok: bool,
+    error: String,
+}
+
+/// Reads a reply line into the reply type `R` of the request that was sent.
+///
+/// # Errors
+/// The server's refusal ([`ReplyError::Refused`]) or a reply that is not of type `R`
+/// ([`ReplyError::Malformed`]).
+pub fn read_reply<R: DeserializeOwned>(line: &[u8]) -> Result<R, ReplyError> {
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| ReplyError::Malformed(e.to_string()))?;
+    match value.get("ok") {
+        Some(Value::Bool(true)) => {
+            serde_json::from_value(value).map_err(|e| ReplyError::Malformed(e.to_string()))
+        }
+        Some(Value::Bool(false)) => Err(ReplyError::Refused(
+            value
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("refused without a reason")
+                .to_owned(),
+        )),
+        _ => Err(ReplyError::Malformed("no \"ok\" field".into())),
+    }
+}
+
+/// Why a reply did not give what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    /// The server answered with an error.
+    #[error("{0}")]
+    Refused(String),
+    /// The reply is not JSON, or not the shape the request's reply has.
+    #[error("malformed reply: {0}")]
+    Malformed(String),
+}
+
+/// The reply to [`Request::Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// The server's pid.
+    pub server_pid: u32,
+    /// Seconds since the server started.
+    pub uptime_s: u64,
+    /// The job queue.
+    pub queue: QueueStatus,
+    /// The watcher.
+    pub watch: WatchStatus,
+    /// The manifest.
+    pub manifest: ManifestStatus,
+    /// Worker processes waiting for a job.
+    pub workers_idle: usize,
+}
+
+/// The job queue's counters, since the server started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    /// Jobs waiting for a worker.
+    pub queued: usize,
+    /// Jobs running now.
+    pub running: usize,
+    /// Jobs that succeeded.
+    pub completed: u64,
+    /// Attempts that failed (a job retried twice and failed counts 3).
+    pub failed: u64,
+    /// Attempts retried.
+    pub retried: u64,
+    /// Jobs merged into one already queued for the same path.
+    pub coalesced: u64,
+    /// Jobs refused by a full queue (they wait in the backlog).
+    pub rejected: u64,
+    /// Jobs that failed every attempt.
+    pub dead: u64,
+    /// Whether intake is paused.
+    pub paused: bool,
+    /// Changes waiting for room in the queue.
+    pub backlog: usize,
+}
+
+/// The watcher's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchStatus {
+    /// Events read from the kernel.
+    pub events: u64,
+    /// Paths waiting for their quiet window.
+    pub pending: usize,
+    /// Most paths ever pending at once.
+    pub peak_pending: usize,
+    /// Directories watched.
+    pub watches: usize,
+    /// Batches emitted.
+    pub batches: u64,
+    /// Events dropped (each one turned into a rescan).
+    pub dropped_events: u64,
+    /// Directory watches that failed (unreadable directories).
+    pub failed_watches: u64,
+    /// Roots watched by polling, the watch limit having been reached.
+    pub polled_roots: usize,
+}
+
+/// The manifest's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestStatus {
+    /// Paths recorded.
+    pub paths: u64,
+    /// The last change's sequence number.
+    pub seq: u64,
+    /// Updates not yet written.
+    pub unrecorded: usize,
+    /// Why they are not written, while writing fails.
+    pub write_error: Option<String>,
+}
+
+/// The reply to [`Request::Changes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangesPage {
+    /// The last change's sequence number when the page was read.
+    pub seq: u64,
+    /// The changes after the request's `since`, oldest first; empty when there are no more.
+    pub changes: Vec<ChangeLine>,
+}
+
+/// One changed path with its latest change: a line of `ward changes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeLine {
+    /// The change's sequence number.
+    pub seq: u64,
+    /// The path (absolute); a name that is not UTF-8 has its bad bytes replaced here.
+    pub path: String,
+    /// The path's bytes in hex, only when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+    /// What happened to it last.
+    pub event: Event,
+}
+
+impl ChangeLine {
+    /// The line for a manifest entry.
+    pub fn of(change: &crate::manifest::ChangeEntry) -> ChangeLine {
+        ChangeLine {
+            seq: change.seq,
+            path: change.path.to_string_lossy().into_owned(),
+            path_hex: change
+                .path
+                .to_str()
+                .is_none()
+                .then(|| crate::jobs::hex(change.path.as_os_str())),
+            event: change.event,
+        }
+    }
+}
+
+/// The reply to [`Request::Stop`] and [`Request::Reload`]: the server has begun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_reads_back_as_it_was_written() {
+        for request in [
+            Request::Status,
+            Request::Changes {
+                since: Some(41),
+                limit: None,
+            },
+            Request::Changes {
+                since: None,
+                limit: Some(5),
+            },
+            Request::Stop,
+            Request::Reload,
+        ] {
+            let line = request.to_line();
+            assert_eq!(line.last(), Some(&b'\n'));
+            let text = std::str::from_utf8(&line).unwrap();
+            assert!(text.contains("\"v\":1"), "{text}");
+            assert_eq!(Request::from_line(&line[..line.len() - 1]), Ok(request));
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_what_is_wrong() {
+        for (line, error) in [
+            ("not json", "malformed request"),
+            ("[1]", "a request must be a JSON object"),
+            ("{\"cmd\":42}", "request has no \"cmd\" string"),
+            (
+                "{\"cmd\":\"launch\"}",
+                "unknown command \"launch\": try status, changes, stop, reload",
+            ),
+            (
+                "{\"v\":2,\"cmd\":\"status\"}",
+                "protocol version 2 is newer than this server's (1)",
+            ),
+            (
+                "{\"v\":0,\"cmd\":\"status\"}",
+                "\"v\" must be a protocol version from 1, got 0",
+            ),
+            (
+                "{\"cmd\":\"changes\",\"since\":-1}",
+                "\"since\" must be a non-negative integer, got -1",
+            ),
+            (
+                "{\"cmd\":\"changes\",\"limit\":\"10\"}",
+                "\"limit\" must be a non-negative integer, got \"10\"",
+            ),
+            (
+                "{\"cmd\":\"changes\",\"since\":1e308}",
+                "\"since\" must be a non-negative integer, got 1e+308",
+            ),
+            (
+                "{\"cmd\":\"changes\",\"since\":3.0}",
+                "\"since\" must be a non-negative integer, got 3.0",
+            ),
+        ] {
+            let got = Request::from_line(line.as_bytes()).unwrap_err();
+            assert!(got.starts_with(error), "{line}: {got}");
+        }
+        assert_eq!(
+            Request::from_line(b"{\"cmd\":\"changes\",\"since\":null}"),
+            Ok(Request::Changes {
+                since: None,
+                limit: None
+            })
+        );
+    }
+
+    #[test]
+    fn a_reply_is_read_as_its_type_or_as_the_refusal_it_is() {
+        let page = ChangesPage {
+            seq: 3,
+            changes: vec![ChangeLine {
+                seq: 3,
+                path: "/t/a".into(),
+                path_hex: None,
+                event: Event::Renamed,
+            }],
+        };
+        let line = reply_line(&Ok(Reply::Changes(page.clone())));
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(text.contains("\"ok\":true") && text.contains("\"event\":\"renamed\""));
+        assert_eq!(read_reply::<ChangesPage>(&line), Ok(page));
+        let refused = refusal_line("the server's main loop is busy".into());
+        assert_eq!(
+            read_reply::<Accepted>(&refused),
+            Err(ReplyError::Refused("the server's main loop is busy".into()))
+        );
+        assert!(matches!(
+            read_reply::<ServerStatus>(b"{\"ok\":true}"),
+            Err(ReplyError::Malformed(_))
+        ));
+    }
+}

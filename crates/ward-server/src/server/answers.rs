@@ -1,0 +1,138 @@
+//! The server's answers to control requests: what it reports, and how a request reaches the loop
+//! that owns the state it reports. The wire form is `protocol`'s, the transport `control`'s.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGHUP, SIGTERM};
+use ward_queue::Pool;
+use ward_watch::Watcher;
+
+use super::backlog::Backlog;
+use crate::dispatch::Dispatcher;
+use crate::jobs::Job;
+use crate::protocol::{
+    Accepted, CHANGES_PAGE, ChangeLine, ChangesPage, ManifestStatus, QueueStatus, Reply, Request,
+    ServerStatus, WatchStatus,
+};
+use crate::tracker::Tracker;
+
+/// A request the main loop answers, and where its answer goes.
+pub(super) struct Asked {
+    pub request: Request,
+    pub reply: crossbeam_channel::Sender<Result<Reply, String>>,
+}
+
+/// What the loop owns that requests ask about.
+pub(super) struct Sources<'a> {
+    pub pool: &'a Pool<Job, PathBuf>,
+    pub watcher: &'a Watcher,
+    pub backlog: &'a Backlog,
+    pub dispatcher: &'a Dispatcher,
+    pub started: Instant,
+}
+
+/// The loop's answer to `request`.
+pub(super) fn answer(
+    request: &Request,
+    tracker: &mut Tracker,
+    from: &Sources<'_>,
+) -> Result<Reply, String> {
+    match *request {
+        Request::Status => Ok(Reply::Status(status(tracker, from))),
+        Request::Changes { since, limit } => {
+            let since = since.unwrap_or(0);
+            let limit = limit.map_or(CHANGES_PAGE, |l| l.min(CHANGES_PAGE as u64) as usize);
+            // A since-query must see every change already seen, written or not.
+            tracker.flush();
+            let changes = tracker
+                .changes_since(since, limit)
+                .map_err(|e| e.to_string())?;
+            Ok(Reply::Changes(ChangesPage {
+                seq: tracker.stats().1,
+                changes: changes.iter().map(ChangeLine::of).collect(),
+            }))
+        }
+        // Answered by the control thread itself, which never hands them to the loop.
+        Request::Stop | Request::Reload => Err(format!("{request:?} is not the loop's to answer")),
+    }
+}
+
+fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
+    let m = from.pool.metrics();
+    let w = from.watcher.stats();
+    let (paths, seq) = tracker.stats();
+    let (unrecorded, write_error) = tracker.backlog();
+    ServerStatus {
+        server_pid: std::process::id(),
+        uptime_s: from.started.elapsed().as_secs(),
+        queue: QueueStatus {
+            queued: m.queued,
+            running: m.running,
+            completed: m.completed,
+            failed: m.failed,
+            retried: m.retried,
+            coalesced: m.coalesced,
+            rejected: m.rejected,
+            dead: m.dead,
+            paused: from.pool.is_paused(),
+            backlog: from.backlog.len(),
+        },
+        watch: WatchStatus {
+            events: w.events,
+            pending: w.pending,
+            peak_pending: w.peak_pending,
+            watches: w.watches,
+            batches: w.batches,
+            dropped_events: w.dropped_events,
+            failed_watches: w.failed_watches,
+            polled_roots: w.polled_roots,
+        },
+        manifest: ManifestStatus {
+            paths,
+            seq,
+            unrecorded,
+            write_error,
+        },
+        workers_idle: from.dispatcher.idle_workers(),
+    }
+}
+
+/// How long the control thread waits for the main loop's answer.
+const REQUEST_WAIT: Duration = Duration::from_secs(2);
+
+/// Answers `request` on a control thread: stop and reload by signal, the rest by asking the loop.
+pub(super) fn control(
+    request: Request,
+    main_loop: &crossbeam_channel::Sender<Asked>,
+) -> Result<Reply, String> {
+    match request {
+        Request::Stop => {
+            // The keeper owns the tree; it stops the server, which drains first.
+            // SAFETY: getppid and kill have no memory-safety preconditions.
+            let rc = unsafe { libc::kill(libc::getppid(), SIGTERM) };
+            if rc == 0 {
+                Ok(Reply::Accepted(Accepted {}))
+            } else {
+                Err(std::io::Error::last_os_error().to_string())
+            }
+        }
+        Request::Reload => {
+            // SAFETY: raising a signal this process handles (SIGHUP, by the signal thread).
+            let rc = unsafe { libc::raise(SIGHUP) };
+            if rc == 0 {
+                Ok(Reply::Accepted(Accepted {}))
+            } else {
+                Err("cannot signal the server".into())
+            }
+        }
+        request => {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            main_loop
+                .send_timeout(Asked { request, reply: tx }, REQUEST_WAIT)
+                .map_err(|_| "the server's main loop is busy".to_owned())?;
+            rx.recv_timeout(REQUEST_WAIT)
+                .map_err(|_| "the server's main loop did not answer in time".to_owned())?
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The job body the pool runs (the intent recorded, the dispatcher run, the outcome sent to the
+//! loop), and how outcomes are logged and recorded. Not how a job reaches its handler: that is
+//! the dispatcher's.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use ward_queue::{Event as QueueEvent, JobError, Policy, Pool, RetryPolicy};
+
+use crate::Error;
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::intents::Intents;
+use crate::jobs::{Event, Job};
+use crate::manifest::{FileMeta, Update};
+use crate::outcomes::{OutcomeSender, Outcomes};
+use crate::tracker::Tracker;
+
+pub(super) fn build_pool(
+    config: &Config,
+    dispatcher: Arc<RwLock<Arc<Dispatcher>>>,
+    done: OutcomeSender,
+    intents: Arc<Intents>,
+) -> Result<Pool<Job, PathBuf>, Error> {
+    let finished = done.clone();
+    Pool::builder()
+        .workers(config.workers)
+        .capacity(config.queue_capacity)
+        // The loop keeps what does not fit in its backlog: it must never block on the pool.
+        .policy(Policy::Reject)
+        .retry(RetryPolicy::attempts(config.retries + 1))
+        // The dispatcher stops a job's process at its deadline; this is the backstop for a
+        // thread stuck anyway.
+        .timeout(config.job_timeout + config.stop_grace * 2 + std::time::Duration::from_secs(5))
+        .thread_name("ward-job")
+        .on_event(move |event: QueueEvent<Job>| {
+            if let QueueEvent::Dead { job, .. } = &event {
+                send_done(
+                    &done,
+                    Update::Finished {
+                        path: job.path.clone(),
+                        event: job.event,
+                        ok: false,
+                        processed: None,
+                        old_path: job.old_path.clone(),
+                    },
+                );
+            }
+            log_outcome(event);
+        })
+        .build(move |job: &Job| {
+            // The version this attempt processes; recorded as processed only if it succeeds.
+            let version = if job.event == Event::Removed {
+                None
+            } else {
+                FileMeta::read(&job.path)
+            };
+            // Before the job can tell its consumer anything: if the server is killed before the
+            // manifest holds the job's queueing, the next start still knows of the path.
+            intents.record(&job.path);
+            let current = Arc::clone(&dispatcher.read());
+            current.run(job).map_err(|e| Box::new(e) as JobError)?;
+            send_done(
+                &finished,
+                Update::Finished {
+                    path: job.path.clone(),
+                    event: job.event,
+                    ok: true,
+                    processed: version,
+                    old_path: job.old_path.clone(),
+                },
+            );
+            if let Some(old) = &job.old_path {
+                send_done(
+                    &finished,
+                    Update::Finished {
+                        path: old.clone(),
+                        // A rename tells the consumer its old path is gone.
+                        event: Event::Removed,
+                        ok: true,
+                        processed: None,
+                        old_path: None,
+                    },
+                );
+            }
+            Ok(())
+        })
+        .map_err(Error::from)
+}
+
+/// Records every outcome waiting.
+pub(super) fn record_outcomes(done: &Outcomes, tracker: &mut Tracker) {
+    for update in done.take() {
+        tracker.finished(update);
+    }
+}
+
+fn send_done(done: &OutcomeSender, update: Update) {
+    if let Err(update) = done.send(update) {
+        log::warn!(
+            "outcome of {} not recorded (it will be redone after a restart): the server is ending",
+            update.path().display()
+        );
+    }
+}
+
+fn log_outcome(event: QueueEvent<Job>) {
+    match event {
+        QueueEvent::Completed { job, attempts, .. } if attempts > 1 => {
+            log::info!(
+                "job on {} succeeded on attempt {attempts}",
+                job.path.display()
+            );
+        }
+        QueueEvent::Completed { job, .. } => log::debug!("job on {} done", job.path.display()),
+        QueueEvent::Retrying {
+            attempt,
+            failure,
+            delay,
+            ..
+        } => {
+            log::warn!("job attempt {attempt} failed ({failure}); retrying in {delay:?}");
+        }
+        QueueEvent::Dead { job, failures, .. } => {
+            let last = failures.last().map(ToString::to_string).unwrap_or_default();
+            log::error!(
+                "job on {} failed after {} attempt(s): {last}",
+                job.path.display(),
+                failures.len()
+            );
+        }
+        other => log::debug!("queue: {other:?}"),
+    }
+}

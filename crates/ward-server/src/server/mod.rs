@@ -1,0 +1,298 @@
+//! The server: watcher → queue → jobs, the control socket, and the graceful stop.
+//!
+//! It runs as a child of the keeper (`ward __server`), logs to its stderr (which the keeper writes
+//! into the log file), prints [`READY_LINE`](crate::keeper::READY_LINE) once its watches are in
+//! place and its socket listens, and on SIGTERM stops in the order the log shows: stop watching,
+//! stop intake and drain, stop workers, end the loop.
+
+mod answers;
+mod backlog;
+mod job;
+mod reload;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::select;
+use parking_lot::RwLock;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use ward_watch::Watcher;
+
+use crate::config::Config;
+use crate::control::ControlSocket;
+use crate::dispatch::Dispatcher;
+use crate::handover::Handover;
+use crate::keeper::READY_LINE;
+use crate::launch::Launch;
+use crate::logging::{self, Sink};
+use crate::outcomes;
+use crate::state::{StateDir, names};
+use crate::tracker::Tracker;
+use crate::{Error, deaths};
+
+use answers::Asked;
+use backlog::{BACKLOG_POLL, Backlog, jobs_of_batch};
+use job::{build_pool, record_outcomes};
+
+/// Runs the server until SIGTERM/SIGINT (or a `stop` request), then stops gracefully.
+///
+/// # Errors
+/// If the config, watcher, pool or socket cannot be set up, or the watcher dies.
+pub fn serve(launch: &Launch) -> Result<(), Error> {
+    logging::init("server", Sink::Stderr);
+    limit_malloc_arenas();
+    let state = launch.open_state_dir()?;
+    let mut handover = Handover::read(&state)?;
+    let config = handover.config.clone();
+    let _capture = deaths::install_capture("server", &state, &config)?;
+    let started = Instant::now();
+    log::info!("server starting: watching {}", list(&config.roots));
+
+    let (signal_tx, signals) = crossbeam_channel::bounded(16);
+    let mut signal_source = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| Error::io("installing signal handlers", e))?;
+    let signal_handle = signal_source.handle();
+    let signal_thread = std::thread::Builder::new()
+        .name("ward-signals".into())
+        .spawn(move || {
+            for signal in signal_source.forever() {
+                if signal_tx.send(signal).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| Error::io("starting signal thread", e))?;
+
+    let dispatcher = Arc::new(RwLock::new(Arc::new(Dispatcher::new(
+        config.clone(),
+        state.clone(),
+    )?)));
+    // Outcomes gather for a moment before the loop takes them, instead of waking it once per job;
+    // the doorbell rings at least twice per queue's worth, so the queue is refilled in time.
+    let (done_tx, done) = outcomes::channel(config.queue_capacity / 2);
+    // Watching starts before the manifest walk, so no change slips between them.
+    let watcher = build_watcher(&config, &state)?;
+    let mut tracker = Tracker::open(&state, watcher.ignore_rules())?;
+    let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx, tracker.intents())?;
+    // The control thread hands requests to this loop instead of sharing its state: nothing is
+    // computed, and nothing wakes up, unless somebody asks.
+    let (request_tx, requests) = crossbeam_channel::bounded::<Asked>(1);
+    let socket = ControlSocket::bind(
+        &state.join(names::SOCKET),
+        Arc::new(move |request| answers::control(request, &request_tx)),
+    )?;
+    announce_ready();
+    log::info!(
+        "server ready: {} watch root(s), {} trigger(s), {} worker thread(s)",
+        config.roots.len(),
+        config.triggers.len(),
+        config.workers
+    );
+    let mut backlog = Backlog::default();
+    match tracker.pending_jobs(dispatcher.read().triggers()) {
+        Ok(jobs) => {
+            for job in jobs {
+                for job in tracker.queue(job, dispatcher.read().triggers()) {
+                    backlog.push(job);
+                }
+            }
+        }
+        Err(e) => log::error!("cannot read the jobs the previous server left queued: {e}"),
+    }
+    for job in tracker.untold_removals(dispatcher.read().triggers()) {
+        backlog.push(job);
+    }
+    // Startup reconciliation: every root is diffed against the manifest, as room allows.
+    for root in &config.roots {
+        backlog.rescan(root.clone(), &tracker);
+    }
+
+    let mut config = config;
+    // Take the outcomes waiting at the next turn of the loop: false only while they gather after
+    // the doorbell rang, until `gather_until`.
+    let mut take_outcomes = true;
+    let mut gather_until: Option<Instant> = None;
+    let result = loop {
+        // A comparison must see the finished jobs' outcomes: without them it would queue their
+        // paths again.
+        if take_outcomes || backlog.compares_next() {
+            // First, so that whatever the loop does next sees every job finished so far as such.
+            record_outcomes(&done, &mut tracker);
+            gather_until = None;
+        }
+        take_outcomes = true;
+        backlog.submit(&pool);
+        backlog.refill(&mut tracker, dispatcher.read().triggers());
+        backlog.submit(&pool);
+        let gather_timer =
+            gather_until.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+        // A slot freed by an attempt that failed into a retry sends no event; poll for room while
+        // jobs wait, and only then.
+        let backlog_timer = if backlog.len() == 0 {
+            crossbeam_channel::never()
+        } else {
+            crossbeam_channel::after(BACKLOG_POLL)
+        };
+        // Past the high-water mark the loop stops taking batches: the watcher keeps what follows
+        // in its own bounded pending set, which turns into rescans when it overflows.
+        // Crash reports a full disk kept from being written are retried while any wait.
+        let unwritten_timer = if deaths::unwritten() > 0 {
+            crossbeam_channel::after(UNWRITTEN_RETRY)
+        } else {
+            crossbeam_channel::never()
+        };
+        let batches = if backlog.len() < backlog.high {
+            watcher.batches().clone()
+        } else {
+            crossbeam_channel::never()
+        };
+        select! {
+            recv(requests) -> asked => {
+                if let Ok(asked) = asked {
+                    record_outcomes(&done, &mut tracker);
+                    let dispatcher = dispatcher.read();
+                    let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started };
+                    let answer = answers::answer(&asked.request, &mut tracker, &sources);
+                    // The asker may have given up waiting; nothing to do then.
+                    let _ = asked.reply.try_send(answer);
+                }
+            }
+            recv(batches) -> batch => {
+                let Ok(batch) = batch else { break Err(Error::ThreadEnded("watcher")) };
+                // A path whose job has finished is no longer in flight for the batch's changes.
+                record_outcomes(&done, &mut tracker);
+                let triggers = Arc::clone(&dispatcher.read());
+                for job in jobs_of_batch(batch, &mut tracker, triggers.triggers(), &mut backlog) {
+                    backlog.push(job);
+                }
+            }
+            recv(done.bell()) -> _ => {
+                // The first outcome since the last take: let more gather, unless enough wait
+                // that the pool's queue needs refilling.
+                if !done.many_waiting() {
+                    take_outcomes = false;
+                    gather_until.get_or_insert_with(|| Instant::now() + outcomes::GATHER_FOR);
+                }
+            }
+            recv(gather_timer) -> _ => {}
+            recv(backlog_timer) -> _ => {}
+            recv(unwritten_timer) -> _ => {
+                deaths::write_unwritten(&config);
+            }
+            recv(signals) -> signal => match signal {
+                Ok(SIGHUP) => config = reload::reload(&mut handover, &state, config, &dispatcher),
+                Ok(signal) => {
+                    log::info!("received signal {signal}: stop watching, drain the queue, stop workers, exit");
+                    break Ok(());
+                }
+                Err(_) => break Err(Error::ThreadEnded("signal")),
+            },
+        }
+    };
+
+    log::info!("stop watching");
+    drop(watcher);
+    log::info!(
+        "stop intake; drain the queue for up to {:?}",
+        config.drain_timeout
+    );
+    dispatcher
+        .read()
+        .stop_running_at(Instant::now() + config.drain_timeout);
+    let left = pool.shutdown(config.drain_timeout);
+    record_outcomes(&done, &mut tracker);
+    let not_run = left.len() + backlog.len();
+    if !backlog.rescans.is_empty() {
+        log::info!(
+            "{} rescan(s) not done; the next start reconciles every root anyway",
+            backlog.rescans.len()
+        );
+    }
+    if not_run == 0 {
+        log::info!("drained: every queued job ran");
+    } else {
+        let sample: Vec<String> = left
+            .iter()
+            .take(10)
+            .map(|j| j.path.display().to_string())
+            .collect();
+        log::warn!(
+            "{not_run} queued job(s) did not run before the drain timeout (kept in the manifest for the next start): {}",
+            sample.join(", ")
+        );
+    }
+    tracker.flush();
+    dispatcher.read().stop_workers();
+    let unwritten = deaths::write_unwritten(&config);
+    if unwritten > 0 {
+        log::error!("{unwritten} crash report(s) could not be written before the server ended");
+    }
+    // Requests still waiting for the loop are refused now and later ones fail at once, so the
+    // control threads the socket joins are not waiting out `REQUEST_WAIT` for an answer.
+    for asked in requests.try_iter() {
+        let _ = asked
+            .reply
+            .try_send(Err("the server is stopping".to_owned()));
+    }
+    drop(requests);
+    drop(socket);
+    signal_handle.close();
+    if signal_thread.join().is_err() {
+        log::error!("signal thread panicked");
+    }
+    log::info!("server loop ended after {:?}", started.elapsed());
+    result
+}
+
+/// How often crash reports that could not be written are retried, while any wait.
+const UNWRITTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn announce_ready() {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{READY_LINE}").and_then(|()| stdout.flush()) {
+        log::error!("cannot tell the keeper that the server is ready: {e}");
+    }
+}
+
+/// glibc gives threads their own malloc arenas, up to eight per core, and each keeps what it
+/// once held: a burst that ran through a dozen short-lived child-watching threads left the
+/// server 30 MB above what it used. Two arenas bound that; contention stays low because the loop
+/// thread does most of the allocating. Called before the server starts any thread.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes allocator tuning; no other thread runs yet.
+        if unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) } != 1 {
+            log::warn!("could not limit malloc arenas; memory after bursts may stay higher");
+        }
+    }
+}
+
+fn build_watcher(config: &Config, state: &StateDir) -> Result<Watcher, Error> {
+    let mut builder = Watcher::builder()
+        .roots(config.roots.iter().cloned())
+        .ignore_file(config.ignore_file.clone())
+        .quiet(config.debounce)
+        .max_wait(config.max_wait);
+    for glob in &config.ignore {
+        builder = builder.ignore_glob(glob.clone());
+    }
+    // ward's own state (log, crash reports, socket) changes as jobs run: watching it would make
+    // every job trigger more jobs.
+    for root in &config.roots {
+        if let Ok(inside) = state.path().strip_prefix(root) {
+            builder = builder.ignore_glob(globset::escape(&inside.to_string_lossy()));
+        }
+    }
+    builder.build().map_err(Error::from)
+}
+
+pub(crate) fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
