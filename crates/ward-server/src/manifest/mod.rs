@@ -40,13 +40,15 @@ use ward_watch::IgnoreRules;
 
 use crate::Error;
 use crate::jobs::Event;
+use record::{decode_event, decode_record, encode_event, encode_record, path_of};
+
+mod record;
 
 const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending");
 const BY_SEQ: TableDefinition<u64, &[u8]> = TableDefinition::new("by_seq");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SEQ_KEY: &str = "seq";
-const RECORD_VERSION: u8 = 1;
 /// redb's page cache. Its default (1 GiB) would let the server's memory grow with every page of
 /// the manifest it ever touched; a long-running process needs a bound. At 32 MiB a 200k-file
 /// burst peaked at 63 MB of the server's 64 MB budget; at 16 MiB it peaks at 47 MB, for about 30 %
@@ -623,75 +625,6 @@ impl Touched {
         self.record = Some(record);
         Ok(())
     }
-}
-
-fn path_of(bytes: &[u8]) -> PathBuf {
-    PathBuf::from(OsStr::from_bytes(bytes))
-}
-
-fn encode_event(event: Event) -> u8 {
-    match event {
-        Event::Created => 0,
-        Event::Modified => 1,
-        Event::Removed => 2,
-        Event::Renamed => 3,
-    }
-}
-
-fn decode_event(byte: u8) -> Event {
-    match byte {
-        0 => Event::Created,
-        2 => Event::Removed,
-        3 => Event::Renamed,
-        _ => Event::Modified,
-    }
-}
-
-fn encode_record(r: &Record) -> Vec<u8> {
-    let mut out = Vec::with_capacity(52);
-    out.push(RECORD_VERSION);
-    out.push(u8::from(r.processed.is_some()) | (u8::from(r.last_ok) << 1));
-    out.push(encode_event(r.event));
-    out.extend_from_slice(&r.seq.to_le_bytes());
-    if let Some(m) = r.processed {
-        out.extend_from_slice(&m.size.to_le_bytes());
-        out.extend_from_slice(&m.mtime_ns.to_le_bytes());
-        out.extend_from_slice(&m.ctime_ns.to_le_bytes());
-        out.extend_from_slice(&m.ino.to_le_bytes());
-        out.extend_from_slice(&m.dev.to_le_bytes());
-    }
-    out
-}
-
-fn decode_record(b: &[u8]) -> Option<Record> {
-    let (&version, rest) = b.split_first()?;
-    if version != RECORD_VERSION || rest.len() < 10 {
-        return None;
-    }
-    let flags = rest[0];
-    let event = decode_event(rest[1]);
-    let word = |i: usize| {
-        rest.get(i..i + 8)
-            .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
-    };
-    let seq = word(2)?;
-    let processed = if flags & 1 != 0 {
-        Some(FileMeta {
-            size: word(10)?,
-            mtime_ns: word(18)? as i64,
-            ctime_ns: word(26)? as i64,
-            ino: word(34)?,
-            dev: word(42)?,
-        })
-    } else {
-        None
-    };
-    Some(Record {
-        processed,
-        last_ok: flags & 2 != 0,
-        event,
-        seq,
-    })
 }
 
 /// What reconciliation decided for one path.
