@@ -44,8 +44,9 @@ pub(crate) struct Tracker {
     /// Read here, written by the writer thread.
     manifest: Arc<Mutex<Manifest>>,
     rules: Arc<IgnoreRules>,
-    writes: Arc<Writes>,
-    writer: Option<JoinHandle<()>>,
+    /// Stopped and joined when the tracker is dropped. It holds handles of its own on the manifest
+    /// and the intent journal, so it may go before or after the fields beside it.
+    writer: Writer,
     /// Paths with a job queued or running: the event and old path of the latest job queued for
     /// each, from `queue` until that job's `Finished` (the earlier ones are replaced by it, or
     /// finish before it).
@@ -123,42 +124,11 @@ impl Tracker {
         })?;
         let intents = Arc::new(intents);
         let manifest = Arc::new(Mutex::new(manifest));
-        let writes = Arc::new(Writes {
-            state: Mutex::new(Unflushed {
-                updates: Vec::new(),
-                due: None,
-                writing: 0,
-                flush_every: FLUSH_EVERY,
-                compact_at: COMPACT_ABOVE,
-                compact_floor: COMPACT_ABOVE,
-                compactions: 0,
-                asked: 0,
-                answered: 0,
-                failing: None,
-                committed,
-                quit: false,
-            }),
-            changed: Condvar::new(),
-        });
-        let writer = {
-            let (manifest, writes, intents) = (
-                Arc::clone(&manifest),
-                Arc::clone(&writes),
-                Arc::clone(&intents),
-            );
-            std::thread::Builder::new()
-                .name("ward-manifest".into())
-                .spawn(move || writer_main(&writes, &manifest, &intents))
-                .map_err(|e| Error::Io {
-                    context: "starting the manifest writer thread".into(),
-                    source: e,
-                })?
-        };
+        let writer = Writer::start(Arc::clone(&manifest), Arc::clone(&intents), committed)?;
         Ok(Tracker {
             manifest,
             rules,
-            writes,
-            writer: Some(writer),
+            writer,
             in_flight: HashMap::new(),
             intents,
             left_intents,
@@ -346,7 +316,7 @@ impl Tracker {
             log::trace!("queued {:?} {}", job.event, job.path.display());
             self.in_flight
                 .insert(job.path.clone(), (job.event, job.old_path.clone()));
-            self.push(Update::Queued {
+            self.writer.push(Update::Queued {
                 path: job.path.clone(),
                 event: job.event,
                 old_path: job.old_path.clone(),
@@ -374,10 +344,88 @@ impl Tracker {
             // a restart's comparison owes that then). An earlier one leaves the path in flight.
             self.in_flight.remove(path);
         }
-        self.push(update);
+        self.writer.push(update);
     }
 
-    fn push(&mut self, update: Update) {
+    /// Returns once the writer has tried to commit every update added so far: what must read
+    /// the manifest as the loop knows it calls this first. A failure is logged by the writer and
+    /// retried later; nothing is dropped.
+    pub(crate) fn flush(&self) {
+        self.writer.flush();
+    }
+
+    /// Paths known and the sequence number as of the last commit, for `ward status`.
+    pub(crate) fn stats(&self) -> (u64, u64) {
+        self.writer.stats()
+    }
+
+    /// Updates waiting to be written, and the error that keeps them waiting, if any.
+    pub(crate) fn backlog(&self) -> (usize, Option<String>) {
+        self.writer.backlog()
+    }
+
+    /// For `ward changes --since`.
+    pub(crate) fn changes_since(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeEntry>, Error> {
+        self.manifest.lock().changes_since(since, limit)
+    }
+}
+
+/// The handle of the manifest writer thread (`ward-manifest`), which commits what the tracker
+/// pushes. Dropping it ends the thread after one last attempt to commit what waits, and joins it.
+#[derive(Debug)]
+struct Writer {
+    writes: Arc<Writes>,
+    /// `None` only while `drop` joins it.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the thread that commits into `manifest`, sealing `intents` before it takes each
+    /// batch; `committed` is what `stats` says until the first commit.
+    fn start(
+        manifest: Arc<Mutex<Manifest>>,
+        intents: Arc<Intents>,
+        committed: (u64, u64),
+    ) -> Result<Writer, Error> {
+        let writes = Arc::new(Writes {
+            state: Mutex::new(Unflushed {
+                updates: Vec::new(),
+                due: None,
+                writing: 0,
+                flush_every: FLUSH_EVERY,
+                compact_at: COMPACT_ABOVE,
+                compact_floor: COMPACT_ABOVE,
+                compactions: 0,
+                asked: 0,
+                answered: 0,
+                failing: None,
+                committed,
+                quit: false,
+            }),
+            changed: Condvar::new(),
+        });
+        let thread = {
+            let writes = Arc::clone(&writes);
+            std::thread::Builder::new()
+                .name("ward-manifest".into())
+                .spawn(move || writer_main(&writes, &manifest, &intents))
+                .map_err(|e| Error::Io {
+                    context: "starting the manifest writer thread".into(),
+                    source: e,
+                })?
+        };
+        Ok(Writer {
+            writes,
+            thread: Some(thread),
+        })
+    }
+
+    /// Adds `update` to what the next commit writes.
+    fn push(&self, update: Update) {
         let mut state = self.writes.state.lock();
         state.updates.push(update);
         if state.due.is_none() {
@@ -396,10 +444,8 @@ impl Tracker {
         }
     }
 
-    /// Returns once the writer has tried to commit every update added so far: what must read
-    /// the manifest as the loop knows it calls this first. A failure is logged by the writer and
-    /// retried later; nothing is dropped.
-    pub(crate) fn flush(&self) {
+    /// Returns once the thread has tried to commit every update pushed so far.
+    fn flush(&self) {
         let mut state = self.writes.state.lock();
         if state.updates.is_empty() && state.writing == 0 {
             return; // Everything added so far is committed.
@@ -409,7 +455,7 @@ impl Tracker {
         self.writes.changed.notify_all();
         while state.answered < ticket {
             self.writes.changed.wait_for(&mut state, WRITER_CHECK);
-            if self.writer.as_ref().is_none_or(JoinHandle::is_finished) {
+            if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
                 log::error!(
                     "the manifest writer thread has ended: {} update(s) are not recorded",
                     state.updates.len() + state.writing
@@ -419,33 +465,24 @@ impl Tracker {
         }
     }
 
-    /// Paths known and the sequence number as of the last commit, for `ward status`.
-    pub(crate) fn stats(&self) -> (u64, u64) {
+    /// Paths known and the sequence number as of the last commit.
+    fn stats(&self) -> (u64, u64) {
         self.writes.state.lock().committed
     }
 
     /// Updates waiting to be written, and the error that keeps them waiting, if any.
-    pub(crate) fn backlog(&self) -> (usize, Option<String>) {
+    fn backlog(&self) -> (usize, Option<String>) {
         let state = self.writes.state.lock();
         (state.updates.len() + state.writing, state.failing.clone())
-    }
-
-    /// For `ward changes --since`.
-    pub(crate) fn changes_since(
-        &self,
-        since: u64,
-        limit: usize,
-    ) -> Result<Vec<ChangeEntry>, Error> {
-        self.manifest.lock().changes_since(since, limit)
     }
 }
 
 /// The writer thread ends after one last attempt to commit what waits.
-impl Drop for Tracker {
+impl Drop for Writer {
     fn drop(&mut self) {
         self.writes.state.lock().quit = true;
         self.writes.changed.notify_all();
-        if let Some(writer) = self.writer.take()
+        if let Some(writer) = self.thread.take()
             && writer.join().is_err()
         {
             log::error!("the manifest writer thread panicked");
@@ -728,10 +765,41 @@ pub(crate) mod tests {
         assert!(!tracker.in_flight(&p));
     }
 
+    /// A writer of a fresh manifest in `dir`, and that manifest: a test that locks it makes a
+    /// commit wait as long as it wants.
+    fn writer_of(dir: &tempfile::TempDir) -> (Writer, Arc<Mutex<Manifest>>) {
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let (manifest, _) = Manifest::open(&state.join(names::MANIFEST)).unwrap();
+        let (intents, _) = Intents::open(&state).unwrap();
+        let manifest = Arc::new(Mutex::new(manifest));
+        let writer = Writer::start(Arc::clone(&manifest), Arc::new(intents), (0, 0)).unwrap();
+        (writer, manifest)
+    }
+
+    /// The queueing of a creation's job for `path`.
+    fn queued(path: &Path) -> Update {
+        Update::Queued {
+            path: path.to_path_buf(),
+            event: Event::Created,
+            old_path: None,
+        }
+    }
+
+    /// The successful outcome of [`queued`]'s job.
+    fn finished(path: &Path) -> Update {
+        Update::Finished {
+            path: path.to_path_buf(),
+            event: Event::Created,
+            ok: true,
+            processed: None,
+            old_path: None,
+        }
+    }
+
     /// Compacts past `updates` waiting, and commits only when asked (`flush`, or a `due` set
     /// by the test).
-    fn compact_above(tracker: &Tracker, updates: usize) {
-        let mut state = tracker.writes.state.lock();
+    fn compact_above(writer: &Writer, updates: usize) {
+        let mut state = writer.writes.state.lock();
         state.compact_floor = updates;
         state.compact_at = updates;
         state.flush_every = Duration::from_secs(3600);
@@ -741,31 +809,28 @@ pub(crate) mod tests {
     fn many_distinct_waiting_paths_are_compacted_a_logarithmic_number_of_times() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let (writer, _manifest) = writer_of(&dir);
         // Nothing is written until `flush` below.
-        compact_above(&tracker, 1_000);
+        compact_above(&writer, 1_000);
         // Ten times more distinct paths than the threshold, none flushed (a first start on a
         // large tree): compacting after every push past the threshold would be quadratic.
         let paths = 10_000;
         for i in 0..paths {
-            tracker.queue(
-                job(&root.join(format!("f{i}")), Event::Created, None),
-                &triggers,
-            );
+            writer.push(queued(&root.join(format!("f{i}"))));
         }
-        let compactions = tracker.writes.state.lock().compactions;
+        let compactions = writer.writes.state.lock().compactions;
         assert!(
             compactions <= 5,
             "{compactions} compactions for {paths} paths"
         );
         assert_eq!(
-            tracker.backlog().0,
+            writer.backlog().0,
             paths,
             "compaction dropped updates of distinct paths"
         );
-        tracker.flush();
-        assert_eq!(tracker.backlog().0, 0);
-        assert_eq!(tracker.stats().0, paths as u64);
+        writer.flush();
+        assert_eq!(writer.backlog().0, 0);
+        assert_eq!(writer.stats().0, paths as u64);
     }
 
     /// Polls `condition` every millisecond for at most 10 s.
@@ -781,55 +846,54 @@ pub(crate) mod tests {
     fn the_writer_thread_commits_while_the_loop_goes_on_adding() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let (writer, manifest) = writer_of(&dir);
         // Nothing is due until the test says so.
-        tracker.writes.state.lock().flush_every = Duration::from_secs(3600);
-        let queue_and_finish = |tracker: &mut Tracker, name: &str| {
-            let job = job(&root.join(name), Event::Created, None);
-            tracker.queue(job.clone(), &triggers);
-            tracker.finished(done(&job));
+        writer.writes.state.lock().flush_every = Duration::from_secs(3600);
+        let queue_and_finish = |writer: &Writer, name: &str| {
+            let path = root.join(name);
+            writer.push(queued(&path));
+            writer.push(finished(&path));
         };
         // A commit that takes as long as the test wants: the store is busy until `busy` goes.
-        let busy = Arc::clone(&tracker.manifest);
-        let busy = busy.lock();
+        let busy = manifest.lock();
         for i in 0..10 {
-            queue_and_finish(&mut tracker, &format!("a{i}"));
+            queue_and_finish(&writer, &format!("a{i}"));
         }
         {
-            let mut state = tracker.writes.state.lock();
+            let mut state = writer.writes.state.lock();
             state.flush_every = Duration::from_millis(1);
             state.due = Some(Instant::now());
         }
-        tracker.writes.changed.notify_all();
+        writer.writes.changed.notify_all();
         wait_for("the writer to take the first updates", || {
-            tracker.writes.state.lock().writing == 20
+            writer.writes.state.lock().writing == 20
         });
         // The loop adds more and reads its backlog and stats while the commit waits for the store.
         for i in 0..5 {
-            queue_and_finish(&mut tracker, &format!("b{i}"));
+            queue_and_finish(&writer, &format!("b{i}"));
         }
-        assert_eq!(tracker.backlog(), (30, None));
-        assert_eq!(tracker.stats(), (0, 0), "`ward status` waits for no commit");
+        assert_eq!(writer.backlog(), (30, None));
+        assert_eq!(writer.stats(), (0, 0), "`ward status` waits for no commit");
         drop(busy);
         // Nobody calls `flush`: the writer commits both groups on its own.
-        wait_for("every update to be committed", || tracker.backlog().0 == 0);
-        assert_eq!(tracker.stats().0, 15);
+        wait_for("every update to be committed", || writer.backlog().0 == 0);
+        assert_eq!(writer.stats().0, 15);
     }
 
     #[test]
     fn far_behind_a_slow_commit_the_loop_waits_for_it_instead_of_piling_up_updates() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
-        compact_above(&tracker, 10);
-        let (manifest, writes) = (Arc::clone(&tracker.manifest), Arc::clone(&tracker.writes));
+        let (writer, manifest) = writer_of(&dir);
+        compact_above(&writer, 10);
+        let writes = Arc::clone(&writer.writes);
         let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // Declared before `busy`, so that a failing test lets the store go before it drops the
-        // tracker (whose writer waits for the store).
+        // writer (which waits for the store).
         let pushing;
         // A commit that takes as long as the test wants, holding one update.
         let busy = manifest.lock();
-        tracker.queue(job(&root.join("first"), Event::Created, None), &triggers);
+        writer.push(queued(&root.join("first")));
         writes.state.lock().due = Some(Instant::now());
         writes.changed.notify_all();
         wait_for("the writer to take the first update", || {
@@ -840,11 +904,10 @@ pub(crate) mod tests {
             std::thread::spawn(move || {
                 // Distinct paths: compaction cannot shrink them.
                 for i in 0..100 {
-                    let job = job(&root.join(format!("f{i}")), Event::Created, None);
-                    tracker.queue(job, &triggers);
+                    writer.push(queued(&root.join(format!("f{i}"))));
                     done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
-                tracker
+                writer
             })
         };
         wait_for("the updates to reach the bound", || {
@@ -857,25 +920,25 @@ pub(crate) mod tests {
             "{waiting} updates piled up behind the commit ({pushed} pushes returned)"
         );
         drop(busy);
-        let tracker = pushing.join().unwrap();
-        tracker.flush();
-        assert_eq!(tracker.stats().0, 101);
-        assert_eq!(tracker.backlog(), (0, None));
+        let writer = pushing.join().unwrap();
+        writer.flush();
+        assert_eq!(writer.stats().0, 101);
+        assert_eq!(writer.backlog(), (0, None));
     }
 
     #[test]
     fn flush_returns_after_the_commit_of_everything_added_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let (writer, _manifest) = writer_of(&dir);
         // Only `flush` can make the writer commit.
-        tracker.writes.state.lock().flush_every = Duration::from_secs(3600);
-        let a = job(&root.join("a"), Event::Created, None);
-        tracker.queue(a.clone(), &triggers);
-        tracker.finished(done(&a));
-        assert_eq!(tracker.backlog().0, 2);
-        tracker.flush();
-        assert_eq!(tracker.backlog(), (0, None));
-        assert_eq!(tracker.stats().0, 1);
+        writer.writes.state.lock().flush_every = Duration::from_secs(3600);
+        let a = root.join("a");
+        writer.push(queued(&a));
+        writer.push(finished(&a));
+        assert_eq!(writer.backlog().0, 2);
+        writer.flush();
+        assert_eq!(writer.backlog(), (0, None));
+        assert_eq!(writer.stats().0, 1);
     }
 }
