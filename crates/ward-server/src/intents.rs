@@ -3,9 +3,9 @@
 //! group-commit delay.
 //!
 //! The manifest commits what the loop queued once the oldest update has waited
-//! `tracker::FLUSH_EVERY`, but a job may start at once. If the server is killed in between, the
-//! manifest never learns of a path whose job told its consumer the file exists; and if the file is
-//! removed before the next start, nothing tells the consumer it is gone. So a job thread appends
+//! `tracker::writer::FLUSH_EVERY`, but a job may start at once. If the server is killed in between,
+//! the manifest never learns of a path whose job told its consumer the file exists; and if the file
+//! is removed before the next start, nothing tells the consumer it is gone. So a job thread appends
 //! its path here (one `write(2)`, no `fsync`: a killed process loses no write it made; a lost
 //! machine loses what the manifest's last durable commit lacks anyway) before the job runs.
 //!

@@ -1,12 +1,8 @@
 //! The server's bookkeeping of changes and jobs against the [`Manifest`]: what to run at startup,
-//! what a rescan or a directory change means, and the grouped, retried writes of every queued and
-//! finished job.
-//!
-//! The writes are the manifest writer thread's (`ward-manifest`): the server's loop only adds
-//! updates to a list, and the writer commits what gathered once the oldest has waited
-//! `FLUSH_EVERY`. A commit waits for the disk (`fdatasync`), and on a slow disk that is long; the
-//! loop never waits for it, except where it must read what it wrote: a comparison with the
-//! manifest, a since-query and the end of the server ([`Tracker::flush`]).
+//! what a rescan or a directory change means, and which paths have a job in flight. Not the
+//! writes of every queued and finished job: the tracker hands them to the manifest writer thread
+//! (`writer`), which groups, commits and retries them, so that the loop never waits for the disk
+//! except where it must read what it wrote ([`Tracker::flush`]).
 //!
 //! One mechanism decides what needs processing, whatever the occasion (first start, restart after
 //! a crash, start after a stop, a watcher `Rescan`, a directory created, removed or renamed): walk
@@ -14,13 +10,11 @@
 //! what was created, modified or removed since its last successful processing.
 
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::Mutex;
 use ward_watch::IgnoreRules;
 
 use crate::Error;
@@ -28,15 +22,9 @@ use crate::intents::Intents;
 use crate::jobs::{CompiledTrigger, Event, Job, Triggers};
 use crate::manifest::{ChangeEntry, Manifest, Opened, Reconciled, Update};
 use crate::state::{StateDir, names};
+use writer::Writer;
 
-/// Writes wait at most this long to be grouped into one commit.
-pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(50);
-/// Retry delay while the store cannot be written (a full disk).
-const RETRY_EVERY: Duration = Duration::from_secs(2);
-/// How often `flush`, waiting for the writer, checks that the writer thread still runs.
-const WRITER_CHECK: Duration = Duration::from_secs(1);
-/// Above this many unflushed updates, they are compacted to the last ones per path.
-const COMPACT_ABOVE: usize = 100_000;
+mod writer;
 
 /// The manifest and the updates not yet committed to it.
 #[derive(Debug)]
@@ -44,8 +32,9 @@ pub(crate) struct Tracker {
     /// Read here, written by the writer thread.
     manifest: Arc<Mutex<Manifest>>,
     rules: Arc<IgnoreRules>,
-    writes: Arc<Writes>,
-    writer: Option<JoinHandle<()>>,
+    /// Stopped and joined when the tracker is dropped. It holds handles of its own on the manifest
+    /// and the intent journal, so it may go before or after the fields beside it.
+    writer: Writer,
     /// Paths with a job queued or running: the event and old path of the latest job queued for
     /// each, from `queue` until that job's `Finished` (the earlier ones are replaced by it, or
     /// finish before it).
@@ -54,44 +43,6 @@ pub(crate) struct Tracker {
     intents: Arc<Intents>,
     /// What the intent journal held at the start, until [`Tracker::untold_removals`] takes it.
     left_intents: Vec<PathBuf>,
-}
-
-/// What the tracker and its writer thread share: the updates not yet committed.
-#[derive(Debug)]
-struct Writes {
-    state: Mutex<Unflushed>,
-    /// The writer waits here for updates or a `flush`, and `flush` for the writer's answer.
-    changed: Condvar,
-}
-
-#[derive(Debug)]
-struct Unflushed {
-    updates: Vec<Update>,
-    /// When the writer commits `updates`: `FLUSH_EVERY` after the oldest, or a retry's time.
-    due: Option<Instant>,
-    /// How many updates the writer is committing now.
-    writing: usize,
-    /// `FLUSH_EVERY`; shorter or longer in tests.
-    flush_every: Duration,
-    /// Compact the unflushed updates when they pass this many: `COMPACT_ABOVE`, or twice what the
-    /// last compaction left, so that compacting stays amortized O(1) per update even when more
-    /// distinct paths wait than `COMPACT_ABOVE` (a first start on a large tree).
-    compact_at: usize,
-    /// The least `compact_at` can be (`COMPACT_ABOVE`; smaller in tests).
-    compact_floor: usize,
-    /// Compactions so far (tests check they stay few).
-    compactions: u64,
-    /// `flush` calls so far, and the last of them the writer has answered: an answer follows an
-    /// attempt to commit everything added before the call.
-    asked: u64,
-    answered: u64,
-    /// The last write error while writes fail, for `ward status`.
-    failing: Option<String>,
-    /// Paths known and the sequence number after the last commit, for `ward status`, which so
-    /// need not wait for a commit in progress.
-    committed: (u64, u64),
-    /// The tracker is dropped: one last attempt, then the writer ends.
-    quit: bool,
 }
 
 impl Tracker {
@@ -123,42 +74,11 @@ impl Tracker {
         })?;
         let intents = Arc::new(intents);
         let manifest = Arc::new(Mutex::new(manifest));
-        let writes = Arc::new(Writes {
-            state: Mutex::new(Unflushed {
-                updates: Vec::new(),
-                due: None,
-                writing: 0,
-                flush_every: FLUSH_EVERY,
-                compact_at: COMPACT_ABOVE,
-                compact_floor: COMPACT_ABOVE,
-                compactions: 0,
-                asked: 0,
-                answered: 0,
-                failing: None,
-                committed,
-                quit: false,
-            }),
-            changed: Condvar::new(),
-        });
-        let writer = {
-            let (manifest, writes, intents) = (
-                Arc::clone(&manifest),
-                Arc::clone(&writes),
-                Arc::clone(&intents),
-            );
-            std::thread::Builder::new()
-                .name("ward-manifest".into())
-                .spawn(move || writer_main(&writes, &manifest, &intents))
-                .map_err(|e| Error::Io {
-                    context: "starting the manifest writer thread".into(),
-                    source: e,
-                })?
-        };
+        let writer = Writer::start(Arc::clone(&manifest), Arc::clone(&intents), committed)?;
         Ok(Tracker {
             manifest,
             rules,
-            writes,
-            writer: Some(writer),
+            writer,
             in_flight: HashMap::new(),
             intents,
             left_intents,
@@ -346,7 +266,7 @@ impl Tracker {
             log::trace!("queued {:?} {}", job.event, job.path.display());
             self.in_flight
                 .insert(job.path.clone(), (job.event, job.old_path.clone()));
-            self.push(Update::Queued {
+            self.writer.push(Update::Queued {
                 path: job.path.clone(),
                 event: job.event,
                 old_path: job.old_path.clone(),
@@ -374,60 +294,24 @@ impl Tracker {
             // a restart's comparison owes that then). An earlier one leaves the path in flight.
             self.in_flight.remove(path);
         }
-        self.push(update);
-    }
-
-    fn push(&mut self, update: Update) {
-        let mut state = self.writes.state.lock();
-        state.updates.push(update);
-        if state.due.is_none() {
-            state.due = Some(Instant::now() + state.flush_every);
-            self.writes.changed.notify_all();
-        }
-        if state.updates.len() > state.compact_at {
-            compact(&mut state.updates);
-            state.compactions += 1;
-            state.compact_at = state.compact_floor.max(2 * state.updates.len());
-        }
-        // Far behind a commit that takes long (a slow disk): wait for it to end, so that what
-        // waits stays within `COMPACT_ABOVE` updates plus the commit's own.
-        while state.writing > 0 && state.updates.len() > state.compact_floor {
-            self.writes.changed.wait(&mut state);
-        }
+        self.writer.push(update);
     }
 
     /// Returns once the writer has tried to commit every update added so far: what must read
     /// the manifest as the loop knows it calls this first. A failure is logged by the writer and
     /// retried later; nothing is dropped.
     pub(crate) fn flush(&self) {
-        let mut state = self.writes.state.lock();
-        if state.updates.is_empty() && state.writing == 0 {
-            return; // Everything added so far is committed.
-        }
-        state.asked += 1;
-        let ticket = state.asked;
-        self.writes.changed.notify_all();
-        while state.answered < ticket {
-            self.writes.changed.wait_for(&mut state, WRITER_CHECK);
-            if self.writer.as_ref().is_none_or(JoinHandle::is_finished) {
-                log::error!(
-                    "the manifest writer thread has ended: {} update(s) are not recorded",
-                    state.updates.len() + state.writing
-                );
-                return;
-            }
-        }
+        self.writer.flush();
     }
 
     /// Paths known and the sequence number as of the last commit, for `ward status`.
     pub(crate) fn stats(&self) -> (u64, u64) {
-        self.writes.state.lock().committed
+        self.writer.stats()
     }
 
     /// Updates waiting to be written, and the error that keeps them waiting, if any.
     pub(crate) fn backlog(&self) -> (usize, Option<String>) {
-        let state = self.writes.state.lock();
-        (state.updates.len() + state.writing, state.failing.clone())
+        self.writer.backlog()
     }
 
     /// For `ward changes --since`.
@@ -438,137 +322,6 @@ impl Tracker {
     ) -> Result<Vec<ChangeEntry>, Error> {
         self.manifest.lock().changes_since(since, limit)
     }
-}
-
-/// The writer thread ends after one last attempt to commit what waits.
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        self.writes.state.lock().quit = true;
-        self.writes.changed.notify_all();
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
-        {
-            log::error!("the manifest writer thread panicked");
-        }
-    }
-}
-
-/// The writer thread: commits the updates once the oldest is due, or at once when `flush` asks,
-/// and answers `flush` after each attempt. A failed commit keeps its updates, ahead of the newer
-/// ones, for a retry after `RETRY_EVERY`.
-fn writer_main(writes: &Writes, manifest: &Mutex<Manifest>, intents: &Intents) {
-    let mut state = writes.state.lock();
-    loop {
-        let asked = state.asked;
-        let due = state.quit
-            || asked > state.answered
-            || state.due.is_some_and(|at| Instant::now() >= at);
-        if !due {
-            match state.due {
-                Some(at) => {
-                    writes.changed.wait_until(&mut state, at);
-                }
-                None => writes.changed.wait(&mut state),
-            }
-            continue;
-        }
-        if !state.updates.is_empty() {
-            write(&mut state, manifest, intents);
-        }
-        state.answered = asked;
-        writes.changed.notify_all();
-        if state.quit {
-            if !state.updates.is_empty() {
-                log::error!(
-                    "{} update(s) could not be recorded in the manifest before the server ended; the next start's comparison redoes their jobs",
-                    state.updates.len()
-                );
-            }
-            return;
-        }
-    }
-}
-
-/// One attempt to commit what waits in `state`, whose lock is released meanwhile.
-fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>, intents: &Intents) {
-    // Sealed first: every path in the sealed files was queued before the batch is taken.
-    let sealed = intents.seal();
-    let batch = std::mem::take(&mut state.updates);
-    state.writing = batch.len();
-    state.due = None;
-    let result = MutexGuard::unlocked(state, || {
-        // redb panics on some kinds of damage: that is a failed write, not a lost writer.
-        catch_unwind(AssertUnwindSafe(|| {
-            let mut manifest = manifest.lock();
-            manifest.apply(&batch)?;
-            // Committed: a count that cannot be read must not make it look failed.
-            let paths = manifest
-                .paths()
-                .inspect_err(|e| {
-                    log::warn!("cannot count the manifest's paths after a commit; `ward status` shows the last count: {e}");
-                })
-                .ok();
-            Ok((paths, manifest.seq()))
-        }))
-        .unwrap_or_else(|_| {
-            Err(Error::Store(
-                "the store panicked while writing (damaged?)".into(),
-            ))
-        })
-    });
-    state.writing = 0;
-    match result {
-        Ok((paths, seq)) => {
-            intents.delete_through(sealed);
-            state.committed = (paths.unwrap_or(state.committed.0), seq);
-            // What waits now came after the batch: compaction starts over with it.
-            state.compact_at = state.compact_floor.max(2 * state.updates.len());
-            if state.failing.take().is_some() {
-                log::info!(
-                    "manifest writable again: {} update(s) recorded",
-                    batch.len()
-                );
-            }
-        }
-        Err(e) => {
-            if state.failing.is_none() {
-                log::error!(
-                    "cannot record {} update(s) in the manifest, keeping them and retrying every {RETRY_EVERY:?}: {e}",
-                    batch.len()
-                );
-            }
-            state.failing = Some(e.to_string());
-            let newer = std::mem::replace(&mut state.updates, batch);
-            state.updates.extend(newer);
-            state.due = Some(Instant::now() + RETRY_EVERY);
-            let reopened = MutexGuard::unlocked(state, || manifest.lock().reopen());
-            if let Err(e) = reopened {
-                log::debug!("reopening the manifest after a failed write: {e}");
-            }
-        }
-    }
-}
-
-/// Keeps, per path, its last `Queued` and last `Finished` update in their order: what the
-/// manifest would hold after applying them all, with a sequence number per kept change.
-fn compact(updates: &mut Vec<Update>) {
-    let mut last: HashMap<(PathBuf, bool), usize> = HashMap::new();
-    for (i, update) in updates.iter().enumerate() {
-        last.insert(
-            (
-                update.path().to_path_buf(),
-                matches!(update, Update::Queued { .. }),
-            ),
-            i,
-        );
-    }
-    let mut keep: Vec<usize> = last.into_values().collect();
-    keep.sort_unstable();
-    let mut kept = Vec::with_capacity(keep.len());
-    for i in keep {
-        kept.push(updates[i].clone());
-    }
-    *updates = kept;
 }
 
 #[cfg(test)]
@@ -726,156 +479,5 @@ pub(crate) mod tests {
         );
         tracker.finished(done(&modified));
         assert!(!tracker.in_flight(&p));
-    }
-
-    /// Compacts past `updates` waiting, and commits only when asked (`flush`, or a `due` set
-    /// by the test).
-    fn compact_above(tracker: &Tracker, updates: usize) {
-        let mut state = tracker.writes.state.lock();
-        state.compact_floor = updates;
-        state.compact_at = updates;
-        state.flush_every = Duration::from_secs(3600);
-    }
-
-    #[test]
-    fn many_distinct_waiting_paths_are_compacted_a_logarithmic_number_of_times() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
-        // Nothing is written until `flush` below.
-        compact_above(&tracker, 1_000);
-        // Ten times more distinct paths than the threshold, none flushed (a first start on a
-        // large tree): compacting after every push past the threshold would be quadratic.
-        let paths = 10_000;
-        for i in 0..paths {
-            tracker.queue(
-                job(&root.join(format!("f{i}")), Event::Created, None),
-                &triggers,
-            );
-        }
-        let compactions = tracker.writes.state.lock().compactions;
-        assert!(
-            compactions <= 5,
-            "{compactions} compactions for {paths} paths"
-        );
-        assert_eq!(
-            tracker.backlog().0,
-            paths,
-            "compaction dropped updates of distinct paths"
-        );
-        tracker.flush();
-        assert_eq!(tracker.backlog().0, 0);
-        assert_eq!(tracker.stats().0, paths as u64);
-    }
-
-    /// Polls `condition` every millisecond for at most 10 s.
-    fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-        let until = Instant::now() + Duration::from_secs(10);
-        while !condition() {
-            assert!(Instant::now() < until, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    #[test]
-    fn the_writer_thread_commits_while_the_loop_goes_on_adding() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
-        // Nothing is due until the test says so.
-        tracker.writes.state.lock().flush_every = Duration::from_secs(3600);
-        let queue_and_finish = |tracker: &mut Tracker, name: &str| {
-            let job = job(&root.join(name), Event::Created, None);
-            tracker.queue(job.clone(), &triggers);
-            tracker.finished(done(&job));
-        };
-        // A commit that takes as long as the test wants: the store is busy until `busy` goes.
-        let busy = Arc::clone(&tracker.manifest);
-        let busy = busy.lock();
-        for i in 0..10 {
-            queue_and_finish(&mut tracker, &format!("a{i}"));
-        }
-        {
-            let mut state = tracker.writes.state.lock();
-            state.flush_every = Duration::from_millis(1);
-            state.due = Some(Instant::now());
-        }
-        tracker.writes.changed.notify_all();
-        wait_for("the writer to take the first updates", || {
-            tracker.writes.state.lock().writing == 20
-        });
-        // The loop adds more and reads its backlog and stats while the commit waits for the store.
-        for i in 0..5 {
-            queue_and_finish(&mut tracker, &format!("b{i}"));
-        }
-        assert_eq!(tracker.backlog(), (30, None));
-        assert_eq!(tracker.stats(), (0, 0), "`ward status` waits for no commit");
-        drop(busy);
-        // Nobody calls `flush`: the writer commits both groups on its own.
-        wait_for("every update to be committed", || tracker.backlog().0 == 0);
-        assert_eq!(tracker.stats().0, 15);
-    }
-
-    #[test]
-    fn far_behind_a_slow_commit_the_loop_waits_for_it_instead_of_piling_up_updates() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
-        compact_above(&tracker, 10);
-        let (manifest, writes) = (Arc::clone(&tracker.manifest), Arc::clone(&tracker.writes));
-        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        // Declared before `busy`, so that a failing test lets the store go before it drops the
-        // tracker (whose writer waits for the store).
-        let pushing;
-        // A commit that takes as long as the test wants, holding one update.
-        let busy = manifest.lock();
-        tracker.queue(job(&root.join("first"), Event::Created, None), &triggers);
-        writes.state.lock().due = Some(Instant::now());
-        writes.changed.notify_all();
-        wait_for("the writer to take the first update", || {
-            writes.state.lock().writing == 1
-        });
-        pushing = {
-            let done = Arc::clone(&done);
-            std::thread::spawn(move || {
-                // Distinct paths: compaction cannot shrink them.
-                for i in 0..100 {
-                    let job = job(&root.join(format!("f{i}")), Event::Created, None);
-                    tracker.queue(job, &triggers);
-                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                tracker
-            })
-        };
-        wait_for("the updates to reach the bound", || {
-            writes.state.lock().updates.len() >= 11
-        });
-        let waiting = writes.state.lock().updates.len();
-        let pushed = done.load(std::sync::atomic::Ordering::SeqCst);
-        assert!(
-            waiting == 11 && pushed <= 11,
-            "{waiting} updates piled up behind the commit ({pushed} pushes returned)"
-        );
-        drop(busy);
-        let tracker = pushing.join().unwrap();
-        tracker.flush();
-        assert_eq!(tracker.stats().0, 101);
-        assert_eq!(tracker.backlog(), (0, None));
-    }
-
-    #[test]
-    fn flush_returns_after_the_commit_of_everything_added_before_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
-        // Only `flush` can make the writer commit.
-        tracker.writes.state.lock().flush_every = Duration::from_secs(3600);
-        let a = job(&root.join("a"), Event::Created, None);
-        tracker.queue(a.clone(), &triggers);
-        tracker.finished(done(&a));
-        assert_eq!(tracker.backlog().0, 2);
-        tracker.flush();
-        assert_eq!(tracker.backlog(), (0, None));
-        assert_eq!(tracker.stats().0, 1);
     }
 }

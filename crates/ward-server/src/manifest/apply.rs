@@ -1,0 +1,472 @@
+//! Applying updates: one group of queueings and outcomes folded per path and committed in one
+//! transaction, with the sequence numbers and the since-index kept right. Not opening or reading
+//! the store (`store`), nor the record's layout (`record`), nor when a group is committed (the
+//! server's writer thread).
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+
+use redb::ReadableTable;
+
+use super::record::{decode_record, encode_event, encode_record};
+use super::store::{BY_SEQ, FILES, META, PENDING, SEQ_KEY, store_error};
+use super::{Manifest, Record, Update};
+use crate::Error;
+use crate::jobs::Event;
+
+impl Manifest {
+    /// Records `updates` in one transaction (one fsync). On failure nothing of it is recorded and
+    /// the caller keeps the updates to try again.
+    ///
+    /// The updates are applied in order to what the store holds, but each path's entries are
+    /// read once and written once per call, however many updates name it: a job's queueing and
+    /// its outcome usually land in the same group, and its pending entry then never reaches the
+    /// store. A rename's queueing is also a change of its old path: its removal, numbered just
+    /// before the rename.
+    ///
+    /// # Errors
+    /// If the store cannot be written (a full disk, an I/O error).
+    pub fn apply(&mut self, updates: &[Update]) -> Result<(), Error> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let txn = self
+            .db()?
+            .begin_write()
+            .map_err(|e| store_error("writing", e))?;
+        let mut seq = self.seq;
+        {
+            let mut files = txn
+                .open_table(FILES)
+                .map_err(|e| store_error("writing", e))?;
+            let mut pending = txn
+                .open_table(PENDING)
+                .map_err(|e| store_error("writing", e))?;
+            let mut by_seq = txn
+                .open_table(BY_SEQ)
+                .map_err(|e| store_error("writing", e))?;
+            let mut touched: HashMap<&[u8], Touched> = HashMap::with_capacity(updates.len());
+            for update in updates {
+                // A rename tells its old path's removal first, under a number of its own: a
+                // since-query after the old path's last change must learn that it is gone.
+                if let Update::Queued {
+                    old_path: Some(old_path),
+                    ..
+                } = update
+                {
+                    touch(&mut touched, &files, old_path.as_os_str().as_bytes())?
+                        .renamed_away(&mut seq);
+                }
+                let key = update.path().as_os_str().as_bytes();
+                let path = touch(&mut touched, &files, key)?;
+                path.apply(update, &mut seq, || {
+                    Ok(pending
+                        .get(key)
+                        .map_err(|e| store_error("writing", e))?
+                        .map(|job| job.value().to_vec()))
+                })?;
+            }
+            // In key order: neighbours in the B-trees are written one after the other.
+            let mut touched: Vec<(&[u8], Touched)> = touched.into_iter().collect();
+            touched.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (key, path) in touched {
+                let Some(record) = path.record else {
+                    continue;
+                };
+                if path.stored_seq != Some(record.seq) {
+                    if let Some(stored) = path.stored_seq {
+                        by_seq
+                            .remove(stored)
+                            .map_err(|e| store_error("writing", e))?;
+                    }
+                    by_seq
+                        .insert(record.seq, key)
+                        .map_err(|e| store_error("writing", e))?;
+                }
+                files
+                    .insert(key, encode_record(&record).as_slice())
+                    .map_err(|e| store_error("writing", e))?;
+                match path.pending {
+                    Some(PendingJob {
+                        job: Some(job),
+                        changed: true,
+                    }) => {
+                        pending
+                            .insert(key, job.as_slice())
+                            .map_err(|e| store_error("writing", e))?;
+                    }
+                    Some(PendingJob {
+                        job: None,
+                        changed: true,
+                    }) => {
+                        pending.remove(key).map_err(|e| store_error("writing", e))?;
+                    }
+                    _ => {}
+                }
+            }
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| store_error("writing", e))?;
+            meta.insert(SEQ_KEY, seq)
+                .map_err(|e| store_error("writing", e))?;
+        }
+        txn.commit().map_err(|e| store_error("committing", e))?;
+        self.seq = seq;
+        Ok(())
+    }
+}
+
+/// `key`'s entries in `touched`, read from `files` the first time a group's update names it.
+fn touch<'t, 'k>(
+    touched: &'t mut HashMap<&'k [u8], Touched>,
+    files: &redb::Table<&'static [u8], &'static [u8]>,
+    key: &'k [u8],
+) -> Result<&'t mut Touched, Error> {
+    Ok(match touched.entry(key) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let stored = files
+                .get(key)
+                .map_err(|e| store_error("writing", e))?
+                .and_then(|v| decode_record(v.value()));
+            e.insert(Touched {
+                stored_seq: stored.as_ref().map(|r| r.seq),
+                record: stored,
+                pending: None,
+            })
+        }
+    })
+}
+
+/// One path's entries while [`Manifest::apply`] folds its updates: read once, written once.
+#[derive(Debug)]
+struct Touched {
+    /// The sequence number of the record in the store, whose `by_seq` entry a new one replaces.
+    stored_seq: Option<u64>,
+    /// The record as the updates so far leave it.
+    record: Option<Record>,
+    /// The pending job as the updates so far leave it; `None` until an update needs it.
+    pending: Option<PendingJob>,
+}
+
+/// A path's entry in `pending`: the job's event byte and the old path of a rename.
+#[derive(Debug)]
+struct PendingJob {
+    job: Option<Vec<u8>>,
+    /// Whether it differs from the store's.
+    changed: bool,
+}
+
+impl Touched {
+    /// The path was renamed away (a rename to another path was queued): its last change is now
+    /// its removal, numbered with the next `seq`. The version last processed stays, and so does
+    /// its pending job: the removal is processed only by the rename's job (its outcome for this
+    /// path), so until then a diff still owes it.
+    fn renamed_away(&mut self, seq: &mut u64) {
+        *seq += 1;
+        let old = self.record.take();
+        self.record = Some(Record {
+            processed: old.as_ref().and_then(|o| o.processed),
+            last_ok: old.as_ref().is_none_or(|o| o.last_ok),
+            event: Event::Removed,
+            seq: *seq,
+        });
+    }
+
+    /// Applies one update, numbering a new change with the next `seq`; `stored_pending` reads the
+    /// store's pending entry, when it is needed and not known yet.
+    fn apply(
+        &mut self,
+        update: &Update,
+        seq: &mut u64,
+        stored_pending: impl FnOnce() -> Result<Option<Vec<u8>>, Error>,
+    ) -> Result<(), Error> {
+        let old = self.record.take();
+        let record = match update {
+            Update::Queued {
+                event, old_path, ..
+            } => {
+                *seq += 1;
+                let mut job = vec![encode_event(*event)];
+                if let Some(old_path) = old_path {
+                    job.extend_from_slice(old_path.as_os_str().as_bytes());
+                }
+                self.pending = Some(PendingJob {
+                    job: Some(job),
+                    changed: true,
+                });
+                Record {
+                    processed: old.as_ref().and_then(|o| o.processed),
+                    last_ok: old.as_ref().is_none_or(|o| o.last_ok),
+                    event: *event,
+                    seq: *seq,
+                }
+            }
+            Update::Finished {
+                event,
+                ok,
+                processed,
+                ..
+            } => {
+                if self.pending.is_none() {
+                    self.pending = Some(PendingJob {
+                        job: stored_pending()?,
+                        changed: false,
+                    });
+                }
+                // Only the job the pending entry names is done: a later one queued for the path
+                // while this one ran (a removal after a modification) stays.
+                if let Some(entry) = &mut self.pending
+                    && entry
+                        .job
+                        .as_ref()
+                        .is_some_and(|job| job.first() == Some(&encode_event(*event)))
+                {
+                    entry.job = None;
+                    entry.changed = true;
+                }
+                let removal_done = *ok && *event == Event::Removed;
+                match old {
+                    // Finished without a recorded change: record it as seen now.
+                    None => {
+                        *seq += 1;
+                        Record {
+                            processed: *processed,
+                            last_ok: *ok,
+                            event: if processed.is_some() {
+                                Event::Created
+                            } else {
+                                *event
+                            },
+                            seq: *seq,
+                        }
+                    }
+                    // A job other than a removal that found its file gone processed nothing:
+                    // the version its consumer last saw stays recorded, so a diff still owes
+                    // that consumer the removal.
+                    Some(old) => Record {
+                        processed: match processed {
+                            _ if removal_done => None,
+                            Some(version) if *ok => Some(*version),
+                            _ => old.processed,
+                        },
+                        last_ok: *ok,
+                        event: if removal_done {
+                            Event::Removed
+                        } else {
+                            old.event
+                        },
+                        ..old
+                    },
+                }
+            }
+        };
+        self.record = Some(record);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use ward_watch::IgnoreRules;
+
+    use super::*;
+    use crate::manifest::fixtures::{finished, meta, queued};
+    use crate::manifest::{ChangeEntry, Reconciled};
+
+    /// A manifest in a temporary directory, with an empty tree: every path it records is gone.
+    fn manifest_of_a_vanished_tree() -> (tempfile::TempDir, Manifest, IgnoreRules, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        std::fs::create_dir(&root).unwrap();
+        let rules = IgnoreRules::new(vec![root.clone()], &[], None).unwrap();
+        let (m, _) = Manifest::open(&dir.path().join("m.redb")).unwrap();
+        (dir, m, rules, root)
+    }
+
+    #[test]
+    fn a_job_that_finds_its_file_gone_does_not_count_as_its_removal() {
+        let (_dir, mut m, rules, root) = manifest_of_a_vanished_tree();
+        let a = root.join("a");
+        let a = a.to_str().unwrap();
+        m.apply(&[queued(a, Event::Created)]).unwrap();
+        m.apply(&[finished(a, Event::Created, Some(meta(1)))])
+            .unwrap();
+        // Modified, then deleted before the job read it: the job ran on nothing.
+        m.apply(&[queued(a, Event::Modified)]).unwrap();
+        m.apply(&[finished(a, Event::Modified, None)]).unwrap();
+        let removal = Reconciled {
+            path: a.into(),
+            event: Event::Removed,
+        };
+        let diff = |m: &Manifest| m.reconcile(&rules, &root, |_| true).unwrap();
+        assert_eq!(diff(&m), [removal]);
+        m.apply(&[queued(a, Event::Removed)]).unwrap();
+        m.apply(&[finished(a, Event::Removed, None)]).unwrap();
+        assert_eq!(diff(&m), []);
+    }
+
+    #[test]
+    fn a_job_finishing_keeps_the_later_one_queued_for_its_path_pending() {
+        let (_dir, mut m, _, root) = manifest_of_a_vanished_tree();
+        let a = root.join("a");
+        let a = a.to_str().unwrap();
+        m.apply(&[queued(a, Event::Modified)]).unwrap();
+        m.apply(&[queued(a, Event::Removed)]).unwrap();
+        m.apply(&[finished(a, Event::Modified, None)]).unwrap();
+        assert_eq!(m.pending().unwrap(), [(a.into(), Event::Removed, None)]);
+        m.apply(&[finished(a, Event::Removed, None)]).unwrap();
+        assert_eq!(m.pending().unwrap(), []);
+    }
+
+    #[test]
+    fn a_rename_files_its_old_paths_removal_under_a_new_sequence_number() {
+        let (_dir, mut m, rules, root) = manifest_of_a_vanished_tree();
+        let (old, new) = (root.join("old"), root.join("new"));
+        let (old_str, new_str) = (old.to_str().unwrap(), new.to_str().unwrap());
+        m.apply(&[queued(old_str, Event::Created)]).unwrap();
+        m.apply(&[finished(old_str, Event::Created, Some(meta(1)))])
+            .unwrap();
+        // A client has read everything up to here, `old` included.
+        let read_up_to = m.seq();
+        m.apply(&[Update::Queued {
+            path: new.clone(),
+            event: Event::Renamed,
+            old_path: Some(old.clone()),
+        }])
+        .unwrap();
+        let since = |m: &Manifest| -> Vec<(u64, PathBuf, Event)> {
+            m.changes_since(read_up_to, 100)
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.seq, c.path, c.event))
+                .collect()
+        };
+        let told = [
+            (read_up_to + 1, old.clone(), Event::Removed),
+            (read_up_to + 2, new.clone(), Event::Renamed),
+        ];
+        assert_eq!(since(&m), told);
+        // Told, not yet processed: until the rename's job has run, the old path's removal is
+        // still owed (only that job makes its tombstone).
+        let owed = |m: &Manifest| {
+            m.reconcile(&rules, &root, |p| p == old)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.event)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(owed(&m), [Event::Removed]);
+        assert_eq!(m.records().unwrap()[&old].processed, Some(meta(1)));
+        // The rename's job tells its consumer; its outcome keeps both sequence numbers.
+        m.apply(&[
+            Update::Finished {
+                path: new.clone(),
+                event: Event::Renamed,
+                ok: true,
+                processed: Some(meta(1)),
+                old_path: Some(old.clone()),
+            },
+            finished(old_str, Event::Removed, None),
+        ])
+        .unwrap();
+        assert_eq!(since(&m), told);
+        assert_eq!(owed(&m), []);
+        assert_eq!(
+            m.records().unwrap()[Path::new(new_str)].event,
+            Event::Renamed
+        );
+    }
+
+    /// Everything a reader can see of the store: the sequence number, the records, the pending
+    /// jobs and the since-index.
+    #[derive(Debug, PartialEq)]
+    struct Contents {
+        seq: u64,
+        records: Vec<(PathBuf, Record)>,
+        pending: Vec<(PathBuf, Event, Option<PathBuf>)>,
+        changes: Vec<ChangeEntry>,
+    }
+
+    fn contents(m: &Manifest) -> Contents {
+        let mut records: Vec<_> = m.records().unwrap().into_iter().collect();
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut pending = m.pending().unwrap();
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        Contents {
+            seq: m.seq(),
+            records,
+            pending,
+            changes: m.changes_since(0, usize::MAX).unwrap(),
+        }
+    }
+
+    /// `apply` folds each path's updates of a group into one read and one write per table: the
+    /// store must end up exactly as if every update had been applied on its own, whatever the
+    /// mix of paths, queueings and outcomes (including outcomes of jobs queued in an earlier
+    /// group, or never queued).
+    #[test]
+    fn a_group_of_updates_leaves_the_store_as_applying_them_one_by_one_does() {
+        // Hundreds of commits, each synced: in memory where there is such a file system.
+        let dir = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % n
+        };
+        let events = [
+            Event::Created,
+            Event::Modified,
+            Event::Removed,
+            Event::Renamed,
+        ];
+        for case in 0..8 {
+            let (mut grouped, _) =
+                Manifest::open(&dir.path().join(format!("g{case}.redb"))).unwrap();
+            let (mut single, _) =
+                Manifest::open(&dir.path().join(format!("s{case}.redb"))).unwrap();
+            for _group in 0..6 {
+                let updates: Vec<Update> = (0..next(30))
+                    .map(|_| {
+                        let path = PathBuf::from(format!("/r/{}", next(5)));
+                        let event = events[next(4) as usize];
+                        // Old paths among the paths too: a rename's removal of its old path
+                        // folds into that path's other updates of the group.
+                        let old_path = (event == Event::Renamed)
+                            .then(|| PathBuf::from(format!("/r/{}", next(7))));
+                        if next(2) == 0 {
+                            Update::Queued {
+                                path,
+                                event,
+                                old_path,
+                            }
+                        } else {
+                            Update::Finished {
+                                path,
+                                event,
+                                ok: next(4) != 0,
+                                processed: (next(3) != 0).then(|| meta(next(100))),
+                                old_path,
+                            }
+                        }
+                    })
+                    .collect();
+                grouped.apply(&updates).unwrap();
+                for update in &updates {
+                    single.apply(std::slice::from_ref(update)).unwrap();
+                }
+                assert_eq!(
+                    contents(&grouped),
+                    contents(&single),
+                    "case {case}: after {updates:?}"
+                );
+            }
+        }
+    }
+}
