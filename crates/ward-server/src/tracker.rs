@@ -68,9 +68,11 @@ impl Tracker {
             ),
         }
         let committed = (manifest.paths()?, manifest.seq());
-        let (intents, left_intents) = Intents::open(state).map_err(|e| Error::Io {
-            context: format!("reading the intent journal in {}", state.path().display()),
-            source: e,
+        let (intents, left_intents) = Intents::open(state).map_err(|e| {
+            Error::io(
+                format!("reading the intent journal in {}", state.path().display()),
+                e,
+            )
         })?;
         let intents = Arc::new(intents);
         let manifest = Arc::new(Mutex::new(manifest));

@@ -50,9 +50,11 @@ impl Manifest {
                 let mut moved_to = path.as_os_str().to_owned();
                 moved_to.push(format!(".corrupt-{}", crate::state::unix_now()));
                 let moved_to = PathBuf::from(moved_to);
-                std::fs::rename(path, &moved_to).map_err(|e| Error::Io {
-                    context: format!("moving the damaged manifest {} aside", path.display()),
-                    source: e,
+                std::fs::rename(path, &moved_to).map_err(|e| {
+                    Error::io(
+                        format!("moving the damaged manifest {} aside", path.display()),
+                        e,
+                    )
                 })?;
                 let manifest = Self::try_open(path).map_err(Error::Store)?;
                 Ok((manifest, Opened::Rebuilt { moved_to, reason }))

@@ -106,10 +106,7 @@ impl Writer {
             std::thread::Builder::new()
                 .name("ward-manifest".into())
                 .spawn(move || writer_main(&writes, &manifest, &intents))
-                .map_err(|e| Error::Io {
-                    context: "starting the manifest writer thread".into(),
-                    source: e,
-                })?
+                .map_err(|e| Error::io("starting the manifest writer thread", e))?
         };
         Ok(Writer {
             writes,
