@@ -130,7 +130,8 @@ impl CompiledTrigger {
 }
 
 /// The configured triggers, compiled: the first whose globs match a path handles it.
-#[derive(Debug)]
+/// Cloning shares the compiled triggers.
+#[derive(Debug, Clone)]
 pub struct Triggers {
     triggers: Vec<Arc<CompiledTrigger>>,
 }

@@ -32,6 +32,8 @@ pub(crate) struct Tracker {
     /// Read here, written by the writer thread.
     manifest: Arc<Mutex<Manifest>>,
     rules: Arc<IgnoreRules>,
+    /// What paths are matched against; replaced on a reload.
+    triggers: Triggers,
     /// Stopped and joined when the tracker is dropped. It holds handles of its own on the manifest
     /// and the intent journal, so it may go before or after the fields beside it.
     writer: Writer,
@@ -50,7 +52,11 @@ impl Tracker {
     ///
     /// # Errors
     /// If no usable store can be opened or created.
-    pub(crate) fn open(state: &StateDir, rules: Arc<IgnoreRules>) -> Result<Tracker, Error> {
+    pub(crate) fn open(
+        state: &StateDir,
+        rules: Arc<IgnoreRules>,
+        triggers: Triggers,
+    ) -> Result<Tracker, Error> {
         let path = state.join(names::MANIFEST);
         let (manifest, opened) = Manifest::open(&path)?;
         match opened {
@@ -80,6 +86,7 @@ impl Tracker {
         Ok(Tracker {
             manifest,
             rules,
+            triggers,
             writer,
             in_flight: HashMap::new(),
             intents,
@@ -95,7 +102,7 @@ impl Tracker {
     /// The removals owed for jobs an earlier server ran but was killed before recording: each
     /// path of the intent journal it left that is gone and unknown to the manifest (a known path
     /// is the comparison's to settle). They are recorded as queued, and the journal renewed.
-    pub(crate) fn untold_removals(&mut self, triggers: &Triggers) -> Vec<Job> {
+    pub(crate) fn untold_removals(&mut self) -> Vec<Job> {
         let mut left = std::mem::take(&mut self.left_intents);
         left.sort();
         left.dedup();
@@ -114,7 +121,7 @@ impl Tracker {
                     );
                 }
             }
-            let Some(trigger) = self.trigger_for(&path, triggers) else {
+            let Some(trigger) = self.trigger_for(&path) else {
                 continue;
             };
             owed.push(Job {
@@ -132,7 +139,7 @@ impl Tracker {
         }
         let mut jobs = Vec::with_capacity(owed.len());
         for job in owed {
-            jobs.extend(self.queue(job, triggers));
+            jobs.extend(self.queue(job));
         }
         let paths: Vec<PathBuf> = jobs.iter().map(|j| j.path.clone()).collect();
         self.intents.restored(&paths);
@@ -141,12 +148,12 @@ impl Tracker {
 
     /// The jobs that were queued or running when the previous server ended (a removal where the
     /// file is gone now). The server then compares every root with the manifest.
-    pub(crate) fn pending_jobs(&mut self, triggers: &Triggers) -> Result<Vec<Job>, Error> {
+    pub(crate) fn pending_jobs(&mut self) -> Result<Vec<Job>, Error> {
         let started = Instant::now();
         let mut jobs = Vec::new();
         let pending = self.manifest.lock().pending()?;
         for (path, event, old_path) in pending {
-            let Some(trigger) = self.trigger_for(&path, triggers) else {
+            let Some(trigger) = self.trigger_for(&path) else {
                 continue;
             };
             let event = if path.symlink_metadata().is_err() {
@@ -180,7 +187,6 @@ impl Tracker {
         &mut self,
         path: &Path,
         after: Option<&Path>,
-        triggers: &Triggers,
         limit: usize,
     ) -> Result<(Vec<Job>, Option<PathBuf>), Error> {
         self.flush();
@@ -188,16 +194,16 @@ impl Tracker {
             self.manifest
                 .lock()
                 .reconcile_some(&self.rules, path, after, limit, |p, _| {
-                    self.trigger_for(p, triggers).is_some()
+                    self.trigger_for(p).is_some()
                 })?;
-        Ok((self.jobs_of(changed, triggers), resume))
+        Ok((self.jobs_of(changed), resume))
     }
 
-    fn jobs_of(&self, changed: Vec<Reconciled>, triggers: &Triggers) -> Vec<Job> {
+    fn jobs_of(&self, changed: Vec<Reconciled>) -> Vec<Job> {
         changed
             .into_iter()
             .filter_map(|r| {
-                let trigger = self.trigger_for(&r.path, triggers)?;
+                let trigger = self.trigger_for(&r.path)?;
                 Some(Job {
                     trigger: Arc::clone(trigger),
                     path: r.path,
@@ -214,16 +220,18 @@ impl Tracker {
     }
 
     /// The trigger that handles `path`, if it lies in a root, is not ignored, and one matches.
-    pub(crate) fn trigger_for<'t>(
-        &self,
-        path: &Path,
-        triggers: &'t Triggers,
-    ) -> Option<&'t Arc<CompiledTrigger>> {
+    pub(crate) fn trigger_for(&self, path: &Path) -> Option<&Arc<CompiledTrigger>> {
         let root = self.rules.root_of(path)?;
         if self.rules.is_ignored(path, false) {
             return None;
         }
-        triggers.find(root, path)
+        self.triggers.find(root, path)
+    }
+
+    /// Matches the paths of jobs made from now on against `triggers` (a reload); jobs already
+    /// made keep the trigger that matched them.
+    pub(crate) fn set_triggers(&mut self, triggers: Triggers) {
+        self.triggers = triggers;
     }
 
     /// Whether a job for `path` is queued or running.
@@ -239,7 +247,7 @@ impl Tracker {
     /// renamed file then modified, removed or renamed over) must carry that on: a creation or
     /// modification becomes the rename (which reads the file as it is when it runs), and anything
     /// else comes with a removal of the old path under that path's own key.
-    pub(crate) fn queue(&mut self, job: Job, triggers: &Triggers) -> Vec<Job> {
+    pub(crate) fn queue(&mut self, job: Job) -> Vec<Job> {
         let mut out = Vec::with_capacity(1);
         let mut next = Some(job);
         while let Some(mut job) = next.take() {
@@ -256,7 +264,7 @@ impl Tracker {
                     job.old_path = Some(origin);
                 }
                 (_, Some(origin)) if job.old_path.as_ref() != Some(&origin) => {
-                    next = self.trigger_for(&origin, triggers).map(|trigger| Job {
+                    next = self.trigger_for(&origin).map(|trigger| Job {
                         trigger: Arc::clone(trigger),
                         path: origin,
                         event: Event::Removed,
@@ -343,13 +351,11 @@ pub(crate) mod tests {
     }
 
     /// A tracker with its state beside `root`, and one trigger for every file.
-    pub(crate) fn tracker_of(dir: &tempfile::TempDir, root: &Path) -> (Tracker, Triggers) {
+    pub(crate) fn tracker_of(dir: &tempfile::TempDir, root: &Path) -> Tracker {
         let state = StateDir::open(&dir.path().join("state")).unwrap();
         let rules = Arc::new(IgnoreRules::new(vec![root.to_path_buf()], &[], None).unwrap());
-        (
-            Tracker::open(&state, rules).unwrap(),
-            Triggers::new(&[every_file()]).unwrap(),
-        )
+        let triggers = Triggers::new(&[every_file()]).unwrap();
+        Tracker::open(&state, rules, triggers).unwrap()
     }
 
     /// A job of [`tracker_of`]'s trigger.
@@ -376,30 +382,27 @@ pub(crate) mod tests {
     fn a_job_replacing_a_waiting_rename_still_tells_its_old_path_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let mut tracker = tracker_of(&dir, &root);
         let (a, b, p) = (root.join("a"), root.join("b"), root.join("p"));
         let renamed = |from: &Path| job(&p, Event::Renamed, Some(from));
 
         // `a` moved to `p`, then `p` modified before the rename's job ran: the backlog and the
         // pool keep only the later job, so it must be the rename.
-        assert_eq!(tracker.queue(renamed(&a), &triggers), [renamed(&a)]);
-        assert_eq!(
-            tracker.queue(job(&p, Event::Modified, None), &triggers),
-            [renamed(&a)]
-        );
+        assert_eq!(tracker.queue(renamed(&a)), [renamed(&a)]);
+        assert_eq!(tracker.queue(job(&p, Event::Modified, None)), [renamed(&a)]);
         // Then `b` moved over `p`: the new rename, and `a`'s removal under its own key.
         assert_eq!(
-            tracker.queue(renamed(&b), &triggers),
+            tracker.queue(renamed(&b)),
             [renamed(&b), job(&a, Event::Removed, None)]
         );
         // Then `p` removed: `b` is gone too.
         assert_eq!(
-            tracker.queue(job(&p, Event::Removed, None), &triggers),
+            tracker.queue(job(&p, Event::Removed, None)),
             [job(&p, Event::Removed, None), job(&b, Event::Removed, None)]
         );
         // Nothing is owed any more.
         assert_eq!(
-            tracker.queue(job(&p, Event::Created, None), &triggers),
+            tracker.queue(job(&p, Event::Created, None)),
             [job(&p, Event::Created, None)]
         );
     }
@@ -408,13 +411,13 @@ pub(crate) mod tests {
     fn an_old_path_that_exists_again_is_not_reported_gone_by_a_later_job() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let mut tracker = tracker_of(&dir, &root);
         let (a, p) = (root.join("a"), root.join("p"));
-        tracker.queue(job(&p, Event::Renamed, Some(&a)), &triggers);
+        tracker.queue(job(&p, Event::Renamed, Some(&a)));
         // `a` was created again before the rename's job ran: it is there, with a job of its own.
         std::fs::write(&a, "new").unwrap();
         assert_eq!(
-            tracker.queue(job(&p, Event::Removed, None), &triggers),
+            tracker.queue(job(&p, Event::Removed, None)),
             [job(&p, Event::Removed, None)]
         );
     }
@@ -423,22 +426,22 @@ pub(crate) mod tests {
     fn only_the_rename_that_finished_stops_being_carried_on() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let mut tracker = tracker_of(&dir, &root);
         let (a, b, p) = (root.join("a"), root.join("b"), root.join("p"));
         let first = job(&p, Event::Renamed, Some(&a));
         let second = job(&p, Event::Renamed, Some(&b));
-        tracker.queue(first.clone(), &triggers);
+        tracker.queue(first.clone());
         // `b` moved over `p` while the first rename's job ran.
-        tracker.queue(second.clone(), &triggers);
+        tracker.queue(second.clone());
         tracker.finished(done(&first));
         assert_eq!(
-            tracker.queue(job(&p, Event::Modified, None), &triggers),
+            tracker.queue(job(&p, Event::Modified, None)),
             std::slice::from_ref(&second),
             "the second rename still waits: a modification must not drop it"
         );
         tracker.finished(done(&second));
         assert_eq!(
-            tracker.queue(job(&p, Event::Modified, None), &triggers),
+            tracker.queue(job(&p, Event::Modified, None)),
             [job(&p, Event::Modified, None)]
         );
     }
@@ -448,13 +451,13 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("tree");
         std::fs::create_dir_all(&root).unwrap();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let mut tracker = tracker_of(&dir, &root);
         let p = root.join("p");
         std::fs::write(&p, "1").unwrap();
         // A job for `p` is running and has read version 1; version 2 follows, its event lost.
-        tracker.queue(job(&p, Event::Created, None), &triggers);
+        tracker.queue(job(&p, Event::Created, None));
         std::fs::write(&p, "22").unwrap();
-        let (jobs, _) = tracker.subtree_jobs(&root, None, &triggers, 10).unwrap();
+        let (jobs, _) = tracker.subtree_jobs(&root, None, 10).unwrap();
         assert_eq!(
             jobs.iter().map(|j| &j.path).collect::<Vec<_>>(),
             [&p],
@@ -466,14 +469,14 @@ pub(crate) mod tests {
     fn a_path_stays_in_flight_until_its_latest_job_finishes() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let mut tracker = tracker_of(&dir, &root);
         let p = root.join("p");
         let (created, modified) = (
             job(&p, Event::Created, None),
             job(&p, Event::Modified, None),
         );
-        tracker.queue(created.clone(), &triggers);
-        tracker.queue(modified.clone(), &triggers);
+        tracker.queue(created.clone());
+        tracker.queue(modified.clone());
         tracker.finished(done(&created));
         assert!(
             tracker.in_flight(&p),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ward_queue::{Error as QueueError, Pool};
 use ward_watch::{Batch, ChangeKind, Item};
 
-use crate::jobs::{Event, Job, Triggers};
+use crate::jobs::{Event, Job};
 use crate::tracker::Tracker;
 
 use super::list;
@@ -84,7 +84,7 @@ impl Backlog {
     /// Makes the jobs of waiting rescans while the backlog is under its high-water mark. A
     /// comparison stops when its jobs fill the room, and the next round resumes after its last
     /// job's path.
-    pub(super) fn refill(&mut self, tracker: &mut Tracker, triggers: &Triggers) {
+    pub(super) fn refill(&mut self, tracker: &mut Tracker) {
         if !self.compares_next() {
             return;
         }
@@ -92,8 +92,7 @@ impl Backlog {
             && let Some((path, after)) = self.rescans.first().cloned()
         {
             let room = self.high - self.jobs.len();
-            let (jobs, resume) = match tracker.subtree_jobs(&path, after.as_deref(), triggers, room)
-            {
+            let (jobs, resume) = match tracker.subtree_jobs(&path, after.as_deref(), room) {
                 Ok(found) => found,
                 Err(e) => {
                     log::error!("cannot compare {} with the manifest: {e}", path.display());
@@ -102,7 +101,7 @@ impl Backlog {
                 }
             };
             for job in jobs {
-                for job in tracker.queue(job, triggers) {
+                for job in tracker.queue(job) {
                     self.push(job);
                 }
             }
@@ -173,14 +172,13 @@ impl Backlog {
 pub(super) fn jobs_of_batch(
     batch: Batch,
     tracker: &mut Tracker,
-    triggers: &Triggers,
     backlog: &mut Backlog,
 ) -> Vec<Job> {
     let mut jobs = Vec::new();
     // Each job is recorded as queued as soon as it is made, so that the comparison of a directory
     // changed in the same batch (removed right after a file in it was created) sees it.
     let add = |job: Job, tracker: &mut Tracker, jobs: &mut Vec<Job>| {
-        jobs.extend(tracker.queue(job, triggers));
+        jobs.extend(tracker.queue(job));
     };
     // The batch is consumed: each changed path moves into its job, never copied.
     for item in batch.items {
@@ -201,7 +199,7 @@ pub(super) fn jobs_of_batch(
                 }
             }
             Item::Change(change) => {
-                let Some(trigger) = tracker.trigger_for(&change.path, triggers) else {
+                let Some(trigger) = tracker.trigger_for(&change.path) else {
                     continue;
                 };
                 let trigger = Arc::clone(trigger);
@@ -217,7 +215,7 @@ pub(super) fn jobs_of_batch(
                 // is ordered after it.
                 if let Some(from) = &old_path
                     && tracker.in_flight(from)
-                    && let Some(trigger) = tracker.trigger_for(from, triggers)
+                    && let Some(trigger) = tracker.trigger_for(from)
                 {
                     let removal = Job {
                         trigger: Arc::clone(trigger),
@@ -259,7 +257,7 @@ mod tests {
     #[test]
     fn a_directory_removed_in_the_batch_that_created_a_file_in_it_removes_the_file_too() {
         let (dir, root) = tree();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let mut tracker = tracker_of(&dir, &root);
         // The file's creation and its directory's removal, delivered together; neither exists now.
         let file = root.join("d/f");
         let batch = Batch {
@@ -270,7 +268,7 @@ mod tests {
             ],
         };
         let mut backlog = Backlog::default();
-        let jobs = jobs_of_batch(batch, &mut tracker, &triggers, &mut backlog);
+        let jobs = jobs_of_batch(batch, &mut tracker, &mut backlog);
         assert_eq!(
             jobs.iter().map(|j| (&j.path, j.event)).collect::<Vec<_>>(),
             [(&file, Event::Created)]
@@ -283,7 +281,7 @@ mod tests {
             [(root.join("d"), None)],
             "the directory waits for room"
         );
-        backlog.refill(&mut tracker, &triggers);
+        backlog.refill(&mut tracker);
         assert_eq!(
             backlog.jobs.get(&file).map(|j| j.event),
             Some(Event::Removed),
@@ -294,7 +292,7 @@ mod tests {
     #[test]
     fn a_storm_of_directory_changes_waits_as_one_comparison_of_the_root() {
         let (dir, root) = tree();
-        let (tracker, _) = tracker_of(&dir, &root);
+        let tracker = tracker_of(&dir, &root);
         let mut backlog = Backlog::default();
         for i in 0..RESCANS_MAX {
             backlog.rescan(root.join(format!("d{i}")), &tracker);
@@ -307,7 +305,7 @@ mod tests {
     #[test]
     fn a_directory_changed_behind_a_resumed_rescan_is_compared_again() {
         let (dir, root) = tree();
-        let (tracker, _) = tracker_of(&dir, &root);
+        let tracker = tracker_of(&dir, &root);
         let mut backlog = Backlog {
             rescans: vec![(root.clone(), Some(root.join("d1/f5")))],
             ..Backlog::default()
@@ -334,7 +332,7 @@ mod tests {
     #[test]
     fn a_file_renamed_then_modified_in_one_batch_is_one_rename_job() {
         let (dir, root) = tree();
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let mut tracker = tracker_of(&dir, &root);
         let (from, to) = (root.join("a"), root.join("b"));
         // What the watcher delivers for `mv a b; echo x >> b` within one window.
         let batch = Batch {
@@ -348,7 +346,7 @@ mod tests {
             ],
         };
         let mut backlog = Backlog::default();
-        for job in jobs_of_batch(batch, &mut tracker, &triggers, &mut backlog) {
+        for job in jobs_of_batch(batch, &mut tracker, &mut backlog) {
             backlog.push(job);
         }
         let waiting: Vec<_> = backlog.jobs.values().cloned().collect();
@@ -367,7 +365,7 @@ mod tests {
             std::fs::create_dir_all(&sub).unwrap();
             std::fs::write(sub.join(format!("f{i}")), "x").unwrap();
         }
-        let (mut tracker, triggers) = tracker_of(&dir, &root);
+        let mut tracker = tracker_of(&dir, &root);
         let mut backlog = Backlog {
             high: 10,
             ..Backlog::default()
@@ -378,7 +376,7 @@ mod tests {
 
         let mut ran = Vec::new();
         for _round in 0..10 {
-            backlog.refill(&mut tracker, &triggers);
+            backlog.refill(&mut tracker);
             assert!(backlog.len() <= 10, "{} jobs held", backlog.len());
             if backlog.len() == 0 {
                 break;

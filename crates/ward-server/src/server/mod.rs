@@ -74,7 +74,8 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     let (done_tx, done) = outcomes::channel(config.queue_capacity / 2);
     // Watching starts before the manifest walk, so no change slips between them.
     let watcher = build_watcher(&config, &state)?;
-    let mut tracker = Tracker::open(&state, watcher.ignore_rules())?;
+    let triggers = dispatcher.read().triggers().clone();
+    let mut tracker = Tracker::open(&state, watcher.ignore_rules(), triggers)?;
     let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx, tracker.intents())?;
     // The control thread hands requests to this loop instead of sharing its state: nothing is
     // computed, and nothing wakes up, unless somebody asks.
@@ -91,17 +92,17 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         config.workers
     );
     let mut backlog = Backlog::default();
-    match tracker.pending_jobs(dispatcher.read().triggers()) {
+    match tracker.pending_jobs() {
         Ok(jobs) => {
             for job in jobs {
-                for job in tracker.queue(job, dispatcher.read().triggers()) {
+                for job in tracker.queue(job) {
                     backlog.push(job);
                 }
             }
         }
         Err(e) => log::error!("cannot read the jobs the previous server left queued: {e}"),
     }
-    for job in tracker.untold_removals(dispatcher.read().triggers()) {
+    for job in tracker.untold_removals() {
         backlog.push(job);
     }
     // Startup reconciliation: every root is diffed against the manifest, as room allows.
@@ -124,7 +125,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         }
         take_outcomes = true;
         backlog.submit(&pool);
-        backlog.refill(&mut tracker, dispatcher.read().triggers());
+        backlog.refill(&mut tracker);
         backlog.submit(&pool);
         let gather_timer =
             gather_until.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
@@ -163,8 +164,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                 let Ok(batch) = batch else { break Err(Error::ThreadEnded("watcher")) };
                 // A path whose job has finished is no longer in flight for the batch's changes.
                 record_outcomes(&done, &mut tracker);
-                let triggers = Arc::clone(&dispatcher.read());
-                for job in jobs_of_batch(batch, &mut tracker, triggers.triggers(), &mut backlog) {
+                for job in jobs_of_batch(batch, &mut tracker, &mut backlog) {
                     backlog.push(job);
                 }
             }
@@ -182,7 +182,10 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                 deaths::write_unwritten(&config);
             }
             recv(signals) -> signal => match signal {
-                Ok(SIGHUP) => config = reload::reload(&mut handover, &state, config, &dispatcher),
+                Ok(SIGHUP) => {
+                    config = reload::reload(&mut handover, &state, config, &dispatcher);
+                    tracker.set_triggers(dispatcher.read().triggers().clone());
+                }
                 Ok(signal) => {
                     log::info!("received signal {signal}: stop watching, drain the queue, stop workers, exit");
                     break Ok(());
