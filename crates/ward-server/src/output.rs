@@ -2,7 +2,7 @@
 //! is only counted. Not the capture itself (ward-supervisor's) nor the tail kept for a crash
 //! report, which always holds the last lines.
 //!
-//! The log rotates by size and keeps three old files: without a share, one job printing 100 MB
+//! The log rotates by size and keeps three old files: without a share, one job printing a flood
 //! would rotate ward's own history away, the lines that explain a death among them.
 
 use std::sync::Arc;

@@ -29,7 +29,7 @@
 //! committed is not the manifest's business: the server's writer thread decides
 //! (`tracker::writer`).
 
-// redb's error type is large (160 bytes); it lives only inside the read closures and is turned
+// redb's error type is large; it lives only inside the read closures and is turned
 // into one small `Error::Store` right there, so boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 

@@ -19,10 +19,9 @@ pub(super) const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("
 pub(super) const BY_SEQ: TableDefinition<u64, &[u8]> = TableDefinition::new("by_seq");
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const SEQ_KEY: &str = "seq";
-/// redb's page cache. Its default (1 GiB) would let the server's memory grow with every page of
-/// the manifest it ever touched; a long-running process needs a bound. At 32 MiB a 200k-file
-/// burst peaked at 63 MB of the server's 64 MB budget; at 16 MiB it peaks at 47 MB, for about 30 %
-/// more time to process it (`cargo xtask bench --only burst`).
+/// redb's page cache. Its default would let the server's memory grow with every page of the
+/// manifest it ever touched; a long-running process needs a bound. Its size trades a burst's
+/// peak memory against the time to process it: `cargo xtask bench --only burst` measures both.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 pub(super) fn store_error(context: &str, e: impl std::fmt::Display) -> Error {

@@ -17,8 +17,8 @@ use super::list;
 pub(super) const BACKLOG_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The backlog's high-water mark: past it the loop takes no watcher batch and runs no rescan, so
-/// that an event storm or a large first start waits in bounded memory (about 0.5 KB per job
-/// here) instead of one job per file of the tree.
+/// that an event storm or a large first start waits in bounded memory (a job and its path each)
+/// instead of one job per file of the tree.
 const BACKLOG_HIGH: usize = 8192;
 
 /// Past this many subtrees waiting for a comparison, they are replaced by their roots: a storm of

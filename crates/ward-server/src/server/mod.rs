@@ -260,8 +260,9 @@ fn announce_ready() {
 }
 
 /// glibc gives threads their own malloc arenas, up to eight per core, and each keeps what it
-/// once held: a burst that ran through a dozen short-lived child-watching threads left the
-/// server 30 MB above what it used. Two arenas bound that; contention stays low because the loop
+/// once held: a burst that runs through many short-lived child-watching threads leaves the
+/// server far above what it uses (`cargo xtask bench --only burst` shows the peak). Two arenas
+/// bound that; contention stays low because the loop
 /// thread does most of the allocating. Called before the server starts any thread.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
