@@ -11,22 +11,17 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::check::{self, ExpectedDeath, Line, Report, RssSample, Window};
-use super::config::{ConfigFile, JOB_TIMEOUT_S, MAX_RSS_MB, QUEUE_CAPACITY, WORKERS};
+use super::config::ConfigFile;
 use super::daemon::{self, Ward, signal, wait_until};
 use super::faults::{self, FaultKind, Findings, Injected, Step};
-use super::ledger::{self, Directive, Entry, Phase};
-use super::scene::{LedgerTail, Scene};
+use super::ledger::{self, Phase};
+use super::scene::{LedgerTail, PendingRemoval, Restarts, Scene};
 use super::workload::{self, WriteLog, Writers, lock, now_ms};
 use super::{Options, changes, host, plot};
 
 /// Set by Ctrl-C, SIGTERM or SIGHUP: every loop of the run checks it and goes to the orderly end.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// How far a `grow` job passes the trigger's worker memory limit (`max_rss_mb`).
-const GROW_MB: u64 = 192;
-/// How long a job holds its thread to fill the queue, or a worker for `kill-worker`: well inside
-/// the timeout, so that only the faults meant to time out do.
-pub const BLOCKER_MS: u64 = 2000;
 /// A quick run's memory bounds: the keeper holds no per-file state; the server's includes the
 /// manifest's 32 MiB cache and per-directory watches, and 64 MiB is what the 200k-file burst of
 /// `cargo xtask bench` must stay under.
@@ -136,14 +131,6 @@ impl Reports {
     }
 }
 
-/// Files that ask for a death, removed once their reports are in (or a deadline passes), so that
-/// a restarted server does not run them again and the tree ends without them.
-#[derive(Debug)]
-struct PendingRemoval {
-    files: Vec<PathBuf>,
-    deadline: Instant,
-}
-
 /// Everything one run holds.
 struct Run<'a> {
     opts: &'a Options,
@@ -162,8 +149,7 @@ struct Run<'a> {
     removals: Vec<(PathBuf, Instant)>,
     counts: BTreeMap<&'static str, usize>,
     started: Instant,
-    restarts_before: u64,
-    expected_restarts: u64,
+    restarts: Restarts,
     burst: Option<Burst>,
     /// What the faults with a verdict line of their own found.
     findings: Findings,
@@ -222,8 +208,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         removals: Vec::new(),
         counts: BTreeMap::new(),
         started: Instant::now(),
-        restarts_before: 0,
-        expected_restarts: 0,
+        restarts: Restarts::default(),
         burst: None,
         findings: Findings::default(),
     };
@@ -298,7 +283,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     let run_s = run.started.elapsed().as_secs_f64();
     run.ledger.refresh();
     run.reports.refresh(&ward.state);
-    run.restarts_before += ward.restarts();
+    run.restarts.counted += ward.restarts();
     let final_files = walk(&tree);
     let status = ward.status();
     let reading = changes::Reading {
@@ -665,10 +650,10 @@ impl Run<'_> {
                     log: &self.log,
                     ledger: &mut self.ledger,
                     removals: &mut self.removals,
+                    pending: &mut self.pending,
+                    restarts: &mut self.restarts,
                 };
-                if !self.findings.inject(&mut scene, &mut f, n) {
-                    self.inject(&mut f, n);
-                }
+                faults::inject(&mut scene, &mut self.findings, &mut f, n);
                 if f.end_ms < f.start_ms {
                     f.end_ms = f.start_ms;
                 }
@@ -718,310 +703,6 @@ impl Run<'_> {
         set_phase(&self.samples, "running");
     }
 
-    fn fault_file(&self, kind: &str, n: usize, exec: bool) -> PathBuf {
-        let base = if exec {
-            self.tree.join("exec/faults")
-        } else {
-            self.tree.join("faults")
-        };
-        base.join(format!("{kind}-{n}.txt"))
-    }
-
-    fn write_directive(&self, path: &Path, directive: Directive, n: usize) -> Option<u64> {
-        let content = format!("{}fault {n} seq {}\n", directive.line(), self.log.seq());
-        match self.log.write(path, content.as_bytes(), "fault") {
-            Ok(h) => Some(h),
-            Err(e) => {
-                eprintln!("\nstress: writing {}: {e}", path.display());
-                None
-            }
-        }
-    }
-
-    /// Waits (at most `limit`) for a ledger entry of `phase` for this content.
-    fn await_entry(
-        &mut self,
-        path: &Path,
-        hash: u64,
-        phase: Phase,
-        limit: Duration,
-    ) -> Option<Entry> {
-        self.ledger.await_entry(path, hash, phase, limit)
-    }
-
-    fn inject(&mut self, f: &mut Injected, n: usize) {
-        let causes = f.kind.expected_causes();
-        match f.kind {
-            FaultKind::KillWorker => {
-                let path = self.fault_file("kill-worker", n, false);
-                let Some(hash) = self.write_directive(&path, Directive::Sleep(BLOCKER_MS), n)
-                else {
-                    f.problems.push("could not write its file".into());
-                    return;
-                };
-                let Some(entry) =
-                    self.await_entry(&path, hash, Phase::Start, Duration::from_secs(20))
-                else {
-                    f.problems.push(format!(
-                        "no worker started the job on {} within 20 s",
-                        path.display()
-                    ));
-                    return;
-                };
-                f.start_ms = now_ms();
-                if !signal(entry.pid, libc::SIGKILL) {
-                    f.problems
-                        .push(format!("worker pid {} was gone before SIGKILL", entry.pid));
-                }
-                f.end_ms = now_ms();
-                f.note = format!("SIGKILL worker pid {} during a job", entry.pid);
-                f.expected.push(ExpectedDeath {
-                    fault: f.label.clone(),
-                    role_contains: path.to_string_lossy().into_owned(),
-                    pid: Some(entry.pid),
-                    causes,
-                });
-            }
-            FaultKind::KillServer => {
-                let Some(server) = self.ward.server_pid() else {
-                    f.problems.push("no server pid in keeper.json".into());
-                    return;
-                };
-                f.start_ms = now_ms();
-                signal(server, libc::SIGKILL);
-                self.expected_restarts += 1;
-                let back = wait_until(Duration::from_secs(30), || {
-                    self.ward.server_pid().is_some_and(|p| p != server)
-                });
-                f.end_ms = now_ms();
-                if !back {
-                    f.problems.push("no new server within 30 s".into());
-                }
-                f.note = format!(
-                    "SIGKILL server pid {server}; a new one was ready after {:.2} s",
-                    (f.end_ms - f.start_ms) as f64 / 1000.0
-                );
-                f.expected.push(ExpectedDeath {
-                    fault: f.label.clone(),
-                    role_contains: "server".into(),
-                    pid: Some(server),
-                    causes,
-                });
-            }
-            FaultKind::StopServer => {
-                let Some(server) = self.ward.server_pid() else {
-                    f.problems.push("no server pid in keeper.json".into());
-                    return;
-                };
-                let hold = if self.opts.quick { 3.0 } else { 8.0 };
-                // Past the kernel's queue (`max_queued_events`, 16384 by default), counting the
-                // events the kernel merges.
-                let count: usize = if self.opts.quick { 12_000 } else { 30_000 };
-                // The directories exist and are watched first: a directory created while the
-                // server is stopped has no watch yet, so files written into it raise no events.
-                let dir = self.tree.join(format!("overflow-{n}"));
-                let mut seeds = Vec::new();
-                for d in 0..count.div_ceil(500) {
-                    let seed = dir.join(format!("d{d:03}/seed.txt"));
-                    let content = format!("seed {}\n", self.log.seq());
-                    match self.log.write(&seed, content.as_bytes(), "overflow") {
-                        Ok(hash) => seeds.push((seed, hash)),
-                        Err(e) => f.problems.push(format!("writing {}: {e}", seed.display())),
-                    }
-                }
-                for (seed, hash) in &seeds {
-                    if self
-                        .await_entry(seed, *hash, Phase::Done, Duration::from_secs(20))
-                        .is_none()
-                    {
-                        f.problems
-                            .push(format!("{} not processed within 20 s", seed.display()));
-                        break;
-                    }
-                }
-                const OVERFLOWED: &str = "the kernel's event queue overflowed";
-                let overflows = self.log_lines_with(OVERFLOWED);
-                f.start_ms = now_ms();
-                signal(server, libc::SIGSTOP);
-                let began = Instant::now();
-                if let Err(e) = workload::burst(&self.log, &dir, count, "overflow") {
-                    f.problems.push(format!("writing the overflow files: {e}"));
-                }
-                while began.elapsed().as_secs_f64() < hold {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                signal(server, libc::SIGCONT);
-                let held = began.elapsed().as_secs_f64();
-                // Until the server has read the overflow, it looks idle: wait for it first, so
-                // that "caught up" means its rescan ran, and a fault injected next does not kill
-                // it before it could say so.
-                if !wait_until(Duration::from_secs(20), || {
-                    self.log_lines_with(OVERFLOWED) > overflows
-                }) {
-                    f.problems
-                        .push("no kernel queue overflow logged within 20 s of SIGCONT".into());
-                }
-                // The window lasts until ward has caught up (its rescan run, its queue empty):
-                // a change lost meanwhile is the fault's.
-                if !self.await_idle(Duration::from_secs(60)) {
-                    f.problems.push("not caught up 60 s after SIGCONT".into());
-                }
-                f.end_ms = now_ms();
-                if self.ward.server_pid() != Some(server) {
-                    f.problems.push(format!(
-                        "server pid {server} did not survive SIGSTOP/SIGCONT"
-                    ));
-                }
-                f.note = format!(
-                    "SIGSTOP server pid {server} for {held:.1} s while {count} files were written; caught up {:.1} s after SIGCONT",
-                    began.elapsed().as_secs_f64() - held
-                );
-                self.removals
-                    .push((dir, Instant::now() + Duration::from_secs(10)));
-            }
-            FaultKind::Crash(directive) => {
-                let mut files = Vec::new();
-                for exec in [false, true] {
-                    let path = self.fault_file(f.kind.name(), n, exec);
-                    if self.write_directive(&path, directive, n).is_some() {
-                        f.expected.push(ExpectedDeath {
-                            fault: format!(
-                                "{} ({})",
-                                f.label,
-                                if exec { "exec" } else { "worker" }
-                            ),
-                            role_contains: path.to_string_lossy().into_owned(),
-                            pid: None,
-                            causes: causes.clone(),
-                        });
-                        files.push(path);
-                    }
-                }
-                f.note = format!(
-                    "{} job through the worker and through exec",
-                    directive.name()
-                );
-                // Three attempts of a hang take three timeouts; everything else dies at once.
-                let limit = (1 + 2) * (JOB_TIMEOUT_S + 2) + 10;
-                self.pending.push(PendingRemoval {
-                    files,
-                    deadline: Instant::now() + Duration::from_secs(limit),
-                });
-            }
-            FaultKind::MemLimit => {
-                let path = self.fault_file("mem-limit", n, false);
-                let Some(hash) = self.write_directive(&path, Directive::Grow(GROW_MB), n) else {
-                    f.problems.push("could not write its file".into());
-                    return;
-                };
-                let Some(done) =
-                    self.await_entry(&path, hash, Phase::Done, Duration::from_secs(20))
-                else {
-                    f.problems
-                        .push(format!("the {GROW_MB} MiB job did not finish within 20 s"));
-                    return;
-                };
-                let gone = wait_until(Duration::from_secs(10), || !daemon::is_alive(done.pid));
-                f.end_ms = now_ms();
-                f.note = format!(
-                    "worker pid {} grew by {GROW_MB} MiB past max_rss_mb = {MAX_RSS_MB}: {}",
-                    done.pid,
-                    if gone {
-                        "recycled"
-                    } else {
-                        "still running 10 s later"
-                    }
-                );
-                if !gone {
-                    f.problems.push(f.note.clone());
-                }
-            }
-            FaultKind::FullQueue => {
-                let server = self.ward.server_pid();
-                for k in 0..WORKERS {
-                    let path = self.tree.join(format!("full-{n}/blocker-{k}.txt"));
-                    self.write_directive(&path, Directive::Sleep(BLOCKER_MS), n);
-                }
-                let count = QUEUE_CAPACITY * 4;
-                if let Err(e) = workload::burst(
-                    &self.log,
-                    &self.tree.join(format!("full-{n}/files")),
-                    count,
-                    "full-queue",
-                ) {
-                    f.problems.push(format!("writing the files: {e}"));
-                }
-                // The window lasts until the queue has drained: until then intake is blocked.
-                let drained = self.await_idle(Duration::from_secs(60));
-                f.end_ms = now_ms();
-                if !drained {
-                    f.problems
-                        .push("the queue had not drained 60 s later".into());
-                }
-                if self.ward.server_pid() != server {
-                    f.problems
-                        .push("the server changed while its queue was full".into());
-                }
-                f.note = format!(
-                    "{WORKERS} job threads busy {BLOCKER_MS} ms, then {count} files for a queue of {QUEUE_CAPACITY}; drained after {:.1} s",
-                    (f.end_ms - f.start_ms) as f64 / 1000.0
-                );
-                self.removals.push((
-                    self.tree.join(format!("full-{n}")),
-                    Instant::now() + Duration::from_secs(10),
-                ));
-            }
-            FaultKind::KillKeeper => {
-                let (Some(keeper), Some(server)) = (self.ward.keeper_pid(), self.ward.server_pid())
-                else {
-                    f.problems.push("no keeper or server pid".into());
-                    return;
-                };
-                let tree = {
-                    let mut t = daemon::descendants(keeper);
-                    t.sort_unstable();
-                    t
-                };
-                self.restarts_before += self.ward.restarts();
-                f.start_ms = now_ms();
-                signal(keeper, libc::SIGKILL);
-                let gone = wait_until(Duration::from_secs(10), || {
-                    !daemon::is_alive(keeper) && tree.iter().all(|p| !daemon::is_alive(*p))
-                });
-                if !gone {
-                    let left: Vec<u32> = tree
-                        .iter()
-                        .copied()
-                        .filter(|p| daemon::is_alive(*p))
-                        .collect();
-                    f.problems.push(format!(
-                        "orphans: {left:?} of the killed keeper's tree still alive 10 s later"
-                    ));
-                    for p in left {
-                        signal(p, libc::SIGKILL);
-                    }
-                }
-                if let Err(e) = self.ward.start() {
-                    f.problems.push(format!("ward start after the kill: {e:#}"));
-                }
-                f.end_ms = now_ms();
-                f.note = format!(
-                    "SIGKILL keeper pid {keeper} (server {server}, {} process(es) under it); started again after {:.2} s",
-                    tree.len(),
-                    (f.end_ms - f.start_ms) as f64 / 1000.0
-                );
-                f.expected.push(ExpectedDeath {
-                    fault: f.label.clone(),
-                    role_contains: "keeper".into(),
-                    pid: Some(keeper),
-                    causes,
-                });
-            }
-            // The others have a verdict line of their own: `step` hands them to `Findings`.
-            _ => unreachable!("{} is injected by faults::Findings", f.label),
-        }
-    }
-
     /// Removes the directories faults filled once their time has come, and the death-asking
     /// files whose reports are in or whose deadline passed (`all`: everything now, waiting for
     /// each death-asking file's reports up to its deadline, for the end of the run).
@@ -1066,10 +747,6 @@ impl Run<'_> {
             }
         }
         self.pending = keep;
-    }
-
-    fn await_idle(&self, limit: Duration) -> bool {
-        self.ward.await_idle(limit)
     }
 
     /// Waits until ward is idle: nothing queued, running, retrying or pending in the watcher,
@@ -1275,7 +952,7 @@ impl Run<'_> {
             .map(|k| k.name())
             .collect();
         let mut details = problems.clone();
-        let overflows = self.log_lines_with("the kernel's event queue overflowed");
+        let overflows = self.log_lines_with(faults::OVERFLOWED);
         let stops = self.counts.get("stop-server").copied().unwrap_or(0);
         if stops > 0 && overflows == 0 {
             details.push(format!(
@@ -1434,14 +1111,14 @@ impl Run<'_> {
             vec![burst_text.clone()],
         ));
 
-        let restarts = self.restarts_before;
+        let restarts = self.restarts.counted;
         lines.push(Line::new(
             "restarts: one per server kill",
-            restarts == self.expected_restarts,
-            format!("{restarts} server restart(s) for {} server kill(s)", self.expected_restarts),
+            restarts == self.restarts.expected,
+            format!("{restarts} server restart(s) for {} server kill(s)", self.restarts.expected),
             vec![format!(
                 "the keeper restarted the server {restarts} time(s); the harness killed it {} time(s)",
-                self.expected_restarts
+                self.restarts.expected
             )],
         ));
 
