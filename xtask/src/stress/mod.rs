@@ -15,6 +15,7 @@ mod host;
 mod ledger;
 mod plot;
 mod run;
+mod sampler;
 mod scene;
 mod workload;
 

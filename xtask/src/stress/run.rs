@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,6 +15,7 @@ use super::config::ConfigFile;
 use super::daemon::{self, Ward, signal, wait_until};
 use super::faults::{self, FaultKind, Findings, Injected, Step};
 use super::ledger::{self, Phase};
+use super::sampler::{self, Samples};
 use super::scene::{LedgerTail, PendingRemoval, Restarts, Scene};
 use super::workload::{self, WriteLog, Writers, lock, now_ms};
 use super::{Options, changes, host, plot};
@@ -70,17 +71,6 @@ fn release(dir: &Path, pid: u32) -> String {
         )),
     }
     done.join("; ")
-}
-
-/// What the sampler thread gathers.
-#[derive(Debug, Default)]
-struct Samples {
-    keeper: Mutex<Vec<RssSample>>,
-    server: Mutex<Vec<RssSample>>,
-    status: Mutex<Option<Value>>,
-    status_failures: AtomicU64,
-    peak_queued: AtomicU64,
-    phase: Mutex<String>,
 }
 
 /// The crash reports in the state directory, read incrementally.
@@ -224,7 +214,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
             run.started,
         );
         let total = opts.duration.as_secs_f64();
-        std::thread::spawn(move || sample(&ward, &samples, &stop, started, total))
+        std::thread::spawn(move || sampler::run(&ward, &samples, &stop, started, total))
     };
     let writers = Writers {
         tree: tree.clone(),
@@ -271,7 +261,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    set_phase(&run.samples, "settling");
+    run.samples.set_phase("settling");
     writers.stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
@@ -444,74 +434,6 @@ fn sweep_abandoned_users() {
     }
 }
 
-fn set_phase(samples: &Samples, phase: &str) {
-    *lock(&samples.phase) = phase.to_owned();
-}
-
-/// Every second: the keeper's and the server's RSS (pids from the state files, so it works while
-/// the server is stopped); every other second `ward status`; and the progress line.
-fn sample(ward: &Ward, samples: &Samples, stop: &AtomicBool, started: Instant, total: f64) {
-    let mut tick = 0u64;
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    while !stop.load(Ordering::Relaxed) {
-        let t_s = started.elapsed().as_secs_f64();
-        let read = |pid: Option<u32>| {
-            pid.and_then(|pid| {
-                daemon::rss_kib(pid).map(|(rss_kib, hwm_kib)| RssSample {
-                    t_s,
-                    pid,
-                    rss_kib,
-                    hwm_kib,
-                })
-            })
-        };
-        if let Some(s) = read(ward.keeper_pid()) {
-            lock(&samples.keeper).push(s);
-        }
-        if let Some(s) = read(ward.server_pid()) {
-            lock(&samples.server).push(s);
-        }
-        if tick.is_multiple_of(2) {
-            match ward.status() {
-                Some(v) if v["state"] == "running" => {
-                    let queued = v["queue"]["queued"].as_u64().unwrap_or(0);
-                    samples.peak_queued.fetch_max(queued, Ordering::Relaxed);
-                    *lock(&samples.status) = Some(v);
-                }
-                _ => {
-                    samples.status_failures.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        let line = progress_line(samples, t_s, total);
-        if tty {
-            eprint!("\r{line:<110}");
-        } else if tick.is_multiple_of(10) {
-            eprintln!("{line}");
-        }
-        tick += 1;
-        let next = started + Duration::from_secs(tick);
-        while Instant::now() < next && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn progress_line(samples: &Samples, t_s: f64, total: f64) -> String {
-    let status = lock(&samples.status).clone().unwrap_or(Value::Null);
-    let q = &status["queue"];
-    let mib = |v: Option<&RssSample>| v.map_or(0.0, |s| s.rss_kib as f64 / 1024.0);
-    format!(
-        "[{t_s:>5.0}s/{total:.0}s] jobs {} done, {} failed, {} queued | rss keeper {:.1} MiB, server {:.1} MiB | {}",
-        q["completed"].as_u64().unwrap_or(0),
-        q["failed"].as_u64().unwrap_or(0),
-        q["queued"].as_u64().unwrap_or(0),
-        mib(lock(&samples.keeper).last()),
-        mib(lock(&samples.server).last()),
-        lock(&samples.phase),
-    )
-}
-
 /// Every regular file under `dir` with its content hash.
 fn walk(dir: &Path) -> BTreeMap<String, u64> {
     let mut files = BTreeMap::new();
@@ -629,7 +551,7 @@ impl Run<'_> {
                     *c
                 };
                 let label = format!("{} #{n}", kind.name());
-                set_phase(&self.samples, &format!("fault {label}"));
+                self.samples.set_phase(&format!("fault {label}"));
                 let at_s = self.elapsed_s();
                 let mut f = Injected {
                     label,
@@ -658,14 +580,14 @@ impl Run<'_> {
                     f.end_ms = f.start_ms;
                 }
                 self.injected.push(f);
-                set_phase(&self.samples, "running");
+                self.samples.set_phase("running");
             }
         }
     }
 
     fn burst(&mut self) {
         let count = if self.opts.quick { 2_000 } else { 50_000 };
-        set_phase(&self.samples, &format!("burst of {count} files"));
+        self.samples.set_phase(&format!("burst of {count} files"));
         let dir = self.tree.join("burst");
         let from = now_ms();
         match workload::burst(&self.log, &dir, count, "burst") {
@@ -678,12 +600,12 @@ impl Run<'_> {
             }
             Err(e) => eprintln!("\nstress: burst failed: {e}"),
         }
-        set_phase(&self.samples, "running");
+        self.samples.set_phase("running");
     }
 
     fn burst_delete(&mut self) {
         let Some(burst) = &self.burst else { return };
-        set_phase(&self.samples, "deleting half the burst");
+        self.samples.set_phase("deleting half the burst");
         let Ok(entries) = std::fs::read_dir(&burst.dir) else {
             return;
         };
@@ -700,7 +622,7 @@ impl Run<'_> {
                 eprintln!("\nstress: removing {}: {e}", d.display());
             }
         }
-        set_phase(&self.samples, "running");
+        self.samples.set_phase("running");
     }
 
     /// Removes the directories faults filled once their time has come, and the death-asking
