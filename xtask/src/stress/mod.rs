@@ -17,6 +17,7 @@ mod plot;
 mod run;
 mod sampler;
 mod scene;
+mod verdict;
 mod workload;
 
 use std::path::{Path, PathBuf};

@@ -10,28 +10,22 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::check::{self, ExpectedDeath, Line, Report, RssSample, Window};
+use super::check::{self, Line, Report, RssSample};
 use super::config::ConfigFile;
 use super::daemon::{self, Ward, signal, wait_until};
 use super::faults::{self, FaultKind, Findings, Injected, Step};
-use super::ledger::{self, Phase};
+use super::ledger;
 use super::sampler::{self, Samples};
 use super::scene::{LedgerTail, PendingRemoval, Restarts, Scene};
+use super::verdict::{self, Evidence};
 use super::workload::{self, WriteLog, Writers, lock, now_ms};
 use super::{Options, changes, host, plot};
 
 /// Set by Ctrl-C, SIGTERM or SIGHUP: every loop of the run checks it and goes to the orderly end.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// A quick run's memory bounds: the keeper holds no per-file state; the server's includes the
-/// manifest's 32 MiB cache and per-directory watches, and 64 MiB is what the 200k-file burst of
-/// `cargo xtask bench` must stay under.
-const QUICK_KEEPER_CAP_MIB: f64 = 8.0;
-const QUICK_SERVER_CAP_MIB: f64 = 64.0;
 /// The least time between the end of one step of the schedule and the start of the next.
 const STEP_GAP_S: f64 = 2.0;
-/// A change this long before a fault may still have been pending when it hit.
-const PENDING_MS: u64 = 5000;
 
 /// Releases what the run took on every way out, panics included: the temporary directory's
 /// processes, then its mounts, then the run's throwaway user.
@@ -75,10 +69,12 @@ fn release(dir: &Path, pid: u32) -> String {
 
 /// The crash reports in the state directory, read incrementally.
 #[derive(Debug, Default)]
-struct Reports {
+pub struct Reports {
     seen: HashSet<String>,
-    list: Vec<Report>,
-    unreadable: Vec<String>,
+    /// The reports read.
+    pub list: Vec<Report>,
+    /// The files of reports without a pid or a role.
+    pub unreadable: Vec<String>,
 }
 
 impl Reports {
@@ -145,11 +141,14 @@ struct Run<'a> {
     findings: Findings,
 }
 
+/// The burst of new files, once written.
 #[derive(Debug, Clone)]
-struct Burst {
+pub struct Burst {
     dir: PathBuf,
-    files: Vec<PathBuf>,
-    written_ms: (u64, u64),
+    /// Its files.
+    pub files: Vec<PathBuf>,
+    /// When its first and its last file were written, milliseconds since the epoch.
+    pub written_ms: (u64, u64),
 }
 
 /// Runs the stress against the `ward` binary and the worker given; whether every check passed.
@@ -309,7 +308,22 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         .collect();
 
     let writer_errors = lock(&writers.errors).clone();
-    let mut lines = run.verdict(&Verdict {
+    let writes = run.log.snapshot();
+    let lines = verdict::lines(&Evidence {
+        opts,
+        ward: &run.ward,
+        tree: &run.tree,
+        started: run.started,
+        injected: &run.injected,
+        counts: &run.counts,
+        findings: &run.findings,
+        writes: &writes,
+        ledger: &run.ledger,
+        reports: &run.reports,
+        samples: &run.samples,
+        burst: run.burst.as_ref(),
+        restarts: &run.restarts,
+        reading: &reading,
         final_files: &final_files,
         settled,
         settle_s,
@@ -320,20 +334,6 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         stale: &stale,
         writer_errors: &writer_errors,
     });
-    let losses = run.losses_by_fault(&final_files);
-    lines.extend(
-        run.findings
-            .lines(&opts.faults, &run.ledger.entries, &tree, &losses),
-    );
-    let root = format!("{}/", tree.display());
-    lines.push(changes::line(
-        &reading,
-        &final_files,
-        &run.log.snapshot(),
-        &run.ledger.entries,
-        &root,
-        |t| run.short(t),
-    ));
     let all_pass = lines.iter().all(|l| l.pass);
     println!("\n{}", check::table(&lines, 12));
     run.write_outputs(&lines, &dir)?;
@@ -483,59 +483,7 @@ fn latency_summary(lat: &[(&'static str, u64)]) -> Value {
     Value::Object(out)
 }
 
-/// What the verdict needs besides the run's own state.
-struct Verdict<'a> {
-    final_files: &'a BTreeMap<String, u64>,
-    settled: bool,
-    settle_s: f64,
-    run_s: f64,
-    status: Option<&'a Value>,
-    stopped: &'a anyhow::Result<daemon::Ran>,
-    left: &'a [(u32, String)],
-    stale: &'a [&'a str],
-    writer_errors: &'a [String],
-}
-
 impl Run<'_> {
-    /// The changes lost in each fault's window (see [`check::lost_changes`]), by its label.
-    fn losses_by_fault(
-        &self,
-        final_files: &BTreeMap<String, u64>,
-    ) -> BTreeMap<String, Vec<String>> {
-        let faults: Vec<&Injected> = self
-            .injected
-            .iter()
-            .filter(|f| f.kind.has_window())
-            .collect();
-        let windows: Vec<Window> = faults
-            .iter()
-            .map(|f| Window {
-                label: f.label.clone(),
-                start_ms: f.start_ms,
-                end_ms: f.end_ms,
-            })
-            .collect();
-        let writes = self.log.snapshot();
-        let lost = check::lost_changes(
-            final_files,
-            &self.ledger.entries,
-            &writes,
-            &windows,
-            PENDING_MS,
-        );
-        let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for l in lost {
-            if let Some(w) = l.window {
-                by.entry(faults[w].label.clone()).or_default().push(format!(
-                    "{} ({})",
-                    self.short(&l.path),
-                    l.kind.describe()
-                ));
-            }
-        }
-        by
-    }
-
     fn elapsed_s(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
@@ -700,428 +648,9 @@ impl Run<'_> {
         }) && !INTERRUPTED.load(Ordering::Relaxed)
     }
 
-    fn verdict(&self, v: &Verdict<'_>) -> Vec<Line> {
-        let writes = self.log.snapshot();
-        let entries = &self.ledger.entries;
-        let mut lines = Vec::new();
-
-        // No change lost, each loss blamed on the window it fell into.
-        let windows: Vec<(usize, Window)> = self
-            .injected
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.kind.has_window())
-            .map(|(i, f)| {
-                (
-                    i,
-                    Window {
-                        label: f.label.clone(),
-                        start_ms: f.start_ms,
-                        end_ms: f.end_ms,
-                    },
-                )
-            })
-            .collect();
-        let plain: Vec<Window> = windows.iter().map(|(_, w)| w.clone()).collect();
-        let lost = check::lost_changes(v.final_files, entries, &writes, &plain, PENDING_MS);
-        let deleted = {
-            let mut paths: HashSet<&str> = writes.iter().map(|w| w.path.as_str()).collect();
-            paths.retain(|p| !v.final_files.contains_key(*p));
-            paths.len()
-        };
-        let mut details = Vec::new();
-        let mut groups: BTreeMap<Option<usize>, Vec<&check::Lost>> = BTreeMap::new();
-        for l in &lost {
-            groups.entry(l.window).or_default().push(l);
-        }
-        for (window, group) in &groups {
-            let head = match window {
-                Some(w) => {
-                    let f = &self.injected[windows[*w].0];
-                    let why = if f.kind.server_gone() {
-                        "the server was down: no reconciliation on start (issue 8)?"
-                    } else {
-                        "ward kept running: a ward bug (\"nothing lost while running\")"
-                    };
-                    format!(
-                        "{} at +{:.1}s (window {:.2}s), {why}: {} lost",
-                        f.label,
-                        f.at_s,
-                        (f.end_ms - f.start_ms) as f64 / 1000.0,
-                        group.len()
-                    )
-                }
-                None => format!(
-                    "outside every fault window (a ward bug): {} lost",
-                    group.len()
-                ),
-            };
-            details.push(head);
-            for l in group.iter().take(8) {
-                let when = l
-                    .last_change_ms
-                    .map(|t| format!(", last change at +{:.2}s", self.since_start(t)))
-                    .unwrap_or_default();
-                details.push(format!(
-                    "  {} ({}{when})",
-                    self.short(&l.path),
-                    l.kind.describe()
-                ));
-            }
-            if group.len() > 8 {
-                details.push(format!("  ... {} more", group.len() - 8));
-            }
-        }
-        lines.push(Line::new(
-            "no change lost",
-            lost.is_empty(),
-            format!(
-                "{} files on disk, {} deleted, {} changes made; {} lost",
-                v.final_files.len(),
-                deleted,
-                writes.len(),
-                lost.len()
-            ),
-            details,
-        ));
-
-        // Every injected death reported, with the expected cause.
-        let expected: Vec<ExpectedDeath> = self
-            .injected
-            .iter()
-            .flat_map(|f| f.expected.clone())
-            .collect();
-        let (outcomes, unexplained) = check::match_deaths(&expected, &self.reports.list);
-        let mut details = Vec::new();
-        let mut ok = 0;
-        for (e, o) in expected.iter().zip(&outcomes) {
-            match o {
-                check::DeathOutcome::Reported(_) => ok += 1,
-                check::DeathOutcome::Missing => details.push(format!(
-                    "{}: no report names {}{} (expected {})",
-                    e.fault,
-                    self.short(&e.role_contains),
-                    e.pid.map(|p| format!(" pid {p}")).unwrap_or_default(),
-                    e.causes.join(" or ")
-                )),
-                check::DeathOutcome::WrongCause(found) => details.push(format!(
-                    "{}: reported as {} (expected {})",
-                    e.fault,
-                    found.join(", "),
-                    e.causes.join(" or ")
-                )),
-            }
-        }
-        let by_cause = {
-            let mut m: BTreeMap<&str, usize> = BTreeMap::new();
-            for r in &self.reports.list {
-                *m.entry(r.cause.as_str()).or_default() += 1;
-            }
-            m.iter()
-                .map(|(c, n)| format!("{n} {c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        lines.push(Line::new(
-            "every injected death reported",
-            ok == expected.len(),
-            format!(
-                "{ok}/{} with the expected cause; {} reports: {by_cause}",
-                expected.len(),
-                self.reports.list.len()
-            ),
-            details,
-        ));
-        lines.push(Line::new(
-            "no unexplained death",
-            unexplained.is_empty() && self.reports.unreadable.is_empty(),
-            format!(
-                "{} report(s) not caused by a fault",
-                unexplained.len() + self.reports.unreadable.len()
-            ),
-            unexplained
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{}: {} pid {} died: {}",
-                        r.file,
-                        self.short(&r.role),
-                        r.pid,
-                        r.cause
-                    )
-                })
-                .chain(
-                    self.reports
-                        .unreadable
-                        .iter()
-                        .map(|f| format!("{f}: no pid or role")),
-                )
-                .collect(),
-        ));
-
-        // Faults went in as planned, and ward did right by each at once.
-        let problems: Vec<String> = self
-            .injected
-            .iter()
-            .flat_map(|f| f.problems.iter().map(move |p| format!("{}: {p}", f.label)))
-            .collect();
-        let kinds: HashSet<FaultKind> = self.injected.iter().map(|f| f.kind).collect();
-        let missing: Vec<&str> = self
-            .opts
-            .faults
-            .iter()
-            .filter(|k| !kinds.contains(k))
-            .map(|k| k.name())
-            .collect();
-        let mut details = problems.clone();
-        let overflows = self.log_lines_with(faults::OVERFLOWED);
-        let stops = self.counts.get("stop-server").copied().unwrap_or(0);
-        if stops > 0 && overflows == 0 {
-            details.push(format!(
-                "stop-server: {stops} SIGSTOP(s), but the kernel's event queue never overflowed: \
-                 the fault did not test the overflow path"
-            ));
-        }
-        if !missing.is_empty() {
-            details.push(format!(
-                "never injected (run too short or interrupted): {}",
-                missing.join(", ")
-            ));
-        }
-        lines.push(Line::new(
-            "faults injected and survived",
-            details.is_empty(),
-            format!(
-                "{} injected ({} kinds of {} asked for); kernel queue overflows logged: {overflows}",
-                self.injected.len(),
-                kinds.len(),
-                self.opts.faults.len()
-            ),
-            details,
-        ));
-
-        // Memory.
-        for (role, samples) in [
-            ("keeper", &self.samples.keeper),
-            ("server", &self.samples.server),
-        ] {
-            let samples = lock(samples).clone();
-            let warmup = if self.opts.quick { 5.0 } else { 30.0 };
-            let line = match check::rss_figures(&samples, warmup) {
-                // Half a minute of one server's life, with the tree still growing and the
-                // manifest's cache filling, cannot tell a leak from a warm-up (seeds 48 and 49
-                // grew 14-18 MiB that way): a quick run checks the bound, longer runs the slope.
-                Some(r) if self.opts.quick => {
-                    let cap_mib = if role == "keeper" {
-                        QUICK_KEEPER_CAP_MIB
-                    } else {
-                        QUICK_SERVER_CAP_MIB
-                    };
-                    let peak_mib = r.peak_kib as f64 / 1024.0;
-                    let within = peak_mib <= cap_mib;
-                    let sign = if within { '≤' } else { '>' };
-                    Line::new(
-                        &format!("{role} RSS: bounded (quick run)"),
-                        within,
-                        format!(
-                            "peak {peak_mib:.1} MiB {sign} {cap_mib} MiB; slope {:+.2} MiB/min over {:.0} s, judged only in runs of minutes",
-                            r.slope_kib_per_min / 1024.0,
-                            r.judged_s
-                        ),
-                        vec![format!("see rss.svg; the {role}'s memory passed its bound")],
-                    )
-                }
-                Some(r) => {
-                    let judged = if r.judged_s >= check::MIN_JUDGED_S {
-                        format!(
-                            "slope {:+.2} MiB/min, growth {:+.1} MiB over {:.0} s of one pid",
-                            r.slope_kib_per_min / 1024.0,
-                            r.growth_kib as f64 / 1024.0,
-                            r.judged_s
-                        )
-                    } else {
-                        format!(
-                            "growth not judged: longest life of one pid {:.0} s",
-                            r.judged_s
-                        )
-                    };
-                    Line::new(
-                        &format!("{role} RSS: no sustained growth"),
-                        !r.sustained && r.judged_s >= check::MIN_JUDGED_S,
-                        format!(
-                            "peak {:.1} MiB, {judged} ({} samples)",
-                            r.peak_kib as f64 / 1024.0,
-                            samples.len()
-                        ),
-                        vec![format!(
-                            "see rss.svg; the {role}'s memory rose steadily or could not be judged"
-                        )],
-                    )
-                }
-                None => Line::new(
-                    &format!("{role} RSS: no sustained growth"),
-                    false,
-                    "no sample".into(),
-                    Vec::new(),
-                ),
-            };
-            lines.push(line);
-        }
-
-        // Latency and throughput.
-        let lat = check::latencies(&writes, entries);
-        let mut everything: Vec<u64> = lat.iter().map(|(_, ms)| *ms).collect();
-        everything.sort_unstable();
-        let mut single: Vec<u64> = lat
-            .iter()
-            .filter(|(w, _)| matches!(*w, "steady" | "edit" | "churn"))
-            .map(|(_, ms)| *ms)
-            .collect();
-        single.sort_unstable();
-        let pct =
-            |v: &[u64], q| check::percentile(v, q).map_or("-".to_owned(), |ms| format!("{ms} ms"));
-        let p50 = check::percentile(&single, 0.5);
-        lines.push(Line::new(
-            "latency write→job start: p50 ≤ 1 s",
-            p50.is_some_and(|ms| ms <= 1000),
-            format!(
-                "single changes p50 {}, p99 {} (n={}); all p50 {}, p99 {} (n={})",
-                pct(&single, 0.5),
-                pct(&single, 0.99),
-                single.len(),
-                pct(&everything, 0.5),
-                pct(&everything, 0.99),
-                everything.len()
-            ),
-            vec!["single changes: the steady, editor and churn workloads; all: bursts and fault files too".into()],
-        ));
-        let done = entries.iter().filter(|e| e.phase == Phase::Done).count();
-        let burst = self.burst.as_ref().map(|b| {
-            let want: HashSet<String> = b
-                .files
-                .iter()
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect();
-            let mut seen = HashSet::new();
-            let mut last = b.written_ms.1;
-            for e in entries.iter().filter(|e| e.phase == Phase::Done) {
-                if want.contains(&e.path) && seen.insert(e.path.as_str()) {
-                    last = last.max(e.t_ms);
-                }
-            }
-            let secs = (last.saturating_sub(b.written_ms.0)) as f64 / 1000.0;
-            (b.files.len(), seen.len(), secs)
-        });
-        let (burst_ok, burst_text) = match burst {
-            Some((n, seen, secs)) => {
-                let rate = seen as f64 / secs.max(0.001);
-                (
-                    seen == n && rate >= 50.0,
-                    format!("burst of {n}: {seen} processed in {secs:.1} s ({rate:.0}/s)"),
-                )
-            }
-            None => (false, "no burst ran".into()),
-        };
-        lines.push(Line::new(
-            "throughput: the burst drains at ≥ 50 jobs/s",
-            burst_ok,
-            format!(
-                "{done} jobs done in {:.0} s ({:.1}/s); {burst_text}",
-                v.run_s,
-                done as f64 / v.run_s.max(1.0)
-            ),
-            vec![burst_text.clone()],
-        ));
-
-        let restarts = self.restarts.counted;
-        lines.push(Line::new(
-            "restarts: one per server kill",
-            restarts == self.restarts.expected,
-            format!("{restarts} server restart(s) for {} server kill(s)", self.restarts.expected),
-            vec![format!(
-                "the keeper restarted the server {restarts} time(s); the harness killed it {} time(s)",
-                self.restarts.expected
-            )],
-        ));
-
-        let final_queue = v
-            .status
-            .map(|s| s["queue"].to_string())
-            .unwrap_or_else(|| "no status".into());
-        lines.push(Line::new(
-            "settled after the run",
-            v.settled,
-            format!(
-                "{} in {:.1} s; peak queued seen {}, status unanswered {} time(s)",
-                if v.settled { "idle" } else { "still busy" },
-                v.settle_s,
-                self.samples.peak_queued.load(Ordering::Relaxed),
-                self.samples.status_failures.load(Ordering::Relaxed)
-            ),
-            vec![format!("queue at the end: {final_queue}")],
-        ));
-
-        let stop_ok = matches!(v.stopped, Ok(r) if r.code == Some(0));
-        let stop_text = match v.stopped {
-            Ok(r) => format!(
-                "ward stop: exit {:?}{} {}",
-                r.code,
-                if r.timed_out { " (timed out)" } else { "" },
-                r.stderr.trim()
-            ),
-            Err(e) => format!("ward stop: {e:#}"),
-        };
-        lines.push(Line::new(
-            "no orphan process after stop",
-            v.left.is_empty() && stop_ok,
-            format!("{} left; {stop_text}", v.left.len()),
-            v.left
-                .iter()
-                .map(|(p, c)| format!("pid {p}: {c}"))
-                .chain([stop_text.clone()])
-                .collect(),
-        ));
-        lines.push(Line::new(
-            "no stale pidfile",
-            v.stale.is_empty(),
-            if v.stale.is_empty() {
-                "ward.pid and ward.sock removed".into()
-            } else {
-                format!("left: {}", v.stale.join(", "))
-            },
-            Vec::new(),
-        ));
-        if !v.writer_errors.is_empty() || self.ledger.malformed > 0 {
-            let mut details = v.writer_errors.to_vec();
-            if self.ledger.malformed > 0 {
-                details.push(format!(
-                    "{} malformed ledger entries",
-                    self.ledger.malformed
-                ));
-            }
-            lines.push(Line::new(
-                "harness: workloads ran cleanly",
-                false,
-                format!("{} problem(s)", details.len()),
-                details,
-            ));
-        }
-        lines
-    }
-
-    /// Lines of ward's log (rotated files included) that contain `needle`.
-    fn log_lines_with(&self, needle: &str) -> usize {
-        self.ward.log_lines_with(needle)
-    }
-
     fn since_start(&self, t_ms: u64) -> f64 {
         let start_ms = now_ms().saturating_sub(self.started.elapsed().as_millis() as u64);
         (t_ms as f64 - start_ms as f64) / 1000.0
-    }
-
-    fn short(&self, path: &str) -> String {
-        let root = self.tree.to_string_lossy();
-        path.replace(root.as_ref(), "tree")
     }
 
     fn write_outputs(&self, lines: &[Line], dir: &Path) -> anyhow::Result<()> {
