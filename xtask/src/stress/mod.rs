@@ -13,6 +13,7 @@ mod daemon;
 mod faults;
 mod host;
 mod ledger;
+mod outputs;
 mod plot;
 mod run;
 mod sampler;

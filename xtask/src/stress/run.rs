@@ -1,5 +1,7 @@
 //! One stress run: sets up ward in a temporary directory, runs the workloads and the schedule of
-//! faults against `ward start`, samples memory, then settles, checks, stops and sweeps.
+//! faults against `ward start`, then settles, gathers the evidence, has it judged, stops ward and
+//! sweeps; and the cleanup after runs killed before they could. The faults (`faults/`), the
+//! sampler, the verdict and the report files live in modules of their own.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -8,18 +10,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::check::{self, Line, Report, RssSample};
+use super::check::{self, Report};
 use super::config::ConfigFile;
 use super::daemon::{self, Ward, signal, wait_until};
 use super::faults::{self, FaultKind, Findings, Injected, Step};
 use super::ledger;
+use super::outputs;
 use super::sampler::{self, Samples};
 use super::scene::{LedgerTail, PendingRemoval, Restarts, Scene};
 use super::verdict::{self, Evidence};
 use super::workload::{self, WriteLog, Writers, lock, now_ms};
-use super::{Options, changes, host, plot};
+use super::{Options, changes, host};
 
 /// Set by Ctrl-C, SIGTERM or SIGHUP: every loop of the run checks it and goes to the orderly end.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -231,35 +234,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         })
         .collect();
 
-    let steps = faults::schedule(
-        &opts.faults,
-        opts.duration.as_secs_f64(),
-        opts.quick,
-        opts.seed,
-    );
-    let mut next = 0;
-    // A step that overran its slot delays the next ones, which must not then pile up.
-    let mut calm_until = 0.0;
-    // What a since-query client has read up to, mid-run: it must hear of what changes after.
-    let mut mark = None;
-    while !INTERRUPTED.load(Ordering::Relaxed) {
-        let now = run.started.elapsed().as_secs_f64();
-        run.tidy_pending(false);
-        if mark.is_none() && now >= opts.duration.as_secs_f64() * 0.4 {
-            mark = changes::mark(&ward);
-        }
-        if let Some(&(at, step)) = steps.get(next) {
-            if now >= at.max(calm_until) {
-                next += 1;
-                run.step(step);
-                calm_until = run.elapsed_s() + STEP_GAP_S;
-                continue;
-            }
-        } else if now >= opts.duration.as_secs_f64() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mark = run.follow_schedule();
     run.samples.set_phase("settling");
     writers.stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -289,27 +264,11 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     let _ = sampler.join();
     eprintln!();
 
-    // The orderly end: continue anything stopped, `ward stop`, then look for what is left.
-    if let Some(server) = ward.server_pid() {
-        signal(server, libc::SIGCONT);
-    }
-    let stopped = ward.run(&["stop", "--timeout", "30"], Duration::from_secs(60));
-    let left = {
-        let mut left = Vec::new();
-        wait_until(Duration::from_secs(5), || {
-            left = daemon::processes_mentioning(&dir);
-            left.is_empty()
-        });
-        left
-    };
-    let stale: Vec<&str> = ["ward.pid", "ward.sock"]
-        .into_iter()
-        .filter(|f| ward.state.join(f).exists())
-        .collect();
+    let (stopped, left, stale) = stop(&ward, &dir);
 
     let writer_errors = lock(&writers.errors).clone();
     let writes = run.log.snapshot();
-    let lines = verdict::lines(&Evidence {
+    let evidence = Evidence {
         opts,
         ward: &run.ward,
         tree: &run.tree,
@@ -333,32 +292,16 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         left: &left,
         stale: &stale,
         writer_errors: &writer_errors,
-    });
+    };
+    let lines = verdict::lines(&evidence);
     let all_pass = lines.iter().all(|l| l.pass);
     println!("\n{}", check::table(&lines, 12));
-    run.write_outputs(&lines, &dir)?;
+    outputs::write(&evidence, &lines, &dir)?;
     if INTERRUPTED.load(Ordering::Relaxed) {
         println!("stress: interrupted; the verdict covers the part that ran");
     }
     if opts.keep {
-        let mut tsv = String::new();
-        for w in run.log.snapshot() {
-            let what = match w.kind {
-                check::OpKind::Wrote(h) => format!("wrote {h:016x}"),
-                check::OpKind::Removed => "removed".to_owned(),
-            };
-            tsv.push_str(&format!("{}\t{}\t{what}\t{}\n", w.t_ms, w.workload, w.path));
-        }
-        std::fs::write(dir.join("out/writes.tsv"), tsv)?;
-        // A state directory on a tmpfs of its own goes with its unmount: keep a copy.
-        if host::is_mount_point(&ward.state) {
-            copy_tree(&ward.state, &dir.join("out/state"))?;
-        }
-        std::fs::write(dir.join(KEPT), "kept by cargo xtask stress --keep\n")?;
-        println!(
-            "stress: kept {} (out/ledger is the workers' account, out/writes.tsv the harness's)",
-            dir.display()
-        );
+        outputs::keep(&dir, &writes, &ward.state)?;
     }
     let released = release(&dir, std::process::id());
     if !released.is_empty() {
@@ -372,22 +315,34 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     Ok(all_pass && !INTERRUPTED.load(Ordering::Relaxed))
 }
 
-/// What marks a temporary directory kept with `--keep`: it is left for whoever asked for it.
-const KEPT: &str = "KEPT";
-
-/// Copies the directory `from` to `to`, files and directories only.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-        }
+/// The orderly end: continues a server left stopped, runs `ward stop`, then looks for what is
+/// left: what `ward stop` did, the processes still mentioning `dir` (pid, command line), and the
+/// state files left behind.
+fn stop(
+    ward: &Ward,
+    dir: &Path,
+) -> (
+    anyhow::Result<daemon::Ran>,
+    Vec<(u32, String)>,
+    Vec<&'static str>,
+) {
+    if let Some(server) = ward.server_pid() {
+        signal(server, libc::SIGCONT);
     }
-    Ok(())
+    let stopped = ward.run(&["stop", "--timeout", "30"], Duration::from_secs(60));
+    let left = {
+        let mut left = Vec::new();
+        wait_until(Duration::from_secs(5), || {
+            left = daemon::processes_mentioning(dir);
+            left.is_empty()
+        });
+        left
+    };
+    let stale: Vec<&str> = ["ward.pid", "ward.sock"]
+        .into_iter()
+        .filter(|f| ward.state.join(f).exists())
+        .collect();
+    (stopped, left, stale)
 }
 
 /// Cleans up after runs that could not (a harness killed with SIGKILL): any process still
@@ -416,7 +371,7 @@ fn sweep_abandoned() {
                 entry.path().display()
             );
         }
-        if !entry.path().join(KEPT).exists() {
+        if !entry.path().join(outputs::KEPT).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -459,31 +414,45 @@ fn walk(dir: &Path) -> BTreeMap<String, u64> {
     files
 }
 
-/// Per workload: how many, p50, p99, max, and the log2-bucket histogram the plot draws.
-fn latency_summary(lat: &[(&'static str, u64)]) -> Value {
-    let mut by: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for (w, ms) in lat {
-        by.entry(w).or_default().push(*ms);
-        by.entry("all").or_default().push(*ms);
-    }
-    let mut out = serde_json::Map::new();
-    for (w, mut v) in by {
-        v.sort_unstable();
-        out.insert(
-            w.to_owned(),
-            json!({
-                "n": v.len(),
-                "p50": check::percentile(&v, 0.5),
-                "p99": check::percentile(&v, 0.99),
-                "max": v.last(),
-                "log2_buckets": plot::buckets(&v),
-            }),
-        );
-    }
-    Value::Object(out)
-}
-
 impl Run<'_> {
+    /// Takes the schedule's steps in turn, each once its time has come and the last has had its
+    /// gap, until the schedule and the run's duration are through (or the run is interrupted);
+    /// tidies the tree meanwhile. Returns ward's sequence number and the wall clock read at 40 %
+    /// of the run, if ward answered.
+    fn follow_schedule(&mut self) -> Option<(u64, u64)> {
+        let opts = self.opts;
+        let steps = faults::schedule(
+            &opts.faults,
+            opts.duration.as_secs_f64(),
+            opts.quick,
+            opts.seed,
+        );
+        let mut next = 0;
+        // A step that overran its slot delays the next ones, which must not then pile up.
+        let mut calm_until = 0.0;
+        // What a since-query client has read up to, mid-run: it must hear of what changes after.
+        let mut mark = None;
+        while !INTERRUPTED.load(Ordering::Relaxed) {
+            let now = self.started.elapsed().as_secs_f64();
+            self.tidy_pending(false);
+            if mark.is_none() && now >= opts.duration.as_secs_f64() * 0.4 {
+                mark = changes::mark(&self.ward);
+            }
+            if let Some(&(at, step)) = steps.get(next) {
+                if now >= at.max(calm_until) {
+                    next += 1;
+                    self.step(step);
+                    calm_until = self.elapsed_s() + STEP_GAP_S;
+                    continue;
+                }
+            } else if now >= opts.duration.as_secs_f64() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        mark
+    }
+
     fn elapsed_s(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
@@ -646,88 +615,5 @@ impl Run<'_> {
                 }
             }
         }) && !INTERRUPTED.load(Ordering::Relaxed)
-    }
-
-    fn since_start(&self, t_ms: u64) -> f64 {
-        let start_ms = now_ms().saturating_sub(self.started.elapsed().as_millis() as u64);
-        (t_ms as f64 - start_ms as f64) / 1000.0
-    }
-
-    fn write_outputs(&self, lines: &[Line], dir: &Path) -> anyhow::Result<()> {
-        let out = &self.opts.out;
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        let writes = self.log.snapshot();
-        let lat = check::latencies(&writes, &self.ledger.entries);
-        let keeper = lock(&self.samples.keeper).clone();
-        let server = lock(&self.samples.server).clone();
-        let windows: Vec<(f64, f64, String)> = self
-            .injected
-            .iter()
-            .map(|f| {
-                let start = self.since_start(f.start_ms);
-                (
-                    start,
-                    start + (f.end_ms - f.start_ms) as f64 / 1000.0,
-                    f.label.clone(),
-                )
-            })
-            .collect();
-        let svg = plot::svg(
-            &keeper,
-            &server,
-            &windows,
-            &lat.iter().map(|(_, ms)| *ms).collect::<Vec<_>>(),
-        );
-        std::fs::write(out.join("stress.svg"), svg)?;
-        let rss = |s: &[RssSample]| -> Vec<Value> {
-            s.iter()
-                .map(|s| json!([(s.t_s * 10.0).round() / 10.0, s.pid, s.rss_kib]))
-                .collect()
-        };
-        let report = json!({
-            "options": {
-                "quick": self.opts.quick,
-                "duration_s": self.opts.duration.as_secs_f64(),
-                "rate": self.opts.rate,
-                "faults": self.opts.faults.iter().map(|k| k.name()).collect::<Vec<_>>(),
-                "seed": self.opts.seed,
-            },
-            "pass": lines.iter().all(|l| l.pass),
-            "verdict": lines.iter().map(|l| json!({
-                "check": l.check, "pass": l.pass, "figure": l.figure, "details": l.details,
-            })).collect::<Vec<_>>(),
-            "faults": self.injected.iter().map(|f| json!({
-                "label": f.label, "at_s": (f.at_s * 10.0).round() / 10.0,
-                "window_ms": f.end_ms - f.start_ms, "note": f.note, "problems": f.problems,
-                "expected_deaths": f.expected.iter().map(|e| json!({
-                    "role_contains": e.role_contains, "pid": e.pid, "causes": e.causes,
-                })).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-            "reports": self.reports.list.iter().map(|r| json!({
-                "file": r.file, "pid": r.pid, "role": r.role, "cause": r.cause,
-            })).collect::<Vec<_>>(),
-            "changes_made": writes.len(),
-            "ledger_entries": self.ledger.entries.len(),
-            "latency_ms": latency_summary(&lat),
-            "rss_kib": { "columns": ["t_s", "pid", "rss_kib"], "keeper": rss(&keeper), "server": rss(&server) },
-        });
-        std::fs::write(out.join("stress.json"), serde_json::to_vec_pretty(&report)?)?;
-        // ward's own account, for whoever reads a FAIL.
-        let log = self.ward.state.join("ward.log");
-        if log.exists() {
-            std::fs::copy(&log, out.join("ward.log"))?;
-        }
-        println!(
-            "stress: report {}, plot {}, ward's log {}{}",
-            out.join("stress.json").display(),
-            out.join("stress.svg").display(),
-            out.join("ward.log").display(),
-            if self.opts.keep {
-                String::new()
-            } else {
-                format!(" ({} is removed)", dir.display())
-            }
-        );
-        Ok(())
     }
 }
