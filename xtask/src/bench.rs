@@ -148,12 +148,12 @@ pub(crate) fn run(args: &[String]) -> ExitCode {
         // A panicking part (a bug of the bench) costs that part, not the run's table.
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match (*part, &tools) {
-                ("latency", Some(t)) => compare::latency(t, &mut rows),
-                ("burst", Some(t)) => compare::burst(t, &mut rows),
-                ("dispatch", Some(t)) => compare::dispatch(t, &mut rows),
-                ("startup", Some(t)) => compare::startup(t, &mut rows)
-                    .and_then(|()| compare::server_restart(t, &mut rows)),
-                ("idle", Some(t)) => compare::idle(t, &mut rows),
+                ("latency", Some(t)) => compare::latency::run(t, &mut rows),
+                ("burst", Some(t)) => compare::burst::run(t, &mut rows),
+                ("dispatch", Some(t)) => compare::dispatch::run(t, &mut rows),
+                ("startup", Some(t)) => compare::startup::run(t, &mut rows)
+                    .and_then(|()| compare::startup::server_restart(t, &mut rows)),
+                ("idle", Some(t)) => compare::idle::run(t, &mut rows),
                 (name, _) => crate_bench(name, &mut rows),
             }))
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the bench panicked")));

@@ -1,6 +1,9 @@
 //! Tidy checks: repository-wide rules that the compiler and clippy do not enforce.
 //!
-//! They run as ordinary tests (`cargo test -p xtask`) and as `cargo xtask tidy`.
+//! They run as ordinary tests (`cargo test -p xtask`) and as `cargo xtask tidy`. The rules on
+//! sources and members are here; the unused-dependency rule is in [`unused_deps`].
+
+mod unused_deps;
 
 use std::fmt;
 use std::fs;
@@ -14,13 +17,19 @@ pub(crate) struct Problem {
     pub(crate) path: PathBuf,
     pub(crate) line: Option<usize>,
     pub(crate) rule: &'static str,
+    /// What exactly is wrong, when the rule alone does not say.
+    pub(crate) detail: Option<String>,
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.path.display(), line, self.rule),
-            None => write!(f, "{}: {}", self.path.display(), self.rule),
+            Some(line) => write!(f, "{}:{}: {}", self.path.display(), line, self.rule)?,
+            None => write!(f, "{}: {}", self.path.display(), self.rule)?,
+        }
+        match &self.detail {
+            Some(detail) => write!(f, ": {detail}"),
+            None => Ok(()),
         }
     }
 }
@@ -50,7 +59,7 @@ const IGNORE_ATTRIBUTE: &str = concat!("#[", "ignore");
 pub(crate) fn check(root: &Path) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
     for member in members(root)? {
-        check_member(&root.join(&member), &mut problems)?;
+        check_member(root, Path::new(&member), &mut problems)?;
     }
     let mut files = Vec::new();
     rust_files(root, &mut files)?;
@@ -83,12 +92,15 @@ fn members(root: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-fn check_member(dir: &Path, problems: &mut Vec<Problem>) -> Result<()> {
+/// The rules for the workspace member at `member` (relative to the workspace `root`).
+fn check_member(root: &Path, member: &Path, problems: &mut Vec<Problem>) -> Result<()> {
+    let dir = root.join(member);
     if !dir.join("README.md").is_file() {
         problems.push(Problem {
-            path: dir.to_path_buf(),
+            path: dir.clone(),
             line: None,
             rule: NO_README,
+            detail: None,
         });
     }
     let manifest = dir.join("Cargo.toml");
@@ -107,9 +119,10 @@ fn check_member(dir: &Path, problems: &mut Vec<Problem>) -> Result<()> {
             path: manifest,
             line: None,
             rule: NO_WORKSPACE_LINTS,
+            detail: None,
         });
     }
-    Ok(())
+    unused_deps::check(&dir, &member.join("Cargo.toml"), &value, &text, problems)
 }
 
 /// Every `.rs` file under `dir`, skipping build output and hidden directories.
@@ -137,6 +150,7 @@ pub(crate) fn check_source(path: &Path, text: &str, problems: &mut Vec<Problem>)
         path: path.to_path_buf(),
         line,
         rule,
+        detail: None,
     };
     if !text.trim_start().starts_with("//!") {
         problems.push(report(Some(1), NO_MODULE_DOC));
@@ -174,6 +188,7 @@ fn is_test_path(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use unused_deps::UNUSED_DEPENDENCY;
 
     fn problems_in(path: &str, text: &str) -> Vec<&'static str> {
         let mut problems = Vec::new();
@@ -241,5 +256,91 @@ mod tests {
         fs::write(root.join("a/README.md"), "# a\n").unwrap();
         let rules: Vec<_> = check(root).unwrap().into_iter().map(|p| p.rule).collect();
         assert_eq!(rules, [NO_README, NO_WORKSPACE_LINTS]);
+    }
+
+    fn write(path: &Path, text: &str) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn a_dependency_no_source_of_its_crate_names_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            &root.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"a\", \"e2e\"]\n",
+        );
+        // `a` uses a dependency from each place a crate's sources may be; `unused-dep` only
+        // appears where it does not count: as a variable, in a plain comment, under `target/`,
+        // and in a package of its own inside `a`.
+        write(
+            &root.join("a/Cargo.toml"),
+            "[package]\nname = \"a\"\n\n[dependencies]\nin-lib.workspace = true\n\
+             unused-dep = \"1\"\nin-doc = \"1\"\n\n[dev-dependencies]\nin-test = \"1\"\n\
+             in-example = \"1\"\nin-bench = \"1\"\n\n[build-dependencies]\nin-build = \"1\"\n\
+             \n[target.'cfg(unix)'.dependencies]\nunused-unix = \"1\"\n\n[lints]\nworkspace = true\n",
+        );
+        let sources = [
+            (
+                "src/lib.rs",
+                "//! Uses in_lib.\n//! ```\n//! in_doc::f();\n//! ```\nuse in_lib::Thing;\n\
+                 // unused_dep::f() was here once\nfn f() { let unused_dep = 1; }\n",
+            ),
+            ("tests/it.rs", "//! t\nuse in_test;\n"),
+            (
+                "examples/ex.rs",
+                "//! e\nfn main() { in_example::run(); }\n",
+            ),
+            (
+                "benches/b.rs",
+                "//! b\n#[macro_use]\nextern crate in_bench;\n",
+            ),
+            ("build.rs", "//! b\nfn main() { in_build::build(); }\n"),
+            ("target/debug/gen.rs", "//! g\nunused_dep::f();\n"),
+            ("nested/Cargo.toml", "[package]\nname = \"nested\"\n"),
+            ("nested/src/lib.rs", "//! n\nuse unused_dep::x;\n"),
+        ];
+        for (path, text) in sources {
+            write(&root.join("a").join(path), text);
+        }
+        // Targets at paths of their own, like the end-to-end suite's.
+        write(
+            &root.join("e2e/Cargo.toml"),
+            "[package]\nname = \"e2e\"\n\n[lib]\npath = \"support.rs\"\n\n[[test]]\n\
+             name = \"cli\"\npath = \"cli.rs\"\n\n[dependencies]\nlibc = \"0.2\"\n\
+             tempfile = \"3\"\n\n[lints]\nworkspace = true\n",
+        );
+        write(&root.join("e2e/support.rs"), "//! s\npub use tempfile;\n");
+        write(
+            &root.join("e2e/cli.rs"),
+            "//! c\nfn f() { libc::getpid(); }\n",
+        );
+        for member in ["a", "e2e"] {
+            write(&root.join(member).join("README.md"), "# m\n");
+        }
+        let problems = check(root).unwrap();
+        let found: Vec<_> = problems
+            .iter()
+            .map(|p| (p.rule, p.path.clone(), p.line))
+            .collect();
+        let manifest = PathBuf::from("a/Cargo.toml");
+        assert_eq!(
+            found,
+            [
+                (UNUSED_DEPENDENCY, manifest.clone(), Some(6)),
+                (UNUSED_DEPENDENCY, manifest, Some(18)),
+            ]
+        );
+        let said = problems[0].to_string();
+        assert!(
+            said.starts_with("a/Cargo.toml:6: unused dependency: crate `a` declares `unused-dep` in [dependencies]"),
+            "{said}"
+        );
+        assert!(
+            problems[1].to_string().contains("`unused-unix`"),
+            "{}",
+            problems[1]
+        );
     }
 }

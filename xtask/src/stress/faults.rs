@@ -1,16 +1,23 @@
-//! The faults `cargo xtask stress` can inject, their names for `--faults`, and the seeded
-//! schedule that places them (with the bursts) on the run's timeline. The faults judged by a
-//! verdict line of their own are injected and judged in the modules below ([`Findings`]); the
-//! others by `run.rs`.
+//! The faults `cargo xtask stress` can inject, their names for `--faults`, the seeded schedule
+//! that places them (with the bursts) on the run's timeline, and [`inject`], which hands each to
+//! its module below. The faults judged by a verdict line of their own keep what they found in
+//! [`Findings`] and write that line themselves; the others are judged by the verdict's common
+//! lines (`verdict.rs`).
 
 mod chmod;
+mod crash;
 mod disk_full;
+mod full_queue;
+mod kill;
+mod mem_limit;
 mod mount;
 mod orphans;
 mod reload;
 mod socket;
+mod stop_server;
 
 pub use disk_full::prepare as prepare_state_disk;
+pub use stop_server::OVERFLOWED;
 
 use std::collections::BTreeMap;
 
@@ -55,6 +62,10 @@ pub enum FaultKind {
 
 /// The code a job told to exit exits with.
 pub const EXIT_CODE: i32 = 3;
+
+/// How long a job holds its thread to fill the queue, or a worker for `kill-worker`: well inside
+/// the timeout, so that only the faults meant to time out do.
+pub const BLOCKER_MS: u64 = 2000;
 
 /// Every fault, in the order `--faults` lists them.
 pub const ALL: [FaultKind; 18] = [
@@ -208,20 +219,6 @@ pub struct Findings {
 }
 
 impl Findings {
-    /// Injects `f` if its kind is one of these (`n`: its number among its kind); false if not.
-    pub fn inject(&mut self, scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> bool {
-        match f.kind {
-            FaultKind::Reload => self.reload.push(reload::inject(scene, f, n)),
-            FaultKind::StateDiskFull => self.disk_full.push(disk_full::inject(scene, f, n)),
-            FaultKind::Mount => self.mount.push(mount::inject(scene, f, n)),
-            FaultKind::Chmod => self.chmod.push(chmod::inject(scene, f, n)),
-            FaultKind::SocketIdle => self.socket.push(socket::inject(scene, f, n)),
-            FaultKind::Orphans => self.orphans.push(orphans::inject(scene, f, n)),
-            _ => return false,
-        }
-        true
-    }
-
     /// The verdict line of each of these kinds in `asked`, judged against the whole ledger
     /// (`tree`: the watched tree, which `entries` name paths in) and the changes lost in each
     /// fault's window (`losses`, by the fault's label).
@@ -245,6 +242,26 @@ impl Findings {
             });
         }
         lines
+    }
+}
+
+/// Injects `f` (`n`: its number among its kind); what a fault with a verdict line of its own
+/// found goes into `findings`.
+pub fn inject(scene: &mut Scene<'_>, findings: &mut Findings, f: &mut Injected, n: usize) {
+    match f.kind {
+        FaultKind::KillWorker => kill::worker(scene, f, n),
+        FaultKind::KillServer => kill::server(scene, f),
+        FaultKind::StopServer => stop_server::inject(scene, f, n),
+        FaultKind::Crash(directive) => crash::inject(scene, f, directive, n),
+        FaultKind::MemLimit => mem_limit::inject(scene, f, n),
+        FaultKind::FullQueue => full_queue::inject(scene, f, n),
+        FaultKind::KillKeeper => kill::keeper(scene, f),
+        FaultKind::Reload => findings.reload.push(reload::inject(scene, f, n)),
+        FaultKind::StateDiskFull => findings.disk_full.push(disk_full::inject(scene, f, n)),
+        FaultKind::Mount => findings.mount.push(mount::inject(scene, f, n)),
+        FaultKind::Chmod => findings.chmod.push(chmod::inject(scene, f, n)),
+        FaultKind::SocketIdle => findings.socket.push(socket::inject(scene, f, n)),
+        FaultKind::Orphans => findings.orphans.push(orphans::inject(scene, f, n)),
     }
 }
 

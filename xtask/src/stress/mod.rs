@@ -2,9 +2,10 @@
 //!
 //! It builds `ward` and `ward-stress-worker` in release, starts ward as a daemon in a temporary
 //! directory, and while steady, churn, editor and burst workloads write into the watched tree it
-//! injects faults on a seeded schedule (see [`faults`]). At the end it checks what the ledger,
-//! the crash reports and /proc say against what it did ([`check`]), prints the verdict table,
-//! and writes `stress.json`, `stress.svg` and ward's log into `--out`.
+//! injects faults on a seeded schedule (see [`faults`]). At the end it judges what the ledger,
+//! the crash reports and /proc say against what it did ([`verdict`], with [`check`]'s
+//! arithmetic), prints the verdict table, and writes `stress.json`, `stress.svg` and ward's log
+//! into `--out` ([`outputs`]).
 
 mod changes;
 mod check;
@@ -13,9 +14,12 @@ mod daemon;
 mod faults;
 mod host;
 mod ledger;
+mod outputs;
 mod plot;
 mod run;
+mod sampler;
 mod scene;
+mod verdict;
 mod workload;
 
 use std::path::{Path, PathBuf};

@@ -1,41 +1,34 @@
 //! One stress run: sets up ward in a temporary directory, runs the workloads and the schedule of
-//! faults against `ward start`, samples memory, then settles, checks, stops and sweeps.
+//! faults against `ward start`, then settles, gathers the evidence, has it judged, stops ward and
+//! sweeps; and the cleanup after runs killed before they could. The faults (`faults/`), the
+//! sampler, the verdict and the report files live in modules of their own.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::check::{self, ExpectedDeath, Line, Report, RssSample, Window};
-use super::config::{ConfigFile, JOB_TIMEOUT_S, MAX_RSS_MB, QUEUE_CAPACITY, WORKERS};
+use super::check::{self, Report};
+use super::config::ConfigFile;
 use super::daemon::{self, Ward, signal, wait_until};
 use super::faults::{self, FaultKind, Findings, Injected, Step};
-use super::ledger::{self, Directive, Entry, Phase};
-use super::scene::{LedgerTail, Scene};
+use super::ledger;
+use super::outputs;
+use super::sampler::{self, Samples};
+use super::scene::{LedgerTail, PendingRemoval, Restarts, Scene};
+use super::verdict::{self, Evidence};
 use super::workload::{self, WriteLog, Writers, lock, now_ms};
-use super::{Options, changes, host, plot};
+use super::{Options, changes, host};
 
 /// Set by Ctrl-C, SIGTERM or SIGHUP: every loop of the run checks it and goes to the orderly end.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// How far a `grow` job passes the trigger's worker memory limit (`max_rss_mb`).
-const GROW_MB: u64 = 192;
-/// How long a job holds its thread to fill the queue, or a worker for `kill-worker`: well inside
-/// the timeout, so that only the faults meant to time out do.
-pub const BLOCKER_MS: u64 = 2000;
-/// A quick run's memory bounds: the keeper holds no per-file state; the server's includes the
-/// manifest's 32 MiB cache and per-directory watches, and 64 MiB is what the 200k-file burst of
-/// `cargo xtask bench` must stay under.
-const QUICK_KEEPER_CAP_MIB: f64 = 8.0;
-const QUICK_SERVER_CAP_MIB: f64 = 64.0;
 /// The least time between the end of one step of the schedule and the start of the next.
 const STEP_GAP_S: f64 = 2.0;
-/// A change this long before a fault may still have been pending when it hit.
-const PENDING_MS: u64 = 5000;
 
 /// Releases what the run took on every way out, panics included: the temporary directory's
 /// processes, then its mounts, then the run's throwaway user.
@@ -77,23 +70,14 @@ fn release(dir: &Path, pid: u32) -> String {
     done.join("; ")
 }
 
-/// What the sampler thread gathers.
-#[derive(Debug, Default)]
-struct Samples {
-    keeper: Mutex<Vec<RssSample>>,
-    server: Mutex<Vec<RssSample>>,
-    status: Mutex<Option<Value>>,
-    status_failures: AtomicU64,
-    peak_queued: AtomicU64,
-    phase: Mutex<String>,
-}
-
 /// The crash reports in the state directory, read incrementally.
 #[derive(Debug, Default)]
-struct Reports {
+pub struct Reports {
     seen: HashSet<String>,
-    list: Vec<Report>,
-    unreadable: Vec<String>,
+    /// The reports read.
+    pub list: Vec<Report>,
+    /// The files of reports without a pid or a role.
+    pub unreadable: Vec<String>,
 }
 
 impl Reports {
@@ -136,14 +120,6 @@ impl Reports {
     }
 }
 
-/// Files that ask for a death, removed once their reports are in (or a deadline passes), so that
-/// a restarted server does not run them again and the tree ends without them.
-#[derive(Debug)]
-struct PendingRemoval {
-    files: Vec<PathBuf>,
-    deadline: Instant,
-}
-
 /// Everything one run holds.
 struct Run<'a> {
     opts: &'a Options,
@@ -162,18 +138,20 @@ struct Run<'a> {
     removals: Vec<(PathBuf, Instant)>,
     counts: BTreeMap<&'static str, usize>,
     started: Instant,
-    restarts_before: u64,
-    expected_restarts: u64,
+    restarts: Restarts,
     burst: Option<Burst>,
     /// What the faults with a verdict line of their own found.
     findings: Findings,
 }
 
+/// The burst of new files, once written.
 #[derive(Debug, Clone)]
-struct Burst {
+pub struct Burst {
     dir: PathBuf,
-    files: Vec<PathBuf>,
-    written_ms: (u64, u64),
+    /// Its files.
+    pub files: Vec<PathBuf>,
+    /// When its first and its last file were written, milliseconds since the epoch.
+    pub written_ms: (u64, u64),
 }
 
 /// Runs the stress against the `ward` binary and the worker given; whether every check passed.
@@ -222,8 +200,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         removals: Vec::new(),
         counts: BTreeMap::new(),
         started: Instant::now(),
-        restarts_before: 0,
-        expected_restarts: 0,
+        restarts: Restarts::default(),
         burst: None,
         findings: Findings::default(),
     };
@@ -239,7 +216,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
             run.started,
         );
         let total = opts.duration.as_secs_f64();
-        std::thread::spawn(move || sample(&ward, &samples, &stop, started, total))
+        std::thread::spawn(move || sampler::run(&ward, &samples, &stop, started, total))
     };
     let writers = Writers {
         tree: tree.clone(),
@@ -257,36 +234,8 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         })
         .collect();
 
-    let steps = faults::schedule(
-        &opts.faults,
-        opts.duration.as_secs_f64(),
-        opts.quick,
-        opts.seed,
-    );
-    let mut next = 0;
-    // A step that overran its slot delays the next ones, which must not then pile up.
-    let mut calm_until = 0.0;
-    // What a since-query client has read up to, mid-run: it must hear of what changes after.
-    let mut mark = None;
-    while !INTERRUPTED.load(Ordering::Relaxed) {
-        let now = run.started.elapsed().as_secs_f64();
-        run.tidy_pending(false);
-        if mark.is_none() && now >= opts.duration.as_secs_f64() * 0.4 {
-            mark = changes::mark(&ward);
-        }
-        if let Some(&(at, step)) = steps.get(next) {
-            if now >= at.max(calm_until) {
-                next += 1;
-                run.step(step);
-                calm_until = run.elapsed_s() + STEP_GAP_S;
-                continue;
-            }
-        } else if now >= opts.duration.as_secs_f64() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    set_phase(&run.samples, "settling");
+    let mark = run.follow_schedule();
+    run.samples.set_phase("settling");
     writers.stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
@@ -298,7 +247,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     let run_s = run.started.elapsed().as_secs_f64();
     run.ledger.refresh();
     run.reports.refresh(&ward.state);
-    run.restarts_before += ward.restarts();
+    run.restarts.counted += ward.restarts();
     let final_files = walk(&tree);
     let status = ward.status();
     let reading = changes::Reading {
@@ -315,26 +264,25 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     let _ = sampler.join();
     eprintln!();
 
-    // The orderly end: continue anything stopped, `ward stop`, then look for what is left.
-    if let Some(server) = ward.server_pid() {
-        signal(server, libc::SIGCONT);
-    }
-    let stopped = ward.run(&["stop", "--timeout", "30"], Duration::from_secs(60));
-    let left = {
-        let mut left = Vec::new();
-        wait_until(Duration::from_secs(5), || {
-            left = daemon::processes_mentioning(&dir);
-            left.is_empty()
-        });
-        left
-    };
-    let stale: Vec<&str> = ["ward.pid", "ward.sock"]
-        .into_iter()
-        .filter(|f| ward.state.join(f).exists())
-        .collect();
+    let (stopped, left, stale) = stop(&ward, &dir);
 
     let writer_errors = lock(&writers.errors).clone();
-    let mut lines = run.verdict(&Verdict {
+    let writes = run.log.snapshot();
+    let evidence = Evidence {
+        opts,
+        ward: &run.ward,
+        tree: &run.tree,
+        started: run.started,
+        injected: &run.injected,
+        counts: &run.counts,
+        findings: &run.findings,
+        writes: &writes,
+        ledger: &run.ledger,
+        reports: &run.reports,
+        samples: &run.samples,
+        burst: run.burst.as_ref(),
+        restarts: &run.restarts,
+        reading: &reading,
         final_files: &final_files,
         settled,
         settle_s,
@@ -344,46 +292,16 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         left: &left,
         stale: &stale,
         writer_errors: &writer_errors,
-    });
-    let losses = run.losses_by_fault(&final_files);
-    lines.extend(
-        run.findings
-            .lines(&opts.faults, &run.ledger.entries, &tree, &losses),
-    );
-    let root = format!("{}/", tree.display());
-    lines.push(changes::line(
-        &reading,
-        &final_files,
-        &run.log.snapshot(),
-        &run.ledger.entries,
-        &root,
-        |t| run.short(t),
-    ));
+    };
+    let lines = verdict::lines(&evidence);
     let all_pass = lines.iter().all(|l| l.pass);
     println!("\n{}", check::table(&lines, 12));
-    run.write_outputs(&lines, &dir)?;
+    outputs::write(&evidence, &lines, &dir)?;
     if INTERRUPTED.load(Ordering::Relaxed) {
         println!("stress: interrupted; the verdict covers the part that ran");
     }
     if opts.keep {
-        let mut tsv = String::new();
-        for w in run.log.snapshot() {
-            let what = match w.kind {
-                check::OpKind::Wrote(h) => format!("wrote {h:016x}"),
-                check::OpKind::Removed => "removed".to_owned(),
-            };
-            tsv.push_str(&format!("{}\t{}\t{what}\t{}\n", w.t_ms, w.workload, w.path));
-        }
-        std::fs::write(dir.join("out/writes.tsv"), tsv)?;
-        // A state directory on a tmpfs of its own goes with its unmount: keep a copy.
-        if host::is_mount_point(&ward.state) {
-            copy_tree(&ward.state, &dir.join("out/state"))?;
-        }
-        std::fs::write(dir.join(KEPT), "kept by cargo xtask stress --keep\n")?;
-        println!(
-            "stress: kept {} (out/ledger is the workers' account, out/writes.tsv the harness's)",
-            dir.display()
-        );
+        outputs::keep(&dir, &writes, &ward.state)?;
     }
     let released = release(&dir, std::process::id());
     if !released.is_empty() {
@@ -397,22 +315,34 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     Ok(all_pass && !INTERRUPTED.load(Ordering::Relaxed))
 }
 
-/// What marks a temporary directory kept with `--keep`: it is left for whoever asked for it.
-const KEPT: &str = "KEPT";
-
-/// Copies the directory `from` to `to`, files and directories only.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-        }
+/// The orderly end: continues a server left stopped, runs `ward stop`, then looks for what is
+/// left: what `ward stop` did, the processes still mentioning `dir` (pid, command line), and the
+/// state files left behind.
+fn stop(
+    ward: &Ward,
+    dir: &Path,
+) -> (
+    anyhow::Result<daemon::Ran>,
+    Vec<(u32, String)>,
+    Vec<&'static str>,
+) {
+    if let Some(server) = ward.server_pid() {
+        signal(server, libc::SIGCONT);
     }
-    Ok(())
+    let stopped = ward.run(&["stop", "--timeout", "30"], Duration::from_secs(60));
+    let left = {
+        let mut left = Vec::new();
+        wait_until(Duration::from_secs(5), || {
+            left = daemon::processes_mentioning(dir);
+            left.is_empty()
+        });
+        left
+    };
+    let stale: Vec<&str> = ["ward.pid", "ward.sock"]
+        .into_iter()
+        .filter(|f| ward.state.join(f).exists())
+        .collect();
+    (stopped, left, stale)
 }
 
 /// Cleans up after runs that could not (a harness killed with SIGKILL): any process still
@@ -441,7 +371,7 @@ fn sweep_abandoned() {
                 entry.path().display()
             );
         }
-        if !entry.path().join(KEPT).exists() {
+        if !entry.path().join(outputs::KEPT).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -457,74 +387,6 @@ fn sweep_abandoned_users() {
             Err(e) => println!("stress: an earlier, killed run's user is left: {e:#}"),
         }
     }
-}
-
-fn set_phase(samples: &Samples, phase: &str) {
-    *lock(&samples.phase) = phase.to_owned();
-}
-
-/// Every second: the keeper's and the server's RSS (pids from the state files, so it works while
-/// the server is stopped); every other second `ward status`; and the progress line.
-fn sample(ward: &Ward, samples: &Samples, stop: &AtomicBool, started: Instant, total: f64) {
-    let mut tick = 0u64;
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    while !stop.load(Ordering::Relaxed) {
-        let t_s = started.elapsed().as_secs_f64();
-        let read = |pid: Option<u32>| {
-            pid.and_then(|pid| {
-                daemon::rss_kib(pid).map(|(rss_kib, hwm_kib)| RssSample {
-                    t_s,
-                    pid,
-                    rss_kib,
-                    hwm_kib,
-                })
-            })
-        };
-        if let Some(s) = read(ward.keeper_pid()) {
-            lock(&samples.keeper).push(s);
-        }
-        if let Some(s) = read(ward.server_pid()) {
-            lock(&samples.server).push(s);
-        }
-        if tick.is_multiple_of(2) {
-            match ward.status() {
-                Some(v) if v["state"] == "running" => {
-                    let queued = v["queue"]["queued"].as_u64().unwrap_or(0);
-                    samples.peak_queued.fetch_max(queued, Ordering::Relaxed);
-                    *lock(&samples.status) = Some(v);
-                }
-                _ => {
-                    samples.status_failures.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        let line = progress_line(samples, t_s, total);
-        if tty {
-            eprint!("\r{line:<110}");
-        } else if tick.is_multiple_of(10) {
-            eprintln!("{line}");
-        }
-        tick += 1;
-        let next = started + Duration::from_secs(tick);
-        while Instant::now() < next && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn progress_line(samples: &Samples, t_s: f64, total: f64) -> String {
-    let status = lock(&samples.status).clone().unwrap_or(Value::Null);
-    let q = &status["queue"];
-    let mib = |v: Option<&RssSample>| v.map_or(0.0, |s| s.rss_kib as f64 / 1024.0);
-    format!(
-        "[{t_s:>5.0}s/{total:.0}s] jobs {} done, {} failed, {} queued | rss keeper {:.1} MiB, server {:.1} MiB | {}",
-        q["completed"].as_u64().unwrap_or(0),
-        q["failed"].as_u64().unwrap_or(0),
-        q["queued"].as_u64().unwrap_or(0),
-        mib(lock(&samples.keeper).last()),
-        mib(lock(&samples.server).last()),
-        lock(&samples.phase),
-    )
 }
 
 /// Every regular file under `dir` with its content hash.
@@ -552,81 +414,43 @@ fn walk(dir: &Path) -> BTreeMap<String, u64> {
     files
 }
 
-/// Per workload: how many, p50, p99, max, and the log2-bucket histogram the plot draws.
-fn latency_summary(lat: &[(&'static str, u64)]) -> Value {
-    let mut by: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for (w, ms) in lat {
-        by.entry(w).or_default().push(*ms);
-        by.entry("all").or_default().push(*ms);
-    }
-    let mut out = serde_json::Map::new();
-    for (w, mut v) in by {
-        v.sort_unstable();
-        out.insert(
-            w.to_owned(),
-            json!({
-                "n": v.len(),
-                "p50": check::percentile(&v, 0.5),
-                "p99": check::percentile(&v, 0.99),
-                "max": v.last(),
-                "log2_buckets": plot::buckets(&v),
-            }),
-        );
-    }
-    Value::Object(out)
-}
-
-/// What the verdict needs besides the run's own state.
-struct Verdict<'a> {
-    final_files: &'a BTreeMap<String, u64>,
-    settled: bool,
-    settle_s: f64,
-    run_s: f64,
-    status: Option<&'a Value>,
-    stopped: &'a anyhow::Result<daemon::Ran>,
-    left: &'a [(u32, String)],
-    stale: &'a [&'a str],
-    writer_errors: &'a [String],
-}
-
 impl Run<'_> {
-    /// The changes lost in each fault's window (see [`check::lost_changes`]), by its label.
-    fn losses_by_fault(
-        &self,
-        final_files: &BTreeMap<String, u64>,
-    ) -> BTreeMap<String, Vec<String>> {
-        let faults: Vec<&Injected> = self
-            .injected
-            .iter()
-            .filter(|f| f.kind.has_window())
-            .collect();
-        let windows: Vec<Window> = faults
-            .iter()
-            .map(|f| Window {
-                label: f.label.clone(),
-                start_ms: f.start_ms,
-                end_ms: f.end_ms,
-            })
-            .collect();
-        let writes = self.log.snapshot();
-        let lost = check::lost_changes(
-            final_files,
-            &self.ledger.entries,
-            &writes,
-            &windows,
-            PENDING_MS,
+    /// Takes the schedule's steps in turn, each once its time has come and the last has had its
+    /// gap, until the schedule and the run's duration are through (or the run is interrupted);
+    /// tidies the tree meanwhile. Returns ward's sequence number and the wall clock read at 40 %
+    /// of the run, if ward answered.
+    fn follow_schedule(&mut self) -> Option<(u64, u64)> {
+        let opts = self.opts;
+        let steps = faults::schedule(
+            &opts.faults,
+            opts.duration.as_secs_f64(),
+            opts.quick,
+            opts.seed,
         );
-        let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for l in lost {
-            if let Some(w) = l.window {
-                by.entry(faults[w].label.clone()).or_default().push(format!(
-                    "{} ({})",
-                    self.short(&l.path),
-                    l.kind.describe()
-                ));
+        let mut next = 0;
+        // A step that overran its slot delays the next ones, which must not then pile up.
+        let mut calm_until = 0.0;
+        // What a since-query client has read up to, mid-run: it must hear of what changes after.
+        let mut mark = None;
+        while !INTERRUPTED.load(Ordering::Relaxed) {
+            let now = self.started.elapsed().as_secs_f64();
+            self.tidy_pending(false);
+            if mark.is_none() && now >= opts.duration.as_secs_f64() * 0.4 {
+                mark = changes::mark(&self.ward);
             }
+            if let Some(&(at, step)) = steps.get(next) {
+                if now >= at.max(calm_until) {
+                    next += 1;
+                    self.step(step);
+                    calm_until = self.elapsed_s() + STEP_GAP_S;
+                    continue;
+                }
+            } else if now >= opts.duration.as_secs_f64() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        by
+        mark
     }
 
     fn elapsed_s(&self) -> f64 {
@@ -644,7 +468,7 @@ impl Run<'_> {
                     *c
                 };
                 let label = format!("{} #{n}", kind.name());
-                set_phase(&self.samples, &format!("fault {label}"));
+                self.samples.set_phase(&format!("fault {label}"));
                 let at_s = self.elapsed_s();
                 let mut f = Injected {
                     label,
@@ -665,22 +489,22 @@ impl Run<'_> {
                     log: &self.log,
                     ledger: &mut self.ledger,
                     removals: &mut self.removals,
+                    pending: &mut self.pending,
+                    restarts: &mut self.restarts,
                 };
-                if !self.findings.inject(&mut scene, &mut f, n) {
-                    self.inject(&mut f, n);
-                }
+                faults::inject(&mut scene, &mut self.findings, &mut f, n);
                 if f.end_ms < f.start_ms {
                     f.end_ms = f.start_ms;
                 }
                 self.injected.push(f);
-                set_phase(&self.samples, "running");
+                self.samples.set_phase("running");
             }
         }
     }
 
     fn burst(&mut self) {
         let count = if self.opts.quick { 2_000 } else { 50_000 };
-        set_phase(&self.samples, &format!("burst of {count} files"));
+        self.samples.set_phase(&format!("burst of {count} files"));
         let dir = self.tree.join("burst");
         let from = now_ms();
         match workload::burst(&self.log, &dir, count, "burst") {
@@ -693,12 +517,12 @@ impl Run<'_> {
             }
             Err(e) => eprintln!("\nstress: burst failed: {e}"),
         }
-        set_phase(&self.samples, "running");
+        self.samples.set_phase("running");
     }
 
     fn burst_delete(&mut self) {
         let Some(burst) = &self.burst else { return };
-        set_phase(&self.samples, "deleting half the burst");
+        self.samples.set_phase("deleting half the burst");
         let Ok(entries) = std::fs::read_dir(&burst.dir) else {
             return;
         };
@@ -715,311 +539,7 @@ impl Run<'_> {
                 eprintln!("\nstress: removing {}: {e}", d.display());
             }
         }
-        set_phase(&self.samples, "running");
-    }
-
-    fn fault_file(&self, kind: &str, n: usize, exec: bool) -> PathBuf {
-        let base = if exec {
-            self.tree.join("exec/faults")
-        } else {
-            self.tree.join("faults")
-        };
-        base.join(format!("{kind}-{n}.txt"))
-    }
-
-    fn write_directive(&self, path: &Path, directive: Directive, n: usize) -> Option<u64> {
-        let content = format!("{}fault {n} seq {}\n", directive.line(), self.log.seq());
-        match self.log.write(path, content.as_bytes(), "fault") {
-            Ok(h) => Some(h),
-            Err(e) => {
-                eprintln!("\nstress: writing {}: {e}", path.display());
-                None
-            }
-        }
-    }
-
-    /// Waits (at most `limit`) for a ledger entry of `phase` for this content.
-    fn await_entry(
-        &mut self,
-        path: &Path,
-        hash: u64,
-        phase: Phase,
-        limit: Duration,
-    ) -> Option<Entry> {
-        self.ledger.await_entry(path, hash, phase, limit)
-    }
-
-    fn inject(&mut self, f: &mut Injected, n: usize) {
-        let causes = f.kind.expected_causes();
-        match f.kind {
-            FaultKind::KillWorker => {
-                let path = self.fault_file("kill-worker", n, false);
-                let Some(hash) = self.write_directive(&path, Directive::Sleep(BLOCKER_MS), n)
-                else {
-                    f.problems.push("could not write its file".into());
-                    return;
-                };
-                let Some(entry) =
-                    self.await_entry(&path, hash, Phase::Start, Duration::from_secs(20))
-                else {
-                    f.problems.push(format!(
-                        "no worker started the job on {} within 20 s",
-                        path.display()
-                    ));
-                    return;
-                };
-                f.start_ms = now_ms();
-                if !signal(entry.pid, libc::SIGKILL) {
-                    f.problems
-                        .push(format!("worker pid {} was gone before SIGKILL", entry.pid));
-                }
-                f.end_ms = now_ms();
-                f.note = format!("SIGKILL worker pid {} during a job", entry.pid);
-                f.expected.push(ExpectedDeath {
-                    fault: f.label.clone(),
-                    role_contains: path.to_string_lossy().into_owned(),
-                    pid: Some(entry.pid),
-                    causes,
-                });
-            }
-            FaultKind::KillServer => {
-                let Some(server) = self.ward.server_pid() else {
-                    f.problems.push("no server pid in keeper.json".into());
-                    return;
-                };
-                f.start_ms = now_ms();
-                signal(server, libc::SIGKILL);
-                self.expected_restarts += 1;
-                let back = wait_until(Duration::from_secs(30), || {
-                    self.ward.server_pid().is_some_and(|p| p != server)
-                });
-                f.end_ms = now_ms();
-                if !back {
-                    f.problems.push("no new server within 30 s".into());
-                }
-                f.note = format!(
-                    "SIGKILL server pid {server}; a new one was ready after {:.2} s",
-                    (f.end_ms - f.start_ms) as f64 / 1000.0
-                );
-                f.expected.push(ExpectedDeath {
-                    fault: f.label.clone(),
-                    role_contains: "server".into(),
-                    pid: Some(server),
-                    causes,
-                });
-            }
-            FaultKind::StopServer => {
-                let Some(server) = self.ward.server_pid() else {
-                    f.problems.push("no server pid in keeper.json".into());
-                    return;
-                };
-                let hold = if self.opts.quick { 3.0 } else { 8.0 };
-                // Past the kernel's queue (`max_queued_events`, 16384 by default), counting the
-                // events the kernel merges.
-                let count: usize = if self.opts.quick { 12_000 } else { 30_000 };
-                // The directories exist and are watched first: a directory created while the
-                // server is stopped has no watch yet, so files written into it raise no events.
-                let dir = self.tree.join(format!("overflow-{n}"));
-                let mut seeds = Vec::new();
-                for d in 0..count.div_ceil(500) {
-                    let seed = dir.join(format!("d{d:03}/seed.txt"));
-                    let content = format!("seed {}\n", self.log.seq());
-                    match self.log.write(&seed, content.as_bytes(), "overflow") {
-                        Ok(hash) => seeds.push((seed, hash)),
-                        Err(e) => f.problems.push(format!("writing {}: {e}", seed.display())),
-                    }
-                }
-                for (seed, hash) in &seeds {
-                    if self
-                        .await_entry(seed, *hash, Phase::Done, Duration::from_secs(20))
-                        .is_none()
-                    {
-                        f.problems
-                            .push(format!("{} not processed within 20 s", seed.display()));
-                        break;
-                    }
-                }
-                const OVERFLOWED: &str = "the kernel's event queue overflowed";
-                let overflows = self.log_lines_with(OVERFLOWED);
-                f.start_ms = now_ms();
-                signal(server, libc::SIGSTOP);
-                let began = Instant::now();
-                if let Err(e) = workload::burst(&self.log, &dir, count, "overflow") {
-                    f.problems.push(format!("writing the overflow files: {e}"));
-                }
-                while began.elapsed().as_secs_f64() < hold {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                signal(server, libc::SIGCONT);
-                let held = began.elapsed().as_secs_f64();
-                // Until the server has read the overflow, it looks idle: wait for it first, so
-                // that "caught up" means its rescan ran, and a fault injected next does not kill
-                // it before it could say so.
-                if !wait_until(Duration::from_secs(20), || {
-                    self.log_lines_with(OVERFLOWED) > overflows
-                }) {
-                    f.problems
-                        .push("no kernel queue overflow logged within 20 s of SIGCONT".into());
-                }
-                // The window lasts until ward has caught up (its rescan run, its queue empty):
-                // a change lost meanwhile is the fault's.
-                if !self.await_idle(Duration::from_secs(60)) {
-                    f.problems.push("not caught up 60 s after SIGCONT".into());
-                }
-                f.end_ms = now_ms();
-                if self.ward.server_pid() != Some(server) {
-                    f.problems.push(format!(
-                        "server pid {server} did not survive SIGSTOP/SIGCONT"
-                    ));
-                }
-                f.note = format!(
-                    "SIGSTOP server pid {server} for {held:.1} s while {count} files were written; caught up {:.1} s after SIGCONT",
-                    began.elapsed().as_secs_f64() - held
-                );
-                self.removals
-                    .push((dir, Instant::now() + Duration::from_secs(10)));
-            }
-            FaultKind::Crash(directive) => {
-                let mut files = Vec::new();
-                for exec in [false, true] {
-                    let path = self.fault_file(f.kind.name(), n, exec);
-                    if self.write_directive(&path, directive, n).is_some() {
-                        f.expected.push(ExpectedDeath {
-                            fault: format!(
-                                "{} ({})",
-                                f.label,
-                                if exec { "exec" } else { "worker" }
-                            ),
-                            role_contains: path.to_string_lossy().into_owned(),
-                            pid: None,
-                            causes: causes.clone(),
-                        });
-                        files.push(path);
-                    }
-                }
-                f.note = format!(
-                    "{} job through the worker and through exec",
-                    directive.name()
-                );
-                // Three attempts of a hang take three timeouts; everything else dies at once.
-                let limit = (1 + 2) * (JOB_TIMEOUT_S + 2) + 10;
-                self.pending.push(PendingRemoval {
-                    files,
-                    deadline: Instant::now() + Duration::from_secs(limit),
-                });
-            }
-            FaultKind::MemLimit => {
-                let path = self.fault_file("mem-limit", n, false);
-                let Some(hash) = self.write_directive(&path, Directive::Grow(GROW_MB), n) else {
-                    f.problems.push("could not write its file".into());
-                    return;
-                };
-                let Some(done) =
-                    self.await_entry(&path, hash, Phase::Done, Duration::from_secs(20))
-                else {
-                    f.problems
-                        .push(format!("the {GROW_MB} MiB job did not finish within 20 s"));
-                    return;
-                };
-                let gone = wait_until(Duration::from_secs(10), || !daemon::is_alive(done.pid));
-                f.end_ms = now_ms();
-                f.note = format!(
-                    "worker pid {} grew by {GROW_MB} MiB past max_rss_mb = {MAX_RSS_MB}: {}",
-                    done.pid,
-                    if gone {
-                        "recycled"
-                    } else {
-                        "still running 10 s later"
-                    }
-                );
-                if !gone {
-                    f.problems.push(f.note.clone());
-                }
-            }
-            FaultKind::FullQueue => {
-                let server = self.ward.server_pid();
-                for k in 0..WORKERS {
-                    let path = self.tree.join(format!("full-{n}/blocker-{k}.txt"));
-                    self.write_directive(&path, Directive::Sleep(BLOCKER_MS), n);
-                }
-                let count = QUEUE_CAPACITY * 4;
-                if let Err(e) = workload::burst(
-                    &self.log,
-                    &self.tree.join(format!("full-{n}/files")),
-                    count,
-                    "full-queue",
-                ) {
-                    f.problems.push(format!("writing the files: {e}"));
-                }
-                // The window lasts until the queue has drained: until then intake is blocked.
-                let drained = self.await_idle(Duration::from_secs(60));
-                f.end_ms = now_ms();
-                if !drained {
-                    f.problems
-                        .push("the queue had not drained 60 s later".into());
-                }
-                if self.ward.server_pid() != server {
-                    f.problems
-                        .push("the server changed while its queue was full".into());
-                }
-                f.note = format!(
-                    "{WORKERS} job threads busy {BLOCKER_MS} ms, then {count} files for a queue of {QUEUE_CAPACITY}; drained after {:.1} s",
-                    (f.end_ms - f.start_ms) as f64 / 1000.0
-                );
-                self.removals.push((
-                    self.tree.join(format!("full-{n}")),
-                    Instant::now() + Duration::from_secs(10),
-                ));
-            }
-            FaultKind::KillKeeper => {
-                let (Some(keeper), Some(server)) = (self.ward.keeper_pid(), self.ward.server_pid())
-                else {
-                    f.problems.push("no keeper or server pid".into());
-                    return;
-                };
-                let tree = {
-                    let mut t = daemon::descendants(keeper);
-                    t.sort_unstable();
-                    t
-                };
-                self.restarts_before += self.ward.restarts();
-                f.start_ms = now_ms();
-                signal(keeper, libc::SIGKILL);
-                let gone = wait_until(Duration::from_secs(10), || {
-                    !daemon::is_alive(keeper) && tree.iter().all(|p| !daemon::is_alive(*p))
-                });
-                if !gone {
-                    let left: Vec<u32> = tree
-                        .iter()
-                        .copied()
-                        .filter(|p| daemon::is_alive(*p))
-                        .collect();
-                    f.problems.push(format!(
-                        "orphans: {left:?} of the killed keeper's tree still alive 10 s later"
-                    ));
-                    for p in left {
-                        signal(p, libc::SIGKILL);
-                    }
-                }
-                if let Err(e) = self.ward.start() {
-                    f.problems.push(format!("ward start after the kill: {e:#}"));
-                }
-                f.end_ms = now_ms();
-                f.note = format!(
-                    "SIGKILL keeper pid {keeper} (server {server}, {} process(es) under it); started again after {:.2} s",
-                    tree.len(),
-                    (f.end_ms - f.start_ms) as f64 / 1000.0
-                );
-                f.expected.push(ExpectedDeath {
-                    fault: f.label.clone(),
-                    role_contains: "keeper".into(),
-                    pid: Some(keeper),
-                    causes,
-                });
-            }
-            // The others have a verdict line of their own: `step` hands them to `Findings`.
-            _ => unreachable!("{} is injected by faults::Findings", f.label),
-        }
+        self.samples.set_phase("running");
     }
 
     /// Removes the directories faults filled once their time has come, and the death-asking
@@ -1068,10 +588,6 @@ impl Run<'_> {
         self.pending = keep;
     }
 
-    fn await_idle(&self, limit: Duration) -> bool {
-        self.ward.await_idle(limit)
-    }
-
     /// Waits until ward is idle: nothing queued, running, retrying or pending in the watcher,
     /// and the ledger unchanged, twice a second apart.
     fn settle(&mut self, limit_s: u64) -> bool {
@@ -1099,507 +615,5 @@ impl Run<'_> {
                 }
             }
         }) && !INTERRUPTED.load(Ordering::Relaxed)
-    }
-
-    fn verdict(&self, v: &Verdict<'_>) -> Vec<Line> {
-        let writes = self.log.snapshot();
-        let entries = &self.ledger.entries;
-        let mut lines = Vec::new();
-
-        // No change lost, each loss blamed on the window it fell into.
-        let windows: Vec<(usize, Window)> = self
-            .injected
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.kind.has_window())
-            .map(|(i, f)| {
-                (
-                    i,
-                    Window {
-                        label: f.label.clone(),
-                        start_ms: f.start_ms,
-                        end_ms: f.end_ms,
-                    },
-                )
-            })
-            .collect();
-        let plain: Vec<Window> = windows.iter().map(|(_, w)| w.clone()).collect();
-        let lost = check::lost_changes(v.final_files, entries, &writes, &plain, PENDING_MS);
-        let deleted = {
-            let mut paths: HashSet<&str> = writes.iter().map(|w| w.path.as_str()).collect();
-            paths.retain(|p| !v.final_files.contains_key(*p));
-            paths.len()
-        };
-        let mut details = Vec::new();
-        let mut groups: BTreeMap<Option<usize>, Vec<&check::Lost>> = BTreeMap::new();
-        for l in &lost {
-            groups.entry(l.window).or_default().push(l);
-        }
-        for (window, group) in &groups {
-            let head = match window {
-                Some(w) => {
-                    let f = &self.injected[windows[*w].0];
-                    let why = if f.kind.server_gone() {
-                        "the server was down: no reconciliation on start (issue 8)?"
-                    } else {
-                        "ward kept running: a ward bug (\"nothing lost while running\")"
-                    };
-                    format!(
-                        "{} at +{:.1}s (window {:.2}s), {why}: {} lost",
-                        f.label,
-                        f.at_s,
-                        (f.end_ms - f.start_ms) as f64 / 1000.0,
-                        group.len()
-                    )
-                }
-                None => format!(
-                    "outside every fault window (a ward bug): {} lost",
-                    group.len()
-                ),
-            };
-            details.push(head);
-            for l in group.iter().take(8) {
-                let when = l
-                    .last_change_ms
-                    .map(|t| format!(", last change at +{:.2}s", self.since_start(t)))
-                    .unwrap_or_default();
-                details.push(format!(
-                    "  {} ({}{when})",
-                    self.short(&l.path),
-                    l.kind.describe()
-                ));
-            }
-            if group.len() > 8 {
-                details.push(format!("  ... {} more", group.len() - 8));
-            }
-        }
-        lines.push(Line::new(
-            "no change lost",
-            lost.is_empty(),
-            format!(
-                "{} files on disk, {} deleted, {} changes made; {} lost",
-                v.final_files.len(),
-                deleted,
-                writes.len(),
-                lost.len()
-            ),
-            details,
-        ));
-
-        // Every injected death reported, with the expected cause.
-        let expected: Vec<ExpectedDeath> = self
-            .injected
-            .iter()
-            .flat_map(|f| f.expected.clone())
-            .collect();
-        let (outcomes, unexplained) = check::match_deaths(&expected, &self.reports.list);
-        let mut details = Vec::new();
-        let mut ok = 0;
-        for (e, o) in expected.iter().zip(&outcomes) {
-            match o {
-                check::DeathOutcome::Reported(_) => ok += 1,
-                check::DeathOutcome::Missing => details.push(format!(
-                    "{}: no report names {}{} (expected {})",
-                    e.fault,
-                    self.short(&e.role_contains),
-                    e.pid.map(|p| format!(" pid {p}")).unwrap_or_default(),
-                    e.causes.join(" or ")
-                )),
-                check::DeathOutcome::WrongCause(found) => details.push(format!(
-                    "{}: reported as {} (expected {})",
-                    e.fault,
-                    found.join(", "),
-                    e.causes.join(" or ")
-                )),
-            }
-        }
-        let by_cause = {
-            let mut m: BTreeMap<&str, usize> = BTreeMap::new();
-            for r in &self.reports.list {
-                *m.entry(r.cause.as_str()).or_default() += 1;
-            }
-            m.iter()
-                .map(|(c, n)| format!("{n} {c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        lines.push(Line::new(
-            "every injected death reported",
-            ok == expected.len(),
-            format!(
-                "{ok}/{} with the expected cause; {} reports: {by_cause}",
-                expected.len(),
-                self.reports.list.len()
-            ),
-            details,
-        ));
-        lines.push(Line::new(
-            "no unexplained death",
-            unexplained.is_empty() && self.reports.unreadable.is_empty(),
-            format!(
-                "{} report(s) not caused by a fault",
-                unexplained.len() + self.reports.unreadable.len()
-            ),
-            unexplained
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{}: {} pid {} died: {}",
-                        r.file,
-                        self.short(&r.role),
-                        r.pid,
-                        r.cause
-                    )
-                })
-                .chain(
-                    self.reports
-                        .unreadable
-                        .iter()
-                        .map(|f| format!("{f}: no pid or role")),
-                )
-                .collect(),
-        ));
-
-        // Faults went in as planned, and ward did right by each at once.
-        let problems: Vec<String> = self
-            .injected
-            .iter()
-            .flat_map(|f| f.problems.iter().map(move |p| format!("{}: {p}", f.label)))
-            .collect();
-        let kinds: HashSet<FaultKind> = self.injected.iter().map(|f| f.kind).collect();
-        let missing: Vec<&str> = self
-            .opts
-            .faults
-            .iter()
-            .filter(|k| !kinds.contains(k))
-            .map(|k| k.name())
-            .collect();
-        let mut details = problems.clone();
-        let overflows = self.log_lines_with("the kernel's event queue overflowed");
-        let stops = self.counts.get("stop-server").copied().unwrap_or(0);
-        if stops > 0 && overflows == 0 {
-            details.push(format!(
-                "stop-server: {stops} SIGSTOP(s), but the kernel's event queue never overflowed: \
-                 the fault did not test the overflow path"
-            ));
-        }
-        if !missing.is_empty() {
-            details.push(format!(
-                "never injected (run too short or interrupted): {}",
-                missing.join(", ")
-            ));
-        }
-        lines.push(Line::new(
-            "faults injected and survived",
-            details.is_empty(),
-            format!(
-                "{} injected ({} kinds of {} asked for); kernel queue overflows logged: {overflows}",
-                self.injected.len(),
-                kinds.len(),
-                self.opts.faults.len()
-            ),
-            details,
-        ));
-
-        // Memory.
-        for (role, samples) in [
-            ("keeper", &self.samples.keeper),
-            ("server", &self.samples.server),
-        ] {
-            let samples = lock(samples).clone();
-            let warmup = if self.opts.quick { 5.0 } else { 30.0 };
-            let line = match check::rss_figures(&samples, warmup) {
-                // Half a minute of one server's life, with the tree still growing and the
-                // manifest's cache filling, cannot tell a leak from a warm-up (seeds 48 and 49
-                // grew 14-18 MiB that way): a quick run checks the bound, longer runs the slope.
-                Some(r) if self.opts.quick => {
-                    let cap_mib = if role == "keeper" {
-                        QUICK_KEEPER_CAP_MIB
-                    } else {
-                        QUICK_SERVER_CAP_MIB
-                    };
-                    let peak_mib = r.peak_kib as f64 / 1024.0;
-                    let within = peak_mib <= cap_mib;
-                    let sign = if within { '≤' } else { '>' };
-                    Line::new(
-                        &format!("{role} RSS: bounded (quick run)"),
-                        within,
-                        format!(
-                            "peak {peak_mib:.1} MiB {sign} {cap_mib} MiB; slope {:+.2} MiB/min over {:.0} s, judged only in runs of minutes",
-                            r.slope_kib_per_min / 1024.0,
-                            r.judged_s
-                        ),
-                        vec![format!("see rss.svg; the {role}'s memory passed its bound")],
-                    )
-                }
-                Some(r) => {
-                    let judged = if r.judged_s >= check::MIN_JUDGED_S {
-                        format!(
-                            "slope {:+.2} MiB/min, growth {:+.1} MiB over {:.0} s of one pid",
-                            r.slope_kib_per_min / 1024.0,
-                            r.growth_kib as f64 / 1024.0,
-                            r.judged_s
-                        )
-                    } else {
-                        format!(
-                            "growth not judged: longest life of one pid {:.0} s",
-                            r.judged_s
-                        )
-                    };
-                    Line::new(
-                        &format!("{role} RSS: no sustained growth"),
-                        !r.sustained && r.judged_s >= check::MIN_JUDGED_S,
-                        format!(
-                            "peak {:.1} MiB, {judged} ({} samples)",
-                            r.peak_kib as f64 / 1024.0,
-                            samples.len()
-                        ),
-                        vec![format!(
-                            "see rss.svg; the {role}'s memory rose steadily or could not be judged"
-                        )],
-                    )
-                }
-                None => Line::new(
-                    &format!("{role} RSS: no sustained growth"),
-                    false,
-                    "no sample".into(),
-                    Vec::new(),
-                ),
-            };
-            lines.push(line);
-        }
-
-        // Latency and throughput.
-        let lat = check::latencies(&writes, entries);
-        let mut everything: Vec<u64> = lat.iter().map(|(_, ms)| *ms).collect();
-        everything.sort_unstable();
-        let mut single: Vec<u64> = lat
-            .iter()
-            .filter(|(w, _)| matches!(*w, "steady" | "edit" | "churn"))
-            .map(|(_, ms)| *ms)
-            .collect();
-        single.sort_unstable();
-        let pct =
-            |v: &[u64], q| check::percentile(v, q).map_or("-".to_owned(), |ms| format!("{ms} ms"));
-        let p50 = check::percentile(&single, 0.5);
-        lines.push(Line::new(
-            "latency write→job start: p50 ≤ 1 s",
-            p50.is_some_and(|ms| ms <= 1000),
-            format!(
-                "single changes p50 {}, p99 {} (n={}); all p50 {}, p99 {} (n={})",
-                pct(&single, 0.5),
-                pct(&single, 0.99),
-                single.len(),
-                pct(&everything, 0.5),
-                pct(&everything, 0.99),
-                everything.len()
-            ),
-            vec!["single changes: the steady, editor and churn workloads; all: bursts and fault files too".into()],
-        ));
-        let done = entries.iter().filter(|e| e.phase == Phase::Done).count();
-        let burst = self.burst.as_ref().map(|b| {
-            let want: HashSet<String> = b
-                .files
-                .iter()
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect();
-            let mut seen = HashSet::new();
-            let mut last = b.written_ms.1;
-            for e in entries.iter().filter(|e| e.phase == Phase::Done) {
-                if want.contains(&e.path) && seen.insert(e.path.as_str()) {
-                    last = last.max(e.t_ms);
-                }
-            }
-            let secs = (last.saturating_sub(b.written_ms.0)) as f64 / 1000.0;
-            (b.files.len(), seen.len(), secs)
-        });
-        let (burst_ok, burst_text) = match burst {
-            Some((n, seen, secs)) => {
-                let rate = seen as f64 / secs.max(0.001);
-                (
-                    seen == n && rate >= 50.0,
-                    format!("burst of {n}: {seen} processed in {secs:.1} s ({rate:.0}/s)"),
-                )
-            }
-            None => (false, "no burst ran".into()),
-        };
-        lines.push(Line::new(
-            "throughput: the burst drains at ≥ 50 jobs/s",
-            burst_ok,
-            format!(
-                "{done} jobs done in {:.0} s ({:.1}/s); {burst_text}",
-                v.run_s,
-                done as f64 / v.run_s.max(1.0)
-            ),
-            vec![burst_text.clone()],
-        ));
-
-        let restarts = self.restarts_before;
-        lines.push(Line::new(
-            "restarts: one per server kill",
-            restarts == self.expected_restarts,
-            format!("{restarts} server restart(s) for {} server kill(s)", self.expected_restarts),
-            vec![format!(
-                "the keeper restarted the server {restarts} time(s); the harness killed it {} time(s)",
-                self.expected_restarts
-            )],
-        ));
-
-        let final_queue = v
-            .status
-            .map(|s| s["queue"].to_string())
-            .unwrap_or_else(|| "no status".into());
-        lines.push(Line::new(
-            "settled after the run",
-            v.settled,
-            format!(
-                "{} in {:.1} s; peak queued seen {}, status unanswered {} time(s)",
-                if v.settled { "idle" } else { "still busy" },
-                v.settle_s,
-                self.samples.peak_queued.load(Ordering::Relaxed),
-                self.samples.status_failures.load(Ordering::Relaxed)
-            ),
-            vec![format!("queue at the end: {final_queue}")],
-        ));
-
-        let stop_ok = matches!(v.stopped, Ok(r) if r.code == Some(0));
-        let stop_text = match v.stopped {
-            Ok(r) => format!(
-                "ward stop: exit {:?}{} {}",
-                r.code,
-                if r.timed_out { " (timed out)" } else { "" },
-                r.stderr.trim()
-            ),
-            Err(e) => format!("ward stop: {e:#}"),
-        };
-        lines.push(Line::new(
-            "no orphan process after stop",
-            v.left.is_empty() && stop_ok,
-            format!("{} left; {stop_text}", v.left.len()),
-            v.left
-                .iter()
-                .map(|(p, c)| format!("pid {p}: {c}"))
-                .chain([stop_text.clone()])
-                .collect(),
-        ));
-        lines.push(Line::new(
-            "no stale pidfile",
-            v.stale.is_empty(),
-            if v.stale.is_empty() {
-                "ward.pid and ward.sock removed".into()
-            } else {
-                format!("left: {}", v.stale.join(", "))
-            },
-            Vec::new(),
-        ));
-        if !v.writer_errors.is_empty() || self.ledger.malformed > 0 {
-            let mut details = v.writer_errors.to_vec();
-            if self.ledger.malformed > 0 {
-                details.push(format!(
-                    "{} malformed ledger entries",
-                    self.ledger.malformed
-                ));
-            }
-            lines.push(Line::new(
-                "harness: workloads ran cleanly",
-                false,
-                format!("{} problem(s)", details.len()),
-                details,
-            ));
-        }
-        lines
-    }
-
-    /// Lines of ward's log (rotated files included) that contain `needle`.
-    fn log_lines_with(&self, needle: &str) -> usize {
-        self.ward.log_lines_with(needle)
-    }
-
-    fn since_start(&self, t_ms: u64) -> f64 {
-        let start_ms = now_ms().saturating_sub(self.started.elapsed().as_millis() as u64);
-        (t_ms as f64 - start_ms as f64) / 1000.0
-    }
-
-    fn short(&self, path: &str) -> String {
-        let root = self.tree.to_string_lossy();
-        path.replace(root.as_ref(), "tree")
-    }
-
-    fn write_outputs(&self, lines: &[Line], dir: &Path) -> anyhow::Result<()> {
-        let out = &self.opts.out;
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        let writes = self.log.snapshot();
-        let lat = check::latencies(&writes, &self.ledger.entries);
-        let keeper = lock(&self.samples.keeper).clone();
-        let server = lock(&self.samples.server).clone();
-        let windows: Vec<(f64, f64, String)> = self
-            .injected
-            .iter()
-            .map(|f| {
-                let start = self.since_start(f.start_ms);
-                (
-                    start,
-                    start + (f.end_ms - f.start_ms) as f64 / 1000.0,
-                    f.label.clone(),
-                )
-            })
-            .collect();
-        let svg = plot::svg(
-            &keeper,
-            &server,
-            &windows,
-            &lat.iter().map(|(_, ms)| *ms).collect::<Vec<_>>(),
-        );
-        std::fs::write(out.join("stress.svg"), svg)?;
-        let rss = |s: &[RssSample]| -> Vec<Value> {
-            s.iter()
-                .map(|s| json!([(s.t_s * 10.0).round() / 10.0, s.pid, s.rss_kib]))
-                .collect()
-        };
-        let report = json!({
-            "options": {
-                "quick": self.opts.quick,
-                "duration_s": self.opts.duration.as_secs_f64(),
-                "rate": self.opts.rate,
-                "faults": self.opts.faults.iter().map(|k| k.name()).collect::<Vec<_>>(),
-                "seed": self.opts.seed,
-            },
-            "pass": lines.iter().all(|l| l.pass),
-            "verdict": lines.iter().map(|l| json!({
-                "check": l.check, "pass": l.pass, "figure": l.figure, "details": l.details,
-            })).collect::<Vec<_>>(),
-            "faults": self.injected.iter().map(|f| json!({
-                "label": f.label, "at_s": (f.at_s * 10.0).round() / 10.0,
-                "window_ms": f.end_ms - f.start_ms, "note": f.note, "problems": f.problems,
-                "expected_deaths": f.expected.iter().map(|e| json!({
-                    "role_contains": e.role_contains, "pid": e.pid, "causes": e.causes,
-                })).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-            "reports": self.reports.list.iter().map(|r| json!({
-                "file": r.file, "pid": r.pid, "role": r.role, "cause": r.cause,
-            })).collect::<Vec<_>>(),
-            "changes_made": writes.len(),
-            "ledger_entries": self.ledger.entries.len(),
-            "latency_ms": latency_summary(&lat),
-            "rss_kib": { "columns": ["t_s", "pid", "rss_kib"], "keeper": rss(&keeper), "server": rss(&server) },
-        });
-        std::fs::write(out.join("stress.json"), serde_json::to_vec_pretty(&report)?)?;
-        // ward's own account, for whoever reads a FAIL.
-        let log = self.ward.state.join("ward.log");
-        if log.exists() {
-            std::fs::copy(&log, out.join("ward.log"))?;
-        }
-        println!(
-            "stress: report {}, plot {}, ward's log {}{}",
-            out.join("stress.json").display(),
-            out.join("stress.svg").display(),
-            out.join("ward.log").display(),
-            if self.opts.keep {
-                String::new()
-            } else {
-                format!(" ({} is removed)", dir.display())
-            }
-        );
-        Ok(())
     }
 }

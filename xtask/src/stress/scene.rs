@@ -1,6 +1,6 @@
 //! What an injection may use of the run (ward, its config, the run's directories, the record of
-//! changes, the ledger read so far) and the bounded waits on the ledger. Not the schedule, not
-//! the verdict.
+//! changes, the ledger read so far, the files and directories to remove later, the count of
+//! server restarts) and the bounded waits on the ledger. Not the schedule, not the verdict.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::Options;
 use super::config::ConfigFile;
 use super::daemon::{Ward, wait_until};
-use super::ledger::{self, Entry, Phase};
+use super::ledger::{self, Directive, Entry, Phase};
 use super::run::INTERRUPTED;
 use super::workload::WriteLog;
 
@@ -124,6 +124,30 @@ pub struct Scene<'a> {
     pub ledger: &'a mut LedgerTail,
     /// Directories of the tree to remove (each file recorded) once their time has come.
     pub removals: &'a mut Vec<(PathBuf, Instant)>,
+    /// Files that ask for a death, to remove once their crash reports are in.
+    pub pending: &'a mut Vec<PendingRemoval>,
+    /// The server's restarts, counted and expected.
+    pub restarts: &'a mut Restarts,
+}
+
+/// Files that ask for a death, removed once their reports are in (or a deadline passes), so that
+/// a restarted server does not run them again and the tree ends without them.
+#[derive(Debug)]
+pub struct PendingRemoval {
+    /// The files.
+    pub files: Vec<PathBuf>,
+    /// When they go whether reported or not.
+    pub deadline: Instant,
+}
+
+/// The keeper's restarts of the server, against the server kills that call for them.
+#[derive(Debug, Default)]
+pub struct Restarts {
+    /// Restarts counted by keepers that are gone (a keeper's count dies with it); the run adds
+    /// the last keeper's at the end.
+    pub counted: u64,
+    /// Server kills the harness made, each to be answered by one restart.
+    pub expected: u64,
 }
 
 /// How long a fault's directory stays after the fault: long enough for its last jobs.
@@ -134,6 +158,35 @@ impl Scene<'_> {
     /// tree and ward's memory stay bounded in a long run.
     pub fn remove_later(&mut self, dir: PathBuf) {
         self.removals.push((dir, Instant::now() + REMOVE_AFTER));
+    }
+
+    /// Removes `files` (which ask for a death) once a crash report names each, or at `deadline`.
+    pub fn remove_once_reported(&mut self, files: Vec<PathBuf>, deadline: Instant) {
+        self.pending.push(PendingRemoval { files, deadline });
+    }
+
+    /// The file of fault `kind` number `n`, in the tree of the worker trigger or (`exec`) of the
+    /// exec trigger.
+    pub fn fault_file(&self, kind: &str, n: usize, exec: bool) -> PathBuf {
+        let base = if exec {
+            self.tree.join("exec/faults")
+        } else {
+            self.tree.join("faults")
+        };
+        base.join(format!("{kind}-{n}.txt"))
+    }
+
+    /// Writes a file that tells its job to do as `directive` says, through the record of
+    /// changes; its content hash, or `None` (said on stderr) if it could not be written.
+    pub fn write_directive(&self, path: &Path, directive: Directive, n: usize) -> Option<u64> {
+        let content = format!("{}fault {n} seq {}\n", directive.line(), self.log.seq());
+        match self.log.write(path, content.as_bytes(), "fault") {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("\nstress: writing {}: {e}", path.display());
+                None
+            }
+        }
     }
 
     /// Writes `count` files named `{stem}-{i}.{ext}` into `dir` through the record of changes,

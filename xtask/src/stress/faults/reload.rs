@@ -12,10 +12,9 @@ use super::super::check::Line;
 use super::super::config::{QUEUE_CAPACITY, WORKERS, trigger_for};
 use super::super::daemon::{signal, wait_until};
 use super::super::ledger::{Directive, Entry, Phase};
-use super::super::run::BLOCKER_MS;
 use super::super::scene::{Scene, interrupted};
 use super::super::workload::now_ms;
-use super::{Injected, not_injected};
+use super::{BLOCKER_MS, Injected, not_injected};
 
 /// What ward logs once a reload has taken effect.
 const RELOADED: &str = "trigger(s) now active";
