@@ -20,7 +20,7 @@ use super::workload::{lock, now_ms};
 use super::{Options, changes};
 
 /// A quick run's memory bounds: the keeper holds no per-file state; the server's includes the
-/// manifest's 32 MiB cache and per-directory watches, and 64 MiB is what the 200k-file burst of
+/// manifest's page cache and per-directory watches, and 64 MiB is what the 200k-file burst of
 /// `cargo xtask bench` must stay under.
 const QUICK_KEEPER_CAP_MIB: f64 = 8.0;
 const QUICK_SERVER_CAP_MIB: f64 = 64.0;
@@ -382,8 +382,8 @@ fn rss(e: &Evidence<'_>, role: &str) -> Line {
     let warmup = if e.opts.quick { 5.0 } else { 30.0 };
     match check::rss_figures(&samples, warmup) {
         // Half a minute of one server's life, with the tree still growing and the manifest's
-        // cache filling, cannot tell a leak from a warm-up (seeds 48 and 49 grew 14-18 MiB that
-        // way): a quick run checks the bound, longer runs the slope.
+        // cache filling, cannot tell a leak from a warm-up (some seeds grow that way by several
+        // MiB): a quick run checks the bound, longer runs the slope.
         Some(r) if e.opts.quick => rss_bounded(role, &r),
         Some(r) => rss_no_growth(role, &r, samples.len()),
         None => Line::new(

@@ -100,8 +100,8 @@ fn ward_worker_round(tools: &Tools, jobs: usize, round: usize) -> Result<f64> {
 /// (only the path is in the request; the file need not exist).
 ///
 /// With `same_cpu`, the client and the worker share one CPU. Left to the scheduler, the round
-/// trip is bimodal: 7–10 µs when both ends run on one CPU, 40–55 µs when they run on two and
-/// each wake-up has to bring an idle virtual CPU back, and which mode a round gets depends on
+/// trip is bimodal: fast when both ends run on one CPU, several times slower when they run on
+/// two and each wake-up has to bring an idle virtual CPU back, and which mode a round gets depends on
 /// the machine's other load. Pinned, the anchor is the fast mode every time: stable, and the
 /// harder target.
 fn raw_pipe_round(
