@@ -89,10 +89,13 @@ pub enum Event<J> {
         attempts: u32,
     },
     /// An attempt failed and the job will be tried again after `delay`, without holding a worker
-    /// meanwhile.
+    /// meanwhile. Not an end: the job's `Completed`, `Dead` or `Dropped` event follows.
     Retrying {
         /// The job's number.
         id: JobId,
+        /// A copy of the job, made for this event (the pool keeps the original to retry it,
+        /// which is why [`Builder::retry`](crate::Builder::retry) needs `J: Clone`).
+        job: J,
         /// The attempt that failed (1 for the first).
         attempt: u32,
         /// Why it failed.

@@ -110,6 +110,9 @@ struct Shared<J, K> {
     handler: Handler<J>,
     /// `None`: failures are logged, the rest discarded (and `Completed` not even built).
     listener: Option<Listener<J>>,
+    /// Copies a job for its `Retrying` event; set by `Builder::retry`, without which no job is
+    /// retried.
+    clone_job: Option<fn(&J) -> J>,
     rx: Receiver<Queued<J>>,
     paused: AtomicBool,
     /// Submitters blocked by a pause wait here for resume or close.
@@ -139,6 +142,7 @@ struct Shared<J, K> {
 pub struct Builder<J, K = String> {
     config: Config,
     listener: Option<Listener<J>>,
+    clone_job: Option<fn(&J) -> J>,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -181,8 +185,39 @@ where
     }
 
     /// How failed jobs are retried (default: never).
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+    ///
+    /// Retries need `J: Clone` because each [`Event::Retrying`] carries a copy of its job (the
+    /// pool keeps the original to run again); the copy is made only when an attempt fails and
+    /// is retried, never on the way to a first attempt.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use ward_queue::{Event, JobError, Pool, RetryPolicy};
+    ///
+    /// let (events, outcomes) = mpsc::channel();
+    /// let pool: Pool<String> = Pool::builder()
+    ///     .retry(RetryPolicy::attempts(2).base_delay(Duration::from_millis(1)))
+    ///     .on_event(move |event| events.send(event).unwrap())
+    ///     .build(|_path: &String| Err(JobError::from("disk full")))?;
+    /// pool.submit("src/lib.rs".to_owned())?;
+    /// assert!(pool.shutdown(Duration::from_secs(10)).is_empty());
+    ///
+    /// let events: Vec<_> = outcomes.try_iter().collect();
+    /// let Event::Retrying { job, attempt, failure, .. } = &events[0] else {
+    ///     panic!("{:?}", events[0]);
+    /// };
+    /// assert_eq!((job.as_str(), *attempt), ("src/lib.rs", 1));
+    /// assert_eq!(failure.to_string(), "error: disk full");
+    /// assert!(matches!(&events[1], Event::Dead { job, .. } if job == "src/lib.rs"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn retry(mut self, retry: RetryPolicy) -> Self
+    where
+        J: Clone,
+    {
         self.config.retry = retry;
+        self.clone_job = Some(J::clone);
         self
     }
 
@@ -234,6 +269,7 @@ where
         let shared = Arc::new(Shared {
             handler: Box::new(handler),
             listener: self.listener,
+            clone_job: self.clone_job,
             rx,
             paused: AtomicBool::new(false),
             gate: Mutex::new(()),
@@ -345,6 +381,7 @@ where
                 name: "ward-queue".to_owned(),
             },
             listener: None,
+            clone_job: None,
             _key: PhantomData,
         }
     }

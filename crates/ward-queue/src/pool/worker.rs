@@ -241,7 +241,9 @@ where
         }
         task.push_failure(failure.clone());
         let attempt = task.failed_attempts();
-        if attempt < self.config.retry.max_attempts() {
+        if let Some(clone_job) = self.clone_job
+            && attempt < self.config.retry.max_attempts()
+        {
             let random = mix(self.seed ^ task.id.0.rotate_left(20) ^ u64::from(attempt));
             let delay = self.config.retry.delay(attempt, random);
             // Reserve the retry's place first, so that `Retrying` is only reported for a retry
@@ -249,12 +251,22 @@ where
             match self.reserve_retry() {
                 Schedule::Scheduled => {
                     cell.count(&stats.retried);
-                    self.emit(Event::Retrying {
-                        id: task.id,
-                        attempt,
-                        failure,
-                        delay,
-                    });
+                    // The event gets a copy: the pool keeps the job to run it again. A `Clone`
+                    // that panics costs the event, not the worker.
+                    match catch_unwind(AssertUnwindSafe(|| clone_job(&task.job))) {
+                        Ok(job) => self.emit(Event::Retrying {
+                            id: task.id,
+                            job,
+                            attempt,
+                            failure,
+                            delay,
+                        }),
+                        Err(_) => log::error!(
+                            "ward-queue: copying {} for its Retrying event panicked; that event \
+                             is lost",
+                            task.id
+                        ),
+                    }
                     return self.schedule(task, slot, delay);
                 }
                 Schedule::Sealed => {
