@@ -4,8 +4,34 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The error a handler returns for a failed attempt; anything that implements `Error` converts
-/// into it with `?`.
+/// The error a handler returns for a failed attempt.
+///
+/// Any error type converts into it with `?`, and so does a message: `JobError::from("...")`,
+/// or `.into()` on a `&str` or a `String` (`Err("disk full".into())`,
+/// `Err(format!("{path}: disk full").into())`), through the standard library's conversions
+/// into a boxed error. Its `Display` is the message; the [`Failure::Error`] it becomes shows it
+/// after `error: `, followed by its `source()` chain.
+///
+/// ```
+/// use ward_queue::JobError;
+///
+/// fn check(size: &str) -> Result<(), JobError> {
+///     let size: u64 = size.parse()?; // any `std::error::Error` converts with `?`
+///     if size == 0 {
+///         return Err("empty file".into()); // a `&str` with `.into()`
+///     }
+///     if size > 1024 {
+///         return Err(format!("{size} bytes is over the limit").into()); // a `String`
+///     }
+///     Ok(())
+/// }
+///
+/// assert!(check("10").is_ok());
+/// assert_eq!(check("0").unwrap_err().to_string(), "empty file");
+/// assert_eq!(check("2048").unwrap_err().to_string(), "2048 bytes is over the limit");
+/// assert_eq!(check("ten").unwrap_err().to_string(), "invalid digit found in string");
+/// assert_eq!(JobError::from("disk full").to_string(), "disk full");
+/// ```
 pub type JobError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The pool's number for one submitted job, unique within the pool and increasing in submission

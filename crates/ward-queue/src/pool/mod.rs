@@ -245,7 +245,9 @@ where
     }
 
     /// Starts the pool's threads; every job runs through `handler`. A job is handed to the
-    /// handler by reference so that it can be retried, and given back in its final event.
+    /// handler by reference so that it can be retried, and given back in its final event. The
+    /// handler fails an attempt by returning a [`JobError`]: any error converts into one with
+    /// `?`, and a message with `JobError::from("...")` or `.into()` (see [`JobError`]).
     ///
     /// # Errors
     /// [`Error::Config`] for zero workers or zero capacity; [`Error::Spawn`] if a thread cannot
@@ -329,7 +331,24 @@ where
 
 /// A bounded pool of worker threads running jobs of type `J`, optionally keyed by `K`.
 ///
-/// See the [crate docs](crate) for the guarantees and an example.
+/// The type names the job first and the key second, `Pool<J, K>`, with `K = String` when left
+/// out. [`Pool::submit_keyed`] takes them the other way round, `submit_keyed(key, job)`: the
+/// key first, as `HashMap::insert(key, value)` takes it.
+///
+/// ```
+/// use std::time::Duration;
+/// use ward_queue::Pool;
+///
+/// // Jobs are numbers, keyed by name: job type first, key type second.
+/// let pool: Pool<u64, &'static str> = Pool::builder().build(|_n: &u64| Ok(()))?;
+/// let first = pool.submit_keyed("alpha", 1)?; // key first, then the job
+/// let second = pool.submit(2)?; // an unkeyed job of the same pool
+/// assert!(first < second);
+/// assert!(pool.shutdown(Duration::from_secs(10)).is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// See the [crate docs](crate) for the guarantees and a fuller example.
 pub struct Pool<J, K = String>
 where
     J: Send + 'static,
@@ -400,7 +419,8 @@ where
             .map(|()| id)
     }
 
-    /// Queues `job` under `key`: it replaces a job of that key still waiting (latest wins; the
+    /// Queues `job` under `key`, the key first (the pool's type names them the other way round,
+    /// `Pool<J, K>`: see [`Pool`]): it replaces a job of that key still waiting (latest wins; the
     /// replaced one is reported as [`DropReason::Coalesced`]), and waits for a running job of
     /// that key to end before it runs. Two jobs of one key never run at once, and the last one
     /// submitted for a key runs after its submission. Replacing or waiting behind a running
