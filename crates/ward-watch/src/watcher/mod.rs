@@ -47,7 +47,7 @@ type Raw = (Instant, notify::Result<Event>);
 ///     .build()?;
 /// for batch in watcher.batches() {
 ///     for change in batch.changes() {
-///         println!("{} {}", change.kind.name(), change.path.display());
+///         println!("{change}"); // e.g. `created /home/me/sample/a.rs`
 ///     }
 /// }
 /// # Ok(()) }
