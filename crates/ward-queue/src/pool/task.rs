@@ -118,6 +118,7 @@ pub(super) fn try_send<J>(
 
 /// A blocking send, bounded by `until` if given. Nothing can close the queue meanwhile (closing
 /// needs the pool exclusively), so waiting in one piece is safe.
+#[inline]
 pub(super) fn send_until<J>(
     tx: &Sender<Queued<J>>,
     envelope: Envelope<J, SlotId>,
