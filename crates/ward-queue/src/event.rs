@@ -4,8 +4,34 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The error a handler returns for a failed attempt; anything that implements `Error` converts
-/// into it with `?`.
+/// The error a handler returns for a failed attempt.
+///
+/// Any error type converts into it with `?`, and so does a message: `JobError::from("...")`,
+/// or `.into()` on a `&str` or a `String` (`Err("disk full".into())`,
+/// `Err(format!("{path}: disk full").into())`), through the standard library's conversions
+/// into a boxed error. Its `Display` is the message; the [`Failure::Error`] it becomes shows it
+/// after `error: `, followed by its `source()` chain.
+///
+/// ```
+/// use ward_queue::JobError;
+///
+/// fn check(size: &str) -> Result<(), JobError> {
+///     let size: u64 = size.parse()?; // any `std::error::Error` converts with `?`
+///     if size == 0 {
+///         return Err("empty file".into()); // a `&str` with `.into()`
+///     }
+///     if size > 1024 {
+///         return Err(format!("{size} bytes is over the limit").into()); // a `String`
+///     }
+///     Ok(())
+/// }
+///
+/// assert!(check("10").is_ok());
+/// assert_eq!(check("0").unwrap_err().to_string(), "empty file");
+/// assert_eq!(check("2048").unwrap_err().to_string(), "2048 bytes is over the limit");
+/// assert_eq!(check("ten").unwrap_err().to_string(), "invalid digit found in string");
+/// assert_eq!(JobError::from("disk full").to_string(), "disk full");
+/// ```
 pub type JobError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The pool's number for one submitted job, unique within the pool and increasing in submission
@@ -89,10 +115,13 @@ pub enum Event<J> {
         attempts: u32,
     },
     /// An attempt failed and the job will be tried again after `delay`, without holding a worker
-    /// meanwhile.
+    /// meanwhile. Not an end: the job's `Completed`, `Dead` or `Dropped` event follows.
     Retrying {
         /// The job's number.
         id: JobId,
+        /// A copy of the job, made for this event (the pool keeps the original to retry it,
+        /// which is why [`Builder::retry`](crate::Builder::retry) needs `J: Clone`).
+        job: J,
         /// The attempt that failed (1 for the first).
         attempt: u32,
         /// Why it failed.

@@ -38,6 +38,54 @@
 //! assert_eq!(dead, [(3, "panicked: three is unlucky".to_owned())]);
 //! ```
 //!
+//! # Jobs, keys and errors
+//! A [`Pool<J, K>`](Pool) runs jobs of type `J`; `K` is the type of the keys that coalesce them
+//! (`String` unless said otherwise). [`Pool::submit_keyed`] takes the key first and the job
+//! second, as `HashMap::insert` takes the key before the value. A handler fails an attempt by
+//! returning a [`JobError`], into which any error converts with `?`, and a message with
+//! `JobError::from("...")` or `.into()`:
+//!
+//! ```
+//! use std::path::PathBuf;
+//! use std::sync::mpsc;
+//! use std::time::Duration;
+//! use ward_queue::{Event, JobError, Pool};
+//!
+//! /// The job: compile one revision of a file.
+//! struct Compile {
+//!     path: PathBuf,
+//!     revision: u32,
+//! }
+//!
+//! let (events, outcomes) = mpsc::channel();
+//! // The job type first, the key type second: `Compile` jobs, keyed by path.
+//! let pool: Pool<Compile, PathBuf> = Pool::builder()
+//!     .on_event(move |event| events.send(event).unwrap())
+//!     .build(|job: &Compile| {
+//!         if job.revision == 0 {
+//!             let message = format!("{}: nothing to compile", job.path.display());
+//!             return Err(JobError::from(message));
+//!         }
+//!         Ok(())
+//!     })?;
+//! for (name, revision) in [("a.rs", 0), ("b.rs", 1)] {
+//!     let path = PathBuf::from(name);
+//!     // The key first, then the job.
+//!     pool.submit_keyed(path.clone(), Compile { path, revision })?;
+//! }
+//! assert!(pool.shutdown(Duration::from_secs(10)).is_empty());
+//!
+//! let mut dead = Vec::new();
+//! for event in outcomes.try_iter() {
+//!     if let Event::Dead { job, failures, .. } = event {
+//!         dead.push((job.path, failures[0].to_string()));
+//!     }
+//! }
+//! let message = "error: a.rs: nothing to compile".to_owned();
+//! assert_eq!(dead, [(PathBuf::from("a.rs"), message)]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Crate features
 //! None.
 //!

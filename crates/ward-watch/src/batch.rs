@@ -1,6 +1,7 @@
 //! What the watcher delivers: batches of coalesced changes, rescans and reported errors.
 
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::{self, Path, PathBuf};
 
 use crate::Error;
 
@@ -55,6 +56,25 @@ pub enum Item {
 }
 
 /// A coalesced change of one path, after every rule of the pending set has been applied.
+///
+/// Its `Display` is one line for people: the kind's [name](ChangeKind::name), then the path; a
+/// rename shows the old path, an arrow and the new one; a directory's paths end in `/`.
+/// Paths are shown with [`Path::display`], so a name that is not UTF-8 is shown lossily: read the
+/// fields for the exact paths.
+///
+/// ```
+/// use ward_watch::{Change, ChangeKind};
+///
+/// let created = Change::new("src/a.rs", ChangeKind::Created, false);
+/// assert_eq!(created.to_string(), "created src/a.rs");
+///
+/// let renamed = Change::new("src/b.rs", ChangeKind::Renamed { from: "src/a.rs".into() }, false);
+/// assert_eq!(renamed.to_string(), "renamed src/a.rs -> src/b.rs");
+/// assert_eq!(renamed.kind.to_string(), "renamed from src/a.rs");
+///
+/// let removed = Change::new("build", ChangeKind::Removed, true);
+/// assert_eq!(removed.to_string(), "removed build/");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     /// The path as it is now (for a rename, the new path).
@@ -78,6 +98,10 @@ impl Change {
 }
 
 /// What happened to a path.
+///
+/// Its `Display` is its [name](ChangeKind::name), and for a rename the old path as well:
+/// `created`, `modified`, `removed`, `renamed from src/a.rs`. [`Change`]'s `Display` shows the
+/// whole change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChangeKind {
     /// The path did not exist and now does.
@@ -102,6 +126,47 @@ impl ChangeKind {
             ChangeKind::Removed => "removed",
             ChangeKind::Renamed { .. } => "renamed",
         }
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = ShownPath(&self.path, self.is_dir);
+        match &self.kind {
+            ChangeKind::Renamed { from } => {
+                write!(f, "renamed {} -> {path}", ShownPath(from, self.is_dir))
+            }
+            kind => write!(f, "{} {path}", kind.name()),
+        }
+    }
+}
+
+impl fmt::Display for ChangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChangeKind::Renamed { from } => write!(f, "renamed from {}", from.display()),
+            kind => f.write_str(kind.name()),
+        }
+    }
+}
+
+/// A path as a [`Change`] shows it: a directory's ends in `/` (`build/`), as `ls -F` shows one,
+/// unless it already ends in a separator.
+struct ShownPath<'a>(&'a Path, bool);
+
+impl fmt::Display for ShownPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ShownPath(path, is_dir) = *self;
+        write!(f, "{}", path.display())?;
+        let ends_in_separator = path
+            .as_os_str()
+            .as_encoded_bytes()
+            .last()
+            .is_some_and(|&b| path::is_separator(char::from(b)));
+        if is_dir && !ends_in_separator {
+            f.write_str("/")?;
+        }
+        Ok(())
     }
 }
 
@@ -157,5 +222,74 @@ impl RescanReason {
             RescanReason::MountsChanged => "mounts-changed",
             RescanReason::PermissionsChanged => "permissions-changed",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn renamed(from: &str) -> ChangeKind {
+        ChangeKind::Renamed { from: from.into() }
+    }
+
+    #[test]
+    fn a_change_displays_as_its_kind_then_its_path() {
+        let cases = [
+            (
+                Change::new("src/a.rs", ChangeKind::Created, false),
+                "created src/a.rs",
+            ),
+            (
+                Change::new("src/a.rs", ChangeKind::Modified, false),
+                "modified src/a.rs",
+            ),
+            (
+                Change::new("src/a.rs", ChangeKind::Removed, false),
+                "removed src/a.rs",
+            ),
+            (
+                Change::new("/abs/b", renamed("/abs/a"), false),
+                "renamed /abs/a -> /abs/b",
+            ),
+            (
+                Change::new("src", ChangeKind::Created, true),
+                "created src/",
+            ),
+            (
+                Change::new("build", ChangeKind::Removed, true),
+                "removed build/",
+            ),
+            (
+                Change::new("new", renamed("old"), true),
+                "renamed old/ -> new/",
+            ),
+            (
+                Change::new("dir/", ChangeKind::Modified, true),
+                "modified dir/",
+            ),
+        ];
+        for (change, want) in cases {
+            assert_eq!(change.to_string(), want, "{change:?}");
+        }
+    }
+
+    #[test]
+    fn a_change_kind_displays_as_its_name_and_a_renames_old_path() {
+        assert_eq!(ChangeKind::Created.to_string(), "created");
+        assert_eq!(ChangeKind::Modified.to_string(), "modified");
+        assert_eq!(ChangeKind::Removed.to_string(), "removed");
+        assert_eq!(renamed("src/a.rs").to_string(), "renamed from src/a.rs");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_name_that_is_not_utf8_is_displayed_lossily() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+
+        let path = Path::new(OsStr::from_bytes(b"caf\xe9.txt"));
+        let change = Change::new(path, ChangeKind::Created, false);
+        assert_eq!(change.to_string(), "created caf\u{fffd}.txt");
     }
 }

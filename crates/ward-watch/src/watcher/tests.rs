@@ -1,8 +1,15 @@
 //! Unit tests of the watcher's thread state for branches real files cannot force on demand (a
 //! kernel queue overflow), and for its use of time, with the times passed in.
 
+use std::path::Path;
+
+use notify::EventKind;
+use notify::event::{Flag, ModifyKind};
+
+use super::worker::Worker;
 use super::*;
-use notify::event::Flag;
+use crate::RescanReason;
+use crate::pending::Op;
 
 #[test]
 fn a_kernel_overflow_rescans_every_root_and_watches_what_the_lost_events_created() {

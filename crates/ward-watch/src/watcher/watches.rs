@@ -1,0 +1,145 @@
+//! The notify backends and the directories they watch, and the `Handler` that runs on notify's
+//! thread (a non-blocking push, nothing else). Not here: which directories are watched (the
+//! ignore rules, and `worker`'s walk of a tree).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use notify::{Event, EventKind, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher as _};
+
+use super::{Counters, Raw};
+
+/// What runs on notify's thread: a non-blocking push, nothing else.
+#[derive(Clone, Debug)]
+pub(super) struct Handler {
+    pub(super) tx: Sender<Raw>,
+    pub(super) lost: Arc<AtomicBool>,
+    pub(super) stats: Arc<Counters>,
+}
+
+impl Handler {
+    pub(super) fn handle(&self, ev: notify::Result<Event>) {
+        if let Ok(Event {
+            kind: EventKind::Access(_),
+            ..
+        }) = ev
+        {
+            // Opens and closes change nothing; keep them out of the buffer.
+            return;
+        }
+        self.stats.events.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send((Instant::now(), ev)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.lost.store(true, Ordering::Release);
+            }
+            // The watcher is stopping.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// Why a directory could not be watched.
+pub(super) enum WatchFailure {
+    /// The kernel (or the test limit) refuses more native watches.
+    Limit,
+    Other(notify::Error),
+}
+
+/// The backends and the directories they watch. Every watch is non-recursive: the watcher decides
+/// which directories are watched, so that ignored ones never get a watch.
+pub(super) struct Watches {
+    pub(super) native: Option<RecommendedWatcher>,
+    pub(super) poll: Option<PollWatcher>,
+    /// Watched directories, and whether by the native backend.
+    pub(super) watched: BTreeMap<PathBuf, bool>,
+    pub(super) native_count: usize,
+    pub(super) native_limit: Option<usize>,
+    pub(super) polled_roots: HashSet<PathBuf>,
+    pub(super) poll_interval: Duration,
+    pub(super) handler: Handler,
+}
+
+impl Watches {
+    pub(super) fn watch(&mut self, dir: &Path, root: &Path) -> Result<(), WatchFailure> {
+        if self.watched.contains_key(dir) {
+            return Ok(());
+        }
+        let native = self.native.is_some() && !self.polled_roots.contains(root);
+        if native {
+            if self.native_limit.is_some_and(|n| self.native_count >= n) {
+                return Err(WatchFailure::Limit);
+            }
+            let w = self.native.as_mut().expect("checked above");
+            match w.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => self.native_count += 1,
+                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                    return Err(WatchFailure::Limit);
+                }
+                Err(e) if is_enospc(&e) => return Err(WatchFailure::Limit),
+                Err(e) => return Err(WatchFailure::Other(e)),
+            }
+        } else {
+            if self.poll.is_none() {
+                let h = self.handler.clone();
+                let config = notify::Config::default().with_poll_interval(self.poll_interval);
+                let w = PollWatcher::new(move |ev| h.handle(ev), config)
+                    .map_err(WatchFailure::Other)?;
+                self.poll = Some(w);
+            }
+            let w = self.poll.as_mut().expect("created above");
+            w.watch(dir, RecursiveMode::NonRecursive)
+                .map_err(WatchFailure::Other)?;
+        }
+        self.watched.insert(dir.to_path_buf(), native);
+        Ok(())
+    }
+
+    /// Stops watching `dir` and everything under it.
+    pub(super) fn forget_subtree(&mut self, dir: &Path) {
+        let keys: Vec<PathBuf> = self
+            .watched
+            .range::<Path, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
+            .map(|(p, _)| p)
+            .take_while(|p| p.starts_with(dir))
+            .cloned()
+            .collect();
+        for k in keys {
+            self.unwatch(&k);
+        }
+    }
+
+    pub(super) fn unwatch(&mut self, dir: &Path) {
+        let Some(native) = self.watched.remove(dir) else {
+            return;
+        };
+        let result = if native {
+            self.native_count -= 1;
+            self.native.as_mut().map(|w| w.unwatch(dir))
+        } else {
+            self.poll.as_mut().map(|w| w.unwatch(dir))
+        };
+        if let Some(Err(e)) = result {
+            // The kernel drops the watch of a deleted or moved directory by itself.
+            log::debug!("unwatching {}: {e}", dir.display());
+        }
+    }
+}
+
+impl std::fmt::Debug for Watches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watches")
+            .field("watched", &self.watched.len())
+            .field("native", &self.native_count)
+            .finish()
+    }
+}
+
+fn is_enospc(e: &notify::Error) -> bool {
+    matches!(&e.kind, notify::ErrorKind::Io(io) if io.raw_os_error() == Some(28))
+}

@@ -1,0 +1,360 @@
+//! The watcher's thread: its state, its loop, the delivery of batches, and the watching of a
+//! tree directory by directory. Not here: what one notify event does (`events`), what makes the
+//! thread rescan (`rescan`), and the backends themselves (`watches`).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender};
+use notify::{RecommendedWatcher, Watcher as _};
+
+use super::events::RENAME_PAIRING;
+use super::watches::{Handler, WatchFailure, Watches};
+use super::{Backend, Counters, Raw, WatcherBuilder};
+use crate::mounts::MountWatch;
+use crate::pending::{Op, Pending};
+use crate::snapshot::walk;
+use crate::{Batch, Error, IgnoreRules, Item, RescanReason};
+
+/// How many raw events are handled before the thread looks at its output again.
+const DRAIN: usize = 4096;
+/// Errors waiting for delivery beyond this are logged and dropped, so they too stay bounded.
+const MAX_NOTICES: usize = 256;
+
+#[derive(Debug)]
+pub(super) struct RootState {
+    pub(super) path: PathBuf,
+    pub(super) present: bool,
+    pub(super) reported_limit: bool,
+}
+
+/// The watcher's thread: owns the pending set and the backends.
+#[derive(Debug)]
+pub(super) struct Worker {
+    pub(super) pending: Pending,
+    pub(super) watches: Watches,
+    pub(super) roots: Vec<RootState>,
+    pub(super) rules: Arc<IgnoreRules>,
+    pub(super) lost: Arc<AtomicBool>,
+    /// The first half of a rename, waiting for its second.
+    pub(super) held_from: Option<(PathBuf, usize, Instant)>,
+    /// The latest time given to the pending set: it never goes back, although events from two
+    /// backends, or received before the loop last looked at the clock, can be older.
+    pub(super) clock: Instant,
+    pub(super) notices: Vec<Error>,
+    /// Events were lost: the roots' watches must be checked before the next delivery.
+    pub(super) resync_roots: bool,
+    pub(super) poll_fallback: bool,
+    pub(super) next_root_check: Instant,
+    pub(super) root_check_every: Duration,
+    /// The mount points of the process's namespace as last read: a change inside a root means
+    /// watches that no longer see what is at their paths.
+    pub(super) mounts: BTreeSet<PathBuf>,
+    pub(super) stats: Arc<Counters>,
+}
+
+impl WatcherBuilder {
+    /// The watcher's thread state, before its backends start.
+    pub(super) fn worker(
+        &self,
+        roots: &[PathBuf],
+        rules: Arc<IgnoreRules>,
+        raw_tx: Sender<Raw>,
+        stats: Arc<Counters>,
+    ) -> Worker {
+        let lost = Arc::new(AtomicBool::new(false));
+        Worker {
+            pending: Pending::new(self.quiet, self.max_wait, self.pending_cap, roots.to_vec()),
+            watches: Watches {
+                native: None,
+                poll: None,
+                watched: BTreeMap::new(),
+                native_count: 0,
+                native_limit: self.native_watch_limit,
+                polled_roots: HashSet::new(),
+                poll_interval: self.poll_interval,
+                handler: Handler {
+                    tx: raw_tx,
+                    lost: lost.clone(),
+                    stats: stats.clone(),
+                },
+            },
+            roots: roots
+                .iter()
+                .map(|p| RootState {
+                    path: p.clone(),
+                    present: true,
+                    reported_limit: false,
+                })
+                .collect(),
+            rules,
+            lost,
+            held_from: None,
+            clock: Instant::now(),
+            notices: Vec::new(),
+            resync_roots: false,
+            poll_fallback: self.poll_fallback,
+            next_root_check: Instant::now(),
+            root_check_every: self.max_wait.max(Duration::from_millis(100)),
+            mounts: BTreeSet::new(),
+            stats,
+        }
+    }
+}
+
+impl Worker {
+    pub(super) fn run(
+        mut self,
+        backend: Backend,
+        raw: Receiver<Raw>,
+        out: Sender<Batch>,
+        stop: Receiver<()>,
+        ready: Sender<()>,
+    ) {
+        precise_timers();
+        // Started before the roots are walked, so that no mount is missed between the two.
+        let (_mount_watch, mount_changes) = match MountWatch::start() {
+            Ok((watch, now, changes)) => {
+                self.mounts = now;
+                (Some(watch), changes)
+            }
+            Err(e) => {
+                log::warn!(
+                    "ward-watch: file systems mounted inside the roots after start are not followed: {e}"
+                );
+                (None, crossbeam_channel::never())
+            }
+        };
+        self.start(backend);
+        let _ = ready.send(());
+        drop(ready);
+        loop {
+            let now = self.now(Instant::now());
+            self.flush_held_from(now, false);
+            self.check_roots(now);
+            let has_output = !self.notices.is_empty() || self.pending.has_due(now);
+            let mut deadlines = vec![];
+            if !has_output {
+                deadlines.extend(self.pending.next_due());
+            }
+            if let Some((_, _, t)) = &self.held_from {
+                deadlines.push(*t + RENAME_PAIRING);
+            }
+            if self.roots.iter().any(|r| !r.present) {
+                deadlines.push(self.next_root_check);
+            }
+            let timeout = deadlines
+                .into_iter()
+                .min()
+                .map_or(Duration::from_secs(3600), |d| {
+                    d.saturating_duration_since(now)
+                });
+
+            let mut sel = Select::new();
+            let i_raw = sel.recv(&raw);
+            let i_stop = sel.recv(&stop);
+            let i_mounts = sel.recv(&mount_changes);
+            let i_out = has_output.then(|| sel.send(&out));
+            let Ok(op) = sel.select_timeout(timeout) else {
+                continue;
+            };
+            match op.index() {
+                i if i == i_raw => {
+                    let Ok((at, ev)) = op.recv(&raw) else { return };
+                    self.handle(ev, at);
+                    for (at, ev) in raw.try_iter().take(DRAIN) {
+                        self.handle(ev, at);
+                    }
+                }
+                i if i == i_stop => {
+                    let _ = op.recv(&stop);
+                    return;
+                }
+                i if i == i_mounts => {
+                    let _ = op.recv(&mount_changes);
+                    let now = self.now(Instant::now());
+                    self.mounts_changed(now);
+                }
+                _ => {
+                    debug_assert_eq!(Some(op.index()), i_out);
+                    let now = self.now(Instant::now());
+                    let batch = self.take_batch(now);
+                    if op.send(&out, batch).is_err() {
+                        // Nobody listens any more; the owner will stop us.
+                        log::debug!("ward-watch: batch receiver dropped");
+                    }
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if self.lost.swap(false, Ordering::AcqRel) {
+                log::warn!("ward-watch: event buffer full, events dropped; rescanning the roots");
+                self.overflow(RescanReason::EventBufferFull);
+            }
+            self.update_stats();
+        }
+    }
+
+    /// `at`, or the latest time already used if that is later.
+    pub(super) fn now(&mut self, at: Instant) -> Instant {
+        self.clock = self.clock.max(at);
+        self.clock
+    }
+
+    fn update_stats(&self) {
+        let n = self.pending.len();
+        self.stats.pending.store(n, Ordering::Relaxed);
+        self.stats.peak_pending.fetch_max(n, Ordering::Relaxed);
+        self.stats
+            .collapses
+            .store(self.pending.collapses(), Ordering::Relaxed);
+        self.stats
+            .watches
+            .store(self.watches.watched.len(), Ordering::Relaxed);
+        self.stats
+            .polled_roots
+            .store(self.watches.polled_roots.len(), Ordering::Relaxed);
+    }
+
+    pub(super) fn take_batch(&mut self, now: Instant) -> Batch {
+        if std::mem::take(&mut self.resync_roots) {
+            // Directories whose creation was among the lost events get their watches now, before
+            // the consumer walks them for the rescan.
+            let roots: Vec<PathBuf> = self
+                .roots
+                .iter()
+                .filter(|r| r.present)
+                .map(|r| r.path.clone())
+                .collect();
+            for root in roots {
+                self.resync(&root, now);
+            }
+        }
+        let mut items: Vec<Item> = self.notices.drain(..).map(Item::Error).collect();
+        items.extend(self.pending.take_due(now));
+        for item in &items {
+            log::trace!("delivering {item:?}");
+        }
+        Batch { items }
+    }
+
+    pub(super) fn notice(&mut self, e: Error) {
+        log::warn!("ward-watch: {e}");
+        if self.notices.len() < MAX_NOTICES {
+            self.notices.push(e);
+        }
+    }
+
+    pub(super) fn start(&mut self, backend: Backend) {
+        match backend {
+            Backend::Recommended => {
+                let h = self.watches.handler.clone();
+                match RecommendedWatcher::new(move |ev| h.handle(ev), notify::Config::default()) {
+                    Ok(w) => self.watches.native = Some(w),
+                    Err(e) => log::warn!(
+                        "ward-watch: native watching unavailable ({e}); polling every {:?} instead",
+                        self.watches.poll_interval
+                    ),
+                }
+            }
+            Backend::Poll(interval) => self.watches.poll_interval = interval,
+        }
+        for i in 0..self.roots.len() {
+            let root = self.roots[i].path.clone();
+            if root.is_dir() {
+                self.watch_tree(&root, false, Instant::now());
+            } else {
+                self.roots[i].present = false;
+                self.notice(Error::RootMissing { path: root });
+            }
+        }
+        self.update_stats();
+    }
+
+    /// Watches `top` and every directory under it that is not ignored, each before it is listed,
+    /// so that nothing created in it is missed; with `record`, everything found is recorded as
+    /// created. Returns the directories it watched.
+    pub(super) fn watch_tree(
+        &mut self,
+        top: &Path,
+        record: bool,
+        now: Instant,
+    ) -> HashSet<PathBuf> {
+        let Some(root) = self.rules.root_of(top).map(Path::to_path_buf) else {
+            return HashSet::new();
+        };
+        let mut limit_hit = false;
+        let mut failed_watches = 0;
+        let mut failures = Vec::new();
+        let mut seen = HashSet::new();
+        let rules = self.rules.clone();
+        let watches = &mut self.watches;
+        let pending = &mut self.pending;
+        walk(
+            &rules,
+            top,
+            |dir| match watches.watch(dir, &root) {
+                Ok(()) => {
+                    seen.insert(dir.to_path_buf());
+                    true
+                }
+                Err(WatchFailure::Limit) => {
+                    limit_hit = true;
+                    false
+                }
+                Err(WatchFailure::Other(e)) => {
+                    if !matches!(&e.kind, notify::ErrorKind::PathNotFound)
+                        && !matches!(&e.kind, notify::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::NotFound)
+                    {
+                        // Watched later, when its permissions change (see `metadata_changed`).
+                        failed_watches += 1;
+                        failures.push(Error::Watch {
+                            path: dir.to_path_buf(),
+                            source: e,
+                        });
+                    }
+                    // Still listed: what is in it now is reported, even if later changes cannot be.
+                    true
+                }
+            },
+            |path, is_dir| {
+                if record {
+                    pending.record(path, Op::Create, is_dir, now);
+                }
+            },
+        );
+        self.stats
+            .failed_watches
+            .fetch_add(failed_watches, Ordering::Relaxed);
+        for f in failures {
+            self.notice(f);
+        }
+        if limit_hit {
+            self.out_of_watches(&root, now);
+        }
+        seen
+    }
+
+    pub(super) fn is_root(&self, path: &Path) -> bool {
+        self.roots.iter().any(|r| r.path == path)
+    }
+}
+
+/// Wakes this thread on time: timer slack (50 µs by default on Linux) lets the kernel delay a
+/// timed wakeup to batch it with others, and here every timed wakeup is a window that ended.
+#[cfg(target_os = "linux")]
+fn precise_timers() {
+    // SAFETY: PR_SET_TIMERSLACK only changes the calling thread's timer slack; 1 ns is the least
+    // it takes (0 means the process default).
+    if unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
+        log::debug!(
+            "ward-watch: cannot set the timer slack: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn precise_timers() {}
