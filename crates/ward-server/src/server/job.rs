@@ -115,12 +115,17 @@ fn log_outcome(event: QueueEvent<Job>) {
         }
         QueueEvent::Completed { job, .. } => log::debug!("job on {} done", job.path.display()),
         QueueEvent::Retrying {
+            job,
             attempt,
             failure,
             delay,
             ..
         } => {
-            log::warn!("job attempt {attempt} failed ({failure}); retrying in {delay:?}");
+            log::warn!(
+                "job on {} (trigger {}) failed on attempt {attempt} ({failure}); retrying in {delay:?}",
+                job.path.display(),
+                job.trigger.name()
+            );
         }
         QueueEvent::Dead { job, failures, .. } => {
             let last = failures.last().map(ToString::to_string).unwrap_or_default();
