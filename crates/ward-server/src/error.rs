@@ -71,8 +71,17 @@ pub enum Error {
     #[error("{0}")]
     Timeout(String),
     /// The manifest store failed.
+    #[error("manifest: {doing}: {source}")]
+    Store {
+        /// What was being done: `reading`, `writing`, `committing`.
+        doing: &'static str,
+        /// The store's error (boxed: redb's is large, and errors travel in every `Result`).
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// The manifest cannot be used now: damaged beyond opening, or closed after a write error.
     #[error("manifest: {0}")]
-    Store(String),
+    StoreUnusable(String),
     /// The server refused a control request, saying why.
     #[error("the server refused: {0}")]
     Refused(String),

@@ -29,8 +29,8 @@
 //! committed is not the manifest's business: the server's writer thread decides
 //! (`tracker::writer`).
 
-// redb's error type is large; it lives only inside the read closures and is turned
-// into one small `Error::Store` right there, so boxing it would buy nothing.
+// redb's error type is large; it lives only inside the read closures and is boxed into
+// `Error::Store` right there.
 #![allow(clippy::result_large_err)]
 
 use std::fs::Metadata;

@@ -24,8 +24,11 @@ pub(super) const SEQ_KEY: &str = "seq";
 /// peak memory against the time to process it: `cargo xtask bench --only burst` measures both.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
-pub(super) fn store_error(context: &str, e: impl std::fmt::Display) -> Error {
-    Error::Store(format!("{context}: {e}"))
+pub(super) fn store_error(doing: &'static str, e: impl Into<redb::Error>) -> Error {
+    Error::Store {
+        doing,
+        source: Box::new(e.into()),
+    }
 }
 
 impl Manifest {
@@ -55,10 +58,10 @@ impl Manifest {
                         e,
                     )
                 })?;
-                let manifest = Self::try_open(path).map_err(Error::Store)?;
+                let manifest = Self::try_open(path).map_err(Error::StoreUnusable)?;
                 Ok((manifest, Opened::Rebuilt { moved_to, reason }))
             }
-            Err(reason) => Err(Error::Store(reason)),
+            Err(reason) => Err(Error::StoreUnusable(reason)),
         }
     }
 
@@ -103,7 +106,7 @@ impl Manifest {
 
     pub(super) fn db(&self) -> Result<&Database, Error> {
         self.db.as_ref().ok_or_else(|| {
-            Error::Store("the store is closed after a write error; reopening it".into())
+            Error::StoreUnusable("the store is closed after a write error; reopening it".into())
         })
     }
 
@@ -113,7 +116,7 @@ impl Manifest {
     /// If it cannot be opened yet; call again later.
     pub fn reopen(&mut self) -> Result<(), Error> {
         self.db = None;
-        let fresh = Self::try_open(&self.path).map_err(Error::Store)?;
+        let fresh = Self::try_open(&self.path).map_err(Error::StoreUnusable)?;
         self.db = fresh.db;
         Ok(())
     }

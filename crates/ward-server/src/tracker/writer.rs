@@ -238,7 +238,7 @@ fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>, inte
             Ok((paths, manifest.seq()))
         }))
         .unwrap_or_else(|_| {
-            Err(Error::Store(
+            Err(Error::StoreUnusable(
                 "the store panicked while writing (damaged?)".into(),
             ))
         })
