@@ -208,18 +208,10 @@ fn stop_daemon(launch: &Launch, timeout: Duration) -> Result<Option<u32>, Error>
         std::thread::sleep(Duration::from_millis(20));
     }
     // The keeper releases the lock as its last act; wait until it has really exited too.
-    while process_alive(pid) && Instant::now() < deadline {
+    while ward_sys::is_alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(Some(pid))
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
 }
 
 /// `ward restart`: stop if running, then start.
