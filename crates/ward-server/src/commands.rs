@@ -6,9 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use ward_crashdiag::{PostMortem, PostMortemInput};
 
-use crate::deaths::heartbeat_file;
 use crate::keeper::{KEEPER_BIN, KeeperArgs, ServerCommand, keeper_main};
 use crate::state::{KeeperState, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Error, Launch, Outcome, control};
@@ -273,12 +271,8 @@ fn status_report(launch: &Launch) -> Result<Value, Error> {
             Ok(report)
         }
         PidfileState::Stale(pid) => {
-            let explained = match vanished(&state, pid) {
-                Some(cause) => {
-                    format!("the keeper (pid {pid}) died without stopping cleanly: {cause}")
-                }
-                None => format!("the keeper (pid {pid}) died without stopping cleanly"),
-            };
+            let explained = crate::deaths::post_mortem_of_vanished(&state, None)
+                .unwrap_or_else(|| format!("the keeper (pid {pid}) died without stopping cleanly"));
             Ok(
                 json!({ "state": "not-running", "state_dir": state.path(), "reason": explained, "last_cause": keeper.and_then(|k| k.last_cause) }),
             )
@@ -300,26 +294,6 @@ fn status_report(launch: &Launch) -> Result<Value, Error> {
             Ok(
                 json!({ "state": "not-running", "state_dir": state.path(), "reason": reason, "last_cause": keeper.and_then(|k| k.last_cause) }),
             )
-        }
-    }
-}
-
-/// The verdict on a keeper that left a stale pidfile, without writing anything.
-fn vanished(state: &StateDir, pid: u32) -> Option<String> {
-    let input = PostMortemInput::new(
-        "keeper",
-        state.join(names::PIDFILE),
-        state.join(names::CRASH_DIR),
-    )
-    .heartbeat_file(heartbeat_file(state, "keeper"))
-    .log_file(state.join(names::LOG));
-    match ward_crashdiag::post_mortem(&input) {
-        Ok(PostMortem::Reconstructed(report)) => Some(report.verdict.cause.describe()),
-        Ok(PostMortem::AlreadyReported(summary)) => Some(format!("see {}", summary.text.display())),
-        Ok(_) => None,
-        Err(e) => {
-            log::debug!("post-mortem of keeper {pid}: {e}");
-            None
         }
     }
 }
@@ -431,7 +405,7 @@ fn diagnose_reports(launch: &Launch, as_json: bool) -> Result<(), Error> {
         // Writes the reconstruction once; later calls find it as already reported.
         if let Some(explained) = crate::deaths::post_mortem_of_vanished(
             &state,
-            &crate::Config::defaults(state.path().into()),
+            Some(&crate::Config::defaults(state.path().into())),
         ) {
             log::debug!("{explained}");
         }

@@ -217,7 +217,7 @@ pub(crate) fn keeper_main(
     foreground: bool,
 ) -> Result<(), Error> {
     let vanished = match Pidfile::inspect(state)? {
-        PidfileState::Stale(_) => deaths::post_mortem_of_vanished(state, config),
+        PidfileState::Stale(_) => deaths::post_mortem_of_vanished(state, Some(config)),
         _ => None,
     };
     let pidfile = Pidfile::acquire(state)?;
