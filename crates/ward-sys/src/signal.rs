@@ -112,7 +112,7 @@ fn real_time(_signal: i32) -> Option<&'static str> {
     None
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

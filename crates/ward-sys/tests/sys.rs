@@ -1,5 +1,6 @@
 //! ward-sys against the real system: a process with the strangest name it may have, and signal
 //! names that must not allocate.
+#![cfg(target_os = "linux")]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
