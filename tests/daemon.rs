@@ -1269,12 +1269,8 @@ fn zombie_children(parent: u32) -> Vec<u32> {
         .flatten()
         .filter_map(|e| {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // After the parenthesised command name (which may contain spaces): state, ppid.
-            let mut fields = stat.rsplit_once(") ")?.1.split_whitespace();
-            let state = fields.next()?;
-            let ppid: u32 = fields.next()?.parse().ok()?;
-            (ppid == parent && state == "Z").then_some(pid)
+            let stat = ward_sys::ProcStat::read(pid).ok()?;
+            (stat.ppid == parent && stat.is_zombie()).then_some(pid)
         })
         .collect()
 }

@@ -65,16 +65,14 @@ pub fn wait_for(what: &str, timeout: std::time::Duration, mut condition: impl Fn
     }
 }
 
-/// Whether process `pid` is alive: it exists and is not a zombie. (A dying process's command line
-/// reads empty before its descriptors are closed, so [`processes_mentioning`] alone can miss it.)
+/// Whether process `pid` is alive: it exists and has not died (a zombie, or reaped and being
+/// removed). (A dying process's command line reads empty before its descriptors are closed, so
+/// [`processes_mentioning`] alone can miss it.)
 pub fn is_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
+    ward_sys::is_alive(pid)
 }
 
-/// Pids and command lines of the live processes (zombies excluded) whose command line contains
+/// Pids and command lines of the live processes (the dead excluded) whose command line contains
 /// `needle`: ward's own processes carry the state directory in theirs, and jobs the tree's paths.
 pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
     let needle = needle.as_os_str().as_encoded_bytes();
@@ -96,11 +94,7 @@ pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        let zombie = std::fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
-            .unwrap_or(true);
-        if !zombie && cmdline.windows(needle.len()).any(|w| w == needle) {
+        if is_alive(pid) && cmdline.windows(needle.len()).any(|w| w == needle) {
             found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
         }
     }

@@ -5,7 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::heartbeat::{read_heartbeat, start_ticks};
+use ward_sys::ProcStat;
+
+use crate::heartbeat::read_heartbeat;
 use crate::report::{CrashReport, ReportSummary, collect, list_reports};
 use crate::{Evidence, time};
 
@@ -118,20 +120,11 @@ pub fn post_mortem(input: &PostMortemInput) -> Result<PostMortem> {
 /// Whether `pid` runs (and is not a zombie), and, when the heartbeat recorded its writer's
 /// start time, is that same process rather than a later one that reused the pid.
 fn is_alive(pid: u32, expected_start_ticks: Option<u64>) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    // A zombie (or a process being removed after its reap) is dead: it runs no more code.
+    let Ok(stat) = ProcStat::read(pid) else {
         return false;
     };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    if state == Some("Z") {
-        // A zombie is dead; it only waits for its parent.
-        return false;
-    }
-    match expected_start_ticks {
-        Some(expected) => start_ticks(pid) == Some(expected),
-        None => true,
-    }
+    !stat.is_dead() && expected_start_ticks.is_none_or(|expected| stat.start_ticks == expected)
 }
 
 /// Whether a pidfile's process is gone; for callers deciding whether to run a post-mortem.
@@ -166,9 +159,22 @@ mod tests {
     }
 
     #[test]
+    fn an_unreaped_child_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ProcStat::read(pid).is_ok_and(|s| !s.is_zombie()) {
+            assert!(std::time::Instant::now() < deadline, "never a zombie");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!is_alive(pid, None));
+        child.wait().unwrap();
+    }
+
+    #[test]
     fn a_pid_with_another_start_time_is_a_reuse() {
         let me = std::process::id();
-        let mine = start_ticks(me).unwrap();
+        let mine = crate::heartbeat::start_ticks(me).unwrap();
         assert!(is_alive(me, Some(mine)));
         assert!(!is_alive(me, Some(mine + 1)));
     }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use ward_sys::{Hierarchy, Mount, cgroup_dir};
 
 use crate::error::{Error, Result};
 
@@ -184,68 +185,26 @@ pub fn memory_cgroup_of(pid: u32) -> Result<Option<PathBuf>> {
         fs::read_to_string(&cgroup_path).map_err(|e| Error::io("reading", &cgroup_path, e))?;
     let mountinfo_path = Path::new("/proc/self/mountinfo");
     let mountinfo =
-        fs::read_to_string(mountinfo_path).map_err(|e| Error::io("reading", mountinfo_path, e))?;
+        fs::read(mountinfo_path).map_err(|e| Error::io("reading", mountinfo_path, e))?;
     Ok(memory_cgroup_from(&cgroups, &mountinfo, |p| p.is_dir()))
 }
 
 /// [`memory_cgroup_of`] on given file contents; `exists` checks a candidate directory (for a
-/// v2 path, its `memory.events` file).
+/// v2 path, its `memory.events` file). The v1 `memory` hierarchy first: on a hybrid system the
+/// v2 hierarchy exists too, without the memory controller.
 fn memory_cgroup_from(
     cgroups: &str,
-    mountinfo: &str,
+    mountinfo: &[u8],
     exists: impl Fn(&Path) -> bool,
 ) -> Option<PathBuf> {
-    // mountinfo: id parent major:minor root mount-point options... - fstype source super-options
-    let mut v1_memory = None;
-    let mut v2 = None;
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let left: Vec<&str> = left.split(' ').collect();
-        let right: Vec<&str> = right.split(' ').collect();
-        let (Some(root), Some(mount), Some(fstype)) = (left.get(3), left.get(4), right.first())
-        else {
-            continue;
-        };
-        let options = right.get(2).copied().unwrap_or("");
-        if *fstype == "cgroup" && options.split(',').any(|o| o == "memory") {
-            v1_memory = Some((root.to_string(), mount.to_string()));
-        } else if *fstype == "cgroup2" && v2.is_none() {
-            v2 = Some((root.to_string(), mount.to_string()));
-        }
+    let mounts: Vec<Mount> = ward_sys::parse_mountinfo(mountinfo).collect();
+    let dir = |hierarchy| cgroup_dir(cgroups, &mounts, hierarchy).and_then(|place| place.dir);
+    if let Some(v1) = dir(Hierarchy::V1("memory"))
+        && exists(&v1)
+    {
+        return Some(v1);
     }
-    // A cgroup path is relative to the hierarchy's root; the mount shows the subtree `root`.
-    let place = |(root, mount): &(String, String), path: &str| {
-        let rel = path.strip_prefix(root.as_str()).unwrap_or(path);
-        PathBuf::from(mount).join(rel.trim_start_matches('/'))
-    };
-    for line in cgroups.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next(), parts.next(), parts.next());
-        let (Some(controllers), Some(path)) = (controllers, path) else {
-            continue;
-        };
-        if controllers.split(',').any(|c| c == "memory")
-            && let Some(m) = &v1_memory
-        {
-            let dir = place(m, path);
-            if exists(&dir) {
-                return Some(dir);
-            }
-        }
-    }
-    for line in cgroups.lines() {
-        if let Some(path) = line.strip_prefix("0::")
-            && let Some(m) = &v2
-        {
-            let dir = place(m, path);
-            if exists(&dir.join("memory.events")) {
-                return Some(dir);
-            }
-        }
-    }
-    None
+    dir(Hierarchy::Unified).filter(|v2| exists(&v2.join("memory.events")))
 }
 
 /// Kernel log lines about `pid` (OOM kills, segfault reports) logged at or after `since` on
@@ -330,25 +289,32 @@ mod tests {
         ));
     }
 
-    const MOUNTINFO: &str = "\
+    /// A hybrid host: a v1 memory hierarchy beside a v2 one.
+    const HYBRID: &[u8] = b"\
 30 25 0:26 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 35 25 0:31 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
 36 25 0:32 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
 ";
 
     #[test]
-    fn v1_memory_controller_path_is_found_under_its_mount() {
-        let cgroups = "5:pids:/\n4:memory:/process_api/abc\n0::/\n";
-        let dir = memory_cgroup_from(cgroups, MOUNTINFO, |_| true);
+    fn the_v1_memory_cgroup_comes_before_the_v2_one() {
+        let cgroups = "5:pids:/\n4:memory:/process_api/abc\n0::/user.slice\n";
+        let dir = memory_cgroup_from(cgroups, HYBRID, |_| true);
         assert_eq!(
             dir,
             Some(PathBuf::from("/sys/fs/cgroup/memory/process_api/abc"))
+        );
+        // Without the v1 directory, the v2 one, which has `memory.events` here.
+        let dir = memory_cgroup_from(cgroups, HYBRID, |p| p.ends_with("memory.events"));
+        assert_eq!(
+            dir,
+            Some(PathBuf::from("/sys/fs/cgroup/unified/user.slice"))
         );
     }
 
     #[test]
     fn v2_path_needs_a_memory_events_file() {
-        let mountinfo = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let mountinfo = b"30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         let cgroups = "0::/system.slice/ward.service\n";
         let with = memory_cgroup_from(cgroups, mountinfo, |p| p.ends_with("memory.events"));
         assert_eq!(
@@ -359,11 +325,12 @@ mod tests {
     }
 
     #[test]
-    fn a_namespaced_mount_root_is_stripped() {
-        let mountinfo = "30 25 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        let cgroups = "0::/kubepods/pod1/ctr\n";
-        let dir = memory_cgroup_from(cgroups, mountinfo, |_| true);
-        assert_eq!(dir, Some(PathBuf::from("/sys/fs/cgroup/ctr")));
+    fn a_cgroup_outside_the_mount_root_is_not_guessed() {
+        // Another pod's cgroup, seen through a mount of this pod's subtree: joining its whole
+        // path under the mount would name a directory of this pod's, or none.
+        let mountinfo = b"30 25 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let cgroups = "0::/kubepods/pod10/ctr\n";
+        assert_eq!(memory_cgroup_from(cgroups, mountinfo, |_| true), None);
     }
 
     #[test]

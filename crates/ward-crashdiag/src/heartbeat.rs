@@ -105,11 +105,9 @@ pub fn boot_id() -> String {
 /// The start time of process `pid` in clock ticks since boot, from `/proc/<pid>/stat`; `None`
 /// if it is gone (or `/proc` is missing).
 pub(crate) fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields resume after the last ')'.
-    let (_, rest) = stat.rsplit_once(')')?;
-    // After the name: state is field 3, so field 22 is the 20th.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    ward_sys::ProcStat::read(pid)
+        .ok()
+        .map(|stat| stat.start_ticks)
 }
 
 /// Reads the heartbeat file at `path`.

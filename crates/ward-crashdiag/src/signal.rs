@@ -17,36 +17,12 @@ pub(crate) const FATAL_SIGNALS: [libc::c_int; 5] = [
     libc::SIGABRT,
 ];
 
-/// The name of a signal number, for people (`SIG11` style for the ones not listed).
+/// The name of a signal number, for people (`SIG11` style for a number with no name).
 pub(crate) fn signal_name(signal: i32) -> String {
-    match static_name(signal) {
+    match ward_sys::signal::name(signal) {
         Some(name) => name.to_owned(),
         None => format!("SIG{signal}"),
     }
-}
-
-fn static_name(signal: i32) -> Option<&'static str> {
-    Some(match signal {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGXCPU => "SIGXCPU",
-        libc::SIGXFSZ => "SIGXFSZ",
-        libc::SIGSYS => "SIGSYS",
-        _ => return None,
-    })
 }
 
 #[cfg(target_os = "linux")]
@@ -72,7 +48,7 @@ mod linux {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicI32, Ordering};
 
-    use super::{Error, FATAL_SIGNALS, Result, static_name};
+    use super::{Error, FATAL_SIGNALS, Result};
 
     /// The most return addresses the handler records: enough to see the crash site, small
     /// enough for the few KiB of alternate stack the Rust runtime gives other threads.
@@ -352,7 +328,8 @@ mod linux {
     /// Writes the record entry for `sig` to the record and to stderr.
     fn report(state: &HandlerState, sig: libc::c_int, info: *mut libc::siginfo_t, tid: i32) {
         let fd = state.record_fd;
-        let name = static_name(sig).unwrap_or("SIG?");
+        // Async-signal-safe: a static table, no allocation.
+        let name = ward_sys::signal::name(sig).unwrap_or("SIG?");
         let (code, address) = if info.is_null() {
             (0, None)
         } else {

@@ -8,9 +8,7 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use ward_crashdiag::{PostMortem, PostMortemInput};
 
-use crate::deaths::heartbeat_file;
 use crate::handover::Handover;
 use crate::keeper::{KEEPER_BIN, keeper_main};
 use crate::protocol::{
@@ -196,18 +194,10 @@ fn stop_daemon(launch: &Launch, timeout: Duration) -> Result<Option<u32>, Error>
         std::thread::sleep(Duration::from_millis(20));
     }
     // The keeper releases the lock as its last act; wait until it has really exited too.
-    while process_alive(pid) && Instant::now() < deadline {
+    while ward_sys::is_alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(Some(pid))
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
 }
 
 /// `ward restart`: stop if running, then start.
@@ -321,12 +311,8 @@ fn status_report(launch: &Launch) -> Result<StatusReport, Error> {
             Ok(report)
         }
         PidfileState::Stale(pid) => {
-            let explained = match vanished(&state, pid) {
-                Some(cause) => {
-                    format!("the keeper (pid {pid}) died without stopping cleanly: {cause}")
-                }
-                None => format!("the keeper (pid {pid}) died without stopping cleanly"),
-            };
+            let explained = crate::deaths::post_mortem_of_vanished(&state, None)
+                .unwrap_or_else(|| format!("the keeper (pid {pid}) died without stopping cleanly"));
             Ok(not_running(explained))
         }
         PidfileState::Absent => {
@@ -344,26 +330,6 @@ fn status_report(launch: &Launch) -> Result<StatusReport, Error> {
                 None => "not started".into(),
             };
             Ok(not_running(reason))
-        }
-    }
-}
-
-/// The verdict on a keeper that left a stale pidfile, without writing anything.
-fn vanished(state: &StateDir, pid: u32) -> Option<String> {
-    let input = PostMortemInput::new(
-        "keeper",
-        state.join(names::PIDFILE),
-        state.join(names::CRASH_DIR),
-    )
-    .heartbeat_file(heartbeat_file(state, "keeper"))
-    .log_file(state.join(names::LOG));
-    match ward_crashdiag::post_mortem(&input) {
-        Ok(PostMortem::Reconstructed(report)) => Some(report.verdict.cause.describe()),
-        Ok(PostMortem::AlreadyReported(summary)) => Some(format!("see {}", summary.text.display())),
-        Ok(_) => None,
-        Err(e) => {
-            log::debug!("post-mortem of keeper {pid}: {e}");
-            None
         }
     }
 }
@@ -469,7 +435,7 @@ fn diagnose_reports(launch: &Launch, as_json: bool) -> Result<(), Error> {
         // Writes the reconstruction once; later calls find it as already reported.
         if let Some(explained) = crate::deaths::post_mortem_of_vanished(
             &state,
-            &crate::Config::defaults(state.path().into()),
+            Some(&crate::Config::defaults(state.path().into())),
         ) {
             log::debug!("{explained}");
         }

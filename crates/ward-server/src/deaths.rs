@@ -166,9 +166,14 @@ pub(crate) fn write_unwritten(config: &Config) -> usize {
     unwritten.len()
 }
 
-/// Reconstructs the death of a keeper that left a stale pidfile and no report, before the new
-/// keeper takes the pidfile over; returns what to log once logging is up.
-pub(crate) fn post_mortem_of_vanished(state: &StateDir, config: &Config) -> Option<String> {
+/// Explains the death of a keeper that left a stale pidfile, in one sentence; `None` when the
+/// post-mortem has nothing to say.
+///
+/// With a `write` config, a death reconstructed now is written into the crash directory
+/// (keeping `keep_reports`), so that later post-mortems find it already reported: the keeper,
+/// before it takes the pidfile over, and `ward diagnose`. Without, nothing is written: `ward
+/// status` only looks.
+pub(crate) fn post_mortem_of_vanished(state: &StateDir, write: Option<&Config>) -> Option<String> {
     let input = PostMortemInput::new(
         "keeper",
         state.join(names::PIDFILE),
@@ -176,34 +181,112 @@ pub(crate) fn post_mortem_of_vanished(state: &StateDir, config: &Config) -> Opti
     )
     .heartbeat_file(heartbeat_file(state, "keeper"))
     .log_file(state.join(names::LOG));
+    let died = |pid: u32| format!("the keeper (pid {pid}) died without stopping cleanly");
     match ward_crashdiag::post_mortem(&input) {
         Ok(PostMortem::Reconstructed(report)) => {
-            let cause = report.verdict.cause.describe();
-            match ward_crashdiag::write_report(
-                &report,
-                &state.join(names::CRASH_DIR),
-                config.keep_reports,
-            ) {
-                Ok(written) => Some(format!(
-                    "the previous keeper (pid {}) {cause}; post-mortem {}",
-                    report.pid,
-                    written.text.display()
-                )),
-                Err(e) => Some(format!(
-                    "the previous keeper (pid {}) {cause}; post-mortem not written: {e}",
-                    report.pid
-                )),
-            }
+            let said = format!("{}: {}", died(report.pid), report.verdict.cause.describe());
+            let Some(config) = write else {
+                return Some(said);
+            };
+            Some(
+                match ward_crashdiag::write_report(
+                    &report,
+                    &state.join(names::CRASH_DIR),
+                    config.keep_reports,
+                ) {
+                    Ok(written) => format!("{said}; post-mortem {}", written.text.display()),
+                    Err(e) => format!("{said}; post-mortem not written: {e}"),
+                },
+            )
         }
         Ok(PostMortem::AlreadyReported(summary)) => Some(format!(
-            "the previous keeper (pid {}) died; see {}",
-            summary.pid,
+            "{}; see {}",
+            died(summary.pid),
             summary.text.display()
         )),
         Ok(PostMortem::StillRunning { pid }) => Some(format!(
             "pid {pid} from the stale pidfile is alive but holds no lock"
         )),
         Ok(_) => None,
-        Err(e) => Some(format!("cannot explain the previous keeper's death: {e}")),
+        Err(e) => Some(format!(
+            "the keeper of the stale pidfile died without stopping cleanly; cannot say why: {e}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state directory whose pidfile names `pid`, a keeper that is gone.
+    fn stale(pid: u32) -> (tempfile::TempDir, StateDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        std::fs::write(state.join(names::PIDFILE), format!("{pid}\n")).unwrap();
+        (dir, state)
+    }
+
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        child.id()
+    }
+
+    fn reports(state: &StateDir) -> usize {
+        ward_crashdiag::list_reports(&state.join(names::CRASH_DIR))
+            .unwrap()
+            .len()
+    }
+
+    #[test]
+    fn a_vanished_keeper_is_explained_and_its_report_written_once() {
+        let pid = dead_pid();
+        let (_dir, state) = stale(pid);
+        let config = Config::defaults(state.path().into());
+        let died = format!("the keeper (pid {pid}) died without stopping cleanly: ");
+
+        // Looking writes nothing.
+        let said = post_mortem_of_vanished(&state, None).unwrap();
+        assert!(said.starts_with(&died), "{said}");
+        assert!(!said.contains("post-mortem"), "{said}");
+        assert_eq!(reports(&state), 0);
+
+        let said = post_mortem_of_vanished(&state, Some(&config)).unwrap();
+        assert!(said.starts_with(&died), "{said}");
+        assert!(said.contains("; post-mortem "), "{said}");
+        assert_eq!(reports(&state), 1);
+
+        // Found, not written again, by a look and by a writer alike.
+        for write in [None, Some(&config)] {
+            let said = post_mortem_of_vanished(&state, write).unwrap();
+            assert!(
+                said.starts_with(&format!(
+                    "the keeper (pid {pid}) died without stopping cleanly; see "
+                )),
+                "{said}"
+            );
+        }
+        assert_eq!(reports(&state), 1);
+    }
+
+    #[test]
+    fn a_live_process_in_a_stale_pidfile_is_said_to_hold_no_lock() {
+        let (_dir, state) = stale(std::process::id());
+        assert_eq!(
+            post_mortem_of_vanished(&state, None),
+            Some(format!(
+                "pid {} from the stale pidfile is alive but holds no lock",
+                std::process::id()
+            ))
+        );
+        assert_eq!(reports(&state), 0);
+    }
+
+    #[test]
+    fn a_pidfile_without_a_pid_is_said_to_leave_the_death_unexplained() {
+        let (_dir, state) = stale(0);
+        std::fs::write(state.join(names::PIDFILE), "garbage\n").unwrap();
+        let said = post_mortem_of_vanished(&state, None).unwrap();
+        assert!(said.contains("cannot say why"), "{said}");
     }
 }

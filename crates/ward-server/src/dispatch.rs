@@ -639,12 +639,9 @@ impl Worker {
     }
 
     fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        ward_sys::ProcStatus::read(self.child.id())
+            .ok()
+            .and_then(|status| status.kib("VmRSS"))
             .map_or(0, |kib| kib * 1024)
     }
 

@@ -90,7 +90,7 @@ pub(crate) fn keeper_main(state: &StateDir, handover: &Handover) -> Result<(), E
     let (config, foreground) = (&handover.config, handover.foreground);
     let server = &ServerCommand::new(&handover.server_exe, state);
     let vanished = match Pidfile::inspect(state)? {
-        PidfileState::Stale(_) => deaths::post_mortem_of_vanished(state, config),
+        PidfileState::Stale(_) => deaths::post_mortem_of_vanished(state, Some(config)),
         _ => None,
     };
     let pidfile = Pidfile::acquire(state)?;

@@ -281,30 +281,9 @@ fn is_formatted(line: &[u8]) -> bool {
     line.len() > 24 && line[4] == b'-' && line[7] == b'-' && line[10] == b'T' && line[23] == b'Z'
 }
 
+/// Now, in the RFC 3339 form that starts each ward log line.
 fn humantime_now() -> String {
-    // RFC 3339 UTC with milliseconds, computed without a date crate: days since the epoch to a
-    // civil date (Howard Hinnant's algorithm).
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_millis()
-    )
+    ward_sys::UtcTime::now().to_string()
 }
 
 #[cfg(test)]

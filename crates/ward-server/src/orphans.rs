@@ -199,16 +199,8 @@ fn children_of(parent: u32) -> Vec<u32> {
         .flatten()
         .filter_map(|e| {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // Field 4, after the parenthesised command name (which may contain spaces).
-            let ppid: u32 = stat
-                .rsplit_once(") ")?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            (ppid == parent).then_some(pid)
+            let stat = ward_sys::ProcStat::read(pid).ok()?;
+            (stat.ppid == parent).then_some(pid)
         })
         .collect()
 }

@@ -215,10 +215,8 @@ const EXITING_KEEPER_WAIT: Duration = Duration::from_secs(2);
 /// Whether `pid` is gone or a zombie (its other threads may still be exiting), as far as
 /// `/proc` tells; without `/proc`, never.
 fn exiting(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with(['Z', 'X'])),
+    match ward_sys::ProcStat::read(pid) {
+        Ok(stat) => stat.is_dead(),
         Err(_) => Path::new("/proc/self/stat").exists(),
     }
 }

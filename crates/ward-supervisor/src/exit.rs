@@ -62,7 +62,7 @@ impl fmt::Display for Termination {
                 core_dumped,
             } => {
                 write!(f, "killed by signal {signal}")?;
-                if let Some(name) = signal_name(signal) {
+                if let Some(name) = ward_sys::signal::name(signal) {
                     write!(f, " ({name})")?;
                 }
                 if core_dumped {
@@ -72,32 +72,6 @@ impl fmt::Display for Termination {
             }
         }
     }
-}
-
-/// The conventional name of a signal number (`SIGSEGV`), for messages.
-pub fn signal_name(signal: i32) -> Option<&'static str> {
-    let name = match signal {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGXCPU => "SIGXCPU",
-        libc::SIGXFSZ => "SIGXFSZ",
-        libc::SIGSYS => "SIGSYS",
-        _ => return None,
-    };
-    Some(name)
 }
 
 /// What the child's memory cgroup recorded, read just after the child was reaped.

@@ -129,7 +129,7 @@ mod tail;
 
 pub use child::Child;
 pub use error::{Error, Result};
-pub use exit::{CgroupEvidence, Exit, Termination, signal_name};
+pub use exit::{CgroupEvidence, Exit, Termination};
 pub use heartbeat::Heartbeat;
 pub use policy::{
     Backoff, Clock, Decision, FailureRule, GiveUp, Intensity, ManualClock, RestartMode,

@@ -286,10 +286,8 @@ fn walk_files(dir: &Path, tx: &crossbeam_channel::Sender<PathBuf>) {
 }
 
 fn peak_rss_mb() -> f64 {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    ward_sys::ProcStatus::read(std::process::id())
+        .ok()
+        .and_then(|status| status.kib("VmHWM"))
+        .map_or(f64::NAN, |kib| kib as f64 / 1024.0)
 }

@@ -7,6 +7,8 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use ward_sys::{ProcStat, ProcStatus};
+
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `ward-bench-probe` stamps with.
 pub(crate) fn now_ns() -> u64 {
     // SAFETY: a zeroed timespec is valid; clock_gettime only writes through the valid pointer.
@@ -18,12 +20,8 @@ pub(crate) fn now_ns() -> u64 {
 
 /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in MB.
 pub(crate) fn status_mb(pid: u32, field: &str) -> Option<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
+    let kib = ProcStatus::read(pid).ok()?.kib(field)?;
+    Some(kib as f64 / 1024.0)
 }
 
 /// CPU time and context switches (voluntary + involuntary) of a process, per live thread, so that
@@ -59,12 +57,8 @@ impl Usage {
 }
 
 pub(crate) fn usage(pid: u32) -> Option<Usage> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let stat = ProcStat::read(pid).ok()?;
+    let ticks = stat.utime_ticks + stat.stime_ticks;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut threads = BTreeMap::new();
@@ -122,17 +116,9 @@ pub(crate) fn cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-pub(crate) fn is_alive(pid: u32) -> bool {
-    // Zombies count as gone: their parent only has to reap them.
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rfind(')')
-                .and_then(|i| s[i + 2..].chars().next())
-                .map(|c| c != 'Z')
-        })
-        .unwrap_or(false)
-}
+/// Whether a process exists and has not died: a zombie counts as gone, its parent only has to
+/// reap it.
+pub(crate) use ward_sys::is_alive;
 
 /// A log file appended to by other processes, read line by line as it grows.
 #[derive(Debug)]

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use ward_sys::{ProcStat, ProcStatus};
 
 /// One ward setup in the harness's temporary directory.
 #[derive(Debug, Clone)]
@@ -212,28 +213,13 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
     }
 }
 
-/// `/proc/PID/stat` after the command name: state first, then ppid.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(") ")?;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-/// Whether `pid` exists and is not a zombie.
-pub fn is_alive(pid: u32) -> bool {
-    stat_fields(pid).is_some_and(|f| f.first().is_some_and(|s| s != "Z"))
-}
+/// Whether `pid` exists and has not died (a zombie or a reaped process is dead).
+pub use ward_sys::is_alive;
 
 /// Resident set of `pid` and its high-water mark since the process started, KiB.
 pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    let status = ProcStatus::read(pid).ok()?;
+    Some((status.kib("VmRSS")?, status.kib("VmHWM")?))
 }
 
 fn all_pids() -> Vec<u32> {
@@ -248,13 +234,9 @@ fn all_pids() -> Vec<u32> {
 
 /// The zombies whose parent is `pid`: children it has not reaped.
 pub fn zombies_of(pid: u32) -> usize {
-    let parent = pid.to_string();
     all_pids()
         .into_iter()
-        .filter(|&p| {
-            stat_fields(p)
-                .is_some_and(|f| f.first().is_some_and(|s| s == "Z") && f.get(1) == Some(&parent))
-        })
+        .filter(|&p| ProcStat::read(p).is_ok_and(|s| s.is_zombie() && s.ppid == pid))
         .count()
 }
 
@@ -263,9 +245,8 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = all_pids()
         .into_iter()
         .filter_map(|p| {
-            let f = stat_fields(p)?;
-            let ppid = f.get(1)?.parse().ok()?;
-            (f[0] != "Z").then_some((p, ppid))
+            let stat = ProcStat::read(p).ok()?;
+            (!stat.is_dead()).then_some((p, stat.ppid))
         })
         .collect();
     let mut found = vec![pid];

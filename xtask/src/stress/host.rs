@@ -138,13 +138,11 @@ pub fn unmount(target: &Path) -> io::Result<()> {
 }
 
 /// The mount points at or under `dir` in a `/proc/self/mountinfo` text, deepest first (the
-/// order to unmount them in). Its fifth field is the mount point, with space, tab, newline and
-/// backslash escaped as octal.
-pub fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape_octal(field)))
+/// order to unmount them in), unescaped. Read as bytes: one mount point anywhere that is not
+/// UTF-8 must not hide the harness's own.
+pub fn mounts_under(mountinfo: &[u8], dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = ward_sys::parse_mountinfo(mountinfo)
+        .map(|m| m.mount_point)
         .filter(|p| p.starts_with(dir))
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -152,40 +150,16 @@ pub fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn unescape_octal(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let code = bytes
-            .get(i + 1..i + 4)
-            .filter(|_| bytes[i] == b'\\')
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| u8::from_str_radix(d, 8).ok());
-        match code {
-            Some(b) => {
-                out.push(b);
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Whether `path` is a mount point.
 pub fn is_mount_point(path: &Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
+    std::fs::read("/proc/self/mountinfo")
         .is_ok_and(|info| mounts_under(&info, path).iter().any(|m| m == path))
 }
 
 /// Unmounts everything mounted at or under `dir`, deepest first; returns what it unmounted and
 /// what it could not.
 pub fn release_mounts(dir: &Path) -> (Vec<PathBuf>, Vec<String>) {
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mountinfo) = std::fs::read("/proc/self/mountinfo") else {
         return (Vec::new(), Vec::new());
     };
     let mut done = Vec::new();
@@ -329,7 +303,7 @@ mod tests {
 
     #[test]
     fn mount_points_under_a_directory_come_deepest_first_and_unescaped() {
-        let info = "\
+        let info = b"\
 22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw
 40 22 0:35 / /tmp/ward-stress-7-1/state rw,nosuid,nodev - tmpfs tmpfs rw,size=65536k,mode=700
 41 22 0:36 / /tmp/ward-stress-7-1/tree/mnt-1/tmpfs rw - tmpfs tmpfs rw

@@ -119,11 +119,9 @@ fn recurse(n: u64) -> u64 {
 
 /// Caps the address space a little above what is mapped now, then asks for a gigabyte.
 fn exhaust_address_space() {
-    let status = std::fs::read_to_string("/proc/self/status").expect("reading status");
-    let vm_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    let vm_kib = ward_sys::ProcStatus::read(std::process::id())
+        .expect("reading status")
+        .kib("VmSize")
         .expect("VmSize");
     let limit = (vm_kib + 64 * 1024) * 1024;
     let rlim = libc::rlimit {

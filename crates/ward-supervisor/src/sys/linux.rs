@@ -8,6 +8,8 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use ward_sys::{CgroupDir, Hierarchy, Mount, cgroup_dir};
+
 use crate::{CgroupEvidence, Error, Result};
 
 mod spawn;
@@ -180,21 +182,14 @@ fn memory_cgroup_parent() -> Result<(PathBuf, CgroupVersion)> {
         path: "/proc/self/cgroup".into(),
         source,
     })?;
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|source| Error::Cgroup {
+    let mountinfo = fs::read("/proc/self/mountinfo").map_err(|source| Error::Cgroup {
         path: "/proc/self/mountinfo".into(),
         source,
     })?;
+    let mounts: Vec<Mount> = ward_sys::parse_mountinfo(&mountinfo).collect();
     let mut reasons = Vec::new();
-    // cgroup v2: "0::/path", mounted with fstype cgroup2.
-    let v2_mount = mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split(' ').next()? == "cgroup2")
-            .then(|| left.split(' ').nth(4).map(PathBuf::from))?
-    });
-    let v2_path = own.lines().find_map(|line| line.strip_prefix("0::"));
-    match (v2_mount, v2_path) {
-        (Some(mount), Some(path)) => {
-            let dir = mount.join(path.trim_start_matches('/'));
+    match cgroup_dir(&own, &mounts, Hierarchy::Unified) {
+        Some(CgroupDir { dir: Some(dir), .. }) => {
             let control =
                 fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
             if control.split_whitespace().any(|c| c == "memory") {
@@ -205,37 +200,28 @@ fn memory_cgroup_parent() -> Result<(PathBuf, CgroupVersion)> {
                 dir.display()
             ));
         }
-        _ => reasons.push("no cgroup v2 hierarchy".to_owned()),
+        Some(CgroupDir { mount_point, .. }) => reasons.push(format!(
+            "the cgroup v2 hierarchy at {} does not show our cgroup",
+            mount_point.display()
+        )),
+        None => reasons.push("no cgroup v2 hierarchy".to_owned()),
     }
-    // cgroup v1: "N:memory:/path" (controllers may be co-mounted, "N:cpu,memory:/path").
-    let v1_mount = mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mut fields = right.split(' ');
-        let fstype = fields.next()?;
-        let options = fields.nth(1)?;
-        (fstype == "cgroup" && options.split(',').any(|o| o == "memory"))
-            .then(|| left.split(' ').nth(4).map(PathBuf::from))?
-    });
-    let v1_path = own.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        controllers
-            .split(',')
-            .any(|c| c == "memory")
-            .then_some(path)
-    });
-    match v1_mount {
-        Some(mount) => {
-            let nested = v1_path.map(|path| mount.join(path.trim_start_matches('/')));
-            // Inside a cgroup namespace our path may not exist under the mount: use its root.
-            let dir = nested.filter(|dir| dir.is_dir()).unwrap_or(mount);
-            return Ok((dir, CgroupVersion::V1));
+    match cgroup_dir(&own, &mounts, Hierarchy::V1("memory")) {
+        Some(place) => {
+            // Where no mount shows our cgroup, or it is not there: the hierarchy's root.
+            let dir = place
+                .dir
+                .filter(|dir| dir.is_dir())
+                .unwrap_or(place.mount_point);
+            Ok((dir, CgroupVersion::V1))
         }
-        None => reasons.push("no cgroup v1 memory hierarchy".to_owned()),
+        None => {
+            reasons.push("no cgroup v1 memory hierarchy".to_owned());
+            Err(Error::NoMemoryCgroup {
+                reason: reasons.join("; "),
+            })
+        }
     }
-    Err(Error::NoMemoryCgroup {
-        reason: reasons.join("; "),
-    })
 }
 
 pub(crate) fn probe_memory_cgroup() -> Result<PathBuf> {

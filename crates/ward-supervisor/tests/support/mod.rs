@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ward_supervisor::{ChildSpec, Heartbeat, ResourceLimits};
+use ward_sys::{ProcStat, ProcStatus};
 
 /// Names the helper mode; set only in children.
 pub const HELPER_ENV: &str = "WARD_SUPERVISOR_TEST_HELPER";
@@ -291,20 +292,14 @@ pub fn poll(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// The state letter and parent pid of `pid`, from `/proc/<pid>/stat`.
-fn stat(pid: u32) -> Option<(char, u32)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain spaces: split after the last ')'.
-    let rest = &text[text.rfind(')')? + 2..];
-    let mut fields = rest.split(' ');
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
+/// `/proc/<pid>/stat` of `pid`, while it exists.
+fn stat(pid: u32) -> Option<ProcStat> {
+    ProcStat::read(pid).ok()
 }
 
 /// Gone, or a zombie (dead; this machine's init does not reap orphans).
 pub fn is_dead(pid: u32) -> bool {
-    matches!(stat(pid), None | Some(('Z' | 'X', _)))
+    stat(pid).is_none_or(|stat| stat.is_dead())
 }
 
 /// Every child of `parent`, zombies included.
@@ -313,7 +308,7 @@ pub fn children_of(parent: u32) -> BTreeSet<u32> {
         .expect("/proc")
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| stat(pid).is_some_and(|(_, ppid)| ppid == parent))
+        .filter(|&pid| stat(pid).is_some_and(|stat| stat.ppid == parent))
         .collect()
 }
 
@@ -328,10 +323,10 @@ pub fn live_descendants(root: u32) -> BTreeSet<u32> {
         else {
             continue;
         };
-        if let Some((state, ppid)) = stat(pid)
-            && state != 'Z'
+        if let Some(stat) = stat(pid)
+            && !stat.is_dead()
         {
-            children.entry(ppid).or_default().push(pid);
+            children.entry(stat.ppid).or_default().push(pid);
         }
     }
     let mut found = BTreeSet::new();
@@ -357,11 +352,8 @@ pub fn open_fds(pid: u32) -> BTreeSet<i32> {
 
 /// The value of `field` in `/proc/<pid>/status` (e.g. `SigBlk`), trimmed.
 pub fn status_field(pid: u32, field: &str) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        (name == field).then(|| value.trim().to_owned())
-    })
+    let status = ProcStatus::read(pid).ok()?;
+    status.field(field).map(str::to_owned)
 }
 
 /// The soft and hard values of the limit named `name` in `/proc/<pid>/limits`
