@@ -218,7 +218,7 @@ impl Dispatcher {
             // One pipe: the log shows stdout and stderr in the order the job wrote them.
             spec.capture_merged(move |line| {
                 tail.push(line);
-                if share.admit(&line.text) {
+                if share.admit(&line.text, line.dropped_before) {
                     log::info!("job {name} [{}]: {}", line.pid, line.text);
                 }
             })
@@ -411,7 +411,7 @@ impl Dispatcher {
                 .stop_grace(self.config.stop_grace)
                 .capture(move |line| {
                     tail.push(line);
-                    if share.admit(&line.text) {
+                    if share.admit(&line.text, line.dropped_before) {
                         log::info!("worker {label} [{}]: {}", line.pid, line.text);
                     }
                 })

@@ -22,6 +22,8 @@ struct Share {
     left: u64,
     held_lines: u64,
     held_bytes: u64,
+    /// Lines the capture dropped because the log fell behind (they never reached the share).
+    lost: u64,
 }
 
 /// What a share held back, as [`LogShare::take_held`] returns it.
@@ -29,6 +31,7 @@ struct Share {
 pub(crate) struct Held {
     pub lines: u64,
     pub bytes: u64,
+    pub lost: u64,
 }
 
 impl LogShare {
@@ -38,12 +41,16 @@ impl LogShare {
             left: bytes,
             held_lines: 0,
             held_bytes: 0,
+            lost: 0,
         })))
     }
 
-    /// Whether `text` may go into the log; if not, it is counted.
-    pub(crate) fn admit(&self, text: &str) -> bool {
+    /// Whether a captured line may go into the log; if not, it is counted. The lines the
+    /// capture dropped before it (`dropped_before`: the log fell behind) are counted too: they
+    /// are not logged either.
+    pub(crate) fn admit(&self, text: &str, dropped_before: u64) -> bool {
         let mut share = self.0.lock();
+        share.lost += dropped_before;
         let cost = text.len() as u64 + 1;
         if cost <= share.left {
             share.left -= cost;
@@ -62,25 +69,40 @@ impl LogShare {
         let held = Held {
             lines: share.held_lines,
             bytes: share.held_bytes,
+            lost: share.lost,
         };
         *share = Share {
             left: bytes,
             held_lines: 0,
             held_bytes: 0,
+            lost: 0,
         };
-        (held.lines > 0).then_some(held)
+        (held.lines > 0 || held.lost > 0).then_some(held)
     }
 }
 
 impl std::fmt::Display for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} more line(s) of output ({} bytes) not logged: a job logs at most {} KiB",
-            self.lines,
-            self.bytes,
-            JOB_SHARE / 1024
-        )
+        if self.lines > 0 {
+            write!(
+                f,
+                "{} more line(s) of output ({} bytes) not logged: a job logs at most {} KiB",
+                self.lines,
+                self.bytes,
+                JOB_SHARE / 1024
+            )?;
+        }
+        if self.lines > 0 && self.lost > 0 {
+            f.write_str("; ")?;
+        }
+        if self.lost > 0 {
+            write!(
+                f,
+                "{} line(s) of output not logged: the log fell behind the output",
+                self.lost
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -91,11 +113,35 @@ mod tests {
     #[test]
     fn output_past_the_share_is_counted_not_logged_and_the_share_renews() {
         let share = LogShare::new(10);
-        assert!(share.admit("12345678"), "9 bytes with its newline");
-        assert!(!share.admit("ab"), "3 more do not fit");
-        assert!(!share.admit(""), "nothing more once the share is spent");
-        assert_eq!(share.take_held(10), Some(Held { lines: 2, bytes: 4 }));
-        assert!(share.admit("renewed"));
+        assert!(share.admit("12345678", 0), "9 bytes with its newline");
+        assert!(!share.admit("ab", 0), "3 more do not fit");
+        assert!(!share.admit("", 0), "nothing more once the share is spent");
+        let held = share.take_held(10).unwrap();
+        assert_eq!(
+            held,
+            Held {
+                lines: 2,
+                bytes: 4,
+                lost: 0
+            }
+        );
+        assert!(share.admit("renewed", 0));
         assert_eq!(share.take_held(10), None);
+    }
+
+    /// Regression: lines the capture dropped while the log fell behind never reached the share,
+    /// so a flood that the log could not keep up with was never said to be cut.
+    #[test]
+    fn lines_dropped_before_the_share_saw_them_are_said_not_logged_too() {
+        let share = LogShare::new(1000);
+        assert!(share.admit("after a gap", 40));
+        let held = share
+            .take_held(1000)
+            .expect("the dropped lines are owed a word");
+        assert_eq!(held.lost, 40);
+        assert!(
+            held.to_string().contains("40 line(s) of output not logged"),
+            "{held}"
+        );
     }
 }
