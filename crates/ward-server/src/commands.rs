@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::handover::Handover;
+use crate::handover::{Handover, KeeperView};
 use crate::keeper::{KEEPER_BIN, keeper_main};
 use crate::protocol::{
     ChangeLine, ChangesPage, ManifestStatus, QueueStatus, Request, ServerStatus, WatchStatus,
@@ -43,17 +43,17 @@ fn become_keeper(
 
     let handover = Handover::new(launch, config, foreground)?;
     let lean = handover.server_exe.with_file_name(KEEPER_BIN);
+    let offer = handover.offer(state)?;
     if lean.is_file() {
-        let offer = handover.offer(state)?;
         // Returns only if the exec failed.
         let e = std::process::Command::new(&lean).arg(&offer).exec();
-        let _ = std::fs::remove_file(&offer);
         log::warn!(
             "cannot run {} ({e}); the keeper runs in the ward process",
             lean.display()
         );
     }
-    keeper_main(state, &handover)
+    let view = KeeperView::of_offer(&offer).inspect_err(|_| KeeperView::withdraw(&offer))?;
+    keeper_main(state, &view, &offer)
 }
 
 /// `ward __server`: the server process.

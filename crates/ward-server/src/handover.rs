@@ -3,14 +3,17 @@
 //!
 //! It crosses the process boundary whole, as JSON in the state directory, never as argv parsed
 //! again: the command line offers it in a file of its own (`launch.json.<pid>`) whose name is the
-//! keeper's only argument; the keeper takes it, and once it holds the pidfile lock records it as
-//! `launch.json`, which the server reads at every start. A second `ward start` racing the first
+//! keeper's only argument; the keeper reads the few settings it needs from it ([`KeeperView`]:
+//! decoding the whole configuration would cost the keeper's small memory code pages it never
+//! needs again), and once it holds the pidfile lock renames it to `launch.json`, which the server
+//! reads at every start. A second `ward start` racing the first
 //! so never replaces the running daemon's configuration. The server records a reloaded
 //! configuration there too, so that a server restarted after a crash runs what was last loaded.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -62,19 +65,7 @@ impl Handover {
         Ok(path)
     }
 
-    /// Reads and removes an offer.
-    ///
-    /// # Errors
-    /// If it cannot be read, is not a handover, or comes from another version of ward.
-    pub fn take(offer: &Path) -> Result<Handover, Error> {
-        let handover = Handover::read_from(offer);
-        if let Err(e) = fs::remove_file(offer) {
-            log::debug!("cannot remove the offer {}: {e}", offer.display());
-        }
-        handover
-    }
-
-    /// Records the handover as the running daemon's (the keeper, holding the pidfile lock).
+    /// Records the handover as the running daemon's (a reload).
     ///
     /// # Errors
     /// If it cannot be written.
@@ -87,25 +78,7 @@ impl Handover {
     /// # Errors
     /// If there is none, or it is unreadable or from another version of ward.
     pub fn read(state: &StateDir) -> Result<Handover, Error> {
-        Handover::read_from(&state.join(names::HANDOVER))
-    }
-
-    fn read_from(path: &Path) -> Result<Handover, Error> {
-        let problem = |problem: String| Error::Handover {
-            path: path.to_path_buf(),
-            problem,
-        };
-        let text = fs::read(path).map_err(|e| problem(format!("cannot read: {e}")))?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| problem(format!("not JSON: {e}")))?;
-        // The version first, so that another build says so rather than a field it lacks.
-        let version = value.get("version").and_then(|v| v.as_str()).unwrap_or("");
-        if version != VERSION {
-            return Err(problem(format!(
-                "written by ward {version:?}, read by ward {VERSION}: install ward and ward-keeper from one build"
-            )));
-        }
-        serde_json::from_value(value).map_err(|e| problem(format!("not a handover: {e}")))
+        decode(&state.join(names::HANDOVER))
     }
 
     /// Writes atomically (a temporary file, then a rename), mode 0600.
@@ -125,6 +98,110 @@ impl Handover {
         }
         written.map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
+}
+
+/// What the keeper reads of an offer: the server's binary, whether to echo the log, and the
+/// settings of the configuration it uses itself.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub(crate) struct KeeperView {
+    /// The binary the keeper runs the server from.
+    pub server_exe: PathBuf,
+    /// Whether the keeper echoes its log to stderr.
+    pub foreground: bool,
+    /// The state directory, from the launch.
+    launch: StateDirOnly,
+    /// The settings the keeper uses.
+    config: KeeperSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct StateDirOnly {
+    state_dir: Option<PathBuf>,
+}
+
+/// The settings of a [`Config`] the keeper uses; the rest is the server's.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct KeeperSettings {
+    log_max_bytes: u64,
+    drain_timeout: Duration,
+    stop_grace: Duration,
+    heartbeat_log: Duration,
+    keep_reports: usize,
+}
+
+impl KeeperView {
+    /// Reads the keeper's view of an offer (which stays in place until [`settle`](Self::settle)).
+    ///
+    /// # Errors
+    /// If it cannot be read, is not a handover, or comes from another version of ward.
+    pub fn of_offer(offer: &Path) -> Result<KeeperView, Error> {
+        decode(offer)
+    }
+
+    /// The state directory the offer is for.
+    pub fn state_dir(&self) -> Option<&Path> {
+        self.launch.state_dir.as_deref()
+    }
+
+    /// The configuration the keeper runs with: the defaults, but for the settings it uses.
+    pub fn config(&self) -> Config {
+        let state_dir = self.state_dir().map(Path::to_path_buf).unwrap_or_default();
+        let s = &self.config;
+        Config {
+            log_max_bytes: s.log_max_bytes,
+            drain_timeout: s.drain_timeout,
+            stop_grace: s.stop_grace,
+            heartbeat_log: s.heartbeat_log,
+            keep_reports: s.keep_reports,
+            ..Config::defaults(state_dir)
+        }
+    }
+
+    /// Makes the offer the running daemon's handover (`launch.json`): called by the keeper once
+    /// it holds the pidfile lock, so that a keeper turned away never replaces it.
+    ///
+    /// # Errors
+    /// If the offer cannot be moved.
+    pub fn settle(offer: &Path, state: &StateDir) -> Result<(), Error> {
+        let path = state.join(names::HANDOVER);
+        fs::rename(offer, &path).map_err(|e| {
+            Error::io(
+                format!("moving {} to {}", offer.display(), path.display()),
+                e,
+            )
+        })
+    }
+
+    /// Removes an offer no keeper will take.
+    pub fn withdraw(offer: &Path) {
+        if let Err(e) = fs::remove_file(offer)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            log::warn!("cannot remove the offer {}: {e}", offer.display());
+        }
+    }
+}
+
+/// Reads the handover file at `path` as `T`, the whole or the keeper's view.
+fn decode<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
+    let problem = |problem: String| Error::Handover {
+        path: path.to_path_buf(),
+        problem,
+    };
+    #[derive(Deserialize)]
+    struct Version {
+        version: String,
+    }
+    let text = fs::read(path).map_err(|e| problem(format!("cannot read: {e}")))?;
+    // The version first, so that another build says so rather than a field it lacks.
+    let Version { version } =
+        serde_json::from_slice(&text).map_err(|e| problem(format!("not a handover: {e}")))?;
+    if version != VERSION {
+        return Err(problem(format!(
+            "written by ward {version:?}, read by ward {VERSION}: install ward and ward-keeper from one build"
+        )));
+    }
+    serde_json::from_slice(&text).map_err(|e| problem(format!("not a handover: {e}")))
 }
 
 #[cfg(test)]
@@ -148,17 +225,32 @@ mod tests {
     }
 
     #[test]
-    fn an_offer_is_taken_whole_once_and_recorded_for_the_server() {
+    fn an_offer_gives_the_keeper_its_settings_and_the_server_the_whole() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(&dir.path().join("state")).unwrap();
         let sent = handover(dir.path());
         assert_eq!(sent.config.workers, 3);
         let offer = sent.offer(&state).unwrap();
-        let taken = Handover::take(&offer).unwrap();
-        assert_eq!(taken, sent);
+        let view = KeeperView::of_offer(&offer).unwrap();
+        assert_eq!(view.state_dir(), Some(state.path()));
+        assert_eq!(view.server_exe, sent.server_exe);
+        let kept = view.config();
+        assert_eq!(
+            (
+                kept.log_max_bytes,
+                kept.drain_timeout,
+                kept.stop_grace,
+                kept.keep_reports
+            ),
+            (
+                sent.config.log_max_bytes,
+                sent.config.drain_timeout,
+                sent.config.stop_grace,
+                sent.config.keep_reports
+            )
+        );
+        KeeperView::settle(&offer, &state).unwrap();
         assert!(!offer.exists(), "an offer is left behind");
-        assert!(Handover::take(&offer).is_err());
-        taken.record(&state).unwrap();
         assert_eq!(Handover::read(&state).unwrap(), sent);
     }
 

@@ -27,7 +27,7 @@ use ward_supervisor::{
     SystemClock,
 };
 
-use crate::handover::Handover;
+use crate::handover::KeeperView;
 use crate::logging::{self, LogFile, Sink};
 use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Config, Error, sd_notify};
@@ -69,9 +69,17 @@ pub fn keeper_process(args: impl IntoIterator<Item = OsString>) -> Result<(), Er
             problem: "ward-keeper takes one argument, the handover file `ward start` offers".into(),
         });
     };
-    let handover = Handover::take(Path::new(&offer))?;
-    let state = handover.launch.open_state_dir()?;
-    keeper_main(&state, &handover)
+    let offer = Path::new(&offer);
+    let view = KeeperView::of_offer(offer).inspect_err(|_| KeeperView::withdraw(offer))?;
+    let Some(state) = view.state_dir() else {
+        KeeperView::withdraw(offer);
+        return Err(Error::Handover {
+            path: offer.to_path_buf(),
+            problem: "it names no state directory".into(),
+        });
+    };
+    let state = StateDir::open(state).inspect_err(|_| KeeperView::withdraw(offer))?;
+    keeper_main(&state, &view, offer)
 }
 
 enum Event {
@@ -86,16 +94,17 @@ enum Event {
 /// # Errors
 /// If the pidfile is held by another keeper, or the log, crash directory or first server cannot be
 /// set up. Once the server has run, deaths are reported and survived, not returned.
-pub(crate) fn keeper_main(state: &StateDir, handover: &Handover) -> Result<(), Error> {
-    let (config, foreground) = (&handover.config, handover.foreground);
-    let server = &ServerCommand::new(&handover.server_exe, state);
+pub(crate) fn keeper_main(state: &StateDir, view: &KeeperView, offer: &Path) -> Result<(), Error> {
+    let config = &view.config();
+    let foreground = view.foreground;
+    let server = &ServerCommand::new(&view.server_exe, state);
     let vanished = match Pidfile::inspect(state)? {
         PidfileState::Stale(_) => deaths::post_mortem_of_vanished(state, Some(config)),
         _ => None,
     };
-    let pidfile = Pidfile::acquire(state)?;
+    let pidfile = Pidfile::acquire(state).inspect_err(|_| KeeperView::withdraw(offer))?;
     // Only the keeper holding the lock may say what the daemon runs.
-    handover.record(state)?;
+    KeeperView::settle(offer, state)?;
     let log_path = state.join(names::LOG);
     let log = LogFile::open(&log_path, config.log_max_bytes)
         .map_err(|e| Error::io(format!("opening log {}", log_path.display()), e))?;
