@@ -20,7 +20,7 @@ use ward_watch::IgnoreRules;
 use crate::Error;
 use crate::intents::Intents;
 use crate::jobs::{CompiledTrigger, Event, Job, Triggers};
-use crate::manifest::{ChangeEntry, Manifest, Opened, Reconciled, Update};
+use crate::manifest::{ChangeEntry, Manifest, Opened, Update};
 use crate::state::{StateDir, names};
 use writer::Writer;
 
@@ -190,28 +190,23 @@ impl Tracker {
         limit: usize,
     ) -> Result<(Vec<Job>, Option<PathBuf>), Error> {
         self.flush();
+        // Each path is matched once, by the comparison's filter, which hands its trigger on.
         let (changed, resume) =
             self.manifest
                 .lock()
                 .reconcile_some(&self.rules, path, after, limit, |p, _| {
-                    self.trigger_for(p).is_some()
+                    self.trigger_for(p).map(Arc::clone)
                 })?;
-        Ok((self.jobs_of(changed), resume))
-    }
-
-    fn jobs_of(&self, changed: Vec<Reconciled>) -> Vec<Job> {
-        changed
+        let jobs = changed
             .into_iter()
-            .filter_map(|r| {
-                let trigger = self.trigger_for(&r.path)?;
-                Some(Job {
-                    trigger: Arc::clone(trigger),
-                    path: r.path,
-                    event: r.event,
-                    old_path: None,
-                })
+            .map(|r| Job {
+                trigger: r.matched,
+                path: r.path,
+                event: r.event,
+                old_path: None,
             })
-            .collect()
+            .collect();
+        Ok((jobs, resume))
     }
 
     /// The watch root `path` lies in, if any.

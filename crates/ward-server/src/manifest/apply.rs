@@ -300,6 +300,7 @@ mod tests {
         let removal = Reconciled {
             path: a.into(),
             event: Event::Removed,
+            matched: (),
         };
         let diff = |m: &Manifest| m.reconcile(&rules, &root, |_| true).unwrap();
         assert_eq!(diff(&m), [removal]);

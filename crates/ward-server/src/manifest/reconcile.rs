@@ -16,13 +16,16 @@ use super::{FileMeta, Manifest};
 use crate::Error;
 use crate::jobs::Event;
 
-/// What reconciliation decided for one path.
+/// What reconciliation decided for one path, with what the caller's filter made of it (its
+/// trigger, for the server: matched once, where the path is first looked at).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reconciled {
+pub struct Reconciled<T = ()> {
     /// The path.
     pub path: PathBuf,
     /// The change it needs processed.
     pub event: Event,
+    /// What the filter returned for it.
+    pub matched: T,
 }
 
 impl Manifest {
@@ -49,26 +52,29 @@ impl Manifest {
         mut include: impl FnMut(&Path) -> bool,
     ) -> Result<Vec<Reconciled>, Error> {
         let threads = self.threads()?;
-        let (out, _) = self.merge(threads, rules, path, None, usize::MAX, |p, _| include(p))?;
+        let (out, _) = self.merge(threads, rules, path, None, usize::MAX, |p, _| {
+            include(p).then_some(())
+        })?;
         Ok(out)
     }
 
     /// [`Manifest::reconcile`] of the paths that sort after `after` (all of them without it),
     /// which stops at `limit` of the paths `include` accepts (it is shown each path with the
-    /// change it needs) and then returns the last one kept, to resume after: a caller with room
+    /// change it needs, and accepts it by returning what the result carries for it) and then
+    /// returns the last one kept, to resume after: a caller with room
     /// for a few thousand jobs compares a large subtree a part at a time, without walking what
     /// it has compared again or holding a result per file. A `limit` of 0 counts as 1.
     ///
     /// # Errors
     /// If the store cannot be read.
-    pub fn reconcile_some(
+    pub fn reconcile_some<T>(
         &self,
         rules: &IgnoreRules,
         path: &Path,
         after: Option<&Path>,
         limit: usize,
-        include: impl FnMut(&Path, Event) -> bool,
-    ) -> Result<(Vec<Reconciled>, Option<PathBuf>), Error> {
+        include: impl FnMut(&Path, Event) -> Option<T>,
+    ) -> Result<(Vec<Reconciled<T>>, Option<PathBuf>), Error> {
         let threads = self.threads()?;
         self.merge(threads, rules, path, after, limit.max(1), include)
     }
@@ -93,19 +99,21 @@ impl Manifest {
         path: &Path,
         mut include: impl FnMut(&Path) -> bool,
     ) -> Result<Vec<Reconciled>, Error> {
-        let (out, _) = self.merge(threads, rules, path, None, usize::MAX, |p, _| include(p))?;
+        let (out, _) = self.merge(threads, rules, path, None, usize::MAX, |p, _| {
+            include(p).then_some(())
+        })?;
         Ok(out)
     }
 
-    fn merge(
+    fn merge<T>(
         &self,
         threads: Threads,
         rules: &IgnoreRules,
         path: &Path,
         after: Option<&Path>,
         limit: usize,
-        include: impl FnMut(&Path, Event) -> bool,
-    ) -> Result<(Vec<Reconciled>, Option<PathBuf>), Error> {
+        include: impl FnMut(&Path, Event) -> Option<T>,
+    ) -> Result<(Vec<Reconciled<T>>, Option<PathBuf>), Error> {
         let prefix = path.as_os_str().as_bytes();
         let start = match after {
             Some(after) => Bound::Excluded(after.as_os_str().as_bytes()),
@@ -157,16 +165,16 @@ struct Walked {
 }
 
 /// Walks `path` in this thread, merging each file into `diff` as it is found.
-fn merge_walked_here<I, G, F>(
+fn merge_walked_here<I, G, F, T>(
     rules: &IgnoreRules,
     path: &Path,
     after: Option<&Path>,
-    diff: &mut Diff<'_, I, F>,
+    diff: &mut Diff<'_, I, F, T>,
 ) -> Result<(), redb::StorageError>
 where
     I: Iterator<Item = Result<(G, G), redb::StorageError>>,
     G: Bytes,
-    F: FnMut(&Path, Event) -> bool,
+    F: FnMut(&Path, Event) -> Option<T>,
 {
     let mut failed = Ok(());
     on_disk(rules, path, after, |p, meta| {
@@ -181,16 +189,16 @@ where
 }
 
 /// Walks `path` in a scoped thread and merges what it hands over into `diff`.
-fn merge_walked_in_a_thread<I, G, F>(
+fn merge_walked_in_a_thread<I, G, F, T>(
     rules: &IgnoreRules,
     path: &Path,
     after: Option<&Path>,
-    diff: &mut Diff<'_, I, F>,
+    diff: &mut Diff<'_, I, F, T>,
 ) -> Result<(), redb::StorageError>
 where
     I: Iterator<Item = Result<(G, G), redb::StorageError>>,
     G: Bytes,
-    F: FnMut(&Path, Event) -> bool,
+    F: FnMut(&Path, Event) -> Option<T>,
 {
     std::thread::scope(|scope| {
         let (tx, rx) = crossbeam_channel::bounded::<Walked>(4);
@@ -265,22 +273,22 @@ impl Bytes for redb::AccessGuard<'_, &'static [u8]> {
 
 /// The merge of the disk, pushed one file at a time in the byte order of the paths, with the
 /// records of the same subtree, pulled in key order (the same order).
-struct Diff<'a, I: Iterator, F> {
+struct Diff<'a, I: Iterator, F, T> {
     prefix: &'a Path,
     records: std::iter::Peekable<I>,
     include: F,
-    out: Vec<Reconciled>,
+    out: Vec<Reconciled<T>>,
     /// How many results `out` may hold; `full` says that one more was found, and that the merge
     /// stops there (the walk and the records, read no further, are compared later).
     limit: usize,
     full: bool,
 }
 
-impl<'a, I, G, F> Diff<'a, I, F>
+impl<'a, I, G, F, T> Diff<'a, I, F, T>
 where
     I: Iterator<Item = Result<(G, G), redb::StorageError>>,
     G: Bytes,
-    F: FnMut(&Path, Event) -> bool,
+    F: FnMut(&Path, Event) -> Option<T>,
 {
     fn new(prefix: &'a Path, records: I, limit: usize, include: F) -> Self {
         Diff {
@@ -294,13 +302,17 @@ where
     }
 
     fn keep(&mut self, path: &Path, event: Event) {
-        if self.full || !(self.include)(path, event) {
+        if self.full {
             return;
         }
+        let Some(matched) = (self.include)(path, event) else {
+            return;
+        };
         if self.out.len() < self.limit {
             self.out.push(Reconciled {
                 path: path.to_path_buf(),
                 event,
+                matched,
             });
         } else {
             self.full = true;
@@ -361,7 +373,7 @@ where
 
     /// The walk is over (or the results full): every record left is of a path gone. Returns the
     /// results and, when full, the last one's path, to resume after.
-    fn finish(mut self) -> Result<(Vec<Reconciled>, Option<PathBuf>), redb::StorageError> {
+    fn finish(mut self) -> Result<(Vec<Reconciled<T>>, Option<PathBuf>), redb::StorageError> {
         while !self.full
             && let Some(entry) = self.records.next()
         {
@@ -839,7 +851,7 @@ mod tests {
         loop {
             let (part, resume) = manifest
                 .reconcile_some(rules, subtree, after.as_deref(), limit, |p, _| {
-                    handled(rules)(p)
+                    handled(rules)(p).then_some(())
                 })
                 .unwrap();
             assert!(
