@@ -195,8 +195,8 @@ mod linux {
         if base == u64::MAX {
             base = 0;
         }
-        // Only the ELF header's e_type: reading the whole executable (36 MiB for ward) made every
-        // process peak at ten times its resident size while installing.
+        // Only the ELF header's e_type: reading the whole executable made every process peak at
+        // many times its resident size while installing.
         let mut header = [0u8; 18];
         let pie = fs::File::open("/proc/self/exe")
             .and_then(|mut f| f.read_exact(&mut header))
