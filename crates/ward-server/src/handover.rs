@@ -3,12 +3,12 @@
 //!
 //! It crosses the process boundary whole, as JSON in the state directory, never as argv parsed
 //! again: the command line offers it in a file of its own (`launch.json.<pid>`) whose name is the
-//! keeper's only argument; the keeper reads the few settings it needs from it ([`KeeperView`]:
-//! decoding the whole configuration would cost the keeper's small memory code pages it never
-//! needs again), and once it holds the pidfile lock renames it to `launch.json`, which the server
-//! reads at every start. A second `ward start` racing the first
-//! so never replaces the running daemon's configuration. The server records a reloaded
-//! configuration there too, so that a server restarted after a crash runs what was last loaded.
+//! keeper's only argument. The keeper reads only the few settings it uses ([`KeeperView`]: the
+//! code that decodes a whole configuration would stay in its resident memory for nothing), and
+//! once it holds the pidfile lock renames the offer to `launch.json`, which the server reads at
+//! every start. So a second `ward start` racing the first never replaces the running daemon's
+//! configuration. The server records a reloaded configuration there too, so that a server
+//! restarted after a crash runs what was last loaded.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -55,7 +55,7 @@ impl Handover {
         })
     }
 
-    /// Writes the offer for a keeper to [`take`](Handover::take): returns its path.
+    /// Writes the offer a keeper reads with [`KeeperView::of_offer`]: returns its path.
     ///
     /// # Errors
     /// If the file cannot be written.
