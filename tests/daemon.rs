@@ -947,6 +947,64 @@ fn restart_replaces_the_whole_tree() {
     f.stop();
 }
 
+/// Regression: `ward restart` without the flags it was started with stopped the daemon, then
+/// refused to start it ("nothing to run") and left it down.
+#[test]
+fn restart_without_arguments_restarts_the_daemon_as_it_was_launched() {
+    let f = Fixture::new(JOB, record_all());
+    f.start();
+    let (_, before) = f.status();
+    // Neither --config nor flags, from another directory: only the state directory.
+    let out = ward_e2e::ward()
+        .current_dir(f.dir.path().join("out"))
+        .arg("--state-dir")
+        .arg(&f.state)
+        .arg("restart")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}\nlog:\n{}", f.log());
+    let (code, after) = f.status();
+    assert_eq!(code, Some(0), "{after}");
+    assert_ne!(before["pid"], after["pid"], "not restarted");
+    std::fs::write(f.tree.join("after.txt"), "x").unwrap();
+    wait_for("a job after the restart", LONG, || f.saw("after.txt"));
+    f.stop();
+}
+
+/// A restart with arguments checks them before it stops anything.
+#[test]
+fn restart_with_bad_arguments_refuses_them_and_leaves_the_daemon_running() {
+    let f = Fixture::new(JOB, record_all());
+    f.start();
+    let (_, before) = f.status();
+    let out = f.run(&["restart", "--workers", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--workers 0: must be between 1 and 256"),
+        "{out:?}"
+    );
+    let (code, after) = f.status();
+    assert_eq!(code, Some(0), "{after}");
+    assert_eq!(before["pid"], after["pid"], "stopped for nothing");
+    f.stop();
+}
+
+/// Where nothing was ever started, a bare restart says what it needs instead of guessing.
+#[test]
+fn restart_without_arguments_where_nothing_ran_says_what_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ward_e2e::ward()
+        .current_dir(dir.path())
+        .arg("restart")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no launch recorded here to restart"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn a_state_dir_open_to_others_is_refused() {
     use std::os::unix::fs::PermissionsExt;

@@ -200,12 +200,33 @@ fn stop_daemon(launch: &Launch, timeout: Duration) -> Result<Option<u32>, Error>
     Ok(Some(pid))
 }
 
-/// `ward restart`: stop if running, then start.
+/// `ward restart`: stop if running, then start. Without a config file or flags it restarts the
+/// daemon as it was launched (the launch recorded in its state directory); either way the
+/// configuration is checked before anything is stopped, so a typo never leaves ward down.
 pub fn restart(launch: &Launch) -> Outcome {
-    if let Err(e) = stop_daemon(launch, Duration::from_secs(60)) {
-        return Outcome::Failed(e);
-    }
-    start(launch)
+    restart_daemon(launch).into()
+}
+
+fn restart_daemon(launch: &Launch) -> Result<(), Error> {
+    let launch = if launch.asks_nothing() {
+        let recorded = launch.state_dir_path()?.join(names::HANDOVER);
+        if !recorded.exists() {
+            return Err(Error::Handover {
+                path: recorded,
+                problem: "no launch recorded here to restart: give --config FILE or flags, or \
+                          the --state-dir of a ward started before"
+                    .into(),
+            });
+        }
+        // Unreadable, or of another version of ward: its error says which.
+        let state = launch.open_state_dir()?;
+        Handover::read(&state)?.launch
+    } else {
+        launch.clone()
+    };
+    launch.config()?;
+    stop_daemon(&launch, Duration::from_secs(60))?;
+    start_daemon(&launch)
 }
 
 /// `ward status`: exit 0 while running, 3 when not (saying why, if known).

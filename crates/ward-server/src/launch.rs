@@ -40,6 +40,11 @@ impl Launch {
         })
     }
 
+    /// Whether it names neither a config file nor flags (`ward restart` then restarts what ran).
+    pub fn asks_nothing(&self) -> bool {
+        self.config_file.is_none() && self.flags == Flags::default()
+    }
+
     /// Opens (creating when missing) the state directory.
     ///
     /// # Errors
