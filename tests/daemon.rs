@@ -1005,6 +1005,52 @@ fn restart_without_arguments_where_nothing_ran_says_what_it_needs() {
     );
 }
 
+/// Regression: jobs got umask 077 under `ward start` (daemonized) and the user's under `ward run`,
+/// so the same job wrote files with other modes depending on how ward was started.
+#[test]
+fn jobs_get_the_umask_ward_was_started_with_under_start_and_run() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"umask\"\nexec = [\"sh\", \"-c\", \"umask >> {ledger}.umask\"]\n",
+    );
+    let seen = PathBuf::from(format!("{}.umask", f.ledger.display()));
+    // ward as a shell with umask 027 starts it.
+    let with_umask = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "umask 027 && exec \"$0\" \"$@\""])
+            .arg(ward_e2e::ward_bin())
+            .arg("--config")
+            .arg(&f.config)
+            .arg("--state-dir")
+            .arg(&f.state)
+            .args(args)
+            .env_remove("RUST_LOG");
+        cmd
+    };
+    let out = with_umask(&["start"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(f.tree.join("started.txt"), "x").unwrap();
+    wait_for("the job under ward start", LONG, || {
+        std::fs::read_to_string(&seen).is_ok_and(|s| s.lines().count() >= 1)
+    });
+    f.stop();
+    let mut run = with_umask(&["run"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::fs::write(f.tree.join("ran.txt"), "x").unwrap();
+    wait_for("the job under ward run", LONG, || {
+        std::fs::read_to_string(&seen).is_ok_and(|s| s.lines().count() >= 2)
+    });
+    f.stop();
+    assert!(run.wait().unwrap().success());
+    let masks = std::fs::read_to_string(&seen).unwrap();
+    assert!(
+        masks.lines().all(|m| m.trim() == "0027"),
+        "jobs ran with other umasks: {masks:?}"
+    );
+}
+
 #[test]
 fn a_state_dir_open_to_others_is_refused() {
     use std::os::unix::fs::PermissionsExt;

@@ -56,6 +56,15 @@ fn become_keeper(
     keeper_main(state, &view, &offer)
 }
 
+/// This process's umask (reading it means setting it: it is put straight back).
+fn current_umask() -> u32 {
+    // SAFETY: umask cannot fail; the CLI sets it back at once, before it starts any thread.
+    let mask = unsafe { libc::umask(0o077) };
+    // SAFETY: as above.
+    unsafe { libc::umask(mask) };
+    mask
+}
+
 /// `ward __server`: the server process.
 pub fn server_main(launch: &Launch) -> Outcome {
     let result = crate::server::serve(launch);
@@ -88,9 +97,12 @@ fn start_daemon(launch: &Launch) -> Result<(), Error> {
     )
     .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
     let requested = unix_now();
+    // The daemon keeps the umask it was started with, as `ward run` does, so a job writes files
+    // with the same modes however ward was started; ward's own files are made 0600 one by one,
+    // in a 0700 directory.
     let daemon = daemonize::Daemonize::new()
         .working_directory(&cwd)
-        .umask(0o077)
+        .umask(current_umask())
         .stdout(daemonize::Stdio::devnull())
         .stderr(stderr);
     match daemon.execute() {
