@@ -61,8 +61,7 @@ pub(crate) fn check(root: &Path) -> Result<Vec<Problem>> {
     for member in members(root)? {
         check_member(root, Path::new(&member), &mut problems)?;
     }
-    let mut files = Vec::new();
-    rust_files(root, &mut files)?;
+    let mut files = rust_sources(root)?;
     files.sort();
     for file in files {
         let text =
@@ -125,8 +124,38 @@ fn check_member(root: &Path, member: &Path, problems: &mut Vec<Problem>) -> Resu
     unused_deps::check(&dir, &member.join("Cargo.toml"), &value, &text, problems)
 }
 
-/// Every `.rs` file under `dir`, skipping build output and hidden directories.
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// The `.rs` files under `dir`: those git tracks when `dir` is in a git work tree (a file someone
+/// made and never added, a scratch file under `sample/` say, is theirs, not the repository's),
+/// else every one a walk finds, skipping build output and hidden directories.
+///
+/// # Errors
+/// If a directory of the walk cannot be listed.
+pub(crate) fn rust_sources(dir: &Path) -> Result<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let listed = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["ls-files", "-z", "--", "*.rs"])
+        .stderr(std::process::Stdio::null())
+        .output();
+    match listed {
+        Ok(out) if out.status.success() => Ok(out
+            .stdout
+            .split(|&b| b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| dir.join(std::ffi::OsStr::from_bytes(p)))
+            // Tracked but deleted in the work tree: nothing to read.
+            .filter(|p| p.is_file())
+            .collect()),
+        _ => {
+            let mut files = Vec::new();
+            walk_rust_files(dir, &mut files)?;
+            Ok(files)
+        }
+    }
+}
+
+fn walk_rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry?;
         let path = entry.path();
@@ -136,7 +165,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             continue;
         }
         if entry.file_type()?.is_dir() {
-            rust_files(&path, out)?;
+            walk_rust_files(&path, out)?;
         } else if name.ends_with(".rs") {
             out.push(path);
         }
@@ -256,6 +285,36 @@ mod tests {
         fs::write(root.join("a/README.md"), "# a\n").unwrap();
         let rules: Vec<_> = check(root).unwrap().into_iter().map(|p| p.rule).collect();
         assert_eq!(rules, [NO_README, NO_WORKSPACE_LINTS]);
+    }
+
+    /// Regression: editing `sample/` as the README invites (a scratch `.rs` file there) made
+    /// `cargo test --workspace` fail, because tidy read files git does not track.
+    #[test]
+    fn in_a_git_work_tree_only_tracked_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .arg("-C")
+                .arg(root)
+                .args(args)
+                .output()
+                .expect("running git");
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+        };
+        git(&["init", "-q"]);
+        write(&root.join("src/tracked.rs"), "//! t\nfn f() {}\n");
+        git(&["add", "src/tracked.rs"]);
+        write(&root.join("sample/scratch.rs"), "fn no_module_doc() {}\n");
+        let found = rust_sources(root).unwrap();
+        assert_eq!(found, [root.join("src/tracked.rs")]);
+        // Outside a work tree every file is read.
+        let plain = tempfile::tempdir().unwrap();
+        write(&plain.path().join("a.rs"), "fn f() {}\n");
+        assert_eq!(
+            rust_sources(plain.path()).unwrap(),
+            [plain.path().join("a.rs")]
+        );
     }
 
     fn write(path: &Path, text: &str) {

@@ -144,23 +144,17 @@ fn declaration_line(manifest: &str, table: &str, name: &str) -> Option<usize> {
     None
 }
 
-/// Every `.rs` file under the package directory `dir`, skipping build output, hidden
-/// directories and packages of their own.
+/// The `.rs` files of the package in `dir` ([`super::rust_sources`]), without those of packages
+/// nested in it.
 fn package_sources(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let entry = entry?;
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') || name == "target" {
-            continue;
-        }
-        if entry.file_type()?.is_dir() {
-            if !path.join("Cargo.toml").exists() {
-                package_sources(&path, out)?;
-            }
-        } else if name.ends_with(".rs") {
-            out.push(path);
+    for file in super::rust_sources(dir)? {
+        let nested = file
+            .ancestors()
+            .skip(1)
+            .take_while(|a| *a != dir)
+            .any(|a| a.join("Cargo.toml").is_file());
+        if !nested {
+            out.push(file);
         }
     }
     Ok(())
