@@ -546,8 +546,28 @@ pub fn check(launch: &Launch) -> Outcome {
             };
             println!("  trigger {} ({globs})", trigger.name);
         }
+        for warning in unreachable_triggers(&config.triggers) {
+            println!("  warning: {warning}");
+        }
     });
     result.into()
+}
+
+/// The triggers no path can reach: the first match wins, so nothing gets past a trigger
+/// without globs (it takes every file).
+fn unreachable_triggers(triggers: &[crate::config::Trigger]) -> Vec<String> {
+    let Some(first) = triggers.iter().position(|t| t.globs.is_empty()) else {
+        return Vec::new();
+    };
+    triggers[first + 1..]
+        .iter()
+        .map(|t| {
+            format!(
+                "trigger {:?} never runs: trigger {:?} before it takes every file",
+                t.name, triggers[first].name
+            )
+        })
+        .collect()
 }
 
 /// `ward changes --since SEQ`: the paths changed after `SEQ`, one JSON line each, oldest first,
@@ -606,6 +626,24 @@ fn changes_since(launch: &Launch, mut since: u64) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trigger_after_a_catch_all_is_said_to_never_run() {
+        let trigger = |name: &str, globs: &[&str]| crate::config::Trigger {
+            name: name.into(),
+            globs: globs.iter().map(|g| (*g).to_owned()).collect(),
+            handler: crate::config::Handler::Exec {
+                argv: vec!["true".into()],
+            },
+        };
+        let ordered = [trigger("md", &["*.md"]), trigger("all", &[])];
+        assert!(unreachable_triggers(&ordered).is_empty());
+        let shadowed = [trigger("all", &[]), trigger("md", &["*.md"])];
+        assert_eq!(
+            unreachable_triggers(&shadowed),
+            ["trigger \"md\" never runs: trigger \"all\" before it takes every file"]
+        );
+    }
 
     #[test]
     fn status_says_why_the_server_refused_to_answer() {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
 /// Where in a config file a problem is, and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,11 +63,11 @@ impl Flags {
     fn overlay(&self, file: &mut File) -> Vec<(&'static str, &'static str)> {
         let mut flagged = Vec::new();
         if let Some(n) = self.workers {
-            file.jobs.workers = Some(n);
+            file.jobs.workers = Some(Spanned::new(0..0, n as u64));
             flagged.push(("workers", "--workers"));
         }
         if let Some(ms) = self.debounce_ms {
-            file.watch.debounce_ms = Some(ms);
+            file.watch.debounce_ms = Some(Spanned::new(0..0, ms));
             flagged.push(("debounce_ms", "--debounce"));
         }
         flagged
@@ -153,49 +154,53 @@ struct File {
     #[serde(default)]
     log: LogSection,
     #[serde(default, rename = "trigger")]
-    triggers: Vec<TriggerSection>,
+    triggers: Vec<At<TriggerSection>>,
 }
+
+/// A value of the file with the place it was read from, so that an error found after parsing
+/// points at the value at fault (a value set by a flag has an empty span).
+type At<T> = Spanned<T>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WatchSection {
-    roots: Option<Vec<PathBuf>>,
+    roots: Option<At<Vec<PathBuf>>>,
     #[serde(default)]
     ignore: Vec<String>,
-    ignore_file: Option<String>,
-    debounce_ms: Option<u64>,
-    max_wait_ms: Option<u64>,
+    ignore_file: Option<At<String>>,
+    debounce_ms: Option<At<u64>>,
+    max_wait_ms: Option<At<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JobsSection {
-    workers: Option<usize>,
-    queue_capacity: Option<usize>,
-    retries: Option<u32>,
-    timeout_s: Option<f64>,
-    stop_grace_s: Option<f64>,
-    drain_timeout_s: Option<f64>,
+    workers: Option<At<u64>>,
+    queue_capacity: Option<At<u64>>,
+    retries: Option<At<u64>>,
+    timeout_s: Option<At<f64>>,
+    stop_grace_s: Option<At<f64>>,
+    drain_timeout_s: Option<At<f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LogSection {
-    heartbeat_s: Option<f64>,
-    max_size_mb: Option<u64>,
-    keep_reports: Option<usize>,
+    heartbeat_s: Option<At<f64>>,
+    max_size_mb: Option<At<u64>>,
+    keep_reports: Option<At<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TriggerSection {
-    name: Option<String>,
+    name: Option<At<String>>,
     #[serde(default)]
-    glob: Vec<String>,
-    exec: Option<Vec<String>>,
-    worker: Option<Vec<String>>,
-    recycle_after: Option<u64>,
-    max_rss_mb: Option<u64>,
+    glob: Vec<At<String>>,
+    exec: Option<At<Vec<String>>>,
+    worker: Option<At<Vec<String>>>,
+    recycle_after: Option<At<u64>>,
+    max_rss_mb: Option<At<u64>>,
 }
 
 impl Config {
@@ -262,16 +267,21 @@ impl Config {
             .map_err(|e| error(None, format!("cannot resolve {}: {e}", base.display())))?;
         let mut config = Config::defaults(base.clone());
         config.source = file.map(Path::to_path_buf);
-        let at = |key: &str| find_key(text, key);
-        // An error about `key`: at its place in the file, or against the flag that set it.
-        let refuse = |key: &str, value: &dyn fmt::Display, problem: &str| match flag_of(key) {
-            Some(flag) => ConfigError {
-                file: command_line.to_path_buf(),
-                position: None,
-                message: format!("{flag} {value}: {problem}"),
-            },
-            None => error(at(key), format!("{key} = {value}: {problem}")),
-        };
+        // Where a value read from the file is, as the error's position.
+        let at = |span: &std::ops::Range<usize>| Some(line_col(text, span.start));
+        // An error about the value of `key`: at its place in the file, or against the flag that
+        // set it.
+        let refuse =
+            |key: &str, span: &std::ops::Range<usize>, value: &dyn fmt::Display, problem: &str| {
+                match flag_of(key) {
+                    Some(flag) => ConfigError {
+                        file: command_line.to_path_buf(),
+                        position: None,
+                        message: format!("{flag} {value}: {problem}"),
+                    },
+                    None => error(at(span), format!("{key} = {value}: {problem}")),
+                }
+            };
         if !flags.watch.is_empty() {
             config.roots = flags
                 .watch
@@ -279,42 +289,44 @@ impl Config {
                 .map(|w| normalize(&cwd.join(w)))
                 .collect();
         } else if let Some(roots) = parsed.watch.roots {
-            if roots.is_empty() {
+            if roots.get_ref().is_empty() {
                 return Err(error(
-                    at("roots"),
+                    at(&roots.span()),
                     "watch.roots is empty: name at least one directory".into(),
                 ));
             }
             config.roots = roots
+                .into_inner()
                 .into_iter()
                 .map(|r| normalize(&base.join(r)))
                 .collect();
         }
         config.ignore = parsed.watch.ignore;
         if let Some(name) = parsed.watch.ignore_file {
-            if name.is_empty() || name.contains('/') {
+            if name.get_ref().is_empty() || name.get_ref().contains('/') {
                 return Err(error(
-                    at("ignore_file"),
-                    format!("ignore_file {name:?} must be a plain file name"),
+                    at(&name.span()),
+                    format!("ignore_file {:?} must be a plain file name", name.get_ref()),
                 ));
             }
-            config.ignore_file = name;
+            config.ignore_file = name.into_inner();
         }
         // Every number has a range checked here: a value that passes `ward check` must not make
         // the server fail at start (a queue of 10^11 slots aborted on allocation, five times).
-        let within = |value: u64, key: &str, range: std::ops::RangeInclusive<u64>| {
-            if range.contains(&value) {
-                Ok(value)
+        let within = |value: &At<u64>, key: &str, range: std::ops::RangeInclusive<u64>| {
+            let n = *value.get_ref();
+            if range.contains(&n) {
+                Ok(n)
             } else {
                 let problem = format!("must be between {} and {}", range.start(), range.end());
-                Err(refuse(key, &value, &problem))
+                Err(refuse(key, &value.span(), &n, &problem))
             }
         };
-        if let Some(ms) = parsed.watch.debounce_ms {
+        if let Some(ms) = &parsed.watch.debounce_ms {
             config.debounce = Duration::from_millis(within(ms, "debounce_ms", 0..=60_000)?);
         }
         // Unless it is given, the longest wait follows a debounce longer than its default.
-        config.max_wait = match parsed.watch.max_wait_ms {
+        config.max_wait = match &parsed.watch.max_wait_ms {
             Some(ms) => Duration::from_millis(within(ms, "max_wait_ms", 0..=3_600_000)?),
             None => config.max_wait.max(config.debounce),
         };
@@ -323,49 +335,63 @@ impl Config {
                 Some(flag) => format!("{flag} {}", config.debounce.as_millis()),
                 None => "watch.debounce_ms".into(),
             };
+            let place = parsed
+                .watch
+                .max_wait_ms
+                .as_ref()
+                .and_then(|m| at(&m.span()));
             return Err(error(
-                at("max_wait_ms"),
+                place,
                 format!("watch.max_wait_ms is shorter than {debounce}"),
             ));
         }
         let jobs = parsed.jobs;
-        if let Some(n) = jobs.workers {
-            config.workers = within(n as u64, "workers", 1..=256)? as usize;
+        if let Some(n) = &jobs.workers {
+            config.workers = within(n, "workers", 1..=256)? as usize;
         }
-        if let Some(n) = jobs.queue_capacity {
-            config.queue_capacity = within(n as u64, "queue_capacity", 1..=1_000_000)? as usize;
+        if let Some(n) = &jobs.queue_capacity {
+            config.queue_capacity = within(n, "queue_capacity", 1..=1_000_000)? as usize;
         }
-        if let Some(n) = jobs.retries {
-            config.retries = within(u64::from(n), "retries", 0..=100)? as u32;
+        if let Some(n) = &jobs.retries {
+            config.retries = within(n, "retries", 0..=100)? as u32;
         }
-        let seconds = |value: Option<f64>, key: &str, max: f64, default: Duration| match value {
-            None => Ok(default),
-            Some(s) if s.is_finite() && s > 0.0 && s <= max => Ok(Duration::from_secs_f64(s)),
-            Some(s) => Err(error(
-                at(key),
-                format!("{key} = {s}: must be a number of seconds above 0 and at most {max}"),
-            )),
+        let seconds = |value: &Option<At<f64>>, key: &str, max: f64, default: Duration| {
+            let Some(value) = value else {
+                return Ok(default);
+            };
+            match *value.get_ref() {
+                s if s.is_finite() && s > 0.0 && s <= max => Ok(Duration::from_secs_f64(s)),
+                s => Err(error(
+                    at(&value.span()),
+                    format!("{key} = {s}: must be a number of seconds above 0 and at most {max}"),
+                )),
+            }
         };
         const DAY: f64 = 86_400.0;
-        config.job_timeout = seconds(jobs.timeout_s, "timeout_s", 7.0 * DAY, config.job_timeout)?;
-        config.stop_grace = seconds(jobs.stop_grace_s, "stop_grace_s", 3600.0, config.stop_grace)?;
+        config.job_timeout = seconds(&jobs.timeout_s, "timeout_s", 7.0 * DAY, config.job_timeout)?;
+        config.stop_grace = seconds(
+            &jobs.stop_grace_s,
+            "stop_grace_s",
+            3600.0,
+            config.stop_grace,
+        )?;
         config.drain_timeout = seconds(
-            jobs.drain_timeout_s,
+            &jobs.drain_timeout_s,
             "drain_timeout_s",
             DAY,
             config.drain_timeout,
         )?;
         config.heartbeat_log = seconds(
-            parsed.log.heartbeat_s,
+            &parsed.log.heartbeat_s,
             "heartbeat_s",
             DAY,
             config.heartbeat_log,
         )?;
-        if let Some(mb) = parsed.log.max_size_mb {
+        if let Some(mb) = &parsed.log.max_size_mb {
             config.log_max_bytes = within(mb, "max_size_mb", 1..=1_000_000)? * 1024 * 1024;
         }
-        if let Some(n) = parsed.log.keep_reports {
-            config.keep_reports = within(n as u64, "keep_reports", 1..=100_000)? as usize;
+        if let Some(n) = &parsed.log.keep_reports {
+            config.keep_reports = within(n, "keep_reports", 1..=100_000)? as usize;
         }
         config.ignore.extend(flags.ignore.iter().cloned());
         config.triggers = Vec::with_capacity(parsed.triggers.len() + 1);
@@ -378,49 +404,73 @@ impl Config {
                 },
             });
         }
-        for (i, t) in parsed.triggers.into_iter().enumerate() {
-            let name = t.name.unwrap_or_else(|| format!("trigger{}", i + 1));
-            let handler = match (t.exec, t.worker) {
-                (Some(argv), None) if !argv.is_empty() && !argv[0].is_empty() => {
-                    Handler::Exec { argv }
+        for (i, section) in parsed.triggers.into_iter().enumerate() {
+            let table = section.span();
+            let t = section.into_inner();
+            let name = t
+                .name
+                .as_ref()
+                .map_or_else(|| format!("trigger{}", i + 1), |n| n.get_ref().clone());
+            // A name is how logs, reports and the ledger tell triggers apart.
+            if let Some(earlier) = config.triggers.iter().find(|e| e.name == name) {
+                let place = t.name.as_ref().map_or(table.clone(), |n| n.span());
+                let what = if earlier.name == "command" && !flags.command.is_empty() {
+                    "the trigger of the command given after `--`"
+                } else {
+                    "an earlier trigger"
+                };
+                return Err(error(
+                    at(&place),
+                    format!("trigger name {name:?} is taken by {what}: names must differ"),
+                ));
+            }
+            let command = |argv: &At<Vec<String>>| {
+                let v = argv.get_ref();
+                if v.is_empty() || v[0].is_empty() {
+                    Err(error(
+                        at(&argv.span()),
+                        format!("trigger {name:?}: the command is empty"),
+                    ))
+                } else {
+                    Ok(v.clone())
                 }
-                (None, Some(argv)) if !argv.is_empty() && !argv[0].is_empty() => Handler::Worker {
-                    argv,
-                    recycle_after: t.recycle_after.unwrap_or(0),
-                    max_rss_bytes: within(t.max_rss_mb.unwrap_or(0), "max_rss_mb", 0..=1 << 30)?
-                        * 1024
-                        * 1024,
+            };
+            let handler = match (&t.exec, &t.worker) {
+                (Some(argv), None) => Handler::Exec {
+                    argv: command(argv)?,
                 },
-                (Some(_), Some(_)) => {
+                (None, Some(argv)) => Handler::Worker {
+                    argv: command(argv)?,
+                    recycle_after: t.recycle_after.as_ref().map_or(0, |n| *n.get_ref()),
+                    max_rss_bytes: match &t.max_rss_mb {
+                        Some(mb) => within(mb, "max_rss_mb", 0..=1 << 30)? * 1024 * 1024,
+                        None => 0,
+                    },
+                },
+                (Some(_), Some(worker)) => {
                     return Err(error(
-                        at("worker"),
+                        at(&worker.span()),
                         format!("trigger {name:?} has both exec and worker: pick one"),
                     ));
                 }
                 (None, None) => {
                     return Err(error(
-                        at("[[trigger]]"),
+                        at(&table),
                         format!("trigger {name:?} has neither exec nor worker"),
-                    ));
-                }
-                _ => {
-                    return Err(error(
-                        None,
-                        format!("trigger {name:?}: the command is empty"),
                     ));
                 }
             };
             for glob in &t.glob {
-                if let Err(e) = check_glob(glob) {
+                if let Err(e) = check_glob(glob.get_ref()) {
                     return Err(error(
-                        at(glob),
-                        format!("trigger {name:?}: bad glob {glob:?}: {e}"),
+                        at(&glob.span()),
+                        format!("trigger {name:?}: bad glob {:?}: {e}", glob.get_ref()),
                     ));
                 }
             }
             config.triggers.push(Trigger {
                 name,
-                globs: t.glob,
+                globs: t.glob.into_iter().map(Spanned::into_inner).collect(),
                 handler,
             });
         }
@@ -474,12 +524,6 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
         .map_or(before.len(), |nl| before.len() - nl - 1)
         + 1;
     (line, col)
-}
-
-/// Position of the first occurrence of `needle` at the start of a key or value, for errors that
-/// toml's span cannot give (they come from validation after parsing).
-fn find_key(text: &str, needle: &str) -> Option<(usize, usize)> {
-    text.find(needle).map(|offset| line_col(text, offset))
 }
 
 /// `path` without `.` and `..` components and with symlinks resolved when it exists, so that
@@ -576,7 +620,7 @@ recycle_after = 100
     #[test]
     fn invalid_values_are_refused_with_their_place() {
         let err = parse("[jobs]\nworkers = 0\n").unwrap_err();
-        assert_eq!(err.position, Some((2, 1)), "{err}");
+        assert_eq!(err.position, Some((2, 11)), "{err}");
         let err = parse("[[trigger]]\nexec = [\"a\"]\nworker = [\"b\"]\n").unwrap_err();
         assert!(err.message.contains("both exec and worker"), "{err}");
         let err = parse("[[trigger]]\nglob = [\"a/[b\"]\nexec = [\"a\"]\n").unwrap_err();
@@ -616,6 +660,89 @@ recycle_after = 100
         assert_eq!(fine.queue_capacity, 1_000_000);
     }
 
+    /// Regression: positions came from searching the text for the key, so `timeout_s = 0` was
+    /// reported inside `drain_timeout_s` a line above, "both exec and worker" at `workers = 2`,
+    /// and every trigger error without a key at the first `[[trigger]]`. Each kind of error now
+    /// points at the value at fault, from the parser's spans.
+    #[test]
+    fn every_validation_error_points_at_the_value_at_fault() {
+        let t = |name: &str| format!("[[trigger]]\nname = \"{name}\"\nexec = [\"a\"]\n");
+        let cases: Vec<(String, (usize, usize), &str)> = vec![
+            (
+                format!("[jobs]\ndrain_timeout_s = 5\ntimeout_s = 0\n{}", t("a")),
+                (3, 13),
+                "timeout_s = 0",
+            ),
+            (
+                format!(
+                    "[jobs]\nworkers = 2\n{}{}[[trigger]]\nexec = [\"x\"]\nworker = [\"w\"]\n",
+                    t("a"),
+                    t("b")
+                ),
+                (11, 10),
+                "has both exec and worker",
+            ),
+            (
+                format!(
+                    "{}{}[[trigger]]\nname = \"c\"\nglob = [\"*\"]\n",
+                    t("a"),
+                    t("b")
+                ),
+                (7, 1),
+                "neither exec nor worker",
+            ),
+            (
+                format!("{}{}", t("a"), t("a")),
+                (5, 8),
+                "trigger name \"a\" is taken",
+            ),
+            (
+                format!(
+                    "{}[[trigger]]\nglob = [\"ok\", \"a/[b\"]\nexec = [\"a\"]\n",
+                    t("a")
+                ),
+                (5, 15),
+                "bad glob",
+            ),
+            (
+                format!("{}[[trigger]]\nexec = []\n", t("a")),
+                (5, 8),
+                "the command is empty",
+            ),
+            (
+                format!("[watch]\nroots = []\n{}", t("a")),
+                (2, 9),
+                "watch.roots is empty",
+            ),
+            (
+                format!("[watch]\nignore_file = \"a/b\"\n{}", t("a")),
+                (2, 15),
+                "must be a plain file name",
+            ),
+            (
+                format!("[watch]\ndebounce_ms = 500\nmax_wait_ms = 100\n{}", t("a")),
+                (3, 15),
+                "shorter than watch.debounce_ms",
+            ),
+            (
+                format!("[log]\nheartbeat_s = 0\nkeep_reports = 0\n{}", t("a")),
+                (2, 15),
+                "heartbeat_s = 0",
+            ),
+            (
+                "[[trigger]]\nname = \"w\"\nworker = [\"w\"]\nmax_rss_mb = 18446744073709551615\n"
+                    .to_owned(),
+                (4, 14),
+                "max_rss_mb = ",
+            ),
+        ];
+        for (text, position, message) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.message.contains(message), "{text}\n{err}");
+            assert_eq!(err.position, Some(position), "{text}\n{err}");
+        }
+    }
+
     /// A flag's value goes through the file's checks and, when refused, is named as the flag.
     #[test]
     fn flags_are_checked_by_the_same_rules_as_the_file_and_named_as_flags() {
@@ -641,7 +768,7 @@ recycle_after = 100
         )
         .unwrap_err();
         assert_eq!(err.message, "workers = 0: must be between 1 and 256");
-        assert_eq!(err.position, Some((2, 1)));
+        assert_eq!(err.position, Some((2, 11)));
         assert_eq!(resolve(trigger, &workers(256)).unwrap().workers, 256);
 
         // max_wait follows a longer debounce unless it is given; given shorter, it is refused,
