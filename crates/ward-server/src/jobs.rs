@@ -286,12 +286,19 @@ pub enum Reply {
 /// # Errors
 /// A description of what is wrong with the line: not JSON, another id, no `ok` boolean.
 pub fn parse_reply(line: &[u8], id: u64) -> Result<Reply, String> {
-    let value: Value =
-        serde_json::from_slice(line).map_err(|e| format!("reply is not JSON: {e}"))?;
+    // Each violation quotes the reply, so that the worker's author sees what was wrong with it.
+    let quoted = || quote(line);
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|e| format!("reply is not JSON ({e}): {}", quoted()))?;
     match value.get("id").and_then(Value::as_u64) {
         Some(got) if got == id => {}
-        Some(got) => return Err(format!("reply is for id {got}, expected {id}")),
-        None => return Err("reply has no numeric \"id\"".into()),
+        Some(got) => {
+            return Err(format!(
+                "reply is for id {got}, expected {id}: {}",
+                quoted()
+            ));
+        }
+        None => return Err(format!("reply has no numeric \"id\": {}", quoted())),
     }
     match value.get("ok").and_then(Value::as_bool) {
         Some(true) => Ok(Reply::Ok),
@@ -302,13 +309,43 @@ pub fn parse_reply(line: &[u8], id: u64) -> Result<Reply, String> {
                 .unwrap_or("worker reported failure");
             Ok(Reply::Failed(error.to_owned()))
         }
-        None => Err("reply has no boolean \"ok\"".into()),
+        None => Err(format!("reply has no boolean \"ok\": {}", quoted())),
+    }
+}
+
+/// Longest part of a bad reply quoted in the log.
+const QUOTED: usize = 200;
+
+/// `line` as a quoted string, cut after [`QUOTED`] bytes (and said so).
+fn quote(line: &[u8]) -> String {
+    let shown = String::from_utf8_lossy(&line[..line.len().min(QUOTED)]);
+    if line.len() > QUOTED {
+        format!("{shown:?} (first {QUOTED} of {} bytes)", line.len())
+    } else {
+        format!("{shown:?}")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a protocol violation said what was wrong but not what the worker sent.
+    #[test]
+    fn a_bad_reply_is_quoted_up_to_two_hundred_bytes() {
+        let err = parse_reply(b"{\"id\":1,\"okay\":true}", 1).unwrap_err();
+        assert_eq!(
+            err,
+            "reply has no boolean \"ok\": \"{\\\"id\\\":1,\\\"okay\\\":true}\""
+        );
+        let long = format!("not json {}", "x".repeat(500));
+        let err = parse_reply(long.as_bytes(), 1).unwrap_err();
+        assert!(err.contains("(first 200 of 509 bytes)"), "{err}");
+        assert!(
+            !err.contains(&"x".repeat(200)),
+            "more than 200 bytes quoted: {err}"
+        );
+    }
 
     fn trigger(name: &str, globs: &[&str]) -> Trigger {
         Trigger {
