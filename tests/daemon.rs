@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ward_e2e::{Fixture, is_alive, wait_for};
+use ward_e2e::{Fixture, connect_control, is_alive, wait_for};
 
 const LONG: Duration = Duration::from_secs(30);
 /// The job program built with these tests (see `bin/ward-test-job.rs`).
@@ -336,6 +336,50 @@ fn changes_refuses_a_since_or_limit_that_is_not_a_non_negative_integer() {
         "{out:?}"
     );
     f.stop();
+}
+
+#[test]
+fn a_state_dir_too_deep_for_a_socket_address_still_serves_its_clients() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let f = Fixture::with_long_state_dir(JOB, record_all(), 300);
+    let socket = f.state.join("ward.sock");
+    assert!(f.state.as_os_str().len() >= 300, "{}", f.state.display());
+    f.start();
+    let (code, status) = f.status();
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["state"], "running", "{status}");
+    assert!(status["server_error"].is_null(), "{status}");
+    assert!(
+        status["queue"]["completed"].is_u64(),
+        "no counters from the server: {status}"
+    );
+    std::fs::write(f.tree.join("a.txt"), "a").unwrap();
+    wait_for("a.txt recorded", LONG, || f.saw("a.txt"));
+    wait_for("the server to count the job", LONG, || {
+        f.status().1["queue"]["completed"] == 1
+    });
+    let out = f.run(&["changes", "--since", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    let path = f.tree.join("a.txt");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(path.to_str().unwrap()),
+        "{out:?}"
+    );
+    // The socket is where PROTOCOL.md says, as private as ever, and a client of the protocol
+    // reaches it the way PROTOCOL.md tells it to.
+    let meta = std::fs::symlink_metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket(), "{meta:?}");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{meta:?}");
+    let stream = connect_control(&f.state).unwrap();
+    stream.set_read_timeout(Some(LONG)).unwrap();
+    let reply = ask(&stream, "{\"cmd\":\"status\"}");
+    assert_eq!(reply["ok"], true, "{reply}");
+    drop(stream);
+    f.stop();
+    f.assert_nothing_left();
+    assert!(!socket.exists(), "socket left behind");
+    let log = f.log();
+    assert!(log.contains("server stopped cleanly"), "{log}");
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! Shared setup for the end-to-end tests: finds (building if needed) the real `ward` binary.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -101,6 +104,20 @@ pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
     found
 }
 
+/// Connects to the control socket in the state directory `state` as PROTOCOL.md tells a client
+/// to whatever the directory's depth: through `/proc/self/fd/<fd>/ward.sock`, `fd` the directory
+/// opened with `O_PATH`, a path short enough for a socket address.
+///
+/// # Errors
+/// If the directory cannot be opened or the socket not connected.
+pub fn connect_control(state: &Path) -> std::io::Result<UnixStream> {
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(state)?;
+    UnixStream::connect(format!("/proc/self/fd/{}/ward.sock", dir.as_raw_fd()))
+}
+
 /// A temporary ward setup: `tree/` is watched, `out/` holds the jobs' ledger, `state/` is the
 /// state directory, `ward.toml` the config. Dropping it kills anything still running for it, so
 /// a failed test leaves no daemon behind.
@@ -149,6 +166,23 @@ impl Fixture {
             state,
             config,
         }
+    }
+
+    /// [`Fixture::new`] with its state directory nested in ordinary directories under the
+    /// temporary one until its path is at least `len` bytes long. Past 107 bytes a Unix socket
+    /// address cannot hold the control socket's path.
+    ///
+    /// # Panics
+    /// If the temporary files cannot be written.
+    pub fn with_long_state_dir(job: &str, extra: &str, len: usize) -> Fixture {
+        let mut f = Fixture::new(job, extra);
+        let mut state = f.dir.path().to_path_buf();
+        while state.as_os_str().len() + "/state".len() < len {
+            state.push("nested-directory");
+        }
+        state.push("state");
+        f.state = state;
+        f
     }
 
     /// A started fixture with one job thread, held busy by a job on `tree/blocker` that waits for

@@ -19,11 +19,20 @@
 //! It deliberately does not multiplex connections on one thread: requests are small and rare, and
 //! a bounded number of threads blocked in `read` is simpler than a poll loop that must also keep
 //! each client's partial request, pending reply and deadlines.
+//!
+//! A socket address holds a path of at most 107 bytes, and a state directory can be deeper than
+//! that. The socket stays at its path, where the 0700 directory guards it and clients look for
+//! it; a path too long is bound and reached through `/proc/self/fd/<fd>/ward.sock`, `fd` the
+//! directory opened with `O_PATH`, which the kernel resolves to that very directory (the private
+//! `SocketAddress`). A socket elsewhere (`$XDG_RUNTIME_DIR`, found through a pointer file) would
+//! depend on an environment that a shell, a cron job and a service do not share, and be a second
+//! file to guard and clean up; an abstract socket would have no file permissions at all.
 
+use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,6 +72,52 @@ impl Limits {
     };
 }
 
+/// The longest path a socket address holds, with the NUL that ends it (`sun_path`'s size).
+const SUN_PATH: usize = size_of::<libc::sockaddr_un>() - size_of::<libc::sa_family_t>();
+
+/// The path a socket file is bound and reached by: its own when a socket address holds it, else
+/// an alias through its directory, held open while the alias is used.
+#[derive(Debug)]
+struct SocketAddress {
+    /// The directory `/proc/self/fd/<fd>/` names; the alias means nothing once it is closed.
+    _dir: Option<OwnedFd>,
+    path: PathBuf,
+}
+
+impl SocketAddress {
+    /// The address of the socket file at `path`: `path` itself if it is short enough, else
+    /// `/proc/self/fd/<fd>/<file name>`, `fd` the directory opened with `O_PATH` (no read
+    /// permission needed, and closed on exec: the server's children never see it).
+    fn of(path: &Path) -> io::Result<SocketAddress> {
+        let direct = || SocketAddress {
+            _dir: None,
+            path: path.to_path_buf(),
+        };
+        if path.as_os_str().len() < SUN_PATH {
+            return Ok(direct());
+        }
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            // Nothing shorter to say; binding or connecting says why it fails.
+            return Ok(direct());
+        };
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(dir)?;
+        let alias = Path::new("/proc/self/fd")
+            .join(dir.as_raw_fd().to_string())
+            .join(name);
+        Ok(SocketAddress {
+            _dir: Some(dir.into()),
+            path: alias,
+        })
+    }
+
+    fn as_path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// A listening control socket and the thread that serves it; dropping it stops every thread of
 /// the socket, joins them and removes the socket file.
 #[derive(Debug)]
@@ -91,14 +146,18 @@ impl ControlSocket {
         limits: Limits,
     ) -> Result<ControlSocket, Error> {
         let io = |e: io::Error| Error::io(format!("control socket {}", path.display()), e);
+        // Replaced, bound and closed to others in the one directory the address names.
+        let address = SocketAddress::of(path).map_err(io)?;
         // Only one server runs per state dir (the keeper's pidfile lock says so), so a socket
         // file that exists here was left by a dead one.
-        match std::fs::remove_file(path) {
+        match std::fs::remove_file(address.as_path()) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io(e)),
             _ => {}
         }
-        let listener = UnixListener::bind(path).map_err(io)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let listener = UnixListener::bind(address.as_path()).map_err(io)?;
+        std::fs::set_permissions(address.as_path(), std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+        drop(address);
         let listener_fd = listener.as_raw_fd();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -130,6 +189,7 @@ impl Drop for ControlSocket {
         {
             log::error!("control socket thread panicked");
         }
+        // Only a socket address is short; unlink takes a path of any length.
         if let Err(e) = std::fs::remove_file(&self.path)
             && e.kind() != io::ErrorKind::NotFound
         {
@@ -428,7 +488,8 @@ fn answer(line: &[u8], handler: &Handler) -> Vec<u8> {
 }
 
 /// Sends `request` to the control socket at `path` and reads its reply as `R`, the request's
-/// reply type ([`protocol::ServerStatus`] for `status`, and so on).
+/// reply type ([`protocol::ServerStatus`] for `status`, and so on). A `path` too long for a
+/// socket address is reached through its directory, as the server bound it.
 ///
 /// # Errors
 /// [`Error::Io`] if the socket cannot be reached or the reply does not come within `timeout`;
@@ -439,7 +500,10 @@ pub fn ask<R: DeserializeOwned>(
     timeout: Duration,
 ) -> Result<R, Error> {
     let io = |e: io::Error| Error::io(format!("control socket {}", path.display()), e);
-    let mut stream = UnixStream::connect(path).map_err(io)?;
+    let address = SocketAddress::of(path).map_err(io)?;
+    // The connection needs the directory's descriptor no longer than `connect` does.
+    let mut stream = UnixStream::connect(address.as_path()).map_err(io)?;
+    drop(address);
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     stream.write_all(&request.to_line()).map_err(io)?;
@@ -462,6 +526,7 @@ mod tests {
     use super::*;
     use crate::protocol::Accepted;
     use serde_json::{Value, json};
+    use std::os::unix::fs::FileTypeExt;
     use std::sync::mpsc;
     use std::time::Instant;
 
@@ -520,6 +585,42 @@ mod tests {
                 Err(_) => return false,
             }
         }
+    }
+
+    #[test]
+    fn a_socket_path_is_aliased_through_its_directory_only_when_an_address_cannot_hold_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (len, aliased) in [(SUN_PATH - 1, false), (SUN_PATH, true)] {
+            let name = "d".repeat(len - tmp.path().as_os_str().len() - "//ward.sock".len());
+            let dir = tmp.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            let path = dir.join("ward.sock");
+            assert_eq!(path.as_os_str().len(), len);
+            let address = SocketAddress::of(&path).unwrap();
+            assert_eq!(address.as_path().starts_with("/proc/self/fd"), aliased);
+            assert!(address.as_path().as_os_str().len() < SUN_PATH);
+            UnixListener::bind(address.as_path()).unwrap();
+            assert!(path.exists(), "not bound in its directory: {address:?}");
+        }
+    }
+
+    #[test]
+    fn a_socket_path_longer_than_a_socket_address_is_bound_and_asked_through_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deep = dir.path().to_path_buf();
+        while deep.as_os_str().len() < 200 {
+            deep.push("nested-directory");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        let path = deep.join("ward.sock");
+        let handler = |_: Request| Ok(Reply::Accepted(Accepted {}));
+        let socket = ControlSocket::bind(&path, Arc::new(handler)).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket(), "{meta:?}");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{meta:?}");
+        assert_answered(&path);
+        drop(socket);
+        assert!(!path.exists(), "socket file left behind");
     }
 
     #[test]
