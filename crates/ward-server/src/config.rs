@@ -166,7 +166,7 @@ type At<T> = Spanned<T>;
 struct WatchSection {
     roots: Option<At<Vec<PathBuf>>>,
     #[serde(default)]
-    ignore: Vec<String>,
+    ignore: Vec<At<String>>,
     ignore_file: Option<At<String>>,
     debounce_ms: Option<At<u64>>,
     max_wait_ms: Option<At<u64>>,
@@ -301,7 +301,22 @@ impl Config {
                 .map(|r| normalize(&base.join(r)))
                 .collect();
         }
-        config.ignore = parsed.watch.ignore;
+        // The watcher compiles them as the triggers' globs are: a bad one refused here never makes
+        // the server fail at start.
+        for glob in &parsed.watch.ignore {
+            if let Err(e) = check_glob(glob.get_ref()) {
+                return Err(error(
+                    at(&glob.span()),
+                    format!("bad ignore glob {:?}: {e}", glob.get_ref()),
+                ));
+            }
+        }
+        config.ignore = parsed
+            .watch
+            .ignore
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect();
         if let Some(name) = parsed.watch.ignore_file {
             if name.get_ref().is_empty() || name.get_ref().contains('/') {
                 return Err(error(
@@ -392,6 +407,15 @@ impl Config {
         }
         if let Some(n) = &parsed.log.keep_reports {
             config.keep_reports = within(n, "keep_reports", 1..=100_000)? as usize;
+        }
+        for glob in &flags.ignore {
+            if let Err(e) = check_glob(glob) {
+                return Err(ConfigError {
+                    file: command_line.to_path_buf(),
+                    position: None,
+                    message: format!("--ignore {glob:?}: bad glob: {e}"),
+                });
+            }
         }
         config.ignore.extend(flags.ignore.iter().cloned());
         config.triggers = Vec::with_capacity(parsed.triggers.len() + 1);
@@ -713,6 +737,11 @@ recycle_after = 100
                 format!("[watch]\nroots = []\n{}", t("a")),
                 (2, 9),
                 "watch.roots is empty",
+            ),
+            (
+                format!("[watch]\nignore = [\"ok\", \"a/[b\"]\n{}", t("a")),
+                (2, 17),
+                "bad ignore glob \"a/[b\"",
             ),
             (
                 format!("[watch]\nignore_file = \"a/b\"\n{}", t("a")),
