@@ -1095,6 +1095,46 @@ fn jobs_get_the_umask_ward_was_started_with_under_start_and_run() {
     );
 }
 
+/// Regression: a server that could never start (here its socket cannot be bound: a directory
+/// holds its name) was restarted five times, leaving a crash report each, and `ward start` only
+/// said it exited before it was ready. It now says why, once, and the keeper gives up at once.
+#[test]
+fn a_server_that_cannot_start_is_reported_once_with_its_reason_and_not_restarted() {
+    let f = Fixture::new(JOB, record_all());
+    std::fs::create_dir_all(f.state.join("ward.sock/in-the-way")).unwrap();
+    std::fs::set_permissions(
+        &f.state,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let out = f.run(&["start"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot start") && stderr.contains("ward.sock"),
+        "the reason is not on the terminal: {stderr}"
+    );
+    let log = f.log();
+    assert_eq!(
+        log.matches("server started").count(),
+        1,
+        "the server was restarted:\n{log}"
+    );
+    assert!(log.contains("not restarting it"), "{log}");
+    let reports = std::fs::read_dir(f.state.join("crashes"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(reports, 0, "a failure to start is not a crash:\n{log}");
+    let (code, status) = f.status();
+    assert_eq!(code, Some(3), "{status}");
+    assert!(
+        status["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot start")),
+        "{status}"
+    );
+}
+
 #[test]
 fn a_state_dir_open_to_others_is_refused() {
     use std::os::unix::fs::PermissionsExt;

@@ -70,6 +70,9 @@ pub fn server_main(launch: &Launch) -> Outcome {
     let result = crate::server::serve(launch);
     if let Err(e) = &result {
         log::error!("server exiting: {e}");
+        if let Error::CannotStart(why) = e {
+            crate::keeper::tell_cannot_start(&why.to_string());
+        }
     }
     result.into()
 }

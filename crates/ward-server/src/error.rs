@@ -61,6 +61,10 @@ pub enum Error {
     /// The worker pool could not be started.
     #[error("cannot start the worker pool: {0}")]
     Pool(#[from] ward_queue::Error<Job>),
+    /// The server failed to set itself up, before it was ready: bad input it was handed, its
+    /// state directory or socket unusable. Restarting it would fail the same way.
+    #[error("cannot start: {0}")]
+    CannotStart(#[source] Box<Error>),
     /// One of the server's own threads ended while the server still needed it.
     #[error("the {0} thread ended unexpectedly")]
     ThreadEnded(&'static str),
@@ -118,6 +122,28 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// Whether waiting may make the same step succeed: the machine short of space, memory,
+    /// descriptors or processes, or the manifest's store failing (its disk full, most often).
+    pub fn may_heal(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(
+                    libc::ENOSPC
+                        | libc::EDQUOT
+                        | libc::ENOMEM
+                        | libc::EAGAIN
+                        | libc::EMFILE
+                        | libc::ENFILE
+                        | libc::EINTR
+                )
+            ),
+            Error::Store { .. } | Error::StoreUnusable(_) => true,
+            Error::CannotStart(inner) => inner.may_heal(),
+            _ => false,
         }
     }
 

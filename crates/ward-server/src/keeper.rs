@@ -36,6 +36,20 @@ use crate::{deaths, orphans};
 /// The line a server prints on its stdout once its watches are installed and its socket listens.
 pub(crate) const READY_LINE: &str = "WARD-READY";
 
+/// The start of the line a server prints on its stdout, before it exits, when it cannot start
+/// and waiting would not help; the reason follows.
+const CANNOT_START_LINE: &str = "WARD-CANNOT-START ";
+
+/// Tells the keeper (the server's stdout is its pipe) that the server cannot start, and why.
+pub(crate) fn tell_cannot_start(reason: &str) {
+    use std::io::Write as _;
+    let reason = reason.replace('\n', " ");
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{CANNOT_START_LINE}{reason}").and_then(|()| stdout.flush()) {
+        log::error!("cannot tell the keeper why the server cannot start: {e}");
+    }
+}
+
 /// The file name of the keeper's own binary, looked for beside the `ward` binary.
 pub const KEEPER_BIN: &str = "ward-keeper";
 
@@ -173,6 +187,7 @@ pub(crate) fn keeper_main(state: &StateDir, view: &KeeperView, offer: &Path) -> 
             ..KeeperState::default()
         },
         status_owed: false,
+        cannot_start: Arc::default(),
         tracker: RestartTracker::new(server_policy(), SystemClock),
     };
     let result = keeper.supervise(&rx);
@@ -222,6 +237,8 @@ struct Keeper<'a> {
     status: KeeperState,
     /// `keeper.json` could not be written with `status`.
     status_owed: bool,
+    /// Why the current server cannot start, once it said so (set by its output's thread).
+    cannot_start: Arc<Mutex<Option<String>>>,
     tracker: RestartTracker<SystemClock>,
 }
 
@@ -284,6 +301,7 @@ impl Keeper<'_> {
 
     fn spawn_server(&self) -> Result<ward_supervisor::Child, Error> {
         let (log, echo, tx) = (Arc::clone(&self.log), self.echo, self.tx.clone());
+        let cannot_start = Arc::clone(&self.cannot_start);
         let spec = ChildSpec::new(&self.server.exe)
             .name("server")
             .args(&self.server.args)
@@ -291,6 +309,10 @@ impl Keeper<'_> {
             .capture(move |line| {
                 if line.stream == Stream::Stdout && line.text == READY_LINE {
                     let _ = tx.send(Event::ServerReady(line.pid));
+                } else if line.stream == Stream::Stdout
+                    && let Some(reason) = line.text.strip_prefix(CANNOT_START_LINE)
+                {
+                    *cannot_start.lock() = Some(reason.to_owned());
                 } else {
                     logging::append_captured(&log, echo, line.pid, "server", line.text.as_bytes());
                 }
@@ -392,8 +414,20 @@ impl Keeper<'_> {
                 }
             };
             let _ = waiter.join();
+            // The last handle: dropping it waits until the server's output is read, so a line
+            // saying why it cannot start is in.
+            drop(child);
             self.status.server_pid = None;
             self.sweep_orphans();
+            let cannot_start = self.cannot_start.lock().take();
+            if let Some(reason) = cannot_start {
+                log::error!(
+                    "the server cannot start: {reason}; not restarting it, since waiting would not help"
+                );
+                self.status.last_cause = Some(format!("cannot start: {reason}"));
+                self.set_state(Phase::GaveUp);
+                return Err(Error::GaveUp(format!("the server cannot start: {reason}")));
+            }
             let report = deaths::report(
                 self.state,
                 self.config,

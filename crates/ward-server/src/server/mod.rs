@@ -41,18 +41,29 @@ use job::{build_pool, record_outcomes};
 /// # Errors
 /// If the config, watcher, pool or socket cannot be set up, or the watcher dies.
 pub fn serve(launch: &Launch) -> Result<(), Error> {
+    // A failure before the server is ready that waiting will not heal (all but a short machine,
+    // see `Error::may_heal`) is said as such (`Error::CannotStart`): the keeper does not
+    // restart the server over it.
+    let cannot_start = |e: Error| {
+        if e.may_heal() {
+            e
+        } else {
+            Error::CannotStart(Box::new(e))
+        }
+    };
     logging::init("server", Sink::Stderr);
     limit_malloc_arenas();
-    let state = launch.open_state_dir()?;
-    let mut handover = Handover::read(&state)?;
+    let state = launch.open_state_dir().map_err(cannot_start)?;
+    let mut handover = Handover::read(&state).map_err(cannot_start)?;
     let config = handover.config.clone();
-    let _capture = deaths::install_capture("server", &state, &config)?;
+    let _capture = deaths::install_capture("server", &state, &config).map_err(cannot_start)?;
     let started = Instant::now();
     log::info!("server starting: watching {}", list(&config.roots));
 
     let (signal_tx, signals) = crossbeam_channel::bounded(16);
     let mut signal_source = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|e| Error::io("installing signal handlers", e))?;
+        .map_err(|e| Error::io("installing signal handlers", e))
+        .map_err(cannot_start)?;
     let signal_handle = signal_source.handle();
     let signal_thread = std::thread::Builder::new()
         .name("ward-signals".into())
@@ -63,27 +74,30 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                 }
             }
         })
-        .map_err(|e| Error::io("starting signal thread", e))?;
+        .map_err(|e| Error::io("starting signal thread", e))
+        .map_err(cannot_start)?;
 
-    let dispatcher = Arc::new(RwLock::new(Arc::new(Dispatcher::new(
-        config.clone(),
-        state.clone(),
-    )?)));
+    let dispatcher = Arc::new(RwLock::new(Arc::new(
+        Dispatcher::new(config.clone(), state.clone()).map_err(cannot_start)?,
+    )));
     // Outcomes gather for a moment before the loop takes them, instead of waking it once per job;
     // the doorbell rings at least twice per queue's worth, so the queue is refilled in time.
     let (done_tx, done) = outcomes::channel(config.queue_capacity / 2);
     // Watching starts before the manifest walk, so no change slips between them.
-    let watcher = build_watcher(&config, &state)?;
+    let watcher = build_watcher(&config, &state).map_err(cannot_start)?;
     let triggers = dispatcher.read().triggers().clone();
-    let mut tracker = Tracker::open(&state, watcher.ignore_rules(), triggers)?;
-    let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx, tracker.intents())?;
+    let mut tracker =
+        Tracker::open(&state, watcher.ignore_rules(), triggers).map_err(cannot_start)?;
+    let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx, tracker.intents())
+        .map_err(cannot_start)?;
     // The control thread hands requests to this loop instead of sharing its state: nothing is
     // computed, and nothing wakes up, unless somebody asks.
     let (request_tx, requests) = crossbeam_channel::bounded::<Asked>(1);
     let socket = ControlSocket::bind(
         &state.join(names::SOCKET),
         Arc::new(move |request| answers::control(request, &request_tx)),
-    )?;
+    )
+    .map_err(cannot_start)?;
     announce_ready();
     log::info!(
         "server ready: {} watch root(s), {} trigger(s), {} worker thread(s)",
