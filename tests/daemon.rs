@@ -1450,16 +1450,9 @@ fn removing_a_watched_directory_logs_its_files_gone_and_no_warning() {
 
 /// The pids of `parent`'s children that have exited and not been reaped (zombies), from /proc.
 fn zombie_children(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = ward_sys::ProcStat::read(pid).ok()?;
-            (stat.ppid == parent && stat.is_zombie()).then_some(pid)
-        })
+    ward_sys::processes()
+        .into_iter()
+        .filter_map(|(pid, stat)| (stat.ppid == parent && stat.is_zombie()).then_some(pid))
         .collect()
 }
 

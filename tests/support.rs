@@ -80,24 +80,14 @@ pub fn is_alive(pid: u32) -> bool {
 pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
     let needle = needle.as_os_str().as_encoded_bytes();
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() {
+    for (pid, stat) in ward_sys::processes() {
+        if pid == std::process::id() || stat.is_dead() {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        if is_alive(pid) && cmdline.windows(needle.len()).any(|w| w == needle) {
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
             found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
         }
     }

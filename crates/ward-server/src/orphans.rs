@@ -192,16 +192,9 @@ pub(crate) fn sweep() -> usize {
 
 /// The pids whose parent is `parent`, from /proc.
 fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = ward_sys::ProcStat::read(pid).ok()?;
-            (stat.ppid == parent).then_some(pid)
-        })
+    ward_sys::processes()
+        .into_iter()
+        .filter_map(|(pid, stat)| (stat.ppid == parent).then_some(pid))
         .collect()
 }
 

@@ -74,6 +74,6 @@ pub mod time;
 
 pub use cgroup::{CgroupDir, Hierarchy, Membership, cgroup_dir, parse_cgroups};
 pub use mounts::{Mount, parse_mountinfo, read_mountinfo};
-pub use proc_stat::{ProcStat, is_alive};
+pub use proc_stat::{ProcStat, is_alive, processes};
 pub use proc_status::ProcStatus;
 pub use time::UtcTime;

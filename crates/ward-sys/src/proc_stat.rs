@@ -94,6 +94,21 @@ impl ProcStat {
     }
 }
 
+/// Every process `/proc` lists, with its stat, read one after the other (one that exits
+/// meanwhile is left out); empty where `/proc` cannot be read.
+pub fn processes() -> Vec<(u32, ProcStat)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            Some((pid, ProcStat::read(pid).ok()?))
+        })
+        .collect()
+}
+
 /// Whether process `pid` exists and has not died ([`ProcStat::is_dead`]), as `/proc` tells;
 /// `false` where `/proc` cannot be read.
 pub fn is_alive(pid: u32) -> bool {
@@ -103,6 +118,22 @@ pub fn is_alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_process_is_listed_with_its_stat_this_one_among_them() {
+        let all = processes();
+        let me = all
+            .iter()
+            .find(|(pid, _)| *pid == std::process::id())
+            .expect("this process is listed");
+        // SAFETY: getppid cannot fail.
+        assert_eq!(me.1.ppid, unsafe { libc::getppid() } as u32);
+        assert!(
+            all.iter().any(|(pid, _)| *pid == 1),
+            "no init among {} processes",
+            all.len()
+        );
+    }
 
     /// A real line of a shell (`bash`), whose fields after the name are all present.
     const BASH: &[u8] = b"4242 (bash) S 4100 4242 4242 34816 4300 4194304 1234 5678 9 10 \

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ward_sys::{ProcStat, ProcStatus};
+use ward_sys::ProcStatus;
 
 /// One ward setup in the harness's temporary directory.
 #[derive(Debug, Clone)]
@@ -222,32 +222,19 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((status.kib("VmRSS")?, status.kib("VmHWM")?))
 }
 
-fn all_pids() -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .collect()
-}
-
 /// The zombies whose parent is `pid`: children it has not reaped.
 pub fn zombies_of(pid: u32) -> usize {
-    all_pids()
+    ward_sys::processes()
         .into_iter()
-        .filter(|&p| ProcStat::read(p).is_ok_and(|s| s.is_zombie() && s.ppid == pid))
+        .filter(|(_, s)| s.is_zombie() && s.ppid == pid)
         .count()
 }
 
 /// Every live descendant of `pid`.
 pub fn descendants(pid: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = all_pids()
+    let parents: Vec<(u32, u32)> = ward_sys::processes()
         .into_iter()
-        .filter_map(|p| {
-            let stat = ProcStat::read(p).ok()?;
-            (!stat.is_dead()).then_some((p, stat.ppid))
-        })
+        .filter_map(|(p, stat)| (!stat.is_dead()).then_some((p, stat.ppid)))
         .collect();
     let mut found = vec![pid];
     let mut i = 0;
@@ -270,10 +257,10 @@ pub fn descendants(pid: u32) -> Vec<u32> {
 pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
     let needle = needle.as_os_str().as_encoded_bytes();
     let me = std::process::id();
-    all_pids()
+    ward_sys::processes()
         .into_iter()
-        .filter(|&p| p != me && is_alive(p))
-        .filter_map(|p| {
+        .filter(|(p, stat)| *p != me && !stat.is_dead())
+        .filter_map(|(p, _)| {
             let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
             cmdline
                 .windows(needle.len())

@@ -304,28 +304,17 @@ pub fn is_dead(pid: u32) -> bool {
 
 /// Every child of `parent`, zombies included.
 pub fn children_of(parent: u32) -> BTreeSet<u32> {
-    fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| stat(pid).is_some_and(|stat| stat.ppid == parent))
+    ward_sys::processes()
+        .into_iter()
+        .filter_map(|(pid, stat)| (stat.ppid == parent).then_some(pid))
         .collect()
 }
 
 /// Every live descendant of `root`.
 pub fn live_descendants(root: u32) -> BTreeSet<u32> {
     let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(stat) = stat(pid)
-            && !stat.is_dead()
-        {
+    for (pid, stat) in ward_sys::processes() {
+        if !stat.is_dead() {
             children.entry(stat.ppid).or_default().push(pid);
         }
     }
