@@ -83,7 +83,11 @@ impl Handover {
 
     /// Writes atomically (a temporary file, then a rename), mode 0600.
     fn write_to(&self, path: &Path) -> Result<(), Error> {
-        let tmp = path.with_extension("tmp");
+        // Beside `path` under a name of its own: two `ward start`s offering at once, each its own
+        // `launch.json.<pid>`, must not share one temporary file.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         // A struct of strings, numbers and paths always serializes.
         let text = serde_json::to_vec_pretty(self).unwrap_or_default();
         let written = open_private(
