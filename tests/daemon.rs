@@ -338,6 +338,76 @@ fn changes_refuses_a_since_or_limit_that_is_not_a_non_negative_integer() {
     f.stop();
 }
 
+/// Without `--config` or `--state-dir`, every command finds the project as git finds its
+/// repository: the nearest `ward.toml` (or `.ward`) from the current directory up; the
+/// environment can name either; a command that finds nothing says where it looked.
+#[test]
+fn commands_find_the_project_from_any_directory_below_it() {
+    let f = Fixture::new(JOB, record_all());
+    let deep = f.tree.join("src/deep");
+    std::fs::create_dir_all(&deep).unwrap();
+    let state = f.dir.path().join(".ward");
+    let in_dir = |dir: &std::path::Path, args: &[&str]| {
+        ward_e2e::ward()
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("running ward")
+    };
+    let out = in_dir(&deep, &["check"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("{}: ok", f.config.display())),
+        "{said}"
+    );
+
+    let out = in_dir(&deep, &["start"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        state.join("ward.pid").exists(),
+        "state dir beside the found file"
+    );
+    let out = in_dir(&f.tree, &["status"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    std::fs::write(f.tree.join("found.txt"), "x").unwrap();
+    wait_for("a job of the found config", LONG, || f.saw("found.txt"));
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = in_dir(elsewhere.path(), &["status"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!(
+            "no ward.toml or .ward in {} or any parent",
+            elsewhere.path().display()
+        )) && said.contains("WARD_STATE_DIR"),
+        "{said}"
+    );
+    let out = ward_e2e::ward()
+        .current_dir(elsewhere.path())
+        .env("WARD_STATE_DIR", &state)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "WARD_STATE_DIR is honoured: {out:?}"
+    );
+    let out = ward_e2e::ward()
+        .current_dir(elsewhere.path())
+        .env("WARD_CONFIG", &f.config)
+        .arg("stop")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ward stopped"),
+        "WARD_CONFIG is honoured: {out:?}"
+    );
+}
+
 #[test]
 fn a_state_dir_too_deep_for_a_socket_address_still_serves_its_clients() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};

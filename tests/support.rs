@@ -49,7 +49,9 @@ pub fn ward_bin() -> &'static Path {
 /// A `Command` for the real `ward` binary with a clean logging environment.
 pub fn ward() -> Command {
     let mut cmd = Command::new(ward_bin());
-    cmd.env_remove("RUST_LOG");
+    for var in ["RUST_LOG", "WARD_CONFIG", "WARD_STATE_DIR"] {
+        cmd.env_remove(var);
+    }
     cmd
 }
 

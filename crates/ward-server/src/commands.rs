@@ -182,7 +182,13 @@ pub fn stop(launch: &Launch, timeout: Duration) -> Outcome {
             Outcome::Success
         }
         Ok(None) => {
-            println!("ward is not running");
+            println!(
+                "ward is not running (state dir {}: {})",
+                launch
+                    .state_dir_path()
+                    .map_or_else(|e| e.to_string(), |p| p.display().to_string()),
+                launch.origin.hint()
+            );
             Outcome::Success
         }
         Err(e) => Outcome::Failed(e),
@@ -228,9 +234,11 @@ fn restart_daemon(launch: &Launch) -> Result<(), Error> {
         if !recorded.exists() {
             return Err(Error::Handover {
                 path: recorded,
-                problem: "no launch recorded here to restart: give --config FILE or flags, or \
-                          the --state-dir of a ward started before"
-                    .into(),
+                problem: format!(
+                    "no launch recorded here to restart: give --config FILE or flags, or the \
+                     --state-dir of a ward started before ({})",
+                    launch.origin.hint()
+                ),
             });
         }
         // Unreadable, or of another version of ward: its error says which.
@@ -311,8 +319,9 @@ fn status_report(launch: &Launch) -> Result<StatusReport, Error> {
         return Ok(StatusReport {
             state: NOT_RUNNING,
             reason: Some(format!(
-                "never started here: no state directory {}",
-                path.display()
+                "never started here: no state directory {} ({})",
+                path.display(),
+                launch.origin.hint()
             )),
             state_dir: path,
             ..StatusReport::default()
@@ -456,14 +465,15 @@ pub fn diagnose(launch: &Launch, as_json: bool) -> Outcome {
 
 fn diagnose_reports(launch: &Launch, as_json: bool) -> Result<(), Error> {
     let Some(state) = existing_state_dir(launch)? else {
-        println!(
-            "{}",
-            if as_json {
-                "[]"
-            } else {
-                "no state directory: ward never ran here"
-            }
-        );
+        if as_json {
+            println!("[]");
+        } else {
+            println!(
+                "no state directory {}: ward never ran here ({})",
+                launch.state_dir_path()?.display(),
+                launch.origin.hint()
+            );
+        }
         return Ok(());
     };
     let crash_dir = state.join(names::CRASH_DIR);

@@ -223,6 +223,7 @@ mod tests {
                 command: vec!["true".into()],
                 ..Flags::default()
             },
+            ..Launch::default()
         };
         let config = launch.config().unwrap();
         Handover::new(&launch, config, true).unwrap()

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::config::{Config, ConfigError, Flags};
+use crate::discover::{Origin, STATE_DIR, discover};
 use crate::state::StateDir;
 
 /// The inputs of every subcommand: a config file and/or quick flags, and a state directory.
@@ -18,9 +19,22 @@ pub struct Launch {
     pub state_dir: Option<PathBuf>,
     /// The flags that describe a job without a config file, or change the file's settings.
     pub flags: Flags,
+    /// How the config file or state directory was chosen (not recorded: a recorded launch is
+    /// [`Origin::Given`] when read back).
+    #[serde(skip)]
+    pub origin: Origin,
 }
 
 impl Launch {
+    /// This launch with its config file or state directory found by searching up from the
+    /// current directory when it names neither (see [`discover`]).
+    ///
+    /// # Errors
+    /// If the current directory cannot be read.
+    pub fn discovered(self) -> Result<Launch, Error> {
+        Ok(discover(self, &current_dir()?))
+    }
+
     /// The state directory to use: `--state-dir`, else `.ward` beside the config file, else
     /// `.ward` in the current directory. Relative paths are made absolute against the current
     /// directory, so a daemon that changes directory keeps using the same one.
@@ -35,8 +49,8 @@ impl Launch {
                 .join(file)
                 .parent()
                 .map_or_else(|| cwd.clone(), Path::to_path_buf)
-                .join(".ward"),
-            (None, None) => cwd.join(".ward"),
+                .join(STATE_DIR),
+            (None, None) => cwd.join(STATE_DIR),
         })
     }
 
@@ -67,6 +81,7 @@ impl Launch {
                 watch: self.flags.watch.iter().map(|w| cwd.join(w)).collect(),
                 ..self.flags.clone()
             },
+            origin: self.origin.clone(),
         })
     }
 
@@ -103,11 +118,12 @@ impl Launch {
     /// As [`Launch::config`], but for the roots.
     pub fn config_with_missing_roots(&self) -> Result<Config, Error> {
         let cwd = current_dir()?;
-        Ok(Config::resolve(
-            self.config_file.as_deref(),
-            &self.flags,
-            &cwd,
-        )?)
+        Config::resolve(self.config_file.as_deref(), &self.flags, &cwd).map_err(|mut e| {
+            if self.config_file.is_none() && self.origin != Origin::Given {
+                e.message = format!("{} ({})", e.message, self.origin.hint());
+            }
+            e.into()
+        })
     }
 }
 

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 mod deaths;
+pub mod discover;
 mod dispatch;
 mod error;
 mod handover;

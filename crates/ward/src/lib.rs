@@ -13,12 +13,19 @@ use ward_server::{Launch, Outcome};
 #[derive(Debug, Parser)]
 #[command(name = "ward", version, about, propagate_version = true)]
 struct Cli {
-    /// Config file (TOML). Default: none; quick flags describe the job instead.
-    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    /// Config file (TOML). Default: the nearest `ward.toml` from the current directory up,
+    /// unless `--watch` or a command describes the job.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        value_name = "FILE",
+        env = "WARD_CONFIG"
+    )]
     config: Option<PathBuf>,
     /// State directory (pidfile, socket, log, crash reports). Default: `.ward` beside the config
-    /// file, else in the current directory.
-    #[arg(long, global = true, value_name = "DIR")]
+    /// file, else the nearest `.ward` from the current directory up, else `./.ward`.
+    #[arg(long, global = true, value_name = "DIR", env = "WARD_STATE_DIR")]
     state_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -85,7 +92,7 @@ struct Quick {
 }
 
 fn launch(cli_config: Option<PathBuf>, state_dir: Option<PathBuf>, quick: Quick) -> Launch {
-    Launch {
+    let given = Launch {
         config_file: cli_config,
         state_dir,
         flags: Flags {
@@ -95,7 +102,10 @@ fn launch(cli_config: Option<PathBuf>, state_dir: Option<PathBuf>, quick: Quick)
             debounce_ms: quick.debounce,
             command: quick.command,
         },
-    }
+        ..Launch::default()
+    };
+    // Without a current directory nothing can be found; the command then says what it lacks.
+    given.clone().discovered().unwrap_or(given)
 }
 
 /// Runs the `ward` command line and returns its exit code.
