@@ -1163,6 +1163,21 @@ fn jobs_get_the_umask_ward_was_started_with_under_start_and_run() {
         masks.lines().all(|m| m.trim() == "0027"),
         "jobs ran with other umasks: {masks:?}"
     );
+    // A configured umask wins over the one ward was started with.
+    f.edit_config("[jobs]\n", "[jobs]\numask = \"002\"\n");
+    let out = with_umask(&["start"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(f.tree.join("configured.txt"), "x").unwrap();
+    wait_for("the job with a configured umask", LONG, || {
+        std::fs::read_to_string(&seen).is_ok_and(|s| s.lines().count() >= 3)
+    });
+    f.stop();
+    let masks = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(
+        masks.lines().nth(2).map(str::trim),
+        Some("0002"),
+        "{masks:?}"
+    );
 }
 
 /// Regression: a server that could never start (here its socket cannot be bound: a directory

@@ -56,15 +56,6 @@ fn become_keeper(
     keeper_main(state, &view, &offer)
 }
 
-/// This process's umask (reading it means setting it: it is put straight back).
-fn current_umask() -> u32 {
-    // SAFETY: umask cannot fail; the CLI sets it back at once, before it starts any thread.
-    let mask = unsafe { libc::umask(0o077) };
-    // SAFETY: as above.
-    unsafe { libc::umask(mask) };
-    mask
-}
-
 /// `ward __server`: the server process.
 pub fn server_main(launch: &Launch) -> Outcome {
     let result = crate::server::serve(launch);
@@ -105,7 +96,7 @@ fn start_daemon(launch: &Launch) -> Result<(), Error> {
     // in a 0700 directory.
     let daemon = daemonize::Daemonize::new()
         .working_directory(&cwd)
-        .umask(current_umask())
+        .umask(crate::umask::current())
         .stdout(daemonize::Stdio::devnull())
         .stderr(stderr);
     match daemon.execute() {

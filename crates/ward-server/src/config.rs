@@ -104,6 +104,9 @@ pub struct Config {
     pub stop_grace: Duration,
     /// How long `ward stop` lets queued jobs drain.
     pub drain_timeout: Duration,
+    /// The jobs' umask; `None`: the one ward was started with.
+    #[serde(default)]
+    pub umask: Option<u32>,
     /// Interval of the heartbeat log line.
     pub heartbeat_log: Duration,
     /// Rotate the log file past this size.
@@ -181,6 +184,7 @@ struct JobsSection {
     timeout_s: Option<At<f64>>,
     stop_grace_s: Option<At<f64>>,
     drain_timeout_s: Option<At<f64>>,
+    umask: Option<At<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -396,6 +400,17 @@ impl Config {
             DAY,
             config.drain_timeout,
         )?;
+        if let Some(mask) = &jobs.umask {
+            config.umask = Some(octal_mask(mask.get_ref()).ok_or_else(|| {
+                error(
+                    at(&mask.span()),
+                    format!(
+                        "umask = {:?}: must be three or four octal digits, like \"022\"",
+                        mask.get_ref()
+                    ),
+                )
+            })?);
+        }
         config.heartbeat_log = seconds(
             &parsed.log.heartbeat_s,
             "heartbeat_s",
@@ -524,6 +539,7 @@ impl Config {
             job_timeout: Duration::from_secs(300),
             stop_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            umask: None,
             heartbeat_log: Duration::from_secs(60),
             log_max_bytes: 10 * 1024 * 1024,
             keep_reports: 50,
@@ -574,6 +590,15 @@ fn absolute(path: &Path) -> std::io::Result<PathBuf> {
     } else {
         Ok(std::env::current_dir()?.join(path))
     }
+}
+
+/// A umask written as octal digits ("022", "0027"); `None` if it is not one.
+fn octal_mask(text: &str) -> Option<u32> {
+    let digits = (3..=4).contains(&text.len()) && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    digits
+        .then(|| u32::from_str_radix(text, 8).ok())
+        .flatten()
+        .filter(|&m| m <= 0o777)
 }
 
 #[cfg(test)]
@@ -682,6 +707,16 @@ recycle_after = 100
             parse("[jobs]\nqueue_capacity = 1000000\nretries = 100\n[[trigger]]\nexec = [\"a\"]\n")
                 .unwrap();
         assert_eq!(fine.queue_capacity, 1_000_000);
+        for (mask, want) in [
+            ("022", Some(0o22)),
+            ("0027", Some(0o27)),
+            ("777", Some(0o777)),
+        ] {
+            assert_eq!(octal_mask(mask), want, "{mask}");
+        }
+        for bad in ["22", "0o22", "1777", "088", "", "abc"] {
+            assert_eq!(octal_mask(bad), None, "{bad}");
+        }
     }
 
     /// Regression: positions came from searching the text for the key, so `timeout_s = 0` was
@@ -763,6 +798,11 @@ recycle_after = 100
                     .to_owned(),
                 (4, 14),
                 "max_rss_mb = ",
+            ),
+            (
+                format!("[jobs]\nworkers = 2\numask = \"0o22\"\n{}", t("a")),
+                (3, 9),
+                "must be three or four octal digits",
             ),
         ];
         for (text, position, message) in cases {

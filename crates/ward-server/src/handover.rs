@@ -36,6 +36,9 @@ pub(crate) struct Handover {
     pub server_exe: PathBuf,
     /// Whether the keeper echoes its log to stderr (`ward run`).
     pub foreground: bool,
+    /// The umask `ward start` or `ward run` was given: the jobs' umask unless the configuration
+    /// sets one (`[jobs] umask`).
+    pub umask: u32,
 }
 
 impl Handover {
@@ -52,6 +55,7 @@ impl Handover {
             config,
             server_exe,
             foreground,
+            umask: crate::umask::current(),
         })
     }
 
@@ -63,6 +67,12 @@ impl Handover {
         let path = state.join(&format!("{}.{}", names::HANDOVER, std::process::id()));
         self.write_to(&path)?;
         Ok(path)
+    }
+
+    /// Gives this process (the server, whose children are the jobs and workers) the umask its
+    /// configuration asks for, else the one ward was started with.
+    pub fn apply_umask(&self) {
+        crate::umask::set(self.config.umask.unwrap_or(self.umask));
     }
 
     /// Records the handover as the running daemon's (a reload).

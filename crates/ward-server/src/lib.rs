@@ -31,6 +31,7 @@ pub mod sd_notify;
 mod server;
 pub mod state;
 mod tracker;
+mod umask;
 
 pub use commands::{
     changes, check, diagnose, restart, run_foreground, server_main, start, status, stop,

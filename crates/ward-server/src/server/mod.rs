@@ -56,6 +56,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     let state = launch.open_state_dir().map_err(cannot_start)?;
     let mut handover = Handover::read(&state).map_err(cannot_start)?;
     let config = handover.config.clone();
+    handover.apply_umask();
     let _capture = deaths::install_capture("server", &state, &config).map_err(cannot_start)?;
     let started = Instant::now();
     log::info!("server starting: watching {}", list(&config.roots));

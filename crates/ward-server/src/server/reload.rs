@@ -43,6 +43,7 @@ pub(super) fn reload(
     }
     let previous = std::mem::replace(&mut *dispatcher.write(), fresh);
     handover.config = new.clone();
+    handover.apply_umask();
     if let Err(e) = handover.record(state) {
         log::error!(
             "the reloaded configuration is not recorded; a restarted server would run the one before: {e}"
