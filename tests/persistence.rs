@@ -464,3 +464,46 @@ fn a_file_processed_just_before_a_kill_and_removed_while_down_is_told_gone() {
     });
     f.stop();
 }
+
+/// A trigger that does not receive removals runs nothing for one, and yet the removal is
+/// recorded: `ward changes` reports it, and no later start runs or compares it again.
+#[test]
+fn events_a_trigger_does_not_receive_run_nothing_and_are_still_recorded() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"record\"\nevents = [\"created\", \"modified\", \"renamed\"]\n\
+         exec = [\"{job}\", \"record\", \"{ledger}\"]\n",
+    );
+    std::fs::write(f.tree.join("gone"), "1").unwrap();
+    f.start();
+    wait_for("the first file's job", LONG, || {
+        runs(&f).contains(&("created".into(), "gone".into()))
+    });
+    std::fs::remove_file(f.tree.join("gone")).unwrap();
+    // A file written after the removal: once its job ran, the removal's turn has passed.
+    std::fs::write(f.tree.join("after"), "1").unwrap();
+    wait_for("the later file's job", LONG, || {
+        runs(&f).contains(&("created".into(), "after".into()))
+    });
+    f.wait_idle();
+    f.stop();
+    f.start();
+    f.wait_idle();
+    f.stop();
+    assert_eq!(
+        runs(&f),
+        [
+            ("created".into(), "gone".into()),
+            ("created".into(), "after".into())
+        ],
+        "a removal ran the trigger, or a start redid a job"
+    );
+    let removed: Vec<_> = changes(&f, 0)
+        .into_iter()
+        .filter(|c| c["path"].as_str().is_some_and(|p| p.ends_with("/gone")))
+        .map(|c| c["event"].clone())
+        .collect();
+    assert_eq!(removed, ["removed"], "the removal is not recorded");
+    let (_, status) = f.status();
+    assert_eq!(status["last_cause"], serde_json::Value::Null, "{status}");
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::handover::{Handover, KeeperView};
+use crate::jobs::{Event, Events};
 use crate::keeper::{KEEPER_BIN, keeper_main};
 use crate::protocol::{
     ChangeLine, ChangesPage, ManifestStatus, QueueStatus, Request, ServerStatus, WatchStatus,
@@ -548,7 +549,13 @@ pub fn check(launch: &Launch) -> Outcome {
             } else {
                 trigger.globs.join(", ")
             };
-            println!("  trigger {} ({globs})", trigger.name);
+            let events = if trigger.events == Events::ALL {
+                String::new()
+            } else {
+                let names: Vec<&str> = trigger.events.iter().map(Event::as_str).collect();
+                format!(", on {}", names.join(", "))
+            };
+            println!("  trigger {} ({globs}{events})", trigger.name);
         }
         for warning in unreachable_triggers(&config.triggers) {
             println!("  warning: {warning}");
@@ -634,6 +641,7 @@ mod tests {
     #[test]
     fn a_trigger_after_a_catch_all_is_said_to_never_run() {
         let trigger = |name: &str, globs: &[&str]| crate::config::Trigger {
+            events: crate::jobs::Events::ALL,
             name: name.into(),
             globs: globs.iter().map(|g| (*g).to_owned()).collect(),
             handler: crate::config::Handler::Exec {

@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::jobs::{Event, Events};
+
 /// Where in a config file a problem is, and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -126,6 +128,9 @@ pub struct Trigger {
     pub globs: Vec<String>,
     /// What to run.
     pub handler: Handler,
+    /// The events it receives; others of its paths are recorded as processed without a run.
+    #[serde(default)]
+    pub events: Events,
 }
 
 /// How a trigger processes one change.
@@ -205,6 +210,7 @@ struct TriggerSection {
     worker: Option<At<Vec<String>>>,
     recycle_after: Option<At<u64>>,
     max_rss_mb: Option<At<u64>>,
+    events: Option<At<Vec<At<String>>>>,
 }
 
 impl Config {
@@ -441,6 +447,7 @@ impl Config {
                 handler: Handler::Exec {
                     argv: flags.command.clone(),
                 },
+                events: Events::ALL,
             });
         }
         for (i, section) in parsed.triggers.into_iter().enumerate() {
@@ -507,10 +514,17 @@ impl Config {
                     ));
                 }
             }
+            let events = match &t.events {
+                None => Events::ALL,
+                Some(list) => {
+                    events_of(list, &name).map_err(|(span, message)| error(at(&span), message))?
+                }
+            };
             config.triggers.push(Trigger {
                 name,
                 globs: t.glob.into_iter().map(Spanned::into_inner).collect(),
                 handler,
+                events,
             });
         }
         if config.triggers.is_empty() {
@@ -590,6 +604,39 @@ fn absolute(path: &Path) -> std::io::Result<PathBuf> {
     } else {
         Ok(std::env::current_dir()?.join(path))
     }
+}
+
+/// A trigger's `events` list as a set, or the span and words of what is wrong with it.
+fn events_of(
+    list: &At<Vec<At<String>>>,
+    trigger: &str,
+) -> Result<Events, (std::ops::Range<usize>, String)> {
+    let mut events = Vec::with_capacity(list.get_ref().len());
+    for name in list.get_ref() {
+        let event = match name.get_ref().as_str() {
+            "created" => Event::Created,
+            "modified" => Event::Modified,
+            "removed" => Event::Removed,
+            "renamed" => Event::Renamed,
+            other => {
+                return Err((
+                    name.span(),
+                    format!(
+                        "trigger {trigger:?}: unknown event {other:?}: events are \"created\", \
+                         \"modified\", \"removed\" and \"renamed\""
+                    ),
+                ));
+            }
+        };
+        events.push(event);
+    }
+    if events.is_empty() {
+        return Err((
+            list.span(),
+            format!("trigger {trigger:?}: events is empty: the trigger would never run"),
+        ));
+    }
+    Ok(Events::of(&events))
 }
 
 /// A umask written as octal digits ("022", "0027"); `None` if it is not one.
@@ -803,6 +850,16 @@ recycle_after = 100
                 format!("[jobs]\nworkers = 2\numask = \"0o22\"\n{}", t("a")),
                 (3, 9),
                 "must be three or four octal digits",
+            ),
+            (
+                format!("{}events = [\"created\", \"deleted\"]\n", t("a")),
+                (4, 22),
+                "unknown event \"deleted\"",
+            ),
+            (
+                format!("{}events = []\n", t("a")),
+                (4, 10),
+                "events is empty",
             ),
         ];
         for (text, position, message) in cases {

@@ -190,6 +190,15 @@ impl Dispatcher {
     /// # Errors
     /// Why the job did not succeed.
     pub fn run(&self, job: &Job) -> Result<(), JobError> {
+        if !job.trigger.receives(job.event) {
+            log::debug!(
+                "trigger {} does not receive {} events: {} recorded without a run",
+                job.trigger.name(),
+                job.event.as_str(),
+                job.path.display()
+            );
+            return Ok(());
+        }
         match job.trigger.handler() {
             Handler::Exec { argv } => self.run_exec(argv, job),
             Handler::Worker {

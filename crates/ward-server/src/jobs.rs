@@ -42,6 +42,47 @@ impl Event {
     }
 }
 
+/// The events a trigger receives (`events = [...]` in its section; default all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Events(u8);
+
+impl Events {
+    /// Every event: a trigger's default.
+    pub const ALL: Events = Events(0b1111);
+
+    /// The set of `events`.
+    pub fn of(events: &[Event]) -> Events {
+        Events(events.iter().fold(0, |set, &e| set | Events::bit(e)))
+    }
+
+    /// Whether `event` is in the set.
+    pub fn contains(self, event: Event) -> bool {
+        self.0 & Events::bit(event) != 0
+    }
+
+    /// The events of the set, in their order of declaration.
+    pub fn iter(self) -> impl Iterator<Item = Event> {
+        [
+            Event::Created,
+            Event::Modified,
+            Event::Removed,
+            Event::Renamed,
+        ]
+        .into_iter()
+        .filter(move |&e| self.contains(e))
+    }
+
+    fn bit(event: Event) -> u8 {
+        1 << (event as u8)
+    }
+}
+
+impl Default for Events {
+    fn default() -> Events {
+        Events::ALL
+    }
+}
+
 /// One unit of work: a changed path and the trigger that handles it.
 ///
 /// The job holds its trigger, not a position in the configuration: a job queued before a reload
@@ -114,6 +155,13 @@ impl CompiledTrigger {
     /// What it runs.
     pub fn handler(&self) -> &Handler {
         &self.config.handler
+    }
+
+    /// Whether it receives `event`. A job whose event its trigger does not receive still flows
+    /// through the queue (it replaces an older job for its path, and the manifest records its
+    /// change as processed, a removal as a tombstone), but runs nothing.
+    pub fn receives(&self, event: Event) -> bool {
+        self.config.events.contains(event)
     }
 
     /// Whether it handles `relative`, a path relative to its watch root.
@@ -349,6 +397,7 @@ mod tests {
 
     fn trigger(name: &str, globs: &[&str]) -> Trigger {
         Trigger {
+            events: Events::ALL,
             name: name.into(),
             globs: globs.iter().map(|g| (*g).to_owned()).collect(),
             handler: Handler::Exec {

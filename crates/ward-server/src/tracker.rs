@@ -337,6 +337,7 @@ pub(crate) mod tests {
     /// The one trigger of [`tracker_of`]: every file.
     fn every_file() -> Trigger {
         Trigger {
+            events: crate::jobs::Events::ALL,
             name: "t".into(),
             globs: Vec::new(),
             handler: Handler::Exec {
