@@ -641,7 +641,7 @@ mod tests {
     #[test]
     fn a_trigger_after_a_catch_all_is_said_to_never_run() {
         let trigger = |name: &str, globs: &[&str]| crate::config::Trigger {
-            events: crate::jobs::Events::ALL,
+            events: Events::ALL,
             name: name.into(),
             globs: globs.iter().map(|g| (*g).to_owned()).collect(),
             handler: crate::config::Handler::Exec {
