@@ -507,3 +507,98 @@ fn events_a_trigger_does_not_receive_run_nothing_and_are_still_recorded() {
     let (_, status) = f.status();
     assert_eq!(status["last_cause"], serde_json::Value::Null, "{status}");
 }
+
+/// Regression: a job that could never succeed failed again at every start, crash reports and
+/// all, and nothing listed the paths or let a user run them again. A path that gave up runs again
+/// only when its file changes or when `ward retry` asks; `ward failures` lists it, and `ward
+/// status` counts it apart from the attempts that failed.
+#[test]
+fn a_path_that_gave_up_is_listed_and_runs_again_only_when_changed_or_retried() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"fails\"\n\
+         exec = [\"sh\", \"-c\", \"echo \\\"$WARD_PATH\\\" >> {ledger}.attempts; exit 3\"]\n",
+    );
+    let attempts_log = std::path::PathBuf::from(format!("{}.attempts", f.ledger.display()));
+    let attempts = |name: &str| {
+        let want = f.tree.join(name);
+        std::fs::read_to_string(&attempts_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| std::path::Path::new(l) == want)
+            .count()
+    };
+    let gave_up = |f: &Fixture| f.status().1["manifest"]["gave_up"].as_u64();
+    f.edit_config("[jobs]\n", "[jobs]\nretries = 1\n");
+    std::fs::write(f.tree.join("a"), "1").unwrap();
+    std::fs::write(f.tree.join("b"), "1").unwrap();
+    f.start();
+    wait_for("both paths to give up", LONG, || gave_up(&f) == Some(2));
+    assert_eq!((attempts("a"), attempts("b")), (2, 2));
+    let (_, status) = f.status();
+    assert_eq!(status["queue"]["failed"], 4, "attempts: {status}");
+
+    let out = f.run(&["failures", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0]["path"], f.tree.join("a").to_str().unwrap());
+    assert_eq!(listed[0]["trigger"], "fails");
+    assert_eq!(listed[0]["event"], "created");
+    assert_eq!(listed[0]["attempts"], 2);
+    assert!(
+        listed[0]["error"].as_str().unwrap().contains("3"),
+        "{listed:?}"
+    );
+    let text = f.run(&["failures"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("2 path(s) gave up") && text.contains("trigger fails"),
+        "{text}"
+    );
+
+    // A restart runs neither again.
+    f.stop();
+    f.start();
+    f.wait_idle();
+    assert_eq!(
+        (attempts("a"), attempts("b")),
+        (2, 2),
+        "a restart ran them again"
+    );
+    assert_eq!(gave_up(&f), Some(2));
+
+    // A change runs its path again; a retry runs the other.
+    std::fs::write(f.tree.join("a"), "22").unwrap();
+    wait_for("the changed path to run again", LONG, || attempts("a") == 4);
+    let out = f.run(&["retry", f.tree.join("b").to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the retried path to run again", LONG, || attempts("b") == 4);
+    wait_for("both to give up again", LONG, || gave_up(&f) == Some(2));
+    let out = f.run(&["retry", f.tree.to_str().unwrap(), "--all"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "paths and --all conflict: {out:?}"
+    );
+    let out = f.run(&["retry", f.dir.path().join("out").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "nothing gave up there: {out:?}");
+
+    // While stopped, a retry is owed at the next start.
+    f.stop();
+    let out = f.run(&["retry", "--all"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 path(s) to run again at the next start"),
+        "{out:?}"
+    );
+    f.start();
+    wait_for("both to run at the start after a retry", LONG, || {
+        attempts("a") == 6 && attempts("b") == 6
+    });
+    wait_for("both to give up once more", LONG, || gave_up(&f) == Some(2));
+    f.stop();
+}

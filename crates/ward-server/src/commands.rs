@@ -18,10 +18,14 @@ use crate::protocol::{
 use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Error, Launch, Outcome, control};
 
+mod failures;
+
+pub use failures::{failures, retry};
+
 /// How long `ward start` waits for the server to be ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `ward status` waits for the server's answer.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `ward run`: the keeper in the foreground, logging to stderr too.
 pub fn run_foreground(launch: &Launch) -> Outcome {
@@ -416,11 +420,17 @@ fn print_status(report: &StatusReport) {
     if let Some(server) = &report.server {
         let q = &server.queue;
         println!(
-            "  jobs       {} queued, {} running, {} completed, {} failed, {} coalesced",
+            "  jobs       {} queued, {} running, {} completed, {} attempt(s) failed, {} coalesced",
             q.queued, q.running, q.completed, q.failed, q.coalesced
         );
         let m = &server.manifest;
         println!("  manifest   {} paths, sequence {}", m.paths, m.seq);
+        if m.gave_up > 0 {
+            println!(
+                "  gave up    {} path(s): `ward failures` lists them, `ward retry` runs them again",
+                m.gave_up
+            );
+        }
         if let Some(e) = &m.write_error {
             println!(
                 "  manifest   {} update(s) not yet recorded: {e}",
@@ -512,7 +522,7 @@ fn diagnose_reports(launch: &Launch, as_json: bool) -> Result<(), Error> {
 }
 
 /// The state directory if it exists (`status`, `stop` and `diagnose` never create one).
-fn existing_state_dir(launch: &Launch) -> Result<Option<StateDir>, Error> {
+pub(crate) fn existing_state_dir(launch: &Launch) -> Result<Option<StateDir>, Error> {
     let path = launch.state_dir_path()?;
     if !Path::new(&path).exists() {
         return Ok(None);

@@ -86,6 +86,9 @@ pub enum Error {
     /// The manifest cannot be used now: damaged beyond opening, or closed after a write error.
     #[error("manifest: {0}")]
     StoreUnusable(String),
+    /// The command line asks for something that cannot be done as asked (exit 2).
+    #[error("{0}")]
+    Usage(String),
     /// The server refused a control request, saying why.
     #[error("the server refused: {0}")]
     Refused(String),
@@ -149,6 +152,6 @@ impl Error {
 
     /// Whether the error is the user's input (config, flags): the CLI exits 2 for those.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Config(_))
+        matches!(self, Error::Config(_) | Error::Usage(_))
     }
 }

@@ -44,14 +44,37 @@ pub enum Request {
     Stop,
     /// Read the configuration again, as SIGHUP does: [`Accepted`].
     Reload,
+    /// The paths whose jobs gave up, in path order: [`FailuresPage`].
+    Failures {
+        /// Most paths in the reply (the server caps it at [`FAILURES_PAGE`]).
+        #[serde(
+            default,
+            deserialize_with = "limit",
+            skip_serializing_if = "Option::is_none"
+        )]
+        limit: Option<u64>,
+    },
+    /// Forget the give-ups of these paths and everything below them, and run their jobs again:
+    /// [`Retried`].
+    Retry {
+        /// Absolute paths, files or directories.
+        #[serde(default)]
+        paths: Vec<std::path::PathBuf>,
+        /// Every path that gave up, whatever `paths` says.
+        #[serde(default)]
+        all: bool,
+    },
 }
+
+/// Longest page of failures one request returns.
+pub const FAILURES_PAGE: usize = 10_000;
 
 /// Longest page of changes one request returns.
 pub const CHANGES_PAGE: usize = 10_000;
 
 impl Request {
     /// The commands a client may send, as `cmd` names them.
-    pub const COMMANDS: [&str; 4] = ["status", "changes", "stop", "reload"];
+    pub const COMMANDS: [&str; 6] = ["status", "changes", "stop", "reload", "failures", "retry"];
 
     /// The request as one line of the wire form, newline included.
     pub fn to_line(&self) -> Vec<u8> {
@@ -140,6 +163,10 @@ pub enum Reply {
     Changes(ChangesPage),
     /// To [`Request::Stop`] and [`Request::Reload`].
     Accepted(Accepted),
+    /// To [`Request::Failures`].
+    Failures(FailuresPage),
+    /// To [`Request::Retry`].
+    Retried(Retried),
 }
 
 /// The line that answers a request: `ok` and the version added to the reply's fields, or the
@@ -285,6 +312,9 @@ pub struct ManifestStatus {
     pub unrecorded: usize,
     /// Why they are not written, while writing fails.
     pub write_error: Option<String>,
+    /// Paths whose jobs gave up (`ward failures` lists them).
+    #[serde(default)]
+    pub gave_up: u64,
 }
 
 /// The reply to [`Request::Changes`].
@@ -326,6 +356,67 @@ impl ChangeLine {
     }
 }
 
+/// The reply to [`Request::Failures`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailuresPage {
+    /// How many paths gave up in all (more than `failures` holds past the page's limit).
+    pub gave_up: u64,
+    /// The first of them, in path order.
+    pub failures: Vec<FailureLine>,
+}
+
+/// One path whose job gave up: a line of `ward failures`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureLine {
+    /// The path (absolute); a name that is not UTF-8 has its bad bytes replaced here.
+    pub path: String,
+    /// The path's bytes in hex, only when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+    /// The trigger whose job gave up.
+    pub trigger: String,
+    /// The change it processed.
+    pub event: Event,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub error: String,
+    /// When it gave up, seconds since the epoch.
+    pub at: u64,
+    /// The last attempt's crash report, when its process died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+}
+
+impl FailureLine {
+    /// The line for a path that gave up.
+    pub fn of(path: &std::path::Path, failure: &crate::manifest::Failure) -> FailureLine {
+        FailureLine {
+            path: path.to_string_lossy().into_owned(),
+            path_hex: path
+                .to_str()
+                .is_none()
+                .then(|| crate::jobs::hex(path.as_os_str())),
+            trigger: failure.trigger.clone(),
+            event: failure.event,
+            attempts: failure.attempts,
+            error: failure.error.clone(),
+            at: failure.at,
+            report: failure.report.as_ref().map(|r| r.display().to_string()),
+        }
+    }
+}
+
+/// The reply to [`Request::Retry`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retried {
+    /// Give-ups forgotten: their jobs run again (those of files now matched by no trigger
+    /// excepted).
+    pub retried: u64,
+    /// Paths asked for under which nothing gave up.
+    pub not_failed: Vec<String>,
+}
+
 /// The reply to [`Request::Stop`] and [`Request::Reload`]: the server has begun.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accepted {}
@@ -348,6 +439,15 @@ mod tests {
             },
             Request::Stop,
             Request::Reload,
+            Request::Failures { limit: Some(10) },
+            Request::Retry {
+                paths: vec!["/t/a".into()],
+                all: false,
+            },
+            Request::Retry {
+                paths: Vec::new(),
+                all: true,
+            },
         ] {
             let line = request.to_line();
             assert_eq!(line.last(), Some(&b'\n'));
@@ -365,7 +465,7 @@ mod tests {
             ("{\"cmd\":42}", "request has no \"cmd\" string"),
             (
                 "{\"cmd\":\"launch\"}",
-                "unknown command \"launch\": try status, changes, stop, reload",
+                "unknown command \"launch\": try status, changes, stop, reload, failures, retry",
             ),
             (
                 "{\"v\":2,\"cmd\":\"status\"}",

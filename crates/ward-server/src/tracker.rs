@@ -20,7 +20,7 @@ use ward_watch::IgnoreRules;
 use crate::Error;
 use crate::intents::Intents;
 use crate::jobs::{CompiledTrigger, Event, Job, Triggers};
-use crate::manifest::{ChangeEntry, Manifest, Opened, Update};
+use crate::manifest::{ChangeEntry, Failure, Manifest, Opened, Update};
 use crate::state::{StateDir, names};
 use writer::Writer;
 
@@ -317,6 +317,35 @@ impl Tracker {
     /// Updates waiting to be written, and the error that keeps them waiting, if any.
     pub(crate) fn backlog(&self) -> (usize, Option<String>) {
         self.writer.backlog()
+    }
+
+    /// How many paths gave up, as of the last commit (`ward status`); 0, logged, when the store
+    /// cannot be read.
+    pub(crate) fn gave_up(&self) -> u64 {
+        self.manifest.lock().gave_up().unwrap_or_else(|e| {
+            log::warn!("cannot count the paths that gave up: {e}");
+            0
+        })
+    }
+
+    /// How many paths gave up, and the first `limit` of them (`ward failures`).
+    pub(crate) fn failures(&self, limit: usize) -> Result<(u64, Vec<(PathBuf, Failure)>), Error> {
+        self.flush();
+        let manifest = self.manifest.lock();
+        Ok((manifest.gave_up()?, manifest.failures(None, limit)?))
+    }
+
+    /// Forgets the give-ups of `path` and every path below it (`ward retry`), and returns how
+    /// many there were; a comparison of `path` then owes their jobs again.
+    pub(crate) fn retry(&mut self, path: &Path) -> Result<u64, Error> {
+        self.flush();
+        let n = self.manifest.lock().gave_up_under(path)?;
+        if n > 0 {
+            self.writer.push(Update::Retried {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(n)
     }
 
     /// For `ward changes --since`.

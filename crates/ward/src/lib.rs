@@ -65,6 +65,25 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         since: u64,
     },
+    /// List the paths whose jobs gave up: trigger, event, attempts, last error, time, report.
+    Failures {
+        /// Print one JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the jobs of paths that gave up again (a directory: every path below it).
+    Retry {
+        /// Paths listed by `ward failures`, or directories above them.
+        #[arg(
+            value_name = "PATH",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        paths: Vec<PathBuf>,
+        /// Every path that gave up.
+        #[arg(long)]
+        all: bool,
+    },
     /// Internal: the server process, started by the keeper, which reads what `ward start`
     /// resolved from the state directory.
     #[command(name = "__server", hide = true)]
@@ -128,6 +147,12 @@ pub fn run() -> ExitCode {
             ward_server::diagnose(&launch(config, state_dir, Quick::default()), json)
         }
         Command::Check => ward_server::check(&launch(config, state_dir, Quick::default())),
+        Command::Failures { json } => {
+            ward_server::failures(&launch(config, state_dir, Quick::default()), json)
+        }
+        Command::Retry { paths, all } => {
+            ward_server::retry(&launch(config, state_dir, Quick::default()), &paths, all)
+        }
         Command::Changes { since } => {
             ward_server::changes(&launch(config, state_dir, Quick::default()), since)
         }

@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 
+use super::failures::{FAILURES, forget_under};
 use super::record::{decode_record, encode_event, encode_record};
 use super::store::{BY_SEQ, FILES, META, PENDING, SEQ_KEY, store_error};
 use super::{Manifest, Record, Update};
@@ -45,8 +46,33 @@ impl Manifest {
             let mut by_seq = txn
                 .open_table(BY_SEQ)
                 .map_err(|e| store_error("writing", e))?;
+            let mut failures = txn
+                .open_table(FAILURES)
+                .map_err(|e| store_error("writing", e))?;
+            // Most groups have no give-up to clear: an empty table costs no lookup per success.
+            let mut any_failures = !failures.is_empty().map_err(|e| store_error("writing", e))?;
             let mut touched: HashMap<&[u8], Touched> = HashMap::with_capacity(updates.len());
             for update in updates {
+                let key = update.path().as_os_str().as_bytes();
+                match update {
+                    Update::GaveUp { failure, .. } => {
+                        failures
+                            .insert(key, failure.encode().as_slice())
+                            .map_err(|e| store_error("writing", e))?;
+                        any_failures = true;
+                        continue;
+                    }
+                    Update::Retried { path } => {
+                        forget_under(&mut failures, path).map_err(|e| store_error("writing", e))?;
+                        continue;
+                    }
+                    Update::Finished { ok: true, .. } if any_failures => {
+                        failures
+                            .remove(key)
+                            .map_err(|e| store_error("writing", e))?;
+                    }
+                    _ => {}
+                }
                 // A rename tells its old path's removal first, under a number of its own: a
                 // since-query after the old path's last change must learn that it is gone.
                 if let Update::Queued {
@@ -57,7 +83,6 @@ impl Manifest {
                     touch(&mut touched, &files, old_path.as_os_str().as_bytes())?
                         .renamed_away(&mut seq);
                 }
-                let key = update.path().as_os_str().as_bytes();
                 let path = touch(&mut touched, &files, key)?;
                 path.apply(update, &mut seq, || {
                     Ok(pending
@@ -259,6 +284,11 @@ impl Touched {
                         ..old
                     },
                 }
+            }
+            // Not folded into the record: `Manifest::apply` writes them to `failures`.
+            Update::GaveUp { .. } | Update::Retried { .. } => {
+                self.record = old;
+                return Ok(());
             }
         };
         self.record = Some(record);

@@ -3,7 +3,7 @@
 //!
 //! It lives in a [redb](https://docs.rs/redb) database (`manifest.redb`): an embedded, pure-Rust,
 //! crash-safe (copy-on-write B-trees, atomic commits) key-value store, chosen over SQLite because it
-//! needs no C toolchain and ward only needs ordered maps. Four tables:
+//! needs no C toolchain and ward only needs ordered maps. Five tables:
 //!
 //! - `files`: path → the metadata (size, mtime and ctime in ns, inode, device) of the version last
 //!   processed successfully, the outcome of the last attempt, the last change seen and its sequence
@@ -12,6 +12,7 @@
 //! - `pending`: path → the job queued or running for it, until its outcome is recorded.
 //! - `by_seq`: sequence number → path, one entry per path (its latest change), so a since-query is
 //!   a range scan bounded by the number of paths, not by history.
+//! - `failures`: path → what failed when a job gave up, and on which version (`failures`).
 //! - `meta`: the current sequence number.
 //!
 //! Writes are grouped by the server (one commit per flush, not one fsync per file). After a crash
@@ -42,14 +43,16 @@ use redb::Database;
 use crate::jobs::Event;
 
 mod apply;
+mod failures;
 mod reconcile;
 mod record;
 mod store;
 
+pub use failures::Failure;
 pub use reconcile::{Reconciled, Threads};
 
 /// The identity and metadata of one version of a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileMeta {
     /// Size in bytes.
     pub size: u64,
@@ -124,13 +127,31 @@ pub enum Update {
         /// tells which rename finished when several were queued for the path.
         old_path: Option<PathBuf>,
     },
+    /// A job failed its last attempt: recorded in the `failures` table (its `Finished`, not ok,
+    /// follows).
+    GaveUp {
+        /// The path.
+        path: PathBuf,
+        /// What failed, on which version, and how (boxed: every update in a queue is the size
+        /// of the largest, and give-ups are rare).
+        failure: Box<Failure>,
+    },
+    /// `ward retry`: the give-ups of a path and every path below it are forgotten, so that the
+    /// next comparison of that subtree owes their jobs again.
+    Retried {
+        /// The path, a file or a directory.
+        path: PathBuf,
+    },
 }
 
 impl Update {
     /// The path the update is about.
     pub fn path(&self) -> &Path {
         match self {
-            Update::Queued { path, .. } | Update::Finished { path, .. } => path,
+            Update::Queued { path, .. }
+            | Update::Finished { path, .. }
+            | Update::GaveUp { path, .. }
+            | Update::Retried { path } => path,
         }
     }
 }

@@ -8,8 +8,10 @@ use std::ops::{Bound, ControlFlow};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use redb::ReadableTableMetadata;
 use ward_watch::IgnoreRules;
 
+use super::failures::{FAILURES, gave_up_on};
 use super::record::decode_record;
 use super::store::FILES;
 use super::{FileMeta, Manifest};
@@ -131,7 +133,10 @@ impl Manifest {
                         .as_ref()
                         .map_or(true, |(k, _)| k.value().starts_with(prefix))
                 });
-            let mut diff = Diff::new(path, records, limit, include);
+            // Read only when some path gave up: most comparisons look nothing up.
+            let failures = txn.open_table(FAILURES)?;
+            let failures = (!failures.is_empty()?).then_some(failures);
+            let mut diff = Diff::new(path, records, limit, include, failures);
             match threads {
                 Threads::One => merge_walked_here(rules, path, after, &mut diff)?,
                 Threads::Two => merge_walked_in_a_thread(rules, path, after, &mut diff)?,
@@ -282,6 +287,9 @@ struct Diff<'a, I: Iterator, F, T> {
     /// stops there (the walk and the records, read no further, are compared later).
     limit: usize,
     full: bool,
+    /// The `failures` table, when it has entries: a path whose state is the one its job gave up
+    /// on is not owed again.
+    failures: Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
 }
 
 impl<'a, I, G, F, T> Diff<'a, I, F, T>
@@ -290,7 +298,13 @@ where
     G: Bytes,
     F: FnMut(&Path, Event) -> Option<T>,
 {
-    fn new(prefix: &'a Path, records: I, limit: usize, include: F) -> Self {
+    fn new(
+        prefix: &'a Path,
+        records: I,
+        limit: usize,
+        include: F,
+        failures: Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    ) -> Self {
         Diff {
             prefix,
             records: records.peekable(),
@@ -298,7 +312,16 @@ where
             out: Vec::new(),
             limit,
             full: false,
+            failures,
         }
+    }
+
+    /// Whether `key`'s job gave up on `state` (a version, or `None`: the file gone).
+    fn gave_up_on(&self, key: &[u8], state: Option<FileMeta>) -> bool {
+        self.failures
+            .as_ref()
+            .and_then(|f| gave_up_on(f, key))
+            .is_some_and(|version| version == state)
     }
 
     fn keep(&mut self, path: &Path, event: Event) {
@@ -348,6 +371,9 @@ where
             Some(done) if done != meta => Event::Modified,
             Some(_) => return Ok(()),
         };
+        if self.gave_up_on(key, Some(meta)) {
+            return Ok(());
+        }
         self.keep(path, event);
         Ok(())
     }
@@ -366,7 +392,7 @@ where
         // queued, running or failed): a consumer may know of it, so its removal is due. Only a
         // processed removal (a tombstone) needs nothing.
         let known = record.processed.is_some() || record.event != Event::Removed;
-        if known {
+        if known && !self.gave_up_on(key, None) {
             self.keep(path, Event::Removed);
         }
     }

@@ -1,4 +1,4 @@
-//! The store: the redb database and its four tables, opening it (a damaged one moved aside and
+//! The store: the redb database and its tables, opening it (a damaged one moved aside and
 //! rebuilt), reopening it after a write error, and every read but the comparison's (counts,
 //! records, pending jobs, since-queries). Not the layout of a record (`record`), nor writes
 //! (`apply`), nor the comparison with the disk (`reconcile`).
@@ -84,6 +84,8 @@ impl Manifest {
                 txn.open_table(FILES).map_err(|e| e.to_string())?;
                 txn.open_table(PENDING).map_err(|e| e.to_string())?;
                 txn.open_table(BY_SEQ).map_err(|e| e.to_string())?;
+                txn.open_table(super::failures::FAILURES)
+                    .map_err(|e| e.to_string())?;
                 let meta = txn.open_table(META).map_err(|e| e.to_string())?;
                 meta.get(SEQ_KEY)
                     .map_err(|e| e.to_string())?

@@ -12,8 +12,8 @@ use super::backlog::Backlog;
 use crate::dispatch::Dispatcher;
 use crate::jobs::Job;
 use crate::protocol::{
-    Accepted, CHANGES_PAGE, ChangeLine, ChangesPage, ManifestStatus, QueueStatus, Reply, Request,
-    ServerStatus, WatchStatus,
+    Accepted, CHANGES_PAGE, ChangeLine, ChangesPage, FAILURES_PAGE, FailureLine, FailuresPage,
+    ManifestStatus, QueueStatus, Reply, Request, Retried, ServerStatus, WatchStatus,
 };
 use crate::tracker::Tracker;
 
@@ -53,9 +53,58 @@ pub(super) fn answer(
                 changes: changes.iter().map(ChangeLine::of).collect(),
             }))
         }
-        // Answered by the control thread itself, which never hands them to the loop.
-        Request::Stop | Request::Reload => Err(format!("{request:?} is not the loop's to answer")),
+        Request::Failures { limit } => {
+            let limit = limit.map_or(FAILURES_PAGE, |l| l.min(FAILURES_PAGE as u64) as usize);
+            let (gave_up, failures) = tracker.failures(limit).map_err(|e| e.to_string())?;
+            Ok(Reply::Failures(FailuresPage {
+                gave_up,
+                failures: failures
+                    .iter()
+                    .map(|(path, failure)| FailureLine::of(path, failure))
+                    .collect(),
+            }))
+        }
+        // Answered by the control thread itself, which never hands them to the loop, or by
+        // `retry`, which needs the backlog.
+        Request::Stop | Request::Reload | Request::Retry { .. } => {
+            Err(format!("{request:?} is not the loop's to answer"))
+        }
     }
+}
+
+/// `ward retry`: forgets the give-ups under each path (every root's for `all`) and compares
+/// those paths with the disk again, which owes their jobs.
+pub(super) fn retry(
+    paths: &[PathBuf],
+    all: bool,
+    roots: &[PathBuf],
+    tracker: &mut Tracker,
+    backlog: &mut Backlog,
+) -> Result<Reply, String> {
+    let mut retried = 0;
+    let mut not_failed = Vec::new();
+    for path in if all { roots } else { paths } {
+        if !path.is_absolute() {
+            return Err(format!(
+                "{}: a path to retry must be absolute",
+                path.display()
+            ));
+        }
+        let n = tracker.retry(path).map_err(|e| e.to_string())?;
+        if n == 0 {
+            if !all {
+                not_failed.push(path.display().to_string());
+            }
+            continue;
+        }
+        log::info!("retrying {n} path(s) that gave up under {}", path.display());
+        retried += n;
+        backlog.rescan(path.clone(), tracker);
+    }
+    Ok(Reply::Retried(Retried {
+        retried,
+        not_failed,
+    }))
 }
 
 fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
@@ -93,6 +142,7 @@ fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
             seq,
             unrecorded,
             write_error,
+            gave_up: tracker.gave_up(),
         },
         workers_idle: from.dispatcher.idle_workers(),
     }

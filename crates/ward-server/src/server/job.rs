@@ -6,15 +6,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use ward_queue::{Event as QueueEvent, JobError, Policy, Pool, RetryPolicy};
+use ward_queue::{Event as QueueEvent, JobError as QueueError, Policy, Pool, RetryPolicy};
 
 use crate::Error;
 use crate::config::Config;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, JobError};
 use crate::intents::Intents;
 use crate::jobs::{Event, Job};
-use crate::manifest::{FileMeta, Update};
+use crate::manifest::{Failure, FileMeta, Update};
 use crate::outcomes::{OutcomeSender, Outcomes};
+use crate::state::unix_now;
 use crate::tracker::Tracker;
 
 pub(super) fn build_pool(
@@ -35,7 +36,16 @@ pub(super) fn build_pool(
         .timeout(config.job_timeout + config.stop_grace * 2 + std::time::Duration::from_secs(5))
         .thread_name("ward-job")
         .on_event(move |event: QueueEvent<Job>| {
-            if let QueueEvent::Dead { job, .. } = &event {
+            if let QueueEvent::Dead { job, failures, .. } = &event {
+                if let Some(failure) = gave_up(job, failures) {
+                    send_done(
+                        &done,
+                        Update::GaveUp {
+                            path: job.path.clone(),
+                            failure: Box::new(failure),
+                        },
+                    );
+                }
                 send_done(
                     &done,
                     Update::Finished {
@@ -60,7 +70,7 @@ pub(super) fn build_pool(
             // manifest holds the job's queueing, the next start still knows of the path.
             intents.record(&job.path);
             let current = Arc::clone(&dispatcher.read());
-            current.run(job).map_err(|e| Box::new(e) as JobError)?;
+            current.run(job).map_err(|e| Box::new(e) as QueueError)?;
             send_done(
                 &finished,
                 Update::Finished {
@@ -87,6 +97,45 @@ pub(super) fn build_pool(
             Ok(())
         })
         .map_err(Error::from)
+}
+
+/// What to record of `job` giving up after `failures`; `None` when it was stopped by ward's
+/// own shutdown, which is no failure of the job (the next start runs it again).
+fn gave_up(job: &Job, failures: &[ward_queue::Failure]) -> Option<Failure> {
+    /// An error longer than this is cut: the table keeps one per path.
+    const ERROR_MAX: usize = 2000;
+    let last = failures.last()?;
+    let dispatched = match last {
+        ward_queue::Failure::Error(e) => e.downcast_ref::<JobError>(),
+        _ => None,
+    };
+    if let Some(JobError::Stopped) = dispatched {
+        return None;
+    }
+    let report = match dispatched {
+        Some(JobError::Died { report, .. }) => report.as_ref().map(PathBuf::from),
+        _ => None,
+    };
+    let mut error = last.to_string();
+    if error.len() > ERROR_MAX {
+        let cut = (0..=ERROR_MAX).rev().find(|&i| error.is_char_boundary(i))?;
+        error.truncate(cut);
+        error.push('…');
+    }
+    Some(Failure {
+        trigger: job.trigger.name().to_owned(),
+        event: job.event,
+        attempts: u32::try_from(failures.len()).unwrap_or(u32::MAX),
+        error,
+        at: unix_now(),
+        report,
+        // The version it gave up on: the file as it is now (a change since has its own job).
+        version: if job.event == Event::Removed {
+            None
+        } else {
+            FileMeta::read(&job.path)
+        },
+    })
 }
 
 /// Records every outcome waiting.

@@ -28,6 +28,7 @@ use crate::keeper::READY_LINE;
 use crate::launch::Launch;
 use crate::logging::{self, Sink};
 use crate::outcomes;
+use crate::protocol::Request;
 use crate::state::{StateDir, names};
 use crate::tracker::Tracker;
 use crate::{Error, deaths};
@@ -168,9 +169,13 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             recv(requests) -> asked => {
                 if let Ok(asked) = asked {
                     record_outcomes(&done, &mut tracker);
-                    let dispatcher = dispatcher.read();
-                    let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started };
-                    let answer = answers::answer(&asked.request, &mut tracker, &sources);
+                    let answer = if let Request::Retry { paths, all } = &asked.request {
+                        answers::retry(paths, *all, &config.roots, &mut tracker, &mut backlog)
+                    } else {
+                        let dispatcher = dispatcher.read();
+                        let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started };
+                        answers::answer(&asked.request, &mut tracker, &sources)
+                    };
                     // The asker may have given up waiting; nothing to do then.
                     let _ = asked.reply.try_send(answer);
                 }
