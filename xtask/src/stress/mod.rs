@@ -11,6 +11,7 @@ mod changes;
 mod check;
 mod config;
 mod daemon;
+mod failures;
 mod faults;
 mod host;
 mod ledger;

@@ -22,7 +22,7 @@ use super::sampler::{self, Samples};
 use super::scene::{LedgerTail, PendingRemoval, Restarts, Scene};
 use super::verdict::{self, Evidence};
 use super::workload::{self, WriteLog, Writers, lock, now_ms};
-use super::{Options, changes, host};
+use super::{Options, changes, failures, host};
 
 /// Set by Ctrl-C, SIGTERM or SIGHUP: every loop of the run checks it and goes to the orderly end.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -260,6 +260,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
             )
         }),
     };
+    let gave_up = failures::fetch(&ward, status.as_ref(), final_files.keys());
     sampling.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     eprintln!();
@@ -283,6 +284,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         burst: run.burst.as_ref(),
         restarts: &run.restarts,
         reading: &reading,
+        gave_up: &gave_up,
         final_files: &final_files,
         settled,
         settle_s,

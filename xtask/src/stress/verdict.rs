@@ -17,7 +17,7 @@ use super::run::{Burst, Reports};
 use super::sampler::Samples;
 use super::scene::{LedgerTail, Restarts};
 use super::workload::{lock, now_ms};
-use super::{Options, changes};
+use super::{Options, changes, failures};
 
 /// A quick run's memory bounds: the keeper holds no per-file state; the server's includes the
 /// manifest's page cache and per-directory watches, and 64 MiB is what the 200k-file burst of
@@ -59,6 +59,8 @@ pub struct Evidence<'a> {
     pub restarts: &'a Restarts,
     /// ward's since-queries after the run.
     pub reading: &'a changes::Reading,
+    /// `ward failures` after the run, and the disk's deadly files.
+    pub gave_up: &'a failures::Reading,
     /// Every regular file on disk at the end, with its content hash.
     pub final_files: &'a BTreeMap<String, u64>,
     /// Whether ward went idle after the workloads stopped.
@@ -128,6 +130,7 @@ pub fn lines(e: &Evidence<'_>) -> Vec<Line> {
         &root,
         |t| e.short(t),
     ));
+    lines.push(failures::line(e.gave_up, |t| e.short(t)));
     lines
 }
 
