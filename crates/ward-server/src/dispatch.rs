@@ -350,7 +350,11 @@ impl Dispatcher {
             }
             Err(WorkerTrouble::Died(exit)) => {
                 let what = format!("worker {} during {}", worker.label, job.path.display());
-                Err(self.died(&what, &exit, &tail_text(&worker.tail)))
+                let tail = worker.tail.clone();
+                // Its last lines may still be in the pipe, or on their way to the tail: the
+                // drop waits until the pipes are drained and every line is in.
+                drop(worker);
+                Err(self.died(&what, &exit, &tail_text(&tail)))
             }
             Err(WorkerTrouble::Protocol(problem)) => {
                 log::warn!(
