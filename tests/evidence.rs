@@ -162,3 +162,114 @@ fn a_jobs_report_says_nothing_of_a_crash_handler_it_never_had() {
     assert!(!text.contains("handler"), "{text}");
     f.stop();
 }
+
+/// A Python program with `faulthandler` on: as a worker (`hang.py worker`) it answers requests
+/// and hangs on a path ending in `.hang`; as a job (`hang.py job`) it hangs at once. Either way
+/// it hangs inside a function whose name a stack dump shows.
+const HANG_PY: &str = r#"import faulthandler, json, sys, time
+
+faulthandler.enable()
+
+def hang_here_for_ward_to_find():
+    while True:
+        time.sleep(60)
+
+if sys.argv[1] == "job":
+    hang_here_for_ward_to_find()
+for line in sys.stdin:
+    request = json.loads(line)
+    if request["path"].endswith(".hang"):
+        hang_here_for_ward_to_find()
+    print(json.dumps({"id": request["id"], "ok": True}), flush=True)
+"#;
+
+/// A fixture with a one-second timeout, `hang.py` beside its config, and `triggers`, in which
+/// `hang.py` is made the script's absolute path.
+fn hanging(triggers: &str) -> Fixture {
+    let f = fixture(1.0, triggers);
+    let script = f.dir.path().join("hang.py");
+    std::fs::write(&script, HANG_PY).unwrap();
+    f.edit_config("hang.py", script.to_str().unwrap());
+    f
+}
+
+/// The report of the job on `tree/NAME`, once there is one.
+fn report_on(f: &Fixture, name: &str) -> serde_json::Value {
+    wait_for(&format!("the report of the job on {name}"), LONG, || {
+        !reports_on(f, name).is_empty()
+    });
+    reports_on(f, name).remove(0)
+}
+
+/// Asserts that `report` is a hang's, with the stack `hang.py` printed on the dump signal.
+fn assert_hung_with_its_stack(report: &serde_json::Value) {
+    assert_eq!(report["verdict"]["cause"]["kind"], "hung", "{report:#}");
+    assert_eq!(
+        report["wait_status"]["signal"],
+        libc::SIGABRT,
+        "it died of the dump signal: {report:#}"
+    );
+    let tail = stderr_tail(report);
+    assert!(
+        tail.contains("Fatal Python error: Aborted")
+            && tail.contains("in hang_here_for_ward_to_find"),
+        "no stack in the stderr tail:\n{report:#}"
+    );
+    let evidence = report["verdict"]["evidence"].to_string();
+    assert!(
+        evidence.contains("sent SIGABRT for it to print its stack"),
+        "{evidence}"
+    );
+}
+
+#[test]
+fn a_hung_worker_is_asked_for_its_stack_and_its_report_has_it() {
+    let f =
+        hanging("[[trigger]]\nname = \"py\"\nworker = [\"python3\", \"hang.py\", \"worker\"]\n");
+    f.start();
+    write(&f, "x.hang");
+    let report = report_on(&f, "x.hang");
+    assert!(
+        report["role"].as_str().unwrap().contains("no reply within"),
+        "{report:#}"
+    );
+    assert_hung_with_its_stack(&report);
+    f.stop();
+}
+
+#[test]
+fn a_hung_exec_job_is_asked_for_its_stack_and_its_report_has_it() {
+    let f = hanging("[[trigger]]\nname = \"py\"\nexec = [\"python3\", \"hang.py\", \"job\"]\n");
+    f.start();
+    write(&f, "x.txt");
+    let report = report_on(&f, "x.txt");
+    assert!(
+        report["role"].as_str().unwrap().contains("timed out after"),
+        "{report:#}"
+    );
+    assert_hung_with_its_stack(&report);
+    f.stop();
+}
+
+#[test]
+fn a_trigger_with_dump_signal_none_stops_a_hung_worker_without_a_dump() {
+    let f = hanging(concat!(
+        "[[trigger]]\nname = \"py\"\nworker = [\"python3\", \"hang.py\", \"worker\"]\n",
+        "dump_signal = \"none\"\n",
+    ));
+    f.start();
+    write(&f, "x.hang");
+    let report = report_on(&f, "x.hang");
+    assert_eq!(report["verdict"]["cause"]["kind"], "hung", "{report:#}");
+    assert_eq!(
+        report["wait_status"]["signal"],
+        libc::SIGTERM,
+        "stopped as before: {report:#}"
+    );
+    let text = report.to_string();
+    assert!(
+        !text.contains("hang_here_for_ward_to_find") && !text.contains("print its stack"),
+        "{report:#}"
+    );
+    f.stop();
+}

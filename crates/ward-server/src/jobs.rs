@@ -116,6 +116,12 @@ impl CompiledTrigger {
         &self.config.handler
     }
 
+    /// The signal its jobs and workers get before they are stopped past the timeout, for a
+    /// stack dump.
+    pub fn dump_signal(&self) -> Option<i32> {
+        self.config.dump_signal
+    }
+
     /// Whether it handles `relative`, a path relative to its watch root.
     fn matches(&self, relative: &Path) -> bool {
         match &self.globs {
@@ -354,6 +360,7 @@ mod tests {
             handler: Handler::Exec {
                 argv: vec!["true".into()],
             },
+            dump_signal: None,
         }
     }
 
