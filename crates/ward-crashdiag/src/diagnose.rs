@@ -106,6 +106,8 @@ pub fn post_mortem(input: &PostMortemInput) -> Result<PostMortem> {
         return Ok(PostMortem::AlreadyReported(existing));
     }
     let mut evidence = Evidence::new(pid, input.role.clone(), &input.crash_dir);
+    // A daemon whose crash directory and heartbeat are known ran the capture that fills them.
+    evidence.crash_capture = true;
     evidence.heartbeat_file = input.heartbeat_file.clone();
     evidence.log_file = input.log_file.clone();
     let mut report = collect(&evidence);

@@ -106,6 +106,15 @@ pub struct Evidence {
     pub stop_requested: bool,
     /// A watchdog killed it because it stopped making progress.
     pub watchdog_fired: bool,
+    /// The signal its parent sent it to make it print its stack before stopping it as hung
+    /// (SIGABRT to a Python `faulthandler`, SIGQUIT to a JVM): its wait status may be that
+    /// signal's, which then says nothing of a crash, and what it printed is in `stderr_tail`.
+    pub dump_signal: Option<i32>,
+    /// It ran this crate's capture ([`install`](crate::install)), so a crash record it did not
+    /// leave says something too (its handler saw no fatal signal, or could not write). A process
+    /// that never installed it (a foreign worker, a job's command) has no record to miss, and
+    /// its report says nothing of a handler it never had. `false` unless set.
+    pub crash_capture: bool,
     /// Its heartbeat file.
     pub heartbeat_file: Option<PathBuf>,
     /// The log file it wrote to.

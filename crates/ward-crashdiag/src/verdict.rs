@@ -209,7 +209,9 @@ pub(crate) fn classify(f: &Findings<'_>) -> Verdict {
             usize::from(panic.is_some()),
             signals.len()
         )),
-        _ => said.push("no crash record".into()),
+        // A process that never installed the capture has no record to miss.
+        _ if ev.crash_capture => said.push("no crash record".into()),
+        _ => {}
     }
     let stderr = ev.stderr_tail.as_deref().unwrap_or("");
     let log_text = own_log_lines(f.log_tail, ev.pid);
@@ -244,6 +246,20 @@ pub(crate) fn classify(f: &Findings<'_>) -> Verdict {
     };
 
     if ev.watchdog_fired {
+        if let Some(dump) = ev.dump_signal {
+            let name = signal_name(dump);
+            said.push(if signal == Some(dump) {
+                format!(
+                    "its parent sent {name} for it to print its stack before stopping it, and it \
+                     died of that (not a crash of its own): what it printed is in the stderr tail"
+                )
+            } else {
+                format!(
+                    "its parent sent {name} for it to print its stack before stopping it: what it \
+                     printed is in the stderr tail"
+                )
+            });
+        }
         let why = "a watchdog killed it for not making progress".to_owned();
         return verdict(Cause::Hung, Confidence::High, said, Some(why));
     }
@@ -346,12 +362,22 @@ pub(crate) fn classify(f: &Findings<'_>) -> Verdict {
                 let why = "the signal handler recorded the signal".to_owned();
                 verdict(cause, Confidence::High, said, Some(why))
             }
-            None => {
+            None if ev.crash_capture => {
                 said.push(
-                    "the signal handler recorded nothing (not installed, or could not write)"
+                    "its fatal-signal handler recorded nothing (the signal came before the \
+                     handler was installed, or the record could not be written)"
                         .into(),
                 );
                 verdict(cause, Confidence::Medium, said, None)
+            }
+            // Not a process with our handler: the wait status is all there is, and a signal
+            // sent from outside would look the same.
+            None => {
+                let why = format!(
+                    "the wait status names {}, a signal a process's own code usually raises",
+                    signal_name(sig)
+                );
+                verdict(cause, Confidence::Medium, said, Some(why))
             }
         };
     }
@@ -875,6 +901,81 @@ mod tests {
             missing.iter().any(|m| m.contains("kernel log")),
             "{missing:?}"
         );
+    }
+
+    fn classify_alone(evidence: &Evidence, record: Option<&CrashRecord>) -> Verdict {
+        classify(&Findings {
+            evidence,
+            record,
+            heartbeat: None,
+            heartbeat_age: None,
+            kernel_lines: Some(&[]),
+            log_tail: &[],
+        })
+    }
+
+    /// Regression: the report of a job's command, which never installed ward's handler, said
+    /// "the signal handler recorded nothing (not installed, or could not write)" and "no crash
+    /// record", as if a handler of its own had failed.
+    #[test]
+    fn only_a_process_that_installed_the_capture_is_said_to_lack_a_crash_record() {
+        let mut evidence = Evidence::new(1234, "job x on /t/a", "/nonexistent");
+        evidence.wait_status = signaled(libc::SIGABRT);
+        let foreign = classify_alone(&evidence, None);
+        assert_eq!(foreign.cause.kind(), "native_crash");
+        assert_eq!(foreign.confidence, Confidence::Medium);
+        let text = foreign.evidence.join("\n");
+        assert!(!text.contains("handler"), "{text}");
+        assert!(!text.contains("crash record"), "{text}");
+        assert!(text.contains("SIGABRT"), "{text}");
+
+        evidence.crash_capture = true;
+        let own = classify_alone(&evidence, None);
+        assert_eq!(own.cause.kind(), "native_crash");
+        let text = own.evidence.join("\n");
+        assert!(text.contains("no crash record"), "{text}");
+        assert!(
+            text.contains("its fatal-signal handler recorded nothing"),
+            "{text}"
+        );
+
+        // A record, whoever left it, is evidence and said so.
+        evidence.crash_capture = false;
+        let record = signal_record(libc::SIGABRT);
+        let recorded = classify_alone(&evidence, Some(&record));
+        assert_eq!(recorded.confidence, Confidence::High);
+        assert!(
+            recorded
+                .evidence
+                .iter()
+                .any(|e| e.starts_with("crash record:")),
+            "{recorded:#?}"
+        );
+    }
+
+    #[test]
+    fn a_hung_process_that_died_of_its_dump_signal_is_hung_not_crashed() {
+        let mut evidence = Evidence::new(1234, "worker", "/nonexistent");
+        evidence.wait_status = signaled(libc::SIGABRT);
+        evidence.watchdog_fired = true;
+        evidence.dump_signal = Some(libc::SIGABRT);
+        let v = classify_alone(&evidence, None);
+        assert_eq!(v.cause, Cause::Hung);
+        assert_eq!(v.confidence, Confidence::High);
+        let text = v.evidence.join("\n");
+        assert!(
+            text.contains("its parent sent SIGABRT for it to print its stack")
+                && text.contains("died of that (not a crash of its own)")
+                && text.contains("stderr tail"),
+            "{text}"
+        );
+        // It lived on after the dump signal and was stopped: the dump is still said.
+        evidence.wait_status = signaled(libc::SIGTERM);
+        let v = classify_alone(&evidence, None);
+        assert_eq!(v.cause, Cause::Hung);
+        let text = v.evidence.join("\n");
+        assert!(text.contains("sent SIGABRT"), "{text}");
+        assert!(!text.contains("died of that"), "{text}");
     }
 
     #[test]

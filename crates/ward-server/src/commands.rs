@@ -657,6 +657,7 @@ mod tests {
             handler: crate::config::Handler::Exec {
                 argv: vec!["true".into()],
             },
+            dump_signal: None,
         };
         let ordered = [trigger("md", &["*.md"]), trigger("all", &[])];
         assert!(unreachable_triggers(&ordered).is_empty());

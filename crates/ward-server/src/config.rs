@@ -131,6 +131,18 @@ pub struct Trigger {
     /// The events it receives; others of its paths are recorded as processed without a run.
     #[serde(default)]
     pub events: Events,
+    /// The signal a job or worker past its timeout gets before it is stopped, so that it can
+    /// print its stack on stderr for the crash report (`None`: stopped at once).
+    #[serde(default = "default_dump_signal")]
+    pub dump_signal: Option<i32>,
+}
+
+/// The dump signal of a trigger that names none: Python's `faulthandler`, glibc's `abort`
+/// handlers and most runtimes print a stack on it, and it is a crash if nothing catches it.
+pub const DEFAULT_DUMP_SIGNAL: i32 = libc::SIGABRT;
+
+fn default_dump_signal() -> Option<i32> {
+    Some(DEFAULT_DUMP_SIGNAL)
 }
 
 /// How a trigger processes one change.
@@ -211,6 +223,7 @@ struct TriggerSection {
     recycle_after: Option<At<u64>>,
     max_rss_mb: Option<At<u64>>,
     events: Option<At<Vec<At<String>>>>,
+    dump_signal: Option<At<String>>,
 }
 
 impl Config {
@@ -448,6 +461,7 @@ impl Config {
                     argv: flags.command.clone(),
                 },
                 events: Events::ALL,
+                dump_signal: default_dump_signal(),
             });
         }
         for (i, section) in parsed.triggers.into_iter().enumerate() {
@@ -520,11 +534,24 @@ impl Config {
                     events_of(list, &name).map_err(|(span, message)| error(at(&span), message))?
                 }
             };
+            let dump_signal = match &t.dump_signal {
+                None => default_dump_signal(),
+                Some(value) => dump_signal(value.get_ref()).map_err(|problem| {
+                    error(
+                        at(&value.span()),
+                        format!(
+                            "trigger {name:?}: dump_signal = {:?}: {problem}",
+                            value.get_ref()
+                        ),
+                    )
+                })?,
+            };
             config.triggers.push(Trigger {
                 name,
                 globs: t.glob.into_iter().map(Spanned::into_inner).collect(),
                 handler,
                 events,
+                dump_signal,
             });
         }
         if config.triggers.is_empty() {
@@ -560,6 +587,30 @@ impl Config {
             triggers: Vec::new(),
         }
     }
+}
+
+/// A trigger's `dump_signal`: `"none"`, or a signal's name with or without its `SIG`
+/// (`"SIGABRT"`, `"QUIT"`), in any case.
+fn dump_signal(text: &str) -> Result<Option<i32>, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let upper = text.to_ascii_uppercase();
+    let wanted = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    let number = (1..=libc::SIGRTMAX())
+        .find(|&n| ward_sys::signal::name(n) == Some(wanted.as_str()))
+        .ok_or("not a signal name (such as \"SIGABRT\" or \"SIGQUIT\"), nor \"none\"")?;
+    // No dump can follow these: the process cannot catch them to print anything.
+    if number == libc::SIGKILL || number == libc::SIGSTOP {
+        return Err(format!(
+            "{wanted} cannot be caught, so nothing could print a stack on it: use another signal, or \"none\""
+        ));
+    }
+    Ok(Some(number))
 }
 
 /// Checks a glob the way triggers will compile it, so a bad one is refused at load time.
@@ -867,6 +918,52 @@ recycle_after = 100
             assert!(err.message.contains(message), "{text}\n{err}");
             assert_eq!(err.position, Some(position), "{text}\n{err}");
         }
+    }
+
+    #[test]
+    fn dump_signal_is_a_signal_name_or_none_and_defaults_to_sigabrt() {
+        let dump = |value: Option<&str>| {
+            let key = value.map_or_else(String::new, |v| format!("dump_signal = \"{v}\"\n"));
+            parse(&format!("[[trigger]]\nexec = [\"a\"]\n{key}"))
+                .map(|config| config.triggers[0].dump_signal)
+        };
+        assert_eq!(dump(None), Ok(Some(libc::SIGABRT)));
+        for (text, signal) in [
+            ("SIGABRT", Some(libc::SIGABRT)),
+            ("ABRT", Some(libc::SIGABRT)),
+            ("SIGQUIT", Some(libc::SIGQUIT)),
+            ("quit", Some(libc::SIGQUIT)),
+            ("SIGUSR1", Some(libc::SIGUSR1)),
+            ("none", None),
+            ("NONE", None),
+        ] {
+            assert_eq!(dump(Some(text)), Ok(signal), "{text}");
+        }
+        for (text, problem) in [
+            ("SIGFOO", "not a signal name"),
+            ("6", "not a signal name"),
+            ("", "not a signal name"),
+            ("SIGKILL", "SIGKILL cannot be caught"),
+            ("stop", "SIGSTOP cannot be caught"),
+        ] {
+            let err = dump(Some(text)).unwrap_err();
+            assert_eq!(err.position, Some((3, 15)), "{text}: {err}");
+            assert!(
+                err.message
+                    .starts_with(&format!("trigger \"trigger1\": dump_signal = \"{text}\": "))
+                    && err.message.contains(problem),
+                "{text}: {err}"
+            );
+        }
+        // A launch recorded before the key existed still gets the default.
+        let mut json =
+            serde_json::to_value(parse("[[trigger]]\nexec = [\"a\"]\n").unwrap()).unwrap();
+        json["triggers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("dump_signal");
+        let config: Config = serde_json::from_value(json).unwrap();
+        assert_eq!(config.triggers[0].dump_signal, Some(libc::SIGABRT));
     }
 
     /// A flag's value goes through the file's checks and, when refused, is named as the flag.

@@ -80,7 +80,10 @@ pub(crate) fn report(
     evidence.run_time = Some(exit.run_time);
     evidence.stop_requested = exit.stop_requested;
     evidence.watchdog_fired = exit.hung;
+    evidence.dump_signal = exit.dump_signal;
     if what == "server" {
+        // Ward's own process: it installed the capture (a job's command or a worker did not).
+        evidence.crash_capture = true;
         evidence.heartbeat_file = Some(heartbeat_file(state, "server"));
         evidence.log_file = Some(state.join(names::LOG));
     }

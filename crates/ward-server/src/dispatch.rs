@@ -21,6 +21,9 @@ use crate::state::StateDir;
 
 /// Lines of a job's output kept for its crash report.
 const TAIL_LINES: usize = 40;
+/// How long a job or worker past its timeout has, after its trigger's dump signal, to print its
+/// stack (and usually die of the signal) before it is stopped.
+pub(crate) const DUMP_WAIT: Duration = Duration::from_secs(2);
 /// The longest reply line a worker may write; a longer one is a protocol violation.
 const MAX_REPLY: usize = 1 << 20;
 
@@ -62,6 +65,17 @@ fn tail_text(tail: &OutputTail) -> String {
         .map(|l| l.text.as_str())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// How a log line says that a hung process gets `dump` before it is stopped.
+fn dump_first(dump: Option<i32>) -> String {
+    match dump {
+        Some(signal) => format!(
+            " ({} first, for its stack)",
+            ward_sys::signal::name(signal).unwrap_or("a dump signal")
+        ),
+        None => String::new(),
+    }
 }
 
 /// A spawn request for the [`Spawner`]'s thread, with where to send the child.
@@ -248,33 +262,34 @@ impl Dispatcher {
             let stopping = self.stop_at.lock().is_some_and(|at| Instant::now() >= at);
             if stopping || Instant::now() >= timeout_at {
                 let why = if stopping {
-                    "ward is stopping"
+                    "ward is stopping".to_owned()
                 } else {
-                    "it timed out"
+                    format!("it timed out{}", dump_first(job.trigger.dump_signal()))
                 };
                 log::warn!("stopping job {name} on {}: {why}", job.path.display());
-                let stopped = child.stop(self.config.stop_grace);
-                drop(child);
-                if let Some(held) = share.take_held(0) {
-                    log::warn!("job {name} on {}: {held}", job.path.display());
+                // Past its deadline it is hung, not stopped on request: asked for its stack
+                // first, and reported as hung.
+                let stopped = if stopping {
+                    child.stop(self.config.stop_grace)
+                } else {
+                    child.stop_hung(job.trigger.dump_signal(), DUMP_WAIT, self.config.stop_grace)
+                };
+                match stopped {
+                    Ok(exit) if !stopping => break exit,
+                    stopped => {
+                        drop(child);
+                        if let Some(held) = share.take_held(0) {
+                            log::warn!("job {name} on {}: {held}", job.path.display());
+                        }
+                        return Err(match stopped {
+                            Err(e) => {
+                                log::error!("stopping job {name}: {e}");
+                                JobError::TimedOut(self.config.job_timeout)
+                            }
+                            Ok(_) => JobError::Stopped,
+                        });
+                    }
                 }
-                return Err(match stopped {
-                    Err(e) => {
-                        log::error!("stopping job {name}: {e}");
-                        JobError::TimedOut(self.config.job_timeout)
-                    }
-                    Ok(_) if stopping => JobError::Stopped,
-                    // Past its deadline it is hung, not stopped on request: report it as such.
-                    Ok(mut exit) => {
-                        exit.hung = true;
-                        let what = format!(
-                            "job {name} on {} (timed out after {:?})",
-                            job.path.display(),
-                            self.config.job_timeout
-                        );
-                        self.died(&what, &exit, &tail_text(&tail))
-                    }
-                });
             }
         };
         drop(child); // waits for the output to be read and joins the sink thread: the tail is complete
@@ -284,7 +299,15 @@ impl Dispatcher {
         if exit.is_clean() {
             return Ok(());
         }
-        let what = format!("job {name} on {}", job.path.display());
+        let what = if exit.hung {
+            format!(
+                "job {name} on {} (timed out after {:?})",
+                job.path.display(),
+                self.config.job_timeout
+            )
+        } else {
+            format!("job {name} on {}", job.path.display())
+        };
         Err(self.died(&what, &exit, &tail_text(&tail)))
     }
 
@@ -359,7 +382,11 @@ impl Dispatcher {
             }
             Err(WorkerTrouble::Died(exit)) => {
                 let what = format!("worker {} during {}", worker.label, job.path.display());
-                Err(self.died(&what, &exit, &tail_text(&worker.tail)))
+                let tail = worker.tail.clone();
+                // Its last lines may still be in the pipe, or on their way to the tail: the
+                // drop waits until the pipes are drained and every line is in.
+                drop(worker);
+                Err(self.died(&what, &exit, &tail_text(&tail)))
             }
             Err(WorkerTrouble::Protocol(problem)) => {
                 log::warn!(
@@ -371,23 +398,25 @@ impl Dispatcher {
             }
             Err(WorkerTrouble::TimedOut) => {
                 log::warn!(
-                    "worker {} gave no reply within {:?}; replacing it",
+                    "worker {} gave no reply within {:?}; replacing it{}",
                     worker.label,
-                    self.config.job_timeout
+                    self.config.job_timeout,
+                    dump_first(job.trigger.dump_signal())
                 );
-                let tail = tail_text(&worker.tail);
                 let what = format!(
                     "worker {} during {} (no reply within {:?})",
                     worker.label,
                     job.path.display(),
                     self.config.job_timeout
                 );
-                match worker.retire(self.config.stop_grace) {
-                    // Past its deadline it is hung, not stopped on request: report it as such.
-                    Some(mut exit) => {
-                        exit.hung = true;
-                        Err(self.died(&what, &exit, &tail))
+                let tail = worker.tail.clone();
+                // Past its deadline it is hung, not stopped on request: asked for its stack
+                // first, and reported as hung once its output (the stack) is drained.
+                match worker.retire_hung(job.trigger.dump_signal(), self.config.stop_grace) {
+                    Some(exit) if exit.is_clean() => {
+                        Err(JobError::TimedOut(self.config.job_timeout))
                     }
+                    Some(exit) => Err(self.died(&what, &exit, &tail_text(&tail))),
                     None => Err(JobError::TimedOut(self.config.job_timeout)),
                 }
             }
@@ -658,6 +687,15 @@ impl Worker {
     fn retire(self, grace: Duration) -> Option<Exit> {
         self.child
             .stop(grace)
+            .inspect_err(|e| log::error!("stopping worker {}: {e}", self.label))
+            .ok()
+    }
+
+    /// Stops a worker past the job timeout: `dump` first, for its stack, then as
+    /// [`retire`](Self::retire). Returns once its output is drained into its tail.
+    fn retire_hung(self, dump: Option<i32>, grace: Duration) -> Option<Exit> {
+        self.child
+            .stop_hung(dump, DUMP_WAIT, grace)
             .inspect_err(|e| log::error!("stopping worker {}: {e}", self.label))
             .ok()
     }

@@ -164,6 +164,12 @@ impl CompiledTrigger {
         self.config.events.contains(event)
     }
 
+    /// The signal its jobs and workers get before they are stopped past the timeout, for a
+    /// stack dump.
+    pub fn dump_signal(&self) -> Option<i32> {
+        self.config.dump_signal
+    }
+
     /// Whether it handles `relative`, a path relative to its watch root.
     fn matches(&self, relative: &Path) -> bool {
         match &self.globs {
@@ -403,6 +409,7 @@ mod tests {
             handler: Handler::Exec {
                 argv: vec!["true".into()],
             },
+            dump_signal: None,
         }
     }
 

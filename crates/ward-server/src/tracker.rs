@@ -372,6 +372,7 @@ pub(crate) mod tests {
             handler: Handler::Exec {
                 argv: vec!["true".into()],
             },
+            dump_signal: None,
         }
     }
 

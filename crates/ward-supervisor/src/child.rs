@@ -28,7 +28,7 @@ const MAX_LINE: usize = 16 * 1024;
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a dropped handle waits for the reaper to finish reading what the reaped child wrote
-/// (its drain is bounded by 200 ms; this only guards against a reaper that died).
+/// (its drain is bounded by 2 s at most; this only guards against a reaper that died).
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
 
 /// Called on the reaper's thread once the child is reaped.
@@ -41,6 +41,8 @@ pub(crate) struct State {
     pub(crate) reaped: bool,
     exit: Option<Exit>,
     pub(crate) hung: bool,
+    /// The signal `stop_hung` sent for a stack dump, if it sent one.
+    dump_signal: Option<i32>,
     pub(crate) stop_requested: bool,
     /// Set by the reaper once it is done with the child: reaped, and its pipes drained.
     pub(crate) drained: bool,
@@ -396,6 +398,56 @@ impl Child {
         self.finish_stop(Instant::now() + grace)
     }
 
+    /// Stops a child found hung (past a deadline of the caller's): its [`Exit`] says `hung`, as
+    /// after the watchdog. With a `dump` signal, the child's group gets it first, and up to
+    /// `dump_wait` to exit on it: a runtime that prints its stacks on a signal (Python's
+    /// `faulthandler` on SIGABRT, the JVM on SIGQUIT) leaves that evidence in the child's output
+    /// before it is stopped. Then [`stop`](Self::stop), which has nothing left to do if the dump
+    /// signal ended the child. A child that had exited already is not marked hung.
+    ///
+    /// The whole group gets the dump signal: the stack that explains a hang may be any of its
+    /// processes', and all of them are about to be stopped anyway.
+    ///
+    /// # Errors
+    /// As [`stop`](Self::stop). A dump signal that cannot be sent is logged, and the child
+    /// stopped all the same.
+    pub fn stop_hung(
+        &self,
+        dump: Option<i32>,
+        dump_wait: Duration,
+        grace: Duration,
+    ) -> Result<Exit> {
+        // An inline child that exited while nobody waited is reaped first: it did not hang.
+        self.try_wait();
+        let dumping = {
+            let mut state = self.shared.lock();
+            if !state.reaped {
+                state.hung = true;
+            }
+            match dump.filter(|_| !state.reaped) {
+                Some(signal) => match self.shared.signal(&state, signal, true) {
+                    Ok(()) => {
+                        state.dump_signal = Some(signal);
+                        true
+                    }
+                    Err(err) => {
+                        log::warn!(
+                            "child {}: cannot ask it for its stack: {err}",
+                            self.shared.pid
+                        );
+                        false
+                    }
+                },
+                None => false,
+            }
+        };
+        if dumping {
+            // Returns as soon as it exits: a dump is usually followed by death by that signal.
+            self.wait_timeout(dump_wait);
+        }
+        self.stop(grace)
+    }
+
     /// The first half of [`stop`](Self::stop): marks the stop as requested and sends SIGTERM to
     /// the group. Lets a caller stop many children in parallel.
     ///
@@ -571,6 +623,7 @@ pub(crate) fn reap(
         pid: pid as u32,
         termination,
         hung: state.hung,
+        dump_signal: state.dump_signal,
         stop_requested: state.stop_requested,
         max_rss_bytes: (usage.ru_maxrss.max(0) as u64).saturating_mul(sys::MAXRSS_UNIT),
         run_time: started.elapsed(),

@@ -102,9 +102,15 @@ pub struct Exit {
     pub pid: u32,
     /// The decoded wait status.
     pub termination: Termination,
-    /// The heartbeat watchdog fired: the child went silent and was sent SIGABRT (then SIGKILL if
-    /// it survived the grace). A hung child is always a failure, whatever its wait status says.
+    /// The child was found hung: the heartbeat watchdog fired (the child went silent and was sent
+    /// SIGABRT, then SIGKILL if it survived the grace), or its caller stopped it past a deadline
+    /// with [`Child::stop_hung`](crate::Child::stop_hung). A hung child is always a failure,
+    /// whatever its wait status says.
     pub hung: bool,
+    /// The signal [`Child::stop_hung`](crate::Child::stop_hung) sent the hung child's group to
+    /// make it print its stack before it was stopped: a wait status of that signal is this
+    /// request's doing, not a crash of its own.
+    pub dump_signal: Option<i32>,
     /// The exit followed a stop we asked for (SIGTERM, then SIGKILL after the grace).
     pub stop_requested: bool,
     /// Peak resident set size from `wait4`'s rusage (the child and the descendants it reaped), in
@@ -124,6 +130,7 @@ impl Exit {
             pid: 0,
             termination,
             hung: false,
+            dump_signal: None,
             stop_requested: false,
             max_rss_bytes: 0,
             run_time,
@@ -146,7 +153,7 @@ impl Exit {
 impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.hung {
-            write!(f, "hung (no heartbeat), ")?;
+            write!(f, "hung, ")?;
         }
         write!(
             f,
@@ -155,6 +162,10 @@ impl fmt::Display for Exit {
             self.run_time.as_secs_f64(),
             self.max_rss_bytes / 1024
         )?;
+        if let Some(signal) = self.dump_signal {
+            let name = ward_sys::signal::name(signal).unwrap_or("a signal");
+            write!(f, ", sent {name} for its stack")?;
+        }
         if self.stop_requested {
             write!(f, ", stop requested")?;
         }

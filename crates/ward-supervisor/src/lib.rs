@@ -88,8 +88,11 @@
 //!   for a thread per child that calls the sink, started with the first line, so a child that
 //!   writes nothing costs no thread of its own. The child never waits for the sink: when the
 //!   queue is full, lines are dropped and counted ([`Line::dropped_before`]). After the exit,
-//!   output still in the pipes is read for at most 200 ms (a descendant that left the group may
-//!   hold them open). Dropping the [`Child`] waits for that and joins the sink's thread.
+//!   output still in the pipes is read until they reach their end, for at most 200 ms after a
+//!   clean exit or a stop that was asked for, and 2 s after a death (a descendant that left the
+//!   group may hold them open; what it writes just after a death belongs in the crash report).
+//!   Dropping the [`Child`] waits for that and joins the sink's thread: read a dead child's
+//!   output tail after the drop, not after the exit.
 //!   [`ChildSpec::stdout_piped`] hands stdout to the caller instead, for a request/reply worker
 //!   whose answers should reach the waiting thread directly.
 //! - **Memory cgroup.** [`ChildSpec::memory_max`] creates a cgroup per run under this
@@ -99,7 +102,10 @@
 //!   too, even one that left the process group.
 //! - **Liveness.** With a [`Watchdog`], the child writes to the descriptor named by
 //!   [`HEARTBEAT_FD_ENV`] ([`Heartbeat`] does it); silence longer than the timeout earns a
-//!   SIGABRT, then SIGKILL to the group after the grace, and the [`Exit`] says `hung`.
+//!   SIGABRT, then SIGKILL to the group after the grace, and the [`Exit`] says `hung`. A caller
+//!   with a deadline of its own stops a child past it with [`Child::stop_hung`]: a dump signal
+//!   to the group first (a stack printed on stderr is the hang's evidence), a bounded wait,
+//!   then the usual stop.
 //!
 //! # Known problems
 //! - A descendant that leaves the child's process group (`setsid`, `setpgid`) escapes the group

@@ -20,6 +20,9 @@ use crate::{ChildSpec, Error, Exit, Result};
 /// After the child is reaped, output still buffered in the pipes is read for at most this long
 /// (a descendant that escaped the group could keep a pipe open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+/// The same after a death (an exit that is not clean, nor a stop that was asked for): its last
+/// words, which a crash report is made from, matter more than the time.
+const DRAIN_AFTER_DEATH: Duration = Duration::from_secs(2);
 /// Without a pidfd (kernels before 5.3), how often the reaper checks whether a child exited.
 const EXIT_CHECK: Duration = Duration::from_millis(10);
 /// Once the reaper is dropped, how long its SIGKILLed children may take to be reaped before it
@@ -633,6 +636,12 @@ impl Watch {
             self.kill_group,
             self.cgroup.take(),
         );
+        let died = !exit.is_clean() && (exit.hung || !exit.stop_requested);
+        let drain = if died {
+            DRAIN_AFTER_DEATH
+        } else {
+            DRAIN_AFTER_EXIT
+        };
         if let Some(on_exit) = self.on_exit.take() {
             exited.push((on_exit, exit));
         }
@@ -643,7 +652,7 @@ impl Watch {
         if let Some(fd) = self.heartbeat.take() {
             inner.forget(&fd);
         }
-        self.drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+        self.drain_until = Some(Instant::now() + drain);
         // Usually the pipes have nothing left but their end: read it now, so that the child is
         // done in this same pass and its waiters wake once, to both the exit and the output.
         self.drain_ready(inner, buf);

@@ -489,6 +489,135 @@ fn a_descendant_that_escaped_the_group_cannot_hold_the_drop_forever() {
     unsafe { libc::kill(escaped, libc::SIGKILL) };
 }
 
+/// Regression: after a death the pipes were read for 200 ms only, so a crash report could miss
+/// what a descendant holding the dead child's stderr wrote just after the death.
+#[test]
+fn output_written_just_after_a_death_reaches_the_sink_before_the_drop_returns() {
+    // The descendant leaves the group (killed at the death), says so on the pipe the leader
+    // waits on, and writes to the leader's stderr half a second after the leader aborted.
+    let script = "setsid sh -c 'echo escaped; exec >&-; sleep 0.5; echo late >&2' \
+                  | { read -r line; kill -ABRT $$; }";
+    for inline in [false, true] {
+        let (spec, seen) = collecting(ChildSpec::new("sh").args(["-c", script]).limits(
+            ResourceLimits {
+                core_size: Some(0),
+                ..ResourceLimits::default()
+            },
+        ));
+        let child = if inline {
+            Child::spawn_inline(&spec)
+        } else {
+            Child::spawn(&spec)
+        }
+        .unwrap();
+        let exit = child.wait_timeout(LONG).expect("the leader aborts at once");
+        assert_eq!(exit.termination, signaled(libc::SIGABRT), "{exit}");
+        drop(child);
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            seen.contains(&(Stream::Stderr, "late".to_owned())),
+            "inline {inline}: {seen:?}"
+        );
+    }
+}
+
+/// A shell that prints a line on the dump signal (its `sleep` dies of it, which wakes the shell)
+/// and exits with 7, once it says it is ready.
+const DUMPS_ON_ABRT: &str =
+    "trap 'echo stack of the hang >&2; exit 7' ABRT; echo ready; while :; do sleep 1; done";
+
+/// Spawns `script` (inline or not) with its output collected, and waits until it said `ready`.
+fn spawn_ready(script: &str, inline: bool) -> (Child, Seen) {
+    let (spec, seen) = collecting(ChildSpec::new("sh").args(["-c", script]).limits(
+        ResourceLimits {
+            core_size: Some(0),
+            ..ResourceLimits::default()
+        },
+    ));
+    let child = if inline {
+        Child::spawn_inline(&spec)
+    } else {
+        Child::spawn(&spec)
+    }
+    .unwrap();
+    // An inline child's output is read only while someone waits.
+    assert!(poll(LONG, || {
+        child.wait_timeout(Duration::from_millis(10));
+        seen.lock()
+            .unwrap()
+            .contains(&(Stream::Stdout, "ready".to_owned()))
+    }));
+    (child, seen)
+}
+
+#[test]
+fn a_hung_child_is_asked_for_its_stack_and_not_stopped_once_it_printed_it() {
+    for inline in [false, true] {
+        let (child, seen) = spawn_ready(DUMPS_ON_ABRT, inline);
+        // Long waits: the dump alone must end it, or the stop's SIGTERM would show.
+        let exit = child.stop_hung(Some(libc::SIGABRT), LONG, LONG).unwrap();
+        assert_eq!(exit.termination, Termination::Exited { code: 7 }, "{exit}");
+        assert!(exit.hung, "{exit}");
+        assert_eq!(exit.dump_signal, Some(libc::SIGABRT));
+        assert!(!exit.stop_requested, "{exit}");
+        drop(child);
+        assert!(
+            seen.lock()
+                .unwrap()
+                .contains(&(Stream::Stderr, "stack of the hang".to_owned())),
+            "inline {inline}"
+        );
+    }
+}
+
+#[test]
+fn a_hung_child_that_lives_on_after_the_dump_signal_is_stopped_after_the_wait() {
+    for inline in [false, true] {
+        // An ignored signal stays ignored across exec: the sleeps ignore it too.
+        let (child, _) = spawn_ready(
+            "trap '' ABRT; echo ready; while :; do sleep 1; done",
+            inline,
+        );
+        let exit = child
+            .stop_hung(Some(libc::SIGABRT), Duration::from_millis(100), LONG)
+            .unwrap();
+        assert_eq!(exit.termination, signaled(libc::SIGTERM), "{exit}");
+        assert!(exit.hung && exit.stop_requested, "{exit}");
+        assert_eq!(exit.dump_signal, Some(libc::SIGABRT));
+    }
+}
+
+#[test]
+fn a_hung_child_with_no_dump_signal_is_only_stopped() {
+    for inline in [false, true] {
+        let (child, seen) = spawn_ready(DUMPS_ON_ABRT, inline);
+        let exit = child.stop_hung(None, LONG, LONG).unwrap();
+        assert_eq!(exit.termination, signaled(libc::SIGTERM), "{exit}");
+        assert!(exit.hung && exit.stop_requested, "{exit}");
+        assert_eq!(exit.dump_signal, None);
+        drop(child);
+        assert!(
+            !seen
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, text)| text == "stack of the hang"),
+            "inline {inline}"
+        );
+    }
+}
+
+#[test]
+fn a_child_that_exited_before_stop_hung_is_not_called_hung() {
+    let child = Child::spawn_inline(&ChildSpec::new("true")).unwrap();
+    // Nobody waits: it exits and stays a zombie until it is looked at.
+    assert!(poll(LONG, || is_dead(child.id())));
+    let exit = child.stop_hung(Some(libc::SIGABRT), LONG, LONG).unwrap();
+    assert!(exit.is_clean(), "{exit}");
+    assert_eq!(exit.dump_signal, None);
+    assert!(!exit.stop_requested, "{exit}");
+}
+
 #[test]
 fn a_child_costs_one_thread_plus_one_once_it_writes_and_none_after_drop() {
     let dir = tempfile::tempdir().unwrap();

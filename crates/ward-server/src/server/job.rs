@@ -31,9 +31,14 @@ pub(super) fn build_pool(
         // The loop keeps what does not fit in its backlog: it must never block on the pool.
         .policy(Policy::Reject)
         .retry(RetryPolicy::attempts(config.retries + 1))
-        // The dispatcher stops a job's process at its deadline; this is the backstop for a
-        // thread stuck anyway.
-        .timeout(config.job_timeout + config.stop_grace * 2 + std::time::Duration::from_secs(5))
+        // The dispatcher stops a job's process at its deadline (after its dump signal's wait);
+        // this is the backstop for a thread stuck anyway.
+        .timeout(
+            config.job_timeout
+                + crate::dispatch::DUMP_WAIT
+                + config.stop_grace * 2
+                + std::time::Duration::from_secs(5),
+        )
         .thread_name("ward-job")
         .on_event(move |event: QueueEvent<Job>| {
             if let QueueEvent::Dead { job, failures, .. } = &event {
