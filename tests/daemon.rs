@@ -1119,6 +1119,33 @@ fn restart_without_arguments_where_nothing_ran_says_what_it_needs() {
     );
 }
 
+/// Regression: exec jobs ran in the directory `ward start` was run from, though the README says
+/// jobs and workers run in the config file's directory (workers did).
+#[test]
+fn exec_jobs_run_in_the_config_files_directory() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"pwd\"\nexec = [\"sh\", \"-c\", \"pwd > {ledger}.pwd\"]\n",
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = f
+        .ward(&["start"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(f.tree.join("a"), "x").unwrap();
+    let seen = PathBuf::from(format!("{}.pwd", f.ledger.display()));
+    wait_for("the job", LONG, || {
+        std::fs::read_to_string(&seen).is_ok_and(|s| s.ends_with('\n'))
+    });
+    f.stop();
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap().trim(),
+        f.dir.path().to_str().unwrap()
+    );
+}
+
 /// Regression: jobs got umask 077 under `ward start` (daemonized) and the user's under `ward run`,
 /// so the same job wrote files with other modes depending on how ward was started.
 #[test]

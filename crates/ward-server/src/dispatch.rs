@@ -231,6 +231,8 @@ impl Dispatcher {
             .name(name)
             .args(&argv[1..])
             .env_base(&self.env)
+            // As a worker does: a relative path in the command means the config file's directory.
+            .current_dir(&self.config.base)
             .stop_grace(self.config.stop_grace);
         for (key, value) in jobs::job_env(job) {
             spec = spec.env(key, value);
