@@ -8,7 +8,7 @@ use std::time::Duration;
 /// (the default) it is then drawn uniformly from the upper half of that value, so that jobs which
 /// failed together do not all come back at the same instant. A job waiting for its retry does not
 /// hold a worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     max_attempts: u32,
     base: Duration,

@@ -650,15 +650,7 @@ mod tests {
 
     #[test]
     fn a_trigger_after_a_catch_all_is_said_to_never_run() {
-        let trigger = |name: &str, globs: &[&str]| crate::config::Trigger {
-            events: Events::ALL,
-            name: name.into(),
-            globs: globs.iter().map(|g| (*g).to_owned()).collect(),
-            handler: crate::config::Handler::Exec {
-                argv: vec!["true".into()],
-            },
-            dump_signal: None,
-        };
+        let trigger = crate::config::Trigger::exec_true;
         let ordered = [trigger("md", &["*.md"]), trigger("all", &[])];
         assert!(unreachable_triggers(&ordered).is_empty());
         let shadowed = [trigger("all", &[]), trigger("md", &["*.md"])];

@@ -98,8 +98,8 @@ pub struct Config {
     pub workers: usize,
     /// Jobs that may wait in the queue.
     pub queue_capacity: usize,
-    /// Extra attempts for a failed job.
-    pub retries: u32,
+    /// How a failed job is tried again, unless its trigger says otherwise.
+    pub retry: Retry,
     /// Deadline of one job.
     pub job_timeout: Duration,
     /// Grace between SIGTERM and SIGKILL when stopping a child.
@@ -135,11 +135,58 @@ pub struct Trigger {
     /// print its stack on stderr for the crash report (`None`: stopped at once).
     #[serde(default = "default_dump_signal")]
     pub dump_signal: Option<i32>,
+    /// How its failed jobs are tried again (`[jobs]`'s unless it says otherwise).
+    #[serde(default)]
+    pub retry: Retry,
+    /// Most of its jobs queued in the pool or running at once; `None`: as many as the workers.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+}
+
+#[cfg(test)]
+impl Trigger {
+    /// A trigger running `true` for the paths `globs` match (every path when empty), with every
+    /// other setting at its default: what the tests of other modules match paths against.
+    pub(crate) fn exec_true(name: &str, globs: &[&str]) -> Trigger {
+        Trigger {
+            name: name.into(),
+            globs: globs.iter().map(|g| (*g).to_owned()).collect(),
+            handler: Handler::Exec {
+                argv: vec!["true".into()],
+            },
+            events: Events::ALL,
+            dump_signal: None,
+            retry: Retry::default(),
+            concurrency: None,
+        }
+    }
 }
 
 /// The dump signal of a trigger that names none: Python's `faulthandler`, glibc's `abort`
 /// handlers and most runtimes print a stack on it, and it is a crash if nothing catches it.
 pub const DEFAULT_DUMP_SIGNAL: i32 = libc::SIGABRT;
+
+/// How often a failed job is tried again, and how long it waits in between: the delay doubles
+/// from `backoff` up to `backoff_max`, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// Extra attempts after the first.
+    pub retries: u32,
+    /// The delay before the first retry.
+    pub backoff: Duration,
+    /// The longest delay between two attempts.
+    pub backoff_max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            retries: 2,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
 
 fn default_dump_signal() -> Option<i32> {
     Some(DEFAULT_DUMP_SIGNAL)
@@ -198,6 +245,8 @@ struct JobsSection {
     workers: Option<At<u64>>,
     queue_capacity: Option<At<u64>>,
     retries: Option<At<u64>>,
+    backoff_s: Option<At<f64>>,
+    backoff_max_s: Option<At<f64>>,
     timeout_s: Option<At<f64>>,
     stop_grace_s: Option<At<f64>>,
     drain_timeout_s: Option<At<f64>>,
@@ -224,6 +273,10 @@ struct TriggerSection {
     max_rss_mb: Option<At<u64>>,
     events: Option<At<Vec<At<String>>>>,
     dump_signal: Option<At<String>>,
+    retries: Option<At<u64>>,
+    backoff_s: Option<At<f64>>,
+    backoff_max_s: Option<At<f64>>,
+    concurrency: Option<At<u64>>,
 }
 
 impl Config {
@@ -390,9 +443,6 @@ impl Config {
         if let Some(n) = &jobs.queue_capacity {
             config.queue_capacity = within(n, "queue_capacity", 1..=1_000_000)? as usize;
         }
-        if let Some(n) = &jobs.retries {
-            config.retries = within(n, "retries", 0..=100)? as u32;
-        }
         let seconds = |value: &Option<At<f64>>, key: &str, max: f64, default: Duration| {
             let Some(value) = value else {
                 return Ok(default);
@@ -407,6 +457,33 @@ impl Config {
         };
         const DAY: f64 = 86_400.0;
         config.job_timeout = seconds(&jobs.timeout_s, "timeout_s", 7.0 * DAY, config.job_timeout)?;
+        // A trigger's retry settings override `[jobs]`'s one by one.
+        let retry = |retries: &Option<At<u64>>,
+                     backoff_s: &Option<At<f64>>,
+                     backoff_max_s: &Option<At<f64>>,
+                     default: Retry| {
+            let retry = Retry {
+                retries: match retries {
+                    Some(n) => within(n, "retries", 0..=100)? as u32,
+                    None => default.retries,
+                },
+                backoff: seconds(backoff_s, "backoff_s", 3600.0, default.backoff)?,
+                backoff_max: seconds(backoff_max_s, "backoff_max_s", DAY, default.backoff_max)?,
+            };
+            if retry.backoff_max < retry.backoff {
+                let place = backoff_max_s.as_ref().or(backoff_s.as_ref());
+                return Err(error(
+                    place.and_then(|v| at(&v.span())),
+                    format!(
+                        "backoff_max_s ({} s) is shorter than backoff_s ({} s)",
+                        retry.backoff_max.as_secs_f64(),
+                        retry.backoff.as_secs_f64()
+                    ),
+                ));
+            }
+            Ok(retry)
+        };
+        config.retry = retry(&jobs.retries, &jobs.backoff_s, &jobs.backoff_max_s, config.retry)?;
         config.stop_grace = seconds(
             &jobs.stop_grace_s,
             "stop_grace_s",
@@ -462,6 +539,8 @@ impl Config {
                 },
                 events: Events::ALL,
                 dump_signal: default_dump_signal(),
+                retry: config.retry,
+                concurrency: None,
             });
         }
         for (i, section) in parsed.triggers.into_iter().enumerate() {
@@ -546,12 +625,19 @@ impl Config {
                     )
                 })?,
             };
+            let retry = retry(&t.retries, &t.backoff_s, &t.backoff_max_s, config.retry)?;
+            let concurrency = match &t.concurrency {
+                Some(n) => Some(within(n, "concurrency", 1..=256)? as usize),
+                None => None,
+            };
             config.triggers.push(Trigger {
                 name,
                 globs: t.glob.into_iter().map(Spanned::into_inner).collect(),
                 handler,
                 events,
                 dump_signal,
+                retry,
+                concurrency,
             });
         }
         if config.triggers.is_empty() {
@@ -576,7 +662,7 @@ impl Config {
             max_wait: Duration::from_secs(1),
             workers: 2,
             queue_capacity: 1024,
-            retries: 2,
+            retry: Retry::default(),
             job_timeout: Duration::from_secs(300),
             stop_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),

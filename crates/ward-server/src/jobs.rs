@@ -170,6 +170,14 @@ impl CompiledTrigger {
         self.config.dump_signal
     }
 
+    /// How its failed jobs are tried again.
+    pub fn retry_policy(&self) -> ward_queue::RetryPolicy {
+        let retry = self.config.retry;
+        ward_queue::RetryPolicy::attempts(retry.retries.saturating_add(1))
+            .base_delay(retry.backoff)
+            .max_delay(retry.backoff_max)
+    }
+
     /// Whether it handles `relative`, a path relative to its watch root.
     fn matches(&self, relative: &Path) -> bool {
         match &self.globs {
@@ -402,15 +410,7 @@ mod tests {
     }
 
     fn trigger(name: &str, globs: &[&str]) -> Trigger {
-        Trigger {
-            events: Events::ALL,
-            name: name.into(),
-            globs: globs.iter().map(|g| (*g).to_owned()).collect(),
-            handler: Handler::Exec {
-                argv: vec!["true".into()],
-            },
-            dump_signal: None,
-        }
+        Trigger::exec_true(name, globs)
     }
 
     #[test]

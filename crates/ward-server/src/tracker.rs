@@ -361,19 +361,11 @@ impl Tracker {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::{Handler, Trigger};
+    use crate::config::Trigger;
 
     /// The one trigger of [`tracker_of`]: every file.
     fn every_file() -> Trigger {
-        Trigger {
-            events: crate::jobs::Events::ALL,
-            name: "t".into(),
-            globs: Vec::new(),
-            handler: Handler::Exec {
-                argv: vec!["true".into()],
-            },
-            dump_signal: None,
-        }
+        Trigger::exec_true("t", &[])
     }
 
     /// A tracker with its state beside `root`, and one trigger for every file.

@@ -113,6 +113,8 @@ struct Shared<J, K> {
     /// Copies a job for its `Retrying` event; set by `Builder::retry`, without which no job is
     /// retried.
     clone_job: Option<fn(&J) -> J>,
+    /// Each job's own policy, when `Builder::retry_with` set it (else `config.retry`).
+    retry_of: Option<fn(&J) -> RetryPolicy>,
     rx: Receiver<Queued<J>>,
     paused: AtomicBool,
     /// Submitters blocked by a pause wait here for resume or close.
@@ -143,6 +145,7 @@ pub struct Builder<J, K = String> {
     config: Config,
     listener: Option<Listener<J>>,
     clone_job: Option<fn(&J) -> J>,
+    retry_of: Option<fn(&J) -> RetryPolicy>,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -221,6 +224,39 @@ where
         self
     }
 
+    /// Like [`Builder::retry`], with each job's policy read from the job: for jobs that carry
+    /// their own settings (a job of a kind that may be retried five times beside one that must
+    /// not be). `policy_of` runs on the worker thread after a failed attempt; a panic in it
+    /// counts as "no retry".
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ward_queue::{Event, JobError, Pool, RetryPolicy};
+    ///
+    /// let (events, outcomes) = crossbeam_channel::unbounded();
+    /// let pool = Pool::<u32, ()>::builder()
+    ///     // A job's number is how many attempts it gets.
+    ///     .retry_with(|n: &u32| RetryPolicy::attempts(*n).base_delay(Duration::from_millis(1)))
+    ///     .on_event(move |event| events.send(event).unwrap())
+    ///     .build(|_: &u32| Err(JobError::from("no")))?;
+    /// pool.submit(3)?;
+    /// assert!(pool.shutdown(Duration::from_secs(10)).is_empty());
+    /// let dead = outcomes.try_iter().find_map(|e| match e {
+    ///     Event::Dead { failures, .. } => Some(failures.len()),
+    ///     _ => None,
+    /// });
+    /// assert_eq!(dead, Some(3));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn retry_with(mut self, policy_of: fn(&J) -> RetryPolicy) -> Self
+    where
+        J: Clone,
+    {
+        self.retry_of = Some(policy_of);
+        self.clone_job = Some(J::clone);
+        self
+    }
+
     /// The longest one attempt may run on a worker before it is reported as timed out and the
     /// worker replaced (default: no limit). The stuck thread itself cannot be killed: see the
     /// crate docs.
@@ -272,6 +308,7 @@ where
             handler: Box::new(handler),
             listener: self.listener,
             clone_job: self.clone_job,
+            retry_of: self.retry_of,
             rx,
             paused: AtomicBool::new(false),
             gate: Mutex::new(()),
@@ -401,6 +438,7 @@ where
             },
             listener: None,
             clone_job: None,
+            retry_of: None,
             _key: PhantomData,
         }
     }

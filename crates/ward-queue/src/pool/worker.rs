@@ -241,11 +241,20 @@ where
         }
         task.push_failure(failure.clone());
         let attempt = task.failed_attempts();
+        let policy = match self.retry_of {
+            None => Some(self.config.retry),
+            Some(policy_of) => catch_unwind(AssertUnwindSafe(|| policy_of(&task.job)))
+                .inspect_err(|_| {
+                    log::error!("ward-queue: the retry policy of {} panicked", task.id);
+                })
+                .ok(),
+        };
         if let Some(clone_job) = self.clone_job
-            && attempt < self.config.retry.max_attempts()
+            && let Some(policy) = policy
+            && attempt < policy.max_attempts()
         {
             let random = mix(self.seed ^ task.id.0.rotate_left(20) ^ u64::from(attempt));
-            let delay = self.config.retry.delay(attempt, random);
+            let delay = policy.delay(attempt, random);
             // Reserve the retry's place first, so that `Retrying` is only reported for a retry
             // that will happen, and before that retry can possibly run.
             match self.reserve_retry() {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use ward_queue::{Event as QueueEvent, JobError as QueueError, Policy, Pool, RetryPolicy};
+use ward_queue::{Event as QueueEvent, JobError as QueueError, Policy, Pool};
 
 use crate::Error;
 use crate::config::Config;
@@ -30,7 +30,8 @@ pub(super) fn build_pool(
         .capacity(config.queue_capacity)
         // The loop keeps what does not fit in its backlog: it must never block on the pool.
         .policy(Policy::Reject)
-        .retry(RetryPolicy::attempts(config.retries + 1))
+        // Each trigger's own: a job carries the trigger that matched it.
+        .retry_with(|job: &Job| job.trigger.retry_policy())
         // The dispatcher stops a job's process at its deadline (after its dump signal's wait);
         // this is the backstop for a thread stuck anyway.
         .timeout(
