@@ -1607,3 +1607,69 @@ fn background_children_of_jobs_are_reaped_as_they_exit_not_left_as_zombies() {
     f.stop();
     f.assert_nothing_left();
 }
+
+/// A trigger's `concurrency` caps its jobs in the pool, so that its slow jobs never take every
+/// worker: here three gated jobs of `slow` wait while `fast` files are processed on the other
+/// worker. Without the cap the two workers both hold a gated job and `fast` waits for the gate.
+#[test]
+fn a_trigger_at_its_concurrency_never_holds_back_another_triggers_jobs() {
+    let f = Fixture::new(
+        JOB,
+        concat!(
+            "[[trigger]]\nname = \"slow\"\nglob = [\"*.slow\"]\nconcurrency = 1\n",
+            "exec = [\"{job}\", \"gated\", \"{ledger}\", \"{ledger}.gate\"]\n",
+            "[[trigger]]\nname = \"fast\"\nexec = [\"{job}\", \"record\", \"{ledger}\"]\n",
+        ),
+    );
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 2\n");
+    f.start();
+    for i in 0..3 {
+        std::fs::write(f.tree.join(format!("{i}.slow")), "s").unwrap();
+    }
+    wait_for("a slow job to run", LONG, || {
+        f.status().1["queue"]["running"].as_u64() >= Some(1)
+    });
+    for i in 0..5 {
+        std::fs::write(f.tree.join(format!("{i}.fast")), "f").unwrap();
+    }
+    wait_for("the fast jobs while the slow ones wait", LONG, || {
+        (0..5).all(|i| f.saw(&format!("{i}.fast")))
+    });
+    let (_, status) = f.status();
+    assert_eq!(
+        status["queue"]["running"], 1,
+        "one slow job at a time: {status}"
+    );
+    f.release();
+    wait_for("every slow job after the gate opens", LONG, || {
+        (0..3).all(|i| f.saw(&format!("{i}.slow")))
+    });
+    f.stop();
+}
+
+/// Each trigger's `retries` and backoff override `[jobs]`'s: one trigger's failing job is tried
+/// once, another's four times.
+#[test]
+fn each_trigger_retries_its_failed_jobs_as_it_says() {
+    let f = Fixture::new(
+        JOB,
+        concat!(
+            "[[trigger]]\nname = \"once\"\nglob = [\"*.once\"]\nretries = 0\n",
+            "exec = [\"sh\", \"-c\", \"echo \\\"$WARD_PATH\\\" >> {ledger}.tries; exit 1\"]\n",
+            "[[trigger]]\nname = \"four\"\nglob = [\"*.four\"]\nretries = 3\n",
+            "backoff_s = 0.01\nbackoff_max_s = 0.05\n",
+            "exec = [\"sh\", \"-c\", \"echo \\\"$WARD_PATH\\\" >> {ledger}.tries; exit 1\"]\n",
+        ),
+    );
+    f.edit_config("[jobs]\n", "[jobs]\nretries = 1\n");
+    f.start();
+    std::fs::write(f.tree.join("a.once"), "x").unwrap();
+    std::fs::write(f.tree.join("b.four"), "x").unwrap();
+    wait_for("both to give up", LONG, || {
+        f.status().1["manifest"]["gave_up"] == 2
+    });
+    f.stop();
+    let tries = std::fs::read_to_string(format!("{}.tries", f.ledger.display())).unwrap();
+    let count = |suffix: &str| tries.lines().filter(|l| l.ends_with(suffix)).count();
+    assert_eq!((count(".once"), count(".four")), (1, 4), "{tries}");
+}

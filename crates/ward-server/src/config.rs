@@ -483,7 +483,12 @@ impl Config {
             }
             Ok(retry)
         };
-        config.retry = retry(&jobs.retries, &jobs.backoff_s, &jobs.backoff_max_s, config.retry)?;
+        config.retry = retry(
+            &jobs.retries,
+            &jobs.backoff_s,
+            &jobs.backoff_max_s,
+            config.retry,
+        )?;
         config.stop_grace = seconds(
             &jobs.stop_grace_s,
             "stop_grace_s",
@@ -910,7 +915,8 @@ recycle_after = 100
     #[test]
     fn every_validation_error_points_at_the_value_at_fault() {
         let t = |name: &str| format!("[[trigger]]\nname = \"{name}\"\nexec = [\"a\"]\n");
-        let cases: Vec<(String, (usize, usize), &str)> = vec![
+        let cases: Vec<(String, (usize, usize), &str)> =
+            vec![
             (
                 format!("[jobs]\ndrain_timeout_s = 5\ntimeout_s = 0\n{}", t("a")),
                 (3, 13),
@@ -998,6 +1004,17 @@ recycle_after = 100
                 (4, 10),
                 "events is empty",
             ),
+            (
+                format!("{}backoff_s = 2\nbackoff_max_s = 1\n", t("a")),
+                (5, 17),
+                "backoff_max_s (1 s) is shorter than backoff_s (2 s)",
+            ),
+            (
+                format!("[jobs]\nbackoff_s = 60\n{}", t("a")),
+                (2, 13),
+                "backoff_max_s (30 s) is shorter than backoff_s (60 s)",
+            ),
+            (format!("{}concurrency = 0\n", t("a")), (4, 15), "concurrency = 0"),
         ];
         for (text, position, message) in cases {
             let err = parse(&text).unwrap_err();

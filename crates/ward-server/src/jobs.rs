@@ -10,6 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::Value;
@@ -104,6 +105,8 @@ pub struct Job {
 pub struct CompiledTrigger {
     config: Trigger,
     globs: Option<GlobSet>,
+    /// Its jobs the pool holds (queued or running), for its `concurrency`.
+    in_pool: AtomicUsize,
 }
 
 /// Two compiled triggers are equal when their configurations are: the globs are compiled from it.
@@ -144,6 +147,7 @@ impl CompiledTrigger {
         Ok(CompiledTrigger {
             config: trigger.clone(),
             globs,
+            in_pool: AtomicUsize::new(0),
         })
     }
 
@@ -168,6 +172,28 @@ impl CompiledTrigger {
     /// stack dump.
     pub fn dump_signal(&self) -> Option<i32> {
         self.config.dump_signal
+    }
+
+    /// Whether the pool may take one more of its jobs: fewer than its `concurrency` are queued
+    /// or running there.
+    pub fn has_room(&self) -> bool {
+        self.config
+            .concurrency
+            .is_none_or(|most| self.in_pool.load(Ordering::Acquire) < most)
+    }
+
+    /// One of its jobs entered the pool.
+    pub fn entered_pool(&self) {
+        self.in_pool.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One of its jobs left the pool (its last attempt ended, or it was dropped).
+    pub fn left_pool(&self) {
+        // Never below zero, whatever the order of events: a count that wrapped would hold the
+        // trigger's jobs forever.
+        let _ = self
+            .in_pool
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// How its failed jobs are tried again.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ward_queue::{Error as QueueError, Pool};
 use ward_watch::{Batch, ChangeKind, Item};
 
-use crate::jobs::{Event, Job};
+use crate::jobs::{CompiledTrigger, Event, Job};
 use crate::tracker::Tracker;
 
 use super::list;
@@ -33,6 +33,10 @@ const RESCANS_MAX: usize = 1024;
 pub(super) struct Backlog {
     order: VecDeque<PathBuf>,
     jobs: HashMap<PathBuf, Job>,
+    /// The paths of jobs held back because their trigger had as many jobs in the pool as its
+    /// `concurrency` allows, per trigger, in arrival order: they wait here, not in the pool's
+    /// queue, so that the other triggers' jobs pass them.
+    held: Vec<(Arc<CompiledTrigger>, VecDeque<PathBuf>)>,
     /// Subtrees to compare with the manifest, oldest first, each with the path its comparison
     /// resumes after, once it has been compared in part.
     pub(super) rescans: Vec<(PathBuf, Option<PathBuf>)>,
@@ -45,6 +49,7 @@ impl Default for Backlog {
         Backlog {
             order: VecDeque::new(),
             jobs: HashMap::new(),
+            held: Vec::new(),
             rescans: Vec::new(),
             high: BACKLOG_HIGH,
         }
@@ -140,28 +145,77 @@ impl Backlog {
         self.jobs.len()
     }
 
-    /// Hands jobs to the pool until its queue is full.
+    /// Hands jobs to the pool until its queue is full: first those held for a trigger that has
+    /// room again, then the rest in arrival order, holding back each whose trigger is at its
+    /// `concurrency`.
     pub(super) fn submit(&mut self, pool: &Pool<Job, PathBuf>) {
+        for (trigger, paths) in &mut self.held {
+            while trigger.has_room()
+                && let Some(path) = paths.pop_front()
+            {
+                let Some(job) = self.jobs.remove(&path) else {
+                    continue;
+                };
+                if !Arc::ptr_eq(&job.trigger, trigger) {
+                    // A later change of the path went to another trigger (a reload): it takes
+                    // the path's turn in arrival order.
+                    self.jobs.insert(path.clone(), job);
+                    self.order.push_front(path);
+                    continue;
+                }
+                if let Err(path) = hand_over(pool, &mut self.jobs, path, job) {
+                    paths.push_front(path);
+                    return;
+                }
+            }
+        }
+        self.held.retain(|(_, paths)| !paths.is_empty());
         while let Some(path) = self.order.pop_front() {
             let Some(job) = self.jobs.remove(&path) else {
                 continue;
             };
-            match pool.submit_keyed(path.clone(), job) {
-                Ok(_) => {}
-                Err(e) => {
-                    let full = matches!(e, QueueError::Full(_) | QueueError::Paused(_));
-                    let Some(job) = e.into_job() else { return };
-                    if !full {
-                        log::error!(
-                            "cannot queue the job for {}: the pool is closed",
-                            path.display()
-                        );
-                    }
-                    self.jobs.insert(path.clone(), job);
-                    self.order.push_front(path);
-                    return;
+            if !job.trigger.has_room() {
+                let trigger = Arc::clone(&job.trigger);
+                self.jobs.insert(path.clone(), job);
+                match self.held.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &trigger)) {
+                    Some((_, paths)) => paths.push_back(path),
+                    None => self.held.push((trigger, VecDeque::from([path]))),
                 }
+                continue;
             }
+            if let Err(path) = hand_over(pool, &mut self.jobs, path, job) {
+                self.order.push_front(path);
+                return;
+            }
+        }
+    }
+}
+
+/// Submits `job` to the pool, counting it in its trigger's jobs there; when the pool's queue is
+/// full (or closed), puts it back in `jobs` and returns its path.
+fn hand_over(
+    pool: &Pool<Job, PathBuf>,
+    jobs: &mut HashMap<PathBuf, Job>,
+    path: PathBuf,
+    job: Job,
+) -> Result<(), PathBuf> {
+    let trigger = Arc::clone(&job.trigger);
+    trigger.entered_pool();
+    match pool.submit_keyed(path.clone(), job) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            trigger.left_pool();
+            let full = matches!(e, QueueError::Full(_) | QueueError::Paused(_));
+            if !full {
+                log::error!(
+                    "cannot queue the job for {}: the pool is closed",
+                    path.display()
+                );
+            }
+            if let Some(job) = e.into_job() {
+                jobs.insert(path.clone(), job);
+            }
+            Err(path)
         }
     }
 }

@@ -42,6 +42,13 @@ pub(super) fn build_pool(
         )
         .thread_name("ward-job")
         .on_event(move |event: QueueEvent<Job>| {
+            // Its last attempt ended, or it was dropped: a place for another of its trigger's.
+            if let QueueEvent::Completed { job, .. }
+            | QueueEvent::Dead { job, .. }
+            | QueueEvent::Dropped { job, .. } = &event
+            {
+                job.trigger.left_pool();
+            }
             if let QueueEvent::Dead { job, failures, .. } = &event {
                 if let Some(failure) = gave_up(job, failures) {
                     send_done(
