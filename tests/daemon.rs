@@ -596,6 +596,51 @@ fn sighup_reloads_the_triggers_without_a_restart() {
     f.stop();
 }
 
+#[test]
+fn reload_answers_with_the_result_and_a_broken_config_keeps_the_running_one() {
+    let f = Fixture::new(JOB, record_all());
+    f.start();
+    let (_, before) = f.status();
+    let second = f.dir.path().join("out/second");
+    f.edit_config(f.ledger.to_str().unwrap(), second.to_str().unwrap());
+    let out = f.run(&["reload"]);
+    assert!(out.status.success(), "{out:?}\nlog:\n{}", f.log());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 trigger(s) active"), "{stdout}");
+    // Answered once applied: the very next change goes to the new trigger.
+    std::fs::write(f.tree.join("late.txt"), "x").unwrap();
+    wait_for("the reloaded trigger to run", LONG, || second.exists());
+    // A broken config is refused on the terminal, with its line and column, and exit 2.
+    std::fs::write(
+        &f.config,
+        "[watch]\nroots = [\"tree\"]\n[[trigger]]\nexec = 5\n",
+    )
+    .unwrap();
+    let out = f.run(&["reload"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let at = format!("{}:4:8", f.config.display());
+    assert!(
+        stderr.contains("reload refused") && stderr.contains(&at),
+        "no {at} in {stderr}"
+    );
+    // The running configuration is kept: changes still go to the second ledger, by the same
+    // server.
+    std::fs::remove_file(&second).unwrap();
+    std::fs::write(f.tree.join("later.txt"), "x").unwrap();
+    wait_for("the kept trigger to run", LONG, || second.exists());
+    let (code, after) = f.status();
+    assert_eq!(code, Some(0), "{after}");
+    assert_eq!(before["server_pid"], after["server_pid"]);
+    f.stop();
+    let out = f.run(&["reload"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not running"),
+        "{out:?}"
+    );
+}
+
 /// Regression: a queued job kept an index into the trigger list, which a reload replaced: jobs ran
 /// another trigger's command, or panicked on an index past the new list's end.
 #[test]

@@ -17,6 +17,10 @@ use crate::protocol::{
 use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Error, Launch, Outcome, control};
 
+mod reload;
+
+pub use reload::reload;
+
 /// How long `ward start` waits for the server to be ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `ward status` waits for the server's answer.

@@ -50,6 +50,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make the running daemon read its config file again, as SIGHUP does, and say whether it
+    /// took it (exit 2 with file:line:column if the file is invalid; the running config is kept).
+    Reload,
     /// Validate the config file and exit (2 with file:line:column on an error).
     Check,
     /// Print the paths changed since sequence number SEQ as JSON lines (0: everything known).
@@ -118,6 +121,7 @@ pub fn run() -> ExitCode {
             ward_server::diagnose(&launch(config, state_dir, Quick::default()), json)
         }
         Command::Check => ward_server::check(&launch(config, state_dir, Quick::default())),
+        Command::Reload => ward_server::reload(&launch(config, state_dir, Quick::default())),
         Command::Changes { since } => {
             ward_server::changes(&launch(config, state_dir, Quick::default()), since)
         }
