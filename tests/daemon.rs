@@ -641,6 +641,87 @@ fn reload_answers_with_the_result_and_a_broken_config_keeps_the_running_one() {
     );
 }
 
+#[test]
+fn logs_follow_prints_every_line_once_through_the_logs_rotations() {
+    // Each job prints 2000 lines; what ward logs of them (it drops what its log cannot take as
+    // fast) is some hundred kilobytes: twelve of them rotate a log of 1 MiB.
+    let f = Fixture::new(
+        JOB,
+        concat!(
+            "[log]\nmax_size_mb = 1\n\n[[trigger]]\nname = \"flood\"\n",
+            "exec = [\"sh\", \"flood.sh\"]\n",
+        ),
+    );
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 1\n");
+    let script = f.dir.path().join("flood.sh");
+    f.edit_config(
+        "\"flood.sh\"",
+        &format!("{:?}", script.display().to_string()),
+    );
+    std::fs::write(
+        &script,
+        concat!(
+            "name=$(basename \"$WARD_PATH\"); i=0\n",
+            "while [ $i -lt 2000 ]; do i=$((i+1)); ",
+            "echo \"flood $name $i ..........................................................\"; done\n",
+        ),
+    )
+    .unwrap();
+    f.start();
+    let mut follower = f
+        .ward(&["logs", "-f", "-n", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (stdout, seen) = (follower.stdout.take().unwrap(), seen.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut seen = seen.lock().unwrap();
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+        })
+    };
+    // Its first line (the log's last one) says it is following: every line after is its to see.
+    wait_for("the follower's first line", LONG, || {
+        !seen.lock().unwrap().is_empty()
+    });
+    for i in 0..12 {
+        std::fs::write(f.tree.join(format!("f{i}")), "x").unwrap();
+    }
+    wait_for("the twelve jobs to run", LONG, || {
+        f.status().1["queue"]["completed"] == 12
+    });
+    wait_for("the follower to catch up with the log", LONG, || {
+        let log = f.log();
+        let last_line = log.trim_end().lines().last().unwrap_or_default();
+        !last_line.is_empty() && seen.lock().unwrap().ends_with(&format!("{last_line}\n"))
+    });
+    kill(follower.id(), libc::SIGINT);
+    follower.wait().unwrap();
+    reader.join().unwrap();
+    let seen = seen.lock().unwrap();
+    let rotated = std::fs::read_to_string(f.state.join("ward.log.1")).unwrap_or_default();
+    assert!(
+        rotated.contains("flood f") && seen.contains("flood f11 "),
+        "the log did not rotate during the floods"
+    );
+    let mut history = String::new();
+    for name in ["ward.log.3", "ward.log.2", "ward.log.1", "ward.log"] {
+        history.push_str(&std::fs::read_to_string(f.state.join(name)).unwrap_or_default());
+    }
+    // All the log said from the follower's start on, each line once, in order.
+    assert!(
+        seen.lines().count() > 1000 && history.contains(seen.as_str()),
+        "the follower lost or repeated lines ({} seen)",
+        seen.lines().count()
+    );
+    f.stop();
+}
+
 /// Regression: a queued job kept an index into the trigger list, which a reload replaced: jobs ran
 /// another trigger's command, or panicked on an index past the new list's end.
 #[test]

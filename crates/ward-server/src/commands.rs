@@ -17,8 +17,10 @@ use crate::protocol::{
 use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Error, Launch, Outcome, control};
 
+mod logs;
 mod reload;
 
+pub use logs::logs;
 pub use reload::reload;
 
 /// How long `ward start` waits for the server to be ready.

@@ -32,7 +32,8 @@ pub mod state;
 mod tracker;
 
 pub use commands::{
-    changes, check, diagnose, reload, restart, run_foreground, server_main, start, status, stop,
+    changes, check, diagnose, logs, reload, restart, run_foreground, server_main, start, status,
+    stop,
 };
 pub use config::{Config, ConfigError};
 pub use error::Error;

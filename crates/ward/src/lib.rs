@@ -50,6 +50,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the last lines of the daemon's log (reaching into the rotated files), and with
+    /// `-f` the lines written from then on.
+    Logs {
+        /// Lines to print, counted from the end.
+        #[arg(long, short = 'n', default_value_t = 10, value_name = "LINES")]
+        lines: usize,
+        /// Keep printing lines as they are written, through the log's rotations, until Ctrl-C
+        /// or the output is closed.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Make the running daemon read its config file again, as SIGHUP does, and say whether it
     /// took it (exit 2 with file:line:column if the file is invalid; the running config is kept).
     Reload,
@@ -121,6 +132,9 @@ pub fn run() -> ExitCode {
             ward_server::diagnose(&launch(config, state_dir, Quick::default()), json)
         }
         Command::Check => ward_server::check(&launch(config, state_dir, Quick::default())),
+        Command::Logs { lines, follow } => {
+            ward_server::logs(&launch(config, state_dir, Quick::default()), lines, follow)
+        }
         Command::Reload => ward_server::reload(&launch(config, state_dir, Quick::default())),
         Command::Changes { since } => {
             ward_server::changes(&launch(config, state_dir, Quick::default()), since)
