@@ -189,6 +189,55 @@ fn crashing_jobs_get_reports_with_their_cause_and_other_jobs_run() {
 }
 
 #[test]
+fn diagnose_opens_with_a_line_per_death_and_last_keeps_the_newest() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"segv\"\nexec = [\"{job}\", \"segv\"]\n",
+    );
+    f.edit_config("[jobs]\n", "[jobs]\nretries = 0\n");
+    f.start();
+    let reports = || -> Vec<serde_json::Value> {
+        let out = f.run(&["diagnose", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    // One after the other, so that their reports are in this order.
+    for (i, name) in ["one", "two", "three"].into_iter().enumerate() {
+        std::fs::write(f.tree.join(name), "x").unwrap();
+        wait_for("the job's crash report", LONG, || reports().len() > i);
+    }
+    let out = f.run(&["diagnose"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("3 death(s) on record in"), "{text}");
+    for (line, name) in lines[1..4].iter().zip(["three", "two", "one"]) {
+        let what = format!("job segv on {}", f.tree.join(name).display());
+        assert!(
+            line.contains(&what) && line.contains("(pid ") && line.contains("SIGSEGV"),
+            "{line}"
+        );
+        assert!(line.trim_end().ends_with(".txt"), "no report path: {line}");
+        let path = line.rsplit(' ').next().unwrap();
+        assert!(std::path::Path::new(path).is_file(), "{path}");
+    }
+    assert_eq!(text.matches("\n==== ").count(), 3, "{text}");
+    let out = f.run(&["diagnose", "--last", "2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("the 2 newest of 3 death(s) on record"),
+        "{text}"
+    );
+    assert_eq!(text.matches("\n==== ").count(), 2, "{text}");
+    assert!(text.contains("/tree/three") && text.contains("/tree/two"));
+    assert!(!text.contains("/tree/one"), "{text}");
+    let out = f.run(&["diagnose", "--json", "--last", "1"]);
+    let newest: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(newest.len(), 1);
+    assert!(newest[0]["role"].as_str().unwrap().ends_with("/tree/three"));
+    f.stop();
+}
+
+#[test]
 fn hostile_file_names_reach_the_job_intact_and_run_nothing() {
     let f = Fixture::new(JOB, record_all());
     f.start();

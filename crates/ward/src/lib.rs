@@ -44,11 +44,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print crash reports, and the post-mortem of a daemon that vanished.
+    /// Print a summary of the deaths on record (one line each), then their crash reports,
+    /// newest first, and the post-mortem of a daemon that vanished.
     Diagnose {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Only the N newest reports.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        last: Option<u32>,
     },
     /// Print the last lines of the daemon's log (reaching into the rotated files), and with
     /// `-f` the lines written from then on.
@@ -128,9 +132,11 @@ pub fn run() -> ExitCode {
         Command::Status { json } => {
             ward_server::status(&launch(config, state_dir, Quick::default()), json)
         }
-        Command::Diagnose { json } => {
-            ward_server::diagnose(&launch(config, state_dir, Quick::default()), json)
-        }
+        Command::Diagnose { json, last } => ward_server::diagnose(
+            &launch(config, state_dir, Quick::default()),
+            json,
+            last.map(|n| n as usize),
+        ),
         Command::Check => ward_server::check(&launch(config, state_dir, Quick::default())),
         Command::Logs { lines, follow } => {
             ward_server::logs(&launch(config, state_dir, Quick::default()), lines, follow)
