@@ -100,3 +100,101 @@ fn logs_follow_ends_quietly_when_its_output_is_closed() {
     let out = pipeline.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "old 5\n");
 }
+
+/// Every flag and argument some subcommand takes, as its help shows it.
+const FLAGS: [&str; 14] = [
+    "--config",
+    "--state-dir",
+    "--watch",
+    "--ignore",
+    "--workers",
+    "--debounce",
+    "[COMMAND]",
+    "--timeout",
+    "--json",
+    "--last",
+    "--lines",
+    "--follow",
+    "--since",
+    "<SHELL>",
+];
+
+#[test]
+fn each_subcommands_help_lists_its_own_flags_and_no_others() {
+    let state = ["--config", "--state-dir"];
+    let quick = [
+        "--config",
+        "--state-dir",
+        "--watch",
+        "--ignore",
+        "--workers",
+        "--debounce",
+        "[COMMAND]",
+    ];
+    let own: [(&str, &[&str]); 11] = [
+        ("run", &quick),
+        ("start", &quick),
+        ("restart", &quick),
+        ("stop", &["--config", "--state-dir", "--timeout"]),
+        ("status", &["--config", "--state-dir", "--json"]),
+        ("diagnose", &["--config", "--state-dir", "--json", "--last"]),
+        ("logs", &["--config", "--state-dir", "--lines", "--follow"]),
+        ("reload", &state),
+        ("check", &state),
+        ("changes", &["--config", "--state-dir", "--since"]),
+        ("completions", &["<SHELL>"]),
+    ];
+    for (sub, flags) in own {
+        let out = ward().args([sub, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{sub}: {out:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        for flag in FLAGS {
+            assert_eq!(
+                help.contains(flag),
+                flags.contains(&flag),
+                "`ward {sub} --help` {} {flag}:\n{help}",
+                if flags.contains(&flag) {
+                    "does not list"
+                } else {
+                    "lists"
+                }
+            );
+        }
+    }
+    let out = ward().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (sub, _) in own {
+        assert!(
+            help.contains(&format!("\n  {sub} ")),
+            "no {sub} in:\n{help}"
+        );
+    }
+    assert!(
+        !help.contains("__"),
+        "an internal subcommand is shown:\n{help}"
+    );
+}
+
+#[test]
+fn completions_for_bash_complete_the_subcommands() {
+    let out = ward().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("complete -F _ward"), "{script}");
+    for sub in ["start", "logs", "reload", "diagnose", "completions"] {
+        assert!(script.contains(sub), "no {sub} in the script");
+    }
+    assert!(
+        !script.contains("__server"),
+        "an internal subcommand is offered"
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = ward().args(["completions", shell]).output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.len() > 1000,
+            "{shell}: {out:?}"
+        );
+    }
+    let out = ward().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
