@@ -60,14 +60,10 @@ impl From<Error> for Stop {
 
 fn print_log(launch: &Launch, lines: usize, follow: bool) -> Result<(), Stop> {
     let Some(state) = super::existing_state_dir(launch)? else {
-        let path = launch.state_dir_path()?;
-        return Err(Error::io(
-            format!(
-                "no log: ward never ran here (no state directory {})",
-                path.display()
-            ),
-            io::ErrorKind::NotFound.into(),
-        )
+        return Err(Error::StateDir {
+            path: launch.state_dir_path()?,
+            reason: "none here, so no log: ward never ran with it".into(),
+        }
         .into());
     };
     let path = state.join(names::LOG);
@@ -75,7 +71,7 @@ fn print_log(launch: &Launch, lines: usize, follow: bool) -> Result<(), Stop> {
     if tail.live.is_none() && !follow {
         return Err(Error::io(
             format!("reading {}", path.display()),
-            io::ErrorKind::NotFound.into(),
+            io::Error::from_raw_os_error(libc::ENOENT),
         )
         .into());
     }
@@ -286,18 +282,23 @@ impl Follower {
         if let Some(current) = &mut self.current {
             current.offset = copy(&current.file, current.offset, None, out)?;
         }
-        let Some((file, id, len)) = open(&self.path)? else {
+        // Most steps find the same file: a stat tells, without opening it.
+        if let (Some(current), Ok(metadata)) = (&mut self.current, std::fs::metadata(&self.path))
+            && id_of(&metadata) == current.id
+        {
+            if metadata.len() < current.offset {
+                // Truncated in place (by a tool; ward never does): what is there is new.
+                current.offset = copy(&current.file, 0, None, out)?;
+            }
+            return flush(out);
+        }
+        let Some((file, id, _)) = open(&self.path)? else {
             // Renamed, and its successor not created yet: the next step looks again.
             return flush(out);
         };
         match self.current.take() {
-            Some(mut current) if current.id == id => {
-                if len < current.offset {
-                    // Truncated in place (by a tool; ward never does): what is there is new.
-                    current.offset = copy(&current.file, 0, None, out)?;
-                }
-                self.current = Some(current);
-            }
+            // The stat failed (a moment without the file?) but the open found the same one.
+            Some(current) if current.id == id => self.current = Some(current),
             Some(old) => {
                 // The keeper wrote to the old file only before renaming it: finish it, then
                 // the files rotated after it, then the new one from its start.
@@ -452,6 +453,21 @@ mod tests {
             assert_eq!(String::from_utf8_lossy(&out), expected);
         }
         assert!(rotated(&path, 3).exists(), "the log never rotated");
+    }
+
+    #[test]
+    fn a_log_truncated_in_place_is_followed_from_its_new_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ward.log");
+        std::fs::write(&path, "one\ntwo\n").unwrap();
+        let mut follower = Follower {
+            path: path.clone(),
+            current: Tail::of(&path, 1).unwrap().live,
+        };
+        let mut out = Vec::new();
+        std::fs::write(&path, "new\n").unwrap();
+        assert!(follower.step(&mut out).is_ok());
+        assert_eq!(out, b"new\n");
     }
 
     #[test]
