@@ -303,7 +303,7 @@ impl Follower {
                 // The keeper wrote to the old file only before renaming it: finish it, then
                 // the files rotated after it, then the new one from its start.
                 copy(&old.file, old.offset, None, out)?;
-                self.print_rotated_after(old.id, out)?;
+                self.print_rotated_after(old.id, id, out)?;
                 let offset = copy(&file, 0, None, out)?;
                 self.current = Some(Followed { file, id, offset });
             }
@@ -316,11 +316,18 @@ impl Follower {
     }
 
     /// Prints whole the rotated files newer than the one that was `old` (when the log rotated
-    /// more than once since the last step), oldest first.
-    fn print_rotated_after(&self, old: FileId, out: &mut impl Write) -> Result<(), Stop> {
+    /// more than once since the last step), oldest first; not `live`, the one printed next,
+    /// should it have been rotated too meanwhile.
+    fn print_rotated_after(
+        &self,
+        old: FileId,
+        live: FileId,
+        out: &mut impl Write,
+    ) -> Result<(), Stop> {
         let mut newer = Vec::new();
         for n in 1..=KEEP_ROTATED {
             match open(&rotated(&self.path, n))? {
+                Some((_, id, _)) if id == live => {}
                 Some((_, id, _)) if id == old => {
                     for file in newer.iter().rev() {
                         copy(file, 0, None, out)?;
