@@ -189,6 +189,55 @@ fn crashing_jobs_get_reports_with_their_cause_and_other_jobs_run() {
 }
 
 #[test]
+fn diagnose_opens_with_a_line_per_death_and_last_keeps_the_newest() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"segv\"\nexec = [\"{job}\", \"segv\"]\n",
+    );
+    f.edit_config("[jobs]\n", "[jobs]\nretries = 0\n");
+    f.start();
+    let reports = || -> Vec<serde_json::Value> {
+        let out = f.run(&["diagnose", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    // One after the other, so that their reports are in this order.
+    for (i, name) in ["one", "two", "three"].into_iter().enumerate() {
+        std::fs::write(f.tree.join(name), "x").unwrap();
+        wait_for("the job's crash report", LONG, || reports().len() > i);
+    }
+    let out = f.run(&["diagnose"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("3 death(s) on record in"), "{text}");
+    for (line, name) in lines[1..4].iter().zip(["three", "two", "one"]) {
+        let what = format!("job segv on {}", f.tree.join(name).display());
+        assert!(
+            line.contains(&what) && line.contains("(pid ") && line.contains("SIGSEGV"),
+            "{line}"
+        );
+        assert!(line.trim_end().ends_with(".txt"), "no report path: {line}");
+        let path = line.rsplit(' ').next().unwrap();
+        assert!(std::path::Path::new(path).is_file(), "{path}");
+    }
+    assert_eq!(text.matches("\n==== ").count(), 3, "{text}");
+    let out = f.run(&["diagnose", "--last", "2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("the 2 newest of 3 death(s) on record"),
+        "{text}"
+    );
+    assert_eq!(text.matches("\n==== ").count(), 2, "{text}");
+    assert!(text.contains("/tree/three") && text.contains("/tree/two"));
+    assert!(!text.contains("/tree/one"), "{text}");
+    let out = f.run(&["diagnose", "--json", "--last", "1"]);
+    let newest: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(newest.len(), 1);
+    assert!(newest[0]["role"].as_str().unwrap().ends_with("/tree/three"));
+    f.stop();
+}
+
+#[test]
 fn hostile_file_names_reach_the_job_intact_and_run_nothing() {
     let f = Fixture::new(JOB, record_all());
     f.start();
@@ -663,6 +712,135 @@ fn sighup_reloads_the_triggers_without_a_restart() {
     });
     let (code, _) = f.status();
     assert_eq!(code, Some(0));
+    f.stop();
+}
+
+#[test]
+fn reload_answers_with_the_result_and_a_broken_config_keeps_the_running_one() {
+    let f = Fixture::new(JOB, record_all());
+    f.start();
+    let (_, before) = f.status();
+    let second = f.dir.path().join("out/second");
+    f.edit_config(f.ledger.to_str().unwrap(), second.to_str().unwrap());
+    let out = f.run(&["reload"]);
+    assert!(out.status.success(), "{out:?}\nlog:\n{}", f.log());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 trigger(s) active"), "{stdout}");
+    // Answered once applied: the very next change goes to the new trigger.
+    std::fs::write(f.tree.join("late.txt"), "x").unwrap();
+    wait_for("the reloaded trigger to run", LONG, || second.exists());
+    // A broken config is refused on the terminal, with its line and column, and exit 2.
+    std::fs::write(
+        &f.config,
+        "[watch]\nroots = [\"tree\"]\n[[trigger]]\nexec = 5\n",
+    )
+    .unwrap();
+    let out = f.run(&["reload"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let at = format!("{}:4:8", f.config.display());
+    assert!(
+        stderr.contains("reload refused") && stderr.contains(&at),
+        "no {at} in {stderr}"
+    );
+    // The running configuration is kept: changes still go to the second ledger, by the same
+    // server.
+    std::fs::remove_file(&second).unwrap();
+    std::fs::write(f.tree.join("later.txt"), "x").unwrap();
+    wait_for("the kept trigger to run", LONG, || second.exists());
+    let (code, after) = f.status();
+    assert_eq!(code, Some(0), "{after}");
+    assert_eq!(before["server_pid"], after["server_pid"]);
+    f.stop();
+    let out = f.run(&["reload"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not running"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn logs_follow_prints_every_line_once_through_the_logs_rotations() {
+    // Each job prints 2000 lines, pausing every 200 so that ward drops few of them (it drops what
+    // its log cannot take as fast): with ward's prefix, about 270 KB of log a job, so that eight
+    // rotate a log of 1 MiB once or twice (even if ward dropped half), and the three rotated
+    // files keep all they wrote.
+    let f = Fixture::new(
+        JOB,
+        concat!(
+            "[log]\nmax_size_mb = 1\n\n[[trigger]]\nname = \"flood\"\n",
+            "exec = [\"sh\", \"flood.sh\"]\n",
+        ),
+    );
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 1\n");
+    // By its absolute path: where exec jobs run is not this test's concern.
+    let script = f.dir.path().join("flood.sh");
+    f.edit_config(
+        "\"flood.sh\"",
+        &format!("{:?}", script.display().to_string()),
+    );
+    std::fs::write(
+        &script,
+        concat!(
+            "name=$(basename \"$WARD_PATH\"); i=0\n",
+            "while [ $i -lt 2000 ]; do i=$((i+1)); [ $((i % 200)) -eq 0 ] && sleep 0.02; ",
+            "echo \"flood $name $i ..........................................................\"; done\n",
+        ),
+    )
+    .unwrap();
+    f.start();
+    let mut follower = f
+        .ward(&["logs", "-f", "-n", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (stdout, seen) = (follower.stdout.take().unwrap(), seen.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut seen = seen.lock().unwrap();
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+        })
+    };
+    // Its first line (the log's last one) says it is following: every line after is its to see.
+    wait_for("the follower's first line", LONG, || {
+        !seen.lock().unwrap().is_empty()
+    });
+    for i in 0..8 {
+        std::fs::write(f.tree.join(format!("f{i}")), "x").unwrap();
+    }
+    wait_for("the eight jobs to run", LONG, || {
+        f.status().1["queue"]["completed"] == 8
+    });
+    wait_for("the follower to catch up with the log", LONG, || {
+        let log = f.log();
+        let last_line = log.trim_end().lines().last().unwrap_or_default();
+        !last_line.is_empty() && seen.lock().unwrap().ends_with(&format!("{last_line}\n"))
+    });
+    kill(follower.id(), libc::SIGINT);
+    follower.wait().unwrap();
+    reader.join().unwrap();
+    let seen = seen.lock().unwrap();
+    let rotated = std::fs::read_to_string(f.state.join("ward.log.1")).unwrap_or_default();
+    assert!(
+        rotated.contains("flood f") && seen.contains("flood f7 "),
+        "the log did not rotate during the floods"
+    );
+    let mut history = String::new();
+    for name in ["ward.log.3", "ward.log.2", "ward.log.1", "ward.log"] {
+        history.push_str(&std::fs::read_to_string(f.state.join(name)).unwrap_or_default());
+    }
+    // All the log said from the follower's start on, each line once, in order.
+    assert!(
+        seen.lines().count() > 1000 && history.contains(seen.as_str()),
+        "the follower lost or repeated lines ({} seen)",
+        seen.lines().count()
+    );
     f.stop();
 }
 

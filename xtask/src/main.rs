@@ -1,6 +1,7 @@
-//! `cargo xtask`: project automation for ward: tidy checks and benchmarks.
+//! `cargo xtask`: project automation for ward: tidy checks, stress, benchmarks and packaging.
 
 mod bench;
+mod dist;
 mod stress;
 mod tidy;
 
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
         },
         Some("bench") => bench::run(&args[1..]),
         Some("stress") => stress::main(&args[1..], &workspace_root()),
+        Some("dist") => dist::main(&args[1..]),
         Some("--help" | "-h" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -40,7 +42,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask tidy | cargo xtask stress [--quick] [...] | cargo xtask bench [--only NAME] [...]
+const USAGE: &str = "usage: cargo xtask tidy | cargo xtask stress [--quick] [...] | cargo xtask bench [--only NAME] [...] | cargo xtask dist
   (cargo xtask stress --help and cargo xtask bench --help list their options)";
 
 /// The workspace root: xtask lives one level below it.

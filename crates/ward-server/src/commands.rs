@@ -19,8 +19,12 @@ use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, u
 use crate::{Error, Launch, Outcome, control};
 
 mod failures;
+mod logs;
+mod reload;
 
 pub use failures::{failures, retry};
+pub use logs::logs;
+pub use reload::reload;
 
 /// How long `ward start` waits for the server to be ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -460,23 +464,23 @@ fn print_status(report: &StatusReport) {
     }
 }
 
-/// `ward diagnose`: every crash report, newest last, and the post-mortem of a vanished keeper.
-pub fn diagnose(launch: &Launch, as_json: bool) -> Outcome {
-    diagnose_reports(launch, as_json).into()
+/// `ward diagnose`: a summary of the deaths on record, one line each, then their crash reports,
+/// newest first (`last`: only the newest so many), and the post-mortem of a vanished keeper.
+pub fn diagnose(launch: &Launch, as_json: bool, last: Option<usize>) -> Outcome {
+    diagnose_reports(launch, as_json, last).into()
 }
 
-fn diagnose_reports(launch: &Launch, as_json: bool) -> Result<(), Error> {
+fn diagnose_reports(launch: &Launch, as_json: bool, last: Option<usize>) -> Result<(), Error> {
     let Some(state) = existing_state_dir(launch)? else {
-        if as_json {
-            println!("[]");
+        return if as_json {
+            print_out("[]\n")
         } else {
-            println!(
-                "no state directory {}: ward never ran here ({})",
+            print_out(&format!(
+                "no state directory {}: ward never ran here ({})\n",
                 launch.state_dir_path()?.display(),
                 launch.origin.hint()
-            );
-        }
-        return Ok(());
+            ))
+        };
     };
     let crash_dir = state.join(names::CRASH_DIR);
     if let PidfileState::Stale(_) = Pidfile::inspect(&state)? {
@@ -491,6 +495,9 @@ fn diagnose_reports(launch: &Launch, as_json: bool) -> Result<(), Error> {
     let summaries = ward_crashdiag::list_reports(&crash_dir)?;
     let mut reports = Vec::new();
     for summary in &summaries {
+        if last.is_some_and(|n| reports.len() >= n) {
+            break;
+        }
         match ward_crashdiag::read_report(&summary.json) {
             Ok(report) => reports.push((summary, report)),
             Err(e) => eprintln!(
@@ -499,6 +506,7 @@ fn diagnose_reports(launch: &Launch, as_json: bool) -> Result<(), Error> {
             ),
         }
     }
+    let mut out = String::new();
     if as_json {
         let list: Vec<Value> = reports
             .iter()
@@ -509,16 +517,62 @@ fn diagnose_reports(launch: &Launch, as_json: bool) -> Result<(), Error> {
                 v
             })
             .collect();
-        println!("{}", Value::Array(list));
+        out.push_str(&Value::Array(list).to_string());
+        out.push('\n');
     } else if reports.is_empty() {
-        println!("no crash reports in {}", crash_dir.display());
+        out.push_str(&format!("no crash reports in {}\n", crash_dir.display()));
     } else {
+        let shown = if reports.len() < summaries.len() {
+            format!("the {} newest of {}", reports.len(), summaries.len())
+        } else {
+            reports.len().to_string()
+        };
+        out.push_str(&format!(
+            "{shown} death(s) on record in {}, newest first:\n",
+            crash_dir.display()
+        ));
         for (summary, report) in &reports {
-            println!("==== {} ====", summary.text.display());
-            println!("{}", report.to_text());
+            out.push_str(&summary_line(summary, report));
+            out.push('\n');
+        }
+        for (summary, report) in &reports {
+            out.push_str(&format!("\n==== {} ====\n", summary.text.display()));
+            out.push_str(&report.to_text());
+            out.push('\n');
         }
     }
-    Ok(())
+    print_out(&out)
+}
+
+/// One death in `ward diagnose`'s summary: when, what died (its role and pid), why, and where
+/// its report is.
+fn summary_line(
+    summary: &ward_crashdiag::ReportSummary,
+    report: &ward_crashdiag::CrashReport,
+) -> String {
+    format!(
+        "  {}  {} (pid {}): {}  {}",
+        ward_sys::UtcTime::from_unix_ms(report.written_wall_ms),
+        report.role,
+        report.pid,
+        report.verdict.cause.describe(),
+        summary.text.display()
+    )
+}
+
+/// Prints `text` on stdout; a closed stdout (`ward diagnose | head`) is the reader's choice, not
+/// an error.
+fn print_out(text: &str) -> Result<(), Error> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::io("writing to stdout", e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The state directory if it exists (`status`, `stop` and `diagnose` never create one).

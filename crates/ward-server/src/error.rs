@@ -108,6 +108,14 @@ pub enum Error {
         /// What is wrong with it.
         problem: String,
     },
+    /// The server refused to reload its configuration; it runs the one it ran before.
+    #[error("reload refused, the running configuration is kept: {reason}")]
+    ReloadRefused {
+        /// Why, as the server said it (for an invalid file, with its line and column).
+        reason: String,
+        /// Whether the configuration itself is at fault (the CLI exits 2, as `ward check` does).
+        invalid_config: bool,
+    },
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -152,6 +160,14 @@ impl Error {
 
     /// Whether the error is the user's input (config, flags): the CLI exits 2 for those.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Config(_) | Error::Usage(_))
+        matches!(
+            self,
+            Error::Config(_)
+                | Error::Usage(_)
+                | Error::ReloadRefused {
+                    invalid_config: true,
+                    ..
+                }
+        )
     }
 }

@@ -34,8 +34,8 @@ mod tracker;
 mod umask;
 
 pub use commands::{
-    changes, check, diagnose, failures, restart, retry, run_foreground, server_main, start, status,
-    stop,
+    changes, check, diagnose, failures, logs, reload, restart, retry, run_foreground, server_main,
+    start, status, stop,
 };
 pub use config::{Config, ConfigError};
 pub use error::Error;

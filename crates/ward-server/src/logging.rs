@@ -20,7 +20,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 /// Rotated files kept beside the live one.
-const KEEP_ROTATED: u32 = 3;
+pub(crate) const KEEP_ROTATED: u32 = 3;
 
 /// The log file, rotated by size.
 #[derive(Debug)]
@@ -123,7 +123,8 @@ impl LogFile {
     }
 }
 
-fn rotated(path: &Path, n: u32) -> PathBuf {
+/// The `n`th rotated file of the log at `path` (`ward.log.1` is the newest of them).
+pub(crate) fn rotated(path: &Path, n: u32) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{n}"));
     PathBuf::from(name)

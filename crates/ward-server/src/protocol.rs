@@ -42,7 +42,8 @@ pub enum Request {
     },
     /// Stop gracefully (the keeper stops the server, which drains first): [`Accepted`].
     Stop,
-    /// Read the configuration again, as SIGHUP does: [`Accepted`].
+    /// Read the configuration again, as SIGHUP does, and say whether it was taken:
+    /// [`Reloaded`], once it was applied or refused.
     Reload,
     /// The paths whose jobs gave up, in path order: [`FailuresPage`].
     Failures {
@@ -161,12 +162,14 @@ pub enum Reply {
     Status(ServerStatus),
     /// To [`Request::Changes`].
     Changes(ChangesPage),
-    /// To [`Request::Stop`] and [`Request::Reload`].
+    /// To [`Request::Stop`].
     Accepted(Accepted),
     /// To [`Request::Failures`].
     Failures(FailuresPage),
     /// To [`Request::Retry`].
     Retried(Retried),
+    /// To [`Request::Reload`].
+    Reloaded(Reloaded),
 }
 
 /// The line that answers a request: `ok` and the version added to the reply's fields, or the
@@ -417,9 +420,38 @@ pub struct Retried {
     pub not_failed: Vec<String>,
 }
 
-/// The reply to [`Request::Stop`] and [`Request::Reload`]: the server has begun.
+/// The reply to [`Request::Stop`]: the server has begun.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accepted {}
+
+/// The reply to [`Request::Reload`], sent once the new configuration runs or was refused: `ok`
+/// says the request was answered, `reload` what became of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reload", rename_all = "lowercase")]
+pub enum Reloaded {
+    /// The new configuration runs: its triggers take the changes seen from now on (jobs already
+    /// queued keep the trigger that matched them).
+    Applied {
+        /// Triggers now active.
+        triggers: usize,
+        /// Settings that differ in the new configuration but apply only after `ward restart`,
+        /// as the config file names them (`watch.roots`, `jobs.workers`, ...).
+        #[serde(default)]
+        after_restart: Vec<String>,
+    },
+    /// The configuration is invalid; the running one is kept. The error names the file, line
+    /// and column, as `ward check` does.
+    Invalid {
+        /// What is wrong, and where.
+        error: String,
+    },
+    /// The configuration is valid but could not be put in place (the system refused a
+    /// thread, say); the running one is kept.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
 
 #[cfg(test)]
 mod tests {
@@ -528,5 +560,29 @@ mod tests {
             read_reply::<ServerStatus>(b"{\"ok\":true}"),
             Err(ReplyError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_reload_reply_says_what_became_of_the_configuration() {
+        for (reloaded, wire) in [
+            (
+                Reloaded::Applied {
+                    triggers: 2,
+                    after_restart: vec!["jobs.workers".into()],
+                },
+                r#"{"after_restart":["jobs.workers"],"ok":true,"reload":"applied","triggers":2,"v":1}"#,
+            ),
+            (
+                Reloaded::Invalid {
+                    error: "/w/ward.toml:3:8: expected an array".into(),
+                },
+                r#"{"error":"/w/ward.toml:3:8: expected an array","ok":true,"reload":"invalid","v":1}"#,
+            ),
+        ] {
+            let line = reply_line(&Ok(Reply::Reloaded(reloaded.clone())));
+            let text = std::str::from_utf8(&line).unwrap();
+            assert_eq!(text.trim_end(), wire);
+            assert_eq!(read_reply::<Reloaded>(&line), Ok(reloaded));
+        }
     }
 }

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+mod generated;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use ward_server::config::Flags;
 use ward_server::{Launch, Outcome};
 
@@ -51,12 +53,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print crash reports, and the post-mortem of a daemon that vanished.
+    /// Summarize the deaths on record, one line each, then print their crash reports.
+    ///
+    /// Newest first; the post-mortem of a daemon that vanished is among them.
     Diagnose {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Only the N newest reports.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        last: Option<u32>,
     },
+    /// Print the last lines of the daemon's log; with -f, follow it through its rotations.
+    ///
+    /// The lines are counted back into the rotated files (`ward.log.1`, ...) when the live one
+    /// has fewer.
+    Logs {
+        /// Lines to print, counted from the end.
+        #[arg(long, short = 'n', default_value_t = 10, value_name = "LINES")]
+        lines: usize,
+        /// Keep printing lines as they are written, through the log's rotations, until Ctrl-C
+        /// or the output is closed.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Make the daemon read its config file again (as SIGHUP does) and say if it took it.
+    ///
+    /// The file is the one the daemon was started with. Exit 2 with file:line:column if it is
+    /// invalid (the running configuration is kept), 3 if ward is not running.
+    Reload,
     /// Validate the config file and exit (2 with file:line:column on an error).
     Check,
     /// Print the paths changed since sequence number SEQ as JSON lines (0: everything known).
@@ -84,10 +109,45 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Print the shell completion script for SHELL.
+    ///
+    /// For example: `ward completions bash > /usr/share/bash-completion/completions/ward`.
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
     /// Internal: the server process, started by the keeper, which reads what `ward start`
     /// resolved from the state directory.
     #[command(name = "__server", hide = true)]
     Server,
+    /// Internal: write the man pages (roff) into DIR, for `cargo xtask dist`.
+    #[command(name = "__man", hide = true)]
+    Man {
+        /// Where the pages go (`ward.1`, `ward-SUBCOMMAND.1`).
+        dir: PathBuf,
+    },
+}
+
+/// Subcommands that take neither `--config` nor `--state-dir`: the global flags are accepted
+/// there as everywhere (clap has no way to leave a subcommand out), but not shown in their help.
+const WITHOUT_STATE: [&str; 2] = ["completions", "__man"];
+
+/// The clap definition of the `ward` command line, as it parses and as its help, completions and
+/// man page show it.
+pub fn command() -> clap::Command {
+    let mut command = Cli::command();
+    // clap copies a global flag into each subcommand that has no flag of its id when it builds
+    // the command; a hidden copy put there first is the one such a subcommand keeps.
+    let hidden: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .map(|a| a.clone().hide(true))
+        .collect();
+    for name in WITHOUT_STATE {
+        command = command.mut_subcommand(name, |sub| sub.args(hidden.clone()));
+    }
+    command
 }
 
 /// Flags that describe a job without a config file.
@@ -129,7 +189,10 @@ fn launch(cli_config: Option<PathBuf>, state_dir: Option<PathBuf>, quick: Quick)
 
 /// Runs the `ward` command line and returns its exit code.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let (config, state_dir) = (cli.config, cli.state_dir);
     let outcome = match cli.command {
         Command::Run(q) => ward_server::run_foreground(&launch(config, state_dir, q)),
@@ -143,9 +206,11 @@ pub fn run() -> ExitCode {
         Command::Status { json } => {
             ward_server::status(&launch(config, state_dir, Quick::default()), json)
         }
-        Command::Diagnose { json } => {
-            ward_server::diagnose(&launch(config, state_dir, Quick::default()), json)
-        }
+        Command::Diagnose { json, last } => ward_server::diagnose(
+            &launch(config, state_dir, Quick::default()),
+            json,
+            last.map(|n| n as usize),
+        ),
         Command::Check => ward_server::check(&launch(config, state_dir, Quick::default())),
         Command::Failures { json } => {
             ward_server::failures(&launch(config, state_dir, Quick::default()), json)
@@ -153,11 +218,24 @@ pub fn run() -> ExitCode {
         Command::Retry { paths, all } => {
             ward_server::retry(&launch(config, state_dir, Quick::default()), &paths, all)
         }
+        Command::Logs { lines, follow } => {
+            ward_server::logs(&launch(config, state_dir, Quick::default()), lines, follow)
+        }
+        Command::Completions { shell } => written(generated::completions(shell, &command())),
+        Command::Man { dir } => written(generated::man_pages(command(), &dir)),
+        Command::Reload => ward_server::reload(&launch(config, state_dir, Quick::default())),
         Command::Changes { since } => {
             ward_server::changes(&launch(config, state_dir, Quick::default()), since)
         }
     };
     exit_code(outcome)
+}
+
+fn written(result: std::io::Result<()>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Success,
+        Err(e) => Outcome::Failed(ward_server::Error::io("writing to stdout", e)),
+    }
 }
 
 fn seconds(s: f64) -> std::time::Duration {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGHUP, SIGTERM};
+use signal_hook::consts::SIGTERM;
 use ward_queue::Pool;
 use ward_watch::Watcher;
 
@@ -64,10 +64,10 @@ pub(super) fn answer(
                     .collect(),
             }))
         }
-        // Answered by the control thread itself, which never hands them to the loop, or by
+        // Stop is answered by the control thread itself, reload by the loop's `reload`, retry by
         // `retry`, which needs the backlog.
         Request::Stop | Request::Reload | Request::Retry { .. } => {
-            Err(format!("{request:?} is not the loop's to answer"))
+            Err(format!("{request:?} is not answered here"))
         }
     }
 }
@@ -150,8 +150,11 @@ fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
 
 /// How long the control thread waits for the main loop's answer.
 const REQUEST_WAIT: Duration = Duration::from_secs(2);
+/// How long the control thread waits for the main loop to take a reload request and for the
+/// reload's result; `ward reload` waits longer than this.
+const RELOAD_WAIT: Duration = Duration::from_secs(10);
 
-/// Answers `request` on a control thread: stop and reload by signal, the rest by asking the loop.
+/// Answers `request` on a control thread: stop by signal, the rest by asking the loop.
 pub(super) fn control(
     request: Request,
     main_loop: &crossbeam_channel::Sender<Asked>,
@@ -167,21 +170,19 @@ pub(super) fn control(
                 Err(std::io::Error::last_os_error().to_string())
             }
         }
-        Request::Reload => {
-            // SAFETY: raising a signal this process handles (SIGHUP, by the signal thread).
-            let rc = unsafe { libc::raise(SIGHUP) };
-            if rc == 0 {
-                Ok(Reply::Accepted(Accepted {}))
-            } else {
-                Err("cannot signal the server".into())
-            }
-        }
         request => {
+            // A reload is answered once it was applied or refused: a longer wait, which the
+            // loop, reading one file and compiling its globs, keeps well within.
+            let wait = if request == Request::Reload {
+                RELOAD_WAIT
+            } else {
+                REQUEST_WAIT
+            };
             let (tx, rx) = crossbeam_channel::bounded(1);
             main_loop
-                .send_timeout(Asked { request, reply: tx }, REQUEST_WAIT)
+                .send_timeout(Asked { request, reply: tx }, wait)
                 .map_err(|_| "the server's main loop is busy".to_owned())?;
-            rx.recv_timeout(REQUEST_WAIT)
+            rx.recv_timeout(wait)
                 .map_err(|_| "the server's main loop did not answer in time".to_owned())?
         }
     }

@@ -28,7 +28,7 @@ use crate::keeper::READY_LINE;
 use crate::launch::Launch;
 use crate::logging::{self, Sink};
 use crate::outcomes;
-use crate::protocol::Request;
+use crate::protocol::{Reply, Request};
 use crate::state::{StateDir, names};
 use crate::tracker::Tracker;
 use crate::{Error, deaths};
@@ -169,15 +169,22 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             recv(requests) -> asked => {
                 if let Ok(asked) = asked {
                     record_outcomes(&done, &mut tracker);
-                    let answer = if let Request::Retry { paths, all } = &asked.request {
-                        answers::retry(paths, *all, &config.roots, &mut tracker, &mut backlog)
+                    if asked.request == Request::Reload {
+                        let reload = reload::reload("reload asked on the control socket", &mut handover, &state, config, &dispatcher, &mut tracker);
+                        // Answered before the old workers are stopped, which may take their grace.
+                        let _ = asked.reply.try_send(Ok(Reply::Reloaded(reload.outcome.clone())));
+                        config = reload.finish();
                     } else {
-                        let dispatcher = dispatcher.read();
-                        let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started };
-                        answers::answer(&asked.request, &mut tracker, &sources)
-                    };
-                    // The asker may have given up waiting; nothing to do then.
-                    let _ = asked.reply.try_send(answer);
+                        let answer = if let Request::Retry { paths, all } = &asked.request {
+                            answers::retry(paths, *all, &config.roots, &mut tracker, &mut backlog)
+                        } else {
+                            let dispatcher = dispatcher.read();
+                            let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started };
+                            answers::answer(&asked.request, &mut tracker, &sources)
+                        };
+                        // The asker may have given up waiting; nothing to do then.
+                        let _ = asked.reply.try_send(answer);
+                    }
                 }
             }
             recv(batches) -> batch => {
@@ -203,8 +210,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             }
             recv(signals) -> signal => match signal {
                 Ok(SIGHUP) => {
-                    config = reload::reload(&mut handover, &state, config, &dispatcher);
-                    tracker.set_triggers(dispatcher.read().triggers().clone());
+                    config = reload::reload("received SIGHUP", &mut handover, &state, config, &dispatcher, &mut tracker).finish();
                 }
                 Ok(signal) => {
                     log::info!("received signal {signal}: stop watching, drain the queue, stop workers, exit");

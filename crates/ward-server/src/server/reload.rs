@@ -1,4 +1,5 @@
-//! SIGHUP: the configuration read again and applied to what can change while the server runs.
+//! Reloading: the configuration read again and applied to what can change while the server runs,
+//! on SIGHUP or a `reload` request (which is answered with the result).
 
 use std::sync::Arc;
 
@@ -7,41 +8,72 @@ use parking_lot::RwLock;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::handover::Handover;
+use crate::protocol::Reloaded;
 use crate::state::StateDir;
+use crate::tracker::Tracker;
+
+/// A reload done: the configuration the server runs now, what became of the new one, and the
+/// dispatcher it replaced, whose idle workers [`Reload::finish`] stops.
+pub(super) struct Reload {
+    config: Config,
+    pub outcome: Reloaded,
+    retired: Option<Arc<Dispatcher>>,
+}
+
+impl Reload {
+    /// Stops the replaced dispatcher's idle workers (which may take their stop grace) and
+    /// returns the configuration to run. A `reload` request is answered before this, so that
+    /// its client does not wait for the old workers.
+    pub fn finish(self) -> Config {
+        if let Some(retired) = self.retired {
+            retired.stop_workers();
+        }
+        self.config
+    }
+}
 
 /// Reads the configuration again from the launch in `handover`; on success records it there (a
-/// server restarted after a crash then runs it) and returns it, else keeps `old`.
+/// server restarted after a crash then runs it) and puts its triggers in place, else keeps `old`.
+/// `cause` says in the log what asked for it.
 pub(super) fn reload(
+    cause: &str,
     handover: &mut Handover,
     state: &StateDir,
     old: Config,
     dispatcher: &RwLock<Arc<Dispatcher>>,
-) -> Config {
-    log::info!("received SIGHUP: reloading the configuration");
+    tracker: &mut Tracker,
+) -> Reload {
+    log::info!("{cause}: reloading the configuration");
+    let refused = |old: Config, e: crate::Error| {
+        log::error!("reload refused, keeping the running configuration: {e}");
+        let error = e.to_string();
+        Reload {
+            config: old,
+            outcome: if e.is_usage() {
+                Reloaded::Invalid { error }
+            } else {
+                Reloaded::Failed { error }
+            },
+            retired: None,
+        }
+    };
     let new = match handover.launch.config_with_missing_roots() {
         Ok(new) => new,
-        Err(e) => {
-            log::error!("reload refused, keeping the running configuration: {e}");
-            return old;
-        }
+        Err(e) => return refused(old, e),
     };
     let fresh = match Dispatcher::reloaded(new.clone(), state.clone(), Some(&dispatcher.read())) {
         Ok(d) => Arc::new(d),
-        Err(e) => {
-            log::error!("reload refused, keeping the running configuration: {e}");
-            return old;
-        }
+        Err(e) => return refused(old, e),
     };
-    if new.roots != old.roots
-        || new.ignore != old.ignore
-        || new.debounce != old.debounce
-        || new.workers != old.workers
-    {
+    let after_restart = needing_restart(&old, &new);
+    if !after_restart.is_empty() {
         log::warn!(
-            "reload: watch roots, ignores, debounce and worker count apply only after `ward restart`"
+            "reload: {} apply only after `ward restart`",
+            after_restart.join(", ")
         );
     }
     let previous = std::mem::replace(&mut *dispatcher.write(), fresh);
+    tracker.set_triggers(dispatcher.read().triggers().clone());
     handover.config = new.clone();
     handover.apply_umask();
     if let Err(e) = handover.record(state) {
@@ -49,20 +81,44 @@ pub(super) fn reload(
             "the reloaded configuration is not recorded; a restarted server would run the one before: {e}"
         );
     }
-    previous.stop_workers();
     // Queued jobs keep the trigger that matched them: a removed or changed trigger still runs
     // its queued jobs as it was configured when they were queued.
     log::info!(
         "reload: {} trigger(s) now active; jobs already queued run with the trigger that matched them",
         new.triggers.len()
     );
+    let outcome = Reloaded::Applied {
+        triggers: new.triggers.len(),
+        after_restart,
+    };
     // Settings that need a restart stay as they run.
-    Config {
+    let config = Config {
         roots: old.roots,
         ignore: old.ignore,
         debounce: old.debounce,
         max_wait: old.max_wait,
         workers: old.workers,
         ..new
+    };
+    Reload {
+        config,
+        outcome,
+        retired: Some(previous),
     }
+}
+
+/// The settings that differ between `old` and `new` but that the running server keeps until a
+/// restart, named as in the config file.
+fn needing_restart(old: &Config, new: &Config) -> Vec<String> {
+    [
+        ("watch.roots", old.roots != new.roots),
+        ("watch.ignore", old.ignore != new.ignore),
+        ("watch.debounce_ms", old.debounce != new.debounce),
+        ("watch.max_wait_ms", old.max_wait != new.max_wait),
+        ("jobs.workers", old.workers != new.workers),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(name, _)| name.to_owned())
+    .collect()
 }
