@@ -16,7 +16,7 @@ use ward_server::{Launch, Outcome};
 #[command(name = "ward", version, about, propagate_version = true)]
 struct Cli {
     /// Config file (TOML). Default: the nearest `ward.toml` from the current directory up,
-    /// unless `--watch` or a command describes the job.
+    /// unless watch flags or a command describe the job.
     #[arg(
         long,
         short = 'c',
