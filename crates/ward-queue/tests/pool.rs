@@ -1023,3 +1023,49 @@ proptest! {
         prop_assert_eq!(finals, ops.len());
     }
 }
+
+/// A held pool lets a running attempt finish but starts nothing more, and starts the rest once
+/// released; shutdown during a hold returns what was not started.
+#[test]
+fn a_held_pool_starts_no_attempt_until_released() {
+    let (started_tx, started) = crossbeam_channel::unbounded();
+    let gate = Gate::default();
+    let pool = {
+        let gate = gate.clone();
+        Pool::<u32, ()>::builder()
+            .workers(1)
+            .build(move |n: &u32| {
+                started_tx.send(*n).unwrap();
+                if *n == 0 {
+                    gate.wait();
+                }
+                Ok(())
+            })
+            .unwrap()
+    };
+    pool.submit(0).unwrap();
+    assert_eq!(started.recv_timeout(PATIENCE), Ok(0));
+    pool.hold();
+    assert!(pool.is_held());
+    pool.submit(1).unwrap();
+    pool.submit(2).unwrap();
+    gate.open();
+    wait_for("the running attempt to end", || {
+        pool.metrics().completed >= 1
+    });
+    // The one worker is free and two jobs wait: unheld, it would start one at once.
+    assert_eq!(
+        started.recv_timeout(Duration::from_millis(300)),
+        Err(crossbeam_channel::RecvTimeoutError::Timeout),
+        "an attempt started while the pool was held"
+    );
+    pool.release();
+    assert_eq!(started.recv_timeout(PATIENCE), Ok(1));
+    assert_eq!(started.recv_timeout(PATIENCE), Ok(2));
+
+    pool.hold();
+    pool.submit(3).unwrap();
+    let left = pool.shutdown(Duration::from_millis(50));
+    assert_eq!(left, [3], "a job held at shutdown is returned, not run");
+    assert!(started.try_recv().is_err());
+}

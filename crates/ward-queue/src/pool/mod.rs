@@ -132,6 +132,11 @@ struct Shared<J, K> {
     stash: Mutex<Vec<Task<J>>>,
     /// Workers stop taking jobs (shutdown's deadline has passed).
     stop: AtomicBool,
+    /// Workers start no attempt while it is set (`Pool::hold`): they wait on `hold_cv`. An
+    /// atomic, so that a worker reads it without a lock before every attempt.
+    held: AtomicBool,
+    hold_lock: Mutex<()>,
+    hold_cv: Condvar,
     crew: Mutex<Crew>,
     next_id: Padded<AtomicU64>,
     seed: u64,
@@ -328,6 +333,9 @@ where
             timer_cv: Condvar::new(),
             stash: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            held: AtomicBool::new(false),
+            hold_lock: Mutex::new(()),
+            hold_cv: Condvar::new(),
             crew: Mutex::new(Crew {
                 workers: Vec::new(),
                 abandoned: Vec::new(),
@@ -479,6 +487,29 @@ where
     /// draining the queue.
     pub fn pause(&self) {
         self.shared.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Holds the workers: attempts already running go on, but no worker starts another (a first
+    /// attempt or a retry) until [`Pool::release`]. Intake is not paused: jobs queue up to the
+    /// capacity, and the policy applies past it. For a caller that must start nothing for a
+    /// while (memory runs short) without losing what waits. Shutdown ends a hold: the jobs held
+    /// are returned by [`Pool::shutdown`] like any not started. Jobs run by submitters under
+    /// [`Policy::CallerRuns`] are not held.
+    pub fn hold(&self) {
+        self.shared.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends a hold: the workers start attempts again.
+    pub fn release(&self) {
+        // Under the lock: a worker between its check and its wait would miss the notification.
+        let _guard = self.shared.hold_lock.lock();
+        self.shared.held.store(false, Ordering::SeqCst);
+        self.shared.hold_cv.notify_all();
+    }
+
+    /// Whether the workers are held.
+    pub fn is_held(&self) -> bool {
+        self.shared.held.load(Ordering::SeqCst)
     }
 
     /// Resumes intake and wakes blocked submitters.

@@ -105,6 +105,19 @@ where
         }
     }
 
+    /// Waits while the pool is held; false if it was stopped meanwhile. Wakes at least every
+    /// 100 ms to see a stop, which `shutdown` sets without knowing of holds.
+    fn wait_while_held(&self) -> bool {
+        if self.held.load(Ordering::Acquire) {
+            let mut guard = self.hold_lock.lock();
+            while self.held.load(Ordering::SeqCst) && !self.stop.load(Ordering::SeqCst) {
+                self.hold_cv
+                    .wait_for(&mut guard, Duration::from_millis(100));
+            }
+        }
+        !self.stop.load(Ordering::SeqCst)
+    }
+
     /// A worker that saw `stop` keeps what it received for `close` and lets go of its keys,
     /// leaving the jobs deferred to them for the drain.
     fn stop_worker(&self, envelope: Option<Envelope<J, SlotId>>, mut held: Held) {
@@ -467,6 +480,16 @@ where
         let Some((slot, mut task)) = work else {
             continue;
         };
+        if !shared.wait_while_held() {
+            // Stopped while held: the job was not started, and goes back like one received
+            // after the stop.
+            shared.stash.lock().push(task);
+            if let Some(slot) = slot {
+                held.push_back(slot);
+            }
+            shared.stop_worker(None, held);
+            break;
+        }
         let result = shared.attempt(cell, true, &mut task);
         // A scheduled retry keeps the key; otherwise this worker releases it next round.
         if !shared.settle(cell, task, result, slot)
