@@ -1851,3 +1851,80 @@ fn each_trigger_retries_its_failed_jobs_as_it_says() {
     let count = |suffix: &str| tries.lines().filter(|l| l.ends_with(suffix)).count();
     assert_eq!((count(".once"), count(".four")), (1, 4), "{tries}");
 }
+
+/// The daemon in a v1 memory cgroup of its own (this machine's memory controller is v1): with
+/// the cgroup's limit brought down to its usage plus 64 MiB, less than `min_available_mb`, no
+/// job starts and `ward status` says why; with the limit raised again, the job waiting runs.
+/// Nothing is killed here: the limit always stays above the usage.
+#[test]
+fn jobs_pause_while_memory_is_short_in_a_real_cgroup_and_resume_when_it_is_back() {
+    let f = Fixture::new(JOB, record_all());
+    f.edit_config("[jobs]\n", "[jobs]\nmin_available_mb = 128\n");
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = own
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()))
+        .expect("this test needs the v1 memory controller this machine has");
+    let cgroup = PathBuf::from(format!(
+        "/sys/fs/cgroup/memory{}/ward-pressure-{}",
+        path.trim_end_matches('/'),
+        std::process::id()
+    ));
+    std::fs::create_dir(&cgroup).expect("making a memory cgroup (as root)");
+    let set_limit = |bytes: u64| {
+        std::fs::write(cgroup.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
+    };
+    set_limit(4 << 30);
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "echo $$ > \"$0/cgroup.procs\" && shift && exec \"$@\"",
+        ])
+        .arg(&cgroup)
+        .arg("-")
+        .arg(ward_e2e::ward_bin())
+        .arg("--config")
+        .arg(&f.config)
+        .arg("--state-dir")
+        .arg(&f.state)
+        .arg("start")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(f.tree.join("before.txt"), "x").unwrap();
+    wait_for("a job with memory to spare", LONG, || f.saw("before.txt"));
+
+    let usage: u64 = std::fs::read_to_string(cgroup.join("memory.usage_in_bytes"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    set_limit(usage + (64 << 20));
+    wait_for("ward status to say jobs are held", LONG, || {
+        f.status().1["queue"]["held"]
+            .as_str()
+            .is_some_and(|why| why.contains("below min_available_mb 128"))
+    });
+    std::fs::write(f.tree.join("short.txt"), "x").unwrap();
+    wait_for("the job to wait", LONG, || {
+        let q = &f.status().1["queue"];
+        q["queued"].as_u64() >= Some(1) || q["backlog"].as_u64() >= Some(1)
+    });
+    assert!(!f.saw("short.txt"), "a job started while memory was short");
+    let text = f.run(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("none starts while memory is short"),
+        "{text:?}"
+    );
+
+    set_limit(4 << 30);
+    wait_for("the job once memory is back", LONG, || f.saw("short.txt"));
+    assert_eq!(f.status().1["queue"]["held"], serde_json::Value::Null);
+    assert!(f.log().contains("memory is short"), "{}", f.log());
+    f.stop();
+    wait_for("the cgroup to empty", LONG, || {
+        std::fs::read_to_string(cgroup.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty())
+    });
+    std::fs::remove_dir(&cgroup).unwrap();
+}

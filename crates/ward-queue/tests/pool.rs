@@ -1059,6 +1059,7 @@ fn a_held_pool_starts_no_attempt_until_released() {
         Err(crossbeam_channel::RecvTimeoutError::Timeout),
         "an attempt started while the pool was held"
     );
+    assert_eq!(pool.metrics().queued, 2, "held jobs count as queued");
     pool.release();
     assert_eq!(started.recv_timeout(PATIENCE), Ok(1));
     assert_eq!(started.recv_timeout(PATIENCE), Ok(2));

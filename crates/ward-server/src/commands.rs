@@ -427,6 +427,9 @@ fn print_status(report: &StatusReport) {
             "  jobs       {} queued, {} running, {} completed, {} attempt(s) failed, {} coalesced",
             q.queued, q.running, q.completed, q.failed, q.coalesced
         );
+        if let Some(why) = &q.held {
+            println!("  jobs       none starts while memory is short: {why}");
+        }
         let m = &server.manifest;
         println!("  manifest   {} paths, sequence {}", m.paths, m.seq);
         if m.gave_up > 0 {

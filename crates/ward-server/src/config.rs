@@ -109,6 +109,9 @@ pub struct Config {
     /// The jobs' umask; `None`: the one ward was started with.
     #[serde(default)]
     pub umask: Option<u32>,
+    /// Below this much available memory, in MiB, no job starts (`None`: no floor).
+    #[serde(default)]
+    pub min_available_mb: Option<u64>,
     /// Interval of the heartbeat log line.
     pub heartbeat_log: Duration,
     /// Rotate the log file past this size.
@@ -251,6 +254,7 @@ struct JobsSection {
     stop_grace_s: Option<At<f64>>,
     drain_timeout_s: Option<At<f64>>,
     umask: Option<At<String>>,
+    min_available_mb: Option<At<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -501,6 +505,9 @@ impl Config {
             DAY,
             config.drain_timeout,
         )?;
+        if let Some(mb) = &jobs.min_available_mb {
+            config.min_available_mb = Some(within(mb, "min_available_mb", 1..=1 << 30)?);
+        }
         if let Some(mask) = &jobs.umask {
             config.umask = Some(octal_mask(mask.get_ref()).ok_or_else(|| {
                 error(
@@ -672,6 +679,7 @@ impl Config {
             stop_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             umask: None,
+            min_available_mb: None,
             heartbeat_log: Duration::from_secs(60),
             log_max_bytes: 10 * 1024 * 1024,
             keep_reports: 50,

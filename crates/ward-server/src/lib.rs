@@ -26,6 +26,7 @@ pub mod manifest;
 mod orphans;
 mod outcomes;
 mod output;
+mod pressure;
 pub mod protocol;
 pub mod sd_notify;
 mod server;

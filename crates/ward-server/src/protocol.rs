@@ -159,7 +159,7 @@ fn count<'de, D: Deserializer<'de>>(d: D, field: &str) -> Result<Option<u64>, D:
 #[serde(untagged)]
 pub enum Reply {
     /// To [`Request::Status`].
-    Status(ServerStatus),
+    Status(Box<ServerStatus>),
     /// To [`Request::Changes`].
     Changes(ChangesPage),
     /// To [`Request::Stop`].
@@ -279,6 +279,9 @@ pub struct QueueStatus {
     pub dead: u64,
     /// Whether intake is paused.
     pub paused: bool,
+    /// Why no job starts, while memory is below `min_available_mb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
     /// Changes waiting for room in the queue.
     pub backlog: usize,
 }

@@ -137,6 +137,8 @@ struct Shared<J, K> {
     held: AtomicBool,
     hold_lock: Mutex<()>,
     hold_cv: Condvar,
+    /// Jobs a worker took from the queue and holds unstarted: still queued, for the metrics.
+    waiting_in_hold: AtomicUsize,
     crew: Mutex<Crew>,
     next_id: Padded<AtomicU64>,
     seed: u64,
@@ -336,6 +338,7 @@ where
             held: AtomicBool::new(false),
             hold_lock: Mutex::new(()),
             hold_cv: Condvar::new(),
+            waiting_in_hold: AtomicUsize::new(0),
             crew: Mutex::new(Crew {
                 workers: Vec::new(),
                 abandoned: Vec::new(),
@@ -548,7 +551,10 @@ where
             }
         }
         add(&shared.caller.stats);
-        let queued = shared.rx.len() + shared.keys.deferred() + shared.timer.lock().heap.len();
+        let queued = shared.rx.len()
+            + shared.keys.deferred()
+            + shared.timer.lock().heap.len()
+            + shared.waiting_in_hold.load(Ordering::Relaxed);
         let intake = &shared.intake_stats;
         Metrics {
             queued,

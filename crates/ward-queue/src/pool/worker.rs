@@ -109,11 +109,13 @@ where
     /// 100 ms to see a stop, which `shutdown` sets without knowing of holds.
     fn wait_while_held(&self) -> bool {
         if self.held.load(Ordering::Acquire) {
+            self.waiting_in_hold.fetch_add(1, Ordering::Relaxed);
             let mut guard = self.hold_lock.lock();
             while self.held.load(Ordering::SeqCst) && !self.stop.load(Ordering::SeqCst) {
                 self.hold_cv
                     .wait_for(&mut guard, Duration::from_millis(100));
             }
+            self.waiting_in_hold.fetch_sub(1, Ordering::Relaxed);
         }
         !self.stop.load(Ordering::SeqCst)
     }

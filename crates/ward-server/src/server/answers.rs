@@ -30,6 +30,8 @@ pub(super) struct Sources<'a> {
     pub backlog: &'a Backlog,
     pub dispatcher: &'a Dispatcher,
     pub started: Instant,
+    /// Why no job starts, while memory is short.
+    pub memory_pause: Option<&'a str>,
 }
 
 /// The loop's answer to `request`.
@@ -39,7 +41,7 @@ pub(super) fn answer(
     from: &Sources<'_>,
 ) -> Result<Reply, String> {
     match *request {
-        Request::Status => Ok(Reply::Status(status(tracker, from))),
+        Request::Status => Ok(Reply::Status(Box::new(status(tracker, from)))),
         Request::Changes { since, limit } => {
             let since = since.unwrap_or(0);
             let limit = limit.map_or(CHANGES_PAGE, |l| l.min(CHANGES_PAGE as u64) as usize);
@@ -125,6 +127,7 @@ fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
             rejected: m.rejected,
             dead: m.dead,
             paused: from.pool.is_paused(),
+            held: from.memory_pause.map(str::to_owned),
             backlog: from.backlog.len(),
         },
         watch: WatchStatus {

@@ -13,21 +13,24 @@ mod reload;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::select;
 use parking_lot::RwLock;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use ward_queue::Pool;
 use ward_watch::Watcher;
 
 use crate::config::Config;
 use crate::control::ControlSocket;
 use crate::dispatch::Dispatcher;
 use crate::handover::Handover;
+use crate::jobs::Job;
 use crate::keeper::READY_LINE;
 use crate::launch::Launch;
 use crate::logging::{self, Sink};
 use crate::outcomes;
+use crate::pressure::{self, Pressure, Turn};
 use crate::protocol::{Reply, Request};
 use crate::state::{StateDir, names};
 use crate::tracker::Tracker;
@@ -127,6 +130,9 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     }
 
     let mut config = config;
+    // Memory is read every `PRESSURE_POLL` when a floor is set (`[jobs] min_available_mb`).
+    let mut pressure = config.min_available_mb.map(Pressure::new);
+    let mut next_probe = Instant::now();
     // Take the outcomes waiting at the next turn of the loop: false only while they gather after
     // the doorbell rang, until `gather_until`.
     let mut take_outcomes = true;
@@ -140,6 +146,22 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             gather_until = None;
         }
         take_outcomes = true;
+        if let Some(p) = &mut pressure
+            && Instant::now() >= next_probe
+        {
+            next_probe = Instant::now() + PRESSURE_POLL;
+            match p.update(pressure::probe()) {
+                Some(Turn::Pause(why)) => {
+                    log::warn!("memory is short: starting no job until it is back ({why})");
+                    pool.hold();
+                }
+                Some(Turn::Resume(why)) => {
+                    log::info!("starting jobs again: {why}");
+                    pool.release();
+                }
+                None => {}
+            }
+        }
         backlog.submit(&pool);
         backlog.refill(&mut tracker);
         backlog.submit(&pool);
@@ -160,6 +182,10 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         } else {
             crossbeam_channel::never()
         };
+        let pressure_timer = match pressure {
+            Some(_) => crossbeam_channel::at(next_probe),
+            None => crossbeam_channel::never(),
+        };
         let batches = if backlog.len() < backlog.high {
             watcher.batches().clone()
         } else {
@@ -174,12 +200,13 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                         // Answered before the old workers are stopped, which may take their grace.
                         let _ = asked.reply.try_send(Ok(Reply::Reloaded(reload.outcome.clone())));
                         config = reload.finish();
+                        renew_pressure(&mut pressure, &config, &pool);
                     } else {
                         let answer = if let Request::Retry { paths, all } = &asked.request {
                             answers::retry(paths, *all, &config.roots, &mut tracker, &mut backlog)
                         } else {
                             let dispatcher = dispatcher.read();
-                            let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started };
+                            let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started, memory_pause: pressure.as_ref().and_then(Pressure::paused) };
                             answers::answer(&asked.request, &mut tracker, &sources)
                         };
                         // The asker may have given up waiting; nothing to do then.
@@ -205,12 +232,14 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             }
             recv(gather_timer) -> _ => {}
             recv(backlog_timer) -> _ => {}
+            recv(pressure_timer) -> _ => {}
             recv(unwritten_timer) -> _ => {
                 deaths::write_unwritten(&config);
             }
             recv(signals) -> signal => match signal {
                 Ok(SIGHUP) => {
                     config = reload::reload("received SIGHUP", &mut handover, &state, config, &dispatcher, &mut tracker).finish();
+                    renew_pressure(&mut pressure, &config, &pool);
                 }
                 Ok(signal) => {
                     log::info!("received signal {signal}: stop watching, drain the queue, stop workers, exit");
@@ -276,7 +305,23 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
 }
 
 /// How often crash reports that could not be written are retried, while any wait.
-const UNWRITTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+const UNWRITTEN_RETRY: Duration = Duration::from_secs(2);
+
+/// How often available memory is read while a floor is set.
+const PRESSURE_POLL: Duration = Duration::from_millis(500);
+
+/// After a reload: a changed memory floor starts over, released.
+fn renew_pressure(pressure: &mut Option<Pressure>, config: &Config, pool: &Pool<Job, PathBuf>) {
+    let floor = config.min_available_mb;
+    if pressure.as_ref().map(Pressure::floor_mb) == floor {
+        return;
+    }
+    if pressure.as_ref().is_some_and(|p| p.paused().is_some()) {
+        log::info!("starting jobs again: the reload changed min_available_mb");
+        pool.release();
+    }
+    *pressure = floor.map(Pressure::new);
+}
 
 fn announce_ready() {
     let mut stdout = std::io::stdout().lock();
