@@ -433,6 +433,26 @@ fn commands_find_the_project_from_any_directory_below_it() {
         )) && said.contains("WARD_STATE_DIR"),
         "{said}"
     );
+    // Every answer that finds no daemon says where it looked.
+    for command in [
+        "stop", "logs", "reload", "diagnose", "changes", "retry", "restart",
+    ] {
+        let args: &[&str] = if command == "retry" {
+            &["retry", "--all"]
+        } else {
+            &[command]
+        };
+        let out = in_dir(elsewhere.path(), args);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains("no ward.toml or .ward in"),
+            "`ward {command}` does not say where it looked: {said}"
+        );
+    }
     let out = ward_e2e::ward()
         .current_dir(elsewhere.path())
         .env("WARD_STATE_DIR", &state)

@@ -660,6 +660,12 @@ pub fn changes(launch: &Launch, since: u64) -> Outcome {
 fn changes_since(launch: &Launch, mut since: u64) -> Result<(), Error> {
     use std::io::Write;
     let Some(state) = existing_state_dir(launch)? else {
+        // Nothing on stdout, which a client reads as JSON lines: no change is known.
+        eprintln!(
+            "ward: no state directory {}, so no change known ({})",
+            launch.state_dir_path()?.display(),
+            launch.origin.hint()
+        );
         return Ok(());
     };
     let mut out = std::io::stdout().lock();

@@ -62,7 +62,10 @@ fn print_log(launch: &Launch, lines: usize, follow: bool) -> Result<(), Stop> {
     let Some(state) = super::existing_state_dir(launch)? else {
         return Err(Error::StateDir {
             path: launch.state_dir_path()?,
-            reason: "none here, so no log: ward never ran with it".into(),
+            reason: format!(
+                "none here, so no log: ward never ran with it ({})",
+                launch.origin.hint()
+            ),
         }
         .into());
     };

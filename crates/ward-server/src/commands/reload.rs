@@ -21,11 +21,12 @@ pub fn reload(launch: &Launch) -> Outcome {
         Ok(Some(reloaded)) => said(reloaded),
         Ok(None) => {
             eprintln!(
-                "ward is not running for {}: nothing to reload",
+                "ward is not running for {}: nothing to reload ({})",
                 launch.state_dir_path().map_or_else(
                     |_| "this state directory".into(),
                     |p| p.display().to_string()
-                )
+                ),
+                launch.origin.hint()
             );
             Outcome::NotRunning
         }
