@@ -23,6 +23,11 @@ const FALLBACK_FD_SCAN: libc::c_int = 65_536;
 /// `ru_maxrss` is in KiB on Linux.
 pub(crate) const MAXRSS_UNIT: u64 = 1024;
 
+/// The highest signal number (the last real-time signal).
+pub(crate) fn max_signal() -> i32 {
+    libc::SIGRTMAX()
+}
+
 /// A close-on-exec pipe: (read end, write end).
 pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
