@@ -658,6 +658,7 @@ mod tests {
                 argv: vec!["true".into()],
             },
             dump_signal: None,
+            process: crate::config::ProcessSettings::default(),
         };
         let ordered = [trigger("md", &["*.md"]), trigger("all", &[])];
         assert!(unreachable_triggers(&ordered).is_empty());

@@ -410,6 +410,7 @@ mod tests {
                 argv: vec!["true".into()],
             },
             dump_signal: None,
+            process: crate::config::ProcessSettings::default(),
         }
     }
 
@@ -470,6 +471,20 @@ mod tests {
             }
         );
         assert!(after.find(root, Path::new("/r/y.a")).is_none());
+    }
+
+    /// A worker is kept across a reload only by a trigger that compares equal: one whose
+    /// process settings changed (here its nice value) must get a new one.
+    #[test]
+    fn a_reload_replaces_a_trigger_whose_process_settings_changed() {
+        let before = Triggers::new(&[trigger("bee", &["*.b"])]).unwrap();
+        let mut nicer = trigger("bee", &["*.b"]);
+        nicer.process.nice = Some(10);
+        let same = Triggers::reloaded(&[trigger("bee", &["*.b"])], Some(&before)).unwrap();
+        let changed = Triggers::reloaded(&[nicer], Some(&before)).unwrap();
+        let kept = &before.triggers[0];
+        assert_eq!(same.position(kept), Some(0));
+        assert_eq!(changed.position(kept), None);
     }
 
     fn any_trigger() -> Arc<CompiledTrigger> {

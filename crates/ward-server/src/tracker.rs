@@ -373,6 +373,7 @@ pub(crate) mod tests {
                 argv: vec!["true".into()],
             },
             dump_signal: None,
+            process: crate::config::ProcessSettings::default(),
         }
     }
 

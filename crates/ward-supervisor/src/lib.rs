@@ -153,11 +153,13 @@ pub use supervisor::{ChildId, ChildState, ChildStatus, Event, EventKind, Supervi
 pub use tail::OutputTail;
 
 /// Where a memory-limited child's cgroup would be created (the parent directory), or why none
-/// can be: lets a caller check its configuration before spawning anything.
+/// can be: lets a caller check its configuration before spawning anything. To be sure, it makes
+/// a cgroup there, sets its limit and removes it.
 ///
 /// # Errors
 /// [`Error::NoMemoryCgroup`] when neither cgroup v2 (with the memory controller delegated) nor a
-/// cgroup v1 memory hierarchy is available, [`Error::Unsupported`] off Linux.
+/// cgroup v1 memory hierarchy is available, [`Error::Cgroup`] when one is but no cgroup can be
+/// made or limited there (no permission), [`Error::Unsupported`] off Linux.
 pub fn probe_memory_cgroup() -> Result<std::path::PathBuf> {
     sys::probe_memory_cgroup()
 }

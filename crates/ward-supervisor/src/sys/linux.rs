@@ -229,8 +229,12 @@ fn memory_cgroup_parent() -> Result<(PathBuf, CgroupVersion)> {
     }
 }
 
+/// Where memory cgroups go, once one has been made there, limited and removed: a hierarchy we
+/// may not write to (a non-root process under cgroup v1) is no place for them.
 pub(crate) fn probe_memory_cgroup() -> Result<PathBuf> {
-    memory_cgroup_parent().map(|(dir, _)| dir)
+    let (parent, _) = memory_cgroup_parent()?;
+    create_memory_cgroup(1 << 30)?.remove();
+    Ok(parent)
 }
 
 /// Creates a fresh memory cgroup limited to `limit` bytes.
