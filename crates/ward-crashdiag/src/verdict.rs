@@ -134,7 +134,7 @@ fn stack_overflow(text: &str) -> Option<Option<String>> {
 /// A memory size for people: whole MiB as such, anything else in bytes.
 fn size(bytes: u64) -> String {
     const MIB: u64 = 1024 * 1024;
-    if bytes % MIB == 0 {
+    if bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
     } else {
         format!("{bytes} bytes")

@@ -14,9 +14,9 @@ use crate::jobs::{Event, Events};
 mod identity;
 mod process;
 
-pub use process::{DEFAULT_STOP_SIGNAL, Identity, ProcessSettings};
 use identity::NameOrId;
 use process::Privileges;
+pub use process::{DEFAULT_STOP_SIGNAL, Identity, ProcessSettings};
 
 /// Where in a config file a problem is, and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -891,7 +891,8 @@ recycle_after = 100
     #[test]
     fn every_validation_error_points_at_the_value_at_fault() {
         let t = |name: &str| format!("[[trigger]]\nname = \"{name}\"\nexec = [\"a\"]\n");
-        let cases: Vec<(String, (usize, usize), &str)> = vec![
+        let cases: Vec<(String, (usize, usize), &str)> =
+            vec![
             (
                 format!("[jobs]\ndrain_timeout_s = 5\ntimeout_s = 0\n{}", t("a")),
                 (3, 13),
@@ -1139,7 +1140,11 @@ memory_max_mb = 64
         assert_eq!(plain, &config.default_process());
         assert_eq!(
             (plain.timeout, plain.stop_grace, plain.stop_signal),
-            (Duration::from_secs(60), Duration::from_secs(3), libc::SIGTERM)
+            (
+                Duration::from_secs(60),
+                Duration::from_secs(3),
+                libc::SIGTERM
+            )
         );
         assert_eq!(plain.cwd, config.base);
         let tuned = &config.triggers[1].process;
@@ -1170,7 +1175,12 @@ memory_max_mb = 64
         let old: Config = serde_json::from_value(json).unwrap();
         let old = old.with_unrecorded_settings();
         for trigger in &old.triggers {
-            assert_eq!(trigger.process, config.default_process(), "{}", trigger.name);
+            assert_eq!(
+                trigger.process,
+                config.default_process(),
+                "{}",
+                trigger.name
+            );
         }
     }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::Value;
 
-use crate::config::{ConfigError, Handler, Trigger};
+use crate::config::{ConfigError, Handler, ProcessSettings, Trigger};
 
 /// What happened to a path, as a job sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -168,6 +168,11 @@ impl CompiledTrigger {
     /// stack dump.
     pub fn dump_signal(&self) -> Option<i32> {
         self.config.dump_signal
+    }
+
+    /// How its jobs' (or its worker's) processes are started and stopped.
+    pub fn process(&self) -> &ProcessSettings {
+        &self.config.process
     }
 
     /// Whether it handles `relative`, a path relative to its watch root.
@@ -410,7 +415,7 @@ mod tests {
                 argv: vec!["true".into()],
             },
             dump_signal: None,
-            process: crate::config::ProcessSettings::default(),
+            process: ProcessSettings::default(),
         }
     }
 

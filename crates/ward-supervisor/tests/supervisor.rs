@@ -221,7 +221,9 @@ fn stop_sends_sigterm_first() {
 
 #[test]
 fn stop_sends_the_specs_stop_signal_first() {
-    let spec = ChildSpec::new("sleep").arg("1000").stop_signal(libc::SIGUSR1);
+    let spec = ChildSpec::new("sleep")
+        .arg("1000")
+        .stop_signal(libc::SIGUSR1);
     assert_eq!(spec.get_stop_signal(), libc::SIGUSR1);
     let exit = Child::spawn(&spec).unwrap().stop(LONG).unwrap();
     assert_eq!(exit.termination, signaled(libc::SIGUSR1));
@@ -329,8 +331,7 @@ fn a_child_run_as_another_user_still_dies_when_the_thread_that_spawned_it_exits(
         return;
     }
     let child = std::thread::spawn(|| {
-        Child::spawn(&ChildSpec::new("sleep").arg("1000").user(65534, 65534, []))
-            .unwrap()
+        Child::spawn(&ChildSpec::new("sleep").arg("1000").user(65534, 65534, [])).unwrap()
     })
     .join()
     .unwrap();

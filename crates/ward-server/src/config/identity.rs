@@ -32,7 +32,9 @@ impl NameOrId {
     fn id(&self) -> Option<u32> {
         match self {
             NameOrId::Id(id) => Some(*id),
-            NameOrId::Name(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) => {
+            NameOrId::Name(name)
+                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 name.parse().ok()
             }
             NameOrId::Name(_) => None,
@@ -71,8 +73,8 @@ pub(super) fn user(who: &NameOrId) -> Result<Account, String> {
         }
     };
     match found {
-        // SAFETY: a filled entry's name points into the buffer, NUL-terminated.
         Ok(Some((entry, _buf))) => Ok(Account {
+            // SAFETY: a filled entry's name points into `_buf`, still alive, NUL-terminated.
             name: unsafe { text(entry.pw_name) },
             uid: entry.pw_uid,
             gid: entry.pw_gid,
@@ -103,8 +105,11 @@ pub(super) fn group(which: &NameOrId) -> Result<(String, u32), String> {
         }
     };
     match found {
-        // SAFETY: a filled entry's name points into the buffer, NUL-terminated.
-        Ok(Some((entry, _buf))) => Ok((unsafe { text(entry.gr_name) }, entry.gr_gid)),
+        Ok(Some((entry, _buf))) => {
+            // SAFETY: a filled entry's name points into `_buf`, still alive, NUL-terminated.
+            let name = unsafe { text(entry.gr_name) };
+            Ok((name, entry.gr_gid))
+        }
         Ok(None) => Err(format!("there is no group {which}")),
         Err(e) => Err(format!("cannot look group {which} up: {e}")),
     }
@@ -132,10 +137,7 @@ pub(super) fn groups_of(account: &Account, gid: u32) -> Result<Vec<u32>, String>
         }
         // Too small: `count` says how many there are.
         if count <= groups.len() || count > 1 << 16 {
-            return Err(format!(
-                "cannot list the groups of user {:?}",
-                account.name
-            ));
+            return Err(format!("cannot list the groups of user {:?}", account.name));
         }
         groups.resize(count, 0);
     }
@@ -195,7 +197,10 @@ mod tests {
         assert_eq!(user(&NameOrId::Id(0)).unwrap(), root);
         assert_eq!(user(&NameOrId::Name("0".into())).unwrap(), root);
         assert_eq!(group(&NameOrId::Id(0)).unwrap().1, 0);
-        assert_eq!(group(&NameOrId::Name("root".into())).unwrap(), ("root".into(), 0));
+        assert_eq!(
+            group(&NameOrId::Name("root".into())).unwrap(),
+            ("root".into(), 0)
+        );
         assert!(groups_of(&root, 0).unwrap().contains(&0));
         let err = user(&NameOrId::Name("no-such-user-of-ward".into())).unwrap_err();
         assert_eq!(err, "there is no user \"no-such-user-of-ward\"");

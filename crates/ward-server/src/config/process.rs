@@ -152,16 +152,25 @@ impl ProcessSettings {
         privileges: Privileges,
         error: &dyn Fn(&Range<usize>, String) -> ConfigError,
     ) -> Result<ProcessSettings, ConfigError> {
-        let refuse = |span: &Range<usize>, what: String| error(span, format!("trigger {name:?}: {what}"));
+        let refuse =
+            |span: &Range<usize>, what: String| error(span, format!("trigger {name:?}: {what}"));
         let mut settings = defaults.clone();
         if let Some(env) = &t.env {
             for (key, value) in env.get_ref() {
-                variable_name(key.get_ref())
-                    .map_err(|problem| refuse(&key.span(), format!("env name {:?} {problem}", key.get_ref())))?;
+                variable_name(key.get_ref()).map_err(|problem| {
+                    refuse(
+                        &key.span(),
+                        format!("env name {:?} {problem}", key.get_ref()),
+                    )
+                })?;
                 if value.get_ref().contains('\0') {
                     return Err(refuse(
                         &value.span(),
-                        format!("env {} = {:?}: contains a NUL byte", key.get_ref(), value.get_ref()),
+                        format!(
+                            "env {} = {:?}: contains a NUL byte",
+                            key.get_ref(),
+                            value.get_ref()
+                        ),
                     ));
                 }
                 settings
@@ -178,7 +187,9 @@ impl ProcessSettings {
                 if settings.env.contains_key(text) {
                     return Err(refuse(
                         &key.span(),
-                        format!("env_remove name {text:?} is also set in env: keep it in one of them"),
+                        format!(
+                            "env_remove name {text:?} is also set in env: keep it in one of them"
+                        ),
                     ));
                 }
                 if !settings.env_remove.contains(text) {
@@ -191,7 +202,11 @@ impl ProcessSettings {
             if !dir.is_dir() {
                 return Err(refuse(
                     &cwd.span(),
-                    format!("cwd = {:?}: {} is not a directory", cwd.get_ref(), dir.display()),
+                    format!(
+                        "cwd = {:?}: {} is not a directory",
+                        cwd.get_ref(),
+                        dir.display()
+                    ),
                 ));
             }
             settings.cwd = dir;
@@ -319,9 +334,8 @@ fn variable_name(name: &str) -> Result<(), &'static str> {
 
 /// A trigger's `stop_signal`: a signal's name, with or without `SIG`, in any case.
 fn stop_signal(text: &str) -> Result<i32, String> {
-    let number = super::signal_number(text).ok_or(
-        "not a signal name (such as \"SIGTERM\", \"SIGINT\" or \"SIGQUIT\")",
-    )?;
+    let number = super::signal_number(text)
+        .ok_or("not a signal name (such as \"SIGTERM\", \"SIGINT\" or \"SIGQUIT\")")?;
     // A stopped process stays stopped until SIGKILL ends it after the grace: that is a kill
     // with a delay, not a request to stop.
     if number == libc::SIGSTOP {
@@ -372,8 +386,12 @@ fn identity_of(
             groups: Vec::new(),
         }));
     };
-    let account = identity::user(user.get_ref())
-        .map_err(|problem| refuse(&user.span(), format!("user = {}: {problem}", user.get_ref())))?;
+    let account = identity::user(user.get_ref()).map_err(|problem| {
+        refuse(
+            &user.span(),
+            format!("user = {}: {problem}", user.get_ref()),
+        )
+    })?;
     let (group, gid) = match group {
         Some(group) => group,
         None => {
@@ -382,8 +400,12 @@ fn identity_of(
             (primary, account.gid)
         }
     };
-    let groups = identity::groups_of(&account, gid)
-        .map_err(|problem| refuse(&user.span(), format!("user = {}: {problem}", user.get_ref())))?;
+    let groups = identity::groups_of(&account, gid).map_err(|problem| {
+        refuse(
+            &user.span(),
+            format!("user = {}: {problem}", user.get_ref()),
+        )
+    })?;
     Ok(Some(Identity {
         user: Some(account.name),
         uid: account.uid,
@@ -410,7 +432,14 @@ mod tests {
             position: Some(super::super::line_col(text, span.start)),
             message,
         };
-        ProcessSettings::resolve(&section, "t", &defaults, Path::new("/base"), privileges, &error)
+        ProcessSettings::resolve(
+            &section,
+            "t",
+            &defaults,
+            Path::new("/base"),
+            privileges,
+            &error,
+        )
     }
 
     const USER: Privileges = Privileges {
@@ -427,16 +456,26 @@ mod tests {
         let err = resolve("exec = [\"a\"]\nuser = \"nobody\"\n", USER).unwrap_err();
         assert_eq!(err.position, Some((2, 8)), "{err}");
         assert!(
-            err.message.contains("user = \"nobody\": only root") && err.message.contains("uid 1000"),
+            err.message.contains("user = \"nobody\": only root")
+                && err.message.contains("uid 1000"),
             "{err}"
         );
         let err = resolve("exec = [\"a\"]\ngroup = 65534\n", USER).unwrap_err();
         assert_eq!(err.position, Some((2, 9)), "{err}");
         let err = resolve("exec = [\"a\"]\nnice = -1\n", USER).unwrap_err();
         assert_eq!(err.position, Some((2, 8)), "{err}");
-        assert!(err.message.contains("may not set a nice value below 0"), "{err}");
-        assert_eq!(resolve("exec = [\"a\"]\nnice = 5\n", USER).unwrap().nice, Some(5));
-        assert_eq!(resolve("exec = [\"a\"]\nnice = -5\n", ROOT).unwrap().nice, Some(-5));
+        assert!(
+            err.message.contains("may not set a nice value below 0"),
+            "{err}"
+        );
+        assert_eq!(
+            resolve("exec = [\"a\"]\nnice = 5\n", USER).unwrap().nice,
+            Some(5)
+        );
+        assert_eq!(
+            resolve("exec = [\"a\"]\nnice = -5\n", ROOT).unwrap().nice,
+            Some(-5)
+        );
     }
 
     #[test]
@@ -447,7 +486,10 @@ mod tests {
         assert_eq!(nobody.user.as_deref(), Some("nobody"));
         assert_eq!((nobody.uid, nobody.gid), (account.uid, account.gid));
         assert!(nobody.groups.contains(&account.gid), "{nobody:?}");
-        assert_eq!(who(&format!("exec = [\"a\"]\nuser = {}\n", account.uid)), nobody);
+        assert_eq!(
+            who(&format!("exec = [\"a\"]\nuser = {}\n", account.uid)),
+            nobody
+        );
         let root_group = who("exec = [\"a\"]\nuser = \"nobody\"\ngroup = \"root\"\n");
         assert_eq!((root_group.gid, root_group.group.as_str()), (0, "root"));
         assert!(root_group.groups.contains(&0), "{root_group:?}");

@@ -92,6 +92,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         Tracker::open(&state, watcher.ignore_rules(), triggers).map_err(cannot_start)?;
     let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx, tracker.intents())
         .map_err(cannot_start)?;
+    let backstop = job::backstop(&config);
     // The control thread hands requests to this loop instead of sharing its state: nothing is
     // computed, and nothing wakes up, unless somebody asks.
     let (request_tx, requests) = crossbeam_channel::bounded::<Asked>(1);
@@ -203,7 +204,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             }
             recv(signals) -> signal => match signal {
                 Ok(SIGHUP) => {
-                    config = reload::reload(&mut handover, &state, config, &dispatcher);
+                    config = reload::reload(&mut handover, &state, config, &dispatcher, backstop);
                     tracker.set_triggers(dispatcher.read().triggers().clone());
                 }
                 Ok(signal) => {

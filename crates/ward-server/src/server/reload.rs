@@ -1,6 +1,7 @@
 //! SIGHUP: the configuration read again and applied to what can change while the server runs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
@@ -10,12 +11,14 @@ use crate::handover::Handover;
 use crate::state::StateDir;
 
 /// Reads the configuration again from the launch in `handover`; on success records it there (a
-/// server restarted after a crash then runs it) and returns it, else keeps `old`.
+/// server restarted after a crash then runs it) and returns it, else keeps `old`. `backstop` is
+/// the pool's timeout, which only a restart changes.
 pub(super) fn reload(
     handover: &mut Handover,
     state: &StateDir,
     old: Config,
     dispatcher: &RwLock<Arc<Dispatcher>>,
+    backstop: Duration,
 ) -> Config {
     log::info!("received SIGHUP: reloading the configuration");
     let new = match handover.launch.config_with_missing_roots() {
@@ -39,6 +42,16 @@ pub(super) fn reload(
     {
         log::warn!(
             "reload: watch roots, ignores, debounce and worker count apply only after `ward restart`"
+        );
+    }
+    let slow = super::job::past_backstop(&new, backstop);
+    if !slow.is_empty() {
+        log::warn!(
+            "reload: the timeout_s (with stop_grace_s) of trigger(s) {} outlasts the job pool's \
+             backstop of {backstop:?}, which follows only after `ward restart`: until then the \
+             pool counts a job of theirs still running then as stuck, and starts another job \
+             thread in its place",
+            slow.join(", ")
         );
     }
     let previous = std::mem::replace(&mut *dispatcher.write(), fresh);
