@@ -88,8 +88,9 @@ impl Flags {
 pub struct Config {
     /// Where the configuration came from (`None` for command-line flags only).
     pub source: Option<PathBuf>,
-    /// The config file's directory (else the current one): relative roots are resolved against
-    /// it, and jobs and workers run in it.
+    /// The config file's directory (else the current one): relative roots and a trigger's `cwd`
+    /// are resolved against it, and jobs and workers run in it unless their trigger says
+    /// otherwise.
     pub base: PathBuf,
     /// Roots to watch, absolute.
     pub roots: Vec<PathBuf>,
@@ -107,9 +108,10 @@ pub struct Config {
     pub queue_capacity: usize,
     /// Extra attempts for a failed job.
     pub retries: u32,
-    /// Deadline of one job.
+    /// Deadline of one job, for a trigger that sets none ([`ProcessSettings::timeout`]).
     pub job_timeout: Duration,
-    /// Grace between SIGTERM and SIGKILL when stopping a child.
+    /// Grace between the stop signal and SIGKILL when stopping a child, for a trigger that sets
+    /// none ([`ProcessSettings::stop_grace`]).
     pub stop_grace: Duration,
     /// How long `ward stop` lets queued jobs drain.
     pub drain_timeout: Duration,
