@@ -5,7 +5,8 @@
 //! `ward-test-job gated LEDGER GATE` waits for the file GATE, then records `gated-CONTENT`.
 //! `ward-test-job worker LEDGER` is a persistent worker speaking ward's JSON-lines protocol: it
 //! records `worker-EVENT:CONTENT\tPATH\0`, and for a path ending in `.die` aborts mid-job, for `.garbage`
-//! replies with something that is not JSON.
+//! replies with something that is not JSON. `ward-test-job grow MB` touches MB mebibytes, one at
+//! a time, then exits 0: under a smaller memory limit it is killed on the way.
 
 use std::io::{BufRead, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -132,12 +133,21 @@ fn main() {
             // process dies of a real SIGSEGV rather than one sent by kill.
             unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
         }
+        Some("grow") => {
+            let mib: usize = args.get(1).and_then(|m| m.parse().ok()).expect("grow MB");
+            let mut held = Vec::with_capacity(mib);
+            for _ in 0..mib {
+                // Written, not just reserved: only touched pages are charged to a memory cgroup.
+                held.push(vec![1u8; 1 << 20]);
+            }
+            std::hint::black_box(&held);
+        }
         Some("abort") => std::process::abort(),
         Some("hold-lock") => hold_lock(&args[1..]),
         Some("exit") => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1)),
         _ => {
             eprintln!(
-                "usage: ward-test-job record LEDGER | gated LEDGER GATE | worker LEDGER | panic | segv | abort | exit N | hold-lock FILE MS"
+                "usage: ward-test-job record LEDGER | gated LEDGER GATE | worker LEDGER | grow MB | panic | segv | abort | exit N | hold-lock FILE MS"
             );
             std::process::exit(2);
         }

@@ -123,6 +123,9 @@ pub struct Evidence {
     pub stderr_tail: Option<String>,
     /// Its memory cgroup directory (see [`memory_cgroup_of`]).
     pub memory_cgroup: Option<PathBuf>,
+    /// The limit of that memory cgroup, in bytes, when its parent set one for it: an OOM kill's
+    /// report then says which limit it ran into.
+    pub memory_limit_bytes: Option<u64>,
     /// OOM counters read when it was spawned.
     pub oom_before: Option<OomCounters>,
     /// OOM counters read after it died.

@@ -131,6 +131,16 @@ fn stack_overflow(text: &str) -> Option<Option<String>> {
     Some(thread)
 }
 
+/// A memory size for people: whole MiB as such, anything else in bytes.
+fn size(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    if bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 fn delta(before: Option<OomCounters>, after: Option<OomCounters>) -> (Option<u64>, Option<u64>) {
     let (Some(b), Some(a)) = (before, after) else {
         return (None, None);
@@ -175,6 +185,9 @@ pub(crate) fn classify(f: &Findings<'_>) -> Verdict {
     match vmstat_delta {
         Some(d) => said.push(format!("/proc/vmstat oom_kill rose by {d} during its run")),
         None => missing.push("/proc/vmstat OOM counter before and after".into()),
+    }
+    if let Some(limit) = ev.memory_limit_bytes {
+        said.push(format!("its memory cgroup was limited to {}", size(limit)));
     }
     let kernel_oom = match f.kernel_lines {
         Some(lines) => {
@@ -268,7 +281,13 @@ pub(crate) fn classify(f: &Findings<'_>) -> Verdict {
         return verdict(Cause::OomKill, Confidence::High, said, Some(why));
     }
     if signal == Some(libc::SIGKILL) && cgroup_delta.is_some_and(|d| d > 0) {
-        let why = "SIGKILL while its memory cgroup counted an OOM kill".to_owned();
+        let why = match ev.memory_limit_bytes {
+            Some(limit) => format!(
+                "SIGKILL while its memory cgroup, limited to {}, counted an OOM kill",
+                size(limit)
+            ),
+            None => "SIGKILL while its memory cgroup counted an OOM kill".to_owned(),
+        };
         return verdict(Cause::OomKill, Confidence::High, said, Some(why));
     }
     if ev.stop_requested {
@@ -630,8 +649,11 @@ mod tests {
         heartbeat: Option<Heartbeat>,
         kernel: Option<Vec<String>>,
         stderr: &'static str,
+        memory_limit: Option<u64>,
         expect_kind: &'static str,
         expect_confidence: Confidence,
+        /// Words the first line of the evidence (the why) must hold.
+        expect_why: &'static str,
     }
 
     impl Default for Case {
@@ -647,8 +669,10 @@ mod tests {
                 heartbeat: None,
                 kernel: Some(Vec::new()),
                 stderr: "",
+                memory_limit: None,
                 expect_kind: "",
                 expect_confidence: Confidence::High,
+                expect_why: "",
             }
         }
     }
@@ -763,6 +787,16 @@ mod tests {
                 ..Case::default()
             },
             Case {
+                name: "cgroup OOM kill at a limit its parent set",
+                status: signaled(libc::SIGKILL),
+                before: counters(Some(0), Some(5)),
+                after: counters(Some(1), Some(6)),
+                memory_limit: Some(64 << 20),
+                expect_kind: "oom_kill",
+                expect_why: "memory cgroup, limited to 64 MiB, counted an OOM kill",
+                ..Case::default()
+            },
+            Case {
                 name: "kernel line names the pid",
                 status: signaled(libc::SIGKILL),
                 kernel: Some(vec![
@@ -855,6 +889,7 @@ mod tests {
             evidence.oom_before = case.before;
             evidence.oom_after = case.after;
             evidence.stderr_tail = Some(case.stderr.to_owned());
+            evidence.memory_limit_bytes = case.memory_limit;
             let findings = Findings {
                 evidence: &evidence,
                 record: case.record.as_ref(),
@@ -875,6 +910,15 @@ mod tests {
                 "{}: a verdict without evidence",
                 case.name
             );
+            assert!(
+                v.evidence[0].contains(case.expect_why),
+                "{}: {v:#?}",
+                case.name
+            );
+            if let Some(limit) = case.memory_limit {
+                let said = format!("its memory cgroup was limited to {}", size(limit));
+                assert!(v.evidence.contains(&said), "{}: {v:#?}", case.name);
+            }
         }
     }
 

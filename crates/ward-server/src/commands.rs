@@ -152,7 +152,9 @@ fn wait_ready(state: &StateDir, requested: u64) -> Result<(u32, u32), Error> {
                 }
             }
             (PidfileState::Running(_), _) => seen_running = true,
-            _ if seen_running => {
+            // A keeper that gave up between two looks (a server refused at once, before the
+            // first look saw the pidfile held) said why all the same.
+            _ if seen_running || keeper.as_ref().is_some_and(|k| k.state == Phase::GaveUp) => {
                 let cause = keeper
                     .and_then(|k| k.last_cause)
                     .unwrap_or_else(|| "no cause recorded".into());
@@ -610,6 +612,7 @@ pub fn check(launch: &Launch) -> Outcome {
         for root in &config.roots {
             println!("  watch   {}", root.display());
         }
+        let defaults = config.default_process();
         for trigger in &config.triggers {
             let globs = if trigger.globs.is_empty() {
                 "every file".to_owned()
@@ -623,9 +626,27 @@ pub fn check(launch: &Launch) -> Outcome {
                 format!(", on {}", names.join(", "))
             };
             println!("  trigger {} ({globs}{events})", trigger.name);
+            // What its processes get that a trigger setting nothing would not.
+            let settings = trigger.process.differences(&defaults);
+            if !settings.is_empty() {
+                println!("          {}", settings.join(", "));
+            }
         }
         for warning in unreachable_triggers(&config.triggers) {
             println!("  warning: {warning}");
+        }
+        // The server refuses to start over it; said here too, so that it is no surprise then.
+        if let Some(limited) = config
+            .triggers
+            .iter()
+            .find(|t| t.process.memory_max.is_some())
+            && let Err(e) = ward_supervisor::probe_memory_cgroup()
+        {
+            println!(
+                "  warning: trigger {:?}: memory_max_mb needs a memory cgroup per job, and none \
+                 can be made here ({e}): ward will not start with it",
+                limited.name
+            );
         }
     });
     result.into()

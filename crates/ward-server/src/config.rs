@@ -11,6 +11,13 @@ use toml::Spanned;
 
 use crate::jobs::{Event, Events};
 
+mod identity;
+mod process;
+
+use identity::NameOrId;
+use process::Privileges;
+pub use process::{DEFAULT_STOP_SIGNAL, Identity, ProcessSettings};
+
 /// Where in a config file a problem is, and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -81,8 +88,9 @@ impl Flags {
 pub struct Config {
     /// Where the configuration came from (`None` for command-line flags only).
     pub source: Option<PathBuf>,
-    /// The config file's directory (else the current one): relative roots are resolved against
-    /// it, and jobs and workers run in it.
+    /// The config file's directory (else the current one): relative roots and a trigger's `cwd`
+    /// are resolved against it, and jobs and workers run in it unless their trigger says
+    /// otherwise.
     pub base: PathBuf,
     /// Roots to watch, absolute.
     pub roots: Vec<PathBuf>,
@@ -100,9 +108,10 @@ pub struct Config {
     pub queue_capacity: usize,
     /// How a failed job is tried again, unless its trigger says otherwise.
     pub retry: Retry,
-    /// Deadline of one job.
+    /// Deadline of one job, for a trigger that sets none ([`ProcessSettings::timeout`]).
     pub job_timeout: Duration,
-    /// Grace between SIGTERM and SIGKILL when stopping a child.
+    /// Grace between the stop signal and SIGKILL when stopping a child, for a trigger that sets
+    /// none ([`ProcessSettings::stop_grace`]).
     pub stop_grace: Duration,
     /// How long `ward stop` lets queued jobs drain.
     pub drain_timeout: Duration,
@@ -144,6 +153,11 @@ pub struct Trigger {
     /// Most of its jobs queued in the pool or running at once; `None`: as many as the workers.
     #[serde(default)]
     pub concurrency: Option<usize>,
+    /// How its jobs' (or its worker's) processes are started and stopped, `[jobs]`'s defaults
+    /// filled in. A launch recorded before these settings existed has none: see
+    /// [`Config::with_unrecorded_settings`].
+    #[serde(default)]
+    pub process: ProcessSettings,
 }
 
 #[cfg(test)]
@@ -161,6 +175,7 @@ impl Trigger {
             dump_signal: None,
             retry: Retry::default(),
             concurrency: None,
+            process: ProcessSettings::default(),
         }
     }
 }
@@ -281,6 +296,17 @@ struct TriggerSection {
     backoff_s: Option<At<f64>>,
     backoff_max_s: Option<At<f64>>,
     concurrency: Option<At<u64>>,
+    // The process settings (`process.rs`).
+    env: Option<At<std::collections::BTreeMap<At<String>, At<String>>>>,
+    env_remove: Option<At<Vec<At<String>>>>,
+    cwd: Option<At<PathBuf>>,
+    timeout_s: Option<At<f64>>,
+    stop_signal: Option<At<String>>,
+    stop_grace_s: Option<At<f64>>,
+    nice: Option<At<i64>>,
+    memory_max_mb: Option<At<u64>>,
+    user: Option<At<NameOrId>>,
+    group: Option<At<NameOrId>>,
 }
 
 impl Config {
@@ -460,7 +486,12 @@ impl Config {
             }
         };
         const DAY: f64 = 86_400.0;
-        config.job_timeout = seconds(&jobs.timeout_s, "timeout_s", 7.0 * DAY, config.job_timeout)?;
+        config.job_timeout = seconds(
+            &jobs.timeout_s,
+            "timeout_s",
+            process::MAX_TIMEOUT_S,
+            config.job_timeout,
+        )?;
         // A trigger's retry settings override `[jobs]`'s one by one.
         let retry = |retries: &Option<At<u64>>,
                      backoff_s: &Option<At<f64>>,
@@ -496,7 +527,7 @@ impl Config {
         config.stop_grace = seconds(
             &jobs.stop_grace_s,
             "stop_grace_s",
-            3600.0,
+            process::MAX_STOP_GRACE_S,
             config.stop_grace,
         )?;
         config.drain_timeout = seconds(
@@ -542,6 +573,9 @@ impl Config {
         }
         config.ignore.extend(flags.ignore.iter().cloned());
         config.triggers = Vec::with_capacity(parsed.triggers.len() + 1);
+        let process_defaults = config.default_process();
+        let privileges = Privileges::of_this_process();
+        let refuse_at = |span: &std::ops::Range<usize>, message: String| error(at(span), message);
         if !flags.command.is_empty() {
             config.triggers.push(Trigger {
                 name: "command".into(),
@@ -553,6 +587,7 @@ impl Config {
                 dump_signal: default_dump_signal(),
                 retry: config.retry,
                 concurrency: None,
+                process: process_defaults.clone(),
             });
         }
         for (i, section) in parsed.triggers.into_iter().enumerate() {
@@ -642,6 +677,14 @@ impl Config {
                 Some(n) => Some(within(n, "concurrency", 1..=256)? as usize),
                 None => None,
             };
+            let process = ProcessSettings::resolve(
+                &t,
+                &name,
+                &process_defaults,
+                &base,
+                privileges,
+                &refuse_at,
+            )?;
             config.triggers.push(Trigger {
                 name,
                 globs: t.glob.into_iter().map(Spanned::into_inner).collect(),
@@ -650,6 +693,7 @@ impl Config {
                 dump_signal,
                 retry,
                 concurrency,
+                process,
             });
         }
         if config.triggers.is_empty() {
@@ -660,6 +704,26 @@ impl Config {
             ));
         }
         Ok(config)
+    }
+
+    /// The process settings of a trigger that sets none: `[jobs]`'s timeout and stop grace, the
+    /// config file's directory, and ward's own environment, priority and user.
+    pub fn default_process(&self) -> ProcessSettings {
+        ProcessSettings::defaults(self.base.clone(), self.job_timeout, self.stop_grace)
+    }
+
+    /// This configuration with the process settings of a launch recorded before they existed
+    /// filled in: such a trigger's settings read as [`ProcessSettings::default`], whose empty
+    /// `cwd` no resolved configuration has, and become [`default_process`](Self::default_process),
+    /// which is what its jobs got then.
+    pub fn with_unrecorded_settings(mut self) -> Config {
+        let defaults = self.default_process();
+        for trigger in &mut self.triggers {
+            if trigger.process.cwd.as_os_str().is_empty() {
+                trigger.process = defaults.clone();
+            }
+        }
+        self
     }
 
     /// The configuration used when no file is given: watch `base`, no triggers.
@@ -688,25 +752,31 @@ impl Config {
     }
 }
 
-/// A trigger's `dump_signal`: `"none"`, or a signal's name with or without its `SIG`
-/// (`"SIGABRT"`, `"QUIT"`), in any case.
-fn dump_signal(text: &str) -> Result<Option<i32>, String> {
-    if text.eq_ignore_ascii_case("none") {
-        return Ok(None);
-    }
+/// The signal `text` names: its name with or without its `SIG` (`"SIGABRT"`, `"QUIT"`), in any
+/// case.
+fn signal_number(text: &str) -> Option<i32> {
     let upper = text.to_ascii_uppercase();
     let wanted = if upper.starts_with("SIG") {
         upper
     } else {
         format!("SIG{upper}")
     };
-    let number = (1..=libc::SIGRTMAX())
-        .find(|&n| ward_sys::signal::name(n) == Some(wanted.as_str()))
+    (1..=libc::SIGRTMAX()).find(|&n| ward_sys::signal::name(n) == Some(wanted.as_str()))
+}
+
+/// A trigger's `dump_signal`: `"none"`, or a signal's name with or without its `SIG`
+/// (`"SIGABRT"`, `"QUIT"`), in any case.
+fn dump_signal(text: &str) -> Result<Option<i32>, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let number = signal_number(text)
         .ok_or("not a signal name (such as \"SIGABRT\" or \"SIGQUIT\"), nor \"none\"")?;
     // No dump can follow these: the process cannot catch them to print anything.
     if number == libc::SIGKILL || number == libc::SIGSTOP {
+        let name = ward_sys::signal::name(number).unwrap_or("it");
         return Err(format!(
-            "{wanted} cannot be caught, so nothing could print a stack on it: use another signal, or \"none\""
+            "{name} cannot be caught, so nothing could print a stack on it: use another signal, or \"none\""
         ));
     }
     Ok(Some(number))
@@ -1023,6 +1093,82 @@ recycle_after = 100
                 "backoff_max_s (30 s) is shorter than backoff_s (60 s)",
             ),
             (format!("{}concurrency = 0\n", t("a")), (4, 15), "concurrency = 0"),
+            (
+                format!("{}env = {{ OK = \"1\", \"A=B\" = \"x\" }}\n", t("a")),
+                (4, 19),
+                "trigger \"a\": env name \"A=B\" contains '='",
+            ),
+            (
+                format!("{}env = {{ \"\" = \"x\" }}\n", t("a")),
+                (4, 9),
+                "env name \"\" is empty",
+            ),
+            (
+                format!("{}env = {{ WARD_PATH = \"x\" }}\n", t("a")),
+                (4, 9),
+                "env name \"WARD_PATH\" is set by ward for each job",
+            ),
+            (
+                format!("{}env = {{ A = \"1\\u0000\" }}\n", t("a")),
+                (4, 13),
+                "env A = \"1\\0\": contains a NUL byte",
+            ),
+            (
+                format!("{}env = {{ A = \"1\" }}\nenv_remove = [\"B\", \"A\"]\n", t("a")),
+                (5, 20),
+                "env_remove name \"A\" is also set in env",
+            ),
+            (
+                format!("{}env_remove = [\"B=\"]\n", t("a")),
+                (4, 15),
+                "env_remove name \"B=\" contains '='",
+            ),
+            (
+                format!("{}cwd = \"no-such-dir\"\n", t("a")),
+                (4, 7),
+                "cwd = \"no-such-dir\": /base/no-such-dir is not a directory",
+            ),
+            (
+                format!("{}timeout_s = 0\n", t("a")),
+                (4, 13),
+                "trigger \"a\": timeout_s = 0: must be a number of seconds above 0",
+            ),
+            (
+                format!("{}stop_signal = \"SIGFOO\"\n", t("a")),
+                (4, 15),
+                "stop_signal = \"SIGFOO\": not a signal name",
+            ),
+            (
+                format!("{}stop_signal = \"stop\"\n", t("a")),
+                (4, 15),
+                "SIGSTOP suspends the process",
+            ),
+            (
+                format!("{}stop_grace_s = 7200\n", t("a")),
+                (4, 16),
+                "stop_grace_s = 7200: must be a number of seconds above 0 and at most 3600",
+            ),
+            (
+                format!("{}nice = 25\n", t("a")),
+                (4, 8),
+                "nice = 25: must be between -20 and 19",
+            ),
+            (
+                format!("{}memory_max_mb = 0\n", t("a")),
+                (4, 17),
+                "memory_max_mb = 0: must be between 1 and",
+            ),
+            (
+                // Refused as unknown when ward runs as root, as not allowed otherwise.
+                format!("{}user = \"no-such-user-of-ward\"\n", t("a")),
+                (4, 8),
+                "user = \"no-such-user-of-ward\": ",
+            ),
+            (
+                format!("{}group = \"no-such-group-of-ward\"\n", t("a")),
+                (4, 9),
+                "group = \"no-such-group-of-ward\": ",
+            ),
         ];
         for (text, position, message) in cases {
             let err = parse(&text).unwrap_err();
@@ -1075,6 +1221,80 @@ recycle_after = 100
             .remove("dump_signal");
         let config: Config = serde_json::from_value(json).unwrap();
         assert_eq!(config.triggers[0].dump_signal, Some(libc::SIGABRT));
+    }
+
+    #[test]
+    fn a_triggers_process_settings_override_the_jobs_section_and_default_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let text = r#"
+[jobs]
+timeout_s = 60
+stop_grace_s = 3
+
+[[trigger]]
+name = "plain"
+exec = ["a"]
+
+[[trigger]]
+name = "tuned"
+exec = ["b"]
+env = { A = "1", B = "two words" }
+env_remove = ["HOME", "HOME"]
+cwd = "sub"
+timeout_s = 5
+stop_signal = "int"
+stop_grace_s = 0.5
+nice = 10
+memory_max_mb = 64
+"#;
+        let config = Config::parse(text, Path::new("ward.toml"), dir.path()).unwrap();
+        let plain = &config.triggers[0].process;
+        assert_eq!(plain, &config.default_process());
+        assert_eq!(
+            (plain.timeout, plain.stop_grace, plain.stop_signal),
+            (
+                Duration::from_secs(60),
+                Duration::from_secs(3),
+                libc::SIGTERM
+            )
+        );
+        assert_eq!(plain.cwd, config.base);
+        let tuned = &config.triggers[1].process;
+        let env: Vec<(&str, &str)> = tuned
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(env, [("A", "1"), ("B", "two words")]);
+        assert_eq!(tuned.env_remove, ["HOME"]);
+        assert_eq!(tuned.cwd, normalize(&dir.path().join("sub")));
+        assert_eq!(
+            (tuned.timeout, tuned.stop_grace, tuned.stop_signal),
+            (
+                Duration::from_secs(5),
+                Duration::from_millis(500),
+                libc::SIGINT
+            )
+        );
+        assert_eq!((tuned.nice, tuned.memory_max), (Some(10), Some(64 << 20)));
+        assert_eq!(tuned.user, None);
+
+        // A launch recorded before the settings existed runs its triggers with `[jobs]`'s.
+        let mut json = serde_json::to_value(&config).unwrap();
+        for trigger in json["triggers"].as_array_mut().unwrap() {
+            trigger.as_object_mut().unwrap().remove("process");
+        }
+        let old: Config = serde_json::from_value(json).unwrap();
+        let old = old.with_unrecorded_settings();
+        for trigger in &old.triggers {
+            assert_eq!(
+                trigger.process,
+                config.default_process(),
+                "{}",
+                trigger.name
+            );
+        }
     }
 
     /// A flag's value goes through the file's checks and, when refused, is named as the flag.

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ward_crashdiag::{
-    CaptureConfig, CaptureGuard, CrashReport, Evidence, OomCounters, PostMortem, PostMortemInput,
-    ReportOptions, WaitOutcome,
+    CaptureConfig, CaptureGuard, Cause, CrashReport, Evidence, OomCounters, PostMortem,
+    PostMortemInput, ReportOptions, WaitOutcome,
 };
 use ward_supervisor::{Exit, Termination};
 
@@ -53,7 +53,9 @@ pub(crate) struct Reported {
 
 /// Writes the crash report of `what` (a role such as `server`, or `job NAME on PATH`), which
 /// died as `exit` says, with the last lines it wrote; logs the verdict once. `None` for a clean
-/// exit, which needs no report.
+/// exit, which needs no report. `oom_before` are the OOM counters read when it was spawned; for
+/// a child in a memory cgroup of its own, the cgroup's counters come from the `exit`, and a
+/// verdict of OOM kill names the cgroup's limit.
 pub(crate) fn report(
     state: &StateDir,
     config: &Config,
@@ -88,15 +90,35 @@ pub(crate) fn report(
         evidence.log_file = Some(state.join(names::LOG));
     }
     evidence.stderr_tail = stderr_tail.map(str::to_owned);
-    let cgroup = exit.memory_cgroup.as_ref().map(|c| c.path.clone());
-    evidence.oom_after = oom_before.map(|_| OomCounters::read(cgroup.as_deref()));
-    evidence.memory_cgroup = cgroup;
+    let cgroup = exit.memory_cgroup.as_ref();
+    let path = cgroup.map(|c| c.path.clone());
+    evidence.oom_after = oom_before.map(|_| {
+        let mut after = OomCounters::read(path.as_deref());
+        // A cgroup made for the child alone is gone by now: its counter was read at the reap.
+        if let Some(cgroup) = cgroup {
+            after.cgroup_oom_kill = cgroup.oom_kills;
+        }
+        after
+    });
+    evidence.memory_cgroup = path;
+    evidence.memory_limit_bytes = cgroup.map(|c| c.limit_bytes);
     evidence.oom_before = oom_before;
     let report = ward_crashdiag::collect(&evidence);
     let options = ReportOptions::new(config.keep_reports);
+    // The limit a job ran into, in the words its error and the log give.
+    let at_limit = |report: &CrashReport| match cgroup {
+        Some(c) if report.verdict.cause == Cause::OomKill => {
+            format!(
+                "{} at its memory limit of {} MiB",
+                report.verdict.cause.describe(),
+                c.limit_bytes / (1024 * 1024)
+            )
+        }
+        _ => report.verdict.cause.describe(),
+    };
     match ward_crashdiag::write_death(report, &evidence, &options) {
         Ok(written) => {
-            let cause = written.report.verdict.cause.describe();
+            let cause = at_limit(&written.report);
             log::warn!(
                 "{what} (pid {}) {cause}; report {}",
                 exit.pid,
@@ -108,7 +130,7 @@ pub(crate) fn report(
             })
         }
         Err((report, e)) => {
-            let cause = report.verdict.cause.describe();
+            let cause = at_limit(&report);
             log::error!(
                 "{what} (pid {}) {cause}; its crash report cannot be written yet ({e}): it is kept and written once there is room",
                 exit.pid

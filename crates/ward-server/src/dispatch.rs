@@ -10,10 +10,11 @@ use std::process::ChildStdout;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use ward_crashdiag::OomCounters;
 use ward_supervisor::{Child, ChildSpec, Environment, Exit, Input, OutputTail};
 
 use crate::Config;
-use crate::config::Handler;
+use crate::config::{Handler, ProcessSettings};
 use crate::deaths::{self, Reported};
 use crate::jobs::{self, Job, Reply, Triggers};
 use crate::output::{JOB_SHARE, LogShare};
@@ -76,6 +77,43 @@ fn dump_first(dump: Option<i32>) -> String {
         ),
         None => String::new(),
     }
+}
+
+/// `spec` with a trigger's process settings: its working directory, environment, nice value,
+/// memory limit, user, and how it is stopped.
+fn with_settings(spec: ChildSpec, process: &ProcessSettings) -> ChildSpec {
+    let mut spec = spec
+        .current_dir(&process.cwd)
+        .stop_signal(process.stop_signal)
+        .stop_grace(process.stop_grace);
+    for name in &process.env_remove {
+        spec = spec.env_remove(name);
+    }
+    for (name, value) in &process.env {
+        spec = spec.env(name, value);
+    }
+    if let Some(nice) = process.nice {
+        spec = spec.nice(nice);
+    }
+    if let Some(bytes) = process.memory_max {
+        spec = spec.memory_max(bytes);
+    }
+    if let Some(who) = &process.user {
+        spec = spec.user(who.uid, who.gid, who.groups.iter().copied());
+    }
+    spec
+}
+
+/// The OOM counters to compare a death with, read before the spawn of a process that gets a
+/// memory cgroup of its own (whose counter starts at 0): its report can then tell a kill by the
+/// cgroup's OOM killer from another SIGKILL. `None` for a process without a limit, whose report
+/// goes by the kernel log alone, as before (reading `/proc/vmstat` for every job would cost each
+/// one a file read).
+fn oom_before(process: &ProcessSettings) -> Option<OomCounters> {
+    process.memory_max.map(|_| OomCounters {
+        cgroup_oom_kill: Some(0),
+        ..OomCounters::read(None)
+    })
 }
 
 /// A spawn request for the [`Spawner`]'s thread, with where to send the child.
@@ -166,12 +204,25 @@ impl Dispatcher {
     /// was when they were queued.
     ///
     /// # Errors
-    /// As [`Dispatcher::new`].
+    /// As [`Dispatcher::new`]; [`Error::MemoryLimit`](crate::Error::MemoryLimit) if a trigger
+    /// has a memory limit and no memory cgroup can be made to enforce it.
     pub fn reloaded(
         config: Config,
         state: StateDir,
         previous: Option<&Dispatcher>,
     ) -> Result<Dispatcher, crate::Error> {
+        // Refused here, at start (or reload), rather than job by job.
+        if let Some(limited) = config
+            .triggers
+            .iter()
+            .find(|t| t.process.memory_max.is_some())
+            && let Err(source) = ward_supervisor::probe_memory_cgroup()
+        {
+            return Err(crate::Error::MemoryLimit {
+                trigger: limited.name.clone(),
+                source,
+            });
+        }
         let triggers = Triggers::reloaded(&config.triggers, previous.map(|p| &p.triggers))?;
         let idle = Mutex::new((0..triggers.len()).map(|_| Vec::new()).collect());
         let spawner = Spawner::start()
@@ -225,15 +276,18 @@ impl Dispatcher {
 
     fn run_exec(&self, argv: &[String], job: &Job) -> Result<(), JobError> {
         let name = job.trigger.name();
+        let process = job.trigger.process();
+        let (timeout, grace) = (process.timeout, process.stop_grace);
         let argv = jobs::exec_argv(argv, job);
         let tail = OutputTail::new(TAIL_LINES);
-        let mut spec = ChildSpec::new(&argv[0])
+        // In the trigger's directory, the config file's unless it says otherwise, as a worker: a
+        // relative path in the command means that directory.
+        let spec = ChildSpec::new(&argv[0])
             .name(name)
             .args(&argv[1..])
-            .env_base(&self.env)
-            // As a worker does: a relative path in the command means the config file's directory.
-            .current_dir(&self.config.base)
-            .stop_grace(self.config.stop_grace);
+            .env_base(&self.env);
+        // The job's own variables last: no trigger setting replaces them.
+        let mut spec = with_settings(spec, process);
         for (key, value) in jobs::job_env(job) {
             spec = spec.env(key, value);
         }
@@ -248,11 +302,12 @@ impl Dispatcher {
                 }
             })
         };
+        let oom_before = oom_before(process);
         // The job thread waits for the job from start to end, so it reaps it too: the exit wakes
         // this thread, not a reaper thread that would then wake it.
         let child = Child::spawn_inline(&spec)
             .map_err(|e| JobError::Spawn(format!("{}: {e}", argv[0].to_string_lossy())))?;
-        let timeout_at = Instant::now() + self.config.job_timeout;
+        let timeout_at = Instant::now() + timeout;
         let exit = loop {
             // Slices, so that a shutdown's deadline set while the job runs is seen.
             let slice = timeout_at
@@ -272,9 +327,9 @@ impl Dispatcher {
                 // Past its deadline it is hung, not stopped on request: asked for its stack
                 // first, and reported as hung.
                 let stopped = if stopping {
-                    child.stop(self.config.stop_grace)
+                    child.stop(grace)
                 } else {
-                    child.stop_hung(job.trigger.dump_signal(), DUMP_WAIT, self.config.stop_grace)
+                    child.stop_hung(job.trigger.dump_signal(), DUMP_WAIT, grace)
                 };
                 match stopped {
                     Ok(exit) if !stopping => break exit,
@@ -286,7 +341,7 @@ impl Dispatcher {
                         return Err(match stopped {
                             Err(e) => {
                                 log::error!("stopping job {name}: {e}");
-                                JobError::TimedOut(self.config.job_timeout)
+                                JobError::TimedOut(timeout)
                             }
                             Ok(_) => JobError::Stopped,
                         });
@@ -303,24 +358,34 @@ impl Dispatcher {
         }
         let what = if exit.hung {
             format!(
-                "job {name} on {} (timed out after {:?})",
+                "job {name} on {} (timed out after {timeout:?})",
                 job.path.display(),
-                self.config.job_timeout
             )
         } else {
             format!("job {name} on {}", job.path.display())
         };
-        Err(self.died(&what, &exit, &tail_text(&tail)))
+        Err(self.died(&what, &exit, &tail_text(&tail), oom_before))
     }
 
-    fn died(&self, what: &str, exit: &Exit, tail: &str) -> JobError {
-        let Reported { cause, path } =
-            deaths::report(&self.state, &self.config, what, exit, Some(tail), None).unwrap_or_else(
-                || Reported {
-                    cause: exit.termination.to_string(),
-                    path: None,
-                },
-            );
+    fn died(
+        &self,
+        what: &str,
+        exit: &Exit,
+        tail: &str,
+        oom_before: Option<OomCounters>,
+    ) -> JobError {
+        let Reported { cause, path } = deaths::report(
+            &self.state,
+            &self.config,
+            what,
+            exit,
+            Some(tail),
+            oom_before,
+        )
+        .unwrap_or_else(|| Reported {
+            cause: exit.termination.to_string(),
+            path: None,
+        });
         JobError::Died {
             what: what.to_owned(),
             cause,
@@ -341,9 +406,10 @@ impl Dispatcher {
         let checked_out = slot.and_then(|slot| self.idle.lock()[slot].pop());
         let mut worker = match checked_out {
             Some(w) => w,
-            None => self.spawn_worker(argv, job.trigger.name())?,
+            None => self.spawn_worker(argv, job.trigger.name(), job.trigger.process())?,
         };
-        let result = worker.request(job, self.config.job_timeout, &self.stop_at);
+        let timeout = job.trigger.process().timeout;
+        let result = worker.request(job, timeout, &self.stop_at);
         // Its stderr is read by another thread: lines of this request may still come, and count
         // against the next one's share.
         if let Some(held) = worker.share.take_held(JOB_SHARE) {
@@ -367,14 +433,14 @@ impl Dispatcher {
                             worker.jobs_done,
                             worker.rss()
                         );
-                        worker.retire(self.config.stop_grace);
+                        worker.retire();
                     }
                     None => {
                         log::info!(
                             "retiring worker {}: a reload replaced its trigger",
                             worker.label
                         );
-                        worker.retire(self.config.stop_grace);
+                        worker.retire();
                     }
                 }
                 match reply {
@@ -384,53 +450,54 @@ impl Dispatcher {
             }
             Err(WorkerTrouble::Died(exit)) => {
                 let what = format!("worker {} during {}", worker.label, job.path.display());
-                let tail = worker.tail.clone();
+                let (tail, oom_before) = (worker.tail.clone(), worker.oom_before);
                 // Its last lines may still be in the pipe, or on their way to the tail: the
                 // drop waits until the pipes are drained and every line is in.
                 drop(worker);
-                Err(self.died(&what, &exit, &tail_text(&tail)))
+                Err(self.died(&what, &exit, &tail_text(&tail), oom_before))
             }
             Err(WorkerTrouble::Protocol(problem)) => {
                 log::warn!(
                     "worker {} broke the protocol ({problem}); replacing it",
                     worker.label
                 );
-                worker.retire(self.config.stop_grace);
+                worker.retire();
                 Err(JobError::Protocol(problem))
             }
             Err(WorkerTrouble::TimedOut) => {
                 log::warn!(
-                    "worker {} gave no reply within {:?}; replacing it{}",
+                    "worker {} gave no reply within {timeout:?}; replacing it{}",
                     worker.label,
-                    self.config.job_timeout,
                     dump_first(job.trigger.dump_signal())
                 );
                 let what = format!(
-                    "worker {} during {} (no reply within {:?})",
+                    "worker {} during {} (no reply within {timeout:?})",
                     worker.label,
                     job.path.display(),
-                    self.config.job_timeout
                 );
-                let tail = worker.tail.clone();
+                let (tail, oom_before) = (worker.tail.clone(), worker.oom_before);
                 // Past its deadline it is hung, not stopped on request: asked for its stack
                 // first, and reported as hung once its output (the stack) is drained.
-                match worker.retire_hung(job.trigger.dump_signal(), self.config.stop_grace) {
-                    Some(exit) if exit.is_clean() => {
-                        Err(JobError::TimedOut(self.config.job_timeout))
-                    }
-                    Some(exit) => Err(self.died(&what, &exit, &tail_text(&tail))),
-                    None => Err(JobError::TimedOut(self.config.job_timeout)),
+                match worker.retire_hung(job.trigger.dump_signal()) {
+                    Some(exit) if exit.is_clean() => Err(JobError::TimedOut(timeout)),
+                    Some(exit) => Err(self.died(&what, &exit, &tail_text(&tail), oom_before)),
+                    None => Err(JobError::TimedOut(timeout)),
                 }
             }
             Err(WorkerTrouble::Stopped) => {
                 log::warn!("stopping worker {} mid-job: ward is stopping", worker.label);
-                worker.retire(self.config.stop_grace);
+                worker.retire();
                 Err(JobError::Stopped)
             }
         }
     }
 
-    fn spawn_worker(&self, argv: &[String], name: &str) -> Result<Worker, JobError> {
+    fn spawn_worker(
+        &self,
+        argv: &[String],
+        name: &str,
+        process: &ProcessSettings,
+    ) -> Result<Worker, JobError> {
         let number = self
             .next_worker
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -442,13 +509,12 @@ impl Dispatcher {
         // an output sink they would cost two more thread wake-ups per request.
         let spec = {
             let (tail, label, share) = (tail.clone(), label.clone(), share.clone());
-            ChildSpec::new(&argv[0])
+            let spec = ChildSpec::new(&argv[0])
                 .name(label.clone())
-                .args(&argv[1..])
-                .current_dir(&self.config.base)
+                .args(&argv[1..]);
+            with_settings(spec, process)
                 .stdin(Input::Piped)
                 .stdout_piped()
-                .stop_grace(self.config.stop_grace)
                 .capture(move |line| {
                     tail.push(line);
                     if share.admit(&line.text, line.dropped_before) {
@@ -456,6 +522,7 @@ impl Dispatcher {
                     }
                 })
         };
+        let oom_before = oom_before(process);
         let mut child = self
             .spawner
             .spawn(spec)
@@ -476,16 +543,19 @@ impl Dispatcher {
             share,
             jobs_done: 0,
             next_id: 0,
+            stop_grace: process.stop_grace,
+            oom_before,
         })
     }
 
-    /// Jobs still running at `at` are stopped (TERM, then KILL after the grace): the end of the
-    /// drain when ward stops.
+    /// Jobs still running at `at` are stopped (their trigger's stop signal, then KILL after its
+    /// grace): the end of the drain when ward stops.
     pub fn stop_running_at(&self, at: Instant) {
         *self.stop_at.lock() = Some(at);
     }
 
-    /// Stops every idle worker (TERM, then KILL after the grace), in parallel.
+    /// Stops every idle worker (its trigger's stop signal, then KILL after its grace), in
+    /// parallel.
     pub fn stop_workers(&self) {
         let workers: Vec<Worker> = self
             .idle
@@ -497,14 +567,14 @@ impl Dispatcher {
             return;
         }
         log::info!("stopping {} worker(s)", workers.len());
-        let deadline = Instant::now() + self.config.stop_grace;
+        let asked = Instant::now();
         for w in &workers {
             if let Err(e) = w.child.begin_stop() {
                 log::warn!("stopping worker {}: {e}", w.label);
             }
         }
         for w in workers {
-            match w.child.finish_stop(deadline) {
+            match w.child.finish_stop(asked + w.stop_grace) {
                 Ok(exit) => log::info!("worker {} exited: {}", w.label, exit.termination),
                 Err(e) => log::error!("worker {} did not stop: {e}", w.label),
             }
@@ -605,6 +675,10 @@ struct Worker {
     share: LogShare,
     jobs_done: u64,
     next_id: u64,
+    /// Its trigger's, from the stop signal to SIGKILL.
+    stop_grace: Duration,
+    /// The OOM counters at its spawn, when it has a memory cgroup of its own.
+    oom_before: Option<OomCounters>,
 }
 
 impl Worker {
@@ -685,19 +759,20 @@ impl Worker {
             .map_or(0, |kib| kib * 1024)
     }
 
-    /// Stops the worker (TERM, then KILL after `grace`); its exit, if it could be stopped.
-    fn retire(self, grace: Duration) -> Option<Exit> {
+    /// Stops the worker (its stop signal, then KILL after its grace); its exit, if it could be
+    /// stopped.
+    fn retire(self) -> Option<Exit> {
         self.child
-            .stop(grace)
+            .stop(self.stop_grace)
             .inspect_err(|e| log::error!("stopping worker {}: {e}", self.label))
             .ok()
     }
 
     /// Stops a worker past the job timeout: `dump` first, for its stack, then as
     /// [`retire`](Self::retire). Returns once its output is drained into its tail.
-    fn retire_hung(self, dump: Option<i32>, grace: Duration) -> Option<Exit> {
+    fn retire_hung(self, dump: Option<i32>) -> Option<Exit> {
         self.child
-            .stop_hung(dump, DUMP_WAIT, grace)
+            .stop_hung(dump, DUMP_WAIT, self.stop_grace)
             .inspect_err(|e| log::error!("stopping worker {}: {e}", self.label))
             .ok()
     }

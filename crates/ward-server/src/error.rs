@@ -44,6 +44,18 @@ pub enum Error {
         #[source]
         source: ward_supervisor::Error,
     },
+    /// A trigger asks for a memory limit, and no memory cgroup can be made to enforce it (no
+    /// memory controller, or none ward may use): the limit is refused, never ignored.
+    #[error(
+        "trigger {trigger:?}: memory_max_mb needs a memory cgroup per job, and none can be made here: {source}"
+    )]
+    MemoryLimit {
+        /// The trigger.
+        trigger: String,
+        /// Why no memory cgroup can be made.
+        #[source]
+        source: ward_supervisor::Error,
+    },
     /// The daemon could not detach from the terminal.
     #[error("cannot start the daemon: {0}")]
     Daemonize(#[from] daemonize::Error),

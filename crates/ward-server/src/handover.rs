@@ -88,7 +88,9 @@ impl Handover {
     /// # Errors
     /// If there is none, or it is unreadable or from another version of ward.
     pub fn read(state: &StateDir) -> Result<Handover, Error> {
-        decode(&state.join(names::HANDOVER))
+        let mut handover: Handover = decode(&state.join(names::HANDOVER))?;
+        handover.config = handover.config.with_unrecorded_settings();
+        Ok(handover)
     }
 
     /// Writes atomically (a temporary file, then a rename), mode 0600.
@@ -141,6 +143,20 @@ struct KeeperSettings {
     stop_grace: Duration,
     heartbeat_log: Duration,
     keep_reports: usize,
+    /// Only for their stop graces: the server stopping lets each job and worker its own.
+    #[serde(default)]
+    triggers: Vec<TriggerGrace>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct TriggerGrace {
+    #[serde(default)]
+    process: Option<GraceOnly>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct GraceOnly {
+    stop_grace: Duration,
 }
 
 impl KeeperView {
@@ -157,14 +173,21 @@ impl KeeperView {
         self.launch.state_dir.as_deref()
     }
 
-    /// The configuration the keeper runs with: the defaults, but for the settings it uses.
+    /// The configuration the keeper runs with: the defaults, but for the settings it uses. Its
+    /// stop grace is the longest of `[jobs]`'s and the triggers': the server stopping gives a
+    /// job running at the drain deadline its trigger's, and must not be killed meanwhile.
     pub fn config(&self) -> Config {
         let state_dir = self.state_dir().map(Path::to_path_buf).unwrap_or_default();
         let s = &self.config;
+        let longest_grace = s
+            .triggers
+            .iter()
+            .filter_map(|t| t.process.as_ref().map(|p| p.stop_grace))
+            .fold(s.stop_grace, Duration::max);
         Config {
             log_max_bytes: s.log_max_bytes,
             drain_timeout: s.drain_timeout,
-            stop_grace: s.stop_grace,
+            stop_grace: longest_grace,
             heartbeat_log: s.heartbeat_log,
             keep_reports: s.keep_reports,
             ..Config::defaults(state_dir)
@@ -267,6 +290,19 @@ mod tests {
         KeeperView::settle(&offer, &state).unwrap();
         assert!(!offer.exists(), "an offer is left behind");
         assert_eq!(Handover::read(&state).unwrap(), sent);
+    }
+
+    #[test]
+    fn the_keeper_gives_the_server_the_longest_stop_grace_of_any_trigger() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let mut sent = handover(dir.path());
+        let mut slow = sent.config.triggers[0].clone();
+        slow.name = "slow".into();
+        slow.process.stop_grace = sent.config.stop_grace * 4;
+        sent.config.triggers.push(slow);
+        let view = KeeperView::of_offer(&sent.offer(&state).unwrap()).unwrap();
+        assert_eq!(view.config().stop_grace, sent.config.stop_grace * 4);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::Value;
 
-use crate::config::{ConfigError, Handler, Trigger};
+use crate::config::{ConfigError, Handler, ProcessSettings, Trigger};
 
 /// What happened to a path, as a job sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -202,6 +202,11 @@ impl CompiledTrigger {
         ward_queue::RetryPolicy::attempts(retry.retries.saturating_add(1))
             .base_delay(retry.backoff)
             .max_delay(retry.backoff_max)
+    }
+
+    /// How its jobs' (or its worker's) processes are started and stopped.
+    pub fn process(&self) -> &ProcessSettings {
+        &self.config.process
     }
 
     /// Whether it handles `relative`, a path relative to its watch root.
@@ -496,6 +501,20 @@ mod tests {
             }
         );
         assert!(after.find(root, Path::new("/r/y.a")).is_none());
+    }
+
+    /// A worker is kept across a reload only by a trigger that compares equal: one whose
+    /// process settings changed (here its nice value) must get a new one.
+    #[test]
+    fn a_reload_replaces_a_trigger_whose_process_settings_changed() {
+        let before = Triggers::new(&[trigger("bee", &["*.b"])]).unwrap();
+        let mut nicer = trigger("bee", &["*.b"]);
+        nicer.process.nice = Some(10);
+        let same = Triggers::reloaded(&[trigger("bee", &["*.b"])], Some(&before)).unwrap();
+        let changed = Triggers::reloaded(&[nicer], Some(&before)).unwrap();
+        let kept = &before.triggers[0];
+        assert_eq!(same.position(kept), Some(0));
+        assert_eq!(changed.position(kept), None);
     }
 
     fn any_trigger() -> Arc<CompiledTrigger> {

@@ -1,6 +1,7 @@
 //! A running child: spawning it in its own process group, handing it to the [`Reaper`] that
 //! reaps it, reads its output and watches its heartbeat (plus the thread that feeds its output
-//! sink, once it writes), signalling it, and stopping it with SIGTERM then SIGKILL.
+//! sink, once it writes), signalling it, and stopping it with its stop signal (SIGTERM unless
+//! the spec names another) then SIGKILL.
 
 use std::ffi::OsString;
 use std::io;
@@ -112,6 +113,8 @@ pub struct Child {
     /// The read end of stdout, when the spec asked for it piped to the caller.
     stdout: Option<ChildStdout>,
     cgroup: Option<Arc<Cgroup>>,
+    /// What [`begin_stop`](Self::begin_stop) sends ([`ChildSpec::stop_signal`]).
+    stop_signal: i32,
     /// Output lines dropped because the sink fell behind, in total.
     dropped_lines: Arc<AtomicU64>,
     /// The reaper made for this child alone by [`Child::spawn`] or [`Child::spawn_inline`];
@@ -124,9 +127,10 @@ impl Child {
     /// Starts the child described by `spec`.
     ///
     /// # Errors
-    /// [`Error::Spawn`] if the program cannot be started or a limit cannot be applied,
-    /// [`Error::NoMemoryCgroup`] / [`Error::Cgroup`] if a memory limit was asked for and cannot be
-    /// set up, [`Error::Unsupported`] off Linux, [`Error::Os`] if a pipe or thread cannot be made.
+    /// [`Error::Spawn`] if the program cannot be started or a limit, the nice value or the user
+    /// cannot be applied, [`Error::NoMemoryCgroup`] / [`Error::Cgroup`] if a memory limit was
+    /// asked for and cannot be set up, [`Error::Config`] for a stop signal or nice value out of
+    /// range, [`Error::Unsupported`] off Linux, [`Error::Os`] if a pipe or thread cannot be made.
     pub fn spawn(spec: &ChildSpec) -> Result<Child> {
         let reaper = Reaper::new()?;
         let mut child = Child::spawn_in(spec, &reaper, None)?;
@@ -158,6 +162,7 @@ impl Child {
         reaper: &Reaper,
         on_exit: Option<OnExit>,
     ) -> Result<Child> {
+        spec.check()?;
         let cgroup = spec
             .memory_max
             .map(sys::create_memory_cgroup)
@@ -204,6 +209,7 @@ impl Child {
             stdin: process.stdin.map(ChildStdin::from),
             stdout,
             cgroup: cgroup.clone(),
+            stop_signal: spec.stop_signal,
             dropped_lines: Arc::clone(&dropped_lines),
             own_reaper: None,
         };
@@ -387,8 +393,8 @@ impl Child {
         }
     }
 
-    /// Stops the child: SIGTERM to its group, up to `grace` for it to exit, then SIGKILL to the
-    /// group, and waits for the reap.
+    /// Stops the child: its stop signal ([`ChildSpec::stop_signal`], SIGTERM by default) to its
+    /// group, up to `grace` for it to exit, then SIGKILL to the group, and waits for the reap.
     ///
     /// # Errors
     /// [`Error::Os`] if a signal cannot be sent, [`Error::Unkillable`] if the child is still not
@@ -448,8 +454,8 @@ impl Child {
         self.stop(grace)
     }
 
-    /// The first half of [`stop`](Self::stop): marks the stop as requested and sends SIGTERM to
-    /// the group. Lets a caller stop many children in parallel.
+    /// The first half of [`stop`](Self::stop): marks the stop as requested and sends the stop
+    /// signal to the group. Lets a caller stop many children in parallel.
     ///
     /// # Errors
     /// [`Error::Os`] if the signal cannot be sent.
@@ -461,7 +467,7 @@ impl Child {
         if !state.reaped {
             state.stop_requested = true;
         }
-        self.shared.signal(&state, libc::SIGTERM, true)
+        self.shared.signal(&state, self.stop_signal, true)
     }
 
     /// The second half of [`stop`](Self::stop): waits until `deadline`, then SIGKILLs the group

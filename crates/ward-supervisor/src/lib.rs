@@ -4,8 +4,9 @@
 //! `ward-supervisor` decides when a dead child is restarted ([`RestartPolicy`]: exponential
 //! backoff, reset after a stable run, give-up by intensity) and runs children so that none is
 //! ever orphaned ([`Child`], [`Supervisor`]): each in its own process group with a parent-death
-//! signal, stopped with SIGTERM then SIGKILL, every exit classified with its peak memory and run
-//! time ([`Exit`]), optionally watched by a heartbeat watchdog.
+//! signal, stopped with SIGTERM (or its own [`ChildSpec::stop_signal`]) then SIGKILL, every exit
+//! classified with its peak memory and run time ([`Exit`]), optionally watched by a heartbeat
+//! watchdog, optionally limited (memory cgroup, rlimits, nice value) and run as another user.
 //!
 //! ```
 //! use std::time::Duration;
@@ -62,12 +63,14 @@
 //!   blocks every signal around the clone and is suspended until the child execs or exits. The
 //!   child, on the parent's memory and its own small stack, makes only async-signal-safe system
 //!   calls: it resets every handled signal to its default (so no handler of this process runs in
-//!   it), leads a process group of its own, puts its stdio in place, changes directory, sets
-//!   `prctl(PR_SET_PDEATHSIG, SIGKILL)` then checks `getppid()` (the parent may have died before
-//!   the `prctl`), joins the memory cgroup, applies `setrlimit`, marks every descriptor above
-//!   stderr close-on-exec except those passed with [`ChildSpec::pass_fd`] (so even a descriptor
-//!   some library leaked without `O_CLOEXEC` stays out), clears its signal mask, sets SIGPIPE
-//!   back to default, and execs. A step that fails is written to memory the parent reads once it
+//!   it), leads a process group of its own, puts its stdio in place, joins the memory cgroup,
+//!   applies `setrlimit` and the nice value ([`ChildSpec::nice`]), becomes the user
+//!   [`ChildSpec::user`] names (with the raw system calls: glibc's wrappers would signal the
+//!   parent's threads), sets `prctl(PR_SET_PDEATHSIG, SIGKILL)` (after the change of user, which
+//!   clears it) then checks `getppid()` (the parent may have died before the `prctl`), changes
+//!   directory (as the new user), marks every descriptor above stderr close-on-exec except
+//!   those passed with [`ChildSpec::pass_fd`] (so even a descriptor some library leaked without
+//!   `O_CLOEXEC` stays out), clears its signal mask, sets SIGPIPE back to default, and execs. A step that fails is written to memory the parent reads once it
 //!   resumes; the parent reaps the child and returns [`Error::Spawn`] naming the step.
 //! - **The parent-death signal is per thread.** Linux sends it when the *thread* that cloned the
 //!   child exits. A [`Supervisor`] spawns every child from its own long-lived thread; if you use
@@ -150,11 +153,13 @@ pub use supervisor::{ChildId, ChildState, ChildStatus, Event, EventKind, Supervi
 pub use tail::OutputTail;
 
 /// Where a memory-limited child's cgroup would be created (the parent directory), or why none
-/// can be: lets a caller check its configuration before spawning anything.
+/// can be: lets a caller check its configuration before spawning anything. To be sure, it makes
+/// a cgroup there, sets its limit and removes it.
 ///
 /// # Errors
 /// [`Error::NoMemoryCgroup`] when neither cgroup v2 (with the memory controller delegated) nor a
-/// cgroup v1 memory hierarchy is available, [`Error::Unsupported`] off Linux.
+/// cgroup v1 memory hierarchy is available, [`Error::Cgroup`] when one is but no cgroup can be
+/// made or limited there (no permission), [`Error::Unsupported`] off Linux.
 pub fn probe_memory_cgroup() -> Result<std::path::PathBuf> {
     sys::probe_memory_cgroup()
 }

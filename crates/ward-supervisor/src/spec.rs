@@ -1,5 +1,6 @@
-//! What to run: [`ChildSpec`] (program, arguments, environment, descriptors, limits, output sink,
-//! watchdog) and its small parts. Nothing here touches a process.
+//! What to run: [`ChildSpec`] (program, arguments, environment, descriptors, limits, priority,
+//! identity, output sink, watchdog, how it is stopped) and its small parts. Nothing here touches
+//! a process.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -99,6 +100,15 @@ pub struct Watchdog {
     pub abort_grace: Duration,
 }
 
+/// Who a child runs as ([`ChildSpec::user`]): ids, resolved from names by the caller before the
+/// spawn (a lookup in the user database allocates and may take locks, which the child must not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Credentials {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) groups: Vec<u32>,
+}
+
 /// The environment variable telling a child which descriptor to write its heartbeats to.
 pub const HEARTBEAT_FD_ENV: &str = "WARD_HEARTBEAT_FD";
 
@@ -195,6 +205,9 @@ pub struct ChildSpec {
     pub(crate) memory_max: Option<u64>,
     pub(crate) watchdog: Option<Watchdog>,
     pub(crate) stop_grace: Duration,
+    pub(crate) stop_signal: i32,
+    pub(crate) nice: Option<i32>,
+    pub(crate) user: Option<Credentials>,
     pub(crate) kill_group_on_exit: bool,
 }
 
@@ -218,6 +231,9 @@ impl ChildSpec {
             memory_max: None,
             watchdog: None,
             stop_grace: Duration::from_secs(5),
+            stop_signal: libc::SIGTERM,
+            nice: None,
+            user: None,
             kill_group_on_exit: true,
         }
     }
@@ -351,9 +367,60 @@ impl ChildSpec {
         self
     }
 
-    /// Time between SIGTERM and SIGKILL when the child is stopped (default 5 s).
+    /// Time between the stop signal and SIGKILL when the child is stopped (default 5 s).
     pub fn stop_grace(mut self, grace: Duration) -> ChildSpec {
         self.stop_grace = grace;
+        self
+    }
+
+    /// The signal that asks the child to stop (default SIGTERM): [`Child::stop`] and
+    /// [`Child::begin_stop`] send it to the child's whole process group, and SIGKILL follows
+    /// after the grace; a [`Supervisor`] stops its children with it too. For a program that
+    /// stops cleanly on another signal: SIGINT for many development servers, SIGQUIT for nginx's
+    /// graceful stop, SIGHUP for a shell's job. A number that is no signal is refused at the spawn
+    /// with [`Error::Config`].
+    ///
+    /// [`Child::stop`]: crate::Child::stop
+    /// [`Child::begin_stop`]: crate::Child::begin_stop
+    /// [`Supervisor`]: crate::Supervisor
+    /// [`Error::Config`]: crate::Error::Config
+    pub fn stop_signal(mut self, signal: i32) -> ChildSpec {
+        self.stop_signal = signal;
+        self
+    }
+
+    /// The child's nice value, from -20 (most favoured) to 19 (least), set with `setpriority`
+    /// before exec (default: this process's). Going below this process's own value needs
+    /// `CAP_SYS_NICE` (root) or a high enough `RLIMIT_NICE`: without it the spawn fails with
+    /// [`Error::Spawn`] naming the nice value. A value out of range is refused at the spawn with
+    /// [`Error::Config`].
+    ///
+    /// [`Error::Spawn`]: crate::Error::Spawn
+    /// [`Error::Config`]: crate::Error::Config
+    pub fn nice(mut self, nice: i32) -> ChildSpec {
+        self.nice = Some(nice);
+        self
+    }
+
+    /// Runs the child as user `uid` and group `gid` with the supplementary `groups` (empty for
+    /// none): `setgroups`, then `setresgid`, then `setresuid` in the child before exec, real,
+    /// effective and saved ids alike, so the program cannot take the old ones back. Needs
+    /// `CAP_SETUID` and `CAP_SETGID` (root); without them the spawn fails with [`Error::Spawn`]
+    /// naming the step. Resolve names to ids before (`getpwnam`, `getgrouplist`): the child can
+    /// look nothing up.
+    ///
+    /// The privileged steps come first in the child (joining the memory cgroup, resource limits,
+    /// the nice value), the parent-death signal after (a change of credentials clears it), and
+    /// the change of directory last, as the new user: a child never starts in a directory its
+    /// user could not enter.
+    ///
+    /// [`Error::Spawn`]: crate::Error::Spawn
+    pub fn user(mut self, uid: u32, gid: u32, groups: impl IntoIterator<Item = u32>) -> ChildSpec {
+        self.user = Some(Credentials {
+            uid,
+            gid,
+            groups: groups.into_iter().collect(),
+        });
         self
     }
 
@@ -372,6 +439,30 @@ impl ChildSpec {
     /// The stop grace.
     pub fn get_stop_grace(&self) -> Duration {
         self.stop_grace
+    }
+
+    /// The stop signal.
+    pub fn get_stop_signal(&self) -> i32 {
+        self.stop_signal
+    }
+
+    /// Refuses what no spawn could honour: a stop signal that is no signal, a nice value out of
+    /// range.
+    pub(crate) fn check(&self) -> crate::Result<()> {
+        if !(1..=crate::sys::max_signal()).contains(&self.stop_signal) {
+            return Err(crate::Error::Config(format!(
+                "stop signal {} is not a signal",
+                self.stop_signal
+            )));
+        }
+        if let Some(nice) = self.nice
+            && !(-20..=19).contains(&nice)
+        {
+            return Err(crate::Error::Config(format!(
+                "nice value {nice} is out of range (-20 to 19)"
+            )));
+        }
+        Ok(())
     }
 }
 

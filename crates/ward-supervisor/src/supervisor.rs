@@ -122,8 +122,8 @@ enum Msg {
 /// (or drop): Linux sends the parent-death signal when the *thread* that spawned a child exits,
 /// so a child spawned from a short-lived thread would be killed with it.
 ///
-/// Dropping the supervisor shuts it down: every child gets SIGTERM, then SIGKILL after its stop
-/// grace, and is reaped before the thread is joined.
+/// Dropping the supervisor shuts it down: every child gets its stop signal, then SIGKILL after
+/// its stop grace, and is reaped before the thread is joined.
 #[derive(Debug)]
 pub struct Supervisor {
     commands: Sender<Msg>,
@@ -201,7 +201,8 @@ impl Supervisor {
         rx.recv().map_err(|_| Error::SupervisorGone)?
     }
 
-    /// Stops a child for good (SIGTERM, its stop grace, SIGKILL) and waits until it is reaped.
+    /// Stops a child for good (its stop signal, its stop grace, SIGKILL) and waits until it is
+    /// reaped.
     /// The child's status stays queryable, as [`ChildState::Stopped`].
     ///
     /// # Errors
@@ -245,7 +246,7 @@ impl Supervisor {
             .ok_or(Error::NoSuchChild(id))
     }
 
-    /// Stops every child (in parallel: SIGTERM to all, then SIGKILL to each after its grace),
+    /// Stops every child (in parallel: each its stop signal, then SIGKILL to each after its grace),
     /// reaps them all and joins the supervisor thread.
     ///
     /// # Errors

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{helper, is_dead, live_descendants, open_fds, poll, proc_limit, status_field};
+use support::{
+    helper, is_dead, live_descendants, nice_of, open_fds, poll, proc_limit, status_field,
+};
 use ward_supervisor::{
     Backoff, Child, ChildSpec, ChildState, Environment, Error, Event, EventKind, Input, Intensity,
     Line, Reaper, ResourceLimits, RestartMode, RestartPolicy, StopReason, Stream, Supervisor,
@@ -215,6 +217,128 @@ fn stop_sends_sigterm_first() {
     let exit = child.stop(LONG).unwrap();
     assert_eq!(exit.termination, signaled(libc::SIGTERM));
     assert!(exit.stop_requested);
+}
+
+#[test]
+fn stop_sends_the_specs_stop_signal_first() {
+    let spec = ChildSpec::new("sleep")
+        .arg("1000")
+        .stop_signal(libc::SIGUSR1);
+    assert_eq!(spec.get_stop_signal(), libc::SIGUSR1);
+    let exit = Child::spawn(&spec).unwrap().stop(LONG).unwrap();
+    assert_eq!(exit.termination, signaled(libc::SIGUSR1));
+    assert!(exit.stop_requested);
+    // The supervisor stops its children the same way.
+    let (supervisor, _events) = Supervisor::with_channel().unwrap();
+    let id = supervisor.add(spec, RestartPolicy::immediate()).unwrap();
+    supervisor.stop_child(id).unwrap();
+    let exit = supervisor.status(id).unwrap().last_exit.unwrap();
+    assert_eq!(exit.termination, signaled(libc::SIGUSR1));
+    supervisor.shutdown().unwrap();
+}
+
+#[test]
+fn a_stop_signal_or_nice_value_out_of_range_is_refused_at_the_spawn() {
+    for spec in [
+        ChildSpec::new("true").stop_signal(0),
+        ChildSpec::new("true").stop_signal(1000),
+        ChildSpec::new("true").nice(20),
+        ChildSpec::new("true").nice(-21),
+    ] {
+        let err = Child::spawn(&spec).expect_err("refused");
+        assert!(matches!(err, Error::Config(_)), "{spec:?}: {err}");
+    }
+}
+
+#[test]
+fn the_nice_value_applies_in_the_child() {
+    let sleeping = |nice: i32| {
+        let child = Child::spawn(&ChildSpec::new("sleep").arg("1000").nice(nice))?;
+        let pid = child.id();
+        assert!(poll(LONG, || support::cmdline(pid).starts_with("sleep")));
+        let seen = nice_of(pid);
+        child.stop(LONG).unwrap();
+        Ok::<_, Error>(seen)
+    };
+    assert_eq!(sleeping(7).unwrap(), Some(7));
+    // Below our own value takes privilege: root has it, anyone else is refused naming the value.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(sleeping(-3).unwrap(), Some(-3));
+    } else {
+        let err = sleeping(-3).expect_err("no privilege to lower the nice value");
+        assert!(err.to_string().contains("nice value -3"), "{err}");
+    }
+}
+
+/// The ids of `/proc/<pid>/status`'s `field` (`Uid`, `Gid`, `Groups`), sorted.
+fn ids(pid: u32, field: &str) -> Vec<u32> {
+    let mut ids: Vec<u32> = status_field(pid, field)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|id| id.parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn a_child_runs_as_the_user_and_groups_it_is_given() {
+    let spec = ChildSpec::new("sleep")
+        .arg("1000")
+        .user(65534, 65533, [4242, 65533]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let err = Child::spawn(&spec).expect_err("only root changes users");
+        assert!(err.to_string().contains("setgroups"), "{err}");
+        return;
+    }
+    let child = Child::spawn(&spec).unwrap();
+    let pid = child.id();
+    assert!(poll(LONG, || support::cmdline(pid).starts_with("sleep")));
+    // Real, effective, saved and file-system ids alike.
+    assert_eq!(ids(pid, "Uid"), [65534; 4]);
+    assert_eq!(ids(pid, "Gid"), [65533; 4]);
+    assert_eq!(ids(pid, "Groups"), [4242, 65533]);
+    child.stop(LONG).unwrap();
+
+    // The working directory is entered as the new user: one only root may enter is refused.
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let err = Child::spawn(&spec.clone().current_dir(private.path())).expect_err("no entry");
+    assert!(
+        err.to_string().contains("chdir") && err.to_string().contains("ermission denied"),
+        "{err}"
+    );
+    // ...and one it may enter is its working directory.
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let child = Child::spawn(&spec.current_dir(private.path())).unwrap();
+    let pid = child.id();
+    assert!(poll(LONG, || support::cmdline(pid).starts_with("sleep")));
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        private.path()
+    );
+    child.stop(LONG).unwrap();
+}
+
+/// Regression guard: a change of credentials clears the parent-death signal, so it must be set
+/// after the change of user, or a job run as another user outlives a killed parent.
+#[test]
+fn a_child_run_as_another_user_still_dies_when_the_thread_that_spawned_it_exits() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let child = std::thread::spawn(|| {
+        Child::spawn(&ChildSpec::new("sleep").arg("1000").user(65534, 65534, [])).unwrap()
+    })
+    .join()
+    .unwrap();
+    let exit = child
+        .wait_timeout(LONG)
+        .expect("the parent-death signal kills it");
+    assert_eq!(exit.termination, signaled(libc::SIGKILL));
 }
 
 #[test]

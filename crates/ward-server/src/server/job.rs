@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use ward_queue::{Event as QueueEvent, JobError as QueueError, Policy, Pool};
@@ -17,6 +18,37 @@ use crate::manifest::{Failure, FileMeta, Update};
 use crate::outcomes::{OutcomeSender, Outcomes};
 use crate::state::unix_now;
 use crate::tracker::Tracker;
+
+/// The pool's timeout for `config`: a backstop for a job thread stuck anyway, since the dispatcher
+/// stops a job's process at its trigger's deadline. The pool has one timeout for all jobs, fixed
+/// when it is built, so it outlasts the slowest trigger's.
+pub(super) fn backstop(config: &Config) -> Duration {
+    config
+        .triggers
+        .iter()
+        .map(|t| longest_job(t.process.timeout, t.process.stop_grace))
+        .fold(
+            longest_job(config.job_timeout, config.stop_grace),
+            Duration::max,
+        )
+}
+
+/// The triggers of `config` whose jobs a pool built with `backstop` would give up on before the
+/// dispatcher has stopped them.
+pub(super) fn past_backstop(config: &Config, backstop: Duration) -> Vec<&str> {
+    config
+        .triggers
+        .iter()
+        .filter(|t| longest_job(t.process.timeout, t.process.stop_grace) > backstop)
+        .map(|t| t.name.as_str())
+        .collect()
+}
+
+/// The longest one job with this timeout and stop grace keeps its thread: the timeout, the
+/// dump signal's wait, the stop (grace, then SIGKILL and the reap) with room to spare.
+fn longest_job(timeout: Duration, grace: Duration) -> Duration {
+    timeout + crate::dispatch::DUMP_WAIT + grace * 2 + Duration::from_secs(5)
+}
 
 pub(super) fn build_pool(
     config: &Config,
@@ -32,14 +64,7 @@ pub(super) fn build_pool(
         .policy(Policy::Reject)
         // Each trigger's own: a job carries the trigger that matched it.
         .retry_with(|job: &Job| job.trigger.retry_policy())
-        // The dispatcher stops a job's process at its deadline (after its dump signal's wait);
-        // this is the backstop for a thread stuck anyway.
-        .timeout(
-            config.job_timeout
-                + crate::dispatch::DUMP_WAIT
-                + config.stop_grace * 2
-                + std::time::Duration::from_secs(5),
-        )
+        .timeout(backstop(config))
         .thread_name("ward-job")
         .on_event(move |event: QueueEvent<Job>| {
             // Its last attempt ended, or it was dropped: a place for another of its trigger's.

@@ -95,6 +95,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         Tracker::open(&state, watcher.ignore_rules(), triggers).map_err(cannot_start)?;
     let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx, tracker.intents())
         .map_err(cannot_start)?;
+    let backstop = job::backstop(&config);
     // The control thread hands requests to this loop instead of sharing its state: nothing is
     // computed, and nothing wakes up, unless somebody asks.
     let (request_tx, requests) = crossbeam_channel::bounded::<Asked>(1);
@@ -196,7 +197,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                 if let Ok(asked) = asked {
                     record_outcomes(&done, &mut tracker);
                     if asked.request == Request::Reload {
-                        let reload = reload::reload("reload asked on the control socket", &mut handover, &state, config, &dispatcher, &mut tracker);
+                        let reload = reload::reload("reload asked on the control socket", &mut handover, &state, config, &dispatcher, &mut tracker, backstop);
                         // Answered before the old workers are stopped, which may take their grace.
                         let _ = asked.reply.try_send(Ok(Reply::Reloaded(reload.outcome.clone())));
                         config = reload.finish();
@@ -238,7 +239,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             }
             recv(signals) -> signal => match signal {
                 Ok(SIGHUP) => {
-                    config = reload::reload("received SIGHUP", &mut handover, &state, config, &dispatcher, &mut tracker).finish();
+                    config = reload::reload("received SIGHUP", &mut handover, &state, config, &dispatcher, &mut tracker, backstop).finish();
                     renew_pressure(&mut pressure, &config, &pool);
                 }
                 Ok(signal) => {

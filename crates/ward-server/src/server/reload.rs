@@ -2,6 +2,7 @@
 //! on SIGHUP or a `reload` request (which is answered with the result).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
@@ -34,7 +35,8 @@ impl Reload {
 
 /// Reads the configuration again from the launch in `handover`; on success records it there (a
 /// server restarted after a crash then runs it) and puts its triggers in place, else keeps `old`.
-/// `cause` says in the log what asked for it.
+/// `cause` says in the log what asked for it; `backstop` is the pool's timeout, which only a
+/// restart changes.
 pub(super) fn reload(
     cause: &str,
     handover: &mut Handover,
@@ -42,6 +44,7 @@ pub(super) fn reload(
     old: Config,
     dispatcher: &RwLock<Arc<Dispatcher>>,
     tracker: &mut Tracker,
+    backstop: Duration,
 ) -> Reload {
     log::info!("{cause}: reloading the configuration");
     let refused = |old: Config, e: crate::Error| {
@@ -70,6 +73,16 @@ pub(super) fn reload(
         log::warn!(
             "reload: {} apply only after `ward restart`",
             after_restart.join(", ")
+        );
+    }
+    let slow = super::job::past_backstop(&new, backstop);
+    if !slow.is_empty() {
+        log::warn!(
+            "reload: the timeout_s (with stop_grace_s) of trigger(s) {} outlasts the job pool's \
+             backstop of {backstop:?}, which follows only after `ward restart`: until then the \
+             pool counts a job of theirs still running then as stuck, and starts another job \
+             thread in its place",
+            slow.join(", ")
         );
     }
     let previous = std::mem::replace(&mut *dispatcher.write(), fresh);

@@ -23,6 +23,11 @@ const FALLBACK_FD_SCAN: libc::c_int = 65_536;
 /// `ru_maxrss` is in KiB on Linux.
 pub(crate) const MAXRSS_UNIT: u64 = 1024;
 
+/// The highest signal number (the last real-time signal).
+pub(crate) fn max_signal() -> i32 {
+    libc::SIGRTMAX()
+}
+
 /// A close-on-exec pipe: (read end, write end).
 pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -224,8 +229,12 @@ fn memory_cgroup_parent() -> Result<(PathBuf, CgroupVersion)> {
     }
 }
 
+/// Where memory cgroups go, once one has been made there, limited and removed: a hierarchy we
+/// may not write to (a non-root process under cgroup v1) is no place for them.
 pub(crate) fn probe_memory_cgroup() -> Result<PathBuf> {
-    memory_cgroup_parent().map(|(dir, _)| dir)
+    let (parent, _) = memory_cgroup_parent()?;
+    create_memory_cgroup(1 << 30)?.remove();
+    Ok(parent)
 }
 
 /// Creates a fresh memory cgroup limited to `limit` bytes.

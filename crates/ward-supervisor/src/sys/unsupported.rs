@@ -12,6 +12,11 @@ const WHY: &str = "no PR_SET_PDEATHSIG";
 /// Never used: nothing is ever spawned here.
 pub(crate) const MAXRSS_UNIT: u64 = 1;
 
+/// The classic signals only: nothing is ever signalled here.
+pub(crate) fn max_signal() -> i32 {
+    31
+}
+
 pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Err(Error::Unsupported(WHY))
 }

@@ -360,3 +360,12 @@ pub fn cmdline(pid: u32) -> String {
         .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
         .unwrap_or_default()
 }
+
+/// The nice value of `pid`, from `/proc/<pid>/stat` (the 19th field, the 17th after the
+/// command's closing parenthesis).
+pub fn nice_of(pid: u32) -> Option<i32> {
+    let stat = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.iter().rposition(|&b| b == b')')?;
+    let rest = String::from_utf8_lossy(&stat[after + 1..]).into_owned();
+    rest.split_whitespace().nth(16)?.parse().ok()
+}

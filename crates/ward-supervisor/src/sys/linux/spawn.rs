@@ -20,6 +20,16 @@ use crate::{ChildSpec, Error, ResourceLimits, Result};
 
 use super::{Cgroup, pipe};
 
+// The credential system calls with 32-bit ids (on 32-bit x86 and arm the plain names are the old
+// 16-bit ones).
+#[cfg(not(any(target_arch = "x86", target_arch = "arm")))]
+use libc::{SYS_setgroups, SYS_setresgid, SYS_setresuid};
+#[cfg(any(target_arch = "x86", target_arch = "arm"))]
+use libc::{
+    SYS_setgroups32 as SYS_setgroups, SYS_setresgid32 as SYS_setresgid,
+    SYS_setresuid32 as SYS_setresuid,
+};
+
 /// The child's stack; it runs only the setup below, which needs a few KiB.
 const STACK_SIZE: usize = 64 * 1024;
 
@@ -55,10 +65,14 @@ enum Step {
     PassedFds,
     SignalMask,
     Exec,
+    Nice,
+    Groups,
+    Gid,
+    Uid,
 }
 
 impl Step {
-    const ALL: [Step; 13] = [
+    const ALL: [Step; 17] = [
         Step::Unset,
         Step::SignalHandlers,
         Step::ProcessGroup,
@@ -72,6 +86,10 @@ impl Step {
         Step::PassedFds,
         Step::SignalMask,
         Step::Exec,
+        Step::Nice,
+        Step::Groups,
+        Step::Gid,
+        Step::Uid,
     ];
 
     fn what(self) -> &'static str {
@@ -89,6 +107,10 @@ impl Step {
             Step::PassedFds => "keeping the passed descriptors open",
             Step::SignalMask => "clearing the signal mask",
             Step::Exec => "exec",
+            Step::Nice => "setpriority (the nice value)",
+            Step::Groups => "setgroups",
+            Step::Gid => "setresgid",
+            Step::Uid => "setresuid",
         }
     }
 }
@@ -131,6 +153,9 @@ struct ChildPlan<'a> {
     keep_fds: &'a [RawFd],
     limits: ResourceLimits,
     cgroup_procs: Option<&'a CStr>,
+    nice: Option<c_int>,
+    /// User, group and supplementary groups to become.
+    credentials: Option<(libc::uid_t, libc::gid_t, &'a [libc::gid_t])>,
     max_signal: c_int,
     exec: &'a ExecPlan,
     failure: Failure,
@@ -183,6 +208,11 @@ pub(crate) fn spawn(
         keep_fds: &keep_fds,
         limits: spec.limits,
         cgroup_procs: cgroup_procs.as_deref(),
+        nice: spec.nice,
+        credentials: spec
+            .user
+            .as_ref()
+            .map(|user| (user.uid, user.gid, user.groups.as_slice())),
         max_signal: libc::SIGRTMAX(),
         exec: &exec,
         failure: Failure {
@@ -209,9 +239,18 @@ pub(crate) fn spawn(
             .copied()
             .unwrap_or(Step::Unset);
         let os = io::Error::from_raw_os_error(errno);
-        let what = match (step, &spec.cwd) {
-            (Step::Cwd, Some(dir)) => format!("chdir to {}: {os}", dir.display()),
-            (Step::Exec, _) => os.to_string(),
+        let what = match (step, &spec.cwd, &spec.user) {
+            (Step::Cwd, Some(dir), _) => format!("chdir to {}: {os}", dir.display()),
+            (Step::Exec, _, _) => os.to_string(),
+            (Step::Nice, _, _) => format!(
+                "setpriority to nice value {}: {os}",
+                spec.nice.unwrap_or_default()
+            ),
+            (Step::Groups, _, Some(user)) => {
+                format!("setgroups to {:?}: {os}", user.groups)
+            }
+            (Step::Gid, _, Some(user)) => format!("setresgid to {}: {os}", user.gid),
+            (Step::Uid, _, Some(user)) => format!("setresuid to {}: {os}", user.uid),
             _ => format!("{}: {os}", step.what()),
         };
         return Err(failed(io::Error::new(os.kind(), what)));
@@ -374,11 +413,6 @@ unsafe fn child_exec(plan: &ChildPlan<'_>) -> (Step, c_int) {
                 return (Step::Stdio, errno());
             }
         }
-        if let Some(dir) = plan.cwd
-            && libc::chdir(dir.as_ptr()) != 0
-        {
-            return (Step::Cwd, errno());
-        }
         if let Err(step) = child_setup(plan) {
             return (step, errno());
         }
@@ -398,22 +432,15 @@ unsafe fn child_exec(plan: &ChildPlan<'_>) -> (Step, c_int) {
     }
 }
 
-/// The containment steps: parent-death signal, memory cgroup, resource limits, descriptors.
+/// The containment steps, privileged ones first: memory cgroup, resource limits, nice value,
+/// then the change of user, then the parent-death signal (a change of credentials clears it),
+/// the working directory (entered as the new user) and the descriptors.
 ///
 /// # Safety
 /// As [`child_exec`]; on failure errno says why.
 unsafe fn child_setup(plan: &ChildPlan<'_>) -> Result<(), Step> {
     // SAFETY: plain system calls on valid arguments, as in `child_exec`.
     unsafe {
-        // Die with the parent. Linux delivers this when the *thread* that cloned us exits, which
-        // is why spawning must happen on a long-lived thread (see the crate docs).
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-            return Err(Step::ParentDeathSignal);
-        }
-        // The parent may have died between clone and prctl: then no signal will ever come.
-        if libc::getppid() != plan.parent {
-            libc::_exit(111);
-        }
         if let Some(procs) = plan.cgroup_procs {
             // Writing "0" moves the writing process itself (v1 and v2 alike).
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
@@ -434,11 +461,68 @@ unsafe fn child_setup(plan: &ChildPlan<'_>) -> Result<(), Step> {
             .map_err(|_| Step::OpenFilesLimit)?;
         super::set_limit(libc::RLIMIT_CORE, plan.limits.core_size)
             .map_err(|_| Step::CoreSizeLimit)?;
+        if let Some(nice) = plan.nice
+            && libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0
+        {
+            return Err(Step::Nice);
+        }
+        if let Some((uid, gid, groups)) = plan.credentials {
+            become_user(uid, gid, groups)?;
+        }
+        // Die with the parent. Linux delivers this when the *thread* that cloned us exits, which
+        // is why spawning must happen on a long-lived thread (see the crate docs).
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            return Err(Step::ParentDeathSignal);
+        }
+        // The parent may have died between clone and prctl: then no signal will ever come.
+        if libc::getppid() != plan.parent {
+            libc::_exit(111);
+        }
+        if let Some(dir) = plan.cwd
+            && libc::chdir(dir.as_ptr()) != 0
+        {
+            return Err(Step::Cwd);
+        }
         super::cloexec_all_but(plan.keep_fds);
         for &fd in plan.keep_fds {
             if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                 return Err(Step::PassedFds);
             }
+        }
+    }
+    Ok(())
+}
+
+/// Becomes user `uid`, group `gid` with the supplementary `groups`, real, effective and saved
+/// ids alike; groups first, while the right to change them is still held.
+///
+/// Raw system calls, not libc's wrappers: glibc's `setuid` and friends change the credentials of
+/// every thread of the process by signalling them, and this child shares the memory, and so the
+/// thread list, of a parent whose threads are not its own. The kernel's calls change the calling
+/// thread's credentials, and this child is a single thread.
+///
+/// # Safety
+/// As [`child_exec`]; on failure errno says why.
+unsafe fn become_user(
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: &[libc::gid_t],
+) -> Result<(), Step> {
+    // SAFETY: plain system calls; `groups` is a valid array of its length, owned by the parent.
+    unsafe {
+        // Every argument as a whole register (the kernel keeps the low 32 bits of an id, so a
+        // large id that wraps on a 32-bit target arrives intact).
+        let count = groups.len() as libc::c_long;
+        if libc::syscall(SYS_setgroups, count, groups.as_ptr()) != 0 {
+            return Err(Step::Groups);
+        }
+        let gid = gid as libc::c_long;
+        if libc::syscall(SYS_setresgid, gid, gid, gid) != 0 {
+            return Err(Step::Gid);
+        }
+        let uid = uid as libc::c_long;
+        if libc::syscall(SYS_setresuid, uid, uid, uid) != 0 {
+            return Err(Step::Uid);
         }
     }
     Ok(())
