@@ -210,10 +210,8 @@ fn a_batch_run_killed_with_the_server_is_run_again_with_its_paths_after_the_rest
     });
     let first = server_pid(&f);
     // SAFETY: kill with the pid of the server ward reported.
-    assert_eq!(
-        unsafe { libc::kill(first as libc::pid_t, libc::SIGKILL) },
-        0
-    );
+    let killed = unsafe { libc::kill(first as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(killed, 0);
     wait_for("a new server", LONG, || {
         let (_, s) = f.status();
         s["state"] == "running" && s["server_pid"].as_u64().is_some_and(|p| p as u32 != first)
