@@ -625,7 +625,10 @@ pub fn check(launch: &Launch) -> Outcome {
                 let names: Vec<&str> = trigger.events.iter().map(Event::as_str).collect();
                 format!(", on {}", names.join(", "))
             };
-            println!("  trigger {} ({globs}{events})", trigger.name);
+            let batch = trigger.batch.map_or_else(String::new, |b| {
+                format!(", batch (on_busy {})", b.on_busy.as_str())
+            });
+            println!("  trigger {} ({globs}{events}{batch})", trigger.name);
             // What its processes get that a trigger setting nothing would not.
             let settings = trigger.process.differences(&defaults);
             if !settings.is_empty() {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::batch::{BatchSettings, OnBusy};
 use crate::jobs::{Event, Events};
 
 mod identity;
@@ -158,6 +159,10 @@ pub struct Trigger {
     /// [`Config::with_unrecorded_settings`].
     #[serde(default)]
     pub process: ProcessSettings,
+    /// `batch = true`: one run of its command for all the paths that changed in a settle
+    /// window, instead of one per path (exec triggers only).
+    #[serde(default)]
+    pub batch: Option<BatchSettings>,
 }
 
 #[cfg(test)]
@@ -176,6 +181,7 @@ impl Trigger {
             retry: Retry::default(),
             concurrency: None,
             process: ProcessSettings::default(),
+            batch: None,
         }
     }
 }
@@ -307,6 +313,10 @@ struct TriggerSection {
     memory_max_mb: Option<At<u64>>,
     user: Option<At<NameOrId>>,
     group: Option<At<NameOrId>>,
+    batch: Option<At<bool>>,
+    on_busy: Option<At<String>>,
+    signal: Option<At<String>>,
+    paths_nul: Option<At<bool>>,
 }
 
 impl Config {
@@ -588,6 +598,7 @@ impl Config {
                 retry: config.retry,
                 concurrency: None,
                 process: process_defaults.clone(),
+                batch: None,
             });
         }
         for (i, section) in parsed.triggers.into_iter().enumerate() {
@@ -685,6 +696,7 @@ impl Config {
                 privileges,
                 &refuse_at,
             )?;
+            let batch = batch_of(&t, &name).map_err(|(span, message)| error(at(&span), message))?;
             config.triggers.push(Trigger {
                 name,
                 globs: t.glob.into_iter().map(Spanned::into_inner).collect(),
@@ -694,6 +706,7 @@ impl Config {
                 retry,
                 concurrency,
                 process,
+                batch,
             });
         }
         if config.triggers.is_empty() {
@@ -857,6 +870,65 @@ fn events_of(
         ));
     }
     Ok(Events::of(&events))
+}
+
+/// A trigger's batch settings (`None` unless `batch = true`), or the span and words of what is
+/// wrong with them: batch on a worker trigger, an unknown `on_busy` or `signal`, or a batch
+/// setting without `batch = true`.
+fn batch_of(
+    t: &TriggerSection,
+    trigger: &str,
+) -> Result<Option<BatchSettings>, (std::ops::Range<usize>, String)> {
+    let on = t.batch.as_ref().filter(|b| *b.get_ref());
+    let Some(on) = on else {
+        let stray = [
+            ("on_busy", t.on_busy.as_ref().map(Spanned::span)),
+            ("signal", t.signal.as_ref().map(Spanned::span)),
+            ("paths_nul", t.paths_nul.as_ref().map(Spanned::span)),
+        ];
+        if let Some((key, Some(span))) = stray.into_iter().find(|(_, s)| s.is_some()) {
+            return Err((
+                span,
+                format!(
+                    "trigger {trigger:?}: {key} is a setting of batch triggers: add batch = true"
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    if t.worker.is_some() {
+        return Err((
+            on.span(),
+            format!(
+                "trigger {trigger:?}: batch = true needs an exec trigger: a worker takes one path per request"
+            ),
+        ));
+    }
+    let mut settings = BatchSettings::default();
+    if let Some(mode) = &t.on_busy {
+        settings.on_busy = OnBusy::parse(mode.get_ref()).map_err(|problem| {
+            (
+                mode.span(),
+                format!(
+                    "trigger {trigger:?}: on_busy = {:?}: {problem}",
+                    mode.get_ref()
+                ),
+            )
+        })?;
+    }
+    if let Some(signal) = &t.signal {
+        settings.signal = crate::batch::signal_named(signal.get_ref()).map_err(|problem| {
+            (
+                signal.span(),
+                format!(
+                    "trigger {trigger:?}: signal = {:?}: {problem}",
+                    signal.get_ref()
+                ),
+            )
+        })?;
+    }
+    settings.paths_nul = t.paths_nul.as_ref().is_some_and(|n| *n.get_ref());
+    Ok(Some(settings))
 }
 
 /// A umask written as octal digits ("022", "0027"); `None` if it is not one.
@@ -1175,6 +1247,68 @@ recycle_after = 100
             assert!(err.message.contains(message), "{text}\n{err}");
             assert_eq!(err.position, Some(position), "{text}\n{err}");
         }
+    }
+
+    #[test]
+    fn batch_settings_are_read_with_defaults_and_refused_with_their_place() {
+        let config = parse(
+            "[[trigger]]\nexec = [\"a\"]\nbatch = true\n\
+             [[trigger]]\nexec = [\"b\"]\nbatch = true\non_busy = \"signal\"\nsignal = \"USR1\"\npaths_nul = true\n\
+             [[trigger]]\nexec = [\"c\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.triggers[0].batch, Some(BatchSettings::default()));
+        assert_eq!(
+            config.triggers[0].batch.unwrap().on_busy,
+            OnBusy::Queue,
+            "queue is the default"
+        );
+        assert_eq!(
+            config.triggers[1].batch,
+            Some(BatchSettings {
+                on_busy: OnBusy::Signal,
+                signal: libc::SIGUSR1,
+                paths_nul: true,
+            })
+        );
+        assert_eq!(config.triggers[2].batch, None);
+        for (text, position, message) in [
+            (
+                "[[trigger]]\nworker = [\"w\"]\nbatch = true\n",
+                (3, 9),
+                "batch = true needs an exec trigger",
+            ),
+            (
+                "[[trigger]]\nexec = [\"a\"]\nbatch = true\non_busy = \"do-nothing\"\n",
+                (4, 11),
+                "on_busy = \"do-nothing\": unknown mode",
+            ),
+            (
+                "[[trigger]]\nexec = [\"a\"]\nbatch = true\nsignal = \"SIGFOO\"\n",
+                (4, 10),
+                "signal = \"SIGFOO\": not a signal name",
+            ),
+            (
+                "[[trigger]]\nexec = [\"a\"]\non_busy = \"restart\"\n",
+                (3, 11),
+                "on_busy is a setting of batch triggers",
+            ),
+            (
+                "[[trigger]]\nexec = [\"a\"]\nbatch = false\npaths_nul = true\n",
+                (4, 13),
+                "paths_nul is a setting of batch triggers",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.message.contains(message), "{text}\n{err}");
+            assert_eq!(err.position, Some(position), "{text}\n{err}");
+        }
+        // A launch recorded before the key existed has no batch triggers.
+        let mut json =
+            serde_json::to_value(parse("[[trigger]]\nexec = [\"a\"]\n").unwrap()).unwrap();
+        json["triggers"][0].as_object_mut().unwrap().remove("batch");
+        let config: Config = serde_json::from_value(json).unwrap();
+        assert_eq!(config.triggers[0].batch, None);
     }
 
     #[test]

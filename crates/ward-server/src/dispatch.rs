@@ -81,7 +81,7 @@ fn dump_first(dump: Option<i32>) -> String {
 
 /// `spec` with a trigger's process settings: its working directory, environment, nice value,
 /// memory limit, user, and how it is stopped.
-fn with_settings(spec: ChildSpec, process: &ProcessSettings) -> ChildSpec {
+pub(crate) fn with_settings(spec: ChildSpec, process: &ProcessSettings) -> ChildSpec {
     let mut spec = spec
         .current_dir(&process.cwd)
         .stop_signal(process.stop_signal)
@@ -109,7 +109,7 @@ fn with_settings(spec: ChildSpec, process: &ProcessSettings) -> ChildSpec {
 /// cgroup's OOM killer from another SIGKILL. `None` for a process without a limit, whose report
 /// goes by the kernel log alone, as before (reading `/proc/vmstat` for every job would cost each
 /// one a file read).
-fn oom_before(process: &ProcessSettings) -> Option<OomCounters> {
+pub(crate) fn oom_before(process: &ProcessSettings) -> Option<OomCounters> {
     process.memory_max.map(|_| OomCounters {
         cgroup_oom_kill: Some(0),
         ..OomCounters::read(None)

@@ -196,6 +196,17 @@ impl CompiledTrigger {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
+    /// Its batch settings, when it is a batch trigger (`batch = true`): its jobs go to its batch
+    /// runner, not to the pool.
+    pub fn batch(&self) -> Option<&crate::batch::BatchSettings> {
+        self.config.batch.as_ref()
+    }
+
+    /// Its retry settings, as configured.
+    pub fn retry(&self) -> crate::config::Retry {
+        self.config.retry
+    }
+
     /// How its failed jobs are tried again.
     pub fn retry_policy(&self) -> ward_queue::RetryPolicy {
         let retry = self.config.retry;

@@ -11,6 +11,7 @@ use ward_watch::{Batch, ChangeKind, Item};
 use crate::jobs::{CompiledTrigger, Event, Job};
 use crate::tracker::Tracker;
 
+use super::batch::Batches;
 use super::list;
 
 /// How often the loop retries its backlog while the pool's queue is full.
@@ -42,6 +43,9 @@ pub(super) struct Backlog {
     pub(super) rescans: Vec<(PathBuf, Option<PathBuf>)>,
     /// The high-water mark ([`BACKLOG_HIGH`]; smaller in tests).
     pub(super) high: usize,
+    /// The runners of batch triggers, which take those triggers' jobs instead of the pool; the
+    /// paths they owe count against the high-water mark.
+    pub(super) batches: Batches,
 }
 
 impl Default for Backlog {
@@ -52,6 +56,7 @@ impl Default for Backlog {
             held: Vec::new(),
             rescans: Vec::new(),
             high: BACKLOG_HIGH,
+            batches: Batches::default(),
         }
     }
 }
@@ -93,10 +98,10 @@ impl Backlog {
         if !self.compares_next() {
             return;
         }
-        while self.jobs.len() < self.high
+        while self.len() < self.high
             && let Some((path, after)) = self.rescans.first().cloned()
         {
-            let room = self.high - self.jobs.len();
+            let room = self.high - self.len();
             let (jobs, resume) = match tracker.subtree_jobs(&path, after.as_deref(), room) {
                 Ok(found) => found,
                 Err(e) => {
@@ -131,18 +136,23 @@ impl Backlog {
     /// Whether the next `refill` compares a subtree with the manifest: one waits, and the backlog
     /// is at most half full (a few jobs at a time would cost a comparison's setup each).
     pub(super) fn compares_next(&self) -> bool {
-        !self.rescans.is_empty() && self.jobs.len() <= self.high / 2
+        !self.rescans.is_empty() && self.len() <= self.high / 2
     }
 
     pub(super) fn push(&mut self, job: Job) {
+        if job.trigger.batch().is_some() {
+            self.batches.offer(job);
+            return;
+        }
         let path = job.path.clone();
         if self.jobs.insert(path.clone(), job).is_none() {
             self.order.push_back(path);
         }
     }
 
+    /// Jobs waiting, for the pool or in a batch trigger's next run.
     pub(super) fn len(&self) -> usize {
-        self.jobs.len()
+        self.jobs.len() + self.batches.owed()
     }
 
     /// Hands jobs to the pool until its queue is full: first those held for a trigger that has

@@ -7,6 +7,7 @@
 
 mod answers;
 mod backlog;
+mod batch;
 mod job;
 mod reload;
 
@@ -93,6 +94,13 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     let triggers = dispatcher.read().triggers().clone();
     let mut tracker =
         Tracker::open(&state, watcher.ignore_rules(), triggers).map_err(cannot_start)?;
+    let batch_context = batch::Context {
+        config: config.clone(),
+        state: state.clone(),
+        done: done_tx.clone(),
+        intents: tracker.intents(),
+        env: ward_supervisor::Environment::current(),
+    };
     let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx, tracker.intents())
         .map_err(cannot_start)?;
     let backstop = job::backstop(&config);
@@ -112,6 +120,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         config.workers
     );
     let mut backlog = Backlog::default();
+    backlog.batches = batch::Batches::new(batch_context);
     match tracker.pending_jobs() {
         Ok(jobs) => {
             for job in jobs {
@@ -201,6 +210,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                         // Answered before the old workers are stopped, which may take their grace.
                         let _ = asked.reply.try_send(Ok(Reply::Reloaded(reload.outcome.clone())));
                         config = reload.finish();
+                        backlog.batches.retire_gone(dispatcher.read().triggers());
                         renew_pressure(&mut pressure, &config, &pool);
                     } else {
                         let answer = if let Request::Retry { paths, all } = &asked.request {
@@ -240,6 +250,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             recv(signals) -> signal => match signal {
                 Ok(SIGHUP) => {
                     config = reload::reload("received SIGHUP", &mut handover, &state, config, &dispatcher, &mut tracker, backstop).finish();
+                    backlog.batches.retire_gone(dispatcher.read().triggers());
                     renew_pressure(&mut pressure, &config, &pool);
                 }
                 Ok(signal) => {
@@ -257,10 +268,12 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         "stop intake; drain the queue for up to {:?}",
         config.drain_timeout
     );
-    dispatcher
-        .read()
-        .stop_running_at(Instant::now() + config.drain_timeout);
+    let drain_end = Instant::now() + config.drain_timeout;
+    dispatcher.read().stop_running_at(drain_end);
+    // A running batch finishes within the drain too; no new one starts.
+    backlog.batches.stop_at(drain_end);
     let left = pool.shutdown(config.drain_timeout);
+    backlog.batches.join();
     record_outcomes(&done, &mut tracker);
     let not_run = left.len() + backlog.len();
     if !backlog.rescans.is_empty() {

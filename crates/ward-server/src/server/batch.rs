@@ -1,0 +1,726 @@
+//! Batch triggers' runners: one thread per batch trigger, owning at most one running command,
+//! which gets every path the trigger owes in one run. Not the settings nor how paths are encoded
+//! (`crate::batch`), nor the per-path jobs (the pool's).
+//!
+//! The loop hands each job of a batch trigger to its runner ([`Batches::offer`]) instead of the
+//! pool. The runner keeps the paths it owes as a set (one job per path, the latest wins), starts
+//! a run once they settle (no new path for the settle window, or the longest wait since the
+//! first), applies the trigger's `on_busy` to paths that arrive during a run, and sends each
+//! path's outcome through the pool's [`OutcomeSender`], so the loop records them as it records
+//! jobs'. A failed run is retried with the trigger's backoff; a path that failed as many times
+//! as its retries allow gives up as a job does. A run stopped by ward's own stop records
+//! nothing: its paths stay pending in the manifest and come back at the next start.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use ward_supervisor::{Child, ChildSpec, Environment, Input, OutputTail};
+
+use crate::batch::{BatchSettings, OnBusy, batch_argv, encode_paths};
+use crate::config::{Config, Handler};
+use crate::deaths::{self, Reported};
+use crate::dispatch::{DUMP_WAIT, JobError, oom_before, with_settings};
+use crate::intents::Intents;
+use crate::jobs::{CompiledTrigger, Event, Job, Triggers};
+use crate::manifest::{Failure, FileMeta, Update};
+use crate::outcomes::OutcomeSender;
+use crate::output::{JOB_SHARE, LogShare};
+use crate::state::{StateDir, unix_now};
+
+/// The shortest settle window: a burst's paths reach the loop in many watcher batches, a few
+/// milliseconds apart; a window shorter than their gaps would split the burst into many runs.
+const MIN_SETTLE: Duration = Duration::from_millis(50);
+
+/// How often a runner looks at its running command's exit, new paths and ward's stop.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Lines of a run's output kept for its crash report.
+const TAIL_LINES: usize = 40;
+
+/// The prefix of the files named by `WARD_PATHS_FILE`, in the state directory.
+const PATHS_FILE: &str = "batch-paths.";
+
+/// What every runner needs, from the server.
+#[derive(Debug)]
+pub(super) struct Context {
+    pub config: Config,
+    pub state: StateDir,
+    pub done: OutcomeSender,
+    pub intents: Arc<Intents>,
+    pub env: Environment,
+}
+
+/// The batch triggers' runners, made as their first job comes. Dropping it stops every run at
+/// once and joins the threads; [`Batches::stop_at`] and [`Batches::join`] drain first.
+#[derive(Debug, Default)]
+pub(super) struct Batches {
+    /// `None` in the backlog's tests, which have no batch trigger.
+    context: Option<Arc<Context>>,
+    runners: Vec<Runner>,
+}
+
+#[derive(Debug)]
+struct Runner {
+    trigger: Arc<CompiledTrigger>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    owed: Mutex<Owed>,
+    wake: Condvar,
+}
+
+/// What a runner owes and has been told, shared with the loop.
+#[derive(Debug, Default)]
+struct Owed {
+    /// The paths not yet in a run, one job each (the latest).
+    jobs: HashMap<PathBuf, Job>,
+    /// Jobs offered so far: a run that sees the count rise has new paths waiting.
+    arrivals: u64,
+    first_arrival: Option<Instant>,
+    last_arrival: Option<Instant>,
+    /// Whether the owed paths may start a run: `on_busy = "ignore"` clears it when a run ends,
+    /// so that what came during the run waits for a later change (or the next start).
+    woken: bool,
+    /// ward is stopping: a running command is stopped at this instant, and no run starts.
+    stop_at: Option<Instant>,
+    /// A reload removed or changed the trigger: the runner ends once it owes nothing.
+    retired: bool,
+    /// The thread has ended (or is ending): an offer makes a new runner.
+    ended: bool,
+}
+
+impl Batches {
+    pub(super) fn new(context: Context) -> Batches {
+        remove_stale_paths_files(&context.state);
+        Batches {
+            context: Some(Arc::new(context)),
+            runners: Vec::new(),
+        }
+    }
+
+    /// Gives `job` to its trigger's runner, starting one if it has none.
+    pub(super) fn offer(&mut self, job: Job) {
+        let mut job = Some(job);
+        for runner in &self.runners {
+            let Some(j) = job.take() else { return };
+            if !Arc::ptr_eq(&runner.trigger, &j.trigger) {
+                job = Some(j);
+                continue;
+            }
+            let mut owed = runner.shared.owed.lock();
+            if owed.ended {
+                job = Some(j);
+                continue;
+            }
+            let now = Instant::now();
+            owed.arrivals += 1;
+            owed.first_arrival.get_or_insert(now);
+            owed.last_arrival = Some(now);
+            owed.woken = true;
+            owed.jobs.insert(j.path.clone(), j);
+            drop(owed);
+            runner.shared.wake.notify_one();
+        }
+        let Some(job) = job else { return };
+        self.runners.retain_mut(|r| !r.reap());
+        let Some(context) = &self.context else {
+            log::error!(
+                "no batch runner for {}: it stays pending until the next start",
+                job.path.display()
+            );
+            return;
+        };
+        match Runner::start(Arc::clone(&job.trigger), Arc::clone(context)) {
+            Ok(runner) => {
+                self.runners.push(runner);
+                self.offer(job);
+            }
+            Err(e) => log::error!(
+                "cannot start the batch runner of trigger {}: {e}; {} stays pending until the next start",
+                job.trigger.name(),
+                job.path.display()
+            ),
+        }
+    }
+
+    /// Paths owed and not yet in a run: they count against the backlog's high-water mark, so
+    /// that past it the loop takes no more watcher batches.
+    pub(super) fn owed(&self) -> usize {
+        self.runners
+            .iter()
+            .map(|r| r.shared.owed.lock().jobs.len())
+            .sum()
+    }
+
+    /// After a reload: the runners of triggers no longer in `triggers` run what they owe, then
+    /// end.
+    pub(super) fn retire_gone(&mut self, triggers: &Triggers) {
+        for runner in &self.runners {
+            if triggers.position(&runner.trigger).is_none() {
+                runner.shared.owed.lock().retired = true;
+                runner.shared.wake.notify_one();
+            }
+        }
+        self.runners.retain_mut(|r| !r.reap());
+    }
+
+    /// ward is stopping: no run starts any more, and a running command still running at `at`
+    /// is stopped (its paths stay pending for the next start).
+    pub(super) fn stop_at(&self, at: Instant) {
+        for runner in &self.runners {
+            runner.shared.owed.lock().stop_at = Some(at);
+            runner.shared.wake.notify_one();
+        }
+    }
+
+    /// Waits for every runner's thread to end (after [`Batches::stop_at`]).
+    pub(super) fn join(&mut self) {
+        for mut runner in self.runners.drain(..) {
+            runner.join();
+        }
+    }
+}
+
+impl Drop for Batches {
+    fn drop(&mut self) {
+        self.stop_at(Instant::now());
+        self.join();
+    }
+}
+
+impl Runner {
+    fn start(trigger: Arc<CompiledTrigger>, context: Arc<Context>) -> std::io::Result<Runner> {
+        let shared = Arc::new(Shared::default());
+        let thread = {
+            let (trigger, shared) = (Arc::clone(&trigger), Arc::clone(&shared));
+            std::thread::Builder::new()
+                .name(format!("ward-batch-{}", trigger.name()))
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(|| {
+                        RunnerThread::new(trigger, &shared, context).run();
+                    });
+                    if std::panic::catch_unwind(run).is_err() {
+                        log::error!("a batch runner panicked; its paths run at the next start");
+                    }
+                    shared.owed.lock().ended = true;
+                })?
+        };
+        Ok(Runner {
+            trigger,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Joins the thread if it has ended; whether it had.
+    fn reap(&mut self) -> bool {
+        if !self.shared.owed.lock().ended {
+            return false;
+        }
+        self.join();
+        true
+    }
+
+    fn join(&mut self) {
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("the batch runner of {} panicked", self.trigger.name());
+        }
+    }
+}
+
+/// How one attempt of a run ended.
+enum Ran {
+    Ok,
+    Failed(JobError),
+    /// ward is stopping: nothing to record.
+    Stopped,
+    /// `on_busy = "restart"` stopped it for new paths.
+    Restarted,
+}
+
+/// A runner's own state, on its thread.
+struct RunnerThread<'a> {
+    trigger: Arc<CompiledTrigger>,
+    settings: BatchSettings,
+    shared: &'a Shared,
+    cx: Arc<Context>,
+    /// The paths of the next attempt (kept across a failure or a restart).
+    run: HashMap<PathBuf, Job>,
+    /// Failed attempts per path of `run`.
+    failed: HashMap<PathBuf, u32>,
+    retry_at: Option<Instant>,
+}
+
+impl<'a> RunnerThread<'a> {
+    fn new(trigger: Arc<CompiledTrigger>, shared: &'a Shared, cx: Arc<Context>) -> Self {
+        let settings = trigger.batch().copied().unwrap_or_default();
+        RunnerThread {
+            trigger,
+            settings,
+            shared,
+            cx,
+            run: HashMap::new(),
+            failed: HashMap::new(),
+            retry_at: None,
+        }
+    }
+
+    fn run(mut self) {
+        let settle = self.cx.config.debounce.max(MIN_SETTLE);
+        let longest = self.cx.config.max_wait.max(settle);
+        loop {
+            let seen = {
+                let mut owed = self.shared.owed.lock();
+                loop {
+                    if owed.stop_at.is_some() {
+                        owed.ended = true;
+                        return;
+                    }
+                    let now = Instant::now();
+                    let settled = match (owed.first_arrival, owed.last_arrival) {
+                        (Some(first), Some(last))
+                            if !owed.jobs.is_empty() && (owed.woken || owed.retired) =>
+                        {
+                            Some((last + settle).min(first + longest))
+                        }
+                        _ => None,
+                    };
+                    let retry = self.retry_at.filter(|_| !self.run.is_empty());
+                    let next = match (retry, settled) {
+                        (Some(r), Some(s)) => Some(r.min(s)),
+                        (r, s) => r.or(s),
+                    };
+                    // A restarted run waits for its new paths to settle, and only for them.
+                    let next = next.or((!self.run.is_empty()).then_some(now));
+                    match next {
+                        Some(at) if at <= now => break,
+                        Some(at) => {
+                            self.shared.wake.wait_until(&mut owed, at);
+                        }
+                        None if owed.retired => {
+                            owed.ended = true;
+                            return;
+                        }
+                        None => self.shared.wake.wait(&mut owed),
+                    }
+                }
+                for (path, job) in owed.jobs.drain() {
+                    // A new change of a path is a new job: its attempts start over.
+                    self.failed.remove(&path);
+                    self.run.insert(path, job);
+                }
+                owed.first_arrival = None;
+                owed.last_arrival = None;
+                owed.arrivals
+            };
+            self.retry_at = None;
+            let versions = self.versions();
+            match self.attempt(seen) {
+                Ran::Ok => self.succeeded(&versions),
+                Ran::Failed(error) => self.failed(&error),
+                Ran::Stopped => {
+                    self.shared.owed.lock().ended = true;
+                    return;
+                }
+                Ran::Restarted => continue,
+            }
+            if self.settings.on_busy == OnBusy::Ignore {
+                self.shared.owed.lock().woken = false;
+            }
+        }
+    }
+
+    /// The version of each path the run processes, read before it runs: what a success records.
+    fn versions(&self) -> HashMap<PathBuf, Option<FileMeta>> {
+        self.run
+            .values()
+            .map(|job| {
+                let version = if job.event == Event::Removed {
+                    None
+                } else {
+                    FileMeta::read(&job.path)
+                };
+                (job.path.clone(), version)
+            })
+            .collect()
+    }
+
+    /// Runs the command once for the paths of `run`; `seen` is the count of arrivals it owes
+    /// nothing for.
+    fn attempt(&self, mut seen: u64) -> Ran {
+        let name = self.trigger.name();
+        let Handler::Exec { argv } = self.trigger.handler() else {
+            // Refused by the config: a worker trigger is never a batch trigger.
+            return Ran::Failed(JobError::Spawn(
+                "a batch trigger needs an exec command".into(),
+            ));
+        };
+        let mut paths: Vec<PathBuf> = Vec::with_capacity(self.run.len());
+        for job in self.run.values() {
+            if !self.trigger.receives(job.event) {
+                continue;
+            }
+            paths.push(job.path.clone());
+            paths.extend(job.old_path.clone());
+        }
+        if paths.is_empty() {
+            // Only events the trigger does not receive: recorded without a run.
+            return Ran::Ok;
+        }
+        paths.sort();
+        paths.dedup();
+        // Before the command can tell its consumer anything: a killed server's next start still
+        // knows of each path.
+        for path in &paths {
+            self.cx.intents.record(path);
+        }
+        let bytes = encode_paths(&paths, self.settings.paths_nul);
+        let file = PathsFile::write(&self.cx.state, &bytes);
+        let file = match file {
+            Ok(file) => file,
+            Err(e) => return Ran::Failed(JobError::Spawn(format!("writing the paths file: {e}"))),
+        };
+        let (argv, fits) = batch_argv(argv, &paths);
+        if !fits {
+            log::info!(
+                "batch {name}: {} path(s) do not fit in the command line: {{paths}} dropped, the paths are on stdin and in WARD_PATHS_FILE",
+                paths.len()
+            );
+        }
+        log::info!("batch {name}: running for {} path(s)", paths.len());
+        let tail = OutputTail::new(TAIL_LINES);
+        let share = LogShare::new(JOB_SHARE);
+        // The trigger's settings, as its per-path jobs would get them.
+        let process = self.trigger.process();
+        let spec = ChildSpec::new(&argv[0])
+            .name(name)
+            .args(&argv[1..])
+            .env_base(&self.cx.env);
+        let spec = with_settings(spec, process)
+            .stdin(Input::Piped)
+            .env("WARD_EVENT", "batch")
+            .env("WARD_PATHS_FILE", &file.0)
+            .env("WARD_PATHS_COUNT", paths.len().to_string());
+        let spec = {
+            let (tail, name, share) = (tail.clone(), name.to_owned(), share.clone());
+            spec.capture_merged(move |line| {
+                tail.push(line);
+                if share.admit(&line.text, line.dropped_before) {
+                    log::info!("batch {name} [{}]: {}", line.pid, line.text);
+                }
+            })
+        };
+        let oom_before = oom_before(process);
+        let mut child = match Child::spawn_inline(&spec) {
+            Ok(child) => child,
+            Err(e) => {
+                return Ran::Failed(JobError::Spawn(format!(
+                    "{}: {e}",
+                    argv[0].to_string_lossy()
+                )));
+            }
+        };
+        // A command that does not read its stdin must not hold the runner: the paths are
+        // written by a thread of their own, which a broken pipe ends.
+        let feeder = child.take_stdin().and_then(|mut stdin| {
+            std::thread::Builder::new()
+                .name("ward-batch-stdin".into())
+                .spawn(move || {
+                    let _ = stdin.write_all(&bytes);
+                })
+                .ok()
+        });
+        let timeout_at = Instant::now() + process.timeout;
+        let exit = loop {
+            if let Some(exit) = child.wait_timeout(POLL) {
+                break exit;
+            }
+            let (stop_at, arrivals) = {
+                let owed = self.shared.owed.lock();
+                (owed.stop_at, owed.arrivals)
+            };
+            let now = Instant::now();
+            if stop_at.is_some_and(|at| now >= at) {
+                log::warn!(
+                    "stopping batch {name}: ward is stopping; its paths run at the next start"
+                );
+                if let Err(e) = child.stop(process.stop_grace) {
+                    log::error!("stopping batch {name}: {e}");
+                }
+                drop(child);
+                finish(feeder, &share, name);
+                return Ran::Stopped;
+            }
+            if now >= timeout_at {
+                log::warn!("stopping batch {name}: it timed out");
+                match child.stop_hung(self.trigger.dump_signal(), DUMP_WAIT, process.stop_grace) {
+                    Ok(exit) => break exit,
+                    Err(e) => {
+                        log::error!("stopping batch {name}: {e}");
+                        drop(child);
+                        finish(feeder, &share, name);
+                        return Ran::Failed(JobError::TimedOut(process.timeout));
+                    }
+                }
+            }
+            if arrivals == seen {
+                continue;
+            }
+            seen = arrivals;
+            match self.settings.on_busy {
+                OnBusy::Restart => {
+                    log::info!("batch {name}: new paths; restarting it");
+                    if let Err(e) = child.stop(process.stop_grace) {
+                        log::error!("stopping batch {name} for a restart: {e}");
+                    }
+                    drop(child);
+                    finish(feeder, &share, name);
+                    return Ran::Restarted;
+                }
+                OnBusy::Signal => {
+                    let signal = self.settings.signal;
+                    log::info!(
+                        "batch {name}: new paths; sending it {}",
+                        ward_sys::signal::name(signal).unwrap_or("its signal")
+                    );
+                    if let Err(e) = child.signal_group(signal) {
+                        log::warn!("signalling batch {name}: {e}");
+                    }
+                }
+                OnBusy::Queue | OnBusy::Ignore => {}
+            }
+        };
+        // Waits for the output to be read: the tail is complete.
+        drop(child);
+        finish(feeder, &share, name);
+        drop(file);
+        if exit.is_clean() {
+            return Ran::Ok;
+        }
+        let what = format!("batch {name} ({} path(s))", paths.len());
+        let Reported { cause, path } = deaths::report(
+            &self.cx.state,
+            &self.cx.config,
+            &what,
+            &exit,
+            Some(&tail_text(&tail)),
+            oom_before,
+        )
+        .unwrap_or_else(|| Reported {
+            cause: exit.termination.to_string(),
+            path: None,
+        });
+        Ran::Failed(JobError::Died {
+            what,
+            cause,
+            report: path.map(|p| p.display().to_string()),
+        })
+    }
+
+    fn succeeded(&mut self, versions: &HashMap<PathBuf, Option<FileMeta>>) {
+        for (path, job) in self.run.drain() {
+            self.failed.remove(&path);
+            let processed = versions.get(&path).copied().flatten();
+            send(
+                &self.cx.done,
+                Update::Finished {
+                    path,
+                    event: job.event,
+                    ok: true,
+                    processed,
+                    old_path: job.old_path.clone(),
+                },
+            );
+            if let Some(old) = job.old_path {
+                send(
+                    &self.cx.done,
+                    Update::Finished {
+                        path: old,
+                        event: Event::Removed,
+                        ok: true,
+                        processed: None,
+                        old_path: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Counts the failure against each path of the run; those out of retries give up, the rest
+    /// are tried again after the backoff, with whatever arrives meanwhile.
+    fn failed(&mut self, error: &JobError) {
+        let retry = self.trigger.retry();
+        let name = self.trigger.name().to_owned();
+        let mut most = 0;
+        let mut gave_up = 0;
+        let paths: Vec<PathBuf> = self.run.keys().cloned().collect();
+        for path in paths {
+            let count = self.failed.entry(path.clone()).or_insert(0);
+            *count += 1;
+            let attempts = *count;
+            if attempts <= retry.retries {
+                most = most.max(attempts);
+                continue;
+            }
+            self.failed.remove(&path);
+            let Some(job) = self.run.remove(&path) else {
+                continue;
+            };
+            gave_up += 1;
+            send(
+                &self.cx.done,
+                Update::GaveUp {
+                    path: path.clone(),
+                    failure: Box::new(failure(&name, &job, attempts, error)),
+                },
+            );
+            send(
+                &self.cx.done,
+                Update::Finished {
+                    path,
+                    event: job.event,
+                    ok: false,
+                    processed: None,
+                    old_path: job.old_path,
+                },
+            );
+        }
+        if gave_up > 0 {
+            log::error!("batch {name} failed ({error}): {gave_up} path(s) gave up");
+        }
+        if !self.run.is_empty() {
+            let delay = backoff(retry.backoff, retry.backoff_max, most);
+            log::warn!(
+                "batch {name} failed ({error}); {} path(s) retried in {delay:?}",
+                self.run.len()
+            );
+            self.retry_at = Some(Instant::now() + delay);
+        }
+    }
+}
+
+/// The delay before the retry that follows the `failures`-th failure: `base` doubled per
+/// failure after the first, at most `max`.
+fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(30);
+    base.saturating_mul(1 << doublings).min(max)
+}
+
+/// What a path that gave up records: as a job's give-up does.
+fn failure(trigger: &str, job: &Job, attempts: u32, error: &JobError) -> Failure {
+    let report = match error {
+        JobError::Died { report, .. } => report.as_ref().map(PathBuf::from),
+        _ => None,
+    };
+    Failure {
+        trigger: trigger.to_owned(),
+        event: job.event,
+        attempts,
+        error: error.to_string(),
+        at: unix_now(),
+        report,
+        version: if job.event == Event::Removed {
+            None
+        } else {
+            FileMeta::read(&job.path)
+        },
+    }
+}
+
+/// After the command's handle is dropped: the stdin feeder joined (the pipe is closed by now),
+/// and what its share of the log held back said.
+fn finish(feeder: Option<JoinHandle<()>>, share: &LogShare, name: &str) {
+    if let Some(feeder) = feeder
+        && feeder.join().is_err()
+    {
+        log::error!("batch {name}: the stdin feeder panicked");
+    }
+    if let Some(held) = share.take_held(0) {
+        log::warn!("batch {name}: {held}");
+    }
+}
+
+fn tail_text(tail: &OutputTail) -> String {
+    tail.lines()
+        .iter()
+        .map(|l| l.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn send(done: &OutcomeSender, update: Update) {
+    if let Err(update) = done.send(update) {
+        log::warn!(
+            "outcome of {} not recorded (it will be redone after a restart): the server is ending",
+            update.path().display()
+        );
+    }
+}
+
+/// The file named by `WARD_PATHS_FILE`, removed when dropped.
+struct PathsFile(PathBuf);
+
+impl PathsFile {
+    fn write(state: &StateDir, bytes: &[u8]) -> std::io::Result<PathsFile> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = state.join(&format!("{PATHS_FILE}{}.{n}", std::process::id()));
+        std::fs::write(&path, bytes)?;
+        Ok(PathsFile(path))
+    }
+}
+
+impl Drop for PathsFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            log::warn!("cannot remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// Paths files a killed server left behind.
+fn remove_stale_paths_files(state: &StateDir) {
+    let Ok(entries) = std::fs::read_dir(state.path()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(PATHS_FILE.as_bytes())
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_max() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (1..=6).map(|n| backoff(base, max, n)).collect();
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1000, 1000].map(Duration::from_millis)
+        );
+        assert_eq!(backoff(base, max, 0), base);
+        assert_eq!(
+            backoff(base, Duration::from_secs(30), u32::MAX),
+            Duration::from_secs(30)
+        );
+    }
+}
