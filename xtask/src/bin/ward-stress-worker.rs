@@ -152,9 +152,24 @@ fn worker(ledger: &mut File, trigger: &str) {
     }
 }
 
+/// A batch trigger's run: the paths on stdin, one a line; each is handled as an exec job
+/// handles its one (a path gone by now was removed, or renamed away).
+fn batch(ledger: &mut File, trigger: &str) {
+    for line in std::io::stdin().lock().lines() {
+        let Ok(path) = line else { return };
+        let event = if std::fs::symlink_metadata(&path).is_ok() {
+            "batch"
+        } else {
+            "removed"
+        };
+        handle(ledger, trigger, event, &path, None);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    const USAGE: &str = "usage: ward-stress-worker worker|exec LEDGER MAX_MEMORY_MB [TRIGGER]";
+    const USAGE: &str =
+        "usage: ward-stress-worker worker|exec|batch LEDGER MAX_MEMORY_MB [TRIGGER]";
     let (mode, ledger, mib, trigger) = match args.as_slice() {
         [mode, ledger, mib] => (mode.as_str(), ledger, mib.parse::<u64>().ok(), "-"),
         [mode, ledger, mib, trigger] if !trigger.contains(['\t', '\0']) && !trigger.is_empty() => (
@@ -173,6 +188,7 @@ fn main() {
     let mut ledger = open_ledger(ledger);
     match mode {
         "worker" => worker(&mut ledger, trigger),
+        "batch" => batch(&mut ledger, trigger),
         "exec" => {
             let var = |name| std::env::var(name).ok();
             let path = var("WARD_PATH").unwrap_or_default();

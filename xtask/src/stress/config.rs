@@ -88,6 +88,13 @@ name = "exec"
 glob = ["exec/**"]
 exec = ["{w}", "exec", "{l}", "{WORKER_AS_MB}", "exec"]
 
+# One run for every path that changed under batch/ in a settle window, the paths on stdin.
+[[trigger]]
+name = "batch"
+glob = ["batch/**"]
+batch = true
+exec = ["{w}", "batch", "{l}", "{WORKER_AS_MB}", "batch"]
+
 # A job that leaves a child behind: the job's process becomes the stress worker, and the
 # `sleep` it started outlives it, re-parented to ward's keeper.
 [[trigger]]
@@ -136,6 +143,8 @@ pub fn trigger_for(relative: &Path, generation: u32) -> String {
     let nested = relative.components().count() > 1;
     if first == "exec" && nested {
         "exec".into()
+    } else if first == "batch" && nested {
+        "batch".into()
     } else if first.starts_with(ORPHANS_PREFIX) && nested {
         "orphans".into()
     } else if first.starts_with(RELOAD_PREFIX) && nested {
@@ -159,6 +168,7 @@ mod tests {
         let t = |p: &str, g| trigger_for(Path::new(p), g);
         assert_eq!(t("exec/churn/f-1.txt", 0), "exec");
         assert_eq!(t("exec", 0), "stress", "a file named exec is no directory");
+        assert_eq!(t("batch/churn/d1/f-2.txt", 1), "batch");
         assert_eq!(t("orphans-2/d000/f-1.txt", 5), "orphans");
         assert_eq!(t("steady/s-01.txt", 3), "stress");
         assert_eq!(t("reload-1/files/a-1.txt", 0), "reload-g0-txt");
@@ -192,6 +202,7 @@ mod tests {
                 names,
                 [
                     "exec".to_owned(),
+                    "batch".into(),
                     "orphans".into(),
                     format!("reload-g{g}-{first}"),
                     format!("reload-g{g}-{second}"),

@@ -273,12 +273,16 @@ impl Writers {
     }
 
     /// Random creates, modifies, renames and deletes of files and directories, deep `mkdir -p`
-    /// trees, ten operations a second (times `rate`); one tree in ten goes under `exec/`, which
-    /// an exec trigger handles.
+    /// trees, ten operations a second (times `rate`); some trees go under `exec/`, which an exec
+    /// trigger handles, and under `batch/`, which a batch trigger handles.
     pub fn churn(&self) {
         let mut rng = Rng::new(self.seed, 3);
         let mut model = Churn::default();
-        let roots = [self.tree.join("churn"), self.tree.join("exec/churn")];
+        let roots = [
+            self.tree.join("churn"),
+            self.tree.join("exec/churn"),
+            self.tree.join("batch/churn"),
+        ];
         for root in &roots {
             if let Err(e) = std::fs::create_dir_all(root) {
                 self.note("churn: creating its root", &e);
@@ -397,7 +401,12 @@ impl Churn {
             }
             _ => {
                 // `mkdir -p` of a deep tree with a few files in its deepest directory.
-                let root = &roots[usize::from(rng.below(10) == 0)];
+                // One tree in ten under each of the other roots.
+                let root = match rng.below(10) {
+                    1 => &roots[1],
+                    2 => &roots[roots.len() - 1],
+                    _ => &roots[0],
+                };
                 let mut dir = root.clone();
                 self.next_dir += 1;
                 for level in 0..(2 + rng.below(7)) {
