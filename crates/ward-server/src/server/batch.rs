@@ -386,10 +386,16 @@ impl<'a> RunnerThread<'a> {
             self.cx.intents.record(path);
         }
         let bytes = encode_paths(&paths, self.settings.paths_nul);
-        let file = PathsFile::write(&self.cx.state, &bytes);
-        let file = match file {
-            Ok(file) => file,
-            Err(e) => return Ran::Failed(JobError::Spawn(format!("writing the paths file: {e}"))),
+        // A copy for the command's convenience: the paths are on its stdin in any case, so a
+        // state directory that cannot take the file (a full disk) costs the copy, not the run.
+        let file = match PathsFile::write(&self.cx.state, &bytes) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                log::warn!(
+                    "batch {name}: cannot write its paths file ({e}); WARD_PATHS_FILE is not set for this run, the paths are on its stdin"
+                );
+                None
+            }
         };
         let (argv, fits) = batch_argv(argv, &paths);
         if !fits {
@@ -407,11 +413,13 @@ impl<'a> RunnerThread<'a> {
             .name(name)
             .args(&argv[1..])
             .env_base(&self.cx.env);
-        let spec = with_settings(spec, process)
+        let mut spec = with_settings(spec, process)
             .stdin(Input::Piped)
             .env("WARD_EVENT", "batch")
-            .env("WARD_PATHS_FILE", &file.0)
             .env("WARD_PATHS_COUNT", paths.len().to_string());
+        if let Some(file) = &file {
+            spec = spec.env("WARD_PATHS_FILE", &file.0);
+        }
         let spec = {
             let (tail, name, share) = (tail.clone(), name.to_owned(), share.clone());
             spec.capture_merged(move |line| {
@@ -676,7 +684,10 @@ impl PathsFile {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = state.join(&format!("{PATHS_FILE}{}.{n}", std::process::id()));
-        std::fs::write(&path, bytes)?;
+        std::fs::write(&path, bytes).inspect_err(|_| {
+            // A full disk leaves a part of it.
+            let _ = std::fs::remove_file(&path);
+        })?;
         Ok(PathsFile(path))
     }
 }
