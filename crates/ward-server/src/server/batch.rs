@@ -388,9 +388,14 @@ impl<'a> RunnerThread<'a> {
         let bytes = encode_paths(&paths, self.settings.paths_nul);
         // A copy for the command's convenience: the paths are on its stdin in any case, so a
         // state directory that cannot take the file (a full disk) costs the copy, not the run.
-        let file = match PathsFile::write(&self.cx.state, &bytes) {
-            Ok(file) => Some(file),
-            Err(e) => {
+        // A command run as another user could not read a file in ward's own (0700) state
+        // directory: it has its paths on stdin only.
+        let as_another_user = self.trigger.process().user.is_some();
+        let written = (!as_another_user).then(|| PathsFile::write(&self.cx.state, &bytes));
+        let file = match written {
+            None => None,
+            Some(Ok(file)) => Some(file),
+            Some(Err(e)) => {
                 log::warn!(
                     "batch {name}: cannot write its paths file ({e}); WARD_PATHS_FILE is not set for this run, the paths are on its stdin"
                 );
