@@ -256,6 +256,32 @@ pub struct ServerStatus {
     pub manifest: ManifestStatus,
     /// Worker processes waiting for a job.
     pub workers_idle: usize,
+    /// Each batch trigger's runner (one per trigger that had a path since the server started).
+    #[serde(default)]
+    pub batches: Vec<BatchStatus>,
+}
+
+/// A batch trigger's runner, in [`ServerStatus::batches`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchStatus {
+    /// The trigger's name.
+    pub trigger: String,
+    /// Whether its command runs now.
+    #[serde(default)]
+    pub running: bool,
+    /// The paths given to the run going on (0 when none runs).
+    #[serde(default)]
+    pub running_paths: usize,
+    /// Paths owed to a later run: changed since the last run started, or kept for a failed
+    /// run's retry.
+    #[serde(default)]
+    pub owed: usize,
+    /// Runs started since the server started, retries included.
+    #[serde(default)]
+    pub runs: u64,
+    /// A reload removed or changed its trigger: it runs what it owes with it, then ends.
+    #[serde(default)]
+    pub retired: bool,
 }
 
 /// The job queue's counters, since the server started.
@@ -263,7 +289,7 @@ pub struct ServerStatus {
 pub struct QueueStatus {
     /// Jobs waiting for a worker.
     pub queued: usize,
-    /// Jobs running now.
+    /// Jobs running now, each running batch run counting one.
     pub running: usize,
     /// Jobs that succeeded.
     pub completed: u64,
@@ -282,7 +308,7 @@ pub struct QueueStatus {
     /// Why no job starts, while memory is below `min_available_mb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
-    /// Changes waiting for room in the queue.
+    /// Changes waiting for room in the queue, or owed to a batch trigger's next run.
     pub backlog: usize,
 }
 
