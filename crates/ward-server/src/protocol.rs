@@ -592,6 +592,38 @@ mod tests {
     }
 
     #[test]
+    fn a_status_without_batches_from_an_older_server_reads_as_none() {
+        let old = br#"{"v":1,"ok":true,"server_pid":7,"uptime_s":1,
+            "queue":{"queued":0,"running":0,"completed":0,"failed":0,"retried":0,"coalesced":0,
+                     "rejected":0,"dead":0,"paused":false,"backlog":0},
+            "watch":{"events":0,"pending":0,"peak_pending":0,"watches":1,"batches":0,
+                     "dropped_events":0,"failed_watches":0,"polled_roots":0},
+            "manifest":{"paths":0,"seq":0,"unrecorded":0,"write_error":null,"gave_up":0},
+            "workers_idle":0}"#;
+        let old: Vec<u8> = old.iter().copied().filter(|&b| b != b'\n').collect();
+        let status = read_reply::<ServerStatus>(&old).unwrap();
+        assert_eq!(status.batches, []);
+        let mut now = status.clone();
+        now.batches.push(BatchStatus {
+            trigger: "build".into(),
+            running: true,
+            running_paths: 12,
+            owed: 3,
+            runs: 5,
+            retired: false,
+        });
+        let line = reply_line(&Ok(Reply::Status(Box::new(now.clone()))));
+        assert!(
+            std::str::from_utf8(&line).unwrap().contains(
+                r#""batches":[{"owed":3,"retired":false,"running":true,"running_paths":12,"runs":5,"trigger":"build"}]"#
+            ),
+            "{}",
+            String::from_utf8_lossy(&line)
+        );
+        assert_eq!(read_reply::<ServerStatus>(&line), Ok(now));
+    }
+
+    #[test]
     fn a_reload_reply_says_what_became_of_the_configuration() {
         for (reloaded, wire) in [
             (
