@@ -76,7 +76,12 @@ fn a_burst_of_twenty_thousand_files_is_a_handful_of_runs_that_get_every_path_onc
     );
     // A file's creation and its write must reach ward as one change, even on a loaded machine:
     // split, they are two versions, and at least once gives the path to two runs.
-    f.edit_config("debounce_ms = 20", "debounce_ms = 300");
+    // And a run starts when the burst settles, not every `max_wait_ms` (1 s) while it lasts: on
+    // a loaded machine writing the files takes longer than 8 s, which made more than 8 runs.
+    f.edit_config(
+        "debounce_ms = 20",
+        "debounce_ms = 300\nmax_wait_ms = 120000",
+    );
     f.start();
     const N: usize = 20_000;
     for i in 0..N {
@@ -393,5 +398,240 @@ fn a_batch_run_gets_its_triggers_env_and_cwd() {
     assert_eq!(
         lines(&seen)[0],
         format!("yes {}", f.dir.path().join("out").display())
+    );
+}
+
+/// The status entry of batch trigger `name`, if its runner is there.
+fn batch_status(f: &Fixture, name: &str) -> Option<serde_json::Value> {
+    let (_, status) = f.status();
+    status["batches"]
+        .as_array()?
+        .iter()
+        .find(|b| b["trigger"] == name)
+        .cloned()
+}
+
+/// A command held at `{ledger}.gate` that appends its paths to `{ledger}` and its pid to
+/// `{ledger}.runs`; with `trap`, it records each SIGUSR1 in `{ledger}.signals` and keeps going.
+fn gated(trap: bool) -> String {
+    let trap = if trap {
+        "trap \"echo got >> {ledger}.signals\" USR1; "
+    } else {
+        ""
+    };
+    format!(
+        "exec = [\"sh\", \"-c\", '{trap}cat >> {{ledger}}; echo $$ >> {{ledger}}.runs; \
+         while [ ! -e {{ledger}}.gate ]; do sleep 0.02; done; exit 0']\n"
+    )
+}
+
+#[test]
+fn signal_mode_signals_the_running_command_which_keeps_running_and_the_new_paths_run_next() {
+    let f = Fixture::new(
+        JOB,
+        &format!(
+            "[[trigger]]\nname = \"sig\"\nbatch = true\non_busy = \"signal\"\nsignal = \"SIGUSR1\"\n{}",
+            gated(true)
+        ),
+    );
+    f.start();
+    let path = |n: &str| f.tree.join(n).display().to_string();
+    std::fs::write(f.tree.join("first"), "1").unwrap();
+    wait_for("the first run to be held at its gate", LONG, || {
+        lines(&f.ledger) == [path("first")] && lines(&beside(&f, "runs")).len() == 1
+    });
+    std::fs::write(f.tree.join("second"), "2").unwrap();
+    wait_for("the running command to get the signal", LONG, || {
+        !lines(&beside(&f, "signals")).is_empty()
+    });
+    // It trapped the signal and runs on, the new path owed to the next run.
+    let b = batch_status(&f, "sig").expect("a status entry for the runner");
+    assert_eq!(b["running"], true, "{b}");
+    assert_eq!(b["running_paths"], 1, "{b}");
+    assert_eq!(b["runs"], 1, "{b}");
+    wait_for("the new path to be owed", LONG, || {
+        batch_status(&f, "sig").is_some_and(|b| b["owed"] == 1)
+    });
+    // `ward status` counts the run among the running jobs, and says what it runs and owes.
+    let (_, status) = f.status();
+    assert_eq!(status["queue"]["running"], 1, "{status}");
+    assert_eq!(status["queue"]["backlog"], 1, "{status}");
+    let out = f.run(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("1 running,")
+            && text.contains("batch      sig: running for 1 path(s), 1 path(s) owed, 1 run(s)"),
+        "{text}"
+    );
+    assert_eq!(lines(&beside(&f, "runs")).len(), 1, "a second run started");
+    assert!(
+        f.log().contains("new paths; sending it SIGUSR1"),
+        "{}",
+        f.log()
+    );
+    std::fs::write(beside(&f, "gate"), "").unwrap();
+    wait_for("the next run", LONG, || lines(&f.ledger).len() == 2);
+    f.wait_idle();
+    f.stop();
+    assert_eq!(lines(&f.ledger), [path("first"), path("second")]);
+    assert_eq!(lines(&beside(&f, "runs")).len(), 2);
+    f.assert_nothing_left();
+}
+
+#[test]
+fn ignore_mode_starts_nothing_for_changes_during_a_run_but_owes_them_to_the_next_run_or_start() {
+    let f = Fixture::new(
+        JOB,
+        &format!(
+            "[[trigger]]\nname = \"ign\"\nbatch = true\non_busy = \"ignore\"\n{}",
+            gated(false)
+        ),
+    );
+    f.start();
+    let path = |n: &str| f.tree.join(n).display().to_string();
+    let runs = || lines(&beside(&f, "runs")).len();
+    std::fs::write(f.tree.join("first"), "1").unwrap();
+    wait_for("the first run to be held at its gate", LONG, || {
+        lines(&f.ledger).len() == 1 && runs() == 1
+    });
+    for name in ["d1", "d2", "d3"] {
+        std::fs::write(f.tree.join(name), "2").unwrap();
+    }
+    wait_for("the changes to be owed", LONG, || {
+        batch_status(&f, "ign").is_some_and(|b| b["owed"] == 3)
+    });
+    std::fs::write(beside(&f, "gate"), "").unwrap();
+    // The run is over and what came during it is still owed: no run started for it.
+    wait_for("the first run to end, its followers owed", LONG, || {
+        batch_status(&f, "ign").is_some_and(|b| b["running"] == false && b["owed"] == 3)
+    });
+    assert_eq!(runs(), 1, "a run started for changes made during a run");
+    assert_eq!(f.status().1["queue"]["backlog"], 3);
+
+    // A later change starts the next run, which gets them all.
+    std::fs::write(f.tree.join("later"), "3").unwrap();
+    wait_for("the next run", LONG, || lines(&f.ledger).len() == 5);
+    wait_for("nothing owed", LONG, || {
+        batch_status(&f, "ign").is_some_and(|b| b["running"] == false && b["owed"] == 0)
+    });
+    assert_eq!(runs(), 2, "{:?}", lines(&f.ledger));
+    let mut second = lines(&f.ledger)[1..].to_vec();
+    second.sort();
+    assert_eq!(second, [path("d1"), path("d2"), path("d3"), path("later")]);
+
+    // Owed when ward stops, they run at the next start.
+    std::fs::remove_file(beside(&f, "gate")).unwrap();
+    std::fs::write(f.tree.join("again"), "4").unwrap();
+    wait_for("a third run held at its gate", LONG, || runs() == 3);
+    std::fs::write(f.tree.join("owed"), "5").unwrap();
+    wait_for("the change to be owed", LONG, || {
+        batch_status(&f, "ign").is_some_and(|b| b["owed"] == 1)
+    });
+    std::fs::write(beside(&f, "gate"), "").unwrap();
+    wait_for("the third run to end", LONG, || {
+        batch_status(&f, "ign").is_some_and(|b| b["running"] == false)
+    });
+    f.stop();
+    assert_eq!(runs(), 3);
+    f.start();
+    wait_for("the owed path to run at the start", LONG, || {
+        lines(&f.ledger).last() == Some(&path("owed"))
+    });
+    f.wait_idle();
+    f.stop();
+    assert_eq!(counts(&lines(&f.ledger)).len(), 7, "{:?}", lines(&f.ledger));
+    assert_eq!(runs(), 4);
+}
+
+/// Threads of process `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Holds a run of batch trigger `b` (writing to `{ledger}.old`) with a path owed, reloads with
+/// `replacement` instead of it (its command writes to `{ledger}.new`), and checks that the owed
+/// path runs with the old command, the runner then ends, and a later change goes to the new one.
+fn owed_paths_survive_a_reload_to(replacement: &str, new_name: &str) {
+    let old = "[[trigger]]\nname = \"b\"\nbatch = true\n\
+               exec = [\"sh\", \"-c\", 'cat >> {ledger}.old; \
+               while [ ! -e {ledger}.gate ]; do sleep 0.02; done']\n";
+    let f = Fixture::new(JOB, old);
+    f.start();
+    let path = |n: &str| f.tree.join(n).display().to_string();
+    let (old_ledger, new_ledger) = (beside(&f, "old"), beside(&f, "new"));
+    std::fs::write(f.tree.join("first"), "1").unwrap();
+    wait_for("the first run to be held at its gate", LONG, || {
+        lines(&old_ledger).len() == 1
+    });
+    std::fs::write(f.tree.join("owed"), "2").unwrap();
+    wait_for("the change to be owed", LONG, || {
+        batch_status(&f, "b").is_some_and(|b| b["owed"] == 1)
+    });
+    let config = std::fs::read_to_string(&f.config).unwrap();
+    let start = config.find("[[trigger]]").unwrap();
+    std::fs::write(
+        &f.config,
+        format!(
+            "{}{}",
+            &config[..start],
+            replacement.replace("{ledger}", f.ledger.to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    let out = f.run(&["reload"]);
+    assert!(out.status.success(), "{out:?}\n{}", f.log());
+    let b = batch_status(&f, "b").expect("the retired runner is still there");
+    assert_eq!(b["retired"], true, "{b}");
+    assert_eq!(b["owed"], 1, "{b}");
+    let server = server_pid(&f);
+    assert_eq!(threads_named(server, "ward-batch-b"), 1);
+
+    std::fs::write(beside(&f, "gate"), "").unwrap();
+    wait_for(
+        "the owed path to run with the trigger that matched it",
+        LONG,
+        || lines(&old_ledger) == [path("first"), path("owed")],
+    );
+    wait_for("the retired runner to end", LONG, || {
+        threads_named(server, "ward-batch-b") == 0
+    });
+    assert_eq!(lines(&new_ledger), Vec::<String>::new());
+    std::fs::write(f.tree.join("after"), "3").unwrap();
+    wait_for("the new trigger's run", LONG, || {
+        lines(&new_ledger) == [path("after")]
+    });
+    f.wait_idle();
+    assert!(
+        batch_status(&f, new_name).is_some_and(|b| b["retired"] == false),
+        "{}",
+        f.status().1
+    );
+    f.stop();
+    assert_eq!(lines(&old_ledger), [path("first"), path("owed")]);
+    f.assert_nothing_left();
+}
+
+#[test]
+fn paths_owed_to_a_batch_trigger_a_reload_changes_run_with_the_trigger_that_matched_them() {
+    owed_paths_survive_a_reload_to(
+        "[[trigger]]\nname = \"b\"\nbatch = true\nexec = [\"sh\", \"-c\", 'cat >> {ledger}.new']\n",
+        "b",
+    );
+}
+
+#[test]
+fn paths_owed_to_a_batch_trigger_a_reload_removes_run_with_the_trigger_that_matched_them() {
+    owed_paths_survive_a_reload_to(
+        "[[trigger]]\nname = \"other\"\nbatch = true\nexec = [\"sh\", \"-c\", 'cat >> {ledger}.new']\n",
+        "other",
     );
 }

@@ -3,7 +3,7 @@
 //! Two kinds of parts. Each crate's own benchmark example (`watch`, `queue`, `supervisor`,
 //! `crashdiag`, `server`) runs in release and prints its own tables; the figures of `queue`,
 //! `supervisor` and `server` are also collected into the summary. The cross-tool comparisons
-//! (`latency`, `burst`, `dispatch`, `startup`, `idle`, in `compare`) drive the real `ward` daemon
+//! (`latency`, `burst`, `batch`, `dispatch`, `startup`, `idle`, in `compare`) drive the real `ward` daemon
 //! and its alternatives: watchexec, notify-debouncer-full, plain spawns and pipes. At the end one
 //! table shows every figure beside its anchor from the same run; `--json FILE` writes it as JSON.
 
@@ -33,12 +33,13 @@ const CRATE_BENCHES: [(&str, &str); 5] = [
 ];
 
 /// The comparisons that drive the `ward` binary.
-const COMPARISONS: [&str; 5] = ["latency", "burst", "dispatch", "startup", "idle"];
+const COMPARISONS: [&str; 6] = ["latency", "burst", "batch", "dispatch", "startup", "idle"];
 
 /// The order of a full run: comparisons and the crate benches they lean on, then the rest.
-const ORDER: [&str; 10] = [
+const ORDER: [&str; 11] = [
     "latency",
     "burst",
+    "batch",
     "queue",
     "dispatch",
     "supervisor",
@@ -50,7 +51,7 @@ const ORDER: [&str; 10] = [
 ];
 
 const USAGE: &str = "usage: cargo xtask bench [--only NAME] [--json FILE] [--quick] [--idle-secs N] [--no-install] [--keep-scratch]\n\
-parts: latency, burst, queue, dispatch, supervisor, startup, idle, watch, crashdiag, server";
+parts: latency, burst, batch, queue, dispatch, supervisor, startup, idle, watch, crashdiag, server";
 
 #[derive(Debug)]
 struct Options {
@@ -150,6 +151,7 @@ pub(crate) fn run(args: &[String]) -> ExitCode {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match (*part, &tools) {
                 ("latency", Some(t)) => compare::latency::run(t, &mut rows),
                 ("burst", Some(t)) => compare::burst::run(t, &mut rows),
+                ("batch", Some(t)) => compare::batch::run(t, &mut rows),
                 ("dispatch", Some(t)) => compare::dispatch::run(t, &mut rows),
                 ("startup", Some(t)) => compare::startup::run(t, &mut rows)
                     .and_then(|()| compare::startup::server_restart(t, &mut rows)),

@@ -13,7 +13,8 @@ use crate::handover::{Handover, KeeperView};
 use crate::jobs::{Event, Events};
 use crate::keeper::{KEEPER_BIN, keeper_main};
 use crate::protocol::{
-    ChangeLine, ChangesPage, ManifestStatus, QueueStatus, Request, ServerStatus, WatchStatus,
+    BatchStatus, ChangeLine, ChangesPage, ManifestStatus, QueueStatus, Request, ServerStatus,
+    WatchStatus,
 };
 use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Error, Launch, Outcome, control};
@@ -313,6 +314,7 @@ struct ServerPart {
     watch: WatchStatus,
     manifest: ManifestStatus,
     workers_idle: usize,
+    batches: Vec<BatchStatus>,
 }
 
 fn status_report(launch: &Launch) -> Result<StatusReport, Error> {
@@ -392,6 +394,7 @@ fn add_server_status(report: &mut StatusReport, reply: Result<ServerStatus, Erro
                 watch: server.watch,
                 manifest: server.manifest,
                 workers_idle: server.workers_idle,
+                batches: server.batches,
             });
         }
         Err(Error::Refused(reason)) => report.server_error = Some(reason),
@@ -431,6 +434,22 @@ fn print_status(report: &StatusReport) {
         );
         if let Some(why) = &q.held {
             println!("  jobs       none starts while memory is short: {why}");
+        }
+        for b in &server.batches {
+            let now = if b.running {
+                format!("running for {} path(s)", b.running_paths)
+            } else {
+                "not running".to_owned()
+            };
+            let retired = if b.retired {
+                ", retired by a reload: ends once it owes nothing"
+            } else {
+                ""
+            };
+            println!(
+                "  batch      {}: {now}, {} path(s) owed, {} run(s){retired}",
+                b.trigger, b.owed, b.runs
+            );
         }
         let m = &server.manifest;
         println!("  manifest   {} paths, sequence {}", m.paths, m.seq);

@@ -256,6 +256,32 @@ pub struct ServerStatus {
     pub manifest: ManifestStatus,
     /// Worker processes waiting for a job.
     pub workers_idle: usize,
+    /// Each batch trigger's runner (one per trigger that had a path since the server started).
+    #[serde(default)]
+    pub batches: Vec<BatchStatus>,
+}
+
+/// A batch trigger's runner, in [`ServerStatus::batches`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchStatus {
+    /// The trigger's name.
+    pub trigger: String,
+    /// Whether its command runs now.
+    #[serde(default)]
+    pub running: bool,
+    /// The paths given to the run going on (0 when none runs).
+    #[serde(default)]
+    pub running_paths: usize,
+    /// Paths owed to a later run: changed since the last run started, or kept for a failed
+    /// run's retry.
+    #[serde(default)]
+    pub owed: usize,
+    /// Runs started since the server started, retries included.
+    #[serde(default)]
+    pub runs: u64,
+    /// A reload removed or changed its trigger: it runs what it owes with it, then ends.
+    #[serde(default)]
+    pub retired: bool,
 }
 
 /// The job queue's counters, since the server started.
@@ -263,7 +289,7 @@ pub struct ServerStatus {
 pub struct QueueStatus {
     /// Jobs waiting for a worker.
     pub queued: usize,
-    /// Jobs running now.
+    /// Jobs running now, each running batch run counting one.
     pub running: usize,
     /// Jobs that succeeded.
     pub completed: u64,
@@ -282,7 +308,7 @@ pub struct QueueStatus {
     /// Why no job starts, while memory is below `min_available_mb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
-    /// Changes waiting for room in the queue.
+    /// Changes waiting for room in the queue, or owed to a batch trigger's next run.
     pub backlog: usize,
 }
 
@@ -563,6 +589,38 @@ mod tests {
             read_reply::<ServerStatus>(b"{\"ok\":true}"),
             Err(ReplyError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_status_without_batches_from_an_older_server_reads_as_none() {
+        let old = br#"{"v":1,"ok":true,"server_pid":7,"uptime_s":1,
+            "queue":{"queued":0,"running":0,"completed":0,"failed":0,"retried":0,"coalesced":0,
+                     "rejected":0,"dead":0,"paused":false,"backlog":0},
+            "watch":{"events":0,"pending":0,"peak_pending":0,"watches":1,"batches":0,
+                     "dropped_events":0,"failed_watches":0,"polled_roots":0},
+            "manifest":{"paths":0,"seq":0,"unrecorded":0,"write_error":null,"gave_up":0},
+            "workers_idle":0}"#;
+        let old: Vec<u8> = old.iter().copied().filter(|&b| b != b'\n').collect();
+        let status = read_reply::<ServerStatus>(&old).unwrap();
+        assert_eq!(status.batches, []);
+        let mut now = status.clone();
+        now.batches.push(BatchStatus {
+            trigger: "build".into(),
+            running: true,
+            running_paths: 12,
+            owed: 3,
+            runs: 5,
+            retired: false,
+        });
+        let line = reply_line(&Ok(Reply::Status(Box::new(now.clone()))));
+        assert!(
+            std::str::from_utf8(&line).unwrap().contains(
+                r#""batches":[{"owed":3,"retired":false,"running":true,"running_paths":12,"runs":5,"trigger":"build"}]"#
+            ),
+            "{}",
+            String::from_utf8_lossy(&line)
+        );
+        assert_eq!(read_reply::<ServerStatus>(&line), Ok(now));
     }
 
     #[test]

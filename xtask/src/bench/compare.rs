@@ -9,6 +9,7 @@
 //! Each part is a module below; this file holds what they share: the tools, the daemons and
 //! processes they start (stopped on drop, and by [`interrupted`]), and the reading of stamp logs.
 
+pub(crate) mod batch;
 pub(crate) mod burst;
 pub(crate) mod dispatch;
 pub(crate) mod idle;

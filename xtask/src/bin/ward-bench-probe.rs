@@ -16,6 +16,10 @@
 //!   the client and the worker run on the CPU the client started on.
 //! - `events LOG`: the job of watchexec's burst: reads the batch's events as JSON lines on stdin
 //!   (`--emit-events-to=json-stdio`) and appends `<ns> <path> <path>...` to LOG.
+//! - `paths LOG`: the command of the `batch` comparison, the same for ward and watchexec: reads
+//!   the paths of its run, one per line, from the file named by `WATCHEXEC_EVENTS_FILE`
+//!   (watchexec's `--emit-events-to=file`, each line `kind:path`) or else from stdin (a ward
+//!   batch trigger), and once they are all read appends `<ns> <path> <path>...` to LOG.
 //! - `walk DIR`: prints the files under DIR and the nanoseconds a plain recursive walk took.
 //!
 //! Times are `CLOCK_MONOTONIC` nanoseconds, comparable across processes on one machine.
@@ -54,9 +58,10 @@ fn main() -> ExitCode {
         ["pipe-client", n, tree, "--", cmd @ ..] => pipe_client(n, tree, false, cmd),
         ["pipe-client", n, tree, "--same-cpu", "--", cmd @ ..] => pipe_client(n, tree, true, cmd),
         ["events", log] => events(started, Path::new(log)),
+        ["paths", log] => paths(Path::new(log)),
         ["walk", dir] => walk(Path::new(dir)),
         _ => {
-            Err("usage: ward-bench-probe stamp|worker|debouncer|spawn-loop|pipe-client|walk".into())
+            Err("usage: ward-bench-probe stamp|worker|debouncer|spawn-loop|pipe-client|events|paths|walk".into())
         }
     };
     match result {
@@ -104,6 +109,29 @@ fn events(started: u64, log: &Path) -> Result {
         }
     }
     line.push('\n');
+    append(log)?.write_all(line.as_bytes())?;
+    Ok(())
+}
+
+fn paths(log: &Path) -> Result {
+    let input: Box<dyn BufRead> = match std::env::var_os("WATCHEXEC_EVENTS_FILE") {
+        Some(file) => Box::new(BufReader::new(File::open(file)?)),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut line = String::new();
+    for given in input.lines() {
+        let given = given?;
+        // watchexec's `create:/abs/path`; ward's paths are absolute as they are.
+        let path = match given.split_once(':') {
+            Some((kind, path)) if !kind.starts_with('/') => path,
+            _ => given.as_str(),
+        };
+        if !path.is_empty() {
+            line.push(' ');
+            line.push_str(path);
+        }
+    }
+    let line = format!("{}{line}\n", now_ns());
     append(log)?.write_all(line.as_bytes())?;
     Ok(())
 }

@@ -114,12 +114,13 @@ fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
     let w = from.watcher.stats();
     let (paths, seq) = tracker.stats();
     let (unrecorded, write_error) = tracker.backlog();
+    let (batches, batches_running) = from.backlog.batches.status();
     ServerStatus {
         server_pid: std::process::id(),
         uptime_s: from.started.elapsed().as_secs(),
         queue: QueueStatus {
             queued: m.queued,
-            running: m.running,
+            running: m.running + batches_running,
             completed: m.completed,
             failed: m.failed,
             retried: m.retried,
@@ -148,6 +149,7 @@ fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
             gave_up: tracker.gave_up(),
         },
         workers_idle: from.dispatcher.idle_workers(),
+        batches,
     }
 }
 

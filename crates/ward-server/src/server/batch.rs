@@ -31,6 +31,7 @@ use crate::jobs::{CompiledTrigger, Event, Job, Triggers};
 use crate::manifest::{Failure, FileMeta, Update};
 use crate::outcomes::OutcomeSender;
 use crate::output::{JOB_SHARE, LogShare};
+use crate::protocol::BatchStatus;
 use crate::state::{StateDir, unix_now};
 
 /// The shortest settle window: a burst's paths reach the loop in many watcher batches, a few
@@ -96,6 +97,13 @@ struct Owed {
     retired: bool,
     /// The thread has ended (or is ending): an offer makes a new runner.
     ended: bool,
+    /// The paths of the running command (0: none runs), for `ward status`.
+    running: usize,
+    /// Paths the runner holds for its next attempt (a failed run's, a restarted run's), not in
+    /// `jobs`.
+    held: usize,
+    /// Runs started, retries included.
+    runs: u64,
 }
 
 impl Batches {
@@ -159,6 +167,32 @@ impl Batches {
             .iter()
             .map(|r| r.shared.owed.lock().jobs.len())
             .sum()
+    }
+
+    /// What `ward status` shows of each runner whose thread has not ended, and how many of
+    /// them run their command now.
+    pub(super) fn status(&self) -> (Vec<BatchStatus>, usize) {
+        let mut running = 0;
+        let shown = self
+            .runners
+            .iter()
+            .filter_map(|r| {
+                let owed = r.shared.owed.lock();
+                if owed.ended {
+                    return None;
+                }
+                running += usize::from(owed.running > 0);
+                Some(BatchStatus {
+                    trigger: r.trigger.name().to_owned(),
+                    running: owed.running > 0,
+                    running_paths: owed.running,
+                    owed: owed.jobs.len() + owed.held,
+                    runs: owed.runs,
+                    retired: owed.retired,
+                })
+            })
+            .collect();
+        (shown, running)
     }
 
     /// After a reload: the runners of triggers no longer in `triggers` run what they owe, then
@@ -320,6 +354,7 @@ impl<'a> RunnerThread<'a> {
                     self.failed.remove(&path);
                     self.run.insert(path, job);
                 }
+                owed.held = self.run.len();
                 owed.first_arrival = None;
                 owed.last_arrival = None;
                 owed.arrivals
@@ -333,11 +368,16 @@ impl<'a> RunnerThread<'a> {
                     self.shared.owed.lock().ended = true;
                     return;
                 }
-                Ran::Restarted => continue,
+                Ran::Restarted => {}
             }
+            // One lock: `ward status` never sees the run over while an ignored change is still
+            // free to start the next one.
+            let mut owed = self.shared.owed.lock();
             if self.settings.on_busy == OnBusy::Ignore {
-                self.shared.owed.lock().woken = false;
+                owed.woken = false;
             }
+            owed.running = 0;
+            owed.held = self.run.len();
         }
     }
 
@@ -435,6 +475,12 @@ impl<'a> RunnerThread<'a> {
             })
         };
         let oom_before = oom_before(process);
+        {
+            let mut owed = self.shared.owed.lock();
+            owed.runs += 1;
+            owed.running = paths.len();
+            owed.held = 0;
+        }
         let mut child = match Child::spawn_inline(&spec) {
             Ok(child) => child,
             Err(e) => {

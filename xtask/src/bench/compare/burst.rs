@@ -15,26 +15,43 @@ use super::{Owned, Tools, Ward, watchexec_command};
 
 /// What one burst gave.
 #[derive(Debug)]
-struct Burst {
-    write_s: f64,
+pub(super) struct Burst {
+    pub write_s: f64,
     /// From the first write until every path was accounted for (or the run gave up).
-    done_s: f64,
-    share: f64,
+    pub done_s: f64,
+    pub share: f64,
     /// The highest RSS of the watching process seen during the burst (sampled every ~20 ms):
     /// unlike `VmHWM`, not inflated by whatever the process touched while starting.
-    peak_rss_mb: f64,
+    pub peak_rss_mb: f64,
+    /// The lines of the log (for the `batch` part: the command's runs).
+    pub lines: usize,
+    /// From the first write to the latest stamp a log line starts with (for the `batch` part:
+    /// the end of the last run), in seconds.
+    pub last_stamp_s: f64,
 }
 
 /// Writes `n` new files `d{i % 50}/f{i}` as fast as it can and waits until `log` accounts for
 /// every index, `limit` passes after the last write, or nothing moves for 30 s, sampling the RSS
 /// of `watcher` all along.
-fn burst_files(tree: &Path, log: &Path, n: usize, limit: Duration, watcher: u32) -> Result<Burst> {
+pub(super) fn burst_files(
+    tree: &Path,
+    log: &Path,
+    n: usize,
+    limit: Duration,
+    watcher: u32,
+) -> Result<Burst> {
     let mut tail = LogTail::new(log);
     let mut seen = vec![false; n];
     let mut accounted = 0;
+    let (mut lines, mut last_stamp) = (0, 0);
     let mut account = |tail: &mut LogTail| {
         for line in tail.lines() {
-            for word in line.split_whitespace().skip(1) {
+            lines += 1;
+            let mut words = line.split_whitespace();
+            if let Some(stamp) = words.next().and_then(|w| w.parse::<u64>().ok()) {
+                last_stamp = last_stamp.max(stamp);
+            }
+            for word in words {
                 if let Some(i) = file_index(word).filter(|&i| i < n)
                     && !seen[i]
                 {
@@ -51,6 +68,7 @@ fn burst_files(tree: &Path, log: &Path, n: usize, limit: Duration, watcher: u32)
             peak_rss_mb = peak_rss_mb.max(rss);
         }
     };
+    let t0_ns = procs::now_ns();
     let t0 = Instant::now();
     for i in 0..n {
         fs::write(tree.join(format!("d{}/f{i}", i % 50)), "x")?;
@@ -75,15 +93,20 @@ fn burst_files(tree: &Path, log: &Path, n: usize, limit: Duration, watcher: u32)
         last = now;
     }
     sample();
+    let done_s = t0.elapsed().as_secs_f64();
+    // What was appended since the loop's last read; the closure's borrows end here.
+    let last = account(&mut tail);
     Ok(Burst {
         write_s,
-        done_s: t0.elapsed().as_secs_f64(),
+        done_s,
         share: last as f64 / n as f64,
         peak_rss_mb,
+        lines,
+        last_stamp_s: last_stamp.saturating_sub(t0_ns) as f64 / 1e9,
     })
 }
 
-fn make_dirs(tree: &Path) -> Result<()> {
+pub(super) fn make_dirs(tree: &Path) -> Result<()> {
     for d in 0..50 {
         fs::create_dir_all(tree.join(format!("d{d}")))?;
     }
