@@ -298,7 +298,8 @@ fn check_shows_each_triggers_settings_and_refuses_a_bad_one_at_its_place() {
         concat!(
             "[[trigger]]\nname = \"plain\"\nglob = [\"*.a\"]\nexec = [\"true\"]\n",
             "[[trigger]]\nname = \"tuned\"\nexec = [\"true\"]\n",
-            "env = { TOKEN = \"hunter2\" }\ntimeout_s = 5\nstop_signal = \"SIGINT\"\nnice = 10\n",
+            "env = { TOKEN = \"hunter2\" }\ntimeout_s = 5\nstop_signal = \"SIGINT\"\n",
+            "retries = 4\nconcurrency = 1\nnice = 10\n",
         ),
     );
     let out = f.run(&["check"]);
@@ -311,7 +312,8 @@ fn check_shows_each_triggers_settings_and_refuses_a_bad_one_at_its_place() {
         .expect("the tuned trigger is listed");
     assert_eq!(
         lines[tuned + 1].trim(),
-        "env = TOKEN (values not shown), timeout_s = 5, stop_signal = SIGINT, nice = 10",
+        "env = TOKEN (values not shown), timeout_s = 5, stop_signal = SIGINT, nice = 10, \
+         retries = 4, backoff_s = 0.1, backoff_max_s = 30, concurrency = 1",
         "{stdout}"
     );
     let plain = lines
@@ -327,7 +329,7 @@ fn check_shows_each_triggers_settings_and_refuses_a_bad_one_at_its_place() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "ward.toml:20:7: trigger \"tuned\": cwd = \"nowhere\": {} is not a directory",
+            "ward.toml:22:7: trigger \"tuned\": cwd = \"nowhere\": {} is not a directory",
             f.dir.path().join("nowhere").display()
         )),
         "{stderr}"

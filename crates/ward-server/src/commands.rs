@@ -649,7 +649,19 @@ pub fn check(launch: &Launch) -> Outcome {
             });
             println!("  trigger {} ({globs}{events}{batch})", trigger.name);
             // What its processes get that a trigger setting nothing would not.
-            let settings = trigger.process.differences(&defaults);
+            let mut settings = trigger.process.differences(&defaults);
+            let retry = trigger.retry;
+            if retry != config.retry {
+                settings.push(format!(
+                    "retries = {}, backoff_s = {}, backoff_max_s = {}",
+                    retry.retries,
+                    retry.backoff.as_secs_f64(),
+                    retry.backoff_max.as_secs_f64()
+                ));
+            }
+            if let Some(most) = trigger.concurrency {
+                settings.push(format!("concurrency = {most}"));
+            }
             if !settings.is_empty() {
                 println!("          {}", settings.join(", "));
             }
