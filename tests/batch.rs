@@ -68,7 +68,7 @@ fn server_pid(f: &Fixture) -> u32 {
 }
 
 #[test]
-fn a_burst_of_twenty_thousand_files_is_a_handful_of_runs_that_get_every_path_once() {
+fn a_burst_of_fifty_thousand_files_is_a_handful_of_runs_that_get_every_path_once() {
     let f = Fixture::new(
         JOB,
         "[[trigger]]\nname = \"build\"\nbatch = true\n\
@@ -83,7 +83,7 @@ fn a_burst_of_twenty_thousand_files_is_a_handful_of_runs_that_get_every_path_onc
         "debounce_ms = 300\nmax_wait_ms = 120000",
     );
     f.start();
-    const N: usize = 20_000;
+    const N: usize = 50_000;
     for i in 0..N {
         std::fs::write(f.tree.join(format!("f{i}")), "x").unwrap();
     }
