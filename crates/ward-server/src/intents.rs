@@ -82,15 +82,23 @@ impl Intents {
     /// Records that a job on `path` starts. A failure (a full disk) is logged once per spell
     /// and otherwise survived: the job runs, with the window the journal closes open again.
     pub(crate) fn record(&self, path: &Path) {
-        let mut entry = Vec::with_capacity(path.as_os_str().len() + 1);
-        entry.extend_from_slice(path.as_os_str().as_bytes());
-        entry.push(0);
+        self.record_all(std::slice::from_ref(&path));
+    }
+
+    /// [`Intents::record`] for the paths of one batch run, in one write instead of one each.
+    pub(crate) fn record_all(&self, paths: &[impl AsRef<Path>]) {
+        let len = paths.iter().map(|p| p.as_ref().as_os_str().len() + 1).sum();
+        let mut entry = Vec::with_capacity(len);
+        for path in paths {
+            entry.extend_from_slice(path.as_ref().as_os_str().as_bytes());
+            entry.push(0);
+        }
         let mut live = self.live.lock();
         let Some(file) = live.file.as_mut() else {
             return;
         };
-        // One write: an entry is whole or, after a kill mid-write, a torn tail that names no
-        // real path and is harmless.
+        // One write: the entries are whole or, after a kill mid-write, a torn tail that names
+        // no real path and is harmless.
         match file.write_all(&entry) {
             Ok(()) => live.failing = false,
             Err(e) => {

@@ -422,9 +422,7 @@ impl<'a> RunnerThread<'a> {
         paths.dedup();
         // Before the command can tell its consumer anything: a killed server's next start still
         // knows of each path.
-        for path in &paths {
-            self.cx.intents.record(path);
-        }
+        self.cx.intents.record_all(&paths);
         let bytes = encode_paths(&paths, self.settings.paths_nul);
         // A copy for the command's convenience: the paths are on its stdin in any case, so a
         // state directory that cannot take the file (a full disk) costs the copy, not the run.
