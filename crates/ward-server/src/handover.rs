@@ -64,6 +64,7 @@ impl Handover {
     /// # Errors
     /// If the file cannot be written.
     pub fn offer(&self, state: &StateDir) -> Result<PathBuf, Error> {
+        remove_stale_offers(state);
         let path = state.join(&format!("{}.{}", names::HANDOVER, std::process::id()));
         self.write_to(&path)?;
         Ok(path)
@@ -113,6 +114,31 @@ impl Handover {
             let _ = fs::remove_file(&tmp);
         }
         written.map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+}
+
+/// Removes the offers (and their temporary files) of processes that are gone: a command line
+/// killed between writing its offer and a keeper taking it leaves one, which nothing else reads.
+fn remove_stale_offers(state: &StateDir) {
+    let Ok(entries) = fs::read_dir(state.path()) else {
+        return;
+    };
+    let prefix = format!("{}.", names::HANDOVER);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .map(|rest| rest.trim_end_matches(".tmp"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !ward_sys::is_alive(pid)
+            && let Err(e) = fs::remove_file(entry.path())
+        {
+            log::warn!("removing the stale offer {}: {e}", entry.path().display());
+        }
     }
 }
 
@@ -316,5 +342,29 @@ mod tests {
         other.record(&state).unwrap();
         let e = Handover::read(&state).unwrap_err().to_string();
         assert!(e.contains("0.0.1-other") && e.contains(VERSION), "{e}");
+    }
+
+    /// Regression: an offer left by a command line killed before a keeper took it stayed in the
+    /// state directory for good.
+    #[test]
+    fn an_offer_of_a_process_that_is_gone_is_removed_by_the_next_offer() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let stale = state.join(&format!("{}.{gone}", names::HANDOVER));
+        let stale_tmp = state.join(&format!("{}.{gone}.tmp", names::HANDOVER));
+        let live = state.join(&format!("{}.1", names::HANDOVER));
+        for file in [&stale, &stale_tmp, &live] {
+            fs::write(file, "{}").unwrap();
+        }
+        let mine = handover(dir.path()).offer(&state).unwrap();
+        assert!(mine.exists());
+        assert!(
+            !stale.exists() && !stale_tmp.exists(),
+            "a stale offer is left"
+        );
+        assert!(live.exists(), "pid 1's offer is not stale");
     }
 }
