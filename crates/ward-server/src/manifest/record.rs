@@ -24,17 +24,19 @@ pub(super) fn encode_event(event: Event) -> u8 {
     }
 }
 
-pub(super) fn decode_event(byte: u8) -> Event {
+/// The event of `byte`; `None` for a byte no version of ward writes (a damaged store).
+pub(super) fn decode_event(byte: u8) -> Option<Event> {
     match byte {
-        0 => Event::Created,
-        2 => Event::Removed,
-        3 => Event::Renamed,
-        _ => Event::Modified,
+        0 => Some(Event::Created),
+        1 => Some(Event::Modified),
+        2 => Some(Event::Removed),
+        3 => Some(Event::Renamed),
+        _ => None,
     }
 }
 
 pub(super) fn encode_record(r: &Record) -> Vec<u8> {
-    let mut out = Vec::with_capacity(52);
+    let mut out = Vec::with_capacity(51);
     out.push(RECORD_VERSION);
     out.push(u8::from(r.processed.is_some()) | (u8::from(r.last_ok) << 1));
     out.push(encode_event(r.event));
@@ -55,7 +57,8 @@ pub(super) fn decode_record(b: &[u8]) -> Option<Record> {
         return None;
     }
     let flags = rest[0];
-    let event = decode_event(rest[1]);
+    // A record it cannot read is no record: its path is processed again (at least once).
+    let event = decode_event(rest[1])?;
     let word = |i: usize| {
         rest.get(i..i + 8)
             .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
@@ -78,4 +81,29 @@ pub(super) fn decode_record(b: &[u8]) -> Option<Record> {
         event,
         seq,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::fixtures::meta;
+
+    /// Regression: an event byte no version of ward writes was read as a modification, so a
+    /// damaged record passed for a real one.
+    #[test]
+    fn a_record_with_an_unknown_event_byte_is_no_record() {
+        let record = Record {
+            processed: Some(meta(3)),
+            last_ok: true,
+            event: Event::Renamed,
+            seq: 7,
+        };
+        let mut bytes = encode_record(&record);
+        assert_eq!(bytes.len(), 51, "a record with a version is 51 bytes");
+        assert_eq!(decode_record(&bytes), Some(record));
+        bytes[2] = 9;
+        assert_eq!(decode_record(&bytes), None);
+        assert_eq!(decode_event(1), Some(Event::Modified));
+        assert_eq!(decode_event(4), None);
+    }
 }

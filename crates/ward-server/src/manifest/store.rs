@@ -191,7 +191,17 @@ impl Manifest {
                     continue;
                 };
                 let old_path = (!old.is_empty()).then(|| path_of(old));
-                out.push((path_of(key.value()), decode_event(event), old_path));
+                let path = path_of(key.value());
+                // A job owed all the same: as a modification, which a gone file turns into its
+                // removal when the job is made.
+                let event = decode_event(event).unwrap_or_else(|| {
+                    log::warn!(
+                        "manifest: the pending job of {} has an unknown event ({event}); it runs as a modification",
+                        path.display()
+                    );
+                    Event::Modified
+                });
+                out.push((path, event, old_path));
             }
             Ok(out)
         })
