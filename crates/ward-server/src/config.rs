@@ -14,10 +14,12 @@ use crate::jobs::{Event, Events};
 
 mod identity;
 mod process;
+mod service;
 
 use identity::NameOrId;
 use process::Privileges;
 pub use process::{DEFAULT_STOP_SIGNAL, Identity, ProcessSettings};
+pub use service::{PolicyName, Service};
 
 /// Where in a config file a problem is, and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +132,9 @@ pub struct Config {
     pub keep_reports: usize,
     /// What runs on a change, first match wins.
     pub triggers: Vec<Trigger>,
+    /// Long-running programs ward keeps running, in the order declared (`[[service]]`).
+    #[serde(default)]
+    pub services: Vec<Service>,
 }
 
 /// A mapping from path globs to the handler that processes matching changes.
@@ -246,6 +251,8 @@ struct File {
     log: LogSection,
     #[serde(default, rename = "trigger")]
     triggers: Vec<At<TriggerSection>>,
+    #[serde(default, rename = "service")]
+    services: Vec<At<service::ServiceSection>>,
 }
 
 /// A value of the file with the place it was read from, so that an error found after parsing
@@ -689,8 +696,8 @@ impl Config {
                 None => None,
             };
             let process = ProcessSettings::resolve(
-                &t,
-                &name,
+                t.process_keys(),
+                &format!("trigger {name:?}"),
                 &process_defaults,
                 &base,
                 privileges,
@@ -709,10 +716,18 @@ impl Config {
                 batch,
             });
         }
-        if config.triggers.is_empty() {
+        config.services = service::resolve_all(
+            parsed.services,
+            &process_defaults,
+            &base,
+            privileges,
+            &refuse_at,
+        )?;
+        // A service is something to run too: a config may only keep programs running.
+        if config.triggers.is_empty() && config.services.is_empty() {
             return Err(error(
                 None,
-                "nothing to run: give a command after `--`, or [[trigger]] sections in a config file"
+                "nothing to run: give a command after `--`, or [[trigger]] or [[service]] sections in a config file"
                     .into(),
             ));
         }
@@ -761,6 +776,7 @@ impl Config {
             log_max_bytes: 10 * 1024 * 1024,
             keep_reports: 50,
             triggers: Vec::new(),
+            services: Vec::new(),
         }
     }
 }
@@ -1241,12 +1257,69 @@ recycle_after = 100
                 (4, 9),
                 "group = \"no-such-group-of-ward\": ",
             ),
+            // Services: name, command, policy and its intensity, at the value at fault.
+            (
+                "[[service]]\nname = \"db\"\ncommand = [\"a\"]\n[[service]]\nname = \"db\"\ncommand = [\"b\"]\n".into(),
+                (5, 8),
+                "service name \"db\" is taken",
+            ),
+            (
+                "[[service]]\nname = \"db\"\ncommand = []\n".into(),
+                (3, 11),
+                "service \"db\": the command is empty",
+            ),
+            (
+                "[[service]]\nname = \"db\"\ncommand = [\"a\"]\npolicy = \"forever\"\n".into(),
+                (4, 10),
+                "policy = \"forever\": must be",
+            ),
+            (
+                "[[service]]\nname = \"db\"\ncommand = [\"a\"]\nrestart_max = 0\n".into(),
+                (4, 15),
+                "restart_max = 0",
+            ),
+            (
+                "[[service]]\nname = \"db\"\ncommand = [\"a\"]\nnice = 40\n".into(),
+                (4, 8),
+                "service \"db\": nice = 40",
+            ),
         ];
         for (text, position, message) in cases {
             let err = parse(&text).unwrap_err();
             assert!(err.message.contains(message), "{text}\n{err}");
             assert_eq!(err.position, Some(position), "{text}\n{err}");
         }
+    }
+
+    #[test]
+    fn services_alone_are_something_to_run_and_read_with_their_policy() {
+        let config = parse(
+            "[[service]]\nname = \"web\"\ncommand = [\"srv\", \"-p\"]\n\
+             [[service]]\nname = \"db\"\ncommand = [\"db\"]\npolicy = \"pm2\"\nrestart_max = 2\nrestart_window_s = 5\nstop_signal = \"INT\"\n",
+        )
+        .unwrap();
+        assert!(config.triggers.is_empty());
+        let [web, db] = &config.services[..] else {
+            panic!("{:?}", config.services)
+        };
+        assert_eq!(web.command, ["srv", "-p"]);
+        assert_eq!(web.policy, PolicyName::Systemd, "systemd is the default");
+        assert_eq!(web.restart_policy(), ward_supervisor::RestartPolicy::systemd());
+        assert_eq!(db.process.stop_signal, libc::SIGINT);
+        let policy = db.restart_policy();
+        assert_eq!(policy.mode, ward_supervisor::RestartPolicy::pm2().mode);
+        assert_eq!(
+            policy.intensity,
+            Some(ward_supervisor::Intensity {
+                max_restarts: 2,
+                window: Duration::from_secs(5)
+            })
+        );
+        // A launch recorded before services existed has none.
+        let mut json = serde_json::to_value(&config).unwrap();
+        json.as_object_mut().unwrap().remove("services");
+        let old: Config = serde_json::from_value(json).unwrap();
+        assert!(old.services.is_empty());
     }
 
     #[test]

@@ -14,6 +14,41 @@ use serde::{Deserialize, Serialize};
 use super::identity::{self, NameOrId};
 use super::{At, ConfigError, TriggerSection};
 
+/// The process keys of a section (`[[trigger]]` or `[[service]]`), as read, with their places.
+/// Both sections resolve them with [`ProcessSettings::resolve`]; a section without a key (a
+/// service has no `timeout_s`) gives `&None`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ProcessKeys<'a> {
+    pub(super) env: &'a Option<At<BTreeMap<At<String>, At<String>>>>,
+    pub(super) env_remove: &'a Option<At<Vec<At<String>>>>,
+    pub(super) cwd: &'a Option<At<PathBuf>>,
+    pub(super) timeout_s: &'a Option<At<f64>>,
+    pub(super) stop_signal: &'a Option<At<String>>,
+    pub(super) stop_grace_s: &'a Option<At<f64>>,
+    pub(super) nice: &'a Option<At<i64>>,
+    pub(super) memory_max_mb: &'a Option<At<u64>>,
+    pub(super) user: &'a Option<At<NameOrId>>,
+    pub(super) group: &'a Option<At<NameOrId>>,
+}
+
+impl TriggerSection {
+    /// Its process keys.
+    pub(super) fn process_keys(&self) -> ProcessKeys<'_> {
+        ProcessKeys {
+            env: &self.env,
+            env_remove: &self.env_remove,
+            cwd: &self.cwd,
+            timeout_s: &self.timeout_s,
+            stop_signal: &self.stop_signal,
+            stop_grace_s: &self.stop_grace_s,
+            nice: &self.nice,
+            memory_max_mb: &self.memory_max_mb,
+            user: &self.user,
+            group: &self.group,
+        }
+    }
+}
+
 /// How a trigger's processes are started and stopped, with the defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessSettings {
@@ -141,19 +176,18 @@ impl ProcessSettings {
         }
     }
 
-    /// The settings of trigger `name`'s section `t`: its keys checked, resolved against `base`
-    /// (the config file's directory) and ward's `privileges`, and `defaults` for the rest.
-    /// `error` makes the error about the value at a span.
+    /// The settings of the section `t` of `owner` (`trigger "name"`, `service "name"`): its keys
+    /// checked, resolved against `base` (the config file's directory) and ward's `privileges`,
+    /// and `defaults` for the rest. `error` makes the error about the value at a span.
     pub(super) fn resolve(
-        t: &TriggerSection,
-        name: &str,
+        t: ProcessKeys<'_>,
+        owner: &str,
         defaults: &ProcessSettings,
         base: &Path,
         privileges: Privileges,
         error: &dyn Fn(&Range<usize>, String) -> ConfigError,
     ) -> Result<ProcessSettings, ConfigError> {
-        let refuse =
-            |span: &Range<usize>, what: String| error(span, format!("trigger {name:?}: {what}"));
+        let refuse = |span: &Range<usize>, what: String| error(span, format!("{owner}: {what}"));
         let mut settings = defaults.clone();
         if let Some(env) = &t.env {
             for (key, value) in env.get_ref() {
@@ -223,9 +257,9 @@ impl ProcessSettings {
                 )),
             }
         };
-        settings.timeout = seconds(&t.timeout_s, "timeout_s", MAX_TIMEOUT_S, defaults.timeout)?;
+        settings.timeout = seconds(t.timeout_s, "timeout_s", MAX_TIMEOUT_S, defaults.timeout)?;
         settings.stop_grace = seconds(
-            &t.stop_grace_s,
+            t.stop_grace_s,
             "stop_grace_s",
             MAX_STOP_GRACE_S,
             defaults.stop_grace,
@@ -433,8 +467,8 @@ mod tests {
             message,
         };
         ProcessSettings::resolve(
-            &section,
-            "t",
+            section.process_keys(),
+            "trigger \"t\"",
             &defaults,
             Path::new("/base"),
             privileges,
