@@ -14,7 +14,7 @@ use crate::jobs::{Event, Events};
 use crate::keeper::{KEEPER_BIN, keeper_main};
 use crate::protocol::{
     BatchStatus, ChangeLine, ChangesPage, ManifestStatus, QueueStatus, Request, ServerStatus,
-    WatchStatus,
+    ServiceStatus, WatchStatus,
 };
 use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Error, Launch, Outcome, control};
@@ -315,6 +315,7 @@ struct ServerPart {
     manifest: ManifestStatus,
     workers_idle: usize,
     batches: Vec<BatchStatus>,
+    services: Vec<ServiceStatus>,
 }
 
 fn status_report(launch: &Launch) -> Result<StatusReport, Error> {
@@ -395,6 +396,7 @@ fn add_server_status(report: &mut StatusReport, reply: Result<ServerStatus, Erro
                 manifest: server.manifest,
                 workers_idle: server.workers_idle,
                 batches: server.batches,
+                services: server.services,
             });
         }
         Err(Error::Refused(reason)) => report.server_error = Some(reason),
@@ -449,6 +451,24 @@ fn print_status(report: &StatusReport) {
             println!(
                 "  batch      {}: {now}, {} path(s) owed, {} run(s){retired}",
                 b.trigger, b.owed, b.runs
+            );
+        }
+        for s in &server.services {
+            let pid = s.pid.map_or_else(String::new, |pid| format!(", pid {pid}"));
+            let up = if s.pid.is_some() {
+                format!(", up {} s", s.uptime_s)
+            } else {
+                String::new()
+            };
+            let cause = s
+                .last_cause
+                .as_ref()
+                .map_or_else(String::new, |c| format!(", last: {c}"));
+            println!(
+                "  service    {}: {}{pid}{up}, {} restart(s){cause}",
+                s.name,
+                s.state.as_str(),
+                s.restarts
             );
         }
         let m = &server.manifest;
@@ -661,6 +681,24 @@ pub fn check(launch: &Launch) -> Outcome {
             }
             if let Some(most) = trigger.concurrency {
                 settings.push(format!("concurrency = {most}"));
+            }
+            if !settings.is_empty() {
+                println!("          {}", settings.join(", "));
+            }
+        }
+        for service in &config.services {
+            println!(
+                "  service {} ({}, policy {})",
+                service.name,
+                service.command.join(" "),
+                service.policy.as_str()
+            );
+            let mut settings = service.process.differences(&defaults);
+            if let Some((max, window)) = service.intensity {
+                settings.push(format!(
+                    "restart_max = {max}, restart_window_s = {}",
+                    window.as_secs_f64()
+                ));
             }
             if !settings.is_empty() {
                 println!("          {}", settings.join(", "));

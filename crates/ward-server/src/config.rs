@@ -1304,7 +1304,10 @@ recycle_after = 100
         };
         assert_eq!(web.command, ["srv", "-p"]);
         assert_eq!(web.policy, PolicyName::Systemd, "systemd is the default");
-        assert_eq!(web.restart_policy(), ward_supervisor::RestartPolicy::systemd());
+        assert_eq!(
+            web.restart_policy(),
+            ward_supervisor::RestartPolicy::systemd()
+        );
         assert_eq!(db.process.stop_signal, libc::SIGINT);
         let policy = db.restart_policy();
         assert_eq!(policy.mode, ward_supervisor::RestartPolicy::pm2().mode);

@@ -259,6 +259,59 @@ pub struct ServerStatus {
     /// Each batch trigger's runner (one per trigger that had a path since the server started).
     #[serde(default)]
     pub batches: Vec<BatchStatus>,
+    /// Each service (`[[service]]`), in the order declared.
+    #[serde(default)]
+    pub services: Vec<ServiceStatus>,
+}
+
+/// A service, in [`ServerStatus::services`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Its name.
+    pub name: String,
+    /// Where it is in its life.
+    pub state: ServiceState,
+    /// The pid of its process, while one runs.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Seconds its current process has run (0 when none runs).
+    #[serde(default)]
+    pub uptime_s: u64,
+    /// Restarts since the server started.
+    #[serde(default)]
+    pub restarts: u32,
+    /// How its last process ended, in words (the crash report's verdict for a death).
+    #[serde(default)]
+    pub last_cause: Option<String>,
+}
+
+/// Where a service is, in [`ServiceStatus::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceState {
+    /// Running, but not yet for its policy's stable-run time.
+    Starting,
+    /// Running.
+    Running,
+    /// Dead, waiting out the backoff before it is started again.
+    BackingOff,
+    /// Dead for good: it died faster than its policy's intensity allows, or could not start.
+    GaveUp,
+    /// Dead for good: stopped, or its policy does not restart it after that exit.
+    Stopped,
+}
+
+impl ServiceState {
+    /// Its name, as the JSON says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Starting => "starting",
+            ServiceState::Running => "running",
+            ServiceState::BackingOff => "backing-off",
+            ServiceState::GaveUp => "gave-up",
+            ServiceState::Stopped => "stopped",
+        }
+    }
 }
 
 /// A batch trigger's runner, in [`ServerStatus::batches`].
@@ -617,6 +670,23 @@ mod tests {
             std::str::from_utf8(&line).unwrap().contains(
                 r#""batches":[{"owed":3,"retired":false,"running":true,"running_paths":12,"runs":5,"trigger":"build"}]"#
             ),
+            "{}",
+            String::from_utf8_lossy(&line)
+        );
+        assert_eq!(read_reply::<ServerStatus>(&line), Ok(now.clone()));
+        // Services too: none from an older server, and their state in kebab case.
+        assert_eq!(status.services, []);
+        now.services.push(ServiceStatus {
+            name: "web".into(),
+            state: ServiceState::BackingOff,
+            pid: None,
+            uptime_s: 0,
+            restarts: 2,
+            last_cause: Some("killed by signal SIGKILL".into()),
+        });
+        let line = reply_line(&Ok(Reply::Status(Box::new(now.clone()))));
+        assert!(
+            String::from_utf8_lossy(&line).contains(r#""state":"backing-off""#),
             "{}",
             String::from_utf8_lossy(&line)
         );

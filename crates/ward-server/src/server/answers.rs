@@ -32,6 +32,8 @@ pub(super) struct Sources<'a> {
     pub started: Instant,
     /// Why no job starts, while memory is short.
     pub memory_pause: Option<&'a str>,
+    /// The services, for their status.
+    pub services: &'a super::Services,
 }
 
 /// The loop's answer to `request`.
@@ -150,6 +152,7 @@ fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
         },
         workers_idle: from.dispatcher.idle_workers(),
         batches,
+        services: from.services.status(),
     }
 }
 

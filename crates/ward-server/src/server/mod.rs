@@ -10,6 +10,7 @@ mod backlog;
 mod batch;
 mod job;
 mod reload;
+mod services;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ use crate::{Error, deaths};
 use answers::Asked;
 use backlog::{BACKLOG_POLL, Backlog, jobs_of_batch};
 use job::{build_pool, record_outcomes};
+use services::Services;
 
 /// Runs the server until SIGTERM/SIGINT (or a `stop` request), then stops gracefully.
 ///
@@ -112,11 +114,14 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         Arc::new(move |request| answers::control(request, &request_tx)),
     )
     .map_err(cannot_start)?;
+    // Before the ready line: `ward start` returns with the services' first processes spawned.
+    let services = Services::start(&config, &state).map_err(cannot_start)?;
     announce_ready();
     log::info!(
-        "server ready: {} watch root(s), {} trigger(s), {} worker thread(s)",
+        "server ready: {} watch root(s), {} trigger(s), {} service(s), {} worker thread(s)",
         config.roots.len(),
         config.triggers.len(),
+        config.services.len(),
         config.workers
     );
     let mut backlog = Backlog::default();
@@ -217,7 +222,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                             answers::retry(paths, *all, &config.roots, &mut tracker, &mut backlog)
                         } else {
                             let dispatcher = dispatcher.read();
-                            let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started, memory_pause: pressure.as_ref().and_then(Pressure::paused) };
+                            let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started, memory_pause: pressure.as_ref().and_then(Pressure::paused), services: &services };
                             answers::answer(&asked.request, &mut tracker, &sources)
                         };
                         // The asker may have given up waiting; nothing to do then.
@@ -297,6 +302,8 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     }
     tracker.flush();
     dispatcher.read().stop_workers();
+    // After intake and the drain: the jobs that ran until now may have needed them.
+    services.stop();
     let unwritten = deaths::write_unwritten(&config);
     if unwritten > 0 {
         log::error!("{unwritten} crash report(s) could not be written before the server ended");
