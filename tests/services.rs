@@ -128,6 +128,12 @@ fn a_service_that_keeps_failing_gives_up_and_triggers_still_run() {
     assert!(text.contains("service    broken: gave-up"), "{text}");
     std::fs::write(f.tree.join("after"), "x").unwrap();
     wait_for("the trigger's job", LONG, || f.saw("after"));
+    // A reload does not touch the services yet, and says so.
+    f.edit_config("restart_max = 1", "restart_max = 2");
+    let out = f.run(&["reload"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && said.contains("service"), "{out:?}");
+    assert_eq!(service(&f, "broken")["state"], "gave-up");
     f.stop();
 }
 

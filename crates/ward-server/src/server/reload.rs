@@ -111,6 +111,7 @@ pub(super) fn reload(
         debounce: old.debounce,
         max_wait: old.max_wait,
         workers: old.workers,
+        services: old.services,
         ..new
     };
     Reload {
@@ -129,6 +130,8 @@ fn needing_restart(old: &Config, new: &Config) -> Vec<String> {
         ("watch.debounce_ms", old.debounce != new.debounce),
         ("watch.max_wait_ms", old.max_wait != new.max_wait),
         ("jobs.workers", old.workers != new.workers),
+        // The services run on as started: `Services` is not rebuilt by a reload yet.
+        ("service", old.services != new.services),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)
