@@ -151,3 +151,29 @@ fn ward_check_lists_services() {
         "{text}"
     );
 }
+
+/// A service that prints a flood logs at most its share (256 KiB a minute): it cannot rotate
+/// ward's own history out of `ward.log`.
+#[test]
+fn a_service_printing_a_flood_logs_only_its_share() {
+    let f = Fixture::new(
+        JOB,
+        concat!(
+            "[[service]]\nname = \"loud\"\ncommand = [\"sh\", \"-c\", ",
+            "\"for i in $(seq 400); do printf 'flood-line-of-a-loud-service %02000d\\n' $i; ",
+            "[ $((i % 20)) = 0 ] && sleep 0.02; done; echo done >> {ledger}.done; exec sleep 1000\"]\n",
+        ),
+    );
+    f.start();
+    wait_for("the flood to be written", LONG, || {
+        std::fs::read_to_string(format!("{}.done", f.ledger.display())).is_ok()
+    });
+    f.stop();
+    // 400 lines of 2 KiB: 800 KiB printed, slowly enough for the log to keep up.
+    let line = "flood-line-of-a-loud-service";
+    let logged = f.log().lines().filter(|l| l.contains(line)).count() * (line.len() + 2002);
+    assert!(
+        logged > 0 && logged <= 256 * 1024,
+        "{logged} bytes of the flood logged"
+    );
+}

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use ward_crashdiag::OomCounters;
@@ -24,6 +24,7 @@ use ward_supervisor::{
 use crate::config::{Config, Service};
 use crate::deaths::{self, Reported};
 use crate::dispatch::{oom_before, with_settings};
+use crate::output::{JOB_SHARE, LogShare};
 use crate::protocol::{ServiceState, ServiceStatus};
 use crate::state::StateDir;
 
@@ -190,14 +191,36 @@ fn spec(service: &Service, tail: OutputTail) -> ChildSpec {
         .name(service.name.clone())
         .args(&service.command[1..]);
     let name = service.name.clone();
-    // One pipe: the log shows stdout and stderr in the order the service wrote them. Every line
-    // is logged: a service has no share of the log as a job has (a job's share is per run, and a
-    // service's run may last for weeks).
+    // A share of the log per minute, as a job has one per run (a service's run may last for
+    // weeks): a service printing a flood must not rotate ward's own history away.
+    let share = LogShare::new(JOB_SHARE);
+    let renewed = Mutex::new(Instant::now());
+    // One pipe: the log shows stdout and stderr in the order the service wrote them.
     with_settings(spec, &service.process).capture_merged(move |line| {
         tail.push(line);
-        log::info!("service {name} [{}]: {}", line.pid, line.text);
+        {
+            let mut at = renewed.lock();
+            if at.elapsed() >= SHARE_WINDOW {
+                *at = Instant::now();
+                if let Some(held) = share.take_held(JOB_SHARE) {
+                    log::warn!(
+                        "service {name}: {} line(s) of output ({} bytes) not logged, {} lost: a service logs at most {} KiB a minute",
+                        held.lines,
+                        held.bytes,
+                        held.lost,
+                        JOB_SHARE / 1024
+                    );
+                }
+            }
+        }
+        if share.admit(&line.text, line.dropped_before) {
+            log::info!("service {name} [{}]: {}", line.pid, line.text);
+        }
     })
 }
+
+/// How often a service's share of the log is renewed.
+const SHARE_WINDOW: Duration = Duration::from_secs(60);
 
 /// What the server does on each of the supervisor's events: keeps the status' records, logs, and
 /// writes the crash report of every death.
