@@ -155,6 +155,8 @@ fn a_job_runs_as_the_user_and_group_of_its_trigger_and_ward_keeps_its_state() {
         line_of(&out.join("user")),
         format!("{nobody} {nobody} {nobody}")
     );
+    // The job writes `user`, then `made`: the first may be read before the second exists.
+    wait_for("the job's file", LONG, || out.join("made").exists());
     assert_eq!(std::fs::metadata(out.join("made")).unwrap().uid(), 65534);
     // A group alone: the user stays root, with that group and no other.
     assert_eq!(line_of(&out.join("group")), format!("0 {nobody} {nobody}"));
