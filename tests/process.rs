@@ -25,21 +25,6 @@ fn line_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim_end().to_owned()
 }
 
-/// The crash reports of `ward diagnose --json` whose role mentions `name`.
-fn reports_about(f: &Fixture, name: &str) -> Vec<serde_json::Value> {
-    let out = f.run(&["diagnose", "--json"]);
-    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    reports
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .filter(|r| r["role"].as_str().is_some_and(|role| role.contains(name)))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A shell command printing what a job or worker sees, as a TOML string's content:
 /// `$A|$HOME|$WARD_PATH|pwd|nice`.
 const SEEN: &str = r#"echo \"$A|${HOME-unset}|${WARD_PATH-none}|$(pwd)|$(nice)\""#;
@@ -188,9 +173,9 @@ fn a_trigger_stops_its_jobs_with_its_own_timeout_stop_signal_and_grace() {
     let polite = PathBuf::from(format!("{}.polite", f.ledger.display()));
     assert_eq!(line_of(&polite), "USR1");
     wait_for("the stubborn job's report", LONG, || {
-        !reports_about(&f, "stubborn").is_empty()
+        !f.reports_about("stubborn").is_empty()
     });
-    let report = &reports_about(&f, "stubborn")[0];
+    let report = &f.reports_about("stubborn")[0];
     assert_eq!(report["verdict"]["cause"]["kind"], "hung", "{report}");
     assert!(
         report["role"]
@@ -231,7 +216,7 @@ fn a_job_past_its_memory_limit_is_oom_killed_reported_with_the_limit_and_retried
         error.contains("killed by the kernel's OOM killer at its memory limit of 32 MiB"),
         "{failure}"
     );
-    let reports = reports_about(&f, "hog");
+    let reports = f.reports_about("hog");
     assert_eq!(reports.len(), 2, "a report per attempt");
     for report in &reports {
         assert_eq!(report["verdict"]["cause"]["kind"], "oom_kill", "{report}");

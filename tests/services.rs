@@ -20,21 +20,6 @@ fn service(f: &Fixture, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no service {name} in {status}"))
 }
 
-/// The crash reports of `ward diagnose --json` whose role mentions `name`.
-fn reports_about(f: &Fixture, name: &str) -> Vec<serde_json::Value> {
-    let out = f.run(&["diagnose", "--json"]);
-    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    reports
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .filter(|r| r["role"].as_str().is_some_and(|role| role.contains(name)))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn pid_in(path: &Path) -> u32 {
     wait_for(&format!("a pid in {}", path.display()), LONG, || {
         std::fs::read_to_string(path).is_ok_and(|s| s.ends_with('\n'))
@@ -74,9 +59,9 @@ fn a_service_killed_from_outside_is_restarted_and_its_death_reported() {
     let now = service(&f, "web");
     assert_eq!(now["restarts"], 1, "{now}");
     wait_for("the report of its death", LONG, || {
-        !reports_about(&f, "service web").is_empty()
+        !f.reports_about("service web").is_empty()
     });
-    let report = &reports_about(&f, "service web")[0];
+    let report = &f.reports_about("service web")[0];
     assert_eq!(report["wait_status"]["signal"], libc::SIGKILL, "{report}");
     assert!(
         now["last_cause"]

@@ -322,6 +322,21 @@ impl Fixture {
         );
     }
 
+    /// The crash reports of `ward diagnose --json` whose role mentions `name`.
+    pub fn reports_about(&self, name: &str) -> Vec<serde_json::Value> {
+        let out = self.run(&["diagnose", "--json"]);
+        let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        reports
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter(|r| r["role"].as_str().is_some_and(|role| role.contains(name)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.state.join("ward.log")).unwrap_or_default()

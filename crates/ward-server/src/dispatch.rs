@@ -17,7 +17,7 @@ use crate::Config;
 use crate::config::{Handler, ProcessSettings};
 use crate::deaths::{self, Reported};
 use crate::jobs::{self, Job, Reply, Triggers};
-use crate::output::{JOB_SHARE, LogShare};
+use crate::output::{JOB_SHARE, LogShare, log_sink};
 use crate::state::StateDir;
 
 /// Lines of a job's output kept for its crash report.
@@ -292,16 +292,8 @@ impl Dispatcher {
             spec = spec.env(key, value);
         }
         let share = LogShare::new(JOB_SHARE);
-        let spec = {
-            let (tail, name, share) = (tail.clone(), name.to_owned(), share.clone());
-            // One pipe: the log shows stdout and stderr in the order the job wrote them.
-            spec.capture_merged(move |line| {
-                tail.push(line);
-                if share.admit(&line.text, line.dropped_before) {
-                    log::info!("job {name} [{}]: {}", line.pid, line.text);
-                }
-            })
-        };
+        // One pipe: the log shows stdout and stderr in the order the job wrote them.
+        let spec = spec.capture_merged(log_sink(&tail, &share, "job", name));
         let oom_before = oom_before(process);
         // The job thread waits for the job from start to end, so it reaps it too: the exit wakes
         // this thread, not a reaper thread that would then wake it.
@@ -507,21 +499,13 @@ impl Dispatcher {
         let share = LogShare::new(JOB_SHARE);
         // Replies are read from stdout by the job thread itself: through the child's reaper and
         // an output sink they would cost two more thread wake-ups per request.
-        let spec = {
-            let (tail, label, share) = (tail.clone(), label.clone(), share.clone());
-            let spec = ChildSpec::new(&argv[0])
-                .name(label.clone())
-                .args(&argv[1..]);
-            with_settings(spec, process)
-                .stdin(Input::Piped)
-                .stdout_piped()
-                .capture(move |line| {
-                    tail.push(line);
-                    if share.admit(&line.text, line.dropped_before) {
-                        log::info!("worker {label} [{}]: {}", line.pid, line.text);
-                    }
-                })
-        };
+        let spec = ChildSpec::new(&argv[0])
+            .name(label.clone())
+            .args(&argv[1..]);
+        let spec = with_settings(spec, process)
+            .stdin(Input::Piped)
+            .stdout_piped()
+            .capture(log_sink(&tail, &share, "worker", &label));
         let oom_before = oom_before(process);
         let mut child = self
             .spawner

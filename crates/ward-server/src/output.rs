@@ -8,6 +8,24 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use ward_supervisor::{Line, OutputTail};
+
+/// The capture of a process's output: each line into `tail` (for its crash report) and, within
+/// `share`, into the log as `{what} {name} [pid]: line`.
+pub(crate) fn log_sink(
+    tail: &OutputTail,
+    share: &LogShare,
+    what: &'static str,
+    name: &str,
+) -> impl Fn(&Line) + Send + Sync + 'static {
+    let (tail, share, name) = (tail.clone(), share.clone(), name.to_owned());
+    move |line| {
+        tail.push(line);
+        if share.admit(&line.text, line.dropped_before) {
+            log::info!("{what} {name} [{}]: {}", line.pid, line.text);
+        }
+    }
+}
 
 /// The most of one job's output (or of one worker's between two requests) written into the log.
 pub(crate) const JOB_SHARE: u64 = 256 * 1024;

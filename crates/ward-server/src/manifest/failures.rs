@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::record::path_of;
 use super::{FileMeta, Manifest};
 use crate::Error;
-use crate::jobs::Event;
+use crate::jobs::{Event, Job};
 
 pub(super) const FAILURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("failures");
 
@@ -41,6 +41,34 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// What `job` giving up after `attempts` records: its last `error` (cut past 2000 bytes:
+    /// the table keeps one per path), its crash report, and the version it gave up on, the file
+    /// as it is now (a change since has a job of its own).
+    pub fn of(job: &Job, attempts: u32, mut error: String, report: Option<PathBuf>) -> Failure {
+        const ERROR_MAX: usize = 2000;
+        if error.len() > ERROR_MAX {
+            let cut = (0..=ERROR_MAX)
+                .rev()
+                .find(|&i| error.is_char_boundary(i))
+                .unwrap_or(0);
+            error.truncate(cut);
+            error.push('…');
+        }
+        Failure {
+            trigger: job.trigger.name().to_owned(),
+            event: job.event,
+            attempts,
+            error,
+            at: crate::state::unix_now(),
+            report,
+            version: if job.event == Event::Removed {
+                None
+            } else {
+                FileMeta::read(&job.path)
+            },
+        }
+    }
+
     pub(super) fn encode(&self) -> Vec<u8> {
         // A struct of strings, numbers and paths always serializes.
         serde_json::to_vec(self).unwrap_or_default()

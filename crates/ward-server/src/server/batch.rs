@@ -30,9 +30,9 @@ use crate::intents::Intents;
 use crate::jobs::{CompiledTrigger, Event, Job, Triggers};
 use crate::manifest::{Failure, FileMeta, Update};
 use crate::outcomes::OutcomeSender;
-use crate::output::{JOB_SHARE, LogShare};
+use crate::output::{JOB_SHARE, LogShare, log_sink};
 use crate::protocol::BatchStatus;
-use crate::state::{StateDir, unix_now};
+use crate::state::StateDir;
 
 /// The shortest settle window: a burst's paths reach the loop in many watcher batches, a few
 /// milliseconds apart; a window shorter than their gaps would split the burst into many runs.
@@ -463,15 +463,7 @@ impl<'a> RunnerThread<'a> {
         if let Some(file) = &file {
             spec = spec.env("WARD_PATHS_FILE", &file.0);
         }
-        let spec = {
-            let (tail, name, share) = (tail.clone(), name.to_owned(), share.clone());
-            spec.capture_merged(move |line| {
-                tail.push(line);
-                if share.admit(&line.text, line.dropped_before) {
-                    log::info!("batch {name} [{}]: {}", line.pid, line.text);
-                }
-            })
-        };
+        let spec = spec.capture_merged(log_sink(&tail, &share, "batch", name));
         let oom_before = oom_before(process);
         {
             let mut owed = self.shared.owed.lock();
@@ -639,7 +631,7 @@ impl<'a> RunnerThread<'a> {
                 &self.cx.done,
                 Update::GaveUp {
                     path: path.clone(),
-                    failure: Box::new(failure(&name, &job, attempts, error)),
+                    failure: Box::new(failure(&job, attempts, error)),
                 },
             );
             send(
@@ -675,24 +667,12 @@ fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
 }
 
 /// What a path that gave up records: as a job's give-up does.
-fn failure(trigger: &str, job: &Job, attempts: u32, error: &JobError) -> Failure {
+fn failure(job: &Job, attempts: u32, error: &JobError) -> Failure {
     let report = match error {
         JobError::Died { report, .. } => report.as_ref().map(PathBuf::from),
         _ => None,
     };
-    Failure {
-        trigger: trigger.to_owned(),
-        event: job.event,
-        attempts,
-        error: error.to_string(),
-        at: unix_now(),
-        report,
-        version: if job.event == Event::Removed {
-            None
-        } else {
-            FileMeta::read(&job.path)
-        },
-    }
+    Failure::of(job, attempts, error.to_string(), report)
 }
 
 /// After the command's handle is dropped: the stdin feeder joined (the pipe is closed by now),

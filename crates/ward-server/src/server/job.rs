@@ -16,7 +16,6 @@ use crate::intents::Intents;
 use crate::jobs::{Event, Job};
 use crate::manifest::{Failure, FileMeta, Update};
 use crate::outcomes::{OutcomeSender, Outcomes};
-use crate::state::unix_now;
 use crate::tracker::Tracker;
 
 /// The pool's timeout for `config`: a backstop for a job thread stuck anyway, since the dispatcher
@@ -140,8 +139,6 @@ pub(super) fn build_pool(
 /// What to record of `job` giving up after `failures`; `None` when it was stopped by ward's
 /// own shutdown, which is no failure of the job (the next start runs it again).
 fn gave_up(job: &Job, failures: &[ward_queue::Failure]) -> Option<Failure> {
-    /// An error longer than this is cut: the table keeps one per path.
-    const ERROR_MAX: usize = 2000;
     let last = failures.last()?;
     let dispatched = match last {
         ward_queue::Failure::Error(e) => e.downcast_ref::<JobError>(),
@@ -154,26 +151,8 @@ fn gave_up(job: &Job, failures: &[ward_queue::Failure]) -> Option<Failure> {
         Some(JobError::Died { report, .. }) => report.as_ref().map(PathBuf::from),
         _ => None,
     };
-    let mut error = last.to_string();
-    if error.len() > ERROR_MAX {
-        let cut = (0..=ERROR_MAX).rev().find(|&i| error.is_char_boundary(i))?;
-        error.truncate(cut);
-        error.push('…');
-    }
-    Some(Failure {
-        trigger: job.trigger.name().to_owned(),
-        event: job.event,
-        attempts: u32::try_from(failures.len()).unwrap_or(u32::MAX),
-        error,
-        at: unix_now(),
-        report,
-        // The version it gave up on: the file as it is now (a change since has its own job).
-        version: if job.event == Event::Removed {
-            None
-        } else {
-            FileMeta::read(&job.path)
-        },
-    })
+    let attempts = u32::try_from(failures.len()).unwrap_or(u32::MAX);
+    Some(Failure::of(job, attempts, last.to_string(), report))
 }
 
 /// Records every outcome waiting.
