@@ -101,17 +101,17 @@ pub(crate) fn report(
         after
     });
     evidence.memory_cgroup = path;
-    evidence.memory_limit_bytes = cgroup.map(|c| c.limit_bytes);
+    evidence.memory_limit_bytes = cgroup.and_then(|c| c.limit_bytes);
     evidence.oom_before = oom_before;
     let report = ward_crashdiag::collect(&evidence);
     let options = ReportOptions::new(config.keep_reports);
     // The limit a job ran into, in the words its error and the log give.
-    let at_limit = |report: &CrashReport| match cgroup {
-        Some(c) if report.verdict.cause == Cause::OomKill => {
+    let at_limit = |report: &CrashReport| match cgroup.and_then(|c| c.limit_bytes) {
+        Some(limit) if report.verdict.cause == Cause::OomKill => {
             format!(
                 "{} at its memory limit of {} MiB",
                 report.verdict.cause.describe(),
-                c.limit_bytes / (1024 * 1024)
+                limit / (1024 * 1024)
             )
         }
         _ => report.verdict.cause.describe(),

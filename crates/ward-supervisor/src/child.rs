@@ -163,11 +163,11 @@ impl Child {
         on_exit: Option<OnExit>,
     ) -> Result<Child> {
         spec.check()?;
-        let cgroup = spec
-            .memory_max
-            .map(sys::create_memory_cgroup)
-            .transpose()?
-            .map(Arc::new);
+        let cgroup = if spec.memory_max.is_some() || spec.own_cgroup {
+            Some(Arc::new(sys::create_memory_cgroup(spec.memory_max)?))
+        } else {
+            None
+        };
         let spawned = spawn_process(spec, cgroup.as_deref());
         let (process, heartbeat) = match spawned {
             Ok(spawned) => spawned,
@@ -423,35 +423,41 @@ impl Child {
         dump_wait: Duration,
         grace: Duration,
     ) -> Result<Exit> {
-        // An inline child that exited while nobody waited is reaped first: it did not hang.
-        self.try_wait();
-        let dumping = {
-            let mut state = self.shared.lock();
-            if !state.reaped {
-                state.hung = true;
-            }
-            match dump.filter(|_| !state.reaped) {
-                Some(signal) => match self.shared.signal(&state, signal, true) {
-                    Ok(()) => {
-                        state.dump_signal = Some(signal);
-                        true
-                    }
-                    Err(err) => {
-                        log::warn!(
-                            "child {}: cannot ask it for its stack: {err}",
-                            self.shared.pid
-                        );
-                        false
-                    }
-                },
-                None => false,
-            }
-        };
+        let dumping = self.begin_hung_stop(dump);
         if dumping {
             // Returns as soon as it exits: a dump is usually followed by death by that signal.
             self.wait_timeout(dump_wait);
         }
         self.stop(grace)
+    }
+
+    /// The first half of [`stop_hung`](Self::stop_hung), for a caller that waits on its own
+    /// timers (a [`Supervisor`](crate::Supervisor)): marks the child hung and sends `dump`, if
+    /// any, to its group. Returns whether the dump signal was sent; the caller then gives the
+    /// child time to print its stacks and exit before it SIGKILLs the group. A child that had
+    /// exited already is not marked hung.
+    pub fn begin_hung_stop(&self, dump: Option<i32>) -> bool {
+        // An inline child that exited while nobody waited is reaped first: it did not hang.
+        self.try_wait();
+        let mut state = self.shared.lock();
+        if state.reaped {
+            return false;
+        }
+        state.hung = true;
+        let Some(signal) = dump else { return false };
+        match self.shared.signal(&state, signal, true) {
+            Ok(()) => {
+                state.dump_signal = Some(signal);
+                true
+            }
+            Err(err) => {
+                log::warn!(
+                    "child {}: cannot ask it for its stack: {err}",
+                    self.shared.pid
+                );
+                false
+            }
+        }
     }
 
     /// The first half of [`stop`](Self::stop): marks the stop as requested and sends the stop

@@ -54,6 +54,10 @@ pub enum Error {
     /// The supervisor has no child with this id.
     #[error("no child with id {0}")]
     NoSuchChild(u64),
+    /// A restart or start on request did not happen: the new process could not be spawned, or
+    /// a stop asked meanwhile won.
+    #[error("not restarted: {0}")]
+    NotRestarted(String),
     /// The supervisor thread is gone (it was shut down, or it panicked).
     #[error("the supervisor thread has stopped")]
     SupervisorGone,

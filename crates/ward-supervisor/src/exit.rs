@@ -85,8 +85,9 @@ pub struct CgroupEvidence {
     /// under a [`Supervisor`](crate::Supervisor), right after the `Exited` event, so read what
     /// you need from here rather than from the directory.
     pub path: PathBuf,
-    /// The limit that was set, in bytes.
-    pub limit_bytes: u64,
+    /// The limit that was set, in bytes; `None` for a cgroup made only to contain the child
+    /// ([`ChildSpec::own_cgroup`](crate::ChildSpec::own_cgroup)).
+    pub limit_bytes: Option<u64>,
     /// The cgroup's `oom_kill` counter (`memory.events` on v2, `memory.oom_control` on v1), if
     /// the kernel reports one.
     pub oom_kills: Option<u64>,

@@ -389,6 +389,13 @@ impl<C: Clock> RestartTracker<C> {
         self.consecutive
     }
 
+    /// Forgets the restarts so far, as if the child had just been started for the first time
+    /// (a restart on request).
+    pub fn reset(&mut self) {
+        self.consecutive = 0;
+        self.recent.clear();
+    }
+
     /// Decides what follows `exit`, and records a restart if it is one.
     pub fn next(&mut self, exit: &Exit) -> Decision {
         if exit.stop_requested {

@@ -203,6 +203,8 @@ pub struct ChildSpec {
     pub(crate) pass_fds: Vec<Arc<OwnedFd>>,
     pub(crate) limits: ResourceLimits,
     pub(crate) memory_max: Option<u64>,
+    /// A cgroup of its own even without a memory limit ([`ChildSpec::own_cgroup`]).
+    pub(crate) own_cgroup: bool,
     pub(crate) watchdog: Option<Watchdog>,
     pub(crate) stop_grace: Duration,
     pub(crate) stop_signal: i32,
@@ -229,6 +231,7 @@ impl ChildSpec {
             pass_fds: Vec::new(),
             limits: ResourceLimits::default(),
             memory_max: None,
+            own_cgroup: false,
             watchdog: None,
             stop_grace: Duration::from_secs(5),
             stop_signal: libc::SIGTERM,
@@ -358,6 +361,21 @@ impl ChildSpec {
     /// [`Error::NoMemoryCgroup`]: crate::Error::NoMemoryCgroup
     pub fn memory_max(mut self, bytes: u64) -> ChildSpec {
         self.memory_max = Some(bytes);
+        self
+    }
+
+    /// Runs the child in a cgroup of its own (in the memory hierarchy, as
+    /// [`memory_max`](Self::memory_max) does, with no limit unless that sets one), so that the
+    /// processes it starts stay in it even when they leave its process group (`setsid`, a
+    /// double fork): when the child exits or is stopped, everything in the cgroup is killed
+    /// with it, as systemd's `KillMode=control-group` does. Spawning fails with
+    /// [`Error::NoMemoryCgroup`] where no cgroup can be created; [`probe_memory_cgroup`]
+    /// tells in advance.
+    ///
+    /// [`Error::NoMemoryCgroup`]: crate::Error::NoMemoryCgroup
+    /// [`probe_memory_cgroup`]: crate::probe_memory_cgroup
+    pub fn own_cgroup(mut self) -> ChildSpec {
+        self.own_cgroup = true;
         self
     }
 

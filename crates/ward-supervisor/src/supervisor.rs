@@ -110,6 +110,9 @@ impl fmt::Display for Event {
 enum Msg {
     Add(Box<(ChildSpec, RestartPolicy)>, Sender<Result<ChildId>>),
     Stop(ChildId, Sender<Result<()>>),
+    Restart(ChildId, Sender<Result<()>>),
+    Start(ChildId, Sender<Result<()>>),
+    Hung(ChildId, Option<i32>, Duration, Sender<Result<()>>),
     Status(Sender<Vec<ChildStatus>>),
     TakeStdin(ChildId, Sender<Result<Option<(u32, ChildStdin)>>>),
     Shutdown(Sender<()>),
@@ -135,6 +138,9 @@ impl fmt::Debug for Msg {
         f.write_str(match self {
             Msg::Add(..) => "Add",
             Msg::Stop(..) => "Stop",
+            Msg::Restart(..) => "Restart",
+            Msg::Start(..) => "Start",
+            Msg::Hung(..) => "Hung",
             Msg::Status(..) => "Status",
             Msg::TakeStdin(..) => "TakeStdin",
             Msg::Shutdown(..) => "Shutdown",
@@ -210,6 +216,46 @@ impl Supervisor {
     pub fn stop_child(&self, id: ChildId) -> Result<()> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(Msg::Stop(id, tx))?;
+        rx.recv().map_err(|_| Error::SupervisorGone)?
+    }
+
+    /// Restarts a child on request: its current process, if one runs, is stopped as
+    /// [`stop_child`](Self::stop_child) stops it, and a new one is started at once, with the
+    /// restart policy's state (backoff, intensity) reset. Works on a child that was stopped or
+    /// gave up too. Returns once the new process is started.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchChild`], [`Error::SupervisorGone`], a signal error, or the spawn error if
+    /// the new process cannot be started (the child is then left to its policy, as after any
+    /// failed restart).
+    pub fn restart_child(&self, id: ChildId) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::Restart(id, tx))?;
+        rx.recv().map_err(|_| Error::SupervisorGone)?
+    }
+
+    /// Starts a child that was stopped or gave up, or is backing off, at once and with its
+    /// restart policy's state reset; does nothing to a child that runs.
+    ///
+    /// # Errors
+    /// As [`restart_child`](Self::restart_child).
+    pub fn start_child(&self, id: ChildId) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::Start(id, tx))?;
+        rx.recv().map_err(|_| Error::SupervisorGone)?
+    }
+
+    /// Ends a child the caller found hung (its own liveness check failed: a readiness deadline,
+    /// a watchdog): the child is marked hung, its group gets `dump` (a signal on which its
+    /// runtime prints its stacks, if any) and `dump_wait` to exit on it, then SIGKILL. Its
+    /// [`Exit`] says `hung`, and goes through its restart policy as a failure. Returns at once;
+    /// does nothing to a child with no running process.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchChild`] or [`Error::SupervisorGone`].
+    pub fn kill_hung(&self, id: ChildId, dump: Option<i32>, dump_wait: Duration) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::Hung(id, dump, dump_wait, tx))?;
         rx.recv().map_err(|_| Error::SupervisorGone)?
     }
 
@@ -294,7 +340,20 @@ struct Slot {
     /// When a requested stop escalates to SIGKILL.
     kill_at: Option<Instant>,
     stopping: Vec<Sender<Result<()>>>,
+    /// Waiting for a restart on request: answered once the new process is started.
+    restarting: Vec<Sender<Result<()>>>,
     last_exit: Option<Exit>,
+}
+
+impl Slot {
+    /// Answers the restarts on request that a stop, or the policy giving up, overtook.
+    fn restarts_lost(&mut self) {
+        for waiter in self.restarting.drain(..) {
+            let _ignored = waiter.send(Err(Error::NotRestarted(
+                "it was stopped, or its policy gave up, first".into(),
+            )));
+        }
+    }
 }
 
 struct Runner {
@@ -343,6 +402,11 @@ impl Runner {
                     let _ignored = reply.send(result);
                 }
                 Ok(Msg::Stop(id, reply)) => self.request_stop(id, reply),
+                Ok(Msg::Restart(id, reply)) => self.request_restart(id, reply, true),
+                Ok(Msg::Start(id, reply)) => self.request_restart(id, reply, false),
+                Ok(Msg::Hung(id, dump, dump_wait, reply)) => {
+                    let _ignored = reply.send(self.hung(id, dump, dump_wait));
+                }
                 Ok(Msg::Status(reply)) => {
                     let _ignored = reply.send(self.statuses());
                 }
@@ -400,6 +464,7 @@ impl Runner {
             restart_at: None,
             kill_at: None,
             stopping: Vec::new(),
+            restarting: Vec::new(),
             last_exit: None,
         };
         let child = self.spawn(id, &slot.spec, 1)?;
@@ -444,10 +509,16 @@ impl Runner {
         };
         slot.last_exit = Some(exit.clone());
         slot.kill_at = None;
-        let decision = if slot.stopping.is_empty() {
-            slot.tracker.next(&exit)
-        } else {
+        let decision = if !slot.stopping.is_empty() {
             Decision::Stop(StopReason::Requested)
+        } else if !slot.restarting.is_empty() {
+            slot.tracker.reset();
+            Decision::Restart {
+                after: Duration::ZERO,
+                attempt: 0,
+            }
+        } else {
+            slot.tracker.next(&exit)
         };
         self.emit(id, EventKind::Exited(exit));
         self.decide(id, decision);
@@ -471,10 +542,12 @@ impl Runner {
             }
             Decision::GiveUp(why) => {
                 slot.state = ChildState::GaveUp;
+                slot.restarts_lost();
                 self.emit(id, EventKind::GaveUp(why));
             }
             Decision::Stop(why) => {
                 slot.state = ChildState::Stopped;
+                slot.restarts_lost();
                 for waiter in slot.stopping.drain(..) {
                     let _ignored = waiter.send(Ok(()));
                 }
@@ -497,10 +570,20 @@ impl Runner {
                 slot.child = Some(child);
                 slot.state = ChildState::Starting;
                 slot.restarts += 1;
+                let waiters: Vec<_> = slot.restarting.drain(..).collect();
                 self.emit(id, EventKind::Started { pid });
+                for waiter in waiters {
+                    let _ignored = waiter.send(Ok(()));
+                }
             }
             Err(err) => {
-                self.emit(id, EventKind::SpawnFailed(err.to_string()));
+                let message = err.to_string();
+                if let Some(slot) = self.slots.get_mut(&id) {
+                    for waiter in slot.restarting.drain(..) {
+                        let _ignored = waiter.send(Err(Error::NotRestarted(format!("cannot start: {message}"))));
+                    }
+                }
+                self.emit(id, EventKind::SpawnFailed(message));
                 let failed = Exit::new(Termination::Exited { code: 127 }, Duration::ZERO);
                 let slot = self.slots.get_mut(&id).expect("slot checked above");
                 slot.restarts += 1;
@@ -565,6 +648,52 @@ impl Runner {
         }
         slot.kill_at = Some(Instant::now() + slot.spec.get_stop_grace());
         slot.stopping.push(reply);
+    }
+
+    /// A restart (`again`) or a start on request.
+    fn request_restart(&mut self, id: ChildId, reply: Sender<Result<()>>, again: bool) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            let _ignored = reply.send(Err(Error::NoSuchChild(id)));
+            return;
+        };
+        match &slot.child {
+            Some(_) if !again => {
+                let _ignored = reply.send(Ok(()));
+            }
+            Some(child) => {
+                if let Err(err) = child.begin_stop() {
+                    let _ignored = reply.send(Err(err));
+                    return;
+                }
+                // A restart asked during a stop on request replaces that stop.
+                for waiter in slot.stopping.drain(..) {
+                    let _ignored = waiter.send(Ok(()));
+                }
+                slot.kill_at = Some(Instant::now() + slot.spec.get_stop_grace());
+                slot.restarting.push(reply);
+            }
+            None => {
+                slot.tracker.reset();
+                slot.restarting.push(reply);
+                self.restart(id);
+            }
+        }
+    }
+
+    /// Marks the child hung and sends its dump signal; SIGKILL follows after `dump_wait`.
+    fn hung(&mut self, id: ChildId, dump: Option<i32>, dump_wait: Duration) -> Result<()> {
+        let slot = self.slots.get_mut(&id).ok_or(Error::NoSuchChild(id))?;
+        let Some(child) = &slot.child else {
+            return Ok(());
+        };
+        let wait = if child.begin_hung_stop(dump) {
+            dump_wait
+        } else {
+            Duration::ZERO
+        };
+        let at = Instant::now() + wait;
+        slot.kill_at = Some(slot.kill_at.map_or(at, |k| k.min(at)));
+        Ok(())
     }
 
     fn statuses(&self) -> Vec<ChildStatus> {

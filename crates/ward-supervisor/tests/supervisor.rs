@@ -167,7 +167,7 @@ fn memory_max_provokes_sigkill_from_the_cgroup_oom_killer() {
             let exit = child.wait_timeout(LONG).expect("the child exits");
             assert_eq!(exit.termination, signaled(libc::SIGKILL), "{exit}");
             let evidence = exit.memory_cgroup.expect("cgroup evidence");
-            assert_eq!(evidence.limit_bytes, 64 << 20);
+            assert_eq!(evidence.limit_bytes, Some(64 << 20));
             assert!(evidence.oom_kills.unwrap_or(0) >= 1, "{evidence:?}");
             drop(child);
             assert!(!path.exists(), "the cgroup is removed with the handle");
@@ -1640,4 +1640,106 @@ fn stopping_a_supervisor_of_20_children_leaves_no_descendant() {
             .filter(|&&pid| !is_dead(pid))
             .collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn supervisor_restart_child_replaces_the_process_whatever_the_policy() {
+    let (supervisor, events) = Supervisor::with_channel().unwrap();
+    // `never`: a restart on request is not the policy's to refuse.
+    let id = supervisor
+        .add(ChildSpec::new("sleep").arg("1000"), RestartPolicy::never())
+        .unwrap();
+    let first = supervisor.status(id).unwrap().pid.unwrap();
+    supervisor.restart_child(id).unwrap();
+    let status = supervisor.status(id).unwrap();
+    let second = status.pid.expect("a new process runs once restart_child returns");
+    assert_ne!(first, second);
+    assert!(is_dead(first));
+    let exit = status.last_exit.unwrap();
+    assert!(exit.stop_requested, "{exit}");
+    assert_eq!(exit.termination, signaled(libc::SIGTERM));
+    // Stopped for good, then started again on request.
+    supervisor.stop_child(id).unwrap();
+    assert_eq!(supervisor.status(id).unwrap().state, ChildState::Stopped);
+    supervisor.start_child(id).unwrap();
+    let third = supervisor.status(id).unwrap().pid.expect("started again");
+    // A start of a running child changes nothing.
+    supervisor.start_child(id).unwrap();
+    assert_eq!(supervisor.status(id).unwrap().pid, Some(third));
+    let started = events
+        .try_iter()
+        .filter(|e| matches!(e.kind, EventKind::Started { .. }))
+        .count();
+    assert_eq!(started, 3);
+    supervisor.shutdown().unwrap();
+}
+
+#[test]
+fn supervisor_kill_hung_dumps_then_kills_and_the_policy_restarts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (supervisor, events) = Supervisor::with_channel().unwrap();
+    // SIGUSR1 is ignored here: only the SIGKILL after the dump wait ends it.
+    let spec = ChildSpec::new("sh")
+        .args(["-c", "trap '' USR1; echo $$ > pid; exec sleep 1000"])
+        .current_dir(dir.path());
+    let id = supervisor.add(spec, RestartPolicy::immediate()).unwrap();
+    let first = supervisor.status(id).unwrap().pid.unwrap();
+    supervisor
+        .kill_hung(id, Some(libc::SIGUSR1), Duration::from_millis(100))
+        .unwrap();
+    let exit = loop {
+        if let EventKind::Exited(exit) = next_event(&events).kind {
+            break exit;
+        }
+    };
+    assert!(exit.hung, "{exit}");
+    assert!(!exit.stop_requested, "{exit}");
+    assert_eq!(exit.dump_signal, Some(libc::SIGUSR1));
+    assert_eq!(exit.termination, signaled(libc::SIGKILL));
+    assert!(poll(LONG, || supervisor
+        .status(id)
+        .unwrap()
+        .pid
+        .is_some_and(|pid| pid != first)));
+    supervisor.shutdown().unwrap();
+}
+
+#[test]
+fn supervisor_own_cgroup_takes_a_setsid_descendant_down_with_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ChildSpec::new("sh")
+        .args([
+            "-c",
+            "setsid sh -c 'sleep 1000 & echo $! > escaped.tmp; mv escaped.tmp escaped; wait' & exec sleep 1000",
+        ])
+        .current_dir(dir.path())
+        .output(ward_supervisor::Output::Null)
+        .own_cgroup();
+    let (supervisor, _events) = Supervisor::with_channel().unwrap();
+    if ward_supervisor::probe_memory_cgroup().is_err() {
+        let err = supervisor
+            .add(spec, RestartPolicy::never())
+            .expect_err("no cgroup can be made: refused");
+        assert!(matches!(err, Error::NoMemoryCgroup { .. }), "{err}");
+        return;
+    }
+    let id = supervisor.add(spec, RestartPolicy::never()).unwrap();
+    let pidfile = dir.path().join("escaped");
+    assert!(poll(LONG, || pidfile.exists()));
+    let escaped: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!is_dead(escaped));
+    supervisor.stop_child(id).unwrap();
+    let died = poll(LONG, || is_dead(escaped));
+    if !died {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our escaped descendant.
+        unsafe { libc::kill(escaped as libc::pid_t, libc::SIGKILL) };
+    }
+    assert!(died, "the setsid sleep {escaped} outlived the stop of its cgroup");
+    let status = supervisor.status(id).unwrap();
+    assert_eq!(status.last_exit.unwrap().memory_cgroup.unwrap().limit_bytes, None);
+    supervisor.shutdown().unwrap();
 }

@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ward_sys::{CgroupDir, Hierarchy, Mount, cgroup_dir};
 
@@ -96,6 +97,9 @@ unsafe fn cloexec_all_but(keep: &[RawFd]) {
     }
 }
 
+/// How long [`Cgroup::kill_all`] waits for the cgroup to empty.
+const CGROUP_EMPTY_WAIT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CgroupVersion {
     V1,
@@ -107,7 +111,8 @@ enum CgroupVersion {
 pub(crate) struct Cgroup {
     dir: PathBuf,
     version: CgroupVersion,
-    limit: u64,
+    /// `None`: made only to contain the child's processes.
+    limit: Option<u64>,
 }
 
 impl Cgroup {
@@ -145,30 +150,53 @@ impl Cgroup {
     }
 
     /// SIGKILLs every process in the cgroup, including any that left the child's process group
-    /// (`setsid`): the cgroup is the one container they cannot leave.
+    /// (`setsid`): the cgroup is the one container they cannot leave. Waits, for a bounded time,
+    /// until the cgroup is empty: under cgroup v1 each listed process is killed in turn, and one
+    /// that forked meanwhile left a new process to kill in the next round.
     pub(crate) fn kill_all(&self) {
         let kill_file = self.dir.join("cgroup.kill");
-        if self.version == CgroupVersion::V2 && kill_file.exists() {
-            if let Err(err) = fs::write(&kill_file, "1") {
-                log::warn!("cannot kill the cgroup {}: {err}", self.dir.display());
-            }
-            return;
-        }
+        let v2_kill = self.version == CgroupVersion::V2 && kill_file.exists();
         let procs = self.dir.join("cgroup.procs");
-        let Ok(text) = fs::read_to_string(&procs) else {
-            log::warn!("cannot read {}", procs.display());
-            return;
-        };
         let own = std::process::id();
-        for pid in text
-            .lines()
-            .filter_map(|line| line.trim().parse::<u32>().ok())
-        {
-            if pid != own {
-                // SAFETY: kill has no memory-safety preconditions. The pid was just listed as a
-                // member of a cgroup only our child's descendants can be in.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        let deadline = Instant::now() + CGROUP_EMPTY_WAIT;
+        loop {
+            let text = match fs::read_to_string(&procs) {
+                Ok(text) => text,
+                Err(err) => {
+                    log::warn!("cannot read {}: {err}", procs.display());
+                    return;
+                }
+            };
+            let members: Vec<u32> = text
+                .lines()
+                .filter_map(|line| line.trim().parse::<u32>().ok())
+                .filter(|&pid| pid != own)
+                .collect();
+            if members.is_empty() {
+                return;
             }
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "cgroup {} still holds {} process(es) after SIGKILL",
+                    self.dir.display(),
+                    members.len()
+                );
+                return;
+            }
+            if v2_kill {
+                if let Err(err) = fs::write(&kill_file, "1") {
+                    log::warn!("cannot kill the cgroup {}: {err}", self.dir.display());
+                    return;
+                }
+            } else {
+                for pid in members {
+                    // SAFETY: kill has no memory-safety preconditions. The pid was just listed
+                    // as a member of a cgroup only our child's descendants can be in.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+            }
+            // Killed processes leave the cgroup as they exit, which takes a moment.
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -233,12 +261,12 @@ fn memory_cgroup_parent() -> Result<(PathBuf, CgroupVersion)> {
 /// may not write to (a non-root process under cgroup v1) is no place for them.
 pub(crate) fn probe_memory_cgroup() -> Result<PathBuf> {
     let (parent, _) = memory_cgroup_parent()?;
-    create_memory_cgroup(1 << 30)?.remove();
+    create_memory_cgroup(Some(1 << 30))?.remove();
     Ok(parent)
 }
 
-/// Creates a fresh memory cgroup limited to `limit` bytes.
-pub(crate) fn create_memory_cgroup(limit: u64) -> Result<Cgroup> {
+/// Creates a fresh memory cgroup, limited to `limit` bytes if there is one.
+pub(crate) fn create_memory_cgroup(limit: Option<u64>) -> Result<Cgroup> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let (parent, version) = memory_cgroup_parent()?;
     let name = format!(
@@ -255,6 +283,9 @@ pub(crate) fn create_memory_cgroup(limit: u64) -> Result<Cgroup> {
         dir,
         version,
         limit,
+    };
+    let Some(limit) = limit else {
+        return Ok(cgroup);
     };
     let file = match version {
         CgroupVersion::V2 => "memory.max",

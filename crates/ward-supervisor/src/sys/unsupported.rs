@@ -36,7 +36,7 @@ impl Cgroup {
     pub(crate) fn kill_all(&self) {}
 }
 
-pub(crate) fn create_memory_cgroup(_limit: u64) -> Result<Cgroup> {
+pub(crate) fn create_memory_cgroup(_limit: Option<u64>) -> Result<Cgroup> {
     Err(Error::Unsupported(WHY))
 }
 
