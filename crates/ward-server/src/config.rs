@@ -19,7 +19,9 @@ mod service;
 use identity::NameOrId;
 use process::Privileges;
 pub use process::{DEFAULT_STOP_SIGNAL, Identity, ProcessSettings};
-pub use service::{PolicyName, Service};
+pub use service::{
+    Liveness, ModeName, PolicyName, PolicyOverrides, Probe, Readiness, Service, start_order,
+};
 
 /// Where in a config file a problem is, and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1283,6 +1285,50 @@ recycle_after = 100
                 (4, 8),
                 "service \"db\": nice = 40",
             ),
+            (
+                "[[service]]\nname = \"a\"\ncommand = [\"a\"]\ndepends_on = [\"b\"]\n\
+                 [[service]]\nname = \"b\"\ncommand = [\"b\"]\ndepends_on = [\"c\"]\n\
+                 [[service]]\nname = \"c\"\ncommand = [\"c\"]\ndepends_on = [\"a\"]\n"
+                    .into(),
+                (12, 15),
+                "service \"c\": depends_on makes a cycle: c → a → b → c",
+            ),
+            (
+                "[[service]]\nname = \"a\"\ncommand = [\"a\"]\ndepends_on = [\"a\"]\n".into(),
+                (4, 15),
+                "service \"a\" depends on itself",
+            ),
+            (
+                "[[service]]\nname = \"a\"\ncommand = [\"a\"]\ndepends_on = [\"db\"]\n".into(),
+                (4, 15),
+                "depends_on \"db\": no service has that name",
+            ),
+            (
+                "[[service]]\nname = \"a\"\ncommand = [\"a\"]\nready = { tcp = \"8000\" }\n".into(),
+                (4, 17),
+                "ready.tcp = \"8000\": must be host:port",
+            ),
+            (
+                "[[service]]\nname = \"a\"\ncommand = [\"a\"]\nready = { file = \"f\", notify = true }\n"
+                    .into(),
+                (4, 9),
+                "ready must name exactly one check",
+            ),
+            (
+                "[[service]]\nname = \"a\"\ncommand = [\"a\"]\nwatchdog_file = \"hb\"\n".into(),
+                (4, 17),
+                "watchdog_file needs watchdog_s",
+            ),
+            (
+                "[[service]]\nname = \"a\"\ncommand = [\"a\"]\nrestart = \"sometimes\"\n".into(),
+                (4, 11),
+                "restart = \"sometimes\": must be",
+            ),
+            (
+                "[[service]]\nname = \"a\"\ncommand = [\"a\"]\nrestart_on = [\"src/[\"]\n".into(),
+                (4, 15),
+                "restart_on glob \"src/[\"",
+            ),
         ];
         for (text, position, message) in cases {
             let err = parse(&text).unwrap_err();
@@ -1323,6 +1369,63 @@ recycle_after = 100
         json.as_object_mut().unwrap().remove("services");
         let old: Config = serde_json::from_value(json).unwrap();
         assert!(old.services.is_empty());
+    }
+
+    #[test]
+    fn a_services_readiness_liveness_dependencies_and_policy_changes_are_read() {
+        let config = parse(
+            "[[service]]\nname = \"web\"\ncommand = [\"srv\"]\ndepends_on = [\"db\", \"cache\"]\n\
+             ready = { tcp = \"127.0.0.1:8000\", timeout_s = 5 }\nwatchdog_s = 2\nrestart_on = [\"src/**/*.py\"]\n\
+             restart = \"always\"\nbackoff_s = 0\n\
+             [[service]]\nname = \"db\"\ncommand = [\"db\"]\nready = { notify = true }\n\
+             watchdog_s = 1.5\nwatchdog_file = \"hb\"\ndump_signal = \"none\"\n\
+             [[service]]\nname = \"cache\"\ncommand = [\"c\"]\nready = { command = [\"check\"] }\n",
+        )
+        .unwrap();
+        let [web, db, cache] = &config.services[..] else {
+            panic!("{:?}", config.services)
+        };
+        assert_eq!(
+            web.ready,
+            Some(Readiness {
+                probe: Probe::Tcp("127.0.0.1:8000".into()),
+                timeout: Duration::from_secs(5)
+            })
+        );
+        assert_eq!(web.depends_on, ["db", "cache"]);
+        assert_eq!(web.restart_on, ["src/**/*.py"]);
+        assert!(
+            web.uses_notify(),
+            "its watchdog is told on the notify socket"
+        );
+        assert_eq!(web.dump_signal, Some(libc::SIGABRT));
+        let policy = web.restart_policy();
+        assert_eq!(policy.mode, ward_supervisor::RestartMode::Always);
+        assert_eq!(
+            policy.backoff.delay(5),
+            Duration::ZERO,
+            "backoff_s = 0 stays 0"
+        );
+        assert_eq!(db.ready.as_ref().unwrap().probe, Probe::Notify);
+        assert_eq!(
+            db.ready.as_ref().unwrap().timeout,
+            service::DEFAULT_READY_TIMEOUT
+        );
+        assert_eq!(
+            db.watchdog,
+            Some(Liveness {
+                timeout: Duration::from_millis(1500),
+                file: Some(PathBuf::from("/base/hb"))
+            })
+        );
+        assert_eq!(db.dump_signal, None);
+        assert_eq!(
+            cache.ready.as_ref().unwrap().probe,
+            Probe::Command(vec!["check".into()])
+        );
+        assert!(!cache.uses_notify());
+        // Dependencies first, otherwise as declared; the stop is the reverse.
+        assert_eq!(start_order(&config.services), [1, 2, 0]);
     }
 
     #[test]

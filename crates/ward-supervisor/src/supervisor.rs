@@ -580,7 +580,8 @@ impl Runner {
                 let message = err.to_string();
                 if let Some(slot) = self.slots.get_mut(&id) {
                     for waiter in slot.restarting.drain(..) {
-                        let _ignored = waiter.send(Err(Error::NotRestarted(format!("cannot start: {message}"))));
+                        let _ignored = waiter
+                            .send(Err(Error::NotRestarted(format!("cannot start: {message}"))));
                     }
                 }
                 self.emit(id, EventKind::SpawnFailed(message));

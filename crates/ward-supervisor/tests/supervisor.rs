@@ -1652,7 +1652,9 @@ fn supervisor_restart_child_replaces_the_process_whatever_the_policy() {
     let first = supervisor.status(id).unwrap().pid.unwrap();
     supervisor.restart_child(id).unwrap();
     let status = supervisor.status(id).unwrap();
-    let second = status.pid.expect("a new process runs once restart_child returns");
+    let second = status
+        .pid
+        .expect("a new process runs once restart_child returns");
     assert_ne!(first, second);
     assert!(is_dead(first));
     let exit = status.last_exit.unwrap();
@@ -1738,8 +1740,14 @@ fn supervisor_own_cgroup_takes_a_setsid_descendant_down_with_a_stop() {
         // SAFETY: kill has no memory-safety preconditions; the pid is our escaped descendant.
         unsafe { libc::kill(escaped as libc::pid_t, libc::SIGKILL) };
     }
-    assert!(died, "the setsid sleep {escaped} outlived the stop of its cgroup");
+    assert!(
+        died,
+        "the setsid sleep {escaped} outlived the stop of its cgroup"
+    );
     let status = supervisor.status(id).unwrap();
-    assert_eq!(status.last_exit.unwrap().memory_cgroup.unwrap().limit_bytes, None);
+    assert_eq!(
+        status.last_exit.unwrap().memory_cgroup.unwrap().limit_bytes,
+        None
+    );
     supervisor.shutdown().unwrap();
 }
