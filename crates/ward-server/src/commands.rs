@@ -22,10 +22,12 @@ use crate::{Error, Launch, Outcome, control};
 mod failures;
 mod logs;
 mod reload;
+mod service;
 
 pub use failures::{failures, retry};
 pub use logs::logs;
 pub use reload::reload;
+pub use service::service;
 
 /// How long `ward start` waits for the server to be ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -37,7 +37,7 @@ mod umask;
 
 pub use commands::{
     changes, check, diagnose, failures, logs, reload, restart, retry, run_foreground, server_main,
-    start, status, stop,
+    service, start, status, stop,
 };
 pub use config::{Config, ConfigError};
 pub use error::Error;

@@ -65,6 +65,50 @@ pub enum Request {
         #[serde(default)]
         all: bool,
     },
+    /// Start, stop or restart one service: [`ServiceDone`], once it is stopped, or started and
+    /// ready.
+    Service {
+        /// The service's name.
+        name: String,
+        /// What to do.
+        action: ServiceAction,
+    },
+}
+
+/// What `ward service` does to a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceAction {
+    /// Start it if it is not running (stopped, given up, backing off), with its policy's count
+    /// of restarts reset.
+    Start,
+    /// Stop it for good (until started again), through its stop signal and grace.
+    Stop,
+    /// Stop it if it runs and start it again at once, its policy's count reset.
+    Restart,
+}
+
+impl ServiceAction {
+    /// Its name, as the JSON and the command line say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceAction::Start => "start",
+            ServiceAction::Stop => "stop",
+            ServiceAction::Restart => "restart",
+        }
+    }
+}
+
+/// The reply to [`Request::Service`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceDone {
+    /// The service.
+    pub service: String,
+    /// What was done.
+    pub done: ServiceAction,
+    /// Its process now, if one runs.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 /// Longest page of failures one request returns.
@@ -75,7 +119,9 @@ pub const CHANGES_PAGE: usize = 10_000;
 
 impl Request {
     /// The commands a client may send, as `cmd` names them.
-    pub const COMMANDS: [&str; 6] = ["status", "changes", "stop", "reload", "failures", "retry"];
+    pub const COMMANDS: [&str; 7] = [
+        "status", "changes", "stop", "reload", "failures", "retry", "service",
+    ];
 
     /// The request as one line of the wire form, newline included.
     pub fn to_line(&self) -> Vec<u8> {
@@ -170,6 +216,8 @@ pub enum Reply {
     Retried(Retried),
     /// To [`Request::Reload`].
     Reloaded(Reloaded),
+    /// To [`Request::Service`].
+    Service(ServiceDone),
 }
 
 /// The line that answers a request: `ok` and the version added to the reply's fields, or the
@@ -289,9 +337,11 @@ pub struct ServiceStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServiceState {
-    /// Running, but not yet for its policy's stable-run time.
+    /// Not started yet: it waits for the services it depends on to be ready.
+    Waiting,
+    /// Running, but not ready yet (its `ready` check has not passed).
     Starting,
-    /// Running.
+    /// Running, and ready.
     Running,
     /// Dead, waiting out the backoff before it is started again.
     BackingOff,
@@ -305,6 +355,7 @@ impl ServiceState {
     /// Its name, as the JSON says it.
     pub fn as_str(self) -> &'static str {
         match self {
+            ServiceState::Waiting => "waiting",
             ServiceState::Starting => "starting",
             ServiceState::Running => "running",
             ServiceState::BackingOff => "backing-off",
@@ -561,6 +612,10 @@ mod tests {
             Request::Retry {
                 paths: Vec::new(),
                 all: true,
+            },
+            Request::Service {
+                name: "web".into(),
+                action: ServiceAction::Restart,
             },
         ] {
             let line = request.to_line();

@@ -9,6 +9,7 @@ mod generated;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use ward_server::config::Flags;
+use ward_server::protocol::ServiceAction;
 use ward_server::{Launch, Outcome};
 
 /// Watch file trees, run jobs on changes, never die silently.
@@ -31,6 +32,17 @@ struct Cli {
     state_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What `ward service` does.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ServiceActionArg {
+    /// Start it if it is not running.
+    Start,
+    /// Stop it until it is started again.
+    Stop,
+    /// Stop it and start it again.
+    Restart,
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +88,20 @@ enum Command {
         /// or the output is closed.
         #[arg(long, short = 'f')]
         follow: bool,
+        /// Only the lines of this service: its output and what ward says about it.
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
+    },
+    /// Start, stop or restart one service of the running daemon, and wait until it is done.
+    ///
+    /// `start` and `restart` return once the service is ready (its `ready` check passed);
+    /// `stop` once its processes are gone. A stopped service stays down until started again.
+    Service {
+        /// What to do.
+        #[arg(value_enum)]
+        action: ServiceActionArg,
+        /// The service's name, as its `[[service]]` section gives it.
+        name: String,
     },
     /// Make the daemon read its config file again (as SIGHUP does) and say if it took it.
     ///
@@ -218,9 +244,25 @@ pub fn run() -> ExitCode {
         Command::Retry { paths, all } => {
             ward_server::retry(&launch(config, state_dir, Quick::default()), &paths, all)
         }
-        Command::Logs { lines, follow } => {
-            ward_server::logs(&launch(config, state_dir, Quick::default()), lines, follow)
-        }
+        Command::Logs {
+            lines,
+            follow,
+            service,
+        } => ward_server::logs(
+            &launch(config, state_dir, Quick::default()),
+            lines,
+            follow,
+            service.as_deref(),
+        ),
+        Command::Service { action, name } => ward_server::service(
+            &launch(config, state_dir, Quick::default()),
+            match action {
+                ServiceActionArg::Start => ServiceAction::Start,
+                ServiceActionArg::Stop => ServiceAction::Stop,
+                ServiceActionArg::Restart => ServiceAction::Restart,
+            },
+            &name,
+        ),
         Command::Completions { shell } => written(generated::completions(shell, &command())),
         Command::Man { dir } => written(generated::man_pages(command(), &dir)),
         Command::Reload => ward_server::reload(&launch(config, state_dir, Quick::default())),

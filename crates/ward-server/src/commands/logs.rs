@@ -34,10 +34,12 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// How much is read at a time.
 const BLOCK: usize = 64 * 1024;
 
-/// `ward logs [-n LINES] [-f]`: prints the last `lines` lines of the log (reaching into the
-/// rotated files when the live one has fewer) and, with `follow`, what is written from then on.
-pub fn logs(launch: &Launch, lines: usize, follow: bool) -> Outcome {
-    match print_log(launch, lines, follow) {
+/// `ward logs [-n LINES] [-f] [--service NAME]`: prints the last `lines` lines of the log
+/// (reaching into the rotated files when the live one has fewer) and, with `follow`, what is
+/// written from then on; with `service`, only the lines about that service (its output, its
+/// starts, deaths and restarts).
+pub fn logs(launch: &Launch, lines: usize, follow: bool, service: Option<&str>) -> Outcome {
+    match print_log(launch, lines, follow, service) {
         Ok(()) | Err(Stop::OutputClosed) => Outcome::Success,
         Err(Stop::Failed(e)) => Outcome::Failed(e),
     }
@@ -58,7 +60,12 @@ impl From<Error> for Stop {
     }
 }
 
-fn print_log(launch: &Launch, lines: usize, follow: bool) -> Result<(), Stop> {
+fn print_log(
+    launch: &Launch,
+    lines: usize,
+    follow: bool,
+    service: Option<&str>,
+) -> Result<(), Stop> {
     let Some(state) = super::existing_state_dir(launch)? else {
         return Err(Error::StateDir {
             path: launch.state_dir_path()?,
@@ -70,7 +77,8 @@ fn print_log(launch: &Launch, lines: usize, follow: bool) -> Result<(), Stop> {
         .into());
     };
     let path = state.join(names::LOG);
-    let tail = Tail::of(&path, lines)?;
+    // A service's lines are found by reading every line kept: its last ones may be anywhere.
+    let tail = Tail::of(&path, if service.is_some() { usize::MAX } else { lines })?;
     if tail.live.is_none() && !follow {
         return Err(Error::io(
             format!("reading {}", path.display()),
@@ -79,8 +87,21 @@ fn print_log(launch: &Launch, lines: usize, follow: bool) -> Result<(), Stop> {
         .into());
     }
     let mut out = io::stdout().lock();
-    for segment in &tail.segments {
-        copy(&segment.file, segment.start, Some(segment.end), &mut out)?;
+    match service {
+        None => {
+            for segment in &tail.segments {
+                copy(&segment.file, segment.start, Some(segment.end), &mut out)?;
+            }
+        }
+        Some(name) => {
+            let mut last = Filtered::new(name, LastLines::new(lines));
+            for segment in &tail.segments {
+                copy(&segment.file, segment.start, Some(segment.end), &mut last)?;
+            }
+            for line in &last.inner.lines {
+                write(&mut out, line)?;
+            }
+        }
     }
     flush(&mut out)?;
     if !follow {
@@ -90,11 +111,105 @@ fn print_log(launch: &Launch, lines: usize, follow: bool) -> Result<(), Stop> {
         path,
         current: tail.live,
     };
+    let mut filtered = service.map(|name| Filtered::new(name, io::stdout()));
     loop {
-        follower.step(&mut out)?;
+        match &mut filtered {
+            Some(filtered) => follower.step(filtered)?,
+            None => follower.step(&mut out)?,
+        }
         if output_closed_within(FOLLOW_POLL) {
             return Err(Stop::OutputClosed);
         }
+    }
+}
+
+/// Whether a log line is about service `name`: its output (`service NAME [PID]: ...`) or what
+/// ward says of it (`service NAME started`, `service NAME: restarting`, `stopping service NAME`).
+fn is_about(line: &[u8], name: &str) -> bool {
+    let needle = format!("service {name}");
+    line.windows(needle.len()).enumerate().any(|(at, w)| {
+        w == needle.as_bytes()
+            && matches!(
+                line.get(at + needle.len()),
+                None | Some(b' ' | b':' | b'\n' | b',' | b';')
+            )
+    })
+}
+
+/// Passes on the whole lines written to it that are about one service, and drops the others.
+/// A line is held until its newline comes; a line longer than [`BLOCK`] is judged by its start.
+struct Filtered<W> {
+    name: String,
+    partial: Vec<u8>,
+    inner: W,
+}
+
+impl<W: Write> Filtered<W> {
+    fn new(name: &str, inner: W) -> Filtered<W> {
+        Filtered {
+            name: name.to_owned(),
+            partial: Vec::new(),
+            inner,
+        }
+    }
+}
+
+impl<W: Write> Write for Filtered<W> {
+    fn write(&mut self, mut bytes: &[u8]) -> io::Result<usize> {
+        let written = bytes.len();
+        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+            let line = if self.partial.is_empty() {
+                &bytes[..=end]
+            } else {
+                self.partial.extend_from_slice(&bytes[..=end]);
+                &self.partial[..]
+            };
+            if is_about(line, &self.name) {
+                self.inner.write_all(line)?;
+            }
+            self.partial.clear();
+            bytes = &bytes[end + 1..];
+        }
+        // Memory stays bounded: past a block, the rest of the line is not kept.
+        let room = BLOCK.saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Keeps the last `max` lines written to it (each write one whole line).
+struct LastLines {
+    max: usize,
+    lines: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl LastLines {
+    fn new(max: usize) -> LastLines {
+        LastLines {
+            max,
+            lines: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl Write for LastLines {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        if self.max > 0 {
+            if self.lines.len() == self.max {
+                self.lines.pop_front();
+            }
+            self.lines.push_back(line.to_vec());
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -370,6 +485,42 @@ fn output_closed_within(wait: Duration) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_services_lines_are_those_that_name_it_whole() {
+        for line in [
+            "2026 INFO server: service web [12]: GET /\n",
+            "2026 INFO server: service web started, pid 12\n",
+            "2026 INFO server: service web: restarting in 100ms (attempt 1)\n",
+            "2026 INFO server: stopping service web\n",
+            "2026 WARN server: service web (pid 12) killed by SIGKILL from outside; report x\n",
+        ] {
+            assert!(is_about(line.as_bytes(), "web"), "{line}");
+        }
+        for line in [
+            "2026 INFO server: service webber [12]: GET /\n",
+            "2026 INFO server: job web on /t/a ran\n",
+        ] {
+            assert!(!is_about(line.as_bytes(), "web"), "{line}");
+        }
+    }
+
+    #[test]
+    fn the_filter_passes_whole_matching_lines_split_across_writes() {
+        let mut last = Filtered::new("db", LastLines::new(2));
+        last.write_all(b"a service db [1]: one\nb service web [2]: x\nc serv")
+            .unwrap();
+        last.write_all(b"ice db [1]: two\nd service db [1]: three\n")
+            .unwrap();
+        let lines: Vec<&[u8]> = last.inner.lines.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            lines,
+            [
+                &b"c service db [1]: two\n"[..],
+                &b"d service db [1]: three\n"[..]
+            ]
+        );
+    }
+
     use super::*;
     use crate::logging::LogFile;
 

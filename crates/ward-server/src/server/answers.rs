@@ -68,9 +68,9 @@ pub(super) fn answer(
                     .collect(),
             }))
         }
-        // Stop is answered by the control thread itself, reload by the loop's `reload`, retry by
-        // `retry`, which needs the backlog.
-        Request::Stop | Request::Reload | Request::Retry { .. } => {
+        // Stop and service are answered by the control thread itself, reload by the loop's
+        // `reload`, retry by `retry`, which needs the backlog.
+        Request::Stop | Request::Reload | Request::Retry { .. } | Request::Service { .. } => {
             Err(format!("{request:?} is not answered here"))
         }
     }
@@ -162,12 +162,19 @@ const REQUEST_WAIT: Duration = Duration::from_secs(2);
 /// reload's result; `ward reload` waits longer than this.
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
 
-/// Answers `request` on a control thread: stop by signal, the rest by asking the loop.
+/// Answers `request` on a control thread: stop by signal, a service's start, stop or restart
+/// by asking the services' loop (which may take a stop's grace and a start's readiness, and
+/// never holds up the main loop), the rest by asking the main loop.
 pub(super) fn control(
     request: Request,
     main_loop: &crossbeam_channel::Sender<Asked>,
+    services: &super::services::Requests,
+    service_wait: Duration,
 ) -> Result<Reply, String> {
     match request {
+        Request::Service { name, action } => {
+            services.act(name, action, service_wait).map(Reply::Service)
+        }
         Request::Stop => {
             // The keeper owns the tree; it stops the server, which drains first.
             // SAFETY: getppid and kill have no memory-safety preconditions.

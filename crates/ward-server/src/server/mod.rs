@@ -109,13 +109,17 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     // The control thread hands requests to this loop instead of sharing its state: nothing is
     // computed, and nothing wakes up, unless somebody asks.
     let (request_tx, requests) = crossbeam_channel::bounded::<Asked>(1);
+    let (service_requests, service_inbox) = services::requests();
+    let service_wait = services::act_wait(&config);
     let socket = ControlSocket::bind(
         &state.join(names::SOCKET),
-        Arc::new(move |request| answers::control(request, &request_tx)),
+        Arc::new(move |request| {
+            answers::control(request, &request_tx, &service_requests, service_wait)
+        }),
     )
     .map_err(cannot_start)?;
     // Before the ready line: `ward start` returns with the services' first processes spawned.
-    let services = Services::start(&config, &state).map_err(cannot_start)?;
+    let services = Services::start(&config, &state, service_inbox).map_err(cannot_start)?;
     announce_ready();
     log::info!(
         "server ready: {} watch root(s), {} trigger(s), {} service(s), {} worker thread(s)",
@@ -232,6 +236,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             }
             recv(batches) -> batch => {
                 let Ok(batch) = batch else { break Err(Error::ThreadEnded("watcher")) };
+                services.changed(&batch);
                 // A path whose job has finished is no longer in flight for the batch's changes.
                 record_outcomes(&done, &mut tracker);
                 for job in jobs_of_batch(batch, &mut tracker, &mut backlog) {
