@@ -785,6 +785,9 @@ impl Watch {
             return;
         };
         match child::read_fd(fd.as_raw_fd(), buf) {
+            // Readable a moment ago, emptied since by another read: nothing to do until the
+            // next readiness.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Ok(0) | Err(_) => self.close_stream(inner, i),
             Ok(n) => {
                 let (Some((_, stream, partial)), Some(lines)) =

@@ -89,6 +89,13 @@ pub enum EventKind {
     GaveUp(GiveUp),
     /// The child will not run again.
     Stopped(StopReason),
+    /// Everything the process `pid` wrote has reached its output sink: what a crash report
+    /// quotes of its output is complete only from here. Follows its [`EventKind::Exited`] (after
+    /// a restart's [`EventKind::Started`], which it never delays).
+    OutputDone {
+        /// The process that exited.
+        pid: u32,
+    },
 }
 
 impl fmt::Display for Event {
@@ -103,6 +110,7 @@ impl fmt::Display for Event {
             EventKind::SpawnFailed(err) => write!(f, "spawn failed: {err}"),
             EventKind::GaveUp(why) => write!(f, "{why}"),
             EventKind::Stopped(why) => write!(f, "stopped: {why}"),
+            EventKind::OutputDone { pid } => write!(f, "output of pid {pid} delivered"),
         }
     }
 }
@@ -364,7 +372,7 @@ struct Runner {
     slots: BTreeMap<ChildId, Slot>,
     next_id: ChildId,
     /// Handles of exited runs, dropped (sink threads joined) after restarts are done.
-    retired: Vec<Child>,
+    retired: Vec<(ChildId, Child)>,
     /// Watches and reaps every child. Last: the children above are dropped (stopped, reaped)
     /// before it, whose drop would SIGKILL what still runs.
     reaper: Reaper,
@@ -433,7 +441,17 @@ impl Runner {
                 }
             }
             self.due();
-            self.retired.clear();
+            self.retire();
+        }
+    }
+
+    /// Drops the handles of exited runs, which waits for their output to be delivered, and
+    /// says so for each.
+    fn retire(&mut self) {
+        for (id, child) in std::mem::take(&mut self.retired) {
+            let pid = child.id();
+            drop(child);
+            self.emit(id, EventKind::OutputDone { pid });
         }
     }
 
@@ -524,7 +542,7 @@ impl Runner {
         self.decide(id, decision);
         // Dropped once the replacement is spawned: joining its threads (the reader may drain
         // for a moment, the sink may be slow) must not delay the restart.
-        self.retired.push(old);
+        self.retired.push((id, old));
     }
 
     fn decide(&mut self, id: ChildId, decision: Decision) {
@@ -727,6 +745,7 @@ impl Runner {
     }
 
     fn stop_all(&mut self) {
+        self.retire();
         let mut stopping = Vec::new();
         let mut backing_off = Vec::new();
         for (&id, slot) in &mut self.slots {
@@ -759,7 +778,9 @@ impl Runner {
                 }
                 Err(err) => log::error!("stopping child {id}: {err}"),
             }
+            let pid = child.id();
             drop(child);
+            self.emit(id, EventKind::OutputDone { pid });
         }
     }
 }

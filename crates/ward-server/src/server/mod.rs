@@ -9,6 +9,7 @@ mod answers;
 mod backlog;
 mod batch;
 mod job;
+mod keeper_gone;
 mod reload;
 mod services;
 
@@ -69,9 +70,10 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     log::info!("server starting: watching {}", list(&config.roots));
 
     let (signal_tx, signals) = crossbeam_channel::bounded(16);
-    let mut signal_source = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|e| Error::io("installing signal handlers", e))
-        .map_err(cannot_start)?;
+    let mut signal_source =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, keeper_gone::KEEPER_GONE])
+            .map_err(|e| Error::io("installing signal handlers", e))
+            .map_err(cannot_start)?;
     let signal_handle = signal_source.handle();
     let signal_thread = std::thread::Builder::new()
         .name("ward-signals".into())
@@ -84,6 +86,15 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         })
         .map_err(|e| Error::io("starting signal thread", e))
         .map_err(cannot_start)?;
+
+    // Services stop within their grace; the rest of the stop is quick when nothing drains.
+    let keeper_gone_deadline = services::act_wait(&config);
+    if let Err(e) = keeper_gone::watch(keeper_gone_deadline) {
+        log::warn!(
+            "cannot watch for the keeper's death ({e}): if it dies, the server dies with it at once, and a service's processes that left its group may live on"
+        );
+    }
+    let mut keeper_died = false;
 
     let dispatcher = Arc::new(RwLock::new(Arc::new(
         Dispatcher::new(config.clone(), state.clone()).map_err(cannot_start)?,
@@ -119,7 +130,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     )
     .map_err(cannot_start)?;
     // Before the ready line: `ward start` returns with the services' first processes spawned.
-    let services = Services::start(&config, &state, service_inbox).map_err(cannot_start)?;
+    let mut services = Services::start(&config, &state, service_inbox).map_err(cannot_start)?;
     announce_ready();
     log::info!(
         "server ready: {} watch root(s), {} trigger(s), {} service(s), {} worker thread(s)",
@@ -263,6 +274,11 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                     backlog.batches.retire_gone(dispatcher.read().triggers());
                     renew_pressure(&mut pressure, &config, &pool);
                 }
+                Ok(keeper_gone::KEEPER_GONE) => {
+                    log::error!("the keeper died (the server's parent-death signal): stopping the services and exiting, without draining the queue");
+                    keeper_died = true;
+                    break Ok(());
+                }
                 Ok(signal) => {
                     log::info!("received signal {signal}: stop watching, drain the queue, stop workers, exit");
                     break Ok(());
@@ -272,17 +288,21 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         }
     };
 
+    // Nobody is left to restart the server: the services go first, then no drain.
+    let drain_timeout = if keeper_died {
+        services.stop();
+        Duration::ZERO
+    } else {
+        config.drain_timeout
+    };
     log::info!("stop watching");
     drop(watcher);
-    log::info!(
-        "stop intake; drain the queue for up to {:?}",
-        config.drain_timeout
-    );
-    let drain_end = Instant::now() + config.drain_timeout;
+    log::info!("stop intake; drain the queue for up to {drain_timeout:?}");
+    let drain_end = Instant::now() + drain_timeout;
     dispatcher.read().stop_running_at(drain_end);
     // A running batch finishes within the drain too; no new one starts.
     backlog.batches.stop_at(drain_end);
-    let left = pool.shutdown(config.drain_timeout);
+    let left = pool.shutdown(drain_timeout);
     backlog.batches.join();
     record_outcomes(&done, &mut tracker);
     let not_run = left.len() + backlog.len();

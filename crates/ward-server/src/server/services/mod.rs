@@ -225,8 +225,9 @@ impl Services {
     }
 
     /// Stops every service, dependents first, each through its stop signal to its group and
-    /// SIGKILL after its grace, and waits until all are reaped.
-    pub(crate) fn stop(mut self) {
+    /// SIGKILL after its grace, and waits until all are reaped. Once is enough: later calls
+    /// find nothing to stop.
+    pub(crate) fn stop(&mut self) {
         self.join();
     }
 

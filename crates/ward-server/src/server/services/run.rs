@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender, select};
 use parking_lot::Mutex;
 use ward_crashdiag::OomCounters;
-use ward_supervisor::{ChildId, ChildSpec, Event, EventKind, OutputTail, StopReason, Supervisor};
+use ward_supervisor::{
+    ChildId, ChildSpec, Event, EventKind, Exit, OutputTail, StopReason, Supervisor,
+};
 
 use super::notify::{Notice, NotifySocket};
 use super::output;
@@ -83,6 +85,8 @@ struct Unit {
     /// Who waits for it to be ready (`ward service start|restart`).
     ready_waiters: Vec<(ServiceAction, Sender<Result<ServiceDone, String>>)>,
     oom_before: Option<OomCounters>,
+    /// Deaths whose report waits for the last of their output.
+    unreported: Vec<(Exit, Option<OomCounters>)>,
     tail: OutputTail,
     notify: Option<NotifySocket>,
 }
@@ -92,7 +96,8 @@ pub(super) struct Loop {
     units: Vec<Unit>,
     /// Indexes into `units`, dependencies first.
     order: Vec<usize>,
-    supervisor: Arc<Supervisor>,
+    /// Taken at the stop, to shut it down.
+    supervisor: Option<Arc<Supervisor>>,
     events: Receiver<Event>,
     notices: Receiver<Notice>,
     inputs: Receiver<Input>,
@@ -160,6 +165,7 @@ impl Loop {
                     starts: 0,
                     ready_waiters: Vec::new(),
                     oom_before: None,
+                    unreported: Vec::new(),
                     tail: OutputTail::new(TAIL_LINES),
                     notify,
                 }
@@ -179,7 +185,7 @@ impl Loop {
         Loop {
             order: crate::config::start_order(&config.services),
             units,
-            supervisor: Arc::new(supervisor),
+            supervisor: Some(Arc::new(supervisor)),
             events,
             notices,
             inputs: inputs.1,
@@ -214,9 +220,12 @@ impl Loop {
     /// Starts unit `i` the first time.
     fn add(&mut self, i: usize) {
         let spec = self.spec(i);
+        let Some(supervisor) = &self.supervisor else {
+            return;
+        };
         let unit = &mut self.units[i];
         unit.oom_before = oom_before(&unit.service.process);
-        match self.supervisor.add(spec, unit.service.restart_policy()) {
+        match supervisor.add(spec, unit.service.restart_policy()) {
             Ok(id) => unit.id = Some(id),
             Err(e) => {
                 let why = format!("cannot start: {e}");
@@ -390,11 +399,10 @@ impl Loop {
     /// Ends unit `i`'s process as hung: its dump signal, time to print its stacks, SIGKILL.
     fn end_hung(&mut self, i: usize) {
         let unit = &self.units[i];
-        let Some(id) = unit.id else { return };
-        if let Err(e) = self
-            .supervisor
-            .kill_hung(id, unit.service.dump_signal, DUMP_WAIT)
-        {
+        let (Some(id), Some(supervisor)) = (unit.id, &self.supervisor) else {
+            return;
+        };
+        if let Err(e) = supervisor.kill_hung(id, unit.service.dump_signal, DUMP_WAIT) {
             log::error!("service {}: cannot end it: {e}", unit.service.name);
         }
     }
@@ -548,7 +556,10 @@ impl Loop {
         };
         log::info!("service {name}: {} on request", action.as_str());
         unit.acting = true;
-        let supervisor = Arc::clone(&self.supervisor);
+        let Some(supervisor) = self.supervisor.clone() else {
+            let _ = reply.send(Err("the services are stopping".into()));
+            return;
+        };
         let own = self.own.clone();
         let thread = std::thread::Builder::new()
             .name("ward-service-act".into())
@@ -620,22 +631,13 @@ impl Loop {
                 unit.probing = None;
                 unit.alive_by = None;
                 let oom = unit.oom_before.take();
-                let cause = if exit.is_clean() || exit.stop_requested {
-                    log::info!("service {name} (pid {}) {}", exit.pid, exit.termination);
-                    exit.termination.to_string()
+                let cause = exit.termination.to_string();
+                if exit.is_clean() || exit.stop_requested {
+                    log::info!("service {name} (pid {}) {cause}", exit.pid);
                 } else {
-                    let lines = unit.tail.lines();
-                    let text = lines
-                        .iter()
-                        .map(|l| l.text.as_str())
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    // Logs the verdict with the report's place.
-                    let what = format!("service {name}");
-                    deaths::report(&self.state, &self.config, &what, exit, Some(&text), oom)
-                        .map_or_else(|| exit.termination.to_string(), |r: Reported| r.cause)
-                };
-                let unit = &mut self.units[i];
+                    // Reported once its last output is in: `OutputDone` follows.
+                    unit.unreported.push((exit.clone(), oom));
+                }
                 // A restart on request waits on: a new process follows.
                 if !unit.acting {
                     for (_, waiter) in unit.ready_waiters.drain(..) {
@@ -649,6 +651,32 @@ impl Loop {
                     s.started = None;
                     s.state = ServiceState::Stopped;
                     s.last_cause = Some(cause);
+                });
+            }
+            EventKind::OutputDone { pid } => {
+                let unit = &mut self.units[i];
+                let Some(at) = unit.unreported.iter().position(|(e, _)| e.pid == *pid) else {
+                    return;
+                };
+                let (exit, oom) = unit.unreported.remove(at);
+                let lines = unit.tail.lines();
+                let text = lines
+                    .iter()
+                    .filter(|l| l.pid == *pid)
+                    .map(|l| l.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                // Logs the verdict with the report's place.
+                let what = format!("service {name}");
+                let cause =
+                    deaths::report(&self.state, &self.config, &what, &exit, Some(&text), oom)
+                        .map_or_else(|| exit.termination.to_string(), |r: Reported| r.cause);
+                let current = self.units[i].pid.is_none();
+                self.show(i, |s| {
+                    // Unless a later death has been said since.
+                    if current || s.last_cause.as_deref() == Some(&exit.termination.to_string()) {
+                        s.last_cause = Some(cause);
+                    }
                 });
             }
             EventKind::Restarting { after, attempt } => {
@@ -694,22 +722,27 @@ impl Loop {
             if unit.pid.is_some() {
                 log::info!("stopping service {}", unit.service.name);
             }
-            if let Err(e) = self.supervisor.stop_child(id) {
+            let Some(supervisor) = &self.supervisor else {
+                break;
+            };
+            if let Err(e) = supervisor.stop_child(id) {
                 log::error!("stopping service {}: {e}", unit.service.name);
             }
         }
-        // The events of the stops: their exits are logged, and shown.
-        for event in self.events.try_iter().collect::<Vec<_>>() {
-            self.on_event(&event);
-        }
-        match Arc::try_unwrap(self.supervisor) {
-            Ok(supervisor) => {
+        match self.supervisor.take().map(Arc::try_unwrap) {
+            None => {}
+            Some(Ok(supervisor)) => {
                 if let Err(e) = supervisor.shutdown() {
                     log::error!("stopping the services' supervisor: {e}");
                 }
             }
             // Cannot happen once the helpers are joined; dropping it shuts it down all the same.
-            Err(_) => log::error!("the services' supervisor is still shared at the stop"),
+            Some(Err(_)) => log::error!("the services' supervisor is still shared at the stop"),
+        }
+        // The events of the stops, and the last outputs delivered: exits are logged and
+        // shown, and a death just before the stop is reported.
+        for event in self.events.try_iter().collect::<Vec<_>>() {
+            self.on_event(&event);
         }
     }
 }

@@ -765,13 +765,22 @@ impl Stdio {
                 let (read, write) = pipe().map_err(into_io)?;
                 stdio.child[1] = Some(ChildEnd::Pipe(above_stdio(write)?));
                 stdio.child[2] = Some(ChildEnd::SameAsStdout);
-                stdio.parent[1] = Some(read);
+                stdio.parent[1] = Some(if spec.stdout_piped {
+                    read
+                } else {
+                    nonblocking(read)?
+                });
             }
             Output::Capture(_) => {
                 for i in 1..3 {
                     let (read, write) = pipe().map_err(into_io)?;
                     stdio.child[i] = Some(ChildEnd::Pipe(above_stdio(write)?));
-                    stdio.parent[i] = Some(read);
+                    // A stdout the caller reads itself stays as a caller expects it.
+                    stdio.parent[i] = Some(if i == 1 && spec.stdout_piped {
+                        read
+                    } else {
+                        nonblocking(read)?
+                    });
                 }
             }
         }
@@ -795,6 +804,22 @@ impl Stdio {
         }
         fds
     }
+}
+
+/// The read end of a captured stream, made non-blocking: the reaper reads it when `epoll` or
+/// `poll` said it was readable, but a readiness seen before another read took the bytes (a
+/// drain after the exit, say) must cost a `WouldBlock`, never a reaper thread blocked for as
+/// long as a descendant that escaped the group keeps the pipe open.
+fn nonblocking(fd: OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0
+        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 fn into_io(err: Error) -> io::Error {
