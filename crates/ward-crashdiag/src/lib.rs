@@ -36,10 +36,12 @@
 //!   ([`CrashRecord`]) and deletes it once a report holds its content.
 //! - **Signal handler.** Runs on an alternate stack (64 KiB for the installing thread; other
 //!   threads use the one the Rust runtime gives them), formats with no allocation and no locks,
-//!   writes signal, fault address, pid, thread id, the executable's load base and raw return
-//!   addresses to the record and to stderr, chains to the previous handler (so Rust's own
-//!   "has overflowed its stack" report still appears), then restores the default action and
-//!   re-raises, so the parent sees the true signal and a core is dumped where enabled.
+//!   writes signal, fault address, the interrupted instruction's address, pid, thread id, raw
+//!   return addresses and the objects loaded at [`install`] (executable and shared libraries:
+//!   load bias, build-id, file identity; found then with `dl_iterate_phdr`) to the record, and
+//!   the addresses to stderr, chains to the previous handler (so Rust's own "has overflowed its
+//!   stack" report still appears), then restores the default action and re-raises, so the
+//!   parent sees the true signal and a core is dumped where enabled.
 //! - **Heartbeat.** A thread owned by the [`CaptureGuard`] rewrites a small fixed-size JSON file
 //!   ([`Heartbeat`]) every interval with wall and monotonic time, pid and sequence, and logs a
 //!   heartbeat line at a slower interval. One wakeup per interval; `examples/bench.rs` measures it.
@@ -74,6 +76,7 @@ mod error;
 mod evidence;
 mod heartbeat;
 mod hook;
+mod objects;
 mod record;
 mod report;
 mod signal;
@@ -89,7 +92,7 @@ pub use evidence::{
 };
 pub use heartbeat::{Clock, Heartbeat, HeartbeatState, SystemClock, boot_id, read_heartbeat};
 pub use hook::{HookOutcome, OnCrashHook};
-pub use record::{CrashRecord, PanicEntry, RecordEntry, SignalEntry};
+pub use record::{CrashRecord, MappedObject, PanicEntry, RecordEntry, SignalEntry};
 pub use report::{
     CrashReport, ReportOptions, ReportSummary, WrittenReport, collect, list_reports, read_report,
     report_death, symbolize, write_death, write_report,
