@@ -31,6 +31,9 @@
 //!   made ([`symbolize`]), with the `addr2line` and `object` crates. Without it the report
 //!   keeps raw addresses, each with its object and offset, and an `addr2line` command line to
 //!   run later.
+//! - `supervisor`: `Evidence::from_exit`, the evidence of a `ward_supervisor` child's death
+//!   in one call (and `WaitOutcome: From<ward_supervisor::Termination>`). ward-supervisor does
+//!   not depend on this crate; each is usable without the other.
 //!
 //! Linux only: the signal handler, `/proc` and cgroup readers have no portable equivalent; on
 //! other systems [`install`] returns [`Error::Unsupported`].
