@@ -145,6 +145,111 @@ impl Evidence {
     }
 }
 
+/// With the `supervisor` feature: the evidence a [`ward_supervisor`] parent holds.
+#[cfg(feature = "supervisor")]
+impl Evidence {
+    /// The evidence of the death of a child that [`ward_supervisor`] reaped, in one call: its
+    /// wait status, peak RSS (`wait4`'s `ru_maxrss`), run time, whether its parent asked it to
+    /// stop, whether it was stopped as hung (and the dump signal it was sent then), and its
+    /// memory cgroup (path, limit, and the `oom_kill` count read at the reap) when it ran under
+    /// a memory limit. Call it as soon as the child is reaped: it reads the OOM counters after
+    /// the death here.
+    ///
+    /// `oom_before` are the counters read when the child was spawned
+    /// ([`OomCounters::read`]`(None)` for the system-wide count); without them the system-wide
+    /// counter is not compared, but a child with a memory cgroup of its own still is, since a
+    /// cgroup made for one run starts at 0. What only the caller knows is left for it to set:
+    /// [`crash_capture`](Evidence::crash_capture) if the child ran [`install`](crate::install),
+    /// its heartbeat and log files, its stderr tail.
+    ///
+    /// ```
+    /// use ward_crashdiag::{Cause, Evidence, OomCounters, WaitOutcome, collect};
+    /// use ward_supervisor::{Child, ChildSpec, Output};
+    ///
+    /// let crash_dir = tempfile::tempdir()?;
+    /// let oom_before = OomCounters::read(None);
+    /// let child = Child::spawn(
+    ///     &ChildSpec::new("sh")
+    ///         .args(["-c", "kill -SEGV $$"])
+    ///         .output(Output::Null),
+    /// )?;
+    /// let exit = child.wait();
+    ///
+    /// let evidence = Evidence::from_exit(&exit, "worker", crash_dir.path(), Some(oom_before));
+    /// assert!(matches!(
+    ///     evidence.wait_status,
+    ///     Some(WaitOutcome::Signaled { signal: libc::SIGSEGV, .. })
+    /// ));
+    /// assert!(evidence.max_rss_kib.is_some_and(|kib| kib > 0));
+    /// let report = collect(&evidence);
+    /// assert!(matches!(
+    ///     report.verdict.cause,
+    ///     Cause::NativeCrash { signal: libc::SIGSEGV, .. }
+    /// ));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_exit(
+        exit: &ward_supervisor::Exit,
+        role: impl Into<String>,
+        crash_dir: impl Into<PathBuf>,
+        oom_before: Option<OomCounters>,
+    ) -> Evidence {
+        let mut evidence = Evidence::new(exit.pid, role, crash_dir);
+        evidence.wait_status = Some(exit.termination.into());
+        evidence.max_rss_kib = Some(exit.max_rss_bytes / 1024);
+        evidence.run_time = Some(exit.run_time);
+        evidence.stop_requested = exit.stop_requested;
+        evidence.watchdog_fired = exit.hung;
+        evidence.dump_signal = exit.dump_signal;
+        let cgroup = exit.memory_cgroup.as_ref();
+        // A cgroup made for this run started at 0; without one, nothing to compare without a
+        // reading from the spawn.
+        let before = match (oom_before, cgroup) {
+            (Some(before), Some(_)) => Some(OomCounters {
+                cgroup_oom_kill: before.cgroup_oom_kill.or(Some(0)),
+                ..before
+            }),
+            (None, Some(_)) => Some(OomCounters {
+                cgroup_oom_kill: Some(0),
+                vmstat_oom_kill: None,
+            }),
+            (before, None) => before,
+        };
+        evidence.oom_after = before.map(|before| OomCounters {
+            // The child's own cgroup is gone by now: its counter was read at the reap.
+            cgroup_oom_kill: match cgroup {
+                Some(c) => c.oom_kills,
+                None => None,
+            },
+            vmstat_oom_kill: before.vmstat_oom_kill.and_then(|_| {
+                read_vmstat_oom_kill()
+                    .inspect_err(|e| log::debug!("OOM counters: {e}"))
+                    .ok()
+            }),
+        });
+        evidence.oom_before = before;
+        evidence.memory_cgroup = cgroup.map(|c| c.path.clone());
+        evidence.memory_limit_bytes = cgroup.and_then(|c| c.limit_bytes);
+        evidence
+    }
+}
+
+#[cfg(feature = "supervisor")]
+impl From<ward_supervisor::Termination> for WaitOutcome {
+    fn from(termination: ward_supervisor::Termination) -> Self {
+        match termination {
+            ward_supervisor::Termination::Exited { code } => WaitOutcome::Exited { code },
+            ward_supervisor::Termination::Signaled {
+                signal,
+                core_dumped,
+            } => WaitOutcome::Signaled {
+                signal,
+                core_dumped,
+            },
+        }
+    }
+}
+
 /// The `oom_kill` count of a memory cgroup directory: v2's `memory.events`, else v1's
 /// `memory.oom_control`.
 ///

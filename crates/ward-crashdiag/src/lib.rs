@@ -26,8 +26,17 @@
 //! ```
 //!
 //! # Crate features
-//! None. Linux only: the signal handler, `/proc` and cgroup readers have no portable
-//! equivalent; on other systems [`install`] returns [`Error::Unsupported`].
+//! - `symbolize` (default): names a native crash's frames (function, `file:line`, inlined
+//!   calls) from the debug info of the executable and its shared libraries as the report is
+//!   made ([`symbolize`]), with the `addr2line` and `object` crates. Without it the report
+//!   keeps raw addresses, each with its object and offset, and an `addr2line` command line to
+//!   run later.
+//! - `supervisor`: `Evidence::from_exit`, the evidence of a `ward_supervisor` child's death
+//!   in one call (and `WaitOutcome: From<ward_supervisor::Termination>`). ward-supervisor does
+//!   not depend on this crate; each is usable without the other.
+//!
+//! Linux only: the signal handler, `/proc` and cgroup readers have no portable equivalent; on
+//! other systems [`install`] returns [`Error::Unsupported`].
 //!
 //! # Theory of operation
 //! - **Crash record.** [`install`] opens `<crash dir>/<pid>.record` (see [`record_path`]) and
@@ -36,10 +45,20 @@
 //!   ([`CrashRecord`]) and deletes it once a report holds its content.
 //! - **Signal handler.** Runs on an alternate stack (64 KiB for the installing thread; other
 //!   threads use the one the Rust runtime gives them), formats with no allocation and no locks,
-//!   writes signal, fault address, pid, thread id, the executable's load base and raw return
-//!   addresses to the record and to stderr, chains to the previous handler (so Rust's own
-//!   "has overflowed its stack" report still appears), then restores the default action and
-//!   re-raises, so the parent sees the true signal and a core is dumped where enabled.
+//!   writes signal, fault address, the interrupted instruction's address, pid, thread id, raw
+//!   return addresses and the objects loaded at [`install`] (executable and shared libraries:
+//!   load bias, build-id, file identity; found then with `dl_iterate_phdr`) to the record, and
+//!   the addresses to stderr, chains to the previous handler (so Rust's own "has overflowed its
+//!   stack" report still appears), then restores the default action and re-raises, so the
+//!   parent sees the true signal and a core is dumped where enabled.
+//! - **Symbolization.** Addresses are named in the parent, never in the dying process: the
+//!   collector finds each address's object, checks that the object's file is still the one
+//!   the process had loaded (build-id, else inode, size and modification time), reads its DWARF
+//!   (or, for a library, the split-off file under `/usr/lib/debug/.build-id/`) and names the
+//!   function, file and line of each frame and of the calls inlined there; without debug info,
+//!   the symbol table names the function alone. The interrupted instruction is looked up as it
+//!   is, return addresses one byte back (inside their call). The file is read, not mapped, at
+//!   most 256 MiB of debug sections from one object; naming stops after ten seconds.
 //! - **Heartbeat.** A thread owned by the [`CaptureGuard`] rewrites a small fixed-size JSON file
 //!   ([`Heartbeat`]) every interval with wall and monotonic time, pid and sequence, and logs a
 //!   heartbeat line at a slower interval. One wakeup per interval; `examples/bench.rs` measures it.
@@ -53,11 +72,22 @@
 //!   which [`install`] does ahead of time. It still takes the dynamic loader's lock while
 //!   unwinding, so a crash while another thread is inside `dlopen` could hang; the parent's
 //!   watchdog then reports a hang rather than a native crash.
-//! - Addresses are not symbolized in the process. The collector runs `addr2line` (binutils) on
-//!   the frames inside the executable when it makes the report ([`symbolize`]), which is right
-//!   only while the executable on disk is the one that crashed; without `addr2line` the report
-//!   keeps the load base and an `addr2line -e <exe> <offsets>` line to run later. Frames in
-//!   shared libraries stay raw.
+//! - Frames are named from the files on disk when the report is made. An object replaced since
+//!   (another build-id, or without one another inode, size or modification time) keeps its
+//!   frames raw, with a note; the report then keeps an `addr2line -e <exe> <offsets>` line to
+//!   run against the right executable. A record from before objects were recorded is named
+//!   without that check, and says so.
+//! - Libraries loaded with `dlopen` after [`install`] are not in the record: their frames stay
+//!   raw. So do frames in an object whose debug info is compressed (`SHF_COMPRESSED`, as
+//!   Debian's `-dbg` packages ship it) or over 256 MiB: those get function names from the
+//!   symbol table only, without lines. Split DWARF (`.dwo`, `.dwp`) is not read.
+//! - The handler reads the interrupted instruction's address only on x86-64 and AArch64 with
+//!   glibc; elsewhere the crash site's frame is looked up as a return address (one byte back),
+//!   which can name the line before it.
+//! - Naming a crash's frames holds each object's debug sections in the collector's memory for
+//!   the time it takes (as much as their size, at most 256 MiB an object). The limit is on the
+//!   sections a well-formed file names: the headers of a corrupt file are read as they claim,
+//!   up to the file's size.
 //! - After the [`CaptureGuard`] is dropped, an empty crash record is deleted but its descriptor
 //!   stays open: a crash during the rest of the shutdown reaches stderr only.
 //! - Without a run time or a heartbeat, kernel log lines are matched by pid alone, so a line
@@ -74,9 +104,11 @@ mod error;
 mod evidence;
 mod heartbeat;
 mod hook;
+mod objects;
 mod record;
 mod report;
 mod signal;
+mod symbolize;
 mod time;
 mod verdict;
 
@@ -89,9 +121,10 @@ pub use evidence::{
 };
 pub use heartbeat::{Clock, Heartbeat, HeartbeatState, SystemClock, boot_id, read_heartbeat};
 pub use hook::{HookOutcome, OnCrashHook};
-pub use record::{CrashRecord, PanicEntry, RecordEntry, SignalEntry};
+pub use record::{CrashRecord, MappedObject, PanicEntry, RecordEntry, SignalEntry};
 pub use report::{
     CrashReport, ReportOptions, ReportSummary, WrittenReport, collect, list_reports, read_report,
-    report_death, symbolize, write_death, write_report,
+    report_death, write_death, write_report,
 };
+pub use symbolize::{NativeFrame, SourceFrame, Symbolization, symbolize};
 pub use verdict::{Cause, Confidence, Verdict};

@@ -75,10 +75,78 @@ pub struct SignalEntry {
     pub exe_base: String,
     /// End of the executable's last mapping, hexadecimal.
     pub exe_end: String,
-    /// Raw return addresses, innermost first, hexadecimal.
+    /// Raw return addresses, innermost first, hexadecimal. Those before the one equal to `pc`
+    /// are the crash handler's own.
     pub frames: Vec<String>,
+    /// The address of the instruction the signal interrupted (the faulting one for a fault),
+    /// hexadecimal; `None` where the handler cannot read it (an architecture other than x86-64
+    /// and AArch64, or a C library other than glibc).
+    #[serde(default)]
+    pub pc: Option<String>,
+    /// The executable and the shared libraries loaded when [`install`](crate::install) ran,
+    /// the executable first.
+    #[serde(default)]
+    pub objects: Vec<MappedObject>,
     /// Whether the entry was written to its end.
     pub complete: bool,
+}
+
+/// An object file mapped into the crashed process (its executable or a shared library), as
+/// [`install`](crate::install) found it: enough for the parent to name the frames inside it
+/// later, and to tell whether its file changed since.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappedObject {
+    /// The path of its file.
+    pub path: String,
+    /// Its load bias, hexadecimal: an address in the process minus this is the address in the
+    /// file (0 for an executable that is not position-independent).
+    pub bias: String,
+    /// The lowest address of its loaded segments, hexadecimal.
+    pub start: String,
+    /// The end of its loaded segments, hexadecimal.
+    pub end: String,
+    /// Its GNU build-id, hexadecimal, read from its notes in memory.
+    pub build_id: Option<String>,
+    /// Its file's identity when it was loaded: `device:inode:size:mtime_ns`.
+    pub file_id: Option<String>,
+}
+
+impl MappedObject {
+    /// Whether `address` lies inside its loaded segments.
+    pub fn contains(&self, address: u64) -> bool {
+        matches!(
+            (parse_hex(&self.start), parse_hex(&self.end)),
+            (Some(start), Some(end)) if address >= start && address < end
+        )
+    }
+
+    /// The record line's value: `bias start end build-id file-id path`, `-` for what is
+    /// unknown; the path last, so that it may hold spaces.
+    pub(crate) fn to_record_value(&self) -> String {
+        format!(
+            "{} {} {} {} {} {}",
+            self.bias,
+            self.start,
+            self.end,
+            self.build_id.as_deref().unwrap_or("-"),
+            self.file_id.as_deref().unwrap_or("-"),
+            self.path
+        )
+    }
+
+    fn from_record_value(value: &str) -> Option<MappedObject> {
+        let mut fields = value.splitn(6, ' ');
+        let mut next = || fields.next().filter(|f| !f.is_empty());
+        let known = |f: &str| (f != "-").then(|| f.to_owned());
+        Some(MappedObject {
+            bias: next()?.to_owned(),
+            start: next()?.to_owned(),
+            end: next()?.to_owned(),
+            build_id: known(next()?),
+            file_id: known(next()?),
+            path: next()?.to_owned(),
+        })
+    }
 }
 
 impl CrashRecord {
@@ -182,6 +250,8 @@ impl SignalEntry {
             "exe_base" => self.exe_base = value.to_owned(),
             "exe_end" => self.exe_end = value.to_owned(),
             "frame" => self.frames.push(value.to_owned()),
+            "pc" => self.pc = Some(value.to_owned()),
+            "object" => self.objects.extend(MappedObject::from_record_value(value)),
             _ => {}
         }
     }
@@ -266,6 +336,39 @@ mod tests {
         // Only the frame inside the executable gets an offset.
         assert_eq!(s.exe_offsets(), vec!["0x234".to_owned()]);
         assert!(record.last_panic().is_none());
+    }
+
+    #[test]
+    fn mapped_objects_round_trip_with_spaces_in_the_path_and_unknown_ids() {
+        let objects = [
+            MappedObject {
+                path: "/opt/my app/bin/server".into(),
+                bias: "0x5555".into(),
+                start: "0x5555".into(),
+                end: "0x9999".into(),
+                build_id: Some("0a1b2c".into()),
+                file_id: Some("2049:1234:4096:1700000000000000000".into()),
+            },
+            MappedObject {
+                path: "/lib/libc.so.6".into(),
+                bias: "0x7f00".into(),
+                start: "0x7f00".into(),
+                end: "0x8f00".into(),
+                build_id: None,
+                file_id: None,
+            },
+        ];
+        let mut text = String::from("== signal\nsignal=11\npc=0x5600\n");
+        for o in &objects {
+            text.push_str(&format!("object={}\n", o.to_record_value()));
+        }
+        text.push_str("object=garbage\n== end\n");
+        let record = CrashRecord::parse(&text);
+        let s = record.signals().next().unwrap();
+        assert_eq!(s.objects, objects, "the garbage line is skipped");
+        assert_eq!(s.pc.as_deref(), Some("0x5600"));
+        assert!(objects[0].contains(0x5600));
+        assert!(!objects[0].contains(0x9999));
     }
 
     #[test]

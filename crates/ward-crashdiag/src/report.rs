@@ -5,8 +5,7 @@ use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,12 +14,15 @@ use crate::error::{Error, Result};
 use crate::evidence::{OomCounters, WaitOutcome, kernel_lines_about};
 use crate::heartbeat::{Heartbeat, SystemClock, boot_id, read_heartbeat};
 use crate::hook::{HookOutcome, OnCrashHook};
-use crate::record::{CrashRecord, SignalEntry};
+use crate::record::CrashRecord;
+use crate::symbolize::{NativeFrame, symbolize};
 use crate::verdict::{Findings, Verdict, classify};
 use crate::{Evidence, time};
 
-/// The version of the report format; bumped when a field changes meaning.
-const FORMAT_VERSION: u32 = 1;
+/// The version of the report format; bumped when a field changes meaning. 2: the symbolized
+/// frames are `native_frames`, one structured entry per recorded address (1 had
+/// `symbolized_frames`, lines of `addr2line` output).
+const FORMAT_VERSION: u32 = 2;
 /// How much of a log file's end is read.
 const LOG_TAIL_BYTES: u64 = 64 * 1024;
 /// How many lines of a log or stderr tail a report keeps.
@@ -60,12 +62,14 @@ pub struct CrashReport {
     pub oom_before: Option<OomCounters>,
     /// OOM counters after death.
     pub oom_after: Option<OomCounters>,
-    /// How to symbolize the raw addresses of a native crash.
+    /// How to symbolize the raw addresses inside the executable later (`addr2line -e ...`),
+    /// when none could be named as the report was made.
     pub symbolize_hint: Option<String>,
-    /// The frames inside the executable, symbolized by `addr2line` when the report was made
-    /// (empty if it is not installed; the reason is in `notes`).
+    /// The native crash's recorded addresses, innermost first, each with its object and, where
+    /// its debug info allowed when the report was made, its function and `file:line`
+    /// ([`symbolize`](crate::symbolize)); what could not be named is said in `notes`.
     #[serde(default)]
-    pub symbolized_frames: Vec<String>,
+    pub native_frames: Vec<NativeFrame>,
     /// What could not be read while gathering, and why.
     pub notes: Vec<String>,
 }
@@ -198,19 +202,29 @@ pub fn collect(evidence: &Evidence) -> CrashReport {
         kernel_lines: kernel_lines.as_deref(),
         log_tail: &log_tail,
     });
-    let symbolize_hint = crash_record.as_ref().and_then(|r| {
-        let s = r.signals().next()?;
-        let offsets = s.exe_offsets();
-        (!offsets.is_empty())
-            .then(|| format!("addr2line -C -f -i -e {} {}", s.exe, offsets.join(" ")))
-    });
-    let symbolized_frames = match crash_record.as_ref().and_then(|r| r.signals().next()) {
-        Some(signal) => symbolize_entry(signal).unwrap_or_else(|e| {
-            notes.push(format!("symbolizing: {e}"));
-            Vec::new()
-        }),
+    let first_signal = crash_record.as_ref().and_then(|r| r.signals().next());
+    let native_frames = match first_signal {
+        Some(signal) => {
+            let symbolized = symbolize(signal);
+            notes.extend(
+                symbolized
+                    .notes
+                    .into_iter()
+                    .map(|n| format!("symbolizer: {n}")),
+            );
+            symbolized.frames
+        }
         None => Vec::new(),
     };
+    // Offsets to name later, with the right executable, when none could be named now.
+    let symbolize_hint = first_signal.and_then(|s| {
+        let offsets = s.exe_offsets();
+        let named = native_frames
+            .iter()
+            .any(|f| f.object.as_deref() == Some(s.exe.as_str()) && !f.symbols.is_empty());
+        (!offsets.is_empty() && !named)
+            .then(|| format!("addr2line -C -f -i -e {} {}", s.exe, offsets.join(" ")))
+    });
     let stderr_tail = evidence
         .stderr_tail
         .as_deref()
@@ -233,7 +247,7 @@ pub fn collect(evidence: &Evidence) -> CrashReport {
         oom_before: evidence.oom_before,
         oom_after: evidence.oom_after,
         symbolize_hint,
-        symbolized_frames,
+        native_frames,
         notes,
     }
 }
@@ -419,77 +433,6 @@ pub fn read_report(path: &Path) -> Result<CrashReport> {
     })
 }
 
-/// Symbolizes the native frames of a report with `addr2line` (binutils), if it is installed:
-/// one `function at file:line` line per frame inside the executable. Only meaningful while the
-/// executable on disk is the one that crashed.
-///
-/// # Errors
-/// [`Error::Io`] if `addr2line` cannot be started, [`Error::Sys`] if it fails or takes more
-/// than ten seconds.
-pub fn symbolize(report: &CrashReport) -> Result<Vec<String>> {
-    match report
-        .crash_record
-        .as_ref()
-        .and_then(|r| r.signals().next())
-    {
-        Some(signal) => symbolize_entry(signal),
-        None => Ok(Vec::new()),
-    }
-}
-
-fn symbolize_entry(signal: &SignalEntry) -> Result<Vec<String>> {
-    let offsets = signal.exe_offsets();
-    if offsets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut child = Command::new("addr2line")
-        .args(["-C", "-f", "-i", "-p", "-e", &signal.exe])
-        .args(&offsets)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| Error::io("running", "addr2line", e))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stdout = child.stdout.take().expect("stdout was piped");
-    // Read on another thread so that the wait below stays bounded; killing the child closes
-    // the pipe and ends the read.
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        stdout.read_to_string(&mut out).map(|_| out)
-    });
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => break,
-            Ok(Some(status)) => {
-                return Err(Error::Sys {
-                    call: "addr2line",
-                    source: std::io::Error::other(format!("{status}")),
-                });
-            }
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                // kill fails only if it just exited; wait reaps it either way.
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Error::Sys {
-                    call: "addr2line",
-                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-                });
-            }
-            Err(e) => return Err(Error::io("waiting for", "addr2line", e)),
-        }
-    }
-    let out = reader
-        .join()
-        .map_err(|_| Error::Sys {
-            call: "addr2line",
-            source: std::io::Error::other("the output reader panicked"),
-        })?
-        .map_err(|e| Error::io("reading output of", "addr2line", e))?;
-    Ok(out.lines().map(str::to_owned).collect())
-}
-
 impl CrashReport {
     /// The report for people: verdict first, then the evidence and what was found.
     pub fn to_text(&self) -> String {
@@ -525,7 +468,12 @@ impl CrashReport {
                 let _ = writeln!(t, "  {line}");
             }
         }
-        for s in self.crash_record.iter().flat_map(|r| r.signals()) {
+        for (i, s) in self
+            .crash_record
+            .iter()
+            .flat_map(|r| r.signals())
+            .enumerate()
+        {
             let _ = writeln!(
                 t,
                 "\nfatal signal {} ({}) code {} address {} in tid {}{}",
@@ -541,14 +489,13 @@ impl CrashReport {
                 }
             );
             let _ = writeln!(t, "  executable {} loaded at {}", s.exe, s.exe_base);
-            for f in &s.frames {
-                let _ = writeln!(t, "  {f}");
-            }
-        }
-        if !self.symbolized_frames.is_empty() {
-            let _ = writeln!(t, "\nsymbolized (addr2line, innermost first):");
-            for line in self.symbolized_frames.iter().take(40) {
-                let _ = writeln!(t, "  {line}");
+            // The report's frames are the first entry's, named.
+            if i == 0 && self.native_frames.len() == s.frames.len() {
+                write_native_frames(&mut t, &self.native_frames, s);
+            } else {
+                for f in &s.frames {
+                    let _ = writeln!(t, "  {f}");
+                }
             }
         }
         if let Some(hint) = &self.symbolize_hint {
@@ -578,6 +525,58 @@ impl CrashReport {
             }
         }
         t
+    }
+}
+
+/// The frames innermost first, one line each with its function and `file:line` where named and
+/// a line for each call inlined there; the crash handler's own frames (those before the
+/// interrupted instruction) are counted, not listed.
+fn write_native_frames(t: &mut String, frames: &[NativeFrame], signal: &crate::SignalEntry) {
+    let handler = signal
+        .pc
+        .as_deref()
+        .and_then(|pc| frames.iter().position(|f| f.address == pc))
+        .unwrap_or(0);
+    // Writing to a String cannot fail.
+    if handler > 0 {
+        let _ = writeln!(t, "  ({handler} frames of the crash handler left out)");
+    }
+    for (n, frame) in frames.iter().enumerate().skip(handler) {
+        let library = frame
+            .object
+            .as_deref()
+            .filter(|o| *o != signal.exe)
+            .map(|o| {
+                Path::new(o)
+                    .file_name()
+                    .map_or(o.into(), |n| n.to_string_lossy())
+            });
+        let mut symbols = frame.symbols.iter();
+        match symbols.next() {
+            Some(innermost) => {
+                let _ = write!(t, "  #{n:<2} {} {innermost}", frame.address);
+                if let Some(library) = library {
+                    let _ = write!(t, " ({library})");
+                }
+                let _ = writeln!(t);
+                for caller in symbols {
+                    let _ = writeln!(t, "        inlined into {caller}");
+                }
+            }
+            None => {
+                let _ = write!(t, "  #{n:<2} {}", frame.address);
+                match (library, &frame.offset) {
+                    (Some(library), Some(offset)) => {
+                        let _ = write!(t, " ({library} +{offset})");
+                    }
+                    (None, Some(offset)) => {
+                        let _ = write!(t, " (executable +{offset})");
+                    }
+                    _ => {}
+                }
+                let _ = writeln!(t);
+            }
+        }
     }
 }
 

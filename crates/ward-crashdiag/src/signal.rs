@@ -42,7 +42,7 @@ pub(crate) fn raw_frames() -> Vec<String> {
 mod linux {
     use std::ffi::c_void;
     use std::fs;
-    use std::io::{self, Read};
+    use std::io;
     use std::mem;
     use std::ptr;
     use std::sync::OnceLock;
@@ -59,7 +59,8 @@ mod linux {
     /// What the handler reads; set once by `install`, before any handler can run.
     struct HandlerState {
         record_fd: libc::c_int,
-        /// `exe=...\nexe_base=0x...\nexe_end=0x...\n`, formatted at install time.
+        /// `exe=...\nexe_base=0x...\nexe_end=0x...\n` and the `object=...` lines, formatted at
+        /// install time.
         preamble: Box<[u8]>,
         previous: [libc::sigaction; FATAL_SIGNALS.len()],
     }
@@ -170,41 +171,25 @@ mod linux {
         Ok(())
     }
 
-    /// The executable's path and mapped range from `/proc/self/maps`, so that raw addresses can
-    /// be turned into `addr2line` offsets later. A non-PIE executable gets base 0.
+    /// The executable's path and loaded range, then one `object=` line for each object mapped
+    /// now (the executable first): what the parent needs to name the frames later. A non-PIE
+    /// executable gets base 0.
     fn exe_preamble() -> Vec<u8> {
         let exe = fs::read_link("/proc/self/exe")
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (mut base, mut end) = (u64::MAX, 0u64);
-        if let Ok(maps) = fs::read_to_string("/proc/self/maps") {
-            for line in maps.lines() {
-                let mut fields = line.split_whitespace();
-                let range = fields.next().unwrap_or("");
-                if fields.nth(4) != Some(exe.as_str()) {
-                    continue;
-                }
-                if let Some((lo, hi)) = range.split_once('-') {
-                    let lo = u64::from_str_radix(lo, 16).unwrap_or(u64::MAX);
-                    let hi = u64::from_str_radix(hi, 16).unwrap_or(0);
-                    base = base.min(lo);
-                    end = end.max(hi);
-                }
-            }
+        let objects = crate::objects::loaded(&exe);
+        let (base, end) = objects
+            .first()
+            .filter(|o| o.path == exe)
+            .map_or(("0x0", "0x0"), |o| (o.bias.as_str(), o.end.as_str()));
+        let mut text = format!("exe={exe}\nexe_base={base}\nexe_end={end}\n");
+        for object in &objects {
+            text.push_str("object=");
+            text.push_str(&object.to_record_value());
+            text.push('\n');
         }
-        if base == u64::MAX {
-            base = 0;
-        }
-        // Only the ELF header's e_type: reading the whole executable made every process peak at
-        // many times its resident size while installing.
-        let mut header = [0u8; 18];
-        let pie = fs::File::open("/proc/self/exe")
-            .and_then(|mut f| f.read_exact(&mut header))
-            .map(|()| u16::from_le_bytes([header[16], header[17]]))
-            .ok()
-            .is_none_or(|e_type| e_type == 3); // ET_DYN
-        let load_base = if pie { base } else { 0 };
-        format!("exe={exe}\nexe_base={load_base:#x}\nexe_end={end:#x}\n").into_bytes()
+        text.into_bytes()
     }
 
     /// A fixed-size line buffer: the handler's only way to format.
@@ -319,14 +304,47 @@ mod linux {
             }
         }
         if first && let Some(state) = STATE.get() {
-            report(state, sig, info, tid);
+            report(state, sig, info, interrupted_pc(context), tid);
             chain(state, sig, info, context);
         }
         die(sig);
     }
 
+    /// The address of the instruction the signal interrupted, from the context the kernel
+    /// saved; `None` where this crate does not know the context's layout.
+    fn interrupted_pc(context: *mut c_void) -> Option<usize> {
+        if context.is_null() {
+            return None;
+        }
+        #[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
+        {
+            // SAFETY: the kernel passes an SA_SIGINFO handler a valid `ucontext_t`.
+            let uc = unsafe { &*context.cast::<libc::ucontext_t>() };
+            Some(uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize)
+        }
+        #[cfg(all(target_arch = "aarch64", target_env = "gnu"))]
+        {
+            // SAFETY: the kernel passes an SA_SIGINFO handler a valid `ucontext_t`.
+            let uc = unsafe { &*context.cast::<libc::ucontext_t>() };
+            Some(uc.uc_mcontext.pc as usize)
+        }
+        #[cfg(not(all(
+            any(target_arch = "x86_64", target_arch = "aarch64"),
+            target_env = "gnu"
+        )))]
+        {
+            None
+        }
+    }
+
     /// Writes the record entry for `sig` to the record and to stderr.
-    fn report(state: &HandlerState, sig: libc::c_int, info: *mut libc::siginfo_t, tid: i32) {
+    fn report(
+        state: &HandlerState,
+        sig: libc::c_int,
+        info: *mut libc::siginfo_t,
+        pc: Option<usize>,
+        tid: i32,
+    ) {
         let fd = state.record_fd;
         // Async-signal-safe: a static table, no allocation.
         let name = ward_sys::signal::name(sig).unwrap_or("SIG?");
@@ -373,6 +391,9 @@ mod linux {
         }
         line.str(b"pid=").dec(i64::from(pid)).str(b"\n");
         line.str(b"tid=").dec(i64::from(tid)).str(b"\n");
+        if let Some(pc) = pc {
+            line.str(b"pc=").hex(pc).str(b"\n");
+        }
         if fd >= 0 {
             write_all(fd, line.as_bytes());
             write_all(fd, &state.preamble);
@@ -465,7 +486,21 @@ mod linux {
             let text = String::from_utf8(exe_preamble()).unwrap();
             let exe = std::env::current_exe().unwrap();
             assert!(text.contains(&format!("exe={}", exe.display())), "{text}");
-            assert!(text.contains("exe_base=0x"), "{text}");
+            // A PIE (as tests are built) is loaded at its lowest mapping, as /proc/self/maps
+            // shows it.
+            let maps = fs::read_to_string("/proc/self/maps").unwrap();
+            let lowest = maps
+                .lines()
+                .filter(|l| l.ends_with(&*exe.to_string_lossy()))
+                .filter_map(|l| l.split('-').next())
+                .map(|a| u64::from_str_radix(a, 16).unwrap())
+                .min()
+                .unwrap();
+            assert!(text.contains(&format!("exe_base={lowest:#x}\n")), "{text}");
+            assert!(
+                text.contains(&format!("object={lowest:#x} {lowest:#x} ")),
+                "{text}"
+            );
         }
     }
 }

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use support::{BEAT, Death, evidence, poll, spawn};
 use ward_crashdiag::{
-    Cause, Confidence, HookOutcome, OnCrashHook, OomCounters, PostMortem, PostMortemInput,
-    ReportOptions, SystemClock, WaitOutcome, boot_id, collect, list_reports, memory_cgroup_of,
-    read_heartbeat, read_report, record_path, report_death, symbolize, write_report,
+    Cause, Confidence, Evidence, HookOutcome, OnCrashHook, OomCounters, PostMortem,
+    PostMortemInput, ReportOptions, SystemClock, WaitOutcome, boot_id, collect, list_reports,
+    memory_cgroup_of, read_heartbeat, read_report, record_path, report_death, symbolize,
+    write_report,
 };
 
 #[global_allocator]
@@ -145,21 +146,112 @@ fn segfault_is_a_native_crash_with_address_and_backtrace() {
     );
     assert!(!record_path(dir.path(), pid).exists());
 
-    // The raw addresses symbolize to the function that wrote through the bad pointer.
-    assert!(
-        report
-            .symbolize_hint
-            .as_deref()
-            .unwrap()
-            .starts_with("addr2line")
-    );
-    match symbolize(report) {
-        Ok(lines) => {
-            assert!(lines.iter().any(|l| l.contains("segfault")), "{lines:#?}");
-            assert_eq!(lines, report.symbolized_frames, "the report holds them too");
-        }
-        Err(e) => eprintln!("symbolization skipped: {e}"),
+    // The raw addresses were named as the report was made: the function that wrote through the
+    // bad pointer is among them, and nothing is left to symbolize by hand.
+    let signal = report
+        .crash_record
+        .as_ref()
+        .unwrap()
+        .signals()
+        .next()
+        .unwrap();
+    assert_eq!(symbolize(signal).frames, report.native_frames);
+    if !cfg!(feature = "symbolize") {
+        assert!(report.symbolize_hint.is_some());
+        return;
     }
+    let mut named = report
+        .native_frames
+        .iter()
+        .flat_map(|f| &f.symbols)
+        .filter_map(|s| s.function.as_deref());
+    assert!(
+        named.any(|f| f.ends_with("::segfault")),
+        "{}",
+        report.to_text()
+    );
+    assert_eq!(report.symbolize_hint, None);
+}
+
+/// The line of `support/child.rs` that holds `marker`.
+fn child_source_line(marker: &str) -> u32 {
+    let index = include_str!("support/child.rs")
+        .lines()
+        .position(|l| l.contains(marker))
+        .expect("the marker is in child.rs");
+    index as u32 + 1
+}
+
+/// A native crash of a program that installed the capture, reaped by a ward-supervisor parent
+/// and explained through `Evidence::from_exit`, as a library user would: the report names the
+/// function that read through the null pointer and the line it did so on, from the
+/// executable's own debug info (no binutils needed).
+#[test]
+fn a_null_read_under_a_supervisor_is_named_down_to_its_function_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exit, output) = support::run_supervised("null_field", dir.path(), DEATH);
+    let mut evidence = Evidence::from_exit(&exit, "worker", dir.path(), None);
+    evidence.crash_capture = true;
+    evidence.stderr_tail = Some(output);
+    assert!(evidence.max_rss_kib.is_some_and(|kib| kib > 0));
+    let report = collect(&evidence);
+    let text = report.to_text();
+
+    let Cause::NativeCrash {
+        signal, address, ..
+    } = &report.verdict.cause
+    else {
+        panic!("expected a native crash: {text}");
+    };
+    assert_eq!(*signal, libc::SIGSEGV, "{text}");
+    assert_eq!(address.as_deref(), Some("0x8"), "{text}");
+    assert_eq!(report.verdict.confidence, Confidence::High, "{text}");
+    if !cfg!(feature = "symbolize") {
+        return;
+    }
+
+    // The interrupted instruction's frame is the null read itself, named with file and line.
+    let recorded = report
+        .crash_record
+        .as_ref()
+        .unwrap()
+        .signals()
+        .next()
+        .unwrap();
+    let pc = recorded
+        .pc
+        .as_deref()
+        .expect("the handler records the faulting instruction");
+    let crash_site = report
+        .native_frames
+        .iter()
+        .find(|f| f.address == pc)
+        .unwrap_or_else(|| panic!("no frame at the faulting instruction: {text}"));
+    let innermost = crash_site
+        .symbols
+        .first()
+        .unwrap_or_else(|| panic!("the crash site is not named: {text}"));
+    assert!(
+        innermost
+            .function
+            .as_deref()
+            .is_some_and(|f| f.ends_with("::read_field_through_null")),
+        "{text}"
+    );
+    assert!(
+        innermost
+            .file
+            .as_deref()
+            .is_some_and(|f| f.ends_with("tests/support/child.rs")),
+        "{text}"
+    );
+    let line = child_source_line("// the null read");
+    assert_eq!(innermost.line, Some(line), "{text}");
+    assert!(
+        text.contains(&format!("support/child.rs:{line}")),
+        "the text report names the line too: {text}"
+    );
+    assert_eq!(report.symbolize_hint, None, "{text}");
 }
 
 #[test]

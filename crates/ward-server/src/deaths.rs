@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use ward_crashdiag::{
     CaptureConfig, CaptureGuard, Cause, CrashReport, Evidence, OomCounters, PostMortem,
-    PostMortemInput, ReportOptions, WaitOutcome,
+    PostMortemInput, ReportOptions,
 };
-use ward_supervisor::{Exit, Termination};
+use ward_supervisor::Exit;
 
 use crate::state::{StateDir, names};
 use crate::{Config, Error};
@@ -53,9 +53,9 @@ pub(crate) struct Reported {
 
 /// Writes the crash report of `what` (a role such as `server`, or `job NAME on PATH`), which
 /// died as `exit` says, with the last lines it wrote; logs the verdict once. `None` for a clean
-/// exit, which needs no report. `oom_before` are the OOM counters read when it was spawned; for
-/// a child in a memory cgroup of its own, the cgroup's counters come from the `exit`, and a
-/// verdict of OOM kill names the cgroup's limit.
+/// exit, which needs no report. `oom_before` are the OOM counters read when it was spawned; the
+/// rest of the evidence comes from the `exit` ([`Evidence::from_exit`]), and a verdict of OOM
+/// kill names the memory cgroup's limit.
 pub(crate) fn report(
     state: &StateDir,
     config: &Config,
@@ -67,22 +67,7 @@ pub(crate) fn report(
     if exit.is_clean() {
         return None;
     }
-    let mut evidence = Evidence::new(exit.pid, what, state.join(names::CRASH_DIR));
-    evidence.wait_status = Some(match exit.termination {
-        Termination::Exited { code } => WaitOutcome::Exited { code },
-        Termination::Signaled {
-            signal,
-            core_dumped,
-        } => WaitOutcome::Signaled {
-            signal,
-            core_dumped,
-        },
-    });
-    evidence.max_rss_kib = Some(exit.max_rss_bytes / 1024);
-    evidence.run_time = Some(exit.run_time);
-    evidence.stop_requested = exit.stop_requested;
-    evidence.watchdog_fired = exit.hung;
-    evidence.dump_signal = exit.dump_signal;
+    let mut evidence = Evidence::from_exit(exit, what, state.join(names::CRASH_DIR), oom_before);
     if what == "server" {
         // Ward's own process: it installed the capture (a job's command or a worker did not).
         evidence.crash_capture = true;
@@ -91,18 +76,6 @@ pub(crate) fn report(
     }
     evidence.stderr_tail = stderr_tail.map(str::to_owned);
     let cgroup = exit.memory_cgroup.as_ref();
-    let path = cgroup.map(|c| c.path.clone());
-    evidence.oom_after = oom_before.map(|_| {
-        let mut after = OomCounters::read(path.as_deref());
-        // A cgroup made for the child alone is gone by now: its counter was read at the reap.
-        if let Some(cgroup) = cgroup {
-            after.cgroup_oom_kill = cgroup.oom_kills;
-        }
-        after
-    });
-    evidence.memory_cgroup = path;
-    evidence.memory_limit_bytes = cgroup.and_then(|c| c.limit_bytes);
-    evidence.oom_before = oom_before;
     let report = ward_crashdiag::collect(&evidence);
     let options = ReportOptions::new(config.keep_reports);
     // The limit a job ran into, in the words its error and the log give.

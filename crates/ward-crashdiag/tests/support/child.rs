@@ -31,6 +31,9 @@ pub fn run(mode: &str) {
     match mode {
         "panic" => panic!("deliberate panic from the test child"),
         "segfault" => segfault(),
+        "null_field" => {
+            black_box(read_field_through_null());
+        }
         "segfault_in_thread" => {
             // A thread std spawned: the handler runs on the runtime's small alternate stack.
             let crasher = thread::Builder::new()
@@ -106,6 +109,17 @@ fn wait_for_go() {
 fn segfault() {
     // SAFETY: not safe at all: a deliberate invalid write, below the lowest address Linux maps.
     unsafe { std::ptr::write_volatile(black_box(0x1000 as *mut u8), 1) };
+}
+
+/// Reads the second field of a struct through a null pointer, as code using an object that is
+/// not there does: the fault is at the field's offset, 0x8. (A read of address 0 itself is not
+/// a segfault in a debug build: its null-pointer check panics first.)
+#[inline(never)]
+fn read_field_through_null() -> u64 {
+    let pair: *const [u64; 2] = black_box(std::ptr::null());
+    let second = pair.cast::<u64>().wrapping_add(1);
+    // SAFETY: not safe at all: a deliberate read through a null struct pointer.
+    unsafe { *black_box(second) } // the null read: the test looks for this line
 }
 
 #[inline(never)]

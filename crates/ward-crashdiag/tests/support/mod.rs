@@ -13,6 +13,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use ward_crashdiag::{Evidence, WaitOutcome};
+use ward_supervisor::{ChildSpec, Exit, OutputTail};
 
 /// Selects what the child does; unset in the parent.
 pub const MODE_VAR: &str = "WARD_CRASHDIAG_TEST_CHILD";
@@ -73,6 +74,36 @@ pub struct Death {
     pub stderr: String,
 }
 
+/// The arguments that make this test binary run only the `child_process` entry point.
+const CHILD_ARGS: [&str; 4] = [
+    "child_process",
+    "--exact",
+    "--nocapture",
+    "--test-threads=1",
+];
+
+/// Runs this test binary as a child in `mode` the way a ward parent does, under a
+/// `ward_supervisor::Child` with its output captured, and returns its exit and its output's
+/// last lines once it is dead and drained; panics if it still runs after `limit`.
+pub fn run_supervised(mode: &str, dir: &Path, limit: Duration) -> (Exit, String) {
+    let exe = std::env::current_exe().expect("current_exe");
+    let tail = OutputTail::new(200);
+    let sink = tail.clone();
+    let spec = ChildSpec::new(exe)
+        .args(CHILD_ARGS)
+        .env(MODE_VAR, mode)
+        .env(DIR_VAR, dir)
+        .capture(move |line| sink.push(line));
+    let child = ward_supervisor::Child::spawn(&spec).expect("spawning the child");
+    let exit = child.wait_timeout(limit);
+    // Dropping it kills one still running, and waits until its output is read to the end.
+    drop(child);
+    let lines: Vec<String> = tail.lines().into_iter().map(|l| l.text).collect();
+    let output = lines.join("\n");
+    let exit = exit.unwrap_or_else(|| panic!("child still alive after {limit:?}:\n{output}"));
+    (exit, output)
+}
+
 /// Starts this test binary running only the `child_process` entry point in `mode`, with its
 /// crash directory (and heartbeat file) in `dir`.
 pub fn spawn(mode: &str, dir: &Path) -> Child {
@@ -82,12 +113,7 @@ pub fn spawn(mode: &str, dir: &Path) -> Child {
         reason = "reaped by pid with wait4 (for its rusage) in `Child::wait` or `Drop`"
     )]
     let mut child = Command::new(exe)
-        .args([
-            "child_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(CHILD_ARGS)
         .env(MODE_VAR, mode)
         .env(DIR_VAR, dir)
         .stdin(Stdio::piped())
