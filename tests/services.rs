@@ -500,3 +500,43 @@ fn ward_service_restart_answers_once_ready_and_logs_show_one_service() {
     f.stop();
     f.assert_nothing_left();
 }
+
+/// A Rust service that links ward-crashdiag installs its capture where `WARD_CRASH_DIR` says:
+/// its native crash report holds its crash record, with the function that read through null
+/// and its `file:line`, named by ward from the binary's debug info.
+#[test]
+fn a_rust_service_linking_crashdiag_is_named_down_to_function_and_line() {
+    let f = Fixture::new(
+        JOB,
+        "[[service]]\nname = \"native\"\nrestart = \"never\"\ncommand = [\"{job}\", \"captured-segv\"]\n",
+    );
+    f.start();
+    wait_for("the report of its death", LONG, || {
+        !f.reports_about("service native").is_empty()
+    });
+    let report = &f.reports_about("service native")[0];
+    assert_eq!(
+        report["verdict"]["cause"]["kind"], "native_crash",
+        "{report:#}"
+    );
+    assert!(
+        !report["crash_record"].is_null(),
+        "its record was read: {report:#}"
+    );
+    let source =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bin/ward-test-job.rs"))
+            .unwrap();
+    let line = source
+        .lines()
+        .position(|l| l.contains("// the null read"))
+        .unwrap()
+        + 1;
+    let text = report.to_string();
+    assert!(text.contains("read_field_through_null"), "{report:#}");
+    assert!(
+        text.contains(&format!("ward-test-job.rs:{line}"))
+            || text.contains(&format!("\"line\":{line}")),
+        "{report:#}"
+    );
+    f.stop();
+}

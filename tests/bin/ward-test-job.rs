@@ -86,6 +86,16 @@ fn hold_lock(args: &[String]) -> ! {
     unreachable!("SYS_exit returned")
 }
 
+/// Reads the second field of a struct through a null pointer: a real SIGSEGV at address 8
+/// (reading address 0 itself is a panic in a debug build, Rust's null check).
+#[inline(never)]
+fn read_field_through_null() -> u64 {
+    let pair: *const [u64; 2] = std::hint::black_box(std::ptr::null());
+    let second = pair.cast::<u64>().wrapping_add(1);
+    // SAFETY: not safe at all: a deliberate read through a null struct pointer.
+    unsafe { *std::hint::black_box(second) } // the null read
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -132,6 +142,14 @@ fn main() {
             // SAFETY: not safe at all, on purpose: a write through a null pointer, so that the
             // process dies of a real SIGSEGV rather than one sent by kill.
             unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
+        }
+        Some("captured-segv") => {
+            // A Rust service that links ward-crashdiag: its capture where ward says, then a
+            // read through a null struct pointer in a function the report must name.
+            let config = ward_crashdiag::CaptureConfig::from_env("service")
+                .expect("run by ward, which names the crash directory");
+            let _capture = ward_crashdiag::install(config).expect("install the crash capture");
+            std::hint::black_box(read_field_through_null());
         }
         Some("grow") => {
             let mib: usize = args.get(1).and_then(|m| m.parse().ok()).expect("grow MB");

@@ -51,6 +51,24 @@ impl CaptureConfig {
         }
     }
 
+    /// Crash capture into the crash directory the supervising ward names in
+    /// [`CRASH_DIR_ENV`] (ward gives it to the services it runs), so that the report of this
+    /// process's death holds its crash record; `None` when that variable is not set (not run by
+    /// ward).
+    ///
+    /// ```no_run
+    /// // In a service's `main`, before anything can crash:
+    /// let _capture = match ward_crashdiag::CaptureConfig::from_env("web") {
+    ///     Some(config) => Some(ward_crashdiag::install(config)?),
+    ///     None => None,
+    /// };
+    /// # Ok::<(), ward_crashdiag::Error>(())
+    /// ```
+    pub fn from_env(role: impl Into<String>) -> Option<Self> {
+        let dir = std::env::var_os(CRASH_DIR_ENV).filter(|d| !d.is_empty())?;
+        Some(CaptureConfig::new(role, PathBuf::from(dir)))
+    }
+
     /// Adds a heartbeat written to `path` every `interval`, logging a line every
     /// `log_interval`.
     pub fn heartbeat(
@@ -102,6 +120,10 @@ impl Drop for CaptureGuard {
         }
     }
 }
+
+/// The environment variable in which a supervising ward names the crash directory of the
+/// processes it runs: see [`CaptureConfig::from_env`].
+pub const CRASH_DIR_ENV: &str = "WARD_CRASH_DIR";
 
 /// The crash record of process `pid` in `crash_dir`: `<crash_dir>/<pid>.record`.
 pub fn record_path(crash_dir: &Path, pid: u32) -> PathBuf {

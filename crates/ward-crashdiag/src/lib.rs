@@ -112,7 +112,9 @@ mod symbolize;
 mod time;
 mod verdict;
 
-pub use capture::{CaptureConfig, CaptureGuard, HeartbeatConfig, install, record_path};
+pub use capture::{
+    CRASH_DIR_ENV, CaptureConfig, CaptureGuard, HeartbeatConfig, install, record_path,
+};
 pub use diagnose::{PostMortem, PostMortemInput, pidfile_is_stale, post_mortem};
 pub use error::{Error, Result};
 pub use evidence::{

@@ -73,6 +73,10 @@ pub(crate) fn report(
         evidence.crash_capture = true;
         evidence.heartbeat_file = Some(heartbeat_file(state, "server"));
         evidence.log_file = Some(state.join(names::LOG));
+    } else if ward_crashdiag::record_path(&evidence.crash_dir, exit.pid).exists() {
+        // A service that links ward-crashdiag and installed its capture where
+        // `WARD_CRASH_DIR` said.
+        evidence.crash_capture = true;
     }
     evidence.stderr_tail = stderr_tail.map(str::to_owned);
     let cgroup = exit.memory_cgroup.as_ref();

@@ -263,6 +263,11 @@ impl Loop {
         if self.cgroups {
             spec = spec.own_cgroup();
         }
+        // A service that links ward-crashdiag puts its crash record where its report is made.
+        spec = spec.env(
+            ward_crashdiag::CRASH_DIR_ENV,
+            self.state.join(crate::state::names::CRASH_DIR),
+        );
         spec
     }
 
