@@ -103,6 +103,15 @@ glob = ["{ORPHANS_PREFIX}*/**"]
 exec = ["/bin/sh", "-c", "sleep {ORPHAN_SLEEP} >/dev/null 2>&1 & exec \"$0\" exec \"$1\" {WORKER_AS_MB} orphans", "{w}", "{l}"]
 
 {reload}
+# A service whose worker leaves its process group (setsid) and is orphaned (its parent
+# exits): only the service's cgroup holds it. `kill-keeper` then finds it alive unless the
+# server, told of the keeper's death, stopped the service with everything in its cgroup.
+[[service]]
+name = "escaper"
+command = ["/bin/sh", "-c", "setsid /bin/sh -c 'sleep 100000 >/dev/null 2>&1 & exit 0'; exec sleep 100000"]
+restart = "always"
+backoff_s = 0.5
+
 [[trigger]]
 name = "stress"
 worker = ["{w}", "worker", "{l}", "{WORKER_AS_MB}", "stress"]
