@@ -126,13 +126,18 @@ fn a_service_that_keeps_failing_gives_up_and_triggers_still_run() {
 fn ward_check_lists_services() {
     let f = Fixture::new(
         JOB,
-        "[[service]]\nname = \"web\"\ncommand = [\"python3\", \"-m\", \"http.server\"]\npolicy = \"pm2\"\n",
+        "[[service]]\nname = \"web\"\ncommand = [\"python3\", \"-m\", \"http.server\"]\npolicy = \"pm2\"\n\
+         ready = { tcp = \"127.0.0.1:8000\", timeout_s = 5 }\nwatchdog_s = 3\n",
     );
     let out = f.run(&["check"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{out:?}");
     assert!(
         text.contains("service web (python3 -m http.server, policy pm2)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ready: tcp 127.0.0.1:8000 within 5 s, watchdog: WATCHDOG=1 every 3 s"),
         "{text}"
     );
 }

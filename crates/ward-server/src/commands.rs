@@ -702,6 +702,37 @@ pub fn check(launch: &Launch) -> Outcome {
                     window.as_secs_f64()
                 ));
             }
+            if !service.depends_on.is_empty() {
+                settings.push(format!("depends_on = {:?}", service.depends_on));
+            }
+            if let Some(ready) = &service.ready {
+                let check = match &ready.probe {
+                    crate::config::Probe::Tcp(address) => format!("tcp {address}"),
+                    crate::config::Probe::File(path) => format!("file {}", path.display()),
+                    crate::config::Probe::Command(argv) => format!("command {}", argv.join(" ")),
+                    crate::config::Probe::Notify => "notify".to_owned(),
+                };
+                settings.push(format!(
+                    "ready: {check} within {} s",
+                    ready.timeout.as_secs_f64()
+                ));
+            }
+            if let Some(watchdog) = &service.watchdog {
+                settings.push(match &watchdog.file {
+                    Some(file) => format!(
+                        "watchdog: {} touched every {} s",
+                        file.display(),
+                        watchdog.timeout.as_secs_f64()
+                    ),
+                    None => format!(
+                        "watchdog: WATCHDOG=1 every {} s",
+                        watchdog.timeout.as_secs_f64()
+                    ),
+                });
+            }
+            if !service.restart_on.is_empty() {
+                settings.push(format!("restart_on = {:?}", service.restart_on));
+            }
             if !settings.is_empty() {
                 println!("          {}", settings.join(", "));
             }
