@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ward_e2e::{Fixture, is_alive, wait_for};
+use ward_e2e::{Fixture, have_tool, is_alive, wait_for};
 
 const LONG: Duration = Duration::from_secs(30);
 /// The job program built with these tests (see `bin/ward-test-job.rs`).
@@ -187,6 +187,9 @@ fn pid_of(value: &serde_json::Value) -> Option<u32> {
 /// kill came from outside.
 #[test]
 fn an_http_server_is_ready_on_its_port_and_restarted_after_a_kill_from_outside() {
+    if !have_tool("python3", "python3") {
+        return;
+    }
     let port = free_port();
     let f = Fixture::new(
         JOB,
@@ -230,6 +233,9 @@ fn an_http_server_is_ready_on_its_port_and_restarted_after_a_kill_from_outside()
 /// allocation failure): its report names the OOM kill and the limit.
 #[test]
 fn a_service_killed_by_its_memory_cgroup_is_reported_as_an_oom_kill_with_its_limit() {
+    if !have_tool("python3", "python3") {
+        return;
+    }
     let f = Fixture::new(
         JOB,
         "[[service]]\nname = \"hog\"\nrestart = \"never\"\nmemory_max_mb = 64\n\
@@ -267,6 +273,9 @@ fn a_service_killed_by_its_memory_cgroup_is_reported_as_an_oom_kill_with_its_lim
 /// Python's own traceback, which faulthandler printed on stderr, is in the report.
 #[test]
 fn a_python_service_segfaulting_through_ctypes_leaves_its_traceback_in_the_report() {
+    if !have_tool("python3", "python3") {
+        return;
+    }
     let f = Fixture::new(
         JOB,
         "[[service]]\nname = \"crashy\"\nrestart = \"never\"\n\
@@ -433,6 +442,9 @@ fn restart_on_restarts_a_service_once_per_settle_window() {
 /// with the stack.
 #[test]
 fn a_silent_service_is_ended_as_hung_with_its_stack_and_restarted() {
+    if !have_tool("python3", "python3") {
+        return;
+    }
     let f = Fixture::new(
         JOB,
         concat!(

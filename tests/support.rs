@@ -73,6 +73,33 @@ pub fn wait_for(what: &str, timeout: std::time::Duration, mut condition: impl Fn
 /// Whether process `pid` is alive: it exists and has not died (a zombie, or reaped and being
 /// removed). (A dying process's command line reads empty before its descriptors are closed, so
 /// [`processes_mentioning`] alone can miss it.)
+/// Whether `program` (from the Debian package `package`) can be run. A test that needs a
+/// program ward does not ship says so and is skipped without it, unless
+/// `WARD_TEST_REQUIRE_TOOLS` is set (CI sets it, after installing the packages): then its
+/// absence is a failure that names the package.
+///
+/// # Panics
+/// If the program is missing and `WARD_TEST_REQUIRE_TOOLS` is set.
+pub fn have_tool(program: &str, package: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        let why = format!(
+            "{program} is not installed (Debian: apt-get install {package}): the test that needs it cannot run"
+        );
+        assert!(
+            std::env::var_os("WARD_TEST_REQUIRE_TOOLS").is_none(),
+            "{why}"
+        );
+        eprintln!("{why}; skipped (set WARD_TEST_REQUIRE_TOOLS to make this a failure)");
+    }
+    found
+}
+
 pub fn is_alive(pid: u32) -> bool {
     ward_sys::is_alive(pid)
 }

@@ -21,11 +21,13 @@ use crate::{Error, Launch, Outcome, control};
 
 mod failures;
 mod logs;
+mod metrics;
 mod reload;
 mod service;
 
 pub use failures::{failures, retry};
 pub use logs::logs;
+pub use metrics::metrics;
 pub use reload::reload;
 pub use service::service;
 

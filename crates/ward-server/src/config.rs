@@ -132,6 +132,10 @@ pub struct Config {
     pub log_max_bytes: u64,
     /// Crash reports kept.
     pub keep_reports: usize,
+    /// Where Prometheus metrics are served over HTTP (`[metrics] listen`); `None`: not served
+    /// (`ward metrics` still prints them).
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// What runs on a change, first match wins.
     pub triggers: Vec<Trigger>,
     /// Long-running programs ward keeps running, in the order declared (`[[service]]`).
@@ -251,6 +255,8 @@ struct File {
     jobs: JobsSection,
     #[serde(default)]
     log: LogSection,
+    #[serde(default)]
+    metrics: MetricsSection,
     #[serde(default, rename = "trigger")]
     triggers: Vec<At<TriggerSection>>,
     #[serde(default, rename = "service")]
@@ -293,6 +299,12 @@ struct LogSection {
     heartbeat_s: Option<At<f64>>,
     max_size_mb: Option<At<u64>>,
     keep_reports: Option<At<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    listen: Option<At<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -581,6 +593,17 @@ impl Config {
         if let Some(n) = &parsed.log.keep_reports {
             config.keep_reports = within(n, "keep_reports", 1..=100_000)? as usize;
         }
+        if let Some(listen) = &parsed.metrics.listen {
+            config.metrics_listen = Some(listen.get_ref().parse().map_err(|_| {
+                error(
+                    at(&listen.span()),
+                    format!(
+                        "metrics.listen = {:?}: must be an IP address and port, such as \"127.0.0.1:9464\"",
+                        listen.get_ref()
+                    ),
+                )
+            })?);
+        }
         for glob in &flags.ignore {
             if let Err(e) = check_glob(glob) {
                 return Err(ConfigError {
@@ -777,6 +800,7 @@ impl Config {
             heartbeat_log: Duration::from_secs(60),
             log_max_bytes: 10 * 1024 * 1024,
             keep_reports: 50,
+            metrics_listen: None,
             triggers: Vec::new(),
             services: Vec::new(),
         }

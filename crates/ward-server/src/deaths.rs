@@ -81,6 +81,7 @@ pub(crate) fn report(
     evidence.stderr_tail = stderr_tail.map(str::to_owned);
     let cgroup = exit.memory_cgroup.as_ref();
     let report = ward_crashdiag::collect(&evidence);
+    crate::metrics::METRICS.died(what, report.verdict.cause.kind());
     let options = ReportOptions::new(config.keep_reports);
     // The limit a job ran into, in the words its error and the log give.
     let at_limit = |report: &CrashReport| match cgroup.and_then(|c| c.limit_bytes) {

@@ -24,6 +24,7 @@ mod keeper;
 pub mod launch;
 pub mod logging;
 pub mod manifest;
+mod metrics;
 mod orphans;
 mod outcomes;
 mod output;
@@ -36,8 +37,8 @@ mod tracker;
 mod umask;
 
 pub use commands::{
-    changes, check, diagnose, failures, logs, reload, restart, retry, run_foreground, server_main,
-    service, start, status, stop,
+    changes, check, diagnose, failures, logs, metrics, reload, restart, retry, run_foreground,
+    server_main, service, start, status, stop,
 };
 pub use config::{Config, ConfigError};
 pub use error::Error;

@@ -65,6 +65,8 @@ pub enum Request {
         #[serde(default)]
         all: bool,
     },
+    /// The server's metrics in the Prometheus text format: [`MetricsText`].
+    Metrics,
     /// Start, stop or restart one service: [`ServiceDone`], once it is stopped, or started and
     /// ready.
     Service {
@@ -119,8 +121,8 @@ pub const CHANGES_PAGE: usize = 10_000;
 
 impl Request {
     /// The commands a client may send, as `cmd` names them.
-    pub const COMMANDS: [&str; 7] = [
-        "status", "changes", "stop", "reload", "failures", "retry", "service",
+    pub const COMMANDS: [&str; 8] = [
+        "status", "changes", "stop", "reload", "failures", "retry", "service", "metrics",
     ];
 
     /// The request as one line of the wire form, newline included.
@@ -218,6 +220,15 @@ pub enum Reply {
     Reloaded(Reloaded),
     /// To [`Request::Service`].
     Service(ServiceDone),
+    /// To [`Request::Metrics`].
+    Metrics(MetricsText),
+}
+
+/// The reply to [`Request::Metrics`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsText {
+    /// The exposition, as `/metrics` serves it (Prometheus text format 0.0.4).
+    pub metrics: String,
 }
 
 /// The line that answers a request: `ok` and the version added to the reply's fields, or the
@@ -617,6 +628,7 @@ mod tests {
                 name: "web".into(),
                 action: ServiceAction::Restart,
             },
+            Request::Metrics,
         ] {
             let line = request.to_line();
             assert_eq!(line.last(), Some(&b'\n'));

@@ -92,6 +92,9 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         service: Option<String>,
     },
+    /// Print the daemon's metrics in the Prometheus text format (what `[metrics] listen`
+    /// serves on /metrics).
+    Metrics,
     /// Start, stop or restart one service of the running daemon, and wait until it is done.
     ///
     /// `start` and `restart` return once the service is ready (its `ready` check passed);
@@ -254,6 +257,7 @@ pub fn run() -> ExitCode {
             follow,
             service.as_deref(),
         ),
+        Command::Metrics => ward_server::metrics(&launch(config, state_dir, Quick::default())),
         Command::Service { action, name } => ward_server::service(
             &launch(config, state_dir, Quick::default()),
             match action {

@@ -11,10 +11,12 @@ use ward_watch::Watcher;
 use super::backlog::Backlog;
 use crate::dispatch::Dispatcher;
 use crate::jobs::Job;
+use crate::metrics::METRICS;
 use crate::protocol::{
     Accepted, CHANGES_PAGE, ChangeLine, ChangesPage, FAILURES_PAGE, FailureLine, FailuresPage,
-    ManifestStatus, QueueStatus, Reply, Request, Retried, ServerStatus, WatchStatus,
+    ManifestStatus, MetricsText, QueueStatus, Reply, Request, Retried, ServerStatus, WatchStatus,
 };
+use crate::state::{KeeperState, StateDir};
 use crate::tracker::Tracker;
 
 /// A request the main loop answers, and where its answer goes.
@@ -34,6 +36,8 @@ pub(super) struct Sources<'a> {
     pub memory_pause: Option<&'a str>,
     /// The services, for their status.
     pub services: &'a super::Services,
+    /// The state directory, for the keeper's count of restarts.
+    pub state: &'a StateDir,
 }
 
 /// The loop's answer to `request`.
@@ -44,6 +48,13 @@ pub(super) fn answer(
 ) -> Result<Reply, String> {
     match *request {
         Request::Status => Ok(Reply::Status(Box::new(status(tracker, from)))),
+        Request::Metrics => {
+            let status = status(tracker, from);
+            let keeper_restarts = KeeperState::read(from.state).map(|k| k.restarts);
+            Ok(Reply::Metrics(MetricsText {
+                metrics: METRICS.render(&status, keeper_restarts),
+            }))
+        }
         Request::Changes { since, limit } => {
             let since = since.unwrap_or(0);
             let limit = limit.map_or(CHANGES_PAGE, |l| l.min(CHANGES_PAGE as u64) as usize);
@@ -193,12 +204,25 @@ pub(super) fn control(
             } else {
                 REQUEST_WAIT
             };
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            main_loop
-                .send_timeout(Asked { request, reply: tx }, wait)
-                .map_err(|_| "the server's main loop is busy".to_owned())?;
-            rx.recv_timeout(wait)
-                .map_err(|_| "the server's main loop did not answer in time".to_owned())?
+            ask_loop(request, main_loop, wait)
         }
     }
 }
+
+/// Hands `request` to the main loop and waits for its answer, at most `wait` for each.
+pub(super) fn ask_loop(
+    request: Request,
+    main_loop: &crossbeam_channel::Sender<Asked>,
+    wait: Duration,
+) -> Result<Reply, String> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    main_loop
+        .send_timeout(Asked { request, reply: tx }, wait)
+        .map_err(|_| "the server's main loop is busy".to_owned())?;
+    rx.recv_timeout(wait)
+        .map_err(|_| "the server's main loop did not answer in time".to_owned())?
+}
+
+/// How long a scrape waits for the main loop: less than Prometheus's default scrape timeout
+/// (10 s), so a busy loop is said as such rather than as a timeout.
+pub(super) const METRICS_WAIT: Duration = REQUEST_WAIT;

@@ -9,6 +9,7 @@ use ward_queue::{Error as QueueError, Pool};
 use ward_watch::{Batch, ChangeKind, Item};
 
 use crate::jobs::{CompiledTrigger, Event, Job};
+use crate::metrics::METRICS;
 use crate::tracker::Tracker;
 
 use super::batch::Batches;
@@ -249,6 +250,7 @@ pub(super) fn jobs_of_batch(
         match item {
             Item::Error(e) => log::warn!("watcher: {e}"),
             Item::Rescan(rescan) => {
+                METRICS.rescanned(rescan.reason.name());
                 log::info!(
                     "rescanning {} ({})",
                     rescan.path.display(),
@@ -257,12 +259,14 @@ pub(super) fn jobs_of_batch(
                 backlog.rescan(rescan.path, tracker);
             }
             Item::Change(change) if change.is_dir => {
+                METRICS.changed(change.kind.name());
                 backlog.rescan(change.path, tracker);
                 if let ChangeKind::Renamed { from } = change.kind {
                     backlog.rescan(from, tracker);
                 }
             }
             Item::Change(change) => {
+                METRICS.changed(change.kind.name());
                 let Some(trigger) = tracker.trigger_for(&change.path) else {
                     continue;
                 };

@@ -29,6 +29,7 @@ use crate::dispatch::{DUMP_WAIT, JobError, oom_before, with_settings};
 use crate::intents::Intents;
 use crate::jobs::{CompiledTrigger, Event, Job, Triggers};
 use crate::manifest::{Failure, FileMeta, Update};
+use crate::metrics::{JobOutcome, METRICS};
 use crate::outcomes::OutcomeSender;
 use crate::output::{JOB_SHARE, LogShare, log_sink};
 use crate::protocol::BatchStatus;
@@ -361,9 +362,26 @@ impl<'a> RunnerThread<'a> {
             };
             self.retry_at = None;
             let versions = self.versions();
-            match self.attempt(seen) {
-                Ran::Ok => self.succeeded(&versions),
-                Ran::Failed(error) => self.failed(&error),
+            let began = Instant::now();
+            let ran = self.attempt(seen);
+            let name = self.trigger.name();
+            if matches!(ran, Ran::Ok | Ran::Failed(_)) {
+                METRICS.job_ran(name, began.elapsed());
+            }
+            match ran {
+                Ran::Ok => {
+                    METRICS.job_ended(name, JobOutcome::Succeeded);
+                    self.succeeded(&versions);
+                }
+                Ran::Failed(error) => {
+                    let gave_up = self.failed(&error);
+                    let outcome = if gave_up {
+                        JobOutcome::GaveUp
+                    } else {
+                        JobOutcome::Retried
+                    };
+                    METRICS.job_ended(self.trigger.name(), outcome);
+                }
                 Ran::Stopped => {
                     self.shared.owed.lock().ended = true;
                     return;
@@ -607,8 +625,9 @@ impl<'a> RunnerThread<'a> {
     }
 
     /// Counts the failure against each path of the run; those out of retries give up, the rest
-    /// are tried again after the backoff, with whatever arrives meanwhile.
-    fn failed(&mut self, error: &JobError) {
+    /// are tried again after the backoff, with whatever arrives meanwhile. Returns whether no
+    /// path is left to try again.
+    fn failed(&mut self, error: &JobError) -> bool {
         let retry = self.trigger.retry();
         let name = self.trigger.name().to_owned();
         let mut most = 0;
@@ -656,6 +675,7 @@ impl<'a> RunnerThread<'a> {
             );
             self.retry_at = Some(Instant::now() + delay);
         }
+        self.run.is_empty()
     }
 }
 

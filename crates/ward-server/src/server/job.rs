@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use ward_queue::{Event as QueueEvent, JobError as QueueError, Policy, Pool};
@@ -15,6 +15,7 @@ use crate::dispatch::{Dispatcher, JobError};
 use crate::intents::Intents;
 use crate::jobs::{Event, Job};
 use crate::manifest::{Failure, FileMeta, Update};
+use crate::metrics::{JobOutcome, METRICS};
 use crate::outcomes::{OutcomeSender, Outcomes};
 use crate::tracker::Tracker;
 
@@ -73,6 +74,21 @@ pub(super) fn build_pool(
             {
                 job.trigger.left_pool();
             }
+            match &event {
+                QueueEvent::Completed { job, .. } => {
+                    METRICS.job_ended(job.trigger.name(), JobOutcome::Succeeded);
+                }
+                QueueEvent::Retrying { job, .. } => {
+                    METRICS.job_ended(job.trigger.name(), JobOutcome::Retried);
+                }
+                QueueEvent::Dead { job, .. } => {
+                    METRICS.job_ended(job.trigger.name(), JobOutcome::GaveUp);
+                }
+                QueueEvent::Dropped { job, .. } => {
+                    METRICS.job_ended(job.trigger.name(), JobOutcome::Dropped);
+                }
+                _ => {}
+            }
             if let QueueEvent::Dead { job, failures, .. } = &event {
                 if let Some(failure) = gave_up(job, failures) {
                     send_done(
@@ -107,7 +123,10 @@ pub(super) fn build_pool(
             // manifest holds the job's queueing, the next start still knows of the path.
             intents.record(&job.path);
             let current = Arc::clone(&dispatcher.read());
-            current.run(job).map_err(|e| Box::new(e) as QueueError)?;
+            let began = Instant::now();
+            let ran = current.run(job);
+            METRICS.job_ran(job.trigger.name(), began.elapsed());
+            ran.map_err(|e| Box::new(e) as QueueError)?;
             send_done(
                 &finished,
                 Update::Finished {

@@ -10,6 +10,7 @@ mod backlog;
 mod batch;
 mod job;
 mod keeper_gone;
+mod metrics_http;
 mod reload;
 mod services;
 
@@ -120,6 +121,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     // The control thread hands requests to this loop instead of sharing its state: nothing is
     // computed, and nothing wakes up, unless somebody asks.
     let (request_tx, requests) = crossbeam_channel::bounded::<Asked>(1);
+    let request_tx_metrics = request_tx.clone();
     let (service_requests, service_inbox) = services::requests();
     let service_wait = services::act_wait(&config);
     let socket = ControlSocket::bind(
@@ -129,6 +131,15 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         }),
     )
     .map_err(cannot_start)?;
+    // Scrapes are answered by the loop, as `ward metrics` is; a port that cannot be had is an
+    // error at the start, as a control socket would be.
+    let metrics_endpoint = match config.metrics_listen {
+        Some(address) => Some(
+            metrics_http::MetricsEndpoint::start(address, request_tx_metrics.clone())
+                .map_err(cannot_start)?,
+        ),
+        None => None,
+    };
     // Before the ready line: `ward start` returns with the services' first processes spawned.
     let mut services = Services::start(&config, &state, service_inbox).map_err(cannot_start)?;
     announce_ready();
@@ -237,7 +248,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                             answers::retry(paths, *all, &config.roots, &mut tracker, &mut backlog)
                         } else {
                             let dispatcher = dispatcher.read();
-                            let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started, memory_pause: pressure.as_ref().and_then(Pressure::paused), services: &services };
+                            let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started, memory_pause: pressure.as_ref().and_then(Pressure::paused), services: &services, state: &state };
                             answers::answer(&asked.request, &mut tracker, &sources)
                         };
                         // The asker may have given up waiting; nothing to do then.
@@ -341,6 +352,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             .try_send(Err("the server is stopping".to_owned()));
     }
     drop(requests);
+    drop(metrics_endpoint);
     drop(socket);
     signal_handle.close();
     if signal_thread.join().is_err() {

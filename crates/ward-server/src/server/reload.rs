@@ -130,6 +130,7 @@ fn needing_restart(old: &Config, new: &Config) -> Vec<String> {
         ("watch.debounce_ms", old.debounce != new.debounce),
         ("watch.max_wait_ms", old.max_wait != new.max_wait),
         ("jobs.workers", old.workers != new.workers),
+        ("metrics.listen", old.metrics_listen != new.metrics_listen),
         // The services run on as started: `Services` is not rebuilt by a reload yet.
         ("service", old.services != new.services),
     ]

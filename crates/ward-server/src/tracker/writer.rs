@@ -258,6 +258,7 @@ fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>, inte
             }
         }
         Err(e) => {
+            crate::metrics::METRICS.manifest_write_failed();
             if state.failing.is_none() {
                 log::error!(
                     "cannot record {} update(s) in the manifest, keeping them and retrying every {RETRY_EVERY:?}: {e}",

@@ -605,6 +605,9 @@ impl Loop {
                 let unit = &mut self.units[i];
                 let restarted = unit.starts > 0;
                 unit.starts += 1;
+                if restarted {
+                    crate::metrics::METRICS.service_restarted(&name);
+                }
                 unit.pid = Some(*pid);
                 unit.started = Some(now);
                 unit.ready = false;
