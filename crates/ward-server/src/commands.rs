@@ -20,12 +20,16 @@ use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, u
 use crate::{Error, Launch, Outcome, control};
 
 mod failures;
+mod follow;
+mod hold;
 mod logs;
 mod metrics;
 mod reload;
 mod service;
 
 pub use failures::{failures, retry};
+pub use follow::follow;
+pub use hold::{hold, release};
 pub use logs::logs;
 pub use metrics::metrics;
 pub use reload::reload;

@@ -51,6 +51,33 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// Answers one request: its reply, or why it is refused.
 pub type Handler = dyn Fn(Request) -> Result<Reply, String> + Send + Sync;
 
+/// Serves a request that keeps its connection ([`Request::is_stream`]: `subscribe`): writes its
+/// lines through the [`Emit`] until it is done, the client is gone or the server stops; the
+/// connection is closed after it.
+pub type Streamer = dyn Fn(Request, &mut dyn Emit) + Send + Sync;
+
+/// Where a [`Streamer`] writes.
+pub trait Emit {
+    /// Writes `line` (newline included). Fails once the client is gone, or has taken nothing
+    /// for [`STREAM_STALL`].
+    ///
+    /// # Errors
+    /// As said: the stream must end.
+    fn line(&mut self, line: &[u8]) -> io::Result<()>;
+    /// Whether the client has closed its end or the server is stopping.
+    fn gone(&mut self) -> bool;
+}
+
+/// How long a subscriber may take nothing of a line before its connection is closed: a reader
+/// that is slow is served at its pace, one that is stuck holds a connection no longer than this.
+pub const STREAM_STALL: Duration = Duration::from_secs(60);
+
+/// What a connection's requests are handed to.
+struct Handlers {
+    answer: Arc<Handler>,
+    stream: Option<Arc<Streamer>>,
+}
+
 /// What the control socket lets its clients hold.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
@@ -137,12 +164,29 @@ impl ControlSocket {
     /// # Errors
     /// If the socket cannot be bound.
     pub fn bind(path: &Path, handler: Arc<Handler>) -> Result<ControlSocket, Error> {
-        ControlSocket::bind_with(path, handler, Limits::DEFAULT)
+        ControlSocket::bind_streaming(path, handler, None)
+    }
+
+    /// [`bind`](Self::bind), with `stream` serving the requests that keep their connection
+    /// (without it they are refused).
+    ///
+    /// # Errors
+    /// If the socket cannot be bound.
+    pub fn bind_streaming(
+        path: &Path,
+        handler: Arc<Handler>,
+        stream: Option<Arc<Streamer>>,
+    ) -> Result<ControlSocket, Error> {
+        let handlers = Handlers {
+            answer: handler,
+            stream,
+        };
+        ControlSocket::bind_with(path, Arc::new(handlers), Limits::DEFAULT)
     }
 
     fn bind_with(
         path: &Path,
-        handler: Arc<Handler>,
+        handler: Arc<Handlers>,
         limits: Limits,
     ) -> Result<ControlSocket, Error> {
         let io = |e: io::Error| Error::io(format!("control socket {}", path.display()), e);
@@ -200,7 +244,7 @@ impl Drop for ControlSocket {
 
 /// The accepting thread's loop: it owns the connections it accepted, and ends them all when the
 /// socket is dropped.
-fn serve(listener: &UnixListener, stop: &Arc<AtomicBool>, handler: &Arc<Handler>, limits: Limits) {
+fn serve(listener: &UnixListener, stop: &Arc<AtomicBool>, handler: &Arc<Handlers>, limits: Limits) {
     let mut connections: Vec<Connection> = Vec::with_capacity(limits.connections);
     // Connections refused since the bound was last hit, while a burst lasts (see `refuse`).
     let mut refused: Option<u64> = None;
@@ -289,7 +333,7 @@ impl Connection {
     fn spawn(
         stream: UnixStream,
         stop: &Arc<AtomicBool>,
-        handler: &Arc<Handler>,
+        handler: &Arc<Handlers>,
         limits: Limits,
     ) -> io::Result<Connection> {
         let socket = stream.try_clone()?;
@@ -297,7 +341,7 @@ impl Connection {
         let thread = std::thread::Builder::new()
             .name("ward-control-conn".into())
             .spawn(move || {
-                if let Err(e) = serve_connection(&stream, &stop, &*handler, limits) {
+                if let Err(e) = serve_connection(&stream, &stop, &handler, limits) {
                     log::debug!("control connection ended: {e}");
                 }
                 // The client sees the end now, not when the accepting thread drops the socket's
@@ -350,14 +394,39 @@ enum Incoming {
 fn serve_connection(
     stream: &UnixStream,
     stop: &AtomicBool,
-    handler: &Handler,
+    handler: &Handlers,
     limits: Limits,
 ) -> io::Result<()> {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     while !stop.load(Ordering::Acquire) {
         let reply = match read_request(&mut reader, &mut line, limits)? {
-            Incoming::Line => answer(&line, handler),
+            Incoming::Line => match Request::from_line(&line) {
+                Ok(request) if request.is_stream() => {
+                    let Some(streamer) = &handler.stream else {
+                        let refusal = protocol::refusal_line(format!(
+                            "{} is not served on this socket",
+                            request.name()
+                        ));
+                        write_reply(stream, &refusal, limits.request)?;
+                        continue;
+                    };
+                    let mut out = StreamOut { stream, stop };
+                    let what = request.name();
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        streamer(request, &mut out);
+                    }))
+                    .is_err()
+                    {
+                        log::error!(
+                            "a {what} stream panicked (see the log); its connection is closed"
+                        );
+                    }
+                    return Ok(());
+                }
+                Ok(request) => answer(request, &*handler.answer),
+                Err(e) => protocol::refusal_line(e),
+            },
             Incoming::TooLong => {
                 protocol::refusal_line(format!("request longer than {MAX_REQUEST} bytes"))
             }
@@ -470,11 +539,49 @@ fn read_request(
     }
 }
 
-fn answer(line: &[u8], handler: &Handler) -> Vec<u8> {
-    let request = match Request::from_line(line) {
-        Ok(request) => request,
-        Err(e) => return protocol::refusal_line(e),
-    };
+/// A stream's end of its connection.
+struct StreamOut<'a> {
+    stream: &'a UnixStream,
+    stop: &'a AtomicBool,
+}
+
+impl Emit for StreamOut<'_> {
+    fn line(&mut self, line: &[u8]) -> io::Result<()> {
+        write_reply(self.stream, line, STREAM_STALL)
+    }
+
+    fn gone(&mut self) -> bool {
+        if self.stop.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut byte = 0u8;
+        // SAFETY: recv into one valid byte, without waiting and without taking it off the
+        // socket; the descriptor is the connection's, open for the stream's whole life.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            // The client closed its end.
+            0 => true,
+            // Something was sent, which a stream does not read: the client is there.
+            1.. => false,
+            _ => {
+                let e = io::Error::last_os_error();
+                !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                )
+            }
+        }
+    }
+}
+
+fn answer(request: Request, handler: &Handler) -> Vec<u8> {
     // A panic answering one request must not end the connection's thread unanswered; the panic
     // hook has recorded it by the time it is caught.
     let what = format!("{request:?}");
@@ -485,6 +592,20 @@ fn answer(line: &[u8], handler: &Handler) -> Vec<u8> {
             ))
         });
     protocol::reply_line(&answered)
+}
+
+/// Connects to the control socket at `path` and sends `request`, one that keeps its connection
+/// ([`Request::is_stream`]); the lines that follow are the caller's to read, as they come.
+///
+/// # Errors
+/// [`Error::Io`] if the socket cannot be reached or the request not sent.
+pub fn open_stream(path: &Path, request: &Request) -> Result<BufReader<UnixStream>, Error> {
+    let io = |e: io::Error| Error::io(format!("control socket {}", path.display()), e);
+    let address = SocketAddress::of(path).map_err(io)?;
+    let mut stream = UnixStream::connect(address.as_path()).map_err(io)?;
+    drop(address);
+    stream.write_all(&request.to_line()).map_err(io)?;
+    Ok(BufReader::new(stream))
 }
 
 /// Sends `request` to the control socket at `path` and reads its reply as `R`, the request's
@@ -548,7 +669,11 @@ mod tests {
             Request::Reload => panic!("asked to"),
             other => Err(format!("not here: {other:?}")),
         };
-        let socket = ControlSocket::bind_with(&path, Arc::new(handler), limits).unwrap();
+        let handlers = Handlers {
+            answer: Arc::new(handler),
+            stream: None,
+        };
+        let socket = ControlSocket::bind_with(&path, Arc::new(handlers), limits).unwrap();
         (dir, path, socket)
     }
 

@@ -17,6 +17,7 @@ mod deaths;
 pub mod discover;
 mod dispatch;
 mod error;
+mod feed;
 mod handover;
 mod intents;
 pub mod jobs;
@@ -37,8 +38,8 @@ mod tracker;
 mod umask;
 
 pub use commands::{
-    changes, check, diagnose, failures, logs, metrics, reload, restart, retry, run_foreground,
-    server_main, service, start, status, stop,
+    changes, check, diagnose, failures, follow, hold, logs, metrics, release, reload, restart,
+    retry, run_foreground, server_main, service, start, status, stop,
 };
 pub use config::{Config, ConfigError};
 pub use error::Error;
@@ -54,6 +55,9 @@ pub enum Outcome {
     NotRunning,
     /// It failed.
     Failed(Error),
+    /// A command it ran for the user (`ward hold -- CMD`) ended with this exit code, which is
+    /// ward's.
+    Exit(i32),
 }
 
 impl From<Result<(), Error>> for Outcome {

@@ -67,6 +67,41 @@ pub enum Request {
     },
     /// The server's metrics in the Prometheus text format: [`MetricsText`].
     Metrics,
+    /// Hold job starts and subscription deliveries back until [`Request::Release`] of the same
+    /// name, or `timeout_s` (60 s unless given, at most an hour): [`Holding`]. Changes meanwhile
+    /// come once per path after the release. Asking again renews the hold.
+    Hold {
+        /// The hold's name.
+        name: String,
+        /// Seconds it lasts unless released first.
+        #[serde(
+            default,
+            deserialize_with = "limit",
+            skip_serializing_if = "Option::is_none"
+        )]
+        timeout_s: Option<u64>,
+    },
+    /// End the hold of this name: [`Holding`].
+    Release {
+        /// The hold's name.
+        name: String,
+    },
+    /// Keep the connection and receive the changes recorded after `since`, as they are
+    /// recorded: first a [`Subscribed`] line, then one [`ChangeLine`] per change (and a
+    /// [`Resync`] line when the subscriber has fallen far behind), until the client closes it.
+    Subscribe {
+        /// The last sequence number already seen; none or 0 for everything known.
+        #[serde(
+            default,
+            deserialize_with = "since",
+            skip_serializing_if = "Option::is_none"
+        )]
+        since: Option<u64>,
+        /// Only paths these globs match (relative to their watch root, as a trigger's); none for
+        /// every path.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        globs: Vec<String>,
+    },
     /// Start, stop or restart one service: [`ServiceDone`], once it is stopped, or started and
     /// ready.
     Service {
@@ -121,9 +156,41 @@ pub const CHANGES_PAGE: usize = 10_000;
 
 impl Request {
     /// The commands a client may send, as `cmd` names them.
-    pub const COMMANDS: [&str; 8] = [
-        "status", "changes", "stop", "reload", "failures", "retry", "service", "metrics",
+    pub const COMMANDS: [&str; 11] = [
+        "status",
+        "changes",
+        "stop",
+        "reload",
+        "failures",
+        "retry",
+        "service",
+        "metrics",
+        "subscribe",
+        "hold",
+        "release",
     ];
+
+    /// Whether the request keeps its connection for a stream of lines, instead of one reply.
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Request::Subscribe { .. })
+    }
+
+    /// Its command's name, as `cmd` says it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Changes { .. } => "changes",
+            Request::Stop => "stop",
+            Request::Reload => "reload",
+            Request::Failures { .. } => "failures",
+            Request::Retry { .. } => "retry",
+            Request::Metrics => "metrics",
+            Request::Subscribe { .. } => "subscribe",
+            Request::Hold { .. } => "hold",
+            Request::Release { .. } => "release",
+            Request::Service { .. } => "service",
+        }
+    }
 
     /// The request as one line of the wire form, newline included.
     pub fn to_line(&self) -> Vec<u8> {
@@ -222,6 +289,34 @@ pub enum Reply {
     Service(ServiceDone),
     /// To [`Request::Metrics`].
     Metrics(MetricsText),
+    /// The first line of a [`Request::Subscribe`] stream.
+    Subscribed(Subscribed),
+    /// To [`Request::Hold`] and [`Request::Release`].
+    Holding(Holding),
+}
+
+/// The reply to [`Request::Hold`] and [`Request::Release`]: the holds in place now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    /// Their names, in order.
+    pub holds: Vec<String>,
+}
+
+/// The first line of a subscription: the manifest's sequence number when it began. Changes
+/// follow as [`ChangeLine`]s, oldest first, each path at most once per line's sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// The sequence number committed when the subscription began.
+    pub subscribed: u64,
+}
+
+/// A line of a subscription saying that the subscriber fell far behind: what follows is read
+/// from the manifest, which keeps each path's latest change only, from after `resync_from`.
+/// Nothing is lost; a path changed several times meanwhile comes once, at its latest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resync {
+    /// The sequence number delivered last.
+    pub resync_from: u64,
 }
 
 /// The reply to [`Request::Metrics`].
@@ -629,6 +724,17 @@ mod tests {
                 action: ServiceAction::Restart,
             },
             Request::Metrics,
+            Request::Subscribe {
+                since: Some(3),
+                globs: vec!["*.rs".into()],
+            },
+            Request::Hold {
+                name: "checkout".into(),
+                timeout_s: Some(30),
+            },
+            Request::Release {
+                name: "checkout".into(),
+            },
         ] {
             let line = request.to_line();
             assert_eq!(line.last(), Some(&b'\n'));

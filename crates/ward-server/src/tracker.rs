@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use ward_watch::IgnoreRules;
 
 use crate::Error;
+use crate::feed::Feed;
 use crate::intents::Intents;
 use crate::jobs::{CompiledTrigger, Event, Job, Triggers};
 use crate::manifest::{ChangeEntry, Failure, Manifest, Opened, Update};
@@ -37,6 +38,8 @@ pub(crate) struct Tracker {
     /// Stopped and joined when the tracker is dropped. It holds handles of its own on the manifest
     /// and the intent journal, so it may go before or after the fields beside it.
     writer: Writer,
+    /// The manifest's changes for subscribers, told of each commit by the writer.
+    feed: Feed,
     /// Paths with a job queued or running: the event and old path of the latest job queued for
     /// each, from `queue` until that job's `Finished` (the earlier ones are replaced by it, or
     /// finish before it).
@@ -82,9 +85,16 @@ impl Tracker {
         })?;
         let intents = Arc::new(intents);
         let manifest = Arc::new(Mutex::new(manifest));
-        let writer = Writer::start(Arc::clone(&manifest), Arc::clone(&intents), committed)?;
+        let feed = Feed::new(Arc::clone(&manifest), committed.1);
+        let writer = Writer::start(
+            Arc::clone(&manifest),
+            Arc::clone(&intents),
+            committed,
+            feed.clone(),
+        )?;
         Ok(Tracker {
             manifest,
+            feed,
             rules,
             triggers,
             writer,
@@ -92,6 +102,11 @@ impl Tracker {
             intents,
             left_intents,
         })
+    }
+
+    /// The change feed, for subscribers.
+    pub(crate) fn feed(&self) -> Feed {
+        self.feed.clone()
     }
 
     /// The intent journal, for the job threads: each records its path before its job runs.

@@ -92,6 +92,26 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         service: Option<String>,
     },
+    /// Hold job starts and `changes --follow` deliveries back, until `ward release NAME` or
+    /// the timeout; with a command after `--`, while it runs.
+    ///
+    /// For something that changes many files at once (`ward hold co -- git checkout main`):
+    /// each path changed meanwhile is handled once, after the release.
+    Hold {
+        /// The hold's name; holding again renews it.
+        name: String,
+        /// Seconds before it ends on its own (default 60, at most 3600).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// The command to run while held; its exit status is ward's.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// End a hold placed with `ward hold NAME`.
+    Release {
+        /// The hold's name.
+        name: String,
+    },
     /// Print the daemon's metrics in the Prometheus text format (what `[metrics] listen`
     /// serves on /metrics).
     Metrics,
@@ -114,10 +134,21 @@ enum Command {
     /// Validate the config file and exit (2 with file:line:column on an error).
     Check,
     /// Print the paths changed since sequence number SEQ as JSON lines (0: everything known).
+    ///
+    /// With --follow, keep printing each change as it is recorded, through the server's
+    /// restarts, until the daemon stops: a reader that falls far behind gets a
+    /// `{"resync_from":SEQ}` line, then each path changed meanwhile once, at its latest.
     Changes {
         /// The sequence number of the last change already seen (from a previous line's `seq`).
         #[arg(long, default_value_t = 0)]
         since: u64,
+        /// Keep the connection and print changes as they are recorded.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// With --follow: only paths this glob matches (relative to their watch root, as a
+        /// trigger's globs); may be given several times.
+        #[arg(long, value_name = "GLOB", requires = "follow")]
+        glob: Vec<String>,
     },
     /// List the paths whose jobs gave up: trigger, event, attempts, last error, time, report.
     Failures {
@@ -258,6 +289,19 @@ pub fn run() -> ExitCode {
             service.as_deref(),
         ),
         Command::Metrics => ward_server::metrics(&launch(config, state_dir, Quick::default())),
+        Command::Hold {
+            name,
+            timeout,
+            command,
+        } => ward_server::hold(
+            &launch(config, state_dir, Quick::default()),
+            &name,
+            timeout,
+            &command,
+        ),
+        Command::Release { name } => {
+            ward_server::release(&launch(config, state_dir, Quick::default()), &name)
+        }
         Command::Service { action, name } => ward_server::service(
             &launch(config, state_dir, Quick::default()),
             match action {
@@ -270,7 +314,12 @@ pub fn run() -> ExitCode {
         Command::Completions { shell } => written(generated::completions(shell, &command())),
         Command::Man { dir } => written(generated::man_pages(command(), &dir)),
         Command::Reload => ward_server::reload(&launch(config, state_dir, Quick::default())),
-        Command::Changes { since } => {
+        Command::Changes {
+            since,
+            follow: true,
+            glob,
+        } => ward_server::follow(&launch(config, state_dir, Quick::default()), since, &glob),
+        Command::Changes { since, .. } => {
             ward_server::changes(&launch(config, state_dir, Quick::default()), since)
         }
     };
@@ -292,6 +341,7 @@ fn exit_code(outcome: Outcome) -> ExitCode {
     match outcome {
         Outcome::Success => ExitCode::SUCCESS,
         Outcome::NotRunning => ExitCode::from(3),
+        Outcome::Exit(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Outcome::Failed(e) => {
             eprintln!("ward: {e}");
             ExitCode::from(if e.is_usage() { 2 } else { 1 })

@@ -32,8 +32,8 @@ pub(super) struct Sources<'a> {
     pub backlog: &'a Backlog,
     pub dispatcher: &'a Dispatcher,
     pub started: Instant,
-    /// Why no job starts, while memory is short.
-    pub memory_pause: Option<&'a str>,
+    /// Why no job starts, while memory is short or a hold is in place.
+    pub held: Option<String>,
     /// The services, for their status.
     pub services: &'a super::Services,
     /// The state directory, for the keeper's count of restarts.
@@ -79,11 +79,16 @@ pub(super) fn answer(
                     .collect(),
             }))
         }
-        // Stop and service are answered by the control thread itself, reload by the loop's
-        // `reload`, retry by `retry`, which needs the backlog.
-        Request::Stop | Request::Reload | Request::Retry { .. } | Request::Service { .. } => {
-            Err(format!("{request:?} is not answered here"))
-        }
+        // Stop and service are answered by the control thread itself, subscribe by the stream,
+        // reload by the loop's `reload`, retry by `retry`, which needs the backlog, hold and
+        // release by the loop's holds.
+        Request::Stop
+        | Request::Reload
+        | Request::Retry { .. }
+        | Request::Service { .. }
+        | Request::Subscribe { .. }
+        | Request::Hold { .. }
+        | Request::Release { .. } => Err(format!("{request:?} is not answered here")),
     }
 }
 
@@ -141,7 +146,7 @@ fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
             rejected: m.rejected,
             dead: m.dead,
             paused: from.pool.is_paused(),
-            held: from.memory_pause.map(str::to_owned),
+            held: from.held.clone(),
             backlog: from.backlog.len(),
         },
         watch: WatchStatus {

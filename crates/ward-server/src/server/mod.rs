@@ -8,11 +8,13 @@
 mod answers;
 mod backlog;
 mod batch;
+mod holds;
 mod job;
 mod keeper_gone;
 mod metrics_http;
 mod reload;
 mod services;
+mod subscribe;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,7 +37,7 @@ use crate::launch::Launch;
 use crate::logging::{self, Sink};
 use crate::outcomes;
 use crate::pressure::{self, Pressure, Turn};
-use crate::protocol::{Reply, Request};
+use crate::protocol::{Holding, Reply, Request};
 use crate::state::{StateDir, names};
 use crate::tracker::Tracker;
 use crate::{Error, deaths};
@@ -124,11 +126,19 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     let request_tx_metrics = request_tx.clone();
     let (service_requests, service_inbox) = services::requests();
     let service_wait = services::act_wait(&config);
-    let socket = ControlSocket::bind(
+    let feed = tracker.feed();
+    let subscriptions: Arc<crate::control::Streamer> = {
+        let (feed, roots) = (feed.clone(), config.roots.clone());
+        Arc::new(move |request, out: &mut dyn crate::control::Emit| {
+            subscribe::serve(request, &feed, &roots, out);
+        })
+    };
+    let socket = ControlSocket::bind_streaming(
         &state.join(names::SOCKET),
         Arc::new(move |request| {
             answers::control(request, &request_tx, &service_requests, service_wait)
         }),
+        Some(subscriptions),
     )
     .map_err(cannot_start)?;
     // Scrapes are answered by the loop, as `ward metrics` is; a port that cannot be had is an
@@ -177,6 +187,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     // Take the outcomes waiting at the next turn of the loop: false only while they gather after
     // the doorbell rang, until `gather_until`.
     let mut take_outcomes = true;
+    let mut holds = holds::Holds::default();
     let mut gather_until: Option<Instant> = None;
     let result = loop {
         // A comparison must see the finished jobs' outcomes: without them it would queue their
@@ -194,11 +205,11 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             match p.update(pressure::probe()) {
                 Some(Turn::Pause(why)) => {
                     log::warn!("memory is short: starting no job until it is back ({why})");
-                    pool.hold();
+                    holds.memory(p.paused().map(str::to_owned), &pool, &feed);
                 }
                 Some(Turn::Resume(why)) => {
                     log::info!("starting jobs again: {why}");
-                    pool.release();
+                    holds.memory(None, &pool, &feed);
                 }
                 None => {}
             }
@@ -227,6 +238,9 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             Some(_) => crossbeam_channel::at(next_probe),
             None => crossbeam_channel::never(),
         };
+        let hold_timer = holds
+            .next_end()
+            .map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         let batches = if backlog.len() < backlog.high {
             watcher.batches().clone()
         } else {
@@ -242,13 +256,18 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                         let _ = asked.reply.try_send(Ok(Reply::Reloaded(reload.outcome.clone())));
                         config = reload.finish();
                         backlog.batches.retire_gone(dispatcher.read().triggers());
-                        renew_pressure(&mut pressure, &config, &pool);
+                        renew_pressure(&mut pressure, &config, &mut holds, &pool, &feed);
                     } else {
                         let answer = if let Request::Retry { paths, all } = &asked.request {
                             answers::retry(paths, *all, &config.roots, &mut tracker, &mut backlog)
+                        } else if let Request::Hold { name, timeout_s } = &asked.request {
+                            let timeout = timeout_s.map_or(holds::DEFAULT_HOLD, Duration::from_secs);
+                            Ok(Reply::Holding(Holding { holds: holds.hold(name, timeout, &pool, &feed) }))
+                        } else if let Request::Release { name } = &asked.request {
+                            holds.release(name, &pool, &feed).map(|holds| Reply::Holding(Holding { holds }))
                         } else {
                             let dispatcher = dispatcher.read();
-                            let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started, memory_pause: pressure.as_ref().and_then(Pressure::paused), services: &services, state: &state };
+                            let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started, held: holds.why(), services: &services, state: &state };
                             answers::answer(&asked.request, &mut tracker, &sources)
                         };
                         // The asker may have given up waiting; nothing to do then.
@@ -276,6 +295,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             recv(gather_timer) -> _ => {}
             recv(backlog_timer) -> _ => {}
             recv(pressure_timer) -> _ => {}
+            recv(hold_timer) -> _ => holds.expire(Instant::now(), &pool, &feed),
             recv(unwritten_timer) -> _ => {
                 deaths::write_unwritten(&config);
             }
@@ -283,7 +303,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                 Ok(SIGHUP) => {
                     config = reload::reload("received SIGHUP", &mut handover, &state, config, &dispatcher, &mut tracker, backstop).finish();
                     backlog.batches.retire_gone(dispatcher.read().triggers());
-                    renew_pressure(&mut pressure, &config, &pool);
+                    renew_pressure(&mut pressure, &config, &mut holds, &pool, &feed);
                 }
                 Ok(keeper_gone::KEEPER_GONE) => {
                     log::error!("the keeper died (the server's parent-death signal): stopping the services and exiting, without draining the queue");
@@ -353,6 +373,8 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     }
     drop(requests);
     drop(metrics_endpoint);
+    // Subscriptions end at once, rather than when their connections are shut down.
+    feed.stop();
     drop(socket);
     signal_handle.close();
     if signal_thread.join().is_err() {
@@ -369,14 +391,20 @@ const UNWRITTEN_RETRY: Duration = Duration::from_secs(2);
 const PRESSURE_POLL: Duration = Duration::from_millis(500);
 
 /// After a reload: a changed memory floor starts over, released.
-fn renew_pressure(pressure: &mut Option<Pressure>, config: &Config, pool: &Pool<Job, PathBuf>) {
+fn renew_pressure(
+    pressure: &mut Option<Pressure>,
+    config: &Config,
+    holds: &mut holds::Holds,
+    pool: &Pool<Job, PathBuf>,
+    feed: &crate::feed::Feed,
+) {
     let floor = config.min_available_mb;
     if pressure.as_ref().map(Pressure::floor_mb) == floor {
         return;
     }
     if pressure.as_ref().is_some_and(|p| p.paused().is_some()) {
         log::info!("starting jobs again: the reload changed min_available_mb");
-        pool.release();
+        holds.memory(None, pool, feed);
     }
     *pressure = floor.map(Pressure::new);
 }

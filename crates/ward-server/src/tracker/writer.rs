@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::Error;
+use crate::feed::Feed;
 use crate::intents::Intents;
 use crate::manifest::{Manifest, Update};
 
@@ -83,6 +84,7 @@ impl Writer {
         manifest: Arc<Mutex<Manifest>>,
         intents: Arc<Intents>,
         committed: (u64, u64),
+        feed: Feed,
     ) -> Result<Writer, Error> {
         let writes = Arc::new(Writes {
             state: Mutex::new(Unflushed {
@@ -105,7 +107,7 @@ impl Writer {
             let writes = Arc::clone(&writes);
             std::thread::Builder::new()
                 .name("ward-manifest".into())
-                .spawn(move || writer_main(&writes, &manifest, &intents))
+                .spawn(move || writer_main(&writes, &manifest, &intents, &feed))
                 .map_err(|e| Error::io("starting the manifest writer thread", e))?
         };
         Ok(Writer {
@@ -183,7 +185,7 @@ impl Drop for Writer {
 /// The writer thread: commits the updates once the oldest is due, or at once when `flush` asks,
 /// and answers `flush` after each attempt. A failed commit keeps its updates, ahead of the newer
 /// ones, for a retry after `RETRY_EVERY`.
-fn writer_main(writes: &Writes, manifest: &Mutex<Manifest>, intents: &Intents) {
+fn writer_main(writes: &Writes, manifest: &Mutex<Manifest>, intents: &Intents, feed: &Feed) {
     let mut state = writes.state.lock();
     loop {
         let asked = state.asked;
@@ -200,7 +202,7 @@ fn writer_main(writes: &Writes, manifest: &Mutex<Manifest>, intents: &Intents) {
             continue;
         }
         if !state.updates.is_empty() {
-            write(&mut state, manifest, intents);
+            write(&mut state, manifest, intents, feed);
         }
         state.answered = asked;
         writes.changed.notify_all();
@@ -217,7 +219,12 @@ fn writer_main(writes: &Writes, manifest: &Mutex<Manifest>, intents: &Intents) {
 }
 
 /// One attempt to commit what waits in `state`, whose lock is released meanwhile.
-fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>, intents: &Intents) {
+fn write(
+    state: &mut MutexGuard<'_, Unflushed>,
+    manifest: &Mutex<Manifest>,
+    intents: &Intents,
+    feed: &Feed,
+) {
     // Sealed first: every path in the sealed files was queued before the batch is taken.
     let sealed = intents.seal();
     let batch = std::mem::take(&mut state.updates);
@@ -248,6 +255,7 @@ fn write(state: &mut MutexGuard<'_, Unflushed>, manifest: &Mutex<Manifest>, inte
         Ok((paths, seq)) => {
             intents.delete_through(sealed);
             state.committed = (paths.unwrap_or(state.committed.0), seq);
+            feed.committed(seq);
             // What waits now came after the batch: compaction starts over with it.
             state.compact_at = state.compact_floor.max(2 * state.updates.len());
             if state.failing.take().is_some() {
@@ -314,7 +322,8 @@ mod tests {
         let (manifest, _) = Manifest::open(&state.join(names::MANIFEST)).unwrap();
         let (intents, _) = Intents::open(&state).unwrap();
         let manifest = Arc::new(Mutex::new(manifest));
-        let writer = Writer::start(Arc::clone(&manifest), Arc::new(intents), (0, 0)).unwrap();
+        let feed = Feed::new(Arc::clone(&manifest), 0);
+        let writer = Writer::start(Arc::clone(&manifest), Arc::new(intents), (0, 0), feed).unwrap();
         (writer, manifest)
     }
 
