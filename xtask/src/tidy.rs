@@ -1,8 +1,10 @@
 //! Tidy checks: repository-wide rules that the compiler and clippy do not enforce.
 //!
 //! They run as ordinary tests (`cargo test -p xtask`) and as `cargo xtask tidy`. The rules on
-//! sources and members are here; the unused-dependency rule is in [`unused_deps`].
+//! sources and members are here; the unused-dependency rule is in [`unused_deps`], the rules for
+//! what a crate shows on crates.io in [`package`].
 
+mod package;
 mod unused_deps;
 
 use std::fmt;
@@ -58,8 +60,13 @@ const IGNORE_ATTRIBUTE: &str = concat!("#[", "ignore");
 /// Runs every check on the workspace at `root` and returns what is wrong.
 pub(crate) fn check(root: &Path) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
-    for member in members(root)? {
-        check_member(root, Path::new(&member), &mut problems)?;
+    let manifest = root_manifest(root)?;
+    let workspace_package = manifest
+        .get("workspace")
+        .and_then(|w| w.get("package"))
+        .and_then(toml::Value::as_table);
+    for member in members(&manifest)? {
+        check_member(root, Path::new(&member), workspace_package, &mut problems)?;
     }
     let mut files = rust_sources(root)?;
     files.sort();
@@ -72,15 +79,18 @@ pub(crate) fn check(root: &Path) -> Result<Vec<Problem>> {
     Ok(problems)
 }
 
-/// The `members` list of the root manifest.
-fn members(root: &Path) -> Result<Vec<String>> {
+/// The root manifest of the workspace at `root`.
+fn root_manifest(root: &Path) -> Result<toml::Table> {
     let manifest = root.join("Cargo.toml");
     let text =
         fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
-    let value: toml::Table = text
-        .parse()
-        .with_context(|| format!("parsing {}", manifest.display()))?;
-    let members = value
+    text.parse()
+        .with_context(|| format!("parsing {}", manifest.display()))
+}
+
+/// The `members` list of the root manifest.
+fn members(manifest: &toml::Table) -> Result<Vec<String>> {
+    let members = manifest
         .get("workspace")
         .and_then(|w| w.get("members"))
         .and_then(|m| m.as_array())
@@ -91,8 +101,14 @@ fn members(root: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The rules for the workspace member at `member` (relative to the workspace `root`).
-fn check_member(root: &Path, member: &Path, problems: &mut Vec<Problem>) -> Result<()> {
+/// The rules for the workspace member at `member` (relative to the workspace `root`), which may
+/// inherit fields from the root's `[workspace.package]`.
+fn check_member(
+    root: &Path,
+    member: &Path,
+    workspace_package: Option<&toml::Table>,
+    problems: &mut Vec<Problem>,
+) -> Result<()> {
     let dir = root.join(member);
     if !dir.join("README.md").is_file() {
         problems.push(Problem {
@@ -121,6 +137,7 @@ fn check_member(root: &Path, member: &Path, problems: &mut Vec<Problem>) -> Resu
             detail: None,
         });
     }
+    package::check(&dir, member, &value, workspace_package, problems)?;
     unused_deps::check(&dir, &member.join("Cargo.toml"), &value, &text, problems)
 }
 
@@ -277,7 +294,8 @@ mod tests {
             fs::create_dir_all(root.join(name).join("src")).unwrap();
             fs::write(
                 root.join(name).join("Cargo.toml"),
-                format!("[package]\nname = \"{name}\"\n{lints}"),
+                // Unpublished: the packaging rules are tested in `package`.
+                format!("[package]\nname = \"{name}\"\npublish = false\n{lints}"),
             )
             .unwrap();
             fs::write(root.join(name).join("src/lib.rs"), "//! ok\n").unwrap();
@@ -335,7 +353,7 @@ mod tests {
         // and in a package of its own inside `a`.
         write(
             &root.join("a/Cargo.toml"),
-            "[package]\nname = \"a\"\n\n[dependencies]\nin-lib.workspace = true\n\
+            "[package]\nname = \"a\"\npublish = false\n\n[dependencies]\nin-lib.workspace = true\n\
              unused-dep = \"1\"\nin-doc = \"1\"\n\n[dev-dependencies]\nin-test = \"1\"\n\
              in-example = \"1\"\nin-bench = \"1\"\n\n[build-dependencies]\nin-build = \"1\"\n\
              \n[target.'cfg(unix)'.dependencies]\nunused-unix = \"1\"\n\n[lints]\nworkspace = true\n",
@@ -366,7 +384,7 @@ mod tests {
         // Targets at paths of their own, like the end-to-end suite's.
         write(
             &root.join("e2e/Cargo.toml"),
-            "[package]\nname = \"e2e\"\n\n[lib]\npath = \"support.rs\"\n\n[[test]]\n\
+            "[package]\nname = \"e2e\"\npublish = false\n\n[lib]\npath = \"support.rs\"\n\n[[test]]\n\
              name = \"cli\"\npath = \"cli.rs\"\n\n[dependencies]\nlibc = \"0.2\"\n\
              tempfile = \"3\"\n\n[lints]\nworkspace = true\n",
         );
@@ -387,13 +405,13 @@ mod tests {
         assert_eq!(
             found,
             [
-                (UNUSED_DEPENDENCY, manifest.clone(), Some(6)),
-                (UNUSED_DEPENDENCY, manifest, Some(18)),
+                (UNUSED_DEPENDENCY, manifest.clone(), Some(7)),
+                (UNUSED_DEPENDENCY, manifest, Some(19)),
             ]
         );
         let said = problems[0].to_string();
         assert!(
-            said.starts_with("a/Cargo.toml:6: unused dependency: crate `a` declares `unused-dep` in [dependencies]"),
+            said.starts_with("a/Cargo.toml:7: unused dependency: crate `a` declares `unused-dep` in [dependencies]"),
             "{said}"
         );
         assert!(
