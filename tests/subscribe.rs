@@ -282,3 +282,74 @@ fn a_hold_defers_jobs_and_deliveries_and_each_path_comes_once_after_the_release(
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     f.stop();
 }
+
+/// The Python client in `contrib/` (standard library only) subscribes and receives the changes
+/// made after it subscribed; its `status` reads the socket too.
+#[test]
+fn the_python_client_follows_changes() {
+    if !ward_e2e::have_tool("python3", "python3") {
+        return;
+    }
+    let f = recording();
+    f.start();
+    let client = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../contrib/python/ward_client.py"
+    );
+    let status = std::process::Command::new("python3")
+        .args([client, "--state-dir"])
+        .arg(&f.state)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let value: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(value["server_pid"].is_u64(), "{value}");
+
+    let mut child = std::process::Command::new("python3")
+        .args([client, "--state-dir"])
+        .arg(&f.state)
+        .args(["follow", "--glob", "*.py"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    // Subscribed once a first change comes through: written until one does.
+    let mut line = String::new();
+    let mut n = 0;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if tx.send(line.clone()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    std::fs::write(f.tree.join("not-matched.txt"), "x").unwrap();
+    let got = loop {
+        std::fs::write(f.tree.join(format!("m{n}.py")), "x").unwrap();
+        n += 1;
+        if let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+            break line;
+        }
+        assert!(n < 30, "the Python client printed nothing");
+    };
+    let change: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert!(
+        change["path"].as_str().unwrap().ends_with(".py"),
+        "{change}"
+    );
+    assert!(
+        change["seq"].is_u64() && change["event"].is_string(),
+        "{change}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    f.stop();
+}
