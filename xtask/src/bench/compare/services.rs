@@ -381,3 +381,26 @@ pub(crate) fn run(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_lines_of_the_log_are_read_in_ms() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("ward.log"),
+            "2026-12-06T11:19:52.938Z INFO  [10230 server] service listener started, pid 10247\n\
+             2026-12-06T11:19:52.938Z INFO  [10230 server] service listener is ready, 30.395µs after its start\n\
+             2026-12-06T11:19:52.950Z INFO  [10230 server] service other is ready, 1s after its start\n\
+             2026-12-06T11:19:52.964Z INFO  [10230 server] service listener is ready, 10.011722ms after its start\n",
+        )
+        .unwrap();
+        let ready = ready_after_start(dir.path());
+        assert_eq!(ready.len(), 2, "{ready:?}");
+        assert!((ready[0] - 0.030395).abs() < 1e-9);
+        assert!((ready[1] - 10.011722).abs() < 1e-9);
+        assert_eq!(p50_p90(vec![3.0, 1.0, 2.0]), vec![2.0, 3.0]);
+    }
+}
