@@ -14,6 +14,7 @@ pub(crate) mod burst;
 pub(crate) mod dispatch;
 pub(crate) mod idle;
 pub(crate) mod latency;
+pub(crate) mod services;
 pub(crate) mod startup;
 
 use std::fs;
@@ -172,11 +173,12 @@ impl Owned {
     /// Starts `cmd` with its output in `dir/output` (kept for a look when a figure is odd).
     fn spawn(cmd: &mut Command, dir: &Path) -> Result<Owned> {
         let output = fs::File::create(dir.join("output"))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(output.try_clone()?)
-            .stderr(output)
-            .spawn()?;
+        Owned::start(cmd.stdout(output.try_clone()?).stderr(output))
+    }
+
+    /// Starts `cmd` with the output it was given (stdin null), and nothing else in between.
+    fn start(cmd: &mut Command) -> Result<Owned> {
+        let child = cmd.stdin(Stdio::null()).spawn()?;
         if let Ok(mut running) = RUNNING.lock() {
             running.pids.push(child.id());
         }

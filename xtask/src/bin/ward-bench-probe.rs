@@ -21,6 +21,9 @@
 //!   (watchexec's `--emit-events-to=file`, each line `kind:path`) or else from stdin (a ward
 //!   batch trigger), and once they are all read appends `<ns> <path> <path>...` to LOG.
 //! - `walk DIR`: prints the files under DIR and the nanoseconds a plain recursive walk took.
+//! - `listen HOST:PORT`: the service of the `services` comparison: binds and listens first thing,
+//!   then accepts forever, closing each connection at once. Ready as soon as it can be, so that
+//!   a restart's figure is the supervisor's and its readiness check's, not the program's start.
 //!
 //! Times are `CLOCK_MONOTONIC` nanoseconds, comparable across processes on one machine.
 
@@ -60,8 +63,9 @@ fn main() -> ExitCode {
         ["events", log] => events(started, Path::new(log)),
         ["paths", log] => paths(Path::new(log)),
         ["walk", dir] => walk(Path::new(dir)),
+        ["listen", address] => listen(address),
         _ => {
-            Err("usage: ward-bench-probe stamp|worker|debouncer|spawn-loop|pipe-client|events|paths|walk".into())
+            Err("usage: ward-bench-probe stamp|worker|debouncer|spawn-loop|pipe-client|events|paths|walk|listen".into())
         }
     };
     match result {
@@ -250,6 +254,15 @@ fn stay_on_this_cpu() -> Result {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
+}
+
+fn listen(address: &str) -> Result {
+    // std sets SO_REUSEADDR: the replacement binds while the killed one's connections linger.
+    let listener = std::net::TcpListener::bind(address)?;
+    // Runs until the harness (or ward) kills it; a failed accept (a peer gone) changes nothing.
+    loop {
+        drop(listener.accept());
+    }
 }
 
 fn walk(dir: &Path) -> Result {
