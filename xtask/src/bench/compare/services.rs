@@ -10,11 +10,11 @@
 //!   asked every 1 ms, so the look adds up to 1 ms and a round trip that the plain loop does not
 //!   pay.
 //! - the plain loop: its own connect to the port succeeds, tried at once after the spawn and then
-//!   every 10 ms, the schedule of ward's check during a service's first second (`probe.rs` in
+//!   every 2 ms, the schedule of ward's check during a service's first 100 ms (`probe.rs` in
 //!   ward-server): the same polling on both sides. ward's first try comes after the start's
 //!   event has reached its services' loop, late enough that this listener is often up already,
 //!   while the plain loop's try right after the spawn never finds it up: ward's figure is
-//!   bimodal (ready at the first try, or 10 ms later) and can come out below the plain loop's.
+//!   bimodal (ready at the first try, or 2 ms later) and can come out below the plain loop's.
 //!   The part prints, from ward's log, at which try its check passed.
 //!
 //! A second row leaves the check out: kill → the replacement accepts on its port, tried by the
@@ -39,7 +39,7 @@ use super::{Owned, Tools, Ward, percentile};
 
 /// ward's readiness tries during a service's first second (`interval` in ward-server's
 /// `probe.rs`); the plain loop tries its port on the same schedule.
-const CHECK_INTERVAL: Duration = Duration::from_millis(10);
+const CHECK_INTERVAL: Duration = Duration::from_millis(2);
 
 /// How often the bench itself looks: at a port, at ward's status.
 const LOOK_INTERVAL: Duration = Duration::from_millis(1);
@@ -307,7 +307,7 @@ pub(crate) fn run(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
     println!(
         "services: {rounds} rounds of SIGKILL → replacement ready, ward and a plain loop in turn ..."
     );
-    // ward: kill → accepts, kill → status running; plain: its check every 10 ms, every 1 ms.
+    // ward: kill → accepts, kill → status running; plain: its check every 2 ms, every 1 ms.
     let mut figures: [Vec<f64>; 4] = Default::default();
     for round in 0..rounds {
         if round % 2 == 1 {
@@ -363,7 +363,7 @@ pub(crate) fn run(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
         )
         .ward(ward_ready)
         .anchor(
-            "plain kill+wait+spawn loop, port tried at once then every 10 ms as ward's check",
+            "plain kill+wait+spawn loop, port tried at once then every 2 ms as ward's check",
             plain_ready,
         )
         .target("≤ 1.5×", met),

@@ -15,10 +15,12 @@ use crate::config::Probe;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// The wait before the next try, `since` the service started: a service is often ready within
-/// the first second, and a restart's latency is what this wait adds to it; a slow starter is
-/// then asked less often.
+/// milliseconds, and a restart's latency is what this wait adds to it (`cargo xtask bench
+/// --only services` measures it); a slow starter is then asked less often.
 fn interval(since: Duration) -> Duration {
-    if since < Duration::from_secs(1) {
+    if since < Duration::from_millis(100) {
+        Duration::from_millis(2)
+    } else if since < Duration::from_secs(1) {
         Duration::from_millis(10)
     } else if since < Duration::from_secs(10) {
         Duration::from_millis(50)
@@ -156,7 +158,7 @@ mod tests {
         // Not before the interval is over, even if it would pass.
         let _listener = TcpListener::bind(&address).unwrap();
         assert!(!probing.try_now(&probe, Path::new("/"), now));
-        assert!(probing.try_now(&probe, Path::new("/"), now + Duration::from_millis(10)));
+        assert!(probing.try_now(&probe, Path::new("/"), now + Duration::from_millis(2)));
     }
 
     #[test]
