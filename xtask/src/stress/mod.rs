@@ -13,6 +13,7 @@ mod config;
 mod daemon;
 mod failures;
 mod faults;
+mod follow;
 mod host;
 mod ledger;
 mod outputs;

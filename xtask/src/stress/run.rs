@@ -16,6 +16,7 @@ use super::check::{self, Report};
 use super::config::ConfigFile;
 use super::daemon::{self, Ward, signal, wait_until};
 use super::faults::{self, FaultKind, Findings, Injected, Step};
+use super::follow::Follower;
 use super::ledger;
 use super::outputs;
 use super::sampler::{self, Samples};
@@ -142,6 +143,8 @@ struct Run<'a> {
     burst: Option<Burst>,
     /// What the faults with a verdict line of their own found.
     findings: Findings,
+    /// A subscriber through the whole run (`ward changes --follow`).
+    follower: Option<Follower>,
 }
 
 /// The burst of new files, once written.
@@ -203,9 +206,11 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         restarts: Restarts::default(),
         burst: None,
         findings: Findings::default(),
+        follower: None,
     };
     ward.start()?;
     run.started = Instant::now();
+    run.follower = Some(Follower::start(&ward, &dir));
 
     let sampling = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -261,6 +266,20 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         }),
     };
     let gave_up = failures::fetch(&ward, status.as_ref(), final_files.keys());
+    let committed = status
+        .as_ref()
+        .and_then(|s| s["manifest"]["seq"].as_u64())
+        .unwrap_or(0);
+    let (heard, follows) = match run.follower.take() {
+        Some(follower) => {
+            let restarts = follower.restarts;
+            (
+                follower.finish(committed, Duration::from_secs(60)),
+                restarts,
+            )
+        }
+        None => (Vec::new(), 0),
+    };
     sampling.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     eprintln!();
@@ -284,6 +303,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         burst: run.burst.as_ref(),
         restarts: &run.restarts,
         reading: &reading,
+        heard: (&heard, follows),
         gave_up: &gave_up,
         final_files: &final_files,
         settled,
@@ -437,6 +457,9 @@ impl Run<'_> {
         while !INTERRUPTED.load(Ordering::Relaxed) {
             let now = self.started.elapsed().as_secs_f64();
             self.tidy_pending(false);
+            if let Some(follower) = &mut self.follower {
+                follower.ensure();
+            }
             if mark.is_none() && now >= opts.duration.as_secs_f64() * 0.4 {
                 mark = changes::mark(&self.ward);
             }

@@ -59,6 +59,8 @@ pub struct Evidence<'a> {
     pub restarts: &'a Restarts,
     /// ward's since-queries after the run.
     pub reading: &'a changes::Reading,
+    /// What the run's subscriber heard, and how often it followed again after it ended.
+    pub heard: (&'a [changes::Change], usize),
     /// `ward failures` after the run, and the disk's deadly files.
     pub gave_up: &'a failures::Reading,
     /// Every regular file on disk at the end, with its content hash.
@@ -130,6 +132,7 @@ pub fn lines(e: &Evidence<'_>) -> Vec<Line> {
         &root,
         |t| e.short(t),
     ));
+    lines.push(super::follow::line(e.heard.0, &e.reading.all, e.heard.1));
     lines.push(failures::line(e.gave_up, |t| e.short(t)));
     lines
 }
