@@ -12,6 +12,10 @@
 //! connections open at once (one more is told so in an error line and closed), the time a
 //! connection may sit idle between requests, and the time a request line has to arrive whole
 //! from its first byte, however steadily it trickles in (its reply must be taken as quickly).
+//! A request that keeps its connection (`subscribe`, [`Request::is_stream`]) is handed to the
+//! [`Streamer`] given at the bind, on the connection's thread, which writes its lines until it is
+//! done; the connection then closes. Its lines have [`STREAM_STALL`] to be taken, not the
+//! request bound: a subscriber reads at its own pace.
 //! The socket owns the accepting thread, which owns the connections' threads: dropping
 //! [`ControlSocket`] shuts every connection down, which ends their blocking reads and writes at
 //! once, and joins every thread.
