@@ -74,18 +74,24 @@ fn a_burst_of_fifty_thousand_files_is_a_handful_of_runs_that_get_every_path_once
         "[[trigger]]\nname = \"build\"\nbatch = true\n\
          exec = [\"sh\", \"-c\", 'cat >> {ledger}; echo \"$WARD_EVENT $WARD_PATHS_COUNT\" >> {ledger}.runs']\n",
     );
-    // A file's creation and its write must reach ward as one change, even on a loaded machine:
-    // split, they are two versions, and at least once gives the path to two runs.
-    // And a run starts when the burst settles, not every `max_wait_ms` (1 s) while it lasts: on
-    // a loaded machine writing the files takes longer than 8 s, which made more than 8 runs.
+    // A run starts when the burst settles, not every `max_wait_ms` (1 s) while it lasts: on a
+    // loaded machine writing the files takes longer than 8 s, which made more than 8 runs.
     f.edit_config(
         "debounce_ms = 20",
         "debounce_ms = 300\nmax_wait_ms = 120000",
     );
     f.start();
     const N: usize = 50_000;
+    // Each file comes into the tree whole, by a rename: its creation and its write must reach
+    // ward as one change. Written in place, a stall between the two on a loaded machine (longer
+    // than the debounce), or a rescan after the kernel's queue overflowed between them, made two
+    // versions, which at least once rightly gives to two runs (seen with two builds running).
+    let stage = f.dir.path().join("stage");
+    std::fs::create_dir(&stage).unwrap();
     for i in 0..N {
-        std::fs::write(f.tree.join(format!("f{i}")), "x").unwrap();
+        let staged = stage.join(format!("f{i}"));
+        std::fs::write(&staged, "x").unwrap();
+        std::fs::rename(&staged, f.tree.join(format!("f{i}"))).unwrap();
     }
     wait_for("every path to be given to a run", LONG * 2, || {
         lines(&f.ledger).len() >= N
