@@ -18,6 +18,7 @@ pub mod discover;
 mod dispatch;
 mod error;
 mod handover;
+mod hooks;
 mod intents;
 pub mod jobs;
 mod keeper;
