@@ -189,35 +189,58 @@ fn a_service_death_runs_the_hooks_for_services_and_not_those_for_jobs() {
     f.assert_nothing_left();
 }
 
+/// Regression guard: the keeper kills every child of its own but the server after each death of
+/// the server (orphans the jobs left); a hook still running for the previous death is the
+/// keeper's child too, and must be left to finish.
 #[test]
-fn the_keeper_runs_the_hooks_for_a_killed_server() {
+fn the_keeper_runs_the_hooks_for_a_killed_server_and_its_next_death_spares_the_running_one() {
     let f = Fixture::new(
         JOB,
         &format!(
             "[[trigger]]\nexec = [\"{{job}}\", \"record\", \"{{ledger}}\"]\n\
-             [[on_death]]\ncommand = [\"sh\", \"-c\", '''{}''']\nroles = [\"server\"]\n",
+             [[on_death]]\ncommand = [\"sh\", \"-c\", '''echo \"$WARD_PID\" >> {{ledger}}.started; while [ ! -e {{ledger}}.gate ]; do sleep 0.02; done; {}''']\n\
+             roles = [\"server\"]\ntimeout_s = 120\n",
             record("server")
         ),
     );
     f.start();
-    let (_, status) = f.status();
-    let server = u32::try_from(status["server_pid"].as_u64().unwrap()).unwrap();
-    // SAFETY: kill with the server's pid, alive a moment ago and unreaped by the keeper.
-    unsafe { libc::kill(server as libc::pid_t, libc::SIGKILL) };
-    let run = wait_runs(&f, "server", 1).remove(0);
-    assert_eq!(
-        (run.kind.as_str(), run.role.as_str(), run.pid),
-        ("killed_by_signal", "server", server),
-        "{run:?}"
-    );
-    assert!(run.report.is_file(), "{run:?}");
-    // The keeper's orphan reaper left the hook to its handle, which logged nothing amiss.
-    assert!(!f.log().contains("on_death hook"), "{}", f.log());
-    assert!(!f.log().contains("cannot reap"), "{}", f.log());
-    wait_for("a new server", LONG, || {
-        let (_, s) = f.status();
-        s["state"] == "running" && s["server_pid"].as_u64().is_some_and(|p| p as u32 != server)
+    let running_server = |not: u32| {
+        wait_for("a server running", LONG, || {
+            let (_, s) = f.status();
+            s["state"] == "running" && s["server_pid"].as_u64().is_some_and(|p| p as u32 != not)
+        });
+        u32::try_from(f.status().1["server_pid"].as_u64().unwrap()).unwrap()
+    };
+    let kill = |pid: u32| {
+        // SAFETY: kill with the server's pid, alive a moment ago and unreaped by the keeper.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    };
+    let first = running_server(0);
+    kill(first);
+    let started = PathBuf::from(format!("{}.started", f.ledger.display()));
+    wait_for("the hook to start", LONG, || started.exists());
+    // The second death sweeps the keeper's children while the first death's hook runs.
+    let second = running_server(first);
+    kill(second);
+    wait_for("the report of the second death", LONG, || {
+        f.reports_about("server").len() == 2
     });
+    std::fs::write(format!("{}.gate", f.ledger.display()), "").unwrap();
+    let runs = wait_runs(&f, "server", 2);
+    assert_eq!(
+        (runs[0].kind.as_str(), runs[0].role.as_str(), runs[0].pid),
+        ("killed_by_signal", "server", first),
+        "{runs:?}"
+    );
+    assert!(runs[0].report.is_file(), "{runs:?}");
+    assert_eq!((runs[1].pid, runs[1].coalesced), (second, 0), "{runs:?}");
+    // The keeper's orphan reaper left the hooks to their handle, which found nothing amiss.
+    let log = f.log();
+    assert!(
+        !log.contains("on_death hook") && !log.contains("cannot reap"),
+        "{log}"
+    );
+    running_server(second);
     f.stop();
     f.assert_nothing_left();
 }
