@@ -349,6 +349,33 @@ mod tests {
     }
 
     #[test]
+    fn the_keeper_gets_the_on_death_hooks_and_the_recorded_ones_after_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let mut sent = handover(dir.path());
+        let process = sent.config.default_process();
+        let hook = |argv: &str| OnDeath {
+            command: vec![argv.into()],
+            roles: vec![crate::config::Role::Server],
+            process: process.clone(),
+        };
+        sent.config.on_death = vec![hook("page")];
+        let grace = sent.config.stop_grace;
+        let offer = sent.offer(&state).unwrap();
+        let view = KeeperView::of_offer(&offer).unwrap();
+        let kept = view.config();
+        assert_eq!(kept.on_death, sent.config.on_death);
+        // The server's stop may take its hooks' end: twice their grace.
+        assert_eq!(kept.stop_grace, grace * 3);
+        KeeperView::settle(&offer, &state).unwrap();
+        assert_eq!(KeeperView::hooks_now(&state), Some(vec![hook("page")]));
+        // A reload records the configuration; the keeper's next look finds its hooks.
+        sent.config.on_death = vec![hook("mail"), hook("page")];
+        sent.record(&state).unwrap();
+        assert_eq!(KeeperView::hooks_now(&state), Some(sent.config.on_death));
+    }
+
+    #[test]
     fn a_handover_of_another_version_is_refused_naming_both() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(&dir.path().join("state")).unwrap();
