@@ -700,7 +700,7 @@ mod tests {
         assert!(hooks.thread.lock().is_none(), "no hook, no thread");
         hooks.tell(&death("job a on /t/1", 1));
         let kept = hook(dir.path(), &format!("{RECORD}ledger"), &[], DEFAULT);
-        hooks.set(&[kept.clone()]).unwrap();
+        hooks.set(std::slice::from_ref(&kept)).unwrap();
         hooks.tell(&death("job a on /t/2", 2));
         assert!(
             wait_lines(&ledger, 1)[0].contains("|2|"),
