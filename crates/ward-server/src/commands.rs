@@ -743,6 +743,29 @@ pub fn check(launch: &Launch) -> Outcome {
                 println!("          {}", settings.join(", "));
             }
         }
+        // A hook's timeout is its own default, not a job's: said only when it is not that.
+        let hook_defaults = crate::config::ProcessSettings {
+            timeout: crate::config::DEFAULT_HOOK_TIMEOUT,
+            ..defaults.clone()
+        };
+        for hook in &config.on_death {
+            let roles = if hook.roles.is_empty() {
+                "every death".to_owned()
+            } else {
+                let names: Vec<&str> = hook.roles.iter().map(|r| r.as_str()).collect();
+                format!("deaths of {}", names.join(", "))
+            };
+            println!(
+                "  on_death {} ({roles}, timeout {} s)",
+                hook.command.join(" "),
+                hook.process.timeout.as_secs_f64()
+            );
+            let mut settings = hook.process.differences(&hook_defaults);
+            settings.retain(|s| !s.starts_with("timeout_s = "));
+            if !settings.is_empty() {
+                println!("          {}", settings.join(", "));
+            }
+        }
         for warning in unreachable_triggers(&config.triggers) {
             println!("  warning: {warning}");
         }

@@ -13,10 +13,12 @@ use crate::batch::{BatchSettings, OnBusy};
 use crate::jobs::{Event, Events};
 
 mod identity;
+mod on_death;
 mod process;
 mod service;
 
 use identity::NameOrId;
+pub use on_death::{DEFAULT_HOOK_TIMEOUT, HOOK_VARIABLES, OnDeath, Role};
 use process::Privileges;
 pub use process::{DEFAULT_STOP_SIGNAL, Identity, ProcessSettings};
 pub use service::{
@@ -141,6 +143,9 @@ pub struct Config {
     /// Long-running programs ward keeps running, in the order declared (`[[service]]`).
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Commands run for each crash report, in the order declared (`[[on_death]]`).
+    #[serde(default)]
+    pub on_death: Vec<OnDeath>,
 }
 
 /// A mapping from path globs to the handler that processes matching changes.
@@ -261,6 +266,8 @@ struct File {
     triggers: Vec<At<TriggerSection>>,
     #[serde(default, rename = "service")]
     services: Vec<At<service::ServiceSection>>,
+    #[serde(default)]
+    on_death: Vec<At<on_death::OnDeathSection>>,
 }
 
 /// A value of the file with the place it was read from, so that an error found after parsing
@@ -748,6 +755,13 @@ impl Config {
             privileges,
             &refuse_at,
         )?;
+        config.on_death = on_death::resolve_all(
+            parsed.on_death,
+            &process_defaults,
+            &base,
+            privileges,
+            &refuse_at,
+        )?;
         // A service is something to run too: a config may only keep programs running.
         if config.triggers.is_empty() && config.services.is_empty() {
             return Err(error(
@@ -803,6 +817,7 @@ impl Config {
             metrics_listen: None,
             triggers: Vec::new(),
             services: Vec::new(),
+            on_death: Vec::new(),
         }
     }
 }
@@ -1358,6 +1373,104 @@ recycle_after = 100
             let err = parse(&text).unwrap_err();
             assert!(err.message.contains(message), "{text}\n{err}");
             assert_eq!(err.position, Some(position), "{text}\n{err}");
+        }
+    }
+
+    #[test]
+    fn on_death_hooks_are_read_with_their_defaults_and_roles() {
+        let config = parse(
+            "[jobs]\nstop_grace_s = 3\n[[trigger]]\nexec = [\"a\"]\n\
+             [[on_death]]\ncommand = [\"page\", \"--team\", \"ops\"]\n\
+             [[on_death]]\ncommand = [\"mail\"]\nroles = [\"service\", \"server\", \"service\"]\n\
+             timeout_s = 5\nstop_signal = \"INT\"\nstop_grace_s = 1\nenv = { TO = \"ops@example.com\" }\n",
+        )
+        .unwrap();
+        let [page, mail] = &config.on_death[..] else {
+            panic!("{:?}", config.on_death)
+        };
+        assert_eq!(page.command, ["page", "--team", "ops"]);
+        assert!(page.roles.is_empty());
+        assert_eq!(page.process.timeout, DEFAULT_HOOK_TIMEOUT);
+        assert_eq!(page.process.stop_grace, Duration::from_secs(3), "[jobs]'s");
+        assert_eq!(page.process.cwd, config.base);
+        assert!(page.runs_for(Some(Role::Job)) && page.runs_for(None));
+        assert_eq!(mail.roles, [Role::Service, Role::Server], "once each");
+        assert!(mail.runs_for(Some(Role::Server)));
+        assert!(!mail.runs_for(Some(Role::Job)) && !mail.runs_for(None));
+        assert_eq!(
+            (
+                mail.process.timeout,
+                mail.process.stop_signal,
+                mail.process.stop_grace
+            ),
+            (Duration::from_secs(5), libc::SIGINT, Duration::from_secs(1))
+        );
+        assert_eq!(mail.process.env["TO"], "ops@example.com");
+        assert_eq!(Role::of("job record on /t/a"), Some(Role::Job));
+        assert_eq!(Role::of("batch b (3 path(s))"), Some(Role::Batch));
+        assert_eq!(Role::of("keeper"), None);
+        // A launch recorded before hooks existed has none.
+        let mut json = serde_json::to_value(&config).unwrap();
+        json.as_object_mut().unwrap().remove("on_death");
+        let old: Config = serde_json::from_value(json).unwrap();
+        assert!(old.on_death.is_empty());
+    }
+
+    #[test]
+    fn bad_on_death_hooks_are_refused_at_the_value_at_fault() {
+        let t = "[[trigger]]\nexec = [\"a\"]\n";
+        for (text, position, message) in [
+            (
+                "[[on_death]]\ncommand = []\n",
+                (2, 11),
+                "on_death #1: the command is empty",
+            ),
+            (
+                "[[on_death]]\ncommand = [\"a\"]\n[[on_death]]\ncommand = [\"\"]\n",
+                (4, 11),
+                "on_death #2: the command is empty",
+            ),
+            (
+                "[[on_death]]\ncommand = [\"a\"]\nroles = [\"job\", \"jobs\"]\n",
+                (3, 17),
+                "on_death #1: unknown role \"jobs\": roles are \"job\", \"worker\"",
+            ),
+            (
+                "[[on_death]]\ncommand = [\"a\"]\nroles = []\n",
+                (3, 9),
+                "roles is empty",
+            ),
+            (
+                "[[on_death]]\ncommand = [\"a\"]\ntimeout_s = 0\n",
+                (3, 13),
+                "on_death #1: timeout_s = 0: must be a number of seconds",
+            ),
+            (
+                "[[on_death]]\ncommand = [\"a\"]\nenv = { WARD_CAUSE = \"x\" }\n",
+                (3, 9),
+                "WARD_CAUSE is set by ward for each hook run",
+            ),
+            (
+                "[[on_death]]\ncommand = [\"a\"]\nenv_remove = [\"WARD_REPORT\"]\n",
+                (3, 15),
+                "WARD_REPORT is set by ward",
+            ),
+            (
+                "[[on_death]]\ncommand = [\"a\"]\nnice = 5\n",
+                (3, 1),
+                "unknown field `nice`",
+            ),
+            (
+                "[[on_death]]\nroles = [\"job\"]\n",
+                (1, 1),
+                "missing field `command`",
+            ),
+        ] {
+            let text = format!("{t}{text}");
+            let err = parse(&text).unwrap_err();
+            assert!(err.message.contains(message), "{text}\n{err}");
+            let (line, col) = position;
+            assert_eq!(err.position, Some((line + 2, col)), "{text}\n{err}");
         }
     }
 

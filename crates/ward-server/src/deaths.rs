@@ -12,6 +12,7 @@ use ward_crashdiag::{
 };
 use ward_supervisor::Exit;
 
+use crate::hooks::{self, Death};
 use crate::state::{StateDir, names};
 use crate::{Config, Error};
 
@@ -52,7 +53,8 @@ pub(crate) struct Reported {
 }
 
 /// Writes the crash report of `what` (a role such as `server`, or `job NAME on PATH`), which
-/// died as `exit` says, with the last lines it wrote; logs the verdict once. `None` for a clean
+/// died as `exit` says, with the last lines it wrote; logs the verdict once and tells this
+/// process's `on_death` hooks ([`hooks::tell`], which never waits for them). `None` for a clean
 /// exit, which needs no report. `oom_before` are the OOM counters read when it was spawned; the
 /// rest of the evidence comes from the `exit` ([`Evidence::from_exit`]), and a verdict of OOM
 /// kill names the memory cgroup's limit.
@@ -94,6 +96,14 @@ pub(crate) fn report(
         }
         _ => report.verdict.cause.describe(),
     };
+    let death = |cause: &str, kind, paths: Option<&ward_crashdiag::ReportSummary>| Death {
+        what: what.to_owned(),
+        pid: exit.pid,
+        cause: cause.to_owned(),
+        kind,
+        report: paths.map(|p| p.json.clone()),
+        report_text: paths.map(|p| p.text.clone()),
+    };
     match ward_crashdiag::write_death(report, &evidence, &options) {
         Ok(written) => {
             let cause = at_limit(&written.report);
@@ -102,6 +112,8 @@ pub(crate) fn report(
                 exit.pid,
                 written.paths.text.display()
             );
+            let kind = written.report.verdict.cause.kind();
+            hooks::tell(&death(&cause, kind, Some(&written.paths)));
             Some(Reported {
                 cause,
                 path: Some(written.paths.json),
@@ -113,6 +125,7 @@ pub(crate) fn report(
                 "{what} (pid {}) {cause}; its crash report cannot be written yet ({e}): it is kept and written once there is room",
                 exit.pid
             );
+            hooks::tell(&death(&cause, report.verdict.cause.kind(), None));
             keep_unwritten(report, evidence);
             Some(Reported { cause, path: None })
         }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::OnDeath;
 use crate::state::{StateDir, names, open_private};
 use crate::{Config, Error, Launch};
 
@@ -172,6 +173,9 @@ struct KeeperSettings {
     /// Only for their stop graces: the server stopping lets each job and worker its own.
     #[serde(default)]
     triggers: Vec<TriggerGrace>,
+    /// The keeper runs them for the server's deaths.
+    #[serde(default)]
+    on_death: Vec<OnDeath>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -201,7 +205,9 @@ impl KeeperView {
 
     /// The configuration the keeper runs with: the defaults, but for the settings it uses. Its
     /// stop grace is the longest of `[jobs]`'s and the triggers': the server stopping gives a
-    /// job running at the drain deadline its trigger's, and must not be killed meanwhile.
+    /// job running at the drain deadline its trigger's, and must not be killed meanwhile; plus
+    /// what the server's `on_death` hooks may take at its end
+    /// ([`DeathHooks`](crate::hooks::DeathHooks)' drop: twice the longest hook grace).
     pub fn config(&self) -> Config {
         let state_dir = self.state_dir().map(Path::to_path_buf).unwrap_or_default();
         let s = &self.config;
@@ -210,14 +216,25 @@ impl KeeperView {
             .iter()
             .filter_map(|t| t.process.as_ref().map(|p| p.stop_grace))
             .fold(s.stop_grace, Duration::max);
+        let hooks_end = crate::hooks::finish_window(&s.on_death) * 2;
         Config {
             log_max_bytes: s.log_max_bytes,
             drain_timeout: s.drain_timeout,
-            stop_grace: longest_grace,
+            stop_grace: longest_grace + hooks_end,
             heartbeat_log: s.heartbeat_log,
             keep_reports: s.keep_reports,
+            on_death: s.on_death.clone(),
             ..Config::defaults(state_dir)
         }
+    }
+
+    /// The `on_death` hooks the running daemon's handover (`launch.json`) names now: a reload
+    /// records its configuration there, so the keeper's hooks follow it. `None` if it cannot be
+    /// read.
+    pub fn hooks_now(state: &StateDir) -> Option<Vec<OnDeath>> {
+        decode::<KeeperView>(&state.join(names::HANDOVER))
+            .ok()
+            .map(|view| view.config.on_death)
     }
 
     /// Makes the offer the running daemon's handover (`launch.json`): called by the keeper once
@@ -329,6 +346,33 @@ mod tests {
         sent.config.triggers.push(slow);
         let view = KeeperView::of_offer(&sent.offer(&state).unwrap()).unwrap();
         assert_eq!(view.config().stop_grace, sent.config.stop_grace * 4);
+    }
+
+    #[test]
+    fn the_keeper_gets_the_on_death_hooks_and_the_recorded_ones_after_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let mut sent = handover(dir.path());
+        let process = sent.config.default_process();
+        let hook = |argv: &str| OnDeath {
+            command: vec![argv.into()],
+            roles: vec![crate::config::Role::Server],
+            process: process.clone(),
+        };
+        sent.config.on_death = vec![hook("page")];
+        let grace = sent.config.stop_grace;
+        let offer = sent.offer(&state).unwrap();
+        let view = KeeperView::of_offer(&offer).unwrap();
+        let kept = view.config();
+        assert_eq!(kept.on_death, sent.config.on_death);
+        // The server's stop may take its hooks' end: twice their grace.
+        assert_eq!(kept.stop_grace, grace * 3);
+        KeeperView::settle(&offer, &state).unwrap();
+        assert_eq!(KeeperView::hooks_now(&state), Some(vec![hook("page")]));
+        // A reload records the configuration; the keeper's next look finds its hooks.
+        sent.config.on_death = vec![hook("mail"), hook("page")];
+        sent.record(&state).unwrap();
+        assert_eq!(KeeperView::hooks_now(&state), Some(sent.config.on_death));
     }
 
     #[test]

@@ -27,7 +27,9 @@ use ward_supervisor::{
     SystemClock,
 };
 
+use crate::deaths::Reported;
 use crate::handover::KeeperView;
+use crate::hooks::DeathHooks;
 use crate::logging::{self, LogFile, Sink};
 use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Config, Error, sd_notify};
@@ -149,6 +151,17 @@ pub(crate) fn keeper_main(state: &StateDir, view: &KeeperView, offer: &Path) -> 
     // SIGCHLD rings a doorbell that holds one ring: however many children exit meanwhile, the
     // loop wakes once and reaps them all, and the signal thread never waits for the loop.
     let (exited_tx, exited) = crossbeam_channel::bounded::<()>(1);
+    // The hooks for the server's deaths. Their process is a child of the keeper the orphan
+    // reaper leaves alone (`Keeper::reap_exited_orphans`): once its handle has reaped it, the
+    // doorbell rings for the orphans that exited behind it.
+    let hooks = {
+        let exited_tx = exited_tx.clone();
+        DeathHooks::start(&config.on_death, move || {
+            let _ = exited_tx.try_send(());
+        })
+        .map_err(|e| Error::io("starting the on_death hook thread", e))?
+    };
+    hooks.install();
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
         .map_err(|e| Error::io("installing signal handlers", e))?;
     let signal_handle = signals.handle();
@@ -189,8 +202,13 @@ pub(crate) fn keeper_main(state: &StateDir, view: &KeeperView, offer: &Path) -> 
         status_owed: false,
         cannot_start: Arc::default(),
         tracker: RestartTracker::new(server_policy(), SystemClock),
+        hooks: &hooks,
     };
     let result = keeper.supervise(&rx);
+    // A hook for the server's last death gets its grace, then whatever it left is swept: no
+    // process of the tree outlives the pidfile's lock.
+    drop(hooks);
+    orphans::sweep(None);
 
     signal_handle.close();
     if signal_thread.join().is_err() {
@@ -240,6 +258,8 @@ struct Keeper<'a> {
     /// Why the current server cannot start, once it said so (set by its output's thread).
     cannot_start: Arc<Mutex<Option<String>>>,
     tracker: RestartTracker<SystemClock>,
+    /// The `on_death` hooks, run for the server's deaths.
+    hooks: &'a DeathHooks,
 }
 
 /// How often a write that failed (a full disk) is retried; only while one is owed, so an idle
@@ -286,17 +306,41 @@ impl Keeper<'_> {
         deaths::write_unwritten(self.config);
     }
 
-    /// Reaps the children that exited but for the server `pid`: orphans that jobs left behind.
+    /// Reaps the children that exited but for the server `pid` and a hook's process: orphans
+    /// that jobs left behind.
     fn reap_exited_orphans(&mut self, server: u32) {
-        if self.adopted.reap_exited(Some(server)) == orphans::Round::More {
+        // Held for the round: no hook is spawned meanwhile, and the one running stays its
+        // handle's to reap.
+        let hook = self.hooks.hold_child();
+        if self.adopted.reap_exited(&[Some(server), *hook]) == orphans::Round::More {
             let _ = self.exited_tx.try_send(());
         }
     }
 
-    /// Kills and reaps every child; call it only once the server has been reaped.
+    /// Kills and reaps every child but a hook's process; call it only once the server has been
+    /// reaped.
     fn sweep_orphans(&mut self) {
         self.adopted.report(Instant::now());
-        orphans::sweep();
+        let hook = self.hooks.hold_child();
+        orphans::sweep(*hook);
+    }
+
+    /// Reports the server's death `exit`, running the hooks the daemon's configuration names
+    /// now (a reload since the start may have changed them).
+    fn report_server_death(&self, exit: &Exit, oom_before: OomCounters) -> Option<Reported> {
+        if let Some(now) = KeeperView::hooks_now(self.state)
+            && let Err(e) = self.hooks.set(&now)
+        {
+            log::error!("cannot start the on_death hook thread; no hook runs: {e}");
+        }
+        deaths::report(
+            self.state,
+            self.config,
+            "server",
+            exit,
+            None,
+            Some(oom_before),
+        )
     }
 
     fn spawn_server(&self) -> Result<ward_supervisor::Child, Error> {
@@ -394,14 +438,7 @@ impl Keeper<'_> {
                             Ok(exit) if exit.is_clean() => log::info!("server stopped cleanly"),
                             Ok(exit) => {
                                 log::warn!("server did not stop cleanly: {}", exit.termination);
-                                deaths::report(
-                                    self.state,
-                                    self.config,
-                                    "server",
-                                    &exit,
-                                    None,
-                                    Some(oom_before),
-                                );
+                                self.report_server_death(&exit, oom_before);
                             }
                             Err(e) => log::error!("stopping the server: {e}"),
                         }
@@ -428,14 +465,7 @@ impl Keeper<'_> {
                 self.set_state(Phase::GaveUp);
                 return Err(Error::GaveUp(format!("the server cannot start: {reason}")));
             }
-            let report = deaths::report(
-                self.state,
-                self.config,
-                "server",
-                &exit,
-                None,
-                Some(oom_before),
-            );
+            let report = self.report_server_death(&exit, oom_before);
             self.status.last_cause = report.as_ref().map(|r| r.cause.clone());
             self.status.last_report = report.and_then(|r| r.path);
             match self.tracker.next(&exit) {

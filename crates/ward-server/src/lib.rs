@@ -19,6 +19,7 @@ mod dispatch;
 mod error;
 mod feed;
 mod handover;
+mod hooks;
 mod intents;
 pub mod jobs;
 mod keeper;

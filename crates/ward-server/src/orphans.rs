@@ -60,14 +60,17 @@ pub(crate) enum Round {
 }
 
 impl Adopted {
-    /// Reaps up to [`REAPED_PER_ROUND`] children that have exited, never `server` (the pid of the
-    /// supervised server, if one runs), and says whether more may be waiting.
+    /// Reaps up to [`REAPED_PER_ROUND`] children that have exited, never those in `owned` (the
+    /// pid of the supervised server, if one runs, and of an `on_death` hook's process, whose
+    /// handles reap them), and says whether more may be waiting.
     ///
-    /// Call it from the thread that spawns the server, after SIGCHLD: then no server can be
-    /// spawned while the round runs, so `server` is the only child this must leave alone. (A
-    /// child started and waited for by pid on that thread, such as `addr2line` or the on-crash
-    /// hook while a crash report is made, is reaped before the round can run.)
-    pub(crate) fn reap_exited(&mut self, server: Option<u32>) -> Round {
+    /// Call it from the thread that spawns the server, after SIGCHLD, holding the hooks' child
+    /// ([`DeathHooks::hold_child`](crate::hooks::DeathHooks::hold_child)): then no server nor
+    /// hook can be spawned while the round runs, so `owned` are the only children this must
+    /// leave alone. (A child started and waited for by pid on that thread, such as `addr2line`
+    /// while a crash report is made, is reaped before the round can run.) One found exited ends
+    /// the round: its handle reaps it, and its owner rings for the next round.
+    pub(crate) fn reap_exited(&mut self, owned: &[Option<u32>]) -> Round {
         let mut reaped = 0;
         let round = loop {
             if reaped == REAPED_PER_ROUND {
@@ -76,8 +79,9 @@ impl Adopted {
             let Some(pid) = an_exited_child() else {
                 break Round::Done;
             };
-            // The server's exit is its handle's to see and reap; its death sweeps the rest.
-            if Some(pid) == server {
+            // The server's exit is its handle's to see and reap, and its death sweeps the rest;
+            // a hook's too, and the keeper is told when it has been reaped.
+            if owned.contains(&Some(pid)) {
                 break Round::Done;
             }
             let mut status = 0;
@@ -164,14 +168,17 @@ fn an_exited_child() -> Option<u32> {
     None
 }
 
-/// Kills and reaps every child of this process (call it when no server runs), repeating while
-/// killing them orphans more (their own children come to us in turn). Returns how many it swept.
-pub(crate) fn sweep() -> usize {
+/// Kills and reaps every child of this process but `hook` (an `on_death` hook's process, which
+/// its handle stops and reaps; call it when no server runs, holding
+/// [`DeathHooks::hold_child`](crate::hooks::DeathHooks::hold_child)), repeating while killing
+/// them orphans more (their own children come to us in turn). Returns how many it swept.
+pub(crate) fn sweep(hook: Option<u32>) -> usize {
     let me = std::process::id();
     let mut swept = 0;
     // Each round takes one generation; a tree deeper than this is swept at the next death.
     for _ in 0..32 {
-        let orphans = children_of(me);
+        let mut orphans = children_of(me);
+        orphans.retain(|&pid| Some(pid) != hook);
         if orphans.is_empty() {
             break;
         }

@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::control::ControlSocket;
 use crate::dispatch::Dispatcher;
 use crate::handover::Handover;
+use crate::hooks::DeathHooks;
 use crate::jobs::Job;
 use crate::keeper::READY_LINE;
 use crate::launch::Launch;
@@ -69,6 +70,11 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     let config = handover.config.clone();
     handover.apply_umask();
     let _capture = deaths::install_capture("server", &state, &config).map_err(cannot_start)?;
+    // Before anything that can die: every death reported from here on tells the hooks.
+    let hooks = DeathHooks::start(&config.on_death, || {})
+        .map_err(|e| Error::io("starting the on_death hook thread", e))
+        .map_err(cannot_start)?;
+    hooks.install();
     let started = Instant::now();
     log::info!("server starting: watching {}", list(&config.roots));
 
@@ -255,6 +261,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                         // Answered before the old workers are stopped, which may take their grace.
                         let _ = asked.reply.try_send(Ok(Reply::Reloaded(reload.outcome.clone())));
                         config = reload.finish();
+                        set_hooks(&hooks, &config);
                         backlog.batches.retire_gone(dispatcher.read().triggers());
                         renew_pressure(&mut pressure, &config, &mut holds, &pool, &feed);
                     } else {
@@ -302,6 +309,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             recv(signals) -> signal => match signal {
                 Ok(SIGHUP) => {
                     config = reload::reload("received SIGHUP", &mut handover, &state, config, &dispatcher, &mut tracker, backstop).finish();
+                    set_hooks(&hooks, &config);
                     backlog.batches.retire_gone(dispatcher.read().triggers());
                     renew_pressure(&mut pressure, &config, &mut holds, &pool, &feed);
                 }
@@ -364,6 +372,8 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     if unwritten > 0 {
         log::error!("{unwritten} crash report(s) could not be written before the server ended");
     }
+    // Last of what can report a death: the hooks still running or owed get their grace.
+    drop(hooks);
     // Requests still waiting for the loop are refused now and later ones fail at once, so the
     // control threads the socket joins are not waiting out `REQUEST_WAIT` for an answer.
     for asked in requests.try_iter() {
@@ -389,6 +399,13 @@ const UNWRITTEN_RETRY: Duration = Duration::from_secs(2);
 
 /// How often available memory is read while a floor is set.
 const PRESSURE_POLL: Duration = Duration::from_millis(500);
+
+/// After a reload: the hooks of the configuration now running.
+fn set_hooks(hooks: &DeathHooks, config: &Config) {
+    if let Err(e) = hooks.set(&config.on_death) {
+        log::error!("reload: cannot start the on_death hook thread; no hook runs: {e}");
+    }
+}
 
 /// After a reload: a changed memory floor starts over, released.
 fn renew_pressure(
