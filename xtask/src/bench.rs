@@ -3,8 +3,9 @@
 //! Two kinds of parts. Each crate's own benchmark example (`watch`, `queue`, `supervisor`,
 //! `crashdiag`, `server`) runs in release and prints its own tables; the figures of `queue`,
 //! `supervisor` and `server` are also collected into the summary. The cross-tool comparisons
-//! (`latency`, `burst`, `batch`, `dispatch`, `startup`, `services`, `idle`, in `compare`) drive the
-//! real `ward` daemon and its alternatives: watchexec, notify-debouncer-full, plain spawns and pipes. At the end one
+//! (`latency`, `burst`, `batch`, `dispatch`, `startup`, `services`, `subscribe`, `idle`, in
+//! `compare`) drive the real `ward` daemon and its alternatives: watchexec, notify-debouncer-full,
+//! plain spawns and pipes, or a baseline of ward's own from the same run. At the end one
 //! table shows every figure beside its anchor from the same run; `--json FILE` writes it as JSON.
 
 mod compare;
@@ -33,12 +34,19 @@ const CRATE_BENCHES: [(&str, &str); 5] = [
 ];
 
 /// The comparisons that drive the `ward` binary.
-const COMPARISONS: [&str; 7] = [
-    "latency", "burst", "batch", "dispatch", "startup", "services", "idle",
+const COMPARISONS: [&str; 8] = [
+    "latency",
+    "burst",
+    "batch",
+    "dispatch",
+    "startup",
+    "services",
+    "subscribe",
+    "idle",
 ];
 
 /// The order of a full run: comparisons and the crate benches they lean on, then the rest.
-const ORDER: [&str; 12] = [
+const ORDER: [&str; 13] = [
     "latency",
     "burst",
     "batch",
@@ -47,6 +55,7 @@ const ORDER: [&str; 12] = [
     "supervisor",
     "startup",
     "services",
+    "subscribe",
     "idle",
     "watch",
     "crashdiag",
@@ -54,7 +63,7 @@ const ORDER: [&str; 12] = [
 ];
 
 const USAGE: &str = "usage: cargo xtask bench [--only NAME] [--json FILE] [--quick] [--idle-secs N] [--no-install] [--keep-scratch]\n\
-parts: latency, burst, batch, queue, dispatch, supervisor, startup, services, idle, watch, crashdiag, server";
+parts: latency, burst, batch, queue, dispatch, supervisor, startup, services, subscribe, idle, watch, crashdiag, server";
 
 #[derive(Debug)]
 struct Options {
@@ -159,6 +168,7 @@ pub(crate) fn run(args: &[String]) -> ExitCode {
                 ("startup", Some(t)) => compare::startup::run(t, &mut rows)
                     .and_then(|()| compare::startup::server_restart(t, &mut rows)),
                 ("services", Some(t)) => compare::services::run(t, &mut rows),
+                ("subscribe", Some(t)) => compare::subscribe::run(t, &mut rows),
                 ("idle", Some(t)) => compare::idle::run(t, &mut rows),
                 (name, _) => crate_bench(name, &mut rows),
             }))

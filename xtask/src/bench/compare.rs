@@ -14,8 +14,10 @@ pub(crate) mod burst;
 pub(crate) mod dispatch;
 pub(crate) mod idle;
 pub(crate) mod latency;
+mod scrape;
 pub(crate) mod services;
 pub(crate) mod startup;
+pub(crate) mod subscribe;
 
 use std::fs;
 use std::path::{Path, PathBuf};
