@@ -236,7 +236,7 @@ fn tokens(source: &str) -> Vec<Tok> {
                 i += 1;
             }
             i += 2;
-        } else if c == '"' || (c == 'r' && matches!(next, Some('"' | '#'))) {
+        } else if c == '"' || (c == 'r' && raw_string_at(&chars[i + 1..])) {
             // A plain or raw string: a raw one ends at `"` and as many `#` as it began with.
             let raw = c == 'r';
             if raw {
@@ -300,11 +300,18 @@ fn tokens(source: &str) -> Vec<Tok> {
     out
 }
 
+/// Whether `after_r`, what follows an `r`, opens a raw string (`"`, `#"`, `##"`...), not a raw
+/// identifier (`r#type`).
+fn raw_string_at(after_r: &[char]) -> bool {
+    let hashes = after_r.iter().take_while(|&&h| h == '#').count();
+    after_r.get(hashes) == Some(&'"')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SOURCE: &str = r#"
+    const SOURCE: &str = r##"
         #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
         struct JobLabels {
             trigger: String,
@@ -330,10 +337,11 @@ mod tests {
                 "Time",
                 m.job_seconds.clone(),
             );
-            registry.register("seq", "A 'quoted' \"word\"", m.seq.clone());
+            let r#type = 'x';
+            registry.register("seq", r#"A 'quoted' "word""#, m.seq.clone());
             registry.register_with_unit("memory", "Mem", prometheus_client::registry::Unit::Bytes, m.bytes.clone());
         }
-    "#;
+    "##;
 
     #[test]
     fn each_kind_of_registration_gives_its_sample_names_and_labels() {
