@@ -2,8 +2,10 @@
 //!
 //! They run as ordinary tests (`cargo test -p xtask`) and as `cargo xtask tidy`. The rules on
 //! sources and members are here; the unused-dependency rule is in [`unused_deps`], the rules for
-//! what a crate shows on crates.io in [`package`].
+//! what a crate shows on crates.io in [`package`], and the metric names contrib's dashboard and
+//! alert rules may use in [`contrib_metrics`].
 
+mod contrib_metrics;
 mod package;
 mod unused_deps;
 
@@ -76,6 +78,7 @@ pub(crate) fn check(root: &Path) -> Result<Vec<Problem>> {
         let rel = file.strip_prefix(root).unwrap_or(&file).to_path_buf();
         check_source(&rel, &text, &mut problems);
     }
+    contrib_metrics::check(root, &mut problems)?;
     Ok(problems)
 }
 

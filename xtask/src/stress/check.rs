@@ -177,6 +177,9 @@ pub struct Report {
     pub cause: String,
     /// The verdict's confidence: `low`, `medium`, `high`.
     pub confidence: String,
+    /// When it was written (`written_wall_ms`), milliseconds since the epoch: the plot's time
+    /// of the death.
+    pub written_ms: Option<u64>,
 }
 
 /// A report's cause as one comparable label: the kind, plus the signal for signal deaths and
@@ -574,6 +577,7 @@ mod tests {
             role: role.into(),
             cause: cause.into(),
             confidence: "high".into(),
+            written_ms: None,
         }
     }
 

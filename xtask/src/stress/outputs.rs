@@ -39,10 +39,25 @@ pub fn write(e: &Evidence<'_>, lines: &[Line], dir: &Path) -> anyhow::Result<()>
             )
         })
         .collect();
+    let at_s = |ms: u64| (e.since_start(ms) * 10.0).round() / 10.0;
+    // A report that does not say when it was written is in stress.json, not on the plot.
+    let deaths: Vec<plot::Death> = e
+        .reports
+        .list
+        .iter()
+        .filter_map(|r| {
+            Some(plot::Death {
+                t_s: e.since_start(r.written_ms?),
+                cause: r.cause.clone(),
+                who: format!("{} pid {}", e.short(&r.role), r.pid),
+            })
+        })
+        .collect();
     let svg = plot::svg(
         &keeper,
         &server,
         &windows,
+        &deaths,
         &lat.iter().map(|(_, ms)| *ms).collect::<Vec<_>>(),
     );
     std::fs::write(out.join("stress.svg"), svg)?;
@@ -72,6 +87,7 @@ pub fn write(e: &Evidence<'_>, lines: &[Line], dir: &Path) -> anyhow::Result<()>
         })).collect::<Vec<_>>(),
         "reports": e.reports.list.iter().map(|r| json!({
             "file": r.file, "pid": r.pid, "role": r.role, "cause": r.cause,
+            "at_s": r.written_ms.map(at_s),
         })).collect::<Vec<_>>(),
         "changes_made": e.writes.len(),
         "ledger_entries": e.ledger.entries.len(),

@@ -110,6 +110,7 @@ impl Reports {
                         .as_str()
                         .unwrap_or("?")
                         .to_owned(),
+                    written_ms: v["written_wall_ms"].as_u64(),
                 }),
                 _ => self.unreadable.push(name),
             }
@@ -640,5 +641,41 @@ impl Run<'_> {
                 }
             }
         }) && !INTERRUPTED.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_read_once_with_their_cause_and_time() {
+        let state = tempfile::tempdir().unwrap();
+        let crashes = state.path().join("crashes");
+        std::fs::create_dir(&crashes).unwrap();
+        let report = serde_json::json!({
+            "pid": 42, "role": "job exec on /t/a", "written_wall_ms": 1_700_000_000_123u64,
+            "verdict": { "cause": { "kind": "native_crash", "signal_name": "SIGSEGV" },
+                         "confidence": "high" },
+        });
+        std::fs::write(crashes.join("crash-1-42.json"), report.to_string()).unwrap();
+        // Still being written: read on a later refresh.
+        std::fs::write(crashes.join("crash-2-43.json"), "{\"pid\": 4").unwrap();
+        std::fs::write(crashes.join("crash-1-42.txt"), "not a report").unwrap();
+        let mut reports = Reports::default();
+        reports.refresh(state.path());
+        reports.refresh(state.path());
+        assert_eq!(
+            reports.list,
+            [Report {
+                file: "crash-1-42.json".into(),
+                pid: 42,
+                role: "job exec on /t/a".into(),
+                cause: "native_crash SIGSEGV".into(),
+                confidence: "high".into(),
+                written_ms: Some(1_700_000_000_123),
+            }]
+        );
+        assert!(reports.unreadable.is_empty());
     }
 }
