@@ -102,7 +102,7 @@ fn logs_follow_ends_quietly_when_its_output_is_closed() {
 }
 
 /// Every flag and argument some subcommand takes, as its help shows it.
-const FLAGS: [&str; 16] = [
+const FLAGS: [&str; 21] = [
     "--config",
     "--state-dir",
     "--watch",
@@ -119,6 +119,11 @@ const FLAGS: [&str; 16] = [
     "<SHELL>",
     "--all",
     "[PATH]",
+    "--glob",
+    "--service",
+    "<NAME>",
+    "<ACTION>",
+    "[CMD]",
 ];
 
 #[test]
@@ -133,17 +138,40 @@ fn each_subcommands_help_lists_its_own_flags_and_no_others() {
         "--debounce",
         "[COMMAND]",
     ];
-    let own: [(&str, &[&str]); 13] = [
+    let own: [(&str, &[&str]); 17] = [
         ("run", &quick),
         ("start", &quick),
         ("restart", &quick),
         ("stop", &["--config", "--state-dir", "--timeout"]),
         ("status", &["--config", "--state-dir", "--json"]),
         ("diagnose", &["--config", "--state-dir", "--json", "--last"]),
-        ("logs", &["--config", "--state-dir", "--lines", "--follow"]),
+        (
+            "logs",
+            &[
+                "--config",
+                "--state-dir",
+                "--lines",
+                "--follow",
+                "--service",
+                "<NAME>",
+            ],
+        ),
         ("reload", &state),
         ("check", &state),
-        ("changes", &["--config", "--state-dir", "--since"]),
+        (
+            "changes",
+            &["--config", "--state-dir", "--since", "--follow", "--glob"],
+        ),
+        (
+            "service",
+            &["--config", "--state-dir", "<ACTION>", "<NAME>"],
+        ),
+        ("metrics", &state),
+        (
+            "hold",
+            &["--config", "--state-dir", "--timeout", "<NAME>", "[CMD]"],
+        ),
+        ("release", &["--config", "--state-dir", "<NAME>"]),
         ("completions", &["<SHELL>"]),
         ("failures", &["--config", "--state-dir", "--json"]),
         ("retry", &["--config", "--state-dir", "--all", "[PATH]"]),

@@ -92,7 +92,7 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         service: Option<String>,
     },
-    /// Hold job starts and `changes --follow` deliveries back, until `ward release NAME` or
+    /// Hold job starts and subscription deliveries back, until `ward release NAME` or
     /// the timeout; with a command after `--`, while it runs.
     ///
     /// For something that changes many files at once (`ward hold co -- git checkout main`):

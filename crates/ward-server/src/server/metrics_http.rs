@@ -33,12 +33,11 @@ impl MetricsEndpoint {
         address: SocketAddr,
         main_loop: Sender<Asked>,
     ) -> Result<MetricsEndpoint, Error> {
-        let server = Server::http(address).map_err(|e| {
-            Error::io(
-                format!("serving metrics on {address} ([metrics] listen)"),
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
+        let what = || format!("serving metrics on {address} ([metrics] listen)");
+        let listener = std::net::TcpListener::bind(address).map_err(|e| Error::io(what(), e))?;
+        no_delay(&listener).map_err(|e| Error::io(what(), e))?;
+        let server = Server::from_listener(listener, None)
+            .map_err(|e| Error::io(what(), std::io::Error::other(e.to_string())))?;
         let server = Arc::new(server);
         let thread = {
             let server = Arc::clone(&server);
@@ -85,6 +84,30 @@ fn serve(server: &Server, main_loop: &Sender<Asked>) {
             // The scraper went away; the next scrape is another request.
             log::debug!("answering a metrics request: {e}");
         }
+    }
+}
+
+/// Sets `TCP_NODELAY` on the listening socket, which the connections it accepts inherit (Linux):
+/// the last small write of a chunked body (tiny_http chunks past 32 KiB, and an exposition with
+/// 100 triggers is more) otherwise waits for the scraper's delayed acknowledgement, up to 40 ms
+/// (`cargo xtask bench --only subscribe` measures the scrape).
+fn no_delay(listener: &std::net::TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, reading one c_int that lives for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
