@@ -4,12 +4,10 @@
 //! the server's main loop: the HTTP round trip alone. Scrapes alternate the two, on one
 //! keep-alive HTTP/1.1 connection, as Prometheus scrapes.
 //!
-//! The goal (≤ 5 ms) is judged on the median. The tail is not the scrape's work: an exposition
-//! over 32 kB goes chunked (tiny_http's threshold), its last small write waits under Nagle's
-//! algorithm (the endpoint's sockets have no `TCP_NODELAY`) for the client's delayed ACK, up to
-//! 40 ms, in about one scrape of ten; a client that acks at once (`TCP_QUICKACK`) or a response
-//! ended by closing the connection (HTTP/1.0) does not see it. The bench acks as Prometheus does,
-//! and prints how many scrapes stalled so.
+//! The goal (≤ 5 ms) is judged on p99. An exposition over 32 kB goes chunked (tiny_http's
+//! threshold); before the endpoint's listener had `TCP_NODELAY`, its last small write waited
+//! under Nagle's algorithm for the client's delayed ACK, up to 40 ms, in about one scrape of ten
+//! (p99 47 ms). The bench acks as Prometheus does, and still prints how many scrapes stalled so.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -28,7 +26,7 @@ const TRIGGERS: usize = 100;
 /// Files written per trigger's directory before the scrapes.
 const FILES_EACH: usize = 2;
 
-/// The goal of the issue, in ms, for the median.
+/// The goal of the issue, in ms, for p99.
 const GOAL_MS: f64 = 5.0;
 
 /// A scrape this long waited for a delayed ACK (40 ms on Linux), not for ward.
@@ -192,9 +190,9 @@ pub(super) fn run(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
     let over = |limit: f64| metrics.iter().filter(|&&ms| ms > limit).count();
     let (over_goal, stalled) = (over(GOAL_MS), over(STALL_MS));
     let (metrics, other) = (p50_p99(metrics), p50_p99(other));
-    let met = metrics[0] <= GOAL_MS;
+    let met = metrics[1] <= GOAL_MS;
     println!(
-        "scrape: /metrics ({} series, {:.1} kB) p50/p99 {:.3}/{:.3} ms ({over_goal} of {scrapes} over {GOAL_MS} ms, {stalled} over {STALL_MS} ms: a delayed ACK), /other (404) {:.3}/{:.3} ms: goal p50 ≤ {GOAL_MS} ms {}",
+        "scrape: /metrics ({} series, {:.1} kB) p50/p99 {:.3}/{:.3} ms ({over_goal} of {scrapes} over {GOAL_MS} ms, {stalled} over {STALL_MS} ms: a delayed ACK), /other (404) {:.3}/{:.3} ms: goal p99 ≤ {GOAL_MS} ms {}",
         series(&text),
         text.len() as f64 / 1e3,
         metrics[0],
@@ -215,7 +213,7 @@ pub(super) fn run(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
         )
         .ward(metrics)
         .anchor("GET /other (404, no main loop), same server and connection", other)
-        .target(format!("p50 ≤ {GOAL_MS} ms"), met),
+        .target(format!("p99 ≤ {GOAL_MS} ms"), met),
     );
     Ok(())
 }
