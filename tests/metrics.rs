@@ -11,19 +11,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ward_e2e::{Fixture, have_tool, wait_for};
+use ward_e2e::{Fixture, free_port, have_tool, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 /// The job program built with these tests (see `bin/ward-test-job.rs`).
 const JOB: &str = env!("CARGO_BIN_EXE_ward-test-job");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The status and body of `GET path` on `127.0.0.1:port` (HTTP/1.0: the server closes the
 /// connection after the answer, so the body is what follows the headers).

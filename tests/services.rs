@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ward_e2e::{Fixture, have_tool, is_alive, wait_for};
+use ward_e2e::{Fixture, free_port, have_tool, is_alive, wait_for};
 
 const LONG: Duration = Duration::from_secs(30);
 /// The job program built with these tests (see `bin/ward-test-job.rs`).
@@ -166,12 +166,6 @@ fn a_service_printing_a_flood_logs_only_its_share() {
         logged > 0 && logged <= 256 * 1024,
         "{logged} bytes of the flood logged"
     );
-}
-
-/// A loopback port nobody listens on now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 fn accepts(port: u16) -> bool {

@@ -146,13 +146,9 @@ fn a_follower_goes_on_through_a_server_restart() {
 
 /// The server's resident memory, from /proc.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    ward_sys::ProcStatus::read(pid)
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
+        .and_then(|s| s.kib("VmRSS"))
         .unwrap_or(0)
 }
 

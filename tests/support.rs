@@ -100,6 +100,18 @@ pub fn have_tool(program: &str, package: &str) -> bool {
     found
 }
 
+/// A loopback TCP port nobody listens on now (bound and released: another process could take
+/// it meanwhile, which a test then sees as a failed bind or connect, not a wrong result).
+///
+/// # Panics
+/// If no port can be bound.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a loopback port")
+        .port()
+}
+
 pub fn is_alive(pid: u32) -> bool {
     ward_sys::is_alive(pid)
 }
