@@ -349,3 +349,36 @@ fn the_python_client_follows_changes() {
     let _ = child.wait();
     f.stop();
 }
+
+/// A hold holds batch runs back too: nothing runs while held, one run gets every path after.
+#[test]
+fn a_hold_defers_batch_runs_and_one_run_follows_the_release() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"build\"\nbatch = true\n\
+         exec = [\"sh\", \"-c\", 'cat >> {ledger}; echo run >> {ledger}.runs']\n",
+    );
+    f.start();
+    let out = f.run(&["hold", "co"]);
+    assert!(out.status.success(), "{out:?}");
+    for i in 0..10 {
+        std::fs::write(f.tree.join(format!("b{i}")), "x").unwrap();
+    }
+    let runs = || {
+        std::fs::read_to_string(format!("{}.runs", f.ledger.display()))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    wait_for("the paths owed to the batch", LONG, || {
+        f.status().1["queue"]["backlog"].as_u64().unwrap_or(0) >= 10
+    });
+    assert_eq!(runs(), 0, "a batch ran during the hold");
+    let out = f.run(&["release", "co"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("one run after the release", LONG, || runs() == 1);
+    f.wait_idle();
+    assert_eq!(runs(), 1);
+    let given = std::fs::read_to_string(&f.ledger).unwrap();
+    assert_eq!(given.lines().count(), 10, "{given}");
+    f.stop();
+}

@@ -56,6 +56,8 @@ pub(super) struct Context {
     pub done: OutcomeSender,
     pub intents: Arc<Intents>,
     pub env: Environment,
+    /// No run starts while set (`ward hold`, memory short): see [`Batches::set_held`].
+    pub held: std::sync::atomic::AtomicBool,
 }
 
 /// The batch triggers' runners, made as their first job comes. Dropping it stops every run at
@@ -208,6 +210,20 @@ impl Batches {
         self.runners.retain_mut(|r| !r.reap());
     }
 
+    /// No run starts while `held` (a running one finishes); what comes meanwhile is owed, one
+    /// job per path, and runs after.
+    pub(super) fn set_held(&self, held: bool) {
+        let Some(cx) = &self.context else { return };
+        if cx.held.swap(held, Ordering::Relaxed) == held {
+            return;
+        }
+        for runner in &self.runners {
+            // Under the runner's lock: it has either seen the new value or is waiting for this.
+            let _owed = runner.shared.owed.lock();
+            runner.shared.wake.notify_one();
+        }
+    }
+
     /// ward is stopping: no run starts any more, and a running command still running at `at`
     /// is stopped (its paths stay pending for the next start).
     pub(super) fn stop_at(&self, at: Instant) {
@@ -339,6 +355,10 @@ impl<'a> RunnerThread<'a> {
                     // A restarted run waits for its new paths to settle, and only for them.
                     let next = next.or((!self.run.is_empty()).then_some(now));
                     match next {
+                        // Held: woken by the release (or a stop).
+                        Some(at) if at <= now && self.cx.held.load(Ordering::Relaxed) => {
+                            self.shared.wake.wait(&mut owed);
+                        }
                         Some(at) if at <= now => break,
                         Some(at) => {
                             self.shared.wake.wait_until(&mut owed, at);

@@ -1,8 +1,9 @@
 //! What holds job starts back: memory running short (`[jobs] min_available_mb`) and the holds a
 //! user asked for by name (`ward hold NAME`, around a `git checkout`), which also hold back
-//! subscription deliveries. The pool starts no job while either is in place; changes meanwhile
-//! are coalesced per path (the pool's queue and the manifest keep the latest of each) and come
-//! once after the last release. Not here: why memory is short (`pressure`).
+//! subscription deliveries. The pool starts no job, and no batch run starts, while either is in
+//! place; changes meanwhile are coalesced per path (the pool's queue, a batch runner's owed
+//! paths and the manifest keep the latest of each) and come once after the last release. Not
+//! here: why memory is short (`pressure`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -115,6 +116,11 @@ impl Holds {
 
     fn names(&self) -> Vec<String> {
         self.named.keys().cloned().collect()
+    }
+
+    /// Whether job starts are held back now (memory, or a named hold).
+    pub(super) fn jobs_held(&self) -> bool {
+        self.pool_held()
     }
 
     fn pool_held(&self) -> bool {

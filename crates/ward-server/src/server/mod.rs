@@ -122,6 +122,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         done: done_tx.clone(),
         intents: tracker.intents(),
         env: ward_supervisor::Environment::current(),
+        held: std::sync::atomic::AtomicBool::new(false),
     };
     let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx, tracker.intents())
         .map_err(cannot_start)?;
@@ -220,6 +221,8 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                 None => {}
             }
         }
+        // Batch runs are held as the pool's jobs are; a no-op unless that changed.
+        backlog.batches.set_held(holds.jobs_held());
         backlog.submit(&pool);
         backlog.refill(&mut tracker);
         backlog.submit(&pool);
