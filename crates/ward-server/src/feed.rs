@@ -10,8 +10,13 @@
 //! at its latest; nothing it misses is lost, and ward's memory does not grow with how far it is
 //! behind. That is also what a hold (`ward hold`) does for free: while one is in place nothing is
 //! delivered, and what changed meanwhile comes once per path after the release.
+//!
+//! A line can come no sooner than the commit of its change. The writer gathers updates for up to
+//! 50 ms before a commit, which costs nobody anything while nobody subscribes; while a
+//! subscription is open ([`Feed::watched`]) it gathers them for a few milliseconds only.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -37,6 +42,19 @@ struct Inner {
     state: Mutex<State>,
     changed: Condvar,
     manifest: Arc<Mutex<Manifest>>,
+    /// Subscriptions open now: while there is one, the writer commits sooner.
+    subscribers: AtomicUsize,
+}
+
+/// An open subscription, counted while it lives ([`Feed::watch`]).
+pub(crate) struct Watching {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.inner.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,8 +91,22 @@ impl Feed {
                 }),
                 changed: Condvar::new(),
                 manifest,
+                subscribers: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// Counts a subscription for as long as the returned guard lives.
+    pub(crate) fn watch(&self) -> Watching {
+        self.inner.subscribers.fetch_add(1, Ordering::Relaxed);
+        Watching {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Whether a subscription is open: then a change is worth committing sooner.
+    pub(crate) fn watched(&self) -> bool {
+        self.inner.subscribers.load(Ordering::Relaxed) > 0
     }
 
     /// The manifest's writer committed up to `seq`.
@@ -170,5 +202,18 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), Wake::Changes(7));
         feed.stop();
         assert_eq!(feed.wait(0, Duration::from_secs(30)), Wake::Stopping);
+    }
+
+    #[test]
+    fn the_feed_is_watched_while_a_subscription_lives() {
+        let (_dir, feed) = feed();
+        assert!(!feed.watched());
+        let one = feed.watch();
+        let two = feed.watch();
+        assert!(feed.watched());
+        drop(one);
+        assert!(feed.watched());
+        drop(two);
+        assert!(!feed.watched());
     }
 }

@@ -34,6 +34,8 @@ pub(super) fn serve(request: Request, feed: &Feed, roots: &[PathBuf], out: &mut 
             return;
         }
     };
+    // Commits come sooner while this lives.
+    let _watching = feed.watch();
     let mut since = since.unwrap_or(0);
     let start = Reply::Subscribed(Subscribed {
         subscribed: feed.seq(),

@@ -23,6 +23,10 @@ use crate::manifest::{Manifest, Update};
 
 /// Writes wait at most this long to be grouped into one commit.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// How long they wait while a subscription is open: its lines come one commit after their
+/// changes (`cargo xtask bench --only subscribe` measures it), and a commit still groups what
+/// arrives meanwhile.
+const FLUSH_SUBSCRIBED: Duration = Duration::from_millis(2);
 /// Retry delay while the store cannot be written (a full disk).
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// How often `flush`, waiting for the writer, checks that the writer thread still runs.
@@ -73,6 +77,8 @@ struct Unflushed {
 #[derive(Debug)]
 pub(super) struct Writer {
     writes: Arc<Writes>,
+    /// Whether a subscription waits for the commits.
+    feed: Feed,
     /// `None` only while `drop` joins it.
     thread: Option<JoinHandle<()>>,
 }
@@ -107,11 +113,15 @@ impl Writer {
             let writes = Arc::clone(&writes);
             std::thread::Builder::new()
                 .name("ward-manifest".into())
-                .spawn(move || writer_main(&writes, &manifest, &intents, &feed))
+                .spawn({
+                    let feed = feed.clone();
+                    move || writer_main(&writes, &manifest, &intents, &feed)
+                })
                 .map_err(|e| Error::io("starting the manifest writer thread", e))?
         };
         Ok(Writer {
             writes,
+            feed,
             thread: Some(thread),
         })
     }
@@ -121,7 +131,12 @@ impl Writer {
         let mut state = self.writes.state.lock();
         state.updates.push(update);
         if state.due.is_none() {
-            state.due = Some(Instant::now() + state.flush_every);
+            let wait = if self.feed.watched() {
+                state.flush_every.min(FLUSH_SUBSCRIBED)
+            } else {
+                state.flush_every
+            };
+            state.due = Some(Instant::now() + wait);
             self.writes.changed.notify_all();
         }
         if state.updates.len() > state.compact_at {
