@@ -113,12 +113,23 @@ fn a_service_that_keeps_failing_gives_up_and_triggers_still_run() {
     assert!(text.contains("service    broken: gave-up"), "{text}");
     std::fs::write(f.tree.join("after"), "x").unwrap();
     wait_for("the trigger's job", LONG, || f.saw("after"));
-    // A reload does not touch the services yet, and says so.
+    // A reload that changes the service starts it again under its new policy.
     f.edit_config("restart_max = 1", "restart_max = 2");
     let out = f.run(&["reload"]);
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success() && said.contains("service"), "{out:?}");
-    assert_eq!(service(&f, "broken")["state"], "gave-up");
+    assert!(out.status.success(), "{out:?}");
+    wait_for(
+        "the changed service to give up again, after 2 restarts",
+        LONG,
+        || {
+            let s = service(&f, "broken");
+            s["state"] == "gave-up" && s["restarts"] == 2
+        },
+    );
+    assert!(
+        f.log().contains("reload: service broken changed"),
+        "{}",
+        f.log()
+    );
     f.stop();
 }
 
@@ -550,4 +561,70 @@ fn a_rust_service_linking_crashdiag_is_named_down_to_function_and_line() {
         "{report:#}"
     );
     f.stop();
+}
+
+/// A reload applies the services: a changed one is restarted as it is now, a removed one is
+/// stopped and leaves the status, a new one is started; the unchanged one runs on untouched.
+#[test]
+fn a_reload_restarts_changed_services_stops_removed_ones_and_starts_new_ones() {
+    let f = Fixture::new(
+        JOB,
+        concat!(
+            "[[service]]\nname = \"same\"\ncommand = [\"sleep\", \"1000\"]\n",
+            "[[service]]\nname = \"changed\"\ncommand = [\"sleep\", \"1001\"]\n",
+            "[[service]]\nname = \"removed\"\ncommand = [\"sleep\", \"1002\"]\n",
+        ),
+    );
+    f.start();
+    wait_for("three running", LONG, || {
+        ["same", "changed", "removed"]
+            .iter()
+            .all(|n| service(&f, n)["state"] == "running")
+    });
+    let pid = |name| pid_of(&service(&f, name)).unwrap();
+    let (same, changed, removed) = (pid("same"), pid("changed"), pid("removed"));
+    f.edit_config("1001", "1003");
+    f.edit_config(
+        "[[service]]\nname = \"removed\"\ncommand = [\"sleep\", \"1002\"]\n",
+        "[[service]]\nname = \"added\"\ncommand = [\"sleep\", \"1004\"]\n",
+    );
+    let out = f.run(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(
+        "the changed one restarted and the new one running",
+        LONG,
+        || {
+            let c = service(&f, "changed");
+            pid_of(&c).is_some_and(|p| p != changed)
+                && c["state"] == "running"
+                && f.status().1["services"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s["name"] == "added" && s["state"] == "running")
+        },
+    );
+    wait_for("the removed one gone", LONG, || !is_alive(removed));
+    assert!(!is_alive(changed));
+    let names: Vec<String> = f.status().1["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["same", "changed", "added"]);
+    assert_eq!(pid("same"), same, "the unchanged service was left running");
+    assert!(
+        ward_e2e_cmdline(pid("changed")).contains("1003"),
+        "runs as it is now"
+    );
+    f.stop();
+    f.assert_nothing_left();
+}
+
+/// The command line of process `pid`, its arguments joined by spaces.
+fn ward_e2e_cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
 }

@@ -121,6 +121,7 @@ enum Msg {
     Restart(ChildId, Sender<Result<()>>),
     Start(ChildId, Sender<Result<()>>),
     Hung(ChildId, Option<i32>, Duration, Sender<Result<()>>),
+    Remove(ChildId, Sender<Result<()>>),
     Status(Sender<Vec<ChildStatus>>),
     TakeStdin(ChildId, Sender<Result<Option<(u32, ChildStdin)>>>),
     Shutdown(Sender<()>),
@@ -149,6 +150,7 @@ impl fmt::Debug for Msg {
             Msg::Restart(..) => "Restart",
             Msg::Start(..) => "Start",
             Msg::Hung(..) => "Hung",
+            Msg::Remove(..) => "Remove",
             Msg::Status(..) => "Status",
             Msg::TakeStdin(..) => "TakeStdin",
             Msg::Shutdown(..) => "Shutdown",
@@ -264,6 +266,20 @@ impl Supervisor {
     pub fn kill_hung(&self, id: ChildId, dump: Option<i32>, dump_wait: Duration) -> Result<()> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(Msg::Hung(id, dump, dump_wait, tx))?;
+        rx.recv().map_err(|_| Error::SupervisorGone)?
+    }
+
+    /// Forgets a child that has no process running (stopped, gave up, or stopped with
+    /// [`stop_child`](Self::stop_child) first): its status is no longer kept, and its id is no
+    /// longer valid. For a caller that replaces children over time (a reload), so that what the
+    /// supervisor keeps stays bounded by the children it has.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchChild`], [`Error::SupervisorGone`], or [`Error::Config`] if a process of
+    /// the child runs or a restart is due.
+    pub fn remove_child(&self, id: ChildId) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::Remove(id, tx))?;
         rx.recv().map_err(|_| Error::SupervisorGone)?
     }
 
@@ -414,6 +430,19 @@ impl Runner {
                 Ok(Msg::Start(id, reply)) => self.request_restart(id, reply, false),
                 Ok(Msg::Hung(id, dump, dump_wait, reply)) => {
                     let _ignored = reply.send(self.hung(id, dump, dump_wait));
+                }
+                Ok(Msg::Remove(id, reply)) => {
+                    let removed = match self.slots.get(&id) {
+                        None => Err(Error::NoSuchChild(id)),
+                        Some(slot) if slot.child.is_some() || slot.restart_at.is_some() => Err(
+                            Error::Config(format!("child {id} runs: stop it before removing it")),
+                        ),
+                        Some(_) => {
+                            self.slots.remove(&id);
+                            Ok(())
+                        }
+                    };
+                    let _ignored = reply.send(removed);
                 }
                 Ok(Msg::Status(reply)) => {
                     let _ignored = reply.send(self.statuses());

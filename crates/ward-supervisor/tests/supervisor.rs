@@ -1687,6 +1687,11 @@ fn supervisor_restart_child_replaces_the_process_whatever_the_policy() {
         .filter(|e| matches!(e.kind, EventKind::Started { .. }))
         .count();
     assert_eq!(started, 3);
+    // A running child is not forgotten; a stopped one is.
+    assert!(matches!(supervisor.remove_child(id), Err(Error::Config(_))));
+    supervisor.stop_child(id).unwrap();
+    supervisor.remove_child(id).unwrap();
+    assert!(matches!(supervisor.status(id), Err(Error::NoSuchChild(_))));
     supervisor.shutdown().unwrap();
 }
 

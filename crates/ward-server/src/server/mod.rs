@@ -264,6 +264,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                         // Answered before the old workers are stopped, which may take their grace.
                         let _ = asked.reply.try_send(Ok(Reply::Reloaded(reload.outcome.clone())));
                         config = reload.finish();
+                        services.apply(&config);
                         set_hooks(&hooks, &config);
                         backlog.batches.retire_gone(dispatcher.read().triggers());
                         renew_pressure(&mut pressure, &config, &mut holds, &pool, &feed);
@@ -312,6 +313,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
             recv(signals) -> signal => match signal {
                 Ok(SIGHUP) => {
                     config = reload::reload("received SIGHUP", &mut handover, &state, config, &dispatcher, &mut tracker, backstop).finish();
+                    services.apply(&config);
                     set_hooks(&hooks, &config);
                     backlog.batches.retire_gone(dispatcher.read().triggers());
                     renew_pressure(&mut pressure, &config, &mut holds, &pool, &feed);

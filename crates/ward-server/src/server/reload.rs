@@ -111,7 +111,6 @@ pub(super) fn reload(
         debounce: old.debounce,
         max_wait: old.max_wait,
         workers: old.workers,
-        services: old.services,
         ..new
     };
     Reload {
@@ -131,8 +130,6 @@ fn needing_restart(old: &Config, new: &Config) -> Vec<String> {
         ("watch.max_wait_ms", old.max_wait != new.max_wait),
         ("jobs.workers", old.workers != new.workers),
         ("metrics.listen", old.metrics_listen != new.metrics_listen),
-        // The services run on as started: `Services` is not rebuilt by a reload yet.
-        ("service", old.services != new.services),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

@@ -43,13 +43,21 @@ const ACT_MARGIN: Duration = Duration::from_secs(10);
 /// over) and before the services start (which then read them).
 pub(crate) fn requests() -> (Requests, Inbox) {
     let (tx, rx) = crossbeam_channel::bounded(16);
-    (Requests { inputs: tx.clone() }, Inbox { tx, rx })
+    let shown: Arc<Mutex<Vec<Shown>>> = Arc::default();
+    (
+        Requests {
+            inputs: tx.clone(),
+            shown: Arc::clone(&shown),
+        },
+        Inbox { tx, rx, shown },
+    )
 }
 
 /// The services' end of [`requests`].
 pub(crate) struct Inbox {
     tx: Sender<Input>,
     rx: Receiver<Input>,
+    shown: Arc<Mutex<Vec<Shown>>>,
 }
 
 /// Asks the services' loop to start, stop or restart a service; cheap to clone, one per control
@@ -57,6 +65,8 @@ pub(crate) struct Inbox {
 #[derive(Clone)]
 pub(crate) struct Requests {
     inputs: Sender<Input>,
+    /// The services there are, to refuse an unknown name at once (the loop may not run at all).
+    shown: Arc<Mutex<Vec<Shown>>>,
 }
 
 impl Requests {
@@ -72,6 +82,20 @@ impl Requests {
         action: ServiceAction,
         wait: Duration,
     ) -> Result<ServiceDone, String> {
+        let known: Vec<String> = self
+            .shown
+            .lock()
+            .iter()
+            .filter(|s| !s.removed)
+            .map(|s| s.name.clone())
+            .collect();
+        if !known.contains(&name) {
+            return Err(if known.is_empty() {
+                format!("no service {name:?}: the config has none")
+            } else {
+                format!("no service {name:?}: the services are {}", known.join(", "))
+            });
+        }
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.inputs
             .send_timeout(
@@ -116,9 +140,12 @@ pub(crate) fn act_wait(config: &Config) -> Duration {
 pub(crate) struct Services {
     shown: Arc<Mutex<Vec<Shown>>>,
     inputs: Sender<Input>,
-    /// Each service with `restart_on`: its place and its globs.
-    sources: Vec<(usize, GlobSet)>,
+    /// Each service with `restart_on`: its name and its globs.
+    sources: Vec<(String, GlobSet)>,
     roots: Vec<PathBuf>,
+    /// What starting the loop needs, until it is started (no service yet; a reload may add
+    /// some).
+    unstarted: Option<(Receiver<Input>, Config, StateDir)>,
     // Last: joined by `stop`, or by the drop.
     thread: Option<JoinHandle<()>>,
 }
@@ -134,22 +161,24 @@ impl Services {
         state: &StateDir,
         inbox: Inbox,
     ) -> Result<Services, crate::Error> {
-        let shown: Arc<Mutex<Vec<Shown>>> = Arc::default();
         let mut services = Services {
-            shown: Arc::clone(&shown),
-            inputs: inbox.tx.clone(),
-            sources: Vec::new(),
+            shown: inbox.shown,
+            inputs: inbox.tx,
+            sources: sources(config),
             roots: config.roots.clone(),
+            unstarted: Some((inbox.rx, config.clone(), state.clone())),
             thread: None,
         };
-        if config.services.is_empty() {
-            return Ok(services);
+        if !config.services.is_empty() {
+            services.start_loop()?;
         }
-        for (i, service) in config.services.iter().enumerate() {
-            if let Some(globs) = compile(&service.restart_on) {
-                services.sources.push((i, globs));
-            }
-        }
+        Ok(services)
+    }
+
+    fn start_loop(&mut self) -> Result<(), crate::Error> {
+        let Some((rx, config, state)) = self.unstarted.take() else {
+            return Ok(());
+        };
         let cgroups = match ward_supervisor::probe_memory_cgroup() {
             Ok(_) => true,
             Err(e) => {
@@ -165,20 +194,48 @@ impl Services {
                 source,
             })?;
         let looped = Loop::new(
-            config,
-            state,
+            &config,
+            &state,
             supervisor,
             events,
-            (inbox.tx, inbox.rx),
-            shown,
+            (self.inputs.clone(), rx),
+            Arc::clone(&self.shown),
             cgroups,
         );
         let thread = std::thread::Builder::new()
             .name("ward-services".into())
             .spawn(move || looped.run())
             .map_err(|e| crate::Error::io("starting the services' thread", e))?;
-        services.thread = Some(thread);
-        Ok(services)
+        self.thread = Some(thread);
+        Ok(())
+    }
+
+    /// A reload's `config`: its services replace the running ones (the removed stopped, the
+    /// changed restarted as they are now, the new started), and its `restart_on` globs apply.
+    pub(crate) fn apply(&mut self, config: &Config) {
+        self.sources = sources(config);
+        if self.thread.is_none() {
+            if config.services.is_empty() {
+                return;
+            }
+            if let Some((_, started_with, _)) = &mut self.unstarted {
+                // Started as this config says, with nothing to replace.
+                *started_with = config.clone();
+            }
+            if let Err(e) = self.start_loop() {
+                log::error!("reload: the services cannot be started: {e}");
+            }
+            return;
+        }
+        if self
+            .inputs
+            .send_timeout(Input::Apply(config.services.clone()), APPLY_WAIT)
+            .is_err()
+        {
+            log::error!(
+                "reload: the services' loop did not take the new services; they run as before"
+            );
+        }
     }
 
     /// Each service's status, in the order declared.
@@ -186,6 +243,7 @@ impl Services {
         self.shown
             .lock()
             .iter()
+            .filter(|s| !s.removed)
             .map(|s| ServiceStatus {
                 name: s.name.clone(),
                 state: s.state,
@@ -211,12 +269,12 @@ impl Services {
             else {
                 continue;
             };
-            for (unit, globs) in &self.sources {
+            for (name, globs) in &self.sources {
                 if matches(globs, relative) {
                     // Full: the loop is behind on these already; the restart they ask for
                     // is asked anyway by those it has.
                     let _ = self.inputs.try_send(Input::Changed {
-                        unit: *unit,
+                        name: name.clone(),
                         path: change.path.clone(),
                     });
                 }
@@ -248,6 +306,18 @@ impl Drop for Services {
     fn drop(&mut self) {
         self.join();
     }
+}
+
+/// How long a reload waits for the services' loop to take the new services.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// The `restart_on` globs of `config`'s services, compiled, by service name.
+fn sources(config: &Config) -> Vec<(String, GlobSet)> {
+    config
+        .services
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), compile(&s.restart_on)?)))
+        .collect()
 }
 
 /// The globs of a `restart_on` (checked when the config was read), compiled; `None` when there

@@ -36,8 +36,12 @@ pub(super) enum Input {
         action: ServiceAction,
         reply: Sender<Result<ServiceDone, String>>,
     },
-    /// A file matched by the `restart_on` of service `unit` changed.
-    Changed { unit: usize, path: PathBuf },
+    /// A file matched by the `restart_on` of service `name` changed.
+    Changed { name: String, path: PathBuf },
+    /// A reload's services.
+    Apply(Vec<Service>),
+    /// The old process of unit `unit`, which a reload changed or removed, is gone.
+    Replaced { unit: usize },
     /// A blocking action, done on a thread of its own, ended.
     Acted {
         unit: usize,
@@ -58,6 +62,8 @@ pub(super) struct Shown {
     pub started: Option<Instant>,
     pub restarts: u32,
     pub last_cause: Option<String>,
+    /// Removed by a reload: not shown.
+    pub removed: bool,
 }
 
 /// One service as the loop keeps it.
@@ -67,6 +73,10 @@ struct Unit {
     id: Option<ChildId>,
     /// Stopped on request, or not startable: its dependencies being ready does not start it.
     held: bool,
+    /// Removed by a reload: it never runs again, and the status no longer shows it.
+    retired: bool,
+    /// What a reload changed it to, taken once its old process is gone.
+    replacing: Option<Service>,
     /// The current process, while one runs.
     pid: Option<u32>,
     started: Option<Instant>,
@@ -100,6 +110,8 @@ pub(super) struct Loop {
     supervisor: Option<Arc<Supervisor>>,
     events: Receiver<Event>,
     notices: Receiver<Notice>,
+    /// For the notify sockets of services a reload adds.
+    notice_tx: Sender<Notice>,
     inputs: Receiver<Input>,
     /// For the threads that do blocking actions to report back.
     own: Sender<Input>,
@@ -127,67 +139,13 @@ impl Loop {
         cgroups: bool,
     ) -> Loop {
         let (notice_tx, notices) = crossbeam_channel::bounded(64);
-        let units: Vec<Unit> = config
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, service)| {
-                let notify = if service.uses_notify() {
-                    let path = state
-                        .join(super::NOTIFY_DIR)
-                        .join(format!("{i}.notify"));
-                    match NotifySocket::bind(&path, i, notice_tx.clone()) {
-                        Ok(socket) => Some(socket),
-                        Err(e) => {
-                            log::error!(
-                                "service {}: cannot make its notify socket {}: {e}; it can never be ready or show life",
-                                service.name,
-                                path.display()
-                            );
-                            None
-                        }
-                    }
-                } else {
-                    None
-                };
-                Unit {
-                    service: service.clone(),
-                    id: None,
-                    held: false,
-                    pid: None,
-                    started: None,
-                    ready: false,
-                    probing: None,
-                    alive_by: None,
-                    heartbeat_seen: None,
-                    restart_at: None,
-                    acting: false,
-                    starts: 0,
-                    ready_waiters: Vec::new(),
-                    oom_before: None,
-                    unreported: Vec::new(),
-                    tail: OutputTail::new(TAIL_LINES),
-                    notify,
-                }
-            })
-            .collect();
-        *shown.lock() = units
-            .iter()
-            .map(|u| Shown {
-                name: u.service.name.clone(),
-                state: ServiceState::Waiting,
-                pid: None,
-                started: None,
-                restarts: 0,
-                last_cause: None,
-            })
-            .collect();
-        Loop {
-            order: crate::config::start_order(&config.services),
-            units,
+        let mut looped = Loop {
+            order: Vec::new(),
+            units: Vec::new(),
             supervisor: Some(Arc::new(supervisor)),
             events,
             notices,
+            notice_tx,
             inputs: inputs.1,
             own: inputs.0,
             shown,
@@ -196,6 +154,186 @@ impl Loop {
             cgroups,
             settle: config.debounce.max(Duration::from_millis(100)),
             helpers: Vec::new(),
+        };
+        for service in &config.services {
+            looped.push(service.clone());
+        }
+        looped.reorder();
+        looped
+    }
+
+    /// Adds a unit for `service` (not started yet), with its notify socket if it needs one.
+    fn push(&mut self, service: Service) {
+        let i = self.units.len();
+        let notify = self.notify_socket(i, &service);
+        self.shown.lock().push(Shown {
+            name: service.name.clone(),
+            state: ServiceState::Waiting,
+            pid: None,
+            started: None,
+            restarts: 0,
+            last_cause: None,
+            removed: false,
+        });
+        self.units.push(Unit {
+            service,
+            id: None,
+            held: false,
+            retired: false,
+            replacing: None,
+            pid: None,
+            started: None,
+            ready: false,
+            probing: None,
+            alive_by: None,
+            heartbeat_seen: None,
+            restart_at: None,
+            acting: false,
+            starts: 0,
+            ready_waiters: Vec::new(),
+            oom_before: None,
+            unreported: Vec::new(),
+            tail: OutputTail::new(TAIL_LINES),
+            notify,
+        });
+    }
+
+    /// The notify socket of unit `i` running `service`, if it needs one.
+    fn notify_socket(&self, i: usize, service: &Service) -> Option<NotifySocket> {
+        if !service.uses_notify() {
+            return None;
+        }
+        let path = self
+            .state
+            .join(super::NOTIFY_DIR)
+            .join(format!("{i}.notify"));
+        match NotifySocket::bind(&path, i, self.notice_tx.clone()) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                log::error!(
+                    "service {}: cannot make its notify socket {}: {e}; it can never be ready or show life",
+                    service.name,
+                    path.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// The start order of the units that are not retired.
+    fn reorder(&mut self) {
+        let live: Vec<usize> = (0..self.units.len())
+            .filter(|&i| !self.units[i].retired)
+            .collect();
+        let services: Vec<Service> = live
+            .iter()
+            .map(|&i| self.units[i].service.clone())
+            .collect();
+        self.order = crate::config::start_order(&services)
+            .into_iter()
+            .map(|k| live[k])
+            .collect();
+    }
+
+    /// A reload's services: the removed stopped (and forgotten), the changed stopped and started
+    /// again as they are now, the new started, each once what it depends on is ready; the
+    /// unchanged left running.
+    fn apply(&mut self, services: Vec<Service>) {
+        for i in 0..self.units.len() {
+            if self.units[i].retired {
+                continue;
+            }
+            let name = self.units[i].service.name.clone();
+            match services.iter().find(|s| s.name == name) {
+                Some(s) if *s == self.units[i].service => {}
+                Some(s) => {
+                    log::info!("reload: service {name} changed: restarting it as it is now");
+                    self.replace(i, Some(s.clone()));
+                }
+                None => {
+                    log::info!("reload: service {name} removed: stopping it");
+                    self.replace(i, None);
+                }
+            }
+        }
+        for service in services {
+            if !self
+                .units
+                .iter()
+                .any(|u| !u.retired && u.service.name == service.name)
+            {
+                log::info!("reload: service {} added", service.name);
+                self.push(service);
+            }
+        }
+        self.reorder();
+        self.start_ready_ones();
+    }
+
+    /// Unit `i`'s process is stopped and its child forgotten; then the unit runs `with`, or is
+    /// retired for good without it.
+    fn replace(&mut self, i: usize, with: Option<Service>) {
+        let unit = &mut self.units[i];
+        unit.held = true;
+        unit.probing = None;
+        unit.restart_at = None;
+        match with {
+            None => unit.retired = true,
+            Some(service) => unit.replacing = Some(service),
+        }
+        let (Some(id), Some(supervisor)) = (unit.id, self.supervisor.clone()) else {
+            self.replaced(i);
+            return;
+        };
+        let own = self.own.clone();
+        let name = unit.service.name.clone();
+        let thread = std::thread::Builder::new()
+            .name("ward-service-act".into())
+            .spawn(move || {
+                if let Err(e) = supervisor
+                    .stop_child(id)
+                    .and_then(|()| supervisor.remove_child(id))
+                {
+                    log::error!("reload: stopping service {name}: {e}");
+                }
+                let _ = own.send(Input::Replaced { unit: i });
+            });
+        match thread {
+            Ok(thread) => self.helpers.push(thread),
+            Err(e) => log::error!("reload: cannot start a thread to stop a service: {e}"),
+        }
+    }
+
+    /// Unit `i`'s old process is gone: it takes its new settings and is started once what it
+    /// depends on is ready, or, retired, leaves the status.
+    fn replaced(&mut self, i: usize) {
+        let unit = &mut self.units[i];
+        unit.id = None;
+        unit.pid = None;
+        unit.started = None;
+        unit.ready = false;
+        unit.alive_by = None;
+        for (_, waiter) in unit.ready_waiters.drain(..) {
+            let _ = waiter.send(Err("the service was changed by a reload meanwhile".into()));
+        }
+        if unit.retired {
+            unit.notify = None;
+            self.show(i, |s| s.removed = true);
+            return;
+        }
+        if let Some(service) = unit.replacing.take() {
+            unit.service = service;
+            unit.held = false;
+            unit.starts = 0;
+            unit.notify = None;
+            let notify = self.notify_socket(i, &self.units[i].service.clone());
+            self.units[i].notify = notify;
+            self.show(i, |s| {
+                s.state = ServiceState::Waiting;
+                s.restarts = 0;
+            });
+            self.reorder();
+            self.start_ready_ones();
         }
     }
 
@@ -475,10 +613,18 @@ impl Loop {
                 name,
                 action,
                 reply,
-            } => match self.units.iter().position(|u| u.service.name == name) {
+            } => match self
+                .units
+                .iter()
+                .position(|u| !u.retired && u.service.name == name)
+            {
                 None => {
-                    let known: Vec<&str> =
-                        self.units.iter().map(|u| u.service.name.as_str()).collect();
+                    let known: Vec<&str> = self
+                        .units
+                        .iter()
+                        .filter(|u| !u.retired)
+                        .map(|u| u.service.name.as_str())
+                        .collect();
                     let _ = reply.send(Err(if known.is_empty() {
                         format!("no service {name:?}: the config has none")
                     } else {
@@ -487,9 +633,12 @@ impl Loop {
                 }
                 Some(i) => self.act(i, action, reply),
             },
-            Input::Changed { unit, path } => {
+            Input::Changed { name, path } => {
                 let settle = self.settle;
-                if let Some(u) = self.units.get_mut(unit)
+                if let Some(u) = self
+                    .units
+                    .iter_mut()
+                    .find(|u| !u.retired && u.service.name == name)
                     && u.pid.is_some()
                 {
                     match &mut u.restart_at {
@@ -498,6 +647,8 @@ impl Loop {
                     }
                 }
             }
+            Input::Apply(services) => self.apply(services),
+            Input::Replaced { unit } => self.replaced(unit),
             Input::Acted {
                 unit,
                 action,
