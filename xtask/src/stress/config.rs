@@ -63,6 +63,7 @@ impl ConfigFile {
             })
             .collect::<Vec<_>>()
             .join("\n");
+        let escaper_backoff = 0.5 + f64::from(generation % 2) / 10.0;
         format!(
             r#"# Written by `cargo xtask stress` (reload generation {generation}).
 [watch]
@@ -105,12 +106,15 @@ exec = ["/bin/sh", "-c", "sleep {ORPHAN_SLEEP} >/dev/null 2>&1 & exec \"$0\" exe
 {reload}
 # A service whose worker leaves its process group (setsid) and is orphaned (its parent
 # exits): only the service's cgroup holds it. `kill-keeper` then finds it alive unless the
-# server, told of the keeper's death, stopped the service with everything in its cgroup.
+# server, told of the keeper's death, stopped the service with everything in its cgroup. Each
+# reload generation changes its backoff, so a `reload` replaces it: its old worker must go too.
 [[service]]
 name = "escaper"
-command = ["/bin/sh", "-c", "setsid /bin/sh -c 'sleep 100000 >/dev/null 2>&1 & exit 0'; exec sleep 100000"]
+# The worker's name (its $0) is in the run's directory, so the check that nothing of ward is
+# left after the stop sees it.
+command = ["/bin/sh", "-c", "setsid /bin/sh -c 'while :; do sleep 1; done' {l}.escaper-worker </dev/null >/dev/null 2>&1 & exec sleep 100000"]
 restart = "always"
-backoff_s = 0.5
+backoff_s = {escaper_backoff}
 
 [[trigger]]
 name = "stress"
