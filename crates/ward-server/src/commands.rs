@@ -690,6 +690,19 @@ pub fn check(launch: &Launch) -> Outcome {
             if let Some(most) = trigger.concurrency {
                 settings.push(format!("concurrency = {most}"));
             }
+            if let crate::config::Handler::Publish(to) = &trigger.handler {
+                settings.push(format!(
+                    "publish to {} stream {} subject {}{}",
+                    to.url,
+                    to.stream,
+                    to.subject,
+                    if to.content_max_bytes > 0 {
+                        format!(" with content up to {} KiB", to.content_max_bytes / 1024)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
             if !settings.is_empty() {
                 println!("          {}", settings.join(", "));
             }

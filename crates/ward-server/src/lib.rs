@@ -32,6 +32,9 @@ mod outcomes;
 mod output;
 mod pressure;
 pub mod protocol;
+#[cfg(feature = "nats")]
+mod publish;
+pub mod remote;
 pub mod sd_notify;
 mod server;
 pub mod state;
