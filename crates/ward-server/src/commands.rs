@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[cfg(feature = "nats")]
+pub use work::{WorkOptions, work};
+
 use crate::handover::{Handover, KeeperView};
 use crate::jobs::{Event, Events};
 use crate::keeper::{KEEPER_BIN, keeper_main};
@@ -26,6 +29,8 @@ mod logs;
 mod metrics;
 mod reload;
 mod service;
+#[cfg(feature = "nats")]
+mod work;
 
 pub use failures::{failures, retry};
 pub use follow::follow;

@@ -41,6 +41,8 @@ pub mod state;
 mod tracker;
 mod umask;
 
+#[cfg(feature = "nats")]
+pub use commands::{WorkOptions, work};
 pub use commands::{
     changes, check, diagnose, failures, follow, hold, logs, metrics, release, reload, restart,
     retry, run_foreground, server_main, service, start, status, stop,

@@ -86,6 +86,19 @@ impl JobMessage {
     }
 }
 
+/// What `ward work` publishes on the dead-letter subject when a job has failed its last delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The job, as it was delivered.
+    pub job: JobMessage,
+    /// Why its last attempt failed.
+    pub error: String,
+    /// How many times it was delivered.
+    pub deliveries: u64,
+    /// The host of the worker that gave up.
+    pub worker: String,
+}
+
 /// FNV-1a, 64 bits: stable across builds and versions, unlike std's hasher, so that a restarted
 /// (or upgraded) ward computes the ids it computed before.
 struct Fnv(u64);

@@ -1,0 +1,271 @@
+//! Jobs handed to NATS JetStream: `ward start` with a publish trigger on one side, `ward work`
+//! processes on the other, and a real `nats-server` (with JetStream and file storage) between
+//! them, started by each test on a free port.
+
+use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ward_e2e::{Fixture, free_port, have_tool, wait_for};
+
+const JOB: &str = env!("CARGO_BIN_EXE_ward-test-job");
+
+/// A `nats-server -js` on a free port with its storage in `dir`, killed on drop.
+struct NatsServer {
+    child: Child,
+    url: String,
+}
+
+impl NatsServer {
+    fn start(dir: &Path) -> NatsServer {
+        let port = free_port();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.join("nats"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        wait_for("nats-server to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `ward work` process, killed on drop (a test that passed has stopped it with SIGTERM).
+struct Work {
+    child: Child,
+    ledger: PathBuf,
+    log: PathBuf,
+}
+
+impl Work {
+    /// `ward work` #`n` of fixture `f`, its config's one trigger `name` running `exec` (TOML
+    /// array text, `{ledger}` its own ledger), paths resolved under the fixture's tree.
+    fn start(
+        f: &Fixture,
+        nats: &NatsServer,
+        n: usize,
+        name: &str,
+        exec: &str,
+        extra: &[&str],
+    ) -> Work {
+        let dir = f.dir.path().join(format!("work{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ledger = dir.join("ledger");
+        let config = dir.join("worker.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[jobs]\nretries = 0\nbackoff_s = 0.05\n\n[[trigger]]\nname = \"{name}\"\nexec = {}\n",
+                exec.replace("{ledger}", ledger.to_str().unwrap())
+                    .replace("{job}", JOB)
+            ),
+        )
+        .unwrap();
+        let log = dir.join("work.log");
+        let child = ward_e2e::ward()
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args([
+                "work",
+                "--nats",
+                &nats.url,
+                "--consumer",
+                "workers",
+                "--root",
+            ])
+            .arg(&f.tree)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting ward work");
+        Work { child, ledger, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The paths its jobs recorded.
+    fn paths(&self) -> Vec<Vec<u8>> {
+        let Ok(bytes) = std::fs::read(&self.ledger) else {
+            return Vec::new();
+        };
+        bytes
+            .split(|&b| b == 0)
+            .filter(|e| !e.is_empty())
+            .filter_map(|e| {
+                e.iter()
+                    .position(|&b| b == b'\t')
+                    .map(|tab| e[tab + 1..].to_vec())
+            })
+            .collect()
+    }
+
+    /// SIGTERM, and its exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill with the pid of our own child, not reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn publish_trigger(name: &str, nats: &NatsServer) -> String {
+    format!(
+        "[[trigger]]\nname = \"{name}\"\npublish = {{ url = \"{}\", stream = \"WARD\", subject = \"ward.jobs.{{trigger}}\" }}\n",
+        nats.url
+    )
+}
+
+fn append_trigger(f: &Fixture, trigger: &str) {
+    let config = std::fs::read_to_string(&f.config).unwrap();
+    std::fs::write(&f.config, format!("{config}\n{trigger}")).unwrap();
+}
+
+/// How many files the burst has (`WARD_TEST_NATS_BURST` to try another size).
+fn burst() -> usize {
+    std::env::var("WARD_TEST_NATS_BURST")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000)
+}
+
+#[test]
+fn a_burst_published_by_ward_start_is_processed_by_two_workers_and_none_is_lost() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let nats = NatsServer::start(f.dir.path());
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 8\n");
+    append_trigger(&f, &publish_trigger("index", &nats));
+    let record = "[\"{job}\", \"record\", \"{ledger}\"]";
+    let workers = [
+        Work::start(&f, &nats, 1, "index", record, &[]),
+        Work::start(&f, &nats, 2, "index", record, &[]),
+    ];
+    f.start();
+    let files = burst();
+    let mut want = HashSet::new();
+    for i in 0..files {
+        let dir = f.tree.join(format!("d{}", i % 20));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("f{i}.txt"));
+        std::fs::write(&path, format!("version 1 of {i}")).unwrap();
+        want.insert(path.as_os_str().as_bytes().to_vec());
+    }
+    // The final version of a few, rewritten while the first ones are in flight.
+    for i in (0..files).step_by(97) {
+        let path = f.tree.join(format!("d{}/f{i}.txt", i % 20));
+        std::fs::write(&path, format!("version 2 of {i}")).unwrap();
+    }
+    let started = std::time::Instant::now();
+    let seen = || {
+        let mut seen = HashSet::new();
+        for w in &workers {
+            seen.extend(w.paths());
+        }
+        seen
+    };
+    wait_for(
+        "every file to be processed by a worker",
+        Duration::from_secs(240),
+        || want.iter().all(|p| seen().contains(p)),
+    );
+    eprintln!(
+        "{files} files processed by two workers in {:?}",
+        started.elapsed()
+    );
+    // The origin counts them processed: nothing owed, nothing failed.
+    f.wait_idle();
+    let failures = f.run(&["failures", "--json"]);
+    assert!(
+        failures.stdout.is_empty(),
+        "{failures:?}\nlog:\n{}",
+        f.log()
+    );
+    let per_worker: Vec<usize> = workers.iter().map(|w| w.paths().len()).collect();
+    assert!(
+        per_worker.iter().all(|&n| n > 0),
+        "both workers should have taken jobs: {per_worker:?}"
+    );
+    f.stop();
+    for w in workers {
+        let log = w.log();
+        let status = w.stop();
+        assert!(status.success(), "ward work: {status}\n{log}");
+    }
+}
+
+#[test]
+fn a_poison_job_is_dead_lettered_after_its_maximum_deliveries() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let nats = NatsServer::start(f.dir.path());
+    append_trigger(&f, &publish_trigger("poison", &nats));
+    // Exits 1 every time, after recording that it ran.
+    let poison = "[\"{job}\", \"fail\", \"{ledger}\"]";
+    let work = Work::start(&f, &nats, 1, "poison", poison, &["--max-deliver", "3"]);
+    f.start();
+    std::fs::write(f.tree.join("bad.txt"), "x").unwrap();
+    let want = f.tree.join("bad.txt");
+    wait_for("the dead letter", Duration::from_secs(60), || {
+        work.log().contains("dead-lettered on ward.dead.poison")
+    });
+    // Three deliveries, no more.
+    let runs = work
+        .paths()
+        .iter()
+        .filter(|p| p.as_slice() == want.as_os_str().as_bytes())
+        .count();
+    assert_eq!(runs, 3, "{}", work.log());
+    let publisher = ward_nats::Publisher::connect(
+        &nats.url,
+        &ward_nats::StreamSpec::kept("WARD_DEAD", "ward.dead.>"),
+    )
+    .unwrap();
+    let letters = publisher
+        .read_all("WARD_DEAD", 10, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let (subject, body) = &letters[0];
+    assert_eq!(subject, "ward.dead.poison");
+    let letter: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(letter["job"]["path"], "bad.txt", "{letter}");
+    assert_eq!(letter["deliveries"], 3, "{letter}");
+    assert!(
+        letter["error"].as_str().unwrap().contains("exit"),
+        "{letter}"
+    );
+    f.stop();
+    let log = work.log();
+    assert!(work.stop().success(), "{log}");
+}
