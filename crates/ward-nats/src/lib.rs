@@ -29,6 +29,10 @@
 //! # }
 //! ```
 //!
+//! # Crate features
+//!
+//! None: the crate is the optional part. `ward-server`'s `nats` feature is what pulls it in.
+//!
 //! # Theory of operation
 //!
 //! Each [`Publisher`] and [`Puller`] holds one connection and one [`Runtime`]: a current-thread

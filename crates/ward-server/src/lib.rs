@@ -4,6 +4,11 @@
 //! daemon: a keeper process holding a locked pidfile supervises the server, which watches the
 //! configured trees and runs jobs in supervised workers.
 //!
+//! # Crate features
+//! - `nats` (off by default here, on in the `ward` binary): publish triggers and `work`
+//!   (`ward work`), jobs handed to NATS JetStream through `ward-nats`, which brings tokio and
+//!   async-nats. Without it a config with a publish trigger is refused, saying so.
+//!
 //! # What it deliberately does not do
 //! It has no command-line parsing; the `ward` binary owns that.
 
