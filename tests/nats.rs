@@ -196,7 +196,10 @@ fn a_burst_published_by_ward_start_is_processed_by_two_workers_and_none_is_lost(
     wait_for(
         "every file to be processed by a worker",
         Duration::from_secs(240),
-        || want.iter().all(|p| seen().contains(p)),
+        || {
+            let seen = seen();
+            want.iter().all(|p| seen.contains(p))
+        },
     );
     eprintln!(
         "{files} files processed by two workers in {:?}",
@@ -233,9 +236,13 @@ fn a_poison_job_is_dead_lettered_after_its_maximum_deliveries() {
     append_trigger(&f, &publish_trigger("poison", &nats));
     // Exits 1 every time, after recording that it ran.
     let poison = "[\"{job}\", \"fail\", \"{ledger}\"]";
-    let work = Work::start(&f, &nats, 1, "poison", poison, &["--max-deliver", "3"]);
+    // The origin first: the stream it makes must leave `ward.dead.>` to the dead letters'.
     f.start();
     std::fs::write(f.tree.join("bad.txt"), "x").unwrap();
+    wait_for("the publish", Duration::from_secs(30), || {
+        f.status().1["queue"]["completed"] == 1
+    });
+    let work = Work::start(&f, &nats, 1, "poison", poison, &["--max-deliver", "3"]);
     let want = f.tree.join("bad.txt");
     wait_for("the dead letter", Duration::from_secs(60), || {
         work.log().contains("dead-lettered on ward.dead.poison")

@@ -451,28 +451,4 @@ impl Delivery {
     pub fn term(&self) -> Result<(), Error> {
         self.settle(jetstream::AckKind::Term, "term")
     }
-
-    /// Publishes its body on `subject` (a plain publish, as to a dead-letter subject, flushed).
-    ///
-    /// # Errors
-    /// [`Error::Publish`].
-    pub fn forward(&self, subject: &str) -> Result<(), Error> {
-        let failed = |reason: String| Error::Publish {
-            subject: subject.into(),
-            reason,
-        };
-        let payload = self.message.payload.clone();
-        self.runtime.block_on(async {
-            let context = jetstream::new(self.client.clone());
-            let pending = context
-                .publish(subject.to_owned(), payload)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            tokio::time::timeout(PUBLISH_TIMEOUT, pending)
-                .await
-                .map_err(|_| failed(format!("no acknowledgement within {PUBLISH_TIMEOUT:?}")))?
-                .map_err(|e| failed(e.to_string()))
-                .map(drop)
-        })
-    }
 }

@@ -37,7 +37,7 @@ impl Publishers {
             return Ok(open.clone());
         }
         // Connected outside the lock: a server that does not answer holds up only this job.
-        let subjects = format!("{}.>", target.subject.split('.').next().unwrap_or("ward"));
+        let subjects = stream_subjects(&target.subject);
         let publisher = Publisher::connect(
             &target.url,
             &StreamSpec::work_queue(&target.stream, &subjects),
@@ -88,10 +88,31 @@ impl Publishers {
     }
 }
 
+/// The subjects of the stream a publish trigger makes when it is missing: its subject's siblings
+/// (`ward.jobs.index` → `ward.jobs.>`), so that the triggers publishing to one stream share it and
+/// `ward.dead.>` stays free for the dead letters' stream.
+fn stream_subjects(subject: &str) -> String {
+    match subject.rsplit_once('.') {
+        Some((parent, _)) => format!("{parent}.>"),
+        None => subject.to_owned(),
+    }
+}
+
 /// The file's bytes if it still fits in `max` (it may have grown since it was stat-ed).
 fn read_at_most(path: &std::path::Path, max: u64) -> Option<Vec<u8>> {
     let file = std::fs::File::open(path).ok()?;
     let mut bytes = Vec::new();
     file.take(max + 1).read_to_end(&mut bytes).ok()?;
     (bytes.len() as u64 <= max).then_some(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_subjects;
+
+    #[test]
+    fn a_stream_made_by_a_publish_trigger_takes_its_subject_and_siblings_only() {
+        assert_eq!(stream_subjects("ward.jobs.index"), "ward.jobs.>");
+        assert_eq!(stream_subjects("jobs"), "jobs");
+    }
 }
