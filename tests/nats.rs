@@ -20,7 +20,10 @@ struct NatsServer {
 
 impl NatsServer {
     fn start(dir: &Path) -> NatsServer {
-        let port = free_port();
+        NatsServer::start_on(dir, free_port())
+    }
+
+    fn start_on(dir: &Path, port: u16) -> NatsServer {
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.join("nats"))
@@ -137,9 +140,12 @@ impl Drop for Work {
 }
 
 fn publish_trigger(name: &str, nats: &NatsServer) -> String {
+    publish_trigger_to(name, &nats.url)
+}
+
+fn publish_trigger_to(name: &str, url: &str) -> String {
     format!(
-        "[[trigger]]\nname = \"{name}\"\npublish = {{ url = \"{}\", stream = \"WARD\", subject = \"ward.jobs.{{trigger}}\" }}\n",
-        nats.url
+        "[[trigger]]\nname = \"{name}\"\npublish = {{ url = \"{url}\", stream = \"WARD\", subject = \"ward.jobs.{{trigger}}\" }}\n"
     )
 }
 
@@ -271,6 +277,62 @@ fn a_poison_job_is_dead_lettered_after_its_maximum_deliveries() {
     assert!(
         letter["error"].as_str().unwrap().contains("exit"),
         "{letter}"
+    );
+    f.stop();
+    let log = work.log();
+    assert!(work.stop().success(), "{log}");
+}
+
+#[test]
+fn a_job_published_while_the_server_is_down_stays_owed_until_a_retry_publishes_it() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let port = free_port();
+    append_trigger(
+        &f,
+        &format!(
+            "{}retries = 1\nbackoff_s = 0.1\n",
+            publish_trigger_to("index", &format!("nats://127.0.0.1:{port}"))
+        ),
+    );
+    f.start();
+    std::fs::write(f.tree.join("a.txt"), "1").unwrap();
+    wait_for("the publish to give up", Duration::from_secs(60), || {
+        f.status().1["manifest"]["gave_up"].as_u64() == Some(1)
+    });
+    let out = f.run(&["failures", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["trigger"], "index", "{listed}");
+    assert!(
+        listed["error"].as_str().unwrap().contains("cannot connect"),
+        "{listed}"
+    );
+    // The server comes; the job owed is published by a retry and run by a worker.
+    let nats = NatsServer::start_on(f.dir.path(), port);
+    let work = Work::start(
+        &f,
+        &nats,
+        1,
+        "index",
+        "[\"{job}\", \"record\", \"{ledger}\"]",
+        &[],
+    );
+    let out = f.run(&["retry", "--all"]);
+    assert!(out.status.success(), "{out:?}");
+    let want = f.tree.join("a.txt");
+    wait_for("the worker to run it", Duration::from_secs(60), || {
+        work.paths()
+            .iter()
+            .any(|p| p.as_slice() == want.as_os_str().as_bytes())
+    });
+    f.wait_idle();
+    assert_eq!(
+        f.status().1["manifest"]["gave_up"].as_u64(),
+        Some(0),
+        "{}",
+        f.log()
     );
     f.stop();
     let log = work.log();
