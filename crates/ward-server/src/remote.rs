@@ -73,6 +73,9 @@ impl JobMessage {
     /// Its `Nats-Msg-Id`: host, root and path (hashed, so that any path makes a valid header),
     /// and the version (size, mtime, inode) or the event when there is none. A republish of the
     /// same version carries the same id, and the stream drops it within its duplicate window.
+    ///
+    /// A removed file has no version: its id ends with the event's name, so a second removal of
+    /// the same path within the window is dropped too (known problem).
     pub fn message_id(&self) -> String {
         let mut hash = Fnv::default();
         hash.write(self.root.as_os_str().as_encoded_bytes());
