@@ -11,6 +11,8 @@ use std::time::Duration;
 use ward_e2e::{Fixture, free_port, have_tool, wait_for};
 
 const JOB: &str = env!("CARGO_BIN_EXE_ward-test-job");
+/// Given to [`Work::start`]: no `--root`, the jobs must carry their content.
+const CARRIED: &str = "<carried>";
 
 /// A `nats-server -js` on a free port with its storage in `dir`, killed on drop.
 struct NatsServer {
@@ -85,16 +87,13 @@ impl Work {
             .arg(&config)
             .arg("--state-dir")
             .arg(dir.join("state"))
-            .args([
-                "work",
-                "--nats",
-                &nats.url,
-                "--consumer",
-                "workers",
-                "--root",
-            ])
-            .arg(&f.tree)
-            .args(extra)
+            .args(["work", "--nats", &nats.url, "--consumer", "workers"])
+            .args(if extra.contains(&CARRIED) {
+                Vec::new()
+            } else {
+                vec!["--root".as_ref(), f.tree.as_os_str()]
+            })
+            .args(extra.iter().filter(|a| **a != CARRIED))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -333,6 +332,40 @@ fn a_job_published_while_the_server_is_down_stays_owed_until_a_retry_publishes_i
         Some(0),
         "{}",
         f.log()
+    );
+    f.stop();
+    let log = work.log();
+    assert!(work.stop().success(), "{log}");
+}
+
+#[test]
+fn a_worker_without_the_files_runs_on_the_content_the_message_carries() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let nats = NatsServer::start(f.dir.path());
+    let trigger = publish_trigger("carry", &nats).replace(" }\n", ", content_max_kb = 1 }\n");
+    append_trigger(&f, &trigger);
+    let copy = "[\"sh\", \"-c\", \"cat \\\"$WARD_PATH\\\" >> {ledger}.content; echo >> {ledger}.content\"]";
+    let work = Work::start(&f, &nats, 1, "carry", copy, &[CARRIED]);
+    f.start();
+    std::fs::write(f.tree.join("small.txt"), "carried across").unwrap();
+    // Past the limit: nothing carried, and without a root the worker cannot run it.
+    std::fs::write(f.tree.join("big.txt"), vec![b'x'; 2048]).unwrap();
+    let content = work.ledger.with_extension("content");
+    wait_for("the carried content", Duration::from_secs(60), || {
+        std::fs::read_to_string(&content).is_ok_and(|c| c.contains("carried across"))
+    });
+    wait_for(
+        "the file too big to carry to be dead-lettered",
+        Duration::from_secs(60),
+        || work.log().contains("big.txt: gave up after 1 deliveries"),
+    );
+    assert!(work.log().contains("no --root"), "{}", work.log());
+    assert_eq!(
+        std::fs::read_to_string(&content).unwrap(),
+        "carried across\n"
     );
     f.stop();
     let log = work.log();
