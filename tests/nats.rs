@@ -371,3 +371,57 @@ fn a_worker_without_the_files_runs_on_the_content_the_message_carries() {
     let log = work.log();
     assert!(work.stop().success(), "{log}");
 }
+
+#[test]
+fn a_job_whose_worker_is_killed_mid_job_is_delivered_to_the_other_worker() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let nats = NatsServer::start(f.dir.path());
+    append_trigger(&f, &publish_trigger("slow", &nats));
+    // The first worker's job waits for a gate that never opens; the second's records at once.
+    let never = f.dir.path().join("never");
+    let gated = format!(
+        "[\"{{job}}\", \"gated\", \"{{ledger}}\", \"{}\"]",
+        never.display()
+    );
+    let ack_wait = ["--ack-wait", "2"];
+    let first = Work::start(&f, &nats, 1, "slow", &gated, &ack_wait);
+    f.start();
+    std::fs::write(f.tree.join("a.txt"), "1").unwrap();
+    wait_for(
+        "the first worker's job to run",
+        Duration::from_secs(60),
+        || !ward_e2e::processes_mentioning(&never).is_empty(),
+    );
+    let mut first = first;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    wait_for("its job to die with it", Duration::from_secs(10), || {
+        ward_e2e::processes_mentioning(&never).is_empty()
+    });
+    let second = Work::start(
+        &f,
+        &nats,
+        2,
+        "slow",
+        "[\"{job}\", \"record\", \"{ledger}\"]",
+        &ack_wait,
+    );
+    let want = f.tree.join("a.txt");
+    wait_for(
+        "the second worker to run it",
+        Duration::from_secs(60),
+        || {
+            second
+                .paths()
+                .iter()
+                .any(|p| p.as_slice() == want.as_os_str().as_bytes())
+        },
+    );
+    assert!(first.paths().is_empty());
+    f.stop();
+    let log = second.log();
+    assert!(second.stop().success(), "{log}");
+}
