@@ -425,3 +425,82 @@ fn a_job_whose_worker_is_killed_mid_job_is_delivered_to_the_other_worker() {
     let log = second.log();
     assert!(second.stop().success(), "{log}");
 }
+
+#[test]
+fn nats_server_killed_mid_burst_and_restarted_on_its_storage_loses_nothing() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let port = free_port();
+    let mut nats = NatsServer::start_on(f.dir.path(), port);
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 4\n");
+    // Retries that outlast the server's absence.
+    append_trigger(
+        &f,
+        &format!(
+            "{}retries = 30\nbackoff_s = 0.2\nbackoff_max_s = 1\n",
+            publish_trigger("index", &nats)
+        ),
+    );
+    let record = "[\"{job}\", \"record\", \"{ledger}\"]";
+    let ack_wait = ["--ack-wait", "2"];
+    let workers = [
+        Work::start(&f, &nats, 1, "index", record, &ack_wait),
+        Work::start(&f, &nats, 2, "index", record, &ack_wait),
+    ];
+    f.start();
+    let files = 1_000;
+    let mut want = HashSet::new();
+    for i in 0..files {
+        let path = f.tree.join(format!("f{i}.txt"));
+        std::fs::write(&path, i.to_string()).unwrap();
+        want.insert(path.as_os_str().as_bytes().to_vec());
+    }
+    let seen = || {
+        let mut seen = HashSet::new();
+        for w in &workers {
+            seen.extend(w.paths());
+        }
+        seen
+    };
+    wait_for(
+        "the first jobs to be processed",
+        Duration::from_secs(60),
+        || seen().len() >= 50,
+    );
+    nats.child.kill().unwrap();
+    nats.child.wait().unwrap();
+    let during = seen().len();
+    // Files changed while it is away are owed, and published once it is back.
+    for i in 0..100 {
+        std::fs::write(f.tree.join(format!("f{i}.txt")), format!("{i} again")).unwrap();
+    }
+    wait_for(
+        "publishes to fail while it is away",
+        Duration::from_secs(60),
+        || f.status().1["queue"]["failed"].as_u64() > Some(0),
+    );
+    let _restarted = NatsServer::start_on(f.dir.path(), port);
+    wait_for(
+        "every file to be processed after the restart",
+        Duration::from_secs(120),
+        || {
+            let seen = seen();
+            want.iter().all(|p| seen.contains(p))
+        },
+    );
+    eprintln!("{during} of {files} processed when nats-server was killed");
+    f.wait_idle();
+    assert_eq!(
+        f.status().1["manifest"]["gave_up"].as_u64(),
+        Some(0),
+        "{}",
+        f.log()
+    );
+    f.stop();
+    for w in workers {
+        let log = w.log();
+        assert!(w.stop().success(), "{log}");
+    }
+}
