@@ -58,6 +58,13 @@ struct Work {
 }
 
 impl Work {
+    /// Waits until it pulls: connected, its stream and consumer made.
+    fn wait_ready(&self) {
+        wait_for("ward work to pull", Duration::from_secs(60), || {
+            self.log().contains("working: ")
+        });
+    }
+
     /// `ward work` #`n` of fixture `f`, its config's one trigger `name` running `exec` (TOML
     /// array text, `{ledger}` its own ledger), paths resolved under the fixture's tree.
     fn start(
@@ -175,6 +182,10 @@ fn a_burst_published_by_ward_start_is_processed_by_two_workers_and_none_is_lost(
         Work::start(&f, &nats, 1, "index", record, &[]),
         Work::start(&f, &nats, 2, "index", record, &[]),
     ];
+    // Both pull before the burst, so that both take a share of it.
+    for w in &workers {
+        w.wait_ready();
+    }
     f.start();
     let files = burst();
     let mut want = HashSet::new();
