@@ -108,6 +108,16 @@ fn main() {
             entry.push(0);
             append(ledger, &entry);
         }
+        Some("fail") => {
+            // `fail LEDGER`: records that it ran, then fails (a poison job).
+            let ledger = args.get(1).expect("fail needs a ledger path");
+            let path = std::env::var_os("WARD_PATH").expect("WARD_PATH is set");
+            let mut entry = b"fail\t".to_vec();
+            entry.extend_from_slice(path.as_bytes());
+            entry.push(0);
+            append(ledger, &entry);
+            std::process::exit(1);
+        }
         Some("env") => {
             // `env LEDGER NAME`: records `env-VALUE` (or `env-unset`) for the variable NAME.
             let ledger = args.get(1).expect("env needs a ledger path");

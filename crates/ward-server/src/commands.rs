@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[cfg(feature = "nats")]
+pub use work::{WorkOptions, work};
+
 use crate::handover::{Handover, KeeperView};
 use crate::jobs::{Event, Events};
 use crate::keeper::{KEEPER_BIN, keeper_main};
@@ -26,6 +29,8 @@ mod logs;
 mod metrics;
 mod reload;
 mod service;
+#[cfg(feature = "nats")]
+mod work;
 
 pub use failures::{failures, retry};
 pub use follow::follow;
@@ -689,6 +694,19 @@ pub fn check(launch: &Launch) -> Outcome {
             }
             if let Some(most) = trigger.concurrency {
                 settings.push(format!("concurrency = {most}"));
+            }
+            if let crate::config::Handler::Publish(to) = &trigger.handler {
+                settings.push(format!(
+                    "publish to {} stream {} subject {}{}",
+                    to.url,
+                    to.stream,
+                    to.subject,
+                    if to.content_max_bytes > 0 {
+                        format!(" with content up to {} KiB", to.content_max_bytes / 1024)
+                    } else {
+                        String::new()
+                    }
+                ));
             }
             if !settings.is_empty() {
                 println!("          {}", settings.join(", "));

@@ -249,6 +249,36 @@ pub enum Handler {
         /// Recycle the worker when its RSS passes this many bytes (0: never).
         max_rss_bytes: u64,
     },
+    /// Publish each change to a NATS JetStream stream, for `ward work` to run elsewhere; the job
+    /// succeeds when the stream acknowledges it.
+    Publish(Publish),
+}
+
+/// Where a publish trigger sends its jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// The NATS server, such as `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The stream, made (work queue, file storage) if missing.
+    pub stream: String,
+    /// The subject, the trigger's name in place of `{trigger}`.
+    pub subject: String,
+    /// Files up to this many bytes travel in the message (base64); 0: none do.
+    pub content_max_bytes: u64,
+}
+
+/// The default stream of a publish trigger.
+pub const DEFAULT_STREAM: &str = "WARD";
+/// The default subject of a publish trigger; `ward work` takes `ward.jobs.>`.
+pub const DEFAULT_SUBJECT: &str = "ward.jobs.{trigger}";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishSection {
+    url: At<String>,
+    stream: Option<At<String>>,
+    subject: Option<At<String>>,
+    content_max_kb: Option<At<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -322,6 +352,7 @@ struct TriggerSection {
     glob: Vec<At<String>>,
     exec: Option<At<Vec<String>>>,
     worker: Option<At<Vec<String>>>,
+    publish: Option<At<PublishSection>>,
     recycle_after: Option<At<u64>>,
     max_rss_mb: Option<At<u64>>,
     events: Option<At<Vec<At<String>>>>,
@@ -671,7 +702,27 @@ impl Config {
                     Ok(v.clone())
                 }
             };
+            let handlers = [
+                t.exec.as_ref().map(|a| a.span()),
+                t.worker.as_ref().map(|a| a.span()),
+                t.publish.as_ref().map(|a| a.span()),
+            ];
+            if let Some(second) = handlers.iter().flatten().nth(1) {
+                return Err(error(
+                    at(second),
+                    format!(
+                        "trigger {name:?} has more than one of exec, worker and publish: pick one"
+                    ),
+                ));
+            }
             let handler = match (&t.exec, &t.worker) {
+                (None, None) if t.publish.is_some() => {
+                    let section = t.publish.as_ref().expect("checked just above");
+                    Handler::Publish(
+                        publish_of(section, &name)
+                            .map_err(|(span, message)| error(at(&span), message))?,
+                    )
+                }
                 (Some(argv), None) => Handler::Exec {
                     argv: command(argv)?,
                 },
@@ -686,13 +737,15 @@ impl Config {
                 (Some(_), Some(worker)) => {
                     return Err(error(
                         at(&worker.span()),
-                        format!("trigger {name:?} has both exec and worker: pick one"),
+                        format!(
+                            "trigger {name:?} has more than one of exec, worker and publish: pick one"
+                        ),
                     ));
                 }
                 (None, None) => {
                     return Err(error(
                         at(&table),
-                        format!("trigger {name:?} has neither exec nor worker"),
+                        format!("trigger {name:?} has none of exec, worker and publish"),
                     ));
                 }
             };
@@ -853,6 +906,80 @@ fn dump_signal(text: &str) -> Result<Option<i32>, String> {
 }
 
 /// Checks a glob the way triggers will compile it, so a bad one is refused at load time.
+/// A publish trigger's settings, or the place and text of what is wrong with them.
+fn publish_of(
+    section: &At<PublishSection>,
+    trigger: &str,
+) -> Result<Publish, (std::ops::Range<usize>, String)> {
+    let p = section.get_ref();
+    let url = p.url.get_ref();
+    if !(url.starts_with("nats://") || url.starts_with("tls://")) || url.len() <= "nats://".len() {
+        return Err((
+            p.url.span(),
+            format!(
+                "trigger {trigger:?}: publish url {url:?} must be a nats:// (or tls://) address"
+            ),
+        ));
+    }
+    let stream = p.stream.as_ref().map_or(DEFAULT_STREAM, |s| s.get_ref());
+    // JetStream's own rule for a stream name.
+    if stream.is_empty() || stream.contains(|c: char| c.is_whitespace() || ".*>/\\".contains(c)) {
+        let span = p.stream.as_ref().map_or(section.span(), |s| s.span());
+        return Err((
+            span,
+            format!(
+                "trigger {trigger:?}: publish stream {stream:?} must be a name without spaces, '.', '*', '>' or slashes"
+            ),
+        ));
+    }
+    let subject = p
+        .subject
+        .as_ref()
+        .map_or(DEFAULT_SUBJECT, |s| s.get_ref())
+        .replace("{trigger}", trigger);
+    if subject.is_empty()
+        || subject.contains(char::is_whitespace)
+        || subject
+            .split('.')
+            .any(|token| token.is_empty() || token == "*" || token == ">")
+    {
+        let span = p.subject.as_ref().map_or(section.span(), |s| s.span());
+        return Err((
+            span,
+            format!(
+                "trigger {trigger:?}: publish subject {subject:?} must be dot-separated tokens without spaces or wildcards"
+            ),
+        ));
+    }
+    let content_max_bytes = match &p.content_max_kb {
+        None => 0,
+        Some(kb) if *kb.get_ref() <= 64 * 1024 => kb.get_ref() * 1024,
+        Some(kb) => {
+            return Err((
+                kb.span(),
+                format!(
+                    "trigger {trigger:?}: content_max_kb = {}: must be between 0 and 65536 (the server's message limit is smaller still: 1 MiB by default)",
+                    kb.get_ref()
+                ),
+            ));
+        }
+    };
+    if cfg!(not(feature = "nats")) {
+        return Err((
+            section.span(),
+            format!(
+                "trigger {trigger:?}: this ward was built without its `nats` feature, so it cannot publish"
+            ),
+        ));
+    }
+    Ok(Publish {
+        url: url.clone(),
+        stream: stream.to_owned(),
+        subject,
+        content_max_bytes,
+    })
+}
+
 fn check_glob(glob: &str) -> Result<(), String> {
     globset::Glob::new(glob)
         .map(drop)
@@ -953,11 +1080,11 @@ fn batch_of(
         }
         return Ok(None);
     };
-    if t.worker.is_some() {
+    if t.worker.is_some() || t.publish.is_some() {
         return Err((
             on.span(),
             format!(
-                "trigger {trigger:?}: batch = true needs an exec trigger: a worker takes one path per request"
+                "trigger {trigger:?}: batch = true needs an exec trigger: a worker or a publish takes one path at a time"
             ),
         ));
     }
@@ -1055,6 +1182,43 @@ recycle_after = 100
         assert!(err.position.is_some(), "{err}");
     }
 
+    #[cfg(feature = "nats")]
+    #[test]
+    fn a_publish_trigger_names_its_subject_after_itself_and_refuses_a_second_handler() {
+        let config = parse(
+            "[[trigger]]\nname = \"index\"\npublish = { url = \"nats://127.0.0.1:4222\", content_max_kb = 4 }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.triggers[0].handler,
+            Handler::Publish(Publish {
+                url: "nats://127.0.0.1:4222".into(),
+                stream: "WARD".into(),
+                subject: "ward.jobs.index".into(),
+                content_max_bytes: 4096,
+            })
+        );
+        let err = parse("[[trigger]]\nexec = [\"true\"]\npublish = { url = \"nats://h:1\" }\n")
+            .unwrap_err();
+        assert_eq!(err.position, Some((3, 11)), "{err}");
+        assert!(err.message.contains("pick one"), "{err}");
+        let err = parse("[[trigger]]\npublish = { url = \"http://h:1\" }\n").unwrap_err();
+        assert_eq!(err.position, Some((2, 19)), "{err}");
+        let err = parse("[[trigger]]\npublish = { url = \"nats://h:1\", subject = \"a.*\" }\n")
+            .unwrap_err();
+        assert!(err.message.contains("wildcards"), "{err}");
+        let err =
+            parse("[[trigger]]\npublish = { url = \"nats://h:1\" }\nbatch = true\n").unwrap_err();
+        assert!(err.message.contains("needs an exec trigger"), "{err}");
+    }
+
+    #[cfg(not(feature = "nats"))]
+    #[test]
+    fn a_publish_trigger_is_refused_by_a_build_without_nats() {
+        let err = parse("[[trigger]]\npublish = { url = \"nats://h:1\" }\n").unwrap_err();
+        assert!(err.message.contains("without its `nats` feature"), "{err}");
+    }
+
     #[test]
     fn unknown_keys_are_refused_not_ignored() {
         let err = parse("[jobs]\nworkerz = 3\n").unwrap_err();
@@ -1067,7 +1231,11 @@ recycle_after = 100
         let err = parse("[jobs]\nworkers = 0\n").unwrap_err();
         assert_eq!(err.position, Some((2, 11)), "{err}");
         let err = parse("[[trigger]]\nexec = [\"a\"]\nworker = [\"b\"]\n").unwrap_err();
-        assert!(err.message.contains("both exec and worker"), "{err}");
+        assert!(
+            err.message
+                .contains("more than one of exec, worker and publish"),
+            "{err}"
+        );
         let err = parse("[[trigger]]\nglob = [\"a/[b\"]\nexec = [\"a\"]\n").unwrap_err();
         assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
         let err = parse("[watch]\ndebounce_ms = 500\nmax_wait_ms = 100\n").unwrap_err();
@@ -1116,7 +1284,7 @@ recycle_after = 100
     }
 
     /// Regression: positions came from searching the text for the key, so `timeout_s = 0` was
-    /// reported inside `drain_timeout_s` a line above, "both exec and worker" at `workers = 2`,
+    /// reported inside `drain_timeout_s` a line above, "more than one of exec, worker and publish" at `workers = 2`,
     /// and every trigger error without a key at the first `[[trigger]]`. Each kind of error now
     /// points at the value at fault, from the parser's spans.
     #[test]
@@ -1136,7 +1304,7 @@ recycle_after = 100
                     t("b")
                 ),
                 (11, 10),
-                "has both exec and worker",
+                "has more than one of exec, worker and publish",
             ),
             (
                 format!(
@@ -1145,7 +1313,7 @@ recycle_after = 100
                     t("b")
                 ),
                 (7, 1),
-                "neither exec nor worker",
+                "none of exec, worker and publish",
             ),
             (
                 format!("{}{}", t("a"), t("a")),

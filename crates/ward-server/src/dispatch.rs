@@ -185,6 +185,9 @@ pub struct Dispatcher {
     stop_at: Mutex<Option<Instant>>,
     /// The server's environment, captured once: an exec job copies only its `WARD_*` variables.
     env: Environment,
+    /// The connections of the publish triggers.
+    #[cfg(feature = "nats")]
+    publishers: crate::publish::Publishers,
     // Last: its thread is the parent of every worker in `idle`, so it must outlive them.
     spawner: Spawner,
 }
@@ -235,6 +238,8 @@ impl Dispatcher {
             next_worker: 0.into(),
             stop_at: Mutex::new(None),
             env: Environment::current(),
+            #[cfg(feature = "nats")]
+            publishers: crate::publish::Publishers::new(),
             spawner,
         })
     }
@@ -271,6 +276,13 @@ impl Dispatcher {
                 recycle_after,
                 max_rss_bytes,
             } => self.run_on_worker(argv, *recycle_after, *max_rss_bytes, job),
+            #[cfg(feature = "nats")]
+            Handler::Publish(target) => self.publishers.publish(target, job, &self.config.roots),
+            // Refused by the config loader of a build without the feature.
+            #[cfg(not(feature = "nats"))]
+            Handler::Publish(_) => Err(JobError::Spawn(
+                "this ward was built without its `nats` feature".into(),
+            )),
         }
     }
 

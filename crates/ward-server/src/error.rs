@@ -128,6 +128,10 @@ pub enum Error {
         /// Whether the configuration itself is at fault (the CLI exits 2, as `ward check` does).
         invalid_config: bool,
     },
+    /// A NATS server could not be used (`ward work`).
+    #[cfg(feature = "nats")]
+    #[error("nats: {0}")]
+    Nats(#[from] ward_nats::Error),
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {

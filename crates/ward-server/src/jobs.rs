@@ -276,6 +276,11 @@ impl Triggers {
         self.triggers.iter().find(|t| t.matches(relative))
     }
 
+    /// The trigger named `name`.
+    pub fn named(&self, name: &str) -> Option<&Arc<CompiledTrigger>> {
+        self.triggers.iter().find(|t| t.name() == name)
+    }
+
     /// Where `trigger` is in this set, if it belongs to it (and not to a configuration a reload
     /// replaced).
     pub fn position(&self, trigger: &Arc<CompiledTrigger>) -> Option<usize> {

@@ -4,6 +4,11 @@
 //! daemon: a keeper process holding a locked pidfile supervises the server, which watches the
 //! configured trees and runs jobs in supervised workers.
 //!
+//! # Crate features
+//! - `nats` (off by default here, on in the `ward` binary): publish triggers and `work`
+//!   (`ward work`), jobs handed to NATS JetStream through `ward-nats`, which brings tokio and
+//!   async-nats. Without it a config with a publish trigger is refused, saying so.
+//!
 //! # What it deliberately does not do
 //! It has no command-line parsing; the `ward` binary owns that.
 
@@ -32,12 +37,17 @@ mod outcomes;
 mod output;
 mod pressure;
 pub mod protocol;
+#[cfg(feature = "nats")]
+mod publish;
+pub mod remote;
 pub mod sd_notify;
 mod server;
 pub mod state;
 mod tracker;
 mod umask;
 
+#[cfg(feature = "nats")]
+pub use commands::{WorkOptions, work};
 pub use commands::{
     changes, check, diagnose, failures, follow, hold, logs, metrics, release, reload, restart,
     retry, run_foreground, server_main, service, start, status, stop,

@@ -169,6 +169,14 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Run jobs published by other wards' publish triggers, from a NATS JetStream stream, in the
+    /// foreground until SIGTERM or Ctrl-C.
+    ///
+    /// Each message runs with the trigger of this config named in it (or whose globs match its
+    /// path): acked when it succeeds, delivered again with a backoff when it fails, and after
+    /// --max-deliver deliveries published on `ward.dead.TRIGGER` and dropped.
+    #[cfg(feature = "nats")]
+    Work(Work),
     /// Print the shell completion script for SHELL.
     ///
     /// For example: `ward completions bash > /usr/share/bash-completion/completions/ward`.
@@ -208,6 +216,40 @@ pub fn command() -> clap::Command {
         command = command.mut_subcommand(name, |sub| sub.args(hidden.clone()));
     }
     command
+}
+
+/// Where `ward work` takes its jobs from.
+#[cfg(feature = "nats")]
+#[derive(Debug, Args, Clone)]
+struct Work {
+    /// The NATS server.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "nats://127.0.0.1:4222",
+        env = "WARD_NATS"
+    )]
+    nats: String,
+    /// The stream the jobs are in.
+    #[arg(long, value_name = "NAME", default_value = "WARD")]
+    stream: String,
+    /// The durable consumer: workers with the same name share the jobs.
+    #[arg(long, value_name = "NAME", default_value = "ward-work")]
+    consumer: String,
+    /// Where the jobs' relative paths are (a shared tree); without it only jobs that carry their
+    /// content run.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Jobs run at once (default: the config's `workers`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+    /// Deliveries of a job before it is dead-lettered.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..))]
+    max_deliver: i64,
+    /// Seconds a job may run without a progress mark before it is delivered again (ward marks
+    /// progress every half of it).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    ack_wait: f64,
 }
 
 /// Flags that describe a job without a config file.
@@ -311,6 +353,22 @@ pub fn run() -> ExitCode {
             },
             &name,
         ),
+        #[cfg(feature = "nats")]
+        Command::Work(w) => {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            ward_server::work(
+                &launch(config, state_dir, Quick::default()),
+                &ward_server::WorkOptions {
+                    url: w.nats,
+                    stream: w.stream,
+                    consumer: w.consumer,
+                    root: w.root.map(|r| cwd.join(r)),
+                    workers: w.workers.map(usize::from),
+                    max_deliver: w.max_deliver,
+                    ack_wait: seconds(w.ack_wait).max(std::time::Duration::from_secs(1)),
+                },
+            )
+        }
         Command::Completions { shell } => written(generated::completions(shell, &command())),
         Command::Man { dir } => written(generated::man_pages(command(), &dir)),
         Command::Reload => ward_server::reload(&launch(config, state_dir, Quick::default())),

@@ -1,0 +1,454 @@
+//! ward's NATS JetStream transport, behind a blocking facade.
+//!
+//! ward is threads and channels; the NATS client (`async-nats`) is async. This crate is where
+//! the two meet: it owns a small tokio runtime on a thread of its own, and offers plain blocking
+//! calls to publish a job ([`Publisher`]) and to pull, and settle, the jobs of a durable
+//! consumer ([`Puller`], [`Delivery`]). No other ward crate depends on tokio or async-nats;
+//! `ward-server` uses this one behind its `nats` feature.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ward_nats::{ConsumerSpec, Puller, Publisher, StreamSpec};
+//!
+//! # fn main() -> Result<(), ward_nats::Error> {
+//! let stream = StreamSpec::work_queue("WARD", "ward.jobs.>");
+//! let publisher = Publisher::connect("nats://127.0.0.1:4222", &stream)?;
+//! let ack = publisher.publish("ward.jobs.build", "host:/src:a.rs:1:2:3", b"{}".to_vec())?;
+//! assert!(!ack.duplicate);
+//!
+//! let puller = Puller::connect(
+//!     "nats://127.0.0.1:4222",
+//!     &stream,
+//!     &ConsumerSpec::new("workers", "ward.jobs.>"),
+//! )?;
+//! if let Some(delivery) = puller.next(Duration::from_secs(1))? {
+//!     assert_eq!(delivery.subject(), "ward.jobs.build");
+//!     delivery.ack()?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Crate features
+//!
+//! None: the crate is the optional part. `ward-server`'s `nats` feature is what pulls it in.
+//!
+//! # Theory of operation
+//!
+//! Each [`Publisher`] and [`Puller`] holds one connection and one [`Runtime`]: a current-thread
+//! tokio runtime driven by a thread the runtime owns (`ward-nats`), which runs the client's
+//! connection task (and its reconnections). A caller's thread blocks on its own request through
+//! the runtime's handle, so many ward threads may publish at once, each waiting for its own
+//! acknowledgement: unacknowledged publishes are at most the number of calling threads.
+//!
+//! A publish carries a `Nats-Msg-Id`; the stream drops a second message with the same id inside
+//! its duplicate window, which is how a republish of a job whose acknowledgement was lost (or
+//! whose record was lost in a crash) stays one delivery.
+//!
+//! # Known problems
+//!
+//! - A publish while the server is away waits at most [`PUBLISH_TIMEOUT`] and fails; the caller
+//!   (ward's retries and manifest) is what makes it happen again, not this crate.
+//! - [`Puller::next`] fetches one message per request: simple and fair between workers, but a
+//!   round trip per job.
+//! - The stream is created with the spec given if it is missing; an existing stream's settings
+//!   are not changed.
+
+#![warn(missing_docs)]
+
+mod error;
+mod runtime;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+pub use error::Error;
+pub use runtime::Runtime;
+
+/// How long a publish waits for the stream's acknowledgement before it fails.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection's first attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an acknowledgement (ack, nak, progress, term) waits to be flushed to the server.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The stream jobs go to: made, if missing, as a work queue in file storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// The stream's name.
+    pub name: String,
+    /// The subjects it holds.
+    pub subjects: Vec<String>,
+    /// How long the stream remembers a message id to drop its republishes.
+    pub duplicate_window: Duration,
+    /// Work queue (a message is deleted once acknowledged), or limits (kept until the limits).
+    pub work_queue: bool,
+}
+
+impl StreamSpec {
+    /// A work-queue stream `name` on `subject` with a two-minute duplicate window.
+    pub fn work_queue(name: &str, subject: &str) -> StreamSpec {
+        StreamSpec {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            duplicate_window: Duration::from_secs(120),
+            work_queue: true,
+        }
+    }
+
+    /// A stream that keeps what it gets (the dead letters: read, not consumed).
+    pub fn kept(name: &str, subject: &str) -> StreamSpec {
+        StreamSpec {
+            work_queue: false,
+            ..StreamSpec::work_queue(name, subject)
+        }
+    }
+
+    fn config(&self) -> stream::Config {
+        stream::Config {
+            name: self.name.clone(),
+            subjects: self.subjects.clone(),
+            retention: if self.work_queue {
+                stream::RetentionPolicy::WorkQueue
+            } else {
+                stream::RetentionPolicy::Limits
+            },
+            storage: stream::StorageType::File,
+            duplicate_window: self.duplicate_window,
+            ..Default::default()
+        }
+    }
+}
+
+/// A durable pull consumer of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// Its durable name: workers with the same name share its messages.
+    pub name: String,
+    /// The subjects it takes.
+    pub filter: String,
+    /// How many deliveries a message gets before the server stops redelivering it.
+    pub max_deliver: i64,
+    /// How long a delivered message may go unacknowledged before it is redelivered.
+    pub ack_wait: Duration,
+}
+
+impl ConsumerSpec {
+    /// A consumer `name` of `filter` with five deliveries and a thirty-second ack wait.
+    pub fn new(name: &str, filter: &str) -> ConsumerSpec {
+        ConsumerSpec {
+            name: name.into(),
+            filter: filter.into(),
+            max_deliver: 5,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the stream said of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// The message's sequence in the stream.
+    pub sequence: u64,
+    /// The stream had this message id already: this publish was dropped.
+    pub duplicate: bool,
+}
+
+async fn connect(url: &str) -> Result<async_nats::Client, Error> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(url)
+        .await
+        .map_err(|e| Error::Connect {
+            url: url.into(),
+            reason: e.to_string(),
+        })
+}
+
+async fn ensure_stream(
+    context: &jetstream::Context,
+    spec: &StreamSpec,
+) -> Result<stream::Stream, Error> {
+    context
+        .get_or_create_stream(spec.config())
+        .await
+        .map_err(|e| Error::Stream {
+            stream: spec.name.clone(),
+            reason: e.to_string(),
+        })
+}
+
+/// One connection that publishes to a stream.
+#[derive(Debug)]
+pub struct Publisher {
+    // Before the runtime: the client's handles are dropped while the runtime still runs.
+    context: jetstream::Context,
+    runtime: Runtime,
+}
+
+impl Publisher {
+    /// Connects to `url` and makes `stream` if it is missing. The connection reconnects by
+    /// itself after this first one succeeds.
+    ///
+    /// # Errors
+    /// [`Error::Runtime`], [`Error::Connect`] if the server cannot be reached, [`Error::Stream`]
+    /// if the stream cannot be made.
+    pub fn connect(url: &str, stream: &StreamSpec) -> Result<Publisher, Error> {
+        let runtime = Runtime::start()?;
+        let context = runtime.block_on(async {
+            let context = jetstream::new(connect(url).await?);
+            ensure_stream(&context, stream).await?;
+            Ok::<_, Error>(context)
+        })?;
+        Ok(Publisher { context, runtime })
+    }
+
+    /// Makes `stream` if it is missing (for a second stream on the same connection).
+    ///
+    /// # Errors
+    /// [`Error::Stream`].
+    pub fn ensure_stream(&self, stream: &StreamSpec) -> Result<(), Error> {
+        self.runtime
+            .block_on(ensure_stream(&self.context, stream))
+            .map(drop)
+    }
+
+    /// Publishes `payload` on `subject` with the message id `id`, and waits (at most
+    /// [`PUBLISH_TIMEOUT`]) for the stream's acknowledgement.
+    ///
+    /// # Errors
+    /// [`Error::Publish`] if the publish was refused, not acknowledged in time, or the
+    /// connection is down.
+    pub fn publish(&self, subject: &str, id: &str, payload: Vec<u8>) -> Result<Ack, Error> {
+        let failed = |reason: String| Error::Publish {
+            subject: subject.into(),
+            reason,
+        };
+        self.runtime.block_on(async {
+            let sent = async {
+                let publish = jetstream::context::Publish::build()
+                    .message_id(id)
+                    .payload(Bytes::from(payload));
+                let pending = self
+                    .context
+                    .send_publish(subject.to_owned(), publish)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                pending.await.map_err(|e| failed(e.to_string()))
+            };
+            match tokio::time::timeout(PUBLISH_TIMEOUT, sent).await {
+                Ok(Ok(ack)) => Ok(Ack {
+                    sequence: ack.sequence,
+                    duplicate: ack.duplicate,
+                }),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(failed(format!(
+                    "no acknowledgement within {PUBLISH_TIMEOUT:?}"
+                ))),
+            }
+        })
+    }
+
+    /// The messages of `stream` from its first, at most `max`, waiting at most `wait` for each
+    /// (an ephemeral consumer: a way to read what a kept stream holds, such as dead letters).
+    ///
+    /// # Errors
+    /// [`Error::Stream`] if the stream or the consumer cannot be had.
+    pub fn read_all(
+        &self,
+        stream: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let failed = |reason: String| Error::Stream {
+            stream: stream.into(),
+            reason,
+        };
+        self.runtime.block_on(async {
+            let handle = self
+                .context
+                .get_stream(stream)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let consumer = handle
+                .create_consumer(pull::Config {
+                    ack_policy: jetstream::consumer::AckPolicy::None,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let mut out = Vec::new();
+            let mut batch = consumer
+                .fetch()
+                .max_messages(max)
+                .expires(wait)
+                .messages()
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| failed(e.to_string()))?;
+                out.push((message.subject.to_string(), message.payload.to_vec()));
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// One connection that pulls from a durable consumer.
+#[derive(Debug)]
+pub struct Puller {
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    client: async_nats::Client,
+    // Last: the consumer and the client are dropped while the runtime still runs.
+    runtime: std::sync::Arc<Runtime>,
+}
+
+impl Puller {
+    /// Connects to `url`, makes `stream` if it is missing and the durable consumer `consumer`
+    /// of it if that is missing.
+    ///
+    /// # Errors
+    /// [`Error::Runtime`], [`Error::Connect`], [`Error::Stream`], [`Error::Consumer`].
+    pub fn connect(
+        url: &str,
+        stream: &StreamSpec,
+        consumer: &ConsumerSpec,
+    ) -> Result<Puller, Error> {
+        let runtime = Runtime::start()?;
+        let (client, handle) = runtime.block_on(async {
+            let client = connect(url).await?;
+            let context = jetstream::new(client.clone());
+            let handle = ensure_stream(&context, stream).await?;
+            let config = pull::Config {
+                durable_name: Some(consumer.name.clone()),
+                filter_subject: consumer.filter.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                max_deliver: consumer.max_deliver,
+                ack_wait: consumer.ack_wait,
+                ..Default::default()
+            };
+            let handle = handle
+                .get_or_create_consumer(&consumer.name, config)
+                .await
+                .map_err(|e| Error::Consumer {
+                    consumer: consumer.name.clone(),
+                    reason: e.to_string(),
+                })?;
+            Ok::<_, Error>((client, handle))
+        })?;
+        Ok(Puller {
+            consumer: handle,
+            client,
+            runtime: std::sync::Arc::new(runtime),
+        })
+    }
+
+    /// The next message, waiting at most `wait` for one; `None` if none came.
+    ///
+    /// # Errors
+    /// [`Error::Pull`] if the request failed (the connection is down, the consumer is gone).
+    pub fn next(&self, wait: Duration) -> Result<Option<Delivery>, Error> {
+        let failed = |reason: String| Error::Pull {
+            consumer: self.consumer.cached_info().name.clone(),
+            reason,
+        };
+        let message = self.runtime.block_on(async {
+            let mut batch = self
+                .consumer
+                .fetch()
+                .max_messages(1)
+                .expires(wait)
+                .messages()
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            match batch.next().await {
+                Some(Ok(message)) => Ok(Some(message)),
+                Some(Err(e)) => Err(failed(e.to_string())),
+                None => Ok(None),
+            }
+        })?;
+        Ok(message.map(|message| Delivery {
+            delivered: message.info().map_or(1, |i| i.delivered.max(1) as u64),
+            message,
+            client: self.client.clone(),
+            runtime: self.runtime.clone(),
+        }))
+    }
+}
+
+/// One message pulled from a consumer, to be settled: acked, nak-ed, or terminated.
+#[derive(Debug)]
+pub struct Delivery {
+    message: jetstream::Message,
+    delivered: u64,
+    client: async_nats::Client,
+    runtime: std::sync::Arc<Runtime>,
+}
+
+impl Delivery {
+    /// The subject it was published on.
+    pub fn subject(&self) -> &str {
+        self.message.subject.as_str()
+    }
+
+    /// Its body.
+    pub fn payload(&self) -> &[u8] {
+        &self.message.payload
+    }
+
+    /// How many times it has been delivered, this time included (1 the first time).
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    fn settle(&self, kind: jetstream::AckKind, what: &'static str) -> Result<(), Error> {
+        let failed = |reason: String| Error::Settle { what, reason };
+        self.runtime.block_on(async {
+            let sent = async {
+                self.message
+                    .ack_with(kind)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                self.client.flush().await.map_err(|e| failed(e.to_string()))
+            };
+            tokio::time::timeout(SETTLE_TIMEOUT, sent)
+                .await
+                .map_err(|_| failed(format!("not flushed within {SETTLE_TIMEOUT:?}")))?
+        })
+    }
+
+    /// Done: the stream may forget it.
+    ///
+    /// # Errors
+    /// [`Error::Settle`] if it could not be sent (it will then be redelivered after the ack wait).
+    pub fn ack(&self) -> Result<(), Error> {
+        self.settle(jetstream::AckKind::Ack, "ack")
+    }
+
+    /// Failed: deliver it again after `delay`.
+    ///
+    /// # Errors
+    /// [`Error::Settle`].
+    pub fn nak(&self, delay: Duration) -> Result<(), Error> {
+        self.settle(jetstream::AckKind::Nak(Some(delay)), "nak")
+    }
+
+    /// Still working on it: restart its ack wait.
+    ///
+    /// # Errors
+    /// [`Error::Settle`].
+    pub fn progress(&self) -> Result<(), Error> {
+        self.settle(jetstream::AckKind::Progress, "progress")
+    }
+
+    /// Never deliver it again.
+    ///
+    /// # Errors
+    /// [`Error::Settle`].
+    pub fn term(&self) -> Result<(), Error> {
+        self.settle(jetstream::AckKind::Term, "term")
+    }
+}

@@ -1,0 +1,103 @@
+//! The facade against a real `nats-server` (skipped when it is not installed, unless
+//! `WARD_TEST_REQUIRE_TOOLS` is set).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ward_nats::{ConsumerSpec, Publisher, Puller, StreamSpec};
+
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn server() -> Option<Server> {
+    if Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("WARD_TEST_REQUIRE_TOOLS").is_none(),
+            "nats-server is not installed (the nats-server package)"
+        );
+        eprintln!("skipped: nats-server is not installed");
+        return None;
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(Server {
+        child,
+        url,
+        _dir: dir,
+    })
+}
+
+#[test]
+fn a_republish_with_the_same_id_is_dropped_and_a_delivery_is_settled() {
+    let Some(server) = server() else { return };
+    let stream = StreamSpec::work_queue("T", "t.>");
+    let publisher = Publisher::connect(&server.url, &stream).unwrap();
+    let first = publisher.publish("t.a", "id-1", b"one".to_vec()).unwrap();
+    let again = publisher.publish("t.a", "id-1", b"one".to_vec()).unwrap();
+    assert!(!first.duplicate);
+    assert!(again.duplicate, "{again:?}");
+    publisher.publish("t.b", "id-2", b"two".to_vec()).unwrap();
+
+    let mut consumer = ConsumerSpec::new("c", "t.>");
+    consumer.max_deliver = 2;
+    let puller = Puller::connect(&server.url, &stream, &consumer).unwrap();
+    let one = puller.next(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!((one.subject(), one.payload()), ("t.a", &b"one"[..]));
+    assert_eq!(one.delivered(), 1);
+    one.ack().unwrap();
+    let two = puller.next(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(two.payload(), b"two");
+    two.nak(Duration::ZERO).unwrap();
+    let two = puller.next(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(two.delivered(), 2);
+    two.progress().unwrap();
+    two.term().unwrap();
+    assert!(puller.next(Duration::from_millis(300)).unwrap().is_none());
+}
+
+#[test]
+fn a_publish_without_a_server_fails_instead_of_waiting() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = Publisher::connect(
+        &format!("nats://127.0.0.1:{port}"),
+        &StreamSpec::work_queue("T", "t.>"),
+    )
+    .unwrap_err();
+    assert!(matches!(err, ward_nats::Error::Connect { .. }), "{err}");
+}

@@ -1,0 +1,344 @@
+//! `ward work`: a worker for jobs published by other wards' publish triggers. It pulls them from
+//! a durable JetStream consumer and runs each with the trigger of this host's config that
+//! handles it, through the same dispatcher (supervision, crash reports) as `ward run`. What goes
+//! on the wire is `remote.rs`'s; the connections are ward-nats's.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use ward_nats::{ConsumerSpec, Delivery, Publisher, Puller, StreamSpec};
+
+use crate::dispatch::{Dispatcher, JobError};
+use crate::jobs::Job;
+use crate::remote::{DeadLetter, JobMessage, hostname};
+use crate::{Error, Launch, Outcome};
+
+/// The subjects `ward work` takes: those of every publish trigger's default subject.
+pub const JOB_SUBJECTS: &str = "ward.jobs.>";
+/// Where a job goes after its last failed delivery, its trigger's name last.
+pub const DEAD_PREFIX: &str = "ward.dead";
+/// The stream that keeps the dead letters, for a person (or a test) to read.
+pub const DEAD_STREAM: &str = "WARD_DEAD";
+/// How long one pull waits for a message before it looks at the stop flag again.
+const PULL_WAIT: Duration = Duration::from_secs(1);
+
+/// What `ward work` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct WorkOptions {
+    /// The NATS server.
+    pub url: String,
+    /// The stream the jobs are in.
+    pub stream: String,
+    /// The durable consumer's name: workers with the same name share the jobs.
+    pub consumer: String,
+    /// Where the messages' relative paths are resolved (a shared or replicated tree); without
+    /// it only jobs that carry their content can run.
+    pub root: Option<PathBuf>,
+    /// Jobs run at once (default: the config's `workers`).
+    pub workers: Option<usize>,
+    /// Deliveries of a job before it is dead-lettered.
+    pub max_deliver: i64,
+    /// How long a job may go without an ack or a progress mark before it is redelivered.
+    pub ack_wait: Duration,
+}
+
+/// Runs `ward work` in the foreground until SIGTERM or SIGINT; the job in hand is finished
+/// (and settled) first.
+pub fn work(launch: &Launch, options: &WorkOptions) -> Outcome {
+    run(launch, options).into()
+}
+
+fn run(launch: &Launch, options: &WorkOptions) -> Result<(), Error> {
+    crate::logging::init("work", crate::logging::Sink::Stderr);
+    let config = launch.config()?;
+    let state = launch.open_state_dir()?;
+    let workers = options.workers.unwrap_or(config.workers).max(1);
+    let scratch = state.join("work");
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| Error::io(format!("creating {}", scratch.display()), e))?;
+    let dispatcher = Dispatcher::new(config, state)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| Error::io("installing the signal handlers", e))?;
+    }
+    let jobs = StreamSpec::work_queue(&options.stream, JOB_SUBJECTS);
+    let consumer = ConsumerSpec {
+        max_deliver: options.max_deliver,
+        ack_wait: options.ack_wait,
+        ..ConsumerSpec::new(&options.consumer, JOB_SUBJECTS)
+    };
+    let puller = Puller::connect(&options.url, &jobs, &consumer)?;
+    // Dead letters are kept (not a work queue): they are read, by a person, not consumed.
+    let dead = Publisher::connect(
+        &options.url,
+        &StreamSpec::kept(DEAD_STREAM, &format!("{DEAD_PREFIX}.>")),
+    )?;
+    log::info!(
+        "working: {} stream {} consumer {}, {workers} at once, {} deliveries each at most",
+        options.url,
+        options.stream,
+        options.consumer,
+        options.max_deliver
+    );
+    let worker = Worker {
+        dispatcher: &dispatcher,
+        options,
+        host: hostname(),
+        scratch: &scratch,
+        dead: &dead,
+    };
+    std::thread::scope(|scope| {
+        let spawned = (0..workers).try_for_each(|n| {
+            let (worker, puller, stop) = (&worker, &puller, &stop);
+            std::thread::Builder::new()
+                .name(format!("ward-work-{n}"))
+                .spawn_scoped(scope, move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match puller.next(PULL_WAIT) {
+                            Ok(Some(delivery)) => worker.handle(&delivery, n),
+                            Ok(None) => {}
+                            Err(e) => {
+                                // The client reconnects by itself; this thread waits for it.
+                                log::warn!("{e}");
+                                std::thread::sleep(PULL_WAIT);
+                            }
+                        }
+                    }
+                })
+                .map(drop)
+                .map_err(|e| Error::io("starting a work thread", e))
+        });
+        if spawned.is_err() {
+            // The threads started stop too: the scope waits for them.
+            stop.store(true, Ordering::Relaxed);
+        }
+        spawned
+    })?;
+    dispatcher.stop_workers();
+    log::info!("stopped");
+    Ok(())
+}
+
+/// What every work thread shares.
+struct Worker<'a> {
+    dispatcher: &'a Dispatcher,
+    options: &'a WorkOptions,
+    host: String,
+    scratch: &'a Path,
+    dead: &'a Publisher,
+}
+
+/// Why a message was not run.
+enum Unrunnable {
+    /// It can never run here: it is dead-lettered at once.
+    Never(String),
+}
+
+impl Worker<'_> {
+    fn handle(&self, delivery: &Delivery, thread: usize) {
+        let message = match serde_json::from_slice::<JobMessage>(delivery.payload()) {
+            Ok(message) => message,
+            Err(e) => {
+                log::error!("{}: not a ward job ({e}): terminated", delivery.subject());
+                settle(delivery.term(), "term");
+                return;
+            }
+        };
+        let outcome = match self.job_of(&message, delivery.subject(), thread) {
+            Ok((job, scratch)) => {
+                let outcome = self.run_with_progress(&job, delivery);
+                if let Some(file) = scratch {
+                    let _ = std::fs::remove_file(file);
+                }
+                outcome.map_err(|e| Failure::Retry {
+                    error: e.to_string(),
+                    backoff: job.trigger.retry().backoff,
+                })
+            }
+            Err(Unrunnable::Never(why)) => Err(Failure::Final(why)),
+        };
+        match outcome {
+            Ok(()) => settle(delivery.ack(), "ack"),
+            Err(Failure::Retry {
+                error,
+                backoff: first,
+            }) if (delivery.delivered() as i64) < self.options.max_deliver => {
+                let delay = backoff(first, delivery.delivered());
+                log::warn!(
+                    "{} (delivery {}): {error}; again in {delay:?}",
+                    message.path.display(),
+                    delivery.delivered()
+                );
+                settle(delivery.nak(delay), "nak");
+            }
+            Err(Failure::Retry { error, .. } | Failure::Final(error)) => {
+                self.dead_letter(delivery, message, error);
+            }
+        }
+    }
+
+    /// Publishes the job to the dead-letter subject, then terminates it; if the dead letter
+    /// cannot be published, the job is nak-ed instead, so that it is not lost.
+    fn dead_letter(&self, delivery: &Delivery, job: JobMessage, error: String) {
+        let subject = format!("{DEAD_PREFIX}.{}", job.trigger);
+        let path = job.path.display().to_string();
+        let letter = DeadLetter {
+            job,
+            error,
+            deliveries: delivery.delivered(),
+            worker: self.host.clone(),
+        };
+        let body = serde_json::to_vec(&letter).unwrap_or_default();
+        let id = format!("dead:{}:{}", letter.job.message_id(), letter.deliveries);
+        match self.dead.publish(&subject, &id, body) {
+            Ok(_) => {
+                log::error!(
+                    "{path}: gave up after {} deliveries ({}): dead-lettered on {subject}",
+                    letter.deliveries,
+                    letter.error
+                );
+                settle(delivery.term(), "term");
+            }
+            Err(e) => {
+                log::error!("{path}: cannot dead-letter ({e}): delivered again later");
+                settle(delivery.nak(self.options.ack_wait), "nak");
+            }
+        }
+    }
+
+    /// The job `message` asks for here, and the scratch file holding its content if it carried
+    /// it.
+    fn job_of(
+        &self,
+        message: &JobMessage,
+        subject: &str,
+        thread: usize,
+    ) -> Result<(Job, Option<PathBuf>), Unrunnable> {
+        let triggers = self.dispatcher.triggers();
+        // The trigger named in the message (its subject's last token by default), else the first
+        // whose globs match the relative path.
+        let trigger = triggers
+            .named(&message.trigger)
+            .or_else(|| subject.rsplit('.').next().and_then(|t| triggers.named(t)))
+            .or_else(|| triggers.find(Path::new(""), &message.path))
+            .ok_or_else(|| {
+                Unrunnable::Never(format!(
+                    "no trigger of this worker's config handles {} (trigger {:?})",
+                    message.path.display(),
+                    message.trigger
+                ))
+            })?
+            .clone();
+        if message.path.is_absolute()
+            || message
+                .path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(Unrunnable::Never(format!(
+                "path {} leaves its root",
+                message.path.display()
+            )));
+        }
+        let (path, scratch) = match (&message.content, &self.options.root) {
+            (Some(content), _) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(content)
+                    .map_err(|e| Unrunnable::Never(format!("content is not base64: {e}")))?;
+                // Its own directory per thread, the file's own name: globs and extensions still
+                // mean what they meant at the origin.
+                let dir = self.scratch.join(thread.to_string());
+                let name = message.path.file_name().unwrap_or("content".as_ref());
+                let file = dir.join(name);
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| std::fs::write(&file, bytes))
+                    .map_err(|e| {
+                        Unrunnable::Never(format!("cannot write {}: {e}", file.display()))
+                    })?;
+                (file.clone(), Some(file))
+            }
+            (None, Some(root)) => (root.join(&message.path), None),
+            (None, None) => {
+                return Err(Unrunnable::Never(
+                    "the job carries no content and ward work has no --root to find it under"
+                        .into(),
+                ));
+            }
+        };
+        let old_path = match (&message.old_path, &self.options.root) {
+            (Some(old), Some(root)) => Some(root.join(old)),
+            (Some(old), None) => Some(old.clone()),
+            (None, _) => None,
+        };
+        Ok((
+            Job {
+                trigger,
+                path,
+                event: message.event,
+                old_path,
+            },
+            scratch,
+        ))
+    }
+
+    /// Runs `job`, marking the delivery in progress every half ack wait meanwhile, so that it is
+    /// not redelivered while it runs.
+    fn run_with_progress(&self, job: &Job, delivery: &Delivery) -> Result<(), JobError> {
+        let (done, finished) = crossbeam_channel::bounded::<()>(0);
+        let every = self.options.ack_wait / 2;
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    finished.recv_timeout(every)
+                {
+                    settle(delivery.progress(), "progress");
+                }
+            });
+            let outcome = self.dispatcher.run(job);
+            drop(done);
+            outcome
+        })
+    }
+}
+
+/// How a job failed.
+enum Failure {
+    /// Its run failed: deliver it again after `backoff` (the first delay of its trigger's retry
+    /// policy), unless this was its last delivery.
+    Retry { error: String, backoff: Duration },
+    /// It cannot run here at all.
+    Final(String),
+}
+
+/// The delay before delivery `delivered + 1`: `first` doubled for each delivery after the first,
+/// at most a minute.
+fn backoff(first: Duration, delivered: u64) -> Duration {
+    let doublings = delivered.saturating_sub(1).min(16) as u32;
+    first
+        .saturating_mul(1 << doublings)
+        .min(Duration::from_secs(60))
+}
+
+fn settle(result: Result<(), ward_nats::Error>, what: &str) {
+    if let Err(e) = result {
+        // Unsettled, the message comes back after its ack wait: nothing is lost.
+        log::warn!("{what} not sent: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_per_delivery_up_to_a_minute() {
+        let first = Duration::from_millis(100);
+        assert_eq!(backoff(first, 1), first);
+        assert_eq!(backoff(first, 3), Duration::from_millis(400));
+        assert_eq!(backoff(first, 40), Duration::from_secs(60));
+    }
+}

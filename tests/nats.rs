@@ -1,0 +1,517 @@
+//! Jobs handed to NATS JetStream: `ward start` with a publish trigger on one side, `ward work`
+//! processes on the other, and a real `nats-server` (with JetStream and file storage) between
+//! them, started by each test on a free port.
+
+use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ward_e2e::{Fixture, free_port, have_tool, wait_for};
+
+const JOB: &str = env!("CARGO_BIN_EXE_ward-test-job");
+/// Given to [`Work::start`]: no `--root`, the jobs must carry their content.
+const CARRIED: &str = "<carried>";
+
+/// A `nats-server -js` on a free port with its storage in `dir`, killed on drop.
+struct NatsServer {
+    child: Child,
+    url: String,
+}
+
+impl NatsServer {
+    fn start(dir: &Path) -> NatsServer {
+        NatsServer::start_on(dir, free_port())
+    }
+
+    fn start_on(dir: &Path, port: u16) -> NatsServer {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.join("nats"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        wait_for("nats-server to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `ward work` process, killed on drop (a test that passed has stopped it with SIGTERM).
+struct Work {
+    child: Child,
+    ledger: PathBuf,
+    log: PathBuf,
+}
+
+impl Work {
+    /// Waits until it pulls: connected, its stream and consumer made.
+    fn wait_ready(&self) {
+        wait_for("ward work to pull", Duration::from_secs(60), || {
+            self.log().contains("working: ")
+        });
+    }
+
+    /// `ward work` #`n` of fixture `f`, its config's one trigger `name` running `exec` (TOML
+    /// array text, `{ledger}` its own ledger), paths resolved under the fixture's tree.
+    fn start(
+        f: &Fixture,
+        nats: &NatsServer,
+        n: usize,
+        name: &str,
+        exec: &str,
+        extra: &[&str],
+    ) -> Work {
+        let dir = f.dir.path().join(format!("work{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ledger = dir.join("ledger");
+        let config = dir.join("worker.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[jobs]\nretries = 0\nbackoff_s = 0.05\n\n[[trigger]]\nname = \"{name}\"\nexec = {}\n",
+                exec.replace("{ledger}", ledger.to_str().unwrap())
+                    .replace("{job}", JOB)
+            ),
+        )
+        .unwrap();
+        let log = dir.join("work.log");
+        let child = ward_e2e::ward()
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["work", "--nats", &nats.url, "--consumer", "workers"])
+            .args(if extra.contains(&CARRIED) {
+                Vec::new()
+            } else {
+                vec!["--root".as_ref(), f.tree.as_os_str()]
+            })
+            .args(extra.iter().filter(|a| **a != CARRIED))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting ward work");
+        Work { child, ledger, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The paths its jobs recorded.
+    fn paths(&self) -> Vec<Vec<u8>> {
+        let Ok(bytes) = std::fs::read(&self.ledger) else {
+            return Vec::new();
+        };
+        bytes
+            .split(|&b| b == 0)
+            .filter(|e| !e.is_empty())
+            .filter_map(|e| {
+                e.iter()
+                    .position(|&b| b == b'\t')
+                    .map(|tab| e[tab + 1..].to_vec())
+            })
+            .collect()
+    }
+
+    /// SIGTERM, and its exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill with the pid of our own child, not reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn publish_trigger(name: &str, nats: &NatsServer) -> String {
+    publish_trigger_to(name, &nats.url)
+}
+
+fn publish_trigger_to(name: &str, url: &str) -> String {
+    format!(
+        "[[trigger]]\nname = \"{name}\"\npublish = {{ url = \"{url}\", stream = \"WARD\", subject = \"ward.jobs.{{trigger}}\" }}\n"
+    )
+}
+
+fn append_trigger(f: &Fixture, trigger: &str) {
+    let config = std::fs::read_to_string(&f.config).unwrap();
+    std::fs::write(&f.config, format!("{config}\n{trigger}")).unwrap();
+}
+
+/// How many files the burst has (`WARD_TEST_NATS_BURST` to try another size).
+fn burst() -> usize {
+    std::env::var("WARD_TEST_NATS_BURST")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000)
+}
+
+#[test]
+fn a_burst_published_by_ward_start_is_processed_by_two_workers_and_none_is_lost() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let nats = NatsServer::start(f.dir.path());
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 8\n");
+    append_trigger(&f, &publish_trigger("index", &nats));
+    let record = "[\"{job}\", \"record\", \"{ledger}\"]";
+    let workers = [
+        Work::start(&f, &nats, 1, "index", record, &[]),
+        Work::start(&f, &nats, 2, "index", record, &[]),
+    ];
+    // Both pull before the burst, so that both take a share of it.
+    for w in &workers {
+        w.wait_ready();
+    }
+    f.start();
+    let files = burst();
+    let mut want = HashSet::new();
+    for i in 0..files {
+        let dir = f.tree.join(format!("d{}", i % 20));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("f{i}.txt"));
+        std::fs::write(&path, format!("version 1 of {i}")).unwrap();
+        want.insert(path.as_os_str().as_bytes().to_vec());
+    }
+    // The final version of a few, rewritten while the first ones are in flight.
+    for i in (0..files).step_by(97) {
+        let path = f.tree.join(format!("d{}/f{i}.txt", i % 20));
+        std::fs::write(&path, format!("version 2 of {i}")).unwrap();
+    }
+    let started = std::time::Instant::now();
+    let seen = || {
+        let mut seen = HashSet::new();
+        for w in &workers {
+            seen.extend(w.paths());
+        }
+        seen
+    };
+    wait_for(
+        "every file to be processed by a worker",
+        Duration::from_secs(240),
+        || {
+            let seen = seen();
+            want.iter().all(|p| seen.contains(p))
+        },
+    );
+    eprintln!(
+        "{files} files processed by two workers in {:?}",
+        started.elapsed()
+    );
+    // The origin counts them processed: nothing owed, nothing failed.
+    f.wait_idle();
+    let failures = f.run(&["failures", "--json"]);
+    assert!(
+        failures.stdout.is_empty(),
+        "{failures:?}\nlog:\n{}",
+        f.log()
+    );
+    let per_worker: Vec<usize> = workers.iter().map(|w| w.paths().len()).collect();
+    assert!(
+        per_worker.iter().all(|&n| n > 0),
+        "both workers should have taken jobs: {per_worker:?}"
+    );
+    f.stop();
+    for w in workers {
+        let log = w.log();
+        let status = w.stop();
+        assert!(status.success(), "ward work: {status}\n{log}");
+    }
+}
+
+#[test]
+fn a_poison_job_is_dead_lettered_after_its_maximum_deliveries() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let nats = NatsServer::start(f.dir.path());
+    append_trigger(&f, &publish_trigger("poison", &nats));
+    // Exits 1 every time, after recording that it ran.
+    let poison = "[\"{job}\", \"fail\", \"{ledger}\"]";
+    // The origin first: the stream it makes must leave `ward.dead.>` to the dead letters'.
+    f.start();
+    std::fs::write(f.tree.join("bad.txt"), "x").unwrap();
+    wait_for("the publish", Duration::from_secs(30), || {
+        f.status().1["queue"]["completed"] == 1
+    });
+    let work = Work::start(&f, &nats, 1, "poison", poison, &["--max-deliver", "3"]);
+    let want = f.tree.join("bad.txt");
+    wait_for("the dead letter", Duration::from_secs(60), || {
+        work.log().contains("dead-lettered on ward.dead.poison")
+    });
+    // Three deliveries, no more.
+    let runs = work
+        .paths()
+        .iter()
+        .filter(|p| p.as_slice() == want.as_os_str().as_bytes())
+        .count();
+    assert_eq!(runs, 3, "{}", work.log());
+    let publisher = ward_nats::Publisher::connect(
+        &nats.url,
+        &ward_nats::StreamSpec::kept("WARD_DEAD", "ward.dead.>"),
+    )
+    .unwrap();
+    let letters = publisher
+        .read_all("WARD_DEAD", 10, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let (subject, body) = &letters[0];
+    assert_eq!(subject, "ward.dead.poison");
+    let letter: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(letter["job"]["path"], "bad.txt", "{letter}");
+    assert_eq!(letter["deliveries"], 3, "{letter}");
+    assert!(
+        letter["error"].as_str().unwrap().contains("exit"),
+        "{letter}"
+    );
+    f.stop();
+    let log = work.log();
+    assert!(work.stop().success(), "{log}");
+}
+
+#[test]
+fn a_job_published_while_the_server_is_down_stays_owed_until_a_retry_publishes_it() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let port = free_port();
+    append_trigger(
+        &f,
+        &format!(
+            "{}retries = 1\nbackoff_s = 0.1\n",
+            publish_trigger_to("index", &format!("nats://127.0.0.1:{port}"))
+        ),
+    );
+    f.start();
+    std::fs::write(f.tree.join("a.txt"), "1").unwrap();
+    wait_for("the publish to give up", Duration::from_secs(60), || {
+        f.status().1["manifest"]["gave_up"].as_u64() == Some(1)
+    });
+    let out = f.run(&["failures", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["trigger"], "index", "{listed}");
+    assert!(
+        listed["error"].as_str().unwrap().contains("cannot connect"),
+        "{listed}"
+    );
+    // The server comes; the job owed is published by a retry and run by a worker.
+    let nats = NatsServer::start_on(f.dir.path(), port);
+    let work = Work::start(
+        &f,
+        &nats,
+        1,
+        "index",
+        "[\"{job}\", \"record\", \"{ledger}\"]",
+        &[],
+    );
+    let out = f.run(&["retry", "--all"]);
+    assert!(out.status.success(), "{out:?}");
+    let want = f.tree.join("a.txt");
+    wait_for("the worker to run it", Duration::from_secs(60), || {
+        work.paths()
+            .iter()
+            .any(|p| p.as_slice() == want.as_os_str().as_bytes())
+    });
+    f.wait_idle();
+    assert_eq!(
+        f.status().1["manifest"]["gave_up"].as_u64(),
+        Some(0),
+        "{}",
+        f.log()
+    );
+    f.stop();
+    let log = work.log();
+    assert!(work.stop().success(), "{log}");
+}
+
+#[test]
+fn a_worker_without_the_files_runs_on_the_content_the_message_carries() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let nats = NatsServer::start(f.dir.path());
+    let trigger = publish_trigger("carry", &nats).replace(" }\n", ", content_max_kb = 1 }\n");
+    append_trigger(&f, &trigger);
+    let copy = "[\"sh\", \"-c\", \"cat \\\"$WARD_PATH\\\" >> {ledger}.content; echo >> {ledger}.content\"]";
+    let work = Work::start(&f, &nats, 1, "carry", copy, &[CARRIED]);
+    f.start();
+    std::fs::write(f.tree.join("small.txt"), "carried across").unwrap();
+    // Past the limit: nothing carried, and without a root the worker cannot run it.
+    std::fs::write(f.tree.join("big.txt"), vec![b'x'; 2048]).unwrap();
+    let content = work.ledger.with_extension("content");
+    wait_for("the carried content", Duration::from_secs(60), || {
+        std::fs::read_to_string(&content).is_ok_and(|c| c.contains("carried across"))
+    });
+    wait_for(
+        "the file too big to carry to be dead-lettered",
+        Duration::from_secs(60),
+        || work.log().contains("big.txt: gave up after 1 deliveries"),
+    );
+    assert!(work.log().contains("no --root"), "{}", work.log());
+    assert_eq!(
+        std::fs::read_to_string(&content).unwrap(),
+        "carried across\n"
+    );
+    f.stop();
+    let log = work.log();
+    assert!(work.stop().success(), "{log}");
+}
+
+#[test]
+fn a_job_whose_worker_is_killed_mid_job_is_delivered_to_the_other_worker() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let nats = NatsServer::start(f.dir.path());
+    append_trigger(&f, &publish_trigger("slow", &nats));
+    // The first worker's job waits for a gate that never opens; the second's records at once.
+    let never = f.dir.path().join("never");
+    let gated = format!(
+        "[\"{{job}}\", \"gated\", \"{{ledger}}\", \"{}\"]",
+        never.display()
+    );
+    let ack_wait = ["--ack-wait", "2"];
+    let first = Work::start(&f, &nats, 1, "slow", &gated, &ack_wait);
+    f.start();
+    std::fs::write(f.tree.join("a.txt"), "1").unwrap();
+    wait_for(
+        "the first worker's job to run",
+        Duration::from_secs(60),
+        || !ward_e2e::processes_mentioning(&never).is_empty(),
+    );
+    let mut first = first;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    wait_for("its job to die with it", Duration::from_secs(10), || {
+        ward_e2e::processes_mentioning(&never).is_empty()
+    });
+    let second = Work::start(
+        &f,
+        &nats,
+        2,
+        "slow",
+        "[\"{job}\", \"record\", \"{ledger}\"]",
+        &ack_wait,
+    );
+    let want = f.tree.join("a.txt");
+    wait_for(
+        "the second worker to run it",
+        Duration::from_secs(60),
+        || {
+            second
+                .paths()
+                .iter()
+                .any(|p| p.as_slice() == want.as_os_str().as_bytes())
+        },
+    );
+    assert!(first.paths().is_empty());
+    f.stop();
+    let log = second.log();
+    assert!(second.stop().success(), "{log}");
+}
+
+#[test]
+fn nats_server_killed_mid_burst_and_restarted_on_its_storage_loses_nothing() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let port = free_port();
+    let mut nats = NatsServer::start_on(f.dir.path(), port);
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 4\n");
+    // Retries that outlast the server's absence.
+    append_trigger(
+        &f,
+        &format!(
+            "{}retries = 30\nbackoff_s = 0.2\nbackoff_max_s = 1\n",
+            publish_trigger("index", &nats)
+        ),
+    );
+    let record = "[\"{job}\", \"record\", \"{ledger}\"]";
+    let ack_wait = ["--ack-wait", "2"];
+    let workers = [
+        Work::start(&f, &nats, 1, "index", record, &ack_wait),
+        Work::start(&f, &nats, 2, "index", record, &ack_wait),
+    ];
+    f.start();
+    let files = 1_000;
+    let mut want = HashSet::new();
+    for i in 0..files {
+        let path = f.tree.join(format!("f{i}.txt"));
+        std::fs::write(&path, i.to_string()).unwrap();
+        want.insert(path.as_os_str().as_bytes().to_vec());
+    }
+    let seen = || {
+        let mut seen = HashSet::new();
+        for w in &workers {
+            seen.extend(w.paths());
+        }
+        seen
+    };
+    wait_for(
+        "the first jobs to be processed",
+        Duration::from_secs(60),
+        || seen().len() >= 50,
+    );
+    nats.child.kill().unwrap();
+    nats.child.wait().unwrap();
+    let during = seen().len();
+    // Files changed while it is away are owed, and published once it is back.
+    for i in 0..100 {
+        std::fs::write(f.tree.join(format!("f{i}.txt")), format!("{i} again")).unwrap();
+    }
+    wait_for(
+        "publishes to fail while it is away",
+        Duration::from_secs(60),
+        || f.status().1["queue"]["failed"].as_u64() > Some(0),
+    );
+    let _restarted = NatsServer::start_on(f.dir.path(), port);
+    wait_for(
+        "every file to be processed after the restart",
+        Duration::from_secs(120),
+        || {
+            let seen = seen();
+            want.iter().all(|p| seen.contains(p))
+        },
+    );
+    eprintln!("{during} of {files} processed when nats-server was killed");
+    f.wait_idle();
+    assert_eq!(
+        f.status().1["manifest"]["gave_up"].as_u64(),
+        Some(0),
+        "{}",
+        f.log()
+    );
+    f.stop();
+    for w in workers {
+        let log = w.log();
+        assert!(w.stop().success(), "{log}");
+    }
+}
