@@ -1,15 +1,18 @@
 //! The facade against a real `nats-server` (skipped when it is not installed, unless
 //! `WARD_TEST_REQUIRE_TOOLS` is set).
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ward_nats::{ConsumerSpec, Publisher, Puller, StreamSpec};
 
 struct Server {
     child: Child,
     url: String,
+    /// Reads the server's log until it ends with the server.
+    log: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -17,6 +20,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(log) = self.log.take() {
+            let _ = log.join();
+        }
     }
 }
 
@@ -39,24 +45,36 @@ fn server() -> Option<Server> {
         .unwrap()
         .port();
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new("nats-server")
+    let mut child = Command::new("nats-server")
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(dir.path())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let url = format!("nats://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(Server {
+    // It says on stderr when it is ready: waited for, not guessed with a connect loop.
+    let stderr = child.stderr.take().unwrap();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let log = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if line.contains("Server is ready") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    let server = Server {
         child,
-        url,
+        url: format!("nats://127.0.0.1:{port}"),
+        log: Some(log),
         _dir: dir,
-    })
+    };
+    // A panic here drops the server: killed, its log's reader joined.
+    assert!(
+        ready.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "nats-server did not say it was ready within 10 s"
+    );
+    Some(server)
 }
 
 #[test]
