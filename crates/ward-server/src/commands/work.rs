@@ -97,13 +97,23 @@ fn run(launch: &Launch, options: &WorkOptions) -> Result<(), Error> {
             std::thread::Builder::new()
                 .name(format!("ward-work-{n}"))
                 .spawn_scoped(scope, move || {
+                    // Said once per outage, not once per pull, and its end said too.
+                    let mut failing = false;
                     while !stop.load(Ordering::Relaxed) {
                         match puller.next(PULL_WAIT) {
-                            Ok(Some(delivery)) => worker.handle(&delivery, n),
-                            Ok(None) => {}
+                            Ok(pulled) => {
+                                if std::mem::take(&mut failing) {
+                                    log::info!("pulling jobs again");
+                                }
+                                if let Some(delivery) = pulled {
+                                    worker.handle(&delivery, n);
+                                }
+                            }
                             Err(e) => {
+                                if !std::mem::replace(&mut failing, true) {
+                                    log::warn!("{e}; pulling again every {PULL_WAIT:?}");
+                                }
                                 // The client reconnects by itself; this thread waits for it.
-                                log::warn!("{e}");
                                 std::thread::sleep(PULL_WAIT);
                             }
                         }
