@@ -1527,6 +1527,17 @@ recycle_after = 100
                 "watchdog_file needs watchdog_s",
             ),
             (
+                "[[service]]\nname = \"a\"\ncommand = [\"a\"]\nready = { file = \"f\", timeout_s = 0 }\n"
+                    .into(),
+                (4, 35),
+                "service \"a\": ready.timeout_s = 0: must be a number of seconds above 0",
+            ),
+            (
+                "[[service]]\nname = \"a\"\ncommand = [\"a\"]\nbackoff_s = -1\n".into(),
+                (4, 13),
+                "service \"a\": backoff_s = -1: must be a number of seconds from 0",
+            ),
+            (
                 "[[service]]\nname = \"a\"\ncommand = [\"a\"]\nrestart = \"sometimes\"\n".into(),
                 (4, 11),
                 "restart = \"sometimes\": must be",

@@ -270,18 +270,14 @@ pub(super) fn resolve_all(
                 format!("service {name:?}: the command is empty"),
             ));
         }
-        // A duration key of this service: a number of seconds in `range`.
-        let seconds = |value: &At<f64>, key: &str, zero_ok: bool| match *value.get_ref() {
-            v if v.is_finite() && (v > 0.0 || zero_ok && v == 0.0) && v <= MAX_WINDOW_S => {
-                Ok(Duration::from_secs_f64(v))
-            }
-            v => Err(error(
-                &value.span(),
-                format!(
-                    "service {name:?}: {key} = {v}: must be a number of seconds {} and at most {MAX_WINDOW_S}",
-                    if zero_ok { "from 0" } else { "above 0" }
-                ),
-            )),
+        // A duration key of this service.
+        let seconds = |value: &At<f64>, key: &str, zero_ok: bool| {
+            seconds_of(value, zero_ok).map_err(|problem| {
+                error(
+                    &value.span(),
+                    format!("service {name:?}: {key} = {problem}"),
+                )
+            })
         };
         let policy = match &s.policy {
             None => PolicyName::Systemd,
@@ -454,6 +450,20 @@ pub(super) fn resolve_all(
     Ok(services)
 }
 
+/// A duration of a service's section: a number of seconds above 0 (or 0 too, `zero_ok`) and
+/// at most [`MAX_WINDOW_S`]; otherwise the value and the problem, in words.
+fn seconds_of(value: &At<f64>, zero_ok: bool) -> Result<Duration, String> {
+    match *value.get_ref() {
+        v if v.is_finite() && (v > 0.0 || zero_ok && v == 0.0) && v <= MAX_WINDOW_S => {
+            Ok(Duration::from_secs_f64(v))
+        }
+        v => Err(format!(
+            "{v}: must be a number of seconds {} and at most {MAX_WINDOW_S}",
+            if zero_ok { "from 0" } else { "above 0" }
+        )),
+    }
+}
+
 /// A `ready = { ... }` table: exactly one check, and its timeout.
 fn readiness(
     section: &At<ReadySection>,
@@ -513,17 +523,12 @@ fn readiness(
     }
     let timeout = match &r.timeout_s {
         None => DEFAULT_READY_TIMEOUT,
-        Some(t) => match *t.get_ref() {
-            v if v.is_finite() && v > 0.0 && v <= MAX_WINDOW_S => Duration::from_secs_f64(v),
-            v => {
-                return Err(error(
-                    &t.span(),
-                    format!(
-                        "service {name:?}: ready.timeout_s = {v}: must be a number of seconds above 0 and at most {MAX_WINDOW_S}"
-                    ),
-                ));
-            }
-        },
+        Some(t) => seconds_of(t, false).map_err(|problem| {
+            error(
+                &t.span(),
+                format!("service {name:?}: ready.timeout_s = {problem}"),
+            )
+        })?,
     };
     Ok(Readiness {
         probe: probes.remove(0),
