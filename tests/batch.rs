@@ -549,6 +549,37 @@ fn ignore_mode_starts_nothing_for_changes_during_a_run_but_owes_them_to_the_next
     assert_eq!(runs(), 4);
 }
 
+/// A comparison with the manifest while a run holds a path (here a directory's attributes
+/// changed, at a start the startup rescan) offers that path again unchanged: that is no change
+/// made during the run, and `ignore` does not leave it owed until some later change.
+#[test]
+fn ignore_mode_owes_nothing_for_a_path_offered_again_unchanged_during_its_run() {
+    let f = Fixture::new(
+        JOB,
+        &format!(
+            "[[trigger]]\nname = \"ign\"\nbatch = true\non_busy = \"ignore\"\n{}",
+            gated(false)
+        ),
+    );
+    let sub = f.tree.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    f.start();
+    std::fs::write(sub.join("first"), "1").unwrap();
+    wait_for("the run to be held at its gate", LONG, || {
+        lines(&f.ledger).len() == 1 && lines(&beside(&f, "runs")).len() == 1
+    });
+    // The directory's comparison offers `first` again: its run has recorded nothing yet.
+    std::fs::set_permissions(&sub, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    wait_for("the path to be offered again", LONG, || {
+        batch_status(&f, "ign").is_some_and(|b| b["owed"] == 1)
+    });
+    std::fs::write(beside(&f, "gate"), "").unwrap();
+    f.wait_idle();
+    f.stop();
+    assert_eq!(lines(&f.ledger), [sub.join("first").display().to_string()]);
+    assert_eq!(lines(&beside(&f, "runs")).len(), 1);
+}
+
 /// Threads of process `pid` named `name`.
 fn threads_named(pid: u32, name: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))

@@ -388,6 +388,7 @@ impl<'a> RunnerThread<'a> {
             if matches!(ran, Ran::Ok | Ran::Failed(_)) {
                 METRICS.job_ran(name, began.elapsed());
             }
+            let ran_ok = matches!(ran, Ran::Ok);
             match ran {
                 Ran::Ok => {
                     METRICS.job_ended(name, JobOutcome::Succeeded);
@@ -411,11 +412,47 @@ impl<'a> RunnerThread<'a> {
             // One lock: `ward status` never sees the run over while an ignored change is still
             // free to start the next one.
             let mut owed = self.shared.owed.lock();
+            if ran_ok {
+                self.drop_unchanged(&mut owed, &versions);
+            }
             if self.settings.on_busy == OnBusy::Ignore {
                 owed.woken = false;
             }
             owed.running = 0;
             owed.held = self.run.len();
+        }
+    }
+
+    /// Takes out of `owed` the jobs for paths the run that just succeeded processed as they still
+    /// are: offered again by a comparison with the manifest (which saw the run's path not yet
+    /// recorded), they are no change made during the run, and would cost a run (or, with
+    /// `on_busy = "ignore"`, stay owed until some later change). Each is recorded as processed.
+    fn drop_unchanged(&self, owed: &mut Owed, versions: &HashMap<PathBuf, Option<FileMeta>>) {
+        owed.jobs.retain(|path, job| {
+            let Some(Some(version)) = versions.get(path) else {
+                return true;
+            };
+            if job.event == Event::Removed
+                || job.old_path.is_some()
+                || FileMeta::read(path).as_ref() != Some(version)
+            {
+                return true;
+            }
+            send(
+                &self.cx.done,
+                Update::Finished {
+                    path: path.clone(),
+                    event: job.event,
+                    ok: true,
+                    processed: Some(*version),
+                    old_path: None,
+                },
+            );
+            false
+        });
+        if owed.jobs.is_empty() {
+            owed.first_arrival = None;
+            owed.last_arrival = None;
         }
     }
 
