@@ -234,6 +234,13 @@ fn a_burst_published_by_ward_start_is_processed_by_two_workers_and_none_is_lost(
         per_worker.iter().all(|&n| n > 0),
         "both workers should have taken jobs: {per_worker:?}"
     );
+    // And hears back from the workers: a success for every job they ran.
+    let ran = per_worker.iter().sum::<usize>() as u64;
+    wait_for(
+        "the origin to hear every result",
+        Duration::from_secs(60),
+        || f.status().1["remote"][0]["succeeded"].as_u64() == Some(ran),
+    );
     f.stop();
     for w in workers {
         let log = w.log();
@@ -288,6 +295,56 @@ fn a_poison_job_is_dead_lettered_after_its_maximum_deliveries() {
         letter["error"].as_str().unwrap().contains("exit"),
         "{letter}"
     );
+
+    // The origin learns what became of it: counted, and listed as a path that gave up.
+    let remote = |f: &Fixture| f.status().1["remote"].clone();
+    wait_for(
+        "the origin to hear of the give-up",
+        Duration::from_secs(30),
+        || remote(&f)[0]["gave_up"] == 1,
+    );
+    let shown = remote(&f);
+    assert_eq!(shown[0]["trigger"], "poison", "{shown}");
+    assert_eq!(shown[0]["retried"], 2, "{shown}");
+    assert_eq!(shown[0]["succeeded"], 0, "{shown}");
+    assert!(
+        shown[0]["last_error"].as_str().unwrap().contains("exit"),
+        "{shown}"
+    );
+    let out = f.run(&["failures", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["path"], want.to_str().unwrap(), "{listed:?}");
+    assert_eq!(listed[0]["attempts"], 3, "{listed:?}");
+    assert!(
+        listed[0]["error"].as_str().unwrap().contains("on worker"),
+        "{listed:?}"
+    );
+    let metrics = f.run(&["metrics"]);
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    for line in [
+        "ward_remote_jobs_total{trigger=\"poison\",outcome=\"gave_up\"} 1",
+        "ward_remote_jobs_total{trigger=\"poison\",outcome=\"retried\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+    }
+    // A restart neither forgets it nor publishes it again: it gave up on this version.
+    f.stop();
+    f.start();
+    f.wait_idle();
+    assert_eq!(f.status().1["manifest"]["gave_up"], 1);
+    assert_eq!(f.status().1["queue"]["completed"], 0);
+    // `ward retry` owes it again: published once more.
+    let retried = f.run(&["retry", want.to_str().unwrap()]);
+    assert!(retried.status.success(), "{retried:?}");
+    wait_for("the retried publish", Duration::from_secs(30), || {
+        f.status().1["queue"]["completed"] == 1
+    });
+    assert_eq!(f.status().1["manifest"]["gave_up"], 0);
     f.stop();
     let log = work.log();
     assert!(work.stop().success(), "{log}");

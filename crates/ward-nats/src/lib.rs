@@ -86,6 +86,8 @@ pub struct StreamSpec {
     pub duplicate_window: Duration,
     /// Work queue (a message is deleted once acknowledged), or limits (kept until the limits).
     pub work_queue: bool,
+    /// How long a message is kept at most, acknowledged or not (zero: no limit).
+    pub max_age: Duration,
 }
 
 impl StreamSpec {
@@ -96,6 +98,7 @@ impl StreamSpec {
             subjects: vec![subject.into()],
             duplicate_window: Duration::from_secs(120),
             work_queue: true,
+            max_age: Duration::ZERO,
         }
     }
 
@@ -118,6 +121,7 @@ impl StreamSpec {
             },
             storage: stream::StorageType::File,
             duplicate_window: self.duplicate_window,
+            max_age: self.max_age,
             ..Default::default()
         }
     }

@@ -16,8 +16,8 @@ use crate::handover::{Handover, KeeperView};
 use crate::jobs::{Event, Events};
 use crate::keeper::{KEEPER_BIN, keeper_main};
 use crate::protocol::{
-    BatchStatus, ChangeLine, ChangesPage, ManifestStatus, QueueStatus, Request, ServerStatus,
-    ServiceStatus, WatchStatus,
+    BatchStatus, ChangeLine, ChangesPage, ManifestStatus, QueueStatus, RemoteStatus, Request,
+    ServerStatus, ServiceStatus, WatchStatus,
 };
 use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Error, Launch, Outcome, control};
@@ -329,6 +329,7 @@ struct ServerPart {
     workers_idle: usize,
     batches: Vec<BatchStatus>,
     services: Vec<ServiceStatus>,
+    remote: Vec<RemoteStatus>,
 }
 
 fn status_report(launch: &Launch) -> Result<StatusReport, Error> {
@@ -410,6 +411,7 @@ fn add_server_status(report: &mut StatusReport, reply: Result<ServerStatus, Erro
                 workers_idle: server.workers_idle,
                 batches: server.batches,
                 services: server.services,
+                remote: server.remote,
             });
         }
         Err(Error::Refused(reason)) => report.server_error = Some(reason),
@@ -482,6 +484,16 @@ fn print_status(report: &StatusReport) {
                 s.name,
                 s.state.as_str(),
                 s.restarts
+            );
+        }
+        for r in &server.remote {
+            let last = r
+                .last_error
+                .as_ref()
+                .map_or_else(String::new, |e| format!(", last error {e}"));
+            println!(
+                "  remote     {}: {} succeeded, {} retried, {} gave up{last}",
+                r.trigger, r.succeeded, r.retried, r.gave_up
             );
         }
         let m = &server.manifest;

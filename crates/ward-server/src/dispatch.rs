@@ -230,6 +230,8 @@ impl Dispatcher {
         let idle = Mutex::new((0..triggers.len()).map(|_| Vec::new()).collect());
         let spawner = Spawner::start()
             .map_err(|e| crate::Error::io("starting the worker spawner thread", e))?;
+        #[cfg(feature = "nats")]
+        let publishers = crate::publish::Publishers::new(state.path());
         Ok(Dispatcher {
             triggers,
             config,
@@ -239,7 +241,7 @@ impl Dispatcher {
             stop_at: Mutex::new(None),
             env: Environment::current(),
             #[cfg(feature = "nats")]
-            publishers: crate::publish::Publishers::new(),
+            publishers,
             spawner,
         })
     }

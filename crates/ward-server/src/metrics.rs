@@ -105,6 +105,7 @@ fn job_buckets() -> Histogram {
 pub(crate) struct Metrics {
     registry: Registry,
     jobs: Family<JobLabels, Counter>,
+    remote_jobs: Family<JobLabels, Counter>,
     job_seconds: Family<TriggerLabel, Histogram, fn() -> Histogram>,
     deaths: Family<DeathLabels, Counter>,
     restarts: Family<RestartLabels, Counter>,
@@ -128,6 +129,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("ward");
         let m = Metrics {
             jobs: Family::default(),
+            remote_jobs: Family::default(),
             job_seconds: Family::new_with_constructor(job_buckets),
             deaths: Family::default(),
             restarts: Family::default(),
@@ -149,6 +151,11 @@ impl Metrics {
             "jobs",
             "Jobs ended, by trigger and outcome (retried counts each failed attempt that is tried again)",
             m.jobs.clone(),
+        );
+        registry.register(
+            "remote_jobs",
+            "Deliveries of published jobs that remote workers (ward work) reported, by trigger and outcome",
+            m.remote_jobs.clone(),
         );
         registry.register(
             "job_duration_seconds",
@@ -226,6 +233,17 @@ impl Metrics {
             .get_or_create(&JobLabels {
                 trigger: trigger.to_owned(),
                 outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// A remote worker reported a delivery of a job `trigger` published as `outcome`
+    /// (`succeeded`, `retried` or `gave_up`).
+    pub(crate) fn remote_job(&self, trigger: &str, outcome: &'static str) {
+        self.remote_jobs
+            .get_or_create(&JobLabels {
+                trigger: trigger.to_owned(),
+                outcome,
             })
             .inc();
     }

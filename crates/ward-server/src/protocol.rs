@@ -416,6 +416,26 @@ pub struct ServerStatus {
     /// Each service (`[[service]]`), in the order declared.
     #[serde(default)]
     pub services: Vec<ServiceStatus>,
+    /// What remote workers reported of each publish trigger's jobs since the server started.
+    #[serde(default)]
+    pub remote: Vec<RemoteStatus>,
+}
+
+/// What remote workers (`ward work`) did with one publish trigger's jobs, in
+/// [`ServerStatus::remote`]: counted from the results they send back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteStatus {
+    /// The trigger that published the jobs.
+    pub trigger: String,
+    /// Deliveries that succeeded.
+    pub succeeded: u64,
+    /// Deliveries that failed and were delivered again.
+    pub retried: u64,
+    /// Jobs that gave up (dead-lettered): `ward failures` lists them.
+    pub gave_up: u64,
+    /// The last failure's error, with the worker's host.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// A service, in [`ServerStatus::services`].

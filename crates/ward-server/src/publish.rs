@@ -13,20 +13,24 @@ use ward_nats::{Publisher, StreamSpec};
 use crate::config::Publish;
 use crate::dispatch::JobError;
 use crate::jobs::Job;
-use crate::remote::{JobMessage, hostname};
+use crate::remote::{JobMessage, hostname, origin_id};
 
 /// The connections of the publish triggers, one per server and stream, made at a trigger's first
 /// job: a server that is down fails that job (which ward retries), not ward's start.
 #[derive(Debug)]
 pub(crate) struct Publishers {
     host: String,
+    /// Where the workers send what became of the jobs: this ward's own results subject.
+    origin: String,
     open: Mutex<HashMap<(String, String), Arc<Publisher>>>,
 }
 
 impl Publishers {
-    pub(crate) fn new() -> Publishers {
+    pub(crate) fn new(state_dir: &std::path::Path) -> Publishers {
+        let host = hostname();
         Publishers {
-            host: hostname(),
+            origin: origin_id(&host, state_dir),
+            host,
             open: Mutex::new(HashMap::new()),
         }
     }
@@ -58,7 +62,7 @@ impl Publishers {
         job: &Job,
         roots: &[std::path::PathBuf],
     ) -> Result<(), JobError> {
-        let mut message = JobMessage::of(job, roots, &self.host);
+        let mut message = JobMessage::of(job, roots, &self.host, &self.origin);
         if target.content_max_bytes > 0
             && message
                 .size

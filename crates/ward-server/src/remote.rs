@@ -9,11 +9,24 @@ use serde::{Deserialize, Serialize};
 use crate::jobs::{Event, Job};
 use crate::manifest::FileMeta;
 
+/// Where workers report what became of the jobs: `ward.results.ORIGIN`, kept in
+/// [`RESULTS_STREAM`] until the origin's server takes them.
+pub const RESULTS_PREFIX: &str = "ward.results";
+/// The stream of the results: a work queue (a result is deleted once its origin has it), each
+/// origin's durable consumer filtered on its own subject.
+pub const RESULTS_STREAM: &str = "WARD_RESULTS";
+/// How long a result waits for an origin that does not come back.
+pub const RESULTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// One job on the wire: a change of a file under a watched root, as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobMessage {
     /// The host that saw the change.
     pub host: String,
+    /// The ward that published it ([`origin_id`]): where its result goes. Empty from a ward
+    /// that takes no results.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub origin: String,
     /// The watched root the path is under, as that host names it.
     pub root: PathBuf,
     /// The path, relative to `root`.
@@ -42,7 +55,7 @@ pub struct JobMessage {
 impl JobMessage {
     /// The message for `job` (whose path is under one of `roots`) seen on `host`. The file is
     /// stat-ed now: the version published is the one on disk, which is the latest.
-    pub fn of(job: &Job, roots: &[PathBuf], host: &str) -> JobMessage {
+    pub fn of(job: &Job, roots: &[PathBuf], host: &str, origin: &str) -> JobMessage {
         // The longest root the path is under: roots may nest.
         let root = roots
             .iter()
@@ -58,6 +71,7 @@ impl JobMessage {
         let meta = FileMeta::read(&job.path);
         JobMessage {
             host: host.to_owned(),
+            origin: origin.to_owned(),
             path: relative(&job.path),
             old_path: job.old_path.as_deref().map(relative),
             trigger: job.trigger.name().to_owned(),
@@ -102,6 +116,85 @@ pub struct DeadLetter {
     pub worker: String,
 }
 
+/// What became of a job on a worker, sent back to its origin on `ward.results.ORIGIN`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The job, as it was delivered (without its content).
+    pub job: JobMessage,
+    /// How its delivery ended.
+    pub outcome: RemoteOutcome,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Which delivery this was (1 the first time).
+    pub delivery: u64,
+    /// The host of the worker.
+    pub worker: String,
+}
+
+/// How one delivery of a job ended on a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteOutcome {
+    /// It ran and succeeded: acknowledged.
+    Succeeded,
+    /// It failed and is delivered again later.
+    Retried,
+    /// It failed its last delivery (or can never run there): dead-lettered.
+    GaveUp,
+}
+
+impl RemoteOutcome {
+    /// Its name, as in metrics' labels and the protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoteOutcome::Succeeded => "succeeded",
+            RemoteOutcome::Retried => "retried",
+            RemoteOutcome::GaveUp => "gave_up",
+        }
+    }
+}
+
+impl JobResult {
+    /// Its subject: the origin's own.
+    pub fn subject(&self) -> String {
+        results_subject(&self.job.origin)
+    }
+
+    /// Its `Nats-Msg-Id`: a worker that reports the same delivery twice is dropped.
+    pub fn message_id(&self) -> String {
+        format!(
+            "result:{}:{}:{}",
+            self.job.message_id(),
+            self.delivery,
+            self.outcome.as_str()
+        )
+    }
+}
+
+/// The subject the results of `origin`'s jobs go to.
+pub fn results_subject(origin: &str) -> String {
+    format!("{RESULTS_PREFIX}.{origin}")
+}
+
+/// The identity of a ward that publishes jobs: its host and its state directory (several wards
+/// may run on one host), made of what a subject token and a consumer name may hold.
+pub fn origin_id(host: &str, state_dir: &Path) -> String {
+    let mut hash = Fnv::default();
+    hash.write(state_dir.as_os_str().as_encoded_bytes());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{host}-{:08x}", hash.0 as u32)
+}
+
 /// FNV-1a, 64 bits: stable across builds and versions, unlike std's hasher, so that a restarted
 /// (or upgraded) ward computes the ids it computed before.
 struct Fnv(u64);
@@ -140,6 +233,7 @@ mod tests {
     fn message(size: Option<u64>) -> JobMessage {
         JobMessage {
             host: "h".into(),
+            origin: String::new(),
             root: "/src".into(),
             path: "a/b.rs".into(),
             trigger: "t".into(),
@@ -161,6 +255,15 @@ mod tests {
         let mut other = message(Some(1));
         other.path = "a/c.rs".into();
         assert_ne!(other.message_id(), message(Some(1)).message_id());
+    }
+
+    #[test]
+    fn an_origin_is_a_valid_subject_token_and_differs_per_state_directory() {
+        let a = origin_id("build.example.com", Path::new("/srv/a/.ward"));
+        assert!(a.starts_with("build_example_com-"), "{a}");
+        assert!(!a.contains(['.', '*', '>', ' ']), "{a}");
+        assert_ne!(a, origin_id("build.example.com", Path::new("/srv/b/.ward")));
+        assert_eq!(a, origin_id("build.example.com", Path::new("/srv/a/.ward")));
     }
 
     #[test]

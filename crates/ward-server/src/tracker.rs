@@ -363,6 +363,56 @@ impl Tracker {
         Ok(n)
     }
 
+    /// Records that the job of `path` gave up on a remote worker, on the version `version`
+    /// (size, mtime, inode; none for a removal). Recorded as a give-up only if that version is
+    /// the one recorded as processed here: a later version has a job (and a result) of its own.
+    pub(crate) fn gave_up_remotely(
+        &mut self,
+        path: &Path,
+        mut failure: Failure,
+        version: Option<(u64, i64, u64)>,
+    ) {
+        self.flush();
+        let error = failure.error.clone();
+        let processed = match self.manifest.lock().record(path) {
+            Ok(record) => record.and_then(|r| r.processed),
+            Err(e) => {
+                log::error!(
+                    "a remote give-up of {} is not recorded: {e}",
+                    path.display()
+                );
+                return;
+            }
+        };
+        let update = match (version, processed) {
+            (Some((size, mtime_ns, ino)), Some(done))
+                if (done.size, done.mtime_ns, done.ino) == (size, mtime_ns, ino) =>
+            {
+                failure.version = Some(done);
+                Update::GaveUpRemotely {
+                    path: path.to_path_buf(),
+                    failure: Box::new(failure),
+                }
+            }
+            (None, None) => Update::GaveUp {
+                path: path.to_path_buf(),
+                failure: Box::new(failure),
+            },
+            _ => {
+                log::info!(
+                    "{}: a remote worker gave up on a version since replaced; the new one has its own job",
+                    path.display()
+                );
+                return;
+            }
+        };
+        log::error!(
+            "{}: gave up {error}: `ward failures` lists it",
+            path.display()
+        );
+        self.writer.push(update);
+    }
+
     /// For `ward changes --since`.
     pub(crate) fn changes_since(
         &self,

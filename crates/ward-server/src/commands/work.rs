@@ -13,7 +13,10 @@ use ward_nats::{ConsumerSpec, Delivery, Publisher, Puller, StreamSpec};
 
 use crate::dispatch::{Dispatcher, JobError};
 use crate::jobs::Job;
-use crate::remote::{DeadLetter, JobMessage, hostname};
+use crate::remote::{
+    DeadLetter, JobMessage, JobResult, RESULTS_MAX_AGE, RESULTS_PREFIX, RESULTS_STREAM,
+    RemoteOutcome, hostname,
+};
 use crate::{Error, Launch, Outcome};
 
 /// The subjects `ward work` takes: those of every publish trigger's default subject.
@@ -73,10 +76,15 @@ fn run(launch: &Launch, options: &WorkOptions) -> Result<(), Error> {
     };
     let puller = Puller::connect(&options.url, &jobs, &consumer)?;
     // Dead letters are kept (not a work queue): they are read, by a person, not consumed.
-    let dead = Publisher::connect(
+    let reports = Publisher::connect(
         &options.url,
         &StreamSpec::kept(DEAD_STREAM, &format!("{DEAD_PREFIX}.>")),
     )?;
+    // Results wait for their origin, each origin's consumer on its own subject.
+    reports.ensure_stream(&StreamSpec {
+        max_age: RESULTS_MAX_AGE,
+        ..StreamSpec::work_queue(RESULTS_STREAM, &format!("{RESULTS_PREFIX}.>"))
+    })?;
     log::info!(
         "working: {} stream {} consumer {}, {workers} at once, {} deliveries each at most",
         options.url,
@@ -89,7 +97,7 @@ fn run(launch: &Launch, options: &WorkOptions) -> Result<(), Error> {
         options,
         host: hostname(),
         scratch: &scratch,
-        dead: &dead,
+        reports: &reports,
     };
     std::thread::scope(|scope| {
         let spawned = (0..workers).try_for_each(|n| {
@@ -139,7 +147,8 @@ struct Worker<'a> {
     options: &'a WorkOptions,
     host: String,
     scratch: &'a Path,
-    dead: &'a Publisher,
+    /// Dead letters and results.
+    reports: &'a Publisher,
 }
 
 /// Why a message was not run.
@@ -172,7 +181,10 @@ impl Worker<'_> {
             Err(Unrunnable::Never(why)) => Err(Failure::Final(why)),
         };
         match outcome {
-            Ok(()) => settle(delivery.ack(), "ack"),
+            Ok(()) => {
+                self.report(&message, RemoteOutcome::Succeeded, None, delivery);
+                settle(delivery.ack(), "ack");
+            }
             Err(Failure::Retry {
                 error,
                 backoff: first,
@@ -183,6 +195,7 @@ impl Worker<'_> {
                     message.path.display(),
                     delivery.delivered()
                 );
+                self.report(&message, RemoteOutcome::Retried, Some(error), delivery);
                 settle(delivery.nak(delay), "nak");
             }
             Err(Failure::Retry { error, .. } | Failure::Final(error)) => {
@@ -204,12 +217,18 @@ impl Worker<'_> {
         };
         let body = serde_json::to_vec(&letter).unwrap_or_default();
         let id = format!("dead:{}:{}", letter.job.message_id(), letter.deliveries);
-        match self.dead.publish(&subject, &id, body) {
+        match self.reports.publish(&subject, &id, body) {
             Ok(_) => {
                 log::error!(
                     "{path}: gave up after {} deliveries ({}): dead-lettered on {subject}",
                     letter.deliveries,
                     letter.error
+                );
+                self.report(
+                    &letter.job,
+                    RemoteOutcome::GaveUp,
+                    Some(letter.error.clone()),
+                    delivery,
                 );
                 settle(delivery.term(), "term");
             }
@@ -217,6 +236,49 @@ impl Worker<'_> {
                 log::error!("{path}: cannot dead-letter ({e}): delivered again later");
                 settle(delivery.nak(self.options.ack_wait), "nak");
             }
+        }
+    }
+
+    /// Tells the job's origin how this delivery ended, before the delivery is settled. A result
+    /// that cannot be sent is logged and the delivery settled all the same: what is lost is the
+    /// origin's view of it, not the job.
+    fn report(
+        &self,
+        job: &JobMessage,
+        outcome: RemoteOutcome,
+        error: Option<String>,
+        delivery: &Delivery,
+    ) {
+        if job.origin.is_empty() {
+            return;
+        }
+        let result = JobResult {
+            job: JobMessage {
+                content: None,
+                ..job.clone()
+            },
+            outcome,
+            error,
+            delivery: delivery.delivered(),
+            worker: self.host.clone(),
+        };
+        let body = match serde_json::to_vec(&result) {
+            Ok(body) => body,
+            Err(e) => {
+                log::error!("{}: cannot encode its result: {e}", job.path.display());
+                return;
+            }
+        };
+        if let Err(e) = self
+            .reports
+            .publish(&result.subject(), &result.message_id(), body)
+        {
+            log::warn!(
+                "{}: its result ({}) is not sent to its origin {}: {e}",
+                job.path.display(),
+                outcome.as_str(),
+                job.origin
+            );
         }
     }
 

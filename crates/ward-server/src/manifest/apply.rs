@@ -62,6 +62,12 @@ impl Manifest {
                         any_failures = true;
                         continue;
                     }
+                    Update::GaveUpRemotely { failure, .. } => {
+                        failures
+                            .insert(key, failure.encode().as_slice())
+                            .map_err(|e| store_error("writing", e))?;
+                        any_failures = true;
+                    }
                     Update::Retried { path } => {
                         forget_under(&mut failures, path).map_err(|e| store_error("writing", e))?;
                         continue;
@@ -285,6 +291,15 @@ impl Touched {
                     },
                 }
             }
+            // The failure went to `failures`; what was processed no longer is.
+            Update::GaveUpRemotely { .. } => match old {
+                Some(old) => Record {
+                    processed: None,
+                    last_ok: false,
+                    ..old
+                },
+                None => return Ok(()),
+            },
             // Not folded into the record: `Manifest::apply` writes them to `failures`.
             Update::GaveUp { .. } | Update::Retried { .. } => {
                 self.record = old;

@@ -305,4 +305,49 @@ mod tests {
         assert_eq!(m.gave_up().unwrap(), 1, "{:?}", m.failures(None, 10));
         assert_eq!(m.failure(&a).unwrap().map(|f| f.attempts), Some(2));
     }
+
+    /// A publish succeeded here and its job gave up on a remote worker: it is listed, not owed
+    /// again for the version it gave up on, and owed again when retried.
+    #[test]
+    fn a_job_that_gave_up_remotely_is_listed_and_owed_again_when_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        std::fs::create_dir_all(&root).unwrap();
+        let rules = IgnoreRules::new(vec![root.clone()], &[], None).unwrap();
+        let (mut m, _) = Manifest::open(&dir.path().join("m.redb")).unwrap();
+        let a = root.join("a");
+        std::fs::write(&a, "1").unwrap();
+        let version = FileMeta::read(&a);
+        m.apply(&[
+            queued(a.to_str().unwrap(), Event::Created),
+            Update::Finished {
+                path: a.clone(),
+                event: Event::Created,
+                ok: true,
+                processed: version,
+                old_path: None,
+            },
+        ])
+        .unwrap();
+        let owed = |m: &Manifest| m.reconcile(&rules, &root, |_| true).unwrap().len();
+        assert_eq!(owed(&m), 0);
+        m.apply(&[Update::GaveUpRemotely {
+            path: a.clone(),
+            failure: Box::new(Failure {
+                trigger: "t".into(),
+                event: Event::Created,
+                attempts: 3,
+                error: "on worker w: exit status 1".into(),
+                at: 1,
+                report: None,
+                version,
+            }),
+        }])
+        .unwrap();
+        assert_eq!(m.record(&a).unwrap().unwrap().processed, None);
+        assert_eq!(m.failure(&a).unwrap().map(|f| f.attempts), Some(3));
+        assert_eq!(owed(&m), 0, "a remote give-up was owed again unchanged");
+        m.apply(&[Update::Retried { path: a.clone() }]).unwrap();
+        assert_eq!(owed(&m), 1, "a retried remote give-up is not owed");
+    }
 }

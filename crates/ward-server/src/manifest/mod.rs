@@ -136,6 +136,15 @@ pub enum Update {
         /// of the largest, and give-ups are rare).
         failure: Box<Failure>,
     },
+    /// A job that succeeded here (a publish) gave up where it was handed on (its last delivery
+    /// to a remote worker failed): recorded in `failures` like a give-up, and the version it
+    /// gave up on is no longer processed, so that `ward retry` owes its job again.
+    GaveUpRemotely {
+        /// The path.
+        path: PathBuf,
+        /// What failed, on which version (the one recorded as processed), and how.
+        failure: Box<Failure>,
+    },
     /// `ward retry`: the give-ups of a path and every path below it are forgotten, so that the
     /// next comparison of that subtree owes their jobs again.
     Retried {
@@ -151,6 +160,7 @@ impl Update {
             Update::Queued { path, .. }
             | Update::Finished { path, .. }
             | Update::GaveUp { path, .. }
+            | Update::GaveUpRemotely { path, .. }
             | Update::Retried { path } => path,
         }
     }

@@ -161,6 +161,19 @@ impl Manifest {
         })
     }
 
+    /// The record of `path`, if the manifest has one.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn record(&self, path: &Path) -> Result<Option<Record>, Error> {
+        self.read(|txn| {
+            Ok(txn
+                .open_table(FILES)?
+                .get(path.as_os_str().as_bytes())?
+                .and_then(|value| decode_record(value.value())))
+        })
+    }
+
     /// Every record, collected (tests and diagnostics; reconciliation streams them instead).
     ///
     /// # Errors

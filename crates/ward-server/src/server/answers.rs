@@ -38,6 +38,8 @@ pub(super) struct Sources<'a> {
     pub services: &'a super::Services,
     /// The state directory, for the keeper's count of restarts.
     pub state: &'a StateDir,
+    /// What remote workers reported of the published jobs.
+    pub remote: Vec<crate::protocol::RemoteStatus>,
 }
 
 /// The loop's answer to `request`.
@@ -169,6 +171,7 @@ fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
         workers_idle: from.dispatcher.idle_workers(),
         batches,
         services: from.services.status(),
+        remote: from.remote.clone(),
     }
 }
 

@@ -13,6 +13,8 @@ mod job;
 mod keeper_gone;
 mod metrics_http;
 mod reload;
+#[cfg(feature = "nats")]
+mod remote_results;
 mod services;
 mod subscribe;
 
@@ -159,6 +161,14 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     };
     // Before the ready line: `ward start` returns with the services' first processes spawned.
     let mut services = Services::start(&config, &state, service_inbox).map_err(cannot_start)?;
+    // What remote workers did with the jobs published; a give-up comes to the loop to be
+    // recorded. (Without the `nats` feature no trigger publishes.)
+    #[cfg(feature = "nats")]
+    let (remote_tx, remote_rx) = crossbeam_channel::bounded(16);
+    #[cfg(feature = "nats")]
+    let mut remote = remote_results::RemoteResults::start(&config, &state, remote_tx);
+    #[cfg(not(feature = "nats"))]
+    let remote_rx = crossbeam_channel::never::<std::convert::Infallible>();
     announce_ready();
     log::info!(
         "server ready: {} watch root(s), {} trigger(s), {} service(s), {} worker thread(s)",
@@ -265,6 +275,8 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                         let _ = asked.reply.try_send(Ok(Reply::Reloaded(reload.outcome.clone())));
                         config = reload.finish();
                         services.apply(&config);
+                        #[cfg(feature = "nats")]
+                        remote.apply(&config);
                         set_hooks(&hooks, &config);
                         backlog.batches.retire_gone(dispatcher.read().triggers());
                         renew_pressure(&mut pressure, &config, &mut holds, &pool, &feed);
@@ -278,7 +290,11 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                             holds.release(name, &pool, &feed).map(|holds| Reply::Holding(Holding { holds }))
                         } else {
                             let dispatcher = dispatcher.read();
-                            let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started, held: holds.why(), services: &services, state: &state };
+                            #[cfg(feature = "nats")]
+                            let remote = remote.status();
+                            #[cfg(not(feature = "nats"))]
+                            let remote = Vec::new();
+                            let sources = answers::Sources { pool: &pool, watcher: &watcher, backlog: &backlog, dispatcher: &dispatcher, started, held: holds.why(), services: &services, state: &state, remote };
                             answers::answer(&asked.request, &mut tracker, &sources)
                         };
                         // The asker may have given up waiting; nothing to do then.
@@ -293,6 +309,12 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                 record_outcomes(&done, &mut tracker);
                 for job in jobs_of_batch(batch, &mut tracker, &mut backlog) {
                     backlog.push(job);
+                }
+            }
+            recv(remote_rx) -> gave_up => {
+                if let Ok(gave_up) = gave_up {
+                    record_outcomes(&done, &mut tracker);
+                    record_remote_give_up(&mut tracker, gave_up);
                 }
             }
             recv(done.bell()) -> _ => {
@@ -314,6 +336,8 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                 Ok(SIGHUP) => {
                     config = reload::reload("received SIGHUP", &mut handover, &state, config, &dispatcher, &mut tracker, backstop).finish();
                     services.apply(&config);
+                    #[cfg(feature = "nats")]
+                    remote.apply(&config);
                     set_hooks(&hooks, &config);
                     backlog.batches.retire_gone(dispatcher.read().triggers());
                     renew_pressure(&mut pressure, &config, &mut holds, &pool, &feed);
@@ -332,6 +356,10 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         }
     };
 
+    // Give-ups still on their way are delivered again to the next server; the threads end.
+    drop(remote_rx);
+    #[cfg(feature = "nats")]
+    drop(remote);
     // Nobody is left to restart the server: the services go first, then no drain.
     let drain_timeout = if keeper_died {
         services.stop();
@@ -397,6 +425,19 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     }
     log::info!("server loop ended after {:?}", started.elapsed());
     result
+}
+
+/// Records a job that gave up on a remote worker, and tells its result's thread, which then
+/// acknowledges the result.
+#[cfg(feature = "nats")]
+fn record_remote_give_up(tracker: &mut Tracker, gave_up: remote_results::GaveUpRemotely) {
+    tracker.gave_up_remotely(&gave_up.path, gave_up.failure, gave_up.version);
+    let _ = gave_up.recorded.send(());
+}
+
+#[cfg(not(feature = "nats"))]
+fn record_remote_give_up(_: &mut Tracker, gave_up: std::convert::Infallible) {
+    match gave_up {}
 }
 
 /// How often crash reports that could not be written are retried, while any wait.
