@@ -496,6 +496,8 @@ fn a_job_whose_worker_is_killed_mid_job_is_delivered_to_the_other_worker() {
 
 #[test]
 fn nats_server_killed_mid_burst_and_restarted_on_its_storage_loses_nothing() {
+    /// Files written while nats-server is away.
+    const AWAY: usize = 10_000;
     if !have_tool("nats-server", "nats-server") {
         return;
     }
@@ -549,6 +551,13 @@ fn nats_server_killed_mid_burst_and_restarted_on_its_storage_loses_nothing() {
         Duration::from_secs(60),
         || f.status().1["queue"]["failed"].as_u64() > Some(0),
     );
+    // What comes meanwhile waits in the manifest, not in the server's memory.
+    for i in files..files + AWAY {
+        let path = f.tree.join(format!("f{i}.txt"));
+        std::fs::write(&path, i.to_string()).unwrap();
+        want.insert(path.as_os_str().as_bytes().to_vec());
+    }
+    let server = f.status().1["server_pid"].as_u64().unwrap();
     let _restarted = NatsServer::start_on(f.dir.path(), port);
     wait_for(
         "every file to be processed after the restart",
@@ -560,12 +569,114 @@ fn nats_server_killed_mid_burst_and_restarted_on_its_storage_loses_nothing() {
     );
     eprintln!("{during} of {files} processed when nats-server was killed");
     f.wait_idle();
+    // The server's peak, its absence and the catching up included.
+    assert_eq!(f.status().1["server_pid"].as_u64(), Some(server));
+    let peak_kib = std::fs::read_to_string(format!("/proc/{server}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap();
+    eprintln!(
+        "server peak RSS {} MiB, {AWAY} files written while nats-server was away",
+        peak_kib / 1024
+    );
+    assert!(
+        peak_kib <= 64 * 1024,
+        "the server's peak RSS reached {peak_kib} KiB"
+    );
     assert_eq!(
         f.status().1["manifest"]["gave_up"].as_u64(),
         Some(0),
         "{}",
         f.log()
     );
+    f.stop();
+    for w in workers {
+        let log = w.log();
+        assert!(w.stop().success(), "{log}");
+    }
+}
+
+/// The origin's server SIGKILLed mid-burst: jobs published but not yet recorded as such are
+/// published again by the restarted server (the keeper restarts it), and the stream drops those
+/// republishes by their message ids, so that every file is processed exactly once.
+#[test]
+fn the_origin_killed_between_publish_and_record_publishes_again_and_the_stream_keeps_one() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let nats = NatsServer::start(f.dir.path());
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 8\n");
+    append_trigger(&f, &publish_trigger("index", &nats));
+    let record = "[\"{job}\", \"record\", \"{ledger}\"]";
+    let workers = [
+        Work::start(&f, &nats, 1, "index", record, &[]),
+        Work::start(&f, &nats, 2, "index", record, &[]),
+    ];
+    for w in &workers {
+        w.wait_ready();
+    }
+    // Written before the start, which publishes them: each has one version (written while
+    // watched, a file could be published empty and then again with its content).
+    let files = 2_000;
+    let mut want = HashSet::new();
+    for i in 0..files {
+        let path = f.tree.join(format!("f{i}.txt"));
+        std::fs::write(&path, i.to_string()).unwrap();
+        want.insert(path.as_os_str().as_bytes().to_vec());
+    }
+    f.start();
+    let first_server = f.status().1["server_pid"].as_u64().unwrap();
+    let runs = || {
+        let mut all = Vec::new();
+        for w in &workers {
+            all.extend(w.paths());
+        }
+        all
+    };
+    // Killed while it publishes: some acknowledged publishes are not recorded yet.
+    wait_for(
+        "the first jobs to be processed",
+        Duration::from_secs(60),
+        || runs().len() >= 100,
+    );
+    // SAFETY: kill with the pid the status gave, the fixture's own server.
+    unsafe { libc::kill(first_server as libc::pid_t, libc::SIGKILL) };
+    wait_for(
+        "the keeper to restart the server",
+        Duration::from_secs(60),
+        || {
+            let (_, status) = f.status();
+            status["server_pid"]
+                .as_u64()
+                .is_some_and(|p| p != first_server)
+        },
+    );
+    wait_for(
+        "every file to be processed after the restart",
+        Duration::from_secs(120),
+        || {
+            let seen: HashSet<Vec<u8>> = runs().into_iter().collect();
+            want.iter().all(|p| seen.contains(p))
+        },
+    );
+    f.wait_idle();
+    let all = runs();
+    let mut once = HashSet::new();
+    let twice: Vec<String> = all
+        .iter()
+        .filter(|p| !once.insert(p.as_slice()))
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let republished = f
+        .log()
+        .matches("dropped by the stream as a duplicate")
+        .count();
+    eprintln!("{republished} publish(es) dropped as duplicates after the restart");
+    assert!(twice.is_empty(), "processed twice: {twice:?}");
+    assert_eq!(all.len(), files);
     f.stop();
     for w in workers {
         let log = w.log();

@@ -77,17 +77,22 @@ impl Publishers {
         let ack = publisher
             .publish(&target.subject, &message.message_id(), body)
             .map_err(|e| JobError::Failed(e.to_string()))?;
-        log::debug!(
-            "published {} as {} #{}{}",
-            job.path.display(),
-            target.stream,
-            ack.sequence,
-            if ack.duplicate {
-                " (a duplicate: dropped)"
-            } else {
-                ""
-            }
-        );
+        if ack.duplicate {
+            // A republish of a job whose record was lost (a crash), or a version published again
+            // within the duplicate window: said, as it is rare and explains a job not delivered.
+            log::info!(
+                "{} published again: dropped by the stream as a duplicate of #{}",
+                job.path.display(),
+                ack.sequence
+            );
+        } else {
+            log::debug!(
+                "published {} as {} #{}",
+                job.path.display(),
+                target.stream,
+                ack.sequence
+            );
+        }
         Ok(())
     }
 }
