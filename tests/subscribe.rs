@@ -25,16 +25,19 @@ fn recording() -> Fixture {
 struct Follower {
     child: Child,
     lines: mpsc::Receiver<serde_json::Value>,
+    /// What it said on stderr, for a failure's message.
+    stderr: tempfile::NamedTempFile,
 }
 
 impl Follower {
     fn start(f: &Fixture, args: &[&str]) -> Follower {
         let mut all = vec!["changes", "--follow"];
         all.extend_from_slice(args);
+        let stderr = tempfile::NamedTempFile::new().unwrap();
         let mut child = f
             .ward(&all)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr.reopen().unwrap())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -48,18 +51,27 @@ impl Follower {
                 }
             }
         });
-        Follower { child, lines }
+        Follower {
+            child,
+            lines,
+            stderr,
+        }
     }
 
     /// Lines until `done` says enough, each within `LONG`.
     fn until(&self, mut done: impl FnMut(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
         let mut seen = Vec::new();
         while !done(&seen) {
-            seen.push(
-                self.lines
-                    .recv_timeout(LONG)
-                    .unwrap_or_else(|_| panic!("no line within {LONG:?}; so far {seen:?}")),
-            );
+            match self.lines.recv_timeout(LONG) {
+                Ok(line) => seen.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no line within {LONG:?}; so far {seen:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+                    "the follower's output ended; so far {seen:?}; its stderr: {}",
+                    std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+                ),
+            }
         }
         seen
     }

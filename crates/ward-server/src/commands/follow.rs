@@ -49,7 +49,20 @@ fn follow_changes(launch: &Launch, mut since: u64, globs: &[String]) -> Result<(
             since: Some(since),
             globs: globs.to_vec(),
         };
-        let mut reader = match control::open_stream(&socket, &request) {
+        // Refused, reset or closed before it began: the server is going (or not yet serving
+        // after a restart); tried again for a while.
+        let began = control::open_stream(&socket, &request).and_then(|mut reader| {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => Err(Error::io(
+                    "reading the subscription",
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                )),
+                Ok(_) => Ok(reader),
+                Err(e) => Err(Error::io("reading the subscription", e)),
+            }
+        });
+        let mut reader = match began {
             Ok(reader) => reader,
             Err(e) => {
                 let lost = *lost_at.get_or_insert_with(Instant::now);
@@ -60,16 +73,6 @@ fn follow_changes(launch: &Launch, mut since: u64, globs: &[String]) -> Result<(
                 continue;
             }
         };
-        line.clear();
-        if reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Error::io("reading the subscription", e))?
-            == 0
-        {
-            // Closed before it began: the server is going; try again.
-            std::thread::sleep(RECONNECT_EVERY);
-            continue;
-        }
         protocol::read_reply::<Subscribed>(&line).map_err(|e| match e {
             protocol::ReplyError::Refused(reason) => Error::Refused(reason),
             malformed => Error::Control {
