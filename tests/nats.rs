@@ -114,6 +114,11 @@ impl Work {
 
     /// The paths its jobs recorded.
     fn paths(&self) -> Vec<Vec<u8>> {
+        self.entries().into_iter().map(|(_, path)| path).collect()
+    }
+
+    /// What its jobs recorded: (event, path).
+    fn entries(&self) -> Vec<(String, Vec<u8>)> {
         let Ok(bytes) = std::fs::read(&self.ledger) else {
             return Vec::new();
         };
@@ -121,9 +126,11 @@ impl Work {
             .split(|&b| b == 0)
             .filter(|e| !e.is_empty())
             .filter_map(|e| {
-                e.iter()
-                    .position(|&b| b == b'\t')
-                    .map(|tab| e[tab + 1..].to_vec())
+                let tab = e.iter().position(|&b| b == b'\t')?;
+                Some((
+                    String::from_utf8_lossy(&e[..tab]).into_owned(),
+                    e[tab + 1..].to_vec(),
+                ))
             })
             .collect()
     }
@@ -682,4 +689,41 @@ fn the_origin_killed_between_publish_and_record_publishes_again_and_the_stream_k
         let log = w.log();
         assert!(w.stop().success(), "{log}");
     }
+}
+
+/// A path removed, made again and removed again within the stream's duplicate window: both
+/// removals reach the worker (a removal has no version; its id must still differ).
+#[test]
+fn a_path_removed_twice_within_the_duplicate_window_is_delivered_twice() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let nats = NatsServer::start(f.dir.path());
+    append_trigger(&f, &publish_trigger("index", &nats));
+    let record = "[\"{job}\", \"record\", \"{ledger}\"]";
+    let work = Work::start(&f, &nats, 1, "index", record, &[]);
+    work.wait_ready();
+    f.start();
+    let path = f.tree.join("a.txt");
+    let events = || -> Vec<String> {
+        work.entries()
+            .into_iter()
+            .filter(|(_, p)| p.as_slice() == path.as_os_str().as_bytes())
+            .map(|(event, _)| event)
+            .collect()
+    };
+    for (round, content) in ["one", "two"].into_iter().enumerate() {
+        std::fs::write(&path, content).unwrap();
+        wait_for("the file's job", Duration::from_secs(30), || {
+            events().iter().filter(|e| *e != "removed").count() > round
+        });
+        std::fs::remove_file(&path).unwrap();
+        wait_for("its removal's job", Duration::from_secs(30), || {
+            events().iter().filter(|e| *e == "removed").count() == round + 1
+        });
+    }
+    f.stop();
+    let log = work.log();
+    assert!(work.stop().success(), "{log}");
 }

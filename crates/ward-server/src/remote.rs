@@ -50,6 +50,10 @@ pub struct JobMessage {
     /// Its content, base64, when the trigger carries content and the file fits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// When a job without a version (the file is gone) was published, ns since the epoch: what
+    /// tells two removals of one path apart in their message ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone_at_ns: Option<u64>,
 }
 
 impl JobMessage {
@@ -80,16 +84,23 @@ impl JobMessage {
             mtime_ns: meta.map(|m| m.mtime_ns),
             ino: meta.map(|m| m.ino),
             content: None,
+            gone_at_ns: meta.is_none().then(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            }),
             root,
         }
     }
 
     /// Its `Nats-Msg-Id`: host, root and path (hashed, so that any path makes a valid header),
-    /// and the version (size, mtime, inode) or the event when there is none. A republish of the
-    /// same version carries the same id, and the stream drops it within its duplicate window.
+    /// and the version (size, mtime, inode). A republish of the same version carries the same
+    /// id, and the stream drops it within its duplicate window.
     ///
-    /// A removed file has no version: its id ends with the event's name, so a second removal of
-    /// the same path within the window is dropped too (known problem).
+    /// A file that is gone has no version: its id has the event and the time it was published
+    /// instead, so that a second removal of the path (after it came back) is never dropped as a
+    /// duplicate of the first. The price: a removal published again after a crash is delivered
+    /// twice (at least once, as every job).
     pub fn message_id(&self) -> String {
         let mut hash = Fnv::default();
         hash.write(self.root.as_os_str().as_encoded_bytes());
@@ -97,7 +108,11 @@ impl JobMessage {
         hash.write(self.path.as_os_str().as_encoded_bytes());
         let version = match (self.size, self.mtime_ns, self.ino) {
             (Some(size), Some(mtime), Some(ino)) => format!("{size}.{mtime}.{ino}"),
-            _ => self.event.as_str().to_owned(),
+            _ => format!(
+                "{}@{}",
+                self.event.as_str(),
+                self.gone_at_ns.unwrap_or_default()
+            ),
         };
         format!("{}:{:016x}:{version}", self.host, hash.0)
     }
@@ -243,6 +258,7 @@ mod tests {
             mtime_ns: size.map(|_| 5),
             ino: size.map(|_| 7),
             content: None,
+            gone_at_ns: None,
         }
     }
 
@@ -251,7 +267,12 @@ mod tests {
         assert_eq!(message(Some(1)).message_id(), message(Some(1)).message_id());
         assert_ne!(message(Some(1)).message_id(), message(Some(2)).message_id());
         assert!(message(Some(1)).message_id().ends_with(":1.5.7"));
-        assert!(message(None).message_id().ends_with(":modified"));
+        assert!(message(None).message_id().ends_with(":modified@0"));
+        // Two removals of one path, published at different times, are two messages.
+        let (mut first, mut second) = (message(None), message(None));
+        first.gone_at_ns = Some(1);
+        second.gone_at_ns = Some(2);
+        assert_ne!(first.message_id(), second.message_id());
         let mut other = message(Some(1));
         other.path = "a/c.rs".into();
         assert_ne!(other.message_id(), message(Some(1)).message_id());

@@ -366,6 +366,7 @@ impl Tracker {
     /// Records that the job of `path` gave up on a remote worker, on the version `version`
     /// (size, mtime, inode; none for a removal). Recorded as a give-up only if that version is
     /// the one recorded as processed here: a later version has a job (and a result) of its own.
+    #[cfg(feature = "nats")]
     pub(crate) fn gave_up_remotely(
         &mut self,
         path: &Path,
