@@ -3,9 +3,10 @@
 //! Two kinds of parts. Each crate's own benchmark example (`watch`, `queue`, `supervisor`,
 //! `crashdiag`, `server`) runs in release and prints its own tables; the figures of `queue`,
 //! `supervisor` and `server` are also collected into the summary. The cross-tool comparisons
-//! (`latency`, `burst`, `batch`, `dispatch`, `startup`, `services`, `subscribe`, `idle`, in
-//! `compare`) drive the real `ward` daemon and its alternatives: watchexec, notify-debouncer-full,
-//! plain spawns and pipes, or a baseline of ward's own from the same run. At the end one
+//! (`latency`, `burst`, `batch`, `dispatch`, `startup`, `services`, `subscribe`, `nats`, `idle`,
+//! in `compare`) drive the real `ward` daemon and its alternatives: watchexec,
+//! notify-debouncer-full, plain spawns and pipes, raw async-nats against a real nats-server, or a
+//! baseline of ward's own from the same run. At the end one
 //! table shows every figure beside its anchor from the same run; `--json FILE` writes it as JSON.
 
 mod compare;
@@ -34,7 +35,7 @@ const CRATE_BENCHES: [(&str, &str); 5] = [
 ];
 
 /// The comparisons that drive the `ward` binary.
-const COMPARISONS: [&str; 8] = [
+const COMPARISONS: [&str; 9] = [
     "latency",
     "burst",
     "batch",
@@ -42,11 +43,12 @@ const COMPARISONS: [&str; 8] = [
     "startup",
     "services",
     "subscribe",
+    "nats",
     "idle",
 ];
 
 /// The order of a full run: comparisons and the crate benches they lean on, then the rest.
-const ORDER: [&str; 13] = [
+const ORDER: [&str; 14] = [
     "latency",
     "burst",
     "batch",
@@ -56,6 +58,7 @@ const ORDER: [&str; 13] = [
     "startup",
     "services",
     "subscribe",
+    "nats",
     "idle",
     "watch",
     "crashdiag",
@@ -63,7 +66,7 @@ const ORDER: [&str; 13] = [
 ];
 
 const USAGE: &str = "usage: cargo xtask bench [--only NAME] [--json FILE] [--quick] [--idle-secs N] [--no-install] [--keep-scratch]\n\
-parts: latency, burst, batch, queue, dispatch, supervisor, startup, services, subscribe, idle, watch, crashdiag, server";
+parts: latency, burst, batch, queue, dispatch, supervisor, startup, services, subscribe, nats, idle, watch, crashdiag, server";
 
 #[derive(Debug)]
 struct Options {
@@ -169,6 +172,7 @@ pub(crate) fn run(args: &[String]) -> ExitCode {
                     .and_then(|()| compare::startup::server_restart(t, &mut rows)),
                 ("services", Some(t)) => compare::services::run(t, &mut rows),
                 ("subscribe", Some(t)) => compare::subscribe::run(t, &mut rows),
+                ("nats", Some(t)) => compare::nats::run(t, &mut rows),
                 ("idle", Some(t)) => compare::idle::run(t, &mut rows),
                 (name, _) => crate_bench(name, &mut rows),
             }))

@@ -14,6 +14,7 @@ pub(crate) mod burst;
 pub(crate) mod dispatch;
 pub(crate) mod idle;
 pub(crate) mod latency;
+pub(crate) mod nats;
 mod scrape;
 pub(crate) mod services;
 pub(crate) mod startup;
