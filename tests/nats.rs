@@ -727,3 +727,108 @@ fn a_path_removed_twice_within_the_duplicate_window_is_delivered_twice() {
     let log = work.log();
     assert!(work.stop().success(), "{log}");
 }
+
+/// `ward work --detach` is a daemon like `ward start`'s: `ward status` shows what it pulls and
+/// did, a SIGKILLed worker process is restarted by its keeper (and its death reported), and
+/// `ward stop` stops it with nothing left behind.
+#[test]
+fn ward_work_detached_is_kept_shown_by_status_and_stopped_by_stop() {
+    if !have_tool("nats-server", "nats-server") {
+        return;
+    }
+    let f = Fixture::new(JOB, "");
+    let nats = NatsServer::start(f.dir.path());
+    append_trigger(&f, &publish_trigger("index", &nats));
+    let dir = f.dir.path().join("worker");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ledger = dir.join("ledger");
+    let config = dir.join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[trigger]]\nname = \"index\"\nexec = [\"{JOB}\", \"record\", \"{}\"]\n",
+            ledger.display()
+        ),
+    )
+    .unwrap();
+    let state = dir.join("state");
+    let worker = |args: &[&str]| {
+        ward_e2e::ward()
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let status = || -> serde_json::Value {
+        serde_json::from_slice(&worker(&["status", "--json"]).stdout).unwrap_or_default()
+    };
+    let root = f.tree.to_str().unwrap();
+    let started = worker(&[
+        "work",
+        "--nats",
+        &nats.url,
+        "--consumer",
+        "workers",
+        "--root",
+        root,
+        "--detach",
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    assert!(
+        String::from_utf8_lossy(&started.stdout).starts_with("ward work started: keeper pid"),
+        "{started:?}"
+    );
+    let shown = status();
+    assert_eq!(shown["state"], "running", "{shown}");
+    assert_eq!(shown["work"]["consumer"], "workers", "{shown}");
+    assert_eq!(shown["work"]["pulling"], true, "{shown}");
+    f.start();
+    let done = |name: &str| {
+        let want = f.tree.join(name);
+        std::fs::read(&ledger).is_ok_and(|bytes| {
+            bytes
+                .split(|&b| b == 0)
+                .any(|e| e.ends_with(want.as_os_str().as_bytes()))
+        })
+    };
+    std::fs::write(f.tree.join("one.txt"), "1").unwrap();
+    wait_for("the first job", Duration::from_secs(30), || done("one.txt"));
+    wait_for("status to count it", Duration::from_secs(10), || {
+        status()["work"]["succeeded"] == 1
+    });
+
+    // Its process killed, the keeper starts another, which goes on pulling.
+    let first = status()["server_pid"].as_u64().unwrap();
+    // SAFETY: kill with the pid its status gave, a process of this test's worker.
+    unsafe { libc::kill(first as libc::pid_t, libc::SIGKILL) };
+    wait_for("a new worker process", Duration::from_secs(60), || {
+        let s = status();
+        s["server_pid"].as_u64().is_some_and(|p| p != first) && s["work"]["pulling"] == true
+    });
+    let shown = status();
+    assert_eq!(shown["restarts"], 1, "{shown}");
+    assert!(
+        shown["last_cause"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SIGKILL"),
+        "{shown}"
+    );
+    std::fs::write(f.tree.join("two.txt"), "2").unwrap();
+    wait_for("the second job", Duration::from_secs(30), || {
+        done("two.txt")
+    });
+
+    let stopped = worker(&["stop"]);
+    assert!(stopped.status.success(), "{stopped:?}");
+    assert_eq!(status()["state"], "not-running");
+    assert!(
+        ward_e2e::processes_mentioning(&state).is_empty(),
+        "{:?}",
+        ward_e2e::processes_mentioning(&state)
+    );
+    f.stop();
+}

@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 #[cfg(feature = "nats")]
-pub use work::{WorkOptions, work};
+pub(crate) use work::serve as serve_work;
+#[cfg(feature = "nats")]
+pub use work::{start_work, work};
 
 use crate::handover::{Handover, KeeperView};
 use crate::jobs::{Event, Events};
 use crate::keeper::{KEEPER_BIN, keeper_main};
 use crate::protocol::{
     BatchStatus, ChangeLine, ChangesPage, ManifestStatus, QueueStatus, RemoteStatus, Request,
-    ServerStatus, ServiceStatus, WatchStatus,
+    ServerStatus, ServiceStatus, WatchStatus, WorkStatus,
 };
 use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Error, Launch, Outcome, control};
@@ -49,7 +51,7 @@ pub(crate) const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn run_foreground(launch: &Launch) -> Outcome {
     let result = launch.config().and_then(|config| {
         let state = launch.open_state_dir()?;
-        become_keeper(launch, &state, config, true)
+        become_keeper(launch, &state, config, true, None)
     });
     result.into()
 }
@@ -61,10 +63,12 @@ fn become_keeper(
     state: &StateDir,
     config: crate::Config,
     foreground: bool,
+    work: Option<crate::remote::WorkOptions>,
 ) -> Result<(), Error> {
     use std::os::unix::process::CommandExt;
 
-    let handover = Handover::new(launch, config, foreground)?;
+    let mut handover = Handover::new(launch, config, foreground)?;
+    handover.work = work;
     let lean = handover.server_exe.with_file_name(KEEPER_BIN);
     let offer = handover.offer(state)?;
     if lean.is_file() {
@@ -93,10 +97,13 @@ pub fn server_main(launch: &Launch) -> Outcome {
 
 /// `ward start`: daemonizes a keeper and returns once its server is ready.
 pub fn start(launch: &Launch) -> Outcome {
-    start_daemon(launch).into()
+    start_daemon(launch, None).into()
 }
 
-fn start_daemon(launch: &Launch) -> Result<(), Error> {
+/// Daemonizes a keeper whose server runs the watcher, or `work` (`ward work --detach`), and
+/// returns once it is ready.
+fn start_daemon(launch: &Launch, work: Option<crate::remote::WorkOptions>) -> Result<(), Error> {
+    let what = if work.is_some() { "ward work" } else { "ward" };
     let config = launch.config()?;
     let state = launch.open_state_dir()?;
     if let PidfileState::Running(pid) = Pidfile::inspect(&state)? {
@@ -126,14 +133,14 @@ fn start_daemon(launch: &Launch) -> Result<(), Error> {
         daemonize::Outcome::Parent(Ok(_)) => {
             let (keeper, server) = wait_ready(&state, requested)?;
             println!(
-                "ward started: keeper pid {keeper}, server pid {server}, state dir {}",
+                "{what} started: keeper pid {keeper}, server pid {server}, state dir {}",
                 state.path().display()
             );
             Ok(())
         }
         daemonize::Outcome::Parent(Err(e)) => Err(Error::from(e)),
         daemonize::Outcome::Child(Ok(_)) => {
-            let code = match become_keeper(launch, &state, config, false) {
+            let code = match become_keeper(launch, &state, config, false, work) {
                 Ok(()) => 0,
                 Err(e) => {
                     // stderr is the log file here: on a full disk this write fails, which
@@ -265,7 +272,7 @@ fn restart_daemon(launch: &Launch) -> Result<(), Error> {
     };
     launch.config()?;
     stop_daemon(&launch, Duration::from_secs(60))?;
-    start_daemon(&launch)
+    start_daemon(&launch, None)
 }
 
 /// `ward status`: exit 0 while running, 3 when not (saying why, if known).
@@ -330,6 +337,8 @@ struct ServerPart {
     batches: Vec<BatchStatus>,
     services: Vec<ServiceStatus>,
     remote: Vec<RemoteStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    work: Option<WorkStatus>,
 }
 
 fn status_report(launch: &Launch) -> Result<StatusReport, Error> {
@@ -412,6 +421,7 @@ fn add_server_status(report: &mut StatusReport, reply: Result<ServerStatus, Erro
                 batches: server.batches,
                 services: server.services,
                 remote: server.remote,
+                work: server.work,
             });
         }
         Err(Error::Refused(reason)) => report.server_error = Some(reason),
@@ -443,7 +453,26 @@ fn print_status(report: &StatusReport) {
     if let Some(cause) = &report.last_cause {
         println!("  last death {cause}");
     }
-    if let Some(server) = &report.server {
+    // A `ward work --detach`: what it pulls and did; it has no watcher, queue or manifest.
+    if let Some(w) = report.server.as_ref().and_then(|s| s.work.as_ref()) {
+        println!(
+            "  work       {} stream {} consumer {}: {}, {} at once",
+            w.url,
+            w.stream,
+            w.consumer,
+            if w.pulling {
+                "pulling"
+            } else {
+                "not pulling: the NATS server is away"
+            },
+            w.threads
+        );
+        println!(
+            "  jobs       {} succeeded, {} retried, {} dead-lettered",
+            w.succeeded, w.retried, w.dead_lettered
+        );
+    }
+    if let Some(server) = report.server.as_ref().filter(|s| s.work.is_none()) {
         let q = &server.queue;
         println!(
             "  jobs       {} queued, {} running, {} completed, {} attempt(s) failed, {} coalesced",

@@ -40,6 +40,9 @@ pub(crate) struct Handover {
     /// The umask `ward start` or `ward run` was given: the jobs' umask unless the configuration
     /// sets one (`[jobs] umask`).
     pub umask: u32,
+    /// Set by `ward work --detach`: the server process runs the work, not the watcher.
+    #[serde(default)]
+    pub work: Option<crate::remote::WorkOptions>,
 }
 
 impl Handover {
@@ -57,6 +60,7 @@ impl Handover {
             server_exe,
             foreground,
             umask: crate::umask::current(),
+            work: None,
         })
     }
 

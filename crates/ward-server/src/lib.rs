@@ -46,16 +46,17 @@ pub mod state;
 mod tracker;
 mod umask;
 
-#[cfg(feature = "nats")]
-pub use commands::{WorkOptions, work};
 pub use commands::{
     changes, check, diagnose, failures, follow, hold, logs, metrics, release, reload, restart,
     retry, run_foreground, server_main, service, start, status, stop,
 };
+#[cfg(feature = "nats")]
+pub use commands::{start_work, work};
 pub use config::{Config, ConfigError};
 pub use error::Error;
 pub use keeper::{KEEPER_BIN, keeper_process};
 pub use launch::Launch;
+pub use remote::WorkOptions;
 
 /// How a subcommand ended, for the CLI's exit code.
 #[derive(Debug)]

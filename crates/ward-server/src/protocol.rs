@@ -419,6 +419,30 @@ pub struct ServerStatus {
     /// What remote workers reported of each publish trigger's jobs since the server started.
     #[serde(default)]
     pub remote: Vec<RemoteStatus>,
+    /// Set when the daemon is a `ward work --detach`: where it pulls from and what it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<WorkStatus>,
+}
+
+/// A `ward work` daemon's side of [`ServerStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkStatus {
+    /// The NATS server.
+    pub url: String,
+    /// The stream it pulls from.
+    pub stream: String,
+    /// Its durable consumer.
+    pub consumer: String,
+    /// Jobs it runs at once at most.
+    pub threads: usize,
+    /// Whether its last pull succeeded (false while the NATS server is away).
+    pub pulling: bool,
+    /// Deliveries that succeeded (acked).
+    pub succeeded: u64,
+    /// Deliveries that failed and were given back to be delivered again (nak-ed).
+    pub retried: u64,
+    /// Jobs dead-lettered after their last delivery.
+    pub dead_lettered: u64,
 }
 
 /// What remote workers (`ward work`) did with one publish trigger's jobs, in
@@ -515,7 +539,7 @@ pub struct BatchStatus {
 }
 
 /// The job queue's counters, since the server started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueStatus {
     /// Jobs waiting for a worker.
     pub queued: usize,
@@ -543,7 +567,7 @@ pub struct QueueStatus {
 }
 
 /// The watcher's counters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchStatus {
     /// Events read from the kernel.
     pub events: u64,
@@ -564,7 +588,7 @@ pub struct WatchStatus {
 }
 
 /// The manifest's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestStatus {
     /// Paths recorded.
     pub paths: u64,

@@ -18,6 +18,27 @@ pub const RESULTS_STREAM: &str = "WARD_RESULTS";
 /// How long a result waits for an origin that does not come back.
 pub const RESULTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
+/// What `ward work` is told on its command line; kept in the handover when it runs as a daemon
+/// (`--detach`), so that the keeper's restarts run it the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkOptions {
+    /// The NATS server.
+    pub url: String,
+    /// The stream the jobs are in.
+    pub stream: String,
+    /// The durable consumer's name: workers with the same name share the jobs.
+    pub consumer: String,
+    /// Where the messages' relative paths are resolved (a shared or replicated tree); without
+    /// it only jobs that carry their content can run.
+    pub root: Option<PathBuf>,
+    /// Jobs run at once (default: the config's `workers`).
+    pub workers: Option<usize>,
+    /// Deliveries of a job before it is dead-lettered.
+    pub max_deliver: i64,
+    /// How long a job may go without an ack or a progress mark before it is redelivered.
+    pub ack_wait: std::time::Duration,
+}
+
 /// One job on the wire: a change of a file under a watched root, as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobMessage {

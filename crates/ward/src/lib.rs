@@ -170,7 +170,7 @@ enum Command {
         all: bool,
     },
     /// Run jobs published by other wards' publish triggers, from a NATS JetStream stream, in the
-    /// foreground until SIGTERM or Ctrl-C.
+    /// foreground until SIGTERM or Ctrl-C, or as a daemon (--detach).
     ///
     /// Each message runs with the trigger of this config named in it (or whose globs match its
     /// path): acked when it succeeds, delivered again with a backoff when it fails, and after
@@ -250,6 +250,10 @@ struct Work {
     /// progress every half of it).
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     ack_wait: f64,
+    /// Run as a daemon, as `ward start` does: a keeper restarts it if it dies and reports its
+    /// deaths; `ward status` and `ward stop` with the same state directory see and stop it.
+    #[arg(long)]
+    detach: bool,
 }
 
 /// Flags that describe a job without a config file.
@@ -356,7 +360,12 @@ pub fn run() -> ExitCode {
         #[cfg(feature = "nats")]
         Command::Work(w) => {
             let cwd = std::env::current_dir().unwrap_or_default();
-            ward_server::work(
+            let run = if w.detach {
+                ward_server::start_work
+            } else {
+                ward_server::work
+            };
+            run(
                 &launch(config, state_dir, Quick::default()),
                 &ward_server::WorkOptions {
                     url: w.nats,

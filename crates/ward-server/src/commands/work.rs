@@ -5,18 +5,24 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use ward_nats::{ConsumerSpec, Delivery, Publisher, Puller, StreamSpec};
 
+use crate::control::ControlSocket;
 use crate::dispatch::{Dispatcher, JobError};
 use crate::jobs::Job;
+use crate::protocol::{
+    Accepted, ManifestStatus, QueueStatus, Reply, Request, ServerStatus, WatchStatus, WorkStatus,
+};
+pub use crate::remote::WorkOptions;
 use crate::remote::{
     DeadLetter, JobMessage, JobResult, RESULTS_MAX_AGE, RESULTS_PREFIX, RESULTS_STREAM,
     RemoteOutcome, hostname,
 };
+use crate::state::{StateDir, names};
 use crate::{Error, Launch, Outcome};
 
 /// The subjects `ward work` takes: those of every publish trigger's default subject.
@@ -28,43 +34,109 @@ pub const DEAD_STREAM: &str = "WARD_DEAD";
 /// How long one pull waits for a message before it looks at the stop flag again.
 const PULL_WAIT: Duration = Duration::from_secs(1);
 
-/// What `ward work` is told on its command line.
-#[derive(Debug, Clone)]
-pub struct WorkOptions {
-    /// The NATS server.
-    pub url: String,
-    /// The stream the jobs are in.
-    pub stream: String,
-    /// The durable consumer's name: workers with the same name share the jobs.
-    pub consumer: String,
-    /// Where the messages' relative paths are resolved (a shared or replicated tree); without
-    /// it only jobs that carry their content can run.
-    pub root: Option<PathBuf>,
-    /// Jobs run at once (default: the config's `workers`).
-    pub workers: Option<usize>,
-    /// Deliveries of a job before it is dead-lettered.
-    pub max_deliver: i64,
-    /// How long a job may go without an ack or a progress mark before it is redelivered.
-    pub ack_wait: Duration,
-}
-
 /// Runs `ward work` in the foreground until SIGTERM or SIGINT; the job in hand is finished
 /// (and settled) first.
 pub fn work(launch: &Launch, options: &WorkOptions) -> Outcome {
-    run(launch, options).into()
+    let run = || {
+        crate::logging::init("work", crate::logging::Sink::Stderr);
+        let config = launch.config()?;
+        let state = launch.open_state_dir()?;
+        run(config, &state, options, false)
+    };
+    run().into()
 }
 
-fn run(launch: &Launch, options: &WorkOptions) -> Result<(), Error> {
-    crate::logging::init("work", crate::logging::Sink::Stderr);
-    let config = launch.config()?;
-    let state = launch.open_state_dir()?;
+/// `ward work --detach`: as `ward start`, a keeper in the background whose server process runs
+/// the work (restarted if it dies, its deaths reported); `ward status` and `ward stop` with the
+/// same state directory see and stop it.
+pub fn start_work(launch: &Launch, options: &WorkOptions) -> Outcome {
+    super::start_daemon(launch, Some(options.clone())).into()
+}
+
+/// The server process of a `ward work --detach`: the work, with a control socket that answers
+/// `status` and `stop`, ready once connected.
+pub(crate) fn serve(
+    config: crate::Config,
+    state: &StateDir,
+    options: &WorkOptions,
+) -> Result<(), Error> {
+    run(config, state, options, true)
+}
+
+/// What the work threads count, for `ward status`.
+#[derive(Debug, Default)]
+struct Counts {
+    running: AtomicU64,
+    succeeded: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    /// The last pull failed (the server is away).
+    failing: AtomicBool,
+}
+
+impl Counts {
+    fn status(&self, options: &WorkOptions, threads: usize, started: Instant) -> ServerStatus {
+        let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        ServerStatus {
+            server_pid: std::process::id(),
+            uptime_s: started.elapsed().as_secs(),
+            queue: QueueStatus {
+                running: get(&self.running) as usize,
+                completed: get(&self.succeeded),
+                failed: get(&self.retried) + get(&self.dead_lettered),
+                retried: get(&self.retried),
+                dead: get(&self.dead_lettered),
+                ..QueueStatus::default()
+            },
+            watch: WatchStatus::default(),
+            manifest: ManifestStatus::default(),
+            workers_idle: threads.saturating_sub(get(&self.running) as usize),
+            batches: Vec::new(),
+            services: Vec::new(),
+            remote: Vec::new(),
+            work: Some(WorkStatus {
+                url: options.url.clone(),
+                stream: options.stream.clone(),
+                consumer: options.consumer.clone(),
+                threads,
+                pulling: !self.failing.load(Ordering::Relaxed),
+                succeeded: get(&self.succeeded),
+                retried: get(&self.retried),
+                dead_lettered: get(&self.dead_lettered),
+            }),
+        }
+    }
+}
+
+/// Pulls and runs jobs until SIGTERM or SIGINT (or, `kept` by a keeper, its death); `kept`
+/// also serves the control socket and tells the keeper when it is ready.
+fn run(
+    config: crate::Config,
+    state: &StateDir,
+    options: &WorkOptions,
+    kept: bool,
+) -> Result<(), Error> {
+    let started = Instant::now();
     let workers = options.workers.unwrap_or(config.workers).max(1);
+    // A job in hand is stopped within its grace when ward work stops.
+    let grace = config.stop_grace + Duration::from_secs(5);
     let scratch = state.join("work");
     std::fs::create_dir_all(&scratch)
         .map_err(|e| Error::io(format!("creating {}", scratch.display()), e))?;
-    let dispatcher = Dispatcher::new(config, state)?;
+    let dispatcher = Dispatcher::new(config, state.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [libc::SIGTERM, libc::SIGINT] {
+    let mut signals = vec![libc::SIGTERM, libc::SIGINT];
+    if kept {
+        // The keeper's death: stop as for SIGTERM, settling the jobs in hand, killed by the
+        // alarm it sets if that takes longer than the jobs' grace.
+        if let Err(e) = crate::server::keeper_gone::watch(grace) {
+            log::warn!(
+                "cannot watch for the keeper's death ({e}): if it dies, the work stops only when its jobs do"
+            );
+        }
+        signals.push(crate::server::keeper_gone::KEEPER_GONE);
+    }
+    for signal in signals {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| Error::io("installing the signal handlers", e))?;
     }
@@ -92,12 +164,40 @@ fn run(launch: &Launch, options: &WorkOptions) -> Result<(), Error> {
         options.consumer,
         options.max_deliver
     );
+    let counts = Arc::new(Counts::default());
+    // Bound after connecting: `ward status` finds it once the keeper has the ready line.
+    let _socket = if kept {
+        let (counts, options) = (Arc::clone(&counts), options.clone());
+        let socket = ControlSocket::bind(
+            &state.join(names::SOCKET),
+            Arc::new(move |request| match request {
+                Request::Status => Ok(Reply::Status(Box::new(
+                    counts.status(&options, workers, started),
+                ))),
+                Request::Stop => {
+                    // The keeper stops this process, which settles its jobs first.
+                    // SAFETY: getppid and kill have no memory-safety preconditions.
+                    if unsafe { libc::kill(libc::getppid(), libc::SIGTERM) } == 0 {
+                        Ok(Reply::Accepted(Accepted {}))
+                    } else {
+                        Err(std::io::Error::last_os_error().to_string())
+                    }
+                }
+                _ => Err("ward work answers status and stop only".to_owned()),
+            }),
+        )?;
+        crate::server::announce_ready();
+        Some(socket)
+    } else {
+        None
+    };
     let worker = Worker {
         dispatcher: &dispatcher,
         options,
         host: hostname(),
         scratch: &scratch,
         reports: &reports,
+        counts: &counts,
     };
     std::thread::scope(|scope| {
         let spawned = (0..workers).try_for_each(|n| {
@@ -111,6 +211,7 @@ fn run(launch: &Launch, options: &WorkOptions) -> Result<(), Error> {
                         match puller.next(PULL_WAIT) {
                             Ok(pulled) => {
                                 if std::mem::take(&mut failing) {
+                                    worker.counts.failing.store(false, Ordering::Relaxed);
                                     log::info!("pulling jobs again");
                                 }
                                 if let Some(delivery) = pulled {
@@ -119,6 +220,7 @@ fn run(launch: &Launch, options: &WorkOptions) -> Result<(), Error> {
                             }
                             Err(e) => {
                                 if !std::mem::replace(&mut failing, true) {
+                                    worker.counts.failing.store(true, Ordering::Relaxed);
                                     log::warn!("{e}; pulling again every {PULL_WAIT:?}");
                                 }
                                 // The client reconnects by itself; this thread waits for it.
@@ -149,6 +251,7 @@ struct Worker<'a> {
     scratch: &'a Path,
     /// Dead letters and results.
     reports: &'a Publisher,
+    counts: &'a Counts,
 }
 
 /// Why a message was not run.
@@ -169,7 +272,9 @@ impl Worker<'_> {
         };
         let outcome = match self.job_of(&message, delivery.subject(), thread) {
             Ok((job, scratch)) => {
+                self.counts.running.fetch_add(1, Ordering::Relaxed);
                 let outcome = self.run_with_progress(&job, delivery);
+                self.counts.running.fetch_sub(1, Ordering::Relaxed);
                 if let Some(file) = scratch {
                     let _ = std::fs::remove_file(file);
                 }
@@ -182,6 +287,7 @@ impl Worker<'_> {
         };
         match outcome {
             Ok(()) => {
+                self.counts.succeeded.fetch_add(1, Ordering::Relaxed);
                 self.report(&message, RemoteOutcome::Succeeded, None, delivery);
                 settle(delivery.ack(), "ack");
             }
@@ -195,6 +301,7 @@ impl Worker<'_> {
                     message.path.display(),
                     delivery.delivered()
                 );
+                self.counts.retried.fetch_add(1, Ordering::Relaxed);
                 self.report(&message, RemoteOutcome::Retried, Some(error), delivery);
                 settle(delivery.nak(delay), "nak");
             }
@@ -219,6 +326,7 @@ impl Worker<'_> {
         let id = format!("dead:{}:{}", letter.job.message_id(), letter.deliveries);
         match self.reports.publish(&subject, &id, body) {
             Ok(_) => {
+                self.counts.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 log::error!(
                     "{path}: gave up after {} deliveries ({}): dead-lettered on {subject}",
                     letter.deliveries,

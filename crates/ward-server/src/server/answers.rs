@@ -172,6 +172,7 @@ fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
         batches,
         services: from.services.status(),
         remote: from.remote.clone(),
+        work: None,
     }
 }
 

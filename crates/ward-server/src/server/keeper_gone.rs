@@ -16,7 +16,7 @@ use std::io;
 use std::time::Duration;
 
 /// The server's parent-death signal.
-pub(super) const KEEPER_GONE: i32 = libc::SIGUSR2;
+pub(crate) const KEEPER_GONE: i32 = libc::SIGUSR2;
 
 /// Makes [`KEEPER_GONE`] the server's parent-death signal, and arms the alarm that ends a server
 /// that does not stop within `deadline` of it. The server must take the signal from its signal
@@ -26,7 +26,7 @@ pub(super) const KEEPER_GONE: i32 = libc::SIGUSR2;
 ///
 /// # Errors
 /// If the handler cannot be registered or `prctl` fails; the server then keeps SIGKILL.
-pub(super) fn watch(deadline: Duration) -> io::Result<()> {
+pub(crate) fn watch(deadline: Duration) -> io::Result<()> {
     let seconds = deadline.as_secs().clamp(1, u64::from(u32::MAX)) as libc::c_uint;
     // SAFETY: the action only calls alarm(2), which is async-signal-safe, allocates nothing and
     // takes no lock.

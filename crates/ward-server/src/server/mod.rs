@@ -10,7 +10,9 @@ mod backlog;
 mod batch;
 mod holds;
 mod job;
-mod keeper_gone;
+// `ward work --detach` watches for the keeper's death as the server does.
+pub(crate) mod keeper_gone;
+use keeper_gone::KEEPER_GONE;
 mod metrics_http;
 mod reload;
 #[cfg(feature = "nats")]
@@ -77,12 +79,22 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         .map_err(|e| Error::io("starting the on_death hook thread", e))
         .map_err(cannot_start)?;
     hooks.install();
+    // `ward work --detach`: the keeper's server process runs the work instead.
+    if let Some(options) = &handover.work {
+        #[cfg(feature = "nats")]
+        return crate::commands::serve_work(config, &state, options);
+        #[cfg(not(feature = "nats"))]
+        return Err(Error::CannotStart(Box::new(Error::Refused(format!(
+            "this ward was built without its `nats` feature: it cannot run `ward work` ({})",
+            options.url
+        )))));
+    }
     let started = Instant::now();
     log::info!("server starting: watching {}", list(&config.roots));
 
     let (signal_tx, signals) = crossbeam_channel::bounded(16);
     let mut signal_source =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, keeper_gone::KEEPER_GONE])
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, KEEPER_GONE])
             .map_err(|e| Error::io("installing signal handlers", e))
             .map_err(cannot_start)?;
     let signal_handle = signal_source.handle();
@@ -342,7 +354,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
                     backlog.batches.retire_gone(dispatcher.read().triggers());
                     renew_pressure(&mut pressure, &config, &mut holds, &pool, &feed);
                 }
-                Ok(keeper_gone::KEEPER_GONE) => {
+                Ok(KEEPER_GONE) => {
                     log::error!("the keeper died (the server's parent-death signal): stopping the services and exiting, without draining the queue");
                     keeper_died = true;
                     break Ok(());
@@ -472,7 +484,7 @@ fn renew_pressure(
     *pressure = floor.map(Pressure::new);
 }
 
-fn announce_ready() {
+pub(crate) fn announce_ready() {
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = writeln!(stdout, "{READY_LINE}").and_then(|()| stdout.flush()) {
         log::error!("cannot tell the keeper that the server is ready: {e}");
