@@ -1,7 +1,9 @@
 //! A subscriber through the whole run: `ward changes --follow` from sequence number 0, its lines
 //! kept in files, started again from the last sequence number it printed whenever it ended (a
 //! killed keeper ends it; a killed server it rides through itself). The verdict: what it heard
-//! ends where the manifest ends, every path at its latest sequence number, nothing out of order.
+//! ends where the manifest ends, every path at its latest sequence number, nothing out of order,
+//! and it never ended with an error (a follower that fails to ride through a server's restart
+//! does: the harness starting it again must not hide that).
 //! Parsing and the comparison are pure; [`Follower`] drives the process.
 
 use std::collections::BTreeMap;
@@ -23,6 +25,8 @@ pub struct Follower {
     files: Vec<PathBuf>,
     /// Times it was started again after it ended.
     pub restarts: usize,
+    /// How each run that ended with an error ended, and what it said.
+    pub errors: Vec<String>,
 }
 
 impl Follower {
@@ -34,6 +38,7 @@ impl Follower {
             child: None,
             files: Vec::new(),
             restarts: 0,
+            errors: Vec::new(),
         };
         follower.spawn(0);
         follower
@@ -54,7 +59,10 @@ impl Follower {
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(Stdio::null())
+            .stderr(
+                File::create(path.with_extension("err"))
+                    .map_or_else(|_| Stdio::null(), Stdio::from),
+            )
             .spawn();
         match child {
             Ok(child) => {
@@ -80,7 +88,24 @@ impl Follower {
     /// Starts it again, from the last sequence number it printed, if it has ended.
     pub fn ensure(&mut self) {
         let ended = match &mut self.child {
-            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            Some(child) => match child.try_wait() {
+                Ok(None) => false,
+                Ok(Some(status)) => {
+                    // Ended by ward's stop (a killed keeper) it exits 0: anything else is a
+                    // failure of its own.
+                    if !status.success() {
+                        let said = self
+                            .files
+                            .last()
+                            .and_then(|f| std::fs::read_to_string(f.with_extension("err")).ok())
+                            .unwrap_or_default();
+                        self.errors
+                            .push(format!("the follower ended with {status}: {}", said.trim()));
+                    }
+                    true
+                }
+                Err(_) => true,
+            },
             None => true,
         };
         if ended {
@@ -91,15 +116,15 @@ impl Follower {
     }
 
     /// Waits (at most `limit`) until it has printed up to `committed`, stops it, and returns
-    /// what it heard.
-    pub fn finish(mut self, committed: u64, limit: Duration) -> Vec<Change> {
+    /// what it heard and how its runs that failed ended.
+    pub fn finish(mut self, committed: u64, limit: Duration) -> (Vec<Change>, Vec<String>) {
         self.ensure();
         wait_until(limit, || self.last_seq() >= committed);
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.heard()
+        (self.heard(), std::mem::take(&mut self.errors))
     }
 }
 
@@ -140,13 +165,19 @@ pub fn disagreements(heard: &[Change], all: &[Change]) -> Vec<String> {
 }
 
 /// The verdict line.
-pub fn line(heard: &[Change], all: &Result<Vec<Change>, String>, restarts: usize) -> Line {
+pub fn line(
+    heard: &[Change],
+    all: &Result<Vec<Change>, String>,
+    restarts: usize,
+    errors: &[String],
+) -> Line {
     let check = "a subscriber hears what the manifest holds";
     let all = match all {
         Ok(all) => all,
         Err(e) => return Line::new(check, false, "no answer".into(), vec![e.clone()]),
     };
-    let wrong = disagreements(heard, all);
+    let mut wrong = errors.to_vec();
+    wrong.extend(disagreements(heard, all));
     Line::new(
         check,
         wrong.is_empty(),

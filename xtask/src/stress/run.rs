@@ -271,15 +271,13 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         .as_ref()
         .and_then(|s| s["manifest"]["seq"].as_u64())
         .unwrap_or(0);
-    let (heard, follows) = match run.follower.take() {
+    let (heard, follows, follow_errors) = match run.follower.take() {
         Some(follower) => {
             let restarts = follower.restarts;
-            (
-                follower.finish(committed, Duration::from_secs(60)),
-                restarts,
-            )
+            let (heard, errors) = follower.finish(committed, Duration::from_secs(60));
+            (heard, restarts, errors)
         }
-        None => (Vec::new(), 0),
+        None => (Vec::new(), 0, Vec::new()),
     };
     sampling.store(true, Ordering::Relaxed);
     let _ = sampler.join();
@@ -304,7 +302,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         burst: run.burst.as_ref(),
         restarts: &run.restarts,
         reading: &reading,
-        heard: (&heard, follows),
+        heard: (&heard, follows, &follow_errors),
         gave_up: &gave_up,
         final_files: &final_files,
         settled,

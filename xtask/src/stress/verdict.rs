@@ -59,8 +59,9 @@ pub struct Evidence<'a> {
     pub restarts: &'a Restarts,
     /// ward's since-queries after the run.
     pub reading: &'a changes::Reading,
-    /// What the run's subscriber heard, and how often it followed again after it ended.
-    pub heard: (&'a [changes::Change], usize),
+    /// What the run's subscriber heard, how often it followed again after it ended, and how
+    /// its runs that failed ended.
+    pub heard: (&'a [changes::Change], usize, &'a [String]),
     /// `ward failures` after the run, and the disk's deadly files.
     pub gave_up: &'a failures::Reading,
     /// Every regular file on disk at the end, with its content hash.
@@ -132,7 +133,12 @@ pub fn lines(e: &Evidence<'_>) -> Vec<Line> {
         &root,
         |t| e.short(t),
     ));
-    lines.push(super::follow::line(e.heard.0, &e.reading.all, e.heard.1));
+    lines.push(super::follow::line(
+        e.heard.0,
+        &e.reading.all,
+        e.heard.1,
+        e.heard.2,
+    ));
     lines.push(failures::line(e.gave_up, |t| e.short(t)));
     lines
 }
