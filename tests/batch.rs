@@ -273,12 +273,7 @@ fn a_failing_batch_gives_up_per_path_after_its_retries_and_failures_lists_each()
         [2, 2],
         "{attempts:?}"
     );
-    let out = f.run(&["failures", "--json"]);
-    assert!(out.status.success(), "{out:?}");
-    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let listed = f.failures();
     assert_eq!(listed.len(), 2, "{listed:?}");
     for (entry, name) in listed.iter().zip(["a", "b"]) {
         assert_eq!(entry["path"], f.tree.join(name).to_str().unwrap());

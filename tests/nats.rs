@@ -167,6 +167,31 @@ fn append_trigger(f: &Fixture, trigger: &str) {
     std::fs::write(&f.config, format!("{config}\n{trigger}")).unwrap();
 }
 
+/// Two `ward work` processes that record the jobs of trigger `name` in their ledgers (`extra`:
+/// flags for both), each pulling before this returns.
+fn two_recorders(f: &Fixture, nats: &NatsServer, name: &str, extra: &[&str]) -> [Work; 2] {
+    let record = "[\"{job}\", \"record\", \"{ledger}\"]";
+    let workers = [1, 2].map(|n| Work::start(f, nats, n, name, record, extra));
+    for w in &workers {
+        w.wait_ready();
+    }
+    workers
+}
+
+/// Every path the workers' jobs recorded, once per job.
+fn recorded(workers: &[Work]) -> Vec<Vec<u8>> {
+    workers.iter().flat_map(Work::paths).collect()
+}
+
+/// SIGTERMs each worker; each must exit cleanly.
+fn stop_all(workers: [Work; 2]) {
+    for w in workers {
+        let log = w.log();
+        let status = w.stop();
+        assert!(status.success(), "ward work: {status}\n{log}");
+    }
+}
+
 /// How many files the burst has (`WARD_TEST_NATS_BURST` to try another size).
 fn burst() -> usize {
     std::env::var("WARD_TEST_NATS_BURST")
@@ -184,15 +209,8 @@ fn a_burst_published_by_ward_start_is_processed_by_two_workers_and_none_is_lost(
     let nats = NatsServer::start(f.dir.path());
     f.edit_config("[jobs]\n", "[jobs]\nworkers = 8\n");
     append_trigger(&f, &publish_trigger("index", &nats));
-    let record = "[\"{job}\", \"record\", \"{ledger}\"]";
-    let workers = [
-        Work::start(&f, &nats, 1, "index", record, &[]),
-        Work::start(&f, &nats, 2, "index", record, &[]),
-    ];
     // Both pull before the burst, so that both take a share of it.
-    for w in &workers {
-        w.wait_ready();
-    }
+    let workers = two_recorders(&f, &nats, "index", &[]);
     f.start();
     let files = burst();
     let mut want = HashSet::new();
@@ -209,18 +227,11 @@ fn a_burst_published_by_ward_start_is_processed_by_two_workers_and_none_is_lost(
         std::fs::write(&path, format!("version 2 of {i}")).unwrap();
     }
     let started = std::time::Instant::now();
-    let seen = || {
-        let mut seen = HashSet::new();
-        for w in &workers {
-            seen.extend(w.paths());
-        }
-        seen
-    };
     wait_for(
         "every file to be processed by a worker",
         Duration::from_secs(240),
         || {
-            let seen = seen();
+            let seen: HashSet<Vec<u8>> = recorded(&workers).into_iter().collect();
             want.iter().all(|p| seen.contains(p))
         },
     );
@@ -249,11 +260,7 @@ fn a_burst_published_by_ward_start_is_processed_by_two_workers_and_none_is_lost(
         || f.status().1["remote"][0]["succeeded"].as_u64() == Some(ran),
     );
     f.stop();
-    for w in workers {
-        let log = w.log();
-        let status = w.stop();
-        assert!(status.success(), "ward work: {status}\n{log}");
-    }
+    stop_all(workers);
 }
 
 #[test]
@@ -318,12 +325,7 @@ fn a_poison_job_is_dead_lettered_after_its_maximum_deliveries() {
         shown[0]["last_error"].as_str().unwrap().contains("exit"),
         "{shown}"
     );
-    let out = f.run(&["failures", "--json"]);
-    assert!(out.status.success(), "{out:?}");
-    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let listed = f.failures();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["path"], want.to_str().unwrap(), "{listed:?}");
     assert_eq!(listed[0]["attempts"], 3, "{listed:?}");
@@ -520,12 +522,7 @@ fn nats_server_killed_mid_burst_and_restarted_on_its_storage_loses_nothing() {
             publish_trigger("index", &nats)
         ),
     );
-    let record = "[\"{job}\", \"record\", \"{ledger}\"]";
-    let ack_wait = ["--ack-wait", "2"];
-    let workers = [
-        Work::start(&f, &nats, 1, "index", record, &ack_wait),
-        Work::start(&f, &nats, 2, "index", record, &ack_wait),
-    ];
+    let workers = two_recorders(&f, &nats, "index", &["--ack-wait", "2"]);
     f.start();
     let files = 1_000;
     let mut want = HashSet::new();
@@ -534,13 +531,7 @@ fn nats_server_killed_mid_burst_and_restarted_on_its_storage_loses_nothing() {
         std::fs::write(&path, i.to_string()).unwrap();
         want.insert(path.as_os_str().as_bytes().to_vec());
     }
-    let seen = || {
-        let mut seen = HashSet::new();
-        for w in &workers {
-            seen.extend(w.paths());
-        }
-        seen
-    };
+    let seen = || -> HashSet<Vec<u8>> { recorded(&workers).into_iter().collect() };
     wait_for(
         "the first jobs to be processed",
         Duration::from_secs(60),
@@ -599,10 +590,7 @@ fn nats_server_killed_mid_burst_and_restarted_on_its_storage_loses_nothing() {
         f.log()
     );
     f.stop();
-    for w in workers {
-        let log = w.log();
-        assert!(w.stop().success(), "{log}");
-    }
+    stop_all(workers);
 }
 
 /// The origin's server SIGKILLed mid-burst: jobs published but not yet recorded as such are
@@ -617,14 +605,7 @@ fn the_origin_killed_between_publish_and_record_publishes_again_and_the_stream_k
     let nats = NatsServer::start(f.dir.path());
     f.edit_config("[jobs]\n", "[jobs]\nworkers = 8\n");
     append_trigger(&f, &publish_trigger("index", &nats));
-    let record = "[\"{job}\", \"record\", \"{ledger}\"]";
-    let workers = [
-        Work::start(&f, &nats, 1, "index", record, &[]),
-        Work::start(&f, &nats, 2, "index", record, &[]),
-    ];
-    for w in &workers {
-        w.wait_ready();
-    }
+    let workers = two_recorders(&f, &nats, "index", &[]);
     // Written before the start, which publishes them: each has one version (written while
     // watched, a file could be published empty and then again with its content).
     let files = 2_000;
@@ -636,13 +617,7 @@ fn the_origin_killed_between_publish_and_record_publishes_again_and_the_stream_k
     }
     f.start();
     let first_server = f.status().1["server_pid"].as_u64().unwrap();
-    let runs = || {
-        let mut all = Vec::new();
-        for w in &workers {
-            all.extend(w.paths());
-        }
-        all
-    };
+    let runs = || recorded(&workers);
     // Killed while it publishes: some acknowledged publishes are not recorded yet.
     wait_for(
         "the first jobs to be processed",
@@ -685,10 +660,7 @@ fn the_origin_killed_between_publish_and_record_publishes_again_and_the_stream_k
     assert!(twice.is_empty(), "processed twice: {twice:?}");
     assert_eq!(all.len(), files);
     f.stop();
-    for w in workers {
-        let log = w.log();
-        assert!(w.stop().success(), "{log}");
-    }
+    stop_all(workers);
 }
 
 /// A path removed, made again and removed again within the stream's duplicate window: both

@@ -538,12 +538,7 @@ fn a_path_that_gave_up_is_listed_and_runs_again_only_when_changed_or_retried() {
     let (_, status) = f.status();
     assert_eq!(status["queue"]["failed"], 4, "attempts: {status}");
 
-    let out = f.run(&["failures", "--json"]);
-    assert!(out.status.success(), "{out:?}");
-    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let listed = f.failures();
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert_eq!(listed[0]["path"], f.tree.join("a").to_str().unwrap());
     assert_eq!(listed[0]["trigger"], "fails");

@@ -310,6 +310,19 @@ impl Fixture {
         (out.status.code(), value)
     }
 
+    /// `ward failures --json`: one object per path that gave up.
+    ///
+    /// # Panics
+    /// If the command fails or prints a line that is not JSON.
+    pub fn failures(&self) -> Vec<serde_json::Value> {
+        let out = self.run(&["failures", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
     /// The ledger's entries: (event, raw path bytes).
     pub fn ledger_entries(&self) -> Vec<(String, Vec<u8>)> {
         let Ok(bytes) = std::fs::read(&self.ledger) else {

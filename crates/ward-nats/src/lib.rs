@@ -172,17 +172,23 @@ async fn connect(url: &str) -> Result<async_nats::Client, Error> {
         })
 }
 
+/// The stream `spec` names, made if missing. Several processes may start at once (two `ward
+/// work`s, a worker and its origin): one that finds the stream missing and then fails to make it
+/// ("subjects overlap") lost that race, and takes the stream the winner made.
 async fn ensure_stream(
     context: &jetstream::Context,
     spec: &StreamSpec,
 ) -> Result<stream::Stream, Error> {
-    context
-        .get_or_create_stream(spec.config())
-        .await
-        .map_err(|e| Error::Stream {
-            stream: spec.name.clone(),
-            reason: e.to_string(),
-        })
+    match context.get_or_create_stream(spec.config()).await {
+        Ok(stream) => Ok(stream),
+        Err(e) => context
+            .get_stream(&spec.name)
+            .await
+            .map_err(|_| Error::Stream {
+                stream: spec.name.clone(),
+                reason: e.to_string(),
+            }),
+    }
 }
 
 /// One connection that publishes to a stream.
@@ -322,27 +328,33 @@ impl Puller {
         consumer: &ConsumerSpec,
     ) -> Result<Puller, Error> {
         let runtime = Runtime::start()?;
-        let (client, handle) = runtime.block_on(async {
-            let client = connect(url).await?;
-            let context = jetstream::new(client.clone());
-            let handle = ensure_stream(&context, stream).await?;
-            let config = pull::Config {
-                durable_name: Some(consumer.name.clone()),
-                filter_subject: consumer.filter.clone(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                max_deliver: consumer.max_deliver,
-                ack_wait: consumer.ack_wait,
-                ..Default::default()
-            };
-            let handle = handle
-                .get_or_create_consumer(&consumer.name, config)
-                .await
-                .map_err(|e| Error::Consumer {
-                    consumer: consumer.name.clone(),
-                    reason: e.to_string(),
-                })?;
-            Ok::<_, Error>((client, handle))
-        })?;
+        let (client, handle) =
+            runtime.block_on(async {
+                let client = connect(url).await?;
+                let context = jetstream::new(client.clone());
+                let handle = ensure_stream(&context, stream).await?;
+                let config = pull::Config {
+                    durable_name: Some(consumer.name.clone()),
+                    filter_subject: consumer.filter.clone(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    max_deliver: consumer.max_deliver,
+                    ack_wait: consumer.ack_wait,
+                    ..Default::default()
+                };
+                // As for the stream: another worker may make the consumer between the look and the
+                // make.
+                let handle =
+                    match handle.get_or_create_consumer(&consumer.name, config).await {
+                        Ok(made) => made,
+                        Err(e) => handle.get_consumer(&consumer.name).await.map_err(|_| {
+                            Error::Consumer {
+                                consumer: consumer.name.clone(),
+                                reason: e.to_string(),
+                            }
+                        })?,
+                    };
+                Ok::<_, Error>((client, handle))
+            })?;
         Ok(Puller {
             consumer: handle,
             client,
