@@ -731,8 +731,11 @@ fn ward_work_detached_is_kept_shown_by_status_and_stopped_by_stop() {
         return;
     }
     let f = Fixture::new(JOB, "");
-    let nats = NatsServer::start(f.dir.path());
-    append_trigger(&f, &publish_trigger("index", &nats));
+    // The worker starts before the NATS server: it is ready all the same, says it does not pull,
+    // and pulls once the server is there.
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    append_trigger(&f, &publish_trigger_to("index", &url));
     let dir = f.dir.path().join("worker");
     std::fs::create_dir_all(&dir).unwrap();
     let ledger = dir.join("ledger");
@@ -763,7 +766,7 @@ fn ward_work_detached_is_kept_shown_by_status_and_stopped_by_stop() {
     let started = worker(&[
         "work",
         "--nats",
-        &nats.url,
+        &url,
         "--consumer",
         "workers",
         "--root",
@@ -778,7 +781,11 @@ fn ward_work_detached_is_kept_shown_by_status_and_stopped_by_stop() {
     let shown = status();
     assert_eq!(shown["state"], "running", "{shown}");
     assert_eq!(shown["work"]["consumer"], "workers", "{shown}");
-    assert_eq!(shown["work"]["pulling"], true, "{shown}");
+    assert_eq!(shown["work"]["pulling"], false, "{shown}");
+    let _nats = NatsServer::start_on(f.dir.path(), port);
+    wait_for("the worker to pull", Duration::from_secs(30), || {
+        status()["work"]["pulling"] == true
+    });
     f.start();
     let done = |name: &str| {
         let want = f.tree.join(name);

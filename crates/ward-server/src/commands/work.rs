@@ -140,32 +140,13 @@ fn run(
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| Error::io("installing the signal handlers", e))?;
     }
-    let jobs = StreamSpec::work_queue(&options.stream, JOB_SUBJECTS);
-    let consumer = ConsumerSpec {
-        max_deliver: options.max_deliver,
-        ack_wait: options.ack_wait,
-        ..ConsumerSpec::new(&options.consumer, JOB_SUBJECTS)
-    };
-    let puller = Puller::connect(&options.url, &jobs, &consumer)?;
-    // Dead letters are kept (not a work queue): they are read, by a person, not consumed.
-    let reports = Publisher::connect(
-        &options.url,
-        &StreamSpec::kept(DEAD_STREAM, &format!("{DEAD_PREFIX}.>")),
-    )?;
-    // Results wait for their origin, each origin's consumer on its own subject.
-    reports.ensure_stream(&StreamSpec {
-        max_age: RESULTS_MAX_AGE,
-        ..StreamSpec::work_queue(RESULTS_STREAM, &format!("{RESULTS_PREFIX}.>"))
-    })?;
-    log::info!(
-        "working: {} stream {} consumer {}, {workers} at once, {} deliveries each at most",
-        options.url,
-        options.stream,
-        options.consumer,
-        options.max_deliver
-    );
-    let counts = Arc::new(Counts::default());
-    // Bound after connecting: `ward status` finds it once the keeper has the ready line.
+    let counts = Arc::new(Counts {
+        failing: AtomicBool::new(true),
+        ..Counts::default()
+    });
+    // Kept by a keeper, it is ready (and answers `ward status`) before it reaches the NATS
+    // server, which may come later (started after it, restarting): meanwhile it says it does not
+    // pull, and tries again.
     let _socket = if kept {
         let (counts, options) = (Arc::clone(&counts), options.clone());
         let socket = ControlSocket::bind(
@@ -191,6 +172,30 @@ fn run(
     } else {
         None
     };
+    let mut said = false;
+    let (puller, reports) = loop {
+        match connect(options) {
+            Ok(connected) => break connected,
+            Err(e) if !stop.load(Ordering::Relaxed) => {
+                if !std::mem::replace(&mut said, true) {
+                    log::warn!("{e}; trying again every {PULL_WAIT:?}");
+                }
+                std::thread::sleep(PULL_WAIT);
+            }
+            Err(_) => {
+                log::info!("stopped before the NATS server could be reached");
+                return Ok(());
+            }
+        }
+    };
+    counts.failing.store(false, Ordering::Relaxed);
+    log::info!(
+        "working: {} stream {} consumer {}, {workers} at once, {} deliveries each at most",
+        options.url,
+        options.stream,
+        options.consumer,
+        options.max_deliver
+    );
     let worker = Worker {
         dispatcher: &dispatcher,
         options,
@@ -241,6 +246,29 @@ fn run(
     dispatcher.stop_workers();
     log::info!("stopped");
     Ok(())
+}
+
+/// Connects to the jobs' consumer and to where dead letters and results go, making the streams
+/// and the consumer if they are missing.
+fn connect(options: &WorkOptions) -> Result<(Puller, Publisher), Error> {
+    let jobs = StreamSpec::work_queue(&options.stream, JOB_SUBJECTS);
+    let consumer = ConsumerSpec {
+        max_deliver: options.max_deliver,
+        ack_wait: options.ack_wait,
+        ..ConsumerSpec::new(&options.consumer, JOB_SUBJECTS)
+    };
+    let puller = Puller::connect(&options.url, &jobs, &consumer)?;
+    // Dead letters are kept (not a work queue): they are read, by a person, not consumed.
+    let reports = Publisher::connect(
+        &options.url,
+        &StreamSpec::kept(DEAD_STREAM, &format!("{DEAD_PREFIX}.>")),
+    )?;
+    // Results wait for their origin, each origin's consumer on its own subject.
+    reports.ensure_stream(&StreamSpec {
+        max_age: RESULTS_MAX_AGE,
+        ..StreamSpec::work_queue(RESULTS_STREAM, &format!("{RESULTS_PREFIX}.>"))
+    })?;
+    Ok((puller, reports))
 }
 
 /// What every work thread shares.
