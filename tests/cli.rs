@@ -23,6 +23,20 @@ fn an_unknown_argument_is_an_error_naming_it() {
     assert!(stderr.contains("--no-such-flag"), "{stderr}");
 }
 
+#[test]
+fn ward_work_refuses_an_address_that_is_not_a_nats_server_s() {
+    let out = ward()
+        .args(["work", "--nats", "http://127.0.0.1:4222"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("--nats") && stderr.contains("nats://HOST:PORT"),
+        "{stderr}"
+    );
+}
+
 /// A fixture whose state directory holds a log rotated once, as the keeper leaves it: twelve
 /// lines in `ward.log.1`, two in `ward.log`.
 fn rotated_log() -> Fixture {

@@ -227,7 +227,8 @@ struct Work {
         long,
         value_name = "URL",
         default_value = "nats://127.0.0.1:4222",
-        env = "WARD_NATS"
+        env = "WARD_NATS",
+        value_parser = nats_url
     )]
     nats: String,
     /// The stream the jobs are in.
@@ -397,6 +398,21 @@ fn written(result: std::io::Result<()>) -> Outcome {
     match result {
         Ok(()) => Outcome::Success,
         Err(e) => Outcome::Failed(ward_server::Error::io("writing to stdout", e)),
+    }
+}
+
+/// A `--nats` address: refused at once when it cannot be one, since `ward work` tries an
+/// unreachable server again and again.
+#[cfg(feature = "nats")]
+fn nats_url(url: &str) -> Result<String, String> {
+    let host = url
+        .strip_prefix("nats://")
+        .or_else(|| url.strip_prefix("tls://"));
+    match host {
+        Some(host) if !host.is_empty() => Ok(url.to_owned()),
+        _ => Err(format!(
+            "{url:?} is not a NATS server's address: nats://HOST:PORT (or tls://)"
+        )),
     }
 }
 
