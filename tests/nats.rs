@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ward_e2e::{Fixture, free_port, have_tool, wait_for};
+use ward_e2e::{Fixture, free_port, have_tool, holds_within, wait_for};
 
 const JOB: &str = env!("CARGO_BIN_EXE_ward-test-job");
 /// Given to [`Work::start`]: no `--root`, the jobs must carry their content.
@@ -255,15 +255,12 @@ fn a_burst_published_by_ward_start_is_processed_by_two_workers_and_none_is_lost(
     // And hears back from the workers: a success for every job they ran.
     // Jobs still running on the workers when the origin went idle (its publishes acknowledged)
     // are counted as their results come.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let (heard, ran) = loop {
-        let heard = f.status().1["remote"][0]["succeeded"].as_u64();
-        let ran = recorded(&workers).len() as u64;
-        if heard == Some(ran) || std::time::Instant::now() > deadline {
-            break (heard, ran);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (mut heard, mut ran) = (None, 0);
+    holds_within(Duration::from_secs(60), || {
+        heard = f.status().1["remote"][0]["succeeded"].as_u64();
+        ran = recorded(&workers).len() as u64;
+        heard == Some(ran)
+    });
     assert_eq!(
         heard,
         Some(ran),

@@ -59,13 +59,24 @@ pub fn ward() -> Command {
 ///
 /// # Panics
 /// If the condition does not hold in time.
-pub fn wait_for(what: &str, timeout: std::time::Duration, mut condition: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, timeout: std::time::Duration, condition: impl FnMut() -> bool) {
+    assert!(
+        holds_within(timeout, condition),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; whether it held. For a
+/// wait whose failure says more than [`wait_for`]'s message.
+pub fn holds_within(timeout: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+    loop {
+        if condition() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
