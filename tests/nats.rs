@@ -167,6 +167,18 @@ fn append_trigger(f: &Fixture, trigger: &str) {
     std::fs::write(&f.config, format!("{config}\n{trigger}")).unwrap();
 }
 
+/// A fixture whose config has a publish trigger `name` to a nats-server of its own; `None` (the
+/// test skipped, said by [`have_tool`]) without nats-server.
+fn origin(name: &str) -> Option<(Fixture, NatsServer)> {
+    if !have_tool("nats-server", "nats-server") {
+        return None;
+    }
+    let f = Fixture::new(JOB, "");
+    let nats = NatsServer::start(f.dir.path());
+    append_trigger(&f, &publish_trigger(name, &nats));
+    Some((f, nats))
+}
+
 /// Two `ward work` processes that record the jobs of trigger `name` in their ledgers (`extra`:
 /// flags for both), each pulling before this returns.
 fn two_recorders(f: &Fixture, nats: &NatsServer, name: &str, extra: &[&str]) -> [Work; 2] {
@@ -202,13 +214,10 @@ fn burst() -> usize {
 
 #[test]
 fn a_burst_published_by_ward_start_is_processed_by_two_workers_and_none_is_lost() {
-    if !have_tool("nats-server", "nats-server") {
+    let Some((f, nats)) = origin("index") else {
         return;
-    }
-    let f = Fixture::new(JOB, "");
-    let nats = NatsServer::start(f.dir.path());
+    };
     f.edit_config("[jobs]\n", "[jobs]\nworkers = 8\n");
-    append_trigger(&f, &publish_trigger("index", &nats));
     // Both pull before the burst, so that both take a share of it.
     let workers = two_recorders(&f, &nats, "index", &[]);
     f.start();
@@ -284,12 +293,9 @@ fn a_burst_published_by_ward_start_is_processed_by_two_workers_and_none_is_lost(
 
 #[test]
 fn a_poison_job_is_dead_lettered_after_its_maximum_deliveries() {
-    if !have_tool("nats-server", "nats-server") {
+    let Some((f, nats)) = origin("poison") else {
         return;
-    }
-    let f = Fixture::new(JOB, "");
-    let nats = NatsServer::start(f.dir.path());
-    append_trigger(&f, &publish_trigger("poison", &nats));
+    };
     // Exits 1 every time, after recording that it ran.
     let poison = "[\"{job}\", \"fail\", \"{ledger}\"]";
     // The origin first: the stream it makes must leave `ward.dead.>` to the dead letters'.
@@ -470,12 +476,9 @@ fn a_worker_without_the_files_runs_on_the_content_the_message_carries() {
 
 #[test]
 fn a_job_whose_worker_is_killed_mid_job_is_delivered_to_the_other_worker() {
-    if !have_tool("nats-server", "nats-server") {
+    let Some((f, nats)) = origin("slow") else {
         return;
-    }
-    let f = Fixture::new(JOB, "");
-    let nats = NatsServer::start(f.dir.path());
-    append_trigger(&f, &publish_trigger("slow", &nats));
+    };
     // The first worker's job waits for a gate that never opens; the second's records at once.
     let never = f.dir.path().join("never");
     let gated = format!(
@@ -617,13 +620,10 @@ fn nats_server_killed_mid_burst_and_restarted_on_its_storage_loses_nothing() {
 /// republishes by their message ids, so that every file is processed exactly once.
 #[test]
 fn the_origin_killed_between_publish_and_record_publishes_again_and_the_stream_keeps_one() {
-    if !have_tool("nats-server", "nats-server") {
+    let Some((f, nats)) = origin("index") else {
         return;
-    }
-    let f = Fixture::new(JOB, "");
-    let nats = NatsServer::start(f.dir.path());
+    };
     f.edit_config("[jobs]\n", "[jobs]\nworkers = 8\n");
-    append_trigger(&f, &publish_trigger("index", &nats));
     let workers = two_recorders(&f, &nats, "index", &[]);
     // Written before the start, which publishes them: each has one version (written while
     // watched, a file could be published empty and then again with its content).
@@ -686,12 +686,9 @@ fn the_origin_killed_between_publish_and_record_publishes_again_and_the_stream_k
 /// removals reach the worker (a removal has no version; its id must still differ).
 #[test]
 fn a_path_removed_twice_within_the_duplicate_window_is_delivered_twice() {
-    if !have_tool("nats-server", "nats-server") {
+    let Some((f, nats)) = origin("index") else {
         return;
-    }
-    let f = Fixture::new(JOB, "");
-    let nats = NatsServer::start(f.dir.path());
-    append_trigger(&f, &publish_trigger("index", &nats));
+    };
     let record = "[\"{job}\", \"record\", \"{ledger}\"]";
     let work = Work::start(&f, &nats, 1, "index", record, &[]);
     work.wait_ready();
