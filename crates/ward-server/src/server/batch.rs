@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -311,6 +311,10 @@ struct RunnerThread<'a> {
     /// Failed attempts per path of `run`.
     failed: HashMap<PathBuf, u32>,
     retry_at: Option<Instant>,
+    /// The versions the last successful run processed: a job for one of them, offered again
+    /// unchanged (by a comparison that ran before the run's outcome was recorded), is recorded
+    /// with that run rather than run again.
+    last_done: HashMap<PathBuf, Option<FileMeta>>,
 }
 
 impl<'a> RunnerThread<'a> {
@@ -324,6 +328,7 @@ impl<'a> RunnerThread<'a> {
             run: HashMap::new(),
             failed: HashMap::new(),
             retry_at: None,
+            last_done: HashMap::new(),
         }
     }
 
@@ -371,6 +376,9 @@ impl<'a> RunnerThread<'a> {
                     }
                 }
                 for (path, job) in owed.jobs.drain() {
+                    if self.recorded_unchanged(&path, &job, &self.last_done) {
+                        continue;
+                    }
                     // A new change of a path is a new job: its attempts start over.
                     self.failed.remove(&path);
                     self.run.insert(path, job);
@@ -413,7 +421,13 @@ impl<'a> RunnerThread<'a> {
             // free to start the next one.
             let mut owed = self.shared.owed.lock();
             if ran_ok {
-                self.drop_unchanged(&mut owed, &versions);
+                owed.jobs
+                    .retain(|path, job| !self.recorded_unchanged(path, job, &versions));
+                if owed.jobs.is_empty() {
+                    owed.first_arrival = None;
+                    owed.last_arrival = None;
+                }
+                self.last_done = versions;
             }
             if self.settings.on_busy == OnBusy::Ignore {
                 owed.woken = false;
@@ -423,37 +437,37 @@ impl<'a> RunnerThread<'a> {
         }
     }
 
-    /// Takes out of `owed` the jobs for paths the run that just succeeded processed as they still
-    /// are: offered again by a comparison with the manifest (which saw the run's path not yet
-    /// recorded), they are no change made during the run, and would cost a run (or, with
-    /// `on_busy = "ignore"`, stay owed until some later change). Each is recorded as processed.
-    fn drop_unchanged(&self, owed: &mut Owed, versions: &HashMap<PathBuf, Option<FileMeta>>) {
-        owed.jobs.retain(|path, job| {
-            let Some(Some(version)) = versions.get(path) else {
-                return true;
-            };
-            if job.event == Event::Removed
-                || job.old_path.is_some()
-                || FileMeta::read(path).as_ref() != Some(version)
-            {
-                return true;
-            }
-            send(
-                &self.cx.done,
-                Update::Finished {
-                    path: path.clone(),
-                    event: job.event,
-                    ok: true,
-                    processed: Some(*version),
-                    old_path: None,
-                },
-            );
-            false
-        });
-        if owed.jobs.is_empty() {
-            owed.first_arrival = None;
-            owed.last_arrival = None;
+    /// Whether `job` asks for a version of `path` that a successful run already processed (in
+    /// `done`, the versions it read) and the file still is: then it is recorded as processed
+    /// with it, not run. Such a job comes from a comparison with the manifest that ran before
+    /// the run's outcome was recorded (a rescan, a start): it is no change, and would cost a
+    /// run (or, with `on_busy = "ignore"`, stay owed until some later change).
+    fn recorded_unchanged(
+        &self,
+        path: &Path,
+        job: &Job,
+        done: &HashMap<PathBuf, Option<FileMeta>>,
+    ) -> bool {
+        let Some(Some(version)) = done.get(path) else {
+            return false;
+        };
+        if job.event == Event::Removed
+            || job.old_path.is_some()
+            || FileMeta::read(path).as_ref() != Some(version)
+        {
+            return false;
         }
+        send(
+            &self.cx.done,
+            Update::Finished {
+                path: path.to_path_buf(),
+                event: job.event,
+                ok: true,
+                processed: Some(*version),
+                old_path: None,
+            },
+        );
+        true
     }
 
     /// The version of each path the run processes, read before it runs: what a success records.
