@@ -827,3 +827,74 @@ fn ward_work_detached_is_kept_shown_by_status_and_stopped_by_stop() {
     );
     f.stop();
 }
+
+/// A publish trigger sends at most `max_unacked` jobs before their acknowledgements: the rest wait,
+/// owed, in ward (counted in its backlog, so that intake pauses past the high-water mark). A hold
+/// starts no publish. A server that stops answering (SIGSTOP) holds one window; once it answers
+/// again every job is published, none failed.
+#[test]
+fn publishes_wait_for_acks_a_window_of_max_unacked_at_a_time_and_not_during_a_hold() {
+    let Some((f, nats)) = origin("index") else {
+        return;
+    };
+    f.edit_config(
+        "subject = \"ward.jobs.{trigger}\" }",
+        "subject = \"ward.jobs.{trigger}\", max_unacked = 5 }",
+    );
+    f.start();
+    let publisher = |f: &Fixture| f.status().1["publishing"][0].clone();
+    let count = |p: &serde_json::Value, what: &str| p[what].as_u64().unwrap_or(0);
+    // Connected first: a publisher connects at its first window.
+    std::fs::write(f.tree.join("warm"), "x").unwrap();
+    wait_for("the first publish", Duration::from_secs(30), || {
+        count(&publisher(&f), "published") == 1
+    });
+    let out = f.run(&["hold", "co"]);
+    assert!(out.status.success(), "{out:?}");
+    for i in 0..40 {
+        std::fs::write(f.tree.join(format!("f{i:02}")), "x").unwrap();
+    }
+    wait_for(
+        "40 jobs owed during the hold",
+        Duration::from_secs(30),
+        || count(&publisher(&f), "owed") == 40,
+    );
+    assert!(
+        holds_within(Duration::from_millis(500), || count(
+            &publisher(&f),
+            "published"
+        ) == 1),
+        "published during a hold: {}",
+        publisher(&f)
+    );
+    // SAFETY: a signal to our own child, not reaped yet.
+    unsafe { libc::kill(nats.child.id() as libc::pid_t, libc::SIGSTOP) };
+    let out = f.run(&["release", "co"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(
+        "one window sent and unacknowledged",
+        Duration::from_secs(30),
+        || {
+            let p = publisher(&f);
+            count(&p, "unacked") == 5 && count(&p, "owed") == 35
+        },
+    );
+    assert_eq!(f.status().1["queue"]["running"], 5, "{}", f.status().1);
+    assert!(
+        holds_within(Duration::from_secs(1), || {
+            let p = publisher(&f);
+            count(&p, "unacked") <= 5 && count(&p, "published") == 1
+        }),
+        "{}",
+        publisher(&f)
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(nats.child.id() as libc::pid_t, libc::SIGCONT) };
+    wait_for("every job published", Duration::from_secs(60), || {
+        let p = publisher(&f);
+        count(&p, "published") == 41 && count(&p, "owed") + count(&p, "unacked") == 0
+    });
+    f.wait_idle();
+    assert_eq!(f.status().1["manifest"]["gave_up"], 0);
+    f.stop();
+}

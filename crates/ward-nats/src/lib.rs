@@ -39,7 +39,9 @@
 //! tokio runtime driven by a thread the runtime owns (`ward-nats`), which runs the client's
 //! connection task (and its reconnections). A caller's thread blocks on its own request through
 //! the runtime's handle, so many ward threads may publish at once, each waiting for its own
-//! acknowledgement: unacknowledged publishes are at most the number of calling threads.
+//! acknowledgements. [`Publisher::publish_all`] sends a window of messages before it awaits their
+//! acknowledgements together: one wake of the caller and one round trip per window, rather than
+//! per message. Unacknowledged publishes are at most the messages of the calls under way.
 //!
 //! A publish carries a `Nats-Msg-Id`; the stream drops a second message with the same id inside
 //! its duplicate window, which is how a republish of a job whose acknowledgement was lost (or
@@ -152,6 +154,18 @@ impl ConsumerSpec {
     }
 }
 
+/// A message for [`Publisher::publish_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Its subject.
+    pub subject: String,
+    /// Its `Nats-Msg-Id`: the stream drops a second message with the same id inside its
+    /// duplicate window.
+    pub id: String,
+    /// Its body.
+    pub payload: Vec<u8>,
+}
+
 /// What the stream said of a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {
@@ -233,32 +247,68 @@ impl Publisher {
     /// [`Error::Publish`] if the publish was refused, not acknowledged in time, or the
     /// connection is down.
     pub fn publish(&self, subject: &str, id: &str, payload: Vec<u8>) -> Result<Ack, Error> {
-        let failed = |reason: String| Error::Publish {
+        let message = Outgoing {
             subject: subject.into(),
-            reason,
+            id: id.into(),
+            payload,
         };
+        let mut acks = self.publish_all(vec![message], PUBLISH_TIMEOUT);
+        acks.pop().unwrap_or_else(|| {
+            Err(Error::Publish {
+                subject: subject.into(),
+                reason: "no acknowledgement".into(),
+            })
+        })
+    }
+
+    /// Publishes `messages` in their order, all sent before any acknowledgement is awaited, and
+    /// waits (at most `timeout` in all) for each one's: one round trip for the lot, so the
+    /// unacknowledged messages are at most `messages.len()`. The results are in the messages'
+    /// order.
+    ///
+    /// # Errors
+    /// Per message, [`Error::Publish`] if it was refused, not acknowledged in time, or the
+    /// connection is down.
+    pub fn publish_all(
+        &self,
+        messages: Vec<Outgoing>,
+        timeout: Duration,
+    ) -> Vec<Result<Ack, Error>> {
+        let deadline = tokio::time::Instant::now() + timeout;
         self.runtime.block_on(async {
-            let sent = async {
+            let mut pending = Vec::with_capacity(messages.len());
+            for message in messages {
                 let publish = jetstream::context::Publish::build()
-                    .message_id(id)
-                    .payload(Bytes::from(payload));
-                let pending = self
-                    .context
-                    .send_publish(subject.to_owned(), publish)
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
-                pending.await.map_err(|e| failed(e.to_string()))
-            };
-            match tokio::time::timeout(PUBLISH_TIMEOUT, sent).await {
-                Ok(Ok(ack)) => Ok(Ack {
-                    sequence: ack.sequence,
-                    duplicate: ack.duplicate,
-                }),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(failed(format!(
-                    "no acknowledgement within {PUBLISH_TIMEOUT:?}"
-                ))),
+                    .message_id(message.id)
+                    .payload(Bytes::from(message.payload));
+                let sent = tokio::time::timeout_at(
+                    deadline,
+                    self.context.send_publish(message.subject.clone(), publish),
+                )
+                .await;
+                pending.push((message.subject, sent));
             }
+            let acks = pending.into_iter().map(|(subject, sent)| async move {
+                let failed = |reason: String| Error::Publish {
+                    subject: subject.clone(),
+                    reason,
+                };
+                let late = || failed(format!("no acknowledgement within {timeout:?}"));
+                let ack = match sent {
+                    Ok(Ok(ack)) => tokio::time::timeout_at(deadline, ack).await,
+                    Ok(Err(e)) => return Err(failed(e.to_string())),
+                    Err(_) => return Err(late()),
+                };
+                match ack {
+                    Ok(Ok(ack)) => Ok(Ack {
+                        sequence: ack.sequence,
+                        duplicate: ack.duplicate,
+                    }),
+                    Ok(Err(e)) => Err(failed(e.to_string())),
+                    Err(_) => Err(late()),
+                }
+            });
+            futures_util::future::join_all(acks).await
         })
     }
 

@@ -18,8 +18,8 @@ use crate::handover::{Handover, KeeperView};
 use crate::jobs::{Event, Events};
 use crate::keeper::{KEEPER_BIN, keeper_main};
 use crate::protocol::{
-    BatchStatus, ChangeLine, ChangesPage, ManifestStatus, QueueStatus, RemoteStatus, Request,
-    ServerStatus, ServiceStatus, WatchStatus, WorkStatus,
+    BatchStatus, ChangeLine, ChangesPage, ManifestStatus, PublishStatus, QueueStatus, RemoteStatus,
+    Request, ServerStatus, ServiceStatus, WatchStatus, WorkStatus,
 };
 use crate::state::{KeeperState, Phase, Pidfile, PidfileState, StateDir, names, unix_now};
 use crate::{Error, Launch, Outcome, control};
@@ -337,6 +337,8 @@ struct ServerPart {
     batches: Vec<BatchStatus>,
     services: Vec<ServiceStatus>,
     remote: Vec<RemoteStatus>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    publishing: Vec<PublishStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     work: Option<WorkStatus>,
 }
@@ -421,6 +423,7 @@ fn add_server_status(report: &mut StatusReport, reply: Result<ServerStatus, Erro
                 batches: server.batches,
                 services: server.services,
                 remote: server.remote,
+                publishing: server.publishing,
                 work: server.work,
             });
         }
@@ -513,6 +516,16 @@ fn print_status(report: &StatusReport) {
                 s.name,
                 s.state.as_str(),
                 s.restarts
+            );
+        }
+        for p in &server.publishing {
+            let last = p
+                .last_error
+                .as_ref()
+                .map_or_else(String::new, |e| format!(", last error {e}"));
+            println!(
+                "  publish    {} stream {}: {} owed, {} unacknowledged, {} waiting for a retry; {} published, {} retried, {} gave up{last}",
+                p.url, p.stream, p.owed, p.unacked, p.retrying, p.published, p.retried, p.gave_up
             );
         }
         for r in &server.remote {

@@ -218,6 +218,17 @@ pub struct Retry {
     pub backoff_max: Duration,
 }
 
+impl Retry {
+    /// The delay before the attempt that follows the `failures`-th failure: `backoff` doubled
+    /// per failure after the first, at most `backoff_max`.
+    pub fn backoff_after(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(30);
+        self.backoff
+            .saturating_mul(1 << doublings)
+            .min(self.backoff_max)
+    }
+}
+
 impl Default for Retry {
     fn default() -> Retry {
         Retry {
@@ -265,7 +276,15 @@ pub struct Publish {
     pub subject: String,
     /// Files up to this many bytes travel in the message (base64); 0: none do.
     pub content_max_bytes: u64,
+    /// Publishes sent and not yet acknowledged, at most (a window, sent at once).
+    pub max_unacked: usize,
 }
+
+/// The default of `max_unacked`: a window large enough that a burst costs one round trip per
+/// window, not per job, and small enough that a server away times out little at once.
+pub const DEFAULT_MAX_UNACKED: usize = 64;
+/// The largest `max_unacked`.
+const MAX_UNACKED: usize = 10_000;
 
 /// The default stream of a publish trigger.
 pub const DEFAULT_STREAM: &str = "WARD";
@@ -279,6 +298,7 @@ struct PublishSection {
     stream: Option<At<String>>,
     subject: Option<At<String>>,
     content_max_kb: Option<At<u64>>,
+    max_unacked: Option<At<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -964,6 +984,19 @@ fn publish_of(
             ));
         }
     };
+    let max_unacked = match &p.max_unacked {
+        None => DEFAULT_MAX_UNACKED,
+        Some(n) if (1..=MAX_UNACKED).contains(n.get_ref()) => *n.get_ref(),
+        Some(n) => {
+            return Err((
+                n.span(),
+                format!(
+                    "trigger {trigger:?}: max_unacked = {}: must be between 1 and {MAX_UNACKED}",
+                    n.get_ref()
+                ),
+            ));
+        }
+    };
     if cfg!(not(feature = "nats")) {
         return Err((
             section.span(),
@@ -977,6 +1010,7 @@ fn publish_of(
         stream: stream.to_owned(),
         subject,
         content_max_bytes,
+        max_unacked,
     })
 }
 
@@ -1196,7 +1230,17 @@ recycle_after = 100
                 stream: "WARD".into(),
                 subject: "ward.jobs.index".into(),
                 content_max_bytes: 4096,
+                max_unacked: DEFAULT_MAX_UNACKED,
             })
+        );
+        let err = parse(
+            "[[trigger]]\nname = \"index\"\npublish = { url = \"nats://h:1\", max_unacked = 0 }\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("max_unacked = 0: must be between 1 and 10000"),
+            "{err}"
         );
         let err = parse("[[trigger]]\nexec = [\"true\"]\npublish = { url = \"nats://h:1\" }\n")
             .unwrap_err();
@@ -1999,5 +2043,25 @@ memory_max_mb = 64
         let config = Config::resolve(None, &command, dir.path()).unwrap();
         assert_eq!(config.roots, [dir.path().join("sub")]);
         assert_eq!(config.triggers[0].name, "command");
+    }
+
+    #[test]
+    fn a_retry_s_backoff_doubles_from_the_base_up_to_the_max() {
+        let retry = |max| Retry {
+            retries: 2,
+            backoff: Duration::from_millis(100),
+            backoff_max: max,
+        };
+        let short = retry(Duration::from_secs(1));
+        let delays: Vec<Duration> = (1..=6).map(|n| short.backoff_after(n)).collect();
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1000, 1000].map(Duration::from_millis)
+        );
+        assert_eq!(short.backoff_after(0), Duration::from_millis(100));
+        assert_eq!(
+            retry(Duration::from_secs(30)).backoff_after(u32::MAX),
+            Duration::from_secs(30)
+        );
     }
 }

@@ -279,7 +279,7 @@ impl Dispatcher {
                 max_rss_bytes,
             } => self.run_on_worker(argv, *recycle_after, *max_rss_bytes, job),
             #[cfg(feature = "nats")]
-            Handler::Publish(target) => self.publishers.publish(target, job, &self.config.roots),
+            Handler::Publish(_) => self.publishers.publish(job, &self.config.roots),
             // Refused by the config loader of a build without the feature.
             #[cfg(not(feature = "nats"))]
             Handler::Publish(_) => Err(JobError::Spawn(

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::manifest::Update;
+use crate::jobs::{Event, Job};
+use crate::manifest::{Failure, FileMeta, Update};
 
 /// How long the loop lets outcomes gather once the first rings.
 pub(crate) const GATHER_FOR: Duration = Duration::from_millis(2);
@@ -85,6 +86,56 @@ impl OutcomeSender {
             let _ = self.bell.try_send(());
         }
         Ok(())
+    }
+
+    /// Hands `update` to the loop, or says once that it is lost with the server's end.
+    pub(crate) fn tell(&self, update: Update) {
+        if let Err(update) = self.send(update) {
+            log::warn!(
+                "outcome of {} not recorded (it will be redone after a restart): the server is ending",
+                update.path().display()
+            );
+        }
+    }
+
+    /// `job` succeeded on the version `processed` (`None`: the file was gone): its path's
+    /// outcome and, for a rename, the removal of its old path.
+    pub(crate) fn succeeded(&self, job: &Job, processed: Option<FileMeta>) {
+        self.tell(Update::Finished {
+            path: job.path.clone(),
+            event: job.event,
+            ok: true,
+            processed,
+            old_path: job.old_path.clone(),
+        });
+        if let Some(old) = &job.old_path {
+            self.tell(Update::Finished {
+                path: old.clone(),
+                // A rename tells the consumer its old path is gone.
+                event: Event::Removed,
+                ok: true,
+                processed: None,
+                old_path: None,
+            });
+        }
+    }
+
+    /// `job` ended without success: its failure, when it gave up (`None`: ward's own stop ended
+    /// it, no failure of the job), then its end.
+    pub(crate) fn failed(&self, job: &Job, failure: Option<Failure>) {
+        if let Some(failure) = failure {
+            self.tell(Update::GaveUp {
+                path: job.path.clone(),
+                failure: Box::new(failure),
+            });
+        }
+        self.tell(Update::Finished {
+            path: job.path.clone(),
+            event: job.event,
+            ok: false,
+            processed: None,
+            old_path: job.old_path.clone(),
+        });
     }
 }
 

@@ -419,6 +419,9 @@ pub struct ServerStatus {
     /// What remote workers reported of each publish trigger's jobs since the server started.
     #[serde(default)]
     pub remote: Vec<RemoteStatus>,
+    /// Each publisher (one per NATS server and stream its publish triggers use).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publishing: Vec<PublishStatus>,
     /// Set when the daemon is a `ward work --detach`: where it pulls from and what it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work: Option<WorkStatus>,
@@ -458,6 +461,31 @@ pub struct RemoteStatus {
     /// Jobs that gave up (dead-lettered): `ward failures` lists them.
     pub gave_up: u64,
     /// The last failure's error, with the worker's host.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// A publisher, in [`ServerStatus::publishing`]: the jobs of the publish triggers to one NATS
+/// server and stream, since the server started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishStatus {
+    /// The server's address.
+    pub url: String,
+    /// The stream.
+    pub stream: String,
+    /// Jobs waiting to be published.
+    pub owed: usize,
+    /// Jobs published and not yet acknowledged.
+    pub unacked: usize,
+    /// Jobs whose publish failed, waiting for their retry.
+    pub retrying: usize,
+    /// Jobs the stream acknowledged.
+    pub published: u64,
+    /// Publishes that failed and were retried.
+    pub retried: u64,
+    /// Jobs that failed every attempt: `ward failures` lists them.
+    pub gave_up: u64,
+    /// The last failure's error.
     #[serde(default)]
     pub last_error: Option<String>,
 }

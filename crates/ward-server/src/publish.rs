@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use base64::Engine;
 use parking_lot::Mutex;
-use ward_nats::{Publisher, StreamSpec};
+use ward_nats::{Ack, Outgoing, Publisher, StreamSpec};
 
 use crate::config::Publish;
 use crate::dispatch::JobError;
 use crate::jobs::Job;
+use crate::manifest::FileMeta;
 use crate::remote::{JobMessage, hostname, origin_id};
 
 /// The connections of the publish triggers, one per server and stream, made at a trigger's first
@@ -55,14 +56,71 @@ impl Publishers {
             .clone())
     }
 
-    /// Publishes `job` to `target` and waits for the stream's acknowledgement.
-    pub(crate) fn publish(
+    /// Publishes `job` and waits for the stream's acknowledgement.
+    pub(crate) fn publish(&self, job: &Job, roots: &[std::path::PathBuf]) -> Result<(), JobError> {
+        let version = FileMeta::read(&job.path);
+        let mut results = self.publish_all(&[(job, version)], roots, ward_nats::PUBLISH_TIMEOUT);
+        results
+            .pop()
+            .unwrap_or_else(|| Err(JobError::Failed("publish: no acknowledgement".into())))
+    }
+
+    /// Publishes `jobs` (each with its file's version, stat-ed just before; their triggers
+    /// publish to one server and stream) in one window: all sent, then their acknowledgements
+    /// awaited together, at most `timeout`. Each job's result, in order.
+    pub(crate) fn publish_all(
+        &self,
+        jobs: &[(&Job, Option<FileMeta>)],
+        roots: &[std::path::PathBuf],
+        timeout: std::time::Duration,
+    ) -> Vec<Result<(), JobError>> {
+        let publisher = match jobs.first().map(|(job, _)| target_of(job)) {
+            Some(Ok(target)) => self.publisher(target),
+            Some(Err(e)) => Err(e),
+            None => return Vec::new(),
+        };
+        let publisher = match publisher {
+            Ok(publisher) => publisher,
+            Err(e) => return jobs.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let mut results: Vec<Result<(), JobError>> = Vec::with_capacity(jobs.len());
+        let mut messages = Vec::with_capacity(jobs.len());
+        for (job, version) in jobs {
+            let message = target_of(job).and_then(|t| self.message(t, job, *version, roots));
+            match message {
+                Ok(message) => {
+                    messages.push(message);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        let mut acks = publisher.publish_all(messages, timeout).into_iter();
+        for ((job, _), result) in jobs.iter().zip(&mut results) {
+            if result.is_err() {
+                continue;
+            }
+            *result = match acks.next() {
+                Some(Ok(ack)) => {
+                    log_ack(job, ack);
+                    Ok(())
+                }
+                Some(Err(e)) => Err(JobError::Failed(e.to_string())),
+                None => Err(JobError::Failed("publish: no acknowledgement".into())),
+            };
+        }
+        results
+    }
+
+    /// The message of `job` at `version`: its subject, id and body.
+    fn message(
         &self,
         target: &Publish,
         job: &Job,
+        version: Option<FileMeta>,
         roots: &[std::path::PathBuf],
-    ) -> Result<(), JobError> {
-        let mut message = JobMessage::of(job, roots, &self.host, &self.origin);
+    ) -> Result<Outgoing, JobError> {
+        let mut message = JobMessage::of(job, version, roots, &self.host, &self.origin);
         if target.content_max_bytes > 0
             && message
                 .size
@@ -71,29 +129,38 @@ impl Publishers {
             message.content = read_at_most(&job.path, target.content_max_bytes)
                 .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
         }
-        let body = serde_json::to_vec(&message)
+        let payload = serde_json::to_vec(&message)
             .map_err(|e| JobError::Failed(format!("publish: cannot encode the message: {e}")))?;
-        let publisher = self.publisher(target)?;
-        let ack = publisher
-            .publish(&target.subject, &message.message_id(), body)
-            .map_err(|e| JobError::Failed(e.to_string()))?;
-        if ack.duplicate {
-            // A republish of a job whose record was lost (a crash), or a version published again
-            // within the duplicate window: said, as it is rare and explains a job not delivered.
-            log::info!(
-                "{} published again: dropped by the stream as a duplicate of #{}",
-                job.path.display(),
-                ack.sequence
-            );
-        } else {
-            log::debug!(
-                "published {} as {} #{}",
-                job.path.display(),
-                target.stream,
-                ack.sequence
-            );
-        }
-        Ok(())
+        Ok(Outgoing {
+            subject: target.subject.clone(),
+            id: message.message_id(),
+            payload,
+        })
+    }
+}
+
+/// Where `job`'s trigger publishes.
+fn target_of(job: &Job) -> Result<&Publish, JobError> {
+    match job.trigger.handler() {
+        crate::config::Handler::Publish(target) => Ok(target),
+        _ => Err(JobError::Failed(format!(
+            "trigger {} does not publish",
+            job.trigger.name()
+        ))),
+    }
+}
+
+fn log_ack(job: &Job, ack: Ack) {
+    if ack.duplicate {
+        // A republish of a job whose record was lost (a crash), or a version published again
+        // within the duplicate window: said, as it is rare and explains a job not delivered.
+        log::info!(
+            "{} published again: dropped by the stream as a duplicate of #{}",
+            job.path.display(),
+            ack.sequence
+        );
+    } else {
+        log::debug!("published {} as #{}", job.path.display(), ack.sequence);
     }
 }
 

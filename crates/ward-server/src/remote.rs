@@ -78,9 +78,16 @@ pub struct JobMessage {
 }
 
 impl JobMessage {
-    /// The message for `job` (whose path is under one of `roots`) seen on `host`. The file is
-    /// stat-ed now: the version published is the one on disk, which is the latest.
-    pub fn of(job: &Job, roots: &[PathBuf], host: &str, origin: &str) -> JobMessage {
+    /// The message for `job` (whose path is under one of `roots`) seen on `host`, its file's
+    /// version `meta` (stat-ed just before: the version published is the one on disk, which is
+    /// the latest; `None` if it is gone).
+    pub fn of(
+        job: &Job,
+        meta: Option<FileMeta>,
+        roots: &[PathBuf],
+        host: &str,
+        origin: &str,
+    ) -> JobMessage {
         // The longest root the path is under: roots may nest.
         let root = roots
             .iter()
@@ -93,7 +100,6 @@ impl JobMessage {
                     .map_or_else(PathBuf::new, Path::to_path_buf)
             });
         let relative = |p: &Path| p.strip_prefix(&root).unwrap_or(p).to_path_buf();
-        let meta = FileMeta::read(&job.path);
         JobMessage {
             host: host.to_owned(),
             origin: origin.to_owned(),

@@ -94,6 +94,7 @@ impl Counts {
             batches: Vec::new(),
             services: Vec::new(),
             remote: Vec::new(),
+            publishing: Vec::new(),
             work: Some(WorkStatus {
                 url: options.url.clone(),
                 stream: options.stream.clone(),

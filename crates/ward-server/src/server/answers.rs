@@ -135,18 +135,27 @@ fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
     let (paths, seq) = tracker.stats();
     let (unrecorded, write_error) = tracker.backlog();
     let (batches, batches_running) = from.backlog.batches.status();
+    #[cfg(feature = "nats")]
+    let publishing = from.backlog.publishing.status();
+    #[cfg(not(feature = "nats"))]
+    let publishing: Vec<crate::protocol::PublishStatus> = Vec::new();
+    // A publisher's jobs count as the pool's do: unacknowledged ones run, acknowledged ones
+    // completed, and so on.
+    let sum = |count: fn(&crate::protocol::PublishStatus) -> u64| -> u64 {
+        publishing.iter().map(count).sum()
+    };
     ServerStatus {
         server_pid: std::process::id(),
         uptime_s: from.started.elapsed().as_secs(),
         queue: QueueStatus {
             queued: m.queued,
-            running: m.running + batches_running,
-            completed: m.completed,
-            failed: m.failed,
-            retried: m.retried,
+            running: m.running + batches_running + sum(|p| p.unacked as u64) as usize,
+            completed: m.completed + sum(|p| p.published),
+            failed: m.failed + sum(|p| p.retried + p.gave_up),
+            retried: m.retried + sum(|p| p.retried),
             coalesced: m.coalesced,
             rejected: m.rejected,
-            dead: m.dead,
+            dead: m.dead + sum(|p| p.gave_up),
             paused: from.pool.is_paused(),
             held: from.held.clone(),
             backlog: from.backlog.len(),
@@ -172,6 +181,7 @@ fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
         batches,
         services: from.services.status(),
         remote: from.remote.clone(),
+        publishing,
         work: None,
     }
 }

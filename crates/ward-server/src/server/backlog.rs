@@ -47,6 +47,10 @@ pub(super) struct Backlog {
     /// The runners of batch triggers, which take those triggers' jobs instead of the pool; the
     /// paths they owe count against the high-water mark.
     pub(super) batches: Batches,
+    /// The publishers of publish triggers, which take those triggers' jobs instead of the pool;
+    /// the jobs they owe count against the high-water mark.
+    #[cfg(feature = "nats")]
+    pub(super) publishing: super::publishing::Publishing,
 }
 
 impl Default for Backlog {
@@ -58,6 +62,8 @@ impl Default for Backlog {
             rescans: Vec::new(),
             high: BACKLOG_HIGH,
             batches: Batches::default(),
+            #[cfg(feature = "nats")]
+            publishing: super::publishing::Publishing::default(),
         }
     }
 }
@@ -145,15 +151,23 @@ impl Backlog {
             self.batches.offer(job);
             return;
         }
+        #[cfg(feature = "nats")]
+        if matches!(job.trigger.handler(), crate::config::Handler::Publish(_)) {
+            self.publishing.offer(job);
+            return;
+        }
         let path = job.path.clone();
         if self.jobs.insert(path.clone(), job).is_none() {
             self.order.push_back(path);
         }
     }
 
-    /// Jobs waiting, for the pool or in a batch trigger's next run.
+    /// Jobs waiting, for the pool, in a batch trigger's next run, or to be published.
     pub(super) fn len(&self) -> usize {
-        self.jobs.len() + self.batches.owed()
+        let len = self.jobs.len() + self.batches.owed();
+        #[cfg(feature = "nats")]
+        let len = len + self.publishing.owed();
+        len
     }
 
     /// Hands jobs to the pool until its queue is full: first those held for a trigger that has

@@ -28,7 +28,7 @@ use crate::deaths::{self, Reported};
 use crate::dispatch::{DUMP_WAIT, JobError, oom_before, with_settings};
 use crate::intents::Intents;
 use crate::jobs::{CompiledTrigger, Event, Job, Triggers};
-use crate::manifest::{Failure, FileMeta, Update};
+use crate::manifest::{Failure, FileMeta};
 use crate::metrics::{JobOutcome, METRICS};
 use crate::outcomes::OutcomeSender;
 use crate::output::{JOB_SHARE, LogShare, log_sink};
@@ -457,16 +457,7 @@ impl<'a> RunnerThread<'a> {
         {
             return false;
         }
-        send(
-            &self.cx.done,
-            Update::Finished {
-                path: path.to_path_buf(),
-                event: job.event,
-                ok: true,
-                processed: Some(*version),
-                old_path: None,
-            },
-        );
+        self.cx.done.succeeded(job, Some(*version));
         true
     }
 
@@ -669,29 +660,9 @@ impl<'a> RunnerThread<'a> {
     fn succeeded(&mut self, versions: &HashMap<PathBuf, Option<FileMeta>>) {
         for (path, job) in self.run.drain() {
             self.failed.remove(&path);
-            let processed = versions.get(&path).copied().flatten();
-            send(
-                &self.cx.done,
-                Update::Finished {
-                    path,
-                    event: job.event,
-                    ok: true,
-                    processed,
-                    old_path: job.old_path.clone(),
-                },
-            );
-            if let Some(old) = job.old_path {
-                send(
-                    &self.cx.done,
-                    Update::Finished {
-                        path: old,
-                        event: Event::Removed,
-                        ok: true,
-                        processed: None,
-                        old_path: None,
-                    },
-                );
-            }
+            self.cx
+                .done
+                .succeeded(&job, versions.get(&path).copied().flatten());
         }
     }
 
@@ -717,29 +688,15 @@ impl<'a> RunnerThread<'a> {
                 continue;
             };
             gave_up += 1;
-            send(
-                &self.cx.done,
-                Update::GaveUp {
-                    path: path.clone(),
-                    failure: Box::new(failure(&job, attempts, error)),
-                },
-            );
-            send(
-                &self.cx.done,
-                Update::Finished {
-                    path,
-                    event: job.event,
-                    ok: false,
-                    processed: None,
-                    old_path: job.old_path,
-                },
-            );
+            self.cx
+                .done
+                .failed(&job, Some(failure(&job, attempts, error)));
         }
         if gave_up > 0 {
             log::error!("batch {name} failed ({error}): {gave_up} path(s) gave up");
         }
         if !self.run.is_empty() {
-            let delay = backoff(retry.backoff, retry.backoff_max, most);
+            let delay = retry.backoff_after(most);
             log::warn!(
                 "batch {name} failed ({error}); {} path(s) retried in {delay:?}",
                 self.run.len()
@@ -748,13 +705,6 @@ impl<'a> RunnerThread<'a> {
         }
         self.run.is_empty()
     }
-}
-
-/// The delay before the retry that follows the `failures`-th failure: `base` doubled per
-/// failure after the first, at most `max`.
-fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(30);
-    base.saturating_mul(1 << doublings).min(max)
 }
 
 /// What a path that gave up records: as a job's give-up does.
@@ -785,15 +735,6 @@ fn tail_text(tail: &OutputTail) -> String {
         .map(|l| l.text.as_str())
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn send(done: &OutcomeSender, update: Update) {
-    if let Err(update) = done.send(update) {
-        log::warn!(
-            "outcome of {} not recorded (it will be redone after a restart): the server is ending",
-            update.path().display()
-        );
-    }
 }
 
 /// The file named by `WARD_PATHS_FILE`, removed when dropped.
@@ -833,25 +774,5 @@ fn remove_stale_paths_files(state: &StateDir) {
         {
             let _ = std::fs::remove_file(entry.path());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_the_base_up_to_the_max() {
-        let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
-        let delays: Vec<Duration> = (1..=6).map(|n| backoff(base, max, n)).collect();
-        assert_eq!(
-            delays,
-            [100, 200, 400, 800, 1000, 1000].map(Duration::from_millis)
-        );
-        assert_eq!(backoff(base, max, 0), base);
-        assert_eq!(
-            backoff(base, Duration::from_secs(30), u32::MAX),
-            Duration::from_secs(30)
-        );
     }
 }

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::dispatch::{Dispatcher, JobError};
 use crate::intents::Intents;
 use crate::jobs::{Event, Job};
-use crate::manifest::{Failure, FileMeta, Update};
+use crate::manifest::{Failure, FileMeta};
 use crate::metrics::{JobOutcome, METRICS};
 use crate::outcomes::{OutcomeSender, Outcomes};
 use crate::tracker::Tracker;
@@ -90,25 +90,7 @@ pub(super) fn build_pool(
                 _ => {}
             }
             if let QueueEvent::Dead { job, failures, .. } = &event {
-                if let Some(failure) = gave_up(job, failures) {
-                    send_done(
-                        &done,
-                        Update::GaveUp {
-                            path: job.path.clone(),
-                            failure: Box::new(failure),
-                        },
-                    );
-                }
-                send_done(
-                    &done,
-                    Update::Finished {
-                        path: job.path.clone(),
-                        event: job.event,
-                        ok: false,
-                        processed: None,
-                        old_path: job.old_path.clone(),
-                    },
-                );
+                done.failed(job, gave_up(job, failures));
             }
             log_outcome(event);
         })
@@ -127,29 +109,7 @@ pub(super) fn build_pool(
             let ran = current.run(job);
             METRICS.job_ran(job.trigger.name(), began.elapsed());
             ran.map_err(|e| Box::new(e) as QueueError)?;
-            send_done(
-                &finished,
-                Update::Finished {
-                    path: job.path.clone(),
-                    event: job.event,
-                    ok: true,
-                    processed: version,
-                    old_path: job.old_path.clone(),
-                },
-            );
-            if let Some(old) = &job.old_path {
-                send_done(
-                    &finished,
-                    Update::Finished {
-                        path: old.clone(),
-                        // A rename tells the consumer its old path is gone.
-                        event: Event::Removed,
-                        ok: true,
-                        processed: None,
-                        old_path: None,
-                    },
-                );
-            }
+            finished.succeeded(job, version);
             Ok(())
         })
         .map_err(Error::from)
@@ -178,15 +138,6 @@ fn gave_up(job: &Job, failures: &[ward_queue::Failure]) -> Option<Failure> {
 pub(super) fn record_outcomes(done: &Outcomes, tracker: &mut Tracker) {
     for update in done.take() {
         tracker.finished(update);
-    }
-}
-
-fn send_done(done: &OutcomeSender, update: Update) {
-    if let Err(update) = done.send(update) {
-        log::warn!(
-            "outcome of {} not recorded (it will be redone after a restart): the server is ending",
-            update.path().display()
-        );
     }
 }
 

@@ -14,6 +14,8 @@ mod job;
 pub(crate) mod keeper_gone;
 use keeper_gone::KEEPER_GONE;
 mod metrics_http;
+#[cfg(feature = "nats")]
+mod publishing;
 mod reload;
 #[cfg(feature = "nats")]
 mod remote_results;
@@ -138,6 +140,14 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         env: ward_supervisor::Environment::current(),
         held: std::sync::atomic::AtomicBool::new(false),
     };
+    #[cfg(feature = "nats")]
+    let publishing_context = publishing::Context {
+        roots: config.roots.clone(),
+        publishers: crate::publish::Publishers::new(state.path()),
+        done: done_tx.clone(),
+        intents: tracker.intents(),
+        held: std::sync::atomic::AtomicBool::new(false),
+    };
     let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx, tracker.intents())
         .map_err(cannot_start)?;
     let backstop = job::backstop(&config);
@@ -191,6 +201,10 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     );
     let mut backlog = Backlog::default();
     backlog.batches = batch::Batches::new(batch_context);
+    #[cfg(feature = "nats")]
+    {
+        backlog.publishing = publishing::Publishing::new(publishing_context);
+    }
     match tracker.pending_jobs() {
         Ok(jobs) => {
             for job in jobs {
@@ -245,6 +259,8 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         }
         // Batch runs are held as the pool's jobs are; a no-op unless that changed.
         backlog.batches.set_held(holds.jobs_held());
+        #[cfg(feature = "nats")]
+        backlog.publishing.set_held(holds.jobs_held());
         backlog.submit(&pool);
         backlog.refill(&mut tracker);
         backlog.submit(&pool);
@@ -386,8 +402,12 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     dispatcher.read().stop_running_at(drain_end);
     // A running batch finishes within the drain too; no new one starts.
     backlog.batches.stop_at(drain_end);
+    #[cfg(feature = "nats")]
+    backlog.publishing.stop_at(drain_end);
     let left = pool.shutdown(drain_timeout);
     backlog.batches.join();
+    #[cfg(feature = "nats")]
+    backlog.publishing.join();
     record_outcomes(&done, &mut tracker);
     let not_run = left.len() + backlog.len();
     if !backlog.rescans.is_empty() {

@@ -25,7 +25,8 @@ use super::super::report::Row;
 use super::subscribe::p50_p99;
 use super::{Owned, Tools, Ward, stamp_of};
 
-/// Job threads of ward, and acknowledgements awaited at once by the raw publisher.
+/// Publishes unacknowledged at once, at most: ward's `max_unacked` (its default) and the raw
+/// publisher's acknowledgements awaited at once.
 const IN_FLIGHT: usize = 8;
 /// The debounce of the latency rounds, the latency part's first window.
 const WINDOW_MS: u64 = 50;
@@ -115,7 +116,7 @@ fn raw_publish(url: &str, n: usize, size: usize) -> Result<f64> {
 fn publish_trigger(url: &str, stream: &str) -> String {
     format!(
         "[[trigger]]\nname = \"publish\"\nglob = [\"*\"]\n\
-         publish = {{ url = \"{url}\", stream = \"{stream}\", subject = \"ward.jobs.{{trigger}}\" }}\n"
+         publish = {{ url = \"{url}\", stream = \"{stream}\", subject = \"ward.jobs.{{trigger}}\", max_unacked = {IN_FLIGHT} }}\n"
     )
 }
 

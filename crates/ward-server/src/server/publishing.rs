@@ -1,0 +1,464 @@
+//! Publish triggers' runners (the `nats` feature): one thread per NATS server and stream, which
+//! publishes the jobs it owes a window at a time (the whole window sent, then its
+//! acknowledgements awaited together) instead of a job thread per publish, each waiting for its
+//! own. Not what goes in a message (`crate::publish`, `crate::remote`).
+//!
+//! The loop hands each job of a publish trigger to its target's runner ([`Publishing::offer`])
+//! instead of the pool. A runner keeps the jobs it owes in arrival order, one per path (the
+//! latest wins); a window takes at most the trigger's `max_unacked` of them, so a path is in one
+//! window at a time and its next job goes in a later one. Each job's outcome goes through the
+//! pool's [`OutcomeSender`], as a pool job's does: succeeded once the stream acknowledged it,
+//! retried after the trigger's backoff when not, given up after its retries. The jobs owed and
+//! waiting for a retry count in `Backlog::len`, so past the high-water mark the loop takes no
+//! watcher batch: a NATS server away costs bounded memory. At ward's stop a runner publishes
+//! what it owes until the drain's end; what is left stays pending in the manifest for the next
+//! start.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::config::{Handler, Publish};
+use crate::intents::Intents;
+use crate::jobs::{Event, Job};
+use crate::manifest::{Failure, FileMeta};
+use crate::metrics::{JobOutcome, METRICS};
+use crate::outcomes::OutcomeSender;
+use crate::protocol::PublishStatus;
+use crate::publish::Publishers;
+
+/// What every runner needs, from the server.
+#[derive(Debug)]
+pub(super) struct Context {
+    pub roots: Vec<PathBuf>,
+    pub publishers: Publishers,
+    pub done: OutcomeSender,
+    pub intents: Arc<Intents>,
+    /// No window starts while set (`ward hold`, memory short): see [`Publishing::set_held`].
+    pub held: AtomicBool,
+}
+
+/// A runner's target: a NATS server's address and a stream.
+type Target = (String, String);
+
+/// The runners, made as their target's first job comes. Dropping it stops them at once and
+/// joins their threads; [`Publishing::stop_at`] and [`Publishing::join`] drain first.
+#[derive(Debug, Default)]
+pub(super) struct Publishing {
+    /// `None` in the backlog's tests, which publish nothing.
+    context: Option<Arc<Context>>,
+    runners: Vec<Runner>,
+}
+
+#[derive(Debug)]
+struct Runner {
+    target: Target,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    owed: Mutex<Owed>,
+    wake: Condvar,
+}
+
+/// What a runner owes and has done, shared with the loop.
+#[derive(Debug, Default)]
+struct Owed {
+    /// The paths owed, in arrival order; each has its job in `jobs`.
+    order: VecDeque<PathBuf>,
+    jobs: HashMap<PathBuf, Job>,
+    /// Jobs of the window under way: sent, not yet acknowledged.
+    unacked: usize,
+    /// Jobs waiting for their retry (the runner's own, counted here for the loop).
+    retrying: usize,
+    /// ward is stopping: no window starts after this instant, nor once nothing is owed.
+    stop_at: Option<Instant>,
+    /// The thread has ended (or is ending): an offer makes a new runner.
+    ended: bool,
+    published: u64,
+    retried: u64,
+    gave_up: u64,
+    last_error: Option<String>,
+}
+
+/// A job waiting for its next attempt.
+#[derive(Debug)]
+struct Retry {
+    job: Job,
+    /// Failed attempts so far.
+    failures: u32,
+    at: Instant,
+}
+
+impl Publishing {
+    pub(super) fn new(context: Context) -> Publishing {
+        Publishing {
+            context: Some(Arc::new(context)),
+            runners: Vec::new(),
+        }
+    }
+
+    /// Gives `job` (of a publish trigger) to its target's runner, starting one if it has none.
+    pub(super) fn offer(&mut self, job: Job) {
+        let Some(target) = target_of(&job).map(|t| (t.url.clone(), t.stream.clone())) else {
+            log::error!(
+                "{}: its trigger {} does not publish; it stays pending until the next start",
+                job.path.display(),
+                job.trigger.name()
+            );
+            return;
+        };
+        let mut job = Some(job);
+        if let Some(runner) = self.runners.iter().find(|r| r.target == target) {
+            let mut owed = runner.shared.owed.lock();
+            if !owed.ended
+                && let Some(job) = job.take()
+            {
+                let path = job.path.clone();
+                if owed.jobs.insert(path.clone(), job).is_none() {
+                    owed.order.push_back(path);
+                }
+                drop(owed);
+                runner.shared.wake.notify_one();
+                return;
+            }
+        }
+        self.runners.retain_mut(|r| !r.reap());
+        let (Some(context), Some(job)) = (&self.context, job) else {
+            return;
+        };
+        match Runner::start(target, Arc::clone(context)) {
+            Ok(runner) => {
+                self.runners.push(runner);
+                self.offer(job);
+            }
+            Err(e) => log::error!(
+                "cannot start the publisher of trigger {}: {e}; {} stays pending until the next start",
+                job.trigger.name(),
+                job.path.display()
+            ),
+        }
+    }
+
+    /// Jobs owed and waiting for a retry: they count against the backlog's high-water mark.
+    pub(super) fn owed(&self) -> usize {
+        self.runners
+            .iter()
+            .map(|r| {
+                let owed = r.shared.owed.lock();
+                owed.jobs.len() + owed.retrying
+            })
+            .sum()
+    }
+
+    /// What `ward status` shows of each runner whose thread has not ended.
+    pub(super) fn status(&self) -> Vec<PublishStatus> {
+        self.runners
+            .iter()
+            .filter_map(|r| {
+                let owed = r.shared.owed.lock();
+                (!owed.ended).then(|| PublishStatus {
+                    url: r.target.0.clone(),
+                    stream: r.target.1.clone(),
+                    owed: owed.jobs.len(),
+                    unacked: owed.unacked,
+                    retrying: owed.retrying,
+                    published: owed.published,
+                    retried: owed.retried,
+                    gave_up: owed.gave_up,
+                    last_error: owed.last_error.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// No window starts while `held` (one under way finishes); what comes meanwhile is owed.
+    pub(super) fn set_held(&self, held: bool) {
+        let Some(cx) = &self.context else { return };
+        if cx.held.swap(held, Ordering::Relaxed) == held {
+            return;
+        }
+        for runner in &self.runners {
+            // Under the runner's lock: it has either seen the new value or is waiting for this.
+            let _owed = runner.shared.owed.lock();
+            runner.shared.wake.notify_one();
+        }
+    }
+
+    /// ward is stopping: the runners publish what they owe until `at`, then end.
+    pub(super) fn stop_at(&self, at: Instant) {
+        for runner in &self.runners {
+            runner.shared.owed.lock().stop_at = Some(at);
+            runner.shared.wake.notify_one();
+        }
+    }
+
+    /// Waits for every runner's thread to end (after [`Publishing::stop_at`]).
+    pub(super) fn join(&mut self) {
+        for mut runner in self.runners.drain(..) {
+            runner.join();
+        }
+    }
+}
+
+impl Drop for Publishing {
+    fn drop(&mut self) {
+        self.stop_at(Instant::now());
+        self.join();
+    }
+}
+
+impl Runner {
+    fn start(target: Target, context: Arc<Context>) -> std::io::Result<Runner> {
+        let shared = Arc::new(Shared::default());
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("ward-publish".into())
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(|| {
+                        RunnerThread {
+                            shared: &shared,
+                            cx: context,
+                            retries: HashMap::new(),
+                        }
+                        .run();
+                    });
+                    if std::panic::catch_unwind(run).is_err() {
+                        log::error!("a publisher panicked; its jobs run at the next start");
+                    }
+                    shared.owed.lock().ended = true;
+                })?
+        };
+        Ok(Runner {
+            target,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Joins the thread if it has ended; whether it had.
+    fn reap(&mut self) -> bool {
+        if !self.shared.owed.lock().ended {
+            return false;
+        }
+        self.join();
+        true
+    }
+
+    fn join(&mut self) {
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!(
+                "the publisher to {} stream {} panicked",
+                self.target.0,
+                self.target.1
+            );
+        }
+    }
+}
+
+/// A runner's own state, on its thread.
+struct RunnerThread<'a> {
+    shared: &'a Shared,
+    cx: Arc<Context>,
+    /// Jobs whose last attempt failed, by path.
+    retries: HashMap<PathBuf, Retry>,
+}
+
+impl RunnerThread<'_> {
+    fn run(mut self) {
+        loop {
+            let (window, stop_at) = {
+                let mut owed = self.shared.owed.lock();
+                loop {
+                    let now = Instant::now();
+                    let held = self.cx.held.load(Ordering::Relaxed);
+                    let stopping = owed.stop_at;
+                    // Stopping: no window past the drain's end, nor one only for retries.
+                    if stopping.is_some_and(|at| now >= at)
+                        || (stopping.is_some() && (held || owed.jobs.is_empty()))
+                    {
+                        owed.ended = true;
+                        return;
+                    }
+                    let due = self.retries.values().map(|r| r.at).min();
+                    if !held && (!owed.jobs.is_empty() || due.is_some_and(|at| at <= now)) {
+                        break;
+                    }
+                    match due.filter(|_| !held) {
+                        Some(at) => {
+                            self.shared.wake.wait_until(&mut owed, at);
+                        }
+                        None => self.shared.wake.wait(&mut owed),
+                    }
+                }
+                let window = self.take_window(&mut owed);
+                owed.unacked = window.len();
+                owed.retrying = self.retries.len();
+                (window, owed.stop_at)
+            };
+            self.publish(window, stop_at);
+        }
+    }
+
+    /// The next window: the retries due, then the jobs owed in arrival order, at most the first
+    /// one's trigger's `max_unacked`. A path owed anew drops its retry: a new change's attempts
+    /// start over.
+    fn take_window(&mut self, owed: &mut Owed) -> Vec<(Job, u32)> {
+        let now = Instant::now();
+        self.retries.retain(|path, _| !owed.jobs.contains_key(path));
+        let mut due: Vec<PathBuf> = self
+            .retries
+            .iter()
+            .filter(|(_, r)| r.at <= now)
+            .map(|(path, _)| path.clone())
+            .collect();
+        due.sort_by_key(|path| self.retries[path].at);
+        let mut window: Vec<(Job, u32)> = Vec::new();
+        let mut limit = usize::MAX;
+        let retried = due
+            .into_iter()
+            .filter_map(|path| self.retries.remove(&path));
+        let retried = retried.map(|r| (r.job, r.failures));
+        let owed_jobs = std::iter::from_fn(|| {
+            let path = owed.order.pop_front()?;
+            Some(owed.jobs.remove(&path).map(|job| (job, 0)))
+        })
+        .flatten();
+        for (job, failures) in retried.chain(owed_jobs) {
+            if window.is_empty() {
+                limit = target_of(&job).map_or(1, |t| t.max_unacked);
+            }
+            window.push((job, failures));
+            if window.len() >= limit {
+                break;
+            }
+        }
+        // Retries past the window's end wait for the next one.
+        window
+    }
+
+    /// Publishes `window` and hands each job's outcome to the loop.
+    fn publish(&mut self, window: Vec<(Job, u32)>, stop_at: Option<Instant>) {
+        let versions: Vec<Option<FileMeta>> = window
+            .iter()
+            .map(|(job, _)| {
+                if job.event == Event::Removed {
+                    None
+                } else {
+                    FileMeta::read(&job.path)
+                }
+            })
+            .collect();
+        let (mut sent, mut sent_versions) = (Vec::new(), Vec::new());
+        let mut results = Vec::with_capacity(window.len());
+        for ((job, _), version) in window.iter().zip(&versions) {
+            if job.trigger.receives(job.event) {
+                sent.push(job.path.as_path());
+                sent_versions.push((job, *version));
+            }
+        }
+        // Before the stream can tell a worker anything: a killed server's next start still
+        // knows of each path.
+        self.cx.intents.record_all(&sent);
+        let timeout = stop_at.map_or(ward_nats::PUBLISH_TIMEOUT, |at| {
+            at.saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(100), ward_nats::PUBLISH_TIMEOUT)
+        });
+        let began = Instant::now();
+        let mut acks = if sent_versions.is_empty() {
+            Vec::new()
+        } else {
+            self.cx
+                .publishers
+                .publish_all(&sent_versions, &self.cx.roots, timeout)
+        }
+        .into_iter();
+        for (job, _) in &window {
+            results.push(if job.trigger.receives(job.event) {
+                acks.next().unwrap_or(Err(crate::dispatch::JobError::Failed(
+                    "publish: no acknowledgement".into(),
+                )))
+            } else {
+                Ok(())
+            });
+        }
+        let took = began.elapsed();
+        let stopped = stop_at.is_some_and(|at| Instant::now() >= at);
+        let (mut published, mut retried, mut gave_up) = (0, 0, 0);
+        let mut first_error = None;
+        let mut next_retry: Option<Duration> = None;
+        for (((job, failures), version), result) in window.into_iter().zip(versions).zip(results) {
+            let name = job.trigger.name().to_owned();
+            METRICS.job_ran(&name, took);
+            let error = match result {
+                Ok(()) => {
+                    METRICS.job_ended(&name, JobOutcome::Succeeded);
+                    self.cx.done.succeeded(&job, version);
+                    published += 1;
+                    continue;
+                }
+                // Cut short by ward's stop: no failure of the job; it stays pending in the
+                // manifest for the next start.
+                Err(_) if stopped => continue,
+                Err(e) => e.to_string(),
+            };
+            let failures = failures + 1;
+            let retry = job.trigger.retry();
+            if failures > retry.retries {
+                METRICS.job_ended(&name, JobOutcome::GaveUp);
+                log::error!(
+                    "publishing {} (trigger {name}) failed after {failures} attempt(s): {error}",
+                    job.path.display()
+                );
+                let failure = Failure::of(&job, failures, error.clone(), None);
+                self.cx.done.failed(&job, Some(failure));
+                gave_up += 1;
+            } else {
+                METRICS.job_ended(&name, JobOutcome::Retried);
+                let delay = retry.backoff_after(failures);
+                next_retry = Some(next_retry.map_or(delay, |d| d.min(delay)));
+                let path = job.path.clone();
+                self.retries.insert(
+                    path,
+                    Retry {
+                        job,
+                        failures,
+                        at: Instant::now() + delay,
+                    },
+                );
+                retried += 1;
+            }
+            first_error.get_or_insert(error);
+        }
+        if let (Some(error), Some(delay)) = (&first_error, next_retry) {
+            // Once per window, not per job: a server away fails every job of it alike.
+            log::warn!("{retried} publish(es) failed ({error}); retried from {delay:?} on");
+        }
+        let mut owed = self.shared.owed.lock();
+        owed.unacked = 0;
+        owed.retrying = self.retries.len();
+        owed.published += published;
+        owed.retried += retried;
+        owed.gave_up += gave_up;
+        if first_error.is_some() {
+            owed.last_error = first_error;
+        }
+    }
+}
+
+fn target_of(job: &Job) -> Option<&Publish> {
+    match job.trigger.handler() {
+        Handler::Publish(target) => Some(target),
+        _ => None,
+    }
+}
