@@ -31,9 +31,18 @@ pub enum Error {
         /// What the server said.
         reason: String,
     },
-    /// A publish was refused or not acknowledged.
+    /// A publish was refused: the server answered with an error.
     #[error("publish on {subject}: {reason}")]
     Publish {
+        /// The subject.
+        subject: String,
+        /// Why.
+        reason: String,
+    },
+    /// A publish got no answer: the connection is down, or the acknowledgement did not come in
+    /// time. Nothing says the message was refused (it may even be stored).
+    #[error("publish on {subject}: no answer from the server: {reason}")]
+    Unanswered {
         /// The subject.
         subject: String,
         /// Why.
@@ -55,4 +64,12 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+}
+
+impl Error {
+    /// Whether the server did not answer (it could not be reached, or was too slow), rather than
+    /// refused: the same call may succeed once it is back.
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::Unanswered { .. })
+    }
 }

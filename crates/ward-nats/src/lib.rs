@@ -63,6 +63,7 @@ mod runtime;
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -244,8 +245,8 @@ impl Publisher {
     /// [`PUBLISH_TIMEOUT`]) for the stream's acknowledgement.
     ///
     /// # Errors
-    /// [`Error::Publish`] if the publish was refused, not acknowledged in time, or the
-    /// connection is down.
+    /// [`Error::Publish`] if the publish was refused, [`Error::Unanswered`] if it was not
+    /// acknowledged in time or the connection is down.
     pub fn publish(&self, subject: &str, id: &str, payload: Vec<u8>) -> Result<Ack, Error> {
         let message = Outgoing {
             subject: subject.into(),
@@ -267,8 +268,8 @@ impl Publisher {
     /// order.
     ///
     /// # Errors
-    /// Per message, [`Error::Publish`] if it was refused, not acknowledged in time, or the
-    /// connection is down.
+    /// Per message, [`Error::Publish`] if it was refused, [`Error::Unanswered`] if it was not
+    /// acknowledged in time or the connection is down.
     pub fn publish_all(
         &self,
         messages: Vec<Outgoing>,
@@ -289,14 +290,25 @@ impl Publisher {
                 pending.push((message.subject, sent));
             }
             let acks = pending.into_iter().map(|(subject, sent)| async move {
-                let failed = |reason: String| Error::Publish {
+                let refused = |reason: String| Error::Publish {
                     subject: subject.clone(),
                     reason,
                 };
-                let late = || failed(format!("no acknowledgement within {timeout:?}"));
+                let unanswered = |reason: String| Error::Unanswered {
+                    subject: subject.clone(),
+                    reason,
+                };
+                // A connection down or an ack too slow is no refusal.
+                let failed = |e: jetstream::context::PublishError| match e.kind() {
+                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+                        unanswered(e.to_string())
+                    }
+                    _ => refused(e.to_string()),
+                };
+                let late = || unanswered(format!("no acknowledgement within {timeout:?}"));
                 let ack = match sent {
                     Ok(Ok(ack)) => tokio::time::timeout_at(deadline, ack).await,
-                    Ok(Err(e)) => return Err(failed(e.to_string())),
+                    Ok(Err(e)) => return Err(failed(e)),
                     Err(_) => return Err(late()),
                 };
                 match ack {
@@ -304,7 +316,7 @@ impl Publisher {
                         sequence: ack.sequence,
                         duplicate: ack.duplicate,
                     }),
-                    Ok(Err(e)) => Err(failed(e.to_string())),
+                    Ok(Err(e)) => Err(failed(e)),
                     Err(_) => Err(late()),
                 }
             });

@@ -488,6 +488,9 @@ pub struct PublishStatus {
     /// The last failure's error.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The server did not answer the last window: the jobs stay owed until it does.
+    #[serde(default)]
+    pub waiting_for_server: bool,
 }
 
 /// A service, in [`ServerStatus::services`].

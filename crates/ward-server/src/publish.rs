@@ -36,7 +36,7 @@ impl Publishers {
         }
     }
 
-    fn publisher(&self, target: &Publish) -> Result<Arc<Publisher>, JobError> {
+    fn publisher(&self, target: &Publish) -> Result<Arc<Publisher>, Failed> {
         let key = (target.url.clone(), target.stream.clone());
         if let Some(open) = self.open.lock().get(&key) {
             return Ok(open.clone());
@@ -47,7 +47,10 @@ impl Publishers {
             &target.url,
             &StreamSpec::work_queue(&target.stream, &subjects),
         )
-        .map_err(|e| JobError::Failed(format!("publish: {e}")))?;
+        .map_err(|e| match Failed::of(&e) {
+            Failed::Unanswered(reason) => Failed::Unanswered(format!("publish: {reason}")),
+            Failed::Refused(_) => Failed::Refused(JobError::Failed(format!("publish: {e}"))),
+        })?;
         Ok(self
             .open
             .lock()
@@ -60,9 +63,11 @@ impl Publishers {
     pub(crate) fn publish(&self, job: &Job, roots: &[std::path::PathBuf]) -> Result<(), JobError> {
         let version = FileMeta::read(&job.path);
         let mut results = self.publish_all(&[(job, version)], roots, ward_nats::PUBLISH_TIMEOUT);
-        results
-            .pop()
-            .unwrap_or_else(|| Err(JobError::Failed("publish: no acknowledgement".into())))
+        match results.pop() {
+            Some(Ok(())) => Ok(()),
+            Some(Err(failed)) => Err(failed.into_job_error()),
+            None => Err(JobError::Failed("publish: no acknowledgement".into())),
+        }
     }
 
     /// Publishes `jobs` (each with its file's version, stat-ed just before; their triggers
@@ -73,17 +78,17 @@ impl Publishers {
         jobs: &[(&Job, Option<FileMeta>)],
         roots: &[std::path::PathBuf],
         timeout: std::time::Duration,
-    ) -> Vec<Result<(), JobError>> {
+    ) -> Vec<Result<(), Failed>> {
         let publisher = match jobs.first().map(|(job, _)| target_of(job)) {
             Some(Ok(target)) => self.publisher(target),
-            Some(Err(e)) => Err(e),
+            Some(Err(e)) => Err(Failed::Refused(e)),
             None => return Vec::new(),
         };
         let publisher = match publisher {
             Ok(publisher) => publisher,
             Err(e) => return jobs.iter().map(|_| Err(e.clone())).collect(),
         };
-        let mut results: Vec<Result<(), JobError>> = Vec::with_capacity(jobs.len());
+        let mut results: Vec<Result<(), Failed>> = Vec::with_capacity(jobs.len());
         let mut messages = Vec::with_capacity(jobs.len());
         for (job, version) in jobs {
             let message = target_of(job).and_then(|t| self.message(t, job, *version, roots));
@@ -92,7 +97,7 @@ impl Publishers {
                     messages.push(message);
                     results.push(Ok(()));
                 }
-                Err(e) => results.push(Err(e)),
+                Err(e) => results.push(Err(Failed::Refused(e))),
             }
         }
         let mut acks = publisher.publish_all(messages, timeout).into_iter();
@@ -105,8 +110,8 @@ impl Publishers {
                     log_ack(job, ack);
                     Ok(())
                 }
-                Some(Err(e)) => Err(JobError::Failed(e.to_string())),
-                None => Err(JobError::Failed("publish: no acknowledgement".into())),
+                Some(Err(e)) => Err(Failed::of(&e)),
+                None => Err(Failed::Unanswered("publish: no acknowledgement".into())),
             };
         }
         results
@@ -161,6 +166,34 @@ fn log_ack(job: &Job, ack: Ack) {
         );
     } else {
         log::debug!("published {} as #{}", job.path.display(), ack.sequence);
+    }
+}
+
+/// Why a publish did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failed {
+    /// The server did not answer (unreachable, down, too slow): no failure of the job, which
+    /// stays owed until it answers.
+    Unanswered(String),
+    /// The server refused it, or ward could not make the message: a failed attempt of the job.
+    Refused(JobError),
+}
+
+impl Failed {
+    fn of(e: &ward_nats::Error) -> Failed {
+        if e.is_unanswered() {
+            Failed::Unanswered(e.to_string())
+        } else {
+            Failed::Refused(JobError::Failed(e.to_string()))
+        }
+    }
+
+    /// As a job's error, for a caller that runs one job at a time (`ward work` relaying).
+    pub(crate) fn into_job_error(self) -> JobError {
+        match self {
+            Failed::Unanswered(reason) => JobError::Failed(reason),
+            Failed::Refused(e) => e,
+        }
     }
 }
 

@@ -30,7 +30,7 @@ use crate::manifest::{Failure, FileMeta};
 use crate::metrics::{JobOutcome, METRICS};
 use crate::outcomes::OutcomeSender;
 use crate::protocol::PublishStatus;
-use crate::publish::Publishers;
+use crate::publish::{Failed, Publishers};
 
 /// What every runner needs, from the server.
 #[derive(Debug)]
@@ -86,6 +86,8 @@ struct Owed {
     retried: u64,
     gave_up: u64,
     last_error: Option<String>,
+    /// The server did not answer the last window: the runner waits for it, the jobs owed.
+    away: bool,
 }
 
 /// A job waiting for its next attempt.
@@ -174,6 +176,7 @@ impl Publishing {
                     retried: owed.retried,
                     gave_up: owed.gave_up,
                     last_error: owed.last_error.clone(),
+                    waiting_for_server: owed.away,
                 })
             })
             .collect()
@@ -228,6 +231,7 @@ impl Runner {
                             shared: &shared,
                             cx: context,
                             retries: HashMap::new(),
+                            away: None,
                         }
                         .run();
                     });
@@ -270,9 +274,24 @@ impl Runner {
 struct RunnerThread<'a> {
     shared: &'a Shared,
     cx: Arc<Context>,
-    /// Jobs whose last attempt failed, by path.
+    /// Jobs whose last attempt failed, or went unanswered, by path.
     retries: HashMap<PathBuf, Retry>,
+    /// The server did not answer: since when, and when to try again.
+    away: Option<Away>,
 }
+
+/// A server that does not answer: the jobs stay owed, and a window is tried again after a delay
+/// that doubles from [`AWAY_FIRST`] up to [`AWAY_MAX`], said once in the log as it begins and
+/// once as it ends.
+#[derive(Debug, Clone, Copy)]
+struct Away {
+    since: Instant,
+    delay: Duration,
+    next_try: Instant,
+}
+
+const AWAY_FIRST: Duration = Duration::from_millis(500);
+const AWAY_MAX: Duration = Duration::from_secs(5);
 
 impl RunnerThread<'_> {
     fn run(mut self) {
@@ -291,10 +310,20 @@ impl RunnerThread<'_> {
                         return;
                     }
                     let due = self.retries.values().map(|r| r.at).min();
-                    if !held && (!owed.jobs.is_empty() || due.is_some_and(|at| at <= now)) {
+                    let next_try = self.away.map(|a| a.next_try);
+                    let may_try = next_try.is_none_or(|at| at <= now);
+                    if !held
+                        && may_try
+                        && (!owed.jobs.is_empty() || due.is_some_and(|at| at <= now))
+                    {
                         break;
                     }
-                    match due.filter(|_| !held) {
+                    // Woken by an offer, a release or the stop; else at the first of these.
+                    let wake = [due.filter(|_| !held), next_try.filter(|_| !held), stopping]
+                        .into_iter()
+                        .flatten()
+                        .min();
+                    match wake {
                         Some(at) => {
                             self.shared.wake.wait_until(&mut owed, at);
                         }
@@ -349,6 +378,11 @@ impl RunnerThread<'_> {
 
     /// Publishes `window` and hands each job's outcome to the loop.
     fn publish(&mut self, window: Vec<(Job, u32)>, stop_at: Option<Instant>) {
+        let target = window
+            .first()
+            .and_then(|(job, _)| target_of(job))
+            .map(|t| format!("{} stream {}", t.url, t.stream))
+            .unwrap_or_default();
         let versions: Vec<Option<FileMeta>> = window
             .iter()
             .map(|(job, _)| {
@@ -385,7 +419,7 @@ impl RunnerThread<'_> {
         .into_iter();
         for (job, _) in &window {
             results.push(if job.trigger.receives(job.event) {
-                acks.next().unwrap_or(Err(crate::dispatch::JobError::Failed(
+                acks.next().unwrap_or(Err(Failed::Unanswered(
                     "publish: no acknowledgement".into(),
                 )))
             } else {
@@ -397,11 +431,12 @@ impl RunnerThread<'_> {
         let (mut published, mut retried, mut gave_up) = (0, 0, 0);
         let mut first_error = None;
         let mut next_retry: Option<Duration> = None;
+        let mut unanswered: Option<String> = None;
         for (((job, failures), version), result) in window.into_iter().zip(versions).zip(results) {
             let name = job.trigger.name().to_owned();
-            METRICS.job_ran(&name, took);
             let error = match result {
                 Ok(()) => {
+                    METRICS.job_ran(&name, took);
                     METRICS.job_ended(&name, JobOutcome::Succeeded);
                     self.cx.done.succeeded(&job, version);
                     published += 1;
@@ -410,8 +445,15 @@ impl RunnerThread<'_> {
                 // Cut short by ward's stop: no failure of the job; it stays pending in the
                 // manifest for the next start.
                 Err(_) if stopped => continue,
-                Err(e) => e.to_string(),
+                // No failure of the job either: it waits, owed, for the server.
+                Err(Failed::Unanswered(reason)) => {
+                    unanswered.get_or_insert(reason);
+                    self.retry_later(job, failures, Instant::now());
+                    continue;
+                }
+                Err(Failed::Refused(e)) => e.to_string(),
             };
+            METRICS.job_ran(&name, took);
             let failures = failures + 1;
             let retry = job.trigger.retry();
             if failures > retry.retries {
@@ -427,31 +469,74 @@ impl RunnerThread<'_> {
                 METRICS.job_ended(&name, JobOutcome::Retried);
                 let delay = retry.backoff_after(failures);
                 next_retry = Some(next_retry.map_or(delay, |d| d.min(delay)));
-                let path = job.path.clone();
-                self.retries.insert(
-                    path,
-                    Retry {
-                        job,
-                        failures,
-                        at: Instant::now() + delay,
-                    },
-                );
+                self.retry_later(job, failures, Instant::now() + delay);
                 retried += 1;
             }
             first_error.get_or_insert(error);
         }
         if let (Some(error), Some(delay)) = (&first_error, next_retry) {
-            // Once per window, not per job: a server away fails every job of it alike.
-            log::warn!("{retried} publish(es) failed ({error}); retried from {delay:?} on");
+            // Once per window, not per job: a refusal tends to strike every job of it alike.
+            log::warn!("{retried} publish(es) refused ({error}); retried from {delay:?} on");
         }
+        self.server_answered(
+            &target,
+            unanswered.as_deref(),
+            published > 0 || first_error.is_some(),
+        );
         let mut owed = self.shared.owed.lock();
         owed.unacked = 0;
         owed.retrying = self.retries.len();
         owed.published += published;
         owed.retried += retried;
         owed.gave_up += gave_up;
-        if first_error.is_some() {
-            owed.last_error = first_error;
+        owed.away = self.away.is_some();
+        if let Some(error) = first_error.or(unanswered) {
+            owed.last_error = Some(error);
+        }
+    }
+
+    /// `job` (`failures` attempts failed so far) tried again at `at`, unless a newer job of its
+    /// path comes first.
+    fn retry_later(&mut self, job: Job, failures: u32, at: Instant) {
+        let path = job.path.clone();
+        self.retries.insert(path, Retry { job, failures, at });
+    }
+
+    /// After a window: whether the server left some of it `unanswered` (why), and whether it
+    /// answered any of it. Keeps [`Away`] and says its beginning and end once each.
+    fn server_answered(&mut self, target: &str, unanswered: Option<&str>, answered: bool) {
+        let now = Instant::now();
+        let away = self.away;
+        match unanswered {
+            // It answers, if not every job in time: the rest are tried again at once.
+            None => self.back(target),
+            Some(_) if answered => self.back(target),
+            Some(reason) => {
+                let delay = away.map_or(AWAY_FIRST, |a| (a.delay * 2).min(AWAY_MAX));
+                if away.is_none() {
+                    log::warn!(
+                        "publishing to {target}: no answer ({reason}); its jobs stay owed and are published once it answers (tried again every {AWAY_MAX:?} at most)"
+                    );
+                }
+                self.away = Some(Away {
+                    since: away.map_or(now, |a| a.since),
+                    delay,
+                    next_try: now + delay,
+                });
+                // The unanswered jobs wait for that try, not only their own retry time.
+                for retry in self.retries.values_mut() {
+                    retry.at = retry.at.max(now + delay);
+                }
+            }
+        }
+    }
+
+    fn back(&mut self, target: &str) {
+        if let Some(away) = self.away.take() {
+            log::info!(
+                "publishing to {target}: the NATS server answers again after {:.1} s",
+                away.since.elapsed().as_secs_f64()
+            );
         }
     }
 }
