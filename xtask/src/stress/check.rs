@@ -91,12 +91,17 @@ pub fn lost_changes(
     let mut seen: HashSet<&str> = HashSet::new();
     // For each path, whether the last entry that mentions it says it is gone.
     let mut gone_last: HashMap<&str, bool> = HashMap::new();
+    // The last removal of each path that the `nats` trigger's jobs processed.
+    let mut nats_removed: HashMap<&str, u64> = HashMap::new();
     for e in ledger {
         seen.insert(&e.path);
         if let (true, Some(h)) = (e.handled(), e.hash) {
             handled.insert((&e.path, h));
         }
         gone_last.insert(&e.path, e.event == "removed");
+        if e.trigger == "nats" && e.event == "removed" && e.handled() {
+            nats_removed.insert(&e.path, e.t_ms);
+        }
         if let Some(old) = &e.old_path {
             seen.insert(old);
             gone_last.insert(old, true);
@@ -126,7 +131,14 @@ pub fn lost_changes(
         .collect();
     deleted.sort_unstable();
     for path in deleted {
-        if gone_last.get(path) == Some(&false) {
+        // Jobs through NATS are delivered at least once, in no promised order: a delivery
+        // whose ack was lost (its server killed) comes again after the ack wait, and may run
+        // after the removal that followed it. Its removal is processed if it ran after the
+        // path's last change, whatever ran after it.
+        let removal_ran = nats_removed
+            .get(path)
+            .is_some_and(|&t| last_change.get(path).is_some_and(|&c| t >= c));
+        if gone_last.get(path) == Some(&false) && !removal_ran {
             lost.push((path, LostKind::RemovalNotProcessed));
         }
     }
@@ -524,6 +536,46 @@ mod tests {
             [
                 ("/again", LostKind::RemovalNotProcessed),
                 ("/kept-seen", LostKind::RemovalNotProcessed)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_nats_job_redelivered_after_its_removal_does_not_hide_that_the_removal_ran() {
+        let files = BTreeMap::new();
+        let nats = |t_ms, path: &str, event: &str, hash| Entry {
+            t_ms,
+            trigger: "nats".into(),
+            ..entry(Phase::Done, path, event, hash)
+        };
+        let ledger = vec![
+            nats(100, "/n/a", "created", Some(1)),
+            nats(300, "/n/a", "removed", None),
+            // Its ack lost: the creation delivered again after the removal ran.
+            nats(900, "/n/a", "created", None),
+            // Its removal ran before the last change: lost.
+            nats(100, "/n/b", "created", Some(2)),
+            nats(150, "/n/b", "removed", None),
+            nats(900, "/n/b", "created", None),
+            // Not through NATS: the removal must still come last.
+            entry(Phase::Done, "/c", "removed", None),
+            entry(Phase::Done, "/c", "created", Some(3)),
+        ];
+        let writes = vec![
+            wrote(50, "/n/a", 1),
+            removed(200, "/n/a"),
+            wrote(50, "/n/b", 2),
+            removed(200, "/n/b"),
+            wrote(50, "/c", 3),
+            removed(200, "/c"),
+        ];
+        let lost = lost_changes(&files, &ledger, &writes, &[], 5000);
+        let got: Vec<_> = lost.iter().map(|l| (l.path.as_str(), l.kind)).collect();
+        assert_eq!(
+            got,
+            [
+                ("/c", LostKind::RemovalNotProcessed),
+                ("/n/b", LostKind::RemovalNotProcessed)
             ]
         );
     }

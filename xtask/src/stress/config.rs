@@ -19,6 +19,8 @@ pub const QUEUE_CAPACITY: usize = 256;
 /// trigger and to the reload fault's triggers.
 pub const ORPHANS_PREFIX: &str = "orphans-";
 pub const RELOAD_PREFIX: &str = "reload-";
+/// The directory (a child of the tree) of the `nats` trigger, published and run by `ward work`.
+pub const NATS_DIR: &str = "nats";
 
 /// How long a job of the orphans' trigger leaves its background child running.
 pub const ORPHAN_SLEEP: &str = "0.3";
@@ -32,6 +34,8 @@ pub struct ConfigFile {
     pub worker: PathBuf,
     /// The ledger the jobs append to.
     pub ledger: PathBuf,
+    /// The NATS server the `nats` trigger publishes to, when the run has one (`kill-nats`).
+    pub nats: Option<String>,
 }
 
 impl ConfigFile {
@@ -64,6 +68,15 @@ impl ConfigFile {
             .collect::<Vec<_>>()
             .join("\n");
         let escaper_backoff = 0.5 + f64::from(generation % 2) / 10.0;
+        // Published, and run by the run's `ward work` (`work_text`) into the same ledger. A
+        // small window, so that a killed server fails few publishes at once.
+        let nats = self.nats.as_ref().map_or_else(String::new, |url| {
+            format!(
+                "[[trigger]]\nname = \"nats\"\nglob = [\"{NATS_DIR}/**\"]\n\
+                 publish = {{ url = \"{url}\", stream = \"{}\", max_unacked = 16 }}\n",
+                super::nats::STREAM
+            )
+        });
         format!(
             r#"# Written by `cargo xtask stress` (reload generation {generation}).
 [watch]
@@ -104,6 +117,7 @@ glob = ["{ORPHANS_PREFIX}*/**"]
 exec = ["/bin/sh", "-c", "sleep {ORPHAN_SLEEP} >/dev/null 2>&1 & exec \"$0\" exec \"$1\" {WORKER_AS_MB} orphans", "{w}", "{l}"]
 
 {reload}
+{nats}
 # A service whose worker leaves its process group (setsid) and is orphaned (its parent
 # exits): only the service's cgroup holds it. `kill-keeper` then finds it alive unless the
 # server, told of the keeper's death, stopped the service with everything in its cgroup. Each
@@ -121,6 +135,18 @@ name = "stress"
 worker = ["{w}", "worker", "{l}", "{WORKER_AS_MB}", "stress"]
 max_rss_mb = {MAX_RSS_MB}
 "#
+        )
+    }
+}
+
+impl ConfigFile {
+    /// The config of the run's `ward work`: the `nats` trigger's jobs, run by the stress worker.
+    pub fn work_text(&self) -> String {
+        let (w, l) = (self.worker.display(), self.ledger.display());
+        format!(
+            "# Written by `cargo xtask stress`: the jobs of ward's `nats` trigger.\n\
+             [jobs]\nretries = 2\nbackoff_s = 0.2\ntimeout_s = {JOB_TIMEOUT_S}\n\n\
+             [[trigger]]\nname = \"nats\"\nexec = [\"{w}\", \"exec\", \"{l}\", \"{WORKER_AS_MB}\", \"nats\"]\n"
         )
     }
 }
@@ -158,6 +184,8 @@ pub fn trigger_for(relative: &Path, generation: u32) -> String {
         "exec".into()
     } else if first == "batch" && nested {
         "batch".into()
+    } else if first == NATS_DIR && nested {
+        "nats".into()
     } else if first.starts_with(ORPHANS_PREFIX) && nested {
         "orphans".into()
     } else if first.starts_with(RELOAD_PREFIX) && nested {
@@ -188,6 +216,7 @@ mod tests {
         assert_eq!(t("reload-1/files/a-2.dat", 0), "reload-g0-any");
         assert_eq!(t("reload-1/files/a-1.txt", 1), "reload-g1-any");
         assert_eq!(t("reload-1/a-1.txt", 2), "reload-g2-txt");
+        assert_eq!(t("nats/kill-1/before-3.txt", 1), "nats");
     }
 
     #[test]
@@ -196,6 +225,7 @@ mod tests {
             path: "/r/ward.toml".into(),
             worker: "/r/w".into(),
             ledger: "/r/ledger".into(),
+            nats: Some("nats://127.0.0.1:4222".into()),
         };
         for g in 0..4 {
             let text = config.text(g);
@@ -219,12 +249,16 @@ mod tests {
                     "orphans".into(),
                     format!("reload-g{g}-{first}"),
                     format!("reload-g{g}-{second}"),
+                    "nats".into(),
                     "stress".into()
                 ]
             );
             // Each names itself last on its command line, where the worker takes it from.
             for t in value["trigger"].as_array().unwrap() {
-                let argv = t.get("exec").or_else(|| t.get("worker")).unwrap();
+                let Some(argv) = t.get("exec").or_else(|| t.get("worker")) else {
+                    assert!(t.get("publish").is_some(), "{t}");
+                    continue;
+                };
                 let name = t["name"].as_str().unwrap();
                 let named = argv.as_array().unwrap().iter().any(|a| {
                     a.as_str()

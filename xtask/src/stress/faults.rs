@@ -9,6 +9,7 @@ mod crash;
 mod disk_full;
 mod full_queue;
 mod kill;
+mod kill_nats;
 mod mem_limit;
 mod mount;
 mod orphans;
@@ -58,6 +59,9 @@ pub enum FaultKind {
     SocketIdle,
     /// Jobs that leave a child behind: re-parented to the keeper, it must be reaped.
     Orphans,
+    /// The NATS server of the `nats` trigger SIGKILLed mid-burst and restarted on its storage:
+    /// every file must still be run by `ward work`.
+    KillNats,
 }
 
 /// The code a job told to exit exits with.
@@ -68,7 +72,7 @@ pub const EXIT_CODE: i32 = 3;
 pub const BLOCKER_MS: u64 = 2000;
 
 /// Every fault, in the order `--faults` lists them.
-pub const ALL: [FaultKind; 18] = [
+pub const ALL: [FaultKind; 19] = [
     FaultKind::KillWorker,
     FaultKind::KillServer,
     FaultKind::StopServer,
@@ -87,6 +91,7 @@ pub const ALL: [FaultKind; 18] = [
     FaultKind::Chmod,
     FaultKind::SocketIdle,
     FaultKind::Orphans,
+    FaultKind::KillNats,
 ];
 
 impl FaultKind {
@@ -112,6 +117,7 @@ impl FaultKind {
             FaultKind::Chmod => "chmod",
             FaultKind::SocketIdle => "socket-idle",
             FaultKind::Orphans => "orphans",
+            FaultKind::KillNats => "kill-nats",
         }
     }
 
@@ -140,6 +146,11 @@ impl FaultKind {
     /// Whether it mounts file systems, which only root may.
     pub fn needs_root(self) -> bool {
         matches!(self, FaultKind::StateDiskFull | FaultKind::Mount)
+    }
+
+    /// Whether it needs a nats-server on the machine.
+    pub fn needs_nats(self) -> bool {
+        self == FaultKind::KillNats
     }
 
     /// The causes a crash report may give for the death this fault causes.
@@ -216,6 +227,9 @@ pub struct Findings {
     chmod: Vec<chmod::Record>,
     socket: Vec<socket::Record>,
     orphans: Vec<orphans::Record>,
+    nats: Vec<kill_nats::Record>,
+    /// How the run's `ward work` ended, if not cleanly.
+    pub nats_end: Option<String>,
 }
 
 impl Findings {
@@ -238,6 +252,7 @@ impl Findings {
                 FaultKind::Chmod => chmod::line(&self.chmod),
                 FaultKind::SocketIdle => socket::line(&self.socket),
                 FaultKind::Orphans => orphans::line(&self.orphans),
+                FaultKind::KillNats => kill_nats::line(&self.nats, self.nats_end.as_deref()),
                 _ => continue,
             });
         }
@@ -262,6 +277,7 @@ pub fn inject(scene: &mut Scene<'_>, findings: &mut Findings, f: &mut Injected, 
         FaultKind::Chmod => findings.chmod.push(chmod::inject(scene, f, n)),
         FaultKind::SocketIdle => findings.socket.push(socket::inject(scene, f, n)),
         FaultKind::Orphans => findings.orphans.push(orphans::inject(scene, f, n)),
+        FaultKind::KillNats => findings.nats.push(kill_nats::inject(scene, f, n)),
     }
 }
 
@@ -358,6 +374,7 @@ mod tests {
                     | FaultKind::Chmod
                     | FaultKind::SocketIdle
                     | FaultKind::Orphans
+                    | FaultKind::KillNats
             ) {
                 assert!(
                     !kind.expected_causes().is_empty(),

@@ -16,6 +16,7 @@ mod faults;
 mod follow;
 mod host;
 mod ledger;
+mod nats;
 mod outputs;
 mod plot;
 mod run;
@@ -39,7 +40,8 @@ const USAGE: &str = "usage: cargo xtask stress [--quick] [--duration D] [--rate 
                  segv, abort, hog, hang, exit, mem-limit, full-queue, kill-keeper, reload,
                  state-disk-full, mount, chmod, socket-idle, orphans (state-disk-full and mount
                  mount file systems: without root, all leaves them out; as root, chmod runs a
-                 ward of its own as a throwaway user, removed at the end)
+                 ward of its own as a throwaway user, removed at the end), kill-nats (needs
+                 nats-server: without it, all leaves it out unless WARD_TEST_REQUIRE_TOOLS=1)
   --seed N       the schedule's and the workloads' seed (default: from the clock, printed)
   --out DIR      where the report goes (default target/stress)
   --keep         keep the temporary directory (tree, ledger, state) for inspection
@@ -165,6 +167,16 @@ pub fn main(args: &[String], root: &Path) -> ExitCode {
             names.join(" and ")
         );
         opts.faults.retain(|k| !k.needs_root());
+    }
+    if nats::server_binary().is_none() && opts.faults.iter().any(|k| k.needs_nats()) {
+        // Asked for by name, or by CI (which installs nats-server), it is refused.
+        let required = std::env::var_os("WARD_TEST_REQUIRE_TOOLS").is_some_and(|v| v == "1");
+        if required || args.iter().any(|a| a == "--faults") {
+            eprintln!("stress: kill-nats needs nats-server (apt-get install nats-server)");
+            return ExitCode::from(2);
+        }
+        println!("stress: no nats-server, so leaving out kill-nats");
+        opts.faults.retain(|k| !k.needs_nats());
     }
     let (ward, worker) = match build(root) {
         Ok(bins) => bins,

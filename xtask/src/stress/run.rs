@@ -18,6 +18,7 @@ use super::daemon::{self, Ward, signal, wait_until};
 use super::faults::{self, FaultKind, Findings, Injected, Step};
 use super::follow::Follower;
 use super::ledger;
+use super::nats::NatsSide;
 use super::outputs;
 use super::sampler::{self, Samples};
 use super::scene::{LedgerTail, PendingRemoval, Restarts, Scene};
@@ -146,6 +147,8 @@ struct Run<'a> {
     findings: Findings,
     /// A subscriber through the whole run (`ward changes --follow`).
     follower: Option<Follower>,
+    /// The NATS server and `ward work` of the `nats` trigger, when `kill-nats` is asked for.
+    nats: Option<NatsSide>,
 }
 
 /// The burst of new files, once written.
@@ -173,10 +176,16 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     std::fs::create_dir_all(&tree)?;
     std::fs::create_dir_all(dir.join("out"))?;
     let ledger_path = dir.join("out/ledger");
+    let nats = if opts.faults.contains(&FaultKind::KillNats) {
+        Some(NatsSide::start_server(&dir)?)
+    } else {
+        None
+    };
     let config = ConfigFile {
         path: dir.join("ward.toml"),
         worker: worker_bin.to_path_buf(),
         ledger: ledger_path.clone(),
+        nats: nats.as_ref().map(NatsSide::url),
     };
     config.write(0)?;
     let ward = Ward {
@@ -208,8 +217,14 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         burst: None,
         findings: Findings::default(),
         follower: None,
+        nats,
     };
     ward.start()?;
+    if let Some(nats) = &mut run.nats {
+        let work_config = dir.join("work.toml");
+        std::fs::write(&work_config, run.config.work_text())?;
+        nats.start_work(ward_bin, &work_config, &dir.join("work-state"), &tree)?;
+    }
     run.started = Instant::now();
     run.follower = Some(Follower::start(&ward, &dir));
 
@@ -283,6 +298,14 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     let _ = sampler.join();
     eprintln!();
 
+    // Before ward's stop: nothing of the run may be left once it returns.
+    if let Some(nats) = &mut run.nats {
+        run.findings.nats_end = nats.stop().map(|problem| {
+            let log = std::fs::read_to_string(&nats.work_log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            format!("{problem}; its last lines: {}", tail.join(" | "))
+        });
+    }
     let (stopped, left, stale) = stop(&ward, &dir);
 
     let writer_errors = lock(&writers.errors).clone();
@@ -515,6 +538,7 @@ impl Run<'_> {
                     removals: &mut self.removals,
                     pending: &mut self.pending,
                     restarts: &mut self.restarts,
+                    nats: self.nats.as_mut(),
                 };
                 faults::inject(&mut scene, &mut self.findings, &mut f, n);
                 if f.end_ms < f.start_ms {
@@ -624,7 +648,12 @@ impl Run<'_> {
                 quiet_since = None;
                 return false;
             };
-            let idle = daemon::idle(&s);
+            // The jobs published are run once `ward work` acked each (the stream is empty).
+            let idle = daemon::idle(&s)
+                && self
+                    .nats
+                    .as_ref()
+                    .is_none_or(|n| n.jobs_in_stream() == Some(0));
             self.ledger.refresh();
             let len = self.ledger.offset;
             match (idle, quiet_since) {

@@ -128,6 +128,8 @@ pub struct Scene<'a> {
     pub pending: &'a mut Vec<PendingRemoval>,
     /// The server's restarts, counted and expected.
     pub restarts: &'a mut Restarts,
+    /// The NATS server and `ward work` of the `nats` trigger, if the run has them.
+    pub nats: Option<&'a mut super::nats::NatsSide>,
 }
 
 /// Files that ask for a death, removed once their reports are in (or a deadline passes), so that

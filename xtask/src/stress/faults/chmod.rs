@@ -129,6 +129,7 @@ fn run_side(
         path: side.join("ward.toml"),
         worker,
         ledger: side.join("ledger"),
+        nats: None,
     };
     config
         .write(0)

@@ -1,0 +1,121 @@
+//! The `kill-nats` fault: the NATS server of the `nats` trigger SIGKILLed while ward publishes a
+//! burst of files there, more files written while it is gone, then the server restarted on its
+//! file storage. ward keeps what is owed and publishes it once the server is back; its verdict:
+//! every file's version is run by `ward work` (into the ledger), and `ward work` ends cleanly at
+//! the run's end. ward's own jobs elsewhere in the tree are judged by the common lines.
+
+use std::time::{Duration, Instant};
+
+use super::super::check::Line;
+use super::super::config::NATS_DIR;
+use super::super::scene::Scene;
+use super::super::workload::now_ms;
+use super::{Injected, not_injected};
+
+/// How long the files have, after the restart, to be run by `ward work`: a publish the kill cut
+/// short fails at ward-nats' publish timeout (10 s), then waits for its retry.
+const PROCESSED_WITHIN: Duration = Duration::from_secs(60);
+
+/// What one kill-nats fault found.
+#[derive(Debug)]
+pub struct Record {
+    label: String,
+    files: usize,
+    down_s: f64,
+    /// Seconds from the restart until every file was run (`None`: not all were).
+    caught_up_s: Option<f64>,
+    problems: Vec<String>,
+}
+
+/// Injects kill-nats number `n`.
+pub fn inject(scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> Record {
+    let half = if scene.opts.quick { 150 } else { 1000 };
+    let mut record = Record {
+        label: f.label.clone(),
+        files: 2 * half,
+        down_s: 0.0,
+        caught_up_s: None,
+        problems: Vec::new(),
+    };
+    // Taken for the fault, given back at its end.
+    let Some(nats) = scene.nats.take() else {
+        record.problems.push("the run has no NATS server".into());
+        return record;
+    };
+    let dir = scene.tree.join(format!("{NATS_DIR}/kill-{n}"));
+    f.start_ms = now_ms();
+    let (mut files, errors) = scene.write_files(&dir, "before", &["txt"], half, "nats");
+    record.problems.extend(errors);
+    // Mid-burst: some published and run, some in flight, some still owed.
+    nats.kill();
+    let down = Instant::now();
+    let (during, errors) = scene.write_files(&dir, "during", &["txt"], half, "nats");
+    record.problems.extend(errors);
+    files.extend(during);
+    // Gone long enough for ward's publishes to fail and owe, not only to wait.
+    while down.elapsed() < Duration::from_millis(1500) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let restarted = nats.restart();
+    record.down_s = down.elapsed().as_secs_f64();
+    if let Err(e) = restarted {
+        record
+            .problems
+            .push(format!("restarting nats-server: {e:#}"));
+    }
+    let back = Instant::now();
+    let missing = scene.ledger.await_handled(&files, PROCESSED_WITHIN);
+    if missing.is_empty() {
+        record.caught_up_s = Some(back.elapsed().as_secs_f64());
+    } else {
+        let sample: Vec<String> = missing
+            .iter()
+            .take(5)
+            .map(|p| p.display().to_string())
+            .collect();
+        record.problems.push(format!(
+            "{} of {} file(s) not run by ward work within {} s of the restart: {}",
+            missing.len(),
+            files.len(),
+            PROCESSED_WITHIN.as_secs(),
+            sample.join(", ")
+        ));
+    }
+    f.end_ms = now_ms();
+    f.note = format!(
+        "SIGKILL nats-server mid-burst of {} files, restarted {:.1} s later on its storage",
+        files.len(),
+        record.down_s
+    );
+    scene.nats = Some(nats);
+    scene.remove_later(dir);
+    record
+}
+
+/// The verdict line: every file of every kill-nats run by `ward work`, which ended cleanly.
+pub fn line(records: &[Record], work_end: Option<&str>) -> Line {
+    let check = "a killed NATS server loses no published job";
+    if records.is_empty() {
+        return not_injected(check);
+    }
+    let mut details: Vec<String> = records
+        .iter()
+        .flat_map(|r| r.problems.iter().map(move |p| format!("{}: {p}", r.label)))
+        .collect();
+    details.extend(work_end.map(str::to_owned));
+    let slowest = records
+        .iter()
+        .filter_map(|r| r.caught_up_s)
+        .fold(0.0, f64::max);
+    Line::new(
+        check,
+        details.is_empty(),
+        format!(
+            "{} file(s) around {} kill(s) of nats-server, each down about {:.1} s; all run by ward work at most {slowest:.1} s after its restart",
+            records.iter().map(|r| r.files).sum::<usize>(),
+            records.len(),
+            records.iter().map(|r| r.down_s).fold(0.0, f64::max)
+        ),
+        details,
+    )
+}

@@ -1,0 +1,194 @@
+//! The far side of the `nats` trigger: a `nats-server -js` of the run's own (file storage in the
+//! run's directory, on a free port) and one `ward work` that runs the jobs ward publishes there
+//! with the stress worker, into the same ledger as ward's own jobs. The `kill-nats` fault kills
+//! and restarts the server; the run's end stops both and says how `ward work` ended.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use async_nats::jetstream;
+
+use super::daemon::{signal, wait_until};
+
+/// The stream and durable consumer of the run.
+pub const STREAM: &str = "WARD";
+const CONSUMER: &str = "stress";
+
+/// The nats-server binary, if the machine has one.
+pub fn server_binary() -> Option<PathBuf> {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// The server and the worker, both killed on drop.
+#[derive(Debug)]
+pub struct NatsSide {
+    program: PathBuf,
+    storage: PathBuf,
+    port: u16,
+    server: Option<Child>,
+    work: Option<Child>,
+    /// `ward work`'s stderr.
+    pub work_log: PathBuf,
+}
+
+impl NatsSide {
+    /// Starts nats-server with its storage under `dir`, waiting until it listens.
+    ///
+    /// # Errors
+    /// No nats-server, no free port, or a server that does not listen within 10 s.
+    pub fn start_server(dir: &Path) -> Result<NatsSide> {
+        let program = server_binary().context("no nats-server: apt-get install nats-server")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut side = NatsSide {
+            program,
+            storage: dir.join("nats"),
+            port,
+            server: None,
+            work: None,
+            work_log: dir.join("out/work.log"),
+        };
+        side.restart()?;
+        Ok(side)
+    }
+
+    /// Its address.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts `ward work` with `config` (its trigger named as ward's publish trigger), its
+    /// state in `state`, on the files under `tree`.
+    ///
+    /// # Errors
+    /// If it cannot be spawned.
+    pub fn start_work(
+        &mut self,
+        ward: &Path,
+        config: &Path,
+        state: &Path,
+        tree: &Path,
+    ) -> Result<()> {
+        let log = std::fs::File::create(&self.work_log)?;
+        let child = Command::new(ward)
+            .arg("--config")
+            .arg(config)
+            .arg("--state-dir")
+            .arg(state)
+            .args(["work", "--nats", &self.url(), "--stream", STREAM])
+            // A delivery whose ack a killed server lost comes again after this, inside the
+            // settling the run allows (its jobs take at most their 3 s timeout).
+            .args(["--consumer", CONSUMER, "--ack-wait", "5", "--root"])
+            .arg(tree)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting ward work")?;
+        self.work = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs the server and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+
+    /// Starts the server (again) on its port and storage, waiting until it listens.
+    ///
+    /// # Errors
+    /// If it cannot be spawned or does not listen within 10 s.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let child = Command::new(&self.program)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.storage)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server")?;
+        self.server = Some(child);
+        if !wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        }) {
+            bail!("nats-server did not listen on {} within 10 s", self.port);
+        }
+        Ok(())
+    }
+
+    /// Jobs in the stream: published and not yet acked by `ward work` (a work queue deletes a
+    /// message once acked). `None` if the server cannot tell (it is down, or no stream yet).
+    pub fn jobs_in_stream(&self) -> Option<u64> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let asked = async {
+                let client = async_nats::connect(self.url()).await.ok()?;
+                let stream = jetstream::new(client).get_stream(STREAM).await.ok()?;
+                Some(stream.cached_info().state.messages)
+            };
+            tokio::time::timeout(Duration::from_secs(5), asked)
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+
+    /// SIGTERMs `ward work` (it settles the jobs in hand) and kills the server; what went wrong
+    /// with the worker's end, if anything.
+    pub fn stop(&mut self) -> Option<String> {
+        let problem = self.work.take().and_then(|mut work| {
+            signal(work.id(), libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let status = loop {
+                match work.try_wait() {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    _ => {
+                        let _ = work.kill();
+                        let _ = work.wait();
+                        break None;
+                    }
+                }
+            };
+            match status {
+                Some(s) if s.success() => None,
+                Some(s) => Some(format!("ward work ended with {s} after SIGTERM")),
+                None => Some("ward work did not end within 30 s of SIGTERM".into()),
+            }
+        });
+        self.kill();
+        problem
+    }
+}
+
+impl Drop for NatsSide {
+    fn drop(&mut self) {
+        if let Some(mut work) = self.work.take() {
+            let _ = work.kill();
+            let _ = work.wait();
+        }
+        self.kill();
+    }
+}
