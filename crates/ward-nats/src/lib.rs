@@ -71,6 +71,9 @@ use futures_util::StreamExt;
 pub use error::Error;
 pub use runtime::Runtime;
 
+/// How long a stream made by [`StreamSpec::work_queue`] remembers a message id to drop its
+/// republishes.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a publish waits for the stream's acknowledgement before it fails.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection's first attempt may take.
@@ -99,7 +102,7 @@ impl StreamSpec {
         StreamSpec {
             name: name.into(),
             subjects: vec![subject.into()],
-            duplicate_window: Duration::from_secs(120),
+            duplicate_window: DUPLICATE_WINDOW,
             work_queue: true,
             max_age: Duration::ZERO,
         }

@@ -61,8 +61,12 @@ impl Publishers {
 
     /// Publishes `job` and waits for the stream's acknowledgement.
     pub(crate) fn publish(&self, job: &Job, roots: &[std::path::PathBuf]) -> Result<(), JobError> {
-        let version = FileMeta::read(&job.path);
-        let mut results = self.publish_all(&[(job, version)], roots, ward_nats::PUBLISH_TIMEOUT);
+        let one = ToPublish {
+            job,
+            version: FileMeta::read(&job.path),
+            retried_at_ns: None,
+        };
+        let mut results = self.publish_all(&[one], roots, ward_nats::PUBLISH_TIMEOUT);
         match results.pop() {
             Some(Ok(())) => Ok(()),
             Some(Err(failed)) => Err(failed.into_job_error()),
@@ -70,16 +74,16 @@ impl Publishers {
         }
     }
 
-    /// Publishes `jobs` (each with its file's version, stat-ed just before; their triggers
-    /// publish to one server and stream) in one window: all sent, then their acknowledgements
-    /// awaited together, at most `timeout`. Each job's result, in order.
+    /// Publishes `jobs` (their triggers publish to one server and stream) in one window: all
+    /// sent, then their acknowledgements awaited together, at most `timeout`. Each job's result,
+    /// in order.
     pub(crate) fn publish_all(
         &self,
-        jobs: &[(&Job, Option<FileMeta>)],
+        jobs: &[ToPublish<'_>],
         roots: &[std::path::PathBuf],
         timeout: std::time::Duration,
     ) -> Vec<Result<(), Failed>> {
-        let publisher = match jobs.first().map(|(job, _)| target_of(job)) {
+        let publisher = match jobs.first().map(|one| target_of(one.job)) {
             Some(Ok(target)) => self.publisher(target),
             Some(Err(e)) => Err(Failed::Refused(e)),
             None => return Vec::new(),
@@ -90,8 +94,8 @@ impl Publishers {
         };
         let mut results: Vec<Result<(), Failed>> = Vec::with_capacity(jobs.len());
         let mut messages = Vec::with_capacity(jobs.len());
-        for (job, version) in jobs {
-            let message = target_of(job).and_then(|t| self.message(t, job, *version, roots));
+        for one in jobs {
+            let message = target_of(one.job).and_then(|t| self.message(t, one, roots));
             match message {
                 Ok(message) => {
                     messages.push(message);
@@ -101,13 +105,13 @@ impl Publishers {
             }
         }
         let mut acks = publisher.publish_all(messages, timeout).into_iter();
-        for ((job, _), result) in jobs.iter().zip(&mut results) {
+        for (one, result) in jobs.iter().zip(&mut results) {
             if result.is_err() {
                 continue;
             }
             *result = match acks.next() {
                 Some(Ok(ack)) => {
-                    log_ack(job, ack);
+                    log_ack(one.job, ack);
                     Ok(())
                 }
                 Some(Err(e)) => Err(Failed::of(&e)),
@@ -117,15 +121,16 @@ impl Publishers {
         results
     }
 
-    /// The message of `job` at `version`: its subject, id and body.
+    /// The message of `one`: its subject, id and body.
     fn message(
         &self,
         target: &Publish,
-        job: &Job,
-        version: Option<FileMeta>,
+        one: &ToPublish<'_>,
         roots: &[std::path::PathBuf],
     ) -> Result<Outgoing, JobError> {
-        let mut message = JobMessage::of(job, version, roots, &self.host, &self.origin);
+        let job = one.job;
+        let mut message = JobMessage::of(job, one.version, roots, &self.host, &self.origin);
+        message.retried_at_ns = one.retried_at_ns;
         if target.content_max_bytes > 0
             && message
                 .size
@@ -167,6 +172,17 @@ fn log_ack(job: &Job, ack: Ack) {
     } else {
         log::debug!("published {} as #{}", job.path.display(), ack.sequence);
     }
+}
+
+/// A job to publish.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ToPublish<'a> {
+    pub job: &'a Job,
+    /// Its file's version, stat-ed just before (`None`: gone).
+    pub version: Option<FileMeta>,
+    /// When `ward retry` asked for its path again, if that was within the stream's duplicate
+    /// window: see [`JobMessage::retried_at_ns`].
+    pub retried_at_ns: Option<u64>,
 }
 
 /// Why a publish did not succeed.

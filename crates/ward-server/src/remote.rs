@@ -75,6 +75,11 @@ pub struct JobMessage {
     /// tells two removals of one path apart in their message ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gone_at_ns: Option<u64>,
+    /// When `ward retry` asked for this path again, ns since the epoch, for a job published
+    /// within the stream's duplicate window after it: its id differs from the give-up's, which
+    /// the stream would drop as a duplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_at_ns: Option<u64>,
 }
 
 impl JobMessage {
@@ -111,6 +116,7 @@ impl JobMessage {
             mtime_ns: meta.map(|m| m.mtime_ns),
             ino: meta.map(|m| m.ino),
             content: None,
+            retried_at_ns: None,
             gone_at_ns: meta.is_none().then(|| {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -141,7 +147,10 @@ impl JobMessage {
                 self.gone_at_ns.unwrap_or_default()
             ),
         };
-        format!("{}:{:016x}:{version}", self.host, hash.0)
+        match self.retried_at_ns {
+            Some(at) => format!("{}:{:016x}:{version}:retry@{at}", self.host, hash.0),
+            None => format!("{}:{:016x}:{version}", self.host, hash.0),
+        }
     }
 }
 
@@ -286,6 +295,7 @@ mod tests {
             ino: size.map(|_| 7),
             content: None,
             gone_at_ns: None,
+            retried_at_ns: None,
         }
     }
 
@@ -303,6 +313,11 @@ mod tests {
         let mut other = message(Some(1));
         other.path = "a/c.rs".into();
         assert_ne!(other.message_id(), message(Some(1)).message_id());
+        // A version asked for again by `ward retry` is another message than its first.
+        let mut retried = message(Some(1));
+        retried.retried_at_ns = Some(9);
+        assert_ne!(retried.message_id(), message(Some(1)).message_id());
+        assert!(retried.message_id().ends_with(":1.5.7:retry@9"));
     }
 
     #[test]

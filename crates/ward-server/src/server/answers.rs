@@ -121,6 +121,8 @@ pub(super) fn retry(
         }
         log::info!("retrying {n} path(s) that gave up under {}", path.display());
         retried += n;
+        #[cfg(feature = "nats")]
+        backlog.publishing.retried(path);
         backlog.rescan(path.clone(), tracker);
     }
     Ok(Reply::Retried(Retried {
