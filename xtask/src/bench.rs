@@ -3,7 +3,7 @@
 //! Two kinds of parts. Each crate's own benchmark example (`watch`, `queue`, `supervisor`,
 //! `crashdiag`, `server`) runs in release and prints its own tables; the figures of `queue`,
 //! `supervisor` and `server` are also collected into the summary. The cross-tool comparisons
-//! (`latency`, `burst`, `batch`, `dispatch`, `startup`, `services`, `subscribe`, `nats`, `idle`,
+//! (`latency`, `burst`, `batch`, `dispatch`, `startup`, `services`, `subscribe`, `nats`, `scale`, `idle`,
 //! in `compare`) drive the real `ward` daemon and its alternatives: watchexec,
 //! notify-debouncer-full, plain spawns and pipes, raw async-nats against a real nats-server, or a
 //! baseline of ward's own from the same run. At the end one
@@ -35,7 +35,7 @@ const CRATE_BENCHES: [(&str, &str); 5] = [
 ];
 
 /// The comparisons that drive the `ward` binary.
-const COMPARISONS: [&str; 9] = [
+const COMPARISONS: [&str; 10] = [
     "latency",
     "burst",
     "batch",
@@ -44,11 +44,12 @@ const COMPARISONS: [&str; 9] = [
     "services",
     "subscribe",
     "nats",
+    "scale",
     "idle",
 ];
 
 /// The order of a full run: comparisons and the crate benches they lean on, then the rest.
-const ORDER: [&str; 14] = [
+const ORDER: [&str; 15] = [
     "latency",
     "burst",
     "batch",
@@ -59,14 +60,16 @@ const ORDER: [&str; 14] = [
     "services",
     "subscribe",
     "nats",
+    "scale",
     "idle",
     "watch",
     "crashdiag",
     "server",
 ];
 
-const USAGE: &str = "usage: cargo xtask bench [--only NAME] [--json FILE] [--quick] [--idle-secs N] [--no-install] [--keep-scratch]\n\
-parts: latency, burst, batch, queue, dispatch, supervisor, startup, services, subscribe, nats, idle, watch, crashdiag, server";
+const USAGE: &str = "usage: cargo xtask bench [--only NAME] [--json FILE] [--quick] [--idle-secs N] [--scale-files N] [--no-install] [--keep-scratch]\n\
+parts: latency, burst, batch, queue, dispatch, supervisor, startup, services, subscribe, nats, scale, idle, watch, crashdiag, server\n\
+--scale-files N: the scale part's tree (default 1000000; --quick 20000)";
 
 #[derive(Debug)]
 struct Options {
@@ -74,6 +77,7 @@ struct Options {
     json: Option<PathBuf>,
     quick: bool,
     idle_secs: Option<u64>,
+    scale_files: Option<usize>,
     install: bool,
     keep: bool,
 }
@@ -84,6 +88,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         json: None,
         quick: false,
         idle_secs: None,
+        scale_files: None,
         install: true,
         keep: false,
     };
@@ -96,6 +101,11 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--quick" => options.quick = true,
             "--no-install" => options.install = false,
             "--keep-scratch" => options.keep = true,
+            "--scale-files" => {
+                let v = value()?;
+                let n = v.parse().ok().filter(|n| *n > 0);
+                options.scale_files = Some(n.ok_or(format!("bad --scale-files {v}"))?);
+            }
             "--idle-secs" => {
                 let v = value()?;
                 options.idle_secs = Some(v.parse().map_err(|_| format!("bad --idle-secs {v}"))?);
@@ -173,6 +183,7 @@ pub(crate) fn run(args: &[String]) -> ExitCode {
                 ("services", Some(t)) => compare::services::run(t, &mut rows),
                 ("subscribe", Some(t)) => compare::subscribe::run(t, &mut rows),
                 ("nats", Some(t)) => compare::nats::run(t, &mut rows),
+                ("scale", Some(t)) => compare::scale::run(t, &mut rows),
                 ("idle", Some(t)) => compare::idle::run(t, &mut rows),
                 (name, _) => crate_bench(name, &mut rows),
             }))
@@ -263,6 +274,9 @@ fn prepare(options: &Options) -> Result<Tools> {
         idle_secs: options
             .idle_secs
             .unwrap_or(if options.quick { 10 } else { 60 }),
+        scale_files: options
+            .scale_files
+            .unwrap_or(if options.quick { 20_000 } else { 1_000_000 }),
     })
 }
 
@@ -517,6 +531,10 @@ mod tests {
         assert!(parse(&args("--only nope")).is_err());
         assert!(parse(&args("--idle-secs")).is_err());
         assert!(parse(&args("--frobnicate")).is_err());
+        let o = parse(&args("--only scale --scale-files 200000")).unwrap();
+        assert_eq!(o.scale_files, Some(200_000));
+        assert!(parse(&args("--scale-files 0")).is_err());
+        assert!(parse(&args("--scale-files many")).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub(crate) mod dispatch;
 pub(crate) mod idle;
 pub(crate) mod latency;
 pub(crate) mod nats;
+pub(crate) mod scale;
 mod scrape;
 pub(crate) mod services;
 pub(crate) mod startup;
@@ -39,6 +40,8 @@ pub(crate) struct Tools {
     pub scratch: PathBuf,
     pub quick: bool,
     pub idle_secs: u64,
+    /// The `scale` part's files.
+    pub scale_files: usize,
 }
 
 impl Tools {

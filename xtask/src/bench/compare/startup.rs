@@ -25,7 +25,8 @@ fn make_tree(tree: &Path, files: usize) -> Result<()> {
     Ok(())
 }
 
-fn walk_s(tools: &Tools, tree: &Path) -> Result<f64> {
+/// Seconds the probe's walk of `tree` took: every directory listed, every file stat-ed.
+pub(super) fn walk_s(tools: &Tools, tree: &Path) -> Result<f64> {
     let out = Command::new(&tools.probe).arg("walk").arg(tree).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let ns: f64 = text
