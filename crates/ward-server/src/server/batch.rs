@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
 use ward_supervisor::{Child, ChildSpec, Environment, Input, OutputTail};
 
 use crate::batch::{BatchSettings, OnBusy, batch_argv, encode_paths};
@@ -34,6 +33,8 @@ use crate::outcomes::OutcomeSender;
 use crate::output::{JOB_SHARE, LogShare, log_sink};
 use crate::protocol::BatchStatus;
 use crate::state::StateDir;
+
+use super::runners;
 
 /// The shortest settle window: a burst's paths reach the loop in many watcher batches, a few
 /// milliseconds apart; a window shorter than their gaps would split the burst into many runs.
@@ -69,18 +70,9 @@ pub(super) struct Batches {
     runners: Vec<Runner>,
 }
 
-#[derive(Debug)]
-struct Runner {
-    trigger: Arc<CompiledTrigger>,
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
-}
-
-#[derive(Debug, Default)]
-struct Shared {
-    owed: Mutex<Owed>,
-    wake: Condvar,
-}
+/// A batch trigger's runner: its trigger, the state it shares with the loop, its thread.
+type Runner = runners::Runner<Arc<CompiledTrigger>, Owed>;
+type Shared = runners::Shared<Owed>;
 
 /// What a runner owes and has been told, shared with the loop.
 #[derive(Debug, Default)]
@@ -123,11 +115,11 @@ impl Batches {
         let mut job = Some(job);
         for runner in &self.runners {
             let Some(j) = job.take() else { return };
-            if !Arc::ptr_eq(&runner.trigger, &j.trigger) {
+            if !Arc::ptr_eq(&runner.key, &j.trigger) {
                 job = Some(j);
                 continue;
             }
-            let mut owed = runner.shared.owed.lock();
+            let mut owed = runner.shared.state.lock();
             if owed.ended {
                 job = Some(j);
                 continue;
@@ -150,7 +142,7 @@ impl Batches {
             );
             return;
         };
-        match Runner::start(Arc::clone(&job.trigger), Arc::clone(context)) {
+        match start_runner(Arc::clone(&job.trigger), Arc::clone(context)) {
             Ok(runner) => {
                 self.runners.push(runner);
                 self.offer(job);
@@ -168,7 +160,7 @@ impl Batches {
     pub(super) fn owed(&self) -> usize {
         self.runners
             .iter()
-            .map(|r| r.shared.owed.lock().jobs.len())
+            .map(|r| r.shared.state.lock().jobs.len())
             .sum()
     }
 
@@ -180,13 +172,13 @@ impl Batches {
             .runners
             .iter()
             .filter_map(|r| {
-                let owed = r.shared.owed.lock();
+                let owed = r.shared.state.lock();
                 if owed.ended {
                     return None;
                 }
                 running += usize::from(owed.running > 0);
                 Some(BatchStatus {
-                    trigger: r.trigger.name().to_owned(),
+                    trigger: r.key.name().to_owned(),
                     running: owed.running > 0,
                     running_paths: owed.running,
                     owed: owed.jobs.len() + owed.held,
@@ -202,8 +194,8 @@ impl Batches {
     /// end.
     pub(super) fn retire_gone(&mut self, triggers: &Triggers) {
         for runner in &self.runners {
-            if triggers.position(&runner.trigger).is_none() {
-                runner.shared.owed.lock().retired = true;
+            if triggers.position(&runner.key).is_none() {
+                runner.shared.state.lock().retired = true;
                 runner.shared.wake.notify_one();
             }
         }
@@ -218,26 +210,19 @@ impl Batches {
             return;
         }
         for runner in &self.runners {
-            // Under the runner's lock: it has either seen the new value or is waiting for this.
-            let _owed = runner.shared.owed.lock();
-            runner.shared.wake.notify_one();
+            runner.wake();
         }
     }
 
     /// ward is stopping: no run starts any more, and a running command still running at `at`
     /// is stopped (its paths stay pending for the next start).
     pub(super) fn stop_at(&self, at: Instant) {
-        for runner in &self.runners {
-            runner.shared.owed.lock().stop_at = Some(at);
-            runner.shared.wake.notify_one();
-        }
+        runners::stop_all(&self.runners, at);
     }
 
     /// Waits for every runner's thread to end (after [`Batches::stop_at`]).
     pub(super) fn join(&mut self) {
-        for mut runner in self.runners.drain(..) {
-            runner.join();
-        }
+        runners::join_all(&mut self.runners);
     }
 }
 
@@ -248,46 +233,26 @@ impl Drop for Batches {
     }
 }
 
-impl Runner {
-    fn start(trigger: Arc<CompiledTrigger>, context: Arc<Context>) -> std::io::Result<Runner> {
-        let shared = Arc::new(Shared::default());
-        let thread = {
-            let (trigger, shared) = (Arc::clone(&trigger), Arc::clone(&shared));
-            std::thread::Builder::new()
-                .name(format!("ward-batch-{}", trigger.name()))
-                .spawn(move || {
-                    let run = std::panic::AssertUnwindSafe(|| {
-                        RunnerThread::new(trigger, &shared, context).run();
-                    });
-                    if std::panic::catch_unwind(run).is_err() {
-                        log::error!("a batch runner panicked; its paths run at the next start");
-                    }
-                    shared.owed.lock().ended = true;
-                })?
-        };
-        Ok(Runner {
-            trigger,
-            shared,
-            thread: Some(thread),
-        })
+impl runners::RunnerState for Owed {
+    fn stop_at(&mut self, at: Instant) {
+        self.stop_at = Some(at);
     }
 
-    /// Joins the thread if it has ended; whether it had.
-    fn reap(&mut self) -> bool {
-        if !self.shared.owed.lock().ended {
-            return false;
-        }
-        self.join();
-        true
+    fn ended(&self) -> bool {
+        self.ended
     }
 
-    fn join(&mut self) {
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            log::error!("the batch runner of {} panicked", self.trigger.name());
-        }
+    fn set_ended(&mut self) {
+        self.ended = true;
     }
+}
+
+/// Starts the runner of `trigger`.
+fn start_runner(trigger: Arc<CompiledTrigger>, context: Arc<Context>) -> std::io::Result<Runner> {
+    let name = format!("ward-batch-{}", trigger.name());
+    Runner::start(Arc::clone(&trigger), name, move |shared| {
+        RunnerThread::new(trigger, shared, context).run();
+    })
 }
 
 /// How one attempt of a run ended.
@@ -337,7 +302,7 @@ impl<'a> RunnerThread<'a> {
         let longest = self.cx.config.max_wait.max(settle);
         loop {
             let seen = {
-                let mut owed = self.shared.owed.lock();
+                let mut owed = self.shared.state.lock();
                 loop {
                     if owed.stop_at.is_some() {
                         owed.ended = true;
@@ -412,14 +377,14 @@ impl<'a> RunnerThread<'a> {
                     METRICS.job_ended(self.trigger.name(), outcome);
                 }
                 Ran::Stopped => {
-                    self.shared.owed.lock().ended = true;
+                    self.shared.state.lock().ended = true;
                     return;
                 }
                 Ran::Restarted => {}
             }
             // One lock: `ward status` never sees the run over while an ignored change is still
             // free to start the next one.
-            let mut owed = self.shared.owed.lock();
+            let mut owed = self.shared.state.lock();
             if ran_ok {
                 owed.jobs
                     .retain(|path, job| !self.recorded_unchanged(path, job, &versions));
@@ -546,7 +511,7 @@ impl<'a> RunnerThread<'a> {
         let spec = spec.capture_merged(log_sink(&tail, &share, "batch", name));
         let oom_before = oom_before(process);
         {
-            let mut owed = self.shared.owed.lock();
+            let mut owed = self.shared.state.lock();
             owed.runs += 1;
             owed.running = paths.len();
             owed.held = 0;
@@ -576,7 +541,7 @@ impl<'a> RunnerThread<'a> {
                 break exit;
             }
             let (stop_at, arrivals) = {
-                let owed = self.shared.owed.lock();
+                let owed = self.shared.state.lock();
                 (owed.stop_at, owed.arrivals)
             };
             let now = Instant::now();

@@ -19,6 +19,7 @@ mod publishing;
 mod reload;
 #[cfg(feature = "nats")]
 mod remote_results;
+mod runners;
 mod services;
 mod subscribe;
 

@@ -18,10 +18,9 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::config::{Handler, Publish};
 use crate::intents::Intents;
@@ -31,6 +30,8 @@ use crate::metrics::{JobOutcome, METRICS};
 use crate::outcomes::OutcomeSender;
 use crate::protocol::PublishStatus;
 use crate::publish::{Failed, Publishers, ToPublish};
+
+use super::runners;
 
 /// What every runner needs, from the server.
 #[derive(Debug)]
@@ -97,18 +98,9 @@ pub(super) struct Publishing {
     runners: Vec<Runner>,
 }
 
-#[derive(Debug)]
-struct Runner {
-    target: Target,
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
-}
-
-#[derive(Debug, Default)]
-struct Shared {
-    owed: Mutex<Owed>,
-    wake: Condvar,
-}
+/// A publisher: its server and stream, the state it shares with the loop, its thread.
+type Runner = runners::Runner<Target, Owed>;
+type Shared = runners::Shared<Owed>;
 
 /// What a runner owes and has done, shared with the loop.
 #[derive(Debug, Default)]
@@ -160,8 +152,8 @@ impl Publishing {
             return;
         };
         let mut job = Some(job);
-        if let Some(runner) = self.runners.iter().find(|r| r.target == target) {
-            let mut owed = runner.shared.owed.lock();
+        if let Some(runner) = self.runners.iter().find(|r| r.key == target) {
+            let mut owed = runner.shared.state.lock();
             if !owed.ended
                 && let Some(job) = job.take()
             {
@@ -178,7 +170,7 @@ impl Publishing {
         let (Some(context), Some(job)) = (&self.context, job) else {
             return;
         };
-        match Runner::start(target, Arc::clone(context)) {
+        match start_runner(target, Arc::clone(context)) {
             Ok(runner) => {
                 self.runners.push(runner);
                 self.offer(job);
@@ -196,7 +188,7 @@ impl Publishing {
         self.runners
             .iter()
             .map(|r| {
-                let owed = r.shared.owed.lock();
+                let owed = r.shared.state.lock();
                 owed.jobs.len() + owed.retrying
             })
             .sum()
@@ -207,10 +199,10 @@ impl Publishing {
         self.runners
             .iter()
             .filter_map(|r| {
-                let owed = r.shared.owed.lock();
+                let owed = r.shared.state.lock();
                 (!owed.ended).then(|| PublishStatus {
-                    url: r.target.0.clone(),
-                    stream: r.target.1.clone(),
+                    url: r.key.0.clone(),
+                    stream: r.key.1.clone(),
                     owed: owed.jobs.len(),
                     unacked: owed.unacked,
                     retrying: owed.retrying,
@@ -239,25 +231,18 @@ impl Publishing {
             return;
         }
         for runner in &self.runners {
-            // Under the runner's lock: it has either seen the new value or is waiting for this.
-            let _owed = runner.shared.owed.lock();
-            runner.shared.wake.notify_one();
+            runner.wake();
         }
     }
 
     /// ward is stopping: the runners publish what they owe until `at`, then end.
     pub(super) fn stop_at(&self, at: Instant) {
-        for runner in &self.runners {
-            runner.shared.owed.lock().stop_at = Some(at);
-            runner.shared.wake.notify_one();
-        }
+        runners::stop_all(&self.runners, at);
     }
 
     /// Waits for every runner's thread to end (after [`Publishing::stop_at`]).
     pub(super) fn join(&mut self) {
-        for mut runner in self.runners.drain(..) {
-            runner.join();
-        }
+        runners::join_all(&mut self.runners);
     }
 }
 
@@ -268,56 +253,31 @@ impl Drop for Publishing {
     }
 }
 
-impl Runner {
-    fn start(target: Target, context: Arc<Context>) -> std::io::Result<Runner> {
-        let shared = Arc::new(Shared::default());
-        let thread = {
-            let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name("ward-publish".into())
-                .spawn(move || {
-                    let run = std::panic::AssertUnwindSafe(|| {
-                        RunnerThread {
-                            shared: &shared,
-                            cx: context,
-                            retries: HashMap::new(),
-                            away: None,
-                        }
-                        .run();
-                    });
-                    if std::panic::catch_unwind(run).is_err() {
-                        log::error!("a publisher panicked; its jobs run at the next start");
-                    }
-                    shared.owed.lock().ended = true;
-                })?
-        };
-        Ok(Runner {
-            target,
+impl runners::RunnerState for Owed {
+    fn stop_at(&mut self, at: Instant) {
+        self.stop_at = Some(at);
+    }
+
+    fn ended(&self) -> bool {
+        self.ended
+    }
+
+    fn set_ended(&mut self) {
+        self.ended = true;
+    }
+}
+
+/// Starts the publisher to `target`.
+fn start_runner(target: Target, context: Arc<Context>) -> std::io::Result<Runner> {
+    Runner::start(target, "ward-publish".into(), move |shared| {
+        RunnerThread {
             shared,
-            thread: Some(thread),
-        })
-    }
-
-    /// Joins the thread if it has ended; whether it had.
-    fn reap(&mut self) -> bool {
-        if !self.shared.owed.lock().ended {
-            return false;
+            cx: context,
+            retries: HashMap::new(),
+            away: None,
         }
-        self.join();
-        true
-    }
-
-    fn join(&mut self) {
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            log::error!(
-                "the publisher to {} stream {} panicked",
-                self.target.0,
-                self.target.1
-            );
-        }
-    }
+        .run();
+    })
 }
 
 /// A runner's own state, on its thread.
@@ -347,7 +307,7 @@ impl RunnerThread<'_> {
     fn run(mut self) {
         loop {
             let (window, stop_at) = {
-                let mut owed = self.shared.owed.lock();
+                let mut owed = self.shared.state.lock();
                 loop {
                     let now = Instant::now();
                     let held = self.cx.held.load(Ordering::Relaxed);
@@ -538,7 +498,7 @@ impl RunnerThread<'_> {
             unanswered.as_deref(),
             published > 0 || first_error.is_some(),
         );
-        let mut owed = self.shared.owed.lock();
+        let mut owed = self.shared.state.lock();
         owed.unacked = 0;
         owed.retrying = self.retries.len();
         owed.published += published;
