@@ -62,12 +62,12 @@ pub(super) struct Context {
 }
 
 /// The batch triggers' runners, made as their first job comes. Dropping it stops every run at
-/// once and joins the threads; [`Batches::stop_at`] and [`Batches::join`] drain first.
+/// once and joins the threads; `runners.stop_at` and `runners.join` drain first.
 #[derive(Debug, Default)]
 pub(super) struct Batches {
     /// `None` in the backlog's tests, which have no batch trigger.
     context: Option<Arc<Context>>,
-    runners: Vec<Runner>,
+    pub(super) runners: runners::Runners<Arc<CompiledTrigger>, Owed>,
 }
 
 /// A batch trigger's runner: its trigger, the state it shares with the loop, its thread.
@@ -76,7 +76,7 @@ type Shared = runners::Shared<Owed>;
 
 /// What a runner owes and has been told, shared with the loop.
 #[derive(Debug, Default)]
-struct Owed {
+pub(super) struct Owed {
     /// The paths not yet in a run, one job each (the latest).
     jobs: HashMap<PathBuf, Job>,
     /// Jobs offered so far: a run that sees the count rise has new paths waiting.
@@ -86,12 +86,11 @@ struct Owed {
     /// Whether the owed paths may start a run: `on_busy = "ignore"` clears it when a run ends,
     /// so that what came during the run waits for a later change (or the next start).
     woken: bool,
-    /// ward is stopping: a running command is stopped at this instant, and no run starts.
-    stop_at: Option<Instant>,
+    /// ward's stop (a running command is stopped at its instant, and no run starts) and
+    /// whether the thread has ended.
+    life: runners::Life,
     /// A reload removed or changed the trigger: the runner ends once it owes nothing.
     retired: bool,
-    /// The thread has ended (or is ending): an offer makes a new runner.
-    ended: bool,
     /// The paths of the running command (0: none runs), for `ward status`.
     running: usize,
     /// Paths the runner holds for its next attempt (a failed run's, a restarted run's), not in
@@ -106,21 +105,21 @@ impl Batches {
         remove_stale_paths_files(&context.state);
         Batches {
             context: Some(Arc::new(context)),
-            runners: Vec::new(),
+            runners: runners::Runners::default(),
         }
     }
 
     /// Gives `job` to its trigger's runner, starting one if it has none.
     pub(super) fn offer(&mut self, job: Job) {
         let mut job = Some(job);
-        for runner in &self.runners {
+        for runner in self.runners.iter() {
             let Some(j) = job.take() else { return };
             if !Arc::ptr_eq(&runner.key, &j.trigger) {
                 job = Some(j);
                 continue;
             }
             let mut owed = runner.shared.state.lock();
-            if owed.ended {
+            if owed.life.ended {
                 job = Some(j);
                 continue;
             }
@@ -134,7 +133,7 @@ impl Batches {
             runner.shared.wake.notify_one();
         }
         let Some(job) = job else { return };
-        self.runners.retain_mut(|r| !r.reap());
+        self.runners.reap_ended();
         let Some(context) = &self.context else {
             log::error!(
                 "no batch runner for {}: it stays pending until the next start",
@@ -173,7 +172,7 @@ impl Batches {
             .iter()
             .filter_map(|r| {
                 let owed = r.shared.state.lock();
-                if owed.ended {
+                if owed.life.ended {
                     return None;
                 }
                 running += usize::from(owed.running > 0);
@@ -193,13 +192,13 @@ impl Batches {
     /// After a reload: the runners of triggers no longer in `triggers` run what they owe, then
     /// end.
     pub(super) fn retire_gone(&mut self, triggers: &Triggers) {
-        for runner in &self.runners {
+        for runner in self.runners.iter() {
             if triggers.position(&runner.key).is_none() {
                 runner.shared.state.lock().retired = true;
                 runner.shared.wake.notify_one();
             }
         }
-        self.runners.retain_mut(|r| !r.reap());
+        self.runners.reap_ended();
     }
 
     /// No run starts while `held` (a running one finishes); what comes meanwhile is owed, one
@@ -209,41 +208,13 @@ impl Batches {
         if cx.held.swap(held, Ordering::Relaxed) == held {
             return;
         }
-        for runner in &self.runners {
-            runner.wake();
-        }
-    }
-
-    /// ward is stopping: no run starts any more, and a running command still running at `at`
-    /// is stopped (its paths stay pending for the next start).
-    pub(super) fn stop_at(&self, at: Instant) {
-        runners::stop_all(&self.runners, at);
-    }
-
-    /// Waits for every runner's thread to end (after [`Batches::stop_at`]).
-    pub(super) fn join(&mut self) {
-        runners::join_all(&mut self.runners);
-    }
-}
-
-impl Drop for Batches {
-    fn drop(&mut self) {
-        self.stop_at(Instant::now());
-        self.join();
+        self.runners.wake_all();
     }
 }
 
 impl runners::RunnerState for Owed {
-    fn stop_at(&mut self, at: Instant) {
-        self.stop_at = Some(at);
-    }
-
-    fn ended(&self) -> bool {
-        self.ended
-    }
-
-    fn set_ended(&mut self) {
-        self.ended = true;
+    fn life(&mut self) -> &mut runners::Life {
+        &mut self.life
     }
 }
 
@@ -304,8 +275,8 @@ impl<'a> RunnerThread<'a> {
             let seen = {
                 let mut owed = self.shared.state.lock();
                 loop {
-                    if owed.stop_at.is_some() {
-                        owed.ended = true;
+                    if owed.life.stop_at.is_some() {
+                        owed.life.ended = true;
                         return;
                     }
                     let now = Instant::now();
@@ -334,7 +305,7 @@ impl<'a> RunnerThread<'a> {
                             self.shared.wake.wait_until(&mut owed, at);
                         }
                         None if owed.retired => {
-                            owed.ended = true;
+                            owed.life.ended = true;
                             return;
                         }
                         None => self.shared.wake.wait(&mut owed),
@@ -377,7 +348,7 @@ impl<'a> RunnerThread<'a> {
                     METRICS.job_ended(self.trigger.name(), outcome);
                 }
                 Ran::Stopped => {
-                    self.shared.state.lock().ended = true;
+                    self.shared.state.lock().life.ended = true;
                     return;
                 }
                 Ran::Restarted => {}
@@ -542,7 +513,7 @@ impl<'a> RunnerThread<'a> {
             }
             let (stop_at, arrivals) = {
                 let owed = self.shared.state.lock();
-                (owed.stop_at, owed.arrivals)
+                (owed.life.stop_at, owed.arrivals)
             };
             let now = Instant::now();
             if stop_at.is_some_and(|at| now >= at) {

@@ -403,13 +403,13 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     let drain_end = Instant::now() + drain_timeout;
     dispatcher.read().stop_running_at(drain_end);
     // A running batch finishes within the drain too; no new one starts.
-    backlog.batches.stop_at(drain_end);
+    backlog.batches.runners.stop_at(drain_end);
     #[cfg(feature = "nats")]
-    backlog.publishing.stop_at(drain_end);
+    backlog.publishing.runners.stop_at(drain_end);
     let left = pool.shutdown(drain_timeout);
-    backlog.batches.join();
+    backlog.batches.runners.join();
     #[cfg(feature = "nats")]
-    backlog.publishing.join();
+    backlog.publishing.runners.join();
     record_outcomes(&done, &mut tracker);
     let not_run = left.len() + backlog.len();
     if !backlog.rescans.is_empty() {

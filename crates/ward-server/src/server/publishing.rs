@@ -87,15 +87,15 @@ impl Retried {
 }
 
 /// A runner's target: a NATS server's address and a stream.
-type Target = (String, String);
+pub(super) type Target = (String, String);
 
 /// The runners, made as their target's first job comes. Dropping it stops them at once and
-/// joins their threads; [`Publishing::stop_at`] and [`Publishing::join`] drain first.
+/// joins their threads; `runners.stop_at` and `runners.join` drain first.
 #[derive(Debug, Default)]
 pub(super) struct Publishing {
     /// `None` in the backlog's tests, which publish nothing.
     context: Option<Arc<Context>>,
-    runners: Vec<Runner>,
+    pub(super) runners: runners::Runners<Target, Owed>,
 }
 
 /// A publisher: its server and stream, the state it shares with the loop, its thread.
@@ -104,7 +104,7 @@ type Shared = runners::Shared<Owed>;
 
 /// What a runner owes and has done, shared with the loop.
 #[derive(Debug, Default)]
-struct Owed {
+pub(super) struct Owed {
     /// The paths owed, in arrival order; each has its job in `jobs`.
     order: VecDeque<PathBuf>,
     jobs: HashMap<PathBuf, Job>,
@@ -112,10 +112,9 @@ struct Owed {
     unacked: usize,
     /// Jobs waiting for their retry (the runner's own, counted here for the loop).
     retrying: usize,
-    /// ward is stopping: no window starts after this instant, nor once nothing is owed.
-    stop_at: Option<Instant>,
-    /// The thread has ended (or is ending): an offer makes a new runner.
-    ended: bool,
+    /// ward's stop (no window starts after its instant, nor once nothing is owed) and whether
+    /// the thread has ended.
+    life: runners::Life,
     published: u64,
     retried: u64,
     gave_up: u64,
@@ -137,7 +136,7 @@ impl Publishing {
     pub(super) fn new(context: Context) -> Publishing {
         Publishing {
             context: Some(Arc::new(context)),
-            runners: Vec::new(),
+            runners: runners::Runners::default(),
         }
     }
 
@@ -154,7 +153,7 @@ impl Publishing {
         let mut job = Some(job);
         if let Some(runner) = self.runners.iter().find(|r| r.key == target) {
             let mut owed = runner.shared.state.lock();
-            if !owed.ended
+            if !owed.life.ended
                 && let Some(job) = job.take()
             {
                 let path = job.path.clone();
@@ -166,7 +165,7 @@ impl Publishing {
                 return;
             }
         }
-        self.runners.retain_mut(|r| !r.reap());
+        self.runners.reap_ended();
         let (Some(context), Some(job)) = (&self.context, job) else {
             return;
         };
@@ -200,7 +199,7 @@ impl Publishing {
             .iter()
             .filter_map(|r| {
                 let owed = r.shared.state.lock();
-                (!owed.ended).then(|| PublishStatus {
+                (!owed.life.ended).then(|| PublishStatus {
                     url: r.key.0.clone(),
                     stream: r.key.1.clone(),
                     owed: owed.jobs.len(),
@@ -230,40 +229,13 @@ impl Publishing {
         if cx.held.swap(held, Ordering::Relaxed) == held {
             return;
         }
-        for runner in &self.runners {
-            runner.wake();
-        }
-    }
-
-    /// ward is stopping: the runners publish what they owe until `at`, then end.
-    pub(super) fn stop_at(&self, at: Instant) {
-        runners::stop_all(&self.runners, at);
-    }
-
-    /// Waits for every runner's thread to end (after [`Publishing::stop_at`]).
-    pub(super) fn join(&mut self) {
-        runners::join_all(&mut self.runners);
-    }
-}
-
-impl Drop for Publishing {
-    fn drop(&mut self) {
-        self.stop_at(Instant::now());
-        self.join();
+        self.runners.wake_all();
     }
 }
 
 impl runners::RunnerState for Owed {
-    fn stop_at(&mut self, at: Instant) {
-        self.stop_at = Some(at);
-    }
-
-    fn ended(&self) -> bool {
-        self.ended
-    }
-
-    fn set_ended(&mut self) {
-        self.ended = true;
+    fn life(&mut self) -> &mut runners::Life {
+        &mut self.life
     }
 }
 
@@ -311,12 +283,12 @@ impl RunnerThread<'_> {
                 loop {
                     let now = Instant::now();
                     let held = self.cx.held.load(Ordering::Relaxed);
-                    let stopping = owed.stop_at;
+                    let stopping = owed.life.stop_at;
                     // Stopping: no window past the drain's end, nor one only for retries.
                     if stopping.is_some_and(|at| now >= at)
                         || (stopping.is_some() && (held || owed.jobs.is_empty()))
                     {
-                        owed.ended = true;
+                        owed.life.ended = true;
                         return;
                     }
                     let due = self.retries.values().map(|r| r.at).min();
@@ -343,7 +315,7 @@ impl RunnerThread<'_> {
                 let window = self.take_window(&mut owed);
                 owed.unacked = window.len();
                 owed.retrying = self.retries.len();
-                (window, owed.stop_at)
+                (window, owed.life.stop_at)
             };
             self.publish(window, stop_at);
         }

@@ -8,13 +8,18 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
+/// The part of a runner's shared state this module reads and writes.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Life {
+    /// ward is stopping: nothing new starts, and what runs ends by this instant.
+    pub stop_at: Option<Instant>,
+    /// The thread has ended (or is ending): an offer makes a new runner.
+    pub ended: bool,
+}
+
 /// What a runner's thread shares with the loop, as far as this module needs it.
 pub(super) trait RunnerState: Default + Send + 'static {
-    /// ward is stopping: nothing new starts, and what runs ends by `at`.
-    fn stop_at(&mut self, at: Instant);
-    /// The thread has ended (or is ending): an offer makes a new runner.
-    fn ended(&self) -> bool;
-    fn set_ended(&mut self);
+    fn life(&mut self) -> &mut Life;
 }
 
 /// A runner's state under one lock, and the condvar its thread waits on.
@@ -51,7 +56,7 @@ impl<K, S: RunnerState> Runner<K, S> {
                     if std::panic::catch_unwind(run).is_err() {
                         log::error!("{name} panicked; what it owed runs at the next start");
                     }
-                    shared.state.lock().set_ended();
+                    shared.state.lock().life().ended = true;
                 })?
         };
         Ok(Runner {
@@ -71,7 +76,7 @@ impl<K, S: RunnerState> Runner<K, S> {
 
     /// Joins the thread if it has ended; whether it had.
     pub(super) fn reap(&mut self) -> bool {
-        if !self.shared.state.lock().ended() {
+        if !self.shared.state.lock().life().ended {
             return false;
         }
         self.join();
@@ -87,17 +92,61 @@ impl<K, S: RunnerState> Runner<K, S> {
     }
 }
 
-/// ward is stopping: tells each of `runners` (see [`RunnerState::stop_at`]).
-pub(super) fn stop_all<K, S: RunnerState>(runners: &[Runner<K, S>], at: Instant) {
-    for runner in runners {
-        runner.shared.state.lock().stop_at(at);
-        runner.shared.wake.notify_one();
+/// The runners of one kind. Dropping it stops them at once and joins their threads;
+/// [`Runners::stop_at`] and [`Runners::join`] drain first.
+#[derive(Debug)]
+pub(super) struct Runners<K, S: RunnerState>(Vec<Runner<K, S>>);
+
+impl<K, S: RunnerState> Default for Runners<K, S> {
+    fn default() -> Self {
+        Runners(Vec::new())
     }
 }
 
-/// Waits for each of `runners`' threads to end (after [`stop_all`]).
-pub(super) fn join_all<K, S: RunnerState>(runners: &mut Vec<Runner<K, S>>) {
-    for mut runner in runners.drain(..) {
-        runner.join();
+impl<K, S: RunnerState> std::ops::Deref for Runners<K, S> {
+    type Target = [Runner<K, S>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<K, S: RunnerState> Runners<K, S> {
+    pub(super) fn push(&mut self, runner: Runner<K, S>) {
+        self.0.push(runner);
+    }
+
+    /// Joins and forgets the runners whose threads have ended.
+    pub(super) fn reap_ended(&mut self) {
+        self.0.retain_mut(|r| !r.reap());
+    }
+
+    /// Wakes every thread (something they all read changed, such as a hold).
+    pub(super) fn wake_all(&self) {
+        for runner in &self.0 {
+            runner.wake();
+        }
+    }
+
+    /// ward is stopping: each thread starts nothing new and ends what runs by `at`.
+    pub(super) fn stop_at(&self, at: Instant) {
+        for runner in &self.0 {
+            runner.shared.state.lock().life().stop_at = Some(at);
+            runner.shared.wake.notify_one();
+        }
+    }
+
+    /// Waits for every thread to end (after [`Runners::stop_at`]).
+    pub(super) fn join(&mut self) {
+        for mut runner in self.0.drain(..) {
+            runner.join();
+        }
+    }
+}
+
+impl<K, S: RunnerState> Drop for Runners<K, S> {
+    fn drop(&mut self) {
+        self.stop_at(Instant::now());
+        self.join();
     }
 }
