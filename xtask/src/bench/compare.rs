@@ -58,6 +58,16 @@ impl Tools {
     fn probe(&self) -> &str {
         self.probe.to_str().expect("UTF-8 probe path")
     }
+
+    /// A trigger `record` on every file whose persistent worker (the probe) writes a line per
+    /// job to `log`.
+    fn record_trigger(&self, log: &Path) -> String {
+        format!(
+            "[[trigger]]\nname = \"record\"\nglob = [\"*\"]\nworker = [{:?}, \"worker\", {:?}]\n",
+            self.probe(),
+            log.to_str().unwrap_or_default()
+        )
+    }
 }
 
 /// What an interrupted bench must clean up: the daemons it started (ward binary, scenario dir) and

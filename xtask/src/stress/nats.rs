@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream;
@@ -158,20 +158,15 @@ impl NatsSide {
     pub fn stop(&mut self) -> Option<String> {
         let problem = self.work.take().and_then(|mut work| {
             signal(work.id(), libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let status = loop {
-                match work.try_wait() {
-                    Ok(Some(status)) => break Some(status),
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    _ => {
-                        let _ = work.kill();
-                        let _ = work.wait();
-                        break None;
-                    }
-                }
-            };
+            let mut status = None;
+            wait_until(Duration::from_secs(30), || {
+                status = work.try_wait().ok().flatten();
+                status.is_some()
+            });
+            if status.is_none() {
+                let _ = work.kill();
+                let _ = work.wait();
+            }
             match status {
                 Some(s) if s.success() => None,
                 Some(s) => Some(format!("ward work ended with {s} after SIGTERM")),

@@ -130,9 +130,8 @@ pub(crate) fn run(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
             tools,
             &dir,
             &format!(
-                "\n[jobs]\nqueue_capacity = 1024\n\n[[trigger]]\nname = \"record\"\nglob = [\"*\"]\nworker = [{:?}, \"worker\", {:?}]\n",
-                tools.probe(),
-                log.to_str().unwrap_or_default()
+                "\n[jobs]\nqueue_capacity = 1024\n\n{}",
+                tools.record_trigger(&log)
             ),
         )?;
         ward.start()?;

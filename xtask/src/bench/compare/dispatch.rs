@@ -81,9 +81,8 @@ fn ward_worker_round(tools: &Tools, jobs: usize, round: usize) -> Result<f64> {
         tools,
         &dir,
         &format!(
-            "debounce_ms = 1\n\n[jobs]\nworkers = 1\n\n[[trigger]]\nname = \"record\"\nglob = [\"*\"]\nworker = [{:?}, \"worker\", {:?}]\n",
-            tools.probe(),
-            log.to_str().unwrap_or_default()
+            "debounce_ms = 1\n\n[jobs]\nworkers = 1\n\n{}",
+            tools.record_trigger(&log)
         ),
     )?;
     ward.start()?;

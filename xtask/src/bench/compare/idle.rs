@@ -53,15 +53,7 @@ pub(crate) fn run(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
 fn ward_at_rest(tools: &Tools) -> Result<(Ward, u32, u32, u32)> {
     let dir = tools.dir("idle-ward")?;
     let log = dir.join("worker-log");
-    let ward = Ward::new(
-        tools,
-        &dir,
-        &format!(
-            "\n[[trigger]]\nname = \"record\"\nglob = [\"*\"]\nworker = [{:?}, \"worker\", {:?}]\n",
-            tools.probe(),
-            log.to_str().unwrap_or_default()
-        ),
-    )?;
+    let ward = Ward::new(tools, &dir, &format!("\n{}", tools.record_trigger(&log)))?;
     ward.start()?;
     fs::write(dir.join("tree/f0"), "x")?;
     wait_lines(&log, 1, Duration::from_secs(10))?;

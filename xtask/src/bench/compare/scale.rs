@@ -78,15 +78,7 @@ pub(crate) fn run(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
     unsafe { libc::sync() };
     let walk = walk_s(tools, &tree)?;
     let log = dir.join("worker-log");
-    let ward = Ward::new(
-        tools,
-        &dir,
-        &format!(
-            "\n[[trigger]]\nname = \"record\"\nglob = [\"*\"]\nworker = [{:?}, \"worker\", {:?}]\n",
-            tools.probe(),
-            log.to_str().unwrap_or_default()
-        ),
-    )?;
+    let ward = Ward::new(tools, &dir, &format!("\n{}", tools.record_trigger(&log)))?;
     let backend = "inotify";
     println!("scale: walk {walk:.2} s; ward ({backend}) first start ...");
     let t0 = Instant::now();

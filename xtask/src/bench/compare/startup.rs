@@ -52,15 +52,7 @@ pub(crate) fn run(tools: &Tools, rows: &mut Vec<Row>) -> Result<()> {
         let log = dir.join("worker-log");
         make_tree(&tree, n)?;
         let walk = walk_s(tools, &tree)?;
-        let ward = Ward::new(
-            tools,
-            &dir,
-            &format!(
-                "\n[[trigger]]\nname = \"record\"\nglob = [\"*\"]\nworker = [{:?}, \"worker\", {:?}]\n",
-                tools.probe(),
-                log.to_str().unwrap_or_default()
-            ),
-        )?;
+        let ward = Ward::new(tools, &dir, &format!("\n{}", tools.record_trigger(&log)))?;
         let t0 = Instant::now();
         let first = ward.start()?.as_secs_f64();
         wait_lines(&log, n, Duration::from_secs(300))?;

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::super::check::Line;
 use super::super::config::NATS_DIR;
-use super::super::scene::Scene;
+use super::super::daemon::wait_until;
+use super::super::scene::{Scene, interrupted};
 use super::super::workload::now_ms;
 use super::{Injected, not_injected};
 
@@ -52,10 +53,9 @@ pub fn inject(scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> Record {
     let (during, errors) = scene.write_files(&dir, "during", &["txt"], half, "nats");
     record.problems.extend(errors);
     files.extend(during);
-    // Gone long enough for ward's publishes to fail and owe, not only to wait.
-    while down.elapsed() < Duration::from_millis(1500) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Gone long enough for ward's publishes to fail and owe, not only to wait (cut short only
+    // by an interrupted run).
+    wait_until(Duration::from_millis(1500), interrupted);
     let restarted = nats.restart();
     record.down_s = down.elapsed().as_secs_f64();
     if let Err(e) = restarted {
