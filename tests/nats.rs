@@ -735,6 +735,96 @@ fn a_path_removed_twice_within_the_duplicate_window_is_delivered_twice() {
     assert!(work.stop().success(), "{log}");
 }
 
+/// Each message carries its change's sequence number in the origin's manifest: the job on the
+/// worker gets it as `WARD_SEQ`, and it is the number the origin's `ward changes` gives the path
+/// (a rename's old path one less), growing with each change of a path.
+#[test]
+fn a_remote_job_gets_the_sequence_number_the_origin_gives_its_change() {
+    let Some((f, nats)) = origin("index") else {
+        return;
+    };
+    let record =
+        "[\"sh\", \"-c\", \"echo \\\"$WARD_SEQ $WARD_EVENT $WARD_PATH\\\" >> {ledger}.seq\"]";
+    let work = Work::start(&f, &nats, 1, "index", record, &[]);
+    work.wait_ready();
+    f.start();
+    let seqs = work.ledger.with_extension("seq");
+    let lines = || std::fs::read_to_string(&seqs).unwrap_or_default();
+    let (a, b, c) = (
+        f.tree.join("a.txt"),
+        f.tree.join("b.txt"),
+        f.tree.join("c.txt"),
+    );
+    let ran = |event: &str, path: &Path| {
+        lines()
+            .lines()
+            .filter(|l| l.ends_with(&format!(" {event} {}", path.display())))
+            .count()
+    };
+    std::fs::write(&a, "one").unwrap();
+    wait_for("a's creation", Duration::from_secs(30), || {
+        ran("created", &a) == 1
+    });
+    std::fs::write(&a, "two").unwrap();
+    wait_for("a's modification", Duration::from_secs(30), || {
+        ran("modified", &a) == 1
+    });
+    std::fs::write(&b, "b").unwrap();
+    wait_for("b's creation", Duration::from_secs(30), || {
+        ran("created", &b) == 1
+    });
+    std::fs::rename(&b, &c).unwrap();
+    wait_for("the rename", Duration::from_secs(30), || {
+        ran("renamed", &c) == 1
+    });
+    f.wait_idle();
+    // What the worker's jobs got, per path, in the order they ran.
+    let mut got: Vec<(PathBuf, u64)> = Vec::new();
+    for line in lines().lines() {
+        let mut words = line.splitn(3, ' ');
+        let (Some(seq), Some(_), Some(path)) = (words.next(), words.next(), words.next()) else {
+            panic!("a job without its number: {line:?}\n{}", lines());
+        };
+        let seq = seq
+            .parse()
+            .unwrap_or_else(|_| panic!("WARD_SEQ {seq:?}\n{}", lines()));
+        got.push((PathBuf::from(path), seq));
+    }
+    let of = |path: &Path| -> Vec<u64> {
+        got.iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, s)| *s)
+            .collect()
+    };
+    let [first, second] = of(&a)[..] else {
+        panic!("two jobs of a.txt: {got:?}")
+    };
+    assert!(first < second, "a later change, a greater number: {got:?}");
+    let out = f.run(&["changes", "--since", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    let known: Vec<(PathBuf, u64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let change: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                PathBuf::from(change["path"].as_str().unwrap()),
+                change["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let renamed = of(&c)[0];
+    let mut want = vec![
+        (a.clone(), second),
+        (b.clone(), renamed - 1),
+        (c.clone(), renamed),
+    ];
+    want.sort_by_key(|(_, seq)| *seq);
+    assert_eq!(known, want, "the origin's numbers; the worker's: {got:?}");
+    f.stop();
+    let log = work.log();
+    assert!(work.stop().success(), "{log}");
+}
+
 /// `ward work --detach` is a daemon like `ward start`'s: `ward status` shows what it pulls and
 /// did, a SIGKILLed worker process is restarted by its keeper (and its death reported), and
 /// `ward stop` stops it with nothing left behind.

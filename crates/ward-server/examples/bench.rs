@@ -58,6 +58,7 @@ fn main() {
                     ok: true,
                     processed: FileMeta::read(path),
                     old_path: None,
+                    seq: None,
                 });
             }
         },
@@ -139,6 +140,7 @@ fn main() {
                 path: p.clone(),
                 event: Event::Modified,
                 old_path: None,
+                seq: None,
             })
             .collect();
         manifest.apply(&updates).expect("grouped write");
@@ -152,6 +154,7 @@ fn main() {
                 path: p.clone(),
                 event: Event::Modified,
                 old_path: None,
+                seq: None,
             }])
             .expect("single write");
     }

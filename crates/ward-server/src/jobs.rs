@@ -98,6 +98,8 @@ pub struct Job {
     pub event: Event,
     /// The previous path of a rename.
     pub old_path: Option<PathBuf>,
+    /// Its change's sequence number in the manifest, given as it is queued (`None` before).
+    pub seq: Option<u64>,
 }
 
 /// One configured trigger with its globs compiled.
@@ -320,6 +322,9 @@ pub fn job_env(job: &Job) -> Vec<(&'static str, OsString)> {
     if let Some(old) = &job.old_path {
         env.push(("WARD_OLD_PATH", old.clone().into_os_string()));
     }
+    if let Some(seq) = job.seq {
+        env.push(("WARD_SEQ", seq.to_string().into()));
+    }
     env
 }
 
@@ -343,6 +348,7 @@ pub fn worker_request(id: u64, job: &Job) -> Vec<u8> {
         old_path_hex,
         path,
         path_hex,
+        seq: job.seq,
     };
     let mut line = Vec::with_capacity(64 + job.path.as_os_str().len());
     // Serializing borrowed strings and an integer into a Vec cannot fail.
@@ -365,6 +371,8 @@ struct Request<'a> {
     path: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     path_hex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
 }
 
 /// A path as the protocol's string, and its bytes in hex when that string is lossy.
@@ -544,6 +552,7 @@ mod tests {
             path: "/r/a b$(x).txt".into(),
             event: Event::Modified,
             old_path: None,
+            seq: None,
         };
         let argv = exec_argv(&["wc".into(), "{path}".into(), "x{path}".into()], &job);
         assert_eq!(
@@ -564,6 +573,7 @@ mod tests {
             path,
             event: Event::Renamed,
             old_path: Some("/r/old".into()),
+            seq: None,
         };
         let request: Value = serde_json::from_slice(&worker_request(7, &job)).unwrap();
         assert_eq!(request["id"], 7);
@@ -587,6 +597,9 @@ mod tests {
                 request[format!("{key}_hex")] = Value::String(hex(os));
             }
         }
+        if let Some(seq) = job.seq {
+            request["seq"] = seq.into();
+        }
         let mut line = serde_json::to_vec(&request).unwrap();
         line.push(b'\n');
         line
@@ -603,17 +616,18 @@ mod tests {
             (odd.clone(), Some(plain.clone())),
             (odd.clone(), Some(odd.clone())),
         ] {
-            for event in [
-                Event::Created,
-                Event::Modified,
-                Event::Removed,
-                Event::Renamed,
+            for (event, seq) in [
+                (Event::Created, None),
+                (Event::Modified, Some(1)),
+                (Event::Removed, Some(u64::MAX)),
+                (Event::Renamed, Some(42)),
             ] {
                 let job = Job {
                     trigger: any_trigger(),
                     path: path.clone(),
                     event,
                     old_path: old_path.clone(),
+                    seq,
                 };
                 assert_eq!(
                     worker_request(u64::MAX, &job),

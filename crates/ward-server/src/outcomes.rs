@@ -107,6 +107,7 @@ impl OutcomeSender {
             ok: true,
             processed,
             old_path: job.old_path.clone(),
+            seq: job.seq,
         });
         if let Some(old) = &job.old_path {
             self.tell(Update::Finished {
@@ -116,6 +117,8 @@ impl OutcomeSender {
                 ok: true,
                 processed: None,
                 old_path: None,
+                // The number the rename's queueing gave that removal.
+                seq: job.seq.map(|seq| seq - 1),
             });
         }
     }
@@ -135,6 +138,7 @@ impl OutcomeSender {
             ok: false,
             processed: None,
             old_path: job.old_path.clone(),
+            seq: job.seq,
         });
     }
 }
@@ -177,6 +181,7 @@ mod tests {
             ok: true,
             processed: None,
             old_path: None,
+            seq: None,
         }
     }
 

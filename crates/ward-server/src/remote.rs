@@ -56,6 +56,11 @@ pub struct JobMessage {
     pub trigger: String,
     /// What happened.
     pub event: Event,
+    /// The change's sequence number in the origin's manifest: what `ward changes --since` and
+    /// `ward subscribe` there number it, and, for one path, later changes have greater numbers.
+    /// Absent from a job not numbered (made by a ward before it numbered them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// The previous path of a rename, relative to `root`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_path: Option<PathBuf>,
@@ -112,6 +117,7 @@ impl JobMessage {
             old_path: job.old_path.as_deref().map(relative),
             trigger: job.trigger.name().to_owned(),
             event: job.event,
+            seq: job.seq,
             size: meta.map(|m| m.size),
             mtime_ns: meta.map(|m| m.mtime_ns),
             ino: meta.map(|m| m.ino),
@@ -296,6 +302,7 @@ mod tests {
             content: None,
             gone_at_ns: None,
             retried_at_ns: None,
+            seq: None,
         }
     }
 

@@ -48,6 +48,9 @@ pub(crate) struct Tracker {
     intents: Arc<Intents>,
     /// What the intent journal held at the start, until [`Tracker::untold_removals`] takes it.
     left_intents: Vec<PathBuf>,
+    /// The last change sequence number given (`queue` numbers each job as it queues it, so
+    /// that its message can carry the number the manifest files it under).
+    seq: u64,
 }
 
 impl Tracker {
@@ -101,6 +104,7 @@ impl Tracker {
             in_flight: HashMap::new(),
             intents,
             left_intents,
+            seq: committed.1,
         })
     }
 
@@ -144,6 +148,7 @@ impl Tracker {
                 path,
                 event: Event::Removed,
                 old_path: None,
+                seq: None,
             });
         }
         if !owed.is_empty() {
@@ -181,6 +186,7 @@ impl Tracker {
                 path,
                 event,
                 old_path,
+                seq: None,
             });
         }
         log::info!(
@@ -219,6 +225,7 @@ impl Tracker {
                 path: r.path,
                 event: r.event,
                 old_path: None,
+                seq: None,
             })
             .collect();
         Ok((jobs, resume))
@@ -279,6 +286,7 @@ impl Tracker {
                         path: origin,
                         event: Event::Removed,
                         old_path: None,
+                        seq: None,
                     });
                 }
                 _ => {}
@@ -286,10 +294,14 @@ impl Tracker {
             log::trace!("queued {:?} {}", job.event, job.path.display());
             self.in_flight
                 .insert(job.path.clone(), (job.event, job.old_path.clone()));
+            // A rename's removal of its old path is numbered just before it.
+            self.seq += if job.old_path.is_some() { 2 } else { 1 };
+            job.seq = Some(self.seq);
             self.writer.push(Update::Queued {
                 path: job.path.clone(),
                 event: job.event,
                 old_path: job.old_path.clone(),
+                seq: job.seq,
             });
             out.push(job);
         }
@@ -449,7 +461,15 @@ pub(crate) mod tests {
             path: path.to_path_buf(),
             event,
             old_path: old_path.map(Path::to_path_buf),
+            seq: None,
         }
+    }
+
+    /// `jobs` as if not numbered: what a test compares when the numbers are not its concern.
+    pub(crate) fn unnumbered(jobs: Vec<Job>) -> Vec<Job> {
+        jobs.into_iter()
+            .map(|job| Job { seq: None, ..job })
+            .collect()
     }
 
     fn done(job: &Job) -> Update {
@@ -459,6 +479,7 @@ pub(crate) mod tests {
             ok: true,
             processed: None,
             old_path: job.old_path.clone(),
+            seq: None,
         }
     }
 
@@ -472,21 +493,24 @@ pub(crate) mod tests {
 
         // `a` moved to `p`, then `p` modified before the rename's job ran: the backlog and the
         // pool keep only the later job, so it must be the rename.
-        assert_eq!(tracker.queue(renamed(&a)), [renamed(&a)]);
-        assert_eq!(tracker.queue(job(&p, Event::Modified, None)), [renamed(&a)]);
+        assert_eq!(unnumbered(tracker.queue(renamed(&a))), [renamed(&a)]);
+        assert_eq!(
+            unnumbered(tracker.queue(job(&p, Event::Modified, None))),
+            [renamed(&a)]
+        );
         // Then `b` moved over `p`: the new rename, and `a`'s removal under its own key.
         assert_eq!(
-            tracker.queue(renamed(&b)),
+            unnumbered(tracker.queue(renamed(&b))),
             [renamed(&b), job(&a, Event::Removed, None)]
         );
         // Then `p` removed: `b` is gone too.
         assert_eq!(
-            tracker.queue(job(&p, Event::Removed, None)),
+            unnumbered(tracker.queue(job(&p, Event::Removed, None))),
             [job(&p, Event::Removed, None), job(&b, Event::Removed, None)]
         );
         // Nothing is owed any more.
         assert_eq!(
-            tracker.queue(job(&p, Event::Created, None)),
+            unnumbered(tracker.queue(job(&p, Event::Created, None))),
             [job(&p, Event::Created, None)]
         );
     }
@@ -501,7 +525,7 @@ pub(crate) mod tests {
         // `a` was created again before the rename's job ran: it is there, with a job of its own.
         std::fs::write(&a, "new").unwrap();
         assert_eq!(
-            tracker.queue(job(&p, Event::Removed, None)),
+            unnumbered(tracker.queue(job(&p, Event::Removed, None))),
             [job(&p, Event::Removed, None)]
         );
     }
@@ -519,13 +543,13 @@ pub(crate) mod tests {
         tracker.queue(second.clone());
         tracker.finished(done(&first));
         assert_eq!(
-            tracker.queue(job(&p, Event::Modified, None)),
+            unnumbered(tracker.queue(job(&p, Event::Modified, None))),
             std::slice::from_ref(&second),
             "the second rename still waits: a modification must not drop it"
         );
         tracker.finished(done(&second));
         assert_eq!(
-            tracker.queue(job(&p, Event::Modified, None)),
+            unnumbered(tracker.queue(job(&p, Event::Modified, None))),
             [job(&p, Event::Modified, None)]
         );
     }
@@ -568,5 +592,55 @@ pub(crate) mod tests {
         );
         tracker.finished(done(&modified));
         assert!(!tracker.in_flight(&p));
+    }
+
+    #[test]
+    fn each_job_carries_the_number_the_manifest_files_its_change_under() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (a, b, p) = (root.join("a"), root.join("b"), root.join("p"));
+        let numbers = |tracker: &Tracker| {
+            tracker.flush();
+            let manifest = tracker.manifest.lock();
+            let changes = manifest.changes_since(0, 100).unwrap();
+            (
+                changes
+                    .into_iter()
+                    .map(|c| (c.seq, c.path))
+                    .collect::<Vec<_>>(),
+                manifest.seq(),
+            )
+        };
+        let mut tracker = tracker_of(&dir, &root);
+        let [created] = &tracker.queue(job(&a, Event::Created, None))[..] else {
+            panic!("one job")
+        };
+        let [renamed] = &tracker.queue(job(&p, Event::Renamed, Some(&b)))[..] else {
+            panic!("one job")
+        };
+        assert_eq!((created.seq, renamed.seq), (Some(1), Some(3)));
+        // The rename's job and its old path's removal finish: no number of their own.
+        tracker.finished(done(renamed));
+        tracker.finished(Update::Finished {
+            path: b.clone(),
+            event: Event::Removed,
+            ok: true,
+            processed: None,
+            old_path: None,
+            seq: Some(2),
+        });
+        assert_eq!(
+            numbers(&tracker),
+            (vec![(1, a.clone()), (2, b.clone()), (3, p.clone())], 3),
+            "as the jobs were numbered, the old path just before its rename"
+        );
+        // A later server numbers on from what the manifest holds.
+        drop(tracker);
+        let mut tracker = tracker_of(&dir, &root);
+        let [modified] = &tracker.queue(job(&a, Event::Modified, None))[..] else {
+            panic!("one job")
+        };
+        assert_eq!(modified.seq, Some(4));
+        assert_eq!(numbers(&tracker).1, 4);
     }
 }

@@ -489,6 +489,7 @@ impl Worker<'_> {
                 path,
                 event: message.event,
                 old_path,
+                seq: message.seq,
             },
             scratch,
         ))

@@ -100,7 +100,7 @@ pub(super) const MAX_STOP_GRACE_S: f64 = 3600.0;
 /// The largest `memory_max_mb`, a pebibyte's worth of mebibytes.
 const MAX_MEMORY_MB: u64 = 1 << 30;
 /// The variables ward sets for each job: a trigger cannot set or remove them.
-const JOB_VARIABLES: [&str; 3] = ["WARD_PATH", "WARD_EVENT", "WARD_OLD_PATH"];
+const JOB_VARIABLES: [&str; 4] = ["WARD_PATH", "WARD_EVENT", "WARD_OLD_PATH", "WARD_SEQ"];
 
 /// What resolving the settings needs to know of ward's own process: whether it may change users,
 /// and how low it may set a nice value. A value of its own so that a test can be someone else.

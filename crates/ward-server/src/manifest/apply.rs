@@ -83,11 +83,12 @@ impl Manifest {
                 // since-query after the old path's last change must learn that it is gone.
                 if let Update::Queued {
                     old_path: Some(old_path),
+                    seq: given,
                     ..
                 } = update
                 {
                     touch(&mut touched, &files, old_path.as_os_str().as_bytes())?
-                        .renamed_away(&mut seq);
+                        .renamed_away(next_seq(&mut seq, given.map(|s| s - 1)));
                 }
                 let path = touch(&mut touched, &files, key)?;
                 path.apply(update, &mut seq, || {
@@ -147,6 +148,14 @@ impl Manifest {
     }
 }
 
+/// The number of a change: `given` (by the tracker, when it made the job), else the one after
+/// the last; `last` becomes the greatest so far either way.
+fn next_seq(last: &mut u64, given: Option<u64>) -> u64 {
+    let seq = given.unwrap_or(*last + 1);
+    *last = (*last).max(seq);
+    seq
+}
+
 /// `key`'s entries in `touched`, read from `files` the first time a group's update names it.
 fn touch<'t, 'k>(
     touched: &'t mut HashMap<&'k [u8], Touched>,
@@ -190,22 +199,21 @@ struct PendingJob {
 
 impl Touched {
     /// The path was renamed away (a rename to another path was queued): its last change is now
-    /// its removal, numbered with the next `seq`. The version last processed stays, and so does
+    /// its removal, numbered `seq`. The version last processed stays, and so does
     /// its pending job: the removal is processed only by the rename's job (its outcome for this
     /// path), so until then a diff still owes it.
-    fn renamed_away(&mut self, seq: &mut u64) {
-        *seq += 1;
+    fn renamed_away(&mut self, seq: u64) {
         let old = self.record.take();
         self.record = Some(Record {
             processed: old.as_ref().and_then(|o| o.processed),
             last_ok: old.as_ref().is_none_or(|o| o.last_ok),
             event: Event::Removed,
-            seq: *seq,
+            seq,
         });
     }
 
-    /// Applies one update, numbering a new change with the next `seq`; `stored_pending` reads the
-    /// store's pending entry, when it is needed and not known yet.
+    /// Applies one update, numbering a new change with its given number or the one after `seq`;
+    /// `stored_pending` reads the store's pending entry, when it is needed and not known yet.
     fn apply(
         &mut self,
         update: &Update,
@@ -215,9 +223,12 @@ impl Touched {
         let old = self.record.take();
         let record = match update {
             Update::Queued {
-                event, old_path, ..
+                event,
+                old_path,
+                seq: given,
+                ..
             } => {
-                *seq += 1;
+                let seq = next_seq(seq, *given);
                 let mut job = vec![encode_event(*event)];
                 if let Some(old_path) = old_path {
                     job.extend_from_slice(old_path.as_os_str().as_bytes());
@@ -230,13 +241,14 @@ impl Touched {
                     processed: old.as_ref().and_then(|o| o.processed),
                     last_ok: old.as_ref().is_none_or(|o| o.last_ok),
                     event: *event,
-                    seq: *seq,
+                    seq,
                 }
             }
             Update::Finished {
                 event,
                 ok,
                 processed,
+                seq: given,
                 ..
             } => {
                 if self.pending.is_none() {
@@ -259,19 +271,16 @@ impl Touched {
                 let removal_done = *ok && *event == Event::Removed;
                 match old {
                     // Finished without a recorded change: record it as seen now.
-                    None => {
-                        *seq += 1;
-                        Record {
-                            processed: *processed,
-                            last_ok: *ok,
-                            event: if processed.is_some() {
-                                Event::Created
-                            } else {
-                                *event
-                            },
-                            seq: *seq,
-                        }
-                    }
+                    None => Record {
+                        processed: *processed,
+                        last_ok: *ok,
+                        event: if processed.is_some() {
+                            Event::Created
+                        } else {
+                            *event
+                        },
+                        seq: next_seq(seq, *given),
+                    },
                     // A job other than a removal that found its file gone processed nothing:
                     // the version its consumer last saw stays recorded, so a diff still owes
                     // that consumer the removal.
@@ -381,6 +390,7 @@ mod tests {
             path: new.clone(),
             event: Event::Renamed,
             old_path: Some(old.clone()),
+            seq: None,
         }])
         .unwrap();
         let since = |m: &Manifest| -> Vec<(u64, PathBuf, Event)> {
@@ -414,6 +424,7 @@ mod tests {
                 ok: true,
                 processed: Some(meta(1)),
                 old_path: Some(old.clone()),
+                seq: None,
             },
             finished(old_str, Event::Removed, None),
         ])
@@ -491,6 +502,7 @@ mod tests {
                                 path,
                                 event,
                                 old_path,
+                                seq: None,
                             }
                         } else {
                             Update::Finished {
@@ -499,6 +511,7 @@ mod tests {
                                 ok: next(4) != 0,
                                 processed: (next(3) != 0).then(|| meta(next(100))),
                                 old_path,
+                                seq: None,
                             }
                         }
                     })

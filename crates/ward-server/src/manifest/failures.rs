@@ -221,6 +221,7 @@ mod tests {
                 ok: false,
                 processed: None,
                 old_path: None,
+                seq: None,
             },
         ]
     }
@@ -258,6 +259,7 @@ mod tests {
                 ok: true,
                 processed: Some(version),
                 old_path: None,
+                seq: None,
             },
             queued(gone.to_str().unwrap(), Event::Removed),
         ])
@@ -300,6 +302,7 @@ mod tests {
             ok: true,
             processed: None,
             old_path: None,
+            seq: None,
         }])
         .unwrap();
         assert_eq!(m.gave_up().unwrap(), 1, "{:?}", m.failures(None, 10));
@@ -326,6 +329,7 @@ mod tests {
                 ok: true,
                 processed: version,
                 old_path: None,
+                seq: None,
             },
         ])
         .unwrap();

@@ -110,6 +110,10 @@ pub enum Update {
         event: Event,
         /// The previous path of a rename.
         old_path: Option<PathBuf>,
+        /// The change's sequence number, given when the job was made (the number its message
+        /// and its consumer see), the rename's removal of its old path numbered one less;
+        /// `None`: the next one, given by `Manifest::apply`.
+        seq: Option<u64>,
     },
     /// A job finished: `processed` is the version it ran on when it succeeded (`None` for a
     /// processed removal).
@@ -126,6 +130,9 @@ pub enum Update {
         /// The old path of a rename's job. Its removal is recorded by an update of its own; this
         /// tells which rename finished when several were queued for the path.
         old_path: Option<PathBuf>,
+        /// The number its job's change was given, if any: the path's change if it has no record
+        /// yet (else, as `Queued`'s `None`, the next one).
+        seq: Option<u64>,
     },
     /// A job failed its last attempt: recorded in the `failures` table (its `Finished`, not ok,
     /// follows).
@@ -225,6 +232,7 @@ mod fixtures {
             path: path.into(),
             event,
             old_path: None,
+            seq: None,
         }
     }
 
@@ -235,6 +243,7 @@ mod fixtures {
             ok: true,
             processed,
             old_path: None,
+            seq: None,
         }
     }
 }

@@ -678,6 +678,7 @@ mod tests {
                 path: path.clone(),
                 event: Event::Created,
                 old_path: None,
+                seq: None,
             };
             let finished = |ok: bool, processed: Option<FileMeta>| Update::Finished {
                 path: path.clone(),
@@ -691,6 +692,7 @@ mod tests {
                 ok,
                 processed,
                 old_path: None,
+                seq: None,
             };
             let updates = match known {
                 Done => vec![finished(true, Some(now))],
@@ -840,6 +842,7 @@ mod tests {
                     ok: true,
                     processed: Some(now),
                     old_path: None,
+                    seq: None,
                 });
             }
             if i % 11 == 0 {

@@ -304,6 +304,7 @@ pub(super) fn jobs_of_batch(
                         path: from.clone(),
                         event: Event::Removed,
                         old_path: None,
+                        seq: None,
                     };
                     add(removal, tracker, &mut jobs);
                 }
@@ -312,6 +313,7 @@ pub(super) fn jobs_of_batch(
                     path: change.path,
                     event,
                     old_path,
+                    seq: None,
                 };
                 add(job, tracker, &mut jobs);
             }
@@ -431,7 +433,7 @@ mod tests {
         for job in jobs_of_batch(batch, &mut tracker, &mut backlog) {
             backlog.push(job);
         }
-        let waiting: Vec<_> = backlog.jobs.values().cloned().collect();
+        let waiting = crate::tracker::tests::unnumbered(backlog.jobs.values().cloned().collect());
         assert_eq!(
             waiting,
             [crate::tracker::tests::job(&to, Event::Renamed, Some(&from))],
@@ -475,6 +477,7 @@ mod tests {
                     ok: true,
                     processed: FileMeta::read(&job.path),
                     old_path: job.old_path.clone(),
+                    seq: None,
                 });
                 ran.push(job.path);
             }

@@ -348,6 +348,7 @@ mod tests {
             path: path.to_path_buf(),
             event: Event::Created,
             old_path: None,
+            seq: None,
         }
     }
 
@@ -359,6 +360,7 @@ mod tests {
             ok: true,
             processed: None,
             old_path: None,
+            seq: None,
         }
     }
 
