@@ -937,12 +937,12 @@ fn ward_work_detached_is_kept_shown_by_status_and_stopped_by_stop() {
     f.stop();
 }
 
-/// A publish trigger sends at most `max_unacked` jobs before their acknowledgements: the rest wait,
-/// owed, in ward (counted in its backlog, so that intake pauses past the high-water mark). A hold
-/// starts no publish. A server that stops answering (SIGSTOP) holds one window; once it answers
+/// A publish trigger keeps at most `max_unacked` jobs unacknowledged: the rest wait, owed, in
+/// ward (counted in its backlog, so that intake pauses past the high-water mark). A hold starts
+/// no publish. A server that stops answering (SIGSTOP) holds `max_unacked` jobs; once it answers
 /// again every job is published, none failed.
 #[test]
-fn publishes_wait_for_acks_a_window_of_max_unacked_at_a_time_and_not_during_a_hold() {
+fn publishes_keep_at_most_max_unacked_unacknowledged_and_none_start_during_a_hold() {
     let Some((f, nats)) = origin("index") else {
         return;
     };
@@ -953,7 +953,7 @@ fn publishes_wait_for_acks_a_window_of_max_unacked_at_a_time_and_not_during_a_ho
     f.start();
     let publisher = |f: &Fixture| f.status().1["publishing"][0].clone();
     let count = |p: &serde_json::Value, what: &str| p[what].as_u64().unwrap_or(0);
-    // Connected first: a publisher connects at its first window.
+    // Connected first: a publisher connects at its first publish.
     std::fs::write(f.tree.join("warm"), "x").unwrap();
     wait_for("the first publish", Duration::from_secs(30), || {
         count(&publisher(&f), "published") == 1
@@ -981,7 +981,7 @@ fn publishes_wait_for_acks_a_window_of_max_unacked_at_a_time_and_not_during_a_ho
     let out = f.run(&["release", "co"]);
     assert!(out.status.success(), "{out:?}");
     wait_for(
-        "one window sent and unacknowledged",
+        "max_unacked sent and unacknowledged",
         Duration::from_secs(30),
         || {
             let p = publisher(&f);

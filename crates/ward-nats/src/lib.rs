@@ -39,9 +39,10 @@
 //! tokio runtime driven by a thread the runtime owns (`ward-nats`), which runs the client's
 //! connection task (and its reconnections). A caller's thread blocks on its own request through
 //! the runtime's handle, so many ward threads may publish at once, each waiting for its own
-//! acknowledgements. [`Publisher::publish_all`] sends a window of messages before it awaits their
-//! acknowledgements together: one wake of the caller and one round trip per window, rather than
-//! per message. Unacknowledged publishes are at most the messages of the calls under way.
+//! acknowledgements. [`Publisher::send`] sends messages without awaiting their acknowledgements,
+//! which an [`InFlight`] holds, and [`Publisher::acknowledged`] takes those that came: a caller
+//! that sends one more as each comes keeps a sliding window of unacknowledged publishes, the
+//! server never idle waiting for the caller nor the caller for a whole window's round trip.
 //!
 //! A publish carries a `Nats-Msg-Id`; the stream drops a second message with the same id inside
 //! its duplicate window, which is how a republish of a job whose acknowledgement was lost (or
@@ -59,16 +60,16 @@
 #![warn(missing_docs)]
 
 mod error;
+mod in_flight;
 mod runtime;
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, consumer::pull, stream};
-use bytes::Bytes;
 use futures_util::StreamExt;
 
 pub use error::Error;
+pub use in_flight::InFlight;
 pub use runtime::Runtime;
 
 /// How long a stream made by [`StreamSpec::work_queue`] remembers a message id to drop its
@@ -158,7 +159,7 @@ impl ConsumerSpec {
     }
 }
 
-/// A message for [`Publisher::publish_all`].
+/// A message for [`Publisher::send`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     /// Its subject.
@@ -256,75 +257,14 @@ impl Publisher {
             id: id.into(),
             payload,
         };
-        let mut acks = self.publish_all(vec![message], PUBLISH_TIMEOUT);
-        acks.pop().unwrap_or_else(|| {
-            Err(Error::Publish {
-                subject: subject.into(),
-                reason: "no acknowledgement".into(),
-            })
-        })
-    }
-
-    /// Publishes `messages` in their order, all sent before any acknowledgement is awaited, and
-    /// waits (at most `timeout` in all) for each one's: one round trip for the lot, so the
-    /// unacknowledged messages are at most `messages.len()`. The results are in the messages'
-    /// order.
-    ///
-    /// # Errors
-    /// Per message, [`Error::Publish`] if it was refused, [`Error::Unanswered`] if it was not
-    /// acknowledged in time or the connection is down.
-    pub fn publish_all(
-        &self,
-        messages: Vec<Outgoing>,
-        timeout: Duration,
-    ) -> Vec<Result<Ack, Error>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        self.runtime.block_on(async {
-            let mut pending = Vec::with_capacity(messages.len());
-            for message in messages {
-                let publish = jetstream::context::Publish::build()
-                    .message_id(message.id)
-                    .payload(Bytes::from(message.payload));
-                let sent = tokio::time::timeout_at(
-                    deadline,
-                    self.context.send_publish(message.subject.clone(), publish),
-                )
-                .await;
-                pending.push((message.subject, sent));
+        let mut in_flight = InFlight::default();
+        self.send(&mut in_flight, [((), message)], PUBLISH_TIMEOUT);
+        // Each publish is answered by its deadline: an ack, a refusal or `Unanswered`.
+        loop {
+            if let Some(((), result)) = self.acknowledged(&mut in_flight, PUBLISH_TIMEOUT).pop() {
+                return result;
             }
-            let acks = pending.into_iter().map(|(subject, sent)| async move {
-                let refused = |reason: String| Error::Publish {
-                    subject: subject.clone(),
-                    reason,
-                };
-                let unanswered = |reason: String| Error::Unanswered {
-                    subject: subject.clone(),
-                    reason,
-                };
-                // A connection down or an ack too slow is no refusal.
-                let failed = |e: jetstream::context::PublishError| match e.kind() {
-                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
-                        unanswered(e.to_string())
-                    }
-                    _ => refused(e.to_string()),
-                };
-                let late = || unanswered(format!("no acknowledgement within {timeout:?}"));
-                let ack = match sent {
-                    Ok(Ok(ack)) => tokio::time::timeout_at(deadline, ack).await,
-                    Ok(Err(e)) => return Err(failed(e)),
-                    Err(_) => return Err(late()),
-                };
-                match ack {
-                    Ok(Ok(ack)) => Ok(Ack {
-                        sequence: ack.sequence,
-                        duplicate: ack.duplicate,
-                    }),
-                    Ok(Err(e)) => Err(failed(e)),
-                    Err(_) => Err(late()),
-                }
-            });
-            futures_util::future::join_all(acks).await
-        })
+        }
     }
 
     /// The messages of `stream` from its first, at most `max`, waiting at most `wait` for each

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ward_nats::{ConsumerSpec, Publisher, Puller, StreamSpec};
+use ward_nats::{ConsumerSpec, InFlight, Outgoing, Publisher, Puller, StreamSpec};
 
 struct Server {
     child: Child,
@@ -103,6 +103,49 @@ fn a_republish_with_the_same_id_is_dropped_and_a_delivery_is_settled() {
     two.progress().unwrap();
     two.term().unwrap();
     assert!(puller.next(Duration::from_millis(300)).unwrap().is_none());
+}
+
+#[test]
+fn sent_publishes_are_answered_with_their_tags_as_their_acks_come() {
+    let Some(server) = server() else { return };
+    let publisher = Publisher::connect(&server.url, &StreamSpec::work_queue("S", "s.>")).unwrap();
+    let mut in_flight = InFlight::default();
+    assert!(
+        publisher
+            .acknowledged(&mut in_flight, Duration::ZERO)
+            .is_empty()
+    );
+    let message = |i: usize| Outgoing {
+        subject: "s.a".into(),
+        // The last one repeats the first one's id.
+        id: format!("id-{}", i % 9),
+        payload: format!("{i}").into_bytes(),
+    };
+    publisher.send(
+        &mut in_flight,
+        (0..5).map(|i| (i, message(i))),
+        Duration::from_secs(10),
+    );
+    publisher.send(
+        &mut in_flight,
+        (5..10).map(|i| (i, message(i))),
+        Duration::from_secs(10),
+    );
+    assert_eq!(in_flight.len(), 10);
+    let mut answered = Vec::new();
+    while !in_flight.is_empty() {
+        answered.extend(publisher.acknowledged(&mut in_flight, Duration::from_secs(10)));
+    }
+    answered.sort_by_key(|(i, _)| *i);
+    let duplicates: Vec<(usize, bool)> = answered
+        .into_iter()
+        .map(|(i, ack)| (i, ack.unwrap().duplicate))
+        .collect();
+    assert_eq!(
+        duplicates,
+        (0..10).map(|i| (i, i == 9)).collect::<Vec<_>>(),
+        "each tag answered once, the repeated id as a duplicate"
+    );
 }
 
 #[test]

@@ -36,7 +36,9 @@ impl Publishers {
         }
     }
 
-    fn publisher(&self, target: &Publish) -> Result<Arc<Publisher>, Failed> {
+    /// The connection to `target`'s server and stream, made (and the stream if missing) at its
+    /// first use.
+    pub(crate) fn publisher(&self, target: &Publish) -> Result<Arc<Publisher>, Failed> {
         let key = (target.url.clone(), target.stream.clone());
         if let Some(open) = self.open.lock().get(&key) {
             return Ok(open.clone());
@@ -66,63 +68,20 @@ impl Publishers {
             version: FileMeta::read(&job.path),
             retried_at_ns: None,
         };
-        let mut results = self.publish_all(&[one], roots, ward_nats::PUBLISH_TIMEOUT);
-        match results.pop() {
-            Some(Ok(())) => Ok(()),
-            Some(Err(failed)) => Err(failed.into_job_error()),
-            None => Err(JobError::Failed("publish: no acknowledgement".into())),
-        }
-    }
-
-    /// Publishes `jobs` (their triggers publish to one server and stream) in one window: all
-    /// sent, then their acknowledgements awaited together, at most `timeout`. Each job's result,
-    /// in order.
-    pub(crate) fn publish_all(
-        &self,
-        jobs: &[ToPublish<'_>],
-        roots: &[std::path::PathBuf],
-        timeout: std::time::Duration,
-    ) -> Vec<Result<(), Failed>> {
-        let publisher = match jobs.first().map(|one| target_of(one.job)) {
-            Some(Ok(target)) => self.publisher(target),
-            Some(Err(e)) => Err(Failed::Refused(e)),
-            None => return Vec::new(),
-        };
-        let publisher = match publisher {
-            Ok(publisher) => publisher,
-            Err(e) => return jobs.iter().map(|_| Err(e.clone())).collect(),
-        };
-        let mut results: Vec<Result<(), Failed>> = Vec::with_capacity(jobs.len());
-        let mut messages = Vec::with_capacity(jobs.len());
-        for one in jobs {
-            let message = target_of(one.job).and_then(|t| self.message(t, one, roots));
-            match message {
-                Ok(message) => {
-                    messages.push(message);
-                    results.push(Ok(()));
-                }
-                Err(e) => results.push(Err(Failed::Refused(e))),
+        let target = target_of(job)?;
+        let message = self.message(target, &one, roots)?;
+        let publisher = self.publisher(target).map_err(Failed::into_job_error)?;
+        match publisher.publish(&message.subject, &message.id, message.payload) {
+            Ok(ack) => {
+                log_ack(job, ack);
+                Ok(())
             }
+            Err(e) => Err(Failed::of(&e).into_job_error()),
         }
-        let mut acks = publisher.publish_all(messages, timeout).into_iter();
-        for (one, result) in jobs.iter().zip(&mut results) {
-            if result.is_err() {
-                continue;
-            }
-            *result = match acks.next() {
-                Some(Ok(ack)) => {
-                    log_ack(one.job, ack);
-                    Ok(())
-                }
-                Some(Err(e)) => Err(Failed::of(&e)),
-                None => Err(Failed::Unanswered("publish: no acknowledgement".into())),
-            };
-        }
-        results
     }
 
     /// The message of `one`: its subject, id and body.
-    fn message(
+    pub(crate) fn message(
         &self,
         target: &Publish,
         one: &ToPublish<'_>,
@@ -150,7 +109,7 @@ impl Publishers {
 }
 
 /// Where `job`'s trigger publishes.
-fn target_of(job: &Job) -> Result<&Publish, JobError> {
+pub(crate) fn target_of(job: &Job) -> Result<&Publish, JobError> {
     match job.trigger.handler() {
         crate::config::Handler::Publish(target) => Ok(target),
         _ => Err(JobError::Failed(format!(
@@ -160,7 +119,8 @@ fn target_of(job: &Job) -> Result<&Publish, JobError> {
     }
 }
 
-fn log_ack(job: &Job, ack: Ack) {
+/// Says what the stream made of `job`'s message.
+pub(crate) fn log_ack(job: &Job, ack: Ack) {
     if ack.duplicate {
         // A republish of a job whose record was lost (a crash), or a version published again
         // within the duplicate window: said, as it is rare and explains a job not delivered.
@@ -196,7 +156,8 @@ pub(crate) enum Failed {
 }
 
 impl Failed {
-    fn of(e: &ward_nats::Error) -> Failed {
+    /// What a publish's error means for its job.
+    pub(crate) fn of(e: &ward_nats::Error) -> Failed {
         if e.is_unanswered() {
             Failed::Unanswered(e.to_string())
         } else {

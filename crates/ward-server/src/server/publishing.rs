@@ -1,26 +1,27 @@
 //! Publish triggers' runners (the `nats` feature): one thread per NATS server and stream, which
-//! publishes the jobs it owes a window at a time (the whole window sent, then its
-//! acknowledgements awaited together) instead of a job thread per publish, each waiting for its
-//! own. Not what goes in a message (`crate::publish`, `crate::remote`).
+//! keeps up to `max_unacked` of the jobs it owes sent and unacknowledged, sending one more as
+//! each acknowledgement comes (a window that slides), instead of a job thread per publish, each
+//! waiting for its own. Not what goes in a message (`crate::publish`, `crate::remote`).
 //!
 //! The loop hands each job of a publish trigger to its target's runner ([`Publishing::offer`])
 //! instead of the pool. A runner keeps the jobs it owes in arrival order, one per path (the
-//! latest wins); a window takes at most the trigger's `max_unacked` of them, so a path is in one
-//! window at a time and its next job goes in a later one. Each job's outcome goes through the
-//! pool's [`OutcomeSender`], as a pool job's does: succeeded once the stream acknowledged it,
-//! retried after the trigger's backoff when not, given up after its retries. The jobs owed and
-//! waiting for a retry count in `Backlog::len`, so past the high-water mark the loop takes no
-//! watcher batch: a NATS server away costs bounded memory. At ward's stop a runner publishes
-//! what it owes until the drain's end; what is left stays pending in the manifest for the next
-//! start.
+//! latest wins); a job owed is sent once fewer than its trigger's `max_unacked` are in flight,
+//! and once its path's previous job, if any, is answered: a path's outcomes stay in order. Each
+//! job's outcome goes through the pool's [`OutcomeSender`], as a pool job's
+//! does: succeeded once the stream acknowledged it, retried after the trigger's backoff when
+//! not, given up after its retries. The jobs owed and waiting for a retry count in
+//! `Backlog::len`, so past the high-water mark the loop takes no watcher batch: a NATS server
+//! away costs bounded memory. At ward's stop a runner publishes what it owes until the drain's
+//! end; what is left stays pending in the manifest for the next start.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use ward_nats::{InFlight, Publisher};
 
 use crate::config::{Handler, Publish};
 use crate::intents::Intents;
@@ -29,7 +30,7 @@ use crate::manifest::{Failure, FileMeta};
 use crate::metrics::{JobOutcome, METRICS};
 use crate::outcomes::OutcomeSender;
 use crate::protocol::PublishStatus;
-use crate::publish::{Failed, Publishers, ToPublish};
+use crate::publish::{self, Failed, Publishers, ToPublish};
 
 use super::runners;
 
@@ -40,7 +41,7 @@ pub(super) struct Context {
     pub publishers: Publishers,
     pub done: OutcomeSender,
     pub intents: Arc<Intents>,
-    /// No window starts while set (`ward hold`, memory short): see [`Publishing::set_held`].
+    /// Nothing is sent while set (`ward hold`, memory short): see [`Publishing::set_held`].
     pub held: AtomicBool,
     /// The paths `ward retry` asked for again within the stream's duplicate window: see
     /// [`Publishing::retried`].
@@ -108,18 +109,18 @@ pub(super) struct Owed {
     /// The paths owed, in arrival order; each has its job in `jobs`.
     order: VecDeque<PathBuf>,
     jobs: HashMap<PathBuf, Job>,
-    /// Jobs of the window under way: sent, not yet acknowledged.
+    /// Jobs sent, not yet acknowledged.
     unacked: usize,
     /// Jobs waiting for their retry (the runner's own, counted here for the loop).
     retrying: usize,
-    /// ward's stop (no window starts after its instant, nor once nothing is owed) and whether
+    /// ward's stop (nothing is sent after its instant, nor once nothing is owed) and whether
     /// the thread has ended.
     life: runners::Life,
     published: u64,
     retried: u64,
     gave_up: u64,
     last_error: Option<String>,
-    /// The server did not answer the last window: the runner waits for it, the jobs owed.
+    /// The server did not answer the last publishes: the runner waits for it, the jobs owed.
     away: bool,
 }
 
@@ -223,7 +224,8 @@ impl Publishing {
         }
     }
 
-    /// No window starts while `held` (one under way finishes); what comes meanwhile is owed.
+    /// Nothing is sent while `held` (what is in flight is answered); what comes meanwhile is
+    /// owed.
     pub(super) fn set_held(&self, held: bool) {
         let Some(cx) = &self.context else { return };
         if cx.held.swap(held, Ordering::Relaxed) == held {
@@ -247,6 +249,10 @@ fn start_runner(target: Target, context: Arc<Context>) -> std::io::Result<Runner
             cx: context,
             retries: HashMap::new(),
             away: None,
+            publisher: None,
+            in_flight: InFlight::default(),
+            sending: HashSet::new(),
+            limit: 1,
         }
         .run();
     })
@@ -260,9 +266,28 @@ struct RunnerThread<'a> {
     retries: HashMap<PathBuf, Retry>,
     /// The server did not answer: since when, and when to try again.
     away: Option<Away>,
+    /// The connection, made at the first send.
+    publisher: Option<Arc<Publisher>>,
+    /// The jobs sent and not answered yet, and their paths.
+    in_flight: InFlight<Sent>,
+    sending: HashSet<PathBuf>,
+    /// At most this many in flight: the `max_unacked` of the trigger of the job taken last.
+    limit: usize,
 }
 
-/// A server that does not answer: the jobs stay owed, and a window is tried again after a delay
+/// A job sent: the attempts that failed before this one, the version it carries, when it went.
+struct Sent {
+    job: Job,
+    failures: u32,
+    version: Option<FileMeta>,
+    at: Instant,
+}
+
+/// How long the thread waits for an acknowledgement before it looks for jobs to send again:
+/// what a job offered while the window is not full may wait at most, when acks are slow.
+const ACK_POLL: Duration = Duration::from_millis(20);
+
+/// A server that does not answer: the jobs stay owed, and sending is tried again after a delay
 /// that doubles from [`AWAY_FIRST`] up to [`AWAY_MAX`], said once in the log as it begins and
 /// once as it ends.
 #[derive(Debug, Clone, Copy)]
@@ -276,17 +301,21 @@ const AWAY_FIRST: Duration = Duration::from_millis(500);
 const AWAY_MAX: Duration = Duration::from_secs(5);
 
 impl RunnerThread<'_> {
+    /// Sends jobs while fewer than `limit` are in flight, taking their answers as they come: a
+    /// window that slides, so the server always has work while jobs are owed.
     fn run(mut self) {
         loop {
-            let (window, stop_at) = {
+            let (jobs, stop_at) = {
                 let mut owed = self.shared.state.lock();
                 loop {
                     let now = Instant::now();
                     let held = self.cx.held.load(Ordering::Relaxed);
                     let stopping = owed.life.stop_at;
-                    // Stopping: no window past the drain's end, nor one only for retries.
+                    // Stopping: nothing sent past the drain's end, nor only for retries.
                     if stopping.is_some_and(|at| now >= at)
-                        || (stopping.is_some() && (held || owed.jobs.is_empty()))
+                        || (stopping.is_some()
+                            && self.in_flight.is_empty()
+                            && (held || owed.jobs.is_empty()))
                     {
                         owed.life.ended = true;
                         return;
@@ -296,8 +325,12 @@ impl RunnerThread<'_> {
                     let may_try = next_try.is_none_or(|at| at <= now);
                     if !held
                         && may_try
+                        && self.in_flight.len() < self.limit
                         && (!owed.jobs.is_empty() || due.is_some_and(|at| at <= now))
                     {
+                        break;
+                    }
+                    if !self.in_flight.is_empty() {
                         break;
                     }
                     // Woken by an offer, a release or the stop; else at the first of these.
@@ -312,19 +345,31 @@ impl RunnerThread<'_> {
                         None => self.shared.wake.wait(&mut owed),
                     }
                 }
-                let window = self.take_window(&mut owed);
-                owed.unacked = window.len();
+                let jobs = if self.in_flight.len() < self.limit
+                    && !self.cx.held.load(Ordering::Relaxed)
+                    && self.away.is_none_or(|a| a.next_try <= Instant::now())
+                {
+                    self.take(&mut owed)
+                } else {
+                    Vec::new()
+                };
+                owed.unacked = self.in_flight.len() + jobs.len();
                 owed.retrying = self.retries.len();
-                (window, owed.life.stop_at)
+                (jobs, owed.life.stop_at)
             };
-            self.publish(window, stop_at);
+            if !jobs.is_empty() {
+                self.send(jobs, stop_at);
+            }
+            if !self.in_flight.is_empty() {
+                self.await_answers(stop_at);
+            }
         }
     }
 
-    /// The next window: the retries due, then the jobs owed in arrival order, at most the first
-    /// one's trigger's `max_unacked`. A path owed anew drops its retry: a new change's attempts
-    /// start over.
-    fn take_window(&mut self, owed: &mut Owed) -> Vec<(Job, u32)> {
+    /// The next jobs to send: the retries due, then the jobs owed in arrival order, while fewer
+    /// than `limit` are in flight (the limit of each job's trigger). A path owed anew drops its
+    /// retry: a new change's attempts start over. A path in flight keeps its place owed.
+    fn take(&mut self, owed: &mut Owed) -> Vec<(Job, u32)> {
         let now = Instant::now();
         self.retries.retain(|path, _| !owed.jobs.contains_key(path));
         let mut due: Vec<PathBuf> = self
@@ -334,96 +379,161 @@ impl RunnerThread<'_> {
             .map(|(path, _)| path.clone())
             .collect();
         due.sort_by_key(|path| self.retries[path].at);
-        let mut window: Vec<(Job, u32)> = Vec::new();
-        let mut limit = usize::MAX;
+        let mut jobs: Vec<(Job, u32)> = Vec::new();
         let retried = due
             .into_iter()
             .filter_map(|path| self.retries.remove(&path));
         let retried = retried.map(|r| (r.job, r.failures));
+        // At most `limit` of them are in flight, so as many are passed over at most.
+        let mut passed_over = Vec::new();
+        let sending = &self.sending;
         let owed_jobs = std::iter::from_fn(|| {
-            let path = owed.order.pop_front()?;
-            Some(owed.jobs.remove(&path).map(|job| (job, 0)))
+            loop {
+                let path = owed.order.pop_front()?;
+                if sending.contains(&path) {
+                    passed_over.push(path);
+                    continue;
+                }
+                return Some(owed.jobs.remove(&path).map(|job| (job, 0)));
+            }
         })
         .flatten();
         for (job, failures) in retried.chain(owed_jobs) {
-            if window.is_empty() {
-                limit = target_of(&job).map_or(1, |t| t.max_unacked);
-            }
-            window.push((job, failures));
-            if window.len() >= limit {
+            self.limit = target_of(&job).map_or(1, |t| t.max_unacked);
+            jobs.push((job, failures));
+            if self.in_flight.len() + jobs.len() >= self.limit {
                 break;
             }
         }
-        // Retries past the window's end wait for the next one.
-        window
+        for path in passed_over.into_iter().rev() {
+            owed.order.push_front(path);
+        }
+        self.sending
+            .extend(jobs.iter().map(|(job, _)| job.path.clone()));
+        // Retries past the limit wait for the next room.
+        jobs
     }
 
-    /// Publishes `window` and hands each job's outcome to the loop.
-    fn publish(&mut self, window: Vec<(Job, u32)>, stop_at: Option<Instant>) {
-        let target = window
-            .first()
-            .and_then(|(job, _)| target_of(job))
-            .map(|t| format!("{} stream {}", t.url, t.stream))
-            .unwrap_or_default();
-        let versions: Vec<Option<FileMeta>> = window
-            .iter()
-            .map(|(job, _)| {
-                if job.event == Event::Removed {
-                    None
-                } else {
-                    FileMeta::read(&job.path)
-                }
-            })
-            .collect();
-        let mut sent = Vec::new();
-        let mut to_publish = Vec::new();
-        for ((job, _), version) in window.iter().zip(&versions) {
-            if job.trigger.receives(job.event) {
-                sent.push(job.path.as_path());
-                to_publish.push(ToPublish {
-                    job,
-                    version: *version,
-                    retried_at_ns: self.cx.retried.of(&job.path),
-                });
+    /// Sends `jobs`; those that cannot be sent (a job its trigger does not receive, a message
+    /// that cannot be made, no connection) are answered at once.
+    fn send(&mut self, jobs: Vec<(Job, u32)>, stop_at: Option<Instant>) {
+        let mut answered = Vec::new();
+        let mut messages = Vec::with_capacity(jobs.len());
+        for (job, failures) in jobs {
+            let version = if job.event == Event::Removed {
+                None
+            } else {
+                FileMeta::read(&job.path)
+            };
+            let sent = Sent {
+                job,
+                failures,
+                version,
+                at: Instant::now(),
+            };
+            if !sent.job.trigger.receives(sent.job.event) {
+                answered.push((sent, Ok(())));
+                continue;
+            }
+            let message = publish::target_of(&sent.job).and_then(|target| {
+                let one = ToPublish {
+                    job: &sent.job,
+                    version,
+                    retried_at_ns: self.cx.retried.of(&sent.job.path),
+                };
+                self.cx.publishers.message(target, &one, &self.cx.roots)
+            });
+            match message {
+                Ok(message) => messages.push((sent, message)),
+                Err(e) => answered.push((sent, Err(Failed::Refused(e)))),
             }
         }
-        let mut results = Vec::with_capacity(window.len());
-        // Before the stream can tell a worker anything: a killed server's next start still
-        // knows of each path.
-        self.cx.intents.record_all(&sent);
-        let timeout = stop_at.map_or(ward_nats::PUBLISH_TIMEOUT, |at| {
-            at.saturating_duration_since(Instant::now())
-                .clamp(Duration::from_millis(100), ward_nats::PUBLISH_TIMEOUT)
+        if !messages.is_empty() {
+            // Before the stream can tell a worker anything: a killed server's next start still
+            // knows of each path.
+            let paths: Vec<&std::path::Path> = messages
+                .iter()
+                .map(|(sent, _)| sent.job.path.as_path())
+                .collect();
+            self.cx.intents.record_all(&paths);
+            match self.publisher(&messages[0].0.job) {
+                Ok(publisher) => {
+                    let timeout = stop_at.map_or(ward_nats::PUBLISH_TIMEOUT, |at| {
+                        at.saturating_duration_since(Instant::now())
+                            .clamp(Duration::from_millis(100), ward_nats::PUBLISH_TIMEOUT)
+                    });
+                    publisher.send(&mut self.in_flight, messages, timeout);
+                }
+                Err(failed) => answered.extend(
+                    messages
+                        .into_iter()
+                        .map(|(sent, _)| (sent, Err(failed.clone()))),
+                ),
+            }
+        }
+        if !answered.is_empty() {
+            self.answered(answered, stop_at);
+        }
+    }
+
+    /// The connection to `job`'s server and stream, made at the first send.
+    fn publisher(&mut self, job: &Job) -> Result<Arc<Publisher>, Failed> {
+        if let Some(publisher) = &self.publisher {
+            return Ok(Arc::clone(publisher));
+        }
+        let target = publish::target_of(job).map_err(Failed::Refused)?;
+        let publisher = self.cx.publishers.publisher(target)?;
+        self.publisher = Some(Arc::clone(&publisher));
+        Ok(publisher)
+    }
+
+    /// Waits a little for answers of the jobs in flight, and takes those that came.
+    fn await_answers(&mut self, stop_at: Option<Instant>) {
+        let Some(publisher) = self.publisher.clone() else {
+            return;
+        };
+        let wait = stop_at.map_or(ACK_POLL, |at| {
+            at.saturating_duration_since(Instant::now()).min(ACK_POLL)
         });
-        let began = Instant::now();
-        let mut acks = if to_publish.is_empty() {
-            Vec::new()
-        } else {
-            self.cx
-                .publishers
-                .publish_all(&to_publish, &self.cx.roots, timeout)
+        let answered: Vec<(Sent, Result<(), Failed>)> = publisher
+            .acknowledged(&mut self.in_flight, wait)
+            .into_iter()
+            .map(|(sent, result)| {
+                let result = result
+                    .map(|ack| publish::log_ack(&sent.job, ack))
+                    .map_err(|e| Failed::of(&e));
+                (sent, result)
+            })
+            .collect();
+        if !answered.is_empty() {
+            self.answered(answered, stop_at);
         }
-        .into_iter();
-        for (job, _) in &window {
-            results.push(if job.trigger.receives(job.event) {
-                acks.next().unwrap_or(Err(Failed::Unanswered(
-                    "publish: no acknowledgement".into(),
-                )))
-            } else {
-                Ok(())
-            });
-        }
-        let took = began.elapsed();
+    }
+
+    /// Hands each answered job's outcome to the loop.
+    fn answered(&mut self, answered: Vec<(Sent, Result<(), Failed>)>, stop_at: Option<Instant>) {
+        let target = answered
+            .first()
+            .and_then(|(sent, _)| target_of(&sent.job))
+            .map(|t| format!("{} stream {}", t.url, t.stream))
+            .unwrap_or_default();
         let stopped = stop_at.is_some_and(|at| Instant::now() >= at);
         let (mut published, mut retried, mut gave_up) = (0, 0, 0);
         let mut first_error = None;
         let mut next_retry: Option<Duration> = None;
         let mut unanswered: Option<String> = None;
-        for (((job, failures), version), result) in window.into_iter().zip(versions).zip(results) {
+        for (sent, result) in answered {
+            let Sent {
+                job,
+                failures,
+                version,
+                at,
+            } = sent;
+            self.sending.remove(&job.path);
             let name = job.trigger.name().to_owned();
             let error = match result {
                 Ok(()) => {
-                    METRICS.job_ran(&name, took);
+                    METRICS.job_ran(&name, at.elapsed());
                     METRICS.job_ended(&name, JobOutcome::Succeeded);
                     self.cx.done.succeeded(&job, version);
                     published += 1;
@@ -440,7 +550,7 @@ impl RunnerThread<'_> {
                 }
                 Err(Failed::Refused(e)) => e.to_string(),
             };
-            METRICS.job_ran(&name, took);
+            METRICS.job_ran(&name, at.elapsed());
             let failures = failures + 1;
             let retry = job.trigger.retry();
             if failures > retry.retries {
@@ -462,7 +572,7 @@ impl RunnerThread<'_> {
             first_error.get_or_insert(error);
         }
         if let (Some(error), Some(delay)) = (&first_error, next_retry) {
-            // Once per window, not per job: a refusal tends to strike every job of it alike.
+            // Once per answer taken, not per job: a refusal tends to strike every job alike.
             log::warn!("{retried} publish(es) refused ({error}); retried from {delay:?} on");
         }
         self.server_answered(
@@ -471,7 +581,7 @@ impl RunnerThread<'_> {
             published > 0 || first_error.is_some(),
         );
         let mut owed = self.shared.state.lock();
-        owed.unacked = 0;
+        owed.unacked = self.in_flight.len();
         owed.retrying = self.retries.len();
         owed.published += published;
         owed.retried += retried;
@@ -489,8 +599,8 @@ impl RunnerThread<'_> {
         self.retries.insert(path, Retry { job, failures, at });
     }
 
-    /// After a window: whether the server left some of it `unanswered` (why), and whether it
-    /// answered any of it. Keeps [`Away`] and says its beginning and end once each.
+    /// After answers: whether the server left some `unanswered` (why), and whether it answered
+    /// any. Keeps [`Away`] and says its beginning and end once each.
     fn server_answered(&mut self, target: &str, unanswered: Option<&str>, answered: bool) {
         let now = Instant::now();
         let away = self.away;
