@@ -395,6 +395,28 @@ fn a_poison_job_is_dead_lettered_after_its_maximum_deliveries() {
         "the retry was dropped as a duplicate:\n{}",
         f.log()
     );
+    // A retry made while ward is stopped, still within that window: the next start publishes
+    // the job with an id of its own too, and the worker gets it a third time.
+    f.stop();
+    let retried = f.run(&["retry", want.to_str().unwrap()]);
+    assert!(retried.status.success(), "{retried:?}");
+    f.start();
+    wait_for(
+        "the job retried while stopped to reach the worker and give up again",
+        Duration::from_secs(60),
+        || remote(&f)[0]["gave_up"] == 1,
+    );
+    assert!(
+        !f.log().contains("published again"),
+        "the stopped retry was dropped as a duplicate:\n{}",
+        f.log()
+    );
+    let runs = work
+        .paths()
+        .iter()
+        .filter(|p| p.as_slice() == want.as_os_str().as_bytes())
+        .count();
+    assert_eq!(runs, 9, "three deliveries of each of three publishes: {}", work.log());
     f.stop();
     let log = work.log();
     assert!(work.stop().success(), "{log}");

@@ -40,6 +40,8 @@ pub mod protocol;
 #[cfg(feature = "nats")]
 mod publish;
 pub mod remote;
+#[cfg(feature = "nats")]
+mod retried;
 pub mod sd_notify;
 mod server;
 pub mod state;

@@ -31,6 +31,8 @@ pub mod names {
     pub const HEARTBEAT_DIR: &str = "heartbeat";
     /// What the command line handed to the running daemon (JSON).
     pub const HANDOVER: &str = "launch.json";
+    /// The paths `ward retry` asked for again within the NATS duplicate window (`retried.rs`).
+    pub const RETRIED: &str = "retried";
 }
 
 /// A state directory that exists, belongs to this user and is closed to everyone else.

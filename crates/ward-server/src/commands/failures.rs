@@ -154,6 +154,12 @@ fn retry_stopped(state: &StateDir, paths: &[PathBuf], all: bool) -> Result<Retri
         }
     }
     manifest.apply(&updates)?;
+    // The jobs they owe are published at the next start, perhaps within the duplicate window of
+    // the messages that gave up: their ids must differ.
+    #[cfg(feature = "nats")]
+    for update in &updates {
+        crate::retried::record_stopped(state, update.path());
+    }
     Ok(Retried {
         retried,
         not_failed,

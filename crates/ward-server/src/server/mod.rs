@@ -148,7 +148,7 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
         done: done_tx.clone(),
         intents: tracker.intents(),
         held: std::sync::atomic::AtomicBool::new(false),
-        retried: publishing::Retried::default(),
+        retried: crate::retried::Retried::open(&state),
     };
     let pool = build_pool(&config, Arc::clone(&dispatcher), done_tx, tracker.intents())
         .map_err(cannot_start)?;

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use ward_nats::{InFlight, Publisher};
 
 use crate::config::{Handler, Publish};
@@ -45,46 +44,7 @@ pub(super) struct Context {
     pub held: AtomicBool,
     /// The paths `ward retry` asked for again within the stream's duplicate window: see
     /// [`Publishing::retried`].
-    pub retried: Retried,
-}
-
-/// The subtrees `ward retry` asked for again lately, each with when (ns since the epoch): a job
-/// under one, published within the stream's duplicate window after it, gets a message id of its
-/// own. Its version's first message gave up on a worker (dead-lettered, gone from the stream),
-/// and the stream would drop a republish with the same id as a duplicate. Bounded: the oldest go
-/// past [`RETRIED_MAX`] (a retry then within the window is dropped as before).
-#[derive(Debug, Default)]
-pub(super) struct Retried(Mutex<VecDeque<(PathBuf, Instant, u64)>>);
-
-const RETRIED_MAX: usize = 1024;
-
-impl Retried {
-    fn add(&self, path: PathBuf) {
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let mut retried = self.0.lock();
-        if retried.len() == RETRIED_MAX {
-            retried.pop_front();
-        }
-        retried.push_back((path, Instant::now(), now_ns));
-    }
-
-    /// When the latest retry covering `path` was asked for, if within the duplicate window.
-    fn of(&self, path: &std::path::Path) -> Option<u64> {
-        let mut retried = self.0.lock();
-        while retried
-            .front()
-            .is_some_and(|(_, at, _)| at.elapsed() > ward_nats::DUPLICATE_WINDOW)
-        {
-            retried.pop_front();
-        }
-        retried
-            .iter()
-            .rev()
-            .find(|(under, _, _)| path.starts_with(under))
-            .map(|(_, _, ns)| *ns)
-    }
+    pub retried: crate::retried::Retried,
 }
 
 /// A runner's target: a NATS server's address and a stream.
@@ -220,7 +180,7 @@ impl Publishing {
     /// their own (see [`Retried`]).
     pub(super) fn retried(&self, path: &std::path::Path) {
         if let Some(cx) = &self.context {
-            cx.retried.add(path.to_path_buf());
+            cx.retried.add(path);
         }
     }
 
@@ -642,29 +602,5 @@ fn target_of(job: &Job) -> Option<&Publish> {
     match job.trigger.handler() {
         Handler::Publish(target) => Some(target),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::{RETRIED_MAX, Retried};
-
-    #[test]
-    fn a_retry_marks_the_paths_under_it_with_its_time_and_the_oldest_go_past_the_bound() {
-        let retried = Retried::default();
-        assert_eq!(retried.of(Path::new("/t/a")), None);
-        retried.add("/t".into());
-        let first = retried.of(Path::new("/t/a")).expect("under /t");
-        assert_eq!(retried.of(Path::new("/other/a")), None);
-        retried.add("/t/a".into());
-        let second = retried.of(Path::new("/t/a")).expect("under /t/a");
-        assert!(second >= first, "the latest retry covering it wins");
-        assert_eq!(retried.of(Path::new("/t/b")), Some(first));
-        for i in 0..RETRIED_MAX {
-            retried.add(format!("/u/{i}").into());
-        }
-        assert_eq!(retried.of(Path::new("/t/b")), None, "bounded");
     }
 }
