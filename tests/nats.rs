@@ -416,7 +416,12 @@ fn a_poison_job_is_dead_lettered_after_its_maximum_deliveries() {
         .iter()
         .filter(|p| p.as_slice() == want.as_os_str().as_bytes())
         .count();
-    assert_eq!(runs, 9, "three deliveries of each of three publishes: {}", work.log());
+    assert_eq!(
+        runs,
+        9,
+        "three deliveries of each of three publishes: {}",
+        work.log()
+    );
     f.stop();
     let log = work.log();
     assert!(work.stop().success(), "{log}");
