@@ -79,9 +79,18 @@
 //!   ([`WatchStats::failed_watches`]) and, when its permissions change, watched and rescanned
 //!   ([`RescanReason::PermissionsChanged`]).
 //!
+//! # Backends
+//! [`Backend::Auto`] and [`Backend::Fanotify`] use fanotify where it starts (Linux 5.17,
+//! `CAP_SYS_ADMIN`, file systems with file handles): one mark per file system holding a root, no
+//! watch per directory, so nothing is walked at the start and nothing runs out; events outside
+//! the roots or in ignored directories are dropped on its thread, a queue overflow is a rescan.
+//! Elsewhere they fall back to inotify ([`Backend::Recommended`]), and [`Watcher::backend`] says
+//! why. Every rule below holds for each backend; the integration tests run against each one the
+//! machine allows.
+//!
 //! # Theory of operation
-//! Three threads: notify's (inotify, or polling), whose callback only pushes into the bounded
-//! event buffer; `ward-mounts`, asleep in `poll(2)` on `/proc/self/mountinfo` until the mount
+//! Three threads: notify's (inotify, or polling) or `ward-fanotify`, whose callback only pushes
+//! into the bounded event buffer; `ward-mounts`, asleep in `poll(2)` on `/proc/self/mountinfo` until the mount
 //! table changes; and the watcher's own, which owns the pending set and the backends. Watches
 //! are non-recursive and installed by the watcher's thread itself: the ignore rules
 //! ([`IgnoreRules`]: globs and gitignore-style ignore files such as `.wardignore`) are applied
@@ -105,6 +114,11 @@
 //! - A directory's own metadata changes (`chmod`) are delivered as `Modified` directories.
 //! - Mounts are followed in the watcher's own mount namespace, on Linux only.
 //! - notify's threads are told to stop when the watcher is dropped but notify does not join them.
+//! - fanotify names an event's directory by asking the kernel where it is now: a change made just
+//!   before its directory was renamed is reported at the new path (the rename's listing of the
+//!   directory reports it too); one in a directory removed since is dropped (the directory's
+//!   removal covers it). A file system mounted at two places inside the roots is reported under
+//!   one of them.
 //!
 //! # What it deliberately does not do
 //! It does not run jobs (that is `ward-queue`), follow symlinks, or persist anything across restarts.
@@ -123,4 +137,4 @@ pub use batch::{Batch, Change, ChangeKind, Item, Rescan, RescanReason};
 pub use error::Error;
 pub use rules::IgnoreRules;
 pub use snapshot::{Snapshot, walk, walk_files, walk_files_after};
-pub use watcher::{Backend, WatchStats, Watcher, WatcherBuilder};
+pub use watcher::{ActiveBackend, Backend, WatchStats, Watcher, WatcherBuilder};

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
@@ -26,6 +27,9 @@ pub struct IgnoreRules {
     file_name: Option<OsString>,
     /// Parsed ignore files, by the directory that holds them.
     files: RwLock<HashMap<PathBuf, Gitignore>>,
+    /// Bumped whenever `files` changes: what caches an answer of the rules (the fanotify
+    /// backend's, per directory) asks again once it moves.
+    generation: AtomicU64,
 }
 
 impl IgnoreRules {
@@ -54,6 +58,7 @@ impl IgnoreRules {
             globs,
             file_name,
             files: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -114,6 +119,23 @@ impl IgnoreRules {
         false
     }
 
+    /// Whether the directory `dir`, or one above it up to its root, is ignored: whether anything
+    /// in `dir` is out of the watcher's sight (a backend that sees every directory, fanotify,
+    /// asks it of each event's directory).
+    pub fn is_ignored_within(&self, dir: &Path) -> bool {
+        let Some(root) = self.root_of(dir) else {
+            return true;
+        };
+        dir.ancestors()
+            .take_while(|d| *d != root)
+            .any(|d| self.is_ignored(d, true))
+    }
+
+    /// A number that changes whenever an ignore file is read, dropped or forgotten.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// The rules as they apply to the entries of the directory `dir`, looked up once for all of
     /// them: a walk asks about every entry, and most directories have no ignore file.
     pub(crate) fn in_dir(&self, dir: &Path) -> DirRules<'_> {
@@ -164,7 +186,11 @@ impl IgnoreRules {
         let path = dir.join(name);
         let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
         if !path.is_file() {
-            return Ok(files.remove(dir).is_some());
+            let had = files.remove(dir).is_some();
+            if had {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            return Ok(had);
         }
         let mut builder = GitignoreBuilder::new(dir);
         let partial = builder.add(&path);
@@ -173,6 +199,7 @@ impl IgnoreRules {
             source,
         })?;
         files.insert(dir.to_path_buf(), gi);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         match partial {
             Some(source) => Err(Error::IgnoreFile { path, source }),
             None => Ok(true),
@@ -184,6 +211,7 @@ impl IgnoreRules {
         if self.file_name.is_some() {
             let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
             files.retain(|d, _| !d.starts_with(dir));
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
 }

@@ -7,8 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{Consumer, builder, disk_paths, ms, write};
-use ward_watch::{Backend, ChangeKind, RescanReason, Snapshot, Watcher};
+use support::{Consumer, builder, disk_paths, each_backend, ms, plain, watches, write};
+use ward_watch::{Backend, ChangeKind, RescanReason, Snapshot};
 
 fn setup() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -19,369 +19,389 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
 
 #[test]
 fn create_then_modify_is_created() {
-    let (_t, root) = setup();
-    let mut c = Consumer::new(builder(&root).build().unwrap());
-    let f = root.join("f");
-    write(&f, "one");
-    fs::write(&f, "two").unwrap();
-    c.sentinel(&root);
-    assert_eq!(c.kinds(&f), vec![ChangeKind::Created]);
+    each_backend(|| {
+        let (_t, root) = setup();
+        let mut c = Consumer::new(builder(&root).build().unwrap());
+        let f = root.join("f");
+        write(&f, "one");
+        fs::write(&f, "two").unwrap();
+        c.sentinel(&root);
+        assert_eq!(c.kinds(&f), vec![ChangeKind::Created]);
+    });
 }
 
 #[test]
 fn create_then_remove_is_nothing() {
-    let (_t, root) = setup();
-    let mut c = Consumer::new(builder(&root).build().unwrap());
-    let f = root.join("f");
-    write(&f, "one");
-    fs::remove_file(&f).unwrap();
-    c.sentinel(&root);
-    assert_eq!(c.mentions(&f), vec![]);
+    each_backend(|| {
+        let (_t, root) = setup();
+        let mut c = Consumer::new(builder(&root).build().unwrap());
+        let f = root.join("f");
+        write(&f, "one");
+        fs::remove_file(&f).unwrap();
+        c.sentinel(&root);
+        assert_eq!(c.mentions(&f), vec![]);
+    });
 }
 
 #[test]
 fn modify_then_remove_is_removed() {
-    let (_t, root) = setup();
-    let f = root.join("f");
-    write(&f, "old");
-    let mut c = Consumer::new(builder(&root).build().unwrap());
-    fs::write(&f, "new").unwrap();
-    fs::remove_file(&f).unwrap();
-    c.sentinel(&root);
-    assert_eq!(c.kinds(&f), vec![ChangeKind::Removed]);
+    each_backend(|| {
+        let (_t, root) = setup();
+        let f = root.join("f");
+        write(&f, "old");
+        let mut c = Consumer::new(builder(&root).build().unwrap());
+        fs::write(&f, "new").unwrap();
+        fs::remove_file(&f).unwrap();
+        c.sentinel(&root);
+        assert_eq!(c.kinds(&f), vec![ChangeKind::Removed]);
+    });
 }
 
 #[test]
 fn rename_chain_collapses_into_one_rename() {
-    let (_t, root) = setup();
-    let (a, b, z) = (root.join("a"), root.join("b"), root.join("z"));
-    write(&a, "a");
-    let mut c = Consumer::new(builder(&root).build().unwrap());
-    fs::rename(&a, &b).unwrap();
-    fs::rename(&b, &z).unwrap();
-    c.sentinel(&root);
-    assert_eq!(
-        c.mentions(&a),
-        vec![ward_watch::Change::new(
-            &z,
-            ChangeKind::Renamed { from: a.clone() },
-            false
-        )]
-    );
-    assert_eq!(c.mentions(&b), vec![]);
-    assert!(c.converged());
+    each_backend(|| {
+        let (_t, root) = setup();
+        let (a, b, z) = (root.join("a"), root.join("b"), root.join("z"));
+        write(&a, "a");
+        let mut c = Consumer::new(builder(&root).build().unwrap());
+        fs::rename(&a, &b).unwrap();
+        fs::rename(&b, &z).unwrap();
+        c.sentinel(&root);
+        assert_eq!(
+            c.mentions(&a),
+            vec![ward_watch::Change::new(
+                &z,
+                ChangeKind::Renamed { from: a.clone() },
+                false
+            )]
+        );
+        assert_eq!(c.mentions(&b), vec![]);
+        assert!(c.converged());
+    });
 }
 
 #[test]
 fn removing_a_directory_cancels_its_childrens_changes() {
-    let (_t, root) = setup();
-    let d = root.join("d");
-    write(d.join("x"), "x");
-    let mut c = Consumer::new(builder(&root).build().unwrap());
-    fs::write(d.join("x"), "changed").unwrap();
-    write(d.join("y"), "new");
-    write(d.join("sub/z"), "new");
-    fs::remove_dir_all(&d).unwrap();
-    c.sentinel(&root);
-    let under_d: Vec<_> = c
-        .changes
-        .iter()
-        .filter(|ch| ch.path.starts_with(&d))
-        .cloned()
-        .collect();
-    assert_eq!(
-        under_d,
-        vec![ward_watch::Change::new(&d, ChangeKind::Removed, true)]
-    );
-    assert!(c.converged());
+    each_backend(|| {
+        let (_t, root) = setup();
+        let d = root.join("d");
+        write(d.join("x"), "x");
+        let mut c = Consumer::new(builder(&root).build().unwrap());
+        fs::write(d.join("x"), "changed").unwrap();
+        write(d.join("y"), "new");
+        write(d.join("sub/z"), "new");
+        fs::remove_dir_all(&d).unwrap();
+        c.sentinel(&root);
+        let under_d: Vec<_> = c
+            .changes
+            .iter()
+            .filter(|ch| ch.path.starts_with(&d))
+            .cloned()
+            .collect();
+        assert_eq!(
+            under_d,
+            vec![ward_watch::Change::new(&d, ChangeKind::Removed, true)]
+        );
+        assert!(c.converged());
+    });
 }
 
 #[test]
 fn an_atomic_save_is_a_modification_of_the_target() {
-    let (_t, root) = setup();
-    let target = root.join("notes.txt");
-    write(&target, "v1");
-    let mut c = Consumer::new(builder(&root).build().unwrap());
-    let tmp = root.join(".notes.txt.tmp123");
-    write(&tmp, "v2");
-    fs::rename(&tmp, &target).unwrap();
-    c.sentinel(&root);
-    assert_eq!(c.kinds(&target), vec![ChangeKind::Modified]);
-    assert_eq!(c.mentions(&tmp), vec![]);
-    assert!(c.converged());
+    each_backend(|| {
+        let (_t, root) = setup();
+        let target = root.join("notes.txt");
+        write(&target, "v1");
+        let mut c = Consumer::new(builder(&root).build().unwrap());
+        let tmp = root.join(".notes.txt.tmp123");
+        write(&tmp, "v2");
+        fs::rename(&tmp, &target).unwrap();
+        c.sentinel(&root);
+        assert_eq!(c.kinds(&target), vec![ChangeKind::Modified]);
+        assert_eq!(c.mentions(&tmp), vec![]);
+        assert!(c.converged());
+    });
 }
 
 #[test]
 fn an_atomic_save_through_an_ignored_temporary_file_is_a_modification() {
-    let (_t, root) = setup();
-    write(root.join(".wardignore"), "*.tmp\n");
-    let target = root.join("notes.txt");
-    write(&target, "v1");
-    let mut c = Consumer::new(builder(&root).build().unwrap());
-    let tmp = root.join("notes.txt.tmp");
-    write(&tmp, "v2");
-    fs::rename(&tmp, &target).unwrap();
-    c.sentinel(&root);
-    assert_eq!(c.kinds(&target), vec![ChangeKind::Modified]);
-    assert_eq!(c.mentions(&tmp), vec![]);
+    each_backend(|| {
+        let (_t, root) = setup();
+        write(root.join(".wardignore"), "*.tmp\n");
+        let target = root.join("notes.txt");
+        write(&target, "v1");
+        let mut c = Consumer::new(builder(&root).build().unwrap());
+        let tmp = root.join("notes.txt.tmp");
+        write(&tmp, "v2");
+        fs::rename(&tmp, &target).unwrap();
+        c.sentinel(&root);
+        assert_eq!(c.kinds(&target), vec![ChangeKind::Modified]);
+        assert_eq!(c.mentions(&tmp), vec![]);
+    });
 }
 
 #[test]
 fn a_file_written_continuously_is_still_emitted_within_the_maximum_wait() {
-    let (_t, root) = setup();
-    let w = Watcher::builder()
-        .root(&root)
-        .quiet(ms(200))
-        .max_wait(ms(600))
-        .build()
-        .unwrap();
-    let mut c = Consumer::new(w);
-    let f = root.join("log");
-    write(&f, "");
-    // Never quiet for 200 ms: written every 20 ms until the watcher reports it.
-    let deadline = std::time::Instant::now() + support::DEADLINE;
-    let mut n = 0;
-    while c.kinds(&f).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never reported while being written"
-        );
-        n += 1;
-        fs::write(&f, format!("{n}")).unwrap();
-        c.pump(ms(20));
-    }
+    each_backend(|| {
+        let (_t, root) = setup();
+        let w = plain()
+            .root(&root)
+            .quiet(ms(200))
+            .max_wait(ms(600))
+            .build()
+            .unwrap();
+        let mut c = Consumer::new(w);
+        let f = root.join("log");
+        write(&f, "");
+        // Never quiet for 200 ms: written every 20 ms until the watcher reports it.
+        let deadline = std::time::Instant::now() + support::DEADLINE;
+        let mut n = 0;
+        while c.kinds(&f).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never reported while being written"
+            );
+            n += 1;
+            fs::write(&f, format!("{n}")).unwrap();
+            c.pump(ms(20));
+        }
+    });
 }
 
 #[test]
 fn nested_directories_created_quickly_are_all_seen() {
-    let (_t, root) = setup();
-    let mut c = Consumer::new(Watcher::builder().root(&root).build().unwrap());
-    let mut expected = vec![];
-    for i in 0..30 {
-        let deep = root.join(format!("r{i}/a/b/c"));
-        fs::create_dir_all(&deep).unwrap();
-        for j in 0..5 {
-            let f = deep.join(format!("f{j}"));
-            write(&f, "x");
-            expected.push(f);
+    each_backend(|| {
+        let (_t, root) = setup();
+        let mut c = Consumer::new(plain().root(&root).build().unwrap());
+        let mut expected = vec![];
+        for i in 0..30 {
+            let deep = root.join(format!("r{i}/a/b/c"));
+            fs::create_dir_all(&deep).unwrap();
+            for j in 0..5 {
+                let f = deep.join(format!("f{j}"));
+                write(&f, "x");
+                expected.push(f);
+            }
         }
-    }
-    c.until("every file in the new directories", |c| {
-        expected.iter().all(|f| c.snapshot.contains(f))
+        c.until("every file in the new directories", |c| {
+            expected.iter().all(|f| c.snapshot.contains(f))
+        });
+        for f in &expected {
+            let seen = c.changes.iter().any(|ch| &ch.path == f)
+                || c.resolved.iter().any(|ch| &ch.path == f);
+            assert!(seen, "{} never reported", f.display());
+        }
     });
-    for f in &expected {
-        let seen =
-            c.changes.iter().any(|ch| &ch.path == f) || c.resolved.iter().any(|ch| &ch.path == f);
-        assert!(seen, "{} never reported", f.display());
-    }
 }
 
 #[test]
 fn ignored_directories_get_no_watch_and_report_nothing() {
-    let (_t, root) = setup();
-    write(root.join(".wardignore"), "build/\n*.tmp\n");
-    write(root.join("build/out/deep/x"), "x");
-    write(root.join("node_modules/pkg/y"), "y");
-    write(root.join("src/lib.rs"), "z");
-    let w = builder(&root).ignore_glob("node_modules").build().unwrap();
-    // root and src: nothing under build/ or node_modules/.
-    assert_eq!(w.stats().watches, 2);
-    let mut c = Consumer::new(w);
-    write(root.join("build/out/deep/new"), "x");
-    write(root.join("node_modules/pkg/new"), "x");
-    write(root.join("src/scratch.tmp"), "x");
-    fs::create_dir(root.join("build/fresh")).unwrap();
-    write(root.join("src/main.rs"), "x");
-    c.sentinel(&root);
-    let paths: Vec<_> = c.changes.iter().map(|ch| ch.path.clone()).collect();
-    assert!(paths.contains(&root.join("src/main.rs")));
-    for p in &paths {
-        assert!(
-            !p.starts_with(root.join("build")) && !p.starts_with(root.join("node_modules")),
-            "{}",
-            p.display()
-        );
-        assert!(p.extension().is_none_or(|e| e != "tmp"), "{}", p.display());
-    }
-    assert_eq!(c.watcher.stats().watches, 2);
-    assert!(!c.snapshot.contains(&root.join("build")));
+    each_backend(|| {
+        let (_t, root) = setup();
+        write(root.join(".wardignore"), "build/\n*.tmp\n");
+        write(root.join("build/out/deep/x"), "x");
+        write(root.join("node_modules/pkg/y"), "y");
+        write(root.join("src/lib.rs"), "z");
+        let w = builder(&root).ignore_glob("node_modules").build().unwrap();
+        // root and src: nothing under build/ or node_modules/.
+        assert_eq!(w.stats().watches, watches(2));
+        let mut c = Consumer::new(w);
+        write(root.join("build/out/deep/new"), "x");
+        write(root.join("node_modules/pkg/new"), "x");
+        write(root.join("src/scratch.tmp"), "x");
+        fs::create_dir(root.join("build/fresh")).unwrap();
+        write(root.join("src/main.rs"), "x");
+        c.sentinel(&root);
+        let paths: Vec<_> = c.changes.iter().map(|ch| ch.path.clone()).collect();
+        assert!(paths.contains(&root.join("src/main.rs")));
+        for p in &paths {
+            assert!(
+                !p.starts_with(root.join("build")) && !p.starts_with(root.join("node_modules")),
+                "{}",
+                p.display()
+            );
+            assert!(p.extension().is_none_or(|e| e != "tmp"), "{}", p.display());
+        }
+        assert_eq!(c.watcher.stats().watches, watches(2));
+        assert!(!c.snapshot.contains(&root.join("build")));
+    });
 }
 
 #[test]
 fn new_directories_made_while_the_consumer_is_away_are_watched() {
-    let (_t, root) = setup();
-    let mut c = Consumer::new(
-        Watcher::builder()
-            .root(&root)
-            .quiet(ms(20))
-            .build()
-            .unwrap(),
-    );
-    fs::create_dir_all(root.join("a/b")).unwrap();
-    c.until("a/b", |c| c.snapshot.contains(&root.join("a/b")));
-    assert_eq!(c.watcher.stats().watches, 3);
-    write(root.join("a/b/late"), "x");
-    c.until("a/b/late", |c| {
-        c.kinds(&root.join("a/b/late")) == vec![ChangeKind::Created]
+    each_backend(|| {
+        let (_t, root) = setup();
+        let mut c = Consumer::new(plain().root(&root).quiet(ms(20)).build().unwrap());
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        c.until("a/b", |c| c.snapshot.contains(&root.join("a/b")));
+        assert_eq!(c.watcher.stats().watches, watches(3));
+        write(root.join("a/b/late"), "x");
+        c.until("a/b/late", |c| {
+            c.kinds(&root.join("a/b/late")) == vec![ChangeKind::Created]
+        });
     });
 }
 
 #[test]
 fn a_moved_directory_is_a_rename_and_stays_watched() {
-    let (_t, root) = setup();
-    write(root.join("d/sub/x"), "x");
-    let mut c = Consumer::new(builder(&root).quiet(ms(50)).build().unwrap());
-    fs::rename(root.join("d"), root.join("e")).unwrap();
-    c.until("the rename", |c| {
-        c.kinds(&root.join("e"))
-            == vec![ChangeKind::Renamed {
-                from: root.join("d"),
-            }]
+    each_backend(|| {
+        let (_t, root) = setup();
+        write(root.join("d/sub/x"), "x");
+        let mut c = Consumer::new(builder(&root).quiet(ms(50)).build().unwrap());
+        fs::rename(root.join("d"), root.join("e")).unwrap();
+        c.until("the rename", |c| {
+            c.kinds(&root.join("e"))
+                == vec![ChangeKind::Renamed {
+                    from: root.join("d"),
+                }]
+        });
+        write(root.join("e/sub/y"), "y");
+        c.until("a file in the moved directory", |c| {
+            !c.kinds(&root.join("e/sub/y")).is_empty()
+        });
+        assert!(c.mentions(&root.join("d/sub/y")).is_empty());
+        assert!(c.converged());
     });
-    write(root.join("e/sub/y"), "y");
-    c.until("a file in the moved directory", |c| {
-        !c.kinds(&root.join("e/sub/y")).is_empty()
-    });
-    assert!(c.mentions(&root.join("d/sub/y")).is_empty());
-    assert!(c.converged());
 }
 
 #[test]
 fn a_flood_with_no_consumer_ends_in_a_rescan_and_convergence() {
-    let (_t, root) = setup();
-    let w = Watcher::builder()
-        .root(&root)
-        .quiet(ms(10))
-        .pending_cap(200)
-        .channel_capacity(1)
-        .event_buffer(256)
-        .build()
-        .unwrap();
-    // Nobody consumes while 5,000 files land in 10 directories.
-    let mut c = Consumer::new(w);
-    for d in 0..10 {
-        for i in 0..500 {
-            write(root.join(format!("d{d}/f{i}")), "x");
+    each_backend(|| {
+        let (_t, root) = setup();
+        let w = plain()
+            .root(&root)
+            .quiet(ms(10))
+            .pending_cap(200)
+            .channel_capacity(1)
+            .event_buffer(256)
+            .build()
+            .unwrap();
+        // Nobody consumes while 5,000 files land in 10 directories.
+        let mut c = Consumer::new(w);
+        for d in 0..10 {
+            for i in 0..500 {
+                write(root.join(format!("d{d}/f{i}")), "x");
+            }
         }
-    }
-    let stats = c.watcher.stats();
-    assert!(stats.peak_pending <= 200, "{stats:?}");
-    c.until("convergence", |c| c.converged());
-    assert!(
-        !c.rescans.is_empty(),
-        "a flood past the cap must end in a rescan"
-    );
-    assert!(c.watcher.stats().peak_pending <= 200);
-    assert_eq!(c.snapshot.paths().count(), disk_paths(&root).len() + 1);
+        let stats = c.watcher.stats();
+        assert!(stats.peak_pending <= 200, "{stats:?}");
+        c.until("convergence", |c| c.converged());
+        assert!(
+            !c.rescans.is_empty(),
+            "a flood past the cap must end in a rescan"
+        );
+        assert!(c.watcher.stats().peak_pending <= 200);
+        assert_eq!(c.snapshot.paths().count(), disk_paths(&root).len() + 1);
+    });
 }
 
 #[test]
 fn a_burst_of_50k_files_with_a_slow_consumer_is_fully_accounted_for() {
-    let (_t, root) = setup();
-    const CAP: usize = 2_000;
-    let w = Watcher::builder()
-        .root(&root)
-        .pending_cap(CAP)
-        .channel_capacity(2)
-        .build()
-        .unwrap();
-    let c = Consumer::new(w);
-    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let expected: Vec<PathBuf> = (0..50_000)
-        .map(|i| root.join(format!("d{}/f{i}", i % 50)))
-        .collect();
-    // The consumer is away for the first half of the burst, so the pending set must reach its
-    // cap, then slow: it sleeps between batches.
-    let consumer = {
-        let expected = expected.clone();
-        let written = written.clone();
-        std::thread::spawn(move || {
-            let mut c = c;
-            let deadline = std::time::Instant::now() + support::DEADLINE;
-            while written.load(std::sync::atomic::Ordering::Acquire) < 25_000 {
-                assert!(std::time::Instant::now() < deadline, "the writer is stuck");
-                std::thread::sleep(ms(5));
-            }
-            c.until("every file of the burst", |c| {
-                std::thread::sleep(ms(5));
-                written.load(std::sync::atomic::Ordering::Acquire) == expected.len()
-                    && expected.iter().all(|f| c.snapshot.contains(f))
-            });
-            c
-        })
-    };
-    for d in 0..50 {
-        fs::create_dir(root.join(format!("d{d}"))).unwrap();
-    }
-    for (i, f) in expected.iter().enumerate() {
-        fs::write(f, "x").unwrap();
-        written.store(i + 1, std::sync::atomic::Ordering::Release);
-    }
-    let c = consumer.join().unwrap();
-    let stats = c.watcher.stats();
-    assert!(stats.peak_pending <= CAP, "{stats:?}");
-    assert!(
-        stats.collapses > 0,
-        "the burst never reached the cap: {stats:?}"
-    );
-    assert!(!c.rescans.is_empty());
-    let reported: std::collections::HashSet<&PathBuf> = c
-        .changes
-        .iter()
-        .chain(&c.resolved)
-        .map(|ch| &ch.path)
-        .collect();
-    for f in &expected {
-        assert!(reported.contains(f), "{} never reported", f.display());
-    }
-    assert!(c.converged());
+    each_backend(|| {
+        let (_t, root) = setup();
+        const CAP: usize = 2_000;
+        let w = plain()
+            .root(&root)
+            .pending_cap(CAP)
+            .channel_capacity(2)
+            .build()
+            .unwrap();
+        let c = Consumer::new(w);
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let expected: Vec<PathBuf> = (0..50_000)
+            .map(|i| root.join(format!("d{}/f{i}", i % 50)))
+            .collect();
+        // The consumer is away for the first half of the burst, so the pending set must reach its
+        // cap, then slow: it sleeps between batches.
+        let consumer = {
+            let expected = expected.clone();
+            let written = written.clone();
+            std::thread::spawn(move || {
+                let mut c = c;
+                let deadline = std::time::Instant::now() + support::DEADLINE;
+                while written.load(std::sync::atomic::Ordering::Acquire) < 25_000 {
+                    assert!(std::time::Instant::now() < deadline, "the writer is stuck");
+                    std::thread::sleep(ms(5));
+                }
+                c.until("every file of the burst", |c| {
+                    std::thread::sleep(ms(5));
+                    written.load(std::sync::atomic::Ordering::Acquire) == expected.len()
+                        && expected.iter().all(|f| c.snapshot.contains(f))
+                });
+                c
+            })
+        };
+        for d in 0..50 {
+            fs::create_dir(root.join(format!("d{d}"))).unwrap();
+        }
+        for (i, f) in expected.iter().enumerate() {
+            fs::write(f, "x").unwrap();
+            written.store(i + 1, std::sync::atomic::Ordering::Release);
+        }
+        let c = consumer.join().unwrap();
+        let stats = c.watcher.stats();
+        assert!(stats.peak_pending <= CAP, "{stats:?}");
+        assert!(
+            stats.collapses > 0,
+            "the burst never reached the cap: {stats:?}"
+        );
+        assert!(!c.rescans.is_empty());
+        let reported: std::collections::HashSet<&PathBuf> = c
+            .changes
+            .iter()
+            .chain(&c.resolved)
+            .map(|ch| &ch.path)
+            .collect();
+        for f in &expected {
+            assert!(reported.contains(f), "{} never reported", f.display());
+        }
+        assert!(c.converged());
+    });
 }
 
 #[test]
 fn a_missing_root_is_reported_then_watched_when_it_appears() {
-    let (t, _) = setup();
-    let late = t.path().join("late");
-    let mut c = Consumer::new(
-        Watcher::builder()
-            .root(&late)
-            .quiet(ms(20))
-            .max_wait(ms(200))
-            .build()
-            .unwrap(),
-    );
-    c.until("the missing root error", |c| {
-        c.errors.iter().any(|e| e.contains("does not exist"))
-    });
-    write(late.join("f"), "x");
-    c.until("the root's rescan", |c| {
-        c.rescans
-            .iter()
-            .any(|r| r.path == late && r.reason == RescanReason::RootAppeared)
-    });
-    assert!(c.snapshot.contains(&late.join("f")));
-    write(late.join("g"), "x");
-    c.until("a change in the appeared root", |c| {
-        !c.kinds(&late.join("g")).is_empty()
+    each_backend(|| {
+        let (t, _) = setup();
+        let late = t.path().join("late");
+        let mut c = Consumer::new(
+            plain()
+                .root(&late)
+                .quiet(ms(20))
+                .max_wait(ms(200))
+                .build()
+                .unwrap(),
+        );
+        c.until("the missing root error", |c| {
+            c.errors.iter().any(|e| e.contains("does not exist"))
+        });
+        write(late.join("f"), "x");
+        c.until("the root's rescan", |c| {
+            c.rescans
+                .iter()
+                .any(|r| r.path == late && r.reason == RescanReason::RootAppeared)
+        });
+        assert!(c.snapshot.contains(&late.join("f")));
+        write(late.join("g"), "x");
+        c.until("a change in the appeared root", |c| {
+            !c.kinds(&late.join("g")).is_empty()
+        });
     });
 }
 
 #[test]
 fn a_root_that_disappears_is_reported() {
-    let (_t, root) = setup();
-    write(root.join("f"), "x");
-    let mut c = Consumer::new(
-        Watcher::builder()
-            .root(&root)
-            .quiet(ms(20))
-            .build()
-            .unwrap(),
-    );
-    fs::remove_dir_all(&root).unwrap();
-    c.until("the root gone error", |c| {
-        c.errors.iter().any(|e| e.contains("disappeared"))
-    });
-    c.until("the root removed", |c| {
-        c.kinds(&root).contains(&ChangeKind::Removed)
+    each_backend(|| {
+        let (_t, root) = setup();
+        write(root.join("f"), "x");
+        let mut c = Consumer::new(plain().root(&root).quiet(ms(20)).build().unwrap());
+        fs::remove_dir_all(&root).unwrap();
+        c.until("the root gone error", |c| {
+            c.errors.iter().any(|e| e.contains("disappeared"))
+        });
+        c.until("the root removed", |c| {
+            c.kinds(&root).contains(&ChangeKind::Removed)
+        });
     });
 }
 
@@ -391,7 +411,7 @@ fn running_out_of_inotify_watches_names_the_sysctl_and_falls_back_to_polling() {
     for d in ["a", "b", "c", "d/e"] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
-    let w = Watcher::builder()
+    let w = plain()
         .root(&root)
         .quiet(ms(20))
         .native_watch_limit(2)
@@ -415,7 +435,7 @@ fn running_out_of_inotify_watches_names_the_sysctl_and_falls_back_to_polling() {
 fn polling_backend_reports_changes() {
     let (_t, root) = setup();
     let mut c = Consumer::new(
-        Watcher::builder()
+        plain()
             .root(&root)
             .backend(Backend::Poll(ms(50)))
             .quiet(ms(20))
@@ -432,37 +452,37 @@ fn polling_backend_reports_changes() {
 #[cfg(unix)]
 #[test]
 fn non_utf8_names_are_carried_exactly_and_symlinks_are_not_followed() {
-    use std::os::unix::ffi::OsStrExt;
-    let (_t, root) = setup();
-    fs::create_dir(root.join("d")).unwrap();
-    // A loop: following it would never end.
-    std::os::unix::fs::symlink(&root, root.join("d/loop")).unwrap();
-    let w = Watcher::builder()
-        .root(&root)
-        .quiet(ms(20))
-        .build()
-        .unwrap();
-    assert_eq!(w.stats().watches, 2);
-    let mut c = Consumer::new(w);
-    let odd = root.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
-    write(&odd, "x");
-    c.until("the non-UTF-8 name", |c| {
-        c.kinds(&odd) == vec![ChangeKind::Created]
+    each_backend(|| {
+        use std::os::unix::ffi::OsStrExt;
+        let (_t, root) = setup();
+        fs::create_dir(root.join("d")).unwrap();
+        // A loop: following it would never end.
+        std::os::unix::fs::symlink(&root, root.join("d/loop")).unwrap();
+        let w = plain().root(&root).quiet(ms(20)).build().unwrap();
+        assert_eq!(w.stats().watches, watches(2));
+        let mut c = Consumer::new(w);
+        let odd = root.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+        write(&odd, "x");
+        c.until("the non-UTF-8 name", |c| {
+            c.kinds(&odd) == vec![ChangeKind::Created]
+        });
+        assert!(c.snapshot.contains(&root.join("d/loop")));
+        assert!(!c.snapshot.contains(&root.join("d/loop/d")));
     });
-    assert!(c.snapshot.contains(&root.join("d/loop")));
-    assert!(!c.snapshot.contains(&root.join("d/loop/d")));
 }
 
 #[test]
 fn dropping_the_watcher_stops_its_thread_and_disconnects_the_channel() {
-    let (_t, root) = setup();
-    let w = Watcher::builder().root(&root).build().unwrap();
-    let rx = w.batches().clone();
-    drop(w);
-    assert!(matches!(
-        rx.recv_timeout(Duration::from_secs(10)),
-        Err(crossbeam_channel::RecvTimeoutError::Disconnected)
-    ));
+    each_backend(|| {
+        let (_t, root) = setup();
+        let w = plain().root(&root).build().unwrap();
+        let rx = w.batches().clone();
+        drop(w);
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        ));
+    });
 }
 
 #[test]
@@ -502,45 +522,49 @@ fn a_snapshot_rescan_reports_the_differences_with_the_disk() {
 
 #[test]
 fn moves_across_the_roots_edge_are_creations_and_removals() {
-    let (t, root) = setup();
-    let outside = t.path().join("outside");
-    write(&outside, "o");
-    write(root.join("leaving"), "l");
-    let mut c = Consumer::new(builder(&root).quiet(ms(50)).build().unwrap());
-    fs::rename(&outside, root.join("arrived")).unwrap();
-    fs::rename(root.join("leaving"), t.path().join("left")).unwrap();
-    c.until("both moves", |c| {
-        !c.kinds(&root.join("arrived")).is_empty() && !c.kinds(&root.join("leaving")).is_empty()
+    each_backend(|| {
+        let (t, root) = setup();
+        let outside = t.path().join("outside");
+        write(&outside, "o");
+        write(root.join("leaving"), "l");
+        let mut c = Consumer::new(builder(&root).quiet(ms(50)).build().unwrap());
+        fs::rename(&outside, root.join("arrived")).unwrap();
+        fs::rename(root.join("leaving"), t.path().join("left")).unwrap();
+        c.until("both moves", |c| {
+            !c.kinds(&root.join("arrived")).is_empty() && !c.kinds(&root.join("leaving")).is_empty()
+        });
+        assert_eq!(c.kinds(&root.join("arrived")), vec![ChangeKind::Created]);
+        assert_eq!(c.kinds(&root.join("leaving")), vec![ChangeKind::Removed]);
+        assert!(c.converged());
     });
-    assert_eq!(c.kinds(&root.join("arrived")), vec![ChangeKind::Created]);
-    assert_eq!(c.kinds(&root.join("leaving")), vec![ChangeKind::Removed]);
-    assert!(c.converged());
 }
 
 #[test]
 fn editing_the_ignore_file_rescans_and_applies_the_new_rules() {
-    let (_t, root) = setup();
-    write(root.join("gen/old"), "x");
-    let mut c = Consumer::new(builder(&root).quiet(ms(50)).build().unwrap());
-    assert_eq!(c.watcher.stats().watches, 2);
-    write(root.join(".wardignore"), "gen/\n");
-    c.until("the rules' rescan", |c| {
-        c.rescans
-            .iter()
-            .any(|r| r.reason == RescanReason::IgnoreRulesChanged)
+    each_backend(|| {
+        let (_t, root) = setup();
+        write(root.join("gen/old"), "x");
+        let mut c = Consumer::new(builder(&root).quiet(ms(50)).build().unwrap());
+        assert_eq!(c.watcher.stats().watches, watches(2));
+        write(root.join(".wardignore"), "gen/\n");
+        c.until("the rules' rescan", |c| {
+            c.rescans
+                .iter()
+                .any(|r| r.reason == RescanReason::IgnoreRulesChanged)
+        });
+        assert_eq!(
+            c.watcher.stats().watches,
+            watches(1),
+            "the newly ignored directory lost its watch"
+        );
+        assert!(
+            !c.snapshot.contains(&root.join("gen")),
+            "the rescan drops the newly ignored paths"
+        );
+        write(root.join("gen/new"), "x");
+        c.sentinel(&root);
+        assert!(c.mentions(&root.join("gen/new")).is_empty());
     });
-    assert_eq!(
-        c.watcher.stats().watches,
-        1,
-        "the newly ignored directory lost its watch"
-    );
-    assert!(
-        !c.snapshot.contains(&root.join("gen")),
-        "the rescan drops the newly ignored paths"
-    );
-    write(root.join("gen/new"), "x");
-    c.sentinel(&root);
-    assert!(c.mentions(&root.join("gen/new")).is_empty());
 }
 
 #[cfg(unix)]
@@ -706,43 +730,45 @@ impl Drop for Unmount {
 /// files in that directory were.
 #[test]
 fn a_file_system_mounted_inside_a_root_is_followed_in_and_out() {
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    }
-    let (_t, root) = setup();
-    let mnt = root.join("mnt");
-    write(mnt.join("underneath"), "u");
-    let mut c = Consumer::new(builder(&root).quiet(ms(20)).build().unwrap());
-    let mount = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(mount.success(), "mount: {mount}");
-    let mut mounted = Unmount(Some(mnt.clone()));
-    let inside = mnt.join("inside");
-    write(&inside, "i");
-    c.until("the file written inside the mount", |c| has(c, &inside));
-    let umount = std::process::Command::new("umount")
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(umount.success(), "umount: {umount}");
-    mounted.0 = None;
-    let later = mnt.join("later");
-    write(&later, "l");
-    c.until("the unmount's effect and a file written after it", |c| {
-        has(c, &later) && !has(c, &inside) && has(c, &mnt.join("underneath"))
+    each_backend(|| {
+        if !is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        }
+        let (_t, root) = setup();
+        let mnt = root.join("mnt");
+        write(mnt.join("underneath"), "u");
+        let mut c = Consumer::new(builder(&root).quiet(ms(20)).build().unwrap());
+        let mount = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(mount.success(), "mount: {mount}");
+        let mut mounted = Unmount(Some(mnt.clone()));
+        let inside = mnt.join("inside");
+        write(&inside, "i");
+        c.until("the file written inside the mount", |c| has(c, &inside));
+        let umount = std::process::Command::new("umount")
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(umount.success(), "umount: {umount}");
+        mounted.0 = None;
+        let later = mnt.join("later");
+        write(&later, "l");
+        c.until("the unmount's effect and a file written after it", |c| {
+            has(c, &later) && !has(c, &inside) && has(c, &mnt.join("underneath"))
+        });
+        assert!(c.converged(), "the snapshot matches the disk");
+        assert!(
+            c.rescans
+                .iter()
+                .any(|r| r.path == mnt && r.reason == RescanReason::MountsChanged),
+            "{:?}",
+            c.rescans
+        );
     });
-    assert!(c.converged(), "the snapshot matches the disk");
-    assert!(
-        c.rescans
-            .iter()
-            .any(|r| r.path == mnt && r.reason == RescanReason::MountsChanged),
-        "{:?}",
-        c.rescans
-    );
 }
 
 /// Regression: a directory unreadable when the watcher found it got no watch, and when it was
@@ -750,8 +776,78 @@ fn a_file_system_mounted_inside_a_root_is_followed_in_and_out() {
 /// modified file. Root reads every directory, so as root this test runs itself as `nobody`.
 #[test]
 fn an_unreadable_directory_made_readable_is_watched_and_listed() {
-    const NAME: &str = "an_unreadable_directory_made_readable_is_watched_and_listed";
+    each_backend(|| {
+        const NAME: &str = "an_unreadable_directory_made_readable_is_watched_and_listed";
+        if is_root() {
+            use std::os::unix::process::CommandExt;
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--nocapture"])
+                .uid(65534)
+                .gid(65534)
+                .env("TMPDIR", "/tmp")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "as nobody: {}\n{stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let (_t, root) = setup();
+        let locked = root.join("locked");
+        write(locked.join("before"), "b");
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+        let mut c = Consumer::new(builder(&root).quiet(ms(20)).build().unwrap());
+        assert_eq!(c.watcher.stats().failed_watches, 1);
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
+        c.until("the directory listed once readable", |c| {
+            has(c, &locked.join("before"))
+        });
+        let after = locked.join("after");
+        write(&after, "a");
+        c.until("a file written in it afterwards", |c| has(c, &after));
+        assert!(
+            c.changes.iter().all(|ch| ch.path != locked || ch.is_dir),
+            "the directory was reported as a file: {:#?}",
+            c.changes
+        );
+    });
+}
+
+/// fanotify is used where it starts (as root here), with no watch per directory; elsewhere (as
+/// nobody: no `CAP_SYS_ADMIN`) the watcher falls back to inotify and says why.
+#[test]
+fn fanotify_is_used_where_permitted_and_the_fallback_says_why() {
+    const NAME: &str = "fanotify_is_used_where_permitted_and_the_fallback_says_why";
+    let (_t, root) = setup();
+    fs::create_dir_all(root.join("a/b")).unwrap();
+    let inotify = plain()
+        .root(&root)
+        .backend(Backend::Recommended)
+        .build()
+        .unwrap();
+    assert_eq!(inotify.backend().name, "inotify");
+    assert_eq!(inotify.backend().fallback, None);
+    let w = plain()
+        .root(&root)
+        .backend(Backend::Fanotify)
+        .build()
+        .unwrap();
+    let active = w.backend();
     if is_root() {
+        assert_eq!(active.name, "fanotify", "{active:?}");
+        assert_eq!(active.fallback, None);
+        assert_eq!(w.stats().watches, 0, "no watch per directory");
+        let mut c = Consumer::new(w);
+        write(root.join("a/b/new"), "x");
+        c.until("a file in a directory no watch covers", |c| {
+            c.snapshot.contains(&root.join("a/b/new"))
+        });
+        // The same test as nobody, without CAP_SYS_ADMIN.
         use std::os::unix::process::CommandExt;
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", NAME, "--nocapture"])
@@ -767,25 +863,10 @@ fn an_unreadable_directory_made_readable_is_watched_and_listed() {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        return;
+    } else {
+        assert_eq!(active.name, "inotify", "{active:?}");
+        let why = active.fallback.unwrap_or_default();
+        assert!(why.contains("CAP_SYS_ADMIN"), "{why}");
+        assert_eq!(w.stats().watches, 3);
     }
-    use std::os::unix::fs::PermissionsExt;
-    let (_t, root) = setup();
-    let locked = root.join("locked");
-    write(locked.join("before"), "b");
-    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
-    let mut c = Consumer::new(builder(&root).quiet(ms(20)).build().unwrap());
-    assert_eq!(c.watcher.stats().failed_watches, 1);
-    fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
-    c.until("the directory listed once readable", |c| {
-        has(c, &locked.join("before"))
-    });
-    let after = locked.join("after");
-    write(&after, "a");
-    c.until("a file written in it afterwards", |c| has(c, &after));
-    assert!(
-        c.changes.iter().all(|ch| ch.path != locked || ch.is_dir),
-        "the directory was reported as a file: {:#?}",
-        c.changes
-    );
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
 use notify::{Event, EventKind};
 
+use super::DIRECTORY;
 use super::worker::Worker;
 use crate::pending::Op;
 use crate::{Error, RescanReason};
@@ -49,7 +50,12 @@ impl Worker {
                             seen => seen == Seen::Dir,
                         },
                     };
-                    self.created(path, is_dir, now);
+                    // fanotify sees what is made in a new directory: nothing to list.
+                    if is_dir && self.watches.sees_everything() {
+                        self.created_empty(path, now);
+                    } else {
+                        self.created(path, is_dir, now);
+                    }
                 }
                 EventKind::Modify(ModifyKind::Name(RenameMode::From)) => match ev.tracker() {
                     Some(t) => self.held_from = Some((path.clone(), t, now)),
@@ -68,6 +74,9 @@ impl Worker {
                     Seen::Gone => self.removed(path, self.watches.watched.contains_key(path), now),
                     seen => self.created(path, seen == Seen::Dir, now),
                 },
+                EventKind::Modify(ModifyKind::Metadata(_)) if self.watches.sees_everything() => {
+                    self.changed_seen(path, ev.info() == Some(DIRECTORY), now);
+                }
                 EventKind::Modify(ModifyKind::Metadata(_)) => self.metadata_changed(path, now),
                 EventKind::Modify(_) => self.modified(path, now),
                 EventKind::Remove(kind) => {
@@ -106,6 +115,26 @@ impl Worker {
         if is_dir {
             self.watch_tree(path, true, now);
         }
+    }
+
+    /// A directory was made, empty: what comes in it has events of its own (fanotify).
+    fn created_empty(&mut self, path: &Path, now: Instant) {
+        if self.rules.is_ignored(path, true) || self.is_root(path) {
+            return;
+        }
+        self.pending.record(path, Op::Create, true, now);
+    }
+
+    /// `path`'s metadata changed, seen by a backend that tells whether it is a directory and
+    /// needs no watch to be installed for one (fanotify).
+    fn changed_seen(&mut self, path: &Path, is_dir: bool, now: Instant) {
+        if self.rules.is_ignored(path, is_dir) || self.is_root(path) {
+            return;
+        }
+        if self.rules.is_ignore_file(path) {
+            self.ignore_file_changed(path, now);
+        }
+        self.pending.record(path, Op::Modify, is_dir, now);
     }
 
     /// New content was moved onto `path` from a place the watcher does not see.

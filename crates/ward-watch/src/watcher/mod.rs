@@ -4,6 +4,8 @@
 //! notify backends with their watches (`watches`).
 
 mod events;
+#[cfg(target_os = "linux")]
+mod fanotify;
 mod rescan;
 mod watches;
 mod worker;
@@ -20,15 +22,36 @@ use notify::Event;
 
 use crate::{Batch, Error, IgnoreRules};
 
-/// Which notify backend watches the roots.
+/// Which backend watches the roots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// fanotify where it can start (Linux 5.17, `CAP_SYS_ADMIN`, file systems with file handles),
+    /// else [`Backend::Recommended`]; the reason is logged and given by
+    /// [`Watcher::backend`].
+    Auto,
+    /// fanotify: one mark per file system holding a root, no watch per directory. Where it
+    /// cannot start the watcher says why (a warning) and falls back as [`Backend::Auto`] does.
+    Fanotify,
     /// The operating system's recommended watcher (inotify on Linux). Where it cannot start, the
     /// watcher logs why and polls instead.
     Recommended,
     /// Poll every watched directory at this interval.
     Poll(Duration),
 }
+
+/// The backend a watcher uses, and why not the one asked for ([`Watcher::backend`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ActiveBackend {
+    /// `fanotify`, `inotify` (the recommended watcher, on Linux) or `poll`.
+    pub name: &'static str,
+    /// Why the backend asked for is not the one used, if it is not.
+    pub fallback: Option<String>,
+}
+
+/// Said in an event's `info` by the fanotify backend when it is about a directory (`FAN_ONDIR`,
+/// which notify's kinds carry only for creations and removals).
+const DIRECTORY: &str = "directory";
 
 /// A raw event and when notify's thread received it: a path's quiet window starts then, not when
 /// the watcher's thread gets to it.
@@ -247,6 +270,11 @@ impl Watcher {
         self.rules.clone()
     }
 
+    /// The backend in use, and why not the one asked for if it is not.
+    pub fn backend(&self) -> ActiveBackend {
+        self.stats.backend.lock().clone()
+    }
+
     /// Counters of the watcher's work so far.
     pub fn stats(&self) -> WatchStats {
         let c = &self.stats;
@@ -311,6 +339,7 @@ struct Counters {
     batches: AtomicU64,
     failed_watches: AtomicU64,
     polled_roots: AtomicUsize,
+    backend: parking_lot::Mutex<ActiveBackend>,
 }
 
 #[cfg(test)]

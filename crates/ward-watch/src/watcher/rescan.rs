@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::events::is_dir_now;
+use super::watches::WatchFailure;
 use super::worker::Worker;
 use crate::mounts;
 use crate::pending::Op;
@@ -68,6 +69,9 @@ impl Worker {
 
     /// Brings the watches under `dir` in line with the disk and the rules.
     pub(super) fn resync(&mut self, dir: &Path, now: Instant) {
+        if self.watches.sees_everything() {
+            return;
+        }
         let seen = self.watch_tree(dir, false, now);
         let stale: Vec<PathBuf> = self
             .watches
@@ -93,7 +97,7 @@ impl Worker {
             if !self.roots[i].present && root.is_dir() {
                 log::info!("ward-watch: root {} appeared", root.display());
                 self.roots[i].present = true;
-                self.watch_tree(&root, false, now);
+                self.watch_anew(&root, now);
                 self.pending.rescan(&root, RescanReason::RootAppeared, now);
             }
         }
@@ -140,10 +144,28 @@ impl Worker {
             self.watches.forget_subtree(&point);
             self.rules.forget_subtree(&point);
             if is_dir_now(&point) {
-                self.watch_tree(&point, false, now);
+                self.watch_anew(&point, now);
             }
             self.pending
                 .rescan(&point, RescanReason::MountsChanged, now);
+        }
+    }
+
+    /// Watches `dir` and what is below it, as found now: with fanotify, marks its file system
+    /// (a new mount's) and walks nothing.
+    pub(super) fn watch_anew(&mut self, dir: &Path, now: Instant) {
+        if !self.watches.sees_everything() {
+            self.watch_tree(dir, false, now);
+            return;
+        }
+        let Some(root) = self.rules.root_of(dir).map(Path::to_path_buf) else {
+            return;
+        };
+        if let Err(WatchFailure::Other(e)) = self.watches.watch(dir, &root) {
+            self.notice(Error::Watch {
+                path: dir.to_path_buf(),
+                source: e,
+            });
         }
     }
 

@@ -54,6 +54,10 @@ pub(super) enum WatchFailure {
 /// The backends and the directories they watch. Every watch is non-recursive: the watcher decides
 /// which directories are watched, so that ignored ones never get a watch.
 pub(super) struct Watches {
+    /// fanotify, when it started: it sees every directory of the file systems it marked, and
+    /// then no directory gets a watch of its own.
+    #[cfg(target_os = "linux")]
+    pub(super) fanotify: Option<super::fanotify::Fanotify>,
     pub(super) native: Option<RecommendedWatcher>,
     pub(super) poll: Option<PollWatcher>,
     /// Watched directories, and whether by the native backend.
@@ -67,6 +71,13 @@ pub(super) struct Watches {
 
 impl Watches {
     pub(super) fn watch(&mut self, dir: &Path, root: &Path) -> Result<(), WatchFailure> {
+        #[cfg(target_os = "linux")]
+        if let Some(fanotify) = &self.fanotify {
+            // Its file system is marked already, unless it is a mount of another.
+            return fanotify
+                .mark(dir)
+                .map_err(|e| WatchFailure::Other(notify::Error::io(e).add_path(dir.into())));
+        }
         if self.watched.contains_key(dir) {
             return Ok(());
         }
@@ -128,6 +139,17 @@ impl Watches {
             // The kernel drops the watch of a deleted or moved directory by itself.
             log::debug!("unwatching {}: {e}", dir.display());
         }
+    }
+}
+
+impl Watches {
+    /// Whether every directory of the roots is seen without a watch of its own (fanotify): no
+    /// walk installs watches, none is resynced, and a new directory need not be listed.
+    pub(super) fn sees_everything(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.fanotify.is_some();
+        #[cfg(not(target_os = "linux"))]
+        false
     }
 }
 

@@ -69,6 +69,8 @@ impl WatcherBuilder {
         Worker {
             pending: Pending::new(self.quiet, self.max_wait, self.pending_cap, roots.to_vec()),
             watches: Watches {
+                #[cfg(target_os = "linux")]
+                fanotify: None,
                 native: None,
                 poll: None,
                 watched: BTreeMap::new(),
@@ -248,29 +250,79 @@ impl Worker {
     }
 
     pub(super) fn start(&mut self, backend: Backend) {
-        match backend {
-            Backend::Recommended => {
+        let mut fallback = None;
+        if matches!(backend, Backend::Auto | Backend::Fanotify)
+            && let Err(e) = self.start_fanotify()
+        {
+            let say = format!("ward-watch: fanotify cannot watch the roots ({e}); inotify instead");
+            if backend == Backend::Fanotify {
+                log::warn!("{say}");
+            } else {
+                log::info!("{say}");
+            }
+            fallback = Some(format!("fanotify: {e}"));
+        }
+        let name = match backend {
+            _ if self.watches.sees_everything() => "fanotify",
+            Backend::Poll(interval) => {
+                self.watches.poll_interval = interval;
+                "poll"
+            }
+            Backend::Auto | Backend::Fanotify | Backend::Recommended => {
                 let h = self.watches.handler.clone();
                 match RecommendedWatcher::new(move |ev| h.handle(ev), notify::Config::default()) {
-                    Ok(w) => self.watches.native = Some(w),
-                    Err(e) => log::warn!(
-                        "ward-watch: native watching unavailable ({e}); polling every {:?} instead",
-                        self.watches.poll_interval
-                    ),
+                    Ok(w) => {
+                        self.watches.native = Some(w);
+                        "inotify"
+                    }
+                    Err(e) => {
+                        log::warn!(
+                            "ward-watch: native watching unavailable ({e}); polling every {:?} instead",
+                            self.watches.poll_interval
+                        );
+                        let before = fallback.map(|f| format!("{f}; ")).unwrap_or_default();
+                        fallback = Some(format!("{before}native watching: {e}"));
+                        "poll"
+                    }
                 }
             }
-            Backend::Poll(interval) => self.watches.poll_interval = interval,
-        }
+        };
+        *self.stats.backend.lock() = super::ActiveBackend { name, fallback };
         for i in 0..self.roots.len() {
             let root = self.roots[i].path.clone();
             if root.is_dir() {
-                self.watch_tree(&root, false, Instant::now());
+                // fanotify marked the root's file system: nothing to walk.
+                if !self.watches.sees_everything() {
+                    self.watch_tree(&root, false, Instant::now());
+                }
             } else {
                 self.roots[i].present = false;
                 self.notice(Error::RootMissing { path: root });
             }
         }
         self.update_stats();
+    }
+
+    /// Starts fanotify on the roots and the file systems mounted inside them.
+    #[cfg(target_os = "linux")]
+    fn start_fanotify(&mut self) -> std::io::Result<()> {
+        let fanotify =
+            super::fanotify::Fanotify::start(self.rules.clone(), self.watches.handler.clone())?;
+        for point in &self.mounts {
+            if self.rules.root_of(point).is_some() && !self.rules.is_ignored(point, true) {
+                fanotify.mark(point)?;
+            }
+        }
+        self.watches.fanotify = Some(fanotify);
+        Ok(())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn start_fanotify(&mut self) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "fanotify is Linux's",
+        ))
     }
 
     /// Watches `top` and every directory under it that is not ignored, each before it is listed,

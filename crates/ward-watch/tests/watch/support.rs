@@ -1,10 +1,12 @@
 //! Test support: a consumer that applies batches to a snapshot and waits for conditions with deadlines.
 
+use std::cell::Cell;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ward_watch::{Change, ChangeKind, Item, Rescan, Snapshot, Watcher, WatcherBuilder};
+use ward_watch::{Backend, Change, ChangeKind, Item, Rescan, Snapshot, Watcher, WatcherBuilder};
 
 /// Generous: the machine running the tests may be busy.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -13,9 +15,58 @@ pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+thread_local! {
+    /// The backend the test running on this thread watches with (see [`each_backend`]).
+    static BACKEND: Cell<Backend> = const { Cell::new(Backend::Recommended) };
+}
+
+/// The backends this machine runs: inotify, and fanotify where it starts (root, Linux 5.17).
+pub fn backends() -> &'static [Backend] {
+    static BACKENDS: OnceLock<Vec<Backend>> = OnceLock::new();
+    BACKENDS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = Watcher::builder()
+            .root(dir.path())
+            .backend(Backend::Fanotify)
+            .build()
+            .unwrap();
+        match probe.backend().fallback {
+            None => vec![Backend::Recommended, Backend::Fanotify],
+            Some(why) => {
+                eprintln!("the watcher tests run on inotify only: {why}");
+                vec![Backend::Recommended]
+            }
+        }
+    })
+}
+
+/// Runs `test` once with each backend of [`backends`]: [`plain`] and [`builder`] use it.
+pub fn each_backend(test: impl Fn()) {
+    for &backend in backends() {
+        BACKEND.with(|b| b.set(backend));
+        eprintln!("-- with the {backend:?} backend");
+        test();
+    }
+}
+
+/// Whether the test runs with fanotify, which installs no watch per directory.
+pub fn fanotify() -> bool {
+    BACKEND.with(Cell::get) == Backend::Fanotify
+}
+
+/// The directories watched when `n` need a watch each: none with fanotify.
+pub fn watches(n: usize) -> usize {
+    if fanotify() { 0 } else { n }
+}
+
+/// A builder of the test's backend and nothing else.
+pub fn plain() -> WatcherBuilder {
+    Watcher::builder().backend(BACKEND.with(Cell::get))
+}
+
 /// A builder with a long quiet window, so that a test's few syscalls always fall in one window.
 pub fn builder(root: &Path) -> WatcherBuilder {
-    Watcher::builder()
+    plain()
         .root(root)
         .ignore_file(".wardignore")
         .quiet(ms(300))
