@@ -1947,3 +1947,41 @@ fn jobs_pause_while_memory_is_short_in_a_real_cgroup_and_resume_when_it_is_back(
     });
     std::fs::remove_dir(&cgroup).unwrap();
 }
+
+/// `watch.backend = "auto"` (the default) watches with fanotify where it may (root here) and
+/// says so in `ward status`; a backend named is used, and a change is seen either way.
+#[test]
+fn ward_status_says_which_backend_watches_and_each_one_sees_changes() {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    for (setting, want) in [
+        ("", if root { "fanotify" } else { "inotify" }),
+        ("backend = \"inotify\"\n", "inotify"),
+        (
+            "backend = \"fanotify\"\n",
+            if root { "fanotify" } else { "inotify" },
+        ),
+    ] {
+        let f = Fixture::new(JOB, record_all());
+        f.edit_config(
+            "debounce_ms = 20\n",
+            &format!("debounce_ms = 20\n{setting}"),
+        );
+        f.start();
+        let watch = f.status().1["watch"].clone();
+        assert_eq!(watch["backend"], want, "{setting}: {watch}");
+        // Asked for and not had: the reason is said.
+        assert_eq!(
+            watch["backend_fallback"].is_string(),
+            setting.contains("fanotify") && !root,
+            "{watch}"
+        );
+        std::fs::create_dir_all(f.tree.join("d/e")).unwrap();
+        std::fs::write(f.tree.join("d/e/new.txt"), "x").unwrap();
+        wait_for("the new file's job", LONG, || f.saw("d/e/new.txt"));
+        let text = f.run(&["status"]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains(&format!("with {want}")), "{text}");
+        f.stop();
+    }
+}

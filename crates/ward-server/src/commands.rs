@@ -553,10 +553,26 @@ fn print_status(report: &StatusReport) {
             );
         }
         let w = &server.watch;
-        println!(
-            "  watching   {} directories, {} paths pending",
-            w.watches, w.pending
-        );
+        if w.backend == "fanotify" {
+            println!(
+                "  watching   with fanotify (no watch per directory), {} paths pending",
+                w.pending
+            );
+        } else {
+            println!(
+                "  watching   {} directories with {}, {} paths pending",
+                w.watches,
+                if w.backend.is_empty() {
+                    "inotify"
+                } else {
+                    &w.backend
+                },
+                w.pending
+            );
+        }
+        if let Some(why) = &w.backend_fallback {
+            println!("  watching   not with the backend asked for: {why}");
+        }
         if w.polled_roots > 0 {
             println!(
                 "  watching   {} root(s) by polling: the inotify watch limit was reached (see the log)",

@@ -90,6 +90,32 @@ impl Flags {
     }
 }
 
+/// `watch.backend`: which backend watches the roots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchBackend {
+    /// fanotify where it starts (root, Linux 5.17), else inotify: the default.
+    Auto,
+    /// fanotify; where it cannot start, inotify, with a warning saying why.
+    Fanotify,
+    /// inotify: one watch per directory (polling a root past `fs.inotify.max_user_watches`).
+    Inotify,
+    /// Polling every directory twice a second.
+    Poll,
+}
+
+impl WatchBackend {
+    /// The watcher's backend for this setting.
+    pub fn watcher_backend(self) -> ward_watch::Backend {
+        match self {
+            WatchBackend::Auto => ward_watch::Backend::Auto,
+            WatchBackend::Fanotify => ward_watch::Backend::Fanotify,
+            WatchBackend::Inotify => ward_watch::Backend::Recommended,
+            WatchBackend::Poll => ward_watch::Backend::Poll(Duration::from_millis(500)),
+        }
+    }
+}
+
 /// A validated configuration with every path made absolute and every default filled in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -105,6 +131,8 @@ pub struct Config {
     pub ignore: Vec<String>,
     /// Name of the per-directory ignore file (gitignore syntax).
     pub ignore_file: String,
+    /// Which backend watches the roots.
+    pub backend: WatchBackend,
     /// Quiet window per path.
     pub debounce: Duration,
     /// Longest a path that never goes quiet waits before it is emitted.
@@ -333,6 +361,7 @@ struct WatchSection {
     ignore_file: Option<At<String>>,
     debounce_ms: Option<At<u64>>,
     max_wait_ms: Option<At<u64>>,
+    backend: Option<At<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -534,6 +563,22 @@ impl Config {
         };
         if let Some(ms) = &parsed.watch.debounce_ms {
             config.debounce = Duration::from_millis(within(ms, "debounce_ms", 0..=60_000)?);
+        }
+        if let Some(backend) = &parsed.watch.backend {
+            config.backend = match backend.get_ref().as_str() {
+                "auto" => WatchBackend::Auto,
+                "fanotify" => WatchBackend::Fanotify,
+                "inotify" => WatchBackend::Inotify,
+                "poll" => WatchBackend::Poll,
+                other => {
+                    return Err(error(
+                        at(&backend.span()),
+                        format!(
+                            "watch.backend = {other:?}: must be \"auto\", \"fanotify\", \"inotify\" or \"poll\""
+                        ),
+                    ));
+                }
+            };
         }
         // Unless it is given, the longest wait follows a debounce longer than its default.
         config.max_wait = match &parsed.watch.max_wait_ms {
@@ -874,6 +919,7 @@ impl Config {
             base,
             ignore: Vec::new(),
             ignore_file: ".wardignore".into(),
+            backend: WatchBackend::Auto,
             debounce: Duration::from_millis(50),
             max_wait: Duration::from_secs(1),
             workers: 2,
@@ -1284,6 +1330,24 @@ recycle_after = 100
         assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
         let err = parse("[watch]\ndebounce_ms = 500\nmax_wait_ms = 100\n").unwrap_err();
         assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
+        let err = parse("[watch]\nbackend = \"kqueue\"\n").unwrap_err();
+        assert_eq!(err.position, Some((2, 11)), "{err}");
+        assert!(err.message.contains("\"auto\", \"fanotify\""), "{err}");
+    }
+
+    #[test]
+    fn the_watch_backend_is_auto_unless_named() {
+        let trigger = "[[trigger]]\nexec = [\"true\"]\n";
+        assert_eq!(parse(trigger).unwrap().backend, WatchBackend::Auto);
+        for (name, backend) in [
+            ("auto", WatchBackend::Auto),
+            ("fanotify", WatchBackend::Fanotify),
+            ("inotify", WatchBackend::Inotify),
+            ("poll", WatchBackend::Poll),
+        ] {
+            let config = parse(&format!("[watch]\nbackend = \"{name}\"\n{trigger}")).unwrap();
+            assert_eq!(config.backend, backend, "{name}");
+        }
     }
 
     /// Regression: `queue_capacity = 100000000000` passed `ward check`, then the server aborted

@@ -616,6 +616,13 @@ pub struct WatchStatus {
     pub failed_watches: u64,
     /// Roots watched by polling, the watch limit having been reached.
     pub polled_roots: usize,
+    /// The backend watching the roots: `fanotify`, `inotify` or `poll` (empty from a server of
+    /// an older version).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backend: String,
+    /// Why it is not the one `watch.backend` asked for, if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_fallback: Option<String>,
 }
 
 /// The manifest's state.

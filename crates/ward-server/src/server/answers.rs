@@ -134,6 +134,7 @@ pub(super) fn retry(
 fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
     let m = from.pool.metrics();
     let w = from.watcher.stats();
+    let backend = from.watcher.backend();
     let (paths, seq) = tracker.stats();
     let (unrecorded, write_error) = tracker.backlog();
     let (batches, batches_running) = from.backlog.batches.status();
@@ -171,6 +172,8 @@ fn status(tracker: &Tracker, from: &Sources<'_>) -> ServerStatus {
             dropped_events: w.dropped_events,
             failed_watches: w.failed_watches,
             polled_roots: w.polled_roots,
+            backend: backend.name.to_owned(),
+            backend_fallback: backend.fallback,
         },
         manifest: ManifestStatus {
             paths,

@@ -245,9 +245,9 @@ fn hand_over(
     }
 }
 
-/// The jobs a batch of watcher items asks for. A rescan or a directory change joins the backlog's
-/// rescans, whose comparisons with the manifest make jobs as room allows; a file change becomes
-/// one job.
+/// The jobs a batch of watcher items asks for. A rescan or a directory change (but a creation)
+/// joins the backlog's rescans, whose comparisons with the manifest make jobs as room allows; a
+/// file change becomes one job.
 pub(super) fn jobs_of_batch(
     batch: Batch,
     tracker: &mut Tracker,
@@ -271,6 +271,12 @@ pub(super) fn jobs_of_batch(
                     rescan.reason.name()
                 );
                 backlog.rescan(rescan.path, tracker);
+            }
+            // The watcher reports what a new directory holds, file by file (it lists it, or
+            // its backend sees every directory): comparing it too would run a job twice for a
+            // file the comparison found before the watcher's change of it came.
+            Item::Change(change) if change.is_dir && change.kind == ChangeKind::Created => {
+                METRICS.changed(change.kind.name());
             }
             Item::Change(change) if change.is_dir => {
                 METRICS.changed(change.kind.name());

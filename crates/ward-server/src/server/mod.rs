@@ -533,7 +533,8 @@ fn build_watcher(config: &Config, state: &StateDir) -> Result<Watcher, Error> {
         .roots(config.roots.iter().cloned())
         .ignore_file(config.ignore_file.clone())
         .quiet(config.debounce)
-        .max_wait(config.max_wait);
+        .max_wait(config.max_wait)
+        .backend(config.backend.watcher_backend());
     for glob in &config.ignore {
         builder = builder.ignore_glob(glob.clone());
     }

@@ -108,6 +108,7 @@ pub(super) fn reload(
     let config = Config {
         roots: old.roots,
         ignore: old.ignore,
+        backend: old.backend,
         debounce: old.debounce,
         max_wait: old.max_wait,
         workers: old.workers,
@@ -126,6 +127,7 @@ fn needing_restart(old: &Config, new: &Config) -> Vec<String> {
     [
         ("watch.roots", old.roots != new.roots),
         ("watch.ignore", old.ignore != new.ignore),
+        ("watch.backend", old.backend != new.backend),
         ("watch.debounce_ms", old.debounce != new.debounce),
         ("watch.max_wait_ms", old.max_wait != new.max_wait),
         ("jobs.workers", old.workers != new.workers),
