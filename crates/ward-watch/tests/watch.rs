@@ -707,6 +707,25 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Runs the test `name` of this binary again as `nobody`, and asserts that it passes.
+fn passes_as_nobody(name: &str) {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture"])
+        .uid(65534)
+        .gid(65534)
+        .env("TMPDIR", "/tmp")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "as nobody: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn has(c: &Consumer, path: &Path) -> bool {
     c.snapshot.paths().any(|p| p == path)
 }
@@ -779,22 +798,7 @@ fn an_unreadable_directory_made_readable_is_watched_and_listed() {
     each_backend(|| {
         const NAME: &str = "an_unreadable_directory_made_readable_is_watched_and_listed";
         if is_root() {
-            use std::os::unix::process::CommandExt;
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", NAME, "--nocapture"])
-                .uid(65534)
-                .gid(65534)
-                .env("TMPDIR", "/tmp")
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success() && stdout.contains("1 passed"),
-                "as nobody: {}\n{stdout}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return;
+            return passes_as_nobody(NAME);
         }
         use std::os::unix::fs::PermissionsExt;
         let (_t, root) = setup();
@@ -848,21 +852,7 @@ fn fanotify_is_used_where_permitted_and_the_fallback_says_why() {
             c.snapshot.contains(&root.join("a/b/new"))
         });
         // The same test as nobody, without CAP_SYS_ADMIN.
-        use std::os::unix::process::CommandExt;
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", NAME, "--nocapture"])
-            .uid(65534)
-            .gid(65534)
-            .env("TMPDIR", "/tmp")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "as nobody: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        passes_as_nobody(NAME);
     } else {
         assert_eq!(active.name, "inotify", "{active:?}");
         let why = active.fallback.unwrap_or_default();
