@@ -22,9 +22,15 @@ pub fn inject(scene: &mut Scene<'_>, f: &mut Injected, n: usize) {
         return;
     };
     let hold = if scene.opts.quick { 3.0 } else { 8.0 };
-    // Past the kernel's queue (`max_queued_events`, 16384 by default), counting the events the
-    // kernel merges.
-    let count: usize = if scene.opts.quick { 12_000 } else { 30_000 };
+    // Past the kernel's queue (`max_queued_events`, 16384 by default). inotify queues about two
+    // events a file here; fanotify merges a file's creation and write into one, so the files
+    // alone must pass its queue.
+    let queue = queue_limit();
+    let count: usize = if scene.opts.quick {
+        queue + queue / 8
+    } else {
+        30_000.max(queue * 2)
+    };
     let dir = scene.tree.join(format!("overflow-{n}"));
     watch_directories(scene, f, &dir, count);
     let overflows = scene.ward.log_lines_with(OVERFLOWED);
@@ -95,4 +101,22 @@ fn await_catch_up(scene: &Scene<'_>, f: &mut Injected, overflows: usize) {
     if !scene.ward.await_idle(Duration::from_secs(60)) {
         f.problems.push("not caught up 60 s after SIGCONT".into());
     }
+}
+
+/// The larger of the kernel's inotify and fanotify event queue lengths (16384 unless set).
+fn queue_limit() -> usize {
+    [
+        "/proc/sys/fs/inotify/max_queued_events",
+        "/proc/sys/fs/fanotify/max_queued_events",
+    ]
+    .iter()
+    .filter_map(|p| {
+        std::fs::read_to_string(p)
+            .ok()?
+            .trim()
+            .parse::<usize>()
+            .ok()
+    })
+    .max()
+    .unwrap_or(16_384)
 }
