@@ -67,9 +67,10 @@ const ORDER: [&str; 15] = [
     "server",
 ];
 
-const USAGE: &str = "usage: cargo xtask bench [--only NAME] [--json FILE] [--quick] [--idle-secs N] [--scale-files N] [--no-install] [--keep-scratch]\n\
+const USAGE: &str = "usage: cargo xtask bench [--only NAME] [--json FILE] [--quick] [--idle-secs N] [--scale-files N] [--backend NAME] [--no-install] [--keep-scratch]\n\
 parts: latency, burst, batch, queue, dispatch, supervisor, startup, services, subscribe, nats, scale, idle, watch, crashdiag, server\n\
---scale-files N: the scale part's tree (default 1000000; --quick 20000)";
+--scale-files N: the scale part's tree (default 1000000; --quick 20000)\n\
+--backend NAME: ward's watch.backend in every part but scale, which measures each (default: ward's own, auto)";
 
 #[derive(Debug)]
 struct Options {
@@ -78,6 +79,7 @@ struct Options {
     quick: bool,
     idle_secs: Option<u64>,
     scale_files: Option<usize>,
+    backend: Option<String>,
     install: bool,
     keep: bool,
 }
@@ -89,6 +91,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         quick: false,
         idle_secs: None,
         scale_files: None,
+        backend: None,
         install: true,
         keep: false,
     };
@@ -105,6 +108,15 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 let v = value()?;
                 let n = v.parse().ok().filter(|n| *n > 0);
                 options.scale_files = Some(n.ok_or(format!("bad --scale-files {v}"))?);
+            }
+            "--backend" => {
+                let v = value()?;
+                if !["auto", "fanotify", "inotify", "poll"].contains(&v.as_str()) {
+                    return Err(format!(
+                        "bad --backend {v}: auto, fanotify, inotify or poll"
+                    ));
+                }
+                options.backend = Some(v);
             }
             "--idle-secs" => {
                 let v = value()?;
@@ -277,6 +289,7 @@ fn prepare(options: &Options) -> Result<Tools> {
         scale_files: options
             .scale_files
             .unwrap_or(if options.quick { 20_000 } else { 1_000_000 }),
+        backend: options.backend.clone(),
     })
 }
 
@@ -535,6 +548,9 @@ mod tests {
         assert_eq!(o.scale_files, Some(200_000));
         assert!(parse(&args("--scale-files 0")).is_err());
         assert!(parse(&args("--scale-files many")).is_err());
+        let o = parse(&args("--only burst --backend inotify")).unwrap();
+        assert_eq!(o.backend.as_deref(), Some("inotify"));
+        assert!(parse(&args("--backend kqueue")).is_err());
     }
 
     #[test]

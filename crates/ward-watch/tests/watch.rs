@@ -539,6 +539,46 @@ fn moves_across_the_roots_edge_are_creations_and_removals() {
     });
 }
 
+/// Writes the watcher drops (outside the roots, or in an ignored directory) are dropped by
+/// fanotify's kernel side once seen; a directory moved into a root from there, or no longer
+/// ignored, has its files' writes seen again.
+#[test]
+fn writes_in_a_directory_moved_in_or_no_longer_ignored_are_seen() {
+    each_backend(|| {
+        let (t, root) = setup();
+        let away = t.path().join("away");
+        write(away.join("f"), "1");
+        write(root.join(".wardignore"), "build/\n");
+        write(root.join("build/g"), "1");
+        let mut c = Consumer::new(builder(&root).quiet(ms(20)).build().unwrap());
+        // Writes the watcher drops: once seen, fanotify asks the kernel to drop their like.
+        for round in 0..3 {
+            write(away.join("f"), &format!("{round}"));
+            write(root.join("build/g"), &format!("{round}"));
+            c.sentinel(&root);
+        }
+        assert!(c.kinds(&root.join("build/g")).is_empty());
+        fs::rename(&away, root.join("away")).unwrap();
+        c.until("the directory moved in", |c| {
+            c.snapshot.contains(&root.join("away/f"))
+        });
+        write(root.join("away/f"), "moved in, then written");
+        c.until("a write in the directory moved in", |c| {
+            c.kinds(&root.join("away/f"))
+                .contains(&ChangeKind::Modified)
+        });
+        write(root.join(".wardignore"), "other/\n");
+        c.until("build/ no longer ignored", |c| {
+            c.snapshot.contains(&root.join("build/g"))
+        });
+        write(root.join("build/g"), "no longer ignored, then written");
+        c.until("a write in the directory no longer ignored", |c| {
+            c.kinds(&root.join("build/g"))
+                .contains(&ChangeKind::Modified)
+        });
+    });
+}
+
 #[test]
 fn editing_the_ignore_file_rescans_and_applies_the_new_rules() {
     each_backend(|| {

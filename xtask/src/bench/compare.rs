@@ -42,6 +42,8 @@ pub(crate) struct Tools {
     pub idle_secs: u64,
     /// The `scale` part's files.
     pub scale_files: usize,
+    /// `--backend`: ward's `watch.backend` (the `scale` part measures each instead).
+    pub backend: Option<String>,
 }
 
 impl Tools {
@@ -109,7 +111,12 @@ struct Ward {
 
 impl Ward {
     fn new(tools: &Tools, dir: &Path, body: &str) -> Result<Ward> {
-        let config = format!("[watch]\nroots = [\"tree\"]\n{body}");
+        // A body that names its backend (the scale part's) keeps it.
+        let backend = match &tools.backend {
+            Some(b) if !body.contains("backend = ") => format!("backend = \"{b}\"\n"),
+            _ => String::new(),
+        };
+        let config = format!("[watch]\nroots = [\"tree\"]\n{backend}{body}");
         fs::write(dir.join("ward.toml"), config)?;
         if let Ok(mut running) = RUNNING.lock() {
             running

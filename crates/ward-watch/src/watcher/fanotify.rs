@@ -111,6 +111,9 @@ impl Fanotify {
             handler,
             names: HashMap::new(),
             renames: 0,
+            may_ignore: true,
+            ignored_dirs: 0,
+            ignored_generation: 0,
         };
         fanotify.thread = Some(
             std::thread::Builder::new()
@@ -182,6 +185,11 @@ struct Reader {
     names: HashMap<Vec<u8>, Option<Dir>>,
     /// Renames so far: the tracker that pairs a rename's two halves.
     renames: usize,
+    /// Whether the kernel takes ignore marks (`FAN_MARK_IGNORE`, Linux 6.0).
+    may_ignore: bool,
+    /// Directories with an ignore mark, and the rules' generation when the first was placed.
+    ignored_dirs: usize,
+    ignored_generation: u64,
 }
 
 impl Reader {
@@ -253,8 +261,12 @@ impl Reader {
             let from = from.and_then(|(dir, name)| self.path_of(dir, name));
             let to = to.and_then(|(dir, name)| self.path_of(dir, name));
             if is_dir {
-                // The names cached below either end are wrong now.
+                // The names cached below either end are wrong now, and a directory moved into a
+                // root must not keep the ignore mark it had outside.
                 self.names.clear();
+                if to.is_some() {
+                    self.flush_ignores();
+                }
             }
             self.renames += 1;
             for (path, mode) in [(from, RenameMode::From), (to, RenameMode::To)] {
@@ -320,17 +332,32 @@ impl Reader {
     /// inside a root and not in an ignored directory; `.` names the directory itself.
     fn path_of(&mut self, dir: &[u8], name: &OsStr) -> Option<PathBuf> {
         let generation = self.rules.generation();
+        if generation != self.ignored_generation {
+            // A directory ignored until now may not be any more.
+            self.flush_ignores();
+        }
         let known = match self.names.get_mut(dir) {
             Some(known) => known.as_mut()?,
             None => {
-                let named = self.name_dir(dir).map(|path| {
-                    self.load_rules(&path);
-                    Dir {
-                        ignored: self.ignores(&path),
-                        path,
-                        generation: self.rules.generation(),
+                let named = match self.name_dir(dir) {
+                    Some(Named::Relevant(path)) => {
+                        self.load_rules(&path);
+                        let ignored = self.ignores(&path);
+                        if ignored {
+                            self.ignore_writes_in(&path);
+                        }
+                        Some(Dir {
+                            ignored,
+                            path,
+                            generation: self.rules.generation(),
+                        })
                     }
-                });
+                    Some(Named::Outside(path)) => {
+                        self.ignore_writes_in(&path);
+                        None
+                    }
+                    None => None,
+                };
                 if self.names.len() >= CACHE_MAX {
                     self.names.clear();
                 }
@@ -376,8 +403,8 @@ impl Reader {
     }
 
     /// Asks the kernel where a directory is (`dir`: its file system id and file handle): `None`
-    /// if it is gone, on a file system not marked, or outside every root.
-    fn name_dir(&self, dir: &[u8]) -> Option<PathBuf> {
+    /// if it is gone or on a file system not marked.
+    fn name_dir(&self, dir: &[u8]) -> Option<Named> {
         let (fsid, handle) = dir.split_at_checked(8)?;
         let on = self
             .marked
@@ -421,13 +448,96 @@ impl Reader {
         if path.as_os_str().as_bytes().ends_with(b" (deleted)") {
             return None;
         }
-        self.rules
+        let relevant = self
+            .rules
             .roots()
             .iter()
-            .any(|root| path.starts_with(root) || root.starts_with(&path))
-            .then_some(path)
+            .any(|root| path.starts_with(root) || root.starts_with(&path));
+        Some(if relevant {
+            Named::Relevant(path)
+        } else {
+            Named::Outside(path)
+        })
+    }
+
+    /// Asks the kernel to drop, before they are queued, the writes and metadata changes of the
+    /// files in `dir`, whose events this thread would drop anyway (outside the roots, or
+    /// ignored): the writes of a build or a log beside the tree cost neither the kernel's queue
+    /// nor this thread. Entries made, removed or renamed there still come (a directory moved
+    /// into a root is told by them). Past [`IGNORED_MAX`] directories, or once the rules
+    /// change, the marks start over; a kernel without `FAN_MARK_IGNORE` (6.0) gets none.
+    fn ignore_writes_in(&mut self, dir: &Path) {
+        if !self.may_ignore {
+            return;
+        }
+        if self.ignored_dirs >= IGNORED_MAX || self.ignored_generation != self.rules.generation() {
+            self.flush_ignores();
+        }
+        let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
+            return;
+        };
+        // SAFETY: the group's descriptor is open, `path` is NUL-terminated and outlives the call.
+        let marked = unsafe {
+            libc::fanotify_mark(
+                self.group.as_raw_fd(),
+                libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORE_SURV,
+                libc::FAN_MODIFY | libc::FAN_ATTRIB | libc::FAN_EVENT_ON_CHILD,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+            )
+        };
+        if marked == 0 {
+            self.ignored_dirs += 1;
+            return;
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            log::debug!("ward-watch: fanotify: no ignore marks on this kernel ({e})");
+            self.may_ignore = false;
+        } else {
+            log::debug!(
+                "ward-watch: fanotify: ignoring writes in {}: {e}",
+                dir.display()
+            );
+        }
+    }
+
+    /// Drops every ignore mark (directory marks; the file systems' marks stay).
+    fn flush_ignores(&mut self) {
+        self.ignored_generation = self.rules.generation();
+        if self.ignored_dirs == 0 {
+            return;
+        }
+        self.ignored_dirs = 0;
+        // SAFETY: the group's descriptor is open; a flush takes no path.
+        let flushed = unsafe {
+            libc::fanotify_mark(
+                self.group.as_raw_fd(),
+                libc::FAN_MARK_FLUSH,
+                0,
+                libc::AT_FDCWD,
+                std::ptr::null(),
+            )
+        };
+        if flushed != 0 {
+            log::warn!(
+                "ward-watch: fanotify: dropping ignore marks: {}; writes in directories moved into a root may go unseen until a rescan",
+                io::Error::last_os_error()
+            );
+        }
     }
 }
+
+/// What a directory an event named is to the watcher.
+enum Named {
+    /// Inside a root, or above one.
+    Relevant(PathBuf),
+    /// Elsewhere on a marked file system.
+    Outside(PathBuf),
+}
+
+/// Directories whose files' writes the kernel is asked to drop, at most.
+const IGNORED_MAX: usize = 4096;
 
 /// A directory an event named: where it is, and whether the rules ignore it (or one above it),
 /// as of the rules' `generation`.
