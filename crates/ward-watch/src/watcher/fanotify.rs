@@ -343,7 +343,9 @@ impl Reader {
                     Some(Named::Relevant(path)) => {
                         self.load_rules(&path);
                         let ignored = self.ignores(&path);
-                        if ignored {
+                        // Above a root, the files are outside it (a log beside the tree): only
+                        // the entries, a root's own removal or rename among them, matter there.
+                        if ignored || self.rules.root_of(&path).is_none() {
                             self.ignore_writes_in(&path);
                         }
                         Some(Dir {
