@@ -267,7 +267,9 @@ impl RunnerThread<'_> {
         loop {
             let (jobs, stop_at) = {
                 let mut owed = self.shared.state.lock();
-                loop {
+                // Whether jobs may be sent now; else it only awaits the answers of those in
+                // flight.
+                let may_send = loop {
                     let now = Instant::now();
                     let held = self.cx.held.load(Ordering::Relaxed);
                     let stopping = owed.life.stop_at;
@@ -288,10 +290,10 @@ impl RunnerThread<'_> {
                         && self.in_flight.len() < self.limit
                         && (!owed.jobs.is_empty() || due.is_some_and(|at| at <= now))
                     {
-                        break;
+                        break true;
                     }
                     if !self.in_flight.is_empty() {
-                        break;
+                        break false;
                     }
                     // Woken by an offer, a release or the stop; else at the first of these.
                     let wake = [due.filter(|_| !held), next_try.filter(|_| !held), stopping]
@@ -304,11 +306,8 @@ impl RunnerThread<'_> {
                         }
                         None => self.shared.wake.wait(&mut owed),
                     }
-                }
-                let jobs = if self.in_flight.len() < self.limit
-                    && !self.cx.held.load(Ordering::Relaxed)
-                    && self.away.is_none_or(|a| a.next_try <= Instant::now())
-                {
+                };
+                let jobs = if may_send {
                     self.take(&mut owed)
                 } else {
                     Vec::new()
