@@ -131,6 +131,8 @@ mod mounts;
 mod pending;
 mod rules;
 mod snapshot;
+#[cfg(target_os = "linux")]
+mod wake;
 mod watcher;
 
 pub use batch::{Batch, Change, ChangeKind, Item, Rescan, RescanReason};

@@ -39,7 +39,7 @@ mod linux {
     use std::collections::BTreeSet;
     use std::fs::File;
     use std::io;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsRawFd, OwnedFd};
     use std::path::PathBuf;
     use std::thread::JoinHandle;
 
@@ -66,14 +66,7 @@ mod linux {
         pub(crate) fn start() -> io::Result<(MountWatch, BTreeSet<PathBuf>, Receiver<()>)> {
             let table = File::open("/proc/self/mountinfo")?;
             let now = super::current()?;
-            let mut fds = [0; 2];
-            // SAFETY: pipe2 writes two descriptors into the array it is given.
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: both descriptors were just made by pipe2 and are owned by nobody else.
-            let (read_end, write_end) =
-                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            let (read_end, write_end) = crate::wake::pipe()?;
             let (tx, rx) = crossbeam_channel::bounded(1);
             let thread = std::thread::Builder::new()
                 .name("ward-mounts".into())

@@ -103,7 +103,7 @@ impl Fanotify {
         for root in rules.roots().iter().filter(|r| r.is_dir()) {
             fanotify.mark(root)?;
         }
-        let (read_end, write_end) = pipe()?;
+        let (read_end, write_end) = crate::wake::pipe()?;
         let reader = Reader {
             group: Arc::clone(&fanotify.group),
             marked: Arc::clone(&fanotify.marked),
@@ -648,16 +648,6 @@ fn fsid_of(file: &std::fs::File) -> io::Result<Fsid> {
     let stat = unsafe { stat.assume_init() };
     // SAFETY: `f_fsid` is two c_ints, 8 bytes, in the layout the records use.
     Ok(unsafe { std::mem::transmute::<libc::fsid_t, Fsid>(stat.f_fsid) })
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array it is given.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just made by pipe2 and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// `e` with what was being done, and what it likely means.

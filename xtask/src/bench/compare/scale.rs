@@ -129,29 +129,18 @@ fn measure(
         n as f64 / processed
     );
     let factor = if backend == "fanotify" { 1.3 } else { 2.0 };
-    let ready_goal = |s: f64| (format!("≤ {factor}x"), s <= factor * walk);
-    let (goal, met) = ready_goal(first);
-    rows.push(
-        Row::new(
-            "scale",
-            format!("{backend}: `ward start` → ready, {n} files, first start"),
-            "s",
-        )
-        .ward(vec![first])
-        .anchor(walk_anchor.to_owned(), vec![walk])
-        .target(&goal, met),
-    );
-    let (goal, met) = ready_goal(again);
-    rows.push(
-        Row::new(
-            "scale",
-            format!("{backend}: `ward start` → ready, {n} files, manifest up to date"),
-            "s",
-        )
-        .ward(vec![again])
-        .anchor(walk_anchor.to_owned(), vec![walk])
-        .target(&goal, met),
-    );
+    for (when, ready) in [("first start", first), ("manifest up to date", again)] {
+        rows.push(
+            Row::new(
+                "scale",
+                format!("{backend}: `ward start` → ready, {n} files, {when}"),
+                "s",
+            )
+            .ward(vec![ready])
+            .anchor(walk_anchor.to_owned(), vec![walk])
+            .target(format!("≤ {factor}x"), ready <= factor * walk),
+        );
+    }
     rows.push(
         Row::new(
             "scale",
