@@ -336,6 +336,22 @@ impl Tracker {
         self.writer.flush();
     }
 
+    /// Compacts the manifest's file if it holds much more than its pages use; for the server's
+    /// end, after the last flush, when nothing else reads the manifest.
+    pub(crate) fn compact_manifest(&self) {
+        let started = Instant::now();
+        match self.manifest.lock().compact() {
+            Ok(Some((before, after))) => log::info!(
+                "manifest: compacted from {:.1} MB to {:.1} MB in {:?}",
+                before as f64 / 1e6,
+                after as f64 / 1e6,
+                started.elapsed()
+            ),
+            Ok(None) => {}
+            Err(e) => log::warn!("manifest: not compacted: {e}"),
+        }
+    }
+
     /// Paths known and the sequence number as of the last commit, for `ward status`.
     pub(crate) fn stats(&self) -> (u64, u64) {
         self.writer.stats()

@@ -9,8 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::failures::{FAILURES, forget_under};
+use super::keys::{self, DIR_PATHS, DIRS};
 use super::record::{decode_record, encode_event, encode_record};
-use super::store::{BY_SEQ, FILES, META, PENDING, SEQ_KEY, store_error};
+use super::store::{CHANGES, META, PENDING, RECORDS, SEQ_KEY, store_error};
 use super::{Manifest, Record, Update};
 use crate::Error;
 use crate::jobs::Event;
@@ -37,14 +38,20 @@ impl Manifest {
             .map_err(|e| store_error("writing", e))?;
         let mut seq = self.seq;
         {
-            let mut files = txn
-                .open_table(FILES)
+            let mut records = txn
+                .open_table(RECORDS)
                 .map_err(|e| store_error("writing", e))?;
             let mut pending = txn
                 .open_table(PENDING)
                 .map_err(|e| store_error("writing", e))?;
-            let mut by_seq = txn
-                .open_table(BY_SEQ)
+            let mut changes = txn
+                .open_table(CHANGES)
+                .map_err(|e| store_error("writing", e))?;
+            let mut dirs = txn
+                .open_table(DIRS)
+                .map_err(|e| store_error("writing", e))?;
+            let mut dir_paths = txn
+                .open_table(DIR_PATHS)
                 .map_err(|e| store_error("writing", e))?;
             let mut failures = txn
                 .open_table(FAILURES)
@@ -87,10 +94,15 @@ impl Manifest {
                     ..
                 } = update
                 {
-                    touch(&mut touched, &files, old_path.as_os_str().as_bytes())?
-                        .renamed_away(next_seq(&mut seq, given.map(|s| s - 1)));
+                    touch(
+                        &mut touched,
+                        &records,
+                        &dirs,
+                        old_path.as_os_str().as_bytes(),
+                    )?
+                    .renamed_away(next_seq(&mut seq, given.map(|s| s - 1)));
                 }
-                let path = touch(&mut touched, &files, key)?;
+                let path = touch(&mut touched, &records, &dirs, key)?;
                 path.apply(update, &mut seq, || {
                     Ok(pending
                         .get(key)
@@ -105,18 +117,23 @@ impl Manifest {
                 let Some(record) = path.record else {
                     continue;
                 };
+                let record_key = match path.key {
+                    Some(record_key) => record_key,
+                    None => keys::make(&mut dirs, &mut dir_paths, key)
+                        .map_err(|e| store_error("writing", e))?,
+                };
                 if path.stored_seq != Some(record.seq) {
                     if let Some(stored) = path.stored_seq {
-                        by_seq
+                        changes
                             .remove(stored)
                             .map_err(|e| store_error("writing", e))?;
                     }
-                    by_seq
-                        .insert(record.seq, key)
+                    changes
+                        .insert(record.seq, record_key.as_slice())
                         .map_err(|e| store_error("writing", e))?;
                 }
-                files
-                    .insert(key, encode_record(&record).as_slice())
+                records
+                    .insert(record_key.as_slice(), encode_record(&record).as_slice())
                     .map_err(|e| store_error("writing", e))?;
                 match path.pending {
                     Some(PendingJob {
@@ -156,20 +173,26 @@ fn next_seq(last: &mut u64, given: Option<u64>) -> u64 {
     seq
 }
 
-/// `key`'s entries in `touched`, read from `files` the first time a group's update names it.
+/// `path`'s entries in `touched`, read from `records` the first time a group's update names it.
 fn touch<'t, 'k>(
     touched: &'t mut HashMap<&'k [u8], Touched>,
-    files: &redb::Table<&'static [u8], &'static [u8]>,
-    key: &'k [u8],
+    records: &redb::Table<&'static [u8], &'static [u8]>,
+    dirs: &redb::Table<&'static [u8], u64>,
+    path: &'k [u8],
 ) -> Result<&'t mut Touched, Error> {
-    Ok(match touched.entry(key) {
+    Ok(match touched.entry(path) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(e) => {
-            let stored = files
-                .get(key)
-                .map_err(|e| store_error("writing", e))?
-                .and_then(|v| decode_record(v.value()));
+            let key = keys::existing(dirs, path).map_err(|e| store_error("writing", e))?;
+            let stored = match &key {
+                Some(key) => records
+                    .get(key.as_slice())
+                    .map_err(|e| store_error("writing", e))?
+                    .and_then(|v| decode_record(v.value())),
+                None => None,
+            };
             e.insert(Touched {
+                key,
                 stored_seq: stored.as_ref().map(|r| r.seq),
                 record: stored,
                 pending: None,
@@ -181,7 +204,9 @@ fn touch<'t, 'k>(
 /// One path's entries while [`Manifest::apply`] folds its updates: read once, written once.
 #[derive(Debug)]
 struct Touched {
-    /// The sequence number of the record in the store, whose `by_seq` entry a new one replaces.
+    /// The key of its record, if its directory is numbered (else numbered when it is written).
+    key: Option<Vec<u8>>,
+    /// The sequence number of the record in the store, whose `changes` entry a new one replaces.
     stored_seq: Option<u64>,
     /// The record as the updates so far leave it.
     record: Option<Record>,

@@ -3,15 +3,18 @@
 //!
 //! It lives in a [redb](https://docs.rs/redb) database (`manifest.redb`): an embedded, pure-Rust,
 //! crash-safe (copy-on-write B-trees, atomic commits) key-value store, chosen over SQLite because it
-//! needs no C toolchain and ward only needs ordered maps. Five tables:
+//! needs no C toolchain and ward only needs ordered maps. Its tables:
 //!
-//! - `files`: path → the metadata (size, mtime and ctime in ns, inode, device) of the version last
-//!   processed successfully, the outcome of the last attempt, the last change seen and its sequence
-//!   number. A removed path keeps a tombstone so that `ward changes --since` reports its removal;
-//!   a path renamed away gets its removal as a change of its own when the rename is queued.
+//! - `records`: a path → the metadata (size, mtime and ctime in ns, inode, device) of the version
+//!   last processed successfully, the outcome of the last attempt, the last change seen and its
+//!   sequence number. A removed path keeps a tombstone so that `ward changes --since` reports its
+//!   removal; a path renamed away gets its removal as a change of its own when the rename is
+//!   queued. A path's key is its directory's number and its name (`keys`).
+//! - `dirs` and `dir_paths`: each directory's path and number, both ways, so that a tree's
+//!   directories are stored once rather than in every key of its files.
 //! - `pending`: path → the job queued or running for it, until its outcome is recorded.
-//! - `by_seq`: sequence number → path, one entry per path (its latest change), so a since-query is
-//!   a range scan bounded by the number of paths, not by history.
+//! - `changes`: sequence number → the key of the path whose latest change it numbers, one entry
+//!   per path, so a since-query is a range scan bounded by the number of paths, not by history.
 //! - `failures`: path → what failed when a job gave up, and on which version (`failures`).
 //! - `meta`: the current sequence number.
 //!
@@ -20,13 +23,15 @@
 //! metadata differs from its last successful version is processed again.
 //!
 //! [`Manifest::reconcile`] is that comparison, for a root at startup and for a subtree on a
-//! rescan or a directory change. Keys are paths' bytes, so `files` is sorted the way
-//! [`ward_watch::walk_files`] walks: the diff is one merge of the two streams, with no map of
-//! either side, and its cost stays close to that of the walk and its `stat` per file.
+//! rescan or a directory change. A subtree's records are read in the byte order of their paths
+//! (`ordered`), the order [`ward_watch::walk_files`] walks in: the diff is one merge of the two
+//! streams, with no map of either side, and its cost stays close to that of the walk and its
+//! `stat` per file.
 //!
 //! This file holds the module's face: the types its callers see and the [`Manifest`] handle. The
-//! database, its tables, opening and reads are in `store`; a record's bytes in `record`; writing a
-//! group of updates in `apply`; the comparison with the disk in `reconcile`. When a group is
+//! database, its tables, opening and reads are in `store`; a record's key in `keys` and its bytes
+//! in `record`; writing a group of updates in `apply`; the comparison with the disk in
+//! `reconcile`, reading the records it compares in `ordered`. When a group is
 //! committed is not the manifest's business: the server's writer thread decides
 //! (`tracker::writer`).
 
@@ -44,6 +49,8 @@ use crate::jobs::Event;
 
 mod apply;
 mod failures;
+mod keys;
+mod ordered;
 mod reconcile;
 mod record;
 mod store;

@@ -4,7 +4,7 @@
 //! records it reads are laid out (`record`).
 
 use std::ffi::OsStr;
-use std::ops::{Bound, ControlFlow};
+use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -12,8 +12,8 @@ use redb::ReadableTableMetadata;
 use ward_watch::IgnoreRules;
 
 use super::failures::{FAILURES, gave_up_on};
+use super::ordered::Ordered;
 use super::record::decode_record;
-use super::store::FILES;
 use super::{FileMeta, Manifest};
 use crate::Error;
 use crate::jobs::Event;
@@ -116,23 +116,14 @@ impl Manifest {
         limit: usize,
         include: impl FnMut(&Path, Event) -> Option<T>,
     ) -> Result<(Vec<Reconciled<T>>, Option<PathBuf>), Error> {
-        let prefix = path.as_os_str().as_bytes();
-        let start = match after {
-            Some(after) => Bound::Excluded(after.as_os_str().as_bytes()),
-            None => Bound::Included(prefix),
-        };
         self.read(|txn| {
-            let files = txn.open_table(FILES)?;
-            // Paths sort by their bytes, so a subtree is contiguous once its root is; `/a/b` is
-            // followed by `/a/b c` before `/a/b/x`, which the merge skips. An error goes through,
-            // to the merge, which returns it.
-            let records = files
-                .range::<&[u8]>((start, Bound::Unbounded))?
-                .take_while(|entry| {
-                    entry
-                        .as_ref()
-                        .map_or(true, |(k, _)| k.value().starts_with(prefix))
-                });
+            // A subtree's records in the order of their paths; `/a/b c` is not among those of
+            // `/a/b`, nor is anything else the walk would not list.
+            let records = Ordered::new(
+                txn,
+                path.as_os_str().as_bytes(),
+                after.map(|a| a.as_os_str().as_bytes()),
+            )?;
             // Read only when some path gave up: most comparisons look nothing up.
             let failures = txn.open_table(FAILURES)?;
             let failures = (!failures.is_empty()?).then_some(failures);
@@ -270,9 +261,9 @@ trait Bytes {
     fn bytes(&self) -> &[u8];
 }
 
-impl Bytes for redb::AccessGuard<'_, &'static [u8]> {
+impl Bytes for Vec<u8> {
     fn bytes(&self) -> &[u8] {
-        self.value()
+        self
     }
 }
 

@@ -1,24 +1,37 @@
 //! The store: the redb database and its tables, opening it (a damaged one moved aside and
-//! rebuilt), reopening it after a write error, and every read but the comparison's (counts,
-//! records, pending jobs, since-queries). Not the layout of a record (`record`), nor writes
-//! (`apply`), nor the comparison with the disk (`reconcile`).
+//! rebuilt, one of the first layout migrated), reopening it after a write error, and every read
+//! but the comparison's (counts, records, pending jobs, since-queries). Not the layout of a
+//! record (`record`) or of its key (`keys`), nor writes (`apply`), nor the comparison with the
+//! disk (`reconcile`).
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 
-use super::record::{decode_event, decode_record, path_of};
+use super::keys::{self, DIR_PATHS, DIRS};
+use super::record::{decode_event, decode_first_record, decode_record, encode_record, path_of};
 use super::{ChangeEntry, Manifest, Opened, Record};
 use crate::Error;
 use crate::jobs::Event;
 
-pub(super) const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
+/// A file's key (`keys`) → its record.
+pub(super) const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+/// A path → its pending job.
 pub(super) const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending");
-pub(super) const BY_SEQ: TableDefinition<u64, &[u8]> = TableDefinition::new("by_seq");
+/// A sequence number → the key of the record whose latest change it numbers.
+pub(super) const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+/// The first layout's tables: path → record, and sequence number → path.
+const FIRST_FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
+const FIRST_BY_SEQ: TableDefinition<u64, &[u8]> = TableDefinition::new("by_seq");
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const SEQ_KEY: &str = "seq";
+/// Which layout the tables have: the first (without this key) is migrated when opened; one this
+/// ward does not know is a store it cannot read, moved aside and rebuilt.
+const LAYOUT_KEY: &str = "layout";
+/// Each directory stored once, records of LEB128 numbers.
+const LAYOUT: u64 = 2;
 /// redb's page cache. Its default would let the server's memory grow with every page of the
 /// manifest it ever touched; a long-running process needs a bound. Its size trades a burst's
 /// peak memory against the time to process it: `cargo xtask bench --only burst` measures both.
@@ -81,12 +94,41 @@ impl Manifest {
             }
             let txn = db.begin_write().map_err(|e| e.to_string())?;
             let seq = {
-                txn.open_table(FILES).map_err(|e| e.to_string())?;
+                let tables: Vec<String> = txn
+                    .list_tables()
+                    .map_err(|e| e.to_string())?
+                    .map(|table| table.name().to_owned())
+                    .collect();
+                let has = |table: &str| tables.iter().any(|name| name == table);
+                let first_layout = has(FIRST_FILES.name());
+                let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+                let layout = meta
+                    .get(LAYOUT_KEY)
+                    .map_err(|e| e.to_string())?
+                    .map(|v| v.value());
+                match layout {
+                    Some(LAYOUT) => {}
+                    None if first_layout || !has(RECORDS.name()) => {
+                        meta.insert(LAYOUT_KEY, LAYOUT).map_err(|e| e.to_string())?;
+                    }
+                    other => {
+                        return Err(format!(
+                            "{} has a layout this ward does not read ({}; it reads {LAYOUT})",
+                            path.display(),
+                            other.map_or_else(|| "none".to_owned(), |n| n.to_string())
+                        ));
+                    }
+                }
+                txn.open_table(RECORDS).map_err(|e| e.to_string())?;
                 txn.open_table(PENDING).map_err(|e| e.to_string())?;
-                txn.open_table(BY_SEQ).map_err(|e| e.to_string())?;
+                txn.open_table(CHANGES).map_err(|e| e.to_string())?;
+                txn.open_table(DIRS).map_err(|e| e.to_string())?;
+                txn.open_table(DIR_PATHS).map_err(|e| e.to_string())?;
+                if first_layout {
+                    migrate(&txn).map_err(|e| format!("migrating {}: {e}", path.display()))?;
+                }
                 txn.open_table(super::failures::FAILURES)
                     .map_err(|e| e.to_string())?;
-                let meta = txn.open_table(META).map_err(|e| e.to_string())?;
                 meta.get(SEQ_KEY)
                     .map_err(|e| e.to_string())?
                     .map_or(0, |v| v.value())
@@ -123,6 +165,46 @@ impl Manifest {
         Ok(())
     }
 
+    /// Gives the disk back the space the store's file holds beyond twice what its pages use:
+    /// redb doubles its file as it grows and reuses freed pages inside it, but gives back only a
+    /// free tail. Meant for the end of a server (no reader is running then); it takes about a
+    /// second a million paths. Returns the file's size before and after, or `None` if the file
+    /// was not worth compacting.
+    ///
+    /// # Errors
+    /// If the store cannot be read or compacted; it is left as it was, and usable.
+    pub fn compact(&mut self) -> Result<Option<(u64, u64)>, Error> {
+        /// Below this much space to win, compacting costs more than it brings.
+        const WORTH: u64 = 16 * 1024 * 1024;
+        self.compact_beyond(WORTH)
+    }
+
+    /// [`Manifest::compact`], if it would give back more than `worth` bytes.
+    fn compact_beyond(&mut self, worth: u64) -> Result<Option<(u64, u64)>, Error> {
+        let file = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        let before = file(&self.path);
+        let used = {
+            let txn = self
+                .db()?
+                .begin_write()
+                .map_err(|e| store_error("measuring", e))?;
+            let stats = txn.stats().map_err(|e| store_error("measuring", e))?;
+            txn.abort().map_err(|e| store_error("measuring", e))?;
+            stats.allocated_pages() * stats.page_size() as u64
+        };
+        if before < 2 * used || before - used < worth {
+            return Ok(None);
+        }
+        let db = self.db.as_mut().ok_or_else(|| {
+            Error::StoreUnusable("the store is closed after a write error; reopening it".into())
+        })?;
+        db.compact().map_err(|e| Error::Store {
+            doing: "compacting",
+            source: Box::new(e.into()),
+        })?;
+        Ok(Some((before, file(&self.path))))
+    }
+
     /// Runs `read` in a read transaction; whatever redb error it meets becomes one [`Error::Store`].
     pub(super) fn read<T>(
         &self,
@@ -145,7 +227,7 @@ impl Manifest {
     /// # Errors
     /// If the store cannot be read.
     pub fn paths(&self) -> Result<u64, Error> {
-        self.read(|txn| Ok(txn.open_table(FILES)?.len()?))
+        self.read(|txn| Ok(txn.open_table(RECORDS)?.len()?))
     }
 
     /// Whether the manifest has a record of `path` (a tombstone counts).
@@ -153,12 +235,7 @@ impl Manifest {
     /// # Errors
     /// If the store cannot be read.
     pub fn knows(&self, path: &Path) -> Result<bool, Error> {
-        self.read(|txn| {
-            Ok(txn
-                .open_table(FILES)?
-                .get(path.as_os_str().as_bytes())?
-                .is_some())
-        })
+        self.read(|txn| Ok(stored(txn, path)?.is_some()))
     }
 
     /// The record of `path`, if the manifest has one.
@@ -166,12 +243,7 @@ impl Manifest {
     /// # Errors
     /// If the store cannot be read.
     pub fn record(&self, path: &Path) -> Result<Option<Record>, Error> {
-        self.read(|txn| {
-            Ok(txn
-                .open_table(FILES)?
-                .get(path.as_os_str().as_bytes())?
-                .and_then(|value| decode_record(value.value())))
-        })
+        self.read(|txn| Ok(stored(txn, path)?.and_then(|value| decode_record(&value))))
     }
 
     /// Every record, collected (tests and diagnostics; reconciliation streams them instead).
@@ -180,11 +252,15 @@ impl Manifest {
     /// If the store cannot be read.
     pub fn records(&self) -> Result<HashMap<PathBuf, Record>, Error> {
         self.read(|txn| {
+            let dir_paths = txn.open_table(DIR_PATHS)?;
             let mut out = HashMap::new();
-            for entry in txn.open_table(FILES)?.iter()? {
+            for entry in txn.open_table(RECORDS)?.iter()? {
                 let (key, value) = entry?;
-                if let Some(record) = decode_record(value.value()) {
-                    out.insert(path_of(key.value()), record);
+                if let (Some(path), Some(record)) = (
+                    keys::path_of_key(&dir_paths, key.value())?,
+                    decode_record(value.value()),
+                ) {
+                    out.insert(path, record);
                 }
             }
             Ok(out)
@@ -226,29 +302,74 @@ impl Manifest {
     /// If the store cannot be read.
     pub fn changes_since(&self, since: u64, limit: usize) -> Result<Vec<ChangeEntry>, Error> {
         self.read(|txn| {
-            let by_seq = txn.open_table(BY_SEQ)?;
-            let files = txn.open_table(FILES)?;
+            let changes = txn.open_table(CHANGES)?;
+            let records = txn.open_table(RECORDS)?;
+            let dir_paths = txn.open_table(DIR_PATHS)?;
             let mut out = Vec::new();
-            for entry in by_seq.range(since.saturating_add(1)..)? {
+            for entry in changes.range(since.saturating_add(1)..)? {
                 if out.len() >= limit {
                     break;
                 }
-                let (seq, path) = entry?;
-                let Some(record) = files
-                    .get(path.value())?
+                let (seq, key) = entry?;
+                let Some(record) = records
+                    .get(key.value())?
                     .and_then(|r| decode_record(r.value()))
                 else {
                     continue;
                 };
+                let Some(path) = keys::path_of_key(&dir_paths, key.value())? else {
+                    continue;
+                };
                 out.push(ChangeEntry {
                     seq: seq.value(),
-                    path: path_of(path.value()),
+                    path,
                     event: record.event,
                 });
             }
             Ok(out)
         })
     }
+}
+
+/// The stored record of `path`, as bytes.
+fn stored(txn: &redb::ReadTransaction, path: &Path) -> Result<Option<Vec<u8>>, redb::Error> {
+    let dirs = txn.open_table(DIRS)?;
+    let Some(key) = keys::existing(&dirs, path.as_os_str().as_bytes())? else {
+        return Ok(None);
+    };
+    Ok(txn
+        .open_table(RECORDS)?
+        .get(key.as_slice())?
+        .map(|value| value.value().to_vec()))
+}
+
+/// Moves the records of a store of the first layout (each path whole in `files` and `by_seq`)
+/// into `records`, `changes` and the directories' tables, in the transaction that opens it: one
+/// upgrade owes no file a job again. A record it cannot read is dropped, as a damaged one is:
+/// the comparison then owes its path's job.
+fn migrate(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut moved = 0u64;
+    {
+        let first = txn.open_table(FIRST_FILES)?;
+        let mut records = txn.open_table(RECORDS)?;
+        let mut changes = txn.open_table(CHANGES)?;
+        let mut dirs = txn.open_table(DIRS)?;
+        let mut dir_paths = txn.open_table(DIR_PATHS)?;
+        for entry in first.iter()? {
+            let (path, value) = entry?;
+            let Some(record) = decode_first_record(value.value()) else {
+                continue;
+            };
+            let key = keys::make(&mut dirs, &mut dir_paths, path.value())?;
+            records.insert(key.as_slice(), encode_record(&record).as_slice())?;
+            changes.insert(record.seq, key.as_slice())?;
+            moved += 1;
+        }
+    }
+    txn.delete_table(FIRST_FILES)?;
+    txn.delete_table(FIRST_BY_SEQ)?;
+    log::info!("manifest: {moved} records moved to the layout that stores each directory once");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -307,6 +428,129 @@ mod tests {
         );
         assert_eq!(m.changes_since(3, 100).unwrap().len(), 1);
         assert_eq!(m.changes_since(0, 1).unwrap().len(), 1);
+    }
+
+    /// A record of the first layout: version, flags, event, then fixed-width numbers.
+    fn first_layout_record(
+        processed: Option<crate::manifest::FileMeta>,
+        event: u8,
+        seq: u64,
+    ) -> Vec<u8> {
+        let mut out = vec![1, u8::from(processed.is_some()) | 2, event];
+        out.extend_from_slice(&seq.to_le_bytes());
+        if let Some(m) = processed {
+            for word in [m.size, m.mtime_ns as u64, m.ctime_ns as u64, m.ino, m.dev] {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// An upgrade keeps what was processed: a store of the first layout is moved to the present
+    /// one when it is opened, its records, since-index and sequence number intact.
+    #[test]
+    fn a_store_of_the_first_layout_keeps_its_records_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut files = txn.open_table(FIRST_FILES).unwrap();
+                let mut by_seq = txn.open_table(FIRST_BY_SEQ).unwrap();
+                files
+                    .insert(
+                        &b"/r/a/x"[..],
+                        &first_layout_record(Some(meta(5)), 0, 2)[..],
+                    )
+                    .unwrap();
+                files
+                    .insert(&b"/r/gone"[..], &first_layout_record(None, 2, 3)[..])
+                    .unwrap();
+                files.insert(&b"/r/damaged"[..], &[9u8, 9][..]).unwrap();
+                by_seq.insert(2, &b"/r/a/x"[..]).unwrap();
+                by_seq.insert(3, &b"/r/gone"[..]).unwrap();
+                txn.open_table(META).unwrap().insert(SEQ_KEY, 3).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let (m, opened) = Manifest::open(&path).unwrap();
+        assert_eq!(opened, Opened::Existing);
+        assert_eq!(m.seq(), 3);
+        let records = m.records().unwrap();
+        assert_eq!(
+            records.len(),
+            2,
+            "the damaged record is dropped: {records:?}"
+        );
+        assert_eq!(records[Path::new("/r/a/x")].processed, Some(meta(5)));
+        assert_eq!(records[Path::new("/r/gone")].event, Event::Removed);
+        let changes: Vec<_> = m
+            .changes_since(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.seq, c.path))
+            .collect();
+        assert_eq!(changes, [(2, "/r/a/x".into()), (3, "/r/gone".into())]);
+        drop(m);
+        let (m, opened) = Manifest::open(&path).unwrap();
+        assert_eq!(
+            opened,
+            Opened::Existing,
+            "opened again, nothing left to move"
+        );
+        assert_eq!(m.records().unwrap(), records);
+    }
+
+    #[test]
+    fn a_compacted_store_is_smaller_and_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.redb");
+        let (mut m, _) = Manifest::open(&path).unwrap();
+        let paths: Vec<String> = (0..4000).map(|i| format!("/r/d{}/f{i}", i / 10)).collect();
+        for chunk in paths.chunks(200) {
+            let queued: Vec<_> = chunk.iter().map(|p| queued(p, Event::Created)).collect();
+            m.apply(&queued).unwrap();
+            let done: Vec<_> = chunk
+                .iter()
+                .map(|p| finished(p, Event::Created, Some(meta(1))))
+                .collect();
+            m.apply(&done).unwrap();
+        }
+        let records = m.records().unwrap();
+        let (before, after) = m
+            .compact_beyond(0)
+            .unwrap()
+            .expect("a store grown by doubling holds more than twice what it uses");
+        assert!(after < before, "compacted from {before} to {after} bytes");
+        assert_eq!(m.records().unwrap(), records);
+        drop(m);
+        let (m, _) = Manifest::open(&path).unwrap();
+        assert_eq!(m.records().unwrap(), records);
+        assert_eq!(m.changes_since(0, 5000).unwrap().len(), 4000);
+    }
+
+    #[test]
+    fn a_store_of_a_layout_it_does_not_know_is_moved_aside_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.redb");
+        {
+            let (mut m, _) = Manifest::open(&path).unwrap();
+            m.apply(&[queued("/r/a", Event::Created)]).unwrap();
+            let txn = m.db().unwrap().begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(LAYOUT_KEY, LAYOUT + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let (m, opened) = Manifest::open(&path).unwrap();
+        let Opened::Rebuilt { moved_to, reason } = opened else {
+            panic!("not rebuilt: {opened:?}")
+        };
+        assert!(reason.contains("layout"), "{reason}");
+        assert!(moved_to.exists());
+        assert_eq!(m.paths().unwrap(), 0);
     }
 
     #[test]

@@ -457,6 +457,9 @@ pub fn serve(launch: &Launch) -> Result<(), Error> {
     if signal_thread.join().is_err() {
         log::error!("signal thread panicked");
     }
+    // Last: readers are gone (the subscriptions and the socket's requests), and the stop waits
+    // for it.
+    tracker.compact_manifest();
     log::info!("server loop ended after {:?}", started.elapsed());
     result
 }
