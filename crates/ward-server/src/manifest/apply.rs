@@ -8,10 +8,11 @@ use std::os::unix::ffi::OsStrExt;
 
 use redb::{ReadableTable, ReadableTableMetadata};
 
+use super::changes::{CHANGES, Edits};
 use super::failures::{FAILURES, forget_under};
-use super::keys::{self, DIR_PATHS, DIRS};
+use super::keys::{self, DIR_PATHS, DIRS, Numbers};
 use super::record::{decode_record, encode_event, encode_record};
-use super::store::{CHANGES, META, PENDING, RECORDS, SEQ_KEY, store_error};
+use super::store::{META, PENDING, RECORDS, SEQ_KEY, store_error};
 use super::{Manifest, Record, Update};
 use crate::Error;
 use crate::jobs::Event;
@@ -59,6 +60,7 @@ impl Manifest {
             // Most groups have no give-up to clear: an empty table costs no lookup per success.
             let mut any_failures = !failures.is_empty().map_err(|e| store_error("writing", e))?;
             let mut touched: HashMap<&[u8], Touched> = HashMap::with_capacity(updates.len());
+            let mut numbers = Numbers::default();
             for update in updates {
                 let key = update.path().as_os_str().as_bytes();
                 match update {
@@ -98,11 +100,12 @@ impl Manifest {
                         &mut touched,
                         &records,
                         &dirs,
+                        &mut numbers,
                         old_path.as_os_str().as_bytes(),
                     )?
                     .renamed_away(next_seq(&mut seq, given.map(|s| s - 1)));
                 }
-                let path = touch(&mut touched, &records, &dirs, key)?;
+                let path = touch(&mut touched, &records, &dirs, &mut numbers, key)?;
                 path.apply(update, &mut seq, || {
                     Ok(pending
                         .get(key)
@@ -113,24 +116,21 @@ impl Manifest {
             // In key order: neighbours in the B-trees are written one after the other.
             let mut touched: Vec<(&[u8], Touched)> = touched.into_iter().collect();
             touched.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let mut edits = Edits::default();
             for (key, path) in touched {
                 let Some(record) = path.record else {
                     continue;
                 };
                 let record_key = match path.key {
                     Some(record_key) => record_key,
-                    None => keys::make(&mut dirs, &mut dir_paths, key)
+                    None => keys::make(&mut dirs, &mut dir_paths, &mut numbers, key)
                         .map_err(|e| store_error("writing", e))?,
                 };
                 if path.stored_seq != Some(record.seq) {
                     if let Some(stored) = path.stored_seq {
-                        changes
-                            .remove(stored)
-                            .map_err(|e| store_error("writing", e))?;
+                        edits.remove(stored);
                     }
-                    changes
-                        .insert(record.seq, record_key.as_slice())
-                        .map_err(|e| store_error("writing", e))?;
+                    edits.insert(record.seq, &record_key);
                 }
                 records
                     .insert(record_key.as_slice(), encode_record(&record).as_slice())
@@ -153,6 +153,9 @@ impl Manifest {
                     _ => {}
                 }
             }
+            edits
+                .write(&mut changes)
+                .map_err(|e| store_error("writing", e))?;
             let mut meta = txn
                 .open_table(META)
                 .map_err(|e| store_error("writing", e))?;
@@ -178,12 +181,13 @@ fn touch<'t, 'k>(
     touched: &'t mut HashMap<&'k [u8], Touched>,
     records: &redb::Table<&'static [u8], &'static [u8]>,
     dirs: &redb::Table<&'static [u8], u64>,
+    numbers: &mut Numbers,
     path: &'k [u8],
 ) -> Result<&'t mut Touched, Error> {
     Ok(match touched.entry(path) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(e) => {
-            let key = keys::existing(dirs, path).map_err(|e| store_error("writing", e))?;
+            let key = keys::existing(dirs, numbers, path).map_err(|e| store_error("writing", e))?;
             let stored = match &key {
                 Some(key) => records
                     .get(key.as_slice())

@@ -1,19 +1,22 @@
-//! Where a path's record is kept: each directory is stored once, under a number (`dirs`: a
-//! directory's path → its number, `dir_paths`: back), and a file's key in `records` is its
-//! directory's number and its name. A path's directories are then not repeated in every key
-//! of a tree's files, nor in the since-index's values. Not the records themselves (`record`),
-//! nor reading them in path order (`ordered`).
+//! Where a path's record is kept. Each directory is one entry under its parent (`dirs`: the
+//! parent's number and the directory's name → its number; `dir_paths`: back), and a file's key
+//! in `records` is its directory's number and its name: no part of a path is stored twice,
+//! however many files and directories share it. Not the records themselves (`record`), nor
+//! reading them in path order (`ordered`).
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use redb::{ReadableTable, TableDefinition};
 
-/// A directory's path, with a `/` at its end (so that the keys sort as its files' paths do) →
-/// its number.
+/// A directory's parent's number and its name with a `/` at its end (so that a directory's
+/// entries sort as its files' paths do among its files' names) → its number. Number 0 is where
+/// paths start: `/` is the entry named `/` under it.
 pub(super) const DIRS: TableDefinition<&[u8], u64> = TableDefinition::new("dirs");
-/// A directory's number → its path, with its `/`.
+/// A directory's number → its entry's key in `dirs`.
 pub(super) const DIR_PATHS: TableDefinition<u64, &[u8]> = TableDefinition::new("dir_paths");
 
 /// `path` split into its directory, `/` included, and its name: `/a/b` → (`/a/`, `b`).
@@ -24,7 +27,7 @@ pub(super) fn split(path: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// `dir` as a key of `dirs`: with one `/` at its end.
+/// `dir` with one `/` at its end.
 pub(super) fn dir_key(dir: &[u8]) -> Vec<u8> {
     let mut key = dir.to_vec();
     if !key.ends_with(b"/") {
@@ -33,9 +36,9 @@ pub(super) fn dir_key(dir: &[u8]) -> Vec<u8> {
     key
 }
 
-/// The key of a file named `name` in the directory numbered `dir`. A number's encoding is
-/// self-delimiting, so the keys of one directory's files are exactly those that start with its
-/// encoding, sorted by name.
+/// The key of the entry named `name` (a file's name, or a directory's with its `/`) under the
+/// directory numbered `dir`. A number's encoding is self-delimiting, so the keys of one
+/// directory's entries are exactly those that start with its encoding, sorted by name.
 pub(super) fn file_key(dir: u64, name: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(10 + name.len());
     put_varint(&mut key, dir);
@@ -43,47 +46,141 @@ pub(super) fn file_key(dir: u64, name: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The entries of `dir` (a directory's path and a `/`) from the top: `/a/` → `/`, `a/`.
+fn components(dir: &[u8]) -> impl Iterator<Item = &[u8]> {
+    dir.split_inclusive(|&b| b == b'/')
+}
+
+/// The directories' numbers a group of writes (or reads) has looked up, so that a path's
+/// ancestors are looked up once per group, not once per file.
+#[derive(Default)]
+pub(super) struct Numbers {
+    known: HashMap<Vec<u8>, u64>,
+}
+
+impl Numbers {
+    /// The number of `dir` (a path and a `/`, or empty: number 0), if it has one.
+    pub(super) fn existing(
+        &mut self,
+        dirs: &impl ReadableTable<&'static [u8], u64>,
+        dir: &[u8],
+    ) -> Result<Option<u64>, redb::StorageError> {
+        if let Some(&n) = self.known.get(dir) {
+            return Ok(Some(n));
+        }
+        let mut n = 0;
+        for entry in components(dir) {
+            match dirs.get(file_key(n, entry).as_slice())? {
+                Some(child) => n = child.value(),
+                None => return Ok(None),
+            }
+        }
+        self.known.insert(dir.to_vec(), n);
+        Ok(Some(n))
+    }
+
+    /// The number of `dir`, numbering it and the ancestors it lacks.
+    pub(super) fn make(
+        &mut self,
+        dirs: &mut redb::Table<'_, &'static [u8], u64>,
+        dir_paths: &mut redb::Table<'_, u64, &'static [u8]>,
+        dir: &[u8],
+    ) -> Result<u64, redb::StorageError> {
+        if let Some(&n) = self.known.get(dir) {
+            return Ok(n);
+        }
+        let mut n = 0;
+        for entry in components(dir) {
+            let key = file_key(n, entry);
+            let found = dirs.get(key.as_slice())?.map(|child| child.value());
+            n = match found {
+                Some(child) => child,
+                None => {
+                    let child = dir_paths.last()?.map_or(1, |(last, _)| last.value() + 1);
+                    dirs.insert(key.as_slice(), child)?;
+                    dir_paths.insert(child, key.as_slice())?;
+                    child
+                }
+            };
+        }
+        self.known.insert(dir.to_vec(), n);
+        Ok(n)
+    }
+}
+
 /// The key of `path`'s record, if its directory has a number.
 pub(super) fn existing(
     dirs: &impl ReadableTable<&'static [u8], u64>,
+    numbers: &mut Numbers,
     path: &[u8],
 ) -> Result<Option<Vec<u8>>, redb::StorageError> {
     let (dir, name) = split(path);
-    Ok(dirs
-        .get(dir_key(dir).as_slice())?
-        .map(|id| file_key(id.value(), name)))
+    Ok(numbers.existing(dirs, dir)?.map(|n| file_key(n, name)))
 }
 
 /// The key of `path`'s record, numbering its directory if it has no number yet.
 pub(super) fn make(
     dirs: &mut redb::Table<'_, &'static [u8], u64>,
     dir_paths: &mut redb::Table<'_, u64, &'static [u8]>,
+    numbers: &mut Numbers,
     path: &[u8],
 ) -> Result<Vec<u8>, redb::StorageError> {
     let (dir, name) = split(path);
-    let dir = dir_key(dir);
-    if let Some(id) = dirs.get(dir.as_slice())? {
-        return Ok(file_key(id.value(), name));
-    }
-    let id = dir_paths.last()?.map_or(0, |(id, _)| id.value() + 1);
-    dirs.insert(dir.as_slice(), id)?;
-    dir_paths.insert(id, dir.as_slice())?;
-    Ok(file_key(id, name))
+    Ok(file_key(numbers.make(dirs, dir_paths, dir)?, name))
 }
 
-/// The path whose record `key` names; `None` if its directory has no path (a damaged store).
-pub(super) fn path_of_key(
-    dir_paths: &impl ReadableTable<u64, &'static [u8]>,
-    key: &[u8],
-) -> Result<Option<PathBuf>, redb::StorageError> {
-    let Some((id, name)) = take_varint(key) else {
-        return Ok(None);
-    };
-    Ok(dir_paths.get(id)?.map(|dir| {
-        let mut path = dir.value().to_vec();
+/// The paths of directories by number, read from `dir_paths` once per group of reads.
+#[derive(Default)]
+pub(super) struct Paths {
+    known: HashMap<u64, Vec<u8>>,
+}
+
+impl Paths {
+    /// The path whose record `key` names; `None` if its directory has no path (a damaged store).
+    pub(super) fn of(
+        &mut self,
+        dir_paths: &impl ReadableTable<u64, &'static [u8]>,
+        key: &[u8],
+    ) -> Result<Option<PathBuf>, redb::StorageError> {
+        let Some((n, name)) = take_varint(key) else {
+            return Ok(None);
+        };
+        let Some(dir) = self.dir(dir_paths, n)? else {
+            return Ok(None);
+        };
+        let mut path = dir.to_vec();
         path.extend_from_slice(name);
-        PathBuf::from(OsStr::from_bytes(&path))
-    }))
+        Ok(Some(PathBuf::from(OsStr::from_bytes(&path))))
+    }
+
+    /// The path of the directory numbered `n`, with its `/`.
+    fn dir(
+        &mut self,
+        dir_paths: &impl ReadableTable<u64, &'static [u8]>,
+        n: u64,
+    ) -> Result<Option<&[u8]>, redb::StorageError> {
+        if let Entry::Vacant(vacant) = self.known.entry(n) {
+            // Up the parents to number 0, a bounded number of steps: a damaged store's loop
+            // ends there too.
+            let mut entries = Vec::new();
+            let mut at = n;
+            while at != 0 {
+                let Some(entry) = dir_paths.get(at)? else {
+                    return Ok(None);
+                };
+                let Some((parent, name)) = take_varint(entry.value()) else {
+                    return Ok(None);
+                };
+                entries.push(name.to_vec());
+                if entries.len() > 4096 {
+                    return Ok(None);
+                }
+                at = parent;
+            }
+            vacant.insert(entries.into_iter().rev().flatten().collect());
+        }
+        Ok(self.known.get(&n).map(Vec::as_slice))
+    }
 }
 
 /// Appends `n` in LEB128: seven bits a byte, the high bit set on all but the last. Written
@@ -152,5 +249,8 @@ mod tests {
         assert_eq!(split(b"c"), (&b""[..], &b"c"[..]));
         assert_eq!(dir_key(b"/a"), b"/a/");
         assert_eq!(dir_key(b"/"), b"/");
+        let entries: Vec<&[u8]> = components(b"/a/b c/").collect();
+        assert_eq!(entries, [&b"/"[..], b"a/", b"b c/"]);
+        assert_eq!(components(b"").count(), 0);
     }
 }

@@ -10,11 +10,12 @@
 //!   sequence number. A removed path keeps a tombstone so that `ward changes --since` reports its
 //!   removal; a path renamed away gets its removal as a change of its own when the rename is
 //!   queued. A path's key is its directory's number and its name (`keys`).
-//! - `dirs` and `dir_paths`: each directory's path and number, both ways, so that a tree's
-//!   directories are stored once rather than in every key of its files.
+//! - `dirs` and `dir_paths`: each directory as its parent's number and its name → its number,
+//!   and back, so that no part of a path is stored twice.
 //! - `pending`: path → the job queued or running for it, until its outcome is recorded.
 //! - `changes`: sequence number → the key of the path whose latest change it numbers, one entry
-//!   per path, so a since-query is a range scan bounded by the number of paths, not by history.
+//!   per path, so a since-query is a range scan bounded by the number of paths, not by history
+//!   (in buckets of 64 numbers: `changes`).
 //! - `failures`: path → what failed when a job gave up, and on which version (`failures`).
 //! - `meta`: the current sequence number.
 //!
@@ -30,7 +31,7 @@
 //!
 //! This file holds the module's face: the types its callers see and the [`Manifest`] handle. The
 //! database, its tables, opening and reads are in `store`; a record's key in `keys` and its bytes
-//! in `record`; writing a group of updates in `apply`; the comparison with the disk in
+//! in `record`; the since-index in `changes`; writing a group of updates in `apply`; the comparison with the disk in
 //! `reconcile`, reading the records it compares in `ordered`. When a group is
 //! committed is not the manifest's business: the server's writer thread decides
 //! (`tracker::writer`).
@@ -48,6 +49,7 @@ use redb::Database;
 use crate::jobs::Event;
 
 mod apply;
+mod changes;
 mod failures;
 mod keys;
 mod ordered;

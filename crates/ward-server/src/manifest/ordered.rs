@@ -1,50 +1,43 @@
 //! The records of a subtree in the byte order of their paths, the order the comparison with the
-//! disk reads them in. With each directory stored once (`keys`), one directory's files sort by
-//! name under its number; the order of whole paths, where a directory's files and its
-//! subdirectories' come between one another, is rebuilt here from the sorted directories and a
-//! stack of those open. Not the comparison itself (`reconcile`).
+//! disk reads them in. A directory's files sort by name under its number, and its
+//! subdirectories by name and `/` under it too (`keys`): each directory's entries are two sorted
+//! ranges, merged here, and a subdirectory's entries come where its name does, read from a stack
+//! of the directories open. Not the comparison itself (`reconcile`).
 
 use std::iter::Peekable;
 use std::ops::Bound;
 
-use redb::{AccessGuard, ReadOnlyTable, StorageError};
+use redb::{ReadOnlyTable, StorageError};
 
-use super::keys::{self, DIRS, split};
+use super::keys::{self, DIRS, Numbers, dir_key, file_key, split};
 use super::store::RECORDS;
-
-type Entry = (
-    AccessGuard<'static, &'static [u8]>,
-    AccessGuard<'static, &'static [u8]>,
-);
 
 /// A stored path and its record's bytes.
 pub(super) type Stored = (Vec<u8>, Vec<u8>);
 /// What the records are read as, in the byte order of the paths.
 pub(super) type Item = Result<Stored, StorageError>;
 
+type Entries<V> = Peekable<redb::Range<'static, &'static [u8], V>>;
+
 /// The records of one subtree: the subtree's root itself, if it is a file the manifest knows,
 /// then those below it, after a given path if one is.
 pub(super) struct Ordered {
     records: ReadOnlyTable<&'static [u8], &'static [u8]>,
-    /// The subtree's directory key: its root and a `/`.
-    under: Vec<u8>,
-    /// The subtree's directories not opened yet, in key order; `None` once they are all read.
-    dirs: Option<redb::Range<'static, &'static [u8], u64>>,
-    /// The next of them, read ahead.
-    next_dir: Option<(Vec<u8>, u64)>,
-    /// The directories whose files are being read, each below the one before it.
+    dirs: ReadOnlyTable<&'static [u8], u64>,
+    /// The directories whose entries are being read, each inside the one before it.
     open: Vec<Open>,
     /// The root's own record, given first.
     root: Option<Stored>,
 }
 
-/// A directory whose files are being read.
+/// A directory whose entries are being read.
 struct Open {
-    /// Its key: its path and a `/`.
-    dir: Vec<u8>,
-    /// The keys of its files start with this (its number).
+    /// Its path and a `/`.
+    path: Vec<u8>,
+    /// Its number's encoding, which its entries' keys start with.
     number: Vec<u8>,
-    files: Peekable<redb::Range<'static, &'static [u8], &'static [u8]>>,
+    files: Entries<&'static [u8]>,
+    subdirs: Entries<u64>,
 }
 
 impl Ordered {
@@ -57,90 +50,80 @@ impl Ordered {
     ) -> Result<Ordered, redb::Error> {
         let records = txn.open_table(RECORDS)?;
         let dirs = txn.open_table(DIRS)?;
-        let under = keys::dir_key(root);
-        let mut ordered = Ordered {
-            records,
-            under,
-            dirs: None,
-            next_dir: None,
-            open: Vec::new(),
-            root: None,
-        };
+        let mut numbers = Numbers::default();
         let (_, name) = split(root);
+        let mut root_record = None;
         if !name.is_empty()
             && after.is_none_or(|after| root > after)
-            && let Some(key) = keys::existing(&dirs, root)?
-            && let Some(value) = ordered.records.get(key.as_slice())?
+            && let Some(key) = keys::existing(&dirs, &mut numbers, root)?
+            && let Some(value) = records.get(key.as_slice())?
         {
-            ordered.root = Some((root.to_vec(), value.value().to_vec()));
+            root_record = Some((root.to_vec(), value.value().to_vec()));
         }
-        let start = match after {
-            // The directories that hold `after` have files after it: they are open from the
-            // start, each read from past it. The others before it hold nothing after it.
-            Some(after) => {
-                for (i, _) in after.iter().enumerate().filter(|&(_, &b)| b == b'/') {
-                    let dir = &after[..=i];
-                    if !dir.starts_with(&ordered.under) {
-                        continue;
-                    }
-                    if let Some(number) = dirs.get(dir)? {
-                        ordered.open(dir.to_vec(), number.value(), Some(&after[i + 1..]))?;
-                    }
-                }
-                // `after` is the root itself or a path below it; the directories below the
-                // root start at `under`, after `/a/b c/` and the like.
-                if after > ordered.under.as_slice() {
-                    Bound::Excluded(after.to_vec())
-                } else {
-                    Bound::Included(ordered.under.clone())
-                }
-            }
-            None => Bound::Included(ordered.under.clone()),
+        let mut ordered = Ordered {
+            records,
+            dirs,
+            open: Vec::new(),
+            root: root_record,
         };
-        ordered.dirs =
-            Some(dirs.range::<&[u8]>((start.as_ref().map(Vec::as_slice), Bound::Unbounded))?);
+        let under = dir_key(root);
+        let Some(number) = numbers.existing(&ordered.dirs, &under)? else {
+            return Ok(ordered);
+        };
+        // Below `under`, what follows `after`: in each directory that holds it, the entries
+        // named after its part of `after` (the subdirectory holding it is opened in turn).
+        let mut rest = after.and_then(|after| after.strip_prefix(under.as_slice()));
+        let mut path = under;
+        let mut number = number;
+        loop {
+            let entry = rest.map(|rest| match rest.iter().position(|&b| b == b'/') {
+                Some(i) => &rest[..=i],
+                None => rest,
+            });
+            ordered.open(path.clone(), number, rest, entry)?;
+            let Some(entry) = entry.filter(|e| e.ends_with(b"/")) else {
+                break;
+            };
+            let Some(child) = ordered.dirs.get(file_key(number, entry).as_slice())? else {
+                break;
+            };
+            number = child.value();
+            path.extend_from_slice(entry);
+            rest = rest.map(|rest| &rest[entry.len()..]);
+        }
         Ok(ordered)
     }
 
-    /// Starts reading the files of the directory `dir` numbered `number`, those named after
-    /// `after` if it is given.
+    /// Starts reading the entries of the directory at `path` numbered `number`: its files named
+    /// after `files_after` and its subdirectories named after `dirs_after`, or all of them.
     fn open(
         &mut self,
-        dir: Vec<u8>,
+        path: Vec<u8>,
         number: u64,
-        after: Option<&[u8]>,
+        files_after: Option<&[u8]>,
+        dirs_after: Option<&[u8]>,
     ) -> Result<(), StorageError> {
-        let number_key = keys::file_key(number, b"");
-        let start = match after {
-            Some(name) => Bound::Excluded(keys::file_key(number, name)),
-            None => Bound::Included(number_key.clone()),
+        let prefix = file_key(number, b"");
+        let from = |after: Option<&[u8]>| match after {
+            Some(name) => Bound::Excluded(file_key(number, name)),
+            None => Bound::Included(prefix.clone()),
         };
+        let files_from = from(files_after);
+        let dirs_from = from(dirs_after);
         let files = self
             .records
-            .range::<&[u8]>((start.as_ref().map(Vec::as_slice), Bound::Unbounded))?
+            .range::<&[u8]>((files_from.as_ref().map(Vec::as_slice), Bound::Unbounded))?
+            .peekable();
+        let subdirs = self
+            .dirs
+            .range::<&[u8]>((dirs_from.as_ref().map(Vec::as_slice), Bound::Unbounded))?
             .peekable();
         self.open.push(Open {
-            dir,
-            number: number_key,
+            path,
+            number: prefix,
             files,
+            subdirs,
         });
-        Ok(())
-    }
-
-    /// Reads the next directory of the subtree ahead, if there is none read ahead.
-    fn read_dir_ahead(&mut self) -> Result<(), StorageError> {
-        if self.next_dir.is_some() {
-            return Ok(());
-        }
-        let Some(dirs) = &mut self.dirs else {
-            return Ok(());
-        };
-        match dirs.next().transpose()? {
-            Some((dir, number)) if dir.value().starts_with(&self.under) => {
-                self.next_dir = Some((dir.value().to_vec(), number.value()));
-            }
-            _ => self.dirs = None,
-        }
         Ok(())
     }
 
@@ -149,47 +132,51 @@ impl Ordered {
             return Ok(Some(root));
         }
         loop {
-            self.read_dir_ahead()?;
             let Some(top) = self.open.last_mut() else {
-                match self.next_dir.take() {
-                    Some((dir, number)) => {
-                        self.open(dir, number, None)?;
-                        continue;
-                    }
-                    None => return Ok(None),
-                }
+                return Ok(None);
             };
-            // The path of the top directory's next file, if it has one left.
-            let file = match top.files.peek() {
-                Some(Ok((key, _))) => key.value().strip_prefix(top.number.as_slice()).map(|name| {
-                    let mut path = top.dir.clone();
-                    path.extend_from_slice(name);
-                    path
-                }),
-                Some(Err(_)) => {
-                    let Some(Err(e)) = top.files.next() else {
-                        unreachable!("peeked an error");
-                    };
-                    return Err(e);
-                }
-                None => None,
+            let file = name_of(&mut top.files, &top.number)?;
+            let subdir = name_of(&mut top.subdirs, &top.number)?;
+            // A subdirectory's name ends in `/`, so it sorts among the files' names as its
+            // entries' paths do.
+            let descend = match (&file, &subdir) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(file), Some(subdir)) => subdir < file,
             };
-            // A directory below the top one comes among its files; one elsewhere, after them.
-            let dir_first = self.next_dir.as_ref().is_some_and(|(dir, _)| {
-                dir.starts_with(&top.dir) && file.as_ref().is_none_or(|file| dir < file)
-            });
-            if dir_first {
-                let (dir, number) = self.next_dir.take().expect("read ahead");
-                self.open(dir, number, None)?;
+            if descend {
+                let subdir = subdir.expect("matched");
+                let (_, child) = top.subdirs.next().expect("peeked")?;
+                let mut path = top.path.clone();
+                path.extend_from_slice(&subdir);
+                self.open(path, child.value(), None, None)?;
                 continue;
             }
-            let Some(path) = file else {
+            let Some(name) = file else {
                 self.open.pop();
                 continue;
             };
-            let (_, value): Entry = top.files.next().expect("peeked")?;
+            let (_, value) = top.files.next().expect("peeked")?;
+            let mut path = top.path.clone();
+            path.extend_from_slice(&name);
             return Ok(Some((path, value.value().to_vec())));
         }
+    }
+}
+
+/// The name of the next of `entries` if it is one of the directory whose keys start with
+/// `number`; an error it meets is taken out and returned.
+fn name_of<V: redb::Value + 'static>(
+    entries: &mut Entries<V>,
+    number: &[u8],
+) -> Result<Option<Vec<u8>>, StorageError> {
+    match entries.peek() {
+        Some(Ok((key, _))) => Ok(key.value().strip_prefix(number).map(<[u8]>::to_vec)),
+        Some(Err(_)) => match entries.next() {
+            Some(Err(e)) => Err(e),
+            _ => unreachable!("peeked an error"),
+        },
+        None => Ok(None),
     }
 }
 
@@ -200,8 +187,6 @@ impl Iterator for Ordered {
         let item = self.step();
         if item.is_err() {
             // What was read is no longer a whole subtree: nothing more is given.
-            self.dirs = None;
-            self.next_dir = None;
             self.open.clear();
         }
         item.transpose()

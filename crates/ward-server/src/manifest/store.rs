@@ -5,12 +5,14 @@
 //! disk (`reconcile`).
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 
-use super::keys::{self, DIR_PATHS, DIRS};
+use super::changes::{self, CHANGES, Edits};
+use super::keys::{self, DIR_PATHS, DIRS, Numbers, Paths};
 use super::record::{decode_event, decode_first_record, decode_record, encode_record, path_of};
 use super::{ChangeEntry, Manifest, Opened, Record};
 use crate::Error;
@@ -20,8 +22,6 @@ use crate::jobs::Event;
 pub(super) const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 /// A path → its pending job.
 pub(super) const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending");
-/// A sequence number → the key of the record whose latest change it numbers.
-pub(super) const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 /// The first layout's tables: path → record, and sequence number → path.
 const FIRST_FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 const FIRST_BY_SEQ: TableDefinition<u64, &[u8]> = TableDefinition::new("by_seq");
@@ -30,8 +30,9 @@ pub(super) const SEQ_KEY: &str = "seq";
 /// Which layout the tables have: the first (without this key) is migrated when opened; one this
 /// ward does not know is a store it cannot read, moved aside and rebuilt.
 const LAYOUT_KEY: &str = "layout";
-/// Each directory stored once, records of LEB128 numbers.
-const LAYOUT: u64 = 2;
+/// Each directory one entry under its parent, records of LEB128 numbers, the since-index in
+/// buckets.
+const LAYOUT: u64 = 3;
 /// redb's page cache. Its default would let the server's memory grow with every page of the
 /// manifest it ever touched; a long-running process needs a bound. Its size trades a burst's
 /// peak memory against the time to process it: `cargo xtask bench --only burst` measures both.
@@ -253,11 +254,12 @@ impl Manifest {
     pub fn records(&self) -> Result<HashMap<PathBuf, Record>, Error> {
         self.read(|txn| {
             let dir_paths = txn.open_table(DIR_PATHS)?;
+            let mut paths = Paths::default();
             let mut out = HashMap::new();
             for entry in txn.open_table(RECORDS)?.iter()? {
                 let (key, value) = entry?;
                 if let (Some(path), Some(record)) = (
-                    keys::path_of_key(&dir_paths, key.value())?,
+                    paths.of(&dir_paths, key.value())?,
                     decode_record(value.value()),
                 ) {
                     out.insert(path, record);
@@ -302,30 +304,24 @@ impl Manifest {
     /// If the store cannot be read.
     pub fn changes_since(&self, since: u64, limit: usize) -> Result<Vec<ChangeEntry>, Error> {
         self.read(|txn| {
-            let changes = txn.open_table(CHANGES)?;
             let records = txn.open_table(RECORDS)?;
             let dir_paths = txn.open_table(DIR_PATHS)?;
+            let mut paths = Paths::default();
             let mut out = Vec::new();
-            for entry in changes.range(since.saturating_add(1)..)? {
+            changes::since(&txn.open_table(CHANGES)?, since, |seq, key| {
                 if out.len() >= limit {
-                    break;
+                    return Ok(ControlFlow::Break(()));
                 }
-                let (seq, key) = entry?;
-                let Some(record) = records
-                    .get(key.value())?
-                    .and_then(|r| decode_record(r.value()))
-                else {
-                    continue;
-                };
-                let Some(path) = keys::path_of_key(&dir_paths, key.value())? else {
-                    continue;
-                };
-                out.push(ChangeEntry {
-                    seq: seq.value(),
-                    path,
-                    event: record.event,
-                });
-            }
+                let record = records.get(key)?.and_then(|r| decode_record(r.value()));
+                if let (Some(record), Some(path)) = (record, paths.of(&dir_paths, key)?) {
+                    out.push(ChangeEntry {
+                        seq,
+                        path,
+                        event: record.event,
+                    });
+                }
+                Ok(ControlFlow::Continue(()))
+            })?;
             Ok(out)
         })
     }
@@ -334,7 +330,8 @@ impl Manifest {
 /// The stored record of `path`, as bytes.
 fn stored(txn: &redb::ReadTransaction, path: &Path) -> Result<Option<Vec<u8>>, redb::Error> {
     let dirs = txn.open_table(DIRS)?;
-    let Some(key) = keys::existing(&dirs, path.as_os_str().as_bytes())? else {
+    let Some(key) = keys::existing(&dirs, &mut Numbers::default(), path.as_os_str().as_bytes())?
+    else {
         return Ok(None);
     };
     Ok(txn
@@ -355,16 +352,19 @@ fn migrate(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
         let mut changes = txn.open_table(CHANGES)?;
         let mut dirs = txn.open_table(DIRS)?;
         let mut dir_paths = txn.open_table(DIR_PATHS)?;
+        let mut numbers = Numbers::default();
+        let mut edits = Edits::default();
         for entry in first.iter()? {
             let (path, value) = entry?;
             let Some(record) = decode_first_record(value.value()) else {
                 continue;
             };
-            let key = keys::make(&mut dirs, &mut dir_paths, path.value())?;
+            let key = keys::make(&mut dirs, &mut dir_paths, &mut numbers, path.value())?;
             records.insert(key.as_slice(), encode_record(&record).as_slice())?;
-            changes.insert(record.seq, key.as_slice())?;
+            edits.insert(record.seq, &key);
             moved += 1;
         }
+        edits.write(&mut changes)?;
     }
     txn.delete_table(FIRST_FILES)?;
     txn.delete_table(FIRST_BY_SEQ)?;
