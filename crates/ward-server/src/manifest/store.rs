@@ -35,8 +35,10 @@ const LAYOUT_KEY: &str = "layout";
 const LAYOUT: u64 = 3;
 /// redb's page cache. Its default would let the server's memory grow with every page of the
 /// manifest it ever touched; a long-running process needs a bound. Its size trades a burst's
-/// peak memory against the time to process it: `cargo xtask bench --only burst` measures both.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// peak memory against the time to process it: `cargo xtask bench --only burst` measures both
+/// (with a path in a fifth of the bytes it once took, a quarter of the old cache serves a burst
+/// as fast).
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 pub(super) fn store_error(doing: &'static str, e: impl Into<redb::Error>) -> Error {
     Error::Store {
