@@ -34,7 +34,7 @@
 //! # Coalescing rules
 //! Changes are kept per path until the path has been quiet for the quiet window (default 50 ms),
 //! or for at most the maximum wait (default 1 s) if it never goes quiet. Both count from when
-//! notify's thread received the events, not from when the watcher's thread got to them, so a busy
+//! the backend's thread received the events, not from when the watcher's thread got to them, so a busy
 //! watcher does not stretch the window. Within that time:
 //!
 //! | events at a path | delivered |
@@ -98,7 +98,8 @@
 //! is watched first and listed second, and what the listing finds is recorded as created, so
 //! nothing created inside it before its watch existed is missed. Symlinks are never followed;
 //! paths are `PathBuf`s end to end, never converted lossily. Dropping the [`Watcher`] stops and
-//! joins its thread, which drops the notify backends (they stop their own threads).
+//! joins its thread, which drops the backends (each stops and joins its reader; notify's poll
+//! backend stops its own thread).
 //!
 //! Errors the watcher survives (a missing root, a root that disappears, no inotify watches left
 //! — naming `fs.inotify.max_user_watches` and how many were needed — a directory that cannot be
@@ -113,7 +114,7 @@
 //!   `Rescan` of its new one, not a `Renamed`.
 //! - A directory's own metadata changes (`chmod`) are delivered as `Modified` directories.
 //! - Mounts are followed in the watcher's own mount namespace, on Linux only.
-//! - notify's threads are told to stop when the watcher is dropped but notify does not join them.
+//! - notify's poll thread is told to stop when the watcher is dropped but notify does not join it.
 //! - fanotify names an event's directory by asking the kernel where it is now: a change made just
 //!   before its directory was renamed is reported at the new path (the rename's listing of the
 //!   directory reports it too); one in a directory removed since is dropped (the directory's

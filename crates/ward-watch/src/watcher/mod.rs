@@ -6,6 +6,8 @@
 mod events;
 #[cfg(target_os = "linux")]
 mod fanotify;
+#[cfg(target_os = "linux")]
+mod inotify;
 mod rescan;
 mod watches;
 mod worker;

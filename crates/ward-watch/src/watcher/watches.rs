@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
-use notify::{Event, EventKind, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher as _};
+use notify::{Event, EventKind, PollWatcher, RecursiveMode, Watcher as _};
 
 use super::{Counters, Raw};
 
@@ -44,6 +44,24 @@ impl Handler {
     }
 }
 
+/// The native backend: ward's own inotify watcher on Linux (see `inotify.rs` for why not
+/// notify's), notify's elsewhere.
+#[cfg(target_os = "linux")]
+pub(super) type Native = super::inotify::Inotify;
+#[cfg(not(target_os = "linux"))]
+pub(super) type Native = notify::RecommendedWatcher;
+
+/// Starts the native backend, whose events go to `handler`.
+///
+/// # Errors
+/// If the kernel gives no inotify instance (out of instances or descriptors).
+pub(super) fn start_native(handler: Handler) -> notify::Result<Native> {
+    #[cfg(target_os = "linux")]
+    return super::inotify::Inotify::start(handler).map_err(notify::Error::io);
+    #[cfg(not(target_os = "linux"))]
+    notify::RecommendedWatcher::new(move |ev| handler.handle(ev), notify::Config::default())
+}
+
 /// Why a directory could not be watched.
 pub(super) enum WatchFailure {
     /// The kernel (or the test limit) refuses more native watches.
@@ -58,7 +76,7 @@ pub(super) struct Watches {
     /// then no directory gets a watch of its own.
     #[cfg(target_os = "linux")]
     pub(super) fanotify: Option<super::fanotify::Fanotify>,
-    pub(super) native: Option<RecommendedWatcher>,
+    pub(super) native: Option<Native>,
     pub(super) poll: Option<PollWatcher>,
     /// Watched directories, and whether by the native backend.
     pub(super) watched: BTreeMap<PathBuf, bool>,

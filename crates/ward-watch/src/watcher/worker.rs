@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
-use notify::{RecommendedWatcher, Watcher as _};
 
 use super::events::RENAME_PAIRING;
 use super::watches::{Handler, WatchFailure, Watches};
@@ -270,7 +269,7 @@ impl Worker {
             }
             Backend::Auto | Backend::Fanotify | Backend::Recommended => {
                 let h = self.watches.handler.clone();
-                match RecommendedWatcher::new(move |ev| h.handle(ev), notify::Config::default()) {
+                match super::watches::start_native(h) {
                     Ok(w) => {
                         self.watches.native = Some(w);
                         "inotify"

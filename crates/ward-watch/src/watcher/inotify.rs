@@ -1,0 +1,333 @@
+//! The inotify backend: a watch per directory, added and removed by the watcher's thread itself
+//! (`inotify_add_watch` is one system call), and a thread of its own (`ward-inotify`) that reads
+//! the events and hands them to the [`Handler`] as notify events.
+//!
+//! notify's inotify watcher sends each watch to its own thread and waits for the answer: a
+//! million files in a hundred thousand directories took that many round trips between threads
+//! before ward was ready, and notify kept two maps of every directory's path beside ward's own.
+//! Here the descriptor → path map is the only copy the backend keeps, behind a lock the reader
+//! takes once per read.
+//!
+//! The events are notify's, made as notify makes them (a rename's halves carry the kernel's
+//! cookie as their tracker, a watched directory moved is a rename's first half with none, a
+//! queue overflow is a rescan), so the watcher's thread treats them alike.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use inotify::{EventMask, WatchDescriptor, WatchMask};
+use notify::event::{CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind, RenameMode};
+use notify::{Event, EventKind};
+use parking_lot::Mutex;
+
+use super::watches::Handler;
+
+/// What each directory is watched for: entries made, removed and renamed, files written and
+/// their metadata changed, and the directory itself removed or moved. Not a symlink's target.
+fn mask() -> WatchMask {
+    WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::MODIFY
+        | WatchMask::ATTRIB
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+        | WatchMask::DONT_FOLLOW
+}
+
+/// The directories watched, by descriptor: what the reader names events with.
+type Paths = Arc<Mutex<HashMap<WatchDescriptor, Arc<Path>>>>;
+
+/// The inotify instance, its watches, and the thread that reads it. Dropping it wakes the
+/// thread and joins it.
+pub(super) struct Inotify {
+    watches: inotify::Watches,
+    paths: Paths,
+    /// The same directories by path, to remove a watch by its directory.
+    by_path: HashMap<Arc<Path>, WatchDescriptor>,
+    // Closed (dropped) to wake the thread.
+    wake: Option<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Inotify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inotify")
+            .field("watches", &self.by_path.len())
+            .finish()
+    }
+}
+
+impl Inotify {
+    /// Starts the instance and its thread, with no watch yet.
+    ///
+    /// # Errors
+    /// If the process or user is out of inotify instances or descriptors.
+    pub(super) fn start(handler: Handler) -> io::Result<Inotify> {
+        let inotify = inotify::Inotify::init()?;
+        let paths: Paths = Arc::default();
+        let (read_end, write_end) = crate::wake::pipe()?;
+        let reader = Reader {
+            paths: Arc::clone(&paths),
+            handler,
+        };
+        let watches = inotify.watches();
+        let thread = std::thread::Builder::new()
+            .name("ward-inotify".into())
+            .spawn(move || reader.run(inotify, &read_end))?;
+        Ok(Inotify {
+            watches,
+            paths,
+            by_path: HashMap::new(),
+            wake: Some(write_end),
+            thread: Some(thread),
+        })
+    }
+
+    /// Watches the directory `dir`, not its subdirectories (the mode is always non-recursive:
+    /// the signature is notify's, which the other platforms use).
+    ///
+    /// # Errors
+    /// notify's errors: `MaxFilesWatch` when the user's watches are used up, else the I/O error
+    /// (a directory gone, unreadable).
+    pub(super) fn watch(&mut self, dir: &Path, _mode: notify::RecursiveMode) -> notify::Result<()> {
+        let wd = self.watches.add(dir, mask()).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(dir.into())
+            } else {
+                notify::Error::io(e).add_path(dir.into())
+            }
+        })?;
+        let dir: Arc<Path> = Arc::from(dir);
+        // A directory watched again (the same inode) keeps its descriptor.
+        self.paths.lock().insert(wd.clone(), Arc::clone(&dir));
+        self.by_path.insert(dir, wd);
+        Ok(())
+    }
+
+    /// Stops watching `dir`.
+    ///
+    /// # Errors
+    /// If it was not watched, or the kernel refuses to remove the watch.
+    pub(super) fn unwatch(&mut self, dir: &Path) -> notify::Result<()> {
+        let Some(wd) = self.by_path.remove(dir) else {
+            return Err(notify::Error::watch_not_found().add_path(dir.into()));
+        };
+        {
+            let mut paths = self.paths.lock();
+            // Another path may hold the descriptor now (the directory moved and was watched
+            // again at its new path: the same inode, the same watch), or none (the kernel
+            // dropped the watch): then the watch is not this path's to remove.
+            if paths.get(&wd).is_none_or(|p| **p != *dir) {
+                return Ok(());
+            }
+            paths.remove(&wd);
+        }
+        self.watches
+            .remove(wd)
+            .map_err(|e| notify::Error::io(e).add_path(dir.into()))
+    }
+}
+
+impl Drop for Inotify {
+    fn drop(&mut self) {
+        drop(self.wake.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("ward-watch: the inotify thread panicked");
+        }
+    }
+}
+
+/// The reader thread's state.
+struct Reader {
+    paths: Paths,
+    handler: Handler,
+}
+
+impl Reader {
+    fn run(self, mut inotify: inotify::Inotify, wake: &OwnedFd) {
+        // Room for a few hundred events of long names (an event is 16 bytes and its name).
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut events = Vec::new();
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: inotify.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two initialized pollfd whose descriptors stay open through the call.
+            if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("ward-watch: inotify: poll: {e}; no more events are read");
+                return;
+            }
+            if fds[1].revents != 0 {
+                return;
+            }
+            loop {
+                match inotify.read_events(&mut buffer) {
+                    Ok(read) => {
+                        // Named under the lock, handed on without it: the watcher's thread
+                        // takes it to add a watch.
+                        {
+                            let mut paths = self.paths.lock();
+                            for event in read {
+                                self.name(&mut paths, &event, &mut events);
+                            }
+                        }
+                        if events.is_empty() {
+                            break;
+                        }
+                        for event in events.drain(..) {
+                            self.handler.handle(Ok(event));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log::error!("ward-watch: inotify: read: {e}; no more events are read");
+                        self.handler.handle(Err(notify::Error::io(e)));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The notify events `event` makes, pushed to `out`.
+    fn name(
+        &self,
+        paths: &mut HashMap<WatchDescriptor, Arc<Path>>,
+        event: &inotify::Event<&std::ffi::OsStr>,
+        out: &mut Vec<Event>,
+    ) {
+        let mask = event.mask;
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            out.push(Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan));
+            return;
+        }
+        if mask.contains(EventMask::IGNORED) {
+            // The kernel dropped the watch (its directory is gone, or it was removed).
+            paths.remove(&event.wd);
+            return;
+        }
+        let Some(dir) = paths.get(&event.wd) else {
+            return;
+        };
+        let path: PathBuf = match event.name {
+            Some(name) => dir.join(name),
+            None => dir.to_path_buf(),
+        };
+        let is_dir = mask.contains(EventMask::ISDIR);
+        let with = |kind: EventKind| Event::new(kind).add_path(path.clone());
+        let cookie = event.cookie as usize;
+        if mask.contains(EventMask::MOVED_FROM) {
+            out.push(
+                with(EventKind::Modify(ModifyKind::Name(RenameMode::From))).set_tracker(cookie),
+            );
+        }
+        if mask.contains(EventMask::MOVED_TO) {
+            out.push(with(EventKind::Modify(ModifyKind::Name(RenameMode::To))).set_tracker(cookie));
+        }
+        if mask.contains(EventMask::MOVE_SELF) {
+            out.push(with(EventKind::Modify(ModifyKind::Name(RenameMode::From))));
+        }
+        if mask.contains(EventMask::CREATE) {
+            out.push(with(EventKind::Create(if is_dir {
+                CreateKind::Folder
+            } else {
+                CreateKind::File
+            })));
+        }
+        if mask.contains(EventMask::DELETE) {
+            out.push(with(EventKind::Remove(if is_dir {
+                RemoveKind::Folder
+            } else {
+                RemoveKind::File
+            })));
+        }
+        if mask.contains(EventMask::DELETE_SELF) {
+            out.push(with(EventKind::Remove(RemoveKind::Folder)));
+        }
+        if mask.contains(EventMask::MODIFY) {
+            out.push(with(EventKind::Modify(ModifyKind::Data(DataChange::Any))));
+        }
+        if mask.contains(EventMask::ATTRIB) {
+            out.push(with(EventKind::Modify(ModifyKind::Metadata(
+                MetadataKind::Any,
+            ))));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn started() -> (Inotify, crossbeam_channel::Receiver<super::super::Raw>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let handler = Handler {
+            tx,
+            lost: Arc::new(AtomicBool::new(false)),
+            stats: Arc::default(),
+        };
+        (Inotify::start(handler).unwrap(), rx)
+    }
+
+    /// Waits (bounded) for an event of `kind` on `path`.
+    fn wait_for(rx: &crossbeam_channel::Receiver<super::super::Raw>, path: &Path, kind: EventKind) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while let Ok((_, ev)) = rx.recv_deadline(deadline) {
+            let ev = ev.unwrap();
+            if ev.kind == kind && ev.paths.iter().any(|p| p == path) {
+                return;
+            }
+        }
+        panic!("no {kind:?} on {} within 10 s", path.display());
+    }
+
+    /// A directory moved keeps its inode, and so its watch: watched again at its new path before
+    /// its old path is unwatched (the order a rename's two halves may come in), it is the same
+    /// watch, which unwatching the old path must not remove.
+    #[test]
+    fn a_directory_watched_again_after_a_move_stays_watched_when_its_old_path_is_unwatched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        std::fs::create_dir(&old).unwrap();
+        let (mut inotify, rx) = started();
+        inotify
+            .watch(&old, notify::RecursiveMode::NonRecursive)
+            .unwrap();
+        std::fs::write(old.join("a"), "1").unwrap();
+        wait_for(&rx, &old.join("a"), EventKind::Create(CreateKind::File));
+        std::fs::rename(&old, &new).unwrap();
+        inotify
+            .watch(&new, notify::RecursiveMode::NonRecursive)
+            .unwrap();
+        inotify.unwatch(&old).unwrap();
+        std::fs::write(new.join("b"), "1").unwrap();
+        wait_for(&rx, &new.join("b"), EventKind::Create(CreateKind::File));
+        inotify.unwatch(&new).unwrap();
+        assert!(inotify.unwatch(&new).is_err(), "unwatched twice");
+    }
+}
