@@ -71,7 +71,10 @@ impl Worker {
                 EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {}
                 EventKind::Modify(ModifyKind::Name(_)) => match seen(path) {
                     Seen::Hidden => {}
-                    Seen::Gone => self.removed(path, self.watches.watched.contains_key(path), now),
+                    Seen::Gone => {
+                        let is_dir = self.watches.watched.contains_key(path.as_path());
+                        self.removed(path, is_dir, now);
+                    }
                     seen => self.created(path, seen == Seen::Dir, now),
                 },
                 EventKind::Modify(ModifyKind::Metadata(_)) if self.watches.sees_everything() => {
@@ -80,8 +83,8 @@ impl Worker {
                 EventKind::Modify(ModifyKind::Metadata(_)) => self.metadata_changed(path, now),
                 EventKind::Modify(_) => self.modified(path, now),
                 EventKind::Remove(kind) => {
-                    let is_dir =
-                        kind == RemoveKind::Folder || self.watches.watched.contains_key(path);
+                    let is_dir = kind == RemoveKind::Folder
+                        || self.watches.watched.contains_key(path.as_path());
                     self.removed(path, is_dir, now);
                 }
                 EventKind::Access(_) | EventKind::Any | EventKind::Other => {}
@@ -96,7 +99,7 @@ impl Worker {
         {
             let from = from.clone();
             self.held_from = None;
-            let is_dir = self.watches.watched.contains_key(&from);
+            let is_dir = self.watches.watched.contains_key(from.as_path());
             self.removed(&from, is_dir, now);
         }
     }
@@ -113,7 +116,7 @@ impl Worker {
         }
         self.pending.record(path, Op::Create, is_dir, now);
         if is_dir {
-            self.watch_tree(path, true, now);
+            self.watch_tree(path, true, now, None);
         }
     }
 
@@ -171,7 +174,7 @@ impl Worker {
         } else if !watched {
             match seen(path) {
                 Seen::Dir if !self.rules.is_ignored(path, true) => {
-                    self.watch_tree(path, false, now);
+                    self.watch_tree(path, false, now, None);
                     self.pending
                         .rescan(path, RescanReason::PermissionsChanged, now);
                     return;
@@ -229,7 +232,7 @@ impl Worker {
             // its contents, which may have changed while no watch covered them.
             self.watches.forget_subtree(from);
             self.rules.forget_subtree(from);
-            self.watch_tree(to, true, now);
+            self.watch_tree(to, true, now, None);
         }
     }
 }

@@ -5,8 +5,8 @@
 //! notify's inotify watcher sends each watch to its own thread and waits for the answer: a
 //! million files in a hundred thousand directories took that many round trips between threads
 //! before ward was ready, and notify kept two maps of every directory's path beside ward's own.
-//! Here the descriptor → path map is the only copy the backend keeps, behind a lock the reader
-//! takes once per read.
+//! Here the descriptor → path map, behind a lock the reader takes once per read, shares its
+//! paths with the watcher's map of watched directories, which keeps each one's descriptor.
 //!
 //! The events are notify's, made as notify makes them (a rename's halves carry the kernel's
 //! cookie as their tracker, a watched directory moved is a rename's first half with none, a
@@ -48,8 +48,6 @@ type Paths = Arc<Mutex<HashMap<WatchDescriptor, Arc<Path>>>>;
 pub(super) struct Inotify {
     watches: inotify::Watches,
     paths: Paths,
-    /// The same directories by path, to remove a watch by its directory.
-    by_path: HashMap<Arc<Path>, WatchDescriptor>,
     // Closed (dropped) to wake the thread.
     wake: Option<OwnedFd>,
     thread: Option<JoinHandle<()>>,
@@ -58,7 +56,7 @@ pub(super) struct Inotify {
 impl std::fmt::Debug for Inotify {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inotify")
-            .field("watches", &self.by_path.len())
+            .field("watches", &self.paths.lock().len())
             .finish()
     }
 }
@@ -83,41 +81,36 @@ impl Inotify {
         Ok(Inotify {
             watches,
             paths,
-            by_path: HashMap::new(),
             wake: Some(write_end),
             thread: Some(thread),
         })
     }
 
-    /// Watches the directory `dir`, not its subdirectories (the mode is always non-recursive:
-    /// the signature is notify's, which the other platforms use).
+    /// Watches the directory `dir`, not its subdirectories, and names its events with `dir`
+    /// (shared with the caller). Returns the watch, to remove it with.
     ///
     /// # Errors
     /// notify's errors: `MaxFilesWatch` when the user's watches are used up, else the I/O error
     /// (a directory gone, unreadable).
-    pub(super) fn watch(&mut self, dir: &Path, _mode: notify::RecursiveMode) -> notify::Result<()> {
+    pub(super) fn watch(&mut self, dir: &Arc<Path>) -> notify::Result<WatchDescriptor> {
         let wd = self.watches.add(dir, mask()).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOSPC) {
-                notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(dir.into())
+                notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(dir.to_path_buf())
             } else {
-                notify::Error::io(e).add_path(dir.into())
+                notify::Error::io(e).add_path(dir.to_path_buf())
             }
         })?;
-        let dir: Arc<Path> = Arc::from(dir);
-        // A directory watched again (the same inode) keeps its descriptor.
-        self.paths.lock().insert(wd.clone(), Arc::clone(&dir));
-        self.by_path.insert(dir, wd);
-        Ok(())
+        // A directory watched again (the same inode) keeps its descriptor: its events are named
+        // with its latest path.
+        self.paths.lock().insert(wd.clone(), Arc::clone(dir));
+        Ok(wd)
     }
 
-    /// Stops watching `dir`.
+    /// Removes the watch `wd` of `dir`.
     ///
     /// # Errors
-    /// If it was not watched, or the kernel refuses to remove the watch.
-    pub(super) fn unwatch(&mut self, dir: &Path) -> notify::Result<()> {
-        let Some(wd) = self.by_path.remove(dir) else {
-            return Err(notify::Error::watch_not_found().add_path(dir.into()));
-        };
+    /// If the kernel refuses to remove the watch.
+    pub(super) fn unwatch(&mut self, dir: &Path, wd: WatchDescriptor) -> notify::Result<()> {
         {
             let mut paths = self.paths.lock();
             // Another path may hold the descriptor now (the directory moved and was watched
@@ -312,22 +305,26 @@ mod tests {
     #[test]
     fn a_directory_watched_again_after_a_move_stays_watched_when_its_old_path_is_unwatched() {
         let dir = tempfile::tempdir().unwrap();
-        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        let (old, new): (Arc<Path>, Arc<Path>) = (
+            Arc::from(dir.path().join("old")),
+            Arc::from(dir.path().join("new")),
+        );
         std::fs::create_dir(&old).unwrap();
         let (mut inotify, rx) = started();
-        inotify
-            .watch(&old, notify::RecursiveMode::NonRecursive)
-            .unwrap();
+        let old_watch = inotify.watch(&old).unwrap();
         std::fs::write(old.join("a"), "1").unwrap();
         wait_for(&rx, &old.join("a"), EventKind::Create(CreateKind::File));
         std::fs::rename(&old, &new).unwrap();
-        inotify
-            .watch(&new, notify::RecursiveMode::NonRecursive)
-            .unwrap();
-        inotify.unwatch(&old).unwrap();
+        let new_watch = inotify.watch(&new).unwrap();
+        assert_eq!(old_watch, new_watch, "one inode, one watch");
+        inotify.unwatch(&old, old_watch).unwrap();
         std::fs::write(new.join("b"), "1").unwrap();
         wait_for(&rx, &new.join("b"), EventKind::Create(CreateKind::File));
-        inotify.unwatch(&new).unwrap();
-        assert!(inotify.unwatch(&new).is_err(), "unwatched twice");
+        inotify.unwatch(&new, new_watch.clone()).unwrap();
+        assert!(
+            inotify.unwatch(&new, new_watch).is_ok(),
+            "a watch removed already is not removed again"
+        );
+        assert_eq!(inotify.paths.lock().len(), 0);
     }
 }

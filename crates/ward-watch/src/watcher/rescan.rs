@@ -2,7 +2,9 @@
 //! come back, mounts, changed ignore files, running out of inotify watches. Not here: the
 //! everyday events (`events`) and the backends (`watches`).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::events::is_dir_now;
@@ -45,7 +47,7 @@ impl Worker {
         if polling {
             self.watches.forget_subtree(root);
             self.watches.polled_roots.insert(root.to_path_buf());
-            self.watch_tree(root, false, now);
+            self.watch_tree(root, false, now, None);
             self.pending.rescan(root, RescanReason::BackendChanged, now);
         }
     }
@@ -72,14 +74,15 @@ impl Worker {
         if self.watches.sees_everything() {
             return;
         }
-        let seen = self.watch_tree(dir, false, now);
-        let stale: Vec<PathBuf> = self
+        let mut seen = HashSet::new();
+        self.watch_tree(dir, false, now, Some(&mut seen));
+        let stale: Vec<Arc<Path>> = self
             .watches
             .watched
             .range::<Path, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
             .map(|(p, _)| p)
             .take_while(|p| p.starts_with(dir))
-            .filter(|p| !seen.contains(*p))
+            .filter(|p| !seen.contains::<Path>(p))
             .cloned()
             .collect();
         for p in stale {
@@ -155,7 +158,7 @@ impl Worker {
     /// (a new mount's) and walks nothing.
     pub(super) fn watch_anew(&mut self, dir: &Path, now: Instant) {
         if !self.watches.sees_everything() {
-            self.watch_tree(dir, false, now);
+            self.watch_tree(dir, false, now, None);
             return;
         }
         let Some(root) = self.rules.root_of(dir).map(Path::to_path_buf) else {

@@ -51,7 +51,7 @@ fn a_kernel_overflow_rescans_every_root_and_watches_what_the_lost_events_created
         worker
             .watches
             .watched
-            .contains_key(&root.join("lost/deeper")),
+            .contains_key(root.join("lost/deeper").as_path()),
         "watched before the rescan went out"
     );
 }

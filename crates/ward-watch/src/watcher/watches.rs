@@ -51,6 +51,19 @@ pub(super) type Native = super::inotify::Inotify;
 #[cfg(not(target_os = "linux"))]
 pub(super) type Native = notify::RecommendedWatcher;
 
+/// What the native backend hands back for a watch, to remove it with: inotify's descriptor.
+#[cfg(target_os = "linux")]
+pub(super) type NativeWatch = inotify::WatchDescriptor;
+#[cfg(not(target_os = "linux"))]
+pub(super) type NativeWatch = ();
+
+/// How a directory is watched.
+#[derive(Debug)]
+pub(super) enum Watch {
+    Native(NativeWatch),
+    Polled,
+}
+
 /// Starts the native backend, whose events go to `handler`.
 ///
 /// # Errors
@@ -60,6 +73,26 @@ pub(super) fn start_native(handler: Handler) -> notify::Result<Native> {
     return super::inotify::Inotify::start(handler).map_err(notify::Error::io);
     #[cfg(not(target_os = "linux"))]
     notify::RecommendedWatcher::new(move |ev| handler.handle(ev), notify::Config::default())
+}
+
+#[cfg(target_os = "linux")]
+fn watch_natively(native: &mut Native, dir: &Arc<Path>) -> notify::Result<NativeWatch> {
+    native.watch(dir)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn watch_natively(native: &mut Native, dir: &Arc<Path>) -> notify::Result<NativeWatch> {
+    native.watch(dir, RecursiveMode::NonRecursive)
+}
+
+#[cfg(target_os = "linux")]
+fn unwatch_natively(native: &mut Native, dir: &Path, watch: NativeWatch) -> notify::Result<()> {
+    native.unwatch(dir, watch)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unwatch_natively(native: &mut Native, dir: &Path, _: NativeWatch) -> notify::Result<()> {
+    native.unwatch(dir)
 }
 
 /// Why a directory could not be watched.
@@ -78,8 +111,9 @@ pub(super) struct Watches {
     pub(super) fanotify: Option<super::fanotify::Fanotify>,
     pub(super) native: Option<Native>,
     pub(super) poll: Option<PollWatcher>,
-    /// Watched directories, and whether by the native backend.
-    pub(super) watched: BTreeMap<PathBuf, bool>,
+    /// Watched directories, and how. The native backend names its events with the same paths
+    /// (one allocation each, shared).
+    pub(super) watched: BTreeMap<Arc<Path>, Watch>,
     pub(super) native_count: usize,
     pub(super) native_limit: Option<usize>,
     pub(super) polled_roots: HashSet<PathBuf>,
@@ -99,14 +133,20 @@ impl Watches {
         if self.watched.contains_key(dir) {
             return Ok(());
         }
-        let native = self.native.is_some() && !self.polled_roots.contains(root);
-        if native {
+        let dir: Arc<Path> = Arc::from(dir);
+        let native = self
+            .native
+            .as_mut()
+            .filter(|_| !self.polled_roots.contains(root));
+        let how = if let Some(w) = native {
             if self.native_limit.is_some_and(|n| self.native_count >= n) {
                 return Err(WatchFailure::Limit);
             }
-            let w = self.native.as_mut().expect("checked above");
-            match w.watch(dir, RecursiveMode::NonRecursive) {
-                Ok(()) => self.native_count += 1,
+            match watch_natively(w, &dir) {
+                Ok(watch) => {
+                    self.native_count += 1;
+                    Watch::Native(watch)
+                }
                 Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
                     return Err(WatchFailure::Limit);
                 }
@@ -122,16 +162,17 @@ impl Watches {
                 self.poll = Some(w);
             }
             let w = self.poll.as_mut().expect("created above");
-            w.watch(dir, RecursiveMode::NonRecursive)
+            w.watch(&dir, RecursiveMode::NonRecursive)
                 .map_err(WatchFailure::Other)?;
-        }
-        self.watched.insert(dir.to_path_buf(), native);
+            Watch::Polled
+        };
+        self.watched.insert(dir, how);
         Ok(())
     }
 
     /// Stops watching `dir` and everything under it.
     pub(super) fn forget_subtree(&mut self, dir: &Path) {
-        let keys: Vec<PathBuf> = self
+        let keys: Vec<Arc<Path>> = self
             .watched
             .range::<Path, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
             .map(|(p, _)| p)
@@ -144,14 +185,17 @@ impl Watches {
     }
 
     pub(super) fn unwatch(&mut self, dir: &Path) {
-        let Some(native) = self.watched.remove(dir) else {
+        let Some(how) = self.watched.remove(dir) else {
             return;
         };
-        let result = if native {
-            self.native_count -= 1;
-            self.native.as_mut().map(|w| w.unwatch(dir))
-        } else {
-            self.poll.as_mut().map(|w| w.unwatch(dir))
+        let result = match how {
+            Watch::Native(watch) => {
+                self.native_count -= 1;
+                self.native
+                    .as_mut()
+                    .map(|w| unwatch_natively(w, dir, watch))
+            }
+            Watch::Polled => self.poll.as_mut().map(|w| w.unwatch(dir)),
         };
         if let Some(Err(e)) = result {
             // The kernel drops the watch of a deleted or moved directory by itself.

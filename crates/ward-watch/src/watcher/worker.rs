@@ -292,7 +292,7 @@ impl Worker {
             if root.is_dir() {
                 // fanotify marked the root's file system: nothing to walk.
                 if !self.watches.sees_everything() {
-                    self.watch_tree(&root, false, Instant::now());
+                    self.watch_tree(&root, false, Instant::now(), None);
                 }
             } else {
                 self.roots[i].present = false;
@@ -326,20 +326,21 @@ impl Worker {
 
     /// Watches `top` and every directory under it that is not ignored, each before it is listed,
     /// so that nothing created in it is missed; with `record`, everything found is recorded as
-    /// created. Returns the directories it watched.
+    /// created. Adds the directories it watched to `seen`, if it is given (a tree's worth of
+    /// paths: only a resync needs them).
     pub(super) fn watch_tree(
         &mut self,
         top: &Path,
         record: bool,
         now: Instant,
-    ) -> HashSet<PathBuf> {
+        mut seen: Option<&mut HashSet<PathBuf>>,
+    ) {
         let Some(root) = self.rules.root_of(top).map(Path::to_path_buf) else {
-            return HashSet::new();
+            return;
         };
         let mut limit_hit = false;
         let mut failed_watches = 0;
         let mut failures = Vec::new();
-        let mut seen = HashSet::new();
         let rules = self.rules.clone();
         let watches = &mut self.watches;
         let pending = &mut self.pending;
@@ -348,7 +349,9 @@ impl Worker {
             top,
             |dir| match watches.watch(dir, &root) {
                 Ok(()) => {
-                    seen.insert(dir.to_path_buf());
+                    if let Some(seen) = seen.as_deref_mut() {
+                        seen.insert(dir.to_path_buf());
+                    }
                     true
                 }
                 Err(WatchFailure::Limit) => {
@@ -385,7 +388,6 @@ impl Worker {
         if limit_hit {
             self.out_of_watches(&root, now);
         }
-        seen
     }
 
     pub(super) fn is_root(&self, path: &Path) -> bool {
