@@ -36,6 +36,8 @@ pub struct ConfigFile {
     pub ledger: PathBuf,
     /// The NATS server the `nats` trigger publishes to, when the run has one (`kill-nats`).
     pub nats: Option<String>,
+    /// The watch backend asked for (`--backend`); ward's default (`auto`) without it.
+    pub backend: Option<String>,
 }
 
 impl ConfigFile {
@@ -77,13 +79,17 @@ impl ConfigFile {
                 super::nats::STREAM
             )
         });
+        let backend = self
+            .backend
+            .as_ref()
+            .map_or_else(String::new, |b| format!("backend = \"{b}\"\n"));
         format!(
             r#"# Written by `cargo xtask stress` (reload generation {generation}).
 [watch]
 roots = ["tree"]
 debounce_ms = 50
 max_wait_ms = 1000
-
+{backend}
 [jobs]
 workers = {WORKERS}
 queue_capacity = {QUEUE_CAPACITY}
@@ -226,6 +232,7 @@ mod tests {
             worker: "/r/w".into(),
             ledger: "/r/ledger".into(),
             nats: Some("nats://127.0.0.1:4222".into()),
+            backend: Some("inotify".into()),
         };
         for g in 0..4 {
             let text = config.text(g);

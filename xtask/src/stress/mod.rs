@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use faults::FaultKind;
 
-const USAGE: &str = "usage: cargo xtask stress [--quick] [--duration D] [--rate R] [--faults LIST] [--seed N] [--out DIR] [--keep]
+const USAGE: &str = "usage: cargo xtask stress [--quick] [--duration D] [--rate R] [--faults LIST] [--seed N] [--backend NAME] [--out DIR] [--keep]
   --quick        a short run (about two minutes after the build) with every fault once
   --duration D   how long workloads and faults run: 600, 90s, 10m, 1h (default 10m; quick 75s)
   --rate R       multiplies the workloads' rates (default 1: the seed's 3 jobs per 40 s)
@@ -43,6 +43,8 @@ const USAGE: &str = "usage: cargo xtask stress [--quick] [--duration D] [--rate 
                  ward of its own as a throwaway user, removed at the end), kill-nats (needs
                  nats-server: without it, all leaves it out unless WARD_TEST_REQUIRE_TOOLS=1)
   --seed N       the schedule's and the workloads' seed (default: from the clock, printed)
+  --backend NAME the watch backend ward is asked for: auto (default: fanotify as root),
+                 fanotify, inotify or poll
   --out DIR      where the report goes (default target/stress)
   --keep         keep the temporary directory (tree, ledger, state) for inspection
 WARD_LOG goes to ward as it is: WARD_LOG=info,ward_watch=trace,ward_server=trace logs every change
@@ -65,6 +67,8 @@ pub struct Options {
     pub out: PathBuf,
     /// Keep the temporary directory.
     pub keep: bool,
+    /// The watch backend ward is asked for; `None`: ward's default.
+    pub backend: Option<String>,
 }
 
 /// Parses `90`, `90s`, `10m`, `1h`.
@@ -94,6 +98,7 @@ fn parse(args: &[String], root: &Path) -> Result<Options, String> {
     let mut seed = None;
     let mut out = root.join("target/stress");
     let mut keep = false;
+    let mut backend = None;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -118,6 +123,15 @@ fn parse(args: &[String], root: &Path) -> Result<Options, String> {
                 seed = Some(v.parse().map_err(|_| format!("bad seed {v:?}"))?);
             }
             "--out" => out = PathBuf::from(value()?),
+            "--backend" => {
+                let v = value()?;
+                if !["auto", "fanotify", "inotify", "poll"].contains(&v.as_str()) {
+                    return Err(format!(
+                        "bad backend {v:?}: auto, fanotify, inotify or poll"
+                    ));
+                }
+                backend = Some(v.clone());
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -131,6 +145,7 @@ fn parse(args: &[String], root: &Path) -> Result<Options, String> {
         seed,
         out,
         keep,
+        backend,
     })
 }
 
@@ -280,6 +295,9 @@ mod tests {
         assert_eq!(quick.duration, Duration::from_secs(75));
         assert_eq!((quick.seed, quick.faults.len()), (5, faults::ALL.len()));
         assert_eq!(quick.out, Path::new("/w/target/stress"));
+        assert_eq!(quick.backend, None);
+        let inotify = parse(&args(&["--quick", "--backend", "inotify"]), root).unwrap();
+        assert_eq!(inotify.backend.as_deref(), Some("inotify"));
         let full = parse(
             &args(&["--duration", "1h", "--faults", "segv,hang", "--rate", "2"]),
             root,
@@ -293,6 +311,7 @@ mod tests {
             &["--faults", "nuke"],
             &["--seed"],
             &["--bogus"],
+            &["--backend", "kqueue"],
         ] {
             assert!(parse(&args(bad), root).is_err(), "{bad:?}");
         }

@@ -186,6 +186,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         worker: worker_bin.to_path_buf(),
         ledger: ledger_path.clone(),
         nats: nats.as_ref().map(NatsSide::url),
+        backend: opts.backend.clone(),
     };
     config.write(0)?;
     let ward = Ward {
@@ -220,6 +221,17 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         nats,
     };
     ward.start()?;
+    let watching = ward
+        .status()
+        .and_then(|s| s["watch"]["backend"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    println!("stress: ward watches with {watching}");
+    if let Some(asked) = opts.backend.as_deref().filter(|b| *b != "auto")
+        && watching != asked
+    {
+        let _ = ward.run(&["stop"], Duration::from_secs(30));
+        anyhow::bail!("asked ward to watch with {asked}, and it watches with {watching:?}");
+    }
     if let Some(nats) = &mut run.nats {
         let work_config = dir.join("work.toml");
         std::fs::write(&work_config, run.config.work_text())?;

@@ -130,6 +130,8 @@ fn run_side(
         worker,
         ledger: side.join("ledger"),
         nats: None,
+        // As a throwaway user, fanotify is refused: inotify watches, whatever the run asked.
+        backend: None,
     };
     config
         .write(0)
