@@ -628,6 +628,46 @@ fn a_persistent_worker_runs_jobs_and_is_replaced_when_it_dies_or_babbles() {
     f.assert_nothing_left();
 }
 
+/// A reply the worker was not asked for (here, its last reply again, a moment later) is a
+/// protocol violation whenever it is read: the worker is replaced, and the job that read it runs
+/// again on the new one.
+#[test]
+fn a_worker_that_replies_twice_is_replaced_and_the_next_job_runs() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"w\"\nworker = [\"{job}\", \"worker\", \"{ledger}\"]\n",
+    );
+    f.edit_config("[jobs]\n", "[jobs]\nworkers = 1\n");
+    f.start();
+    let worker_saw = |f: &Fixture, name: &str| {
+        let want = f.tree.join(name);
+        f.ledger_entries()
+            .iter()
+            .filter(|(event, p)| event.starts_with("worker-") && p == want.as_os_str().as_bytes())
+            .count()
+    };
+    std::fs::write(f.tree.join("a.twice"), "a").unwrap();
+    wait_for("the job that replies twice", LONG, || {
+        worker_saw(&f, "a.twice") == 1
+    });
+    std::fs::write(f.tree.join("b.txt"), "b").unwrap();
+    wait_for("the second reply refused", LONG, || {
+        f.log().contains("broke the protocol")
+    });
+    let log = f.log();
+    assert!(
+        log.contains("reply is for id 1, expected 2") || log.contains("unrequested reply"),
+        "{log}"
+    );
+    std::fs::write(f.tree.join("c.txt"), "c").unwrap();
+    wait_for("the jobs after it run by the new worker", LONG, || {
+        worker_saw(&f, "b.txt") >= 1 && worker_saw(&f, "c.txt") >= 1
+    });
+    f.stop();
+    assert!(!f.log().contains("b.txt failed after"), "{}", f.log());
+    f.assert_nothing_left();
+}
+
 #[test]
 fn a_file_changed_many_times_while_queued_is_processed_once_with_its_final_content() {
     let f = Fixture::new(

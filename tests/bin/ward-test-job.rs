@@ -5,7 +5,7 @@
 //! `ward-test-job gated LEDGER GATE` waits for the file GATE, then records `gated-CONTENT`.
 //! `ward-test-job worker LEDGER` is a persistent worker speaking ward's JSON-lines protocol: it
 //! records `worker-EVENT:CONTENT\tPATH\0`, and for a path ending in `.die` aborts mid-job, for `.garbage`
-//! replies with something that is not JSON. `ward-test-job grow MB` touches MB mebibytes, one at
+//! replies with something that is not JSON, for `.twice` replies again a moment after its reply. `ward-test-job grow MB` touches MB mebibytes, one at
 //! a time, then exits 0: under a smaller memory limit it is killed on the way.
 
 use std::io::{BufRead, Write};
@@ -45,13 +45,15 @@ fn worker(ledger: &str) {
         let mut entry = format!("worker-{event}:{}\t{path}", content.trim()).into_bytes();
         entry.push(0);
         append(ledger, &entry);
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({ "id": request["id"], "ok": true })
-        )
-        .unwrap();
+        let reply = serde_json::json!({ "id": request["id"], "ok": true });
+        writeln!(out, "{reply}").unwrap();
         out.flush().unwrap();
+        if path.ends_with(".twice") {
+            // Late enough to be read apart from the first: ward has sent its next request.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            writeln!(out, "{reply}").unwrap();
+            out.flush().unwrap();
+        }
     }
 }
 

@@ -606,16 +606,22 @@ impl Replies {
         }
     }
 
+    /// A whole reply line already read, if there is one.
+    fn buffered(&mut self) -> Option<String> {
+        let end = self.pending.iter().position(|&b| b == b'\n')?;
+        let line: Vec<u8> = self.pending.drain(..=end).collect();
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        Some(String::from_utf8_lossy(line).into_owned())
+    }
+
     /// The next reply line, waiting at most `timeout` for it (`None`: none yet).
     fn next(&mut self, timeout: Duration) -> Result<Option<String>, StdoutTrouble> {
         let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 4096];
         loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                let line = line.strip_suffix(b"\n").unwrap_or(&line);
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                return Ok(Some(String::from_utf8_lossy(line).into_owned()));
+            if let Some(line) = self.buffered() {
+                return Ok(Some(line));
             }
             if self.pending.len() > MAX_REPLY {
                 return Err(StdoutTrouble::TooLong);
@@ -688,15 +694,13 @@ impl Worker {
     ) -> Result<Reply, WorkerTrouble> {
         self.next_id += 1;
         let id = self.next_id;
-        // A reply left over from before this request is a protocol violation too.
-        match self.replies.next(Duration::ZERO) {
-            Ok(Some(stale)) => {
-                return Err(WorkerTrouble::Protocol(format!(
-                    "unrequested reply {stale:?}"
-                )));
-            }
-            Ok(None) => {}
-            Err(trouble) => return Err(self.stdout_trouble(trouble)),
+        // A reply left over from before this request is a protocol violation too. One read
+        // with the last reply is checked here; one still in the pipe is read as this request's
+        // reply and refused for its id. (Polling the pipe here cost every job a system call.)
+        if let Some(stale) = self.replies.buffered() {
+            return Err(WorkerTrouble::Protocol(format!(
+                "unrequested reply {stale:?}"
+            )));
         }
         if self
             .stdin
