@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::check::{Line, WriteOp};
+use super::check::{Line, OpKind, WriteOp};
 use super::daemon::Ward;
 use super::ledger::{Entry, Phase};
 use super::workload::now_ms;
@@ -100,13 +100,34 @@ pub fn mark(ward: &Ward) -> Option<(u64, u64)> {
 /// The paths a client that had read up to the mark `at_ms` knew (a job had started on them
 /// before it) and that the harness changed after it, but that the since-query from the mark
 /// (`listed`) does not list: a client never learns that they changed. A rename away is a change
-/// of the old path.
+/// of the old path. A path absent at the mark and at the end, that only existed after the mark
+/// for less than ward's quiet window at a time (an editor's backup, renamed in and removed at
+/// once), did not change for ward: its creation and removal coalesce into nothing.
 pub fn unlisted_since(
     listed: &[Change],
     at_ms: u64,
     writes: &[WriteOp],
     entries: &[Entry],
 ) -> Vec<String> {
+    let fleeting = |path: &str| {
+        let ops: Vec<&WriteOp> = writes.iter().filter(|w| w.path == path).collect();
+        let absent = |op: Option<&&WriteOp>| op.is_some_and(|w| w.kind == OpKind::Removed);
+        let at_mark = ops.iter().rev().find(|w| w.t_ms <= at_ms);
+        if !absent(at_mark) || !absent(ops.last()) {
+            return false;
+        }
+        // Each stretch of existence after the mark, from the write that made it to the removal.
+        let mut since = None;
+        ops.iter().filter(|w| w.t_ms > at_ms).all(|w| match w.kind {
+            OpKind::Wrote(_) => {
+                since = since.or(Some(w.t_ms));
+                true
+            }
+            OpKind::Removed => since
+                .take()
+                .is_none_or(|made| w.t_ms.saturating_sub(made) < super::config::DEBOUNCE_MS),
+        })
+    };
     let listed: HashSet<&str> = listed.iter().map(|c| c.path.as_str()).collect();
     let known: HashSet<&str> = entries
         .iter()
@@ -120,7 +141,7 @@ pub fn unlisted_since(
         .collect();
     changed
         .into_iter()
-        .filter(|p| known.contains(p) && !listed.contains(p))
+        .filter(|p| known.contains(p) && !listed.contains(p) && !fleeting(p))
         .map(|p| format!("{p}: changed after the mark, not listed since it"))
         .collect()
 }
@@ -322,7 +343,7 @@ not json
         let op = |t_ms, path: &str| WriteOp {
             t_ms,
             path: path.into(),
-            kind: super::super::check::OpKind::Removed,
+            kind: OpKind::Removed,
             workload: "churn",
         };
         let entries = [
@@ -344,6 +365,30 @@ not json
         );
         assert!(
             unlisted_since(&[change(9, "/t/old", "removed")], 50, &writes, &entries).is_empty()
+        );
+        // A backup known before the mark, renamed in and removed at once after it: nothing
+        // changed for ward. Kept a whole second, it is a change ward must list.
+        let wrote = |t_ms, path: &str| WriteOp {
+            kind: OpKind::Wrote(7),
+            ..op(t_ms, path)
+        };
+        let entries = [start(10, "/t/doc~")];
+        let fleeting = [
+            wrote(5, "/t/doc~"),
+            op(8, "/t/doc~"),
+            wrote(70, "/t/doc~"),
+            op(72, "/t/doc~"),
+        ];
+        assert!(unlisted_since(&[], 50, &fleeting, &entries).is_empty());
+        let kept = [
+            wrote(5, "/t/doc~"),
+            op(8, "/t/doc~"),
+            wrote(70, "/t/doc~"),
+            op(1070, "/t/doc~"),
+        ];
+        assert_eq!(
+            unlisted_since(&[], 50, &kept, &entries),
+            ["/t/doc~: changed after the mark, not listed since it"]
         );
     }
 }

@@ -14,6 +14,8 @@ pub const JOB_TIMEOUT_S: u64 = 3;
 pub const WORKERS: usize = 3;
 /// Jobs that may wait in ward's queue.
 pub const QUEUE_CAPACITY: usize = 256;
+/// ward's quiet window: changes at a path closer together than this are coalesced.
+pub const DEBOUNCE_MS: u64 = 50;
 
 /// The directories (children of the tree) whose names start with these go to the orphans'
 /// trigger and to the reload fault's triggers.
@@ -87,7 +89,7 @@ impl ConfigFile {
             r#"# Written by `cargo xtask stress` (reload generation {generation}).
 [watch]
 roots = ["tree"]
-debounce_ms = 50
+debounce_ms = {DEBOUNCE_MS}
 max_wait_ms = 1000
 {backend}
 [jobs]
