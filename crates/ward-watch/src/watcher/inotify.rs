@@ -12,14 +12,14 @@
 //! cookie as their tracker, a watched directory moved is a rename's first half with none, a
 //! queue overflow is a rescan), so the watcher's thread treats them alike.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use inotify::{EventMask, WatchDescriptor, WatchMask};
+use inotify::{EventMask, WatchMask};
 use notify::event::{CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind, RenameMode};
 use notify::{Event, EventKind};
 use parking_lot::Mutex;
@@ -40,13 +40,24 @@ fn mask() -> WatchMask {
         | WatchMask::DONT_FOLLOW
 }
 
-/// The directories watched, by descriptor: what the reader names events with.
-type Paths = Arc<Mutex<HashMap<WatchDescriptor, Arc<Path>>>>;
+/// A watch: the kernel's watch descriptor.
+pub(super) type Wd = i32;
+
+/// The directories watched, by descriptor: what the reader names events with. A B-tree, not a
+/// hash map: a hundred thousand directories would leave a hash map's table half empty after it
+/// doubled.
+type Paths = Arc<Mutex<BTreeMap<Wd, Arc<Path>>>>;
 
 /// The inotify instance, its watches, and the thread that reads it. Dropping it wakes the
 /// thread and joins it.
 pub(super) struct Inotify {
+    /// Keeps the instance's descriptor open while this handle lives (the reader owns the
+    /// instance, and may end first).
     watches: inotify::Watches,
+    /// That descriptor, to remove a watch by its number: the crate removes one only by its
+    /// `WatchDescriptor`, twice the size and holding a reference to the instance, which a
+    /// hundred thousand directories would each keep.
+    fd: RawFd,
     paths: Paths,
     // Closed (dropped) to wake the thread.
     wake: Option<OwnedFd>,
@@ -75,11 +86,13 @@ impl Inotify {
             handler,
         };
         let watches = inotify.watches();
+        let fd = inotify.as_raw_fd();
         let thread = std::thread::Builder::new()
             .name("ward-inotify".into())
             .spawn(move || reader.run(inotify, &read_end))?;
         Ok(Inotify {
             watches,
+            fd,
             paths,
             wake: Some(write_end),
             thread: Some(thread),
@@ -92,17 +105,21 @@ impl Inotify {
     /// # Errors
     /// notify's errors: `MaxFilesWatch` when the user's watches are used up, else the I/O error
     /// (a directory gone, unreadable).
-    pub(super) fn watch(&mut self, dir: &Arc<Path>) -> notify::Result<WatchDescriptor> {
-        let wd = self.watches.add(dir, mask()).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOSPC) {
-                notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(dir.to_path_buf())
-            } else {
-                notify::Error::io(e).add_path(dir.to_path_buf())
-            }
-        })?;
+    pub(super) fn watch(&mut self, dir: &Arc<Path>) -> notify::Result<Wd> {
+        let wd = self
+            .watches
+            .add(dir, mask())
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(dir.to_path_buf())
+                } else {
+                    notify::Error::io(e).add_path(dir.to_path_buf())
+                }
+            })?
+            .get_watch_descriptor_id();
         // A directory watched again (the same inode) keeps its descriptor: its events are named
         // with its latest path.
-        self.paths.lock().insert(wd.clone(), Arc::clone(dir));
+        self.paths.lock().insert(wd, Arc::clone(dir));
         Ok(wd)
     }
 
@@ -110,7 +127,7 @@ impl Inotify {
     ///
     /// # Errors
     /// If the kernel refuses to remove the watch.
-    pub(super) fn unwatch(&mut self, dir: &Path, wd: WatchDescriptor) -> notify::Result<()> {
+    pub(super) fn unwatch(&mut self, dir: &Path, wd: Wd) -> notify::Result<()> {
         {
             let mut paths = self.paths.lock();
             // Another path may hold the descriptor now (the directory moved and was watched
@@ -121,9 +138,13 @@ impl Inotify {
             }
             paths.remove(&wd);
         }
-        self.watches
-            .remove(wd)
-            .map_err(|e| notify::Error::io(e).add_path(dir.into()))
+        // SAFETY: `self.fd` is the instance's descriptor, kept open by `self.watches`;
+        // inotify_rm_watch takes two integers.
+        if unsafe { libc::inotify_rm_watch(self.fd, wd) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(notify::Error::io(e).add_path(dir.into()));
+        }
+        Ok(())
     }
 }
 
@@ -207,7 +228,7 @@ impl Reader {
     /// The notify events `event` makes, pushed to `out`.
     fn name(
         &self,
-        paths: &mut HashMap<WatchDescriptor, Arc<Path>>,
+        paths: &mut BTreeMap<Wd, Arc<Path>>,
         event: &inotify::Event<&std::ffi::OsStr>,
         out: &mut Vec<Event>,
     ) {
@@ -218,10 +239,10 @@ impl Reader {
         }
         if mask.contains(EventMask::IGNORED) {
             // The kernel dropped the watch (its directory is gone, or it was removed).
-            paths.remove(&event.wd);
+            paths.remove(&event.wd.get_watch_descriptor_id());
             return;
         }
-        let Some(dir) = paths.get(&event.wd) else {
+        let Some(dir) = paths.get(&event.wd.get_watch_descriptor_id()) else {
             return;
         };
         let path: PathBuf = match event.name {
@@ -320,7 +341,7 @@ mod tests {
         inotify.unwatch(&old, old_watch).unwrap();
         std::fs::write(new.join("b"), "1").unwrap();
         wait_for(&rx, &new.join("b"), EventKind::Create(CreateKind::File));
-        inotify.unwatch(&new, new_watch.clone()).unwrap();
+        inotify.unwatch(&new, new_watch).unwrap();
         assert!(
             inotify.unwatch(&new, new_watch).is_ok(),
             "a watch removed already is not removed again"

@@ -53,7 +53,7 @@ pub(super) type Native = notify::RecommendedWatcher;
 
 /// What the native backend hands back for a watch, to remove it with: inotify's descriptor.
 #[cfg(target_os = "linux")]
-pub(super) type NativeWatch = inotify::WatchDescriptor;
+pub(super) type NativeWatch = super::inotify::Wd;
 #[cfg(not(target_os = "linux"))]
 pub(super) type NativeWatch = ();
 
