@@ -275,7 +275,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     }
     run.tidy_pending(true);
     let settle = Instant::now();
-    let settled = run.settle(if opts.quick { 20 } else { 120 });
+    let (settled, busy) = run.settle(if opts.quick { 20 } else { 120 });
     let settle_s = settle.elapsed().as_secs_f64();
     let run_s = run.started.elapsed().as_secs_f64();
     run.ledger.refresh();
@@ -341,6 +341,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
         gave_up: &gave_up,
         final_files: &final_files,
         settled,
+        busy: busy.as_deref(),
         settle_s,
         run_s,
         status: status.as_ref(),
@@ -650,36 +651,51 @@ impl Run<'_> {
 
     /// Waits until ward is idle: nothing queued, running, retrying or pending in the watcher,
     /// and the ledger unchanged, twice a second apart.
-    fn settle(&mut self, limit_s: u64) -> bool {
+    /// Waits up to `limit_s` for ward to go idle and stay so for a second; whether it did, and
+    /// what kept it busy last (for the verdict: a queue, the watcher's pending paths, jobs left
+    /// in the NATS stream, or the ledger still growing).
+    fn settle(&mut self, limit_s: u64) -> (bool, Option<String>) {
         let mut quiet_since: Option<(Instant, usize)> = None;
-        wait_until(Duration::from_secs(limit_s), || {
+        let mut busy = None;
+        let settled = wait_until(Duration::from_secs(limit_s), || {
             if INTERRUPTED.load(Ordering::Relaxed) {
                 return true;
             }
             let Some(s) = self.ward.status() else {
                 quiet_since = None;
+                busy = Some("ward status unanswered".to_owned());
                 return false;
             };
             // The jobs published are run once `ward work` acked each (the stream is empty).
-            let idle = daemon::idle(&s)
-                && self
-                    .nats
-                    .as_ref()
-                    .is_none_or(|n| n.jobs_in_stream() == Some(0));
+            let in_stream = self.nats.as_ref().map(NatsSide::jobs_in_stream);
+            let idle = daemon::idle(&s) && in_stream.is_none_or(|n| n == Some(0));
             self.ledger.refresh();
             let len = self.ledger.offset;
             match (idle, quiet_since) {
                 (false, _) => {
                     quiet_since = None;
+                    busy = Some(format!(
+                        "state {}, queue {}, watch pending {}, jobs in the NATS stream {}",
+                        s["state"],
+                        s["queue"],
+                        s["watch"]["pending"],
+                        match in_stream {
+                            None => "(no NATS)".to_owned(),
+                            Some(None) => "unknown (no answer)".to_owned(),
+                            Some(Some(n)) => n.to_string(),
+                        }
+                    ));
                     false
                 }
                 (true, Some((since, l))) if l == len => since.elapsed() >= Duration::from_secs(1),
                 (true, _) => {
                     quiet_since = Some((Instant::now(), len));
+                    busy = Some("the ledger still growing".to_owned());
                     false
                 }
             }
-        }) && !INTERRUPTED.load(Ordering::Relaxed)
+        }) && !INTERRUPTED.load(Ordering::Relaxed);
+        (settled, busy)
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Evidence<'a> {
     pub final_files: &'a BTreeMap<String, u64>,
     /// Whether ward went idle after the workloads stopped.
     pub settled: bool,
+    /// What kept it busy last while it settled.
+    pub busy: Option<&'a str>,
     /// How long settling took.
     pub settle_s: f64,
     /// How long the run took, settling included.
@@ -566,7 +568,13 @@ fn settled(e: &Evidence<'_>) -> Line {
             e.samples.peak_queued.load(Ordering::Relaxed),
             e.samples.status_failures.load(Ordering::Relaxed)
         ),
-        vec![format!("queue at the end: {final_queue}")],
+        std::iter::once(format!("queue at the end: {final_queue}"))
+            .chain(
+                e.busy
+                    .filter(|_| !e.settled)
+                    .map(|b| format!("busy last with: {b}")),
+            )
+            .collect(),
     )
 }
 
