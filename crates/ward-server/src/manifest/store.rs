@@ -27,6 +27,8 @@ const FIRST_FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files")
 const FIRST_BY_SEQ: TableDefinition<u64, &[u8]> = TableDefinition::new("by_seq");
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const SEQ_KEY: &str = "seq";
+/// The file's size after the last compaction.
+const COMPACTED_KEY: &str = "compacted";
 /// Which layout the tables have: the first (without this key) is migrated when opened; one this
 /// ward does not know is a store it cannot read, moved aside and rebuilt.
 const LAYOUT_KEY: &str = "layout";
@@ -168,11 +170,14 @@ impl Manifest {
         Ok(())
     }
 
-    /// Gives the disk back the space the store's file holds beyond twice what its pages use:
-    /// redb doubles its file as it grows and reuses freed pages inside it, but gives back only a
-    /// free tail. Meant for the end of a server (no reader is running then); it takes about a
-    /// second a million paths. Returns the file's size before and after, or `None` if the file
-    /// was not worth compacting.
+    /// Gives the disk back the space the store's file holds beyond what its pages use: redb
+    /// doubles its file as it grows and reuses freed pages inside it, but gives back only a free
+    /// tail of at least half the file. So it compacts only a file at least twice its pages' size
+    /// (below that, compacting moves pages and gives back nothing), that has grown by a quarter
+    /// since the last compaction (whose leftover slack compacting again would not win), and
+    /// would give back more than 16 MiB. Meant for the end of a server (no reader is running
+    /// then); it takes about a second a million paths. Returns the file's size before and after,
+    /// or `None` if the file was not worth compacting.
     ///
     /// # Errors
     /// If the store cannot be read or compacted; it is left as it was, and usable.
@@ -186,16 +191,22 @@ impl Manifest {
     fn compact_beyond(&mut self, worth: u64) -> Result<Option<(u64, u64)>, Error> {
         let file = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
         let before = file(&self.path);
-        let used = {
+        let (used, last) = {
             let txn = self
                 .db()?
                 .begin_write()
                 .map_err(|e| store_error("measuring", e))?;
             let stats = txn.stats().map_err(|e| store_error("measuring", e))?;
+            let last = txn
+                .open_table(META)
+                .and_then(|meta| Ok(meta.get(COMPACTED_KEY)?.map(|v| v.value())))
+                .map_err(|e| store_error("measuring", e))?;
             txn.abort().map_err(|e| store_error("measuring", e))?;
-            stats.allocated_pages() * stats.page_size() as u64
+            (stats.allocated_pages() * stats.page_size() as u64, last)
         };
-        if before < 2 * used || before - used < worth {
+        let sparse = before >= 2 * used;
+        let grown = last.is_none_or(|last| 4 * before >= 5 * last);
+        if !sparse || !grown || before.saturating_sub(used) < worth {
             return Ok(None);
         }
         let db = self.db.as_mut().ok_or_else(|| {
@@ -205,7 +216,14 @@ impl Manifest {
             doing: "compacting",
             source: Box::new(e.into()),
         })?;
-        Ok(Some((before, file(&self.path))))
+        let after = file(&self.path);
+        let txn = db.begin_write().map_err(|e| store_error("writing", e))?;
+        txn.open_table(META)
+            .map_err(|e| store_error("writing", e))?
+            .insert(COMPACTED_KEY, after)
+            .map_err(|e| store_error("writing", e))?;
+        txn.commit().map_err(|e| store_error("committing", e))?;
+        Ok(Some((before, after)))
     }
 
     /// Runs `read` in a read transaction; whatever redb error it meets becomes one [`Error::Store`].
@@ -525,6 +543,11 @@ mod tests {
             .unwrap()
             .expect("a store grown by doubling holds more than twice what it uses");
         assert!(after < before, "compacted from {before} to {after} bytes");
+        assert_eq!(
+            m.compact_beyond(0).unwrap(),
+            None,
+            "not compacted again before the file grows"
+        );
         assert_eq!(m.records().unwrap(), records);
         drop(m);
         let (m, _) = Manifest::open(&path).unwrap();
