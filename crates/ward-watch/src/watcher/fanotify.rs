@@ -197,29 +197,13 @@ impl Reader {
         // u64s: the events' records are read in place, and their fields are at most 8 bytes.
         let mut buffer = vec![0u64; 8192];
         loop {
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.group.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: wake.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: two initialized pollfd whose descriptors stay open through the call.
-            if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            match crate::wake::readable_or_woken(self.group.as_raw_fd(), wake) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    log::error!("ward-watch: fanotify: poll: {e}; no more events are read");
+                    return;
                 }
-                log::error!("ward-watch: fanotify: poll: {e}; no more events are read");
-                return;
-            }
-            if fds[1].revents != 0 {
-                return;
             }
             loop {
                 let bytes = buffer.len() * 8;

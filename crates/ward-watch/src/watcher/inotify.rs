@@ -171,29 +171,13 @@ impl Reader {
         let mut buffer = vec![0u8; 64 * 1024];
         let mut events = Vec::new();
         loop {
-            let mut fds = [
-                libc::pollfd {
-                    fd: inotify.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: wake.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: two initialized pollfd whose descriptors stay open through the call.
-            if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            match crate::wake::readable_or_woken(inotify.as_raw_fd(), wake) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    log::error!("ward-watch: inotify: poll: {e}; no more events are read");
+                    return;
                 }
-                log::error!("ward-watch: inotify: poll: {e}; no more events are read");
-                return;
-            }
-            if fds[1].revents != 0 {
-                return;
             }
             loop {
                 match inotify.read_events(&mut buffer) {
