@@ -5,7 +5,7 @@
 //! `ward-test-job gated LEDGER GATE` waits for the file GATE, then records `gated-CONTENT`.
 //! `ward-test-job worker LEDGER` is a persistent worker speaking ward's JSON-lines protocol: it
 //! records `worker-EVENT:CONTENT\tPATH\0`, and for a path ending in `.die` aborts mid-job, for `.garbage`
-//! replies with something that is not JSON, for `.twice` replies again a moment after its reply. `ward-test-job grow MB` touches MB mebibytes, one at
+//! replies with something that is not JSON, for `.twice` replies again when the next request comes. `ward-test-job grow MB` touches MB mebibytes, one at
 //! a time, then exits 0: under a smaller memory limit it is killed on the way.
 
 use std::io::{BufRead, Write};
@@ -23,8 +23,15 @@ fn append(ledger: &str, entry: &[u8]) {
 
 fn worker(ledger: &str) {
     let stdout = std::io::stdout();
+    // A reply owed again (`.twice`), sent when the next request comes.
+    let mut again: Option<serde_json::Value> = None;
     for line in std::io::stdin().lock().lines() {
         let line = line.expect("read request");
+        if let Some(reply) = again.take() {
+            let mut out = stdout.lock();
+            writeln!(out, "{reply}").unwrap();
+            out.flush().unwrap();
+        }
         let request: serde_json::Value = serde_json::from_str(&line).expect("request is JSON");
         let path = request["path"]
             .as_str()
@@ -49,10 +56,8 @@ fn worker(ledger: &str) {
         writeln!(out, "{reply}").unwrap();
         out.flush().unwrap();
         if path.ends_with(".twice") {
-            // Late enough to be read apart from the first: ward has sent its next request.
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            writeln!(out, "{reply}").unwrap();
-            out.flush().unwrap();
+            // Replied again when the next request comes: read apart from the first reply.
+            again = Some(reply);
         }
     }
 }
