@@ -24,6 +24,37 @@ pub fn server_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// What the run's consumer owes (see [`NatsSide::owed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owed {
+    /// Messages the consumer has not delivered yet.
+    pub undelivered: u64,
+    /// Deliveries not yet acked, nak-ed or terminated.
+    pub unsettled: u64,
+    /// Messages the stream holds. More than the two above are messages a work queue should
+    /// have deleted at their ack: a nats-server SIGKILLed soon after an ack can bring them
+    /// back at its restart with the consumer already past them (its file storage writes the
+    /// consumer's state before the stream's deletions). They were run; nothing owes them.
+    pub in_stream: u64,
+}
+
+impl Owed {
+    /// Nothing left to run.
+    pub fn none(&self) -> bool {
+        self.undelivered == 0 && self.unsettled == 0
+    }
+}
+
+impl std::fmt::Display for Owed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} undelivered, {} unsettled ({} in the stream)",
+            self.undelivered, self.unsettled, self.in_stream
+        )
+    }
+}
+
 /// The server and the worker, both killed on drop.
 #[derive(Debug)]
 pub struct NatsSide {
@@ -133,9 +164,10 @@ impl NatsSide {
         Ok(())
     }
 
-    /// Jobs in the stream: published and not yet acked by `ward work` (a work queue deletes a
-    /// message once acked). `None` if the server cannot tell (it is down, or no stream yet).
-    pub fn jobs_in_stream(&self) -> Option<u64> {
+    /// What the consumer still owes: messages not yet delivered and deliveries not yet
+    /// settled, with the stream's own count beside them. `None` if the server cannot tell (it is
+    /// down, or there is no stream or consumer yet).
+    pub fn owed(&self) -> Option<Owed> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -144,7 +176,14 @@ impl NatsSide {
             let asked = async {
                 let client = async_nats::connect(self.url()).await.ok()?;
                 let stream = jetstream::new(client).get_stream(STREAM).await.ok()?;
-                Some(stream.cached_info().state.messages)
+                let consumer: jetstream::consumer::PullConsumer =
+                    stream.get_consumer(CONSUMER).await.ok()?;
+                let info = consumer.cached_info();
+                Some(Owed {
+                    undelivered: info.num_pending,
+                    unsettled: info.num_ack_pending as u64,
+                    in_stream: stream.cached_info().state.messages,
+                })
             };
             tokio::time::timeout(Duration::from_secs(5), asked)
                 .await

@@ -653,7 +653,7 @@ impl Run<'_> {
     /// and the ledger unchanged, twice a second apart.
     /// Waits up to `limit_s` for ward to go idle and stay so for a second; whether it did, and
     /// what kept it busy last (for the verdict: a queue, the watcher's pending paths, jobs left
-    /// in the NATS stream, or the ledger still growing).
+    /// owed by the NATS consumer, or the ledger still growing).
     fn settle(&mut self, limit_s: u64) -> (bool, Option<String>) {
         let mut quiet_since: Option<(Instant, usize)> = None;
         let mut busy = None;
@@ -666,23 +666,24 @@ impl Run<'_> {
                 busy = Some("ward status unanswered".to_owned());
                 return false;
             };
-            // The jobs published are run once `ward work` acked each (the stream is empty).
-            let in_stream = self.nats.as_ref().map(NatsSide::jobs_in_stream);
-            let idle = daemon::idle(&s) && in_stream.is_none_or(|n| n == Some(0));
+            // The jobs published are run once the consumer owes none: each delivered and
+            // settled by `ward work`.
+            let owed = self.nats.as_ref().map(NatsSide::owed);
+            let idle = daemon::idle(&s) && owed.is_none_or(|o| o.is_some_and(|o| o.none()));
             self.ledger.refresh();
             let len = self.ledger.offset;
             match (idle, quiet_since) {
                 (false, _) => {
                     quiet_since = None;
                     busy = Some(format!(
-                        "state {}, queue {}, watch pending {}, jobs in the NATS stream {}",
+                        "state {}, queue {}, watch pending {}, NATS consumer: {}",
                         s["state"],
                         s["queue"],
                         s["watch"]["pending"],
-                        match in_stream {
+                        match owed {
                             None => "(no NATS)".to_owned(),
                             Some(None) => "unknown (no answer)".to_owned(),
-                            Some(Some(n)) => n.to_string(),
+                            Some(Some(o)) => o.to_string(),
                         }
                     ));
                     false
