@@ -578,6 +578,67 @@ fn a_job_whose_worker_is_killed_mid_job_is_delivered_to_the_other_worker() {
 }
 
 #[test]
+fn a_job_whose_workers_die_holding_it_past_its_maximum_is_dead_lettered_not_parked() {
+    let Some((f, nats)) = origin("lost") else {
+        return;
+    };
+    // Each worker's job waits for a gate that never opens; each worker is SIGKILLed with it
+    // in hand, so that no delivery is ever settled.
+    let never = f.dir.path().join("never");
+    let gated = format!(
+        "[\"{{job}}\", \"gated\", \"{{ledger}}\", \"{}\"]",
+        never.display()
+    );
+    let flags = ["--ack-wait", "2", "--max-deliver", "2"];
+    f.start();
+    std::fs::write(f.tree.join("a.txt"), "1").unwrap();
+    for n in 1..=2 {
+        let mut work = Work::start(&f, &nats, n, "lost", &gated, &flags);
+        wait_for(
+            &format!("delivery {n} to run"),
+            Duration::from_secs(60),
+            || !ward_e2e::processes_mentioning(&never).is_empty(),
+        );
+        work.child.kill().unwrap();
+        work.child.wait().unwrap();
+        wait_for("its job to die with it", Duration::from_secs(10), || {
+            ward_e2e::processes_mentioning(&never).is_empty()
+        });
+    }
+    // The third delivery, past the maximum: dead-lettered, not run, and shown at the origin.
+    // A consumer whose server stopped at two deliveries would keep the job in the stream,
+    // delivered to no one.
+    let third = Work::start(
+        &f,
+        &nats,
+        3,
+        "lost",
+        "[\"{job}\", \"record\", \"{ledger}\"]",
+        &flags,
+    );
+    wait_for("the dead letter", Duration::from_secs(60), || {
+        third.log().contains("dead-lettered on ward.dead.lost")
+    });
+    assert!(third.paths().is_empty(), "run again: {}", third.log());
+    wait_for("the origin to list it", Duration::from_secs(30), || {
+        f.failures().len() == 1
+    });
+    let listed = f.failures();
+    let want = f.tree.join("a.txt");
+    assert_eq!(listed[0]["path"], want.to_str().unwrap(), "{listed:?}");
+    assert!(
+        listed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("delivered 3 times, more than its 2"),
+        "{listed:?}"
+    );
+    f.stop();
+    let log = third.log();
+    assert!(third.stop().success(), "{log}");
+}
+
+#[test]
 fn nats_server_killed_mid_burst_and_restarted_on_its_storage_loses_nothing() {
     /// Files written while nats-server is away.
     const AWAY: usize = 10_000;

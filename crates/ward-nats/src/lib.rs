@@ -141,7 +141,11 @@ pub struct ConsumerSpec {
     pub name: String,
     /// The subjects it takes.
     pub filter: String,
-    /// How many deliveries a message gets before the server stops redelivering it.
+    /// How many deliveries a message gets before the server stops redelivering it; -1 for no
+    /// limit. A message the server stops redelivering without its being terminated stays in a
+    /// work queue, delivered to no one and said by nothing but an advisory: a consumer that
+    /// must dead-letter every job it gives up on sets -1 and counts deliveries itself, as
+    /// `ward work` does.
     pub max_deliver: i64,
     /// How long a delivered message may go unacknowledged before it is redelivered.
     pub ack_wait: Duration,
@@ -333,33 +337,46 @@ impl Puller {
         consumer: &ConsumerSpec,
     ) -> Result<Puller, Error> {
         let runtime = Runtime::start()?;
-        let (client, handle) =
-            runtime.block_on(async {
-                let client = connect(url).await?;
-                let context = jetstream::new(client.clone());
-                let handle = ensure_stream(&context, stream).await?;
-                let config = pull::Config {
-                    durable_name: Some(consumer.name.clone()),
-                    filter_subject: consumer.filter.clone(),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    max_deliver: consumer.max_deliver,
-                    ack_wait: consumer.ack_wait,
-                    ..Default::default()
-                };
-                // As for the stream: another worker may make the consumer between the look and the
-                // make.
-                let handle =
-                    match handle.get_or_create_consumer(&consumer.name, config).await {
-                        Ok(made) => made,
-                        Err(e) => handle.get_consumer(&consumer.name).await.map_err(|_| {
-                            Error::Consumer {
-                                consumer: consumer.name.clone(),
-                                reason: e.to_string(),
-                            }
-                        })?,
-                    };
-                Ok::<_, Error>((client, handle))
-            })?;
+        let (client, handle) = runtime.block_on(async {
+            let client = connect(url).await?;
+            let context = jetstream::new(client.clone());
+            let handle = ensure_stream(&context, stream).await?;
+            let config = pull::Config {
+                durable_name: Some(consumer.name.clone()),
+                filter_subject: consumer.filter.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                max_deliver: consumer.max_deliver,
+                ack_wait: consumer.ack_wait,
+                ..Default::default()
+            };
+            let failed = |reason: String| Error::Consumer {
+                consumer: consumer.name.clone(),
+                reason,
+            };
+            // As for the stream: another worker may make the consumer between the look and the
+            // make.
+            let mut made = match handle
+                .get_or_create_consumer(&consumer.name, config.clone())
+                .await
+            {
+                Ok(made) => made,
+                Err(e) => handle
+                    .get_consumer(&consumer.name)
+                    .await
+                    .map_err(|_| failed(e.to_string()))?,
+            };
+            // A consumer made earlier with other limits (an older ward, other flags) gets
+            // these: the limits are the worker's to say, and the same for all its workers.
+            let had = &made.cached_info().config;
+            if had.max_deliver != config.max_deliver || had.ack_wait != config.ack_wait {
+                made = handle.update_consumer(config).await.map_err(|e| {
+                    failed(format!(
+                        "it exists with other limits, and updating them failed: {e}"
+                    ))
+                })?;
+            }
+            Ok::<_, Error>((client, made))
+        })?;
         Ok(Puller {
             consumer: handle,
             client,

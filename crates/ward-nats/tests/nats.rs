@@ -106,6 +106,28 @@ fn a_republish_with_the_same_id_is_dropped_and_a_delivery_is_settled() {
 }
 
 #[test]
+fn an_existing_consumer_takes_the_limits_of_the_puller_that_connects() {
+    let Some(server) = server() else { return };
+    let stream = StreamSpec::work_queue("T", "t.>");
+    let publisher = Publisher::connect(&server.url, &stream).unwrap();
+    publisher.publish("t.a", "id-1", b"one".to_vec()).unwrap();
+    let mut consumer = ConsumerSpec::new("c", "t.>");
+    consumer.max_deliver = 1;
+    consumer.ack_wait = Duration::from_millis(300);
+    let first = Puller::connect(&server.url, &stream, &consumer).unwrap();
+    let held = first.next(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(held.delivered(), 1);
+    // Never settled; with one delivery at most, the server would keep it from everyone.
+    drop((held, first));
+    consumer.max_deliver = -1;
+    let second = Puller::connect(&server.url, &stream, &consumer).unwrap();
+    let again = second.next(Duration::from_secs(5)).unwrap();
+    let again = again.expect("the consumer kept its first limit: no second delivery");
+    assert_eq!((again.payload(), again.delivered()), (&b"one"[..], 2));
+    again.ack().unwrap();
+}
+
+#[test]
 fn sent_publishes_are_answered_with_their_tags_as_their_acks_come() {
     let Some(server) = server() else { return };
     let publisher = Publisher::connect(&server.url, &StreamSpec::work_queue("S", "s.>")).unwrap();

@@ -253,8 +253,11 @@ fn run(
 /// and the consumer if they are missing.
 fn connect(options: &WorkOptions) -> Result<(Puller, Publisher), Error> {
     let jobs = StreamSpec::work_queue(&options.stream, JOB_SUBJECTS);
+    // The server redelivers without limit: a delivery past `max_deliver` is dead-lettered here
+    // (see `Worker::handle`). A server that stopped at the limit would keep such a job in the
+    // stream, delivered to no one, when its earlier deliveries were never settled.
     let consumer = ConsumerSpec {
-        max_deliver: options.max_deliver,
+        max_deliver: -1,
         ack_wait: options.ack_wait,
         ..ConsumerSpec::new(&options.consumer, JOB_SUBJECTS)
     };
@@ -299,7 +302,25 @@ impl Worker<'_> {
                 return;
             }
         };
-        let outcome = match self.job_of(&message, delivery.subject(), thread) {
+        let outcome = if delivery.delivered() as i64 > self.options.max_deliver {
+            // Its earlier deliveries were never settled: the worker holding it died, or its
+            // settlement was lost with the server. Not run again: a job that kills its worker
+            // would otherwise do so forever.
+            Err(Failure::Final(format!(
+                "delivered {} times, more than its {}: a delivery was never settled (a worker \
+                 died holding it, or the NATS server lost its settlement)",
+                delivery.delivered(),
+                self.options.max_deliver
+            )))
+        } else {
+            self.run(&message, delivery, thread)
+        };
+        self.settle_outcome(delivery, message, outcome);
+    }
+
+    /// Runs the job `message` asks for, if it can run here.
+    fn run(&self, message: &JobMessage, delivery: &Delivery, thread: usize) -> Result<(), Failure> {
+        match self.job_of(message, delivery.subject(), thread) {
             Ok((job, scratch)) => {
                 self.counts.running.fetch_add(1, Ordering::Relaxed);
                 let outcome = self.run_with_progress(&job, delivery);
@@ -313,7 +334,16 @@ impl Worker<'_> {
                 })
             }
             Err(Unrunnable::Never(why)) => Err(Failure::Final(why)),
-        };
+        }
+    }
+
+    /// Acks, nak-s or dead-letters `delivery` as `outcome` says.
+    fn settle_outcome(
+        &self,
+        delivery: &Delivery,
+        message: JobMessage,
+        outcome: Result<(), Failure>,
+    ) {
         match outcome {
             Ok(()) => {
                 self.counts.succeeded.fetch_add(1, Ordering::Relaxed);
