@@ -578,6 +578,70 @@ fn a_job_whose_worker_is_killed_mid_job_is_delivered_to_the_other_worker() {
 }
 
 #[test]
+fn a_job_whose_file_was_modified_since_is_not_run_and_its_later_version_is() {
+    let Some((f, nats)) = origin("stale") else {
+        return;
+    };
+    f.start();
+    // Two versions of one file, each published before the next is written, while no worker
+    // pulls: the first one's job is stale by the time a worker gets it.
+    let path = f.tree.join("a.txt");
+    std::fs::write(&path, "1").unwrap();
+    wait_for("the first publish", Duration::from_secs(30), || {
+        f.status().1["queue"]["completed"] == 1
+    });
+    std::fs::write(&path, "22").unwrap();
+    // Later than the first version's mtime whatever the clock's grain.
+    let later = std::time::SystemTime::now() + Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    wait_for("the second publish", Duration::from_secs(30), || {
+        f.status().1["queue"]["completed"] == 2
+    });
+    let work = Work::start(
+        &f,
+        &nats,
+        1,
+        "stale",
+        "[\"{job}\", \"record\", \"{ledger}\"]",
+        &[],
+    );
+    let remote = |f: &Fixture| f.status().1["remote"][0].clone();
+    wait_for(
+        "both results at the origin",
+        Duration::from_secs(60),
+        || {
+            let r = remote(&f);
+            r["succeeded"].as_u64().unwrap_or(0) + r["superseded"].as_u64().unwrap_or(0) == 2
+        },
+    );
+    let shown = remote(&f);
+    assert_eq!(
+        (&shown["succeeded"], &shown["superseded"]),
+        (&1.into(), &1.into()),
+        "{shown}\n{}",
+        work.log()
+    );
+    assert_eq!(
+        work.paths(),
+        [path.as_os_str().as_bytes()],
+        "the stale version ran too: {}",
+        work.log()
+    );
+    let metrics = f.run(&["metrics"]);
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    let line = "ward_remote_jobs_total{trigger=\"stale\",outcome=\"superseded\"} 1";
+    assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+    f.stop();
+    let log = work.log();
+    assert!(work.stop().success(), "{log}");
+}
+
+#[test]
 fn a_job_whose_workers_die_holding_it_past_its_maximum_is_dead_lettered_not_parked() {
     let Some((f, nats)) = origin("lost") else {
         return;

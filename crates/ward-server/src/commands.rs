@@ -471,8 +471,8 @@ fn print_status(report: &StatusReport) {
             w.threads
         );
         println!(
-            "  jobs       {} succeeded, {} retried, {} dead-lettered",
-            w.succeeded, w.retried, w.dead_lettered
+            "  jobs       {} succeeded, {} superseded, {} retried, {} dead-lettered",
+            w.succeeded, w.superseded, w.retried, w.dead_lettered
         );
     }
     if let Some(server) = report.server.as_ref().filter(|s| s.work.is_none()) {
@@ -534,8 +534,8 @@ fn print_status(report: &StatusReport) {
                 .as_ref()
                 .map_or_else(String::new, |e| format!(", last error {e}"));
             println!(
-                "  remote     {}: {} succeeded, {} retried, {} gave up{last}",
-                r.trigger, r.succeeded, r.retried, r.gave_up
+                "  remote     {}: {} succeeded, {} superseded, {} retried, {} gave up{last}",
+                r.trigger, r.succeeded, r.superseded, r.retried, r.gave_up
             );
         }
         let m = &server.manifest;

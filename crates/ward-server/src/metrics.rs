@@ -238,7 +238,7 @@ impl Metrics {
     }
 
     /// A remote worker reported a delivery of a job `trigger` published as `outcome`
-    /// (`succeeded`, `retried` or `gave_up`).
+    /// (`succeeded`, `superseded`, `retried` or `gave_up`).
     #[cfg(feature = "nats")]
     pub(crate) fn remote_job(&self, trigger: &str, outcome: &'static str) {
         self.remote_jobs

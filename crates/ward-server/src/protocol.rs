@@ -442,6 +442,10 @@ pub struct WorkStatus {
     pub pulling: bool,
     /// Deliveries that succeeded (acked).
     pub succeeded: u64,
+    /// Jobs not run because their file changed since they were published (acked: the change
+    /// is a job of its own).
+    #[serde(default)]
+    pub superseded: u64,
     /// Deliveries that failed and were given back to be delivered again (nak-ed).
     pub retried: u64,
     /// Jobs dead-lettered after their last delivery.
@@ -456,6 +460,9 @@ pub struct RemoteStatus {
     pub trigger: String,
     /// Deliveries that succeeded.
     pub succeeded: u64,
+    /// Jobs not run because their file changed since they were published.
+    #[serde(default)]
+    pub superseded: u64,
     /// Deliveries that failed and were delivered again.
     pub retried: u64,
     /// Jobs that gave up (dead-lettered): `ward failures` lists them.

@@ -199,15 +199,24 @@ pub enum RemoteOutcome {
     Retried,
     /// It failed its last delivery (or can never run there): dead-lettered.
     GaveUp,
+    /// It was not run: its file changed since it was published, and that change is a job of
+    /// its own. Acknowledged.
+    Superseded,
 }
 
 impl RemoteOutcome {
+    /// Whether the delivery failed (its error is the last error shown).
+    pub fn failed(self) -> bool {
+        matches!(self, RemoteOutcome::Retried | RemoteOutcome::GaveUp)
+    }
+
     /// Its name, as in metrics' labels and the protocol.
     pub fn as_str(self) -> &'static str {
         match self {
             RemoteOutcome::Succeeded => "succeeded",
             RemoteOutcome::Retried => "retried",
             RemoteOutcome::GaveUp => "gave_up",
+            RemoteOutcome::Superseded => "superseded",
         }
     }
 }

@@ -68,6 +68,8 @@ pub(crate) fn serve(
 struct Counts {
     running: AtomicU64,
     succeeded: AtomicU64,
+    /// Jobs not run because their file changed since.
+    superseded: AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     /// The last pull failed (the server is away).
@@ -102,6 +104,7 @@ impl Counts {
                 threads,
                 pulling: !self.failing.load(Ordering::Relaxed),
                 succeeded: get(&self.succeeded),
+                superseded: get(&self.superseded),
                 retried: get(&self.retried),
                 dead_lettered: get(&self.dead_lettered),
             }),
@@ -302,39 +305,49 @@ impl Worker<'_> {
                 return;
             }
         };
-        let outcome = if delivery.delivered() as i64 > self.options.max_deliver {
-            // Its earlier deliveries were never settled: the worker holding it died, or its
-            // settlement was lost with the server. Not run again: a job that kills its worker
-            // would otherwise do so forever.
-            Err(Failure::Final(format!(
-                "delivered {} times, more than its {}: a delivery was never settled (a worker \
-                 died holding it, or the NATS server lost its settlement)",
-                delivery.delivered(),
-                self.options.max_deliver
-            )))
-        } else {
-            self.run(&message, delivery, thread)
+        let outcome = match self.job_of(&message, delivery.subject(), thread) {
+            Ok((job, scratch)) => {
+                let outcome = self.run(&message, &job, scratch.is_none(), delivery);
+                if let Some(file) = scratch {
+                    let _ = std::fs::remove_file(file);
+                }
+                outcome
+            }
+            Err(Unrunnable::Never(why)) => Err(Failure::Final(why)),
         };
         self.settle_outcome(delivery, message, outcome);
     }
 
-    /// Runs the job `message` asks for, if it can run here.
-    fn run(&self, message: &JobMessage, delivery: &Delivery, thread: usize) -> Result<(), Failure> {
-        match self.job_of(message, delivery.subject(), thread) {
-            Ok((job, scratch)) => {
-                self.counts.running.fetch_add(1, Ordering::Relaxed);
-                let outcome = self.run_with_progress(&job, delivery);
-                self.counts.running.fetch_sub(1, Ordering::Relaxed);
-                if let Some(file) = scratch {
-                    let _ = std::fs::remove_file(file);
-                }
-                outcome.map_err(|e| Failure::Retry {
-                    error: e.to_string(),
-                    backoff: job.trigger.retry().backoff,
-                })
-            }
-            Err(Unrunnable::Never(why)) => Err(Failure::Final(why)),
+    /// Runs `job`, unless its file under `--root` (`on_disk`) was modified since (a later
+    /// change, with a job of its own) or its delivery is past the maximum.
+    fn run(
+        &self,
+        message: &JobMessage,
+        job: &Job,
+        on_disk: bool,
+        delivery: &Delivery,
+    ) -> Result<Ran, Failure> {
+        if let Some(why) = on_disk.then(|| superseded(message, &job.path)).flatten() {
+            return Ok(Ran::Superseded(why));
         }
+        if delivery.delivered() as i64 > self.options.max_deliver {
+            // Its earlier deliveries were never settled: the worker holding it died, or its
+            // settlement was lost with the server. Not run again: a job that kills its worker
+            // would otherwise do so forever.
+            return Err(Failure::Final(format!(
+                "delivered {} times, more than its {}: a delivery was never settled (a worker \
+                 died holding it, or the NATS server lost its settlement)",
+                delivery.delivered(),
+                self.options.max_deliver
+            )));
+        }
+        self.counts.running.fetch_add(1, Ordering::Relaxed);
+        let outcome = self.run_with_progress(job, delivery);
+        self.counts.running.fetch_sub(1, Ordering::Relaxed);
+        outcome.map(|()| Ran::Ran).map_err(|e| Failure::Retry {
+            error: e.to_string(),
+            backoff: job.trigger.retry().backoff,
+        })
     }
 
     /// Acks, nak-s or dead-letters `delivery` as `outcome` says.
@@ -342,12 +355,18 @@ impl Worker<'_> {
         &self,
         delivery: &Delivery,
         message: JobMessage,
-        outcome: Result<(), Failure>,
+        outcome: Result<Ran, Failure>,
     ) {
         match outcome {
-            Ok(()) => {
+            Ok(Ran::Ran) => {
                 self.counts.succeeded.fetch_add(1, Ordering::Relaxed);
                 self.report(&message, RemoteOutcome::Succeeded, None, delivery);
+                settle(delivery.ack(), "ack");
+            }
+            Ok(Ran::Superseded(why)) => {
+                log::debug!("{}: not run: {why}", message.path.display());
+                self.counts.superseded.fetch_add(1, Ordering::Relaxed);
+                self.report(&message, RemoteOutcome::Superseded, Some(why), delivery);
                 settle(delivery.ack(), "ack");
             }
             Err(Failure::Retry {
@@ -545,6 +564,34 @@ impl Worker<'_> {
     }
 }
 
+/// How a job that did not fail ended.
+enum Ran {
+    /// It ran and succeeded.
+    Ran,
+    /// It was not run: its file changed since it was published (why).
+    Superseded(String),
+}
+
+/// Why the file under `--root` at `path` is no longer the version `message` was published for,
+/// in a way that is surely a later change: there, modified later. Such a job is not run: the
+/// later change's own job is (or was) delivered, and running this one after it, as a
+/// redelivery may, runs on what the later job already saw.
+///
+/// Anything less sure runs, as before this check: a job of a removal (no version), the same
+/// version, a version not later, and a file that is not there. A shared tree may show a new
+/// file late (an NFS client's cached lookup), and a job skipped for that would be lost.
+fn superseded(message: &JobMessage, path: &Path) -> Option<String> {
+    let (size, mtime_ns) = (message.size?, message.mtime_ns?);
+    let now = crate::manifest::FileMeta::read(path)?;
+    (now.mtime_ns > mtime_ns).then(|| {
+        format!(
+            "the file changed since ({} bytes, mtime {} ns, against {size} bytes, mtime \
+             {mtime_ns} ns published): that change is a job of its own",
+            now.size, now.mtime_ns
+        )
+    })
+}
+
 /// How a job failed.
 enum Failure {
     /// Its run failed: deliver it again after `backoff` (the first delay of its trigger's retry
@@ -573,6 +620,44 @@ fn settle(result: Result<(), ward_nats::Error>, what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_file_modified_later_supersedes_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.txt");
+        std::fs::write(&path, "1").unwrap();
+        let now = crate::manifest::FileMeta::read(&path).unwrap();
+        let published = |mtime_ns: i64| JobMessage {
+            host: "h".into(),
+            origin: String::new(),
+            root: dir.path().into(),
+            path: "a.txt".into(),
+            trigger: "t".into(),
+            event: crate::jobs::Event::Modified,
+            old_path: None,
+            size: Some(now.size),
+            mtime_ns: Some(mtime_ns),
+            ino: Some(now.ino),
+            content: None,
+            gone_at_ns: None,
+            retried_at_ns: None,
+            seq: None,
+        };
+        assert_eq!(superseded(&published(now.mtime_ns), &path), None);
+        // A version from after the one here: a tree behind the origin's still runs it.
+        assert_eq!(superseded(&published(now.mtime_ns + 1), &path), None);
+        let why = superseded(&published(now.mtime_ns - 1), &path).unwrap();
+        assert!(why.contains("changed since"), "{why}");
+        // Gone, or a removal (no version): run.
+        assert_eq!(superseded(&published(0), &dir.path().join("gone")), None);
+        let removal = JobMessage {
+            size: None,
+            mtime_ns: None,
+            ino: None,
+            ..published(0)
+        };
+        assert_eq!(superseded(&removal, &path), None);
+    }
 
     #[test]
     fn the_backoff_doubles_per_delivery_up_to_a_minute() {

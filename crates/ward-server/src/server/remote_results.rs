@@ -227,8 +227,9 @@ impl Taker {
                 RemoteOutcome::Succeeded => count.succeeded += 1,
                 RemoteOutcome::Retried => count.retried += 1,
                 RemoteOutcome::GaveUp => count.gave_up += 1,
+                RemoteOutcome::Superseded => count.superseded += 1,
             }
-            if let Some(error) = &result.error {
+            if let Some(error) = result.error.as_ref().filter(|_| result.outcome.failed()) {
                 count.last_error = Some(format!("on {}: {error}", result.worker));
             }
             name
