@@ -52,8 +52,6 @@
 //!
 //! - A publish while the server is away waits at most [`PUBLISH_TIMEOUT`] and fails; the caller
 //!   (ward's retries and manifest) is what makes it happen again, not this crate.
-//! - [`Puller::next`] fetches one message per request: simple and fair between workers, but a
-//!   round trip per job.
 //! - The stream is created with the spec given if it is missing; an existing stream's settings
 //!   are not changed.
 
@@ -316,11 +314,26 @@ impl Publisher {
     }
 }
 
-/// One connection that pulls from a durable consumer.
+/// One connection that pulls from a durable consumer, for any number of threads at once.
+///
+/// One fetch asks for as many messages as threads wait in [`Puller::next`] (one fetch at a
+/// time; the others wait for what it brings): a round trip per batch, not per message, and no
+/// message waits in a buffer for a thread that is busy, its ack wait running. A thread counted
+/// into a fetch may leave `next` just before it (its own fetch came back empty): the message
+/// fetched for it goes to the next thread that calls, and one still there when the puller is
+/// dropped is handed back at once.
 #[derive(Debug)]
 pub struct Puller {
     consumer: jetstream::consumer::Consumer<pull::Config>,
     client: async_nats::Client,
+    /// Messages fetched for the threads waiting, oldest first.
+    fetched: parking_lot::Mutex<std::collections::VecDeque<jetstream::Message>>,
+    /// The threads in [`Puller::next`].
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Held by the thread that fetches.
+    fetching: parking_lot::Mutex<()>,
+    /// Fetches made.
+    fetches: std::sync::atomic::AtomicU64,
     // Last: the consumer and the client are dropped while the runtime still runs.
     runtime: std::sync::Arc<Runtime>,
 }
@@ -380,40 +393,129 @@ impl Puller {
         Ok(Puller {
             consumer: handle,
             client,
+            fetched: parking_lot::Mutex::default(),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            fetching: parking_lot::Mutex::new(()),
+            fetches: std::sync::atomic::AtomicU64::new(0),
             runtime: std::sync::Arc::new(runtime),
         })
     }
 
-    /// The next message, waiting at most `wait` for one; `None` if none came.
+    /// The next message, waiting at most `wait` for one; `None` if none came. Threads may call
+    /// it at once: each gets its own message.
     ///
     /// # Errors
     /// [`Error::Pull`] if the request failed (the connection is down, the consumer is gone).
     pub fn next(&self, wait: Duration) -> Result<Option<Delivery>, Error> {
-        let failed = |reason: String| Error::Pull {
-            consumer: self.consumer.cached_info().name.clone(),
-            reason,
+        use std::sync::atomic::Ordering;
+        let started = std::time::Instant::now();
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _left = Left(&self.waiting);
+        // Its own statement: the buffer's lock is released before a fetch.
+        let fetched = self.fetched.lock().pop_front();
+        let message = match fetched {
+            Some(message) => Some(message),
+            None => self.fetch_or_take(started, wait)?,
         };
-        let message = self.runtime.block_on(async {
-            let mut batch = self
-                .consumer
-                .fetch()
-                .max_messages(1)
-                .expires(wait)
-                .messages()
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            match batch.next().await {
-                Some(Ok(message)) => Ok(Some(message)),
-                Some(Err(e)) => Err(failed(e.to_string())),
-                None => Ok(None),
-            }
-        })?;
         Ok(message.map(|message| Delivery {
             delivered: message.info().map_or(1, |i| i.delivered.max(1) as u64),
             message,
             client: self.client.clone(),
             runtime: self.runtime.clone(),
         }))
+    }
+
+    /// Under the fetch lock: a message the fetch this thread waited for brought, else the first
+    /// of a fetch of its own for every thread waiting (the rest left for them), within what is
+    /// left of `wait` since `started`.
+    fn fetch_or_take(
+        &self,
+        started: std::time::Instant,
+        wait: Duration,
+    ) -> Result<Option<jetstream::Message>, Error> {
+        let _turn = self.fetching.lock();
+        if let Some(message) = self.fetched.lock().pop_front() {
+            return Ok(Some(message));
+        }
+        let left = wait.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let want = self
+            .waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .max(1);
+        // The server wants an expiry of at least a millisecond; a short one for a thread that
+        // waited its turn out.
+        let mut batch = self
+            .fetch(want, left.max(Duration::from_millis(10)))?
+            .into_iter();
+        let first = batch.next();
+        self.fetched.lock().extend(batch);
+        Ok(first)
+    }
+
+    /// The threads in [`Puller::next`] now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The fetches (round trips for messages) made so far.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Up to `max` messages: those there at once, else the first to come within `wait`.
+    fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<jetstream::Message>, Error> {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let failed = |reason: String| Error::Pull {
+            consumer: self.consumer.cached_info().name.clone(),
+            reason,
+        };
+        self.runtime.block_on(async {
+            let mut batch = self
+                .consumer
+                .fetch()
+                .max_messages(max)
+                .expires(wait)
+                .messages()
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let mut messages = Vec::with_capacity(max);
+            while let Some(message) = batch.next().await {
+                match message {
+                    Ok(message) => messages.push(message),
+                    // What came before the error is delivered all the same; the error shows
+                    // at the next fetch if it lasts.
+                    Err(_) if !messages.is_empty() => break,
+                    Err(e) => return Err(failed(e.to_string())),
+                }
+            }
+            Ok(messages)
+        })
+    }
+}
+
+/// Counts a thread out of [`Puller::next`] however it leaves.
+struct Left<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Left<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Puller {
+    /// Messages fetched that no thread took are handed back for redelivery at once, not after
+    /// their ack wait.
+    fn drop(&mut self) {
+        for message in self.fetched.get_mut().drain(..) {
+            let nak = message.ack_with(jetstream::AckKind::Nak(None));
+            let _ = self
+                .runtime
+                .block_on(async { tokio::time::timeout(SETTLE_TIMEOUT, nak).await });
+        }
     }
 }
 

@@ -128,6 +128,64 @@ fn an_existing_consumer_takes_the_limits_of_the_puller_that_connects() {
 }
 
 #[test]
+fn threads_waiting_at_once_are_served_by_one_fetch_each_its_own_message() {
+    let Some(server) = server() else { return };
+    let stream = StreamSpec::work_queue("T", "t.>");
+    let publisher = Publisher::connect(&server.url, &stream).unwrap();
+    let puller = Puller::connect(&server.url, &stream, &ConsumerSpec::new("c", "t.>")).unwrap();
+    let got = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let delivery = puller.next(Duration::from_secs(20)).unwrap().unwrap();
+                    delivery.ack().unwrap();
+                    delivery.payload().to_vec()
+                })
+            })
+            .collect();
+        // All four wait before any message is there: the first fetch asks for what one thread
+        // wanted then, the next for those still waiting.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while puller.waiting() < 4 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the threads did not all wait"
+            );
+            std::thread::yield_now();
+        }
+        // Sent together: the first one answers the first fetch, and the others are there
+        // for the next.
+        let mut in_flight = InFlight::default();
+        let message = |i: u8| Outgoing {
+            subject: "t.a".into(),
+            id: format!("id-{i}"),
+            payload: vec![b'0' + i],
+        };
+        publisher.send(
+            &mut in_flight,
+            (0..4).map(|i| (i, message(i))),
+            Duration::from_secs(10),
+        );
+        while !in_flight.is_empty() {
+            for (_, ack) in publisher.acknowledged(&mut in_flight, Duration::from_secs(10)) {
+                ack.unwrap();
+            }
+        }
+        let mut got: Vec<Vec<u8>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        got.sort();
+        got
+    });
+    assert_eq!(got, [b"0", b"1", b"2", b"3"]);
+    // One fetch a message would be four.
+    assert!(
+        puller.fetches() < 4,
+        "{} fetches for four messages",
+        puller.fetches()
+    );
+    assert!(puller.next(Duration::from_millis(300)).unwrap().is_none());
+}
+
+#[test]
 fn sent_publishes_are_answered_with_their_tags_as_their_acks_come() {
     let Some(server) = server() else { return };
     let publisher = Publisher::connect(&server.url, &StreamSpec::work_queue("S", "s.>")).unwrap();
