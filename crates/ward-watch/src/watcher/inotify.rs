@@ -280,10 +280,11 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
+    use super::super::raw::{self, RawReceiver};
     use super::*;
 
-    fn started() -> (Inotify, crossbeam_channel::Receiver<super::super::Raw>) {
-        let (tx, rx) = crossbeam_channel::unbounded();
+    fn started() -> (Inotify, RawReceiver) {
+        let (tx, rx) = raw::channel(usize::MAX);
         let handler = Handler {
             tx,
             lost: Arc::new(AtomicBool::new(false)),
@@ -293,9 +294,9 @@ mod tests {
     }
 
     /// Waits (bounded) for an event of `kind` on `path`.
-    fn wait_for(rx: &crossbeam_channel::Receiver<super::super::Raw>, path: &Path, kind: EventKind) {
+    fn wait_for(rx: &RawReceiver, path: &Path, kind: EventKind) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while let Ok((_, ev)) = rx.recv_deadline(deadline) {
+        while let Ok((_, ev)) = rx.channel().recv_deadline(deadline) {
             let ev = ev.unwrap();
             if ev.kind == kind && ev.paths.iter().any(|p| p == path) {
                 return;

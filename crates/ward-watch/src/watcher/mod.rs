@@ -8,6 +8,7 @@ mod events;
 mod fanotify;
 #[cfg(target_os = "linux")]
 mod inotify;
+mod raw;
 mod rescan;
 mod watches;
 mod worker;
@@ -220,7 +221,7 @@ impl WatcherBuilder {
             &self.ignore_globs,
             self.ignore_file.clone(),
         )?);
-        let (raw_tx, raw_rx) = crossbeam_channel::bounded(self.event_buffer);
+        let (raw_tx, raw_rx) = raw::channel(self.event_buffer);
         let (out_tx, out_rx) = crossbeam_channel::bounded(self.channel_capacity);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<()>(1);

@@ -18,7 +18,7 @@ fn a_kernel_overflow_rescans_every_root_and_watches_what_the_lost_events_created
     std::fs::create_dir(root.join("known")).unwrap();
     let builder = WatcherBuilder::new().root(&root);
     let rules = Arc::new(IgnoreRules::new(vec![root.clone()], &[], None).unwrap());
-    let (raw_tx, _raw_rx) = crossbeam_channel::bounded(16);
+    let (raw_tx, _raw_rx) = raw::channel(16);
     let mut worker = builder.worker(std::slice::from_ref(&root), rules, raw_tx, Arc::default());
     worker.start(Backend::Recommended);
     assert_eq!(worker.watches.watched.len(), 2);
@@ -64,7 +64,7 @@ fn quiet_worker() -> (tempfile::TempDir, Worker, PathBuf) {
         .root(&root)
         .quiet(Duration::from_millis(50));
     let rules = Arc::new(IgnoreRules::new(vec![root.clone()], &[], None).unwrap());
-    let (raw_tx, _raw_rx) = crossbeam_channel::bounded(16);
+    let (raw_tx, _raw_rx) = raw::channel(16);
     let worker = builder.worker(std::slice::from_ref(&root), rules, raw_tx, Arc::default());
     (dir, worker, root.join("f"))
 }

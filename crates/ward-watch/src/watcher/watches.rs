@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::TrySendError;
 use notify::{Event, EventKind, PollWatcher, RecursiveMode, Watcher as _};
 
-use super::{Counters, Raw};
+use super::Counters;
+use super::raw::RawSender;
 
 /// What runs on notify's thread: a non-blocking push, nothing else.
 #[derive(Clone, Debug)]
 pub(super) struct Handler {
-    pub(super) tx: Sender<Raw>,
+    pub(super) tx: RawSender,
     pub(super) lost: Arc<AtomicBool>,
     pub(super) stats: Arc<Counters>,
 }

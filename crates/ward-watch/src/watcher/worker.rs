@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select, Sender};
 
 use super::events::RENAME_PAIRING;
+use super::raw::{RawReceiver, RawSender};
 use super::watches::{Handler, WatchFailure, Watches};
-use super::{Backend, Counters, Raw, WatcherBuilder};
+use super::{Backend, Counters, WatcherBuilder};
 use crate::mounts::MountWatch;
 use crate::pending::{Op, Pending};
 use crate::snapshot::walk;
@@ -61,7 +62,7 @@ impl WatcherBuilder {
         &self,
         roots: &[PathBuf],
         rules: Arc<IgnoreRules>,
-        raw_tx: Sender<Raw>,
+        raw_tx: RawSender,
         stats: Arc<Counters>,
     ) -> Worker {
         let lost = Arc::new(AtomicBool::new(false));
@@ -110,7 +111,7 @@ impl Worker {
     pub(super) fn run(
         mut self,
         backend: Backend,
-        raw: Receiver<Raw>,
+        raw: RawReceiver,
         out: Sender<Batch>,
         stop: Receiver<()>,
         ready: Sender<()>,
@@ -155,7 +156,7 @@ impl Worker {
                 });
 
             let mut sel = Select::new();
-            let i_raw = sel.recv(&raw);
+            let i_raw = sel.recv(raw.channel());
             let i_stop = sel.recv(&stop);
             let i_mounts = sel.recv(&mount_changes);
             let i_out = has_output.then(|| sel.send(&out));
@@ -164,9 +165,13 @@ impl Worker {
             };
             match op.index() {
                 i if i == i_raw => {
-                    let Ok((at, ev)) = op.recv(&raw) else { return };
+                    let Ok((at, ev)) = op.recv(raw.channel()) else {
+                        return;
+                    };
+                    raw.took(1);
                     self.handle(ev, at);
-                    for (at, ev) in raw.try_iter().take(DRAIN) {
+                    for (at, ev) in raw.channel().try_iter().take(DRAIN) {
+                        raw.took(1);
                         self.handle(ev, at);
                     }
                 }
