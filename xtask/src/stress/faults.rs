@@ -10,6 +10,7 @@ mod disk_full;
 mod full_queue;
 mod kill;
 mod kill_nats;
+mod kill_work;
 mod mem_limit;
 mod mount;
 mod orphans;
@@ -62,6 +63,9 @@ pub enum FaultKind {
     /// The NATS server of the `nats` trigger SIGKILLed mid-burst and restarted on its storage:
     /// every file must still be run by `ward work`.
     KillNats,
+    /// `ward work` SIGKILLed with jobs in hand mid-burst and started again: its jobs die with
+    /// it, are delivered again and run.
+    KillWork,
 }
 
 /// The code a job told to exit exits with.
@@ -72,7 +76,7 @@ pub const EXIT_CODE: i32 = 3;
 pub const BLOCKER_MS: u64 = 2000;
 
 /// Every fault, in the order `--faults` lists them.
-pub const ALL: [FaultKind; 19] = [
+pub const ALL: [FaultKind; 20] = [
     FaultKind::KillWorker,
     FaultKind::KillServer,
     FaultKind::StopServer,
@@ -92,6 +96,7 @@ pub const ALL: [FaultKind; 19] = [
     FaultKind::SocketIdle,
     FaultKind::Orphans,
     FaultKind::KillNats,
+    FaultKind::KillWork,
 ];
 
 impl FaultKind {
@@ -118,6 +123,7 @@ impl FaultKind {
             FaultKind::SocketIdle => "socket-idle",
             FaultKind::Orphans => "orphans",
             FaultKind::KillNats => "kill-nats",
+            FaultKind::KillWork => "kill-work",
         }
     }
 
@@ -150,7 +156,7 @@ impl FaultKind {
 
     /// Whether it needs a nats-server on the machine.
     pub fn needs_nats(self) -> bool {
-        self == FaultKind::KillNats
+        matches!(self, FaultKind::KillNats | FaultKind::KillWork)
     }
 
     /// The causes a crash report may give for the death this fault causes.
@@ -228,6 +234,7 @@ pub struct Findings {
     socket: Vec<socket::Record>,
     orphans: Vec<orphans::Record>,
     nats: Vec<kill_nats::Record>,
+    work: Vec<kill_work::Record>,
     /// How the run's `ward work` ended, if not cleanly.
     pub nats_end: Option<String>,
 }
@@ -253,6 +260,7 @@ impl Findings {
                 FaultKind::SocketIdle => socket::line(&self.socket),
                 FaultKind::Orphans => orphans::line(&self.orphans),
                 FaultKind::KillNats => kill_nats::line(&self.nats, self.nats_end.as_deref()),
+                FaultKind::KillWork => kill_work::line(&self.work),
                 _ => continue,
             });
         }
@@ -278,6 +286,7 @@ pub fn inject(scene: &mut Scene<'_>, findings: &mut Findings, f: &mut Injected, 
         FaultKind::SocketIdle => findings.socket.push(socket::inject(scene, f, n)),
         FaultKind::Orphans => findings.orphans.push(orphans::inject(scene, f, n)),
         FaultKind::KillNats => findings.nats.push(kill_nats::inject(scene, f, n)),
+        FaultKind::KillWork => findings.work.push(kill_work::inject(scene, f, n)),
     }
 }
 
@@ -375,6 +384,7 @@ mod tests {
                     | FaultKind::SocketIdle
                     | FaultKind::Orphans
                     | FaultKind::KillNats
+                    | FaultKind::KillWork
             ) {
                 assert!(
                     !kind.expected_causes().is_empty(),

@@ -41,7 +41,8 @@ const USAGE: &str = "usage: cargo xtask stress [--quick] [--duration D] [--rate 
                  state-disk-full, mount, chmod, socket-idle, orphans (state-disk-full and mount
                  mount file systems: without root, all leaves them out; as root, chmod runs a
                  ward of its own as a throwaway user, removed at the end), kill-nats (needs
-                 nats-server: without it, all leaves it out unless WARD_TEST_REQUIRE_TOOLS=1)
+                 nats-server: without it, all leaves it out unless WARD_TEST_REQUIRE_TOOLS=1),
+                 kill-work (the same)
   --seed N       the schedule's and the workloads' seed (default: from the clock, printed)
   --backend NAME the watch backend ward is asked for: auto (default: fanotify as root),
                  fanotify, inotify or poll
@@ -187,10 +188,12 @@ pub fn main(args: &[String], root: &Path) -> ExitCode {
         // Asked for by name, or by CI (which installs nats-server), it is refused.
         let required = std::env::var_os("WARD_TEST_REQUIRE_TOOLS").is_some_and(|v| v == "1");
         if required || args.iter().any(|a| a == "--faults") {
-            eprintln!("stress: kill-nats needs nats-server (apt-get install nats-server)");
+            eprintln!(
+                "stress: kill-nats and kill-work need nats-server (apt-get install nats-server)"
+            );
             return ExitCode::from(2);
         }
-        println!("stress: no nats-server, so leaving out kill-nats");
+        println!("stress: no nats-server, so leaving out kill-nats and kill-work");
         opts.faults.retain(|k| !k.needs_nats());
     }
     let (ward, worker) = match build(root) {

@@ -1,7 +1,8 @@
 //! The far side of the `nats` trigger: a `nats-server -js` of the run's own (file storage in the
 //! run's directory, on a free port) and one `ward work` that runs the jobs ward publishes there
 //! with the stress worker, into the same ledger as ward's own jobs. The `kill-nats` fault kills
-//! and restarts the server; the run's end stops both and says how `ward work` ended.
+//! and restarts the server, the `kill-work` fault `ward work`; the run's end stops both and says
+//! how `ward work` ended.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,6 +64,8 @@ pub struct NatsSide {
     port: u16,
     server: Option<Child>,
     work: Option<Child>,
+    /// `ward work`'s command line after the program, for its restarts.
+    work_args: Vec<std::ffi::OsString>,
     /// `ward work`'s stderr.
     pub work_log: PathBuf,
 }
@@ -83,6 +86,7 @@ impl NatsSide {
             port,
             server: None,
             work: None,
+            work_args: Vec::new(),
             work_log: dir.join("out/work.log"),
         };
         side.restart()?;
@@ -106,17 +110,34 @@ impl NatsSide {
         state: &Path,
         tree: &Path,
     ) -> Result<()> {
-        let log = std::fs::File::create(&self.work_log)?;
-        let child = Command::new(ward)
-            .arg("--config")
-            .arg(config)
-            .arg("--state-dir")
-            .arg(state)
-            .args(["work", "--nats", &self.url(), "--stream", STREAM])
-            // A delivery whose ack a killed server lost comes again after this, inside the
-            // settling the run allows (its jobs take at most their 3 s timeout).
-            .args(["--consumer", CONSUMER, "--ack-wait", "5", "--root"])
-            .arg(tree)
+        let mut args: Vec<std::ffi::OsString> = vec![ward.into(), "--config".into()];
+        args.extend([config.into(), "--state-dir".into(), state.into()]);
+        args.extend(
+            ["work", "--nats", &self.url(), "--stream", STREAM]
+                .into_iter()
+                // A delivery whose ack a killed server lost, or whose worker was killed, comes
+                // again after this, inside the settling the run allows (its jobs take at most
+                // their 3 s timeout).
+                .chain(["--consumer", CONSUMER, "--ack-wait", "5", "--root"])
+                .map(Into::into),
+        );
+        args.push(tree.into());
+        self.work_args = args;
+        self.spawn_work()
+    }
+
+    /// Spawns `ward work` with the arguments `start_work` kept, its stderr appended to the log.
+    fn spawn_work(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.work_log)?;
+        let (program, args) = self
+            .work_args
+            .split_first()
+            .context("ward work never started")?;
+        let child = Command::new(program)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -124,6 +145,23 @@ impl NatsSide {
             .context("starting ward work")?;
         self.work = Some(child);
         Ok(())
+    }
+
+    /// `ward work`'s pid, while it runs.
+    pub fn work_pid(&self) -> Option<u32> {
+        self.work.as_ref().map(Child::id)
+    }
+
+    /// SIGKILLs `ward work`, reaps it, and starts it again as it was started.
+    ///
+    /// # Errors
+    /// If it cannot be spawned again.
+    pub fn restart_work(&mut self) -> Result<()> {
+        if let Some(mut work) = self.work.take() {
+            let _ = work.kill();
+            let _ = work.wait();
+        }
+        self.spawn_work()
     }
 
     /// SIGKILLs the server and reaps it.

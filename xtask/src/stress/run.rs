@@ -147,7 +147,8 @@ struct Run<'a> {
     findings: Findings,
     /// A subscriber through the whole run (`ward changes --follow`).
     follower: Option<Follower>,
-    /// The NATS server and `ward work` of the `nats` trigger, when `kill-nats` is asked for.
+    /// The NATS server and `ward work` of the `nats` trigger, when `kill-nats` or `kill-work`
+    /// is asked for.
     nats: Option<NatsSide>,
 }
 
@@ -176,7 +177,7 @@ pub fn run(opts: &Options, ward_bin: &Path, worker_bin: &Path) -> anyhow::Result
     std::fs::create_dir_all(&tree)?;
     std::fs::create_dir_all(dir.join("out"))?;
     let ledger_path = dir.join("out/ledger");
-    let nats = if opts.faults.contains(&FaultKind::KillNats) {
+    let nats = if opts.faults.iter().any(|k| k.needs_nats()) {
         Some(NatsSide::start_server(&dir)?)
     } else {
         None

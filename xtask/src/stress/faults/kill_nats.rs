@@ -14,8 +14,9 @@ use super::super::workload::now_ms;
 use super::{Injected, not_injected};
 
 /// How long the files have, after the restart, to be run by `ward work`: a publish the kill cut
-/// short fails at ward-nats' publish timeout (10 s), then waits for its retry.
-const PROCESSED_WITHIN: Duration = Duration::from_secs(60);
+/// short fails at ward-nats' publish timeout (10 s), then waits for its retry; a job whose
+/// worker was killed comes again after the ack wait (5 s).
+pub(super) const PROCESSED_WITHIN: Duration = Duration::from_secs(60);
 
 /// What one kill-nats fault found.
 #[derive(Debug)]
@@ -64,22 +65,9 @@ pub fn inject(scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> Record {
             .push(format!("restarting nats-server: {e:#}"));
     }
     let back = Instant::now();
-    let missing = scene.ledger.await_handled(&files, PROCESSED_WITHIN);
-    if missing.is_empty() {
-        record.caught_up_s = Some(back.elapsed().as_secs_f64());
-    } else {
-        let sample: Vec<String> = missing
-            .iter()
-            .take(5)
-            .map(|p| p.display().to_string())
-            .collect();
-        record.problems.push(format!(
-            "{} of {} file(s) not run by ward work within {} s of the restart: {}",
-            missing.len(),
-            files.len(),
-            PROCESSED_WITHIN.as_secs(),
-            sample.join(", ")
-        ));
+    match caught_up(scene, &files, back, "the restart") {
+        Ok(s) => record.caught_up_s = Some(s),
+        Err(problem) => record.problems.push(problem),
     }
     f.end_ms = now_ms();
     f.note = format!(
@@ -90,6 +78,32 @@ pub fn inject(scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> Record {
     scene.nats = Some(nats);
     scene.remove_later(dir);
     record
+}
+
+/// Seconds from `since` until `ward work` ran every one of `files`; what is missing after
+/// [`PROCESSED_WITHIN`] of `since_what` otherwise.
+pub(super) fn caught_up(
+    scene: &mut Scene<'_>,
+    files: &[(std::path::PathBuf, u64)],
+    since: Instant,
+    since_what: &str,
+) -> Result<f64, String> {
+    let missing = scene.ledger.await_handled(files, PROCESSED_WITHIN);
+    if missing.is_empty() {
+        return Ok(since.elapsed().as_secs_f64());
+    }
+    let sample: Vec<String> = missing
+        .iter()
+        .take(5)
+        .map(|p| p.display().to_string())
+        .collect();
+    Err(format!(
+        "{} of {} file(s) not run by ward work within {} s of {since_what}: {}",
+        missing.len(),
+        files.len(),
+        PROCESSED_WITHIN.as_secs(),
+        sample.join(", ")
+    ))
 }
 
 /// The verdict line: every file of every kill-nats run by `ward work`, which ended cleanly.
