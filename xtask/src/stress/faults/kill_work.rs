@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use super::super::check::Line;
 use super::super::config::NATS_DIR;
 use super::super::daemon::wait_until;
-use super::super::ledger::Phase;
 use super::super::scene::{Scene, interrupted};
 use super::super::workload::now_ms;
 use super::{Injected, not_injected};
@@ -23,7 +22,7 @@ pub struct Record {
     files: usize,
     /// Jobs `ward work` ran (its children) when it was killed.
     in_hand: usize,
-    /// Of those, the ones that had said they started, and so were seen to run again.
+    /// Of those, the ones whose path could be read (exec-ed), each required to run again.
     redelivered: usize,
     /// Seconds from the restart until every file was run (`None`: not all were).
     caught_up_s: Option<f64>,
@@ -33,6 +32,15 @@ pub struct Record {
 /// `at` in the ledger's clock: wall milliseconds.
 fn now_ms_at(at: Instant) -> u64 {
     now_ms().saturating_sub(at.elapsed().as_millis() as u64)
+}
+
+/// The path of the job process `pid` (its `WARD_PATH`), if it has one.
+fn job_path(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"WARD_PATH="))
+        .map(|path| String::from_utf8_lossy(path).into_owned())
 }
 
 /// `pid`'s live children.
@@ -72,6 +80,9 @@ pub fn inject(scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> Record {
         });
     }
     record.in_hand = held.len();
+    // The paths of the jobs in hand, read before the kill: a job that has not exec-ed yet has
+    // ward work's environment, without one.
+    let held_paths: Vec<String> = held.iter().filter_map(|p| job_path(*p)).collect();
     if held.is_empty() {
         record.problems.push(format!(
             "ward work held no job within {} s of the burst: killed idle",
@@ -105,23 +116,15 @@ pub fn inject(scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> Record {
         Ok(s) => record.caught_up_s = Some(s),
         Err(problem) => record.problems.push(problem),
     }
-    // A held job that had started has its start in the ledger: only a run after the kill, by
-    // another process, shows that its delivery came again.
+    // Only a run after the kill, by another process, shows that a held job's delivery came
+    // again (a job may have run already, at an earlier version or before it was killed).
     let killed_ms = now_ms_at(back);
-    let started: Vec<(String, Option<u64>)> = scene
-        .ledger
-        .entries
-        .iter()
-        .filter(|e| e.phase == Phase::Start && held.contains(&e.pid))
-        .map(|e| (e.path.clone(), e.hash))
-        .collect();
-    record.redelivered = started.len();
-    for (path, hash) in started {
+    record.redelivered = held_paths.len();
+    for path in held_paths {
         let ran_again = wait_until(super::kill_nats::PROCESSED_WITHIN, || {
             scene.ledger.refresh();
             scene.ledger.entries.iter().any(|e| {
                 e.path == path
-                    && e.hash == hash
                     && e.handled()
                     && e.t_ms >= killed_ms
                     && !held.contains(&e.pid)
@@ -163,7 +166,7 @@ pub fn line(records: &[Record]) -> Line {
         check,
         details.is_empty(),
         format!(
-            "{} file(s) around {} kill(s) of ward work holding {} job(s), {} of them seen to run again; all run at most {slowest:.1} s after its restart",
+            "{} file(s) around {} kill(s) of ward work holding {} job(s), {} of them seen to run again after it; all run at most {slowest:.1} s after its restart",
             records.iter().map(|r| r.files).sum::<usize>(),
             records.len(),
             records.iter().map(|r| r.in_hand).sum::<usize>(),
