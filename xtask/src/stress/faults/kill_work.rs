@@ -124,10 +124,7 @@ pub fn inject(scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> Record {
         let ran_again = wait_until(super::kill_nats::PROCESSED_WITHIN, || {
             scene.ledger.refresh();
             scene.ledger.entries.iter().any(|e| {
-                e.path == path
-                    && e.handled()
-                    && e.t_ms >= killed_ms
-                    && !held.contains(&e.pid)
+                e.path == path && e.handled() && e.t_ms >= killed_ms && !held.contains(&e.pid)
             }) || interrupted()
         });
         if !ran_again {
