@@ -182,15 +182,21 @@ pub struct Ack {
     pub duplicate: bool,
 }
 
+/// The first connection to `url`, within [`CONNECT_TIMEOUT`] in all: the client's own timeout
+/// covers the TCP connect only, and a peer that accepts but never says INFO (a port taken by
+/// something else, a server still starting) would hold it forever.
 async fn connect(url: &str) -> Result<async_nats::Client, Error> {
-    async_nats::ConnectOptions::new()
+    let failed = |reason: String| Error::Connect {
+        url: url.into(),
+        reason,
+    };
+    let connecting = async_nats::ConnectOptions::new()
         .connection_timeout(CONNECT_TIMEOUT)
-        .connect(url)
+        .connect(url);
+    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
-        .map_err(|e| Error::Connect {
-            url: url.into(),
-            reason: e.to_string(),
-        })
+        .map_err(|_| failed(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| failed(e.to_string()))
 }
 
 /// The stream `spec` names, made if missing. Several processes may start at once (two `ward

@@ -230,15 +230,28 @@ fn sent_publishes_are_answered_with_their_tags_as_their_acks_come() {
 
 #[test]
 fn a_publish_without_a_server_fails_instead_of_waiting() {
-    let port = TcpListener::bind("127.0.0.1:0")
+    // Nobody listens on the first port (bound, then closed); the second accepts connections
+    // (its backlog does) and never says a word, as a port taken by something else would.
+    let closed = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let err = Publisher::connect(
-        &format!("nats://127.0.0.1:{port}"),
-        &StreamSpec::work_queue("T", "t.>"),
-    )
-    .unwrap_err();
-    assert!(matches!(err, ward_nats::Error::Connect { .. }), "{err}");
+    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mute_port = mute.local_addr().unwrap().port();
+    for port in [closed, mute_port] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Publisher::connect(
+                &format!("nats://127.0.0.1:{port}"),
+                &StreamSpec::work_queue("T", "t.>"),
+            ));
+        });
+        let err = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("connecting to port {port} did not end within 30 s"))
+            .unwrap_err();
+        assert!(matches!(err, ward_nats::Error::Connect { .. }), "{err}");
+    }
+    drop(mute);
 }
