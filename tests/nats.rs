@@ -508,8 +508,9 @@ fn a_worker_without_the_files_runs_on_the_content_the_message_carries() {
     // Past the limit: nothing carried, and without a root the worker cannot run it.
     std::fs::write(f.tree.join("big.txt"), vec![b'x'; 2048]).unwrap();
     let content = work.ledger.with_extension("content");
+    // The job writes the content, then a newline: wait for both, not for the first write.
     wait_for("the carried content", Duration::from_secs(60), || {
-        std::fs::read_to_string(&content).is_ok_and(|c| c.contains("carried across"))
+        std::fs::read_to_string(&content).is_ok_and(|c| c == "carried across\n")
     });
     wait_for(
         "the file too big to carry to be dead-lettered",
