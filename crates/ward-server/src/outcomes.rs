@@ -9,7 +9,7 @@
 //! that: nothing that depends on it (a path's in-flight state, the backlog's refill) lags more.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -31,6 +31,7 @@ pub(crate) struct OutcomeSender {
     waiting: Arc<AtomicUsize>,
     bell: Sender<()>,
     ring_every: usize,
+    counts: Arc<Counts>,
 }
 
 /// The loop's end.
@@ -40,6 +41,18 @@ pub(crate) struct Outcomes {
     waiting: Arc<AtomicUsize>,
     bell: Receiver<()>,
     ring_every: usize,
+    counts: Arc<Counts>,
+}
+
+/// Outcomes sent and taken since the channel was made, so that a sender can tell whether the
+/// loop (and so every comparison with the manifest it makes from then on) knows of its outcomes:
+/// see [`OutcomeSender::sent`].
+#[derive(Debug, Default)]
+struct Counts {
+    /// Counted before each send.
+    sent: AtomicU64,
+    /// Counted by the loop as it takes each.
+    taken: AtomicU64,
 }
 
 /// A channel of outcomes whose doorbell rings at the first waiting outcome and every `ring_every`
@@ -54,18 +67,21 @@ pub(crate) fn channel(ring_every: usize) -> (OutcomeSender, Outcomes) {
     // One pending ring is enough to wake the loop; more would say nothing new.
     let (bell_tx, bell) = crossbeam_channel::bounded(1);
     let waiting = Arc::new(AtomicUsize::new(0));
+    let counts = Arc::new(Counts::default());
     (
         OutcomeSender {
             updates: updates_tx,
             waiting: Arc::clone(&waiting),
             bell: bell_tx,
             ring_every,
+            counts: Arc::clone(&counts),
         },
         Outcomes {
             updates,
             waiting,
             bell,
             ring_every,
+            counts,
         },
     )
 }
@@ -76,6 +92,7 @@ impl OutcomeSender {
     /// # Errors
     /// Gives the update back when the loop's end is gone (the server is ending).
     pub(crate) fn send(&self, update: Update) -> Result<(), Update> {
+        self.counts.sent.fetch_add(1, Ordering::AcqRel);
         self.updates.send(update).map_err(|e| e.into_inner())?;
         // Counted after the send: a count the loop has reset (in `take`) is then either seen
         // here as zero, so this rings, or it was reset after this update was in the channel,
@@ -86,6 +103,19 @@ impl OutcomeSender {
             let _ = self.bell.try_send(());
         }
         Ok(())
+    }
+
+    /// A count that the loop's [`OutcomeSender::taken`] reaches only once it has taken every
+    /// outcome this thread sent so far. Each send is counted before it is in the channel, so
+    /// whatever is in the channel ahead of this thread's last outcome was counted before it.
+    pub(crate) fn sent(&self) -> u64 {
+        self.counts.sent.load(Ordering::Acquire)
+    }
+
+    /// Outcomes the loop has taken: a comparison with the manifest it makes from now on knows of
+    /// each of them (they are recorded before it compares).
+    pub(crate) fn taken(&self) -> u64 {
+        self.counts.taken.load(Ordering::Acquire)
     }
 
     /// Hands `update` to the loop, or says once that it is lost with the server's end.
@@ -163,7 +193,9 @@ impl Outcomes {
         self.waiting.store(0, Ordering::Release);
         // A ring for outcomes read now would wake the loop for nothing.
         while self.bell.try_recv().is_ok() {}
-        self.updates.try_iter()
+        self.updates.try_iter().inspect(|_| {
+            self.counts.taken.fetch_add(1, Ordering::AcqRel);
+        })
     }
 }
 

@@ -83,6 +83,9 @@ pub(super) struct Owed {
     arrivals: u64,
     first_arrival: Option<Instant>,
     last_arrival: Option<Instant>,
+    /// The outcomes the loop had taken when the oldest of `jobs` was offered: that job may come
+    /// from a comparison that knew of no later outcome (see [`RunnerThread::done`]).
+    taken_at_oldest: Option<u64>,
     /// Whether the owed paths may start a run: `on_busy = "ignore"` clears it when a run ends,
     /// so that what came during the run waits for a later change (or the next start).
     woken: bool,
@@ -124,6 +127,11 @@ impl Batches {
                 continue;
             }
             let now = Instant::now();
+            if let Some(cx) = &self.context {
+                // On the loop's thread, which takes outcomes: none is taken between a
+                // comparison and the offer of its jobs.
+                owed.taken_at_oldest.get_or_insert_with(|| cx.done.taken());
+            }
             owed.arrivals += 1;
             owed.first_arrival.get_or_insert(now);
             owed.last_arrival = Some(now);
@@ -247,10 +255,13 @@ struct RunnerThread<'a> {
     /// Failed attempts per path of `run`.
     failed: HashMap<PathBuf, u32>,
     retry_at: Option<Instant>,
-    /// The versions the last successful run processed: a job for one of them, offered again
-    /// unchanged (by a comparison that ran before the run's outcome was recorded), is recorded
-    /// with that run rather than run again.
-    last_done: HashMap<PathBuf, Option<FileMeta>>,
+    /// The versions successful runs processed, each with the count of outcomes sent once its
+    /// run's were ([`OutcomeSender::sent`]). A job for one of them, offered again unchanged by a
+    /// comparison with the manifest that knew nothing of that run's outcome yet, is recorded with
+    /// that run rather than run again. A version is kept until the loop has taken its outcome
+    /// and no job offered before that waits: no later comparison can miss it. Several runs can
+    /// end while a comparison (or the loop) is busy, so more than the last run's are kept.
+    done: HashMap<PathBuf, (FileMeta, u64)>,
 }
 
 impl<'a> RunnerThread<'a> {
@@ -264,7 +275,7 @@ impl<'a> RunnerThread<'a> {
             run: HashMap::new(),
             failed: HashMap::new(),
             retry_at: None,
-            last_done: HashMap::new(),
+            done: HashMap::new(),
         }
     }
 
@@ -312,7 +323,7 @@ impl<'a> RunnerThread<'a> {
                     }
                 }
                 for (path, job) in owed.jobs.drain() {
-                    if self.recorded_unchanged(&path, &job, &self.last_done) {
+                    if self.recorded_unchanged(&path, &job) {
                         continue;
                     }
                     // A new change of a path is a new job: its attempts start over.
@@ -322,6 +333,7 @@ impl<'a> RunnerThread<'a> {
                 owed.held = self.run.len();
                 owed.first_arrival = None;
                 owed.last_arrival = None;
+                self.forget_known(&mut owed);
                 owed.arrivals
             };
             self.retry_at = None;
@@ -357,13 +369,20 @@ impl<'a> RunnerThread<'a> {
             // free to start the next one.
             let mut owed = self.shared.state.lock();
             if ran_ok {
+                // After its outcomes are sent: the count covers them.
+                let sent = self.cx.done.sent();
+                for (path, version) in versions {
+                    if let Some(version) = version {
+                        self.done.insert(path, (version, sent));
+                    }
+                }
                 owed.jobs
-                    .retain(|path, job| !self.recorded_unchanged(path, job, &versions));
+                    .retain(|path, job| !self.recorded_unchanged(path, job));
                 if owed.jobs.is_empty() {
                     owed.first_arrival = None;
                     owed.last_arrival = None;
                 }
-                self.last_done = versions;
+                self.forget_known(&mut owed);
             }
             if self.settings.on_busy == OnBusy::Ignore {
                 owed.woken = false;
@@ -377,14 +396,11 @@ impl<'a> RunnerThread<'a> {
     /// `done`, the versions it read) and the file still is: then it is recorded as processed
     /// with it, not run. Such a job comes from a comparison with the manifest that ran before
     /// the run's outcome was recorded (a rescan, a start): it is no change, and would cost a
-    /// run (or, with `on_busy = "ignore"`, stay owed until some later change).
-    fn recorded_unchanged(
-        &self,
-        path: &Path,
-        job: &Job,
-        done: &HashMap<PathBuf, Option<FileMeta>>,
-    ) -> bool {
-        let Some(Some(version)) = done.get(path) else {
+    /// run (or, with `on_busy = "ignore"`, stay owed until some later change). A version an
+    /// earlier run processed is never the file's again once it changed (its ctime moved), so
+    /// a real change always runs.
+    fn recorded_unchanged(&self, path: &Path, job: &Job) -> bool {
+        let Some((version, _)) = self.done.get(path) else {
             return false;
         };
         if job.event == Event::Removed
@@ -395,6 +411,18 @@ impl<'a> RunnerThread<'a> {
         }
         self.cx.done.succeeded(job, Some(*version));
         true
+    }
+
+    /// Forgets the versions no job can still be a stale offer of: those whose outcomes the loop
+    /// had taken before the oldest job owed was offered (or, none owed, by now; a job offered
+    /// later comes from a comparison that knew them). Under the runner's lock, after the jobs
+    /// owed were checked against them.
+    fn forget_known(&mut self, owed: &mut Owed) {
+        if owed.jobs.is_empty() {
+            owed.taken_at_oldest = None;
+        }
+        let known = owed.taken_at_oldest.unwrap_or_else(|| self.cx.done.taken());
+        self.done.retain(|_, (_, sent)| *sent > known);
     }
 
     /// The version of each path the run processes, read before it runs: what a success records.
@@ -710,5 +738,100 @@ fn remove_stale_paths_files(state: &StateDir) {
         {
             let _ = std::fs::remove_file(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::outcomes;
+
+    /// Polls `what` until it holds, for at most ten seconds.
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Runs done, and nothing owed or running: the runner has decided on every job offered.
+    fn settled_after(batches: &Batches, runs: u64) {
+        wait_for(&format!("run {runs} to end with nothing owed"), || {
+            let (shown, _) = batches.status();
+            shown
+                .first()
+                .is_some_and(|s| s.runs == runs && !s.running && s.owed == 0)
+        });
+    }
+
+    /// Regression: a runner remembered only the last successful run's versions. A comparison
+    /// with the manifest made before the loop took an earlier run's outcome offers that run's
+    /// path again, unchanged; once a second run had ended in between, the path was given to a
+    /// third run (seen as paths given twice in a 50,000-file burst). The loop takes no outcome
+    /// here, so every offer is such a comparison's.
+    #[test]
+    fn a_path_offered_again_unchanged_after_later_runs_is_recorded_not_run_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        let given = dir.path().join("given");
+        let text = format!(
+            "[watch]\nroots = [\"tree\"]\ndebounce_ms = 10\n\n[[trigger]]\nname = \"b\"\nbatch = true\n\
+             exec = [\"sh\", \"-c\", \"cat >> {}\"]\n",
+            given.display()
+        );
+        let config = Config::parse(&text, Path::new("ward.toml"), dir.path()).unwrap();
+        let trigger = Arc::new(CompiledTrigger::new(&config.triggers[0]).unwrap());
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let (intents, _) = Intents::open(&state).unwrap();
+        let (done_tx, done) = outcomes::channel(8);
+        let mut batches = Batches::new(Context {
+            config,
+            state,
+            done: done_tx,
+            intents: Arc::new(intents),
+            env: Environment::current(),
+            held: std::sync::atomic::AtomicBool::new(false),
+        });
+        let job = |name: &str| {
+            let path = tree.join(name);
+            std::fs::write(&path, name).unwrap();
+            Job {
+                trigger: Arc::clone(&trigger),
+                path,
+                event: Event::Created,
+                old_path: None,
+                seq: None,
+            }
+        };
+        let (p, q) = (job("p"), job("q"));
+        batches.offer(p.clone());
+        settled_after(&batches, 1);
+        batches.offer(q);
+        settled_after(&batches, 2);
+        // p's first run is two runs back, and its outcome is still not taken.
+        let again = Job {
+            event: Event::Modified,
+            ..p.clone()
+        };
+        batches.offer(again);
+        wait_for("the offer to be decided", || {
+            let (shown, _) = batches.status();
+            shown[0].owed == 0 && !shown[0].running
+        });
+        let p_line = p.path.display().to_string();
+        let given_lines = std::fs::read_to_string(&given).unwrap();
+        assert_eq!(
+            given_lines.lines().filter(|l| *l == p_line).count(),
+            1,
+            "given: {given_lines}"
+        );
+        assert_eq!(batches.status().0[0].runs, 2);
+        let p_outcomes = done.take().filter(|u| u.path() == p.path.as_path()).count();
+        assert_eq!(p_outcomes, 2, "the offer again is recorded, with its run");
+        drop(batches);
     }
 }
