@@ -37,10 +37,12 @@ const LAYOUT_KEY: &str = "layout";
 const LAYOUT: u64 = 3;
 /// redb's page cache. Its default would let the server's memory grow with every page of the
 /// manifest it ever touched; a long-running process needs a bound. Its size trades a burst's
-/// peak memory against the time to process it: `cargo xtask bench --only burst` measures both
-/// (with a path in a fifth of the bytes it once took, a quarter of the old cache serves a burst
-/// as fast).
-const CACHE_BYTES: usize = 4 * 1024 * 1024;
+/// peak memory against the time to process it: `cargo xtask bench --only burst` and `--only
+/// scale` measure both. From 16 MiB to 4, then 2, the 200k burst's peak went from 47.4 to 41.2,
+/// then 37.1 MB, and a million files' first start with inotify peaked at 47.1 MB instead of 49;
+/// the times stayed within the runs' own spread (a 200k burst: 9.4 to 11.3 s at 4 MiB, 10.7 and
+/// 11.1 s at 2).
+const CACHE_BYTES: usize = 2 * 1024 * 1024;
 
 pub(super) fn store_error(doing: &'static str, e: impl Into<redb::Error>) -> Error {
     Error::Store {
