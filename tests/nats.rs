@@ -21,25 +21,62 @@ struct NatsServer {
 }
 
 impl NatsServer {
+    /// On a port the server picks itself: a port picked here and released could be taken by a
+    /// concurrent test's server before this one binds it, and the test would then talk to that
+    /// one (seen in CI as a client waiting on a peer that never answered).
     fn start(dir: &Path) -> NatsServer {
-        NatsServer::start_on(dir, free_port())
+        NatsServer::start_with(dir, "-1")
     }
 
+    /// On `port` (a restart on the port its clients know).
     fn start_on(dir: &Path, port: u16) -> NatsServer {
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        NatsServer::start_with(dir, &port.to_string())
+    }
+
+    /// Started, and its client URL read from the ports file it writes once it listens: a server
+    /// that could not bind its port never writes one, and says why in its log.
+    fn start_with(dir: &Path, port: &str) -> NatsServer {
+        let ports = dir.join("nats-ports");
+        std::fs::create_dir_all(&ports).unwrap();
+        let log = dir.join("nats-server.log");
+        let mut child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", port, "-sd"])
             .arg(dir.join("nats"))
+            .arg("--ports_file_dir")
+            .arg(&ports)
+            .arg("-l")
+            .arg(&log)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting nats-server");
+        let file = ports.join(format!("nats-server_{}.ports", child.id()));
+        let mut url = None;
         wait_for("nats-server to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "nats-server on port {port} ended ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            url = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|v| v["nats"][0].as_str().map(str::to_owned));
+            url.is_some()
         });
         NatsServer {
             child,
-            url: format!("nats://127.0.0.1:{port}"),
+            url: url.expect("the ports file's URL"),
         }
+    }
+
+    fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the URL")
     }
 }
 
@@ -711,8 +748,8 @@ fn nats_server_killed_mid_burst_and_restarted_on_its_storage_loses_nothing() {
         return;
     }
     let f = Fixture::new(JOB, "");
-    let port = free_port();
-    let mut nats = NatsServer::start_on(f.dir.path(), port);
+    let mut nats = NatsServer::start(f.dir.path());
+    let port = nats.port();
     f.edit_config("[jobs]\n", "[jobs]\nworkers = 4\n");
     // The trigger's default retries (2): a server away is no failure of its jobs.
     append_trigger(&f, &publish_trigger("index", &nats));

@@ -39,41 +39,48 @@ fn server() -> Option<Server> {
         eprintln!("skipped: nats-server is not installed");
         return None;
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let dir = tempfile::tempdir().unwrap();
+    // On a port it picks itself (`-p -1`) and names on stderr: a port picked here and released
+    // could be taken by a concurrent test's server before this one binds it.
     let mut child = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // It says on stderr when it is ready: waited for, not guessed with a connect loop.
+    // It says on stderr where it listens and when it is ready: waited for, not guessed with a
+    // connect loop.
     let stderr = child.stderr.take().unwrap();
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let log = std::thread::spawn(move || {
+        let mut port = None;
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { return };
+            if let Some((_, at)) = line.split_once("Listening for client connections on ") {
+                port = at
+                    .trim()
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok());
+            }
             if line.contains("Server is ready") {
-                let _ = ready_tx.send(());
+                let _ = ready_tx.send(port);
             }
         }
     });
-    let server = Server {
+    let mut server = Server {
         child,
-        url: format!("nats://127.0.0.1:{port}"),
+        url: String::new(),
         log: Some(log),
         _dir: dir,
     };
     // A panic here drops the server: killed, its log's reader joined.
-    assert!(
-        ready.recv_timeout(Duration::from_secs(10)).is_ok(),
-        "nats-server did not say it was ready within 10 s"
-    );
+    let port = ready
+        .recv_timeout(Duration::from_secs(10))
+        .expect("nats-server did not say it was ready within 10 s")
+        .expect("nats-server did not say where it listens");
+    server.url = format!("nats://127.0.0.1:{port}");
     Some(server)
 }
 
