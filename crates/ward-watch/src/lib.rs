@@ -61,8 +61,9 @@
 //!
 //! # Bounded memory, nothing lost
 //! - The notify callback only does a `try_send` into a bounded buffer ([`WatcherBuilder::event_buffer`]).
-//!   If it is full, the event is dropped and every root gets a [`Rescan`] with
-//!   [`RescanReason::EventBufferFull`]; the OS event thread never blocks.
+//!   If it is full, the event is dropped and the directory it happened in gets a [`Rescan`] with
+//!   [`RescanReason::EventBufferFull`] (every root does, past 256 such directories or for an
+//!   event with no path); the OS event thread never blocks.
 //! - The watcher's thread owns the pending set. Past [`WatcherBuilder::pending_cap`] paths, the
 //!   deepest directory holding at least half of them becomes one `Rescan`
 //!   ([`RescanReason::PendingCap`]), and later events inside it only delay that rescan.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::{Consumer, builder, disk_paths, each_backend, ms, plain, watches, write};
-use ward_watch::{Backend, ChangeKind, RescanReason, Snapshot};
+use ward_watch::{Backend, ChangeKind, Rescan, RescanReason, Snapshot};
 
 fn setup() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -292,6 +292,39 @@ fn a_flood_with_no_consumer_ends_in_a_rescan_and_convergence() {
         );
         assert!(c.watcher.stats().peak_pending <= 200);
         assert_eq!(c.snapshot.paths().count(), disk_paths(&root).len() + 1);
+    });
+}
+
+/// Regression: any event dropped for a full buffer rescanned every root, so a burst in one
+/// corner of a large tree cost a comparison of the whole tree.
+#[test]
+fn events_dropped_for_a_full_buffer_rescan_their_directory_not_the_root() {
+    each_backend(|| {
+        let (_t, root) = setup();
+        fs::create_dir(root.join("hot")).unwrap();
+        let w = plain()
+            .root(&root)
+            .quiet(ms(10))
+            .event_buffer(1)
+            .build()
+            .unwrap();
+        let mut c = Consumer::new(w);
+        for i in 0..2_000 {
+            write(root.join(format!("hot/f{i}")), "x");
+        }
+        c.until("convergence after a rescan for a full buffer", |c| {
+            c.converged()
+                && c.rescans
+                    .iter()
+                    .any(|r| r.reason == RescanReason::EventBufferFull)
+        });
+        let full: Vec<&Rescan> = c
+            .rescans
+            .iter()
+            .filter(|r| r.reason == RescanReason::EventBufferFull)
+            .collect();
+        assert!(full.iter().all(|r| r.path == root.join("hot")), "{full:?}");
+        assert!(c.watcher.stats().dropped_events > 0);
     });
 }
 

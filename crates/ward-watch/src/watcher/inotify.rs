@@ -277,7 +277,6 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
     use super::super::raw::{self, RawReceiver};
@@ -287,7 +286,7 @@ mod tests {
         let (tx, rx) = raw::channel(usize::MAX);
         let handler = Handler {
             tx,
-            lost: Arc::new(AtomicBool::new(false)),
+            lost: Arc::default(),
             stats: Arc::default(),
         };
         (Inotify::start(handler).unwrap(), rx)

@@ -69,6 +69,35 @@ impl Worker {
         self.resync_roots = true;
     }
 
+    /// Events were lost in `dirs`: each is rescanned, and its watches checked against the disk
+    /// before the next delivery. A directory above a root (an event at the root itself) rescans
+    /// that root; one in no root, nothing.
+    pub(super) fn overflow_in(&mut self, dirs: Vec<PathBuf>, reason: RescanReason) {
+        let now = self.now(Instant::now());
+        self.held_from = None;
+        let roots: Vec<PathBuf> = self
+            .roots
+            .iter()
+            .filter(|r| r.present)
+            .map(|r| r.path.clone())
+            .collect();
+        for dir in dirs {
+            let scope = if roots.iter().any(|r| dir.starts_with(r)) {
+                vec![dir]
+            } else {
+                roots
+                    .iter()
+                    .filter(|r| r.starts_with(&dir))
+                    .cloned()
+                    .collect()
+            };
+            for path in scope {
+                self.pending.rescan(&path, reason, now);
+                self.resync_dirs.push(path);
+            }
+        }
+    }
+
     /// Brings the watches under `dir` in line with the disk and the rules.
     pub(super) fn resync(&mut self, dir: &Path, now: Instant) {
         if self.watches.sees_everything() {

@@ -5,20 +5,21 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::TrySendError;
 use notify::{Event, EventKind, PollWatcher, RecursiveMode, Watcher as _};
 
 use super::Counters;
+use super::lost::Lost;
 use super::raw::RawSender;
 
 /// What runs on notify's thread: a non-blocking push, nothing else.
 #[derive(Clone, Debug)]
 pub(super) struct Handler {
     pub(super) tx: RawSender,
-    pub(super) lost: Arc<AtomicBool>,
+    pub(super) lost: Arc<Lost>,
     pub(super) stats: Arc<Counters>,
 }
 
@@ -35,9 +36,9 @@ impl Handler {
         self.stats.events.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send((Instant::now(), ev)) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+            Err(TrySendError::Full((_, ev))) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                self.lost.store(true, Ordering::Release);
+                self.lost.add(&ev);
             }
             // The watcher is stopping.
             Err(TrySendError::Disconnected(_)) => {}

@@ -5,12 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
 
 use super::events::RENAME_PAIRING;
+use super::lost::{Lost, Scope};
 use super::raw::{RawReceiver, RawSender};
 use super::watches::{Handler, WatchFailure, Watches};
 use super::{Backend, Counters, WatcherBuilder};
@@ -38,7 +39,7 @@ pub(super) struct Worker {
     pub(super) watches: Watches,
     pub(super) roots: Vec<RootState>,
     pub(super) rules: Arc<IgnoreRules>,
-    pub(super) lost: Arc<AtomicBool>,
+    pub(super) lost: Arc<Lost>,
     /// The first half of a rename, waiting for its second.
     pub(super) held_from: Option<(PathBuf, usize, Instant)>,
     /// The latest time given to the pending set: it never goes back, although events from two
@@ -47,6 +48,8 @@ pub(super) struct Worker {
     pub(super) notices: Vec<Error>,
     /// Events were lost: the roots' watches must be checked before the next delivery.
     pub(super) resync_roots: bool,
+    /// Events were lost in these directories: their watches must be checked, as the roots'.
+    pub(super) resync_dirs: Vec<PathBuf>,
     pub(super) poll_fallback: bool,
     pub(super) next_root_check: Instant,
     pub(super) root_check_every: Duration,
@@ -65,7 +68,7 @@ impl WatcherBuilder {
         raw_tx: RawSender,
         stats: Arc<Counters>,
     ) -> Worker {
-        let lost = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(Lost::default());
         Worker {
             pending: Pending::new(self.quiet, self.max_wait, self.pending_cap, roots.to_vec()),
             watches: Watches {
@@ -98,6 +101,7 @@ impl WatcherBuilder {
             clock: Instant::now(),
             notices: Vec::new(),
             resync_roots: false,
+            resync_dirs: Vec::new(),
             poll_fallback: self.poll_fallback,
             next_root_check: Instant::now(),
             root_check_every: self.max_wait.max(Duration::from_millis(100)),
@@ -195,9 +199,23 @@ impl Worker {
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if self.lost.swap(false, Ordering::AcqRel) {
-                log::warn!("ward-watch: event buffer full, events dropped; rescanning the roots");
-                self.overflow(RescanReason::EventBufferFull);
+            match self.lost.take() {
+                None => {}
+                Some(Scope::Roots) => {
+                    log::warn!(
+                        "ward-watch: event buffer full, events dropped; rescanning the roots"
+                    );
+                    self.overflow(RescanReason::EventBufferFull);
+                }
+                Some(Scope::Dirs(dirs)) => {
+                    log::warn!(
+                        "ward-watch: event buffer full, events dropped in {} director{}; rescanning {}",
+                        dirs.len(),
+                        if dirs.len() == 1 { "y" } else { "ies" },
+                        if dirs.len() == 1 { "it" } else { "them" }
+                    );
+                    self.overflow_in(dirs, RescanReason::EventBufferFull);
+                }
             }
             self.update_stats();
         }
@@ -237,6 +255,9 @@ impl Worker {
             for root in roots {
                 self.resync(&root, now);
             }
+        }
+        for dir in std::mem::take(&mut self.resync_dirs) {
+            self.resync(&dir, now);
         }
         let mut items: Vec<Item> = self.notices.drain(..).map(Item::Error).collect();
         items.extend(self.pending.take_due(now));
