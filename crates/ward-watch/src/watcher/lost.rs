@@ -17,8 +17,10 @@ const DIRS_MAX: usize = 256;
 /// What lost events leave to rescan.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Scope {
-    /// Every root: an event with no path (the kernel's own overflow, an error) was lost, or too
-    /// many directories.
+    /// Every root, for the kernel's own overflow, whose notice was lost with the events after
+    /// it: said as the kernel's, not as the buffer's.
+    KernelOverflow,
+    /// Every root: an event with no path (an error) was lost, or too many directories.
     Roots,
     /// The directories the lost events happened in (for an event at a root, the root's parent:
     /// the worker keeps a rescan inside the roots).
@@ -37,6 +39,7 @@ pub(super) struct Lost {
 struct Noted {
     dirs: HashSet<PathBuf>,
     roots: bool,
+    kernel: bool,
 }
 
 impl Lost {
@@ -44,6 +47,7 @@ impl Lost {
     pub(super) fn add(&self, event: &notify::Result<Event>) {
         {
             let mut noted = self.noted.lock();
+            noted.kernel |= matches!(event, Ok(e) if e.need_rescan());
             let paths = match event {
                 Ok(e) if !e.need_rescan() && !e.paths.is_empty() => e.paths.as_slice(),
                 _ => &[],
@@ -75,6 +79,9 @@ impl Lost {
             return None;
         }
         let noted = std::mem::take(&mut *self.noted.lock());
+        if noted.kernel {
+            return Some(Scope::KernelOverflow);
+        }
         if noted.roots {
             return Some(Scope::Roots);
         }
@@ -121,6 +128,15 @@ mod tests {
         lost.add(&at(&["/r/a/f"]));
         lost.add(&Err(notify::Error::generic("lost")));
         assert_eq!(lost.take(), Some(Scope::Roots), "an event with no path");
+        lost.add(&at(&["/r/a/f"]));
+        lost.add(&Ok(
+            Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan)
+        ));
+        assert_eq!(
+            lost.take(),
+            Some(Scope::KernelOverflow),
+            "the kernel's overflow, lost in turn, is still said"
+        );
         for i in 0..=DIRS_MAX {
             lost.add(&at(&[&format!("/r/d{i}/f")]));
         }

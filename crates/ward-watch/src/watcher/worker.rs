@@ -201,6 +201,12 @@ impl Worker {
             }
             match self.lost.take() {
                 None => {}
+                Some(Scope::KernelOverflow) => {
+                    log::warn!(
+                        "ward-watch: the kernel's event queue overflowed (its notice came with the event buffer full); rescanning the roots"
+                    );
+                    self.overflow(RescanReason::KernelOverflow);
+                }
                 Some(Scope::Roots) => {
                     log::warn!(
                         "ward-watch: event buffer full, events dropped; rescanning the roots"
