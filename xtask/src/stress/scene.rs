@@ -201,11 +201,28 @@ impl Scene<'_> {
         count: usize,
         workload: &'static str,
     ) -> (Vec<(PathBuf, u64)>, Vec<String>) {
+        self.write_files_with(dir, stem, exts, count, workload, Directive::Plain)
+    }
+
+    /// As [`Scene::write_files`], each file telling its job to do as `directive` says.
+    pub fn write_files_with(
+        &self,
+        dir: &Path,
+        stem: &str,
+        exts: &[&str],
+        count: usize,
+        workload: &'static str,
+        directive: Directive,
+    ) -> (Vec<(PathBuf, u64)>, Vec<String>) {
+        let first = match directive {
+            Directive::Plain => String::new(),
+            other => other.line(),
+        };
         let mut files = Vec::with_capacity(count);
         let mut errors = Vec::new();
         for i in 0..count {
             let path = dir.join(format!("{stem}-{i}.{}", exts[i % exts.len()]));
-            let content = format!("{workload} {}\n", self.log.seq());
+            let content = format!("{first}{workload} {}\n", self.log.seq());
             match self.log.write(&path, content.as_bytes(), workload) {
                 Ok(hash) => files.push((path, hash)),
                 Err(e) => errors.push(format!("writing {}: {e}", path.display())),

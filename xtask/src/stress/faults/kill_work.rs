@@ -8,12 +8,16 @@ use std::time::{Duration, Instant};
 use super::super::check::Line;
 use super::super::config::NATS_DIR;
 use super::super::daemon::wait_until;
+use super::super::ledger::Directive;
 use super::super::scene::{Scene, interrupted};
 use super::super::workload::now_ms;
 use super::{Injected, not_injected};
 
 /// How long the kill waits for `ward work` to hold a job: the burst's first publishes.
 const HOLD_WITHIN: Duration = Duration::from_secs(15);
+/// How long each job of the burst before the kill sleeps: ward work runs two at once, so the
+/// burst keeps it busy for about `half × HELD_MS / 2` (2.5 s in a quick run).
+const HELD_MS: u64 = 50;
 
 /// What one kill-work fault found.
 #[derive(Debug)]
@@ -69,7 +73,16 @@ pub fn inject(scene: &mut Scene<'_>, f: &mut Injected, n: usize) -> Record {
     };
     let dir = scene.tree.join(format!("{NATS_DIR}/work-kill-{n}"));
     f.start_ms = now_ms();
-    let (mut files, errors) = scene.write_files(&dir, "before", &["txt"], half, "nats");
+    // Each job of the burst takes a while: a job of the stress worker alone ends within a
+    // millisecond or two, and the kill then often found ward work between jobs.
+    let (mut files, errors) = scene.write_files_with(
+        &dir,
+        "before",
+        &["txt"],
+        half,
+        "nats",
+        Directive::Sleep(HELD_MS),
+    );
     record.problems.extend(errors);
     let pid = nats.work_pid();
     let mut held = Vec::new();
