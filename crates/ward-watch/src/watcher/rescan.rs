@@ -15,6 +15,9 @@ use crate::pending::Op;
 use crate::snapshot::walk;
 use crate::{Error, RescanReason};
 
+/// Past this many directories whose watches wait to be checked, the roots' are checked instead.
+const RESYNC_DIRS_MAX: usize = 1024;
+
 impl Worker {
     /// The kernel refused a watch under `root`: say so with numbers, and poll it if allowed.
     pub(super) fn out_of_watches(&mut self, root: &Path, now: Instant) {
@@ -55,18 +58,8 @@ impl Worker {
     /// Events were lost: every root is rescanned, and its watches are checked against the disk
     /// before that rescan is delivered (once per delivery, however long the storm lasts).
     pub(super) fn overflow(&mut self, reason: RescanReason) {
-        let now = self.now(Instant::now());
-        self.held_from = None;
-        let roots: Vec<PathBuf> = self
-            .roots
-            .iter()
-            .filter(|r| r.present)
-            .map(|r| r.path.clone())
-            .collect();
-        for root in roots {
-            self.pending.rescan(&root, reason, now);
-        }
-        self.resync_roots = true;
+        let roots = self.present_roots();
+        self.overflow_in(roots, reason);
     }
 
     /// Events were lost in `dirs`: each is rescanned, and its watches checked against the disk
@@ -75,12 +68,7 @@ impl Worker {
     pub(super) fn overflow_in(&mut self, dirs: Vec<PathBuf>, reason: RescanReason) {
         let now = self.now(Instant::now());
         self.held_from = None;
-        let roots: Vec<PathBuf> = self
-            .roots
-            .iter()
-            .filter(|r| r.present)
-            .map(|r| r.path.clone())
-            .collect();
+        let roots = self.present_roots();
         for dir in dirs {
             let scope = if roots.iter().any(|r| dir.starts_with(r)) {
                 vec![dir]
@@ -93,9 +81,22 @@ impl Worker {
             };
             for path in scope {
                 self.pending.rescan(&path, reason, now);
-                self.resync_dirs.push(path);
+                self.resync_dirs.insert(path);
             }
         }
+        // A storm of scattered losses between two deliveries checks the roots' watches once.
+        if self.resync_dirs.len() > RESYNC_DIRS_MAX {
+            self.resync_dirs = roots.into_iter().collect();
+        }
+    }
+
+    /// The roots that exist now.
+    pub(super) fn present_roots(&self) -> Vec<PathBuf> {
+        self.roots
+            .iter()
+            .filter(|r| r.present)
+            .map(|r| r.path.clone())
+            .collect()
     }
 
     /// Brings the watches under `dir` in line with the disk and the rules.

@@ -46,10 +46,9 @@ pub(super) struct Worker {
     /// backends, or received before the loop last looked at the clock, can be older.
     pub(super) clock: Instant,
     pub(super) notices: Vec<Error>,
-    /// Events were lost: the roots' watches must be checked before the next delivery.
-    pub(super) resync_roots: bool,
-    /// Events were lost in these directories: their watches must be checked, as the roots'.
-    pub(super) resync_dirs: Vec<PathBuf>,
+    /// Events were lost in these directories (the roots, at worst): their watches must be
+    /// checked before the next delivery, once however many losses came meanwhile.
+    pub(super) resync_dirs: BTreeSet<PathBuf>,
     pub(super) poll_fallback: bool,
     pub(super) next_root_check: Instant,
     pub(super) root_check_every: Duration,
@@ -100,8 +99,7 @@ impl WatcherBuilder {
             held_from: None,
             clock: Instant::now(),
             notices: Vec::new(),
-            resync_roots: false,
-            resync_dirs: Vec::new(),
+            resync_dirs: BTreeSet::new(),
             poll_fallback: self.poll_fallback,
             next_root_check: Instant::now(),
             root_check_every: self.max_wait.max(Duration::from_millis(100)),
@@ -249,21 +247,16 @@ impl Worker {
     }
 
     pub(super) fn take_batch(&mut self, now: Instant) -> Batch {
-        if std::mem::take(&mut self.resync_roots) {
-            // Directories whose creation was among the lost events get their watches now, before
-            // the consumer walks them for the rescan.
-            let roots: Vec<PathBuf> = self
-                .roots
-                .iter()
-                .filter(|r| r.present)
-                .map(|r| r.path.clone())
-                .collect();
-            for root in roots {
-                self.resync(&root, now);
-            }
-        }
+        // Directories whose creation was among the lost events get their watches now, before
+        // the consumer walks them for the rescan. In path order a directory comes before those
+        // inside it, which its resync covers.
+        let mut last: Option<PathBuf> = None;
         for dir in std::mem::take(&mut self.resync_dirs) {
+            if last.as_ref().is_some_and(|l| dir.starts_with(l)) {
+                continue;
+            }
             self.resync(&dir, now);
+            last = Some(dir);
         }
         let mut items: Vec<Item> = self.notices.drain(..).map(Item::Error).collect();
         items.extend(self.pending.take_due(now));
