@@ -462,6 +462,16 @@ pub(crate) mod tests {
         Trigger::exec_true("t", &[])
     }
 
+    /// Polls `condition` every millisecond for at most 10 s: the tests' wait for what other
+    /// threads (the manifest writer, a batch runner) do.
+    pub(crate) fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+        let until = Instant::now() + std::time::Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// A tracker with its state beside `root`, and one trigger for every file.
     pub(crate) fn tracker_of(dir: &tempfile::TempDir, root: &Path) -> Tracker {
         let state = StateDir::open(&dir.path().join("state")).unwrap();

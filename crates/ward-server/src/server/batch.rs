@@ -743,19 +743,9 @@ fn remove_stale_paths_files(state: &StateDir) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::outcomes;
-
-    /// Polls `what` until it holds, for at most ten seconds.
-    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cond() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    use crate::tracker::tests::wait_for;
 
     /// Runs done, and nothing owed or running: the runner has decided on every job offered.
     fn settled_after(batches: &Batches, runs: u64) {

@@ -329,6 +329,7 @@ mod tests {
     use super::*;
     use crate::jobs::Event;
     use crate::state::{StateDir, names};
+    use crate::tracker::tests::wait_for;
 
     /// A writer of a fresh manifest in `dir`, and that manifest: a test that locks it makes a
     /// commit wait as long as it wants.
@@ -399,15 +400,6 @@ mod tests {
         writer.flush();
         assert_eq!(writer.backlog().0, 0);
         assert_eq!(writer.stats().0, paths as u64);
-    }
-
-    /// Polls `condition` every millisecond for at most 10 s.
-    fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-        let until = Instant::now() + Duration::from_secs(10);
-        while !condition() {
-            assert!(Instant::now() < until, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
     }
 
     #[test]

@@ -57,13 +57,14 @@ impl Lost {
             }
             if !noted.roots {
                 for dir in paths.iter().filter_map(|p| p.parent()) {
-                    if noted.dirs.len() >= DIRS_MAX && !noted.dirs.contains(dir) {
+                    if noted.dirs.contains(dir) {
+                        continue;
+                    }
+                    if noted.dirs.len() >= DIRS_MAX {
                         noted.roots = true;
                         break;
                     }
-                    if !noted.dirs.contains(dir) {
-                        noted.dirs.insert(dir.to_path_buf());
-                    }
+                    noted.dirs.insert(dir.to_path_buf());
                 }
             }
             if noted.roots {
