@@ -15,12 +15,18 @@
 //! sealed files say nothing the manifest does not, and are deleted. What a start finds left is
 //! what a killed server did not commit: each such path that is gone and unknown to the manifest
 //! gets a removal job.
+//!
+//! A job whose change the manifest has already committed needs no entry: the manifest holds its
+//! path. Changes are numbered and committed in order, so the writer's last committed number
+//! (`Intents::committed`) tells which jobs those are, and under a backlog (jobs that waited in
+//! the queue longer than a commit's delay) most jobs skip the write.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -34,6 +40,8 @@ const PREFIX: &str = "intents.";
 pub(crate) struct Intents {
     dir: PathBuf,
     live: Mutex<Live>,
+    /// The manifest's last committed sequence number: every change numbered up to it is held.
+    committed: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -75,8 +83,20 @@ impl Intents {
         let intents = Intents {
             live: Mutex::new(Live::start(&dir, newest + 1, oldest.min(newest + 1))),
             dir,
+            committed: AtomicU64::new(0),
         };
         Ok((intents, left))
+    }
+
+    /// Notes that the manifest has committed every change numbered up to `seq`.
+    pub(crate) fn committed(&self, seq: u64) {
+        self.committed.fetch_max(seq, Ordering::Release);
+    }
+
+    /// Whether a job of the change numbered `seq` needs no entry, the manifest holding its
+    /// path already. A change not numbered yet (`None`) is not held.
+    pub(crate) fn held(&self, seq: Option<u64>) -> bool {
+        seq.is_some_and(|seq| seq <= self.committed.load(Ordering::Acquire))
     }
 
     /// Records that a job on `path` starts. A failure (a full disk) is logged once per spell

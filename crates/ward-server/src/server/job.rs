@@ -103,7 +103,9 @@ pub(super) fn build_pool(
             };
             // Before the job can tell its consumer anything: if the server is killed before the
             // manifest holds the job's queueing, the next start still knows of the path.
-            intents.record(&job.path);
+            if !intents.held(job.seq) {
+                intents.record(&job.path);
+            }
             let current = Arc::clone(&dispatcher.read());
             let began = Instant::now();
             let ran = current.run(job);

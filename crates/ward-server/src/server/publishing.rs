@@ -412,9 +412,12 @@ impl RunnerThread<'_> {
             // knows of each path.
             let paths: Vec<&std::path::Path> = messages
                 .iter()
+                .filter(|(sent, _)| !self.cx.intents.held(sent.job.seq))
                 .map(|(sent, _)| sent.job.path.as_path())
                 .collect();
-            self.cx.intents.record_all(&paths);
+            if !paths.is_empty() {
+                self.cx.intents.record_all(&paths);
+            }
             match self.publisher(&messages[0].0.job) {
                 Ok(publisher) => {
                     let timeout = stop_at.map_or(ward_nats::PUBLISH_TIMEOUT, |at| {

@@ -92,6 +92,7 @@ impl Writer {
         committed: (u64, u64),
         feed: Feed,
     ) -> Result<Writer, Error> {
+        intents.committed(committed.1);
         let writes = Arc::new(Writes {
             state: Mutex::new(Unflushed {
                 updates: Vec::new(),
@@ -269,6 +270,7 @@ fn write(
     match result {
         Ok((paths, seq)) => {
             intents.delete_through(sealed);
+            intents.committed(seq);
             state.committed = (paths.unwrap_or(state.committed.0), seq);
             feed.committed(seq);
             // What waits now came after the batch: compaction starts over with it.
@@ -333,14 +335,15 @@ mod tests {
 
     /// A writer of a fresh manifest in `dir`, and that manifest: a test that locks it makes a
     /// commit wait as long as it wants.
-    fn writer_of(dir: &tempfile::TempDir) -> (Writer, Arc<Mutex<Manifest>>) {
+    fn writer_of(dir: &tempfile::TempDir) -> (Writer, Arc<Mutex<Manifest>>, Arc<Intents>) {
         let state = StateDir::open(&dir.path().join("state")).unwrap();
         let (manifest, _) = Manifest::open(&state.join(names::MANIFEST)).unwrap();
         let (intents, _) = Intents::open(&state).unwrap();
-        let manifest = Arc::new(Mutex::new(manifest));
+        let (manifest, intents) = (Arc::new(Mutex::new(manifest)), Arc::new(intents));
         let feed = Feed::new(Arc::clone(&manifest), 0);
-        let writer = Writer::start(Arc::clone(&manifest), Arc::new(intents), (0, 0), feed).unwrap();
-        (writer, manifest)
+        let writer =
+            Writer::start(Arc::clone(&manifest), Arc::clone(&intents), (0, 0), feed).unwrap();
+        (writer, manifest, intents)
     }
 
     /// The queueing of a creation's job for `path`.
@@ -378,7 +381,7 @@ mod tests {
     fn many_distinct_waiting_paths_are_compacted_a_logarithmic_number_of_times() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let (writer, _manifest) = writer_of(&dir);
+        let (writer, _manifest, _) = writer_of(&dir);
         // Nothing is written until `flush` below.
         compact_above(&writer, 1_000);
         // Ten times more distinct paths than the threshold, none flushed (a first start on a
@@ -403,10 +406,35 @@ mod tests {
     }
 
     #[test]
+    fn a_change_is_held_for_the_intent_journal_once_its_commit_ends_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, manifest, intents) = writer_of(&dir);
+        writer.writes.state.lock().flush_every = Duration::from_secs(3600);
+        writer.push(Update::Queued {
+            path: dir.path().join("a"),
+            event: Event::Created,
+            old_path: None,
+            seq: Some(1),
+        });
+        // A commit that takes as long as the test wants: the store is busy until `busy` goes.
+        let busy = manifest.lock();
+        writer.writes.state.lock().due = Some(Instant::now());
+        writer.writes.changed.notify_all();
+        wait_for("the writer to take the update", || {
+            writer.writes.state.lock().writing == 1
+        });
+        assert!(!intents.held(Some(1)), "held while its commit waits");
+        drop(busy);
+        wait_for("the commit to be noted", || intents.held(Some(1)));
+        assert!(!intents.held(Some(2)), "a later change is not held");
+        assert!(!intents.held(None), "a change not numbered is not held");
+    }
+
+    #[test]
     fn the_writer_thread_commits_while_the_loop_goes_on_adding() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let (writer, manifest) = writer_of(&dir);
+        let (writer, manifest, _) = writer_of(&dir);
         // Nothing is due until the test says so.
         writer.writes.state.lock().flush_every = Duration::from_secs(3600);
         let queue_and_finish = |writer: &Writer, name: &str| {
@@ -444,7 +472,7 @@ mod tests {
     fn far_behind_a_slow_commit_the_loop_waits_for_it_instead_of_piling_up_updates() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let (writer, manifest) = writer_of(&dir);
+        let (writer, manifest, _) = writer_of(&dir);
         compact_above(&writer, 10);
         let writes = Arc::clone(&writer.writes);
         let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -490,7 +518,7 @@ mod tests {
     fn flush_returns_after_the_commit_of_everything_added_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let (writer, _manifest) = writer_of(&dir);
+        let (writer, _manifest, _) = writer_of(&dir);
         // Only `flush` can make the writer commit.
         writer.writes.state.lock().flush_every = Duration::from_secs(3600);
         let a = root.join("a");
