@@ -262,3 +262,53 @@ fn a_publish_without_a_server_fails_instead_of_waiting() {
     }
     drop(mute);
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to the server with the `kill` program.
+fn signal(server: &Server, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal}: {status}");
+}
+
+/// A server that answers none of a consumer's pulls while the connection stays up (nats-server
+/// 2.9 was seen to, for good; a stopped one does for as long as it is stopped): each such fetch
+/// is an error, and after two in a row the consumer is made anew before the next fetch, which
+/// then gets the message published meanwhile.
+#[test]
+fn pulls_left_unanswered_are_errors_and_after_two_the_consumer_is_made_anew() {
+    let Some(server) = server() else { return };
+    let stream = StreamSpec::work_queue("T", "t.>");
+    let publisher = Publisher::connect(&server.url, &stream).unwrap();
+    let puller = Puller::connect(&server.url, &stream, &ConsumerSpec::new("c", "t.>")).unwrap();
+    assert!(puller.next(Duration::from_millis(200)).unwrap().is_none());
+    signal(&server, "STOP");
+    for _ in 0..2 {
+        let unanswered = puller
+            .next(Duration::from_millis(200))
+            .expect_err("a fetch the stopped server did not answer");
+        assert!(
+            unanswered.to_string().contains("answered no pull request"),
+            "{unanswered}"
+        );
+    }
+    assert_eq!(
+        puller.remade(),
+        0,
+        "made anew before the next fetch, not sooner"
+    );
+    signal(&server, "CONT");
+    publisher.publish("t.a", "id-1", b"one".to_vec()).unwrap();
+    let one = puller
+        .next(Duration::from_secs(5))
+        .unwrap()
+        .expect("the message, from the consumer made anew");
+    assert_eq!(one.payload(), b"one");
+    assert_eq!(puller.remade(), 1);
+    one.ack().unwrap();
+    // Answered fetches, empty or not, start the count again.
+    assert!(puller.next(Duration::from_millis(300)).unwrap().is_none());
+    assert_eq!(puller.remade(), 1);
+}
