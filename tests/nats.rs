@@ -47,7 +47,14 @@ impl NatsServer {
             .arg("-l")
             .arg(&log)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // What it says outside its log (a Go panic, a goroutine dump on SIGQUIT).
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("nats-server.stderr"))
+                    .unwrap(),
+            )
             .spawn()
             .expect("starting nats-server");
         let file = ports.join(format!("nats-server_{}.ports", child.id()));
@@ -232,6 +239,15 @@ fn recorded(workers: &[Work]) -> Vec<Vec<u8>> {
     workers.iter().flat_map(Work::paths).collect()
 }
 
+/// The first `n` lines of `log` that are not INFO.
+fn not_info(log: &str, n: usize) -> String {
+    log.lines()
+        .filter(|l| !l.contains(" INFO "))
+        .take(n)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// SIGTERMs each worker; each must exit cleanly.
 fn stop_all(workers: [Work; 2]) {
     for w in workers {
@@ -273,14 +289,44 @@ fn a_burst_published_by_ward_start_is_processed_by_two_workers_and_none_is_lost(
         std::fs::write(&path, format!("version 2 of {i}")).unwrap();
     }
     let started = std::time::Instant::now();
-    wait_for(
-        "every file to be processed by a worker",
-        Duration::from_secs(240),
-        || {
-            let seen: HashSet<Vec<u8>> = recorded(&workers).into_iter().collect();
-            want.iter().all(|p| seen.contains(p))
-        },
-    );
+    let mut missing = Vec::new();
+    let all_seen = holds_within(Duration::from_secs(240), || {
+        let seen: HashSet<Vec<u8>> = recorded(&workers).into_iter().collect();
+        missing = want
+            .iter()
+            .filter(|p| !seen.contains(*p))
+            .cloned()
+            .collect();
+        missing.is_empty()
+    });
+    if !all_seen {
+        missing.sort();
+        panic!(
+            "after 240 s, {} of {files} files not processed by a worker, among them:\n{}\n\
+             origin's status: {}\norigin's log (not INFO):\n{}\nworkers' logs (not INFO):\n{}\n\
+             nats-server's log, its end:\n{}",
+            missing.len(),
+            missing
+                .iter()
+                .take(10)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            f.status().1,
+            not_info(&f.log(), 40),
+            workers
+                .iter()
+                .map(|w| not_info(&w.log(), 20))
+                .collect::<Vec<_>>()
+                .join("\n--\n"),
+            {
+                let log = std::fs::read_to_string(f.dir.path().join("nats-server.log"))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            },
+        );
+    }
     eprintln!(
         "{files} files processed by two workers in {:?}",
         started.elapsed()
@@ -313,16 +359,9 @@ fn a_burst_published_by_ward_start_is_processed_by_two_workers_and_none_is_lost(
         "successes heard by the origin, of {ran} jobs run; the workers said:\n{}",
         workers
             .iter()
-            .flat_map(|w| {
-                w.log()
-                    .lines()
-                    .filter(|l| !l.contains(" INFO "))
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .take(20)
+            .map(|w| not_info(&w.log(), 20))
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n--\n")
     );
     f.stop();
     stop_all(workers);
