@@ -40,8 +40,9 @@ const USAGE: &str = "usage: cargo xtask stress [--quick] [--duration D] [--rate 
                  segv, abort, hog, hang, exit, mem-limit, full-queue, kill-keeper, reload,
                  state-disk-full, mount, chmod, socket-idle, orphans (state-disk-full and mount
                  mount file systems: without root, all leaves them out; as root, chmod runs a
-                 ward of its own as a throwaway user, removed at the end), kill-nats (needs
-                 nats-server: without it, all leaves it out unless WARD_TEST_REQUIRE_TOOLS=1),
+                 ward of its own as a throwaway user, removed at the end), kill-nats (SIGKILL
+                 and restart, then SIGSTOP and SIGCONT; needs nats-server: without it, all
+                 leaves it out unless WARD_TEST_REQUIRE_TOOLS=1),
                  kill-work (the same)
   --seed N       the schedule's and the workloads' seed (default: from the clock, printed)
   --backend NAME the watch backend ward is asked for: auto (default: fanotify as root),

@@ -172,6 +172,23 @@ impl NatsSide {
         }
     }
 
+    /// Sends the server `signal` (SIGSTOP, SIGCONT): stopped, it keeps its connections and
+    /// answers nothing, as a server that lost a consumer's way to its clients does.
+    ///
+    /// # Errors
+    /// No server running, or kill(2) failed.
+    pub fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let pid = self.server.as_ref().context("no nats-server running")?.id();
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own unreaped child.
+        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+            bail!(
+                "signal {signal} to nats-server {pid}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
     /// Starts the server (again) on its port and storage, waiting until it listens.
     ///
     /// # Errors
