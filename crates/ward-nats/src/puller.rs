@@ -31,9 +31,10 @@ const REMAKE_AFTER: u32 = 2;
 /// dropped is handed back at once.
 ///
 /// A server that leaves its pull requests unanswered, on a connection that is up, has lost the
-/// consumer's way to its clients: nats-server 2.9 was seen to count messages delivered to pull
-/// requests while none reached any client, and to answer no pull of that consumer after, from
-/// any connection, until it was made anew (see `REMAKE_AFTER`).
+/// consumer's way to its clients: nats-server 2.9.10 was seen to count messages delivered to
+/// pull requests while none reached any client, and to answer no pull of that consumer after,
+/// from any connection, until it was restarted. The consumer is then made anew (see
+/// `REMAKE_AFTER`): a new one on the server, with the same name.
 #[derive(Debug)]
 pub struct Puller {
     client: async_nats::Client,
