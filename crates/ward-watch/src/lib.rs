@@ -129,6 +129,7 @@
 
 mod batch;
 mod error;
+mod listing;
 mod mounts;
 mod pending;
 mod rules;
@@ -139,6 +140,7 @@ mod watcher;
 
 pub use batch::{Batch, Change, ChangeKind, Item, Rescan, RescanReason};
 pub use error::Error;
+pub use listing::FileStat;
 pub use rules::IgnoreRules;
 pub use snapshot::{Snapshot, walk, walk_files, walk_files_after};
 pub use watcher::{ActiveBackend, Backend, WatchStats, Watcher, WatcherBuilder};

@@ -2,7 +2,6 @@
 //! changes, and the walk that turns a [`Rescan`](crate::Rescan) into concrete changes.
 
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::ops::{Bound, ControlFlow};
@@ -10,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::listing::{Entry, FileStat, Listing};
 use crate::{Batch, Change, ChangeKind, IgnoreRules, Item};
 
 /// What a snapshot remembers of one path: enough to tell a modified file from an unchanged one.
@@ -315,55 +315,45 @@ pub fn walk(
 
 /// Walks the directory `top` like [`walk`] (the same paths: ignore rules and ignore files applied
 /// the same way, symlinks not followed) but visits only the entries that are not directories, in
-/// the byte order of their paths, each with its metadata.
+/// the byte order of their paths, each with its [`FileStat`].
 ///
 /// The order is that of a sorted map keyed by the paths' bytes (`a-b` < `a.b` < `a/b` < `a0`),
 /// so a consumer can merge the walk with such a map in one pass, without collecting either side.
-/// Each file is stat-ed (without following a symlink) relative to its directory as it is listed,
-/// which is cheaper than a `stat` of its full path; one that vanishes in between is skipped.
-/// `keep` turns the metadata into what `visit` needs: a directory's listing waits, sorted, while
-/// its subdirectories are walked, and what it holds per file should be small.
-pub fn walk_files<T>(
-    rules: &IgnoreRules,
-    top: &Path,
-    keep: impl FnMut(&fs::Metadata) -> T,
-    mut visit: impl FnMut(&Path, T),
-) {
-    walk_files_after(rules, top, None, keep, |path, kept| {
-        visit(path, kept);
+/// Each file is stat-ed (without following a symlink) relative to its directory when the walk
+/// reaches it, which is cheaper than a `stat` of its full path; one that vanishes before is
+/// skipped. A directory's listing (its names, a few bytes each besides) waits, sorted, while its
+/// subdirectories are walked.
+pub fn walk_files(rules: &IgnoreRules, top: &Path, mut visit: impl FnMut(&Path, FileStat)) {
+    walk_files_after(rules, top, None, |path, stat| {
+        visit(path, stat);
         ControlFlow::Continue(())
     });
 }
 
 /// [`walk_files`] from the first file whose path sorts after `after` (the whole walk without it),
 /// until `visit` breaks: a consumer that stopped at a file resumes after it. What sorts before
-/// `after` is neither stat-ed nor listed, except the directories on the way to it.
-pub fn walk_files_after<T>(
+/// `after` is neither stat-ed nor kept, except the directories on the way to it, and nothing is
+/// stat-ed past the file where `visit` breaks.
+pub fn walk_files_after(
     rules: &IgnoreRules,
     top: &Path,
     after: Option<&Path>,
-    mut keep: impl FnMut(&fs::Metadata) -> T,
-    mut visit: impl FnMut(&Path, T) -> ControlFlow<()>,
+    mut visit: impl FnMut(&Path, FileStat) -> ControlFlow<()>,
 ) {
     let after = after.map(|a| a.as_os_str().as_encoded_bytes());
     let mut path = top.to_path_buf();
-    // The listings of `path` and its ancestors below `top`: what is left of each, in reverse order.
-    let mut listings = vec![list_sorted(rules, &path, after, &mut keep)];
+    // The listings of `path` and its ancestors below `top`: what is left of each.
+    let mut listings = vec![Listing::read(rules, &path, after)];
     while let Some(listing) = listings.last_mut() {
-        match listing.pop() {
-            Some((name, Some(kept))) => {
-                path.push(&name);
-                let flow = visit(&path, kept);
+        match listing.pop_into(&mut path) {
+            Some(Entry::File(stat)) => {
+                let flow = stat.map(|stat| visit(&path, stat));
                 path.pop();
-                if flow.is_break() {
+                if flow.is_some_and(|f| f.is_break()) {
                     return;
                 }
             }
-            Some((name, None)) => {
-                path.push(&name);
-                let inner = list_sorted(rules, &path, after, &mut keep);
-                listings.push(inner);
-            }
+            Some(Entry::Dir) => listings.push(Listing::read(rules, &path, after)),
             None => {
                 listings.pop();
                 if !listings.is_empty() {
@@ -374,80 +364,10 @@ pub fn walk_files_after<T>(
     }
 }
 
-/// Whether the entry `name` of `dir`, or for a directory some path below it, sorts after `after`.
-fn reaches_past(dir: &Path, name: &OsStr, is_dir: bool, after: &[u8]) -> bool {
-    let full = dir.join(name);
-    let full = full.as_os_str().as_encoded_bytes();
-    if !is_dir {
-        return full > after;
-    }
-    // Every path below sorts as `full/...`: all after `after`, or, if `after` lies below, some.
-    let mut below = full.to_vec();
-    below.push(b'/');
-    below.as_slice() > after || after.starts_with(&below)
-}
-
-/// One directory's entries that are not ignored, in the reverse byte order of their paths (to be
-/// popped), files with what `keep` made of their metadata, directories with `None`.
-fn list_sorted<T>(
-    rules: &IgnoreRules,
-    dir: &Path,
-    after: Option<&[u8]>,
-    keep: &mut impl FnMut(&fs::Metadata) -> T,
-) -> Vec<(OsString, Option<T>)> {
-    if let Err(e) = rules.load_dir(dir) {
-        log::warn!("{e}");
-    }
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            log_walk_error(dir, &e);
-            return Vec::new();
-        }
-    };
-    let rules = rules.in_dir(dir);
-    let mut listing = Vec::new();
-    for entry in entries {
-        let (entry, kind) = match entry.and_then(|e| {
-            let kind = e.file_type()?;
-            Ok((e, kind))
-        }) {
-            Ok(x) => x,
-            Err(e) => {
-                log_walk_error(dir, &e);
-                continue;
-            }
-        };
-        let name = entry.file_name();
-        let is_dir = kind.is_dir();
-        if rules.is_ignored(dir, &name, is_dir)
-            || after.is_some_and(|after| !reaches_past(dir, &name, is_dir, after))
-        {
-            continue;
-        }
-        if is_dir {
-            listing.push((name, None));
-        } else if let Ok(meta) = entry.metadata() {
-            listing.push((name, Some(keep(&meta))));
-        }
-        // Otherwise it is gone since it was listed (its removal is an event of its own), or cannot
-        // be stat-ed: skipped, as a stat of its path would be.
-    }
-    listing.sort_unstable_by(|(a, a_kept), (b, b_kept)| {
-        path_order(
-            b.as_encoded_bytes(),
-            b_kept.is_none(),
-            a.as_encoded_bytes(),
-            a_kept.is_none(),
-        )
-    });
-    listing
-}
-
 /// The order of two siblings' paths and their subtrees' paths, by bytes: a directory's subtree
 /// sorts as its name followed by `/` (no name holds a `/`, so one comparison decides for the whole
 /// subtree).
-fn path_order(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> std::cmp::Ordering {
+pub(crate) fn path_order(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> std::cmp::Ordering {
     let common = a.len().min(b.len());
     let after = |name: &[u8], dir: bool| match name.get(common) {
         Some(&byte) => Some(byte),
@@ -458,7 +378,7 @@ fn path_order(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> std::cmp::Orderin
         .then_with(|| after(a, a_dir).cmp(&after(b, b_dir)))
 }
 
-fn log_walk_error(dir: &Path, e: &io::Error) {
+pub(crate) fn log_walk_error(dir: &Path, e: &io::Error) {
     if e.kind() == io::ErrorKind::NotFound {
         // Removed while walked: its removal is an event of its own.
         log::debug!("walking {}: {e}", dir.display());

@@ -684,20 +684,15 @@ fn walk_files_visits_the_files_walk_visits_in_the_byte_order_of_their_paths() {
         },
     );
     let mut visited = Vec::new();
-    ward_watch::walk_files(
-        &rules,
-        &root,
-        |m| m.len(),
-        |p, len| {
-            assert_eq!(
-                len,
-                fs::symlink_metadata(p).unwrap().len(),
-                "{}",
-                p.display()
-            );
-            visited.push(p.to_path_buf());
-        },
-    );
+    ward_watch::walk_files(&rules, &root, |p, stat| {
+        assert_eq!(
+            stat.size,
+            fs::symlink_metadata(p).unwrap().len(),
+            "{}",
+            p.display()
+        );
+        visited.push(p.to_path_buf());
+    });
 
     let bytes = |p: &PathBuf| p.as_os_str().as_bytes().to_vec();
     let mut in_byte_order = visited.clone();
@@ -739,16 +734,10 @@ fn walk_files_visits_the_files_walk_visits_in_the_byte_order_of_their_paths() {
     afters.extend(["a", "a/c", "a/bz", "a.a", "bad", "zzz", "0"].map(|r| root.join(r)));
     for after in &afters {
         let mut rest = Vec::new();
-        ward_watch::walk_files_after(
-            &rules,
-            &root,
-            Some(after),
-            |_| (),
-            |p, ()| {
-                rest.push(p.to_path_buf());
-                std::ops::ControlFlow::Continue(())
-            },
-        );
+        ward_watch::walk_files_after(&rules, &root, Some(after), |p, _| {
+            rest.push(p.to_path_buf());
+            std::ops::ControlFlow::Continue(())
+        });
         let expected: Vec<_> = visited
             .iter()
             .filter(|p| bytes(p) > bytes(after))
@@ -757,21 +746,43 @@ fn walk_files_visits_the_files_walk_visits_in_the_byte_order_of_their_paths() {
         assert_eq!(rest, expected, "after {}", after.display());
     }
     let mut first_three = Vec::new();
-    ward_watch::walk_files_after(
-        &rules,
-        &root,
-        None,
-        |_| (),
-        |p, ()| {
-            first_three.push(p.to_path_buf());
-            if first_three.len() == 3 {
-                std::ops::ControlFlow::Break(())
-            } else {
-                std::ops::ControlFlow::Continue(())
-            }
-        },
-    );
+    ward_watch::walk_files_after(&rules, &root, None, |p, _| {
+        first_three.push(p.to_path_buf());
+        if first_three.len() == 3 {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    });
     assert_eq!(first_three, visited[..3]);
+}
+
+/// A file is stat-ed when the walk reaches it, not when its directory is listed: what the walk
+/// says of a file is its state at the visit, and a file removed after the listing, before the
+/// walk reached it, is not visited. (A resumed walk then stats only what it visits, not the
+/// rest of a large directory each time.)
+#[test]
+fn walk_files_stats_each_file_when_it_reaches_it() {
+    let (_t, root) = setup();
+    for rel in ["a", "b/x", "c", "d"] {
+        write(root.join(rel), "x");
+    }
+    let rules = ward_watch::IgnoreRules::new(vec![root.clone()], &[], None).unwrap();
+    let mut visited = Vec::new();
+    ward_watch::walk_files(&rules, &root, |p, stat| {
+        if p == root.join("a") {
+            // After `root` was listed; `c` comes after the walk went below `b`.
+            write(root.join("c"), "grown");
+            fs::remove_file(root.join("d")).unwrap();
+        }
+        let rel = p.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+        visited.push((rel, stat.size));
+    });
+    assert_eq!(
+        visited,
+        [("a".into(), 1), ("b/x".into(), 1), ("c".into(), 5)],
+        "sizes as the walk reached each file, the removed one left out"
+    );
 }
 
 /// Whether this process runs as root.

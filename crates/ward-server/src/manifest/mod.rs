@@ -75,6 +75,18 @@ pub struct FileMeta {
     pub dev: u64,
 }
 
+impl From<ward_watch::FileStat> for FileMeta {
+    fn from(st: ward_watch::FileStat) -> FileMeta {
+        FileMeta {
+            size: st.size,
+            mtime_ns: st.mtime_ns,
+            ctime_ns: st.ctime_ns,
+            ino: st.ino,
+            dev: st.dev,
+        }
+    }
+}
+
 impl FileMeta {
     /// The metadata of `meta`, as stat returned it.
     pub fn of(meta: &Metadata) -> FileMeta {

@@ -130,7 +130,7 @@ impl Manifest {
             let mut diff = Diff::new(path, records, limit, include, failures);
             match threads {
                 Threads::One => merge_walked_here(rules, path, after, &mut diff)?,
-                Threads::Two => merge_walked_in_a_thread(rules, path, after, &mut diff)?,
+                Threads::Two => merge_walked_in_a_thread(rules, path, after, limit, &mut diff)?,
             }
             Ok(diff.finish()?)
         })
@@ -150,8 +150,10 @@ pub enum Threads {
 /// in a second thread: below it, starting a thread costs more than the overlap brings. A small
 /// subtree of a large manifest gets a thread too, for some tens of microseconds.
 const THREADED_ABOVE: u64 = 4096;
-/// Files handed from the walking thread to the merging one at a time.
+/// Files handed from the walking thread to the merging one at a time, at most.
 const CHUNK: usize = 1024;
+/// Chunks the walking thread may have ready while the merge works.
+const CHUNKS_AHEAD: usize = 4;
 
 /// A chunk of walked files: their paths' bytes end to end, and where each ends.
 #[derive(Debug, Default)]
@@ -185,10 +187,16 @@ where
 }
 
 /// Walks `path` in a scoped thread and merges what it hands over into `diff`.
+///
+/// The walk runs ahead of the merge by at most `CHUNKS_AHEAD + 1` chunks, stat-ing files the merge
+/// may never take once `limit` changes are found; a chunk is a sixteenth of `limit` (within 64 and
+/// [`CHUNK`]), so that a comparison resumed a few thousand files at a time in a large directory
+/// does not stat several thousand more each time.
 fn merge_walked_in_a_thread<I, G, F, T>(
     rules: &IgnoreRules,
     path: &Path,
     after: Option<&Path>,
+    limit: usize,
     diff: &mut Diff<'_, I, F, T>,
 ) -> Result<(), redb::StorageError>
 where
@@ -197,7 +205,8 @@ where
     F: FnMut(&Path, Event) -> Option<T>,
 {
     std::thread::scope(|scope| {
-        let (tx, rx) = crossbeam_channel::bounded::<Walked>(4);
+        let chunk_len = (limit / 16).clamp(64, CHUNK);
+        let (tx, rx) = crossbeam_channel::bounded::<Walked>(CHUNKS_AHEAD);
         let walker = std::thread::Builder::new()
             .name("ward-reconcile".into())
             .spawn_scoped(scope, move || {
@@ -205,7 +214,7 @@ where
                 on_disk(rules, path, after, |p, meta| {
                     chunk.bytes.extend_from_slice(p.as_os_str().as_bytes());
                     chunk.files.push((chunk.bytes.len(), meta));
-                    if chunk.files.len() == CHUNK && tx.send(std::mem::take(&mut chunk)).is_err() {
+                    if chunk.files.len() == chunk_len && tx.send(std::mem::take(&mut chunk)).is_err() {
                         // The merge is done (full, or failed): the rest of the walk is not needed.
                         return ControlFlow::Break(());
                     }
@@ -242,9 +251,9 @@ fn on_disk(
     mut visit: impl FnMut(&Path, FileMeta) -> ControlFlow<()>,
 ) {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            ward_watch::walk_files_after(rules, path, after, FileMeta::of, visit)
-        }
+        Ok(m) if m.is_dir() => ward_watch::walk_files_after(rules, path, after, |p, stat| {
+            visit(p, FileMeta::from(stat))
+        }),
         Ok(m)
             if rules.root_of(path).is_some()
                 && !rules.is_ignored(path, false)
