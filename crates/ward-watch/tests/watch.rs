@@ -775,7 +775,11 @@ fn walk_files_stats_each_file_when_it_reaches_it() {
             write(root.join("c"), "grown");
             fs::remove_file(root.join("d")).unwrap();
         }
-        let rel = p.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+        let rel = p
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         visited.push((rel, stat.size));
     });
     assert_eq!(

@@ -214,7 +214,9 @@ where
                 on_disk(rules, path, after, |p, meta| {
                     chunk.bytes.extend_from_slice(p.as_os_str().as_bytes());
                     chunk.files.push((chunk.bytes.len(), meta));
-                    if chunk.files.len() == chunk_len && tx.send(std::mem::take(&mut chunk)).is_err() {
+                    if chunk.files.len() == chunk_len
+                        && tx.send(std::mem::take(&mut chunk)).is_err()
+                    {
                         // The merge is done (full, or failed): the rest of the walk is not needed.
                         return ControlFlow::Break(());
                     }

@@ -133,7 +133,7 @@ fn raw_pipe_round(
     median_gap_us(&log)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     percentile(&values, 0.5)
 }
