@@ -269,46 +269,17 @@ impl Reader {
         else {
             return;
         };
-        let kinds = [
-            (
-                libc::FAN_CREATE,
-                EventKind::Create(if is_dir {
-                    CreateKind::Folder
-                } else {
-                    CreateKind::File
-                }),
-            ),
-            (
-                libc::FAN_MODIFY,
-                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
-            ),
-            (
-                libc::FAN_ATTRIB,
-                EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
-            ),
-            (
-                libc::FAN_DELETE,
-                EventKind::Remove(if is_dir {
-                    RemoveKind::Folder
-                } else {
-                    RemoveKind::File
-                }),
-            ),
-        ];
-        // Several kinds may be merged into one event: in the order they happen in.
-        for (bit, kind) in kinds {
-            if event.mask & bit != 0 {
-                let mut attrs = EventAttributes::new();
-                if is_dir {
-                    attrs.set_info(DIRECTORY);
-                }
-                let ev = Event {
-                    kind,
-                    paths: vec![path.clone()],
-                    attrs,
-                };
-                self.handler.handle(Ok(ev));
+        for kind in kinds_of(event.mask) {
+            let mut attrs = EventAttributes::new();
+            if is_dir {
+                attrs.set_info(DIRECTORY);
             }
+            let ev = Event {
+                kind,
+                paths: vec![path.clone()],
+                attrs,
+            };
+            self.handler.handle(Ok(ev));
         }
     }
 
@@ -556,6 +527,49 @@ impl RawEvent<'_> {
     }
 }
 
+/// The kinds of change an event's `mask` says, in the order they happen in (the kernel merges
+/// an entry's events while they wait unread).
+///
+/// A file's creation merged with writes is its creation alone: the watcher's pending set makes a
+/// creation and the writes after it one creation, so the writes would cost the watcher's thread
+/// an event and say nothing. (Without a removal in the mask, the writes came after the creation:
+/// a name is made only where none is.) A file written as it is made is one event, not two.
+fn kinds_of(mask: u64) -> Vec<EventKind> {
+    let is_dir = mask & libc::FAN_ONDIR != 0;
+    let creation_written =
+        !is_dir && mask & (libc::FAN_CREATE | libc::FAN_DELETE) == libc::FAN_CREATE;
+    [
+        (
+            libc::FAN_CREATE,
+            EventKind::Create(if is_dir {
+                CreateKind::Folder
+            } else {
+                CreateKind::File
+            }),
+        ),
+        (
+            libc::FAN_MODIFY,
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+        ),
+        (
+            libc::FAN_ATTRIB,
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+        ),
+        (
+            libc::FAN_DELETE,
+            EventKind::Remove(if is_dir {
+                RemoveKind::Folder
+            } else {
+                RemoveKind::File
+            }),
+        ),
+    ]
+    .into_iter()
+    .filter(|&(bit, _)| mask & bit != 0 && !(creation_written && bit == libc::FAN_MODIFY))
+    .map(|(_, kind)| kind)
+    .collect()
+}
+
 /// The events in `buf`, as `read(2)` of a fanotify group gives them. A record too short for what
 /// it says it holds ends the parse of its event.
 fn events(buf: &[u8]) -> Vec<RawEvent<'_>> {
@@ -720,5 +734,30 @@ mod tests {
         // An overflow has no record.
         let overflow = event(libc::FAN_Q_OVERFLOW, &[]);
         assert!(events(&overflow)[0].records.is_empty());
+    }
+
+    #[test]
+    fn a_files_creation_merged_with_its_writes_is_its_creation_alone() {
+        use libc::{FAN_ATTRIB, FAN_CREATE, FAN_DELETE, FAN_MODIFY, FAN_ONDIR};
+        let file = EventKind::Create(CreateKind::File);
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        let attrib = EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any));
+        let gone = EventKind::Remove(RemoveKind::File);
+        assert_eq!(kinds_of(FAN_CREATE | FAN_MODIFY), [file]);
+        assert_eq!(
+            kinds_of(FAN_CREATE | FAN_MODIFY | FAN_ATTRIB),
+            [file, attrib]
+        );
+        // Everything else as the mask says.
+        assert_eq!(kinds_of(FAN_MODIFY), [write]);
+        assert_eq!(kinds_of(FAN_CREATE), [file]);
+        assert_eq!(
+            kinds_of(FAN_CREATE | FAN_MODIFY | FAN_DELETE),
+            [file, write, gone]
+        );
+        assert_eq!(
+            kinds_of(FAN_CREATE | FAN_MODIFY | FAN_ONDIR),
+            [EventKind::Create(CreateKind::Folder), write]
+        );
     }
 }
