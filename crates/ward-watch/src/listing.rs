@@ -12,6 +12,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::IgnoreRules;
@@ -138,17 +139,23 @@ impl Listing {
             self.dir = path.parent().and_then(|dir| open_dir(dir).ok());
         }
         let stat = match (&self.dir, CStr::from_bytes_with_nul(name)) {
-            (Some(fd), Ok(name)) => stat_at(fd, name),
+            (Some(fd), Ok(name)) => stat_at(fd, name).ok().map(|st| FileStat {
+                size: st.st_size as u64,
+                mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+                ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+                ino: st.st_ino,
+                dev: st.st_dev,
+            }),
             // The directory cannot be opened again: the file's path then.
-            _ => stat_path(path),
+            _ => std::fs::symlink_metadata(&path).ok().map(|m| FileStat {
+                size: m.size(),
+                mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+                ino: m.ino(),
+                dev: m.dev(),
+            }),
         };
-        Some(Entry::File(stat.ok().map(|st| FileStat {
-            size: st.st_size as u64,
-            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
-            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
-            ino: st.st_ino,
-            dev: st.st_dev,
-        })))
+        Some(Entry::File(stat))
     }
 }
 
@@ -241,18 +248,6 @@ fn stat_at(fd: &OwnedFd, name: &CStr) -> io::Result<libc::stat64> {
         )
     };
     if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the call succeeded, so it filled `st`.
-    Ok(unsafe { st.assume_init() })
-}
-
-/// `lstat` of `path`.
-fn stat_path(path: &Path) -> io::Result<libc::stat64> {
-    let path = CString::new(path.as_os_str().as_bytes())?;
-    let mut st = MaybeUninit::<libc::stat64>::uninit();
-    // SAFETY: `path` is NUL-terminated and `st` is large enough for what the call writes.
-    if unsafe { libc::lstat64(path.as_ptr(), st.as_mut_ptr()) } != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the call succeeded, so it filled `st`.
