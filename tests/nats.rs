@@ -684,7 +684,11 @@ fn a_job_whose_file_was_modified_since_is_not_run_and_its_later_version_is() {
             seen = f.status().1["queue"]["completed"].clone();
             seen == n
         });
-        assert!(held, "waited 30 s for publish {n}; completed jobs: {seen}");
+        assert!(
+            held,
+            "waited 30 s for publish {n}; completed jobs: {seen}; the server's log:\n{}",
+            f.log()
+        );
     };
     published(1);
     // Later than the first version's mtime whatever the clock's grain.
