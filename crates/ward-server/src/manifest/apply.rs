@@ -5,10 +5,12 @@
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
+use std::time::Instant;
 
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::changes::{CHANGES, Edits};
+use super::deferred::{DEFER_MAX, Moves, Origin};
 use super::failures::{FAILURES, forget_under};
 use super::keys::{self, DIR_PATHS, DIRS, Numbers};
 use super::record::{decode_record, encode_event, encode_record};
@@ -30,9 +32,33 @@ impl Manifest {
     /// # Errors
     /// If the store cannot be written (a full disk, an I/O error).
     pub fn apply(&mut self, updates: &[Update]) -> Result<(), Error> {
-        if updates.is_empty() {
+        self.commit(updates, false)
+    }
+
+    /// [`Manifest::apply`] for the last commit of a server: it also writes every pending entry
+    /// held back (`deferred`), so that the next start finds each job still owed as it was.
+    ///
+    /// # Errors
+    /// If the store cannot be written.
+    pub fn apply_last(&mut self, updates: &[Update]) -> Result<(), Error> {
+        self.commit(updates, true)
+    }
+
+    /// When the oldest pending entry held back is due to be written, if any is held back.
+    pub fn deferred_due(&self) -> Option<Instant> {
+        self.deferred.due()
+    }
+
+    /// [`Manifest::apply`], writing every pending entry held back when `force`, else those due.
+    fn commit(&mut self, updates: &[Update], force: bool) -> Result<(), Error> {
+        let now = Instant::now();
+        if updates.is_empty() && !(force && self.deferred.len() > 0) && !self.deferred.any_due(now)
+        {
             return Ok(());
         }
+        // Past the bound, this commit writes every entry held back and holds none.
+        let force = force || self.deferred.len() > DEFER_MAX;
+        let mut moves = Moves::default();
         let txn = self
             .db()?
             .begin_write()
@@ -118,12 +144,34 @@ impl Manifest {
                     &mut numbers,
                     key,
                 )?;
+                let deferred = &self.deferred;
                 path.apply(update, &mut seq, || {
-                    Ok(pending
+                    if let Some(job) = deferred.get(key) {
+                        return Ok((Some(job.to_vec()), Origin::Deferred));
+                    }
+                    let stored = pending
                         .get(key)
                         .map_err(|e| store_error("writing", e))?
-                        .map(|job| job.value().to_vec()))
+                        .map(|job| job.value().to_vec());
+                    let origin = if stored.is_some() {
+                        Origin::Stored
+                    } else {
+                        Origin::Absent
+                    };
+                    Ok((stored, origin))
                 })?;
+            }
+            // The entries held back that this group left alone, once due: to the store.
+            for (key, job, due) in self.deferred.iter(now) {
+                let decided = places
+                    .get(key)
+                    .is_some_and(|&place| touched[place].1.pending.is_some());
+                if (due || force) && !decided {
+                    pending
+                        .insert(key, job)
+                        .map_err(|e| store_error("writing", e))?;
+                    moves.release.push(key.into());
+                }
             }
             // In key order: neighbours in the B-trees are written one after the other.
             drop(places);
@@ -147,22 +195,39 @@ impl Manifest {
                 records
                     .insert(record_key.as_slice(), encode_record(&record).as_slice())
                     .map_err(|e| store_error("writing", e))?;
-                match path.pending {
-                    Some(PendingJob {
-                        job: Some(job),
-                        changed: true,
-                    }) => {
-                        pending
-                            .insert(key, job.as_slice())
-                            .map_err(|e| store_error("writing", e))?;
+                let Some(PendingJob {
+                    job,
+                    origin,
+                    changed,
+                }) = path.pending
+                else {
+                    continue;
+                };
+                match job {
+                    // A job that was in the store stays there until it finishes.
+                    Some(job) if force || origin == Origin::Stored => {
+                        if changed || origin != Origin::Stored {
+                            pending
+                                .insert(key, job.as_slice())
+                                .map_err(|e| store_error("writing", e))?;
+                        }
+                        if origin == Origin::Deferred {
+                            moves.release.push(key.into());
+                        }
                     }
-                    Some(PendingJob {
-                        job: None,
-                        changed: true,
-                    }) => {
-                        pending.remove(key).map_err(|e| store_error("writing", e))?;
+                    // Held back, or held still (keeping its age).
+                    Some(job) => {
+                        if changed {
+                            moves.hold.push((key, job));
+                        }
                     }
-                    _ => {}
+                    None => match origin {
+                        Origin::Stored => {
+                            pending.remove(key).map_err(|e| store_error("writing", e))?;
+                        }
+                        Origin::Deferred => moves.release.push(key.into()),
+                        Origin::Absent => {}
+                    },
                 }
             }
             edits
@@ -176,6 +241,7 @@ impl Manifest {
         }
         txn.commit().map_err(|e| store_error("committing", e))?;
         self.seq = seq;
+        self.deferred.apply(moves, now);
         Ok(())
     }
 }
@@ -241,7 +307,9 @@ struct Touched {
 #[derive(Debug)]
 struct PendingJob {
     job: Option<Vec<u8>>,
-    /// Whether it differs from the store's.
+    /// Where the job was before the group: in the store, held back, or nowhere.
+    origin: Origin,
+    /// Whether an update of the group changed it.
     changed: bool,
 }
 
@@ -261,12 +329,13 @@ impl Touched {
     }
 
     /// Applies one update, numbering a new change with its given number or the one after `seq`;
-    /// `stored_pending` reads the store's pending entry, when it is needed and not known yet.
+    /// `stored_pending` reads the path's pending job and where it is, when it is needed and not
+    /// known yet.
     fn apply(
         &mut self,
         update: &Update,
         seq: &mut u64,
-        stored_pending: impl FnOnce() -> Result<Option<Vec<u8>>, Error>,
+        stored_pending: impl FnOnce() -> Result<(Option<Vec<u8>>, Origin), Error>,
     ) -> Result<(), Error> {
         let old = self.record.take();
         let record = match update {
@@ -281,8 +350,13 @@ impl Touched {
                 if let Some(old_path) = old_path {
                     job.extend_from_slice(old_path.as_os_str().as_bytes());
                 }
+                let origin = match &self.pending {
+                    Some(known) => known.origin,
+                    None => stored_pending()?.1,
+                };
                 self.pending = Some(PendingJob {
                     job: Some(job),
+                    origin,
                     changed: true,
                 });
                 Record {
@@ -300,8 +374,10 @@ impl Touched {
                 ..
             } => {
                 if self.pending.is_none() {
+                    let (job, origin) = stored_pending()?;
                     self.pending = Some(PendingJob {
-                        job: stored_pending()?,
+                        job,
+                        origin,
                         changed: false,
                     });
                 }
@@ -422,6 +498,59 @@ mod tests {
         assert_eq!(m.pending().unwrap(), [(a.into(), Event::Removed, None)]);
         m.apply(&[finished(a, Event::Removed, None)]).unwrap();
         assert_eq!(m.pending().unwrap(), []);
+    }
+
+    /// The paths in the store's `pending` table, without the entries held back.
+    fn stored_pending(m: &Manifest) -> Vec<PathBuf> {
+        m.read(|txn| {
+            let mut out = Vec::new();
+            for entry in txn.open_table(PENDING)?.iter()? {
+                out.push(PathBuf::from(std::ffi::OsStr::from_bytes(entry?.0.value())));
+            }
+            Ok(out)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pending_job_is_held_back_from_the_store_until_it_has_waited_or_the_last_commit() {
+        let (_dir, mut m, _, root) = manifest_of_a_vanished_tree();
+        let (a, b, c) = (root.join("a"), root.join("b"), root.join("c"));
+        let (a, b, c) = (
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            c.to_str().unwrap(),
+        );
+        // Queued and finished in different commits: the store's table never holds it.
+        m.apply(&[queued(a, Event::Created)]).unwrap();
+        assert_eq!(m.pending().unwrap(), [(a.into(), Event::Created, None)]);
+        assert_eq!(stored_pending(&m), Vec::<PathBuf>::new());
+        assert!(m.deferred_due().is_some());
+        m.apply(&[finished(a, Event::Created, Some(meta(1)))])
+            .unwrap();
+        assert_eq!(m.pending().unwrap(), []);
+        assert_eq!(m.deferred_due(), None);
+        // One that waits is written once due, by a commit with nothing else to write.
+        m.apply(&[queued(b, Event::Created)]).unwrap();
+        let due = m.deferred_due().unwrap();
+        assert!(due > Instant::now());
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while stored_pending(&m).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            m.apply(&[]).unwrap();
+        }
+        assert_eq!(stored_pending(&m), [PathBuf::from(b)]);
+        assert!(Instant::now() >= due, "written before it was due");
+        assert_eq!(m.deferred_due(), None);
+        // Its outcome removes it from the store.
+        m.apply(&[finished(b, Event::Created, Some(meta(1)))])
+            .unwrap();
+        assert_eq!(stored_pending(&m), Vec::<PathBuf>::new());
+        // The last commit writes what is held back.
+        m.apply(&[queued(c, Event::Modified)]).unwrap();
+        m.apply_last(&[]).unwrap();
+        assert_eq!(stored_pending(&m), [PathBuf::from(c)]);
+        assert_eq!(m.pending().unwrap(), [(c.into(), Event::Modified, None)]);
     }
 
     #[test]

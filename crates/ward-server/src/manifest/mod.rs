@@ -12,7 +12,9 @@
 //!   queued. A path's key is its directory's number and its name (`keys`).
 //! - `dirs` and `dir_paths`: each directory as its parent's number and its name → its number,
 //!   and back, so that no part of a path is stored twice.
-//! - `pending`: path → the job queued or running for it, until its outcome is recorded.
+//! - `pending`: path → the job queued or running for it, until its outcome is recorded. An entry
+//!   is held back from the store for up to a second (`deferred`): most jobs finish sooner, and
+//!   then never reach it.
 //! - `changes`: sequence number → the key of the path whose latest change it numbers, one entry
 //!   per path, so a since-query is a range scan bounded by the number of paths, not by history
 //!   (in buckets of 64 numbers: `changes`).
@@ -31,7 +33,7 @@
 //!
 //! This file holds the module's face: the types its callers see and the [`Manifest`] handle. The
 //! database, its tables, opening and reads are in `store`; a record's key in `keys` and its bytes
-//! in `record`; the since-index in `changes`; writing a group of updates in `apply`; the comparison with the disk in
+//! in `record`; the since-index in `changes`; writing a group of updates in `apply`, holding pending entries back in `deferred`; the comparison with the disk in
 //! `reconcile`, reading the records it compares in `ordered`. When a group is
 //! committed is not the manifest's business: the server's writer thread decides
 //! (`tracker::writer`).
@@ -50,6 +52,7 @@ use crate::jobs::Event;
 
 mod apply;
 mod changes;
+mod deferred;
 mod failures;
 mod keys;
 mod ordered;
@@ -230,6 +233,8 @@ pub struct Manifest {
     db: Option<Database>,
     path: PathBuf,
     seq: u64,
+    /// Pending entries not written yet (`deferred`).
+    deferred: deferred::Deferred,
 }
 
 /// What the tests of every file of the module build their manifests from.

@@ -145,6 +145,7 @@ impl Manifest {
                 db: Some(db),
                 path: path.to_path_buf(),
                 seq,
+                deferred: super::deferred::Deferred::default(),
             })
         });
         opened.unwrap_or_else(|_| {
@@ -295,29 +296,23 @@ impl Manifest {
     ///
     /// # Errors
     /// If the store cannot be read.
+    /// Those held back from the store (`deferred`) come last.
     pub fn pending(&self) -> Result<Vec<(PathBuf, Event, Option<PathBuf>)>, Error> {
-        self.read(|txn| {
+        let mut out = self.read(|txn| {
             let mut out = Vec::new();
             for entry in txn.open_table(PENDING)?.iter()? {
                 let (key, value) = entry?;
-                let Some((&event, old)) = value.value().split_first() else {
-                    continue;
-                };
-                let old_path = (!old.is_empty()).then(|| path_of(old));
-                let path = path_of(key.value());
-                // A job owed all the same: as a modification, which a gone file turns into its
-                // removal when the job is made.
-                let event = decode_event(event).unwrap_or_else(|| {
-                    log::warn!(
-                        "manifest: the pending job of {} has an unknown event ({event}); it runs as a modification",
-                        path.display()
-                    );
-                    Event::Modified
-                });
-                out.push((path, event, old_path));
+                out.extend(pending_job(key.value(), value.value()));
             }
             Ok(out)
-        })
+        })?;
+        let now = std::time::Instant::now();
+        out.extend(
+            self.deferred
+                .iter(now)
+                .filter_map(|(key, job, _)| pending_job(key, job)),
+        );
+        Ok(out)
     }
 
     /// Up to `limit` paths changed after `since`, oldest first, each with its latest change.
@@ -394,6 +389,23 @@ fn migrate(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// A `pending` entry as a job: its path, event and a rename's old path; `None` if empty.
+fn pending_job(key: &[u8], job: &[u8]) -> Option<(PathBuf, Event, Option<PathBuf>)> {
+    let (&event, old) = job.split_first()?;
+    let old_path = (!old.is_empty()).then(|| path_of(old));
+    let path = path_of(key);
+    // A job owed all the same: as a modification, which a gone file turns into its removal
+    // when the job is made.
+    let event = decode_event(event).unwrap_or_else(|| {
+        log::warn!(
+            "manifest: the pending job of {} has an unknown event ({event}); it runs as a modification",
+            path.display()
+        );
+        Event::Modified
+    });
+    Some((path, event, old_path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,7 +423,8 @@ mod tests {
                 queued("/r/b", Event::Created),
             ])
             .unwrap();
-            m.apply(&[finished("/r/a", Event::Created, Some(meta(5)))])
+            // The server's last commit: the pending job held back is written too.
+            m.apply_last(&[finished("/r/a", Event::Created, Some(meta(5)))])
                 .unwrap();
         }
         let (m, opened) = Manifest::open(&path).unwrap();

@@ -47,6 +47,9 @@ struct Unflushed {
     updates: Vec<Update>,
     /// When the writer commits `updates`: `FLUSH_EVERY` after the oldest, or a retry's time.
     due: Option<Instant>,
+    /// When the manifest's oldest pending entry held back is due to be written (its
+    /// `deferred_due`), so that it is written even if no update comes.
+    deferred_due: Option<Instant>,
     /// How many updates the writer is committing now.
     writing: usize,
     /// `FLUSH_EVERY`; shorter or longer in tests.
@@ -97,6 +100,7 @@ impl Writer {
             state: Mutex::new(Unflushed {
                 updates: Vec::new(),
                 due: None,
+                deferred_due: None,
                 writing: 0,
                 flush_every: FLUSH_EVERY,
                 compact_at: COMPACT_ABOVE,
@@ -205,11 +209,14 @@ fn writer_main(writes: &Writes, manifest: &Mutex<Manifest>, intents: &Intents, f
     let mut state = writes.state.lock();
     loop {
         let asked = state.asked;
+        let now = Instant::now();
+        let deferred_due = state.deferred_due.is_some_and(|at| now >= at);
         let due = state.quit
             || asked > state.answered
-            || state.due.is_some_and(|at| Instant::now() >= at);
+            || deferred_due
+            || state.due.is_some_and(|at| now >= at);
         if !due {
-            match state.due {
+            match state.due.into_iter().chain(state.deferred_due).min() {
                 Some(at) => {
                     writes.changed.wait_until(&mut state, at);
                 }
@@ -217,7 +224,9 @@ fn writer_main(writes: &Writes, manifest: &Mutex<Manifest>, intents: &Intents, f
             }
             continue;
         }
-        if !state.updates.is_empty() {
+        // The last attempt also writes the pending entries held back.
+        if !state.updates.is_empty() || deferred_due || (state.quit && state.deferred_due.is_some())
+        {
             write(&mut state, manifest, intents, feed);
         }
         state.answered = asked;
@@ -244,13 +253,19 @@ fn write(
     // Sealed first: every path in the sealed files was queued before the batch is taken.
     let sealed = intents.seal();
     let batch = std::mem::take(&mut state.updates);
+    let quit = state.quit;
     state.writing = batch.len();
     state.due = None;
     let result = MutexGuard::unlocked(state, || {
         // redb panics on some kinds of damage: that is a failed write, not a lost writer.
         catch_unwind(AssertUnwindSafe(|| {
             let mut manifest = manifest.lock();
-            manifest.apply(&batch)?;
+            if quit {
+                manifest.apply_last(&batch)?;
+            } else {
+                manifest.apply(&batch)?;
+            }
+            let deferred_due = manifest.deferred_due();
             // Committed: a count that cannot be read must not make it look failed.
             let paths = manifest
                 .paths()
@@ -258,7 +273,7 @@ fn write(
                     log::warn!("cannot count the manifest's paths after a commit; `ward status` shows the last count: {e}");
                 })
                 .ok();
-            Ok((paths, manifest.seq()))
+            Ok((paths, manifest.seq(), deferred_due))
         }))
         .unwrap_or_else(|_| {
             Err(Error::StoreUnusable(
@@ -268,7 +283,8 @@ fn write(
     });
     state.writing = 0;
     match result {
-        Ok((paths, seq)) => {
+        Ok((paths, seq, deferred_due)) => {
+            state.deferred_due = deferred_due;
             intents.delete_through(sealed);
             intents.committed(seq);
             state.committed = (paths.unwrap_or(state.committed.0), seq);
