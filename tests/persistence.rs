@@ -465,6 +465,43 @@ fn a_file_processed_just_before_a_kill_and_removed_while_down_is_told_gone() {
     f.stop();
 }
 
+/// The manifest holds a job's pending entry back from its store for up to a second: a server
+/// killed while a removal's job runs, just after its queueing, must still owe that removal at
+/// the next start (the record the same commit wrote says so), and tell it again.
+#[test]
+fn a_removal_whose_job_runs_when_the_server_is_killed_is_told_again_after_the_restart() {
+    let f = Fixture::new(
+        JOB,
+        "[[trigger]]\nname = \"told\"\n\
+         exec = [\"sh\", \"-c\", 'echo \"$WARD_EVENT $WARD_PATH\" >> {ledger}.told; \
+                 if [ \"$WARD_EVENT\" = removed ] && [ ! -e {ledger}.hung ]; then \
+                 touch {ledger}.hung; sleep 1000; fi']\n",
+    );
+    let path = f.tree.join("a");
+    std::fs::write(&path, "x").unwrap();
+    f.start();
+    let told = |event: &str| {
+        let want = format!("{event} {}", path.display());
+        let all = std::fs::read_to_string(format!("{}.told", f.ledger.display()));
+        let all = all.unwrap_or_default();
+        all.lines().filter(|l| *l == want).count()
+    };
+    wait_for("its creation told", LONG, || told("created") == 1);
+    std::fs::remove_file(&path).unwrap();
+    let hung = std::path::PathBuf::from(format!("{}.hung", f.ledger.display()));
+    wait_for("the removal's job to run", LONG, || hung.exists());
+    let (_, status) = f.status();
+    let server = status["server_pid"].as_u64().unwrap() as libc::pid_t;
+    // SAFETY: kill with the pid of the server this test started.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+    wait_for("the removal told again by the next server", LONG, || {
+        told("removed") == 2
+    });
+    f.wait_idle();
+    f.stop();
+    assert_eq!((told("created"), told("removed")), (1, 2), "{}", f.log());
+}
+
 /// A trigger that does not receive removals runs nothing for one, and yet the removal is
 /// recorded: `ward changes` reports it, and no later start runs or compares it again.
 #[test]
