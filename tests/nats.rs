@@ -631,7 +631,7 @@ fn a_job_whose_worker_is_killed_mid_job_is_delivered_to_the_other_worker() {
     let ack_wait = ["--ack-wait", "2"];
     let first = Work::start(&f, &nats, 1, "slow", &gated, &ack_wait);
     f.start();
-    std::fs::write(f.tree.join("a.txt"), "1").unwrap();
+    place(&f, &f.tree.join("a.txt"), "1", None);
     wait_for(
         "the first worker's job to run",
         Duration::from_secs(60),
@@ -748,7 +748,7 @@ fn a_job_whose_workers_die_holding_it_past_its_maximum_is_dead_lettered_not_park
     );
     let flags = ["--ack-wait", "2", "--max-deliver", "2"];
     f.start();
-    std::fs::write(f.tree.join("a.txt"), "1").unwrap();
+    place(&f, &f.tree.join("a.txt"), "1", None);
     for n in 1..=2 {
         let mut work = Work::start(&f, &nats, n, "lost", &gated, &flags);
         wait_for(
