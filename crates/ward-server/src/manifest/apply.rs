@@ -147,7 +147,7 @@ impl Manifest {
                 let deferred = &self.deferred;
                 path.apply(update, &mut seq, || {
                     if let Some(job) = deferred.get(key) {
-                        return Ok((Some(job.to_vec()), Origin::Deferred));
+                        return Ok((Some(job), Origin::Deferred));
                     }
                     let stored = pending
                         .get(key)
@@ -168,7 +168,7 @@ impl Manifest {
                     .is_some_and(|&place| touched[place].1.pending.is_some());
                 if (due || force) && !decided {
                     pending
-                        .insert(key, job)
+                        .insert(key, job.job().as_slice())
                         .map_err(|e| store_error("writing", e))?;
                     moves.release.push(key.into());
                 }

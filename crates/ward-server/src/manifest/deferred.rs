@@ -17,20 +17,46 @@ use std::time::{Duration, Instant};
 /// How long an entry is held back before it is written.
 pub(super) const DEFER: Duration = Duration::from_secs(1);
 /// Past this many entries held back, a commit writes them all: the memory they take stays
-/// bounded (about 100 bytes each) whatever the backlog.
-pub(super) const DEFER_MAX: usize = 16_384;
+/// bounded (about 100 bytes each, the path's bytes included) whatever the backlog. A burst
+/// published holds about 6,000 at a time; a backlog of exec jobs, which wait longer than
+/// `DEFER`, reaches the bound and gains nothing from holding.
+pub(super) const DEFER_MAX: usize = 8_192;
 
 /// The held-back entries: a path's key in `pending` → its entry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Deferred {
     jobs: HashMap<Box<[u8]>, Held>,
+    /// What `Held::since_ms` counts from.
+    epoch: Instant,
 }
 
-/// A job (as the table's value) and when it was first held back.
+/// A job as the table's value (its event byte, and a rename's old path), and when it was first
+/// held back: a few bytes, as thousands are held at once.
 #[derive(Debug)]
-struct Held {
-    job: Box<[u8]>,
-    since: Instant,
+pub(super) struct Held {
+    event: u8,
+    old_path: Option<Box<[u8]>>,
+    since_ms: u32,
+}
+
+impl Held {
+    /// The job, as the table's value.
+    pub(super) fn job(&self) -> Vec<u8> {
+        let old = self.old_path.as_deref().unwrap_or_default();
+        let mut job = Vec::with_capacity(1 + old.len());
+        job.push(self.event);
+        job.extend_from_slice(old);
+        job
+    }
+}
+
+impl Default for Deferred {
+    fn default() -> Deferred {
+        Deferred {
+            jobs: HashMap::new(),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 /// Where a path's pending job was before a group: the store, held back here, or nowhere.
@@ -52,8 +78,8 @@ pub(super) struct Moves<'k> {
 
 impl Deferred {
     /// The job held back for `key`, if any.
-    pub(super) fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.jobs.get(key).map(|held| &held.job[..])
+    pub(super) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.jobs.get(key).map(Held::job)
     }
 
     pub(super) fn len(&self) -> usize {
@@ -61,10 +87,12 @@ impl Deferred {
     }
 
     /// Every entry held back, with whether it has waited `DEFER` at `now`.
-    pub(super) fn iter(&self, now: Instant) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
-        self.jobs
-            .iter()
-            .map(move |(key, held)| (&key[..], &held.job[..], now >= held.since + DEFER))
+    pub(super) fn iter(&self, now: Instant) -> impl Iterator<Item = (&[u8], &Held, bool)> {
+        let now = self.ms(now);
+        self.jobs.iter().map(move |(key, held)| {
+            let due = now >= u64::from(held.since_ms) + DEFER.as_millis() as u64;
+            (&key[..], held, due)
+        })
     }
 
     /// Whether any entry has waited `DEFER` at `now`.
@@ -74,7 +102,8 @@ impl Deferred {
 
     /// When the oldest entry will have waited `DEFER`.
     pub(super) fn due(&self) -> Option<Instant> {
-        self.jobs.values().map(|held| held.since + DEFER).min()
+        let oldest = self.jobs.values().map(|held| held.since_ms).min()?;
+        Some(self.epoch + Duration::from_millis(oldest.into()) + DEFER)
     }
 
     /// Applies a committed group's `moves` at `now`; an entry held back again keeps its age.
@@ -82,14 +111,35 @@ impl Deferred {
         for key in moves.release {
             self.jobs.remove(&key);
         }
+        if self.jobs.is_empty() {
+            // Counted from here on: a server that runs for years never overflows the count.
+            self.epoch = now;
+        }
+        let since_ms = u32::try_from(self.ms(now)).unwrap_or(u32::MAX);
         for (key, job) in moves.hold {
+            let Some((&event, old)) = job.split_first() else {
+                continue;
+            };
+            let old_path = (!old.is_empty()).then(|| old.into());
             match self.jobs.get_mut(key) {
-                Some(held) => held.job = job.into(),
+                Some(held) => {
+                    held.event = event;
+                    held.old_path = old_path;
+                }
                 None => {
-                    let job = job.into();
-                    self.jobs.insert(key.into(), Held { job, since: now });
+                    let held = Held {
+                        event,
+                        old_path,
+                        since_ms,
+                    };
+                    self.jobs.insert(key.into(), held);
                 }
             }
         }
+    }
+
+    /// `now` in ms since `epoch`.
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 }

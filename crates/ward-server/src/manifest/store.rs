@@ -310,7 +310,7 @@ impl Manifest {
         out.extend(
             self.deferred
                 .iter(now)
-                .filter_map(|(key, job, _)| pending_job(key, job)),
+                .filter_map(|(key, held, _)| pending_job(key, &held.job())),
         );
         Ok(out)
     }
