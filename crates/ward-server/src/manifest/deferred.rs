@@ -24,11 +24,9 @@ pub(super) const DEFER: Duration = Duration::from_secs(1);
 pub(super) const DEFER_MAX: usize = 8_192;
 
 /// The held-back entries: a path's key in `pending` → its entry.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Deferred {
     jobs: HashMap<Box<[u8]>, Held>,
-    /// What `Held::since_ms` counts from.
-    epoch: Instant,
 }
 
 /// A job as the table's value (its event byte, and a rename's old path), and when it was first
@@ -37,7 +35,7 @@ pub(super) struct Deferred {
 pub(super) struct Held {
     event: u8,
     old_path: Option<Box<[u8]>>,
-    since_ms: u32,
+    since: Instant,
 }
 
 impl Held {
@@ -48,15 +46,6 @@ impl Held {
         job.push(self.event);
         job.extend_from_slice(old);
         job
-    }
-}
-
-impl Default for Deferred {
-    fn default() -> Deferred {
-        Deferred {
-            jobs: HashMap::new(),
-            epoch: Instant::now(),
-        }
     }
 }
 
@@ -89,11 +78,9 @@ impl Deferred {
 
     /// Every entry held back, with whether it has waited `DEFER` at `now`.
     pub(super) fn iter(&self, now: Instant) -> impl Iterator<Item = (&[u8], &Held, bool)> {
-        let now = self.ms(now);
-        self.jobs.iter().map(move |(key, held)| {
-            let due = now >= u64::from(held.since_ms) + DEFER.as_millis() as u64;
-            (&key[..], held, due)
-        })
+        self.jobs
+            .iter()
+            .map(move |(key, held)| (&key[..], held, now >= held.since + DEFER))
     }
 
     /// Whether any entry has waited `DEFER` at `now`.
@@ -103,8 +90,7 @@ impl Deferred {
 
     /// When the oldest entry will have waited `DEFER`.
     pub(super) fn due(&self) -> Option<Instant> {
-        let oldest = self.jobs.values().map(|held| held.since_ms).min()?;
-        Some(self.epoch + Duration::from_millis(oldest.into()) + DEFER)
+        Some(self.jobs.values().map(|held| held.since).min()? + DEFER)
     }
 
     /// Applies a committed group's `moves` at `now`; an entry held back again keeps its age.
@@ -112,11 +98,6 @@ impl Deferred {
         for key in moves.release {
             self.jobs.remove(&key);
         }
-        if self.jobs.is_empty() {
-            // Counted from here on: a server that runs for years never overflows the count.
-            self.epoch = now;
-        }
-        let since_ms = u32::try_from(self.ms(now)).unwrap_or(u32::MAX);
         for (key, job) in moves.hold {
             let Some((&event, old)) = job.split_first() else {
                 continue;
@@ -131,16 +112,11 @@ impl Deferred {
                     let held = Held {
                         event,
                         old_path,
-                        since_ms,
+                        since: now,
                     };
                     self.jobs.insert(key.into(), held);
                 }
             }
         }
-    }
-
-    /// `now` in ms since `epoch`.
-    fn ms(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 }

@@ -310,6 +310,8 @@ fn write(
             let newer = std::mem::replace(&mut state.updates, batch);
             state.updates.extend(newer);
             state.due = Some(Instant::now() + RETRY_EVERY);
+            // Held-back entries wait for the retry too, not a write attempt per turn of the loop.
+            state.deferred_due = state.deferred_due.map(|_| Instant::now() + RETRY_EVERY);
             let reopened = MutexGuard::unlocked(state, || manifest.lock().reopen());
             if let Err(e) = reopened {
                 log::debug!("reopening the manifest after a failed write: {e}");
@@ -419,6 +421,25 @@ mod tests {
         writer.flush();
         assert_eq!(writer.backlog().0, 0);
         assert_eq!(writer.stats().0, paths as u64);
+    }
+
+    #[test]
+    fn a_held_back_pending_entry_is_written_once_due_and_by_the_last_commit_without_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, manifest, _) = writer_of(&dir);
+        writer.push(queued(&dir.path().join("a")));
+        writer.flush();
+        assert!(manifest.lock().deferred_due().is_some(), "held back");
+        // No update comes to carry it: the writer wakes for it.
+        wait_for("the held-back entry to be written", || {
+            manifest.lock().deferred_due().is_none()
+        });
+        writer.push(queued(&dir.path().join("b")));
+        writer.flush();
+        assert!(manifest.lock().deferred_due().is_some(), "held back");
+        drop(writer);
+        assert_eq!(manifest.lock().deferred_due(), None, "left held back");
+        assert_eq!(manifest.lock().pending().unwrap().len(), 2);
     }
 
     #[test]
