@@ -52,8 +52,8 @@ impl Manifest {
     /// [`Manifest::apply`], writing every pending entry held back when `force`, else those due.
     fn commit(&mut self, updates: &[Update], force: bool) -> Result<(), Error> {
         let now = Instant::now();
-        if updates.is_empty() && !(force && self.deferred.len() > 0) && !self.deferred.any_due(now)
-        {
+        let held_to_write = (force && !self.deferred.is_empty()) || self.deferred.any_due(now);
+        if updates.is_empty() && !held_to_write {
             return Ok(());
         }
         // Past the bound, this commit writes every entry held back and holds none.
@@ -534,11 +534,10 @@ mod tests {
         m.apply(&[queued(b, Event::Created)]).unwrap();
         let due = m.deferred_due().unwrap();
         assert!(due > Instant::now());
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while stored_pending(&m).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        crate::tracker::tests::wait_for("the held-back entry to be written", || {
             m.apply(&[]).unwrap();
-        }
+            !stored_pending(&m).is_empty()
+        });
         assert_eq!(stored_pending(&m), [PathBuf::from(b)]);
         assert!(Instant::now() >= due, "written before it was due");
         assert_eq!(m.deferred_due(), None);

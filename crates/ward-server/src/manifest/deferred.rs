@@ -76,6 +76,10 @@ impl Deferred {
         self.jobs.len()
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
     /// Every entry held back, with whether it has waited `DEFER` at `now`.
     pub(super) fn iter(&self, now: Instant) -> impl Iterator<Item = (&[u8], &Held, bool)> {
         self.jobs
