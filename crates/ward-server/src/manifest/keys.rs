@@ -38,10 +38,12 @@ pub(super) fn dir_key(dir: &[u8]) -> Vec<u8> {
 
 /// The key of the entry named `name` (a file's name, or a directory's with its `/`) under the
 /// directory numbered `dir`. A number's encoding is self-delimiting, so the keys of one
-/// directory's entries are exactly those that start with its encoding, sorted by name.
+/// directory's entries are exactly those that start with its encoding, sorted by name; and it
+/// sorts as the numbers do, so the entries of a directory numbered after every other one (a new
+/// one) go to the end of the table.
 pub(super) fn file_key(dir: u64, name: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(10 + name.len());
-    put_varint(&mut key, dir);
+    let mut key = Vec::with_capacity(9 + name.len());
+    put_number(&mut key, dir);
     key.extend_from_slice(name);
     key
 }
@@ -142,7 +144,7 @@ impl Paths {
         dir_paths: &impl ReadableTable<u64, &'static [u8]>,
         key: &[u8],
     ) -> Result<Option<PathBuf>, redb::StorageError> {
-        let Some((n, name)) = take_varint(key) else {
+        let Some((n, name)) = take_number(key) else {
             return Ok(None);
         };
         let Some(dir) = self.dir(dir_paths, n)? else {
@@ -168,7 +170,7 @@ impl Paths {
                 let Some(entry) = dir_paths.get(at)? else {
                     return Ok(None);
                 };
-                let Some((parent, name)) = take_varint(entry.value()) else {
+                let Some((parent, name)) = take_number(entry.value()) else {
                     return Ok(None);
                 };
                 entries.push(name.to_vec());
@@ -181,6 +183,42 @@ impl Paths {
         }
         Ok(self.known.get(&n).map(Vec::as_slice))
     }
+}
+
+/// Appends `n` as a key's directory number: big-endian in one to nine bytes, the count of
+/// leading one bits of the first byte saying how many follow it (`0xxxxxxx`: none, `10xxxxxx`:
+/// one, ... `11111111`: eight), each number in the fewest bytes that hold it. So the encodings
+/// sort as the numbers do, unlike LEB128's, whose low bits come first: with LEB128 the records of
+/// each new directory were inserted all over the table, and redb, which splits a full page in
+/// two halves, left most pages half empty.
+pub(super) fn put_number(out: &mut Vec<u8>, n: u64) {
+    // With `extra` bytes after the first, the first keeps 7 - extra bits: 7 + 7 * extra in all.
+    match (0..8).find(|&extra| n >> (7 + 7 * extra) == 0) {
+        Some(extra) => {
+            let start = out.len();
+            out.extend_from_slice(&n.to_be_bytes()[7 - extra..]);
+            out[start] |= !(0xff_u8 >> extra);
+        }
+        None => {
+            out.push(0xff);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+/// The directory number `bytes` starts with (as [`put_number`] writes it) and what follows it;
+/// `None` if it is cut, or not in its fewest bytes (a damaged store).
+pub(super) fn take_number(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (&first, _) = bytes.split_first()?;
+    let extra = first.leading_ones() as usize;
+    let (number, rest) = bytes.split_at_checked(extra + 1)?;
+    // The bits of the first byte after its marker (none when it is 0xfe or 0xff).
+    let high = u64::from(first) & (0x7f_u64 >> extra);
+    let n = number[1..]
+        .iter()
+        .fold(high, |n, &b| (n << 8) | u64::from(b));
+    let fewest = extra == 0 || n >> (7 * extra) != 0;
+    fewest.then_some((n, rest))
 }
 
 /// Appends `n` in LEB128: seven bits a byte, the high bit set on all but the last. Written
@@ -240,6 +278,40 @@ mod tests {
         }
         assert_eq!(take_varint(&[0x80, 0x80]), None, "a cut number");
         assert_eq!(take_varint(&[0xff; 11]), None, "a number too long");
+    }
+
+    /// Directory numbers in keys: each decodes to itself with what follows, none starts
+    /// another, and their order is the numbers' order, at every change of length.
+    #[test]
+    fn key_numbers_round_trip_sort_as_numbers_and_none_starts_another() {
+        let mut numbers: Vec<u64> = vec![0, 1, u64::MAX - 1, u64::MAX];
+        for bits in (7..64).step_by(7) {
+            let edge = 1u64 << bits;
+            numbers.extend([edge - 2, edge - 1, edge, edge + 1]);
+        }
+        numbers.sort_unstable();
+        let encoded: Vec<Vec<u8>> = numbers
+            .iter()
+            .map(|&n| {
+                let mut out = Vec::new();
+                put_number(&mut out, n);
+                out
+            })
+            .collect();
+        for (n, bytes) in numbers.iter().zip(&encoded) {
+            let mut with_name = bytes.clone();
+            with_name.extend_from_slice(b"name");
+            assert_eq!(take_number(&with_name), Some((*n, &b"name"[..])), "{n}");
+            for other in &encoded {
+                assert!(other == bytes || !other.starts_with(bytes), "{n}");
+            }
+        }
+        assert!(encoded.windows(2).all(|w| w[0] < w[1]), "{encoded:?}");
+        assert_eq!(encoded[1], [1]);
+        assert_eq!(encoded.last().map(Vec::len), Some(9));
+        assert_eq!(take_number(&[0xc0, 0x01]), None, "a cut number");
+        assert_eq!(take_number(&[0x80, 0x05]), None, "5 in two bytes");
+        assert_eq!(take_number(&[]), None);
     }
 
     #[test]

@@ -55,6 +55,7 @@ mod changes;
 mod deferred;
 mod failures;
 mod keys;
+mod migrate;
 mod ordered;
 mod reconcile;
 mod record;

@@ -1,5 +1,5 @@
 //! The store: the redb database and its tables, opening it (a damaged one moved aside and
-//! rebuilt, one of the first layout migrated), reopening it after a write error, and every read
+//! rebuilt, one of an older layout migrated by `migrate`), reopening it after a write error, and every read
 //! but the comparison's (counts, records, pending jobs, since-queries). Not the layout of a
 //! record (`record`) or of its key (`keys`), nor writes (`apply`), nor the comparison with the
 //! disk (`reconcile`).
@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 
-use super::changes::{self, CHANGES, Edits};
+use super::changes::{self, CHANGES};
 use super::keys::{self, DIR_PATHS, DIRS, Numbers, Paths};
-use super::record::{decode_event, decode_first_record, decode_record, encode_record, path_of};
+use super::record::{decode_event, decode_record, path_of};
 use super::{ChangeEntry, Manifest, Opened, Record};
 use crate::Error;
 use crate::jobs::Event;
@@ -22,19 +22,18 @@ use crate::jobs::Event;
 pub(super) const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 /// A path → its pending job.
 pub(super) const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending");
-/// The first layout's tables: path → record, and sequence number → path.
-const FIRST_FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
-const FIRST_BY_SEQ: TableDefinition<u64, &[u8]> = TableDefinition::new("by_seq");
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const SEQ_KEY: &str = "seq";
 /// The file's size after the last compaction.
 const COMPACTED_KEY: &str = "compacted";
-/// Which layout the tables have: the first (without this key) is migrated when opened; one this
-/// ward does not know is a store it cannot read, moved aside and rebuilt.
+/// Which layout the tables have: the first (without this key) and the third are migrated when
+/// opened (`migrate`); one this ward does not know is a store it cannot read, moved aside and
+/// rebuilt.
 const LAYOUT_KEY: &str = "layout";
-/// Each directory one entry under its parent, records of LEB128 numbers, the since-index in
-/// buckets.
-const LAYOUT: u64 = 3;
+/// Each directory one entry under its parent, records of LEB128 numbers, keys whose directory
+/// numbers sort as the numbers do, the since-index in buckets that share their keys' starts.
+/// The third layout (LEB128 numbers in keys, whole keys in smaller buckets) is migrated.
+const LAYOUT: u64 = 4;
 /// redb's page cache. Its default would let the server's memory grow with every page of the
 /// manifest it ever touched; a long-running process needs a bound. Its size trades a burst's
 /// peak memory against the time to process it: `cargo xtask bench --only burst` and `--only
@@ -107,7 +106,7 @@ impl Manifest {
                     .map(|table| table.name().to_owned())
                     .collect();
                 let has = |table: &str| tables.iter().any(|name| name == table);
-                let first_layout = has(FIRST_FILES.name());
+                let first_layout = has(super::migrate::FIRST_FILES.name());
                 let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
                 let layout = meta
                     .get(LAYOUT_KEY)
@@ -115,6 +114,11 @@ impl Manifest {
                     .map(|v| v.value());
                 match layout {
                     Some(LAYOUT) => {}
+                    Some(3) => {
+                        super::migrate::from_third(&txn)
+                            .map_err(|e| format!("migrating {}: {e}", path.display()))?;
+                        meta.insert(LAYOUT_KEY, LAYOUT).map_err(|e| e.to_string())?;
+                    }
                     None if first_layout || !has(RECORDS.name()) => {
                         meta.insert(LAYOUT_KEY, LAYOUT).map_err(|e| e.to_string())?;
                     }
@@ -132,7 +136,8 @@ impl Manifest {
                 txn.open_table(DIRS).map_err(|e| e.to_string())?;
                 txn.open_table(DIR_PATHS).map_err(|e| e.to_string())?;
                 if first_layout {
-                    migrate(&txn).map_err(|e| format!("migrating {}: {e}", path.display()))?;
+                    super::migrate::from_first(&txn)
+                        .map_err(|e| format!("migrating {}: {e}", path.display()))?;
                 }
                 txn.open_table(super::failures::FAILURES)
                     .map_err(|e| e.to_string())?;
@@ -361,34 +366,6 @@ fn stored(txn: &redb::ReadTransaction, path: &Path) -> Result<Option<Vec<u8>>, r
 /// into `records`, `changes` and the directories' tables, in the transaction that opens it: one
 /// upgrade owes no file a job again. A record it cannot read is dropped, as a damaged one is:
 /// the comparison then owes its path's job.
-fn migrate(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
-    let mut moved = 0u64;
-    {
-        let first = txn.open_table(FIRST_FILES)?;
-        let mut records = txn.open_table(RECORDS)?;
-        let mut changes = txn.open_table(CHANGES)?;
-        let mut dirs = txn.open_table(DIRS)?;
-        let mut dir_paths = txn.open_table(DIR_PATHS)?;
-        let mut numbers = Numbers::default();
-        let mut edits = Edits::default();
-        for entry in first.iter()? {
-            let (path, value) = entry?;
-            let Some(record) = decode_first_record(value.value()) else {
-                continue;
-            };
-            let key = keys::make(&mut dirs, &mut dir_paths, &mut numbers, path.value())?;
-            records.insert(key.as_slice(), encode_record(&record).as_slice())?;
-            edits.insert(record.seq, &key);
-            moved += 1;
-        }
-        edits.write(&mut changes)?;
-    }
-    txn.delete_table(FIRST_FILES)?;
-    txn.delete_table(FIRST_BY_SEQ)?;
-    log::info!("manifest: {moved} records moved to the layout that stores each directory once");
-    Ok(())
-}
-
 /// A `pending` entry as a job: its path, event and a rename's old path; `None` if empty.
 fn pending_job(key: &[u8], job: &[u8]) -> Option<(PathBuf, Event, Option<PathBuf>)> {
     let (&event, old) = job.split_first()?;
@@ -409,6 +386,7 @@ fn pending_job(key: &[u8], job: &[u8]) -> Option<(PathBuf, Event, Option<PathBuf
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Update;
     use crate::manifest::fixtures::{finished, meta, queued};
 
     #[test]
@@ -465,76 +443,38 @@ mod tests {
         assert_eq!(m.changes_since(0, 1).unwrap().len(), 1);
     }
 
-    /// A record of the first layout: version, flags, event, then fixed-width numbers.
-    fn first_layout_record(
-        processed: Option<crate::manifest::FileMeta>,
-        event: u8,
-        seq: u64,
-    ) -> Vec<u8> {
-        let mut out = vec![1, u8::from(processed.is_some()) | 2, event];
-        out.extend_from_slice(&seq.to_le_bytes());
-        if let Some(m) = processed {
-            for word in [m.size, m.mtime_ns as u64, m.ctime_ns as u64, m.ino, m.dev] {
-                out.extend_from_slice(&word.to_le_bytes());
-            }
-        }
-        out
-    }
-
-    /// An upgrade keeps what was processed: a store of the first layout is moved to the present
-    /// one when it is opened, its records, since-index and sequence number intact.
+    /// A burst of new files in many new directories, each group queued in one commit and
+    /// finished in the next, as the server writes them: the records fill most of the pages they
+    /// take. With directory numbers whose encoding did not sort as the numbers (LEB128), each new
+    /// directory's records were inserted all over the table and its pages stayed half empty.
     #[test]
-    fn a_store_of_the_first_layout_keeps_its_records_when_opened() {
+    fn records_of_new_directories_fill_most_of_their_pages() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("manifest.redb");
-        {
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            {
-                let mut files = txn.open_table(FIRST_FILES).unwrap();
-                let mut by_seq = txn.open_table(FIRST_BY_SEQ).unwrap();
-                files
-                    .insert(
-                        &b"/r/a/x"[..],
-                        &first_layout_record(Some(meta(5)), 0, 2)[..],
-                    )
-                    .unwrap();
-                files
-                    .insert(&b"/r/gone"[..], &first_layout_record(None, 2, 3)[..])
-                    .unwrap();
-                files.insert(&b"/r/damaged"[..], &[9u8, 9][..]).unwrap();
-                by_seq.insert(2, &b"/r/a/x"[..]).unwrap();
-                by_seq.insert(3, &b"/r/gone"[..]).unwrap();
-                txn.open_table(META).unwrap().insert(SEQ_KEY, 3).unwrap();
-            }
-            txn.commit().unwrap();
-        }
-        let (m, opened) = Manifest::open(&path).unwrap();
-        assert_eq!(opened, Opened::Existing);
-        assert_eq!(m.seq(), 3);
-        let records = m.records().unwrap();
-        assert_eq!(
-            records.len(),
-            2,
-            "the damaged record is dropped: {records:?}"
-        );
-        assert_eq!(records[Path::new("/r/a/x")].processed, Some(meta(5)));
-        assert_eq!(records[Path::new("/r/gone")].event, Event::Removed);
-        let changes: Vec<_> = m
-            .changes_since(0, 10)
-            .unwrap()
-            .into_iter()
-            .map(|c| (c.seq, c.path))
+        let (mut m, _) = Manifest::open(&dir.path().join("manifest.redb")).unwrap();
+        let paths: Vec<String> = (0..30_000)
+            .map(|i| format!("/r/p{}/d{}/f{i}", i / 1000, (i / 10) % 100))
             .collect();
-        assert_eq!(changes, [(2, "/r/a/x".into()), (3, "/r/gone".into())]);
-        drop(m);
-        let (m, opened) = Manifest::open(&path).unwrap();
-        assert_eq!(
-            opened,
-            Opened::Existing,
-            "opened again, nothing left to move"
+        let mut finishing: Vec<Update> = Vec::new();
+        for group in paths.chunks(1000) {
+            let mut updates: Vec<Update> =
+                group.iter().map(|p| queued(p, Event::Created)).collect();
+            updates.append(&mut finishing);
+            m.apply(&updates).unwrap();
+            finishing = group
+                .iter()
+                .map(|p| finished(p, Event::Created, Some(meta(1))))
+                .collect();
+        }
+        m.apply_last(&finishing).unwrap();
+        let txn = m.db().unwrap().begin_read().unwrap();
+        let stats = txn.open_table(RECORDS).unwrap().stats().unwrap();
+        let used = stats.stored_bytes() + stats.metadata_bytes();
+        // redb's pages are 4 KiB.
+        let pages = (stats.leaf_pages() + stats.branch_pages()) * 4096;
+        assert!(
+            used * 10 >= pages * 7,
+            "records use {used} bytes of {pages} in their pages"
         );
-        assert_eq!(m.records().unwrap(), records);
     }
 
     #[test]
