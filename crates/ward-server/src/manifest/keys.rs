@@ -190,7 +190,8 @@ impl Paths {
 /// one, ... `11111111`: eight), each number in the fewest bytes that hold it. So the encodings
 /// sort as the numbers do, unlike LEB128's, whose low bits come first: with LEB128 the records of
 /// each new directory were inserted all over the table, and redb, which splits a full page in
-/// two halves, left most pages half empty.
+/// two halves, left most pages half empty. Written here, as LEB128 is: two short functions, and
+/// the layout of the store must not change with a dependency's version.
 pub(super) fn put_number(out: &mut Vec<u8>, n: u64) {
     // With `extra` bytes after the first, the first keeps 7 - extra bits: 7 + 7 * extra in all.
     match (0..8).find(|&extra| n >> (7 + 7 * extra) == 0) {
