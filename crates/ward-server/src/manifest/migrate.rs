@@ -185,6 +185,22 @@ mod tests {
     use crate::manifest::store::{META, SEQ_KEY};
     use crate::manifest::{Manifest, Opened, Record};
 
+    /// The store at `path`, opened as one that exists and needs no move.
+    fn opened(path: &Path) -> Manifest {
+        let (m, opened) = Manifest::open(path).unwrap();
+        assert_eq!(opened, Opened::Existing);
+        m
+    }
+
+    /// The changes after `after` (at most 1000), as numbers and paths.
+    fn listed(m: &Manifest, after: u64) -> Vec<(u64, PathBuf)> {
+        m.changes_since(after, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.seq, c.path))
+            .collect()
+    }
+
     /// A record of the first layout: version, flags, event, then fixed-width numbers.
     fn first_layout_record(
         processed: Option<crate::manifest::FileMeta>,
@@ -229,8 +245,7 @@ mod tests {
             }
             txn.commit().unwrap();
         }
-        let (m, opened) = Manifest::open(&path).unwrap();
-        assert_eq!(opened, Opened::Existing);
+        let m = opened(&path);
         assert_eq!(m.seq(), 3);
         let records = m.records().unwrap();
         assert_eq!(
@@ -240,21 +255,10 @@ mod tests {
         );
         assert_eq!(records[Path::new("/r/a/x")].processed, Some(meta(5)));
         assert_eq!(records[Path::new("/r/gone")].event, Event::Removed);
-        let changes: Vec<_> = m
-            .changes_since(0, 10)
-            .unwrap()
-            .into_iter()
-            .map(|c| (c.seq, c.path))
-            .collect();
-        assert_eq!(changes, [(2, "/r/a/x".into()), (3, "/r/gone".into())]);
+        assert_eq!(listed(&m, 0), [(2, "/r/a/x".into()), (3, "/r/gone".into())]);
         drop(m);
-        let (m, opened) = Manifest::open(&path).unwrap();
-        assert_eq!(
-            opened,
-            Opened::Existing,
-            "opened again, nothing left to move"
-        );
-        assert_eq!(m.records().unwrap(), records);
+        // Opened again: nothing left to move.
+        assert_eq!(opened(&path).records().unwrap(), records);
     }
 
     /// A key of the third layout: the directory's number in LEB128, then the name.
@@ -323,8 +327,7 @@ mod tests {
             txn.commit().unwrap();
         }
         let file = |i: u64| PathBuf::from(format!("/r/d{i}/f"));
-        let (mut m, opened) = Manifest::open(&path).unwrap();
-        assert_eq!(opened, Opened::Existing);
+        let mut m = opened(&path);
         assert_eq!(m.seq(), dirs);
         let records = m.records().unwrap();
         assert_eq!(records.len(), dirs as usize);
@@ -336,14 +339,8 @@ mod tests {
                 file(i).display()
             );
         }
-        let changes: Vec<(u64, PathBuf)> = m
-            .changes_since(0, 1000)
-            .unwrap()
-            .into_iter()
-            .map(|c| (c.seq, c.path))
-            .collect();
         let expected: Vec<(u64, PathBuf)> = (0..dirs).map(|i| (i + 1, file(i))).collect();
-        assert_eq!(changes, expected);
+        assert_eq!(listed(&m, 0), expected);
         // Written to afterwards: a file in an old directory and one in a new directory, numbered
         // after the old ones; and a file changed again leaves its old number.
         m.apply(&[
@@ -354,14 +351,8 @@ mod tests {
         .unwrap();
         m.apply(&[finished("/r/new/h", Event::Created, Some(meta(1)))])
             .unwrap();
-        let listed: Vec<(u64, PathBuf)> = m
-            .changes_since(dirs - 1, 10)
-            .unwrap()
-            .into_iter()
-            .map(|c| (c.seq, c.path))
-            .collect();
         assert_eq!(
-            listed,
+            listed(&m, dirs - 1),
             [
                 (dirs, file(dirs - 1)),
                 (dirs + 1, "/r/d200/g".into()),
@@ -369,19 +360,14 @@ mod tests {
                 (dirs + 3, "/r/d7/f".into()),
             ]
         );
-        assert!(!m.changes_since(0, 1000).unwrap().iter().any(|c| c.seq == 8));
+        assert!(!listed(&m, 0).iter().any(|(seq, _)| *seq == 8));
         assert_eq!(m.paths().unwrap(), dirs + 2);
         assert_eq!(
             m.record(Path::new("/r/new/h")).unwrap().unwrap().processed,
             Some(meta(1))
         );
         drop(m);
-        let (m, opened) = Manifest::open(&path).unwrap();
-        assert_eq!(
-            opened,
-            Opened::Existing,
-            "opened again, nothing left to move"
-        );
-        assert_eq!(m.paths().unwrap(), dirs + 2);
+        // Opened again: nothing left to move.
+        assert_eq!(opened(&path).paths().unwrap(), dirs + 2);
     }
 }
