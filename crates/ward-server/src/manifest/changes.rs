@@ -38,7 +38,7 @@ fn entries(mut bytes: &[u8]) -> Option<Vec<(u8, Vec<u8>)>> {
 }
 
 /// A bucket's bytes for `entries`, in the order given.
-pub(super) fn encode<'k>(entries: impl IntoIterator<Item = (u8, &'k [u8])>) -> Vec<u8> {
+fn encode<'k>(entries: impl IntoIterator<Item = (u8, &'k [u8])>) -> Vec<u8> {
     let mut bytes = Vec::new();
     let mut before: &[u8] = &[];
     for (low, key) in entries {

@@ -5,7 +5,7 @@
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::changes::{self, BUCKET_BITS, CHANGES, Edits};
+use super::changes::{BUCKET_BITS, CHANGES, Edits};
 use super::keys::{self, DIR_PATHS, DIRS, Numbers, take_varint};
 use super::record::{decode_first_record, encode_record};
 use super::store::RECORDS;
@@ -95,9 +95,11 @@ pub(super) fn from_third(txn: &WriteTransaction) -> Result<(), redb::Error> {
             }
         }
         // The old buckets in order of their numbers: each new bucket's entries come one after
-        // the other, and each is written once they are all read.
+        // the other, and each is written once they are all read, so that no more than one
+        // bucket's entries are held.
         let mut changes = txn.open_table(CHANGES)?;
-        let mut bucket: Option<(u64, Bucket)> = None;
+        let mut edits = Edits::default();
+        let mut bucket = None;
         for entry in txn.open_table(OLD_CHANGES)?.iter()? {
             let (old_bucket, bytes) = entry?;
             let Some(entries) = old_bucket_entries(bytes.value()) else {
@@ -108,29 +110,20 @@ pub(super) fn from_third(txn: &WriteTransaction) -> Result<(), redb::Error> {
                 continue;
             };
             for (low, key) in entries {
-                let seq = (old_bucket.value() << OLD_BUCKET_BITS) | u64::from(low);
                 // A number outside its bucket would break the order the new buckets are made in.
                 let rekeyed = (u32::from(low) < 1 << OLD_BUCKET_BITS).then(|| rekey(key));
                 let Some(Some(key)) = rekeyed else {
                     dropped += 1;
                     continue;
                 };
-                let number = seq >> BUCKET_BITS;
-                if bucket.as_ref().is_some_and(|(n, _)| *n != number)
-                    && let Some((n, entries)) = bucket.take()
-                {
-                    write_bucket(&mut changes, n, &entries)?;
+                let seq = (old_bucket.value() << OLD_BUCKET_BITS) | u64::from(low);
+                if bucket.replace(seq >> BUCKET_BITS) != Some(seq >> BUCKET_BITS) {
+                    std::mem::take(&mut edits).write(&mut changes)?;
                 }
-                let low = (seq & ((1 << BUCKET_BITS) - 1)) as u8;
-                bucket
-                    .get_or_insert_with(|| (number, Vec::new()))
-                    .1
-                    .push((low, key));
+                edits.insert(seq, &key);
             }
         }
-        if let Some((n, entries)) = bucket {
-            write_bucket(&mut changes, n, &entries)?;
-        }
+        edits.write(&mut changes)?;
         moved
     };
     txn.delete_table(OLD_RECORDS)?;
@@ -143,19 +136,6 @@ pub(super) fn from_third(txn: &WriteTransaction) -> Result<(), redb::Error> {
     log::info!(
         "manifest: {moved} records moved to the layout whose keys sort as their directories' numbers"
     );
-    Ok(())
-}
-
-/// A bucket's entries: each number's low bits and its record's key.
-type Bucket = Vec<(u8, Vec<u8>)>;
-
-fn write_bucket(
-    changes: &mut redb::Table<'_, u64, &'static [u8]>,
-    number: u64,
-    entries: &Bucket,
-) -> Result<(), redb::StorageError> {
-    let bytes = changes::encode(entries.iter().map(|(low, key)| (*low, key.as_slice())));
-    changes.insert(number, bytes.as_slice())?;
     Ok(())
 }
 
