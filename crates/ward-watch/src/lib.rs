@@ -67,9 +67,10 @@
 //! - The watcher's thread owns the pending set. Past [`WatcherBuilder::pending_cap`] paths, the
 //!   deepest directory holding at least half of them becomes one `Rescan`
 //!   ([`RescanReason::PendingCap`]), and later events inside it only delay that rescan.
-//! - Batches go out only when the channel has room: a slow consumer makes the pending set
-//!   coalesce more, not grow. Memory is at most about `(channel_capacity + 1) × pending_cap`
-//!   changes plus the event buffer, whatever the storm.
+//! - Batches go out only when the channel has room, each with at most
+//!   [`WatcherBuilder::batch_max`] changes: a slow consumer makes the pending set coalesce more,
+//!   not grow. Memory is at most about `channel_capacity × batch_max + pending_cap` changes plus
+//!   the event buffer, whatever the storm.
 //! - A kernel queue overflow (`IN_Q_OVERFLOW`) is a `Rescan` of every root
 //!   ([`RescanReason::KernelOverflow`]); the watches are checked against the disk before it is
 //!   delivered.

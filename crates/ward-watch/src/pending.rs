@@ -278,8 +278,9 @@ impl Pending {
         self.enforce_cap(now);
     }
 
-    /// Takes every entry due at `now`, with every entry that must be applied before them.
-    pub(crate) fn take_due(&mut self, now: Instant) -> Vec<Item> {
+    /// Takes the entries due at `now`, with every entry that must be applied before them, at
+    /// most `max` (at least one), oldest first: the rest stay due and come next time, in order.
+    pub(crate) fn take_due(&mut self, now: Instant, max: usize) -> Vec<Item> {
         let Some(max_seq) = self
             .due
             .iter()
@@ -289,7 +290,12 @@ impl Pending {
         else {
             return Vec::new();
         };
-        let seqs: Vec<u64> = self.order.range(..=max_seq).map(|(s, _)| *s).collect();
+        let seqs: Vec<u64> = self
+            .order
+            .range(..=max_seq)
+            .take(max.max(1))
+            .map(|(s, _)| *s)
+            .collect();
         self.take_seqs(seqs)
     }
 

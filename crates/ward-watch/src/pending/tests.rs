@@ -71,7 +71,7 @@ fn run(events: &[Ev]) -> Vec<Item> {
             Ev::Rp(x) => p.record(Path::new(x), Op::Replace, false, now),
         }
     }
-    let items = p.take_due(t0 + ms(10_000));
+    let items = p.take_due(t0 + ms(10_000), usize::MAX);
     assert_eq!(p.len(), 0, "everything is due after the maximum wait");
     items
 }
@@ -237,13 +237,16 @@ fn a_path_is_due_after_its_quiet_window() {
     let (mut p, t0) = pending(100);
     p.record(Path::new("/r/a"), Op::Create, false, t0);
     assert_eq!(p.next_due(), Some(t0 + QUIET));
-    assert!(p.take_due(t0 + QUIET - ms(1)).is_empty());
+    assert!(p.take_due(t0 + QUIET - ms(1), usize::MAX).is_empty());
     p.record(Path::new("/r/a"), Op::Modify, false, t0 + ms(30));
     assert!(
-        p.take_due(t0 + QUIET).is_empty(),
+        p.take_due(t0 + QUIET, usize::MAX).is_empty(),
         "a new event restarts the quiet window"
     );
-    expect(&p.take_due(t0 + ms(30) + QUIET), &[("created", "/r/a")]);
+    expect(
+        &p.take_due(t0 + ms(30) + QUIET, usize::MAX),
+        &[("created", "/r/a")],
+    );
     assert_eq!(p.next_due(), None);
 }
 
@@ -254,7 +257,7 @@ fn a_path_that_never_goes_quiet_is_emitted_after_the_maximum_wait() {
     // Written every 10 ms for 3 s: never quiet, so only the maximum wait lets it out.
     for i in 0..300u64 {
         let now = t0 + ms(10 * i);
-        emitted.extend(p.take_due(now).into_iter().map(|_| now));
+        emitted.extend(p.take_due(now, usize::MAX).into_iter().map(|_| now));
         p.record(Path::new("/r/log"), Op::Modify, false, now);
     }
     assert!(emitted.len() >= 2, "emitted {} times in 3 s", emitted.len());
@@ -276,9 +279,33 @@ fn an_earlier_entry_goes_out_with_a_later_due_one() {
     // The directory keeps changing, but its child is quiet: the child may not overtake it.
     p.record(Path::new("/r/d"), Op::Modify, true, t0 + ms(40));
     expect(
-        &p.take_due(t0 + ms(52)),
+        &p.take_due(t0 + ms(52), usize::MAX),
         &[("created", "/r/d"), ("created", "/r/d/x")],
     );
+}
+
+#[test]
+fn a_batch_takes_at_most_its_maximum_and_the_rest_follow_in_order() {
+    let (mut p, t0) = pending(100);
+    p.record(Path::new("/r/d"), Op::Create, true, t0);
+    for name in ["/r/d/a", "/r/d/b", "/r/d/c"] {
+        p.record(Path::new(name), Op::Create, false, t0 + ms(1));
+    }
+    p.record(Path::new("/r/e"), Op::Create, false, t0 + ms(2));
+    // All five are due: they go out two at a time, in the order they came.
+    let now = t0 + ms(2) + QUIET;
+    expect(
+        &p.take_due(now, 2),
+        &[("created", "/r/d"), ("created", "/r/d/a")],
+    );
+    assert!(p.has_due(now), "what is left of the due ones stays due");
+    expect(
+        &p.take_due(now, 2),
+        &[("created", "/r/d/b"), ("created", "/r/d/c")],
+    );
+    expect(&p.take_due(now, 0), &[("created", "/r/e")]);
+    assert_eq!(p.len(), 0);
+    assert!(!p.has_due(now));
 }
 
 #[test]
@@ -295,7 +322,7 @@ fn the_cap_collapses_the_busiest_subtree_into_a_rescan() {
         assert!(p.len() <= 100, "pending set over the cap: {}", p.len());
     }
     p.record(Path::new("/r/busy/sub/late"), Op::Modify, false, t0 + ms(2));
-    let items = p.take_due(t0 + ms(10_000));
+    let items = p.take_due(t0 + ms(10_000), usize::MAX);
     expect(
         &items,
         &[
@@ -317,7 +344,7 @@ fn a_rescan_absorbs_later_events_in_its_subtree_and_covers_its_root() {
     p.rescan(Path::new("/r/d/sub"), RescanReason::PendingCap, t0 + ms(2));
     p.record_rename(Path::new("/r/a"), Path::new("/r/d/a"), false, t0 + ms(3));
     expect(
-        &p.take_due(t0 + ms(10_000)),
+        &p.take_due(t0 + ms(10_000), usize::MAX),
         &[
             ("created", "/r/other"),
             ("rescan kernel-overflow", "/r/d"),
@@ -332,7 +359,7 @@ fn a_rescan_of_a_parent_replaces_pending_rescans_inside_it() {
     p.rescan(Path::new("/r/a/b"), RescanReason::PendingCap, t0);
     p.rescan(Path::new("/r/a"), RescanReason::KernelOverflow, t0);
     expect(
-        &p.take_due(t0 + ms(10_000)),
+        &p.take_due(t0 + ms(10_000), usize::MAX),
         &[("rescan kernel-overflow", "/r/a")],
     );
 }

@@ -87,6 +87,7 @@ pub struct WatcherBuilder {
     quiet: Duration,
     max_wait: Duration,
     pending_cap: usize,
+    batch_max: usize,
     channel_capacity: usize,
     event_buffer: usize,
     backend: Backend,
@@ -104,6 +105,7 @@ impl Default for WatcherBuilder {
             quiet: Duration::from_millis(50),
             max_wait: Duration::from_secs(1),
             pending_cap: 10_000,
+            batch_max: 1_024,
             channel_capacity: 16,
             event_buffer: 8_192,
             backend: Backend::Recommended,
@@ -163,6 +165,14 @@ impl WatcherBuilder {
     /// [`Rescan`](crate::Rescan). This, with the channel's capacity, bounds the watcher's memory.
     pub fn pending_cap(mut self, cap: usize) -> Self {
         self.pending_cap = cap.max(1);
+        self
+    }
+
+    /// The most changes one batch holds (default 1,024); the rest of those due come in the next
+    /// batches, in order. With the channel's capacity, it bounds what waits for the consumer:
+    /// a batch of every change due let a slow consumer's channel hold sixteen pending sets.
+    pub fn batch_max(mut self, changes: usize) -> Self {
+        self.batch_max = changes.max(1);
         self
     }
 

@@ -36,6 +36,8 @@ pub(super) struct RootState {
 #[derive(Debug)]
 pub(super) struct Worker {
     pub(super) pending: Pending,
+    /// The most changes one batch holds.
+    pub(super) batch_max: usize,
     pub(super) watches: Watches,
     pub(super) roots: Vec<RootState>,
     pub(super) rules: Arc<IgnoreRules>,
@@ -70,6 +72,7 @@ impl WatcherBuilder {
         let lost = Arc::new(Lost::default());
         Worker {
             pending: Pending::new(self.quiet, self.max_wait, self.pending_cap, roots.to_vec()),
+            batch_max: self.batch_max,
             watches: Watches {
                 #[cfg(target_os = "linux")]
                 fanotify: None,
@@ -259,7 +262,7 @@ impl Worker {
             last = Some(dir);
         }
         let mut items: Vec<Item> = self.notices.drain(..).map(Item::Error).collect();
-        items.extend(self.pending.take_due(now));
+        items.extend(self.pending.take_due(now, self.batch_max));
         for item in &items {
             log::trace!("delivering {item:?}");
         }
