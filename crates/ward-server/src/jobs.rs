@@ -92,8 +92,9 @@ impl Default for Events {
 pub struct Job {
     /// The trigger that matched the path when the job was made.
     pub trigger: Arc<CompiledTrigger>,
-    /// The changed path (absolute).
-    pub path: PathBuf,
+    /// The changed path (absolute), shared by the job's copies: the backlog, the pool's key and
+    /// the tracker's paths in flight each hold one while thousands of jobs wait.
+    pub path: Arc<Path>,
     /// What happened to it.
     pub event: Event,
     /// The previous path of a rename.
@@ -305,7 +306,7 @@ pub fn exec_argv(argv: &[String], job: &Job) -> Vec<OsString> {
     argv.iter()
         .map(|arg| {
             if arg == "{path}" {
-                job.path.clone().into_os_string()
+                job.path.as_os_str().to_owned()
             } else {
                 OsString::from(arg)
             }
@@ -316,7 +317,7 @@ pub fn exec_argv(argv: &[String], job: &Job) -> Vec<OsString> {
 /// The environment a job's process gets on top of ward's own.
 pub fn job_env(job: &Job) -> Vec<(&'static str, OsString)> {
     let mut env = vec![
-        ("WARD_PATH", job.path.clone().into_os_string()),
+        ("WARD_PATH", job.path.as_os_str().to_owned()),
         ("WARD_EVENT", job.event.as_str().into()),
     ];
     if let Some(old) = &job.old_path {
@@ -549,7 +550,7 @@ mod tests {
     fn path_placeholder_is_replaced_only_as_a_whole_argument() {
         let job = Job {
             trigger: any_trigger(),
-            path: "/r/a b$(x).txt".into(),
+            path: Path::new("/r/a b$(x).txt").into(),
             event: Event::Modified,
             old_path: None,
             seq: None,
@@ -570,7 +571,7 @@ mod tests {
         let path = PathBuf::from(OsStr::from_bytes(b"/r/caf\xe9.txt"));
         let job = Job {
             trigger: any_trigger(),
-            path,
+            path: path.into(),
             event: Event::Renamed,
             old_path: Some("/r/old".into()),
             seq: None,
@@ -587,8 +588,8 @@ mod tests {
     fn request_as_a_map(id: u64, job: &Job) -> Vec<u8> {
         let mut request = serde_json::json!({ "id": id, "event": job.event.as_str() });
         for (key, path) in [
-            ("path", Some(&job.path)),
-            ("old_path", job.old_path.as_ref()),
+            ("path", Some(&*job.path)),
+            ("old_path", job.old_path.as_deref()),
         ] {
             let Some(path) = path else { continue };
             let os = path.as_os_str();
@@ -624,7 +625,7 @@ mod tests {
             ] {
                 let job = Job {
                     trigger: any_trigger(),
-                    path: path.clone(),
+                    path: path.as_path().into(),
                     event,
                     old_path: old_path.clone(),
                     seq,

@@ -132,7 +132,7 @@ impl OutcomeSender {
     /// outcome and, for a rename, the removal of its old path.
     pub(crate) fn succeeded(&self, job: &Job, processed: Option<FileMeta>) {
         self.tell(Update::Finished {
-            path: job.path.clone(),
+            path: job.path.to_path_buf(),
             event: job.event,
             ok: true,
             processed,
@@ -158,12 +158,12 @@ impl OutcomeSender {
     pub(crate) fn failed(&self, job: &Job, failure: Option<Failure>) {
         if let Some(failure) = failure {
             self.tell(Update::GaveUp {
-                path: job.path.clone(),
+                path: job.path.to_path_buf(),
                 failure: Box::new(failure),
             });
         }
         self.tell(Update::Finished {
-            path: job.path.clone(),
+            path: job.path.to_path_buf(),
             event: job.event,
             ok: false,
             processed: None,

@@ -43,7 +43,7 @@ pub(crate) struct Tracker {
     /// Paths with a job queued or running: the event and old path of the latest job queued for
     /// each, from `queue` until that job's `Finished` (the earlier ones are replaced by it, or
     /// finish before it).
-    in_flight: HashMap<PathBuf, (Event, Option<PathBuf>)>,
+    in_flight: HashMap<Arc<Path>, (Event, Option<PathBuf>)>,
     /// Paths of jobs that started, until the manifest holds their queueing.
     intents: Arc<Intents>,
     /// What the intent journal held at the start, until [`Tracker::untold_removals`] takes it.
@@ -145,7 +145,7 @@ impl Tracker {
             };
             owed.push(Job {
                 trigger: Arc::clone(trigger),
-                path,
+                path: path.into(),
                 event: Event::Removed,
                 old_path: None,
                 seq: None,
@@ -161,7 +161,7 @@ impl Tracker {
         for job in owed {
             jobs.extend(self.queue(job));
         }
-        let paths: Vec<PathBuf> = jobs.iter().map(|j| j.path.clone()).collect();
+        let paths: Vec<PathBuf> = jobs.iter().map(|j| j.path.to_path_buf()).collect();
         self.intents.restored(&paths);
         jobs
     }
@@ -183,7 +183,7 @@ impl Tracker {
             };
             jobs.push(Job {
                 trigger: Arc::clone(trigger),
-                path,
+                path: path.into(),
                 event,
                 old_path,
                 seq: None,
@@ -222,7 +222,7 @@ impl Tracker {
             .into_iter()
             .map(|r| Job {
                 trigger: r.matched,
-                path: r.path,
+                path: r.path.into(),
                 event: r.event,
                 old_path: None,
                 seq: None,
@@ -283,7 +283,7 @@ impl Tracker {
                 (_, Some(origin)) if job.old_path.as_ref() != Some(&origin) => {
                     next = self.trigger_for(&origin).map(|trigger| Job {
                         trigger: Arc::clone(trigger),
-                        path: origin,
+                        path: origin.into(),
                         event: Event::Removed,
                         old_path: None,
                         seq: None,
@@ -293,12 +293,12 @@ impl Tracker {
             }
             log::trace!("queued {:?} {}", job.event, job.path.display());
             self.in_flight
-                .insert(job.path.clone(), (job.event, job.old_path.clone()));
+                .insert(Arc::clone(&job.path), (job.event, job.old_path.clone()));
             // A rename's removal of its old path is numbered just before it.
             self.seq += if job.old_path.is_some() { 2 } else { 1 };
             job.seq = Some(self.seq);
             self.writer.push(Update::Queued {
-                path: job.path.clone(),
+                path: job.path.to_path_buf(),
                 event: job.event,
                 old_path: job.old_path.clone(),
                 seq: job.seq,
@@ -319,12 +319,12 @@ impl Tracker {
         } = &update
             && self
                 .in_flight
-                .get(path)
+                .get(path.as_path())
                 .is_some_and(|(e, o)| e == event && o == old_path)
         {
             // The latest job for the path is done (a rename's old path told gone, or failed:
             // a restart's comparison owes that then). An earlier one leaves the path in flight.
-            self.in_flight.remove(path);
+            self.in_flight.remove(path.as_path());
         }
         self.writer.push(update);
     }
@@ -484,7 +484,7 @@ pub(crate) mod tests {
     pub(crate) fn job(path: &Path, event: Event, old_path: Option<&Path>) -> Job {
         Job {
             trigger: Arc::new(CompiledTrigger::new(&every_file()).unwrap()),
-            path: path.to_path_buf(),
+            path: path.into(),
             event,
             old_path: old_path.map(Path::to_path_buf),
             seq: None,
@@ -500,7 +500,7 @@ pub(crate) mod tests {
 
     fn done(job: &Job) -> Update {
         Update::Finished {
-            path: job.path.clone(),
+            path: job.path.to_path_buf(),
             event: job.event,
             ok: true,
             processed: None,
@@ -593,8 +593,8 @@ pub(crate) mod tests {
         std::fs::write(&p, "22").unwrap();
         let (jobs, _) = tracker.subtree_jobs(&root, None, 10).unwrap();
         assert_eq!(
-            jobs.iter().map(|j| &j.path).collect::<Vec<_>>(),
-            [&p],
+            jobs.iter().map(|j| &*j.path).collect::<Vec<_>>(),
+            [p.as_path()],
             "the running job may record version 1 as processed: version 2 needs a job"
         );
     }

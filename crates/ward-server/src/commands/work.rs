@@ -535,7 +535,7 @@ impl Worker<'_> {
         Ok((
             Job {
                 trigger,
-                path,
+                path: path.into(),
                 event: message.event,
                 old_path,
                 seq: message.seq,

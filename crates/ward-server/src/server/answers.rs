@@ -1,7 +1,8 @@
 //! The server's answers to control requests: what it reports, and how a request reaches the loop
 //! that owns the state it reports. The wire form is `protocol`'s, the transport `control`'s.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::SIGTERM;
@@ -27,7 +28,7 @@ pub(super) struct Asked {
 
 /// What the loop owns that requests ask about.
 pub(super) struct Sources<'a> {
-    pub pool: &'a Pool<Job, PathBuf>,
+    pub pool: &'a Pool<Job, Arc<Path>>,
     pub watcher: &'a Watcher,
     pub backlog: &'a Backlog,
     pub dispatcher: &'a Dispatcher,

@@ -33,12 +33,12 @@ const RESCANS_MAX: usize = 1024;
 /// while a large reconciliation or burst drains.
 #[derive(Debug)]
 pub(super) struct Backlog {
-    order: VecDeque<PathBuf>,
-    jobs: HashMap<PathBuf, Job>,
+    order: VecDeque<Arc<Path>>,
+    jobs: HashMap<Arc<Path>, Job>,
     /// The paths of jobs held back because their trigger had as many jobs in the pool as its
     /// `concurrency` allows, per trigger, in arrival order: they wait here, not in the pool's
     /// queue, so that the other triggers' jobs pass them.
-    held: Vec<(Arc<CompiledTrigger>, VecDeque<PathBuf>)>,
+    held: Vec<(Arc<CompiledTrigger>, VecDeque<Arc<Path>>)>,
     /// Subtrees to compare with the manifest, oldest first, each with the path its comparison
     /// resumes after, once it has been compared in part.
     pub(super) rescans: Vec<(PathBuf, Option<PathBuf>)>,
@@ -156,8 +156,8 @@ impl Backlog {
             self.publishing.offer(job);
             return;
         }
-        let path = job.path.clone();
-        if self.jobs.insert(path.clone(), job).is_none() {
+        let path = Arc::clone(&job.path);
+        if self.jobs.insert(Arc::clone(&path), job).is_none() {
             self.order.push_back(path);
         }
     }
@@ -173,7 +173,7 @@ impl Backlog {
     /// Hands jobs to the pool until its queue is full: first those held for a trigger that has
     /// room again, then the rest in arrival order, holding back each whose trigger is at its
     /// `concurrency`.
-    pub(super) fn submit(&mut self, pool: &Pool<Job, PathBuf>) {
+    pub(super) fn submit(&mut self, pool: &Pool<Job, Arc<Path>>) {
         for (trigger, paths) in &mut self.held {
             while trigger.has_room()
                 && let Some(path) = paths.pop_front()
@@ -219,11 +219,11 @@ impl Backlog {
 /// Submits `job` to the pool, counting it in its trigger's jobs there; when the pool's queue is
 /// full (or closed), puts it back in `jobs` and returns its path.
 fn hand_over(
-    pool: &Pool<Job, PathBuf>,
-    jobs: &mut HashMap<PathBuf, Job>,
-    path: PathBuf,
+    pool: &Pool<Job, Arc<Path>>,
+    jobs: &mut HashMap<Arc<Path>, Job>,
+    path: Arc<Path>,
     job: Job,
-) -> Result<(), PathBuf> {
+) -> Result<(), Arc<Path>> {
     let trigger = Arc::clone(&job.trigger);
     trigger.entered_pool();
     match pool.submit_keyed(path.clone(), job) {
@@ -307,7 +307,7 @@ pub(super) fn jobs_of_batch(
                 {
                     let removal = Job {
                         trigger: Arc::clone(trigger),
-                        path: from.clone(),
+                        path: from.as_path().into(),
                         event: Event::Removed,
                         old_path: None,
                         seq: None,
@@ -316,7 +316,7 @@ pub(super) fn jobs_of_batch(
                 }
                 let job = Job {
                     trigger,
-                    path: change.path,
+                    path: change.path.into(),
                     event,
                     old_path,
                     seq: None,
@@ -360,8 +360,8 @@ mod tests {
         let mut backlog = Backlog::default();
         let jobs = jobs_of_batch(batch, &mut tracker, &mut backlog);
         assert_eq!(
-            jobs.iter().map(|j| (&j.path, j.event)).collect::<Vec<_>>(),
-            [(&file, Event::Created)]
+            jobs.iter().map(|j| (&*j.path, j.event)).collect::<Vec<_>>(),
+            [(file.as_path(), Event::Created)]
         );
         for job in jobs {
             backlog.push(job);
@@ -373,7 +373,7 @@ mod tests {
         );
         backlog.refill(&mut tracker);
         assert_eq!(
-            backlog.jobs.get(&file).map(|j| j.event),
+            backlog.jobs.get(file.as_path()).map(|j| j.event),
             Some(Event::Removed),
             "the file's last job must be its removal"
         );
@@ -478,14 +478,14 @@ mod tests {
                 };
                 let job = backlog.jobs.remove(&path).unwrap();
                 tracker.finished(Update::Finished {
-                    path: job.path.clone(),
+                    path: job.path.to_path_buf(),
                     event: job.event,
                     ok: true,
                     processed: FileMeta::read(&job.path),
                     old_path: job.old_path.clone(),
                     seq: None,
                 });
-                ran.push(job.path);
+                ran.push(job.path.to_path_buf());
             }
         }
         assert!(backlog.rescans.is_empty(), "the rescan must end");

@@ -136,7 +136,7 @@ impl Batches {
             owed.first_arrival.get_or_insert(now);
             owed.last_arrival = Some(now);
             owed.woken = true;
-            owed.jobs.insert(j.path.clone(), j);
+            owed.jobs.insert(j.path.to_path_buf(), j);
             drop(owed);
             runner.shared.wake.notify_one();
         }
@@ -435,7 +435,7 @@ impl<'a> RunnerThread<'a> {
                 } else {
                     FileMeta::read(&job.path)
                 };
-                (job.path.clone(), version)
+                (job.path.to_path_buf(), version)
             })
             .collect()
     }
@@ -455,7 +455,7 @@ impl<'a> RunnerThread<'a> {
             if !self.trigger.receives(job.event) {
                 continue;
             }
-            paths.push(job.path.clone());
+            paths.push(job.path.to_path_buf());
             paths.extend(job.old_path.clone());
         }
         if paths.is_empty() {
@@ -791,7 +791,7 @@ mod tests {
             std::fs::write(&path, name).unwrap();
             Job {
                 trigger: Arc::clone(&trigger),
-                path,
+                path: path.into(),
                 event: Event::Created,
                 old_path: None,
                 seq: None,
@@ -820,7 +820,7 @@ mod tests {
             "given: {given_lines}"
         );
         assert_eq!(batches.status().0[0].runs, 2);
-        let p_outcomes = done.take().filter(|u| u.path() == p.path.as_path()).count();
+        let p_outcomes = done.take().filter(|u| u.path() == &*p.path).count();
         assert_eq!(p_outcomes, 2, "the offer again is recorded, with its run");
         drop(batches);
     }

@@ -6,7 +6,8 @@
 //! here: why memory is short (`pressure`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ward_queue::Pool;
@@ -35,7 +36,7 @@ impl Holds {
         &mut self,
         name: &str,
         timeout: Duration,
-        pool: &Pool<Job, PathBuf>,
+        pool: &Pool<Job, Arc<Path>>,
         feed: &Feed,
     ) -> Vec<String> {
         let held = self.pool_held();
@@ -56,7 +57,7 @@ impl Holds {
     pub(super) fn release(
         &mut self,
         name: &str,
-        pool: &Pool<Job, PathBuf>,
+        pool: &Pool<Job, Arc<Path>>,
         feed: &Feed,
     ) -> Result<Vec<String>, String> {
         let held = self.pool_held();
@@ -76,14 +77,19 @@ impl Holds {
     }
 
     /// Memory is short (`Some(why)`) or back (`None`).
-    pub(super) fn memory(&mut self, short: Option<String>, pool: &Pool<Job, PathBuf>, feed: &Feed) {
+    pub(super) fn memory(
+        &mut self,
+        short: Option<String>,
+        pool: &Pool<Job, Arc<Path>>,
+        feed: &Feed,
+    ) {
         let held = self.pool_held();
         self.memory = short;
         self.apply(held, pool, feed);
     }
 
     /// Ends the holds whose time is over at `now`, each said in the log.
-    pub(super) fn expire(&mut self, now: Instant, pool: &Pool<Job, PathBuf>, feed: &Feed) {
+    pub(super) fn expire(&mut self, now: Instant, pool: &Pool<Job, Arc<Path>>, feed: &Feed) {
         let held = self.pool_held();
         let before = self.named.len();
         self.named.retain(|name, until| {
@@ -128,7 +134,7 @@ impl Holds {
     }
 
     /// Brings the pool and the feed in line, the pool's hold having been `was`.
-    fn apply(&self, was: bool, pool: &Pool<Job, PathBuf>, feed: &Feed) {
+    fn apply(&self, was: bool, pool: &Pool<Job, Arc<Path>>, feed: &Feed) {
         match (was, self.pool_held()) {
             (false, true) => pool.hold(),
             (true, false) => pool.release(),

@@ -2,7 +2,7 @@
 //! loop), and how outcomes are logged and recorded. Not how a job reaches its handler: that is
 //! the dispatcher's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,7 @@ pub(super) fn build_pool(
     dispatcher: Arc<RwLock<Arc<Dispatcher>>>,
     done: OutcomeSender,
     intents: Arc<Intents>,
-) -> Result<Pool<Job, PathBuf>, Error> {
+) -> Result<Pool<Job, Arc<Path>>, Error> {
     let finished = done.clone();
     Pool::builder()
         .workers(config.workers)

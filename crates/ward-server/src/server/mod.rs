@@ -24,7 +24,7 @@ mod services;
 mod subscribe;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -495,7 +495,7 @@ fn renew_pressure(
     pressure: &mut Option<Pressure>,
     config: &Config,
     holds: &mut holds::Holds,
-    pool: &Pool<Job, PathBuf>,
+    pool: &Pool<Job, Arc<Path>>,
     feed: &crate::feed::Feed,
 ) {
     let floor = config.min_available_mb;

@@ -15,7 +15,7 @@
 //! end; what is left stays pending in the manifest for the next start.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -67,8 +67,8 @@ type Shared = runners::Shared<Owed>;
 #[derive(Debug, Default)]
 pub(super) struct Owed {
     /// The paths owed, in arrival order; each has its job in `jobs`.
-    order: VecDeque<PathBuf>,
-    jobs: HashMap<PathBuf, Job>,
+    order: VecDeque<Arc<Path>>,
+    jobs: HashMap<Arc<Path>, Job>,
     /// Jobs sent, not yet acknowledged.
     unacked: usize,
     /// Jobs waiting for their retry (the runner's own, counted here for the loop).
@@ -117,8 +117,8 @@ impl Publishing {
             if !owed.life.ended
                 && let Some(job) = job.take()
             {
-                let path = job.path.clone();
-                if owed.jobs.insert(path.clone(), job).is_none() {
+                let path = Arc::clone(&job.path);
+                if owed.jobs.insert(Arc::clone(&path), job).is_none() {
                     owed.order.push_back(path);
                 }
                 drop(owed);
@@ -178,7 +178,7 @@ impl Publishing {
 
     /// `ward retry` asked for the paths under `path` again: their next publishes get ids of
     /// their own (see [`Retried`]).
-    pub(super) fn retried(&self, path: &std::path::Path) {
+    pub(super) fn retried(&self, path: &Path) {
         if let Some(cx) = &self.context {
             cx.retried.add(path);
         }
@@ -223,14 +223,14 @@ struct RunnerThread<'a> {
     shared: &'a Shared,
     cx: Arc<Context>,
     /// Jobs whose last attempt failed, or went unanswered, by path.
-    retries: HashMap<PathBuf, Retry>,
+    retries: HashMap<Arc<Path>, Retry>,
     /// The server did not answer: since when, and when to try again.
     away: Option<Away>,
     /// The connection, made at the first send.
     publisher: Option<Arc<Publisher>>,
     /// The jobs sent and not answered yet, and their paths.
     in_flight: InFlight<Sent>,
-    sending: HashSet<PathBuf>,
+    sending: HashSet<Arc<Path>>,
     /// At most this many in flight: the `max_unacked` of the trigger of the job taken last.
     limit: usize,
 }
@@ -331,7 +331,7 @@ impl RunnerThread<'_> {
     fn take(&mut self, owed: &mut Owed) -> Vec<(Job, u32)> {
         let now = Instant::now();
         self.retries.retain(|path, _| !owed.jobs.contains_key(path));
-        let mut due: Vec<PathBuf> = self
+        let mut due: Vec<Arc<Path>> = self
             .retries
             .iter()
             .filter(|(_, r)| r.at <= now)
@@ -368,7 +368,7 @@ impl RunnerThread<'_> {
             owed.order.push_front(path);
         }
         self.sending
-            .extend(jobs.iter().map(|(job, _)| job.path.clone()));
+            .extend(jobs.iter().map(|(job, _)| Arc::clone(&job.path)));
         // Retries past the limit wait for the next room.
         jobs
     }
@@ -410,10 +410,10 @@ impl RunnerThread<'_> {
         if !messages.is_empty() {
             // Before the stream can tell a worker anything: a killed server's next start still
             // knows of each path.
-            let paths: Vec<&std::path::Path> = messages
+            let paths: Vec<&Path> = messages
                 .iter()
                 .filter(|(sent, _)| !self.cx.intents.held(sent.job.seq))
-                .map(|(sent, _)| sent.job.path.as_path())
+                .map(|(sent, _)| &*sent.job.path)
                 .collect();
             if !paths.is_empty() {
                 self.cx.intents.record_all(&paths);
@@ -557,7 +557,7 @@ impl RunnerThread<'_> {
     /// `job` (`failures` attempts failed so far) tried again at `at`, unless a newer job of its
     /// path comes first.
     fn retry_later(&mut self, job: Job, failures: u32, at: Instant) {
-        let path = job.path.clone();
+        let path = Arc::clone(&job.path);
         self.retries.insert(path, Retry { job, failures, at });
     }
 
