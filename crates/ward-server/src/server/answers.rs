@@ -1,17 +1,15 @@
 //! The server's answers to control requests: what it reports, and how a request reaches the loop
 //! that owns the state it reports. The wire form is `protocol`'s, the transport `control`'s.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::job::JobPool;
 use signal_hook::consts::SIGTERM;
-use ward_queue::Pool;
 use ward_watch::Watcher;
 
 use super::backlog::Backlog;
 use crate::dispatch::Dispatcher;
-use crate::jobs::Job;
 use crate::metrics::METRICS;
 use crate::protocol::{
     Accepted, CHANGES_PAGE, ChangeLine, ChangesPage, FAILURES_PAGE, FailureLine, FailuresPage,
@@ -28,7 +26,7 @@ pub(super) struct Asked {
 
 /// What the loop owns that requests ask about.
 pub(super) struct Sources<'a> {
-    pub pool: &'a Pool<Job, Arc<Path>>,
+    pub pool: &'a JobPool,
     pub watcher: &'a Watcher,
     pub backlog: &'a Backlog,
     pub dispatcher: &'a Dispatcher,

@@ -5,7 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ward_queue::{Error as QueueError, Pool};
+use ward_queue::Error as QueueError;
+
+use super::job::JobPool;
 use ward_watch::{Batch, ChangeKind, Item};
 
 use crate::jobs::{CompiledTrigger, Event, Job};
@@ -173,7 +175,7 @@ impl Backlog {
     /// Hands jobs to the pool until its queue is full: first those held for a trigger that has
     /// room again, then the rest in arrival order, holding back each whose trigger is at its
     /// `concurrency`.
-    pub(super) fn submit(&mut self, pool: &Pool<Job, Arc<Path>>) {
+    pub(super) fn submit(&mut self, pool: &JobPool) {
         for (trigger, paths) in &mut self.held {
             while trigger.has_room()
                 && let Some(path) = paths.pop_front()
@@ -219,7 +221,7 @@ impl Backlog {
 /// Submits `job` to the pool, counting it in its trigger's jobs there; when the pool's queue is
 /// full (or closed), puts it back in `jobs` and returns its path.
 fn hand_over(
-    pool: &Pool<Job, Arc<Path>>,
+    pool: &JobPool,
     jobs: &mut HashMap<Arc<Path>, Job>,
     path: Arc<Path>,
     job: Job,

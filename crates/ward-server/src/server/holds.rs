@@ -6,14 +6,11 @@
 //! here: why memory is short (`pressure`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ward_queue::Pool;
+use super::job::JobPool;
 
 use crate::feed::Feed;
-use crate::jobs::Job;
 
 /// The longest a hold may last; one asked without a timeout lasts [`DEFAULT_HOLD`].
 pub(crate) const MAX_HOLD: Duration = Duration::from_secs(3600);
@@ -36,7 +33,7 @@ impl Holds {
         &mut self,
         name: &str,
         timeout: Duration,
-        pool: &Pool<Job, Arc<Path>>,
+        pool: &JobPool,
         feed: &Feed,
     ) -> Vec<String> {
         let held = self.pool_held();
@@ -57,7 +54,7 @@ impl Holds {
     pub(super) fn release(
         &mut self,
         name: &str,
-        pool: &Pool<Job, Arc<Path>>,
+        pool: &JobPool,
         feed: &Feed,
     ) -> Result<Vec<String>, String> {
         let held = self.pool_held();
@@ -77,19 +74,14 @@ impl Holds {
     }
 
     /// Memory is short (`Some(why)`) or back (`None`).
-    pub(super) fn memory(
-        &mut self,
-        short: Option<String>,
-        pool: &Pool<Job, Arc<Path>>,
-        feed: &Feed,
-    ) {
+    pub(super) fn memory(&mut self, short: Option<String>, pool: &JobPool, feed: &Feed) {
         let held = self.pool_held();
         self.memory = short;
         self.apply(held, pool, feed);
     }
 
     /// Ends the holds whose time is over at `now`, each said in the log.
-    pub(super) fn expire(&mut self, now: Instant, pool: &Pool<Job, Arc<Path>>, feed: &Feed) {
+    pub(super) fn expire(&mut self, now: Instant, pool: &JobPool, feed: &Feed) {
         let held = self.pool_held();
         let before = self.named.len();
         self.named.retain(|name, until| {
@@ -134,7 +126,7 @@ impl Holds {
     }
 
     /// Brings the pool and the feed in line, the pool's hold having been `was`.
-    fn apply(&self, was: bool, pool: &Pool<Job, Arc<Path>>, feed: &Feed) {
+    fn apply(&self, was: bool, pool: &JobPool, feed: &Feed) {
         match (was, self.pool_held()) {
             (false, true) => pool.hold(),
             (true, false) => pool.release(),

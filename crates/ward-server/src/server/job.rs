@@ -50,12 +50,15 @@ fn longest_job(timeout: Duration, grace: Duration) -> Duration {
     timeout + crate::dispatch::DUMP_WAIT + grace * 2 + Duration::from_secs(5)
 }
 
+/// The pool of jobs, each keyed by its path: one job per path waits, the latest.
+pub(crate) type JobPool = Pool<Job, Arc<Path>>;
+
 pub(super) fn build_pool(
     config: &Config,
     dispatcher: Arc<RwLock<Arc<Dispatcher>>>,
     done: OutcomeSender,
     intents: Arc<Intents>,
-) -> Result<Pool<Job, Arc<Path>>, Error> {
+) -> Result<JobPool, Error> {
     let finished = done.clone();
     Pool::builder()
         .workers(config.workers)

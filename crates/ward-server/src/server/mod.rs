@@ -24,14 +24,14 @@ mod services;
 mod subscribe;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::select;
+use job::JobPool;
 use parking_lot::RwLock;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use ward_queue::Pool;
 use ward_watch::Watcher;
 
 use crate::config::Config;
@@ -39,7 +39,6 @@ use crate::control::ControlSocket;
 use crate::dispatch::Dispatcher;
 use crate::handover::Handover;
 use crate::hooks::DeathHooks;
-use crate::jobs::Job;
 use crate::keeper::READY_LINE;
 use crate::launch::Launch;
 use crate::logging::{self, Sink};
@@ -495,7 +494,7 @@ fn renew_pressure(
     pressure: &mut Option<Pressure>,
     config: &Config,
     holds: &mut holds::Holds,
-    pool: &Pool<Job, Arc<Path>>,
+    pool: &JobPool,
     feed: &crate::feed::Feed,
 ) {
     let floor = config.min_available_mb;
