@@ -265,6 +265,40 @@ fn a_moved_directory_is_a_rename_and_stays_watched() {
 }
 
 #[test]
+fn a_batch_holds_at_most_batch_max_changes_and_the_rest_follow() {
+    each_backend(|| {
+        let (_t, root) = setup();
+        let w = builder(&root).batch_max(3).build().unwrap();
+        // Written before anything is taken: all twenty are due at once.
+        let files: Vec<PathBuf> = (0..20).map(|i| root.join(format!("f{i}"))).collect();
+        for f in &files {
+            write(f, "x");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        while seen.len() < files.len() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {seen:?} of the files came"
+            );
+            let Ok(batch) = w.batches().recv_timeout(ms(50)) else {
+                continue;
+            };
+            assert!(batch.items.len() <= 3, "a batch of {}", batch.items.len());
+            for item in batch.items {
+                if let ward_watch::Item::Change(c) = item {
+                    seen.push(c.path);
+                }
+            }
+        }
+        seen.sort();
+        let mut want = files.clone();
+        want.sort();
+        assert_eq!(seen, want, "each file once, none lost");
+    });
+}
+
+#[test]
 fn a_flood_with_no_consumer_ends_in_a_rescan_and_convergence() {
     each_backend(|| {
         let (_t, root) = setup();

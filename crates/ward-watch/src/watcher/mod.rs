@@ -168,8 +168,9 @@ impl WatcherBuilder {
         self
     }
 
-    /// The most changes one batch holds (default 1,024); the rest of those due come in the next
-    /// batches, in order. With the channel's capacity, it bounds what waits for the consumer:
+    /// The most changes one batch holds (default 1,024; counted by path, and a path may make
+    /// two: a directory replaced, a renamed file then modified); the rest of those due come in
+    /// the next batches, in order. With the channel's capacity, it bounds what waits for the consumer:
     /// a batch of every change due let a slow consumer's channel hold sixteen pending sets.
     pub fn batch_max(mut self, changes: usize) -> Self {
         self.batch_max = changes.max(1);
