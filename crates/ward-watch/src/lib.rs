@@ -132,6 +132,7 @@ mod batch;
 mod error;
 mod listing;
 mod mounts;
+mod path_key;
 mod pending;
 mod rules;
 mod snapshot;

@@ -7,6 +7,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::path_key::{Key, KeyBuf};
 use crate::{Change, ChangeKind, Item, Rescan, RescanReason};
 
 /// What one raw event says about one path.
@@ -57,7 +58,7 @@ struct Entry {
 /// directory's creation before its contents).
 #[derive(Debug)]
 pub(crate) struct Pending {
-    entries: BTreeMap<PathBuf, Entry>,
+    entries: BTreeMap<KeyBuf, Entry>,
     order: BTreeMap<u64, PathBuf>,
     due: BTreeSet<(Instant, u64)>,
     /// Origin of each pending rename → the path of its `Renamed` entry.
@@ -117,7 +118,7 @@ impl Pending {
         if self.absorbed(path, now) {
             return;
         }
-        let old = self.entries.get(path).map(|e| e.state.clone());
+        let old = self.entries.get(Key::new(path)).map(|e| e.state.clone());
         let new = match (op, old) {
             (Op::Create, None) => Some(State::Created),
             (Op::Create, Some(State::Removed)) => Some(State::Replaced),
@@ -347,7 +348,7 @@ impl Pending {
             .ancestors()
             .find(|a| {
                 matches!(
-                    self.entries.get(*a),
+                    self.entries.get(Key::new(a)),
                     Some(Entry {
                         state: State::Rescan(_),
                         ..
@@ -370,14 +371,14 @@ impl Pending {
         if self
             .origins
             .get(origin)
-            .is_some_and(|p| !self.entries.contains_key(p))
+            .is_some_and(|p| !self.entries.contains_key(Key::new(p)))
         {
             self.origins.remove(origin);
         }
         if self.absorbed(origin, now) {
             return;
         }
-        let state = match self.entries.get(origin).map(|e| &e.state) {
+        let state = match self.entries.get(Key::new(origin)).map(|e| &e.state) {
             None => State::Removed,
             Some(State::Created | State::Modified) => State::Replaced,
             Some(s) => s.clone(),
@@ -434,7 +435,7 @@ impl Pending {
     /// The deepest directory holding at least half the pending paths (a root at worst).
     fn busiest_subtree(&self) -> Option<PathBuf> {
         let mut counts: HashMap<&Path, usize> = HashMap::new();
-        for path in self.entries.keys() {
+        for path in self.entries.keys().map(KeyBuf::as_path) {
             let root = self
                 .roots
                 .iter()
@@ -466,7 +467,7 @@ impl Pending {
 
     /// Sets the state of `path`, creating its entry (with a new sequence number) if needed.
     fn set(&mut self, path: &Path, state: State, is_dir: bool, now: Instant, seq: Option<u64>) {
-        if let Some(e) = self.entries.get_mut(path) {
+        if let Some(e) = self.entries.get_mut(Key::new(path)) {
             let old_due = due_of(e, self.quiet, self.max_wait);
             e.state = state;
             e.is_dir = is_dir;
@@ -491,7 +492,7 @@ impl Pending {
     }
 
     fn touch(&mut self, path: &Path, now: Instant) {
-        if let Some(e) = self.entries.get_mut(path) {
+        if let Some(e) = self.entries.get_mut(Key::new(path)) {
             let old_due = due_of(e, self.quiet, self.max_wait);
             e.last = now;
             let new_due = due_of(e, self.quiet, self.max_wait);
@@ -519,11 +520,11 @@ impl Pending {
         self.order.insert(entry.seq, path.to_path_buf());
         self.due
             .insert((due_of(&entry, self.quiet, self.max_wait), entry.seq));
-        self.entries.insert(path.to_path_buf(), entry);
+        self.entries.insert(KeyBuf::new(path.to_path_buf()), entry);
     }
 
     fn remove_entry(&mut self, path: &Path) -> Option<Entry> {
-        let e = self.entries.remove(path)?;
+        let e = self.entries.remove(Key::new(path))?;
         self.order.remove(&e.seq);
         self.due
             .remove(&(due_of(&e, self.quiet, self.max_wait), e.seq));
@@ -539,13 +540,13 @@ impl Pending {
 
     /// Removes and returns every entry strictly inside `dir`.
     fn remove_subtree(&mut self, dir: &Path) -> Vec<(PathBuf, Entry)> {
-        // Path ordering is by components, so a directory's descendants follow it contiguously.
+        // Keys sort as their components do, so a directory's descendants follow it contiguously.
         let keys: Vec<PathBuf> = self
             .entries
-            .range::<Path, _>((Bound::Excluded(dir), Bound::Unbounded))
-            .map(|(p, _)| p)
+            .range::<Key, _>((Bound::Excluded(Key::new(dir)), Bound::Unbounded))
+            .map(|(p, _)| p.as_path())
             .take_while(|p| p.starts_with(dir))
-            .cloned()
+            .map(Path::to_path_buf)
             .collect();
         keys.into_iter()
             .filter_map(|k| {
