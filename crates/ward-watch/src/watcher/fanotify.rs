@@ -196,6 +196,7 @@ impl Reader {
     fn run(mut self, wake: &OwnedFd) {
         // u64s: the events' records are read in place, and their fields are at most 8 bytes.
         let mut buffer = vec![0u64; 8192];
+        let mut gather = crate::wake::Gather::default();
         loop {
             match crate::wake::readable_or_woken(self.group.as_raw_fd(), wake) {
                 Ok(true) => {}
@@ -204,6 +205,12 @@ impl Reader {
                     log::error!("ward-watch: fanotify: poll: {e}; no more events are read");
                     return;
                 }
+            }
+            match gather.before_read(wake) {
+                Ok(true) => {}
+                Ok(false) => return,
+                // Read at once: the pause only saves time.
+                Err(e) => log::warn!("ward-watch: fanotify: poll for a pause: {e}"),
             }
             loop {
                 let bytes = buffer.len() * 8;
@@ -225,18 +232,23 @@ impl Reader {
                 // SAFETY: the kernel wrote `n` bytes, within the buffer.
                 let read =
                     unsafe { std::slice::from_raw_parts(buffer.as_ptr().cast::<u8>(), n as usize) };
+                let mut out = Vec::new();
                 for event in events(read) {
-                    self.hand_on(&event);
+                    self.hand_on(&event, &mut out);
+                }
+                if !out.is_empty() {
+                    self.handler.handle_all(out);
                 }
             }
+            gather.read();
         }
     }
 
-    /// Hands `event` on as notify events, if it is about a path inside a root.
-    fn hand_on(&mut self, event: &RawEvent<'_>) {
+    /// Adds `event` to `out` as notify events, if it is about a path inside a root.
+    fn hand_on(&mut self, event: &RawEvent<'_>, out: &mut Vec<notify::Result<Event>>) {
         if event.mask & libc::FAN_Q_OVERFLOW != 0 {
             let rescan = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
-            return self.handler.handle(Ok(rescan));
+            return out.push(Ok(rescan));
         }
         let is_dir = event.mask & libc::FAN_ONDIR != 0;
         if event.mask & libc::FAN_RENAME != 0 {
@@ -258,7 +270,7 @@ impl Reader {
                     let half = Event::new(EventKind::Modify(ModifyKind::Name(mode)))
                         .add_path(path)
                         .set_tracker(self.renames);
-                    self.handler.handle(Ok(half));
+                    out.push(Ok(half));
                 }
             }
             return;
@@ -279,7 +291,7 @@ impl Reader {
                 paths: vec![path.clone()],
                 attrs,
             };
-            self.handler.handle(Ok(ev));
+            out.push(Ok(ev));
         }
     }
 

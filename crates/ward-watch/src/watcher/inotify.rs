@@ -170,6 +170,7 @@ impl Reader {
         // Room for a few hundred events of long names (an event is 16 bytes and its name).
         let mut buffer = vec![0u8; 64 * 1024];
         let mut events = Vec::new();
+        let mut gather = crate::wake::Gather::default();
         loop {
             match crate::wake::readable_or_woken(inotify.as_raw_fd(), wake) {
                 Ok(true) => {}
@@ -178,6 +179,12 @@ impl Reader {
                     log::error!("ward-watch: inotify: poll: {e}; no more events are read");
                     return;
                 }
+            }
+            match gather.before_read(wake) {
+                Ok(true) => {}
+                Ok(false) => return,
+                // Read at once: the pause only saves time.
+                Err(e) => log::warn!("ward-watch: inotify: poll for a pause: {e}"),
             }
             loop {
                 match inotify.read_events(&mut buffer) {
@@ -193,9 +200,7 @@ impl Reader {
                         if events.is_empty() {
                             break;
                         }
-                        for event in events.drain(..) {
-                            self.handler.handle(Ok(event));
-                        }
+                        self.handler.handle_all(events.drain(..).map(Ok).collect());
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -206,6 +211,7 @@ impl Reader {
                     }
                 }
             }
+            gather.read();
         }
     }
 
@@ -295,10 +301,12 @@ mod tests {
     /// Waits (bounded) for an event of `kind` on `path`.
     fn wait_for(rx: &RawReceiver, path: &Path, kind: EventKind) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while let Ok((_, ev)) = rx.channel().recv_deadline(deadline) {
-            let ev = ev.unwrap();
-            if ev.kind == kind && ev.paths.iter().any(|p| p == path) {
-                return;
+        while let Ok((_, events)) = rx.channel().recv_deadline(deadline) {
+            for ev in events {
+                let ev = ev.unwrap();
+                if ev.kind == kind && ev.paths.iter().any(|p| p == path) {
+                    return;
+                }
             }
         }
         panic!("no {kind:?} on {} within 10 s", path.display());
@@ -331,5 +339,41 @@ mod tests {
             "a watch removed already is not removed again"
         );
         assert_eq!(inotify.paths.lock().len(), 0);
+    }
+
+    /// In a burst the reader pauses before it reads, and hands on each read's events in one
+    /// message: a message per event woke the watcher's thread for every one.
+    #[test]
+    fn a_bursts_events_go_to_the_watchers_thread_many_to_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut inotify, rx) = started();
+        inotify.watch(&Arc::from(dir.path())).unwrap();
+        const FILES: usize = 2000;
+        for i in 0..FILES {
+            std::fs::write(dir.path().join(format!("f{i}")), "x").unwrap();
+        }
+        let last = dir.path().join(format!("f{}", FILES - 1));
+        let (mut messages, mut events) = (0, 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let Ok((_, batch)) = rx.channel().recv_deadline(deadline) else {
+                panic!("the last file's creation not seen within 10 s");
+            };
+            messages += 1;
+            events += batch.len();
+            let created = |ev: &notify::Result<Event>| {
+                ev.as_ref().is_ok_and(|ev| {
+                    ev.kind == EventKind::Create(CreateKind::File) && ev.paths == [last.clone()]
+                })
+            };
+            if batch.iter().any(created) {
+                break;
+            }
+        }
+        assert!(events >= FILES, "{events} events for {FILES} files");
+        assert!(
+            messages * 4 <= events,
+            "{events} events came in {messages} messages"
+        );
     }
 }

@@ -42,33 +42,41 @@ struct Noted {
     kernel: bool,
 }
 
+impl Noted {
+    fn note(&mut self, event: &notify::Result<Event>) {
+        self.kernel |= matches!(event, Ok(e) if e.need_rescan());
+        let paths = match event {
+            Ok(e) if !e.need_rescan() && !e.paths.is_empty() => e.paths.as_slice(),
+            _ => &[],
+        };
+        if paths.is_empty() {
+            self.roots = true;
+        }
+        if !self.roots {
+            for dir in paths.iter().filter_map(|p| p.parent()) {
+                if self.dirs.contains(dir) {
+                    continue;
+                }
+                if self.dirs.len() >= DIRS_MAX {
+                    self.roots = true;
+                    break;
+                }
+                self.dirs.insert(dir.to_path_buf());
+            }
+        }
+        if self.roots {
+            self.dirs = HashSet::new();
+        }
+    }
+}
+
 impl Lost {
-    /// Notes that `event` was dropped.
-    pub(super) fn add(&self, event: &notify::Result<Event>) {
+    /// Notes that `events` were dropped.
+    pub(super) fn add(&self, events: &[notify::Result<Event>]) {
         {
             let mut noted = self.noted.lock();
-            noted.kernel |= matches!(event, Ok(e) if e.need_rescan());
-            let paths = match event {
-                Ok(e) if !e.need_rescan() && !e.paths.is_empty() => e.paths.as_slice(),
-                _ => &[],
-            };
-            if paths.is_empty() {
-                noted.roots = true;
-            }
-            if !noted.roots {
-                for dir in paths.iter().filter_map(|p| p.parent()) {
-                    if noted.dirs.contains(dir) {
-                        continue;
-                    }
-                    if noted.dirs.len() >= DIRS_MAX {
-                        noted.roots = true;
-                        break;
-                    }
-                    noted.dirs.insert(dir.to_path_buf());
-                }
-            }
-            if noted.roots {
-                noted.dirs = HashSet::new();
+            for event in events {
+                noted.note(event);
             }
         }
         self.any.store(true, Ordering::Release);
@@ -112,10 +120,10 @@ mod tests {
     fn lost_events_leave_their_directories_or_past_a_bound_the_roots() {
         let lost = Lost::default();
         assert_eq!(lost.take(), None, "nothing lost");
-        lost.add(&at(&["/r/a/f1"]));
-        lost.add(&at(&["/r/a/f2"]));
-        lost.add(&at(&["/r/b/c/f", "/r/d/g"]));
-        lost.add(&at(&["/r/b/h"]));
+        lost.add(&[at(&["/r/a/f1"])]);
+        lost.add(&[at(&["/r/a/f2"])]);
+        lost.add(&[at(&["/r/b/c/f", "/r/d/g"])]);
+        lost.add(&[at(&["/r/b/h"])]);
         assert_eq!(
             lost.take(),
             Some(Scope::Dirs(vec![
@@ -126,23 +134,23 @@ mod tests {
             "each directory once, one inside another covered by it"
         );
         assert_eq!(lost.take(), None, "taken");
-        lost.add(&at(&["/r/a/f"]));
-        lost.add(&Err(notify::Error::generic("lost")));
+        lost.add(&[at(&["/r/a/f"])]);
+        lost.add(&[Err(notify::Error::generic("lost"))]);
         assert_eq!(lost.take(), Some(Scope::Roots), "an event with no path");
-        lost.add(&at(&["/r/a/f"]));
-        lost.add(&Ok(
+        lost.add(&[at(&["/r/a/f"])]);
+        lost.add(&[Ok(
             Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan)
-        ));
+        )]);
         assert_eq!(
             lost.take(),
             Some(Scope::KernelOverflow),
             "the kernel's overflow, lost in turn, is still said"
         );
         for i in 0..=DIRS_MAX {
-            lost.add(&at(&[&format!("/r/d{i}/f")]));
+            lost.add(&[at(&[&format!("/r/d{i}/f")])]);
         }
         assert_eq!(lost.take(), Some(Scope::Roots), "too many directories");
-        lost.add(&at(&["/r/a/f"]));
+        lost.add(&[at(&["/r/a/f"])]);
         assert_eq!(
             lost.take(),
             Some(Scope::Dirs(vec![PathBuf::from("/r/a")])),

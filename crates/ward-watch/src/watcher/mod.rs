@@ -57,9 +57,12 @@ pub struct ActiveBackend {
 /// which notify's kinds carry only for creations and removals).
 const DIRECTORY: &str = "directory";
 
-/// A raw event and when notify's thread received it: a path's quiet window starts then, not when
-/// the watcher's thread gets to it.
-type Raw = (Instant, notify::Result<Event>);
+/// An event as a backend hands it on.
+type RawEvent = notify::Result<Event>;
+
+/// The events of one read of a backend and when it received them: a path's quiet window starts
+/// then, not when the watcher's thread gets to it.
+type Raw = (Instant, Vec<RawEvent>);
 
 /// Configures and starts a [`Watcher`].
 ///

@@ -25,20 +25,34 @@ pub(super) struct Handler {
 
 impl Handler {
     pub(super) fn handle(&self, ev: notify::Result<Event>) {
-        if let Ok(Event {
-            kind: EventKind::Access(_),
-            ..
-        }) = ev
-        {
-            // Opens and closes change nothing; keep them out of the buffer.
+        self.handle_all(vec![ev]);
+    }
+
+    /// Hands on the events of one read together (one wake-up of the watcher's thread).
+    pub(super) fn handle_all(&self, mut events: Vec<notify::Result<Event>>) {
+        // Opens and closes change nothing; keep them out of the buffer.
+        events.retain(|ev| {
+            !matches!(
+                ev,
+                Ok(Event {
+                    kind: EventKind::Access(_),
+                    ..
+                })
+            )
+        });
+        if events.is_empty() {
             return;
         }
-        self.stats.events.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send((Instant::now(), ev)) {
+        self.stats
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        match self.tx.try_send(Instant::now(), events) {
             Ok(()) => {}
-            Err(TrySendError::Full((_, ev))) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                self.lost.add(&ev);
+            Err(TrySendError::Full(rest)) => {
+                self.stats
+                    .dropped
+                    .fetch_add(rest.len() as u64, Ordering::Relaxed);
+                self.lost.add(&rest);
             }
             // The watcher is stopping.
             Err(TrySendError::Disconnected(_)) => {}

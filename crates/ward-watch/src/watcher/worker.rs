@@ -170,14 +170,22 @@ impl Worker {
             };
             match op.index() {
                 i if i == i_raw => {
-                    let Ok((at, ev)) = op.recv(raw.channel()) else {
+                    let Ok((at, events)) = op.recv(raw.channel()) else {
                         return;
                     };
-                    raw.took(1);
-                    self.handle(ev, at);
-                    for (at, ev) in raw.channel().try_iter().take(DRAIN) {
-                        raw.took(1);
+                    let mut handled = events.len();
+                    raw.took(handled);
+                    for ev in events {
                         self.handle(ev, at);
+                    }
+                    while handled < DRAIN
+                        && let Ok((at, events)) = raw.channel().try_recv()
+                    {
+                        handled += events.len();
+                        raw.took(events.len());
+                        for ev in events {
+                            self.handle(ev, at);
+                        }
                     }
                 }
                 i if i == i_stop => {
