@@ -1,8 +1,7 @@
 //! The buffer between the backends' threads and the watcher's thread: bounded by a count of
 //! the events waiting, not by an array made up front. A backend hands on the events of one read
-//! of the kernel's queue as one message: a message per event woke the watcher's thread for each
-//! (a futex wake and two context switches per event in a burst, in `perf record` of the server
-//! during `cargo xtask bench --only nats`). crossbeam's bounded channel allocates and
+//! of the kernel's queue as one message, which wakes the watcher's thread once (see
+//! `wake::Gather` for why). crossbeam's bounded channel allocates and
 //! writes every slot when it is made, so 32,768 events' worth cost 2.6 MB of resident memory for
 //! a buffer that is nearly always empty; its unbounded channel grows by blocks of slots as
 //! events wait and frees them as they are taken. Not here: what an event that does not fit
