@@ -25,7 +25,7 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 ///
 /// # Errors
 /// What `poll(2)` fails with, but an interruption (it sleeps again).
-pub(crate) fn readable_or_woken(fd: RawFd, wake: &OwnedFd) -> io::Result<bool> {
+fn readable_or_woken(fd: RawFd, wake: &OwnedFd) -> io::Result<bool> {
     poll_both(fd, wake, -1).map(|woken| !woken)
 }
 
@@ -78,14 +78,21 @@ impl Gather {
     const BURST: Duration = Duration::from_millis(2);
     const PAUSE: Duration = Duration::from_millis(1);
 
-    /// Called once woken, before reading: pauses if in a burst. `Ok(false)` if the owner asked
-    /// to stop meanwhile.
+    /// Sleeps until `fd` is readable and, in a burst, for the pause after: `Ok(false)` if the
+    /// owner asked to stop meanwhile.
     ///
     /// # Errors
-    /// What `poll(2)` fails with.
-    pub(crate) fn before_read(&self, wake: &OwnedFd) -> io::Result<bool> {
+    /// What `poll(2)` fails with while waiting for `fd` (a failed pause is logged, and the
+    /// reader reads at once: the pause only saves time).
+    pub(crate) fn wait(&self, fd: RawFd, wake: &OwnedFd) -> io::Result<bool> {
+        if !readable_or_woken(fd, wake)? {
+            return Ok(false);
+        }
         if self.last_read.is_some_and(|at| at.elapsed() < Self::BURST) {
-            return woken_within(wake, Self::PAUSE).map(|woken| !woken);
+            match woken_within(wake, Self::PAUSE) {
+                Ok(woken) => return Ok(!woken),
+                Err(e) => log::warn!("ward-watch: poll for a pause before reading: {e}"),
+            }
         }
         Ok(true)
     }

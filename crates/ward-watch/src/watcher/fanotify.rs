@@ -198,19 +198,13 @@ impl Reader {
         let mut buffer = vec![0u64; 8192];
         let mut gather = crate::wake::Gather::default();
         loop {
-            match crate::wake::readable_or_woken(self.group.as_raw_fd(), wake) {
+            match gather.wait(self.group.as_raw_fd(), wake) {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
                     log::error!("ward-watch: fanotify: poll: {e}; no more events are read");
                     return;
                 }
-            }
-            match gather.before_read(wake) {
-                Ok(true) => {}
-                Ok(false) => return,
-                // Read at once: the pause only saves time.
-                Err(e) => log::warn!("ward-watch: fanotify: poll for a pause: {e}"),
             }
             loop {
                 let bytes = buffer.len() * 8;

@@ -172,19 +172,13 @@ impl Reader {
         let mut events = Vec::new();
         let mut gather = crate::wake::Gather::default();
         loop {
-            match crate::wake::readable_or_woken(inotify.as_raw_fd(), wake) {
+            match gather.wait(inotify.as_raw_fd(), wake) {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
                     log::error!("ward-watch: inotify: poll: {e}; no more events are read");
                     return;
                 }
-            }
-            match gather.before_read(wake) {
-                Ok(true) => {}
-                Ok(false) => return,
-                // Read at once: the pause only saves time.
-                Err(e) => log::warn!("ward-watch: inotify: poll for a pause: {e}"),
             }
             loop {
                 match inotify.read_events(&mut buffer) {
